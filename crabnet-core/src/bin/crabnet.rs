@@ -1,0 +1,625 @@
+//! `crabnet`: the reference command-line interface, a thin shell over `crabnet_core::Node`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use crabnet_core::clock::format_ms;
+use crabnet_core::demo::{self, DemoOptions};
+use crabnet_core::network::{UdpConfig, UdpTransport};
+use crabnet_core::{
+    Config, Error, ErrorKind, Event, Node, PublishRequest, SeedId, SeedStatus, SeedView,
+};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "crabnet",
+    version,
+    about = "Crabnet: a peer-to-peer compute-task marketplace node"
+)]
+struct Cli {
+    /// Data directory of the node.
+    #[arg(long, global = true, env = "CRABNET_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file (TOML); defaults to <data-dir>/config.toml when that exists.
+    #[arg(long, global = true, env = "CRABNET_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the data directory and the node identity.
+    Init,
+    /// Show the node's identity, seed counts, outbox and counters.
+    Status,
+    /// Run the node on the network until Ctrl-C: send the outbox, apply received messages,
+    /// close bidding on own seeds when due.
+    Listen(ListenArgs),
+    /// Work with seeds (tasks).
+    #[command(subcommand)]
+    Seed(SeedCommand),
+    /// Print events from the node's log.
+    Events(EventsArgs),
+    /// Run a local demo network (in one process) through a whole task lifecycle.
+    Demo(DemoArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum TransportArg {
+    /// UDP unicast to --peer addresses (plus opt-in --broadcast).
+    Udp,
+}
+
+#[derive(Args, Debug)]
+struct ListenArgs {
+    /// Transport backend.
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: TransportArg,
+    /// Local address to bind.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7946")]
+    bind: SocketAddr,
+    /// A peer to send every message to (repeatable).
+    #[arg(long = "peer", value_name = "ADDR")]
+    peers: Vec<SocketAddr>,
+    /// Also send every message to this broadcast address (off by default).
+    #[arg(long, value_name = "ADDR")]
+    broadcast: Option<SocketAddr>,
+}
+
+#[derive(Subcommand, Debug)]
+enum SeedCommand {
+    /// Publish a seed; prints its id.
+    Publish(PublishArgs),
+    /// Bid on a seed.
+    Bid {
+        /// Seed id.
+        id: String,
+        /// Offered price.
+        #[arg(long)]
+        price: u64,
+    },
+    /// Claim a seed this node won.
+    Claim {
+        /// Seed id.
+        id: String,
+    },
+    /// Run a seed this node claimed and record its result.
+    Run {
+        /// Seed id.
+        id: String,
+    },
+    /// Settle a completed seed this node published (accepts unless --reject).
+    Settle {
+        /// Seed id.
+        id: String,
+        /// Reject the result instead of accepting it.
+        #[arg(long)]
+        reject: bool,
+        /// A note for the record.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Cancel a seed this node published, while bidding is open.
+    Cancel {
+        /// Seed id.
+        id: String,
+    },
+    /// List seeds, newest first.
+    List {
+        /// Only seeds with this status.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show one seed in full.
+    Show {
+        /// Seed id.
+        id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct PublishArgs {
+    /// Shell command to run.
+    #[arg(long)]
+    command: String,
+    /// Description for humans.
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Lowest acceptable price.
+    #[arg(long, default_value_t = PublishRequest::default().min_price)]
+    min_price: u64,
+    /// Highest acceptable price.
+    #[arg(long, default_value_t = PublishRequest::default().max_price)]
+    max_price: u64,
+    /// Bid window in seconds.
+    #[arg(long, default_value_t = PublishRequest::default().bid_window_secs)]
+    bid_window: u64,
+    /// Bidding closes early once this many bids arrived.
+    #[arg(long, default_value_t = PublishRequest::default().max_bids)]
+    max_bids: u32,
+    /// Run timeout in seconds.
+    #[arg(long, default_value_t = PublishRequest::default().timeout_secs)]
+    timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct EventsArgs {
+    /// Keep printing new events until Ctrl-C.
+    #[arg(long, short)]
+    follow: bool,
+    /// Only events after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    since: u64,
+    /// Print at most this many events (before following).
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Number of nodes (at least 3).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// The command the demo task runs.
+    #[arg(long, default_value = demo::DEFAULT_COMMAND)]
+    command: String,
+    /// Keep the nodes' data directories (printed at the end).
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CRABNET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                let body = serde_json::json!({"error": {"kind": e.kind().as_str(), "message": e.to_string()}});
+                println!("{body}");
+            }
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Error> {
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(crabnet_core::config::default_data_dir);
+    let file = cli
+        .config
+        .clone()
+        .or_else(|| Some(data_dir.join("config.toml")).filter(|p| p.exists()));
+    let mut config = match file {
+        Some(path) => Config::from_file(&path)?,
+        None => Config::default(),
+    };
+    config.data_dir = data_dir;
+    Ok(config)
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("values serialize")
+    );
+}
+
+fn parse_id(text: &str) -> Result<SeedId, Error> {
+    SeedId::parse(text)
+}
+
+async fn with_node<T>(
+    config: Config,
+    f: impl AsyncFnOnce(&Node) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let node = Node::start(config).await?;
+    let out = f(&node).await;
+    let stopped = node.stop().await;
+    let out = out?;
+    stopped?;
+    Ok(out)
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Error> {
+    let json = cli.json;
+    match &cli.command {
+        Command::Demo(args) => return run_demo(args, json).await,
+        Command::Listen(args) => return listen(load_config(&cli)?, args, json).await,
+        _ => {}
+    }
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Init => {
+            let dir = config.data_dir.clone();
+            let existed = config.db_path().exists();
+            let id = with_node(config, async |n| Ok(n.id().clone())).await?;
+            if json {
+                print_json(
+                    &serde_json::json!({"node_id": id, "data_dir": dir, "created": !existed}),
+                );
+            } else if existed {
+                println!("already initialized: node {id} in {}", dir.display());
+            } else {
+                println!("initialized node {id} in {}", dir.display());
+            }
+        }
+        Command::Status => {
+            let o = with_node(config, async |n| n.overview().await).await?;
+            if json {
+                print_json(&o);
+            } else {
+                println!("node      {} ({})", o.node_id, o.name);
+                println!("data dir  {}", o.data_dir);
+                let counts: Vec<String> = o
+                    .seeds_by_status
+                    .iter()
+                    .map(|(s, n)| format!("{s} {n}"))
+                    .collect();
+                println!("seeds     {}", counts.join(", "));
+                println!("outbox    {} pending", o.outbox_pending);
+                println!("events    {} recorded", o.last_event_seq);
+                if o.counters.is_empty() {
+                    println!("counters  none yet");
+                } else {
+                    for (k, v) in &o.counters {
+                        println!("counter   {k} = {v}");
+                    }
+                }
+                println!("digest    {}", o.state_digest);
+            }
+        }
+        Command::Seed(cmd) => seed_command(config, cmd, json).await?,
+        Command::Events(args) => events(config, args, json).await?,
+        Command::Demo(_) | Command::Listen(_) => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<(), Error> {
+    match cmd {
+        SeedCommand::Publish(a) => {
+            let req = PublishRequest {
+                command: a.command,
+                description: a.description,
+                min_price: a.min_price,
+                max_price: a.max_price,
+                bid_window_secs: a.bid_window,
+                max_bids: a.max_bids,
+                timeout_secs: a.timeout,
+            };
+            let v = with_node(config, async |n| n.publish(req).await).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}", v.seed.id);
+            }
+        }
+        SeedCommand::Bid { id, price } => {
+            let id = parse_id(&id)?;
+            let v = with_node(config, async |n| n.bid(&id, price).await).await?;
+            report(&v, json, &format!("bid {price} on seed {id}"));
+        }
+        SeedCommand::Claim { id } => {
+            let id = parse_id(&id)?;
+            let v = with_node(config, async |n| n.claim(&id).await).await?;
+            report(&v, json, &format!("claimed seed {id}"));
+        }
+        SeedCommand::Run { id } => {
+            let id = parse_id(&id)?;
+            let v = with_node(config, async |n| n.run(&id).await).await?;
+            if json {
+                print_json(&v);
+            } else if let Some(r) = &v.result {
+                println!(
+                    "ran seed {id}: {} (exit {}), {} ms, {} bytes of output, sha256 {}",
+                    if r.success { "success" } else { "failure" },
+                    r.exit_code.map_or_else(|| "none".into(), |c| c.to_string()),
+                    r.duration_ms,
+                    r.output_bytes,
+                    r.output_sha256
+                );
+                print!("{}", r.output_excerpt);
+                if r.output_truncated {
+                    println!("[output truncated]");
+                }
+            }
+        }
+        SeedCommand::Settle { id, reject, note } => {
+            let id = parse_id(&id)?;
+            let v = with_node(config, async |n| n.settle(&id, !reject, &note).await).await?;
+            let verb = if reject { "rejected" } else { "accepted" };
+            report(&v, json, &format!("settled seed {id}: {verb}"));
+        }
+        SeedCommand::Cancel { id } => {
+            let id = parse_id(&id)?;
+            let v = with_node(config, async |n| n.cancel(&id).await).await?;
+            report(&v, json, &format!("cancelled seed {id}"));
+        }
+        SeedCommand::List { status } => {
+            let status = match status {
+                None => None,
+                Some(s) => Some(SeedStatus::parse(&s).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Validation,
+                        format!(
+                            "unknown status {s:?}; expected one of {}",
+                            SeedStatus::ALL.map(|s| s.as_str()).join(", ")
+                        ),
+                    )
+                })?),
+            };
+            let seeds = with_node(config, async |n| n.seeds(status).await).await?;
+            if json {
+                print_json(&seeds);
+            } else if seeds.is_empty() {
+                println!("no seeds");
+            } else {
+                println!(
+                    "{:<32}  {:<9}  {:>4}  {:<24}  COMMAND",
+                    "ID", "STATUS", "BIDS", "CREATED"
+                );
+                for v in &seeds {
+                    println!(
+                        "{:<32}  {:<9}  {:>4}  {:<24}  {}",
+                        v.seed.id,
+                        v.status,
+                        v.bids.len(),
+                        format_ms(v.seed.created_at),
+                        one_line(&v.seed.command)
+                    );
+                }
+            }
+        }
+        SeedCommand::Show { id } => {
+            let id = parse_id(&id)?;
+            let v = with_node(config, async |n| n.seed(&id).await).await?;
+            if json {
+                print_json(&v);
+            } else {
+                show(&v);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn one_line(text: &str) -> String {
+    let line: String = text.lines().next().unwrap_or("").chars().take(60).collect();
+    if line.len() < text.len() {
+        format!("{line}...")
+    } else {
+        line
+    }
+}
+
+fn report(v: &SeedView, json: bool, text: &str) {
+    if json {
+        print_json(v);
+    } else {
+        println!("{text} (status: {})", v.status);
+    }
+}
+
+fn show(v: &SeedView) {
+    let s = &v.seed;
+    println!("seed        {}", s.id);
+    println!("status      {}", v.status);
+    println!("publisher   {}", s.publisher);
+    println!("command     {}", s.command);
+    if !s.description.is_empty() {
+        println!("description {}", s.description);
+    }
+    println!("price       {}..={}", s.min_price, s.max_price);
+    println!(
+        "bidding     {} bids max, window {} s (until {})",
+        s.max_bids,
+        s.bid_window_secs,
+        format_ms(s.window_end())
+    );
+    println!("timeout     {} s", s.timeout_secs);
+    println!("created     {}", format_ms(s.created_at));
+    for b in &v.bids {
+        println!(
+            "bid         {} by {} at {} ({})",
+            b.bid.price,
+            b.bid.bidder.short(),
+            format_ms(b.placed_at),
+            b.bid.id
+        );
+    }
+    if let Some(a) = &v.award {
+        match (&a.winner_node, a.price) {
+            (Some(w), Some(p)) => println!("winner      {} at {p} ({})", w, format_ms(a.closed_at)),
+            _ => println!("closed      without bids ({})", format_ms(a.closed_at)),
+        }
+    }
+    if let Some(c) = &v.claim {
+        println!(
+            "claimed     by {} at {}",
+            c.claimer,
+            format_ms(c.claimed_at)
+        );
+    }
+    if let Some(r) = &v.result {
+        println!(
+            "result      {} exit {} in {} ms, {} bytes, sha256 {}",
+            if r.success { "success" } else { "failure" },
+            r.exit_code.map_or_else(|| "none".into(), |c| c.to_string()),
+            r.duration_ms,
+            r.output_bytes,
+            r.output_sha256
+        );
+    }
+    if let Some(st) = &v.settlement {
+        println!(
+            "settled     {:?} amount {} at {}{}",
+            st.settlement.outcome,
+            st.settlement.amount,
+            format_ms(st.settled_at),
+            if st.settlement.note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", st.settlement.note)
+            }
+        );
+    }
+    if let Some(at) = v.cancelled_at {
+        println!("cancelled   at {}", format_ms(at));
+    }
+}
+
+fn print_event(e: &Event, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(e).expect("events serialize"));
+    } else {
+        let body = serde_json::to_value(&e.kind).expect("events serialize");
+        let mut fields = Vec::new();
+        if let serde_json::Value::Object(map) = body {
+            for (k, v) in map {
+                if k != "type" {
+                    fields.push(format!("{k}={v}"));
+                }
+            }
+        }
+        println!(
+            "{:>6}  {}  {:<17} {}",
+            e.seq,
+            format_ms(e.at),
+            e.kind.name(),
+            fields.join(" ")
+        );
+    }
+}
+
+async fn events(config: Config, args: EventsArgs, json: bool) -> Result<(), Error> {
+    with_node(config, async |n| {
+        let mut after = args.since;
+        let first = n.events_after(after, args.limit).await?;
+        for e in &first {
+            print_event(e, json);
+            after = e.seq;
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        // Follow the durable log, so events written by other processes on this data directory
+        // (a running `crabnet listen`, other commands) show up too.
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            for e in n.events_after(after, 1000).await? {
+                print_event(&e, json);
+                after = e.seq;
+            }
+        }
+    })
+    .await
+}
+
+async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Error> {
+    let transport = match args.transport {
+        TransportArg::Udp => UdpTransport::bind(UdpConfig {
+            bind: args.bind,
+            peers: args.peers.clone(),
+            broadcast: args.broadcast,
+        })?,
+    };
+    let local = transport.local_addr()?;
+    let node = Node::start_with_transport(config, Box::new(transport)).await?;
+    if json {
+        print_json(&serde_json::json!({"node_id": node.id(), "transport": "udp", "bind": local}));
+    } else {
+        println!(
+            "node {} listening on udp {local} (Ctrl-C to stop)",
+            node.id()
+        );
+    }
+    let mut sub = node.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            e = sub.recv() => match e {
+                Some(e) => print_event(&e, json),
+                None => break,
+            }
+        }
+    }
+    node.stop().await
+}
+
+async fn run_demo(args: &DemoArgs, json: bool) -> Result<(), Error> {
+    let opts = DemoOptions {
+        nodes: args.nodes,
+        keep: args.keep,
+        command: args.command.clone(),
+        ..DemoOptions::default()
+    };
+    let mut say = |line: String| {
+        if !json {
+            println!("{line}");
+        }
+    };
+    let report = demo::run(&opts, &mut say).await?;
+    if json {
+        print_json(&serde_json::json!({
+            "seed": report.seed,
+            "digests": report.digests,
+            "data_dir": opts.keep.then(|| report.base_dir.clone()),
+        }));
+        return Ok(());
+    }
+    println!();
+    println!("final state on every node:");
+    for (name, digest) in &report.digests {
+        println!("  {name:<6} state digest {}", &digest[..16]);
+    }
+    let same = report.digests.windows(2).all(|w| w[0].1 == w[1].1);
+    println!(
+        "  {} nodes {}",
+        report.digests.len(),
+        if same { "agree" } else { "DISAGREE" }
+    );
+    show(&report.seed);
+    if args.keep {
+        println!("node data kept in {}", report.base_dir.display());
+    }
+    if !same {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            "demo nodes did not converge",
+        ));
+    }
+    Ok(())
+}

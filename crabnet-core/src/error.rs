@@ -1,0 +1,164 @@
+//! The one error type of the core and its [`ErrorKind`], the single source of C status codes
+//! and Python exception classes.
+
+use std::fmt;
+
+use crate::state::Violation;
+
+/// Broad class of an error; stable, used to pick C status codes and Python exceptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Bad input from the caller (malformed id, price out of range, bad config value...).
+    Validation,
+    /// The operation is not allowed in the seed's current state (wrong status, not the
+    /// publisher, bid window closed...).
+    State,
+    /// The seed (or other object) does not exist here.
+    NotFound,
+    /// The database failed or is unusable.
+    Store,
+    /// The transport failed.
+    Network,
+    /// A cryptographic check failed.
+    Crypto,
+    /// The task runner could not run the command.
+    Runner,
+    /// The resource is held by someone else (another listener on the data directory, a run in
+    /// progress).
+    Busy,
+    /// Invalid configuration.
+    Config,
+    /// File system or other I/O failure.
+    Io,
+    /// The node has been stopped.
+    Stopped,
+    /// A bug: an invariant did not hold.
+    Internal,
+}
+
+impl ErrorKind {
+    /// A short stable name for the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Validation => "validation",
+            ErrorKind::State => "state",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Store => "store",
+            ErrorKind::Network => "network",
+            ErrorKind::Crypto => "crypto",
+            ErrorKind::Runner => "runner",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Config => "config",
+            ErrorKind::Io => "io",
+            ErrorKind::Stopped => "stopped",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error from the Crabnet core: a kind, a human-readable message and, for lifecycle
+/// errors, the rule that was violated.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    violation: Option<Violation>,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// Creates an error of the given kind.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            violation: None,
+            source: None,
+        }
+    }
+
+    /// Creates an error with an underlying cause.
+    pub fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            violation: None,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The lifecycle rule that was violated, for [`ErrorKind::State`] errors.
+    pub fn violation(&self) -> Option<&Violation> {
+        self.violation.as_ref()
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Internal, message)
+    }
+}
+
+impl From<Violation> for Error {
+    fn from(v: Violation) -> Self {
+        let kind = match v {
+            Violation::UnknownSeed { .. } => ErrorKind::NotFound,
+            Violation::Malformed { .. } | Violation::PriceOutOfRange { .. } => {
+                ErrorKind::Validation
+            }
+            _ => ErrorKind::State,
+        };
+        Error {
+            kind,
+            message: v.to_string(),
+            violation: Some(v),
+            source: None,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        let busy = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        let kind = if busy {
+            ErrorKind::Busy
+        } else {
+            ErrorKind::Store
+        };
+        Error::with_source(kind, format!("database error: {e}"), e)
+    }
+}
+
+impl From<crate::crypto::CryptoError> for Error {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        Error::with_source(ErrorKind::Crypto, e.to_string(), e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::with_source(ErrorKind::Io, format!("i/o error: {e}"), e)
+    }
+}
+
+/// Result alias for the core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

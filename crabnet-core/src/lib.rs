@@ -1,0 +1,44 @@
+//! Crabnet: a peer-to-peer compute-task marketplace node, as an embeddable library.
+//!
+//! A node publishes a *seed* (a shell command with a price range, a bid window and a bid
+//! limit); other nodes *bid*; the publisher's node closes bidding and names the winner; the
+//! winner *claims* the seed, *runs* it locally and reports a [`model::TaskResult`]; the
+//! publisher *settles*. Every change is one database transaction that also records its events
+//! and an outbox row, and travels to other nodes as a message.
+//!
+//! Start with [`node::Node`] (async) or [`embed::BlockingNode`] (blocking, owns its runtime).
+//! The rules that make replicas converge are in [`state`] and in `docs/PROTOCOL.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> crabnet_core::Result<()> {
+//! use crabnet_core::{Config, Node, PublishRequest};
+//! let node = Node::start(Config::with_data_dir("/tmp/crabnet-doc")).await?;
+//! let seed = node.publish(PublishRequest::new("echo hello")).await?;
+//! println!("published {}", seed.seed.id);
+//! node.stop().await?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod demo;
+pub mod embed;
+pub mod error;
+pub mod model;
+pub mod monitor;
+pub mod network;
+pub mod node;
+pub mod runner;
+pub mod state;
+pub mod store;
+
+pub use config::Config;
+pub use embed::{BlockingNode, BlockingSubscription};
+pub use error::{Error, ErrorKind, Result};
+pub use model::{NodeId, SeedId, SeedStatus};
+pub use monitor::{Event, EventKind, Subscription};
+pub use network::{MemoryHub, Transport};
+pub use node::{Node, Overview, PublishRequest};
+pub use state::SeedView;

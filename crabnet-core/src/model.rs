@@ -1,0 +1,640 @@
+//! Domain objects: seeds, bids, claims, results, settlements and the messages that carry them.
+//!
+//! Pure data: nothing here touches sockets, clocks or files. Times are Unix milliseconds passed
+//! in by the caller; identifiers are lowercase hexadecimal strings.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind};
+
+/// Unix time in milliseconds.
+pub type Millis = u64;
+
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident, $bytes:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Length of the identifier in bytes (it is written as twice as many hex digits).
+            pub const BYTES: usize = $bytes;
+
+            /// Parses an identifier written as lowercase hexadecimal.
+            pub fn parse(text: &str) -> Result<Self, Error> {
+                let ok = text.len() == 2 * Self::BYTES
+                    && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                if ok {
+                    Ok(Self(text.to_owned()))
+                } else {
+                    Err(Error::new(
+                        ErrorKind::Validation,
+                        format!(
+                            "invalid {}: expected {} lowercase hex digits, got {:?}",
+                            stringify!($name),
+                            2 * Self::BYTES,
+                            truncate_for_message(text)
+                        ),
+                    ))
+                }
+            }
+
+            /// Builds an identifier from raw bytes.
+            pub fn from_bytes(bytes: [u8; $bytes]) -> Self {
+                Self(hex::encode(bytes))
+            }
+
+            /// The identifier as hexadecimal text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The first 8 hex digits, for human-readable output.
+            pub fn short(&self) -> &str {
+                &self.0[..8]
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(value: String) -> Result<Self, Error> {
+                Self::parse(&value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.short())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
+hex_id!(
+    /// Identifies a node (32 bytes).
+    NodeId,
+    32
+);
+hex_id!(
+    /// Identifies a seed (16 random bytes chosen by its publisher).
+    SeedId,
+    16
+);
+hex_id!(
+    /// Identifies a bid (16 random bytes chosen by its bidder).
+    BidId,
+    16
+);
+hex_id!(
+    /// Identifies a message (16 random bytes chosen by its sender).
+    MessageId,
+    16
+);
+
+pub(crate) fn truncate_for_message(text: &str) -> String {
+    const MAX: usize = 80;
+    if text.chars().count() <= MAX {
+        text.to_owned()
+    } else {
+        let head: String = text.chars().take(MAX).collect();
+        format!("{head}...")
+    }
+}
+
+/// Limits on seed fields, shared by local validation and remote message checks.
+pub mod limits {
+    /// Longest command, in bytes.
+    pub const MAX_COMMAND_BYTES: usize = 8 * 1024;
+    /// Longest description, in bytes.
+    pub const MAX_DESCRIPTION_BYTES: usize = 4 * 1024;
+    /// Longest settlement note, in bytes.
+    pub const MAX_NOTE_BYTES: usize = 2 * 1024;
+    /// Longest output excerpt carried in a result, in bytes.
+    pub const MAX_EXCERPT_BYTES: usize = 64 * 1024;
+    /// Longest bid window, in seconds (one week).
+    pub const MAX_BID_WINDOW_SECS: u64 = 7 * 24 * 3600;
+    /// Longest task timeout, in seconds (one day).
+    pub const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
+    /// Most bids a seed may accept.
+    pub const MAX_BIDS: u32 = 1000;
+}
+
+/// A task offered to the network: a shell command with a price range and a bid window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seed {
+    /// Seed identifier.
+    pub id: SeedId,
+    /// The node that published the seed; only it may close bidding, cancel and settle.
+    pub publisher: NodeId,
+    /// Shell command the winning bidder runs.
+    pub command: String,
+    /// Free-form description for humans.
+    pub description: String,
+    /// Lowest acceptable bid price (inclusive).
+    pub min_price: u64,
+    /// Highest acceptable bid price (inclusive).
+    pub max_price: u64,
+    /// Seconds after `created_at` during which bids are accepted.
+    pub bid_window_secs: u64,
+    /// Most bids taken into account; bidding closes early when this many arrive.
+    pub max_bids: u32,
+    /// Wall-clock limit for running the command, in seconds.
+    pub timeout_secs: u64,
+    /// Publication time (Unix ms); equal to the timestamp of the message that created it.
+    pub created_at: Millis,
+}
+
+impl Seed {
+    /// The instant (Unix ms) at which the bid window closes.
+    pub fn window_end(&self) -> Millis {
+        self.created_at
+            .saturating_add(self.bid_window_secs.saturating_mul(1000))
+    }
+
+    /// Checks the seed's own fields; returns a description of the first problem found.
+    pub fn check_fields(&self) -> Result<(), String> {
+        if self.command.trim().is_empty() {
+            return Err("command must not be empty".into());
+        }
+        if self.command.len() > limits::MAX_COMMAND_BYTES {
+            return Err(format!(
+                "command is {} bytes, the limit is {}",
+                self.command.len(),
+                limits::MAX_COMMAND_BYTES
+            ));
+        }
+        if self.command.contains('\0') {
+            return Err("command must not contain NUL bytes".into());
+        }
+        if self.description.len() > limits::MAX_DESCRIPTION_BYTES {
+            return Err(format!(
+                "description is {} bytes, the limit is {}",
+                self.description.len(),
+                limits::MAX_DESCRIPTION_BYTES
+            ));
+        }
+        if self.min_price > self.max_price {
+            return Err(format!(
+                "min price {} is above max price {}",
+                self.min_price, self.max_price
+            ));
+        }
+        if self.bid_window_secs == 0 || self.bid_window_secs > limits::MAX_BID_WINDOW_SECS {
+            return Err(format!(
+                "bid window must be between 1 and {} seconds, got {}",
+                limits::MAX_BID_WINDOW_SECS,
+                self.bid_window_secs
+            ));
+        }
+        if self.max_bids == 0 || self.max_bids > limits::MAX_BIDS {
+            return Err(format!(
+                "max bids must be between 1 and {}, got {}",
+                limits::MAX_BIDS,
+                self.max_bids
+            ));
+        }
+        if self.timeout_secs == 0 || self.timeout_secs > limits::MAX_TIMEOUT_SECS {
+            return Err(format!(
+                "timeout must be between 1 and {} seconds, got {}",
+                limits::MAX_TIMEOUT_SECS,
+                self.timeout_secs
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An offer to run a seed for a price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bid {
+    /// Bid identifier.
+    pub id: BidId,
+    /// The seed bid on.
+    pub seed_id: SeedId,
+    /// The bidding node (the message sender).
+    pub bidder: NodeId,
+    /// Offered price, within the seed's range.
+    pub price: u64,
+}
+
+/// The publisher's decision that ends bidding: a winner among the considered bids, or none
+/// (the seed expires).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Award {
+    /// The seed whose bidding closes.
+    pub seed_id: SeedId,
+    /// Every bid the publisher took into account (at most `max_bids`, distinct bidders).
+    pub considered: Vec<BidId>,
+    /// The best of the considered bids under the winner rule; `None` only when none were.
+    pub winner: Option<BidId>,
+}
+
+/// The winning bidder's claim on a seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The claimed seed.
+    pub seed_id: SeedId,
+    /// The claiming node (the winning bidder).
+    pub claimer: NodeId,
+    /// The winning bid the claim rests on.
+    pub bid_id: BidId,
+}
+
+/// What running a seed's command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The seed that was run.
+    pub seed_id: SeedId,
+    /// The node that ran it (the claimer).
+    pub runner: NodeId,
+    /// Exit code, absent when the process was ended by a signal.
+    pub exit_code: Option<i32>,
+    /// Terminating signal, if any.
+    pub signal: Option<i32>,
+    /// Whether the wall-clock timeout ended the run.
+    pub timed_out: bool,
+    /// Exit code 0 and no timeout.
+    pub success: bool,
+    /// Run time in milliseconds.
+    pub duration_ms: u64,
+    /// SHA-256 over the whole combined stdout+stderr stream, lowercase hex.
+    pub output_sha256: String,
+    /// Total output size in bytes.
+    pub output_bytes: u64,
+    /// The first bytes of output (size-capped), lossily decoded as UTF-8.
+    pub output_excerpt: String,
+    /// Whether the excerpt is shorter than the output.
+    pub output_truncated: bool,
+    /// Start time (Unix ms).
+    pub started_at: Millis,
+    /// End time (Unix ms).
+    pub finished_at: Millis,
+}
+
+impl TaskResult {
+    fn check_fields(&self) -> Result<(), String> {
+        let hex_ok = self.output_sha256.len() == 64
+            && self
+                .output_sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !hex_ok {
+            return Err("output hash must be 64 lowercase hex digits".into());
+        }
+        if self.output_excerpt.len() > limits::MAX_EXCERPT_BYTES {
+            return Err(format!(
+                "output excerpt is {} bytes, the limit is {}",
+                self.output_excerpt.len(),
+                limits::MAX_EXCERPT_BYTES
+            ));
+        }
+        if self.success != (self.exit_code == Some(0) && !self.timed_out) {
+            return Err("success must mean exit code 0 without timeout".into());
+        }
+        if self.finished_at < self.started_at {
+            return Err("result finishes before it starts".into());
+        }
+        Ok(())
+    }
+}
+
+/// How the publisher judged a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SettlementOutcome {
+    /// The result is accepted and the winning price is due.
+    Accepted,
+    /// The result is rejected; nothing is due.
+    Rejected,
+}
+
+/// The publisher's final word on a completed seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settlement {
+    /// The settled seed.
+    pub seed_id: SeedId,
+    /// Accepted or rejected.
+    pub outcome: SettlementOutcome,
+    /// Amount due: the winning price when accepted, 0 when rejected.
+    pub amount: u64,
+    /// Free-form note.
+    pub note: String,
+}
+
+/// The publisher withdraws a seed while bidding is still open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancellation {
+    /// The cancelled seed.
+    pub seed_id: SeedId,
+}
+
+/// Lifecycle status of a seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeedStatus {
+    /// Accepting bids, or awarded and waiting for the winner's claim.
+    Open,
+    /// The winning bidder claimed it.
+    Claimed,
+    /// The claimer reported a result.
+    Completed,
+    /// The publisher settled it (final).
+    Settled,
+    /// Bidding closed without bids (final).
+    Expired,
+    /// The publisher cancelled it before bidding closed (final).
+    Cancelled,
+}
+
+impl SeedStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [SeedStatus; 6] = [
+        SeedStatus::Open,
+        SeedStatus::Claimed,
+        SeedStatus::Completed,
+        SeedStatus::Settled,
+        SeedStatus::Expired,
+        SeedStatus::Cancelled,
+    ];
+
+    /// The status name used in JSON, the CLI and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeedStatus::Open => "open",
+            SeedStatus::Claimed => "claimed",
+            SeedStatus::Completed => "completed",
+            SeedStatus::Settled => "settled",
+            SeedStatus::Expired => "expired",
+            SeedStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a status name.
+    pub fn parse(text: &str) -> Option<SeedStatus> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether no further transition is possible.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            SeedStatus::Settled | SeedStatus::Expired | SeedStatus::Cancelled
+        )
+    }
+
+    /// Whether `next` is reachable from `self` in zero or more lifecycle steps.
+    pub fn can_reach(self, next: SeedStatus) -> bool {
+        use SeedStatus::*;
+        match self {
+            Open => true,
+            Claimed => matches!(next, Claimed | Completed | Settled),
+            Completed => matches!(next, Completed | Settled),
+            Settled | Expired | Cancelled => next == self,
+        }
+    }
+}
+
+impl fmt::Display for SeedStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The domain content of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum Body {
+    /// A seed is published.
+    SeedCreated(Seed),
+    /// A bid is placed.
+    BidPlaced(Bid),
+    /// The publisher closes bidding (award or expiry).
+    BiddingClosed(Award),
+    /// The winner claims the seed.
+    SeedClaimed(Claim),
+    /// The claimer reports its result.
+    ResultReported(TaskResult),
+    /// The publisher settles.
+    SeedSettled(Settlement),
+    /// The publisher cancels.
+    SeedCancelled(Cancellation),
+}
+
+impl Body {
+    /// The seed this body is about.
+    pub fn seed_id(&self) -> &SeedId {
+        match self {
+            Body::SeedCreated(s) => &s.id,
+            Body::BidPlaced(b) => &b.seed_id,
+            Body::BiddingClosed(a) => &a.seed_id,
+            Body::SeedClaimed(c) => &c.seed_id,
+            Body::ResultReported(r) => &r.seed_id,
+            Body::SeedSettled(s) => &s.seed_id,
+            Body::SeedCancelled(c) => &c.seed_id,
+        }
+    }
+
+    /// The kind of this body.
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Body::SeedCreated(_) => MessageKind::SeedCreated,
+            Body::BidPlaced(_) => MessageKind::BidPlaced,
+            Body::BiddingClosed(_) => MessageKind::BiddingClosed,
+            Body::SeedClaimed(_) => MessageKind::SeedClaimed,
+            Body::ResultReported(_) => MessageKind::ResultReported,
+            Body::SeedSettled(_) => MessageKind::SeedSettled,
+            Body::SeedCancelled(_) => MessageKind::SeedCancelled,
+        }
+    }
+}
+
+/// Message kinds, in the order the state machine applies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// See [`Body::SeedCreated`].
+    SeedCreated,
+    /// See [`Body::BidPlaced`].
+    BidPlaced,
+    /// See [`Body::BiddingClosed`].
+    BiddingClosed,
+    /// See [`Body::SeedCancelled`].
+    SeedCancelled,
+    /// See [`Body::SeedClaimed`].
+    SeedClaimed,
+    /// See [`Body::ResultReported`].
+    ResultReported,
+    /// See [`Body::SeedSettled`].
+    SeedSettled,
+}
+
+impl MessageKind {
+    /// The kind's name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::SeedCreated => "seed_created",
+            MessageKind::BidPlaced => "bid_placed",
+            MessageKind::BiddingClosed => "bidding_closed",
+            MessageKind::SeedCancelled => "seed_cancelled",
+            MessageKind::SeedClaimed => "seed_claimed",
+            MessageKind::ResultReported => "result_reported",
+            MessageKind::SeedSettled => "seed_settled",
+        }
+    }
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One signed-by-its-sender fact about a seed, as stored and as sent over the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Message identifier (random, chosen by the sender).
+    pub id: MessageId,
+    /// The sending node; the author of the fact.
+    pub sender: NodeId,
+    /// The sender's Lamport clock when it created the message.
+    pub lamport: u64,
+    /// The sender's wall clock when it created the message (Unix ms).
+    pub timestamp: Millis,
+    /// The fact itself.
+    pub body: Body,
+}
+
+impl Message {
+    /// The seed this message is about.
+    pub fn seed_id(&self) -> &SeedId {
+        self.body.seed_id()
+    }
+
+    /// The message's kind.
+    pub fn kind(&self) -> MessageKind {
+        self.body.kind()
+    }
+
+    /// Ordering key inside one kind: Lamport counter, then message id.
+    pub(crate) fn order_key(&self) -> (u64, &str) {
+        (self.lamport, self.id.as_str())
+    }
+
+    /// Checks everything that can be checked without other messages: field formats and sizes,
+    /// and that the sender is the author the body names.
+    pub fn check_well_formed(&self) -> Result<(), String> {
+        match &self.body {
+            Body::SeedCreated(seed) => {
+                seed.check_fields()?;
+                if seed.publisher != self.sender {
+                    return Err("seed publisher differs from the message sender".into());
+                }
+                if seed.created_at != self.timestamp {
+                    return Err("seed creation time differs from the message timestamp".into());
+                }
+            }
+            Body::BidPlaced(bid) => {
+                if bid.bidder != self.sender {
+                    return Err("bidder differs from the message sender".into());
+                }
+            }
+            Body::BiddingClosed(award) => {
+                if let Some(w) = &award.winner
+                    && !award.considered.contains(w)
+                {
+                    return Err("the winning bid is not among the considered bids".into());
+                }
+                if award.considered.len() > limits::MAX_BIDS as usize {
+                    return Err("award considers more bids than any seed allows".into());
+                }
+            }
+            Body::SeedClaimed(claim) => {
+                if claim.claimer != self.sender {
+                    return Err("claimer differs from the message sender".into());
+                }
+            }
+            Body::ResultReported(result) => {
+                if result.runner != self.sender {
+                    return Err("result runner differs from the message sender".into());
+                }
+                result.check_fields()?;
+            }
+            Body::SeedSettled(s) => {
+                if s.note.len() > limits::MAX_NOTE_BYTES {
+                    return Err(format!(
+                        "settlement note is {} bytes, the limit is {}",
+                        s.note.len(),
+                        limits::MAX_NOTE_BYTES
+                    ));
+                }
+                if s.outcome == SettlementOutcome::Rejected && s.amount != 0 {
+                    return Err("a rejected settlement must have amount 0".into());
+                }
+            }
+            Body::SeedCancelled(_) => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_only_lowercase_hex_of_the_right_length() {
+        assert!(SeedId::parse("00112233445566778899aabbccddeeff").is_ok());
+        assert!(SeedId::parse("00112233445566778899AABBCCDDEEFF").is_err());
+        assert!(SeedId::parse("0011").is_err());
+        assert!(SeedId::parse("zz112233445566778899aabbccddeeff").is_err());
+        let err = NodeId::parse("nope").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Validation);
+        assert!(err.to_string().contains("64 lowercase hex digits"), "{err}");
+    }
+
+    #[test]
+    fn ids_round_trip_through_json_and_reject_bad_json() {
+        let id = BidId::from_bytes([7; 16]);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<BidId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<BidId>("\"xyz\"").is_err());
+    }
+
+    #[test]
+    fn reachability_never_goes_backwards() {
+        use SeedStatus::*;
+        assert!(Open.can_reach(Settled));
+        assert!(Claimed.can_reach(Completed));
+        assert!(!Claimed.can_reach(Open));
+        assert!(!Completed.can_reach(Claimed));
+        assert!(!Settled.can_reach(Completed));
+        assert!(!Cancelled.can_reach(Open));
+        assert!(!Expired.can_reach(Claimed));
+        for s in SeedStatus::ALL {
+            assert!(s.can_reach(s));
+            assert_eq!(SeedStatus::parse(s.as_str()), Some(s));
+        }
+    }
+}

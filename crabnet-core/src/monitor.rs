@@ -1,0 +1,487 @@
+//! Events: what happened in the node, for subscribers and for the `events.ndjson` log.
+//!
+//! Events are written to the store in the same transaction as the change they describe, so
+//! their sequence numbers are durable and gap-free. The node then publishes them on an
+//! in-process [`EventBus`] (bounded; a subscriber that falls behind gets an
+//! [`EventKind::EventsDropped`] notice instead of slowing anyone down) and appends them to a
+//! rotating NDJSON log.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::model::SettlementOutcome;
+use crate::model::{BidId, MessageId, MessageKind, Millis, NodeId, SeedId, SeedStatus};
+use crate::state::Violation;
+
+/// One event with its sequence number and time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the node's event log (1, 2, ...); 0 for notices that are not logged.
+    pub seq: u64,
+    /// When it happened (Unix ms).
+    pub at: Millis,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// Why a remote message was rejected; each reason has a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// It could not be decoded or its fields are invalid.
+    Malformed,
+    /// It was larger than allowed.
+    Oversized,
+    /// It was seen before.
+    Duplicate,
+    /// It breaks a lifecycle rule (see the violation in the event).
+    Rule,
+}
+
+impl RejectReason {
+    /// The reason's name, as in JSON and counter names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "malformed",
+            RejectReason::Oversized => "oversized",
+            RejectReason::Duplicate => "duplicate",
+            RejectReason::Rule => "rule",
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The node started.
+    NodeStarted {
+        /// This node.
+        node_id: NodeId,
+        /// The transport in use, if any.
+        transport: Option<String>,
+    },
+    /// The node stopped.
+    NodeStopped {
+        /// This node.
+        node_id: NodeId,
+    },
+    /// A seed was published.
+    SeedPublished {
+        /// The seed.
+        seed_id: SeedId,
+        /// Its publisher.
+        publisher: NodeId,
+        /// Its command.
+        command: String,
+    },
+    /// A bid was placed.
+    BidPlaced {
+        /// The seed.
+        seed_id: SeedId,
+        /// The bid.
+        bid_id: BidId,
+        /// The bidder.
+        bidder: NodeId,
+        /// The price.
+        price: u64,
+    },
+    /// The publisher closed bidding.
+    BiddingClosed {
+        /// The seed.
+        seed_id: SeedId,
+        /// The winning bid, if any.
+        winner: Option<BidId>,
+        /// The winning node, if any.
+        winner_node: Option<NodeId>,
+        /// The winning price, if any.
+        price: Option<u64>,
+    },
+    /// The winner claimed the seed.
+    SeedClaimed {
+        /// The seed.
+        seed_id: SeedId,
+        /// The claimer.
+        claimer: NodeId,
+    },
+    /// This node started running a task.
+    TaskStarted {
+        /// The seed.
+        seed_id: SeedId,
+        /// The command.
+        command: String,
+    },
+    /// A result was recorded.
+    ResultRecorded {
+        /// The seed.
+        seed_id: SeedId,
+        /// The node that ran it.
+        runner: NodeId,
+        /// Exit code 0 and no timeout.
+        success: bool,
+        /// Exit code, if any.
+        exit_code: Option<i32>,
+        /// Run time.
+        duration_ms: u64,
+        /// SHA-256 of the output.
+        output_sha256: String,
+    },
+    /// The publisher settled.
+    SeedSettled {
+        /// The seed.
+        seed_id: SeedId,
+        /// Accepted or rejected.
+        outcome: SettlementOutcome,
+        /// Amount due.
+        amount: u64,
+    },
+    /// The publisher cancelled.
+    SeedCancelled {
+        /// The seed.
+        seed_id: SeedId,
+    },
+    /// A seed's status changed.
+    StatusChanged {
+        /// The seed.
+        seed_id: SeedId,
+        /// Previous status (`None` when the seed just became known).
+        from: Option<SeedStatus>,
+        /// New status.
+        to: SeedStatus,
+    },
+    /// A remote message was accepted and applied.
+    MessageAccepted {
+        /// The message.
+        message_id: MessageId,
+        /// Its kind.
+        message_kind: MessageKind,
+        /// Its sender.
+        sender: NodeId,
+    },
+    /// A remote message was stored but waits for another message before it takes effect.
+    MessageDeferred {
+        /// The message.
+        message_id: MessageId,
+        /// Its kind.
+        message_kind: MessageKind,
+        /// Its sender.
+        sender: NodeId,
+        /// What it waits for.
+        reason: Violation,
+    },
+    /// A remote message was rejected.
+    MessageRejected {
+        /// The message, when it could be decoded.
+        message_id: Option<MessageId>,
+        /// Its kind, when known.
+        message_kind: Option<MessageKind>,
+        /// Its sender, when known.
+        sender: Option<NodeId>,
+        /// The reason class.
+        reason: RejectReason,
+        /// The violated rule, for [`RejectReason::Rule`].
+        violation: Option<Violation>,
+        /// A human-readable explanation.
+        detail: String,
+    },
+    /// A message could not be sent; it stays in the outbox and is retried.
+    SendFailed {
+        /// The message.
+        message_id: MessageId,
+        /// Why.
+        detail: String,
+    },
+    /// This subscriber fell behind and missed events (not logged; only for that subscriber).
+    EventsDropped {
+        /// How many events were missed.
+        count: u64,
+    },
+}
+
+impl EventKind {
+    /// The event's type name, as in JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::NodeStarted { .. } => "node_started",
+            EventKind::NodeStopped { .. } => "node_stopped",
+            EventKind::SeedPublished { .. } => "seed_published",
+            EventKind::BidPlaced { .. } => "bid_placed",
+            EventKind::BiddingClosed { .. } => "bidding_closed",
+            EventKind::SeedClaimed { .. } => "seed_claimed",
+            EventKind::TaskStarted { .. } => "task_started",
+            EventKind::ResultRecorded { .. } => "result_recorded",
+            EventKind::SeedSettled { .. } => "seed_settled",
+            EventKind::SeedCancelled { .. } => "seed_cancelled",
+            EventKind::StatusChanged { .. } => "status_changed",
+            EventKind::MessageAccepted { .. } => "message_accepted",
+            EventKind::MessageDeferred { .. } => "message_deferred",
+            EventKind::MessageRejected { .. } => "message_rejected",
+            EventKind::SendFailed { .. } => "send_failed",
+            EventKind::EventsDropped { .. } => "events_dropped",
+        }
+    }
+}
+
+/// In-process fan-out of events to any number of subscribers.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl EventBus {
+    /// A bus that buffers up to `capacity` events per subscriber.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        EventBus { tx }
+    }
+
+    /// Delivers an event to current subscribers; never blocks.
+    pub fn publish(&self, event: Event) {
+        // No subscribers is fine.
+        let _ = self.tx.send(event);
+    }
+
+    /// A new subscription that sees events published from now on.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+/// A stream of events for one subscriber.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<Event>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the node is gone. A subscriber that fell behind receives one
+    /// [`EventKind::EventsDropped`] event saying how many it missed.
+    pub async fn recv(&mut self) -> Option<Event> {
+        match self.rx.recv().await {
+            Ok(e) => Some(e),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(dropped(n)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next event if one is ready, without waiting. `Ok(None)` when none is ready,
+    /// `Err(())` once the node is gone.
+    #[allow(clippy::result_unit_err)]
+    pub fn try_recv(&mut self) -> Result<Option<Event>, ()> {
+        match self.rx.try_recv() {
+            Ok(e) => Ok(Some(e)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Ok(Some(dropped(n))),
+            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
+            Err(broadcast::error::TryRecvError::Closed) => Err(()),
+        }
+    }
+}
+
+fn dropped(count: u64) -> Event {
+    Event {
+        seq: 0,
+        at: crate::clock::now_ms(),
+        kind: EventKind::EventsDropped { count },
+    }
+}
+
+/// An append-only NDJSON file with size-based rotation: when the next line would take the file
+/// past `max_bytes`, `events.ndjson` becomes `events.ndjson.1` (older files shift up) and at
+/// most `retain` rotated files are kept.
+#[derive(Debug)]
+pub struct NdjsonLog {
+    path: PathBuf,
+    max_bytes: u64,
+    retain: u32,
+}
+
+impl NdjsonLog {
+    /// A log at `path`.
+    pub fn new(path: impl Into<PathBuf>, max_bytes: u64, retain: u32) -> Self {
+        NdjsonLog {
+            path: path.into(),
+            max_bytes: max_bytes.max(1),
+            retain,
+        }
+    }
+
+    /// The current log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends events, one JSON object per line, rotating as needed, and syncs the file.
+    pub fn append(&self, events: &[Event]) -> io::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut file = self.open()?;
+        let mut size = file.metadata()?.len();
+        for event in events {
+            let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
+            line.push(b'\n');
+            if size > 0 && size + line.len() as u64 > self.max_bytes {
+                file.sync_data()?;
+                drop(file);
+                self.rotate()?;
+                file = self.open()?;
+                size = 0;
+            }
+            file.write_all(&line)?;
+            size += line.len() as u64;
+        }
+        file.sync_data()
+    }
+
+    /// The sequence number of the last complete event in the current file, after cutting off
+    /// a torn last line (a crash in the middle of a write). `None` for an empty or missing file.
+    pub fn last_seq(&self) -> io::Result<Option<u64>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = match OpenOptions::new().read(true).write(true).open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        let start = len.saturating_sub(64 * 1024);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        let complete = match tail.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if start == 0 => 0,
+            None => return Ok(None),
+        };
+        if complete < tail.len() {
+            file.set_len(start + complete as u64)?;
+            file.sync_data()?;
+        }
+        let lines = &tail[..complete];
+        let last = lines[..lines.len().saturating_sub(1)]
+            .rsplit(|b| *b == b'\n')
+            .next()
+            .filter(|l| !l.is_empty());
+        Ok(last
+            .and_then(|l| serde_json::from_slice::<Event>(l).ok())
+            .map(|e| e.seq))
+    }
+
+    fn open(&self) -> io::Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+    }
+
+    fn rotated(&self, n: u32) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    fn rotate(&self) -> io::Result<()> {
+        if self.retain == 0 {
+            return fs::remove_file(&self.path);
+        }
+        match fs::remove_file(self.rotated(self.retain)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        for n in (1..self.retain).rev() {
+            match fs::rename(self.rotated(n), self.rotated(n + 1)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        fs::rename(&self.path, self.rotated(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64) -> Event {
+        Event {
+            seq,
+            at: 1,
+            kind: EventKind::SeedCancelled {
+                seed_id: SeedId::from_bytes([seq as u8; 16]),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_subscriber_gets_a_drop_notice_and_never_blocks_the_publisher() {
+        let bus = EventBus::new(4);
+        let mut slow = bus.subscribe();
+        for i in 1..=10 {
+            bus.publish(ev(i));
+        }
+        let first = slow.recv().await.unwrap();
+        assert_eq!(first.kind, EventKind::EventsDropped { count: 6 });
+        let next = slow.recv().await.unwrap();
+        assert_eq!(next.seq, 7);
+    }
+
+    #[test]
+    fn last_seq_reads_the_last_complete_line_and_cuts_a_torn_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NdjsonLog::new(dir.path().join("events.ndjson"), 1 << 20, 1);
+        assert_eq!(log.last_seq().unwrap(), None);
+        log.append(&[ev(1), ev(2)]).unwrap();
+        assert_eq!(log.last_seq().unwrap(), Some(2));
+        let mut f = OpenOptions::new().append(true).open(log.path()).unwrap();
+        f.write_all(b"{\"seq\":3,\"at\"").unwrap();
+        drop(f);
+        assert_eq!(log.last_seq().unwrap(), Some(2));
+        let text = fs::read_to_string(log.path()).unwrap();
+        assert!(
+            text.ends_with('\n') && text.lines().count() == 2,
+            "{text:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_sees_every_event() {
+        let bus = EventBus::new(16);
+        let mut a = bus.subscribe();
+        let mut b = bus.subscribe();
+        bus.publish(ev(1));
+        assert_eq!(a.recv().await.unwrap().seq, 1);
+        assert_eq!(b.recv().await.unwrap().seq, 1);
+        assert_eq!(a.try_recv(), Ok(None));
+        drop(bus);
+        assert_eq!(a.recv().await, None);
+    }
+
+    #[test]
+    fn log_rotates_by_size_and_keeps_only_retain_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NdjsonLog::new(dir.path().join("events.ndjson"), 300, 2);
+        for i in 1..=40 {
+            log.append(&[ev(i)]).unwrap();
+        }
+        let cur = fs::read_to_string(log.path()).unwrap();
+        assert!(cur.len() <= 300, "current file is {} bytes", cur.len());
+        assert!(dir.path().join("events.ndjson.1").exists());
+        assert!(dir.path().join("events.ndjson.2").exists());
+        assert!(!dir.path().join("events.ndjson.3").exists());
+        // Lines are whole JSON objects and the newest event is in the current file.
+        let last: Event = serde_json::from_str(cur.lines().last().unwrap()).unwrap();
+        assert_eq!(last.seq, 40);
+        let older = fs::read_to_string(dir.path().join("events.ndjson.1")).unwrap();
+        let first_older: Event = serde_json::from_str(older.lines().next().unwrap()).unwrap();
+        assert!(first_older.seq < last.seq);
+    }
+}

@@ -1,0 +1,316 @@
+//! Transports: how frames leave and reach a node.
+//!
+//! A [`Transport`] moves opaque frames; it never touches the store or the state machine. The
+//! node owns its transport in one task that sends outbox frames and hands received frames to
+//! the trust boundary. [`MemoryHub`] connects nodes inside one process (tests, the demo).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::sync::mpsc;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A frame received from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundFrame {
+    /// The frame's bytes.
+    pub bytes: Vec<u8>,
+    /// The peer's transport address, for diagnostics.
+    pub from: String,
+}
+
+/// A way to exchange frames with peers.
+pub trait Transport: Send + 'static {
+    /// Short backend name (`memory`, `udp`, ...).
+    fn name(&self) -> &str;
+
+    /// The largest frame this transport carries; larger frames are refused at send time.
+    fn max_frame_bytes(&self) -> usize;
+
+    /// Sends a frame to every peer. Must not block for long.
+    fn broadcast(&mut self, frame: &[u8]) -> Result<()>;
+
+    /// Polls for the next received frame; `Ready(None)` when the transport is closed.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<InboundFrame>>;
+}
+
+/// Checks a frame against a transport's size limit.
+pub fn check_frame_size(transport: &dyn Transport, frame: &[u8]) -> Result<()> {
+    let max = transport.max_frame_bytes();
+    if frame.len() > max {
+        return Err(Error::new(
+            ErrorKind::Network,
+            format!(
+                "frame of {} bytes exceeds the {} transport's limit of {max} bytes",
+                frame.len(),
+                transport.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    next_id: u64,
+    members: BTreeMap<u64, Member>,
+}
+
+#[derive(Debug)]
+struct Member {
+    name: String,
+    tx: mpsc::UnboundedSender<InboundFrame>,
+    isolated: bool,
+}
+
+/// An in-process network: every frame broadcast by one member reaches all the others.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryHub {
+    state: Arc<Mutex<HubState>>,
+}
+
+impl MemoryHub {
+    /// The largest frame the in-memory transport carries (1 MiB).
+    pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a member called `name` and returns its transport.
+    pub fn join(&self, name: &str) -> MemoryTransport {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.next_id += 1;
+        let id = state.next_id;
+        state.members.insert(
+            id,
+            Member {
+                name: name.to_owned(),
+                tx,
+                isolated: false,
+            },
+        );
+        MemoryTransport {
+            hub: self.clone(),
+            id,
+            name: name.to_owned(),
+            rx,
+        }
+    }
+
+    /// Cuts a member off (`true`) or reconnects it (`false`); frames to or from an isolated
+    /// member are dropped, as in a network partition.
+    pub fn set_isolated(&self, name: &str, isolated: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for m in state.members.values_mut().filter(|m| m.name == name) {
+            m.isolated = isolated;
+        }
+    }
+}
+
+/// One member of a [`MemoryHub`].
+#[derive(Debug)]
+pub struct MemoryTransport {
+    hub: MemoryHub,
+    id: u64,
+    name: String,
+    rx: mpsc::UnboundedReceiver<InboundFrame>,
+}
+
+impl Transport for MemoryTransport {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        MemoryHub::MAX_FRAME_BYTES
+    }
+
+    fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
+        check_frame_size(self, frame)?;
+        let state = self.hub.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.members.get(&self.id).is_some_and(|m| m.isolated) {
+            return Ok(());
+        }
+        for (id, member) in &state.members {
+            if *id != self.id && !member.isolated {
+                // A member that left simply misses the frame.
+                let _ = member.tx.send(InboundFrame {
+                    bytes: frame.to_vec(),
+                    from: format!("memory:{}", self.name),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<InboundFrame>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for MemoryTransport {
+    fn drop(&mut self) {
+        let mut state = self.hub.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.members.remove(&self.id);
+    }
+}
+
+/// UDP transport settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UdpConfig {
+    /// Local address to bind.
+    pub bind: std::net::SocketAddr,
+    /// Peers that receive every frame (unicast).
+    pub peers: Vec<std::net::SocketAddr>,
+    /// Also send every frame to this broadcast address (off by default: a node announces
+    /// itself only on networks its operator chose).
+    pub broadcast: Option<std::net::SocketAddr>,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 7946)),
+            peers: Vec::new(),
+            broadcast: None,
+        }
+    }
+}
+
+/// Unicast (and opt-in broadcast) over UDP: the small LAN and fallback path.
+#[derive(Debug)]
+pub struct UdpTransport {
+    socket: tokio::net::UdpSocket,
+    config: UdpConfig,
+    buf: Vec<u8>,
+}
+
+impl UdpTransport {
+    /// The largest UDP payload over IPv4.
+    pub const MAX_FRAME_BYTES: usize = 65_507;
+
+    /// Binds the socket. Must be called inside a tokio runtime.
+    pub fn bind(config: UdpConfig) -> Result<Self> {
+        let socket = std::net::UdpSocket::bind(config.bind).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Network,
+                format!("cannot bind UDP socket on {}: {e}", config.bind),
+                e,
+            )
+        })?;
+        socket.set_nonblocking(true)?;
+        if config.broadcast.is_some() {
+            socket.set_broadcast(true)?;
+        }
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        Ok(UdpTransport {
+            socket,
+            config,
+            buf: vec![0; Self::MAX_FRAME_BYTES + 1],
+        })
+    }
+
+    /// The bound local address (useful when binding port 0).
+    pub fn local_addr(&self) -> Result<std::net::SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+}
+
+impl Transport for UdpTransport {
+    fn name(&self) -> &str {
+        "udp"
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        Self::MAX_FRAME_BYTES
+    }
+
+    fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
+        check_frame_size(self, frame)?;
+        let targets = self.config.peers.iter().chain(self.config.broadcast.iter());
+        let mut failures = Vec::new();
+        for addr in targets {
+            if let Err(e) = self.socket.try_send_to(frame, *addr) {
+                failures.push(format!("{addr}: {e}"));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Network,
+                format!("cannot send to {}", failures.join(", ")),
+            ))
+        }
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<InboundFrame>> {
+        loop {
+            let mut buf = tokio::io::ReadBuf::new(&mut self.buf);
+            match self.socket.poll_recv_from(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(from)) => {
+                    return Poll::Ready(Some(InboundFrame {
+                        bytes: buf.filled().to_vec(),
+                        from: format!("udp:{from}"),
+                    }));
+                }
+                // ICMP errors from earlier sends surface here on Linux; they do not close the
+                // socket.
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!("udp receive error: {e}");
+                    continue;
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the next frame of a transport.
+pub async fn recv(transport: &mut dyn Transport) -> Option<InboundFrame> {
+    std::future::poll_fn(|cx| transport.poll_recv(cx)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_reach_every_other_member_but_not_the_sender_or_isolated_ones() {
+        let hub = MemoryHub::new();
+        let mut a = hub.join("a");
+        let mut b = hub.join("b");
+        let mut c = hub.join("c");
+        a.broadcast(b"one").unwrap();
+        assert_eq!(recv(&mut b).await.unwrap().bytes, b"one");
+        assert_eq!(recv(&mut c).await.unwrap().bytes, b"one");
+        hub.set_isolated("c", true);
+        b.broadcast(b"two").unwrap();
+        assert_eq!(recv(&mut a).await.unwrap().bytes, b"two");
+        hub.set_isolated("c", false);
+        a.broadcast(b"three").unwrap();
+        let got = recv(&mut c).await.unwrap();
+        assert_eq!(
+            got.bytes, b"three",
+            "the frame sent during isolation is lost"
+        );
+        assert_eq!(got.from, "memory:a");
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_with_a_clear_error() {
+        let hub = MemoryHub::new();
+        let mut a = hub.join("a");
+        let err = a
+            .broadcast(&vec![0u8; MemoryHub::MAX_FRAME_BYTES + 1])
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Network);
+        assert!(err.to_string().contains("exceeds"), "{err}");
+    }
+}

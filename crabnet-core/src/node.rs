@@ -1,0 +1,856 @@
+//! The embeddable node: the one handle that the CLI, the C ABI and the Python module wrap.
+//!
+//! A [`Node`] owns its store, its event bus and (optionally) a transport. Local operations
+//! (`publish`, `bid`, `claim`, `run`, `settle`, `cancel`) validate against the seed's current
+//! state and commit the message, its events and its outbox row in one transaction; background
+//! tasks send the outbox, apply received messages, close bidding on seeds this node published
+//! when it is due, and append events to the NDJSON log.
+//!
+//! Shutdown order ([`Node::stop`]): refuse new operations, signal the background tasks and wait
+//! for them (the network task sends what is due first), record `node_stopped`, deliver the last
+//! events to subscribers and the log, then release the data-directory lock.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::clock::{now_ms, random_bytes};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{
+    Bid, BidId, Body, Cancellation, Claim, Message, NodeId, Seed, SeedId, SeedStatus, Settlement,
+    SettlementOutcome, TaskResult,
+};
+use crate::monitor::{Event, EventBus, EventKind, NdjsonLog, RejectReason, Subscription};
+use crate::network::{self, Transport};
+use crate::runner::{self, RunRequest};
+use crate::state::{self, SeedView, Violation};
+use crate::store::{RemoteOutcome, Store};
+
+/// What to publish. `Default` gives a usable seed apart from the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishRequest {
+    /// Shell command to run.
+    pub command: String,
+    /// Description for humans.
+    pub description: String,
+    /// Lowest acceptable price.
+    pub min_price: u64,
+    /// Highest acceptable price.
+    pub max_price: u64,
+    /// Bid window in seconds.
+    pub bid_window_secs: u64,
+    /// Bidding closes early once this many bids arrived.
+    pub max_bids: u32,
+    /// Run timeout in seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for PublishRequest {
+    fn default() -> Self {
+        PublishRequest {
+            command: String::new(),
+            description: String::new(),
+            min_price: 1,
+            max_price: 100,
+            bid_window_secs: 30,
+            max_bids: 5,
+            timeout_secs: 60,
+        }
+    }
+}
+
+impl PublishRequest {
+    /// A request for `command` with default terms.
+    pub fn new(command: impl Into<String>) -> Self {
+        PublishRequest {
+            command: command.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A summary of the node's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overview {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// This node's name.
+    pub name: String,
+    /// The data directory.
+    pub data_dir: String,
+    /// The transport in use, if any.
+    pub transport: Option<String>,
+    /// Number of seeds per status.
+    pub seeds_by_status: std::collections::BTreeMap<SeedStatus, u64>,
+    /// Messages waiting to be sent.
+    pub outbox_pending: u64,
+    /// Counters: accepted, deferred, sent, rejected by reason.
+    pub counters: std::collections::BTreeMap<String, u64>,
+    /// Sequence number of the latest event.
+    pub last_event_seq: u64,
+    /// Digest of the whole seed state (equal on converged replicas).
+    pub state_digest: String,
+}
+
+struct Inner {
+    id: NodeId,
+    config: Config,
+    store: Mutex<Store>,
+    bus: EventBus,
+    log: Option<NdjsonLog>,
+    transport_name: Option<String>,
+    published_seq: Mutex<u64>,
+    stopped: AtomicBool,
+    shutdown: watch::Sender<bool>,
+    wake_outbox: Notify,
+    wake_log: Notify,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    lock: Mutex<Option<File>>,
+}
+
+/// A running Crabnet node. Cheap to clone; all clones share one node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .field("name", &self.inner.config.name)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn create_private_dir(path: &std::path::Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Io,
+            format!("cannot create data directory {}: {e}", path.display()),
+            e,
+        )
+    })
+}
+
+fn take_listen_lock(config: &Config) -> Result<File> {
+    let path = config.lock_path();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "another crabnet node is already listening on data directory {}{}",
+                    config.data_dir.display(),
+                    if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {holder})")
+                    }
+                ),
+            ));
+        }
+        Err(TryLockError::Error(e)) => return Err(e.into()),
+    }
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    file.sync_data()?;
+    Ok(file)
+}
+
+impl Node {
+    /// Starts a node without a network: local operations, events and the log work; messages
+    /// wait in the outbox for a node with a transport on the same data directory.
+    pub async fn start(config: Config) -> Result<Node> {
+        Self::start_inner(config, None).await
+    }
+
+    /// Starts a node that exchanges messages through `transport`. Such a node holds the data
+    /// directory's listen lock: a second one on the same directory fails with
+    /// [`ErrorKind::Busy`].
+    pub async fn start_with_transport(
+        config: Config,
+        transport: Box<dyn Transport>,
+    ) -> Result<Node> {
+        Self::start_inner(config, Some(transport)).await
+    }
+
+    async fn start_inner(config: Config, transport: Option<Box<dyn Transport>>) -> Result<Node> {
+        config.validate()?;
+        let cfg = config.clone();
+        let listening = transport.is_some();
+        let (store, id, lock_file) = tokio::task::spawn_blocking(move || -> Result<_> {
+            create_private_dir(&cfg.data_dir)?;
+            let lock_file = if listening {
+                Some(take_listen_lock(&cfg)?)
+            } else {
+                None
+            };
+            let mut store = Store::open(&cfg.db_path(), &cfg.store)?;
+            let id = store.node_id_or_init(&NodeId::from_bytes(random_bytes()))?;
+            Ok((store, id, lock_file))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("start task failed: {e}")))??;
+
+        let published = store.last_event_seq()?;
+        let log = config.events.log_enabled.then(|| {
+            NdjsonLog::new(
+                config.event_log_path(),
+                config.events.log_max_bytes,
+                config.events.log_retain,
+            )
+        });
+        let (shutdown, _) = watch::channel(false);
+        let node = Node {
+            inner: Arc::new(Inner {
+                id,
+                bus: EventBus::new(config.events.bus_capacity),
+                log,
+                transport_name: transport.as_ref().map(|t| t.name().to_owned()),
+                store: Mutex::new(store),
+                published_seq: Mutex::new(published),
+                stopped: AtomicBool::new(false),
+                shutdown,
+                wake_outbox: Notify::new(),
+                wake_log: Notify::new(),
+                tasks: Mutex::new(Vec::new()),
+                lock: Mutex::new(lock_file),
+                config,
+            }),
+        };
+        if let Some(name) = node.inner.transport_name.clone() {
+            let id = node.inner.id.clone();
+            node.blocking(move |n| {
+                n.with_store(|s| {
+                    s.record_event(
+                        now_ms(),
+                        EventKind::NodeStarted {
+                            node_id: id,
+                            transport: Some(name),
+                        },
+                    )
+                })
+            })
+            .await?;
+        }
+        node.blocking(|n| n.close_due_bidding()).await?;
+
+        let mut tasks = Vec::new();
+        // Receivers exist before the tasks run, so a stop right after start is never missed.
+        let stop = || node.inner.shutdown.subscribe();
+        tasks.push(tokio::spawn(node.clone().housekeeping(stop())));
+        if node.inner.log.is_some() {
+            tasks.push(tokio::spawn(node.clone().log_writer(stop())));
+        }
+        if let Some(t) = transport {
+            tasks.push(tokio::spawn(node.clone().network_loop(t, stop())));
+        }
+        *lock(&node.inner.tasks) = tasks;
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.inner.id
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Subscribes to events from now on.
+    pub fn subscribe(&self) -> Subscription {
+        self.inner.bus.subscribe()
+    }
+
+    /// Whether [`Node::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Stops the node gracefully; see the module docs for the order. Calling it twice is fine.
+    pub async fn stop(&self) -> Result<()> {
+        if self.inner.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.inner.shutdown.send_replace(true);
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+        for t in tasks {
+            if let Err(e) = t.await
+                && e.is_panic()
+            {
+                tracing::error!("a background task panicked: {e}");
+            }
+        }
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            if node.inner.transport_name.is_some() {
+                let id = node.inner.id.clone();
+                node.with_store(|s| {
+                    s.record_event(now_ms(), EventKind::NodeStopped { node_id: id })
+                })?;
+            }
+            node.write_log()?;
+            *lock(&node.inner.lock) = None;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("stop task failed: {e}")))?
+    }
+
+    /// Runs `f` on a blocking thread with access to this node.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Node) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if self.is_stopped() {
+            return Err(Error::new(ErrorKind::Stopped, "the node has been stopped"));
+        }
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || f(&node))
+            .await
+            .map_err(|e| Error::internal(format!("node task failed: {e}")))?
+    }
+
+    /// Runs `f` with the store locked, then delivers any new events.
+    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+        let mut store = lock(&self.inner.store);
+        let out = f(&mut store);
+        self.pump_events(&store);
+        out
+    }
+
+    /// Publishes events committed since the last pump (by this or another process) to the bus
+    /// and wakes the log writer.
+    fn pump_events(&self, store: &Store) {
+        let mut seq = lock(&self.inner.published_seq);
+        loop {
+            match store.events_after(*seq, 512) {
+                Ok(events) if events.is_empty() => break,
+                Ok(events) => {
+                    for e in events {
+                        *seq = e.seq;
+                        self.inner.bus.publish(e);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("cannot read events: {e}");
+                    break;
+                }
+            }
+        }
+        self.inner.wake_log.notify_one();
+    }
+
+    fn commit_local(
+        &self,
+        seed_id: &SeedId,
+        build: impl FnOnce(Option<&SeedView>) -> Result<Body>,
+    ) -> Result<SeedView> {
+        let view = self.with_store(|s| {
+            s.commit_local(&self.inner.id, seed_id, now_ms(), build)
+                .map(|(_, view, _)| view)
+        })?;
+        self.inner.wake_outbox.notify_one();
+        Ok(view)
+    }
+
+    /// Publishes a seed; returns its state.
+    pub async fn publish(&self, req: PublishRequest) -> Result<SeedView> {
+        self.blocking(move |n| {
+            let now = now_ms();
+            let seed = Seed {
+                id: SeedId::from_bytes(random_bytes()),
+                publisher: n.inner.id.clone(),
+                command: req.command,
+                description: req.description,
+                min_price: req.min_price,
+                max_price: req.max_price,
+                bid_window_secs: req.bid_window_secs,
+                max_bids: req.max_bids,
+                timeout_secs: req.timeout_secs,
+                created_at: now,
+            };
+            seed.check_fields()
+                .map_err(|e| Error::new(ErrorKind::Validation, format!("invalid seed: {e}")))?;
+            let id = seed.id.clone();
+            // The creation time must equal the message timestamp: commit with the same clock.
+            let view = n.with_store(|s| {
+                s.commit_local(&n.inner.id, &id, now, |_| Ok(Body::SeedCreated(seed)))
+                    .map(|(_, v, _)| v)
+            })?;
+            n.inner.wake_outbox.notify_one();
+            Ok(view)
+        })
+        .await
+    }
+
+    /// Bids `price` on a seed.
+    pub async fn bid(&self, seed_id: &SeedId, price: u64) -> Result<SeedView> {
+        let seed_id = seed_id.clone();
+        self.blocking(move |n| {
+            let me = n.inner.id.clone();
+            let view = n.commit_local(&seed_id, |v| {
+                let v = known(v, &seed_id)?;
+                state::check_local_bid(v, &me, now_ms())?;
+                Ok(Body::BidPlaced(Bid {
+                    id: BidId::from_bytes(random_bytes()),
+                    seed_id: seed_id.clone(),
+                    bidder: me.clone(),
+                    price,
+                }))
+            })?;
+            n.close_due_bidding()?;
+            n.seed_blocking(&seed_id).or(Ok(view))
+        })
+        .await
+    }
+
+    /// Claims a seed this node won.
+    pub async fn claim(&self, seed_id: &SeedId) -> Result<SeedView> {
+        let seed_id = seed_id.clone();
+        self.blocking(move |n| {
+            n.close_due_bidding()?;
+            let me = n.inner.id.clone();
+            n.commit_local(&seed_id, |v| {
+                let v = known(v, &seed_id)?;
+                let bid_id = state::check_local_claim(v, &me)?;
+                Ok(Body::SeedClaimed(Claim {
+                    seed_id: seed_id.clone(),
+                    claimer: me.clone(),
+                    bid_id,
+                }))
+            })
+        })
+        .await
+    }
+
+    /// Runs a seed this node claimed, records and broadcasts its result. The command runs only
+    /// because this node's operator asked for it; nothing runs on a remote request.
+    pub async fn run(&self, seed_id: &SeedId) -> Result<SeedView> {
+        let id = seed_id.clone();
+        let seed = self
+            .blocking(move |n| {
+                let view = n.seed_blocking(&id)?;
+                state::check_local_run(&view, &n.inner.id)?;
+                n.with_store(|s| {
+                    s.begin_run(&id, std::process::id(), now_ms())?;
+                    s.record_event(
+                        now_ms(),
+                        EventKind::TaskStarted {
+                            seed_id: id.clone(),
+                            command: view.seed.command.clone(),
+                        },
+                    )
+                })?;
+                Ok(view.seed)
+            })
+            .await?;
+        let work_root = self.inner.config.work_dir();
+        let outcome = runner::run(
+            RunRequest {
+                task_id: seed.id.as_str(),
+                command: &seed.command,
+                timeout: Duration::from_secs(seed.timeout_secs),
+                work_root: &work_root,
+            },
+            &self.inner.config.runner,
+        )
+        .await;
+        let id = seed.id.clone();
+        self.blocking(move |n| {
+            let ended = n.with_store(|s| s.end_run(&id));
+            let outcome = outcome.map_err(|e| {
+                Error::with_source(ErrorKind::Runner, format!("cannot run seed {id}: {e}"), e)
+            })?;
+            ended?;
+            let me = n.inner.id.clone();
+            let result = TaskResult {
+                seed_id: id.clone(),
+                runner: me,
+                success: outcome.success(),
+                exit_code: outcome.exit_code,
+                signal: outcome.signal,
+                timed_out: outcome.timed_out,
+                duration_ms: outcome.duration_ms,
+                output_sha256: outcome.output_sha256,
+                output_bytes: outcome.output_bytes,
+                output_excerpt: outcome.output_excerpt,
+                output_truncated: outcome.output_truncated,
+                started_at: outcome.started_at_ms,
+                finished_at: outcome.finished_at_ms,
+            };
+            n.commit_local(&id, |v| {
+                let v = known(v, &id)?;
+                state::check_local_run(v, &result.runner)?;
+                Ok(Body::ResultReported(result))
+            })
+        })
+        .await
+    }
+
+    /// Settles a completed seed this node published: accept (the winning price is due) or
+    /// reject.
+    pub async fn settle(&self, seed_id: &SeedId, accept: bool, note: &str) -> Result<SeedView> {
+        let seed_id = seed_id.clone();
+        let note = note.to_owned();
+        self.blocking(move |n| {
+            n.commit_local(&seed_id, |v| {
+                let v = known(v, &seed_id)?;
+                let amount = if accept {
+                    v.award.as_ref().and_then(|a| a.price).unwrap_or(0)
+                } else {
+                    0
+                };
+                Ok(Body::SeedSettled(Settlement {
+                    seed_id: seed_id.clone(),
+                    outcome: if accept {
+                        SettlementOutcome::Accepted
+                    } else {
+                        SettlementOutcome::Rejected
+                    },
+                    amount,
+                    note,
+                }))
+            })
+        })
+        .await
+    }
+
+    /// Cancels a seed this node published, while bidding is open.
+    pub async fn cancel(&self, seed_id: &SeedId) -> Result<SeedView> {
+        let seed_id = seed_id.clone();
+        self.blocking(move |n| {
+            n.commit_local(&seed_id, |v| {
+                known(v, &seed_id)?;
+                Ok(Body::SeedCancelled(Cancellation {
+                    seed_id: seed_id.clone(),
+                }))
+            })
+        })
+        .await
+    }
+
+    /// One seed's state; [`ErrorKind::NotFound`] if it is unknown here.
+    pub async fn seed(&self, seed_id: &SeedId) -> Result<SeedView> {
+        let seed_id = seed_id.clone();
+        self.blocking(move |n| n.seed_blocking(&seed_id)).await
+    }
+
+    fn seed_blocking(&self, seed_id: &SeedId) -> Result<SeedView> {
+        lock(&self.inner.store).seed(seed_id)?.ok_or_else(|| {
+            Violation::UnknownSeed {
+                seed_id: seed_id.clone(),
+            }
+            .into()
+        })
+    }
+
+    /// Seeds known here, newest first, optionally filtered by status.
+    pub async fn seeds(&self, status: Option<SeedStatus>) -> Result<Vec<SeedView>> {
+        self.blocking(move |n| lock(&n.inner.store).seeds(status, usize::MAX))
+            .await
+    }
+
+    /// A summary of the node.
+    pub async fn overview(&self) -> Result<Overview> {
+        self.blocking(|n| {
+            let store = lock(&n.inner.store);
+            Ok(Overview {
+                node_id: n.inner.id.clone(),
+                name: n.inner.config.name.clone(),
+                data_dir: n.inner.config.data_dir.display().to_string(),
+                transport: n.inner.transport_name.clone(),
+                seeds_by_status: store.status_counts()?,
+                outbox_pending: store.outbox_pending()?,
+                counters: store.counters()?,
+                last_event_seq: store.last_event_seq()?,
+                state_digest: store.digest()?,
+            })
+        })
+        .await
+    }
+
+    /// Events after sequence number `after` from the durable log, oldest first.
+    pub async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.blocking(move |n| lock(&n.inner.store).events_after(after, limit))
+            .await
+    }
+
+    /// Applies one frame received from the network. Returns what happened to it.
+    fn receive_frame(&self, bytes: &[u8], from: &str, max: usize) -> Result<RemoteOutcome> {
+        let now = now_ms();
+        let decoded = if bytes.len() > max {
+            Err((
+                RejectReason::Oversized,
+                format!("frame of {} bytes exceeds the limit of {max}", bytes.len()),
+            ))
+        } else {
+            decode_frame(bytes).map_err(|e| (RejectReason::Malformed, e))
+        };
+        let message: Message = match decoded {
+            Ok(m) => m,
+            Err((reason, detail)) => {
+                self.with_store(|s| {
+                    s.record_event(
+                        now,
+                        EventKind::MessageRejected {
+                            message_id: None,
+                            message_kind: None,
+                            sender: None,
+                            reason,
+                            violation: None,
+                            detail: format!("frame from {from} rejected: {detail}"),
+                        },
+                    )
+                })?;
+                return Ok(RemoteOutcome::Rejected(reason, detail));
+            }
+        };
+        let outcome = self.with_store(|s| {
+            s.apply_remote(&self.inner.id, &message, now)
+                .map(|(outcome, _)| outcome)
+        })?;
+        if matches!(outcome, RemoteOutcome::Applied | RemoteOutcome::Deferred(_)) {
+            self.close_due_bidding()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Issues the award (or expiry) for every seed this node published whose bidding is due
+    /// to close.
+    fn close_due_bidding(&self) -> Result<()> {
+        let now = now_ms();
+        let open = lock(&self.inner.store).open_seeds_of(&self.inner.id)?;
+        for view in open {
+            if view.due_award(now).is_none() {
+                continue;
+            }
+            let id = view.seed.id.clone();
+            let result = self.commit_local(&id, |v| {
+                let v = known(v, &id)?;
+                // Another thread or process may have closed it meanwhile.
+                v.due_award(now).map(Body::BiddingClosed).ok_or_else(|| {
+                    Violation::BiddingClosed {
+                        seed_id: id.clone(),
+                    }
+                    .into()
+                })
+            });
+            match result {
+                Ok(_) => {}
+                Err(e) if matches!(e.violation(), Some(Violation::BiddingClosed { .. })) => {}
+                Err(e) => tracing::warn!(seed = %id, "cannot close bidding: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn housekeeping(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(self.inner.config.network.tick_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let node = self.clone();
+            let done = tokio::task::spawn_blocking(move || -> Result<()> {
+                node.close_due_bidding()?;
+                let mut store = lock(&node.inner.store);
+                store.prune_seen(now_ms())?;
+                node.pump_events(&store);
+                Ok(())
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("housekeeping failed: {e}"),
+                Err(e) => tracing::error!("housekeeping task failed: {e}"),
+            }
+            self.inner.wake_outbox.notify_one();
+        }
+    }
+
+    /// Appends new events to the NDJSON log. Several processes may share a data directory: a
+    /// file lock serializes writers and the cursor in the database says what is written.
+    fn write_log(&self) -> Result<()> {
+        let Some(log) = &self.inner.log else {
+            return Ok(());
+        };
+        let lock_path = self.inner.config.data_dir.join("events.ndjson.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        file.lock()?;
+        let mut store = lock(&self.inner.store);
+        // The file may be ahead of the cursor if a process died between the two writes.
+        let mut cursor = store.log_cursor()?.max(log.last_seq()?.unwrap_or(0));
+        loop {
+            let events = store.events_after(cursor, 1000)?;
+            let Some(last) = events.last().map(|e| e.seq) else {
+                break;
+            };
+            log.append(&events)?;
+            store.set_log_cursor(last)?;
+            cursor = last;
+        }
+        drop(store);
+        file.unlock()?;
+        Ok(())
+    }
+
+    async fn log_writer(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.inner.wake_log.notified() => {}
+            }
+            let node = self.clone();
+            match tokio::task::spawn_blocking(move || node.write_log()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("cannot write the event log: {e}"),
+                Err(e) => tracing::error!("event log task failed: {e}"),
+            }
+        }
+    }
+
+    async fn network_loop(
+        self,
+        mut transport: Box<dyn Transport>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(self.inner.config.network.tick_ms));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.drain_outbox(transport.as_mut()).await;
+                    return;
+                }
+                frame = network::recv(transport.as_mut()) => {
+                    let Some(frame) = frame else {
+                        tracing::warn!("transport closed");
+                        return;
+                    };
+                    let node = self.clone();
+                    let max = transport.max_frame_bytes();
+                    let res = tokio::task::spawn_blocking(move || node.receive_frame(&frame.bytes, &frame.from, max)).await;
+                    match res {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!("cannot apply received frame: {e}"),
+                        Err(e) => tracing::error!("receive task failed: {e}"),
+                    }
+                    // Whatever the frame caused (an award, say) goes out promptly.
+                    self.drain_outbox(transport.as_mut()).await;
+                }
+                _ = self.inner.wake_outbox.notified() => self.drain_outbox(transport.as_mut()).await,
+                _ = tick.tick() => self.drain_outbox(transport.as_mut()).await,
+            }
+        }
+    }
+
+    async fn drain_outbox(&self, transport: &mut dyn Transport) {
+        let node = self.clone();
+        let due =
+            tokio::task::spawn_blocking(move || lock(&node.inner.store).outbox_due(now_ms(), 256))
+                .await;
+        let items = match due {
+            Ok(Ok(items)) => items,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot read the outbox: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::error!("outbox task failed: {e}");
+                return;
+            }
+        };
+        if items.is_empty() {
+            return;
+        }
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let sent = encode_frame(&item.message).and_then(|frame| transport.broadcast(&frame));
+            results.push((item, sent));
+        }
+        let node = self.clone();
+        let net = self.inner.config.network.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            node.with_store(|s| {
+                let now = now_ms();
+                for (item, sent) in results {
+                    match sent {
+                        Ok(()) => s.outbox_sent(item.seq, now)?,
+                        Err(e) => {
+                            let shift = item.attempts.min(20);
+                            let delay = net
+                                .retry_base_ms
+                                .saturating_mul(1u64 << shift)
+                                .min(net.retry_max_ms);
+                            s.outbox_retry(item.seq, now + delay)?;
+                            s.record_event(
+                                now,
+                                EventKind::SendFailed {
+                                    message_id: item.message.id.clone(),
+                                    detail: e.to_string(),
+                                },
+                            )?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await;
+    }
+}
+
+fn known<'a>(view: Option<&'a SeedView>, seed_id: &SeedId) -> Result<&'a SeedView> {
+    view.ok_or_else(|| {
+        Violation::UnknownSeed {
+            seed_id: seed_id.clone(),
+        }
+        .into()
+    })
+}
+
+/// Encodes a message for the wire.
+pub(crate) fn encode_frame(message: &Message) -> Result<Vec<u8>> {
+    serde_json::to_vec(message).map_err(|e| Error::internal(format!("cannot encode message: {e}")))
+}
+
+/// Decodes a message from the wire.
+pub(crate) fn decode_frame(bytes: &[u8]) -> std::result::Result<Message, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}

@@ -1,0 +1,1474 @@
+//! Local execution of a task's shell command.
+//!
+//! [`run`] executes one task command in a fresh, private working directory and
+//! records how it ended ([`RunOutcome`]): exit code or terminating signal,
+//! whether the wall-clock timeout fired, timing, and a SHA-256 hash over the
+//! complete combined stdout/stderr stream together with a capped excerpt.
+//!
+//! # Isolation (Unix)
+//!
+//! * The command runs as `bash -lc <command>` with stdin connected to
+//!   `/dev/null`, in its own process group.
+//! * The environment is cleared; only `PATH` (the node's, or
+//!   `/usr/local/bin:/usr/bin:/bin` when unset), `HOME` and `TMPDIR` (both the
+//!   per-task directory), `LANG=C.UTF-8` and `CRABNET_TASK_ID` are set. Note that
+//!   a login shell sources `/etc/profile`, which may adjust `PATH` and export
+//!   further variables.
+//! * Resource limits (`RLIMIT_CPU`, `RLIMIT_AS`, `RLIMIT_FSIZE`,
+//!   `RLIMIT_NPROC`, see [`RunnerConfig`]) are applied to the shell before it
+//!   starts, as both soft and hard limits, so the task cannot raise them again.
+//!   Core dumps are disabled (`RLIMIT_CORE = 0`).
+//! * When the timeout fires, the whole process group is killed with
+//!   `SIGKILL`. After the main shell exits on its own, the group is killed as
+//!   well, so background processes left behind by the task cannot keep running
+//!   or hold the output pipe open.
+//!
+//! This is resource limiting, not a security sandbox: the task runs with the
+//! node's user id and can read anything that user can read. A process that
+//! leaves the process group (for example via `setsid`) escapes the group kill;
+//! if it keeps the output pipe open, output collection stops after a short
+//! grace period.
+//!
+//! # Windows
+//!
+//! The command runs as `cmd /C <command>`. Only the wall-clock timeout is
+//! enforced and it kills the direct child process only (not its
+//! descendants). No resource limits are applied.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+/// Maximum number of characters of the task id used in the working directory name.
+const MAX_TASK_ID_LEN: usize = 64;
+/// `PATH` handed to tasks when the node itself has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// Size of the buffer used to read the task's output.
+const READ_CHUNK: usize = 64 * 1024;
+/// How long output is still collected after the task's process group is gone
+/// (only relevant when a process that escaped the group holds the pipe open).
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// How long to wait for the main child to be reported dead after `SIGKILL`.
+#[cfg(unix)]
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How often the output reader re-checks its cancellation flag.
+#[cfg(unix)]
+const READER_POLL_MS: libc::c_int = 100;
+/// How often the child's state is polled on platforms without `waitid`.
+#[cfg(not(unix))]
+const WAIT_POLL: Duration = Duration::from_millis(50);
+/// Attempts at finding an unused working directory name.
+const WORKDIR_ATTEMPTS: usize = 8;
+
+/// Resource limits and caps for task execution (part of the node's TOML
+/// config, section `[runner]`).
+///
+/// For the four resource limits a value of `0` means "no limit": the limit is
+/// set to unlimited (`RLIM_INFINITY`), or, when the node is not allowed to
+/// raise its hard limit that far, to the node's own hard limit. Likewise a
+/// non-zero value above the node's hard limit is lowered to that hard limit
+/// when the node lacks the privilege to raise it. Resource limits apply on
+/// Unix only.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunnerConfig {
+    /// Cap, in bytes, on the output excerpt kept in [`RunOutcome::output_excerpt`].
+    /// The hash and byte count always cover the complete output. Default: 64 KiB.
+    pub max_output_bytes: usize,
+    /// CPU time limit in seconds (`RLIMIT_CPU`); `0` = no limit. Default: 600.
+    pub cpu_seconds: u64,
+    /// Virtual address space limit in bytes (`RLIMIT_AS`); `0` = no limit.
+    /// Default: 4 GiB. Runtimes that reserve large virtual mappings (JVM, Go)
+    /// may need a higher value.
+    pub address_space_bytes: u64,
+    /// Maximum size in bytes of any file the task writes (`RLIMIT_FSIZE`);
+    /// `0` = no limit. Default: 1 GiB.
+    pub file_size_bytes: u64,
+    /// Maximum number of processes (`RLIMIT_NPROC`); `0` = no limit.
+    /// Default: 512. The kernel counts all processes of the node's user id,
+    /// not only the task's, and does not enforce this limit for root.
+    pub max_processes: u64,
+    /// Keep the per-task working directory after the run (default `false`:
+    /// it is removed).
+    pub keep_workdirs: bool,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            max_output_bytes: 64 * 1024,
+            cpu_seconds: 600,
+            address_space_bytes: 4 * 1024 * 1024 * 1024,
+            file_size_bytes: 1024 * 1024 * 1024,
+            max_processes: 512,
+            keep_workdirs: false,
+        }
+    }
+}
+
+/// One command to execute, see [`run`].
+#[derive(Debug, Clone, Copy)]
+pub struct RunRequest<'a> {
+    /// Identifier of the task. Exported to the command as `CRABNET_TASK_ID`;
+    /// a sanitized form (only `[A-Za-z0-9_-]`, at most 64 characters) names the
+    /// working directory. Must not contain a NUL byte.
+    pub task_id: &'a str,
+    /// Shell command line (`bash -lc` on Unix, `cmd /C` on Windows). Must not
+    /// be empty or blank and must not contain a NUL byte.
+    pub command: &'a str,
+    /// Wall-clock limit, measured from spawning the command. When it expires
+    /// the task's process group is killed.
+    pub timeout: Duration,
+    /// Parent of the fresh per-task directory; created if missing.
+    pub work_root: &'a Path,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// Exit code of the command; `None` when it was killed by a signal.
+    pub exit_code: Option<i32>,
+    /// The signal that terminated the command, if any (always `None` on Windows).
+    pub signal: Option<i32>,
+    /// Whether the wall-clock timeout fired and the task was killed.
+    pub timed_out: bool,
+    /// Wall-clock start time, in milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// `started_at_ms + duration_ms` (immune to wall-clock jumps during the run).
+    pub finished_at_ms: u64,
+    /// Time from spawn until the main process exited, in milliseconds
+    /// (monotonic clock).
+    pub duration_ms: u64,
+    /// Lowercase hex SHA-256 over all output bytes (stdout and stderr combined,
+    /// in write order), not only the excerpt.
+    pub output_sha256: String,
+    /// Total number of output bytes.
+    pub output_bytes: u64,
+    /// The first `max_output_bytes` bytes of output, decoded as lossy UTF-8.
+    /// When the cap cuts a multi-byte character in two, the incomplete
+    /// character is dropped; invalid bytes become U+FFFD.
+    pub output_excerpt: String,
+    /// Whether the output was longer than `max_output_bytes`.
+    pub output_truncated: bool,
+}
+
+impl RunOutcome {
+    /// `true` when the command exited with code 0 and did not time out.
+    #[must_use]
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+}
+
+/// Errors that prevent a run from producing a [`RunOutcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The work root or the per-task working directory could not be prepared.
+    #[error("cannot prepare working directory {}: {source}", path.display())]
+    Workdir {
+        /// The directory that could not be created or inspected.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: io::Error,
+    },
+    /// The command is empty, blank or contains a NUL byte.
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
+    /// The task id contains a NUL byte.
+    #[error("invalid task id: {0}")]
+    InvalidTaskId(String),
+    /// The shell could not be started (missing shell, failing resource limit, ...).
+    #[error("failed to start the task shell: {0}")]
+    Spawn(#[source] io::Error),
+    /// An I/O error while supervising the task or collecting its output.
+    #[error("I/O error while running the task: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Runs `req.command` in a fresh working directory under `req.work_root` and
+/// reports how it ended.
+///
+/// A non-zero exit, a signal or a timeout are not errors: they are recorded in
+/// the returned [`RunOutcome`]. Errors are returned only when the command
+/// could not be run or supervised (invalid input, working directory, spawn or
+/// I/O failures).
+///
+/// The per-task directory is `work_root/<sanitized task id>-<8 random hex>`,
+/// created with mode 0700; it is removed afterwards unless
+/// [`RunnerConfig::keep_workdirs`] is set (removal failures are logged, not
+/// returned). Dropping the returned future kills the task's process group and
+/// cleans up in the background.
+///
+/// # Errors
+///
+/// [`RunnerError::InvalidCommand`] / [`RunnerError::InvalidTaskId`] for bad
+/// input, [`RunnerError::Workdir`] when the directory cannot be created,
+/// [`RunnerError::Spawn`] when the shell cannot be started (including a
+/// resource limit that cannot be applied), [`RunnerError::Io`] for failures
+/// while supervising the process or reading its output.
+///
+/// Must be called within a Tokio runtime with the time driver enabled (as set
+/// up by `#[tokio::main]`); it uses two blocking-pool threads per run.
+pub async fn run(req: RunRequest<'_>, cfg: &RunnerConfig) -> Result<RunOutcome, RunnerError> {
+    validate(&req)?;
+    let workdir = create_workdir(req.work_root, req.task_id).await?;
+    tracing::debug!(task_id = req.task_id, workdir = %workdir.display(), "starting task");
+    let mut dir_guard = WorkdirGuard {
+        path: Some(workdir.clone()),
+        keep: cfg.keep_workdirs,
+    };
+    let result = execute(&req, cfg, &workdir).await;
+    dir_guard.finish().await;
+    match &result {
+        Ok(outcome) => tracing::debug!(
+            task_id = req.task_id,
+            exit_code = ?outcome.exit_code,
+            signal = ?outcome.signal,
+            timed_out = outcome.timed_out,
+            duration_ms = outcome.duration_ms,
+            output_bytes = outcome.output_bytes,
+            "task finished"
+        ),
+        Err(err) => tracing::debug!(task_id = req.task_id, error = %err, "task failed"),
+    }
+    result
+}
+
+fn validate(req: &RunRequest<'_>) -> Result<(), RunnerError> {
+    if req.command.trim().is_empty() {
+        return Err(RunnerError::InvalidCommand(
+            "command is empty or blank".into(),
+        ));
+    }
+    if let Some(pos) = req.command.find('\0') {
+        return Err(RunnerError::InvalidCommand(format!(
+            "command contains a NUL byte at offset {pos}"
+        )));
+    }
+    if let Some(pos) = req.task_id.find('\0') {
+        return Err(RunnerError::InvalidTaskId(format!(
+            "task id contains a NUL byte at offset {pos}"
+        )));
+    }
+    Ok(())
+}
+
+/// Maps a task id to a safe directory-name prefix: characters outside
+/// `[A-Za-z0-9_-]` become `_`, at most 64 characters, `task` when empty.
+fn sanitize_task_id(task_id: &str) -> String {
+    let cleaned: String = task_id
+        .chars()
+        .take(MAX_TASK_ID_LEN)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if cleaned.is_empty() {
+        "task".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+fn random_hex8() -> Result<String, RunnerError> {
+    let mut buf = [0u8; 4];
+    getrandom::fill(&mut buf).map_err(|e| {
+        RunnerError::Io(io::Error::other(format!(
+            "cannot read the system random source: {e}"
+        )))
+    })?;
+    Ok(hex::encode(buf))
+}
+
+async fn create_workdir(root: &Path, task_id: &str) -> Result<PathBuf, RunnerError> {
+    let workdir_err = |path: &Path, source: io::Error| RunnerError::Workdir {
+        path: path.to_path_buf(),
+        source,
+    };
+    tokio::fs::create_dir_all(root)
+        .await
+        .map_err(|e| workdir_err(root, e))?;
+    // Absolute and symlink-free, so HOME/TMPDIR are usable from any cwd.
+    let root = tokio::fs::canonicalize(root)
+        .await
+        .map_err(|e| workdir_err(root, e))?;
+    let prefix = sanitize_task_id(task_id);
+    for _ in 0..WORKDIR_ATTEMPTS {
+        let path = root.join(format!("{prefix}-{}", random_hex8()?));
+        let mut builder = tokio::fs::DirBuilder::new();
+        #[cfg(unix)]
+        builder.mode(0o700);
+        match builder.create(&path).await {
+            Ok(()) => {
+                #[cfg(unix)]
+                {
+                    // The umask may have stripped bits; make it exactly 0700.
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::Permissions::from_mode(0o700);
+                    if let Err(e) = tokio::fs::set_permissions(&path, mode).await {
+                        let _ = tokio::fs::remove_dir(&path).await;
+                        return Err(workdir_err(&path, e));
+                    }
+                }
+                return Ok(path);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(workdir_err(&path, e)),
+        }
+    }
+    Err(workdir_err(
+        &root,
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no unused working directory name found",
+        ),
+    ))
+}
+
+/// Removes the per-task directory when the run ends (or is abandoned).
+struct WorkdirGuard {
+    path: Option<PathBuf>,
+    keep: bool,
+}
+
+impl WorkdirGuard {
+    async fn finish(&mut self) {
+        let Some(path) = self.path.take() else { return };
+        if self.keep {
+            return;
+        }
+        let shown = path.display().to_string();
+        match tokio::task::spawn_blocking(move || remove_tree(&path)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(workdir = %shown, error = %err, "cannot remove task directory");
+            }
+            Err(err) => {
+                tracing::warn!(workdir = %shown, error = %err, "task directory removal failed");
+            }
+        }
+    }
+}
+
+impl Drop for WorkdirGuard {
+    fn drop(&mut self) {
+        let Some(path) = self.path.take() else { return };
+        if self.keep {
+            return;
+        }
+        // Do not block an async executor thread with a possibly large removal.
+        let spawned = std::thread::Builder::new()
+            .name("crabnet-runner-cleanup".into())
+            .spawn(move || {
+                if let Err(err) = remove_tree(&path) {
+                    tracing::warn!(workdir = %path.display(), error = %err, "cannot remove task directory");
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(error = %err, "cannot start cleanup thread; task directory left behind");
+        }
+    }
+}
+
+fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        #[cfg_attr(unix, allow(unused_variables))]
+        Err(first) => {
+            // The task may have made directories unreadable or read-only.
+            #[cfg(unix)]
+            {
+                make_dirs_accessible(path);
+                match std::fs::remove_dir_all(path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                Err(first)
+            }
+        }
+    }
+}
+
+/// Adds owner rwx to every directory below `root` (symlinks are not followed).
+#[cfg(unix)]
+fn make_dirs_accessible(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o700 != 0o700 {
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o700));
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Output collected so far: hash and length of everything, plus the excerpt.
+#[derive(Default)]
+struct Capture {
+    hasher: Sha256,
+    total: u64,
+    excerpt: Vec<u8>,
+    truncated: bool,
+    error: Option<io::Error>,
+}
+
+impl Capture {
+    fn push(&mut self, chunk: &[u8], cap: usize) {
+        self.hasher.update(chunk);
+        self.total = self
+            .total
+            .saturating_add(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
+        let take = cap.saturating_sub(self.excerpt.len()).min(chunk.len());
+        self.excerpt.extend_from_slice(&chunk[..take]);
+        if take < chunk.len() {
+            self.truncated = true;
+        }
+    }
+}
+
+fn lock(capture: &Mutex<Capture>) -> MutexGuard<'_, Capture> {
+    capture
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads the combined output pipe until EOF, an error, or cancellation.
+fn pump_output(
+    mut reader: io::PipeReader,
+    capture: &Mutex<Capture>,
+    cancel: &AtomicBool,
+    cap: usize,
+) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        if cancel.load(Ordering::Acquire) {
+            return;
+        }
+        #[cfg(unix)]
+        match wait_readable(&reader, READER_POLL_MS) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(err) => {
+                lock(capture).error.get_or_insert(err);
+                return;
+            }
+        }
+        match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => lock(capture).push(&buf[..n], cap),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                lock(capture).error.get_or_insert(err);
+                return;
+            }
+        }
+    }
+}
+
+/// Waits up to `timeout_ms` until a read on `fd` would not block.
+#[cfg(unix)]
+fn wait_readable(fd: &impl std::os::fd::AsRawFd, timeout_ms: libc::c_int) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is a valid, initialised pollfd and the count is 1.
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(err);
+    }
+    // POLLIN, POLLHUP or POLLERR: the next read returns data, EOF or an error.
+    Ok(rc > 0)
+}
+
+/// Drops the incomplete multi-byte UTF-8 sequence that a cap may have cut off
+/// at the end of `bytes`.
+fn trim_cut_char(bytes: &[u8]) -> &[u8] {
+    let floor = bytes.len().saturating_sub(3);
+    for i in (floor..bytes.len()).rev() {
+        if bytes[i] & 0xC0 == 0x80 {
+            continue; // continuation byte: keep looking for the lead byte
+        }
+        return match std::str::from_utf8(&bytes[i..]) {
+            Err(e) if e.valid_up_to() == 0 && e.error_len().is_none() => &bytes[..i],
+            _ => bytes,
+        };
+    }
+    bytes
+}
+
+fn join_error(err: tokio::task::JoinError) -> RunnerError {
+    RunnerError::Io(io::Error::other(format!(
+        "runner helper task failed: {err}"
+    )))
+}
+
+/// Owns the spawned child until it has been reaped. If dropped early (error
+/// or cancelled future) it kills the process group and reaps in the background.
+struct ChildGuard {
+    child: Option<Child>,
+    #[cfg(unix)]
+    pgid: libc::pid_t,
+    cancel: Arc<AtomicBool>,
+}
+
+impl ChildGuard {
+    /// Sends SIGKILL to the whole process group (Unix) or kills the child (Windows).
+    fn kill_group(&mut self) {
+        #[cfg(unix)]
+        {
+            // The main child is never reaped before this is called, so the
+            // process group id cannot have been reused by another process.
+            // SAFETY: plain syscall with integer arguments.
+            let rc = unsafe { libc::killpg(self.pgid, libc::SIGKILL) };
+            if rc != 0 {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::ESRCH) {
+                    tracing::warn!(pgid = self.pgid, error = %err, "killpg failed");
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if let Some(child) = self.child.as_mut()
+                && let Err(err) = child.kill()
+            {
+                tracing::warn!(error = %err, "cannot kill task process");
+            }
+        }
+    }
+
+    /// Collects the exit status of an exited child.
+    fn reap(&mut self) -> io::Result<ExitStatus> {
+        match self.child.take() {
+            Some(mut child) => child.wait(),
+            None => Err(io::Error::other("task process was already reaped")),
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Release);
+        if self.child.is_none() {
+            return;
+        }
+        self.kill_group();
+        if let Some(mut child) = self.child.take() {
+            let spawned = std::thread::Builder::new()
+                .name("crabnet-runner-reaper".into())
+                .spawn(move || {
+                    let _ = child.wait();
+                });
+            if let Err(err) = spawned {
+                tracing::warn!(error = %err, "cannot start reaper thread; zombie process left");
+            }
+        }
+    }
+}
+
+/// Blocks until process `pid` has exited, without reaping it.
+#[cfg(unix)]
+fn wait_exited_unreaped(pid: libc::pid_t) -> io::Result<()> {
+    let id = libc::id_t::try_from(pid).map_err(|_| io::Error::other("invalid process id"))?;
+    loop {
+        // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid out-pointer; WNOWAIT leaves the child waitable.
+        let rc = unsafe { libc::waitid(libc::P_PID, id, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Waits for the main child, enforcing the timeout. Returns the exit status,
+/// whether the timeout fired, and when the child was seen to exit.
+#[cfg(unix)]
+async fn wait_child(
+    guard: &mut ChildGuard,
+    timeout: Duration,
+) -> Result<(ExitStatus, bool, Instant), RunnerError> {
+    let pid = guard.pgid;
+    let mut exited = tokio::task::spawn_blocking(move || wait_exited_unreaped(pid));
+    let timed_out = match tokio::time::timeout(timeout, &mut exited).await {
+        Ok(res) => {
+            res.map_err(join_error)?.map_err(RunnerError::Io)?;
+            false
+        }
+        Err(_elapsed) => {
+            guard.kill_group();
+            match tokio::time::timeout(KILL_GRACE, &mut exited).await {
+                Ok(res) => res.map_err(join_error)?.map_err(RunnerError::Io)?,
+                Err(_elapsed) => {
+                    return Err(RunnerError::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "task process did not exit after SIGKILL",
+                    )));
+                }
+            }
+            true
+        }
+    };
+    let exited_at = Instant::now();
+    // Kill whatever the task left running in its group (background jobs),
+    // while the unreaped main child still pins the process group id.
+    guard.kill_group();
+    let status = guard.reap().map_err(RunnerError::Io)?;
+    Ok((status, timed_out, exited_at))
+}
+
+/// Waits for the main child, enforcing the timeout (polling variant).
+#[cfg(not(unix))]
+async fn wait_child(
+    guard: &mut ChildGuard,
+    timeout: Duration,
+) -> Result<(ExitStatus, bool, Instant), RunnerError> {
+    let start = Instant::now();
+    loop {
+        let polled = match guard.child.as_mut() {
+            Some(child) => child.try_wait().map_err(RunnerError::Io)?,
+            None => {
+                return Err(RunnerError::Io(io::Error::other(
+                    "task process was already reaped",
+                )));
+            }
+        };
+        if let Some(status) = polled {
+            guard.child = None;
+            return Ok((status, false, Instant::now()));
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= timeout {
+            guard.kill_group();
+            let status = guard.reap().map_err(RunnerError::Io)?;
+            return Ok((status, true, Instant::now()));
+        }
+        tokio::time::sleep(WAIT_POLL.min(timeout - elapsed)).await;
+    }
+}
+
+fn build_command(req: &RunRequest<'_>, cfg: &RunnerConfig, workdir: &Path) -> Command {
+    #[cfg(unix)]
+    let mut cmd = {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-lc").arg(req.command);
+        cmd
+    };
+    #[cfg(windows)]
+    let mut cmd = {
+        use std::os::windows::process::CommandExt;
+        let mut cmd = Command::new("cmd");
+        cmd.arg("/C").raw_arg(req.command);
+        cmd
+    };
+    let path = std::env::var_os("PATH")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_PATH.into());
+    cmd.env_clear()
+        .env("PATH", path)
+        .env("HOME", workdir)
+        .env("TMPDIR", workdir)
+        .env("LANG", "C.UTF-8")
+        .env("CRABNET_TASK_ID", req.task_id)
+        .current_dir(workdir)
+        .stdin(Stdio::null());
+    #[cfg(windows)]
+    {
+        // cmd.exe and most programs misbehave without these.
+        for key in ["SystemRoot", "ComSpec"] {
+            if let Some(value) = std::env::var_os(key) {
+                cmd.env(key, value);
+            }
+        }
+        cmd.env("TEMP", workdir).env("TMP", workdir);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let limits = [
+            (libc::RLIMIT_CPU, to_rlim(cfg.cpu_seconds)),
+            (libc::RLIMIT_AS, to_rlim(cfg.address_space_bytes)),
+            (libc::RLIMIT_FSIZE, to_rlim(cfg.file_size_bytes)),
+            (libc::RLIMIT_NPROC, to_rlim(cfg.max_processes)),
+            (libc::RLIMIT_CORE, 0),
+        ];
+        // SAFETY: the closure runs between fork and exec; it only makes raw,
+        // async-signal-safe getrlimit/setrlimit calls on copied integers and
+        // does not allocate (io::Error::last_os_error does not allocate).
+        unsafe {
+            cmd.pre_exec(move || {
+                for &(resource, want) in &limits {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: want,
+                        rlim_max: want,
+                    };
+                    if libc::setrlimit(resource, &lim) == 0 {
+                        continue;
+                    }
+                    // Not allowed to raise the hard limit: settle for the
+                    // inherited hard limit if it is lower.
+                    let mut current = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(resource, &mut current) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let capped = want.min(current.rlim_max);
+                    lim.rlim_cur = capped;
+                    lim.rlim_max = capped;
+                    if libc::setrlimit(resource, &lim) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = cfg;
+    cmd
+}
+
+/// Config value to rlimit: 0 and out-of-range values mean unlimited.
+#[cfg(unix)]
+fn to_rlim(value: u64) -> libc::rlim_t {
+    if value == 0 {
+        return libc::RLIM_INFINITY;
+    }
+    libc::rlim_t::try_from(value).unwrap_or(libc::RLIM_INFINITY)
+}
+
+async fn execute(
+    req: &RunRequest<'_>,
+    cfg: &RunnerConfig,
+    workdir: &Path,
+) -> Result<RunOutcome, RunnerError> {
+    let (reader, writer) = io::pipe().map_err(RunnerError::Io)?;
+    let writer_err = writer.try_clone().map_err(RunnerError::Io)?;
+
+    let started_at_ms = unix_now_ms();
+    let start = Instant::now();
+    let child = {
+        let mut cmd = build_command(req, cfg, workdir);
+        cmd.stdout(writer).stderr(writer_err);
+        // `cmd` (holding the parent's copies of the write ends) is dropped at
+        // the end of this block, so EOF arrives once the task's processes exit.
+        cmd.spawn().map_err(RunnerError::Spawn)?
+    };
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut guard = ChildGuard {
+        #[cfg(unix)]
+        pgid: match libc::pid_t::try_from(child.id()) {
+            Ok(pid) => pid,
+            Err(_) => {
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(RunnerError::Io(io::Error::other("process id out of range")));
+            }
+        },
+        child: Some(child),
+        cancel: Arc::clone(&cancel),
+    };
+
+    let capture = Arc::new(Mutex::new(Capture::default()));
+    let cap = cfg.max_output_bytes;
+    let mut pump = {
+        let capture = Arc::clone(&capture);
+        let cancel = Arc::clone(&cancel);
+        tokio::task::spawn_blocking(move || pump_output(reader, &capture, &cancel, cap))
+    };
+
+    let (status, timed_out, exited_at) = wait_child(&mut guard, req.timeout).await?;
+    let duration_ms =
+        u64::try_from(exited_at.duration_since(start).as_millis()).unwrap_or(u64::MAX);
+
+    match tokio::time::timeout(DRAIN_GRACE, &mut pump).await {
+        Ok(res) => res.map_err(join_error)?,
+        Err(_elapsed) => {
+            cancel.store(true, Ordering::Release);
+            tracing::warn!(
+                task_id = req.task_id,
+                "output pipe still open after the task's process group ended \
+                 (a process escaped the group?); output collection stopped"
+            );
+        }
+    }
+    let captured = std::mem::take(&mut *lock(&capture));
+    if let Some(err) = captured.error {
+        return Err(RunnerError::Io(err));
+    }
+    drop(guard);
+
+    #[cfg(unix)]
+    let signal = {
+        use std::os::unix::process::ExitStatusExt;
+        status.signal()
+    };
+    #[cfg(not(unix))]
+    let signal = None;
+
+    let excerpt = if captured.truncated {
+        trim_cut_char(&captured.excerpt)
+    } else {
+        &captured.excerpt[..]
+    };
+    Ok(RunOutcome {
+        exit_code: status.code(),
+        signal,
+        timed_out,
+        started_at_ms,
+        finished_at_ms: started_at_ms.saturating_add(duration_ms),
+        duration_ms,
+        output_sha256: hex::encode(captured.hasher.finalize()),
+        output_bytes: captured.total,
+        output_excerpt: String::from_utf8_lossy(excerpt).into_owned(),
+        output_truncated: captured.truncated,
+    })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    // These tests rely on Linux specifics (bash, /proc, GNU coreutils).
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn sha_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    fn request<'a>(root: &'a Path, command: &'a str) -> RunRequest<'a> {
+        RunRequest {
+            task_id: "test-task",
+            command,
+            timeout: 20 * SECOND,
+            work_root: root,
+        }
+    }
+
+    async fn run_ok(root: &Path, command: &str, cfg: &RunnerConfig) -> RunOutcome {
+        run(request(root, command), cfg)
+            .await
+            .unwrap_or_else(|e| panic!("run({command:?}) failed: {e}"))
+    }
+
+    /// PIDs of live (non-zombie) processes having `arg` as one exact argument.
+    fn processes_with_arg(arg: &str) -> Vec<u32> {
+        let mut found = Vec::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return found;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    async fn wait_gone(arg: &str) -> Vec<u32> {
+        for _ in 0..20 {
+            let left = processes_with_arg(arg);
+            if left.is_empty() {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        processes_with_arg(arg)
+    }
+
+    #[tokio::test]
+    async fn success_records_output_and_hash() {
+        let root = tempfile::tempdir().unwrap();
+        let out = run_ok(root.path(), "echo hello", &RunnerConfig::default()).await;
+        assert!(out.success(), "{out:?}");
+        assert_eq!(out.exit_code, Some(0));
+        assert_eq!(out.signal, None);
+        assert!(!out.timed_out);
+        assert_eq!(out.output_excerpt, "hello\n");
+        assert_eq!(out.output_bytes, 6);
+        assert!(!out.output_truncated);
+        assert_eq!(out.output_sha256, sha_hex(b"hello\n"));
+        assert_eq!(
+            out.output_sha256,
+            "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+        );
+        assert!(out.started_at_ms > 1_600_000_000_000);
+        assert_eq!(out.finished_at_ms, out.started_at_ms + out.duration_ms);
+    }
+
+    #[tokio::test]
+    async fn nonzero_exit_code_is_recorded() {
+        let root = tempfile::tempdir().unwrap();
+        let out = run_ok(root.path(), "echo x; exit 3", &RunnerConfig::default()).await;
+        assert_eq!(out.exit_code, Some(3));
+        assert_eq!(out.signal, None);
+        assert!(!out.timed_out);
+        assert!(!out.success());
+    }
+
+    #[tokio::test]
+    async fn termination_signal_is_recorded() {
+        let root = tempfile::tempdir().unwrap();
+        let out = run_ok(root.path(), "kill -TERM $$", &RunnerConfig::default()).await;
+        assert_eq!(out.exit_code, None);
+        assert_eq!(out.signal, Some(libc::SIGTERM));
+        assert!(!out.timed_out);
+        assert!(!out.success());
+    }
+
+    #[tokio::test]
+    async fn stdout_and_stderr_are_combined_in_order() {
+        let root = tempfile::tempdir().unwrap();
+        let out = run_ok(
+            root.path(),
+            "echo a; echo b >&2; echo c; printf d >&2",
+            &RunnerConfig::default(),
+        )
+        .await;
+        assert_eq!(out.output_excerpt, "a\nb\nc\nd");
+        assert_eq!(out.output_sha256, sha_hex(b"a\nb\nc\nd"));
+        assert_eq!(out.output_bytes, 7);
+    }
+
+    #[tokio::test]
+    async fn stdin_is_dev_null() {
+        let root = tempfile::tempdir().unwrap();
+        let out = run_ok(
+            root.path(),
+            "readlink /proc/$$/fd/0; cat; echo rc=$?",
+            &RunnerConfig::default(),
+        )
+        .await;
+        assert_eq!(out.output_excerpt, "/dev/null\nrc=0\n");
+    }
+
+    #[tokio::test]
+    async fn timeout_is_enforced() {
+        let root = tempfile::tempdir().unwrap();
+        let began = Instant::now();
+        let out = run(
+            RunRequest {
+                timeout: Duration::from_millis(300),
+                ..request(root.path(), "sleep 30")
+            },
+            &RunnerConfig::default(),
+        )
+        .await
+        .unwrap();
+        let elapsed = began.elapsed();
+        assert!(out.timed_out, "{out:?}");
+        assert!(!out.success());
+        assert_eq!(out.exit_code, None);
+        assert_eq!(out.signal, Some(libc::SIGKILL));
+        assert!(elapsed < 5 * SECOND, "took {elapsed:?}");
+        assert!(out.duration_ms >= 300 && out.duration_ms < 5000, "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_process_group() {
+        let root = tempfile::tempdir().unwrap();
+        let marks = tempfile::tempdir().unwrap();
+        let marker = marks.path().join("marker");
+        let command = format!(
+            "(sleep 1.0137; touch '{}') & echo started; sleep 37.25",
+            marker.display()
+        );
+        let out = run(
+            RunRequest {
+                timeout: Duration::from_millis(800),
+                ..request(root.path(), &command)
+            },
+            &RunnerConfig::default(),
+        )
+        .await
+        .unwrap();
+        assert!(out.timed_out, "{out:?}");
+        // The background subshell really had started before the kill.
+        assert_eq!(out.output_excerpt, "started\n");
+        assert!(wait_gone("37.25").await.is_empty(), "main sleep survived");
+        assert!(
+            wait_gone("1.0137").await.is_empty(),
+            "background sleep survived"
+        );
+        // Had only the shell been killed, the subshell would touch the marker
+        // about 1 s after the start.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !marker.exists(),
+            "background process outlived the timeout kill"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_future_kills_the_task_and_cleans_up() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = RunnerConfig::default();
+        let fut = run(
+            request(root.path(), "sleep 37.9 & echo started; sleep 38.1"),
+            &cfg,
+        );
+        let res = tokio::time::timeout(Duration::from_millis(400), fut).await;
+        assert!(res.is_err(), "run should still have been running: {res:?}");
+        assert!(
+            wait_gone("37.9").await.is_empty(),
+            "background sleep survived"
+        );
+        assert!(wait_gone("38.1").await.is_empty(), "main sleep survived");
+        // The working directory is removed by a background thread.
+        for _ in 0..40 {
+            if std::fs::read_dir(root.path()).unwrap().count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("workdir of a cancelled run was not removed");
+    }
+
+    #[tokio::test]
+    async fn process_escaping_the_group_does_not_hang_the_run() {
+        let root = tempfile::tempdir().unwrap();
+        let began = Instant::now();
+        let out = run_ok(
+            root.path(),
+            "setsid sleep 6.173 & echo x",
+            &RunnerConfig::default(),
+        )
+        .await;
+        let elapsed = began.elapsed();
+        // The escaped sleep keeps the pipe open: collection stops after the grace period.
+        assert!(out.success(), "{out:?}");
+        assert_eq!(out.output_excerpt, "x\n");
+        assert!(elapsed < DRAIN_GRACE + 2 * SECOND, "took {elapsed:?}");
+        for pid in processes_with_arg("6.173") {
+            // SAFETY: plain syscall; the pid belongs to the sleep this test started.
+            unsafe { libc::kill(i32::try_from(pid).unwrap(), libc::SIGKILL) };
+        }
+    }
+
+    #[tokio::test]
+    async fn leftover_background_process_does_not_hang_the_run() {
+        let root = tempfile::tempdir().unwrap();
+        let began = Instant::now();
+        let out = run_ok(
+            root.path(),
+            "sleep 100.31 & echo done",
+            &RunnerConfig::default(),
+        )
+        .await;
+        let elapsed = began.elapsed();
+        assert!(out.success(), "{out:?}");
+        assert_eq!(out.output_excerpt, "done\n");
+        // Well below DRAIN_GRACE: EOF came from killing the group, not from giving up.
+        assert!(
+            elapsed < DRAIN_GRACE - Duration::from_millis(500),
+            "took {elapsed:?}"
+        );
+        assert!(
+            wait_gone("100.31").await.is_empty(),
+            "background sleep survived"
+        );
+    }
+
+    #[tokio::test]
+    async fn output_is_capped_but_fully_hashed() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = RunnerConfig {
+            max_output_bytes: 1024,
+            ..RunnerConfig::default()
+        };
+        let out = run_ok(root.path(), "seq 1 300000 | head -c 1048576", &cfg).await;
+        let mut expected: Vec<u8> = (1..=300_000)
+            .flat_map(|i: u32| format!("{i}\n").into_bytes())
+            .collect();
+        expected.truncate(1_048_576);
+        assert!(out.success(), "{out:?}");
+        assert_eq!(out.output_bytes, 1_048_576);
+        assert!(out.output_truncated);
+        assert_eq!(out.output_excerpt.len(), 1024);
+        assert_eq!(out.output_excerpt.as_bytes(), &expected[..1024]);
+        assert_eq!(out.output_sha256, sha_hex(&expected));
+    }
+
+    #[tokio::test]
+    async fn output_exactly_at_cap_is_not_truncated() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = RunnerConfig {
+            max_output_bytes: 4,
+            ..RunnerConfig::default()
+        };
+        let out = run_ok(root.path(), "printf abcd", &cfg).await;
+        assert_eq!(out.output_excerpt, "abcd");
+        assert!(!out.output_truncated);
+        let out = run_ok(root.path(), "printf abcde", &cfg).await;
+        assert_eq!(out.output_excerpt, "abcd");
+        assert!(out.output_truncated);
+        assert_eq!(out.output_bytes, 5);
+    }
+
+    #[tokio::test]
+    async fn cap_inside_a_multibyte_char_drops_the_partial_char() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = RunnerConfig {
+            max_output_bytes: 4,
+            ..RunnerConfig::default()
+        };
+        // "ab" + U+20AC (3 bytes): the cap keeps "ab" plus one byte of the euro sign.
+        let out = run_ok(root.path(), "printf 'ab\\342\\202\\254cd'", &cfg).await;
+        assert_eq!(out.output_bytes, 7);
+        assert!(out.output_truncated);
+        assert_eq!(out.output_excerpt, "ab");
+        assert_eq!(out.output_sha256, sha_hex("ab\u{20ac}cd".as_bytes()));
+    }
+
+    #[test]
+    fn trim_cut_char_only_trims_incomplete_tails() {
+        assert_eq!(trim_cut_char(b"abc"), b"abc");
+        assert_eq!(trim_cut_char(b"ab\xe2\x82"), b"ab");
+        assert_eq!(trim_cut_char(b"ab\xe2"), b"ab");
+        assert_eq!(
+            trim_cut_char("ab\u{20ac}".as_bytes()),
+            "ab\u{20ac}".as_bytes()
+        );
+        assert_eq!(trim_cut_char(b"ab\xff"), b"ab\xff");
+        assert_eq!(trim_cut_char(b"a\x82\x82"), b"a\x82\x82");
+        assert_eq!(trim_cut_char(b""), b"");
+    }
+
+    #[tokio::test]
+    async fn rlimits_are_visible_to_the_command() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = RunnerConfig {
+            cpu_seconds: 7,
+            address_space_bytes: 2 * 1024 * 1024 * 1024,
+            file_size_bytes: 10 * 1024 * 1024,
+            max_processes: 333,
+            ..RunnerConfig::default()
+        };
+        // bash reports -v in KiB and -f in 1024-byte blocks (outside POSIX mode).
+        let out = run_ok(
+            root.path(),
+            "for o in t v f u c; do echo \"$(ulimit -S -$o) $(ulimit -H -$o)\"; done",
+            &cfg,
+        )
+        .await;
+        assert_eq!(
+            out.output_excerpt,
+            "7 7\n2097152 2097152\n10240 10240\n333 333\n0 0\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn zero_limit_means_unlimited() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = RunnerConfig {
+            cpu_seconds: 0,
+            address_space_bytes: 0,
+            file_size_bytes: 0,
+            ..RunnerConfig::default()
+        };
+        let out = run_ok(
+            root.path(),
+            "ulimit -t; ulimit -v; ulimit -f; ulimit -u",
+            &cfg,
+        )
+        .await;
+        assert_eq!(out.output_excerpt, "unlimited\nunlimited\nunlimited\n512\n");
+    }
+
+    #[tokio::test]
+    async fn cpu_limit_is_enforced() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = RunnerConfig {
+            cpu_seconds: 1,
+            ..RunnerConfig::default()
+        };
+        let out = run_ok(root.path(), "while :; do :; done", &cfg).await;
+        assert!(!out.timed_out, "{out:?}");
+        assert!(!out.success());
+        assert!(
+            matches!(out.signal, Some(libc::SIGXCPU | libc::SIGKILL)),
+            "{out:?}"
+        );
+        assert!(out.duration_ms < 10_000, "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn file_size_limit_is_enforced() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = RunnerConfig {
+            file_size_bytes: 1_000_000,
+            keep_workdirs: true,
+            ..RunnerConfig::default()
+        };
+        let out = run_ok(root.path(), "pwd; head -c 2000000 /dev/zero > f", &cfg).await;
+        assert!(!out.success(), "{out:?}");
+        assert!(
+            out.exit_code.is_some_and(|c| c != 0) || out.signal == Some(libc::SIGXFSZ),
+            "{out:?}"
+        );
+        let dir = PathBuf::from(out.output_excerpt.lines().next().unwrap());
+        let len = std::fs::metadata(dir.join("f")).unwrap().len();
+        assert!(len <= 1_000_000, "file grew to {len} bytes");
+    }
+
+    #[tokio::test]
+    async fn each_run_gets_a_fresh_private_workdir_that_is_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let canon_root = std::fs::canonicalize(root.path()).unwrap();
+        let cfg = RunnerConfig::default();
+        let cmd = "pwd; stat -c %a .; ls -A | wc -l";
+        let (a, b) = tokio::join!(
+            run_ok(root.path(), cmd, &cfg),
+            run_ok(root.path(), cmd, &cfg)
+        );
+        let dir_of = |out: &RunOutcome| PathBuf::from(out.output_excerpt.lines().next().unwrap());
+        let (da, db) = (dir_of(&a), dir_of(&b));
+        assert_ne!(da, db);
+        for (dir, out) in [(&da, &a), (&db, &b)] {
+            assert_eq!(dir.parent(), Some(canon_root.as_path()));
+            let name = dir.file_name().unwrap().to_str().unwrap();
+            let suffix = name.strip_prefix("test-task-").unwrap();
+            assert_eq!(suffix.len(), 8);
+            assert!(
+                suffix
+                    .bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+            assert_eq!(out.output_excerpt.lines().nth(1), Some("700"));
+            assert_eq!(
+                out.output_excerpt.lines().nth(2),
+                Some("0"),
+                "dir not empty"
+            );
+            assert!(!dir.exists(), "workdir not removed");
+        }
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn keep_workdirs_keeps_the_directory() {
+        let root = tempfile::tempdir()
+            .unwrap()
+            .path()
+            .join("created/on/demand");
+        let cfg = RunnerConfig {
+            keep_workdirs: true,
+            ..RunnerConfig::default()
+        };
+        let out = run_ok(&root, "pwd; echo data > file", &cfg).await;
+        let dir = PathBuf::from(out.output_excerpt.trim_end());
+        assert!(dir.is_dir());
+        assert_eq!(std::fs::read_to_string(dir.join("file")).unwrap(), "data\n");
+        std::fs::remove_dir_all(root.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn unremovable_looking_dirs_are_still_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let out = run_ok(
+            root.path(),
+            "pwd; mkdir -p a/b && touch a/b/f && chmod 000 a/b && chmod 500 a",
+            &RunnerConfig::default(),
+        )
+        .await;
+        let dir = PathBuf::from(out.output_excerpt.lines().next().unwrap());
+        assert!(!dir.exists());
+    }
+
+    #[tokio::test]
+    async fn environment_is_cleared() {
+        // SAFETY: std serialises its own environment accesses; the tests only
+        // touch the environment through std.
+        unsafe { std::env::set_var("CRABNET_RUNNER_TEST_SECRET", "hunter2") };
+        let root = tempfile::tempdir().unwrap();
+        let out = run_ok(
+            root.path(),
+            "echo \"secret=${CRABNET_RUNNER_TEST_SECRET-unset}\"; \
+             echo \"task=$CRABNET_TASK_ID\"; echo \"home=$HOME\"; echo \"tmp=$TMPDIR\"; \
+             echo \"lang=$LANG\"; pwd; env | grep -c CRABNET_RUNNER_TEST_SECRET",
+            &RunnerConfig::default(),
+        )
+        .await;
+        let lines: Vec<&str> = out.output_excerpt.lines().collect();
+        assert_eq!(lines.len(), 7, "{out:?}");
+        let pwd = lines[5];
+        assert_eq!(lines[0], "secret=unset");
+        assert_eq!(lines[1], "task=test-task");
+        assert_eq!(lines[2], format!("home={pwd}"));
+        assert_eq!(lines[3], format!("tmp={pwd}"));
+        assert_eq!(lines[4], "lang=C.UTF-8");
+        assert_eq!(lines[6], "0");
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_an_error_not_a_panic() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = RunnerConfig::default();
+        for command in ["", "  \n\t ", "echo a\0b"] {
+            let err = run(request(root.path(), command), &cfg).await.unwrap_err();
+            assert!(matches!(err, RunnerError::InvalidCommand(_)), "{err}");
+        }
+        let err = run(
+            RunRequest {
+                task_id: "a\0b",
+                ..request(root.path(), "true")
+            },
+            &cfg,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, RunnerError::InvalidTaskId(_)), "{err}");
+
+        let file = root.path().join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        let err = run(request(&file, "true"), &cfg).await.unwrap_err();
+        assert!(matches!(err, RunnerError::Workdir { .. }), "{err}");
+        assert!(err.to_string().contains("not-a-dir"), "{err}");
+
+        // Nothing was created for the rejected requests.
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn task_id_is_sanitized_for_the_workdir_name() {
+        let root = tempfile::tempdir().unwrap();
+        let canon_root = std::fs::canonicalize(root.path()).unwrap();
+        let out = run(
+            RunRequest {
+                task_id: "../../etc/x y",
+                ..request(root.path(), "pwd; echo \"$CRABNET_TASK_ID\"")
+            },
+            &RunnerConfig::default(),
+        )
+        .await
+        .unwrap();
+        let lines: Vec<&str> = out.output_excerpt.lines().collect();
+        let dir = Path::new(lines[0]);
+        assert_eq!(dir.parent(), Some(canon_root.as_path()));
+        assert!(
+            dir.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("______etc_x_y-"),
+            "{dir:?}"
+        );
+        assert_eq!(lines[1], "../../etc/x y");
+    }
+
+    #[test]
+    fn sanitize_task_id_rules() {
+        assert_eq!(sanitize_task_id("abc-DEF_09"), "abc-DEF_09");
+        assert_eq!(sanitize_task_id("../x"), "___x");
+        assert_eq!(sanitize_task_id(""), "task");
+        assert_eq!(sanitize_task_id("é/ü"), "___");
+        assert_eq!(sanitize_task_id(&"a".repeat(200)), "a".repeat(64));
+    }
+
+    #[tokio::test]
+    async fn shell_that_cannot_start_fails_cleanly() {
+        let root = tempfile::tempdir().unwrap();
+        // An address-space limit far too small for bash to even be loaded.
+        let cfg = RunnerConfig {
+            address_space_bytes: 4096,
+            ..RunnerConfig::default()
+        };
+        let result = run(request(root.path(), "true"), &cfg).await;
+        // Depending on the kernel, exec fails (spawn error) or the new image
+        // dies at once: never a success, never a panic, no directory left.
+        match result {
+            Err(RunnerError::Spawn(_)) => {}
+            Ok(out) => {
+                assert!(!out.success(), "{out:?}");
+                assert!(out.signal.is_some() || out.exit_code != Some(0), "{out:?}");
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn config_deserializes_with_defaults_and_rejects_unknown_fields() {
+        use serde::Deserialize;
+        use serde::de::value::{Error as DeError, MapDeserializer};
+        let partial = MapDeserializer::<_, DeError>::new([("cpu_seconds", 5u64)].into_iter());
+        let cfg = RunnerConfig::deserialize(partial).unwrap();
+        assert_eq!(
+            cfg,
+            RunnerConfig {
+                cpu_seconds: 5,
+                ..RunnerConfig::default()
+            }
+        );
+        let unknown = MapDeserializer::<_, DeError>::new([("cpu_secs", 5u64)].into_iter());
+        let err = RunnerConfig::deserialize(unknown).unwrap_err();
+        assert!(err.to_string().contains("cpu_secs"), "{err}");
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = RunnerConfig::default();
+        assert_eq!(cfg.max_output_bytes, 65_536);
+        assert_eq!(cfg.cpu_seconds, 600);
+        assert_eq!(cfg.address_space_bytes, 4_294_967_296);
+        assert_eq!(cfg.file_size_bytes, 1_073_741_824);
+        assert_eq!(cfg.max_processes, 512);
+        assert!(!cfg.keep_workdirs);
+    }
+}

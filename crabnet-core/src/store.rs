@@ -1,0 +1,888 @@
+//! Durable state in SQLite: messages, materialized seed views, events, the outbox, the seen
+//! table and counters.
+//!
+//! Every domain operation is one `BEGIN IMMEDIATE` transaction that writes the message, the
+//! seed's new state, the events describing the change and (for local operations) the outbox
+//! row, so a crash never leaves one without the others. The database runs in WAL mode with
+//! foreign keys on and a busy timeout, so several processes may share a data directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{Body, Message, MessageId, Millis, NodeId, SeedId, SeedStatus};
+use crate::monitor::{Event, EventKind, RejectReason};
+use crate::state::{self, SeedView, Verdict, Violation};
+
+/// Store tuning, part of the node's TOML config (section `[store]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// How long to wait for another process's write lock, in milliseconds.
+    pub busy_timeout_ms: u64,
+    /// How long a remote message id is remembered in the seen table, in seconds.
+    pub seen_ttl_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            busy_timeout_ms: 10_000,
+            seen_ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Created by this node.
+    Local,
+    /// Received from the network.
+    Remote,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Local => "local",
+            Origin::Remote => "remote",
+        }
+    }
+}
+
+/// What happened to a remote message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteOutcome {
+    /// Applied to its seed.
+    Applied,
+    /// Stored; waits for another message.
+    Deferred(Violation),
+    /// Rejected with this reason.
+    Rejected(RejectReason, String),
+    /// Already known (including this node's own messages coming back).
+    Duplicate,
+}
+
+/// A message waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    /// Outbox row id.
+    pub seq: i64,
+    /// The message to send.
+    pub message: Message,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema
+    "CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+     ) STRICT;
+     CREATE TABLE messages (
+        id          TEXT PRIMARY KEY,
+        seed_id     TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        sender      TEXT NOT NULL,
+        lamport     INTEGER NOT NULL,
+        timestamp   INTEGER NOT NULL,
+        body        TEXT NOT NULL,
+        origin      TEXT NOT NULL CHECK (origin IN ('local', 'remote')),
+        received_at INTEGER NOT NULL,
+        verdict     TEXT
+     ) STRICT;
+     CREATE INDEX messages_by_seed ON messages(seed_id);
+     CREATE TABLE seeds (
+        id         TEXT PRIMARY KEY,
+        publisher  TEXT NOT NULL,
+        status     TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        view       TEXT NOT NULL
+     ) STRICT;
+     CREATE INDEX seeds_by_status ON seeds(status);
+     CREATE INDEX seeds_by_created ON seeds(created_at);
+     CREATE TABLE events (
+        seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+        at   INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL
+     ) STRICT;
+     CREATE TABLE outbox (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id      TEXT NOT NULL REFERENCES messages(id),
+        created_at      INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        sent_at         INTEGER
+     ) STRICT;
+     CREATE INDEX outbox_pending ON outbox(sent_at, next_attempt_at);
+     CREATE TABLE seen (
+        message_id TEXT PRIMARY KEY,
+        first_seen INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX seen_by_expiry ON seen(expires_at);
+     CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE runs (
+        seed_id    TEXT PRIMARY KEY,
+        pid        INTEGER NOT NULL,
+        started_at INTEGER NOT NULL
+     ) STRICT;",
+];
+
+/// The current schema version (SQLite `user_version`).
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// A connection to a node's database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    config: StoreConfig,
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::internal(format!("cannot encode: {e}")))
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::new(ErrorKind::Store, format!("corrupt {what} in database: {e}")))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path, config: &StoreConfig) -> Result<Store> {
+        let conn = Connection::open(path).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Store,
+                format!("cannot open database {}: {e}", path.display()),
+                e,
+            )
+        })?;
+        conn.busy_timeout(Duration::from_millis(config.busy_timeout_ms))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!("database {} cannot use WAL mode ({mode})", path.display()),
+            ));
+        }
+        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")?;
+        let mut store = Store {
+            conn,
+            path: path.to_owned(),
+            config: config.clone(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+        if version > MIGRATIONS.len() {
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!(
+                    "database {} has schema version {version}, newer than this build supports ({}); upgrade crabnet",
+                    self.path.display(),
+                    MIGRATIONS.len()
+                ),
+            ));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reads a metadata value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Returns the node id stored in the database, storing `candidate` if there is none yet.
+    pub fn node_id_or_init(&mut self, candidate: &NodeId) -> Result<NodeId> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let id = match existing {
+            Some(text) => NodeId::parse(&text).map_err(|e| {
+                Error::new(
+                    ErrorKind::Store,
+                    format!("corrupt node id in database: {e}"),
+                )
+            })?,
+            None => {
+                tx.execute(
+                    "INSERT INTO meta(key, value) VALUES ('node_id', ?1)",
+                    [candidate.as_str()],
+                )?;
+                candidate.clone()
+            }
+        };
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Runs a local operation on one seed as one transaction: `build` sees the seed's current
+    /// state (`None` for a new seed) and returns the message body; the message is stamped with
+    /// this node's next Lamport counter, applied through the state machine, and stored with its
+    /// events and an outbox row. A body the state machine does not apply is an error and
+    /// nothing is written.
+    pub fn commit_local(
+        &mut self,
+        me: &NodeId,
+        seed_id: &SeedId,
+        now: Millis,
+        build: impl FnOnce(Option<&SeedView>) -> Result<Body>,
+    ) -> Result<(Message, SeedView, Vec<Event>)> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = load_view(&tx, seed_id)?;
+        let body = build(current.as_ref())?;
+        if body.seed_id() != seed_id {
+            return Err(Error::internal(
+                "local operation built a body for another seed",
+            ));
+        }
+        let lamport = bump_lamport(&tx, None)?;
+        let message = Message {
+            id: MessageId::from_bytes(crate::clock::random_bytes()),
+            sender: me.clone(),
+            lamport,
+            timestamp: now,
+            body,
+        };
+        if let Err(reason) = message.check_well_formed() {
+            return Err(Error::new(ErrorKind::Validation, reason));
+        }
+        insert_message(&tx, &message, Origin::Local, now)?;
+        let mut events = Vec::new();
+        let (view, verdict) = refold(&tx, seed_id, &message.id, now, &mut events)?;
+        match verdict {
+            Verdict::Applied => {}
+            Verdict::Pending { reason } | Verdict::Rejected { reason } => {
+                return Err(reason.into());
+            }
+        }
+        let view = view.ok_or_else(|| Error::internal("applied message left no seed"))?;
+        tx.execute(
+            "INSERT INTO outbox(message_id, created_at, next_attempt_at) VALUES (?1, ?2, ?2)",
+            params![message.id.as_str(), now as i64],
+        )?;
+        let events = insert_events(&tx, now, events)?;
+        tx.commit()?;
+        Ok((message, view, events))
+    }
+
+    /// Applies a message received from the network, idempotently: a message id already seen
+    /// changes nothing.
+    pub fn apply_remote(
+        &mut self,
+        me: &NodeId,
+        message: &Message,
+        now: Millis,
+    ) -> Result<(RemoteOutcome, Vec<Event>)> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id = message.id.as_str();
+        let known: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM seen WHERE message_id = ?1)
+                 OR EXISTS(SELECT 1 FROM messages WHERE id = ?1)",
+            [id],
+            |r| r.get(0),
+        )?;
+        let mut events = Vec::new();
+        let outcome = if known {
+            if &message.sender == me {
+                bump_counter(&tx, "messages.self_echo")?;
+            } else {
+                bump_counter(&tx, "rejected.duplicate")?;
+                events.push(rejection(
+                    message,
+                    RejectReason::Duplicate,
+                    None,
+                    "message was already received".into(),
+                ));
+            }
+            RemoteOutcome::Duplicate
+        } else {
+            tx.execute(
+                "INSERT INTO seen(message_id, first_seen, expires_at) VALUES (?1, ?2, ?3)",
+                params![
+                    id,
+                    now as i64,
+                    now.saturating_add(self.config.seen_ttl_secs.saturating_mul(1000)) as i64
+                ],
+            )?;
+            bump_lamport(&tx, Some(message.lamport))?;
+            match message.check_well_formed() {
+                Err(detail) => {
+                    bump_counter(&tx, "rejected.malformed")?;
+                    events.push(rejection(
+                        message,
+                        RejectReason::Malformed,
+                        None,
+                        detail.clone(),
+                    ));
+                    RemoteOutcome::Rejected(RejectReason::Malformed, detail)
+                }
+                Ok(()) => {
+                    insert_message(&tx, message, Origin::Remote, now)?;
+                    let (_, verdict) =
+                        refold(&tx, message.seed_id(), &message.id, now, &mut events)?;
+                    match verdict {
+                        Verdict::Applied => {
+                            bump_counter(&tx, "messages.accepted")?;
+                            RemoteOutcome::Applied
+                        }
+                        Verdict::Pending { reason } => {
+                            bump_counter(&tx, "messages.deferred")?;
+                            RemoteOutcome::Deferred(reason)
+                        }
+                        Verdict::Rejected { reason } => {
+                            bump_counter(&tx, "rejected.rule")?;
+                            RemoteOutcome::Rejected(RejectReason::Rule, reason.to_string())
+                        }
+                    }
+                }
+            }
+        };
+        let events = insert_events(&tx, now, events)?;
+        tx.commit()?;
+        Ok((outcome, events))
+    }
+
+    /// Records an event that is not tied to a message (node lifecycle, task start, send
+    /// failures, rejections of undecodable input).
+    pub fn record_event(&mut self, now: Millis, kind: EventKind) -> Result<Event> {
+        let tx = self.conn.transaction()?;
+        if let EventKind::MessageRejected { reason, .. } = &kind {
+            bump_counter(&tx, &format!("rejected.{}", reason.as_str()))?;
+        }
+        let mut events = insert_events(&tx, now, vec![kind])?;
+        tx.commit()?;
+        Ok(events.remove(0))
+    }
+
+    /// One seed's state.
+    pub fn seed(&self, id: &SeedId) -> Result<Option<SeedView>> {
+        load_view(&self.conn, id)
+    }
+
+    /// Seeds, newest first, optionally only those with `status`, at most `limit`.
+    pub fn seeds(&self, status: Option<SeedStatus>, limit: usize) -> Result<Vec<SeedView>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT view FROM seeds WHERE (?1 IS NULL OR status = ?1)
+             ORDER BY created_at DESC, id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                status.map(|s| s.as_str()),
+                limit.min(i64::MAX as usize) as i64
+            ],
+            |r| r.get::<_, String>(0),
+        )?;
+        rows.map(|r| from_json(&r?, "seed view")).collect()
+    }
+
+    /// Open seeds published by `publisher` (candidates for closing bidding).
+    pub fn open_seeds_of(&self, publisher: &NodeId) -> Result<Vec<SeedView>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT view FROM seeds WHERE status = 'open' AND publisher = ?1 ORDER BY created_at",
+        )?;
+        let rows = stmt.query_map([publisher.as_str()], |r| r.get::<_, String>(0))?;
+        rows.map(|r| from_json(&r?, "seed view")).collect()
+    }
+
+    /// Number of seeds per status (every status present, zero if none).
+    pub fn status_counts(&self) -> Result<BTreeMap<SeedStatus, u64>> {
+        let mut counts: BTreeMap<SeedStatus, u64> =
+            SeedStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT status, COUNT(*) FROM seeds GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (status, n) = row?;
+            let status = SeedStatus::parse(&status).ok_or_else(|| {
+                Error::new(ErrorKind::Store, format!("corrupt seed status {status:?}"))
+            })?;
+            counts.insert(status, n as u64);
+        }
+        Ok(counts)
+    }
+
+    /// All counters (accepted, deferred, rejected by reason, sent...).
+    pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, value FROM counters ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        rows.map(|r| r.map(|(k, v)| (k, v as u64)).map_err(Error::from))
+            .collect()
+    }
+
+    /// Events with sequence number above `after`, oldest first, at most `limit`.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, at, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (seq, at, body) = r?;
+            Ok(Event {
+                seq: seq as u64,
+                at: at as u64,
+                kind: from_json(&body, "event")?,
+            })
+        })
+        .collect()
+    }
+
+    /// The highest event sequence number (0 when there are none).
+    pub fn last_event_seq(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    /// The sequence number of the last event written to the NDJSON log.
+    pub fn log_cursor(&self) -> Result<u64> {
+        Ok(self
+            .meta("ndjson_seq")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Stores the NDJSON log cursor.
+    pub fn set_log_cursor(&mut self, seq: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('ndjson_seq', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [seq.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Outbox messages due for sending at `now`, oldest first.
+    pub fn outbox_due(&self, now: Millis, limit: usize) -> Result<Vec<OutboxItem>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT o.seq, o.attempts, m.body FROM outbox o JOIN messages m ON m.id = o.message_id
+             WHERE o.sent_at IS NULL AND o.next_attempt_at <= ?1 ORDER BY o.seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (seq, attempts, body) = r?;
+            Ok(OutboxItem {
+                seq,
+                attempts: attempts as u32,
+                message: from_json(&body, "message")?,
+            })
+        })
+        .collect()
+    }
+
+    /// Number of outbox messages not sent yet.
+    pub fn outbox_pending(&self) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Marks an outbox message as sent.
+    pub fn outbox_sent(&mut self, seq: i64, now: Millis) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE outbox SET sent_at = ?2, attempts = attempts + 1 WHERE seq = ?1",
+            params![seq, now as i64],
+        )?;
+        bump_counter(&tx, "messages.sent")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Schedules another attempt for an outbox message at `next_at`.
+    pub fn outbox_retry(&mut self, seq: i64, next_at: Millis) -> Result<()> {
+        self.conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2 WHERE seq = ?1",
+            params![seq, next_at as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets seen message ids whose time is up; returns how many.
+    pub fn prune_seen(&mut self, now: Millis) -> Result<usize> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM seen WHERE expires_at <= ?1", [now as i64])?)
+    }
+
+    /// Marks a task run as started by process `pid`. Fails with [`ErrorKind::Busy`] while
+    /// another live process runs it.
+    pub fn begin_run(&mut self, seed_id: &SeedId, pid: u32, now: Millis) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let holder: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT pid, started_at FROM runs WHERE seed_id = ?1",
+                [seed_id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((other, started)) = holder
+            && process_alive(other as u32)
+        {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "seed {seed_id} is already being run by process {other} since {}",
+                    crate::clock::format_ms(started as u64)
+                ),
+            ));
+        }
+        tx.execute(
+            "INSERT INTO runs(seed_id, pid, started_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(seed_id) DO UPDATE SET pid = excluded.pid, started_at = excluded.started_at",
+            params![seed_id.as_str(), pid as i64, now as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Clears the run marker of a seed.
+    pub fn end_run(&mut self, seed_id: &SeedId) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM runs WHERE seed_id = ?1", [seed_id.as_str()])?;
+        Ok(())
+    }
+
+    /// All seed views (for digests and exports).
+    pub fn all_views(&self) -> Result<Vec<SeedView>> {
+        self.seeds(None, usize::MAX)
+    }
+
+    /// A digest of the whole seed state; equal on replicas that converged.
+    pub fn digest(&self) -> Result<String> {
+        Ok(state::digest(&self.all_views()?))
+    }
+
+    /// Runs SQLite's integrity check; `Ok(())` when the database is sound.
+    pub fn integrity_check(&self) -> Result<()> {
+        let result: String = self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if result == "ok" {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Store,
+                format!("integrity check failed: {result}"),
+            ))
+        }
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        if pid == std::process::id() {
+            return true;
+        }
+        // SAFETY: kill with signal 0 only checks for existence and permission.
+        let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        pid == std::process::id()
+    }
+}
+
+fn load_view(conn: &Connection, id: &SeedId) -> Result<Option<SeedView>> {
+    let text: Option<String> = conn
+        .query_row("SELECT view FROM seeds WHERE id = ?1", [id.as_str()], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    text.map(|t| from_json(&t, "seed view")).transpose()
+}
+
+fn bump_lamport(tx: &Transaction<'_>, seen: Option<u64>) -> Result<u64> {
+    let current: u64 = tx
+        .query_row("SELECT value FROM meta WHERE key = 'lamport'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let next = match seen {
+        None => current.saturating_add(1),
+        Some(remote) => current.max(remote),
+    };
+    tx.execute(
+        "INSERT INTO meta(key, value) VALUES ('lamport', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [next.to_string()],
+    )?;
+    Ok(next)
+}
+
+fn bump_counter(tx: &Transaction<'_>, name: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO counters(name, value) VALUES (?1, 1)
+         ON CONFLICT(name) DO UPDATE SET value = value + 1",
+        [name],
+    )?;
+    Ok(())
+}
+
+fn insert_message(tx: &Transaction<'_>, m: &Message, origin: Origin, now: Millis) -> Result<()> {
+    tx.execute(
+        "INSERT INTO messages(id, seed_id, kind, sender, lamport, timestamp, body, origin, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            m.id.as_str(),
+            m.seed_id().as_str(),
+            m.kind().as_str(),
+            m.sender.as_str(),
+            m.lamport as i64,
+            m.timestamp as i64,
+            to_json(m)?,
+            origin.as_str(),
+            now as i64
+        ],
+    )?;
+    Ok(())
+}
+
+fn insert_events(tx: &Transaction<'_>, now: Millis, kinds: Vec<EventKind>) -> Result<Vec<Event>> {
+    let mut out = Vec::with_capacity(kinds.len());
+    let mut stmt =
+        tx.prepare_cached("INSERT INTO events(at, kind, body) VALUES (?1, ?2, ?3) RETURNING seq")?;
+    for kind in kinds {
+        let seq: i64 = stmt.query_row(params![now as i64, kind.name(), to_json(&kind)?], |r| {
+            r.get(0)
+        })?;
+        out.push(Event {
+            seq: seq as u64,
+            at: now,
+            kind,
+        });
+    }
+    Ok(out)
+}
+
+fn rejection(
+    m: &Message,
+    reason: RejectReason,
+    violation: Option<Violation>,
+    detail: String,
+) -> EventKind {
+    EventKind::MessageRejected {
+        message_id: Some(m.id.clone()),
+        message_kind: Some(m.kind()),
+        sender: Some(m.sender.clone()),
+        reason,
+        violation,
+        detail,
+    }
+}
+
+/// The event describing an applied message.
+fn applied_event(m: &Message, view: &SeedView) -> EventKind {
+    match &m.body {
+        Body::SeedCreated(seed) => EventKind::SeedPublished {
+            seed_id: seed.id.clone(),
+            publisher: seed.publisher.clone(),
+            command: seed.command.clone(),
+        },
+        Body::BidPlaced(bid) => EventKind::BidPlaced {
+            seed_id: bid.seed_id.clone(),
+            bid_id: bid.id.clone(),
+            bidder: bid.bidder.clone(),
+            price: bid.price,
+        },
+        Body::BiddingClosed(award) => EventKind::BiddingClosed {
+            seed_id: award.seed_id.clone(),
+            winner: award.winner.clone(),
+            winner_node: view.award.as_ref().and_then(|a| a.winner_node.clone()),
+            price: view.award.as_ref().and_then(|a| a.price),
+        },
+        Body::SeedClaimed(c) => EventKind::SeedClaimed {
+            seed_id: c.seed_id.clone(),
+            claimer: c.claimer.clone(),
+        },
+        Body::ResultReported(r) => EventKind::ResultRecorded {
+            seed_id: r.seed_id.clone(),
+            runner: r.runner.clone(),
+            success: r.success,
+            exit_code: r.exit_code,
+            duration_ms: r.duration_ms,
+            output_sha256: r.output_sha256.clone(),
+        },
+        Body::SeedSettled(s) => EventKind::SeedSettled {
+            seed_id: s.seed_id.clone(),
+            outcome: s.outcome,
+            amount: s.amount,
+        },
+        Body::SeedCancelled(c) => EventKind::SeedCancelled {
+            seed_id: c.seed_id.clone(),
+        },
+    }
+}
+
+/// Re-computes one seed from all its stored messages, stores the new view and verdicts, and
+/// appends events for every message whose verdict changed. Returns the view and the verdict of
+/// `focus` (the message that triggered the fold).
+fn refold(
+    tx: &Transaction<'_>,
+    seed_id: &SeedId,
+    focus: &MessageId,
+    now: Millis,
+    events: &mut Vec<EventKind>,
+) -> Result<(Option<SeedView>, Verdict)> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT body, verdict, origin FROM messages WHERE seed_id = ?1 ORDER BY lamport, id",
+    )?;
+    let rows = stmt.query_map([seed_id.as_str()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut messages = Vec::new();
+    let mut previous = BTreeMap::new();
+    let mut origins = BTreeMap::new();
+    for row in rows {
+        let (body, verdict, origin) = row?;
+        let m: Message = from_json(&body, "message")?;
+        if let Some(v) = verdict {
+            previous.insert(m.id.clone(), from_json::<Verdict>(&v, "verdict")?);
+        }
+        origins.insert(m.id.clone(), origin);
+        messages.push(m);
+    }
+    drop(stmt);
+    let old_view = load_view(tx, seed_id)?;
+    let folded = state::fold(&messages);
+
+    let mut update = tx.prepare_cached("UPDATE messages SET verdict = ?2 WHERE id = ?1")?;
+    for m in &messages {
+        let new = &folded.verdicts[&m.id];
+        let old = previous.get(&m.id);
+        if old == Some(new) {
+            continue;
+        }
+        update.execute(params![m.id.as_str(), to_json(new)?])?;
+        let remote = origins.get(&m.id).map(String::as_str) == Some("remote");
+        match new {
+            Verdict::Applied => {
+                if let Some(view) = &folded.view {
+                    events.push(applied_event(m, view));
+                }
+                if remote && old.is_none() {
+                    events.push(EventKind::MessageAccepted {
+                        message_id: m.id.clone(),
+                        message_kind: m.kind(),
+                        sender: m.sender.clone(),
+                    });
+                }
+            }
+            Verdict::Pending { reason } if remote => events.push(EventKind::MessageDeferred {
+                message_id: m.id.clone(),
+                message_kind: m.kind(),
+                sender: m.sender.clone(),
+                reason: reason.clone(),
+            }),
+            Verdict::Rejected { reason } if remote => events.push(rejection(
+                m,
+                RejectReason::Rule,
+                Some(reason.clone()),
+                reason.to_string(),
+            )),
+            Verdict::Pending { .. } | Verdict::Rejected { .. } => {}
+        }
+    }
+    drop(update);
+
+    if let Some(view) = &folded.view {
+        let old_status = old_view.as_ref().map(|v| v.status);
+        if old_status != Some(view.status) {
+            events.push(EventKind::StatusChanged {
+                seed_id: seed_id.clone(),
+                from: old_status,
+                to: view.status,
+            });
+        }
+        tx.execute(
+            "INSERT INTO seeds(id, publisher, status, created_at, updated_at, view)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(id) DO UPDATE SET status = excluded.status,
+                 updated_at = excluded.updated_at, view = excluded.view",
+            params![
+                seed_id.as_str(),
+                view.seed.publisher.as_str(),
+                view.status.as_str(),
+                view.seed.created_at as i64,
+                now as i64,
+                to_json(view)?
+            ],
+        )?;
+    }
+    let verdict = folded
+        .verdicts
+        .get(focus)
+        .cloned()
+        .ok_or_else(|| Error::internal("folded message has no verdict"))?;
+    Ok((folded.view, verdict))
+}

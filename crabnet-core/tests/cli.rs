@@ -1,0 +1,1875 @@
+//! End-to-end tests of the `crabnet` command-line interface.
+//!
+//! Every test spawns the real binary as a separate process, each time with its own temporary
+//! data directory (`--data-dir` or `CRABNET_DATA_DIR`). Every invocation is bounded by a
+//! timeout, so a hanging command fails its test instead of hanging the suite, and every
+//! long-running `crabnet listen` process is owned by a guard that kills it on drop.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// Longest any single short-lived CLI command may take before it counts as hung.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest we wait for a replicated state change between two listening nodes.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+const BIN: &str = env!("CARGO_BIN_EXE_crabnet");
+
+// ------------------------------------------------------------------------------------------
+// Harness
+// ------------------------------------------------------------------------------------------
+
+/// The outcome of one CLI invocation.
+#[derive(Debug)]
+struct Out {
+    args: Vec<String>,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Panics unless the command succeeded; returns self for chaining.
+    #[track_caller]
+    fn ok(self) -> Self {
+        assert!(
+            self.success(),
+            "`crabnet {}` failed with {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.args.join(" "),
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// The whole of stdout parsed as one JSON document.
+    #[track_caller]
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "`crabnet {}` printed invalid JSON ({e}):\n{}",
+                self.args.join(" "),
+                self.stdout
+            )
+        })
+    }
+
+    /// Stdout as JSON lines (`events --json`).
+    #[track_caller]
+    fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!(
+                        "`crabnet {}` printed an invalid JSON line ({e}): {l}",
+                        self.args.join(" ")
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "`crabnet {}` -> {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.args.join(" "),
+            self.status,
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// A per-test sandbox: a temp directory that holds the node data directories plus a fake
+/// HOME / XDG_DATA_HOME / TMPDIR, so nothing a test runs can touch the real user's files.
+struct Sandbox {
+    root: TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("crabnet-cli-test-")
+            .tempdir()
+            .expect("create temp dir");
+        for sub in ["home", "xdg", "tmp"] {
+            std::fs::create_dir_all(root.path().join(sub)).unwrap();
+        }
+        Sandbox { root }
+    }
+
+    /// A (not yet existing) node data directory inside the sandbox.
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    /// A command for the binary with a clean, sandboxed environment and no data directory.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env_remove("CRABNET_DATA_DIR")
+            .env_remove("CRABNET_CONFIG")
+            .env_remove("CRABNET_LOG")
+            .env("HOME", self.root.path().join("home"))
+            .env("XDG_DATA_HOME", self.root.path().join("xdg"))
+            .env("TMPDIR", self.root.path().join("tmp"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `crabnet --data-dir DIR ARGS...`.
+    fn run(&self, dir: &Path, args: &[&str]) -> Out {
+        let mut cmd = self.command();
+        cmd.arg("--data-dir").arg(dir).args(args);
+        let mut shown = vec!["--data-dir".to_string(), dir.display().to_string()];
+        shown.extend(args.iter().map(|s| s.to_string()));
+        run_bounded(cmd, shown)
+    }
+
+    /// Runs `crabnet ARGS...` with extra environment variables.
+    fn run_env(&self, env: &[(&str, &Path)], args: &[&str]) -> Out {
+        let mut cmd = self.command();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.args(args);
+        let mut shown: Vec<String> = env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.display()))
+            .collect();
+        shown.extend(args.iter().map(|s| s.to_string()));
+        run_bounded(cmd, shown)
+    }
+
+    /// Starts `crabnet --data-dir DIR listen ...` in the background; its stdout and stderr go
+    /// to files in the sandbox. The process is killed when `guard` is dropped.
+    fn spawn_listener(
+        &self,
+        guard: &mut Listeners,
+        name: &str,
+        dir: &Path,
+        bind: &str,
+        peers: &[&str],
+    ) -> usize {
+        let out_path = self.root.path().join(format!("{name}.stdout"));
+        let err_path = self.root.path().join(format!("{name}.stderr"));
+        let mut cmd = self.command();
+        cmd.arg("--data-dir")
+            .arg(dir)
+            .args(["listen", "--transport", "udp", "--bind", bind]);
+        for p in peers {
+            cmd.args(["--peer", p]);
+        }
+        cmd.stdout(File::create(&out_path).unwrap())
+            .stderr(File::create(&err_path).unwrap());
+        let child = cmd.spawn().expect("spawn crabnet listen");
+        guard.procs.push(Listener {
+            name: name.to_owned(),
+            child,
+            out_path,
+            err_path,
+        });
+        guard.procs.len() - 1
+    }
+}
+
+/// Runs a prepared command with a timeout; panics (after killing it) if it does not finish.
+fn run_bounded(mut cmd: Command, args: Vec<String>) -> Out {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn crabnet");
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out_reader = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out_pipe.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let err_reader = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err_pipe.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        match child.try_wait().expect("wait for crabnet") {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stdout = out_reader.join().unwrap_or_default();
+                let stderr = err_reader.join().unwrap_or_default();
+                panic!(
+                    "`crabnet {}` did not exit within {COMMAND_TIMEOUT:?} (hung; killed)\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+                    args.join(" ")
+                );
+            }
+            None => thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let stdout = out_reader.join().expect("stdout reader");
+    let stderr = err_reader.join().expect("stderr reader");
+    let out = Out {
+        args,
+        status,
+        stdout,
+        stderr,
+    };
+    // Blanket check: every successful `--json` invocation prints valid JSON.
+    if out.success() && out.args.iter().any(|a| a == "--json") {
+        if out.args.iter().any(|a| a == "events") {
+            out.json_lines();
+        } else {
+            out.json();
+        }
+    }
+    out
+}
+
+struct Listener {
+    name: String,
+    child: Child,
+    out_path: PathBuf,
+    err_path: PathBuf,
+}
+
+/// Owns background `crabnet listen` processes and kills them when dropped (also on panic).
+#[derive(Default)]
+struct Listeners {
+    procs: Vec<Listener>,
+}
+
+impl Listeners {
+    fn stdout(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.procs[i].out_path).unwrap_or_default()
+    }
+
+    fn stderr(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.procs[i].err_path).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for (i, p) in self.procs.iter().enumerate() {
+            s += &format!(
+                "--- listener {} stdout\n{}\n--- listener {} stderr\n{}\n",
+                p.name,
+                self.stdout(i),
+                p.name,
+                self.stderr(i)
+            );
+        }
+        s
+    }
+
+    /// Waits until listener `i` printed its "listening" banner; returns the banner line.
+    fn wait_ready(&mut self, i: usize) -> String {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            if let Some(line) = self
+                .stdout(i)
+                .lines()
+                .find(|l| l.contains("listening on udp"))
+            {
+                return line.to_owned();
+            }
+            if let Some(status) = self.procs[i].child.try_wait().unwrap() {
+                panic!(
+                    "listener {} exited early with {status}\n{}",
+                    self.procs[i].name,
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "listener {} did not report that it is listening\n{}",
+                self.procs[i].name,
+                self.logs()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        let _ = self.procs[i].child.kill();
+        let _ = self.procs[i].child.wait();
+    }
+
+    /// Sends SIGINT (Ctrl-C) to process `i` and waits for it to exit; returns its status.
+    fn interrupt(&mut self, i: usize) -> ExitStatus {
+        let name = self.procs[i].name.clone();
+        interrupt_child(&mut self.procs[i].child, &name)
+    }
+}
+
+/// Sends SIGINT to `child` and waits up to 10 s for it to exit. The signal is repeated every
+/// half second, in case the first one arrived before the process installed its handler.
+fn interrupt_child(child: &mut Child, name: &str) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // SAFETY: plain syscall on the pid of a child we own and have not reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let next = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < next {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} did not exit within 10 s of SIGINT");
+        }
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A free UDP port on 127.0.0.1 (bound once, then released).
+fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
+    s.local_addr().unwrap().port()
+}
+
+/// Publishes a seed in text mode and returns its id, checking that the id is printed alone.
+#[track_caller]
+fn publish(sb: &Sandbox, dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["seed", "publish"];
+    args.extend_from_slice(extra);
+    let out = sb.run(dir, &args).ok();
+    let id = out.stdout.trim_end_matches('\n');
+    assert!(
+        is_hex(id, 32) && !id.contains('\n'),
+        "publish must print only the 32-hex seed id on stdout, got {:?}",
+        out.stdout
+    );
+    id.to_owned()
+}
+
+/// `seed show ID --json`.
+#[track_caller]
+fn show(sb: &Sandbox, dir: &Path, id: &str) -> Value {
+    sb.run(dir, &["--json", "seed", "show", id]).ok().json()
+}
+
+/// The node id of a data directory (`status --json`).
+#[track_caller]
+fn node_id(sb: &Sandbox, dir: &Path) -> String {
+    let v = sb.run(dir, &["--json", "status"]).ok().json();
+    let id = v["node_id"]
+        .as_str()
+        .expect("status has node_id")
+        .to_owned();
+    assert!(is_hex(&id, 64), "node id {id:?} is not 64 hex digits");
+    id
+}
+
+/// Asserts a failing command in text mode (non-zero exit, nothing on stdout, exactly one
+/// `error: ...` line on stderr containing every `needle`) and then the same command with
+/// `--json` (a JSON error object with `kind` on stdout).
+#[track_caller]
+fn expect_error(sb: &Sandbox, dir: &Path, args: &[&str], kind: &str, needles: &[&str]) {
+    let out = sb.run(dir, args);
+    assert!(!out.success(), "expected failure: {}", out.describe());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "runtime errors exit with 1: {}",
+        out.describe()
+    );
+    assert_eq!(
+        out.stdout,
+        "",
+        "text-mode errors print nothing on stdout: {}",
+        out.describe()
+    );
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "stderr must be exactly one `error:` line: {}",
+        out.describe()
+    );
+    assert!(
+        lines[0].starts_with("error: "),
+        "stderr must start with `error: `: {}",
+        out.describe()
+    );
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "error message should mention {n:?}: {}",
+            out.describe()
+        );
+    }
+
+    let mut json_args = vec!["--json"];
+    json_args.extend_from_slice(args);
+    let out = sb.run(dir, &json_args);
+    assert!(!out.success(), "expected failure: {}", out.describe());
+    assert_eq!(out.status.code(), Some(1), "{}", out.describe());
+    let v = out.json();
+    assert_eq!(
+        v["error"]["kind"],
+        kind,
+        "wrong error kind: {}",
+        out.describe()
+    );
+    let message = v["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message: {}", out.describe()));
+    for n in needles {
+        assert!(
+            message.contains(n),
+            "JSON error message should mention {n:?}: {}",
+            out.describe()
+        );
+    }
+    assert!(
+        out.stderr.lines().any(|l| l.starts_with("error: ")),
+        "--json errors still say `error:` on stderr: {}",
+        out.describe()
+    );
+}
+
+/// Polls `seed show ID --json` in `dir` until `pred` holds or the deadline passes.
+#[track_caller]
+fn wait_for_seed(
+    sb: &Sandbox,
+    listeners: &Listeners,
+    dir: &Path,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let out = sb.run(dir, &["--json", "seed", "show", id]);
+        let last = if out.success() {
+            let v = out.json();
+            if pred(&v) {
+                return v;
+            }
+            out.stdout
+        } else {
+            out.describe()
+        };
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {CONVERGE_TIMEOUT:?} waiting until {} {what}\nlast seen:\n{last}\n{}",
+                dir.display(),
+                listeners.logs()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn event_types(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// Tests
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn init_prints_node_id_and_second_init_keeps_it() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+
+    let first = sb.run(&dir, &["init"]).ok();
+    assert!(
+        first.stdout.starts_with("initialized node "),
+        "{}",
+        first.describe()
+    );
+    let id = first
+        .stdout
+        .split_whitespace()
+        .find(|w| is_hex(w, 64))
+        .unwrap_or_else(|| panic!("init must print the 64-hex node id: {}", first.describe()))
+        .to_owned();
+    assert!(
+        first.stdout.contains(&dir.display().to_string()),
+        "{}",
+        first.describe()
+    );
+    assert!(dir.join("crabnet.db").exists(), "init creates the database");
+
+    let second = sb.run(&dir, &["init"]).ok();
+    assert!(
+        second.stdout.contains("already initialized"),
+        "a second init says so: {}",
+        second.describe()
+    );
+    assert!(
+        second.stdout.contains(&id),
+        "a second init keeps the node id: {}",
+        second.describe()
+    );
+
+    let third = sb.run(&dir, &["--json", "init"]).ok().json();
+    assert_eq!(third["node_id"], id.as_str());
+    assert_eq!(third["created"], false);
+    assert_eq!(third["data_dir"], dir.display().to_string().as_str());
+
+    assert_eq!(node_id(&sb, &dir), id, "status reports the same node id");
+
+    let fresh = sb.dir("fresh");
+    let v = sb.run(&fresh, &["--json", "init"]).ok().json();
+    assert_eq!(v["created"], true);
+    assert!(is_hex(v["node_id"].as_str().unwrap(), 64));
+    assert_ne!(
+        v["node_id"],
+        id.as_str(),
+        "every data directory gets its own identity"
+    );
+}
+
+#[test]
+fn single_node_lifecycle() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    let me = node_id(&sb, &dir);
+
+    let status = sb.run(&dir, &["--json", "status"]).ok().json();
+    for s in [
+        "open",
+        "claimed",
+        "completed",
+        "settled",
+        "expired",
+        "cancelled",
+    ] {
+        assert_eq!(
+            status["seeds_by_status"][s], 0,
+            "fresh node has no {s} seeds: {status}"
+        );
+    }
+
+    // Publish: text mode prints the id alone.
+    let id = publish(
+        &sb,
+        &dir,
+        &[
+            "--command",
+            "echo hello-from-test",
+            "--max-bids",
+            "1",
+            "--min-price",
+            "2",
+            "--max-price",
+            "50",
+        ],
+    );
+    let v = show(&sb, &dir, &id);
+    assert_eq!(v["seed"]["id"], id.as_str());
+    assert_eq!(v["seed"]["publisher"], me.as_str());
+    assert_eq!(v["seed"]["command"], "echo hello-from-test");
+    assert_eq!(v["seed"]["max_bids"], 1);
+    assert_eq!(v["status"], "open");
+    assert_eq!(v["bids"].as_array().unwrap().len(), 0);
+    assert!(v["award"].is_null());
+
+    // Bid (a node may bid on its own seed); max-bids 1 closes bidding at once.
+    let out = sb.run(&dir, &["seed", "bid", &id, "--price", "7"]).ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("bid 7 on seed {id} (status: open)"),
+        "{}",
+        out.describe()
+    );
+    let v = show(&sb, &dir, &id);
+    assert_eq!(v["bids"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["bids"][0]["price"], 7);
+    assert_eq!(v["bids"][0]["bidder"], me.as_str());
+    assert_eq!(
+        v["award"]["winner_node"],
+        me.as_str(),
+        "publisher named the winner: {v}"
+    );
+    assert_eq!(v["award"]["price"], 7);
+    assert_eq!(v["award"]["winner"], v["bids"][0]["id"]);
+
+    // Claim.
+    let out = sb.run(&dir, &["seed", "claim", &id]).ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("claimed seed {id} (status: claimed)")
+    );
+    let v = show(&sb, &dir, &id);
+    assert_eq!(v["status"], "claimed");
+    assert_eq!(v["claim"]["claimer"], me.as_str());
+
+    // Run.
+    let expected_sha = sha256_hex(b"hello-from-test\n");
+    let out = sb.run(&dir, &["seed", "run", &id]).ok();
+    let first = out.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("ran seed {id}: success (exit 0)")),
+        "{}",
+        out.describe()
+    );
+    assert!(first.contains("16 bytes of output"), "{}", out.describe());
+    assert!(first.contains(&expected_sha), "{}", out.describe());
+    assert!(
+        out.stdout.lines().any(|l| l == "hello-from-test"),
+        "run prints the output: {}",
+        out.describe()
+    );
+
+    let v = show(&sb, &dir, &id);
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["result"]["success"], true);
+    assert_eq!(v["result"]["exit_code"], 0);
+    assert_eq!(v["result"]["timed_out"], false);
+    assert_eq!(v["result"]["runner"], me.as_str());
+    assert_eq!(v["result"]["output_sha256"], expected_sha.as_str());
+    assert_eq!(v["result"]["output_bytes"], 16);
+    assert_eq!(v["result"]["output_excerpt"], "hello-from-test\n");
+
+    // Settle.
+    let out = sb
+        .run(&dir, &["seed", "settle", &id, "--note", "thanks"])
+        .ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("settled seed {id}: accepted (status: settled)")
+    );
+    let v = show(&sb, &dir, &id);
+    assert_eq!(v["status"], "settled");
+    assert_eq!(v["settlement"]["outcome"], "accepted");
+    assert_eq!(
+        v["settlement"]["amount"], 7,
+        "amount is the winning bid price: {v}"
+    );
+    assert_eq!(v["settlement"]["note"], "thanks");
+
+    // Text-mode show mentions the essentials.
+    let text = sb.run(&dir, &["seed", "show", &id]).ok().stdout;
+    assert!(
+        text.contains(&id) && text.contains("settled") && text.contains("echo hello-from-test"),
+        "{text}"
+    );
+
+    // List.
+    let list = sb.run(&dir, &["--json", "seed", "list"]).ok().json();
+    let list = list.as_array().expect("list is an array");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["seed"]["id"], id.as_str());
+    assert_eq!(list[0]["status"], "settled");
+    let settled = sb
+        .run(&dir, &["--json", "seed", "list", "--status", "settled"])
+        .ok()
+        .json();
+    assert_eq!(settled.as_array().unwrap().len(), 1);
+    let open = sb
+        .run(&dir, &["--json", "seed", "list", "--status", "open"])
+        .ok()
+        .json();
+    assert_eq!(open.as_array().unwrap().len(), 0);
+    let text = sb.run(&dir, &["seed", "list"]).ok().stdout;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&id) && l.contains("settled")),
+        "{text}"
+    );
+
+    // Events: the lifecycle in order, with increasing sequence numbers.
+    let events = sb.run(&dir, &["--json", "events"]).ok().json_lines();
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq must increase: {seqs:?}"
+    );
+    let lifecycle = [
+        "seed_published",
+        "bid_placed",
+        "bidding_closed",
+        "seed_claimed",
+        "task_started",
+        "result_recorded",
+        "seed_settled",
+    ];
+    let domain: Vec<&Value> = events
+        .iter()
+        .filter(|e| lifecycle.contains(&e["type"].as_str().unwrap_or("")))
+        .collect();
+    let types: Vec<&str> = domain.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, lifecycle, "all events: {:?}", event_types(&events));
+    for e in &domain {
+        assert_eq!(e["seed_id"], id.as_str(), "{e}");
+    }
+    assert_eq!(domain[1]["price"], 7);
+    assert_eq!(domain[2]["winner_node"], me.as_str());
+    assert_eq!(domain[5]["output_sha256"], expected_sha.as_str());
+    assert_eq!(domain[6]["amount"], 7);
+
+    // `--since` skips earlier events.
+    let since = seqs[2];
+    let later = sb
+        .run(&dir, &["--json", "events", "--since", &since.to_string()])
+        .ok()
+        .json_lines();
+    assert_eq!(later.len(), events.len() - 3);
+    assert!(later.iter().all(|e| e["seq"].as_u64().unwrap() > since));
+
+    // The NDJSON log in the data directory holds the same events.
+    let log = std::fs::read_to_string(dir.join("events.ndjson")).expect("events.ndjson exists");
+    let logged: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line ({e}): {l}")))
+        .collect();
+    assert_eq!(
+        logged, events,
+        "events.ndjson must hold exactly the events `events --json` lists"
+    );
+
+    // Status counts.
+    let status = sb.run(&dir, &["--json", "status"]).ok().json();
+    assert_eq!(status["node_id"], me.as_str());
+    assert_eq!(status["seeds_by_status"]["settled"], 1, "{status}");
+    for s in ["open", "claimed", "completed", "expired", "cancelled"] {
+        assert_eq!(status["seeds_by_status"][s], 0, "{status}");
+    }
+    assert_eq!(status["last_event_seq"], *seqs.last().unwrap());
+    assert!(is_hex(status["state_digest"].as_str().unwrap(), 64));
+    let text = sb.run(&dir, &["status"]).ok().stdout;
+    assert!(text.contains(&me) && text.contains("settled 1"), "{text}");
+}
+
+#[test]
+fn run_of_a_quick_command_finishes_cleanly() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    let id = publish(&sb, &dir, &["--command", "echo quick", "--max-bids", "1"]);
+    sb.run(&dir, &["seed", "bid", &id, "--price", "1"]).ok();
+    sb.run(&dir, &["seed", "claim", &id]).ok();
+    let started = Instant::now();
+    let out = sb.run(&dir, &["seed", "run", &id]).ok();
+    let took = started.elapsed();
+    assert!(
+        out.stdout.contains("success (exit 0)"),
+        "{}",
+        out.describe()
+    );
+    // The task's output pipe must reach EOF when `echo` exits; a leaked write end makes the
+    // runner wait out its drain grace period and stop collecting output.
+    assert!(
+        !out.stderr.contains("output pipe still open"),
+        "running `echo` must not report a leaked output pipe (run took {took:?}): {}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr.contains("WARN"),
+        "a clean run logs no warnings: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn successful_commands_print_nothing_on_stderr() {
+    // With max-bids 1 the bid closes bidding; the node's housekeeping task may try to close
+    // the same seed at the same moment, which must not surface as a warning.
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    for i in 0..8 {
+        let out = sb
+            .run(
+                &dir,
+                &["seed", "publish", "--command", "echo x", "--max-bids", "1"],
+            )
+            .ok();
+        let id = out.stdout.trim().to_owned();
+        assert_eq!(out.stderr, "", "{}", out.describe());
+        let price = (i + 1).to_string();
+        for args in [
+            &["seed", "bid", &id, "--price", &price][..],
+            &["seed", "claim", &id][..],
+            &["seed", "show", &id][..],
+            &["seed", "list"][..],
+            &["status"][..],
+        ] {
+            let out = sb.run(&dir, args).ok();
+            assert_eq!(
+                out.stderr,
+                "",
+                "stderr of a successful command: {}",
+                out.describe()
+            );
+        }
+    }
+}
+
+#[test]
+fn failed_task_is_recorded_and_can_be_rejected() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    let id = publish(
+        &sb,
+        &dir,
+        &[
+            "--command",
+            "echo out; echo err >&2; exit 3",
+            "--max-bids",
+            "1",
+        ],
+    );
+    sb.run(&dir, &["seed", "bid", &id, "--price", "4"]).ok();
+    sb.run(&dir, &["seed", "claim", &id]).ok();
+    let out = sb.run(&dir, &["seed", "run", &id]);
+    assert!(
+        out.stdout
+            .starts_with(&format!("ran seed {id}: failure (exit 3)")),
+        "{}",
+        out.describe()
+    );
+    let v = show(&sb, &dir, &id);
+    assert_eq!(
+        v["status"], "completed",
+        "a failed run is still a result: {v}"
+    );
+    assert_eq!(v["result"]["success"], false);
+    assert_eq!(v["result"]["exit_code"], 3);
+    assert_eq!(v["result"]["timed_out"], false);
+    // stdout and stderr are captured together, in write order.
+    assert_eq!(v["result"]["output_excerpt"], "out\nerr\n");
+    assert_eq!(
+        v["result"]["output_sha256"],
+        sha256_hex(b"out\nerr\n").as_str()
+    );
+    // Only the claimer runs, and only once.
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "run", &id],
+        "state",
+        &["cannot run", "completed"],
+    );
+
+    let long_note = "n".repeat(3000);
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "settle", &id, "--note", &long_note],
+        "validation",
+        &["note is 3000 bytes"],
+    );
+    let out = sb
+        .run(
+            &dir,
+            &["seed", "settle", &id, "--reject", "--note", "exit 3"],
+        )
+        .ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("settled seed {id}: rejected (status: settled)")
+    );
+    let v = show(&sb, &dir, &id);
+    assert_eq!(v["settlement"]["outcome"], "rejected");
+    assert_eq!(v["settlement"]["amount"], 0);
+    assert_eq!(v["settlement"]["note"], "exit 3");
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "settle", &id],
+        "state",
+        &["cannot settle", "settled"],
+    );
+}
+
+#[test]
+fn bidding_closes_at_window_end_with_the_bids_in() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    let me = node_id(&sb, &dir);
+    let id = publish(
+        &sb,
+        &dir,
+        &[
+            "--command",
+            "echo x",
+            "--bid-window",
+            "1",
+            "--max-bids",
+            "5",
+        ],
+    );
+    sb.run(&dir, &["seed", "bid", &id, "--price", "4"]).ok();
+    assert!(
+        show(&sb, &dir, &id)["award"].is_null(),
+        "1 of 5 bids: still open"
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let v = show(&sb, &dir, &id);
+    assert_eq!(v["status"], "open", "awarded, waiting for the claim: {v}");
+    assert_eq!(v["award"]["winner_node"], me.as_str(), "{v}");
+    assert_eq!(v["award"]["price"], 4);
+    let out = sb.run(&dir, &["seed", "claim", &id]).ok();
+    assert!(out.stdout.contains("claimed"), "{}", out.describe());
+}
+
+#[test]
+fn json_output_parses_for_every_command() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    let me = node_id(&sb, &dir);
+
+    let v = sb
+        .run(
+            &dir,
+            &[
+                "--json",
+                "seed",
+                "publish",
+                "--command",
+                "printf json-run",
+                "--max-bids",
+                "1",
+            ],
+        )
+        .ok()
+        .json();
+    let id = v["seed"]["id"]
+        .as_str()
+        .expect("publish --json returns the seed view")
+        .to_owned();
+    assert!(is_hex(&id, 32));
+    assert_eq!(v["status"], "open");
+
+    let v = sb
+        .run(&dir, &["--json", "seed", "bid", &id, "--price", "3"])
+        .ok()
+        .json();
+    assert_eq!(v["seed"]["id"], id.as_str());
+    assert_eq!(v["bids"][0]["price"], 3);
+    assert_eq!(v["award"]["winner_node"], me.as_str());
+
+    let v = sb.run(&dir, &["--json", "seed", "claim", &id]).ok().json();
+    assert_eq!(v["status"], "claimed");
+
+    let v = sb.run(&dir, &["--json", "seed", "run", &id]).ok().json();
+    assert_eq!(v["status"], "completed");
+    assert_eq!(
+        v["result"]["output_sha256"],
+        sha256_hex(b"json-run").as_str()
+    );
+
+    let v = sb
+        .run(
+            &dir,
+            &[
+                "--json", "seed", "settle", &id, "--reject", "--note", "nope",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(v["status"], "settled");
+    assert_eq!(v["settlement"]["outcome"], "rejected");
+    assert_eq!(v["settlement"]["amount"], 0, "a rejection is worth nothing");
+
+    let other = publish(&sb, &dir, &["--command", "true"]);
+    let v = sb
+        .run(&dir, &["--json", "seed", "cancel", &other])
+        .ok()
+        .json();
+    assert_eq!(v["status"], "cancelled");
+
+    let v = sb.run(&dir, &["--json", "seed", "show", &id]).ok().json();
+    assert_eq!(v["seed"]["id"], id.as_str());
+    let v = sb.run(&dir, &["--json", "seed", "list"]).ok().json();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(
+        v[0]["seed"]["id"],
+        other.as_str(),
+        "list is newest first: {v}"
+    );
+    assert_eq!(v[1]["seed"]["id"], id.as_str(), "list is newest first: {v}");
+    let v = sb
+        .run(&dir, &["--json", "seed", "list", "--status", "cancelled"])
+        .ok()
+        .json();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let v = sb.run(&dir, &["--json", "status"]).ok().json();
+    assert_eq!(v["seeds_by_status"]["settled"], 1);
+    assert_eq!(v["seeds_by_status"]["cancelled"], 1);
+    let events = sb.run(&dir, &["--json", "events"]).ok().json_lines();
+    assert!(!events.is_empty());
+    for e in &events {
+        assert!(
+            e["seq"].is_u64() && e["at"].is_u64() && e["type"].is_string(),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn data_dir_from_environment_variable() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("env-node");
+    let env = [("CRABNET_DATA_DIR", dir.as_path())];
+
+    let status = sb.run_env(&env, &["--json", "status"]).ok().json();
+    assert_eq!(status["data_dir"], dir.display().to_string().as_str());
+    assert!(
+        dir.join("crabnet.db").exists(),
+        "the env var's directory is used"
+    );
+
+    let out = sb
+        .run_env(&env, &["seed", "publish", "--command", "echo env"])
+        .ok();
+    let id = out.stdout.trim().to_owned();
+    assert!(is_hex(&id, 32), "{}", out.describe());
+
+    // The same directory through --data-dir sees the same node and seed.
+    assert_eq!(node_id(&sb, &dir), status["node_id"].as_str().unwrap());
+    let v = show(&sb, &dir, &id);
+    assert_eq!(v["seed"]["command"], "echo env");
+
+    // And back through the env var.
+    let list = sb.run_env(&env, &["--json", "seed", "list"]).ok().json();
+    assert_eq!(list[0]["seed"]["id"], id.as_str());
+    let v = sb
+        .run_env(&env, &["--json", "seed", "show", &id])
+        .ok()
+        .json();
+    assert_eq!(v["status"], "open");
+
+    // --data-dir wins over the environment variable.
+    let other = sb.dir("flag-node");
+    let mut args = vec!["--data-dir", other.to_str().unwrap(), "--json", "status"];
+    let status2 = sb.run_env(&env, &args).ok().json();
+    assert_eq!(status2["data_dir"], other.display().to_string().as_str());
+    assert_ne!(status2["node_id"], status["node_id"]);
+    args.truncate(2);
+    args.extend(["seed", "show", id.as_str()]);
+    let out = sb.run_env(&env, &args);
+    assert!(
+        !out.success(),
+        "the seed is not in the --data-dir node: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn config_file_is_read_and_bad_config_is_a_one_line_error() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), "name = \"alpha\"\n").unwrap();
+    let v = sb.run(&dir, &["--json", "status"]).ok().json();
+    assert_eq!(v["name"], "alpha", "<data-dir>/config.toml is read: {v}");
+
+    let other = sb.root.path().join("other.toml");
+    std::fs::write(&other, "name = \"beta\"\n").unwrap();
+    let v = sb
+        .run(
+            &dir,
+            &["--config", other.to_str().unwrap(), "--json", "status"],
+        )
+        .ok()
+        .json();
+    assert_eq!(
+        v["name"], "beta",
+        "--config wins over <data-dir>/config.toml: {v}"
+    );
+
+    // A typo in the config file is reported as one line naming the file and the key.
+    std::fs::write(dir.join("config.toml"), "nmae = \"typo\"\n").unwrap();
+    expect_error(&sb, &dir, &["status"], "config", &["config.toml", "nmae"]);
+}
+
+#[test]
+fn errors_for_unknown_and_malformed_ids() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    node_id(&sb, &dir);
+    let unknown = "0123456789abcdef0123456789abcdef";
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "show", unknown],
+        "not_found",
+        &["unknown seed", unknown],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "bid", unknown, "--price", "5"],
+        "not_found",
+        &[unknown],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "claim", unknown],
+        "not_found",
+        &[unknown],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "run", unknown],
+        "not_found",
+        &[unknown],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "settle", unknown],
+        "not_found",
+        &[unknown],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "cancel", unknown],
+        "not_found",
+        &[unknown],
+    );
+
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "show", "xyz"],
+        "validation",
+        &["xyz", "32 lowercase hex"],
+    );
+    let upper = "0123456789ABCDEF0123456789ABCDEF";
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "bid", upper, "--price", "5"],
+        "validation",
+        &[upper],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "show", &unknown[..31]],
+        "validation",
+        &["32 lowercase hex"],
+    );
+}
+
+#[test]
+fn errors_for_invalid_input() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    node_id(&sb, &dir);
+
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "list", "--status", "bogus"],
+        "validation",
+        &["bogus", "open"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "publish", "--command", ""],
+        "validation",
+        &["command", "empty"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "publish", "--command", "   "],
+        "validation",
+        &["command", "empty"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &[
+            "seed",
+            "publish",
+            "--command",
+            "echo x",
+            "--min-price",
+            "10",
+            "--max-price",
+            "5",
+        ],
+        "validation",
+        &["10", "5", "price"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &[
+            "seed",
+            "publish",
+            "--command",
+            "echo x",
+            "--bid-window",
+            "0",
+        ],
+        "validation",
+        &["bid window"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "publish", "--command", "echo x", "--max-bids", "0"],
+        "validation",
+        &["max bids"],
+    );
+    let long_command = "e".repeat(9000);
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "publish", "--command", &long_command],
+        "validation",
+        &["command is 9000 bytes"],
+    );
+    let long_description = "d".repeat(5000);
+    expect_error(
+        &sb,
+        &dir,
+        &[
+            "seed",
+            "publish",
+            "--command",
+            "echo x",
+            "--description",
+            &long_description,
+        ],
+        "validation",
+        &["description"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "publish", "--command", "echo x", "--timeout", "0"],
+        "validation",
+        &["timeout"],
+    );
+    // None of the refused publications left a seed behind.
+    let list = sb.run(&dir, &["--json", "seed", "list"]).ok().json();
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+
+    // Bids outside the price range.
+    let id = publish(
+        &sb,
+        &dir,
+        &[
+            "--command",
+            "echo x",
+            "--min-price",
+            "5",
+            "--max-price",
+            "10",
+        ],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "bid", &id, "--price", "4"],
+        "validation",
+        &["price 4", "5..=10"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "bid", &id, "--price", "11"],
+        "validation",
+        &["price 11", "5..=10"],
+    );
+    assert_eq!(
+        show(&sb, &dir, &id)["bids"].as_array().unwrap().len(),
+        0,
+        "refused bids are not recorded"
+    );
+    // Boundaries are inclusive.
+    sb.run(&dir, &["seed", "bid", &id, "--price", "10"]).ok();
+}
+
+#[test]
+fn errors_for_clap_usage() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    for args in [
+        &["seed", "frobnicate"][..],
+        &["frobnicate"][..],
+        &["seed", "list", "--bogus"][..],
+        &["--bogus", "status"][..],
+        &["seed", "bid", "0123456789abcdef0123456789abcdef"][..], // missing --price
+        &[
+            "seed",
+            "bid",
+            "0123456789abcdef0123456789abcdef",
+            "--price",
+            "cheap",
+        ][..],
+        &["seed", "publish"][..], // missing --command
+        &["listen", "--transport", "carrier-pigeon"][..],
+    ] {
+        let out = sb.run(&dir, args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "usage errors exit with 2: {}",
+            out.describe()
+        );
+        assert_eq!(out.stdout, "", "{}", out.describe());
+        assert!(out.stderr.starts_with("error: "), "{}", out.describe());
+    }
+    assert!(
+        !dir.exists(),
+        "usage errors must not create the data directory"
+    );
+}
+
+#[test]
+fn errors_for_lifecycle_violations() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    let me = node_id(&sb, &dir);
+
+    // Long window, five bids needed: bidding stays open.
+    let open = publish(
+        &sb,
+        &dir,
+        &[
+            "--command",
+            "echo x",
+            "--bid-window",
+            "3600",
+            "--max-bids",
+            "5",
+        ],
+    );
+    sb.run(&dir, &["seed", "bid", &open, "--price", "6"]).ok();
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "bid", &open, "--price", "6"],
+        "state",
+        &["already bid", &me],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "claim", &open],
+        "state",
+        &["still open"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "run", &open],
+        "state",
+        &["cannot run", "open"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "settle", &open],
+        "state",
+        &["cannot settle", "open"],
+    );
+    let v = show(&sb, &dir, &open);
+    assert_eq!(v["status"], "open");
+    assert_eq!(
+        v["bids"].as_array().unwrap().len(),
+        1,
+        "the second bid was not recorded: {v}"
+    );
+    assert!(v["award"].is_null());
+
+    // One bid closes bidding: no more bids, no cancel; the winner has not claimed, so it
+    // may not run; nothing to settle yet.
+    let closed = publish(&sb, &dir, &["--command", "echo x", "--max-bids", "1"]);
+    sb.run(&dir, &["seed", "bid", &closed, "--price", "8"]).ok();
+    assert_eq!(show(&sb, &dir, &closed)["award"]["price"], 8);
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "bid", &closed, "--price", "8"],
+        "state",
+        &[&closed],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "cancel", &closed],
+        "state",
+        &["bidding", "closed"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "run", &closed],
+        "state",
+        &["cannot run"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "settle", &closed],
+        "state",
+        &["cannot settle"],
+    );
+
+    // Claimed but not run: still nothing to settle; no second claim; no cancel.
+    sb.run(&dir, &["seed", "claim", &closed]).ok();
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "settle", &closed],
+        "state",
+        &["cannot settle", "claimed"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "claim", &closed],
+        "state",
+        &["cannot claim", "claimed"],
+    );
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "cancel", &closed],
+        "state",
+        &[&closed, "closed"],
+    );
+    assert_eq!(show(&sb, &dir, &closed)["status"], "claimed");
+}
+
+#[test]
+fn bidding_expires_without_bids() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    let id = publish(
+        &sb,
+        &dir,
+        &[
+            "--command",
+            "echo x",
+            "--bid-window",
+            "1",
+            "--max-bids",
+            "3",
+        ],
+    );
+    thread::sleep(Duration::from_millis(1500));
+    // The publisher's node closes due bidding when it starts, whatever the command.
+    let v = show(&sb, &dir, &id);
+    assert_eq!(v["status"], "expired", "{v}");
+    assert!(
+        v["award"].is_object(),
+        "the expiry is recorded as an award without winner: {v}"
+    );
+    assert!(v["award"]["winner"].is_null());
+    assert_eq!(v["bids"].as_array().unwrap().len(), 0);
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "bid", &id, "--price", "5"],
+        "state",
+        &["expired"],
+    );
+    expect_error(&sb, &dir, &["seed", "cancel", &id], "state", &["expired"]);
+    let list = sb
+        .run(&dir, &["--json", "seed", "list", "--status", "expired"])
+        .ok()
+        .json();
+    assert_eq!(list[0]["seed"]["id"], id.as_str());
+    let events = sb.run(&dir, &["--json", "events"]).ok().json_lines();
+    let closed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "bidding_closed")
+        .collect();
+    assert_eq!(closed.len(), 1, "{:?}", event_types(&events));
+    assert!(closed[0]["winner"].is_null());
+}
+
+#[test]
+fn cancel_while_open_then_bid_fails() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    let id = publish(&sb, &dir, &["--command", "echo x", "--bid-window", "600"]);
+    sb.run(&dir, &["seed", "bid", &id, "--price", "5"]).ok();
+    let out = sb.run(&dir, &["seed", "cancel", &id]).ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("cancelled seed {id} (status: cancelled)")
+    );
+    let v = show(&sb, &dir, &id);
+    assert_eq!(v["status"], "cancelled");
+    assert!(v["cancelled_at"].is_u64(), "{v}");
+    expect_error(
+        &sb,
+        &dir,
+        &["seed", "bid", &id, "--price", "5"],
+        "state",
+        &["cancelled"],
+    );
+    expect_error(&sb, &dir, &["seed", "claim", &id], "state", &["cancelled"]);
+    expect_error(&sb, &dir, &["seed", "cancel", &id], "state", &["cancelled"]);
+    let events = sb.run(&dir, &["--json", "events"]).ok().json_lines();
+    assert!(event_types(&events).contains(&"seed_cancelled".to_string()));
+    let status = sb.run(&dir, &["--json", "status"]).ok().json();
+    assert_eq!(status["seeds_by_status"]["cancelled"], 1);
+}
+
+#[test]
+fn two_nodes_over_udp() {
+    let sb = Sandbox::new();
+    let (dir_a, dir_b) = (sb.dir("a"), sb.dir("b"));
+    let (port_a, port_b) = (free_udp_port(), free_udp_port());
+    let (addr_a, addr_b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
+    let mut nodes = Listeners::default();
+    let la = sb.spawn_listener(&mut nodes, "a", &dir_a, &addr_a, &[&addr_b]);
+    let lb = sb.spawn_listener(&mut nodes, "b", &dir_b, &addr_b, &[&addr_a]);
+    let banner_a = nodes.wait_ready(la);
+    let banner_b = nodes.wait_ready(lb);
+    assert!(banner_a.contains(&addr_a), "{banner_a}");
+    assert!(banner_b.contains(&addr_b), "{banner_b}");
+
+    // CLI commands work on a data directory while its listener runs.
+    let id_a = node_id(&sb, &dir_a);
+    let id_b = node_id(&sb, &dir_b);
+    assert_ne!(id_a, id_b);
+    assert!(banner_a.contains(&id_a), "{banner_a}");
+
+    // A publishes through a separate CLI process; A's listener sends it from the outbox.
+    let seed = publish(
+        &sb,
+        &dir_a,
+        &[
+            "--command",
+            "echo two-node-test",
+            "--max-bids",
+            "1",
+            "--bid-window",
+            "120",
+            "--min-price",
+            "1",
+            "--max-price",
+            "20",
+        ],
+    );
+    let v = wait_for_seed(&sb, &nodes, &dir_b, &seed, "knows the seed", |_| true);
+    assert_eq!(v["seed"]["publisher"], id_a.as_str());
+    assert_eq!(v["status"], "open");
+
+    // B bids; A (the publisher) closes bidding and names B; B learns the award.
+    sb.run(&dir_b, &["seed", "bid", &seed, "--price", "9"]).ok();
+    let v = wait_for_seed(&sb, &nodes, &dir_a, &seed, "shows the award", |v| {
+        !v["award"].is_null()
+    });
+    assert_eq!(v["award"]["winner_node"], id_b.as_str(), "{v}");
+    assert_eq!(v["award"]["price"], 9);
+    wait_for_seed(&sb, &nodes, &dir_b, &seed, "shows the award", |v| {
+        v["award"]["winner_node"] == id_b.as_str()
+    });
+
+    // Only the winner may claim.
+    expect_error(
+        &sb,
+        &dir_a,
+        &["seed", "claim", &seed],
+        "state",
+        &["not the winning bidder"],
+    );
+    sb.run(&dir_b, &["seed", "claim", &seed]).ok();
+    // Only the claimer may run.
+    expect_error(
+        &sb,
+        &dir_a,
+        &["seed", "run", &seed],
+        "state",
+        &["not the claimer"],
+    );
+    let out = sb.run(&dir_b, &["--json", "seed", "run", &seed]).ok();
+    let expected_sha = sha256_hex(b"two-node-test\n");
+    assert_eq!(out.json()["result"]["output_sha256"], expected_sha.as_str());
+
+    let v = wait_for_seed(&sb, &nodes, &dir_a, &seed, "shows the result", |v| {
+        v["status"] == "completed"
+    });
+    assert_eq!(v["result"]["success"], true);
+    assert_eq!(v["result"]["runner"], id_b.as_str());
+    assert_eq!(v["result"]["output_sha256"], expected_sha.as_str());
+    assert_eq!(v["claim"]["claimer"], id_b.as_str());
+
+    // Only the publisher may settle.
+    expect_error(
+        &sb,
+        &dir_b,
+        &["seed", "settle", &seed],
+        "state",
+        &["only the publisher"],
+    );
+    let out = sb.run(&dir_a, &["seed", "settle", &seed]).ok();
+    assert!(out.stdout.contains("accepted"), "{}", out.describe());
+    let vb = wait_for_seed(&sb, &nodes, &dir_b, &seed, "shows the settlement", |v| {
+        v["status"] == "settled"
+    });
+    assert_eq!(vb["settlement"]["amount"], 9);
+    assert_eq!(vb["settlement"]["outcome"], "accepted");
+
+    // Both replicas hold the same state of the seed.
+    let va = show(&sb, &dir_a, &seed);
+    assert_eq!(va, vb, "replicas must converge to the same seed state");
+
+    // Two bidders on one seed, the publisher among them: the lowest price wins.
+    let seed2 = publish(
+        &sb,
+        &dir_a,
+        &[
+            "--command",
+            "echo second",
+            "--max-bids",
+            "2",
+            "--bid-window",
+            "120",
+        ],
+    );
+    sb.run(&dir_a, &["seed", "bid", &seed2, "--price", "15"])
+        .ok();
+    wait_for_seed(&sb, &nodes, &dir_b, &seed2, "knows the second seed", |_| {
+        true
+    });
+    sb.run(&dir_b, &["seed", "bid", &seed2, "--price", "12"])
+        .ok();
+    let v = wait_for_seed(&sb, &nodes, &dir_a, &seed2, "closes the second seed", |v| {
+        !v["award"].is_null()
+    });
+    assert_eq!(
+        v["award"]["winner_node"],
+        id_b.as_str(),
+        "lowest price wins: {v}"
+    );
+    assert_eq!(v["award"]["price"], 12);
+    assert_eq!(v["award"]["considered"].as_array().unwrap().len(), 2);
+    let vb = wait_for_seed(
+        &sb,
+        &nodes,
+        &dir_b,
+        &seed2,
+        "learns the second award",
+        |v| !v["award"].is_null() && v["bids"].as_array().unwrap().len() == 2,
+    );
+    assert_eq!(vb["award"], v["award"]);
+
+    // Both listeners are still running and logged the lifecycle as events.
+    for i in [la, lb] {
+        assert!(
+            nodes.procs[i].child.try_wait().unwrap().is_none(),
+            "listener died\n{}",
+            nodes.logs()
+        );
+    }
+    let events_b = sb.run(&dir_b, &["--json", "events"]).ok().json_lines();
+    let types = event_types(&events_b);
+    for t in [
+        "seed_published",
+        "message_accepted",
+        "bid_placed",
+        "bidding_closed",
+        "seed_claimed",
+        "task_started",
+        "result_recorded",
+        "seed_settled",
+    ] {
+        assert!(
+            types.iter().any(|x| x == t),
+            "B's events lack {t}: {types:?}"
+        );
+    }
+    // `nodes` drops here and kills both listeners.
+}
+
+#[test]
+fn second_listener_on_same_data_dir_fails() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    let mut nodes = Listeners::default();
+    let first = sb.spawn_listener(&mut nodes, "first", &dir, "127.0.0.1:0", &[]);
+    nodes.wait_ready(first);
+    let pid = nodes.procs[first].child.id().to_string();
+
+    // A different port, so the failure is the data-directory lock and not the socket.
+    let started = Instant::now();
+    let out = sb.run(&dir, &["listen", "--bind", "127.0.0.1:0"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the second listener must fail at once"
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.describe());
+    assert_eq!(out.stdout, "", "{}", out.describe());
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.describe());
+    assert!(lines[0].starts_with("error: "), "{}", out.describe());
+    assert!(lines[0].contains("already listening"), "{}", out.describe());
+    assert!(
+        lines[0].contains(&dir.display().to_string()),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        lines[0].contains(&pid),
+        "the error names the holder's pid: {}",
+        out.describe()
+    );
+
+    let out = sb.run(&dir, &["--json", "listen", "--bind", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.describe());
+    assert_eq!(out.json()["error"]["kind"], "busy", "{}", out.describe());
+
+    assert!(
+        nodes.procs[first].child.try_wait().unwrap().is_none(),
+        "the first listener keeps running\n{}",
+        nodes.logs()
+    );
+
+    // Ctrl-C stops a listener cleanly and it records its start and stop.
+    let status = nodes.interrupt(first);
+    assert!(
+        status.success(),
+        "listener exits 0 on SIGINT: {status}\n{}",
+        nodes.logs()
+    );
+    let events = sb.run(&dir, &["--json", "events"]).ok().json_lines();
+    let types = event_types(&events);
+    assert!(types.contains(&"node_started".to_string()), "{types:?}");
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("node_stopped"),
+        "{types:?}"
+    );
+    let started = events.iter().find(|e| e["type"] == "node_started").unwrap();
+    assert_eq!(started["transport"], "udp");
+
+    // Once a listener is gone (stopped, or even killed), the directory can be listened on again.
+    let again = sb.spawn_listener(&mut nodes, "again", &dir, "127.0.0.1:0", &[]);
+    nodes.wait_ready(again);
+    nodes.kill(again);
+    let third = sb.spawn_listener(&mut nodes, "third", &dir, "127.0.0.1:0", &[]);
+    nodes.wait_ready(third);
+}
+
+#[test]
+fn events_follow_prints_new_events_until_interrupted() {
+    let sb = Sandbox::new();
+    let dir = sb.dir("node");
+    let first = publish(&sb, &dir, &["--command", "echo before"]);
+
+    let out_path = sb.root.path().join("follow.stdout");
+    let mut cmd = sb.command();
+    cmd.arg("--data-dir")
+        .arg(&dir)
+        .args(["--json", "events", "--follow"])
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(Stdio::null());
+    // Owned by a guard so that it is killed even if an assertion fails.
+    let mut guard = Listeners::default();
+    guard.procs.push(Listener {
+        name: "events --follow".into(),
+        child: cmd.spawn().expect("spawn events --follow"),
+        out_path: out_path.clone(),
+        err_path: out_path.clone(),
+    });
+    let read = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        while !read().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "events --follow never printed {needle}:\n{}",
+                read()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(&first);
+    // Events written later by other processes show up too.
+    let second = publish(&sb, &dir, &["--command", "echo after"]);
+    wait_for(&second);
+    let status = guard.interrupt(0);
+    assert!(
+        status.success(),
+        "events --follow exits 0 on Ctrl-C: {status}"
+    );
+    let lines: Vec<Value> = read()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line ({e}): {l}")))
+        .collect();
+    let seqs: Vec<u64> = lines.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "no duplicates, in order: {seqs:?}"
+    );
+    let published: Vec<&str> = lines
+        .iter()
+        .filter(|e| e["type"] == "seed_published")
+        .map(|e| e["seed_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(published, [first.as_str(), second.as_str()]);
+}
+
+#[test]
+fn demo_runs_a_whole_lifecycle() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.command();
+    cmd.args(["--json", "demo"]);
+    let out = run_bounded(cmd, vec!["--json".into(), "demo".into()]).ok();
+    let v = out.json();
+    let digests = v["digests"].as_array().expect("digests");
+    assert!(digests.len() >= 3, "{v}");
+    let first = &digests[0][1];
+    assert!(
+        digests.iter().all(|d| &d[1] == first),
+        "demo nodes must agree: {v}"
+    );
+    assert_eq!(v["seed"]["status"], "settled", "{v}");
+}

@@ -1,0 +1,388 @@
+//! The Node API end to end: several nodes in one process over the in-memory hub.
+
+use std::time::{Duration, Instant};
+
+use crabnet_core::model::SeedId;
+use crabnet_core::monitor::RejectReason;
+use crabnet_core::network::Transport;
+use crabnet_core::{
+    BlockingNode, Config, ErrorKind, EventKind, MemoryHub, Node, PublishRequest, SeedStatus,
+    SeedView,
+};
+
+fn config(dir: &std::path::Path, name: &str) -> Config {
+    let mut c = Config::with_data_dir(dir.join(name));
+    c.name = name.into();
+    c.network.tick_ms = 20;
+    c
+}
+
+async fn wait_for(node: &Node, id: &SeedId, what: &str, f: impl Fn(&SeedView) -> bool) -> SeedView {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(v) = node.seed(id).await
+            && f(&v)
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what} on {}",
+            node.config().name
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn network(dir: &std::path::Path, n: usize) -> (MemoryHub, Vec<Node>) {
+    let hub = MemoryHub::new();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let name = format!("n{i}");
+        nodes.push(
+            Node::start_with_transport(config(dir, &name), Box::new(hub.join(&name)))
+                .await
+                .unwrap(),
+        );
+    }
+    (hub, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_run_a_whole_lifecycle_and_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_hub, nodes) = network(dir.path(), 3).await;
+    let (p, b1, b2) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut events = p.subscribe();
+
+    let seed = p
+        .publish(PublishRequest {
+            command: "printf 'abc'".into(),
+            max_bids: 2,
+            ..PublishRequest::new("")
+        })
+        .await
+        .unwrap();
+    let id = seed.seed.id.clone();
+    assert_eq!(seed.status, SeedStatus::Open);
+    wait_for(b1, &id, "seed", |_| true).await;
+    wait_for(b2, &id, "seed", |_| true).await;
+    b1.bid(&id, 50).await.unwrap();
+    b2.bid(&id, 40).await.unwrap();
+    let awarded = wait_for(b2, &id, "award", |v| v.award.is_some()).await;
+    assert_eq!(awarded.award.unwrap().winner_node.as_ref(), Some(b2.id()));
+
+    // The loser can neither claim nor run.
+    wait_for(b1, &id, "award", |v| v.award.is_some()).await;
+    let err = b1.claim(&id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::State);
+    assert!(err.to_string().contains("not the winning bidder"), "{err}");
+
+    b2.claim(&id).await.unwrap();
+    let err = b1.run(&id).await.unwrap_err();
+    assert!(err.to_string().contains("not the claimer"), "{err}");
+    let ran = b2.run(&id).await.unwrap();
+    let r = ran.result.unwrap();
+    assert!(r.success);
+    assert_eq!(r.output_excerpt, "abc");
+    // sha256("abc")
+    assert_eq!(
+        r.output_sha256,
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+
+    wait_for(p, &id, "result", |v| v.status == SeedStatus::Completed).await;
+    let err = b1.settle(&id, true, "").await.unwrap_err();
+    assert!(err.to_string().contains("only the publisher"), "{err}");
+    let settled = p.settle(&id, true, "good").await.unwrap();
+    assert_eq!(settled.settlement.unwrap().settlement.amount, 40);
+    for n in &nodes {
+        wait_for(n, &id, "settlement", |v| v.status == SeedStatus::Settled).await;
+    }
+    let mut digests = Vec::new();
+    for n in &nodes {
+        digests.push(n.overview().await.unwrap().state_digest);
+    }
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+
+    // The publisher saw the lifecycle as events, in order.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !seen.contains(&"seed_settled") && Instant::now() < deadline {
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+            seen.push(e.kind.name());
+        }
+    }
+    let order = [
+        "seed_published",
+        "bid_placed",
+        "bidding_closed",
+        "seed_claimed",
+        "result_recorded",
+        "seed_settled",
+    ];
+    let mut pos = 0;
+    for name in &seen {
+        if pos < order.len() && *name == order[pos] {
+            pos += 1;
+        }
+    }
+    assert_eq!(pos, order.len(), "events seen: {seen:?}");
+    // Remote messages are counted.
+    let o = p.overview().await.unwrap();
+    assert!(
+        o.counters.get("messages.accepted").copied().unwrap_or(0) >= 4,
+        "{:?}",
+        o.counters
+    );
+    assert_eq!(o.outbox_pending, 0);
+    for n in &nodes {
+        n.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_are_rejected_with_events_and_the_node_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, nodes) = network(dir.path(), 1).await;
+    let node = &nodes[0];
+    let mut events = node.subscribe();
+    let mut attacker = hub.join("attacker");
+    attacker.broadcast(b"\x00\x01 not json").unwrap();
+    attacker.broadcast(br#"{"id":"zz","sender":"x"}"#).unwrap();
+    let mut reasons = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reasons.len() < 2 && Instant::now() < deadline {
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+            && let EventKind::MessageRejected { reason, .. } = e.kind
+        {
+            reasons.push(reason);
+        }
+    }
+    assert_eq!(
+        reasons,
+        vec![RejectReason::Malformed, RejectReason::Malformed]
+    );
+    let o = node.overview().await.unwrap();
+    assert_eq!(o.counters.get("rejected.malformed"), Some(&2));
+    node.publish(PublishRequest::new("true")).await.unwrap();
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_messages_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut tap = hub.join("tap");
+    let a = Node::start_with_transport(config(dir.path(), "a"), Box::new(hub.join("a")))
+        .await
+        .unwrap();
+    let b = Node::start_with_transport(config(dir.path(), "b"), Box::new(hub.join("b")))
+        .await
+        .unwrap();
+    let seed = a.publish(PublishRequest::new("true")).await.unwrap();
+    let frame = crabnet_core::network::recv(&mut tap).await.unwrap();
+    wait_for(&b, &seed.seed.id, "seed", |_| true).await;
+    let before = b.overview().await.unwrap();
+    for _ in 0..3 {
+        tap.broadcast(&frame.bytes).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let o = b.overview().await.unwrap();
+        if o.counters.get("rejected.duplicate") == Some(&3) {
+            assert_eq!(o.state_digest, before.state_digest);
+            assert_eq!(o.seeds_by_status, before.seeds_by_status);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "duplicates not counted: {:?}",
+            o.counters
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_errors_are_typed_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path(), "solo")).await.unwrap();
+    let unknown = SeedId::from_bytes([9; 16]);
+    assert_eq!(
+        node.seed(&unknown).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        node.bid(&unknown, 5).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let err = node.publish(PublishRequest::new("  ")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation);
+    let err = node
+        .publish(PublishRequest {
+            min_price: 10,
+            max_price: 5,
+            ..PublishRequest::new("true")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation);
+    assert!(
+        err.to_string()
+            .contains("min price 10 is above max price 5"),
+        "{err}"
+    );
+
+    let seed = node
+        .publish(PublishRequest {
+            max_bids: 2,
+            ..PublishRequest::new("true")
+        })
+        .await
+        .unwrap();
+    let id = seed.seed.id.clone();
+    let before = node.overview().await.unwrap();
+    let err = node.bid(&id, 1000).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation);
+    assert!(err.to_string().contains("outside the range"), "{err}");
+    let err = node.claim(&id).await.unwrap_err();
+    assert!(err.to_string().contains("still open"), "{err}");
+    let err = node.settle(&id, true, "").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::State);
+    let err = node.run(&id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::State);
+    let after = node.overview().await.unwrap();
+    assert_eq!(before.state_digest, after.state_digest);
+    assert_eq!(
+        before.last_event_seq, after.last_event_seq,
+        "failed operations record no events"
+    );
+
+    node.bid(&id, 50).await.unwrap();
+    let err = node.bid(&id, 40).await.unwrap_err();
+    assert!(err.to_string().contains("already bid"), "{err}");
+    node.cancel(&id).await.unwrap();
+    let err = node.cancel(&id).await.unwrap_err();
+    assert!(err.to_string().contains("cancelled"), "{err}");
+
+    node.stop().await.unwrap();
+    assert_eq!(
+        node.seeds(None).await.unwrap_err().kind(),
+        ErrorKind::Stopped
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_listening_node_on_one_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let first = Node::start_with_transport(config(dir.path(), "x"), Box::new(hub.join("1")))
+        .await
+        .unwrap();
+    let err = Node::start_with_transport(config(dir.path(), "x"), Box::new(hub.join("2")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Busy);
+    assert!(err.to_string().contains("already listening"), "{err}");
+    // An offline node (a CLI command) may share the directory with the listener.
+    let offline = Node::start(config(dir.path(), "x")).await.unwrap();
+    assert_eq!(offline.id(), first.id());
+    offline.stop().await.unwrap();
+    first.stop().await.unwrap();
+    // Once stopped, the lock is released.
+    let again = Node::start_with_transport(config(dir.path(), "x"), Box::new(hub.join("3")))
+        .await
+        .unwrap();
+    again.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_recorded_offline_is_broadcast_by_the_listener_on_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let listener = Node::start_with_transport(config(dir.path(), "a"), Box::new(hub.join("a")))
+        .await
+        .unwrap();
+    let peer = Node::start_with_transport(config(dir.path(), "b"), Box::new(hub.join("b")))
+        .await
+        .unwrap();
+    let offline = Node::start(config(dir.path(), "a")).await.unwrap();
+    let seed = offline.publish(PublishRequest::new("true")).await.unwrap();
+    offline.stop().await.unwrap();
+    wait_for(&peer, &seed.seed.id, "seed from the outbox", |_| true).await;
+    listener.stop().await.unwrap();
+    peer.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bidding_expires_without_bids_and_the_event_log_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path(), "e")).await.unwrap();
+    let seed = node
+        .publish(PublishRequest {
+            bid_window_secs: 1,
+            ..PublishRequest::new("true")
+        })
+        .await
+        .unwrap();
+    let v = wait_for(&node, &seed.seed.id, "expiry", |v| {
+        v.status == SeedStatus::Expired
+    })
+    .await;
+    assert!(v.award.unwrap().winner.is_none());
+    node.stop().await.unwrap();
+    let log = std::fs::read_to_string(dir.path().join("e/events.ndjson")).unwrap();
+    let kinds: Vec<String> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(kinds.contains(&"seed_published".to_owned()), "{kinds:?}");
+    assert!(kinds.contains(&"bidding_closed".to_owned()), "{kinds:?}");
+    let seqs: Vec<u64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "log has gaps or duplicates: {seqs:?}"
+    );
+}
+
+#[test]
+fn the_blocking_facade_drives_a_node_without_a_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = BlockingNode::start(config(dir.path(), "blocking")).unwrap();
+    let mut sub = node.subscribe();
+    let seed = node
+        .publish(PublishRequest {
+            max_bids: 1,
+            ..PublishRequest::new("echo blocking")
+        })
+        .unwrap();
+    let id = seed.seed.id;
+    node.bid(&id, 5).unwrap();
+    node.claim(&id).unwrap();
+    let v = node.run(&id).unwrap();
+    assert_eq!(v.result.unwrap().output_excerpt, "blocking\n");
+    let v = node.settle(&id, false, "no thanks").unwrap();
+    assert_eq!(v.status, SeedStatus::Settled);
+    let mut names = Vec::new();
+    while let Ok(Some(e)) = sub.recv_timeout(Duration::from_millis(300)) {
+        names.push(e.kind.name());
+    }
+    assert!(names.contains(&"seed_settled"), "{names:?}");
+    node.stop().unwrap();
+    assert_eq!(node.overview().unwrap_err().kind(), ErrorKind::Stopped);
+}

@@ -1,0 +1,743 @@
+//! The seed state machine: every lifecycle transition and every rejection, plus the
+//! convergence property (same messages in any order, with duplicates -> same state) and
+//! monotonicity (no message moves a seed backwards).
+
+use crabnet_core::model::{
+    Award, Bid, BidId, Body, Cancellation, Claim, Message, MessageId, NodeId, Seed, SeedId,
+    SeedStatus, Settlement, SettlementOutcome, TaskResult,
+};
+use crabnet_core::state::{self, Verdict, Violation, fold};
+use proptest::prelude::*;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn node(n: u8) -> NodeId {
+    NodeId::from_bytes([n; 32])
+}
+
+fn seed_id() -> SeedId {
+    SeedId::from_bytes([0xaa; 16])
+}
+
+fn bid_id(n: u8) -> BidId {
+    BidId::from_bytes([n; 16])
+}
+
+struct Ids(u64);
+
+impl Ids {
+    fn next(&mut self) -> MessageId {
+        self.0 += 1;
+        let mut b = [0u8; 16];
+        b[8..].copy_from_slice(&self.0.to_be_bytes());
+        MessageId::from_bytes(b)
+    }
+}
+
+fn msg(ids: &mut Ids, sender: NodeId, lamport: u64, timestamp: u64, body: Body) -> Message {
+    Message {
+        id: ids.next(),
+        sender,
+        lamport,
+        timestamp,
+        body,
+    }
+}
+
+fn seed(max_bids: u32, window: u64) -> Seed {
+    Seed {
+        id: seed_id(),
+        publisher: node(1),
+        command: "echo hi".into(),
+        description: String::new(),
+        min_price: 10,
+        max_price: 100,
+        bid_window_secs: window,
+        max_bids,
+        timeout_secs: 10,
+        created_at: T0,
+    }
+}
+
+fn create(ids: &mut Ids, s: Seed) -> Message {
+    let publisher = s.publisher.clone();
+    msg(ids, publisher, 1, T0, Body::SeedCreated(s))
+}
+
+fn bid(ids: &mut Ids, bidder: u8, price: u64, at: u64) -> Message {
+    msg(
+        ids,
+        node(bidder),
+        2,
+        at,
+        Body::BidPlaced(Bid {
+            id: bid_id(bidder),
+            seed_id: seed_id(),
+            bidder: node(bidder),
+            price,
+        }),
+    )
+}
+
+fn award(ids: &mut Ids, sender: u8, considered: &[u8], winner: Option<u8>, at: u64) -> Message {
+    msg(
+        ids,
+        node(sender),
+        3,
+        at,
+        Body::BiddingClosed(Award {
+            seed_id: seed_id(),
+            considered: considered.iter().map(|b| bid_id(*b)).collect(),
+            winner: winner.map(bid_id),
+        }),
+    )
+}
+
+fn claim(ids: &mut Ids, claimer: u8, bid: u8) -> Message {
+    msg(
+        ids,
+        node(claimer),
+        4,
+        T0 + 20_000,
+        Body::SeedClaimed(Claim {
+            seed_id: seed_id(),
+            claimer: node(claimer),
+            bid_id: bid_id(bid),
+        }),
+    )
+}
+
+fn result(ids: &mut Ids, runner: u8) -> Message {
+    msg(
+        ids,
+        node(runner),
+        5,
+        T0 + 21_000,
+        Body::ResultReported(TaskResult {
+            seed_id: seed_id(),
+            runner: node(runner),
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            success: true,
+            duration_ms: 5,
+            output_sha256: "0".repeat(64),
+            output_bytes: 0,
+            output_excerpt: String::new(),
+            output_truncated: false,
+            started_at: T0 + 20_500,
+            finished_at: T0 + 20_505,
+        }),
+    )
+}
+
+fn settle(ids: &mut Ids, sender: u8, accept: bool, amount: u64) -> Message {
+    msg(
+        ids,
+        node(sender),
+        6,
+        T0 + 22_000,
+        Body::SeedSettled(Settlement {
+            seed_id: seed_id(),
+            outcome: if accept {
+                SettlementOutcome::Accepted
+            } else {
+                SettlementOutcome::Rejected
+            },
+            amount,
+            note: String::new(),
+        }),
+    )
+}
+
+fn cancel(ids: &mut Ids, sender: u8, at: u64) -> Message {
+    msg(
+        ids,
+        node(sender),
+        3,
+        at,
+        Body::SeedCancelled(Cancellation { seed_id: seed_id() }),
+    )
+}
+
+fn verdict_of(msgs: &[Message], m: &Message) -> Verdict {
+    fold(msgs).verdicts[&m.id].clone()
+}
+
+fn rejected_with(msgs: &[Message], m: &Message) -> Violation {
+    match verdict_of(msgs, m) {
+        Verdict::Rejected { reason } => reason,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn pending_with(msgs: &[Message], m: &Message) -> Violation {
+    match verdict_of(msgs, m) {
+        Verdict::Pending { reason } => reason,
+        other => panic!("expected pending, got {other:?}"),
+    }
+}
+
+fn status(msgs: &[Message]) -> SeedStatus {
+    fold(msgs).view.expect("seed known").status
+}
+
+/// A complete honest lifecycle: bids from 2 and 3, 3 wins at 20.
+fn lifecycle(ids: &mut Ids) -> Vec<Message> {
+    vec![
+        create(ids, seed(2, 10)),
+        bid(ids, 2, 30, T0 + 100),
+        bid(ids, 3, 20, T0 + 200),
+        award(ids, 1, &[2, 3], Some(3), T0 + 300),
+        claim(ids, 3, 3),
+        result(ids, 3),
+        settle(ids, 1, true, 20),
+    ]
+}
+
+#[test]
+fn full_lifecycle_reaches_each_status_in_order() {
+    let mut ids = Ids(0);
+    let all = lifecycle(&mut ids);
+    let expected = [
+        SeedStatus::Open,
+        SeedStatus::Open,
+        SeedStatus::Open,
+        SeedStatus::Open,
+        SeedStatus::Claimed,
+        SeedStatus::Completed,
+        SeedStatus::Settled,
+    ];
+    for (n, want) in expected.iter().enumerate() {
+        assert_eq!(status(&all[..=n]), *want, "after {} messages", n + 1);
+    }
+    let v = fold(&all).view.unwrap();
+    assert!(fold(&all).verdicts.values().all(|v| *v == Verdict::Applied));
+    assert_eq!(v.award.as_ref().unwrap().winner_node, Some(node(3)));
+    assert_eq!(v.award.as_ref().unwrap().price, Some(20));
+    assert_eq!(v.settlement.unwrap().settlement.amount, 20);
+    assert_eq!(v.bids.len(), 2);
+}
+
+#[test]
+fn winner_rule_is_lowest_price_then_earliest_then_lowest_node_id() {
+    let mut ids = Ids(0);
+    let s = create(&mut ids, seed(3, 10));
+    // Same price: earliest wins.
+    let b2 = bid(&mut ids, 2, 20, T0 + 200);
+    let b3 = bid(&mut ids, 3, 20, T0 + 100);
+    let b4 = bid(&mut ids, 4, 50, T0 + 50);
+    let v = fold([&s, &b2, &b3, &b4]).view.unwrap();
+    assert_eq!(v.due_award(T0).unwrap().winner, Some(bid_id(3)));
+    // Same price and time: lowest node id wins.
+    let b5 = bid(&mut ids, 5, 20, T0 + 100);
+    let b6 = bid(&mut ids, 6, 20, T0 + 100);
+    let v = fold([&s, &b6, &b5]).view.unwrap();
+    assert_eq!(v.due_award(T0 + 10_000).unwrap().winner, Some(bid_id(5)));
+    // An award naming another winner is invalid.
+    let wrong = award(&mut ids, 1, &[2, 3, 4], Some(4), T0 + 300);
+    let all = [s, b2, b3, b4, wrong.clone()];
+    assert!(matches!(
+        rejected_with(&all, &wrong),
+        Violation::InvalidAward { .. }
+    ));
+}
+
+#[test]
+fn bidding_closes_early_only_when_full_and_expires_without_bids() {
+    let mut ids = Ids(0);
+    let s = create(&mut ids, seed(2, 10));
+    let b2 = bid(&mut ids, 2, 30, T0 + 100);
+    let v = fold([&s, &b2]).view.unwrap();
+    assert_eq!(v.due_award(T0 + 500), None, "one of two bids, window open");
+    let early = award(&mut ids, 1, &[2], Some(2), T0 + 500);
+    let all = [s.clone(), b2.clone(), early.clone()];
+    assert!(matches!(
+        rejected_with(&all, &early),
+        Violation::InvalidAward { .. }
+    ));
+    // After the window the same award is fine.
+    let late = award(&mut ids, 1, &[2], Some(2), T0 + 10_001);
+    assert_eq!(
+        verdict_of(&[s.clone(), b2.clone(), late.clone()], &late),
+        Verdict::Applied
+    );
+    // No bids: expiry, only after the window.
+    let v = fold([&s]).view.unwrap();
+    let due = v.due_award(T0 + 10_000).unwrap();
+    assert!(due.considered.is_empty() && due.winner.is_none());
+    let too_soon = award(&mut ids, 1, &[], None, T0 + 5_000);
+    assert!(matches!(
+        rejected_with(&[s.clone(), too_soon.clone()], &too_soon),
+        Violation::InvalidAward { .. }
+    ));
+    let expire = award(&mut ids, 1, &[], None, T0 + 10_000);
+    assert_eq!(status(&[s.clone(), expire.clone()]), SeedStatus::Expired);
+    // Nothing moves an expired seed.
+    let c = claim(&mut ids, 2, 2);
+    assert!(matches!(
+        rejected_with(&[s, expire, c.clone()], &c),
+        Violation::WrongStatus {
+            status: SeedStatus::Expired,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn every_bid_rejection_has_its_reason() {
+    let mut ids = Ids(0);
+    let s = create(&mut ids, seed(2, 10));
+    let low = bid(&mut ids, 2, 9, T0 + 1);
+    let high = bid(&mut ids, 3, 101, T0 + 1);
+    let late = bid(&mut ids, 4, 50, T0 + 10_001);
+    let early = bid(&mut ids, 5, 50, T0 - 1);
+    let all = [
+        s.clone(),
+        low.clone(),
+        high.clone(),
+        late.clone(),
+        early.clone(),
+    ];
+    assert!(matches!(
+        rejected_with(&all, &low),
+        Violation::PriceOutOfRange { price: 9, .. }
+    ));
+    assert!(matches!(
+        rejected_with(&all, &high),
+        Violation::PriceOutOfRange { price: 101, .. }
+    ));
+    assert!(matches!(
+        rejected_with(&all, &late),
+        Violation::BidWindowClosed { .. }
+    ));
+    assert!(matches!(
+        rejected_with(&all, &early),
+        Violation::BidBeforePublication { .. }
+    ));
+    // A bid for a seed not known yet waits for it.
+    let orphan = bid(&mut ids, 6, 50, T0 + 1);
+    assert!(matches!(
+        pending_with(std::slice::from_ref(&orphan), &orphan),
+        Violation::UnknownSeed { .. }
+    ));
+    // A bid is malformed when its sender is not the bidder.
+    let mut forged = bid(&mut ids, 7, 50, T0 + 1);
+    forged.sender = node(8);
+    assert!(matches!(
+        rejected_with(&[s, forged.clone()], &forged),
+        Violation::Malformed { .. }
+    ));
+}
+
+#[test]
+fn local_bid_checks_cover_limit_duplicates_window_and_closed_bidding() {
+    let mut ids = Ids(0);
+    let s = create(&mut ids, seed(1, 10));
+    let v = fold([&s]).view.unwrap();
+    assert_eq!(state::check_local_bid(&v, &node(2), T0 + 1), Ok(()));
+    assert!(matches!(
+        state::check_local_bid(&v, &node(2), T0 + 10_001),
+        Err(Violation::BidWindowClosed { .. })
+    ));
+    let b2 = bid(&mut ids, 2, 30, T0 + 100);
+    let v = fold([&s, &b2]).view.unwrap();
+    assert!(matches!(
+        state::check_local_bid(&v, &node(2), T0 + 200),
+        Err(Violation::AlreadyBid { .. })
+    ));
+    assert!(matches!(
+        state::check_local_bid(&v, &node(3), T0 + 200),
+        Err(Violation::BidLimitReached { max_bids: 1, .. })
+    ));
+    let a = award(&mut ids, 1, &[2], Some(2), T0 + 300);
+    let v = fold([&s, &b2, &a]).view.unwrap();
+    assert!(matches!(
+        state::check_local_bid(&v, &node(3), T0 + 400),
+        Err(Violation::BiddingClosed { .. })
+    ));
+}
+
+#[test]
+fn only_the_publisher_closes_cancels_and_settles() {
+    let mut ids = Ids(0);
+    let all = lifecycle(&mut ids);
+    let foreign_award = award(&mut ids, 2, &[2, 3], Some(3), T0 + 300);
+    let foreign_cancel = cancel(&mut ids, 2, T0 + 50);
+    let foreign_settle = settle(&mut ids, 3, true, 20);
+    let mut msgs = all.clone();
+    msgs.extend([
+        foreign_award.clone(),
+        foreign_cancel.clone(),
+        foreign_settle.clone(),
+    ]);
+    for m in [&foreign_award, &foreign_cancel, &foreign_settle] {
+        assert!(
+            matches!(rejected_with(&msgs, m), Violation::NotPublisher { .. }),
+            "{m:?}"
+        );
+    }
+    assert_eq!(status(&msgs), SeedStatus::Settled);
+}
+
+#[test]
+fn only_the_winner_claims_and_only_the_claimer_reports() {
+    let mut ids = Ids(0);
+    let all = lifecycle(&mut ids);
+    let loser_claim = claim(&mut ids, 2, 2);
+    let outsider_result = result(&mut ids, 2);
+    let mut msgs = all[..4].to_vec();
+    msgs.push(loser_claim.clone());
+    assert!(matches!(
+        rejected_with(&msgs, &loser_claim),
+        Violation::NotWinningBidder { .. }
+    ));
+    assert!(matches!(
+        state::check_local_claim(&fold(&msgs).view.unwrap(), &node(2)),
+        Err(Violation::NotWinningBidder { .. })
+    ));
+    msgs.push(all[4].clone());
+    msgs.push(outsider_result.clone());
+    assert!(matches!(
+        rejected_with(&msgs, &outsider_result),
+        Violation::NotClaimer { .. }
+    ));
+    assert!(matches!(
+        state::check_local_run(&fold(&msgs).view.unwrap(), &node(2)),
+        Err(Violation::NotClaimer { .. })
+    ));
+    assert_eq!(
+        state::check_local_run(&fold(&msgs).view.unwrap(), &node(3)),
+        Ok(())
+    );
+    // The winner claiming with another bid id is not the winning claim.
+    let mut ids2 = Ids(100);
+    let wrong_bid = claim(&mut ids2, 3, 2);
+    let mut m2 = all[..4].to_vec();
+    m2.push(wrong_bid.clone());
+    assert!(matches!(
+        rejected_with(&m2, &wrong_bid),
+        Violation::NotWinningBidder { .. }
+    ));
+}
+
+#[test]
+fn steps_out_of_order_wait_for_their_predecessor() {
+    let mut ids = Ids(0);
+    let all = lifecycle(&mut ids);
+    // Claim before the award: pending, with the "bidding still open" reason.
+    let early = [all[0].clone(), all[4].clone()];
+    assert!(matches!(
+        pending_with(&early, &all[4]),
+        Violation::BiddingOpen { .. }
+    ));
+    assert!(matches!(
+        state::check_local_claim(&fold(&all[..3]).view.unwrap(), &node(3)),
+        Err(Violation::BiddingOpen { .. })
+    ));
+    // Result before the claim, settlement before the result: pending.
+    let r = [all[0].clone(), all[5].clone()];
+    assert!(matches!(
+        pending_with(&r, &all[5]),
+        Violation::WrongStatus { .. }
+    ));
+    let st = all[..5]
+        .iter()
+        .cloned()
+        .chain([all[6].clone()])
+        .collect::<Vec<_>>();
+    assert!(matches!(
+        pending_with(&st, &all[6]),
+        Violation::WrongStatus {
+            status: SeedStatus::Claimed,
+            ..
+        }
+    ));
+    // An award naming a bid not received yet waits for it.
+    let a = [all[0].clone(), all[1].clone(), all[3].clone()];
+    assert!(matches!(
+        pending_with(&a, &all[3]),
+        Violation::MissingBid { .. }
+    ));
+    // Everything arriving backwards still ends settled.
+    let reversed: Vec<Message> = all.iter().rev().cloned().collect();
+    assert_eq!(fold(&reversed), fold(&all));
+}
+
+#[test]
+fn cancel_only_while_bidding_is_open() {
+    let mut ids = Ids(0);
+    let all = lifecycle(&mut ids);
+    let c = cancel(&mut ids, 1, T0 + 150);
+    let msgs = [all[0].clone(), all[1].clone(), c.clone()];
+    assert_eq!(status(&msgs), SeedStatus::Cancelled);
+    // Bids still valid as facts, but no award, claim or settlement can follow.
+    let after = award(&mut ids, 1, &[2], Some(2), T0 + 20_000);
+    let msgs2 = [all[0].clone(), all[1].clone(), c.clone(), after.clone()];
+    assert!(matches!(
+        rejected_with(&msgs2, &after),
+        Violation::WrongStatus {
+            status: SeedStatus::Cancelled,
+            ..
+        }
+    ));
+    // After the award the publisher can no longer cancel.
+    let late_cancel = cancel(&mut ids, 1, T0 + 400);
+    let mut msgs3 = all[..4].to_vec();
+    msgs3[3].lamport = 3;
+    let mut lc = late_cancel.clone();
+    lc.lamport = 9;
+    msgs3.push(lc.clone());
+    assert!(matches!(
+        rejected_with(&msgs3, &lc),
+        Violation::BiddingClosed { .. }
+    ));
+}
+
+#[test]
+fn settlement_amount_must_be_the_winning_price_or_zero() {
+    let mut ids = Ids(0);
+    let mut all = lifecycle(&mut ids);
+    all.pop();
+    let wrong = settle(&mut ids, 1, true, 99);
+    let mut msgs = all.clone();
+    msgs.push(wrong.clone());
+    assert!(matches!(
+        rejected_with(&msgs, &wrong),
+        Violation::WrongAmount {
+            expected: 20,
+            got: 99,
+            ..
+        }
+    ));
+    let reject = settle(&mut ids, 1, false, 0);
+    all.push(reject);
+    let v = fold(&all).view.unwrap();
+    assert_eq!(v.status, SeedStatus::Settled);
+    assert_eq!(
+        v.settlement.unwrap().settlement.outcome,
+        SettlementOutcome::Rejected
+    );
+    // A rejected settlement with an amount is malformed.
+    let bad = settle(&mut ids, 1, false, 5);
+    assert!(matches!(
+        rejected_with(&[all[0].clone(), bad.clone()], &bad),
+        Violation::Malformed { .. }
+    ));
+}
+
+#[test]
+fn duplicate_creation_keeps_the_first() {
+    let mut ids = Ids(0);
+    let a = create(&mut ids, seed(2, 10));
+    let mut s2 = seed(2, 10);
+    s2.command = "echo other".into();
+    let mut b = create(&mut ids, s2);
+    b.lamport = 5;
+    let f = fold([&b, &a]);
+    assert_eq!(f.view.unwrap().seed.command, "echo hi");
+    assert!(matches!(
+        f.verdicts[&b.id],
+        Verdict::Rejected {
+            reason: Violation::DuplicateSeed { .. }
+        }
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convergence and monotonicity over generated histories.
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    max_bids: u32,
+    window: u64,
+    bids: Vec<(u8, u64, i64)>, // bidder, price, offset from T0 in ms
+    seen_by_publisher: Vec<bool>,
+    cancel_instead: bool,
+    accept: bool,
+    double_bid: bool,
+    extra_noise: bool,
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (
+        1u32..4,
+        1u64..5,
+        prop::collection::vec((0u8..6, 0u64..130, -500i64..7_000), 0..7),
+        prop::collection::vec(any::<bool>(), 7),
+        prop::bool::weighted(0.15),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(max_bids, window, bids, seen, cancel_instead, accept, double_bid, extra_noise)| {
+                Scenario {
+                    max_bids,
+                    window,
+                    bids,
+                    seen_by_publisher: seen,
+                    cancel_instead,
+                    accept,
+                    double_bid,
+                    extra_noise,
+                }
+            },
+        )
+}
+
+/// Builds the messages of an honest history (plus adversarial noise) from a scenario.
+fn history(sc: &Scenario) -> Vec<Message> {
+    let mut ids = Ids(0);
+    let s = seed(sc.max_bids, sc.window);
+    let creation = create(&mut ids, s.clone());
+    let mut msgs = vec![creation.clone()];
+    let mut used = std::collections::HashSet::new();
+    for (i, (b, price, off)) in sc.bids.iter().enumerate() {
+        let bidder = 10 + b;
+        if !used.insert(bidder) {
+            continue;
+        }
+        let mut m = bid(&mut ids, bidder, *price, (T0 as i64 + off) as u64);
+        m.lamport = 2 + i as u64;
+        msgs.push(m);
+    }
+    if sc.double_bid && msgs.len() > 1 {
+        // A dishonest bidder sends a second bid with another id.
+        let first = msgs[1].clone();
+        if let Body::BidPlaced(b) = &first.body {
+            let mut again = msg(
+                &mut ids,
+                first.sender.clone(),
+                1,
+                first.timestamp,
+                Body::BidPlaced(Bid {
+                    id: BidId::from_bytes([0xee; 16]),
+                    price: 10,
+                    ..b.clone()
+                }),
+            );
+            again.lamport = 1;
+            msgs.push(again);
+        }
+    }
+    // The publisher closes bidding on the bids it has seen, at the end of the window.
+    let publisher_view: Vec<Message> = msgs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || sc.seen_by_publisher[*i % 7])
+        .map(|(_, m)| m.clone())
+        .collect();
+    let view = fold(&publisher_view).view.unwrap();
+    let close_at = s.window_end() + 1;
+    if sc.cancel_instead {
+        msgs.push(cancel(&mut ids, 1, T0 + 10));
+    } else if let Some(a) = view.due_award(close_at) {
+        let mut am = msg(
+            &mut ids,
+            node(1),
+            20,
+            close_at,
+            Body::BiddingClosed(a.clone()),
+        );
+        am.lamport = 20;
+        msgs.push(am);
+        let folded = fold(
+            &publisher_view
+                .iter()
+                .cloned()
+                .chain([msgs.last().unwrap().clone()])
+                .collect::<Vec<_>>(),
+        );
+        let v = folded.view.unwrap();
+        if let (Some(winner_bid), Some(winner)) = (
+            v.award.as_ref().unwrap().winner.clone(),
+            v.award.as_ref().unwrap().winner_node.clone(),
+        ) {
+            let price = v.award.as_ref().unwrap().price.unwrap();
+            let mut c = msg(
+                &mut ids,
+                winner.clone(),
+                21,
+                close_at + 10,
+                Body::SeedClaimed(Claim {
+                    seed_id: seed_id(),
+                    claimer: winner.clone(),
+                    bid_id: winner_bid,
+                }),
+            );
+            c.lamport = 21;
+            msgs.push(c);
+            let mut r = result(&mut ids, 0);
+            r.sender = winner.clone();
+            if let Body::ResultReported(res) = &mut r.body {
+                res.runner = winner.clone();
+            }
+            r.lamport = 22;
+            msgs.push(r);
+            let mut st = settle(&mut ids, 1, sc.accept, if sc.accept { price } else { 0 });
+            st.lamport = 23;
+            msgs.push(st);
+        }
+    }
+    if sc.extra_noise {
+        // Adversarial messages that must never take effect.
+        msgs.push(claim(&mut ids, 99, 99));
+        msgs.push(cancel(&mut ids, 98, T0 + 5));
+        msgs.push(settle(&mut ids, 97, true, 1));
+        let mut r = result(&mut ids, 96);
+        r.lamport = 1;
+        msgs.push(r);
+    }
+    msgs
+}
+
+fn deliver_order(n: usize, seed: u64) -> Vec<usize> {
+    // Deterministic pseudo-random permutation with duplicates.
+    let mut order: Vec<usize> = (0..n)
+        .chain((0..n).filter(|i| (i + seed as usize).is_multiple_of(3)))
+        .collect();
+    let mut x = seed | 1;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn replicas_converge_and_never_move_backwards(sc in scenario(), seeds in prop::collection::vec(any::<u64>(), 4)) {
+        let msgs = history(&sc);
+        let reference = fold(&msgs);
+        let reference_digest = state::digest(reference.view.iter());
+        for s in seeds {
+            let mut received: Vec<Message> = Vec::new();
+            let mut last: Option<SeedStatus> = None;
+            for i in deliver_order(msgs.len(), s) {
+                received.push(msgs[i].clone());
+                let f = fold(&received);
+                if let Some(v) = &f.view {
+                    if let Some(prev) = last {
+                        prop_assert!(prev.can_reach(v.status), "moved from {prev} to {}", v.status);
+                    }
+                    last = Some(v.status);
+                }
+            }
+            let f = fold(&received);
+            prop_assert_eq!(&f, &reference);
+            prop_assert_eq!(state::digest(f.view.iter()), reference_digest.clone());
+        }
+        // Adversarial messages never take effect.
+        if sc.extra_noise {
+            let v = reference.view.unwrap();
+            prop_assert!(v.claim.as_ref().is_none_or(|c| c.claimer != node(99)));
+            prop_assert!(v.result.as_ref().is_none_or(|r| r.runner != node(96)));
+            prop_assert!(v.cancelled_at.is_none() || sc.cancel_instead);
+        }
+    }
+}

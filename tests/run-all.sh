@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every Crabnet test suite: formatting, lints, and the Rust unit, property, integration,
+# CLI, crash and multi-process tests. Works on a fresh machine with the Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "Rust tests"
+cargo test --workspace
+
+step "demo"
+cargo run --quiet --bin crabnet -- demo > /dev/null
+
+printf '\nall suites passed\n'
