@@ -2,7 +2,10 @@
 //! one (the C ABI, Python, scripts) drive a node with plain function calls. No runtime juggling
 //! is left to those layers, and nothing in them holds domain logic.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
 use crate::config::Config;
@@ -14,10 +17,38 @@ use crate::node::{Node, Overview, PublishRequest};
 use crate::state::SeedView;
 
 /// A node driven by blocking calls. Every method may be called from any thread.
-#[derive(Debug)]
+///
+/// Event listeners ([`BlockingNode::add_listener`]) run on one dedicated thread owned by the
+/// node, never while an internal lock is held, so a listener may call back into the node (also
+/// to add or remove listeners). [`BlockingNode::stop`] delivers the last events, waits for
+/// the listener in progress, and no listener runs after it returns.
 pub struct BlockingNode {
     runtime: Arc<tokio::runtime::Runtime>,
     node: Node,
+    listeners: Arc<Listeners>,
+}
+
+impl std::fmt::Debug for BlockingNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingNode")
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+/// A listener callback.
+pub type Listener = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Identifies a listener for [`BlockingNode::remove_listener`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenerId(pub u64);
+
+#[derive(Default)]
+struct Listeners {
+    next: AtomicU64,
+    map: Mutex<BTreeMap<u64, Listener>>,
+    thread: Mutex<Option<(JoinHandle<()>, ThreadId)>>,
+    closing: AtomicBool,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -36,14 +67,97 @@ impl BlockingNode {
     pub fn start(config: Config) -> Result<Self> {
         let runtime = Arc::new(runtime()?);
         let node = runtime.block_on(Node::start(config))?;
-        Ok(BlockingNode { runtime, node })
+        Ok(Self::wrap(runtime, node))
     }
 
     /// Starts a node with a transport (see [`Node::start_with_transport`]).
     pub fn start_with_transport(config: Config, transport: Box<dyn Transport>) -> Result<Self> {
         let runtime = Arc::new(runtime()?);
         let node = runtime.block_on(Node::start_with_transport(config, transport))?;
-        Ok(BlockingNode { runtime, node })
+        Ok(Self::wrap(runtime, node))
+    }
+
+    fn wrap(runtime: Arc<tokio::runtime::Runtime>, node: Node) -> Self {
+        BlockingNode {
+            runtime,
+            node,
+            listeners: Arc::default(),
+        }
+    }
+
+    /// Adds a listener called with every event from now on, on the node's events thread.
+    /// Fails with [`ErrorKind::Stopped`] after [`BlockingNode::stop`].
+    pub fn add_listener(&self, listener: Listener) -> Result<ListenerId> {
+        if self.node.is_stopped() || self.listeners.closing.load(Ordering::SeqCst) {
+            return Err(Error::new(ErrorKind::Stopped, "the node has been stopped"));
+        }
+        let id = self.listeners.next.fetch_add(1, Ordering::SeqCst) + 1;
+        lock(&self.listeners.map).insert(id, listener);
+        let mut thread = lock(&self.listeners.thread);
+        if thread.is_none() {
+            let mut sub = self.node.subscribe();
+            let runtime = self.runtime.clone();
+            let listeners = self.listeners.clone();
+            let handle = std::thread::Builder::new()
+                .name("crabnet-events".into())
+                .spawn(move || {
+                    loop {
+                        let next = runtime.block_on(async {
+                            tokio::time::timeout(Duration::from_millis(50), sub.recv()).await
+                        });
+                        let event = match next {
+                            Ok(Some(e)) => e,
+                            Ok(None) => return,
+                            Err(_) if listeners.closing.load(Ordering::SeqCst) => return,
+                            Err(_) => continue,
+                        };
+                        // Call outside the lock: listeners may add or remove listeners.
+                        let current: Vec<Listener> =
+                            lock(&listeners.map).values().cloned().collect();
+                        for l in current {
+                            let call = std::panic::AssertUnwindSafe(|| l(&event));
+                            if std::panic::catch_unwind(call).is_err() {
+                                tracing::error!(
+                                    event = event.kind.name(),
+                                    "an event listener panicked"
+                                );
+                            }
+                        }
+                    }
+                })
+                .map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Internal,
+                        format!("cannot start the events thread: {e}"),
+                        e,
+                    )
+                })?;
+            let tid = handle.thread().id();
+            *thread = Some((handle, tid));
+        }
+        Ok(ListenerId(id))
+    }
+
+    /// Removes a listener; returns whether it was registered. Safe to call from inside a
+    /// listener; an event already being delivered may still reach it.
+    pub fn remove_listener(&self, id: ListenerId) -> bool {
+        lock(&self.listeners.map).remove(&id.0).is_some()
+    }
+
+    /// Stops the events thread after it delivered every event published so far.
+    fn close_listeners(&self) {
+        self.listeners.closing.store(true, Ordering::SeqCst);
+        let thread = lock(&self.listeners.thread).take();
+        if let Some((handle, tid)) = thread {
+            if std::thread::current().id() == tid {
+                // Called from a listener: the thread ends after this callback returns.
+                return;
+            }
+            if handle.join().is_err() {
+                tracing::error!("an event listener panicked");
+            }
+        }
+        lock(&self.listeners.map).clear();
     }
 
     /// The async node inside, for callers that mix both styles.
@@ -51,9 +165,11 @@ impl BlockingNode {
         &self.node
     }
 
-    /// See [`Node::stop`].
+    /// See [`Node::stop`]; also ends listener delivery (see the type docs).
     pub fn stop(&self) -> Result<()> {
-        self.runtime.block_on(self.node.stop())
+        let stopped = self.runtime.block_on(self.node.stop());
+        self.close_listeners();
+        stopped
     }
 
     /// See [`Node::publish`].
@@ -119,11 +235,16 @@ impl BlockingNode {
 impl Drop for BlockingNode {
     fn drop(&mut self) {
         if !self.node.is_stopped()
-            && let Err(e) = self.runtime.block_on(self.node.stop())
+            && let Err(e) = self.stop()
         {
             tracing::warn!("stopping node on drop failed: {e}");
         }
+        self.close_listeners();
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A subscription read with blocking calls.

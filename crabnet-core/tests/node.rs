@@ -386,3 +386,94 @@ fn the_blocking_facade_drives_a_node_without_a_runtime() {
     node.stop().unwrap();
     assert_eq!(node.overview().unwrap_err().kind(), ErrorKind::Stopped);
 }
+
+#[test]
+fn listeners_run_on_one_thread_may_reenter_and_never_run_after_stop() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Arc::new(BlockingNode::start(config(dir.path(), "listeners")).unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let after_stop = Arc::new(AtomicUsize::new(0));
+    let threads = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let reentrant_ok = Arc::new(AtomicBool::new(false));
+
+    // A listener that calls back into the node and removes itself after its first event.
+    let self_id = Arc::new(Mutex::new(None));
+    let (n, sid, ok) = (node.clone(), self_id.clone(), reentrant_ok.clone());
+    let id = node
+        .add_listener(Arc::new(move |_e| {
+            if n.seeds(None).is_ok() {
+                ok.store(true, Ordering::SeqCst);
+            }
+            if let Some(id) = sid.lock().unwrap().take() {
+                assert!(n.remove_listener(id));
+            }
+        }))
+        .unwrap();
+    *self_id.lock().unwrap() = Some(id);
+
+    let (c, st, late, th) = (
+        calls.clone(),
+        stopped.clone(),
+        after_stop.clone(),
+        threads.clone(),
+    );
+    node.add_listener(Arc::new(move |_e| {
+        c.fetch_add(1, Ordering::SeqCst);
+        th.lock().unwrap().insert(std::thread::current().id());
+        if st.load(Ordering::SeqCst) {
+            late.fetch_add(1, Ordering::SeqCst);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }))
+    .unwrap();
+    // A panicking listener is reported and does not stop delivery to the others.
+    node.add_listener(Arc::new(|_e| panic!("listener bug")))
+        .unwrap();
+
+    for _ in 0..3 {
+        node.publish(PublishRequest::new("true")).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while calls.load(Ordering::SeqCst) < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        calls.load(Ordering::SeqCst) >= 6,
+        "events delivered: {}",
+        calls.load(Ordering::SeqCst)
+    );
+    assert!(
+        reentrant_ok.load(Ordering::SeqCst),
+        "a listener could not call the node"
+    );
+    assert!(
+        self_id.lock().unwrap().is_none(),
+        "the listener did not remove itself"
+    );
+    assert_eq!(
+        threads.lock().unwrap().len(),
+        1,
+        "listeners ran on more than one thread"
+    );
+    assert_ne!(
+        threads.lock().unwrap().iter().next(),
+        Some(&std::thread::current().id())
+    );
+
+    node.stop().unwrap();
+    stopped.store(true, Ordering::SeqCst);
+    let count = calls.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        count,
+        "a listener ran after stop returned"
+    );
+    assert_eq!(after_stop.load(Ordering::SeqCst), 0);
+    let err = node.add_listener(Arc::new(|_e| {})).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Stopped);
+}
