@@ -9,10 +9,11 @@ use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::demo::{DemoOptions, DemoReport};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{SeedId, SeedStatus};
 use crate::monitor::{Event, Subscription};
-use crate::network::Transport;
+use crate::network::{MemoryHub, Transport, UdpConfig, UdpTransport};
 use crate::node::{Node, Overview, PublishRequest};
 use crate::state::SeedView;
 
@@ -67,6 +68,24 @@ impl BlockingNode {
     pub fn start(config: Config) -> Result<Self> {
         let runtime = Arc::new(runtime()?);
         let node = runtime.block_on(Node::start(config))?;
+        Ok(Self::wrap(runtime, node))
+    }
+
+    /// Starts a node on the network described by `network`.
+    pub fn start_on(config: Config, network: NetworkSpec) -> Result<Self> {
+        let runtime = Arc::new(runtime()?);
+        let node = runtime.block_on(async move {
+            match network {
+                NetworkSpec::Offline => Node::start(config).await,
+                NetworkSpec::Memory { hub, name } => {
+                    Node::start_with_transport(config, Box::new(hub.join(&name))).await
+                }
+                NetworkSpec::Udp(udp) => {
+                    let transport = UdpTransport::bind(udp)?;
+                    Node::start_with_transport(config, Box::new(transport)).await
+                }
+            }
+        })?;
         Ok(Self::wrap(runtime, node))
     }
 
@@ -245,6 +264,27 @@ impl Drop for BlockingNode {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Which network a [`BlockingNode`] joins.
+#[derive(Debug, Clone)]
+pub enum NetworkSpec {
+    /// None: operations wait in the outbox for a listening node on the same data directory.
+    Offline,
+    /// An in-process hub shared with other nodes of this process.
+    Memory {
+        /// The hub.
+        hub: MemoryHub,
+        /// This member's name on the hub.
+        name: String,
+    },
+    /// UDP unicast to configured peers.
+    Udp(UdpConfig),
+}
+
+/// Runs the demo network (see [`crate::demo::run`]) with a runtime of its own.
+pub fn run_demo(opts: &DemoOptions, say: &mut (dyn FnMut(String) + Send)) -> Result<DemoReport> {
+    runtime()?.block_on(crate::demo::run(opts, say))
 }
 
 /// A subscription read with blocking calls.

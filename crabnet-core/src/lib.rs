@@ -35,7 +35,7 @@ pub mod state;
 pub mod store;
 
 pub use config::Config;
-pub use embed::{BlockingNode, BlockingSubscription};
+pub use embed::{BlockingNode, BlockingSubscription, NetworkSpec};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{NodeId, SeedId, SeedStatus};
 pub use monitor::{Event, EventKind, Subscription};

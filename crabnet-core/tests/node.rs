@@ -477,3 +477,49 @@ fn listeners_run_on_one_thread_may_reenter_and_never_run_after_stop() {
     let err = node.add_listener(Arc::new(|_e| {})).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Stopped);
 }
+
+#[test]
+fn blocking_nodes_talk_over_udp_on_loopback_and_over_a_memory_hub() {
+    use crabnet_core::NetworkSpec;
+    use crabnet_core::network::UdpConfig;
+
+    fn free_port() -> std::net::SocketAddr {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+    fn wait_seen(node: &BlockingNode, id: &SeedId) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.seed(id).is_err() {
+            assert!(Instant::now() < deadline, "seed never arrived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let udp = |bind, peer| {
+        NetworkSpec::Udp(UdpConfig {
+            bind,
+            peers: vec![peer],
+            broadcast: None,
+        })
+    };
+    let a = BlockingNode::start_on(config(dir.path(), "ua"), udp(pa, pb)).unwrap();
+    let b = BlockingNode::start_on(config(dir.path(), "ub"), udp(pb, pa)).unwrap();
+    let seed = a.publish(PublishRequest::new("true")).unwrap();
+    wait_seen(&b, &seed.seed.id);
+    a.stop().unwrap();
+    b.stop().unwrap();
+
+    let hub = MemoryHub::new();
+    let mem = |name: &str| NetworkSpec::Memory {
+        hub: hub.clone(),
+        name: name.into(),
+    };
+    let c = BlockingNode::start_on(config(dir.path(), "mc"), mem("c")).unwrap();
+    let d = BlockingNode::start_on(config(dir.path(), "md"), mem("d")).unwrap();
+    let seed = d.publish(PublishRequest::new("true")).unwrap();
+    wait_seen(&c, &seed.seed.id);
+    assert_eq!(c.overview().unwrap().transport.as_deref(), Some("memory"));
+}
