@@ -29,6 +29,9 @@ pub trait Transport: Send + 'static {
     /// The largest frame this transport carries; larger frames are refused at send time.
     fn max_frame_bytes(&self) -> usize;
 
+    /// Addresses where peers reach this node, announced in hellos.
+    fn local_addresses(&self) -> Vec<String>;
+
     /// Sends a frame to every peer. Must not block for long.
     fn broadcast(&mut self, frame: &[u8]) -> Result<()>;
 
@@ -130,6 +133,10 @@ impl Transport for MemoryTransport {
         MemoryHub::MAX_FRAME_BYTES
     }
 
+    fn local_addresses(&self) -> Vec<String> {
+        vec![format!("memory:{}", self.name)]
+    }
+
     fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
         check_frame_size(self, frame)?;
         let state = self.hub.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -229,6 +236,13 @@ impl Transport for UdpTransport {
 
     fn max_frame_bytes(&self) -> usize {
         Self::MAX_FRAME_BYTES
+    }
+
+    fn local_addresses(&self) -> Vec<String> {
+        self.socket
+            .local_addr()
+            .map(|a| vec![format!("udp:{a}")])
+            .unwrap_or_default()
     }
 
     fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
