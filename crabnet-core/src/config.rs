@@ -94,6 +94,8 @@ pub struct NetworkConfig {
     pub max_clock_skew_secs: u32,
     /// How often the node announces itself with a hello, in seconds.
     pub hello_interval_secs: u32,
+    /// How often the node sends its sync digest so peers can send what it lacks, in seconds.
+    pub sync_interval_secs: u32,
     /// Largest envelope this node creates; operations whose message would be larger fail.
     /// The default fits one UDP datagram.
     pub max_envelope_bytes: usize,
@@ -108,6 +110,7 @@ impl Default for NetworkConfig {
             message_ttl_secs: 24 * 3600,
             max_clock_skew_secs: 120,
             hello_interval_secs: 30,
+            sync_interval_secs: 10,
             max_envelope_bytes: 65_507,
         }
     }

@@ -6,7 +6,8 @@
 //!      0     3  magic "CRB"
 //!      3     1  version (1)
 //!      4     1  kind (0 node_hello, 1 seed_created, 2 bid_placed, 3 bidding_closed,
-//!               4 seed_cancelled, 5 seed_claimed, 6 result_reported, 7 seed_settled)
+//!               4 seed_cancelled, 5 seed_claimed, 6 result_reported, 7 seed_settled,
+//!               8 sync_digest, 9 sync_batch)
 //!      5     1  flags (bit 0: payload sealed to recipients; other bits 0)
 //!      6    32  sender node id
 //!     38    16  message id
@@ -54,6 +55,10 @@ const FLAG_SEALED: u8 = 1;
 pub enum Kind {
     /// A node announces its keys.
     NodeHello,
+    /// A node describes what it holds (sync).
+    SyncDigest,
+    /// Stored envelopes sent verbatim to a peer that lacks them (sync).
+    SyncBatch,
     /// A domain message.
     Domain(MessageKind),
 }
@@ -63,6 +68,8 @@ impl Kind {
     pub fn code(self) -> u8 {
         match self {
             Kind::NodeHello => 0,
+            Kind::SyncDigest => 8,
+            Kind::SyncBatch => 9,
             Kind::Domain(k) => match k {
                 MessageKind::SeedCreated => 1,
                 MessageKind::BidPlaced => 2,
@@ -86,6 +93,8 @@ impl Kind {
             5 => Kind::Domain(MessageKind::SeedClaimed),
             6 => Kind::Domain(MessageKind::ResultReported),
             7 => Kind::Domain(MessageKind::SeedSettled),
+            8 => Kind::SyncDigest,
+            9 => Kind::SyncBatch,
             _ => return None,
         })
     }
@@ -94,6 +103,8 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::NodeHello => "node_hello",
+            Kind::SyncDigest => "sync_digest",
+            Kind::SyncBatch => "sync_batch",
             Kind::Domain(k) => k.as_str(),
         }
     }
@@ -280,10 +291,17 @@ impl Parsed<'_> {
 
     /// The hello payload of a `node_hello` envelope (never sealed).
     pub fn hello(&self) -> Result<Hello, EnvelopeError> {
-        if self.header.kind != Kind::NodeHello || self.header.sealed {
-            return Err(malformed("not a plain node_hello envelope"));
+        self.plain(Kind::NodeHello)
+    }
+
+    /// The CBOR payload of a plain (never sealed) envelope of `kind`: `node_hello`,
+    /// `sync_digest` ([`crate::sync::Digest`]) or `sync_batch` ([`crate::sync::Batch`]).
+    pub fn plain<T: serde::de::DeserializeOwned>(&self, kind: Kind) -> Result<T, EnvelopeError> {
+        if self.header.kind != kind || self.header.sealed {
+            return Err(malformed(format!("not a plain {} envelope", kind.name())));
         }
-        ciborium::from_reader(self.payload).map_err(|e| malformed(format!("hello payload: {e}")))
+        ciborium::from_reader(self.payload)
+            .map_err(|e| malformed(format!("{} payload: {e}", kind.name())))
     }
 
     /// The recipients of a sealed payload (empty for a plain one).
@@ -301,7 +319,10 @@ impl Parsed<'_> {
     /// The domain message inside, decrypting a sealed payload as `me`.
     pub fn message(&self, me: &NodeId, kem: &KemSecret) -> Result<Message, EnvelopeError> {
         let Kind::Domain(kind) = self.header.kind else {
-            return Err(malformed("node_hello carries no domain message"));
+            return Err(malformed(format!(
+                "{} carries no domain message",
+                self.header.kind.name()
+            )));
         };
         let plain;
         let payload = if self.header.sealed {
@@ -459,10 +480,10 @@ pub fn encode_body(body: &Body) -> Vec<u8> {
     out
 }
 
-/// Encodes a hello as its CBOR payload.
-pub fn encode_hello(hello: &Hello) -> Vec<u8> {
+/// Encodes a hello (or another plain payload) as CBOR.
+pub fn encode_hello<T: Serialize>(hello: &T) -> Vec<u8> {
     let mut out = Vec::new();
-    ciborium::into_writer(hello, &mut out).expect("hellos encode");
+    ciborium::into_writer(hello, &mut out).expect("payloads encode");
     out
 }
 

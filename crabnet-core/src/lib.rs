@@ -35,6 +35,7 @@ pub mod node;
 pub mod runner;
 pub mod state;
 pub mod store;
+pub mod sync;
 
 pub use config::Config;
 pub use embed::{BlockingNode, BlockingSubscription, NetworkSpec};

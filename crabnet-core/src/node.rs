@@ -34,6 +34,7 @@ use crate::network::{self, Transport};
 use crate::runner::{self, RunRequest};
 use crate::state::{self, SeedView, Violation};
 use crate::store::{Peer, PeerUpdate, RemoteOutcome, Store};
+use crate::sync;
 
 /// What to publish. `Default` gives a usable seed apart from the command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +132,7 @@ struct Inner {
     id: NodeId,
     identity: Identity,
     hello_wanted: Notify,
+    sync_wanted: Notify,
     config: Config,
     store: Mutex<Store>,
     bus: EventBus,
@@ -273,6 +275,7 @@ impl Node {
                 id: identity.node_id().clone(),
                 identity,
                 hello_wanted: Notify::new(),
+                sync_wanted: Notify::new(),
                 bus: EventBus::new(config.events.bus_capacity),
                 log,
                 transport_name: transport.as_ref().map(|t| t.name().to_owned()),
@@ -718,7 +721,23 @@ impl Node {
     /// The trust boundary: checks one received frame (size, structure, freshness, sender in
     /// the peer table, both signatures over the received bytes, replay), opens it if it is
     /// sealed to this node, and applies it. Every rejection is an event and a counter.
-    fn receive_frame(&self, bytes: &[u8], from: &str, max: usize) -> Result<()> {
+    fn receive_frame(&self, bytes: &[u8], from: &str, max: usize) -> Result<Vec<Vec<u8>>> {
+        let mut replies = Vec::new();
+        self.receive_envelope(bytes, from, max, Via::Live, &mut replies)?;
+        Ok(replies)
+    }
+
+    /// One envelope, received live or inside a sync batch (then stale envelopes are expected:
+    /// freshness and the replay floor do not apply, deduplication and signatures do). Frames
+    /// to send in answer are appended to `replies`.
+    fn receive_envelope(
+        &self,
+        bytes: &[u8],
+        from: &str,
+        max: usize,
+        via: Via,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
         let now = now_ms();
         let parsed = match envelope::parse(bytes, max) {
             Ok(p) => p,
@@ -736,7 +755,13 @@ impl Node {
         }
         let net = &self.inner.config.network;
         let skew = net.max_clock_skew_secs as u64 * 1000;
-        if h.timestamp > now + skew {
+        if via == Via::Sync && matches!(h.kind, Kind::SyncDigest | Kind::SyncBatch) {
+            let detail = "sync envelope nested in a sync batch".to_owned();
+            return self.reject(Some(h), RejectReason::Malformed, detail);
+        }
+        if via == Via::Sync {
+            // Stale by design; everything else is checked below.
+        } else if h.timestamp > now + skew {
             let detail = format!("dated {} ms in the future", h.timestamp - now);
             return self.reject(Some(h), RejectReason::Expired, detail);
         }
@@ -746,7 +771,7 @@ impl Node {
             return self.reject(Some(h), RejectReason::Expired, detail);
         }
         if h.kind == Kind::NodeHello {
-            return self.receive_hello(&parsed, now);
+            return self.receive_hello(&parsed, bytes, now);
         }
         let peer = lock(&self.inner.store).peer(&h.sender)?;
         let Some(peer) = peer else {
@@ -756,7 +781,30 @@ impl Node {
         if let Err(e) = parsed.verify(&peer.identity.signing) {
             return self.reject(Some(h), RejectReason::BadSignature, e.to_string());
         }
-        if h.lamport <= peer.replay_floor && !lock(&self.inner.store).is_known(&h.message_id)? {
+        match h.kind {
+            Kind::SyncDigest => {
+                return match parsed.plain::<sync::Digest>(Kind::SyncDigest) {
+                    Ok(d) => self.answer_digest(&h.sender, &d, replies),
+                    Err(e) => self.reject(Some(h), RejectReason::Malformed, e.to_string()),
+                };
+            }
+            Kind::SyncBatch => {
+                let batch = match parsed.plain::<sync::Batch>(Kind::SyncBatch) {
+                    Ok(b) => b,
+                    Err(e) => return self.reject(Some(h), RejectReason::Malformed, e.to_string()),
+                };
+                self.with_store(|s| s.count("sync.batches_received"))?;
+                for item in &batch.items {
+                    self.receive_envelope(item, from, max, Via::Sync, replies)?;
+                }
+                return Ok(());
+            }
+            Kind::NodeHello | Kind::Domain(_) => {}
+        }
+        if via == Via::Live
+            && h.lamport <= peer.replay_floor
+            && !lock(&self.inner.store).is_known(&h.message_id)?
+        {
             let detail = format!(
                 "Lamport counter {} is at or below the sender's replay floor {}",
                 h.lamport, peer.replay_floor
@@ -792,7 +840,89 @@ impl Node {
         Ok(())
     }
 
-    fn receive_hello(&self, parsed: &envelope::Parsed<'_>, now: Millis) -> Result<()> {
+    /// Answers a peer's digest: the seeds it lacks (with their authors' hellos) in batches, and
+    /// our own digest when it holds seeds we lack (unless its digest is itself a reply).
+    fn answer_digest(
+        &self,
+        requester: &NodeId,
+        digest: &sync::Digest,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let net = &self.inner.config.network;
+        let max_payload = net.max_envelope_bytes - envelope::OVERHEAD;
+        let (cmp, items) = {
+            let mut store = lock(&self.inner.store);
+            store.count("sync.digests_received")?;
+            let ours = store.sync_digest(DIGEST_LIMIT)?;
+            let cmp = sync::compare(&ours, &digest.seeds);
+            let mut hellos = Vec::new();
+            let mut envelopes = Vec::new();
+            let mut authors = std::collections::BTreeSet::new();
+            for seed in &cmp.to_send {
+                // A private seed goes only to its audience; others could not open it anyway.
+                if let Some(view) = store.seed(seed)?
+                    && !view.seed.audience.is_empty()
+                    && !view.seed.audience.contains(requester)
+                    && &view.seed.publisher != requester
+                {
+                    continue;
+                }
+                for (sender, env) in store.seed_envelopes(seed)? {
+                    if sender != self.inner.id
+                        && authors.insert(sender.clone())
+                        && let Some(hello) = store.peer_hello(&sender)?
+                    {
+                        hellos.push(hello);
+                    }
+                    envelopes.push(env);
+                }
+            }
+            hellos.extend(envelopes);
+            (cmp, hellos)
+        };
+        for batch in sync::pack(items, max_payload) {
+            replies.push(self.plain_frame(Kind::SyncBatch, &envelope::encode_hello(&batch), 60)?);
+        }
+        if cmp.peer_has_more && !digest.reply {
+            replies.push(self.digest_frame(true)?);
+        }
+        Ok(())
+    }
+
+    /// Our sync digest as a signed envelope.
+    fn digest_frame(&self, reply: bool) -> Result<Vec<u8>> {
+        let seeds = lock(&self.inner.store).sync_digest(DIGEST_LIMIT)?;
+        let digest = sync::Digest { reply, seeds };
+        self.plain_frame(Kind::SyncDigest, &envelope::encode_hello(&digest), 60)
+    }
+
+    fn plain_frame(&self, kind: Kind, payload: &[u8], ttl_secs: u32) -> Result<Vec<u8>> {
+        let header = Header {
+            kind,
+            sealed: false,
+            sender: self.inner.id.clone(),
+            message_id: MessageId::from_bytes(random_bytes()),
+            timestamp: now_ms(),
+            ttl_secs,
+            lamport: 0,
+        };
+        envelope::build(
+            &self.inner.identity,
+            &header,
+            payload,
+            &[],
+            self.inner.config.network.max_envelope_bytes,
+            &mut envelope::os_rng,
+        )
+        .map_err(|e| Error::internal(format!("cannot build {} envelope: {e}", kind.name())))
+    }
+
+    fn receive_hello(
+        &self,
+        parsed: &envelope::Parsed<'_>,
+        bytes: &[u8],
+        now: Millis,
+    ) -> Result<()> {
         let h = &parsed.header;
         if lock(&self.inner.store).is_known(&h.message_id)? {
             return self.with_store(|s| s.count("hellos.duplicate"));
@@ -822,7 +952,7 @@ impl Node {
             return self.reject(Some(h), RejectReason::BadSignature, e.to_string());
         }
         let update = self.with_store(|s| {
-            let update = s.upsert_peer(&identity, &hello.name, &hello.addresses, now)?;
+            let update = s.upsert_peer(&identity, &hello.name, &hello.addresses, bytes, now)?;
             if update != PeerUpdate::KeyMismatch {
                 s.remember(&h.message_id, &h.sender, h.lamport, now, "hellos.accepted")?;
             }
@@ -845,8 +975,9 @@ impl Node {
                 "a known node id announced different keys".into(),
             ),
             PeerUpdate::New => {
-                // Answer a new peer so that it learns our keys too.
+                // Answer a new peer so that it learns our keys too, then compare holdings.
                 self.inner.hello_wanted.notify_one();
+                self.inner.sync_wanted.notify_one();
                 Ok(())
             }
             PeerUpdate::Refreshed => Ok(()),
@@ -898,7 +1029,6 @@ impl Node {
 
     fn hello_frame(&self, addresses: &[String]) -> Result<Vec<u8>> {
         let identity = &self.inner.identity;
-        let net = &self.inner.config.network;
         let hello = envelope::Hello {
             name: self.inner.config.name.clone(),
             addresses: addresses.to_vec(),
@@ -906,24 +1036,13 @@ impl Node {
             signing_public: identity.public().signing.to_bytes(),
             kem_public: identity.public().kem.to_bytes(),
         };
-        let header = Header {
-            kind: Kind::NodeHello,
-            sealed: false,
-            sender: self.inner.id.clone(),
-            message_id: MessageId::from_bytes(random_bytes()),
-            timestamp: now_ms(),
-            ttl_secs: net.hello_interval_secs.saturating_mul(4),
-            lamport: 0,
-        };
-        envelope::build(
-            identity,
-            &header,
-            &envelope::encode_hello(&hello),
-            &[],
-            net.max_envelope_bytes,
-            &mut envelope::os_rng,
-        )
-        .map_err(|e| Error::internal(format!("cannot build hello: {e}")))
+        let ttl = self
+            .inner
+            .config
+            .network
+            .hello_interval_secs
+            .saturating_mul(4);
+        self.plain_frame(Kind::NodeHello, &envelope::encode_hello(&hello), ttl)
     }
 
     /// Issues the award (or expiry) for every seed this node published whose bidding is due
@@ -1042,6 +1161,10 @@ impl Node {
         // 200 ms (answers that come sooner are merged into one).
         let mut last_hello = tokio::time::Instant::now() - Duration::from_secs(1);
         let mut hello_due: Option<tokio::time::Instant> = None;
+        let mut sync_tick = tokio::time::interval(Duration::from_secs(
+            self.inner.config.network.sync_interval_secs as u64,
+        ));
+        let mut sync_due: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = hello_tick.tick() => hello_due = Some(tokio::time::Instant::now()),
@@ -1049,6 +1172,25 @@ impl Node {
                     let earliest = last_hello + Duration::from_millis(200);
                     let at = earliest.max(tokio::time::Instant::now());
                     hello_due = Some(hello_due.map_or(at, |d| d.min(at)));
+                }
+                _ = sync_tick.tick() => sync_due = Some(tokio::time::Instant::now()),
+                _ = self.inner.sync_wanted.notified() => {
+                    // Give hellos a moment to cross first.
+                    let at = tokio::time::Instant::now() + Duration::from_millis(100);
+                    sync_due = Some(sync_due.map_or(at, |d| d.min(at)));
+                }
+                _ = tokio::time::sleep_until(sync_due.unwrap_or_else(tokio::time::Instant::now)), if sync_due.is_some() => {
+                    sync_due = None;
+                    let node = self.clone();
+                    match tokio::task::spawn_blocking(move || node.digest_frame(false)).await {
+                        Ok(Ok(frame)) => {
+                            if let Err(e) = transport.broadcast(&frame) {
+                                tracing::debug!("cannot send sync digest: {e}");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::warn!("cannot build sync digest: {e}"),
+                        Err(e) => tracing::error!("sync task failed: {e}"),
+                    }
                 }
                 _ = tokio::time::sleep_until(hello_due.unwrap_or_else(tokio::time::Instant::now)), if hello_due.is_some() => {
                     hello_due = None;
@@ -1073,7 +1215,13 @@ impl Node {
                     })
                     .await;
                     match res {
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(replies)) => {
+                            for frame in replies {
+                                if let Err(e) = transport.broadcast(&frame) {
+                                    tracing::debug!("cannot send sync answer: {e}");
+                                }
+                            }
+                        }
                         Ok(Err(e)) => tracing::warn!("cannot apply received frame: {e}"),
                         Err(e) => tracing::error!("receive task failed: {e}"),
                     }
@@ -1141,6 +1289,18 @@ impl Node {
         .await;
     }
 }
+
+/// How an envelope arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Directly from its author or a relay, now.
+    Live,
+    /// Inside a sync batch: possibly old.
+    Sync,
+}
+
+/// Most seeds listed in one digest (about 40 bytes each, so a digest fits one datagram).
+const DIGEST_LIMIT: usize = 1200;
 
 fn known<'a>(view: Option<&'a SeedView>, seed_id: &SeedId) -> Result<&'a SeedView> {
     view.ok_or_else(|| {

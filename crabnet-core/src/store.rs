@@ -216,6 +216,8 @@ const MIGRATIONS: &[&str] = &[
         last_seen      INTEGER NOT NULL,
         replay_floor   INTEGER NOT NULL DEFAULT 0
      ) STRICT;",
+    // 3: each peer's latest verified hello, relayed to late joiners by sync
+    "ALTER TABLE peers ADD COLUMN hello BLOB;",
 ];
 
 /// The current schema version (SQLite `user_version`).
@@ -731,12 +733,75 @@ impl Store {
         rows.map(|r| r?).collect()
     }
 
+    /// Sync digest entries for every seed with stored envelopes, most recently changed first,
+    /// at most `limit`.
+    pub fn sync_digest(&self, limit: usize) -> Result<Vec<crate::sync::SeedDigest>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT m.seed_id, m.id FROM messages m JOIN seeds s ON s.id = m.seed_id
+             WHERE m.envelope IS NOT NULL ORDER BY s.updated_at DESC, m.seed_id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        let mut current: Option<(String, Vec<String>)> = None;
+        for row in rows {
+            let (seed, id) = row?;
+            match &mut current {
+                Some((s, ids)) if *s == seed => ids.push(id),
+                _ => {
+                    if let Some((s, mut ids)) = current.take() {
+                        out.push(crate::sync::seed_digest(&SeedId::parse(&s)?, &mut ids));
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                    current = Some((seed, vec![id]));
+                }
+            }
+        }
+        if let Some((s, mut ids)) = current
+            && out.len() < limit
+        {
+            out.push(crate::sync::seed_digest(&SeedId::parse(&s)?, &mut ids));
+        }
+        Ok(out)
+    }
+
+    /// The stored envelopes of a seed with their senders, creation first.
+    pub fn seed_envelopes(&self, seed: &SeedId) -> Result<Vec<(NodeId, Vec<u8>)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT sender, envelope FROM messages WHERE seed_id = ?1 AND envelope IS NOT NULL
+             ORDER BY kind = 'seed_created' DESC, lamport, id",
+        )?;
+        let rows = stmt.query_map([seed.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        rows.map(|r| {
+            let (sender, envelope) = r?;
+            Ok((NodeId::parse(&sender)?, envelope))
+        })
+        .collect()
+    }
+
+    /// A peer's latest verified hello envelope.
+    pub fn peer_hello(&self, id: &NodeId) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT hello FROM peers WHERE node_id = ?1",
+                [id.as_str()],
+                |r| r.get::<_, Option<Vec<u8>>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
     /// Records a verified hello. A known node id announcing different keys is refused.
     pub fn upsert_peer(
         &mut self,
         identity: &PublicIdentity,
         name: &str,
         addresses: &[String],
+        hello: &[u8],
         now: Millis,
     ) -> Result<PeerUpdate> {
         let tx = self
@@ -758,16 +823,23 @@ impl Store {
             }
             Some(_) => {
                 tx.execute(
-                    "UPDATE peers SET name = ?2, addresses = ?3, last_seen = ?4 WHERE node_id = ?1",
-                    params![identity.node_id.as_str(), name, addresses_json, now as i64],
+                    "UPDATE peers SET name = ?2, addresses = ?3, last_seen = ?4, hello = ?5
+                     WHERE node_id = ?1",
+                    params![
+                        identity.node_id.as_str(),
+                        name,
+                        addresses_json,
+                        now as i64,
+                        hello
+                    ],
                 )?;
                 PeerUpdate::Refreshed
             }
             None => {
                 tx.execute(
                     "INSERT INTO peers(node_id, name, addresses, signing_public, kem_public,
-                         key_epoch, first_seen, last_seen)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                         key_epoch, first_seen, last_seen, hello)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
                     params![
                         identity.node_id.as_str(),
                         name,
@@ -775,7 +847,8 @@ impl Store {
                         signing,
                         kem,
                         identity.epoch as i64,
-                        now as i64
+                        now as i64,
+                        hello
                     ],
                 )?;
                 PeerUpdate::New
