@@ -214,6 +214,13 @@ pub enum EventKind {
         /// A human-readable explanation.
         detail: String,
     },
+    /// The transport reported a change (started, peers found, fell back...).
+    TransportStatus {
+        /// The transport.
+        transport: String,
+        /// What happened.
+        detail: String,
+    },
     /// A message could not be sent; it stays in the outbox and is retried.
     SendFailed {
         /// The message.
@@ -247,6 +254,7 @@ impl EventKind {
             EventKind::MessageAccepted { .. } => "message_accepted",
             EventKind::MessageDeferred { .. } => "message_deferred",
             EventKind::MessageRejected { .. } => "message_rejected",
+            EventKind::TransportStatus { .. } => "transport_status",
             EventKind::SendFailed { .. } => "send_failed",
             EventKind::EventsDropped { .. } => "events_dropped",
         }

@@ -30,7 +30,7 @@ use crate::model::{
     SeedStatus, Settlement, SettlementOutcome, TaskResult,
 };
 use crate::monitor::{Event, EventBus, EventKind, NdjsonLog, RejectReason, Subscription};
-use crate::network::{self, Transport};
+use crate::network::{self, Acceptance, Handled, InboundFrame, Incoming, Transport};
 use crate::runner::{self, RunRequest};
 use crate::state::{self, SeedView, Violation};
 use crate::store::{Peer, PeerUpdate, RemoteOutcome, Store};
@@ -697,7 +697,12 @@ impl Node {
             .await
     }
 
-    fn reject(&self, header: Option<&Header>, reason: RejectReason, detail: String) -> Result<()> {
+    fn reject(
+        &self,
+        header: Option<&Header>,
+        reason: RejectReason,
+        detail: String,
+    ) -> Result<Acceptance> {
         let kind = match header.map(|h| h.kind) {
             Some(Kind::Domain(k)) => Some(k),
             _ => None,
@@ -715,16 +720,19 @@ impl Node {
                 },
             )
         })?;
-        Ok(())
+        Ok(Acceptance::Reject)
     }
 
     /// The trust boundary: checks one received frame (size, structure, freshness, sender in
     /// the peer table, both signatures over the received bytes, replay), opens it if it is
     /// sealed to this node, and applies it. Every rejection is an event and a counter.
-    fn receive_frame(&self, bytes: &[u8], from: &str, max: usize) -> Result<Vec<Vec<u8>>> {
+    fn receive_frame(&self, bytes: &[u8], from: &str, max: usize) -> Result<Handled> {
         let mut replies = Vec::new();
-        self.receive_envelope(bytes, from, max, Via::Live, &mut replies)?;
-        Ok(replies)
+        let acceptance = self.receive_envelope(bytes, from, max, Via::Live, &mut replies)?;
+        Ok(Handled {
+            acceptance,
+            replies,
+        })
     }
 
     /// One envelope, received live or inside a sync batch (then stale envelopes are expected:
@@ -737,7 +745,7 @@ impl Node {
         max: usize,
         via: Via,
         replies: &mut Vec<Vec<u8>>,
-    ) -> Result<()> {
+    ) -> Result<Acceptance> {
         let now = now_ms();
         let parsed = match envelope::parse(bytes, max) {
             Ok(p) => p,
@@ -751,7 +759,8 @@ impl Node {
         };
         let h = &parsed.header;
         if h.sender == self.inner.id {
-            return self.with_store(|s| s.count("messages.self_echo"));
+            self.with_store(|s| s.count("messages.self_echo"))?;
+            return Ok(Acceptance::Ignore);
         }
         let net = &self.inner.config.network;
         let skew = net.max_clock_skew_secs as u64 * 1000;
@@ -784,7 +793,10 @@ impl Node {
         match h.kind {
             Kind::SyncDigest => {
                 return match parsed.plain::<sync::Digest>(Kind::SyncDigest) {
-                    Ok(d) => self.answer_digest(&h.sender, &d, replies),
+                    Ok(d) => {
+                        self.answer_digest(&h.sender, &d, replies)?;
+                        Ok(Acceptance::Ignore)
+                    }
                     Err(e) => self.reject(Some(h), RejectReason::Malformed, e.to_string()),
                 };
             }
@@ -797,7 +809,7 @@ impl Node {
                 for item in &batch.items {
                     self.receive_envelope(item, from, max, Via::Sync, replies)?;
                 }
-                return Ok(());
+                return Ok(Acceptance::Ignore);
             }
             Kind::NodeHello | Kind::Domain(_) => {}
         }
@@ -814,10 +826,11 @@ impl Node {
         let message = match parsed.message(&self.inner.id, self.inner.identity.kem()) {
             Ok(m) => m,
             Err(EnvelopeError::NotForMe) => {
-                // Sealed to other nodes: remembered (deduplicated), not applied.
+                // Sealed to other nodes: remembered (deduplicated) and relayed, not applied.
                 return self.with_store(|s| {
                     if s.is_known(&h.message_id)? {
-                        return s.count("messages.not_for_us_duplicate");
+                        s.count("messages.not_for_us_duplicate")?;
+                        return Ok(Acceptance::Ignore);
                     }
                     s.remember(
                         &h.message_id,
@@ -825,7 +838,8 @@ impl Node {
                         h.lamport,
                         now,
                         "messages.not_for_us",
-                    )
+                    )?;
+                    Ok(Acceptance::Accept)
                 });
             }
             Err(e) => return self.reject(Some(h), RejectReason::Malformed, e.to_string()),
@@ -837,7 +851,12 @@ impl Node {
         if matches!(outcome, RemoteOutcome::Applied | RemoteOutcome::Deferred(_)) {
             self.close_due_bidding()?;
         }
-        Ok(())
+        Ok(match outcome {
+            RemoteOutcome::Duplicate => Acceptance::Ignore,
+            RemoteOutcome::Rejected(RejectReason::Malformed, _) => Acceptance::Reject,
+            // A rule violation is validly signed and may be pending elsewhere: forward it.
+            _ => Acceptance::Accept,
+        })
     }
 
     /// Answers a peer's digest: the seeds it lacks (with their authors' hellos) in batches, and
@@ -922,10 +941,11 @@ impl Node {
         parsed: &envelope::Parsed<'_>,
         bytes: &[u8],
         now: Millis,
-    ) -> Result<()> {
+    ) -> Result<Acceptance> {
         let h = &parsed.header;
         if lock(&self.inner.store).is_known(&h.message_id)? {
-            return self.with_store(|s| s.count("hellos.duplicate"));
+            self.with_store(|s| s.count("hellos.duplicate"))?;
+            return Ok(Acceptance::Ignore);
         }
         let hello = match parsed.hello() {
             Ok(hello) => hello,
@@ -978,9 +998,9 @@ impl Node {
                 // Answer a new peer so that it learns our keys too, then compare holdings.
                 self.inner.hello_wanted.notify_one();
                 self.inner.sync_wanted.notify_one();
-                Ok(())
+                Ok(Acceptance::Accept)
             }
-            PeerUpdate::Refreshed => Ok(()),
+            PeerUpdate::Refreshed => Ok(Acceptance::Accept),
         }
     }
 
@@ -1184,7 +1204,7 @@ impl Node {
                     let node = self.clone();
                     match tokio::task::spawn_blocking(move || node.digest_frame(false)).await {
                         Ok(Ok(frame)) => {
-                            if let Err(e) = transport.broadcast(&frame) {
+                            if let Err(e) = transport.sync(&frame) {
                                 tracing::debug!("cannot send sync digest: {e}");
                             }
                         }
@@ -1203,27 +1223,52 @@ impl Node {
                     self.drain_outbox(transport.as_mut()).await;
                     return;
                 }
-                frame = network::recv(transport.as_mut()) => {
-                    let Some(frame) = frame else {
-                        tracing::warn!("transport closed");
-                        return;
+                incoming = network::next(transport.as_mut()) => {
+                    let frame = match incoming {
+                        None => {
+                            tracing::warn!("transport closed");
+                            return;
+                        }
+                        Some(Incoming::Status(detail)) => {
+                            let node = self.clone();
+                            let name = transport.name().to_owned();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                node.with_store(|s| {
+                                    s.record_event(now_ms(), EventKind::TransportStatus { transport: name, detail })
+                                })
+                            })
+                            .await;
+                            continue;
+                        }
+                        Some(Incoming::Frame(frame)) => frame,
                     };
                     let node = self.clone();
                     let max = transport.max_frame_bytes();
-                    let res = tokio::task::spawn_blocking(move || {
-                        node.receive_frame(&frame.bytes, &frame.from, max)
-                    })
-                    .await;
-                    match res {
-                        Ok(Ok(replies)) => {
-                            for frame in replies {
+                    let InboundFrame { bytes, from, ack } = frame;
+                    let res = tokio::task::spawn_blocking(move || node.receive_frame(&bytes, &from, max)).await;
+                    let handled = match res {
+                        Ok(Ok(handled)) => handled,
+                        Ok(Err(e)) => {
+                            tracing::warn!("cannot apply received frame: {e}");
+                            Handled { acceptance: Acceptance::Ignore, replies: Vec::new() }
+                        }
+                        Err(e) => {
+                            tracing::error!("receive task failed: {e}");
+                            Handled { acceptance: Acceptance::Ignore, replies: Vec::new() }
+                        }
+                    };
+                    match ack {
+                        // The transport forwards or drops the frame and carries the answers.
+                        Some(ack) => {
+                            let _ = ack.send(handled);
+                        }
+                        None => {
+                            for frame in handled.replies {
                                 if let Err(e) = transport.broadcast(&frame) {
                                     tracing::debug!("cannot send sync answer: {e}");
                                 }
                             }
                         }
-                        Ok(Err(e)) => tracing::warn!("cannot apply received frame: {e}"),
-                        Err(e) => tracing::error!("receive task failed: {e}"),
                     }
                     // Whatever the frame caused (an award, say) goes out promptly.
                     self.drain_outbox(transport.as_mut()).await;
