@@ -13,7 +13,7 @@ use crate::demo::{DemoOptions, DemoReport};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{SeedId, SeedStatus};
 use crate::monitor::{Event, Subscription};
-use crate::network::{MemoryHub, Transport, UdpConfig, UdpTransport};
+use crate::network::{DhtConfig, MemoryHub, Transport, UdpConfig, UdpTransport};
 use crate::node::{Node, Overview, PublishRequest};
 use crate::state::SeedView;
 
@@ -84,6 +84,7 @@ impl BlockingNode {
                     let transport = UdpTransport::bind(udp)?;
                     Node::start_with_transport(config, Box::new(transport)).await
                 }
+                NetworkSpec::Dht(dht) => Node::start_with_dht(config, dht).await,
             }
         })?;
         Ok(Self::wrap(runtime, node))
@@ -295,6 +296,8 @@ pub enum NetworkSpec {
     },
     /// UDP unicast to configured peers.
     Udp(UdpConfig),
+    /// libp2p (gossipsub, Kademlia, identify, request-response, optional mDNS).
+    Dht(DhtConfig),
 }
 
 /// Runs the demo network (see [`crate::demo::run`]) with a runtime of its own.

@@ -126,10 +126,13 @@ pub struct Overview {
     pub state_digest: String,
     /// Number of peers with a verified hello.
     pub peers: u64,
+    /// Where peers reach this node (transport addresses).
+    pub addresses: Vec<String>,
 }
 
 struct Inner {
     id: NodeId,
+    addresses: Mutex<Vec<String>>,
     identity: Identity,
     hello_wanted: Notify,
     sync_wanted: Notify,
@@ -231,6 +234,22 @@ impl Node {
         Self::start_inner(config, Some(transport)).await
     }
 
+    /// Starts a node on libp2p (see [`network::DhtTransport`]); its libp2p key derives from
+    /// the node's identity, so its peer id is stable across restarts.
+    pub async fn start_with_dht(config: Config, dht: network::DhtConfig) -> Result<Node> {
+        config.validate()?;
+        let cfg = config.clone();
+        let key = tokio::task::spawn_blocking(move || -> Result<_> {
+            create_private_dir(&cfg.data_dir)?;
+            let (identity, _) = Identity::load_or_create(&cfg.identity_path())?;
+            Ok(network::libp2p_key(&identity.signing().to_seeds().ed25519))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("start task failed: {e}")))??;
+        let transport = network::DhtTransport::start(dht, key)?;
+        Self::start_inner(config, Some(transport)).await
+    }
+
     async fn start_inner(config: Config, transport: Option<Box<dyn Transport>>) -> Result<Node> {
         config.validate()?;
         let cfg = config.clone();
@@ -273,6 +292,12 @@ impl Node {
         let node = Node {
             inner: Arc::new(Inner {
                 id: identity.node_id().clone(),
+                addresses: Mutex::new(
+                    transport
+                        .as_ref()
+                        .map(|t| t.local_addresses())
+                        .unwrap_or_default(),
+                ),
                 identity,
                 hello_wanted: Notify::new(),
                 sync_wanted: Notify::new(),
@@ -686,6 +711,7 @@ impl Node {
                 last_event_seq: store.last_event_seq()?,
                 state_digest: store.digest()?,
                 peers: store.peers()?.len() as u64,
+                addresses: lock(&n.inner.addresses).clone(),
             })
         })
         .await
@@ -790,6 +816,24 @@ impl Node {
         if let Err(e) = parsed.verify(&peer.identity.signing) {
             return self.reject(Some(h), RejectReason::BadSignature, e.to_string());
         }
+        if matches!(h.kind, Kind::SyncDigest | Kind::SyncBatch) {
+            // Sync envelopes are answered once: a replay must not make us resend everything.
+            let fresh = self.with_store(|s| {
+                if s.is_known(&h.message_id)? {
+                    return Ok(false);
+                }
+                let counter = match h.kind {
+                    Kind::SyncDigest => "sync.digests_received",
+                    _ => "sync.batches_received",
+                };
+                s.remember(&h.message_id, &h.sender, h.lamport, now, counter)?;
+                Ok(true)
+            })?;
+            if !fresh {
+                let detail = format!("{} was already received", h.kind.name());
+                return self.reject(Some(h), RejectReason::Duplicate, detail);
+            }
+        }
         match h.kind {
             Kind::SyncDigest => {
                 return match parsed.plain::<sync::Digest>(Kind::SyncDigest) {
@@ -805,7 +849,6 @@ impl Node {
                     Ok(b) => b,
                     Err(e) => return self.reject(Some(h), RejectReason::Malformed, e.to_string()),
                 };
-                self.with_store(|s| s.count("sync.batches_received"))?;
                 for item in &batch.items {
                     self.receive_envelope(item, from, max, Via::Sync, replies)?;
                 }
@@ -870,8 +913,7 @@ impl Node {
         let net = &self.inner.config.network;
         let max_payload = net.max_envelope_bytes - envelope::OVERHEAD;
         let (cmp, items) = {
-            let mut store = lock(&self.inner.store);
-            store.count("sync.digests_received")?;
+            let store = lock(&self.inner.store);
             let ours = store.sync_digest(DIGEST_LIMIT)?;
             let cmp = sync::compare(&ours, &digest.seeds);
             let mut hellos = Vec::new();
@@ -1176,7 +1218,7 @@ impl Node {
         let mut hello_tick = tokio::time::interval(Duration::from_secs(
             self.inner.config.network.hello_interval_secs as u64,
         ));
-        let addresses = transport.local_addresses();
+        *lock(&self.inner.addresses) = transport.local_addresses();
         // Hellos: one at start, one per interval, and answers to new peers, at most one per
         // 200 ms (answers that come sooner are merged into one).
         let mut last_hello = tokio::time::Instant::now() - Duration::from_secs(1);
@@ -1215,6 +1257,9 @@ impl Node {
                 _ = tokio::time::sleep_until(hello_due.unwrap_or_else(tokio::time::Instant::now)), if hello_due.is_some() => {
                     hello_due = None;
                     last_hello = tokio::time::Instant::now();
+                    // Addresses can appear after start (libp2p listeners).
+                    let addresses = transport.local_addresses();
+                    *lock(&self.inner.addresses) = addresses.clone();
                     if let Err(e) = self.hello_frame(&addresses).and_then(|f| transport.broadcast(&f)) {
                         tracing::debug!("cannot send hello: {e}");
                     }

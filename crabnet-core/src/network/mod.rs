@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, ErrorKind, Result};
 
+mod dht;
 mod udp;
+pub use dht::{DhtConfig, DhtTransport, KAD_PROTOCOL, SYNC_PROTOCOL, TOPIC, libp2p_key};
 pub use udp::{UdpConfig, UdpTransport};
 
 /// A frame received from a peer.
