@@ -9,7 +9,8 @@
  * success. After a failure, crabnet_last_error() describes it on the calling thread. A panic
  * inside Crabnet never unwinds into the caller: it becomes `CRABNET_STATUS_PANIC`. A NULL
  * pointer where a value is required gives `CRABNET_STATUS_NULL_ARGUMENT`, a string that is
- * not UTF-8 gives `CRABNET_STATUS_INVALID_UTF8`; neither crashes.
+ * not UTF-8 gives `CRABNET_STATUS_INVALID_UTF8`; neither crashes. The "Errors:" line of each
+ * function lists the statuses it can return without their `CRABNET_STATUS_` prefix.
  *
  * @par Out-parameters
  * Results come back through out-parameters (named `out_...`), which must not be NULL. They
