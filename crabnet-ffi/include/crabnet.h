@@ -640,7 +640,8 @@ enum crabnet_status crabnet_node_unsubscribe(const struct crabnet_node *node,
  * `crabnet_node_events_after`). The queue holds as many events as the configured event capacity:
  * when the host reads too slowly, the oldest are dropped and the next read returns an
  * `events_dropped` event with their count (`crabnet_node_events_after` reads them from the
- * durable log). Concurrent calls are served one at a time. After `crabnet_node_stop`, the
+ * durable log). Concurrent calls are served one at a time: a call first waits for the one in
+ * progress on another thread. After `crabnet_node_stop`, the
  * remaining events are returned without waiting, then `STOPPED`.
  *
  * On success `*out_event_json` receives one event as a JSON object, freed with

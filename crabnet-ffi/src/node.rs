@@ -42,6 +42,13 @@ pub struct crabnet_node {
     poll: Mutex<BlockingSubscription>,
 }
 
+// Handles are shared between C threads: make sure the Rust types allow it.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<crabnet_node>();
+    shareable::<crabnet_hub>();
+};
+
 /// An event callback: `user_data` as given to `crabnet_node_subscribe`, and one event as a
 /// JSON object (`{"seq": 7, "at": 1700000000000, "type": "bid_placed", ...}`; `type` names
 /// the event, see docs/PROTOCOL.md).
@@ -747,7 +754,8 @@ pub unsafe extern "C" fn crabnet_node_unsubscribe(
 /// `crabnet_node_events_after`). The queue holds as many events as the configured event capacity:
 /// when the host reads too slowly, the oldest are dropped and the next read returns an
 /// `events_dropped` event with their count (`crabnet_node_events_after` reads them from the
-/// durable log). Concurrent calls are served one at a time. After `crabnet_node_stop`, the
+/// durable log). Concurrent calls are served one at a time: a call first waits for the one in
+/// progress on another thread. After `crabnet_node_stop`, the
 /// remaining events are returned without waiting, then `STOPPED`.
 ///
 /// On success `*out_event_json` receives one event as a JSON object, freed with

@@ -521,3 +521,36 @@ fn next_event_polls_with_a_timeout() {
     assert!(started.elapsed() < Duration::from_secs(5));
     unsafe { crabnet_node_free(node) };
 }
+
+#[test]
+fn a_slow_poller_is_told_how_many_events_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = CString::new(dir.path().to_str().unwrap()).unwrap();
+    let mut config = ptr::null_mut();
+    let mut node = ptr::null_mut();
+    unsafe {
+        assert_eq!(
+            crabnet_config_new(path.as_ptr(), &mut config),
+            crabnet_status::Ok
+        );
+        assert_eq!(
+            crabnet_config_set_event_capacity(config, 4),
+            crabnet_status::Ok
+        );
+        assert_eq!(crabnet_node_start(config, &mut node), crabnet_status::Ok);
+        crabnet_config_free(config);
+    }
+    for i in 0..5 {
+        publish(node, &format!("echo {i}"));
+    }
+    let mut out = ptr::null_mut();
+    assert_eq!(
+        unsafe { crabnet_node_next_event(node, 1000, &mut out) },
+        crabnet_status::Ok
+    );
+    let first = take(out);
+    assert_eq!(json_string(&first, "/type"), "events_dropped", "{first}");
+    let count: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(count["count"].as_u64(), Some(10 - 4), "{first}");
+    unsafe { crabnet_node_free(node) };
+}
