@@ -453,13 +453,15 @@ enum crabnet_status crabnet_node_start_udp(const struct crabnet_config *config,
  * Stops the node gracefully: refuses new operations, sends what is due, records the last
  * events, delivers them to every callback, waits for the callbacks in progress, and releases
  * the data directory. No callback of this node runs after it returns. Calling it again is
- * fine.
+ * fine. Because it waits for callbacks, do not call it while holding a lock that a callback
+ * takes.
  *
  * Called from inside one of this node's callbacks, it cannot wait for that callback (the
  * caller): it returns at once, and no other callback of this node runs afterwards (the last
  * events remain readable with `crabnet_node_next_event` and `crabnet_node_events_after`).
  *
- * The handle stays valid until `crabnet_node_free`; other calls then fail with `STOPPED`.
+ * The handle stays valid until `crabnet_node_free`; calls that need the running node then
+ * fail with `STOPPED` (`crabnet_node_id` and `crabnet_node_next_event` still work).
  * Errors: `NULL_ARGUMENT`, `STORE`, `IO`, `INTERNAL`.
  */
 enum crabnet_status crabnet_node_stop(const struct crabnet_node *node);
@@ -504,7 +506,7 @@ enum crabnet_status crabnet_node_publish(const struct crabnet_node *node,
  *
  * On success `*out_seed_json` receives the seed's state, freed with `crabnet_string_free`.
  * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION` (malformed id, price out of range),
- * `NOT_FOUND`, `STATE` (bidding closed, own seed...), `STOPPED`, `STORE`.
+ * `NOT_FOUND`, `STATE` (bidding closed, already bid...), `STOPPED`, `STORE`.
  */
 enum crabnet_status crabnet_node_bid(const struct crabnet_node *node,
                                      const char *seed_id,
@@ -624,7 +626,8 @@ enum crabnet_status crabnet_node_subscribe(const struct crabnet_node *node,
 /**
  * Ends a subscription. When this returns, its callback is not running and will not be called
  * again, so its `user_data` may be freed; the one exception is a call from inside that very
- * callback, which simply returns first. May be called from inside any callback.
+ * callback, which simply returns first. May be called from inside any callback. Because it
+ * waits, do not call it while holding a lock that the callback takes.
  *
  * Errors: `NULL_ARGUMENT`, `NOT_FOUND` (unknown or already ended id; a stop ends them all).
  */
@@ -641,8 +644,8 @@ enum crabnet_status crabnet_node_unsubscribe(const struct crabnet_node *node,
  * when the host reads too slowly, the oldest are dropped and the next read returns an
  * `events_dropped` event with their count (`crabnet_node_events_after` reads them from the
  * durable log). Concurrent calls are served one at a time: a call first waits for the one in
- * progress on another thread. After `crabnet_node_stop`, the
- * remaining events are returned without waiting, then `STOPPED`.
+ * progress on another thread. After `crabnet_node_stop`, the remaining events are returned
+ * without waiting, then `STOPPED`.
  *
  * On success `*out_event_json` receives one event as a JSON object, freed with
  * `crabnet_string_free`, or NULL when no event came within the timeout.

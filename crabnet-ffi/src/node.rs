@@ -383,13 +383,15 @@ pub unsafe extern "C" fn crabnet_node_start_udp(
 /// Stops the node gracefully: refuses new operations, sends what is due, records the last
 /// events, delivers them to every callback, waits for the callbacks in progress, and releases
 /// the data directory. No callback of this node runs after it returns. Calling it again is
-/// fine.
+/// fine. Because it waits for callbacks, do not call it while holding a lock that a callback
+/// takes.
 ///
 /// Called from inside one of this node's callbacks, it cannot wait for that callback (the
 /// caller): it returns at once, and no other callback of this node runs afterwards (the last
 /// events remain readable with `crabnet_node_next_event` and `crabnet_node_events_after`).
 ///
-/// The handle stays valid until `crabnet_node_free`; other calls then fail with `STOPPED`.
+/// The handle stays valid until `crabnet_node_free`; calls that need the running node then
+/// fail with `STOPPED` (`crabnet_node_id` and `crabnet_node_next_event` still work).
 /// Errors: `NULL_ARGUMENT`, `STORE`, `IO`, `INTERNAL`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn crabnet_node_stop(node: *const crabnet_node) -> crabnet_status {
@@ -488,7 +490,7 @@ pub unsafe extern "C" fn crabnet_node_publish(
 ///
 /// On success `*out_seed_json` receives the seed's state, freed with `crabnet_string_free`.
 /// Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION` (malformed id, price out of range),
-/// `NOT_FOUND`, `STATE` (bidding closed, own seed...), `STOPPED`, `STORE`.
+/// `NOT_FOUND`, `STATE` (bidding closed, already bid...), `STOPPED`, `STORE`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn crabnet_node_bid(
     node: *const crabnet_node,
@@ -732,7 +734,8 @@ pub unsafe extern "C" fn crabnet_node_subscribe(
 
 /// Ends a subscription. When this returns, its callback is not running and will not be called
 /// again, so its `user_data` may be freed; the one exception is a call from inside that very
-/// callback, which simply returns first. May be called from inside any callback.
+/// callback, which simply returns first. May be called from inside any callback. Because it
+/// waits, do not call it while holding a lock that the callback takes.
 ///
 /// Errors: `NULL_ARGUMENT`, `NOT_FOUND` (unknown or already ended id; a stop ends them all).
 #[unsafe(no_mangle)]
@@ -755,8 +758,8 @@ pub unsafe extern "C" fn crabnet_node_unsubscribe(
 /// when the host reads too slowly, the oldest are dropped and the next read returns an
 /// `events_dropped` event with their count (`crabnet_node_events_after` reads them from the
 /// durable log). Concurrent calls are served one at a time: a call first waits for the one in
-/// progress on another thread. After `crabnet_node_stop`, the
-/// remaining events are returned without waiting, then `STOPPED`.
+/// progress on another thread. After `crabnet_node_stop`, the remaining events are returned
+/// without waiting, then `STOPPED`.
 ///
 /// On success `*out_event_json` receives one event as a JSON object, freed with
 /// `crabnet_string_free`, or NULL when no event came within the timeout.

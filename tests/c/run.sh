@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The C ABI suite:
-#  1. include/crabnet.h compiles as C99 and as C++ with -Wall -Wextra -Werror -pedantic;
+#  1. include/crabnet.h compiles as C99 and as C++ with -Wall -Wextra -Werror -pedantic, and
+#     the shared library exports only crabnet_* symbols, all declared in it;
 #  2. the library installs into a temporary prefix, and the examples (examples/c) build with
 #     the README's pkg-config line and run;
 #  3. the C tests (tests/c/*.c) run linked with the static library under AddressSanitizer,
 #     LeakSanitizer and UndefinedBehaviorSanitizer (any finding fails), then linked with the
 #     shared library under valgrind memcheck (errors and definite or indirect leaks fail).
-# Needs gcc and g++ (CC and CXX override them) and pkg-config; valgrind is used when present.
+# Needs gcc and g++ (CC and CXX override them), pkg-config and nm; valgrind is used when
+# present.
 # Honors CARGO_TARGET_DIR; builds the debug library.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -35,6 +37,18 @@ printf '#include "crabnet.h"\nint main(void) { return crabnet_version() == NULL;
     -o "$out/header-cxx11.o"
 "$CXX" -std=c++17 -pedantic "${warn[@]}" -x c++ -I"$include" -c "$out/header.c" \
     -o "$out/header-cxx17.o"
+
+step "the shared library exports only crabnet_* symbols, each declared in the header"
+exports=$(nm -D --defined-only "$lib/libcrabnet_ffi.so" | awk '$2 == "T" { print $3 }')
+[ -n "$exports" ]
+for symbol in $exports; do
+    case $symbol in
+        crabnet_*) ;;
+        *) echo "exported symbol without the crabnet_ prefix: $symbol" >&2; exit 1 ;;
+    esac
+    grep -qE "[ *]$symbol\(" "$include/crabnet.h" \
+        || { echo "exported but not in crabnet.h: $symbol" >&2; exit 1; }
+done
 
 step "install into a temporary prefix; build the examples with pkg-config"
 prefix=$out/prefix
