@@ -237,6 +237,21 @@ impl BlockingNode {
         self.runtime.block_on(self.node.overview())
     }
 
+    /// See [`Node::peers`].
+    pub fn peers(&self) -> Result<Vec<crate::node::PeerInfo>> {
+        self.runtime.block_on(self.node.peers())
+    }
+
+    /// See [`Node::wait_for_peers`].
+    pub fn wait_for_peers(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<crate::node::PeerInfo>> {
+        self.runtime
+            .block_on(self.node.wait_for_peers(count, timeout))
+    }
+
     /// See [`Node::events_after`].
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         self.runtime.block_on(self.node.events_after(after, limit))

@@ -10,7 +10,7 @@ use crabnet_core::clock::format_ms;
 use crabnet_core::demo::{self, DemoOptions};
 use crabnet_core::network::{UdpConfig, UdpTransport};
 use crabnet_core::{
-    Config, Error, ErrorKind, Event, Node, PublishRequest, SeedId, SeedStatus, SeedView,
+    Config, Error, ErrorKind, Event, Node, NodeId, PublishRequest, SeedId, SeedStatus, SeedView,
 };
 use serde::Serialize;
 
@@ -46,6 +46,8 @@ enum Command {
     /// Work with seeds (tasks).
     #[command(subcommand)]
     Seed(SeedCommand),
+    /// List the peers this node has verified hellos from.
+    Peers,
     /// Print events from the node's log.
     Events(EventsArgs),
     /// Run a local demo network (in one process) through a whole task lifecycle.
@@ -148,6 +150,10 @@ struct PublishArgs {
     /// Run timeout in seconds.
     #[arg(long, default_value_t = PublishRequest::default().timeout_secs)]
     timeout: u64,
+    /// Make the seed private to this node (repeatable): every message about it is encrypted
+    /// to these nodes and the publisher. Their hellos must have been received.
+    #[arg(long = "to", value_name = "NODE_ID")]
+    to: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -298,6 +304,29 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                 println!("digest    {}", o.state_digest);
             }
         }
+        Command::Peers => {
+            let peers = with_node(config, async |n| n.peers().await).await?;
+            if json {
+                print_json(&peers);
+            } else if peers.is_empty() {
+                println!("no peers yet (peers appear once their hello arrives)");
+            } else {
+                println!(
+                    "{:<64}  {:<12}  {:<16}  {:<24}  ADDRESSES",
+                    "NODE", "NAME", "FINGERPRINT", "LAST SEEN"
+                );
+                for p in &peers {
+                    println!(
+                        "{:<64}  {:<12}  {:<16}  {:<24}  {}",
+                        p.node_id,
+                        p.name,
+                        p.fingerprint,
+                        format_ms(p.last_seen),
+                        p.addresses.join(", ")
+                    );
+                }
+            }
+        }
         Command::Seed(cmd) => seed_command(config, cmd, json).await?,
         Command::Events(args) => events(config, args, json).await?,
         Command::Demo(_) | Command::Listen(_) => unreachable!("handled above"),
@@ -316,6 +345,11 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
                 bid_window_secs: a.bid_window,
                 max_bids: a.max_bids,
                 timeout_secs: a.timeout,
+                private_to: a
+                    .to
+                    .iter()
+                    .map(|t| NodeId::parse(t))
+                    .collect::<Result<_, _>>()?,
             };
             let v = with_node(config, async |n| n.publish(req).await).await?;
             if json {
