@@ -597,6 +597,28 @@ enum crabnet_status crabnet_node_seeds(const struct crabnet_node *node,
 enum crabnet_status crabnet_node_overview(const struct crabnet_node *node, char **out_json);
 
 /**
+ * Writes the peers this node verified a hello from, as a JSON array of objects with
+ * `node_id`, `name`, `addresses`, `fingerprint`, `key_epoch`, `first_seen`, `last_seen`.
+ *
+ * On success `*out_peers_json` receives a string, freed with `crabnet_string_free`.
+ * Errors: `NULL_ARGUMENT`, `STOPPED`, `STORE`.
+ */
+enum crabnet_status crabnet_node_peers(const struct crabnet_node *node, char **out_peers_json);
+
+/**
+ * Waits up to `timeout_ms` milliseconds until this node knows at least `count` peers (their
+ * hellos arrived), e.g. before publishing to a network that is still forming.
+ *
+ * On success `*out_peers_json` receives the peers as in `crabnet_node_peers`, freed with
+ * `crabnet_string_free`.
+ * Errors: `NULL_ARGUMENT`, `NETWORK` (timed out), `STOPPED`, `STORE`.
+ */
+enum crabnet_status crabnet_node_wait_for_peers(const struct crabnet_node *node,
+                                                size_t count,
+                                                uint32_t timeout_ms,
+                                                char **out_peers_json);
+
+/**
  * Writes up to `limit` events with a sequence number above `after_seq` from the node's
  * durable event log, oldest first, as a JSON array (the same objects callbacks receive).
  *

@@ -80,7 +80,10 @@ fn in_callback_of(node_uid: u64) -> bool {
 /// State shared by a node handle and the listeners it registered.
 struct Shared {
     uid: u64,
+    /// A stop began: no new subscriptions.
     stopping: AtomicBool,
+    /// A stop finished: every last event is on the bus.
+    stopped: AtomicBool,
     subs: Mutex<HashMap<u64, Arc<Sub>>>,
 }
 
@@ -163,6 +166,7 @@ impl crabnet_node {
             shared: Arc::new(Shared {
                 uid: NEXT_NODE_UID.fetch_add(1, Ordering::Relaxed),
                 stopping: AtomicBool::new(false),
+                stopped: AtomicBool::new(false),
                 subs: Mutex::new(HashMap::new()),
             }),
             poll,
@@ -173,6 +177,7 @@ impl crabnet_node {
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Delivers the last events and joins the events thread (unless called from it).
         let stopped = self.node.stop();
+        self.shared.stopped.store(true, Ordering::SeqCst);
         self.shared.deactivate_all();
         Ok(stopped?)
     }
@@ -230,7 +235,9 @@ impl crabnet_node {
         let deadline = Instant::now() + timeout;
         let mut poll = lock(&self.poll);
         loop {
-            let stopped = self.node.node().is_stopped();
+            // Not the core's `is_stopped`: it turns true when a stop begins, before the last
+            // events are published.
+            let stopped = self.shared.stopped.load(Ordering::SeqCst);
             let wait = if stopped {
                 Duration::ZERO
             } else {
@@ -672,6 +679,53 @@ pub unsafe extern "C" fn crabnet_node_overview(
         ffi_out("crabnet_node_overview", out_json, "out_json", || {
             to_json(&crabnet_node::borrow(node, "node")?.node.overview()?)
         })
+    }
+}
+
+/// Writes the peers this node verified a hello from, as a JSON array of objects with
+/// `node_id`, `name`, `addresses`, `fingerprint`, `key_epoch`, `first_seen`, `last_seen`.
+///
+/// On success `*out_peers_json` receives a string, freed with `crabnet_string_free`.
+/// Errors: `NULL_ARGUMENT`, `STOPPED`, `STORE`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crabnet_node_peers(
+    node: *const crabnet_node,
+    out_peers_json: *mut *mut c_char,
+) -> crabnet_status {
+    unsafe {
+        ffi_out(
+            "crabnet_node_peers",
+            out_peers_json,
+            "out_peers_json",
+            || to_json(&crabnet_node::borrow(node, "node")?.node.peers()?),
+        )
+    }
+}
+
+/// Waits up to `timeout_ms` milliseconds until this node knows at least `count` peers (their
+/// hellos arrived), e.g. before publishing to a network that is still forming.
+///
+/// On success `*out_peers_json` receives the peers as in `crabnet_node_peers`, freed with
+/// `crabnet_string_free`.
+/// Errors: `NULL_ARGUMENT`, `NETWORK` (timed out), `STOPPED`, `STORE`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crabnet_node_wait_for_peers(
+    node: *const crabnet_node,
+    count: usize,
+    timeout_ms: u32,
+    out_peers_json: *mut *mut c_char,
+) -> crabnet_status {
+    unsafe {
+        ffi_out(
+            "crabnet_node_wait_for_peers",
+            out_peers_json,
+            "out_peers_json",
+            || {
+                let node = crabnet_node::borrow(node, "node")?;
+                let timeout = Duration::from_millis(timeout_ms.into());
+                to_json(&node.node.wait_for_peers(count, timeout)?)
+            },
+        )
     }
 }
 

@@ -151,6 +151,11 @@ class Node {
     std::string overview() {
         return take_string([&](char **out) { return crabnet_node_overview(node_.get(), out); });
     }
+    std::string wait_for_peers(size_t count, uint32_t timeout_ms) {
+        return take_string([&](char **out) {
+            return crabnet_node_wait_for_peers(node_.get(), count, timeout_ms, out);
+        });
+    }
     void stop() { check(crabnet_node_stop(node_.get())); }
 
     // Polls the seed until `done` holds (or throws after 20 s).
@@ -202,6 +207,8 @@ int main() {
             crab::Subscription alice_events(alice.get(), printer("alice"));
             crab::Subscription bob_events(bob.get(), printer("bob"));
 
+            std::string peers = alice.wait_for_peers(1, 20000);
+            std::cout << "alice sees " << crab::json_string(peers, "/0/name") << "\n";
             std::string seed = alice.publish(
                 R"({"command": "echo raii; expr 6 \\* 7", "max_bids": 1, "max_price": 80})");
             std::string id = crab::json_string(seed, "/seed/id");

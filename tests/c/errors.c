@@ -257,6 +257,14 @@ static void test_operations(const char *base) {
     EXPECT(CRABNET_STATUS_NULL_ARGUMENT, crabnet_node_next_event(pub, 0, NULL));
     CHECK(out == SENTINEL);
 
+    /* peers: a node alone on its network times out waiting for a third node */
+    EXPECT(CRABNET_STATUS_NULL_ARGUMENT, crabnet_node_peers(NULL, &out));
+    EXPECT(CRABNET_STATUS_NULL_ARGUMENT, crabnet_node_peers(pub, NULL));
+    EXPECT(CRABNET_STATUS_NULL_ARGUMENT, crabnet_node_wait_for_peers(NULL, 1, 10, &out));
+    EXPECT(CRABNET_STATUS_NULL_ARGUMENT, crabnet_node_wait_for_peers(pub, 1, 10, NULL));
+    EXPECT_ERR(CRABNET_STATUS_NETWORK, "peer", crabnet_node_wait_for_peers(pub, 2, 100, &out));
+    CHECK(out == SENTINEL);
+
     /* subscriptions */
     EXPECT_ERR(CRABNET_STATUS_NULL_ARGUMENT, "`callback`", crabnet_node_subscribe(pub, NULL, NULL, &sub));
     EXPECT_ERR(CRABNET_STATUS_NULL_ARGUMENT, "`out_subscription`", crabnet_node_subscribe(pub, never_called, NULL, NULL));
@@ -274,6 +282,8 @@ static void test_operations(const char *base) {
     EXPECT(CRABNET_STATUS_STOPPED, crabnet_node_seeds(pub, NULL, &out));
     EXPECT(CRABNET_STATUS_STOPPED, crabnet_node_overview(pub, &out));
     EXPECT(CRABNET_STATUS_STOPPED, crabnet_node_events_after(pub, 0, 10, &out));
+    EXPECT(CRABNET_STATUS_STOPPED, crabnet_node_peers(pub, &out));
+    EXPECT(CRABNET_STATUS_STOPPED, crabnet_node_wait_for_peers(pub, 0, 10, &out));
     EXPECT(CRABNET_STATUS_STOPPED, crabnet_node_settle(pub, id, false, "", &out));
     EXPECT_ERR(CRABNET_STATUS_STOPPED, "stopped", crabnet_node_subscribe(pub, never_called, NULL, &sub));
     CHECK(out == SENTINEL && sub == 99);

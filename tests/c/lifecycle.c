@@ -36,6 +36,21 @@ int main(void) {
     crabnet_hub_free(hub);
     member *alice = &m[0];
 
+    /* Each node verifies the others' hellos. */
+    for (int i = 0; i < 3; i++) {
+        char *peers = NULL;
+        OK(crabnet_node_wait_for_peers(m[i].node, 2, 20000, &peers));
+        crabnet_string_free(peers);
+        OK(crabnet_node_peers(m[i].node, &peers));
+        char *name0 = json_str(peers, "/0/name"), *name1 = json_str(peers, "/1/name");
+        CHECK(strcmp(name0, m[i].name) != 0 && strcmp(name1, m[i].name) != 0);
+        CHECK(strcmp(name0, name1) != 0);
+        CHECK(json_u64(peers, "/0/last_seen") >= json_u64(peers, "/0/first_seen"));
+        crabnet_string_free(name0);
+        crabnet_string_free(name1);
+        crabnet_string_free(peers);
+    }
+
     /* Publish, with a command that needs JSON escaping. */
     char *command = NULL;
     OK(crabnet_json_quote("echo \"crabnet C test\"; echo $((6 * 7))", &command));

@@ -49,6 +49,14 @@ int main(void) {
     CHECK(c == NULL);
     crabnet_config_free(config);
 
+    char *peers = NULL;
+    OK(crabnet_node_wait_for_peers(a, 1, 20000, &peers));
+    CHECK(json_str_eq(peers, "/0/name", "udp-b"));
+    crabnet_string_free(peers);
+    OK(crabnet_node_wait_for_peers(b, 1, 20000, &peers));
+    CHECK(json_str_eq(peers, "/0/name", "udp-a"));
+    crabnet_string_free(peers);
+
     char *seed = NULL;
     OK(crabnet_node_publish(a, "{\"command\": \"echo over-udp\", \"max_bids\": 1}", &seed));
     char *id = json_str(seed, "/seed/id");
