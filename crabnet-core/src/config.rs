@@ -36,6 +36,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Network timing.
     pub network: NetworkConfig,
+    /// The monitoring HTTP API and dashboard.
+    pub web: crate::web::WebConfig,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             events: EventsConfig::default(),
             network: NetworkConfig::default(),
+            web: crate::web::WebConfig::default(),
         }
     }
 }
@@ -205,6 +208,7 @@ impl Config {
                 crate::envelope::MAX_ENVELOPE_BYTES
             ));
         }
+        self.web.validate()?;
         if self.runner.max_output_bytes > crate::model::limits::MAX_EXCERPT_BYTES {
             return bad(format!(
                 "runner.max_output_bytes must be at most {}",

@@ -36,6 +36,7 @@ pub mod runner;
 pub mod state;
 pub mod store;
 pub mod sync;
+pub mod web;
 
 pub use config::Config;
 pub use embed::{BlockingNode, BlockingSubscription, NetworkSpec};

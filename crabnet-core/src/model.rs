@@ -6,6 +6,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::{Error, ErrorKind};
 
@@ -15,7 +16,7 @@ pub type Millis = u64;
 macro_rules! hex_id {
     ($(#[$doc:meta])* $name:ident, $bytes:expr) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
@@ -145,7 +146,7 @@ pub mod limits {
 }
 
 /// A task offered to the network: a shell command with a price range and a bid window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Seed {
     /// Seed identifier.
     pub id: SeedId,
@@ -250,7 +251,7 @@ impl Seed {
 }
 
 /// An offer to run a seed for a price.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Bid {
     /// Bid identifier.
     pub id: BidId,
@@ -286,7 +287,7 @@ pub struct Claim {
 }
 
 /// What running a seed's command produced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TaskResult {
     /// The seed that was run.
     pub seed_id: SeedId,
@@ -344,7 +345,7 @@ impl TaskResult {
 }
 
 /// How the publisher judged a result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SettlementOutcome {
     /// The result is accepted and the winning price is due.
@@ -354,7 +355,7 @@ pub enum SettlementOutcome {
 }
 
 /// The publisher's final word on a completed seed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Settlement {
     /// The settled seed.
     pub seed_id: SeedId,
@@ -374,7 +375,9 @@ pub struct Cancellation {
 }
 
 /// Lifecycle status of a seed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SeedStatus {
     /// Accepting bids, or awarded and waiting for the winner's claim.
@@ -494,7 +497,9 @@ impl Body {
 }
 
 /// Message kinds, in the order the state machine applies them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
     /// See [`Body::SeedCreated`].

@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+use utoipa::ToSchema;
 
 use crate::model::SettlementOutcome;
 use crate::model::{BidId, MessageId, MessageKind, Millis, NodeId, SeedId, SeedStatus};
 use crate::state::Violation;
 
 /// One event with its sequence number and time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// Position in the node's event log (1, 2, ...); 0 for notices that are not logged.
     pub seq: u64,
@@ -30,7 +31,9 @@ pub struct Event {
 }
 
 /// Why a remote message was rejected; each reason has a counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
     /// It could not be decoded or its fields are invalid.
@@ -71,7 +74,7 @@ impl RejectReason {
 }
 
 /// What happened.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EventKind {

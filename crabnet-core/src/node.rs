@@ -603,7 +603,10 @@ impl Node {
         .await;
         let id = seed.id.clone();
         self.blocking(move |n| {
-            let ended = n.with_store(|s| s.end_run(&id));
+            let ended = n.with_store(|s| {
+                s.end_run(&id)?;
+                s.count(run_counter(&outcome))
+            });
             let outcome = outcome.map_err(|e| {
                 Error::with_source(ErrorKind::Runner, format!("cannot run seed {id}: {e}"), e)
             })?;
@@ -694,6 +697,27 @@ impl Node {
     pub async fn seeds(&self, status: Option<SeedStatus>) -> Result<Vec<SeedView>> {
         self.blocking(move |n| lock(&n.inner.store).seeds(status, usize::MAX))
             .await
+    }
+
+    /// The newest `limit` seeds known here, optionally only those with `status`.
+    pub async fn recent_seeds(
+        &self,
+        status: Option<SeedStatus>,
+        limit: usize,
+    ) -> Result<Vec<SeedView>> {
+        self.blocking(move |n| lock(&n.inner.store).seeds(status, limit))
+            .await
+    }
+
+    /// The name of the transport the node runs on (`memory`, `udp`, `dht`), if any.
+    pub fn transport_name(&self) -> Option<&str> {
+        self.inner.transport_name.as_deref()
+    }
+
+    /// Starts the monitoring HTTP API and dashboard of this node (see [`crate::web`]); it
+    /// runs until the returned handle is shut down or dropped.
+    pub async fn serve_web(&self, config: crate::web::WebConfig) -> Result<crate::web::WebHandle> {
+        crate::web::serve(self.clone(), config).await
     }
 
     /// A summary of the node.
@@ -1377,6 +1401,18 @@ impl Node {
             })
         })
         .await;
+    }
+}
+
+/// The counter a run's outcome bumps (shown by `/metrics` as runner outcomes).
+fn run_counter(
+    outcome: &std::result::Result<runner::RunOutcome, runner::RunnerError>,
+) -> &'static str {
+    match outcome {
+        Err(_) => "runs.errored",
+        Ok(o) if o.timed_out => "runs.timed_out",
+        Ok(o) if o.success() => "runs.succeeded",
+        Ok(_) => "runs.failed",
     }
 }
 

@@ -14,6 +14,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::model::{
     Award, Bid, BidId, Body, Message, MessageId, MessageKind, Millis, NodeId, Seed, SeedId,
@@ -21,7 +22,7 @@ use crate::model::{
 };
 
 /// Why a message was not applied (yet), or why a local operation is refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, ToSchema)]
 #[serde(tag = "rule", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Violation {
@@ -170,7 +171,7 @@ pub enum Violation {
 }
 
 /// An operation on a seed, for error messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Place a bid.
@@ -219,7 +220,7 @@ pub enum Verdict {
 }
 
 /// A bid as part of a seed's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BidView {
     /// The bid.
     #[serde(flatten)]
@@ -229,7 +230,7 @@ pub struct BidView {
 }
 
 /// The publisher's award as part of a seed's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AwardView {
     /// The bids taken into account.
     pub considered: Vec<BidId>,
@@ -244,7 +245,7 @@ pub struct AwardView {
 }
 
 /// The claim as part of a seed's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClaimView {
     /// The claiming node.
     pub claimer: NodeId,
@@ -255,7 +256,7 @@ pub struct ClaimView {
 }
 
 /// The settlement as part of a seed's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SettlementView {
     /// The settlement.
     #[serde(flatten)]
@@ -265,7 +266,7 @@ pub struct SettlementView {
 }
 
 /// Everything known about one seed: the result of [`fold`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SeedView {
     /// The seed as published.
     pub seed: Seed,

@@ -1,0 +1,343 @@
+//! `/metrics`: the node's counters and gauges in the Prometheus text format (version 0.0.4),
+//! plus the latency of the store queries this API issues.
+
+use std::fmt::Write;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::model::SeedStatus;
+use crate::node::Overview;
+
+use super::api::REJECT_REASONS;
+
+/// Store queries the API issues, timed separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Query {
+    Overview,
+    Seeds,
+    Seed,
+    Peers,
+    Events,
+}
+
+impl Query {
+    const ALL: [Query; 5] = [
+        Query::Overview,
+        Query::Seeds,
+        Query::Seed,
+        Query::Peers,
+        Query::Events,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Query::Overview => "overview",
+            Query::Seeds => "seeds",
+            Query::Seed => "seed",
+            Query::Peers => "peers",
+            Query::Events => "events",
+        }
+    }
+}
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Non-cumulative counts per bucket; the last one is +Inf.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, seconds: f64) {
+        let i = BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Measurements of the web layer itself.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    store: [Histogram; Query::ALL.len()],
+    streams_open: AtomicU64,
+}
+
+impl Metrics {
+    /// Runs a store query and records how long it took (including the wait for the store).
+    pub(crate) async fn timed<T>(&self, query: Query, f: impl Future<Output = T>) -> T {
+        let start = Instant::now();
+        let out = f.await;
+        self.store[query as usize].observe(start.elapsed().as_secs_f64());
+        out
+    }
+
+    /// Counts an open event stream until the guard is dropped.
+    pub(crate) fn stream_opened(self: &std::sync::Arc<Self>) -> StreamGuard {
+        self.streams_open.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone())
+    }
+}
+
+/// Counts one open event stream.
+pub(crate) struct StreamGuard(std::sync::Arc<Metrics>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Escapes a label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            let parts: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+                .collect();
+            let _ = write!(self.0, "{{{}}}", parts.join(","));
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// The whole exposition.
+pub(crate) fn render(overview: &Overview, metrics: &Metrics) -> String {
+    let mut out = Out(String::new());
+    let counter = |name: &str| overview.counters.get(name).copied().unwrap_or(0);
+
+    out.family(
+        "crabnet_node_info",
+        "gauge",
+        "The node's identity; the value is always 1.",
+    );
+    out.sample(
+        "crabnet_node_info",
+        &[
+            ("node_id", overview.node_id.as_str()),
+            ("name", &overview.name),
+            ("transport", overview.transport.as_deref().unwrap_or("none")),
+            ("version", env!("CARGO_PKG_VERSION")),
+        ],
+        1,
+    );
+
+    out.family(
+        "crabnet_messages_accepted_total",
+        "counter",
+        "Remote messages accepted and applied to a seed's state.",
+    );
+    out.sample(
+        "crabnet_messages_accepted_total",
+        &[],
+        counter("messages.accepted"),
+    );
+    out.family(
+        "crabnet_messages_deferred_total",
+        "counter",
+        "Remote messages stored to take effect once the message they depend on arrives.",
+    );
+    out.sample(
+        "crabnet_messages_deferred_total",
+        &[],
+        counter("messages.deferred"),
+    );
+    out.family(
+        "crabnet_messages_rejected_total",
+        "counter",
+        "Remote messages rejected, by reason.",
+    );
+    for reason in REJECT_REASONS {
+        let r = reason.as_str();
+        out.sample(
+            "crabnet_messages_rejected_total",
+            &[("reason", r)],
+            counter(&format!("rejected.{r}")),
+        );
+    }
+    out.family(
+        "crabnet_envelopes_sent_total",
+        "counter",
+        "Envelopes of this node's own messages handed to the transport.",
+    );
+    out.sample(
+        "crabnet_envelopes_sent_total",
+        &[],
+        counter("messages.sent"),
+    );
+
+    out.family(
+        "crabnet_seeds",
+        "gauge",
+        "Seeds known to this node, by status.",
+    );
+    for status in SeedStatus::ALL {
+        let n = overview.seeds_by_status.get(&status).copied().unwrap_or(0);
+        out.sample("crabnet_seeds", &[("status", status.as_str())], n);
+    }
+
+    out.family(
+        "crabnet_runner_outcomes_total",
+        "counter",
+        "Tasks this node ran, by outcome (error: the command could not be run).",
+    );
+    for (outcome, name) in [
+        ("success", "runs.succeeded"),
+        ("failure", "runs.failed"),
+        ("timeout", "runs.timed_out"),
+        ("error", "runs.errored"),
+    ] {
+        out.sample(
+            "crabnet_runner_outcomes_total",
+            &[("outcome", outcome)],
+            counter(name),
+        );
+    }
+
+    out.family(
+        "crabnet_peers",
+        "gauge",
+        "Peers whose signed hello this node verified.",
+    );
+    out.sample("crabnet_peers", &[], overview.peers);
+    out.family(
+        "crabnet_outbox_pending",
+        "gauge",
+        "Messages of this node waiting to be sent.",
+    );
+    out.sample("crabnet_outbox_pending", &[], overview.outbox_pending);
+    out.family(
+        "crabnet_events_recorded_total",
+        "counter",
+        "Events recorded in the node's durable log (the latest sequence number).",
+    );
+    out.sample(
+        "crabnet_events_recorded_total",
+        &[],
+        overview.last_event_seq,
+    );
+    out.family(
+        "crabnet_node_counter_total",
+        "counter",
+        "Every counter of the node's store, by its name.",
+    );
+    for (name, value) in &overview.counters {
+        out.sample("crabnet_node_counter_total", &[("name", name)], value);
+    }
+
+    out.family(
+        "crabnet_store_query_duration_seconds",
+        "histogram",
+        "Latency of the store queries this monitoring API issued, by query, including the \
+         wait for the store lock and a blocking thread.",
+    );
+    for query in Query::ALL {
+        let h = &metrics.store[query as usize];
+        let mut cumulative = 0;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            cumulative += h.buckets[i].load(Ordering::Relaxed);
+            out.sample(
+                "crabnet_store_query_duration_seconds_bucket",
+                &[("query", query.name()), ("le", &le.to_string())],
+                cumulative,
+            );
+        }
+        cumulative += h.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        out.sample(
+            "crabnet_store_query_duration_seconds_bucket",
+            &[("query", query.name()), ("le", "+Inf")],
+            cumulative,
+        );
+        out.sample(
+            "crabnet_store_query_duration_seconds_sum",
+            &[("query", query.name())],
+            h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        );
+        out.sample(
+            "crabnet_store_query_duration_seconds_count",
+            &[("query", query.name())],
+            h.count.load(Ordering::Relaxed),
+        );
+    }
+
+    out.family(
+        "crabnet_web_event_streams",
+        "gauge",
+        "Event streams (server-sent events) open now.",
+    );
+    out.sample(
+        "crabnet_web_event_streams",
+        &[],
+        metrics.streams_open.load(Ordering::Relaxed),
+    );
+    out.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_labels_escaped() {
+        let m = Metrics::default();
+        m.store[Query::Seed as usize].observe(0.0001);
+        m.store[Query::Seed as usize].observe(0.003);
+        m.store[Query::Seed as usize].observe(10.0);
+        let overview = Overview {
+            node_id: crate::model::NodeId::from_bytes([7; 32]),
+            name: "a \"quoted\"\nname\\".into(),
+            data_dir: "/tmp".into(),
+            transport: None,
+            seeds_by_status: Default::default(),
+            outbox_pending: 0,
+            counters: Default::default(),
+            last_event_seq: 0,
+            state_digest: String::new(),
+            peers: 0,
+            addresses: Vec::new(),
+        };
+        let text = render(&overview, &m);
+        assert!(text.contains(r#"name="a \"quoted\"\nname\\""#), "{text}");
+        let bucket = |le: &str| {
+            let prefix = format!(
+                "crabnet_store_query_duration_seconds_bucket{{query=\"seed\",le=\"{le}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no bucket {le}\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(bucket("0.0005"), "1");
+        assert_eq!(bucket("0.005"), "2");
+        assert_eq!(bucket("2.5"), "2");
+        assert_eq!(bucket("+Inf"), "3");
+        assert!(text.contains("crabnet_store_query_duration_seconds_count{query=\"seed\"} 3"));
+    }
+}

@@ -1,0 +1,279 @@
+//! The monitoring HTTP API and live dashboard: read-only queries on a [`Node`] and its event
+//! stream, served by axum.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | liveness, store and transport status (never needs the token) |
+//! | `GET /api/overview` | node identity, seed counts, recent seeds, peers, rejection counters |
+//! | `GET /api/events` | durable events, paged (`since`, `limit`, `kind`), oldest first |
+//! | `GET /api/events/stream` | the same events live, as server-sent events |
+//! | `GET /api/topology` | this node, its peers (key fingerprints, last seen) and the links |
+//! | `GET /api/seeds`, `GET /api/seeds/{id}` | seeds, newest first; one seed in full |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /api/openapi.json` | the OpenAPI document, generated from the handlers |
+//! | `GET /`, `GET /assets/{file}` | the dashboard (any other path outside `/api/` serves it too) |
+//!
+//! The server binds `127.0.0.1:7980` by default. Binding a non-loopback address needs a bearer
+//! token ([`WebConfig::token`]); with a token every route but `/health` requires
+//! `Authorization: Bearer TOKEN` (or the cookie that `/?token=TOKEN` sets for browsers).
+//! Without a token only loopback `Host` headers are accepted, so a web page elsewhere cannot
+//! read the API through DNS rebinding. Only `GET` and `HEAD` are served (405 otherwise);
+//! malformed paths, query values and request bodies get a 400 with a JSON error.
+//!
+//! ```no_run
+//! # async fn demo(node: crabnet_core::Node) -> crabnet_core::Result<()> {
+//! use crabnet_core::web::{self, WebConfig};
+//! let handle = web::serve(node, WebConfig::local(0)).await?;
+//! println!("dashboard at {}", handle.url());
+//! handle.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod api;
+mod assets;
+mod http;
+mod metrics;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::node::Node;
+
+pub use api::openapi;
+
+/// The port the monitoring API binds by default (on 127.0.0.1).
+pub const DEFAULT_PORT: u16 = 7980;
+
+/// Shortest accepted bearer token, in characters.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// Settings of the monitoring HTTP API (config section `[web]`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Whether `crabnet listen` serves the API (the CLI's `--no-http` turns it off).
+    pub enabled: bool,
+    /// Address to bind; port 0 picks a free port. Non-loopback addresses need [`Self::token`].
+    pub bind: SocketAddr,
+    /// Bearer token; when set, every route but `/health` requires it. At least
+    /// [`MIN_TOKEN_CHARS`] characters: letters, digits and `-._~+/=`.
+    pub token: Option<String>,
+    /// A directory whose files replace the embedded dashboard assets of the same name
+    /// (`index.html`, `app.js`, `style.css`, `favicon.svg`), read on every request.
+    pub assets_dir: Option<PathBuf>,
+    /// Most event streams (`/api/events/stream`) open at once; more get a 503.
+    pub max_streams: usize,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: true,
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT),
+            token: None,
+            assets_dir: None,
+            max_streams: 32,
+        }
+    }
+}
+
+impl std::fmt::Debug for WebConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfig")
+            .field("enabled", &self.enabled)
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("assets_dir", &self.assets_dir)
+            .field("max_streams", &self.max_streams)
+            .finish()
+    }
+}
+
+impl WebConfig {
+    /// Defaults, bound to `127.0.0.1:port`.
+    pub fn local(port: u16) -> Self {
+        WebConfig {
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            ..WebConfig::default()
+        }
+    }
+
+    /// Checks the token's form, that a non-loopback bind has a token, and the stream limit.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::new(ErrorKind::Config, m));
+        if let Some(token) = &self.token {
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                return bad(format!(
+                    "web.token must have at least {MIN_TOKEN_CHARS} characters"
+                ));
+            }
+            if !token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._~+/=".contains(c))
+            {
+                return bad("web.token may only contain letters, digits and - . _ ~ + / =".into());
+            }
+        }
+        if !self.bind.ip().is_loopback() && self.token.is_none() {
+            return bad(format!(
+                "the monitoring API may bind {} (not a loopback address) only with a bearer token: \
+                 set `token` in the [web] section of the config (at least {MIN_TOKEN_CHARS} \
+                 characters), or bind 127.0.0.1",
+                self.bind
+            ));
+        }
+        if self.max_streams == 0 {
+            return bad("web.max_streams must be at least 1".into());
+        }
+        if let Some(dir) = &self.assets_dir
+            && dir.as_os_str().is_empty()
+        {
+            return bad("web.assets_dir must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// Shared by every request of one server.
+pub(crate) struct AppState {
+    pub(crate) node: Node,
+    pub(crate) token: Option<String>,
+    pub(crate) assets_dir: Option<PathBuf>,
+    pub(crate) streams: Arc<Semaphore>,
+    pub(crate) max_streams: usize,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Keeps `shutdown` open for a router without a server (never signalled).
+    _keep_open: Option<watch::Sender<bool>>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
+}
+
+/// The API and dashboard as an axum [`Router`](axum::Router), for embedders that mount it in
+/// their own server. [`serve`] is the usual way to run it. Event streams of this router end
+/// when the client leaves or the node stops.
+pub fn router(node: Node, config: &WebConfig) -> Result<axum::Router> {
+    config.validate()?;
+    let (tx, rx) = watch::channel(false);
+    Ok(build(node, config, rx, Some(tx)))
+}
+
+fn build(
+    node: Node,
+    config: &WebConfig,
+    shutdown: watch::Receiver<bool>,
+    keep_open: Option<watch::Sender<bool>>,
+) -> axum::Router {
+    let state = Arc::new(AppState {
+        node,
+        token: config.token.clone(),
+        assets_dir: config.assets_dir.clone(),
+        streams: Arc::new(Semaphore::new(config.max_streams)),
+        max_streams: config.max_streams,
+        shutdown,
+        _keep_open: keep_open,
+        metrics: Arc::default(),
+    });
+    http::wrap(api::routes(state.clone()), state)
+}
+
+/// Starts serving the API and dashboard of `node` on `config.bind` (in the current tokio
+/// runtime). Fails with [`ErrorKind::Config`] for an invalid config (e.g. a non-loopback bind
+/// without token) and [`ErrorKind::Io`] when the address cannot be bound.
+pub async fn serve(node: Node, config: WebConfig) -> Result<WebHandle> {
+    config.validate()?;
+    if let Some(dir) = &config.assets_dir
+        && !dir.is_dir()
+    {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("web.assets_dir {} is not a directory", dir.display()),
+        ));
+    }
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::Io,
+                format!(
+                    "cannot bind the monitoring API to {}: {e} (choose another address with \
+                     --http ADDR, or turn it off with --no-http)",
+                    config.bind
+                ),
+                e,
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = watch::channel(false);
+    let app = build(node, &config, rx.clone(), None);
+    let mut stop = rx;
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    Ok(WebHandle {
+        addr,
+        shutdown: tx,
+        task: Some(task),
+    })
+}
+
+/// A running monitoring server. Dropping it stops the server (without waiting);
+/// [`WebHandle::shutdown`] stops it and waits.
+#[derive(Debug)]
+pub struct WebHandle {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl WebHandle {
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The dashboard's URL, e.g. `http://127.0.0.1:7980/`.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Stops accepting connections, ends the event streams, and waits (at most 5 s) for open
+    /// requests to finish.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.shutdown.send_replace(true);
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(Error::with_source(
+                ErrorKind::Io,
+                format!("the monitoring API failed: {e}"),
+                e,
+            )),
+            Ok(Err(e)) => Err(Error::new(
+                ErrorKind::Internal,
+                format!("the monitoring API task failed: {e}"),
+            )),
+            Err(_) => {
+                task.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for WebHandle {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+    }
+}
