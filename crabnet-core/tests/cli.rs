@@ -171,7 +171,8 @@ impl Sandbox {
         let mut cmd = self.command();
         cmd.arg("--data-dir")
             .arg(dir)
-            .args(["listen", "--transport", "udp", "--bind", bind]);
+            .args(["listen", "--transport", "udp", "--bind", bind])
+            .args(["--http", "127.0.0.1:0"]);
         for p in peers {
             cmd.args(["--peer", p]);
         }

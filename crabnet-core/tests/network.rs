@@ -340,6 +340,7 @@ impl Net {
             "udp",
             "--bind",
             &node.addr,
+            "--no-http",
         ]);
         for &p in peers {
             cmd.args(["--peer", &self.nodes[p].addr]);

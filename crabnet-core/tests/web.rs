@@ -1,6 +1,6 @@
 //! The monitoring HTTP API: every route against the generated OpenAPI document, the shared
-//! rules (token, hosts, methods, bodies, 404s), bad queries, the live stream and a real
-//! listener.
+//! rules (token, hosts, methods, bodies, 404s), bad queries, the live stream, a real listener,
+//! and the CLI's `listen --http` / `demo --serve`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
+const BIN: &str = env!("CARGO_BIN_EXE_crabnet");
 const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A demo network (alice publishes, bob and carol bid) after one whole lifecycle.
@@ -1169,4 +1170,166 @@ async fn the_assets_directory_overrides_embedded_files() {
     std::fs::write(dir.path().join("app.js"), "// mine").unwrap();
     assert_eq!(get(&app, "/assets/app.js").await.text(), "// mine");
     f.net.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI
+
+/// A child process killed on drop, with its stdout lines collected by a thread.
+struct Child {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Child {
+    fn spawn(args: &[&str], data_dir: &std::path::Path) -> Child {
+        let mut child = std::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("CRABNET_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Child {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`.
+    fn line_with(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!("no line with {needle:?}; got:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn interrupt_and_wait(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the process ignores SIGINT");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address in a line like `dashboard http://127.0.0.1:PORT/ ...`.
+fn url_addr(line: &str) -> SocketAddr {
+    let start = line.find("http://").unwrap() + "http://".len();
+    let rest = &line[start..];
+    rest[..rest.find('/').unwrap()].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_listen_serves_the_dashboard_unless_told_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let mut listener = Child::spawn(
+        &["listen", "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+        &data,
+    );
+    let line = listener.line_with("dashboard http://");
+    let addr = url_addr(&line);
+    let (status, _, body) = http(addr, &get_head("/health", &addr.to_string())).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = http(addr, &get_head("/", &addr.to_string())).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<title>Crabnet"));
+    // A seed published by another CLI process on the same data directory is seen.
+    let out = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["seed", "publish", "--command", "echo from cli"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (status, _, body) = http(addr, &get_head(&format!("/api/seeds/{id}"), "localhost")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(listener.interrupt_and_wait().success());
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+
+    // --no-http: no dashboard line, no server.
+    let mut quiet = Child::spawn(&["listen", "--bind", "127.0.0.1:0", "--no-http"], &data);
+    quiet.line_with("listening on udp");
+    assert!(quiet.interrupt_and_wait().success());
+    assert!(
+        !quiet.seen.iter().any(|l| l.contains("http://")),
+        "{:?}",
+        quiet.seen
+    );
+
+    // A public bind without a token is refused before anything runs.
+    let out = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["listen", "--bind", "127.0.0.1:0", "--http", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("token") && stderr.contains("0.0.0.0"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_demo_serve_keeps_serving_until_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = Child::spawn(&["demo", "--serve", "--http", "127.0.0.1:0"], dir.path());
+    let line = demo.line_with("dashboard http://");
+    let addr = url_addr(&line);
+    let data_line = demo.line_with("--data-dir");
+    assert!(data_line.contains("alice"), "{data_line}");
+    let (status, _, body) = http(addr, &get_head("/api/overview", &addr.to_string())).await;
+    assert_eq!(status, 200, "{body}");
+    let o: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(o["node"]["name"], "alice");
+    assert_eq!(o["seeds_by_status"]["settled"], 1);
+    assert_eq!(o["peers"].as_array().unwrap().len(), 2);
+    // Still serving a moment later: the demo network keeps running.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _, body) = http(addr, &get_head("/health", &addr.to_string())).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"running\":true"), "{body}");
+    assert!(demo.interrupt_and_wait().success());
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

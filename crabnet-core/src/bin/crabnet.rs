@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crabnet_core::clock::format_ms;
 use crabnet_core::demo::{self, DemoOptions};
 use crabnet_core::network::{DhtConfig, UdpConfig, UdpTransport};
+use crabnet_core::web::{WebConfig, WebHandle};
 use crabnet_core::{
     Config, Error, ErrorKind, Event, Node, NodeId, PublishRequest, SeedId, SeedStatus, SeedView,
 };
@@ -89,6 +90,20 @@ struct ListenArgs {
     /// dht: UDP fallback peers (IP:PORT, repeatable).
     #[arg(long, value_name = "ADDR")]
     udp_peer: Vec<SocketAddr>,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+#[derive(Args, Debug)]
+struct HttpArgs {
+    /// Serve the monitoring API and dashboard on this address (default: web.bind from the
+    /// config, 127.0.0.1:7980; port 0 picks a free port). Non-loopback addresses need
+    /// web.token in the config.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// Do not serve the monitoring API and dashboard.
+    #[arg(long, conflicts_with = "http")]
+    no_http: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -195,6 +210,14 @@ struct DemoArgs {
     /// Keep the nodes' data directories (printed at the end).
     #[arg(long)]
     keep: bool,
+    /// After the lifecycle, keep the network running and serve the first node's dashboard
+    /// until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+    /// With --serve: the dashboard's address (default 127.0.0.1:7980; port 0 picks a free
+    /// port).
+    #[arg(long, value_name = "ADDR", requires = "serve")]
+    http: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -655,6 +678,13 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
             Node::start_with_dht(config, dht).await?
         }
     };
+    let web = match start_web(&node, &args.http).await {
+        Ok(web) => web,
+        Err(e) => {
+            let _ = node.stop().await;
+            return Err(e);
+        }
+    };
     let overview = node.overview().await?;
     let transport = overview.transport.unwrap_or_default();
     let local = match args.transport {
@@ -667,15 +697,19 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
             .unwrap_or_else(|| args.bind.to_string()),
         TransportArg::Dht => args.bind.to_string(),
     };
+    let http = web.as_ref().map(|w| w.local_addr().to_string());
     if json {
-        print_json(
-            &serde_json::json!({"node_id": node.id(), "transport": transport, "bind": local}),
-        );
+        print_json(&serde_json::json!({
+            "node_id": node.id(), "transport": transport, "bind": local, "http": http,
+        }));
     } else {
         println!(
             "node {} listening on {transport} {local} (Ctrl-C to stop)",
             node.id()
         );
+        if let Some(web) = &web {
+            println!("dashboard {}", web.url());
+        }
     }
     let mut sub = node.subscribe();
     loop {
@@ -687,7 +721,22 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
             }
         }
     }
+    if let Some(web) = web {
+        web.shutdown().await?;
+    }
     node.stop().await
+}
+
+/// Starts the monitoring API for `crabnet listen` unless it is turned off.
+async fn start_web(node: &Node, args: &HttpArgs) -> Result<Option<WebHandle>, Error> {
+    let mut config = node.config().web.clone();
+    if args.no_http || (!config.enabled && args.http.is_none()) {
+        return Ok(None);
+    }
+    if let Some(bind) = args.http {
+        config.bind = bind;
+    }
+    node.serve_web(config).await.map(Some)
 }
 
 async fn run_demo(args: &DemoArgs, json: bool) -> Result<(), Error> {
@@ -702,6 +751,9 @@ async fn run_demo(args: &DemoArgs, json: bool) -> Result<(), Error> {
             println!("{line}");
         }
     };
+    if args.serve {
+        return serve_demo(args, &opts, json).await;
+    }
     let report = demo::run(&opts, &mut say).await?;
     if json {
         print_json(&serde_json::json!({
@@ -733,4 +785,59 @@ async fn run_demo(args: &DemoArgs, json: bool) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// `crabnet demo --serve`: runs the lifecycle, then keeps the network up and serves the
+/// first node's dashboard until Ctrl-C.
+async fn serve_demo(args: &DemoArgs, opts: &DemoOptions, json: bool) -> Result<(), Error> {
+    let net = demo::DemoNetwork::start(opts).await?;
+    let served = serve_demo_network(&net, args, opts, json).await;
+    let stopped = net.stop().await;
+    if !opts.keep {
+        let _ = std::fs::remove_dir_all(&net.base_dir);
+    }
+    served?;
+    stopped
+}
+
+async fn serve_demo_network(
+    net: &demo::DemoNetwork,
+    args: &DemoArgs,
+    opts: &DemoOptions,
+    json: bool,
+) -> Result<(), Error> {
+    let mut say = |line: String| {
+        if !json {
+            println!("{line}");
+        }
+    };
+    let seed = demo::run_lifecycle(net, opts, &mut say).await?;
+    let (name, node) = &net.nodes[0];
+    let config = WebConfig {
+        bind: args.http.unwrap_or(WebConfig::default().bind),
+        ..WebConfig::default()
+    };
+    let web = node.serve_web(config).await?;
+    let data_dir = net.base_dir.join(name);
+    if json {
+        print_json(&serde_json::json!({
+            "seed": seed,
+            "http": web.local_addr().to_string(),
+            "node": name,
+            "data_dir": data_dir,
+        }));
+    } else {
+        println!();
+        println!("seed {} is {} on every node", seed.seed.id, seed.status);
+        println!("dashboard {} (node {name}; Ctrl-C to stop)", web.url());
+        println!(
+            "publish more: crabnet --data-dir {} seed publish --command 'echo hi'",
+            data_dir.display()
+        );
+    }
+    // Keep stdout flowing for scripts that read it through a pipe.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tokio::signal::ctrl_c().await?;
+    web.shutdown().await
 }
