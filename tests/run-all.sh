@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Crabnet test suite: formatting, lints, and the Rust unit, property, integration,
-# CLI, crash and multi-process tests. Works on a fresh machine with the Rust toolchain.
+# CLI, crash and multi-process tests, the C ABI tests, and the dashboard's browser test. Works on
+# a fresh machine with the Rust toolchain and Node.js (the browser test installs Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,5 +21,8 @@ step "C ABI: header, examples, C tests under sanitizers and valgrind (tests/c/ru
 
 step "demo"
 cargo run --quiet --bin crabnet -- demo > /dev/null
+
+step "web dashboard in headless Chromium (tests/web/run.sh; installs chromium and playwright-core)"
+./tests/web/run.sh
 
 printf '\nall suites passed\n'
