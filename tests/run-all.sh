@@ -18,7 +18,9 @@ cargo test --workspace
 step "C ABI: header, examples, C tests under sanitizers and valgrind (tests/c/run.sh)"
 ./tests/c/run.sh
 
-step "demo"
+step "demo and Rust examples"
 cargo run --quiet --bin crabnet -- demo > /dev/null
+cargo run --quiet -p crabnet-core --example three_nodes > /dev/null
+cargo run --quiet -p crabnet-core --example blocking > /dev/null
 
 printf '\nall suites passed\n'
