@@ -6,7 +6,8 @@
 //!    they can.
 //!
 //! Run: `cargo bench -p crabnet-core --bench network` (release). Prints a Markdown table for
-//! BENCHMARKS.md. Traffic stays on 127.0.0.1.
+//! BENCHMARKS.md. `CRABNET_BENCH_SYNC=normal` runs the stores with `synchronous = NORMAL`.
+//! Traffic stays on 127.0.0.1.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +34,9 @@ fn config(dir: &std::path::Path, i: usize) -> Config {
     c.network.sync_interval_secs = 5;
     c.events.log_enabled = false;
     c.events.bus_capacity = 65_536;
+    if std::env::var("CRABNET_BENCH_SYNC").as_deref() == Ok("normal") {
+        c.store.sync = crabnet_core::store::SyncMode::Normal;
+    }
     c
 }
 
