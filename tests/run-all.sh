@@ -19,8 +19,10 @@ cargo test --workspace
 step "C ABI: header, examples, C tests under sanitizers and valgrind (tests/c/run.sh)"
 ./tests/c/run.sh
 
-step "demo"
+step "demo and Rust examples"
 cargo run --quiet --bin crabnet -- demo > /dev/null
+cargo run --quiet -p crabnet-core --example three_nodes > /dev/null
+cargo run --quiet -p crabnet-core --example blocking > /dev/null
 
 step "web dashboard in headless Chromium (tests/web/run.sh; installs chromium and playwright-core)"
 ./tests/web/run.sh
