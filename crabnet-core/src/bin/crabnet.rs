@@ -698,6 +698,7 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
         TransportArg::Dht => args.bind.to_string(),
     };
     let http = web.as_ref().map(|w| w.local_addr().to_string());
+    let mut ctrl_c = interrupt_handler();
     if json {
         print_json(&serde_json::json!({
             "node_id": node.id(), "transport": transport, "bind": local, "http": http,
@@ -714,7 +715,7 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
     let mut sub = node.subscribe();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut ctrl_c => break,
             e = sub.recv() => match e {
                 Some(e) => print_event(&e, json),
                 None => break,
@@ -725,6 +726,18 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
         web.shutdown().await?;
     }
     node.stop().await
+}
+
+/// A Ctrl-C future whose signal handler is installed now, so that a SIGINT sent as soon as the
+/// banner is printed stops the process gracefully instead of killing it.
+fn interrupt_handler() -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>>>>
+{
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    // The first poll registers the handler.
+    match futures::FutureExt::now_or_never(ctrl_c.as_mut()) {
+        None => ctrl_c,
+        Some(done) => Box::pin(std::future::ready(done)),
+    }
 }
 
 /// Starts the monitoring API for `crabnet listen` unless it is turned off.
@@ -819,6 +832,7 @@ async fn serve_demo_network(
     };
     let web = node.serve_web(config).await?;
     let data_dir = net.base_dir.join(name);
+    let ctrl_c = interrupt_handler();
     if json {
         print_json(&serde_json::json!({
             "seed": seed,
@@ -838,6 +852,6 @@ async fn serve_demo_network(
     // Keep stdout flowing for scripts that read it through a pipe.
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    tokio::signal::ctrl_c().await?;
+    ctrl_c.await?;
     web.shutdown().await
 }
