@@ -260,10 +260,15 @@ async function loadTopology() {
   const node = (x, y, r, cls, name, fingerprint, title, id) => {
     const group = svg("g", { class: "node", "data-node-id": id });
     group.append(svg("circle", { cx: x, cy: y, r, class: cls }));
-    // Labels go on the side away from the centre, clear of the links.
-    const above = y < cy - 1;
-    group.append(svg("text", { x, y: above ? y - r - 18 : y + r + 14 }, name));
-    group.append(svg("text", { x, y: above ? y - r - 6 : y + r + 26, class: "fp" }, fingerprint));
+    // Labels go where no link runs: beside the centre node, outside the peers.
+    if (cls === "self") {
+      group.append(svg("text", { x: x + r + 8, y: y - 2, class: "side" }, name));
+      group.append(svg("text", { x: x + r + 8, y: y + 12, class: "fp side" }, fingerprint));
+    } else {
+      const above = y < cy - 1;
+      group.append(svg("text", { x, y: above ? y - r - 18 : y + r + 14 }, name));
+      group.append(svg("text", { x, y: above ? y - r - 6 : y + r + 26, class: "fp" }, fingerprint));
+    }
     group.append(svg("title", {}, title));
     g.append(group);
   };
