@@ -3,6 +3,7 @@
 //! objects. Every call that may wait releases the GIL; waits that may last (event streams,
 //! `run`) wake up every [`SLICE`] to let Python handle signals such as Ctrl-C.
 
+use std::cell::Cell;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -71,10 +72,17 @@ fn seed_id(text: &str) -> PyResult<SeedId> {
     Python::attach(|py| SeedId::parse(text).py(py))
 }
 
+thread_local! {
+    /// Set while this thread runs an `on_event` callback.
+    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
 /// A running node (the Python class `crabnet.Node` wraps it).
 #[pyclass(module = "crabnet._crabnet", frozen)]
 pub struct NativeNode {
     node: Mutex<Option<Arc<BlockingNode>>>,
+    /// Held for the whole of a `stop`, so that every caller returns only once it is complete.
+    stopping: Mutex<()>,
     node_id: String,
     name: String,
     data_dir: String,
@@ -160,6 +168,7 @@ impl NativeNode {
         Ok(NativeNode {
             node_id: node.node().id().to_string(),
             node: Mutex::new(Some(Arc::new(node))),
+            stopping: Mutex::new(()),
             name,
             data_dir,
         })
@@ -190,12 +199,17 @@ impl NativeNode {
     }
 
     /// Stops the node: delivers the last events, ends listener delivery, then shuts down its
-    /// threads and closes its database (once no other call is still using it). Idempotent.
+    /// threads and closes its database (once no other call is still using it). Idempotent; a
+    /// concurrent caller returns when the stop is complete. From inside an `on_event`
+    /// callback it returns at once (delivery ends after that callback).
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(node) = lock(&self.node).take() else {
-            return Ok(());
-        };
-        py.detach(move || {
+        let in_callback = IN_CALLBACK.with(Cell::get);
+        py.detach(|| {
+            // Waiting for a stop in progress from a callback would wait for this very callback.
+            let _stopping = (!in_callback).then(|| lock(&self.stopping));
+            let Some(node) = lock(&self.node).take() else {
+                return Ok(());
+            };
             let stopped = node.stop();
             drop(node);
             stopped
@@ -290,12 +304,14 @@ impl NativeNode {
         let listener = Arc::new(move |event: &Event| {
             let json = serde_json::to_string(event);
             Python::attach(|py| {
+                IN_CALLBACK.with(|c| c.set(true));
                 let delivered = match &json {
                     Ok(json) => convert
                         .call1(py, (json.as_str(),))
                         .and_then(|event| callback.call1(py, (event,))),
                     Err(e) => Err(internal(format!("cannot encode an event: {e}"))),
                 };
+                IN_CALLBACK.with(|c| c.set(false));
                 if let Err(err) = delivered {
                     err.write_unraisable(py, Some(callback.bind(py)));
                 }

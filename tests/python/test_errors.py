@@ -67,7 +67,7 @@ def test_validation_errors(make_node: MakeNode) -> None:
         crabnet.Node(transport="memory")
     with pytest.raises(crabnet.ValidationError, match="timeout must be"):
         node.events(timeout=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(crabnet.ValidationError, match="unknown seed status .*expected one of open"):
         node.seeds("almost-done")
     with pytest.raises(TypeError):
         node.bid(seed, 1.5)  # type: ignore[arg-type]

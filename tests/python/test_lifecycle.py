@@ -181,6 +181,10 @@ def test_config_sources(tmp_path: Path) -> None:
         assert node.overview().data_dir == str(tmp_path / "d")
     with crabnet.Node(str(toml), name="renamed", data_dir=tmp_path / "e") as node:
         assert node.name == "renamed" and node.overview().data_dir == str(tmp_path / "e")
+    with crabnet.Node({"data_dir": tmp_path / "f", "runner": {"cpu_seconds": 1}}) as node:
+        assert node.overview().data_dir == str(tmp_path / "f")
+    with pytest.raises(TypeError, match="JSON-like or paths"):
+        crabnet.Node({"data_dir": object()})
 
 
 def test_udp_transport_on_loopback(make_node: MakeNode) -> None:

@@ -88,6 +88,12 @@ def _uint(name: str, value: object, limit: int = _U64) -> int:
     return value
 
 
+def _json_value(value: object) -> str:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)  # type: ignore[no-any-return]
+    raise TypeError(f"configuration values must be JSON-like or paths, got {value!r}")
+
+
 def _view(text: str) -> SeedView:
     return SeedView._from_json(json.loads(text))
 
@@ -122,7 +128,7 @@ class Node:
         if config is None:
             settings: Dict[str, Any] = {}
         elif isinstance(config, Mapping):
-            settings = json.loads(json.dumps(dict(config)))  # a deep, JSON-shaped copy
+            settings = json.loads(json.dumps(dict(config), default=_json_value))  # a deep copy
         elif isinstance(config, (str, os.PathLike)):
             settings = load_config(config)
         else:
@@ -295,7 +301,7 @@ class Node:
 
     def seeds(self, status: Optional[Union[SeedStatus, str]] = None) -> List[SeedView]:
         """The seeds known here, newest first, optionally only those with ``status``."""
-        wanted = None if status is None else str(SeedStatus(status))
+        wanted = status.value if isinstance(status, SeedStatus) else status
         return [SeedView._from_json(v) for v in json.loads(self._node().seeds(wanted))]
 
     def overview(self) -> Overview:
@@ -435,8 +441,12 @@ class EventStream:
                 self._pending = loop.run_in_executor(None, self._sub.recv, wait)
             # Shielded: if this coroutine is cancelled, the wait in progress is kept and its
             # event returned by the next call.
-            raw = await asyncio.shield(self._pending)
-            self._pending = None
+            pending = self._pending
+            try:
+                raw = await asyncio.shield(pending)
+            finally:
+                if pending.done():
+                    self._pending = None
             if raw is not None:
                 return Event._from_json_text(raw)
             if deadline is not None and loop.time() >= deadline:
