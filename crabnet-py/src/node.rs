@@ -419,3 +419,18 @@ impl NativeSubscription {
         py.detach(|| lock(&self.inner).is_none())
     }
 }
+
+impl Drop for NativeSubscription {
+    fn drop(&mut self) {
+        let sub = self
+            .inner
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(sub) = sub {
+            // It may hold the last handle on a stopped node's runtime, whose shutdown joins
+            // threads: not while holding the GIL.
+            Python::attach(|py| py.detach(move || drop(sub)));
+        }
+    }
+}
