@@ -3,8 +3,11 @@ blocking calls, Ctrl-C in blocking waits."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -157,3 +160,31 @@ def test_nodes_may_be_used_from_many_threads(trio: List[crabnet.Node]) -> None:
     assert errors == []
     assert len({s.id for s in seeds}) == 40
     assert eventually(lambda: len(carol.seeds()) == 40 and len(bob.seeds()) == 40, 10)
+
+
+def test_a_forgotten_node_is_stopped_when_collected(tmp_path: Path) -> None:
+    os_threads = os_thread_count()
+    node = crabnet.Node(data_dir=tmp_path / "n").start()
+    node.publish("true")
+    assert open_files_under(tmp_path)
+    del node
+    gc.collect()
+    assert eventually(lambda: os_thread_count() == os_threads)
+    assert open_files_under(tmp_path) == []
+
+
+def test_nodes_left_running_are_stopped_at_exit(tmp_path: Path) -> None:
+    script = (
+        "import crabnet, sys\n"
+        f"node = crabnet.Node(data_dir={str(tmp_path / 'n')!r}, hub=crabnet.MemoryHub()).start()\n"
+        "node.on_event(lambda e: print(e.type, flush=True))\n"
+        "node.publish('true')\n"
+        "print('exiting', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    assert lines[-1] == "node_stopped", done.stdout  # the last event reached the callback
+    assert "exiting" in done.stdout and done.stderr == ""
