@@ -16,6 +16,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "Rust tests"
 cargo test --workspace
 
+step "C ABI: header, examples, C tests under sanitizers and valgrind (tests/c/run.sh)"
+./tests/c/run.sh
+
 step "demo"
 cargo run --quiet --bin crabnet -- demo > /dev/null
 

@@ -6,6 +6,7 @@
 //! <data_dir>/
 //!   crabnet.db, crabnet.db-wal, crabnet.db-shm   SQLite database (state, events, outbox)
 //!   events.ndjson, events.ndjson.1, ...          event log with size-based rotation
+//!   identity.key                                 the node's secret keys (mode 0600)
 //!   listen.lock                                  held by the node that runs the network
 //!   work/                                        per-task working directories
 //!   config.toml                                  optional; read by the CLI when present
@@ -87,6 +88,17 @@ pub struct NetworkConfig {
     pub retry_base_ms: u64,
     /// Longest retry delay, in milliseconds.
     pub retry_max_ms: u64,
+    /// How long an envelope this node signs stays fresh, in seconds.
+    pub message_ttl_secs: u32,
+    /// How far a sender's clock may run ahead of ours, in seconds.
+    pub max_clock_skew_secs: u32,
+    /// How often the node announces itself with a hello, in seconds.
+    pub hello_interval_secs: u32,
+    /// How often the node sends its sync digest so peers can send what it lacks, in seconds.
+    pub sync_interval_secs: u32,
+    /// Largest envelope this node creates; operations whose message would be larger fail.
+    /// The default fits one UDP datagram.
+    pub max_envelope_bytes: usize,
 }
 
 impl Default for NetworkConfig {
@@ -95,6 +107,11 @@ impl Default for NetworkConfig {
             tick_ms: 250,
             retry_base_ms: 500,
             retry_max_ms: 60_000,
+            message_ttl_secs: 24 * 3600,
+            max_clock_skew_secs: 120,
+            hello_interval_secs: 30,
+            sync_interval_secs: 10,
+            max_envelope_bytes: 65_507,
         }
     }
 }
@@ -166,6 +183,28 @@ impl Config {
         {
             return bad("network.retry_base_ms must be at least 1 and at most retry_max_ms".into());
         }
+        let fresh_ms =
+            (self.network.message_ttl_secs as u64 + self.network.max_clock_skew_secs as u64) * 1000;
+        if self.store.seen_ttl_secs * 1000 < fresh_ms {
+            return bad(format!(
+                "store.seen_ttl_secs ({}) must cover network.message_ttl_secs + max_clock_skew_secs ({} s) so that replays are recognised",
+                self.store.seen_ttl_secs,
+                fresh_ms / 1000
+            ));
+        }
+        if self.network.message_ttl_secs == 0 || self.network.hello_interval_secs == 0 {
+            return bad(
+                "network.message_ttl_secs and hello_interval_secs must be at least 1".into(),
+            );
+        }
+        if self.network.max_envelope_bytes < 8 * 1024
+            || self.network.max_envelope_bytes > crate::envelope::MAX_ENVELOPE_BYTES
+        {
+            return bad(format!(
+                "network.max_envelope_bytes must be between 8192 and {}",
+                crate::envelope::MAX_ENVELOPE_BYTES
+            ));
+        }
         if self.runner.max_output_bytes > crate::model::limits::MAX_EXCERPT_BYTES {
             return bad(format!(
                 "runner.max_output_bytes must be at most {}",
@@ -188,6 +227,11 @@ impl Config {
     /// Parent of the per-task working directories.
     pub fn work_dir(&self) -> PathBuf {
         self.data_dir.join("work")
+    }
+
+    /// The node's key file.
+    pub fn identity_path(&self) -> PathBuf {
+        self.data_dir.join("identity.key")
     }
 
     /// The lock file held by a listening node.

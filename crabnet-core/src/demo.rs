@@ -99,6 +99,11 @@ impl DemoNetwork {
             let node = Node::start_with_transport(config, Box::new(hub.join(&name))).await?;
             nodes.push((name, node));
         }
+        // Nodes accept messages only from peers whose hello they verified.
+        for (_, node) in &nodes {
+            node.wait_for_peers(opts.nodes - 1, opts.step_timeout)
+                .await?;
+        }
         Ok(DemoNetwork {
             nodes,
             hub,
@@ -164,6 +169,7 @@ pub async fn run_lifecycle(
             bid_window_secs: 30,
             max_bids: bidders.len() as u32,
             timeout_secs: 30,
+            private_to: Vec::new(),
         })
         .await?;
     let id = seed.seed.id.clone();

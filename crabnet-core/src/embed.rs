@@ -13,7 +13,7 @@ use crate::demo::{DemoOptions, DemoReport};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{SeedId, SeedStatus};
 use crate::monitor::{Event, Subscription};
-use crate::network::{MemoryHub, Transport, UdpConfig, UdpTransport};
+use crate::network::{DhtConfig, MemoryHub, Transport, UdpConfig, UdpTransport};
 use crate::node::{Node, Overview, PublishRequest};
 use crate::state::SeedView;
 
@@ -84,6 +84,7 @@ impl BlockingNode {
                     let transport = UdpTransport::bind(udp)?;
                     Node::start_with_transport(config, Box::new(transport)).await
                 }
+                NetworkSpec::Dht(dht) => Node::start_with_dht(config, dht).await,
             }
         })?;
         Ok(Self::wrap(runtime, node))
@@ -237,6 +238,21 @@ impl BlockingNode {
         self.runtime.block_on(self.node.overview())
     }
 
+    /// See [`Node::peers`].
+    pub fn peers(&self) -> Result<Vec<crate::node::PeerInfo>> {
+        self.runtime.block_on(self.node.peers())
+    }
+
+    /// See [`Node::wait_for_peers`].
+    pub fn wait_for_peers(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<crate::node::PeerInfo>> {
+        self.runtime
+            .block_on(self.node.wait_for_peers(count, timeout))
+    }
+
     /// See [`Node::events_after`].
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         self.runtime.block_on(self.node.events_after(after, limit))
@@ -280,6 +296,8 @@ pub enum NetworkSpec {
     },
     /// UDP unicast to configured peers.
     Udp(UdpConfig),
+    /// libp2p (gossipsub, Kademlia, identify, request-response, optional mDNS).
+    Dht(DhtConfig),
 }
 
 /// Runs the demo network (see [`crate::demo::run`]) with a runtime of its own.

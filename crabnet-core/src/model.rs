@@ -131,8 +131,11 @@ pub mod limits {
     pub const MAX_DESCRIPTION_BYTES: usize = 4 * 1024;
     /// Longest settlement note, in bytes.
     pub const MAX_NOTE_BYTES: usize = 2 * 1024;
-    /// Longest output excerpt carried in a result, in bytes.
-    pub const MAX_EXCERPT_BYTES: usize = 64 * 1024;
+    /// Longest output excerpt carried in a result, in bytes (so that a result fits a UDP
+    /// datagram with room for encryption to the whole audience).
+    pub const MAX_EXCERPT_BYTES: usize = 16 * 1024;
+    /// Most nodes a seed may be private to.
+    pub const MAX_AUDIENCE: usize = 32;
     /// Longest bid window, in seconds (one week).
     pub const MAX_BID_WINDOW_SECS: u64 = 7 * 24 * 3600;
     /// Longest task timeout, in seconds (one day).
@@ -164,6 +167,10 @@ pub struct Seed {
     pub timeout_secs: u64,
     /// Publication time (Unix ms); equal to the timestamp of the message that created it.
     pub created_at: Millis,
+    /// Nodes the seed is private to (besides the publisher): every message about it is sealed
+    /// to them. Empty for a public seed.
+    #[serde(default)]
+    pub audience: Vec<NodeId>,
 }
 
 impl Seed {
@@ -214,6 +221,22 @@ impl Seed {
                 limits::MAX_BIDS,
                 self.max_bids
             ));
+        }
+        if self.audience.len() > limits::MAX_AUDIENCE {
+            return Err(format!(
+                "a seed may be private to at most {} nodes, got {}",
+                limits::MAX_AUDIENCE,
+                self.audience.len()
+            ));
+        }
+        if self.audience.contains(&self.publisher) {
+            return Err("the audience must not list the publisher".into());
+        }
+        let mut sorted = self.audience.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != self.audience.len() {
+            return Err("the audience lists a node twice".into());
         }
         if self.timeout_secs == 0 || self.timeout_secs > limits::MAX_TIMEOUT_SECS {
             return Err(format!(

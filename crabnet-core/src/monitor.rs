@@ -39,6 +39,16 @@ pub enum RejectReason {
     Oversized,
     /// It was seen before.
     Duplicate,
+    /// A signature does not verify.
+    BadSignature,
+    /// The sender is not in the peer table (no verified hello yet).
+    UnknownSender,
+    /// It is older than the sender's replay floor: a replay of a forgotten message.
+    Replay,
+    /// Its time to live is over, or it is dated too far in the future.
+    Expired,
+    /// A hello whose node id does not match its keys, or a known node id with other keys.
+    KeyMismatch,
     /// It breaks a lifecycle rule (see the violation in the event).
     Rule,
 }
@@ -50,6 +60,11 @@ impl RejectReason {
             RejectReason::Malformed => "malformed",
             RejectReason::Oversized => "oversized",
             RejectReason::Duplicate => "duplicate",
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::UnknownSender => "unknown_sender",
+            RejectReason::Replay => "replay",
+            RejectReason::Expired => "expired",
+            RejectReason::KeyMismatch => "key_mismatch",
             RejectReason::Rule => "rule",
         }
     }
@@ -155,6 +170,15 @@ pub enum EventKind {
         /// New status.
         to: SeedStatus,
     },
+    /// A node's verified hello added it to the peer table.
+    PeerDiscovered {
+        /// The peer.
+        node_id: NodeId,
+        /// Its name.
+        name: String,
+        /// Its announced addresses.
+        addresses: Vec<String>,
+    },
     /// A remote message was accepted and applied.
     MessageAccepted {
         /// The message.
@@ -190,6 +214,13 @@ pub enum EventKind {
         /// A human-readable explanation.
         detail: String,
     },
+    /// The transport reported a change (started, peers found, fell back...).
+    TransportStatus {
+        /// The transport.
+        transport: String,
+        /// What happened.
+        detail: String,
+    },
     /// A message could not be sent; it stays in the outbox and is retried.
     SendFailed {
         /// The message.
@@ -219,9 +250,11 @@ impl EventKind {
             EventKind::SeedSettled { .. } => "seed_settled",
             EventKind::SeedCancelled { .. } => "seed_cancelled",
             EventKind::StatusChanged { .. } => "status_changed",
+            EventKind::PeerDiscovered { .. } => "peer_discovered",
             EventKind::MessageAccepted { .. } => "message_accepted",
             EventKind::MessageDeferred { .. } => "message_deferred",
             EventKind::MessageRejected { .. } => "message_rejected",
+            EventKind::TransportStatus { .. } => "transport_status",
             EventKind::SendFailed { .. } => "send_failed",
             EventKind::EventsDropped { .. } => "events_dropped",
         }

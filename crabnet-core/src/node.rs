@@ -22,16 +22,19 @@ use tokio::task::JoinHandle;
 
 use crate::clock::{now_ms, random_bytes};
 use crate::config::Config;
+use crate::envelope::{self, EnvelopeError, Header, Kind};
 use crate::error::{Error, ErrorKind, Result};
+use crate::identity::{Identity, PublicIdentity};
 use crate::model::{
-    Bid, BidId, Body, Cancellation, Claim, Message, NodeId, Seed, SeedId, SeedStatus, Settlement,
-    SettlementOutcome, TaskResult,
+    Bid, BidId, Body, Cancellation, Claim, Message, MessageId, Millis, NodeId, Seed, SeedId,
+    SeedStatus, Settlement, SettlementOutcome, TaskResult,
 };
 use crate::monitor::{Event, EventBus, EventKind, NdjsonLog, RejectReason, Subscription};
-use crate::network::{self, Transport};
+use crate::network::{self, Acceptance, Handled, InboundFrame, Incoming, Transport};
 use crate::runner::{self, RunRequest};
 use crate::state::{self, SeedView, Violation};
-use crate::store::{RemoteOutcome, Store};
+use crate::store::{Peer, PeerUpdate, RemoteOutcome, Store};
+use crate::sync;
 
 /// What to publish. `Default` gives a usable seed apart from the command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +54,9 @@ pub struct PublishRequest {
     pub max_bids: u32,
     /// Run timeout in seconds.
     pub timeout_secs: u64,
+    /// Make the seed private to these nodes (and the publisher): every message about it is
+    /// encrypted to them. Their hellos must have been received. Empty: public.
+    pub private_to: Vec<NodeId>,
 }
 
 impl Default for PublishRequest {
@@ -63,6 +69,7 @@ impl Default for PublishRequest {
             bid_window_secs: 30,
             max_bids: 5,
             timeout_secs: 60,
+            private_to: Vec::new(),
         }
     }
 }
@@ -75,6 +82,25 @@ impl PublishRequest {
             ..Self::default()
         }
     }
+}
+
+/// A peer as shown to users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Its node id.
+    pub node_id: NodeId,
+    /// Its name.
+    pub name: String,
+    /// Its announced addresses.
+    pub addresses: Vec<String>,
+    /// Fingerprint of its keys (the first 16 hex digits of its self-certifying id).
+    pub fingerprint: String,
+    /// Its key epoch.
+    pub key_epoch: u32,
+    /// First hello (Unix ms).
+    pub first_seen: Millis,
+    /// Latest hello (Unix ms).
+    pub last_seen: Millis,
 }
 
 /// A summary of the node's state.
@@ -98,10 +124,18 @@ pub struct Overview {
     pub last_event_seq: u64,
     /// Digest of the whole seed state (equal on converged replicas).
     pub state_digest: String,
+    /// Number of peers with a verified hello.
+    pub peers: u64,
+    /// Where peers reach this node (transport addresses).
+    pub addresses: Vec<String>,
 }
 
 struct Inner {
     id: NodeId,
+    addresses: Mutex<Vec<String>>,
+    identity: Identity,
+    hello_wanted: Notify,
+    sync_wanted: Notify,
     config: Config,
     store: Mutex<Store>,
     bus: EventBus,
@@ -200,20 +234,48 @@ impl Node {
         Self::start_inner(config, Some(transport)).await
     }
 
+    /// Starts a node on libp2p (see [`network::DhtTransport`]); its libp2p key derives from
+    /// the node's identity, so its peer id is stable across restarts.
+    pub async fn start_with_dht(config: Config, dht: network::DhtConfig) -> Result<Node> {
+        config.validate()?;
+        let cfg = config.clone();
+        let key = tokio::task::spawn_blocking(move || -> Result<_> {
+            create_private_dir(&cfg.data_dir)?;
+            let (identity, _) = Identity::load_or_create(&cfg.identity_path())?;
+            Ok(network::libp2p_key(&identity.signing().to_seeds().ed25519))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("start task failed: {e}")))??;
+        let transport = network::DhtTransport::start(dht, key)?;
+        Self::start_inner(config, Some(transport)).await
+    }
+
     async fn start_inner(config: Config, transport: Option<Box<dyn Transport>>) -> Result<Node> {
         config.validate()?;
         let cfg = config.clone();
         let listening = transport.is_some();
-        let (store, id, lock_file) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (store, identity, lock_file) = tokio::task::spawn_blocking(move || -> Result<_> {
             create_private_dir(&cfg.data_dir)?;
             let lock_file = if listening {
                 Some(take_listen_lock(&cfg)?)
             } else {
                 None
             };
+            let (identity, _) = Identity::load_or_create(&cfg.identity_path())?;
             let mut store = Store::open(&cfg.db_path(), &cfg.store)?;
-            let id = store.node_id_or_init(&NodeId::from_bytes(random_bytes()))?;
-            Ok((store, id, lock_file))
+            let stored = store.node_id_or_init(identity.node_id())?;
+            if &stored != identity.node_id() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "the database in {} belongs to node {stored}, but {} holds the keys of node {}",
+                        cfg.data_dir.display(),
+                        cfg.identity_path().display(),
+                        identity.node_id()
+                    ),
+                ));
+            }
+            Ok((store, identity, lock_file))
         })
         .await
         .map_err(|e| Error::internal(format!("start task failed: {e}")))??;
@@ -229,7 +291,16 @@ impl Node {
         let (shutdown, _) = watch::channel(false);
         let node = Node {
             inner: Arc::new(Inner {
-                id,
+                id: identity.node_id().clone(),
+                addresses: Mutex::new(
+                    transport
+                        .as_ref()
+                        .map(|t| t.local_addresses())
+                        .unwrap_or_default(),
+                ),
+                identity,
+                hello_wanted: Notify::new(),
+                sync_wanted: Notify::new(),
                 bus: EventBus::new(config.events.bus_capacity),
                 log,
                 transport_name: transport.as_ref().map(|t| t.name().to_owned()),
@@ -374,12 +445,62 @@ impl Node {
         seed_id: &SeedId,
         build: impl FnOnce(Option<&SeedView>) -> Result<Body>,
     ) -> Result<SeedView> {
+        self.commit_local_at(seed_id, now_ms(), build)
+    }
+
+    fn commit_local_at(
+        &self,
+        seed_id: &SeedId,
+        now: Millis,
+        build: impl FnOnce(Option<&SeedView>) -> Result<Body>,
+    ) -> Result<SeedView> {
         let view = self.with_store(|s| {
-            s.commit_local(&self.inner.id, seed_id, now_ms(), build)
-                .map(|(_, view, _)| view)
+            let peers = s.peers()?;
+            s.commit_local(&self.inner.id, seed_id, now, build, |m, v| {
+                self.seal(m, v, &peers)
+            })
+            .map(|(_, view, _)| view)
         })?;
         self.inner.wake_outbox.notify_one();
         Ok(view)
+    }
+
+    /// Signs a local message, sealing it to the seed's audience when the seed is private.
+    fn seal(&self, message: &Message, view: &SeedView, peers: &[Peer]) -> Result<Vec<u8>> {
+        let seed = &view.seed;
+        let mut recipients = Vec::new();
+        if !seed.audience.is_empty() {
+            for id in seed.audience.iter().chain([&seed.publisher]) {
+                if id == &self.inner.id {
+                    continue;
+                }
+                let peer = peers.iter().find(|p| &p.identity.node_id == id).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Network,
+                        format!(
+                            "cannot encrypt to node {id}: no hello from it yet, so its keys are unknown"
+                        ),
+                    )
+                })?;
+                recipients.push((&peer.identity.node_id, &peer.identity.kem));
+            }
+        }
+        let net = &self.inner.config.network;
+        envelope::message_envelope(
+            &self.inner.identity,
+            message,
+            net.message_ttl_secs,
+            &recipients,
+            net.max_envelope_bytes,
+            &mut envelope::os_rng,
+        )
+        .map_err(|e| match e {
+            EnvelopeError::Oversized { .. } => Error::new(
+                ErrorKind::Validation,
+                format!("the {} message is too large to send: {e}", message.kind()),
+            ),
+            e => Error::internal(format!("cannot build envelope: {e}")),
+        })
     }
 
     /// Publishes a seed; returns its state.
@@ -397,17 +518,13 @@ impl Node {
                 max_bids: req.max_bids,
                 timeout_secs: req.timeout_secs,
                 created_at: now,
+                audience: req.private_to,
             };
             seed.check_fields()
                 .map_err(|e| Error::new(ErrorKind::Validation, format!("invalid seed: {e}")))?;
             let id = seed.id.clone();
             // The creation time must equal the message timestamp: commit with the same clock.
-            let view = n.with_store(|s| {
-                s.commit_local(&n.inner.id, &id, now, |_| Ok(Body::SeedCreated(seed)))
-                    .map(|(_, v, _)| v)
-            })?;
-            n.inner.wake_outbox.notify_one();
-            Ok(view)
+            n.commit_local_at(&id, now, |_| Ok(Body::SeedCreated(seed)))
         })
         .await
     }
@@ -593,6 +710,8 @@ impl Node {
                 counters: store.counters()?,
                 last_event_seq: store.last_event_seq()?,
                 state_digest: store.digest()?,
+                peers: store.peers()?.len() as u64,
+                addresses: lock(&n.inner.addresses).clone(),
             })
         })
         .await
@@ -604,44 +723,388 @@ impl Node {
             .await
     }
 
-    /// Applies one frame received from the network. Returns what happened to it.
-    fn receive_frame(&self, bytes: &[u8], from: &str, max: usize) -> Result<RemoteOutcome> {
-        let now = now_ms();
-        let decoded = if bytes.len() > max {
-            Err((
-                RejectReason::Oversized,
-                format!("frame of {} bytes exceeds the limit of {max}", bytes.len()),
-            ))
-        } else {
-            decode_frame(bytes).map_err(|e| (RejectReason::Malformed, e))
+    fn reject(
+        &self,
+        header: Option<&Header>,
+        reason: RejectReason,
+        detail: String,
+    ) -> Result<Acceptance> {
+        let kind = match header.map(|h| h.kind) {
+            Some(Kind::Domain(k)) => Some(k),
+            _ => None,
         };
-        let message: Message = match decoded {
-            Ok(m) => m,
-            Err((reason, detail)) => {
-                self.with_store(|s| {
-                    s.record_event(
-                        now,
-                        EventKind::MessageRejected {
-                            message_id: None,
-                            message_kind: None,
-                            sender: None,
-                            reason,
-                            violation: None,
-                            detail: format!("frame from {from} rejected: {detail}"),
-                        },
-                    )
-                })?;
-                return Ok(RemoteOutcome::Rejected(reason, detail));
+        self.with_store(|s| {
+            s.record_event(
+                now_ms(),
+                EventKind::MessageRejected {
+                    message_id: header.map(|h| h.message_id.clone()),
+                    message_kind: kind,
+                    sender: header.map(|h| h.sender.clone()),
+                    reason,
+                    violation: None,
+                    detail,
+                },
+            )
+        })?;
+        Ok(Acceptance::Reject)
+    }
+
+    /// The trust boundary: checks one received frame (size, structure, freshness, sender in
+    /// the peer table, both signatures over the received bytes, replay), opens it if it is
+    /// sealed to this node, and applies it. Every rejection is an event and a counter.
+    fn receive_frame(&self, bytes: &[u8], from: &str, max: usize) -> Result<Handled> {
+        let mut replies = Vec::new();
+        let acceptance = self.receive_envelope(bytes, from, max, Via::Live, &mut replies)?;
+        Ok(Handled {
+            acceptance,
+            replies,
+        })
+    }
+
+    /// One envelope, received live or inside a sync batch (then stale envelopes are expected:
+    /// freshness and the replay floor do not apply, deduplication and signatures do). Frames
+    /// to send in answer are appended to `replies`.
+    fn receive_envelope(
+        &self,
+        bytes: &[u8],
+        from: &str,
+        max: usize,
+        via: Via,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<Acceptance> {
+        let now = now_ms();
+        let parsed = match envelope::parse(bytes, max) {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = match e {
+                    EnvelopeError::Oversized { .. } => RejectReason::Oversized,
+                    _ => RejectReason::Malformed,
+                };
+                return self.reject(None, reason, format!("frame from {from}: {e}"));
             }
         };
+        let h = &parsed.header;
+        if h.sender == self.inner.id {
+            self.with_store(|s| s.count("messages.self_echo"))?;
+            return Ok(Acceptance::Ignore);
+        }
+        let net = &self.inner.config.network;
+        let skew = net.max_clock_skew_secs as u64 * 1000;
+        if via == Via::Sync && matches!(h.kind, Kind::SyncDigest | Kind::SyncBatch) {
+            let detail = "sync envelope nested in a sync batch".to_owned();
+            return self.reject(Some(h), RejectReason::Malformed, detail);
+        }
+        if via == Via::Sync {
+            // Stale by design; everything else is checked below.
+        } else if h.timestamp > now + skew {
+            let detail = format!("dated {} ms in the future", h.timestamp - now);
+            return self.reject(Some(h), RejectReason::Expired, detail);
+        }
+        let expires = h.timestamp.saturating_add(h.ttl_secs as u64 * 1000);
+        if now > expires.saturating_add(skew) {
+            let detail = format!("expired {} ms ago", now - expires);
+            return self.reject(Some(h), RejectReason::Expired, detail);
+        }
+        if h.kind == Kind::NodeHello {
+            return self.receive_hello(&parsed, bytes, now);
+        }
+        let peer = lock(&self.inner.store).peer(&h.sender)?;
+        let Some(peer) = peer else {
+            let detail = "no verified hello from this sender".to_owned();
+            return self.reject(Some(h), RejectReason::UnknownSender, detail);
+        };
+        if let Err(e) = parsed.verify(&peer.identity.signing) {
+            return self.reject(Some(h), RejectReason::BadSignature, e.to_string());
+        }
+        if matches!(h.kind, Kind::SyncDigest | Kind::SyncBatch) {
+            // Sync envelopes are answered once: a replay must not make us resend everything.
+            let fresh = self.with_store(|s| {
+                if s.is_known(&h.message_id)? {
+                    return Ok(false);
+                }
+                let counter = match h.kind {
+                    Kind::SyncDigest => "sync.digests_received",
+                    _ => "sync.batches_received",
+                };
+                s.remember(&h.message_id, &h.sender, h.lamport, now, counter)?;
+                Ok(true)
+            })?;
+            if !fresh {
+                let detail = format!("{} was already received", h.kind.name());
+                return self.reject(Some(h), RejectReason::Duplicate, detail);
+            }
+        }
+        match h.kind {
+            Kind::SyncDigest => {
+                return match parsed.plain::<sync::Digest>(Kind::SyncDigest) {
+                    Ok(d) => {
+                        self.answer_digest(&h.sender, &d, replies)?;
+                        Ok(Acceptance::Ignore)
+                    }
+                    Err(e) => self.reject(Some(h), RejectReason::Malformed, e.to_string()),
+                };
+            }
+            Kind::SyncBatch => {
+                let batch = match parsed.plain::<sync::Batch>(Kind::SyncBatch) {
+                    Ok(b) => b,
+                    Err(e) => return self.reject(Some(h), RejectReason::Malformed, e.to_string()),
+                };
+                for item in &batch.items {
+                    self.receive_envelope(item, from, max, Via::Sync, replies)?;
+                }
+                return Ok(Acceptance::Ignore);
+            }
+            Kind::NodeHello | Kind::Domain(_) => {}
+        }
+        if via == Via::Live
+            && h.lamport <= peer.replay_floor
+            && !lock(&self.inner.store).is_known(&h.message_id)?
+        {
+            let detail = format!(
+                "Lamport counter {} is at or below the sender's replay floor {}",
+                h.lamport, peer.replay_floor
+            );
+            return self.reject(Some(h), RejectReason::Replay, detail);
+        }
+        let message = match parsed.message(&self.inner.id, self.inner.identity.kem()) {
+            Ok(m) => m,
+            Err(EnvelopeError::NotForMe) => {
+                // Sealed to other nodes: remembered (deduplicated) and relayed, not applied.
+                return self.with_store(|s| {
+                    if s.is_known(&h.message_id)? {
+                        s.count("messages.not_for_us_duplicate")?;
+                        return Ok(Acceptance::Ignore);
+                    }
+                    s.remember(
+                        &h.message_id,
+                        &h.sender,
+                        h.lamport,
+                        now,
+                        "messages.not_for_us",
+                    )?;
+                    Ok(Acceptance::Accept)
+                });
+            }
+            Err(e) => return self.reject(Some(h), RejectReason::Malformed, e.to_string()),
+        };
         let outcome = self.with_store(|s| {
-            s.apply_remote(&self.inner.id, &message, now)
+            s.apply_remote(&self.inner.id, &message, bytes, now)
                 .map(|(outcome, _)| outcome)
         })?;
         if matches!(outcome, RemoteOutcome::Applied | RemoteOutcome::Deferred(_)) {
             self.close_due_bidding()?;
         }
-        Ok(outcome)
+        Ok(match outcome {
+            RemoteOutcome::Duplicate => Acceptance::Ignore,
+            RemoteOutcome::Rejected(RejectReason::Malformed, _) => Acceptance::Reject,
+            // A rule violation is validly signed and may be pending elsewhere: forward it.
+            _ => Acceptance::Accept,
+        })
+    }
+
+    /// Answers a peer's digest: the seeds it lacks (with their authors' hellos) in batches, and
+    /// our own digest when it holds seeds we lack (unless its digest is itself a reply).
+    fn answer_digest(
+        &self,
+        requester: &NodeId,
+        digest: &sync::Digest,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let net = &self.inner.config.network;
+        let max_payload = net.max_envelope_bytes - envelope::OVERHEAD;
+        let (cmp, items) = {
+            let store = lock(&self.inner.store);
+            let ours = store.sync_digest(DIGEST_LIMIT)?;
+            let cmp = sync::compare(&ours, &digest.seeds);
+            let mut hellos = Vec::new();
+            let mut envelopes = Vec::new();
+            let mut authors = std::collections::BTreeSet::new();
+            for seed in &cmp.to_send {
+                // A private seed goes only to its audience; others could not open it anyway.
+                if let Some(view) = store.seed(seed)?
+                    && !view.seed.audience.is_empty()
+                    && !view.seed.audience.contains(requester)
+                    && &view.seed.publisher != requester
+                {
+                    continue;
+                }
+                for (sender, env) in store.seed_envelopes(seed)? {
+                    if sender != self.inner.id
+                        && authors.insert(sender.clone())
+                        && let Some(hello) = store.peer_hello(&sender)?
+                    {
+                        hellos.push(hello);
+                    }
+                    envelopes.push(env);
+                }
+            }
+            hellos.extend(envelopes);
+            (cmp, hellos)
+        };
+        for batch in sync::pack(items, max_payload) {
+            replies.push(self.plain_frame(Kind::SyncBatch, &envelope::encode_hello(&batch), 60)?);
+        }
+        if cmp.peer_has_more && !digest.reply {
+            replies.push(self.digest_frame(true)?);
+        }
+        Ok(())
+    }
+
+    /// Our sync digest as a signed envelope.
+    fn digest_frame(&self, reply: bool) -> Result<Vec<u8>> {
+        let seeds = lock(&self.inner.store).sync_digest(DIGEST_LIMIT)?;
+        let digest = sync::Digest { reply, seeds };
+        self.plain_frame(Kind::SyncDigest, &envelope::encode_hello(&digest), 60)
+    }
+
+    fn plain_frame(&self, kind: Kind, payload: &[u8], ttl_secs: u32) -> Result<Vec<u8>> {
+        let header = Header {
+            kind,
+            sealed: false,
+            sender: self.inner.id.clone(),
+            message_id: MessageId::from_bytes(random_bytes()),
+            timestamp: now_ms(),
+            ttl_secs,
+            lamport: 0,
+        };
+        envelope::build(
+            &self.inner.identity,
+            &header,
+            payload,
+            &[],
+            self.inner.config.network.max_envelope_bytes,
+            &mut envelope::os_rng,
+        )
+        .map_err(|e| Error::internal(format!("cannot build {} envelope: {e}", kind.name())))
+    }
+
+    fn receive_hello(
+        &self,
+        parsed: &envelope::Parsed<'_>,
+        bytes: &[u8],
+        now: Millis,
+    ) -> Result<Acceptance> {
+        let h = &parsed.header;
+        if lock(&self.inner.store).is_known(&h.message_id)? {
+            self.with_store(|s| s.count("hellos.duplicate"))?;
+            return Ok(Acceptance::Ignore);
+        }
+        let hello = match parsed.hello() {
+            Ok(hello) => hello,
+            Err(e) => return self.reject(Some(h), RejectReason::Malformed, e.to_string()),
+        };
+        let identity = match PublicIdentity::from_parts(
+            &hello.signing_public,
+            &hello.kem_public,
+            hello.key_epoch,
+        ) {
+            Ok(i) => i,
+            Err(e) => {
+                return self.reject(Some(h), RejectReason::Malformed, format!("hello keys: {e}"));
+            }
+        };
+        if identity.node_id != h.sender {
+            let detail = format!(
+                "node id {} does not match its keys ({})",
+                h.sender, identity.node_id
+            );
+            return self.reject(Some(h), RejectReason::KeyMismatch, detail);
+        }
+        if let Err(e) = parsed.verify(&identity.signing) {
+            return self.reject(Some(h), RejectReason::BadSignature, e.to_string());
+        }
+        let update = self.with_store(|s| {
+            let update = s.upsert_peer(&identity, &hello.name, &hello.addresses, bytes, now)?;
+            if update != PeerUpdate::KeyMismatch {
+                s.remember(&h.message_id, &h.sender, h.lamport, now, "hellos.accepted")?;
+            }
+            if update == PeerUpdate::New {
+                s.record_event(
+                    now,
+                    EventKind::PeerDiscovered {
+                        node_id: identity.node_id.clone(),
+                        name: hello.name.clone(),
+                        addresses: hello.addresses.clone(),
+                    },
+                )?;
+            }
+            Ok(update)
+        })?;
+        match update {
+            PeerUpdate::KeyMismatch => self.reject(
+                Some(h),
+                RejectReason::KeyMismatch,
+                "a known node id announced different keys".into(),
+            ),
+            PeerUpdate::New => {
+                // Answer a new peer so that it learns our keys too, then compare holdings.
+                self.inner.hello_wanted.notify_one();
+                self.inner.sync_wanted.notify_one();
+                Ok(Acceptance::Accept)
+            }
+            PeerUpdate::Refreshed => Ok(Acceptance::Accept),
+        }
+    }
+
+    /// The peers this node has verified hellos from.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
+        self.blocking(|n| {
+            Ok(lock(&n.inner.store)
+                .peers()?
+                .into_iter()
+                .map(|p| PeerInfo {
+                    fingerprint: p.identity.fingerprint().to_owned(),
+                    node_id: p.identity.node_id,
+                    name: p.name,
+                    addresses: p.addresses,
+                    key_epoch: p.identity.epoch,
+                    first_seen: p.first_seen,
+                    last_seen: p.last_seen,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Waits until at least `count` peers are known (their hellos arrived), or fails with
+    /// [`ErrorKind::Network`] after `timeout`.
+    pub async fn wait_for_peers(&self, count: usize, timeout: Duration) -> Result<Vec<PeerInfo>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let peers = self.peers().await?;
+            if peers.len() >= count {
+                return Ok(peers);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Network,
+                    format!(
+                        "node {} knows {} peers after {timeout:?}, expected {count}",
+                        self.inner.config.name,
+                        peers.len()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn hello_frame(&self, addresses: &[String]) -> Result<Vec<u8>> {
+        let identity = &self.inner.identity;
+        let hello = envelope::Hello {
+            name: self.inner.config.name.clone(),
+            addresses: addresses.to_vec(),
+            key_epoch: identity.public().epoch,
+            signing_public: identity.public().signing.to_bytes(),
+            kem_public: identity.public().kem.to_bytes(),
+        };
+        let ttl = self
+            .inner
+            .config
+            .network
+            .hello_interval_secs
+            .saturating_mul(4);
+        self.plain_frame(Kind::NodeHello, &envelope::encode_hello(&hello), ttl)
     }
 
     /// Issues the award (or expiry) for every seed this node published whose bidding is due
@@ -752,24 +1215,105 @@ impl Node {
     ) {
         let mut tick =
             tokio::time::interval(Duration::from_millis(self.inner.config.network.tick_ms));
+        let mut hello_tick = tokio::time::interval(Duration::from_secs(
+            self.inner.config.network.hello_interval_secs as u64,
+        ));
+        *lock(&self.inner.addresses) = transport.local_addresses();
+        // Hellos: one at start, one per interval, and answers to new peers, at most one per
+        // 200 ms (answers that come sooner are merged into one).
+        let mut last_hello = tokio::time::Instant::now() - Duration::from_secs(1);
+        let mut hello_due: Option<tokio::time::Instant> = None;
+        let mut sync_tick = tokio::time::interval(Duration::from_secs(
+            self.inner.config.network.sync_interval_secs as u64,
+        ));
+        let mut sync_due: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
+                _ = hello_tick.tick() => hello_due = Some(tokio::time::Instant::now()),
+                _ = self.inner.hello_wanted.notified() => {
+                    let earliest = last_hello + Duration::from_millis(200);
+                    let at = earliest.max(tokio::time::Instant::now());
+                    hello_due = Some(hello_due.map_or(at, |d| d.min(at)));
+                }
+                _ = sync_tick.tick() => sync_due = Some(tokio::time::Instant::now()),
+                _ = self.inner.sync_wanted.notified() => {
+                    // Give hellos a moment to cross first.
+                    let at = tokio::time::Instant::now() + Duration::from_millis(100);
+                    sync_due = Some(sync_due.map_or(at, |d| d.min(at)));
+                }
+                _ = tokio::time::sleep_until(sync_due.unwrap_or_else(tokio::time::Instant::now)), if sync_due.is_some() => {
+                    sync_due = None;
+                    let node = self.clone();
+                    match tokio::task::spawn_blocking(move || node.digest_frame(false)).await {
+                        Ok(Ok(frame)) => {
+                            if let Err(e) = transport.sync(&frame) {
+                                tracing::debug!("cannot send sync digest: {e}");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::warn!("cannot build sync digest: {e}"),
+                        Err(e) => tracing::error!("sync task failed: {e}"),
+                    }
+                }
+                _ = tokio::time::sleep_until(hello_due.unwrap_or_else(tokio::time::Instant::now)), if hello_due.is_some() => {
+                    hello_due = None;
+                    last_hello = tokio::time::Instant::now();
+                    // Addresses can appear after start (libp2p listeners).
+                    let addresses = transport.local_addresses();
+                    *lock(&self.inner.addresses) = addresses.clone();
+                    if let Err(e) = self.hello_frame(&addresses).and_then(|f| transport.broadcast(&f)) {
+                        tracing::debug!("cannot send hello: {e}");
+                    }
+                }
                 _ = shutdown.changed() => {
                     self.drain_outbox(transport.as_mut()).await;
                     return;
                 }
-                frame = network::recv(transport.as_mut()) => {
-                    let Some(frame) = frame else {
-                        tracing::warn!("transport closed");
-                        return;
+                incoming = network::next(transport.as_mut()) => {
+                    let frame = match incoming {
+                        None => {
+                            tracing::warn!("transport closed");
+                            return;
+                        }
+                        Some(Incoming::Status(detail)) => {
+                            let node = self.clone();
+                            let name = transport.name().to_owned();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                node.with_store(|s| {
+                                    s.record_event(now_ms(), EventKind::TransportStatus { transport: name, detail })
+                                })
+                            })
+                            .await;
+                            continue;
+                        }
+                        Some(Incoming::Frame(frame)) => frame,
                     };
                     let node = self.clone();
                     let max = transport.max_frame_bytes();
-                    let res = tokio::task::spawn_blocking(move || node.receive_frame(&frame.bytes, &frame.from, max)).await;
-                    match res {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::warn!("cannot apply received frame: {e}"),
-                        Err(e) => tracing::error!("receive task failed: {e}"),
+                    let InboundFrame { bytes, from, ack } = frame;
+                    let res = tokio::task::spawn_blocking(move || node.receive_frame(&bytes, &from, max)).await;
+                    let handled = match res {
+                        Ok(Ok(handled)) => handled,
+                        Ok(Err(e)) => {
+                            tracing::warn!("cannot apply received frame: {e}");
+                            Handled { acceptance: Acceptance::Ignore, replies: Vec::new() }
+                        }
+                        Err(e) => {
+                            tracing::error!("receive task failed: {e}");
+                            Handled { acceptance: Acceptance::Ignore, replies: Vec::new() }
+                        }
+                    };
+                    match ack {
+                        // The transport forwards or drops the frame and carries the answers.
+                        Some(ack) => {
+                            let _ = ack.send(handled);
+                        }
+                        None => {
+                            for frame in handled.replies {
+                                if let Err(e) = transport.broadcast(&frame) {
+                                    tracing::debug!("cannot send sync answer: {e}");
+                                }
+                            }
+                        }
                     }
                     // Whatever the frame caused (an award, say) goes out promptly.
                     self.drain_outbox(transport.as_mut()).await;
@@ -801,7 +1345,7 @@ impl Node {
         }
         let mut results = Vec::with_capacity(items.len());
         for item in items {
-            let sent = encode_frame(&item.message).and_then(|frame| transport.broadcast(&frame));
+            let sent = transport.broadcast(&item.envelope);
             results.push((item, sent));
         }
         let node = self.clone();
@@ -822,7 +1366,7 @@ impl Node {
                             s.record_event(
                                 now,
                                 EventKind::SendFailed {
-                                    message_id: item.message.id.clone(),
+                                    message_id: item.message_id.clone(),
                                     detail: e.to_string(),
                                 },
                             )?;
@@ -836,6 +1380,18 @@ impl Node {
     }
 }
 
+/// How an envelope arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Directly from its author or a relay, now.
+    Live,
+    /// Inside a sync batch: possibly old.
+    Sync,
+}
+
+/// Most seeds listed in one digest (about 40 bytes each, so a digest fits one datagram).
+const DIGEST_LIMIT: usize = 1200;
+
 fn known<'a>(view: Option<&'a SeedView>, seed_id: &SeedId) -> Result<&'a SeedView> {
     view.ok_or_else(|| {
         Violation::UnknownSeed {
@@ -843,14 +1399,4 @@ fn known<'a>(view: Option<&'a SeedView>, seed_id: &SeedId) -> Result<&'a SeedVie
         }
         .into()
     })
-}
-
-/// Encodes a message for the wire.
-pub(crate) fn encode_frame(message: &Message) -> Result<Vec<u8>> {
-    serde_json::to_vec(message).map_err(|e| Error::internal(format!("cannot encode message: {e}")))
-}
-
-/// Decodes a message from the wire.
-pub(crate) fn decode_frame(bytes: &[u8]) -> std::result::Result<Message, String> {
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }

@@ -78,7 +78,7 @@ const WORKDIR_ATTEMPTS: usize = 8;
 #[serde(default, deny_unknown_fields)]
 pub struct RunnerConfig {
     /// Cap, in bytes, on the output excerpt kept in [`RunOutcome::output_excerpt`].
-    /// The hash and byte count always cover the complete output. Default: 64 KiB.
+    /// The hash and byte count always cover the complete output. Default: 16 KiB (the protocol carries at most 16 KiB).
     pub max_output_bytes: usize,
     /// CPU time limit in seconds (`RLIMIT_CPU`); `0` = no limit. Default: 600.
     pub cpu_seconds: u64,
@@ -101,7 +101,7 @@ pub struct RunnerConfig {
 impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
-            max_output_bytes: 64 * 1024,
+            max_output_bytes: 16 * 1024,
             cpu_seconds: 600,
             address_space_bytes: 4 * 1024 * 1024 * 1024,
             file_size_bytes: 1024 * 1024 * 1024,
@@ -1464,7 +1464,7 @@ mod tests {
     #[test]
     fn defaults() {
         let cfg = RunnerConfig::default();
-        assert_eq!(cfg.max_output_bytes, 65_536);
+        assert_eq!(cfg.max_output_bytes, 16_384);
         assert_eq!(cfg.cpu_seconds, 600);
         assert_eq!(cfg.address_space_bytes, 4_294_967_296);
         assert_eq!(cfg.file_size_bytes, 1_073_741_824);

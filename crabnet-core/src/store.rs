@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::identity::PublicIdentity;
 use crate::model::{Body, Message, MessageId, Millis, NodeId, SeedId, SeedStatus};
 use crate::monitor::{Event, EventKind, RejectReason};
 use crate::state::{self, SeedView, Verdict, Violation};
@@ -68,13 +69,75 @@ pub enum RemoteOutcome {
     Duplicate,
 }
 
+/// A node this node has a verified hello from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its keys and id.
+    pub identity: PublicIdentity,
+    /// Its name.
+    pub name: String,
+    /// Its announced addresses.
+    pub addresses: Vec<String>,
+    /// First hello (Unix ms).
+    pub first_seen: Millis,
+    /// Latest hello (Unix ms).
+    pub last_seen: Millis,
+    /// Messages from it with a Lamport counter at or below this are replays.
+    pub replay_floor: u64,
+}
+
+/// What a hello did to the peer table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerUpdate {
+    /// A new peer.
+    New,
+    /// A known peer with the same keys.
+    Refreshed,
+    /// A known node id with different keys: refused.
+    KeyMismatch,
+}
+
+const PEER_COLUMNS: &str = "SELECT node_id, name, addresses, signing_public, kem_public, key_epoch,
+    first_seen, last_seen, replay_floor FROM peers";
+
+fn peer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
+    let id: String = r.get(0)?;
+    let name: String = r.get(1)?;
+    let addresses: String = r.get(2)?;
+    let signing: Vec<u8> = r.get(3)?;
+    let kem: Vec<u8> = r.get(4)?;
+    let epoch: i64 = r.get(5)?;
+    let first: i64 = r.get(6)?;
+    let last: i64 = r.get(7)?;
+    let floor: i64 = r.get(8)?;
+    Ok((|| {
+        let identity = PublicIdentity::from_parts(&signing, &kem, epoch as u32)?;
+        if identity.node_id.as_str() != id {
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!("corrupt peer {id}: keys belong to {}", identity.node_id),
+            ));
+        }
+        Ok(Peer {
+            identity,
+            name,
+            addresses: from_json(&addresses, "peer addresses")?,
+            first_seen: first as u64,
+            last_seen: last as u64,
+            replay_floor: floor as u64,
+        })
+    })())
+}
+
 /// A message waiting in the outbox.
 #[derive(Debug, Clone)]
 pub struct OutboxItem {
     /// Outbox row id.
     pub seq: i64,
-    /// The message to send.
-    pub message: Message,
+    /// The message's id.
+    pub message_id: MessageId,
+    /// The signed envelope to send, byte for byte.
+    pub envelope: Vec<u8>,
     /// Attempts so far.
     pub attempts: u32,
 }
@@ -138,6 +201,23 @@ const MIGRATIONS: &[&str] = &[
         pid        INTEGER NOT NULL,
         started_at INTEGER NOT NULL
      ) STRICT;",
+    // 2: signed envelopes, the peer table, replay floors
+    "ALTER TABLE messages ADD COLUMN envelope BLOB;
+     ALTER TABLE seen ADD COLUMN sender TEXT;
+     ALTER TABLE seen ADD COLUMN lamport INTEGER;
+     CREATE TABLE peers (
+        node_id        TEXT PRIMARY KEY,
+        name           TEXT NOT NULL,
+        addresses      TEXT NOT NULL,
+        signing_public BLOB NOT NULL,
+        kem_public     BLOB NOT NULL,
+        key_epoch      INTEGER NOT NULL,
+        first_seen     INTEGER NOT NULL,
+        last_seen      INTEGER NOT NULL,
+        replay_floor   INTEGER NOT NULL DEFAULT 0
+     ) STRICT;",
+    // 3: each peer's latest verified hello, relayed to late joiners by sync
+    "ALTER TABLE peers ADD COLUMN hello BLOB;",
 ];
 
 /// The current schema version (SQLite `user_version`).
@@ -264,6 +344,7 @@ impl Store {
         seed_id: &SeedId,
         now: Millis,
         build: impl FnOnce(Option<&SeedView>) -> Result<Body>,
+        seal: impl FnOnce(&Message, &SeedView) -> Result<Vec<u8>>,
     ) -> Result<(Message, SeedView, Vec<Event>)> {
         let tx = self
             .conn
@@ -296,6 +377,11 @@ impl Store {
             }
         }
         let view = view.ok_or_else(|| Error::internal("applied message left no seed"))?;
+        let envelope = seal(&message, &view)?;
+        tx.execute(
+            "UPDATE messages SET envelope = ?2 WHERE id = ?1",
+            params![message.id.as_str(), envelope],
+        )?;
         tx.execute(
             "INSERT INTO outbox(message_id, created_at, next_attempt_at) VALUES (?1, ?2, ?2)",
             params![message.id.as_str(), now as i64],
@@ -311,8 +397,10 @@ impl Store {
         &mut self,
         me: &NodeId,
         message: &Message,
+        envelope: &[u8],
         now: Millis,
     ) -> Result<(RemoteOutcome, Vec<Event>)> {
+        let until = self.seen_until(now);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -338,13 +426,13 @@ impl Store {
             }
             RemoteOutcome::Duplicate
         } else {
-            tx.execute(
-                "INSERT INTO seen(message_id, first_seen, expires_at) VALUES (?1, ?2, ?3)",
-                params![
-                    id,
-                    now as i64,
-                    now.saturating_add(self.config.seen_ttl_secs.saturating_mul(1000)) as i64
-                ],
+            insert_seen(
+                &tx,
+                &message.id,
+                &message.sender,
+                message.lamport,
+                now,
+                until,
             )?;
             bump_lamport(&tx, Some(message.lamport))?;
             match message.check_well_formed() {
@@ -360,6 +448,10 @@ impl Store {
                 }
                 Ok(()) => {
                     insert_message(&tx, message, Origin::Remote, now)?;
+                    tx.execute(
+                        "UPDATE messages SET envelope = ?2 WHERE id = ?1",
+                        params![id, envelope],
+                    )?;
                     let (_, verdict) =
                         refold(&tx, message.seed_id(), &message.id, now, &mut events)?;
                     match verdict {
@@ -507,22 +599,26 @@ impl Store {
     /// Outbox messages due for sending at `now`, oldest first.
     pub fn outbox_due(&self, now: Millis, limit: usize) -> Result<Vec<OutboxItem>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT o.seq, o.attempts, m.body FROM outbox o JOIN messages m ON m.id = o.message_id
-             WHERE o.sent_at IS NULL AND o.next_attempt_at <= ?1 ORDER BY o.seq LIMIT ?2",
+            "SELECT o.seq, o.attempts, m.id, m.envelope FROM outbox o
+             JOIN messages m ON m.id = o.message_id
+             WHERE o.sent_at IS NULL AND o.next_attempt_at <= ?1 AND m.envelope IS NOT NULL
+             ORDER BY o.seq LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![now as i64, limit as i64], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
             ))
         })?;
         rows.map(|r| {
-            let (seq, attempts, body) = r?;
+            let (seq, attempts, id, envelope) = r?;
             Ok(OutboxItem {
                 seq,
                 attempts: attempts as u32,
-                message: from_json(&body, "message")?,
+                message_id: MessageId::parse(&id)?,
+                envelope,
             })
         })
         .collect()
@@ -558,11 +654,208 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets seen message ids whose time is up; returns how many.
+    /// Forgets seen message ids whose time is up; returns how many. Each sender's replay floor
+    /// rises to the highest Lamport counter forgotten, so a replay of a forgotten message is
+    /// still recognised, also after a restart.
     pub fn prune_seen(&mut self, now: Millis) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE peers SET replay_floor = MAX(replay_floor, (
+                 SELECT MAX(lamport) FROM seen
+                 WHERE seen.sender = peers.node_id AND seen.expires_at <= ?1))
+             WHERE EXISTS (SELECT 1 FROM seen
+                 WHERE seen.sender = peers.node_id AND seen.expires_at <= ?1 AND seen.lamport IS NOT NULL)",
+            [now as i64],
+        )?;
+        let n = tx.execute("DELETE FROM seen WHERE expires_at <= ?1", [now as i64])?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn seen_until(&self, now: Millis) -> Millis {
+        now.saturating_add(self.config.seen_ttl_secs.saturating_mul(1000))
+    }
+
+    /// Whether a message id was seen (in the seen window) or is stored.
+    pub fn is_known(&self, id: &MessageId) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM seen WHERE message_id = ?1)
+                 OR EXISTS(SELECT 1 FROM messages WHERE id = ?1)",
+            [id.as_str()],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Remembers a message id that is not applied here (a hello, or an envelope sealed to
+    /// other nodes) so that it is deduplicated, and counts it under `counter`.
+    pub fn remember(
+        &mut self,
+        id: &MessageId,
+        sender: &NodeId,
+        lamport: u64,
+        now: Millis,
+        counter: &str,
+    ) -> Result<()> {
+        let until = self.seen_until(now);
+        let tx = self.conn.transaction()?;
+        insert_seen(&tx, id, sender, lamport, now, until)?;
+        bump_counter(&tx, counter)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Bumps a counter by one.
+    pub fn count(&mut self, counter: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        bump_counter(&tx, counter)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A known peer.
+    pub fn peer(&self, id: &NodeId) -> Result<Option<Peer>> {
+        self.conn
+            .query_row(
+                &format!("{PEER_COLUMNS} WHERE node_id = ?1"),
+                [id.as_str()],
+                peer_from_row,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    /// Every known peer, by node id.
+    pub fn peers(&self) -> Result<Vec<Peer>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{PEER_COLUMNS} ORDER BY node_id"))?;
+        let rows = stmt.query_map([], peer_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Sync digest entries for every seed with stored envelopes, most recently changed first,
+    /// at most `limit`.
+    pub fn sync_digest(&self, limit: usize) -> Result<Vec<crate::sync::SeedDigest>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT m.seed_id, m.id FROM messages m JOIN seeds s ON s.id = m.seed_id
+             WHERE m.envelope IS NOT NULL ORDER BY s.updated_at DESC, m.seed_id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        let mut current: Option<(String, Vec<String>)> = None;
+        for row in rows {
+            let (seed, id) = row?;
+            match &mut current {
+                Some((s, ids)) if *s == seed => ids.push(id),
+                _ => {
+                    if let Some((s, mut ids)) = current.take() {
+                        out.push(crate::sync::seed_digest(&SeedId::parse(&s)?, &mut ids));
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                    current = Some((seed, vec![id]));
+                }
+            }
+        }
+        if let Some((s, mut ids)) = current
+            && out.len() < limit
+        {
+            out.push(crate::sync::seed_digest(&SeedId::parse(&s)?, &mut ids));
+        }
+        Ok(out)
+    }
+
+    /// The stored envelopes of a seed with their senders, creation first.
+    pub fn seed_envelopes(&self, seed: &SeedId) -> Result<Vec<(NodeId, Vec<u8>)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT sender, envelope FROM messages WHERE seed_id = ?1 AND envelope IS NOT NULL
+             ORDER BY kind = 'seed_created' DESC, lamport, id",
+        )?;
+        let rows = stmt.query_map([seed.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        rows.map(|r| {
+            let (sender, envelope) = r?;
+            Ok((NodeId::parse(&sender)?, envelope))
+        })
+        .collect()
+    }
+
+    /// A peer's latest verified hello envelope.
+    pub fn peer_hello(&self, id: &NodeId) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
-            .execute("DELETE FROM seen WHERE expires_at <= ?1", [now as i64])?)
+            .query_row(
+                "SELECT hello FROM peers WHERE node_id = ?1",
+                [id.as_str()],
+                |r| r.get::<_, Option<Vec<u8>>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Records a verified hello. A known node id announcing different keys is refused.
+    pub fn upsert_peer(
+        &mut self,
+        identity: &PublicIdentity,
+        name: &str,
+        addresses: &[String],
+        hello: &[u8],
+        now: Millis,
+    ) -> Result<PeerUpdate> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let signing = identity.signing.to_bytes();
+        let kem = identity.kem.to_bytes();
+        let known: Option<(Vec<u8>, Vec<u8>, i64)> = tx
+            .query_row(
+                "SELECT signing_public, kem_public, key_epoch FROM peers WHERE node_id = ?1",
+                [identity.node_id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let addresses_json = to_json(&addresses)?;
+        let update = match known {
+            Some((s, k, e)) if s != signing || k != kem || e as u32 != identity.epoch => {
+                return Ok(PeerUpdate::KeyMismatch);
+            }
+            Some(_) => {
+                tx.execute(
+                    "UPDATE peers SET name = ?2, addresses = ?3, last_seen = ?4, hello = ?5
+                     WHERE node_id = ?1",
+                    params![
+                        identity.node_id.as_str(),
+                        name,
+                        addresses_json,
+                        now as i64,
+                        hello
+                    ],
+                )?;
+                PeerUpdate::Refreshed
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO peers(node_id, name, addresses, signing_public, kem_public,
+                         key_epoch, first_seen, last_seen, hello)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                    params![
+                        identity.node_id.as_str(),
+                        name,
+                        addresses_json,
+                        signing,
+                        kem,
+                        identity.epoch as i64,
+                        now as i64,
+                        hello
+                    ],
+                )?;
+                PeerUpdate::New
+            }
+        };
+        tx.commit()?;
+        Ok(update)
     }
 
     /// Marks a task run as started by process `pid`. Fails with [`ErrorKind::Busy`] while
@@ -674,6 +967,28 @@ fn bump_lamport(tx: &Transaction<'_>, seen: Option<u64>) -> Result<u64> {
         [next.to_string()],
     )?;
     Ok(next)
+}
+
+fn insert_seen(
+    tx: &Transaction<'_>,
+    id: &MessageId,
+    sender: &NodeId,
+    lamport: u64,
+    now: Millis,
+    until: Millis,
+) -> Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO seen(message_id, first_seen, expires_at, sender, lamport)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            id.as_str(),
+            now as i64,
+            until as i64,
+            sender.as_str(),
+            lamport as i64
+        ],
+    )?;
+    Ok(())
 }
 
 fn bump_counter(tx: &Transaction<'_>, name: &str) -> Result<()> {

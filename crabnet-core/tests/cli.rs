@@ -386,6 +386,29 @@ fn show(sb: &Sandbox, dir: &Path, id: &str) -> Value {
 
 /// The node id of a data directory (`status --json`).
 #[track_caller]
+/// Waits until `crabnet peers` in `dir` lists `peer` (its hello was verified): nodes accept
+/// messages only from peers they know.
+fn wait_for_peer(sb: &Sandbox, dir: &Path, peer: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = sb.run(dir, &["--json", "peers"]).ok().json();
+        let known = v
+            .as_array()
+            .expect("peers is a list")
+            .iter()
+            .any(|p| p["node_id"] == peer);
+        if known {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never learned peer {peer}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn node_id(sb: &Sandbox, dir: &Path) -> String {
     let v = sb.run(dir, &["--json", "status"]).ok().json();
     let id = v["node_id"]
@@ -1579,6 +1602,8 @@ fn two_nodes_over_udp() {
     let id_b = node_id(&sb, &dir_b);
     assert_ne!(id_a, id_b);
     assert!(banner_a.contains(&id_a), "{banner_a}");
+    wait_for_peer(&sb, &dir_a, &id_b);
+    wait_for_peer(&sb, &dir_b, &id_a);
 
     // A publishes through a separate CLI process; A's listener sends it from the outbox.
     let seed = publish(

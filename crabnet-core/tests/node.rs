@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use crabnet_core::model::SeedId;
+use crabnet_core::envelope::Kind;
+use crabnet_core::model::{MessageKind, SeedId};
 use crabnet_core::monitor::RejectReason;
 use crabnet_core::network::Transport;
 use crabnet_core::{
@@ -34,6 +35,15 @@ async fn wait_for(node: &Node, id: &SeedId, what: &str, f: impl Fn(&SeedView) ->
     }
 }
 
+/// Waits until every node verified every other node's hello.
+async fn mesh(nodes: &[Node]) {
+    for n in nodes {
+        n.wait_for_peers(nodes.len() - 1, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+}
+
 async fn network(dir: &std::path::Path, n: usize) -> (MemoryHub, Vec<Node>) {
     let hub = MemoryHub::new();
     let mut nodes = Vec::new();
@@ -45,6 +55,7 @@ async fn network(dir: &std::path::Path, n: usize) -> (MemoryHub, Vec<Node>) {
                 .unwrap(),
         );
     }
+    mesh(&nodes).await;
     (hub, nodes)
 }
 
@@ -180,8 +191,15 @@ async fn replayed_messages_change_nothing() {
     let b = Node::start_with_transport(config(dir.path(), "b"), Box::new(hub.join("b")))
         .await
         .unwrap();
+    mesh(&[a.clone(), b.clone()]).await;
     let seed = a.publish(PublishRequest::new("true")).await.unwrap();
-    let frame = crabnet_core::network::recv(&mut tap).await.unwrap();
+    let frame = loop {
+        let f = crabnet_core::network::recv(&mut tap).await.unwrap();
+        let p = crabnet_core::envelope::parse(&f.bytes, usize::MAX).unwrap();
+        if p.header.kind == Kind::Domain(MessageKind::SeedCreated) {
+            break f;
+        }
+    };
     wait_for(&b, &seed.seed.id, "seed", |_| true).await;
     let before = b.overview().await.unwrap();
     for _ in 0..3 {
@@ -309,6 +327,7 @@ async fn an_operation_recorded_offline_is_broadcast_by_the_listener_on_the_same_
     let peer = Node::start_with_transport(config(dir.path(), "b"), Box::new(hub.join("b")))
         .await
         .unwrap();
+    mesh(&[listener.clone(), peer.clone()]).await;
     let offline = Node::start(config(dir.path(), "a")).await.unwrap();
     let seed = offline.publish(PublishRequest::new("true")).await.unwrap();
     offline.stop().await.unwrap();
@@ -507,6 +526,8 @@ fn blocking_nodes_talk_over_udp_on_loopback_and_over_a_memory_hub() {
     };
     let a = BlockingNode::start_on(config(dir.path(), "ua"), udp(pa, pb)).unwrap();
     let b = BlockingNode::start_on(config(dir.path(), "ub"), udp(pb, pa)).unwrap();
+    a.wait_for_peers(1, Duration::from_secs(10)).unwrap();
+    b.wait_for_peers(1, Duration::from_secs(10)).unwrap();
     let seed = a.publish(PublishRequest::new("true")).unwrap();
     wait_seen(&b, &seed.seed.id);
     a.stop().unwrap();
@@ -519,6 +540,7 @@ fn blocking_nodes_talk_over_udp_on_loopback_and_over_a_memory_hub() {
     };
     let c = BlockingNode::start_on(config(dir.path(), "mc"), mem("c")).unwrap();
     let d = BlockingNode::start_on(config(dir.path(), "md"), mem("d")).unwrap();
+    c.wait_for_peers(1, Duration::from_secs(10)).unwrap();
     let seed = d.publish(PublishRequest::new("true")).unwrap();
     wait_seen(&c, &seed.seed.id);
     assert_eq!(c.overview().unwrap().transport.as_deref(), Some("memory"));

@@ -56,6 +56,7 @@ fn seed(max_bids: u32, window: u64) -> Seed {
         max_bids,
         timeout_secs: 10,
         created_at: T0,
+        audience: Vec::new(),
     }
 }
 

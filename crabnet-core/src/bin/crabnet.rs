@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use crabnet_core::clock::format_ms;
 use crabnet_core::demo::{self, DemoOptions};
-use crabnet_core::network::{UdpConfig, UdpTransport};
+use crabnet_core::network::{DhtConfig, UdpConfig, UdpTransport};
 use crabnet_core::{
-    Config, Error, ErrorKind, Event, Node, PublishRequest, SeedId, SeedStatus, SeedView,
+    Config, Error, ErrorKind, Event, Node, NodeId, PublishRequest, SeedId, SeedStatus, SeedView,
 };
 use serde::Serialize;
 
@@ -46,6 +46,8 @@ enum Command {
     /// Work with seeds (tasks).
     #[command(subcommand)]
     Seed(SeedCommand),
+    /// List the peers this node has verified hellos from.
+    Peers,
     /// Print events from the node's log.
     Events(EventsArgs),
     /// Run a local demo network (in one process) through a whole task lifecycle.
@@ -56,6 +58,8 @@ enum Command {
 enum TransportArg {
     /// UDP unicast to --peer addresses (plus opt-in --broadcast).
     Udp,
+    /// libp2p: gossipsub, Kademlia, identify, sync over request-response, TCP and QUIC.
+    Dht,
 }
 
 #[derive(Args, Debug)]
@@ -63,15 +67,28 @@ struct ListenArgs {
     /// Transport backend.
     #[arg(long, value_enum, default_value = "udp")]
     transport: TransportArg,
-    /// Local address to bind.
+    /// Local address to bind (dht: TCP and QUIC on this IP and port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7946")]
     bind: SocketAddr,
-    /// A peer to send every message to (repeatable).
+    /// A peer (repeatable). udp: IP:PORT. dht: a multiaddress such as
+    /// /ip4/127.0.0.1/tcp/7947, or IP:PORT for its TCP address.
     #[arg(long = "peer", value_name = "ADDR")]
-    peers: Vec<SocketAddr>,
-    /// Also send every message to this broadcast address (off by default).
+    peers: Vec<String>,
+    /// udp: also send every message to this broadcast address (off by default).
     #[arg(long, value_name = "ADDR")]
     broadcast: Option<SocketAddr>,
+    /// dht: a Kademlia bootstrap node, /ip4/.../tcp/PORT/p2p/PEER_ID (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// dht: discover peers on the local network with mDNS (off by default).
+    #[arg(long)]
+    mdns: bool,
+    /// dht: bind this UDP address as a fallback for when libp2p has no peers.
+    #[arg(long, value_name = "ADDR")]
+    udp_fallback: Option<SocketAddr>,
+    /// dht: UDP fallback peers (IP:PORT, repeatable).
+    #[arg(long, value_name = "ADDR")]
+    udp_peer: Vec<SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,6 +165,10 @@ struct PublishArgs {
     /// Run timeout in seconds.
     #[arg(long, default_value_t = PublishRequest::default().timeout_secs)]
     timeout: u64,
+    /// Make the seed private to this node (repeatable): every message about it is encrypted
+    /// to these nodes and the publisher. Their hellos must have been received.
+    #[arg(long = "to", value_name = "NODE_ID")]
+    to: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -298,6 +319,29 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                 println!("digest    {}", o.state_digest);
             }
         }
+        Command::Peers => {
+            let peers = with_node(config, async |n| n.peers().await).await?;
+            if json {
+                print_json(&peers);
+            } else if peers.is_empty() {
+                println!("no peers yet (peers appear once their hello arrives)");
+            } else {
+                println!(
+                    "{:<64}  {:<12}  {:<16}  {:<24}  ADDRESSES",
+                    "NODE", "NAME", "FINGERPRINT", "LAST SEEN"
+                );
+                for p in &peers {
+                    println!(
+                        "{:<64}  {:<12}  {:<16}  {:<24}  {}",
+                        p.node_id,
+                        p.name,
+                        p.fingerprint,
+                        format_ms(p.last_seen),
+                        p.addresses.join(", ")
+                    );
+                }
+            }
+        }
         Command::Seed(cmd) => seed_command(config, cmd, json).await?,
         Command::Events(args) => events(config, args, json).await?,
         Command::Demo(_) | Command::Listen(_) => unreachable!("handled above"),
@@ -316,6 +360,11 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
                 bid_window_secs: a.bid_window,
                 max_bids: a.max_bids,
                 timeout_secs: a.timeout,
+                private_to: a
+                    .to
+                    .iter()
+                    .map(|t| NodeId::parse(t))
+                    .collect::<Result<_, _>>()?,
             };
             let v = with_node(config, async |n| n.publish(req).await).await?;
             if json {
@@ -549,20 +598,82 @@ async fn events(config: Config, args: EventsArgs, json: bool) -> Result<(), Erro
 }
 
 async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Error> {
-    let transport = match args.transport {
-        TransportArg::Udp => UdpTransport::bind(UdpConfig {
-            bind: args.bind,
-            peers: args.peers.clone(),
-            broadcast: args.broadcast,
-        })?,
+    let bad = |m: String| Error::new(ErrorKind::Validation, m);
+    let node = match args.transport {
+        TransportArg::Udp => {
+            if !args.bootstrap.is_empty() || args.mdns || args.udp_fallback.is_some() {
+                return Err(bad(
+                    "--bootstrap, --mdns and --udp-fallback apply to --transport dht".into(),
+                ));
+            }
+            let peers = args
+                .peers
+                .iter()
+                .map(|p| {
+                    p.parse::<SocketAddr>()
+                        .map_err(|e| bad(format!("invalid UDP peer {p:?} (expected IP:PORT): {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let transport = UdpTransport::bind(UdpConfig {
+                bind: args.bind,
+                peers,
+                broadcast: args.broadcast,
+            })?;
+            Node::start_with_transport(config, Box::new(transport)).await?
+        }
+        TransportArg::Dht => {
+            if args.broadcast.is_some() {
+                return Err(bad("--broadcast applies to --transport udp".into()));
+            }
+            let ip = match args.bind.ip() {
+                std::net::IpAddr::V4(ip) => format!("/ip4/{ip}"),
+                std::net::IpAddr::V6(ip) => format!("/ip6/{ip}"),
+            };
+            let port = args.bind.port();
+            let peers = args
+                .peers
+                .iter()
+                .map(|p| match p.parse::<SocketAddr>() {
+                    Ok(a) => format!("/ip4/{}/tcp/{}", a.ip(), a.port()),
+                    Err(_) => p.clone(),
+                })
+                .collect();
+            let dht = DhtConfig {
+                listen: vec![
+                    format!("{ip}/tcp/{port}"),
+                    format!("{ip}/udp/{port}/quic-v1"),
+                ],
+                peers,
+                bootstrap: args.bootstrap.clone(),
+                mdns: args.mdns,
+                udp_fallback: args.udp_fallback.map(|bind| UdpConfig {
+                    bind,
+                    peers: args.udp_peer.clone(),
+                    broadcast: None,
+                }),
+            };
+            Node::start_with_dht(config, dht).await?
+        }
     };
-    let local = transport.local_addr()?;
-    let node = Node::start_with_transport(config, Box::new(transport)).await?;
+    let overview = node.overview().await?;
+    let transport = overview.transport.unwrap_or_default();
+    let local = match args.transport {
+        // The bound address (with the real port when binding port 0).
+        TransportArg::Udp => overview
+            .addresses
+            .first()
+            .and_then(|a| a.strip_prefix("udp:"))
+            .map(str::to_owned)
+            .unwrap_or_else(|| args.bind.to_string()),
+        TransportArg::Dht => args.bind.to_string(),
+    };
     if json {
-        print_json(&serde_json::json!({"node_id": node.id(), "transport": "udp", "bind": local}));
+        print_json(
+            &serde_json::json!({"node_id": node.id(), "transport": transport, "bind": local}),
+        );
     } else {
         println!(
-            "node {} listening on udp {local} (Ctrl-C to stop)",
+            "node {} listening on {transport} {local} (Ctrl-C to stop)",
             node.id()
         );
     }

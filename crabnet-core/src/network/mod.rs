@@ -12,13 +12,61 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, ErrorKind, Result};
 
+mod dht;
+mod udp;
+pub use dht::{DhtConfig, DhtTransport, KAD_PROTOCOL, SYNC_PROTOCOL, TOPIC, libp2p_key};
+pub use udp::{UdpConfig, UdpTransport};
+
 /// A frame received from a peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct InboundFrame {
     /// The frame's bytes.
     pub bytes: Vec<u8>,
     /// The peer's transport address, for diagnostics.
     pub from: String,
+    /// Set by transports that want to know the node's verdict (to forward or drop the frame
+    /// and score its sender) and to carry the node's answers back to the requester.
+    pub ack: Option<tokio::sync::oneshot::Sender<Handled>>,
+}
+
+impl InboundFrame {
+    /// A frame without acknowledgement.
+    pub fn new(bytes: Vec<u8>, from: impl Into<String>) -> Self {
+        InboundFrame {
+            bytes,
+            from: from.into(),
+            ack: None,
+        }
+    }
+}
+
+/// What the node made of an inbound frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    /// Valid: forward it.
+    Accept,
+    /// Harmless but not worth forwarding (a duplicate, our own message).
+    Ignore,
+    /// Invalid: drop it and penalise the peer that sent it.
+    Reject,
+}
+
+/// The node's answer to an acknowledged frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    /// The verdict.
+    pub acceptance: Acceptance,
+    /// Frames to send back (sync answers).
+    pub replies: Vec<Vec<u8>>,
+}
+
+/// Something a transport reports to the node.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A frame from a peer.
+    Frame(InboundFrame),
+    /// A change worth an event (started, fell back, peers found...).
+    Status(String),
 }
 
 /// A way to exchange frames with peers.
@@ -29,11 +77,20 @@ pub trait Transport: Send + 'static {
     /// The largest frame this transport carries; larger frames are refused at send time.
     fn max_frame_bytes(&self) -> usize;
 
+    /// Addresses where peers reach this node, announced in hellos.
+    fn local_addresses(&self) -> Vec<String>;
+
     /// Sends a frame to every peer. Must not block for long.
     fn broadcast(&mut self, frame: &[u8]) -> Result<()>;
 
-    /// Polls for the next received frame; `Ready(None)` when the transport is closed.
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<InboundFrame>>;
+    /// Sends a sync digest to every peer, where the transport may use a request-response
+    /// exchange whose answers come back as frames. By default the same as `broadcast`.
+    fn sync(&mut self, frame: &[u8]) -> Result<()> {
+        self.broadcast(frame)
+    }
+
+    /// Polls for the next frame or status report; `Ready(None)` when the transport is closed.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>>;
 }
 
 /// Checks a frame against a transport's size limit.
@@ -130,6 +187,10 @@ impl Transport for MemoryTransport {
         MemoryHub::MAX_FRAME_BYTES
     }
 
+    fn local_addresses(&self) -> Vec<String> {
+        vec![format!("memory:{}", self.name)]
+    }
+
     fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
         check_frame_size(self, frame)?;
         let state = self.hub.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,17 +200,17 @@ impl Transport for MemoryTransport {
         for (id, member) in &state.members {
             if *id != self.id && !member.isolated {
                 // A member that left simply misses the frame.
-                let _ = member.tx.send(InboundFrame {
-                    bytes: frame.to_vec(),
-                    from: format!("memory:{}", self.name),
-                });
+                let _ = member.tx.send(InboundFrame::new(
+                    frame.to_vec(),
+                    format!("memory:{}", self.name),
+                ));
             }
         }
         Ok(())
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<InboundFrame>> {
-        self.rx.poll_recv(cx)
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        self.rx.poll_recv(cx).map(|f| f.map(Incoming::Frame))
     }
 }
 
@@ -160,121 +221,19 @@ impl Drop for MemoryTransport {
     }
 }
 
-/// UDP transport settings.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct UdpConfig {
-    /// Local address to bind.
-    pub bind: std::net::SocketAddr,
-    /// Peers that receive every frame (unicast).
-    pub peers: Vec<std::net::SocketAddr>,
-    /// Also send every frame to this broadcast address (off by default: a node announces
-    /// itself only on networks its operator chose).
-    pub broadcast: Option<std::net::SocketAddr>,
-}
-
-impl Default for UdpConfig {
-    fn default() -> Self {
-        UdpConfig {
-            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 7946)),
-            peers: Vec::new(),
-            broadcast: None,
-        }
-    }
-}
-
-/// Unicast (and opt-in broadcast) over UDP: the small LAN and fallback path.
-#[derive(Debug)]
-pub struct UdpTransport {
-    socket: tokio::net::UdpSocket,
-    config: UdpConfig,
-    buf: Vec<u8>,
-}
-
-impl UdpTransport {
-    /// The largest UDP payload over IPv4.
-    pub const MAX_FRAME_BYTES: usize = 65_507;
-
-    /// Binds the socket. Must be called inside a tokio runtime.
-    pub fn bind(config: UdpConfig) -> Result<Self> {
-        let socket = std::net::UdpSocket::bind(config.bind).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Network,
-                format!("cannot bind UDP socket on {}: {e}", config.bind),
-                e,
-            )
-        })?;
-        socket.set_nonblocking(true)?;
-        if config.broadcast.is_some() {
-            socket.set_broadcast(true)?;
-        }
-        let socket = tokio::net::UdpSocket::from_std(socket)?;
-        Ok(UdpTransport {
-            socket,
-            config,
-            buf: vec![0; Self::MAX_FRAME_BYTES + 1],
-        })
-    }
-
-    /// The bound local address (useful when binding port 0).
-    pub fn local_addr(&self) -> Result<std::net::SocketAddr> {
-        Ok(self.socket.local_addr()?)
-    }
-}
-
-impl Transport for UdpTransport {
-    fn name(&self) -> &str {
-        "udp"
-    }
-
-    fn max_frame_bytes(&self) -> usize {
-        Self::MAX_FRAME_BYTES
-    }
-
-    fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
-        check_frame_size(self, frame)?;
-        let targets = self.config.peers.iter().chain(self.config.broadcast.iter());
-        let mut failures = Vec::new();
-        for addr in targets {
-            if let Err(e) = self.socket.try_send_to(frame, *addr) {
-                failures.push(format!("{addr}: {e}"));
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::new(
-                ErrorKind::Network,
-                format!("cannot send to {}", failures.join(", ")),
-            ))
-        }
-    }
-
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<InboundFrame>> {
-        loop {
-            let mut buf = tokio::io::ReadBuf::new(&mut self.buf);
-            match self.socket.poll_recv_from(cx, &mut buf) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(from)) => {
-                    return Poll::Ready(Some(InboundFrame {
-                        bytes: buf.filled().to_vec(),
-                        from: format!("udp:{from}"),
-                    }));
-                }
-                // ICMP errors from earlier sends surface here on Linux; they do not close the
-                // socket.
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!("udp receive error: {e}");
-                    continue;
-                }
-            }
-        }
-    }
-}
-
-/// Waits for the next frame of a transport.
-pub async fn recv(transport: &mut dyn Transport) -> Option<InboundFrame> {
+/// Waits for the next frame or status report of a transport.
+pub async fn next(transport: &mut dyn Transport) -> Option<Incoming> {
     std::future::poll_fn(|cx| transport.poll_recv(cx)).await
+}
+
+/// Waits for the next frame of a transport, skipping status reports.
+pub async fn recv(transport: &mut dyn Transport) -> Option<InboundFrame> {
+    loop {
+        match next(transport).await? {
+            Incoming::Frame(f) => return Some(f),
+            Incoming::Status(_) => continue,
+        }
+    }
 }
 
 #[cfg(test)]

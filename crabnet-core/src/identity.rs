@@ -1,0 +1,304 @@
+//! Node identity: two signing key pairs (Ed25519, ML-DSA-44), two encryption key pairs
+//! (X25519, ML-KEM-768), and the self-certifying node id derived from the signing keys.
+//!
+//! The secret seeds live in `<data_dir>/identity.key` (mode 0600, never logged). The file
+//! format is the ASCII line `crabnet-identity-v1\n` followed by 164 bytes: key epoch (u32
+//! big-endian), Ed25519 seed (32), ML-DSA-44 seed (32), X25519 secret (32), ML-KEM-768 seed (64).
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::crypto::{KemPublic, KemSecret, KemSeeds, SigningPublic, SigningSecret, SigningSeeds};
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::NodeId;
+
+const MAGIC: &[u8] = b"crabnet-identity-v1\n";
+const BODY_LEN: usize = 4 + 32 + 32 + 32 + 64;
+/// Domain-separation label of the node id hash.
+pub const NODE_ID_LABEL: &[u8] = b"crabnet/v1/node-id";
+
+/// Derives the node id from the two signing public keys:
+/// `SHA-256(label || ed25519 public key || ML-DSA-44 public key)`.
+pub fn node_id_for(signing: &SigningPublic) -> NodeId {
+    let mut h = Sha256::new();
+    h.update(NODE_ID_LABEL);
+    h.update(signing.ed25519());
+    h.update(signing.ml_dsa());
+    NodeId::from_bytes(h.finalize().into())
+}
+
+/// The public half of an identity, as announced in `NodeHello` and kept in the peer table.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicIdentity {
+    /// The node id (derived from `signing`).
+    pub node_id: NodeId,
+    /// Ed25519 + ML-DSA-44 verification keys.
+    pub signing: SigningPublic,
+    /// X25519 + ML-KEM-768 encryption keys.
+    pub kem: KemPublic,
+    /// Key epoch (starts at 1; rotation is future work).
+    pub epoch: u32,
+}
+
+impl fmt::Debug for PublicIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicIdentity")
+            .field("node_id", &self.node_id)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PublicIdentity {
+    /// Builds a public identity from encoded keys, checking them and deriving the node id.
+    pub fn from_parts(signing: &[u8], kem: &[u8], epoch: u32) -> Result<Self> {
+        let signing = SigningPublic::from_bytes(signing)?;
+        let kem = KemPublic::from_bytes(kem)?;
+        Ok(PublicIdentity {
+            node_id: node_id_for(&signing),
+            signing,
+            kem,
+            epoch,
+        })
+    }
+
+    /// A short fingerprint of the keys for humans: the first 16 hex digits of the node id.
+    pub fn fingerprint(&self) -> &str {
+        &self.node_id.as_str()[..16]
+    }
+}
+
+/// A node's full identity, secrets included.
+pub struct Identity {
+    signing: SigningSecret,
+    kem: KemSecret,
+    public: PublicIdentity,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("node_id", &self.public.node_id)
+            .field("secrets", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Identity {
+    /// A fresh identity from the operating system's random source.
+    pub fn generate() -> Result<Self> {
+        Ok(Self::from_secrets(
+            SigningSecret::generate()?,
+            KemSecret::generate()?,
+            1,
+        ))
+    }
+
+    /// An identity from fixed seeds (test vectors, deterministic simulations).
+    pub fn from_seeds(signing: &SigningSeeds, kem: &KemSeeds, epoch: u32) -> Self {
+        Self::from_secrets(
+            SigningSecret::from_seeds(signing),
+            KemSecret::from_seeds(kem),
+            epoch,
+        )
+    }
+
+    fn from_secrets(signing: SigningSecret, kem: KemSecret, epoch: u32) -> Self {
+        let signing_public = signing.public();
+        let public = PublicIdentity {
+            node_id: node_id_for(&signing_public),
+            signing: signing_public,
+            kem: kem.public(),
+            epoch,
+        };
+        Identity {
+            signing,
+            kem,
+            public,
+        }
+    }
+
+    /// The node id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.public.node_id
+    }
+
+    /// The public keys.
+    pub fn public(&self) -> &PublicIdentity {
+        &self.public
+    }
+
+    /// The signing secret.
+    pub fn signing(&self) -> &SigningSecret {
+        &self.signing
+    }
+
+    /// The decryption secret.
+    pub fn kem(&self) -> &KemSecret {
+        &self.kem
+    }
+
+    /// Loads the identity file, or creates one (mode 0600) when there is none. Returns the
+    /// identity and whether it was created.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool)> {
+        match std::fs::File::open(path) {
+            Ok(file) => Ok((Self::read(file, path)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let identity = Self::generate()?;
+                identity.write_new(path)?;
+                Ok((identity, true))
+            }
+            Err(e) => Err(Error::with_source(
+                ErrorKind::Io,
+                format!("cannot open identity file {}: {e}", path.display()),
+                e,
+            )),
+        }
+    }
+
+    fn read(mut file: std::fs::File, path: &Path) -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let mode = file.metadata()?.mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "identity file {} is readable by others (mode {mode:o}); run `chmod 600` on it",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        let mut bytes = Zeroizing::new(Vec::with_capacity(MAGIC.len() + BODY_LEN));
+        file.read_to_end(&mut bytes)?;
+        let bad = |why: &str| {
+            Error::new(
+                ErrorKind::Config,
+                format!("identity file {} is invalid: {why}", path.display()),
+            )
+        };
+        if !bytes.starts_with(MAGIC) {
+            return Err(bad("unknown format"));
+        }
+        let body = &bytes[MAGIC.len()..];
+        if body.len() != BODY_LEN {
+            return Err(bad(&format!(
+                "expected {BODY_LEN} key bytes, found {}",
+                body.len()
+            )));
+        }
+        let epoch = u32::from_be_bytes(body[0..4].try_into().expect("4 bytes"));
+        let mut signing = SigningSeeds {
+            ed25519: [0; 32],
+            ml_dsa: [0; 32],
+        };
+        signing.ed25519.copy_from_slice(&body[4..36]);
+        signing.ml_dsa.copy_from_slice(&body[36..68]);
+        let mut kem = KemSeeds {
+            x25519: [0; 32],
+            ml_kem: [0; 64],
+        };
+        kem.x25519.copy_from_slice(&body[68..100]);
+        kem.ml_kem.copy_from_slice(&body[100..164]);
+        if epoch == 0 {
+            return Err(bad("key epoch 0"));
+        }
+        Ok(Self::from_seeds(&signing, &kem, epoch))
+    }
+
+    fn write_new(&self, path: &Path) -> Result<()> {
+        let mut bytes = Zeroizing::new(Vec::with_capacity(MAGIC.len() + BODY_LEN));
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&self.public.epoch.to_be_bytes());
+        let signing = self.signing.to_seeds();
+        let kem = self.kem.to_seeds();
+        bytes.extend_from_slice(&signing.ed25519);
+        bytes.extend_from_slice(&signing.ml_dsa);
+        bytes.extend_from_slice(&kem.x25519);
+        bytes.extend_from_slice(&kem.ml_kem);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Io,
+                format!("cannot create identity file {}: {e}", path.display()),
+                e,
+            )
+        })?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        bytes.zeroize();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_file_round_trips_with_mode_0600_and_a_stable_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.key");
+        let (a, created) = Identity::load_or_create(&path).unwrap();
+        assert!(created);
+        let (b, created) = Identity::load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(a.node_id(), b.node_id());
+        assert_eq!(a.public(), b.public());
+        assert_eq!(node_id_for(&a.public().signing), *a.node_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = Identity::load_or_create(&path).unwrap_err();
+            assert!(err.to_string().contains("readable by others"), "{err}");
+        }
+    }
+
+    #[test]
+    fn damaged_identity_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.key");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&path).unwrap();
+        f.write_all(b"crabnet-identity-v1\nshort").unwrap();
+        drop(f);
+        let err = Identity::load_or_create(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("expected 164 key bytes"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let id = Identity::from_seeds(
+            &SigningSeeds {
+                ed25519: [0x11; 32],
+                ml_dsa: [0x22; 32],
+            },
+            &KemSeeds {
+                x25519: [0x33; 32],
+                ml_kem: [0x44; 64],
+            },
+            1,
+        );
+        let text = format!("{id:?}");
+        assert!(text.contains("redacted"));
+        for secret in ["1111", "2222", "3333", "4444", "17, 17"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+    }
+}

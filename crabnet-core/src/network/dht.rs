@@ -1,0 +1,523 @@
+//! libp2p: the distributed engine. Gossipsub carries envelopes to every node (validated by the
+//! node's trust boundary before they are forwarded), a request-response protocol carries sync
+//! digests and their answers, Kademlia finds peers beyond the configured ones, identify tells
+//! Kademlia which addresses to use, and mDNS (opt-in) finds peers on the local network. TCP
+//! (noise + yamux) and QUIC. The standard protocols let other libp2p implementations join.
+//!
+//! When libp2p cannot start, or has no connected peer, and UDP settings are given, frames go
+//! over UDP instead; the node gets a status event each time this changes.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, mdns, noise,
+    request_response, tcp, yamux,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Acceptance, Handled, InboundFrame, Incoming, Transport, UdpConfig, UdpTransport};
+use crate::envelope::MAX_ENVELOPE_BYTES;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The gossipsub topic every Crabnet envelope is published on.
+pub const TOPIC: &str = "crabnet/v1/envelopes";
+/// The request-response protocol carrying sync digests and answers.
+pub const SYNC_PROTOCOL: &str = "/crabnet/sync/1.0.0";
+/// The Kademlia protocol name (a private DHT for Crabnet nodes).
+pub const KAD_PROTOCOL: &str = "/crabnet/kad/1.0.0";
+
+/// libp2p settings (section `[dht]` of the CLI's view; embedders fill it directly).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DhtConfig {
+    /// Multiaddresses to listen on.
+    pub listen: Vec<String>,
+    /// Multiaddresses to dial at start (with or without a `/p2p/<peer id>` suffix).
+    pub peers: Vec<String>,
+    /// Kademlia bootstrap nodes: multiaddresses ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<String>,
+    /// Announce and discover peers with mDNS on the local network (off by default).
+    pub mdns: bool,
+    /// UDP settings to fall back to when libp2p cannot start or has no peers.
+    pub udp_fallback: Option<UdpConfig>,
+}
+
+impl Default for DhtConfig {
+    fn default() -> Self {
+        DhtConfig {
+            listen: vec![
+                "/ip4/127.0.0.1/tcp/0".into(),
+                "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+            ],
+            peers: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: false,
+            udp_fallback: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SyncRequest(#[serde(with = "serde_bytes")] Vec<u8>);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SyncResponse {
+    frames: Vec<serde_bytes::ByteBuf>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+}
+
+enum Command {
+    Broadcast(Vec<u8>),
+    Sync(Vec<u8>),
+}
+
+/// The libp2p transport (backend name `dht`).
+pub struct DhtTransport {
+    commands: mpsc::UnboundedSender<Command>,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    shared: Arc<Shared>,
+    udp: Option<UdpTransport>,
+    using_udp: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    addresses: Mutex<Vec<String>>,
+    connected: Mutex<HashSet<PeerId>>,
+    peer_id: Mutex<Option<PeerId>>,
+}
+
+impl std::fmt::Debug for DhtTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DhtTransport")
+            .field("peer_id", &self.peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn net_err(what: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Network, what.to_string())
+}
+
+fn parse_addr(text: &str) -> Result<Multiaddr> {
+    text.parse()
+        .map_err(|e| net_err(format!("invalid multiaddress {text:?}: {e}")))
+}
+
+/// The libp2p key of a node, derived from its Ed25519 seed (a separate key, so that transport
+/// and envelope signatures never share one).
+pub fn libp2p_key(ed25519_seed: &[u8; 32]) -> identity::Keypair {
+    let mut h = Sha256::new();
+    h.update(b"crabnet/v1/libp2p-key");
+    h.update(ed25519_seed);
+    let mut secret: [u8; 32] = h.finalize().into();
+    let key = identity::Keypair::ed25519_from_bytes(&mut secret).expect("32 bytes are a key");
+    zeroize::Zeroize::zeroize(&mut secret);
+    key
+}
+
+impl DhtTransport {
+    /// Starts libp2p with `key`. Must be called inside a tokio runtime. When libp2p cannot
+    /// start and `config.udp_fallback` is set, returns a UDP transport that says so in its
+    /// first status report.
+    pub fn start(config: DhtConfig, key: identity::Keypair) -> Result<Box<dyn Transport>> {
+        match Self::start_libp2p(&config, key) {
+            Ok(t) => Ok(Box::new(t)),
+            Err(e) => match &config.udp_fallback {
+                Some(udp) => {
+                    let udp = UdpTransport::bind(udp.clone())?;
+                    Ok(Box::new(Announced {
+                        inner: udp,
+                        notice: Some(format!("libp2p could not start ({e}); using UDP")),
+                    }))
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    fn start_libp2p(config: &DhtConfig, key: identity::Keypair) -> Result<DhtTransport> {
+        let peer_id = key.public().to_peer_id();
+        let mdns_enabled = config.mdns;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| net_err(format!("cannot set up TCP: {e}")))?
+            .with_quic()
+            .with_behaviour(|key| {
+                let gossip_config = gossipsub::ConfigBuilder::default()
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .validate_messages()
+                    .max_transmit_size(MAX_ENVELOPE_BYTES + 1024)
+                    .heartbeat_interval(Duration::from_millis(500))
+                    // Content ids: the same envelope relayed by anyone is one message.
+                    .message_id_fn(|m: &gossipsub::Message| {
+                        gossipsub::MessageId::from(Sha256::digest(&m.data)[..20].to_vec())
+                    })
+                    .build()
+                    .map_err(|e| format!("gossipsub config: {e}"))?;
+                let gossipsub = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
+                let peer = key.public().to_peer_id();
+                let mut kad = kad::Behaviour::with_config(
+                    peer,
+                    kad::store::MemoryStore::new(peer),
+                    kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+                );
+                kad.set_mode(Some(kad::Mode::Server));
+                let identify = identify::Behaviour::new(identify::Config::new(
+                    "/crabnet/1.0.0".into(),
+                    key.public(),
+                ));
+                let mdns = if mdns_enabled {
+                    Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
+                } else {
+                    None
+                };
+                let sync = request_response::cbor::Behaviour::new(
+                    [(
+                        StreamProtocol::new(SYNC_PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30)),
+                );
+                Ok(Behaviour {
+                    gossipsub,
+                    kad,
+                    identify,
+                    mdns: Toggle::from(mdns),
+                    sync,
+                })
+            })
+            .map_err(|e| net_err(format!("cannot set up libp2p: {e}")))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+
+        let topic = gossipsub::IdentTopic::new(TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| net_err(format!("cannot subscribe: {e}")))?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(parse_addr(addr)?)
+                .map_err(|e| net_err(format!("cannot listen on {addr}: {e}")))?;
+        }
+        for addr in &config.bootstrap {
+            let addr = parse_addr(addr)?;
+            let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+                return Err(net_err(format!(
+                    "bootstrap address {addr} must end with /p2p/<peer id>"
+                )));
+            };
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if !config.bootstrap.is_empty() {
+            // No known peers is reported as an error; the peers may come later.
+            let _ = swarm.behaviour_mut().kad.bootstrap();
+        }
+        for addr in &config.peers {
+            let addr = parse_addr(addr)?;
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!("cannot dial {addr}: {e}");
+            }
+        }
+        let udp = config
+            .udp_fallback
+            .clone()
+            .map(UdpTransport::bind)
+            .transpose()?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (incoming_tx, incoming) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        *lock(&shared.peer_id) = Some(peer_id);
+        let _ = incoming_tx.send(Incoming::Status(format!("libp2p started as {peer_id}")));
+        tokio::spawn(run(swarm, topic, command_rx, incoming_tx, shared.clone()));
+        Ok(DhtTransport {
+            commands,
+            incoming,
+            shared,
+            udp,
+            using_udp: false,
+        })
+    }
+
+    /// This node's libp2p peer id.
+    pub fn peer_id(&self) -> Option<PeerId> {
+        *lock(&self.shared.peer_id)
+    }
+
+    /// Number of currently connected libp2p peers.
+    pub fn connected_peers(&self) -> usize {
+        lock(&self.shared.connected).len()
+    }
+
+    /// Listen addresses with the `/p2p/<peer id>` suffix, as other nodes dial them.
+    pub fn listen_addresses(&self) -> Vec<String> {
+        lock(&self.shared.addresses).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Transport for DhtTransport {
+    fn name(&self) -> &str {
+        "dht"
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        match &self.udp {
+            Some(u) => u.max_frame_bytes(),
+            None => MAX_ENVELOPE_BYTES,
+        }
+    }
+
+    fn local_addresses(&self) -> Vec<String> {
+        let mut out = self.listen_addresses();
+        if let Some(u) = &self.udp {
+            out.extend(u.local_addresses());
+        }
+        out
+    }
+
+    fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
+        super::check_frame_size(self, frame)?;
+        self.commands
+            .send(Command::Broadcast(frame.to_vec()))
+            .map_err(|_| net_err("the libp2p task has stopped"))?;
+        self.fallback(frame)
+    }
+
+    fn sync(&mut self, frame: &[u8]) -> Result<()> {
+        self.commands
+            .send(Command::Sync(frame.to_vec()))
+            .map_err(|_| net_err("the libp2p task has stopped"))?;
+        self.fallback(frame)
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        if let Poll::Ready(item) = self.incoming.poll_recv(cx) {
+            return Poll::Ready(item);
+        }
+        if let Some(udp) = &mut self.udp
+            && let Poll::Ready(Some(item)) = udp.poll_recv(cx)
+        {
+            return Poll::Ready(Some(item));
+        }
+        let no_peers = self.connected_peers() == 0;
+        if self.udp.is_some() && no_peers != self.using_udp {
+            self.using_udp = no_peers;
+            let detail = if no_peers {
+                "no libp2p peers connected; sending over UDP as well"
+            } else {
+                "libp2p peers connected; UDP fallback idle"
+            };
+            return Poll::Ready(Some(Incoming::Status(detail.into())));
+        }
+        Poll::Pending
+    }
+}
+
+impl DhtTransport {
+    fn fallback(&mut self, frame: &[u8]) -> Result<()> {
+        if self.connected_peers() == 0
+            && let Some(udp) = &mut self.udp
+        {
+            udp.broadcast(frame)?;
+        }
+        Ok(())
+    }
+}
+
+/// A transport whose first report is a notice (the UDP fallback when libp2p failed).
+struct Announced<T> {
+    inner: T,
+    notice: Option<String>,
+}
+
+impl<T: Transport> Transport for Announced<T> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn max_frame_bytes(&self) -> usize {
+        self.inner.max_frame_bytes()
+    }
+    fn local_addresses(&self) -> Vec<String> {
+        self.inner.local_addresses()
+    }
+    fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
+        self.inner.broadcast(frame)
+    }
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        if let Some(n) = self.notice.take() {
+            return Poll::Ready(Some(Incoming::Status(n)));
+        }
+        self.inner.poll_recv(cx)
+    }
+}
+
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Done>> + Send>>;
+
+enum Done {
+    Gossip {
+        id: gossipsub::MessageId,
+        source: PeerId,
+        handled: Handled,
+    },
+    Request {
+        channel: request_response::ResponseChannel<SyncResponse>,
+        handled: Handled,
+    },
+}
+
+fn ask(
+    incoming: &mpsc::UnboundedSender<Incoming>,
+    bytes: Vec<u8>,
+    from: String,
+) -> Option<oneshot::Receiver<Handled>> {
+    let (tx, rx) = oneshot::channel();
+    let frame = InboundFrame {
+        bytes,
+        from,
+        ack: Some(tx),
+    };
+    incoming.send(Incoming::Frame(frame)).ok().map(|_| rx)
+}
+
+async fn run(
+    mut swarm: Swarm<Behaviour>,
+    topic: gossipsub::IdentTopic,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    incoming: mpsc::UnboundedSender<Incoming>,
+    shared: Arc<Shared>,
+) {
+    let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                // The node dropped its transport: shut down.
+                None => return,
+                Some(Command::Broadcast(frame)) => {
+                    match swarm.behaviour_mut().gossipsub.publish(topic.clone(), frame) {
+                        Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+                        // Nobody to send to yet; sync delivers it later.
+                        Err(e) => tracing::debug!("gossipsub publish: {e}"),
+                    }
+                }
+                Some(Command::Sync(frame)) => {
+                    let peers: Vec<PeerId> = lock(&shared.connected).iter().copied().collect();
+                    for peer in peers {
+                        swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame.clone()));
+                    }
+                }
+            },
+            Some(done) = pending.next(), if !pending.is_empty() => match done {
+                Some(Done::Gossip { id, source, handled }) => {
+                    let acceptance = match handled.acceptance {
+                        Acceptance::Accept => gossipsub::MessageAcceptance::Accept,
+                        Acceptance::Ignore => gossipsub::MessageAcceptance::Ignore,
+                        Acceptance::Reject => gossipsub::MessageAcceptance::Reject,
+                    };
+                    swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
+                    for frame in handled.replies {
+                        let _ = swarm.behaviour_mut().gossipsub.publish(topic.clone(), frame);
+                    }
+                }
+                Some(Done::Request { channel, handled }) => {
+                    let frames = handled.replies.into_iter().map(serde_bytes::ByteBuf::from).collect();
+                    let _ = swarm.behaviour_mut().sync.send_response(channel, SyncResponse { frames });
+                }
+                None => {}
+            },
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    let full = address.with_p2p(*swarm.local_peer_id()).unwrap_or_else(|a| a);
+                    lock(&shared.addresses).push(full.to_string());
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    let first = lock(&shared.connected).insert(peer_id);
+                    if first {
+                        let _ = incoming.send(Incoming::Status(format!("connected to libp2p peer {peer_id}")));
+                    }
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                    lock(&shared.connected).remove(&peer_id);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                    propagation_source,
+                    message_id,
+                    message,
+                })) => {
+                    if let Some(rx) = ask(&incoming, message.data, format!("libp2p:{propagation_source}")) {
+                        pending.push(Box::pin(async move {
+                            rx.await.ok().map(|handled| Done::Gossip { id: message_id, source: propagation_source, handled })
+                        }));
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. })) => match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        if let Some(rx) = ask(&incoming, request.0, format!("libp2p:{peer}")) {
+                            pending.push(Box::pin(async move {
+                                rx.await.ok().map(|handled| Done::Request { channel, handled })
+                            }));
+                        }
+                    }
+                    request_response::Message::Response { response, .. } => {
+                        for frame in response.frames {
+                            let _ = incoming.send(Incoming::Frame(InboundFrame::new(frame.into_vec(), format!("libp2p:{peer}"))));
+                        }
+                    }
+                },
+                // Only peers that speak our DHT protocol go into the routing table.
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                    if info.protocols.contains(&kad_protocol) =>
+                {
+                    for addr in info.listen_addrs {
+                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                    for (peer, addr) in found {
+                        swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                        if let Err(e) = swarm.dial(addr) {
+                            tracing::debug!("cannot dial mDNS peer {peer}: {e}");
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }))
+                    if !swarm.is_connected(&peer) =>
+                {
+                    let _ = swarm.dial(peer);
+                }
+                _ => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The libp2p backend on loopback: gossipsub delivery validated by the trust boundary, sync
+//! over request-response for a late joiner, and the UDP fallback when libp2p cannot start.
+
+use std::time::{Duration, Instant};
+
+use crabnet_core::network::{DhtConfig, UdpConfig};
+use crabnet_core::{Config, EventKind, Node, PublishRequest, SeedStatus};
+
+fn config(dir: &std::path::Path, name: &str) -> Config {
+    let mut c = Config::with_data_dir(dir.join(name));
+    c.name = name.into();
+    c.network.tick_ms = 20;
+    c.network.hello_interval_secs = 1;
+    c.network.sync_interval_secs = 1;
+    c
+}
+
+async fn tcp_address(node: &Node) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = node.overview().await.unwrap();
+        if let Some(a) = o.addresses.iter().find(|a| a.contains("/tcp/")) {
+            return a.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no libp2p listen address: {:?}",
+            o.addresses
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start(dir: &std::path::Path, name: &str, peers: Vec<String>) -> Node {
+    let dht = DhtConfig {
+        peers,
+        ..DhtConfig::default()
+    };
+    Node::start_with_dht(config(dir, name), dht).await.unwrap()
+}
+
+async fn wait_status(node: &Node, id: &crabnet_core::SeedId, status: SeedStatus) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(v) = node.seed(id).await
+            && v.status == status
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never saw {status}",
+            node.config().name
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_libp2p_nodes_run_a_lifecycle_and_a_late_joiner_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a", vec![]).await;
+    let addr = tcp_address(&a).await;
+    let b = start(dir.path(), "b", vec![addr.clone()]).await;
+    let c = start(dir.path(), "c", vec![addr.clone()]).await;
+    for n in [&a, &b, &c] {
+        n.wait_for_peers(2, Duration::from_secs(20)).await.unwrap();
+    }
+    let seed = a
+        .publish(PublishRequest {
+            max_bids: 2,
+            ..PublishRequest::new("echo over-libp2p")
+        })
+        .await
+        .unwrap();
+    let id = seed.seed.id.clone();
+    wait_status(&b, &id, SeedStatus::Open).await;
+    wait_status(&c, &id, SeedStatus::Open).await;
+    b.bid(&id, 30).await.unwrap();
+    c.bid(&id, 20).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.seed(&id).await.unwrap().award.is_none() {
+        assert!(Instant::now() < deadline, "award never reached c");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.claim(&id).await.unwrap();
+    c.run(&id).await.unwrap();
+    wait_status(&a, &id, SeedStatus::Completed).await;
+    a.settle(&id, true, "").await.unwrap();
+    for n in [&a, &b, &c] {
+        wait_status(n, &id, SeedStatus::Settled).await;
+    }
+
+    // A late joiner that only knows b catches up through sync (request-response).
+    let b_addr = tcp_address(&b).await;
+    let d = start(dir.path(), "d", vec![b_addr]).await;
+    wait_status(&d, &id, SeedStatus::Settled).await;
+    let digests: Vec<String> = futures_digests(&[&a, &b, &c, &d]).await;
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    let o = d.overview().await.unwrap();
+    assert_eq!(o.transport.as_deref(), Some("dht"));
+    for n in [a, b, c, d] {
+        n.stop().await.unwrap();
+    }
+}
+
+async fn futures_digests(nodes: &[&Node]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(n.overview().await.unwrap().state_digest);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libp2p_that_cannot_start_falls_back_to_udp_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dht = DhtConfig {
+        // Not a valid multiaddress: libp2p cannot start.
+        listen: vec!["/ip4/127.0.0.1/tcp/not-a-port".into()],
+        udp_fallback: Some(UdpConfig {
+            bind: udp_port,
+            peers: vec![],
+            broadcast: None,
+        }),
+        ..DhtConfig::default()
+    };
+    let node = Node::start_with_dht(config(dir.path(), "f"), dht)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = node.events_after(0, 100).await.unwrap();
+        let notice = events.iter().find_map(|e| match &e.kind {
+            EventKind::TransportStatus { detail, .. } => Some(detail.clone()),
+            _ => None,
+        });
+        if let Some(detail) = notice {
+            assert!(detail.contains("using UDP"), "{detail}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no fallback event");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        node.overview().await.unwrap().transport.as_deref(),
+        Some("udp")
+    );
+    // Without a fallback the error is clear.
+    let err = Node::start_with_dht(
+        config(dir.path(), "g"),
+        DhtConfig {
+            listen: vec!["garbage".into()],
+            ..DhtConfig::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("invalid multiaddress"), "{err}");
+    node.stop().await.unwrap();
+}

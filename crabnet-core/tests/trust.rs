@@ -1,0 +1,341 @@
+//! The trust boundary of a running node, attacked through a real transport: unknown and forged
+//! senders, key mismatches, replays (also after a restart and below the replay floor), stale
+//! and future envelopes, and private seeds that outsiders relay but cannot read.
+
+use std::time::{Duration, Instant};
+
+use crabnet_core::clock::now_ms;
+use crabnet_core::crypto::{KemSeeds, SigningSeeds};
+use crabnet_core::envelope::{self, Header, Hello, Kind, MAX_ENVELOPE_BYTES};
+use crabnet_core::identity::Identity;
+use crabnet_core::model::{Body, Message, MessageId, Seed, SeedId};
+use crabnet_core::network::{MemoryTransport, Transport};
+use crabnet_core::{Config, ErrorKind, MemoryHub, Node, PublishRequest, SeedStatus};
+
+fn config(dir: &std::path::Path, name: &str) -> Config {
+    let mut c = Config::with_data_dir(dir.join(name));
+    c.name = name.into();
+    c.network.tick_ms = 20;
+    c
+}
+
+fn identity(tag: u8, epoch: u32) -> Identity {
+    Identity::from_seeds(
+        &SigningSeeds {
+            ed25519: [tag; 32],
+            ml_dsa: [tag; 32],
+        },
+        &KemSeeds {
+            x25519: [tag; 32],
+            ml_kem: [tag; 64],
+        },
+        epoch,
+    )
+}
+
+fn hello(id: &Identity, sender_override: Option<&Identity>) -> Vec<u8> {
+    let hello = Hello {
+        name: "mallory".into(),
+        addresses: vec![],
+        key_epoch: id.public().epoch,
+        signing_public: id.public().signing.to_bytes(),
+        kem_public: id.public().kem.to_bytes(),
+    };
+    let signer = sender_override.unwrap_or(id);
+    let header = Header {
+        kind: Kind::NodeHello,
+        sealed: false,
+        sender: signer.node_id().clone(),
+        message_id: MessageId::from_bytes(rand16()),
+        timestamp: now_ms(),
+        ttl_secs: 60,
+        lamport: 0,
+    };
+    envelope::build(
+        signer,
+        &header,
+        &envelope::encode_hello(&hello),
+        &[],
+        MAX_ENVELOPE_BYTES,
+        &mut envelope::os_rng,
+    )
+    .unwrap()
+}
+
+fn rand16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    envelope::os_rng(&mut b);
+    b
+}
+
+fn seed_message(id: &Identity, lamport: u64, timestamp: u64) -> Message {
+    Message {
+        id: MessageId::from_bytes(rand16()),
+        sender: id.node_id().clone(),
+        lamport,
+        timestamp,
+        body: Body::SeedCreated(Seed {
+            id: SeedId::from_bytes(rand16()),
+            publisher: id.node_id().clone(),
+            command: "true".into(),
+            description: String::new(),
+            min_price: 1,
+            max_price: 10,
+            bid_window_secs: 60,
+            max_bids: 1,
+            timeout_secs: 10,
+            created_at: timestamp,
+            audience: vec![],
+        }),
+    }
+}
+
+fn seal(id: &Identity, m: &Message, ttl: u32) -> Vec<u8> {
+    envelope::message_envelope(id, m, ttl, &[], MAX_ENVELOPE_BYTES, &mut envelope::os_rng).unwrap()
+}
+
+async fn counter(node: &Node, name: &str) -> u64 {
+    node.overview()
+        .await
+        .unwrap()
+        .counters
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+}
+
+async fn wait_counter(node: &Node, name: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = counter(node, name).await;
+        if v >= at_least {
+            return;
+        }
+        let counters = node.overview().await.unwrap().counters;
+        assert!(
+            Instant::now() < deadline,
+            "counter {name} stayed at {v}, wanted {at_least}: {counters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn knows(node: &Node, id: &SeedId) -> bool {
+    node.seed(id).await.is_ok()
+}
+
+async fn eventually_knows(node: &Node, id: &SeedId) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !knows(node, id).await {
+        assert!(Instant::now() < deadline, "seed {id} never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn id_of(m: &Message) -> SeedId {
+    m.seed_id().clone()
+}
+
+async fn start(dir: &std::path::Path, name: &str, hub: &MemoryHub, c: Option<Config>) -> Node {
+    let c = c.unwrap_or_else(|| config(dir, name));
+    Node::start_with_transport(c, Box::new(hub.join(name)))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_forged_and_mismatched_senders_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let node = start(dir.path(), "victim", &hub, None).await;
+    let mut wire: MemoryTransport = hub.join("wire");
+    let mallory = identity(0x66, 1);
+    let alice = identity(0x11, 1);
+
+    // 1. A validly signed message from a sender without a hello.
+    let m = seal_and_send(&mut wire, &mallory, now_ms());
+    wait_counter(&node, "rejected.unknown_sender", 1).await;
+    assert!(!knows(&node, &id_of(&m)).await);
+
+    // 2. Alice says hello; a message claiming to be from Alice but signed by Mallory fails.
+    wire.broadcast(&hello(&alice, None)).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let forged = {
+        let m = seed_message(&alice, 1, now_ms());
+        let real = seal(&alice, &m, 60);
+        let cut = real.len() - crabnet_core::crypto::DUAL_SIGNATURE_LEN;
+        let sig = mallory
+            .signing()
+            .sign(&real[..cut], envelope::SIGNATURE_CONTEXT, [1; 32])
+            .unwrap();
+        let mut f = real[..cut].to_vec();
+        f.extend_from_slice(&sig.to_bytes());
+        (m, f)
+    };
+    wire.broadcast(&forged.1).unwrap();
+    wait_counter(&node, "rejected.bad_signature", 1).await;
+    assert!(!knows(&node, &id_of(&forged.0)).await);
+
+    // 3. A hello whose node id is not derived from its keys.
+    wire.broadcast(&hello(&mallory, Some(&alice))).unwrap();
+    wait_counter(&node, "rejected.key_mismatch", 1).await;
+    // 4. A known node id announcing other keys (here: another epoch) is refused.
+    wire.broadcast(&hello(&identity(0x11, 2), None)).unwrap();
+    wait_counter(&node, "rejected.key_mismatch", 2).await;
+    let peers = node.peers().await.unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].key_epoch, 1);
+
+    // Alice's real messages still work.
+    let m = seal_and_send(&mut wire, &alice, now_ms());
+    eventually_knows(&node, &id_of(&m)).await;
+    node.stop().await.unwrap();
+}
+
+fn seal_and_send(wire: &mut MemoryTransport, id: &Identity, at: u64) -> Message {
+    let m = seed_message(id, 1, at);
+    wire.broadcast(&seal(id, &m, 60)).unwrap();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_and_future_envelopes_are_rejected_as_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let node = start(dir.path(), "n", &hub, None).await;
+    let mut wire = hub.join("wire");
+    let alice = identity(0x11, 1);
+    wire.broadcast(&hello(&alice, None)).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let old = seal_and_send(&mut wire, &alice, now_ms() - 3_600_000);
+    let future = seal_and_send(&mut wire, &alice, now_ms() + 3_600_000);
+    wait_counter(&node, "rejected.expired", 2).await;
+    assert!(!knows(&node, &id_of(&old)).await);
+    assert!(!knows(&node, &id_of(&future)).await);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_are_rejected_before_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let node = start(dir.path(), "n", &hub, None).await;
+    let mut wire = hub.join("wire");
+    let alice = identity(0x11, 1);
+    wire.broadcast(&hello(&alice, None)).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let m = seed_message(&alice, 3, now_ms());
+    let bytes = seal(&alice, &m, 600);
+    wire.broadcast(&bytes).unwrap();
+    eventually_knows(&node, &id_of(&m)).await;
+    let digest = node.overview().await.unwrap().state_digest;
+    wire.broadcast(&bytes).unwrap();
+    wait_counter(&node, "rejected.duplicate", 1).await;
+    node.stop().await.unwrap();
+    drop(node);
+
+    let node = start(dir.path(), "n", &hub, None).await;
+    wire.broadcast(&bytes).unwrap();
+    wait_counter(&node, "rejected.duplicate", 2).await;
+    assert_eq!(node.overview().await.unwrap().state_digest, digest);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_below_the_senders_replay_floor_is_a_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut c = config(dir.path(), "n");
+    c.network.message_ttl_secs = 1;
+    c.network.max_clock_skew_secs = 1;
+    c.store.seen_ttl_secs = 2;
+    let node = start(dir.path(), "n", &hub, Some(c)).await;
+    let mut wire = hub.join("wire");
+    let alice = identity(0x11, 1);
+    wire.broadcast(&hello(&alice, None)).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let first = seed_message(&alice, 50, now_ms());
+    wire.broadcast(&seal(&alice, &first, 60)).unwrap();
+    eventually_knows(&node, &id_of(&first)).await;
+    // Once the seen window has passed, the id is forgotten but the floor remembers.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let old = seed_message(&alice, 40, now_ms());
+    wire.broadcast(&seal(&alice, &old, 60)).unwrap();
+    wait_counter(&node, "rejected.replay", 1).await;
+    assert!(!knows(&node, &id_of(&old)).await);
+    // A newer message from Alice is fine.
+    let newer = seed_message(&alice, 51, now_ms());
+    wire.broadcast(&seal(&alice, &newer, 60)).unwrap();
+    eventually_knows(&node, &id_of(&newer)).await;
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_seeds_reach_only_their_audience() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let a = start(dir.path(), "a", &hub, None).await;
+    let b = start(dir.path(), "b", &hub, None).await;
+    let c = start(dir.path(), "c", &hub, None).await;
+    for n in [&a, &b, &c] {
+        n.wait_for_peers(2, Duration::from_secs(10)).await.unwrap();
+    }
+    // Unknown audience members are refused up front.
+    let stranger = identity(0x77, 1).node_id().clone();
+    let err = a
+        .publish(PublishRequest {
+            private_to: vec![stranger],
+            ..PublishRequest::new("true")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Network);
+    assert!(err.to_string().contains("no hello"), "{err}");
+
+    let seed = a
+        .publish(PublishRequest {
+            private_to: vec![b.id().clone()],
+            max_bids: 1,
+            ..PublishRequest::new("echo secret-output")
+        })
+        .await
+        .unwrap();
+    let id = seed.seed.id.clone();
+    eventually_knows(&b, &id).await;
+    b.bid(&id, 5).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.seed(&id).await.unwrap().award.is_none() {
+        assert!(Instant::now() < deadline, "award never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    b.claim(&id).await.unwrap();
+    b.run(&id).await.unwrap();
+    while a.seed(&id).await.unwrap().status != SeedStatus::Completed {
+        assert!(Instant::now() < deadline, "result never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.settle(&id, true, "").await.unwrap();
+    while b.seed(&id).await.unwrap().status != SeedStatus::Settled {
+        assert!(Instant::now() < deadline, "settlement never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Carol received every envelope (creation, bid, award, claim, result, settlement) but
+    // could open none of them.
+    wait_counter(&c, "messages.not_for_us", 6).await;
+    assert_eq!(c.seed(&id).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        a.overview().await.unwrap().state_digest,
+        b.overview().await.unwrap().state_digest
+    );
+    for n in [a, b, c] {
+        n.stop().await.unwrap();
+    }
+}

@@ -1,0 +1,93 @@
+/* Two nodes on UDP over 127.0.0.1 (nothing else): a seed goes from publisher to bidder and
+ * back through award, claim, run and settlement. A third node cannot bind a port in use. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "check.h"
+
+/* A UDP port on 127.0.0.1 that is free right now. */
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    if (fd < 0) FAIL("socket failed");
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0) FAIL("bind failed");
+    if (getsockname(fd, (struct sockaddr *)&addr, &len) != 0) FAIL("getsockname failed");
+    close(fd);
+    return ntohs(addr.sin_port);
+}
+
+static crabnet_node *start_udp(const char *base, const char *name, int port, int peer) {
+    crabnet_config *config = test_config(base, name);
+    char udp[256];
+    snprintf(udp, sizeof udp, "{\"bind\": \"127.0.0.1:%d\", \"peers\": [\"127.0.0.1:%d\"]}", port,
+             peer);
+    crabnet_node *node = NULL;
+    OK(crabnet_node_start_udp(config, udp, &node));
+    crabnet_config_free(config);
+    return node;
+}
+
+int main(void) {
+    char base[256];
+    make_temp_dir(base, sizeof base, "udp");
+    int pa = free_port(), pb = free_port();
+    while (pb == pa) pb = free_port();
+    crabnet_node *a = start_udp(base, "udp-a", pa, pb);
+    crabnet_node *b = start_udp(base, "udp-b", pb, pa);
+
+    /* A port in use is a network error. */
+    crabnet_config *config = test_config(base, "udp-c");
+    char udp[128];
+    snprintf(udp, sizeof udp, "{\"bind\": \"127.0.0.1:%d\"}", pa);
+    crabnet_node *c = NULL;
+    EXPECT_ERR(CRABNET_STATUS_NETWORK, "127.0.0.1", crabnet_node_start_udp(config, udp, &c));
+    CHECK(c == NULL);
+    crabnet_config_free(config);
+
+    char *peers = NULL;
+    OK(crabnet_node_wait_for_peers(a, 1, 20000, &peers));
+    CHECK(json_str_eq(peers, "/0/name", "udp-b"));
+    crabnet_string_free(peers);
+    OK(crabnet_node_wait_for_peers(b, 1, 20000, &peers));
+    CHECK(json_str_eq(peers, "/0/name", "udp-a"));
+    crabnet_string_free(peers);
+
+    char *seed = NULL;
+    OK(crabnet_node_publish(a, "{\"command\": \"echo over-udp\", \"max_bids\": 1}", &seed));
+    char *id = json_str(seed, "/seed/id");
+    crabnet_string_free(seed);
+    crabnet_string_free(wait_seed(b, id, "open"));
+    OK(crabnet_node_bid(b, id, 25, &seed));
+    crabnet_string_free(seed);
+    crabnet_string_free(wait_award(b, id));
+    OK(crabnet_node_claim(b, id, &seed));
+    crabnet_string_free(seed);
+    OK(crabnet_node_run(b, id, &seed));
+    crabnet_string_free(seed);
+    crabnet_string_free(wait_seed(a, id, "completed"));
+    OK(crabnet_node_settle(a, id, false, "rejected over UDP", &seed));
+    CHECK(json_u64(seed, "/settlement/amount") == 0);
+    crabnet_string_free(seed);
+    seed = wait_seed(b, id, "settled");
+    CHECK(json_str_eq(seed, "/settlement/outcome", "rejected"));
+    crabnet_string_free(seed);
+
+    char *overview = NULL;
+    OK(crabnet_node_overview(a, &overview));
+    CHECK(json_str_eq(overview, "/transport", "udp"));
+    crabnet_string_free(overview);
+
+    OK(crabnet_node_stop(a));
+    OK(crabnet_node_stop(b));
+    crabnet_node_free(a);
+    crabnet_node_free(b);
+    crabnet_string_free(id);
+    remove_tree(base);
+    printf("udp: %d checks passed\n", checks_passed);
+    return 0;
+}
