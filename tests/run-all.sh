@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Crabnet test suite: formatting, lints, and the Rust unit, property, integration,
-# CLI, crash and multi-process tests, and the Python package's suite. Works on a fresh machine
-# with the Rust toolchain and Python 3.9+ (packages come from PyPI).
+# CLI, crash and multi-process tests, the C ABI suite (tests/c/run.sh), the demo, and the Python
+# package's suite. Works on a fresh machine with the Rust toolchain, gcc/g++ and pkg-config
+# (valgrind when present) and Python 3.9+ (packages come from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -107,11 +107,47 @@ fn run_demo(
     }))
 }
 
+/// Every `message_rejected` reason the core reports, as in its JSON. The match has no
+/// wildcard, so a reason added to the core fails this build until the Python layer
+/// (`crabnet.RejectReason`) learns it too.
+fn reject_reasons() -> Vec<&'static str> {
+    use crabnet_core::monitor::RejectReason as R;
+    let all = [
+        R::Malformed,
+        R::Oversized,
+        R::Duplicate,
+        R::BadSignature,
+        R::UnknownSender,
+        R::Replay,
+        R::Expired,
+        R::KeyMismatch,
+        R::Rule,
+    ];
+    for reason in all {
+        match reason {
+            R::Malformed
+            | R::Oversized
+            | R::Duplicate
+            | R::BadSignature
+            | R::UnknownSender
+            | R::Replay
+            | R::Expired
+            | R::KeyMismatch
+            | R::Rule => {}
+        }
+    }
+    all.iter().map(|r| r.as_str()).collect()
+}
+
 /// The native module; see the package `crabnet` for the Python API.
 #[pymodule(gil_used = false)]
 fn _crabnet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_DEMO_COMMAND", DEFAULT_COMMAND)?;
+    m.add(
+        "REJECT_REASONS",
+        pyo3::types::PyTuple::new(m.py(), reject_reasons())?,
+    )?;
     m.add_class::<hub::MemoryHub>()?;
     m.add_class::<node::NativeNode>()?;
     m.add_class::<node::NativeSubscription>()?;

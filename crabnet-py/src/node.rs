@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crabnet_core::embed::{BlockingSubscription, ListenerId, NetworkSpec};
-use crabnet_core::network::UdpConfig;
+use crabnet_core::network::{DhtConfig, UdpConfig};
 use crabnet_core::{BlockingNode, Config, Event, PublishRequest, SeedId, SeedStatus};
 use pyo3::prelude::*;
 use serde::Serialize;
@@ -19,6 +19,9 @@ use crate::hub::MemoryHub;
 
 /// How often a blocking wait checks for Python signals (Ctrl-C).
 pub const SLICE: Duration = Duration::from_millis(50);
+
+/// Longest `wait_for_peers` timeout (the core adds it to the current instant).
+const MAX_PEER_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -112,51 +115,40 @@ impl NativeNode {
 #[pymethods]
 impl NativeNode {
     /// Starts a node. `config_json` is the core `Config` as JSON (missing keys take their
-    /// defaults); `transport` is `offline`, `memory` (with `hub`) or `udp` (with `udp_json`,
-    /// the core `UdpConfig` as JSON).
+    /// defaults); `transport` is `offline`, `memory` (with `hub`), `udp` (with `udp_json`, the
+    /// core `UdpConfig` as JSON) or `dht` (with `dht_json`, the core `DhtConfig` as JSON).
     #[staticmethod]
-    #[pyo3(signature = (config_json, transport, hub=None, udp_json=None))]
+    #[pyo3(signature = (config_json, transport, hub=None, udp_json=None, dht_json=None))]
     fn start(
         py: Python<'_>,
         config_json: &str,
         transport: &str,
         hub: Option<PyRef<'_, MemoryHub>>,
         udp_json: Option<&str>,
+        dht_json: Option<&str>,
     ) -> PyResult<Self> {
-        let config: Config = serde_json::from_str(config_json).map_err(|e| {
-            crate::errors::to_py_err(
-                py,
-                crabnet_core::Error::new(
-                    crabnet_core::ErrorKind::Config,
-                    format!("invalid config: {}", serde_message(&e)),
-                ),
-            )
-        })?;
+        let config: Config = parse_config(py, config_json, "config")?;
         config.validate().py(py)?;
-        let network = match (transport, hub, udp_json) {
-            ("offline", None, None) => NetworkSpec::Offline,
-            ("memory", Some(hub), None) => NetworkSpec::Memory {
+        let network = match (transport, hub, udp_json, dht_json) {
+            ("offline", None, None, None) => NetworkSpec::Offline,
+            ("memory", Some(hub), None, None) => NetworkSpec::Memory {
                 hub: hub.inner.clone(),
                 name: config.name.clone(),
             },
-            ("udp", None, Some(udp)) => {
-                let udp: UdpConfig = serde_json::from_str(udp).map_err(|e| {
-                    crate::errors::to_py_err(
-                        py,
-                        crabnet_core::Error::new(
-                            crabnet_core::ErrorKind::Config,
-                            format!("invalid UDP settings: {}", serde_message(&e)),
-                        ),
-                    )
-                })?;
-                NetworkSpec::Udp(udp)
+            ("udp", None, Some(udp), None) => {
+                NetworkSpec::Udp(parse_config::<UdpConfig>(py, udp, "UDP settings")?)
             }
-            (other, hub, udp) => {
+            ("dht", None, None, Some(dht)) => {
+                NetworkSpec::Dht(parse_config::<DhtConfig>(py, dht, "libp2p settings")?)
+            }
+            (other, hub, udp, dht) => {
                 return Err(validation(format!(
-                    "invalid transport {other:?} (hub given: {}, UDP settings given: {}): use \
-                     offline, memory with a hub, or udp with UDP settings",
+                    "invalid transport {other:?} (hub given: {}, UDP settings given: {}, libp2p \
+                     settings given: {}): use offline, memory with a hub, udp with UDP \
+                     settings, or dht with libp2p settings",
                     hub.is_some(),
-                    udp.is_some()
+                    udp.is_some(),
+                    dht.is_some()
                 )));
             }
         };
@@ -279,6 +271,28 @@ impl NativeNode {
         self.call(py, |n| n.overview())
     }
 
+    /// The peers whose hellos this node verified, as JSON (a list of the core's `PeerInfo`).
+    fn peers(&self, py: Python<'_>) -> PyResult<String> {
+        self.call(py, |n| n.peers())
+    }
+
+    /// Waits until at least `count` peers are known, for at most `timeout` seconds (the
+    /// core's `NetworkError` after that); returns them as JSON. Ctrl-C interrupts the wait.
+    fn wait_for_peers(&self, py: Python<'_>, count: usize, timeout: f64) -> PyResult<String> {
+        let timeout = parse_timeout(Some(timeout))?.unwrap_or(Duration::ZERO);
+        if timeout > MAX_PEER_WAIT {
+            return Err(validation(format!(
+                "timeout must be at most {} seconds",
+                MAX_PEER_WAIT.as_secs()
+            )));
+        }
+        let node = self.get()?;
+        let out = wait_interruptibly(py, "crabnet-peers", move || {
+            node.wait_for_peers(count, timeout)
+        })?;
+        to_json(&out.py(py)?)
+    }
+
     fn events_after(&self, py: Python<'_>, after: u64, limit: usize) -> PyResult<String> {
         self.call(py, move |n| n.events_after(after, limit))
     }
@@ -351,6 +365,23 @@ impl Drop for NativeNode {
             Python::attach(|py| py.detach(move || drop(node)));
         }
     }
+}
+
+/// Parses settings the Python layer encoded as JSON; errors are `ConfigError`s.
+fn parse_config<T: serde::de::DeserializeOwned>(
+    py: Python<'_>,
+    json: &str,
+    what: &str,
+) -> PyResult<T> {
+    serde_json::from_str(json).map_err(|e| {
+        crate::errors::to_py_err(
+            py,
+            crabnet_core::Error::new(
+                crabnet_core::ErrorKind::Config,
+                format!("invalid {what}: {}", serde_message(&e)),
+            ),
+        )
+    })
 }
 
 /// The text of a serde error without its JSON position (the JSON is generated by the binding,

@@ -43,6 +43,9 @@ def market_round(
         for node in nodes:
             node.start()
         try:
+            # Messages are accepted only from peers whose hello arrived.
+            for node in nodes:
+                node.wait_for_peers(len(nodes) - 1, timeout=10)
             results: List[crabnet.SeedView] = []
             for command in tasks:
                 streams = [w.events() for w in workers]

@@ -3,7 +3,8 @@
     python examples/python/three_nodes.py
 
 alice publishes a task, bob and carol bid, the cheaper bid wins, the winner claims and runs the
-task, and alice settles. Nothing leaves the process: the nodes talk through a MemoryHub.
+task, and alice settles. Nothing leaves the process: the nodes talk through a MemoryHub. Every
+message is signed; the nodes first exchange hellos (their public keys) and wait for each other.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def describe(event: crabnet.Event) -> str:
         return f"result: success={event.success} exit={event.exit_code} in {event.duration_ms} ms"
     if isinstance(event, crabnet.SeedSettled):
         return f"settled: {event.outcome}, {event.amount} due"
+    if isinstance(event, crabnet.PeerDiscovered):
+        return f"peer {event.name} ({event.node_id[:8]}) at {', '.join(event.addresses)}"
+    if isinstance(event, crabnet.MessageRejected):
+        return f"rejected a message from {event.sender and event.sender[:8]}: {event.reason}"
     return event.type
 
 
@@ -46,6 +51,10 @@ def main() -> None:
             node.start()
         try:
             alice, bob, carol = nodes
+            # Nodes accept messages only from peers whose signed hello they verified.
+            for node in nodes:
+                known = node.wait_for_peers(len(nodes) - 1, timeout=10)
+                print(f"{node.name} knows {', '.join(sorted(p.name for p in known))}")
             for node in nodes:
 
                 def show(event: crabnet.Event, name: str = node.name) -> None:

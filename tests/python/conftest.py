@@ -11,8 +11,17 @@ from helpers import MakeNode
 
 import crabnet
 
-# Quick background work so that tests do not wait for the default 250 ms ticks.
-FAST: Dict[str, Any] = {"network": {"tick_ms": 20, "retry_base_ms": 20, "retry_max_ms": 500}}
+# Quick background work so that tests do not wait for the default 250 ms ticks, 30 s hellos
+# and 10 s sync rounds.
+FAST: Dict[str, Any] = {
+    "network": {
+        "tick_ms": 20,
+        "retry_base_ms": 20,
+        "retry_max_ms": 500,
+        "hello_interval_secs": 1,
+        "sync_interval_secs": 1,
+    }
+}
 
 def merged(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
     out = dict(base)
@@ -43,6 +52,10 @@ def make_node(tmp_path: Path) -> Iterator[MakeNode]:
 
 @pytest.fixture
 def trio(make_node: MakeNode) -> List[crabnet.Node]:
-    """Three nodes on one in-memory hub: alice, bob and carol."""
+    """Three nodes on one in-memory hub, alice, bob and carol, that know each other (nodes
+    accept messages only from peers whose hello they verified)."""
     hub = crabnet.MemoryHub()
-    return [make_node(name, hub=hub) for name in ("alice", "bob", "carol")]
+    nodes = [make_node(name, hub=hub) for name in ("alice", "bob", "carol")]
+    for node in nodes:
+        node.wait_for_peers(2, timeout=10)
+    return nodes

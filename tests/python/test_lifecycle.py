@@ -78,10 +78,13 @@ def test_full_lifecycle_across_three_nodes(trio: List[crabnet.Node]) -> None:
     digests = {n.overview().state_digest for n in trio}
     assert len(digests) == 1
 
+    assert seed.audience == () and not seed.private
+
     overview = alice.overview()
     assert isinstance(overview, crabnet.Overview)
     assert overview.node_id == alice.node_id and overview.name == "alice"
     assert overview.transport == "memory"
+    assert overview.peers == 2 and overview.addresses == ("memory:alice",)
     assert overview.seeds_by_status[crabnet.SeedStatus.SETTLED] == 1
     assert overview.counters["messages.accepted"] >= 3
     assert overview.last_event_seq > 0
@@ -95,6 +98,8 @@ def test_reject_cancel_and_expiry(make_node: MakeNode) -> None:
     hub = crabnet.MemoryHub()
     alice = make_node("alice", hub=hub)
     bob = make_node("bob", hub=hub)
+    alice.wait_for_peers(1, timeout=10)
+    bob.wait_for_peers(1, timeout=10)
 
     # Cancelled while bidding is open.
     first = alice.publish("true")
@@ -192,6 +197,10 @@ def test_udp_transport_on_loopback(make_node: MakeNode) -> None:
     a = make_node("a", bind=f"127.0.0.1:{port_a}", peers=[f"127.0.0.1:{port_b}"])
     b = make_node("b", transport="udp", bind=f"127.0.0.1:{port_b}", peers=[f"127.0.0.1:{port_a}"])
     assert a.transport == "udp" and a.overview().transport == "udp"
+    assert a.overview().addresses == (f"udp:127.0.0.1:{port_a}",)
+    # a's first hello went out before b was listening; b's hello made a answer with another.
+    assert [p.node_id for p in a.wait_for_peers(1, timeout=10)] == [b.node_id]
+    assert [p.node_id for p in b.wait_for_peers(1, timeout=10)] == [a.node_id]
     seed = a.publish("true", max_bids=1)
     wait_for_seed(b, seed.id)
     b.bid(seed, 5)
@@ -202,6 +211,8 @@ def test_udp_transport_on_loopback(make_node: MakeNode) -> None:
 def test_offline_node_runs_its_own_task(make_node: MakeNode) -> None:
     node = make_node("solo")
     assert node.transport == "offline" and node.overview().transport is None
+    assert node.peers() == [] and node.wait_for_peers(0, timeout=0) == []
+    assert (node.overview().peers, node.overview().addresses) == (0, ())
     seed = node.publish("printf done", max_bids=1)
     node.bid(seed, 1)  # one bid of one: bidding closes at once
     node.claim(seed)

@@ -27,6 +27,8 @@ def test_context_manager_stops_threads_and_closes_the_database(tmp_path: Path) -
     with crabnet.Node(data_dir=tmp_path / "a", name="a", hub=hub) as a, crabnet.Node(
         data_dir=tmp_path / "b", name="b", hub=hub
     ) as b:
+        a.wait_for_peers(1, timeout=10)
+        b.wait_for_peers(1, timeout=10)
         a.on_event(seen.append)
         with b.events(timeout=5) as stream:
             seed = a.publish("true", max_bids=1)

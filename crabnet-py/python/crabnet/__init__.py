@@ -9,10 +9,11 @@ other nodes *bid*; the publisher's node closes bidding and names the winner; the
     hub = crabnet.MemoryHub()                      # an in-process network
     with crabnet.Node(data_dir="/tmp/a", name="alice", hub=hub) as alice, \\
          crabnet.Node(data_dir="/tmp/b", name="bob", hub=hub) as bob:
+        alice.wait_for_peers(1)                    # bob's hello (signed keys) arrived
         seed = alice.publish("echo hello", max_bids=1)
         ...
 
-Domain objects (:class:`SeedView`, :class:`Seed`, :class:`Bid`, ...) and events
+Domain objects (:class:`SeedView`, :class:`Seed`, :class:`PeerInfo`, ...) and events
 (:class:`Event` and its subclasses) are frozen dataclasses. Errors are subclasses of
 :class:`CrabnetError`, one per kind of core error.
 """
@@ -51,6 +52,9 @@ from ._model import (
     NodeStarted,
     NodeStopped,
     Overview,
+    PeerDiscovered,
+    PeerInfo,
+    RejectReason,
     ResultRecorded,
     SchemaWarning,
     Seed,
@@ -66,6 +70,7 @@ from ._model import (
     StatusChanged,
     TaskResult,
     TaskStarted,
+    TransportStatus,
     UnknownEvent,
     Violation,
 )
@@ -73,6 +78,7 @@ from ._node import (
     EventListener,
     EventStream,
     Node,
+    NodeRef,
     SeedRef,
     config_from_toml,
     default_config,
@@ -104,10 +110,14 @@ __all__ = [
     "MessageRejected",
     "NetworkError",
     "Node",
+    "NodeRef",
     "NodeStarted",
     "NodeStopped",
     "NotFoundError",
     "Overview",
+    "PeerDiscovered",
+    "PeerInfo",
+    "RejectReason",
     "ResultRecorded",
     "RunnerError",
     "SchemaWarning",
@@ -128,6 +138,7 @@ __all__ = [
     "StoreError",
     "TaskResult",
     "TaskStarted",
+    "TransportStatus",
     "UnknownEvent",
     "ValidationError",
     "Violation",

@@ -7,6 +7,7 @@ from ._model import Violation
 __all__ = [
     "__version__",
     "DEFAULT_DEMO_COMMAND",
+    "REJECT_REASONS",
     "MemoryHub",
     "NativeNode",
     "NativeSubscription",
@@ -32,6 +33,7 @@ __all__ = [
 
 __version__: str
 DEFAULT_DEMO_COMMAND: str
+REJECT_REASONS: tuple[str, ...]
 
 class CrabnetError(Exception):
     kind: str
@@ -72,6 +74,7 @@ class NativeNode:
         transport: str,
         hub: Optional[MemoryHub] = None,
         udp_json: Optional[str] = None,
+        dht_json: Optional[str] = None,
     ) -> NativeNode: ...
     @property
     def node_id(self) -> str: ...
@@ -91,6 +94,8 @@ class NativeNode:
     def seed(self, seed: str) -> str: ...
     def seeds(self, status: Optional[str] = None) -> str: ...
     def overview(self) -> str: ...
+    def peers(self) -> str: ...
+    def wait_for_peers(self, count: int, timeout: float) -> str: ...
     def events_after(self, after: int, limit: int) -> str: ...
     def subscribe(self) -> NativeSubscription: ...
     def add_listener(

@@ -32,6 +32,9 @@ __all__ = [
     "NodeStarted",
     "NodeStopped",
     "Overview",
+    "PeerDiscovered",
+    "PeerInfo",
+    "RejectReason",
     "ResultRecorded",
     "SchemaWarning",
     "Seed",
@@ -47,6 +50,7 @@ __all__ = [
     "StatusChanged",
     "TaskResult",
     "TaskStarted",
+    "TransportStatus",
     "UnknownEvent",
     "Violation",
 ]
@@ -99,6 +103,37 @@ class SettlementOutcome(str, Enum):
 
     def __repr__(self) -> str:
         return f"SettlementOutcome.{self.name}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RejectReason(str, Enum):
+    """Why a node rejected a received message (:attr:`MessageRejected.reason`); each reason
+    has a counter ``rejected.<reason>`` in :attr:`Overview.counters`. Compares equal
+    to its name: ``reason == "replay"``."""
+
+    MALFORMED = "malformed"
+    """It could not be decoded or its fields are invalid."""
+    OVERSIZED = "oversized"
+    """It was larger than allowed."""
+    DUPLICATE = "duplicate"
+    """It was seen before."""
+    BAD_SIGNATURE = "bad_signature"
+    """A signature does not verify."""
+    UNKNOWN_SENDER = "unknown_sender"
+    """The sender is not in the peer table (no verified hello from it yet)."""
+    REPLAY = "replay"
+    """It is older than the sender's replay floor: a replay of a forgotten message."""
+    EXPIRED = "expired"
+    """Its time to live is over, or it is dated too far in the future."""
+    KEY_MISMATCH = "key_mismatch"
+    """A hello whose node id does not match its keys, or a known node id with other keys."""
+    RULE = "rule"
+    """It breaks a lifecycle rule (see :attr:`MessageRejected.violation`)."""
+
+    def __repr__(self) -> str:
+        return f"RejectReason.{self.name}"
 
     def __str__(self) -> str:
         return self.value
@@ -227,6 +262,14 @@ class Seed(_Record):
     """Bidding closes early when this many bids arrived."""
     timeout_secs: int
     created_at: int
+    audience: Tuple[str, ...]
+    """The nodes a private seed is sealed to, besides the publisher: every message about it is
+    encrypted to them. Empty for a public seed."""
+
+    @property
+    def private(self) -> bool:
+        """Whether the seed is private to an audience."""
+        return bool(self.audience)
 
 
 @dataclass(frozen=True, repr=False)
@@ -332,6 +375,28 @@ class Overview(_Record):
     last_event_seq: int
     state_digest: str
     """Digest of the whole seed state: equal on converged replicas."""
+    peers: int
+    """Number of peers whose hello this node verified."""
+    addresses: Tuple[str, ...]
+    """Where peers reach this node (transport addresses, e.g. libp2p multiaddresses)."""
+
+
+@dataclass(frozen=True, repr=False)
+class PeerInfo(_Record):
+    """A node whose hello (its signed keys, name and addresses) this node verified. Nodes
+    accept domain messages only from such peers."""
+
+    node_id: str
+    name: str
+    addresses: Tuple[str, ...]
+    """Its announced transport addresses."""
+    fingerprint: str
+    """Fingerprint of its keys (the first 16 hex digits of its self-certifying id)."""
+    key_epoch: int
+    first_seen: int
+    """Its first hello (Unix ms)."""
+    last_seen: int
+    """Its latest hello (Unix ms)."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -496,6 +561,16 @@ class StatusChanged(Event):
 
 
 @dataclass(frozen=True, repr=False)
+class PeerDiscovered(Event):
+    """A node's verified hello added it to the peer table."""
+
+    TYPE: ClassVar[str] = "peer_discovered"
+    node_id: str
+    name: str
+    addresses: Tuple[str, ...]
+
+
+@dataclass(frozen=True, repr=False)
 class MessageAccepted(Event):
     """A remote message was accepted and applied."""
 
@@ -518,14 +593,23 @@ class MessageDeferred(Event):
 
 @dataclass(frozen=True, repr=False)
 class MessageRejected(Event):
-    """A remote message was rejected (``reason``: malformed, oversized, duplicate or rule)."""
+    """A received message was rejected; ``reason`` says why (see :class:`RejectReason`)."""
 
     TYPE: ClassVar[str] = "message_rejected"
     message_id: Optional[str]
     message_kind: Optional[str]
     sender: Optional[str]
-    reason: str
+    reason: RejectReason
     violation: Optional[Violation]
+    detail: str
+
+
+@dataclass(frozen=True, repr=False)
+class TransportStatus(Event):
+    """The transport reported a change: started, connected to a peer, fell back to UDP..."""
+
+    TYPE: ClassVar[str] = "transport_status"
+    transport: str
     detail: str
 
 
@@ -560,9 +644,11 @@ _EVENT_TYPES: Dict[str, Type[Event]] = {
         SeedSettled,
         SeedCancelled,
         StatusChanged,
+        PeerDiscovered,
         MessageAccepted,
         MessageDeferred,
         MessageRejected,
+        TransportStatus,
         SendFailed,
         EventsDropped,
     )

@@ -15,6 +15,7 @@ from typing import (
     Any,
     Callable,
     Dict,
+    Iterable,
     Iterator,
     List,
     Mapping,
@@ -26,17 +27,29 @@ from typing import (
 
 from . import _crabnet
 from ._crabnet import MemoryHub, NativeNode, NativeSubscription, StoppedError, ValidationError
-from ._model import Event, Overview, Seed, SeedStatus, SeedView
+from ._model import Event, Overview, PeerInfo, Seed, SeedStatus, SeedView
 
-__all__ = ["EventListener", "EventStream", "Node", "SeedRef", "default_config", "load_config"]
+__all__ = [
+    "EventListener",
+    "EventStream",
+    "Node",
+    "NodeRef",
+    "SeedRef",
+    "default_config",
+    "load_config",
+]
 
 SeedRef = Union[str, Seed, SeedView]
 """A seed given by id (32 hex digits) or as a ``Seed``/``SeedView`` object."""
+
+NodeRef = Union[str, PeerInfo, "Node"]
+"""A node given by id (64 hex digits), as a ``PeerInfo`` or as a (started) ``Node``."""
 
 ConfigSource = Union[Mapping[str, Any], str, "os.PathLike[str]", None]
 
 _U64 = 2**64
 _U32 = 2**32
+_TRANSPORTS = ("offline", "memory", "udp", "dht")
 
 # Nodes still running at interpreter exit are stopped while threads can still run Python code,
 # so the last events reach listeners and every database is closed cleanly.
@@ -80,6 +93,26 @@ def _seed_id(seed: SeedRef) -> str:
     raise TypeError(f"expected a seed id (str), Seed or SeedView, got {type(seed).__name__}")
 
 
+def _node_id(node: NodeRef) -> str:
+    if isinstance(node, str):
+        return node
+    if isinstance(node, PeerInfo):
+        return node.node_id
+    if isinstance(node, Node):
+        return node.node_id
+    raise TypeError(f"expected a node id (str), PeerInfo or Node, got {type(node).__name__}")
+
+
+def _strings(name: str, values: Iterable[str]) -> List[str]:
+    if isinstance(values, str):
+        raise TypeError(f"{name} must be a sequence of strings, not one string")
+    out = list(values)
+    for value in out:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must hold strings, got {type(value).__name__}")
+    return out
+
+
 def _uint(name: str, value: object, limit: int = _U64) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -103,10 +136,25 @@ class Node:
 
     ``config`` is a dict shaped like the TOML configuration (missing keys take the core's
     defaults), or the path of a TOML file; ``data_dir`` and ``name`` override its keys. The
-    network is chosen by ``hub`` (an in-process :class:`MemoryHub`, shared with other nodes of
-    this process), or ``transport="udp"`` with ``bind`` and ``peers`` (``"host:port"``
-    strings), or none (offline: messages wait in the outbox). ``transport`` may name the
-    choice explicitly (``"offline"``, ``"memory"``, ``"udp"``).
+    node's keys live in ``identity.key`` in its data directory, so its id survives restarts.
+
+    The network is chosen by ``transport`` (or guessed from the other arguments):
+
+    - ``"memory"``: ``hub``, an in-process :class:`MemoryHub` shared with other nodes of this
+      process.
+    - ``"udp"``: ``bind`` (``"host:port"``) and ``peers`` (``"host:port"`` strings), plus an
+      opt-in ``broadcast`` address.
+    - ``"dht"`` (libp2p: gossipsub, Kademlia, sync over request-response): ``listen``
+      (multiaddresses; default TCP and QUIC on 127.0.0.1 with free ports), ``peers``
+      (multiaddresses to dial, such as another node's TCP address from
+      ``overview().addresses``), ``bootstrap`` (Kademlia nodes, multiaddresses ending in
+      ``/p2p/<peer id>``), ``mdns`` (discovery on the local network, off by default) and
+      ``udp_fallback`` (a ``"host:port"`` to bind for UDP when libp2p cannot start or has no
+      peers) with ``udp_peers``.
+    - ``"offline"`` (no network argument): operations wait in the outbox.
+
+    Nodes accept messages only from peers whose hello they verified: on a network, call
+    :meth:`wait_for_peers` before publishing to the others.
 
     The node runs between :meth:`start` and :meth:`stop`; as a context manager it starts on
     entry and stops on exit. Calls that wait release the GIL, so other Python threads run
@@ -124,6 +172,11 @@ class Node:
         bind: Optional[str] = None,
         peers: Sequence[str] = (),
         broadcast: Optional[str] = None,
+        listen: Optional[Sequence[str]] = None,
+        bootstrap: Sequence[str] = (),
+        mdns: bool = False,
+        udp_fallback: Optional[str] = None,
+        udp_peers: Sequence[str] = (),
     ) -> None:
         if config is None:
             settings: Dict[str, Any] = {}
@@ -139,30 +192,69 @@ class Node:
             settings["data_dir"] = os.fspath(data_dir)
         if name is not None:
             settings["name"] = name
-        if isinstance(peers, str):
-            raise TypeError("peers must be a sequence of 'host:port' strings, not one string")
-        udp_given = bind is not None or bool(peers) or broadcast is not None
+        peer_list = _strings("peers", peers)
+        udp_given = bind is not None or broadcast is not None
+        dht_given = (
+            listen is not None
+            or bool(bootstrap)
+            or bool(mdns)
+            or udp_fallback is not None
+            or bool(udp_peers)
+        )
         if transport is None:
-            transport = "memory" if hub is not None else "udp" if udp_given else "offline"
-        if transport not in ("offline", "memory", "udp"):
+            if hub is not None:
+                transport = "memory"
+            elif dht_given:
+                transport = "dht"
+            elif udp_given or peer_list:
+                transport = "udp"
+            else:
+                transport = "offline"
+        if transport not in _TRANSPORTS:
             raise ValidationError(
-                f"unknown transport {transport!r}; expected 'offline', 'memory' or 'udp'"
+                f"unknown transport {transport!r}; expected 'offline', 'memory', 'udp' or 'dht'"
             )
         if transport == "memory" and hub is None:
             raise ValidationError("transport 'memory' needs hub=crabnet.MemoryHub()")
         if transport != "memory" and hub is not None:
             raise ValidationError(f"a hub is only used with transport 'memory', not {transport!r}")
         if transport != "udp" and udp_given:
-            raise ValidationError("bind/peers/broadcast are only used with transport 'udp'")
+            raise ValidationError("bind and broadcast are only used with transport 'udp'")
+        if transport != "dht" and dht_given:
+            raise ValidationError(
+                "listen, bootstrap, mdns, udp_fallback and udp_peers are only used with "
+                "transport 'dht'"
+            )
+        if transport not in ("udp", "dht") and peer_list:
+            raise ValidationError("peers are only used with transport 'udp' or 'dht'")
+        if udp_peers and udp_fallback is None:
+            raise ValidationError("udp_peers are the peers of udp_fallback: give udp_fallback too")
         self._config = settings
         self._transport = transport
         self._hub = hub
         self._udp: Optional[str] = None
+        self._dht: Optional[str] = None
         if transport == "udp":
-            udp: Dict[str, Any] = {"peers": list(peers), "broadcast": broadcast}
+            udp: Dict[str, Any] = {"peers": peer_list, "broadcast": broadcast}
             if bind is not None:
                 udp["bind"] = bind
             self._udp = json.dumps(udp)
+        elif transport == "dht":
+            dht: Dict[str, Any] = {
+                "peers": peer_list,
+                "bootstrap": _strings("bootstrap", bootstrap),
+                "mdns": bool(mdns),
+                "udp_fallback": None,
+            }
+            if listen is not None:
+                dht["listen"] = _strings("listen", listen)
+            if udp_fallback is not None:
+                dht["udp_fallback"] = {
+                    "bind": udp_fallback,
+                    "peers": _strings("udp_peers", udp_peers),
+                    "broadcast": None,
+                }
+            self._dht = json.dumps(dht)
         self._native: Optional[NativeNode] = None
         self._last_id: Optional[str] = None
         self._lock = threading.Lock()
@@ -175,7 +267,7 @@ class Node:
         with self._lock:
             if self._native is None or not self._native.running:
                 self._native = NativeNode.start(
-                    json.dumps(self._config), self._transport, self._hub, self._udp
+                    json.dumps(self._config), self._transport, self._hub, self._udp, self._dht
                 )
                 self._last_id = self._native.node_id
                 _running.add(self)
@@ -228,7 +320,8 @@ class Node:
 
     @property
     def transport(self) -> str:
-        """``"offline"``, ``"memory"`` or ``"udp"``."""
+        """The transport asked for: ``"offline"``, ``"memory"``, ``"udp"`` or ``"dht"`` (a
+        ``"dht"`` node that fell back to UDP shows ``"udp"`` in :meth:`overview`)."""
         return self._transport
 
     def __repr__(self) -> str:
@@ -250,9 +343,15 @@ class Node:
         bid_window_secs: Optional[int] = None,
         max_bids: Optional[int] = None,
         timeout_secs: Optional[int] = None,
+        private_to: Iterable[NodeRef] = (),
     ) -> SeedView:
         """Publishes a seed: a shell command the winning bidder runs. Terms left out take the
-        core's defaults (price 1..=100, 30 s bid window, 5 bids, 60 s timeout)."""
+        core's defaults (price 1..=100, 30 s bid window, 5 bids, 60 s timeout).
+
+        ``private_to`` makes the seed private to those nodes (ids, ``PeerInfo`` or ``Node``
+        objects) and this one: every message about it is encrypted to them, and other nodes
+        never see it. Their hellos must have arrived (see :meth:`wait_for_peers`), else
+        ``NetworkError``."""
         if not isinstance(command, str):
             raise TypeError(f"command must be a str, got {type(command).__name__}")
         request: Dict[str, Any] = {"command": command}
@@ -269,6 +368,11 @@ class Node:
         ):
             if value is not None:
                 request[key] = _uint(key, value, limit)
+        if isinstance(private_to, (str, PeerInfo, Node)):
+            raise TypeError("private_to must be a sequence of nodes, not one node")
+        audience = [_node_id(n) for n in private_to]
+        if audience:
+            request["private_to"] = audience
         return _view(self._node().publish(json.dumps(request)))
 
     def bid(self, seed: SeedRef, price: int) -> SeedView:
@@ -305,8 +409,21 @@ class Node:
         return [SeedView._from_json(v) for v in json.loads(self._node().seeds(wanted))]
 
     def overview(self) -> Overview:
-        """A summary: seed counts, outbox, message counters, state digest."""
+        """A summary: seed counts, outbox, message counters, state digest, peer count and
+        transport addresses."""
         return Overview._from_json(json.loads(self._node().overview()))
+
+    def peers(self) -> List[PeerInfo]:
+        """The nodes whose hello this node verified (it accepts messages only from them)."""
+        return [PeerInfo._from_json(p) for p in json.loads(self._node().peers())]
+
+    def wait_for_peers(self, count: int, timeout: float = 30.0) -> List[PeerInfo]:
+        """Waits until at least ``count`` peers are known (their hellos arrived) and returns
+        them. Raises ``NetworkError`` after ``timeout`` seconds; Ctrl-C interrupts the wait."""
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+        raw = self._node().wait_for_peers(_uint("count", count), float(timeout))
+        return [PeerInfo._from_json(p) for p in json.loads(raw)]
 
     def events_after(self, seq: int = 0, limit: int = 1000) -> List[Event]:
         """Logged events with a sequence number above ``seq``, oldest first (at most ``limit``)."""
