@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, List
 
 import pytest
 from helpers import MakeNode, eventually, wait_for_seed
 
 import crabnet
+
+
+MONITOR_RS = Path(__file__).resolve().parents[2] / "crabnet-core" / "src" / "monitor.rs"
+
+
+def test_every_core_event_type_has_a_class() -> None:
+    # `EventKind` is non_exhaustive, so the binding cannot list it with a checked match: read
+    # the names from `EventKind::name` in the core's source instead.
+    names = set(re.findall(r'EventKind::\w+ \{ \.\. \} => "(\w+)"', MONITOR_RS.read_text()))
+    assert len(names) >= 18
+    assert names == set(crabnet.EVENT_TYPES)
 
 
 def lifecycle_types(events: List[crabnet.Event]) -> List[str]:

@@ -145,7 +145,7 @@ def test_two_dht_nodes_on_loopback(make_node: MakeNode) -> None:
     a = make_node("a", transport="dht")
     address = tcp_address(a)
     assert address.startswith("/ip4/127.0.0.1/tcp/")
-    b = make_node("b", transport="dht", peers=[address])
+    b = make_node("b", peers=[address])  # a multiaddress: transport "dht"
     assert a.transport == b.transport == "dht"
     assert [p.node_id for p in a.wait_for_peers(1, timeout=20)] == [b.node_id]
     assert [p.node_id for p in b.wait_for_peers(1, timeout=20)] == [a.node_id]

@@ -138,7 +138,8 @@ class Node:
     defaults), or the path of a TOML file; ``data_dir`` and ``name`` override its keys. The
     node's keys live in ``identity.key`` in its data directory, so its id survives restarts.
 
-    The network is chosen by ``transport`` (or guessed from the other arguments):
+    The network is chosen by ``transport`` (or guessed from the other arguments, ``peers``
+    that are multiaddresses meaning ``"dht"``):
 
     - ``"memory"``: ``hub``, an in-process :class:`MemoryHub` shared with other nodes of this
       process.
@@ -204,8 +205,8 @@ class Node:
         if transport is None:
             if hub is not None:
                 transport = "memory"
-            elif dht_given:
-                transport = "dht"
+            elif dht_given or any(p.startswith("/") for p in peer_list):
+                transport = "dht"  # also for peers given as multiaddresses
             elif udp_given or peer_list:
                 transport = "udp"
             else:
