@@ -26,7 +26,7 @@ fi
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n 1)
 libdir=$prefix/lib
 install -d "$prefix/include" "$libdir/pkgconfig"
-install -m 644 "$here/include/crabnet.h" "$prefix/include/crabnet.h"
+install -m 644 "$here/../include/crabnet.h" "$prefix/include/crabnet.h"
 install -m 755 "$target/$profile/libcrabnet_ffi.so" "$libdir/libcrabnet_ffi.so"
 install -m 644 "$target/$profile/libcrabnet_ffi.a" "$libdir/libcrabnet_ffi.a"
 sed -e "s|@PREFIX@|$prefix|g" -e "s|@VERSION@|$version|g" "$here/crabnet.pc.in" \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Crabnet test suite: formatting, lints, and the Rust unit, property, integration,
-# CLI, crash and multi-process tests, the C ABI suite (tests/c/run.sh), the demo, and the Python
-# package's suite. Works on a fresh machine with the Rust toolchain, gcc/g++ and pkg-config
-# (valgrind when present) and Python 3.9+ (packages come from PyPI).
+# CLI, crash and multi-process tests, the C ABI suite (tests/c/run.sh), the demo and the Rust
+# examples, and the Python package's suite. Works on a fresh machine with the Rust toolchain,
+# gcc/g++ and pkg-config (valgrind when present) and Python 3.9+ (packages come from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +20,10 @@ cargo test --workspace
 step "C ABI: header, examples, C tests under sanitizers and valgrind (tests/c/run.sh)"
 ./tests/c/run.sh
 
-step "demo"
+step "demo and Rust examples"
 cargo run --quiet --bin crabnet -- demo > /dev/null
+cargo run --quiet -p crabnet-core --example three_nodes > /dev/null
+cargo run --quiet -p crabnet-core --example blocking > /dev/null
 
 # --- Python (crabnet-py) -----------------------------------------------------------------------
 # A fresh virtualenv every run, with maturin, pytest and mypy from PyPI. `pip install ./crabnet-py`

@@ -38,6 +38,27 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for bindings that map each one to their own error type.
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::Validation,
+        ErrorKind::State,
+        ErrorKind::NotFound,
+        ErrorKind::Store,
+        ErrorKind::Network,
+        ErrorKind::Crypto,
+        ErrorKind::Runner,
+        ErrorKind::Busy,
+        ErrorKind::Config,
+        ErrorKind::Io,
+        ErrorKind::Stopped,
+        ErrorKind::Internal,
+    ];
+
+    /// Parses a kind name (see [`ErrorKind::as_str`]).
+    pub fn parse(name: &str) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// A short stable name for the kind.
     pub fn as_str(self) -> &'static str {
         match self {

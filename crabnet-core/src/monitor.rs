@@ -261,30 +261,48 @@ impl EventKind {
     }
 }
 
-/// In-process fan-out of events to any number of subscribers.
-#[derive(Debug, Clone)]
+/// In-process fan-out of events to any number of subscribers. Once closed, subscribers read
+/// what is left and then see the end of the stream.
+#[derive(Debug)]
 pub struct EventBus {
-    tx: broadcast::Sender<Event>,
+    tx: std::sync::Mutex<Option<broadcast::Sender<Event>>>,
+    capacity: usize,
 }
 
 impl EventBus {
     /// A bus that buffers up to `capacity` events per subscriber.
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        EventBus { tx }
-    }
-
-    /// Delivers an event to current subscribers; never blocks.
-    pub fn publish(&self, event: Event) {
-        // No subscribers is fine.
-        let _ = self.tx.send(event);
-    }
-
-    /// A new subscription that sees events published from now on.
-    pub fn subscribe(&self) -> Subscription {
-        Subscription {
-            rx: self.tx.subscribe(),
+        EventBus {
+            tx: std::sync::Mutex::new(Some(tx)),
+            capacity: capacity.max(1),
         }
+    }
+
+    fn sender(&self) -> Option<broadcast::Sender<Event>> {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Delivers an event to current subscribers; never blocks. Does nothing once closed.
+    pub fn publish(&self, event: Event) {
+        if let Some(tx) = self.sender() {
+            // No subscribers is fine.
+            let _ = tx.send(event);
+        }
+    }
+
+    /// A new subscription that sees events published from now on (an ended one once closed).
+    pub fn subscribe(&self) -> Subscription {
+        let rx = match self.sender() {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(self.capacity).1,
+        };
+        Subscription { rx }
+    }
+
+    /// Ends the stream: subscribers get what was published, then `None`.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
@@ -494,8 +512,15 @@ mod tests {
         assert_eq!(a.recv().await.unwrap().seq, 1);
         assert_eq!(b.recv().await.unwrap().seq, 1);
         assert_eq!(a.try_recv(), Ok(None));
-        drop(bus);
+        bus.publish(ev(2));
+        bus.close();
+        assert_eq!(
+            a.recv().await.unwrap().seq,
+            2,
+            "events before close are delivered"
+        );
         assert_eq!(a.recv().await, None);
+        assert_eq!(bus.subscribe().recv().await, None);
     }
 
     #[test]

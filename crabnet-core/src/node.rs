@@ -389,6 +389,8 @@ impl Node {
                 })?;
             }
             node.write_log()?;
+            // Subscribers read the last events, then see the end of the stream.
+            node.inner.bus.close();
             *lock(&node.inner.lock) = None;
             Ok(())
         })

@@ -27,6 +27,20 @@ pub struct StoreConfig {
     pub busy_timeout_ms: u64,
     /// How long a remote message id is remembered in the seen table, in seconds.
     pub seen_ttl_secs: u64,
+    /// `full`: every commit reaches the disk before it returns (survives power loss).
+    /// `normal`: commits survive a crash of the process but the last ones may be lost on
+    /// power loss; several times more operations per second (see BENCHMARKS.md).
+    pub sync: SyncMode,
+}
+
+/// How hard SQLite pushes commits to the disk (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// `synchronous = FULL`.
+    Full,
+    /// `synchronous = NORMAL` (with WAL: durable against process crashes).
+    Normal,
 }
 
 impl Default for StoreConfig {
@@ -34,6 +48,7 @@ impl Default for StoreConfig {
         StoreConfig {
             busy_timeout_ms: 10_000,
             seen_ttl_secs: 7 * 24 * 3600,
+            sync: SyncMode::Full,
         }
     }
 }
@@ -258,7 +273,10 @@ impl Store {
                 format!("database {} cannot use WAL mode ({mode})", path.display()),
             ));
         }
-        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")?;
+        conn.execute_batch(match config.sync {
+            SyncMode::Full => "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
+            SyncMode::Normal => "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+        })?;
         let mut store = Store {
             conn,
             path: path.to_owned(),

@@ -17,7 +17,7 @@ CC=${CC:-gcc}
 CXX=${CXX:-g++}
 out=$CARGO_TARGET_DIR/c-tests
 lib=$CARGO_TARGET_DIR/debug
-include=$root/crabnet-ffi/include
+include=$root/include
 tests=(errors lifecycle callbacks udp)
 warn=(-Wall -Wextra -Werror)
 

@@ -50,6 +50,7 @@ impl UdpTransport {
             )
         })?;
         socket.set_nonblocking(true)?;
+        grow_receive_buffer(&socket);
         if config.broadcast.is_some() {
             socket.set_broadcast(true)?;
         }
@@ -65,6 +66,34 @@ impl UdpTransport {
     pub fn local_addr(&self) -> Result<std::net::SocketAddr> {
         Ok(self.socket.local_addr()?)
     }
+}
+
+/// Asks for a 4 MiB receive buffer (the kernel caps it at `net.core.rmem_max`) so that bursts
+/// of envelopes are not dropped before the node reads them; sync repairs what is still lost.
+fn grow_receive_buffer(socket: &std::net::UdpSocket) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let size: libc::c_int = 4 * 1024 * 1024;
+        // SAFETY: a valid socket descriptor and a correctly sized option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(
+                "cannot grow the UDP receive buffer: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = socket;
 }
 
 impl Transport for UdpTransport {
