@@ -27,11 +27,6 @@ macro_rules! kinds {
             }
         }
 
-        /// The kind called `name` (see [`ErrorKind::as_str`]), among those with a class.
-        pub fn kind_named(name: &str) -> Option<ErrorKind> {
-            [$(ErrorKind::$kind),*].into_iter().find(|k| k.as_str() == name)
-        }
-
         /// Adds the classes to the module, each with its `kind` class attribute.
         pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
             let py = m.py();
@@ -39,6 +34,9 @@ macro_rules! kinds {
             base.setattr("kind", "error")?;
             base.setattr("violation", py.None())?;
             m.add("CrabnetError", base)?;
+            // Every kind of the core, so that the tests see a kind that has no class yet.
+            let all: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+            m.add("ERROR_KINDS", pyo3::types::PyTuple::new(py, all)?)?;
             $(
                 let class = py.get_type::<$class>();
                 class.setattr("kind", ErrorKind::$kind.as_str())?;

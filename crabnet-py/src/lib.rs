@@ -44,7 +44,7 @@ fn config_from_file(py: Python<'_>, path: PathBuf) -> PyResult<String> {
 #[pyfunction]
 #[pyo3(name = "_exception_for_kind")]
 fn exception_for_kind(py: Python<'_>, kind: &str, message: &str) -> PyResult<Py<PyAny>> {
-    let kind = errors::kind_named(kind)
+    let kind = crabnet_core::ErrorKind::parse(kind)
         .ok_or_else(|| errors::validation(format!("unknown error kind {kind:?}")))?;
     let err = errors::to_py_err(py, crabnet_core::Error::new(kind, message));
     Ok(err.value(py).clone().into_any().unbind())

@@ -40,6 +40,8 @@ def test_one_class_per_core_error_kind() -> None:
         assert str(exc) == f"a {kind} problem" and exc.kind == kind and exc.violation is None
     with pytest.raises(crabnet.ValidationError, match="unknown error kind"):
         _crabnet._exception_for_kind("nonsense", "x")
+    # Every kind the core has (ErrorKind::ALL) has its own class.
+    assert set(_crabnet.ERROR_KINDS) == set(CLASSES)
 
 
 def test_validation_errors(make_node: MakeNode) -> None:

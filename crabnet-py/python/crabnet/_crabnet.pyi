@@ -8,6 +8,7 @@ __all__ = [
     "__version__",
     "DEFAULT_DEMO_COMMAND",
     "REJECT_REASONS",
+    "ERROR_KINDS",
     "MemoryHub",
     "NativeNode",
     "NativeSubscription",
@@ -34,6 +35,7 @@ __all__ = [
 __version__: str
 DEFAULT_DEMO_COMMAND: str
 REJECT_REASONS: tuple[str, ...]
+ERROR_KINDS: tuple[str, ...]
 
 class CrabnetError(Exception):
     kind: str
