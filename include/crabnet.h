@@ -155,7 +155,8 @@ typedef struct crabnet_hub crabnet_hub;
 /**
  * A running node (opaque).
  *
- * Created by `crabnet_node_start`, `crabnet_node_start_memory` or `crabnet_node_start_udp`;
+ * Created by `crabnet_node_start`, `crabnet_node_start_memory`, `crabnet_node_start_udp` or
+ * `crabnet_node_start_dht`;
  * stopped with `crabnet_node_stop` and freed with `crabnet_node_free`. Every function taking
  * a `const crabnet_node *` may be called from any thread at the same time, and from inside
  * an event callback.
@@ -447,6 +448,24 @@ enum crabnet_status crabnet_node_start_memory(const struct crabnet_config *confi
  */
 enum crabnet_status crabnet_node_start_udp(const struct crabnet_config *config,
                                            const char *udp_json,
+                                           struct crabnet_node **out_node);
+
+/**
+ * Starts a node on libp2p (gossipsub, Kademlia, identify, sync over request-response, TCP and
+ * QUIC), described by a JSON object, every key optional:
+ * `{"listen": ["/ip4/127.0.0.1/tcp/4001", "/ip4/127.0.0.1/udp/4001/quic-v1"],
+ * "peers": ["/ip4/127.0.0.1/tcp/4002"], "bootstrap": ["/ip4/.../tcp/PORT/p2p/PEER_ID"],
+ * "mdns": false, "udp_fallback": {"bind": "127.0.0.1:7946", "peers": []}}`. mDNS is off
+ * unless enabled. With `udp_fallback`, frames also go over UDP while libp2p has no peer (or
+ * when it cannot start); a `transport_status` event says so. Unknown keys are errors.
+ *
+ * The caller keeps ownership of `config` and `dht_json`. On success `*out_node` receives a
+ * new handle, freed with `crabnet_node_free`.
+ * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION` (bad JSON), `NETWORK` (bad address,
+ * cannot listen), `CONFIG`, `IO`, `STORE`, `BUSY`, `INTERNAL`.
+ */
+enum crabnet_status crabnet_node_start_dht(const struct crabnet_config *config,
+                                           const char *dht_json,
                                            struct crabnet_node **out_node);
 
 /**

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs every Crabnet test suite: formatting, lints, and the Rust unit, property, integration,
-# CLI, crash and multi-process tests, the C ABI tests, and the dashboard's browser test. Works on
-# a fresh machine with the Rust toolchain and Node.js (the browser test installs Chromium).
+# CLI, crash and multi-process tests, the C ABI suite (tests/c/run.sh), the demo and the Rust
+# examples, the Python package's suite, and the dashboard's browser test. Works on a fresh
+# machine with the Rust toolchain, gcc/g++ and pkg-config (valgrind when present), Python 3.9+
+# (packages come from PyPI) and Node.js 20+ (the browser test installs Chromium and
+# playwright-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +26,26 @@ step "demo and Rust examples"
 cargo run --quiet --bin crabnet -- demo > /dev/null
 cargo run --quiet -p crabnet-core --example three_nodes > /dev/null
 cargo run --quiet -p crabnet-core --example blocking > /dev/null
+
+# --- Python (crabnet-py) -----------------------------------------------------------------------
+# A fresh virtualenv every run, with maturin, pytest and mypy from PyPI. `pip install ./crabnet-py`
+# builds into the workspace target dir with the dev profile, reusing what `cargo test` compiled
+# (CRABNET_PY_PROFILE=release builds the release wheel users get).
+step "Python: build and install crabnet-py in a fresh virtualenv"
+PY_VENV="$(mktemp -d "${TMPDIR:-/tmp}/crabnet-py-venv.XXXXXX")"
+trap 'rm -rf "$PY_VENV"' EXIT
+"${PYTHON:-python3}" -m venv "$PY_VENV"
+PY="$PY_VENV/bin/python"
+"$PY" -m pip install --quiet --disable-pip-version-check maturin pytest mypy
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" \
+    MATURIN_PEP517_ARGS="--profile ${CRABNET_PY_PROFILE:-dev}" \
+    "$PY" -m pip install --quiet --disable-pip-version-check ./crabnet-py
+
+step "Python: pytest tests/python"
+"$PY" -m pytest tests/python
+
+step "Python: mypy --strict on examples/python and tests/python"
+"$PY" -m mypy --strict --cache-dir "$PY_VENV/mypy-cache" examples/python tests/python
 
 step "web dashboard in headless Chromium (tests/web/run.sh; installs chromium and playwright-core)"
 ./tests/web/run.sh

@@ -1095,7 +1095,11 @@ impl Node {
     /// Waits until at least `count` peers are known (their hellos arrived), or fails with
     /// [`ErrorKind::Network`] after `timeout`.
     pub async fn wait_for_peers(&self, count: usize, timeout: Duration) -> Result<Vec<PeerInfo>> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        // A timeout too large to represent means "no deadline" in practice (a year).
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         loop {
             let peers = self.peers().await?;
             if peers.len() >= count {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crabnet_core::embed::{ListenerId, NetworkSpec};
-use crabnet_core::network::UdpConfig;
+use crabnet_core::network::{DhtConfig, UdpConfig};
 use crabnet_core::{
     BlockingNode, BlockingSubscription, Event, MemoryHub, PublishRequest, SeedStatus,
 };
@@ -31,7 +31,8 @@ impl Handle for crabnet_hub {}
 
 /// A running node (opaque).
 ///
-/// Created by `crabnet_node_start`, `crabnet_node_start_memory` or `crabnet_node_start_udp`;
+/// Created by `crabnet_node_start`, `crabnet_node_start_memory`, `crabnet_node_start_udp` or
+/// `crabnet_node_start_dht`;
 /// stopped with `crabnet_node_stop` and freed with `crabnet_node_free`. Every function taking
 /// a `const crabnet_node *` may be called from any thread at the same time, and from inside
 /// an event callback.
@@ -383,6 +384,33 @@ pub unsafe extern "C" fn crabnet_node_start_udp(
             let udp: UdpConfig = serde_json::from_str(arg_str(udp_json, "udp_json")?)
                 .map_err(|e| FfiError::validation(format!("invalid UDP settings JSON: {e}")))?;
             Ok(NetworkSpec::Udp(udp))
+        })
+    }
+}
+
+/// Starts a node on libp2p (gossipsub, Kademlia, identify, sync over request-response, TCP and
+/// QUIC), described by a JSON object, every key optional:
+/// `{"listen": ["/ip4/127.0.0.1/tcp/4001", "/ip4/127.0.0.1/udp/4001/quic-v1"],
+/// "peers": ["/ip4/127.0.0.1/tcp/4002"], "bootstrap": ["/ip4/.../tcp/PORT/p2p/PEER_ID"],
+/// "mdns": false, "udp_fallback": {"bind": "127.0.0.1:7946", "peers": []}}`. mDNS is off
+/// unless enabled. With `udp_fallback`, frames also go over UDP while libp2p has no peer (or
+/// when it cannot start); a `transport_status` event says so. Unknown keys are errors.
+///
+/// The caller keeps ownership of `config` and `dht_json`. On success `*out_node` receives a
+/// new handle, freed with `crabnet_node_free`.
+/// Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION` (bad JSON), `NETWORK` (bad address,
+/// cannot listen), `CONFIG`, `IO`, `STORE`, `BUSY`, `INTERNAL`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crabnet_node_start_dht(
+    config: *const crabnet_config,
+    dht_json: *const c_char,
+    out_node: *mut *mut crabnet_node,
+) -> crabnet_status {
+    unsafe {
+        start("crabnet_node_start_dht", config, out_node, || {
+            let dht: DhtConfig = serde_json::from_str(arg_str(dht_json, "dht_json")?)
+                .map_err(|e| FfiError::validation(format!("invalid libp2p settings JSON: {e}")))?;
+            Ok(NetworkSpec::Dht(dht))
         })
     }
 }

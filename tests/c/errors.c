@@ -169,6 +169,10 @@ static void test_start(const char *base) {
     EXPECT_ERR(CRABNET_STATUS_NULL_ARGUMENT, "`udp_json`", crabnet_node_start_udp(config, NULL, &node));
     EXPECT_ERR(CRABNET_STATUS_VALIDATION, "UDP", crabnet_node_start_udp(config, "{\"bind\": \"nowhere\"}", &node));
     EXPECT_ERR(CRABNET_STATUS_VALIDATION, "UDP", crabnet_node_start_udp(config, "{\"peer\": []}", &node));
+    EXPECT_ERR(CRABNET_STATUS_NULL_ARGUMENT, "`dht_json`", crabnet_node_start_dht(config, NULL, &node));
+    EXPECT_ERR(CRABNET_STATUS_VALIDATION, "libp2p", crabnet_node_start_dht(config, "{\"listen\": 7}", &node));
+    EXPECT_ERR(CRABNET_STATUS_VALIDATION, "libp2p", crabnet_node_start_dht(config, "{\"mdsn\": true}", &node));
+    EXPECT_ERR(CRABNET_STATUS_NETWORK, "multiaddress", crabnet_node_start_dht(config, "{\"listen\": [\"garbage\"]}", &node));
     CHECK(node == (crabnet_node *)SENTINEL);
 
     /* Two nodes with a network on one data directory: the second is refused. */

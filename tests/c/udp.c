@@ -32,9 +32,42 @@ static crabnet_node *start_udp(const char *base, const char *name, int port, int
     return node;
 }
 
+/* Two libp2p nodes on loopback: the second dials the first; both verify each other's hello. */
+static void test_dht(const char *base) {
+    int port = free_port();
+    char dht[256];
+    snprintf(dht, sizeof dht, "{\"listen\": [\"/ip4/127.0.0.1/tcp/%d\"]}", port);
+    crabnet_config *config = test_config(base, "dht-a");
+    crabnet_node *a = NULL;
+    OK(crabnet_node_start_dht(config, dht, &a));
+    crabnet_config_free(config);
+    snprintf(dht, sizeof dht,
+             "{\"listen\": [\"/ip4/127.0.0.1/tcp/0\"], \"peers\": [\"/ip4/127.0.0.1/tcp/%d\"]}", port);
+    config = test_config(base, "dht-b");
+    crabnet_node *b = NULL;
+    OK(crabnet_node_start_dht(config, dht, &b));
+    crabnet_config_free(config);
+    char *peers = NULL;
+    OK(crabnet_node_wait_for_peers(a, 1, 30000, &peers));
+    CHECK(json_str_eq(peers, "/0/name", "dht-b"));
+    crabnet_string_free(peers);
+    OK(crabnet_node_wait_for_peers(b, 1, 30000, &peers));
+    CHECK(json_str_eq(peers, "/0/name", "dht-a"));
+    crabnet_string_free(peers);
+    char *overview = NULL;
+    OK(crabnet_node_overview(a, &overview));
+    CHECK(json_str_eq(overview, "/transport", "dht"));
+    crabnet_string_free(overview);
+    OK(crabnet_node_stop(a));
+    OK(crabnet_node_stop(b));
+    crabnet_node_free(a);
+    crabnet_node_free(b);
+}
+
 int main(void) {
     char base[256];
     make_temp_dir(base, sizeof base, "udp");
+    test_dht(base);
     int pa = free_port(), pb = free_port();
     while (pb == pa) pb = free_port();
     crabnet_node *a = start_udp(base, "udp-a", pa, pb);

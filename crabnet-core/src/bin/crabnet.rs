@@ -657,7 +657,8 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
                 .peers
                 .iter()
                 .map(|p| match p.parse::<SocketAddr>() {
-                    Ok(a) => format!("/ip4/{}/tcp/{}", a.ip(), a.port()),
+                    Ok(SocketAddr::V4(a)) => format!("/ip4/{}/tcp/{}", a.ip(), a.port()),
+                    Ok(SocketAddr::V6(a)) => format!("/ip6/{}/tcp/{}", a.ip(), a.port()),
                     Err(_) => p.clone(),
                 })
                 .collect();
@@ -695,7 +696,13 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
             .and_then(|a| a.strip_prefix("udp:"))
             .map(str::to_owned)
             .unwrap_or_else(|| args.bind.to_string()),
-        TransportArg::Dht => args.bind.to_string(),
+        TransportArg::Dht => overview
+            .addresses
+            .iter()
+            .find_map(|a| a.strip_prefix("udp:"))
+            .filter(|_| transport == "udp")
+            .map(str::to_owned)
+            .unwrap_or_else(|| args.bind.to_string()),
     };
     let http = web.as_ref().map(|w| w.local_addr().to_string());
     let mut ctrl_c = interrupt_handler();

@@ -176,10 +176,26 @@ impl DhtTransport {
                     })
                     .build()
                     .map_err(|e| format!("gossipsub config: {e}"))?;
-                let gossipsub = gossipsub::Behaviour::new(
+                let mut gossipsub = gossipsub::Behaviour::new(
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
                     gossip_config,
                 )?;
+                let mut params = gossipsub::PeerScoreParams::default();
+                let topic_params = gossipsub::TopicScoreParams {
+                    topic_weight: 1.0,
+                    time_in_mesh_weight: 0.0,
+                    time_in_mesh_quantum: Duration::from_secs(1),
+                    first_message_deliveries_weight: 0.0,
+                    mesh_message_deliveries_weight: 0.0,
+                    mesh_failure_penalty_weight: 0.0,
+                    invalid_message_deliveries_weight: -10.0,
+                    invalid_message_deliveries_decay: 0.5,
+                    ..Default::default()
+                };
+                params
+                    .topics
+                    .insert(gossipsub::IdentTopic::new(TOPIC).hash(), topic_params);
+                gossipsub.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
                 let peer = key.public().to_peer_id();
                 let mut kad = kad::Behaviour::with_config(
                     peer,
@@ -223,9 +239,12 @@ impl DhtTransport {
             .subscribe(&topic)
             .map_err(|e| net_err(format!("cannot subscribe: {e}")))?;
         for addr in &config.listen {
-            swarm
-                .listen_on(parse_addr(addr)?)
-                .map_err(|e| net_err(format!("cannot listen on {addr}: {e}")))?;
+            swarm.listen_on(parse_addr(addr)?).map_err(|e| {
+                let cause = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                net_err(format!("cannot listen on {addr}: {e}{cause}"))
+            })?;
         }
         for addr in &config.bootstrap {
             let addr = parse_addr(addr)?;

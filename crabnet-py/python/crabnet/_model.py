@@ -1,0 +1,658 @@
+"""Typed, frozen domain objects built from the core's JSON.
+
+Every class mirrors one serde type of ``crabnet-core`` field by field (same names, same
+meaning), so the conversion is mechanical: :meth:`_Record._from_json` reads the dataclass
+fields and their annotations. Ids are lowercase hex strings, times are Unix milliseconds,
+prices are integers.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+import warnings
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from types import MappingProxyType
+from typing import Any, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Type, TypeVar
+
+from ._crabnet import InternalError
+
+__all__ = [
+    "Award",
+    "Bid",
+    "BidPlaced",
+    "BiddingClosed",
+    "Claim",
+    "Event",
+    "EventsDropped",
+    "MessageAccepted",
+    "MessageDeferred",
+    "MessageRejected",
+    "NodeStarted",
+    "NodeStopped",
+    "Overview",
+    "PeerDiscovered",
+    "PeerInfo",
+    "RejectReason",
+    "ResultRecorded",
+    "SchemaWarning",
+    "Seed",
+    "SeedCancelled",
+    "SeedClaimed",
+    "SeedPublished",
+    "SeedSettled",
+    "SeedStatus",
+    "SeedView",
+    "SendFailed",
+    "Settlement",
+    "SettlementOutcome",
+    "StatusChanged",
+    "TaskResult",
+    "TaskStarted",
+    "TransportStatus",
+    "UnknownEvent",
+    "Violation",
+]
+
+_R = TypeVar("_R", bound="_Record")
+
+# Strings longer than this are shortened in reprs (node ids, command output).
+_REPR_MAX = 40
+
+
+class SchemaWarning(UserWarning):
+    """The core sent a field this version of the Python classes does not know (it is ignored).
+
+    Emitted once per class and field; it means the package's Python and Rust parts are out of
+    step, which the test suite treats as an error.
+    """
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+class SeedStatus(str, Enum):
+    """Lifecycle status of a seed. Compares equal to its name: ``status == "open"``."""
+
+    OPEN = "open"
+    """Accepting bids, or awarded and waiting for the winner's claim."""
+    CLAIMED = "claimed"
+    """The winning bidder claimed it."""
+    COMPLETED = "completed"
+    """The claimer reported a result."""
+    SETTLED = "settled"
+    """The publisher settled it (final)."""
+    EXPIRED = "expired"
+    """Bidding closed without bids (final)."""
+    CANCELLED = "cancelled"
+    """The publisher cancelled it before bidding closed (final)."""
+
+    def __repr__(self) -> str:
+        return f"SeedStatus.{self.name}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SettlementOutcome(str, Enum):
+    """How the publisher judged a result."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+    def __repr__(self) -> str:
+        return f"SettlementOutcome.{self.name}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RejectReason(str, Enum):
+    """Why a node rejected a received message (:attr:`MessageRejected.reason`); each reason
+    has a counter ``rejected.<reason>`` in :attr:`Overview.counters`. Compares equal
+    to its name: ``reason == "replay"``."""
+
+    MALFORMED = "malformed"
+    """It could not be decoded or its fields are invalid."""
+    OVERSIZED = "oversized"
+    """It was larger than allowed."""
+    DUPLICATE = "duplicate"
+    """It was seen before."""
+    BAD_SIGNATURE = "bad_signature"
+    """A signature does not verify."""
+    UNKNOWN_SENDER = "unknown_sender"
+    """The sender is not in the peer table (no verified hello from it yet)."""
+    REPLAY = "replay"
+    """It is older than the sender's replay floor: a replay of a forgotten message."""
+    EXPIRED = "expired"
+    """Its time to live is over, or it is dated too far in the future."""
+    KEY_MISMATCH = "key_mismatch"
+    """A hello whose node id does not match its keys, or a known node id with other keys."""
+    RULE = "rule"
+    """It breaks a lifecycle rule (see :attr:`MessageRejected.violation`)."""
+
+    def __repr__(self) -> str:
+        return f"RejectReason.{self.name}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _short(value: object) -> str:
+    if isinstance(value, str) and len(value) > _REPR_MAX:
+        return repr(value[:16] + "…")
+    if isinstance(value, tuple):
+        inner = ", ".join(_short(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, MappingProxyType):
+        return "{" + ", ".join(f"{_short(k)}: {_short(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+class _Record:
+    """Base of the frozen domain classes: built from the core's JSON, with a compact repr."""
+
+    __slots__ = ()
+    _hints: ClassVar[Dict[str, Any]]
+
+    @classmethod
+    def _field_types(cls) -> Dict[str, Any]:
+        hints: Optional[Dict[str, Any]] = cls.__dict__.get("_hints")
+        if hints is None:
+            hints = typing.get_type_hints(cls)
+            cls._hints = hints
+        return hints
+
+    @classmethod
+    def _from_json(cls: Type[_R], data: Mapping[str, Any]) -> _R:
+        """Builds an instance from the core's JSON object."""
+        return cls._from_fields(data)
+
+    @classmethod
+    def _from_fields(cls: Type[_R], data: Mapping[str, Any]) -> _R:
+        hints = cls._field_types()
+        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise InternalError(
+                f"crabnet: the core sent a {cls.__name__} without {', '.join(missing)}"
+            )
+        for extra in sorted(set(data) - set(names)):
+            if (cls.__name__, extra) not in _warned:
+                _warned.add((cls.__name__, extra))
+                warnings.warn(
+                    f"crabnet: {cls.__name__} has no field {extra!r}; it is ignored",
+                    SchemaWarning,
+                    stacklevel=2,
+                )
+        return cls(**{n: _convert(hints[n], data[n]) for n in names})
+
+    def __repr__(self) -> str:
+        parts = ", ".join(
+            f"{f.name}={_short(getattr(self, f.name))}"
+            for f in fields(self)  # type: ignore[arg-type]
+            if f.repr
+        )
+        return f"{type(self).__name__}({parts})"
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    """Converts one JSON value to the annotated type (records, enums, tuples, mappings)."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v) for v in value)
+        return tuple(_convert(a, v) for a, v in zip(args, value))
+    if origin is not None and origin.__name__ == "Mapping":
+        key_type, value_type = args
+        return MappingProxyType(
+            {_convert(key_type, k): _convert(value_type, v) for k, v in value.items()}
+        )
+    if isinstance(tp, type) and issubclass(tp, _Record):
+        return tp._from_json(value)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return tp(value)
+    return value
+
+
+@dataclass(frozen=True, repr=False)
+class Violation(_Record):
+    """A lifecycle rule that an operation or a remote message broke.
+
+    ``rule`` names it (``wrong_status``, ``not_publisher``, ``bid_window_closed``,
+    ``price_out_of_range``, ``unknown_seed``, ...); ``details`` holds the rule's fields (e.g.
+    ``seed_id``, ``status``, ``action``), as in ``docs/PROTOCOL.md``.
+    """
+
+    rule: str
+    details: Mapping[str, Any] = field(hash=False)
+
+    @classmethod
+    def _from_fields(cls, data: Mapping[str, Any]) -> Violation:
+        rest = {k: v for k, v in data.items() if k != "rule"}
+        return cls(rule=str(data["rule"]), details=MappingProxyType(rest))
+
+    @classmethod
+    def _from_json_text(cls, text: str) -> Violation:
+        return cls._from_json(json.loads(text))
+
+
+@dataclass(frozen=True, repr=False)
+class Seed(_Record):
+    """A task offered to the network: a shell command with a price range and a bid window."""
+
+    id: str
+    publisher: str
+    """The publishing node; only it may close bidding, cancel and settle."""
+    command: str
+    description: str
+    min_price: int
+    max_price: int
+    bid_window_secs: int
+    max_bids: int
+    """Bidding closes early when this many bids arrived."""
+    timeout_secs: int
+    created_at: int
+    audience: Tuple[str, ...]
+    """The nodes a private seed is sealed to, besides the publisher: every message about it is
+    encrypted to them. Empty for a public seed."""
+
+    @property
+    def private(self) -> bool:
+        """Whether the seed is private to an audience."""
+        return bool(self.audience)
+
+
+@dataclass(frozen=True, repr=False)
+class Bid(_Record):
+    """An offer to run a seed for a price, as part of the seed's state."""
+
+    id: str
+    seed_id: str
+    bidder: str
+    price: int
+    placed_at: int
+
+
+@dataclass(frozen=True, repr=False)
+class Award(_Record):
+    """The publisher's decision that closed bidding: a winner among the considered bids, or
+    none (the seed expired)."""
+
+    considered: Tuple[str, ...]
+    winner: Optional[str]
+    winner_node: Optional[str]
+    price: Optional[int]
+    closed_at: int
+
+
+@dataclass(frozen=True, repr=False)
+class Claim(_Record):
+    """The winning bidder's claim on a seed."""
+
+    claimer: str
+    bid_id: str
+    claimed_at: int
+
+
+@dataclass(frozen=True, repr=False)
+class TaskResult(_Record):
+    """What running a seed's command produced."""
+
+    seed_id: str
+    runner: str
+    exit_code: Optional[int]
+    signal: Optional[int]
+    timed_out: bool
+    success: bool
+    """Exit code 0 and no timeout."""
+    duration_ms: int
+    output_sha256: str
+    """SHA-256 over the whole combined stdout+stderr, lowercase hex."""
+    output_bytes: int
+    output_excerpt: str
+    """The first bytes of output (size-capped), decoded as UTF-8."""
+    output_truncated: bool
+    started_at: int
+    finished_at: int
+
+
+@dataclass(frozen=True, repr=False)
+class Settlement(_Record):
+    """The publisher's final word on a completed seed."""
+
+    seed_id: str
+    outcome: SettlementOutcome
+    amount: int
+    """The winning price when accepted, 0 when rejected."""
+    note: str
+    settled_at: int
+
+
+@dataclass(frozen=True, repr=False)
+class SeedView(_Record):
+    """Everything a node knows about one seed."""
+
+    seed: Seed
+    status: SeedStatus
+    bids: Tuple[Bid, ...]
+    """Valid bids, in placement order."""
+    award: Optional[Award]
+    claim: Optional[Claim]
+    result: Optional[TaskResult]
+    settlement: Optional[Settlement]
+    cancelled_at: Optional[int]
+    updated_at: int
+
+    @property
+    def id(self) -> str:
+        """The seed's id (``self.seed.id``)."""
+        return self.seed.id
+
+
+@dataclass(frozen=True, repr=False)
+class Overview(_Record):
+    """A summary of a node's state."""
+
+    node_id: str
+    name: str
+    data_dir: str
+    transport: Optional[str]
+    seeds_by_status: Mapping[SeedStatus, int] = field(hash=False)
+    outbox_pending: int
+    """Messages waiting to be sent."""
+    counters: Mapping[str, int] = field(hash=False)
+    """Accepted, deferred, sent and rejected (by reason) message counts."""
+    last_event_seq: int
+    state_digest: str
+    """Digest of the whole seed state: equal on converged replicas."""
+    peers: int
+    """Number of peers whose hello this node verified."""
+    addresses: Tuple[str, ...]
+    """Where peers reach this node (transport addresses, e.g. libp2p multiaddresses)."""
+
+
+@dataclass(frozen=True, repr=False)
+class PeerInfo(_Record):
+    """A node whose hello (its signed keys, name and addresses) this node verified. Nodes
+    accept domain messages only from such peers."""
+
+    node_id: str
+    name: str
+    addresses: Tuple[str, ...]
+    """Its announced transport addresses."""
+    fingerprint: str
+    """Fingerprint of its keys (the first 16 hex digits of its self-certifying id)."""
+    key_epoch: int
+    first_seen: int
+    """Its first hello (Unix ms)."""
+    last_seen: int
+    """Its latest hello (Unix ms)."""
+
+
+@dataclass(frozen=True, repr=False)
+class Event(_Record):
+    """Something that happened in a node. Subclasses carry the details; ``type`` is the
+    event's name as in the core's JSON and the ``events.ndjson`` log."""
+
+    TYPE: ClassVar[str] = ""
+    seq: int
+    """Position in the node's event log (1, 2, ...); 0 for notices that are not logged."""
+    at: int
+    """When it happened (Unix ms)."""
+
+    @property
+    def type(self) -> str:
+        """The event's type name (``"bid_placed"``, ...)."""
+        return self.TYPE
+
+    @classmethod
+    def _from_json(cls, data: Mapping[str, Any]) -> Event:
+        name = str(data["type"])
+        rest = {k: v for k, v in data.items() if k != "type"}
+        event_class = _EVENT_TYPES.get(name)
+        if event_class is None:
+            return UnknownEvent(
+                seq=int(rest.pop("seq")),
+                at=int(rest.pop("at")),
+                name=name,
+                fields=MappingProxyType(rest),
+            )
+        return event_class._from_fields(rest)
+
+    @classmethod
+    def _from_json_text(cls, text: str) -> Event:
+        return cls._from_json(json.loads(text))
+
+
+@dataclass(frozen=True, repr=False)
+class UnknownEvent(Event):
+    """An event of a type this version of the Python package does not know (newer core)."""
+
+    name: str
+    fields: Mapping[str, Any] = field(hash=False)
+
+    @property
+    def type(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, repr=False)
+class NodeStarted(Event):
+    """The node started on a network."""
+
+    TYPE: ClassVar[str] = "node_started"
+    node_id: str
+    transport: Optional[str]
+
+
+@dataclass(frozen=True, repr=False)
+class NodeStopped(Event):
+    """The node stopped."""
+
+    TYPE: ClassVar[str] = "node_stopped"
+    node_id: str
+
+
+@dataclass(frozen=True, repr=False)
+class SeedPublished(Event):
+    """A seed was published (here or by a remote node)."""
+
+    TYPE: ClassVar[str] = "seed_published"
+    seed_id: str
+    publisher: str
+    command: str
+
+
+@dataclass(frozen=True, repr=False)
+class BidPlaced(Event):
+    """A bid was placed."""
+
+    TYPE: ClassVar[str] = "bid_placed"
+    seed_id: str
+    bid_id: str
+    bidder: str
+    price: int
+
+
+@dataclass(frozen=True, repr=False)
+class BiddingClosed(Event):
+    """The publisher closed bidding; no winner means the seed expired."""
+
+    TYPE: ClassVar[str] = "bidding_closed"
+    seed_id: str
+    winner: Optional[str]
+    winner_node: Optional[str]
+    price: Optional[int]
+
+
+@dataclass(frozen=True, repr=False)
+class SeedClaimed(Event):
+    """The winner claimed the seed."""
+
+    TYPE: ClassVar[str] = "seed_claimed"
+    seed_id: str
+    claimer: str
+
+
+@dataclass(frozen=True, repr=False)
+class TaskStarted(Event):
+    """This node started running a task."""
+
+    TYPE: ClassVar[str] = "task_started"
+    seed_id: str
+    command: str
+
+
+@dataclass(frozen=True, repr=False)
+class ResultRecorded(Event):
+    """A result was recorded."""
+
+    TYPE: ClassVar[str] = "result_recorded"
+    seed_id: str
+    runner: str
+    success: bool
+    exit_code: Optional[int]
+    duration_ms: int
+    output_sha256: str
+
+
+@dataclass(frozen=True, repr=False)
+class SeedSettled(Event):
+    """The publisher settled."""
+
+    TYPE: ClassVar[str] = "seed_settled"
+    seed_id: str
+    outcome: SettlementOutcome
+    amount: int
+
+
+@dataclass(frozen=True, repr=False)
+class SeedCancelled(Event):
+    """The publisher cancelled."""
+
+    TYPE: ClassVar[str] = "seed_cancelled"
+    seed_id: str
+
+
+@dataclass(frozen=True, repr=False)
+class StatusChanged(Event):
+    """A seed's status changed (``from_status`` is ``None`` when the seed just became known)."""
+
+    TYPE: ClassVar[str] = "status_changed"
+    seed_id: str
+    from_status: Optional[SeedStatus]
+    to: SeedStatus
+
+    @classmethod
+    def _from_fields(cls, data: Mapping[str, Any]) -> StatusChanged:
+        # `from` is a Python keyword: the field is `from_status`.
+        renamed = {("from_status" if k == "from" else k): v for k, v in data.items()}
+        return super()._from_fields(renamed)
+
+
+@dataclass(frozen=True, repr=False)
+class PeerDiscovered(Event):
+    """A node's verified hello added it to the peer table."""
+
+    TYPE: ClassVar[str] = "peer_discovered"
+    node_id: str
+    name: str
+    addresses: Tuple[str, ...]
+
+
+@dataclass(frozen=True, repr=False)
+class MessageAccepted(Event):
+    """A remote message was accepted and applied."""
+
+    TYPE: ClassVar[str] = "message_accepted"
+    message_id: str
+    message_kind: str
+    sender: str
+
+
+@dataclass(frozen=True, repr=False)
+class MessageDeferred(Event):
+    """A remote message was stored but waits for another one before it takes effect."""
+
+    TYPE: ClassVar[str] = "message_deferred"
+    message_id: str
+    message_kind: str
+    sender: str
+    reason: Violation
+
+
+@dataclass(frozen=True, repr=False)
+class MessageRejected(Event):
+    """A received message was rejected; ``reason`` says why (see :class:`RejectReason`)."""
+
+    TYPE: ClassVar[str] = "message_rejected"
+    message_id: Optional[str]
+    message_kind: Optional[str]
+    sender: Optional[str]
+    reason: RejectReason
+    violation: Optional[Violation]
+    detail: str
+
+
+@dataclass(frozen=True, repr=False)
+class TransportStatus(Event):
+    """The transport reported a change: started, connected to a peer, fell back to UDP..."""
+
+    TYPE: ClassVar[str] = "transport_status"
+    transport: str
+    detail: str
+
+
+@dataclass(frozen=True, repr=False)
+class SendFailed(Event):
+    """A message could not be sent; it stays in the outbox and is retried."""
+
+    TYPE: ClassVar[str] = "send_failed"
+    message_id: str
+    detail: str
+
+
+@dataclass(frozen=True, repr=False)
+class EventsDropped(Event):
+    """This subscriber fell behind and missed ``count`` events (``seq`` is 0)."""
+
+    TYPE: ClassVar[str] = "events_dropped"
+    count: int
+
+
+_EVENT_TYPES: Dict[str, Type[Event]] = {
+    c.TYPE: c
+    for c in (
+        NodeStarted,
+        NodeStopped,
+        SeedPublished,
+        BidPlaced,
+        BiddingClosed,
+        SeedClaimed,
+        TaskStarted,
+        ResultRecorded,
+        SeedSettled,
+        SeedCancelled,
+        StatusChanged,
+        PeerDiscovered,
+        MessageAccepted,
+        MessageDeferred,
+        MessageRejected,
+        TransportStatus,
+        SendFailed,
+        EventsDropped,
+    )
+}
+
+EVENT_TYPES: FrozenSet[str] = frozenset(_EVENT_TYPES)
+"""The event type names this version knows."""
