@@ -1296,6 +1296,55 @@ async fn cli_listen_serves_the_dashboard_unless_told_not_to() {
         quiet.seen
     );
 
+    // The default address taken (by another node, say): the node runs without a dashboard
+    // and says why. An address asked for must work.
+    let _holder = std::net::TcpListener::bind("127.0.0.1:7980"); // taken either way
+    let mut out_of_luck = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--json", "listen", "--bind", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The pretty-printed banner ends with a line "}".
+    let mut banner = String::new();
+    let mut stdout = std::io::BufReader::new(out_of_luck.stdout.take().unwrap());
+    while !banner.ends_with("}\n") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "listen exited early: {banner}");
+        banner.push_str(&line);
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(out_of_luck.id() as i32, libc::SIGINT) };
+    let out = out_of_luck.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let banner: Value = serde_json::from_str(&banner).unwrap();
+    assert_eq!(banner["http"], Value::Null, "{banner}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("without the dashboard") && stderr.contains("127.0.0.1:7980"),
+        "{stderr}"
+    );
+    let taken = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "listen",
+            "--bind",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:7980",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(taken.status.code(), Some(1), "{taken:?}");
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains("cannot bind"),
+        "{taken:?}"
+    );
+
     // A public bind without a token is refused before anything runs.
     let out = std::process::Command::new(BIN)
         .arg("--data-dir")

@@ -97,8 +97,8 @@ struct ListenArgs {
 #[derive(Args, Debug)]
 struct HttpArgs {
     /// Serve the monitoring API and dashboard on this address (default: web.bind from the
-    /// config, 127.0.0.1:7980; port 0 picks a free port). Non-loopback addresses need
-    /// web.token in the config.
+    /// config, else 127.0.0.1:7980, skipped with a warning when taken; port 0 picks a free
+    /// port). Non-loopback addresses need web.token in the config.
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
     /// Do not serve the monitoring API and dashboard.
@@ -747,7 +747,9 @@ fn interrupt_handler() -> std::pin::Pin<Box<dyn std::future::Future<Output = std
     }
 }
 
-/// Starts the monitoring API for `crabnet listen` unless it is turned off.
+/// Starts the monitoring API for `crabnet listen` unless it is turned off. An address asked for
+/// (`--http`, or `[web] bind` in the config) must work; when the built-in default is taken
+/// (say, by another node on this machine) the node runs without a dashboard and says so.
 async fn start_web(node: &Node, args: &HttpArgs) -> Result<Option<WebHandle>, Error> {
     let mut config = node.config().web.clone();
     if args.no_http || (!config.enabled && args.http.is_none()) {
@@ -756,7 +758,15 @@ async fn start_web(node: &Node, args: &HttpArgs) -> Result<Option<WebHandle>, Er
     if let Some(bind) = args.http {
         config.bind = bind;
     }
-    node.serve_web(config).await.map(Some)
+    let default = args.http.is_none() && config.bind == WebConfig::default().bind;
+    match node.serve_web(config).await {
+        Ok(web) => Ok(Some(web)),
+        Err(e) if default && e.kind() == ErrorKind::Io => {
+            eprintln!("warning: running without the dashboard: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn run_demo(args: &DemoArgs, json: bool) -> Result<(), Error> {
