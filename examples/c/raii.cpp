@@ -204,34 +204,39 @@ int main() {
                     events++;
                 };
             };
+            // Main-thread lines take the same lock, so callback lines never split them.
+            auto say = [&](const std::string &line) {
+                std::lock_guard<std::mutex> guard(print_lock);
+                std::cout << line << std::flush;
+            };
             crab::Subscription alice_events(alice.get(), printer("alice"));
             crab::Subscription bob_events(bob.get(), printer("bob"));
 
             std::string peers = alice.wait_for_peers(1, 20000);
-            std::cout << "alice sees " << crab::json_string(peers, "/0/name") << "\n";
+            say("alice sees " + crab::json_string(peers, "/0/name") + "\n");
             std::string seed = alice.publish(
                 R"({"command": "echo raii; expr 6 \\* 7", "max_bids": 1, "max_price": 80})");
             std::string id = crab::json_string(seed, "/seed/id");
-            std::cout << "alice published " << id << "\n";
+            say("alice published " + id + "\n");
 
             bob.wait_for(id, [](const std::string &) { return true; });
             bob.bid(id, 35);
             bob.wait_for(id, [](const std::string &v) { return crab::json_raw(v, "/award") != "null"; });
             bob.claim(id);
             std::string ran = bob.run(id);
-            std::cout << "bob ran it: " << crab::json_string(ran, "/result/output_excerpt");
+            say("bob ran it: " + crab::json_string(ran, "/result/output_excerpt"));
 
             alice.wait_for(id, [](const std::string &v) { return crab::json_string(v, "/status") == "completed"; });
             std::string settled = alice.settle(id, true, "thanks");
-            std::cout << "alice settled: " << crab::json_string(settled, "/settlement/outcome") << ", "
-                      << crab::json_u64(settled, "/settlement/amount") << " due\n";
+            say("alice settled: " + crab::json_string(settled, "/settlement/outcome") + ", " +
+                std::to_string(crab::json_u64(settled, "/settlement/amount")) + " due\n");
             bob.wait_for(id, [](const std::string &v) { return crab::json_string(v, "/status") == "settled"; });
 
             // A failed call is an exception carrying the status and the message.
             try {
                 bob.claim(id);
             } catch (const crab::Error &e) {
-                std::cout << "claiming again fails as expected: " << e.what() << "\n";
+                say(std::string("claiming again fails as expected: ") + e.what() + "\n");
             }
             alice.stop();
             bob.stop();
