@@ -8,9 +8,11 @@
 //!   events.ndjson, events.ndjson.1, ...          event log with size-based rotation
 //!   identity.key                                 the node's secret keys (mode 0600)
 //!   listen.lock                                  held by the node that runs the network
-//!   work/                                        per-task working directories
 //!   config.toml                                  optional; read by the CLI when present
 //! ```
+//!
+//! Task working directories are never inside the data directory: see
+//! [`RunnerConfig::work_root`](crate::runner::RunnerConfig::work_root).
 
 use std::path::{Path, PathBuf};
 
@@ -226,11 +228,6 @@ impl Config {
     /// Path of the current event log.
     pub fn event_log_path(&self) -> PathBuf {
         self.data_dir.join("events.ndjson")
-    }
-
-    /// Parent of the per-task working directories.
-    pub fn work_dir(&self) -> PathBuf {
-        self.data_dir.join("work")
     }
 
     /// The node's key file.

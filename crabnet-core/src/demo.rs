@@ -96,6 +96,9 @@ impl DemoNetwork {
             let mut config = Config::with_data_dir(base_dir.join(&name));
             config.name = name.clone();
             config.network.tick_ms = 50;
+            // The demo runs its own command: the strongest sandbox this machine offers is
+            // enough, so that it also runs where user namespaces are turned off.
+            config.runner.sandbox = crate::sandbox::SandboxPolicy::BestEffort;
             let node = Node::start_with_transport(config, Box::new(hub.join(&name))).await?;
             nodes.push((name, node));
         }
@@ -169,7 +172,7 @@ pub async fn run_lifecycle(
             bid_window_secs: 30,
             max_bids: bidders.len() as u32,
             timeout_secs: 30,
-            private_to: Vec::new(),
+            ..PublishRequest::default()
         })
         .await?;
     let id = seed.seed.id.clone();
@@ -214,6 +217,11 @@ pub async fn run_lifecycle(
             r.duration_ms,
             r.output_bytes,
             &r.output_sha256[..16]
+        ));
+        say(format!(
+            "    sandbox {}: {}",
+            r.sandbox.level,
+            r.sandbox.features.join(" ")
         ));
         for line in r.output_excerpt.lines() {
             say(format!("    | {line}"));

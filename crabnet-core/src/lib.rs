@@ -33,6 +33,7 @@ pub mod monitor;
 pub mod network;
 pub mod node;
 pub mod runner;
+pub mod sandbox;
 pub mod state;
 pub mod store;
 pub mod sync;

@@ -135,6 +135,8 @@ pub mod limits {
     /// Longest output excerpt carried in a result, in bytes (so that a result fits a UDP
     /// datagram with room for encryption to the whole audience).
     pub const MAX_EXCERPT_BYTES: usize = 16 * 1024;
+    /// Most sandbox features a result may list.
+    pub const MAX_SANDBOX_FEATURES: usize = 32;
     /// Most nodes a seed may be private to.
     pub const MAX_AUDIENCE: usize = 32;
     /// Longest bid window, in seconds (one week).
@@ -172,6 +174,122 @@ pub struct Seed {
     /// to them. Empty for a public seed.
     #[serde(default)]
     pub audience: Vec<NodeId>,
+    /// Whether the command needs network access. A node bids on such a seed only when its
+    /// `runner.allow_network` is set; otherwise tasks run without any network.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub network: bool,
+    /// The strongest sandbox the command can work under (default [`SandboxLevel::Full`]: the
+    /// task needs nothing the full sandbox takes away). A node bids only when the sandbox it
+    /// would build is no stronger than this.
+    #[serde(default, skip_serializing_if = "SandboxLevel::is_full")]
+    pub isolation: SandboxLevel,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// How strongly a task is isolated from the node that runs it (see `runner.sandbox` and the
+/// README section "Running strangers' tasks").
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxLevel {
+    /// No isolation: the task runs as the node's user with resource limits only.
+    None,
+    /// Some isolation features were active, not all (see [`SandboxInfo::features`]).
+    Partial,
+    /// Every isolation feature: filesystem allow-list, private /tmp and /proc, PID, user and
+    /// network namespaces, seccomp filter, no new privileges.
+    #[default]
+    Full,
+}
+
+impl SandboxLevel {
+    fn is_full(&self) -> bool {
+        *self == SandboxLevel::Full
+    }
+
+    /// The level's name as used in config files, JSON and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxLevel::None => "none",
+            SandboxLevel::Partial => "partial",
+            SandboxLevel::Full => "full",
+        }
+    }
+}
+
+impl fmt::Display for SandboxLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The sandbox a task ran in, as recorded by its runner in the [`TaskResult`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxInfo {
+    /// Overall level.
+    pub level: SandboxLevel,
+    /// The isolation features that were active, by name (for example `landlock_fs`,
+    /// `seccomp`, `pid_ns`, `net_ns`, `disk_quota`); see the README for the list.
+    pub features: Vec<String>,
+    /// Whether the task had network access (the seed asked for it and the runner allowed it).
+    #[serde(default)]
+    pub network: bool,
+}
+
+impl Default for SandboxInfo {
+    /// What a result without sandbox information means: nothing is known to have been active.
+    fn default() -> Self {
+        SandboxInfo {
+            level: SandboxLevel::None,
+            features: Vec::new(),
+            network: false,
+        }
+    }
+}
+
+impl SandboxInfo {
+    fn is_unknown(&self) -> bool {
+        *self == SandboxInfo::default()
+    }
+
+    fn check_fields(&self) -> Result<(), String> {
+        if self.features.len() > limits::MAX_SANDBOX_FEATURES {
+            return Err(format!(
+                "sandbox lists {} features, the limit is {}",
+                self.features.len(),
+                limits::MAX_SANDBOX_FEATURES
+            ));
+        }
+        let bad = |f: &String| {
+            f.is_empty()
+                || f.len() > 32
+                || !f
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if let Some(f) = self.features.iter().find(|f| bad(f)) {
+            return Err(format!(
+                "sandbox feature {:?} is not 1-32 characters of [a-z0-9_]",
+                truncate_for_message(f)
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Seed {
@@ -315,6 +433,9 @@ pub struct TaskResult {
     pub started_at: Millis,
     /// End time (Unix ms).
     pub finished_at: Millis,
+    /// The sandbox the command ran in (absent from results of older nodes: level `none`).
+    #[serde(default, skip_serializing_if = "SandboxInfo::is_unknown")]
+    pub sandbox: SandboxInfo,
 }
 
 impl TaskResult {
@@ -340,7 +461,7 @@ impl TaskResult {
         if self.finished_at < self.started_at {
             return Err("result finishes before it starts".into());
         }
-        Ok(())
+        self.sandbox.check_fields()
     }
 }
 

@@ -26,12 +26,13 @@ use crate::envelope::{self, EnvelopeError, Header, Kind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{Identity, PublicIdentity};
 use crate::model::{
-    Bid, BidId, Body, Cancellation, Claim, Message, MessageId, Millis, NodeId, Seed, SeedId,
-    SeedStatus, Settlement, SettlementOutcome, TaskResult,
+    Bid, BidId, Body, Cancellation, Claim, Message, MessageId, Millis, NodeId, SandboxLevel, Seed,
+    SeedId, SeedStatus, Settlement, SettlementOutcome, TaskResult,
 };
 use crate::monitor::{Event, EventBus, EventKind, NdjsonLog, RejectReason, Subscription};
 use crate::network::{self, Acceptance, Handled, InboundFrame, Incoming, Transport};
 use crate::runner::{self, RunRequest};
+use crate::sandbox::{Refusal, SandboxPolicy, SandboxStatus};
 use crate::state::{self, SeedView, Violation};
 use crate::store::{Peer, PeerUpdate, RemoteOutcome, Store};
 use crate::sync;
@@ -57,6 +58,11 @@ pub struct PublishRequest {
     /// Make the seed private to these nodes (and the publisher): every message about it is
     /// encrypted to them. Their hellos must have been received. Empty: public.
     pub private_to: Vec<NodeId>,
+    /// The command needs network access: only nodes whose `runner.allow_network` is set bid.
+    pub network: bool,
+    /// The strongest sandbox the command works under (default `full`); see
+    /// [`crate::model::Seed::isolation`].
+    pub isolation: SandboxLevel,
 }
 
 impl Default for PublishRequest {
@@ -70,6 +76,8 @@ impl Default for PublishRequest {
             max_bids: 5,
             timeout_secs: 60,
             private_to: Vec::new(),
+            network: false,
+            isolation: SandboxLevel::Full,
         }
     }
 }
@@ -128,6 +136,8 @@ pub struct Overview {
     pub peers: u64,
     /// Where peers reach this node (transport addresses).
     pub addresses: Vec<String>,
+    /// The sandbox this node builds around tasks it runs.
+    pub sandbox: SandboxStatus,
 }
 
 struct Inner {
@@ -241,6 +251,7 @@ impl Node {
         let cfg = config.clone();
         let key = tokio::task::spawn_blocking(move || -> Result<_> {
             create_private_dir(&cfg.data_dir)?;
+            warn_about_sandbox(&cfg.runner.sandbox_status());
             let (identity, _) = Identity::load_or_create(&cfg.identity_path())?;
             Ok(network::libp2p_key(&identity.signing().to_seeds().ed25519))
         })
@@ -521,6 +532,8 @@ impl Node {
                 timeout_secs: req.timeout_secs,
                 created_at: now,
                 audience: req.private_to,
+                network: req.network,
+                isolation: req.isolation,
             };
             seed.check_fields()
                 .map_err(|e| Error::new(ErrorKind::Validation, format!("invalid seed: {e}")))?;
@@ -536,9 +549,14 @@ impl Node {
         let seed_id = seed_id.clone();
         self.blocking(move |n| {
             let me = n.inner.id.clone();
+            let runner_cfg = &n.inner.config.runner;
             let view = n.commit_local(&seed_id, |v| {
                 let v = known(v, &seed_id)?;
                 state::check_local_bid(v, &me, now_ms())?;
+                // Never offer to run what this node's sandbox policy cannot serve.
+                runner_cfg
+                    .check_can_serve(&v.seed)
+                    .map_err(|e| refusal(&seed_id, e))?;
                 Ok(Body::BidPlaced(Bid {
                     id: BidId::from_bytes(random_bytes()),
                     seed_id: seed_id.clone(),
@@ -579,6 +597,11 @@ impl Node {
             .blocking(move |n| {
                 let view = n.seed_blocking(&id)?;
                 state::check_local_run(&view, &n.inner.id)?;
+                n.inner
+                    .config
+                    .runner
+                    .check_can_serve(&view.seed)
+                    .map_err(|e| refusal(&id, e))?;
                 n.with_store(|s| {
                     s.begin_run(&id, std::process::id(), now_ms())?;
                     s.record_event(
@@ -592,13 +615,15 @@ impl Node {
                 Ok(view.seed)
             })
             .await?;
-        let work_root = self.inner.config.work_dir();
+        let work_root = self.inner.config.runner.work_root();
         let outcome = runner::run(
             RunRequest {
                 task_id: seed.id.as_str(),
                 command: &seed.command,
                 timeout: Duration::from_secs(seed.timeout_secs),
                 work_root: &work_root,
+                network: seed.network,
+                isolation: seed.isolation,
             },
             &self.inner.config.runner,
         )
@@ -628,6 +653,7 @@ impl Node {
                 output_truncated: outcome.output_truncated,
                 started_at: outcome.started_at_ms,
                 finished_at: outcome.finished_at_ms,
+                sandbox: outcome.sandbox,
             };
             n.commit_local(&id, |v| {
                 let v = known(v, &id)?;
@@ -738,6 +764,7 @@ impl Node {
                 state_digest: store.digest()?,
                 peers: store.peers()?.len() as u64,
                 addresses: lock(&n.inner.addresses).clone(),
+                sandbox: n.inner.config.runner.sandbox_status(),
             })
         })
         .await
@@ -1408,6 +1435,37 @@ impl Node {
         })
         .await;
     }
+}
+
+/// Says at every start when tasks will run without the full sandbox, or not at all.
+fn warn_about_sandbox(status: &SandboxStatus) {
+    match status.policy {
+        SandboxPolicy::None => tracing::warn!(
+            "runner.sandbox = \"none\": tasks published by other nodes run without a sandbox, \
+             as this node's user, and can read its keys and files"
+        ),
+        SandboxPolicy::Required if !status.can_run => tracing::warn!(
+            missing = %status.missing.join("; "),
+            "this system cannot build the task sandbox: the node refuses to bid and to run \
+             (runner.sandbox = \"required\")"
+        ),
+        SandboxPolicy::BestEffort if status.level != SandboxLevel::Full => tracing::warn!(
+            missing = %status.missing.join("; "),
+            features = %status.features.join(","),
+            level = %status.level,
+            "tasks run without the full sandbox (runner.sandbox = \"best_effort\")"
+        ),
+        _ => {}
+    }
+}
+
+/// The refusal of a task this node's runner policy cannot serve, as an API error.
+fn refusal(seed_id: &SeedId, e: Refusal) -> Error {
+    Error::with_source(
+        ErrorKind::Runner,
+        format!("this node cannot serve seed {seed_id}: {e}"),
+        e,
+    )
 }
 
 /// The counter a run's outcome bumps (shown by `/metrics` as runner outcomes).

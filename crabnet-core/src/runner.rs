@@ -5,29 +5,29 @@
 //! whether the wall-clock timeout fired, timing, and a SHA-256 hash over the
 //! complete combined stdout/stderr stream together with a capped excerpt.
 //!
-//! # Isolation (Unix)
+//! # Isolation
 //!
 //! * The command runs as `bash -lc <command>` with stdin connected to
-//!   `/dev/null`, in its own process group.
+//!   `/dev/null`, in its own process group, inside the task sandbox (see
+//!   [`crate::sandbox`] and [`RunnerConfig::sandbox`]); the sandbox actually
+//!   used is recorded in [`RunOutcome::sandbox`].
+//! * The working directory is a fresh directory under
+//!   [`RunnerConfig::work_root`], outside the node's data directory. With the
+//!   full sandbox the task sees it as a private, size-capped `/tmp`.
 //! * The environment is cleared; only `PATH` (the node's, or
 //!   `/usr/local/bin:/usr/bin:/bin` when unset), `HOME` and `TMPDIR` (both the
-//!   per-task directory), `LANG=C.UTF-8` and `CRABNET_TASK_ID` are set. Note that
-//!   a login shell sources `/etc/profile`, which may adjust `PATH` and export
-//!   further variables.
+//!   task's directory), `LANG=C.UTF-8` and `CRABNET_TASK_ID` are set. A login
+//!   shell sources `/etc/profile`, which may adjust `PATH` and export further
+//!   variables.
 //! * Resource limits (`RLIMIT_CPU`, `RLIMIT_AS`, `RLIMIT_FSIZE`,
 //!   `RLIMIT_NPROC`, see [`RunnerConfig`]) are applied to the shell before it
 //!   starts, as both soft and hard limits, so the task cannot raise them again.
 //!   Core dumps are disabled (`RLIMIT_CORE = 0`).
 //! * When the timeout fires, the whole process group is killed with
 //!   `SIGKILL`. After the main shell exits on its own, the group is killed as
-//!   well, so background processes left behind by the task cannot keep running
-//!   or hold the output pipe open.
-//!
-//! This is resource limiting, not a security sandbox: the task runs with the
-//! node's user id and can read anything that user can read. A process that
-//! leaves the process group (for example via `setsid`) escapes the group kill;
-//! if it keeps the output pipe open, output collection stops after a short
-//! grace period.
+//!   well. In a PID namespace every process the task started dies with it,
+//!   even one that left the process group (`setsid`); without one, such a
+//!   process survives, and output collection stops after a short grace period.
 //!
 //! # Windows
 //!
@@ -43,6 +43,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
+
+use crate::model::{SandboxInfo, SandboxLevel, Seed};
+use crate::sandbox::{self, Refusal, SandboxPolicy, SandboxStatus, TaskNeeds};
 
 /// Maximum number of characters of the task id used in the working directory name.
 const MAX_TASK_ID_LEN: usize = 64;
@@ -65,8 +68,8 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
 /// Attempts at finding an unused working directory name.
 const WORKDIR_ATTEMPTS: usize = 8;
 
-/// Resource limits and caps for task execution (part of the node's TOML
-/// config, section `[runner]`).
+/// Resource limits, sandbox and caps for task execution (part of the node's
+/// TOML config, section `[runner]`).
 ///
 /// For the four resource limits a value of `0` means "no limit": the limit is
 /// set to unlimited (`RLIM_INFINITY`), or, when the node is not allowed to
@@ -90,12 +93,40 @@ pub struct RunnerConfig {
     /// `0` = no limit. Default: 1 GiB.
     pub file_size_bytes: u64,
     /// Maximum number of processes (`RLIMIT_NPROC`); `0` = no limit.
-    /// Default: 512. The kernel counts all processes of the node's user id,
-    /// not only the task's, and does not enforce this limit for root.
+    /// Default: 512. In the sandbox's user namespace it counts the task's own
+    /// processes only (`nproc_per_task`); without one the kernel counts every
+    /// process of the task's user id, and does not enforce it for root.
     pub max_processes: u64,
-    /// Keep the per-task working directory after the run (default `false`:
-    /// it is removed).
-    pub keep_workdirs: bool,
+    /// Parent of the per-task working directories. Default (unset): a 0700
+    /// directory `crabnet-work-<uid>` under the system temp dir, never inside
+    /// the data directory.
+    pub work_root: Option<PathBuf>,
+    /// Keep each task's working directory after the run, for debugging
+    /// (default `false`: it is removed). The sandbox then binds the directory
+    /// instead of a size-capped tmpfs, so the disk quota does not apply.
+    #[serde(alias = "keep_workdirs")]
+    pub keep_work_dirs: bool,
+    /// What to do when the kernel cannot build the full task sandbox
+    /// (default on Linux `required`: refuse to bid and to run; see
+    /// [`SandboxPolicy`]).
+    pub sandbox: SandboxPolicy,
+    /// Bid on and run seeds that ask for network access (default `false`).
+    /// Other tasks never have network.
+    pub allow_network: bool,
+    /// Extra paths tasks may read and execute (beside `/usr`, `/bin`, `/lib*`
+    /// and selected files of `/etc`).
+    pub read_only_paths: Vec<PathBuf>,
+    /// The user tasks run as when the node runs as root (name or uid; default
+    /// `nobody`).
+    pub user: String,
+    /// Size cap of the task's private `/tmp`, its working directory, in bytes
+    /// (memory-backed tmpfs); `0` = no cap. Default: 256 MiB.
+    pub disk_quota_bytes: u64,
+    /// Use user, mount, PID and network namespaces (default `true`). Set to
+    /// `false` where unprivileged user namespaces are unwanted; with
+    /// `sandbox = "best_effort"` tasks then run under Landlock and seccomp
+    /// only (level `partial`), and `required` refuses to run.
+    pub namespaces: bool,
 }
 
 impl Default for RunnerConfig {
@@ -106,9 +137,58 @@ impl Default for RunnerConfig {
             address_space_bytes: 4 * 1024 * 1024 * 1024,
             file_size_bytes: 1024 * 1024 * 1024,
             max_processes: 512,
-            keep_workdirs: false,
+            work_root: None,
+            keep_work_dirs: false,
+            sandbox: SandboxPolicy::default(),
+            allow_network: false,
+            read_only_paths: Vec::new(),
+            user: "nobody".into(),
+            disk_quota_bytes: 256 * 1024 * 1024,
+            namespaces: true,
         }
     }
+}
+
+impl RunnerConfig {
+    /// The directory holding per-task working directories: [`RunnerConfig::work_root`] or
+    /// the default under the system temp dir.
+    pub fn work_root(&self) -> PathBuf {
+        self.work_root.clone().unwrap_or_else(default_work_root)
+    }
+
+    /// What this node can build for its tasks under this configuration.
+    pub fn sandbox_status(&self) -> SandboxStatus {
+        sandbox::status(&self.sandbox_settings())
+    }
+
+    /// Checks that a node with this configuration may bid on and run `seed`.
+    ///
+    /// # Errors
+    /// A [`Refusal`] naming the missing kernel feature or the policy that forbids it.
+    pub fn check_can_serve(&self, seed: &Seed) -> Result<(), Refusal> {
+        sandbox::check_can_serve(&self.sandbox_settings(), TaskNeeds::of(seed))
+    }
+
+    pub(crate) fn sandbox_settings(&self) -> sandbox::Settings<'_> {
+        sandbox::Settings {
+            policy: self.sandbox,
+            allow_network: self.allow_network,
+            read_only_paths: &self.read_only_paths,
+            user: &self.user,
+            disk_quota_bytes: self.disk_quota_bytes,
+            keep_work_dirs: self.keep_work_dirs,
+            namespaces: self.namespaces,
+        }
+    }
+}
+
+fn default_work_root() -> PathBuf {
+    #[cfg(unix)]
+    // SAFETY: geteuid cannot fail.
+    let who = unsafe { libc::geteuid() }.to_string();
+    #[cfg(not(unix))]
+    let who = std::env::var("USERNAME").unwrap_or_else(|_| "user".into());
+    std::env::temp_dir().join(format!("crabnet-work-{who}"))
 }
 
 /// One command to execute, see [`run`].
@@ -126,6 +206,10 @@ pub struct RunRequest<'a> {
     pub timeout: Duration,
     /// Parent of the fresh per-task directory; created if missing.
     pub work_root: &'a Path,
+    /// The task asks for network access (served only with `allow_network`).
+    pub network: bool,
+    /// The strongest sandbox level the task works under.
+    pub isolation: SandboxLevel,
 }
 
 /// How a run ended.
@@ -155,6 +239,8 @@ pub struct RunOutcome {
     pub output_excerpt: String,
     /// Whether the output was longer than `max_output_bytes`.
     pub output_truncated: bool,
+    /// The sandbox the command ran in.
+    pub sandbox: SandboxInfo,
 }
 
 impl RunOutcome {
@@ -182,6 +268,12 @@ pub enum RunnerError {
     /// The task id contains a NUL byte.
     #[error("invalid task id: {0}")]
     InvalidTaskId(String),
+    /// The node's sandbox policy forbids running this task (see [`Refusal`]).
+    #[error("refusing to run the task: {0}")]
+    Refused(#[source] Refusal),
+    /// The sandbox could not be prepared or entered.
+    #[error("cannot sandbox the task: {0}")]
+    Sandbox(String),
     /// The shell could not be started (missing shell, failing resource limit, ...).
     #[error("failed to start the task shell: {0}")]
     Spawn(#[source] io::Error),
@@ -200,7 +292,7 @@ pub enum RunnerError {
 ///
 /// The per-task directory is `work_root/<sanitized task id>-<8 random hex>`,
 /// created with mode 0700; it is removed afterwards unless
-/// [`RunnerConfig::keep_workdirs`] is set (removal failures are logged, not
+/// [`RunnerConfig::keep_work_dirs`] is set (removal failures are logged, not
 /// returned). Dropping the returned future kills the task's process group and
 /// cleans up in the background.
 ///
@@ -216,13 +308,18 @@ pub enum RunnerError {
 /// up by `#[tokio::main]`); it uses two blocking-pool threads per run.
 pub async fn run(req: RunRequest<'_>, cfg: &RunnerConfig) -> Result<RunOutcome, RunnerError> {
     validate(&req)?;
+    let needs = TaskNeeds {
+        network: req.network,
+        isolation: req.isolation,
+    };
+    sandbox::check_can_serve(&cfg.sandbox_settings(), needs).map_err(RunnerError::Refused)?;
     let workdir = create_workdir(req.work_root, req.task_id).await?;
     tracing::debug!(task_id = req.task_id, workdir = %workdir.display(), "starting task");
     let mut dir_guard = WorkdirGuard {
         path: Some(workdir.clone()),
-        keep: cfg.keep_workdirs,
+        keep: cfg.keep_work_dirs,
     };
-    let result = execute(&req, cfg, &workdir).await;
+    let result = execute(&req, cfg, &workdir, needs).await;
     dir_guard.finish().await;
     match &result {
         Ok(outcome) => tracing::debug!(
@@ -297,6 +394,8 @@ async fn create_workdir(root: &Path, task_id: &str) -> Result<PathBuf, RunnerErr
     tokio::fs::create_dir_all(root)
         .await
         .map_err(|e| workdir_err(root, e))?;
+    #[cfg(unix)]
+    secure_work_root(root).map_err(|e| workdir_err(root, e))?;
     // Absolute and symlink-free, so HOME/TMPDIR are usable from any cwd.
     let root = tokio::fs::canonicalize(root)
         .await
@@ -332,6 +431,33 @@ async fn create_workdir(root: &Path, task_id: &str) -> Result<PathBuf, RunnerErr
             "no unused working directory name found",
         ),
     ))
+}
+
+/// Checks that the work root is a real directory of this user that nobody else may write to,
+/// and gives it mode 0700 (0711 when the node runs as root, so that tasks running as
+/// `runner.user` can reach their own directory).
+#[cfg(unix)]
+fn secure_work_root(root: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(root)?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() {
+        return Err(io::Error::other(
+            "the work root is not a directory (a symlink is refused)",
+        ));
+    }
+    if meta.uid() != me {
+        return Err(io::Error::other(format!(
+            "the work root belongs to uid {}, not to this node's uid {me}",
+            meta.uid()
+        )));
+    }
+    let mode = if me == 0 { 0o711 } else { 0o700 };
+    if meta.mode() & 0o7777 != mode {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// Removes the per-task directory when the run ends (or is abandoned).
@@ -692,7 +818,65 @@ async fn wait_child(
     }
 }
 
-fn build_command(req: &RunRequest<'_>, cfg: &RunnerConfig, workdir: &Path) -> Command {
+/// The sandbox prepared for one run (Linux), or the plain working directory elsewhere.
+struct Isolation {
+    #[cfg(target_os = "linux")]
+    prepared: sandbox::Prepared,
+    #[cfg(not(target_os = "linux"))]
+    workdir: PathBuf,
+}
+
+impl Isolation {
+    fn new(cfg: &RunnerConfig, needs: TaskNeeds, workdir: &Path) -> Result<Self, RunnerError> {
+        #[cfg(target_os = "linux")]
+        {
+            let prepared = sandbox::prepare(
+                &cfg.sandbox_settings(),
+                needs,
+                workdir,
+                cfg.keep_work_dirs,
+                Rlimits::from_config(cfg),
+            )
+            .map_err(RunnerError::Sandbox)?;
+            Ok(Isolation { prepared })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (cfg, needs);
+            Ok(Isolation {
+                workdir: workdir.to_path_buf(),
+            })
+        }
+    }
+
+    /// The task's directory as the task sees it.
+    fn task_dir(&self) -> &Path {
+        #[cfg(target_os = "linux")]
+        return self.prepared.task_dir();
+        #[cfg(not(target_os = "linux"))]
+        return &self.workdir;
+    }
+
+    fn info(&self) -> SandboxInfo {
+        #[cfg(target_os = "linux")]
+        return self.prepared.info();
+        #[cfg(not(target_os = "linux"))]
+        return SandboxInfo::default();
+    }
+
+    fn spawn_error(&self, err: io::Error) -> RunnerError {
+        #[cfg(target_os = "linux")]
+        {
+            let text = self.prepared.explain(&err);
+            if text != err.to_string() {
+                return RunnerError::Sandbox(text);
+            }
+        }
+        RunnerError::Spawn(err)
+    }
+}
+
+fn build_command(req: &RunRequest<'_>, cfg: &RunnerConfig, isolation: &mut Isolation) -> Command {
     #[cfg(unix)]
     let mut cmd = {
         let mut cmd = Command::new("bash");
@@ -709,13 +893,13 @@ fn build_command(req: &RunRequest<'_>, cfg: &RunnerConfig, workdir: &Path) -> Co
     let path = std::env::var_os("PATH")
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| DEFAULT_PATH.into());
+    let task_dir = isolation.task_dir().to_path_buf();
     cmd.env_clear()
         .env("PATH", path)
-        .env("HOME", workdir)
-        .env("TMPDIR", workdir)
+        .env("HOME", &task_dir)
+        .env("TMPDIR", &task_dir)
         .env("LANG", "C.UTF-8")
         .env("CRABNET_TASK_ID", req.task_id)
-        .current_dir(workdir)
         .stdin(Stdio::null());
     #[cfg(windows)]
     {
@@ -725,54 +909,36 @@ fn build_command(req: &RunRequest<'_>, cfg: &RunnerConfig, workdir: &Path) -> Co
                 cmd.env(key, value);
             }
         }
-        cmd.env("TEMP", workdir).env("TMP", workdir);
+        cmd.env("TEMP", &task_dir).env("TMP", &task_dir);
     }
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
-        let limits = [
-            (libc::RLIMIT_CPU, to_rlim(cfg.cpu_seconds)),
-            (libc::RLIMIT_AS, to_rlim(cfg.address_space_bytes)),
-            (libc::RLIMIT_FSIZE, to_rlim(cfg.file_size_bytes)),
-            (libc::RLIMIT_NPROC, to_rlim(cfg.max_processes)),
-            (libc::RLIMIT_CORE, 0),
-        ];
-        // SAFETY: the closure runs between fork and exec; it only makes raw,
-        // async-signal-safe getrlimit/setrlimit calls on copied integers and
-        // does not allocate (io::Error::last_os_error does not allocate).
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // The sandbox enters the directory itself (it may only exist inside its namespace)
+        // and applies the resource limits.
+        let _ = cfg;
+        isolation.prepared.install(&mut cmd);
+    }
+    #[cfg(all(unix, not(target_os = "linux")))]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.current_dir(&task_dir);
+        let limits = Rlimits::from_config(cfg);
+        // SAFETY: the closure runs between fork and exec and only makes raw,
+        // async-signal-safe getrlimit/setrlimit calls on copied integers.
         unsafe {
-            cmd.pre_exec(move || {
-                for &(resource, want) in &limits {
-                    let mut lim = libc::rlimit {
-                        rlim_cur: want,
-                        rlim_max: want,
-                    };
-                    if libc::setrlimit(resource, &lim) == 0 {
-                        continue;
-                    }
-                    // Not allowed to raise the hard limit: settle for the
-                    // inherited hard limit if it is lower.
-                    let mut current = libc::rlimit {
-                        rlim_cur: 0,
-                        rlim_max: 0,
-                    };
-                    if libc::getrlimit(resource, &mut current) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    let capped = want.min(current.rlim_max);
-                    lim.rlim_cur = capped;
-                    lim.rlim_max = capped;
-                    if libc::setrlimit(resource, &lim) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || limits.apply());
         }
     }
-    #[cfg(not(unix))]
-    let _ = cfg;
+    #[cfg(windows)]
+    {
+        let _ = cfg;
+        cmd.current_dir(&task_dir);
+    }
     cmd
 }
 
@@ -785,22 +951,82 @@ fn to_rlim(value: u64) -> libc::rlim_t {
     libc::rlim_t::try_from(value).unwrap_or(libc::RLIM_INFINITY)
 }
 
+#[cfg(all(unix, target_env = "gnu"))]
+type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(all(unix, not(target_env = "gnu")))]
+type RlimitResource = libc::c_int;
+
+/// The task's resource limits, applied between fork and exec.
+#[cfg(unix)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rlimits([(RlimitResource, libc::rlim_t); 5]);
+
+#[cfg(unix)]
+impl Rlimits {
+    fn from_config(cfg: &RunnerConfig) -> Rlimits {
+        Rlimits([
+            (libc::RLIMIT_CPU, to_rlim(cfg.cpu_seconds)),
+            (libc::RLIMIT_AS, to_rlim(cfg.address_space_bytes)),
+            (libc::RLIMIT_FSIZE, to_rlim(cfg.file_size_bytes)),
+            (libc::RLIMIT_NPROC, to_rlim(cfg.max_processes)),
+            (libc::RLIMIT_CORE, 0),
+        ])
+    }
+
+    /// Sets every limit as soft and hard limit; a hard limit the process may not raise is
+    /// kept when it is lower. Only raw system calls: safe between fork and exec.
+    pub(crate) fn apply(&self) -> io::Result<()> {
+        for &(resource, want) in &self.0 {
+            let mut lim = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            // SAFETY: plain syscalls on valid, initialised structs.
+            unsafe {
+                if libc::setrlimit(resource, &lim) == 0 {
+                    continue;
+                }
+                // Not allowed to raise the hard limit: settle for the inherited hard limit
+                // if it is lower.
+                let mut current = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(resource, &mut current) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let capped = want.min(current.rlim_max);
+                lim.rlim_cur = capped;
+                lim.rlim_max = capped;
+                if libc::setrlimit(resource, &lim) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 async fn execute(
     req: &RunRequest<'_>,
     cfg: &RunnerConfig,
     workdir: &Path,
+    needs: TaskNeeds,
 ) -> Result<RunOutcome, RunnerError> {
+    let mut isolation = Isolation::new(cfg, needs, workdir)?;
     let (reader, writer) = io::pipe().map_err(RunnerError::Io)?;
     let writer_err = writer.try_clone().map_err(RunnerError::Io)?;
 
     let started_at_ms = unix_now_ms();
     let start = Instant::now();
     let child = {
-        let mut cmd = build_command(req, cfg, workdir);
+        let mut cmd = build_command(req, cfg, &mut isolation);
         cmd.stdout(writer).stderr(writer_err);
         // `cmd` (holding the parent's copies of the write ends) is dropped at
         // the end of this block, so EOF arrives once the task's processes exit.
-        cmd.spawn().map_err(RunnerError::Spawn)?
+        let spawned = cmd.spawn();
+        drop(cmd);
+        spawned.map_err(|e| isolation.spawn_error(e))?
     };
 
     let cancel = Arc::new(AtomicBool::new(false));
@@ -872,6 +1098,7 @@ async fn execute(
         output_bytes: captured.total,
         output_excerpt: String::from_utf8_lossy(excerpt).into_owned(),
         output_truncated: captured.truncated,
+        sandbox: isolation.info(),
     })
 }
 
@@ -892,6 +1119,8 @@ mod tests {
             command,
             timeout: 20 * SECOND,
             work_root: root,
+            network: false,
+            isolation: SandboxLevel::Full,
         }
     }
 
@@ -1253,34 +1482,54 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let cfg = RunnerConfig {
             file_size_bytes: 1_000_000,
-            keep_workdirs: true,
+            keep_work_dirs: true,
             ..RunnerConfig::default()
         };
-        let out = run_ok(root.path(), "pwd; head -c 2000000 /dev/zero > f", &cfg).await;
+        let out = run_ok(root.path(), "head -c 2000000 /dev/zero > f", &cfg).await;
         assert!(!out.success(), "{out:?}");
         assert!(
             out.exit_code.is_some_and(|c| c != 0) || out.signal == Some(libc::SIGXFSZ),
             "{out:?}"
         );
-        let dir = PathBuf::from(out.output_excerpt.lines().next().unwrap());
-        let len = std::fs::metadata(dir.join("f")).unwrap().len();
+        let len = std::fs::metadata(only_dir(root.path()).join("f"))
+            .unwrap()
+            .len();
         assert!(len <= 1_000_000, "file grew to {len} bytes");
     }
 
+    /// The one task directory under `root` (runs with `keep_work_dirs`).
+    fn only_dir(root: &Path) -> PathBuf {
+        let dirs: Vec<PathBuf> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(dirs.len(), 1, "{dirs:?}");
+        dirs.into_iter().next().unwrap()
+    }
+
     #[tokio::test]
-    async fn each_run_gets_a_fresh_private_workdir_that_is_removed() {
+    async fn each_run_gets_a_fresh_private_workdir() {
         let root = tempfile::tempdir().unwrap();
         let canon_root = std::fs::canonicalize(root.path()).unwrap();
-        let cfg = RunnerConfig::default();
-        let cmd = "pwd; stat -c %a .; ls -A | wc -l";
+        let cfg = RunnerConfig {
+            keep_work_dirs: true,
+            ..RunnerConfig::default()
+        };
+        let cmd = "stat -c %a .; ls -A | wc -l; echo \"$CRABNET_TASK_ID\" > marker";
         let (a, b) = tokio::join!(
             run_ok(root.path(), cmd, &cfg),
             run_ok(root.path(), cmd, &cfg)
         );
-        let dir_of = |out: &RunOutcome| PathBuf::from(out.output_excerpt.lines().next().unwrap());
-        let (da, db) = (dir_of(&a), dir_of(&b));
-        assert_ne!(da, db);
-        for (dir, out) in [(&da, &a), (&db, &b)] {
+        for out in [&a, &b] {
+            assert_eq!(out.output_excerpt, "700\n0\n", "{out:?}");
+        }
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        dirs.sort();
+        assert_eq!(dirs.len(), 2, "{dirs:?}");
+        for dir in &dirs {
             assert_eq!(dir.parent(), Some(canon_root.as_path()));
             let name = dir.file_name().unwrap().to_str().unwrap();
             let suffix = name.strip_prefix("test-task-").unwrap();
@@ -1290,45 +1539,65 @@ mod tests {
                     .bytes()
                     .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
             );
-            assert_eq!(out.output_excerpt.lines().nth(1), Some("700"));
             assert_eq!(
-                out.output_excerpt.lines().nth(2),
-                Some("0"),
-                "dir not empty"
+                std::fs::read_to_string(dir.join("marker")).unwrap(),
+                "test-task\n"
             );
-            assert!(!dir.exists(), "workdir not removed");
         }
-        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
     }
 
     #[tokio::test]
-    async fn keep_workdirs_keeps_the_directory() {
+    async fn workdirs_are_removed_after_the_run() {
+        let root = tempfile::tempdir().unwrap();
+        for policy in [SandboxPolicy::Required, SandboxPolicy::None] {
+            let cfg = RunnerConfig {
+                sandbox: policy,
+                ..RunnerConfig::default()
+            };
+            let out = run_ok(
+                root.path(),
+                "mkdir -p a/b && touch a/b/f && chmod 000 a/b && chmod 500 a && echo done",
+                &cfg,
+            )
+            .await;
+            assert_eq!(out.output_excerpt, "done\n", "{policy:?}: {out:?}");
+            assert_eq!(
+                std::fs::read_dir(root.path()).unwrap().count(),
+                0,
+                "{policy:?}: workdir not removed"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn keep_work_dirs_keeps_the_directory() {
         let root = tempfile::tempdir()
             .unwrap()
             .path()
             .join("created/on/demand");
         let cfg = RunnerConfig {
-            keep_workdirs: true,
+            keep_work_dirs: true,
             ..RunnerConfig::default()
         };
-        let out = run_ok(&root, "pwd; echo data > file", &cfg).await;
-        let dir = PathBuf::from(out.output_excerpt.trim_end());
-        assert!(dir.is_dir());
+        run_ok(&root, "echo data > file", &cfg).await;
+        let dir = only_dir(&root);
         assert_eq!(std::fs::read_to_string(dir.join("file")).unwrap(), "data\n");
         std::fs::remove_dir_all(root.parent().unwrap()).unwrap();
     }
 
     #[tokio::test]
-    async fn unremovable_looking_dirs_are_still_removed() {
+    async fn without_a_sandbox_the_task_works_in_its_host_directory() {
         let root = tempfile::tempdir().unwrap();
-        let out = run_ok(
-            root.path(),
-            "pwd; mkdir -p a/b && touch a/b/f && chmod 000 a/b && chmod 500 a",
-            &RunnerConfig::default(),
-        )
-        .await;
-        let dir = PathBuf::from(out.output_excerpt.lines().next().unwrap());
-        assert!(!dir.exists());
+        let canon_root = std::fs::canonicalize(root.path()).unwrap();
+        let cfg = RunnerConfig {
+            sandbox: SandboxPolicy::None,
+            ..RunnerConfig::default()
+        };
+        let out = run_ok(root.path(), "pwd", &cfg).await;
+        let dir = PathBuf::from(out.output_excerpt.trim_end());
+        assert_eq!(dir.parent(), Some(canon_root.as_path()));
+        assert_eq!(out.sandbox.level, SandboxLevel::None);
+        assert!(out.sandbox.features.is_empty());
     }
 
     #[tokio::test]
@@ -1392,14 +1661,17 @@ mod tests {
         let out = run(
             RunRequest {
                 task_id: "../../etc/x y",
-                ..request(root.path(), "pwd; echo \"$CRABNET_TASK_ID\"")
+                ..request(root.path(), "echo \"$CRABNET_TASK_ID\"")
             },
-            &RunnerConfig::default(),
+            &RunnerConfig {
+                keep_work_dirs: true,
+                ..RunnerConfig::default()
+            },
         )
         .await
         .unwrap();
         let lines: Vec<&str> = out.output_excerpt.lines().collect();
-        let dir = Path::new(lines[0]);
+        let dir = only_dir(root.path());
         assert_eq!(dir.parent(), Some(canon_root.as_path()));
         assert!(
             dir.file_name()
@@ -1409,7 +1681,7 @@ mod tests {
                 .starts_with("______etc_x_y-"),
             "{dir:?}"
         );
-        assert_eq!(lines[1], "../../etc/x y");
+        assert_eq!(lines[0], "../../etc/x y");
     }
 
     #[test]
@@ -1469,6 +1741,6 @@ mod tests {
         assert_eq!(cfg.address_space_bytes, 4_294_967_296);
         assert_eq!(cfg.file_size_bytes, 1_073_741_824);
         assert_eq!(cfg.max_processes, 512);
-        assert!(!cfg.keep_workdirs);
+        assert!(!cfg.keep_work_dirs);
     }
 }

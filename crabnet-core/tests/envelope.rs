@@ -81,6 +81,8 @@ fn message(sender: &NodeId) -> Message {
             timeout_secs: 60,
             created_at: 1_764_201_600_000,
             audience: Vec::new(),
+            network: false,
+            isolation: crabnet_core::model::SandboxLevel::Full,
         }),
     }
 }

@@ -57,6 +57,8 @@ fn seed(max_bids: u32, window: u64) -> Seed {
         timeout_secs: 10,
         created_at: T0,
         audience: Vec::new(),
+        network: false,
+        isolation: crabnet_core::model::SandboxLevel::Full,
     }
 }
 
@@ -128,6 +130,7 @@ fn result(ids: &mut Ids, runner: u8) -> Message {
             output_truncated: false,
             started_at: T0 + 20_500,
             finished_at: T0 + 20_505,
+            sandbox: Default::default(),
         }),
     )
 }

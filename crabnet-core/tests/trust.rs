@@ -86,6 +86,8 @@ fn seed_message(id: &Identity, lamport: u64, timestamp: u64) -> Message {
             timeout_secs: 10,
             created_at: timestamp,
             audience: vec![],
+            network: false,
+            isolation: crabnet_core::model::SandboxLevel::Full,
         }),
     }
 }

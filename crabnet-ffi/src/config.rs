@@ -359,7 +359,7 @@ pub unsafe extern "C" fn crabnet_config_set_keep_workdirs(
 ) -> crabnet_status {
     unsafe {
         set("crabnet_config_set_keep_workdirs", config, |c| {
-            c.runner.keep_workdirs = keep;
+            c.runner.keep_work_dirs = keep;
             Ok(())
         })
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use crabnet_core::clock::format_ms;
 use crabnet_core::demo::{self, DemoOptions};
+use crabnet_core::model::SandboxLevel;
 use crabnet_core::network::{DhtConfig, UdpConfig, UdpTransport};
 use crabnet_core::web::{WebConfig, WebHandle};
 use crabnet_core::{
@@ -184,6 +185,33 @@ struct PublishArgs {
     /// to these nodes and the publisher. Their hellos must have been received.
     #[arg(long = "to", value_name = "NODE_ID")]
     to: Vec<String>,
+    /// The command needs network access (only nodes with runner.allow_network bid).
+    #[arg(long)]
+    network: bool,
+    /// The strongest task sandbox the command works under.
+    #[arg(long, value_enum, default_value_t = IsolationArg::Full)]
+    isolation: IsolationArg,
+}
+
+/// Sandbox levels, as the CLI spells them.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum IsolationArg {
+    /// Works only without a sandbox.
+    None,
+    /// Works under a partial sandbox.
+    Partial,
+    /// Works under the full sandbox (default).
+    Full,
+}
+
+impl From<IsolationArg> for SandboxLevel {
+    fn from(a: IsolationArg) -> SandboxLevel {
+        match a {
+            IsolationArg::None => SandboxLevel::None,
+            IsolationArg::Partial => SandboxLevel::Partial,
+            IsolationArg::Full => SandboxLevel::Full,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -340,6 +368,29 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                     }
                 }
                 println!("digest    {}", o.state_digest);
+                let sb = &o.sandbox;
+                println!(
+                    "sandbox   {} (policy {}{}){}",
+                    if sb.can_run {
+                        sb.level.as_str()
+                    } else {
+                        "unavailable: tasks refused"
+                    },
+                    sb.policy.as_str(),
+                    if sb.allow_network {
+                        ", network seeds allowed"
+                    } else {
+                        ""
+                    },
+                    if sb.features.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", sb.features.join(" "))
+                    }
+                );
+                for m in &sb.missing {
+                    println!("missing   {m}");
+                }
             }
         }
         Command::Peers => {
@@ -388,6 +439,8 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
                     .iter()
                     .map(|t| NodeId::parse(t))
                     .collect::<Result<_, _>>()?,
+                network: a.network,
+                isolation: a.isolation.into(),
             };
             let v = with_node(config, async |n| n.publish(req).await).await?;
             if json {
@@ -550,6 +603,20 @@ fn show(v: &SeedView) {
             r.duration_ms,
             r.output_bytes,
             r.output_sha256
+        );
+        println!(
+            "sandbox     {}{}{}",
+            r.sandbox.level,
+            if r.sandbox.network {
+                ", with network"
+            } else {
+                ""
+            },
+            if r.sandbox.features.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.sandbox.features.join(" "))
+            }
         );
     }
     if let Some(st) = &v.settlement {

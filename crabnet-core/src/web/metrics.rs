@@ -322,6 +322,7 @@ mod tests {
             state_digest: String::new(),
             peers: 0,
             addresses: Vec::new(),
+            sandbox: crate::runner::RunnerConfig::default().sandbox_status(),
         };
         let text = render(&overview, &m);
         assert!(text.contains(r#"name="a \"quoted\"\nname\\""#), "{text}");
