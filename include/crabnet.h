@@ -250,7 +250,8 @@ enum crabnet_status crabnet_config_merge_json(struct crabnet_config *config,
                                               const char *json_patch);
 
 /**
- * Sets the data directory (database, event log, task working directories).
+ * Sets the data directory (keys, database, event log; task working directories are under
+ * `crabnet_config_set_work_root`).
  *
  * The configuration is unchanged when the call fails.
  * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `CONFIG` (empty).
@@ -301,7 +302,7 @@ enum crabnet_status crabnet_config_set_event_capacity(struct crabnet_config *con
 enum crabnet_status crabnet_config_set_cpu_seconds(struct crabnet_config *config, uint64_t seconds);
 
 /**
- * Sets how many bytes of a task's output its result keeps (default and maximum 65536); the
+ * Sets how many bytes of a task's output its result keeps (default and maximum 16384); the
  * hash and the byte count always cover the whole output.
  *
  * The configuration is unchanged when the call fails.
@@ -311,11 +312,41 @@ enum crabnet_status crabnet_config_set_max_output_bytes(struct crabnet_config *c
                                                         size_t bytes);
 
 /**
- * Keeps (true) or removes (false, the default) each task's working directory after it ran.
+ * Keeps (true) or removes (false, the default) each task's working directory after it ran
+ * (`runner.keep_work_dirs`).
  *
  * Errors: `NULL_ARGUMENT`.
  */
 enum crabnet_status crabnet_config_set_keep_workdirs(struct crabnet_config *config, bool keep);
+
+/**
+ * Sets the parent directory of the per-task working directories (`runner.work_root`); NULL
+ * restores the default, a private directory under the system temp dir (never inside the data
+ * directory).
+ *
+ * The configuration is unchanged when the call fails.
+ * Errors: `NULL_ARGUMENT` (the handle), `INVALID_UTF8`.
+ */
+enum crabnet_status crabnet_config_set_work_root(struct crabnet_config *config,
+                                                 const char *work_root);
+
+/**
+ * Sets what the node does when the kernel cannot build the full task sandbox
+ * (`runner.sandbox`): `"required"` (the default: refuse to bid and to run), `"best_effort"`
+ * (run with a partial sandbox) or `"none"` (no sandbox: tasks run as the node's user).
+ *
+ * The configuration is unchanged when the call fails.
+ * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `CONFIG` (unknown policy).
+ */
+enum crabnet_status crabnet_config_set_sandbox(struct crabnet_config *config, const char *policy);
+
+/**
+ * Lets the node bid on and run seeds that ask for network access (`runner.allow_network`,
+ * default false). Other tasks never have network.
+ *
+ * Errors: `NULL_ARGUMENT`.
+ */
+enum crabnet_status crabnet_config_set_allow_network(struct crabnet_config *config, bool allow);
 
 /**
  * The message describing the last failed call on the calling thread, or `""` when the last
@@ -506,13 +537,17 @@ enum crabnet_status crabnet_node_id(const struct crabnet_node *node, char **out_
 /**
  * Publishes a seed described by a JSON object:
  * `{"command": "make test", "description": "", "min_price": 1, "max_price": 100,
- * "bid_window_secs": 30, "max_bids": 5, "timeout_secs": 60}`. Only `command` is required;
- * the other keys take these defaults; unknown keys are errors. (`crabnet_json_quote` turns
- * any text into a JSON string literal.)
+ * "bid_window_secs": 30, "max_bids": 5, "timeout_secs": 60, "private_to": [],
+ * "network": false, "isolation": "full"}`. Only `command` is required; the other keys take
+ * these defaults; unknown keys are errors. `network: true` says the command needs network
+ * access (only nodes with `runner.allow_network` bid); `isolation` is the strongest task
+ * sandbox the command works under (`"full"`, `"partial"` or `"none"`). (`crabnet_json_quote`
+ * turns any text into a JSON string literal.)
  *
  * On success `*out_seed_json` receives the seed's state (a JSON object with `seed`,
  * `status`, `bids`, `award`, `claim`, `result`, `settlement`; the id is at `/seed/id`), freed
- * with `crabnet_string_free`.
+ * with `crabnet_string_free`. `/seed/network` and `/seed/isolation` are present only when
+ * they differ from the defaults.
  * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION` (bad JSON, empty command, bad terms),
  * `STOPPED`, `STORE`.
  */
@@ -525,7 +560,10 @@ enum crabnet_status crabnet_node_publish(const struct crabnet_node *node,
  *
  * On success `*out_seed_json` receives the seed's state, freed with `crabnet_string_free`.
  * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION` (malformed id, price out of range),
- * `NOT_FOUND`, `STATE` (bidding closed, already bid...), `STOPPED`, `STORE`.
+ * `NOT_FOUND`, `STATE` (bidding closed, already bid...), `RUNNER` (this node's runner policy
+ * cannot serve the seed: it asks for network access without `runner.allow_network`, needs a
+ * weaker sandbox than this node builds, or the sandbox is required and unavailable),
+ * `STOPPED`, `STORE`.
  */
 enum crabnet_status crabnet_node_bid(const struct crabnet_node *node,
                                      const char *seed_id,
@@ -544,14 +582,16 @@ enum crabnet_status crabnet_node_claim(const struct crabnet_node *node,
                                        char **out_seed_json);
 
 /**
- * Runs a seed this node claimed (`bash -lc COMMAND` in a fresh working directory, with the
- * configured limits), records the result and sends it to the publisher. Blocks until the
- * command ends or times out.
+ * Runs a seed this node claimed (`bash -lc COMMAND` in a fresh working directory inside the
+ * task sandbox, with the configured limits), records the result and sends it to the
+ * publisher. Blocks until the command ends or times out.
  *
  * On success `*out_seed_json` receives the seed's state with its `result`, freed with
- * `crabnet_string_free`.
+ * `crabnet_string_free`; `/result/sandbox` tells what the command ran under (`level`:
+ * `full`, `partial` or `none`; `features`; `network`).
  * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION`, `NOT_FOUND`, `STATE`, `BUSY` (a run
- * in progress), `RUNNER`, `STOPPED`, `STORE`.
+ * in progress), `RUNNER` (the runner policy cannot serve the seed, or the command could not
+ * be started), `STOPPED`, `STORE`.
  */
 enum crabnet_status crabnet_node_run(const struct crabnet_node *node,
                                      const char *seed_id,
@@ -608,7 +648,9 @@ enum crabnet_status crabnet_node_seeds(const struct crabnet_node *node,
 /**
  * Writes a summary of the node as a JSON object: `node_id`, `name`, `data_dir`,
  * `transport`, `seeds_by_status`, `outbox_pending`, `counters`, `last_event_seq`,
- * `state_digest` (equal on nodes that converged).
+ * `state_digest` (equal on nodes that converged), `peers`, `addresses` and `sandbox` (the
+ * task sandbox this node builds: `policy`, `level`, `features`, `missing`, `allow_network`,
+ * `can_run`).
  *
  * On success `*out_json` receives a string, freed with `crabnet_string_free`.
  * Errors: `NULL_ARGUMENT`, `STOPPED`, `STORE`.

@@ -1,8 +1,8 @@
 //! Sandbox setup cost (issue 11): a `true` task through the runner with and without the
 //! sandbox, in one run, rounds interleaved so that every variant sees the same machine load.
 //!
-//! Variants: the floor (`bash -lc true` spawned and waited for by `std::process::Command`,
-//! no runner), the runner with `sandbox = "none"`, with Landlock + seccomp only
+//! Variants: the floor (`bash -lc true` with the runner's environment, spawned and waited for
+//! by `std::process::Command`, no runner), the runner with `sandbox = "none"`, with Landlock + seccomp only
 //! (`best_effort`, `namespaces = false`) and with the full sandbox (the default). Prints a
 //! Markdown table for BENCHMARKS.md.
 //!
@@ -68,9 +68,16 @@ fn main() {
             let start = Instant::now();
             match cfg {
                 None => {
+                    // The same environment the runner gives tasks (no user profile).
                     let status = std::process::Command::new("bash")
                         .args(["-lc", "true"])
+                        .env_clear()
+                        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                        .env("HOME", root.path())
+                        .env("TMPDIR", root.path())
+                        .env("LANG", "C.UTF-8")
                         .current_dir(root.path())
+                        .stdin(std::process::Stdio::null())
                         .status()
                         .expect("spawn bash");
                     assert!(status.success());

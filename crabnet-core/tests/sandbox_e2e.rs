@@ -4,9 +4,9 @@
 //! Two real `crabnet listen --transport udp` processes on 127.0.0.1 (harness in
 //! `tests/support/mod.rs`): node A, the victim, and node B, the attacker. B publishes seeds
 //! whose commands print A's `identity.key` in base64, once by a path relative to the task's
-//! working directory (task work dirs live in `<data_dir>/work/<task>/`, so `../../identity.key`
-//! is the node's key) and once by the absolute path of A's data directory (which an attacker
-//! may guess). A's operator bids, wins, claims and runs each seed with the CLI on A's data
+//! working directory (task work dirs used to live in `<data_dir>/work/<task>/`, where
+//! `../../identity.key` is the node's key) and once by the absolute path of A's data directory
+//! (which an attacker may guess). A's operator bids, wins, claims and runs each seed with the CLI on A's data
 //! directory while A's listener runs; A's signed `result_reported` reaches B. B's view of the
 //! result must then hold no trace of A's key, and the task must have run and failed (the
 //! runner cannot read the key).
@@ -120,7 +120,8 @@ struct Probe {
 
 /// B publishes "print the runner's identity key" seeds; A bids, wins, claims and runs them.
 /// A's result reaches B; B's view of it must not contain A's key, and the task must have run
-/// and failed. (Today the runner reads the key and B receives it: this test fails.)
+/// and failed, in the full sandbox that A's result reports. (Before the task sandbox, the runner
+/// read the key and B received it.)
 #[test]
 fn hostile_seed_cannot_exfiltrate_the_runners_identity_key() {
     let mut net = Net::new(2);
@@ -172,6 +173,7 @@ fn hostile_seed_cannot_exfiltrate_the_runners_identity_key() {
         });
         let result = &v["result"];
         assert_eq!(result["runner"], net.id(a), "{v:#}");
+        assert_eq!(result["sandbox"]["level"], "full", "{v:#}");
         let excerpt = result["output_excerpt"].as_str().unwrap_or_default();
         // The excerpt, and anything else in B's view of the seed.
         let mut leaks = key_leaks(&key, excerpt);

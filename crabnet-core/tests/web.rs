@@ -296,6 +296,36 @@ async fn every_route_is_documented_and_answers_as_documented() {
     let odd_event = json!({"seq": 1, "at": 2, "type": "seed_cancelled", "seed_id": 7});
     assert!(check_schema(&doc, &schema("Event"), &odd_event).is_err());
 
+    // The sandbox fields: optional on seeds and results (left out at their defaults), always
+    // in the overview; levels and policies are closed sets.
+    let schemas = &doc["components"]["schemas"];
+    let required = |name: &str| -> Vec<String> {
+        serde_json::from_value(schemas[name]["required"].clone()).unwrap()
+    };
+    for (name, field) in [
+        ("Seed", "network"),
+        ("Seed", "isolation"),
+        ("TaskResult", "sandbox"),
+    ] {
+        assert!(
+            schemas[name]["properties"][field].is_object(),
+            "{name}.{field}"
+        );
+        assert!(
+            !required(name).contains(&field.to_owned()),
+            "{name}.{field}"
+        );
+    }
+    assert!(required("OverviewResponse").contains(&"sandbox".to_owned()));
+    assert!(required("SandboxInfo").contains(&"level".to_owned()));
+    let status = f.publisher().overview().await.unwrap().sandbox;
+    let status = serde_json::to_value(status).unwrap();
+    check_schema(&doc, &schema("SandboxStatus"), &status).unwrap();
+    let mut odd_status = status.clone();
+    odd_status["policy"] = json!("sometimes");
+    assert!(check_schema(&doc, &schema("SandboxStatus"), &odd_status).is_err());
+    assert!(check_schema(&doc, &schema("SandboxLevel"), &json!("airtight")).is_err());
+
     let seed_id = f.seed.seed.id.to_string();
     for (path, item) in doc["paths"].as_object().unwrap() {
         let ops: Vec<&String> = item.as_object().unwrap().keys().collect();
@@ -412,6 +442,24 @@ async fn health_overview_topology_and_seeds_show_the_network() {
     assert_eq!(o["rejections"]["bad_signature"], 0);
     assert!(o["counters"]["messages.sent"].as_u64().unwrap() >= 3);
     assert!(o["last_event_seq"].as_u64().unwrap() > 5);
+    // The task sandbox: the node's policy (the demo's is best_effort), and this machine
+    // builds the full sandbox.
+    let policy = alice.config().runner.sandbox.as_str();
+    assert_eq!(o["sandbox"]["policy"], policy, "{o:#}");
+    assert_eq!(o["sandbox"]["level"], "full", "{o:#}");
+    assert_eq!(o["sandbox"]["can_run"], true);
+    assert_eq!(o["sandbox"]["allow_network"], false);
+    assert_eq!(o["sandbox"]["missing"], json!([]));
+    assert!(
+        o["sandbox"]["features"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("landlock_fs")),
+        "{o:#}"
+    );
+    // The demo task's result records the sandbox it ran in.
+    assert_eq!(o["recent_seeds"][0]["sandbox_level"], "full");
+    assert_eq!(o["recent_seeds"][0]["network"], false);
 
     let t = get(&app, "/api/topology").await.json();
     let names: Vec<&str> = t["peers"]
@@ -455,6 +503,7 @@ async fn health_overview_topology_and_seeds_show_the_network() {
     let only_open = get(&app, "/api/seeds?status=open").await.json();
     assert_eq!(only_open["seeds"].as_array().unwrap().len(), 1);
     assert_eq!(only_open["seeds"][0]["command"], "echo second");
+    assert_eq!(only_open["seeds"][0]["sandbox_level"], Value::Null); // no result yet
     assert_eq!(
         get(&app, "/api/seeds?limit=1").await.json()["seeds"]
             .as_array()
@@ -472,6 +521,8 @@ async fn health_overview_topology_and_seeds_show_the_network() {
     assert!(d["award"]["winner_node"].is_string());
     assert!(d["claim"]["claimer"].is_string());
     assert_eq!(d["result"]["success"], true);
+    assert_eq!(d["result"]["sandbox"]["level"], "full");
+    assert_eq!(d["result"]["sandbox"]["network"], false);
     assert!(
         d["result"]["output_excerpt"]
             .as_str()
@@ -479,6 +530,31 @@ async fn health_overview_topology_and_seeds_show_the_network() {
             .contains("web test")
     );
     assert_eq!(d["settlement"]["outcome"], "accepted");
+
+    // A seed that needs the network and a weaker sandbox: its document carries both.
+    let doc = serde_json::to_value(web::openapi()).unwrap();
+    let online = alice
+        .publish(PublishRequest {
+            network: true,
+            isolation: crabnet_core::model::SandboxLevel::Partial,
+            ..PublishRequest::new("echo online")
+        })
+        .await
+        .unwrap();
+    let reply = get(&app, &format!("/api/seeds/{}", online.seed.id)).await;
+    conforms(&doc, "/api/seeds/{id}", &reply);
+    assert_eq!(reply.json()["seed"]["network"], true);
+    assert_eq!(reply.json()["seed"]["isolation"], "partial");
+    let listed = get(&app, "/api/seeds?status=open").await;
+    conforms(&doc, "/api/seeds", &listed);
+    let seeds = listed.json()["seeds"].as_array().unwrap().clone();
+    let row = seeds
+        .iter()
+        .find(|r| r["id"] == online.seed.id.as_str())
+        .unwrap();
+    assert_eq!(row["network"], true);
+    assert_eq!(row["sandbox_level"], Value::Null);
+
     f.net.stop().await.unwrap();
 }
 
@@ -879,6 +955,14 @@ async fn metrics_use_the_prometheus_text_format() {
         value("crabnet_runner_outcomes_total{outcome=\"success\"}"),
         0.0
     );
+    let policy = f.publisher().config().runner.sandbox.as_str();
+    assert_eq!(
+        value(&format!(
+            "crabnet_task_sandbox_level{{policy=\"{policy}\"}}"
+        )),
+        2.0
+    );
+    assert_eq!(value("crabnet_task_sandbox_can_run"), 1.0);
 
     // The winner ran the task: its runner outcome counts it.
     let winner = web::router(f.winner().clone(), &WebConfig::local(0)).unwrap();

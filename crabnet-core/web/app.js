@@ -141,7 +141,32 @@ async function loadOverview() {
   row("addresses", o.node.addresses.join(", ") || "–");
   row("state digest", o.state_digest.slice(0, 16) + "…", o.state_digest);
   row("version", o.node.version);
+  renderSandbox(o.sandbox);
   return o;
+}
+
+const SANDBOX_CLASS = { full: "ok", partial: "warn", none: "bad" };
+
+function sandboxBadge(level, title) {
+  return el("span", { class: `badge ${SANDBOX_CLASS[level] || "neutral"}`, title, dataset: { level } }, level);
+}
+
+// What this node builds around the tasks it runs (runner.sandbox and the kernel's features).
+function renderSandbox(sb) {
+  const box = $("sandbox");
+  box.replaceChildren();
+  document.body.dataset.sandboxLevel = sb.level;
+  const row = (k, key, ...v) => box.append(el("dt", {}, k), el("dd", { dataset: { key } }, ...v));
+  row("level", "level", sandboxBadge(sb.level, "the isolation tasks run under"));
+  row("policy", "policy", sb.policy.replaceAll("_", " "));
+  row("runs tasks", "can_run", sb.can_run
+    ? "yes"
+    : badge("no: refuses to bid and to run", "bad", "runner.sandbox = \"required\" and a feature is missing"));
+  row("network", "allow_network", sb.allow_network ? "allowed for seeds that ask for it" : "never (no bids on seeds that ask for it)");
+  row("features", "features", sb.features.length ? sb.features.join(", ") : "none");
+  if (sb.missing.length) {
+    row("missing", "missing", el("ul", { class: "missing" }, ...sb.missing.map((m) => el("li", {}, m))));
+  }
 }
 
 async function loadHealth() {
@@ -176,11 +201,13 @@ async function loadSeeds() {
     },
       el("td", {}, el("code", { title: s.id }, short(s.id))),
       el("td", {}, badge(s.status, `status-${s.status}`)),
-      el("td", { class: "command", title: s.command }, s.command, s.private ? " 🔒" : ""),
+      el("td", { class: "command", title: s.command }, s.command, s.private ? " 🔒" : "",
+        s.network ? el("span", { title: "needs network access" }, " 🌐") : null),
       el("td", { title: s.publisher }, who(s.publisher)),
       el("td", { class: "num" }, `${s.bids}/${s.max_bids}`),
       el("td", { title: s.winner_node || "" }, s.winner_node ? who(s.winner_node) : "–"),
       el("td", { class: "num" }, s.price ?? `${s.min_price}–${s.max_price}`),
+      el("td", { class: "sandbox" }, s.sandbox_level ? sandboxBadge(s.sandbox_level, "the sandbox the task ran in") : "–"),
       el("td", { title: new Date(s.updated_at).toISOString() }, time(s.updated_at)));
     tr.addEventListener("click", () => selectSeed(s.id));
     rows.push(tr);
@@ -216,6 +243,11 @@ async function loadSeedDetail() {
   if (s.description) row("description", s.description);
   row("terms", `price ${s.min_price}–${s.max_price}, at most ${s.max_bids} bids, window ${s.bid_window_secs} s, timeout ${s.timeout_secs} s`);
   if (s.audience && s.audience.length) row("private to", s.audience.map(who).join(", "));
+  // Both are left out of the seed when they are at their defaults (no network, full sandbox).
+  const needs = [];
+  if (s.network) needs.push("network access");
+  if (s.isolation && s.isolation !== "full") needs.push(`a sandbox no stronger than ${s.isolation}`);
+  row("needs", needs.length ? needs.join("; ") : "no network; works in the full sandbox");
   row("bids", v.bids.length ? v.bids.map((b) => `${who(b.bidder)}: ${b.price}`).join(" · ") : "none yet");
   if (v.award) {
     row("award", v.award.winner_node ? `${who(v.award.winner_node)} at ${v.award.price} (${time(v.award.closed_at)})` : `closed without bids (${time(v.award.closed_at)})`);
@@ -225,6 +257,10 @@ async function loadSeedDetail() {
     const r = v.result;
     row("result", `${r.success ? "success" : "failure"}, exit ${r.exit_code ?? "none"}${r.timed_out ? " (timed out)" : ""}, ${r.duration_ms} ms, ${r.output_bytes} bytes`);
     row("output sha256", el("code", {}, r.output_sha256));
+    // Results of nodes that do not report their sandbox carry none: level none.
+    const sb = r.sandbox || { level: "none", features: [], network: false };
+    row("sandbox", sandboxBadge(sb.level, "the sandbox the task ran in"),
+      ` ${sb.features.length ? sb.features.join(", ") : "no isolation features"}${sb.network ? "; with network" : ""}`);
   }
   if (v.settlement) row("settlement", `${v.settlement.outcome}, amount ${v.settlement.amount}${v.settlement.note ? ` (${v.settlement.note})` : ""}`);
   if (v.cancelled_at) row("cancelled", time(v.cancelled_at));

@@ -228,7 +228,8 @@ unsafe fn set(
     })
 }
 
-/// Sets the data directory (database, event log, task working directories).
+/// Sets the data directory (keys, database, event log; task working directories are under
+/// `crabnet_config_set_work_root`).
 ///
 /// The configuration is unchanged when the call fails.
 /// Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `CONFIG` (empty).
@@ -331,7 +332,7 @@ pub unsafe extern "C" fn crabnet_config_set_cpu_seconds(
     }
 }
 
-/// Sets how many bytes of a task's output its result keeps (default and maximum 65536); the
+/// Sets how many bytes of a task's output its result keeps (default and maximum 16384); the
 /// hash and the byte count always cover the whole output.
 ///
 /// The configuration is unchanged when the call fails.
@@ -349,7 +350,8 @@ pub unsafe extern "C" fn crabnet_config_set_max_output_bytes(
     }
 }
 
-/// Keeps (true) or removes (false, the default) each task's working directory after it ran.
+/// Keeps (true) or removes (false, the default) each task's working directory after it ran
+/// (`runner.keep_work_dirs`).
 ///
 /// Errors: `NULL_ARGUMENT`.
 #[unsafe(no_mangle)]
@@ -360,6 +362,67 @@ pub unsafe extern "C" fn crabnet_config_set_keep_workdirs(
     unsafe {
         set("crabnet_config_set_keep_workdirs", config, |c| {
             c.runner.keep_work_dirs = keep;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the parent directory of the per-task working directories (`runner.work_root`); NULL
+/// restores the default, a private directory under the system temp dir (never inside the data
+/// directory).
+///
+/// The configuration is unchanged when the call fails.
+/// Errors: `NULL_ARGUMENT` (the handle), `INVALID_UTF8`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crabnet_config_set_work_root(
+    config: *mut crabnet_config,
+    work_root: *const c_char,
+) -> crabnet_status {
+    unsafe {
+        set("crabnet_config_set_work_root", config, |c| {
+            c.runner.work_root = if work_root.is_null() {
+                None
+            } else {
+                Some(PathBuf::from(arg_str(work_root, "work_root")?))
+            };
+            Ok(())
+        })
+    }
+}
+
+/// Sets what the node does when the kernel cannot build the full task sandbox
+/// (`runner.sandbox`): `"required"` (the default: refuse to bid and to run), `"best_effort"`
+/// (run with a partial sandbox) or `"none"` (no sandbox: tasks run as the node's user).
+///
+/// The configuration is unchanged when the call fails.
+/// Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `CONFIG` (unknown policy).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crabnet_config_set_sandbox(
+    config: *mut crabnet_config,
+    policy: *const c_char,
+) -> crabnet_status {
+    unsafe {
+        set("crabnet_config_set_sandbox", config, |c| {
+            let name = arg_str(policy, "policy")?;
+            c.runner.sandbox = serde_json::from_value(Value::String(name.to_owned()))
+                .map_err(|e| config_error(format!("invalid runner.sandbox: {e}")))?;
+            Ok(())
+        })
+    }
+}
+
+/// Lets the node bid on and run seeds that ask for network access (`runner.allow_network`,
+/// default false). Other tasks never have network.
+///
+/// Errors: `NULL_ARGUMENT`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crabnet_config_set_allow_network(
+    config: *mut crabnet_config,
+    allow: bool,
+) -> crabnet_status {
+    unsafe {
+        set("crabnet_config_set_allow_network", config, |c| {
+            c.runner.allow_network = allow;
             Ok(())
         })
     }

@@ -489,13 +489,17 @@ unsafe fn seed_op(
 
 /// Publishes a seed described by a JSON object:
 /// `{"command": "make test", "description": "", "min_price": 1, "max_price": 100,
-/// "bid_window_secs": 30, "max_bids": 5, "timeout_secs": 60}`. Only `command` is required;
-/// the other keys take these defaults; unknown keys are errors. (`crabnet_json_quote` turns
-/// any text into a JSON string literal.)
+/// "bid_window_secs": 30, "max_bids": 5, "timeout_secs": 60, "private_to": [],
+/// "network": false, "isolation": "full"}`. Only `command` is required; the other keys take
+/// these defaults; unknown keys are errors. `network: true` says the command needs network
+/// access (only nodes with `runner.allow_network` bid); `isolation` is the strongest task
+/// sandbox the command works under (`"full"`, `"partial"` or `"none"`). (`crabnet_json_quote`
+/// turns any text into a JSON string literal.)
 ///
 /// On success `*out_seed_json` receives the seed's state (a JSON object with `seed`,
 /// `status`, `bids`, `award`, `claim`, `result`, `settlement`; the id is at `/seed/id`), freed
-/// with `crabnet_string_free`.
+/// with `crabnet_string_free`. `/seed/network` and `/seed/isolation` are present only when
+/// they differ from the defaults.
 /// Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION` (bad JSON, empty command, bad terms),
 /// `STOPPED`, `STORE`.
 #[unsafe(no_mangle)]
@@ -525,7 +529,10 @@ pub unsafe extern "C" fn crabnet_node_publish(
 ///
 /// On success `*out_seed_json` receives the seed's state, freed with `crabnet_string_free`.
 /// Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION` (malformed id, price out of range),
-/// `NOT_FOUND`, `STATE` (bidding closed, already bid...), `STOPPED`, `STORE`.
+/// `NOT_FOUND`, `STATE` (bidding closed, already bid...), `RUNNER` (this node's runner policy
+/// cannot serve the seed: it asks for network access without `runner.allow_network`, needs a
+/// weaker sandbox than this node builds, or the sandbox is required and unavailable),
+/// `STOPPED`, `STORE`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn crabnet_node_bid(
     node: *const crabnet_node,
@@ -562,14 +569,16 @@ pub unsafe extern "C" fn crabnet_node_claim(
     }
 }
 
-/// Runs a seed this node claimed (`bash -lc COMMAND` in a fresh working directory, with the
-/// configured limits), records the result and sends it to the publisher. Blocks until the
-/// command ends or times out.
+/// Runs a seed this node claimed (`bash -lc COMMAND` in a fresh working directory inside the
+/// task sandbox, with the configured limits), records the result and sends it to the
+/// publisher. Blocks until the command ends or times out.
 ///
 /// On success `*out_seed_json` receives the seed's state with its `result`, freed with
-/// `crabnet_string_free`.
+/// `crabnet_string_free`; `/result/sandbox` tells what the command ran under (`level`:
+/// `full`, `partial` or `none`; `features`; `network`).
 /// Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION`, `NOT_FOUND`, `STATE`, `BUSY` (a run
-/// in progress), `RUNNER`, `STOPPED`, `STORE`.
+/// in progress), `RUNNER` (the runner policy cannot serve the seed, or the command could not
+/// be started), `STOPPED`, `STORE`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn crabnet_node_run(
     node: *const crabnet_node,
@@ -694,7 +703,9 @@ pub unsafe extern "C" fn crabnet_node_seeds(
 
 /// Writes a summary of the node as a JSON object: `node_id`, `name`, `data_dir`,
 /// `transport`, `seeds_by_status`, `outbox_pending`, `counters`, `last_event_seq`,
-/// `state_digest` (equal on nodes that converged).
+/// `state_digest` (equal on nodes that converged), `peers`, `addresses` and `sandbox` (the
+/// task sandbox this node builds: `policy`, `level`, `features`, `missing`, `allow_network`,
+/// `can_run`).
 ///
 /// On success `*out_json` receives a string, freed with `crabnet_string_free`.
 /// Errors: `NULL_ARGUMENT`, `STOPPED`, `STORE`.

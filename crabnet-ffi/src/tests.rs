@@ -183,8 +183,58 @@ fn config_setters_validate_and_keep_the_old_value_on_error() {
         let json: serde_json::Value = serde_json::from_str(&take(json)).unwrap();
         assert_eq!(json["network"]["tick_ms"], 40);
         assert_eq!(json["runner"]["cpu_seconds"], 9);
+        assert_eq!(json["runner"]["sandbox"], "required");
+
+        // The runner's sandbox settings.
+        assert_eq!(
+            crabnet_config_set_sandbox(config, c"best_effort".as_ptr()),
+            crabnet_status::Ok
+        );
+        assert_eq!(
+            crabnet_config_set_sandbox(config, c"airtight".as_ptr()),
+            crabnet_status::Config
+        );
+        assert!(last_error().contains("airtight"), "{}", last_error());
+        assert_eq!(
+            crabnet_config_set_sandbox(config, ptr::null()),
+            crabnet_status::NullArgument
+        );
+        assert_eq!(
+            crabnet_config_set_allow_network(config, true),
+            crabnet_status::Ok
+        );
+        assert_eq!(
+            crabnet_config_set_keep_workdirs(config, true),
+            crabnet_status::Ok
+        );
+        assert_eq!(
+            crabnet_config_set_work_root(config, c"/tmp/crabnet-ffi-work".as_ptr()),
+            crabnet_status::Ok
+        );
+        let json = config_json(config);
+        assert_eq!(json["runner"]["sandbox"], "best_effort");
+        assert_eq!(json["runner"]["allow_network"], true);
+        assert_eq!(json["runner"]["keep_work_dirs"], true);
+        assert_eq!(json["runner"]["work_root"], "/tmp/crabnet-ffi-work");
+        assert_eq!(
+            crabnet_config_set_work_root(config, ptr::null()),
+            crabnet_status::Ok
+        );
+        assert_eq!(
+            config_json(config)["runner"]["work_root"],
+            serde_json::Value::Null
+        );
         crabnet_config_free(config);
     }
+}
+
+fn config_json(config: *const crabnet_config) -> serde_json::Value {
+    let mut json = ptr::null_mut();
+    assert_eq!(
+        unsafe { crabnet_config_to_json(config, &mut json) },
+        crabnet_status::Ok
+    );
+    serde_json::from_str(&take(json)).unwrap()
 }
 
 /// A test host: a temporary directory, a hub and nodes started through the C API.

@@ -109,7 +109,9 @@ static inline void make_temp_dir(char *buf, size_t size, const char *tag) {
     if (mkdtemp(buf) == NULL) FAIL("mkdtemp failed");
 }
 
-/* A configuration for node `name` under `base`, with a fast tick. */
+/* A configuration for node `name` under `base`, with a fast tick. The task sandbox policy is
+ * the default ("required") unless CRABNET_TEST_SANDBOX names another (run.sh sets "none" for
+ * the valgrind runs, where the sandbox cannot be built). */
 static inline crabnet_config *test_config(const char *base, const char *name) {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/%s", base, name);
@@ -117,6 +119,8 @@ static inline crabnet_config *test_config(const char *base, const char *name) {
     OK(crabnet_config_new(dir, &config));
     OK(crabnet_config_set_name(config, name));
     OK(crabnet_config_set_tick_ms(config, 20));
+    const char *sandbox = getenv("CRABNET_TEST_SANDBOX");
+    if (sandbox != NULL && sandbox[0] != '\0') OK(crabnet_config_set_sandbox(config, sandbox));
     return config;
 }
 

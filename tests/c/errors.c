@@ -128,6 +128,10 @@ static void test_configs(const char *base) {
     EXPECT_ERR(CRABNET_STATUS_CONFIG, "bus_capacity", crabnet_config_set_event_capacity(config, 0));
     EXPECT_ERR(CRABNET_STATUS_CONFIG, "max_output_bytes", crabnet_config_set_max_output_bytes(config, 1u << 30));
     EXPECT_ERR(CRABNET_STATUS_CONFIG, "data_dir", crabnet_config_set_data_dir(config, ""));
+    EXPECT_ERR(CRABNET_STATUS_CONFIG, "runner.sandbox", crabnet_config_set_sandbox(config, "airtight"));
+    EXPECT(CRABNET_STATUS_NULL_ARGUMENT, crabnet_config_set_sandbox(config, NULL));
+    EXPECT(CRABNET_STATUS_NULL_ARGUMENT, crabnet_config_set_allow_network(NULL, true));
+    EXPECT(CRABNET_STATUS_INVALID_UTF8, crabnet_config_set_work_root(config, INVALID_UTF8));
     EXPECT_ERR(CRABNET_STATUS_CONFIG, "JSON object", crabnet_config_merge_json(config, "[]"));
     EXPECT_ERR(CRABNET_STATUS_CONFIG, "cpu", crabnet_config_merge_json(config, "{\"runner\": {\"cpu\": 1}}"));
     EXPECT_ERR(CRABNET_STATUS_CONFIG, "invalid config JSON", crabnet_config_merge_json(config, "{"));
@@ -138,6 +142,9 @@ static void test_configs(const char *base) {
     OK(crabnet_config_set_event_log(config, false));
     OK(crabnet_config_set_cpu_seconds(config, 30));
     OK(crabnet_config_set_keep_workdirs(config, false));
+    OK(crabnet_config_set_sandbox(config, "best_effort"));
+    OK(crabnet_config_set_allow_network(config, true));
+    OK(crabnet_config_set_work_root(config, "/tmp/crabnet-c-work"));
     OK(crabnet_config_set_max_output_bytes(config, 1024));
     OK(crabnet_config_set_event_capacity(config, 64));
     OK(crabnet_config_merge_json(config, "{\"store\": {\"busy_timeout_ms\": 2000}}"));
@@ -147,6 +154,14 @@ static void test_configs(const char *base) {
     CHECK(json_u64(out, "/store/busy_timeout_ms") == 2000);
     CHECK(json_raw_eq(out, "/events/log_enabled", "false"));
     CHECK(json_str_eq(out, "/name", "errors"));
+    CHECK(json_str_eq(out, "/runner/sandbox", "best_effort"));
+    CHECK(json_raw_eq(out, "/runner/allow_network", "true"));
+    CHECK(json_raw_eq(out, "/runner/keep_work_dirs", "false"));
+    CHECK(json_str_eq(out, "/runner/work_root", "/tmp/crabnet-c-work"));
+    crabnet_string_free(out);
+    OK(crabnet_config_set_work_root(config, NULL)); /* back to the default */
+    OK(crabnet_config_to_json(config, &out));
+    CHECK(json_raw_eq(out, "/runner/work_root", "null"));
     crabnet_string_free(out);
     crabnet_config_free(config);
     crabnet_config_free(NULL);

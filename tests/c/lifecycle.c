@@ -102,6 +102,30 @@ int main(void) {
     char *excerpt = json_str(seed, "/result/output_excerpt");
     CHECK(strstr(excerpt, "crabnet C test\n42\n") != NULL);
     crabnet_string_free(excerpt);
+    /* The result says which sandbox the command ran in: the level the winner's overview
+     * announces. Under the default policy ("required") that is the full sandbox, offline.
+     * Where run.sh turns the sandbox off (valgrind), the level is "none", which results
+     * leave out (an absent `sandbox` means level none). */
+    char *overview = NULL;
+    OK(crabnet_node_overview(winner->node, &overview));
+    const char *policy = getenv("CRABNET_TEST_SANDBOX");
+    if (policy == NULL || policy[0] == '\0') {
+        CHECK(json_str_eq(overview, "/sandbox/policy", "required"));
+        CHECK(json_str_eq(overview, "/sandbox/level", "full"));
+        CHECK(json_str_eq(seed, "/result/sandbox/level", "full"));
+        CHECK(json_raw_eq(seed, "/result/sandbox/network", "false"));
+        char *features = NULL;
+        OK(crabnet_json_get(seed, "/result/sandbox/features", &features));
+        CHECK(strstr(features, "\"landlock_fs\"") != NULL && strstr(features, "\"net_ns\"") != NULL);
+        crabnet_string_free(features);
+    } else {
+        CHECK(json_str_eq(overview, "/sandbox/policy", policy));
+        CHECK(json_str_eq(overview, "/sandbox/level", "none"));
+        char *sandbox = NULL;
+        EXPECT(CRABNET_STATUS_NOT_FOUND, crabnet_json_get(seed, "/result/sandbox", &sandbox));
+        CHECK(sandbox == NULL);
+    }
+    crabnet_string_free(overview);
     crabnet_string_free(seed);
 
     /* The publisher settles; every node converges on the same state. */
@@ -113,11 +137,16 @@ int main(void) {
     crabnet_string_free(seed);
     for (int i = 0; i < 3; i++) crabnet_string_free(wait_seed(m[i].node, seed_id, "settled"));
 
-    /* A second seed, cancelled by its publisher while bidding is open. */
-    OK(crabnet_node_publish(alice->node, "{\"command\": \"true\", \"max_bids\": 3}", &seed));
+    /* A second seed, which needs the network: the nodes' runners do not allow it, so they
+     * refuse to bid. Then its publisher cancels it while bidding is open. */
+    OK(crabnet_node_publish(alice->node, "{\"command\": \"true\", \"max_bids\": 3, \"network\": true}", &seed));
+    CHECK(json_raw_eq(seed, "/seed/network", "true"));
     char *second = json_str(seed, "/seed/id");
     crabnet_string_free(seed);
-    crabnet_string_free(wait_seed(m[1].node, second, "open"));
+    seed = wait_seed(m[1].node, second, "open");
+    CHECK(json_raw_eq(seed, "/seed/network", "true"));
+    crabnet_string_free(seed);
+    EXPECT_ERR(CRABNET_STATUS_RUNNER, "network", crabnet_node_bid(m[1].node, second, 50, &seed));
     EXPECT(CRABNET_STATUS_STATE, crabnet_node_cancel(m[1].node, second, &seed));
     OK(crabnet_node_cancel(alice->node, second, &seed));
     CHECK(json_str_eq(seed, "/status", "cancelled"));

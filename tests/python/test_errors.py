@@ -116,12 +116,14 @@ def test_network_error_when_the_port_is_taken(make_node: MakeNode, tmp_path: Pat
         crabnet.Node(data_dir=tmp_path / "second", bind=f"127.0.0.1:{port}").start()
 
 
-def test_runner_error_when_the_work_directory_cannot_be_made(make_node: MakeNode) -> None:
-    node = make_node("n")
+def test_runner_error_when_the_work_directory_cannot_be_made(
+    make_node: MakeNode, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    node = make_node("n", {"runner": {"work_root": work}})
     seed = node.publish("true", max_bids=1)
     node.bid(seed, 1)
     node.claim(seed)
-    work = Path(node.overview().data_dir) / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.write_text("a file where the work directories go")
     with pytest.raises(crabnet.RunnerError, match="cannot run seed"):

@@ -64,6 +64,11 @@ def test_full_lifecycle_across_three_nodes(trio: List[crabnet.Node]) -> None:
     assert result.output_excerpt == "crabnet\n42\n"
     assert result.output_bytes == len("crabnet\n42\n") and len(result.output_sha256) == 64
     assert result.runner == carol.node_id
+    # The command ran in carol's full task sandbox (default policy "required"), without network.
+    assert isinstance(result.sandbox, crabnet.SandboxInfo)
+    assert result.sandbox.level == "full" and result.sandbox.level is crabnet.SandboxLevel.FULL
+    assert "landlock_fs" in result.sandbox.features and "seccomp" in result.sandbox.features
+    assert isinstance(result.sandbox.features, tuple) and not result.sandbox.network
 
     wait_for_seed(alice, seed.id, lambda v: v.status == "completed")
     settled = alice.settle(seed.id, accept=True, note="thanks")
@@ -79,6 +84,7 @@ def test_full_lifecycle_across_three_nodes(trio: List[crabnet.Node]) -> None:
     assert len(digests) == 1
 
     assert seed.audience == () and not seed.private
+    assert seed.network is False and seed.isolation is crabnet.SandboxLevel.FULL
 
     overview = alice.overview()
     assert isinstance(overview, crabnet.Overview)
@@ -88,6 +94,11 @@ def test_full_lifecycle_across_three_nodes(trio: List[crabnet.Node]) -> None:
     assert overview.seeds_by_status[crabnet.SeedStatus.SETTLED] == 1
     assert overview.counters["messages.accepted"] >= 3
     assert overview.last_event_seq > 0
+    sandbox = overview.sandbox
+    assert isinstance(sandbox, crabnet.SandboxStatus)
+    assert sandbox.policy == "required" and sandbox.policy is crabnet.SandboxPolicy.REQUIRED
+    assert sandbox.level == "full" and sandbox.can_run and sandbox.missing == ()
+    assert "landlock_fs" in sandbox.features and not sandbox.allow_network
 
     assert [v.id for v in bob.seeds()] == [seed.id]
     assert [v.id for v in bob.seeds(crabnet.SeedStatus.SETTLED)] == [seed.id]
@@ -220,3 +231,35 @@ def test_offline_node_runs_its_own_task(make_node: MakeNode) -> None:
     assert view.result is not None and view.result.output_excerpt == "done"
     assert node.settle(seed).status is crabnet.SeedStatus.SETTLED
     assert node.overview().outbox_pending > 0  # nobody to send to
+
+
+def test_nodes_bid_only_on_seeds_their_runner_policy_serves(make_node: MakeNode) -> None:
+    hub = crabnet.MemoryHub()
+    alice = make_node("alice", hub=hub)
+    bob = make_node("bob", hub=hub)  # default runner config: no network for tasks
+    carol = make_node("carol", {"runner": {"allow_network": True}}, hub=hub)
+    for node in (alice, bob, carol):
+        node.wait_for_peers(2, timeout=10)
+    assert not bob.overview().sandbox.allow_network and carol.overview().sandbox.allow_network
+
+    online = alice.publish("echo online", network=True, max_bids=1)
+    assert online.seed.network is True and online.seed.isolation == "full"
+    assert wait_for_seed(bob, online.id).seed.network is True  # the flag travels with the seed
+    with pytest.raises(crabnet.RunnerError, match="network") as refused:
+        bob.bid(online, 10)
+    assert refused.value.kind == "runner"
+    assert bob.seed(online).bids == ()  # no bid was placed
+    wait_for_seed(carol, online.id)
+    assert len(carol.bid(online, 10).bids) == 1  # runner.allow_network = true bids
+
+    # A seed that only works under a weaker sandbox than bob builds: bob does not bid either.
+    weak = alice.publish("true", isolation="partial")
+    assert weak.seed.isolation is crabnet.SandboxLevel.PARTIAL and not weak.seed.network
+    wait_for_seed(bob, weak.id)
+    with pytest.raises(crabnet.RunnerError, match="sandbox level partial"):
+        bob.bid(weak, 10)
+    assert alice.publish("true", isolation=crabnet.SandboxLevel.NONE).seed.isolation == "none"
+    with pytest.raises(crabnet.ValidationError, match="unknown variant"):
+        alice.publish("true", isolation="airtight")
+    with pytest.raises(TypeError):
+        alice.publish("true", network="yes")  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 // Browser test of the dashboard: a real demo network (`crabnet demo --serve`) on 127.0.0.1,
 // Debian's Chromium in headless mode driven by playwright-core. It loads the dashboard, sees the
-// seeds table filled, publishes a seed with the CLI, sees the event arrive live (over
-// EventSource) and the table update, and saves a screenshot.
+// seeds table filled and the task sandbox shown, publishes a seed with the CLI, sees the event
+// arrive live (over EventSource) and the table update, and saves a screenshot.
 //
 // Environment: CRABNET_BIN (the crabnet binary), CHROMIUM (default /usr/bin/chromium),
 // CRABNET_WEB_ARTIFACTS (directory for the screenshot).
@@ -110,11 +110,27 @@ test("the dashboard shows the demo network and live events", { timeout: 240_000 
     assert.deepEqual(names, ["alice", "bob", "carol"]);
     assert.equal(await page.$$eval("#topology line", (ls) => ls.length), 2);
     assert.equal(await page.$$eval("#rejections li[data-key]", (ls) => ls.length), 9);
+    // The task sandbox card shows what /api/overview says: this machine (like CI) builds the
+    // full sandbox. The demo's result shows the sandbox it ran in, in the table and in detail.
+    const overview = await page.evaluate(() => fetch("/api/overview").then((r) => r.json()));
+    const sandbox = overview.sandbox;
+    assert.equal(sandbox.level, "full", `the full task sandbox is available: ${JSON.stringify(sandbox)}`);
+    assert.equal(await page.getAttribute("body", "data-sandbox-level"), "full");
+    assert.equal(await page.textContent("#sandbox dd[data-key=level]"), "full");
+    assert.equal(await page.textContent("#sandbox dd[data-key=policy]"), sandbox.policy.replaceAll("_", " "));
+    assert.equal(await page.textContent("#sandbox dd[data-key=can_run]"), "yes");
+    assert.match(await page.textContent("#sandbox dd[data-key=features]"), /landlock_fs/);
+    assert.equal(await page.$("#sandbox dd[data-key=missing]"), null, "nothing is missing");
+    assert.equal(await page.textContent("#seeds tbody tr[data-status=settled] td.sandbox"), "full");
+    await page.click("#seeds tbody tr[data-status=settled]");
+    await page.waitForSelector("#seed-detail:not([hidden])");
+    assert.match(await page.textContent("#seed-detail"), /sandbox\s*full [a-z_, ]*landlock_fs/);
+
     const before = await page.$$eval("#events li", (ls) => ls.length);
     assert.ok(before > 10, `the feed shows the demo's events (${before})`);
 
     // A new seed, published by another process on alice's data directory, arrives live.
-    const id = execFileSync(BIN, ["--data-dir", demo.dataDir, "seed", "publish", "--command", "echo from the browser test", "--max-bids", "2"], {
+    const id = execFileSync(BIN, ["--data-dir", demo.dataDir, "seed", "publish", "--command", "echo from the browser test", "--max-bids", "2", "--network"], {
       encoding: "utf8",
     }).trim();
     assert.match(id, /^[0-9a-f]{32}$/);
@@ -125,9 +141,12 @@ test("the dashboard shows the demo network and live events", { timeout: 240_000 
     // ... and the table follows without a reload.
     const row = `#seeds tbody tr[data-seed-id="${id}"]`;
     await page.waitForSelector(`${row}[data-status=open]`, { timeout: 20_000 });
+    assert.match(await page.textContent(`${row} td.command`), /🌐/, "the seed needs the network");
+    assert.equal(await page.textContent(`${row} td.sandbox`), "–", "no result yet");
     await page.click(row);
     await page.waitForSelector("#seed-detail:not([hidden])");
-    assert.match(await page.textContent("#seed-detail"), /echo from the browser test/);
+    await page.waitForFunction(() => /echo from the browser test/.test(document.querySelector("#seed-detail").textContent));
+    assert.match(await page.textContent("#seed-detail"), /needs\s*network access/);
 
     const shot = path.join(ARTIFACTS, "dashboard.png");
     await page.screenshot({ path: shot, fullPage: true });

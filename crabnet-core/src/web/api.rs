@@ -30,9 +30,10 @@ use super::http::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::metrics::{self, Metrics, Query, StreamGuard};
 use crate::clock::now_ms;
 use crate::error::ErrorKind;
-use crate::model::{Millis, NodeId, SeedId, SeedStatus};
+use crate::model::{Millis, NodeId, SandboxLevel, SeedId, SeedStatus};
 use crate::monitor::{Event, EventKind, RejectReason, Subscription};
 use crate::node::{Node, Overview, PeerInfo};
+use crate::sandbox::SandboxStatus;
 use crate::state::SeedView;
 
 type S = Arc<AppState>;
@@ -233,6 +234,11 @@ struct SeedSummary {
     claimer: Option<NodeId>,
     /// Whether the reported run succeeded, once there is a result.
     success: Option<bool>,
+    /// Whether the command needs network access (only nodes that allow it bid).
+    network: bool,
+    /// The sandbox level the command ran under, once there is a result (`none` also for
+    /// results of nodes that do not report it).
+    sandbox_level: Option<SandboxLevel>,
     /// Publication time (Unix ms).
     created_at: Millis,
     /// Time of the latest change (Unix ms).
@@ -264,6 +270,9 @@ struct OverviewResponse {
     last_event_seq: u64,
     /// Digest of the whole seed state (equal on converged replicas).
     state_digest: String,
+    /// The sandbox this node builds around the tasks it runs: policy, level, features, and
+    /// what is missing for the full sandbox.
+    sandbox: SandboxStatus,
 }
 
 /// A page of events.
@@ -441,6 +450,8 @@ fn summary(v: &SeedView) -> SeedSummary {
         price: v.award.as_ref().and_then(|a| a.price),
         claimer: v.claim.as_ref().map(|c| c.claimer.clone()),
         success: v.result.as_ref().map(|r| r.success),
+        network: v.seed.network,
+        sandbox_level: v.result.as_ref().map(|r| r.sandbox.level),
         created_at: v.seed.created_at,
         updated_at: v.updated_at,
     }
@@ -493,7 +504,8 @@ async fn health(State(s): State<S>) -> (StatusCode, Json<Health>) {
     (status, Json(health))
 }
 
-/// Node identity, seed counts, the newest seeds, peers and rejection counters.
+/// Node identity, seed counts, the newest seeds, peers, rejection counters and the task
+/// sandbox.
 #[utoipa::path(
     get,
     path = "/api/overview",
@@ -545,6 +557,7 @@ async fn overview(State(s): State<S>) -> Result<Json<OverviewResponse>, ApiError
         outbox_pending: o.outbox_pending,
         last_event_seq: o.last_event_seq,
         state_digest: o.state_digest.clone(),
+        sandbox: o.sandbox.clone(),
     }))
 }
 
@@ -846,7 +859,8 @@ async fn seed(
 }
 
 /// Counters and gauges in the Prometheus text format: messages accepted and rejected by
-/// reason, envelopes sent, seeds by status, runner outcomes, peers, outbox, store latency.
+/// reason, envelopes sent, seeds by status, runner outcomes, the task sandbox (level by
+/// policy, whether tasks can run), peers, outbox, store latency.
 #[utoipa::path(
     get,
     path = "/metrics",

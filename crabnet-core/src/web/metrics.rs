@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::model::SeedStatus;
+use crate::model::{SandboxLevel, SeedStatus};
 use crate::node::Overview;
 
 use super::api::REJECT_REASONS;
@@ -128,6 +128,15 @@ impl Out {
     }
 }
 
+/// A sandbox level as a gauge value: the higher, the stronger the isolation.
+fn level_value(level: SandboxLevel) -> u8 {
+    match level {
+        SandboxLevel::None => 0,
+        SandboxLevel::Partial => 1,
+        SandboxLevel::Full => 2,
+    }
+}
+
 /// The whole exposition.
 pub(crate) fn render(overview: &Overview, metrics: &Metrics) -> String {
     let mut out = Out(String::new());
@@ -222,6 +231,30 @@ pub(crate) fn render(overview: &Overview, metrics: &Metrics) -> String {
     }
 
     out.family(
+        "crabnet_task_sandbox_level",
+        "gauge",
+        "The sandbox this node builds around the tasks it runs: 0 none, 1 partial, 2 full \
+         (0 when the policy is required and the system lacks a feature); labelled with the \
+         runner.sandbox policy.",
+    );
+    out.sample(
+        "crabnet_task_sandbox_level",
+        &[("policy", overview.sandbox.policy.as_str())],
+        level_value(overview.sandbox.level),
+    );
+    out.family(
+        "crabnet_task_sandbox_can_run",
+        "gauge",
+        "1 when this node can run tasks under its sandbox policy, 0 when it refuses to bid \
+         and to run.",
+    );
+    out.sample(
+        "crabnet_task_sandbox_can_run",
+        &[],
+        u8::from(overview.sandbox.can_run),
+    );
+
+    out.family(
         "crabnet_peers",
         "gauge",
         "Peers whose signed hello this node verified.",
@@ -303,16 +336,12 @@ pub(crate) fn render(overview: &Overview, metrics: &Metrics) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::{SandboxPolicy, SandboxStatus};
 
-    #[test]
-    fn histogram_buckets_are_cumulative_and_labels_escaped() {
-        let m = Metrics::default();
-        m.store[Query::Seed as usize].observe(0.0001);
-        m.store[Query::Seed as usize].observe(0.003);
-        m.store[Query::Seed as usize].observe(10.0);
-        let overview = Overview {
+    fn overview(name: &str, sandbox: SandboxStatus) -> Overview {
+        Overview {
             node_id: crate::model::NodeId::from_bytes([7; 32]),
-            name: "a \"quoted\"\nname\\".into(),
+            name: name.into(),
             data_dir: "/tmp".into(),
             transport: None,
             seeds_by_status: Default::default(),
@@ -322,8 +351,72 @@ mod tests {
             state_digest: String::new(),
             peers: 0,
             addresses: Vec::new(),
-            sandbox: crate::runner::RunnerConfig::default().sandbox_status(),
-        };
+            sandbox,
+        }
+    }
+
+    fn sandbox(policy: SandboxPolicy, level: SandboxLevel, can_run: bool) -> SandboxStatus {
+        SandboxStatus {
+            policy,
+            level,
+            features: Vec::new(),
+            missing: Vec::new(),
+            allow_network: false,
+            can_run,
+        }
+    }
+
+    /// The value of the sample `series` (name and labels as written) in `text`.
+    fn value<'a>(text: &'a str, series: &str) -> &'a str {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    #[test]
+    fn sandbox_gauges_show_policy_level_and_whether_tasks_run() {
+        let m = Metrics::default();
+        for (status, level, can_run) in [
+            (
+                sandbox(SandboxPolicy::Required, SandboxLevel::Full, true),
+                "2",
+                "1",
+            ),
+            (
+                sandbox(SandboxPolicy::Required, SandboxLevel::None, false),
+                "0",
+                "0",
+            ),
+            (
+                sandbox(SandboxPolicy::BestEffort, SandboxLevel::Partial, true),
+                "1",
+                "1",
+            ),
+            (
+                sandbox(SandboxPolicy::None, SandboxLevel::None, true),
+                "0",
+                "1",
+            ),
+        ] {
+            let policy = status.policy.as_str();
+            let text = render(&overview("n", status), &m);
+            let series = format!("crabnet_task_sandbox_level{{policy=\"{policy}\"}}");
+            assert_eq!(value(&text, &series), level, "{text}");
+            assert_eq!(value(&text, "crabnet_task_sandbox_can_run"), can_run);
+            assert_eq!(text.matches("crabnet_task_sandbox_level{").count(), 1);
+            assert!(text.contains("# TYPE crabnet_task_sandbox_level gauge\n"));
+            assert!(text.contains("# TYPE crabnet_task_sandbox_can_run gauge\n"));
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_labels_escaped() {
+        let m = Metrics::default();
+        m.store[Query::Seed as usize].observe(0.0001);
+        m.store[Query::Seed as usize].observe(0.003);
+        m.store[Query::Seed as usize].observe(10.0);
+        let status = crate::runner::RunnerConfig::default().sandbox_status();
+        let overview = overview("a \"quoted\"\nname\\", status);
         let text = render(&overview, &m);
         assert!(text.contains(r#"name="a \"quoted\"\nname\\""#), "{text}");
         let bucket = |le: &str| {

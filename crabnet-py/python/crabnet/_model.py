@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import typing
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from types import MappingProxyType
 from typing import Any, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Type, TypeVar
@@ -36,6 +36,10 @@ __all__ = [
     "PeerInfo",
     "RejectReason",
     "ResultRecorded",
+    "SandboxInfo",
+    "SandboxLevel",
+    "SandboxPolicy",
+    "SandboxStatus",
     "SchemaWarning",
     "Seed",
     "SeedCancelled",
@@ -108,6 +112,43 @@ class SettlementOutcome(str, Enum):
         return self.value
 
 
+class SandboxLevel(str, Enum):
+    """How strongly a task is isolated from the node that runs it. Levels are ordered:
+    ``none`` < ``partial`` < ``full``. Compares equal to its name: ``level == "full"``."""
+
+    NONE = "none"
+    """No isolation: the task runs as the node's user with resource limits only."""
+    PARTIAL = "partial"
+    """Some isolation features were active, not all (see :attr:`SandboxInfo.features`)."""
+    FULL = "full"
+    """Every isolation feature: filesystem allow-list, private /tmp and /proc, PID, user and
+    network namespaces, seccomp filter, no new privileges."""
+
+    def __repr__(self) -> str:
+        return f"SandboxLevel.{self.name}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SandboxPolicy(str, Enum):
+    """What a node does when its kernel cannot build the full task sandbox (the
+    ``runner.sandbox`` setting). Compares equal to its name: ``policy == "required"``."""
+
+    REQUIRED = "required"
+    """Build the full sandbox or run nothing: the node refuses to bid and to run."""
+    BEST_EFFORT = "best_effort"
+    """Use every feature the kernel offers; run with a partial sandbox when some are missing."""
+    NONE = "none"
+    """No sandbox: tasks run as the node's user with resource limits only."""
+
+    def __repr__(self) -> str:
+        return f"SandboxPolicy.{self.name}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class RejectReason(str, Enum):
     """Why a node rejected a received message (:attr:`MessageRejected.reason`); each reason
     has a counter ``rejected.<reason>`` in :attr:`Overview.counters`. Compares equal
@@ -172,8 +213,15 @@ class _Record:
     @classmethod
     def _from_fields(cls: Type[_R], data: Mapping[str, Any]) -> _R:
         hints = cls._field_types()
-        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        missing = [n for n in names if n not in data]
+        all_fields = fields(cls)  # type: ignore[arg-type]
+        names = [f.name for f in all_fields]
+        # The core leaves out fields at their default (e.g. `Seed.network`); every other
+        # field must be there.
+        missing = [
+            f.name
+            for f in all_fields
+            if f.name not in data and f.default is MISSING and f.default_factory is MISSING
+        ]
         if missing:
             raise InternalError(
                 f"crabnet: the core sent a {cls.__name__} without {', '.join(missing)}"
@@ -186,7 +234,7 @@ class _Record:
                     SchemaWarning,
                     stacklevel=2,
                 )
-        return cls(**{n: _convert(hints[n], data[n]) for n in names})
+        return cls(**{n: _convert(hints[n], data[n]) for n in names if n in data})
 
     def __repr__(self) -> str:
         parts = ", ".join(
@@ -265,6 +313,12 @@ class Seed(_Record):
     audience: Tuple[str, ...]
     """The nodes a private seed is sealed to, besides the publisher: every message about it is
     encrypted to them. Empty for a public seed."""
+    network: bool = False
+    """Whether the command needs network access: only nodes whose ``runner.allow_network`` is
+    set bid on it; other tasks run without any network."""
+    isolation: SandboxLevel = SandboxLevel.FULL
+    """The strongest sandbox the command works under (default ``full``): a node bids only when
+    the sandbox it would build is no stronger than this."""
 
     @property
     def private(self) -> bool:
@@ -305,6 +359,41 @@ class Claim(_Record):
 
 
 @dataclass(frozen=True, repr=False)
+class SandboxInfo(_Record):
+    """The sandbox a task ran in, as recorded by its runner in the :class:`TaskResult`."""
+
+    level: SandboxLevel
+    features: Tuple[str, ...]
+    """The isolation features that were active, by name (``landlock_fs``, ``seccomp``,
+    ``pid_ns``, ``net_ns``, ``disk_quota``, ``uid_drop``, ...)."""
+    network: bool = False
+    """Whether the task had network access (the seed asked for it and the runner allowed it)."""
+
+
+_UNKNOWN_SANDBOX = SandboxInfo(level=SandboxLevel.NONE, features=())
+
+
+@dataclass(frozen=True, repr=False)
+class SandboxStatus(_Record):
+    """The sandbox a node builds around the tasks it runs (:attr:`Overview.sandbox`)."""
+
+    policy: SandboxPolicy
+    """The configured policy (``runner.sandbox``)."""
+    level: SandboxLevel
+    """The level tasks run at; ``none`` when the policy is ``required`` and a kernel feature is
+    missing (then nothing runs)."""
+    features: Tuple[str, ...]
+    """The isolation features tasks get."""
+    missing: Tuple[str, ...]
+    """Why the full sandbox is not available, one entry per missing kernel feature; empty at
+    level ``full``."""
+    allow_network: bool
+    """Whether this node bids on and runs seeds that ask for network access."""
+    can_run: bool
+    """Whether this node can run tasks at all under its policy."""
+
+
+@dataclass(frozen=True, repr=False)
 class TaskResult(_Record):
     """What running a seed's command produced."""
 
@@ -324,6 +413,9 @@ class TaskResult(_Record):
     output_truncated: bool
     started_at: int
     finished_at: int
+    sandbox: SandboxInfo = _UNKNOWN_SANDBOX
+    """The sandbox the command ran in (level ``none`` with no features for results of nodes
+    that do not report it)."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -379,6 +471,9 @@ class Overview(_Record):
     """Number of peers whose hello this node verified."""
     addresses: Tuple[str, ...]
     """Where peers reach this node (transport addresses, e.g. libp2p multiaddresses)."""
+    sandbox: SandboxStatus
+    """The sandbox this node builds around the tasks it runs: policy, level, features and
+    what is missing for the full sandbox."""
 
 
 @dataclass(frozen=True, repr=False)

@@ -27,7 +27,7 @@ from typing import (
 
 from . import _crabnet
 from ._crabnet import MemoryHub, NativeNode, NativeSubscription, StoppedError, ValidationError
-from ._model import Event, Overview, PeerInfo, Seed, SeedStatus, SeedView
+from ._model import Event, Overview, PeerInfo, SandboxLevel, Seed, SeedStatus, SeedView
 
 __all__ = [
     "EventListener",
@@ -345,6 +345,8 @@ class Node:
         max_bids: Optional[int] = None,
         timeout_secs: Optional[int] = None,
         private_to: Iterable[NodeRef] = (),
+        network: bool = False,
+        isolation: Union[SandboxLevel, str] = "full",
     ) -> SeedView:
         """Publishes a seed: a shell command the winning bidder runs. Terms left out take the
         core's defaults (price 1..=100, 30 s bid window, 5 bids, 60 s timeout).
@@ -352,7 +354,13 @@ class Node:
         ``private_to`` makes the seed private to those nodes (ids, ``PeerInfo`` or ``Node``
         objects) and this one: every message about it is encrypted to them, and other nodes
         never see it. Their hellos must have arrived (see :meth:`wait_for_peers`), else
-        ``NetworkError``."""
+        ``NetworkError``.
+
+        ``network=True`` says the command needs network access: only nodes whose
+        ``runner.allow_network`` is set bid on it (others raise ``RunnerError``). ``isolation``
+        is the strongest sandbox the command works under (``"full"``, ``"partial"`` or
+        ``"none"``, see :class:`SandboxLevel`): a node bids only when the sandbox it would build
+        is no stronger."""
         if not isinstance(command, str):
             raise TypeError(f"command must be a str, got {type(command).__name__}")
         request: Dict[str, Any] = {"command": command}
@@ -374,10 +382,23 @@ class Node:
         audience = [_node_id(n) for n in private_to]
         if audience:
             request["private_to"] = audience
+        if not isinstance(network, bool):
+            raise TypeError(f"network must be a bool, got {type(network).__name__}")
+        request["network"] = network
+        if not isinstance(isolation, str):
+            raise TypeError(
+                f"isolation must be a SandboxLevel or str, got {type(isolation).__name__}"
+            )
+        # The core checks the name ("none", "partial" or "full").
+        request["isolation"] = str(isolation)
         return _view(self._node().publish(json.dumps(request)))
 
     def bid(self, seed: SeedRef, price: int) -> SeedView:
-        """Bids ``price`` on a seed (within its price range, while bidding is open)."""
+        """Bids ``price`` on a seed (within its price range, while bidding is open).
+
+        Raises ``RunnerError`` when this node's runner policy cannot serve the seed (it asks for
+        network access and ``runner.allow_network`` is off, it needs a weaker sandbox than this
+        node builds, or ``runner.sandbox = "required"`` and the kernel lacks a feature)."""
         return _view(self._node().bid(_seed_id(seed), _uint("price", price)))
 
     def claim(self, seed: SeedRef) -> SeedView:
@@ -386,7 +407,10 @@ class Node:
 
     def run(self, seed: SeedRef) -> SeedView:
         """Runs a seed this node claimed and reports its result. Waits for the command; Ctrl-C
-        interrupts the wait (the run goes on in the node and its result is recorded)."""
+        interrupts the wait (the run goes on in the node and its result is recorded). The
+        command runs in the node's task sandbox; :attr:`TaskResult.sandbox` says which.
+        Raises ``RunnerError`` when the runner policy cannot serve the seed (as for
+        :meth:`bid`) or the command cannot be started."""
         return _view(self._node().run(_seed_id(seed)))
 
     def settle(self, seed: SeedRef, accept: bool = True, note: str = "") -> SeedView:
@@ -410,8 +434,8 @@ class Node:
         return [SeedView._from_json(v) for v in json.loads(self._node().seeds(wanted))]
 
     def overview(self) -> Overview:
-        """A summary: seed counts, outbox, message counters, state digest, peer count and
-        transport addresses."""
+        """A summary: seed counts, outbox, message counters, state digest, peer count,
+        transport addresses and the task sandbox this node builds."""
         return Overview._from_json(json.loads(self._node().overview()))
 
     def peers(self) -> List[PeerInfo]:
