@@ -121,6 +121,71 @@ impl Default for NetworkConfig {
     }
 }
 
+/// Upper bounds of the numeric settings: generous, but finite, so that no setting can overflow
+/// a computation, allocate without bound or make a timer panic.
+pub mod limits {
+    /// A minute, in milliseconds.
+    pub const MINUTE_MS: u64 = 60_000;
+    /// An hour, in milliseconds.
+    pub const HOUR_MS: u64 = 3_600_000;
+    /// A day, in milliseconds.
+    pub const DAY_MS: u64 = 86_400_000;
+    /// A day, in seconds.
+    pub const DAY_SECS: u64 = 86_400;
+    /// A year (365 days), in seconds.
+    pub const YEAR_SECS: u64 = 365 * DAY_SECS;
+    /// Largest byte limit of a task (1 PiB).
+    pub const MAX_BYTES: u64 = 1 << 50;
+    /// Largest process limit of a task (Linux's `PID_MAX_LIMIT`).
+    pub const MAX_PROCESSES: u64 = 4_194_304;
+    /// Largest event log file before rotation (1 TiB).
+    pub const MAX_LOG_BYTES: u64 = 1 << 40;
+    /// Most rotated event log files kept.
+    pub const MAX_LOG_RETAIN: u32 = 1_000;
+    /// Largest per-subscriber event buffer (the bus allocates it up front).
+    pub const MAX_BUS_CAPACITY: usize = 65_536;
+}
+
+/// The dotted name of the key whose line `before` (a prefix of `text`) ends in, if that line
+/// is a `key = value` line: `section.key`, or `key` at the top level.
+fn key_at(text: &str, before: &str) -> Option<String> {
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let section = text[..line_start]
+        .lines()
+        .map(str::trim)
+        .rfind(|l| l.starts_with('[') && !l.starts_with("[["))
+        .and_then(|l| l.strip_prefix('['))
+        .and_then(|l| l.split(']').next())
+        .map(|l| l.trim().trim_matches('"'));
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+/// A [`ErrorKind::Config`] error naming `key` and the allowed range unless
+/// `min <= value <= max`.
+pub(crate) fn check_range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<()> {
+    if value < min || value > max {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{key} must be between {min} and {max} (got {value})"),
+        ));
+    }
+    Ok(())
+}
+
 /// The per-user default data directory (`$XDG_DATA_HOME/crabnet` on Linux).
 pub fn default_data_dir() -> PathBuf {
     dirs::data_dir()
@@ -140,15 +205,25 @@ impl Config {
     /// Parses a TOML document; unknown keys are errors.
     pub fn from_toml(text: &str) -> Result<Self> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|span| {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
             let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
-            Error::new(ErrorKind::Config, format!("invalid config: {message}{at}"))
+            let (mut key, mut at) = (String::new(), String::new());
+            if let Some(span) = e.span() {
+                let mut start = span.start.min(text.len());
+                while !text.is_char_boundary(start) {
+                    start -= 1;
+                }
+                let before = &text[..start];
+                at = format!(" (line {})", before.matches('\n').count() + 1);
+                if let Some(name) = key_at(text, before)
+                    && !message.contains(&name)
+                {
+                    key = format!("{name}: ");
+                }
+            }
+            Error::new(
+                ErrorKind::Config,
+                format!("invalid config: {key}{message}{at}"),
+            )
         })?;
         config.validate()?;
         Ok(config)
@@ -172,52 +247,159 @@ impl Config {
         toml::to_string_pretty(self).expect("config serializes")
     }
 
-    /// Checks values that serde cannot.
+    /// Checks values that serde cannot: every number against its allowed range (the error
+    /// names the key and the range), and the settings that depend on each other.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::new(ErrorKind::Config, msg));
         if self.data_dir.as_os_str().is_empty() {
-            return bad("data_dir must not be empty".into());
+            return Err(Error::new(ErrorKind::Config, "data_dir must not be empty"));
         }
-        if self.events.bus_capacity == 0 {
-            return bad("events.bus_capacity must be at least 1".into());
-        }
-        if self.network.tick_ms == 0 {
-            return bad("network.tick_ms must be at least 1".into());
-        }
-        if self.network.retry_base_ms == 0 || self.network.retry_max_ms < self.network.retry_base_ms
+        let r = &self.runner;
+        check_range(
+            "runner.max_output_bytes",
+            r.max_output_bytes,
+            0,
+            crate::model::limits::MAX_EXCERPT_BYTES,
+        )?;
+        // 0 = no limit for the rlimits and the quota; the caps only keep values sane.
+        check_range("runner.cpu_seconds", r.cpu_seconds, 0, limits::YEAR_SECS)?;
+        check_range(
+            "runner.address_space_bytes",
+            r.address_space_bytes,
+            0,
+            limits::MAX_BYTES,
+        )?;
+        check_range(
+            "runner.file_size_bytes",
+            r.file_size_bytes,
+            0,
+            limits::MAX_BYTES,
+        )?;
+        check_range(
+            "runner.max_processes",
+            r.max_processes,
+            0,
+            limits::MAX_PROCESSES,
+        )?;
+        check_range(
+            "runner.disk_quota_bytes",
+            r.disk_quota_bytes,
+            0,
+            limits::MAX_BYTES,
+        )?;
+        if r.work_root
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
         {
-            return bad("network.retry_base_ms must be at least 1 and at most retry_max_ms".into());
-        }
-        let fresh_ms =
-            (self.network.message_ttl_secs as u64 + self.network.max_clock_skew_secs as u64) * 1000;
-        if self.store.seen_ttl_secs * 1000 < fresh_ms {
-            return bad(format!(
-                "store.seen_ttl_secs ({}) must cover network.message_ttl_secs + max_clock_skew_secs ({} s) so that replays are recognised",
-                self.store.seen_ttl_secs,
-                fresh_ms / 1000
+            return Err(Error::new(
+                ErrorKind::Config,
+                "runner.work_root must not be empty (leave it out for the default)",
             ));
         }
-        if self.network.message_ttl_secs == 0 || self.network.hello_interval_secs == 0 {
-            return bad(
-                "network.message_ttl_secs and hello_interval_secs must be at least 1".into(),
-            );
-        }
-        if self.network.max_envelope_bytes < 8 * 1024
-            || self.network.max_envelope_bytes > crate::envelope::MAX_ENVELOPE_BYTES
-        {
-            return bad(format!(
-                "network.max_envelope_bytes must be between 8192 and {}",
-                crate::envelope::MAX_ENVELOPE_BYTES
+        if r.user.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "runner.user must not be empty",
             ));
         }
-        self.web.validate()?;
-        if self.runner.max_output_bytes > crate::model::limits::MAX_EXCERPT_BYTES {
-            return bad(format!(
-                "runner.max_output_bytes must be at most {}",
-                crate::model::limits::MAX_EXCERPT_BYTES
+
+        let st = &self.store;
+        check_range(
+            "store.busy_timeout_ms",
+            st.busy_timeout_ms,
+            0,
+            limits::HOUR_MS,
+        )?;
+        check_range(
+            "store.seen_ttl_secs",
+            st.seen_ttl_secs,
+            1,
+            10 * limits::YEAR_SECS,
+        )?;
+
+        let ev = &self.events;
+        check_range(
+            "events.log_max_bytes",
+            ev.log_max_bytes,
+            1,
+            limits::MAX_LOG_BYTES,
+        )?;
+        check_range(
+            "events.log_retain",
+            ev.log_retain,
+            0,
+            limits::MAX_LOG_RETAIN,
+        )?;
+        check_range(
+            "events.bus_capacity",
+            ev.bus_capacity,
+            1,
+            limits::MAX_BUS_CAPACITY,
+        )?;
+
+        let net = &self.network;
+        check_range("network.tick_ms", net.tick_ms, 1, limits::MINUTE_MS)?;
+        check_range(
+            "network.retry_base_ms",
+            net.retry_base_ms,
+            1,
+            limits::HOUR_MS,
+        )?;
+        if net.retry_max_ms < net.retry_base_ms || net.retry_max_ms > limits::DAY_MS {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "network.retry_max_ms must be between network.retry_base_ms ({}) and {} \
+                     (got {})",
+                    net.retry_base_ms,
+                    limits::DAY_MS,
+                    net.retry_max_ms
+                ),
             ));
         }
-        Ok(())
+        check_range(
+            "network.message_ttl_secs",
+            net.message_ttl_secs,
+            1,
+            limits::YEAR_SECS as u32,
+        )?;
+        check_range(
+            "network.max_clock_skew_secs",
+            net.max_clock_skew_secs,
+            0,
+            limits::DAY_SECS as u32,
+        )?;
+        check_range(
+            "network.hello_interval_secs",
+            net.hello_interval_secs,
+            1,
+            limits::DAY_SECS as u32,
+        )?;
+        check_range(
+            "network.sync_interval_secs",
+            net.sync_interval_secs,
+            1,
+            limits::DAY_SECS as u32,
+        )?;
+        check_range(
+            "network.max_envelope_bytes",
+            net.max_envelope_bytes,
+            8 * 1024,
+            crate::envelope::MAX_ENVELOPE_BYTES,
+        )?;
+        // Both are bounded above, so neither sum nor product can overflow.
+        let fresh_secs = net.message_ttl_secs as u64 + net.max_clock_skew_secs as u64;
+        if st.seen_ttl_secs < fresh_secs {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "store.seen_ttl_secs ({}) must cover network.message_ttl_secs + \
+                     max_clock_skew_secs ({fresh_secs} s) so that replays are recognised",
+                    st.seen_ttl_secs,
+                ),
+            ));
+        }
+
+        self.web.validate()
     }
 
     /// Path of the database file.
@@ -266,5 +448,351 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(!e.to_string().contains('\n'), "one line: {e}");
         assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    /// Values that once panicked the node (a zero interval for a tokio timer, multiplications
+    /// that overflowed, allocations sized by the config) or wrapped silently.
+    #[test]
+    fn previously_panicking_values_are_config_errors_naming_the_key_and_range() {
+        let huge = i64::MAX;
+        for (toml, key) in [
+            (
+                "[network]\nsync_interval_secs = 0",
+                "network.sync_interval_secs",
+            ),
+            (
+                "[network]\nhello_interval_secs = 0",
+                "network.hello_interval_secs",
+            ),
+            ("[network]\ntick_ms = 0", "network.tick_ms"),
+            (&format!("[network]\ntick_ms = {huge}"), "network.tick_ms"),
+            (
+                &format!("[network]\nsync_interval_secs = {}", u32::MAX),
+                "network.sync_interval_secs",
+            ),
+            (
+                &format!("[network]\nmessage_ttl_secs = {}", u32::MAX),
+                "network.message_ttl_secs",
+            ),
+            (
+                &format!("[network]\nretry_base_ms = {huge}"),
+                "network.retry_base_ms",
+            ),
+            (
+                &format!("[network]\nretry_max_ms = {huge}"),
+                "network.retry_max_ms",
+            ),
+            (
+                &format!("[store]\nseen_ttl_secs = {huge}"),
+                "store.seen_ttl_secs",
+            ),
+            (
+                &format!("[store]\nbusy_timeout_ms = {huge}"),
+                "store.busy_timeout_ms",
+            ),
+            (
+                &format!("[events]\nbus_capacity = {huge}"),
+                "events.bus_capacity",
+            ),
+            ("[events]\nbus_capacity = 0", "events.bus_capacity"),
+            (
+                &format!("[events]\nlog_retain = {}", u32::MAX),
+                "events.log_retain",
+            ),
+            ("[events]\nlog_max_bytes = 0", "events.log_max_bytes"),
+            (&format!("[web]\nmax_streams = {huge}"), "web.max_streams"),
+            ("[web]\nheader_timeout_secs = 0", "web.header_timeout_secs"),
+            (
+                &format!("[web]\nidle_timeout_secs = {huge}"),
+                "web.idle_timeout_secs",
+            ),
+            ("[web]\nmax_connections = 0", "web.max_connections"),
+            (
+                "[web]\nmax_connections = 10\nmax_connections_per_ip = 11",
+                "web.max_connections_per_ip",
+            ),
+            (
+                &format!("[runner]\ncpu_seconds = {huge}"),
+                "runner.cpu_seconds",
+            ),
+            (
+                &format!("[runner]\nmax_processes = {huge}"),
+                "runner.max_processes",
+            ),
+            (
+                &format!("[runner]\ndisk_quota_bytes = {huge}"),
+                "runner.disk_quota_bytes",
+            ),
+            (
+                &format!("[runner]\naddress_space_bytes = {huge}"),
+                "runner.address_space_bytes",
+            ),
+            (
+                &format!("[runner]\nfile_size_bytes = {huge}"),
+                "runner.file_size_bytes",
+            ),
+            (
+                &format!("[runner]\nmax_output_bytes = {huge}"),
+                "runner.max_output_bytes",
+            ),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{toml}: {e}");
+            let m = e.to_string();
+            assert!(m.contains(key), "{toml}: {m}");
+            assert!(m.contains("between"), "{toml}: the range: {m}");
+        }
+        // Out of the type's range (negative, or beyond u32) is a parse error naming the key.
+        for (toml, key) in [
+            (
+                "[network]\nsync_interval_secs = -1",
+                "network.sync_interval_secs: invalid value: integer `-1`, expected u32 (line 2)",
+            ),
+            (
+                "name = \"n\"\n\n[store]\nbusy_timeout_ms = -5",
+                "store.busy_timeout_ms",
+            ),
+            (
+                "[network]\nhello_interval_secs = 4294967296",
+                "network.hello_interval_secs",
+            ),
+            ("[events]\nbus_capacity = 1.5", "events.bus_capacity"),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{toml}: {e}");
+            assert!(e.to_string().contains(key), "{toml}: {e}");
+        }
+        // Embedders (C, Python) can set values TOML cannot express, up to u64::MAX.
+        let mut c = Config::with_data_dir("/tmp/x");
+        c.store.seen_ttl_secs = u64::MAX;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("store.seen_ttl_secs")
+        );
+        let mut c = Config::with_data_dir("/tmp/x");
+        c.web.max_streams = usize::MAX;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("web.max_streams")
+        );
+        // The bounds themselves are fine, defaults too.
+        let mut c = Config::with_data_dir("/tmp/x");
+        c.runner.cpu_seconds = 0;
+        c.runner.address_space_bytes = 0;
+        c.runner.file_size_bytes = 0;
+        c.runner.max_processes = 0;
+        c.runner.disk_quota_bytes = 0;
+        c.store.busy_timeout_ms = limits::HOUR_MS;
+        c.store.seen_ttl_secs = 10 * limits::YEAR_SECS;
+        c.events.bus_capacity = limits::MAX_BUS_CAPACITY;
+        c.network.sync_interval_secs = limits::DAY_SECS as u32;
+        c.web.max_connections = crate::web::MAX_CONNECTIONS;
+        c.validate().unwrap();
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    mod arbitrary {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Every key of every section (what the defaults serialize, plus the optional ones),
+        /// and whether it holds a number.
+        fn known_keys() -> Vec<(Option<String>, String, bool)> {
+            let table: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+            let mut keys = Vec::new();
+            for (k, v) in &table {
+                match v {
+                    toml::Value::Table(section) => keys.extend(
+                        section
+                            .iter()
+                            .map(|(f, v)| (Some(k.clone()), f.clone(), v.is_integer())),
+                    ),
+                    v => keys.push((None, k.clone(), v.is_integer())),
+                }
+            }
+            for (section, key) in [
+                ("web", "token"),
+                ("web", "assets_dir"),
+                ("runner", "work_root"),
+                ("runner", "keep_workdirs"),
+            ] {
+                keys.push((Some(section.into()), key.into(), false));
+            }
+            assert!(keys.iter().filter(|k| k.2).count() >= 24, "{keys:?}");
+            keys
+        }
+
+        /// TOML integers: small, at the edges, huge, negative.
+        fn toml_integer() -> impl Strategy<Value = String> {
+            prop_oneof![
+                2 => prop_oneof![
+                    Just(0i64),
+                    Just(1),
+                    Just(-1),
+                    Just(i64::MAX),
+                    Just(i64::MIN),
+                    Just(u32::MAX as i64),
+                    Just(u32::MAX as i64 + 1),
+                    Just(1 << 50),
+                    Just((1 << 50) + 1),
+                    Just(1 << 53),
+                    Just(65_536),
+                    Just(65_537),
+                    Just(8_192),
+                    Just(86_400),
+                    Just(3_600_000),
+                ],
+                4 => 0i64..100_000,
+                1 => 0i64..=u32::MAX as i64 + 1,
+                2 => any::<i64>(),
+            ]
+            .prop_map(|n| n.to_string())
+        }
+
+        /// Any TOML value: mostly integers, also others.
+        fn toml_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                6 => toml_integer(),
+                1 => any::<f64>().prop_map(|f| {
+                    if f.is_finite() { format!("{f:e}") } else { "inf".into() }
+                }),
+                1 => any::<bool>().prop_map(|b| b.to_string()),
+                1 => prop_oneof![
+                    Just("\"\"".to_owned()),
+                    Just("\"127.0.0.1:0\"".to_owned()),
+                    Just("\"0.0.0.0:80\"".to_owned()),
+                    Just("\"normal\"".to_owned()),
+                    Just("\"best_effort\"".to_owned()),
+                    Just("\"0123456789abcdef0123\"".to_owned()),
+                    "\"[ -~&&[^\"\\\\]]{0,20}\"",
+                ],
+                1 => prop::collection::vec(any::<i64>(), 0..3)
+                    .prop_map(|v| format!("{v:?}")),
+            ]
+        }
+
+        /// A TOML document over the known keys: numeric keys mostly get integers (so that many
+        /// documents parse and reach `validate`), any key sometimes gets anything; now and then
+        /// an unknown key.
+        fn toml_document() -> impl Strategy<Value = String> {
+            let keys = known_keys();
+            let n = keys.len();
+            let sections = vec!["runner", "store", "events", "network", "web"];
+            (
+                prop::collection::vec(
+                    (
+                        0..n,
+                        prop::bool::weighted(0.9),
+                        toml_integer(),
+                        toml_value(),
+                    ),
+                    0..20,
+                ),
+                prop::option::weighted(
+                    0.05,
+                    (prop::sample::select(sections), "[a-z_]{1,12}", toml_value()),
+                ),
+            )
+                .prop_map(move |(picked, unknown)| {
+                    let mut doc: std::collections::BTreeMap<
+                        Option<String>,
+                        std::collections::BTreeMap<String, String>,
+                    > = Default::default();
+                    for (i, typed, integer, anything) in picked {
+                        let (section, key, numeric) = keys[i].clone();
+                        let value = match (typed, numeric) {
+                            (true, true) => integer,
+                            (true, false) => continue,
+                            (false, _) => anything,
+                        };
+                        doc.entry(section).or_default().insert(key, value);
+                    }
+                    if let Some((section, key, value)) = unknown {
+                        doc.entry(Some(section.into()))
+                            .or_default()
+                            .insert(key, value);
+                    }
+                    let mut text = String::new();
+                    // Top-level keys first (the `None` entry sorts first), then the sections.
+                    for (section, entries) in doc {
+                        if let Some(section) = section {
+                            text.push_str(&format!("[{section}]\n"));
+                        }
+                        for (k, v) in entries {
+                            text.push_str(&format!("{k} = {v}\n"));
+                        }
+                    }
+                    text
+                })
+        }
+
+        /// JSON values for a config built by an embedder: any u64, and more.
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            prop_oneof![
+                4 => any::<u64>().prop_map(serde_json::Value::from),
+                3 => (0u64..100_000).prop_map(serde_json::Value::from),
+                2 => prop_oneof![
+                    Just(0u64),
+                    Just(u64::MAX),
+                    Just(u32::MAX as u64),
+                    Just(usize::MAX as u64 >> 3),
+                    Just(i64::MAX as u64 + 1),
+                ]
+                .prop_map(serde_json::Value::from),
+                1 => any::<i64>().prop_map(serde_json::Value::from),
+                1 => any::<bool>().prop_map(serde_json::Value::from),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            /// Arbitrary TOML never panics: it parses into a valid config (which serializes
+            /// and reads back the same), or it is a one-line config error.
+            #[test]
+            fn arbitrary_toml_never_panics(text in toml_document()) {
+                match Config::from_toml(&text) {
+                    Ok(config) => {
+                        prop_assert!(config.validate().is_ok());
+                        let again = Config::from_toml(&config.to_toml());
+                        prop_assert_eq!(again.ok(), Some(config));
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e.kind(), ErrorKind::Config);
+                        prop_assert!(!e.to_string().contains('\n'), "{}", e);
+                    }
+                }
+            }
+
+            /// Numbers TOML cannot hold (beyond i64::MAX) through serde, as the C ABI and
+            /// Python pass them: validate never panics, and a valid config serializes.
+            #[test]
+            fn arbitrary_numbers_from_embedders_never_panic(
+                picked in prop::collection::vec(
+                    (0..known_keys().len(), json_value()),
+                    0..16,
+                ),
+            ) {
+                let keys = known_keys();
+                let mut doc = serde_json::to_value(Config::with_data_dir("/tmp/x")).unwrap();
+                for (i, value) in picked {
+                    let (section, key, _) = &keys[i];
+                    let target = match section {
+                        Some(s) => &mut doc[s.as_str()],
+                        None => &mut doc,
+                    };
+                    target[key.as_str()] = value;
+                }
+                if let Ok(config) = serde_json::from_value::<Config>(doc)
+                    && config.validate().is_ok()
+                {
+                    prop_assert_eq!(Config::from_toml(&config.to_toml()).ok(), Some(config));
+                }
+            }
+        }
     }
 }

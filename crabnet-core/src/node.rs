@@ -799,7 +799,7 @@ impl Node {
                 },
             )
         })?;
-        Ok(Acceptance::Reject)
+        Ok(verdict(reason))
     }
 
     /// The trust boundary: checks one received frame (size, structure, freshness, sender in
@@ -838,6 +838,12 @@ impl Node {
         };
         let h = &parsed.header;
         if h.sender == self.inner.id {
+            // Our own envelopes come back through relays and sync; anything else that claims
+            // to be from this node is a forgery, checked like every other sender's frame.
+            if let Err(e) = parsed.verify(&self.inner.identity.public().signing) {
+                let detail = format!("claims to come from this node: {e}");
+                return self.reject(Some(h), RejectReason::BadSignature, detail);
+            }
             self.with_store(|s| s.count("messages.self_echo"))?;
             return Ok(Acceptance::Ignore);
         }
@@ -1084,11 +1090,14 @@ impl Node {
             Ok(update)
         })?;
         match update {
-            PeerUpdate::KeyMismatch => self.reject(
-                Some(h),
-                RejectReason::KeyMismatch,
-                "a known node id announced different keys".into(),
-            ),
+            // Validly signed by the id's own signing key: not the relay's fault.
+            PeerUpdate::KeyMismatch => self
+                .reject(
+                    Some(h),
+                    RejectReason::KeyMismatch,
+                    "a known node id announced different keys".into(),
+                )
+                .map(|_| Acceptance::Ignore),
             PeerUpdate::New => {
                 // Answer a new peer so that it learns our keys too, then compare holdings.
                 self.inner.hello_wanted.notify_one();
@@ -1466,6 +1475,25 @@ fn refusal(seed_id: &SeedId, e: Refusal) -> Error {
         format!("this node cannot serve seed {seed_id}: {e}"),
         e,
     )
+}
+
+/// What a transport is told about a rejected frame. Only what the bytes themselves prove
+/// invalid (malformed, oversized, a bad signature, a hello whose id does not match its keys)
+/// penalises the peer that sent it; failures that depend on this node's state (an author whose
+/// hello it lacks, an expired or replayed envelope, a duplicate, a rule) may be relayed by an
+/// honest peer and are ignored.
+fn verdict(reason: RejectReason) -> Acceptance {
+    match reason {
+        RejectReason::Malformed
+        | RejectReason::Oversized
+        | RejectReason::BadSignature
+        | RejectReason::KeyMismatch => Acceptance::Reject,
+        RejectReason::Duplicate
+        | RejectReason::UnknownSender
+        | RejectReason::Replay
+        | RejectReason::Expired
+        | RejectReason::Rule => Acceptance::Ignore,
+    }
 }
 
 /// The counter a run's outcome bumps (shown by `/metrics` as runner outcomes).

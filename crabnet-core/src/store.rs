@@ -564,12 +564,18 @@ impl Store {
             .collect()
     }
 
-    /// Events with sequence number above `after`, oldest first, at most `limit`.
+    /// Events with sequence number above `after`, oldest first, at most `limit`. Any `u64` is
+    /// a valid cursor: one at or past the last event (SQLite's sequence numbers end at
+    /// `i64::MAX`) lists nothing.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, at, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+        let rows = stmt.query_map(params![after, limit], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
@@ -578,8 +584,10 @@ impl Store {
         })?;
         rows.map(|r| {
             let (seq, at, body) = r?;
+            let seq = u64::try_from(seq)
+                .map_err(|_| Error::new(ErrorKind::Store, format!("corrupt event seq {seq}")))?;
             Ok(Event {
-                seq: seq as u64,
+                seq,
                 at: at as u64,
                 kind: from_json(&body, "event")?,
             })

@@ -780,6 +780,15 @@ fn single_node_lifecycle() {
         .json_lines();
     assert_eq!(later.len(), events.len() - 3);
     assert!(later.iter().all(|e| e["seq"].as_u64().unwrap() > since));
+    // A cursor at or past the last event lists nothing, also beyond i64::MAX (no wrap-around).
+    let last = *seqs.last().unwrap();
+    for beyond in [last, 1u64 << 63, u64::MAX] {
+        let out = sb
+            .run(&dir, &["--json", "events", "--since", &beyond.to_string()])
+            .ok()
+            .json_lines();
+        assert!(out.is_empty(), "--since {beyond}: {out:?}");
+    }
 
     // The NDJSON log in the data directory holds the same events.
     let log = std::fs::read_to_string(dir.join("events.ndjson")).expect("events.ndjson exists");

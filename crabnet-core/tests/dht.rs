@@ -163,3 +163,36 @@ async fn libp2p_that_cannot_start_falls_back_to_udp_and_says_so() {
     assert!(err.to_string().contains("invalid multiaddress"), "{err}");
     node.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_disconnections_are_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a", vec![]).await;
+    let addr = tcp_address(&a).await;
+    assert!(
+        addr.contains("/p2p/12D3"),
+        "the address names the peer id: {addr}"
+    );
+    let b = start(dir.path(), "b", vec![addr]).await;
+    a.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
+    b.stop().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let has = |events: &[crabnet_core::Event], what: &str| {
+        events.iter().any(|e| {
+            matches!(&e.kind, EventKind::TransportStatus { detail, .. } if detail.starts_with(what))
+        })
+    };
+    loop {
+        let events = a.events_after(0, 10_000).await.unwrap();
+        if has(&events, "connected to libp2p peer") && has(&events, "disconnected from libp2p peer")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connect/disconnect events: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.stop().await.unwrap();
+}

@@ -341,3 +341,200 @@ async fn private_seeds_reach_only_their_audience() {
         n.stop().await.unwrap();
     }
 }
+
+/// A transport whose frames come from the test, each with an acknowledgement channel: the
+/// verdict the node would report to gossipsub.
+struct Probe {
+    rx: tokio::sync::mpsc::UnboundedReceiver<crabnet_core::network::Incoming>,
+}
+
+impl Transport for Probe {
+    fn name(&self) -> &str {
+        "probe"
+    }
+    fn max_frame_bytes(&self) -> usize {
+        MAX_ENVELOPE_BYTES
+    }
+    fn local_addresses(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn broadcast(&mut self, _frame: &[u8]) -> crabnet_core::Result<()> {
+        Ok(())
+    }
+    fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<crabnet_core::network::Incoming>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+type Frames = tokio::sync::mpsc::UnboundedSender<crabnet_core::network::Incoming>;
+
+async fn verdict(frames: &Frames, bytes: Vec<u8>) -> crabnet_core::network::Acceptance {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut frame = crabnet_core::network::InboundFrame::new(bytes, "relay-7");
+    frame.ack = Some(tx);
+    frames
+        .send(crabnet_core::network::Incoming::Frame(frame))
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("a verdict")
+        .expect("the node answered")
+        .acceptance
+}
+
+/// What gossipsub hears decides whether the relaying peer is penalised: only frames whose bytes
+/// are invalid may cost an honest relay its score; frames that fail because of this node's own
+/// state (an author it has no hello from, a duplicate, an expired envelope) are ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_what_the_bytes_prove_invalid_penalises_the_relay() {
+    use crabnet_core::network::Acceptance;
+    let dir = tempfile::tempdir().unwrap();
+    let (frames, rx) = tokio::sync::mpsc::unbounded_channel();
+    let node = Node::start_with_transport(config(dir.path(), "n"), Box::new(Probe { rx }))
+        .await
+        .unwrap();
+    let author = identity(41, 0);
+    let now = now_ms();
+
+    // Valid, but the author's hello has not arrived: an honest relay's frame.
+    let early = seal(&author, &seed_message(&author, 1, now), 60);
+    assert_eq!(verdict(&frames, early).await, Acceptance::Ignore);
+    // Expired: not the relay's fault either.
+    let stale = seal(&author, &seed_message(&author, 2, now - 3_600_000), 60);
+    assert_eq!(verdict(&frames, stale).await, Acceptance::Ignore);
+    // Once the hello is in, the same kind of frame is accepted, and its copy is a duplicate.
+    assert_eq!(
+        verdict(&frames, hello(&author, None)).await,
+        Acceptance::Accept
+    );
+    let fresh = seal(&author, &seed_message(&author, 3, now), 60);
+    assert_eq!(verdict(&frames, fresh.clone()).await, Acceptance::Accept);
+    assert_eq!(verdict(&frames, fresh.clone()).await, Acceptance::Ignore);
+
+    // Garbage and broken signatures are proven by the bytes.
+    assert_eq!(
+        verdict(&frames, b"garbage".to_vec()).await,
+        Acceptance::Reject
+    );
+    let mut flipped = seal(&author, &seed_message(&author, 4, now), 60);
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    assert_eq!(verdict(&frames, flipped).await, Acceptance::Reject);
+
+    // A frame that claims to come from the receiving node itself, signed by someone else: a
+    // forgery, rejected with an event (it used to be dropped silently as our own echo).
+    // (The header's sender is bytes 6..38; the signatures were made by `author`.)
+    let mut forged = seal(&author, &seed_message(&author, 5, now), 60);
+    let own_id: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&node.id().as_str()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    forged[6..38].copy_from_slice(&own_id);
+    assert_eq!(verdict(&frames, forged).await, Acceptance::Reject);
+    let events = node.events_after(0, 1000).await.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(
+            &e.kind,
+            crabnet_core::EventKind::MessageRejected {
+                sender: Some(s),
+                reason: crabnet_core::monitor::RejectReason::BadSignature,
+                ..
+            } if s == node.id()
+        )),
+        "no bad_signature event for the forgery: {events:?}"
+    );
+    node.stop().await.unwrap();
+}
+
+/// An independent libp2p peer with gossipsub's default settings (default message ids, default
+/// scoring) relays valid envelopes whose author the node has never heard of, as an honest relay
+/// does when hellos and messages cross. The node must not penalise it: after the author's hello
+/// the same peer's next envelope is applied. (Reporting such frames as invalid used to graylist
+/// the relay after four of them, and its later valid frames were dropped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_libp2p_peer_relaying_valid_traffic_is_not_penalised() {
+    use futures::StreamExt;
+    use libp2p::{gossipsub, noise, swarm::SwarmEvent, tcp, yamux};
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with_dht(config(dir.path(), "n"), Default::default())
+        .await
+        .unwrap();
+    let addr: libp2p::Multiaddr = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let o = node.overview().await.unwrap();
+            if let Some(a) = o.addresses.iter().find(|a| a.contains("/tcp/")) {
+                break a.parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "no tcp address");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    let mut relay = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| {
+            gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub::Config::default(),
+            )
+            .unwrap()
+        })
+        .unwrap()
+        .build();
+    let topic = gossipsub::IdentTopic::new(crabnet_core::network::TOPIC);
+    relay.behaviour_mut().subscribe(&topic).unwrap();
+    relay.dial(addr).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = tokio::time::timeout_at(deadline, relay.select_next_some())
+            .await
+            .expect("the node never subscribed to the topic");
+        if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { .. }) = event {
+            break;
+        }
+    }
+
+    let author = identity(57, 0);
+    let now = now_ms();
+    let early: Vec<Message> = (1..=6).map(|l| seed_message(&author, l, now)).collect();
+    for m in &early {
+        relay
+            .behaviour_mut()
+            .publish(topic.clone(), seal(&author, m, 60))
+            .unwrap();
+    }
+    wait_counter(&node, "rejected.unknown_sender", early.len() as u64).await;
+    relay
+        .behaviour_mut()
+        .publish(topic.clone(), hello(&author, None))
+        .unwrap();
+    let later = seed_message(&author, 10, now);
+    let mut published_later = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !knows(&node, &id_of(&later)).await {
+        assert!(
+            Instant::now() < deadline,
+            "the relay's valid envelope never arrived: the relay was penalised"
+        );
+        if !published_later && node.peers().await.unwrap().len() == 1 {
+            relay
+                .behaviour_mut()
+                .publish(topic.clone(), seal(&author, &later, 60))
+                .unwrap();
+            published_later = true;
+        }
+        // Drive the relay's swarm meanwhile.
+        let _ = tokio::time::timeout(Duration::from_millis(20), relay.select_next_some()).await;
+    }
+    node.stop().await.unwrap();
+}

@@ -742,6 +742,7 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
                     peers: args.udp_peer.clone(),
                     broadcast: None,
                 }),
+                ..DhtConfig::default()
             };
             Node::start_with_dht(config, dht).await?
         }
@@ -776,12 +777,17 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
     if json {
         print_json(&serde_json::json!({
             "node_id": node.id(), "transport": transport, "bind": local, "http": http,
+            "addresses": overview.addresses,
         }));
     } else {
         println!(
             "node {} listening on {transport} {local} (Ctrl-C to stop)",
             node.id()
         );
+        // libp2p listen addresses carry the peer id (`.../p2p/12D3...`): what peers dial.
+        for a in overview.addresses.iter().filter(|a| a.contains("/p2p/")) {
+            println!("libp2p {a}");
+        }
         if let Some(web) = &web {
             println!("dashboard {}", web.url());
         }

@@ -34,6 +34,9 @@ pub const SYNC_PROTOCOL: &str = "/crabnet/sync/1.0.0";
 /// The Kademlia protocol name (a private DHT for Crabnet nodes).
 pub const KAD_PROTOCOL: &str = "/crabnet/kad/1.0.0";
 
+/// Default of [`DhtConfig::colocation_threshold`].
+pub const DEFAULT_COLOCATION_THRESHOLD: u32 = 64;
+
 /// libp2p settings (section `[dht]` of the CLI's view; embedders fill it directly).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,6 +51,13 @@ pub struct DhtConfig {
     pub mdns: bool,
     /// UDP settings to fall back to when libp2p cannot start or has no peers.
     pub udp_fallback: Option<UdpConfig>,
+    /// How many peers may share one IP address before gossipsub's IP-colocation penalty
+    /// applies to them (a Sybil defence). Default 64, so that the nodes of one host, cluster or
+    /// NAT can form a network; loopback and `colocation_whitelist` are always exempt.
+    pub colocation_threshold: u32,
+    /// IP addresses exempt from the colocation penalty besides loopback (e.g. a NAT's public
+    /// address that many honest nodes share).
+    pub colocation_whitelist: Vec<std::net::IpAddr>,
 }
 
 impl Default for DhtConfig {
@@ -61,6 +71,8 @@ impl Default for DhtConfig {
             bootstrap: Vec::new(),
             mdns: false,
             udp_fallback: None,
+            colocation_threshold: DEFAULT_COLOCATION_THRESHOLD,
+            colocation_whitelist: Vec::new(),
         }
     }
 }
@@ -155,6 +167,13 @@ impl DhtTransport {
     fn start_libp2p(config: &DhtConfig, key: identity::Keypair) -> Result<DhtTransport> {
         let peer_id = key.public().to_peer_id();
         let mdns_enabled = config.mdns;
+        let colocation_threshold = f64::from(config.colocation_threshold.max(1));
+        let mut colocation_whitelist: std::collections::HashSet<std::net::IpAddr> = [
+            std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ]
+        .into();
+        colocation_whitelist.extend(config.colocation_whitelist.iter().copied());
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_tcp(
@@ -180,7 +199,11 @@ impl DhtTransport {
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
                     gossip_config,
                 )?;
-                let mut params = gossipsub::PeerScoreParams::default();
+                let mut params = gossipsub::PeerScoreParams {
+                    ip_colocation_factor_threshold: colocation_threshold,
+                    ip_colocation_factor_whitelist: colocation_whitelist,
+                    ..Default::default()
+                };
                 let topic_params = gossipsub::TopicScoreParams {
                     topic_weight: 1.0,
                     time_in_mesh_weight: 0.0,
@@ -486,8 +509,11 @@ async fn run(
                         let _ = incoming.send(Incoming::Status(format!("connected to libp2p peer {peer_id}")));
                     }
                 }
-                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                    lock(&shared.connected).remove(&peer_id);
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. }
+                    if lock(&shared.connected).remove(&peer_id) =>
+                {
+                    let why = cause.map(|c| format!(": {c}")).unwrap_or_default();
+                    let _ = incoming.send(Incoming::Status(format!("disconnected from libp2p peer {peer_id}{why}")));
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                     propagation_source,

@@ -20,6 +20,15 @@
 //! read the API through DNS rebinding. Only `GET` and `HEAD` are served (405 otherwise);
 //! malformed paths, query values and request bodies get a 400 with a JSON error.
 //!
+//! [`serve`] speaks HTTP/1.1 and guards its descriptors and memory against slow or greedy
+//! clients: a request head must arrive within [`WebConfig::header_timeout_secs`] (and fit in
+//! 64 KiB), a kept-alive connection may wait [`WebConfig::idle_timeout_secs`] for its next
+//! request, and at most [`WebConfig::max_connections`] connections are open, at most
+//! [`WebConfig::max_connections_per_ip`] from one address. When a cap is reached, the
+//! connection that has waited longest for a request is closed to make room; connections busy
+//! with a response (such as event streams) are kept, and when all are busy a new connection
+//! gets a 503.
+//!
 //! ```no_run
 //! # async fn demo(node: crabnet_core::Node) -> crabnet_core::Result<()> {
 //! use crabnet_core::web::{self, WebConfig};
@@ -43,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::config::check_range;
 use crate::error::{Error, ErrorKind, Result};
 use crate::node::Node;
 
@@ -53,6 +63,15 @@ pub const DEFAULT_PORT: u16 = 7980;
 
 /// Shortest accepted bearer token, in characters.
 pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// Largest accepted [`WebConfig::max_connections`] (and [`WebConfig::max_streams`]).
+pub const MAX_CONNECTIONS: usize = 65_536;
+
+/// Largest accepted [`WebConfig::header_timeout_secs`] (an hour).
+pub const MAX_HEADER_TIMEOUT_SECS: u64 = 3_600;
+
+/// Largest accepted [`WebConfig::idle_timeout_secs`] (a day).
+pub const MAX_IDLE_TIMEOUT_SECS: u64 = 86_400;
 
 /// Settings of the monitoring HTTP API (config section `[web]`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +89,15 @@ pub struct WebConfig {
     pub assets_dir: Option<PathBuf>,
     /// Most event streams (`/api/events/stream`) open at once; more get a 503.
     pub max_streams: usize,
+    /// Seconds a client has to send a complete request head (request line and headers), on a
+    /// new connection and once it has started the next request on a kept-alive one.
+    pub header_timeout_secs: u64,
+    /// Seconds a kept-alive connection may wait for its next request before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Most connections open at once from one source address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for WebConfig {
@@ -80,6 +108,10 @@ impl Default for WebConfig {
             token: None,
             assets_dir: None,
             max_streams: 32,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 512,
+            max_connections_per_ip: 64,
         }
     }
 }
@@ -92,6 +124,10 @@ impl std::fmt::Debug for WebConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("assets_dir", &self.assets_dir)
             .field("max_streams", &self.max_streams)
+            .field("header_timeout_secs", &self.header_timeout_secs)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
             .finish()
     }
 }
@@ -105,7 +141,8 @@ impl WebConfig {
         }
     }
 
-    /// Checks the token's form, that a non-loopback bind has a token, and the stream limit.
+    /// Checks the token's form, that a non-loopback bind has a token, and the ranges of the
+    /// limits.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::new(ErrorKind::Config, m));
         if let Some(token) = &self.token {
@@ -129,8 +166,31 @@ impl WebConfig {
                 self.bind
             ));
         }
-        if self.max_streams == 0 {
-            return bad("web.max_streams must be at least 1".into());
+        check_range("web.max_streams", self.max_streams, 1, MAX_CONNECTIONS)?;
+        check_range(
+            "web.header_timeout_secs",
+            self.header_timeout_secs,
+            1,
+            MAX_HEADER_TIMEOUT_SECS,
+        )?;
+        check_range(
+            "web.idle_timeout_secs",
+            self.idle_timeout_secs,
+            1,
+            MAX_IDLE_TIMEOUT_SECS,
+        )?;
+        check_range(
+            "web.max_connections",
+            self.max_connections,
+            1,
+            MAX_CONNECTIONS,
+        )?;
+        if self.max_connections_per_ip < 1 || self.max_connections_per_ip > self.max_connections {
+            return bad(format!(
+                "web.max_connections_per_ip must be between 1 and web.max_connections ({}) \
+                 (got {})",
+                self.max_connections, self.max_connections_per_ip
+            ));
         }
         if let Some(dir) = &self.assets_dir
             && dir.as_os_str().is_empty()
@@ -156,7 +216,8 @@ pub(crate) struct AppState {
 
 /// The API and dashboard as an axum [`Router`](axum::Router), for embedders that mount it in
 /// their own server. [`serve`] is the usual way to run it. Event streams of this router end
-/// when the client leaves or the node stops.
+/// when the client leaves or the node stops. Timeouts and connection caps are the embedding
+/// server's business: the router does not apply them.
 pub fn router(node: Node, config: &WebConfig) -> Result<axum::Router> {
     config.validate()?;
     let (tx, rx) = watch::channel(false);
@@ -195,35 +256,46 @@ pub async fn serve(node: Node, config: WebConfig) -> Result<WebHandle> {
             format!("web.assets_dir {} is not a directory", dir.display()),
         ));
     }
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .map_err(|e| {
-            Error::with_source(
-                ErrorKind::Io,
-                format!(
-                    "cannot bind the monitoring API to {}: {e} (choose another address with \
-                     --http ADDR, or turn it off with --no-http)",
-                    config.bind
-                ),
-                e,
-            )
-        })?;
+    let listener = listen(config.bind).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Io,
+            format!(
+                "cannot bind the monitoring API to {}: {e} (choose another address with \
+                 --http ADDR, or turn it off with --no-http)",
+                config.bind
+            ),
+            e,
+        )
+    })?;
     let addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
     let app = build(node, &config, rx.clone(), None);
-    let mut stop = rx;
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let limits = http::ConnLimits {
+        header_timeout: Duration::from_secs(config.header_timeout_secs),
+        idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        max_connections: config.max_connections,
+        max_per_ip: config.max_connections_per_ip,
+    };
+    let task = tokio::spawn(http::serve(listener, app, limits, rx));
     Ok(WebHandle {
         addr,
         shutdown: tx,
         task: Some(task),
     })
+}
+
+/// Binds `addr` with a listen backlog of 1024 (tokio's default is 128), so that a burst of
+/// connections waits for the accept loop instead of being dropped by the kernel.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// A running monitoring server. Dropping it stops the server (without waiting);
