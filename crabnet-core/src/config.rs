@@ -1,5 +1,8 @@
 //! Node configuration: one struct with serde support, loadable from TOML, with safe defaults.
 //!
+//! The sections of the modules that own their settings ([`RunnerConfig`], [`StoreConfig`],
+//! [`WebConfig`]) are defined there and gathered here; none of them builds on this module.
+//!
 //! Data directory layout:
 //!
 //! ```text
@@ -18,9 +21,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, check_range};
 use crate::runner::RunnerConfig;
 use crate::store::StoreConfig;
+use crate::web::config::WebConfig;
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +43,7 @@ pub struct Config {
     /// Network timing.
     pub network: NetworkConfig,
     /// The monitoring HTTP API and dashboard.
-    pub web: crate::web::WebConfig,
+    pub web: WebConfig,
 }
 
 impl Default for Config {
@@ -51,7 +55,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             events: EventsConfig::default(),
             network: NetworkConfig::default(),
-            web: crate::web::WebConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -101,6 +105,9 @@ pub struct NetworkConfig {
     pub hello_interval_secs: u32,
     /// How often the node sends its sync digest so peers can send what it lacks, in seconds.
     pub sync_interval_secs: u32,
+    /// Rejected frames from one source with one reason get one `message_rejected` event as they
+    /// happen and one summary per window of this many milliseconds (0: an event for each).
+    pub reject_event_window_ms: u64,
     /// Largest envelope this node creates; operations whose message would be larger fail.
     /// The default fits one UDP datagram.
     pub max_envelope_bytes: usize,
@@ -116,6 +123,7 @@ impl Default for NetworkConfig {
             max_clock_skew_secs: 120,
             hello_interval_secs: 30,
             sync_interval_secs: 10,
+            reject_event_window_ms: 10_000,
             max_envelope_bytes: 65_507,
         }
     }
@@ -167,23 +175,6 @@ fn key_at(text: &str, before: &str) -> Option<String> {
         Some(section) => format!("{section}.{key}"),
         None => key.to_owned(),
     })
-}
-
-/// A [`ErrorKind::Config`] error naming `key` and the allowed range unless
-/// `min <= value <= max`.
-pub(crate) fn check_range<T: PartialOrd + std::fmt::Display>(
-    key: &str,
-    value: T,
-    min: T,
-    max: T,
-) -> Result<()> {
-    if value < min || value > max {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!("{key} must be between {min} and {max} (got {value})"),
-        ));
-    }
-    Ok(())
 }
 
 /// The per-user default data directory (`$XDG_DATA_HOME/crabnet` on Linux).
@@ -379,6 +370,12 @@ impl Config {
             net.sync_interval_secs,
             1,
             limits::DAY_SECS as u32,
+        )?;
+        check_range(
+            "network.reject_event_window_ms",
+            net.reject_event_window_ms,
+            0,
+            limits::HOUR_MS,
         )?;
         check_range(
             "network.max_envelope_bytes",
@@ -590,7 +587,7 @@ mod tests {
         c.store.seen_ttl_secs = 10 * limits::YEAR_SECS;
         c.events.bus_capacity = limits::MAX_BUS_CAPACITY;
         c.network.sync_interval_secs = limits::DAY_SECS as u32;
-        c.web.max_connections = crate::web::MAX_CONNECTIONS;
+        c.web.max_connections = crate::web::config::MAX_CONNECTIONS;
         c.validate().unwrap();
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
     }

@@ -1,9 +1,13 @@
 //! The one error type of the core and its [`ErrorKind`], the single source of C status codes
 //! and Python exception classes.
+//!
+//! Everything builds on this module, so it builds on nothing of the crate's but the crypto
+//! errors it converts: the lifecycle rule a [`ErrorKind::State`] error reports is a
+//! [`Violation`](crate::state::Violation) of the state machine, which builds on the model,
+//! which builds on this module. The error holds it without naming its type here; the state
+//! machine converts its violations into errors and reads them back ([`Error::violation`]).
 
 use std::fmt;
-
-use crate::state::Violation;
 
 /// Broad class of an error; stable, used to pick C status codes and Python exceptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,7 +95,8 @@ impl fmt::Display for ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     message: String,
-    violation: Option<Violation>,
+    /// The broken rule (a `state::Violation`), see the module docs.
+    violation: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -121,36 +126,31 @@ impl Error {
         }
     }
 
+    /// An error that reports the broken rule `rule`, with the rule's message.
+    pub(crate) fn with_rule(
+        kind: ErrorKind,
+        rule: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error {
+            kind,
+            message: rule.to_string(),
+            violation: Some(Box::new(rule)),
+            source: None,
+        }
+    }
+
+    /// The broken rule, if it is a `T`.
+    pub(crate) fn rule<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.violation.as_deref()?.downcast_ref()
+    }
+
     /// The error's kind.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
-    /// The lifecycle rule that was violated, for [`ErrorKind::State`] errors.
-    pub fn violation(&self) -> Option<&Violation> {
-        self.violation.as_ref()
-    }
-
     pub(crate) fn internal(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::Internal, message)
-    }
-}
-
-impl From<Violation> for Error {
-    fn from(v: Violation) -> Self {
-        let kind = match v {
-            Violation::UnknownSeed { .. } => ErrorKind::NotFound,
-            Violation::Malformed { .. } | Violation::PriceOutOfRange { .. } => {
-                ErrorKind::Validation
-            }
-            _ => ErrorKind::State,
-        };
-        Error {
-            kind,
-            message: v.to_string(),
-            violation: Some(v),
-            source: None,
-        }
     }
 }
 
@@ -179,6 +179,23 @@ impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::with_source(ErrorKind::Io, format!("i/o error: {e}"), e)
     }
+}
+
+/// A [`ErrorKind::Config`] error naming `key` and the allowed range unless
+/// `min <= value <= max`.
+pub(crate) fn check_range<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<()> {
+    if value < min || value > max {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{key} must be between {min} and {max} (got {value})"),
+        ));
+    }
+    Ok(())
 }
 
 /// Result alias for the core.

@@ -28,6 +28,7 @@ pub mod embed;
 pub mod envelope;
 pub mod error;
 pub mod identity;
+mod ingress;
 pub mod model;
 pub mod monitor;
 pub mod network;

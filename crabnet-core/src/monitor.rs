@@ -30,6 +30,10 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+fn one() -> u64 {
+    1
+}
+
 /// Why a remote message was rejected; each reason has a counter.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
@@ -216,6 +220,15 @@ pub enum EventKind {
         violation: Option<Violation>,
         /// A human-readable explanation.
         detail: String,
+        /// The transport address the frame came from: the relay, which need not be its author
+        /// (`sender`). Absent for messages rejected inside the store.
+        #[serde(default)]
+        source: Option<String>,
+        /// How many rejections of this reason from this source the event stands for: 1, or, for
+        /// the summary at the end of an aggregation window (`network.reject_event_window_ms`),
+        /// the rejections that got no event of their own (the latest one is described).
+        #[serde(default = "one")]
+        count: u64,
     },
     /// The transport reported a change (started, peers found, fell back...).
     TransportStatus {

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::envelope::{self, EnvelopeError, Header, Kind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{Identity, PublicIdentity};
+use crate::ingress;
 use crate::model::{
     Bid, BidId, Body, Cancellation, Claim, Message, MessageId, Millis, NodeId, SandboxLevel, Seed,
     SeedId, SeedStatus, Settlement, SettlementOutcome, TaskResult,
@@ -156,6 +157,8 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     wake_outbox: Notify,
     wake_log: Notify,
+    rejections: ingress::Rejections,
+    recent: ingress::RecentFrames,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     lock: Mutex<Option<File>>,
 }
@@ -321,6 +324,8 @@ impl Node {
                 shutdown,
                 wake_outbox: Notify::new(),
                 wake_log: Notify::new(),
+                rejections: ingress::Rejections::new(config.network.reject_event_window_ms),
+                recent: ingress::RecentFrames::new(RECENT_FRAMES),
                 tasks: Mutex::new(Vec::new()),
                 lock: Mutex::new(lock_file),
                 config,
@@ -393,6 +398,7 @@ impl Node {
         }
         let node = self.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
+            node.flush_rejections()?;
             if node.inner.transport_name.is_some() {
                 let id = node.inner.id.clone();
                 node.with_store(|s| {
@@ -759,7 +765,13 @@ impl Node {
                 transport: n.inner.transport_name.clone(),
                 seeds_by_status: store.status_counts()?,
                 outbox_pending: store.outbox_pending()?,
-                counters: store.counters()?,
+                counters: {
+                    let mut c = store.counters()?;
+                    for (k, v) in n.inner.rejections.pending_counters() {
+                        *c.entry(k).or_default() += v;
+                    }
+                    c
+                },
                 last_event_seq: store.last_event_seq()?,
                 state_digest: store.digest()?,
                 peers: store.peers()?.len() as u64,
@@ -776,30 +788,47 @@ impl Node {
             .await
     }
 
+    /// Counts a rejected frame and records its event, unless an event for the same source and
+    /// reason was recorded within `network.reject_event_window_ms` (then the window's summary
+    /// covers it): a flood costs memory, not one transaction per frame.
     fn reject(
         &self,
+        from: &str,
         header: Option<&Header>,
         reason: RejectReason,
         detail: String,
     ) -> Result<Acceptance> {
-        let kind = match header.map(|h| h.kind) {
+        let message_kind = match header.map(|h| h.kind) {
             Some(Kind::Domain(k)) => Some(k),
             _ => None,
         };
-        self.with_store(|s| {
-            s.record_event(
-                now_ms(),
-                EventKind::MessageRejected {
-                    message_id: header.map(|h| h.message_id.clone()),
-                    message_kind: kind,
-                    sender: header.map(|h| h.sender.clone()),
-                    reason,
-                    violation: None,
-                    detail,
-                },
-            )
-        })?;
+        let rejection = ingress::Rejection {
+            source: from.to_owned(),
+            message_id: header.map(|h| h.message_id.clone()),
+            message_kind,
+            sender: header.map(|h| h.sender.clone()),
+            reason,
+            detail,
+        };
+        let now = now_ms();
+        if let Some(event) = self.inner.rejections.note(rejection, now) {
+            self.with_store(|s| s.record_event(now, event))?;
+        }
         Ok(verdict(reason))
+    }
+
+    /// Writes the rejection counters and window summaries held in memory (housekeeping).
+    fn flush_rejections(&self) -> Result<()> {
+        let now = now_ms();
+        let (counters, events) = self.inner.rejections.drain(now);
+        if counters.is_empty() && events.is_empty() {
+            return Ok(());
+        }
+        let written = self.with_store(|s| s.add_counters(now, &counters, events));
+        if written.is_err() {
+            self.inner.rejections.restore(counters);
+        }
+        written.map(|_| ())
     }
 
     /// The trust boundary: checks one received frame (size, structure, freshness, sender in
@@ -833,7 +862,7 @@ impl Node {
                     EnvelopeError::Oversized { .. } => RejectReason::Oversized,
                     _ => RejectReason::Malformed,
                 };
-                return self.reject(None, reason, format!("frame from {from}: {e}"));
+                return self.reject(from, None, reason, e.to_string());
             }
         };
         let h = &parsed.header;
@@ -842,38 +871,47 @@ impl Node {
             // to be from this node is a forgery, checked like every other sender's frame.
             if let Err(e) = parsed.verify(&self.inner.identity.public().signing) {
                 let detail = format!("claims to come from this node: {e}");
-                return self.reject(Some(h), RejectReason::BadSignature, detail);
+                return self.reject(from, Some(h), RejectReason::BadSignature, detail);
             }
-            self.with_store(|s| s.count("messages.self_echo"))?;
+            self.inner.rejections.count("messages.self_echo");
             return Ok(Acceptance::Ignore);
+        }
+        if self.inner.recent.contains(bytes) {
+            // A copy of an envelope the store holds: no signature check, no transaction.
+            if h.kind == Kind::NodeHello {
+                self.inner.rejections.count("hellos.duplicate");
+                return Ok(Acceptance::Ignore);
+            }
+            let detail = "already received".to_owned();
+            return self.reject(from, Some(h), RejectReason::Duplicate, detail);
         }
         let net = &self.inner.config.network;
         let skew = net.max_clock_skew_secs as u64 * 1000;
         if via == Via::Sync && matches!(h.kind, Kind::SyncDigest | Kind::SyncBatch) {
             let detail = "sync envelope nested in a sync batch".to_owned();
-            return self.reject(Some(h), RejectReason::Malformed, detail);
+            return self.reject(from, Some(h), RejectReason::Malformed, detail);
         }
         if via == Via::Sync {
             // Stale by design; everything else is checked below.
         } else if h.timestamp > now + skew {
             let detail = format!("dated {} ms in the future", h.timestamp - now);
-            return self.reject(Some(h), RejectReason::Expired, detail);
+            return self.reject(from, Some(h), RejectReason::Expired, detail);
         }
         let expires = h.timestamp.saturating_add(h.ttl_secs as u64 * 1000);
         if now > expires.saturating_add(skew) {
             let detail = format!("expired {} ms ago", now - expires);
-            return self.reject(Some(h), RejectReason::Expired, detail);
+            return self.reject(from, Some(h), RejectReason::Expired, detail);
         }
         if h.kind == Kind::NodeHello {
-            return self.receive_hello(&parsed, bytes, now);
+            return self.receive_hello(&parsed, bytes, from, now);
         }
         let peer = lock(&self.inner.store).peer(&h.sender)?;
         let Some(peer) = peer else {
             let detail = "no verified hello from this sender".to_owned();
-            return self.reject(Some(h), RejectReason::UnknownSender, detail);
+            return self.reject(from, Some(h), RejectReason::UnknownSender, detail);
         };
         if let Err(e) = parsed.verify(&peer.identity.signing) {
-            return self.reject(Some(h), RejectReason::BadSignature, e.to_string());
+            return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
         }
         if matches!(h.kind, Kind::SyncDigest | Kind::SyncBatch) {
             // Sync envelopes are answered once: a replay must not make us resend everything.
@@ -890,7 +928,7 @@ impl Node {
             })?;
             if !fresh {
                 let detail = format!("{} was already received", h.kind.name());
-                return self.reject(Some(h), RejectReason::Duplicate, detail);
+                return self.reject(from, Some(h), RejectReason::Duplicate, detail);
             }
         }
         match h.kind {
@@ -900,13 +938,15 @@ impl Node {
                         self.answer_digest(&h.sender, &d, replies)?;
                         Ok(Acceptance::Ignore)
                     }
-                    Err(e) => self.reject(Some(h), RejectReason::Malformed, e.to_string()),
+                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
                 };
             }
             Kind::SyncBatch => {
                 let batch = match parsed.plain::<sync::Batch>(Kind::SyncBatch) {
                     Ok(b) => b,
-                    Err(e) => return self.reject(Some(h), RejectReason::Malformed, e.to_string()),
+                    Err(e) => {
+                        return self.reject(from, Some(h), RejectReason::Malformed, e.to_string());
+                    }
                 };
                 for item in &batch.items {
                     self.receive_envelope(item, from, max, Via::Sync, replies)?;
@@ -923,7 +963,7 @@ impl Node {
                 "Lamport counter {} is at or below the sender's replay floor {}",
                 h.lamport, peer.replay_floor
             );
-            return self.reject(Some(h), RejectReason::Replay, detail);
+            return self.reject(from, Some(h), RejectReason::Replay, detail);
         }
         let message = match parsed.message(&self.inner.id, self.inner.identity.kem()) {
             Ok(m) => m,
@@ -941,15 +981,17 @@ impl Node {
                         now,
                         "messages.not_for_us",
                     )?;
+                    self.inner.recent.insert(bytes);
                     Ok(Acceptance::Accept)
                 });
             }
-            Err(e) => return self.reject(Some(h), RejectReason::Malformed, e.to_string()),
+            Err(e) => return self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
         };
         let outcome = self.with_store(|s| {
             s.apply_remote(&self.inner.id, &message, bytes, now)
                 .map(|(outcome, _)| outcome)
         })?;
+        self.inner.recent.insert(bytes);
         if matches!(outcome, RemoteOutcome::Applied | RemoteOutcome::Deferred(_)) {
             self.close_due_bidding()?;
         }
@@ -1041,6 +1083,7 @@ impl Node {
         &self,
         parsed: &envelope::Parsed<'_>,
         bytes: &[u8],
+        from: &str,
         now: Millis,
     ) -> Result<Acceptance> {
         let h = &parsed.header;
@@ -1050,7 +1093,7 @@ impl Node {
         }
         let hello = match parsed.hello() {
             Ok(hello) => hello,
-            Err(e) => return self.reject(Some(h), RejectReason::Malformed, e.to_string()),
+            Err(e) => return self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
         };
         let identity = match PublicIdentity::from_parts(
             &hello.signing_public,
@@ -1059,7 +1102,12 @@ impl Node {
         ) {
             Ok(i) => i,
             Err(e) => {
-                return self.reject(Some(h), RejectReason::Malformed, format!("hello keys: {e}"));
+                return self.reject(
+                    from,
+                    Some(h),
+                    RejectReason::Malformed,
+                    format!("hello keys: {e}"),
+                );
             }
         };
         if identity.node_id != h.sender {
@@ -1067,15 +1115,16 @@ impl Node {
                 "node id {} does not match its keys ({})",
                 h.sender, identity.node_id
             );
-            return self.reject(Some(h), RejectReason::KeyMismatch, detail);
+            return self.reject(from, Some(h), RejectReason::KeyMismatch, detail);
         }
         if let Err(e) = parsed.verify(&identity.signing) {
-            return self.reject(Some(h), RejectReason::BadSignature, e.to_string());
+            return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
         }
         let update = self.with_store(|s| {
             let update = s.upsert_peer(&identity, &hello.name, &hello.addresses, bytes, now)?;
             if update != PeerUpdate::KeyMismatch {
                 s.remember(&h.message_id, &h.sender, h.lamport, now, "hellos.accepted")?;
+                self.inner.recent.insert(bytes);
             }
             if update == PeerUpdate::New {
                 s.record_event(
@@ -1093,6 +1142,7 @@ impl Node {
             // Validly signed by the id's own signing key: not the relay's fault.
             PeerUpdate::KeyMismatch => self
                 .reject(
+                    from,
                     Some(h),
                     RejectReason::KeyMismatch,
                     "a known node id announced different keys".into(),
@@ -1214,6 +1264,7 @@ impl Node {
             let node = self.clone();
             let done = tokio::task::spawn_blocking(move || -> Result<()> {
                 node.close_due_bidding()?;
+                node.flush_rejections()?;
                 let mut store = lock(&node.inner.store);
                 store.prune_seen(now_ms())?;
                 node.pump_events(&store);
@@ -1516,6 +1567,9 @@ enum Via {
     /// Inside a sync batch: possibly old.
     Sync,
 }
+
+/// Envelopes remembered in memory to recognise relayed copies without a transaction.
+const RECENT_FRAMES: usize = 65_536;
 
 /// Most seeds listed in one digest (about 40 bytes each, so a digest fits one datagram).
 const DIGEST_LIMIT: usize = 1200;

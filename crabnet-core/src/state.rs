@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::error::{Error, ErrorKind};
 use crate::model::{
     Award, Bid, BidId, Body, Message, MessageId, MessageKind, Millis, NodeId, Seed, SeedId,
     SeedStatus, Settlement, SettlementOutcome, TaskResult,
@@ -168,6 +169,26 @@ pub enum Violation {
         /// The amount given.
         got: u64,
     },
+}
+
+impl From<Violation> for Error {
+    fn from(v: Violation) -> Self {
+        let kind = match v {
+            Violation::UnknownSeed { .. } => ErrorKind::NotFound,
+            Violation::Malformed { .. } | Violation::PriceOutOfRange { .. } => {
+                ErrorKind::Validation
+            }
+            _ => ErrorKind::State,
+        };
+        Error::with_rule(kind, v)
+    }
+}
+
+impl Error {
+    /// The lifecycle rule that was violated, for [`ErrorKind::State`] errors.
+    pub fn violation(&self) -> Option<&Violation> {
+        self.rule()
+    }
 }
 
 /// An operation on a seed, for error messages.

@@ -495,12 +495,10 @@ impl Store {
     }
 
     /// Records an event that is not tied to a message (node lifecycle, task start, send
-    /// failures, rejections of undecodable input).
+    /// failures, rejections at the trust boundary; their counters come through
+    /// [`Store::add_counters`]).
     pub fn record_event(&mut self, now: Millis, kind: EventKind) -> Result<Event> {
         let tx = self.conn.transaction()?;
-        if let EventKind::MessageRejected { reason, .. } = &kind {
-            bump_counter(&tx, &format!("rejected.{}", reason.as_str()))?;
-        }
         let mut events = insert_events(&tx, now, vec![kind])?;
         tx.commit()?;
         Ok(events.remove(0))
@@ -736,6 +734,28 @@ impl Store {
         bump_counter(&tx, counter)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Adds to counters and records events, in one transaction.
+    pub fn add_counters(
+        &mut self,
+        now: Millis,
+        counters: &BTreeMap<String, u64>,
+        events: Vec<EventKind>,
+    ) -> Result<Vec<Event>> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO counters(name, value) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = value + ?2",
+            )?;
+            for (name, add) in counters {
+                stmt.execute(params![name, i64::try_from(*add).unwrap_or(i64::MAX)])?;
+            }
+        }
+        let events = insert_events(&tx, now, events)?;
+        tx.commit()?;
+        Ok(events)
     }
 
     /// A known peer.
@@ -1075,6 +1095,8 @@ fn rejection(
         reason,
         violation,
         detail,
+        source: None,
+        count: 1,
     }
 }
 

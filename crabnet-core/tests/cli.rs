@@ -5,140 +5,49 @@
 //! timeout, so a hanging command fails its test instead of hanging the suite, and every
 //! long-running `crabnet listen` process is owned by a guard that kills it on drop.
 
-use std::fs::File;
-use std::io::Read;
-use std::net::UdpSocket;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use tempfile::TempDir;
+
+use support::{
+    Listeners, Out, Sandbox, is_hex, peers_known, reserve_port, run_bounded_within, seed_view_if,
+    sha256_hex, wait_until,
+};
 
 /// Longest any single short-lived CLI command may take before it counts as hung.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest we wait for a replicated state change between two listening nodes.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(20);
 
-const BIN: &str = env!("CARGO_BIN_EXE_crabnet");
-
 // ------------------------------------------------------------------------------------------
-// Harness
+// Harness (the shared part is in tests/support/mod.rs)
 // ------------------------------------------------------------------------------------------
 
-/// The outcome of one CLI invocation.
-#[derive(Debug)]
-struct Out {
-    args: Vec<String>,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
+fn sandbox() -> Sandbox {
+    Sandbox::new("crabnet-cli-test-")
 }
 
-impl Out {
-    fn success(&self) -> bool {
-        self.status.success()
-    }
-
-    /// Panics unless the command succeeded; returns self for chaining.
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert!(
-            self.success(),
-            "`crabnet {}` failed with {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.args.join(" "),
-            self.status,
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
-    /// The whole of stdout parsed as one JSON document.
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "`crabnet {}` printed invalid JSON ({e}):\n{}",
-                self.args.join(" "),
-                self.stdout
-            )
-        })
-    }
-
-    /// Stdout as JSON lines (`events --json`).
-    #[track_caller]
-    fn json_lines(&self) -> Vec<Value> {
-        self.stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| {
-                    panic!(
-                        "`crabnet {}` printed an invalid JSON line ({e}): {l}",
-                        self.args.join(" ")
-                    )
-                })
-            })
-            .collect()
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "`crabnet {}` -> {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.args.join(" "),
-            self.status,
-            self.stdout,
-            self.stderr
-        )
-    }
+/// A sandbox and the data directory `node` in it (not created yet).
+fn one_node() -> (Sandbox, PathBuf) {
+    let sb = sandbox();
+    let dir = sb.dir("node");
+    (sb, dir)
 }
 
-/// A per-test sandbox: a temp directory that holds the node data directories plus a fake
-/// HOME / XDG_DATA_HOME / TMPDIR, so nothing a test runs can touch the real user's files.
-struct Sandbox {
-    root: TempDir,
-}
-
+/// The CLI-specific ways to run commands in a sandbox.
 impl Sandbox {
-    fn new() -> Self {
-        let root = tempfile::Builder::new()
-            .prefix("crabnet-cli-test-")
-            .tempdir()
-            .expect("create temp dir");
-        for sub in ["home", "xdg", "tmp"] {
-            std::fs::create_dir_all(root.path().join(sub)).unwrap();
-        }
-        Sandbox { root }
-    }
-
-    /// A (not yet existing) node data directory inside the sandbox.
-    fn dir(&self, name: &str) -> PathBuf {
-        self.root.path().join(name)
-    }
-
-    /// A command for the binary with a clean, sandboxed environment and no data directory.
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.env_remove("CRABNET_DATA_DIR")
-            .env_remove("CRABNET_CONFIG")
-            .env_remove("CRABNET_LOG")
-            .env("HOME", self.root.path().join("home"))
-            .env("XDG_DATA_HOME", self.root.path().join("xdg"))
-            .env("TMPDIR", self.root.path().join("tmp"))
-            .stdin(Stdio::null());
-        cmd
-    }
-
     /// Runs `crabnet --data-dir DIR ARGS...`.
     fn run(&self, dir: &Path, args: &[&str]) -> Out {
         let mut cmd = self.command();
         cmd.arg("--data-dir").arg(dir).args(args);
         let mut shown = vec!["--data-dir".to_string(), dir.display().to_string()];
         shown.extend(args.iter().map(|s| s.to_string()));
-        run_bounded(cmd, shown)
+        run(cmd, shown)
     }
 
     /// Runs `crabnet ARGS...` with extra environment variables.
@@ -153,11 +62,12 @@ impl Sandbox {
             .map(|(k, v)| format!("{k}={}", v.display()))
             .collect();
         shown.extend(args.iter().map(|s| s.to_string()));
-        run_bounded(cmd, shown)
+        run(cmd, shown)
     }
 
-    /// Starts `crabnet --data-dir DIR listen ...` in the background; its stdout and stderr go
-    /// to files in the sandbox. The process is killed when `guard` is dropped.
+    /// Starts `crabnet --data-dir DIR listen ...` (UDP, the dashboard on a free port) in the
+    /// background; its stdout and stderr go to files in the sandbox. The process is killed
+    /// when `guard` is dropped.
     fn spawn_listener(
         &self,
         guard: &mut Listeners,
@@ -166,8 +76,6 @@ impl Sandbox {
         bind: &str,
         peers: &[&str],
     ) -> usize {
-        let out_path = self.root.path().join(format!("{name}.stdout"));
-        let err_path = self.root.path().join(format!("{name}.stderr"));
         let mut cmd = self.command();
         cmd.arg("--data-dir")
             .arg(dir)
@@ -176,61 +84,14 @@ impl Sandbox {
         for p in peers {
             cmd.args(["--peer", p]);
         }
-        cmd.stdout(File::create(&out_path).unwrap())
-            .stderr(File::create(&err_path).unwrap());
-        let child = cmd.spawn().expect("spawn crabnet listen");
-        guard.procs.push(Listener {
-            name: name.to_owned(),
-            child,
-            out_path,
-            err_path,
-        });
-        guard.procs.len() - 1
+        guard.spawn(name, cmd, self.path())
     }
 }
 
-/// Runs a prepared command with a timeout; panics (after killing it) if it does not finish.
-fn run_bounded(mut cmd: Command, args: Vec<String>) -> Out {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn crabnet");
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let out_reader = thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out_pipe.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let err_reader = thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err_pipe.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        match child.try_wait().expect("wait for crabnet") {
-            Some(status) => break status,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let stdout = out_reader.join().unwrap_or_default();
-                let stderr = err_reader.join().unwrap_or_default();
-                panic!(
-                    "`crabnet {}` did not exit within {COMMAND_TIMEOUT:?} (hung; killed)\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-                    args.join(" ")
-                );
-            }
-            None => thread::sleep(Duration::from_millis(5)),
-        }
-    };
-    let stdout = out_reader.join().expect("stdout reader");
-    let stderr = err_reader.join().expect("stderr reader");
-    let out = Out {
-        args,
-        status,
-        stdout,
-        stderr,
-    };
-    // Blanket check: every successful `--json` invocation prints valid JSON.
+/// Runs a prepared command with [`COMMAND_TIMEOUT`], and checks that every successful
+/// `--json` invocation prints valid JSON.
+fn run(cmd: Command, args: Vec<String>) -> Out {
+    let out = run_bounded_within(cmd, args, COMMAND_TIMEOUT);
     if out.success() && out.args.iter().any(|a| a == "--json") {
         if out.args.iter().any(|a| a == "events") {
             out.json_lines();
@@ -241,127 +102,9 @@ fn run_bounded(mut cmd: Command, args: Vec<String>) -> Out {
     out
 }
 
-struct Listener {
-    name: String,
-    child: Child,
-    out_path: PathBuf,
-    err_path: PathBuf,
-}
-
-/// Owns background `crabnet listen` processes and kills them when dropped (also on panic).
-#[derive(Default)]
-struct Listeners {
-    procs: Vec<Listener>,
-}
-
-impl Listeners {
-    fn stdout(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.procs[i].out_path).unwrap_or_default()
-    }
-
-    fn stderr(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.procs[i].err_path).unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for (i, p) in self.procs.iter().enumerate() {
-            s += &format!(
-                "--- listener {} stdout\n{}\n--- listener {} stderr\n{}\n",
-                p.name,
-                self.stdout(i),
-                p.name,
-                self.stderr(i)
-            );
-        }
-        s
-    }
-
-    /// Waits until listener `i` printed its "listening" banner; returns the banner line.
-    fn wait_ready(&mut self, i: usize) -> String {
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        loop {
-            if let Some(line) = self
-                .stdout(i)
-                .lines()
-                .find(|l| l.contains("listening on udp"))
-            {
-                return line.to_owned();
-            }
-            if let Some(status) = self.procs[i].child.try_wait().unwrap() {
-                panic!(
-                    "listener {} exited early with {status}\n{}",
-                    self.procs[i].name,
-                    self.logs()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "listener {} did not report that it is listening\n{}",
-                self.procs[i].name,
-                self.logs()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self, i: usize) {
-        let _ = self.procs[i].child.kill();
-        let _ = self.procs[i].child.wait();
-    }
-
-    /// Sends SIGINT (Ctrl-C) to process `i` and waits for it to exit; returns its status.
-    fn interrupt(&mut self, i: usize) -> ExitStatus {
-        let name = self.procs[i].name.clone();
-        interrupt_child(&mut self.procs[i].child, &name)
-    }
-}
-
-/// Sends SIGINT to `child` and waits up to 10 s for it to exit. The signal is repeated every
-/// half second, in case the first one arrived before the process installed its handler.
-fn interrupt_child(child: &mut Child, name: &str) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        // SAFETY: plain syscall on the pid of a child we own and have not reaped.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-        }
-        let next = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < next {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{name} did not exit within 10 s of SIGINT");
-        }
-    }
-}
-
-impl Drop for Listeners {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-    }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// A free UDP port on 127.0.0.1 (bound once, then released).
+/// A free UDP port on 127.0.0.1 (reserved, then released).
 fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
-    s.local_addr().unwrap().port()
+    reserve_port().local_addr().unwrap().port()
 }
 
 /// Publishes a seed in text mode and returns its id, checking that the id is printed alone.
@@ -379,37 +122,41 @@ fn publish(sb: &Sandbox, dir: &Path, extra: &[&str]) -> String {
     id.to_owned()
 }
 
+/// Publishes `echo x` with a bid window of `window` seconds that closes after `max_bids` bids.
+#[track_caller]
+fn publish_echo_x(sb: &Sandbox, dir: &Path, window: &str, max_bids: &str) -> String {
+    let args = [
+        "--command",
+        "echo x",
+        "--bid-window",
+        window,
+        "--max-bids",
+        max_bids,
+    ];
+    publish(sb, dir, &args)
+}
+
 /// `seed show ID --json`.
 #[track_caller]
 fn show(sb: &Sandbox, dir: &Path, id: &str) -> Value {
     sb.run(dir, &["--json", "seed", "show", id]).ok().json()
 }
 
-/// The node id of a data directory (`status --json`).
-#[track_caller]
 /// Waits until `crabnet peers` in `dir` lists `peer` (its hello was verified): nodes accept
 /// messages only from peers they know.
+#[track_caller]
 fn wait_for_peer(sb: &Sandbox, dir: &Path, peer: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v = sb.run(dir, &["--json", "peers"]).ok().json();
-        let known = v
-            .as_array()
-            .expect("peers is a list")
-            .iter()
-            .any(|p| p["node_id"] == peer);
-        if known {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never learned peer {peer}",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let want = [peer.to_owned()];
+    wait_until(
+        &format!("{} learns peer {peer}", dir.display()),
+        Instant::now() + CONVERGE_TIMEOUT,
+        String::new,
+        || peers_known(sb.run(dir, &["--json", "peers"]), &want),
+    )
 }
 
+/// The node id of a data directory (`status --json`).
+#[track_caller]
 fn node_id(sb: &Sandbox, dir: &Path) -> String {
     let v = sb.run(dir, &["--json", "status"]).ok().json();
     let id = v["node_id"]
@@ -492,6 +239,12 @@ fn expect_error(sb: &Sandbox, dir: &Path, args: &[&str], kind: &str, needles: &[
     );
 }
 
+/// [`expect_error`] for a lifecycle rule (errors of kind `state`).
+#[track_caller]
+fn expect_state_error(sb: &Sandbox, dir: &Path, args: &[&str], needles: &[&str]) {
+    expect_error(sb, dir, args, "state", needles);
+}
+
 /// Polls `seed show ID --json` in `dir` until `pred` holds or the deadline passes.
 #[track_caller]
 fn wait_for_seed(
@@ -502,27 +255,12 @@ fn wait_for_seed(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    loop {
-        let out = sb.run(dir, &["--json", "seed", "show", id]);
-        let last = if out.success() {
-            let v = out.json();
-            if pred(&v) {
-                return v;
-            }
-            out.stdout
-        } else {
-            out.describe()
-        };
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {CONVERGE_TIMEOUT:?} waiting until {} {what}\nlast seen:\n{last}\n{}",
-                dir.display(),
-                listeners.logs()
-            );
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        &format!("{} {what}", dir.display()),
+        Instant::now() + CONVERGE_TIMEOUT,
+        || listeners.logs(),
+        || seed_view_if(sb.run(dir, &["--json", "seed", "show", id]), &pred),
+    )
 }
 
 fn event_types(events: &[Value]) -> Vec<String> {
@@ -538,8 +276,7 @@ fn event_types(events: &[Value]) -> Vec<String> {
 
 #[test]
 fn init_prints_node_id_and_second_init_keeps_it() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
 
     let first = sb.run(&dir, &["init"]).ok();
     assert!(
@@ -592,8 +329,7 @@ fn init_prints_node_id_and_second_init_keeps_it() {
 
 #[test]
 fn single_node_lifecycle() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     let me = node_id(&sb, &dir);
 
     let status = sb.run(&dir, &["--json", "status"]).ok().json();
@@ -816,8 +552,7 @@ fn single_node_lifecycle() {
 
 #[test]
 fn run_of_a_quick_command_finishes_cleanly() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     let id = publish(&sb, &dir, &["--command", "echo quick", "--max-bids", "1"]);
     sb.run(&dir, &["seed", "bid", &id, "--price", "1"]).ok();
     sb.run(&dir, &["seed", "claim", &id]).ok();
@@ -847,8 +582,7 @@ fn run_of_a_quick_command_finishes_cleanly() {
 fn successful_commands_print_nothing_on_stderr() {
     // With max-bids 1 the bid closes bidding; the node's housekeeping task may try to close
     // the same seed at the same moment, which must not surface as a warning.
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     for i in 0..8 {
         let out = sb
             .run(
@@ -879,8 +613,7 @@ fn successful_commands_print_nothing_on_stderr() {
 
 #[test]
 fn failed_task_is_recorded_and_can_be_rejected() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     let id = publish(
         &sb,
         &dir,
@@ -915,11 +648,10 @@ fn failed_task_is_recorded_and_can_be_rejected() {
         sha256_hex(b"out\nerr\n").as_str()
     );
     // Only the claimer runs, and only once.
-    expect_error(
+    expect_state_error(
         &sb,
         &dir,
         &["seed", "run", &id],
-        "state",
         &["cannot run", "completed"],
     );
 
@@ -945,32 +677,19 @@ fn failed_task_is_recorded_and_can_be_rejected() {
     assert_eq!(v["settlement"]["outcome"], "rejected");
     assert_eq!(v["settlement"]["amount"], 0);
     assert_eq!(v["settlement"]["note"], "exit 3");
-    expect_error(
+    expect_state_error(
         &sb,
         &dir,
         &["seed", "settle", &id],
-        "state",
         &["cannot settle", "settled"],
     );
 }
 
 #[test]
 fn bidding_closes_at_window_end_with_the_bids_in() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     let me = node_id(&sb, &dir);
-    let id = publish(
-        &sb,
-        &dir,
-        &[
-            "--command",
-            "echo x",
-            "--bid-window",
-            "1",
-            "--max-bids",
-            "5",
-        ],
-    );
+    let id = publish_echo_x(&sb, &dir, "1", "5");
     sb.run(&dir, &["seed", "bid", &id, "--price", "4"]).ok();
     assert!(
         show(&sb, &dir, &id)["award"].is_null(),
@@ -987,8 +706,7 @@ fn bidding_closes_at_window_end_with_the_bids_in() {
 
 #[test]
 fn json_output_parses_for_every_command() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     let me = node_id(&sb, &dir);
 
     let v = sb
@@ -1081,7 +799,7 @@ fn json_output_parses_for_every_command() {
 
 #[test]
 fn data_dir_from_environment_variable() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     let dir = sb.dir("env-node");
     let env = [("CRABNET_DATA_DIR", dir.as_path())];
 
@@ -1130,14 +848,13 @@ fn data_dir_from_environment_variable() {
 
 #[test]
 fn config_file_is_read_and_bad_config_is_a_one_line_error() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.toml"), "name = \"alpha\"\n").unwrap();
     let v = sb.run(&dir, &["--json", "status"]).ok().json();
     assert_eq!(v["name"], "alpha", "<data-dir>/config.toml is read: {v}");
 
-    let other = sb.root.path().join("other.toml");
+    let other = sb.dir("other.toml");
     std::fs::write(&other, "name = \"beta\"\n").unwrap();
     let v = sb
         .run(
@@ -1158,8 +875,7 @@ fn config_file_is_read_and_bad_config_is_a_one_line_error() {
 
 #[test]
 fn errors_for_unknown_and_malformed_ids() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     node_id(&sb, &dir);
     let unknown = "0123456789abcdef0123456789abcdef";
     expect_error(
@@ -1231,8 +947,7 @@ fn errors_for_unknown_and_malformed_ids() {
 
 #[test]
 fn errors_for_invalid_input() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     node_id(&sb, &dir);
 
     expect_error(
@@ -1365,8 +1080,7 @@ fn errors_for_invalid_input() {
 
 #[test]
 fn errors_for_clap_usage() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     for args in [
         &["seed", "frobnicate"][..],
         &["frobnicate"][..],
@@ -1401,50 +1115,24 @@ fn errors_for_clap_usage() {
 
 #[test]
 fn errors_for_lifecycle_violations() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     let me = node_id(&sb, &dir);
 
     // Long window, five bids needed: bidding stays open.
-    let open = publish(
-        &sb,
-        &dir,
-        &[
-            "--command",
-            "echo x",
-            "--bid-window",
-            "3600",
-            "--max-bids",
-            "5",
-        ],
-    );
+    let open = publish_echo_x(&sb, &dir, "3600", "5");
     sb.run(&dir, &["seed", "bid", &open, "--price", "6"]).ok();
-    expect_error(
+    expect_state_error(
         &sb,
         &dir,
         &["seed", "bid", &open, "--price", "6"],
-        "state",
         &["already bid", &me],
     );
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "claim", &open],
-        "state",
-        &["still open"],
-    );
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "run", &open],
-        "state",
-        &["cannot run", "open"],
-    );
-    expect_error(
+    expect_state_error(&sb, &dir, &["seed", "claim", &open], &["still open"]);
+    expect_state_error(&sb, &dir, &["seed", "run", &open], &["cannot run", "open"]);
+    expect_state_error(
         &sb,
         &dir,
         &["seed", "settle", &open],
-        "state",
         &["cannot settle", "open"],
     );
     let v = show(&sb, &dir, &open);
@@ -1461,56 +1149,39 @@ fn errors_for_lifecycle_violations() {
     let closed = publish(&sb, &dir, &["--command", "echo x", "--max-bids", "1"]);
     sb.run(&dir, &["seed", "bid", &closed, "--price", "8"]).ok();
     assert_eq!(show(&sb, &dir, &closed)["award"]["price"], 8);
-    expect_error(
+    expect_state_error(
         &sb,
         &dir,
         &["seed", "bid", &closed, "--price", "8"],
-        "state",
         &[&closed],
     );
-    expect_error(
+    expect_state_error(
         &sb,
         &dir,
         &["seed", "cancel", &closed],
-        "state",
         &["bidding", "closed"],
     );
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "run", &closed],
-        "state",
-        &["cannot run"],
-    );
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "settle", &closed],
-        "state",
-        &["cannot settle"],
-    );
+    expect_state_error(&sb, &dir, &["seed", "run", &closed], &["cannot run"]);
+    expect_state_error(&sb, &dir, &["seed", "settle", &closed], &["cannot settle"]);
 
     // Claimed but not run: still nothing to settle; no second claim; no cancel.
     sb.run(&dir, &["seed", "claim", &closed]).ok();
-    expect_error(
+    expect_state_error(
         &sb,
         &dir,
         &["seed", "settle", &closed],
-        "state",
         &["cannot settle", "claimed"],
     );
-    expect_error(
+    expect_state_error(
         &sb,
         &dir,
         &["seed", "claim", &closed],
-        "state",
         &["cannot claim", "claimed"],
     );
-    expect_error(
+    expect_state_error(
         &sb,
         &dir,
         &["seed", "cancel", &closed],
-        "state",
         &[&closed, "closed"],
     );
     assert_eq!(show(&sb, &dir, &closed)["status"], "claimed");
@@ -1518,20 +1189,8 @@ fn errors_for_lifecycle_violations() {
 
 #[test]
 fn bidding_expires_without_bids() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
-    let id = publish(
-        &sb,
-        &dir,
-        &[
-            "--command",
-            "echo x",
-            "--bid-window",
-            "1",
-            "--max-bids",
-            "3",
-        ],
-    );
+    let (sb, dir) = one_node();
+    let id = publish_echo_x(&sb, &dir, "1", "3");
     thread::sleep(Duration::from_millis(1500));
     // The publisher's node closes due bidding when it starts, whatever the command.
     let v = show(&sb, &dir, &id);
@@ -1542,14 +1201,13 @@ fn bidding_expires_without_bids() {
     );
     assert!(v["award"]["winner"].is_null());
     assert_eq!(v["bids"].as_array().unwrap().len(), 0);
-    expect_error(
+    expect_state_error(
         &sb,
         &dir,
         &["seed", "bid", &id, "--price", "5"],
-        "state",
         &["expired"],
     );
-    expect_error(&sb, &dir, &["seed", "cancel", &id], "state", &["expired"]);
+    expect_state_error(&sb, &dir, &["seed", "cancel", &id], &["expired"]);
     let list = sb
         .run(&dir, &["--json", "seed", "list", "--status", "expired"])
         .ok()
@@ -1566,8 +1224,7 @@ fn bidding_expires_without_bids() {
 
 #[test]
 fn cancel_while_open_then_bid_fails() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     let id = publish(&sb, &dir, &["--command", "echo x", "--bid-window", "600"]);
     sb.run(&dir, &["seed", "bid", &id, "--price", "5"]).ok();
     let out = sb.run(&dir, &["seed", "cancel", &id]).ok();
@@ -1578,15 +1235,14 @@ fn cancel_while_open_then_bid_fails() {
     let v = show(&sb, &dir, &id);
     assert_eq!(v["status"], "cancelled");
     assert!(v["cancelled_at"].is_u64(), "{v}");
-    expect_error(
+    expect_state_error(
         &sb,
         &dir,
         &["seed", "bid", &id, "--price", "5"],
-        "state",
         &["cancelled"],
     );
-    expect_error(&sb, &dir, &["seed", "claim", &id], "state", &["cancelled"]);
-    expect_error(&sb, &dir, &["seed", "cancel", &id], "state", &["cancelled"]);
+    expect_state_error(&sb, &dir, &["seed", "claim", &id], &["cancelled"]);
+    expect_state_error(&sb, &dir, &["seed", "cancel", &id], &["cancelled"]);
     let events = sb.run(&dir, &["--json", "events"]).ok().json_lines();
     assert!(event_types(&events).contains(&"seed_cancelled".to_string()));
     let status = sb.run(&dir, &["--json", "status"]).ok().json();
@@ -1595,15 +1251,15 @@ fn cancel_while_open_then_bid_fails() {
 
 #[test]
 fn two_nodes_over_udp() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     let (dir_a, dir_b) = (sb.dir("a"), sb.dir("b"));
     let (port_a, port_b) = (free_udp_port(), free_udp_port());
     let (addr_a, addr_b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
     let mut nodes = Listeners::default();
     let la = sb.spawn_listener(&mut nodes, "a", &dir_a, &addr_a, &[&addr_b]);
     let lb = sb.spawn_listener(&mut nodes, "b", &dir_b, &addr_b, &[&addr_a]);
-    let banner_a = nodes.wait_ready(la);
-    let banner_b = nodes.wait_ready(lb);
+    let banner_a = nodes.wait_ready(la, COMMAND_TIMEOUT);
+    let banner_b = nodes.wait_ready(lb, COMMAND_TIMEOUT);
     assert!(banner_a.contains(&addr_a), "{banner_a}");
     assert!(banner_b.contains(&addr_b), "{banner_b}");
 
@@ -1648,22 +1304,15 @@ fn two_nodes_over_udp() {
     });
 
     // Only the winner may claim.
-    expect_error(
+    expect_state_error(
         &sb,
         &dir_a,
         &["seed", "claim", &seed],
-        "state",
         &["not the winning bidder"],
     );
     sb.run(&dir_b, &["seed", "claim", &seed]).ok();
     // Only the claimer may run.
-    expect_error(
-        &sb,
-        &dir_a,
-        &["seed", "run", &seed],
-        "state",
-        &["not the claimer"],
-    );
+    expect_state_error(&sb, &dir_a, &["seed", "run", &seed], &["not the claimer"]);
     let out = sb.run(&dir_b, &["--json", "seed", "run", &seed]).ok();
     let expected_sha = sha256_hex(b"two-node-test\n");
     assert_eq!(out.json()["result"]["output_sha256"], expected_sha.as_str());
@@ -1677,11 +1326,10 @@ fn two_nodes_over_udp() {
     assert_eq!(v["claim"]["claimer"], id_b.as_str());
 
     // Only the publisher may settle.
-    expect_error(
+    expect_state_error(
         &sb,
         &dir_b,
         &["seed", "settle", &seed],
-        "state",
         &["only the publisher"],
     );
     let out = sb.run(&dir_a, &["seed", "settle", &seed]).ok();
@@ -1738,11 +1386,7 @@ fn two_nodes_over_udp() {
 
     // Both listeners are still running and logged the lifecycle as events.
     for i in [la, lb] {
-        assert!(
-            nodes.procs[i].child.try_wait().unwrap().is_none(),
-            "listener died\n{}",
-            nodes.logs()
-        );
+        assert!(nodes.running(i), "listener died\n{}", nodes.logs());
     }
     let events_b = sb.run(&dir_b, &["--json", "events"]).ok().json_lines();
     let types = event_types(&events_b);
@@ -1766,11 +1410,10 @@ fn two_nodes_over_udp() {
 
 #[test]
 fn second_listener_on_same_data_dir_fails() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     let mut nodes = Listeners::default();
     let first = sb.spawn_listener(&mut nodes, "first", &dir, "127.0.0.1:0", &[]);
-    nodes.wait_ready(first);
+    nodes.wait_ready(first, COMMAND_TIMEOUT);
     let pid = nodes.procs[first].child.id().to_string();
 
     // A different port, so the failure is the data-directory lock and not the socket.
@@ -1802,7 +1445,7 @@ fn second_listener_on_same_data_dir_fails() {
     assert_eq!(out.json()["error"]["kind"], "busy", "{}", out.describe());
 
     assert!(
-        nodes.procs[first].child.try_wait().unwrap().is_none(),
+        nodes.running(first),
         "the first listener keeps running\n{}",
         nodes.logs()
     );
@@ -1827,33 +1470,25 @@ fn second_listener_on_same_data_dir_fails() {
 
     // Once a listener is gone (stopped, or even killed), the directory can be listened on again.
     let again = sb.spawn_listener(&mut nodes, "again", &dir, "127.0.0.1:0", &[]);
-    nodes.wait_ready(again);
+    nodes.wait_ready(again, COMMAND_TIMEOUT);
     nodes.kill(again);
     let third = sb.spawn_listener(&mut nodes, "third", &dir, "127.0.0.1:0", &[]);
-    nodes.wait_ready(third);
+    nodes.wait_ready(third, COMMAND_TIMEOUT);
 }
 
 #[test]
 fn events_follow_prints_new_events_until_interrupted() {
-    let sb = Sandbox::new();
-    let dir = sb.dir("node");
+    let (sb, dir) = one_node();
     let first = publish(&sb, &dir, &["--command", "echo before"]);
 
-    let out_path = sb.root.path().join("follow.stdout");
     let mut cmd = sb.command();
     cmd.arg("--data-dir")
         .arg(&dir)
-        .args(["--json", "events", "--follow"])
-        .stdout(File::create(&out_path).unwrap())
-        .stderr(Stdio::null());
+        .args(["--json", "events", "--follow"]);
     // Owned by a guard so that it is killed even if an assertion fails.
     let mut guard = Listeners::default();
-    guard.procs.push(Listener {
-        name: "events --follow".into(),
-        child: cmd.spawn().expect("spawn events --follow"),
-        out_path: out_path.clone(),
-        err_path: out_path.clone(),
-    });
+    let follow = guard.spawn("follow", cmd, sb.path());
+    let out_path = guard.procs[follow].out_path.clone();
     let read = || std::fs::read_to_string(&out_path).unwrap_or_default();
     let wait_for = |needle: &str| {
         let deadline = Instant::now() + COMMAND_TIMEOUT;
@@ -1870,7 +1505,7 @@ fn events_follow_prints_new_events_until_interrupted() {
     // Events written later by other processes show up too.
     let second = publish(&sb, &dir, &["--command", "echo after"]);
     wait_for(&second);
-    let status = guard.interrupt(0);
+    let status = guard.interrupt(follow);
     assert!(
         status.success(),
         "events --follow exits 0 on Ctrl-C: {status}"
@@ -1894,10 +1529,10 @@ fn events_follow_prints_new_events_until_interrupted() {
 
 #[test]
 fn demo_runs_a_whole_lifecycle() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     let mut cmd = sb.command();
     cmd.args(["--json", "demo"]);
-    let out = run_bounded(cmd, vec!["--json".into(), "demo".into()]).ok();
+    let out = run(cmd, vec!["--json".into(), "demo".into()]).ok();
     let v = out.json();
     let digests = v["digests"].as_array().expect("digests");
     assert!(digests.len() >= 3, "{v}");

@@ -155,27 +155,44 @@ async fn three_nodes_run_a_whole_lifecycle_and_agree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversized_frames_are_rejected_with_events_and_the_node_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
-    let (hub, nodes) = network(dir.path(), 1).await;
-    let node = &nodes[0];
+    let hub = MemoryHub::new();
+    let mut c = config(dir.path(), "n0");
+    c.network.reject_event_window_ms = 300;
+    let node = &Node::start_with_transport(c, Box::new(hub.join("n0")))
+        .await
+        .unwrap();
     let mut events = node.subscribe();
     let mut attacker = hub.join("attacker");
-    attacker.broadcast(b"\x00\x01 not json").unwrap();
-    attacker.broadcast(br#"{"id":"zz","sender":"x"}"#).unwrap();
-    let mut reasons = Vec::new();
+    for _ in 0..3 {
+        attacker.broadcast(b"\x00\x01 not json").unwrap();
+        attacker.broadcast(br#"{"id":"zz","sender":"x"}"#).unwrap();
+    }
+    // One event as it happens, naming the source, then one summary for the other five at the
+    // end of the window.
+    let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while reasons.len() < 2 && Instant::now() < deadline {
+    while seen.len() < 2 && Instant::now() < deadline {
         if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await
-            && let EventKind::MessageRejected { reason, .. } = e.kind
+            && let EventKind::MessageRejected {
+                reason,
+                source,
+                count,
+                ..
+            } = e.kind
         {
-            reasons.push(reason);
+            seen.push((reason, source, count));
         }
     }
+    let from = Some("memory:attacker".to_owned());
     assert_eq!(
-        reasons,
-        vec![RejectReason::Malformed, RejectReason::Malformed]
+        seen,
+        vec![
+            (RejectReason::Malformed, from.clone(), 1),
+            (RejectReason::Malformed, from, 5)
+        ]
     );
     let o = node.overview().await.unwrap();
-    assert_eq!(o.counters.get("rejected.malformed"), Some(&2));
+    assert_eq!(o.counters.get("rejected.malformed"), Some(&6));
     node.publish(PublishRequest::new("true")).await.unwrap();
     node.stop().await.unwrap();
 }

@@ -393,7 +393,10 @@ async fn only_what_the_bytes_prove_invalid_penalises_the_relay() {
     use crabnet_core::network::Acceptance;
     let dir = tempfile::tempdir().unwrap();
     let (frames, rx) = tokio::sync::mpsc::unbounded_channel();
-    let node = Node::start_with_transport(config(dir.path(), "n"), Box::new(Probe { rx }))
+    let mut c = config(dir.path(), "n");
+    // Every rejection its own event (all frames here come from one relay).
+    c.network.reject_event_window_ms = 0;
+    let node = Node::start_with_transport(c, Box::new(Probe { rx }))
         .await
         .unwrap();
     let author = identity(41, 0);

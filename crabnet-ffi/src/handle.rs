@@ -148,6 +148,22 @@ pub unsafe fn arg_seed_id(ptr: *const c_char, name: &str) -> FfiResult<SeedId> {
     Ok(SeedId::parse(text)?)
 }
 
+/// Parses a JSON argument into `T`: NULL and invalid UTF-8 are errors as for [`arg_str`], bad
+/// JSON (or JSON `T` does not accept) a `VALIDATION` error saying `invalid {what} JSON: ...`.
+///
+/// # Safety
+/// As [`arg_str`].
+pub unsafe fn arg_json<T: serde::de::DeserializeOwned>(
+    ptr: *const c_char,
+    name: &str,
+    what: &str,
+) -> FfiResult<T> {
+    // SAFETY: forwarded from the caller.
+    let text = unsafe { arg_str(ptr, name) }?;
+    serde_json::from_str(text)
+        .map_err(|e| FfiError::validation(format!("invalid {what} JSON: {e}")))
+}
+
 /// A value serialized as compact JSON.
 pub fn to_json(value: &impl serde::Serialize) -> FfiResult<String> {
     serde_json::to_string(value).map_err(|e| {

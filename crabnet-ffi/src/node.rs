@@ -8,14 +8,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crabnet_core::embed::{ListenerId, NetworkSpec};
-use crabnet_core::network::{DhtConfig, UdpConfig};
 use crabnet_core::{
     BlockingNode, BlockingSubscription, Event, MemoryHub, PublishRequest, SeedStatus,
 };
 
 use crate::config::crabnet_config;
 use crate::error::{FfiError, FfiResult, crabnet_status, ffi};
-use crate::handle::{Handle, arg_seed_id, arg_str, ffi_out, to_json};
+use crate::handle::{Handle, arg_json, arg_seed_id, arg_str, ffi_out, to_json};
 
 /// An in-process network (opaque): nodes started on the same hub with
 /// `crabnet_node_start_memory` exchange messages without leaving the process.
@@ -321,6 +320,25 @@ unsafe fn start(
     }
 }
 
+/// The body of the `crabnet_node_start_*` functions whose network is described by a JSON
+/// argument: `settings` (argument `name`, `what` in its errors) parses into `T`, which
+/// `network` makes the node's network of.
+unsafe fn start_with_settings<T: serde::de::DeserializeOwned>(
+    function: &str,
+    config: *const crabnet_config,
+    settings: *const c_char,
+    name: &str,
+    what: &str,
+    network: fn(T) -> NetworkSpec,
+    out_node: *mut *mut crabnet_node,
+) -> crabnet_status {
+    unsafe {
+        start(function, config, out_node, || {
+            Ok(network(arg_json(settings, name, what)?))
+        })
+    }
+}
+
 /// Starts a node without a network: local operations, queries and events work; its messages
 /// wait in the outbox of its data directory until a node with a network runs on it.
 ///
@@ -380,11 +398,15 @@ pub unsafe extern "C" fn crabnet_node_start_udp(
     out_node: *mut *mut crabnet_node,
 ) -> crabnet_status {
     unsafe {
-        start("crabnet_node_start_udp", config, out_node, || {
-            let udp: UdpConfig = serde_json::from_str(arg_str(udp_json, "udp_json")?)
-                .map_err(|e| FfiError::validation(format!("invalid UDP settings JSON: {e}")))?;
-            Ok(NetworkSpec::Udp(udp))
-        })
+        start_with_settings(
+            "crabnet_node_start_udp",
+            config,
+            udp_json,
+            "udp_json",
+            "UDP settings",
+            NetworkSpec::Udp,
+            out_node,
+        )
     }
 }
 
@@ -407,11 +429,15 @@ pub unsafe extern "C" fn crabnet_node_start_dht(
     out_node: *mut *mut crabnet_node,
 ) -> crabnet_status {
     unsafe {
-        start("crabnet_node_start_dht", config, out_node, || {
-            let dht: DhtConfig = serde_json::from_str(arg_str(dht_json, "dht_json")?)
-                .map_err(|e| FfiError::validation(format!("invalid libp2p settings JSON: {e}")))?;
-            Ok(NetworkSpec::Dht(dht))
-        })
+        start_with_settings(
+            "crabnet_node_start_dht",
+            config,
+            dht_json,
+            "dht_json",
+            "libp2p settings",
+            NetworkSpec::Dht,
+            out_node,
+        )
     }
 }
 
@@ -516,9 +542,7 @@ pub unsafe extern "C" fn crabnet_node_publish(
             || {
                 let node = crabnet_node::borrow(node, "node")?;
                 let request: PublishRequest =
-                    serde_json::from_str(arg_str(request_json, "request_json")?).map_err(|e| {
-                        FfiError::validation(format!("invalid publish request JSON: {e}"))
-                    })?;
+                    arg_json(request_json, "request_json", "publish request")?;
                 to_json(&node.node.publish(request)?)
             },
         )

@@ -107,12 +107,27 @@ def test_other_threads_run_during_blocking_calls(
     assert during_wait > 50_000, during_wait
 
 
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """Python's own SIGINT handler (raising KeyboardInterrupt) for the test, restored after it.
+
+    A process started with SIGINT ignored (any background job of a non-interactive shell)
+    keeps it ignored: Python installs its handler only over the default disposition. The tests
+    that send themselves SIGINT install it themselves, so they pass wherever the suite runs."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def interrupt_soon(delay: float = 0.3) -> threading.Timer:
     timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     return timer
 
 
+@pytest.mark.usefixtures("default_sigint")
 def test_ctrl_c_interrupts_event_waits(make_node: MakeNode) -> None:
     node = make_node("n")
     stream = node.events()
@@ -125,6 +140,7 @@ def test_ctrl_c_interrupts_event_waits(make_node: MakeNode) -> None:
     assert node.running
 
 
+@pytest.mark.usefixtures("default_sigint")
 def test_ctrl_c_interrupts_a_run_and_the_result_is_still_recorded(make_node: MakeNode) -> None:
     node = make_node("n")
     seed = node.publish("sleep 1; echo late", max_bids=1)

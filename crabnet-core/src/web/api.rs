@@ -361,7 +361,9 @@ struct SeedsQuery {
     limit: Option<usize>,
 }
 
-fn limit(given: Option<usize>) -> Result<usize, ApiError> {
+/// The page size a `limit` parameter asks for: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when
+/// absent.
+fn page_limit(given: Option<usize>) -> Result<usize, ApiError> {
     match given {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -371,30 +373,48 @@ fn limit(given: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-fn kinds(given: Option<&str>) -> Result<Option<Vec<&'static str>>, ApiError> {
-    let Some(text) = given else {
-        return Ok(None);
-    };
-    let mut out = Vec::new();
-    for name in text.split(',').map(str::trim) {
-        match EVENT_KINDS.iter().find(|k| **k == name) {
-            Some(k) => out.push(*k),
-            None => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown event type {:?} in kind; expected a comma-separated list of: {}",
-                    crate::model::truncate_for_message(name),
-                    EVENT_KINDS.join(", ")
-                )));
+/// The event types a `kind` parameter keeps (all when absent).
+struct Kinds(Option<Vec<&'static str>>);
+
+impl Kinds {
+    fn parse(given: Option<&str>) -> Result<Kinds, ApiError> {
+        let Some(text) = given else {
+            return Ok(Kinds(None));
+        };
+        let mut out = Vec::new();
+        for name in text.split(',').map(str::trim) {
+            match EVENT_KINDS.iter().find(|k| **k == name) {
+                Some(k) => out.push(*k),
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown event type {:?} in kind; expected a comma-separated list of: {}",
+                        crate::model::truncate_for_message(name),
+                        EVENT_KINDS.join(", ")
+                    )));
+                }
             }
         }
+        Ok(Kinds(Some(out)))
     }
-    Ok(Some(out))
+
+    fn keep(&self, event: &Event) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|k| k.contains(&event.kind.name()))
+    }
 }
 
-fn wanted(kinds: &Option<Vec<&'static str>>, event: &Event) -> bool {
-    kinds
-        .as_ref()
-        .is_none_or(|k| k.contains(&event.kind.name()))
+/// Up to `n` events after sequence number `cursor` from the node's durable log, oldest first
+/// (timed as an events query).
+async fn events_after(
+    node: &Node,
+    metrics: &Metrics,
+    cursor: u64,
+    n: usize,
+) -> crate::Result<Vec<Event>> {
+    metrics
+        .timed(Query::Events, node.events_after(cursor, n))
+        .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,6 +434,16 @@ fn node_info(o: &Overview) -> NodeInfo {
 
 fn active_window_ms(node: &Node) -> u64 {
     node.config().network.hello_interval_secs as u64 * 3 * 1000
+}
+
+/// The peers as the monitor shows them, active or not as of now.
+fn peer_views(node: &Node, peers: Vec<PeerInfo>) -> Vec<PeerView> {
+    let now = now_ms();
+    let window = active_window_ms(node);
+    peers
+        .into_iter()
+        .map(|p| peer_view(p, now, window))
+        .collect()
 }
 
 fn peer_view(p: PeerInfo, now: Millis, window: u64) -> PeerView {
@@ -523,8 +553,6 @@ async fn overview(State(s): State<S>) -> Result<Json<OverviewResponse>, ApiError
         m.timed(Query::Peers, s.node.peers()),
     );
     let (o, recent, peers) = (o?, recent?, peers?);
-    let now = now_ms();
-    let window = active_window_ms(&s.node);
     let seeds_by_status: BTreeMap<String, u64> = SeedStatus::ALL
         .iter()
         .map(|st| {
@@ -547,10 +575,7 @@ async fn overview(State(s): State<S>) -> Result<Json<OverviewResponse>, ApiError
         seeds_total: seeds_by_status.values().sum(),
         seeds_by_status,
         recent_seeds: recent.iter().map(summary).collect(),
-        peers: peers
-            .into_iter()
-            .map(|p| peer_view(p, now, window))
-            .collect(),
+        peers: peer_views(&s.node, peers),
         rejected_total: rejections.values().sum(),
         rejections,
         counters: o.counters.clone(),
@@ -580,22 +605,19 @@ async fn events(
     State(s): State<S>,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<EventsPage>, ApiError> {
-    let limit = limit(q.limit)?;
-    let kinds = kinds(q.kind.as_deref())?;
+    let limit = page_limit(q.limit)?;
+    let kinds = Kinds::parse(q.kind.as_deref())?;
     let mut cursor = q.since.unwrap_or(0);
     let mut events = Vec::new();
     let mut scanned = 0;
-    loop {
-        let batch = s
-            .metrics
-            .timed(Query::Events, s.node.events_after(cursor, BATCH))
-            .await?;
+    let more = loop {
+        let batch = events_after(&s.node, &s.metrics, cursor, BATCH).await?;
         let n = batch.len();
         let mut rest = batch.into_iter();
         for e in rest.by_ref() {
             cursor = e.seq;
             scanned += 1;
-            if wanted(&kinds, &e) {
+            if kinds.keep(&e) {
                 events.push(e);
                 if events.len() == limit {
                     break;
@@ -604,32 +626,22 @@ async fn events(
         }
         let unread = rest.len();
         if unread > 0 {
-            return Ok(Json(EventsPage {
-                events,
-                next_since: cursor,
-                more: true,
-            }));
+            break true;
         }
         if n < BATCH {
-            return Ok(Json(EventsPage {
-                events,
-                next_since: cursor,
-                more: false,
-            }));
+            break false;
         }
         if events.len() == limit || scanned >= MAX_SCAN {
-            let more = !s
-                .metrics
-                .timed(Query::Events, s.node.events_after(cursor, 1))
+            break !events_after(&s.node, &s.metrics, cursor, 1)
                 .await?
                 .is_empty();
-            return Ok(Json(EventsPage {
-                events,
-                next_since: cursor,
-                more,
-            }));
         }
-    }
+    };
+    Ok(Json(EventsPage {
+        events,
+        next_since: cursor,
+        more,
+    }))
 }
 
 /// Events live, as server-sent events.
@@ -657,7 +669,7 @@ async fn stream(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<sse::Event, Infallible>>>, ApiError> {
-    let kinds = kinds(q.kind.as_deref())?;
+    let kinds = Kinds::parse(q.kind.as_deref())?;
     let resume = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(
@@ -704,7 +716,7 @@ struct Tail {
     /// The last sequence number delivered or skipped; `None` until the first live event says
     /// where "now" is.
     cursor: Option<u64>,
-    kinds: Option<Vec<&'static str>>,
+    kinds: Kinds,
     queue: VecDeque<Event>,
     shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
@@ -722,16 +734,12 @@ async fn next_event(mut t: Tail) -> Option<(Result<sse::Event, Infallible>, Tail
             return Some((Ok(event), t));
         }
         if let Some(cursor) = t.cursor {
-            match t
-                .metrics
-                .timed(Query::Events, t.node.events_after(cursor, BATCH))
-                .await
-            {
+            match events_after(&t.node, &t.metrics, cursor, BATCH).await {
                 Ok(batch) => {
                     let full = batch.len() == BATCH;
                     for e in batch {
                         t.cursor = Some(e.seq);
-                        if wanted(&t.kinds, &e) {
+                        if t.kinds.keep(&e) {
                             t.queue.push_back(e);
                         }
                     }
@@ -786,12 +794,7 @@ async fn topology(State(s): State<S>) -> Result<Json<Topology>, ApiError> {
         m.timed(Query::Peers, s.node.peers()),
     );
     let (o, peers) = (o?, peers?);
-    let now = now_ms();
-    let window = active_window_ms(&s.node);
-    let peers: Vec<PeerView> = peers
-        .into_iter()
-        .map(|p| peer_view(p, now, window))
-        .collect();
+    let peers = peer_views(&s.node, peers);
     let links = peers
         .iter()
         .map(|p| Link {
@@ -806,7 +809,7 @@ async fn topology(State(s): State<S>) -> Result<Json<Topology>, ApiError> {
         node: node_info(&o),
         peers,
         links,
-        active_window_ms: window,
+        active_window_ms: active_window_ms(&s.node),
     }))
 }
 
@@ -826,7 +829,7 @@ async fn seeds(
     State(s): State<S>,
     ApiQuery(q): ApiQuery<SeedsQuery>,
 ) -> Result<Json<SeedsPage>, ApiError> {
-    let limit = limit(q.limit)?;
+    let limit = page_limit(q.limit)?;
     let seeds = s
         .metrics
         .timed(Query::Seeds, s.node.recent_seeds(q.status, limit))

@@ -1,21 +1,31 @@
-//! The process-test harness shared by the multi-process test binaries (`mod support;`).
+//! The process-test harness shared by the test binaries that run the `crabnet` CLI as separate
+//! processes (`mod support;` in `tests/cli.rs`, `network.rs`, `network_dht.rs`,
+//! `sandbox_e2e.rs`).
 //!
-//! Every node is a real `crabnet listen --transport udp` process on 127.0.0.1 with its own data
-//! directory inside a temp dir (with a fake HOME/XDG/TMPDIR); the lifecycle is driven by
-//! separate CLI processes on those directories while the listeners run. Every CLI call is
-//! bounded by a timeout, every wait by a deadline (and by a budget for the whole test), and
-//! every listener is owned by a guard that SIGKILLs it on drop, so a failing test never leaves
-//! processes behind.
+//! - [`run_bounded`] runs one CLI command with a timeout and returns its [`Out`].
+//! - A [`Sandbox`] is a temp dir with a fake HOME/XDG/TMPDIR that every command runs in.
+//! - [`Listeners`] owns long-running processes (`crabnet listen`, `events --follow`) and
+//!   SIGKILLs them on drop, so a failing test never leaves processes behind.
+//! - [`reserve_port`] and [`reserve_on`] hold ports (UDP, or TCP and UDP for a dht node) that
+//!   no other test of the binary gets.
+//! - A [`Net`] is a sandbox of initialized nodes, each a real `crabnet listen` process on
+//!   127.0.0.1 over UDP ([`Net::new`]) or libp2p ([`Net::dht`]), driven by separate CLI
+//!   processes on their data directories while the listeners run. Every wait has a deadline,
+//!   and the whole test a budget.
+//!
+//! `CRABNET_E2E_BIN=/path/to/crabnet` runs the tests against another build of the CLI (a
+//! release build, a candidate fix built in another target directory).
 
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
-use std::net::UdpSocket;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::thread;
@@ -34,6 +44,15 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const TEST_BUDGET: Duration = Duration::from_secs(80);
 pub const POLL: Duration = Duration::from_millis(100);
 
+/// The CLI under test: `CRABNET_E2E_BIN` when set, else this build's.
+pub fn bin() -> OsString {
+    std::env::var_os("CRABNET_E2E_BIN").unwrap_or_else(|| BIN.into())
+}
+
+// ------------------------------------------------------------------------------------------
+// One command
+// ------------------------------------------------------------------------------------------
+
 /// The outcome of one CLI invocation.
 #[derive(Debug)]
 pub struct Out {
@@ -44,22 +63,25 @@ pub struct Out {
 }
 
 impl Out {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Panics unless the command succeeded; returns self for chaining.
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert!(
-            self.status.success(),
-            "expected success: {}",
-            self.describe()
-        );
+        assert!(self.success(), "expected success: {}", self.describe());
         self
     }
 
+    /// The whole of stdout parsed as one JSON document.
     #[track_caller]
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", self.describe()))
     }
 
+    /// Stdout as JSON lines (`events --json`).
     #[track_caller]
     pub fn json_lines(&self) -> Vec<Value> {
         self.stdout
@@ -83,8 +105,14 @@ impl Out {
     }
 }
 
-/// Runs a prepared command with a timeout; panics (after killing it) if it does not finish.
-pub fn run_bounded(mut cmd: Command, args: Vec<String>) -> Out {
+/// Runs a prepared command with [`COMMAND_TIMEOUT`]; see [`run_bounded_within`].
+pub fn run_bounded(cmd: Command, args: Vec<String>) -> Out {
+    run_bounded_within(cmd, args, COMMAND_TIMEOUT)
+}
+
+/// Runs a prepared command (`args` is how it is shown) and collects its output; panics (after
+/// killing it) if it does not finish within `timeout`.
+pub fn run_bounded_within(mut cmd: Command, args: Vec<String>, timeout: Duration) -> Out {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn crabnet");
     let mut out_pipe = child.stdout.take().unwrap();
@@ -99,7 +127,7 @@ pub fn run_bounded(mut cmd: Command, args: Vec<String>) -> Out {
         let _ = err_pipe.read_to_end(&mut s);
         String::from_utf8_lossy(&s).into_owned()
     });
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait().expect("wait for crabnet") {
             Some(status) => break status,
@@ -109,7 +137,7 @@ pub fn run_bounded(mut cmd: Command, args: Vec<String>) -> Out {
                 let stdout = out_reader.join().unwrap_or_default();
                 let stderr = err_reader.join().unwrap_or_default();
                 panic!(
-                    "`crabnet {}` did not exit within {COMMAND_TIMEOUT:?} (killed)\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+                    "`crabnet {}` did not exit within {timeout:?} (hung; killed)\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
                     args.join(" ")
                 );
             }
@@ -124,18 +152,173 @@ pub fn run_bounded(mut cmd: Command, args: Vec<String>) -> Out {
     }
 }
 
+/// Polls `f` every [`POLL`] until it returns `Ok`; once `deadline` has passed, fails with
+/// `what`, the last observation (`f`'s `Err`) and `context()` (say, the listeners' logs).
+#[track_caller]
+pub fn wait_until<T>(
+    what: &str,
+    deadline: Instant,
+    context: impl Fn() -> String,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> T {
+    loop {
+        let last = match f() {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out waiting until {what}\nlast seen:\n{last}\n{}",
+                context()
+            );
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// What a wait for a seed's view sees in one `--json seed show`: the view when the command
+/// succeeded and `pred` holds, else the observation.
+pub fn seed_view_if(out: Out, pred: impl Fn(&Value) -> bool) -> Result<Value, String> {
+    if !out.success() {
+        return Err(out.describe());
+    }
+    let v = out.json();
+    if pred(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v:#}"))
+    }
+}
+
+/// What a wait for peers sees in one `--json peers`: done when every node id of `want` is
+/// listed (its hello was verified), else the list.
+pub fn peers_known(out: Out, want: &[String]) -> Result<(), String> {
+    let v = out.ok().json();
+    let known: Vec<&str> = v
+        .as_array()
+        .expect("peers is a list")
+        .iter()
+        .filter_map(|p| p["node_id"].as_str())
+        .collect();
+    if want.iter().all(|w| known.contains(&w.as_str())) {
+        Ok(())
+    } else {
+        Err(format!("{v:#}"))
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Sandbox, ports, listeners
+// ------------------------------------------------------------------------------------------
+
+/// A per-test temp directory that holds the node data directories plus a fake HOME /
+/// XDG_DATA_HOME / TMPDIR, so nothing a test runs can touch the real user's files.
+pub struct Sandbox {
+    pub root: TempDir,
+}
+
+impl Sandbox {
+    /// A new sandbox in a temp dir named `prefix...`.
+    pub fn new(prefix: &str) -> Sandbox {
+        let root = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("create temp dir");
+        for sub in ["home", "xdg", "tmp"] {
+            std::fs::create_dir_all(root.path().join(sub)).unwrap();
+        }
+        Sandbox { root }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// A (not yet existing) node data directory inside the sandbox.
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.path().join(name)
+    }
+
+    /// A command for the CLI with a clean, sandboxed environment and no data directory.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin());
+        let root = self.path();
+        cmd.env_remove("CRABNET_DATA_DIR")
+            .env_remove("CRABNET_CONFIG")
+            .env_remove("CRABNET_LOG")
+            .env("HOME", root.join("home"))
+            .env("XDG_DATA_HOME", root.join("xdg"))
+            .env("TMPDIR", root.join("tmp"))
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
 /// Ports handed out in this test binary, so parallel tests never share one (a port released
 /// by a killed listener must not be handed to another test while the node is down).
 pub static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
-/// Binds a fresh UDP port on 127.0.0.1 and keeps the socket as a reservation.
+/// What a node listens on, and so what its port is reserved for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `--transport udp`: UDP.
+    Udp,
+    /// `--transport dht`: libp2p on TCP *and* QUIC (UDP), on the same port number.
+    Dht,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Dht => "dht",
+        }
+    }
+}
+
+/// A port held (a UDP socket, and for a dht node a TCP listener on the same number) until the
+/// node's listener starts.
+pub struct Reservation {
+    pub addr: SocketAddr,
+    pub udp: Option<UdpSocket>,
+    pub tcp: Option<TcpListener>,
+}
+
+impl Reservation {
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+/// Binds a fresh UDP port on 127.0.0.1 and keeps the socket as a reservation (or as a tap
+/// that receives what nodes send to it).
 pub fn reserve_port() -> UdpSocket {
+    reserve_on(Ipv4Addr::LOCALHOST.into(), Transport::Udp)
+        .udp
+        .expect("a UDP reservation")
+}
+
+/// Reserves a port on `ip` that `transport` can bind (for [`Transport::Dht`], TCP and UDP are
+/// both free), never one this binary handed out before.
+pub fn reserve_on(ip: IpAddr, transport: Transport) -> Reservation {
     loop {
-        let s = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
-        let port = s.local_addr().unwrap().port();
+        let udp = UdpSocket::bind((ip, 0)).expect("bind an ephemeral UDP port");
+        let addr = udp.local_addr().unwrap();
+        let tcp = match transport {
+            Transport::Udp => None,
+            // The same number may be taken for TCP: try another one then.
+            Transport::Dht => match TcpListener::bind(addr) {
+                Ok(tcp) => Some(tcp),
+                Err(_) => continue,
+            },
+        };
         let mut ports = PORTS.lock().unwrap_or_else(|p| p.into_inner());
-        if ports.get_or_insert_with(HashSet::new).insert(port) {
-            return s;
+        if ports.get_or_insert_with(HashSet::new).insert(addr.port()) {
+            return Reservation {
+                addr,
+                udp: Some(udp),
+                tcp,
+            };
         }
     }
 }
@@ -147,18 +330,44 @@ pub struct Listener {
     pub err_path: PathBuf,
 }
 
-/// Owns the `crabnet listen` processes and SIGKILLs them when dropped (also on panic).
+/// Owns background processes (`crabnet listen`, `events --follow`) and SIGKILLs them when
+/// dropped (also on panic).
 #[derive(Default)]
 pub struct Listeners {
     pub procs: Vec<Listener>,
 }
 
 impl Listeners {
+    /// Spawns `cmd` as process `name`, its stdout and stderr going to `name.stdout` and
+    /// `name.stderr` in `log_dir`; returns its index.
+    pub fn spawn(&mut self, name: &str, mut cmd: Command, log_dir: &Path) -> usize {
+        let out_path = log_dir.join(format!("{name}.stdout"));
+        let err_path = log_dir.join(format!("{name}.stderr"));
+        cmd.stdout(File::create(&out_path).unwrap())
+            .stderr(File::create(&err_path).unwrap());
+        let child = cmd.spawn().expect("spawn crabnet listen");
+        self.procs.push(Listener {
+            name: name.to_owned(),
+            child,
+            out_path,
+            err_path,
+        });
+        self.procs.len() - 1
+    }
+
+    pub fn stdout(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.procs[i].out_path).unwrap_or_default()
+    }
+
+    pub fn stderr(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.procs[i].err_path).unwrap_or_default()
+    }
+
+    /// The end of every process's stdout and its stderr, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for p in &self.procs {
-            let out = std::fs::read_to_string(&p.out_path).unwrap_or_default();
-            let err = std::fs::read_to_string(&p.err_path).unwrap_or_default();
+        for (i, p) in self.procs.iter().enumerate() {
+            let out = self.stdout(i);
             let tail: Vec<&str> = out.lines().rev().take(40).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             s += &format!(
@@ -166,10 +375,77 @@ impl Listeners {
                 p.name,
                 tail.join("\n"),
                 p.name,
-                err
+                self.stderr(i)
             );
         }
         s
+    }
+
+    /// Waits (at most `within`) until listener `i` printed its banner (`node ID listening on
+    /// TRANSPORT ADDRESS ...`); returns the banner line.
+    #[track_caller]
+    pub fn wait_ready(&mut self, i: usize, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self
+                .stdout(i)
+                .lines()
+                .find(|l| l.contains(" listening on "))
+            {
+                return line.to_owned();
+            }
+            if let Some(status) = self.procs[i].child.try_wait().unwrap() {
+                panic!(
+                    "listener {} exited early with {status}\n{}",
+                    self.procs[i].name,
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "listener {} did not report that it listens\n{}",
+                self.procs[i].name,
+                self.logs()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether process `i` still runs.
+    pub fn running(&mut self, i: usize) -> bool {
+        self.procs[i].child.try_wait().unwrap().is_none()
+    }
+
+    /// Kills process `i` (if it still runs) and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        let _ = self.procs[i].child.kill();
+        let _ = self.procs[i].child.wait();
+    }
+
+    /// Sends SIGINT (Ctrl-C) to process `i` and waits up to 10 s for it to exit; returns its
+    /// status. The signal is repeated every half second, in case the first one arrived before
+    /// the process installed its handler.
+    pub fn interrupt(&mut self, i: usize) -> ExitStatus {
+        let Listener { name, child, .. } = &mut self.procs[i];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // SAFETY: plain syscall on the pid of a child we own and have not reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+            }
+            let next = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < next {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return status;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{name} did not exit within 10 s of SIGINT");
+            }
+        }
     }
 }
 
@@ -182,6 +458,43 @@ impl Drop for Listeners {
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// A network of listening nodes
+// ------------------------------------------------------------------------------------------
+
+/// How a node's listener runs: `crabnet listen --transport T --bind <its address>`, a
+/// `--peer` with the address of each node in `peers`, then `args` as given.
+#[derive(Clone, Debug)]
+pub struct Mode {
+    pub transport: Transport,
+    pub peers: Vec<usize>,
+    pub args: Vec<String>,
+}
+
+impl Mode {
+    pub fn new(transport: Transport, peers: &[usize]) -> Mode {
+        Mode {
+            transport,
+            peers: peers.to_vec(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds raw arguments.
+    pub fn args(mut self, args: &[&str]) -> Mode {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Adds `--peer addr` for each raw address (test taps, a UDP-only node's peer).
+    pub fn peer_addrs(mut self, addrs: &[String]) -> Mode {
+        for addr in addrs {
+            self.args.extend(["--peer".to_owned(), addr.clone()]);
+        }
+        self
+    }
+}
+
 /// One node of a test network.
 pub struct NodeSpec {
     pub name: String,
@@ -189,59 +502,74 @@ pub struct NodeSpec {
     pub addr: String,
     pub id: String,
     /// Holds the node's port until its listener starts.
-    pub reservation: Option<UdpSocket>,
+    pub reservation: Option<Reservation>,
     /// Index into `Listeners::procs` of the running listener.
     pub running: Option<usize>,
-    pub peers: Vec<usize>,
+    /// How its listener last ran.
+    pub mode: Option<Mode>,
     pub generation: u32,
 }
 
-/// A sandbox (temp dir with fake HOME/XDG/TMPDIR) holding `n` initialized nodes with
-/// reserved ports, plus the guard over their listeners.
+/// A sandbox holding `n` initialized nodes with reserved ports, plus the guard over their
+/// listeners.
 pub struct Net {
     // Field order: the listeners die before the directory is removed.
     pub procs: Listeners,
     pub nodes: Vec<NodeSpec>,
-    pub root: TempDir,
+    pub sandbox: Sandbox,
     pub deadline: Instant,
+    /// What [`Net::start`] runs the nodes on.
+    pub transport: Transport,
 }
 
 impl Net {
+    /// `n` nodes on UDP (`crabnet listen --transport udp --no-http`). Each data directory gets
+    /// a `config.toml` with a 1 s sync interval and a 50 ms tick so that sync-driven
+    /// convergence takes seconds, and a 5 s hello interval so that a hello lost at startup is
+    /// repeated soon.
     pub fn new(n: usize) -> Net {
-        let root = tempfile::Builder::new()
-            .prefix("crabnet-net-test-")
-            .tempdir()
-            .expect("create temp dir");
-        for sub in ["home", "xdg", "tmp"] {
-            std::fs::create_dir_all(root.path().join(sub)).unwrap();
-        }
+        Net::with(n, Transport::Udp)
+    }
+
+    /// `n` nodes on libp2p (`crabnet listen --transport dht`), each port reserved for TCP and
+    /// UDP. The hello interval is 2 s: gossip is best effort until the mesh forms, so the first
+    /// hellos after a connection are the periodic ones.
+    pub fn dht(n: usize) -> Net {
+        Net::with(n, Transport::Dht)
+    }
+
+    fn with(n: usize, transport: Transport) -> Net {
+        let (prefix, hello_secs) = match transport {
+            Transport::Udp => ("crabnet-net-test-", 5),
+            Transport::Dht => ("crabnet-dht-test-", 2),
+        };
         let mut net = Net {
             procs: Listeners::default(),
             nodes: Vec::new(),
-            root,
+            sandbox: Sandbox::new(prefix),
             deadline: Instant::now() + TEST_BUDGET,
+            transport,
         };
         for i in 0..n {
             let name = format!("n{i}");
-            let dir = net.root.path().join(&name);
+            let dir = net.sandbox.dir(&name);
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(
                 dir.join("config.toml"),
                 format!(
-                    "name = \"{name}\"\n\n[network]\nsync_interval_secs = 1\ntick_ms = 50\nhello_interval_secs = 5\n"
+                    "name = \"{name}\"\n\n[network]\nsync_interval_secs = 1\ntick_ms = 50\nhello_interval_secs = {hello_secs}\n"
                 ),
             )
             .unwrap();
-            let socket = reserve_port();
-            let addr = socket.local_addr().unwrap().to_string();
+            let reservation = reserve_on(Ipv4Addr::LOCALHOST.into(), transport);
             net.nodes.push(NodeSpec {
                 name,
                 dir,
-                addr,
+                addr: reservation.addr(),
                 id: String::new(),
-                reservation: Some(socket),
+                reservation: Some(reservation),
                 running: None,
-                peers: Vec::new(),
+                mode: None,
                 generation: 0,
             });
             let v = net.run(i, &["--json", "init"]).ok().json();
@@ -260,16 +588,7 @@ impl Net {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
-        let root = self.root.path();
-        cmd.env_remove("CRABNET_DATA_DIR")
-            .env_remove("CRABNET_CONFIG")
-            .env_remove("CRABNET_LOG")
-            .env("HOME", root.join("home"))
-            .env("XDG_DATA_HOME", root.join("xdg"))
-            .env("TMPDIR", root.join("tmp"))
-            .stdin(Stdio::null());
-        cmd
+        self.sandbox.command()
     }
 
     /// Runs `crabnet --data-dir <node i> ARGS...` (bounded).
@@ -292,72 +611,65 @@ impl Net {
         );
     }
 
-    /// Starts node `i`'s listener with `--peer` for every node in `peers` and waits for its
-    /// banner. Releases the port reservation first.
+    /// How [`Net::start`] runs a node dialing `peers`: UDP nodes without the dashboard, dht
+    /// nodes as `crabnet listen` runs by default.
+    pub fn mode(&self, peers: &[usize]) -> Mode {
+        let mode = Mode::new(self.transport, peers);
+        match self.transport {
+            Transport::Udp => mode.args(&["--no-http"]),
+            Transport::Dht => mode,
+        }
+    }
+
+    /// Starts node `i`'s listener dialing every node in `peers` and waits for its banner.
     pub fn start(&mut self, i: usize, peers: &[usize]) {
-        self.start_with(i, peers, &[]);
+        self.start_mode(i, self.mode(peers));
     }
 
     /// Like [`Net::start`], with extra raw `--peer` addresses (test taps).
     pub fn start_with(&mut self, i: usize, peers: &[usize], extra: &[String]) {
+        self.start_mode(i, self.mode(peers).peer_addrs(extra));
+    }
+
+    /// Starts node `i`'s listener in `mode`, waits for its banner and checks that it names
+    /// the transport and the bound address.
+    pub fn start_mode(&mut self, i: usize, mode: Mode) {
+        let transport = mode.transport.as_str();
+        let line = self.spawn_listener(i, mode);
+        let want = format!("listening on {transport} {}", self.nodes[i].addr);
+        assert!(line.contains(&want), "banner {line:?} lacks {want:?}");
+    }
+
+    /// Starts node `i`'s listener in `mode` and returns its banner (`node ID listening on
+    /// ...`) once printed. Releases the port reservation first.
+    pub fn spawn_listener(&mut self, i: usize, mode: Mode) -> String {
         assert!(self.nodes[i].running.is_none(), "node {i} already runs");
         drop(self.nodes[i].reservation.take());
-        self.nodes[i].peers = peers.to_vec();
         self.nodes[i].generation += 1;
         let node = &self.nodes[i];
         let label = format!("{}#{}", node.name, node.generation);
-        let out_path = self.root.path().join(format!("{label}.stdout"));
-        let err_path = self.root.path().join(format!("{label}.stderr"));
         let mut cmd = self.command();
         cmd.arg("--data-dir").arg(&node.dir).args([
             "listen",
             "--transport",
-            "udp",
+            mode.transport.as_str(),
             "--bind",
             &node.addr,
-            "--no-http",
         ]);
-        for &p in peers {
+        for &p in &mode.peers {
             cmd.args(["--peer", &self.nodes[p].addr]);
         }
-        for addr in extra {
-            cmd.args(["--peer", addr]);
-        }
-        cmd.stdout(File::create(&out_path).unwrap())
-            .stderr(File::create(&err_path).unwrap());
-        let child = cmd.spawn().expect("spawn crabnet listen");
-        self.procs.procs.push(Listener {
-            name: label,
-            child,
-            out_path,
-            err_path,
-        });
-        let idx = self.procs.procs.len() - 1;
+        cmd.args(&mode.args);
+        let idx = self.procs.spawn(&label, cmd, self.sandbox.path());
         self.nodes[i].running = Some(idx);
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        loop {
-            let out = std::fs::read_to_string(&self.procs.procs[idx].out_path).unwrap_or_default();
-            if let Some(line) = out.lines().find(|l| l.contains("listening on udp")) {
-                assert!(line.contains(&self.nodes[i].addr), "{line}");
-                assert!(line.contains(&self.nodes[i].id), "{line}");
-                return;
-            }
-            if let Some(status) = self.procs.procs[idx].child.try_wait().unwrap() {
-                panic!(
-                    "listener {i} exited early with {status}\n{}",
-                    self.procs.logs()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "listener {i} did not report that it listens\n{}",
-                self.procs.logs()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.nodes[i].mode = Some(mode);
+        let line = self.procs.wait_ready(idx, COMMAND_TIMEOUT);
+        let want = format!("node {} listening on ", self.nodes[i].id);
+        assert!(line.starts_with(&want), "banner {line:?} lacks {want:?}");
+        line
     }
 
-    /// Every other node of `nodes` as peers.
+    /// Every other node of `all` as peers.
     pub fn start_mesh(&mut self, nodes: &[usize], all: &[usize]) {
         for &i in nodes {
             let peers: Vec<usize> = all.iter().copied().filter(|&p| p != i).collect();
@@ -379,10 +691,10 @@ impl Net {
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
     }
 
-    /// Restarts node `i`'s listener on the same data directory, port and peers.
+    /// Restarts node `i`'s listener as it ran before: same data directory, port and peers.
     pub fn restart(&mut self, i: usize) {
-        let peers = self.nodes[i].peers.clone();
-        self.start(i, &peers);
+        let mode = self.nodes[i].mode.clone().expect("node ran before");
+        self.start_mode(i, mode);
     }
 
     #[track_caller]
@@ -398,24 +710,12 @@ impl Net {
         }
     }
 
-    /// Polls `f` until it returns `Some`, failing after `WAIT_TIMEOUT` with `what` and the
-    /// last observation.
+    /// Polls `f` until it returns `Ok`, failing after `WAIT_TIMEOUT` (or at the end of the
+    /// test's budget) with `what` and the last observation.
     #[track_caller]
-    pub fn wait<T>(&self, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    pub fn wait<T>(&self, what: &str, f: impl FnMut() -> Result<T, String>) -> T {
         let deadline = (Instant::now() + WAIT_TIMEOUT).min(self.deadline);
-        loop {
-            let last = match f() {
-                Ok(v) => return v,
-                Err(last) => last,
-            };
-            if Instant::now() >= deadline {
-                panic!(
-                    "timed out waiting until {what}\nlast seen:\n{last}\n{}",
-                    self.procs.logs()
-                );
-            }
-            thread::sleep(POLL);
-        }
+        wait_until(what, deadline, || self.procs.logs(), f)
     }
 
     pub fn status(&self, i: usize) -> Value {
@@ -442,23 +742,43 @@ impl Net {
             .json_lines()
     }
 
+    /// The `detail`s of node `i`'s `transport_status` events from `transport`.
+    pub fn transport_status(&self, i: usize, transport: &str) -> Vec<String> {
+        self.events(i)
+            .iter()
+            .filter(|e| e["type"] == "transport_status" && e["transport"] == transport)
+            .map(|e| e["detail"].as_str().expect("detail").to_owned())
+            .collect()
+    }
+
+    /// Node `i`'s own libp2p peer id (from its `libp2p started as ...` event).
+    pub fn peer_id(&self, i: usize) -> String {
+        self.wait(&format!("node {i} reports its libp2p peer id"), || {
+            let details = self.transport_status(i, "dht");
+            details
+                .iter()
+                .rev()
+                .find_map(|d| d.strip_prefix("libp2p started as "))
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{details:#?}"))
+        })
+    }
+
+    /// The libp2p peers node `i` has reported a connection to (ever, over all its runs).
+    pub fn libp2p_connected(&self, i: usize) -> BTreeSet<String> {
+        self.transport_status(i, "dht")
+            .iter()
+            .filter_map(|d| d.strip_prefix("connected to libp2p peer "))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Waits until node `i` knows every node in `peers` (their hellos were verified).
     #[track_caller]
     pub fn wait_peers(&self, i: usize, peers: &[usize]) {
         let want: Vec<String> = peers.iter().map(|&p| self.nodes[p].id.clone()).collect();
         self.wait(&format!("node {i} knows peers {peers:?}"), || {
-            let v = self.run(i, &["--json", "peers"]).ok().json();
-            let known: Vec<&str> = v
-                .as_array()
-                .expect("peers is a list")
-                .iter()
-                .filter_map(|p| p["node_id"].as_str())
-                .collect();
-            if want.iter().all(|w| known.contains(&w.as_str())) {
-                Ok(())
-            } else {
-                Err(format!("{v:#}"))
-            }
+            peers_known(self.run(i, &["--json", "peers"]), &want)
         })
     }
 
@@ -480,16 +800,7 @@ impl Net {
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
         self.wait(&format!("node {i} {what} (seed {seed})"), || {
-            let out = self.run(i, &["--json", "seed", "show", seed]);
-            if !out.status.success() {
-                return Err(out.describe());
-            }
-            let v = out.json();
-            if pred(&v) {
-                Ok(v)
-            } else {
-                Err(format!("{v:#}"))
-            }
+            seed_view_if(self.run(i, &["--json", "seed", "show", seed]), &pred)
         })
     }
 
@@ -651,6 +962,23 @@ pub fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The port of an `IP:PORT` address.
+pub fn port_of(addr: &str) -> u16 {
+    addr.parse::<SocketAddr>().expect("IP:PORT").port()
+}
+
+/// A pseudo-random byte stream (no extra dependencies; the content only has to be junk).
+pub fn junk(len: usize, mut state: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -667,4 +995,277 @@ pub fn bid_prices(v: &Value) -> BTreeMap<String, u64> {
             )
         })
         .collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// Scenarios both transports run
+// ------------------------------------------------------------------------------------------
+
+/// Crash (SIGKILL) mid-lifecycle, partition by process, restart and heal, on four running
+/// nodes that know each other, node 0 publishing (`tag` prefixes what the tasks print).
+///
+/// Node 1 bids, then its listener is SIGKILLed before the award. While it is down:
+/// - the others finish that lifecycle (node 2 wins, claims, runs; node 0 settles);
+/// - node 1's operator bids on another seed through the CLI (acknowledged, but unsent: the
+///   listener is down);
+/// - the others run a whole lifecycle node 1 never hears of (published by node 3).
+///
+/// Then node 1's listener restarts on the same data directory, port and peers: its pending
+/// bid goes out, it learns everything it missed by sync, keeps its own acknowledged bids, and
+/// all four nodes end with the same digest.
+pub fn crash_restart_heal(net: &mut Net, tag: &str) {
+    let all = [0, 1, 2, 3];
+    let others = [0, 2, 3];
+    let s1 = net.publish(0, &format!("echo {tag}crash-s1"), 3);
+    let s2 = net.publish(0, &format!("echo {tag}crash-s2"), 2);
+    for i in [1, 2, 3] {
+        net.wait_seed(i, &s2, "knows s2", |_| true);
+    }
+    // Node 1 bids high (it will not win, so the others can finish without it) and its bid
+    // reaches the publisher; then the node dies before the award.
+    net.bid(1, &s1, 50);
+    net.wait_seed(0, &s1, "has node 1's bid", |v| {
+        bid_prices(v).get(net.nodes[1].id.as_str()) == Some(&50)
+    });
+    net.kill(1);
+
+    // Acknowledged while the listener is down: committed to node 1's store and outbox.
+    let v = net
+        .run(1, &["--json", "seed", "bid", &s2, "--price", "40"])
+        .ok()
+        .json();
+    assert_eq!(bid_prices(&v).get(net.id(1)), Some(&40), "{v:#}");
+    let st = net.status(1);
+    assert!(st["outbox_pending"].as_u64().unwrap() >= 1, "{st:#}");
+    let digest_at_kill = st["state_digest"].as_str().unwrap().to_owned();
+
+    // s1 goes on without node 1.
+    net.bid(2, &s1, 10);
+    net.bid(3, &s1, 20);
+    net.wait_award(0, &s1, 2, 10);
+    net.wait_award(2, &s1, 2, 10);
+    net.claim_and_run(2, &s1);
+    net.complete_and_settle(0, &s1, &others);
+
+    // A whole lifecycle node 1 misses.
+    let s3 = net.publish(3, &format!("echo {tag}crash-s3"), 1);
+    net.bid(2, &s3, 5);
+    net.wait_award(2, &s3, 2, 5);
+    net.claim_and_run(2, &s3);
+    net.complete_and_settle(3, &s3, &others);
+
+    // s2 gets node 3's bid; it waits for a second bid (node 1's, still in its outbox).
+    net.bid(3, &s2, 30);
+    net.wait_seed(0, &s2, "has node 3's bid", |v| bid_prices(v).len() == 1);
+    let partitioned = net.wait_converged(&others, "while node 1 is down");
+    let st = net.status(1);
+    assert_eq!(
+        st["state_digest"], digest_at_kill,
+        "node 1's state did not change while its listener was down"
+    );
+    assert_ne!(st["state_digest"], partitioned.as_str());
+    assert!(
+        net.run(1, &["--json", "seed", "show", &s3]).status.code() == Some(1),
+        "node 1 has not heard of s3 yet"
+    );
+
+    // Restart: same data directory, same port(s), same peers.
+    net.restart(1);
+    // Its pending bid goes out; with two bids, the publisher awards s2 to node 3 (30 < 40).
+    net.wait_award(0, &s2, 3, 30);
+    net.wait_seed(1, &s3, "learns the lifecycle it missed", |v| {
+        v["status"] == "settled"
+    });
+    net.wait_seed(1, &s1, "learns the settlement of s1", |v| {
+        v["status"] == "settled"
+    });
+    let healed = net.wait_converged(&all, "after node 1 restarted");
+    assert_ne!(healed, partitioned, "s2's second bid and award are new");
+
+    let v1 = net.assert_same_view(&all, &s1);
+    assert_eq!(v1["status"], "settled");
+    assert_eq!(v1["result"]["runner"], net.id(2));
+    assert_eq!(
+        v1["result"]["output_sha256"],
+        sha256_hex(format!("{tag}crash-s1\n").as_bytes())
+    );
+    assert_eq!(
+        bid_prices(&v1).get(net.id(1)),
+        Some(&50),
+        "node 1's acknowledged bid survived the crash: {v1:#}"
+    );
+    let v2 = net.assert_same_view(&all, &s2);
+    assert_eq!(
+        bid_prices(&v2).get(net.id(1)),
+        Some(&40),
+        "the bid acknowledged while offline reached everyone: {v2:#}"
+    );
+    assert_eq!(v2["award"]["winner_node"], net.id(3));
+    let v3 = net.assert_same_view(&all, &s3);
+    assert_eq!(v3["status"], "settled");
+    assert_eq!(
+        v3["result"]["output_sha256"],
+        sha256_hex(format!("{tag}crash-s3\n").as_bytes())
+    );
+    for (seed, runner) in [(&s1, 2), (&s3, 2)] {
+        for i in all {
+            assert_eq!(
+                net.runs_of(i, seed),
+                usize::from(i == runner),
+                "node {i} runs of {seed}"
+            );
+        }
+    }
+    let st = net.status(1);
+    assert_eq!(st["outbox_pending"], 0, "{st:#}");
+    assert_eq!(st["seeds_by_status"]["settled"], 2, "{st:#}");
+}
+
+/// One whole auction on four running nodes that know each other: `publisher` publishes
+/// `echo {text}` (3 bids at most), the nodes of `bids` bid their prices, the publisher awards
+/// the lowest, the losing bidders and the publisher cannot claim, the winner claims and runs,
+/// the publisher settles, and all four end with the same state digest and view of the seed.
+/// `per_node(net, i)` adds checks on each node at the end.
+pub fn auction_of_four(
+    net: &Net,
+    publisher: usize,
+    bids: [(usize, u64); 3],
+    text: &str,
+    per_node: impl Fn(&Net, usize),
+) {
+    let all = [0, 1, 2, 3];
+    let (winner, price) = bids.into_iter().min_by_key(|&(_, p)| p).unwrap();
+    let seed = net.publish(publisher, &format!("echo {text}"), 3);
+    for (node, price) in bids {
+        net.bid(node, &seed, price);
+    }
+    let award = net.wait_award(publisher, &seed, winner, price);
+    assert_eq!(
+        award["award"]["considered"].as_array().unwrap().len(),
+        3,
+        "{award:#}"
+    );
+    for i in all.into_iter().filter(|&i| i != publisher) {
+        net.wait_award(i, &seed, winner, price);
+    }
+
+    // Only the winner may claim: the losing bidders and the publisher get a state error.
+    let losers = bids.map(|(node, _)| node).into_iter();
+    for loser in losers.filter(|&n| n != winner).chain([publisher]) {
+        net.expect_claim_refused(loser, &seed, "not the winning bidder");
+    }
+    let ran = net.claim_and_run(winner, &seed);
+    let output = format!("{text}\n");
+    assert_eq!(
+        ran["result"]["output_sha256"],
+        sha256_hex(output.as_bytes())
+    );
+    net.complete_and_settle(publisher, &seed, &all);
+
+    let digest = net.wait_converged(&all, "after settlement");
+    assert!(is_hex(&digest, 64), "{digest}");
+    let v = net.assert_same_view(&all, &seed);
+    assert_eq!(v["status"], "settled");
+    assert_eq!(v["settlement"]["amount"], price);
+    assert_eq!(v["settlement"]["outcome"], "accepted");
+    assert_eq!(v["claim"]["claimer"], net.id(winner));
+    assert_eq!(v["result"]["runner"], net.id(winner));
+    let prices = bid_prices(&v);
+    assert_eq!(prices.len(), 3, "{v:#}");
+    for (node, price) in bids {
+        assert_eq!(prices.get(net.id(node)), Some(&price), "{v:#}");
+    }
+    for i in all {
+        let st = net.status(i);
+        assert_eq!(st["seeds_by_status"]["settled"], 1, "node {i}: {st:#}");
+        assert_eq!(st["peers"], 3, "node {i}: {st:#}");
+        assert_eq!(
+            net.runs_of(i, &seed),
+            usize::from(i == winner),
+            "node {i} task_started"
+        );
+        per_node(net, i);
+    }
+}
+
+/// What the first half of the late-joiner scenario leaves: a settled seed, an open one, and
+/// the digest of nodes 0..2.
+pub struct BeforeLateJoiner {
+    pub settled: String,
+    pub open: String,
+    pub digest: String,
+}
+
+/// The first half of the late-joiner scenario, on nodes 0, 1 and 2 that know each other while
+/// node 3 does not run: a lifecycle to settlement (node 0 publishes `echo {tag}late-joiner`,
+/// node 1 wins over node 2), and one more seed left open with a bid; waits until the three
+/// converge.
+pub fn before_late_joiner(net: &Net, tag: &str) -> BeforeLateJoiner {
+    let s1 = net.publish(0, &format!("echo {tag}late-joiner"), 2);
+    net.bid(1, &s1, 15);
+    net.bid(2, &s1, 25);
+    net.wait_award(0, &s1, 1, 15);
+    net.wait_award(1, &s1, 1, 15);
+    net.expect_claim_refused(2, &s1, "not the winning bidder");
+    net.claim_and_run(1, &s1);
+    net.complete_and_settle(0, &s1, &[0, 1, 2]);
+
+    let s2 = net.publish(1, &format!("echo {tag}still-open"), 3);
+    net.bid(2, &s2, 7);
+    net.wait_seed(1, &s2, "has the bid", |v| {
+        v["bids"].as_array().unwrap().len() == 1
+    });
+    let digest = net.wait_converged(&[0, 1, 2], "before the late joiner starts");
+    BeforeLateJoiner {
+        settled: s1,
+        open: s2,
+        digest,
+    }
+}
+
+/// The second half, once node 3 runs: it converges by sync alone (same digest, the result
+/// without re-running, through sync batches), `extra(net)` checks more, and then node 3 takes
+/// part (the others accept its bid).
+pub fn after_late_joiner(
+    net: &Net,
+    before: &BeforeLateJoiner,
+    tag: &str,
+    extra: impl FnOnce(&Net),
+) {
+    let all = [0, 1, 2, 3];
+    let (s1, s2) = (&before.settled, &before.open);
+    let after = net.wait_converged(&all, "after the late joiner synced");
+    assert_eq!(
+        after, before.digest,
+        "nobody's state changed while node 3 caught up"
+    );
+
+    let v1 = net.assert_same_view(&all, s1);
+    assert_eq!(v1["result"]["runner"], net.id(1));
+    let output = format!("{tag}late-joiner\n");
+    assert_eq!(v1["result"]["output_sha256"], sha256_hex(output.as_bytes()));
+    let v2 = net.assert_same_view(&all, s2);
+    assert_eq!(v2["status"], "open", "{v2:#}");
+    assert_eq!(bid_prices(&v2).get(net.id(2)), Some(&7), "{v2:#}");
+    // Nothing was re-run: the only run of s1 is node 1's; node 3 got the result by sync.
+    for i in all {
+        assert_eq!(
+            net.runs_of(i, s1),
+            usize::from(i == 1),
+            "node {i} task_started"
+        );
+    }
+    let c3 = net.counters(3);
+    assert!(
+        c3.get("sync.batches_received").copied().unwrap_or(0) > 0,
+        "node 3 caught up through sync batches: {c3:?}"
+    );
+    extra(net);
+
+    // The late joiner is a full member: the others accept its messages.
+    net.bid(3, s2, 5);
+    net.wait_seed(1, s2, "has the late joiner's bid", |v| {
+        bid_prices(v).get(net.nodes[3].id.as_str()) == Some(&5)
+    });
+    net.wait_converged(&all, "after the late joiner's bid");
 }

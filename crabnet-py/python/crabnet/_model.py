@@ -697,6 +697,11 @@ class MessageRejected(Event):
     reason: RejectReason
     violation: Optional[Violation]
     detail: str
+    source: Optional[str]
+    """The transport address the frame came from (the relay, not necessarily ``sender``)."""
+    count: int
+    """How many rejections of this reason from this source the event stands for: 1, or more
+    for the summary of an aggregation window (``network.reject_event_window_ms``)."""
 
 
 @dataclass(frozen=True, repr=False)

@@ -1,0 +1,309 @@
+//! Bookkeeping in front of the store for the receive path: frames that are rejected or already
+//! known cost memory, not disk.
+//!
+//! * [`Rejections`] counts rejected frames in memory (written to the store's counters in one
+//!   transaction per housekeeping tick) and lets through at most one `message_rejected` event
+//!   per source and reason as it happens, plus one summary per window for the rejections it
+//!   held back; the window is `network.reject_event_window_ms`.
+//! * [`RecentFrames`] remembers the envelopes the store already holds (a keyed hash of their
+//!   bytes), so byte-identical copies relayed by other peers are recognised before any
+//!   signature check or transaction. A copy with a byte changed is a different frame and goes
+//!   through every check.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+
+use crate::model::{MessageId, MessageKind, Millis, NodeId};
+use crate::monitor::{EventKind, RejectReason};
+
+/// Most (source, reason) windows tracked at once; further sources share one window per reason,
+/// so spoofed source addresses cannot turn each frame into an event.
+const MAX_WINDOWS: usize = 4096;
+/// The source name of the shared window.
+const OTHER_SOURCES: &str = "(other sources)";
+
+/// One rejected frame, as the trust boundary saw it.
+#[derive(Debug, Clone)]
+pub(crate) struct Rejection {
+    /// Where the frame came from (the relay's transport address).
+    pub source: String,
+    /// The envelope's id, when its header decoded.
+    pub message_id: Option<MessageId>,
+    /// The message kind, when known.
+    pub message_kind: Option<MessageKind>,
+    /// The claimed author, when the header decoded.
+    pub sender: Option<NodeId>,
+    /// Why it was rejected.
+    pub reason: RejectReason,
+    /// Explanation.
+    pub detail: String,
+}
+
+impl Rejection {
+    fn event(self, count: u64) -> EventKind {
+        EventKind::MessageRejected {
+            message_id: self.message_id,
+            message_kind: self.message_kind,
+            sender: self.sender,
+            reason: self.reason,
+            violation: None,
+            detail: self.detail,
+            source: Some(self.source),
+            count,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Window {
+    opened_at: Millis,
+    /// Rejections held back since the window opened, and the latest of them.
+    held: u64,
+    latest: Option<Rejection>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    counters: BTreeMap<String, u64>,
+    windows: HashMap<(String, RejectReason), Window>,
+}
+
+/// Rejection counters and aggregated events (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Rejections {
+    window_ms: u64,
+    state: Mutex<State>,
+}
+
+impl Rejections {
+    /// Aggregates over windows of `window_ms`; 0 gives every rejection its own event.
+    pub fn new(window_ms: u64) -> Self {
+        Rejections {
+            window_ms,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Counts one rejection. Returns the event to record now, or `None` when it is held back
+    /// for the window's summary.
+    pub fn note(&self, r: Rejection, now: Millis) -> Option<EventKind> {
+        let mut st = lock(&self.state);
+        *st.counters
+            .entry(format!("rejected.{}", r.reason.as_str()))
+            .or_default() += 1;
+        if self.window_ms == 0 {
+            return Some(r.event(1));
+        }
+        let mut key = (r.source.clone(), r.reason);
+        if !st.windows.contains_key(&key) && st.windows.len() >= MAX_WINDOWS {
+            key.0 = OTHER_SOURCES.to_owned();
+        }
+        match st.windows.get_mut(&key) {
+            Some(w) => {
+                w.held += 1;
+                w.latest = Some(r);
+                None
+            }
+            None => {
+                st.windows.insert(
+                    key,
+                    Window {
+                        opened_at: now,
+                        held: 0,
+                        latest: None,
+                    },
+                );
+                Some(r.event(1))
+            }
+        }
+    }
+
+    /// Counts something that is not a rejection (a duplicate hello, our own echo), written
+    /// with the rejection counters.
+    pub fn count(&self, counter: &str) {
+        *lock(&self.state)
+            .counters
+            .entry(counter.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Closes the windows that are over: returns the counters not yet written and one summary
+    /// event per window that held rejections back (its `count` says how many).
+    pub fn drain(&self, now: Millis) -> (BTreeMap<String, u64>, Vec<EventKind>) {
+        let mut st = lock(&self.state);
+        let counters = std::mem::take(&mut st.counters);
+        let mut events = Vec::new();
+        let window_ms = self.window_ms;
+        st.windows.retain(|_, w| {
+            if now.saturating_sub(w.opened_at) < window_ms {
+                return true;
+            }
+            if let Some(latest) = w.latest.take() {
+                events.push(latest.event(w.held));
+            }
+            false
+        });
+        (counters, events)
+    }
+
+    /// Counters counted but not yet written to the store.
+    pub fn pending_counters(&self) -> BTreeMap<String, u64> {
+        lock(&self.state).counters.clone()
+    }
+
+    /// Gives back counters that could not be written (the store failed), to try again.
+    pub fn restore(&self, counters: BTreeMap<String, u64>) {
+        let mut st = lock(&self.state);
+        for (k, v) in counters {
+            *st.counters.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// A bounded set of frames the store holds (oldest forgotten first), as 64-bit hashes under a
+/// per-process random key, so that nobody can make a new frame look like a known one.
+#[derive(Debug)]
+pub(crate) struct RecentFrames {
+    capacity: usize,
+    key: std::collections::hash_map::RandomState,
+    inner: Mutex<(HashSet<u64>, VecDeque<u64>)>,
+}
+
+impl RecentFrames {
+    /// Remembers up to `capacity` frames.
+    pub fn new(capacity: usize) -> Self {
+        RecentFrames {
+            capacity,
+            key: std::collections::hash_map::RandomState::new(),
+            inner: Mutex::new((HashSet::new(), VecDeque::new())),
+        }
+    }
+
+    fn hash(&self, frame: &[u8]) -> u64 {
+        self.key.hash_one(frame)
+    }
+
+    /// Whether this exact frame is known to be in the store.
+    pub fn contains(&self, frame: &[u8]) -> bool {
+        let h = self.hash(frame);
+        lock(&self.inner).0.contains(&h)
+    }
+
+    /// Records that the store now holds `frame`.
+    pub fn insert(&self, frame: &[u8]) {
+        let h = self.hash(frame);
+        let mut guard = lock(&self.inner);
+        let (set, order) = &mut *guard;
+        if self.capacity == 0 || !set.insert(h) {
+            return;
+        }
+        order.push_back(h);
+        while order.len() > self.capacity {
+            if let Some(old) = order.pop_front() {
+                set.remove(&old);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection(source: &str, reason: RejectReason) -> Rejection {
+        Rejection {
+            source: source.into(),
+            message_id: None,
+            message_kind: None,
+            sender: None,
+            reason,
+            detail: "bad".into(),
+        }
+    }
+
+    fn count_of(e: &EventKind) -> u64 {
+        match e {
+            EventKind::MessageRejected { count, .. } => *count,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flood_from_one_source_is_one_event_and_one_summary_per_window() {
+        let r = Rejections::new(1000);
+        let first = r.note(rejection("udp:1.2.3.4:5", RejectReason::Malformed), 0);
+        assert_eq!(count_of(&first.unwrap()), 1);
+        for t in 1..10_000 {
+            assert!(
+                r.note(rejection("udp:1.2.3.4:5", RejectReason::Malformed), t % 999)
+                    .is_none()
+            );
+        }
+        // Another reason or source is its own window.
+        assert!(
+            r.note(rejection("udp:1.2.3.4:5", RejectReason::Expired), 5)
+                .is_some()
+        );
+        let (counters, events) = r.drain(500);
+        assert_eq!(counters["rejected.malformed"], 10_000);
+        assert!(events.is_empty(), "windows still open: {events:?}");
+        let (counters, events) = r.drain(1000);
+        assert!(counters.is_empty());
+        assert_eq!(events.len(), 1);
+        assert_eq!(count_of(&events[0]), 9_999);
+        // After the window, the next rejection is an event again.
+        assert!(
+            r.note(rejection("udp:1.2.3.4:5", RejectReason::Malformed), 1001)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn many_sources_share_a_bounded_number_of_windows() {
+        let r = Rejections::new(1000);
+        let mut immediate = 0;
+        for i in 0..(MAX_WINDOWS + 10_000) {
+            if r.note(
+                rejection(&format!("udp:10.0.0.1:{i}"), RejectReason::Malformed),
+                0,
+            )
+            .is_some()
+            {
+                immediate += 1;
+            }
+        }
+        assert_eq!(immediate, MAX_WINDOWS + 1);
+        assert!(lock(&r.state).windows.len() <= MAX_WINDOWS + 1);
+    }
+
+    #[test]
+    fn window_zero_reports_every_rejection() {
+        let r = Rejections::new(0);
+        for _ in 0..3 {
+            assert!(r.note(rejection("a", RejectReason::Replay), 0).is_some());
+        }
+        assert_eq!(r.pending_counters()["rejected.replay"], 3);
+    }
+
+    #[test]
+    fn recent_frames_forget_the_oldest_and_tell_a_changed_byte() {
+        let frames = RecentFrames::new(2);
+        let (a, b, c) = (
+            b"frame a".as_slice(),
+            b"frame b".as_slice(),
+            b"frame c".as_slice(),
+        );
+        frames.insert(a);
+        frames.insert(b);
+        frames.insert(a);
+        frames.insert(c);
+        assert!(!frames.contains(a));
+        assert!(frames.contains(b) && frames.contains(c));
+        assert!(!frames.contains(b"frame B"));
+    }
+}
