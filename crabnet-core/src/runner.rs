@@ -1570,6 +1570,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_work_root_planted_by_someone_else_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A symlink (e.g. planted in a shared /tmp) pointing somewhere the attacker chose.
+        let target = dir.path().join("elsewhere");
+        std::fs::create_dir(&target).unwrap();
+        let link = dir.path().join("crabnet-work");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = run(request(&link, "true"), &RunnerConfig::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunnerError::Workdir { .. }), "{err}");
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+        // A directory that belongs to another user.
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            let foreign = dir.path().join("foreign");
+            std::fs::create_dir(&foreign).unwrap();
+            std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+            let err = run(request(&foreign, "true"), &RunnerConfig::default())
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
+        }
+        // Our own directory with loose permissions is tightened.
+        let loose = dir.path().join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o777)).unwrap();
+        run_ok(&loose, "true", &RunnerConfig::default()).await;
+        let mode = std::fs::metadata(&loose).unwrap().permissions().mode() & 0o777;
+        assert!(mode == 0o700 || mode == 0o711, "{mode:o}");
+    }
+
+    #[tokio::test]
     async fn keep_work_dirs_keeps_the_directory() {
         let root = tempfile::tempdir()
             .unwrap()
