@@ -752,6 +752,34 @@ impl Message {
 mod tests {
     use super::*;
 
+    /// A runner's sandbox record arrives from the network: its size and names are bounded.
+    #[test]
+    fn sandbox_records_from_peers_are_bounded() {
+        let ok = SandboxInfo {
+            level: SandboxLevel::Full,
+            features: vec!["landlock_fs".into(), "pid_ns".into()],
+            network: false,
+        };
+        assert!(ok.check_fields().is_ok());
+        let too_many = SandboxInfo {
+            features: (0..=limits::MAX_SANDBOX_FEATURES)
+                .map(|i| format!("f{i}"))
+                .collect(),
+            ..ok.clone()
+        };
+        assert!(too_many.check_fields().unwrap_err().contains("limit"));
+        for bad in ["", "UPPER", "with space", "\u{1b}[31m", &"x".repeat(33)] {
+            let info = SandboxInfo {
+                features: vec![bad.to_owned()],
+                ..ok.clone()
+            };
+            assert!(info.check_fields().is_err(), "{bad:?} accepted");
+        }
+        // Absent from older nodes' results: decodes as level none, and is left out again.
+        assert!(SandboxInfo::default().is_unknown());
+        assert_eq!(SandboxInfo::default().level, SandboxLevel::None);
+    }
+
     #[test]
     fn ids_parse_only_lowercase_hex_of_the_right_length() {
         assert!(SeedId::parse("00112233445566778899aabbccddeeff").is_ok());

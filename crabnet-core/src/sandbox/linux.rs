@@ -1066,6 +1066,19 @@ mod tests {
     }
 
     #[test]
+    fn runner_user_must_exist_and_must_not_be_root() {
+        assert!(lookup_user("nobody").is_ok_and(|(uid, _)| uid != 0));
+        assert!(lookup_user("4242").is_ok_and(|(uid, gid)| uid == 4242 && gid == 4242));
+        for bad in ["root", "0"] {
+            let e = lookup_user(bad).unwrap_err();
+            assert!(e.contains("root"), "{bad}: {e}");
+        }
+        let e = lookup_user("no-such-user-crabnet").unwrap_err();
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(lookup_user("a\0b").unwrap_err().contains("NUL"));
+    }
+
+    #[test]
     fn network_seeds_keep_the_network_only_when_allowed() {
         let full = Support {
             landlock_abi: 7,
