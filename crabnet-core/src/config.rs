@@ -89,8 +89,10 @@ impl Default for EventsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
-    /// How often the node checks its outbox, closes due bidding and picks up events written by
-    /// other processes, in milliseconds.
+    /// How often the node looks whether another process (a CLI command, a binding) wrote to
+    /// its database, in milliseconds: then it sends what they queued and delivers their events.
+    /// The look reads no table; an idle node does no other store work until something is due
+    /// (a bid window ends, a retry, an expiry).
     pub tick_ms: u64,
     /// First retry delay for a message that could not be sent, in milliseconds (doubles per
     /// attempt).

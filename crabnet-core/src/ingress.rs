@@ -147,6 +147,12 @@ impl Rejections {
         (counters, events)
     }
 
+    /// Nothing to write: no counters pending and no aggregation window open.
+    pub fn is_idle(&self) -> bool {
+        let st = lock(&self.state);
+        st.counters.is_empty() && st.windows.is_empty()
+    }
+
     /// Counters counted but not yet written to the store.
     pub fn pending_counters(&self) -> BTreeMap<String, u64> {
         lock(&self.state).counters.clone()

@@ -12,7 +12,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -145,7 +145,10 @@ struct Inner {
     id: NodeId,
     addresses: Mutex<Vec<String>>,
     identity: Identity,
+    /// Set when `hello_answers` has entries.
     hello_wanted: Notify,
+    /// Addresses of new peers waiting for our hello.
+    hello_answers: Mutex<Vec<Vec<String>>>,
     sync_wanted: Notify,
     config: Config,
     store: Mutex<Store>,
@@ -159,8 +162,32 @@ struct Inner {
     wake_log: Notify,
     rejections: ingress::Rejections,
     recent: ingress::RecentFrames,
+    timers: Timers,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     lock: Mutex<Option<File>>,
+}
+
+/// When, after its first connection, a node broadcasts its hello again (gossip needs the
+/// subscriptions exchanged first).
+const JOIN_HELLO_DELAYS: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+    Duration::from_secs(8),
+];
+
+/// Outbox messages sent per store read.
+const OUTBOX_BATCH: usize = 256;
+
+/// When housekeeping has store work to do (Unix ms; `u64::MAX`: nothing scheduled). They start
+/// at 0, so the first tick does everything once.
+#[derive(Debug, Default)]
+struct Timers {
+    /// The earliest end of a bid window on an open seed of ours.
+    close_at: AtomicU64,
+    /// The earliest expiry of a seen message id.
+    prune_at: AtomicU64,
+    /// The earliest outbox retry.
+    retry_at: AtomicU64,
 }
 
 /// A running Crabnet node. Cheap to clone; all clones share one node.
@@ -314,6 +341,7 @@ impl Node {
                 ),
                 identity,
                 hello_wanted: Notify::new(),
+                hello_answers: Mutex::new(Vec::new()),
                 sync_wanted: Notify::new(),
                 bus: EventBus::new(config.events.bus_capacity),
                 log,
@@ -326,6 +354,7 @@ impl Node {
                 wake_log: Notify::new(),
                 rejections: ingress::Rejections::new(config.network.reject_event_window_ms),
                 recent: ingress::RecentFrames::new(RECENT_FRAMES),
+                timers: Timers::default(),
                 tasks: Mutex::new(Vec::new()),
                 lock: Mutex::new(lock_file),
                 config,
@@ -475,10 +504,17 @@ impl Node {
     ) -> Result<SeedView> {
         let view = self.with_store(|s| {
             let peers = s.peers()?;
-            s.commit_local(&self.inner.id, seed_id, now, build, |m, v| {
-                self.seal(m, v, &peers)
-            })
-            .map(|(_, view, _)| view)
+            let view = s
+                .commit_local(&self.inner.id, seed_id, now, build, |m, v| {
+                    self.seal(m, v, &peers)
+                })
+                .map(|(_, view, _)| view)?;
+            if view.status == SeedStatus::Open && view.seed.publisher == self.inner.id {
+                // Housekeeping closes its bidding when the window ends.
+                let at = view.seed.window_end();
+                self.inner.timers.close_at.fetch_min(at, Ordering::Relaxed);
+            }
+            Ok(view)
         })?;
         self.inner.wake_outbox.notify_one();
         Ok(view)
@@ -1149,7 +1185,9 @@ impl Node {
                 )
                 .map(|_| Acceptance::Ignore),
             PeerUpdate::New => {
-                // Answer a new peer so that it learns our keys too, then compare holdings.
+                // Answer a new peer (that peer only) so that it learns our keys too, then
+                // compare holdings.
+                lock(&self.inner.hello_answers).push(hello.addresses.clone());
                 self.inner.hello_wanted.notify_one();
                 self.inner.sync_wanted.notify_one();
                 Ok(Acceptance::Accept)
@@ -1205,6 +1243,26 @@ impl Node {
         }
     }
 
+    /// The latest hello broadcast, rebuilt (not sent) when the transport's addresses changed
+    /// since: peers answer a hello at the addresses it announces.
+    fn latest_hello(
+        &self,
+        transport: &dyn Transport,
+        cache: &mut Option<(Vec<String>, Vec<u8>)>,
+    ) -> Option<Vec<u8>> {
+        let addresses = transport.local_addresses();
+        if cache.as_ref().is_none_or(|(a, _)| *a != addresses) {
+            match self.hello_frame(&addresses) {
+                Ok(frame) => {
+                    *lock(&self.inner.addresses) = addresses.clone();
+                    *cache = Some((addresses, frame));
+                }
+                Err(e) => tracing::warn!("cannot build hello: {e}"),
+            }
+        }
+        cache.as_ref().map(|(_, frame)| frame.clone())
+    }
+
     fn hello_frame(&self, addresses: &[String]) -> Result<Vec<u8>> {
         let identity = &self.inner.identity;
         let hello = envelope::Hello {
@@ -1227,9 +1285,18 @@ impl Node {
     /// to close.
     fn close_due_bidding(&self) -> Result<()> {
         let now = now_ms();
+        // Reset before the query: a seed published meanwhile lowers it again (`fetch_min` in
+        // `commit_local_at`), whichever of the two comes first.
+        self.inner
+            .timers
+            .close_at
+            .store(u64::MAX, Ordering::Relaxed);
         let open = lock(&self.inner.store).open_seeds_of(&self.inner.id)?;
+        // The earliest window end among the seeds still open afterwards: when to look again.
+        let mut next = u64::MAX;
         for view in open {
             if view.due_award(now).is_none() {
+                next = next.min(view.seed.window_end());
                 continue;
             }
             let id = view.seed.id.clone();
@@ -1246,28 +1313,79 @@ impl Node {
             match result {
                 Ok(_) => {}
                 Err(e) if matches!(e.violation(), Some(Violation::BiddingClosed { .. })) => {}
-                Err(e) => tracing::warn!(seed = %id, "cannot close bidding: {e}"),
+                Err(e) => {
+                    tracing::warn!(seed = %id, "cannot close bidding: {e}");
+                    // Try again on a later tick.
+                    next = next.min(now.saturating_add(1000));
+                }
             }
         }
+        self.inner
+            .timers
+            .close_at
+            .fetch_min(next, Ordering::Relaxed);
         Ok(())
     }
 
+    /// Background upkeep, on the `network.tick_ms` tick, doing store work only when something is
+    /// due: another process (a CLI command, a binding) committed to the database (checked with
+    /// SQLite's `data_version`, which costs no table read), a bid window of ours ends, an outbox
+    /// retry or a seen-id expiry is due, or rejection counters wait to be written. An idle
+    /// node only wakes on the tick; changes made through this node wake the tasks directly.
     async fn housekeeping(self, mut shutdown: watch::Receiver<bool>) {
         let mut tick =
             tokio::time::interval(Duration::from_millis(self.inner.config.network.tick_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_version = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
+            let now = now_ms();
+            // A store busy with a transaction means work is under way; look again next tick.
+            let changed = match self.inner.store.try_lock() {
+                Ok(store) => match store.data_version() {
+                    Ok(v) => last_version.replace(v) != Some(v),
+                    Err(e) => {
+                        tracing::warn!("cannot read the database version: {e}");
+                        true
+                    }
+                },
+                Err(_) => false,
+            };
+            let timers = &self.inner.timers;
+            let close_due = timers.close_at.load(Ordering::Relaxed) <= now;
+            let prune_due = timers.prune_at.load(Ordering::Relaxed) <= now;
+            let retry_due = timers.retry_at.load(Ordering::Relaxed) <= now;
+            let rejections = !self.inner.rejections.is_idle();
+            if !(changed || close_due || prune_due || rejections) {
+                if retry_due {
+                    timers.retry_at.store(u64::MAX, Ordering::Relaxed);
+                    self.inner.wake_outbox.notify_one();
+                }
+                continue;
+            }
             let node = self.clone();
             let done = tokio::task::spawn_blocking(move || -> Result<()> {
-                node.close_due_bidding()?;
+                if changed || close_due {
+                    node.close_due_bidding()?;
+                }
                 node.flush_rejections()?;
                 let mut store = lock(&node.inner.store);
-                store.prune_seen(now_ms())?;
-                node.pump_events(&store);
+                if prune_due {
+                    store.prune_seen(now)?;
+                    // The next expiry, but at least a second apart: expiries close together
+                    // are pruned together.
+                    let next = store.next_seen_expiry()?.unwrap_or(u64::MAX);
+                    node.inner
+                        .timers
+                        .prune_at
+                        .store(next.max(now.saturating_add(1000)), Ordering::Relaxed);
+                }
+                if changed {
+                    node.pump_events(&store);
+                }
                 Ok(())
             })
             .await;
@@ -1276,7 +1394,11 @@ impl Node {
                 Ok(Err(e)) => tracing::warn!("housekeeping failed: {e}"),
                 Err(e) => tracing::error!("housekeeping task failed: {e}"),
             }
-            self.inner.wake_outbox.notify_one();
+            if changed || retry_due {
+                // Another process may have queued messages to send.
+                timers.retry_at.store(u64::MAX, Ordering::Relaxed);
+                self.inner.wake_outbox.notify_one();
+            }
         }
     }
 
@@ -1330,27 +1452,59 @@ impl Node {
         mut transport: Box<dyn Transport>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut tick =
-            tokio::time::interval(Duration::from_millis(self.inner.config.network.tick_ms));
         let mut hello_tick = tokio::time::interval(Duration::from_secs(
             self.inner.config.network.hello_interval_secs as u64,
         ));
         *lock(&self.inner.addresses) = transport.local_addresses();
-        // Hellos: one at start, one per interval, and answers to new peers, at most one per
-        // 200 ms (answers that come sooner are merged into one).
-        let mut last_hello = tokio::time::Instant::now() - Duration::from_secs(1);
-        let mut hello_due: Option<tokio::time::Instant> = None;
+        // Hellos: one broadcast at start and one per interval. A new peer (a connection opened,
+        // or a hello from an unknown node) gets the latest of them sent to it alone: a
+        // broadcast would make every node verify one more hello per newcomer, and the same
+        // bytes again cost a peer that has them only a lookup.
+        let mut hello: Option<(Vec<String>, Vec<u8>)> = None;
+        // After the first connection (when gossip can carry it), the hello is broadcast again:
+        // the one at start reached nobody, and this is how the nodes that this node does not
+        // connect to learn of it (they answer it, each to this node alone). The same bytes go
+        // out a few times, in case the first attempt found no subscribed peer yet: a peer that
+        // has them drops a copy after a lookup, and gossip does not send them twice.
+        let mut joined = false;
+        let mut join_hellos: Vec<tokio::time::Instant> = Vec::new();
         let mut sync_tick = tokio::time::interval(Duration::from_secs(
             self.inner.config.network.sync_interval_secs as u64,
         ));
         let mut sync_due: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
-                _ = hello_tick.tick() => hello_due = Some(tokio::time::Instant::now()),
+                _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
+                    join_hellos.pop();
+                    if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello)
+                        && let Err(e) = transport.broadcast(&frame)
+                    {
+                        tracing::debug!("cannot send hello: {e}");
+                    }
+                }
+                _ = hello_tick.tick() => {
+                    // Addresses can appear after start (libp2p listeners).
+                    let addresses = transport.local_addresses();
+                    *lock(&self.inner.addresses) = addresses.clone();
+                    match self.hello_frame(&addresses) {
+                        Ok(frame) => {
+                            if let Err(e) = transport.broadcast(&frame) {
+                                tracing::debug!("cannot send hello: {e}");
+                            }
+                            hello = Some((addresses, frame));
+                        }
+                        Err(e) => tracing::warn!("cannot build hello: {e}"),
+                    }
+                }
                 _ = self.inner.hello_wanted.notified() => {
-                    let earliest = last_hello + Duration::from_millis(200);
-                    let at = earliest.max(tokio::time::Instant::now());
-                    hello_due = Some(hello_due.map_or(at, |d| d.min(at)));
+                    let answers = std::mem::take(&mut *lock(&self.inner.hello_answers));
+                    if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello) {
+                        for to in answers {
+                            if let Err(e) = transport.send_to(&to, &frame) {
+                                tracing::debug!("cannot answer a hello: {e}");
+                            }
+                        }
+                    }
                 }
                 _ = sync_tick.tick() => sync_due = Some(tokio::time::Instant::now()),
                 _ = self.inner.sync_wanted.notified() => {
@@ -1369,16 +1523,6 @@ impl Node {
                         }
                         Ok(Err(e)) => tracing::warn!("cannot build sync digest: {e}"),
                         Err(e) => tracing::error!("sync task failed: {e}"),
-                    }
-                }
-                _ = tokio::time::sleep_until(hello_due.unwrap_or_else(tokio::time::Instant::now)), if hello_due.is_some() => {
-                    hello_due = None;
-                    last_hello = tokio::time::Instant::now();
-                    // Addresses can appear after start (libp2p listeners).
-                    let addresses = transport.local_addresses();
-                    *lock(&self.inner.addresses) = addresses.clone();
-                    if let Err(e) = self.hello_frame(&addresses).and_then(|f| transport.broadcast(&f)) {
-                        tracing::debug!("cannot send hello: {e}");
                     }
                 }
                 _ = shutdown.changed() => {
@@ -1400,6 +1544,20 @@ impl Node {
                                 })
                             })
                             .await;
+                            continue;
+                        }
+                        Some(Incoming::Connected(to)) => {
+                            if !joined {
+                                joined = true;
+                                let now = tokio::time::Instant::now();
+                                // Latest first: the next one due is at the end.
+                                join_hellos = JOIN_HELLO_DELAYS.iter().rev().map(|d| now + *d).collect();
+                            }
+                            if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello)
+                                && let Err(e) = transport.send_to(&to, &frame)
+                            {
+                                tracing::debug!("cannot send hello to a new connection: {e}");
+                            }
                             continue;
                         }
                         Some(Incoming::Frame(frame)) => frame,
@@ -1432,20 +1590,22 @@ impl Node {
                             }
                         }
                     }
-                    // Whatever the frame caused (an award, say) goes out promptly.
-                    self.drain_outbox(transport.as_mut()).await;
+                    // Whatever the frame caused (an award, say) was committed through
+                    // `commit_local`, which wakes the outbox: it goes out on the next turn.
                 }
                 _ = self.inner.wake_outbox.notified() => self.drain_outbox(transport.as_mut()).await,
-                _ = tick.tick() => self.drain_outbox(transport.as_mut()).await,
             }
         }
     }
 
+    /// Sends the outbox messages that are due, then schedules the next look: at once when
+    /// there were more than one batch, else at the earliest retry (housekeeping wakes it).
     async fn drain_outbox(&self, transport: &mut dyn Transport) {
         let node = self.clone();
-        let due =
-            tokio::task::spawn_blocking(move || lock(&node.inner.store).outbox_due(now_ms(), 256))
-                .await;
+        let due = tokio::task::spawn_blocking(move || {
+            lock(&node.inner.store).outbox_due(now_ms(), OUTBOX_BATCH)
+        })
+        .await;
         let items = match due {
             Ok(Ok(items)) => items,
             Ok(Err(e)) => {
@@ -1457,9 +1617,7 @@ impl Node {
                 return;
             }
         };
-        if items.is_empty() {
-            return;
-        }
+        let full = items.len() == OUTBOX_BATCH;
         let mut results = Vec::with_capacity(items.len());
         for item in items {
             let sent = transport.broadcast(&item.envelope);
@@ -1490,10 +1648,16 @@ impl Node {
                         }
                     }
                 }
+                if let Some(at) = s.outbox_next_attempt()? {
+                    node.inner.timers.retry_at.fetch_min(at, Ordering::Relaxed);
+                }
                 Ok(())
             })
         })
         .await;
+        if full {
+            self.inner.wake_outbox.notify_one();
+        }
     }
 }
 

@@ -648,6 +648,34 @@ impl Store {
         .collect()
     }
 
+    /// When the earliest unsent outbox message is due (Unix ms), if there is one.
+    pub fn outbox_next_attempt(&self) -> Result<Option<Millis>> {
+        let at: Option<i64> = self.conn.query_row(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE sent_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(at.map(|t| t.max(0) as Millis))
+    }
+
+    /// The earliest expiry of a seen message id (Unix ms), if any.
+    pub fn next_seen_expiry(&self) -> Result<Option<Millis>> {
+        let at: Option<i64> = self
+            .conn
+            .query_row("SELECT MIN(expires_at) FROM seen", [], |r| r.get(0))?;
+        Ok(at.map(|t| t.max(0) as Millis))
+    }
+
+    /// SQLite's `data_version`: changes when another connection (another process, another
+    /// handle) commits to the database; commits through this one leave it as it is. Reads no
+    /// table, so it is cheap enough to poll.
+    pub fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?)
+    }
+
     /// Number of outbox messages not sent yet.
     pub fn outbox_pending(&self) -> Result<u64> {
         Ok(self.conn.query_row(

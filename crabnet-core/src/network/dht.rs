@@ -94,9 +94,55 @@ struct Behaviour {
     sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
 }
 
+/// How many connected peers get each sync digest (chosen at random each time). Anti-entropy
+/// with a few random peers per interval reaches everyone in O(log n) intervals, while a digest
+/// to every peer would cost each node work in proportion to the network's size.
+pub const SYNC_FANOUT: usize = 3;
+
 enum Command {
     Broadcast(Vec<u8>),
     Sync(Vec<u8>),
+    /// A frame for one peer, over the request-response protocol (dialing it if needed).
+    SendTo {
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+        frame: Vec<u8>,
+    },
+}
+
+/// Up to `k` of `items`, chosen uniformly at random (a partial Fisher-Yates shuffle).
+fn choose<T>(mut items: Vec<T>, k: usize) -> Vec<T> {
+    let k = k.min(items.len());
+    for i in 0..k {
+        let r = u64::from_le_bytes(crate::clock::random_bytes());
+        let j = i + (r % (items.len() - i) as u64) as usize;
+        items.swap(i, j);
+    }
+    items.truncate(k);
+    items
+}
+
+/// The peer id and dialable addresses in announced addresses (`.../p2p/<peer id>`), when they
+/// name exactly one peer.
+fn peer_of(addresses: &[String]) -> Option<(PeerId, Vec<Multiaddr>)> {
+    let mut peer = None;
+    let mut dial = Vec::new();
+    for a in addresses {
+        let Ok(mut addr) = a.parse::<Multiaddr>() else {
+            continue;
+        };
+        let Some(libp2p::multiaddr::Protocol::P2p(id)) = addr.pop() else {
+            continue;
+        };
+        if peer.is_some_and(|p| p != id) {
+            return None;
+        }
+        peer = Some(id);
+        if !addr.is_empty() {
+            dial.push(addr);
+        }
+    }
+    peer.map(|p| (p, dial))
 }
 
 /// The libp2p transport (backend name `dht`).
@@ -356,6 +402,21 @@ impl Transport for DhtTransport {
         self.fallback(frame)
     }
 
+    fn send_to(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
+        let Some((peer, addresses)) = peer_of(addresses) else {
+            return self.broadcast(frame);
+        };
+        super::check_frame_size(self, frame)?;
+        self.commands
+            .send(Command::SendTo {
+                peer,
+                addresses,
+                frame: frame.to_vec(),
+            })
+            .map_err(|_| net_err("the libp2p task has stopped"))?;
+        self.fallback(frame)
+    }
+
     fn sync(&mut self, frame: &[u8]) -> Result<()> {
         self.commands
             .send(Command::Sync(frame.to_vec()))
@@ -416,6 +477,9 @@ impl<T: Transport> Transport for Announced<T> {
     fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
         self.inner.broadcast(frame)
     }
+    fn send_to(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
+        self.inner.send_to(addresses, frame)
+    }
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
         if let Some(n) = self.notice.take() {
             return Poll::Ready(Some(Incoming::Status(n)));
@@ -475,8 +539,16 @@ async fn run(
                 }
                 Some(Command::Sync(frame)) => {
                     let peers: Vec<PeerId> = lock(&shared.connected).iter().copied().collect();
-                    for peer in peers {
+                    for peer in choose(peers, SYNC_FANOUT) {
                         swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame.clone()));
+                    }
+                }
+                Some(Command::SendTo { peer, addresses, frame }) => {
+                    if peer != *swarm.local_peer_id() {
+                        for addr in addresses {
+                            swarm.add_peer_address(peer, addr);
+                        }
+                        swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame));
                     }
                 }
             },
@@ -507,6 +579,7 @@ async fn run(
                     let first = lock(&shared.connected).insert(peer_id);
                     if first {
                         let _ = incoming.send(Incoming::Status(format!("connected to libp2p peer {peer_id}")));
+                        let _ = incoming.send(Incoming::Connected(vec![format!("/p2p/{peer_id}")]));
                     }
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. }
@@ -564,5 +637,47 @@ async fn run(
                 _ => {}
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choose_takes_distinct_items_and_at_most_k() {
+        for n in 0..8 {
+            let got = choose((0..n).collect::<Vec<u32>>(), SYNC_FANOUT);
+            assert_eq!(got.len(), n.min(SYNC_FANOUT as u32) as usize);
+            let distinct: HashSet<u32> = got.iter().copied().collect();
+            assert_eq!(distinct.len(), got.len(), "{got:?}");
+            assert!(got.iter().all(|&x| x < n));
+        }
+        // Over many draws every item of a larger set gets picked: not always the first ones.
+        let mut seen = HashSet::new();
+        for _ in 0..200 {
+            seen.extend(choose((0..10).collect::<Vec<u32>>(), 3));
+        }
+        assert_eq!(seen.len(), 10, "{seen:?}");
+    }
+
+    #[test]
+    fn peer_of_reads_one_peer_from_announced_addresses() {
+        let key = identity::Keypair::generate_ed25519();
+        let id = key.public().to_peer_id();
+        let other = identity::Keypair::generate_ed25519().public().to_peer_id();
+        let tcp = format!("/ip4/127.0.0.1/tcp/4001/p2p/{id}");
+        let quic = format!("/ip4/127.0.0.1/udp/4001/quic-v1/p2p/{id}");
+        let (peer, dial) = peer_of(&[tcp, quic.clone(), "udp:127.0.0.1:9".into()]).unwrap();
+        assert_eq!(peer, id);
+        assert_eq!(dial.len(), 2);
+        assert_eq!(dial[0].to_string(), "/ip4/127.0.0.1/tcp/4001");
+        // A bare peer id: the peer, nothing to dial.
+        let (peer, dial) = peer_of(&[format!("/p2p/{id}")]).unwrap();
+        assert_eq!((peer, dial.len()), (id, 0));
+        // No peer id, or two different ones: no single peer.
+        assert!(peer_of(&["/ip4/127.0.0.1/tcp/4001".into(), "garbage".into()]).is_none());
+        assert!(peer_of(&[quic, format!("/p2p/{other}")]).is_none());
+        assert!(peer_of(&[]).is_none());
     }
 }

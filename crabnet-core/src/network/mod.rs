@@ -67,6 +67,9 @@ pub enum Incoming {
     Frame(InboundFrame),
     /// A change worth an event (started, fell back, peers found...).
     Status(String),
+    /// A connection to a peer opened: addresses for [`Transport::send_to`] that reach it (the
+    /// node sends it its hello, so that the peer need not wait for the next periodic one).
+    Connected(Vec<String>),
 }
 
 /// A way to exchange frames with peers.
@@ -86,6 +89,14 @@ pub trait Transport: Send + 'static {
     /// Sends a sync digest to every peer, where the transport may use a request-response
     /// exchange whose answers come back as frames. By default the same as `broadcast`.
     fn sync(&mut self, frame: &[u8]) -> Result<()> {
+        self.broadcast(frame)
+    }
+
+    /// Sends a frame to the one peer that announced `addresses` (in its hello, or in
+    /// [`Incoming::Connected`]), where the transport can address a single peer; by default,
+    /// and when none of the addresses names a peer, to every peer like `broadcast`.
+    fn send_to(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
+        let _ = addresses;
         self.broadcast(frame)
     }
 
@@ -231,7 +242,7 @@ pub async fn recv(transport: &mut dyn Transport) -> Option<InboundFrame> {
     loop {
         match next(transport).await? {
             Incoming::Frame(f) => return Some(f),
-            Incoming::Status(_) => continue,
+            Incoming::Status(_) | Incoming::Connected(_) => continue,
         }
     }
 }

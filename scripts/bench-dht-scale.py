@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Scale benchmark for the libp2p backend (issue 12 item 7, issue 13).
+
+Starts N `crabnet listen --transport dht` processes on 127.0.0.1 (each its own data directory
+in a temporary directory, ports chosen by the OS), lets them form one network, publishes S
+seeds from different nodes and reports:
+
+- time until every node has a verified hello from every other node (the network formed),
+- time from the first publish until every node holds every seed (convergence),
+- peak and idle RSS per node (VmHWM, VmRSS from /proc),
+- idle CPU per node (utime + stime over an idle window after convergence, in % of one core).
+
+Topology: by default every node dials node 0 (`--dial star`), the hardest case for the hub;
+`--dial K` makes node i dial node i mod K of the first K nodes (a few bootstrap nodes).
+
+Linux only (reads /proc). Uses only the Python standard library.
+
+    cargo build --release -p crabnet-core --bin crabnet
+    scripts/bench-dht-scale.py --nodes 100 --bin target/release/crabnet
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Listener:
+    """One `crabnet listen` process whose JSON-lines stdout goes to a file."""
+
+    def __init__(self, binary, index, root, config):
+        self.index = index
+        self.dir = os.path.join(root, f"n{index}")
+        os.makedirs(self.dir)
+        with open(os.path.join(self.dir, "config.toml"), "w") as f:
+            f.write(f'name = "n{index}"\n{config}')
+        out = subprocess.run(
+            [binary, "--data-dir", self.dir, "--json", "init"],
+            check=True, capture_output=True, text=True,
+        )
+        self.node_id = json.loads(out.stdout)["node_id"]
+        self.binary = binary
+        self.proc = None
+        self.out_path = os.path.join(self.dir, "listen.out")
+        self.offset = 0
+        self.partial = b""
+        self.banner = None
+        self.peers = set()
+        self.seeds = set()
+
+    def start(self, peers):
+        args = [self.binary, "--data-dir", self.dir, "--json", "listen", "--transport", "dht",
+                "--bind", "127.0.0.1:0", "--no-http"]
+        for p in peers:
+            args += ["--peer", p]
+        self.out = open(self.out_path, "wb")
+        self.err = open(os.path.join(self.dir, "listen.err"), "wb")
+        self.proc = subprocess.Popen(args, stdout=self.out, stderr=self.err,
+                                     stdin=subprocess.DEVNULL)
+
+    def poll(self):
+        """Reads new stdout lines: the banner, peers discovered and seeds held."""
+        with open(self.out_path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        text = (self.partial + data).decode()
+        decoder = json.JSONDecoder()
+        pos = 0
+        while True:
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+            try:
+                v, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError:
+                break  # an incomplete document: wait for the rest
+            pos = end
+            if self.banner is None and "bind" in v:
+                self.banner = v
+            elif v.get("type") == "peer_discovered":
+                self.peers.add(v["node_id"])
+            elif v.get("type") == "seed_published":
+                self.seeds.add(v["seed_id"])
+        self.partial = text[pos:].encode()
+        if self.proc.poll() is not None:
+            raise SystemExit(f"node {self.index} exited with {self.proc.returncode}; see {self.dir}")
+
+    def tcp_address(self):
+        for a in self.banner["addresses"]:
+            if "/tcp/" in a and "/p2p/" in a:
+                return a
+        raise SystemExit(f"node {self.index} announces no TCP address: {self.banner}")
+
+    def proc_status(self):
+        out = {}
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "VmHWM"):
+                    out[k] = int(v.split()[0]) / 1024.0  # MiB
+        return out
+
+    def cpu_ticks(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
+
+
+def wait_for(what, timeout, cond, every=0.2):
+    start = time.monotonic()
+    while True:
+        ok, detail = cond()
+        if ok:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise SystemExit(f"timed out after {timeout}s waiting for {what}: {detail}")
+        time.sleep(every)
+
+
+def stats(values):
+    values = sorted(values)
+    n = len(values)
+    return {
+        "min": round(values[0], 2),
+        "median": round(values[n // 2], 2),
+        "max": round(values[-1], 2),
+        "mean": round(sum(values) / n, 3),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, default=100)
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--bin", default=os.environ.get("CRABNET_BIN", "target/release/crabnet"))
+    ap.add_argument("--dial", default="star",
+                    help="'star' (every node dials node 0) or K (node i dials node i mod K)")
+    ap.add_argument("--idle-secs", type=float, default=30.0,
+                    help="length of the idle CPU window after convergence")
+    ap.add_argument("--settle-secs", type=float, default=10.0,
+                    help="pause between convergence and the idle window")
+    ap.add_argument("--timeout", type=float, default=600.0, help="per phase")
+    ap.add_argument("--config", default="", help="extra config.toml text for every node")
+    ap.add_argument("--keep", action="store_true", help="keep the data directories")
+    args = ap.parse_args()
+
+    binary = os.path.abspath(args.bin)
+    root = tempfile.mkdtemp(prefix="crabnet-bench-scale-")
+    nodes = []
+    try:
+        t0 = time.monotonic()
+        for i in range(args.nodes):
+            nodes.append(Listener(binary, i, root, args.config))
+        log(f"initialized {args.nodes} nodes in {time.monotonic() - t0:.1f}s under {root}")
+
+        k = 1 if args.dial == "star" else max(1, int(args.dial))
+        start = time.monotonic()
+        for i, n in enumerate(nodes):
+            if i < k:
+                n.start([nodes[j].tcp_address() for j in range(i)][:1])
+                wait_for(f"node {i}'s banner", 30, lambda: (n.poll() or n.banner is not None, ""))
+            else:
+                n.start([nodes[i % k].tcp_address()])
+        started_at = time.monotonic() - start
+        log(f"started {args.nodes} listeners in {started_at:.1f}s")
+        ids = {n.node_id for n in nodes}
+
+        def formed():
+            missing = 0
+            for n in nodes:
+                n.poll()
+                missing += len(ids - {n.node_id} - n.peers)
+            return missing == 0, f"{missing} (node, peer) pairs without a verified hello"
+
+        wait_for("the network to form", args.timeout, formed, every=0.5)
+        formed_at = time.monotonic() - start
+        log(f"network formed {formed_at:.1f}s after the first start")
+
+        # Publish S seeds from nodes spread over the network.
+        seeds = []
+        pub_start = time.monotonic()
+        for s in range(args.seeds):
+            n = nodes[(s * 7 + args.nodes - 1) % args.nodes]
+            out = subprocess.run(
+                [binary, "--data-dir", n.dir, "--json", "seed", "publish",
+                 "--command", f"echo bench-{s}", "--max-bids", "1", "--bid-window", "600",
+                 "--min-price", "1", "--max-price", "100"],
+                check=True, capture_output=True, text=True,
+            )
+            seeds.append(json.loads(out.stdout)["seed"]["id"])
+        published = time.monotonic()
+        publish_secs = published - pub_start
+        want = set(seeds)
+
+        def converged():
+            missing = 0
+            for n in nodes:
+                n.poll()
+                missing += len(want - n.seeds)
+            return missing == 0, f"{missing} (node, seed) pairs missing"
+
+        wait_for("every node to hold every seed", args.timeout, converged, every=0.1)
+        done = time.monotonic()
+        converge = done - pub_start
+        log(f"converged {converge:.2f}s after the first publish, {done - published:.2f}s after "
+            f"the last (publishing took {publish_secs:.2f}s)")
+
+        peak = [n.proc_status()["VmHWM"] for n in nodes]
+        time.sleep(args.settle_secs)
+        c0 = [n.cpu_ticks() for n in nodes]
+        w0 = time.monotonic()
+        time.sleep(args.idle_secs)
+        c1 = [n.cpu_ticks() for n in nodes]
+        window = time.monotonic() - w0
+        idle_cpu = [100.0 * (b - a) / CLK_TCK / window for a, b in zip(c0, c1)]
+        idle_rss = [n.proc_status()["VmRSS"] for n in nodes]
+        peak = [max(p, n.proc_status()["VmHWM"]) for p, n in zip(peak, nodes)]
+        report = {
+            "nodes": args.nodes,
+            "seeds": args.seeds,
+            "dial": args.dial,
+            "started_secs": round(started_at, 2),
+            "formed_secs": round(formed_at, 2),
+            "publish_secs": round(publish_secs, 2),
+            "converge_secs": round(converge, 2),
+            "converge_after_last_publish_secs": round(done - published, 2),
+            "peak_rss_mib": stats(peak),
+            "idle_rss_mib": stats(idle_rss),
+            "idle_cpu_pct_of_core": stats(idle_cpu),
+            "idle_window_secs": round(window, 1),
+        }
+        print(json.dumps(report))
+    finally:
+        for n in nodes:
+            if n.proc and n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 20
+        for n in nodes:
+            if n.proc:
+                try:
+                    n.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    n.proc.kill()
+                    n.proc.wait()
+        if not args.keep:
+            subprocess.run(["rm", "-rf", root], check=False)
+
+
+if __name__ == "__main__":
+    main()
