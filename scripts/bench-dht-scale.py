@@ -175,12 +175,15 @@ def main():
         log(f"started {args.nodes} listeners in {started_at:.1f}s")
         ids = {n.node_id for n in nodes}
 
+        index = {n.node_id: n.index for n in nodes}
+
         def formed():
-            missing = 0
+            missing = []
             for n in nodes:
                 n.poll()
-                missing += len(ids - {n.node_id} - n.peers)
-            return missing == 0, f"{missing} (node, peer) pairs without a verified hello"
+                missing += [(n.index, index[p]) for p in ids - {n.node_id} - n.peers]
+            return not missing, (f"{len(missing)} (node, peer) pairs without a verified hello, "
+                                 f"e.g. {sorted(missing)[:10]}")
 
         wait_for("the network to form", args.timeout, formed, every=0.5)
         formed_at = time.monotonic() - start

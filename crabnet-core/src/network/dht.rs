@@ -94,6 +94,10 @@ struct Behaviour {
     sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
 }
 
+/// How many gossipsub heartbeats (500 ms) a message stays in the message cache, so that it can
+/// still be forwarded after a slow validation and served to IWANT requests.
+const GOSSIP_HISTORY_HEARTBEATS: usize = 30;
+
 /// How many connected peers get each sync digest (chosen at random each time). Anti-entropy
 /// with a few random peers per interval reaches everyone in O(log n) intervals, while a digest
 /// to every peer would cost each node work in proportion to the network's size.
@@ -235,6 +239,12 @@ impl DhtTransport {
                     .validate_messages()
                     .max_transmit_size(MAX_ENVELOPE_BYTES + 1024)
                     .heartbeat_interval(Duration::from_millis(500))
+                    // A message is forwarded only after the node validated it, and only while
+                    // it is still in the message cache: the default 5 heartbeats (2.5 s) were
+                    // shorter than the validation queue of a busy node in a network of a
+                    // hundred on one machine ("Message not in cache. Ignoring forwarding"),
+                    // and hellos then never reached some nodes. 30 heartbeats (15 s).
+                    .history_length(GOSSIP_HISTORY_HEARTBEATS)
                     // Content ids: the same envelope relayed by anyone is one message.
                     .message_id_fn(|m: &gossipsub::Message| {
                         gossipsub::MessageId::from(Sha256::digest(&m.data)[..20].to_vec())
