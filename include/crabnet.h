@@ -612,7 +612,8 @@ enum crabnet_status crabnet_node_settle(const struct crabnet_node *node,
                                         char **out_seed_json);
 
 /**
- * Cancels a seed this node published, while bidding is open.
+ * Cancels a seed this node published: while bidding is open, or (rule version 2) once the
+ * winner let its claim window pass or its round failed.
  *
  * On success `*out_seed_json` receives the seed's state, freed with `crabnet_string_free`.
  * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION`, `NOT_FOUND`, `STATE`, `STOPPED`,
@@ -621,6 +622,19 @@ enum crabnet_status crabnet_node_settle(const struct crabnet_node *node,
 enum crabnet_status crabnet_node_cancel(const struct crabnet_node *node,
                                         const char *seed_id,
                                         char **out_seed_json);
+
+/**
+ * Moves a seed this node published to the next best bid whose bidder has not had a round
+ * (rule version 2): after its round failed (status `"failed"`), or once the winner let its
+ * claim window pass. With no bid left the seed expires.
+ *
+ * On success `*out_seed_json` receives the seed's state, freed with `crabnet_string_free`.
+ * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION`, `NOT_FOUND`, `STATE`, `STOPPED`,
+ * `STORE`.
+ */
+enum crabnet_status crabnet_node_reassign(const struct crabnet_node *node,
+                                          const char *seed_id,
+                                          char **out_seed_json);
 
 /**
  * Writes one seed's state as JSON.

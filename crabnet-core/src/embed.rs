@@ -223,6 +223,11 @@ impl BlockingNode {
         self.runtime.block_on(self.node.cancel(seed_id))
     }
 
+    /// See [`Node::reassign`].
+    pub fn reassign(&self, seed_id: &SeedId) -> Result<SeedView> {
+        self.runtime.block_on(self.node.reassign(seed_id))
+    }
+
     /// See [`Node::seed`].
     pub fn seed(&self, seed_id: &SeedId) -> Result<SeedView> {
         self.runtime.block_on(self.node.seed(seed_id))

@@ -78,6 +78,8 @@ impl Kind {
                 MessageKind::SeedClaimed => 5,
                 MessageKind::ResultReported => 6,
                 MessageKind::SeedSettled => 7,
+                MessageKind::SeedReassigned => 20,
+                MessageKind::SeedFailed => 21,
             },
         }
     }
@@ -95,6 +97,8 @@ impl Kind {
             7 => Kind::Domain(MessageKind::SeedSettled),
             8 => Kind::SyncDigest,
             9 => Kind::SyncBatch,
+            20 => Kind::Domain(MessageKind::SeedReassigned),
+            21 => Kind::Domain(MessageKind::SeedFailed),
             _ => return None,
         })
     }

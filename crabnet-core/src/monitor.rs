@@ -168,6 +168,29 @@ pub enum EventKind {
         /// The seed.
         seed_id: SeedId,
     },
+    /// The publisher moved the seed to the next best bid (rules 2: the previous winner did
+    /// not claim in time, or its round failed).
+    SeedReassigned {
+        /// The seed.
+        seed_id: SeedId,
+        /// The round this starts.
+        round: u32,
+        /// The new winning bid; none when no bid was left (the seed expired).
+        winner: Option<BidId>,
+        /// The new winning bidder.
+        winner_node: Option<NodeId>,
+        /// The new winning price.
+        price: Option<u64>,
+    },
+    /// The publisher declared a claimed round failed (rules 2: no result in time).
+    SeedFailed {
+        /// The seed.
+        seed_id: SeedId,
+        /// The round that failed.
+        round: u32,
+        /// The claimer that did not report.
+        claimer: Option<NodeId>,
+    },
     /// A seed's status changed.
     StatusChanged {
         /// The seed.
@@ -265,6 +288,8 @@ impl EventKind {
             EventKind::ResultRecorded { .. } => "result_recorded",
             EventKind::SeedSettled { .. } => "seed_settled",
             EventKind::SeedCancelled { .. } => "seed_cancelled",
+            EventKind::SeedReassigned { .. } => "seed_reassigned",
+            EventKind::SeedFailed { .. } => "seed_failed",
             EventKind::StatusChanged { .. } => "status_changed",
             EventKind::PeerDiscovered { .. } => "peer_discovered",
             EventKind::MessageAccepted { .. } => "message_accepted",

@@ -27,8 +27,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{Identity, PublicIdentity};
 use crate::ingress;
 use crate::model::{
-    Bid, BidId, Body, Cancellation, Claim, Message, MessageId, Millis, NodeId, SandboxLevel, Seed,
-    SeedId, SeedStatus, Settlement, SettlementOutcome, TaskResult,
+    Bid, BidId, Body, Cancellation, Claim, Deadlines, Message, MessageId, Millis, NodeId, RoundEnd,
+    SandboxLevel, Seed, SeedId, SeedStatus, Settlement, SettlementOutcome, TaskResult, rules,
 };
 use crate::monitor::{Event, EventBus, EventKind, NdjsonLog, RejectReason, Subscription};
 use crate::network::{self, Acceptance, Handled, InboundFrame, Incoming, Transport};
@@ -64,6 +64,9 @@ pub struct PublishRequest {
     /// The strongest sandbox the command works under (default `full`); see
     /// [`crate::model::Seed::isolation`].
     pub isolation: SandboxLevel,
+    /// Claim window, result grace and settlement window (see [`Deadlines`]; each 1 s to 30
+    /// days).
+    pub deadlines: Deadlines,
 }
 
 impl Default for PublishRequest {
@@ -79,6 +82,7 @@ impl Default for PublishRequest {
             private_to: Vec::new(),
             network: false,
             isolation: SandboxLevel::Full,
+            deadlines: Deadlines::default(),
         }
     }
 }
@@ -346,7 +350,7 @@ impl Node {
             })
             .await?;
         }
-        node.blocking(|n| n.close_due_bidding()).await?;
+        node.blocking(|n| n.issue_due_decisions()).await?;
 
         let mut tasks = Vec::new();
         // Receivers exist before the tasks run, so a stop right after start is never missed.
@@ -540,6 +544,8 @@ impl Node {
                 audience: req.private_to,
                 network: req.network,
                 isolation: req.isolation,
+                rules: rules::CURRENT,
+                deadlines: Some(req.deadlines),
             };
             seed.check_fields()
                 .map_err(|e| Error::new(ErrorKind::Validation, format!("invalid seed: {e}")))?;
@@ -570,7 +576,7 @@ impl Node {
                     price,
                 }))
             })?;
-            n.close_due_bidding()?;
+            n.issue_due_decisions()?;
             n.seed_blocking(&seed_id).or(Ok(view))
         })
         .await
@@ -580,11 +586,11 @@ impl Node {
     pub async fn claim(&self, seed_id: &SeedId) -> Result<SeedView> {
         let seed_id = seed_id.clone();
         self.blocking(move |n| {
-            n.close_due_bidding()?;
+            n.issue_due_decisions()?;
             let me = n.inner.id.clone();
             n.commit_local(&seed_id, |v| {
                 let v = known(v, &seed_id)?;
-                let bid_id = state::check_local_claim(v, &me)?;
+                let bid_id = state::check_local_claim(v, &me, now_ms())?;
                 Ok(Body::SeedClaimed(Claim {
                     seed_id: seed_id.clone(),
                     claimer: me.clone(),
@@ -698,14 +704,41 @@ impl Node {
         .await
     }
 
-    /// Cancels a seed this node published, while bidding is open.
+    /// Starts the next round of a seed this node published (rules 2): after its current round
+    /// failed, or once its winner let the claim window pass. The next best bid whose bidder has
+    /// not had a round wins; with none left the seed expires.
+    pub async fn reassign(&self, seed_id: &SeedId) -> Result<SeedView> {
+        let seed_id = seed_id.clone();
+        self.blocking(move |n| {
+            let me = n.inner.id.clone();
+            n.commit_local(&seed_id, |v| {
+                let v = known(v, &seed_id)?;
+                state::check_local_reassign(v, &me, now_ms())?;
+                let next = v.reassignment().ok_or_else(|| {
+                    Error::internal(format!("seed {seed_id} has no award to reassign"))
+                })?;
+                Ok(Body::SeedReassigned(next))
+            })
+        })
+        .await
+    }
+
+    /// Cancels a seed this node published: while bidding is open, or (rules 2) once the
+    /// winner let the claim window pass or the current round failed.
     pub async fn cancel(&self, seed_id: &SeedId) -> Result<SeedView> {
         let seed_id = seed_id.clone();
         self.blocking(move |n| {
             n.commit_local(&seed_id, |v| {
-                known(v, &seed_id)?;
+                let v = known(v, &seed_id)?;
+                // Under rules 2 a cancellation after the award says how the round ended.
+                let after = match (v.seed.deadlines(), v.status, &v.award) {
+                    (None, _, _) | (_, _, None) => None,
+                    (Some(_), SeedStatus::Failed, Some(_)) => Some(RoundEnd::Failed),
+                    (Some(_), _, Some(_)) => Some(RoundEnd::Unclaimed),
+                };
                 Ok(Body::SeedCancelled(Cancellation {
                     seed_id: seed_id.clone(),
+                    after,
                 }))
             })
         })
@@ -993,7 +1026,7 @@ impl Node {
         })?;
         self.inner.recent.insert(bytes);
         if matches!(outcome, RemoteOutcome::Applied | RemoteOutcome::Deferred(_)) {
-            self.close_due_bidding()?;
+            self.issue_due_decisions()?;
         }
         Ok(match outcome {
             RemoteOutcome::Duplicate => Acceptance::Ignore,
@@ -1223,30 +1256,29 @@ impl Node {
         self.plain_frame(Kind::NodeHello, &envelope::encode_hello(&hello), ttl)
     }
 
-    /// Issues the award (or expiry) for every seed this node published whose bidding is due
-    /// to close.
-    fn close_due_bidding(&self) -> Result<()> {
+    /// Issues every decision this node owes as a publisher (see [`SeedView::due_decision`]):
+    /// awards when bidding is due to close and, under rules 2, reassignments, failures and
+    /// settlements when their deadlines have passed.
+    fn issue_due_decisions(&self) -> Result<()> {
         let now = now_ms();
-        let open = lock(&self.inner.store).open_seeds_of(&self.inner.id)?;
-        for view in open {
-            if view.due_award(now).is_none() {
+        let pending = lock(&self.inner.store).undecided_seeds_of(&self.inner.id)?;
+        for view in pending {
+            let Some(due) = view.due_decision(now) else {
                 continue;
-            }
+            };
             let id = view.seed.id.clone();
+            let kind = due.kind();
             let result = self.commit_local(&id, |v| {
                 let v = known(v, &id)?;
-                // Another thread or process may have closed it meanwhile.
-                v.due_award(now).map(Body::BiddingClosed).ok_or_else(|| {
-                    Violation::BiddingClosed {
-                        seed_id: id.clone(),
-                    }
-                    .into()
-                })
+                // Another thread or process may have decided meanwhile.
+                v.due_decision(now)
+                    .filter(|b| b.kind() == kind)
+                    .ok_or_else(|| Error::new(ErrorKind::State, "already decided"))
             });
             match result {
                 Ok(_) => {}
-                Err(e) if matches!(e.violation(), Some(Violation::BiddingClosed { .. })) => {}
-                Err(e) => tracing::warn!(seed = %id, "cannot close bidding: {e}"),
+                Err(e) if e.kind() == ErrorKind::State => {}
+                Err(e) => tracing::warn!(seed = %id, "cannot issue the due {kind}: {e}"),
             }
         }
         Ok(())
@@ -1263,7 +1295,7 @@ impl Node {
             }
             let node = self.clone();
             let done = tokio::task::spawn_blocking(move || -> Result<()> {
-                node.close_due_bidding()?;
+                node.issue_due_decisions()?;
                 node.flush_rejections()?;
                 let mut store = lock(&node.inner.store);
                 store.prune_seen(now_ms())?;

@@ -525,10 +525,11 @@ impl Store {
         rows.map(|r| from_json(&r?, "seed view")).collect()
     }
 
-    /// Open seeds published by `publisher` (candidates for closing bidding).
-    pub fn open_seeds_of(&self, publisher: &NodeId) -> Result<Vec<SeedView>> {
+    /// Seeds published by `publisher` that may still owe a decision (open, claimed, completed).
+    pub fn undecided_seeds_of(&self, publisher: &NodeId) -> Result<Vec<SeedView>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT view FROM seeds WHERE status = 'open' AND publisher = ?1 ORDER BY created_at",
+            "SELECT view FROM seeds WHERE status IN ('open', 'claimed', 'completed')
+             AND publisher = ?1 ORDER BY created_at",
         )?;
         let rows = stmt.query_map([publisher.as_str()], |r| r.get::<_, String>(0))?;
         rows.map(|r| from_json(&r?, "seed view")).collect()
@@ -1139,6 +1140,29 @@ fn applied_event(m: &Message, view: &SeedView) -> EventKind {
         },
         Body::SeedCancelled(c) => EventKind::SeedCancelled {
             seed_id: c.seed_id.clone(),
+        },
+        Body::SeedReassigned(r) => {
+            let winner = r
+                .winner
+                .as_ref()
+                .and_then(|id| view.bids.iter().find(|b| &b.bid.id == id));
+            EventKind::SeedReassigned {
+                seed_id: r.seed_id.clone(),
+                round: r.round,
+                winner: r.winner.clone(),
+                winner_node: winner.map(|b| b.bid.bidder.clone()),
+                price: winner.map(|b| b.bid.price),
+            }
+        }
+        Body::SeedFailed(f) => EventKind::SeedFailed {
+            seed_id: f.seed_id.clone(),
+            round: f.round,
+            claimer: view
+                .past_rounds
+                .iter()
+                .find(|r| r.round == f.round)
+                .map(|r| r.winner_node.clone())
+                .or_else(|| view.claim.as_ref().map(|c| c.claimer.clone())),
         },
     }
 }

@@ -1182,7 +1182,7 @@ fn errors_for_lifecycle_violations() {
         &sb,
         &dir,
         &["seed", "cancel", &closed],
-        &[&closed, "closed"],
+        &["cannot cancel", &closed, "claimed"],
     );
     assert_eq!(show(&sb, &dir, &closed)["status"], "claimed");
 }

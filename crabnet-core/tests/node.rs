@@ -565,3 +565,67 @@ fn blocking_nodes_talk_over_udp_on_loopback_and_over_a_memory_hub() {
     wait_seen(&c, &seed.seed.id);
     assert_eq!(c.overview().unwrap().transport.as_deref(), Some("memory"));
 }
+
+/// Rules 2 across three nodes: a winner that never claims loses the seed to the next best bid
+/// when its claim window passes; a claimer that never reports has its round failed, and the
+/// publisher's operator reassigns the seed, which then expires with no bidder left. Every
+/// decision is the publisher node's own (no call but `reassign`), and all replicas agree.
+#[tokio::test]
+async fn deadlines_reassign_an_unclaimed_award_and_fail_a_silent_claimer() {
+    use crabnet_core::model::{Deadlines, RoundEnd};
+    let dir = tempfile::tempdir().unwrap();
+    let (_hub, nodes) = network(dir.path(), 3).await;
+    let (publisher, lazy, silent) = (&nodes[0], &nodes[1], &nodes[2]);
+    let seed = publisher
+        .publish(PublishRequest {
+            max_bids: 2,
+            timeout_secs: 1,
+            deadlines: Deadlines {
+                claim_secs: 1,
+                result_grace_secs: 1,
+                settle_secs: 60,
+            },
+            ..PublishRequest::new("echo never")
+        })
+        .await
+        .unwrap();
+    let id = seed.seed.id.clone();
+    for n in [lazy, silent] {
+        wait_for(n, &id, "the seed", |_| true).await;
+    }
+    lazy.bid(&id, 10).await.unwrap();
+    silent.bid(&id, 20).await.unwrap();
+    // The lazy winner never claims: round 1 goes to the silent bidder.
+    let v = wait_for(silent, &id, "the reassignment", |v| {
+        v.award.as_ref().is_some_and(|a| a.round == 1)
+    })
+    .await;
+    assert_eq!(v.award.as_ref().unwrap().winner_node.as_ref(), Some(silent.id()));
+    assert_eq!(v.past_rounds[0].ended, RoundEnd::Unclaimed);
+    let err = lazy.claim(&id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::State, "{err}");
+    silent.claim(&id).await.unwrap();
+    // It never reports: the publisher's node fails the round after timeout + grace.
+    let v = wait_for(publisher, &id, "the failure", |v| v.status == SeedStatus::Failed).await;
+    assert!(v.failed_at.is_some());
+    let err = silent.run(&id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::State, "{err}");
+    // The operator reassigns: nobody is left, the seed expires everywhere.
+    let v = publisher.reassign(&id).await.unwrap();
+    assert_eq!(v.status, SeedStatus::Expired);
+    assert_eq!(v.past_rounds.len(), 2);
+    for n in &nodes {
+        let v = wait_for(n, &id, "the expiry", |v| v.status == SeedStatus::Expired).await;
+        assert_eq!(v.past_rounds[1].ended, RoundEnd::Failed);
+    }
+    let digests: Vec<String> = futures_digests(&nodes).await;
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+}
+
+async fn futures_digests(nodes: &[Node]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(n.overview().await.unwrap().state_digest);
+    }
+    out
+}

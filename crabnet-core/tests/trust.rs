@@ -88,6 +88,8 @@ fn seed_message(id: &Identity, lamport: u64, timestamp: u64) -> Message {
             audience: vec![],
             network: false,
             isolation: crabnet_core::model::SandboxLevel::Full,
+            rules: crabnet_core::model::rules::V1,
+            deadlines: None,
         }),
     }
 }

@@ -645,7 +645,8 @@ pub unsafe extern "C" fn crabnet_node_settle(
     }
 }
 
-/// Cancels a seed this node published, while bidding is open.
+/// Cancels a seed this node published: while bidding is open, or (rule version 2) once the
+/// winner let its claim window pass or its round failed.
 ///
 /// On success `*out_seed_json` receives the seed's state, freed with `crabnet_string_free`.
 /// Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION`, `NOT_FOUND`, `STATE`, `STOPPED`,
@@ -663,6 +664,30 @@ pub unsafe extern "C" fn crabnet_node_cancel(
             seed_id,
             out_seed_json,
             |n, id| n.cancel(id),
+        )
+    }
+}
+
+/// Moves a seed this node published to the next best bid whose bidder has not had a round
+/// (rule version 2): after its round failed (status `"failed"`), or once the winner let its
+/// claim window pass. With no bid left the seed expires.
+///
+/// On success `*out_seed_json` receives the seed's state, freed with `crabnet_string_free`.
+/// Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION`, `NOT_FOUND`, `STATE`, `STOPPED`,
+/// `STORE`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crabnet_node_reassign(
+    node: *const crabnet_node,
+    seed_id: *const c_char,
+    out_seed_json: *mut *mut c_char,
+) -> crabnet_status {
+    unsafe {
+        seed_op(
+            "crabnet_node_reassign",
+            node,
+            seed_id,
+            out_seed_json,
+            |n, id| n.reassign(id),
         )
     }
 }

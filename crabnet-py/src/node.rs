@@ -246,6 +246,11 @@ impl NativeNode {
         self.call(py, move |n| n.cancel(&id))
     }
 
+    fn reassign(&self, py: Python<'_>, seed: &str) -> PyResult<String> {
+        let id = seed_id(seed)?;
+        self.call(py, move |n| n.reassign(&id))
+    }
+
     fn seed(&self, py: Python<'_>, seed: &str) -> PyResult<String> {
         let id = seed_id(seed)?;
         self.call(py, move |n| n.seed(&id))

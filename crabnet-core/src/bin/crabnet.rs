@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use crabnet_core::clock::format_ms;
 use crabnet_core::demo::{self, DemoOptions};
-use crabnet_core::model::SandboxLevel;
+use crabnet_core::model::{Deadlines, SandboxLevel};
 use crabnet_core::network::{DhtConfig, UdpConfig, UdpTransport};
 use crabnet_core::web::{WebConfig, WebHandle};
 use crabnet_core::{
@@ -140,8 +140,15 @@ enum SeedCommand {
         #[arg(long, default_value = "")]
         note: String,
     },
-    /// Cancel a seed this node published, while bidding is open.
+    /// Cancel a seed this node published: while bidding is open, or once the winner let its
+    /// claim window pass or the round failed.
     Cancel {
+        /// Seed id.
+        id: String,
+    },
+    /// Move a seed this node published to the next best bid: after its round failed, or once
+    /// the winner let its claim window pass (expires when no bid is left).
+    Reassign {
         /// Seed id.
         id: String,
     },
@@ -191,6 +198,17 @@ struct PublishArgs {
     /// The strongest task sandbox the command works under.
     #[arg(long, value_enum, default_value_t = IsolationArg::Full)]
     isolation: IsolationArg,
+    /// Seconds the winner has to claim after the award; then the seed moves to the next best
+    /// bid.
+    #[arg(long, default_value_t = Deadlines::default().claim_secs)]
+    claim_window: u64,
+    /// Seconds beyond --timeout the claimer has to report its result; then the round fails.
+    #[arg(long, default_value_t = Deadlines::default().result_grace_secs)]
+    result_grace: u64,
+    /// Seconds the publisher has to settle after the result; then the node settles by the
+    /// result.
+    #[arg(long, default_value_t = Deadlines::default().settle_secs)]
+    settle_window: u64,
 }
 
 /// Sandbox levels, as the CLI spells them.
@@ -441,6 +459,11 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
                     .collect::<Result<_, _>>()?,
                 network: a.network,
                 isolation: a.isolation.into(),
+                deadlines: Deadlines {
+                    claim_secs: a.claim_window,
+                    result_grace_secs: a.result_grace,
+                    settle_secs: a.settle_window,
+                },
             };
             let v = with_node(config, async |n| n.publish(req).await).await?;
             if json {
@@ -489,6 +512,12 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
             let id = parse_id(&id)?;
             let v = with_node(config, async |n| n.cancel(&id).await).await?;
             report(&v, json, &format!("cancelled seed {id}"));
+        }
+        SeedCommand::Reassign { id } => {
+            let id = parse_id(&id)?;
+            let v = with_node(config, async |n| n.reassign(&id).await).await?;
+            let round = v.award.as_ref().map_or(0, |a| a.round);
+            report(&v, json, &format!("seed {id} is in round {round}"));
         }
         SeedCommand::List { status } => {
             let status = match status {

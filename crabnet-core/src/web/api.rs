@@ -76,7 +76,7 @@ const _: fn(RejectReason) = |r| match r {
 };
 
 /// Every event type name (the `type` field of an event), for the `kind` filter.
-pub(crate) const EVENT_KINDS: [&str; 18] = [
+pub(crate) const EVENT_KINDS: [&str; 20] = [
     "node_started",
     "node_stopped",
     "seed_published",
@@ -87,6 +87,8 @@ pub(crate) const EVENT_KINDS: [&str; 18] = [
     "result_recorded",
     "seed_settled",
     "seed_cancelled",
+    "seed_reassigned",
+    "seed_failed",
     "status_changed",
     "peer_discovered",
     "message_accepted",
@@ -109,6 +111,8 @@ const _: fn(&EventKind) = |k| match k {
     | EventKind::ResultRecorded { .. }
     | EventKind::SeedSettled { .. }
     | EventKind::SeedCancelled { .. }
+    | EventKind::SeedReassigned { .. }
+    | EventKind::SeedFailed { .. }
     | EventKind::StatusChanged { .. }
     | EventKind::PeerDiscovered { .. }
     | EventKind::MessageAccepted { .. }

@@ -41,9 +41,14 @@ __all__ = [
     "SandboxPolicy",
     "SandboxStatus",
     "SchemaWarning",
+    "Deadlines",
+    "PastRound",
+    "RoundEnd",
     "Seed",
     "SeedCancelled",
     "SeedClaimed",
+    "SeedFailed",
+    "SeedReassigned",
     "SeedPublished",
     "SeedSettled",
     "SeedStatus",
@@ -90,10 +95,28 @@ class SeedStatus(str, Enum):
     EXPIRED = "expired"
     """Bidding closed without bids (final)."""
     CANCELLED = "cancelled"
-    """The publisher cancelled it before bidding closed (final)."""
+    """The publisher cancelled it (final)."""
+    FAILED = "failed"
+    """The claimer did not report a result in time; the publisher may reassign the seed to
+    the next best bid or cancel it."""
 
     def __repr__(self) -> str:
         return f"SeedStatus.{self.name}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RoundEnd(str, Enum):
+    """How an earlier round of an awarded seed ended."""
+
+    UNCLAIMED = "unclaimed"
+    """The winner did not claim within the claim window."""
+    FAILED = "failed"
+    """The claimer did not report a result within the timeout plus the result grace."""
+
+    def __repr__(self) -> str:
+        return f"RoundEnd.{self.name}"
 
     def __str__(self) -> str:
         return self.value
@@ -295,6 +318,30 @@ class Violation(_Record):
 
 
 @dataclass(frozen=True, repr=False)
+class Deadlines(_Record):
+    """How long each later step of a seed may take, in seconds (rule version 2)."""
+
+    claim_secs: int
+    """The winner's time to claim after the award; then the next best bid wins."""
+    result_grace_secs: int
+    """Time beyond the timeout for the claimer to report; then the round fails."""
+    settle_secs: int
+    """The publisher's time to settle; then its node settles by the result."""
+
+
+@dataclass(frozen=True, repr=False)
+class PastRound(_Record):
+    """An earlier round of an awarded seed: its winner did not claim, or its claim failed."""
+
+    round: int
+    winner: str
+    winner_node: str
+    claimed_at: Optional[int]
+    ended: RoundEnd
+    ended_at: int
+
+
+@dataclass(frozen=True, repr=False)
 class Seed(_Record):
     """A task offered to the network: a shell command with a price range and a bid window."""
 
@@ -319,6 +366,10 @@ class Seed(_Record):
     isolation: SandboxLevel = SandboxLevel.FULL
     """The strongest sandbox the command works under (default ``full``): a node bids only when
     the sandbox it would build is no stronger than this."""
+    rules: int = 1
+    """The lifecycle rule version: 1 (no deadlines) or 2 (deadlines, see :class:`Deadlines`)."""
+    deadlines: Optional[Deadlines] = None
+    """The claim, result and settlement deadlines (rule version 2)."""
 
     @property
     def private(self) -> bool:
@@ -344,9 +395,13 @@ class Award(_Record):
 
     considered: Tuple[str, ...]
     winner: Optional[str]
+    """The current round's winning bid (reassignments move it to the next best bid)."""
     winner_node: Optional[str]
     price: Optional[int]
     closed_at: int
+    round: int = 0
+    """The current round: 0 for the award, one more for each reassignment."""
+    round_started_at: int = 0
 
 
 @dataclass(frozen=True, repr=False)
@@ -444,6 +499,10 @@ class SeedView(_Record):
     settlement: Optional[Settlement]
     cancelled_at: Optional[int]
     updated_at: int
+    failed_at: Optional[int] = None
+    """When the publisher declared the current round failed (status ``failed``)."""
+    past_rounds: Tuple[PastRound, ...] = ()
+    """Earlier rounds, oldest first."""
 
     @property
     def id(self) -> str:
@@ -640,6 +699,29 @@ class SeedCancelled(Event):
 
 
 @dataclass(frozen=True, repr=False)
+class SeedReassigned(Event):
+    """The publisher moved the seed to the next best bid (``winner`` is ``None`` when no bid
+    was left and the seed expired)."""
+
+    TYPE: ClassVar[str] = "seed_reassigned"
+    seed_id: str
+    round: int
+    winner: Optional[str]
+    winner_node: Optional[str]
+    price: Optional[int]
+
+
+@dataclass(frozen=True, repr=False)
+class SeedFailed(Event):
+    """The publisher declared a claimed round failed: no result within the deadline."""
+
+    TYPE: ClassVar[str] = "seed_failed"
+    seed_id: str
+    round: int
+    claimer: Optional[str]
+
+
+@dataclass(frozen=True, repr=False)
 class StatusChanged(Event):
     """A seed's status changed (``from_status`` is ``None`` when the seed just became known)."""
 
@@ -743,6 +825,8 @@ _EVENT_TYPES: Dict[str, Type[Event]] = {
         ResultRecorded,
         SeedSettled,
         SeedCancelled,
+        SeedReassigned,
+        SeedFailed,
         StatusChanged,
         PeerDiscovered,
         MessageAccepted,

@@ -347,6 +347,9 @@ class Node:
         private_to: Iterable[NodeRef] = (),
         network: bool = False,
         isolation: Union[SandboxLevel, str] = "full",
+        claim_window_secs: Optional[int] = None,
+        result_grace_secs: Optional[int] = None,
+        settle_window_secs: Optional[int] = None,
     ) -> SeedView:
         """Publishes a seed: a shell command the winning bidder runs. Terms left out take the
         core's defaults (price 1..=100, 30 s bid window, 5 bids, 60 s timeout).
@@ -360,7 +363,14 @@ class Node:
         ``runner.allow_network`` is set bid on it (others raise ``RunnerError``). ``isolation``
         is the strongest sandbox the command works under (``"full"``, ``"partial"`` or
         ``"none"``, see :class:`SandboxLevel`): a node bids only when the sandbox it would build
-        is no stronger."""
+        is no stronger.
+
+        Deadlines (each 1 s to 30 days, see :class:`Deadlines`): the winner has
+        ``claim_window_secs`` (default 600) to claim, then this node moves the seed to the next
+        best bid; the claimer has the timeout plus ``result_grace_secs`` (default 300) to
+        report, then this node declares the round failed (:meth:`reassign` or :meth:`cancel`
+        it); a result not settled within ``settle_window_secs`` (default 86400) is settled by
+        this node: accepted if it succeeded, rejected otherwise."""
         if not isinstance(command, str):
             raise TypeError(f"command must be a str, got {type(command).__name__}")
         request: Dict[str, Any] = {"command": command}
@@ -391,6 +401,16 @@ class Node:
             )
         # The core checks the name ("none", "partial" or "full").
         request["isolation"] = str(isolation)
+        deadlines: Dict[str, int] = {}
+        for key, value in (
+            ("claim_secs", claim_window_secs),
+            ("result_grace_secs", result_grace_secs),
+            ("settle_secs", settle_window_secs),
+        ):
+            if value is not None:
+                deadlines[key] = _uint(key, value, _U64)
+        if deadlines:
+            request["deadlines"] = deadlines
         return _view(self._node().publish(json.dumps(request)))
 
     def bid(self, seed: SeedRef, price: int) -> SeedView:
@@ -421,8 +441,15 @@ class Node:
         return _view(self._node().settle(_seed_id(seed), bool(accept), note))
 
     def cancel(self, seed: SeedRef) -> SeedView:
-        """Cancels a seed this node published, while bidding is open."""
+        """Cancels a seed this node published: while bidding is open, or once the winner let
+        its claim window pass or its round failed."""
         return _view(self._node().cancel(_seed_id(seed)))
+
+    def reassign(self, seed: SeedRef) -> SeedView:
+        """Moves a seed this node published to the next best bid whose bidder has not had a
+        round: after its round failed (status ``failed``), or once the winner let its claim
+        window pass. With no bid left the seed expires."""
+        return _view(self._node().reassign(_seed_id(seed)))
 
     def seed(self, seed: SeedRef) -> SeedView:
         """The current state of one seed (``NotFoundError`` if unknown here)."""
