@@ -37,6 +37,7 @@ use crate::sandbox::{Refusal, SandboxPolicy, SandboxStatus};
 use crate::state::{self, SeedView, Violation};
 use crate::store::{Peer, PeerUpdate, RemoteOutcome, Store};
 use crate::sync;
+use crate::trust;
 
 /// What to publish. `Default` gives a usable seed apart from the command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +160,7 @@ struct Inner {
     wake_log: Notify,
     rejections: ingress::Rejections,
     recent: ingress::RecentFrames,
+    trust: trust::Trust,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     lock: Mutex<Option<File>>,
 }
@@ -303,6 +305,7 @@ impl Node {
             )
         });
         let (shutdown, _) = watch::channel(false);
+        let policy = trust::Trust::new(identity.node_id(), &config.trust);
         let node = Node {
             inner: Arc::new(Inner {
                 id: identity.node_id().clone(),
@@ -326,6 +329,7 @@ impl Node {
                 wake_log: Notify::new(),
                 rejections: ingress::Rejections::new(config.network.reject_event_window_ms),
                 recent: ingress::RecentFrames::new(RECENT_FRAMES),
+                trust: policy,
                 tasks: Mutex::new(Vec::new()),
                 lock: Mutex::new(lock_file),
                 config,
@@ -866,6 +870,10 @@ impl Node {
             }
         };
         let h = &parsed.header;
+        // Before any signature check or transaction: is the author admitted at all?
+        if let Err(detail) = self.inner.trust.check_frame(h) {
+            return self.reject(from, Some(h), RejectReason::NotAdmitted, detail);
+        }
         if h.sender == self.inner.id {
             // Our own envelopes come back through relays and sync; anything else that claims
             // to be from this node is a forgery, checked like every other sender's frame.
@@ -1543,7 +1551,8 @@ fn verdict(reason: RejectReason) -> Acceptance {
         | RejectReason::UnknownSender
         | RejectReason::Replay
         | RejectReason::Expired
-        | RejectReason::Rule => Acceptance::Ignore,
+        | RejectReason::Rule
+        | RejectReason::NotAdmitted => Acceptance::Ignore,
     }
 }
 

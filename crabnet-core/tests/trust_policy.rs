@@ -1,0 +1,252 @@
+//! The trust policy (docs/PROTOCOL.md section 2f) against a running node, in memory: node-id
+//! allow and deny lists, anchored membership with certificates and revocations. The same policy
+//! across real `crabnet listen` processes and restarts is in `tests/trust_e2e.rs`.
+
+use std::time::{Duration, Instant};
+
+use crabnet_core::clock::now_ms;
+use crabnet_core::crypto::{KemSeeds, SigningSeeds};
+use crabnet_core::envelope::{self, Header, Hello, Kind, MAX_ENVELOPE_BYTES};
+use crabnet_core::identity::Identity;
+use crabnet_core::model::{Body, Message, MessageId, Seed, SeedId};
+use crabnet_core::monitor::RejectReason;
+use crabnet_core::network::{MemoryTransport, Transport};
+use crabnet_core::store::{Store, StoreConfig};
+use crabnet_core::{Config, EventKind, MemoryHub, Node, NodeId};
+
+fn config(dir: &std::path::Path, name: &str) -> Config {
+    let mut c = Config::with_data_dir(dir.join(name));
+    c.name = name.into();
+    c.network.tick_ms = 20;
+    c
+}
+
+fn identity(tag: u8) -> Identity {
+    Identity::from_seeds(
+        &SigningSeeds {
+            ed25519: [tag; 32],
+            ml_dsa: [tag; 32],
+        },
+        &KemSeeds {
+            x25519: [tag; 32],
+            ml_kem: [tag; 64],
+        },
+        1,
+    )
+}
+
+fn rand16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    envelope::os_rng(&mut b);
+    b
+}
+
+fn hello(id: &Identity) -> Vec<u8> {
+    let hello = Hello {
+        name: "peer".into(),
+        addresses: vec![],
+        key_epoch: id.public().epoch,
+        signing_public: id.public().signing.to_bytes(),
+        kem_public: id.public().kem.to_bytes(),
+    };
+    let header = Header {
+        kind: Kind::NodeHello,
+        sealed: false,
+        sender: id.node_id().clone(),
+        message_id: MessageId::from_bytes(rand16()),
+        timestamp: now_ms(),
+        ttl_secs: 60,
+        lamport: 0,
+    };
+    envelope::build(
+        id,
+        &header,
+        &envelope::encode_hello(&hello),
+        &[],
+        MAX_ENVELOPE_BYTES,
+        &mut envelope::os_rng,
+    )
+    .unwrap()
+}
+
+fn seed_message(id: &Identity, timestamp: u64) -> Message {
+    Message {
+        id: MessageId::from_bytes(rand16()),
+        sender: id.node_id().clone(),
+        lamport: 1,
+        timestamp,
+        body: Body::SeedCreated(Seed {
+            id: SeedId::from_bytes(rand16()),
+            publisher: id.node_id().clone(),
+            command: "true".into(),
+            description: String::new(),
+            min_price: 1,
+            max_price: 10,
+            bid_window_secs: 60,
+            max_bids: 1,
+            timeout_secs: 10,
+            created_at: timestamp,
+            audience: vec![],
+            network: false,
+            isolation: crabnet_core::model::SandboxLevel::Full,
+        }),
+    }
+}
+
+fn seal(id: &Identity, m: &Message) -> Vec<u8> {
+    envelope::message_envelope(id, m, 60, &[], MAX_ENVELOPE_BYTES, &mut envelope::os_rng).unwrap()
+}
+
+fn send_seed(wire: &mut MemoryTransport, id: &Identity) -> Message {
+    let m = seed_message(id, now_ms());
+    wire.broadcast(&seal(id, &m)).unwrap();
+    m
+}
+
+async fn counter(node: &Node, name: &str) -> u64 {
+    node.overview()
+        .await
+        .unwrap()
+        .counters
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+}
+
+async fn wait_counter(node: &Node, name: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = counter(node, name).await;
+        if v >= at_least {
+            return;
+        }
+        let counters = node.overview().await.unwrap().counters;
+        assert!(
+            Instant::now() < deadline,
+            "counter {name} stayed at {v}, wanted {at_least}: {counters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn eventually_knows(node: &Node, m: &Message) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.seed(m.seed_id()).await.is_err() {
+        assert!(Instant::now() < deadline, "seed of {:?} never arrived", m.id);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn start(c: Config, hub: &MemoryHub) -> Node {
+    let name = c.name.clone();
+    Node::start_with_transport(c, Box::new(hub.join(&name)))
+        .await
+        .unwrap()
+}
+
+async fn peer_ids(node: &Node) -> Vec<NodeId> {
+    node.peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.node_id)
+        .collect()
+}
+
+/// Whether the node's database has any trace of message `id` (stored or remembered as seen),
+/// read through a second connection.
+fn stored_trace(c: &Config, m: &Message) -> bool {
+    let store = Store::open(&c.db_path(), &StoreConfig::default()).unwrap();
+    store.is_known(&m.id).unwrap()
+}
+
+fn not_admitted_events(events: &[crabnet_core::Event], who: &NodeId) -> usize {
+    events
+        .iter()
+        .filter(|e| {
+            matches!(&e.kind, EventKind::MessageRejected {
+                reason: RejectReason::NotAdmitted,
+                sender: Some(s),
+                ..
+            } if s == who)
+        })
+        .count()
+}
+
+/// A denied node's hello and messages are dropped before any signature check or transaction:
+/// the `rejected.not_admitted` counter counts them, the node is not in the peer table, nothing
+/// about its messages is stored, and the flood is one event (aggregated per source and reason).
+/// Other nodes are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_nodes_are_dropped_without_a_database_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mallory = identity(0x66);
+    let alice = identity(0x11);
+    let mut c = config(dir.path(), "victim");
+    c.trust.deny = vec![mallory.node_id().clone()];
+    let node = start(c.clone(), &hub).await;
+    let mut wire = hub.join("wire");
+
+    wire.broadcast(&hello(&mallory)).unwrap();
+    let mut sent = Vec::new();
+    for _ in 0..20 {
+        sent.push(send_seed(&mut wire, &mallory));
+    }
+    wait_counter(&node, "rejected.not_admitted", 21).await;
+    wire.broadcast(&hello(&alice)).unwrap();
+    let m = send_seed(&mut wire, &alice);
+    eventually_knows(&node, &m).await;
+
+    assert_eq!(peer_ids(&node).await, vec![alice.node_id().clone()]);
+    for m in &sent {
+        assert!(node.seed(m.seed_id()).await.is_err());
+        assert!(!stored_trace(&c, m), "a denied message left a trace");
+    }
+    let events = node.events_after(0, 10_000).await.unwrap();
+    assert_eq!(not_admitted_events(&events, mallory.node_id()), 1, "{events:?}");
+    node.stop().await.unwrap();
+}
+
+/// With a non-empty allow list only the listed nodes are admitted (and a node both allowed and
+/// denied is denied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_list_admits_only_its_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let (alice, bob, carol) = (identity(0x11), identity(0x22), identity(0x33));
+    let mut c = config(dir.path(), "n");
+    c.trust.allow = vec![alice.node_id().clone(), carol.node_id().clone()];
+    c.trust.deny = vec![carol.node_id().clone()];
+    let node = start(c, &hub).await;
+    let mut wire = hub.join("wire");
+    for id in [&alice, &bob, &carol] {
+        wire.broadcast(&hello(id)).unwrap();
+    }
+    let from_bob = send_seed(&mut wire, &bob);
+    let from_alice = send_seed(&mut wire, &alice);
+    eventually_knows(&node, &from_alice).await;
+    wait_counter(&node, "rejected.not_admitted", 3).await;
+    assert!(node.seed(from_bob.seed_id()).await.is_err());
+    assert_eq!(peer_ids(&node).await, vec![alice.node_id().clone()]);
+    node.stop().await.unwrap();
+}
+
+#[test]
+fn trust_lists_are_checked_when_the_config_loads() {
+    let e = Config::from_toml("[trust]\ndeny = [\"abc\"]\n").unwrap_err();
+    assert_eq!(e.kind(), crabnet_core::ErrorKind::Config);
+    assert!(e.to_string().contains("trust.deny"), "{e}");
+    let e = Config::from_toml(&format!(
+        "[trust]\nallow = [\n  \"{}\",\n  \"{}\",\n]\n",
+        "ab".repeat(32),
+        "xy".repeat(32)
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("trust.allow"), "{e}");
+    let ok = Config::from_toml(&format!("[trust]\nallow = [\"{}\"]\n", "AB".repeat(32)));
+    assert!(ok.is_err(), "node ids are lowercase hex");
+    let c = Config::from_toml(&format!("[trust]\nallow = [\"{}\"]\n", "ab".repeat(32))).unwrap();
+    assert_eq!(c.trust.allow.len(), 1);
+    assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+}
