@@ -400,6 +400,7 @@ impl Config {
             ));
         }
 
+        self.trust.validate()?;
         self.web.validate()
     }
 

@@ -270,7 +270,7 @@ impl Node {
         config.validate()?;
         let cfg = config.clone();
         let listening = transport.is_some();
-        let (store, identity, lock_file) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (store, identity, lock_file, policy) = tokio::task::spawn_blocking(move || -> Result<_> {
             create_private_dir(&cfg.data_dir)?;
             let lock_file = if listening {
                 Some(take_listen_lock(&cfg)?)
@@ -291,7 +291,8 @@ impl Node {
                     ),
                 ));
             }
-            Ok((store, identity, lock_file))
+            let policy = trust::Trust::load(identity.public(), &cfg.trust, &store)?;
+            Ok((store, identity, lock_file, policy))
         })
         .await
         .map_err(|e| Error::internal(format!("start task failed: {e}")))??;
@@ -305,7 +306,6 @@ impl Node {
             )
         });
         let (shutdown, _) = watch::channel(false);
-        let policy = trust::Trust::new(identity.node_id(), &config.trust);
         let node = Node {
             inner: Arc::new(Inner {
                 id: identity.node_id().clone(),
@@ -921,7 +921,10 @@ impl Node {
         if let Err(e) = parsed.verify(&peer.identity.signing) {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
         }
-        if matches!(h.kind, Kind::SyncDigest | Kind::SyncBatch) {
+        if matches!(
+            h.kind,
+            Kind::SyncDigest | Kind::SyncBatch | Kind::Revocations
+        ) {
             // Sync envelopes are answered once: a replay must not make us resend everything.
             let fresh = self.with_store(|s| {
                 if s.is_known(&h.message_id)? {
@@ -929,6 +932,7 @@ impl Node {
                 }
                 let counter = match h.kind {
                     Kind::SyncDigest => "sync.digests_received",
+                    Kind::Revocations => "trust.revocation_lists_received",
                     _ => "sync.batches_received",
                 };
                 s.remember(&h.message_id, &h.sender, h.lamport, now, counter)?;
@@ -960,6 +964,12 @@ impl Node {
                     self.receive_envelope(item, from, max, Via::Sync, replies)?;
                 }
                 return Ok(Acceptance::Ignore);
+            }
+            Kind::Revocations => {
+                return match parsed.plain::<sync::Batch>(Kind::Revocations) {
+                    Ok(list) => self.receive_revocations(&list, now),
+                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                };
             }
             Kind::NodeHello | Kind::Domain(_) => {}
         }
@@ -1128,6 +1138,15 @@ impl Node {
         if let Err(e) = parsed.verify(&identity.signing) {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
         }
+        let certificate = hello.certificate.as_deref();
+        let admitted = self.with_store(|s| {
+            self.inner
+                .trust
+                .admit_hello(&identity, certificate, h.timestamp, s, now)
+        })?;
+        if let Err(detail) = admitted {
+            return self.reject(from, Some(h), RejectReason::NotAdmitted, detail);
+        }
         let update = self.with_store(|s| {
             let update = s.upsert_peer(&identity, &hello.name, &hello.addresses, bytes, now)?;
             if update != PeerUpdate::KeyMismatch {
@@ -1221,6 +1240,7 @@ impl Node {
             key_epoch: identity.public().epoch,
             signing_public: identity.public().signing.to_bytes(),
             kem_public: identity.public().kem.to_bytes(),
+            certificate: self.inner.trust.own_certificate(),
         };
         let ttl = self
             .inner
@@ -1229,6 +1249,72 @@ impl Node {
             .hello_interval_secs
             .saturating_mul(4);
         self.plain_frame(Kind::NodeHello, &envelope::encode_hello(&hello), ttl)
+    }
+
+    /// The `revocations` envelopes sent after each hello: every revocation this node holds.
+    fn revocation_frames(&self) -> Result<Vec<Vec<u8>>> {
+        let all = lock(&self.inner.store).revocations()?;
+        let max_payload = self.inner.config.network.max_envelope_bytes - envelope::OVERHEAD;
+        sync::pack(all, max_payload)
+            .iter()
+            .map(|list| self.plain_frame(Kind::Revocations, &envelope::encode_hello(list), 60))
+            .collect()
+    }
+
+    /// Applies a peer's revocation list; each item is verified on its own (its signer, not the
+    /// envelope's sender, vouches for it).
+    fn receive_revocations(&self, list: &sync::Batch, now: Millis) -> Result<Acceptance> {
+        for item in &list.items {
+            let added = self.with_store(|s| self.inner.trust.add_revocation(item, s, now))?;
+            match added {
+                Ok(true) => self.with_store(|s| s.count("trust.revocations_added"))?,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!("refused a revocation: {e}");
+                    self.inner.rejections.count("trust.revocations_refused");
+                }
+            }
+        }
+        Ok(Acceptance::Accept)
+    }
+
+    /// This node's public keys (what `crabnet trust sign` certifies).
+    pub fn public_identity(&self) -> PublicIdentity {
+        self.inner.identity.public().clone()
+    }
+
+    /// The trust policy in force: mode, anchors, this node's certificate, certified and
+    /// revoked nodes.
+    pub async fn trust_status(&self) -> Result<trust::TrustStatus> {
+        self.blocking(|n| {
+            n.inner.trust.refresh(&lock(&n.inner.store))?;
+            Ok(n.inner.trust.status())
+        })
+        .await
+    }
+
+    /// Verifies and stores a revocation (signed by a configured anchor, or by a node about
+    /// itself); a listening node applies it at once and sends it with its hellos. Returns
+    /// whether it was new.
+    pub async fn import_revocation(&self, bytes: Vec<u8>) -> Result<bool> {
+        self.blocking(move |n| {
+            let added = n.with_store(|s| n.inner.trust.add_revocation(&bytes, s, now_ms()))?;
+            Ok(added?)
+        })
+        .await
+    }
+
+    /// Revokes this node's own keys from `from` (Unix ms) on: peers then refuse anything it
+    /// signs dated at or after that time. Returns the signed revocation.
+    pub async fn revoke_self(&self, from: Millis) -> Result<trust::Revocation> {
+        self.blocking(move |n| {
+            let mut randomness = [0u8; 32];
+            envelope::os_rng(&mut randomness);
+            let r = trust::Revocation::by_node(&n.inner.identity, from, now_ms(), randomness)?;
+            n.with_store(|s| n.inner.trust.add_revocation(r.to_bytes(), s, now_ms()))??;
+            Ok(r)
+        })
+        .await
     }
 
     /// Issues the award (or expiry) for every seed this node published whose bidding is due
@@ -1275,6 +1361,7 @@ impl Node {
                 node.flush_rejections()?;
                 let mut store = lock(&node.inner.store);
                 store.prune_seen(now_ms())?;
+                node.inner.trust.refresh(&store)?;
                 node.pump_events(&store);
                 Ok(())
             })
@@ -1385,7 +1472,12 @@ impl Node {
                     // Addresses can appear after start (libp2p listeners).
                     let addresses = transport.local_addresses();
                     *lock(&self.inner.addresses) = addresses.clone();
-                    if let Err(e) = self.hello_frame(&addresses).and_then(|f| transport.broadcast(&f)) {
+                    let frames = self.hello_frame(&addresses).and_then(|f| {
+                        let mut frames = vec![f];
+                        frames.extend(self.revocation_frames()?);
+                        Ok(frames)
+                    });
+                    if let Err(e) = frames.and_then(|fs| fs.iter().try_for_each(|f| transport.broadcast(f))) {
                         tracing::debug!("cannot send hello: {e}");
                     }
                 }

@@ -12,6 +12,7 @@ use crabnet_core::model::{Body, Message, MessageId, Seed, SeedId};
 use crabnet_core::monitor::RejectReason;
 use crabnet_core::network::{MemoryTransport, Transport};
 use crabnet_core::store::{Store, StoreConfig};
+use crabnet_core::trust::{AnchorKey, Certificate, Revocation, RevocationTarget, Roles, TrustMode};
 use crabnet_core::{Config, EventKind, MemoryHub, Node, NodeId};
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
@@ -42,12 +43,17 @@ fn rand16() -> [u8; 16] {
 }
 
 fn hello(id: &Identity) -> Vec<u8> {
+    hello_with(id, None)
+}
+
+fn hello_with(id: &Identity, certificate: Option<Vec<u8>>) -> Vec<u8> {
     let hello = Hello {
         name: "peer".into(),
         addresses: vec![],
         key_epoch: id.public().epoch,
         signing_public: id.public().signing.to_bytes(),
         kem_public: id.public().kem.to_bytes(),
+        certificate,
     };
     let header = Header {
         kind: Kind::NodeHello,
@@ -132,7 +138,11 @@ async fn wait_counter(node: &Node, name: &str, at_least: u64) {
 async fn eventually_knows(node: &Node, m: &Message) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while node.seed(m.seed_id()).await.is_err() {
-        assert!(Instant::now() < deadline, "seed of {:?} never arrived", m.id);
+        assert!(
+            Instant::now() < deadline,
+            "seed of {:?} never arrived",
+            m.id
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -204,7 +214,11 @@ async fn denied_nodes_are_dropped_without_a_database_write() {
         assert!(!stored_trace(&c, m), "a denied message left a trace");
     }
     let events = node.events_after(0, 10_000).await.unwrap();
-    assert_eq!(not_admitted_events(&events, mallory.node_id()), 1, "{events:?}");
+    assert_eq!(
+        not_admitted_events(&events, mallory.node_id()),
+        1,
+        "{events:?}"
+    );
     node.stop().await.unwrap();
 }
 
@@ -249,4 +263,232 @@ fn trust_lists_are_checked_when_the_config_loads() {
     let c = Config::from_toml(&format!("[trust]\nallow = [\"{}\"]\n", "ab".repeat(32))).unwrap();
     assert_eq!(c.trust.allow.len(), 1);
     assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+}
+
+fn anchor(tag: u8) -> AnchorKey {
+    AnchorKey::from_seeds(&SigningSeeds {
+        ed25519: [tag; 32],
+        ml_dsa: [tag.wrapping_add(1); 32],
+    })
+}
+
+fn certify(a: &AnchorKey, id: &Identity, serial: u8, window: (u64, u64), roles: Roles) -> Vec<u8> {
+    Certificate::sign(
+        a,
+        id.public(),
+        [serial; 16],
+        window.0,
+        window.1,
+        roles,
+        [0; 32],
+    )
+    .unwrap()
+    .to_bytes()
+    .to_vec()
+}
+
+fn anchored(dir: &std::path::Path, name: &str, a: &AnchorKey) -> Config {
+    let mut c = config(dir, name);
+    c.trust.mode = TrustMode::Anchored;
+    c.trust.anchors = vec![hex::encode(a.public().to_bytes())];
+    c
+}
+
+const ALWAYS: (u64, u64) = (0, u64::MAX);
+
+/// Anchored mode admits exactly the nodes with a valid certificate from a configured anchor,
+/// for their own keys, within its window, and only for the roles it grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anchored_mode_admits_only_certified_nodes_in_their_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let a = anchor(0xa0);
+    let other_anchor = anchor(0xb0);
+    let node = start(anchored(dir.path(), "n", &a), &hub).await;
+    let mut wire = hub.join("wire");
+    let (alice, mallory, bob, carol, dave, erin) = (
+        identity(0x11),
+        identity(0x66),
+        identity(0x22),
+        identity(0x33),
+        identity(0x44),
+        identity(0x55),
+    );
+    let mut refused = 0;
+    // No certificate; a certificate from an unknown anchor; Alice's certificate in Dave's
+    // hello; an expired certificate: all refused, none enters the peer table.
+    wire.broadcast(&hello(&mallory)).unwrap();
+    wire.broadcast(&hello_with(
+        &bob,
+        Some(certify(&other_anchor, &bob, 2, ALWAYS, Roles::ALL)),
+    ))
+    .unwrap();
+    wire.broadcast(&hello_with(
+        &dave,
+        Some(certify(&a, &alice, 3, ALWAYS, Roles::ALL)),
+    ))
+    .unwrap();
+    let past = (1, now_ms() - 3_600_000);
+    wire.broadcast(&hello_with(
+        &erin,
+        Some(certify(&a, &erin, 4, past, Roles::ALL)),
+    ))
+    .unwrap();
+    refused += 4;
+    // Messages from them are refused before any signature check.
+    let from_mallory = send_seed(&mut wire, &mallory);
+    refused += 1;
+    wait_counter(&node, "rejected.not_admitted", refused).await;
+
+    // Alice (both roles) and Carol (run only) are admitted.
+    wire.broadcast(&hello_with(
+        &alice,
+        Some(certify(&a, &alice, 1, ALWAYS, Roles::ALL)),
+    ))
+    .unwrap();
+    let run_only = Roles {
+        publish: false,
+        run: true,
+    };
+    wire.broadcast(&hello_with(
+        &carol,
+        Some(certify(&a, &carol, 5, ALWAYS, run_only)),
+    ))
+    .unwrap();
+    node.wait_for_peers(2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let from_alice = send_seed(&mut wire, &alice);
+    eventually_knows(&node, &from_alice).await;
+    // Carol may bid and run, not publish.
+    let from_carol = send_seed(&mut wire, &carol);
+    refused += 1;
+    wait_counter(&node, "rejected.not_admitted", refused).await;
+    assert!(node.seed(from_carol.seed_id()).await.is_err());
+    assert!(node.seed(from_mallory.seed_id()).await.is_err());
+    let mut want = vec![alice.node_id().clone(), carol.node_id().clone()];
+    want.sort();
+    assert_eq!(peer_ids(&node).await, want);
+    let status = node.trust_status().await.unwrap();
+    assert_eq!(status.certified, want);
+    node.stop().await.unwrap();
+}
+
+/// An anchor revokes a node (from a time on) and a node revokes itself: everything they sign
+/// from then on is refused, also after the receiving node restarts; what was signed before
+/// stays valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_hold_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let a = anchor(0xa0);
+    let c = anchored(dir.path(), "n", &a);
+    let node = start(c.clone(), &hub).await;
+    let mut wire = hub.join("wire");
+    let (alice, bob, carol) = (identity(0x11), identity(0x22), identity(0x33));
+    for (i, id) in [&alice, &bob, &carol].into_iter().enumerate() {
+        wire.broadcast(&hello_with(
+            id,
+            Some(certify(&a, id, i as u8, ALWAYS, Roles::ALL)),
+        ))
+        .unwrap();
+    }
+    node.wait_for_peers(3, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let before = send_seed(&mut wire, &alice);
+    eventually_knows(&node, &before).await;
+
+    // The anchor revokes Alice's node id and Bob's certificate (serial 1), from now on.
+    let now = now_ms();
+    for target in [
+        RevocationTarget::Node(alice.node_id().clone()),
+        RevocationTarget::Certificate([1; 16]),
+    ] {
+        let r = Revocation::by_anchor(&a, target, now, now, [0; 32]).unwrap();
+        assert!(node.import_revocation(r.to_bytes().to_vec()).await.unwrap());
+        assert!(!node.import_revocation(r.to_bytes().to_vec()).await.unwrap());
+    }
+    // Carol revokes herself and says so over the wire, in a `revocations` envelope.
+    let own = Revocation::by_node(&carol, now, now, [0; 32]).unwrap();
+    let list = crabnet_core::sync::Batch {
+        items: vec![serde_bytes::ByteBuf::from(own.to_bytes().to_vec())],
+    };
+    let header = Header {
+        kind: Kind::Revocations,
+        sealed: false,
+        sender: carol.node_id().clone(),
+        message_id: MessageId::from_bytes(rand16()),
+        timestamp: now_ms(),
+        ttl_secs: 60,
+        lamport: 0,
+    };
+    let frame = envelope::build(
+        &carol,
+        &header,
+        &envelope::encode_hello(&list),
+        &[],
+        MAX_ENVELOPE_BYTES,
+        &mut envelope::os_rng,
+    )
+    .unwrap();
+    wire.broadcast(&frame).unwrap();
+    wait_counter(&node, "trust.revocations_added", 1).await;
+    // An anchor this node does not trust cannot revoke anyone.
+    let stranger = Revocation::by_anchor(
+        &anchor(0xb0),
+        RevocationTarget::Node(identity(0x77).node_id().clone()),
+        now,
+        now,
+        [0; 32],
+    )
+    .unwrap();
+    assert!(
+        node.import_revocation(stranger.to_bytes().to_vec())
+            .await
+            .is_err()
+    );
+
+    let refused_before = counter(&node, "rejected.not_admitted").await;
+    let after: Vec<Message> = [&alice, &bob, &carol]
+        .into_iter()
+        .map(|id| send_seed(&mut wire, id))
+        .collect();
+    wait_counter(&node, "rejected.not_admitted", refused_before + 3).await;
+    for m in &after {
+        assert!(node.seed(m.seed_id()).await.is_err());
+    }
+    let status = node.trust_status().await.unwrap();
+    assert_eq!(status.revoked_nodes.len(), 2, "{status:?}");
+    assert_eq!(status.revoked_certificates.len(), 1, "{status:?}");
+    node.stop().await.unwrap();
+    drop(node);
+
+    // After a restart the revocations still hold; the message from before is still there.
+    let node = start(c, &hub).await;
+    assert!(node.seed(before.seed_id()).await.is_ok());
+    let refused_before = counter(&node, "rejected.not_admitted").await;
+    let again: Vec<Message> = [&alice, &bob, &carol]
+        .into_iter()
+        .map(|id| send_seed(&mut wire, id))
+        .collect();
+    wait_counter(&node, "rejected.not_admitted", refused_before + 3).await;
+    for m in &again {
+        assert!(node.seed(m.seed_id()).await.is_err());
+    }
+    node.stop().await.unwrap();
+}
+
+/// A node refuses to start with a certificate that is not its own or not from its anchors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_certificate_that_is_not_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = anchor(0xa0);
+    let mut c = anchored(dir.path(), "n", &a);
+    let path = dir.path().join("n.cert");
+    std::fs::write(&path, certify(&a, &identity(0x11), 1, ALWAYS, Roles::ALL)).unwrap();
+    c.trust.certificate = Some(path);
+    let e = Node::start(c).await.unwrap_err();
+    assert_eq!(e.kind(), crabnet_core::ErrorKind::Config);
+    assert!(e.to_string().contains("trust.certificate"), "{e}");
 }
