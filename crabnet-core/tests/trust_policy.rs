@@ -492,3 +492,123 @@ async fn a_node_refuses_a_certificate_that_is_not_its_own() {
     assert_eq!(e.kind(), crabnet_core::ErrorKind::Config);
     assert!(e.to_string().contains("trust.certificate"), "{e}");
 }
+
+// ------------------------------------------------------------------------------------------
+// Test vectors (docs/PROTOCOL.md section 2f)
+// ------------------------------------------------------------------------------------------
+
+/// Keys as in `tests/vectors/envelopes.json`: for tag t, Ed25519 seed = 32 bytes of t, ML-DSA-44
+/// seed = 32 bytes of t+1, X25519 secret = 32 bytes of t+2, ML-KEM-768 seed = 64 bytes of t+3.
+fn vector_identity(tag: u8) -> Identity {
+    Identity::from_seeds(
+        &SigningSeeds {
+            ed25519: [tag; 32],
+            ml_dsa: [tag + 1; 32],
+        },
+        &KemSeeds {
+            x25519: [tag + 2; 32],
+            ml_kem: [tag + 3; 64],
+        },
+        1,
+    )
+}
+
+fn trust_vectors() -> serde_json::Value {
+    let a = anchor(0xa0);
+    let n = vector_identity(0x01);
+    let t0 = 1_764_201_600_000;
+    let cert = Certificate::sign(
+        &a,
+        n.public(),
+        [0x5e; 16],
+        t0,
+        t0 + 365 * 86_400_000,
+        Roles {
+            publish: true,
+            run: false,
+        },
+        [0; 32],
+    )
+    .unwrap();
+    let by_anchor_node = Revocation::by_anchor(
+        &a,
+        RevocationTarget::Node(n.node_id().clone()),
+        t0 + 1000,
+        t0 + 2000,
+        [0; 32],
+    )
+    .unwrap();
+    let by_anchor_serial = Revocation::by_anchor(
+        &a,
+        RevocationTarget::Certificate([0x5e; 16]),
+        t0 + 1000,
+        t0 + 2000,
+        [0; 32],
+    )
+    .unwrap();
+    let by_self = Revocation::by_node(&n, t0 + 3000, t0 + 3000, [0; 32]).unwrap();
+    serde_json::json!({
+        "about": "Crabnet trust test vectors (docs/PROTOCOL.md section 2f). The anchor's keys come from seeds: Ed25519 seed = 32 bytes of 0xa0, ML-DSA-44 seed = 32 bytes of 0xa1. The node's keys are the envelope vectors' sender (tag 0x01: Ed25519 seed 32 x 0x01, ML-DSA-44 seed 32 x 0x02, X25519 secret 32 x 0x03, ML-KEM-768 seed 64 x 0x04, epoch 1). Every ML-DSA-44 signature uses all-zero signing randomness (deterministic); real signers use fresh randomness.",
+        "anchor": {
+            "public": hex::encode(a.public().to_bytes()),
+            "anchor_id": hex::encode(a.id()),
+        },
+        "node": {
+            "node_id": n.node_id(),
+            "signing_public": hex::encode(n.public().signing.to_bytes()),
+            "kem_public": hex::encode(n.public().kem.to_bytes()),
+        },
+        "certificate": {
+            "serial": hex::encode([0x5e; 16]),
+            "not_before": t0,
+            "not_after": t0 + 365 * 86_400_000,
+            "roles": "publish",
+            "bytes": hex::encode(cert.to_bytes()),
+        },
+        "revocations": {
+            "anchor_revokes_node": hex::encode(by_anchor_node.to_bytes()),
+            "anchor_revokes_certificate": hex::encode(by_anchor_serial.to_bytes()),
+            "node_revokes_itself": hex::encode(by_self.to_bytes()),
+        },
+    })
+}
+
+fn trust_vector_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/trust.json")
+}
+
+/// The committed vectors are what the implementation produces, byte for byte
+/// (`CRABNET_REGENERATE_VECTORS=1` rewrites them after an intended change), and they verify
+/// exactly under their issuers.
+#[test]
+fn committed_trust_vectors_match_and_verify() {
+    let fresh = trust_vectors();
+    if std::env::var_os("CRABNET_REGENERATE_VECTORS").is_some() {
+        let text = serde_json::to_string_pretty(&fresh).unwrap() + "\n";
+        std::fs::write(trust_vector_path(), text).unwrap();
+    }
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(trust_vector_path()).unwrap()).unwrap();
+    assert_eq!(
+        committed, fresh,
+        "the trust encodings changed; if intended, regenerate with CRABNET_REGENERATE_VECTORS=1 and update docs/PROTOCOL.md"
+    );
+    let bytes = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
+    let anchor_key =
+        crabnet_core::crypto::SigningPublic::from_bytes(&bytes(&committed["anchor"]["public"]))
+            .unwrap();
+    let cert = Certificate::parse(&bytes(&committed["certificate"]["bytes"])).unwrap();
+    cert.verify(std::slice::from_ref(&anchor_key)).unwrap();
+    assert!(cert.verify(&[]).is_err());
+    assert_eq!(cert.node.node_id.as_str(), committed["node"]["node_id"]);
+    assert!(cert.roles.publish && !cert.roles.run);
+    for (name, needs_anchor) in [
+        ("anchor_revokes_node", true),
+        ("anchor_revokes_certificate", true),
+        ("node_revokes_itself", false),
+    ] {
+        let r = Revocation::parse(&bytes(&committed["revocations"][name])).unwrap();
+        r.verify(std::slice::from_ref(&anchor_key)).unwrap();
+        assert_eq!(r.verify(&[]).is_ok(), !needs_anchor, "{name}");
+    }
+}
