@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result, check_range};
 use crate::runner::RunnerConfig;
 use crate::store::StoreConfig;
+use crate::trust::TrustConfig;
 use crate::web::config::WebConfig;
 
 /// Everything a node needs to start.
@@ -44,6 +45,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The monitoring HTTP API and dashboard.
     pub web: WebConfig,
+    /// Which nodes this node admits.
+    pub trust: TrustConfig,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             network: NetworkConfig::default(),
             web: WebConfig::default(),
+            trust: TrustConfig::default(),
         }
     }
 }
@@ -396,6 +400,7 @@ impl Config {
             ));
         }
 
+        self.trust.validate()?;
         self.web.validate()
     }
 

@@ -38,6 +38,7 @@ pub mod sandbox;
 pub mod state;
 pub mod store;
 pub mod sync;
+pub mod trust;
 pub mod web;
 
 pub use config::Config;

@@ -58,6 +58,8 @@ pub enum RejectReason {
     KeyMismatch,
     /// It breaks a lifecycle rule (see the violation in the event).
     Rule,
+    /// Its author is not admitted by this node's trust policy (deny or allow list).
+    NotAdmitted,
 }
 
 impl RejectReason {
@@ -73,6 +75,7 @@ impl RejectReason {
             RejectReason::Expired => "expired",
             RejectReason::KeyMismatch => "key_mismatch",
             RejectReason::Rule => "rule",
+            RejectReason::NotAdmitted => "not_admitted",
         }
     }
 }

@@ -37,6 +37,7 @@ use crate::sandbox::{Refusal, SandboxPolicy, SandboxStatus};
 use crate::state::{self, SeedView, Violation};
 use crate::store::{Peer, PeerUpdate, RemoteOutcome, Store};
 use crate::sync;
+use crate::trust;
 
 /// What to publish. `Default` gives a usable seed apart from the command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +164,7 @@ struct Inner {
     wake_log: Notify,
     rejections: ingress::Rejections,
     recent: ingress::RecentFrames,
+    trust: trust::Trust,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     lock: Mutex<Option<File>>,
 }
@@ -272,7 +274,7 @@ impl Node {
         config.validate()?;
         let cfg = config.clone();
         let listening = transport.is_some();
-        let (store, identity, lock_file) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (store, identity, lock_file, policy) = tokio::task::spawn_blocking(move || -> Result<_> {
             create_private_dir(&cfg.data_dir)?;
             let lock_file = if listening {
                 Some(take_listen_lock(&cfg)?)
@@ -293,7 +295,8 @@ impl Node {
                     ),
                 ));
             }
-            Ok((store, identity, lock_file))
+            let policy = trust::Trust::load(identity.public(), &cfg.trust, &store)?;
+            Ok((store, identity, lock_file, policy))
         })
         .await
         .map_err(|e| Error::internal(format!("start task failed: {e}")))??;
@@ -330,6 +333,7 @@ impl Node {
                 wake_log: Notify::new(),
                 rejections: ingress::Rejections::new(config.network.reject_event_window_ms),
                 recent: ingress::RecentFrames::new(RECENT_FRAMES),
+                trust: policy,
                 tasks: Mutex::new(Vec::new()),
                 lock: Mutex::new(lock_file),
                 config,
@@ -899,6 +903,10 @@ impl Node {
             }
         };
         let h = &parsed.header;
+        // Before any signature check or transaction: is the author admitted at all?
+        if let Err(detail) = self.inner.trust.check_frame(h) {
+            return self.reject(from, Some(h), RejectReason::NotAdmitted, detail);
+        }
         if h.sender == self.inner.id {
             // Our own envelopes come back through relays and sync; anything else that claims
             // to be from this node is a forgery, checked like every other sender's frame.
@@ -946,7 +954,10 @@ impl Node {
         if let Err(e) = parsed.verify(&peer.identity.signing) {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
         }
-        if matches!(h.kind, Kind::SyncDigest | Kind::SyncBatch) {
+        if matches!(
+            h.kind,
+            Kind::SyncDigest | Kind::SyncBatch | Kind::Revocations
+        ) {
             // Sync envelopes are answered once: a replay must not make us resend everything.
             let fresh = self.with_store(|s| {
                 if s.is_known(&h.message_id)? {
@@ -954,6 +965,7 @@ impl Node {
                 }
                 let counter = match h.kind {
                     Kind::SyncDigest => "sync.digests_received",
+                    Kind::Revocations => "trust.revocation_lists_received",
                     _ => "sync.batches_received",
                 };
                 s.remember(&h.message_id, &h.sender, h.lamport, now, counter)?;
@@ -985,6 +997,12 @@ impl Node {
                     self.receive_envelope(item, from, max, Via::Sync, replies)?;
                 }
                 return Ok(Acceptance::Ignore);
+            }
+            Kind::Revocations => {
+                return match parsed.plain::<sync::Batch>(Kind::Revocations) {
+                    Ok(list) => self.receive_revocations(&list, now),
+                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                };
             }
             Kind::NodeHello | Kind::Domain(_) => {}
         }
@@ -1153,6 +1171,15 @@ impl Node {
         if let Err(e) = parsed.verify(&identity.signing) {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
         }
+        let certificate = hello.certificate.as_deref();
+        let admitted = self.with_store(|s| {
+            self.inner
+                .trust
+                .admit_hello(&identity, certificate, h.timestamp, s, now)
+        })?;
+        if let Err(detail) = admitted {
+            return self.reject(from, Some(h), RejectReason::NotAdmitted, detail);
+        }
         let update = self.with_store(|s| {
             let update = s.upsert_peer(&identity, &hello.name, &hello.addresses, bytes, now)?;
             if update != PeerUpdate::KeyMismatch {
@@ -1246,6 +1273,7 @@ impl Node {
             key_epoch: identity.public().epoch,
             signing_public: identity.public().signing.to_bytes(),
             kem_public: identity.public().kem.to_bytes(),
+            certificate: self.inner.trust.own_certificate(),
         };
         let ttl = self
             .inner
@@ -1254,6 +1282,72 @@ impl Node {
             .hello_interval_secs
             .saturating_mul(4);
         self.plain_frame(Kind::NodeHello, &envelope::encode_hello(&hello), ttl)
+    }
+
+    /// The `revocations` envelopes sent after each hello: every revocation this node holds.
+    fn revocation_frames(&self) -> Result<Vec<Vec<u8>>> {
+        let all = lock(&self.inner.store).revocations()?;
+        let max_payload = self.inner.config.network.max_envelope_bytes - envelope::OVERHEAD;
+        sync::pack(all, max_payload)
+            .iter()
+            .map(|list| self.plain_frame(Kind::Revocations, &envelope::encode_hello(list), 60))
+            .collect()
+    }
+
+    /// Applies a peer's revocation list; each item is verified on its own (its signer, not the
+    /// envelope's sender, vouches for it).
+    fn receive_revocations(&self, list: &sync::Batch, now: Millis) -> Result<Acceptance> {
+        for item in &list.items {
+            let added = self.with_store(|s| self.inner.trust.add_revocation(item, s, now))?;
+            match added {
+                Ok(true) => self.with_store(|s| s.count("trust.revocations_added"))?,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!("refused a revocation: {e}");
+                    self.inner.rejections.count("trust.revocations_refused");
+                }
+            }
+        }
+        Ok(Acceptance::Accept)
+    }
+
+    /// This node's public keys (what `crabnet trust sign` certifies).
+    pub fn public_identity(&self) -> PublicIdentity {
+        self.inner.identity.public().clone()
+    }
+
+    /// The trust policy in force: mode, anchors, this node's certificate, certified and
+    /// revoked nodes.
+    pub async fn trust_status(&self) -> Result<trust::TrustStatus> {
+        self.blocking(|n| {
+            n.inner.trust.refresh(&lock(&n.inner.store))?;
+            Ok(n.inner.trust.status())
+        })
+        .await
+    }
+
+    /// Verifies and stores a revocation (signed by a configured anchor, or by a node about
+    /// itself); a listening node applies it at once and sends it with its hellos. Returns
+    /// whether it was new.
+    pub async fn import_revocation(&self, bytes: Vec<u8>) -> Result<bool> {
+        self.blocking(move |n| {
+            let added = n.with_store(|s| n.inner.trust.add_revocation(&bytes, s, now_ms()))?;
+            Ok(added?)
+        })
+        .await
+    }
+
+    /// Revokes this node's own keys from `from` (Unix ms) on: peers then refuse anything it
+    /// signs dated at or after that time. Returns the signed revocation.
+    pub async fn revoke_self(&self, from: Millis) -> Result<trust::Revocation> {
+        self.blocking(move |n| {
+            let mut randomness = [0u8; 32];
+            envelope::os_rng(&mut randomness);
+            let r = trust::Revocation::by_node(&n.inner.identity, from, now_ms(), randomness)?;
+            n.with_store(|s| n.inner.trust.add_revocation(r.to_bytes(), s, now_ms()))??;
+            Ok(r)
+        })
+        .await
     }
 
     /// Issues every decision this node owes as a publisher (see [`SeedView::due_decision`]):
@@ -1299,6 +1393,7 @@ impl Node {
                 node.flush_rejections()?;
                 let mut store = lock(&node.inner.store);
                 store.prune_seen(now_ms())?;
+                node.inner.trust.refresh(&store)?;
                 node.pump_events(&store);
                 Ok(())
             })
@@ -1409,7 +1504,12 @@ impl Node {
                     // Addresses can appear after start (libp2p listeners).
                     let addresses = transport.local_addresses();
                     *lock(&self.inner.addresses) = addresses.clone();
-                    if let Err(e) = self.hello_frame(&addresses).and_then(|f| transport.broadcast(&f)) {
+                    let frames = self.hello_frame(&addresses).and_then(|f| {
+                        let mut frames = vec![f];
+                        frames.extend(self.revocation_frames()?);
+                        Ok(frames)
+                    });
+                    if let Err(e) = frames.and_then(|fs| fs.iter().try_for_each(|f| transport.broadcast(f))) {
                         tracing::debug!("cannot send hello: {e}");
                     }
                 }
@@ -1575,7 +1675,8 @@ fn verdict(reason: RejectReason) -> Acceptance {
         | RejectReason::UnknownSender
         | RejectReason::Replay
         | RejectReason::Expired
-        | RejectReason::Rule => Acceptance::Ignore,
+        | RejectReason::Rule
+        | RejectReason::NotAdmitted => Acceptance::Ignore,
     }
 }
 

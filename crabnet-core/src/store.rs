@@ -233,6 +233,18 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;",
     // 3: each peer's latest verified hello, relayed to late joiners by sync
     "ALTER TABLE peers ADD COLUMN hello BLOB;",
+    // 4: the trust policy: accepted membership certificates and revocations (verified before
+    // they are stored, verified again when loaded)
+    "CREATE TABLE certificates (
+        node_id     TEXT PRIMARY KEY,
+        body        BLOB NOT NULL,
+        received_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE revocations (
+        id          TEXT PRIMARY KEY,
+        body        BLOB NOT NULL,
+        received_at INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 /// The current schema version (SQLite `user_version`).
@@ -840,6 +852,51 @@ impl Store {
             )
             .optional()?
             .flatten())
+    }
+
+    /// Stores a node's accepted membership certificate (replacing the one held before).
+    pub fn put_certificate(&mut self, node: &NodeId, body: &[u8], now: Millis) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO certificates(node_id, body, received_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(node_id) DO UPDATE SET body = ?2, received_at = ?3",
+            params![node.as_str(), body, now as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Every stored certificate.
+    pub fn certificates(&self) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body FROM certificates ORDER BY node_id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Stores a verified revocation under its id; returns whether it was new.
+    pub fn put_revocation(&mut self, id: &str, body: &[u8], now: Millis) -> Result<bool> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO revocations(id, body, received_at) VALUES (?1, ?2, ?3)",
+            params![id, body, now as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Every stored revocation, oldest first.
+    pub fn revocations(&self) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body FROM revocations ORDER BY received_at, id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many revocations are stored.
+    pub fn revocation_count(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM revocations", [], |r| r.get(0))?;
+        Ok(n as u64)
     }
 
     /// Records a verified hello. A known node id announcing different keys is refused.

@@ -600,13 +600,19 @@ async fn deadlines_reassign_an_unclaimed_award_and_fail_a_silent_claimer() {
         v.award.as_ref().is_some_and(|a| a.round == 1)
     })
     .await;
-    assert_eq!(v.award.as_ref().unwrap().winner_node.as_ref(), Some(silent.id()));
+    assert_eq!(
+        v.award.as_ref().unwrap().winner_node.as_ref(),
+        Some(silent.id())
+    );
     assert_eq!(v.past_rounds[0].ended, RoundEnd::Unclaimed);
     let err = lazy.claim(&id).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::State, "{err}");
     silent.claim(&id).await.unwrap();
     // It never reports: the publisher's node fails the round after timeout + grace.
-    let v = wait_for(publisher, &id, "the failure", |v| v.status == SeedStatus::Failed).await;
+    let v = wait_for(publisher, &id, "the failure", |v| {
+        v.status == SeedStatus::Failed
+    })
+    .await;
     assert!(v.failed_at.is_some());
     let err = silent.run(&id).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::State, "{err}");

@@ -40,6 +40,7 @@ fn hello(id: &Identity, sender_override: Option<&Identity>) -> Vec<u8> {
         key_epoch: id.public().epoch,
         signing_public: id.public().signing.to_bytes(),
         kem_public: id.public().kem.to_bytes(),
+        certificate: None,
     };
     let signer = sender_override.unwrap_or(id);
     let header = Header {

@@ -122,6 +122,7 @@ fn reject_reasons() -> Vec<&'static str> {
         R::Expired,
         R::KeyMismatch,
         R::Rule,
+        R::NotAdmitted,
     ];
     for reason in all {
         match reason {
@@ -133,7 +134,8 @@ fn reject_reasons() -> Vec<&'static str> {
             | R::Replay
             | R::Expired
             | R::KeyMismatch
-            | R::Rule => {}
+            | R::Rule
+            | R::NotAdmitted => {}
         }
     }
     all.iter().map(|r| r.as_str()).collect()

@@ -60,6 +60,7 @@ fn main() {
         key_epoch: 1,
         signing_public: sender.public().signing.to_bytes(),
         kem_public: sender.public().kem.to_bytes(),
+        certificate: None,
     };
     let header = Header {
         kind: Kind::NodeHello,

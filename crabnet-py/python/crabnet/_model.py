@@ -195,6 +195,8 @@ class RejectReason(str, Enum):
     """A hello whose node id does not match its keys, or a known node id with other keys."""
     RULE = "rule"
     """It breaks a lifecycle rule (see :attr:`MessageRejected.violation`)."""
+    NOT_ADMITTED = "not_admitted"
+    """Its author is not admitted by the node's trust policy (``[trust]`` in the config)."""
 
     def __repr__(self) -> str:
         return f"RejectReason.{self.name}"
