@@ -2,10 +2,11 @@
 //! one (the C ABI, Python, scripts) drive a node with plain function calls. No runtime juggling
 //! is left to those layers, and nothing in them holds domain logic.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, ThreadId};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -44,12 +45,35 @@ pub type Listener = Arc<dyn Fn(&Event) + Send + Sync>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ListenerId(pub u64);
 
-#[derive(Default)]
 struct Listeners {
+    /// Tells this node's events thread from any other (see [`EVENTS_THREAD_OF`]).
+    uid: u64,
     next: AtomicU64,
     map: Mutex<BTreeMap<u64, Listener>>,
-    thread: Mutex<Option<(JoinHandle<()>, ThreadId)>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     closing: AtomicBool,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+        Listeners {
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            next: AtomicU64::default(),
+            map: Mutex::default(),
+            thread: Mutex::default(),
+            closing: AtomicBool::default(),
+        }
+    }
+}
+
+thread_local! {
+    /// On an events thread: the `uid` of the [`Listeners`] it serves (0 elsewhere).
+    ///
+    /// A plain `const` cell, not `std::thread::current()`: that allocates a thread handle on
+    /// first use, and on a host's thread not started by Rust (the main thread of a C program)
+    /// nothing frees it, which memory checkers report as a leak.
+    static EVENTS_THREAD_OF: Cell<u64> = const { Cell::new(0) };
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -121,6 +145,7 @@ impl BlockingNode {
             let handle = std::thread::Builder::new()
                 .name("crabnet-events".into())
                 .spawn(move || {
+                    EVENTS_THREAD_OF.with(|c| c.set(listeners.uid));
                     loop {
                         let next = runtime.block_on(async {
                             tokio::time::timeout(Duration::from_millis(50), sub.recv()).await
@@ -152,8 +177,7 @@ impl BlockingNode {
                         e,
                     )
                 })?;
-            let tid = handle.thread().id();
-            *thread = Some((handle, tid));
+            *thread = Some(handle);
         }
         Ok(ListenerId(id))
     }
@@ -168,8 +192,8 @@ impl BlockingNode {
     fn close_listeners(&self) {
         self.listeners.closing.store(true, Ordering::SeqCst);
         let thread = lock(&self.listeners.thread).take();
-        if let Some((handle, tid)) = thread {
-            if std::thread::current().id() == tid {
+        if let Some(handle) = thread {
+            if EVENTS_THREAD_OF.with(Cell::get) == self.listeners.uid {
                 // Called from a listener: the thread ends after this callback returns.
                 return;
             }

@@ -226,8 +226,8 @@ impl NativeNode {
         self.call(py, move |n| n.claim(&id))
     }
 
-    /// Runs a claimed seed's command; Ctrl-C interrupts the wait (the run goes on and its
-    /// result is recorded).
+    /// Runs a claimed seed's command; Ctrl-C interrupts the wait only (the run goes on until
+    /// the node stops, which kills it and records its result as interrupted).
     fn run(&self, py: Python<'_>, seed: &str) -> PyResult<String> {
         let id = seed_id(seed)?;
         let node = self.get()?;

@@ -275,8 +275,10 @@ class Node:
         return self
 
     def stop(self) -> None:
-        """Stops the node: sends what is due, delivers the last events (listeners included),
-        then ends its threads and closes its database. Idempotent."""
+        """Stops the node: a task in progress (see :meth:`run`) gets ``runner.stop_grace_ms``
+        to finish, then is killed and recorded as interrupted; then sends what is due, delivers
+        the last events (listeners included), ends its threads and closes its database.
+        Idempotent."""
         with self._lock:
             native = self._native
             _running.discard(self)
@@ -406,9 +408,19 @@ class Node:
         return _view(self._node().claim(_seed_id(seed)))
 
     def run(self, seed: SeedRef) -> SeedView:
-        """Runs a seed this node claimed and reports its result. Waits for the command; Ctrl-C
-        interrupts the wait (the run goes on in the node and its result is recorded). The
+        """Runs a seed this node claimed and reports its result. Waits for the command. The
         command runs in the node's task sandbox; :attr:`TaskResult.sandbox` says which.
+
+        Ctrl-C (``KeyboardInterrupt``) interrupts the wait only: the command goes on in the
+        node until the node stops. When the node stops while the command runs (:meth:`stop`,
+        or leaving the ``with`` block, also through that ``KeyboardInterrupt``), the command
+        gets ``runner.stop_grace_ms`` (default 0) to finish, then it is killed and the result
+        is recorded and reported with :attr:`TaskResult.interrupted` true and ``success``
+        false; :meth:`stop` returns after that, and no process of the task is left. A run
+        cut short by a crash is recorded as interrupted when a node starts again on the data
+        directory. A seed is never run again by itself: ``run`` on it then raises
+        ``StateError``.
+
         Raises ``RunnerError`` when the runner policy cannot serve the seed (as for
         :meth:`bid`) or the command cannot be started."""
         return _view(self._node().run(_seed_id(seed)))
