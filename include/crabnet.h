@@ -164,6 +164,15 @@ typedef struct crabnet_hub crabnet_hub;
 typedef struct crabnet_node crabnet_node;
 
 /**
+ * A running monitoring API and dashboard (opaque), the same server `crabnet listen` runs.
+ *
+ * Created by `crabnet_node_serve_web`; stopped and freed with `crabnet_web_free`. It serves on
+ * threads owned by its node; it keeps serving after `crabnet_node_stop` and
+ * `crabnet_node_free` (then `/health` answers 503) until `crabnet_web_free`. Thread-safe.
+ */
+typedef struct crabnet_web crabnet_web;
+
+/**
  * An event callback: `user_data` as given to `crabnet_node_subscribe`, and one event as a
  * JSON object (`{"seq": 7, "at": 1700000000000, "type": "bid_placed", ...}`; `type` names
  * the event, see docs/PROTOCOL.md).
@@ -746,6 +755,36 @@ enum crabnet_status crabnet_node_unsubscribe(const struct crabnet_node *node,
 enum crabnet_status crabnet_node_next_event(const struct crabnet_node *node,
                                             uint32_t timeout_ms,
                                             char **out_event_json);
+
+/**
+ * Starts the monitoring HTTP API and dashboard of `node` (routes in the README, "Monitoring").
+ *
+ * `web_json` is NULL (serve as the node's configuration, section `[web]`, says) or a JSON
+ * object whose keys replace those settings, e.g. `{"bind": "127.0.0.1:0"}` (port 0: a free
+ * port; `crabnet_web_url` tells which). A non-loopback address needs a `token`.
+ *
+ * On success `*out_web` receives a new handle, freed with `crabnet_web_free`.
+ * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `CONFIG` (bad JSON, unknown key, bad value),
+ * `IO` (cannot bind), `STOPPED`.
+ */
+enum crabnet_status crabnet_node_serve_web(const struct crabnet_node *node,
+                                           const char *web_json,
+                                           struct crabnet_web **out_web);
+
+/**
+ * Writes the dashboard's URL, e.g. `http://127.0.0.1:7980/` (with the real port when port 0
+ * was asked for); `/health`, `/metrics` and `/api/...` are below it.
+ *
+ * On success `*out_url` receives a string, freed with `crabnet_string_free`.
+ * Errors: `NULL_ARGUMENT`.
+ */
+enum crabnet_status crabnet_web_url(const struct crabnet_web *web, char **out_url);
+
+/**
+ * Stops serving (no new connections; open requests get up to 5 s to finish) and frees the
+ * handle. NULL is a no-op. No other thread may use the handle during or after this call.
+ */
+void crabnet_web_free(struct crabnet_web *web);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -17,6 +17,7 @@ use crate::monitor::{Event, Subscription};
 use crate::network::{DhtConfig, MemoryHub, Transport, UdpConfig, UdpTransport};
 use crate::node::{Node, Overview, PublishRequest};
 use crate::state::SeedView;
+use crate::web::{WebConfig, WebHandle};
 
 /// A node driven by blocking calls. Every method may be called from any thread.
 ///
@@ -282,6 +283,18 @@ impl BlockingNode {
         self.runtime.block_on(self.node.events_after(after, limit))
     }
 
+    /// Starts the monitoring HTTP API and dashboard of this node (see [`Node::serve_web`]) on
+    /// the node's runtime. It serves until the returned handle is shut down or dropped; after
+    /// [`BlockingNode::stop`] it keeps answering, `/health` with 503.
+    pub fn serve_web(&self, config: WebConfig) -> Result<BlockingWebHandle> {
+        let inner = self.runtime.block_on(self.node.serve_web(config))?;
+        Ok(BlockingWebHandle {
+            runtime: self.runtime.clone(),
+            addr: inner.local_addr(),
+            inner: Some(inner),
+        })
+    }
+
     /// Subscribes to events from now on.
     pub fn subscribe(&self) -> BlockingSubscription {
         BlockingSubscription {
@@ -327,6 +340,43 @@ pub enum NetworkSpec {
 /// Runs the demo network (see [`crate::demo::run`]) with a runtime of its own.
 pub fn run_demo(opts: &DemoOptions, say: &mut (dyn FnMut(String) + Send)) -> Result<DemoReport> {
     runtime()?.block_on(crate::demo::run(opts, say))
+}
+
+/// A running monitoring API started by [`BlockingNode::serve_web`]. Dropping it shuts the
+/// server down without waiting; [`BlockingWebHandle::shutdown`] waits.
+pub struct BlockingWebHandle {
+    runtime: Arc<tokio::runtime::Runtime>,
+    addr: std::net::SocketAddr,
+    inner: Option<WebHandle>,
+}
+
+impl std::fmt::Debug for BlockingWebHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingWebHandle")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl BlockingWebHandle {
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The dashboard's URL, e.g. `http://127.0.0.1:7980/`.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Stops accepting connections, ends the event streams, and waits (at most 5 s) for open
+    /// requests to finish (see [`WebHandle::shutdown`]). Calling it again does nothing.
+    pub fn shutdown(&mut self) -> Result<()> {
+        match self.inner.take() {
+            Some(inner) => self.runtime.block_on(inner.shutdown()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A subscription read with blocking calls.

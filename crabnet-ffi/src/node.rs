@@ -173,6 +173,11 @@ impl crabnet_node {
         })
     }
 
+    /// The node inside.
+    pub(crate) fn blocking(&self) -> &BlockingNode {
+        &self.node
+    }
+
     fn stop(&self) -> FfiResult<()> {
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Delivers the last events and joins the events thread (unless called from it).

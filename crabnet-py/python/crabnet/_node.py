@@ -26,7 +26,14 @@ from typing import (
 )
 
 from . import _crabnet
-from ._crabnet import MemoryHub, NativeNode, NativeSubscription, StoppedError, ValidationError
+from ._crabnet import (
+    MemoryHub,
+    NativeNode,
+    NativeSubscription,
+    NativeWeb,
+    StoppedError,
+    ValidationError,
+)
 from ._model import Event, Overview, PeerInfo, SandboxLevel, Seed, SeedStatus, SeedView
 
 __all__ = [
@@ -35,6 +42,7 @@ __all__ = [
     "Node",
     "NodeRef",
     "SeedRef",
+    "WebServer",
     "default_config",
     "load_config",
 ]
@@ -467,6 +475,20 @@ class Node:
         raw = self._node().events_after(_uint("seq", seq), _uint("limit", limit))
         return [Event._from_json(e) for e in json.loads(raw)]
 
+    def serve_web(self, bind: str = "127.0.0.1:0", token: Optional[str] = None) -> WebServer:
+        """Serves the monitoring API and dashboard of this node (the server ``crabnet listen``
+        runs; routes in the README, "Monitoring") on ``bind`` (port 0: a free port, see
+        :attr:`WebServer.url`). The node's ``[web]`` settings apply, with ``bind`` and, when
+        given, ``token`` (required for a non-loopback address) replacing theirs. Serves until
+        :meth:`WebServer.close` (or the end of its ``with`` block); after :meth:`stop`,
+        ``/health`` answers 503."""
+        if not isinstance(bind, str):
+            raise TypeError(f"bind must be a str, got {type(bind).__name__}")
+        overrides: Dict[str, Any] = {"bind": bind}
+        if token is not None:
+            overrides["token"] = token
+        return WebServer(self._node().serve_web(json.dumps(overrides)))
+
     # -- events ----------------------------------------------------------------------------
 
     def events(self, timeout: Optional[float] = None) -> EventStream:
@@ -491,6 +513,42 @@ class Node:
         native = self._node()
         listener_id = native.add_listener(callback, Event._from_json_text)
         return EventListener(native, listener_id, callback)
+
+
+class WebServer:
+    """A running monitoring API and dashboard (see :meth:`Node.serve_web`); a context
+    manager that closes it."""
+
+    def __init__(self, native: NativeWeb) -> None:
+        self._native = native
+
+    @property
+    def url(self) -> str:
+        """The dashboard's URL, e.g. ``http://127.0.0.1:7980/``."""
+        return self._native.url
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._native.closed
+
+    def close(self) -> None:
+        """Stops serving (open requests get up to 5 s to finish). Idempotent."""
+        self._native.close()
+
+    def __enter__(self) -> WebServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"WebServer(url={self.url!r}, closed={self.closed})"
 
 
 class EventStream:
