@@ -164,6 +164,15 @@ typedef struct crabnet_hub crabnet_hub;
 typedef struct crabnet_node crabnet_node;
 
 /**
+ * A running monitoring API and dashboard (opaque), the same server `crabnet listen` runs.
+ *
+ * Created by `crabnet_node_serve_web`; stopped and freed with `crabnet_web_free`. It serves on
+ * threads owned by its node; it keeps serving after `crabnet_node_stop` and
+ * `crabnet_node_free` (then `/health` answers 503) until `crabnet_web_free`. Thread-safe.
+ */
+typedef struct crabnet_web crabnet_web;
+
+/**
  * An event callback: `user_data` as given to `crabnet_node_subscribe`, and one event as a
  * JSON object (`{"seq": 7, "at": 1700000000000, "type": "bid_placed", ...}`; `type` names
  * the event, see docs/PROTOCOL.md).
@@ -500,9 +509,13 @@ enum crabnet_status crabnet_node_start_dht(const struct crabnet_config *config,
                                            struct crabnet_node **out_node);
 
 /**
- * Stops the node gracefully: refuses new operations, sends what is due, records the last
- * events, delivers them to every callback, waits for the callbacks in progress, and releases
- * the data directory. No callback of this node runs after it returns. Calling it again is
+ * Stops the node gracefully: refuses new operations; gives a task in progress (a
+ * `crabnet_node_run` blocked on another thread) `runner.stop_grace_ms` milliseconds (default 0)
+ * to finish, then kills it (its whole process group, or its PID namespace) and records and
+ * reports its result with `"interrupted": true` (that `crabnet_node_run` then returns `OK` with
+ * this result); sends what is due, records the last events, delivers them to every callback,
+ * waits for the callbacks in progress, and releases the data directory. No task process of
+ * this node is left running when it returns. No callback of this node runs after it returns. Calling it again is
  * fine. Because it waits for callbacks, do not call it while holding a lock that a callback
  * takes.
  *
@@ -584,7 +597,12 @@ enum crabnet_status crabnet_node_claim(const struct crabnet_node *node,
 /**
  * Runs a seed this node claimed (`bash -lc COMMAND` in a fresh working directory inside the
  * task sandbox, with the configured limits), records the result and sends it to the
- * publisher. Blocks until the command ends or times out.
+ * publisher. Blocks until the command ends, times out, or is interrupted by
+ * `crabnet_node_stop` on another thread: the command is then killed (after
+ * `runner.stop_grace_ms`) and the result, with `"interrupted": true` and `"success": false`,
+ * is recorded, sent and returned. A run cut short by a crash of the host is recorded as
+ * interrupted when a node starts again on the data directory. A seed is never run again by
+ * itself: after an interrupted run, this call fails with `STATE` on it.
  *
  * On success `*out_seed_json` receives the seed's state with its `result`, freed with
  * `crabnet_string_free`; `/result/sandbox` tells what the command ran under (`level`:
@@ -751,6 +769,36 @@ enum crabnet_status crabnet_node_unsubscribe(const struct crabnet_node *node,
 enum crabnet_status crabnet_node_next_event(const struct crabnet_node *node,
                                             uint32_t timeout_ms,
                                             char **out_event_json);
+
+/**
+ * Starts the monitoring HTTP API and dashboard of `node` (routes in the README, "Monitoring").
+ *
+ * `web_json` is NULL (serve as the node's configuration, section `[web]`, says) or a JSON
+ * object whose keys replace those settings, e.g. `{"bind": "127.0.0.1:0"}` (port 0: a free
+ * port; `crabnet_web_url` tells which). A non-loopback address needs a `token`.
+ *
+ * On success `*out_web` receives a new handle, freed with `crabnet_web_free`.
+ * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `CONFIG` (bad JSON, unknown key, bad value),
+ * `IO` (cannot bind), `STOPPED`.
+ */
+enum crabnet_status crabnet_node_serve_web(const struct crabnet_node *node,
+                                           const char *web_json,
+                                           struct crabnet_web **out_web);
+
+/**
+ * Writes the dashboard's URL, e.g. `http://127.0.0.1:7980/` (with the real port when port 0
+ * was asked for); `/health`, `/metrics` and `/api/...` are below it.
+ *
+ * On success `*out_url` receives a string, freed with `crabnet_string_free`.
+ * Errors: `NULL_ARGUMENT`.
+ */
+enum crabnet_status crabnet_web_url(const struct crabnet_web *web, char **out_url);
+
+/**
+ * Stops serving (no new connections; open requests get up to 5 s to finish) and frees the
+ * handle. NULL is a no-op. No other thread may use the handle during or after this call.
+ */
+void crabnet_web_free(struct crabnet_web *web);
 
 #ifdef __cplusplus
 }  // extern "C"

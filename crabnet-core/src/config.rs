@@ -257,6 +257,8 @@ impl Config {
         )?;
         // 0 = no limit for the rlimits and the quota; the caps only keep values sane.
         check_range("runner.cpu_seconds", r.cpu_seconds, 0, limits::YEAR_SECS)?;
+        // A stop waits this long at most for a task in progress: one hour.
+        check_range("runner.stop_grace_ms", r.stop_grace_ms, 0, 3_600_000)?;
         check_range(
             "runner.address_space_bytes",
             r.address_space_bytes,

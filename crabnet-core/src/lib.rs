@@ -42,7 +42,7 @@ pub mod trust;
 pub mod web;
 
 pub use config::Config;
-pub use embed::{BlockingNode, BlockingSubscription, NetworkSpec};
+pub use embed::{BlockingNode, BlockingSubscription, BlockingWebHandle, NetworkSpec};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{NodeId, SeedId, SeedStatus};
 pub use monitor::{Event, EventKind, Subscription};

@@ -507,7 +507,13 @@ pub struct TaskResult {
     pub signal: Option<i32>,
     /// Whether the wall-clock timeout ended the run.
     pub timed_out: bool,
-    /// Exit code 0 and no timeout.
+    /// Whether the run was interrupted: the runner's node stopped (or crashed) while the
+    /// command ran, and the command was killed (or found dead after a restart). The output
+    /// fields then cover what the command wrote until then (nothing when found after a
+    /// crash). Absent (false) in results of nodes that do not report it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+    /// Exit code 0, no timeout and not interrupted.
     pub success: bool,
     /// Run time in milliseconds.
     pub duration_ms: u64,
@@ -545,8 +551,10 @@ impl TaskResult {
                 limits::MAX_EXCERPT_BYTES
             ));
         }
-        if self.success != (self.exit_code == Some(0) && !self.timed_out) {
-            return Err("success must mean exit code 0 without timeout".into());
+        if self.success != (self.exit_code == Some(0) && !self.timed_out && !self.interrupted) {
+            return Err(
+                "success must mean exit code 0 without timeout and without interruption".into(),
+            );
         }
         if self.finished_at < self.started_at {
             return Err("result finishes before it starts".into());

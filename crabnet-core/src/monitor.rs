@@ -148,8 +148,12 @@ pub enum EventKind {
         seed_id: SeedId,
         /// The node that ran it.
         runner: NodeId,
-        /// Exit code 0 and no timeout.
+        /// Exit code 0, no timeout and not interrupted.
         success: bool,
+        /// The run was interrupted (its node stopped or crashed; see
+        /// [`crate::model::TaskResult::interrupted`]). Absent when false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        interrupted: bool,
         /// Exit code, if any.
         exit_code: Option<i32>,
         /// Run time.

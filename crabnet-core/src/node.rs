@@ -6,8 +6,9 @@
 //! tasks send the outbox, apply received messages, close bidding on seeds this node published
 //! when it is due, and append events to the NDJSON log.
 //!
-//! Shutdown order ([`Node::stop`]): refuse new operations, signal the background tasks and wait
-//! for them (the network task sends what is due first), record `node_stopped`, deliver the last
+//! Shutdown order ([`Node::stop`]): refuse new operations, let runs in progress finish within
+//! `runner.stop_grace_ms` or kill them and record them as interrupted (see [`runs`]), signal the
+//! background tasks and wait for them (the network task sends what is due first), record `node_stopped`, deliver the last
 //! events to subscribers and the log, then release the data-directory lock.
 
 use std::fs::{File, OpenOptions, TryLockError};
@@ -28,16 +29,17 @@ use crate::identity::{Identity, PublicIdentity};
 use crate::ingress;
 use crate::model::{
     Bid, BidId, Body, Cancellation, Claim, Deadlines, Message, MessageId, Millis, NodeId, RoundEnd,
-    SandboxLevel, Seed, SeedId, SeedStatus, Settlement, SettlementOutcome, TaskResult, rules,
+    SandboxLevel, Seed, SeedId, SeedStatus, Settlement, SettlementOutcome, rules,
 };
 use crate::monitor::{Event, EventBus, EventKind, NdjsonLog, RejectReason, Subscription};
 use crate::network::{self, Acceptance, Handled, InboundFrame, Incoming, Transport};
-use crate::runner::{self, RunRequest};
 use crate::sandbox::{Refusal, SandboxPolicy, SandboxStatus};
 use crate::state::{self, SeedView, Violation};
 use crate::store::{Peer, PeerUpdate, RemoteOutcome, Store};
 use crate::sync;
 use crate::trust;
+
+mod runs;
 
 /// What to publish. `Default` gives a usable seed apart from the command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +169,7 @@ struct Inner {
     trust: trust::Trust,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     lock: Mutex<Option<File>>,
+    runs: runs::Runs,
 }
 
 /// A running Crabnet node. Cheap to clone; all clones share one node.
@@ -336,6 +339,7 @@ impl Node {
                 trust: policy,
                 tasks: Mutex::new(Vec::new()),
                 lock: Mutex::new(lock_file),
+                runs: runs::Runs::new(),
                 config,
             }),
         };
@@ -355,6 +359,7 @@ impl Node {
             .await?;
         }
         node.blocking(|n| n.issue_due_decisions()).await?;
+        node.blocking(|n| n.record_orphaned_runs()).await?;
 
         let mut tasks = Vec::new();
         // Receivers exist before the tasks run, so a stop right after start is never missed.
@@ -395,6 +400,8 @@ impl Node {
         if self.inner.stopped.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        // While the network still runs, so that interrupted results go out now.
+        self.inner.runs.interrupt_all().await;
         self.inner.shutdown.send_replace(true);
         let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
         for t in tasks {
@@ -600,81 +607,6 @@ impl Node {
                     claimer: me.clone(),
                     bid_id,
                 }))
-            })
-        })
-        .await
-    }
-
-    /// Runs a seed this node claimed, records and broadcasts its result. The command runs only
-    /// because this node's operator asked for it; nothing runs on a remote request.
-    pub async fn run(&self, seed_id: &SeedId) -> Result<SeedView> {
-        let id = seed_id.clone();
-        let seed = self
-            .blocking(move |n| {
-                let view = n.seed_blocking(&id)?;
-                state::check_local_run(&view, &n.inner.id)?;
-                n.inner
-                    .config
-                    .runner
-                    .check_can_serve(&view.seed)
-                    .map_err(|e| refusal(&id, e))?;
-                n.with_store(|s| {
-                    s.begin_run(&id, std::process::id(), now_ms())?;
-                    s.record_event(
-                        now_ms(),
-                        EventKind::TaskStarted {
-                            seed_id: id.clone(),
-                            command: view.seed.command.clone(),
-                        },
-                    )
-                })?;
-                Ok(view.seed)
-            })
-            .await?;
-        let work_root = self.inner.config.runner.work_root();
-        let outcome = runner::run(
-            RunRequest {
-                task_id: seed.id.as_str(),
-                command: &seed.command,
-                timeout: Duration::from_secs(seed.timeout_secs),
-                work_root: &work_root,
-                network: seed.network,
-                isolation: seed.isolation,
-            },
-            &self.inner.config.runner,
-        )
-        .await;
-        let id = seed.id.clone();
-        self.blocking(move |n| {
-            let ended = n.with_store(|s| {
-                s.end_run(&id)?;
-                s.count(run_counter(&outcome))
-            });
-            let outcome = outcome.map_err(|e| {
-                Error::with_source(ErrorKind::Runner, format!("cannot run seed {id}: {e}"), e)
-            })?;
-            ended?;
-            let me = n.inner.id.clone();
-            let result = TaskResult {
-                seed_id: id.clone(),
-                runner: me,
-                success: outcome.success(),
-                exit_code: outcome.exit_code,
-                signal: outcome.signal,
-                timed_out: outcome.timed_out,
-                duration_ms: outcome.duration_ms,
-                output_sha256: outcome.output_sha256,
-                output_bytes: outcome.output_bytes,
-                output_excerpt: outcome.output_excerpt,
-                output_truncated: outcome.output_truncated,
-                started_at: outcome.started_at_ms,
-                finished_at: outcome.finished_at_ms,
-                sandbox: outcome.sandbox,
-            };
-            n.commit_local(&id, |v| {
-                let v = known(v, &id)?;
-                state::check_local_run(v, &result.runner)?;
-                Ok(Body::ResultReported(result))
             })
         })
         .await
@@ -1677,18 +1609,6 @@ fn verdict(reason: RejectReason) -> Acceptance {
         | RejectReason::Expired
         | RejectReason::Rule
         | RejectReason::NotAdmitted => Acceptance::Ignore,
-    }
-}
-
-/// The counter a run's outcome bumps (shown by `/metrics` as runner outcomes).
-fn run_counter(
-    outcome: &std::result::Result<runner::RunOutcome, runner::RunnerError>,
-) -> &'static str {
-    match outcome {
-        Err(_) => "runs.errored",
-        Ok(o) if o.timed_out => "runs.timed_out",
-        Ok(o) if o.success() => "runs.succeeded",
-        Ok(_) => "runs.failed",
     }
 }
 

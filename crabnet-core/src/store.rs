@@ -995,6 +995,37 @@ impl Store {
         Ok(())
     }
 
+    /// The runs begun by a process that is gone (it crashed or was killed before it recorded
+    /// a result), as `(seed, pid, started_at)`, oldest first. A run of this process counts as
+    /// live.
+    pub fn orphaned_runs(&self) -> Result<Vec<(SeedId, u32, Millis)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seed_id, pid, started_at FROM runs ORDER BY started_at, seed_id")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut out = Vec::new();
+        for (seed_id, pid, started_at) in rows {
+            let pid = u32::try_from(pid).unwrap_or(0);
+            if pid != 0 && process_alive(pid) {
+                continue;
+            }
+            out.push((
+                SeedId::parse(&seed_id)?,
+                pid,
+                u64::try_from(started_at).unwrap_or(0),
+            ));
+        }
+        Ok(out)
+    }
+
     /// Clears the run marker of a seed.
     pub fn end_run(&mut self, seed_id: &SeedId) -> Result<()> {
         self.conn
@@ -1186,6 +1217,7 @@ fn applied_event(m: &Message, view: &SeedView) -> EventKind {
             seed_id: r.seed_id.clone(),
             runner: r.runner.clone(),
             success: r.success,
+            interrupted: r.interrupted,
             exit_code: r.exit_code,
             duration_ms: r.duration_ms,
             output_sha256: r.output_sha256.clone(),

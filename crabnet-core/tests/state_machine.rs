@@ -124,6 +124,7 @@ fn result(ids: &mut Ids, runner: u8) -> Message {
             exit_code: Some(0),
             signal: None,
             timed_out: false,
+            interrupted: false,
             success: true,
             duration_ms: 5,
             output_sha256: "0".repeat(64),

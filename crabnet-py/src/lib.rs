@@ -153,6 +153,7 @@ fn _crabnet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hub::MemoryHub>()?;
     m.add_class::<node::NativeNode>()?;
     m.add_class::<node::NativeSubscription>()?;
+    m.add_class::<node::NativeWeb>()?;
     m.add_function(wrap_pyfunction!(default_config, m)?)?;
     m.add_function(wrap_pyfunction!(config_from_toml, m)?)?;
     m.add_function(wrap_pyfunction!(config_from_file, m)?)?;

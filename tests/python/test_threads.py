@@ -206,3 +206,36 @@ def test_nodes_left_running_are_stopped_at_exit(tmp_path: Path) -> None:
     lines = done.stdout.split()
     assert lines[-1] == "node_stopped", done.stdout  # the last event reached the callback
     assert "exiting" in done.stdout and done.stderr == ""
+
+
+@pytest.mark.usefixtures("default_sigint")
+def test_ctrl_c_leaving_a_with_block_kills_the_run_and_records_it_as_interrupted(
+    tmp_path: Path,
+) -> None:
+    config = {"network": {"tick_ms": 20}}
+    node = crabnet.Node(config, data_dir=tmp_path / "n", name="n")
+    with pytest.raises(KeyboardInterrupt):
+        with node:
+            seed = node.publish("echo started; sleep 30", max_bids=1)
+            node.bid(seed, 1)
+            node.claim(seed)
+            stream = node.events()
+
+            def interrupt_once_started() -> None:
+                stream.wait_for(lambda e: isinstance(e, crabnet.TaskStarted), 20)
+                os.kill(os.getpid(), signal.SIGINT)
+
+            threading.Thread(target=interrupt_once_started).start()
+            node.run(seed)  # blocks until the interrupt leaves the `with` block
+    assert not node.running
+    recorded = stream.wait_for(lambda e: isinstance(e, crabnet.ResultRecorded), 10)
+    assert isinstance(recorded, crabnet.ResultRecorded)
+    assert recorded.interrupted and not recorded.success
+
+    # Started again, the node knows the run was interrupted and does not run it again.
+    with crabnet.Node(config, data_dir=tmp_path / "n", name="n") as node:
+        view = node.seed(seed.id)
+        assert view.status == "completed"
+        assert view.result is not None and view.result.interrupted
+        with pytest.raises(crabnet.StateError):
+            node.run(seed)

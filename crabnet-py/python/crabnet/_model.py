@@ -460,7 +460,7 @@ class TaskResult(_Record):
     signal: Optional[int]
     timed_out: bool
     success: bool
-    """Exit code 0 and no timeout."""
+    """Exit code 0, no timeout and not interrupted."""
     duration_ms: int
     output_sha256: str
     """SHA-256 over the whole combined stdout+stderr, lowercase hex."""
@@ -473,6 +473,10 @@ class TaskResult(_Record):
     sandbox: SandboxInfo = _UNKNOWN_SANDBOX
     """The sandbox the command ran in (level ``none`` with no features for results of nodes
     that do not report it)."""
+    interrupted: bool = False
+    """The run did not end on its own: its node stopped while the command ran and killed it
+    (after ``runner.stop_grace_ms``), or found after a crash that the run's process was gone.
+    The output fields cover what the command wrote until then."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -680,6 +684,8 @@ class ResultRecorded(Event):
     exit_code: Optional[int]
     duration_ms: int
     output_sha256: str
+    interrupted: bool = False
+    """The run was interrupted (see :attr:`TaskResult.interrupted`)."""
 
 
 @dataclass(frozen=True, repr=False)
