@@ -58,6 +58,11 @@ pub enum RejectReason {
     KeyMismatch,
     /// It breaks a lifecycle rule (see the violation in the event).
     Rule,
+    /// Its transport source or its claimed sender sent more frames than the rate limit
+    /// allows (`network.source_rate_per_sec`, `network.sender_rate_per_sec`).
+    RateLimited,
+    /// Its Lamport counter is more than `network.lamport_window` ahead of this node's clock.
+    LamportAhead,
 }
 
 impl RejectReason {
@@ -73,6 +78,8 @@ impl RejectReason {
             RejectReason::Expired => "expired",
             RejectReason::KeyMismatch => "key_mismatch",
             RejectReason::Rule => "rule",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::LamportAhead => "lamport_ahead",
         }
     }
 }

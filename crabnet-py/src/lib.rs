@@ -122,6 +122,8 @@ fn reject_reasons() -> Vec<&'static str> {
         R::Expired,
         R::KeyMismatch,
         R::Rule,
+        R::RateLimited,
+        R::LamportAhead,
     ];
     for reason in all {
         match reason {
@@ -133,7 +135,9 @@ fn reject_reasons() -> Vec<&'static str> {
             | R::Replay
             | R::Expired
             | R::KeyMismatch
-            | R::Rule => {}
+            | R::Rule
+            | R::RateLimited
+            | R::LamportAhead => {}
         }
     }
     all.iter().map(|r| r.as_str()).collect()

@@ -50,7 +50,7 @@ const BATCH: usize = 500;
 const MAX_SCAN: usize = 20 * BATCH;
 
 /// Every rejection reason, in the order counters are shown.
-pub(crate) const REJECT_REASONS: [RejectReason; 9] = [
+pub(crate) const REJECT_REASONS: [RejectReason; 11] = [
     RejectReason::Malformed,
     RejectReason::Oversized,
     RejectReason::Duplicate,
@@ -60,6 +60,8 @@ pub(crate) const REJECT_REASONS: [RejectReason; 9] = [
     RejectReason::Expired,
     RejectReason::KeyMismatch,
     RejectReason::Rule,
+    RejectReason::RateLimited,
+    RejectReason::LamportAhead,
 ];
 
 /// Compile-time reminder: a new reason fails this match until it is added above.
@@ -72,7 +74,9 @@ const _: fn(RejectReason) = |r| match r {
     | RejectReason::Replay
     | RejectReason::Expired
     | RejectReason::KeyMismatch
-    | RejectReason::Rule => {}
+    | RejectReason::Rule
+    | RejectReason::RateLimited
+    | RejectReason::LamportAhead => {}
 };
 
 /// Every event type name (the `type` field of an event), for the `kind` filter.

@@ -172,6 +172,10 @@ class RejectReason(str, Enum):
     """A hello whose node id does not match its keys, or a known node id with other keys."""
     RULE = "rule"
     """It breaks a lifecycle rule (see :attr:`MessageRejected.violation`)."""
+    RATE_LIMITED = "rate_limited"
+    """Its transport source or claimed sender exceeded the node's rate limit."""
+    LAMPORT_AHEAD = "lamport_ahead"
+    """Its Lamport counter is more than ``network.lamport_window`` ahead of the node's clock."""
 
     def __repr__(self) -> str:
         return f"RejectReason.{self.name}"
