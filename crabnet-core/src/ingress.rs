@@ -192,6 +192,17 @@ pub(crate) struct Source {
     pub verified: bool,
 }
 
+impl Source {
+    /// The IP address a new peer counts against under `network.max_peers_per_address`: that
+    /// of a UDP source, unless it is loopback, unspecified or in `exempt` (many honest nodes
+    /// may share those). libp2p frames are relayed by gossip, so their source is not their
+    /// author's address, and they count against the table's size only.
+    pub fn capped_address(&self, exempt: &[std::net::IpAddr]) -> Option<String> {
+        let ip = crate::network::udp_source(&self.from)?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified() && !exempt.contains(&ip)).then(|| ip.to_string())
+    }
+}
+
 /// Most transport sources and claimed senders with a token bucket of their own.
 const MAX_BUCKETS: usize = 16_384;
 
@@ -373,6 +384,34 @@ mod tests {
             assert!(r.note(rejection("a", RejectReason::Replay), 0).is_some());
         }
         assert_eq!(r.pending_counters()["rejected.replay"], 3);
+    }
+
+    #[test]
+    fn only_udp_sources_outside_loopback_and_the_exempt_list_count_per_address() {
+        let src = |from: &str| Source {
+            from: from.into(),
+            verified: false,
+        };
+        let exempt = ["192.0.2.7".parse().unwrap()];
+        assert_eq!(
+            src("udp:192.0.2.1:7946").capped_address(&exempt).as_deref(),
+            Some("192.0.2.1")
+        );
+        assert_eq!(
+            src("udp:[2001:db8::1]:7946")
+                .capped_address(&exempt)
+                .as_deref(),
+            Some("2001:db8::1")
+        );
+        for from in [
+            "udp:127.0.0.1:7946",
+            "udp:[::1]:7946",
+            "udp:192.0.2.7:1",
+            "libp2p:12D3KooW",
+            "memory:a",
+        ] {
+            assert_eq!(src(from).capped_address(&exempt), None, "{from}");
+        }
     }
 
     #[test]

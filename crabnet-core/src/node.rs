@@ -920,8 +920,33 @@ impl Node {
             let detail = format!("expired {} ms ago", now - expires);
             return self.reject(from, Some(h), RejectReason::Expired, detail);
         }
+        // Before any signature: a counter far ahead would drag this node's clock (and every
+        // counter it stamps) along, up to the largest one representable.
+        let clock = lock(&self.inner.store).lamport_clock()?;
+        let limit = clock
+            .saturating_add(net.lamport_window)
+            .min(crate::store::MAX_LAMPORT);
+        if h.lamport > limit {
+            let detail = format!(
+                "Lamport counter {} is more than network.lamport_window ({}) ahead of this \
+                 node's clock ({clock})",
+                h.lamport, net.lamport_window
+            );
+            return self.reject(from, Some(h), RejectReason::LamportAhead, detail);
+        }
         if h.kind == Kind::NodeHello {
-            return self.receive_hello(&parsed, bytes, from, now);
+            let admission = crate::store::Admission {
+                max_peers: net.max_peers,
+                // A peer that missed four hellos in a row is idle.
+                idle_before: now
+                    .saturating_sub(u64::from(net.hello_interval_secs).saturating_mul(4000)),
+                // Hellos relayed inside sync batches name the relay, not their author.
+                address: (via == Via::Live)
+                    .then(|| source.capped_address(&net.peer_address_exempt))
+                    .flatten(),
+                max_per_address: net.max_peers_per_address,
+            };
+            return self.receive_hello(&parsed, bytes, from, now, &admission);
         }
         let peer = lock(&self.inner.store).peer(&h.sender)?;
         let Some(peer) = peer else {
@@ -1141,6 +1166,7 @@ impl Node {
         bytes: &[u8],
         from: &str,
         now: Millis,
+        admission: &crate::store::Admission,
     ) -> Result<Acceptance> {
         let h = &parsed.header;
         if lock(&self.inner.store).is_known(&h.message_id)? {
@@ -1177,8 +1203,15 @@ impl Node {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
         }
         let update = self.with_store(|s| {
-            let update = s.upsert_peer(&identity, &hello.name, &hello.addresses, bytes, now)?;
-            if update != PeerUpdate::KeyMismatch {
+            let update = s.upsert_peer(
+                &identity,
+                &hello.name,
+                &hello.addresses,
+                bytes,
+                now,
+                admission,
+            )?;
+            if matches!(update, PeerUpdate::New | PeerUpdate::Refreshed) {
                 s.remember(&h.message_id, &h.sender, h.lamport, now, "hellos.accepted")?;
                 self.inner.recent.insert(bytes);
             }
@@ -1211,6 +1244,8 @@ impl Node {
                 Ok(Acceptance::Accept)
             }
             PeerUpdate::Refreshed => Ok(Acceptance::Accept),
+            // Valid, but this node has no room for it (counted as `peers.refused`).
+            PeerUpdate::Refused => Ok(Acceptance::Ignore),
         }
     }
 

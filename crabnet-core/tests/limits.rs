@@ -80,7 +80,6 @@ fn plain(id: &Identity, kind: Kind, payload: &[u8]) -> Vec<u8> {
     .unwrap()
 }
 
-#[allow(dead_code)] // used by the Lamport test below
 fn seed_message(id: &Identity, lamport: u64) -> Message {
     let now = now_ms();
     Message {
@@ -106,7 +105,6 @@ fn seed_message(id: &Identity, lamport: u64) -> Message {
     }
 }
 
-#[allow(dead_code)]
 fn seal(id: &Identity, m: &Message) -> Vec<u8> {
     envelope::message_envelope(id, m, 60, &[], MAX_ENVELOPE_BYTES, &mut envelope::os_rng).unwrap()
 }
@@ -350,4 +348,178 @@ async fn sync_answers_go_to_the_requester_only_within_twice_its_digests() {
         "sent {answered} bytes for {asked} bytes of digests"
     );
     node.stop().await.unwrap();
+}
+
+/// Waits for a domain envelope from `node` on `wire` and returns its Lamport counter.
+async fn next_domain_lamport(
+    wire: &mut crabnet_core::network::MemoryTransport,
+    node: &Node,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, crabnet_core::network::recv(wire))
+            .await
+            .expect("the node sends its message")
+            .unwrap();
+        let parsed = envelope::parse(&frame.bytes, MAX_ENVELOPE_BYTES).unwrap();
+        if matches!(parsed.header.kind, Kind::Domain(_)) && &parsed.header.sender == node.id() {
+            return parsed.header.lamport;
+        }
+    }
+}
+
+/// One validly signed message with the Lamport counter 2^64 - 1 used to pin the receiver's
+/// clock (and every counter it stamps afterwards). Now it is rejected as `lamport_ahead`, the
+/// clock stays, and counters within the window still move it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_far_ahead_is_rejected_and_does_not_move_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let node = Node::start_with_transport(config(dir.path(), "n"), Box::new(hub.join("n")))
+        .await
+        .unwrap();
+    let mut wire = hub.join("wire");
+    let mallory = identity(9);
+    crabnet_core::network::Transport::broadcast(&mut wire, &hello(&mallory)).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    for lamport in [u64::MAX, i64::MAX as u64 + 1, 1_000_001] {
+        let pin = seed_message(&mallory, lamport);
+        crabnet_core::network::Transport::broadcast(&mut wire, &seal(&mallory, &pin)).unwrap();
+    }
+    wait_counter(&node, "rejected.lamport_ahead", 3).await;
+    node.publish(PublishRequest::new("true")).await.unwrap();
+    assert_eq!(next_domain_lamport(&mut wire, &node).await, 1);
+
+    // Within the window (1,000,000 by default): accepted, and the clock follows.
+    let near = seed_message(&mallory, 900_000);
+    crabnet_core::network::Transport::broadcast(&mut wire, &seal(&mallory, &near)).unwrap();
+    wait_counter(&node, "messages.accepted", 1).await;
+    node.publish(PublishRequest::new("true")).await.unwrap();
+    assert_eq!(next_domain_lamport(&mut wire, &node).await, 900_001);
+    node.stop().await.unwrap();
+}
+
+/// Hellos prepared on both cores.
+fn hellos(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
+    let mid = range.start + (range.end - range.start) / 2;
+    let (a, b) = (range.start..mid, mid..range.end);
+    let other = std::thread::spawn(move || b.map(|i| hello(&identity(i))).collect::<Vec<_>>());
+    let mut out: Vec<Vec<u8>> = a.map(|i| hello(&identity(i))).collect();
+    out.extend(other.join().unwrap());
+    out
+}
+
+async fn overview_peers(addr: SocketAddr) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET /api/overview HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw))
+        .await
+        .expect("the response ends")
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    json["peers"].as_array().expect("a peer list").len()
+}
+
+/// 1,000 self-signed hellos from distinct identities (from one loopback address, which is
+/// exempt from the per-address cap) leave the peer table and `/api/overview` within the cap,
+/// and a real peer that comes later still gets in and is heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_strangers_leave_the_peer_table_within_its_cap_and_a_real_peer_gets_in() {
+    const CAP: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let real_udp = UdpTransport::bind(UdpConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        peers: vec![],
+        broadcast: None,
+    })
+    .unwrap();
+    let real_addr = real_udp.local_addr().unwrap();
+    let mut c = config(dir.path(), "n");
+    c.network.max_peers = CAP;
+    c.store.sync = crabnet_core::store::SyncMode::Normal;
+    let (node, addr) = udp_node(c, vec![real_addr]).await;
+    let web = node
+        .serve_web(crabnet_core::web::WebConfig::local(0))
+        .await
+        .unwrap();
+
+    let frames = tokio::task::spawn_blocking(|| hellos(1000..2000))
+        .await
+        .unwrap();
+    // In rounds of 50, so that no datagram is lost to a full receive buffer; every hello is
+    // handled: admitted (and possibly evicted later) or refused.
+    let sock = socket();
+    for (round, chunk) in frames.chunks(50).enumerate() {
+        for f in chunk {
+            sock.send_to(f, addr).unwrap();
+        }
+        let want = ((round + 1) * 50) as u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = node.overview().await.unwrap().counters;
+            let handled = c.get("hellos.accepted").copied().unwrap_or(0)
+                + c.get("peers.refused").copied().unwrap_or(0);
+            if handled >= want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{handled} of {want} hellos handled: {c:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(node.peers().await.unwrap().len() <= CAP);
+    }
+    assert!(node.peers().await.unwrap().len() <= CAP);
+    assert!(counter(&node, "peers.evicted").await >= 800);
+    assert!(overview_peers(web.local_addr()).await <= CAP);
+
+    let mut rc = config(dir.path(), "real");
+    rc.store.sync = crabnet_core::store::SyncMode::Normal;
+    let real = {
+        let udp_config = UdpConfig {
+            bind: real_addr,
+            peers: vec![addr],
+            broadcast: None,
+        };
+        // Its address is the one the node sends to.
+        drop(real_udp);
+        Node::start_with_transport(rc, Box::new(UdpTransport::bind(udp_config).unwrap()))
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| &p.node_id == real.id())
+    {
+        assert!(Instant::now() < deadline, "the real peer never got in");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seed = real.publish(PublishRequest::new("true")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.seed(&seed.seed.id).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the real peer's seed never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(node.peers().await.unwrap().len() <= CAP);
+    assert!(overview_peers(web.local_addr()).await <= CAP);
+    for n in [real, node] {
+        n.stop().await.unwrap();
+    }
 }

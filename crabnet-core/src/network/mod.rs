@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 mod dht;
 mod udp;
 pub use dht::{DhtConfig, DhtTransport, KAD_PROTOCOL, SYNC_PROTOCOL, TOPIC, libp2p_key};
+pub(crate) use udp::parse_source as udp_source;
 pub use udp::{UdpConfig, UdpTransport};
 
 /// A frame received from a peer.
