@@ -2,7 +2,7 @@
 //! known cost memory, not disk.
 //!
 //! * [`Rejections`] counts rejected frames in memory (written to the store's counters in one
-//!   transaction at most once a second) and lets through at most one `message_rejected` event
+//!   transaction per housekeeping tick) and lets through at most one `message_rejected` event
 //!   per source and reason as it happens, plus one summary per window for the rejections it
 //!   held back; the window is `network.reject_event_window_ms`.
 //! * [`Gate`] runs the checks that need neither the store nor a signature, in the network task

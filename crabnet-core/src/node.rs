@@ -1347,24 +1347,15 @@ impl Node {
         let mut tick =
             tokio::time::interval(Duration::from_millis(self.inner.config.network.tick_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Rejection counters are written at most once a second: under a flood, every write
-        // is a transaction of its own (the overview adds the ones still in memory).
-        let mut last_flush = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
-            let flush = last_flush.elapsed() >= REJECTION_FLUSH_EVERY;
-            if flush {
-                last_flush = tokio::time::Instant::now();
-            }
             let node = self.clone();
             let done = tokio::task::spawn_blocking(move || -> Result<()> {
                 node.close_due_bidding()?;
-                if flush {
-                    node.flush_rejections()?;
-                }
+                node.flush_rejections()?;
                 let mut store = lock(&node.inner.store);
                 store.prune_seen(now_ms())?;
                 node.pump_events(&store);
@@ -1690,9 +1681,6 @@ enum Via {
 
 /// Envelopes remembered in memory to recognise relayed copies without a transaction.
 const RECENT_FRAMES: usize = 65_536;
-
-/// How often housekeeping writes the rejection counters held in memory.
-const REJECTION_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Sync requesters whose credit is tracked at once.
 const SYNC_REQUESTERS: usize = 4096;
