@@ -33,6 +33,7 @@ pub mod model;
 pub mod monitor;
 pub mod network;
 pub mod node;
+mod ratelimit;
 pub mod runner;
 pub mod sandbox;
 pub mod state;

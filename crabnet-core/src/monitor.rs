@@ -60,6 +60,11 @@ pub enum RejectReason {
     Rule,
     /// Its author is not admitted by this node's trust policy (deny or allow list).
     NotAdmitted,
+    /// Its transport source or its claimed sender sent more frames than the rate limit
+    /// allows (`network.source_rate_per_sec`, `network.sender_rate_per_sec`).
+    RateLimited,
+    /// Its Lamport counter is more than `network.lamport_window` ahead of this node's clock.
+    LamportAhead,
 }
 
 impl RejectReason {
@@ -76,6 +81,8 @@ impl RejectReason {
             RejectReason::KeyMismatch => "key_mismatch",
             RejectReason::Rule => "rule",
             RejectReason::NotAdmitted => "not_admitted",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::LamportAhead => "lamport_ahead",
         }
     }
 }

@@ -165,6 +165,8 @@ struct Inner {
     wake_outbox: Notify,
     wake_log: Notify,
     rejections: ingress::Rejections,
+    gate: ingress::Gate,
+    sync_credit: crate::ratelimit::Credits,
     recent: ingress::RecentFrames,
     trust: trust::Trust,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -335,6 +337,11 @@ impl Node {
                 wake_outbox: Notify::new(),
                 wake_log: Notify::new(),
                 rejections: ingress::Rejections::new(config.network.reject_event_window_ms),
+                gate: ingress::Gate::new(&config.network),
+                sync_credit: crate::ratelimit::Credits::new(
+                    Duration::from_secs(config.network.sync_interval_secs.into()),
+                    SYNC_REQUESTERS,
+                ),
                 recent: ingress::RecentFrames::new(RECENT_FRAMES),
                 trust: policy,
                 tasks: Mutex::new(Vec::new()),
@@ -767,23 +774,33 @@ impl Node {
         reason: RejectReason,
         detail: String,
     ) -> Result<Acceptance> {
-        let message_kind = match header.map(|h| h.kind) {
-            Some(Kind::Domain(k)) => Some(k),
-            _ => None,
-        };
-        let rejection = ingress::Rejection {
-            source: from.to_owned(),
-            message_id: header.map(|h| h.message_id.clone()),
-            message_kind,
-            sender: header.map(|h| h.sender.clone()),
-            reason,
-            detail,
-        };
+        let rejection = ingress::Rejection::new(from, header, reason, detail);
         let now = now_ms();
         if let Some(event) = self.inner.rejections.note(rejection, now) {
             self.with_store(|s| s.record_event(now, event))?;
         }
         Ok(verdict(reason))
+    }
+
+    /// A frame the gate refused: counted in memory; its event (the first per source and
+    /// reason in a window) is the only write.
+    async fn refuse(&self, rejection: ingress::Rejection) -> Handled {
+        let acceptance = verdict(rejection.reason);
+        let now = now_ms();
+        if let Some(event) = self.inner.rejections.note(rejection, now) {
+            let node = self.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                node.with_store(|s| s.record_event(now, event))
+            })
+            .await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!("cannot record a rejection: {e}");
+            }
+        }
+        Handled {
+            acceptance,
+            replies: Vec::new(),
+        }
     }
 
     /// Writes the rejection counters and window summaries held in memory (housekeeping).
@@ -803,9 +820,9 @@ impl Node {
     /// The trust boundary: checks one received frame (size, structure, freshness, sender in
     /// the peer table, both signatures over the received bytes, replay), opens it if it is
     /// sealed to this node, and applies it. Every rejection is an event and a counter.
-    fn receive_frame(&self, bytes: &[u8], from: &str, max: usize) -> Result<Handled> {
+    fn receive_frame(&self, bytes: &[u8], source: &ingress::Source, max: usize) -> Result<Handled> {
         let mut replies = Vec::new();
-        let acceptance = self.receive_envelope(bytes, from, max, Via::Live, &mut replies)?;
+        let acceptance = self.receive_envelope(bytes, source, max, Via::Live, &mut replies)?;
         Ok(Handled {
             acceptance,
             replies,
@@ -818,11 +835,12 @@ impl Node {
     fn receive_envelope(
         &self,
         bytes: &[u8],
-        from: &str,
+        source: &ingress::Source,
         max: usize,
         via: Via,
         replies: &mut Vec<Vec<u8>>,
     ) -> Result<Acceptance> {
+        let from = source.from.as_str();
         let now = now_ms();
         let parsed = match envelope::parse(bytes, max) {
             Ok(p) => p,
@@ -875,8 +893,33 @@ impl Node {
             let detail = format!("expired {} ms ago", now - expires);
             return self.reject(from, Some(h), RejectReason::Expired, detail);
         }
+        // Before any signature: a counter far ahead would drag this node's clock (and every
+        // counter it stamps) along, up to the largest one representable.
+        let clock = lock(&self.inner.store).lamport_clock()?;
+        let limit = clock
+            .saturating_add(net.lamport_window)
+            .min(crate::store::MAX_LAMPORT);
+        if h.lamport > limit {
+            let detail = format!(
+                "Lamport counter {} is more than network.lamport_window ({}) ahead of this \
+                 node's clock ({clock})",
+                h.lamport, net.lamport_window
+            );
+            return self.reject(from, Some(h), RejectReason::LamportAhead, detail);
+        }
         if h.kind == Kind::NodeHello {
-            return self.receive_hello(&parsed, bytes, from, now);
+            let admission = crate::store::Admission {
+                max_peers: net.max_peers,
+                // A peer that missed four hellos in a row is idle.
+                idle_before: now
+                    .saturating_sub(u64::from(net.hello_interval_secs).saturating_mul(4000)),
+                // Hellos relayed inside sync batches name the relay, not their author.
+                address: (via == Via::Live)
+                    .then(|| source.capped_address(&net.peer_address_exempt))
+                    .flatten(),
+                max_per_address: net.max_peers_per_address,
+            };
+            return self.receive_hello(&parsed, bytes, from, now, &admission);
         }
         let peer = lock(&self.inner.store).peer(&h.sender)?;
         let Some(peer) = peer else {
@@ -912,7 +955,7 @@ impl Node {
             Kind::SyncDigest => {
                 return match parsed.plain::<sync::Digest>(Kind::SyncDigest) {
                     Ok(d) => {
-                        self.answer_digest(&h.sender, &d, replies)?;
+                        self.answer_digest(&h.sender, &d, bytes.len(), source, replies)?;
                         Ok(Acceptance::Ignore)
                     }
                     Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
@@ -926,7 +969,7 @@ impl Node {
                     }
                 };
                 for item in &batch.items {
-                    self.receive_envelope(item, from, max, Via::Sync, replies)?;
+                    self.receive_envelope(item, source, max, Via::Sync, replies)?;
                 }
                 return Ok(Acceptance::Ignore);
             }
@@ -986,12 +1029,15 @@ impl Node {
         })
     }
 
-    /// Answers a peer's digest: the seeds it lacks (with their authors' hellos) in batches, and
-    /// our own digest when it holds seeds we lack (unless its digest is itself a reply).
+    /// Answers a peer's digest (of `digest_bytes`, from `source`): the seeds it lacks (with
+    /// their authors' hellos) in batches, and our own digest when it holds seeds we lack
+    /// (unless its digest is itself a reply), all within the source's sync credit.
     fn answer_digest(
         &self,
         requester: &NodeId,
         digest: &sync::Digest,
+        digest_bytes: usize,
+        source: &ingress::Source,
         replies: &mut Vec<Vec<u8>>,
     ) -> Result<()> {
         let net = &self.inner.config.network;
@@ -1025,12 +1071,47 @@ impl Node {
             hellos.extend(envelopes);
             (cmp, hellos)
         };
-        for batch in sync::pack(items, max_payload) {
-            replies.push(self.plain_frame(Kind::SyncBatch, &envelope::encode_hello(&batch), 60)?);
+        let (amount, cap) = if source.verified {
+            (net.sync_budget_bytes, net.sync_budget_bytes)
+        } else {
+            let earned = (digest_bytes as u64).saturating_mul(net.sync_answer_ratio.into());
+            (earned, u64::MAX)
+        };
+        let available =
+            self.inner
+                .sync_credit
+                .earn(&source.from, amount, cap, std::time::Instant::now());
+        let mut left = available;
+        let mut queue: std::collections::VecDeque<Vec<u8>> = items.into();
+        loop {
+            // Room for the payload once the batch's own header and signatures are counted.
+            let room = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(envelope::OVERHEAD + BATCH_FRAME_SLACK);
+            let batch = sync::next_batch(&mut queue, room, max_payload);
+            if batch.items.is_empty() {
+                break;
+            }
+            let frame = self.plain_frame(Kind::SyncBatch, &envelope::encode_hello(&batch), 60)?;
+            if frame.len() as u64 > left {
+                break;
+            }
+            left -= frame.len() as u64;
+            replies.push(frame);
         }
         if cmp.peer_has_more && !digest.reply {
-            replies.push(self.digest_frame(true)?);
+            let frame = self.digest_frame(true)?;
+            if frame.len() as u64 <= left {
+                left -= frame.len() as u64;
+                replies.push(frame);
+            }
         }
+        if !queue.is_empty() {
+            self.inner.rejections.count("sync.answers_over_budget");
+        }
+        self.inner
+            .sync_credit
+            .spend(&source.from, (available - left) as usize);
         Ok(())
     }
 
@@ -1068,6 +1149,7 @@ impl Node {
         bytes: &[u8],
         from: &str,
         now: Millis,
+        admission: &crate::store::Admission,
     ) -> Result<Acceptance> {
         let h = &parsed.header;
         if lock(&self.inner.store).is_known(&h.message_id)? {
@@ -1113,8 +1195,15 @@ impl Node {
             return self.reject(from, Some(h), RejectReason::NotAdmitted, detail);
         }
         let update = self.with_store(|s| {
-            let update = s.upsert_peer(&identity, &hello.name, &hello.addresses, bytes, now)?;
-            if update != PeerUpdate::KeyMismatch {
+            let update = s.upsert_peer(
+                &identity,
+                &hello.name,
+                &hello.addresses,
+                bytes,
+                now,
+                admission,
+            )?;
+            if matches!(update, PeerUpdate::New | PeerUpdate::Refreshed) {
                 s.remember(&h.message_id, &h.sender, h.lamport, now, "hellos.accepted")?;
                 self.inner.recent.insert(bytes);
             }
@@ -1147,6 +1236,8 @@ impl Node {
                 Ok(Acceptance::Accept)
             }
             PeerUpdate::Refreshed => Ok(Acceptance::Accept),
+            // Valid, but this node has no room for it (counted as `peers.refused`).
+            PeerUpdate::Refused => Ok(Acceptance::Ignore),
         }
     }
 
@@ -1468,10 +1559,27 @@ impl Node {
                         }
                         Some(Incoming::Frame(frame)) => frame,
                     };
-                    let node = self.clone();
                     let max = transport.max_frame_bytes();
                     let InboundFrame { bytes, from, ack } = frame;
-                    let res = tokio::task::spawn_blocking(move || node.receive_frame(&bytes, &from, max)).await;
+                    if let Err(rejection) = self.inner.gate.admit(&bytes, &from, max) {
+                        // Refused before any blocking work: no transaction, no outbox scan.
+                        let handled = self.refuse(rejection).await;
+                        if let Some(ack) = ack {
+                            let _ = ack.send(handled);
+                        }
+                        continue;
+                    }
+                    let node = self.clone();
+                    let source = ingress::Source { verified: transport.source_verified(&from), from };
+                    let res = tokio::task::spawn_blocking(move || {
+                        let handled = node.receive_frame(&bytes, &source, max);
+                        (handled, source.from)
+                    })
+                    .await;
+                    let (res, from) = match res {
+                        Ok((handled, from)) => (Ok(handled), from),
+                        Err(e) => (Err(e), String::new()),
+                    };
                     let handled = match res {
                         Ok(Ok(handled)) => handled,
                         Ok(Err(e)) => {
@@ -1488,9 +1596,10 @@ impl Node {
                         Some(ack) => {
                             let _ = ack.send(handled);
                         }
+                        // Answers go to the requester only, never to every peer.
                         None => {
                             for frame in handled.replies {
-                                if let Err(e) = transport.broadcast(&frame) {
+                                if let Err(e) = transport.send_to(&from, &frame) {
                                     tracing::debug!("cannot send sync answer: {e}");
                                 }
                             }
@@ -1608,7 +1717,9 @@ fn verdict(reason: RejectReason) -> Acceptance {
         | RejectReason::Replay
         | RejectReason::Expired
         | RejectReason::Rule
-        | RejectReason::NotAdmitted => Acceptance::Ignore,
+        | RejectReason::NotAdmitted
+        | RejectReason::RateLimited
+        | RejectReason::LamportAhead => Acceptance::Ignore,
     }
 }
 
@@ -1623,6 +1734,12 @@ enum Via {
 
 /// Envelopes remembered in memory to recognise relayed copies without a transaction.
 const RECENT_FRAMES: usize = 65_536;
+
+/// Sync requesters whose credit is tracked at once.
+const SYNC_REQUESTERS: usize = 4096;
+
+/// Bytes a sync batch's envelope may add to its payload beyond [`envelope::OVERHEAD`].
+const BATCH_FRAME_SLACK: usize = 16;
 
 /// Most seeds listed in one digest (about 40 bytes each, so a digest fits one datagram).
 const DIGEST_LIMIT: usize = 1200;

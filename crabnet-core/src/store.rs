@@ -104,12 +104,44 @@ pub struct Peer {
 /// What a hello did to the peer table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerUpdate {
-    /// A new peer.
+    /// A new peer (which may have taken the place of an evicted one).
     New,
+    /// A new peer refused: the table is full of peers that are neither idle nor hello-only,
+    /// or its source address already has as many peers as allowed.
+    Refused,
     /// A known peer with the same keys.
     Refreshed,
     /// A known node id with different keys: refused.
     KeyMismatch,
+}
+
+/// The limits a new peer is admitted under (see [`Store::upsert_peer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// Most peers in the table.
+    pub max_peers: usize,
+    /// Peers whose latest hello is older than this (Unix ms) are idle.
+    pub idle_before: Millis,
+    /// The IP address the hello came from, when it counts against a per-address cap.
+    pub address: Option<String>,
+    /// Most peers admitted from `address`.
+    pub max_per_address: usize,
+}
+
+/// The largest Lamport counter the store holds (SQLite integers are signed 64-bit); envelopes
+/// with larger counters are refused before they reach the store.
+pub const MAX_LAMPORT: u64 = i64::MAX as u64;
+
+/// A Lamport counter as an SQLite integer, refused (not wrapped) beyond [`MAX_LAMPORT`].
+fn sql_lamport(lamport: u64) -> Result<i64> {
+    i64::try_from(lamport).map_err(|_| {
+        Error::new(
+            ErrorKind::Validation,
+            format!(
+                "Lamport counter {lamport} is beyond the largest the store holds ({MAX_LAMPORT})"
+            ),
+        )
+    })
 }
 
 const PEER_COLUMNS: &str = "SELECT node_id, name, addresses, signing_public, kem_public, key_epoch,
@@ -139,7 +171,12 @@ fn peer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
             addresses: from_json(&addresses, "peer addresses")?,
             first_seen: first as u64,
             last_seen: last as u64,
-            replay_floor: floor as u64,
+            replay_floor: u64::try_from(floor).map_err(|_| {
+                Error::new(
+                    ErrorKind::Store,
+                    format!("corrupt peer {id}: replay floor {floor}"),
+                )
+            })?,
         })
     })())
 }
@@ -245,6 +282,18 @@ const MIGRATIONS: &[&str] = &[
         body        BLOB NOT NULL,
         received_at INTEGER NOT NULL
      ) STRICT;",
+    // 5: Lamport counters within SQLite's range (older versions stored counters >= 2^63
+    // wrapped to negative numbers, and one such counter pinned the clock at 2^64 - 1); peer
+    // activity and admission source for the capped peer table
+    "UPDATE messages SET lamport = 9223372036854775807 WHERE lamport < 0;
+     UPDATE seen SET lamport = NULL WHERE lamport < 0;
+     UPDATE peers SET replay_floor = 0 WHERE replay_floor < 0;
+     UPDATE meta SET value = CAST((SELECT COALESCE(MAX(lamport), 0) FROM messages
+                                   WHERE lamport < 9223372036854775807) AS TEXT)
+      WHERE key = 'lamport' AND (length(value) > 19 OR CAST(value AS INTEGER) >= 9223372036854775807);
+     ALTER TABLE peers ADD COLUMN last_active INTEGER;
+     ALTER TABLE peers ADD COLUMN admitted_from TEXT;
+     CREATE INDEX peers_by_source ON peers(admitted_from);",
 ];
 
 /// The current schema version (SQLite `user_version`).
@@ -484,6 +533,13 @@ impl Store {
                     )?;
                     let (_, verdict) =
                         refold(&tx, message.seed_id(), &message.id, now, &mut events)?;
+                    if matches!(verdict, Verdict::Applied | Verdict::Pending { .. }) {
+                        // An author of stored messages is not evicted for a newcomer.
+                        tx.execute(
+                            "UPDATE peers SET last_active = ?2 WHERE node_id = ?1",
+                            params![message.sender.as_str(), now as i64],
+                        )?;
+                    }
                     match verdict {
                         Verdict::Applied => {
                             bump_counter(&tx, "messages.accepted")?;
@@ -689,6 +745,14 @@ impl Store {
             params![seq, next_at as i64],
         )?;
         Ok(())
+    }
+
+    /// This node's Lamport clock: the highest counter it stamped or received.
+    pub fn lamport_clock(&self) -> Result<u64> {
+        Ok(self
+            .meta("lamport")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
     }
 
     /// Forgets seen message ids whose time is up; returns how many. Each sender's replay floor
@@ -899,7 +963,11 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Records a verified hello. A known node id announcing different keys is refused.
+    /// Records a verified hello. A known node id announcing different keys is refused. A new
+    /// peer is admitted under `admission`: when its source address already has
+    /// `max_per_address` peers it is refused; when the table is full, it takes the place of
+    /// the peer evicted first (idle peers, then peers that never authored a stored message,
+    /// oldest hello first; counted as `peers.evicted`), or is refused if every peer is active.
     pub fn upsert_peer(
         &mut self,
         identity: &PublicIdentity,
@@ -907,6 +975,7 @@ impl Store {
         addresses: &[String],
         hello: &[u8],
         now: Millis,
+        admission: &Admission,
     ) -> Result<PeerUpdate> {
         let tx = self
             .conn
@@ -940,10 +1009,15 @@ impl Store {
                 PeerUpdate::Refreshed
             }
             None => {
+                if !admit(&tx, admission)? {
+                    bump_counter(&tx, "peers.refused")?;
+                    tx.commit()?;
+                    return Ok(PeerUpdate::Refused);
+                }
                 tx.execute(
                     "INSERT INTO peers(node_id, name, addresses, signing_public, kem_public,
-                         key_epoch, first_seen, last_seen, hello)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                         key_epoch, first_seen, last_seen, hello, admitted_from)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
                     params![
                         identity.node_id.as_str(),
                         name,
@@ -952,7 +1026,8 @@ impl Store {
                         kem,
                         identity.epoch as i64,
                         now as i64,
-                        hello
+                        hello,
+                        admission.address
                     ],
                 )?;
                 PeerUpdate::New
@@ -1084,6 +1159,39 @@ fn load_view(conn: &Connection, id: &SeedId) -> Result<Option<SeedView>> {
     text.map(|t| from_json(&t, "seed view")).transpose()
 }
 
+/// Makes room for one new peer under `admission`; `false` when it must be refused.
+fn admit(tx: &Transaction<'_>, admission: &Admission) -> Result<bool> {
+    if let Some(address) = &admission.address {
+        let from_there: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM peers WHERE admitted_from = ?1",
+            [address],
+            |r| r.get(0),
+        )?;
+        if from_there as u64 >= admission.max_per_address as u64 {
+            return Ok(false);
+        }
+    }
+    loop {
+        let count: i64 = tx.query_row("SELECT COUNT(*) FROM peers", [], |r| r.get(0))?;
+        if (count as u64) < admission.max_peers as u64 {
+            return Ok(true);
+        }
+        let victim: Option<String> = tx
+            .query_row(
+                "SELECT node_id FROM peers WHERE last_seen < ?1 OR last_active IS NULL
+                 ORDER BY last_seen >= ?1, last_active IS NOT NULL, last_seen, node_id LIMIT 1",
+                [admission.idle_before as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(victim) = victim else {
+            return Ok(false);
+        };
+        tx.execute("DELETE FROM peers WHERE node_id = ?1", [&victim])?;
+        bump_counter(tx, "peers.evicted")?;
+    }
+}
+
 fn bump_lamport(tx: &Transaction<'_>, seen: Option<u64>) -> Result<u64> {
     let current: u64 = tx
         .query_row("SELECT value FROM meta WHERE key = 'lamport'", [], |r| {
@@ -1096,6 +1204,12 @@ fn bump_lamport(tx: &Transaction<'_>, seen: Option<u64>) -> Result<u64> {
         None => current.saturating_add(1),
         Some(remote) => current.max(remote),
     };
+    if next > MAX_LAMPORT {
+        return Err(Error::new(
+            ErrorKind::Store,
+            format!("the Lamport clock would pass {MAX_LAMPORT}"),
+        ));
+    }
     tx.execute(
         "INSERT INTO meta(key, value) VALUES ('lamport', ?1)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -1120,7 +1234,7 @@ fn insert_seen(
             now as i64,
             until as i64,
             sender.as_str(),
-            lamport as i64
+            sql_lamport(lamport)?
         ],
     )?;
     Ok(())
@@ -1144,7 +1258,7 @@ fn insert_message(tx: &Transaction<'_>, m: &Message, origin: Origin, now: Millis
             m.seed_id().as_str(),
             m.kind().as_str(),
             m.sender.as_str(),
-            m.lamport as i64,
+            sql_lamport(m.lamport)?,
             m.timestamp as i64,
             to_json(m)?,
             origin.as_str(),
@@ -1361,4 +1475,141 @@ fn refold(
         .cloned()
         .ok_or_else(|| Error::internal("folded message has no verdict"))?;
     Ok((folded.view, verdict))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{KemSeeds, SigningSeeds};
+    use crate::identity::Identity;
+
+    fn public(tag: u8) -> PublicIdentity {
+        Identity::from_seeds(
+            &SigningSeeds {
+                ed25519: [tag; 32],
+                ml_dsa: [tag; 32],
+            },
+            &KemSeeds {
+                x25519: [tag; 32],
+                ml_kem: [tag; 64],
+            },
+            0,
+        )
+        .public()
+        .clone()
+    }
+
+    fn admission(max_peers: usize, address: Option<&str>) -> Admission {
+        Admission {
+            max_peers,
+            idle_before: 1_000,
+            address: address.map(str::to_owned),
+            max_per_address: 2,
+        }
+    }
+
+    fn ids(store: &Store) -> Vec<NodeId> {
+        store
+            .peers()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.identity.node_id)
+            .collect()
+    }
+
+    #[test]
+    fn a_full_table_evicts_idle_then_hello_only_peers_and_refuses_when_all_are_active() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let p: Vec<PublicIdentity> = (1..=6).map(public).collect();
+        let add = |s: &mut Store, i: usize, now: Millis, a: &Admission| {
+            s.upsert_peer(&p[i], "p", &[], b"hello", now, a).unwrap()
+        };
+        let a = admission(3, None);
+        // 0 is idle (last hello before 1,000), 1 and 2 are active authors.
+        assert_eq!(add(&mut s, 0, 500, &a), PeerUpdate::New);
+        assert_eq!(add(&mut s, 1, 2_000, &a), PeerUpdate::New);
+        assert_eq!(add(&mut s, 2, 3_000, &a), PeerUpdate::New);
+        s.conn
+            .execute(
+                "UPDATE peers SET last_active = 1 WHERE node_id != ?1",
+                [p[0].node_id.as_str()],
+            )
+            .unwrap();
+        // The idle peer makes room first.
+        assert_eq!(add(&mut s, 3, 4_000, &a), PeerUpdate::New);
+        assert!(!ids(&s).contains(&p[0].node_id));
+        // Then the hello-only newcomer 3 goes before active peers.
+        assert_eq!(add(&mut s, 4, 5_000, &a), PeerUpdate::New);
+        assert!(!ids(&s).contains(&p[3].node_id));
+        // All active now: a newcomer is refused, a known peer still refreshes.
+        s.conn
+            .execute("UPDATE peers SET last_active = 1", [])
+            .unwrap();
+        assert_eq!(add(&mut s, 5, 6_000, &a), PeerUpdate::Refused);
+        assert_eq!(add(&mut s, 1, 6_000, &a), PeerUpdate::Refreshed);
+        assert_eq!(ids(&s).len(), 3);
+        assert_eq!(s.counters().unwrap()["peers.evicted"], 2);
+        assert_eq!(s.counters().unwrap()["peers.refused"], 1);
+    }
+
+    #[test]
+    fn one_address_gets_at_most_its_share_of_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let there = admission(100, Some("192.0.2.1"));
+        for tag in 1..=2 {
+            let r = s.upsert_peer(&public(tag), "p", &[], b"h", 2_000, &there);
+            assert_eq!(r.unwrap(), PeerUpdate::New);
+        }
+        let r = s.upsert_peer(&public(3), "p", &[], b"h", 2_000, &there);
+        assert_eq!(r.unwrap(), PeerUpdate::Refused);
+        let elsewhere = admission(100, Some("192.0.2.2"));
+        let r = s.upsert_peer(&public(3), "p", &[], b"h", 2_000, &elsewhere);
+        assert_eq!(r.unwrap(), PeerUpdate::New);
+    }
+
+    #[test]
+    fn counters_beyond_i64_are_refused_and_wrapped_ones_are_repaired_by_the_migration() {
+        assert!(sql_lamport(MAX_LAMPORT).is_ok());
+        let err = sql_lamport(MAX_LAMPORT + 1).unwrap_err();
+        assert!(err.to_string().contains("Lamport counter"), "{err}");
+
+        // A version 3 database as an older build left it after a message with 2^64 - 1.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let s = Store::open(&path, &StoreConfig::default()).unwrap();
+        let id = public(1).node_id;
+        s.conn
+            .execute_batch(&format!(
+                "INSERT INTO meta(key, value) VALUES ('lamport', '18446744073709551615');
+                 INSERT INTO seen(message_id, first_seen, expires_at, sender, lamport)
+                     VALUES ('00', 0, 9, '{id}', -1);
+                 INSERT INTO messages(id, seed_id, kind, sender, lamport, timestamp, body,
+                                      origin, received_at)
+                     VALUES ('01', 's', 'seed_created', '{id}', -1, 0, '{{}}', 'remote', 0),
+                            ('02', 's', 'bid_placed', '{id}', 7, 0, '{{}}', 'remote', 0);
+                 INSERT INTO peers(node_id, name, addresses, signing_public, kem_public,
+                                   key_epoch, first_seen, last_seen, replay_floor)
+                     VALUES ('{id}', 'p', '[]', x'', x'', 0, 0, 0, -1);"
+            ))
+            .unwrap();
+        s.conn
+            .execute_batch(
+                "DROP INDEX peers_by_source; ALTER TABLE peers DROP COLUMN admitted_from;
+                 ALTER TABLE peers DROP COLUMN last_active; DROP TABLE certificates;
+                 DROP TABLE revocations; PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        drop(s);
+        let s = Store::open(&path, &StoreConfig::default()).unwrap();
+        assert_eq!(s.lamport_clock().unwrap(), 7);
+        let q = |sql: &str| -> Option<i64> { s.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(q("SELECT lamport FROM seen"), None);
+        assert_eq!(
+            q("SELECT lamport FROM messages WHERE id = '01'"),
+            Some(i64::MAX)
+        );
+        assert_eq!(q("SELECT replay_floor FROM peers"), Some(0));
+    }
 }

@@ -123,6 +123,8 @@ fn reject_reasons() -> Vec<&'static str> {
         R::KeyMismatch,
         R::Rule,
         R::NotAdmitted,
+        R::RateLimited,
+        R::LamportAhead,
     ];
     for reason in all {
         match reason {
@@ -135,7 +137,9 @@ fn reject_reasons() -> Vec<&'static str> {
             | R::Expired
             | R::KeyMismatch
             | R::Rule
-            | R::NotAdmitted => {}
+            | R::NotAdmitted
+            | R::RateLimited
+            | R::LamportAhead => {}
         }
     }
     all.iter().map(|r| r.as_str()).collect()

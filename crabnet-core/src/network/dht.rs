@@ -363,6 +363,20 @@ impl Transport for DhtTransport {
         self.fallback(frame)
     }
 
+    fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
+        // libp2p frames carry their answers back on their own channel (sync responses); only
+        // frames of the UDP fallback are answered here.
+        match &mut self.udp {
+            Some(udp) if to.starts_with("udp:") => udp.send_to(to, frame),
+            _ => Err(net_err(format!("cannot send to {to} alone"))),
+        }
+    }
+
+    fn source_verified(&self, from: &str) -> bool {
+        // A libp2p peer id is authenticated by the connection's handshake.
+        from.starts_with("libp2p:") || self.udp.as_ref().is_some_and(|u| u.source_verified(from))
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
         if let Poll::Ready(item) = self.incoming.poll_recv(cx) {
             return Poll::Ready(item);
@@ -415,6 +429,12 @@ impl<T: Transport> Transport for Announced<T> {
     }
     fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
         self.inner.broadcast(frame)
+    }
+    fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
+        self.inner.send_to(to, frame)
+    }
+    fn source_verified(&self, from: &str) -> bool {
+        self.inner.source_verified(from)
     }
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
         if let Some(n) = self.notice.take() {
@@ -488,8 +508,10 @@ async fn run(
                         Acceptance::Reject => gossipsub::MessageAcceptance::Reject,
                     };
                     swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
-                    for frame in handled.replies {
-                        let _ = swarm.behaviour_mut().gossipsub.publish(topic.clone(), frame);
+                    // Sync answers go only to a requester, over request-response; a digest
+                    // gossiped to everyone is not answered to everyone.
+                    if !handled.replies.is_empty() {
+                        tracing::debug!("not answering a sync digest received by gossip");
                     }
                 }
                 Some(Done::Request { channel, handled }) => {

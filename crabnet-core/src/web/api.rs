@@ -50,7 +50,7 @@ const BATCH: usize = 500;
 const MAX_SCAN: usize = 20 * BATCH;
 
 /// Every rejection reason, in the order counters are shown.
-pub(crate) const REJECT_REASONS: [RejectReason; 10] = [
+pub(crate) const REJECT_REASONS: [RejectReason; 12] = [
     RejectReason::Malformed,
     RejectReason::Oversized,
     RejectReason::Duplicate,
@@ -61,6 +61,8 @@ pub(crate) const REJECT_REASONS: [RejectReason; 10] = [
     RejectReason::KeyMismatch,
     RejectReason::Rule,
     RejectReason::NotAdmitted,
+    RejectReason::RateLimited,
+    RejectReason::LamportAhead,
 ];
 
 /// Compile-time reminder: a new reason fails this match until it is added above.
@@ -74,7 +76,9 @@ const _: fn(RejectReason) = |r| match r {
     | RejectReason::Expired
     | RejectReason::KeyMismatch
     | RejectReason::Rule
-    | RejectReason::NotAdmitted => {}
+    | RejectReason::NotAdmitted
+    | RejectReason::RateLimited
+    | RejectReason::LamportAhead => {}
 };
 
 /// Every event type name (the `type` field of an event), for the `kind` filter.

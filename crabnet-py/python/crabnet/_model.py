@@ -197,6 +197,10 @@ class RejectReason(str, Enum):
     """It breaks a lifecycle rule (see :attr:`MessageRejected.violation`)."""
     NOT_ADMITTED = "not_admitted"
     """Its author is not admitted by the node's trust policy (``[trust]`` in the config)."""
+    RATE_LIMITED = "rate_limited"
+    """Its transport source or claimed sender exceeded the node's rate limit."""
+    LAMPORT_AHEAD = "lamport_ahead"
+    """Its Lamport counter is more than ``network.lamport_window`` ahead of the node's clock."""
 
     def __repr__(self) -> str:
         return f"RejectReason.{self.name}"
