@@ -115,6 +115,12 @@ pub enum Violation {
         /// The bidder.
         bidder: NodeId,
     },
+    /// A publisher may not bid on its own seed (rules 2 in the fold; every seed locally).
+    #[error("the publisher of seed {seed_id} may not bid on it")]
+    OwnSeed {
+        /// The seed.
+        seed_id: SeedId,
+    },
     /// Bidding is still open, so there is no winner yet.
     #[error(
         "bidding on seed {seed_id} is still open: the winner is decided when the window closes at {window_end} (unix ms) or when {max_bids} bids have arrived"
@@ -1140,6 +1146,12 @@ fn not_publisher(v: &SeedView, action: Action) -> Violation {
 
 fn apply_bid(v: &mut SeedView, msg: &Message, bid: &Bid) -> Verdict {
     let seed = &v.seed;
+    // Rules 1 seeds stored before this rule existed fold as they always did.
+    if seed.rules >= crate::model::rules::V2 && msg.sender == seed.publisher {
+        return rejected(Violation::OwnSeed {
+            seed_id: seed.id.clone(),
+        });
+    }
     if bid.price < seed.min_price || bid.price > seed.max_price {
         return rejected(Violation::PriceOutOfRange {
             seed_id: seed.id.clone(),
@@ -1349,7 +1361,8 @@ fn apply_settlement(v: &mut SeedView, msg: &Message, settlement: &Settlement) ->
 }
 
 /// Checks that `node` may place a new bid at `now`, beyond what [`fold`] checks for any bid:
-/// bidding must not be closed and the bid limit must not be reached.
+/// bidding must not be closed, the node must not be the seed's publisher (under any rules) and
+/// the bid limit must not be reached.
 pub fn check_local_bid(v: &SeedView, node: &NodeId, now: Millis) -> Result<(), Violation> {
     let seed_id = v.seed.id.clone();
     if v.status != SeedStatus::Open {
@@ -1363,6 +1376,9 @@ pub fn check_local_bid(v: &SeedView, node: &NodeId, now: Millis) -> Result<(), V
             seed_id,
             window_end: v.seed.window_end(),
         });
+    }
+    if node == &v.seed.publisher {
+        return Err(Violation::OwnSeed { seed_id });
     }
     if v.bids.iter().any(|b| &b.bid.bidder == node) {
         return Err(Violation::AlreadyBid {

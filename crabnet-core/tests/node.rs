@@ -1,5 +1,7 @@
 //! The Node API end to end: several nodes in one process over the in-memory hub.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use crabnet_core::envelope::Kind;
@@ -10,6 +12,7 @@ use crabnet_core::{
     BlockingNode, Config, ErrorKind, EventKind, MemoryHub, Node, PublishRequest, SeedStatus,
     SeedView,
 };
+use support::pair::Pair;
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
     let mut c = Config::with_data_dir(dir.join(name));
@@ -247,7 +250,9 @@ async fn replayed_messages_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_errors_are_typed_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(config(dir.path(), "solo")).await.unwrap();
+    let (_hub, nodes) = network(dir.path(), 2).await;
+    // `node` publishes, `runner` bids.
+    let (node, runner) = (&nodes[0], &nodes[1]);
     let unknown = SeedId::from_bytes([9; 16]);
     assert_eq!(
         node.seed(&unknown).await.unwrap_err().kind(),
@@ -282,35 +287,53 @@ async fn local_errors_are_typed_and_change_nothing() {
         .await
         .unwrap();
     let id = seed.seed.id.clone();
-    let before = node.overview().await.unwrap();
-    let err = node.bid(&id, 1000).await.unwrap_err();
+    wait_for(runner, &id, "the seed", |_| true).await;
+    let before = [
+        node.overview().await.unwrap(),
+        runner.overview().await.unwrap(),
+    ];
+    // A publisher may not bid on its own seed, at any price.
+    for price in [50, 1000] {
+        let err = node.bid(&id, price).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::State, "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("the publisher of seed {id} may not bid on it")),
+            "{err}"
+        );
+    }
+    let err = runner.bid(&id, 1000).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Validation);
     assert!(err.to_string().contains("outside the range"), "{err}");
-    let err = node.claim(&id).await.unwrap_err();
+    let err = runner.claim(&id).await.unwrap_err();
     assert!(err.to_string().contains("still open"), "{err}");
     let err = node.settle(&id, true, "").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::State);
-    let err = node.run(&id).await.unwrap_err();
+    let err = runner.run(&id).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::State);
-    let after = node.overview().await.unwrap();
-    assert_eq!(before.state_digest, after.state_digest);
-    assert_eq!(
-        before.last_event_seq, after.last_event_seq,
-        "failed operations record no events"
-    );
+    let after = [
+        node.overview().await.unwrap(),
+        runner.overview().await.unwrap(),
+    ];
+    for (before, after) in before.iter().zip(&after) {
+        assert_eq!(before.state_digest, after.state_digest);
+        assert_eq!(
+            before.last_event_seq, after.last_event_seq,
+            "failed operations record no events"
+        );
+    }
 
-    node.bid(&id, 50).await.unwrap();
-    let err = node.bid(&id, 40).await.unwrap_err();
+    runner.bid(&id, 50).await.unwrap();
+    let err = runner.bid(&id, 40).await.unwrap_err();
     assert!(err.to_string().contains("already bid"), "{err}");
     node.cancel(&id).await.unwrap();
     let err = node.cancel(&id).await.unwrap_err();
     assert!(err.to_string().contains("cancelled"), "{err}");
 
-    node.stop().await.unwrap();
-    assert_eq!(
-        node.seeds(None).await.unwrap_err().kind(),
-        ErrorKind::Stopped
-    );
+    for n in [node, runner] {
+        n.stop().await.unwrap();
+        assert_eq!(n.seeds(None).await.unwrap_err().kind(), ErrorKind::Stopped);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,28 +425,31 @@ async fn bidding_expires_without_bids_and_the_event_log_is_written() {
 #[test]
 fn the_blocking_facade_drives_a_node_without_a_runtime() {
     let dir = tempfile::tempdir().unwrap();
-    let node = BlockingNode::start(config(dir.path(), "blocking")).unwrap();
+    // The node under test runs the task; a publisher next to it publishes and settles.
+    let pair = Pair::start(
+        config(dir.path(), "publisher"),
+        config(dir.path(), "blocking"),
+    );
+    let node = &pair.runner;
     let mut sub = node.subscribe();
-    let seed = node
-        .publish(PublishRequest {
-            max_bids: 1,
-            ..PublishRequest::new("echo blocking")
-        })
-        .unwrap();
-    let id = seed.seed.id;
-    node.bid(&id, 5).unwrap();
-    node.claim(&id).unwrap();
+    let id = pair.claimed("echo blocking", 5);
     let v = node.run(&id).unwrap();
     assert_eq!(v.result.unwrap().output_excerpt, "blocking\n");
-    let v = node.settle(&id, false, "no thanks").unwrap();
+    let v = pair.settle(&id, false, "no thanks");
     assert_eq!(v.status, SeedStatus::Settled);
+    // The runner hears of the settlement through its subscription.
     let mut names = Vec::new();
-    while let Ok(Some(e)) = sub.recv_timeout(Duration::from_millis(300)) {
-        names.push(e.kind.name());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !names.contains(&"seed_settled") && Instant::now() < deadline {
+        if let Ok(Some(e)) = sub.recv_timeout(Duration::from_millis(300)) {
+            names.push(e.kind.name());
+        }
     }
     assert!(names.contains(&"seed_settled"), "{names:?}");
-    node.stop().unwrap();
-    assert_eq!(node.overview().unwrap_err().kind(), ErrorKind::Stopped);
+    for n in [&pair.runner, &pair.publisher] {
+        n.stop().unwrap();
+        assert_eq!(n.overview().unwrap_err().kind(), ErrorKind::Stopped);
+    }
 }
 
 #[test]

@@ -2,15 +2,16 @@
 //! then killed and recorded as interrupted; a run cut short by a crash is recorded as
 //! interrupted at the next start; neither is ever executed again by itself.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use crabnet_core::model::TaskResult;
 use crabnet_core::store::Store;
-use crabnet_core::{
-    BlockingNode, Config, ErrorKind, EventKind, PublishRequest, SeedId, SeedStatus,
-};
+use crabnet_core::{BlockingNode, Config, ErrorKind, EventKind, SeedId, SeedStatus};
+use support::pair::Pair;
 
+/// The runner's configuration (the node under test).
 fn config(dir: &std::path::Path) -> Config {
     let mut c = Config::with_data_dir(dir.join("node"));
     c.name = "runner".into();
@@ -19,18 +20,17 @@ fn config(dir: &std::path::Path) -> Config {
     c
 }
 
-/// Publishes `command`, bids on it and claims it, all on `node`.
-fn claimed(node: &BlockingNode, command: &str) -> SeedId {
-    let seed = node
-        .publish(PublishRequest {
-            max_bids: 1,
-            ..PublishRequest::new(command)
-        })
-        .unwrap();
-    let id = seed.seed.id;
-    node.bid(&id, 5).unwrap();
-    node.claim(&id).unwrap();
-    id
+/// A publisher next to the runner of `runner` (a node may not bid on its own seed).
+fn pair(dir: &std::path::Path, runner: Config) -> Pair {
+    let mut publisher = Config::with_data_dir(dir.join("publisher"));
+    publisher.name = "publisher".into();
+    publisher.network.tick_ms = 20;
+    Pair::start(publisher, runner)
+}
+
+/// The publisher publishes `command`; the runner bids on it and claims it.
+fn claimed(pair: &Pair, command: &str) -> SeedId {
+    pair.claimed(command, 5)
 }
 
 /// Processes with `arg` as one of their arguments (any user, any PID namespace; zombies have
@@ -80,26 +80,24 @@ fn result_events(node: &BlockingNode) -> Vec<EventKind> {
 #[test]
 fn a_stop_kills_the_run_records_it_as_interrupted_and_a_restart_does_not_run_it_again() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Arc::new(BlockingNode::start(config(dir.path())).unwrap());
+    let pair = pair(dir.path(), config(dir.path()));
+    let node = &pair.runner;
     let arg = unique_sleep();
-    let id = claimed(&node, &format!("echo started; sleep {arg}"));
-    let run = {
-        let (node, id) = (node.clone(), id.clone());
-        std::thread::spawn(move || node.run(&id))
-    };
-    wait_until("the task's process", || {
-        !processes_with_arg(&arg).is_empty()
+    let id = claimed(&pair, &format!("echo started; sleep {arg}"));
+    let ran = std::thread::scope(|s| {
+        let run = s.spawn(|| node.run(&id));
+        wait_until("the task's process", || {
+            !processes_with_arg(&arg).is_empty()
+        });
+        node.stop().unwrap();
+        // When stop returns, the task is dead and reaped, and its result is recorded.
+        assert_eq!(processes_with_arg(&arg), Vec::<u32>::new());
+        run.join().unwrap().unwrap()
     });
-
-    node.stop().unwrap();
-    // When stop returns, the task is dead and reaped, and its result is recorded.
-    assert_eq!(processes_with_arg(&arg), Vec::<u32>::new());
-    let ran = run.join().unwrap().unwrap();
     assert_eq!(ran.status, SeedStatus::Completed);
     let r: TaskResult = ran.result.unwrap();
     assert!(r.interrupted && !r.success && !r.timed_out, "{r:?}");
     assert_eq!(r.output_excerpt, "started\n");
-    drop(node);
 
     // After a restart the node knows, and does not run the command again.
     let node = BlockingNode::start(config(dir.path())).unwrap();
@@ -136,18 +134,19 @@ fn a_run_that_ends_within_the_stop_grace_is_awaited_and_recorded_as_it_ended() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.runner.stop_grace_ms = 60_000;
-    let node = Arc::new(BlockingNode::start(cfg).unwrap());
+    let pair = pair(dir.path(), cfg);
+    let node = &pair.runner;
     let arg = format!("1.{}", std::process::id());
-    let id = claimed(&node, &format!("sleep {arg}; echo finished"));
-    let run = {
-        let (node, id) = (node.clone(), id.clone());
-        std::thread::spawn(move || node.run(&id))
-    };
-    wait_until("the task's process", || {
-        !processes_with_arg(&arg).is_empty()
+    let id = claimed(&pair, &format!("sleep {arg}; echo finished"));
+    let ran = std::thread::scope(|s| {
+        let run = s.spawn(|| node.run(&id));
+        wait_until("the task's process", || {
+            !processes_with_arg(&arg).is_empty()
+        });
+        node.stop().unwrap();
+        run.join().unwrap().unwrap()
     });
-    node.stop().unwrap();
-    let r = run.join().unwrap().unwrap().result.unwrap();
+    let r = ran.result.unwrap();
     assert!(r.success && !r.interrupted, "{r:?}");
     assert_eq!(r.output_excerpt, "finished\n");
 }
@@ -156,10 +155,9 @@ fn a_run_that_ends_within_the_stop_grace_is_awaited_and_recorded_as_it_ended() {
 fn a_run_whose_process_died_is_recorded_as_interrupted_at_the_next_start_and_not_run_again() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let node = BlockingNode::start(cfg.clone()).unwrap();
-    let id = claimed(&node, "echo must not run");
-    node.stop().unwrap();
-    drop(node);
+    let pair = pair(dir.path(), cfg.clone());
+    let id = claimed(&pair, "echo must not run");
+    pair.runner.stop().unwrap();
     // What a crash in the middle of a run leaves behind: the run marker of a process that is
     // gone (this child, reaped).
     let mut child = std::process::Command::new("true").spawn().unwrap();

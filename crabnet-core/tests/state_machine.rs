@@ -1080,6 +1080,66 @@ fn a_seed_under_unknown_rules_is_refused_with_its_version() {
     assert!(bad.check_fields().unwrap_err().contains("claim window"));
 }
 
+#[test]
+fn a_publisher_may_not_bid_on_its_own_seed_under_rules_two() {
+    // Rules 2: the publisher's bid is rejected, an award naming it is invalid, and the award
+    // the publisher's node computes leaves it out.
+    let mut ids = Ids(0);
+    let creation = create(&mut ids, seed_v2(2));
+    let own = bid(&mut ids, 1, 10, T0 + 100);
+    let other = bid(&mut ids, 2, 30, T0 + 200);
+    let msgs = vec![creation.clone(), own.clone(), other.clone()];
+    let reason = rejected_with(&msgs, &own);
+    assert_eq!(reason, Violation::OwnSeed { seed_id: seed_id() });
+    assert_eq!(
+        reason.to_string(),
+        format!("the publisher of seed {} may not bid on it", seed_id())
+    );
+    assert_eq!(verdict_of(&msgs, &other), Verdict::Applied);
+    let v = fold(&msgs).view.unwrap();
+    assert_eq!(v.bids.len(), 1);
+    let due = v.due_award(T0 + 6_000).unwrap();
+    assert_eq!(due.considered, vec![bid_id(2)]);
+    assert_eq!(due.winner, Some(bid_id(2)));
+    let naming_own = award(&mut ids, 1, &[1, 2], Some(1), T0 + 6_000);
+    let with_award = [msgs.clone(), vec![naming_own.clone()]].concat();
+    assert!(matches!(
+        rejected_with(&with_award, &naming_own),
+        Violation::InvalidAward { .. }
+    ));
+    assert_eq!(status(&with_award), SeedStatus::Open);
+
+    // Rules 1: seeds stored before the rule fold as they always did; the self-bid counts and
+    // can win.
+    let mut ids = Ids(0);
+    let creation = create(&mut ids, seed(2, 5));
+    let own = bid(&mut ids, 1, 10, T0 + 100);
+    let other = bid(&mut ids, 2, 30, T0 + 200);
+    let won = award(&mut ids, 1, &[1, 2], Some(1), T0 + 6_000);
+    let msgs = vec![creation, own.clone(), other, won.clone()];
+    assert_eq!(verdict_of(&msgs, &own), Verdict::Applied);
+    assert_eq!(verdict_of(&msgs, &won), Verdict::Applied);
+    let v = fold(&msgs).view.unwrap();
+    assert_eq!(v.award.unwrap().winner_node, Some(node(1)));
+}
+
+#[test]
+fn a_publisher_is_refused_locally_to_bid_on_its_own_seed_under_any_rules() {
+    for s in [seed(2, 5), seed_v2(2)] {
+        let mut ids = Ids(0);
+        let creation = create(&mut ids, s);
+        let v = fold([&creation]).view.unwrap();
+        assert_eq!(
+            state::check_local_bid(&v, &node(1), T0 + 1),
+            Err(Violation::OwnSeed { seed_id: seed_id() })
+        );
+        assert_eq!(state::check_local_bid(&v, &node(2), T0 + 1), Ok(()));
+        let err =
+            crabnet_core::Error::from(state::check_local_bid(&v, &node(1), T0 + 1).unwrap_err());
+        assert_eq!(err.kind(), crabnet_core::ErrorKind::State);
+    }
+}
+
 /// How the winner of a round behaves in a simulated rules 2 history.
 #[derive(Debug, Clone, Copy)]
 enum Winner {

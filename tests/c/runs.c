@@ -1,6 +1,7 @@
 /* A task in progress when its node stops: crabnet_node_stop kills it and records its result as
  * interrupted, the blocked crabnet_node_run returns that result, and a node started again on
- * the data directory does not run the seed again. */
+ * the data directory does not run the seed again. The runner wins the seed from a publisher
+ * on the same in-memory hub (a node may not bid on its own seed). */
 #include "check.h"
 
 typedef struct {
@@ -27,15 +28,28 @@ static crabnet_node *start_offline(const char *base) {
 int main(void) {
     char base[256];
     make_temp_dir(base, sizeof base, "runs");
-    crabnet_node *node = start_offline(base);
+    crabnet_hub *hub = NULL;
+    OK(crabnet_hub_new(&hub));
+    crabnet_node *publisher = start_on_hub(hub, base, "publisher");
+    crabnet_node *node = start_on_hub(hub, base, "runner");
+    crabnet_hub_free(hub);
+    char *peers = NULL;
+    OK(crabnet_node_wait_for_peers(publisher, 1, 20000, &peers));
+    crabnet_string_free(peers);
+    OK(crabnet_node_wait_for_peers(node, 1, 20000, &peers));
+    crabnet_string_free(peers);
 
     char *seed = NULL;
-    OK(crabnet_node_publish(node, "{\"command\": \"echo started; sleep 30\", \"max_bids\": 1}",
-                            &seed));
+    OK(crabnet_node_publish(publisher,
+                            "{\"command\": \"echo started; sleep 30\", \"max_bids\": 1}", &seed));
     char *seed_id = json_str(seed, "/seed/id");
     crabnet_string_free(seed);
+    /* The publisher may not bid on its own seed; the runner does. */
+    EXPECT_ERR(CRABNET_STATUS_STATE, "may not bid on it", crabnet_node_bid(publisher, seed_id, 5, &seed));
+    crabnet_string_free(wait_seed(node, seed_id, "open"));
     OK(crabnet_node_bid(node, seed_id, 5, &seed));
     crabnet_string_free(seed);
+    crabnet_string_free(wait_award(node, seed_id));
     OK(crabnet_node_claim(node, seed_id, &seed));
     crabnet_string_free(seed);
 
@@ -61,6 +75,8 @@ int main(void) {
     CHECK(json_raw_eq(call.seed_json, "/result/success", "false"));
     crabnet_string_free(call.seed_json);
     crabnet_node_free(node);
+    OK(crabnet_node_stop(publisher));
+    crabnet_node_free(publisher);
 
     /* Started again: the node knows, and does not run the command again. */
     node = start_offline(base);

@@ -1,6 +1,7 @@
 //! The process-test harness shared by the test binaries that run the `crabnet` CLI as separate
 //! processes (`mod support;` in `tests/cli.rs`, `network.rs`, `network_dht.rs`,
-//! `sandbox_e2e.rs`).
+//! `sandbox_e2e.rs`, `trust_e2e.rs`), and in-process pairs of nodes ([`pair`], used by
+//! `tests/node.rs`, `runs.rs` and `crash.rs`).
 //!
 //! - [`run_bounded`] runs one CLI command with a timeout and returns its [`Out`].
 //! - A [`Sandbox`] is a temp dir with a fake HOME/XDG/TMPDIR that every command runs in.
@@ -8,6 +9,8 @@
 //!   SIGKILLs them on drop, so a failing test never leaves processes behind.
 //! - [`reserve_port`] and [`reserve_on`] hold ports (UDP, or TCP and UDP for a dht node) that
 //!   no other test of the binary gets.
+//! - [`pair::Pair`] is a publisher and a runner in one process on an in-memory hub, for
+//!   in-process tests that need a whole lifecycle (a publisher may not bid on its own seed).
 //! - A [`Net`] is a sandbox of initialized nodes, each a real `crabnet listen` process on
 //!   127.0.0.1 over UDP ([`Net::new`]) or libp2p ([`Net::dht`]), driven by separate CLI
 //!   processes on their data directories while the listeners run. Every wait has a deadline,
@@ -18,6 +21,8 @@
 
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
+
+pub mod pair;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsString;
@@ -689,6 +694,17 @@ impl Net {
         child.kill().expect("SIGKILL the listener");
         let status = child.wait().unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    }
+
+    /// Stops node `i`'s listener cleanly (SIGINT) and checks that it exited 0.
+    pub fn stop(&mut self, i: usize) {
+        let idx = self.nodes[i].running.take().expect("node runs");
+        let status = self.procs.interrupt(idx);
+        assert!(
+            status.success(),
+            "listener {i} exits 0 on SIGINT: {status}\n{}",
+            self.procs.logs()
+        );
     }
 
     /// Restarts node `i`'s listener as it ran before: same data directory, port and peers.
