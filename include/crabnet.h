@@ -36,6 +36,11 @@
  * returns. Hosts that cannot take calls on foreign threads poll crabnet_node_next_event().
  * A ::crabnet_config is a plain value: do not change one from two threads at once.
  *
+ * @par Logs
+ * Crabnet prints nothing. Warnings and diagnostics (a task run without a sandbox, a peer that
+ * cannot be dialled...) reach the host through crabnet_set_log_callback(), filtered by the
+ * callback's level or, when set, the environment variable `CRABNET_LOG` (e.g. `debug`).
+ *
  * @par JSON
  * Seeds, events and summaries are JSON objects (see docs/PROTOCOL.md);
  * crabnet_json_get_string() and friends read single values for hosts without a JSON library.
@@ -133,6 +138,34 @@ typedef enum crabnet_status {
 } crabnet_status;
 
 /**
+ * The level of a log record, from the most severe (`CRABNET_LOG_LEVEL_ERROR`) to the most
+ * verbose (`CRABNET_LOG_LEVEL_TRACE`).
+ */
+typedef enum crabnet_log_level {
+  /**
+   * Something failed and the node could not recover (an operation was lost).
+   */
+  CRABNET_LOG_LEVEL_ERROR = 1,
+  /**
+   * Something an operator should look at (tasks run without a sandbox, a peer that cannot
+   * be dialled, dropped log records).
+   */
+  CRABNET_LOG_LEVEL_WARN = 2,
+  /**
+   * Normal operation worth noting.
+   */
+  CRABNET_LOG_LEVEL_INFO = 3,
+  /**
+   * Details for debugging.
+   */
+  CRABNET_LOG_LEVEL_DEBUG = 4,
+  /**
+   * Very verbose details (network internals).
+   */
+  CRABNET_LOG_LEVEL_TRACE = 5,
+} crabnet_log_level;
+
+/**
  * A node configuration (opaque).
  *
  * Created by `crabnet_config_new`, `crabnet_config_from_toml`, `crabnet_config_from_json` or
@@ -171,6 +204,23 @@ typedef struct crabnet_node crabnet_node;
  * `crabnet_node_free` (then `/health` answers 503) until `crabnet_web_free`. Thread-safe.
  */
 typedef struct crabnet_web crabnet_web;
+
+/**
+ * A log callback: `user_data` as given to `crabnet_set_log_callback`, the record's level,
+ * its target (where it comes from, a Rust module path such as `"crabnet_core::node"`) and its
+ * message (the text followed by the record's fields as ` key=value`).
+ *
+ * `target` and `message` are NUL-terminated UTF-8 owned by Crabnet and valid only during the
+ * call: copy what you keep, do not free them. The callback runs on a thread owned by Crabnet
+ * (`crabnet-log`), one record at a time, never while Crabnet holds a lock: it may call any
+ * Crabnet function, including `crabnet_set_log_callback`. A slow callback delays only later
+ * log records (which are dropped once 1024 wait, see `crabnet_log_dropped_count`), never the
+ * nodes. It must return normally: no C++ exception and no longjmp may leave it.
+ */
+typedef void (*crabnet_log_callback)(void *user_data,
+                                     enum crabnet_log_level level,
+                                     const char *target,
+                                     const char *message);
 
 /**
  * An event callback: `user_data` as given to `crabnet_node_subscribe`, and one event as a
@@ -426,6 +476,38 @@ enum crabnet_status crabnet_json_get_u64(const char *json,
  * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`.
  */
 enum crabnet_status crabnet_json_quote(const char *text, char **out_json);
+
+/**
+ * Delivers the node's log records to `callback`, from now on until the callback is replaced
+ * or removed. Without it, Crabnet logs nothing (no output on stderr).
+ *
+ * `level` (a `crabnet_log_level`) is the most verbose level delivered, unless the
+ * environment variable `CRABNET_LOG` is set: then it alone decides, as a filter string such
+ * as `warn` or `crabnet_core=debug,libp2p=info` (an invalid one is ignored, with a warning
+ * through the callback). `CRABNET_LOG_LEVEL_WARN` is the usual choice.
+ *
+ * There is one log callback per process. Calling this again replaces it (and re-reads
+ * `CRABNET_LOG`); a NULL `callback` removes it (`level` is then ignored). When the call
+ * returns, the previous callback is not running and will not be called again, so its
+ * `user_data` may be freed; the one exception is a call from inside that very callback,
+ * which simply returns first. Crabnet keeps `user_data` (without touching it) for the
+ * callback. See `crabnet_log_callback` for the thread it runs on. Remove the callback before
+ * the program exits: that also ends the log thread (memory checkers report a thread still
+ * running at exit as a leak).
+ *
+ * Errors: `VALIDATION` (level out of range), `BUSY` (the program installed its own global
+ * Rust `tracing` subscriber, which then receives Crabnet's logs), `IO` (the log thread
+ * cannot start).
+ */
+enum crabnet_status crabnet_set_log_callback(int level,
+                                             crabnet_log_callback callback,
+                                             void *user_data);
+
+/**
+ * How many log records were dropped since the process started because the log callback did
+ * not keep up (the callback also receives a warning saying so).
+ */
+uint64_t crabnet_log_dropped_count(void);
 
 /**
  * Creates an in-process network.

@@ -29,6 +29,7 @@ pub mod envelope;
 pub mod error;
 pub mod identity;
 mod ingress;
+pub mod logging;
 pub mod model;
 pub mod monitor;
 pub mod network;

@@ -265,7 +265,6 @@ impl Node {
         let cfg = config.clone();
         let key = tokio::task::spawn_blocking(move || -> Result<_> {
             create_private_dir(&cfg.data_dir)?;
-            warn_about_sandbox(&cfg.runner.sandbox_status());
             let (identity, _) = Identity::load_or_create(&cfg.identity_path())?;
             Ok(network::libp2p_key(&identity.signing().to_seeds().ed25519))
         })
@@ -281,6 +280,10 @@ impl Node {
         let listening = transport.is_some();
         let (store, identity, lock_file, policy) = tokio::task::spawn_blocking(move || -> Result<_> {
             create_private_dir(&cfg.data_dir)?;
+            if listening {
+                // Only a node on a network runs other nodes' tasks.
+                warn_about_sandbox(&cfg.runner.sandbox_status());
+            }
             let lock_file = if listening {
                 Some(take_listen_lock(&cfg)?)
             } else {
@@ -1670,7 +1673,8 @@ impl Node {
     }
 }
 
-/// Says at every start when tasks will run without the full sandbox, or not at all.
+/// Says at every start on a network (any transport) when tasks will run without the full
+/// sandbox, or not at all.
 fn warn_about_sandbox(status: &SandboxStatus) {
     match status.policy {
         SandboxPolicy::None => tracing::warn!(

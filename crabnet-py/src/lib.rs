@@ -7,6 +7,7 @@
 
 mod errors;
 mod hub;
+mod logs;
 mod node;
 
 use std::path::PathBuf;
@@ -163,6 +164,8 @@ fn _crabnet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(config_from_file, m)?)?;
     m.add_function(wrap_pyfunction!(run_demo, m)?)?;
     m.add_function(wrap_pyfunction!(exception_for_kind, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::forward_logs, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::logs_dropped, m)?)?;
     errors::register(m)?;
     Ok(())
 }

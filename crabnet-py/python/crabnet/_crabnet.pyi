@@ -18,6 +18,8 @@ __all__ = [
     "config_from_file",
     "run_demo",
     "_exception_for_kind",
+    "forward_logs",
+    "logs_dropped",
     "CrabnetError",
     "ValidationError",
     "StateError",
@@ -128,3 +130,5 @@ def run_demo(
     step_timeout: float = 20.0,
 ) -> str: ...
 def _exception_for_kind(kind: str, message: str) -> CrabnetError: ...
+def forward_logs(enabled: bool = True) -> None: ...
+def logs_dropped() -> int: ...

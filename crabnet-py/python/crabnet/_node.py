@@ -71,6 +71,8 @@ def _stop_all() -> None:
             node.stop()
         except Exception as e:  # reported, and the other nodes still stop
             print(f"crabnet: stopping {node!r} at exit failed: {e}", file=sys.stderr)
+    # Then the log thread ends, before the interpreter can no longer take its records.
+    _crabnet.forward_logs(False)
 
 
 def default_config() -> Dict[str, Any]:
