@@ -5,14 +5,14 @@
 
 mod flood;
 
+mod support;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
+use support::forge::{counter, hello, identity, plain, seal, seed_message, wait_counter};
 
 use crabnet_core::clock::now_ms;
-use crabnet_core::crypto::{KemSeeds, SigningSeeds};
-use crabnet_core::envelope::{self, Header, Hello, Kind, MAX_ENVELOPE_BYTES};
-use crabnet_core::identity::Identity;
-use crabnet_core::model::{Body, Message, MessageId, Seed, SeedId};
+use crabnet_core::envelope::{self, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::network::{UdpConfig, UdpTransport};
 use crabnet_core::{Config, EventKind, MemoryHub, Node, PublishRequest};
 
@@ -22,122 +22,6 @@ fn config(dir: &std::path::Path, name: &str) -> Config {
     c.network.tick_ms = 20;
     c.events.log_enabled = false;
     c
-}
-
-/// A deterministic identity per `tag` (key generation from seeds is cheap).
-fn identity(tag: u32) -> Identity {
-    let mut seed = [0u8; 32];
-    seed[..4].copy_from_slice(&tag.to_le_bytes());
-    seed[4] = 0xc5;
-    let mut kem = [0u8; 64];
-    kem[..32].copy_from_slice(&seed);
-    Identity::from_seeds(
-        &SigningSeeds {
-            ed25519: seed,
-            ml_dsa: seed,
-        },
-        &KemSeeds {
-            x25519: seed,
-            ml_kem: kem,
-        },
-        0,
-    )
-}
-
-fn rand16() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    envelope::os_rng(&mut b);
-    b
-}
-
-fn hello(id: &Identity) -> Vec<u8> {
-    let hello = Hello {
-        name: "stranger".into(),
-        addresses: vec![],
-        key_epoch: id.public().epoch,
-        signing_public: id.public().signing.to_bytes(),
-        kem_public: id.public().kem.to_bytes(),
-        certificate: None,
-    };
-    plain(id, Kind::NodeHello, &envelope::encode_hello(&hello))
-}
-
-fn plain(id: &Identity, kind: Kind, payload: &[u8]) -> Vec<u8> {
-    let header = Header {
-        kind,
-        sealed: false,
-        sender: id.node_id().clone(),
-        message_id: MessageId::from_bytes(rand16()),
-        timestamp: now_ms(),
-        ttl_secs: 60,
-        lamport: 0,
-    };
-    envelope::build(
-        id,
-        &header,
-        payload,
-        &[],
-        MAX_ENVELOPE_BYTES,
-        &mut envelope::os_rng,
-    )
-    .unwrap()
-}
-
-fn seed_message(id: &Identity, lamport: u64) -> Message {
-    let now = now_ms();
-    Message {
-        id: MessageId::from_bytes(rand16()),
-        sender: id.node_id().clone(),
-        lamport,
-        timestamp: now,
-        body: Body::SeedCreated(Seed {
-            id: SeedId::from_bytes(rand16()),
-            publisher: id.node_id().clone(),
-            command: "true".into(),
-            description: String::new(),
-            min_price: 1,
-            max_price: 10,
-            bid_window_secs: 60,
-            max_bids: 1,
-            timeout_secs: 10,
-            created_at: now,
-            audience: vec![],
-            network: false,
-            isolation: crabnet_core::model::SandboxLevel::Full,
-            rules: crabnet_core::model::rules::V1,
-            deadlines: None,
-        }),
-    }
-}
-
-fn seal(id: &Identity, m: &Message) -> Vec<u8> {
-    envelope::message_envelope(id, m, 60, &[], MAX_ENVELOPE_BYTES, &mut envelope::os_rng).unwrap()
-}
-
-async fn counter(node: &Node, name: &str) -> u64 {
-    node.overview()
-        .await
-        .unwrap()
-        .counters
-        .get(name)
-        .copied()
-        .unwrap_or(0)
-}
-
-async fn wait_counter(node: &Node, name: &str, at_least: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v = counter(node, name).await;
-        if v >= at_least {
-            return;
-        }
-        let counters = node.overview().await.unwrap().counters;
-        assert!(
-            Instant::now() < deadline,
-            "counter {name} stayed at {v}, wanted {at_least}: {counters:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A node on a real UDP socket on 127.0.0.1 with `peers` as its configured peers.
@@ -194,7 +78,7 @@ async fn sources_and_claimed_senders_over_their_rate_are_limited_in_memory() {
     let (node, addr) = udp_node(c, vec![]).await;
 
     // 200 copies of one valid hello from one socket: at most ~10 + elapsed seconds pass.
-    let frame = hello(&identity(1));
+    let frame = hello(&identity(1, 0));
     let flooder = socket();
     let started = Instant::now();
     send_paced(&flooder, addr, &frame, 200);
@@ -204,7 +88,7 @@ async fn sources_and_claimed_senders_over_their_rate_are_limited_in_memory() {
 
     // Another identity's hello from 100 sources, 2 copies each: the sources are within their
     // rate, the claimed sender is not.
-    let frame = hello(&identity(2));
+    let frame = hello(&identity(2, 0));
     let before = counter(&node, "rejected.rate_limited").await;
     let started = Instant::now();
     for _ in 0..100 {
@@ -312,7 +196,7 @@ async fn sync_answers_go_to_the_requester_only_within_twice_its_digests() {
     let (node, addr) = udp_node(c, vec![bystander.local_addr().unwrap()]).await;
     publish_many(&node, 1000).await;
 
-    let mallory = identity(7);
+    let mallory = identity(7, 0);
     let sock = socket();
     sock.send_to(&hello(&mallory), addr).unwrap();
     node.wait_for_peers(1, Duration::from_secs(20))
@@ -385,23 +269,23 @@ async fn a_counter_far_ahead_is_rejected_and_does_not_move_the_clock() {
         .await
         .unwrap();
     let mut wire = hub.join("wire");
-    let mallory = identity(9);
+    let mallory = identity(9, 0);
     crabnet_core::network::Transport::broadcast(&mut wire, &hello(&mallory)).unwrap();
     node.wait_for_peers(1, Duration::from_secs(20))
         .await
         .unwrap();
 
     for lamport in [u64::MAX, i64::MAX as u64 + 1, 1_000_001] {
-        let pin = seed_message(&mallory, lamport);
-        crabnet_core::network::Transport::broadcast(&mut wire, &seal(&mallory, &pin)).unwrap();
+        let pin = seed_message(&mallory, lamport, now_ms());
+        crabnet_core::network::Transport::broadcast(&mut wire, &seal(&mallory, &pin, 60)).unwrap();
     }
     wait_counter(&node, "rejected.lamport_ahead", 3).await;
     node.publish(PublishRequest::new("true")).await.unwrap();
     assert_eq!(next_domain_lamport(&mut wire, &node).await, 1);
 
     // Within the window (1,000,000 by default): accepted, and the clock follows.
-    let near = seed_message(&mallory, 900_000);
-    crabnet_core::network::Transport::broadcast(&mut wire, &seal(&mallory, &near)).unwrap();
+    let near = seed_message(&mallory, 900_000, now_ms());
+    crabnet_core::network::Transport::broadcast(&mut wire, &seal(&mallory, &near, 60)).unwrap();
     wait_counter(&node, "messages.accepted", 1).await;
     node.publish(PublishRequest::new("true")).await.unwrap();
     assert_eq!(next_domain_lamport(&mut wire, &node).await, 900_001);
@@ -412,8 +296,8 @@ async fn a_counter_far_ahead_is_rejected_and_does_not_move_the_clock() {
 fn hellos(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
     let mid = range.start + (range.end - range.start) / 2;
     let (a, b) = (range.start..mid, mid..range.end);
-    let other = std::thread::spawn(move || b.map(|i| hello(&identity(i))).collect::<Vec<_>>());
-    let mut out: Vec<Vec<u8>> = a.map(|i| hello(&identity(i))).collect();
+    let other = std::thread::spawn(move || b.map(|i| hello(&identity(i, 0))).collect::<Vec<_>>());
+    let mut out: Vec<Vec<u8>> = a.map(|i| hello(&identity(i, 0))).collect();
     out.extend(other.join().unwrap());
     out
 }

@@ -2,139 +2,33 @@
 //! allow and deny lists, anchored membership with certificates and revocations. The same policy
 //! across real `crabnet listen` processes and restarts is in `tests/trust_e2e.rs`.
 
+mod support;
+
 use std::time::{Duration, Instant};
+use support::forge::{
+    config, counter, hello, hello_signed_by, identity, rand16, seal, seed_message, wait_counter,
+};
 
 use crabnet_core::clock::now_ms;
 use crabnet_core::crypto::{KemSeeds, SigningSeeds};
-use crabnet_core::envelope::{self, Header, Hello, Kind, MAX_ENVELOPE_BYTES};
+use crabnet_core::envelope::{self, Header, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
-use crabnet_core::model::{Body, Message, MessageId, Seed, SeedId};
+use crabnet_core::model::{Message, MessageId};
 use crabnet_core::monitor::RejectReason;
 use crabnet_core::network::{MemoryTransport, Transport};
 use crabnet_core::store::{Store, StoreConfig};
 use crabnet_core::trust::{AnchorKey, Certificate, Revocation, RevocationTarget, Roles, TrustMode};
 use crabnet_core::{Config, EventKind, MemoryHub, Node, NodeId};
 
-fn config(dir: &std::path::Path, name: &str) -> Config {
-    let mut c = Config::with_data_dir(dir.join(name));
-    c.name = name.into();
-    c.network.tick_ms = 20;
-    c
-}
-
-fn identity(tag: u8) -> Identity {
-    Identity::from_seeds(
-        &SigningSeeds {
-            ed25519: [tag; 32],
-            ml_dsa: [tag; 32],
-        },
-        &KemSeeds {
-            x25519: [tag; 32],
-            ml_kem: [tag; 64],
-        },
-        1,
-    )
-}
-
-fn rand16() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    envelope::os_rng(&mut b);
-    b
-}
-
-fn hello(id: &Identity) -> Vec<u8> {
-    hello_with(id, None)
-}
-
-fn hello_with(id: &Identity, certificate: Option<Vec<u8>>) -> Vec<u8> {
-    let hello = Hello {
-        name: "peer".into(),
-        addresses: vec![],
-        key_epoch: id.public().epoch,
-        signing_public: id.public().signing.to_bytes(),
-        kem_public: id.public().kem.to_bytes(),
-        certificate,
-    };
-    let header = Header {
-        kind: Kind::NodeHello,
-        sealed: false,
-        sender: id.node_id().clone(),
-        message_id: MessageId::from_bytes(rand16()),
-        timestamp: now_ms(),
-        ttl_secs: 60,
-        lamport: 0,
-    };
-    envelope::build(
-        id,
-        &header,
-        &envelope::encode_hello(&hello),
-        &[],
-        MAX_ENVELOPE_BYTES,
-        &mut envelope::os_rng,
-    )
-    .unwrap()
-}
-
-fn seed_message(id: &Identity, timestamp: u64) -> Message {
-    Message {
-        id: MessageId::from_bytes(rand16()),
-        sender: id.node_id().clone(),
-        lamport: 1,
-        timestamp,
-        body: Body::SeedCreated(Seed {
-            id: SeedId::from_bytes(rand16()),
-            publisher: id.node_id().clone(),
-            command: "true".into(),
-            description: String::new(),
-            min_price: 1,
-            max_price: 10,
-            bid_window_secs: 60,
-            max_bids: 1,
-            timeout_secs: 10,
-            created_at: timestamp,
-            audience: vec![],
-            network: false,
-            isolation: crabnet_core::model::SandboxLevel::Full,
-            rules: crabnet_core::model::rules::V1,
-            deadlines: None,
-        }),
-    }
-}
-
-fn seal(id: &Identity, m: &Message) -> Vec<u8> {
-    envelope::message_envelope(id, m, 60, &[], MAX_ENVELOPE_BYTES, &mut envelope::os_rng).unwrap()
+/// `id`'s hello carrying `certificate`.
+fn hello_cert(id: &Identity, certificate: Option<Vec<u8>>) -> Vec<u8> {
+    hello_signed_by(id, id, certificate)
 }
 
 fn send_seed(wire: &mut MemoryTransport, id: &Identity) -> Message {
-    let m = seed_message(id, now_ms());
-    wire.broadcast(&seal(id, &m)).unwrap();
+    let m = seed_message(id, 1, now_ms());
+    wire.broadcast(&seal(id, &m, 60)).unwrap();
     m
-}
-
-async fn counter(node: &Node, name: &str) -> u64 {
-    node.overview()
-        .await
-        .unwrap()
-        .counters
-        .get(name)
-        .copied()
-        .unwrap_or(0)
-}
-
-async fn wait_counter(node: &Node, name: &str, at_least: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = counter(node, name).await;
-        if v >= at_least {
-            return;
-        }
-        let counters = node.overview().await.unwrap().counters;
-        assert!(
-            Instant::now() < deadline,
-            "counter {name} stayed at {v}, wanted {at_least}: {counters:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn eventually_knows(node: &Node, m: &Message) {
@@ -193,8 +87,8 @@ fn not_admitted_events(events: &[crabnet_core::Event], who: &NodeId) -> usize {
 async fn denied_nodes_are_dropped_without_a_database_write() {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
-    let mallory = identity(0x66);
-    let alice = identity(0x11);
+    let mallory = identity(0x66, 1);
+    let alice = identity(0x11, 1);
     let mut c = config(dir.path(), "victim");
     c.trust.deny = vec![mallory.node_id().clone()];
     let node = start(c.clone(), &hub).await;
@@ -230,7 +124,7 @@ async fn denied_nodes_are_dropped_without_a_database_write() {
 async fn an_allow_list_admits_only_its_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
-    let (alice, bob, carol) = (identity(0x11), identity(0x22), identity(0x33));
+    let (alice, bob, carol) = (identity(0x11, 1), identity(0x22, 1), identity(0x33, 1));
     let mut c = config(dir.path(), "n");
     c.trust.allow = vec![alice.node_id().clone(), carol.node_id().clone()];
     c.trust.deny = vec![carol.node_id().clone()];
@@ -309,29 +203,29 @@ async fn anchored_mode_admits_only_certified_nodes_in_their_roles() {
     let node = start(anchored(dir.path(), "n", &a), &hub).await;
     let mut wire = hub.join("wire");
     let (alice, mallory, bob, carol, dave, erin) = (
-        identity(0x11),
-        identity(0x66),
-        identity(0x22),
-        identity(0x33),
-        identity(0x44),
-        identity(0x55),
+        identity(0x11, 1),
+        identity(0x66, 1),
+        identity(0x22, 1),
+        identity(0x33, 1),
+        identity(0x44, 1),
+        identity(0x55, 1),
     );
     let mut refused = 0;
     // No certificate; a certificate from an unknown anchor; Alice's certificate in Dave's
     // hello; an expired certificate: all refused, none enters the peer table.
     wire.broadcast(&hello(&mallory)).unwrap();
-    wire.broadcast(&hello_with(
+    wire.broadcast(&hello_cert(
         &bob,
         Some(certify(&other_anchor, &bob, 2, ALWAYS, Roles::ALL)),
     ))
     .unwrap();
-    wire.broadcast(&hello_with(
+    wire.broadcast(&hello_cert(
         &dave,
         Some(certify(&a, &alice, 3, ALWAYS, Roles::ALL)),
     ))
     .unwrap();
     let past = (1, now_ms() - 3_600_000);
-    wire.broadcast(&hello_with(
+    wire.broadcast(&hello_cert(
         &erin,
         Some(certify(&a, &erin, 4, past, Roles::ALL)),
     ))
@@ -343,7 +237,7 @@ async fn anchored_mode_admits_only_certified_nodes_in_their_roles() {
     wait_counter(&node, "rejected.not_admitted", refused).await;
 
     // Alice (both roles) and Carol (run only) are admitted.
-    wire.broadcast(&hello_with(
+    wire.broadcast(&hello_cert(
         &alice,
         Some(certify(&a, &alice, 1, ALWAYS, Roles::ALL)),
     ))
@@ -352,7 +246,7 @@ async fn anchored_mode_admits_only_certified_nodes_in_their_roles() {
         publish: false,
         run: true,
     };
-    wire.broadcast(&hello_with(
+    wire.broadcast(&hello_cert(
         &carol,
         Some(certify(&a, &carol, 5, ALWAYS, run_only)),
     ))
@@ -387,9 +281,9 @@ async fn revocations_hold_across_a_restart() {
     let c = anchored(dir.path(), "n", &a);
     let node = start(c.clone(), &hub).await;
     let mut wire = hub.join("wire");
-    let (alice, bob, carol) = (identity(0x11), identity(0x22), identity(0x33));
+    let (alice, bob, carol) = (identity(0x11, 1), identity(0x22, 1), identity(0x33, 1));
     for (i, id) in [&alice, &bob, &carol].into_iter().enumerate() {
-        wire.broadcast(&hello_with(
+        wire.broadcast(&hello_cert(
             id,
             Some(certify(&a, id, i as u8, ALWAYS, Roles::ALL)),
         ))
@@ -439,7 +333,7 @@ async fn revocations_hold_across_a_restart() {
     // An anchor this node does not trust cannot revoke anyone.
     let stranger = Revocation::by_anchor(
         &anchor(0xb0),
-        RevocationTarget::Node(identity(0x77).node_id().clone()),
+        RevocationTarget::Node(identity(0x77, 1).node_id().clone()),
         now,
         now,
         [0; 32],
@@ -488,7 +382,11 @@ async fn a_node_refuses_a_certificate_that_is_not_its_own() {
     let a = anchor(0xa0);
     let mut c = anchored(dir.path(), "n", &a);
     let path = dir.path().join("n.cert");
-    std::fs::write(&path, certify(&a, &identity(0x11), 1, ALWAYS, Roles::ALL)).unwrap();
+    std::fs::write(
+        &path,
+        certify(&a, &identity(0x11, 1), 1, ALWAYS, Roles::ALL),
+    )
+    .unwrap();
     c.trust.certificate = Some(path);
     let e = Node::start(c).await.unwrap_err();
     assert_eq!(e.kind(), crabnet_core::ErrorKind::Config);

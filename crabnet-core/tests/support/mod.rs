@@ -9,6 +9,8 @@
 //!   SIGKILLs them on drop, so a failing test never leaves processes behind.
 //! - [`reserve_port`] and [`reserve_on`] hold ports (UDP, or TCP and UDP for a dht node) that
 //!   no other test of the binary gets.
+//! - [`forge`] makes identities, hellos and envelopes by hand for the tests that attack a
+//!   node's trust boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`).
 //! - [`pair::Pair`] is a publisher and a runner in one process on an in-memory hub, for
 //!   in-process tests that need a whole lifecycle (a publisher may not bid on its own seed).
 //! - A [`Net`] is a sandbox of initialized nodes, each a real `crabnet listen` process on
@@ -22,6 +24,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod forge;
 pub mod pair;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
