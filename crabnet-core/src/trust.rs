@@ -16,7 +16,7 @@
 //! [`RejectReason::NotAdmitted`](crate::monitor::RejectReason::NotAdmitted).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -643,20 +643,7 @@ impl AnchorKey {
         bytes.extend_from_slice(ANCHOR_MAGIC);
         bytes.extend_from_slice(&seeds.ed25519);
         bytes.extend_from_slice(&seeds.ml_dsa);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Io,
-                format!("cannot create anchor key file {}: {e}", path.display()),
-                e,
-            )
-        })?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        Ok(())
+        crate::identity::write_secret_file(path, &bytes, "anchor key file")
     }
 
     /// Reads a secret key file; refuses one that others can read.
