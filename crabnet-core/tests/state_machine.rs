@@ -1272,3 +1272,29 @@ proptest! {
         }
     }
 }
+
+/// Deadline decisions forged by a node that is not the publisher (the lapsed winner wanting
+/// the seed back, a bystander) never take effect, whenever they are dated.
+#[test]
+fn only_the_publisher_reassigns_or_fails_a_round() {
+    let mut ids = Ids(0);
+    let mut msgs = awarded_v2(&mut ids);
+    let mut forged_reassign = reassign(&mut ids, 1, Some(2), CLAIM_END + 5_000, 10);
+    forged_reassign.sender = node(2);
+    msgs.push(forged_reassign.clone());
+    assert!(matches!(
+        rejected_with(&msgs, &forged_reassign),
+        Violation::NotPublisher { .. }
+    ));
+    assert_eq!(fold(&msgs).view.unwrap().award.unwrap().round, 0);
+
+    msgs.push(at(claim(&mut ids, 3, 3), AWARD + 1_000, 11));
+    let mut forged_fail = fail(&mut ids, 0, T0 + 10_000_000, 12);
+    forged_fail.sender = node(4);
+    msgs.push(forged_fail.clone());
+    assert!(matches!(
+        rejected_with(&msgs, &forged_fail),
+        Violation::NotPublisher { .. }
+    ));
+    assert_eq!(status(&msgs), SeedStatus::Claimed);
+}
