@@ -1225,6 +1225,8 @@ pub fn before_late_joiner(net: &Net, tag: &str) -> BeforeLateJoiner {
     net.bid(2, &s1, 25);
     net.wait_award(0, &s1, 1, 15);
     net.wait_award(1, &s1, 1, 15);
+    // Node 2 must have the winner's bid too before it can tell it lost.
+    net.wait_award(2, &s1, 1, 15);
     net.expect_claim_refused(2, &s1, "not the winning bidder");
     net.claim_and_run(1, &s1);
     net.complete_and_settle(0, &s1, &[0, 1, 2]);
