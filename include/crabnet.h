@@ -36,6 +36,11 @@
  * returns. Hosts that cannot take calls on foreign threads poll crabnet_node_next_event().
  * A ::crabnet_config is a plain value: do not change one from two threads at once.
  *
+ * @par Logs
+ * Crabnet prints nothing. Warnings and diagnostics (a task run without a sandbox, a peer that
+ * cannot be dialled...) reach the host through crabnet_set_log_callback(), filtered by the
+ * callback's level or, when set, the environment variable `CRABNET_LOG` (e.g. `debug`).
+ *
  * @par JSON
  * Seeds, events and summaries are JSON objects (see docs/PROTOCOL.md);
  * crabnet_json_get_string() and friends read single values for hosts without a JSON library.
@@ -133,6 +138,34 @@ typedef enum crabnet_status {
 } crabnet_status;
 
 /**
+ * The level of a log record, from the most severe (`CRABNET_LOG_LEVEL_ERROR`) to the most
+ * verbose (`CRABNET_LOG_LEVEL_TRACE`).
+ */
+typedef enum crabnet_log_level {
+  /**
+   * Something failed and the node could not recover (an operation was lost).
+   */
+  CRABNET_LOG_LEVEL_ERROR = 1,
+  /**
+   * Something an operator should look at (tasks run without a sandbox, a peer that cannot
+   * be dialled, dropped log records).
+   */
+  CRABNET_LOG_LEVEL_WARN = 2,
+  /**
+   * Normal operation worth noting.
+   */
+  CRABNET_LOG_LEVEL_INFO = 3,
+  /**
+   * Details for debugging.
+   */
+  CRABNET_LOG_LEVEL_DEBUG = 4,
+  /**
+   * Very verbose details (network internals).
+   */
+  CRABNET_LOG_LEVEL_TRACE = 5,
+} crabnet_log_level;
+
+/**
  * A node configuration (opaque).
  *
  * Created by `crabnet_config_new`, `crabnet_config_from_toml`, `crabnet_config_from_json` or
@@ -162,6 +195,32 @@ typedef struct crabnet_hub crabnet_hub;
  * an event callback.
  */
 typedef struct crabnet_node crabnet_node;
+
+/**
+ * A running monitoring API and dashboard (opaque), the same server `crabnet listen` runs.
+ *
+ * Created by `crabnet_node_serve_web`; stopped and freed with `crabnet_web_free`. It serves on
+ * threads owned by its node; it keeps serving after `crabnet_node_stop` and
+ * `crabnet_node_free` (then `/health` answers 503) until `crabnet_web_free`. Thread-safe.
+ */
+typedef struct crabnet_web crabnet_web;
+
+/**
+ * A log callback: `user_data` as given to `crabnet_set_log_callback`, the record's level,
+ * its target (where it comes from, a Rust module path such as `"crabnet_core::node"`) and its
+ * message (the text followed by the record's fields as ` key=value`).
+ *
+ * `target` and `message` are NUL-terminated UTF-8 owned by Crabnet and valid only during the
+ * call: copy what you keep, do not free them. The callback runs on a thread owned by Crabnet
+ * (`crabnet-log`), one record at a time, never while Crabnet holds a lock: it may call any
+ * Crabnet function, including `crabnet_set_log_callback`. A slow callback delays only later
+ * log records (which are dropped once 1024 wait, see `crabnet_log_dropped_count`), never the
+ * nodes. It must return normally: no C++ exception and no longjmp may leave it.
+ */
+typedef void (*crabnet_log_callback)(void *user_data,
+                                     enum crabnet_log_level level,
+                                     const char *target,
+                                     const char *message);
 
 /**
  * An event callback: `user_data` as given to `crabnet_node_subscribe`, and one event as a
@@ -419,6 +478,38 @@ enum crabnet_status crabnet_json_get_u64(const char *json,
 enum crabnet_status crabnet_json_quote(const char *text, char **out_json);
 
 /**
+ * Delivers the node's log records to `callback`, from now on until the callback is replaced
+ * or removed. Without it, Crabnet logs nothing (no output on stderr).
+ *
+ * `level` (a `crabnet_log_level`) is the most verbose level delivered, unless the
+ * environment variable `CRABNET_LOG` is set: then it alone decides, as a filter string such
+ * as `warn` or `crabnet_core=debug,libp2p=info` (an invalid one is ignored, with a warning
+ * through the callback). `CRABNET_LOG_LEVEL_WARN` is the usual choice.
+ *
+ * There is one log callback per process. Calling this again replaces it (and re-reads
+ * `CRABNET_LOG`); a NULL `callback` removes it (`level` is then ignored). When the call
+ * returns, the previous callback is not running and will not be called again, so its
+ * `user_data` may be freed; the one exception is a call from inside that very callback,
+ * which simply returns first. Crabnet keeps `user_data` (without touching it) for the
+ * callback. See `crabnet_log_callback` for the thread it runs on. Remove the callback before
+ * the program exits: that also ends the log thread (memory checkers report a thread still
+ * running at exit as a leak).
+ *
+ * Errors: `VALIDATION` (level out of range), `BUSY` (the program installed its own global
+ * Rust `tracing` subscriber, which then receives Crabnet's logs), `IO` (the log thread
+ * cannot start).
+ */
+enum crabnet_status crabnet_set_log_callback(int level,
+                                             crabnet_log_callback callback,
+                                             void *user_data);
+
+/**
+ * How many log records were dropped since the process started because the log callback did
+ * not keep up (the callback also receives a warning saying so).
+ */
+uint64_t crabnet_log_dropped_count(void);
+
+/**
  * Creates an in-process network.
  *
  * On success `*out_hub` receives a new handle, freed with `crabnet_hub_free`.
@@ -500,9 +591,13 @@ enum crabnet_status crabnet_node_start_dht(const struct crabnet_config *config,
                                            struct crabnet_node **out_node);
 
 /**
- * Stops the node gracefully: refuses new operations, sends what is due, records the last
- * events, delivers them to every callback, waits for the callbacks in progress, and releases
- * the data directory. No callback of this node runs after it returns. Calling it again is
+ * Stops the node gracefully: refuses new operations; gives a task in progress (a
+ * `crabnet_node_run` blocked on another thread) `runner.stop_grace_ms` milliseconds (default 0)
+ * to finish, then kills it (its whole process group, or its PID namespace) and records and
+ * reports its result with `"interrupted": true` (that `crabnet_node_run` then returns `OK` with
+ * this result); sends what is due, records the last events, delivers them to every callback,
+ * waits for the callbacks in progress, and releases the data directory. No task process of
+ * this node is left running when it returns. No callback of this node runs after it returns. Calling it again is
  * fine. Because it waits for callbacks, do not call it while holding a lock that a callback
  * takes.
  *
@@ -584,7 +679,12 @@ enum crabnet_status crabnet_node_claim(const struct crabnet_node *node,
 /**
  * Runs a seed this node claimed (`bash -lc COMMAND` in a fresh working directory inside the
  * task sandbox, with the configured limits), records the result and sends it to the
- * publisher. Blocks until the command ends or times out.
+ * publisher. Blocks until the command ends, times out, or is interrupted by
+ * `crabnet_node_stop` on another thread: the command is then killed (after
+ * `runner.stop_grace_ms`) and the result, with `"interrupted": true` and `"success": false`,
+ * is recorded, sent and returned. A run cut short by a crash of the host is recorded as
+ * interrupted when a node starts again on the data directory. A seed is never run again by
+ * itself: after an interrupted run, this call fails with `STATE` on it.
  *
  * On success `*out_seed_json` receives the seed's state with its `result`, freed with
  * `crabnet_string_free`; `/result/sandbox` tells what the command ran under (`level`:
@@ -612,7 +712,8 @@ enum crabnet_status crabnet_node_settle(const struct crabnet_node *node,
                                         char **out_seed_json);
 
 /**
- * Cancels a seed this node published, while bidding is open.
+ * Cancels a seed this node published: while bidding is open, or (rule version 2) once the
+ * winner let its claim window pass or its round failed.
  *
  * On success `*out_seed_json` receives the seed's state, freed with `crabnet_string_free`.
  * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION`, `NOT_FOUND`, `STATE`, `STOPPED`,
@@ -621,6 +722,19 @@ enum crabnet_status crabnet_node_settle(const struct crabnet_node *node,
 enum crabnet_status crabnet_node_cancel(const struct crabnet_node *node,
                                         const char *seed_id,
                                         char **out_seed_json);
+
+/**
+ * Moves a seed this node published to the next best bid whose bidder has not had a round
+ * (rule version 2): after its round failed (status `"failed"`), or once the winner let its
+ * claim window pass. With no bid left the seed expires.
+ *
+ * On success `*out_seed_json` receives the seed's state, freed with `crabnet_string_free`.
+ * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION`, `NOT_FOUND`, `STATE`, `STOPPED`,
+ * `STORE`.
+ */
+enum crabnet_status crabnet_node_reassign(const struct crabnet_node *node,
+                                          const char *seed_id,
+                                          char **out_seed_json);
 
 /**
  * Writes one seed's state as JSON.
@@ -737,6 +851,36 @@ enum crabnet_status crabnet_node_unsubscribe(const struct crabnet_node *node,
 enum crabnet_status crabnet_node_next_event(const struct crabnet_node *node,
                                             uint32_t timeout_ms,
                                             char **out_event_json);
+
+/**
+ * Starts the monitoring HTTP API and dashboard of `node` (routes in the README, "Monitoring").
+ *
+ * `web_json` is NULL (serve as the node's configuration, section `[web]`, says) or a JSON
+ * object whose keys replace those settings, e.g. `{"bind": "127.0.0.1:0"}` (port 0: a free
+ * port; `crabnet_web_url` tells which). A non-loopback address needs a `token`.
+ *
+ * On success `*out_web` receives a new handle, freed with `crabnet_web_free`.
+ * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `CONFIG` (bad JSON, unknown key, bad value),
+ * `IO` (cannot bind), `STOPPED`.
+ */
+enum crabnet_status crabnet_node_serve_web(const struct crabnet_node *node,
+                                           const char *web_json,
+                                           struct crabnet_web **out_web);
+
+/**
+ * Writes the dashboard's URL, e.g. `http://127.0.0.1:7980/` (with the real port when port 0
+ * was asked for); `/health`, `/metrics` and `/api/...` are below it.
+ *
+ * On success `*out_url` receives a string, freed with `crabnet_string_free`.
+ * Errors: `NULL_ARGUMENT`.
+ */
+enum crabnet_status crabnet_web_url(const struct crabnet_web *web, char **out_url);
+
+/**
+ * Stops serving (no new connections; open requests get up to 5 s to finish) and frees the
+ * handle. NULL is a no-op. No other thread may use the handle during or after this call.
+ */
+void crabnet_web_free(struct crabnet_web *web);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result, check_range};
 use crate::runner::RunnerConfig;
 use crate::store::StoreConfig;
+use crate::trust::TrustConfig;
 use crate::web::config::WebConfig;
 
 /// Everything a node needs to start.
@@ -44,6 +45,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The monitoring HTTP API and dashboard.
     pub web: WebConfig,
+    /// Which nodes this node admits.
+    pub trust: TrustConfig,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             network: NetworkConfig::default(),
             web: WebConfig::default(),
+            trust: TrustConfig::default(),
         }
     }
 }
@@ -92,7 +96,7 @@ pub struct NetworkConfig {
     /// How often the node looks whether another process (a CLI command, a binding) wrote to
     /// its database, in milliseconds: then it sends what they queued and delivers their events.
     /// The look reads no table; an idle node does no other store work until something is due
-    /// (a bid window ends, a retry, an expiry).
+    /// (a bid window or a deadline of its own seeds ends, a retry, an expiry).
     pub tick_ms: u64,
     /// First retry delay for a message that could not be sent, in milliseconds (doubles per
     /// attempt).
@@ -113,6 +117,35 @@ pub struct NetworkConfig {
     /// Largest envelope this node creates; operations whose message would be larger fail.
     /// The default fits one UDP datagram.
     pub max_envelope_bytes: usize,
+    /// Frames per second one transport source (UDP address, libp2p peer) may send before
+    /// further frames are `rate_limited`; a sync batch is one frame.
+    pub source_rate_per_sec: u32,
+    /// Frames one transport source may send at once above its rate.
+    pub source_burst: u32,
+    /// Frames per second one claimed sender (node id in the header) may send, over all
+    /// sources, before further frames are `rate_limited`.
+    pub sender_rate_per_sec: u32,
+    /// Frames one claimed sender may send at once above its rate.
+    pub sender_burst: u32,
+    /// Envelopes whose Lamport counter is more than this far ahead of the node's clock are
+    /// rejected (`lamport_ahead`) and do not move the clock.
+    pub lamport_window: u64,
+    /// Most peers in the peer table; when it is full, a new peer replaces an idle one or one
+    /// that never sent anything but hellos, or is refused.
+    pub max_peers: usize,
+    /// Most peers admitted from one IP address (of a UDP source); loopback and
+    /// `peer_address_exempt` are exempt (many honest nodes may share them).
+    pub max_peers_per_address: usize,
+    /// IP addresses exempt from `max_peers_per_address` besides loopback (e.g. a NAT's public
+    /// address).
+    pub peer_address_exempt: Vec<std::net::IpAddr>,
+    /// A requester whose source address the transport cannot vouch for (a UDP address that is
+    /// not a configured peer) receives at most this many times the bytes of the sync digests
+    /// it sent per `sync_interval_secs` in answers (anti-amplification).
+    pub sync_answer_ratio: u32,
+    /// Bytes of sync answers one vouched-for requester (libp2p peer, configured UDP peer) may
+    /// receive per `sync_interval_secs`.
+    pub sync_budget_bytes: u64,
 }
 
 impl Default for NetworkConfig {
@@ -127,6 +160,16 @@ impl Default for NetworkConfig {
             sync_interval_secs: 10,
             reject_event_window_ms: 10_000,
             max_envelope_bytes: 65_507,
+            source_rate_per_sec: 10_000,
+            source_burst: 20_000,
+            sender_rate_per_sec: 10_000,
+            sender_burst: 20_000,
+            lamport_window: 1_000_000,
+            max_peers: 1024,
+            max_peers_per_address: 16,
+            peer_address_exempt: Vec::new(),
+            sync_answer_ratio: 2,
+            sync_budget_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -154,6 +197,16 @@ pub mod limits {
     pub const MAX_LOG_RETAIN: u32 = 1_000;
     /// Largest per-subscriber event buffer (the bus allocates it up front).
     pub const MAX_BUS_CAPACITY: usize = 65_536;
+    /// Highest frame rate or burst limit, per second or at once.
+    pub const MAX_FRAME_RATE: u32 = 10_000_000;
+    /// Widest Lamport window (2^62: a clock plus its window stays a valid counter).
+    pub const MAX_LAMPORT_WINDOW: u64 = 1 << 62;
+    /// Largest peer table.
+    pub const MAX_PEERS: usize = 1_000_000;
+    /// Highest sync answer ratio.
+    pub const MAX_SYNC_ANSWER_RATIO: u32 = 1_000;
+    /// Largest sync answer budget per interval (1 TiB).
+    pub const MAX_SYNC_BUDGET: u64 = 1 << 40;
 }
 
 /// The dotted name of the key whose line `before` (a prefix of `text`) ends in, if that line
@@ -255,6 +308,8 @@ impl Config {
         )?;
         // 0 = no limit for the rlimits and the quota; the caps only keep values sane.
         check_range("runner.cpu_seconds", r.cpu_seconds, 0, limits::YEAR_SECS)?;
+        // A stop waits this long at most for a task in progress: one hour.
+        check_range("runner.stop_grace_ms", r.stop_grace_ms, 0, 3_600_000)?;
         check_range(
             "runner.address_space_bytes",
             r.address_space_bytes,
@@ -385,6 +440,55 @@ impl Config {
             8 * 1024,
             crate::envelope::MAX_ENVELOPE_BYTES,
         )?;
+        check_range(
+            "network.source_rate_per_sec",
+            net.source_rate_per_sec,
+            1,
+            limits::MAX_FRAME_RATE,
+        )?;
+        check_range(
+            "network.source_burst",
+            net.source_burst,
+            1,
+            limits::MAX_FRAME_RATE,
+        )?;
+        check_range(
+            "network.sender_rate_per_sec",
+            net.sender_rate_per_sec,
+            1,
+            limits::MAX_FRAME_RATE,
+        )?;
+        check_range(
+            "network.sender_burst",
+            net.sender_burst,
+            1,
+            limits::MAX_FRAME_RATE,
+        )?;
+        check_range(
+            "network.lamport_window",
+            net.lamport_window,
+            1,
+            limits::MAX_LAMPORT_WINDOW,
+        )?;
+        check_range("network.max_peers", net.max_peers, 1, limits::MAX_PEERS)?;
+        check_range(
+            "network.max_peers_per_address",
+            net.max_peers_per_address,
+            1,
+            limits::MAX_PEERS,
+        )?;
+        check_range(
+            "network.sync_answer_ratio",
+            net.sync_answer_ratio,
+            1,
+            limits::MAX_SYNC_ANSWER_RATIO,
+        )?;
+        check_range(
+            "network.sync_budget_bytes",
+            net.sync_budget_bytes,
+            64 * 1024,
+            limits::MAX_SYNC_BUDGET,
+        )?;
         // Both are bounded above, so neither sum nor product can overflow.
         let fresh_secs = net.message_ttl_secs as u64 + net.max_clock_skew_secs as u64;
         if st.seen_ttl_secs < fresh_secs {
@@ -398,6 +502,7 @@ impl Config {
             ));
         }
 
+        self.trust.validate()?;
         self.web.validate()
     }
 
@@ -464,6 +569,28 @@ mod tests {
                 "network.hello_interval_secs",
             ),
             ("[network]\ntick_ms = 0", "network.tick_ms"),
+            (
+                "[network]\nsource_rate_per_sec = 0",
+                "network.source_rate_per_sec",
+            ),
+            ("[network]\nsender_burst = 0", "network.sender_burst"),
+            (
+                &format!("[network]\nlamport_window = {huge}"),
+                "network.lamport_window",
+            ),
+            ("[network]\nmax_peers = 0", "network.max_peers"),
+            (
+                "[network]\nmax_peers_per_address = 0",
+                "network.max_peers_per_address",
+            ),
+            (
+                "[network]\nsync_answer_ratio = 0",
+                "network.sync_answer_ratio",
+            ),
+            (
+                "[network]\nsync_budget_bytes = 1",
+                "network.sync_budget_bytes",
+            ),
             (&format!("[network]\ntick_ms = {huge}"), "network.tick_ms"),
             (
                 &format!("[network]\nsync_interval_secs = {}", u32::MAX),

@@ -2,10 +2,11 @@
 //! one (the C ABI, Python, scripts) drive a node with plain function calls. No runtime juggling
 //! is left to those layers, and nothing in them holds domain logic.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, ThreadId};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -16,6 +17,7 @@ use crate::monitor::{Event, Subscription};
 use crate::network::{DhtConfig, MemoryHub, Transport, UdpConfig, UdpTransport};
 use crate::node::{Node, Overview, PublishRequest};
 use crate::state::SeedView;
+use crate::web::{WebConfig, WebHandle};
 
 /// A node driven by blocking calls. Every method may be called from any thread.
 ///
@@ -44,12 +46,35 @@ pub type Listener = Arc<dyn Fn(&Event) + Send + Sync>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ListenerId(pub u64);
 
-#[derive(Default)]
 struct Listeners {
+    /// Tells this node's events thread from any other (see [`EVENTS_THREAD_OF`]).
+    uid: u64,
     next: AtomicU64,
     map: Mutex<BTreeMap<u64, Listener>>,
-    thread: Mutex<Option<(JoinHandle<()>, ThreadId)>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     closing: AtomicBool,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+        Listeners {
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            next: AtomicU64::default(),
+            map: Mutex::default(),
+            thread: Mutex::default(),
+            closing: AtomicBool::default(),
+        }
+    }
+}
+
+thread_local! {
+    /// On an events thread: the `uid` of the [`Listeners`] it serves (0 elsewhere).
+    ///
+    /// A plain `const` cell, not `std::thread::current()`: that allocates a thread handle on
+    /// first use, and on a host's thread not started by Rust (the main thread of a C program)
+    /// nothing frees it, which memory checkers report as a leak.
+    static EVENTS_THREAD_OF: Cell<u64> = const { Cell::new(0) };
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -121,6 +146,7 @@ impl BlockingNode {
             let handle = std::thread::Builder::new()
                 .name("crabnet-events".into())
                 .spawn(move || {
+                    EVENTS_THREAD_OF.with(|c| c.set(listeners.uid));
                     loop {
                         let next = runtime.block_on(async {
                             tokio::time::timeout(Duration::from_millis(50), sub.recv()).await
@@ -152,8 +178,7 @@ impl BlockingNode {
                         e,
                     )
                 })?;
-            let tid = handle.thread().id();
-            *thread = Some((handle, tid));
+            *thread = Some(handle);
         }
         Ok(ListenerId(id))
     }
@@ -168,8 +193,8 @@ impl BlockingNode {
     fn close_listeners(&self) {
         self.listeners.closing.store(true, Ordering::SeqCst);
         let thread = lock(&self.listeners.thread).take();
-        if let Some((handle, tid)) = thread {
-            if std::thread::current().id() == tid {
+        if let Some(handle) = thread {
+            if EVENTS_THREAD_OF.with(Cell::get) == self.listeners.uid {
                 // Called from a listener: the thread ends after this callback returns.
                 return;
             }
@@ -223,6 +248,11 @@ impl BlockingNode {
         self.runtime.block_on(self.node.cancel(seed_id))
     }
 
+    /// See [`Node::reassign`].
+    pub fn reassign(&self, seed_id: &SeedId) -> Result<SeedView> {
+        self.runtime.block_on(self.node.reassign(seed_id))
+    }
+
     /// See [`Node::seed`].
     pub fn seed(&self, seed_id: &SeedId) -> Result<SeedView> {
         self.runtime.block_on(self.node.seed(seed_id))
@@ -256,6 +286,18 @@ impl BlockingNode {
     /// See [`Node::events_after`].
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         self.runtime.block_on(self.node.events_after(after, limit))
+    }
+
+    /// Starts the monitoring HTTP API and dashboard of this node (see [`Node::serve_web`]) on
+    /// the node's runtime. It serves until the returned handle is shut down or dropped; after
+    /// [`BlockingNode::stop`] it keeps answering, `/health` with 503.
+    pub fn serve_web(&self, config: WebConfig) -> Result<BlockingWebHandle> {
+        let inner = self.runtime.block_on(self.node.serve_web(config))?;
+        Ok(BlockingWebHandle {
+            runtime: self.runtime.clone(),
+            addr: inner.local_addr(),
+            inner: Some(inner),
+        })
     }
 
     /// Subscribes to events from now on.
@@ -303,6 +345,43 @@ pub enum NetworkSpec {
 /// Runs the demo network (see [`crate::demo::run`]) with a runtime of its own.
 pub fn run_demo(opts: &DemoOptions, say: &mut (dyn FnMut(String) + Send)) -> Result<DemoReport> {
     runtime()?.block_on(crate::demo::run(opts, say))
+}
+
+/// A running monitoring API started by [`BlockingNode::serve_web`]. Dropping it shuts the
+/// server down without waiting; [`BlockingWebHandle::shutdown`] waits.
+pub struct BlockingWebHandle {
+    runtime: Arc<tokio::runtime::Runtime>,
+    addr: std::net::SocketAddr,
+    inner: Option<WebHandle>,
+}
+
+impl std::fmt::Debug for BlockingWebHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingWebHandle")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl BlockingWebHandle {
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The dashboard's URL, e.g. `http://127.0.0.1:7980/`.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Stops accepting connections, ends the event streams, and waits (at most 5 s) for open
+    /// requests to finish (see [`WebHandle::shutdown`]). Calling it again does nothing.
+    pub fn shutdown(&mut self) -> Result<()> {
+        match self.inner.take() {
+            Some(inner) => self.runtime.block_on(inner.shutdown()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A subscription read with blocking calls.

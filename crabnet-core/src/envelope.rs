@@ -7,7 +7,7 @@
 //!      3     1  version (1)
 //!      4     1  kind (0 node_hello, 1 seed_created, 2 bid_placed, 3 bidding_closed,
 //!               4 seed_cancelled, 5 seed_claimed, 6 result_reported, 7 seed_settled,
-//!               8 sync_digest, 9 sync_batch)
+//!               8 sync_digest, 9 sync_batch, 10 revocations)
 //!      5     1  flags (bit 0: payload sealed to recipients; other bits 0)
 //!      6    32  sender node id
 //!     38    16  message id
@@ -59,6 +59,8 @@ pub enum Kind {
     SyncDigest,
     /// Stored envelopes sent verbatim to a peer that lacks them (sync).
     SyncBatch,
+    /// Revocations (trust policy), sent with hellos.
+    Revocations,
     /// A domain message.
     Domain(MessageKind),
 }
@@ -70,6 +72,7 @@ impl Kind {
             Kind::NodeHello => 0,
             Kind::SyncDigest => 8,
             Kind::SyncBatch => 9,
+            Kind::Revocations => 10,
             Kind::Domain(k) => match k {
                 MessageKind::SeedCreated => 1,
                 MessageKind::BidPlaced => 2,
@@ -78,6 +81,8 @@ impl Kind {
                 MessageKind::SeedClaimed => 5,
                 MessageKind::ResultReported => 6,
                 MessageKind::SeedSettled => 7,
+                MessageKind::SeedReassigned => 20,
+                MessageKind::SeedFailed => 21,
             },
         }
     }
@@ -95,6 +100,9 @@ impl Kind {
             7 => Kind::Domain(MessageKind::SeedSettled),
             8 => Kind::SyncDigest,
             9 => Kind::SyncBatch,
+            10 => Kind::Revocations,
+            20 => Kind::Domain(MessageKind::SeedReassigned),
+            21 => Kind::Domain(MessageKind::SeedFailed),
             _ => return None,
         })
     }
@@ -105,6 +113,7 @@ impl Kind {
             Kind::NodeHello => "node_hello",
             Kind::SyncDigest => "sync_digest",
             Kind::SyncBatch => "sync_batch",
+            Kind::Revocations => "revocations",
             Kind::Domain(k) => k.as_str(),
         }
     }
@@ -187,6 +196,10 @@ pub struct Hello {
     /// X25519 + ML-KEM-768 public keys ([`crypto::KemPublic::to_bytes`]).
     #[serde(with = "serde_bytes_vec")]
     pub kem_public: Vec<u8>,
+    /// The node's membership certificate ([`crate::trust::Certificate`]), when it has one;
+    /// left out of the CBOR map when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub certificate: Option<Vec<u8>>,
 }
 
 /// Serializes `Vec<u8>` as a CBOR byte string rather than an array of integers.

@@ -222,22 +222,29 @@ impl Identity {
         bytes.extend_from_slice(&signing.ml_dsa);
         bytes.extend_from_slice(&kem.x25519);
         bytes.extend_from_slice(&kem.ml_kem);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Io,
-                format!("cannot create identity file {}: {e}", path.display()),
-                e,
-            )
-        })?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
+        let written = write_secret_file(path, &bytes, "identity file");
         bytes.zeroize();
-        Ok(())
+        written
     }
+}
+
+/// Creates `path` (which must not exist) with mode 0600 and writes the secret `bytes` to it,
+/// synced to disk; `what` names the file in errors.
+pub(crate) fn write_secret_file(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Io,
+            format!("cannot create {what} {}: {e}", path.display()),
+            e,
+        )
+    })?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
 }
 
 #[cfg(test)]

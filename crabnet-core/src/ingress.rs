@@ -5,6 +5,9 @@
 //!   transaction per housekeeping tick) and lets through at most one `message_rejected` event
 //!   per source and reason as it happens, plus one summary per window for the rejections it
 //!   held back; the window is `network.reject_event_window_ms`.
+//! * [`Gate`] runs the checks that need neither the store nor a signature, in the network task
+//!   before a frame is handed to a blocking thread: size, structure, then the rate limits per
+//!   transport source and per claimed sender. A frame it refuses costs a hash lookup or two.
 //! * [`RecentFrames`] remembers the envelopes the store already holds (a keyed hash of their
 //!   bytes), so byte-identical copies relayed by other peers are recognised before any
 //!   signature check or transaction. A copy with a byte changed is a different frame and goes
@@ -14,8 +17,11 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 
+use crate::config::NetworkConfig;
+use crate::envelope::{self, EnvelopeError, Header, Kind};
 use crate::model::{MessageId, MessageKind, Millis, NodeId};
 use crate::monitor::{EventKind, RejectReason};
+use crate::ratelimit::Limiter;
 
 /// Most (source, reason) windows tracked at once; further sources share one window per reason,
 /// so spoofed source addresses cannot turn each frame into an event.
@@ -41,6 +47,22 @@ pub(crate) struct Rejection {
 }
 
 impl Rejection {
+    /// A rejection of a frame from `from`, described by its header when that decoded.
+    pub fn new(from: &str, header: Option<&Header>, reason: RejectReason, detail: String) -> Self {
+        let message_kind = match header.map(|h| h.kind) {
+            Some(Kind::Domain(k)) => Some(k),
+            _ => None,
+        };
+        Rejection {
+            source: from.to_owned(),
+            message_id: header.map(|h| h.message_id.clone()),
+            message_kind,
+            sender: header.map(|h| h.sender.clone()),
+            reason,
+            detail,
+        }
+    }
+
     fn event(self, count: u64) -> EventKind {
         EventKind::MessageRejected {
             message_id: self.message_id,
@@ -164,6 +186,80 @@ impl Rejections {
         for (k, v) in counters {
             *st.counters.entry(k).or_default() += v;
         }
+    }
+}
+
+/// Where a frame came from, as the transport said.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    /// The transport address (`udp:...`, `libp2p:...`, `memory:...`).
+    pub from: String,
+    /// Whether the transport vouches for it (see `Transport::source_verified`).
+    pub verified: bool,
+}
+
+impl Source {
+    /// The IP address a new peer counts against under `network.max_peers_per_address`: that
+    /// of a UDP source, unless it is loopback, unspecified or in `exempt` (many honest nodes
+    /// may share those). libp2p frames are relayed by gossip, so their source is not their
+    /// author's address, and they count against the table's size only.
+    pub fn capped_address(&self, exempt: &[std::net::IpAddr]) -> Option<String> {
+        let ip = crate::network::udp_source(&self.from)?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified() && !exempt.contains(&ip)).then(|| ip.to_string())
+    }
+}
+
+/// Most transport sources and claimed senders with a token bucket of their own.
+const MAX_BUCKETS: usize = 16_384;
+
+/// The cheap checks in front of everything else (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Gate {
+    sources: Limiter,
+    senders: Limiter,
+}
+
+impl Gate {
+    /// Rate limits from `network.source_*` and `network.sender_*`.
+    pub fn new(net: &NetworkConfig) -> Self {
+        Gate {
+            sources: Limiter::new(net.source_rate_per_sec, net.source_burst, MAX_BUCKETS),
+            senders: Limiter::new(net.sender_rate_per_sec, net.sender_burst, MAX_BUCKETS),
+        }
+    }
+
+    /// Size (at most `max` bytes), structure, then one token from the buckets of the transport
+    /// source `from` and of the claimed sender. A sync batch is one frame: the envelopes inside
+    /// it are not charged again (they are bounded by the frame's size).
+    pub fn admit(&self, bytes: &[u8], from: &str, max: usize) -> Result<(), Rejection> {
+        let parsed = envelope::parse(bytes, max).map_err(|e| {
+            let reason = match e {
+                EnvelopeError::Oversized { .. } => RejectReason::Oversized,
+                _ => RejectReason::Malformed,
+            };
+            Rejection::new(from, None, reason, e.to_string())
+        })?;
+        let h = &parsed.header;
+        let now = std::time::Instant::now();
+        if !self.sources.allow(from, now) {
+            let detail = "the source sends more frames than network.source_rate_per_sec";
+            return Err(Rejection::new(
+                from,
+                Some(h),
+                RejectReason::RateLimited,
+                detail.into(),
+            ));
+        }
+        if !self.senders.allow(h.sender.as_str(), now) {
+            let detail = "the claimed sender sends more frames than network.sender_rate_per_sec";
+            return Err(Rejection::new(
+                from,
+                Some(h),
+                RejectReason::RateLimited,
+                detail.into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -294,6 +390,34 @@ mod tests {
             assert!(r.note(rejection("a", RejectReason::Replay), 0).is_some());
         }
         assert_eq!(r.pending_counters()["rejected.replay"], 3);
+    }
+
+    #[test]
+    fn only_udp_sources_outside_loopback_and_the_exempt_list_count_per_address() {
+        let src = |from: &str| Source {
+            from: from.into(),
+            verified: false,
+        };
+        let exempt = ["192.0.2.7".parse().unwrap()];
+        assert_eq!(
+            src("udp:192.0.2.1:7946").capped_address(&exempt).as_deref(),
+            Some("192.0.2.1")
+        );
+        assert_eq!(
+            src("udp:[2001:db8::1]:7946")
+                .capped_address(&exempt)
+                .as_deref(),
+            Some("2001:db8::1")
+        );
+        for from in [
+            "udp:127.0.0.1:7946",
+            "udp:[::1]:7946",
+            "udp:192.0.2.7:1",
+            "libp2p:12D3KooW",
+            "memory:a",
+        ] {
+            assert_eq!(src(from).capped_address(&exempt), None, "{from}");
+        }
     }
 
     #[test]

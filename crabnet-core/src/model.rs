@@ -145,6 +145,71 @@ pub mod limits {
     pub const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
     /// Most bids a seed may accept.
     pub const MAX_BIDS: u32 = 1000;
+    /// Longest claim window, result grace or settlement window, in seconds (30 days).
+    pub const MAX_DEADLINE_SECS: u64 = 30 * 24 * 3600;
+}
+
+/// The lifecycle rule set a seed follows; a node refuses seeds under rules it does not know
+/// (see `docs/PROTOCOL.md`, section 4).
+pub mod rules {
+    /// Rules 1: no deadlines; a seed may wait for its claim, result or settlement forever.
+    pub const V1: u32 = 1;
+    /// Rules 2: claim, result and settlement deadlines enforced by the publisher's node.
+    pub const V2: u32 = 2;
+    /// The rule set this build writes for new seeds, and the newest it knows.
+    pub const CURRENT: u32 = V2;
+}
+
+fn rules_v1() -> u32 {
+    rules::V1
+}
+
+fn is_rules_v1(r: &u32) -> bool {
+    *r == rules::V1
+}
+
+/// How long each later lifecycle step may take (rules 2). Every deadline is acted on by the
+/// publisher's node with a signed message, so a seed's state stays a function of its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct Deadlines {
+    /// Seconds the winner has to claim after an award (or a reassignment); then the publisher
+    /// reassigns the seed to the next best bid, or it expires when none is left.
+    pub claim_secs: u64,
+    /// Seconds beyond the seed's `timeout_secs` the claimer has to report its result after
+    /// claiming; then the publisher may declare the round failed.
+    pub result_grace_secs: u64,
+    /// Seconds the publisher has to settle after the result; then its node settles by the
+    /// result (accepted if it succeeded, rejected otherwise).
+    pub settle_secs: u64,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            claim_secs: 600,
+            result_grace_secs: 300,
+            settle_secs: 24 * 3600,
+        }
+    }
+}
+
+impl Deadlines {
+    fn check(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("claim window", self.claim_secs),
+            ("result grace", self.result_grace_secs),
+            ("settlement window", self.settle_secs),
+        ] {
+            if v == 0 || v > limits::MAX_DEADLINE_SECS {
+                return Err(format!(
+                    "{name} must be between 1 and {} seconds, got {v}",
+                    limits::MAX_DEADLINE_SECS
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A task offered to the network: a shell command with a price range and a bid window.
@@ -183,6 +248,13 @@ pub struct Seed {
     /// would build is no stronger than this.
     #[serde(default, skip_serializing_if = "SandboxLevel::is_full")]
     pub isolation: SandboxLevel,
+    /// The lifecycle rule set ([`rules`]); absent means rules 1. New seeds use
+    /// [`rules::CURRENT`].
+    #[serde(default = "rules_v1", skip_serializing_if = "is_rules_v1")]
+    pub rules: u32,
+    /// The deadlines of later steps: present exactly when `rules` is 2 or later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadlines: Option<Deadlines>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -364,7 +436,25 @@ impl Seed {
                 self.timeout_secs
             ));
         }
-        Ok(())
+        match (self.rules, &self.deadlines) {
+            (rules::V1, None) => Ok(()),
+            (rules::V1, Some(_)) => Err("a rules 1 seed has no deadlines".into()),
+            (rules::V2, Some(d)) => d.check(),
+            (rules::V2, None) => Err("a rules 2 seed must carry its deadlines".into()),
+            (r, _) => Err(format!(
+                "rule version {r} is not known here (this node knows 1 to {})",
+                rules::CURRENT
+            )),
+        }
+    }
+
+    /// The deadlines this seed follows, `None` under rules 1.
+    pub fn deadlines(&self) -> Option<&Deadlines> {
+        if self.rules >= rules::V2 {
+            self.deadlines.as_ref()
+        } else {
+            None
+        }
     }
 }
 
@@ -417,7 +507,13 @@ pub struct TaskResult {
     pub signal: Option<i32>,
     /// Whether the wall-clock timeout ended the run.
     pub timed_out: bool,
-    /// Exit code 0 and no timeout.
+    /// Whether the run was interrupted: the runner's node stopped (or crashed) while the
+    /// command ran, and the command was killed (or found dead after a restart). The output
+    /// fields then cover what the command wrote until then (nothing when found after a
+    /// crash). Absent (false) in results of nodes that do not report it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+    /// Exit code 0, no timeout and not interrupted.
     pub success: bool,
     /// Run time in milliseconds.
     pub duration_ms: u64,
@@ -455,8 +551,10 @@ impl TaskResult {
                 limits::MAX_EXCERPT_BYTES
             ));
         }
-        if self.success != (self.exit_code == Some(0) && !self.timed_out) {
-            return Err("success must mean exit code 0 without timeout".into());
+        if self.success != (self.exit_code == Some(0) && !self.timed_out && !self.interrupted) {
+            return Err(
+                "success must mean exit code 0 without timeout and without interruption".into(),
+            );
         }
         if self.finished_at < self.started_at {
             return Err("result finishes before it starts".into());
@@ -488,11 +586,52 @@ pub struct Settlement {
     pub note: String,
 }
 
-/// The publisher withdraws a seed while bidding is still open.
+/// The publisher withdraws a seed: while bidding is open, or (rules 2) once the winner let
+/// its claim window pass or the round failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancellation {
     /// The cancelled seed.
     pub seed_id: SeedId,
+    /// Absent: bidding is still open. Rules 2: how the current round ended (its winner let
+    /// the claim window pass, or it failed), so that replicas that have not seen every step
+    /// yet never apply the cancellation to the wrong round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<RoundEnd>,
+}
+
+/// How a round of an awarded seed ended (rules 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundEnd {
+    /// The winner did not claim within the claim window.
+    Unclaimed,
+    /// The claimer did not report a result within the seed's timeout plus result grace.
+    Failed,
+}
+
+/// The publisher moves an awarded seed to the next best bid (rules 2): the winner of round
+/// `round - 1` did not claim within the claim window, or that round failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reassignment {
+    /// The seed.
+    pub seed_id: SeedId,
+    /// The round this starts (the award is round 0).
+    pub round: u32,
+    /// The best considered bid whose bidder has not had a round; `None` when none is left
+    /// (the seed expires).
+    pub winner: Option<BidId>,
+    /// How the previous round ended.
+    pub after: RoundEnd,
+}
+
+/// The publisher declares a claimed round failed (rules 2): no result arrived within the
+/// seed's timeout plus its result grace after the claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The seed.
+    pub seed_id: SeedId,
+    /// The round that failed.
+    pub round: u32,
 }
 
 /// Lifecycle status of a seed.
@@ -509,21 +648,25 @@ pub enum SeedStatus {
     Completed,
     /// The publisher settled it (final).
     Settled,
-    /// Bidding closed without bids (final).
+    /// Bidding closed without bids, or every bidder let its turn lapse (final).
     Expired,
-    /// The publisher cancelled it before bidding closed (final).
+    /// The publisher cancelled it (final).
     Cancelled,
+    /// The claimer did not report a result in time (rules 2); the publisher may reassign it
+    /// to the next best bid or cancel it.
+    Failed,
 }
 
 impl SeedStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [SeedStatus; 6] = [
+    pub const ALL: [SeedStatus; 7] = [
         SeedStatus::Open,
         SeedStatus::Claimed,
         SeedStatus::Completed,
         SeedStatus::Settled,
         SeedStatus::Expired,
         SeedStatus::Cancelled,
+        SeedStatus::Failed,
     ];
 
     /// The status name used in JSON, the CLI and the store.
@@ -535,6 +678,7 @@ impl SeedStatus {
             SeedStatus::Settled => "settled",
             SeedStatus::Expired => "expired",
             SeedStatus::Cancelled => "cancelled",
+            SeedStatus::Failed => "failed",
         }
     }
 
@@ -551,14 +695,23 @@ impl SeedStatus {
         )
     }
 
-    /// Whether `next` is reachable from `self` in zero or more lifecycle steps.
-    pub fn can_reach(self, next: SeedStatus) -> bool {
+    /// Whether `next` is reachable from `self` in zero or more lifecycle steps. Under rules 1
+    /// the lifecycle only moves forward. Under rules 2 a round whose claim or result came
+    /// after its deadline ends with the publisher's decision (section 4 of `docs/PROTOCOL.md`),
+    /// so every status but the final ones may lead back to `open` through a reassignment.
+    pub fn can_reach(self, next: SeedStatus, rules: u32) -> bool {
         use SeedStatus::*;
+        if self.is_final() {
+            return next == self;
+        }
+        if rules >= rules::V2 {
+            return true;
+        }
         match self {
             Open => true,
             Claimed => matches!(next, Claimed | Completed | Settled),
             Completed => matches!(next, Completed | Settled),
-            Settled | Expired | Cancelled => next == self,
+            Failed | Settled | Expired | Cancelled => next == self,
         }
     }
 }
@@ -587,6 +740,10 @@ pub enum Body {
     SeedSettled(Settlement),
     /// The publisher cancels.
     SeedCancelled(Cancellation),
+    /// The publisher moves the seed to the next best bid (rules 2).
+    SeedReassigned(Reassignment),
+    /// The publisher declares a claimed round failed (rules 2).
+    SeedFailed(Failure),
 }
 
 impl Body {
@@ -600,6 +757,8 @@ impl Body {
             Body::ResultReported(r) => &r.seed_id,
             Body::SeedSettled(s) => &s.seed_id,
             Body::SeedCancelled(c) => &c.seed_id,
+            Body::SeedReassigned(r) => &r.seed_id,
+            Body::SeedFailed(f) => &f.seed_id,
         }
     }
 
@@ -613,6 +772,8 @@ impl Body {
             Body::ResultReported(_) => MessageKind::ResultReported,
             Body::SeedSettled(_) => MessageKind::SeedSettled,
             Body::SeedCancelled(_) => MessageKind::SeedCancelled,
+            Body::SeedReassigned(_) => MessageKind::SeedReassigned,
+            Body::SeedFailed(_) => MessageKind::SeedFailed,
         }
     }
 }
@@ -637,6 +798,10 @@ pub enum MessageKind {
     ResultReported,
     /// See [`Body::SeedSettled`].
     SeedSettled,
+    /// See [`Body::SeedReassigned`].
+    SeedReassigned,
+    /// See [`Body::SeedFailed`].
+    SeedFailed,
 }
 
 impl MessageKind {
@@ -650,6 +815,8 @@ impl MessageKind {
             MessageKind::SeedClaimed => "seed_claimed",
             MessageKind::ResultReported => "result_reported",
             MessageKind::SeedSettled => "seed_settled",
+            MessageKind::SeedReassigned => "seed_reassigned",
+            MessageKind::SeedFailed => "seed_failed",
         }
     }
 }
@@ -742,7 +909,12 @@ impl Message {
                     return Err("a rejected settlement must have amount 0".into());
                 }
             }
-            Body::SeedCancelled(_) => {}
+            Body::SeedReassigned(r) => {
+                if r.round == 0 {
+                    return Err("a reassignment starts round 1 or later".into());
+                }
+            }
+            Body::SeedCancelled(_) | Body::SeedFailed(_) => {}
         }
         Ok(())
     }
@@ -802,15 +974,20 @@ mod tests {
     #[test]
     fn reachability_never_goes_backwards() {
         use SeedStatus::*;
-        assert!(Open.can_reach(Settled));
-        assert!(Claimed.can_reach(Completed));
-        assert!(!Claimed.can_reach(Open));
-        assert!(!Completed.can_reach(Claimed));
-        assert!(!Settled.can_reach(Completed));
-        assert!(!Cancelled.can_reach(Open));
-        assert!(!Expired.can_reach(Claimed));
+        let v1 = rules::V1;
+        assert!(Open.can_reach(Settled, v1));
+        assert!(Claimed.can_reach(Completed, v1));
+        assert!(!Claimed.can_reach(Open, v1));
+        assert!(!Completed.can_reach(Claimed, v1));
+        assert!(!Settled.can_reach(Completed, v1));
+        assert!(!Cancelled.can_reach(Open, v1));
+        assert!(!Expired.can_reach(Claimed, v1));
+        // Rules 2: a failed round is reassigned; final statuses stay final.
+        assert!(Claimed.can_reach(Open, rules::V2));
+        assert!(Failed.can_reach(Open, rules::V2));
+        assert!(!Settled.can_reach(Open, rules::V2));
         for s in SeedStatus::ALL {
-            assert!(s.can_reach(s));
+            assert!(s.can_reach(s, v1) && s.can_reach(s, rules::V2));
             assert_eq!(SeedStatus::parse(s.as_str()), Some(s));
         }
     }

@@ -58,6 +58,13 @@ pub enum RejectReason {
     KeyMismatch,
     /// It breaks a lifecycle rule (see the violation in the event).
     Rule,
+    /// Its author is not admitted by this node's trust policy (deny or allow list).
+    NotAdmitted,
+    /// Its transport source or its claimed sender sent more frames than the rate limit
+    /// allows (`network.source_rate_per_sec`, `network.sender_rate_per_sec`).
+    RateLimited,
+    /// Its Lamport counter is more than `network.lamport_window` ahead of this node's clock.
+    LamportAhead,
 }
 
 impl RejectReason {
@@ -73,6 +80,9 @@ impl RejectReason {
             RejectReason::Expired => "expired",
             RejectReason::KeyMismatch => "key_mismatch",
             RejectReason::Rule => "rule",
+            RejectReason::NotAdmitted => "not_admitted",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::LamportAhead => "lamport_ahead",
         }
     }
 }
@@ -145,8 +155,12 @@ pub enum EventKind {
         seed_id: SeedId,
         /// The node that ran it.
         runner: NodeId,
-        /// Exit code 0 and no timeout.
+        /// Exit code 0, no timeout and not interrupted.
         success: bool,
+        /// The run was interrupted (its node stopped or crashed; see
+        /// [`crate::model::TaskResult::interrupted`]). Absent when false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        interrupted: bool,
         /// Exit code, if any.
         exit_code: Option<i32>,
         /// Run time.
@@ -167,6 +181,29 @@ pub enum EventKind {
     SeedCancelled {
         /// The seed.
         seed_id: SeedId,
+    },
+    /// The publisher moved the seed to the next best bid (rules 2: the previous winner did
+    /// not claim in time, or its round failed).
+    SeedReassigned {
+        /// The seed.
+        seed_id: SeedId,
+        /// The round this starts.
+        round: u32,
+        /// The new winning bid; none when no bid was left (the seed expired).
+        winner: Option<BidId>,
+        /// The new winning bidder.
+        winner_node: Option<NodeId>,
+        /// The new winning price.
+        price: Option<u64>,
+    },
+    /// The publisher declared a claimed round failed (rules 2: no result in time).
+    SeedFailed {
+        /// The seed.
+        seed_id: SeedId,
+        /// The round that failed.
+        round: u32,
+        /// The claimer that did not report.
+        claimer: Option<NodeId>,
     },
     /// A seed's status changed.
     StatusChanged {
@@ -265,6 +302,8 @@ impl EventKind {
             EventKind::ResultRecorded { .. } => "result_recorded",
             EventKind::SeedSettled { .. } => "seed_settled",
             EventKind::SeedCancelled { .. } => "seed_cancelled",
+            EventKind::SeedReassigned { .. } => "seed_reassigned",
+            EventKind::SeedFailed { .. } => "seed_failed",
             EventKind::StatusChanged { .. } => "status_changed",
             EventKind::PeerDiscovered { .. } => "peer_discovered",
             EventKind::MessageAccepted { .. } => "message_accepted",

@@ -6,10 +6,12 @@
 //! tasks send the outbox, apply received messages, close bidding on seeds this node published
 //! when it is due, and append events to the NDJSON log.
 //!
-//! Shutdown order ([`Node::stop`]): refuse new operations, signal the background tasks and wait
-//! for them (the network task sends what is due first), record `node_stopped`, deliver the last
+//! Shutdown order ([`Node::stop`]): refuse new operations, let runs in progress finish within
+//! `runner.stop_grace_ms` or kill them and record them as interrupted (see [`runs`]), signal the
+//! background tasks and wait for them (the network task sends what is due first), record `node_stopped`, deliver the last
 //! events to subscribers and the log, then release the data-directory lock.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,16 +29,18 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{Identity, PublicIdentity};
 use crate::ingress;
 use crate::model::{
-    Bid, BidId, Body, Cancellation, Claim, Message, MessageId, Millis, NodeId, SandboxLevel, Seed,
-    SeedId, SeedStatus, Settlement, SettlementOutcome, TaskResult,
+    Bid, BidId, Body, Cancellation, Claim, Deadlines, Message, MessageId, Millis, NodeId, RoundEnd,
+    SandboxLevel, Seed, SeedId, SeedStatus, Settlement, SettlementOutcome, rules,
 };
 use crate::monitor::{Event, EventBus, EventKind, NdjsonLog, RejectReason, Subscription};
 use crate::network::{self, Acceptance, Handled, InboundFrame, Incoming, Transport};
-use crate::runner::{self, RunRequest};
 use crate::sandbox::{Refusal, SandboxPolicy, SandboxStatus};
 use crate::state::{self, SeedView, Violation};
 use crate::store::{Peer, PeerUpdate, RemoteOutcome, Store};
 use crate::sync;
+use crate::trust;
+
+mod runs;
 
 /// What to publish. `Default` gives a usable seed apart from the command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +68,9 @@ pub struct PublishRequest {
     /// The strongest sandbox the command works under (default `full`); see
     /// [`crate::model::Seed::isolation`].
     pub isolation: SandboxLevel,
+    /// Claim window, result grace and settlement window (see [`Deadlines`]; each 1 s to 30
+    /// days).
+    pub deadlines: Deadlines,
 }
 
 impl Default for PublishRequest {
@@ -79,6 +86,7 @@ impl Default for PublishRequest {
             private_to: Vec::new(),
             network: false,
             isolation: SandboxLevel::Full,
+            deadlines: Deadlines::default(),
         }
     }
 }
@@ -161,10 +169,14 @@ struct Inner {
     wake_outbox: Notify,
     wake_log: Notify,
     rejections: ingress::Rejections,
+    gate: ingress::Gate,
+    sync_credit: crate::ratelimit::Credits,
     recent: ingress::RecentFrames,
+    trust: trust::Trust,
     timers: Timers,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     lock: Mutex<Option<File>>,
+    runs: runs::Runs,
 }
 
 /// When, after its first connection, a node broadcasts its hello again (gossip needs the
@@ -182,8 +194,10 @@ const OUTBOX_BATCH: usize = 256;
 /// at 0, so the first tick does everything once.
 #[derive(Debug, Default)]
 struct Timers {
-    /// The earliest end of a bid window on an open seed of ours.
-    close_at: AtomicU64,
+    /// The earliest time a seed of ours owes a decision ([`SeedView::next_decision_at`]).
+    decide_at: AtomicU64,
+    /// Seeds of ours that will owe a decision: a frame about one of them may move its time.
+    deciding: Mutex<HashSet<SeedId>>,
     /// The earliest expiry of a seen message id.
     prune_at: AtomicU64,
     /// The earliest outbox retry.
@@ -281,7 +295,6 @@ impl Node {
         let cfg = config.clone();
         let key = tokio::task::spawn_blocking(move || -> Result<_> {
             create_private_dir(&cfg.data_dir)?;
-            warn_about_sandbox(&cfg.runner.sandbox_status());
             let (identity, _) = Identity::load_or_create(&cfg.identity_path())?;
             Ok(network::libp2p_key(&identity.signing().to_seeds().ed25519))
         })
@@ -295,8 +308,12 @@ impl Node {
         config.validate()?;
         let cfg = config.clone();
         let listening = transport.is_some();
-        let (store, identity, lock_file) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (store, identity, lock_file, policy) = tokio::task::spawn_blocking(move || -> Result<_> {
             create_private_dir(&cfg.data_dir)?;
+            if listening {
+                // Only a node on a network runs other nodes' tasks.
+                warn_about_sandbox(&cfg.runner.sandbox_status());
+            }
             let lock_file = if listening {
                 Some(take_listen_lock(&cfg)?)
             } else {
@@ -316,7 +333,8 @@ impl Node {
                     ),
                 ));
             }
-            Ok((store, identity, lock_file))
+            let policy = trust::Trust::load(identity.public(), &cfg.trust, &store)?;
+            Ok((store, identity, lock_file, policy))
         })
         .await
         .map_err(|e| Error::internal(format!("start task failed: {e}")))??;
@@ -353,10 +371,17 @@ impl Node {
                 wake_outbox: Notify::new(),
                 wake_log: Notify::new(),
                 rejections: ingress::Rejections::new(config.network.reject_event_window_ms),
+                gate: ingress::Gate::new(&config.network),
+                sync_credit: crate::ratelimit::Credits::new(
+                    Duration::from_secs(config.network.sync_interval_secs.into()),
+                    SYNC_REQUESTERS,
+                ),
                 recent: ingress::RecentFrames::new(RECENT_FRAMES),
+                trust: policy,
                 timers: Timers::default(),
                 tasks: Mutex::new(Vec::new()),
                 lock: Mutex::new(lock_file),
+                runs: runs::Runs::new(),
                 config,
             }),
         };
@@ -375,7 +400,8 @@ impl Node {
             })
             .await?;
         }
-        node.blocking(|n| n.close_due_bidding()).await?;
+        node.blocking(|n| n.issue_due_decisions()).await?;
+        node.blocking(|n| n.record_orphaned_runs()).await?;
 
         let mut tasks = Vec::new();
         // Receivers exist before the tasks run, so a stop right after start is never missed.
@@ -416,6 +442,8 @@ impl Node {
         if self.inner.stopped.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        // While the network still runs, so that interrupted results go out now.
+        self.inner.runs.interrupt_all().await;
         self.inner.shutdown.send_replace(true);
         let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
         for t in tasks {
@@ -509,11 +537,7 @@ impl Node {
                     self.seal(m, v, &peers)
                 })
                 .map(|(_, view, _)| view)?;
-            if view.status == SeedStatus::Open && view.seed.publisher == self.inner.id {
-                // Housekeeping closes its bidding when the window ends.
-                let at = view.seed.window_end();
-                self.inner.timers.close_at.fetch_min(at, Ordering::Relaxed);
-            }
+            self.schedule_decision(&view);
             Ok(view)
         })?;
         self.inner.wake_outbox.notify_one();
@@ -576,6 +600,8 @@ impl Node {
                 audience: req.private_to,
                 network: req.network,
                 isolation: req.isolation,
+                rules: rules::CURRENT,
+                deadlines: Some(req.deadlines),
             };
             seed.check_fields()
                 .map_err(|e| Error::new(ErrorKind::Validation, format!("invalid seed: {e}")))?;
@@ -606,7 +632,7 @@ impl Node {
                     price,
                 }))
             })?;
-            n.close_due_bidding()?;
+            n.issue_decisions_if_due()?;
             n.seed_blocking(&seed_id).or(Ok(view))
         })
         .await
@@ -616,91 +642,16 @@ impl Node {
     pub async fn claim(&self, seed_id: &SeedId) -> Result<SeedView> {
         let seed_id = seed_id.clone();
         self.blocking(move |n| {
-            n.close_due_bidding()?;
+            n.issue_decisions_if_due()?;
             let me = n.inner.id.clone();
             n.commit_local(&seed_id, |v| {
                 let v = known(v, &seed_id)?;
-                let bid_id = state::check_local_claim(v, &me)?;
+                let bid_id = state::check_local_claim(v, &me, now_ms())?;
                 Ok(Body::SeedClaimed(Claim {
                     seed_id: seed_id.clone(),
                     claimer: me.clone(),
                     bid_id,
                 }))
-            })
-        })
-        .await
-    }
-
-    /// Runs a seed this node claimed, records and broadcasts its result. The command runs only
-    /// because this node's operator asked for it; nothing runs on a remote request.
-    pub async fn run(&self, seed_id: &SeedId) -> Result<SeedView> {
-        let id = seed_id.clone();
-        let seed = self
-            .blocking(move |n| {
-                let view = n.seed_blocking(&id)?;
-                state::check_local_run(&view, &n.inner.id)?;
-                n.inner
-                    .config
-                    .runner
-                    .check_can_serve(&view.seed)
-                    .map_err(|e| refusal(&id, e))?;
-                n.with_store(|s| {
-                    s.begin_run(&id, std::process::id(), now_ms())?;
-                    s.record_event(
-                        now_ms(),
-                        EventKind::TaskStarted {
-                            seed_id: id.clone(),
-                            command: view.seed.command.clone(),
-                        },
-                    )
-                })?;
-                Ok(view.seed)
-            })
-            .await?;
-        let work_root = self.inner.config.runner.work_root();
-        let outcome = runner::run(
-            RunRequest {
-                task_id: seed.id.as_str(),
-                command: &seed.command,
-                timeout: Duration::from_secs(seed.timeout_secs),
-                work_root: &work_root,
-                network: seed.network,
-                isolation: seed.isolation,
-            },
-            &self.inner.config.runner,
-        )
-        .await;
-        let id = seed.id.clone();
-        self.blocking(move |n| {
-            let ended = n.with_store(|s| {
-                s.end_run(&id)?;
-                s.count(run_counter(&outcome))
-            });
-            let outcome = outcome.map_err(|e| {
-                Error::with_source(ErrorKind::Runner, format!("cannot run seed {id}: {e}"), e)
-            })?;
-            ended?;
-            let me = n.inner.id.clone();
-            let result = TaskResult {
-                seed_id: id.clone(),
-                runner: me,
-                success: outcome.success(),
-                exit_code: outcome.exit_code,
-                signal: outcome.signal,
-                timed_out: outcome.timed_out,
-                duration_ms: outcome.duration_ms,
-                output_sha256: outcome.output_sha256,
-                output_bytes: outcome.output_bytes,
-                output_excerpt: outcome.output_excerpt,
-                output_truncated: outcome.output_truncated,
-                started_at: outcome.started_at_ms,
-                finished_at: outcome.finished_at_ms,
-                sandbox: outcome.sandbox,
-            };
-            n.commit_local(&id, |v| {
-                let v = known(v, &id)?;
-                state::check_local_run(v, &result.runner)?;
-                Ok(Body::ResultReported(result))
             })
         })
         .await
@@ -734,14 +685,41 @@ impl Node {
         .await
     }
 
-    /// Cancels a seed this node published, while bidding is open.
+    /// Starts the next round of a seed this node published (rules 2): after its current round
+    /// failed, or once its winner let the claim window pass. The next best bid whose bidder has
+    /// not had a round wins; with none left the seed expires.
+    pub async fn reassign(&self, seed_id: &SeedId) -> Result<SeedView> {
+        let seed_id = seed_id.clone();
+        self.blocking(move |n| {
+            let me = n.inner.id.clone();
+            n.commit_local(&seed_id, |v| {
+                let v = known(v, &seed_id)?;
+                state::check_local_reassign(v, &me, now_ms())?;
+                let next = v.reassignment().ok_or_else(|| {
+                    Error::internal(format!("seed {seed_id} has no award to reassign"))
+                })?;
+                Ok(Body::SeedReassigned(next))
+            })
+        })
+        .await
+    }
+
+    /// Cancels a seed this node published: while bidding is open, or (rules 2) once the
+    /// winner let the claim window pass or the current round failed.
     pub async fn cancel(&self, seed_id: &SeedId) -> Result<SeedView> {
         let seed_id = seed_id.clone();
         self.blocking(move |n| {
             n.commit_local(&seed_id, |v| {
-                known(v, &seed_id)?;
+                let v = known(v, &seed_id)?;
+                // Under rules 2 a cancellation after the award says how the round ended.
+                let after = match (v.seed.deadlines(), v.status, &v.award) {
+                    (None, _, _) | (_, _, None) => None,
+                    (Some(_), SeedStatus::Failed, Some(_)) => Some(RoundEnd::Failed),
+                    (Some(_), _, Some(_)) => Some(RoundEnd::Unclaimed),
+                };
                 Ok(Body::SeedCancelled(Cancellation {
                     seed_id: seed_id.clone(),
+                    after,
                 }))
             })
         })
@@ -834,23 +812,33 @@ impl Node {
         reason: RejectReason,
         detail: String,
     ) -> Result<Acceptance> {
-        let message_kind = match header.map(|h| h.kind) {
-            Some(Kind::Domain(k)) => Some(k),
-            _ => None,
-        };
-        let rejection = ingress::Rejection {
-            source: from.to_owned(),
-            message_id: header.map(|h| h.message_id.clone()),
-            message_kind,
-            sender: header.map(|h| h.sender.clone()),
-            reason,
-            detail,
-        };
+        let rejection = ingress::Rejection::new(from, header, reason, detail);
         let now = now_ms();
         if let Some(event) = self.inner.rejections.note(rejection, now) {
             self.with_store(|s| s.record_event(now, event))?;
         }
         Ok(verdict(reason))
+    }
+
+    /// A frame the gate refused: counted in memory; its event (the first per source and
+    /// reason in a window) is the only write.
+    async fn refuse(&self, rejection: ingress::Rejection) -> Handled {
+        let acceptance = verdict(rejection.reason);
+        let now = now_ms();
+        if let Some(event) = self.inner.rejections.note(rejection, now) {
+            let node = self.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                node.with_store(|s| s.record_event(now, event))
+            })
+            .await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!("cannot record a rejection: {e}");
+            }
+        }
+        Handled {
+            acceptance,
+            replies: Vec::new(),
+        }
     }
 
     /// Writes the rejection counters and window summaries held in memory (housekeeping).
@@ -870,9 +858,9 @@ impl Node {
     /// The trust boundary: checks one received frame (size, structure, freshness, sender in
     /// the peer table, both signatures over the received bytes, replay), opens it if it is
     /// sealed to this node, and applies it. Every rejection is an event and a counter.
-    fn receive_frame(&self, bytes: &[u8], from: &str, max: usize) -> Result<Handled> {
+    fn receive_frame(&self, bytes: &[u8], source: &ingress::Source, max: usize) -> Result<Handled> {
         let mut replies = Vec::new();
-        let acceptance = self.receive_envelope(bytes, from, max, Via::Live, &mut replies)?;
+        let acceptance = self.receive_envelope(bytes, source, max, Via::Live, &mut replies)?;
         Ok(Handled {
             acceptance,
             replies,
@@ -885,11 +873,12 @@ impl Node {
     fn receive_envelope(
         &self,
         bytes: &[u8],
-        from: &str,
+        source: &ingress::Source,
         max: usize,
         via: Via,
         replies: &mut Vec<Vec<u8>>,
     ) -> Result<Acceptance> {
+        let from = source.from.as_str();
         let now = now_ms();
         let parsed = match envelope::parse(bytes, max) {
             Ok(p) => p,
@@ -902,6 +891,10 @@ impl Node {
             }
         };
         let h = &parsed.header;
+        // Before any signature check or transaction: is the author admitted at all?
+        if let Err(detail) = self.inner.trust.check_frame(h) {
+            return self.reject(from, Some(h), RejectReason::NotAdmitted, detail);
+        }
         if h.sender == self.inner.id {
             // Our own envelopes come back through relays and sync; anything else that claims
             // to be from this node is a forgery, checked like every other sender's frame.
@@ -938,8 +931,33 @@ impl Node {
             let detail = format!("expired {} ms ago", now - expires);
             return self.reject(from, Some(h), RejectReason::Expired, detail);
         }
+        // Before any signature: a counter far ahead would drag this node's clock (and every
+        // counter it stamps) along, up to the largest one representable.
+        let clock = lock(&self.inner.store).lamport_clock()?;
+        let limit = clock
+            .saturating_add(net.lamport_window)
+            .min(crate::store::MAX_LAMPORT);
+        if h.lamport > limit {
+            let detail = format!(
+                "Lamport counter {} is more than network.lamport_window ({}) ahead of this \
+                 node's clock ({clock})",
+                h.lamport, net.lamport_window
+            );
+            return self.reject(from, Some(h), RejectReason::LamportAhead, detail);
+        }
         if h.kind == Kind::NodeHello {
-            return self.receive_hello(&parsed, bytes, from, now);
+            let admission = crate::store::Admission {
+                max_peers: net.max_peers,
+                // A peer that missed four hellos in a row is idle.
+                idle_before: now
+                    .saturating_sub(u64::from(net.hello_interval_secs).saturating_mul(4000)),
+                // Hellos relayed inside sync batches name the relay, not their author.
+                address: (via == Via::Live)
+                    .then(|| source.capped_address(&net.peer_address_exempt))
+                    .flatten(),
+                max_per_address: net.max_peers_per_address,
+            };
+            return self.receive_hello(&parsed, bytes, from, now, &admission);
         }
         let peer = lock(&self.inner.store).peer(&h.sender)?;
         let Some(peer) = peer else {
@@ -949,7 +967,10 @@ impl Node {
         if let Err(e) = parsed.verify(&peer.identity.signing) {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
         }
-        if matches!(h.kind, Kind::SyncDigest | Kind::SyncBatch) {
+        if matches!(
+            h.kind,
+            Kind::SyncDigest | Kind::SyncBatch | Kind::Revocations
+        ) {
             // Sync envelopes are answered once: a replay must not make us resend everything.
             let fresh = self.with_store(|s| {
                 if s.is_known(&h.message_id)? {
@@ -957,6 +978,7 @@ impl Node {
                 }
                 let counter = match h.kind {
                     Kind::SyncDigest => "sync.digests_received",
+                    Kind::Revocations => "trust.revocation_lists_received",
                     _ => "sync.batches_received",
                 };
                 s.remember(&h.message_id, &h.sender, h.lamport, now, counter)?;
@@ -971,7 +993,7 @@ impl Node {
             Kind::SyncDigest => {
                 return match parsed.plain::<sync::Digest>(Kind::SyncDigest) {
                     Ok(d) => {
-                        self.answer_digest(&h.sender, &d, replies)?;
+                        self.answer_digest(&h.sender, &d, bytes.len(), source, replies)?;
                         Ok(Acceptance::Ignore)
                     }
                     Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
@@ -985,9 +1007,15 @@ impl Node {
                     }
                 };
                 for item in &batch.items {
-                    self.receive_envelope(item, from, max, Via::Sync, replies)?;
+                    self.receive_envelope(item, source, max, Via::Sync, replies)?;
                 }
                 return Ok(Acceptance::Ignore);
+            }
+            Kind::Revocations => {
+                return match parsed.plain::<sync::Batch>(Kind::Revocations) {
+                    Ok(list) => self.receive_revocations(&list, now),
+                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                };
             }
             Kind::NodeHello | Kind::Domain(_) => {}
         }
@@ -1029,7 +1057,7 @@ impl Node {
         })?;
         self.inner.recent.insert(bytes);
         if matches!(outcome, RemoteOutcome::Applied | RemoteOutcome::Deferred(_)) {
-            self.close_due_bidding()?;
+            self.reschedule_decision(&message, now)?;
         }
         Ok(match outcome {
             RemoteOutcome::Duplicate => Acceptance::Ignore,
@@ -1039,12 +1067,15 @@ impl Node {
         })
     }
 
-    /// Answers a peer's digest: the seeds it lacks (with their authors' hellos) in batches, and
-    /// our own digest when it holds seeds we lack (unless its digest is itself a reply).
+    /// Answers a peer's digest (of `digest_bytes`, from `source`): the seeds it lacks (with
+    /// their authors' hellos) in batches, and our own digest when it holds seeds we lack
+    /// (unless its digest is itself a reply), all within the source's sync credit.
     fn answer_digest(
         &self,
         requester: &NodeId,
         digest: &sync::Digest,
+        digest_bytes: usize,
+        source: &ingress::Source,
         replies: &mut Vec<Vec<u8>>,
     ) -> Result<()> {
         let net = &self.inner.config.network;
@@ -1078,12 +1109,47 @@ impl Node {
             hellos.extend(envelopes);
             (cmp, hellos)
         };
-        for batch in sync::pack(items, max_payload) {
-            replies.push(self.plain_frame(Kind::SyncBatch, &envelope::encode_hello(&batch), 60)?);
+        let (amount, cap) = if source.verified {
+            (net.sync_budget_bytes, net.sync_budget_bytes)
+        } else {
+            let earned = (digest_bytes as u64).saturating_mul(net.sync_answer_ratio.into());
+            (earned, u64::MAX)
+        };
+        let available =
+            self.inner
+                .sync_credit
+                .earn(&source.from, amount, cap, std::time::Instant::now());
+        let mut left = available;
+        let mut queue: std::collections::VecDeque<Vec<u8>> = items.into();
+        loop {
+            // Room for the payload once the batch's own header and signatures are counted.
+            let room = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(envelope::OVERHEAD + BATCH_FRAME_SLACK);
+            let batch = sync::next_batch(&mut queue, room, max_payload);
+            if batch.items.is_empty() {
+                break;
+            }
+            let frame = self.plain_frame(Kind::SyncBatch, &envelope::encode_hello(&batch), 60)?;
+            if frame.len() as u64 > left {
+                break;
+            }
+            left -= frame.len() as u64;
+            replies.push(frame);
         }
         if cmp.peer_has_more && !digest.reply {
-            replies.push(self.digest_frame(true)?);
+            let frame = self.digest_frame(true)?;
+            if frame.len() as u64 <= left {
+                left -= frame.len() as u64;
+                replies.push(frame);
+            }
         }
+        if !queue.is_empty() {
+            self.inner.rejections.count("sync.answers_over_budget");
+        }
+        self.inner
+            .sync_credit
+            .spend(&source.from, (available - left) as usize);
         Ok(())
     }
 
@@ -1121,6 +1187,7 @@ impl Node {
         bytes: &[u8],
         from: &str,
         now: Millis,
+        admission: &crate::store::Admission,
     ) -> Result<Acceptance> {
         let h = &parsed.header;
         if lock(&self.inner.store).is_known(&h.message_id)? {
@@ -1156,9 +1223,25 @@ impl Node {
         if let Err(e) = parsed.verify(&identity.signing) {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
         }
+        let certificate = hello.certificate.as_deref();
+        let admitted = self.with_store(|s| {
+            self.inner
+                .trust
+                .admit_hello(&identity, certificate, h.timestamp, s, now)
+        })?;
+        if let Err(detail) = admitted {
+            return self.reject(from, Some(h), RejectReason::NotAdmitted, detail);
+        }
         let update = self.with_store(|s| {
-            let update = s.upsert_peer(&identity, &hello.name, &hello.addresses, bytes, now)?;
-            if update != PeerUpdate::KeyMismatch {
+            let update = s.upsert_peer(
+                &identity,
+                &hello.name,
+                &hello.addresses,
+                bytes,
+                now,
+                admission,
+            )?;
+            if matches!(update, PeerUpdate::New | PeerUpdate::Refreshed) {
                 s.remember(&h.message_id, &h.sender, h.lamport, now, "hellos.accepted")?;
                 self.inner.recent.insert(bytes);
             }
@@ -1193,6 +1276,8 @@ impl Node {
                 Ok(Acceptance::Accept)
             }
             PeerUpdate::Refreshed => Ok(Acceptance::Accept),
+            // Valid, but this node has no room for it (counted as `peers.refused`).
+            PeerUpdate::Refused => Ok(Acceptance::Ignore),
         }
     }
 
@@ -1263,6 +1348,18 @@ impl Node {
         cache.as_ref().map(|(_, frame)| frame.clone())
     }
 
+    /// Sends the revocations this node holds after a hello: to every peer, or to the one that
+    /// announced `to` (see [`Transport::send_to_announced`]).
+    fn send_revocations(&self, transport: &mut dyn Transport, to: Option<&[String]>) -> Result<()> {
+        for frame in self.revocation_frames()? {
+            match to {
+                Some(to) => transport.send_to_announced(to, &frame)?,
+                None => transport.broadcast(&frame)?,
+            }
+        }
+        Ok(())
+    }
+
     fn hello_frame(&self, addresses: &[String]) -> Result<Vec<u8>> {
         let identity = &self.inner.identity;
         let hello = envelope::Hello {
@@ -1271,6 +1368,7 @@ impl Node {
             key_epoch: identity.public().epoch,
             signing_public: identity.public().signing.to_bytes(),
             kem_public: identity.public().kem.to_bytes(),
+            certificate: self.inner.trust.own_certificate(),
         };
         let ttl = self
             .inner
@@ -1281,55 +1379,174 @@ impl Node {
         self.plain_frame(Kind::NodeHello, &envelope::encode_hello(&hello), ttl)
     }
 
-    /// Issues the award (or expiry) for every seed this node published whose bidding is due
-    /// to close.
-    fn close_due_bidding(&self) -> Result<()> {
-        let now = now_ms();
-        // Reset before the query: a seed published meanwhile lowers it again (`fetch_min` in
-        // `commit_local_at`), whichever of the two comes first.
-        self.inner
-            .timers
-            .close_at
-            .store(u64::MAX, Ordering::Relaxed);
-        let open = lock(&self.inner.store).open_seeds_of(&self.inner.id)?;
-        // The earliest window end among the seeds still open afterwards: when to look again.
-        let mut next = u64::MAX;
-        for view in open {
-            if view.due_award(now).is_none() {
-                next = next.min(view.seed.window_end());
-                continue;
-            }
-            let id = view.seed.id.clone();
-            let result = self.commit_local(&id, |v| {
-                let v = known(v, &id)?;
-                // Another thread or process may have closed it meanwhile.
-                v.due_award(now).map(Body::BiddingClosed).ok_or_else(|| {
-                    Violation::BiddingClosed {
-                        seed_id: id.clone(),
-                    }
-                    .into()
-                })
-            });
-            match result {
-                Ok(_) => {}
-                Err(e) if matches!(e.violation(), Some(Violation::BiddingClosed { .. })) => {}
+    /// The `revocations` envelopes sent after each hello: every revocation this node holds.
+    fn revocation_frames(&self) -> Result<Vec<Vec<u8>>> {
+        if self.inner.trust.stored_revocations() == 0 {
+            return Ok(Vec::new());
+        }
+        let all = lock(&self.inner.store).revocations()?;
+        let max_payload = self.inner.config.network.max_envelope_bytes - envelope::OVERHEAD;
+        sync::pack(all, max_payload)
+            .iter()
+            .map(|list| self.plain_frame(Kind::Revocations, &envelope::encode_hello(list), 60))
+            .collect()
+    }
+
+    /// Applies a peer's revocation list; each item is verified on its own (its signer, not the
+    /// envelope's sender, vouches for it).
+    fn receive_revocations(&self, list: &sync::Batch, now: Millis) -> Result<Acceptance> {
+        for item in &list.items {
+            let added = self.with_store(|s| self.inner.trust.add_revocation(item, s, now))?;
+            match added {
+                Ok(true) => self.with_store(|s| s.count("trust.revocations_added"))?,
+                Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(seed = %id, "cannot close bidding: {e}");
-                    // Try again on a later tick.
-                    next = next.min(now.saturating_add(1000));
+                    tracing::debug!("refused a revocation: {e}");
+                    self.inner.rejections.count("trust.revocations_refused");
                 }
             }
         }
-        self.inner
-            .timers
-            .close_at
-            .fetch_min(next, Ordering::Relaxed);
+        Ok(Acceptance::Accept)
+    }
+
+    /// This node's public keys (what `crabnet trust sign` certifies).
+    pub fn public_identity(&self) -> PublicIdentity {
+        self.inner.identity.public().clone()
+    }
+
+    /// The trust policy in force: mode, anchors, this node's certificate, certified and
+    /// revoked nodes.
+    pub async fn trust_status(&self) -> Result<trust::TrustStatus> {
+        self.blocking(|n| {
+            n.inner.trust.refresh(&lock(&n.inner.store))?;
+            Ok(n.inner.trust.status())
+        })
+        .await
+    }
+
+    /// Verifies and stores a revocation (signed by a configured anchor, or by a node about
+    /// itself); a listening node applies it at once and sends it with its hellos. Returns
+    /// whether it was new.
+    pub async fn import_revocation(&self, bytes: Vec<u8>) -> Result<bool> {
+        self.blocking(move |n| {
+            let added = n.with_store(|s| n.inner.trust.add_revocation(&bytes, s, now_ms()))?;
+            Ok(added?)
+        })
+        .await
+    }
+
+    /// Revokes this node's own keys from `from` (Unix ms) on: peers then refuse anything it
+    /// signs dated at or after that time. Returns the signed revocation.
+    pub async fn revoke_self(&self, from: Millis) -> Result<trust::Revocation> {
+        self.blocking(move |n| {
+            let mut randomness = [0u8; 32];
+            envelope::os_rng(&mut randomness);
+            let r = trust::Revocation::by_node(&n.inner.identity, from, now_ms(), randomness)?;
+            n.with_store(|s| n.inner.trust.add_revocation(r.to_bytes(), s, now_ms()))??;
+            Ok(r)
+        })
+        .await
+    }
+
+    /// Issues every decision this node owes as a publisher (see [`SeedView::due_decision`]):
+    /// awards when bidding is due to close and, under rules 2, reassignments, failures and
+    /// settlements when their deadlines have passed. Reads every undecided seed of ours, so it
+    /// runs at start, when another process wrote to the store, and when the timer says a
+    /// decision is due; it sets the timer to the next one.
+    fn issue_due_decisions(&self) -> Result<()> {
+        let now = now_ms();
+        let timers = &self.inner.timers;
+        // Reset before the query: a seed published meanwhile schedules itself again
+        // (`commit_local_at`), whichever of the two comes first.
+        timers.decide_at.store(u64::MAX, Ordering::Relaxed);
+        lock(&timers.deciding).clear();
+        let pending = lock(&self.inner.store).undecided_seeds_of(&self.inner.id)?;
+        for view in pending {
+            if !self.decide(&view, now) {
+                self.schedule_decision(&view);
+            }
+        }
         Ok(())
+    }
+
+    /// [`Node::issue_due_decisions`] when the timer says a decision is due; no store access
+    /// otherwise.
+    fn issue_decisions_if_due(&self) -> Result<()> {
+        if self.inner.timers.decide_at.load(Ordering::Relaxed) <= now_ms() {
+            self.issue_due_decisions()?;
+        }
+        Ok(())
+    }
+
+    /// After a received message was applied (or deferred): when its seed is one of ours that
+    /// owes decisions (or the message is our own, restored by sync), reads that seed alone,
+    /// issues what is due at once (an award when `max_bids` bids are in) and moves the timer.
+    /// Other messages cost nothing here.
+    fn reschedule_decision(&self, message: &Message, now: Millis) -> Result<()> {
+        let id = message.seed_id();
+        let ours =
+            message.sender == self.inner.id || lock(&self.inner.timers.deciding).contains(id);
+        if !ours {
+            return Ok(());
+        }
+        let Some(view) = lock(&self.inner.store).seed(id)? else {
+            return Ok(());
+        };
+        if !self.decide(&view, now) {
+            self.schedule_decision(&view);
+        }
+        Ok(())
+    }
+
+    /// Puts a seed of ours on the decision timer (or takes it off when it owes no more).
+    fn schedule_decision(&self, view: &SeedView) {
+        if view.seed.publisher != self.inner.id {
+            return;
+        }
+        let timers = &self.inner.timers;
+        let mut deciding = lock(&timers.deciding);
+        match view.next_decision_at() {
+            Some(at) => {
+                deciding.insert(view.seed.id.clone());
+                timers.decide_at.fetch_min(at, Ordering::Relaxed);
+            }
+            None => {
+                deciding.remove(&view.seed.id);
+            }
+        }
+    }
+
+    /// Issues the decision due on `view` at `now`, if any; true when it did (the new state
+    /// schedules itself through `commit_local_at`). Otherwise the caller schedules `view`: a
+    /// decision that failed is then still due, and tried again on the next tick.
+    fn decide(&self, view: &SeedView, now: Millis) -> bool {
+        let Some(due) = view.due_decision(now) else {
+            return false;
+        };
+        let id = view.seed.id.clone();
+        let kind = due.kind();
+        let result = self.commit_local(&id, |v| {
+            let v = known(v, &id)?;
+            // Another thread or process may have decided meanwhile.
+            v.due_decision(now)
+                .filter(|b| b.kind() == kind)
+                .ok_or_else(|| Error::new(ErrorKind::State, "already decided"))
+        });
+        match result {
+            Ok(_) => true,
+            // Decided meanwhile: the next look reads the new state.
+            Err(e) if e.kind() == ErrorKind::State => false,
+            Err(e) => {
+                tracing::warn!(seed = %id, "cannot issue the due {kind}: {e}");
+                false
+            }
+        }
     }
 
     /// Background upkeep, on the `network.tick_ms` tick, doing store work only when something is
     /// due: another process (a CLI command, a binding) committed to the database (checked with
-    /// SQLite's `data_version`, which costs no table read), a bid window of ours ends, an outbox
+    /// SQLite's `data_version`, which costs no table read), a decision on a seed of ours is due
+    /// (its bid window ended, a rules-2 deadline passed: [`SeedView::next_decision_at`]), an outbox
     /// retry or a seen-id expiry is due, or rejection counters wait to be written. An idle
     /// node only wakes on the tick; changes made through this node wake the tasks directly.
     async fn housekeeping(self, mut shutdown: watch::Receiver<bool>) {
@@ -1355,11 +1572,11 @@ impl Node {
                 Err(_) => false,
             };
             let timers = &self.inner.timers;
-            let close_due = timers.close_at.load(Ordering::Relaxed) <= now;
+            let decide_due = timers.decide_at.load(Ordering::Relaxed) <= now;
             let prune_due = timers.prune_at.load(Ordering::Relaxed) <= now;
             let retry_due = timers.retry_at.load(Ordering::Relaxed) <= now;
             let rejections = !self.inner.rejections.is_idle();
-            if !(changed || close_due || prune_due || rejections) {
+            if !(changed || decide_due || prune_due || rejections) {
                 if retry_due {
                     timers.retry_at.store(u64::MAX, Ordering::Relaxed);
                     self.inner.wake_outbox.notify_one();
@@ -1368,8 +1585,8 @@ impl Node {
             }
             let node = self.clone();
             let done = tokio::task::spawn_blocking(move || -> Result<()> {
-                if changed || close_due {
-                    node.close_due_bidding()?;
+                if changed || decide_due {
+                    node.issue_due_decisions()?;
                 }
                 node.flush_rejections()?;
                 let mut store = lock(&node.inner.store);
@@ -1384,6 +1601,8 @@ impl Node {
                         .store(next.max(now.saturating_add(1000)), Ordering::Relaxed);
                 }
                 if changed {
+                    // Revocations another process added (`crabnet trust import`, `revoke`).
+                    node.inner.trust.refresh(&store)?;
                     node.pump_events(&store);
                 }
                 Ok(())
@@ -1477,7 +1696,7 @@ impl Node {
                 _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
                     join_hellos.pop();
                     if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello)
-                        && let Err(e) = transport.broadcast(&frame)
+                        && let Err(e) = transport.broadcast(&frame).and_then(|()| self.send_revocations(transport.as_mut(), None))
                     {
                         tracing::debug!("cannot send hello: {e}");
                     }
@@ -1488,7 +1707,7 @@ impl Node {
                     *lock(&self.inner.addresses) = addresses.clone();
                     match self.hello_frame(&addresses) {
                         Ok(frame) => {
-                            if let Err(e) = transport.broadcast(&frame) {
+                            if let Err(e) = transport.broadcast(&frame).and_then(|()| self.send_revocations(transport.as_mut(), None)) {
                                 tracing::debug!("cannot send hello: {e}");
                             }
                             hello = Some((addresses, frame));
@@ -1500,7 +1719,7 @@ impl Node {
                     let answers = std::mem::take(&mut *lock(&self.inner.hello_answers));
                     if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello) {
                         for to in answers {
-                            if let Err(e) = transport.send_to(&to, &frame) {
+                            if let Err(e) = transport.send_to_announced(&to, &frame).and_then(|()| self.send_revocations(transport.as_mut(), Some(&to))) {
                                 tracing::debug!("cannot answer a hello: {e}");
                             }
                         }
@@ -1554,7 +1773,7 @@ impl Node {
                                 join_hellos = JOIN_HELLO_DELAYS.iter().rev().map(|d| now + *d).collect();
                             }
                             if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello)
-                                && let Err(e) = transport.send_to(&to, &frame)
+                                && let Err(e) = transport.send_to_announced(&to, &frame).and_then(|()| self.send_revocations(transport.as_mut(), Some(&to)))
                             {
                                 tracing::debug!("cannot send hello to a new connection: {e}");
                             }
@@ -1562,10 +1781,27 @@ impl Node {
                         }
                         Some(Incoming::Frame(frame)) => frame,
                     };
-                    let node = self.clone();
                     let max = transport.max_frame_bytes();
                     let InboundFrame { bytes, from, ack } = frame;
-                    let res = tokio::task::spawn_blocking(move || node.receive_frame(&bytes, &from, max)).await;
+                    if let Err(rejection) = self.inner.gate.admit(&bytes, &from, max) {
+                        // Refused before any blocking work: no transaction, no outbox scan.
+                        let handled = self.refuse(rejection).await;
+                        if let Some(ack) = ack {
+                            let _ = ack.send(handled);
+                        }
+                        continue;
+                    }
+                    let node = self.clone();
+                    let source = ingress::Source { verified: transport.source_verified(&from), from };
+                    let res = tokio::task::spawn_blocking(move || {
+                        let handled = node.receive_frame(&bytes, &source, max);
+                        (handled, source.from)
+                    })
+                    .await;
+                    let (res, from) = match res {
+                        Ok((handled, from)) => (Ok(handled), from),
+                        Err(e) => (Err(e), String::new()),
+                    };
                     let handled = match res {
                         Ok(Ok(handled)) => handled,
                         Ok(Err(e)) => {
@@ -1582,9 +1818,10 @@ impl Node {
                         Some(ack) => {
                             let _ = ack.send(handled);
                         }
+                        // Answers go to the requester only, never to every peer.
                         None => {
                             for frame in handled.replies {
-                                if let Err(e) = transport.broadcast(&frame) {
+                                if let Err(e) = transport.send_to(&from, &frame) {
                                     tracing::debug!("cannot send sync answer: {e}");
                                 }
                             }
@@ -1661,7 +1898,8 @@ impl Node {
     }
 }
 
-/// Says at every start when tasks will run without the full sandbox, or not at all.
+/// Says at every start on a network (any transport) when tasks will run without the full
+/// sandbox, or not at all.
 fn warn_about_sandbox(status: &SandboxStatus) {
     match status.policy {
         SandboxPolicy::None => tracing::warn!(
@@ -1707,19 +1945,10 @@ fn verdict(reason: RejectReason) -> Acceptance {
         | RejectReason::UnknownSender
         | RejectReason::Replay
         | RejectReason::Expired
-        | RejectReason::Rule => Acceptance::Ignore,
-    }
-}
-
-/// The counter a run's outcome bumps (shown by `/metrics` as runner outcomes).
-fn run_counter(
-    outcome: &std::result::Result<runner::RunOutcome, runner::RunnerError>,
-) -> &'static str {
-    match outcome {
-        Err(_) => "runs.errored",
-        Ok(o) if o.timed_out => "runs.timed_out",
-        Ok(o) if o.success() => "runs.succeeded",
-        Ok(_) => "runs.failed",
+        | RejectReason::Rule
+        | RejectReason::NotAdmitted
+        | RejectReason::RateLimited
+        | RejectReason::LamportAhead => Acceptance::Ignore,
     }
 }
 
@@ -1734,6 +1963,12 @@ enum Via {
 
 /// Envelopes remembered in memory to recognise relayed copies without a transaction.
 const RECENT_FRAMES: usize = 65_536;
+
+/// Sync requesters whose credit is tracked at once.
+const SYNC_REQUESTERS: usize = 4096;
+
+/// Bytes a sync batch's envelope may add to its payload beyond [`envelope::OVERHEAD`].
+const BATCH_FRAME_SLACK: usize = 16;
 
 /// Most seeds listed in one digest (about 40 bytes each, so a digest fits one datagram).
 const DIGEST_LIMIT: usize = 1200;

@@ -23,7 +23,8 @@
 //!   `RLIMIT_NPROC`, see [`RunnerConfig`]) are applied to the shell before it
 //!   starts, as both soft and hard limits, so the task cannot raise them again.
 //!   Core dumps are disabled (`RLIMIT_CORE = 0`).
-//! * When the timeout fires, the whole process group is killed with
+//! * When the timeout fires, or the run is interrupted (see
+//!   [`run_interruptible`]), the whole process group is killed with
 //!   `SIGKILL`. After the main shell exits on its own, the group is killed as
 //!   well. In a PID namespace every process the task started dies with it,
 //!   even one that left the process group (`setsid`); without one, such a
@@ -35,6 +36,7 @@
 //! enforced and it kills the direct child process only (not its
 //! descendants). No resource limits are applied.
 
+use std::future::Future;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -127,6 +129,11 @@ pub struct RunnerConfig {
     /// `sandbox = "best_effort"` tasks then run under Landlock and seccomp
     /// only (level `partial`), and `required` refuses to run.
     pub namespaces: bool,
+    /// How long a stopping node lets a task in progress finish on its own, in
+    /// milliseconds (default `0`: none). A task still running after that is
+    /// killed (its whole process group, or its PID namespace) and its result
+    /// is recorded as interrupted (`TaskResult::interrupted`).
+    pub stop_grace_ms: u64,
 }
 
 impl Default for RunnerConfig {
@@ -145,6 +152,7 @@ impl Default for RunnerConfig {
             user: "nobody".into(),
             disk_quota_bytes: 256 * 1024 * 1024,
             namespaces: true,
+            stop_grace_ms: 0,
         }
     }
 }
@@ -221,6 +229,9 @@ pub struct RunOutcome {
     pub signal: Option<i32>,
     /// Whether the wall-clock timeout fired and the task was killed.
     pub timed_out: bool,
+    /// Whether the run was interrupted (see [`run_interruptible`]) and the
+    /// task was killed.
+    pub interrupted: bool,
     /// Wall-clock start time, in milliseconds since the Unix epoch.
     pub started_at_ms: u64,
     /// `started_at_ms + duration_ms` (immune to wall-clock jumps during the run).
@@ -244,10 +255,11 @@ pub struct RunOutcome {
 }
 
 impl RunOutcome {
-    /// `true` when the command exited with code 0 and did not time out.
+    /// `true` when the command exited with code 0, did not time out and was
+    /// not interrupted.
     #[must_use]
     pub fn success(&self) -> bool {
-        self.exit_code == Some(0) && !self.timed_out
+        self.exit_code == Some(0) && !self.timed_out && !self.interrupted
     }
 }
 
@@ -307,6 +319,24 @@ pub enum RunnerError {
 /// Must be called within a Tokio runtime with the time driver enabled (as set
 /// up by `#[tokio::main]`); it uses two blocking-pool threads per run.
 pub async fn run(req: RunRequest<'_>, cfg: &RunnerConfig) -> Result<RunOutcome, RunnerError> {
+    run_interruptible(req, cfg, std::future::pending()).await
+}
+
+/// [`run`], ended early when `interrupt` completes: the task's process group
+/// is then killed with `SIGKILL` and reaped, the output so far is hashed, and
+/// the returned [`RunOutcome`] says [`interrupted`](RunOutcome::interrupted).
+/// When this returns, no process of the task is left (with a PID namespace:
+/// none at all; without one, a process that left the group with `setsid` may
+/// survive, as after a timeout).
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_interruptible(
+    req: RunRequest<'_>,
+    cfg: &RunnerConfig,
+    interrupt: impl Future<Output = ()>,
+) -> Result<RunOutcome, RunnerError> {
     validate(&req)?;
     let needs = TaskNeeds {
         network: req.network,
@@ -319,7 +349,7 @@ pub async fn run(req: RunRequest<'_>, cfg: &RunnerConfig) -> Result<RunOutcome, 
         path: Some(workdir.clone()),
         keep: cfg.keep_work_dirs,
     };
-    let result = execute(&req, cfg, &workdir, needs).await;
+    let result = execute(&req, cfg, &workdir, needs, interrupt).await;
     dir_guard.finish().await;
     match &result {
         Ok(outcome) => tracing::debug!(
@@ -327,6 +357,7 @@ pub async fn run(req: RunRequest<'_>, cfg: &RunnerConfig) -> Result<RunOutcome, 
             exit_code = ?outcome.exit_code,
             signal = ?outcome.signal,
             timed_out = outcome.timed_out,
+            interrupted = outcome.interrupted,
             duration_ms = outcome.duration_ms,
             output_bytes = outcome.output_bytes,
             "task finished"
@@ -752,49 +783,66 @@ fn wait_exited_unreaped(pid: libc::pid_t) -> io::Result<()> {
     }
 }
 
-/// Waits for the main child, enforcing the timeout. Returns the exit status,
-/// whether the timeout fired, and when the child was seen to exit.
+/// How the wait for the main child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The child exited on its own.
+    Exited,
+    /// The wall-clock timeout fired; the task was killed.
+    TimedOut,
+    /// The run was interrupted; the task was killed.
+    Interrupted,
+}
+
+/// Waits for the main child, enforcing the timeout and the interruption.
+/// Returns the exit status, how the wait ended, and when the child was seen
+/// to exit.
 #[cfg(unix)]
 async fn wait_child(
     guard: &mut ChildGuard,
     timeout: Duration,
-) -> Result<(ExitStatus, bool, Instant), RunnerError> {
+    interrupt: impl Future<Output = ()>,
+) -> Result<(ExitStatus, Ended, Instant), RunnerError> {
     let pid = guard.pgid;
     let mut exited = tokio::task::spawn_blocking(move || wait_exited_unreaped(pid));
-    let timed_out = match tokio::time::timeout(timeout, &mut exited).await {
-        Ok(res) => {
+    let ended = tokio::select! {
+        res = &mut exited => {
             res.map_err(join_error)?.map_err(RunnerError::Io)?;
-            false
+            Ended::Exited
         }
-        Err(_elapsed) => {
-            guard.kill_group();
-            match tokio::time::timeout(KILL_GRACE, &mut exited).await {
-                Ok(res) => res.map_err(join_error)?.map_err(RunnerError::Io)?,
-                Err(_elapsed) => {
-                    return Err(RunnerError::Io(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "task process did not exit after SIGKILL",
-                    )));
-                }
-            }
-            true
-        }
+        () = tokio::time::sleep(timeout) => Ended::TimedOut,
+        () = interrupt => Ended::Interrupted,
     };
+    if ended != Ended::Exited {
+        guard.kill_group();
+        match tokio::time::timeout(KILL_GRACE, &mut exited).await {
+            Ok(res) => res.map_err(join_error)?.map_err(RunnerError::Io)?,
+            Err(_elapsed) => {
+                return Err(RunnerError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "task process did not exit after SIGKILL",
+                )));
+            }
+        }
+    }
     let exited_at = Instant::now();
     // Kill whatever the task left running in its group (background jobs),
     // while the unreaped main child still pins the process group id.
     guard.kill_group();
     let status = guard.reap().map_err(RunnerError::Io)?;
-    Ok((status, timed_out, exited_at))
+    Ok((status, ended, exited_at))
 }
 
-/// Waits for the main child, enforcing the timeout (polling variant).
+/// Waits for the main child, enforcing the timeout and the interruption
+/// (polling variant).
 #[cfg(not(unix))]
 async fn wait_child(
     guard: &mut ChildGuard,
     timeout: Duration,
-) -> Result<(ExitStatus, bool, Instant), RunnerError> {
+    interrupt: impl Future<Output = ()>,
+) -> Result<(ExitStatus, Ended, Instant), RunnerError> {
     let start = Instant::now();
+    let mut interrupt = std::pin::pin!(interrupt);
     loop {
         let polled = match guard.child.as_mut() {
             Some(child) => child.try_wait().map_err(RunnerError::Io)?,
@@ -806,15 +854,22 @@ async fn wait_child(
         };
         if let Some(status) = polled {
             guard.child = None;
-            return Ok((status, false, Instant::now()));
+            return Ok((status, Ended::Exited, Instant::now()));
         }
         let elapsed = start.elapsed();
         if elapsed >= timeout {
             guard.kill_group();
             let status = guard.reap().map_err(RunnerError::Io)?;
-            return Ok((status, true, Instant::now()));
+            return Ok((status, Ended::TimedOut, Instant::now()));
         }
-        tokio::time::sleep(WAIT_POLL.min(timeout - elapsed)).await;
+        tokio::select! {
+            () = tokio::time::sleep(WAIT_POLL.min(timeout - elapsed)) => {}
+            () = &mut interrupt => {
+                guard.kill_group();
+                let status = guard.reap().map_err(RunnerError::Io)?;
+                return Ok((status, Ended::Interrupted, Instant::now()));
+            }
+        }
     }
 }
 
@@ -1012,6 +1067,7 @@ async fn execute(
     cfg: &RunnerConfig,
     workdir: &Path,
     needs: TaskNeeds,
+    interrupt: impl Future<Output = ()>,
 ) -> Result<RunOutcome, RunnerError> {
     let mut isolation = Isolation::new(cfg, needs, workdir)?;
     let (reader, writer) = io::pipe().map_err(RunnerError::Io)?;
@@ -1053,7 +1109,7 @@ async fn execute(
         tokio::task::spawn_blocking(move || pump_output(reader, &capture, &cancel, cap))
     };
 
-    let (status, timed_out, exited_at) = wait_child(&mut guard, req.timeout).await?;
+    let (status, ended, exited_at) = wait_child(&mut guard, req.timeout, interrupt).await?;
     let duration_ms =
         u64::try_from(exited_at.duration_since(start).as_millis()).unwrap_or(u64::MAX);
 
@@ -1090,7 +1146,8 @@ async fn execute(
     Ok(RunOutcome {
         exit_code: status.code(),
         signal,
-        timed_out,
+        timed_out: ended == Ended::TimedOut,
+        interrupted: ended == Ended::Interrupted,
         started_at_ms,
         finished_at_ms: started_at_ms.saturating_add(duration_ms),
         duration_ms,

@@ -18,8 +18,8 @@ use utoipa::ToSchema;
 
 use crate::error::{Error, ErrorKind};
 use crate::model::{
-    Award, Bid, BidId, Body, Message, MessageId, MessageKind, Millis, NodeId, Seed, SeedId,
-    SeedStatus, Settlement, SettlementOutcome, TaskResult,
+    Award, Bid, BidId, Body, Message, MessageId, MessageKind, Millis, NodeId, RoundEnd, Seed,
+    SeedId, SeedStatus, Settlement, SettlementOutcome, TaskResult,
 };
 
 /// Why a message was not applied (yet), or why a local operation is refused.
@@ -115,6 +115,12 @@ pub enum Violation {
         /// The bidder.
         bidder: NodeId,
     },
+    /// A publisher may not bid on its own seed (rules 2 in the fold; every seed locally).
+    #[error("the publisher of seed {seed_id} may not bid on it")]
+    OwnSeed {
+        /// The seed.
+        seed_id: SeedId,
+    },
     /// Bidding is still open, so there is no winner yet.
     #[error(
         "bidding on seed {seed_id} is still open: the winner is decided when the window closes at {window_end} (unix ms) or when {max_bids} bids have arrived"
@@ -158,6 +164,62 @@ pub enum Violation {
         seed_id: SeedId,
         /// The node that tried.
         node: NodeId,
+    },
+    /// The seed follows a rule version this node does not know.
+    #[error(
+        "seed {seed_id} follows rule version {rules}, which this node does not know (it knows 1 to {known})"
+    )]
+    UnknownRules {
+        /// The seed.
+        seed_id: SeedId,
+        /// The seed's rule version.
+        rules: u32,
+        /// The newest rule version this node knows.
+        known: u32,
+    },
+    /// Deadline decisions exist only under rules 2.
+    #[error("seed {seed_id} follows rules 1, which have no deadlines")]
+    NoDeadlines {
+        /// The seed.
+        seed_id: SeedId,
+    },
+    /// A reassignment, failure or late cancellation that the rules do not allow (yet).
+    #[error("the publisher's decision on seed {seed_id} does not hold: {reason}")]
+    InvalidDecision {
+        /// The seed.
+        seed_id: SeedId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A decision about a later round than the seed has reached.
+    #[error("seed {seed_id} has not reached round {round} yet")]
+    RoundNotReached {
+        /// The seed.
+        seed_id: SeedId,
+        /// The round the message is about.
+        round: u32,
+    },
+    /// The node acted after its deadline and the publisher ended its round.
+    #[error(
+        "node {node} acted after the deadline of round {round} of seed {seed_id}, which the publisher ended"
+    )]
+    Lapsed {
+        /// The seed.
+        seed_id: SeedId,
+        /// The node that acted too late.
+        node: NodeId,
+        /// Its round.
+        round: u32,
+    },
+    /// A local step comes after its deadline.
+    #[error("too late to {action} seed {seed_id}: the deadline was {deadline} (unix ms)")]
+    DeadlinePassed {
+        /// The seed.
+        seed_id: SeedId,
+        /// What was attempted.
+        action: Action,
+        /// The deadline.
+        deadline: Millis,
     },
     /// A settlement's amount is not the winning price.
     #[error("settlement amount {got} for seed {seed_id} must be the winning price {expected}")]
@@ -207,6 +269,10 @@ pub enum Action {
     Run,
     /// Settle.
     Settle,
+    /// Reassign to the next best bid.
+    Reassign,
+    /// Declare a round failed.
+    Fail,
 }
 
 impl std::fmt::Display for Action {
@@ -218,6 +284,8 @@ impl std::fmt::Display for Action {
             Action::Claim => "claim",
             Action::Run => "run",
             Action::Settle => "settle",
+            Action::Reassign => "reassign",
+            Action::Fail => "declare failed",
         })
     }
 }
@@ -263,6 +331,30 @@ pub struct AwardView {
     pub price: Option<u64>,
     /// When bidding closed (Unix ms).
     pub closed_at: Millis,
+    /// The current round: 0 for the award, one more for every reassignment (rules 2). The
+    /// `winner`, `winner_node` and `price` above are the current round's.
+    #[serde(default)]
+    pub round: u32,
+    /// When the current round started: the award's or the latest reassignment's time.
+    #[serde(default)]
+    pub round_started_at: Millis,
+}
+
+/// An earlier round of an awarded seed (rules 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PastRound {
+    /// The round number (0 is the award).
+    pub round: u32,
+    /// The bid that won the round.
+    pub winner: BidId,
+    /// Its bidder.
+    pub winner_node: NodeId,
+    /// When it claimed, if it did (Unix ms).
+    pub claimed_at: Option<Millis>,
+    /// How the round ended.
+    pub ended: RoundEnd,
+    /// When the publisher ended it (Unix ms).
+    pub ended_at: Millis,
 }
 
 /// The claim as part of a seed's state.
@@ -307,6 +399,12 @@ pub struct SeedView {
     pub settlement: Option<SettlementView>,
     /// When the publisher cancelled it (Unix ms).
     pub cancelled_at: Option<Millis>,
+    /// When the publisher declared the current round failed (Unix ms; status `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<Millis>,
+    /// Earlier rounds, oldest first (rules 2: rounds whose winner did not claim or failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past_rounds: Vec<PastRound>,
     /// Time of the latest applied message (Unix ms).
     pub updated_at: Millis,
 }
@@ -346,6 +444,147 @@ impl SeedView {
     }
 }
 
+impl SeedView {
+    /// Until when (Unix ms) the current round's winner may claim (rules 2, awarded seeds).
+    pub fn claim_deadline(&self) -> Option<Millis> {
+        let d = self.seed.deadlines()?;
+        let award = self.award.as_ref()?;
+        award.winner.as_ref()?;
+        Some(
+            award
+                .round_started_at
+                .saturating_add(d.claim_secs.saturating_mul(1000)),
+        )
+    }
+
+    /// Until when (Unix ms) the claimer may report its result: the claim time plus the seed's
+    /// timeout plus its result grace (rules 2, claimed seeds).
+    pub fn result_deadline(&self) -> Option<Millis> {
+        let d = self.seed.deadlines()?;
+        let claim = self.claim.as_ref()?;
+        Some(
+            claim.claimed_at.saturating_add(
+                self.seed
+                    .timeout_secs
+                    .saturating_add(d.result_grace_secs)
+                    .saturating_mul(1000),
+            ),
+        )
+    }
+
+    /// Until when (Unix ms) the publisher's operator may settle a completed seed before its
+    /// node settles by the result (rules 2).
+    pub fn settle_deadline(&self) -> Option<Millis> {
+        let d = self.seed.deadlines()?;
+        let result = self.result.as_ref()?;
+        Some(
+            result
+                .finished_at
+                .saturating_add(d.settle_secs.saturating_mul(1000)),
+        )
+    }
+
+    /// The considered bid that wins the next round: the best by the winner rule among bidders
+    /// that have not had a round yet.
+    pub fn next_winner(&self) -> Option<&BidView> {
+        let award = self.award.as_ref()?;
+        let had: HashSet<&NodeId> = self
+            .past_rounds
+            .iter()
+            .map(|r| &r.winner_node)
+            .chain(award.winner_node.as_ref())
+            .collect();
+        award
+            .considered
+            .iter()
+            .filter_map(|id| self.bids.iter().find(|b| &b.bid.id == id))
+            .filter(|b| !had.contains(&b.bid.bidder))
+            .min_by(|a, b| winner_order(a, b))
+    }
+
+    /// The reassignment that starts the next round (after the current round failed, or its
+    /// winner let the claim window pass).
+    pub fn reassignment(&self) -> Option<crate::model::Reassignment> {
+        let award = self.award.as_ref()?;
+        Some(crate::model::Reassignment {
+            seed_id: self.seed.id.clone(),
+            round: award.round + 1,
+            winner: self.next_winner().map(|b| b.bid.id.clone()),
+            after: if self.status == SeedStatus::Failed {
+                RoundEnd::Failed
+            } else {
+                RoundEnd::Unclaimed
+            },
+        })
+    }
+
+    /// The decision the publisher's node owes at `now`, if any: close bidding when it is due,
+    /// and under rules 2 (each [`DECISION_MARGIN_MS`] after its deadline) reassign a seed whose
+    /// winner did not claim, fail a round without a result, and settle a completed seed by its
+    /// result when the operator did not. A failed round waits for the operator (reassign or
+    /// cancel).
+    pub fn due_decision(&self, now: Millis) -> Option<Body> {
+        if let Some(award) = self.due_award(now) {
+            return Some(Body::BiddingClosed(award));
+        }
+        let past = |deadline: Option<Millis>| {
+            deadline.is_some_and(|d| now >= d.saturating_add(DECISION_MARGIN_MS))
+        };
+        match self.status {
+            SeedStatus::Open if past(self.claim_deadline()) => {
+                self.reassignment().map(Body::SeedReassigned)
+            }
+            SeedStatus::Claimed if past(self.result_deadline()) => {
+                Some(Body::SeedFailed(crate::model::Failure {
+                    seed_id: self.seed.id.clone(),
+                    round: self.award.as_ref().map_or(0, |a| a.round),
+                }))
+            }
+            SeedStatus::Completed if self.settlement.is_none() && past(self.settle_deadline()) => {
+                let success = self.result.as_ref().is_some_and(|r| r.success);
+                Some(Body::SeedSettled(Settlement {
+                    seed_id: self.seed.id.clone(),
+                    outcome: if success {
+                        SettlementOutcome::Accepted
+                    } else {
+                        SettlementOutcome::Rejected
+                    },
+                    amount: if success {
+                        self.award.as_ref().and_then(|a| a.price).unwrap_or(0)
+                    } else {
+                        0
+                    },
+                    note: "settled by the node: the settlement window passed".into(),
+                }))
+            }
+            _ => None,
+        }
+    }
+
+    /// From when (Unix ms) [`SeedView::due_decision`] has a decision for this state, if it
+    /// ever will without another message: the end of the bid window (at once when `max_bids`
+    /// bids are in), or a rules-2 deadline plus [`DECISION_MARGIN_MS`]. A node schedules its
+    /// next look at the seeds it published by this, instead of looking after every message.
+    pub fn next_decision_at(&self) -> Option<Millis> {
+        let after =
+            |deadline: Option<Millis>| deadline.map(|d| d.saturating_add(DECISION_MARGIN_MS));
+        match self.status {
+            SeedStatus::Open if self.award.is_none() => {
+                let bidders: HashSet<&NodeId> = self.bids.iter().map(|b| &b.bid.bidder).collect();
+                if bidders.len() >= self.seed.max_bids as usize {
+                    Some(0)
+                } else {
+                    Some(self.seed.window_end())
+                }
+            }
+            SeedStatus::Open => after(self.claim_deadline()),
+            SeedStatus::Claimed => after(self.result_deadline()),
+            SeedStatus::Completed if self.settlement.is_none() => after(self.settle_deadline()),
+            _ => None,
+        }
+    }
+}
+
 /// The winner rule: lowest price, then earliest placement, then lowest bidder id, then lowest
 /// bid id.
 pub fn winner_order(a: &BidView, b: &BidView) -> Ordering {
@@ -372,12 +611,19 @@ fn kind_rank(kind: MessageKind) -> u8 {
         MessageKind::SeedCreated => 0,
         MessageKind::BidPlaced => 1,
         // Publisher decisions share one sequence so that the earliest one wins.
-        MessageKind::BiddingClosed | MessageKind::SeedCancelled => 2,
+        MessageKind::BiddingClosed
+        | MessageKind::SeedCancelled
+        | MessageKind::SeedReassigned
+        | MessageKind::SeedFailed => 2,
         MessageKind::SeedClaimed => 3,
         MessageKind::ResultReported => 4,
         MessageKind::SeedSettled => 5,
     }
 }
+
+/// How long after a deadline the publisher's node waits before acting on it, so that a step
+/// taken just in time has arrived (network delay, clock skew).
+pub const DECISION_MARGIN_MS: Millis = 2_000;
 
 /// Computes the state of one seed from every message about it, in any order, with
 /// duplicates. All messages must concern the same seed.
@@ -388,65 +634,513 @@ pub fn fold<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Folded {
     });
     msgs.dedup_by(|a, b| a.id == b.id);
 
-    let mut verdicts = BTreeMap::new();
+    let mut verdicts: BTreeMap<MessageId, Verdict> = BTreeMap::new();
     let mut view: Option<SeedView> = None;
-    let mut rejected_bids: HashSet<&BidId> = HashSet::new();
+    let mut unknown_rules: Option<Violation> = None;
     let mut first_creation: Option<&MessageId> = None;
-
-    for msg in &msgs {
-        let verdict = match msg.check_well_formed() {
-            Err(reason) => Verdict::Rejected {
-                reason: Violation::Malformed { reason },
-            },
-            Ok(()) => match (&msg.body, view.as_mut()) {
-                (Body::SeedCreated(seed), None) => {
-                    first_creation = Some(&msg.id);
-                    view = Some(SeedView {
-                        seed: seed.clone(),
-                        status: SeedStatus::Open,
-                        bids: Vec::new(),
-                        award: None,
-                        claim: None,
-                        result: None,
-                        settlement: None,
-                        cancelled_at: None,
-                        updated_at: msg.timestamp,
-                    });
-                    Verdict::Applied
-                }
-                (Body::SeedCreated(seed), Some(_)) => Verdict::Rejected {
-                    reason: Violation::DuplicateSeed {
-                        seed_id: seed.id.clone(),
-                        first: first_creation.cloned().expect("creation recorded"),
-                    },
-                },
-                (body, None) => Verdict::Pending {
-                    reason: Violation::UnknownSeed {
-                        seed_id: body.seed_id().clone(),
-                    },
-                },
-                (Body::BidPlaced(bid), Some(v)) => {
-                    let verdict = apply_bid(v, msg, bid);
-                    if !matches!(verdict, Verdict::Applied) {
-                        rejected_bids.insert(&bid.id);
-                    }
-                    verdict
-                }
-                (Body::BiddingClosed(award), Some(v)) => apply_award(v, msg, award, &rejected_bids),
-                (Body::SeedCancelled(_), Some(v)) => apply_cancel(v, msg),
-                (Body::SeedClaimed(claim), Some(v)) => apply_claim(v, msg, &claim.bid_id),
-                (Body::ResultReported(result), Some(v)) => apply_result(v, msg, result),
-                (Body::SeedSettled(settlement), Some(v)) => apply_settlement(v, msg, settlement),
-            },
-        };
-        if matches!(verdict, Verdict::Applied)
-            && let Some(v) = view.as_mut()
+    let mut by_rank: [Vec<&Message>; 6] = Default::default();
+    for msg in msgs {
+        // A seed under rules this node does not know is refused as such, not as malformed.
+        if let Body::SeedCreated(seed) = &msg.body
+            && seed.rules > crate::model::rules::CURRENT
         {
-            v.updated_at = v.updated_at.max(msg.timestamp);
+            let reason = Violation::UnknownRules {
+                seed_id: seed.id.clone(),
+                rules: seed.rules,
+                known: crate::model::rules::CURRENT,
+            };
+            if first_creation.is_none() {
+                first_creation = Some(&msg.id);
+                unknown_rules = Some(reason.clone());
+            }
+            verdicts.insert(msg.id.clone(), rejected(reason));
+            continue;
+        }
+        match msg.check_well_formed() {
+            Err(reason) => {
+                verdicts.insert(msg.id.clone(), rejected(Violation::Malformed { reason }));
+            }
+            Ok(()) => by_rank[kind_rank(msg.kind()) as usize].push(msg),
+        }
+    }
+    let [creations, bids, decisions, claims, results, settlements] = by_rank;
+
+    for msg in creations {
+        let Body::SeedCreated(seed) = &msg.body else {
+            continue;
+        };
+        let verdict = match first_creation {
+            None => {
+                first_creation = Some(&msg.id);
+                view = Some(SeedView {
+                    seed: seed.clone(),
+                    status: SeedStatus::Open,
+                    bids: Vec::new(),
+                    award: None,
+                    claim: None,
+                    result: None,
+                    settlement: None,
+                    cancelled_at: None,
+                    failed_at: None,
+                    past_rounds: Vec::new(),
+                    updated_at: msg.timestamp,
+                });
+                Verdict::Applied
+            }
+            Some(first) => rejected(Violation::DuplicateSeed {
+                seed_id: seed.id.clone(),
+                first: first.clone(),
+            }),
+        };
+        verdicts.insert(msg.id.clone(), verdict);
+    }
+    let rest = || {
+        bids.iter()
+            .chain(&decisions)
+            .chain(&claims)
+            .chain(&results)
+            .chain(&settlements)
+    };
+    let Some(mut v) = view else {
+        for msg in rest() {
+            let verdict = match &unknown_rules {
+                Some(reason) => rejected(reason.clone()),
+                None => pending(Violation::UnknownSeed {
+                    seed_id: msg.seed_id().clone(),
+                }),
+            };
+            verdicts.insert(msg.id.clone(), verdict);
+        }
+        return Folded {
+            view: None,
+            verdicts,
+        };
+    };
+
+    let mut rejected_bids: HashSet<&BidId> = HashSet::new();
+    for msg in &bids {
+        let Body::BidPlaced(bid) = &msg.body else {
+            continue;
+        };
+        let verdict = apply_bid(&mut v, msg, bid);
+        if !matches!(verdict, Verdict::Applied) {
+            rejected_bids.insert(&bid.id);
         }
         verdicts.insert(msg.id.clone(), verdict);
     }
-    Folded { view, verdicts }
+
+    lifecycle(
+        &mut v,
+        &mut verdicts,
+        &decisions,
+        &claims,
+        &results,
+        &rejected_bids,
+    );
+
+    for msg in &settlements {
+        let Body::SeedSettled(settlement) = &msg.body else {
+            continue;
+        };
+        let verdict = apply_settlement(&mut v, msg, settlement);
+        verdicts.insert(msg.id.clone(), verdict);
+    }
+
+    for msg in rest() {
+        if matches!(verdicts.get(&msg.id), Some(Verdict::Applied)) {
+            v.updated_at = v.updated_at.max(msg.timestamp);
+        }
+    }
+    Folded {
+        view: Some(v),
+        verdicts,
+    }
+}
+
+/// The lifecycle after bidding: the publisher's first decision (award or cancellation), then
+/// round after round of claim and result, ended under rules 2 by the publisher's deadline
+/// decisions (reassignment, failure, late cancellation). A step taken in time beats the
+/// publisher's decision; a step taken after its deadline loses to it. Every message of
+/// `decisions`, `claims` and `results` gets a verdict.
+fn lifecycle(
+    v: &mut SeedView,
+    verdicts: &mut BTreeMap<MessageId, Verdict>,
+    decisions: &[&Message],
+    claims: &[&Message],
+    results: &[&Message],
+    rejected_bids: &HashSet<&BidId>,
+) {
+    let deadlines = v.seed.deadlines().copied();
+    // 1. The first valid close or cancel, in the publisher's order.
+    for msg in decisions {
+        if v.status != SeedStatus::Open || v.award.is_some() {
+            break;
+        }
+        let verdict = match &msg.body {
+            Body::BiddingClosed(award) => apply_award(v, msg, award, rejected_bids),
+            Body::SeedCancelled(c) if c.after.is_none() => apply_cancel(v, msg),
+            _ => continue,
+        };
+        verdicts.insert(msg.id.clone(), verdict);
+    }
+    // 2. Rounds.
+    let mut why: BTreeMap<&MessageId, Violation> = BTreeMap::new();
+    let used = |verdicts: &BTreeMap<MessageId, Verdict>, m: &Message| verdicts.contains_key(&m.id);
+    if let Some(d) = deadlines {
+        loop {
+            if v.status != SeedStatus::Open {
+                break;
+            }
+            let Some(award) = &v.award else { break };
+            let (Some(bid_id), Some(winner)) = (award.winner.clone(), award.winner_node.clone())
+            else {
+                break;
+            };
+            let round = award.round;
+            let claim_deadline = award
+                .round_started_at
+                .saturating_add(d.claim_secs.saturating_mul(1000));
+            let claim = claims.iter().copied().find(|m| {
+                !used(verdicts, m)
+                    && m.sender == winner
+                    && matches!(&m.body, Body::SeedClaimed(c) if c.bid_id == bid_id)
+            });
+            if claim.is_none_or(|c| c.timestamp > claim_deadline) {
+                // The winner did not claim in time: the publisher's first decision that ends
+                // the round counts.
+                let ended = decisions.iter().copied().find(|m| {
+                    if used(verdicts, m) {
+                        return false;
+                    }
+                    let ok = match &m.body {
+                        Body::SeedCancelled(c) if c.after == Some(RoundEnd::Unclaimed) => Ok(()),
+                        Body::SeedReassigned(r)
+                            if r.round == round + 1 && r.after == RoundEnd::Unclaimed =>
+                        {
+                            check_reassignment(v, r)
+                        }
+                        _ => return false,
+                    }
+                    .and_then(|()| {
+                        if m.sender != v.seed.publisher {
+                            Err(not_publisher(v, Action::Reassign))
+                        } else if m.timestamp < claim_deadline {
+                            Err(invalid_decision(
+                                v,
+                                format!(
+                                    "bidding is closed and the winner of round {round} may claim until {claim_deadline} (unix ms)"
+                                ),
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    });
+                    match ok {
+                        Ok(()) => true,
+                        Err(reason) => {
+                            why.entry(&m.id).or_insert(reason);
+                            false
+                        }
+                    }
+                });
+                if let Some(m) = ended {
+                    if let Some(c) = claim {
+                        verdicts.insert(c.id.clone(), lapsed(v, c, round));
+                    }
+                    verdicts.insert(m.id.clone(), Verdict::Applied);
+                    v.past_rounds.push(PastRound {
+                        round,
+                        winner: bid_id,
+                        winner_node: winner,
+                        claimed_at: None,
+                        ended: RoundEnd::Unclaimed,
+                        ended_at: m.timestamp,
+                    });
+                    end_round(v, m);
+                    continue;
+                }
+            }
+            let Some(c) = claim else { break };
+            verdicts.insert(c.id.clone(), Verdict::Applied);
+            v.status = SeedStatus::Claimed;
+            v.claim = Some(ClaimView {
+                claimer: winner.clone(),
+                bid_id: bid_id.clone(),
+                claimed_at: c.timestamp,
+            });
+            let result_deadline = v.result_deadline().unwrap_or(Millis::MAX);
+            let result = results
+                .iter()
+                .copied()
+                .find(|m| !used(verdicts, m) && m.sender == winner);
+            if result.is_some_and(|r| r.timestamp <= result_deadline) {
+                break;
+            }
+            // No result in time: the publisher's failure of this round counts.
+            let failure = decisions.iter().copied().find(|m| {
+                if used(verdicts, m) {
+                    return false;
+                }
+                let Body::SeedFailed(f) = &m.body else {
+                    return false;
+                };
+                if f.round != round {
+                    return false;
+                }
+                let reason = if m.sender != v.seed.publisher {
+                    not_publisher(v, Action::Fail)
+                } else if m.timestamp < result_deadline {
+                    invalid_decision(
+                        v,
+                        format!(
+                            "the claimer of round {round} has until {result_deadline} (unix ms) to report"
+                        ),
+                    )
+                } else {
+                    return true;
+                };
+                why.entry(&m.id).or_insert(reason);
+                false
+            });
+            let Some(f) = failure else { break };
+            if let Some(r) = result {
+                verdicts.insert(r.id.clone(), lapsed(v, r, round));
+            }
+            verdicts.insert(f.id.clone(), Verdict::Applied);
+            v.status = SeedStatus::Failed;
+            v.failed_at = Some(f.timestamp);
+            // After a failure the publisher may reassign or cancel, at any time.
+            let next = decisions.iter().copied().find(|m| {
+                if used(verdicts, m) || m.sender != v.seed.publisher {
+                    return false;
+                }
+                match &m.body {
+                    Body::SeedCancelled(c) => c.after == Some(RoundEnd::Failed),
+                    Body::SeedReassigned(r)
+                        if r.round == round + 1 && r.after == RoundEnd::Failed =>
+                    {
+                        match check_reassignment(v, r) {
+                            Ok(()) => true,
+                            Err(reason) => {
+                                why.entry(&m.id).or_insert(reason);
+                                false
+                            }
+                        }
+                    }
+                    _ => false,
+                }
+            });
+            let Some(m) = next else { break };
+            verdicts.insert(m.id.clone(), Verdict::Applied);
+            v.past_rounds.push(PastRound {
+                round,
+                winner: bid_id,
+                winner_node: winner,
+                claimed_at: Some(c.timestamp),
+                ended: RoundEnd::Failed,
+                ended_at: f.timestamp,
+            });
+            v.claim = None;
+            v.failed_at = None;
+            v.status = SeedStatus::Open;
+            end_round(v, m);
+        }
+    }
+    // 3. The current round's claim and result (rules 1: the only round).
+    for msg in claims {
+        if used(verdicts, msg) {
+            continue;
+        }
+        let Body::SeedClaimed(claim) = &msg.body else {
+            continue;
+        };
+        let verdict = match claim_check(v, &msg.sender) {
+            Err(verdict) => verdict,
+            Ok(winning) if winning != claim.bid_id => rejected(Violation::NotWinningBidder {
+                seed_id: v.seed.id.clone(),
+                node: msg.sender.clone(),
+            }),
+            Ok(winning) => {
+                v.status = SeedStatus::Claimed;
+                v.claim = Some(ClaimView {
+                    claimer: msg.sender.clone(),
+                    bid_id: winning,
+                    claimed_at: msg.timestamp,
+                });
+                Verdict::Applied
+            }
+        };
+        let verdict = past_winner(v, msg).unwrap_or(verdict);
+        verdicts.insert(msg.id.clone(), verdict);
+    }
+    for msg in results {
+        if used(verdicts, msg) {
+            continue;
+        }
+        let Body::ResultReported(result) = &msg.body else {
+            continue;
+        };
+        let verdict = match run_check(v, &msg.sender) {
+            Err(verdict) => verdict,
+            Ok(()) => {
+                v.status = SeedStatus::Completed;
+                v.result = Some(result.clone());
+                Verdict::Applied
+            }
+        };
+        let verdict = past_winner(v, msg).unwrap_or(verdict);
+        verdicts.insert(msg.id.clone(), verdict);
+    }
+    // 4. Every decision that did not count says why.
+    for msg in decisions {
+        if used(verdicts, msg) {
+            continue;
+        }
+        let verdict = match (&msg.body, deadlines) {
+            (body, _) if msg.sender != v.seed.publisher => rejected(not_publisher(
+                v,
+                match body {
+                    Body::BiddingClosed(_) => Action::Close,
+                    Body::SeedCancelled(_) => Action::Cancel,
+                    Body::SeedFailed(_) => Action::Fail,
+                    _ => Action::Reassign,
+                },
+            )),
+            (Body::BiddingClosed(_), _) => rejected(if v.status == SeedStatus::Open {
+                Violation::BiddingClosed {
+                    seed_id: v.seed.id.clone(),
+                }
+            } else {
+                wrong_status(v, Action::Close)
+            }),
+            (Body::SeedCancelled(_), None) => rejected(if v.status == SeedStatus::Open {
+                Violation::BiddingClosed {
+                    seed_id: v.seed.id.clone(),
+                }
+            } else {
+                wrong_status(v, Action::Cancel)
+            }),
+            (Body::SeedReassigned(_) | Body::SeedFailed(_), None) => {
+                rejected(Violation::NoDeadlines {
+                    seed_id: v.seed.id.clone(),
+                })
+            }
+            (body, Some(_)) => {
+                let current = v.award.as_ref().map(|a| a.round);
+                let action = match body {
+                    Body::SeedCancelled(_) => Action::Cancel,
+                    Body::SeedFailed(_) => Action::Fail,
+                    _ => Action::Reassign,
+                };
+                let failed = v.status == SeedStatus::Failed;
+                // A decision for a later round, or one that waits for the current round to
+                // end the way it says, may still hold once the missing messages arrive.
+                let later = match (body, current) {
+                    (Body::SeedReassigned(r), Some(c)) if r.round > c + 1 => Some(r.round),
+                    (Body::SeedFailed(f), Some(c)) if f.round > c => Some(f.round),
+                    _ => None,
+                };
+                let waits = match (body, current) {
+                    (Body::SeedReassigned(r), Some(c)) => {
+                        r.round == c + 1 && r.after == RoundEnd::Failed && !failed
+                    }
+                    (Body::SeedFailed(f), Some(c)) => f.round == c && v.status == SeedStatus::Open,
+                    (Body::SeedCancelled(cn), Some(_)) => {
+                        cn.after == Some(RoundEnd::Failed) && !failed
+                    }
+                    (_, None) => true,
+                    _ => false,
+                };
+                if let Some(reason) = why.remove(&msg.id) {
+                    rejected(reason)
+                } else if v.status.is_final() || v.status == SeedStatus::Completed {
+                    rejected(wrong_status(v, action))
+                } else if let Some(round) = later {
+                    pending(Violation::RoundNotReached {
+                        seed_id: v.seed.id.clone(),
+                        round,
+                    })
+                } else if waits {
+                    pending(wrong_status(v, action))
+                } else {
+                    rejected(wrong_status(v, action))
+                }
+            }
+            (Body::SeedCreated(_) | Body::BidPlaced(_), _)
+            | (Body::SeedClaimed(_) | Body::ResultReported(_) | Body::SeedSettled(_), None) => {
+                unreachable!("only decisions are ranked with decisions")
+            }
+        };
+        verdicts.insert(msg.id.clone(), verdict);
+    }
+}
+
+/// Ends the current round with the publisher's cancellation or reassignment `m`.
+fn end_round(v: &mut SeedView, m: &Message) {
+    match &m.body {
+        Body::SeedCancelled(_) => {
+            v.status = SeedStatus::Cancelled;
+            v.cancelled_at = Some(m.timestamp);
+        }
+        Body::SeedReassigned(r) => {
+            let next = r
+                .winner
+                .as_ref()
+                .and_then(|id| v.bids.iter().find(|b| &b.bid.id == id))
+                .map(|b| (b.bid.bidder.clone(), b.bid.price));
+            let award = v.award.as_mut().expect("a reassigned seed was awarded");
+            award.round = r.round;
+            award.round_started_at = m.timestamp;
+            award.winner = r.winner.clone();
+            award.winner_node = next.as_ref().map(|(n, _)| n.clone());
+            award.price = next.map(|(_, p)| p);
+            v.status = if r.winner.is_some() {
+                SeedStatus::Open
+            } else {
+                SeedStatus::Expired
+            };
+        }
+        _ => unreachable!("only cancellations and reassignments end a round"),
+    }
+}
+
+/// Checks that a reassignment names the bid the rules pick next.
+fn check_reassignment(v: &SeedView, r: &crate::model::Reassignment) -> Result<(), Violation> {
+    let next = v.next_winner().map(|b| b.bid.id.clone());
+    if next == r.winner {
+        Ok(())
+    } else {
+        Err(invalid_decision(
+            v,
+            match next {
+                Some(b) => format!("the next winner must be the best remaining bid {b}"),
+                None => "no bid is left, so the reassignment must name no winner".into(),
+            },
+        ))
+    }
+}
+
+fn invalid_decision(v: &SeedView, reason: String) -> Violation {
+    Violation::InvalidDecision {
+        seed_id: v.seed.id.clone(),
+        reason,
+    }
+}
+
+fn lapsed(v: &SeedView, m: &Message, round: u32) -> Verdict {
+    rejected(Violation::Lapsed {
+        seed_id: v.seed.id.clone(),
+        node: m.sender.clone(),
+        round,
+    })
+}
+
+/// A claim or result from the winner of an earlier round came after its round ended.
+fn past_winner(v: &SeedView, m: &Message) -> Option<Verdict> {
+    v.past_rounds
+        .iter()
+        .find(|r| r.winner_node == m.sender)
+        .map(|r| lapsed(v, m, r.round))
 }
 
 fn rejected(reason: Violation) -> Verdict {
@@ -475,6 +1169,12 @@ fn not_publisher(v: &SeedView, action: Action) -> Violation {
 
 fn apply_bid(v: &mut SeedView, msg: &Message, bid: &Bid) -> Verdict {
     let seed = &v.seed;
+    // Rules 1 seeds stored before this rule existed fold as they always did.
+    if seed.rules >= crate::model::rules::V2 && msg.sender == seed.publisher {
+        return rejected(Violation::OwnSeed {
+            seed_id: seed.id.clone(),
+        });
+    }
     if bid.price < seed.min_price || bid.price > seed.max_price {
         return rejected(Violation::PriceOutOfRange {
             seed_id: seed.id.clone(),
@@ -597,6 +1297,8 @@ fn apply_award(
         winner_node: best.map(|b| b.bid.bidder.clone()),
         price: best.map(|b| b.bid.price),
         closed_at: msg.timestamp,
+        round: 0,
+        round_started_at: msg.timestamp,
     });
     if best.is_none() {
         v.status = SeedStatus::Expired;
@@ -630,25 +1332,6 @@ fn claim_check(v: &SeedView, node: &NodeId) -> Result<BidId, Verdict> {
     }
 }
 
-fn apply_claim(v: &mut SeedView, msg: &Message, bid_id: &BidId) -> Verdict {
-    match claim_check(v, &msg.sender) {
-        Err(verdict) => verdict,
-        Ok(winning) if &winning != bid_id => rejected(Violation::NotWinningBidder {
-            seed_id: v.seed.id.clone(),
-            node: msg.sender.clone(),
-        }),
-        Ok(winning) => {
-            v.status = SeedStatus::Claimed;
-            v.claim = Some(ClaimView {
-                claimer: msg.sender.clone(),
-                bid_id: winning,
-                claimed_at: msg.timestamp,
-            });
-            Verdict::Applied
-        }
-    }
-}
-
 /// Checks whether `node` may run the seed / report its result now.
 fn run_check(v: &SeedView, node: &NodeId) -> Result<(), Verdict> {
     let not_claimer = || {
@@ -670,22 +1353,13 @@ fn run_check(v: &SeedView, node: &NodeId) -> Result<(), Verdict> {
     }
 }
 
-fn apply_result(v: &mut SeedView, msg: &Message, result: &TaskResult) -> Verdict {
-    if let Err(verdict) = run_check(v, &msg.sender) {
-        return verdict;
-    }
-    v.status = SeedStatus::Completed;
-    v.result = Some(result.clone());
-    Verdict::Applied
-}
-
 fn apply_settlement(v: &mut SeedView, msg: &Message, settlement: &Settlement) -> Verdict {
     if msg.sender != v.seed.publisher {
         return rejected(not_publisher(v, Action::Settle));
     }
     match v.status {
         SeedStatus::Completed => {}
-        SeedStatus::Open | SeedStatus::Claimed => {
+        SeedStatus::Open | SeedStatus::Claimed | SeedStatus::Failed => {
             return pending(wrong_status(v, Action::Settle));
         }
         _ => return rejected(wrong_status(v, Action::Settle)),
@@ -710,7 +1384,8 @@ fn apply_settlement(v: &mut SeedView, msg: &Message, settlement: &Settlement) ->
 }
 
 /// Checks that `node` may place a new bid at `now`, beyond what [`fold`] checks for any bid:
-/// bidding must not be closed and the bid limit must not be reached.
+/// bidding must not be closed, the node must not be the seed's publisher (under any rules) and
+/// the bid limit must not be reached.
 pub fn check_local_bid(v: &SeedView, node: &NodeId, now: Millis) -> Result<(), Violation> {
     let seed_id = v.seed.id.clone();
     if v.status != SeedStatus::Open {
@@ -724,6 +1399,9 @@ pub fn check_local_bid(v: &SeedView, node: &NodeId, now: Millis) -> Result<(), V
             seed_id,
             window_end: v.seed.window_end(),
         });
+    }
+    if node == &v.seed.publisher {
+        return Err(Violation::OwnSeed { seed_id });
     }
     if v.bids.iter().any(|b| &b.bid.bidder == node) {
         return Err(Violation::AlreadyBid {
@@ -740,9 +1418,40 @@ pub fn check_local_bid(v: &SeedView, node: &NodeId, now: Millis) -> Result<(), V
     Ok(())
 }
 
-/// Checks that `node` may claim the seed now; returns the winning bid.
-pub fn check_local_claim(v: &SeedView, node: &NodeId) -> Result<BidId, Violation> {
-    claim_check(v, node).map_err(verdict_reason)
+/// Checks that `node` may claim the seed at `now` (under rules 2, within the claim window);
+/// returns the winning bid.
+pub fn check_local_claim(v: &SeedView, node: &NodeId, now: Millis) -> Result<BidId, Violation> {
+    let bid = claim_check(v, node).map_err(verdict_reason)?;
+    match v.claim_deadline() {
+        Some(deadline) if now > deadline => Err(Violation::DeadlinePassed {
+            seed_id: v.seed.id.clone(),
+            action: Action::Claim,
+            deadline,
+        }),
+        _ => Ok(bid),
+    }
+}
+
+/// Checks that this node, the publisher, may start the next round now: the current round
+/// failed, or its winner let the claim window pass (rules 2).
+pub fn check_local_reassign(v: &SeedView, node: &NodeId, now: Millis) -> Result<(), Violation> {
+    if node != &v.seed.publisher {
+        return Err(not_publisher(v, Action::Reassign));
+    }
+    if v.seed.deadlines().is_none() {
+        return Err(Violation::NoDeadlines {
+            seed_id: v.seed.id.clone(),
+        });
+    }
+    match (v.status, v.claim_deadline()) {
+        (SeedStatus::Failed, _) => Ok(()),
+        (SeedStatus::Open, Some(deadline)) if now >= deadline => Ok(()),
+        (SeedStatus::Open, Some(deadline)) => Err(invalid_decision(
+            v,
+            format!("the winner may claim until {deadline} (unix ms)"),
+        )),
+        _ => Err(wrong_status(v, Action::Reassign)),
+    }
 }
 
 /// Checks that `node` may run the seed now (it is claimed by `node`).

@@ -104,12 +104,44 @@ pub struct Peer {
 /// What a hello did to the peer table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerUpdate {
-    /// A new peer.
+    /// A new peer (which may have taken the place of an evicted one).
     New,
+    /// A new peer refused: the table is full of peers that are neither idle nor hello-only,
+    /// or its source address already has as many peers as allowed.
+    Refused,
     /// A known peer with the same keys.
     Refreshed,
     /// A known node id with different keys: refused.
     KeyMismatch,
+}
+
+/// The limits a new peer is admitted under (see [`Store::upsert_peer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// Most peers in the table.
+    pub max_peers: usize,
+    /// Peers whose latest hello is older than this (Unix ms) are idle.
+    pub idle_before: Millis,
+    /// The IP address the hello came from, when it counts against a per-address cap.
+    pub address: Option<String>,
+    /// Most peers admitted from `address`.
+    pub max_per_address: usize,
+}
+
+/// The largest Lamport counter the store holds (SQLite integers are signed 64-bit); envelopes
+/// with larger counters are refused before they reach the store.
+pub const MAX_LAMPORT: u64 = i64::MAX as u64;
+
+/// A Lamport counter as an SQLite integer, refused (not wrapped) beyond [`MAX_LAMPORT`].
+fn sql_lamport(lamport: u64) -> Result<i64> {
+    i64::try_from(lamport).map_err(|_| {
+        Error::new(
+            ErrorKind::Validation,
+            format!(
+                "Lamport counter {lamport} is beyond the largest the store holds ({MAX_LAMPORT})"
+            ),
+        )
+    })
 }
 
 const PEER_COLUMNS: &str = "SELECT node_id, name, addresses, signing_public, kem_public, key_epoch,
@@ -139,7 +171,12 @@ fn peer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
             addresses: from_json(&addresses, "peer addresses")?,
             first_seen: first as u64,
             last_seen: last as u64,
-            replay_floor: floor as u64,
+            replay_floor: u64::try_from(floor).map_err(|_| {
+                Error::new(
+                    ErrorKind::Store,
+                    format!("corrupt peer {id}: replay floor {floor}"),
+                )
+            })?,
         })
     })())
 }
@@ -233,6 +270,30 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;",
     // 3: each peer's latest verified hello, relayed to late joiners by sync
     "ALTER TABLE peers ADD COLUMN hello BLOB;",
+    // 4: the trust policy: accepted membership certificates and revocations (verified before
+    // they are stored, verified again when loaded)
+    "CREATE TABLE certificates (
+        node_id     TEXT PRIMARY KEY,
+        body        BLOB NOT NULL,
+        received_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE revocations (
+        id          TEXT PRIMARY KEY,
+        body        BLOB NOT NULL,
+        received_at INTEGER NOT NULL
+     ) STRICT;",
+    // 5: Lamport counters within SQLite's range (older versions stored counters >= 2^63
+    // wrapped to negative numbers, and one such counter pinned the clock at 2^64 - 1); peer
+    // activity and admission source for the capped peer table
+    "UPDATE messages SET lamport = 9223372036854775807 WHERE lamport < 0;
+     UPDATE seen SET lamport = NULL WHERE lamport < 0;
+     UPDATE peers SET replay_floor = 0 WHERE replay_floor < 0;
+     UPDATE meta SET value = CAST((SELECT COALESCE(MAX(lamport), 0) FROM messages
+                                   WHERE lamport < 9223372036854775807) AS TEXT)
+      WHERE key = 'lamport' AND (length(value) > 19 OR CAST(value AS INTEGER) >= 9223372036854775807);
+     ALTER TABLE peers ADD COLUMN last_active INTEGER;
+     ALTER TABLE peers ADD COLUMN admitted_from TEXT;
+     CREATE INDEX peers_by_source ON peers(admitted_from);",
 ];
 
 /// The current schema version (SQLite `user_version`).
@@ -472,6 +533,13 @@ impl Store {
                     )?;
                     let (_, verdict) =
                         refold(&tx, message.seed_id(), &message.id, now, &mut events)?;
+                    if matches!(verdict, Verdict::Applied | Verdict::Pending { .. }) {
+                        // An author of stored messages is not evicted for a newcomer.
+                        tx.execute(
+                            "UPDATE peers SET last_active = ?2 WHERE node_id = ?1",
+                            params![message.sender.as_str(), now as i64],
+                        )?;
+                    }
                     match verdict {
                         Verdict::Applied => {
                             bump_counter(&tx, "messages.accepted")?;
@@ -525,10 +593,11 @@ impl Store {
         rows.map(|r| from_json(&r?, "seed view")).collect()
     }
 
-    /// Open seeds published by `publisher` (candidates for closing bidding).
-    pub fn open_seeds_of(&self, publisher: &NodeId) -> Result<Vec<SeedView>> {
+    /// Seeds published by `publisher` that may still owe a decision (open, claimed, completed).
+    pub fn undecided_seeds_of(&self, publisher: &NodeId) -> Result<Vec<SeedView>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT view FROM seeds WHERE status = 'open' AND publisher = ?1 ORDER BY created_at",
+            "SELECT view FROM seeds WHERE status IN ('open', 'claimed', 'completed')
+             AND publisher = ?1 ORDER BY created_at",
         )?;
         let rows = stmt.query_map([publisher.as_str()], |r| r.get::<_, String>(0))?;
         rows.map(|r| from_json(&r?, "seed view")).collect()
@@ -706,6 +775,14 @@ impl Store {
         Ok(())
     }
 
+    /// This node's Lamport clock: the highest counter it stamped or received.
+    pub fn lamport_clock(&self) -> Result<u64> {
+        Ok(self
+            .meta("lamport")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// Forgets seen message ids whose time is up; returns how many. Each sender's replay floor
     /// rises to the highest Lamport counter forgotten, so a replay of a forgotten message is
     /// still recognised, also after a restart.
@@ -869,7 +946,56 @@ impl Store {
             .flatten())
     }
 
-    /// Records a verified hello. A known node id announcing different keys is refused.
+    /// Stores a node's accepted membership certificate (replacing the one held before).
+    pub fn put_certificate(&mut self, node: &NodeId, body: &[u8], now: Millis) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO certificates(node_id, body, received_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(node_id) DO UPDATE SET body = ?2, received_at = ?3",
+            params![node.as_str(), body, now as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Every stored certificate.
+    pub fn certificates(&self) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body FROM certificates ORDER BY node_id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Stores a verified revocation under its id; returns whether it was new.
+    pub fn put_revocation(&mut self, id: &str, body: &[u8], now: Millis) -> Result<bool> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO revocations(id, body, received_at) VALUES (?1, ?2, ?3)",
+            params![id, body, now as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Every stored revocation, oldest first.
+    pub fn revocations(&self) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body FROM revocations ORDER BY received_at, id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many revocations are stored.
+    pub fn revocation_count(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM revocations", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// Records a verified hello. A known node id announcing different keys is refused. A new
+    /// peer is admitted under `admission`: when its source address already has
+    /// `max_per_address` peers it is refused; when the table is full, it takes the place of
+    /// the peer evicted first (idle peers, then peers that never authored a stored message,
+    /// oldest hello first; counted as `peers.evicted`), or is refused if every peer is active.
     pub fn upsert_peer(
         &mut self,
         identity: &PublicIdentity,
@@ -877,6 +1003,7 @@ impl Store {
         addresses: &[String],
         hello: &[u8],
         now: Millis,
+        admission: &Admission,
     ) -> Result<PeerUpdate> {
         let tx = self
             .conn
@@ -910,10 +1037,15 @@ impl Store {
                 PeerUpdate::Refreshed
             }
             None => {
+                if !admit(&tx, admission)? {
+                    bump_counter(&tx, "peers.refused")?;
+                    tx.commit()?;
+                    return Ok(PeerUpdate::Refused);
+                }
                 tx.execute(
                     "INSERT INTO peers(node_id, name, addresses, signing_public, kem_public,
-                         key_epoch, first_seen, last_seen, hello)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                         key_epoch, first_seen, last_seen, hello, admitted_from)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
                     params![
                         identity.node_id.as_str(),
                         name,
@@ -922,7 +1054,8 @@ impl Store {
                         kem,
                         identity.epoch as i64,
                         now as i64,
-                        hello
+                        hello,
+                        admission.address
                     ],
                 )?;
                 PeerUpdate::New
@@ -963,6 +1096,37 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// The runs begun by a process that is gone (it crashed or was killed before it recorded
+    /// a result), as `(seed, pid, started_at)`, oldest first. A run of this process counts as
+    /// live.
+    pub fn orphaned_runs(&self) -> Result<Vec<(SeedId, u32, Millis)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seed_id, pid, started_at FROM runs ORDER BY started_at, seed_id")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut out = Vec::new();
+        for (seed_id, pid, started_at) in rows {
+            let pid = u32::try_from(pid).unwrap_or(0);
+            if pid != 0 && process_alive(pid) {
+                continue;
+            }
+            out.push((
+                SeedId::parse(&seed_id)?,
+                pid,
+                u64::try_from(started_at).unwrap_or(0),
+            ));
+        }
+        Ok(out)
     }
 
     /// Clears the run marker of a seed.
@@ -1023,6 +1187,39 @@ fn load_view(conn: &Connection, id: &SeedId) -> Result<Option<SeedView>> {
     text.map(|t| from_json(&t, "seed view")).transpose()
 }
 
+/// Makes room for one new peer under `admission`; `false` when it must be refused.
+fn admit(tx: &Transaction<'_>, admission: &Admission) -> Result<bool> {
+    if let Some(address) = &admission.address {
+        let from_there: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM peers WHERE admitted_from = ?1",
+            [address],
+            |r| r.get(0),
+        )?;
+        if from_there as u64 >= admission.max_per_address as u64 {
+            return Ok(false);
+        }
+    }
+    loop {
+        let count: i64 = tx.query_row("SELECT COUNT(*) FROM peers", [], |r| r.get(0))?;
+        if (count as u64) < admission.max_peers as u64 {
+            return Ok(true);
+        }
+        let victim: Option<String> = tx
+            .query_row(
+                "SELECT node_id FROM peers WHERE last_seen < ?1 OR last_active IS NULL
+                 ORDER BY last_seen >= ?1, last_active IS NOT NULL, last_seen, node_id LIMIT 1",
+                [admission.idle_before as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(victim) = victim else {
+            return Ok(false);
+        };
+        tx.execute("DELETE FROM peers WHERE node_id = ?1", [&victim])?;
+        bump_counter(tx, "peers.evicted")?;
+    }
+}
+
 fn bump_lamport(tx: &Transaction<'_>, seen: Option<u64>) -> Result<u64> {
     let current: u64 = tx
         .query_row("SELECT value FROM meta WHERE key = 'lamport'", [], |r| {
@@ -1035,6 +1232,12 @@ fn bump_lamport(tx: &Transaction<'_>, seen: Option<u64>) -> Result<u64> {
         None => current.saturating_add(1),
         Some(remote) => current.max(remote),
     };
+    if next > MAX_LAMPORT {
+        return Err(Error::new(
+            ErrorKind::Store,
+            format!("the Lamport clock would pass {MAX_LAMPORT}"),
+        ));
+    }
     tx.execute(
         "INSERT INTO meta(key, value) VALUES ('lamport', ?1)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -1059,7 +1262,7 @@ fn insert_seen(
             now as i64,
             until as i64,
             sender.as_str(),
-            lamport as i64
+            sql_lamport(lamport)?
         ],
     )?;
     Ok(())
@@ -1083,7 +1286,7 @@ fn insert_message(tx: &Transaction<'_>, m: &Message, origin: Origin, now: Millis
             m.seed_id().as_str(),
             m.kind().as_str(),
             m.sender.as_str(),
-            m.lamport as i64,
+            sql_lamport(m.lamport)?,
             m.timestamp as i64,
             to_json(m)?,
             origin.as_str(),
@@ -1156,6 +1359,7 @@ fn applied_event(m: &Message, view: &SeedView) -> EventKind {
             seed_id: r.seed_id.clone(),
             runner: r.runner.clone(),
             success: r.success,
+            interrupted: r.interrupted,
             exit_code: r.exit_code,
             duration_ms: r.duration_ms,
             output_sha256: r.output_sha256.clone(),
@@ -1167,6 +1371,29 @@ fn applied_event(m: &Message, view: &SeedView) -> EventKind {
         },
         Body::SeedCancelled(c) => EventKind::SeedCancelled {
             seed_id: c.seed_id.clone(),
+        },
+        Body::SeedReassigned(r) => {
+            let winner = r
+                .winner
+                .as_ref()
+                .and_then(|id| view.bids.iter().find(|b| &b.bid.id == id));
+            EventKind::SeedReassigned {
+                seed_id: r.seed_id.clone(),
+                round: r.round,
+                winner: r.winner.clone(),
+                winner_node: winner.map(|b| b.bid.bidder.clone()),
+                price: winner.map(|b| b.bid.price),
+            }
+        }
+        Body::SeedFailed(f) => EventKind::SeedFailed {
+            seed_id: f.seed_id.clone(),
+            round: f.round,
+            claimer: view
+                .past_rounds
+                .iter()
+                .find(|r| r.round == f.round)
+                .map(|r| r.winner_node.clone())
+                .or_else(|| view.claim.as_ref().map(|c| c.claimer.clone())),
         },
     }
 }
@@ -1276,4 +1503,141 @@ fn refold(
         .cloned()
         .ok_or_else(|| Error::internal("folded message has no verdict"))?;
     Ok((folded.view, verdict))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{KemSeeds, SigningSeeds};
+    use crate::identity::Identity;
+
+    fn public(tag: u8) -> PublicIdentity {
+        Identity::from_seeds(
+            &SigningSeeds {
+                ed25519: [tag; 32],
+                ml_dsa: [tag; 32],
+            },
+            &KemSeeds {
+                x25519: [tag; 32],
+                ml_kem: [tag; 64],
+            },
+            0,
+        )
+        .public()
+        .clone()
+    }
+
+    fn admission(max_peers: usize, address: Option<&str>) -> Admission {
+        Admission {
+            max_peers,
+            idle_before: 1_000,
+            address: address.map(str::to_owned),
+            max_per_address: 2,
+        }
+    }
+
+    fn ids(store: &Store) -> Vec<NodeId> {
+        store
+            .peers()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.identity.node_id)
+            .collect()
+    }
+
+    #[test]
+    fn a_full_table_evicts_idle_then_hello_only_peers_and_refuses_when_all_are_active() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let p: Vec<PublicIdentity> = (1..=6).map(public).collect();
+        let add = |s: &mut Store, i: usize, now: Millis, a: &Admission| {
+            s.upsert_peer(&p[i], "p", &[], b"hello", now, a).unwrap()
+        };
+        let a = admission(3, None);
+        // 0 is idle (last hello before 1,000), 1 and 2 are active authors.
+        assert_eq!(add(&mut s, 0, 500, &a), PeerUpdate::New);
+        assert_eq!(add(&mut s, 1, 2_000, &a), PeerUpdate::New);
+        assert_eq!(add(&mut s, 2, 3_000, &a), PeerUpdate::New);
+        s.conn
+            .execute(
+                "UPDATE peers SET last_active = 1 WHERE node_id != ?1",
+                [p[0].node_id.as_str()],
+            )
+            .unwrap();
+        // The idle peer makes room first.
+        assert_eq!(add(&mut s, 3, 4_000, &a), PeerUpdate::New);
+        assert!(!ids(&s).contains(&p[0].node_id));
+        // Then the hello-only newcomer 3 goes before active peers.
+        assert_eq!(add(&mut s, 4, 5_000, &a), PeerUpdate::New);
+        assert!(!ids(&s).contains(&p[3].node_id));
+        // All active now: a newcomer is refused, a known peer still refreshes.
+        s.conn
+            .execute("UPDATE peers SET last_active = 1", [])
+            .unwrap();
+        assert_eq!(add(&mut s, 5, 6_000, &a), PeerUpdate::Refused);
+        assert_eq!(add(&mut s, 1, 6_000, &a), PeerUpdate::Refreshed);
+        assert_eq!(ids(&s).len(), 3);
+        assert_eq!(s.counters().unwrap()["peers.evicted"], 2);
+        assert_eq!(s.counters().unwrap()["peers.refused"], 1);
+    }
+
+    #[test]
+    fn one_address_gets_at_most_its_share_of_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let there = admission(100, Some("192.0.2.1"));
+        for tag in 1..=2 {
+            let r = s.upsert_peer(&public(tag), "p", &[], b"h", 2_000, &there);
+            assert_eq!(r.unwrap(), PeerUpdate::New);
+        }
+        let r = s.upsert_peer(&public(3), "p", &[], b"h", 2_000, &there);
+        assert_eq!(r.unwrap(), PeerUpdate::Refused);
+        let elsewhere = admission(100, Some("192.0.2.2"));
+        let r = s.upsert_peer(&public(3), "p", &[], b"h", 2_000, &elsewhere);
+        assert_eq!(r.unwrap(), PeerUpdate::New);
+    }
+
+    #[test]
+    fn counters_beyond_i64_are_refused_and_wrapped_ones_are_repaired_by_the_migration() {
+        assert!(sql_lamport(MAX_LAMPORT).is_ok());
+        let err = sql_lamport(MAX_LAMPORT + 1).unwrap_err();
+        assert!(err.to_string().contains("Lamport counter"), "{err}");
+
+        // A version 3 database as an older build left it after a message with 2^64 - 1.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let s = Store::open(&path, &StoreConfig::default()).unwrap();
+        let id = public(1).node_id;
+        s.conn
+            .execute_batch(&format!(
+                "INSERT INTO meta(key, value) VALUES ('lamport', '18446744073709551615');
+                 INSERT INTO seen(message_id, first_seen, expires_at, sender, lamport)
+                     VALUES ('00', 0, 9, '{id}', -1);
+                 INSERT INTO messages(id, seed_id, kind, sender, lamport, timestamp, body,
+                                      origin, received_at)
+                     VALUES ('01', 's', 'seed_created', '{id}', -1, 0, '{{}}', 'remote', 0),
+                            ('02', 's', 'bid_placed', '{id}', 7, 0, '{{}}', 'remote', 0);
+                 INSERT INTO peers(node_id, name, addresses, signing_public, kem_public,
+                                   key_epoch, first_seen, last_seen, replay_floor)
+                     VALUES ('{id}', 'p', '[]', x'', x'', 0, 0, 0, -1);"
+            ))
+            .unwrap();
+        s.conn
+            .execute_batch(
+                "DROP INDEX peers_by_source; ALTER TABLE peers DROP COLUMN admitted_from;
+                 ALTER TABLE peers DROP COLUMN last_active; DROP TABLE certificates;
+                 DROP TABLE revocations; PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        drop(s);
+        let s = Store::open(&path, &StoreConfig::default()).unwrap();
+        assert_eq!(s.lamport_clock().unwrap(), 7);
+        let q = |sql: &str| -> Option<i64> { s.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(q("SELECT lamport FROM seen"), None);
+        assert_eq!(
+            q("SELECT lamport FROM messages WHERE id = '01'"),
+            Some(i64::MAX)
+        );
+        assert_eq!(q("SELECT replay_floor FROM peers"), Some(0));
+    }
 }

@@ -91,33 +91,50 @@ pub fn compare(ours: &[SeedDigest], theirs: &[SeedDigest]) -> Comparison {
     out
 }
 
+/// CBOR overhead of a batch: map + key + array header (~16 bytes).
+const BATCH_OVERHEAD: usize = 24;
+/// CBOR overhead per item: up to 5 bytes of byte-string header.
+const ITEM_OVERHEAD: usize = 5;
+
 /// Packs envelopes into batches whose encoded payload stays under `max_payload` bytes. An
 /// envelope too large for any batch on its own is left out (it can only travel live).
 pub fn pack(envelopes: Vec<Vec<u8>>, max_payload: usize) -> Vec<Batch> {
-    // CBOR overhead: map + key + array header (~16 bytes) and up to 5 bytes per item header.
-    const BATCH_OVERHEAD: usize = 24;
-    const ITEM_OVERHEAD: usize = 5;
+    let mut queue = envelopes.into();
     let mut batches = Vec::new();
-    let mut current = Vec::new();
+    loop {
+        let batch = next_batch(&mut queue, max_payload, max_payload);
+        if batch.items.is_empty() {
+            return batches;
+        }
+        batches.push(batch);
+    }
+}
+
+/// Takes envelopes from the front of `queue` into one batch whose encoded payload stays under
+/// `room` bytes (at most `max_payload`), in order: it stops at the first envelope that does
+/// not fit, so that a hello is never separated from the envelopes that need it. Envelopes too
+/// large for any batch of `max_payload` are dropped. An empty batch: nothing (more) fits.
+pub fn next_batch(
+    queue: &mut std::collections::VecDeque<Vec<u8>>,
+    room: usize,
+    max_payload: usize,
+) -> Batch {
+    let room = room.min(max_payload);
+    let mut items = Vec::new();
     let mut size = BATCH_OVERHEAD;
-    for e in envelopes {
+    while let Some(e) = queue.front() {
         let item = e.len() + ITEM_OVERHEAD;
         if BATCH_OVERHEAD + item > max_payload {
+            queue.pop_front();
             continue;
         }
-        if size + item > max_payload {
-            batches.push(Batch {
-                items: std::mem::take(&mut current),
-            });
-            size = BATCH_OVERHEAD;
+        if size + item > room {
+            break;
         }
         size += item;
-        current.push(serde_bytes::ByteBuf::from(e));
+        items.extend(queue.pop_front().map(serde_bytes::ByteBuf::from));
     }
-    if !current.is_empty() {
-        batches.push(Batch { items: current });
-    }
-    batches
+    Batch { items }
 }
 
 #[cfg(test)]
@@ -170,5 +187,20 @@ mod tests {
             .collect();
         assert_eq!(flat, envs);
         assert!(pack(vec![vec![0; 20_000]], 10_000).is_empty());
+    }
+
+    #[test]
+    fn a_batch_within_a_budget_stops_at_the_first_envelope_that_does_not_fit() {
+        let mut queue: std::collections::VecDeque<Vec<u8>> =
+            [vec![1; 1000], vec![2; 3000], vec![3; 10], vec![4; 20_000]].into();
+        let b = next_batch(&mut queue, 2000, 10_000);
+        assert_eq!(b.items.len(), 1);
+        // The 3000-byte envelope does not fit in 2000 bytes; the small one behind it waits.
+        assert_eq!(queue.len(), 3);
+        let b = next_batch(&mut queue, 100_000, 10_000);
+        assert_eq!(b.items.len(), 2);
+        // Too large for any batch: dropped, not blocking.
+        assert!(next_batch(&mut queue, 100_000, 10_000).items.is_empty());
+        assert!(queue.is_empty());
     }
 }

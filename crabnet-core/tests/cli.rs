@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use support::{
-    Listeners, Out, Sandbox, is_hex, peers_known, reserve_port, run_bounded_within, seed_view_if,
-    sha256_hex, wait_until,
+    Listeners, Net, Out, Sandbox, is_hex, peers_known, reserve_port, run_bounded_within,
+    seed_view_if, sha256_hex, wait_until,
 };
 
 /// Longest any single short-lived CLI command may take before it counts as hung.
@@ -37,6 +37,51 @@ fn one_node() -> (Sandbox, PathBuf) {
     let sb = sandbox();
     let dir = sb.dir("node");
     (sb, dir)
+}
+
+/// The publisher's node in a [`pair`].
+const PUBLISHER: usize = 0;
+/// The runner's node in a [`pair`].
+const RUNNER: usize = 1;
+
+/// A publisher and a runner: two initialized nodes whose `crabnet listen` processes (UDP on
+/// 127.0.0.1) know each other, so that CLI commands on one data directory reach the other. A
+/// node may not bid on its own seed, so every lifecycle needs both.
+fn pair() -> Net {
+    let mut net = Net::new(2);
+    net.start_mesh(&[PUBLISHER, RUNNER], &[PUBLISHER, RUNNER]);
+    net.wait_mesh(&[PUBLISHER, RUNNER]);
+    net
+}
+
+/// The data directories of a [`pair`]: (publisher, runner).
+fn pair_dirs(net: &Net) -> (PathBuf, PathBuf) {
+    (
+        net.nodes[PUBLISHER].dir.clone(),
+        net.nodes[RUNNER].dir.clone(),
+    )
+}
+
+/// Publishes `extra` on the publisher of `net`, then the runner bids `price` once it knows
+/// the seed; returns the seed id.
+#[track_caller]
+fn publish_and_bid(net: &Net, extra: &[&str], price: &str) -> String {
+    let (pdir, rdir) = pair_dirs(net);
+    let id = publish(&net.sandbox, &pdir, extra);
+    net.wait_seed(RUNNER, &id, "knows the seed", |_| true);
+    net.sandbox
+        .run(&rdir, &["seed", "bid", &id, "--price", price])
+        .ok();
+    id
+}
+
+/// Waits until the runner of `net` sees the seed awarded to itself; returns its view.
+#[track_caller]
+fn wait_runner_award(net: &Net, id: &str) -> Value {
+    let me = net.id(RUNNER).to_owned();
+    net.wait_seed(RUNNER, id, "learns that it won", |v| {
+        v["award"]["winner_node"] == me.as_str()
+    })
 }
 
 /// The CLI-specific ways to run commands in a sandbox.
@@ -328,29 +373,34 @@ fn init_prints_node_id_and_second_init_keeps_it() {
 }
 
 #[test]
-fn single_node_lifecycle() {
-    let (sb, dir) = one_node();
-    let me = node_id(&sb, &dir);
+fn lifecycle_between_a_publisher_and_a_runner() {
+    let mut net = pair();
+    let sb = &net.sandbox;
+    let (pdir, dir) = pair_dirs(&net);
+    let publisher = net.id(PUBLISHER).to_owned();
+    let me = net.id(RUNNER).to_owned();
 
-    let status = sb.run(&dir, &["--json", "status"]).ok().json();
-    for s in [
-        "open",
-        "claimed",
-        "completed",
-        "settled",
-        "expired",
-        "cancelled",
-    ] {
-        assert_eq!(
-            status["seeds_by_status"][s], 0,
-            "fresh node has no {s} seeds: {status}"
-        );
+    for d in [&pdir, &dir] {
+        let status = sb.run(d, &["--json", "status"]).ok().json();
+        for s in [
+            "open",
+            "claimed",
+            "completed",
+            "settled",
+            "expired",
+            "cancelled",
+        ] {
+            assert_eq!(
+                status["seeds_by_status"][s], 0,
+                "fresh node has no {s} seeds: {status}"
+            );
+        }
     }
 
     // Publish: text mode prints the id alone.
     let id = publish(
-        &sb,
-        &dir,
+        sb,
+        &pdir,
         &[
             "--command",
             "echo hello-from-test",
@@ -362,16 +412,26 @@ fn single_node_lifecycle() {
             "50",
         ],
     );
-    let v = show(&sb, &dir, &id);
+    let v = show(sb, &pdir, &id);
     assert_eq!(v["seed"]["id"], id.as_str());
-    assert_eq!(v["seed"]["publisher"], me.as_str());
+    assert_eq!(v["seed"]["publisher"], publisher.as_str());
     assert_eq!(v["seed"]["command"], "echo hello-from-test");
     assert_eq!(v["seed"]["max_bids"], 1);
     assert_eq!(v["status"], "open");
     assert_eq!(v["bids"].as_array().unwrap().len(), 0);
     assert!(v["award"].is_null());
+    let v = net.wait_seed(RUNNER, &id, "knows the seed", |_| true);
+    assert_eq!(v["seed"]["publisher"], publisher.as_str());
 
-    // Bid (a node may bid on its own seed); max-bids 1 closes bidding at once.
+    // The publisher may not bid on its own seed.
+    expect_state_error(
+        sb,
+        &pdir,
+        &["seed", "bid", &id, "--price", "7"],
+        &[&format!("the publisher of seed {id} may not bid on it")],
+    );
+
+    // The runner bids; max-bids 1: the publisher's node closes bidding at once.
     let out = sb.run(&dir, &["seed", "bid", &id, "--price", "7"]).ok();
     assert_eq!(
         out.stdout.trim(),
@@ -379,7 +439,7 @@ fn single_node_lifecycle() {
         "{}",
         out.describe()
     );
-    let v = show(&sb, &dir, &id);
+    let v = wait_runner_award(&net, &id);
     assert_eq!(v["bids"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["bids"][0]["price"], 7);
     assert_eq!(v["bids"][0]["bidder"], me.as_str());
@@ -397,7 +457,7 @@ fn single_node_lifecycle() {
         out.stdout.trim(),
         format!("claimed seed {id} (status: claimed)")
     );
-    let v = show(&sb, &dir, &id);
+    let v = show(sb, &dir, &id);
     assert_eq!(v["status"], "claimed");
     assert_eq!(v["claim"]["claimer"], me.as_str());
 
@@ -418,7 +478,7 @@ fn single_node_lifecycle() {
         out.describe()
     );
 
-    let v = show(&sb, &dir, &id);
+    let v = show(sb, &dir, &id);
     assert_eq!(v["status"], "completed");
     assert_eq!(v["result"]["success"], true);
     assert_eq!(v["result"]["exit_code"], 0);
@@ -428,15 +488,18 @@ fn single_node_lifecycle() {
     assert_eq!(v["result"]["output_bytes"], 16);
     assert_eq!(v["result"]["output_excerpt"], "hello-from-test\n");
 
-    // Settle.
+    // Settle, once the publisher has the result.
+    net.wait_seed(PUBLISHER, &id, "has the result", |v| {
+        v["status"] == "completed"
+    });
     let out = sb
-        .run(&dir, &["seed", "settle", &id, "--note", "thanks"])
+        .run(&pdir, &["seed", "settle", &id, "--note", "thanks"])
         .ok();
     assert_eq!(
         out.stdout.trim(),
         format!("settled seed {id}: accepted (status: settled)")
     );
-    let v = show(&sb, &dir, &id);
+    let v = show(sb, &pdir, &id);
     assert_eq!(v["status"], "settled");
     assert_eq!(v["settlement"]["outcome"], "accepted");
     assert_eq!(
@@ -444,6 +507,15 @@ fn single_node_lifecycle() {
         "amount is the winning bid price: {v}"
     );
     assert_eq!(v["settlement"]["note"], "thanks");
+    let v = net.wait_seed(RUNNER, &id, "learns the settlement", |v| {
+        v["status"] == "settled"
+    });
+    assert_eq!(v["settlement"]["note"], "thanks");
+
+    // From here on the runner's replica is read at rest: its listener stops cleanly, so that
+    // the event log and the database hold the same events.
+    net.stop(RUNNER);
+    let sb = &net.sandbox;
 
     // Text-mode show mentions the essentials.
     let text = sb.run(&dir, &["seed", "show", &id]).ok().stdout;
@@ -485,6 +557,7 @@ fn single_node_lifecycle() {
         seqs.windows(2).all(|w| w[0] < w[1]),
         "seq must increase: {seqs:?}"
     );
+    // The runner saw the whole lifecycle: its own steps and the publisher's.
     let lifecycle = [
         "seed_published",
         "bid_placed",
@@ -552,9 +625,10 @@ fn single_node_lifecycle() {
 
 #[test]
 fn run_of_a_quick_command_finishes_cleanly() {
-    let (sb, dir) = one_node();
-    let id = publish(&sb, &dir, &["--command", "echo quick", "--max-bids", "1"]);
-    sb.run(&dir, &["seed", "bid", &id, "--price", "1"]).ok();
+    let net = pair();
+    let (sb, (_, dir)) = (&net.sandbox, pair_dirs(&net));
+    let id = publish_and_bid(&net, &["--command", "echo quick", "--max-bids", "1"], "1");
+    wait_runner_award(&net, &id);
     sb.run(&dir, &["seed", "claim", &id]).ok();
     let started = Instant::now();
     let out = sb.run(&dir, &["seed", "run", &id]).ok();
@@ -580,51 +654,63 @@ fn run_of_a_quick_command_finishes_cleanly() {
 
 #[test]
 fn successful_commands_print_nothing_on_stderr() {
-    // With max-bids 1 the bid closes bidding; the node's housekeeping task may try to close
-    // the same seed at the same moment, which must not surface as a warning.
-    let (sb, dir) = one_node();
+    // With max-bids 1 the bid closes bidding; the publisher's listener closes it while CLI
+    // processes on both data directories read and write, which must not surface as a warning.
+    let net = pair();
+    let (sb, (pdir, dir)) = (&net.sandbox, pair_dirs(&net));
+    let quiet = |dir: &Path, args: &[&str]| {
+        let out = sb.run(dir, args).ok();
+        assert_eq!(
+            out.stderr,
+            "",
+            "stderr of a successful command: {}",
+            out.describe()
+        );
+        out
+    };
     for i in 0..8 {
-        let out = sb
-            .run(
-                &dir,
-                &["seed", "publish", "--command", "echo x", "--max-bids", "1"],
-            )
-            .ok();
+        let out = quiet(
+            &pdir,
+            &["seed", "publish", "--command", "echo x", "--max-bids", "1"],
+        );
         let id = out.stdout.trim().to_owned();
-        assert_eq!(out.stderr, "", "{}", out.describe());
+        net.wait_seed(RUNNER, &id, "knows the seed", |_| true);
         let price = (i + 1).to_string();
+        quiet(&dir, &["seed", "bid", &id, "--price", &price]);
+        wait_runner_award(&net, &id);
         for args in [
-            &["seed", "bid", &id, "--price", &price][..],
             &["seed", "claim", &id][..],
             &["seed", "show", &id][..],
             &["seed", "list"][..],
             &["status"][..],
         ] {
-            let out = sb.run(&dir, args).ok();
-            assert_eq!(
-                out.stderr,
-                "",
-                "stderr of a successful command: {}",
-                out.describe()
-            );
+            quiet(&dir, args);
+        }
+        for args in [
+            &["seed", "show", &id][..],
+            &["seed", "list"][..],
+            &["status"][..],
+        ] {
+            quiet(&pdir, args);
         }
     }
 }
 
 #[test]
 fn failed_task_is_recorded_and_can_be_rejected() {
-    let (sb, dir) = one_node();
-    let id = publish(
-        &sb,
-        &dir,
+    let net = pair();
+    let (sb, (pdir, dir)) = (&net.sandbox, pair_dirs(&net));
+    let id = publish_and_bid(
+        &net,
         &[
             "--command",
             "echo out; echo err >&2; exit 3",
             "--max-bids",
             "1",
         ],
+        "4",
     );
-    sb.run(&dir, &["seed", "bid", &id, "--price", "4"]).ok();
+    wait_runner_award(&net, &id);
     sb.run(&dir, &["seed", "claim", &id]).ok();
     let out = sb.run(&dir, &["seed", "run", &id]);
     assert!(
@@ -633,7 +719,7 @@ fn failed_task_is_recorded_and_can_be_rejected() {
         "{}",
         out.describe()
     );
-    let v = show(&sb, &dir, &id);
+    let v = show(sb, &dir, &id);
     assert_eq!(
         v["status"], "completed",
         "a failed run is still a result: {v}"
@@ -649,23 +735,33 @@ fn failed_task_is_recorded_and_can_be_rejected() {
     );
     // Only the claimer runs, and only once.
     expect_state_error(
-        &sb,
+        sb,
         &dir,
         &["seed", "run", &id],
         &["cannot run", "completed"],
     );
 
+    // The publisher rejects the failed result (and may not run it either).
+    net.wait_seed(PUBLISHER, &id, "has the result", |v| {
+        v["status"] == "completed"
+    });
+    expect_state_error(
+        sb,
+        &pdir,
+        &["seed", "run", &id],
+        &["cannot run", "completed"],
+    );
     let long_note = "n".repeat(3000);
     expect_error(
-        &sb,
-        &dir,
+        sb,
+        &pdir,
         &["seed", "settle", &id, "--note", &long_note],
         "validation",
         &["note is 3000 bytes"],
     );
     let out = sb
         .run(
-            &dir,
+            &pdir,
             &["seed", "settle", &id, "--reject", "--note", "exit 3"],
         )
         .ok();
@@ -673,45 +769,60 @@ fn failed_task_is_recorded_and_can_be_rejected() {
         out.stdout.trim(),
         format!("settled seed {id}: rejected (status: settled)")
     );
-    let v = show(&sb, &dir, &id);
+    let v = show(sb, &pdir, &id);
     assert_eq!(v["settlement"]["outcome"], "rejected");
     assert_eq!(v["settlement"]["amount"], 0);
     assert_eq!(v["settlement"]["note"], "exit 3");
     expect_state_error(
-        &sb,
-        &dir,
+        sb,
+        &pdir,
         &["seed", "settle", &id],
         &["cannot settle", "settled"],
     );
+    let v = net.wait_seed(RUNNER, &id, "learns the rejection", |v| {
+        v["status"] == "settled"
+    });
+    assert_eq!(v["settlement"]["outcome"], "rejected");
 }
 
 #[test]
 fn bidding_closes_at_window_end_with_the_bids_in() {
-    let (sb, dir) = one_node();
-    let me = node_id(&sb, &dir);
-    let id = publish_echo_x(&sb, &dir, "1", "5");
-    sb.run(&dir, &["seed", "bid", &id, "--price", "4"]).ok();
-    assert!(
-        show(&sb, &dir, &id)["award"].is_null(),
-        "1 of 5 bids: still open"
-    );
-    thread::sleep(Duration::from_millis(1500));
-    let v = show(&sb, &dir, &id);
+    let net = pair();
+    let (sb, (pdir, dir)) = (&net.sandbox, pair_dirs(&net));
+    let me = net.id(RUNNER);
+    // A window long enough for the runner to learn the seed and bid, on a loaded machine.
+    let id = publish_echo_x(sb, &pdir, "3", "5");
+    net.wait_seed(RUNNER, &id, "knows the seed", |_| true);
+    let v = sb
+        .run(&dir, &["--json", "seed", "bid", &id, "--price", "4"])
+        .ok()
+        .json();
+    assert!(v["award"].is_null(), "1 of 5 bids: still open: {v}");
+    // The publisher's node closes bidding once the window has ended, with the bid in.
+    let v = net.wait_seed(PUBLISHER, &id, "closes bidding", |v| !v["award"].is_null());
     assert_eq!(v["status"], "open", "awarded, waiting for the claim: {v}");
-    assert_eq!(v["award"]["winner_node"], me.as_str(), "{v}");
+    assert_eq!(v["award"]["winner_node"], me, "{v}");
     assert_eq!(v["award"]["price"], 4);
+    assert_eq!(v["award"]["considered"].as_array().unwrap().len(), 1, "{v}");
+    assert!(
+        v["award"]["closed_at"].as_u64().unwrap()
+            >= v["seed"]["created_at"].as_u64().unwrap() + 3000,
+        "closed at the window's end: {v}"
+    );
+    wait_runner_award(&net, &id);
     let out = sb.run(&dir, &["seed", "claim", &id]).ok();
     assert!(out.stdout.contains("claimed"), "{}", out.describe());
 }
 
 #[test]
 fn json_output_parses_for_every_command() {
-    let (sb, dir) = one_node();
-    let me = node_id(&sb, &dir);
+    let net = pair();
+    let (sb, (pdir, dir)) = (&net.sandbox, pair_dirs(&net));
+    let me = net.id(RUNNER);
 
     let v = sb
         .run(
-            &dir,
+            &pdir,
             &[
                 "--json",
                 "seed",
@@ -731,13 +842,16 @@ fn json_output_parses_for_every_command() {
     assert!(is_hex(&id, 32));
     assert_eq!(v["status"], "open");
 
+    net.wait_seed(RUNNER, &id, "knows the seed", |_| true);
     let v = sb
         .run(&dir, &["--json", "seed", "bid", &id, "--price", "3"])
         .ok()
         .json();
     assert_eq!(v["seed"]["id"], id.as_str());
     assert_eq!(v["bids"][0]["price"], 3);
-    assert_eq!(v["award"]["winner_node"], me.as_str());
+    assert_eq!(v["bids"][0]["bidder"], me);
+    let v = wait_runner_award(&net, &id);
+    assert_eq!(v["award"]["winner_node"], me);
 
     let v = sb.run(&dir, &["--json", "seed", "claim", &id]).ok().json();
     assert_eq!(v["status"], "claimed");
@@ -749,6 +863,11 @@ fn json_output_parses_for_every_command() {
         sha256_hex(b"json-run").as_str()
     );
 
+    // The rest happens on the publisher.
+    let dir = pdir;
+    net.wait_seed(PUBLISHER, &id, "has the result", |v| {
+        v["status"] == "completed"
+    });
     let v = sb
         .run(
             &dir,
@@ -762,7 +881,7 @@ fn json_output_parses_for_every_command() {
     assert_eq!(v["settlement"]["outcome"], "rejected");
     assert_eq!(v["settlement"]["amount"], 0, "a rejection is worth nothing");
 
-    let other = publish(&sb, &dir, &["--command", "true"]);
+    let other = publish(sb, &dir, &["--command", "true"]);
     let v = sb
         .run(&dir, &["--json", "seed", "cancel", &other])
         .ok()
@@ -1041,11 +1160,15 @@ fn errors_for_invalid_input() {
     // None of the refused publications left a seed behind.
     let list = sb.run(&dir, &["--json", "seed", "list"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+}
 
-    // Bids outside the price range.
+#[test]
+fn errors_for_bids_outside_the_price_range() {
+    let net = pair();
+    let (sb, (pdir, dir)) = (&net.sandbox, pair_dirs(&net));
     let id = publish(
-        &sb,
-        &dir,
+        sb,
+        &pdir,
         &[
             "--command",
             "echo x",
@@ -1055,27 +1178,32 @@ fn errors_for_invalid_input() {
             "10",
         ],
     );
+    net.wait_seed(RUNNER, &id, "knows the seed", |_| true);
     expect_error(
-        &sb,
+        sb,
         &dir,
         &["seed", "bid", &id, "--price", "4"],
         "validation",
         &["price 4", "5..=10"],
     );
     expect_error(
-        &sb,
+        sb,
         &dir,
         &["seed", "bid", &id, "--price", "11"],
         "validation",
         &["price 11", "5..=10"],
     );
     assert_eq!(
-        show(&sb, &dir, &id)["bids"].as_array().unwrap().len(),
+        show(sb, &dir, &id)["bids"].as_array().unwrap().len(),
         0,
         "refused bids are not recorded"
     );
     // Boundaries are inclusive.
     sb.run(&dir, &["seed", "bid", &id, "--price", "10"]).ok();
+    let v = net.wait_seed(PUBLISHER, &id, "has the bid", |v| {
+        v["bids"].as_array().unwrap().len() == 1
+    });
+    assert_eq!(v["bids"][0]["price"], 10);
 }
 
 #[test]
@@ -1115,76 +1243,100 @@ fn errors_for_clap_usage() {
 
 #[test]
 fn errors_for_lifecycle_violations() {
-    let (sb, dir) = one_node();
-    let me = node_id(&sb, &dir);
+    let net = pair();
+    let (sb, (pdir, dir)) = (&net.sandbox, pair_dirs(&net));
+    let me = net.id(RUNNER);
 
     // Long window, five bids needed: bidding stays open.
-    let open = publish_echo_x(&sb, &dir, "3600", "5");
-    sb.run(&dir, &["seed", "bid", &open, "--price", "6"]).ok();
+    let open = publish_and_bid(
+        &net,
+        &[
+            "--command",
+            "echo x",
+            "--bid-window",
+            "3600",
+            "--max-bids",
+            "5",
+        ],
+        "6",
+    );
     expect_state_error(
-        &sb,
+        sb,
         &dir,
         &["seed", "bid", &open, "--price", "6"],
-        &["already bid", &me],
+        &["already bid", me],
     );
-    expect_state_error(&sb, &dir, &["seed", "claim", &open], &["still open"]);
-    expect_state_error(&sb, &dir, &["seed", "run", &open], &["cannot run", "open"]);
+    // The publisher may not bid on its own seed.
     expect_state_error(
-        &sb,
-        &dir,
+        sb,
+        &pdir,
+        &["seed", "bid", &open, "--price", "6"],
+        &["the publisher of seed", &open, "may not bid on it"],
+    );
+    expect_state_error(sb, &dir, &["seed", "claim", &open], &["still open"]);
+    expect_state_error(sb, &dir, &["seed", "run", &open], &["cannot run", "open"]);
+    expect_state_error(
+        sb,
+        &pdir,
         &["seed", "settle", &open],
         &["cannot settle", "open"],
     );
-    let v = show(&sb, &dir, &open);
+    let v = net.wait_seed(PUBLISHER, &open, "has the bid", |v| {
+        !v["bids"].as_array().unwrap().is_empty()
+    });
     assert_eq!(v["status"], "open");
     assert_eq!(
         v["bids"].as_array().unwrap().len(),
         1,
-        "the second bid was not recorded: {v}"
+        "the refused bids were not recorded: {v}"
     );
     assert!(v["award"].is_null());
+    assert_eq!(show(sb, &dir, &open)["bids"].as_array().unwrap().len(), 1);
 
     // One bid closes bidding: no more bids, no cancel; the winner has not claimed, so it
     // may not run; nothing to settle yet.
-    let closed = publish(&sb, &dir, &["--command", "echo x", "--max-bids", "1"]);
-    sb.run(&dir, &["seed", "bid", &closed, "--price", "8"]).ok();
-    assert_eq!(show(&sb, &dir, &closed)["award"]["price"], 8);
+    let closed = publish_and_bid(&net, &["--command", "echo x", "--max-bids", "1"], "8");
+    assert_eq!(wait_runner_award(&net, &closed)["award"]["price"], 8);
     expect_state_error(
-        &sb,
+        sb,
         &dir,
         &["seed", "bid", &closed, "--price", "8"],
         &[&closed],
     );
     expect_state_error(
-        &sb,
-        &dir,
+        sb,
+        &pdir,
         &["seed", "cancel", &closed],
         &["bidding", "closed"],
     );
-    expect_state_error(&sb, &dir, &["seed", "run", &closed], &["cannot run"]);
-    expect_state_error(&sb, &dir, &["seed", "settle", &closed], &["cannot settle"]);
+    expect_state_error(sb, &dir, &["seed", "run", &closed], &["cannot run"]);
+    expect_state_error(sb, &pdir, &["seed", "settle", &closed], &["cannot settle"]);
 
     // Claimed but not run: still nothing to settle; no second claim; no cancel.
     sb.run(&dir, &["seed", "claim", &closed]).ok();
+    net.wait_seed(PUBLISHER, &closed, "has the claim", |v| {
+        v["status"] == "claimed"
+    });
     expect_state_error(
-        &sb,
-        &dir,
+        sb,
+        &pdir,
         &["seed", "settle", &closed],
         &["cannot settle", "claimed"],
     );
     expect_state_error(
-        &sb,
+        sb,
         &dir,
         &["seed", "claim", &closed],
         &["cannot claim", "claimed"],
     );
     expect_state_error(
-        &sb,
-        &dir,
+        sb,
+        &pdir,
         &["seed", "cancel", &closed],
-        &[&closed, "closed"],
+        &["cannot cancel", &closed, "claimed"],
     );
-    assert_eq!(show(&sb, &dir, &closed)["status"], "claimed");
+    assert_eq!(show(sb, &dir, &closed)["status"], "claimed");
+    assert_eq!(show(sb, &pdir, &closed)["status"], "claimed");
 }
 
 #[test]
@@ -1224,25 +1376,31 @@ fn bidding_expires_without_bids() {
 
 #[test]
 fn cancel_while_open_then_bid_fails() {
-    let (sb, dir) = one_node();
-    let id = publish(&sb, &dir, &["--command", "echo x", "--bid-window", "600"]);
-    sb.run(&dir, &["seed", "bid", &id, "--price", "5"]).ok();
+    let net = pair();
+    let (sb, (dir, runner)) = (&net.sandbox, pair_dirs(&net));
+    let id = publish_and_bid(&net, &["--command", "echo x", "--bid-window", "600"], "5");
+    net.wait_seed(PUBLISHER, &id, "has the bid", |v| {
+        !v["bids"].as_array().unwrap().is_empty()
+    });
     let out = sb.run(&dir, &["seed", "cancel", &id]).ok();
     assert_eq!(
         out.stdout.trim(),
         format!("cancelled seed {id} (status: cancelled)")
     );
-    let v = show(&sb, &dir, &id);
+    let v = show(sb, &dir, &id);
     assert_eq!(v["status"], "cancelled");
     assert!(v["cancelled_at"].is_u64(), "{v}");
+    net.wait_seed(RUNNER, &id, "learns the cancellation", |v| {
+        v["status"] == "cancelled"
+    });
     expect_state_error(
-        &sb,
-        &dir,
+        sb,
+        &runner,
         &["seed", "bid", &id, "--price", "5"],
         &["cancelled"],
     );
-    expect_state_error(&sb, &dir, &["seed", "claim", &id], &["cancelled"]);
-    expect_state_error(&sb, &dir, &["seed", "cancel", &id], &["cancelled"]);
+    expect_state_error(sb, &runner, &["seed", "claim", &id], &["cancelled"]);
+    expect_state_error(sb, &dir, &["seed", "cancel", &id], &["cancelled"]);
     let events = sb.run(&dir, &["--json", "events"]).ok().json_lines();
     assert!(event_types(&events).contains(&"seed_cancelled".to_string()));
     let status = sb.run(&dir, &["--json", "status"]).ok().json();
@@ -1252,24 +1410,39 @@ fn cancel_while_open_then_bid_fails() {
 #[test]
 fn two_nodes_over_udp() {
     let sb = sandbox();
-    let (dir_a, dir_b) = (sb.dir("a"), sb.dir("b"));
-    let (port_a, port_b) = (free_udp_port(), free_udp_port());
-    let (addr_a, addr_b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
+    let (dir_a, dir_b, dir_c) = (sb.dir("a"), sb.dir("b"), sb.dir("c"));
+    let (port_a, port_b, port_c) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let (addr_a, addr_b, addr_c) = (
+        format!("127.0.0.1:{port_a}"),
+        format!("127.0.0.1:{port_b}"),
+        format!("127.0.0.1:{port_c}"),
+    );
     let mut nodes = Listeners::default();
-    let la = sb.spawn_listener(&mut nodes, "a", &dir_a, &addr_a, &[&addr_b]);
-    let lb = sb.spawn_listener(&mut nodes, "b", &dir_b, &addr_b, &[&addr_a]);
+    let la = sb.spawn_listener(&mut nodes, "a", &dir_a, &addr_a, &[&addr_b, &addr_c]);
+    let lb = sb.spawn_listener(&mut nodes, "b", &dir_b, &addr_b, &[&addr_a, &addr_c]);
+    // C is a second bidder for the second seed.
+    let lc = sb.spawn_listener(&mut nodes, "c", &dir_c, &addr_c, &[&addr_a, &addr_b]);
     let banner_a = nodes.wait_ready(la, COMMAND_TIMEOUT);
     let banner_b = nodes.wait_ready(lb, COMMAND_TIMEOUT);
+    nodes.wait_ready(lc, COMMAND_TIMEOUT);
     assert!(banner_a.contains(&addr_a), "{banner_a}");
     assert!(banner_b.contains(&addr_b), "{banner_b}");
 
     // CLI commands work on a data directory while its listener runs.
     let id_a = node_id(&sb, &dir_a);
     let id_b = node_id(&sb, &dir_b);
+    let id_c = node_id(&sb, &dir_c);
     assert_ne!(id_a, id_b);
     assert!(banner_a.contains(&id_a), "{banner_a}");
-    wait_for_peer(&sb, &dir_a, &id_b);
-    wait_for_peer(&sb, &dir_b, &id_a);
+    for (dir, others) in [
+        (&dir_a, [&id_b, &id_c]),
+        (&dir_b, [&id_a, &id_c]),
+        (&dir_c, [&id_a, &id_b]),
+    ] {
+        for peer in others {
+            wait_for_peer(&sb, dir, peer);
+        }
+    }
 
     // A publishes through a separate CLI process; A's listener sends it from the outbox.
     let seed = publish(
@@ -1344,7 +1517,7 @@ fn two_nodes_over_udp() {
     let va = show(&sb, &dir_a, &seed);
     assert_eq!(va, vb, "replicas must converge to the same seed state");
 
-    // Two bidders on one seed, the publisher among them: the lowest price wins.
+    // Two bidders on one seed: the lowest price wins. The publisher may not bid on it.
     let seed2 = publish(
         &sb,
         &dir_a,
@@ -1357,7 +1530,16 @@ fn two_nodes_over_udp() {
             "120",
         ],
     );
-    sb.run(&dir_a, &["seed", "bid", &seed2, "--price", "15"])
+    expect_state_error(
+        &sb,
+        &dir_a,
+        &["seed", "bid", &seed2, "--price", "15"],
+        &["may not bid on it"],
+    );
+    wait_for_seed(&sb, &nodes, &dir_c, &seed2, "knows the second seed", |_| {
+        true
+    });
+    sb.run(&dir_c, &["seed", "bid", &seed2, "--price", "15"])
         .ok();
     wait_for_seed(&sb, &nodes, &dir_b, &seed2, "knows the second seed", |_| {
         true
@@ -1374,6 +1556,16 @@ fn two_nodes_over_udp() {
     );
     assert_eq!(v["award"]["price"], 12);
     assert_eq!(v["award"]["considered"].as_array().unwrap().len(), 2);
+    let bidders: Vec<&str> = v["bids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["bidder"].as_str().unwrap())
+        .collect();
+    assert!(
+        bidders.contains(&id_b.as_str()) && bidders.contains(&id_c.as_str()),
+        "{v}"
+    );
     let vb = wait_for_seed(
         &sb,
         &nodes,
@@ -1384,8 +1576,8 @@ fn two_nodes_over_udp() {
     );
     assert_eq!(vb["award"], v["award"]);
 
-    // Both listeners are still running and logged the lifecycle as events.
-    for i in [la, lb] {
+    // The listeners are still running and logged the lifecycle as events.
+    for i in [la, lb, lc] {
         assert!(nodes.running(i), "listener died\n{}", nodes.logs());
     }
     let events_b = sb.run(&dir_b, &["--json", "events"]).ok().json_lines();

@@ -3,22 +3,27 @@
 //! returned success.
 //!
 //! The parent test re-executes this test binary as the child (`child_stream`, an ignored test
-//! that only does anything when `CRABNET_CRASH_CHILD_DIR` is set). The child runs a
-//! `crabnet_core::Node` and loops publishing seeds, bidding on them and claiming the won ones,
-//! printing `ok <seed id> <op> ...` and flushing after every call that returned `Ok`. The
-//! parent reads those acknowledgements, SIGKILLs the child after a random number of them, then
-//! checks the store. The kill/reopen cycle runs several times on the same directory.
+//! that only does anything when `CRABNET_CRASH_CHILD_DIR` is set). The child runs two nodes on
+//! an in-memory hub, a publisher and a runner (a node may not bid on its own seed), and loops:
+//! the publisher publishes a seed, the runner bids on it and claims the won ones. It prints
+//! `ok <seed id> <op> ...` and flushes after every call that returned `Ok`. The parent reads
+//! those acknowledgements, SIGKILLs the child (both nodes at once) after a random number of
+//! them, then checks both stores. The kill/reopen cycle runs several times on the same
+//! directories.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crabnet_core::monitor::EventKind;
 use crabnet_core::store::{Store, StoreConfig};
-use crabnet_core::{Config, Node, NodeId, PublishRequest, SeedId, SeedStatus};
+use crabnet_core::{Config, NodeId, PublishRequest, SeedId, SeedStatus};
+use support::pair::Pair;
 
 const CHILD_DIR_VAR: &str = "CRABNET_CRASH_CHILD_DIR";
 const CHILD_SEED_VAR: &str = "CRABNET_CRASH_CHILD_SEED";
@@ -26,14 +31,32 @@ const CYCLES: usize = 3;
 /// Longest one child may take to produce its acknowledgements before the test gives up.
 const CYCLE_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// What the child acknowledged.
+/// What the child acknowledged: publications by the publisher, bids and claims by the runner.
 #[derive(Debug, Default)]
 struct Acks {
     published: BTreeSet<SeedId>,
-    /// Seed -> price of this node's acknowledged bid.
+    /// Seed -> price of the runner's acknowledged bid.
     bids: BTreeMap<SeedId, u64>,
     claimed: BTreeSet<SeedId>,
     count: usize,
+}
+
+/// The two nodes of the child, each with its own data directory under one base directory.
+#[derive(Debug, Clone, PartialEq)]
+struct Ids {
+    publisher: NodeId,
+    runner: NodeId,
+}
+
+/// The configurations of the publisher and the runner under `base`.
+fn configs(base: &Path) -> (Config, Config) {
+    let config = |name: &str| {
+        let mut c = Config::with_data_dir(base.join(name));
+        c.name = name.into();
+        c.network.tick_ms = 20;
+        c
+    };
+    (config("publisher"), config("runner"))
 }
 
 impl Acks {
@@ -95,60 +118,57 @@ fn child_stream() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
-        let node = Node::start(Config::with_data_dir(&dir))
-            .await
-            .expect("child: start node");
-        let mut out = std::io::stdout().lock();
-        // Start on a fresh line: libtest has printed "test child_stream ... " without one.
-        writeln!(out, "\nnode {}", node.id()).unwrap();
+    let (publisher, runner) = configs(&PathBuf::from(dir));
+    let pair = Pair::start(publisher, runner);
+    let mut out = std::io::stdout().lock();
+    // Start on a fresh line: libtest has printed "test child_stream ... " without one.
+    writeln!(
+        out,
+        "\npublisher {}\nrunner {}",
+        pair.publisher.node().id(),
+        pair.runner.node().id()
+    )
+    .unwrap();
+    out.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i: u64 = 0;
+    while Instant::now() < deadline {
+        i += 1;
+        // Alternate between seeds that close at the first bid (bid -> award -> claim) and
+        // seeds that stay open, so every kind of write is in the stream.
+        let closes_at_once = i.is_multiple_of(2);
+        let mut req = PublishRequest::new(format!("echo crash-{salt}-{i}"));
+        req.max_bids = if closes_at_once { 1 } else { 5 };
+        req.bid_window_secs = 3600;
+        req.min_price = 1;
+        req.max_price = 1000;
+        let view = pair.publisher.publish(req).expect("child: publish");
+        let seed = view.seed.id.clone();
+        writeln!(out, "ok {seed} publish").unwrap();
         out.flush().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut i: u64 = 0;
-        while Instant::now() < deadline {
-            i += 1;
-            // Alternate between seeds that close at the first bid (bid -> award -> claim) and
-            // seeds that stay open, so every kind of write is in the stream.
-            let closes_at_once = i.is_multiple_of(2);
-            let mut req = PublishRequest::new(format!("echo crash-{salt}-{i}"));
-            req.max_bids = if closes_at_once { 1 } else { 5 };
-            req.bid_window_secs = 3600;
-            req.min_price = 1;
-            req.max_price = 1000;
-            let view = node.publish(req).await.expect("child: publish");
-            let seed = view.seed.id.clone();
-            writeln!(out, "ok {seed} publish").unwrap();
-            out.flush().unwrap();
 
-            let price = 1 + (i * 7 + salt) % 1000;
-            let view = node.bid(&seed, price).await.expect("child: bid");
-            writeln!(out, "ok {seed} bid {price}").unwrap();
-            out.flush().unwrap();
+        let price = 1 + (i * 7 + salt) % 1000;
+        support::pair::wait_seed(&pair.runner, &seed, "the runner knows the seed", |_| true);
+        pair.runner.bid(&seed, price).expect("child: bid");
+        writeln!(out, "ok {seed} bid {price}").unwrap();
+        out.flush().unwrap();
 
-            if closes_at_once {
-                assert!(
-                    view.award.is_some(),
-                    "child: max_bids 1 closes bidding at the first bid"
-                );
-                node.claim(&seed).await.expect("child: claim");
-                writeln!(out, "ok {seed} claim").unwrap();
-                out.flush().unwrap();
-            }
+        if closes_at_once {
+            pair.wait_award(&seed);
+            pair.runner.claim(&seed).expect("child: claim");
+            writeln!(out, "ok {seed} claim").unwrap();
+            out.flush().unwrap();
         }
-        // Only reached when the parent never killed us.
-        let _ = node.stop().await;
-    });
+    }
+    // Only reached when the parent never killed us.
+    let _ = pair.runner.stop();
+    let _ = pair.publisher.stop();
 }
 
 /// Runs one child on `dir`, kills it with SIGKILL after `kill_after` acknowledgements (plus a
 /// short random delay, so the kill lands at an arbitrary point of the next operation), and
-/// returns every acknowledgement it printed before it died, plus the node id it reported.
-fn run_child_and_kill(dir: &Path, kill_after: usize, salt: u64, acks: &mut Acks) -> NodeId {
+/// returns every acknowledgement it printed before it died, plus the node ids it reported.
+fn run_child_and_kill(dir: &Path, kill_after: usize, salt: u64, acks: &mut Acks) -> Ids {
     let exe = std::env::current_exe().expect("current test binary");
     let stderr_path = dir.with_extension(format!("child{salt}.stderr"));
     let mut child = Command::new(exe)
@@ -181,7 +201,8 @@ fn run_child_and_kill(dir: &Path, kill_after: usize, salt: u64, acks: &mut Acks)
     });
 
     let deadline = Instant::now() + CYCLE_TIMEOUT;
-    let mut node: Option<NodeId> = None;
+    let mut publisher: Option<NodeId> = None;
+    let mut runner: Option<NodeId> = None;
     let mut seen = 0usize;
     let mut killed = false;
     let mut all_lines = Vec::new();
@@ -190,8 +211,11 @@ fn run_child_and_kill(dir: &Path, kill_after: usize, salt: u64, acks: &mut Acks)
         match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
             Ok(line) => {
                 all_lines.push(line.clone());
-                if let Some(id) = line.strip_prefix("node ") {
-                    node = Some(NodeId::parse(id.trim()).expect("child prints its node id"));
+                if let Some(id) = line.strip_prefix("publisher ") {
+                    publisher = Some(NodeId::parse(id.trim()).expect("child prints its ids"));
+                }
+                if let Some(id) = line.strip_prefix("runner ") {
+                    runner = Some(NodeId::parse(id.trim()).expect("child prints its ids"));
                 }
                 if acks.record(&line) {
                     seen += 1;
@@ -235,11 +259,14 @@ fn run_child_and_kill(dir: &Path, kill_after: usize, salt: u64, acks: &mut Acks)
             "child died of SIGKILL: {status}"
         );
     }
-    node.expect("child printed its node id")
+    Ids {
+        publisher: publisher.expect("child printed the publisher's id"),
+        runner: runner.expect("child printed the runner's id"),
+    }
 }
 
-/// Opens the store and checks it against everything acknowledged so far.
-fn check_store(config: &Config, acks: &Acks, me: &NodeId) {
+/// Opens a store after a crash: it opens, passes the integrity check and keeps its identity.
+fn open_store(config: &Config, me: &NodeId) -> Store {
     let store = Store::open(&config.db_path(), &StoreConfig::default())
         .expect("database opens after SIGKILL");
     store
@@ -250,47 +277,22 @@ fn check_store(config: &Config, acks: &Acks, me: &NodeId) {
         Some(me.as_str()),
         "the node identity survives crashes"
     );
+    store
+}
 
-    for seed in &acks.published {
-        let view = store
-            .seed(seed)
-            .unwrap()
-            .unwrap_or_else(|| panic!("acknowledged seed {seed} is missing after the crash"));
-        assert_eq!(&view.seed.publisher, me);
-    }
-    for (seed, price) in &acks.bids {
-        let view = store
-            .seed(seed)
-            .unwrap()
-            .unwrap_or_else(|| panic!("seed {seed} of an acknowledged bid is missing"));
-        assert!(
-            view.bids
-                .iter()
-                .any(|b| &b.bid.bidder == me && b.bid.price == *price),
-            "acknowledged bid {price} on {seed} is missing: {:?}",
-            view.bids
-        );
-        if view.seed.max_bids == 1 {
-            // The award is committed by the same `bid` call before it returns.
-            let award = view
-                .award
-                .as_ref()
-                .unwrap_or_else(|| panic!("award of {seed} missing"));
-            assert_eq!(award.winner_node.as_ref(), Some(me));
-            assert_eq!(award.price, Some(*price));
-        }
-    }
-    for seed in &acks.claimed {
-        let view = store.seed(seed).unwrap().expect("claimed seed exists");
-        assert_eq!(
-            view.status,
-            SeedStatus::Claimed,
-            "acknowledged claim of {seed} is missing"
-        );
-        assert_eq!(view.claim.as_ref().map(|c| &c.claimer), Some(me));
-    }
+/// What one store's events say happened, per seed.
+#[derive(Default)]
+struct Seen {
+    published: BTreeSet<SeedId>,
+    bid: BTreeSet<SeedId>,
+    closed: BTreeSet<SeedId>,
+    claimed: BTreeSet<SeedId>,
+}
 
-    // Events: gap-free sequence numbers and one event per acknowledged operation.
+/// Checks that a store's event sequence numbers are gap-free, that no seed is published
+/// twice, and that every seed, bid and claim in it has its event (no half-written
+/// operation).
+fn check_events(store: &Store) -> Seen {
     let last = store.last_event_seq().unwrap();
     let events = store.events_after(0, usize::MAX >> 1).unwrap();
     assert_eq!(
@@ -301,155 +303,145 @@ fn check_store(config: &Config, acks: &Acks, me: &NodeId) {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.seq, i as u64 + 1, "event sequence numbers are gap-free");
     }
-    let mut published = BTreeSet::new();
-    let mut bid = BTreeSet::new();
-    let mut closed = BTreeSet::new();
-    let mut claimed = BTreeSet::new();
+    let mut seen = Seen::default();
     for e in &events {
         match &e.kind {
             EventKind::SeedPublished { seed_id, .. } => {
                 assert!(
-                    published.insert(seed_id.clone()),
+                    seen.published.insert(seed_id.clone()),
                     "seed_published twice for {seed_id}"
                 );
             }
-            EventKind::BidPlaced {
-                seed_id, bidder, ..
-            } if bidder == me => {
-                bid.insert(seed_id.clone());
+            EventKind::BidPlaced { seed_id, .. } => {
+                seen.bid.insert(seed_id.clone());
             }
             EventKind::BiddingClosed { seed_id, .. } => {
-                closed.insert(seed_id.clone());
+                seen.closed.insert(seed_id.clone());
             }
             EventKind::SeedClaimed { seed_id, .. } => {
-                claimed.insert(seed_id.clone());
+                seen.claimed.insert(seed_id.clone());
             }
             _ => {}
         }
     }
-    for seed in &acks.published {
-        assert!(
-            published.contains(seed),
-            "seed_published event of {seed} missing"
-        );
-    }
-    for seed in acks.bids.keys() {
-        assert!(bid.contains(seed), "bid_placed event of {seed} missing");
-    }
-    for seed in &acks.claimed {
-        assert!(
-            closed.contains(seed),
-            "bidding_closed event of {seed} missing"
-        );
-        assert!(
-            claimed.contains(seed),
-            "seed_claimed event of {seed} missing"
-        );
-    }
-    // Every seed in the database has its publication event (no half-written operation).
     for view in store.all_views().unwrap() {
+        let id = &view.seed.id;
         assert!(
-            published.contains(&view.seed.id),
-            "seed {} has no seed_published event",
-            view.seed.id
+            seen.published.contains(id),
+            "seed {id} has no seed_published event"
         );
         if !view.bids.is_empty() {
-            assert!(
-                bid.contains(&view.seed.id),
-                "seed {} has a bid but no bid_placed event",
-                view.seed.id
-            );
+            assert!(seen.bid.contains(id), "seed {id} has a bid but no event");
+        }
+        if view.award.is_some() {
+            assert!(seen.closed.contains(id), "seed {id} closed without event");
         }
         if view.claim.is_some() {
-            assert!(
-                claimed.contains(&view.seed.id),
-                "seed {} claimed without event",
-                view.seed.id
-            );
+            assert!(seen.claimed.contains(id), "seed {id} claimed without event");
         }
     }
-    // Nothing was sent (no transport): every local message is still in the outbox.
-    let pending = store.outbox_pending().unwrap() as usize;
-    assert!(
-        pending >= acks.count,
-        "outbox holds {pending} messages for {} acknowledged operations",
-        acks.count
-    );
+    seen
 }
 
-#[test]
-fn crash_leaves_a_sound_database() {
-    let tmp = tempfile::Builder::new()
-        .prefix("crabnet-crash-test-")
-        .tempdir()
-        .unwrap();
-    let dir = tmp.path().join("node");
-    let config = Config::with_data_dir(&dir);
-    let mut acks = Acks::default();
-    let mut me: Option<NodeId> = None;
-    let started = Instant::now();
+/// How many signed envelopes by `me` a store holds for `seed` (what the outbox sends and sync
+/// serves).
+fn envelopes_by(store: &Store, seed: &SeedId, me: &NodeId) -> usize {
+    store
+        .seed_envelopes(seed)
+        .unwrap()
+        .iter()
+        .filter(|(sender, _)| sender == me)
+        .count()
+}
 
-    for cycle in 0..CYCLES {
-        let salt = random_u64(cycle as u64);
-        let kill_after = 20 + (salt % 41) as usize; // 20..=60
-        let before = acks.count;
-        let id = run_child_and_kill(&dir, kill_after, salt, &mut acks);
-        if let Some(prev) = &me {
-            assert_eq!(prev, &id, "the node id is stable across crashes");
-        }
-        me = Some(id.clone());
+/// Opens both stores and checks them against everything acknowledged so far.
+fn check_store(base: &Path, acks: &Acks, ids: &Ids) {
+    let (publisher_cfg, runner_cfg) = configs(base);
+
+    // The publisher holds every acknowledged publication, with its event and its signed
+    // envelope, and the award of every seed the runner claimed (committed before it was sent).
+    let publisher = open_store(&publisher_cfg, &ids.publisher);
+    let seen = check_events(&publisher);
+    for seed in &acks.published {
+        let view = publisher
+            .seed(seed)
+            .unwrap()
+            .unwrap_or_else(|| panic!("acknowledged seed {seed} is missing after the crash"));
+        assert_eq!(view.seed.publisher, ids.publisher);
         assert!(
-            acks.count - before >= kill_after,
-            "cycle {cycle}: too few acknowledgements"
+            seen.published.contains(seed),
+            "seed_published event of {seed} missing"
         );
-        eprintln!(
-            "cycle {cycle}: killed after {kill_after} acks ({} acknowledged in this cycle, {} in total)",
-            acks.count - before,
-            acks.count
+        assert!(
+            envelopes_by(&publisher, seed, &ids.publisher) >= 1,
+            "the envelope of seed {seed} is missing"
         );
-        check_store(&config, &acks, &id);
     }
-    let me = me.unwrap();
+    for seed in &acks.claimed {
+        let view = publisher.seed(seed).unwrap().expect("claimed seed exists");
+        let award = view
+            .award
+            .as_ref()
+            .unwrap_or_else(|| panic!("the publisher lost the award of {seed}"));
+        assert_eq!(award.winner_node.as_ref(), Some(&ids.runner));
+        assert_eq!(award.price, acks.bids.get(seed).copied());
+        assert!(
+            seen.closed.contains(seed),
+            "bidding_closed of {seed} missing"
+        );
+    }
+    drop(publisher);
 
-    // A new node starts on the crashed directory, sees everything, and works.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (new_seed, bid_price) = runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(30), async {
-            let node = Node::start(config.clone())
-                .await
-                .expect("node starts after crashes");
-            assert_eq!(node.id(), &me);
-            let seeds = node.seeds(None).await.unwrap();
-            for s in &acks.published {
-                assert!(
-                    seeds.iter().any(|v| &v.seed.id == s),
-                    "{s} visible through a new node"
-                );
-            }
-            let view = node
-                .publish(PublishRequest::new("echo after-crash"))
-                .await
-                .expect("publish after crashes");
-            let id = view.seed.id.clone();
-            let view = node.bid(&id, 42).await.expect("bid after crashes");
-            assert_eq!(view.bids.len(), 1);
-            node.stop().await.expect("clean stop");
-            (id, 42u64)
-        })
-        .await
-        .expect("a node on the crashed directory starts, publishes and stops within 30 s")
-    });
-    acks.published.insert(new_seed.clone());
-    acks.bids.insert(new_seed.clone(), bid_price);
-    acks.count += 2;
-    check_store(&config, &acks, &me);
+    // The runner holds every acknowledged bid and claim, with their events and envelopes.
+    let runner = open_store(&runner_cfg, &ids.runner);
+    let seen = check_events(&runner);
+    for (seed, price) in &acks.bids {
+        let view = runner
+            .seed(seed)
+            .unwrap()
+            .unwrap_or_else(|| panic!("seed {seed} of an acknowledged bid is missing"));
+        assert!(
+            view.bids
+                .iter()
+                .any(|b| b.bid.bidder == ids.runner && b.bid.price == *price),
+            "acknowledged bid {price} on {seed} is missing: {:?}",
+            view.bids
+        );
+        assert!(
+            seen.bid.contains(seed),
+            "bid_placed event of {seed} missing"
+        );
+        assert!(
+            envelopes_by(&runner, seed, &ids.runner) >= 1,
+            "the envelope of the bid on {seed} is missing"
+        );
+    }
+    for seed in &acks.claimed {
+        let view = runner.seed(seed).unwrap().expect("claimed seed exists");
+        assert_eq!(
+            view.status,
+            SeedStatus::Claimed,
+            "acknowledged claim of {seed} is missing"
+        );
+        assert_eq!(view.claim.as_ref().map(|c| &c.claimer), Some(&ids.runner));
+        assert!(
+            seen.closed.contains(seed),
+            "bidding_closed of {seed} missing"
+        );
+        assert!(
+            seen.claimed.contains(seed),
+            "seed_claimed of {seed} missing"
+        );
+        assert!(
+            envelopes_by(&runner, seed, &ids.runner) >= 2,
+            "the envelopes of the bid on and claim of {seed} are missing"
+        );
+    }
+}
 
-    // After the clean stop the NDJSON log has caught up: every line parses and every event of
-    // the database is in it exactly once, in order.
+/// After a clean stop the NDJSON log has caught up: every line parses and every event of the
+/// database is in it exactly once, in order. Returns the number of events and log lines.
+fn check_log(config: &Config) -> (u64, u64, usize) {
     let store = Store::open(&config.db_path(), &StoreConfig::default()).unwrap();
     let last = store.last_event_seq().unwrap();
     let log = std::fs::read_to_string(config.event_log_path()).expect("events.ndjson exists");
@@ -467,10 +459,74 @@ fn crash_leaves_a_sound_database() {
         "events.ndjson must hold every event after a clean restart"
     );
     assert_eq!(lines, last, "events.ndjson must hold each event once");
-    eprintln!(
-        "crash test: {} acknowledged operations, {last} events, {lines} log lines ({} duplicated), {:?}",
-        acks.count,
-        lines - logged.len() as u64,
-        started.elapsed()
-    );
+    (last, lines, logged.len())
+}
+
+#[test]
+fn crash_leaves_a_sound_database() {
+    let tmp = tempfile::Builder::new()
+        .prefix("crabnet-crash-test-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().join("nodes");
+    let mut acks = Acks::default();
+    let mut ids: Option<Ids> = None;
+    let started = Instant::now();
+
+    for cycle in 0..CYCLES {
+        let salt = random_u64(cycle as u64);
+        let kill_after = 20 + (salt % 41) as usize; // 20..=60
+        let before = acks.count;
+        let now = run_child_and_kill(&dir, kill_after, salt, &mut acks);
+        if let Some(prev) = &ids {
+            assert_eq!(prev, &now, "the node ids are stable across crashes");
+        }
+        ids = Some(now.clone());
+        assert!(
+            acks.count - before >= kill_after,
+            "cycle {cycle}: too few acknowledgements"
+        );
+        eprintln!(
+            "cycle {cycle}: killed after {kill_after} acks ({} acknowledged in this cycle, {} in total)",
+            acks.count - before,
+            acks.count
+        );
+        check_store(&dir, &acks, &now);
+    }
+    let ids = ids.unwrap();
+
+    // New nodes start on the crashed directories, see everything, and work.
+    let (publisher_cfg, runner_cfg) = configs(&dir);
+    let (new_seed, bid_price) = {
+        let pair = Pair::start(publisher_cfg.clone(), runner_cfg.clone());
+        assert_eq!(pair.publisher.node().id(), &ids.publisher);
+        assert_eq!(pair.runner.node().id(), &ids.runner);
+        let seeds = pair.publisher.seeds(None).unwrap();
+        for s in &acks.published {
+            assert!(
+                seeds.iter().any(|v| &v.seed.id == s),
+                "{s} visible through a new node"
+            );
+        }
+        let (id, view) = pair.bid(PublishRequest::new("echo after-crash"), 42);
+        assert_eq!(view.bids.len(), 1);
+        pair.runner.stop().expect("clean stop");
+        pair.publisher.stop().expect("clean stop");
+        (id, 42u64)
+    };
+    acks.published.insert(new_seed.clone());
+    acks.bids.insert(new_seed.clone(), bid_price);
+    acks.count += 2;
+    check_store(&dir, &acks, &ids);
+
+    for config in [&publisher_cfg, &runner_cfg] {
+        let (last, lines, distinct) = check_log(config);
+        eprintln!(
+            "crash test, {}: {} acknowledged operations, {last} events, {lines} log lines ({} duplicated), {:?}",
+            config.name,
+            acks.count,
+            lines - distinct as u64,
+            started.elapsed()
+        );
+    }
 }

@@ -83,6 +83,8 @@ fn message(sender: &NodeId) -> Message {
             audience: Vec::new(),
             network: false,
             isolation: crabnet_core::model::SandboxLevel::Full,
+            rules: crabnet_core::model::rules::V1,
+            deadlines: None,
         }),
     }
 }

@@ -1,5 +1,7 @@
 //! The Node API end to end: several nodes in one process over the in-memory hub.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use crabnet_core::envelope::Kind;
@@ -10,6 +12,7 @@ use crabnet_core::{
     BlockingNode, Config, ErrorKind, EventKind, MemoryHub, Node, PublishRequest, SeedStatus,
     SeedView,
 };
+use support::pair::Pair;
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
     let mut c = Config::with_data_dir(dir.join(name));
@@ -247,7 +250,9 @@ async fn replayed_messages_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_errors_are_typed_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(config(dir.path(), "solo")).await.unwrap();
+    let (_hub, nodes) = network(dir.path(), 2).await;
+    // `node` publishes, `runner` bids.
+    let (node, runner) = (&nodes[0], &nodes[1]);
     let unknown = SeedId::from_bytes([9; 16]);
     assert_eq!(
         node.seed(&unknown).await.unwrap_err().kind(),
@@ -282,35 +287,53 @@ async fn local_errors_are_typed_and_change_nothing() {
         .await
         .unwrap();
     let id = seed.seed.id.clone();
-    let before = node.overview().await.unwrap();
-    let err = node.bid(&id, 1000).await.unwrap_err();
+    wait_for(runner, &id, "the seed", |_| true).await;
+    let before = [
+        node.overview().await.unwrap(),
+        runner.overview().await.unwrap(),
+    ];
+    // A publisher may not bid on its own seed, at any price.
+    for price in [50, 1000] {
+        let err = node.bid(&id, price).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::State, "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("the publisher of seed {id} may not bid on it")),
+            "{err}"
+        );
+    }
+    let err = runner.bid(&id, 1000).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Validation);
     assert!(err.to_string().contains("outside the range"), "{err}");
-    let err = node.claim(&id).await.unwrap_err();
+    let err = runner.claim(&id).await.unwrap_err();
     assert!(err.to_string().contains("still open"), "{err}");
     let err = node.settle(&id, true, "").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::State);
-    let err = node.run(&id).await.unwrap_err();
+    let err = runner.run(&id).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::State);
-    let after = node.overview().await.unwrap();
-    assert_eq!(before.state_digest, after.state_digest);
-    assert_eq!(
-        before.last_event_seq, after.last_event_seq,
-        "failed operations record no events"
-    );
+    let after = [
+        node.overview().await.unwrap(),
+        runner.overview().await.unwrap(),
+    ];
+    for (before, after) in before.iter().zip(&after) {
+        assert_eq!(before.state_digest, after.state_digest);
+        assert_eq!(
+            before.last_event_seq, after.last_event_seq,
+            "failed operations record no events"
+        );
+    }
 
-    node.bid(&id, 50).await.unwrap();
-    let err = node.bid(&id, 40).await.unwrap_err();
+    runner.bid(&id, 50).await.unwrap();
+    let err = runner.bid(&id, 40).await.unwrap_err();
     assert!(err.to_string().contains("already bid"), "{err}");
     node.cancel(&id).await.unwrap();
     let err = node.cancel(&id).await.unwrap_err();
     assert!(err.to_string().contains("cancelled"), "{err}");
 
-    node.stop().await.unwrap();
-    assert_eq!(
-        node.seeds(None).await.unwrap_err().kind(),
-        ErrorKind::Stopped
-    );
+    for n in [node, runner] {
+        n.stop().await.unwrap();
+        assert_eq!(n.seeds(None).await.unwrap_err().kind(), ErrorKind::Stopped);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,28 +425,31 @@ async fn bidding_expires_without_bids_and_the_event_log_is_written() {
 #[test]
 fn the_blocking_facade_drives_a_node_without_a_runtime() {
     let dir = tempfile::tempdir().unwrap();
-    let node = BlockingNode::start(config(dir.path(), "blocking")).unwrap();
+    // The node under test runs the task; a publisher next to it publishes and settles.
+    let pair = Pair::start(
+        config(dir.path(), "publisher"),
+        config(dir.path(), "blocking"),
+    );
+    let node = &pair.runner;
     let mut sub = node.subscribe();
-    let seed = node
-        .publish(PublishRequest {
-            max_bids: 1,
-            ..PublishRequest::new("echo blocking")
-        })
-        .unwrap();
-    let id = seed.seed.id;
-    node.bid(&id, 5).unwrap();
-    node.claim(&id).unwrap();
+    let id = pair.claimed("echo blocking", 5);
     let v = node.run(&id).unwrap();
     assert_eq!(v.result.unwrap().output_excerpt, "blocking\n");
-    let v = node.settle(&id, false, "no thanks").unwrap();
+    let v = pair.settle(&id, false, "no thanks");
     assert_eq!(v.status, SeedStatus::Settled);
+    // The runner hears of the settlement through its subscription.
     let mut names = Vec::new();
-    while let Ok(Some(e)) = sub.recv_timeout(Duration::from_millis(300)) {
-        names.push(e.kind.name());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !names.contains(&"seed_settled") && Instant::now() < deadline {
+        if let Ok(Some(e)) = sub.recv_timeout(Duration::from_millis(300)) {
+            names.push(e.kind.name());
+        }
     }
     assert!(names.contains(&"seed_settled"), "{names:?}");
-    node.stop().unwrap();
-    assert_eq!(node.overview().unwrap_err().kind(), ErrorKind::Stopped);
+    for n in [&pair.runner, &pair.publisher] {
+        n.stop().unwrap();
+        assert_eq!(n.overview().unwrap_err().kind(), ErrorKind::Stopped);
+    }
 }
 
 #[test]
@@ -564,4 +590,74 @@ fn blocking_nodes_talk_over_udp_on_loopback_and_over_a_memory_hub() {
     let seed = d.publish(PublishRequest::new("true")).unwrap();
     wait_seen(&c, &seed.seed.id);
     assert_eq!(c.overview().unwrap().transport.as_deref(), Some("memory"));
+}
+
+/// Rules 2 across three nodes: a winner that never claims loses the seed to the next best bid
+/// when its claim window passes; a claimer that never reports has its round failed, and the
+/// publisher's operator reassigns the seed, which then expires with no bidder left. Every
+/// decision is the publisher node's own (no call but `reassign`), and all replicas agree.
+#[tokio::test]
+async fn deadlines_reassign_an_unclaimed_award_and_fail_a_silent_claimer() {
+    use crabnet_core::model::{Deadlines, RoundEnd};
+    let dir = tempfile::tempdir().unwrap();
+    let (_hub, nodes) = network(dir.path(), 3).await;
+    let (publisher, lazy, silent) = (&nodes[0], &nodes[1], &nodes[2]);
+    let seed = publisher
+        .publish(PublishRequest {
+            max_bids: 2,
+            timeout_secs: 1,
+            deadlines: Deadlines {
+                claim_secs: 1,
+                result_grace_secs: 1,
+                settle_secs: 60,
+            },
+            ..PublishRequest::new("echo never")
+        })
+        .await
+        .unwrap();
+    let id = seed.seed.id.clone();
+    for n in [lazy, silent] {
+        wait_for(n, &id, "the seed", |_| true).await;
+    }
+    lazy.bid(&id, 10).await.unwrap();
+    silent.bid(&id, 20).await.unwrap();
+    // The lazy winner never claims: round 1 goes to the silent bidder.
+    let v = wait_for(silent, &id, "the reassignment", |v| {
+        v.award.as_ref().is_some_and(|a| a.round == 1)
+    })
+    .await;
+    assert_eq!(
+        v.award.as_ref().unwrap().winner_node.as_ref(),
+        Some(silent.id())
+    );
+    assert_eq!(v.past_rounds[0].ended, RoundEnd::Unclaimed);
+    let err = lazy.claim(&id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::State, "{err}");
+    silent.claim(&id).await.unwrap();
+    // It never reports: the publisher's node fails the round after timeout + grace.
+    let v = wait_for(publisher, &id, "the failure", |v| {
+        v.status == SeedStatus::Failed
+    })
+    .await;
+    assert!(v.failed_at.is_some());
+    let err = silent.run(&id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::State, "{err}");
+    // The operator reassigns: nobody is left, the seed expires everywhere.
+    let v = publisher.reassign(&id).await.unwrap();
+    assert_eq!(v.status, SeedStatus::Expired);
+    assert_eq!(v.past_rounds.len(), 2);
+    for n in &nodes {
+        let v = wait_for(n, &id, "the expiry", |v| v.status == SeedStatus::Expired).await;
+        assert_eq!(v.past_rounds[1].ended, RoundEnd::Failed);
+    }
+    let digests: Vec<String> = futures_digests(&nodes).await;
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+}
+
+async fn futures_digests(nodes: &[Node]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(n.overview().await.unwrap().state_digest);
+    }
+    out
 }

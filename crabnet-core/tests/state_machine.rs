@@ -3,8 +3,8 @@
 //! monotonicity (no message moves a seed backwards).
 
 use crabnet_core::model::{
-    Award, Bid, BidId, Body, Cancellation, Claim, Message, MessageId, NodeId, Seed, SeedId,
-    SeedStatus, Settlement, SettlementOutcome, TaskResult,
+    Award, Bid, BidId, Body, Cancellation, Claim, Deadlines, Failure, Message, MessageId, NodeId,
+    Reassignment, RoundEnd, Seed, SeedId, SeedStatus, Settlement, SettlementOutcome, TaskResult,
 };
 use crabnet_core::state::{self, Verdict, Violation, fold};
 use proptest::prelude::*;
@@ -59,6 +59,8 @@ fn seed(max_bids: u32, window: u64) -> Seed {
         audience: Vec::new(),
         network: false,
         isolation: crabnet_core::model::SandboxLevel::Full,
+        rules: crabnet_core::model::rules::V1,
+        deadlines: None,
     }
 }
 
@@ -122,6 +124,7 @@ fn result(ids: &mut Ids, runner: u8) -> Message {
             exit_code: Some(0),
             signal: None,
             timed_out: false,
+            interrupted: false,
             success: true,
             duration_ms: 5,
             output_sha256: "0".repeat(64),
@@ -160,7 +163,10 @@ fn cancel(ids: &mut Ids, sender: u8, at: u64) -> Message {
         node(sender),
         3,
         at,
-        Body::SeedCancelled(Cancellation { seed_id: seed_id() }),
+        Body::SeedCancelled(Cancellation {
+            seed_id: seed_id(),
+            after: None,
+        }),
     )
 }
 
@@ -397,7 +403,7 @@ fn only_the_winner_claims_and_only_the_claimer_reports() {
         Violation::NotWinningBidder { .. }
     ));
     assert!(matches!(
-        state::check_local_claim(&fold(&msgs).view.unwrap(), &node(2)),
+        state::check_local_claim(&fold(&msgs).view.unwrap(), &node(2), T0),
         Err(Violation::NotWinningBidder { .. })
     ));
     msgs.push(all[4].clone());
@@ -436,7 +442,7 @@ fn steps_out_of_order_wait_for_their_predecessor() {
         Violation::BiddingOpen { .. }
     ));
     assert!(matches!(
-        state::check_local_claim(&fold(&all[..3]).view.unwrap(), &node(3)),
+        state::check_local_claim(&fold(&all[..3]).view.unwrap(), &node(3), T0),
         Err(Violation::BiddingOpen { .. })
     ));
     // Result before the claim, settlement before the result: pending.
@@ -727,7 +733,7 @@ proptest! {
                 let f = fold(&received);
                 if let Some(v) = &f.view {
                     if let Some(prev) = last {
-                        prop_assert!(prev.can_reach(v.status), "moved from {prev} to {}", v.status);
+                        prop_assert!(prev.can_reach(v.status, v.seed.rules), "moved from {prev} to {}", v.status);
                     }
                     last = Some(v.status);
                 }
@@ -742,6 +748,583 @@ proptest! {
             prop_assert!(v.claim.as_ref().is_none_or(|c| c.claimer != node(99)));
             prop_assert!(v.result.as_ref().is_none_or(|r| r.runner != node(96)));
             prop_assert!(v.cancelled_at.is_none() || sc.cancel_instead);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rules 2: deadlines, reassignment, failure, late cancellation, rule versions.
+
+const CLAIM_S: u64 = 10;
+const GRACE_S: u64 = 5;
+const SETTLE_S: u64 = 60;
+
+fn seed_v2(max_bids: u32) -> Seed {
+    Seed {
+        rules: crabnet_core::model::rules::V2,
+        deadlines: Some(Deadlines {
+            claim_secs: CLAIM_S,
+            result_grace_secs: GRACE_S,
+            settle_secs: SETTLE_S,
+        }),
+        ..seed(max_bids, 5)
+    }
+}
+
+fn at(mut m: Message, timestamp: u64, lamport: u64) -> Message {
+    m.timestamp = timestamp;
+    m.lamport = lamport;
+    m
+}
+
+fn reassign(ids: &mut Ids, round: u32, winner: Option<u8>, t: u64, lamport: u64) -> Message {
+    reassign_after(ids, round, winner, t, lamport, RoundEnd::Unclaimed)
+}
+
+fn reassign_after(
+    ids: &mut Ids,
+    round: u32,
+    winner: Option<u8>,
+    t: u64,
+    lamport: u64,
+    after: RoundEnd,
+) -> Message {
+    let body = Body::SeedReassigned(Reassignment {
+        seed_id: seed_id(),
+        round,
+        winner: winner.map(bid_id),
+        after,
+    });
+    msg(ids, node(1), lamport, t, body)
+}
+
+fn fail(ids: &mut Ids, round: u32, t: u64, lamport: u64) -> Message {
+    let body = Body::SeedFailed(Failure {
+        seed_id: seed_id(),
+        round,
+    });
+    msg(ids, node(1), lamport, t, body)
+}
+
+/// Bids from 2 (30), 3 (20) and 4 (40); 3 wins round 0 at `AWARD`.
+const AWARD: u64 = T0 + 6_000;
+const CLAIM_END: u64 = AWARD + CLAIM_S * 1000;
+
+fn awarded_v2(ids: &mut Ids) -> Vec<Message> {
+    vec![
+        create(ids, seed_v2(3)),
+        bid(ids, 2, 30, T0 + 100),
+        bid(ids, 3, 20, T0 + 200),
+        bid(ids, 4, 40, T0 + 300),
+        award(ids, 1, &[2, 3, 4], Some(3), AWARD),
+    ]
+}
+
+#[test]
+fn an_unclaimed_award_moves_to_the_next_best_bid_and_a_late_claim_loses() {
+    let mut ids = Ids(0);
+    let mut msgs = awarded_v2(&mut ids);
+    let view = fold(&msgs).view.unwrap();
+    assert_eq!(view.claim_deadline(), Some(CLAIM_END));
+    assert_eq!(view.due_decision(CLAIM_END), None, "the margin is not over");
+    let due = view
+        .due_decision(CLAIM_END + state::DECISION_MARGIN_MS)
+        .expect("a reassignment is due");
+    assert!(matches!(&due, Body::SeedReassigned(r) if r.round == 1 && r.winner == Some(bid_id(2))));
+
+    // Too early: refused with the deadline, and the winner can still claim.
+    let early = reassign(&mut ids, 1, Some(2), CLAIM_END - 1, 10);
+    let late_claim = at(claim(&mut ids, 3, 3), CLAIM_END + 1, 11);
+    let r1 = reassign(&mut ids, 1, Some(2), CLAIM_END + 2_000, 12);
+    msgs.extend([early.clone(), late_claim.clone(), r1.clone()]);
+    assert!(matches!(
+        rejected_with(&msgs, &early),
+        Violation::InvalidDecision { .. }
+    ));
+    assert!(matches!(
+        rejected_with(&msgs, &late_claim),
+        Violation::Lapsed { round: 0, .. }
+    ));
+    let v = fold(&msgs).view.unwrap();
+    assert_eq!(v.status, SeedStatus::Open);
+    let award = v.award.as_ref().unwrap();
+    assert_eq!(
+        (award.round, award.winner_node.clone(), award.price),
+        (1, Some(node(2)), Some(30))
+    );
+    assert_eq!(v.past_rounds.len(), 1);
+    assert_eq!(v.past_rounds[0].ended, RoundEnd::Unclaimed);
+    assert_eq!(
+        state::check_local_claim(&v, &node(3), CLAIM_END + 3_000),
+        Err(Violation::NotWinningBidder {
+            seed_id: seed_id(),
+            node: node(3)
+        })
+    );
+
+    // The new winner claims in time, runs and is settled.
+    let c2 = at(claim(&mut ids, 2, 2), CLAIM_END + 5_000, 13);
+    let mut r = at(result(&mut ids, 2), CLAIM_END + 6_000, 14);
+    if let Body::ResultReported(res) = &mut r.body {
+        res.started_at = CLAIM_END + 5_500;
+        res.finished_at = CLAIM_END + 5_600;
+    }
+    let st = at(settle(&mut ids, 1, true, 30), CLAIM_END + 7_000, 15);
+    msgs.extend([c2, r, st]);
+    assert_eq!(status(&msgs), SeedStatus::Settled);
+}
+
+#[test]
+fn a_claim_in_time_beats_a_reassignment_and_the_last_bidder_expires_the_seed() {
+    let mut ids = Ids(0);
+    let mut msgs = awarded_v2(&mut ids);
+    // The claim is dated in time but arrives after the publisher's reassignment.
+    let in_time = at(claim(&mut ids, 3, 3), CLAIM_END - 1, 9);
+    let r1 = reassign(&mut ids, 1, Some(2), CLAIM_END + 2_000, 12);
+    msgs.extend([r1.clone(), in_time.clone()]);
+    assert!(matches!(
+        rejected_with(&msgs, &r1),
+        Violation::WrongStatus { .. }
+    ));
+    assert_eq!(verdict_of(&msgs, &in_time), Verdict::Applied);
+    assert_eq!(status(&msgs), SeedStatus::Claimed);
+
+    // Nobody claims: rounds 1 and 2 lapse, round 3 has no bid left and the seed expires.
+    let mut ids = Ids(100);
+    let mut msgs = awarded_v2(&mut ids);
+    let t1 = CLAIM_END + 2_000;
+    let t2 = t1 + CLAIM_S * 1000 + 2_000;
+    let t3 = t2 + CLAIM_S * 1000 + 2_000;
+    let skip = reassign(&mut ids, 2, Some(4), t2, 21);
+    msgs.push(skip.clone());
+    assert!(matches!(
+        pending_with(&msgs, &skip),
+        Violation::RoundNotReached { round: 2, .. }
+    ));
+    let wrong = reassign(&mut ids, 1, Some(4), t1, 19);
+    msgs.extend([wrong.clone(), reassign(&mut ids, 1, Some(2), t1 + 1, 20)]);
+    assert!(matches!(
+        rejected_with(&msgs, &wrong),
+        Violation::InvalidDecision { .. }
+    ));
+    assert_eq!(verdict_of(&msgs, &skip), Verdict::Applied);
+    msgs.push(reassign(&mut ids, 3, None, t3, 22));
+    let v = fold(&msgs).view.unwrap();
+    assert_eq!(v.status, SeedStatus::Expired);
+    assert_eq!(v.past_rounds.len(), 3);
+    assert_eq!(v.due_decision(t3 + 100_000), None);
+}
+
+#[test]
+fn a_claimer_without_a_result_fails_its_round_and_the_publisher_reassigns_or_cancels() {
+    let mut ids = Ids(0);
+    let mut msgs = awarded_v2(&mut ids);
+    let claimed_at = AWARD + 1_000;
+    msgs.push(at(claim(&mut ids, 3, 3), claimed_at, 9));
+    let v = fold(&msgs).view.unwrap();
+    let deadline = claimed_at + (10 + GRACE_S) * 1000; // the seed's timeout is 10 s
+    assert_eq!(v.result_deadline(), Some(deadline));
+    assert_eq!(v.due_decision(deadline + 1_999), None);
+    assert!(matches!(
+        v.due_decision(deadline + 2_000),
+        Some(Body::SeedFailed(f)) if f.round == 0
+    ));
+
+    let early = fail(&mut ids, 0, deadline - 1, 10);
+    let late_result = at(result(&mut ids, 3), deadline + 1, 11);
+    let failure = fail(&mut ids, 0, deadline + 2_000, 12);
+    msgs.extend([early.clone(), late_result.clone(), failure.clone()]);
+    assert!(matches!(
+        rejected_with(&msgs, &early),
+        Violation::InvalidDecision { .. }
+    ));
+    assert!(matches!(
+        rejected_with(&msgs, &late_result),
+        Violation::Lapsed { round: 0, .. }
+    ));
+    let v = fold(&msgs).view.unwrap();
+    assert_eq!(v.status, SeedStatus::Failed);
+    assert_eq!(v.failed_at, Some(deadline + 2_000));
+    assert_eq!(
+        v.due_decision(deadline + 1_000_000),
+        None,
+        "a failed round waits for the operator"
+    );
+    assert!(state::check_local_reassign(&v, &node(1), deadline + 3_000).is_ok());
+    assert!(state::check_local_reassign(&v, &node(2), deadline + 3_000).is_err());
+
+    // Reassigned: the next best bid (2) wins round 1.
+    let mut reopened = msgs.clone();
+    let unclaimed = reassign(&mut ids, 1, Some(2), deadline + 3_000, 13);
+    let mut wrong_cause = msgs.clone();
+    wrong_cause.push(unclaimed.clone());
+    assert!(matches!(
+        rejected_with(&wrong_cause, &unclaimed),
+        Violation::WrongStatus { .. }
+    ));
+    reopened.push(reassign_after(
+        &mut ids,
+        1,
+        Some(2),
+        deadline + 3_000,
+        13,
+        RoundEnd::Failed,
+    ));
+    let v = fold(&reopened).view.unwrap();
+    assert_eq!(v.status, SeedStatus::Open);
+    assert_eq!(v.award.as_ref().unwrap().winner_node, Some(node(2)));
+    assert_eq!(v.past_rounds[0].ended, RoundEnd::Failed);
+    assert_eq!(v.past_rounds[0].claimed_at, Some(claimed_at));
+    assert!(v.claim.is_none() && v.failed_at.is_none());
+
+    // Or cancelled.
+    let mut c = at(cancel(&mut ids, 1, 0), deadline + 3_000, 13);
+    if let Body::SeedCancelled(x) = &mut c.body {
+        x.after = Some(RoundEnd::Failed);
+    }
+    msgs.push(c);
+    assert_eq!(status(&msgs), SeedStatus::Cancelled);
+}
+
+#[test]
+fn a_result_in_time_beats_a_failure_and_an_unsettled_result_is_settled_by_the_node() {
+    let mut ids = Ids(0);
+    let mut msgs = awarded_v2(&mut ids);
+    msgs.push(at(claim(&mut ids, 3, 3), AWARD + 1_000, 9));
+    let deadline = AWARD + 1_000 + (10 + GRACE_S) * 1000;
+    let r = at(result(&mut ids, 3), deadline, 10);
+    let failure = fail(&mut ids, 0, deadline + 2_000, 11);
+    msgs.extend([failure.clone(), r.clone()]);
+    assert_eq!(verdict_of(&msgs, &r), Verdict::Applied);
+    assert!(matches!(
+        rejected_with(&msgs, &failure),
+        Violation::WrongStatus { .. }
+    ));
+    let v = fold(&msgs).view.unwrap();
+    assert_eq!(v.status, SeedStatus::Completed);
+    let finished = v.result.as_ref().unwrap().finished_at;
+    assert_eq!(v.settle_deadline(), Some(finished + SETTLE_S * 1000));
+    match v.due_decision(finished + SETTLE_S * 1000 + 2_000) {
+        Some(Body::SeedSettled(s)) => {
+            assert_eq!((s.outcome, s.amount), (SettlementOutcome::Accepted, 20));
+        }
+        other => panic!("expected a settlement, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_late_cancel_needs_the_claim_window_over_and_rules_one_has_no_deadlines() {
+    let mut ids = Ids(0);
+    let mut msgs = awarded_v2(&mut ids);
+    let mut early = at(cancel(&mut ids, 1, 0), CLAIM_END - 1, 10);
+    if let Body::SeedCancelled(x) = &mut early.body {
+        x.after = Some(RoundEnd::Unclaimed);
+    }
+    msgs.push(early.clone());
+    match rejected_with(&msgs, &early) {
+        Violation::InvalidDecision { reason, .. } => assert!(reason.contains("bidding is closed")),
+        other => panic!("{other:?}"),
+    }
+    let mut late = at(early, CLAIM_END + 2_000, 11);
+    late.id = ids.next();
+    msgs.push(late);
+    assert_eq!(status(&msgs), SeedStatus::Cancelled);
+
+    // Rules 1: the same decisions are refused, nothing changes.
+    let mut ids = Ids(0);
+    let mut v1 = lifecycle(&mut ids);
+    v1.truncate(4);
+    let r = reassign(&mut ids, 1, Some(2), T0 + 1_000_000, 10);
+    let f = fail(&mut ids, 0, T0 + 1_000_000, 11);
+    v1.extend([r.clone(), f.clone()]);
+    assert!(matches!(
+        rejected_with(&v1, &r),
+        Violation::NoDeadlines { .. }
+    ));
+    assert!(matches!(
+        rejected_with(&v1, &f),
+        Violation::NoDeadlines { .. }
+    ));
+    assert_eq!(status(&v1), SeedStatus::Open);
+    assert_eq!(fold(&v1).view.unwrap().due_decision(u64::MAX / 2), None);
+}
+
+#[test]
+fn a_seed_under_unknown_rules_is_refused_with_its_version() {
+    let mut ids = Ids(0);
+    let mut s = seed_v2(1);
+    s.rules = 3;
+    let creation = create(&mut ids, s);
+    let b = bid(&mut ids, 2, 30, T0 + 100);
+    let msgs = vec![creation.clone(), b.clone()];
+    let f = fold(&msgs);
+    assert!(f.view.is_none());
+    for m in [&creation, &b] {
+        match rejected_with(&msgs, m) {
+            Violation::UnknownRules { rules, known, .. } => assert_eq!((rules, known), (3, 2)),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A rules 2 seed must carry deadlines, a rules 1 seed must not.
+    let mut bad = seed_v2(1);
+    bad.deadlines = None;
+    assert!(bad.check_fields().unwrap_err().contains("deadlines"));
+    let mut bad = seed(1, 5);
+    bad.deadlines = Some(Deadlines::default());
+    assert!(bad.check_fields().is_err());
+    let mut bad = seed_v2(1);
+    bad.deadlines = Some(Deadlines {
+        claim_secs: 0,
+        ..Deadlines::default()
+    });
+    assert!(bad.check_fields().unwrap_err().contains("claim window"));
+}
+
+#[test]
+fn a_publisher_may_not_bid_on_its_own_seed_under_rules_two() {
+    // Rules 2: the publisher's bid is rejected, an award naming it is invalid, and the award
+    // the publisher's node computes leaves it out.
+    let mut ids = Ids(0);
+    let creation = create(&mut ids, seed_v2(2));
+    let own = bid(&mut ids, 1, 10, T0 + 100);
+    let other = bid(&mut ids, 2, 30, T0 + 200);
+    let msgs = vec![creation.clone(), own.clone(), other.clone()];
+    let reason = rejected_with(&msgs, &own);
+    assert_eq!(reason, Violation::OwnSeed { seed_id: seed_id() });
+    assert_eq!(
+        reason.to_string(),
+        format!("the publisher of seed {} may not bid on it", seed_id())
+    );
+    assert_eq!(verdict_of(&msgs, &other), Verdict::Applied);
+    let v = fold(&msgs).view.unwrap();
+    assert_eq!(v.bids.len(), 1);
+    let due = v.due_award(T0 + 6_000).unwrap();
+    assert_eq!(due.considered, vec![bid_id(2)]);
+    assert_eq!(due.winner, Some(bid_id(2)));
+    let naming_own = award(&mut ids, 1, &[1, 2], Some(1), T0 + 6_000);
+    let with_award = [msgs.clone(), vec![naming_own.clone()]].concat();
+    assert!(matches!(
+        rejected_with(&with_award, &naming_own),
+        Violation::InvalidAward { .. }
+    ));
+    assert_eq!(status(&with_award), SeedStatus::Open);
+
+    // Rules 1: seeds stored before the rule fold as they always did; the self-bid counts and
+    // can win.
+    let mut ids = Ids(0);
+    let creation = create(&mut ids, seed(2, 5));
+    let own = bid(&mut ids, 1, 10, T0 + 100);
+    let other = bid(&mut ids, 2, 30, T0 + 200);
+    let won = award(&mut ids, 1, &[1, 2], Some(1), T0 + 6_000);
+    let msgs = vec![creation, own.clone(), other, won.clone()];
+    assert_eq!(verdict_of(&msgs, &own), Verdict::Applied);
+    assert_eq!(verdict_of(&msgs, &won), Verdict::Applied);
+    let v = fold(&msgs).view.unwrap();
+    assert_eq!(v.award.unwrap().winner_node, Some(node(1)));
+}
+
+#[test]
+fn a_publisher_is_refused_locally_to_bid_on_its_own_seed_under_any_rules() {
+    for s in [seed(2, 5), seed_v2(2)] {
+        let mut ids = Ids(0);
+        let creation = create(&mut ids, s);
+        let v = fold([&creation]).view.unwrap();
+        assert_eq!(
+            state::check_local_bid(&v, &node(1), T0 + 1),
+            Err(Violation::OwnSeed { seed_id: seed_id() })
+        );
+        assert_eq!(state::check_local_bid(&v, &node(2), T0 + 1), Ok(()));
+        let err =
+            crabnet_core::Error::from(state::check_local_bid(&v, &node(1), T0 + 1).unwrap_err());
+        assert_eq!(err.kind(), crabnet_core::ErrorKind::State);
+    }
+}
+
+/// How the winner of a round behaves in a simulated rules 2 history.
+#[derive(Debug, Clone, Copy)]
+enum Winner {
+    ClaimsAndReports,
+    NeverClaims,
+    ClaimsButNeverReports,
+    ClaimsLate,
+}
+
+fn winner_strategy() -> impl Strategy<Value = Winner> {
+    prop_oneof![
+        Just(Winner::ClaimsAndReports),
+        Just(Winner::NeverClaims),
+        Just(Winner::ClaimsButNeverReports),
+        Just(Winner::ClaimsLate),
+    ]
+}
+
+/// An honest rules 2 history: bidders behave as given, the publisher's node issues every due
+/// decision (checked once a second) and its operator reassigns every failed round.
+fn history_v2(prices: &[u64], behaviour: &[Winner]) -> (Vec<Message>, u64) {
+    let mut ids = Ids(1000);
+    let mut msgs = vec![create(&mut ids, seed_v2(prices.len().max(1) as u32))];
+    for (i, p) in prices.iter().enumerate() {
+        let mut m = bid(&mut ids, 10 + i as u8, 10 + p, T0 + 100 * (i as u64 + 1));
+        m.lamport = 2;
+        msgs.push(m);
+    }
+    let mut lamport = 10;
+    let mut acted: std::collections::HashSet<(u32, u8)> = Default::default();
+    let mut t = T0 + 5_000;
+    let end = T0 + 400_000;
+    while t < end {
+        t += 1_000;
+        let v = fold(&msgs).view.unwrap();
+        if let Some(body) = v.due_decision(t) {
+            lamport += 1;
+            msgs.push(msg(&mut ids, node(1), lamport, t, body));
+            continue;
+        }
+        if v.status == SeedStatus::Failed {
+            lamport += 1;
+            let body = Body::SeedReassigned(v.reassignment().unwrap());
+            msgs.push(msg(&mut ids, node(1), lamport, t, body));
+            continue;
+        }
+        let Some(award) = v.award.clone() else {
+            continue;
+        };
+        let Some(w) = award.winner_node.clone() else {
+            continue;
+        };
+        let who = (0..prices.len())
+            .find(|i| node(10 + *i as u8) == w)
+            .unwrap();
+        let behave = behaviour[who % behaviour.len()];
+        let round_start = award.round_started_at;
+        lamport += 1;
+        match (v.status, behave) {
+            (SeedStatus::Open, Winner::ClaimsAndReports | Winner::ClaimsButNeverReports)
+                if acted.insert((award.round, 0)) =>
+            {
+                let c = Body::SeedClaimed(Claim {
+                    seed_id: seed_id(),
+                    claimer: w.clone(),
+                    bid_id: award.winner.clone().unwrap(),
+                });
+                msgs.push(msg(&mut ids, w, lamport, round_start + 1_000, c));
+            }
+            (SeedStatus::Open, Winner::ClaimsLate)
+                if t > round_start + CLAIM_S * 1000 && acted.insert((award.round, 0)) =>
+            {
+                let c = Body::SeedClaimed(Claim {
+                    seed_id: seed_id(),
+                    claimer: w.clone(),
+                    bid_id: award.winner.clone().unwrap(),
+                });
+                msgs.push(msg(&mut ids, w, lamport, t, c));
+            }
+            (SeedStatus::Claimed, Winner::ClaimsAndReports | Winner::ClaimsLate)
+                if acted.insert((award.round, 1)) =>
+            {
+                let mut r = result(&mut ids, 0);
+                r.sender = w.clone();
+                r.lamport = lamport;
+                r.timestamp = t;
+                if let Body::ResultReported(res) = &mut r.body {
+                    res.runner = w;
+                    res.started_at = t - 10;
+                    res.finished_at = t - 5;
+                }
+                msgs.push(r);
+            }
+            _ => {}
+        }
+    }
+    (msgs, end)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Rules 2: any delivery order of an honest history with unresponsive winners converges,
+    /// rounds never go back, and every lifecycle ends: nothing is left open past a deadline.
+    #[test]
+    fn deadlines_end_every_lifecycle_and_replicas_converge(
+        prices in prop::collection::vec(0u64..50, 0..4),
+        behaviour in prop::collection::vec(winner_strategy(), 1..4),
+        seeds in prop::collection::vec(any::<u64>(), 3),
+    ) {
+        let (msgs, end) = history_v2(&prices, &behaviour);
+        let reference = fold(&msgs);
+        let v = reference.view.clone().unwrap();
+        prop_assert!(
+            matches!(v.status, SeedStatus::Settled | SeedStatus::Expired),
+            "ended {} after {:?}", v.status, behaviour
+        );
+        prop_assert_eq!(v.due_decision(end), None);
+        for s in seeds {
+            let mut received: Vec<Message> = Vec::new();
+            let mut round = 0;
+            for i in deliver_order(msgs.len(), s) {
+                received.push(msgs[i].clone());
+                if let Some(a) = fold(&received).view.and_then(|v| v.award) {
+                    prop_assert!(a.round >= round, "round {} after {}", a.round, round);
+                    round = a.round;
+                }
+            }
+            prop_assert_eq!(&fold(&received), &reference);
+        }
+    }
+}
+
+/// Deadline decisions forged by a node that is not the publisher (the lapsed winner wanting
+/// the seed back, a bystander) never take effect, whenever they are dated.
+#[test]
+fn only_the_publisher_reassigns_or_fails_a_round() {
+    let mut ids = Ids(0);
+    let mut msgs = awarded_v2(&mut ids);
+    let mut forged_reassign = reassign(&mut ids, 1, Some(2), CLAIM_END + 5_000, 10);
+    forged_reassign.sender = node(2);
+    msgs.push(forged_reassign.clone());
+    assert!(matches!(
+        rejected_with(&msgs, &forged_reassign),
+        Violation::NotPublisher { .. }
+    ));
+    assert_eq!(fold(&msgs).view.unwrap().award.unwrap().round, 0);
+
+    msgs.push(at(claim(&mut ids, 3, 3), AWARD + 1_000, 11));
+    let mut forged_fail = fail(&mut ids, 0, T0 + 10_000_000, 12);
+    forged_fail.sender = node(4);
+    msgs.push(forged_fail.clone());
+    assert!(matches!(
+        rejected_with(&msgs, &forged_fail),
+        Violation::NotPublisher { .. }
+    ));
+    assert_eq!(status(&msgs), SeedStatus::Claimed);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// `next_decision_at` says exactly from when `due_decision` has a decision, at every step
+    /// of a rules 2 lifecycle: a node that schedules its next look by it decides neither
+    /// later nor never.
+    #[test]
+    fn the_next_decision_time_is_when_a_decision_becomes_due(
+        prices in prop::collection::vec(0u64..50, 0..4),
+        behaviour in prop::collection::vec(winner_strategy(), 1..4),
+    ) {
+        let (msgs, end) = history_v2(&prices, &behaviour);
+        for n in 1..=msgs.len() {
+            let v = fold(&msgs[..n]).view.unwrap();
+            let next = v.next_decision_at();
+            let mut times: Vec<u64> = (T0..end).step_by(7_000).collect();
+            if let Some(at) = next {
+                times.extend([at.saturating_sub(1), at, at + 1]);
+            }
+            for t in times {
+                prop_assert_eq!(
+                    v.due_decision(t).is_some(),
+                    next.is_some_and(|at| at <= t),
+                    "{} at {} (next {:?})", v.status, t, next
+                );
+            }
         }
     }
 }

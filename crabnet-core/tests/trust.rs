@@ -2,125 +2,17 @@
 //! senders, key mismatches, replays (also after a restart and below the replay floor), stale
 //! and future envelopes, and private seeds that outsiders relay but cannot read.
 
+mod support;
+
 use std::time::{Duration, Instant};
+use support::forge::{config, hello, hello_signed_by, identity, seal, seed_message, wait_counter};
 
 use crabnet_core::clock::now_ms;
-use crabnet_core::crypto::{KemSeeds, SigningSeeds};
-use crabnet_core::envelope::{self, Header, Hello, Kind, MAX_ENVELOPE_BYTES};
+use crabnet_core::envelope::{self, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
-use crabnet_core::model::{Body, Message, MessageId, Seed, SeedId};
+use crabnet_core::model::{Message, SeedId};
 use crabnet_core::network::{MemoryTransport, Transport};
 use crabnet_core::{Config, ErrorKind, MemoryHub, Node, PublishRequest, SeedStatus};
-
-fn config(dir: &std::path::Path, name: &str) -> Config {
-    let mut c = Config::with_data_dir(dir.join(name));
-    c.name = name.into();
-    c.network.tick_ms = 20;
-    c
-}
-
-fn identity(tag: u8, epoch: u32) -> Identity {
-    Identity::from_seeds(
-        &SigningSeeds {
-            ed25519: [tag; 32],
-            ml_dsa: [tag; 32],
-        },
-        &KemSeeds {
-            x25519: [tag; 32],
-            ml_kem: [tag; 64],
-        },
-        epoch,
-    )
-}
-
-fn hello(id: &Identity, sender_override: Option<&Identity>) -> Vec<u8> {
-    let hello = Hello {
-        name: "mallory".into(),
-        addresses: vec![],
-        key_epoch: id.public().epoch,
-        signing_public: id.public().signing.to_bytes(),
-        kem_public: id.public().kem.to_bytes(),
-    };
-    let signer = sender_override.unwrap_or(id);
-    let header = Header {
-        kind: Kind::NodeHello,
-        sealed: false,
-        sender: signer.node_id().clone(),
-        message_id: MessageId::from_bytes(rand16()),
-        timestamp: now_ms(),
-        ttl_secs: 60,
-        lamport: 0,
-    };
-    envelope::build(
-        signer,
-        &header,
-        &envelope::encode_hello(&hello),
-        &[],
-        MAX_ENVELOPE_BYTES,
-        &mut envelope::os_rng,
-    )
-    .unwrap()
-}
-
-fn rand16() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    envelope::os_rng(&mut b);
-    b
-}
-
-fn seed_message(id: &Identity, lamport: u64, timestamp: u64) -> Message {
-    Message {
-        id: MessageId::from_bytes(rand16()),
-        sender: id.node_id().clone(),
-        lamport,
-        timestamp,
-        body: Body::SeedCreated(Seed {
-            id: SeedId::from_bytes(rand16()),
-            publisher: id.node_id().clone(),
-            command: "true".into(),
-            description: String::new(),
-            min_price: 1,
-            max_price: 10,
-            bid_window_secs: 60,
-            max_bids: 1,
-            timeout_secs: 10,
-            created_at: timestamp,
-            audience: vec![],
-            network: false,
-            isolation: crabnet_core::model::SandboxLevel::Full,
-        }),
-    }
-}
-
-fn seal(id: &Identity, m: &Message, ttl: u32) -> Vec<u8> {
-    envelope::message_envelope(id, m, ttl, &[], MAX_ENVELOPE_BYTES, &mut envelope::os_rng).unwrap()
-}
-
-async fn counter(node: &Node, name: &str) -> u64 {
-    node.overview()
-        .await
-        .unwrap()
-        .counters
-        .get(name)
-        .copied()
-        .unwrap_or(0)
-}
-
-async fn wait_counter(node: &Node, name: &str, at_least: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = counter(node, name).await;
-        if v >= at_least {
-            return;
-        }
-        let counters = node.overview().await.unwrap().counters;
-        assert!(
-            Instant::now() < deadline,
-            "counter {name} stayed at {v}, wanted {at_least}: {counters:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn knows(node: &Node, id: &SeedId) -> bool {
     node.seed(id).await.is_ok()
@@ -160,7 +52,7 @@ async fn unknown_forged_and_mismatched_senders_are_rejected() {
     assert!(!knows(&node, &id_of(&m)).await);
 
     // 2. Alice says hello; a message claiming to be from Alice but signed by Mallory fails.
-    wire.broadcast(&hello(&alice, None)).unwrap();
+    wire.broadcast(&hello(&alice)).unwrap();
     node.wait_for_peers(1, Duration::from_secs(10))
         .await
         .unwrap();
@@ -181,10 +73,11 @@ async fn unknown_forged_and_mismatched_senders_are_rejected() {
     assert!(!knows(&node, &id_of(&forged.0)).await);
 
     // 3. A hello whose node id is not derived from its keys.
-    wire.broadcast(&hello(&mallory, Some(&alice))).unwrap();
+    wire.broadcast(&hello_signed_by(&mallory, &alice, None))
+        .unwrap();
     wait_counter(&node, "rejected.key_mismatch", 1).await;
     // 4. A known node id announcing other keys (here: another epoch) is refused.
-    wire.broadcast(&hello(&identity(0x11, 2), None)).unwrap();
+    wire.broadcast(&hello(&identity(0x11, 2))).unwrap();
     wait_counter(&node, "rejected.key_mismatch", 2).await;
     let peers = node.peers().await.unwrap();
     assert_eq!(peers.len(), 1);
@@ -209,7 +102,7 @@ async fn stale_and_future_envelopes_are_rejected_as_expired() {
     let node = start(dir.path(), "n", &hub, None).await;
     let mut wire = hub.join("wire");
     let alice = identity(0x11, 1);
-    wire.broadcast(&hello(&alice, None)).unwrap();
+    wire.broadcast(&hello(&alice)).unwrap();
     node.wait_for_peers(1, Duration::from_secs(10))
         .await
         .unwrap();
@@ -228,7 +121,7 @@ async fn replays_are_rejected_before_and_after_a_restart() {
     let node = start(dir.path(), "n", &hub, None).await;
     let mut wire = hub.join("wire");
     let alice = identity(0x11, 1);
-    wire.broadcast(&hello(&alice, None)).unwrap();
+    wire.broadcast(&hello(&alice)).unwrap();
     node.wait_for_peers(1, Duration::from_secs(10))
         .await
         .unwrap();
@@ -260,7 +153,7 @@ async fn a_message_below_the_senders_replay_floor_is_a_replay() {
     let node = start(dir.path(), "n", &hub, Some(c)).await;
     let mut wire = hub.join("wire");
     let alice = identity(0x11, 1);
-    wire.broadcast(&hello(&alice, None)).unwrap();
+    wire.broadcast(&hello(&alice)).unwrap();
     node.wait_for_peers(1, Duration::from_secs(10))
         .await
         .unwrap();
@@ -409,10 +302,7 @@ async fn only_what_the_bytes_prove_invalid_penalises_the_relay() {
     let stale = seal(&author, &seed_message(&author, 2, now - 3_600_000), 60);
     assert_eq!(verdict(&frames, stale).await, Acceptance::Ignore);
     // Once the hello is in, the same kind of frame is accepted, and its copy is a duplicate.
-    assert_eq!(
-        verdict(&frames, hello(&author, None)).await,
-        Acceptance::Accept
-    );
+    assert_eq!(verdict(&frames, hello(&author)).await, Acceptance::Accept);
     let fresh = seal(&author, &seed_message(&author, 3, now), 60);
     assert_eq!(verdict(&frames, fresh.clone()).await, Acceptance::Accept);
     assert_eq!(verdict(&frames, fresh.clone()).await, Acceptance::Ignore);
@@ -519,7 +409,7 @@ async fn a_default_libp2p_peer_relaying_valid_traffic_is_not_penalised() {
     wait_counter(&node, "rejected.unknown_sender", early.len() as u64).await;
     relay
         .behaviour_mut()
-        .publish(topic.clone(), hello(&author, None))
+        .publish(topic.clone(), hello(&author))
         .unwrap();
     let later = seed_message(&author, 10, now);
     let mut published_later = false;

@@ -229,6 +229,16 @@ impl Outcome for () {
     fn panicked() {}
 }
 
+impl Outcome for u64 {
+    type C = u64;
+    fn finish(self, _: &str) -> u64 {
+        self
+    }
+    fn panicked() -> u64 {
+        0
+    }
+}
+
 impl Outcome for *const c_char {
     type C = *const c_char;
     fn finish(self, _: &str) -> *const c_char {

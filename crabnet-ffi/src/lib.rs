@@ -8,7 +8,7 @@
 //!   [`error::ffi`], the one panic boundary every export goes through.
 //! - [`handle`]: how handles, string arguments and out-parameters cross the boundary, written
 //!   once for every function.
-//! - [`config`], [`node`], [`json`]: the exported functions.
+//! - [`config`], [`node`], [`json`], [`web`], [`log`]: the exported functions.
 //!
 //! The rules a C caller relies on (ownership, threading, callbacks) are written in the doc
 //! comments, which cbindgen copies into the header; `tests/header.rs` fails when the committed
@@ -23,7 +23,9 @@ pub mod config;
 pub mod error;
 pub mod handle;
 pub mod json;
+pub mod log;
 pub mod node;
+pub mod web;
 
 #[cfg(test)]
 mod tests;

@@ -173,6 +173,11 @@ impl crabnet_node {
         })
     }
 
+    /// The node inside.
+    pub(crate) fn blocking(&self) -> &BlockingNode {
+        &self.node
+    }
+
     fn stop(&self) -> FfiResult<()> {
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Delivers the last events and joins the events thread (unless called from it).
@@ -441,9 +446,13 @@ pub unsafe extern "C" fn crabnet_node_start_dht(
     }
 }
 
-/// Stops the node gracefully: refuses new operations, sends what is due, records the last
-/// events, delivers them to every callback, waits for the callbacks in progress, and releases
-/// the data directory. No callback of this node runs after it returns. Calling it again is
+/// Stops the node gracefully: refuses new operations; gives a task in progress (a
+/// `crabnet_node_run` blocked on another thread) `runner.stop_grace_ms` milliseconds (default 0)
+/// to finish, then kills it (its whole process group, or its PID namespace) and records and
+/// reports its result with `"interrupted": true` (that `crabnet_node_run` then returns `OK` with
+/// this result); sends what is due, records the last events, delivers them to every callback,
+/// waits for the callbacks in progress, and releases the data directory. No task process of
+/// this node is left running when it returns. No callback of this node runs after it returns. Calling it again is
 /// fine. Because it waits for callbacks, do not call it while holding a lock that a callback
 /// takes.
 ///
@@ -595,7 +604,12 @@ pub unsafe extern "C" fn crabnet_node_claim(
 
 /// Runs a seed this node claimed (`bash -lc COMMAND` in a fresh working directory inside the
 /// task sandbox, with the configured limits), records the result and sends it to the
-/// publisher. Blocks until the command ends or times out.
+/// publisher. Blocks until the command ends, times out, or is interrupted by
+/// `crabnet_node_stop` on another thread: the command is then killed (after
+/// `runner.stop_grace_ms`) and the result, with `"interrupted": true` and `"success": false`,
+/// is recorded, sent and returned. A run cut short by a crash of the host is recorded as
+/// interrupted when a node starts again on the data directory. A seed is never run again by
+/// itself: after an interrupted run, this call fails with `STATE` on it.
 ///
 /// On success `*out_seed_json` receives the seed's state with its `result`, freed with
 /// `crabnet_string_free`; `/result/sandbox` tells what the command ran under (`level`:
@@ -645,7 +659,8 @@ pub unsafe extern "C" fn crabnet_node_settle(
     }
 }
 
-/// Cancels a seed this node published, while bidding is open.
+/// Cancels a seed this node published: while bidding is open, or (rule version 2) once the
+/// winner let its claim window pass or its round failed.
 ///
 /// On success `*out_seed_json` receives the seed's state, freed with `crabnet_string_free`.
 /// Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION`, `NOT_FOUND`, `STATE`, `STOPPED`,
@@ -663,6 +678,30 @@ pub unsafe extern "C" fn crabnet_node_cancel(
             seed_id,
             out_seed_json,
             |n, id| n.cancel(id),
+        )
+    }
+}
+
+/// Moves a seed this node published to the next best bid whose bidder has not had a round
+/// (rule version 2): after its round failed (status `"failed"`), or once the winner let its
+/// claim window pass. With no bid left the seed expires.
+///
+/// On success `*out_seed_json` receives the seed's state, freed with `crabnet_string_free`.
+/// Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION`, `NOT_FOUND`, `STATE`, `STOPPED`,
+/// `STORE`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crabnet_node_reassign(
+    node: *const crabnet_node,
+    seed_id: *const c_char,
+    out_seed_json: *mut *mut c_char,
+) -> crabnet_status {
+    unsafe {
+        seed_op(
+            "crabnet_node_reassign",
+            node,
+            seed_id,
+            out_seed_json,
+            |n, id| n.reassign(id),
         )
     }
 }

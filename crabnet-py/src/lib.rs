@@ -7,6 +7,7 @@
 
 mod errors;
 mod hub;
+mod logs;
 mod node;
 
 use std::path::PathBuf;
@@ -122,6 +123,9 @@ fn reject_reasons() -> Vec<&'static str> {
         R::Expired,
         R::KeyMismatch,
         R::Rule,
+        R::NotAdmitted,
+        R::RateLimited,
+        R::LamportAhead,
     ];
     for reason in all {
         match reason {
@@ -133,7 +137,10 @@ fn reject_reasons() -> Vec<&'static str> {
             | R::Replay
             | R::Expired
             | R::KeyMismatch
-            | R::Rule => {}
+            | R::Rule
+            | R::NotAdmitted
+            | R::RateLimited
+            | R::LamportAhead => {}
         }
     }
     all.iter().map(|r| r.as_str()).collect()
@@ -151,11 +158,14 @@ fn _crabnet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hub::MemoryHub>()?;
     m.add_class::<node::NativeNode>()?;
     m.add_class::<node::NativeSubscription>()?;
+    m.add_class::<node::NativeWeb>()?;
     m.add_function(wrap_pyfunction!(default_config, m)?)?;
     m.add_function(wrap_pyfunction!(config_from_toml, m)?)?;
     m.add_function(wrap_pyfunction!(config_from_file, m)?)?;
     m.add_function(wrap_pyfunction!(run_demo, m)?)?;
     m.add_function(wrap_pyfunction!(exception_for_kind, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::forward_logs, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::logs_dropped, m)?)?;
     errors::register(m)?;
     Ok(())
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use crabnet_core::embed::{BlockingSubscription, ListenerId, NetworkSpec};
 use crabnet_core::network::{DhtConfig, UdpConfig};
-use crabnet_core::{BlockingNode, Config, Event, PublishRequest, SeedId, SeedStatus};
+use crabnet_core::{
+    BlockingNode, BlockingWebHandle, Config, Event, PublishRequest, SeedId, SeedStatus,
+};
 use pyo3::prelude::*;
 use serde::Serialize;
 
@@ -226,8 +228,8 @@ impl NativeNode {
         self.call(py, move |n| n.claim(&id))
     }
 
-    /// Runs a claimed seed's command; Ctrl-C interrupts the wait (the run goes on and its
-    /// result is recorded).
+    /// Runs a claimed seed's command; Ctrl-C interrupts the wait only (the run goes on until
+    /// the node stops, which kills it and records its result as interrupted).
     fn run(&self, py: Python<'_>, seed: &str) -> PyResult<String> {
         let id = seed_id(seed)?;
         let node = self.get()?;
@@ -244,6 +246,11 @@ impl NativeNode {
     fn cancel(&self, py: Python<'_>, seed: &str) -> PyResult<String> {
         let id = seed_id(seed)?;
         self.call(py, move |n| n.cancel(&id))
+    }
+
+    fn reassign(&self, py: Python<'_>, seed: &str) -> PyResult<String> {
+        let id = seed_id(seed)?;
+        self.call(py, move |n| n.reassign(&id))
     }
 
     fn seed(&self, py: Python<'_>, seed: &str) -> PyResult<String> {
@@ -295,6 +302,23 @@ impl NativeNode {
 
     fn events_after(&self, py: Python<'_>, after: u64, limit: usize) -> PyResult<String> {
         self.call(py, move |n| n.events_after(after, limit))
+    }
+
+    /// Starts the monitoring API and dashboard: the node's `[web]` settings with the keys of
+    /// `overrides_json` (a JSON object, e.g. `{"bind": "127.0.0.1:0"}`) replacing theirs.
+    #[pyo3(signature = (overrides_json=None))]
+    fn serve_web(&self, py: Python<'_>, overrides_json: Option<&str>) -> PyResult<NativeWeb> {
+        let node = self.get()?;
+        let mut config = node.node().config().web.clone();
+        if let Some(json) = overrides_json {
+            config = config.with_json_overrides(json).py(py)?;
+        }
+        let handle = py.detach(|| node.serve_web(config)).py(py)?;
+        py.detach(move || drop(node));
+        Ok(NativeWeb {
+            url: handle.url(),
+            handle: Mutex::new(Some(handle)),
+        })
     }
 
     /// A subscription to events from now on.
@@ -463,5 +487,48 @@ impl Drop for NativeSubscription {
             // threads: not while holding the GIL.
             Python::attach(|py| py.detach(move || drop(sub)));
         }
+    }
+}
+
+/// A running monitoring API (the Python class `crabnet.WebServer` wraps it).
+#[pyclass(module = "crabnet._crabnet", frozen)]
+pub struct NativeWeb {
+    handle: Mutex<Option<BlockingWebHandle>>,
+    url: String,
+}
+
+#[pymethods]
+impl NativeWeb {
+    /// The dashboard's URL, e.g. `http://127.0.0.1:7980/`.
+    #[getter]
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops serving (open requests get up to 5 s); idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| match lock(&self.handle).take() {
+            Some(mut handle) => handle.shutdown(),
+            None => Ok(()),
+        })
+        .py(py)
+    }
+
+    /// Whether `close` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        lock(&self.handle).is_none()
+    }
+}
+
+impl Drop for NativeWeb {
+    fn drop(&mut self) {
+        let handle = self
+            .handle
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        // Dropping stops the server without waiting.
+        drop(handle);
     }
 }

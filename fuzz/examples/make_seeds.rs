@@ -60,6 +60,7 @@ fn main() {
         key_epoch: 1,
         signing_public: sender.public().signing.to_bytes(),
         kem_public: sender.public().kem.to_bytes(),
+        certificate: None,
     };
     let header = Header {
         kind: Kind::NodeHello,
@@ -94,6 +95,10 @@ fn main() {
             timeout_secs: 30,
             created_at: 1_700_000_000_002,
             audience: vec![me.node_id().clone()],
+            network: false,
+            isolation: crabnet_core::model::SandboxLevel::Full,
+            rules: crabnet_core::model::rules::CURRENT,
+            deadlines: Some(crabnet_core::model::Deadlines::default()),
         }),
         Body::BidPlaced(Bid {
             id: BidId::from_bytes([6; 16]),

@@ -256,6 +256,7 @@ static void test_operations(const char *base) {
     EXPECT_ERR(CRABNET_STATUS_STATE, id, crabnet_node_run(bidder, id, &out));
     EXPECT_ERR(CRABNET_STATUS_STATE, id, crabnet_node_settle(pub, id, true, "too early", &out));
     EXPECT_ERR(CRABNET_STATUS_STATE, id, crabnet_node_cancel(bidder, id, &out));
+    EXPECT_ERR(CRABNET_STATUS_STATE, "may not bid on it", crabnet_node_bid(pub, id, 15, &out));
     EXPECT_ERR(CRABNET_STATUS_NULL_ARGUMENT, "`note`", crabnet_node_settle(pub, id, true, NULL, &out));
     CHECK(out == SENTINEL);
     OK(crabnet_node_bid(bidder, id, 15, &seed));

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
-from helpers import MakeNode
+from helpers import MakeNode, make_pair
 
 import crabnet
 
@@ -59,3 +59,10 @@ def trio(make_node: MakeNode) -> List[crabnet.Node]:
     for node in nodes:
         node.wait_for_peers(2, timeout=10)
     return nodes
+
+
+@pytest.fixture
+def pair(make_node: MakeNode) -> Tuple[crabnet.Node, crabnet.Node]:
+    """A publisher and a runner on one in-memory hub that know each other (a node may not bid
+    on its own seed)."""
+    return make_pair(make_node)

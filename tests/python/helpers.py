@@ -6,7 +6,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import crabnet
 
@@ -33,6 +33,30 @@ def wait_for_seed(
         if time.monotonic() > deadline:
             raise AssertionError(f"{node.name} did not reach the state in {timeout} s: {view!r}")
         time.sleep(0.01)
+
+
+def make_pair(
+    make_node: MakeNode, runner_config: Optional[Dict[str, Any]] = None, runner: str = "runner"
+) -> Tuple[crabnet.Node, crabnet.Node]:
+    """A publisher and a runner (named `runner`, with `runner_config`) on one in-memory hub
+    that know each other. A node may not bid on its own seed, so a lifecycle needs both."""
+    hub = crabnet.MemoryHub()
+    nodes = (make_node("publisher", hub=hub), make_node(runner, runner_config, hub=hub))
+    for node in nodes:
+        node.wait_for_peers(1, timeout=10)
+    return nodes
+
+
+def claimed(
+    publisher: crabnet.Node, runner: crabnet.Node, command: str, price: int = 1
+) -> crabnet.SeedView:
+    """`publisher` publishes `command` (one bid closes bidding), `runner` bids `price`, wins
+    and claims; returns the runner's view after the claim."""
+    seed = publisher.publish(command, max_bids=1)
+    wait_for_seed(runner, seed.id)
+    runner.bid(seed, price)
+    wait_for_seed(runner, seed.id, lambda v: v.award is not None)
+    return runner.claim(seed)
 
 
 def free_udp_port() -> int:

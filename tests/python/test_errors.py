@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Dict, Type
 
 import pytest
-from helpers import MakeNode, free_udp_port, wait_for_seed
+from helpers import MakeNode, claimed, free_udp_port, make_pair, wait_for_seed
 
 import crabnet
 from crabnet import _crabnet
@@ -45,7 +45,7 @@ def test_one_class_per_core_error_kind() -> None:
 
 
 def test_validation_errors(make_node: MakeNode) -> None:
-    node = make_node("n")
+    node, runner = make_pair(make_node)
     with pytest.raises(crabnet.ValidationError, match="invalid SeedId") as bad_id:
         node.seed("not-an-id")
     assert bad_id.value.kind == "validation"
@@ -58,8 +58,9 @@ def test_validation_errors(make_node: MakeNode) -> None:
     with pytest.raises(crabnet.ValidationError, match="price must be between"):
         node.bid("0" * 32, -1)
     seed = node.publish("true", min_price=5, max_price=10)
+    wait_for_seed(runner, seed.id)
     with pytest.raises(crabnet.ValidationError, match="outside the range 5..=10") as out:
-        node.bid(seed, 11)
+        runner.bid(seed, 11)
     assert out.value.violation is not None
     assert out.value.violation.rule == "price_out_of_range"
     assert out.value.violation.details["price"] == 11
@@ -72,7 +73,7 @@ def test_validation_errors(make_node: MakeNode) -> None:
     with pytest.raises(crabnet.ValidationError, match="unknown seed status .*expected one of open"):
         node.seeds("almost-done")
     with pytest.raises(TypeError):
-        node.bid(seed, 1.5)  # type: ignore[arg-type]
+        runner.bid(seed, 1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         node.seed(42)  # type: ignore[arg-type]
 
@@ -89,6 +90,11 @@ def test_state_errors_carry_the_violated_rule(trio: list[crabnet.Node]) -> None:
     with pytest.raises(crabnet.StateError, match="still open") as still_open:
         bob.claim(seed)
     assert still_open.value.kind == "state"
+    with pytest.raises(crabnet.StateError, match="may not bid on it") as own_seed:
+        alice.bid(seed, 10)
+    assert own_seed.value.violation is not None
+    assert own_seed.value.violation.rule == "own_seed"
+    assert own_seed.value.violation.details["seed_id"] == seed.id
     bob.bid(seed, 10)
     with pytest.raises(crabnet.StateError, match="already bid"):
         bob.bid(seed, 9)
@@ -120,10 +126,8 @@ def test_runner_error_when_the_work_directory_cannot_be_made(
     make_node: MakeNode, tmp_path: Path
 ) -> None:
     work = tmp_path / "work"
-    node = make_node("n", {"runner": {"work_root": work}})
-    seed = node.publish("true", max_bids=1)
-    node.bid(seed, 1)
-    node.claim(seed)
+    publisher, node = make_pair(make_node, {"runner": {"work_root": work}})
+    seed = claimed(publisher, node, "true")
     shutil.rmtree(work, ignore_errors=True)
     work.write_text("a file where the work directories go")
     with pytest.raises(crabnet.RunnerError, match="cannot run seed"):

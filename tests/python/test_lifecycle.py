@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from helpers import MakeNode, free_udp_port, wait_for_seed
+from helpers import MakeNode, claimed, free_udp_port, wait_for_seed
 
 import crabnet
 
@@ -219,18 +219,41 @@ def test_udp_transport_on_loopback(make_node: MakeNode) -> None:
     assert awarded.award is not None and awarded.award.winner_node == b.node_id
 
 
-def test_offline_node_runs_its_own_task(make_node: MakeNode) -> None:
+def test_offline_node_runs_a_claimed_task_and_sends_the_result_when_back(
+    make_node: MakeNode,
+) -> None:
+    # A node may not bid on its own seed: "solo" wins one from a publisher on a hub, then runs
+    # it offline (no transport) on the same data directory.
+    hub = crabnet.MemoryHub()
+    publisher = make_node("publisher", hub=hub)
+    online = make_node("solo", hub=hub)
+    for n in (publisher, online):
+        n.wait_for_peers(1, timeout=10)
+    seed = claimed(publisher, online, "printf done")
+    online.stop()
+
+    fresh = make_node("fresh")
+    assert fresh.transport == "offline" and fresh.overview().transport is None
+    assert fresh.peers() == [] and fresh.wait_for_peers(0, timeout=0) == []
+    assert (fresh.overview().peers, fresh.overview().addresses) == (0, ())
+    with pytest.raises(crabnet.StateError, match="may not bid on it"):
+        fresh.bid(fresh.publish("true"), 1)
+
     node = make_node("solo")
     assert node.transport == "offline" and node.overview().transport is None
-    assert node.peers() == [] and node.wait_for_peers(0, timeout=0) == []
-    assert (node.overview().peers, node.overview().addresses) == (0, ())
-    seed = node.publish("printf done", max_bids=1)
-    node.bid(seed, 1)  # one bid of one: bidding closes at once
-    node.claim(seed)
+    assert [p.node_id for p in node.peers()] == [publisher.node_id]  # remembered
+    assert node.overview().addresses == ()
     view = node.run(seed)
     assert view.result is not None and view.result.output_excerpt == "done"
-    assert node.settle(seed).status is crabnet.SeedStatus.SETTLED
     assert node.overview().outbox_pending > 0  # nobody to send to
+    node.stop()
+
+    # Back on the network, the result goes out and the publisher settles.
+    back = make_node("solo", hub=hub)
+    back.wait_for_peers(1, timeout=10)
+    wait_for_seed(publisher, seed.id, lambda v: v.status == "completed")
+    assert publisher.settle(seed).status is crabnet.SeedStatus.SETTLED
+    wait_for_seed(back, seed.id, lambda v: v.status == "settled")
 
 
 def test_nodes_bid_only_on_seeds_their_runner_policy_serves(make_node: MakeNode) -> None:

@@ -11,10 +11,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
-from helpers import MakeNode, eventually, open_files_under, os_thread_count, wait_for_seed
+from helpers import (
+    MakeNode,
+    claimed,
+    eventually,
+    open_files_under,
+    os_thread_count,
+    wait_for_seed,
+)
 
 import crabnet
 
@@ -86,18 +93,17 @@ def counter() -> Iterator[Callable[[], int]]:
 
 
 def test_other_threads_run_during_blocking_calls(
-    make_node: MakeNode, counter: Callable[[], int]
+    make_node: MakeNode, pair: Tuple[crabnet.Node, crabnet.Node], counter: Callable[[], int]
 ) -> None:
-    node = make_node("n")
-    seed = node.publish("sleep 1", max_bids=1)
-    node.bid(seed, 1)
-    node.claim(seed)
+    publisher, node = pair
+    seed = claimed(publisher, node, "sleep 1")
 
     before = counter()
     node.run(seed)  # about one second in the task
     during_run = counter() - before
 
-    stream = node.events()
+    # An offline node has no events to deliver while the wait lasts.
+    stream = make_node("idle").events()
     before = counter()
     assert stream.get(0.5) is None
     during_wait = counter() - before
@@ -141,11 +147,11 @@ def test_ctrl_c_interrupts_event_waits(make_node: MakeNode) -> None:
 
 
 @pytest.mark.usefixtures("default_sigint")
-def test_ctrl_c_interrupts_a_run_and_the_result_is_still_recorded(make_node: MakeNode) -> None:
-    node = make_node("n")
-    seed = node.publish("sleep 1; echo late", max_bids=1)
-    node.bid(seed, 1)
-    node.claim(seed)
+def test_ctrl_c_interrupts_a_run_and_the_result_is_still_recorded(
+    pair: Tuple[crabnet.Node, crabnet.Node],
+) -> None:
+    publisher, node = pair
+    seed = claimed(publisher, node, "sleep 1; echo late")
     stream = node.events()
     interrupt_soon(0.2)
     started = time.monotonic()
@@ -206,3 +212,38 @@ def test_nodes_left_running_are_stopped_at_exit(tmp_path: Path) -> None:
     lines = done.stdout.split()
     assert lines[-1] == "node_stopped", done.stdout  # the last event reached the callback
     assert "exiting" in done.stdout and done.stderr == ""
+
+
+@pytest.mark.usefixtures("default_sigint")
+def test_ctrl_c_leaving_a_with_block_kills_the_run_and_records_it_as_interrupted(
+    make_node: MakeNode, tmp_path: Path
+) -> None:
+    config = {"network": {"tick_ms": 20}}
+    hub = crabnet.MemoryHub()
+    publisher = make_node("publisher", hub=hub)
+    node = crabnet.Node(config, data_dir=tmp_path / "n", name="n", hub=hub)
+    with pytest.raises(KeyboardInterrupt):
+        with node:
+            for n in (publisher, node):
+                n.wait_for_peers(1, timeout=10)
+            seed = claimed(publisher, node, "echo started; sleep 30")
+            stream = node.events()
+
+            def interrupt_once_started() -> None:
+                stream.wait_for(lambda e: isinstance(e, crabnet.TaskStarted), 20)
+                os.kill(os.getpid(), signal.SIGINT)
+
+            threading.Thread(target=interrupt_once_started).start()
+            node.run(seed)  # blocks until the interrupt leaves the `with` block
+    assert not node.running
+    recorded = stream.wait_for(lambda e: isinstance(e, crabnet.ResultRecorded), 10)
+    assert isinstance(recorded, crabnet.ResultRecorded)
+    assert recorded.interrupted and not recorded.success
+
+    # Started again, the node knows the run was interrupted and does not run it again.
+    with crabnet.Node(config, data_dir=tmp_path / "n", name="n") as node:
+        view = node.seed(seed.id)
+        assert view.status == "completed"
+        assert view.result is not None and view.result.interrupted
+        with pytest.raises(crabnet.StateError):
+            node.run(seed)

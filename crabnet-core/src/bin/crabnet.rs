@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use crabnet_core::clock::format_ms;
 use crabnet_core::demo::{self, DemoOptions};
-use crabnet_core::model::SandboxLevel;
+use crabnet_core::logging::LevelFilter;
+use crabnet_core::model::{Deadlines, SandboxLevel};
 use crabnet_core::network::{DhtConfig, UdpConfig, UdpTransport};
 use crabnet_core::web::{WebConfig, WebHandle};
 use crabnet_core::{
@@ -54,6 +55,84 @@ enum Command {
     Events(EventsArgs),
     /// Run a local demo network (in one process) through a whole task lifecycle.
     Demo(DemoArgs),
+    /// The trust policy: anchors, membership certificates, revocations.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TrustCommand {
+    /// Create a trust anchor: writes its secret key to FILE (mode 0600, never overwritten) and
+    /// its public key to FILE.pub, and prints the public key (for trust.anchors).
+    AnchorNew {
+        /// Where to write the anchor's secret key.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print this node's public identity (JSON), the input of `trust sign`.
+    Identity {
+        /// Also write it to this file.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Sign a membership certificate for a node's public identity with an anchor's key.
+    Sign {
+        /// The anchor's secret key file.
+        #[arg(long, value_name = "FILE")]
+        anchor: PathBuf,
+        /// The node's public identity (from `crabnet trust identity`).
+        #[arg(long, value_name = "FILE")]
+        identity: PathBuf,
+        /// Where to write the certificate (then set trust.certificate on the node).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// A role the node gets (repeatable): publish, run. Default: both.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Valid from (Unix ms); default now.
+        #[arg(long, value_name = "MS")]
+        not_before: Option<u64>,
+        /// Valid for this many days from not_before.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
+    /// Revoke a node or a certificate with an anchor's key (writes a revocation file for
+    /// `trust import`), or this node's own keys with --self (stored and sent by the node).
+    Revoke {
+        /// The anchor's secret key file.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "own",
+            required_unless_present = "own"
+        )]
+        anchor: Option<PathBuf>,
+        /// Revoke this node id.
+        #[arg(long, value_name = "NODE_ID", conflicts_with_all = ["serial", "own"])]
+        node: Option<String>,
+        /// Revoke the certificate with this serial (32 hex digits).
+        #[arg(long, value_name = "HEX", conflicts_with = "own")]
+        serial: Option<String>,
+        /// Revoke this node's own keys (signed with them).
+        #[arg(long = "self")]
+        own: bool,
+        /// Revoked from this time on (Unix ms); default now.
+        #[arg(long, value_name = "MS")]
+        from: Option<u64>,
+        /// Where to write the revocation.
+        #[arg(long, value_name = "FILE", required_unless_present = "own")]
+        out: Option<PathBuf>,
+    },
+    /// Add a revocation file to this node (it applies it and sends it to its peers).
+    Import {
+        /// The revocation file.
+        file: PathBuf,
+    },
+    /// Show the node's trust policy, or decode a certificate or revocation file.
+    Show {
+        /// A certificate or revocation file.
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -140,8 +219,15 @@ enum SeedCommand {
         #[arg(long, default_value = "")]
         note: String,
     },
-    /// Cancel a seed this node published, while bidding is open.
+    /// Cancel a seed this node published: while bidding is open, or once the winner let its
+    /// claim window pass or the round failed.
     Cancel {
+        /// Seed id.
+        id: String,
+    },
+    /// Move a seed this node published to the next best bid: after its round failed, or once
+    /// the winner let its claim window pass (expires when no bid is left).
+    Reassign {
         /// Seed id.
         id: String,
     },
@@ -191,6 +277,17 @@ struct PublishArgs {
     /// The strongest task sandbox the command works under.
     #[arg(long, value_enum, default_value_t = IsolationArg::Full)]
     isolation: IsolationArg,
+    /// Seconds the winner has to claim after the award; then the seed moves to the next best
+    /// bid.
+    #[arg(long, default_value_t = Deadlines::default().claim_secs)]
+    claim_window: u64,
+    /// Seconds beyond --timeout the claimer has to report its result; then the round fails.
+    #[arg(long, default_value_t = Deadlines::default().result_grace_secs)]
+    result_grace: u64,
+    /// Seconds the publisher has to settle after the result; then the node settles by the
+    /// result.
+    #[arg(long, default_value_t = Deadlines::default().settle_secs)]
+    settle_window: u64,
 }
 
 /// Sandbox levels, as the CLI spells them.
@@ -250,13 +347,14 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let (filter, invalid) = crabnet_core::logging::env_filter(LevelFilter::WARN);
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CRABNET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(why) = invalid {
+        tracing::warn!("{why}");
+    }
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -418,9 +516,261 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         }
         Command::Seed(cmd) => seed_command(config, cmd, json).await?,
         Command::Events(args) => events(config, args, json).await?,
+        Command::Trust(cmd) => trust_command(config, cmd, json).await?,
         Command::Demo(_) | Command::Listen(_) => unreachable!("handled above"),
     }
     Ok(())
+}
+
+fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Io,
+            format!("cannot read {what} {}: {e}", path.display()),
+            e,
+        )
+    })
+}
+
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    let mut file = options.open(path).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Io,
+            format!("cannot create {}: {e}", path.display()),
+            e,
+        )
+    })?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    Ok(())
+}
+
+fn random32() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    crabnet_core::envelope::os_rng(&mut b);
+    b
+}
+
+async fn trust_command(config: Config, cmd: TrustCommand, json: bool) -> Result<(), Error> {
+    use crabnet_core::clock::now_ms;
+    use crabnet_core::trust::{
+        AnchorKey, Certificate, IdentityRecord, Revocation, RevocationTarget, Roles,
+    };
+    match cmd {
+        TrustCommand::AnchorNew { out } => {
+            let key = AnchorKey::generate()?;
+            key.write_new(&out)?;
+            let public = hex::encode(key.public().to_bytes());
+            let mut pub_path = out.into_os_string();
+            pub_path.push(".pub");
+            let pub_path = PathBuf::from(pub_path);
+            write_file(&pub_path, format!("{public}\n").as_bytes())?;
+            let id = hex::encode(key.id());
+            if json {
+                print_json(&serde_json::json!({
+                    "anchor_id": id, "public": public, "public_file": pub_path,
+                }));
+            } else {
+                println!(
+                    "anchor {id}\npublic key written to {}:\n{public}",
+                    pub_path.display()
+                );
+            }
+        }
+        TrustCommand::Identity { out } => {
+            let identity = with_node(config, async |n| Ok(n.public_identity())).await?;
+            let text = serde_json::to_string_pretty(&IdentityRecord::of(&identity))
+                .expect("records serialize");
+            if let Some(out) = out {
+                write_file(&out, text.as_bytes())?;
+            }
+            println!("{text}");
+        }
+        TrustCommand::Sign {
+            anchor,
+            identity,
+            out,
+            roles,
+            not_before,
+            days,
+        } => {
+            let key = AnchorKey::read(&anchor)?;
+            let record: IdentityRecord =
+                serde_json::from_slice(&read_file(&identity, "identity file")?).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Validation,
+                        format!("{} is not an identity record: {e}", identity.display()),
+                    )
+                })?;
+            let node = record.identity()?;
+            let roles = if roles.is_empty() {
+                Roles::ALL
+            } else {
+                roles.iter().try_fold(
+                    Roles {
+                        publish: false,
+                        run: false,
+                    },
+                    |r, name| r.with(name),
+                )?
+            };
+            let from = not_before.unwrap_or_else(now_ms);
+            let until = from.saturating_add(days.saturating_mul(86_400_000));
+            let serial: [u8; 16] = random32()[..16].try_into().expect("16 bytes");
+            let cert = Certificate::sign(&key, &node, serial, from, until, roles, random32())?;
+            write_file(&out, cert.to_bytes())?;
+            show_certificate(&cert, json);
+        }
+        TrustCommand::Revoke {
+            anchor,
+            node,
+            serial,
+            own,
+            from,
+            out,
+        } => {
+            let from = from.unwrap_or_else(now_ms);
+            let revocation = if own {
+                with_node(config, async |n| n.revoke_self(from).await).await?
+            } else {
+                let key = AnchorKey::read(anchor.as_deref().expect("clap requires --anchor"))?;
+                let target = match (node, serial) {
+                    (Some(id), None) => RevocationTarget::Node(NodeId::parse(&id)?),
+                    (None, Some(s)) => {
+                        let bytes = hex::decode(&s)
+                            .ok()
+                            .and_then(|b| <[u8; 16]>::try_from(b).ok());
+                        RevocationTarget::Certificate(bytes.ok_or_else(|| {
+                            Error::new(
+                                ErrorKind::Validation,
+                                format!("--serial {s:?} is not 32 hex digits"),
+                            )
+                        })?)
+                    }
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::Validation,
+                            "name what to revoke: --node ID or --serial HEX",
+                        ));
+                    }
+                };
+                Revocation::by_anchor(&key, target, from, now_ms(), random32())?
+            };
+            if let Some(out) = out {
+                write_file(&out, revocation.to_bytes())?;
+            }
+            show_revocation(&revocation, json);
+        }
+        TrustCommand::Import { file } => {
+            let bytes = read_file(&file, "revocation file")?;
+            let new = with_node(config, async |n| n.import_revocation(bytes).await).await?;
+            if json {
+                print_json(&serde_json::json!({"new": new}));
+            } else if new {
+                println!("revocation added");
+            } else {
+                println!("revocation already known");
+            }
+        }
+        TrustCommand::Show { file: Some(file) } => {
+            let bytes = read_file(&file, "file")?;
+            if let Ok(cert) = Certificate::parse(&bytes) {
+                show_certificate(&cert, json);
+            } else {
+                let r = Revocation::parse(&bytes).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Validation,
+                        format!(
+                            "{} is neither a certificate nor a revocation ({e})",
+                            file.display()
+                        ),
+                    )
+                })?;
+                show_revocation(&r, json);
+            }
+        }
+        TrustCommand::Show { file: None } => {
+            let status = with_node(config, async |n| n.trust_status().await).await?;
+            if json {
+                print_json(&status);
+            } else {
+                println!("mode: {:?}", status.mode);
+                println!("anchors: {}", status.anchors.join(", "));
+                match (&status.certificate_serial, status.certificate_valid) {
+                    (Some(serial), Some((a, b))) => println!(
+                        "certificate: {serial}, valid {} .. {}",
+                        format_ms(a),
+                        format_ms(b)
+                    ),
+                    _ => println!("certificate: none"),
+                }
+                println!("certified peers: {}", status.certified.len());
+                for (id, from) in &status.revoked_nodes {
+                    println!("revoked node {id} from {}", format_ms(*from));
+                }
+                for (serial, from) in &status.revoked_certificates {
+                    println!("revoked certificate {serial} from {}", format_ms(*from));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show_certificate(c: &crabnet_core::trust::Certificate, json: bool) {
+    let v = serde_json::json!({
+        "type": "certificate",
+        "anchor_id": hex::encode(c.anchor),
+        "serial": hex::encode(c.serial),
+        "node_id": c.node.node_id,
+        "key_epoch": c.node.epoch,
+        "not_before": c.not_before,
+        "not_after": c.not_after,
+        "roles": c.roles,
+    });
+    if json {
+        print_json(&v);
+    } else {
+        println!(
+            "certificate {} for node {} (epoch {}) by anchor {}, valid {} .. {}, roles {:?}",
+            hex::encode(c.serial),
+            c.node.node_id,
+            c.node.epoch,
+            hex::encode(c.anchor),
+            format_ms(c.not_before),
+            format_ms(c.not_after),
+            c.roles
+        );
+    }
+}
+
+fn show_revocation(r: &crabnet_core::trust::Revocation, json: bool) {
+    use crabnet_core::trust::{Issuer, RevocationTarget};
+    let (kind, target) = match &r.target {
+        RevocationTarget::Node(id) => ("node", id.to_string()),
+        RevocationTarget::Certificate(s) => ("certificate", hex::encode(s)),
+    };
+    let issuer = match r.issuer {
+        Issuer::Anchor => "anchor",
+        Issuer::Node => "self",
+    };
+    if json {
+        print_json(&serde_json::json!({
+            "type": "revocation",
+            "issuer": issuer,
+            "target_kind": kind,
+            "target": target,
+            "revoked_from": r.revoked_from,
+            "issued_at": r.issued_at,
+        }));
+    } else {
+        println!(
+            "revocation of {kind} {target} from {} (issued {} by {issuer})",
+            format_ms(r.revoked_from),
+            format_ms(r.issued_at)
+        );
+    }
 }
 
 async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<(), Error> {
@@ -441,6 +791,11 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
                     .collect::<Result<_, _>>()?,
                 network: a.network,
                 isolation: a.isolation.into(),
+                deadlines: Deadlines {
+                    claim_secs: a.claim_window,
+                    result_grace_secs: a.result_grace,
+                    settle_secs: a.settle_window,
+                },
             };
             let v = with_node(config, async |n| n.publish(req).await).await?;
             if json {
@@ -489,6 +844,12 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
             let id = parse_id(&id)?;
             let v = with_node(config, async |n| n.cancel(&id).await).await?;
             report(&v, json, &format!("cancelled seed {id}"));
+        }
+        SeedCommand::Reassign { id } => {
+            let id = parse_id(&id)?;
+            let v = with_node(config, async |n| n.reassign(&id).await).await?;
+            let round = v.award.as_ref().map_or(0, |a| a.round);
+            report(&v, json, &format!("seed {id} is in round {round}"));
         }
         SeedCommand::List { status } => {
             let status = match status {

@@ -412,7 +412,7 @@ impl Transport for DhtTransport {
         self.fallback(frame)
     }
 
-    fn send_to(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
+    fn send_to_announced(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
         let Some((peer, addresses)) = peer_of(addresses) else {
             return self.broadcast(frame);
         };
@@ -432,6 +432,20 @@ impl Transport for DhtTransport {
             .send(Command::Sync(frame.to_vec()))
             .map_err(|_| net_err("the libp2p task has stopped"))?;
         self.fallback(frame)
+    }
+
+    fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
+        // libp2p frames carry their answers back on their own channel (sync responses); only
+        // frames of the UDP fallback are answered here.
+        match &mut self.udp {
+            Some(udp) if to.starts_with("udp:") => udp.send_to(to, frame),
+            _ => Err(net_err(format!("cannot send to {to} alone"))),
+        }
+    }
+
+    fn source_verified(&self, from: &str) -> bool {
+        // A libp2p peer id is authenticated by the connection's handshake.
+        from.starts_with("libp2p:") || self.udp.as_ref().is_some_and(|u| u.source_verified(from))
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
@@ -487,8 +501,14 @@ impl<T: Transport> Transport for Announced<T> {
     fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
         self.inner.broadcast(frame)
     }
-    fn send_to(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
-        self.inner.send_to(addresses, frame)
+    fn send_to_announced(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
+        self.inner.send_to_announced(addresses, frame)
+    }
+    fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
+        self.inner.send_to(to, frame)
+    }
+    fn source_verified(&self, from: &str) -> bool {
+        self.inner.source_verified(from)
     }
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
         if let Some(n) = self.notice.take() {
@@ -570,8 +590,10 @@ async fn run(
                         Acceptance::Reject => gossipsub::MessageAcceptance::Reject,
                     };
                     swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
-                    for frame in handled.replies {
-                        let _ = swarm.behaviour_mut().gossipsub.publish(topic.clone(), frame);
+                    // Sync answers go only to a requester, over request-response; a digest
+                    // gossiped to everyone is not answered to everyone.
+                    if !handled.replies.is_empty() {
+                        tracing::debug!("not answering a sync digest received by gossip");
                     }
                 }
                 Some(Done::Request { channel, handled }) => {

@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 mod dht;
 mod udp;
 pub use dht::{DhtConfig, DhtTransport, KAD_PROTOCOL, SYNC_PROTOCOL, TOPIC, libp2p_key};
+pub(crate) use udp::parse_source as udp_source;
 pub use udp::{UdpConfig, UdpTransport};
 
 /// A frame received from a peer.
@@ -67,7 +68,7 @@ pub enum Incoming {
     Frame(InboundFrame),
     /// A change worth an event (started, fell back, peers found...).
     Status(String),
-    /// A connection to a peer opened: addresses for [`Transport::send_to`] that reach it (the
+    /// A connection to a peer opened: addresses for [`Transport::send_to_announced`] that reach it (the
     /// node sends it its hello, so that the peer need not wait for the next periodic one).
     Connected(Vec<String>),
 }
@@ -93,11 +94,34 @@ pub trait Transport: Send + 'static {
     }
 
     /// Sends a frame to the one peer that announced `addresses` (in its hello, or in
-    /// [`Incoming::Connected`]), where the transport can address a single peer; by default,
-    /// and when none of the addresses names a peer, to every peer like `broadcast`.
-    fn send_to(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
+    /// [`Incoming::Connected`]), where the transport can address a single peer by its
+    /// announced identity (libp2p: the `/p2p/<peer id>` suffix); by default, and when none of
+    /// the addresses names a peer, to every peer like `broadcast`. Unlike
+    /// [`Transport::send_to`], the peer need not have sent anything: announced addresses are
+    /// never used to send to an unverified network address (no reflection).
+    fn send_to_announced(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
         let _ = addresses;
         self.broadcast(frame)
+    }
+
+    /// Sends a frame to the one peer a received frame came from (`to` is that frame's
+    /// [`InboundFrame::from`]): sync answers go only to their requester. Transports that cannot
+    /// address one peer refuse, and the frame is not sent.
+    fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
+        let _ = frame;
+        Err(Error::new(
+            ErrorKind::Network,
+            format!("the {} transport cannot send to {to} alone", self.name()),
+        ))
+    }
+
+    /// Whether frames that claim to come from `from` provably do (a connection, an in-process
+    /// hub, a configured UDP peer), so that answers to it cannot be reflected at a third party
+    /// by a forged source address. Sync answers to other sources are limited to
+    /// `network.sync_answer_ratio` times what they sent.
+    fn source_verified(&self, from: &str) -> bool {
+        let _ = from;
+        false
     }
 
     /// Polls for the next frame or status report; `Ready(None)` when the transport is closed.
@@ -220,6 +244,29 @@ impl Transport for MemoryTransport {
         Ok(())
     }
 
+    fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
+        check_frame_size(self, frame)?;
+        let state = self.hub.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.members.get(&self.id).is_some_and(|m| m.isolated) {
+            return Ok(());
+        }
+        let name = to.strip_prefix("memory:").unwrap_or(to);
+        for (id, member) in &state.members {
+            if *id != self.id && !member.isolated && member.name == name {
+                let _ = member.tx.send(InboundFrame::new(
+                    frame.to_vec(),
+                    format!("memory:{}", self.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn source_verified(&self, _from: &str) -> bool {
+        // Members of one process cannot forge each other's names.
+        true
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
         self.rx.poll_recv(cx).map(|f| f.map(Incoming::Frame))
     }
@@ -264,7 +311,10 @@ mod tests {
         b.broadcast(b"two").unwrap();
         assert_eq!(recv(&mut a).await.unwrap().bytes, b"two");
         hub.set_isolated("c", false);
+        // Answers go to one member only.
+        a.send_to("memory:b", b"for b").unwrap();
         a.broadcast(b"three").unwrap();
+        assert_eq!(recv(&mut b).await.unwrap().bytes, b"for b");
         let got = recv(&mut c).await.unwrap();
         assert_eq!(
             got.bytes, b"three",

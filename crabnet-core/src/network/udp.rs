@@ -68,6 +68,11 @@ impl UdpTransport {
     }
 }
 
+/// The socket address of a `udp:<address>` source.
+pub(crate) fn parse_source(from: &str) -> Option<std::net::SocketAddr> {
+    from.strip_prefix("udp:")?.parse().ok()
+}
+
 /// Asks for a 4 MiB receive buffer (the kernel caps it at `net.core.rmem_max`) so that bursts
 /// of envelopes are not dropped before the node reads them; sync repairs what is still lost.
 fn grow_receive_buffer(socket: &std::net::UdpSocket) {
@@ -129,6 +134,25 @@ impl Transport for UdpTransport {
                 format!("cannot send to {}", failures.join(", ")),
             ))
         }
+    }
+
+    fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
+        check_frame_size(self, frame)?;
+        let addr = parse_source(to).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Network,
+                format!("{to} is not a UDP source address"),
+            )
+        })?;
+        self.socket.try_send_to(frame, addr).map_err(|e| {
+            Error::with_source(ErrorKind::Network, format!("cannot send to {addr}: {e}"), e)
+        })?;
+        Ok(())
+    }
+
+    fn source_verified(&self, from: &str) -> bool {
+        // A datagram's source address can be forged; the operator's own peer list cannot.
+        parse_source(from).is_some_and(|a| self.config.peers.contains(&a))
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {

@@ -50,7 +50,7 @@ const BATCH: usize = 500;
 const MAX_SCAN: usize = 20 * BATCH;
 
 /// Every rejection reason, in the order counters are shown.
-pub(crate) const REJECT_REASONS: [RejectReason; 9] = [
+pub(crate) const REJECT_REASONS: [RejectReason; 12] = [
     RejectReason::Malformed,
     RejectReason::Oversized,
     RejectReason::Duplicate,
@@ -60,6 +60,9 @@ pub(crate) const REJECT_REASONS: [RejectReason; 9] = [
     RejectReason::Expired,
     RejectReason::KeyMismatch,
     RejectReason::Rule,
+    RejectReason::NotAdmitted,
+    RejectReason::RateLimited,
+    RejectReason::LamportAhead,
 ];
 
 /// Compile-time reminder: a new reason fails this match until it is added above.
@@ -72,11 +75,14 @@ const _: fn(RejectReason) = |r| match r {
     | RejectReason::Replay
     | RejectReason::Expired
     | RejectReason::KeyMismatch
-    | RejectReason::Rule => {}
+    | RejectReason::Rule
+    | RejectReason::NotAdmitted
+    | RejectReason::RateLimited
+    | RejectReason::LamportAhead => {}
 };
 
 /// Every event type name (the `type` field of an event), for the `kind` filter.
-pub(crate) const EVENT_KINDS: [&str; 18] = [
+pub(crate) const EVENT_KINDS: [&str; 20] = [
     "node_started",
     "node_stopped",
     "seed_published",
@@ -87,6 +93,8 @@ pub(crate) const EVENT_KINDS: [&str; 18] = [
     "result_recorded",
     "seed_settled",
     "seed_cancelled",
+    "seed_reassigned",
+    "seed_failed",
     "status_changed",
     "peer_discovered",
     "message_accepted",
@@ -109,6 +117,8 @@ const _: fn(&EventKind) = |k| match k {
     | EventKind::ResultRecorded { .. }
     | EventKind::SeedSettled { .. }
     | EventKind::SeedCancelled { .. }
+    | EventKind::SeedReassigned { .. }
+    | EventKind::SeedFailed { .. }
     | EventKind::StatusChanged { .. }
     | EventKind::PeerDiscovered { .. }
     | EventKind::MessageAccepted { .. }

@@ -84,6 +84,26 @@ impl std::fmt::Debug for WebConfig {
 }
 
 impl WebConfig {
+    /// These settings with the keys of the JSON object `json` replacing theirs, e.g.
+    /// `{"bind": "127.0.0.1:0"}` (for embedders that describe settings as JSON).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for JSON that is not an object, an unknown key or a bad value.
+    pub fn with_json_overrides(&self, json: &str) -> Result<WebConfig> {
+        let bad = |m: String| Error::new(ErrorKind::Config, m);
+        let patch: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| bad(format!("invalid web settings JSON: {e}")))?;
+        let serde_json::Value::Object(patch) = patch else {
+            return Err(bad("the web settings must be a JSON object".into()));
+        };
+        let mut current = serde_json::to_value(self)
+            .map_err(|e| Error::internal(format!("cannot encode the web settings: {e}")))?;
+        if let serde_json::Value::Object(current) = &mut current {
+            current.extend(patch);
+        }
+        serde_json::from_value(current).map_err(|e| bad(format!("invalid web settings: {e}")))
+    }
+
     /// Defaults, bound to `127.0.0.1:port`.
     pub fn local(port: u16) -> Self {
         WebConfig {

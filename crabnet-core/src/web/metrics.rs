@@ -221,6 +221,7 @@ pub(crate) fn render(overview: &Overview, metrics: &Metrics) -> String {
         ("success", "runs.succeeded"),
         ("failure", "runs.failed"),
         ("timeout", "runs.timed_out"),
+        ("interrupted", "runs.interrupted"),
         ("error", "runs.errored"),
     ] {
         out.sample(

@@ -1,6 +1,7 @@
 //! The process-test harness shared by the test binaries that run the `crabnet` CLI as separate
 //! processes (`mod support;` in `tests/cli.rs`, `network.rs`, `network_dht.rs`,
-//! `sandbox_e2e.rs`).
+//! `sandbox_e2e.rs`, `trust_e2e.rs`), and in-process pairs of nodes ([`pair`], used by
+//! `tests/node.rs`, `runs.rs` and `crash.rs`).
 //!
 //! - [`run_bounded`] runs one CLI command with a timeout and returns its [`Out`].
 //! - A [`Sandbox`] is a temp dir with a fake HOME/XDG/TMPDIR that every command runs in.
@@ -8,6 +9,10 @@
 //!   SIGKILLs them on drop, so a failing test never leaves processes behind.
 //! - [`reserve_port`] and [`reserve_on`] hold ports (UDP, or TCP and UDP for a dht node) that
 //!   no other test of the binary gets.
+//! - [`forge`] makes identities, hellos and envelopes by hand for the tests that attack a
+//!   node's trust boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`).
+//! - [`pair::Pair`] is a publisher and a runner in one process on an in-memory hub, for
+//!   in-process tests that need a whole lifecycle (a publisher may not bid on its own seed).
 //! - A [`Net`] is a sandbox of initialized nodes, each a real `crabnet listen` process on
 //!   127.0.0.1 over UDP ([`Net::new`]) or libp2p ([`Net::dht`]), driven by separate CLI
 //!   processes on their data directories while the listeners run. Every wait has a deadline,
@@ -18,6 +23,9 @@
 
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
+
+pub mod forge;
+pub mod pair;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsString;
@@ -691,6 +699,17 @@ impl Net {
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
     }
 
+    /// Stops node `i`'s listener cleanly (SIGINT) and checks that it exited 0.
+    pub fn stop(&mut self, i: usize) {
+        let idx = self.nodes[i].running.take().expect("node runs");
+        let status = self.procs.interrupt(idx);
+        assert!(
+            status.success(),
+            "listener {i} exits 0 on SIGINT: {status}\n{}",
+            self.procs.logs()
+        );
+    }
+
     /// Restarts node `i`'s listener as it ran before: same data directory, port and peers.
     pub fn restart(&mut self, i: usize) {
         let mode = self.nodes[i].mode.clone().expect("node ran before");
@@ -1206,6 +1225,8 @@ pub fn before_late_joiner(net: &Net, tag: &str) -> BeforeLateJoiner {
     net.bid(2, &s1, 25);
     net.wait_award(0, &s1, 1, 15);
     net.wait_award(1, &s1, 1, 15);
+    // Node 2 must have the winner's bid too before it can tell it lost.
+    net.wait_award(2, &s1, 1, 15);
     net.expect_claim_refused(2, &s1, "not the winning bidder");
     net.claim_and_run(1, &s1);
     net.complete_and_settle(0, &s1, &[0, 1, 2]);

@@ -15,7 +15,8 @@ other nodes *bid*; the publisher's node closes bidding and names the winner; the
 
 Domain objects (:class:`SeedView`, :class:`Seed`, :class:`PeerInfo`, ...) and events
 (:class:`Event` and its subclasses) are frozen dataclasses. Errors are subclasses of
-:class:`CrabnetError`, one per kind of core error.
+:class:`CrabnetError`, one per kind of core error. The node's warnings and diagnostics go to
+:mod:`logging`, to loggers named ``crabnet.*`` (see :func:`forward_logs`).
 """
 
 from ._crabnet import (
@@ -34,6 +35,8 @@ from ._crabnet import (
     StoreError,
     ValidationError,
     __version__,
+    forward_logs,
+    logs_dropped,
 )
 from ._demo import DEFAULT_DEMO_COMMAND, DemoReport, demo
 from ._model import (
@@ -61,9 +64,14 @@ from ._model import (
     SandboxPolicy,
     SandboxStatus,
     SchemaWarning,
+    Deadlines,
+    PastRound,
+    RoundEnd,
     Seed,
     SeedCancelled,
     SeedClaimed,
+    SeedFailed,
+    SeedReassigned,
     SeedPublished,
     SeedSettled,
     SeedStatus,
@@ -84,6 +92,7 @@ from ._node import (
     Node,
     NodeRef,
     SeedRef,
+    WebServer,
     config_from_toml,
     default_config,
     load_config,
@@ -129,9 +138,14 @@ __all__ = [
     "SandboxPolicy",
     "SandboxStatus",
     "SchemaWarning",
+    "Deadlines",
+    "PastRound",
+    "RoundEnd",
     "Seed",
     "SeedCancelled",
     "SeedClaimed",
+    "SeedFailed",
+    "SeedReassigned",
     "SeedPublished",
     "SeedRef",
     "SeedSettled",
@@ -150,11 +164,14 @@ __all__ = [
     "UnknownEvent",
     "ValidationError",
     "Violation",
+    "WebServer",
     "__version__",
     "config_from_toml",
     "default_config",
     "demo",
+    "forward_logs",
     "load_config",
+    "logs_dropped",
 ]
 
 
@@ -171,3 +188,7 @@ def _present_as_crabnet() -> None:
 
 
 _present_as_crabnet()
+
+# The node's log records go to `logging` (loggers `crabnet.*`) from import until exit (the
+# exit hook in `_node` ends forwarding after stopping the nodes still running).
+forward_logs()

@@ -41,9 +41,14 @@ __all__ = [
     "SandboxPolicy",
     "SandboxStatus",
     "SchemaWarning",
+    "Deadlines",
+    "PastRound",
+    "RoundEnd",
     "Seed",
     "SeedCancelled",
     "SeedClaimed",
+    "SeedFailed",
+    "SeedReassigned",
     "SeedPublished",
     "SeedSettled",
     "SeedStatus",
@@ -90,10 +95,28 @@ class SeedStatus(str, Enum):
     EXPIRED = "expired"
     """Bidding closed without bids (final)."""
     CANCELLED = "cancelled"
-    """The publisher cancelled it before bidding closed (final)."""
+    """The publisher cancelled it (final)."""
+    FAILED = "failed"
+    """The claimer did not report a result in time; the publisher may reassign the seed to
+    the next best bid or cancel it."""
 
     def __repr__(self) -> str:
         return f"SeedStatus.{self.name}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RoundEnd(str, Enum):
+    """How an earlier round of an awarded seed ended."""
+
+    UNCLAIMED = "unclaimed"
+    """The winner did not claim within the claim window."""
+    FAILED = "failed"
+    """The claimer did not report a result within the timeout plus the result grace."""
+
+    def __repr__(self) -> str:
+        return f"RoundEnd.{self.name}"
 
     def __str__(self) -> str:
         return self.value
@@ -172,6 +195,12 @@ class RejectReason(str, Enum):
     """A hello whose node id does not match its keys, or a known node id with other keys."""
     RULE = "rule"
     """It breaks a lifecycle rule (see :attr:`MessageRejected.violation`)."""
+    NOT_ADMITTED = "not_admitted"
+    """Its author is not admitted by the node's trust policy (``[trust]`` in the config)."""
+    RATE_LIMITED = "rate_limited"
+    """Its transport source or claimed sender exceeded the node's rate limit."""
+    LAMPORT_AHEAD = "lamport_ahead"
+    """Its Lamport counter is more than ``network.lamport_window`` ahead of the node's clock."""
 
     def __repr__(self) -> str:
         return f"RejectReason.{self.name}"
@@ -295,6 +324,30 @@ class Violation(_Record):
 
 
 @dataclass(frozen=True, repr=False)
+class Deadlines(_Record):
+    """How long each later step of a seed may take, in seconds (rule version 2)."""
+
+    claim_secs: int
+    """The winner's time to claim after the award; then the next best bid wins."""
+    result_grace_secs: int
+    """Time beyond the timeout for the claimer to report; then the round fails."""
+    settle_secs: int
+    """The publisher's time to settle; then its node settles by the result."""
+
+
+@dataclass(frozen=True, repr=False)
+class PastRound(_Record):
+    """An earlier round of an awarded seed: its winner did not claim, or its claim failed."""
+
+    round: int
+    winner: str
+    winner_node: str
+    claimed_at: Optional[int]
+    ended: RoundEnd
+    ended_at: int
+
+
+@dataclass(frozen=True, repr=False)
 class Seed(_Record):
     """A task offered to the network: a shell command with a price range and a bid window."""
 
@@ -319,6 +372,10 @@ class Seed(_Record):
     isolation: SandboxLevel = SandboxLevel.FULL
     """The strongest sandbox the command works under (default ``full``): a node bids only when
     the sandbox it would build is no stronger than this."""
+    rules: int = 1
+    """The lifecycle rule version: 1 (no deadlines) or 2 (deadlines, see :class:`Deadlines`)."""
+    deadlines: Optional[Deadlines] = None
+    """The claim, result and settlement deadlines (rule version 2)."""
 
     @property
     def private(self) -> bool:
@@ -344,9 +401,13 @@ class Award(_Record):
 
     considered: Tuple[str, ...]
     winner: Optional[str]
+    """The current round's winning bid (reassignments move it to the next best bid)."""
     winner_node: Optional[str]
     price: Optional[int]
     closed_at: int
+    round: int = 0
+    """The current round: 0 for the award, one more for each reassignment."""
+    round_started_at: int = 0
 
 
 @dataclass(frozen=True, repr=False)
@@ -403,7 +464,7 @@ class TaskResult(_Record):
     signal: Optional[int]
     timed_out: bool
     success: bool
-    """Exit code 0 and no timeout."""
+    """Exit code 0, no timeout and not interrupted."""
     duration_ms: int
     output_sha256: str
     """SHA-256 over the whole combined stdout+stderr, lowercase hex."""
@@ -416,6 +477,10 @@ class TaskResult(_Record):
     sandbox: SandboxInfo = _UNKNOWN_SANDBOX
     """The sandbox the command ran in (level ``none`` with no features for results of nodes
     that do not report it)."""
+    interrupted: bool = False
+    """The run did not end on its own: its node stopped while the command ran and killed it
+    (after ``runner.stop_grace_ms``), or found after a crash that the run's process was gone.
+    The output fields cover what the command wrote until then."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -444,6 +509,10 @@ class SeedView(_Record):
     settlement: Optional[Settlement]
     cancelled_at: Optional[int]
     updated_at: int
+    failed_at: Optional[int] = None
+    """When the publisher declared the current round failed (status ``failed``)."""
+    past_rounds: Tuple[PastRound, ...] = ()
+    """Earlier rounds, oldest first."""
 
     @property
     def id(self) -> str:
@@ -619,6 +688,8 @@ class ResultRecorded(Event):
     exit_code: Optional[int]
     duration_ms: int
     output_sha256: str
+    interrupted: bool = False
+    """The run was interrupted (see :attr:`TaskResult.interrupted`)."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -637,6 +708,29 @@ class SeedCancelled(Event):
 
     TYPE: ClassVar[str] = "seed_cancelled"
     seed_id: str
+
+
+@dataclass(frozen=True, repr=False)
+class SeedReassigned(Event):
+    """The publisher moved the seed to the next best bid (``winner`` is ``None`` when no bid
+    was left and the seed expired)."""
+
+    TYPE: ClassVar[str] = "seed_reassigned"
+    seed_id: str
+    round: int
+    winner: Optional[str]
+    winner_node: Optional[str]
+    price: Optional[int]
+
+
+@dataclass(frozen=True, repr=False)
+class SeedFailed(Event):
+    """The publisher declared a claimed round failed: no result within the deadline."""
+
+    TYPE: ClassVar[str] = "seed_failed"
+    seed_id: str
+    round: int
+    claimer: Optional[str]
 
 
 @dataclass(frozen=True, repr=False)
@@ -743,6 +837,8 @@ _EVENT_TYPES: Dict[str, Type[Event]] = {
         ResultRecorded,
         SeedSettled,
         SeedCancelled,
+        SeedReassigned,
+        SeedFailed,
         StatusChanged,
         PeerDiscovered,
         MessageAccepted,

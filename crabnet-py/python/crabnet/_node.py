@@ -26,7 +26,14 @@ from typing import (
 )
 
 from . import _crabnet
-from ._crabnet import MemoryHub, NativeNode, NativeSubscription, StoppedError, ValidationError
+from ._crabnet import (
+    MemoryHub,
+    NativeNode,
+    NativeSubscription,
+    NativeWeb,
+    StoppedError,
+    ValidationError,
+)
 from ._model import Event, Overview, PeerInfo, SandboxLevel, Seed, SeedStatus, SeedView
 
 __all__ = [
@@ -35,6 +42,7 @@ __all__ = [
     "Node",
     "NodeRef",
     "SeedRef",
+    "WebServer",
     "default_config",
     "load_config",
 ]
@@ -63,6 +71,8 @@ def _stop_all() -> None:
             node.stop()
         except Exception as e:  # reported, and the other nodes still stop
             print(f"crabnet: stopping {node!r} at exit failed: {e}", file=sys.stderr)
+    # Then the log thread ends, before the interpreter can no longer take its records.
+    _crabnet.forward_logs(False)
 
 
 def default_config() -> Dict[str, Any]:
@@ -275,8 +285,10 @@ class Node:
         return self
 
     def stop(self) -> None:
-        """Stops the node: sends what is due, delivers the last events (listeners included),
-        then ends its threads and closes its database. Idempotent."""
+        """Stops the node: a task in progress (see :meth:`run`) gets ``runner.stop_grace_ms``
+        to finish, then is killed and recorded as interrupted; then sends what is due, delivers
+        the last events (listeners included), ends its threads and closes its database.
+        Idempotent."""
         with self._lock:
             native = self._native
             _running.discard(self)
@@ -347,6 +359,9 @@ class Node:
         private_to: Iterable[NodeRef] = (),
         network: bool = False,
         isolation: Union[SandboxLevel, str] = "full",
+        claim_window_secs: Optional[int] = None,
+        result_grace_secs: Optional[int] = None,
+        settle_window_secs: Optional[int] = None,
     ) -> SeedView:
         """Publishes a seed: a shell command the winning bidder runs. Terms left out take the
         core's defaults (price 1..=100, 30 s bid window, 5 bids, 60 s timeout).
@@ -360,7 +375,14 @@ class Node:
         ``runner.allow_network`` is set bid on it (others raise ``RunnerError``). ``isolation``
         is the strongest sandbox the command works under (``"full"``, ``"partial"`` or
         ``"none"``, see :class:`SandboxLevel`): a node bids only when the sandbox it would build
-        is no stronger."""
+        is no stronger.
+
+        Deadlines (each 1 s to 30 days, see :class:`Deadlines`): the winner has
+        ``claim_window_secs`` (default 600) to claim, then this node moves the seed to the next
+        best bid; the claimer has the timeout plus ``result_grace_secs`` (default 300) to
+        report, then this node declares the round failed (:meth:`reassign` or :meth:`cancel`
+        it); a result not settled within ``settle_window_secs`` (default 86400) is settled by
+        this node: accepted if it succeeded, rejected otherwise."""
         if not isinstance(command, str):
             raise TypeError(f"command must be a str, got {type(command).__name__}")
         request: Dict[str, Any] = {"command": command}
@@ -391,6 +413,16 @@ class Node:
             )
         # The core checks the name ("none", "partial" or "full").
         request["isolation"] = str(isolation)
+        deadlines: Dict[str, int] = {}
+        for key, value in (
+            ("claim_secs", claim_window_secs),
+            ("result_grace_secs", result_grace_secs),
+            ("settle_secs", settle_window_secs),
+        ):
+            if value is not None:
+                deadlines[key] = _uint(key, value, _U64)
+        if deadlines:
+            request["deadlines"] = deadlines
         return _view(self._node().publish(json.dumps(request)))
 
     def bid(self, seed: SeedRef, price: int) -> SeedView:
@@ -406,9 +438,19 @@ class Node:
         return _view(self._node().claim(_seed_id(seed)))
 
     def run(self, seed: SeedRef) -> SeedView:
-        """Runs a seed this node claimed and reports its result. Waits for the command; Ctrl-C
-        interrupts the wait (the run goes on in the node and its result is recorded). The
+        """Runs a seed this node claimed and reports its result. Waits for the command. The
         command runs in the node's task sandbox; :attr:`TaskResult.sandbox` says which.
+
+        Ctrl-C (``KeyboardInterrupt``) interrupts the wait only: the command goes on in the
+        node until the node stops. When the node stops while the command runs (:meth:`stop`,
+        or leaving the ``with`` block, also through that ``KeyboardInterrupt``), the command
+        gets ``runner.stop_grace_ms`` (default 0) to finish, then it is killed and the result
+        is recorded and reported with :attr:`TaskResult.interrupted` true and ``success``
+        false; :meth:`stop` returns after that, and no process of the task is left. A run
+        cut short by a crash is recorded as interrupted when a node starts again on the data
+        directory. A seed is never run again by itself: ``run`` on it then raises
+        ``StateError``.
+
         Raises ``RunnerError`` when the runner policy cannot serve the seed (as for
         :meth:`bid`) or the command cannot be started."""
         return _view(self._node().run(_seed_id(seed)))
@@ -421,8 +463,15 @@ class Node:
         return _view(self._node().settle(_seed_id(seed), bool(accept), note))
 
     def cancel(self, seed: SeedRef) -> SeedView:
-        """Cancels a seed this node published, while bidding is open."""
+        """Cancels a seed this node published: while bidding is open, or once the winner let
+        its claim window pass or its round failed."""
         return _view(self._node().cancel(_seed_id(seed)))
+
+    def reassign(self, seed: SeedRef) -> SeedView:
+        """Moves a seed this node published to the next best bid whose bidder has not had a
+        round: after its round failed (status ``failed``), or once the winner let its claim
+        window pass. With no bid left the seed expires."""
+        return _view(self._node().reassign(_seed_id(seed)))
 
     def seed(self, seed: SeedRef) -> SeedView:
         """The current state of one seed (``NotFoundError`` if unknown here)."""
@@ -455,6 +504,20 @@ class Node:
         raw = self._node().events_after(_uint("seq", seq), _uint("limit", limit))
         return [Event._from_json(e) for e in json.loads(raw)]
 
+    def serve_web(self, bind: str = "127.0.0.1:0", token: Optional[str] = None) -> WebServer:
+        """Serves the monitoring API and dashboard of this node (the server ``crabnet listen``
+        runs; routes in the README, "Monitoring") on ``bind`` (port 0: a free port, see
+        :attr:`WebServer.url`). The node's ``[web]`` settings apply, with ``bind`` and, when
+        given, ``token`` (required for a non-loopback address) replacing theirs. Serves until
+        :meth:`WebServer.close` (or the end of its ``with`` block); after :meth:`stop`,
+        ``/health`` answers 503."""
+        if not isinstance(bind, str):
+            raise TypeError(f"bind must be a str, got {type(bind).__name__}")
+        overrides: Dict[str, Any] = {"bind": bind}
+        if token is not None:
+            overrides["token"] = token
+        return WebServer(self._node().serve_web(json.dumps(overrides)))
+
     # -- events ----------------------------------------------------------------------------
 
     def events(self, timeout: Optional[float] = None) -> EventStream:
@@ -479,6 +542,42 @@ class Node:
         native = self._node()
         listener_id = native.add_listener(callback, Event._from_json_text)
         return EventListener(native, listener_id, callback)
+
+
+class WebServer:
+    """A running monitoring API and dashboard (see :meth:`Node.serve_web`); a context
+    manager that closes it."""
+
+    def __init__(self, native: NativeWeb) -> None:
+        self._native = native
+
+    @property
+    def url(self) -> str:
+        """The dashboard's URL, e.g. ``http://127.0.0.1:7980/``."""
+        return self._native.url
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._native.closed
+
+    def close(self) -> None:
+        """Stops serving (open requests get up to 5 s to finish). Idempotent."""
+        self._native.close()
+
+    def __enter__(self) -> WebServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"WebServer(url={self.url!r}, closed={self.closed})"
 
 
 class EventStream:

@@ -1,0 +1,1185 @@
+//! The trust policy: which nodes a node admits (docs/PROTOCOL.md section 2f).
+//!
+//! * `[trust] deny = [..]`: these node ids are never admitted.
+//! * `[trust] allow = [..]`: when not empty, only these node ids are admitted (a node both
+//!   allowed and denied is denied).
+//! * `[trust] mode = "anchored"`: a node is admitted only with a membership [`Certificate`]
+//!   dual-signed by one of the configured trust anchors (`trust.anchors`), carried in its hello;
+//!   its roles say which messages it may author.
+//! * [`Revocation`]s, signed by an anchor or by a node about itself, withdraw a node or a
+//!   certificate from a point in time on; they are persisted and travel in `revocations`
+//!   envelopes sent with every hello.
+//!
+//! The receive path asks [`Trust::check_frame`] about every frame right after its header is
+//! parsed, before any signature check or database access, and [`Trust::admit_hello`] about a
+//! hello once its signatures verified; refusals are
+//! [`RejectReason::NotAdmitted`](crate::monitor::RejectReason::NotAdmitted).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::crypto::{
+    DUAL_SIGNATURE_LEN, DualSignature, KEM_PUBLIC_LEN, SIGNING_PUBLIC_LEN, SigningPublic,
+    SigningSecret, SigningSeeds,
+};
+use crate::envelope::{Header, Kind};
+use crate::error::{Error, ErrorKind, Result};
+use crate::identity::{Identity, PublicIdentity};
+use crate::model::{MessageKind, Millis, NodeId};
+use crate::store::Store;
+
+/// Signature context (domain separation) of membership certificates.
+pub const CERTIFICATE_CONTEXT: &[u8] = b"crabnet/v1/certificate";
+/// Signature context (domain separation) of revocations.
+pub const REVOCATION_CONTEXT: &[u8] = b"crabnet/v1/revocation";
+/// Domain-separation label of the anchor id hash.
+pub const ANCHOR_ID_LABEL: &[u8] = b"crabnet/v1/anchor-id";
+/// Version byte of certificates and revocations.
+pub const FORMAT_VERSION: u8 = 1;
+/// Signed part of a certificate (everything before the signatures).
+const CERT_SIGNED_LEN: usize =
+    1 + 32 + 16 + 32 + 4 + 8 + 8 + 1 + SIGNING_PUBLIC_LEN + KEM_PUBLIC_LEN;
+/// Size of an encoded certificate.
+pub const CERTIFICATE_LEN: usize = CERT_SIGNED_LEN + DUAL_SIGNATURE_LEN;
+/// Signed part of a revocation.
+const REV_SIGNED_LEN: usize = 1 + 1 + SIGNING_PUBLIC_LEN + 1 + 32 + 8 + 8;
+/// Size of an encoded revocation.
+pub const REVOCATION_LEN: usize = REV_SIGNED_LEN + DUAL_SIGNATURE_LEN;
+const ANCHOR_MAGIC: &[u8] = b"crabnet-anchor-v1\n";
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+/// Who may join: anyone with valid keys, or only nodes certified by a trust anchor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustMode {
+    /// Any node with a valid self-certifying hello is admitted (subject to the lists).
+    #[default]
+    Open,
+    /// Only nodes with a valid membership certificate from a configured anchor.
+    Anchored,
+}
+
+/// The trust policy (section `[trust]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustConfig {
+    /// `open` (default) or `anchored`.
+    pub mode: TrustMode,
+    /// When not empty, only these nodes are admitted.
+    #[serde(deserialize_with = "allow_list")]
+    pub allow: Vec<NodeId>,
+    /// These nodes are never admitted (this wins over `allow`).
+    #[serde(deserialize_with = "deny_list")]
+    pub deny: Vec<NodeId>,
+    /// Trust anchors: each the anchor's public key in hex, or the path of a file holding it
+    /// (as `crabnet trust anchor-new` writes it). Anchored mode needs at least one; in open
+    /// mode they still sign revocations.
+    pub anchors: Vec<String>,
+    /// This node's membership certificate (a file from `crabnet trust sign`), sent with its
+    /// hello.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<PathBuf>,
+}
+
+impl TrustConfig {
+    /// Checks what needs no file access: anchored mode names an anchor, entries are not empty.
+    pub fn validate(&self) -> Result<()> {
+        if self.mode == TrustMode::Anchored && self.anchors.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "trust.anchors must name at least one anchor when trust.mode = \"anchored\"",
+            ));
+        }
+        if self.anchors.iter().any(|a| a.trim().is_empty()) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "trust.anchors: an entry is empty",
+            ));
+        }
+        if self
+            .certificate
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "trust.certificate must not be empty (leave it out for none)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The anchors' public keys, reading the entries that are file paths.
+    pub fn anchor_keys(&self) -> Result<Vec<SigningPublic>> {
+        self.anchors
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let bad = |why: String| {
+                    Error::new(ErrorKind::Config, format!("trust.anchors[{i}]: {why}"))
+                };
+                let text = entry.trim();
+                let hex_text = if is_hex(text) {
+                    text.to_owned()
+                } else {
+                    std::fs::read_to_string(text)
+                        .map_err(|e| bad(format!("cannot read anchor file {text}: {e}")))?
+                        .trim()
+                        .to_owned()
+                };
+                let bytes = hex::decode(&hex_text)
+                    .map_err(|_| bad("not an anchor public key (hex)".into()))?;
+                SigningPublic::from_bytes(&bytes)
+                    .map_err(|e| bad(format!("not an anchor public key: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// The 32 bytes of a node id.
+fn id_bytes(id: &NodeId) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(id.as_str(), &mut out).expect("node ids are 64 hex digits");
+    out
+}
+
+fn is_hex(text: &str) -> bool {
+    !text.is_empty() && text.len().is_multiple_of(2) && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn node_ids<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<Vec<NodeId>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts
+        .iter()
+        .map(|t| {
+            NodeId::parse(t).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{key}: {t:?} is not a node id (64 lowercase hex digits)"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn allow_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NodeId>, D::Error> {
+    node_ids(d, "trust.allow")
+}
+
+fn deny_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NodeId>, D::Error> {
+    node_ids(d, "trust.deny")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formats
+// ---------------------------------------------------------------------------------------------
+
+/// Why a certificate, revocation or anchor key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustError {
+    /// Not a well-formed certificate or revocation.
+    #[error("malformed {what}: {why}")]
+    Malformed {
+        /// What was being decoded.
+        what: &'static str,
+        /// Why it is malformed.
+        why: String,
+    },
+    /// Signed by an anchor this node does not trust.
+    #[error("signed by an anchor that is not in trust.anchors ({0})")]
+    UnknownAnchor(String),
+    /// A signature does not verify.
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+}
+
+impl From<TrustError> for Error {
+    fn from(e: TrustError) -> Self {
+        Error::with_source(ErrorKind::Validation, e.to_string(), e)
+    }
+}
+
+fn malformed(what: &'static str, why: impl Into<String>) -> TrustError {
+    TrustError::Malformed {
+        what,
+        why: why.into(),
+    }
+}
+
+/// An anchor id: `SHA-256("crabnet/v1/anchor-id" || Ed25519 key || ML-DSA-44 key)`.
+pub fn anchor_id(key: &SigningPublic) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(ANCHOR_ID_LABEL);
+    h.update(key.ed25519());
+    h.update(key.ml_dsa());
+    h.finalize().into()
+}
+
+/// What a certified node may author. Hellos, sync and revocation envelopes need no role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roles {
+    /// `seed_created`, `bidding_closed`, `seed_cancelled`, `seed_settled`.
+    pub publish: bool,
+    /// `bid_placed`, `seed_claimed`, `result_reported`.
+    pub run: bool,
+}
+
+impl Roles {
+    /// Both roles.
+    pub const ALL: Roles = Roles {
+        publish: true,
+        run: true,
+    };
+
+    fn bits(self) -> u8 {
+        u8::from(self.publish) | (u8::from(self.run) << 1)
+    }
+
+    fn from_bits(bits: u8) -> Option<Roles> {
+        (bits & !3 == 0).then_some(Roles {
+            publish: bits & 1 != 0,
+            run: bits & 2 != 0,
+        })
+    }
+
+    /// Parses a role name: `publish` or `run`.
+    pub fn with(mut self, name: &str) -> Result<Roles> {
+        match name {
+            "publish" => self.publish = true,
+            "run" => self.run = true,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Validation,
+                    format!("unknown role {other:?} (roles: publish, run)"),
+                ));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether these roles allow authoring `kind`.
+    pub fn allow(self, kind: MessageKind) -> bool {
+        match kind {
+            MessageKind::SeedCreated
+            | MessageKind::BiddingClosed
+            | MessageKind::SeedCancelled
+            | MessageKind::SeedReassigned
+            | MessageKind::SeedFailed
+            | MessageKind::SeedSettled => self.publish,
+            MessageKind::BidPlaced | MessageKind::SeedClaimed | MessageKind::ResultReported => {
+                self.run
+            }
+        }
+    }
+}
+
+/// A membership certificate: an anchor vouches for a node's keys, for a time, in some roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    /// The signing anchor's id ([`anchor_id`]).
+    pub anchor: [u8; 32],
+    /// Chosen by the anchor; revocations may name it.
+    pub serial: [u8; 16],
+    /// The node and its keys (its id derives from its signing keys).
+    pub node: PublicIdentity,
+    /// Valid from (Unix ms, inclusive).
+    pub not_before: Millis,
+    /// Valid until (Unix ms, inclusive).
+    pub not_after: Millis,
+    /// What the node may author.
+    pub roles: Roles,
+    bytes: Vec<u8>,
+}
+
+impl Certificate {
+    /// The anchor signs a certificate for `node`. `ml_dsa_randomness` as in
+    /// [`SigningSecret::sign`] (all zeros only for test vectors).
+    pub fn sign(
+        anchor: &AnchorKey,
+        node: &PublicIdentity,
+        serial: [u8; 16],
+        not_before: Millis,
+        not_after: Millis,
+        roles: Roles,
+        ml_dsa_randomness: [u8; 32],
+    ) -> Result<Certificate> {
+        if not_before > not_after {
+            return Err(Error::new(
+                ErrorKind::Validation,
+                "a certificate's not_before must not be after its not_after",
+            ));
+        }
+        let mut out = Vec::with_capacity(CERTIFICATE_LEN);
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&anchor.id());
+        out.extend_from_slice(&serial);
+        out.extend_from_slice(&id_bytes(&node.node_id));
+        out.extend_from_slice(&node.epoch.to_be_bytes());
+        out.extend_from_slice(&not_before.to_be_bytes());
+        out.extend_from_slice(&not_after.to_be_bytes());
+        out.push(roles.bits());
+        out.extend_from_slice(&node.signing.to_bytes());
+        out.extend_from_slice(&node.kem.to_bytes());
+        debug_assert_eq!(out.len(), CERT_SIGNED_LEN);
+        let sig = anchor
+            .secret
+            .sign(&out, CERTIFICATE_CONTEXT, ml_dsa_randomness)?;
+        out.extend_from_slice(&sig.to_bytes());
+        Ok(Certificate::parse(&out)?)
+    }
+
+    /// Decodes a certificate, checking its structure (not its signature: see
+    /// [`Certificate::verify`]).
+    pub fn parse(bytes: &[u8]) -> Result<Certificate, TrustError> {
+        const WHAT: &str = "certificate";
+        if bytes.len() != CERTIFICATE_LEN {
+            return Err(malformed(
+                WHAT,
+                format!("{} bytes, expected {CERTIFICATE_LEN}", bytes.len()),
+            ));
+        }
+        if bytes[0] != FORMAT_VERSION {
+            return Err(malformed(WHAT, format!("unknown version {}", bytes[0])));
+        }
+        let mut r = Reader(&bytes[1..]);
+        let anchor = r.array::<32>();
+        let serial = r.array::<16>();
+        let node_id = NodeId::from_bytes(r.array::<32>());
+        let epoch = u32::from_be_bytes(r.array());
+        let not_before = u64::from_be_bytes(r.array());
+        let not_after = u64::from_be_bytes(r.array());
+        let roles = Roles::from_bits(r.array::<1>()[0])
+            .ok_or_else(|| malformed(WHAT, "unknown role bits"))?;
+        let signing = r.take(SIGNING_PUBLIC_LEN);
+        let kem = r.take(KEM_PUBLIC_LEN);
+        let node = PublicIdentity::from_parts(signing, kem, epoch)
+            .map_err(|e| malformed(WHAT, format!("node keys: {e}")))?;
+        if node.node_id != node_id {
+            return Err(malformed(WHAT, "the node id does not match its keys"));
+        }
+        if epoch == 0 || not_before > not_after {
+            return Err(malformed(WHAT, "key epoch 0, or an empty validity window"));
+        }
+        Ok(Certificate {
+            anchor,
+            serial,
+            node,
+            not_before,
+            not_after,
+            roles,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// Checks the anchor is one of `anchors` and both of its signatures verify.
+    pub fn verify(&self, anchors: &[SigningPublic]) -> Result<(), TrustError> {
+        let key = anchors
+            .iter()
+            .find(|k| anchor_id(k) == self.anchor)
+            .ok_or_else(|| TrustError::UnknownAnchor(hex::encode(self.anchor)))?;
+        let sig = DualSignature::from_bytes(&self.bytes[CERT_SIGNED_LEN..])
+            .map_err(|e| malformed("certificate", e.to_string()))?;
+        key.verify(&self.bytes[..CERT_SIGNED_LEN], CERTIFICATE_CONTEXT, &sig)
+            .map_err(|e| TrustError::BadSignature(e.to_string()))
+    }
+
+    /// Whether the certificate covers time `at`.
+    pub fn valid_at(&self, at: Millis) -> bool {
+        self.not_before <= at && at <= self.not_after
+    }
+
+    /// The encoded certificate.
+    pub fn to_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// What a revocation withdraws.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RevocationTarget {
+    /// A node, with every key and certificate it has.
+    Node(NodeId),
+    /// One certificate, by serial.
+    Certificate([u8; 16]),
+}
+
+/// Who signed a revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issuer {
+    /// A trust anchor.
+    Anchor,
+    /// The revoked node itself.
+    Node,
+}
+
+/// A signed statement that everything the target signs from `revoked_from` on is void.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Who signed it.
+    pub issuer: Issuer,
+    /// The issuer's signing keys.
+    pub issuer_key: SigningPublic,
+    /// What is revoked.
+    pub target: RevocationTarget,
+    /// Anything the target signed at or after this time (Unix ms) is rejected.
+    pub revoked_from: Millis,
+    /// When the revocation was issued (Unix ms).
+    pub issued_at: Millis,
+    bytes: Vec<u8>,
+}
+
+impl Revocation {
+    /// An anchor revokes a node or a certificate.
+    pub fn by_anchor(
+        anchor: &AnchorKey,
+        target: RevocationTarget,
+        revoked_from: Millis,
+        issued_at: Millis,
+        ml_dsa_randomness: [u8; 32],
+    ) -> Result<Revocation> {
+        Self::sign(
+            Issuer::Anchor,
+            &anchor.secret,
+            target,
+            revoked_from,
+            issued_at,
+            ml_dsa_randomness,
+        )
+    }
+
+    /// A node revokes its own keys.
+    pub fn by_node(
+        identity: &Identity,
+        revoked_from: Millis,
+        issued_at: Millis,
+        ml_dsa_randomness: [u8; 32],
+    ) -> Result<Revocation> {
+        Self::sign(
+            Issuer::Node,
+            identity.signing(),
+            RevocationTarget::Node(identity.node_id().clone()),
+            revoked_from,
+            issued_at,
+            ml_dsa_randomness,
+        )
+    }
+
+    fn sign(
+        issuer: Issuer,
+        secret: &SigningSecret,
+        target: RevocationTarget,
+        revoked_from: Millis,
+        issued_at: Millis,
+        ml_dsa_randomness: [u8; 32],
+    ) -> Result<Revocation> {
+        let mut out = Vec::with_capacity(REVOCATION_LEN);
+        out.push(FORMAT_VERSION);
+        out.push(match issuer {
+            Issuer::Anchor => 0,
+            Issuer::Node => 1,
+        });
+        out.extend_from_slice(&secret.public().to_bytes());
+        match &target {
+            RevocationTarget::Node(id) => {
+                out.push(0);
+                out.extend_from_slice(&id_bytes(id));
+            }
+            RevocationTarget::Certificate(serial) => {
+                out.push(1);
+                out.extend_from_slice(serial);
+                out.extend_from_slice(&[0; 16]);
+            }
+        }
+        out.extend_from_slice(&revoked_from.to_be_bytes());
+        out.extend_from_slice(&issued_at.to_be_bytes());
+        debug_assert_eq!(out.len(), REV_SIGNED_LEN);
+        let sig = secret.sign(&out, REVOCATION_CONTEXT, ml_dsa_randomness)?;
+        out.extend_from_slice(&sig.to_bytes());
+        Ok(Revocation::parse(&out)?)
+    }
+
+    /// Decodes a revocation, checking its structure (not its signature: see
+    /// [`Revocation::verify`]).
+    pub fn parse(bytes: &[u8]) -> Result<Revocation, TrustError> {
+        const WHAT: &str = "revocation";
+        if bytes.len() != REVOCATION_LEN {
+            return Err(malformed(
+                WHAT,
+                format!("{} bytes, expected {REVOCATION_LEN}", bytes.len()),
+            ));
+        }
+        if bytes[0] != FORMAT_VERSION {
+            return Err(malformed(WHAT, format!("unknown version {}", bytes[0])));
+        }
+        let mut r = Reader(&bytes[1..]);
+        let issuer = match r.array::<1>()[0] {
+            0 => Issuer::Anchor,
+            1 => Issuer::Node,
+            other => return Err(malformed(WHAT, format!("unknown issuer kind {other}"))),
+        };
+        let issuer_key = SigningPublic::from_bytes(r.take(SIGNING_PUBLIC_LEN))
+            .map_err(|e| malformed(WHAT, format!("issuer key: {e}")))?;
+        let kind = r.array::<1>()[0];
+        let target_bytes = r.array::<32>();
+        let target = match kind {
+            0 => RevocationTarget::Node(NodeId::from_bytes(target_bytes)),
+            1 if target_bytes[16..] == [0; 16] => {
+                RevocationTarget::Certificate(target_bytes[..16].try_into().expect("16 bytes"))
+            }
+            _ => return Err(malformed(WHAT, "unknown target")),
+        };
+        let revoked_from = u64::from_be_bytes(r.array());
+        let issued_at = u64::from_be_bytes(r.array());
+        if issuer == Issuer::Node
+            && target != RevocationTarget::Node(crate::identity::node_id_for(&issuer_key))
+        {
+            return Err(malformed(
+                WHAT,
+                "a node may revoke only its own node id (the id of its signing keys)",
+            ));
+        }
+        Ok(Revocation {
+            issuer,
+            issuer_key,
+            target,
+            revoked_from,
+            issued_at,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// Checks the issuer (a node revoking itself, or one of `anchors`) and both signatures.
+    pub fn verify(&self, anchors: &[SigningPublic]) -> Result<(), TrustError> {
+        if self.issuer == Issuer::Anchor && !anchors.contains(&self.issuer_key) {
+            return Err(TrustError::UnknownAnchor(hex::encode(anchor_id(
+                &self.issuer_key,
+            ))));
+        }
+        let sig = DualSignature::from_bytes(&self.bytes[REV_SIGNED_LEN..])
+            .map_err(|e| malformed("revocation", e.to_string()))?;
+        self.issuer_key
+            .verify(&self.bytes[..REV_SIGNED_LEN], REVOCATION_CONTEXT, &sig)
+            .map_err(|e| TrustError::BadSignature(e.to_string()))
+    }
+
+    /// `SHA-256` of the encoded revocation: its identity for deduplication.
+    pub fn id(&self) -> [u8; 32] {
+        Sha256::digest(&self.bytes).into()
+    }
+
+    /// The encoded revocation.
+    pub fn to_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Reads fixed-size fields from a buffer whose length was checked beforehand.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        head
+    }
+
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        self.take(N).try_into().expect("length checked")
+    }
+}
+
+/// A trust anchor's signing key pair. The secret file is `crabnet-anchor-v1\n` followed by the
+/// Ed25519 seed (32 bytes) and the ML-DSA-44 seed (32 bytes), mode 0600.
+pub struct AnchorKey {
+    secret: SigningSecret,
+}
+
+impl std::fmt::Debug for AnchorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnchorKey")
+            .field("id", &hex::encode(self.id()))
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl AnchorKey {
+    /// A fresh anchor key from the operating system's random source.
+    pub fn generate() -> Result<AnchorKey> {
+        Ok(AnchorKey {
+            secret: SigningSecret::generate()?,
+        })
+    }
+
+    /// An anchor key from fixed seeds (test vectors).
+    pub fn from_seeds(seeds: &SigningSeeds) -> AnchorKey {
+        AnchorKey {
+            secret: SigningSecret::from_seeds(seeds),
+        }
+    }
+
+    /// The public key that goes into `trust.anchors`.
+    pub fn public(&self) -> SigningPublic {
+        self.secret.public()
+    }
+
+    /// The anchor id ([`anchor_id`]).
+    pub fn id(&self) -> [u8; 32] {
+        anchor_id(&self.public())
+    }
+
+    /// Writes the secret key to a new file (mode 0600); an existing file is never overwritten.
+    pub fn write_new(&self, path: &Path) -> Result<()> {
+        let seeds = self.secret.to_seeds();
+        let mut bytes = Zeroizing::new(Vec::with_capacity(ANCHOR_MAGIC.len() + 64));
+        bytes.extend_from_slice(ANCHOR_MAGIC);
+        bytes.extend_from_slice(&seeds.ed25519);
+        bytes.extend_from_slice(&seeds.ml_dsa);
+        crate::identity::write_secret_file(path, &bytes, "anchor key file")
+    }
+
+    /// Reads a secret key file; refuses one that others can read.
+    pub fn read(path: &Path) -> Result<AnchorKey> {
+        let mut file = std::fs::File::open(path).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Io,
+                format!("cannot open anchor key file {}: {e}", path.display()),
+                e,
+            )
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let mode = file.metadata()?.mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "anchor key file {} is readable by others (mode {mode:o}); run `chmod 600` on it",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        let mut bytes = Zeroizing::new(Vec::new());
+        file.read_to_end(&mut bytes)?;
+        let body = bytes
+            .strip_prefix(ANCHOR_MAGIC)
+            .filter(|b| b.len() == 64)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("{} is not an anchor key file", path.display()),
+                )
+            })?;
+        let mut seeds = SigningSeeds {
+            ed25519: [0; 32],
+            ml_dsa: [0; 32],
+        };
+        seeds.ed25519.copy_from_slice(&body[..32]);
+        seeds.ml_dsa.copy_from_slice(&body[32..]);
+        Ok(AnchorKey::from_seeds(&seeds))
+    }
+}
+
+/// A node's public identity as a file (`crabnet trust identity`), the input of
+/// `crabnet trust sign`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    /// The node id.
+    pub node_id: NodeId,
+    /// Its key epoch.
+    pub key_epoch: u32,
+    /// Ed25519 + ML-DSA-44 public keys, hex.
+    pub signing_public: String,
+    /// X25519 + ML-KEM-768 public keys, hex.
+    pub kem_public: String,
+}
+
+impl IdentityRecord {
+    /// The record of `identity`.
+    pub fn of(identity: &PublicIdentity) -> IdentityRecord {
+        IdentityRecord {
+            node_id: identity.node_id.clone(),
+            key_epoch: identity.epoch,
+            signing_public: hex::encode(identity.signing.to_bytes()),
+            kem_public: hex::encode(identity.kem.to_bytes()),
+        }
+    }
+
+    /// The identity it describes, checking the keys and that the id derives from them.
+    pub fn identity(&self) -> Result<PublicIdentity> {
+        let bad = |why: &str| Error::new(ErrorKind::Validation, format!("identity record: {why}"));
+        let signing = hex::decode(&self.signing_public).map_err(|_| bad("signing_public"))?;
+        let kem = hex::decode(&self.kem_public).map_err(|_| bad("kem_public"))?;
+        let identity = PublicIdentity::from_parts(&signing, &kem, self.key_epoch)?;
+        if identity.node_id != self.node_id {
+            return Err(bad("the node id does not match its keys"));
+        }
+        Ok(identity)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The policy at run time
+// ---------------------------------------------------------------------------------------------
+
+/// What a node knows about trust, for `crabnet trust show` and embedders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustStatus {
+    /// `open` or `anchored`.
+    pub mode: TrustMode,
+    /// Ids of the configured anchors (hex).
+    pub anchors: Vec<String>,
+    /// Serial (hex) of this node's own certificate, if it has one.
+    pub certificate_serial: Option<String>,
+    /// Its validity window (Unix ms), if it has one.
+    pub certificate_valid: Option<(Millis, Millis)>,
+    /// Nodes with an accepted certificate.
+    pub certified: Vec<NodeId>,
+    /// Revoked nodes and the time they are revoked from.
+    pub revoked_nodes: Vec<(NodeId, Millis)>,
+    /// Revoked certificate serials (hex) and the time they are revoked from.
+    pub revoked_certificates: Vec<(String, Millis)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    certificates: HashMap<NodeId, Certificate>,
+    revoked_nodes: HashMap<NodeId, Millis>,
+    revoked_serials: HashMap<[u8; 16], Millis>,
+    known: HashSet<[u8; 32]>,
+    stored_revocations: u64,
+}
+
+impl State {
+    fn apply(&mut self, r: &Revocation) {
+        if !self.known.insert(r.id()) {
+            return;
+        }
+        match &r.target {
+            RevocationTarget::Node(id) => {
+                let at = self.revoked_nodes.entry(id.clone()).or_insert(Millis::MAX);
+                *at = (*at).min(r.revoked_from);
+            }
+            RevocationTarget::Certificate(serial) => {
+                let at = self.revoked_serials.entry(*serial).or_insert(Millis::MAX);
+                *at = (*at).min(r.revoked_from);
+            }
+        }
+    }
+
+    fn node_revoked_at(&self, id: &NodeId, at: Millis) -> bool {
+        self.revoked_nodes.get(id).is_some_and(|&from| at >= from)
+    }
+
+    fn serial_revoked_at(&self, serial: &[u8; 16], at: Millis) -> bool {
+        self.revoked_serials
+            .get(serial)
+            .is_some_and(|&from| at >= from)
+    }
+}
+
+/// A node's trust policy at run time: the configuration, and the certificates and revocations
+/// it accepted (persisted in the store, kept in memory for the checks).
+#[derive(Debug)]
+pub(crate) struct Trust {
+    me: NodeId,
+    mode: TrustMode,
+    allow: HashSet<NodeId>,
+    deny: HashSet<NodeId>,
+    anchors: Vec<SigningPublic>,
+    own_certificate: Option<Certificate>,
+    state: Mutex<State>,
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Trust {
+    /// The policy of the node `me` under `config`, with what `store` holds. Fails when an
+    /// anchor or this node's certificate cannot be read, or the certificate is not this node's
+    /// or (with anchors configured) not signed by one of them.
+    pub fn load(me: &PublicIdentity, config: &TrustConfig, store: &Store) -> Result<Trust> {
+        let anchors = config.anchor_keys()?;
+        let own_certificate = match &config.certificate {
+            None => None,
+            Some(path) => {
+                let bad = |why: String| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("trust.certificate {}: {why}", path.display()),
+                    )
+                };
+                let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+                let cert = Certificate::parse(&bytes).map_err(|e| bad(e.to_string()))?;
+                if cert.node != *me {
+                    return Err(bad(format!(
+                        "it certifies node {} (epoch {}), not this node's keys ({}, epoch {})",
+                        cert.node.node_id, cert.node.epoch, me.node_id, me.epoch
+                    )));
+                }
+                if !anchors.is_empty() {
+                    cert.verify(&anchors).map_err(|e| bad(e.to_string()))?;
+                }
+                Some(cert)
+            }
+        };
+        let trust = Trust {
+            me: me.node_id.clone(),
+            mode: config.mode,
+            allow: config.allow.iter().cloned().collect(),
+            deny: config.deny.iter().cloned().collect(),
+            anchors,
+            own_certificate,
+            state: Mutex::new(State::default()),
+        };
+        {
+            let mut st = lock(&trust.state);
+            for bytes in store.certificates()? {
+                // Anchors may have changed since it was stored: keep only what still verifies.
+                if let Ok(c) = Certificate::parse(&bytes)
+                    && c.verify(&trust.anchors).is_ok()
+                {
+                    st.certificates.insert(c.node.node_id.clone(), c);
+                }
+            }
+        }
+        trust.refresh(store)?;
+        Ok(trust)
+    }
+
+    /// Picks up revocations that another process (`crabnet trust import`, `revoke --self`)
+    /// added to the store. Cheap when nothing changed (one count).
+    pub fn refresh(&self, store: &Store) -> Result<()> {
+        let count = store.revocation_count()?;
+        if lock(&self.state).stored_revocations == count {
+            return Ok(());
+        }
+        let all = store.revocations()?;
+        let mut st = lock(&self.state);
+        for bytes in &all {
+            if let Ok(r) = Revocation::parse(bytes)
+                && !st.known.contains(&r.id())
+                && r.verify(&self.anchors).is_ok()
+            {
+                st.apply(&r);
+            }
+        }
+        st.stored_revocations = count;
+        Ok(())
+    }
+
+    /// Whether the author of a frame with this header is admitted; the error explains why not.
+    /// Cheap: no signature check, no database access. This node's own frames are always
+    /// admitted here (they are checked against its own keys). A hello's certificate is checked
+    /// by [`Trust::admit_hello`] once the hello's signatures verified.
+    pub fn check_frame(&self, header: &Header) -> Result<(), String> {
+        let sender = &header.sender;
+        if *sender == self.me {
+            return Ok(());
+        }
+        if self.deny.contains(sender) {
+            return Err("the sender is in trust.deny".into());
+        }
+        if !self.allow.is_empty() && !self.allow.contains(sender) {
+            return Err("the sender is not in trust.allow".into());
+        }
+        // A revoked node may still deliver revocations (its own, say).
+        if header.kind == Kind::Revocations {
+            return Ok(());
+        }
+        let at = header.timestamp;
+        let st = lock(&self.state);
+        if st.node_revoked_at(sender, at) {
+            return Err(format!(
+                "the sender is revoked from {} on",
+                st.revoked_nodes[sender]
+            ));
+        }
+        if self.mode == TrustMode::Open || header.kind == Kind::NodeHello {
+            return Ok(());
+        }
+        let cert = st
+            .certificates
+            .get(sender)
+            .ok_or("no membership certificate from this sender (trust.mode = \"anchored\")")?;
+        check_certificate(cert, &st, at)?;
+        if let Kind::Domain(kind) = header.kind
+            && !cert.roles.allow(kind)
+        {
+            return Err(format!(
+                "the sender's certificate does not allow it to author {kind}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Admission of a hello whose signatures verified with `identity`, dated `at`: in anchored
+    /// mode it must carry a valid certificate for exactly these keys. An accepted certificate
+    /// is persisted. The inner error explains a refusal.
+    pub fn admit_hello(
+        &self,
+        identity: &PublicIdentity,
+        certificate: Option<&[u8]>,
+        at: Millis,
+        store: &mut Store,
+        now: Millis,
+    ) -> Result<Result<(), String>> {
+        if self.mode == TrustMode::Open {
+            return Ok(Ok(()));
+        }
+        let Some(bytes) = certificate else {
+            return Ok(Err(
+                "the hello carries no membership certificate (trust.mode = \"anchored\")".into(),
+            ));
+        };
+        {
+            let st = lock(&self.state);
+            if let Some(held) = st.certificates.get(&identity.node_id)
+                && held.to_bytes() == bytes
+            {
+                return Ok(check_certificate(held, &st, at));
+            }
+        }
+        let cert = match Certificate::parse(bytes) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if let Err(e) = cert.verify(&self.anchors) {
+            return Ok(Err(format!("certificate: {e}")));
+        }
+        if cert.node != *identity {
+            return Ok(Err(
+                "the certificate is for other keys than the hello's".into()
+            ));
+        }
+        if let Err(e) = check_certificate(&cert, &lock(&self.state), at) {
+            return Ok(Err(e));
+        }
+        store.put_certificate(&identity.node_id, cert.to_bytes(), now)?;
+        lock(&self.state)
+            .certificates
+            .insert(identity.node_id.clone(), cert);
+        Ok(Ok(()))
+    }
+
+    /// Verifies a revocation and, when it is new, persists and applies it. `Ok(Ok(true))`: new;
+    /// `Ok(Ok(false))`: already known; the inner error: refused.
+    pub fn add_revocation(
+        &self,
+        bytes: &[u8],
+        store: &mut Store,
+        now: Millis,
+    ) -> Result<Result<bool, TrustError>> {
+        let r = match Revocation::parse(bytes) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        if lock(&self.state).known.contains(&r.id()) {
+            return Ok(Ok(false));
+        }
+        if let Err(e) = r.verify(&self.anchors) {
+            return Ok(Err(e));
+        }
+        let new = store.put_revocation(&hex::encode(r.id()), r.to_bytes(), now)?;
+        let mut st = lock(&self.state);
+        st.apply(&r);
+        if new {
+            st.stored_revocations += 1;
+        }
+        Ok(Ok(true))
+    }
+
+    /// How many revocations the store held when last looked at (0: none to send with hellos,
+    /// no need to read the store).
+    pub fn stored_revocations(&self) -> u64 {
+        lock(&self.state).stored_revocations
+    }
+
+    /// This node's certificate, for its hello.
+    pub fn own_certificate(&self) -> Option<Vec<u8>> {
+        self.own_certificate.as_ref().map(|c| c.to_bytes().to_vec())
+    }
+
+    /// A summary.
+    pub fn status(&self) -> TrustStatus {
+        let st = lock(&self.state);
+        let mut certified: Vec<NodeId> = st.certificates.keys().cloned().collect();
+        certified.sort();
+        let mut revoked_nodes: Vec<_> = st
+            .revoked_nodes
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        revoked_nodes.sort();
+        let mut revoked_certificates: Vec<_> = st
+            .revoked_serials
+            .iter()
+            .map(|(k, v)| (hex::encode(k), *v))
+            .collect();
+        revoked_certificates.sort();
+        TrustStatus {
+            mode: self.mode,
+            anchors: self
+                .anchors
+                .iter()
+                .map(|a| hex::encode(anchor_id(a)))
+                .collect(),
+            certificate_serial: self.own_certificate.as_ref().map(|c| hex::encode(c.serial)),
+            certificate_valid: self
+                .own_certificate
+                .as_ref()
+                .map(|c| (c.not_before, c.not_after)),
+            certified,
+            revoked_nodes,
+            revoked_certificates,
+        }
+    }
+}
+
+fn check_certificate(cert: &Certificate, st: &State, at: Millis) -> Result<(), String> {
+    if !cert.valid_at(at) {
+        return Err(format!(
+            "the sender's certificate is valid from {} to {}, not at {at}",
+            cert.not_before, cert.not_after
+        ));
+    }
+    if st.serial_revoked_at(&cert.serial, at) {
+        return Err(format!(
+            "the sender's certificate {} is revoked",
+            hex::encode(cert.serial)
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KemSeeds;
+
+    fn node(tag: u8) -> Identity {
+        Identity::from_seeds(
+            &SigningSeeds {
+                ed25519: [tag; 32],
+                ml_dsa: [tag; 32],
+            },
+            &KemSeeds {
+                x25519: [tag; 32],
+                ml_kem: [tag; 64],
+            },
+            1,
+        )
+    }
+
+    fn anchor(tag: u8) -> AnchorKey {
+        AnchorKey::from_seeds(&SigningSeeds {
+            ed25519: [tag; 32],
+            ml_dsa: [tag; 32],
+        })
+    }
+
+    #[test]
+    fn certificates_verify_only_under_their_anchor_and_every_byte_counts() {
+        let a = anchor(1);
+        let n = node(2);
+        let c = Certificate::sign(&a, n.public(), [7; 16], 10, 20, Roles::ALL, [0; 32]).unwrap();
+        assert_eq!(c.to_bytes().len(), CERTIFICATE_LEN);
+        c.verify(&[a.public()]).unwrap();
+        assert!(matches!(
+            c.verify(&[anchor(3).public()]),
+            Err(TrustError::UnknownAnchor(_))
+        ));
+        assert!(c.valid_at(10) && c.valid_at(20) && !c.valid_at(21) && !c.valid_at(9));
+        // Flip one byte at a time (a sample across every field): never a valid certificate.
+        for i in (0..CERTIFICATE_LEN)
+            .step_by(97)
+            .chain([0, 49, 101, CERT_SIGNED_LEN])
+        {
+            let mut bytes = c.to_bytes().to_vec();
+            bytes[i] ^= 0x01;
+            let ok = Certificate::parse(&bytes).is_ok_and(|c| c.verify(&[a.public()]).is_ok());
+            assert!(!ok, "byte {i} flipped and still valid");
+        }
+        assert!(Certificate::sign(&a, n.public(), [7; 16], 21, 20, Roles::ALL, [0; 32]).is_err());
+    }
+
+    #[test]
+    fn a_node_may_revoke_only_itself_and_anchors_must_be_configured() {
+        let a = anchor(1);
+        let n = node(2);
+        let own = Revocation::by_node(&n, 5, 6, [0; 32]).unwrap();
+        own.verify(&[]).unwrap();
+        assert_eq!(own.target, RevocationTarget::Node(n.node_id().clone()));
+        // Rewrite the target to another node: structurally refused.
+        let mut bytes = own.to_bytes().to_vec();
+        let at = 2 + SIGNING_PUBLIC_LEN + 1;
+        bytes[at..at + 32].copy_from_slice(&id_bytes(node(3).node_id()));
+        assert!(Revocation::parse(&bytes).is_err());
+        let by_anchor =
+            Revocation::by_anchor(&a, RevocationTarget::Certificate([9; 16]), 1, 2, [0; 32])
+                .unwrap();
+        by_anchor.verify(&[a.public()]).unwrap();
+        assert!(matches!(
+            by_anchor.verify(&[]),
+            Err(TrustError::UnknownAnchor(_))
+        ));
+        let mut bytes = by_anchor.to_bytes().to_vec();
+        bytes[REV_SIGNED_LEN - 1] ^= 1;
+        let r = Revocation::parse(&bytes).unwrap();
+        assert!(matches!(
+            r.verify(&[a.public()]),
+            Err(TrustError::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn anchor_key_files_are_private_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("anchor.key");
+        let a = AnchorKey::generate().unwrap();
+        a.write_new(&path).unwrap();
+        assert!(a.write_new(&path).is_err(), "never overwritten");
+        assert_eq!(AnchorKey::read(&path).unwrap().public(), a.public());
+        assert!(!format!("{a:?}").contains(&hex::encode(a.secret.to_seeds().ed25519)));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = AnchorKey::read(&path).unwrap_err();
+            assert!(e.to_string().contains("readable by others"), "{e}");
+        }
+    }
+
+    #[test]
+    fn anchored_mode_needs_an_anchor_and_anchors_must_be_keys() {
+        let mut c = TrustConfig {
+            mode: TrustMode::Anchored,
+            ..TrustConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("trust.anchors")
+        );
+        c.anchors = vec!["abcd".into()];
+        c.validate().unwrap();
+        let e = c.anchor_keys().unwrap_err();
+        assert!(e.to_string().contains("trust.anchors[0]"), "{e}");
+        c.anchors = vec![hex::encode(anchor(1).public().to_bytes())];
+        assert_eq!(c.anchor_keys().unwrap(), vec![anchor(1).public()]);
+    }
+}

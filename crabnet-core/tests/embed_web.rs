@@ -1,0 +1,45 @@
+//! The dashboard served from a `BlockingNode`: the same server as `crabnet listen`, on an
+//! ephemeral loopback port.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use crabnet_core::web::WebConfig;
+use crabnet_core::{BlockingNode, Config};
+
+fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn a_blocking_node_serves_health_on_an_ephemeral_port_until_shut_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = BlockingNode::start(Config::with_data_dir(dir.path().join("n"))).unwrap();
+    let mut web = node
+        .serve_web(WebConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..WebConfig::default()
+        })
+        .unwrap();
+    let addr = web.local_addr();
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    assert_eq!(web.url(), format!("http://{addr}/"));
+    let health = get(addr, "/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains(&node.node().id().to_string()), "{health}");
+
+    node.stop().unwrap();
+    let health = get(addr, "/health");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    web.shutdown().unwrap();
+    web.shutdown().unwrap();
+    assert!(TcpStream::connect(addr).is_err());
+}

@@ -1,0 +1,170 @@
+//! The garbage-flood scenario (issue 12): one thread sends garbage datagrams as fast as it can
+//! at a node on a real UDP socket on 127.0.0.1 while a real peer publishes seeds at a steady
+//! pace.
+//! Shared by `tests/limits.rs` (a few seconds, in CI) and `benches/flood.rs` (20 s, reported in
+//! BENCHMARKS.md).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crabnet_core::network::{UdpConfig, UdpTransport};
+use crabnet_core::{Config, EventKind, Node, PublishRequest};
+
+/// What one run measured.
+#[derive(Debug)]
+pub struct Report {
+    /// Garbage datagrams sent, and per second.
+    pub sent: u64,
+    pub sent_per_sec: f64,
+    /// Seeds the peer published and how many reached the node.
+    pub published: usize,
+    pub arrived: usize,
+    /// Publish -> applied on the node, sorted.
+    pub latencies: Vec<Duration>,
+    /// Growth of the node's database file plus its WAL, in bytes.
+    pub db_growth: i64,
+    /// The node's counters at the end.
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+impl Report {
+    /// The `p`-th quantile of the latencies (0..=1).
+    pub fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::MAX;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i]
+    }
+}
+
+fn config(dir: &std::path::Path, name: &str) -> Config {
+    let mut c = Config::with_data_dir(dir.join(name));
+    c.name = name.into();
+    c.network.sync_interval_secs = 1;
+    c
+}
+
+fn bind(peer: Option<SocketAddr>, at: SocketAddr) -> UdpTransport {
+    UdpTransport::bind(UdpConfig {
+        bind: at,
+        peers: peer.into_iter().collect(),
+        broadcast: None,
+    })
+    .unwrap()
+}
+
+fn free_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn db_size(c: &Config) -> i64 {
+    let db = c.db_path();
+    let wal = db.with_extension("db-wal");
+    [db, wal]
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len() as i64).unwrap_or(0))
+        .sum()
+}
+
+/// Floods a node for `duration` (unless `flood` is false: the baseline) while its peer
+/// publishes a seed every `pace`; waits up to `settle` after the flood for the peer's seeds to
+/// arrive.
+pub async fn run(flood: bool, duration: Duration, pace: Duration, settle: Duration) -> Report {
+    let dir = tempfile::tempdir().unwrap();
+    let (node_addr, peer_addr) = (free_addr(), free_addr());
+    let node_config = config(dir.path(), "node");
+    let node = Node::start_with_transport(
+        node_config.clone(),
+        Box::new(bind(Some(peer_addr), node_addr)),
+    )
+    .await
+    .unwrap();
+    let peer = Node::start_with_transport(
+        config(dir.path(), "peer"),
+        Box::new(bind(Some(node_addr), peer_addr)),
+    )
+    .await
+    .unwrap();
+    node.wait_for_peers(1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    peer.wait_for_peers(1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let size_before = db_size(&node_config);
+
+    // Arrival times of seeds on the node.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut sub = node.subscribe();
+    tokio::spawn(async move {
+        while let Some(e) = sub.recv().await {
+            if let EventKind::SeedPublished { seed_id, .. } = e.kind {
+                let _ = tx.send((seed_id, Instant::now()));
+            }
+        }
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut garbage = [0u8; 200];
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while flood && !stop.load(Ordering::Relaxed) {
+                garbage[..8].copy_from_slice(&sent.to_le_bytes());
+                if sock.send_to(&garbage, node_addr).is_ok() {
+                    sent += 1;
+                }
+            }
+            (sent, started.elapsed())
+        })
+    };
+
+    let mut published = std::collections::HashMap::new();
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let t0 = Instant::now();
+        let v = peer.publish(PublishRequest::new("true")).await.unwrap();
+        published.insert(v.seed.id, t0);
+        tokio::time::sleep_until((t0 + pace).into()).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (sent, flood_time) = flooder.join().unwrap();
+
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + settle;
+    while latencies.len() < published.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some((id, at))) => {
+                if let Some(t0) = published.get(&id) {
+                    latencies.push(at - *t0);
+                }
+            }
+            _ => break,
+        }
+    }
+    latencies.sort();
+    let counters = node.overview().await.unwrap().counters;
+    let db_growth = db_size(&node_config) - size_before;
+    for n in [peer, node] {
+        n.stop().await.unwrap();
+    }
+    Report {
+        sent,
+        sent_per_sec: sent as f64 / flood_time.as_secs_f64(),
+        published: published.len(),
+        arrived: latencies.len(),
+        latencies,
+        db_growth,
+        counters,
+    }
+}

@@ -1,0 +1,451 @@
+//! Bounded cost of hostile traffic (issue 12, items 2 and 3), against running nodes on real
+//! UDP sockets on 127.0.0.1 (and the in-process hub where the transport does not matter):
+//! rate limits per source and per claimed sender that spare sync batches, a capped peer table,
+//! the Lamport window, and sync answers that go only to the requester within its budget.
+
+mod flood;
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+use support::forge::{counter, hello, identity, plain, seal, seed_message, wait_counter};
+
+use crabnet_core::clock::now_ms;
+use crabnet_core::envelope::{self, Kind, MAX_ENVELOPE_BYTES};
+use crabnet_core::network::{UdpConfig, UdpTransport};
+use crabnet_core::{Config, EventKind, MemoryHub, Node, PublishRequest};
+
+fn config(dir: &std::path::Path, name: &str) -> Config {
+    let mut c = Config::with_data_dir(dir.join(name));
+    c.name = name.into();
+    c.network.tick_ms = 20;
+    c.events.log_enabled = false;
+    c
+}
+
+/// A node on a real UDP socket on 127.0.0.1 with `peers` as its configured peers.
+async fn udp_node(c: Config, peers: Vec<SocketAddr>) -> (Node, SocketAddr) {
+    let udp = UdpTransport::bind(UdpConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        peers,
+        broadcast: None,
+    })
+    .unwrap();
+    let addr = udp.local_addr().unwrap();
+    (
+        Node::start_with_transport(c, Box::new(udp)).await.unwrap(),
+        addr,
+    )
+}
+
+fn socket() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").unwrap()
+}
+
+/// Sends `frame` `n` times, pausing now and then so the receive buffer never overflows.
+fn send_paced(sock: &UdpSocket, to: SocketAddr, frame: &[u8], n: usize) {
+    for i in 0..n {
+        sock.send_to(frame, to).unwrap();
+        if i % 16 == 15 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+async fn rejection_events(node: &Node, reason: &str) -> Vec<EventKind> {
+    node.events_after(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(
+            |k| matches!(k, EventKind::MessageRejected { reason: r, .. } if r.as_str() == reason),
+        )
+        .collect()
+}
+
+/// One source sending more than its rate, and one claimed sender spread over many sources,
+/// are both `rate_limited`: counted in memory, with one event (not one per frame).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_and_claimed_senders_over_their_rate_are_limited_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), "n");
+    c.network.source_rate_per_sec = 1;
+    c.network.source_burst = 10;
+    c.network.sender_rate_per_sec = 1;
+    c.network.sender_burst = 50;
+    let (node, addr) = udp_node(c, vec![]).await;
+
+    // 200 copies of one valid hello from one socket: at most ~10 + elapsed seconds pass.
+    let frame = hello(&identity(1, 0));
+    let flooder = socket();
+    let started = Instant::now();
+    send_paced(&flooder, addr, &frame, 200);
+    let passed = 10 + started.elapsed().as_secs() + 2;
+    wait_counter(&node, "rejected.rate_limited", 200 - passed).await;
+    assert_eq!(node.peers().await.unwrap().len(), 1);
+
+    // Another identity's hello from 100 sources, 2 copies each: the sources are within their
+    // rate, the claimed sender is not.
+    let frame = hello(&identity(2, 0));
+    let before = counter(&node, "rejected.rate_limited").await;
+    let started = Instant::now();
+    for _ in 0..100 {
+        send_paced(&socket(), addr, &frame, 2);
+    }
+    let passed = 50 + started.elapsed().as_secs() + 2;
+    wait_counter(&node, "rejected.rate_limited", before + 200 - passed).await;
+
+    let events = rejection_events(&node, "rate_limited").await;
+    // At most one event per source and window (101 sources), not one per frame (~340).
+    assert!(
+        events.len() <= 101,
+        "one event per source and window, not per frame: {}",
+        events.len()
+    );
+    node.stop().await.unwrap();
+}
+
+/// A sync batch is one frame for the rate limits, however many envelopes it carries: a late
+/// joiner with tight limits still receives 40 seeds from one peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_batch_of_many_envelopes_is_not_limited_as_many_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut ca = config(dir.path(), "a");
+    ca.network.sync_interval_secs = 1;
+    let a = Node::start_with_transport(ca, Box::new(hub.join("a")))
+        .await
+        .unwrap();
+    for i in 0..40 {
+        a.publish(PublishRequest::new(format!("echo {i}")))
+            .await
+            .unwrap();
+    }
+    let mut cb = config(dir.path(), "b");
+    cb.network.sync_interval_secs = 1;
+    cb.network.source_rate_per_sec = 2;
+    cb.network.source_burst = 5;
+    cb.network.sender_rate_per_sec = 2;
+    cb.network.sender_burst = 5;
+    let b = Node::start_with_transport(cb, Box::new(hub.join("b")))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = b.seeds(None).await.unwrap().len();
+        if n == 40 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the late joiner holds {n} of 40 seeds: {:?}",
+            b.overview().await.unwrap().counters
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in [a, b] {
+        n.stop().await.unwrap();
+    }
+}
+
+/// Reads datagrams until `quiet` passes without one; returns them.
+fn drain(sock: &UdpSocket, quiet: Duration) -> Vec<Vec<u8>> {
+    sock.set_read_timeout(Some(quiet)).unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let mut out = Vec::new();
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+fn kind_of(frame: &[u8]) -> Option<Kind> {
+    envelope::parse(frame, MAX_ENVELOPE_BYTES)
+        .ok()
+        .map(|p| p.header.kind)
+}
+
+async fn publish_many(node: &Node, n: usize) {
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(4) {
+                node.publish(PublishRequest::new(format!("echo {i}")))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Ten empty digests from an address that is not a configured peer, against a store of 1,000
+/// seeds: the answers go to that address only (a configured bystander gets no batch), and
+/// they add up to at most twice the digests' bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_answers_go_to_the_requester_only_within_twice_its_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let bystander = socket();
+    let mut c = config(dir.path(), "n");
+    c.store.sync = crabnet_core::store::SyncMode::Normal;
+    let (node, addr) = udp_node(c, vec![bystander.local_addr().unwrap()]).await;
+    publish_many(&node, 1000).await;
+
+    let mallory = identity(7, 0);
+    let sock = socket();
+    sock.send_to(&hello(&mallory), addr).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    drain(&sock, Duration::from_millis(300));
+    drain(&bystander, Duration::from_millis(300));
+
+    let digest = crabnet_core::sync::Digest {
+        reply: false,
+        seeds: vec![],
+    };
+    let mut asked = 0;
+    for _ in 0..10 {
+        let frame = plain(&mallory, Kind::SyncDigest, &envelope::encode_hello(&digest));
+        asked += frame.len();
+        sock.send_to(&frame, addr).unwrap();
+    }
+    wait_counter(&node, "sync.digests_received", 10).await;
+    let answers = drain(&sock, Duration::from_secs(1));
+    let answered: usize = answers.iter().map(Vec::len).sum();
+    assert!(
+        answers.iter().all(|f| kind_of(f) == Some(Kind::SyncBatch)),
+        "only sync batches go to the requester"
+    );
+    assert!(answered > 0, "the requester gets what its credit allows");
+    let stray: Vec<_> = drain(&bystander, Duration::from_millis(300))
+        .into_iter()
+        .filter(|f| kind_of(f) == Some(Kind::SyncBatch))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "{} sync batches went to a peer that did not ask",
+        stray.len()
+    );
+    assert!(
+        answered <= 2 * asked,
+        "sent {answered} bytes for {asked} bytes of digests"
+    );
+    node.stop().await.unwrap();
+}
+
+/// Waits for a domain envelope from `node` on `wire` and returns its Lamport counter.
+async fn next_domain_lamport(
+    wire: &mut crabnet_core::network::MemoryTransport,
+    node: &Node,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, crabnet_core::network::recv(wire))
+            .await
+            .expect("the node sends its message")
+            .unwrap();
+        let parsed = envelope::parse(&frame.bytes, MAX_ENVELOPE_BYTES).unwrap();
+        if matches!(parsed.header.kind, Kind::Domain(_)) && &parsed.header.sender == node.id() {
+            return parsed.header.lamport;
+        }
+    }
+}
+
+/// One validly signed message with the Lamport counter 2^64 - 1 used to pin the receiver's
+/// clock (and every counter it stamps afterwards). Now it is rejected as `lamport_ahead`, the
+/// clock stays, and counters within the window still move it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_far_ahead_is_rejected_and_does_not_move_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let node = Node::start_with_transport(config(dir.path(), "n"), Box::new(hub.join("n")))
+        .await
+        .unwrap();
+    let mut wire = hub.join("wire");
+    let mallory = identity(9, 0);
+    crabnet_core::network::Transport::broadcast(&mut wire, &hello(&mallory)).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    for lamport in [u64::MAX, i64::MAX as u64 + 1, 1_000_001] {
+        let pin = seed_message(&mallory, lamport, now_ms());
+        crabnet_core::network::Transport::broadcast(&mut wire, &seal(&mallory, &pin, 60)).unwrap();
+    }
+    wait_counter(&node, "rejected.lamport_ahead", 3).await;
+    node.publish(PublishRequest::new("true")).await.unwrap();
+    assert_eq!(next_domain_lamport(&mut wire, &node).await, 1);
+
+    // Within the window (1,000,000 by default): accepted, and the clock follows.
+    let near = seed_message(&mallory, 900_000, now_ms());
+    crabnet_core::network::Transport::broadcast(&mut wire, &seal(&mallory, &near, 60)).unwrap();
+    wait_counter(&node, "messages.accepted", 1).await;
+    node.publish(PublishRequest::new("true")).await.unwrap();
+    assert_eq!(next_domain_lamport(&mut wire, &node).await, 900_001);
+    node.stop().await.unwrap();
+}
+
+/// Hellos prepared on both cores.
+fn hellos(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
+    let mid = range.start + (range.end - range.start) / 2;
+    let (a, b) = (range.start..mid, mid..range.end);
+    let other = std::thread::spawn(move || b.map(|i| hello(&identity(i, 0))).collect::<Vec<_>>());
+    let mut out: Vec<Vec<u8>> = a.map(|i| hello(&identity(i, 0))).collect();
+    out.extend(other.join().unwrap());
+    out
+}
+
+async fn overview_peers(addr: SocketAddr) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET /api/overview HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw))
+        .await
+        .expect("the response ends")
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    json["peers"].as_array().expect("a peer list").len()
+}
+
+/// 1,000 self-signed hellos from distinct identities (from one loopback address, which is
+/// exempt from the per-address cap) leave the peer table and `/api/overview` within the cap,
+/// and a real peer that comes later still gets in and is heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_strangers_leave_the_peer_table_within_its_cap_and_a_real_peer_gets_in() {
+    const CAP: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let real_udp = UdpTransport::bind(UdpConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        peers: vec![],
+        broadcast: None,
+    })
+    .unwrap();
+    let real_addr = real_udp.local_addr().unwrap();
+    let mut c = config(dir.path(), "n");
+    c.network.max_peers = CAP;
+    c.store.sync = crabnet_core::store::SyncMode::Normal;
+    let (node, addr) = udp_node(c, vec![real_addr]).await;
+    let web = node
+        .serve_web(crabnet_core::web::WebConfig::local(0))
+        .await
+        .unwrap();
+
+    let frames = tokio::task::spawn_blocking(|| hellos(1000..2000))
+        .await
+        .unwrap();
+    // In rounds of 50, so that no datagram is lost to a full receive buffer; every hello is
+    // handled: admitted (and possibly evicted later) or refused.
+    let sock = socket();
+    for (round, chunk) in frames.chunks(50).enumerate() {
+        for f in chunk {
+            sock.send_to(f, addr).unwrap();
+        }
+        let want = ((round + 1) * 50) as u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = node.overview().await.unwrap().counters;
+            let handled = c.get("hellos.accepted").copied().unwrap_or(0)
+                + c.get("peers.refused").copied().unwrap_or(0);
+            if handled >= want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{handled} of {want} hellos handled: {c:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(node.peers().await.unwrap().len() <= CAP);
+    }
+    assert!(node.peers().await.unwrap().len() <= CAP);
+    assert!(counter(&node, "peers.evicted").await >= 800);
+    assert!(overview_peers(web.local_addr()).await <= CAP);
+
+    let mut rc = config(dir.path(), "real");
+    rc.store.sync = crabnet_core::store::SyncMode::Normal;
+    let real = {
+        let udp_config = UdpConfig {
+            bind: real_addr,
+            peers: vec![addr],
+            broadcast: None,
+        };
+        // Its address is the one the node sends to.
+        drop(real_udp);
+        Node::start_with_transport(rc, Box::new(UdpTransport::bind(udp_config).unwrap()))
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| &p.node_id == real.id())
+    {
+        assert!(Instant::now() < deadline, "the real peer never got in");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seed = real.publish(PublishRequest::new("true")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.seed(&seed.seed.id).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the real peer's seed never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(node.peers().await.unwrap().len() <= CAP);
+    assert!(overview_peers(web.local_addr()).await <= CAP);
+    for n in [real, node] {
+        n.stop().await.unwrap();
+    }
+}
+
+/// A garbage flood from one local sender for a few seconds: the node counts it in memory (the
+/// database grows by the peer's seeds, about 80 KB of file and WAL each, not by the flood)
+/// and the real peer's seeds still arrive. The 20-second version with figures is `cargo bench --bench flood`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_flood_costs_no_transactions_and_a_real_peer_is_still_heard() {
+    let r = flood::run(
+        true,
+        Duration::from_secs(4),
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    )
+    .await;
+    eprintln!(
+        "flood: {} datagrams ({:.0}/s), {} of {} seeds, p99 {:?}, database +{} bytes",
+        r.sent,
+        r.sent_per_sec,
+        r.arrived,
+        r.published,
+        r.percentile(0.99),
+        r.db_growth
+    );
+    let rejected = r.counters.get("rejected.malformed").copied().unwrap_or(0);
+    assert!(
+        rejected > 1000,
+        "the flood reached the node: {:?}",
+        r.counters
+    );
+    assert_eq!(r.arrived, r.published, "every seed of the peer arrives");
+    // Generous: sync repairs a lost datagram within seconds.
+    assert!(r.percentile(0.99) < Duration::from_secs(15));
+    assert!(
+        r.db_growth < 1 << 20,
+        "the database grew {} bytes",
+        r.db_growth
+    );
+}

@@ -1,0 +1,186 @@
+//! Runs and stops: a run in progress when its node stops is awaited for `runner.stop_grace_ms`,
+//! then killed and recorded as interrupted; a run cut short by a crash is recorded as
+//! interrupted at the next start; neither is ever executed again by itself.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use crabnet_core::model::TaskResult;
+use crabnet_core::store::Store;
+use crabnet_core::{BlockingNode, Config, ErrorKind, EventKind, SeedId, SeedStatus};
+use support::pair::Pair;
+
+/// The runner's configuration (the node under test).
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = Config::with_data_dir(dir.join("node"));
+    c.name = "runner".into();
+    c.network.tick_ms = 20;
+    c.runner.work_root = Some(dir.join("work"));
+    c
+}
+
+/// A publisher next to the runner of `runner` (a node may not bid on its own seed).
+fn pair(dir: &std::path::Path, runner: Config) -> Pair {
+    let mut publisher = Config::with_data_dir(dir.join("publisher"));
+    publisher.name = "publisher".into();
+    publisher.network.tick_ms = 20;
+    Pair::start(publisher, runner)
+}
+
+/// The publisher publishes `command`; the runner bids on it and claims it.
+fn claimed(pair: &Pair, command: &str) -> SeedId {
+    pair.claimed(command, 5)
+}
+
+/// Processes with `arg` as one of their arguments (any user, any PID namespace; zombies have
+/// no command line and do not count).
+fn processes_with_arg(arg: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `sleep` whose argument no other process has.
+fn unique_sleep() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("30.{}{nanos:09}", std::process::id())
+}
+
+fn result_events(node: &BlockingNode) -> Vec<EventKind> {
+    node.events_after(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| matches!(k, EventKind::ResultRecorded { .. }))
+        .collect()
+}
+
+#[test]
+fn a_stop_kills_the_run_records_it_as_interrupted_and_a_restart_does_not_run_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = pair(dir.path(), config(dir.path()));
+    let node = &pair.runner;
+    let arg = unique_sleep();
+    let id = claimed(&pair, &format!("echo started; sleep {arg}"));
+    let ran = std::thread::scope(|s| {
+        let run = s.spawn(|| node.run(&id));
+        wait_until("the task's process", || {
+            !processes_with_arg(&arg).is_empty()
+        });
+        node.stop().unwrap();
+        // When stop returns, the task is dead and reaped, and its result is recorded.
+        assert_eq!(processes_with_arg(&arg), Vec::<u32>::new());
+        run.join().unwrap().unwrap()
+    });
+    assert_eq!(ran.status, SeedStatus::Completed);
+    let r: TaskResult = ran.result.unwrap();
+    assert!(r.interrupted && !r.success && !r.timed_out, "{r:?}");
+    assert_eq!(r.output_excerpt, "started\n");
+
+    // After a restart the node knows, and does not run the command again.
+    let node = BlockingNode::start(config(dir.path())).unwrap();
+    let view = node.seed(&id).unwrap();
+    assert_eq!(view.status, SeedStatus::Completed);
+    assert!(view.result.unwrap().interrupted);
+    let err = node.run(&id).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::State, "{err}");
+    assert!(processes_with_arg(&arg).is_empty());
+    let results = result_events(&node);
+    assert!(
+        matches!(
+            results.as_slice(),
+            [EventKind::ResultRecorded {
+                interrupted: true,
+                success: false,
+                ..
+            }]
+        ),
+        "{results:?}"
+    );
+    let o = node.overview().unwrap();
+    assert_eq!(
+        o.counters.get("runs.interrupted"),
+        Some(&1),
+        "{:?}",
+        o.counters
+    );
+    node.stop().unwrap();
+}
+
+#[test]
+fn a_run_that_ends_within_the_stop_grace_is_awaited_and_recorded_as_it_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.runner.stop_grace_ms = 60_000;
+    let pair = pair(dir.path(), cfg);
+    let node = &pair.runner;
+    let arg = format!("1.{}", std::process::id());
+    let id = claimed(&pair, &format!("sleep {arg}; echo finished"));
+    let ran = std::thread::scope(|s| {
+        let run = s.spawn(|| node.run(&id));
+        wait_until("the task's process", || {
+            !processes_with_arg(&arg).is_empty()
+        });
+        node.stop().unwrap();
+        run.join().unwrap().unwrap()
+    });
+    let r = ran.result.unwrap();
+    assert!(r.success && !r.interrupted, "{r:?}");
+    assert_eq!(r.output_excerpt, "finished\n");
+}
+
+#[test]
+fn a_run_whose_process_died_is_recorded_as_interrupted_at_the_next_start_and_not_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let pair = pair(dir.path(), cfg.clone());
+    let id = claimed(&pair, "echo must not run");
+    pair.runner.stop().unwrap();
+    // What a crash in the middle of a run leaves behind: the run marker of a process that is
+    // gone (this child, reaped).
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let mut store = Store::open(&cfg.db_path(), &cfg.store).unwrap();
+    store.begin_run(&id, dead, 1_000).unwrap();
+    drop(store);
+
+    let node = BlockingNode::start(cfg).unwrap();
+    let view = node.seed(&id).unwrap();
+    assert_eq!(view.status, SeedStatus::Completed);
+    let r = view.result.unwrap();
+    assert!(r.interrupted && !r.success, "{r:?}");
+    assert_eq!((r.started_at, r.output_bytes), (1_000, 0));
+    let err = node.run(&id).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::State, "{err}");
+    assert!(
+        !node
+            .events_after(0, 10_000)
+            .unwrap()
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::TaskStarted { seed_id, .. } if *seed_id == id))
+    );
+    node.stop().unwrap();
+}

@@ -1,0 +1,148 @@
+//! Hand-made identities, hellos and envelopes for the tests that attack a node's trust
+//! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`), and waits on its counters.
+
+use std::time::{Duration, Instant};
+
+use crabnet_core::clock::now_ms;
+use crabnet_core::crypto::{KemSeeds, SigningSeeds};
+use crabnet_core::envelope::{self, Header, Hello, Kind, MAX_ENVELOPE_BYTES};
+use crabnet_core::identity::Identity;
+use crabnet_core::model::{Body, Message, MessageId, Seed, SeedId};
+use crabnet_core::{Config, Node};
+
+/// A node configuration in `dir/name` with a fast housekeeping tick.
+pub fn config(dir: &std::path::Path, name: &str) -> Config {
+    let mut c = Config::with_data_dir(dir.join(name));
+    c.name = name.into();
+    c.network.tick_ms = 20;
+    c
+}
+
+/// A deterministic identity per `tag` (key generation from seeds is cheap): the same tag gives
+/// the same keys whatever the epoch.
+pub fn identity(tag: u32, epoch: u32) -> Identity {
+    let mut seed = [0u8; 32];
+    seed[..4].copy_from_slice(&tag.to_le_bytes());
+    seed[4] = 0xc5;
+    let mut kem = [0u8; 64];
+    kem[..32].copy_from_slice(&seed);
+    Identity::from_seeds(
+        &SigningSeeds {
+            ed25519: seed,
+            ml_dsa: seed,
+        },
+        &KemSeeds {
+            x25519: seed,
+            ml_kem: kem,
+        },
+        epoch,
+    )
+}
+
+/// 16 random bytes (ids).
+pub fn rand16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    envelope::os_rng(&mut b);
+    b
+}
+
+/// A fresh plain (unsealed) envelope of `kind` signed by `signer`.
+pub fn plain(signer: &Identity, kind: Kind, payload: &[u8]) -> Vec<u8> {
+    let header = Header {
+        kind,
+        sealed: false,
+        sender: signer.node_id().clone(),
+        message_id: MessageId::from_bytes(rand16()),
+        timestamp: now_ms(),
+        ttl_secs: 60,
+        lamport: 0,
+    };
+    envelope::build(
+        signer,
+        &header,
+        payload,
+        &[],
+        MAX_ENVELOPE_BYTES,
+        &mut envelope::os_rng,
+    )
+    .unwrap()
+}
+
+/// A hello announcing `id`'s keys (with `certificate`), signed by `signer` (a forgery when
+/// that is another identity).
+pub fn hello_signed_by(id: &Identity, signer: &Identity, certificate: Option<Vec<u8>>) -> Vec<u8> {
+    let hello = Hello {
+        name: "stranger".into(),
+        addresses: vec![],
+        key_epoch: id.public().epoch,
+        signing_public: id.public().signing.to_bytes(),
+        kem_public: id.public().kem.to_bytes(),
+        certificate,
+    };
+    plain(signer, Kind::NodeHello, &envelope::encode_hello(&hello))
+}
+
+/// `id`'s own hello, without a certificate.
+pub fn hello(id: &Identity) -> Vec<u8> {
+    hello_signed_by(id, id, None)
+}
+
+/// A valid `seed_created` message by `id` (rules 1).
+pub fn seed_message(id: &Identity, lamport: u64, timestamp: u64) -> Message {
+    Message {
+        id: MessageId::from_bytes(rand16()),
+        sender: id.node_id().clone(),
+        lamport,
+        timestamp,
+        body: Body::SeedCreated(Seed {
+            id: SeedId::from_bytes(rand16()),
+            publisher: id.node_id().clone(),
+            command: "true".into(),
+            description: String::new(),
+            min_price: 1,
+            max_price: 10,
+            bid_window_secs: 60,
+            max_bids: 1,
+            timeout_secs: 10,
+            created_at: timestamp,
+            audience: vec![],
+            network: false,
+            isolation: crabnet_core::model::SandboxLevel::Full,
+            rules: crabnet_core::model::rules::V1,
+            deadlines: None,
+        }),
+    }
+}
+
+/// `m` in a public envelope signed by `id`, fresh for `ttl` seconds.
+pub fn seal(id: &Identity, m: &Message, ttl: u32) -> Vec<u8> {
+    envelope::message_envelope(id, m, ttl, &[], MAX_ENVELOPE_BYTES, &mut envelope::os_rng).unwrap()
+}
+
+/// A counter of `node` (0 when absent).
+pub async fn counter(node: &Node, name: &str) -> u64 {
+    node.overview()
+        .await
+        .unwrap()
+        .counters
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Waits (20 s at most) until `node`'s counter `name` reaches `at_least`.
+pub async fn wait_counter(node: &Node, name: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = counter(node, name).await;
+        if v >= at_least {
+            return;
+        }
+        let counters = node.overview().await.unwrap().counters;
+        assert!(
+            Instant::now() < deadline,
+            "counter {name} stayed at {v}, wanted {at_least}: {counters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
