@@ -7,7 +7,7 @@
 //! When libp2p cannot start, or has no connected peer, and UDP settings are given, frames go
 //! over UDP instead; the node gets a status event each time this changes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -97,6 +97,14 @@ struct Behaviour {
 /// How many gossipsub heartbeats (500 ms) a message stays in the message cache, so that it can
 /// still be forwarded after a slow validation and served to IWANT requests.
 const GOSSIP_HISTORY_HEARTBEATS: usize = 30;
+
+/// How often a frame for one peer ([`Transport::send_to_announced`]: a hello for a new peer) is
+/// sent again when its request was lost (the dial failed, or the connection closed before the
+/// response), and the first delay (doubling). Without it a lost answer left a pair of nodes
+/// unknown to each other until the next periodic hello (30 s). A request that timed out is not
+/// sent again: the peer has it queued, and a copy would only lengthen its queue.
+const UNICAST_RETRIES: u32 = 3;
+const UNICAST_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// How many connected peers get each sync digest (chosen at random each time). Anti-entropy
 /// with a few random peers per interval reaches everyone in O(log n) intervals, while a digest
@@ -530,6 +538,12 @@ enum Done {
         channel: request_response::ResponseChannel<SyncResponse>,
         handled: Handled,
     },
+    /// A frame for one peer whose request failed, due to be sent again.
+    Resend {
+        peer: PeerId,
+        frame: Vec<u8>,
+        attempt: u32,
+    },
 }
 
 fn ask(
@@ -554,6 +568,9 @@ async fn run(
     shared: Arc<Shared>,
 ) {
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    // Requests carrying a frame for one peer, until answered: (peer, frame, attempt).
+    let mut unicast: HashMap<request_response::OutboundRequestId, (PeerId, Vec<u8>, u32)> =
+        HashMap::new();
     let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
     loop {
         tokio::select! {
@@ -578,7 +595,8 @@ async fn run(
                         for addr in addresses {
                             swarm.add_peer_address(peer, addr);
                         }
-                        swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame));
+                        let id = swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame.clone()));
+                        unicast.insert(id, (peer, frame, 0));
                     }
                 }
             },
@@ -599,6 +617,10 @@ async fn run(
                 Some(Done::Request { channel, handled }) => {
                     let frames = handled.replies.into_iter().map(serde_bytes::ByteBuf::from).collect();
                     let _ = swarm.behaviour_mut().sync.send_response(channel, SyncResponse { frames });
+                }
+                Some(Done::Resend { peer, frame, attempt }) => {
+                    let id = swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame.clone()));
+                    unicast.insert(id, (peer, frame, attempt));
                 }
                 None => {}
             },
@@ -639,12 +661,34 @@ async fn run(
                             }));
                         }
                     }
-                    request_response::Message::Response { response, .. } => {
+                    request_response::Message::Response { request_id, response } => {
+                        unicast.remove(&request_id);
                         for frame in response.frames {
                             let _ = incoming.send(Incoming::Frame(InboundFrame::new(frame.into_vec(), format!("libp2p:{peer}"))));
                         }
                     }
                 },
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, request_id, error, .. })) => {
+                    // A digest is sent again on the next interval anyway; a frame for one peer
+                    // (a hello it waits for) whose request was lost is sent again a few times,
+                    // later each time. If the peer did get it, a copy costs it a lookup.
+                    let lost = matches!(
+                        error,
+                        request_response::OutboundFailure::DialFailure
+                            | request_response::OutboundFailure::ConnectionClosed
+                    );
+                    match unicast.remove(&request_id) {
+                        Some((peer, frame, attempt)) if lost && attempt < UNICAST_RETRIES => {
+                            tracing::debug!("request to {peer} failed ({error}), sending it again");
+                            let delay = UNICAST_RETRY_DELAY * 2u32.pow(attempt);
+                            pending.push(Box::pin(async move {
+                                tokio::time::sleep(delay).await;
+                                Some(Done::Resend { peer, frame, attempt: attempt + 1 })
+                            }));
+                        }
+                        _ => tracing::debug!("request to {peer} failed: {error}"),
+                    }
+                }
                 // Only peers that speak our DHT protocol go into the routing table.
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
                     if info.protocols.contains(&kad_protocol) =>
