@@ -1560,16 +1560,25 @@ impl Node {
                 _ = tick.tick() => {}
             }
             let now = now_ms();
-            // A store busy with a transaction means work is under way; look again next tick.
-            let changed = match self.inner.store.try_lock() {
-                Ok(store) => match store.data_version() {
-                    Ok(v) => last_version.replace(v) != Some(v),
-                    Err(e) => {
-                        tracing::warn!("cannot read the database version: {e}");
-                        true
-                    }
-                },
-                Err(_) => false,
+            // Read on this thread when the store is free; when it is busy, wait for it off the
+            // async thread (skipping the look would delay what another process wrote, e.g. a
+            // revocation, behind frames that arrive meanwhile).
+            let quick = self.inner.store.try_lock().ok().map(|s| s.data_version());
+            let version = match quick {
+                Some(v) => v,
+                None => {
+                    let node = self.clone();
+                    tokio::task::spawn_blocking(move || lock(&node.inner.store).data_version())
+                        .await
+                        .unwrap_or_else(|e| Err(Error::internal(e.to_string())))
+                }
+            };
+            let changed = match version {
+                Ok(v) => last_version.replace(v) != Some(v),
+                Err(e) => {
+                    tracing::warn!("cannot read the database version: {e}");
+                    true
+                }
             };
             let timers = &self.inner.timers;
             let decide_due = timers.decide_at.load(Ordering::Relaxed) <= now;
