@@ -89,6 +89,41 @@ fn late_joiner_converges_by_sync() {
     net.assert_alive(&all);
 }
 
+/// Issue 14: a winner that never claims does not hold a seed forever. Three `crabnet listen`
+/// processes: node 0 publishes with a 2 s claim window, node 1 bids lowest and wins but never
+/// claims, node 2 bids too. Node 0's own process (nobody calls it) reassigns the seed to node
+/// 2 when the window has passed; every node sees round 1 (the first reassignment) with node 2 as winner; node 1's late
+/// claim is refused; node 2 claims, runs, and node 0 settles.
+#[test]
+fn unclaimed_award_is_reassigned_across_three_processes() {
+    let mut net = Net::new(3);
+    let all = [0, 1, 2];
+    net.start_mesh(&all, &all);
+    net.wait_mesh(&all);
+    let seed = net.publish_with(0, "echo reawarded", 2, &["--claim-window", "2"]);
+    net.bid(1, &seed, 10);
+    net.bid(2, &seed, 20);
+    for i in all {
+        net.wait_award(i, &seed, 1, 10);
+    }
+    let node2 = net.id(2).to_owned();
+    for i in all {
+        let v = net.wait_seed(i, &seed, "shows round 1 with node 2 as winner", |v| {
+            v["award"]["winner_node"] == node2.as_str()
+        });
+        assert_eq!(v["award"]["round"], 1, "node {i}: {v:#}");
+        assert_eq!(v["award"]["price"], 20, "node {i}: {v:#}");
+        assert_eq!(v["status"], "open", "node {i}: {v:#}");
+    }
+    net.expect_claim_refused(1, &seed, "not the winning bidder");
+    net.claim_and_run(2, &seed);
+    net.complete_and_settle(0, &seed, &all);
+    let v = net.assert_same_view(&all, &seed);
+    assert_eq!(v["claim"]["claimer"], node2.as_str(), "{v:#}");
+    assert_eq!(net.runs_of(1, &seed), 0, "the first winner never ran it");
+    net.assert_alive(&all);
+}
+
 // ------------------------------------------------------------------------------------------
 // 3 + 4. Crash (SIGKILL) mid-lifecycle, partition by process, restart and heal
 // ------------------------------------------------------------------------------------------
