@@ -101,7 +101,7 @@ impl PublishRequest {
 }
 
 /// A peer as shown to users.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PeerInfo {
     /// Its node id.
     pub node_id: NodeId,
@@ -120,7 +120,7 @@ pub struct PeerInfo {
 }
 
 /// A summary of the node's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Overview {
     /// This node's id.
     pub node_id: NodeId,
@@ -129,6 +129,7 @@ pub struct Overview {
     /// The data directory.
     pub data_dir: String,
     /// The transport in use, if any.
+    #[schema(required)]
     pub transport: Option<String>,
     /// Number of seeds per status.
     pub seeds_by_status: std::collections::BTreeMap<SeedStatus, u64>,
