@@ -44,11 +44,15 @@ pub enum RejectReason {
     Malformed,
     /// It was larger than allowed.
     Oversized,
-    /// It was seen before.
+    /// A sync envelope (digest, batch, revocation list) that was already received: a replay.
+    /// Copies of other envelopes (gossip relays, sync answers) are counted as
+    /// `messages.duplicate`, not rejected.
     Duplicate,
     /// A signature does not verify.
     BadSignature,
-    /// The sender is not in the peer table (no verified hello yet).
+    /// The sender is not in the peer table: no verified hello arrived within
+    /// `network.unknown_sender_hold_ms` (or the hold queue was full, or it came inside a sync
+    /// batch without its hello).
     UnknownSender,
     /// It is older than the sender's replay floor: a replay of a forgotten message.
     Replay,

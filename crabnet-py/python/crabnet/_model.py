@@ -188,11 +188,13 @@ class RejectReason(str, Enum):
     OVERSIZED = "oversized"
     """It was larger than allowed."""
     DUPLICATE = "duplicate"
-    """It was seen before."""
+    """A sync envelope that was already received (a replay). Copies of other envelopes are
+    counted as ``messages.duplicate``, not rejected."""
     BAD_SIGNATURE = "bad_signature"
     """A signature does not verify."""
     UNKNOWN_SENDER = "unknown_sender"
-    """The sender is not in the peer table (no verified hello from it yet)."""
+    """No verified hello from the sender arrived within ``network.unknown_sender_hold_ms``
+    (the node holds such messages until then)."""
     REPLAY = "replay"
     """It is older than the sender's replay floor: a replay of a forgotten message."""
     EXPIRED = "expired"
