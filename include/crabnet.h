@@ -42,8 +42,11 @@
  * callback's level or, when set, the environment variable `CRABNET_LOG` (e.g. `debug`).
  *
  * @par JSON
- * Seeds, events and summaries are JSON objects (see docs/PROTOCOL.md);
- * crabnet_json_get_string() and friends read single values for hosts without a JSON library.
+ * Seeds, events and summaries are JSON objects. docs/EVENTS.md lists every event `type` with
+ * its fields and every field of a seed (`award.winner`, `result.output_excerpt`, ...);
+ * docs/schema.json is the same as a JSON Schema (both generated from the core types). The
+ * wire protocol between nodes is in docs/PROTOCOL.md. crabnet_json_get_string() and friends
+ * read single values for hosts without a JSON library.
  */
 
 

@@ -112,6 +112,10 @@ pub struct NetworkConfig {
     /// Rejected frames from one source with one reason get one `message_rejected` event as they
     /// happen and one summary per window of this many milliseconds (0: an event for each).
     pub reject_event_window_ms: u64,
+    /// How long an envelope whose author's hello has not arrived yet is held (hellos and the
+    /// first envelopes cross at startup), in milliseconds; applied when the hello arrives,
+    /// rejected as `unknown_sender` after this long (0: rejected at once).
+    pub unknown_sender_hold_ms: u64,
     /// Largest envelope this node creates; operations whose message would be larger fail.
     /// The default fits one UDP datagram.
     pub max_envelope_bytes: usize,
@@ -157,6 +161,7 @@ impl Default for NetworkConfig {
             hello_interval_secs: 30,
             sync_interval_secs: 10,
             reject_event_window_ms: 10_000,
+            unknown_sender_hold_ms: 5_000,
             max_envelope_bytes: 65_507,
             source_rate_per_sec: 10_000,
             source_burst: 20_000,
@@ -431,6 +436,12 @@ impl Config {
             net.reject_event_window_ms,
             0,
             limits::HOUR_MS,
+        )?;
+        check_range(
+            "network.unknown_sender_hold_ms",
+            net.unknown_sender_hold_ms,
+            0,
+            limits::MINUTE_MS,
         )?;
         check_range(
             "network.max_envelope_bytes",

@@ -37,6 +37,7 @@ pub mod node;
 mod ratelimit;
 pub mod runner;
 pub mod sandbox;
+pub mod schema;
 pub mod state;
 pub mod store;
 pub mod sync;

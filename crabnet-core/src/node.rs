@@ -101,7 +101,7 @@ impl PublishRequest {
 }
 
 /// A peer as shown to users.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PeerInfo {
     /// Its node id.
     pub node_id: NodeId,
@@ -120,7 +120,7 @@ pub struct PeerInfo {
 }
 
 /// A summary of the node's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Overview {
     /// This node's id.
     pub node_id: NodeId,
@@ -129,6 +129,7 @@ pub struct Overview {
     /// The data directory.
     pub data_dir: String,
     /// The transport in use, if any.
+    #[schema(required)]
     pub transport: Option<String>,
     /// Number of seeds per status.
     pub seeds_by_status: std::collections::BTreeMap<SeedStatus, u64>,
@@ -168,6 +169,7 @@ struct Inner {
     gate: ingress::Gate,
     sync_credit: crate::ratelimit::Credits,
     recent: ingress::RecentFrames,
+    held: ingress::HoldQueue,
     trust: trust::Trust,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     lock: Mutex<Option<File>>,
@@ -346,6 +348,7 @@ impl Node {
                     SYNC_REQUESTERS,
                 ),
                 recent: ingress::RecentFrames::new(RECENT_FRAMES),
+                held: ingress::HoldQueue::new(config.network.unknown_sender_hold_ms),
                 trust: policy,
                 tasks: Mutex::new(Vec::new()),
                 lock: Mutex::new(lock_file),
@@ -777,7 +780,12 @@ impl Node {
         reason: RejectReason,
         detail: String,
     ) -> Result<Acceptance> {
-        let rejection = ingress::Rejection::new(from, header, reason, detail);
+        self.record_rejection(ingress::Rejection::new(from, header, reason, detail))
+    }
+
+    /// Counts `rejection` and records its event as [`Node::reject`] does.
+    fn record_rejection(&self, rejection: ingress::Rejection) -> Result<Acceptance> {
+        let reason = rejection.reason;
         let now = now_ms();
         if let Some(event) = self.inner.rejections.note(rejection, now) {
             self.with_store(|s| s.record_event(now, event))?;
@@ -809,7 +817,9 @@ impl Node {
     /// Writes the rejection counters and window summaries held in memory (housekeeping).
     fn flush_rejections(&self) -> Result<()> {
         let now = now_ms();
-        let (counters, events) = self.inner.rejections.drain(now);
+        let expired = self.inner.held.expire(now, &self.inner.rejections);
+        let (counters, mut events) = self.inner.rejections.drain(now);
+        events.extend(expired);
         if counters.is_empty() && events.is_empty() {
             return Ok(());
         }
@@ -871,13 +881,14 @@ impl Node {
             return Ok(Acceptance::Ignore);
         }
         if self.inner.recent.contains(bytes) {
-            // A copy of an envelope the store holds: no signature check, no transaction.
-            if h.kind == Kind::NodeHello {
-                self.inner.rejections.count("hellos.duplicate");
-                return Ok(Acceptance::Ignore);
-            }
-            let detail = "already received".to_owned();
-            return self.reject(from, Some(h), RejectReason::Duplicate, detail);
+            // A copy of an envelope the store holds (gossip relays and sync answers deliver
+            // copies as a matter of course): counted, no signature check, no transaction.
+            let counter = match h.kind {
+                Kind::NodeHello => "hellos.duplicate",
+                _ => "messages.duplicate",
+            };
+            self.inner.rejections.count(counter);
+            return Ok(Acceptance::Ignore);
         }
         let net = &self.inner.config.network;
         let skew = net.max_clock_skew_secs as u64 * 1000;
@@ -922,12 +933,38 @@ impl Node {
                     .flatten(),
                 max_per_address: net.max_peers_per_address,
             };
-            return self.receive_hello(&parsed, bytes, from, now, &admission);
+            let acceptance = self.receive_hello(&parsed, bytes, from, now, &admission)?;
+            if acceptance == Acceptance::Accept {
+                self.release_held(&h.sender, source, max, replies)?;
+            }
+            return Ok(acceptance);
         }
         let peer = lock(&self.inner.store).peer(&h.sender)?;
         let Some(peer) = peer else {
             let detail = "no verified hello from this sender".to_owned();
-            return self.reject(from, Some(h), RejectReason::UnknownSender, detail);
+            if via == Via::Sync {
+                return self.reject(from, Some(h), RejectReason::UnknownSender, detail);
+            }
+            // Held until the hello arrives (hellos and the first envelopes cross at startup).
+            let rejection =
+                ingress::Rejection::new(from, Some(h), RejectReason::UnknownSender, detail);
+            let held = self.inner.held.hold(
+                &h.sender,
+                bytes,
+                source,
+                rejection,
+                now,
+                &self.inner.rejections,
+            );
+            if let Err(rejection) = held {
+                return self.record_rejection(rejection);
+            }
+            // The hello may have been applied since the lookup: then nothing releases this
+            // envelope but us.
+            if lock(&self.inner.store).peer(&h.sender)?.is_some() {
+                self.release_held(&h.sender, source, max, replies)?;
+            }
+            return Ok(Acceptance::Ignore);
         };
         if let Err(e) = parsed.verify(&peer.identity.signing) {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
@@ -1030,6 +1067,25 @@ impl Node {
             // A rule violation is validly signed and may be pending elsewhere: forward it.
             _ => Acceptance::Accept,
         })
+    }
+
+    /// Applies the envelopes held for `sender` until its hello arrived (one of them just did,
+    /// from `source`). Answers to them go back only when they came from the same source.
+    fn release_held(
+        &self,
+        sender: &NodeId,
+        source: &ingress::Source,
+        max: usize,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        for held in self.inner.held.release(sender, &self.inner.rejections) {
+            let mut answers = Vec::new();
+            self.receive_envelope(&held.bytes, &held.source, max, Via::Live, &mut answers)?;
+            if held.source.from == source.from {
+                replies.extend(answers);
+            }
+        }
+        Ok(())
     }
 
     /// Answers a peer's digest (of `digest_bytes`, from `source`): the seeds it lacks (with

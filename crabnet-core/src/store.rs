@@ -495,13 +495,8 @@ impl Store {
             if &message.sender == me {
                 bump_counter(&tx, "messages.self_echo")?;
             } else {
-                bump_counter(&tx, "rejected.duplicate")?;
-                events.push(rejection(
-                    message,
-                    RejectReason::Duplicate,
-                    None,
-                    "message was already received".into(),
-                ));
+                // A copy (gossip, sync): counted, not an event.
+                bump_counter(&tx, "messages.duplicate")?;
             }
             RemoteOutcome::Duplicate
         } else {

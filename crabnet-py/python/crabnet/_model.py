@@ -4,6 +4,12 @@ Every class mirrors one serde type of ``crabnet-core`` field by field (same name
 meaning), so the conversion is mechanical: :meth:`_Record._from_json` reads the dataclass
 fields and their annotations. Ids are lowercase hex strings, times are Unix milliseconds,
 prices are integers.
+
+The core's types are described by ``docs/schema.json`` (generated from them; readable in
+``docs/EVENTS.md``). ``tests/python/test_schema.py`` checks every class here against it: the
+same fields, a default exactly for the fields the core may leave out, ``Optional`` exactly
+for the fields that may be null. After a change in the core, regenerate the schema (see
+``docs/EVENTS.md``) and change these classes until that test passes.
 """
 
 from __future__ import annotations
@@ -182,11 +188,13 @@ class RejectReason(str, Enum):
     OVERSIZED = "oversized"
     """It was larger than allowed."""
     DUPLICATE = "duplicate"
-    """It was seen before."""
+    """A sync envelope that was already received (a replay). Copies of other envelopes are
+    counted as ``messages.duplicate``, not rejected."""
     BAD_SIGNATURE = "bad_signature"
     """A signature does not verify."""
     UNKNOWN_SENDER = "unknown_sender"
-    """The sender is not in the peer table (no verified hello from it yet)."""
+    """No verified hello from the sender arrived within ``network.unknown_sender_hold_ms``
+    (the node holds such messages until then)."""
     REPLAY = "replay"
     """It is older than the sender's replay floor: a replay of a forgotten message."""
     EXPIRED = "expired"
@@ -225,6 +233,8 @@ class _Record:
 
     __slots__ = ()
     _hints: ClassVar[Dict[str, Any]]
+    _JSON_NAMES: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    """JSON field names that are not valid Python names, mapped to the field's name."""
 
     @classmethod
     def _field_types(cls) -> Dict[str, Any]:
@@ -241,6 +251,8 @@ class _Record:
 
     @classmethod
     def _from_fields(cls: Type[_R], data: Mapping[str, Any]) -> _R:
+        if cls._JSON_NAMES:
+            data = {cls._JSON_NAMES.get(k, k): v for k, v in data.items()}
         hints = cls._field_types()
         all_fields = fields(cls)  # type: ignore[arg-type]
         names = [f.name for f in all_fields]
@@ -405,9 +417,9 @@ class Award(_Record):
     winner_node: Optional[str]
     price: Optional[int]
     closed_at: int
-    round: int = 0
+    round: int
     """The current round: 0 for the award, one more for each reassignment."""
-    round_started_at: int = 0
+    round_started_at: int
 
 
 @dataclass(frozen=True, repr=False)
@@ -427,11 +439,11 @@ class SandboxInfo(_Record):
     features: Tuple[str, ...]
     """The isolation features that were active, by name (``landlock_fs``, ``seccomp``,
     ``pid_ns``, ``net_ns``, ``disk_quota``, ``uid_drop``, ...)."""
-    network: bool = False
+    network: bool
     """Whether the task had network access (the seed asked for it and the runner allowed it)."""
 
 
-_UNKNOWN_SANDBOX = SandboxInfo(level=SandboxLevel.NONE, features=())
+_UNKNOWN_SANDBOX = SandboxInfo(level=SandboxLevel.NONE, features=(), network=False)
 
 
 @dataclass(frozen=True, repr=False)
@@ -738,15 +750,11 @@ class StatusChanged(Event):
     """A seed's status changed (``from_status`` is ``None`` when the seed just became known)."""
 
     TYPE: ClassVar[str] = "status_changed"
+    # `from` is a Python keyword: the field is `from_status`.
+    _JSON_NAMES: ClassVar[Mapping[str, str]] = MappingProxyType({"from": "from_status"})
     seed_id: str
     from_status: Optional[SeedStatus]
     to: SeedStatus
-
-    @classmethod
-    def _from_fields(cls, data: Mapping[str, Any]) -> StatusChanged:
-        # `from` is a Python keyword: the field is `from_status`.
-        renamed = {("from_status" if k == "from" else k): v for k, v in data.items()}
-        return super()._from_fields(renamed)
 
 
 @dataclass(frozen=True, repr=False)
