@@ -379,10 +379,7 @@ mod tests {
         // A peer's digest entries for pruned seeds are not asked for.
         let theirs = s.sync_digest(100).unwrap();
         let mut with_pruned = theirs.clone();
-        with_pruned.push(crate::sync::seed_digest(
-            &cancelled,
-            &mut ["00".repeat(16)],
-        ));
+        with_pruned.push(crate::sync::seed_digest(&cancelled, &mut ["00".repeat(16)]));
         assert_eq!(s.without_pruned(&with_pruned).unwrap(), theirs);
 
         // Tombstones last their own horizon, counted from the pruning.
