@@ -1644,7 +1644,10 @@ mod tests {
             .execute_batch(
                 "DROP INDEX peers_by_source; ALTER TABLE peers DROP COLUMN admitted_from;
                  ALTER TABLE peers DROP COLUMN last_active; DROP TABLE certificates;
-                 DROP TABLE revocations; PRAGMA user_version = 3;",
+                 DROP TABLE revocations; DROP INDEX seeds_by_end;
+                 ALTER TABLE seeds DROP COLUMN ended_at; DROP INDEX events_by_seed;
+                 ALTER TABLE events DROP COLUMN seed_id; DROP TABLE pruned_seeds;
+                 PRAGMA user_version = 3;",
             )
             .unwrap();
         drop(s);

@@ -2,7 +2,7 @@
 //! messages, outbox rows and events, tombstones of pruned seeds, and the bound on the events
 //! table. Every function here is one short transaction over at most `limit` seeds or events.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::Store;
 use crate::error::Result;
@@ -79,7 +79,10 @@ impl Store {
         now: Millis,
         limit: usize,
     ) -> Result<SeedsPruned> {
-        let tx = self.conn.transaction()?;
+        // Immediate: another process on the data directory may prune or write meanwhile.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let due: Vec<(String, i64)> = {
             let mut stmt = tx.prepare_cached(
                 "SELECT id, ended_at FROM seeds WHERE ended_at IS NOT NULL AND ended_at < ?1
@@ -120,7 +123,10 @@ impl Store {
     /// Forgets up to `limit` tombstones of seeds pruned before `pruned_before` (Unix ms);
     /// returns how many (counted as `retention.tombstones_expired`).
     pub fn prune_tombstones(&mut self, pruned_before: Millis, limit: usize) -> Result<u64> {
-        let tx = self.conn.transaction()?;
+        // Immediate: another process on the data directory may prune or write meanwhile.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "DELETE FROM pruned_seeds WHERE seed_id IN (
                  SELECT seed_id FROM pruned_seeds WHERE pruned_at < ?1 ORDER BY pruned_at LIMIT ?2)",
@@ -145,7 +151,10 @@ impl Store {
         max_rows: u64,
         limit: usize,
     ) -> Result<u64> {
-        let tx = self.conn.transaction()?;
+        // Immediate: another process on the data directory may prune or write meanwhile.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let beyond_rows: Option<i64> = tx
             .query_row(
                 "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?1",
