@@ -301,7 +301,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE peers ADD COLUMN admitted_from TEXT;
      CREATE INDEX peers_by_source ON peers(admitted_from);",
     // 6: retention: when each seed ended (see `retention::ended_at`), the seed each event is
-    // about (so a pruned seed's events go with it), and tombstones of pruned seeds
+    // about (so a pruned seed's events go with it), tombstones of pruned seeds, and the outbox
+    // by message (pruning deletes a seed's outbox rows, and the foreign key checks them)
     "ALTER TABLE seeds ADD COLUMN ended_at INTEGER;
      UPDATE seeds SET ended_at = COALESCE(CASE status
             WHEN 'settled' THEN json_extract(view, '$.settlement.settled_at')
@@ -323,7 +324,8 @@ const MIGRATIONS: &[&str] = &[
         ended_at  INTEGER NOT NULL,
         pruned_at INTEGER NOT NULL
      ) STRICT;
-     CREATE INDEX pruned_seeds_by_time ON pruned_seeds(pruned_at);",
+     CREATE INDEX pruned_seeds_by_time ON pruned_seeds(pruned_at);
+     CREATE INDEX outbox_by_message ON outbox(message_id);",
 ];
 
 /// The current schema version (SQLite `user_version`).
@@ -1647,7 +1649,7 @@ mod tests {
                  DROP TABLE revocations; DROP INDEX seeds_by_end;
                  ALTER TABLE seeds DROP COLUMN ended_at; DROP INDEX events_by_seed;
                  ALTER TABLE events DROP COLUMN seed_id; DROP TABLE pruned_seeds;
-                 PRAGMA user_version = 3;",
+                 DROP INDEX outbox_by_message; PRAGMA user_version = 3;",
             )
             .unwrap();
         drop(s);

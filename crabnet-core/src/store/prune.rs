@@ -452,7 +452,8 @@ mod tests {
             .execute_batch(
                 "DROP INDEX seeds_by_end; ALTER TABLE seeds DROP COLUMN ended_at;
                  DROP INDEX events_by_seed; ALTER TABLE events DROP COLUMN seed_id;
-                 DROP TABLE pruned_seeds; PRAGMA user_version = 5;",
+                 DROP TABLE pruned_seeds; DROP INDEX outbox_by_message;
+                 PRAGMA user_version = 5;",
             )
             .unwrap();
         drop(s);
