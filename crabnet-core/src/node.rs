@@ -1432,9 +1432,9 @@ impl Node {
             let done = tokio::task::spawn_blocking(move || -> Result<()> {
                 node.issue_due_decisions()?;
                 node.flush_rejections()?;
-                node.inner
-                    .retention
-                    .run_if_due(&node.inner.store, now_ms())?;
+                if let Err(e) = node.inner.retention.run_if_due(&node.inner.store, now_ms()) {
+                    tracing::warn!("retention failed (retried in retention.interval_secs): {e}");
+                }
                 let mut store = lock(&node.inner.store);
                 store.prune_seen(now_ms())?;
                 node.inner.trust.refresh(&store)?;

@@ -146,13 +146,16 @@ impl Retention {
     /// own transaction, locking `store` only for one batch at a time. When work is left, the
     /// next run is due at the next call; otherwise after `retention.interval_secs`.
     pub fn run_if_due(&self, store: &Mutex<Store>, now: Millis) -> Result<Pruned> {
+        let c = &self.config;
+        let interval = u64::from(c.interval_secs) * 1000;
         {
-            let next = self.next_run.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = self.next_run.lock().unwrap_or_else(|p| p.into_inner());
             if now < *next {
                 return Ok(Pruned::default());
             }
+            // A run that fails is retried after the interval, not at every tick.
+            *next = now.saturating_add(interval);
         }
-        let c = &self.config;
         let batch = c.batch_size as usize;
         let lock = || store.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Pruned::default();
@@ -189,12 +192,9 @@ impl Retention {
             },
             batch,
         )?;
-        let interval = u64::from(c.interval_secs) * 1000;
-        *self.next_run.lock().unwrap_or_else(|p| p.into_inner()) = if left {
-            now
-        } else {
-            now.saturating_add(interval)
-        };
+        if left {
+            *self.next_run.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        }
         Ok(out)
     }
 }
