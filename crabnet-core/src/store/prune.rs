@@ -398,6 +398,36 @@ mod tests {
         assert_eq!(s.counters().unwrap()["retention.tombstones_expired"], 2);
     }
 
+    /// A run prunes at most a few batches of each kind; while work is left the next call runs
+    /// again, otherwise only after the interval.
+    #[test]
+    fn retention_runs_in_bounded_batches_and_comes_back_while_work_is_left() {
+        use crate::retention::{Retention, RetentionConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        for tag in 1..=20 {
+            let (id, _) = publish(&mut s, tag, T0);
+            cancel(&mut s, &id, T0 + 1_000);
+        }
+        let store = std::sync::Mutex::new(s);
+        let retention = Retention::new(RetentionConfig {
+            batch_size: 1,
+            interval_secs: 60,
+            ..RetentionConfig::default()
+        });
+        let now = T0 + 8 * DAY;
+        let first = retention.run_if_due(&store, now).unwrap();
+        assert_eq!(first.seeds, 16, "{first:?}");
+        let second = retention.run_if_due(&store, now).unwrap();
+        assert_eq!(second.seeds, 4, "{second:?}");
+        // Nothing left: the next run waits for the interval.
+        let (id, _) = publish(&mut store.lock().unwrap(), 99, T0);
+        cancel(&mut store.lock().unwrap(), &id, T0 + 1_000);
+        assert_eq!(retention.run_if_due(&store, now + 59_999).unwrap().seeds, 0);
+        assert_eq!(retention.run_if_due(&store, now + 60_000).unwrap().seeds, 1);
+        assert_eq!(store.lock().unwrap().tombstones().unwrap(), 21);
+    }
+
     /// Settled and failed seeds end at their settlement and failure.
     #[test]
     fn every_final_status_and_failed_has_an_end_and_the_others_have_none() {
