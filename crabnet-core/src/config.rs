@@ -1,7 +1,7 @@
 //! Node configuration: one struct with serde support, loadable from TOML, with safe defaults.
 //!
 //! The sections of the modules that own their settings ([`RunnerConfig`], [`StoreConfig`],
-//! [`WebConfig`]) are defined there and gathered here; none of them builds on this module.
+//! [`WebConfig`], [`RetentionConfig`]) are defined there and gathered here; none of them builds on this module.
 //!
 //! Data directory layout:
 //!
@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result, check_range};
+use crate::retention::RetentionConfig;
 use crate::runner::RunnerConfig;
 use crate::store::StoreConfig;
 use crate::trust::TrustConfig;
@@ -47,6 +48,8 @@ pub struct Config {
     pub web: WebConfig,
     /// Which nodes this node admits.
     pub trust: TrustConfig,
+    /// How long ended seeds and events are kept.
+    pub retention: RetentionConfig,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             web: WebConfig::default(),
             trust: TrustConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -512,6 +516,7 @@ impl Config {
         }
 
         self.trust.validate()?;
+        self.retention.validate()?;
         self.web.validate()
     }
 
@@ -642,6 +647,24 @@ mod tests {
                 "web.idle_timeout_secs",
             ),
             ("[web]\nmax_connections = 0", "web.max_connections"),
+            ("[retention]\ninterval_secs = 0", "retention.interval_secs"),
+            ("[retention]\nbatch_size = 0", "retention.batch_size"),
+            (
+                "[retention]\nevents_max_rows = 0",
+                "retention.events_max_rows",
+            ),
+            (
+                "[retention]\ntombstones_after_secs = 0",
+                "retention.tombstones_after_secs",
+            ),
+            (
+                &format!("[retention]\nseeds_after_secs = {huge}"),
+                "retention.seeds_after_secs",
+            ),
+            (
+                &format!("[retention]\nevents_max_age_secs = {huge}"),
+                "retention.events_max_age_secs",
+            ),
             (
                 "[web]\nmax_connections = 10\nmax_connections_per_ip = 11",
                 "web.max_connections_per_ip",
@@ -725,6 +748,8 @@ mod tests {
         c.store.seen_ttl_secs = 10 * limits::YEAR_SECS;
         c.events.bus_capacity = limits::MAX_BUS_CAPACITY;
         c.network.sync_interval_secs = limits::DAY_SECS as u32;
+        c.retention.seeds_after_secs = 0;
+        c.retention.events_max_age_secs = 0;
         c.web.max_connections = crate::web::config::MAX_CONNECTIONS;
         c.validate().unwrap();
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
@@ -816,7 +841,7 @@ mod tests {
         fn toml_document() -> impl Strategy<Value = String> {
             let keys = known_keys();
             let n = keys.len();
-            let sections = vec!["runner", "store", "events", "network", "web"];
+            let sections = vec!["runner", "store", "events", "network", "web", "retention"];
             (
                 prop::collection::vec(
                     (

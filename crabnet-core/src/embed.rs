@@ -288,6 +288,11 @@ impl BlockingNode {
         self.runtime.block_on(self.node.events_after(after, limit))
     }
 
+    /// See [`Node::events_pruned_through`].
+    pub fn events_pruned_through(&self) -> Result<u64> {
+        self.runtime.block_on(self.node.events_pruned_through())
+    }
+
     /// Starts the monitoring HTTP API and dashboard of this node (see [`Node::serve_web`]) on
     /// the node's runtime. It serves until the returned handle is shut down or dropped; after
     /// [`BlockingNode::stop`] it keeps answering, `/health` with 503.

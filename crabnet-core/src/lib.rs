@@ -35,6 +35,7 @@ pub mod monitor;
 pub mod network;
 pub mod node;
 mod ratelimit;
+pub mod retention;
 pub mod runner;
 pub mod sandbox;
 pub mod schema;

@@ -174,6 +174,7 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     lock: Mutex<Option<File>>,
     runs: runs::Runs,
+    retention: crate::retention::Retention,
 }
 
 /// A running Crabnet node. Cheap to clone; all clones share one node.
@@ -342,6 +343,7 @@ impl Node {
                 wake_outbox: Notify::new(),
                 wake_log: Notify::new(),
                 rejections: ingress::Rejections::new(config.network.reject_event_window_ms),
+                retention: crate::retention::Retention::new(config.retention.clone()),
                 gate: ingress::Gate::new(&config.network),
                 sync_credit: crate::ratelimit::Credits::new(
                     Duration::from_secs(config.network.sync_interval_secs.into()),
@@ -770,6 +772,13 @@ impl Node {
             .await
     }
 
+    /// The sequence number of the last event pruned by the bound on the durable log (0 when
+    /// none was; see [`crate::retention`]): a cursor below it has missed events.
+    pub async fn events_pruned_through(&self) -> Result<u64> {
+        self.blocking(|n| lock(&n.inner.store).events_pruned_through())
+            .await
+    }
+
     /// Counts a rejected frame and records its event, unless an event for the same source and
     /// reason was recorded within `network.reject_event_window_ms` (then the window's summary
     /// covers it): a flood costs memory, not one transaction per frame.
@@ -1057,6 +1066,12 @@ impl Node {
             s.apply_remote(&self.inner.id, &message, bytes, now)
                 .map(|(outcome, _)| outcome)
         })?;
+        if outcome == RemoteOutcome::Pruned {
+            // Its seed was pruned here: not applied, not relayed, no event (sync offers it
+            // again and again while a peer holds it).
+            self.inner.rejections.count("retention.refused");
+            return Ok(Acceptance::Ignore);
+        }
         self.inner.recent.insert(bytes);
         if matches!(outcome, RemoteOutcome::Applied | RemoteOutcome::Deferred(_)) {
             self.issue_due_decisions()?;
@@ -1104,7 +1119,7 @@ impl Node {
         let (cmp, items) = {
             let store = lock(&self.inner.store);
             let ours = store.sync_digest(DIGEST_LIMIT)?;
-            let cmp = sync::compare(&ours, &digest.seeds);
+            let cmp = sync::compare(&ours, &store.without_pruned(&digest.seeds)?);
             let mut hellos = Vec::new();
             let mut envelopes = Vec::new();
             let mut authors = std::collections::BTreeSet::new();
@@ -1473,6 +1488,9 @@ impl Node {
             let done = tokio::task::spawn_blocking(move || -> Result<()> {
                 node.issue_due_decisions()?;
                 node.flush_rejections()?;
+                if let Err(e) = node.inner.retention.run_if_due(&node.inner.store, now_ms()) {
+                    tracing::warn!("retention failed (retried in retention.interval_secs): {e}");
+                }
                 let mut store = lock(&node.inner.store);
                 store.prune_seen(now_ms())?;
                 node.inner.trust.refresh(&store)?;

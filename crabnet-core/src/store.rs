@@ -19,6 +19,9 @@ use crate::model::{Body, Message, MessageId, Millis, NodeId, SeedId, SeedStatus}
 use crate::monitor::{Event, EventKind, RejectReason};
 use crate::state::{self, SeedView, Verdict, Violation};
 
+mod prune;
+pub use prune::SeedsPruned;
+
 /// Store tuning, part of the node's TOML config (section `[store]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -82,6 +85,9 @@ pub enum RemoteOutcome {
     Rejected(RejectReason, String),
     /// Already known (including this node's own messages coming back).
     Duplicate,
+    /// About a seed this node pruned (see [`crate::retention`]): refused while its tombstone
+    /// lasts, so that sync does not bring the seed back. Nothing is written.
+    Pruned,
 }
 
 /// A node this node has a verified hello from.
@@ -294,6 +300,32 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE peers ADD COLUMN last_active INTEGER;
      ALTER TABLE peers ADD COLUMN admitted_from TEXT;
      CREATE INDEX peers_by_source ON peers(admitted_from);",
+    // 6: retention: when each seed ended (see `retention::ended_at`), the seed each event is
+    // about (so a pruned seed's events go with it), tombstones of pruned seeds, and the outbox
+    // by message (pruning deletes a seed's outbox rows, and the foreign key checks them)
+    "ALTER TABLE seeds ADD COLUMN ended_at INTEGER;
+     UPDATE seeds SET ended_at = COALESCE(CASE status
+            WHEN 'settled' THEN json_extract(view, '$.settlement.settled_at')
+            WHEN 'cancelled' THEN json_extract(view, '$.cancelled_at')
+            WHEN 'failed' THEN json_extract(view, '$.failed_at')
+            WHEN 'expired' THEN json_extract(view, '$.award.round_started_at') END,
+          json_extract(view, '$.updated_at'), updated_at)
+      WHERE status IN ('settled', 'cancelled', 'failed', 'expired');
+     CREATE INDEX seeds_by_end ON seeds(ended_at) WHERE ended_at IS NOT NULL;
+     ALTER TABLE events ADD COLUMN seed_id TEXT;
+     UPDATE events SET seed_id = json_extract(body, '$.seed_id');
+     UPDATE events SET seed_id = (SELECT m.seed_id FROM messages m
+                                  WHERE m.id = json_extract(events.body, '$.message_id'))
+      WHERE seed_id IS NULL
+        AND kind IN ('message_accepted', 'message_deferred', 'message_rejected');
+     CREATE INDEX events_by_seed ON events(seed_id) WHERE seed_id IS NOT NULL;
+     CREATE TABLE pruned_seeds (
+        seed_id   TEXT PRIMARY KEY,
+        ended_at  INTEGER NOT NULL,
+        pruned_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX pruned_seeds_by_time ON pruned_seeds(pruned_at);
+     CREATE INDEX outbox_by_message ON outbox(message_id);",
 ];
 
 /// The current schema version (SQLite `user_version`).
@@ -465,7 +497,7 @@ impl Store {
             "INSERT INTO outbox(message_id, created_at, next_attempt_at) VALUES (?1, ?2, ?2)",
             params![message.id.as_str(), now as i64],
         )?;
-        let events = insert_events(&tx, now, events)?;
+        let events = insert_events(&tx, now, events, Some(seed_id))?;
         tx.commit()?;
         Ok((message, view, events))
     }
@@ -483,6 +515,10 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if prune::is_pruned(&tx, message.seed_id())? {
+            // Nothing is written: the caller counts it (`retention.refused`).
+            return Ok((RemoteOutcome::Pruned, Vec::new()));
+        }
         let id = message.id.as_str();
         let known: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM seen WHERE message_id = ?1)
@@ -552,7 +588,7 @@ impl Store {
                 }
             }
         };
-        let events = insert_events(&tx, now, events)?;
+        let events = insert_events(&tx, now, events, Some(message.seed_id()))?;
         tx.commit()?;
         Ok((outcome, events))
     }
@@ -562,7 +598,7 @@ impl Store {
     /// [`Store::add_counters`]).
     pub fn record_event(&mut self, now: Millis, kind: EventKind) -> Result<Event> {
         let tx = self.conn.transaction()?;
-        let mut events = insert_events(&tx, now, vec![kind])?;
+        let mut events = insert_events(&tx, now, vec![kind], None)?;
         tx.commit()?;
         Ok(events.remove(0))
     }
@@ -825,7 +861,7 @@ impl Store {
                 stmt.execute(params![name, i64::try_from(*add).unwrap_or(i64::MAX)])?;
             }
         }
-        let events = insert_events(&tx, now, events)?;
+        let events = insert_events(&tx, now, events, None)?;
         tx.commit()?;
         Ok(events)
     }
@@ -1263,14 +1299,24 @@ fn insert_message(tx: &Transaction<'_>, m: &Message, origin: Origin, now: Millis
     Ok(())
 }
 
-fn insert_events(tx: &Transaction<'_>, now: Millis, kinds: Vec<EventKind>) -> Result<Vec<Event>> {
+/// Appends events; each is filed under the seed it names, else under `seed` (the seed of the
+/// message it describes), so that pruning a seed removes its events.
+fn insert_events(
+    tx: &Transaction<'_>,
+    now: Millis,
+    kinds: Vec<EventKind>,
+    seed: Option<&SeedId>,
+) -> Result<Vec<Event>> {
     let mut out = Vec::with_capacity(kinds.len());
-    let mut stmt =
-        tx.prepare_cached("INSERT INTO events(at, kind, body) VALUES (?1, ?2, ?3) RETURNING seq")?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO events(at, kind, body, seed_id) VALUES (?1, ?2, ?3, ?4) RETURNING seq",
+    )?;
     for kind in kinds {
-        let seq: i64 = stmt.query_row(params![now as i64, kind.name(), to_json(&kind)?], |r| {
-            r.get(0)
-        })?;
+        let about = prune::event_seed(&kind).or(seed).map(SeedId::as_str);
+        let seq: i64 = stmt.query_row(
+            params![now as i64, kind.name(), to_json(&kind)?, about],
+            |r| r.get(0),
+        )?;
         out.push(Event {
             seq: seq as u64,
             at: now,
@@ -1450,17 +1496,19 @@ fn refold(
             });
         }
         tx.execute(
-            "INSERT INTO seeds(id, publisher, status, created_at, updated_at, view)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO seeds(id, publisher, status, created_at, updated_at, view, ended_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(id) DO UPDATE SET status = excluded.status,
-                 updated_at = excluded.updated_at, view = excluded.view",
+                 updated_at = excluded.updated_at, view = excluded.view,
+                 ended_at = excluded.ended_at",
             params![
                 seed_id.as_str(),
                 view.seed.publisher.as_str(),
                 view.status.as_str(),
                 view.seed.created_at as i64,
                 now as i64,
-                to_json(view)?
+                to_json(view)?,
+                crate::retention::ended_at(view).map(|t| t.min(i64::MAX as u64) as i64)
             ],
         )?;
     }
@@ -1593,7 +1641,10 @@ mod tests {
             .execute_batch(
                 "DROP INDEX peers_by_source; ALTER TABLE peers DROP COLUMN admitted_from;
                  ALTER TABLE peers DROP COLUMN last_active; DROP TABLE certificates;
-                 DROP TABLE revocations; PRAGMA user_version = 3;",
+                 DROP TABLE revocations; DROP INDEX seeds_by_end;
+                 ALTER TABLE seeds DROP COLUMN ended_at; DROP INDEX events_by_seed;
+                 ALTER TABLE events DROP COLUMN seed_id; DROP TABLE pruned_seeds;
+                 DROP INDEX outbox_by_message; PRAGMA user_version = 3;",
             )
             .unwrap();
         drop(s);

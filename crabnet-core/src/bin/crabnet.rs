@@ -1024,6 +1024,14 @@ fn print_event(e: &Event, json: bool) {
 async fn events(config: Config, args: EventsArgs, json: bool) -> Result<(), Error> {
     with_node(config, async |n| {
         let mut after = args.since;
+        let pruned = n.events_pruned_through().await?;
+        if after < pruned {
+            eprintln!(
+                "note: events {} to {pruned} were pruned ([retention] events_max_rows and \
+                 events_max_age_secs); listing from the oldest kept",
+                after + 1
+            );
+        }
         let first = n.events_after(after, args.limit).await?;
         for e in &first {
             print_event(e, json);

@@ -295,6 +295,9 @@ struct EventsPage {
     next_since: u64,
     /// Whether events after `next_since` exist.
     more: bool,
+    /// The last event pruned by retention (`[retention]` in the config; 0: none was). A
+    /// `since` below it missed the events up to it: they no longer exist.
+    pruned_through: u64,
 }
 
 /// A page of seeds.
@@ -618,6 +621,7 @@ async fn events(
     let limit = page_limit(q.limit)?;
     let kinds = Kinds::parse(q.kind.as_deref())?;
     let mut cursor = q.since.unwrap_or(0);
+    let pruned_through = s.node.events_pruned_through().await?;
     let mut events = Vec::new();
     let mut scanned = 0;
     let more = loop {
@@ -651,6 +655,7 @@ async fn events(
         events,
         next_since: cursor,
         more,
+        pruned_through,
     }))
 }
 
@@ -744,6 +749,26 @@ async fn next_event(mut t: Tail) -> Option<(Result<sse::Event, Infallible>, Tail
             return Some((Ok(event), t));
         }
         if let Some(cursor) = t.cursor {
+            // Events pruned by retention after the cursor: said once, as a missed count.
+            match t.node.events_pruned_through().await {
+                Ok(pruned) if pruned > cursor => {
+                    t.cursor = Some(pruned);
+                    let missed = Event {
+                        seq: pruned,
+                        at: now_ms(),
+                        kind: EventKind::EventsDropped {
+                            count: pruned - cursor,
+                        },
+                    };
+                    if t.kinds.keep(&missed) {
+                        t.queue.push_back(missed);
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Stopped => return None,
+                Err(e) => tracing::warn!("event stream cannot read the retention mark: {e}"),
+            }
             match events_after(&t.node, &t.metrics, cursor, BATCH).await {
                 Ok(batch) => {
                     let full = batch.len() == BATCH;
