@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::AlertsConfig;
 use crate::error::{Error, ErrorKind, Result, check_range};
 use crate::runner::RunnerConfig;
 use crate::store::StoreConfig;
@@ -47,6 +48,8 @@ pub struct Config {
     pub web: WebConfig,
     /// Which nodes this node admits.
     pub trust: TrustConfig,
+    /// Alert rules and webhooks.
+    pub alerts: AlertsConfig,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             web: WebConfig::default(),
             trust: TrustConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -501,6 +505,7 @@ impl Config {
         }
 
         self.trust.validate()?;
+        self.alerts.validate()?;
         self.web.validate()
     }
 

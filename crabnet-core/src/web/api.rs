@@ -82,7 +82,7 @@ const _: fn(RejectReason) = |r| match r {
 };
 
 /// Every event type name (the `type` field of an event), for the `kind` filter.
-pub(crate) const EVENT_KINDS: [&str; 20] = [
+pub(crate) const EVENT_KINDS: [&str; 22] = [
     "node_started",
     "node_stopped",
     "seed_published",
@@ -102,6 +102,8 @@ pub(crate) const EVENT_KINDS: [&str; 20] = [
     "message_rejected",
     "transport_status",
     "send_failed",
+    "alert_firing",
+    "alert_resolved",
     "events_dropped",
 ];
 
@@ -126,6 +128,8 @@ const _: fn(&EventKind) = |k| match k {
     | EventKind::MessageRejected { .. }
     | EventKind::TransportStatus { .. }
     | EventKind::SendFailed { .. }
+    | EventKind::AlertFiring { .. }
+    | EventKind::AlertResolved { .. }
     | EventKind::EventsDropped { .. } => {}
 };
 
