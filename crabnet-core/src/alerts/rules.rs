@@ -537,7 +537,7 @@ mod tests {
             detail: "no verified peer".into(),
         };
         let mut e = Evaluator::new(config(), vec![before.clone()]);
-        assert_eq!(e.active(), [before.clone()]);
+        assert_eq!(e.active(), std::slice::from_ref(&before));
         assert!(e.evaluate(0, &healthy()).is_empty());
         let resolved = e.evaluate(30 * S, &healthy());
         assert_eq!(
