@@ -532,5 +532,21 @@ mod alert_tests {
         assert!(text.contains("crabnet_alert_webhook_queue 2\n"));
         assert!(text.contains("crabnet_peers_active 0\n"));
         assert!(text.contains("crabnet_peers 3\n"));
+
+        // The shipped Prometheus rules use only metrics the node exports.
+        let rules = include_str!("../../../ops/prometheus/crabnet-rules.yml");
+        let mut used: Vec<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("crabnet_"))
+            .collect();
+        used.sort();
+        used.dedup();
+        assert!(used.len() >= 6, "{used:?}");
+        for name in used {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "the rules use {name}, which /metrics does not export"
+            );
+        }
     }
 }
