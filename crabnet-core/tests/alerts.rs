@@ -1,6 +1,7 @@
 //! Alerting end to end: a node alone on its network fires `no_peers` and resolves it when a
 //! peer arrives; webhook deliveries reach a receiver on 127.0.0.1 signed, are retried after a
-//! 500, and wait in the database across a restart while the receiver does not answer.
+//! 500, wait in the database across a restart while the receiver does not answer, and over
+//! https reach only a receiver whose certificate the configured CA file vouches for.
 
 mod support;
 
@@ -18,7 +19,7 @@ use support::forge::config;
 
 const SECRET: &str = "a-shared-webhook-secret";
 
-/// Fast rules: `no_peers` after 300 ms alone, resolved at once when clear.
+/// Fast rules (evaluated every 50 ms, no hold, resolved at once when clear); `no_peers` off.
 fn alerting(dir: &std::path::Path, name: &str) -> Config {
     let mut c = config(dir, name);
     c.network.hello_interval_secs = 1;
@@ -138,31 +139,49 @@ fn serve_one(stream: TcpStream, status: u16) -> Received {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    serve_on(stream, status)
+}
+
+/// Reads one HTTP/1.1 request from `stream` (plain or TLS) and answers `status`.
+fn serve_on(stream: impl Read + Write, status: u16) -> Received {
+    try_serve_on(stream, status).expect("a whole webhook request")
+}
+
+/// [`serve_on`], failing on a connection that breaks or carries no webhook request.
+fn try_serve_on(stream: impl Read + Write, status: u16) -> std::io::Result<Received> {
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.starts_with("POST /hook HTTP/1.1"), "{line:?}");
+    reader.read_line(&mut line)?;
+    if !line.starts_with("POST /hook HTTP/1.1") {
+        return Err(bad(format!("request line {line:?}")));
+    }
     let mut headers = BTreeMap::new();
     loop {
         line.clear();
-        reader.read_line(&mut line).unwrap();
+        reader.read_line(&mut line)?;
         let l = line.trim_end();
         if l.is_empty() {
             break;
         }
-        let (k, v) = l.split_once(':').unwrap();
+        let (k, v) = l
+            .split_once(':')
+            .ok_or_else(|| bad(format!("header {l:?}")))?;
         headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
     }
-    let len: usize = headers["content-length"].parse().unwrap();
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| bad("no content-length".into()))?;
     let mut body = vec![0; len];
-    reader.read_exact(&mut body).unwrap();
+    reader.read_exact(&mut body)?;
     let mut stream = reader.into_inner();
     write!(
         stream,
         "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    Received { headers, body }
+    )?;
+    stream.flush()?;
+    Ok(Received { headers, body })
 }
 
 /// Answers each request with the next status of `script`, then stops.
@@ -290,28 +309,44 @@ async fn queued_deliveries_survive_a_restart() {
     let a = Node::start_with_transport(c, Box::new(hub.join("a")))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let body = loop {
-        // Attempts that timed out before the restart left connections in the backlog; they
-        // closed without a request and are skipped.
-        let (stream, _) = listener.accept().unwrap();
-        let mut peek = [0u8; 1];
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        if stream.peek(&mut peek).map(|n| n == 0).unwrap_or(true) {
-            assert!(Instant::now() < deadline, "no delivery after the restart");
-            continue;
-        }
-        let r = serve_one(stream, 200);
-        break verified(&r);
+    // Every connection is answered 200 from now on, also those that attempts before the
+    // restart left in the backlog (their clients are gone: those answers reach nobody).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    listener.set_nonblocking(true).unwrap();
+    let serving = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(2)))
+                            .unwrap();
+                        if let Ok(r) = try_serve_on(stream, 200) {
+                            let _ = tx.send(r);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
     };
-    assert_eq!(body["event"]["type"], "alert_firing");
-    assert_eq!(body["event"]["seq"], fired_seq);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.webhook_queue_len().await.unwrap() > 0 {
-        assert!(Instant::now() < deadline, "the queue did not empty");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // A 2xx answer reached the restarted node: before the restart no attempt got one.
+    support::forge::wait_counter(&a, "alerts.webhook_delivered", 1).await;
+    assert_eq!(a.webhook_queue_len().await.unwrap(), 0);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    serving.join().unwrap();
+    let bodies: Vec<serde_json::Value> = rx.try_iter().map(|r| verified(&r)).collect();
+    assert!(!bodies.is_empty());
+    for body in &bodies {
+        assert_eq!(body["event"]["type"], "alert_firing");
+        assert_eq!(
+            body["event"]["seq"], fired_seq,
+            "the delivery queued before"
+        );
     }
     let firings = a
         .events_after(0, 1000)
@@ -322,4 +357,106 @@ async fn queued_deliveries_survive_a_restart() {
         .count();
     assert_eq!(firings, 1, "no second firing after the restart");
     a.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let dir = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pair.serialize_der())),
+            )
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    let first_server = server.clone();
+    std::thread::spawn(move || {
+        let server = first_server;
+        // Bounded: a few connections at most (a client trying ::1 first never reaches here).
+        for _ in 0..5 {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let conn = rustls::ServerConnection::new(server.clone()).unwrap();
+            let tls = rustls::StreamOwned::new(conn, stream);
+            let received =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_on(tls, 200)));
+            if let Ok(r) = received {
+                let _ = tx.send(r);
+                return;
+            }
+        }
+    });
+    let hub = MemoryHub::new();
+    let mut c = with_webhook(
+        alerting(dir.path(), "a"),
+        &format!("https://localhost:{port}/hook"),
+        dir.path(),
+    );
+    c.alerts.webhooks[0].ca_file = Some(ca);
+    let a = Node::start_with_transport(c, Box::new(hub.join("a")))
+        .await
+        .unwrap();
+    let r = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("an https delivery within 20 s");
+    let body = verified(&r);
+    assert_eq!(body["event"]["alert"], "no_peers");
+    a.stop().await.unwrap();
+
+    // A node whose CA file does not vouch for the receiver's certificate sends it nothing:
+    // the handshake fails and the delivery waits for a retry.
+    let other = dir.path().join("other-ca.pem");
+    let rcgen::CertifiedKey {
+        cert: other_cert, ..
+    } = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(&other, other_cert.pem()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut c = with_webhook(
+        alerting(dir.path(), "b"),
+        &format!("https://localhost:{port}/hook"),
+        dir.path(),
+    );
+    c.alerts.webhooks[0].ca_file = Some(other);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..3 {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let conn = rustls::ServerConnection::new(server.clone()).unwrap();
+            let tls = rustls::StreamOwned::new(conn, stream);
+            let received =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_on(tls, 200)));
+            let _ = tx.send(received.is_ok());
+        }
+    });
+    let b = Node::start_with_transport(c, Box::new(hub.join("b")))
+        .await
+        .unwrap();
+    support::forge::wait_counter(&b, "alerts.webhook_failed", 1).await;
+    assert_eq!(b.webhook_queue_len().await.unwrap(), 1, "still queued");
+    b.stop().await.unwrap();
+    assert!(
+        rx.try_iter().all(|served| !served),
+        "a request reached a receiver the CA file does not vouch for"
+    );
 }
