@@ -1824,7 +1824,8 @@ mod tests {
             .execute_batch(
                 "DROP INDEX peers_by_source; ALTER TABLE peers DROP COLUMN admitted_from;
                  ALTER TABLE peers DROP COLUMN last_active; DROP TABLE certificates;
-                 DROP TABLE revocations; PRAGMA user_version = 3;",
+                 DROP TABLE revocations; DROP TABLE alerts; DROP TABLE webhook_queue;
+                 PRAGMA user_version = 3;",
             )
             .unwrap();
         drop(s);

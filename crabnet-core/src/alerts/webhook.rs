@@ -371,6 +371,72 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_keeps_the_newest_deliveries_per_webhook_and_counts_the_dropped() {
+        use crate::alerts::{ActiveAlert, AlertName, Transition};
+        use crate::store::{Store, StoreConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let alert = |since| ActiveAlert {
+            alert: AlertName::NoPeers,
+            since,
+            value: 0,
+            threshold: 1,
+            detail: String::new(),
+        };
+        let urls = ["http://a/".to_owned(), "http://b/".to_owned()];
+        let body = |e: &Event| Ok(e.seq.to_string().into_bytes());
+        for since in 1..=3 {
+            store
+                .record_alert(since, &Transition::Firing(alert(since)), &urls, 2, &body)
+                .unwrap();
+        }
+        assert_eq!(store.webhook_pending().unwrap(), 4);
+        assert_eq!(store.counters().unwrap()["alerts.webhook_dropped"], 2);
+        let due = store.webhook_due(10, 100).unwrap();
+        let a: Vec<&[u8]> = due
+            .iter()
+            .filter(|d| d.url == "http://a/")
+            .map(|d| d.body.as_slice())
+            .collect();
+        assert_eq!(
+            a,
+            [b"2".as_slice(), b"3".as_slice()],
+            "the oldest went first"
+        );
+        assert_eq!(store.active_alerts().unwrap(), [alert(3)]);
+        // Resolving removes the alert's row; its delivery is queued like the others.
+        store
+            .record_alert(
+                4,
+                &Transition::Resolved {
+                    alert: alert(3),
+                    value: 1,
+                },
+                &urls[..1],
+                2,
+                &body,
+            )
+            .unwrap();
+        assert!(store.active_alerts().unwrap().is_empty());
+        // Not due before its time; retried, then delivered.
+        let first = &store.webhook_due(10, 1).unwrap()[0];
+        store.webhook_retry(first.seq, 1_000, "500").unwrap();
+        assert!(
+            store
+                .webhook_due(10, 100)
+                .unwrap()
+                .iter()
+                .all(|d| d.seq != first.seq)
+        );
+        let again = store.webhook_due(1_000, 100).unwrap();
+        let again = again.iter().find(|d| d.seq == first.seq).unwrap();
+        assert_eq!(again.attempts, 1);
+        store.webhook_finish(first.seq, true).unwrap();
+        assert_eq!(store.webhook_pending().unwrap(), 3);
+        assert_eq!(store.counters().unwrap()["alerts.webhook_delivered"], 1);
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_cap() {
         let config = AlertsConfig {
             webhook_retry_base_ms: 100,
