@@ -461,6 +461,8 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                     alerts: &alerts,
                 });
             } else {
+                println!("node      {} ({})", o.node_id, o.name);
+                println!("data dir  {}", o.data_dir);
                 if alerts.is_empty() {
                     println!("alerts    none firing");
                 }
@@ -472,8 +474,6 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                         a.detail
                     );
                 }
-                println!("node      {} ({})", o.node_id, o.name);
-                println!("data dir  {}", o.data_dir);
                 let counts: Vec<String> = o
                     .seeds_by_status
                     .iter()
