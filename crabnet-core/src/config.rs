@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::AlertsConfig;
 use crate::error::{Error, ErrorKind, Result, check_range};
 use crate::retention::RetentionConfig;
 use crate::runner::RunnerConfig;
@@ -50,6 +51,8 @@ pub struct Config {
     pub trust: TrustConfig,
     /// How long ended seeds and events are kept.
     pub retention: RetentionConfig,
+    /// Alert rules and webhooks.
+    pub alerts: AlertsConfig,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             web: WebConfig::default(),
             trust: TrustConfig::default(),
             retention: RetentionConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -517,6 +521,7 @@ impl Config {
 
         self.trust.validate()?;
         self.retention.validate()?;
+        self.alerts.validate()?;
         self.web.validate()
     }
 

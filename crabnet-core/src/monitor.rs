@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
+use crate::alerts::AlertName;
 use crate::model::SettlementOutcome;
 use crate::model::{BidId, MessageId, MessageKind, Millis, NodeId, SeedId, SeedStatus};
 use crate::state::Violation;
@@ -301,6 +302,30 @@ pub enum EventKind {
         /// Why.
         detail: String,
     },
+    /// An alert rule's condition held long enough: the alert fires (see [`crate::alerts`]).
+    AlertFiring {
+        /// The rule.
+        alert: AlertName,
+        /// The rule's value (peers, messages, seconds, percent or bytes; see the rule).
+        value: u64,
+        /// The configured threshold.
+        threshold: u64,
+        /// What is wrong, for humans.
+        detail: String,
+    },
+    /// A firing alert's condition stayed clear long enough: the alert is resolved.
+    AlertResolved {
+        /// The rule.
+        alert: AlertName,
+        /// The rule's value now.
+        value: u64,
+        /// The configured threshold.
+        threshold: u64,
+        /// When the alert fired (Unix ms).
+        since: Millis,
+        /// What was wrong, for humans.
+        detail: String,
+    },
     /// This subscriber fell behind and missed events (not logged; only for that subscriber).
     EventsDropped {
         /// How many events were missed.
@@ -331,6 +356,8 @@ impl EventKind {
             EventKind::MessageRejected { .. } => "message_rejected",
             EventKind::TransportStatus { .. } => "transport_status",
             EventKind::SendFailed { .. } => "send_failed",
+            EventKind::AlertFiring { .. } => "alert_firing",
+            EventKind::AlertResolved { .. } => "alert_resolved",
             EventKind::EventsDropped { .. } => "events_dropped",
         }
     }

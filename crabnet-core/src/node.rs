@@ -281,6 +281,8 @@ impl Node {
         config.validate()?;
         let cfg = config.clone();
         let listening = transport.is_some();
+        // Only the node on the network alerts; an unreadable webhook secret fails the start.
+        let alerting = crate::alerts::Alerting::prepare(&config.alerts, listening)?;
         let (store, identity, lock_file, policy) = tokio::task::spawn_blocking(move || -> Result<_> {
             create_private_dir(&cfg.data_dir)?;
             if listening {
@@ -386,6 +388,7 @@ impl Node {
         if let Some(t) = transport {
             tasks.push(tokio::spawn(node.clone().network_loop(t, stop())));
         }
+        tasks.extend(alerting.spawn(&node, stop));
         *lock(&node.inner.tasks) = tasks;
         Ok(node)
     }
@@ -460,7 +463,7 @@ impl Node {
     }
 
     /// Runs `f` with the store locked, then delivers any new events.
-    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
         let mut store = lock(&self.inner.store);
         let out = f(&mut store);
         self.pump_events(&store);

@@ -13,6 +13,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::{ActiveAlert, AlertName, Transition};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::PublicIdentity;
 use crate::model::{Body, Message, MessageId, Millis, NodeId, SeedId, SeedStatus};
@@ -326,6 +327,25 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;
      CREATE INDEX pruned_seeds_by_time ON pruned_seeds(pruned_at);
      CREATE INDEX outbox_by_message ON outbox(message_id);",
+    // 7: alerting: the alerts firing now, and the webhook deliveries waiting to be sent
+    "CREATE TABLE alerts (
+        name      TEXT PRIMARY KEY,
+        since     INTEGER NOT NULL,
+        value     INTEGER NOT NULL,
+        threshold INTEGER NOT NULL,
+        detail    TEXT NOT NULL
+     ) STRICT;
+     CREATE TABLE webhook_queue (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        url             TEXT NOT NULL,
+        body            BLOB NOT NULL,
+        created_at      INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        last_error      TEXT
+     ) STRICT;
+     CREATE INDEX webhook_queue_due ON webhook_queue(next_attempt_at);
+     CREATE INDEX webhook_queue_by_url ON webhook_queue(url, seq);",
 ];
 
 /// The current schema version (SQLite `user_version`).
@@ -1165,6 +1185,212 @@ impl Store {
     }
 }
 
+/// A queued webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    /// Its position in the queue (also its delivery id).
+    pub seq: i64,
+    /// The webhook.
+    pub url: String,
+    /// The signed JSON body.
+    pub body: Vec<u8>,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+/// Alerting: the alerts firing now and the webhook queue (see [`crate::alerts`]).
+impl Store {
+    /// The alerts firing now, in rule order.
+    pub fn active_alerts(&self) -> Result<Vec<ActiveAlert>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, since, value, threshold, detail FROM alerts")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, since, value, threshold, detail) = row?;
+            let alert = AlertName::parse(&name).ok_or_else(|| {
+                Error::new(ErrorKind::Store, format!("corrupt alert name {name:?}"))
+            })?;
+            out.push(ActiveAlert {
+                alert,
+                since: since as Millis,
+                value: value as u64,
+                threshold: threshold as u64,
+                detail,
+            });
+        }
+        out.sort_by_key(|a| a.alert);
+        Ok(out)
+    }
+
+    /// Records an alert transition in one transaction: its event, the alert's row, and a
+    /// delivery of `body(event)` to each of `webhooks` (dropping the oldest deliveries of a
+    /// webhook beyond `queue_max`).
+    pub fn record_alert(
+        &mut self,
+        now: Millis,
+        transition: &Transition,
+        webhooks: &[String],
+        queue_max: u64,
+        body: &dyn Fn(&Event) -> Result<Vec<u8>>,
+    ) -> Result<Event> {
+        let sql_u64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let tx = self.conn.transaction()?;
+        let kind = match transition {
+            Transition::Firing(a) => {
+                tx.execute(
+                    "INSERT INTO alerts(name, since, value, threshold, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(name) DO UPDATE SET since = excluded.since,
+                       value = excluded.value, threshold = excluded.threshold,
+                       detail = excluded.detail",
+                    params![
+                        a.alert.as_str(),
+                        sql_u64(a.since),
+                        sql_u64(a.value),
+                        sql_u64(a.threshold),
+                        a.detail
+                    ],
+                )?;
+                EventKind::AlertFiring {
+                    alert: a.alert,
+                    value: a.value,
+                    threshold: a.threshold,
+                    detail: a.detail.clone(),
+                }
+            }
+            Transition::Resolved { alert, value } => {
+                tx.execute("DELETE FROM alerts WHERE name = ?1", [alert.alert.as_str()])?;
+                EventKind::AlertResolved {
+                    alert: alert.alert,
+                    value: *value,
+                    threshold: alert.threshold,
+                    since: alert.since,
+                    detail: alert.detail.clone(),
+                }
+            }
+        };
+        let event = insert_events(&tx, now, vec![kind])?.remove(0);
+        if !webhooks.is_empty() {
+            let bytes = body(&event)?;
+            for url in webhooks {
+                tx.execute(
+                    "INSERT INTO webhook_queue(url, body, created_at, next_attempt_at)
+                     VALUES (?1, ?2, ?3, ?3)",
+                    params![url, bytes, sql_u64(now)],
+                )?;
+                let dropped = tx.execute(
+                    "DELETE FROM webhook_queue WHERE url = ?1 AND seq NOT IN
+                       (SELECT seq FROM webhook_queue WHERE url = ?1 ORDER BY seq DESC LIMIT ?2)",
+                    params![url, sql_u64(queue_max)],
+                )?;
+                for _ in 0..dropped {
+                    bump_counter(&tx, "alerts.webhook_dropped")?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(event)
+    }
+
+    /// Webhook deliveries due at `now`, oldest first, at most `limit`.
+    pub fn webhook_due(&self, now: Millis, limit: usize) -> Result<Vec<WebhookDelivery>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, url, body, attempts FROM webhook_queue WHERE next_attempt_at <= ?1
+             ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                i64::try_from(now).unwrap_or(i64::MAX),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |r| {
+                Ok(WebhookDelivery {
+                    seq: r.get(0)?,
+                    url: r.get(1)?,
+                    body: r.get(2)?,
+                    attempts: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(u32::MAX),
+                })
+            },
+        )?;
+        rows.map(|r| r.map_err(Error::from)).collect()
+    }
+
+    /// Removes a delivery: sent (`alerts.webhook_delivered`) or given up
+    /// (`alerts.webhook_dropped`).
+    pub fn webhook_finish(&mut self, seq: i64, delivered: bool) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        if tx.execute("DELETE FROM webhook_queue WHERE seq = ?1", [seq])? > 0 {
+            bump_counter(
+                &tx,
+                if delivered {
+                    "alerts.webhook_delivered"
+                } else {
+                    "alerts.webhook_dropped"
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Schedules the next attempt of a delivery that failed (`alerts.webhook_failed`).
+    pub fn webhook_retry(&mut self, seq: i64, next_at: Millis, error: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE webhook_queue SET attempts = attempts + 1, next_attempt_at = ?2,
+               last_error = ?3 WHERE seq = ?1",
+            params![seq, i64::try_from(next_at).unwrap_or(i64::MAX), error],
+        )?;
+        bump_counter(&tx, "alerts.webhook_failed")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deliveries waiting in the webhook queue.
+    pub fn webhook_pending(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM webhook_queue", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    /// When the oldest unsent outbox message was created (Unix ms), if any.
+    pub fn outbox_oldest(&self) -> Result<Option<Millis>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT MIN(created_at) FROM outbox WHERE sent_at IS NULL",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(|v| v as Millis))
+    }
+
+    /// When the oldest received message that still waits for another arrived (Unix ms).
+    pub fn oldest_pending_message(&self) -> Result<Option<Millis>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT MIN(received_at) FROM messages
+                 WHERE json_extract(verdict, '$.verdict') = 'pending'",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(|v| v as Millis))
+    }
+}
+
 fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
@@ -1644,7 +1870,8 @@ mod tests {
                  DROP TABLE revocations; DROP INDEX seeds_by_end;
                  ALTER TABLE seeds DROP COLUMN ended_at; DROP INDEX events_by_seed;
                  ALTER TABLE events DROP COLUMN seed_id; DROP TABLE pruned_seeds;
-                 DROP INDEX outbox_by_message; PRAGMA user_version = 3;",
+                 DROP INDEX outbox_by_message; DROP TABLE alerts;
+                 DROP TABLE webhook_queue; PRAGMA user_version = 3;",
             )
             .unwrap();
         drop(s);

@@ -1735,3 +1735,40 @@ fn demo_runs_a_whole_lifecycle() {
     );
     assert_eq!(v["seed"]["status"], "settled", "{v}");
 }
+
+#[test]
+fn status_lists_the_alerts_a_listening_node_fires() {
+    let (sb, dir) = one_node();
+    std::fs::create_dir_all(&dir).unwrap();
+    // Alone on its network: `no_peers` fires after 1 s (the CLI reads config.toml there).
+    std::fs::write(
+        dir.join("config.toml"),
+        "[alerts]\ninterval_ms = 100\nno_peers_secs = 1\n[network]\nhello_interval_secs = 1\n",
+    )
+    .unwrap();
+    let mut nodes = Listeners::default();
+    let l = sb.spawn_listener(&mut nodes, "alone", &dir, "127.0.0.1:0", &[]);
+    nodes.wait_ready(l, COMMAND_TIMEOUT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alerts = wait_until(
+        "status shows no_peers",
+        deadline,
+        || nodes.logs(),
+        || {
+            let v = sb.run(&dir, &["--json", "status"]).ok().json();
+            match v["alerts"].as_array() {
+                Some(a) if !a.is_empty() => Ok(a.clone()),
+                _ => Err(v.to_string()),
+            }
+        },
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["alert"], "no_peers");
+    let text = sb.run(&dir, &["status"]).ok().stdout;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ALERT     no_peers since ")),
+        "{text}"
+    );
+    assert!(!text.contains("none firing"), "{text}");
+}

@@ -285,8 +285,9 @@ fn concrete(path: &str, seed_id: &str) -> String {
     path.replace("{id}", seed_id).replace("{file}", "app.js")
 }
 
-const ROUTES: [&str; 11] = [
+const ROUTES: [&str; 12] = [
     "/",
+    "/api/alerts",
     "/api/events",
     "/api/events/stream",
     "/api/openapi.json",

@@ -444,12 +444,36 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Status => {
-            let o = with_node(config, async |n| n.overview().await).await?;
+            let (o, alerts) = with_node(config, async |n| {
+                Ok((n.overview().await?, n.active_alerts().await?))
+            })
+            .await?;
             if json {
-                print_json(&o);
+                /// The overview with the alerts firing now.
+                #[derive(Serialize)]
+                struct StatusJson<'a> {
+                    #[serde(flatten)]
+                    overview: &'a crabnet_core::Overview,
+                    alerts: &'a [crabnet_core::alerts::ActiveAlert],
+                }
+                print_json(&StatusJson {
+                    overview: &o,
+                    alerts: &alerts,
+                });
             } else {
                 println!("node      {} ({})", o.node_id, o.name);
                 println!("data dir  {}", o.data_dir);
+                if alerts.is_empty() {
+                    println!("alerts    none firing");
+                }
+                for a in &alerts {
+                    println!(
+                        "ALERT     {} since {}: {}",
+                        a.alert,
+                        format_ms(a.since),
+                        a.detail
+                    );
+                }
                 let counts: Vec<String> = o
                     .seeds_by_status
                     .iter()

@@ -28,6 +28,7 @@ use super::AppState;
 use super::assets;
 use super::http::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::metrics::{self, Metrics, Query, StreamGuard};
+use crate::alerts::ActiveAlert;
 use crate::clock::now_ms;
 use crate::error::ErrorKind;
 use crate::model::{Millis, NodeId, SandboxLevel, SeedId, SeedStatus};
@@ -82,7 +83,7 @@ const _: fn(RejectReason) = |r| match r {
 };
 
 /// Every event type name (the `type` field of an event), for the `kind` filter.
-pub(crate) const EVENT_KINDS: [&str; 20] = [
+pub(crate) const EVENT_KINDS: [&str; 22] = [
     "node_started",
     "node_stopped",
     "seed_published",
@@ -102,6 +103,8 @@ pub(crate) const EVENT_KINDS: [&str; 20] = [
     "message_rejected",
     "transport_status",
     "send_failed",
+    "alert_firing",
+    "alert_resolved",
     "events_dropped",
 ];
 
@@ -126,6 +129,8 @@ const _: fn(&EventKind) = |k| match k {
     | EventKind::MessageRejected { .. }
     | EventKind::TransportStatus { .. }
     | EventKind::SendFailed { .. }
+    | EventKind::AlertFiring { .. }
+    | EventKind::AlertResolved { .. }
     | EventKind::EventsDropped { .. } => {}
 };
 
@@ -848,6 +853,41 @@ async fn topology(State(s): State<S>) -> Result<Json<Topology>, ApiError> {
     }))
 }
 
+/// The alerts firing now and the webhook queue.
+#[derive(Debug, Serialize, ToSchema)]
+struct AlertsView {
+    /// Whether this node evaluates the alert rules (it runs the network and `alerts.enabled`
+    /// is set); otherwise the list shows what the node on the network last recorded.
+    evaluated: bool,
+    /// The alerts firing now, in rule order.
+    active: Vec<ActiveAlert>,
+    /// Webhook deliveries waiting to be sent or retried.
+    webhook_queue: u64,
+}
+
+/// The alerts firing now (see the `[alerts]` config section), and the webhook queue.
+#[utoipa::path(
+    get,
+    path = "/api/alerts",
+    tag = "monitor",
+    responses(
+        (status = 200, description = "Active alerts", body = AlertsView),
+        (status = 503, description = "The node stopped", body = ErrorBody),
+    )
+)]
+async fn alerts(State(s): State<S>) -> Result<Json<AlertsView>, ApiError> {
+    let m = &s.metrics;
+    let (active, queue) = tokio::join!(
+        m.timed(Query::Alerts, s.node.active_alerts()),
+        m.timed(Query::Alerts, s.node.webhook_queue_len()),
+    );
+    Ok(Json(AlertsView {
+        evaluated: s.node.transport_name().is_some() && s.node.config().alerts.enabled,
+        active: active?,
+        webhook_queue: queue?,
+    }))
+}
+
 /// Seeds known to this node, newest first.
 #[utoipa::path(
     get,
@@ -909,8 +949,23 @@ async fn seed(
     )
 )]
 async fn prometheus(State(s): State<S>) -> Result<Response, ApiError> {
-    let o = s.metrics.timed(Query::Overview, s.node.overview()).await?;
-    let text = metrics::render(&o, &s.metrics);
+    let m = &s.metrics;
+    let (o, peers, active, queue) = tokio::join!(
+        m.timed(Query::Overview, s.node.overview()),
+        m.timed(Query::Peers, s.node.peers()),
+        m.timed(Query::Alerts, s.node.active_alerts()),
+        m.timed(Query::Alerts, s.node.webhook_queue_len()),
+    );
+    let live = peer_views(&s.node, peers?)
+        .iter()
+        .filter(|p| p.active)
+        .count() as u64;
+    let alerting = metrics::Alerting {
+        active: active?,
+        webhook_queue: queue?,
+        peers_active: live,
+    };
+    let text = metrics::render(&o?, &alerting, &s.metrics);
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -1089,6 +1144,7 @@ fn api_router() -> OpenApiRouter<S> {
         .routes(routes!(topology))
         .routes(routes!(seeds))
         .routes(routes!(seed))
+        .routes(routes!(alerts))
         .routes(routes!(prometheus))
         .routes(routes!(openapi_json))
         .routes(routes!(dashboard))

@@ -42,6 +42,8 @@ from ._demo import DEFAULT_DEMO_COMMAND, DemoReport, demo
 from ._model import (
     EVENT_TYPES,
     _Record,
+    AlertFiring,
+    AlertResolved,
     Award,
     Bid,
     BiddingClosed,
@@ -101,6 +103,8 @@ from ._node import (
 __all__ = [
     "DEFAULT_DEMO_COMMAND",
     "EVENT_TYPES",
+    "AlertFiring",
+    "AlertResolved",
     "Award",
     "Bid",
     "BidPlaced",

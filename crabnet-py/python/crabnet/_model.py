@@ -25,6 +25,8 @@ from typing import Any, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Typ
 from ._crabnet import InternalError
 
 __all__ = [
+    "AlertFiring",
+    "AlertResolved",
     "Award",
     "Bid",
     "BidPlaced",
@@ -825,6 +827,33 @@ class SendFailed(Event):
 
 
 @dataclass(frozen=True, repr=False)
+class AlertFiring(Event):
+    """An alert rule's condition held long enough: the alert fires (README, "Alerting")."""
+
+    TYPE: ClassVar[str] = "alert_firing"
+    alert: str
+    """The rule: ``no_peers``, ``outbox_backlog``, ``outbox_stale``, ``reject_rate``,
+    ``runner_failures``, ``sync_lag`` or ``disk_low``."""
+    value: int
+    """The rule's value (peers, messages, seconds, percent or bytes; see the rule)."""
+    threshold: int
+    detail: str
+
+
+@dataclass(frozen=True, repr=False)
+class AlertResolved(Event):
+    """A firing alert's condition stayed clear long enough: the alert is resolved."""
+
+    TYPE: ClassVar[str] = "alert_resolved"
+    alert: str
+    value: int
+    threshold: int
+    since: int
+    """When the alert fired (Unix ms)."""
+    detail: str
+
+
+@dataclass(frozen=True, repr=False)
 class EventsDropped(Event):
     """This subscriber fell behind and missed ``count`` events (``seq`` is 0)."""
 
@@ -854,6 +883,8 @@ _EVENT_TYPES: Dict[str, Type[Event]] = {
         MessageRejected,
         TransportStatus,
         SendFailed,
+        AlertFiring,
+        AlertResolved,
         EventsDropped,
     )
 }
