@@ -1279,7 +1279,7 @@ impl Store {
                 }
             }
         };
-        let event = insert_events(&tx, now, vec![kind])?.remove(0);
+        let event = insert_events(&tx, now, vec![kind], None)?.remove(0);
         if !webhooks.is_empty() {
             let bytes = body(&event)?;
             for url in webhooks {

@@ -43,7 +43,9 @@ pub(super) fn event_seed(kind: &EventKind) -> Option<&SeedId> {
         | EventKind::MessageRejected { .. }
         | EventKind::TransportStatus { .. }
         | EventKind::SendFailed { .. }
-        | EventKind::EventsDropped { .. } => None,
+        | EventKind::EventsDropped { .. }
+        | EventKind::AlertFiring { .. }
+        | EventKind::AlertResolved { .. } => None,
     }
 }
 
@@ -483,7 +485,7 @@ mod tests {
                 "DROP INDEX seeds_by_end; ALTER TABLE seeds DROP COLUMN ended_at;
                  DROP INDEX events_by_seed; ALTER TABLE events DROP COLUMN seed_id;
                  DROP TABLE pruned_seeds; DROP INDEX outbox_by_message;
-                 PRAGMA user_version = 5;",
+                 DROP TABLE alerts; DROP TABLE webhook_queue; PRAGMA user_version = 5;",
             )
             .unwrap();
         drop(s);
