@@ -35,6 +35,7 @@ pub mod monitor;
 pub mod network;
 pub mod node;
 mod ratelimit;
+pub mod rotation;
 pub mod runner;
 pub mod sandbox;
 pub mod state;

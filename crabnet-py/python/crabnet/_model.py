@@ -200,6 +200,7 @@ class RejectReason(str, Enum):
     RATE_LIMITED = "rate_limited"
     """Its transport source or claimed sender exceeded the node's rate limit."""
     LAMPORT_AHEAD = "lamport_ahead"
+    ROTATED_KEY = "rotated_key"
     """Its Lamport counter is more than ``network.lamport_window`` ahead of the node's clock."""
 
     def __repr__(self) -> str:
