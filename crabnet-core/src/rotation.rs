@@ -200,6 +200,17 @@ impl Rotation {
             .map_err(|_| not_current())
     }
 
+    /// The statement's content for people and bindings (JSON).
+    pub fn info(&self) -> RotationInfo {
+        RotationInfo {
+            node_id: self.node_id.clone(),
+            key_epoch: self.epoch,
+            rotated_at: self.rotated_at,
+            signing_public: hex::encode(self.next.signing.to_bytes()),
+            kem_public: hex::encode(self.next.kem.to_bytes()),
+        }
+    }
+
     /// `SHA-256` of the encoded statement.
     pub fn id(&self) -> [u8; 32] {
         Sha256::digest(&self.bytes).into()
@@ -209,6 +220,21 @@ impl Rotation {
     pub fn to_bytes(&self) -> &[u8] {
         &self.bytes
     }
+}
+
+/// What a rotation did (the result of [`crate::Node::rotate_keys`] in the bindings).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RotationInfo {
+    /// The node (unchanged by the rotation).
+    pub node_id: NodeId,
+    /// Its new key epoch.
+    pub key_epoch: u32,
+    /// When the rotation took effect (Unix ms); the old keys' grace period starts here.
+    pub rotated_at: Millis,
+    /// The new Ed25519 + ML-DSA-44 public keys, hex.
+    pub signing_public: String,
+    /// The new X25519 + ML-KEM-768 public keys, hex.
+    pub kem_public: String,
 }
 
 fn id_bytes(id: &NodeId) -> [u8; 32] {

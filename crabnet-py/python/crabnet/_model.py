@@ -565,6 +565,22 @@ class PeerInfo(_Record):
 
 
 @dataclass(frozen=True, repr=False)
+class KeyRotation(_Record):
+    """What a key rotation did (:meth:`Node.rotate_keys`)."""
+
+    node_id: str
+    """The node (its id does not change)."""
+    key_epoch: int
+    """The new key epoch."""
+    rotated_at: int
+    """When the rotation took effect (Unix ms); the old keys' grace period starts here."""
+    signing_public: str
+    """The new Ed25519 + ML-DSA-44 public keys (hex)."""
+    kem_public: str
+    """The new X25519 + ML-KEM-768 public keys (hex)."""
+
+
+@dataclass(frozen=True, repr=False)
 class Event(_Record):
     """Something that happened in a node. Subclasses carry the details; ``type`` is the
     event's name as in the core's JSON and the ``events.ndjson`` log."""
