@@ -154,6 +154,9 @@ struct Inner {
     addresses: Mutex<Vec<String>>,
     /// The current keys; replaced when the node rotates them ([`Node::rotate_keys`]).
     identity: std::sync::RwLock<Arc<Identity>>,
+    /// The keys replaced by the latest rotation, to open envelopes peers sealed to them
+    /// before they learned of it.
+    previous: std::sync::RwLock<Option<Arc<Identity>>>,
     hello_wanted: Notify,
     sync_wanted: Notify,
     config: Config,
@@ -329,6 +332,9 @@ impl Node {
                         .as_ref()
                         .map(|t| t.local_addresses())
                         .unwrap_or_default(),
+                ),
+                previous: std::sync::RwLock::new(
+                    keys::previous_keys(&config, &identity).map(Arc::new),
                 ),
                 identity: std::sync::RwLock::new(Arc::new(identity)),
                 hello_wanted: Notify::new(),
@@ -1006,7 +1012,7 @@ impl Node {
             );
             return self.reject(from, Some(h), RejectReason::Replay, detail);
         }
-        let message = match parsed.message(&self.inner.id, self.keys().kem()) {
+        let message = match self.open(&parsed) {
             Ok(m) => m,
             Err(EnvelopeError::NotForMe) => {
                 // Sealed to other nodes: remembered (deduplicated) and relayed, not applied.

@@ -236,6 +236,7 @@ async fn a_rotated_node_keeps_its_id_and_its_peers() {
         .await
         .unwrap();
 
+    let old_keys = a.public_identity();
     let r = a.rotate_keys().await.unwrap();
     assert_eq!((r.epoch, &r.node_id), (2, &id));
     assert_eq!(a.public_identity().epoch, 2);
@@ -281,6 +282,27 @@ async fn a_rotated_node_keeps_its_id_and_its_peers() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A peer that has not learned of the rotation yet seals to the old keys: still opened.
+    let mut wire = hub.join("wire");
+    let stranger = identity(0x44, 1);
+    wire.broadcast(&hello(&stranger)).unwrap();
+    a.wait_for_peers(2, Duration::from_secs(10)).await.unwrap();
+    let mut m = seed_message(&stranger, 1, now_ms());
+    if let crabnet_core::model::Body::SeedCreated(seed) = &mut m.body {
+        seed.audience = vec![id.clone()];
+    }
+    let sealed = envelope::message_envelope(
+        &stranger,
+        &m,
+        60,
+        &[(&id, &old_keys.kem)],
+        envelope::MAX_ENVELOPE_BYTES,
+        &mut envelope::os_rng,
+    )
+    .unwrap();
+    wire.broadcast(&sealed).unwrap();
+    eventually_knows(&a, &m).await;
+
     // A second rotation chains from the first.
     let r3 = a.rotate_keys().await.unwrap();
     assert_eq!(r3.epoch, 3);

@@ -49,6 +49,14 @@ fn same_keys(a: &PublicIdentity, b: &PublicIdentity) -> bool {
     a.node_id == b.node_id && a.epoch == b.epoch && a.signing == b.signing && a.kem == b.kem
 }
 
+/// The keys replaced by the latest rotation, when their file is still there.
+pub(super) fn previous_keys(config: &Config, current: &Identity) -> Option<Identity> {
+    let epoch = current.public().epoch.checked_sub(1).filter(|&e| e >= 1)?;
+    Identity::load(&old_key_path(config, epoch))
+        .ok()
+        .filter(|old| old.node_id() == current.node_id() && old.public().epoch == epoch)
+}
+
 /// At start: finishes a rotation whose statement was stored but whose keys were not yet moved
 /// into `identity.key`, or drops next keys whose statement was never stored.
 pub(super) fn finish_pending_rotation(
@@ -150,12 +158,7 @@ impl Node {
         if let Ok(dir) = std::fs::File::open(&config.data_dir) {
             dir.sync_all()?;
         }
-        *self
-            .inner
-            .identity
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        self.inner.hello_wanted.notify_one();
+        self.switch_keys(Arc::new(next));
         // Replaced keys whose grace period is over are no longer needed.
         for old in self.inner.trust.old_keys(&self.inner.id) {
             if old.valid_until <= now {
@@ -185,17 +188,52 @@ impl Node {
             if let Ok(loaded) = Identity::load(&path)
                 && same_keys(loaded.public(), &expected)
             {
-                *self
-                    .inner
-                    .identity
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
-                self.inner.hello_wanted.notify_one();
+                self.switch_keys(Arc::new(loaded));
                 tracing::info!("now using the keys of epoch {epoch}");
                 return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// Uses `next` from now on; the keys it replaces still open what peers sealed to them.
+    fn switch_keys(&self, next: Arc<Identity>) {
+        let old = std::mem::replace(
+            &mut *self
+                .inner
+                .identity
+                .write()
+                .unwrap_or_else(|p| p.into_inner()),
+            next,
+        );
+        *self
+            .inner
+            .previous
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(old);
+        self.inner.hello_wanted.notify_one();
+    }
+
+    /// Opens an envelope for this node: with the current keys, or, when a peer sealed it to
+    /// the keys replaced by the latest rotation (it had not learned of it yet), with those.
+    pub(super) fn open(
+        &self,
+        parsed: &envelope::Parsed<'_>,
+    ) -> std::result::Result<crate::model::Message, envelope::EnvelopeError> {
+        let first = parsed.message(&self.inner.id, self.keys().kem());
+        if matches!(first, Ok(_) | Err(envelope::EnvelopeError::NotForMe)) {
+            return first;
+        }
+        let previous = self
+            .inner
+            .previous
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match previous {
+            Some(old) => parsed.message(&self.inner.id, old.kem()).or(first),
+            None => first,
+        }
     }
 
     /// Verifies an envelope's signatures with its author's current signing keys, or with keys
