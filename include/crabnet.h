@@ -775,6 +775,17 @@ enum crabnet_status crabnet_node_seeds(const struct crabnet_node *node,
 enum crabnet_status crabnet_node_overview(const struct crabnet_node *node, char **out_json);
 
 /**
+ * Rotates this node's keys (new signing and encryption keys for the next key epoch; the
+ * node id stays the same; peers accept the old keys for `trust.rotation_grace_secs`), and
+ * writes what the rotation statement says as a JSON object with `node_id`, `key_epoch`,
+ * `rotated_at` (Unix ms), `signing_public` and `kem_public` (hex).
+ *
+ * On success `*out_json` receives a string, freed with `crabnet_string_free`.
+ * Errors: `NULL_ARGUMENT`, `STOPPED`, `STORE`, `IO`, `CONFIG`, `VALIDATION`.
+ */
+enum crabnet_status crabnet_node_rotate_keys(const struct crabnet_node *node, char **out_json);
+
+/**
  * Writes the peers this node verified a hello from, as a JSON array of objects with
  * `node_id`, `name`, `addresses`, `fingerprint`, `key_epoch`, `first_seen`, `last_seen`.
  *

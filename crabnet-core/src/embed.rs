@@ -217,6 +217,13 @@ impl BlockingNode {
         stopped
     }
 
+    /// See [`Node::rotate_keys`]; returns what the statement says.
+    pub fn rotate_keys(&self) -> Result<crate::rotation::RotationInfo> {
+        self.runtime
+            .block_on(self.node.rotate_keys())
+            .map(|r| r.info())
+    }
+
     /// See [`Node::publish`].
     pub fn publish(&self, req: PublishRequest) -> Result<SeedView> {
         self.runtime.block_on(self.node.publish(req))

@@ -37,6 +37,7 @@ pub mod network;
 pub mod node;
 mod ratelimit;
 pub mod retention;
+pub mod rotation;
 pub mod runner;
 pub mod sandbox;
 pub mod schema;

@@ -70,6 +70,9 @@ pub enum RejectReason {
     RateLimited,
     /// Its Lamport counter is more than `network.lamport_window` ahead of this node's clock.
     LamportAhead,
+    /// Signed with keys its author replaced by a key rotation, after their grace period
+    /// (`trust.rotation_grace_secs`).
+    RotatedKey,
 }
 
 impl RejectReason {
@@ -88,6 +91,7 @@ impl RejectReason {
             RejectReason::NotAdmitted => "not_admitted",
             RejectReason::RateLimited => "rate_limited",
             RejectReason::LamportAhead => "lamport_ahead",
+            RejectReason::RotatedKey => "rotated_key",
         }
     }
 }

@@ -39,6 +39,7 @@ use crate::store::{Peer, PeerUpdate, RemoteOutcome, Store};
 use crate::sync;
 use crate::trust;
 
+mod keys;
 mod runs;
 
 /// What to publish. `Default` gives a usable seed apart from the command.
@@ -152,7 +153,11 @@ pub struct Overview {
 struct Inner {
     id: NodeId,
     addresses: Mutex<Vec<String>>,
-    identity: Identity,
+    /// The current keys; replaced when the node rotates them ([`Node::rotate_keys`]).
+    identity: std::sync::RwLock<Arc<Identity>>,
+    /// The keys replaced by the latest rotation, to open envelopes peers sealed to them
+    /// before they learned of it.
+    previous: std::sync::RwLock<Option<Arc<Identity>>>,
     hello_wanted: Notify,
     sync_wanted: Notify,
     config: Config,
@@ -308,6 +313,7 @@ impl Node {
                     ),
                 ));
             }
+            let identity = keys::finish_pending_rotation(&cfg, identity, &store)?;
             let policy = trust::Trust::load(identity.public(), &cfg.trust, &store)?;
             Ok((store, identity, lock_file, policy))
         })
@@ -332,7 +338,10 @@ impl Node {
                         .map(|t| t.local_addresses())
                         .unwrap_or_default(),
                 ),
-                identity,
+                previous: std::sync::RwLock::new(
+                    keys::previous_keys(&config, &identity).map(Arc::new),
+                ),
+                identity: std::sync::RwLock::new(Arc::new(identity)),
                 hello_wanted: Notify::new(),
                 sync_wanted: Notify::new(),
                 bus: EventBus::new(config.events.bus_capacity),
@@ -539,7 +548,7 @@ impl Node {
         }
         let net = &self.inner.config.network;
         envelope::message_envelope(
-            &self.inner.identity,
+            &self.keys(),
             message,
             net.message_ttl_secs,
             &recipients,
@@ -885,9 +894,10 @@ impl Node {
         if h.sender == self.inner.id {
             // Our own envelopes come back through relays and sync; anything else that claims
             // to be from this node is a forgery, checked like every other sender's frame.
-            if let Err(e) = parsed.verify(&self.inner.identity.public().signing) {
-                let detail = format!("claims to come from this node: {e}");
-                return self.reject(from, Some(h), RejectReason::BadSignature, detail);
+            let current = self.keys().public().signing.clone();
+            if let Err((reason, detail)) = self.verify_signer(&parsed, &current, via, now) {
+                let detail = format!("claims to come from this node: {detail}");
+                return self.reject(from, Some(h), reason, detail);
             }
             self.inner.rejections.count("messages.self_echo");
             return Ok(Acceptance::Ignore);
@@ -978,12 +988,13 @@ impl Node {
             }
             return Ok(Acceptance::Ignore);
         };
-        if let Err(e) = parsed.verify(&peer.identity.signing) {
-            return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
+        if let Err((reason, detail)) = self.verify_signer(&parsed, &peer.identity.signing, via, now)
+        {
+            return self.reject(from, Some(h), reason, detail);
         }
         if matches!(
             h.kind,
-            Kind::SyncDigest | Kind::SyncBatch | Kind::Revocations
+            Kind::SyncDigest | Kind::SyncBatch | Kind::Revocations | Kind::KeyRotations
         ) {
             // Sync envelopes are answered once: a replay must not make us resend everything.
             let fresh = self.with_store(|s| {
@@ -993,6 +1004,7 @@ impl Node {
                 let counter = match h.kind {
                     Kind::SyncDigest => "sync.digests_received",
                     Kind::Revocations => "trust.revocation_lists_received",
+                    Kind::KeyRotations => "trust.rotation_lists_received",
                     _ => "sync.batches_received",
                 };
                 s.remember(&h.message_id, &h.sender, h.lamport, now, counter)?;
@@ -1031,6 +1043,12 @@ impl Node {
                     Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
                 };
             }
+            Kind::KeyRotations => {
+                return match parsed.plain::<sync::Batch>(Kind::KeyRotations) {
+                    Ok(list) => self.receive_rotations(&list, now),
+                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                };
+            }
             Kind::NodeHello | Kind::Domain(_) => {}
         }
         if via == Via::Live
@@ -1043,7 +1061,7 @@ impl Node {
             );
             return self.reject(from, Some(h), RejectReason::Replay, detail);
         }
-        let message = match parsed.message(&self.inner.id, self.inner.identity.kem()) {
+        let message = match self.open(&parsed) {
             Ok(m) => m,
             Err(EnvelopeError::NotForMe) => {
                 // Sealed to other nodes: remembered (deduplicated) and relayed, not applied.
@@ -1210,7 +1228,7 @@ impl Node {
             lamport: 0,
         };
         envelope::build(
-            &self.inner.identity,
+            &self.keys(),
             &header,
             payload,
             &[],
@@ -1242,6 +1260,11 @@ impl Node {
             &hello.kem_public,
             hello.key_epoch,
         ) {
+            // Rotated keys: the id is that of the node's first keys (checked by its chain).
+            Ok(mut i) if i.epoch > 1 => {
+                i.node_id = h.sender.clone();
+                i
+            }
             Ok(i) => i,
             Err(e) => {
                 return self.reject(
@@ -1261,6 +1284,9 @@ impl Node {
         }
         if let Err(e) = parsed.verify(&identity.signing) {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
+        }
+        if let Err(verdict) = self.check_hello_epoch(&identity, &hello, from, h, now)? {
+            return Ok(verdict);
         }
         let certificate = hello.certificate.as_deref();
         let admitted = self.with_store(|s| {
@@ -1366,7 +1392,7 @@ impl Node {
     }
 
     fn hello_frame(&self, addresses: &[String]) -> Result<Vec<u8>> {
-        let identity = &self.inner.identity;
+        let identity = &self.keys();
         let hello = envelope::Hello {
             name: self.inner.config.name.clone(),
             addresses: addresses.to_vec(),
@@ -1374,6 +1400,13 @@ impl Node {
             signing_public: identity.public().signing.to_bytes(),
             kem_public: identity.public().kem.to_bytes(),
             certificate: self.inner.trust.own_certificate(),
+            rotations: self
+                .inner
+                .trust
+                .rotation_chain(&self.inner.id)
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
         };
         let ttl = self
             .inner
@@ -1413,7 +1446,7 @@ impl Node {
 
     /// This node's public keys (what `crabnet trust sign` certifies).
     pub fn public_identity(&self) -> PublicIdentity {
-        self.inner.identity.public().clone()
+        self.keys().public().clone()
     }
 
     /// The trust policy in force: mode, anchors, this node's certificate, certified and
@@ -1443,7 +1476,7 @@ impl Node {
         self.blocking(move |n| {
             let mut randomness = [0u8; 32];
             envelope::os_rng(&mut randomness);
-            let r = trust::Revocation::by_node(&n.inner.identity, from, now_ms(), randomness)?;
+            let r = trust::Revocation::by_node(&n.keys(), from, now_ms(), randomness)?;
             n.with_store(|s| n.inner.trust.add_revocation(r.to_bytes(), s, now_ms()))??;
             Ok(r)
         })
@@ -1498,6 +1531,8 @@ impl Node {
                 store.prune_seen(now_ms())?;
                 node.inner.trust.refresh(&store)?;
                 node.pump_events(&store);
+                drop(store);
+                node.follow_own_rotation()?;
                 Ok(())
             })
             .await;
@@ -1610,6 +1645,7 @@ impl Node {
                     let frames = self.hello_frame(&addresses).and_then(|f| {
                         let mut frames = vec![f];
                         frames.extend(self.revocation_frames()?);
+                        frames.extend(self.rotation_frames()?);
                         Ok(frames)
                     });
                     if let Err(e) = frames.and_then(|fs| fs.iter().try_for_each(|f| transport.broadcast(f))) {
@@ -1800,7 +1836,8 @@ fn verdict(reason: RejectReason) -> Acceptance {
         | RejectReason::Rule
         | RejectReason::NotAdmitted
         | RejectReason::RateLimited
-        | RejectReason::LamportAhead => Acceptance::Ignore,
+        | RejectReason::LamportAhead
+        | RejectReason::RotatedKey => Acceptance::Ignore,
     }
 }
 

@@ -165,8 +165,12 @@ fn peer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
     let last: i64 = r.get(7)?;
     let floor: i64 = r.get(8)?;
     Ok((|| {
-        let identity = PublicIdentity::from_parts(&signing, &kem, epoch as u32)?;
-        if identity.node_id.as_str() != id {
+        let mut identity = PublicIdentity::from_parts(&signing, &kem, epoch as u32)?;
+        if identity.epoch > 1 {
+            // Rotated keys (checked against the node's rotation chain before they were
+            // stored): the id is that of its first keys.
+            identity.node_id = NodeId::parse(&id)?;
+        } else if identity.node_id.as_str() != id {
             return Err(Error::new(
                 ErrorKind::Store,
                 format!("corrupt peer {id}: keys belong to {}", identity.node_id),
@@ -346,6 +350,14 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;
      CREATE INDEX webhook_queue_due ON webhook_queue(next_attempt_at);
      CREATE INDEX webhook_queue_by_url ON webhook_queue(url, seq);",
+    // 8: key rotation statements (verified before they are stored, verified again when loaded)
+    "CREATE TABLE rotations (
+        node_id     TEXT NOT NULL,
+        epoch       INTEGER NOT NULL,
+        body        BLOB NOT NULL,
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (node_id, epoch)
+     ) STRICT;",
 ];
 
 /// The current schema version (SQLite `user_version`).
@@ -1012,6 +1024,57 @@ impl Store {
             .conn
             .query_row("SELECT COUNT(*) FROM revocations", [], |r| r.get(0))?;
         Ok(n as u64)
+    }
+
+    /// Stores a verified key rotation statement of `node` to `epoch`; returns whether it was
+    /// new.
+    pub fn put_rotation(
+        &mut self,
+        node: &NodeId,
+        epoch: u32,
+        body: &[u8],
+        now: Millis,
+    ) -> Result<bool> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO rotations(node_id, epoch, body, received_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![node.as_str(), epoch as i64, body, now as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Every stored rotation statement, each node's in epoch order.
+    pub fn rotations(&self) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body FROM rotations ORDER BY node_id, epoch")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many rotation statements are stored.
+    pub fn rotation_count(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM rotations", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// A known peer moves to the keys of a verified rotation (`identity`, a later epoch than
+    /// the one stored); returns whether the peer is known and was behind. The peer's latest
+    /// hello is cleared until it sends one with the new keys.
+    pub fn rotate_peer(&mut self, identity: &PublicIdentity) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE peers SET signing_public = ?2, kem_public = ?3, key_epoch = ?4, hello = NULL
+             WHERE node_id = ?1 AND key_epoch < ?4",
+            params![
+                identity.node_id.as_str(),
+                identity.signing.to_bytes(),
+                identity.kem.to_bytes(),
+                identity.epoch as i64
+            ],
+        )?;
+        Ok(n == 1)
     }
 
     /// Records a verified hello. A known node id announcing different keys is refused. A new
@@ -1871,7 +1934,7 @@ mod tests {
                  ALTER TABLE seeds DROP COLUMN ended_at; DROP INDEX events_by_seed;
                  ALTER TABLE events DROP COLUMN seed_id; DROP TABLE pruned_seeds;
                  DROP INDEX outbox_by_message; DROP TABLE alerts;
-                 DROP TABLE webhook_queue; PRAGMA user_version = 3;",
+                 DROP TABLE webhook_queue; DROP TABLE rotations; PRAGMA user_version = 3;",
             )
             .unwrap();
         drop(s);

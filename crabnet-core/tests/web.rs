@@ -462,7 +462,7 @@ async fn health_overview_topology_and_seeds_show_the_network() {
     assert_eq!(o["recent_seeds"][0]["status"], "settled");
     assert_eq!(o["recent_seeds"][0]["bids"], 2);
     assert_eq!(o["peers"].as_array().unwrap().len(), 2);
-    assert_eq!(o["rejections"].as_object().unwrap().len(), 12);
+    assert_eq!(o["rejections"].as_object().unwrap().len(), 13);
     assert_eq!(o["rejections"]["bad_signature"], 0);
     assert!(o["counters"]["messages.sent"].as_u64().unwrap() >= 3);
     assert!(o["last_event_seq"].as_u64().unwrap() > 5);

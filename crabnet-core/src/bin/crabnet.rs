@@ -123,6 +123,11 @@ enum TrustCommand {
         #[arg(long, value_name = "FILE", required_unless_present = "own")]
         out: Option<PathBuf>,
     },
+    /// Rotate this node's keys: new signing and encryption keys for the next key epoch,
+    /// announced by a statement signed with the current keys (the node id stays the same; a
+    /// running `crabnet listen` on this data directory switches at its next tick; peers accept
+    /// the old keys for trust.rotation_grace_secs).
+    Rotate,
     /// Add a revocation file to this node (it applies it and sends it to its peers).
     Import {
         /// The revocation file.
@@ -685,6 +690,23 @@ async fn trust_command(config: Config, cmd: TrustCommand, json: bool) -> Result<
                 write_file(&out, revocation.to_bytes())?;
             }
             show_revocation(&revocation, json);
+        }
+        TrustCommand::Rotate => {
+            let r = with_node(config, async |n| n.rotate_keys().await).await?;
+            let record = IdentityRecord::of(&r.next);
+            if json {
+                print_json(&serde_json::json!({
+                    "node_id": r.node_id,
+                    "key_epoch": r.epoch,
+                    "rotated_at": r.rotated_at,
+                    "identity": record,
+                }));
+            } else {
+                println!(
+                    "node {} now uses key epoch {} (rotated at {})",
+                    r.node_id, r.epoch, r.rotated_at
+                );
+            }
         }
         TrustCommand::Import { file } => {
             let bytes = read_file(&file, "revocation file")?;

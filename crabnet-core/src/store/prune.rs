@@ -485,7 +485,8 @@ mod tests {
                 "DROP INDEX seeds_by_end; ALTER TABLE seeds DROP COLUMN ended_at;
                  DROP INDEX events_by_seed; ALTER TABLE events DROP COLUMN seed_id;
                  DROP TABLE pruned_seeds; DROP INDEX outbox_by_message;
-                 DROP TABLE alerts; DROP TABLE webhook_queue; PRAGMA user_version = 5;",
+                 DROP TABLE alerts; DROP TABLE webhook_queue; DROP TABLE rotations;
+                 PRAGMA user_version = 5;",
             )
             .unwrap();
         drop(s);

@@ -51,7 +51,7 @@ const BATCH: usize = 500;
 const MAX_SCAN: usize = 20 * BATCH;
 
 /// Every rejection reason, in the order counters are shown.
-pub(crate) const REJECT_REASONS: [RejectReason; 12] = [
+pub(crate) const REJECT_REASONS: [RejectReason; 13] = [
     RejectReason::Malformed,
     RejectReason::Oversized,
     RejectReason::Duplicate,
@@ -64,6 +64,7 @@ pub(crate) const REJECT_REASONS: [RejectReason; 12] = [
     RejectReason::NotAdmitted,
     RejectReason::RateLimited,
     RejectReason::LamportAhead,
+    RejectReason::RotatedKey,
 ];
 
 /// Compile-time reminder: a new reason fails this match until it is added above.
@@ -79,7 +80,8 @@ const _: fn(RejectReason) = |r| match r {
     | RejectReason::Rule
     | RejectReason::NotAdmitted
     | RejectReason::RateLimited
-    | RejectReason::LamportAhead => {}
+    | RejectReason::LamportAhead
+    | RejectReason::RotatedKey => {}
 };
 
 /// Every event type name (the `type` field of an event), for the `kind` filter.

@@ -210,6 +210,7 @@ class RejectReason(str, Enum):
     RATE_LIMITED = "rate_limited"
     """Its transport source or claimed sender exceeded the node's rate limit."""
     LAMPORT_AHEAD = "lamport_ahead"
+    ROTATED_KEY = "rotated_key"
     """Its Lamport counter is more than ``network.lamport_window`` ahead of the node's clock."""
 
     def __repr__(self) -> str:
@@ -575,6 +576,22 @@ class PeerInfo(_Record):
     """Its first hello (Unix ms)."""
     last_seen: int
     """Its latest hello (Unix ms)."""
+
+
+@dataclass(frozen=True, repr=False)
+class KeyRotation(_Record):
+    """What a key rotation did (:meth:`Node.rotate_keys`)."""
+
+    node_id: str
+    """The node (its id does not change)."""
+    key_epoch: int
+    """The new key epoch."""
+    rotated_at: int
+    """When the rotation took effect (Unix ms); the old keys' grace period starts here."""
+    signing_public: str
+    """The new Ed25519 + ML-DSA-44 public keys (hex)."""
+    kem_public: str
+    """The new X25519 + ML-KEM-768 public keys (hex)."""
 
 
 @dataclass(frozen=True, repr=False)
