@@ -29,6 +29,7 @@ pub mod envelope;
 pub mod error;
 pub mod identity;
 mod ingress;
+mod keycache;
 pub mod logging;
 pub mod model;
 pub mod monitor;

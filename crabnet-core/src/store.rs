@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::PublicIdentity;
+use crate::keycache::ParsedKeys;
 use crate::model::{Body, Message, MessageId, Millis, NodeId, SeedId, SeedStatus};
 use crate::monitor::{Event, EventKind, RejectReason};
 use crate::state::{self, SeedView, Verdict, Violation};
@@ -147,7 +148,10 @@ fn sql_lamport(lamport: u64) -> Result<i64> {
 const PEER_COLUMNS: &str = "SELECT node_id, name, addresses, signing_public, kem_public, key_epoch,
     first_seen, last_seen, replay_floor FROM peers";
 
-fn peer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
+/// Most peers whose parsed keys the store keeps (more than `network.max_peers` allows).
+const PARSED_KEYS: usize = 4096;
+
+fn peer_from_row(keys: &ParsedKeys, r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
     let id: String = r.get(0)?;
     let name: String = r.get(1)?;
     let addresses: String = r.get(2)?;
@@ -158,7 +162,7 @@ fn peer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
     let last: i64 = r.get(7)?;
     let floor: i64 = r.get(8)?;
     Ok((|| {
-        let identity = PublicIdentity::from_parts(&signing, &kem, epoch as u32)?;
+        let identity = keys.identity(&id, &signing, &kem, epoch as u32)?;
         if identity.node_id.as_str() != id {
             return Err(Error::new(
                 ErrorKind::Store,
@@ -305,6 +309,8 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     config: StoreConfig,
+    /// Peers' keys, parsed once (reading a peer is on the path of every received frame).
+    keys: ParsedKeys,
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String> {
@@ -342,6 +348,7 @@ impl Store {
             conn,
             path: path.to_owned(),
             config: config.clone(),
+            keys: ParsedKeys::new(PARSED_KEYS),
         };
         store.migrate()?;
         Ok(store)
@@ -841,7 +848,7 @@ impl Store {
             .query_row(
                 &format!("{PEER_COLUMNS} WHERE node_id = ?1"),
                 [id.as_str()],
-                peer_from_row,
+                |r| peer_from_row(&self.keys, r),
             )
             .optional()?
             .transpose()
@@ -852,7 +859,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("{PEER_COLUMNS} ORDER BY node_id"))?;
-        let rows = stmt.query_map([], peer_from_row)?;
+        let rows = stmt.query_map([], |r| peer_from_row(&self.keys, r))?;
         rows.map(|r| r?).collect()
     }
 
