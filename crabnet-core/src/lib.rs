@@ -35,6 +35,7 @@ pub mod model;
 pub mod monitor;
 pub mod network;
 pub mod node;
+pub mod perf;
 mod ratelimit;
 pub mod runner;
 pub mod sandbox;
