@@ -311,6 +311,8 @@ pub struct Store {
     config: StoreConfig,
     /// Peers' keys, parsed once (reading a peer is on the path of every received frame).
     keys: ParsedKeys,
+    /// Whether this handle committed an outbox row since [`Store::take_outbox_added`].
+    outbox_added: bool,
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String> {
@@ -349,6 +351,7 @@ impl Store {
             path: path.to_owned(),
             config: config.clone(),
             keys: ParsedKeys::new(PARSED_KEYS),
+            outbox_added: false,
         };
         store.migrate()?;
         Ok(store)
@@ -474,7 +477,15 @@ impl Store {
         )?;
         let events = insert_events(&tx, now, events)?;
         tx.commit()?;
+        self.outbox_added = true;
         Ok((message, view, events))
+    }
+
+    /// Whether this handle committed a message to the outbox since the last call (rows that
+    /// other processes add are not seen here). The receive path drains the outbox after a
+    /// frame only when the frame caused one.
+    pub fn take_outbox_added(&mut self) -> bool {
+        std::mem::take(&mut self.outbox_added)
     }
 
     /// Applies a message received from the network, idempotently: a message id already seen
@@ -1504,6 +1515,53 @@ mod tests {
         )
         .public()
         .clone()
+    }
+
+    #[test]
+    fn only_a_committed_local_operation_marks_the_outbox() {
+        use crate::model::{Deadlines, SandboxLevel, Seed, rules};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let me = public(1).node_id;
+        let now = 1_700_000_000_000;
+        let seed = Seed {
+            id: SeedId::from_bytes([3; 16]),
+            publisher: me.clone(),
+            command: "true".into(),
+            description: String::new(),
+            min_price: 1,
+            max_price: 10,
+            bid_window_secs: 30,
+            max_bids: 3,
+            timeout_secs: 60,
+            created_at: now,
+            audience: Vec::new(),
+            network: false,
+            isolation: SandboxLevel::Full,
+            rules: rules::CURRENT,
+            deadlines: Some(Deadlines::default()),
+        };
+        let id = seed.id.clone();
+        let failed = s.commit_local(
+            &me,
+            &id,
+            now,
+            |_| Err(Error::internal("refused")),
+            |_, _| Ok(Vec::new()),
+        );
+        assert!(failed.is_err());
+        assert!(!s.take_outbox_added());
+        s.commit_local(
+            &me,
+            &id,
+            now,
+            |_| Ok(Body::SeedCreated(seed)),
+            |_, _| Ok(b"envelope".to_vec()),
+        )
+        .unwrap();
+        assert!(s.take_outbox_added());
+        assert!(!s.take_outbox_added(), "taken once");
+        assert_eq!(s.outbox_due(now, 10).unwrap().len(), 1);
     }
 
     fn admission(max_peers: usize, address: Option<&str>) -> Admission {
