@@ -1689,12 +1689,14 @@ impl Node {
                     let source = ingress::Source { verified: transport.source_verified(&from), from };
                     let res = tokio::task::spawn_blocking(move || {
                         let handled = node.receive_frame(&bytes, &source, max);
-                        (handled, source.from)
+                        let wrote = lock(&node.inner.store).take_outbox_added();
+                        (handled, source.from, wrote)
                     })
                     .await;
-                    let (res, from) = match res {
-                        Ok((handled, from)) => (Ok(handled), from),
-                        Err(e) => (Err(e), String::new()),
+                    let (res, from, wrote) = match res {
+                        Ok((handled, from, wrote)) => (Ok(handled), from, wrote),
+                        // The tick drains whatever a failed task left behind.
+                        Err(e) => (Err(e), String::new(), false),
                     };
                     let handled = match res {
                         Ok(Ok(handled)) => handled,
@@ -1721,8 +1723,11 @@ impl Node {
                             }
                         }
                     }
-                    // Whatever the frame caused (an award, say) goes out promptly.
-                    self.drain_outbox(transport.as_mut()).await;
+                    // Whatever the frame caused (an award, say) goes out promptly; a frame that
+                    // wrote nothing to the outbox costs no outbox query.
+                    if wrote {
+                        self.drain_outbox(transport.as_mut()).await;
+                    }
                 }
                 _ = self.inner.wake_outbox.notified() => self.drain_outbox(transport.as_mut()).await,
                 _ = tick.tick() => self.drain_outbox(transport.as_mut()).await,

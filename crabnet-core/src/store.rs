@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::{ActiveAlert, AlertName, Transition};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::PublicIdentity;
+use crate::keycache::ParsedKeys;
 use crate::model::{Body, Message, MessageId, Millis, NodeId, SeedId, SeedStatus};
 use crate::monitor::{Event, EventKind, RejectReason};
 use crate::state::{self, SeedView, Verdict, Violation};
@@ -154,7 +155,10 @@ fn sql_lamport(lamport: u64) -> Result<i64> {
 const PEER_COLUMNS: &str = "SELECT node_id, name, addresses, signing_public, kem_public, key_epoch,
     first_seen, last_seen, replay_floor FROM peers";
 
-fn peer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
+/// Most peers whose parsed keys the store keeps (more than `network.max_peers` allows).
+const PARSED_KEYS: usize = 4096;
+
+fn peer_from_row(keys: &ParsedKeys, r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
     let id: String = r.get(0)?;
     let name: String = r.get(1)?;
     let addresses: String = r.get(2)?;
@@ -165,7 +169,7 @@ fn peer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
     let last: i64 = r.get(7)?;
     let floor: i64 = r.get(8)?;
     Ok((|| {
-        let mut identity = PublicIdentity::from_parts(&signing, &kem, epoch as u32)?;
+        let mut identity = keys.identity(&id, &signing, &kem, epoch as u32)?;
         if identity.epoch > 1 {
             // Rotated keys (checked against the node's rotation chain before they were
             // stored): the id is that of its first keys.
@@ -369,6 +373,10 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     config: StoreConfig,
+    /// Peers' keys, parsed once (reading a peer is on the path of every received frame).
+    keys: ParsedKeys,
+    /// Whether this handle committed an outbox row since [`Store::take_outbox_added`].
+    outbox_added: bool,
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String> {
@@ -406,6 +414,8 @@ impl Store {
             conn,
             path: path.to_owned(),
             config: config.clone(),
+            keys: ParsedKeys::new(PARSED_KEYS),
+            outbox_added: false,
         };
         store.migrate()?;
         Ok(store)
@@ -531,7 +541,15 @@ impl Store {
         )?;
         let events = insert_events(&tx, now, events, Some(seed_id))?;
         tx.commit()?;
+        self.outbox_added = true;
         Ok((message, view, events))
+    }
+
+    /// Whether this handle committed a message to the outbox since the last call (rows that
+    /// other processes add are not seen here). The receive path drains the outbox after a
+    /// frame only when the frame caused one.
+    pub fn take_outbox_added(&mut self) -> bool {
+        std::mem::take(&mut self.outbox_added)
     }
 
     /// Applies a message received from the network, idempotently: a message id already seen
@@ -904,7 +922,7 @@ impl Store {
             .query_row(
                 &format!("{PEER_COLUMNS} WHERE node_id = ?1"),
                 [id.as_str()],
-                peer_from_row,
+                |r| peer_from_row(&self.keys, r),
             )
             .optional()?
             .transpose()
@@ -915,7 +933,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("{PEER_COLUMNS} ORDER BY node_id"))?;
-        let rows = stmt.query_map([], peer_from_row)?;
+        let rows = stmt.query_map([], |r| peer_from_row(&self.keys, r))?;
         rows.map(|r| r?).collect()
     }
 
@@ -1829,6 +1847,53 @@ mod tests {
         )
         .public()
         .clone()
+    }
+
+    #[test]
+    fn only_a_committed_local_operation_marks_the_outbox() {
+        use crate::model::{Deadlines, SandboxLevel, Seed, rules};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let me = public(1).node_id;
+        let now = 1_700_000_000_000;
+        let seed = Seed {
+            id: SeedId::from_bytes([3; 16]),
+            publisher: me.clone(),
+            command: "true".into(),
+            description: String::new(),
+            min_price: 1,
+            max_price: 10,
+            bid_window_secs: 30,
+            max_bids: 3,
+            timeout_secs: 60,
+            created_at: now,
+            audience: Vec::new(),
+            network: false,
+            isolation: SandboxLevel::Full,
+            rules: rules::CURRENT,
+            deadlines: Some(Deadlines::default()),
+        };
+        let id = seed.id.clone();
+        let failed = s.commit_local(
+            &me,
+            &id,
+            now,
+            |_| Err(Error::internal("refused")),
+            |_, _| Ok(Vec::new()),
+        );
+        assert!(failed.is_err());
+        assert!(!s.take_outbox_added());
+        s.commit_local(
+            &me,
+            &id,
+            now,
+            |_| Ok(Body::SeedCreated(seed)),
+            |_, _| Ok(b"envelope".to_vec()),
+        )
+        .unwrap();
+        assert!(s.take_outbox_added());
+        assert!(!s.take_outbox_added(), "taken once");
+        assert_eq!(s.outbox_due(now, 10).unwrap().len(), 1);
     }
 
     fn admission(max_peers: usize, address: Option<&str>) -> Admission {

@@ -1772,3 +1772,42 @@ fn status_lists_the_alerts_a_listening_node_fires() {
     );
     assert!(!text.contains("none firing"), "{text}");
 }
+
+/// `crabnet bench --quick --json`: one JSON object on the last line with every figure present,
+/// positive and finite; its peer processes and temp directories are gone afterwards.
+#[test]
+fn bench_quick_prints_sane_figures_as_json_and_cleans_up() {
+    let sb = sandbox();
+    let mut cmd = sb.command();
+    cmd.args(["bench", "--quick", "--json"]);
+    let out = run_bounded_within(
+        cmd,
+        vec!["bench".into(), "--quick".into(), "--json".into()],
+        Duration::from_secs(90),
+    );
+    assert!(out.success(), "{out:?}");
+    let last = out.stdout.lines().last().expect("a line of output");
+    let report: Value = serde_json::from_str(last).expect("the last line is JSON");
+    for field in [
+        "verify_floor_per_s",
+        "applied_per_s",
+        "apply_ratio",
+        "sign_verify_overhead",
+        "publish_per_s",
+    ] {
+        let value = report[field].as_f64();
+        assert!(
+            value.is_some_and(|v| v.is_finite() && v > 0.0),
+            "{field} = {:?} in {last}",
+            report[field]
+        );
+    }
+    let (sent, applied) = (report["sent"].as_u64(), report["applied"].as_u64());
+    assert!(
+        sent == Some(40) && applied.is_some_and(|a| a > 1 && a <= 40),
+        "{last}"
+    );
+    // The peers' and the node's data directories lived under TMPDIR and were removed.
+    let left: Vec<_> = std::fs::read_dir(sb.path().join("tmp")).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -11,6 +11,7 @@ use crabnet_core::demo::{self, DemoOptions};
 use crabnet_core::logging::LevelFilter;
 use crabnet_core::model::{Deadlines, SandboxLevel};
 use crabnet_core::network::{DhtConfig, UdpConfig, UdpTransport};
+use crabnet_core::perf;
 use crabnet_core::web::{WebConfig, WebHandle};
 use crabnet_core::{
     Config, Error, ErrorKind, Event, Node, NodeId, PublishRequest, SeedId, SeedStatus, SeedView,
@@ -58,6 +59,22 @@ enum Command {
     /// The trust policy: anchors, membership certificates, revocations.
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Measure this machine: the signature verify floor, the envelope overhead, publish and
+    /// apply throughput (starts its own peer processes on 127.0.0.1; about a minute).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// A run of a few seconds (1 peer, 40 seeds) that checks the machinery, not the machine.
+    #[arg(long)]
+    quick: bool,
+    /// Number of peer processes (default 2; 1 with --quick).
+    #[arg(long, value_name = "N")]
+    peers: Option<usize>,
+    /// Seeds each peer sends to the node (default 500; 40 with --quick).
+    #[arg(long, value_name = "N")]
+    seeds: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -430,6 +447,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     match &cli.command {
         Command::Demo(args) => return run_demo(args, json).await,
         Command::Listen(args) => return listen(load_config(&cli)?, args, json).await,
+        Command::Bench(args) => return bench(args, json).await,
         _ => {}
     }
     let config = load_config(&cli)?;
@@ -546,7 +564,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Seed(cmd) => seed_command(config, cmd, json).await?,
         Command::Events(args) => events(config, args, json).await?,
         Command::Trust(cmd) => trust_command(config, cmd, json).await?,
-        Command::Demo(_) | Command::Listen(_) => unreachable!("handled above"),
+        Command::Demo(_) | Command::Listen(_) | Command::Bench(_) => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -1225,6 +1243,58 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
 
 /// A Ctrl-C future whose signal handler is installed now, so that a SIGINT sent as soon as the
 /// banner is printed stops the process gracefully instead of killing it.
+/// `crabnet bench`: runs [`crabnet_core::perf::run`] with peers started from this executable.
+async fn bench(args: &BenchArgs, json: bool) -> Result<(), Error> {
+    let program = std::env::current_exe()?;
+    let mut opts = if args.quick {
+        perf::BenchOptions::quick(program)
+    } else {
+        perf::BenchOptions::new(program)
+    };
+    if let Some(peers) = args.peers {
+        opts.peers = peers;
+    }
+    if let Some(seeds) = args.seeds {
+        opts.seeds_per_peer = seeds;
+    }
+    if !json {
+        eprintln!(
+            "crabnet bench: {} peer process(es), {} seeds each...",
+            opts.peers, opts.seeds_per_peer
+        );
+    }
+    // Dropping the run (Ctrl-C) kills its peer processes and removes its temp directories.
+    let r = tokio::select! {
+        r = perf::run(&opts) => r?,
+        _ = interrupt_handler() => {
+            return Err(Error::new(ErrorKind::Stopped, "interrupted"));
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&r).expect("reports serialize"));
+        return Ok(());
+    }
+    println!(
+        "verify floor      {:>10.0} envelopes/s  ({:.1} µs: Ed25519 + ML-DSA-44, keys expanded, one thread)",
+        r.verify_floor_per_s, r.verify_floor_us
+    );
+    println!(
+        "sign+verify       {:>10.3} x raw        (envelope {:.1} µs, raw {:.1} µs)",
+        r.sign_verify_overhead, r.envelope_sign_verify_us, r.raw_sign_verify_us
+    );
+    println!(
+        "publish           {:>10.0} seeds/s      (Node::publish, store.sync = {})",
+        r.publish_per_s, r.store_sync
+    );
+    println!(
+        "applied           {:>10.0} envelopes/s  ({} of {} from {} peer process(es))",
+        r.applied_per_s, r.applied, r.sent, r.peers
+    );
+    println!("apply ratio       {:>10.3} of the floor", r.apply_ratio);
+    println!("elapsed           {:>10.1} s", r.elapsed_s);
+    Ok(())
+}
+
 fn interrupt_handler() -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>>>>
 {
     let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
