@@ -42,8 +42,11 @@
  * callback's level or, when set, the environment variable `CRABNET_LOG` (e.g. `debug`).
  *
  * @par JSON
- * Seeds, events and summaries are JSON objects (see docs/PROTOCOL.md);
- * crabnet_json_get_string() and friends read single values for hosts without a JSON library.
+ * Seeds, events and summaries are JSON objects. docs/EVENTS.md lists every event `type` with
+ * its fields and every field of a seed (`award.winner`, `result.output_excerpt`, ...);
+ * docs/schema.json is the same as a JSON Schema (both generated from the core types). The
+ * wire protocol between nodes is in docs/PROTOCOL.md. crabnet_json_get_string() and friends
+ * read single values for hosts without a JSON library.
  */
 
 
@@ -770,6 +773,17 @@ enum crabnet_status crabnet_node_seeds(const struct crabnet_node *node,
  * Errors: `NULL_ARGUMENT`, `STOPPED`, `STORE`.
  */
 enum crabnet_status crabnet_node_overview(const struct crabnet_node *node, char **out_json);
+
+/**
+ * Rotates this node's keys (new signing and encryption keys for the next key epoch; the
+ * node id stays the same; peers accept the old keys for `trust.rotation_grace_secs`), and
+ * writes what the rotation statement says as a JSON object with `node_id`, `key_epoch`,
+ * `rotated_at` (Unix ms), `signing_public` and `kem_public` (hex).
+ *
+ * On success `*out_json` receives a string, freed with `crabnet_string_free`.
+ * Errors: `NULL_ARGUMENT`, `STOPPED`, `STORE`, `IO`, `CONFIG`, `VALIDATION`.
+ */
+enum crabnet_status crabnet_node_rotate_keys(const struct crabnet_node *node, char **out_json);
 
 /**
  * Writes the peers this node verified a hello from, as a JSON array of objects with

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every Crabnet test suite: formatting, lints, and the Rust unit, property, integration,
 # CLI, crash and multi-process tests, the C ABI suite (tests/c/run.sh), the demo and the Rust
-# examples, the Python package's suite, and the dashboard's browser test. Works on a fresh
+# examples, the Python package's suite, the shipped Prometheus rules (promtool), and the
+# dashboard's browser test. Works on a fresh
 # machine with the Rust toolchain, gcc/g++ and pkg-config (valgrind when present), Python 3.9+
 # (packages come from PyPI) and Node.js 20+ (the browser test installs Chromium and
-# playwright-core).
+# playwright-core; the Prometheus step installs Debian's prometheus for promtool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "Rust tests"
 cargo test --workspace
+
+step "Prometheus rules: promtool check and test (tests/prometheus/run.sh; installs prometheus)"
+./tests/prometheus/run.sh
 
 step "C ABI: header, examples, C tests under sanitizers and valgrind (tests/c/run.sh)"
 ./tests/c/run.sh

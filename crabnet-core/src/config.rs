@@ -1,7 +1,7 @@
 //! Node configuration: one struct with serde support, loadable from TOML, with safe defaults.
 //!
 //! The sections of the modules that own their settings ([`RunnerConfig`], [`StoreConfig`],
-//! [`WebConfig`]) are defined there and gathered here; none of them builds on this module.
+//! [`WebConfig`], [`RetentionConfig`]) are defined there and gathered here; none of them builds on this module.
 //!
 //! Data directory layout:
 //!
@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::AlertsConfig;
 use crate::error::{Error, ErrorKind, Result, check_range};
+use crate::retention::RetentionConfig;
 use crate::runner::RunnerConfig;
 use crate::store::StoreConfig;
 use crate::trust::TrustConfig;
@@ -47,6 +49,10 @@ pub struct Config {
     pub web: WebConfig,
     /// Which nodes this node admits.
     pub trust: TrustConfig,
+    /// How long ended seeds and events are kept.
+    pub retention: RetentionConfig,
+    /// Alert rules and webhooks.
+    pub alerts: AlertsConfig,
 }
 
 impl Default for Config {
@@ -60,6 +66,8 @@ impl Default for Config {
             network: NetworkConfig::default(),
             web: WebConfig::default(),
             trust: TrustConfig::default(),
+            retention: RetentionConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -114,6 +122,10 @@ pub struct NetworkConfig {
     /// Rejected frames from one source with one reason get one `message_rejected` event as they
     /// happen and one summary per window of this many milliseconds (0: an event for each).
     pub reject_event_window_ms: u64,
+    /// How long an envelope whose author's hello has not arrived yet is held (hellos and the
+    /// first envelopes cross at startup), in milliseconds; applied when the hello arrives,
+    /// rejected as `unknown_sender` after this long (0: rejected at once).
+    pub unknown_sender_hold_ms: u64,
     /// Largest envelope this node creates; operations whose message would be larger fail.
     /// The default fits one UDP datagram.
     pub max_envelope_bytes: usize,
@@ -159,6 +171,7 @@ impl Default for NetworkConfig {
             hello_interval_secs: 30,
             sync_interval_secs: 10,
             reject_event_window_ms: 10_000,
+            unknown_sender_hold_ms: 5_000,
             max_envelope_bytes: 65_507,
             source_rate_per_sec: 10_000,
             source_burst: 20_000,
@@ -435,6 +448,12 @@ impl Config {
             limits::HOUR_MS,
         )?;
         check_range(
+            "network.unknown_sender_hold_ms",
+            net.unknown_sender_hold_ms,
+            0,
+            limits::MINUTE_MS,
+        )?;
+        check_range(
             "network.max_envelope_bytes",
             net.max_envelope_bytes,
             8 * 1024,
@@ -503,6 +522,8 @@ impl Config {
         }
 
         self.trust.validate()?;
+        self.retention.validate()?;
+        self.alerts.validate()?;
         self.web.validate()
     }
 
@@ -633,6 +654,24 @@ mod tests {
                 "web.idle_timeout_secs",
             ),
             ("[web]\nmax_connections = 0", "web.max_connections"),
+            ("[retention]\ninterval_secs = 0", "retention.interval_secs"),
+            ("[retention]\nbatch_size = 0", "retention.batch_size"),
+            (
+                "[retention]\nevents_max_rows = 0",
+                "retention.events_max_rows",
+            ),
+            (
+                "[retention]\ntombstones_after_secs = 0",
+                "retention.tombstones_after_secs",
+            ),
+            (
+                &format!("[retention]\nseeds_after_secs = {huge}"),
+                "retention.seeds_after_secs",
+            ),
+            (
+                &format!("[retention]\nevents_max_age_secs = {huge}"),
+                "retention.events_max_age_secs",
+            ),
             (
                 "[web]\nmax_connections = 10\nmax_connections_per_ip = 11",
                 "web.max_connections_per_ip",
@@ -716,6 +755,8 @@ mod tests {
         c.store.seen_ttl_secs = 10 * limits::YEAR_SECS;
         c.events.bus_capacity = limits::MAX_BUS_CAPACITY;
         c.network.sync_interval_secs = limits::DAY_SECS as u32;
+        c.retention.seeds_after_secs = 0;
+        c.retention.events_max_age_secs = 0;
         c.web.max_connections = crate::web::config::MAX_CONNECTIONS;
         c.validate().unwrap();
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
@@ -807,7 +848,7 @@ mod tests {
         fn toml_document() -> impl Strategy<Value = String> {
             let keys = known_keys();
             let n = keys.len();
-            let sections = vec!["runner", "store", "events", "network", "web"];
+            let sections = vec!["runner", "store", "events", "network", "web", "retention"];
             (
                 prop::collection::vec(
                     (

@@ -217,6 +217,13 @@ impl BlockingNode {
         stopped
     }
 
+    /// See [`Node::rotate_keys`]; returns what the statement says.
+    pub fn rotate_keys(&self) -> Result<crate::rotation::RotationInfo> {
+        self.runtime
+            .block_on(self.node.rotate_keys())
+            .map(|r| r.info())
+    }
+
     /// See [`Node::publish`].
     pub fn publish(&self, req: PublishRequest) -> Result<SeedView> {
         self.runtime.block_on(self.node.publish(req))
@@ -286,6 +293,11 @@ impl BlockingNode {
     /// See [`Node::events_after`].
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         self.runtime.block_on(self.node.events_after(after, limit))
+    }
+
+    /// See [`Node::events_pruned_through`].
+    pub fn events_pruned_through(&self) -> Result<u64> {
+        self.runtime.block_on(self.node.events_pruned_through())
     }
 
     /// Starts the monitoring HTTP API and dashboard of this node (see [`Node::serve_web`]) on

@@ -61,6 +61,8 @@ pub enum Kind {
     SyncBatch,
     /// Revocations (trust policy), sent with hellos.
     Revocations,
+    /// Key rotation statements ([`crate::rotation`]), sent with hellos.
+    KeyRotations,
     /// A domain message.
     Domain(MessageKind),
 }
@@ -73,6 +75,7 @@ impl Kind {
             Kind::SyncDigest => 8,
             Kind::SyncBatch => 9,
             Kind::Revocations => 10,
+            Kind::KeyRotations => 11,
             Kind::Domain(k) => match k {
                 MessageKind::SeedCreated => 1,
                 MessageKind::BidPlaced => 2,
@@ -101,6 +104,7 @@ impl Kind {
             8 => Kind::SyncDigest,
             9 => Kind::SyncBatch,
             10 => Kind::Revocations,
+            11 => Kind::KeyRotations,
             20 => Kind::Domain(MessageKind::SeedReassigned),
             21 => Kind::Domain(MessageKind::SeedFailed),
             _ => return None,
@@ -114,6 +118,7 @@ impl Kind {
             Kind::SyncDigest => "sync_digest",
             Kind::SyncBatch => "sync_batch",
             Kind::Revocations => "revocations",
+            Kind::KeyRotations => "key_rotations",
             Kind::Domain(k) => k.as_str(),
         }
     }
@@ -200,6 +205,10 @@ pub struct Hello {
     /// left out of the CBOR map when absent.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
     pub certificate: Option<Vec<u8>>,
+    /// The node's key rotation chain ([`crate::rotation::Rotation`] statements, oldest first)
+    /// when its key epoch is above 1; left out of the CBOR map when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotations: Vec<serde_bytes::ByteBuf>,
 }
 
 /// Serializes `Vec<u8>` as a CBOR byte string rather than an array of integers.

@@ -4,6 +4,9 @@
 //! The secret seeds live in `<data_dir>/identity.key` (mode 0600, never logged). The file
 //! format is the ASCII line `crabnet-identity-v1\n` followed by 164 bytes: key epoch (u32
 //! big-endian), Ed25519 seed (32), ML-DSA-44 seed (32), X25519 secret (32), ML-KEM-768 seed (64).
+//! After a key rotation ([`crate::rotation`]) the node id no longer derives from the current
+//! keys, so the file is `crabnet-identity-v2\n`, the node id (32 bytes), then the same 164
+//! bytes (epoch 2 or later).
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -17,6 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::NodeId;
 
 const MAGIC: &[u8] = b"crabnet-identity-v1\n";
+const MAGIC_V2: &[u8] = b"crabnet-identity-v2\n";
 const BODY_LEN: usize = 4 + 32 + 32 + 32 + 64;
 /// Domain-separation label of the node id hash.
 pub const NODE_ID_LABEL: &[u8] = b"crabnet/v1/node-id";
@@ -34,13 +38,14 @@ pub fn node_id_for(signing: &SigningPublic) -> NodeId {
 /// The public half of an identity, as announced in `NodeHello` and kept in the peer table.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublicIdentity {
-    /// The node id (derived from `signing`).
+    /// The node id (derived from the epoch-1 signing keys; from `signing` until the node
+    /// rotates its keys).
     pub node_id: NodeId,
     /// Ed25519 + ML-DSA-44 verification keys.
     pub signing: SigningPublic,
     /// X25519 + ML-KEM-768 encryption keys.
     pub kem: KemPublic,
-    /// Key epoch (starts at 1; rotation is future work).
+    /// Key epoch (starts at 1; each key rotation adds 1).
     pub epoch: u32,
 }
 
@@ -122,6 +127,28 @@ impl Identity {
         }
     }
 
+    /// The same keys under `node_id`: the identity of a node that rotated to these keys (the
+    /// id stays that of its epoch-1 keys).
+    pub fn with_node_id(mut self, node_id: NodeId) -> Self {
+        self.public.node_id = node_id;
+        self
+    }
+
+    /// Fresh keys for the next epoch of this node (same id, epoch + 1), from the operating
+    /// system's random source.
+    pub fn next(&self) -> Result<Self> {
+        let epoch = self.public.epoch.checked_add(1).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Validation,
+                "the key epoch cannot grow any further",
+            )
+        })?;
+        Ok(
+            Self::from_secrets(SigningSecret::generate()?, KemSecret::generate()?, epoch)
+                .with_node_id(self.public.node_id.clone()),
+        )
+    }
+
     /// The node id.
     pub fn node_id(&self) -> &NodeId {
         &self.public.node_id
@@ -160,6 +187,18 @@ impl Identity {
         }
     }
 
+    /// Loads an existing identity file (one that others can read is refused).
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Io,
+                format!("cannot open identity file {}: {e}", path.display()),
+                e,
+            )
+        })?;
+        Self::read(file, path)
+    }
+
     fn read(mut file: std::fs::File, path: &Path) -> Result<Self> {
         #[cfg(unix)]
         {
@@ -183,10 +222,16 @@ impl Identity {
                 format!("identity file {} is invalid: {why}", path.display()),
             )
         };
-        if !bytes.starts_with(MAGIC) {
+        let (node_id, body) = if let Some(rest) = bytes.strip_prefix(MAGIC) {
+            (None, rest)
+        } else if let Some(rest) = bytes.strip_prefix(MAGIC_V2)
+            && rest.len() >= 32
+        {
+            let id: [u8; 32] = rest[..32].try_into().expect("32 bytes");
+            (Some(NodeId::from_bytes(id)), &rest[32..])
+        } else {
             return Err(bad("unknown format"));
-        }
-        let body = &bytes[MAGIC.len()..];
+        };
         if body.len() != BODY_LEN {
             return Err(bad(&format!(
                 "expected {BODY_LEN} key bytes, found {}",
@@ -209,12 +254,51 @@ impl Identity {
         if epoch == 0 {
             return Err(bad("key epoch 0"));
         }
-        Ok(Self::from_seeds(&signing, &kem, epoch))
+        let identity = Self::from_seeds(&signing, &kem, epoch);
+        match node_id {
+            None => Ok(identity),
+            Some(_) if epoch < 2 => Err(bad("a rotated identity with key epoch 1")),
+            Some(id) => Ok(identity.with_node_id(id)),
+        }
     }
 
-    fn write_new(&self, path: &Path) -> Result<()> {
-        let mut bytes = Zeroizing::new(Vec::with_capacity(MAGIC.len() + BODY_LEN));
-        bytes.extend_from_slice(MAGIC);
+    /// Replaces the identity file at `path` atomically (a new file, mode 0600, renamed over
+    /// the old one, directory synced): a crash leaves either the old or the new keys.
+    pub fn replace_file(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("key.new");
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.write_new(&tmp)?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Io,
+                format!("cannot replace identity file {}: {e}", path.display()),
+                e,
+            )
+        })?;
+        if let Some(dir) = path.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            d.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the identity to a new file (mode 0600); an existing file is never overwritten.
+    pub fn write_new(&self, path: &Path) -> Result<()> {
+        let mut bytes = Zeroizing::new(Vec::with_capacity(MAGIC_V2.len() + 32 + BODY_LEN));
+        if node_id_for(&self.public.signing) == self.public.node_id {
+            bytes.extend_from_slice(MAGIC);
+        } else {
+            bytes.extend_from_slice(MAGIC_V2);
+            let mut id = [0u8; 32];
+            hex::decode_to_slice(self.public.node_id.as_str(), &mut id)
+                .expect("node ids are 64 hex digits");
+            bytes.extend_from_slice(&id);
+        }
         bytes.extend_from_slice(&self.public.epoch.to_be_bytes());
         let signing = self.signing.to_seeds();
         let kem = self.kem.to_seeds();

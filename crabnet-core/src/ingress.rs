@@ -12,6 +12,10 @@
 //!   bytes), so byte-identical copies relayed by other peers are recognised before any
 //!   signature check or transaction. A copy with a byte changed is a different frame and goes
 //!   through every check.
+//! * [`HoldQueue`] keeps envelopes whose author's hello has not arrived yet (hellos and the
+//!   first envelopes cross at startup) for `network.unknown_sender_hold_ms`, and hands them
+//!   back when the hello arrives. It is bounded in envelopes, bytes and envelopes per sender;
+//!   what does not fit, and what waits longer, is rejected as `unknown_sender`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
@@ -309,6 +313,169 @@ impl RecentFrames {
     }
 }
 
+/// Most envelopes held at once, over all senders.
+pub(crate) const HOLD_MAX_FRAMES: usize = 1024;
+/// Most bytes of envelopes held at once.
+pub(crate) const HOLD_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Most envelopes held for one sender.
+pub(crate) const HOLD_MAX_PER_SENDER: usize = 64;
+
+/// An envelope waiting for its author's hello.
+#[derive(Debug)]
+pub(crate) struct HeldFrame {
+    /// The envelope as received.
+    pub bytes: Vec<u8>,
+    /// Where it came from.
+    pub source: Source,
+    /// What is recorded when the hello does not come in time.
+    rejection: Rejection,
+    held_at: Millis,
+}
+
+#[derive(Debug, Default)]
+struct HoldState {
+    senders: HashMap<NodeId, VecDeque<HeldFrame>>,
+    frames: usize,
+    bytes: usize,
+}
+
+/// Envelopes from authors whose hello has not arrived yet (see the module docs). Counters:
+/// `messages.held`, `messages.held_released`, `messages.held_expired` and
+/// `messages.held_overflow` (refused because a bound was reached; those are rejected as
+/// `unknown_sender` at once).
+#[derive(Debug)]
+pub(crate) struct HoldQueue {
+    hold_ms: u64,
+    state: Mutex<HoldState>,
+}
+
+impl HoldQueue {
+    /// Holds envelopes for `hold_ms` milliseconds; 0 holds nothing.
+    pub fn new(hold_ms: u64) -> Self {
+        HoldQueue {
+            hold_ms,
+            state: Mutex::new(HoldState::default()),
+        }
+    }
+
+    /// Holds `bytes` from `sender` if there is room. An envelope that is not held gives its
+    /// `rejection` back, for the caller to record at once.
+    pub fn hold(
+        &self,
+        sender: &NodeId,
+        bytes: &[u8],
+        source: &Source,
+        rejection: Rejection,
+        now: Millis,
+        counters: &Rejections,
+    ) -> Result<(), Rejection> {
+        if self.hold_ms == 0 {
+            return Err(rejection);
+        }
+        let mut st = lock(&self.state);
+        let queued = st.senders.get(sender).map_or(0, VecDeque::len);
+        if st.frames >= HOLD_MAX_FRAMES
+            || st.bytes.saturating_add(bytes.len()) > HOLD_MAX_BYTES
+            || queued >= HOLD_MAX_PER_SENDER
+        {
+            drop(st);
+            counters.count("messages.held_overflow");
+            return Err(rejection);
+        }
+        st.frames += 1;
+        st.bytes += bytes.len();
+        st.senders
+            .entry(sender.clone())
+            .or_default()
+            .push_back(HeldFrame {
+                bytes: bytes.to_vec(),
+                source: source.clone(),
+                rejection,
+                held_at: now,
+            });
+        drop(st);
+        counters.count("messages.held");
+        Ok(())
+    }
+
+    /// Hands back every envelope held for `sender` (its hello arrived), oldest first.
+    pub fn release(&self, sender: &NodeId, counters: &Rejections) -> Vec<HeldFrame> {
+        let mut st = lock(&self.state);
+        let Some(frames) = st.senders.remove(sender) else {
+            return Vec::new();
+        };
+        st.frames -= frames.len();
+        st.bytes -= frames.iter().map(|f| f.bytes.len()).sum::<usize>();
+        drop(st);
+        for _ in &frames {
+            counters.count("messages.held_released");
+        }
+        frames.into()
+    }
+
+    /// When the oldest held envelope expires (Unix ms), if any is held.
+    pub fn next_expiry(&self) -> Option<Millis> {
+        let st = lock(&self.state);
+        if st.frames == 0 {
+            return None;
+        }
+        st.senders
+            .values()
+            .filter_map(|q| q.front())
+            .map(|f| f.held_at.saturating_add(self.hold_ms))
+            .min()
+    }
+
+    /// Drops the envelopes held for `hold_ms` or longer and rejects each as `unknown_sender`
+    /// through `counters`; returns the events to record.
+    pub fn expire(&self, now: Millis, counters: &Rejections) -> Vec<EventKind> {
+        let mut expired = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            if st.frames == 0 {
+                return Vec::new();
+            }
+            let hold_ms = self.hold_ms;
+            let (mut frames, mut bytes) = (0, 0);
+            st.senders.retain(|_, queue| {
+                while queue
+                    .front()
+                    .is_some_and(|f| now.saturating_sub(f.held_at) >= hold_ms)
+                {
+                    if let Some(f) = queue.pop_front() {
+                        frames += 1;
+                        bytes += f.bytes.len();
+                        expired.push(f.rejection);
+                    }
+                }
+                !queue.is_empty()
+            });
+            st.frames -= frames;
+            st.bytes -= bytes;
+        }
+        let mut events = Vec::new();
+        for mut r in expired {
+            counters.count("messages.held_expired");
+            r.detail = format!(
+                "no verified hello from this sender within {} ms",
+                self.hold_ms
+            );
+            events.extend(counters.note(r, now));
+        }
+        events
+    }
+
+    /// Envelopes and bytes held now.
+    #[cfg(test)]
+    fn size(&self) -> (usize, usize) {
+        let st = lock(&self.state);
+        let frames: usize = st.senders.values().map(VecDeque::len).sum();
+        let bytes: usize = st.senders.values().flatten().map(|f| f.bytes.len()).sum();
+        assert_eq!((frames, bytes), (st.frames, st.bytes), "bookkeeping");
+        (frames, bytes)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -418,6 +585,126 @@ mod tests {
         ] {
             assert_eq!(src(from).capped_address(&exempt), None, "{from}");
         }
+    }
+
+    fn sender(n: u64) -> NodeId {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&n.to_be_bytes());
+        NodeId::from_bytes(b)
+    }
+
+    fn source() -> Source {
+        Source {
+            from: "udp:192.0.2.1:7946".into(),
+            verified: false,
+        }
+    }
+
+    fn unknown(n: u64) -> Rejection {
+        Rejection {
+            sender: Some(sender(n)),
+            ..rejection("udp:192.0.2.1:7946", RejectReason::UnknownSender)
+        }
+    }
+
+    /// A flood of envelopes from ever new senders that never say hello: the queue never holds
+    /// more than its bounds, counts what it refused, and rejects what it held when the hold
+    /// time is over, with one event for the source (the rest go to the window's summary).
+    #[test]
+    fn a_flood_of_unknown_senders_stays_within_the_bounds() {
+        let counters = Rejections::new(10_000);
+        let q = HoldQueue::new(5_000);
+        let frame = vec![7u8; 3000];
+        let flood = 5 * HOLD_MAX_FRAMES as u64;
+        let mut held = 0;
+        for n in 0..flood {
+            if q.hold(
+                &sender(n),
+                &frame,
+                &source(),
+                unknown(n),
+                n / 100,
+                &counters,
+            )
+            .is_ok()
+            {
+                held += 1;
+            }
+            let (frames, bytes) = q.size();
+            assert!(frames <= HOLD_MAX_FRAMES && bytes <= HOLD_MAX_BYTES);
+        }
+        assert_eq!(held, HOLD_MAX_FRAMES as u64);
+        let c = counters.pending_counters();
+        assert_eq!(c["messages.held"], held);
+        assert_eq!(c["messages.held_overflow"], flood - held);
+
+        // Nothing is due before the hold time; then everything is rejected.
+        assert!(q.expire(4_999, &counters).is_empty());
+        let events = q.expire(5_000 + flood / 100, &counters);
+        assert_eq!(q.size(), (0, 0));
+        let c = counters.pending_counters();
+        assert_eq!(c["messages.held_expired"], held);
+        assert_eq!(c["rejected.unknown_sender"], held);
+        assert_eq!(events.len(), 1, "{events:?}");
+        match &events[0] {
+            EventKind::MessageRejected { reason, detail, .. } => {
+                assert_eq!(*reason, RejectReason::UnknownSender);
+                assert!(detail.contains("within 5000 ms"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Large envelopes hit the byte bound first; one sender cannot take the whole queue.
+    #[test]
+    fn bytes_and_envelopes_per_sender_are_bounded() {
+        let counters = Rejections::new(0);
+        let q = HoldQueue::new(5_000);
+        let big = vec![0u8; 65_000];
+        let fits = HOLD_MAX_BYTES / big.len();
+        for n in 0..(fits as u64 + 10) {
+            let _ = q.hold(&sender(n), &big, &source(), unknown(n), 0, &counters);
+        }
+        assert_eq!(q.size(), (fits, fits * big.len()));
+
+        let q = HoldQueue::new(5_000);
+        for _ in 0..HOLD_MAX_PER_SENDER + 5 {
+            let _ = q.hold(&sender(1), b"x", &source(), unknown(1), 0, &counters);
+        }
+        assert_eq!(q.size().0, HOLD_MAX_PER_SENDER);
+        assert!(
+            q.hold(&sender(2), b"x", &source(), unknown(2), 0, &counters)
+                .is_ok()
+        );
+    }
+
+    /// When the hello arrives, the sender's envelopes come back in arrival order and leave
+    /// the queue; other senders' stay.
+    #[test]
+    fn release_hands_back_one_senders_envelopes_in_order() {
+        let counters = Rejections::new(0);
+        let q = HoldQueue::new(5_000);
+        for (n, bytes) in [(1, b"a"), (2, b"b"), (1, b"c")] {
+            assert!(
+                q.hold(&sender(n), bytes, &source(), unknown(n), 0, &counters)
+                    .is_ok()
+            );
+        }
+        let back: Vec<Vec<u8>> = q
+            .release(&sender(1), &counters)
+            .into_iter()
+            .map(|f| f.bytes)
+            .collect();
+        assert_eq!(back, vec![b"a".to_vec(), b"c".to_vec()]);
+        assert_eq!(q.size(), (1, 1));
+        assert!(q.release(&sender(1), &counters).is_empty());
+        assert_eq!(counters.pending_counters()["messages.held_released"], 2);
+        // Disabled: nothing is held.
+        let off = HoldQueue::new(0);
+        assert!(
+            off.hold(&sender(3), b"x", &source(), unknown(3), 0, &counters)
+                .is_err()
+        );
     }
 
     #[test]

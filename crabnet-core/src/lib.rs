@@ -20,6 +20,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod alerts;
 pub mod clock;
 pub mod config;
 pub mod crypto;
@@ -29,14 +30,19 @@ pub mod envelope;
 pub mod error;
 pub mod identity;
 mod ingress;
+mod keycache;
 pub mod logging;
 pub mod model;
 pub mod monitor;
 pub mod network;
 pub mod node;
+pub mod perf;
 mod ratelimit;
+pub mod retention;
+pub mod rotation;
 pub mod runner;
 pub mod sandbox;
+pub mod schema;
 pub mod state;
 pub mod store;
 pub mod sync;

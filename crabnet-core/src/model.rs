@@ -175,12 +175,15 @@ fn is_rules_v1(r: &u32) -> bool {
 pub struct Deadlines {
     /// Seconds the winner has to claim after an award (or a reassignment); then the publisher
     /// reassigns the seed to the next best bid, or it expires when none is left.
+    #[schema(required)]
     pub claim_secs: u64,
     /// Seconds beyond the seed's `timeout_secs` the claimer has to report its result after
     /// claiming; then the publisher may declare the round failed.
+    #[schema(required)]
     pub result_grace_secs: u64,
     /// Seconds the publisher has to settle after the result; then its node settles by the
     /// result (accepted if it succeeded, rejected otherwise).
+    #[schema(required)]
     pub settle_secs: u64,
 }
 
@@ -238,6 +241,7 @@ pub struct Seed {
     /// Nodes the seed is private to (besides the publisher): every message about it is sealed
     /// to them. Empty for a public seed.
     #[serde(default)]
+    #[schema(required)]
     pub audience: Vec<NodeId>,
     /// Whether the command needs network access. A node bids on such a seed only when its
     /// `runner.allow_network` is set; otherwise tasks run without any network.
@@ -320,6 +324,7 @@ pub struct SandboxInfo {
     pub features: Vec<String>,
     /// Whether the task had network access (the seed asked for it and the runner allowed it).
     #[serde(default)]
+    #[schema(required)]
     pub network: bool,
 }
 
@@ -502,8 +507,10 @@ pub struct TaskResult {
     /// The node that ran it (the claimer).
     pub runner: NodeId,
     /// Exit code, absent when the process was ended by a signal.
+    #[schema(required)]
     pub exit_code: Option<i32>,
     /// Terminating signal, if any.
+    #[schema(required)]
     pub signal: Option<i32>,
     /// Whether the wall-clock timeout ended the run.
     pub timed_out: bool,

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
+use crate::alerts::AlertName;
 use crate::model::SettlementOutcome;
 use crate::model::{BidId, MessageId, MessageKind, Millis, NodeId, SeedId, SeedStatus};
 use crate::state::Violation;
@@ -44,11 +45,15 @@ pub enum RejectReason {
     Malformed,
     /// It was larger than allowed.
     Oversized,
-    /// It was seen before.
+    /// A sync envelope (digest, batch, revocation list) that was already received: a replay.
+    /// Copies of other envelopes (gossip relays, sync answers) are counted as
+    /// `messages.duplicate`, not rejected.
     Duplicate,
     /// A signature does not verify.
     BadSignature,
-    /// The sender is not in the peer table (no verified hello yet).
+    /// The sender is not in the peer table: no verified hello arrived within
+    /// `network.unknown_sender_hold_ms` (or the hold queue was full, or it came inside a sync
+    /// batch without its hello).
     UnknownSender,
     /// It is older than the sender's replay floor: a replay of a forgotten message.
     Replay,
@@ -65,6 +70,9 @@ pub enum RejectReason {
     RateLimited,
     /// Its Lamport counter is more than `network.lamport_window` ahead of this node's clock.
     LamportAhead,
+    /// Signed with keys its author replaced by a key rotation, after their grace period
+    /// (`trust.rotation_grace_secs`).
+    RotatedKey,
 }
 
 impl RejectReason {
@@ -83,6 +91,7 @@ impl RejectReason {
             RejectReason::NotAdmitted => "not_admitted",
             RejectReason::RateLimited => "rate_limited",
             RejectReason::LamportAhead => "lamport_ahead",
+            RejectReason::RotatedKey => "rotated_key",
         }
     }
 }
@@ -97,6 +106,7 @@ pub enum EventKind {
         /// This node.
         node_id: NodeId,
         /// The transport in use, if any.
+        #[schema(required)]
         transport: Option<String>,
     },
     /// The node stopped.
@@ -129,10 +139,13 @@ pub enum EventKind {
         /// The seed.
         seed_id: SeedId,
         /// The winning bid, if any.
+        #[schema(required)]
         winner: Option<BidId>,
         /// The winning node, if any.
+        #[schema(required)]
         winner_node: Option<NodeId>,
         /// The winning price, if any.
+        #[schema(required)]
         price: Option<u64>,
     },
     /// The winner claimed the seed.
@@ -162,6 +175,7 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         interrupted: bool,
         /// Exit code, if any.
+        #[schema(required)]
         exit_code: Option<i32>,
         /// Run time.
         duration_ms: u64,
@@ -190,10 +204,13 @@ pub enum EventKind {
         /// The round this starts.
         round: u32,
         /// The new winning bid; none when no bid was left (the seed expired).
+        #[schema(required)]
         winner: Option<BidId>,
         /// The new winning bidder.
+        #[schema(required)]
         winner_node: Option<NodeId>,
         /// The new winning price.
+        #[schema(required)]
         price: Option<u64>,
     },
     /// The publisher declared a claimed round failed (rules 2: no result in time).
@@ -203,6 +220,7 @@ pub enum EventKind {
         /// The round that failed.
         round: u32,
         /// The claimer that did not report.
+        #[schema(required)]
         claimer: Option<NodeId>,
     },
     /// A seed's status changed.
@@ -210,6 +228,7 @@ pub enum EventKind {
         /// The seed.
         seed_id: SeedId,
         /// Previous status (`None` when the seed just became known).
+        #[schema(required)]
         from: Option<SeedStatus>,
         /// New status.
         to: SeedStatus,
@@ -246,25 +265,31 @@ pub enum EventKind {
     /// A remote message was rejected.
     MessageRejected {
         /// The message, when it could be decoded.
+        #[schema(required)]
         message_id: Option<MessageId>,
         /// Its kind, when known.
+        #[schema(required)]
         message_kind: Option<MessageKind>,
         /// Its sender, when known.
+        #[schema(required)]
         sender: Option<NodeId>,
         /// The reason class.
         reason: RejectReason,
         /// The violated rule, for [`RejectReason::Rule`].
+        #[schema(required)]
         violation: Option<Violation>,
         /// A human-readable explanation.
         detail: String,
         /// The transport address the frame came from: the relay, which need not be its author
         /// (`sender`). Absent for messages rejected inside the store.
         #[serde(default)]
+        #[schema(required)]
         source: Option<String>,
         /// How many rejections of this reason from this source the event stands for: 1, or, for
         /// the summary at the end of an aggregation window (`network.reject_event_window_ms`),
         /// the rejections that got no event of their own (the latest one is described).
         #[serde(default = "one")]
+        #[schema(required)]
         count: u64,
     },
     /// The transport reported a change (started, peers found, fell back...).
@@ -279,6 +304,30 @@ pub enum EventKind {
         /// The message.
         message_id: MessageId,
         /// Why.
+        detail: String,
+    },
+    /// An alert rule's condition held long enough: the alert fires (see [`crate::alerts`]).
+    AlertFiring {
+        /// The rule.
+        alert: AlertName,
+        /// The rule's value (peers, messages, seconds, percent or bytes; see the rule).
+        value: u64,
+        /// The configured threshold.
+        threshold: u64,
+        /// What is wrong, for humans.
+        detail: String,
+    },
+    /// A firing alert's condition stayed clear long enough: the alert is resolved.
+    AlertResolved {
+        /// The rule.
+        alert: AlertName,
+        /// The rule's value now.
+        value: u64,
+        /// The configured threshold.
+        threshold: u64,
+        /// When the alert fired (Unix ms).
+        since: Millis,
+        /// What was wrong, for humans.
         detail: String,
     },
     /// This subscriber fell behind and missed events (not logged; only for that subscriber).
@@ -311,6 +360,8 @@ impl EventKind {
             EventKind::MessageRejected { .. } => "message_rejected",
             EventKind::TransportStatus { .. } => "transport_status",
             EventKind::SendFailed { .. } => "send_failed",
+            EventKind::AlertFiring { .. } => "alert_firing",
+            EventKind::AlertResolved { .. } => "alert_resolved",
             EventKind::EventsDropped { .. } => "events_dropped",
         }
     }

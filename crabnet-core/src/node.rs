@@ -40,6 +40,7 @@ use crate::store::{Peer, PeerUpdate, RemoteOutcome, Store};
 use crate::sync;
 use crate::trust;
 
+mod keys;
 mod runs;
 
 /// What to publish. `Default` gives a usable seed apart from the command.
@@ -102,7 +103,7 @@ impl PublishRequest {
 }
 
 /// A peer as shown to users.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PeerInfo {
     /// Its node id.
     pub node_id: NodeId,
@@ -121,7 +122,7 @@ pub struct PeerInfo {
 }
 
 /// A summary of the node's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Overview {
     /// This node's id.
     pub node_id: NodeId,
@@ -130,6 +131,7 @@ pub struct Overview {
     /// The data directory.
     pub data_dir: String,
     /// The transport in use, if any.
+    #[schema(required)]
     pub transport: Option<String>,
     /// Number of seeds per status.
     pub seeds_by_status: std::collections::BTreeMap<SeedStatus, u64>,
@@ -152,11 +154,17 @@ pub struct Overview {
 struct Inner {
     id: NodeId,
     addresses: Mutex<Vec<String>>,
-    identity: Identity,
+    /// The current keys; replaced when the node rotates them ([`Node::rotate_keys`]).
+    identity: std::sync::RwLock<Arc<Identity>>,
+    /// The keys replaced by the latest rotation, to open envelopes peers sealed to them
+    /// before they learned of it.
+    previous: std::sync::RwLock<Option<Arc<Identity>>>,
     /// Set when `hello_answers` has entries.
     hello_wanted: Notify,
     /// Addresses of new peers waiting for our hello.
     hello_answers: Mutex<Vec<Vec<String>>>,
+    /// Set when the hello changed (the keys rotated): it is broadcast again at once.
+    hello_changed: Notify,
     sync_wanted: Notify,
     config: Config,
     store: Mutex<Store>,
@@ -172,11 +180,13 @@ struct Inner {
     gate: ingress::Gate,
     sync_credit: crate::ratelimit::Credits,
     recent: ingress::RecentFrames,
+    held: ingress::HoldQueue,
     trust: trust::Trust,
     timers: Timers,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     lock: Mutex<Option<File>>,
     runs: runs::Runs,
+    retention: crate::retention::Retention,
 }
 
 /// When, after its first connection, a node broadcasts its hello again (gossip needs the
@@ -308,6 +318,8 @@ impl Node {
         config.validate()?;
         let cfg = config.clone();
         let listening = transport.is_some();
+        // Only the node on the network alerts; an unreadable webhook secret fails the start.
+        let alerting = crate::alerts::Alerting::prepare(&config.alerts, listening)?;
         let (store, identity, lock_file, policy) = tokio::task::spawn_blocking(move || -> Result<_> {
             create_private_dir(&cfg.data_dir)?;
             if listening {
@@ -333,6 +345,7 @@ impl Node {
                     ),
                 ));
             }
+            let identity = keys::finish_pending_rotation(&cfg, identity, &store)?;
             let policy = trust::Trust::load(identity.public(), &cfg.trust, &store)?;
             Ok((store, identity, lock_file, policy))
         })
@@ -357,9 +370,13 @@ impl Node {
                         .map(|t| t.local_addresses())
                         .unwrap_or_default(),
                 ),
-                identity,
+                previous: std::sync::RwLock::new(
+                    keys::previous_keys(&config, &identity).map(Arc::new),
+                ),
+                identity: std::sync::RwLock::new(Arc::new(identity)),
                 hello_wanted: Notify::new(),
                 hello_answers: Mutex::new(Vec::new()),
+                hello_changed: Notify::new(),
                 sync_wanted: Notify::new(),
                 bus: EventBus::new(config.events.bus_capacity),
                 log,
@@ -371,12 +388,14 @@ impl Node {
                 wake_outbox: Notify::new(),
                 wake_log: Notify::new(),
                 rejections: ingress::Rejections::new(config.network.reject_event_window_ms),
+                retention: crate::retention::Retention::new(config.retention.clone()),
                 gate: ingress::Gate::new(&config.network),
                 sync_credit: crate::ratelimit::Credits::new(
                     Duration::from_secs(config.network.sync_interval_secs.into()),
                     SYNC_REQUESTERS,
                 ),
                 recent: ingress::RecentFrames::new(RECENT_FRAMES),
+                held: ingress::HoldQueue::new(config.network.unknown_sender_hold_ms),
                 trust: policy,
                 timers: Timers::default(),
                 tasks: Mutex::new(Vec::new()),
@@ -413,6 +432,7 @@ impl Node {
         if let Some(t) = transport {
             tasks.push(tokio::spawn(node.clone().network_loop(t, stop())));
         }
+        tasks.extend(alerting.spawn(&node, stop));
         *lock(&node.inner.tasks) = tasks;
         Ok(node)
     }
@@ -487,7 +507,7 @@ impl Node {
     }
 
     /// Runs `f` with the store locked, then delivers any new events.
-    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
         let mut store = lock(&self.inner.store);
         let out = f(&mut store);
         self.pump_events(&store);
@@ -566,7 +586,7 @@ impl Node {
         }
         let net = &self.inner.config.network;
         envelope::message_envelope(
-            &self.inner.identity,
+            &self.keys(),
             message,
             net.message_ttl_secs,
             &recipients,
@@ -802,6 +822,13 @@ impl Node {
             .await
     }
 
+    /// The sequence number of the last event pruned by the bound on the durable log (0 when
+    /// none was; see [`crate::retention`]): a cursor below it has missed events.
+    pub async fn events_pruned_through(&self) -> Result<u64> {
+        self.blocking(|n| lock(&n.inner.store).events_pruned_through())
+            .await
+    }
+
     /// Counts a rejected frame and records its event, unless an event for the same source and
     /// reason was recorded within `network.reject_event_window_ms` (then the window's summary
     /// covers it): a flood costs memory, not one transaction per frame.
@@ -812,7 +839,12 @@ impl Node {
         reason: RejectReason,
         detail: String,
     ) -> Result<Acceptance> {
-        let rejection = ingress::Rejection::new(from, header, reason, detail);
+        self.record_rejection(ingress::Rejection::new(from, header, reason, detail))
+    }
+
+    /// Counts `rejection` and records its event as [`Node::reject`] does.
+    fn record_rejection(&self, rejection: ingress::Rejection) -> Result<Acceptance> {
+        let reason = rejection.reason;
         let now = now_ms();
         if let Some(event) = self.inner.rejections.note(rejection, now) {
             self.with_store(|s| s.record_event(now, event))?;
@@ -844,7 +876,9 @@ impl Node {
     /// Writes the rejection counters and window summaries held in memory (housekeeping).
     fn flush_rejections(&self) -> Result<()> {
         let now = now_ms();
-        let (counters, events) = self.inner.rejections.drain(now);
+        let expired = self.inner.held.expire(now, &self.inner.rejections);
+        let (counters, mut events) = self.inner.rejections.drain(now);
+        events.extend(expired);
         if counters.is_empty() && events.is_empty() {
             return Ok(());
         }
@@ -898,21 +932,23 @@ impl Node {
         if h.sender == self.inner.id {
             // Our own envelopes come back through relays and sync; anything else that claims
             // to be from this node is a forgery, checked like every other sender's frame.
-            if let Err(e) = parsed.verify(&self.inner.identity.public().signing) {
-                let detail = format!("claims to come from this node: {e}");
-                return self.reject(from, Some(h), RejectReason::BadSignature, detail);
+            let current = self.keys().public().signing.clone();
+            if let Err((reason, detail)) = self.verify_signer(&parsed, &current, via, now) {
+                let detail = format!("claims to come from this node: {detail}");
+                return self.reject(from, Some(h), reason, detail);
             }
             self.inner.rejections.count("messages.self_echo");
             return Ok(Acceptance::Ignore);
         }
         if self.inner.recent.contains(bytes) {
-            // A copy of an envelope the store holds: no signature check, no transaction.
-            if h.kind == Kind::NodeHello {
-                self.inner.rejections.count("hellos.duplicate");
-                return Ok(Acceptance::Ignore);
-            }
-            let detail = "already received".to_owned();
-            return self.reject(from, Some(h), RejectReason::Duplicate, detail);
+            // A copy of an envelope the store holds (gossip relays and sync answers deliver
+            // copies as a matter of course): counted, no signature check, no transaction.
+            let counter = match h.kind {
+                Kind::NodeHello => "hellos.duplicate",
+                _ => "messages.duplicate",
+            };
+            self.inner.rejections.count(counter);
+            return Ok(Acceptance::Ignore);
         }
         let net = &self.inner.config.network;
         let skew = net.max_clock_skew_secs as u64 * 1000;
@@ -957,19 +993,46 @@ impl Node {
                     .flatten(),
                 max_per_address: net.max_peers_per_address,
             };
-            return self.receive_hello(&parsed, bytes, from, now, &admission);
+            let acceptance = self.receive_hello(&parsed, bytes, from, now, &admission)?;
+            if acceptance == Acceptance::Accept {
+                self.release_held(&h.sender, source, max, replies)?;
+            }
+            return Ok(acceptance);
         }
         let peer = lock(&self.inner.store).peer(&h.sender)?;
         let Some(peer) = peer else {
             let detail = "no verified hello from this sender".to_owned();
-            return self.reject(from, Some(h), RejectReason::UnknownSender, detail);
+            if via == Via::Sync {
+                return self.reject(from, Some(h), RejectReason::UnknownSender, detail);
+            }
+            // Held until the hello arrives (hellos and the first envelopes cross at startup).
+            let rejection =
+                ingress::Rejection::new(from, Some(h), RejectReason::UnknownSender, detail);
+            let held = self.inner.held.hold(
+                &h.sender,
+                bytes,
+                source,
+                rejection,
+                now,
+                &self.inner.rejections,
+            );
+            if let Err(rejection) = held {
+                return self.record_rejection(rejection);
+            }
+            // The hello may have been applied since the lookup: then nothing releases this
+            // envelope but us.
+            if lock(&self.inner.store).peer(&h.sender)?.is_some() {
+                self.release_held(&h.sender, source, max, replies)?;
+            }
+            return Ok(Acceptance::Ignore);
         };
-        if let Err(e) = parsed.verify(&peer.identity.signing) {
-            return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
+        if let Err((reason, detail)) = self.verify_signer(&parsed, &peer.identity.signing, via, now)
+        {
+            return self.reject(from, Some(h), reason, detail);
         }
         if matches!(
             h.kind,
-            Kind::SyncDigest | Kind::SyncBatch | Kind::Revocations
+            Kind::SyncDigest | Kind::SyncBatch | Kind::Revocations | Kind::KeyRotations
         ) {
             // Sync envelopes are answered once: a replay must not make us resend everything.
             let fresh = self.with_store(|s| {
@@ -979,6 +1042,7 @@ impl Node {
                 let counter = match h.kind {
                     Kind::SyncDigest => "sync.digests_received",
                     Kind::Revocations => "trust.revocation_lists_received",
+                    Kind::KeyRotations => "trust.rotation_lists_received",
                     _ => "sync.batches_received",
                 };
                 s.remember(&h.message_id, &h.sender, h.lamport, now, counter)?;
@@ -1017,6 +1081,12 @@ impl Node {
                     Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
                 };
             }
+            Kind::KeyRotations => {
+                return match parsed.plain::<sync::Batch>(Kind::KeyRotations) {
+                    Ok(list) => self.receive_rotations(&list, now),
+                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                };
+            }
             Kind::NodeHello | Kind::Domain(_) => {}
         }
         if via == Via::Live
@@ -1029,7 +1099,7 @@ impl Node {
             );
             return self.reject(from, Some(h), RejectReason::Replay, detail);
         }
-        let message = match parsed.message(&self.inner.id, self.inner.identity.kem()) {
+        let message = match self.open(&parsed) {
             Ok(m) => m,
             Err(EnvelopeError::NotForMe) => {
                 // Sealed to other nodes: remembered (deduplicated) and relayed, not applied.
@@ -1055,6 +1125,12 @@ impl Node {
             s.apply_remote(&self.inner.id, &message, bytes, now)
                 .map(|(outcome, _)| outcome)
         })?;
+        if outcome == RemoteOutcome::Pruned {
+            // Its seed was pruned here: not applied, not relayed, no event (sync offers it
+            // again and again while a peer holds it).
+            self.inner.rejections.count("retention.refused");
+            return Ok(Acceptance::Ignore);
+        }
         self.inner.recent.insert(bytes);
         if matches!(outcome, RemoteOutcome::Applied | RemoteOutcome::Deferred(_)) {
             self.reschedule_decision(&message, now)?;
@@ -1065,6 +1141,25 @@ impl Node {
             // A rule violation is validly signed and may be pending elsewhere: forward it.
             _ => Acceptance::Accept,
         })
+    }
+
+    /// Applies the envelopes held for `sender` until its hello arrived (one of them just did,
+    /// from `source`). Answers to them go back only when they came from the same source.
+    fn release_held(
+        &self,
+        sender: &NodeId,
+        source: &ingress::Source,
+        max: usize,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        for held in self.inner.held.release(sender, &self.inner.rejections) {
+            let mut answers = Vec::new();
+            self.receive_envelope(&held.bytes, &held.source, max, Via::Live, &mut answers)?;
+            if held.source.from == source.from {
+                replies.extend(answers);
+            }
+        }
+        Ok(())
     }
 
     /// Answers a peer's digest (of `digest_bytes`, from `source`): the seeds it lacks (with
@@ -1083,7 +1178,7 @@ impl Node {
         let (cmp, items) = {
             let store = lock(&self.inner.store);
             let ours = store.sync_digest(DIGEST_LIMIT)?;
-            let cmp = sync::compare(&ours, &digest.seeds);
+            let cmp = sync::compare(&ours, &store.without_pruned(&digest.seeds)?);
             let mut hellos = Vec::new();
             let mut envelopes = Vec::new();
             let mut authors = std::collections::BTreeSet::new();
@@ -1171,7 +1266,7 @@ impl Node {
             lamport: 0,
         };
         envelope::build(
-            &self.inner.identity,
+            &self.keys(),
             &header,
             payload,
             &[],
@@ -1203,6 +1298,11 @@ impl Node {
             &hello.kem_public,
             hello.key_epoch,
         ) {
+            // Rotated keys: the id is that of the node's first keys (checked by its chain).
+            Ok(mut i) if i.epoch > 1 => {
+                i.node_id = h.sender.clone();
+                i
+            }
             Ok(i) => i,
             Err(e) => {
                 return self.reject(
@@ -1222,6 +1322,9 @@ impl Node {
         }
         if let Err(e) = parsed.verify(&identity.signing) {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
+        }
+        if let Err(verdict) = self.check_hello_epoch(&identity, &hello, from, h, now)? {
+            return Ok(verdict);
         }
         let certificate = hello.certificate.as_deref();
         let admitted = self.with_store(|s| {
@@ -1348,10 +1451,37 @@ impl Node {
         cache.as_ref().map(|(_, frame)| frame.clone())
     }
 
-    /// Sends the revocations this node holds after a hello: to every peer, or to the one that
-    /// announced `to` (see [`Transport::send_to_announced`]).
-    fn send_revocations(&self, transport: &mut dyn Transport, to: Option<&[String]>) -> Result<()> {
-        for frame in self.revocation_frames()? {
+    /// Builds the hello for the transport's current addresses (they can appear after start:
+    /// libp2p listeners) and keys, broadcasts it with what follows a hello, and keeps it in
+    /// `cache` for the answers to new peers.
+    fn broadcast_hello(
+        &self,
+        transport: &mut dyn Transport,
+        cache: &mut Option<(Vec<String>, Vec<u8>)>,
+    ) {
+        let addresses = transport.local_addresses();
+        *lock(&self.inner.addresses) = addresses.clone();
+        match self.hello_frame(&addresses) {
+            Ok(frame) => {
+                if let Err(e) = transport
+                    .broadcast(&frame)
+                    .and_then(|()| self.send_after_hello(transport, None))
+                {
+                    tracing::debug!("cannot send hello: {e}");
+                }
+                *cache = Some((addresses, frame));
+            }
+            Err(e) => tracing::warn!("cannot build hello: {e}"),
+        }
+    }
+
+    /// Sends what follows a hello, the revocations and the key rotation statements this node
+    /// holds: to every peer, or to the one that announced `to` (see
+    /// [`Transport::send_to_announced`]).
+    fn send_after_hello(&self, transport: &mut dyn Transport, to: Option<&[String]>) -> Result<()> {
+        let mut frames = self.revocation_frames()?;
+        frames.extend(self.rotation_frames()?);
+        for frame in frames {
             match to {
                 Some(to) => transport.send_to_announced(to, &frame)?,
                 None => transport.broadcast(&frame)?,
@@ -1361,7 +1491,7 @@ impl Node {
     }
 
     fn hello_frame(&self, addresses: &[String]) -> Result<Vec<u8>> {
-        let identity = &self.inner.identity;
+        let identity = &self.keys();
         let hello = envelope::Hello {
             name: self.inner.config.name.clone(),
             addresses: addresses.to_vec(),
@@ -1369,6 +1499,13 @@ impl Node {
             signing_public: identity.public().signing.to_bytes(),
             kem_public: identity.public().kem.to_bytes(),
             certificate: self.inner.trust.own_certificate(),
+            rotations: self
+                .inner
+                .trust
+                .rotation_chain(&self.inner.id)
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
         };
         let ttl = self
             .inner
@@ -1411,7 +1548,7 @@ impl Node {
 
     /// This node's public keys (what `crabnet trust sign` certifies).
     pub fn public_identity(&self) -> PublicIdentity {
-        self.inner.identity.public().clone()
+        self.keys().public().clone()
     }
 
     /// The trust policy in force: mode, anchors, this node's certificate, certified and
@@ -1441,7 +1578,7 @@ impl Node {
         self.blocking(move |n| {
             let mut randomness = [0u8; 32];
             envelope::os_rng(&mut randomness);
-            let r = trust::Revocation::by_node(&n.inner.identity, from, now_ms(), randomness)?;
+            let r = trust::Revocation::by_node(&n.keys(), from, now_ms(), randomness)?;
             n.with_store(|s| n.inner.trust.add_revocation(r.to_bytes(), s, now_ms()))??;
             Ok(r)
         })
@@ -1544,11 +1681,27 @@ impl Node {
     }
 
     /// Background upkeep, on the `network.tick_ms` tick, doing store work only when something is
-    /// due: another process (a CLI command, a binding) committed to the database (checked with
-    /// SQLite's `data_version`, which costs no table read), a decision on a seed of ours is due
-    /// (its bid window ended, a rules-2 deadline passed: [`SeedView::next_decision_at`]), an outbox
-    /// retry or a seen-id expiry is due, or rejection counters wait to be written. An idle
-    /// node only wakes on the tick; changes made through this node wake the tasks directly.
+    /// due. Its duties, each with what makes it due:
+    ///
+    /// * decisions on seeds of ours ([`Node::issue_due_decisions`]): the decision timer
+    ///   ([`SeedView::next_decision_at`]: a bid window ended, a rules-2 deadline passed), or
+    ///   another process (a CLI command, a binding) committed to the database (checked with
+    ///   SQLite's `data_version`, which costs no table read);
+    /// * rejection counters and events, and held envelopes whose author's hello did not come in
+    ///   time ([`Node::flush_rejections`]): counters waiting, or the oldest held envelope's
+    ///   expiry;
+    /// * retention ([`crate::retention::Retention::run_if_due`]): its own schedule,
+    ///   `retention.interval_secs` (at once while work is left);
+    /// * seen-id expiry: the earliest expiry;
+    /// * revocations and rotations another process stored (`Trust::refresh`), and events it
+    ///   recorded (to the bus and the log): the database changed;
+    /// * switching to keys another process on this data directory rotated to
+    ///   ([`Node::follow_own_rotation`]): the database changed, or this node's chain is ahead
+    ///   of its keys (a switch that could not load the keys yet is tried again);
+    /// * the outbox: the earliest retry, or the database changed (another process queued).
+    ///
+    /// An idle node only wakes on the tick; changes made through this node wake the tasks
+    /// directly.
     async fn housekeeping(self, mut shutdown: watch::Receiver<bool>) {
         let mut tick =
             tokio::time::interval(Duration::from_millis(self.inner.config.network.tick_ms));
@@ -1584,8 +1737,12 @@ impl Node {
             let decide_due = timers.decide_at.load(Ordering::Relaxed) <= now;
             let prune_due = timers.prune_at.load(Ordering::Relaxed) <= now;
             let retry_due = timers.retry_at.load(Ordering::Relaxed) <= now;
-            let rejections = !self.inner.rejections.is_idle();
-            if !(changed || decide_due || prune_due || rejections) {
+            let retention_due = self.inner.retention.next_run_at() <= now;
+            let held_due = self.inner.held.next_expiry().is_some_and(|at| at <= now);
+            let rotation_due = self.behind_own_rotation();
+            let rejections = !self.inner.rejections.is_idle() || held_due;
+            if !(changed || decide_due || prune_due || rejections || retention_due || rotation_due)
+            {
                 if retry_due {
                     timers.retry_at.store(u64::MAX, Ordering::Relaxed);
                     self.inner.wake_outbox.notify_one();
@@ -1597,7 +1754,14 @@ impl Node {
                 if changed || decide_due {
                     node.issue_due_decisions()?;
                 }
-                node.flush_rejections()?;
+                if rejections {
+                    node.flush_rejections()?;
+                }
+                if retention_due
+                    && let Err(e) = node.inner.retention.run_if_due(&node.inner.store, now)
+                {
+                    tracing::warn!("retention failed (retried in retention.interval_secs): {e}");
+                }
                 let mut store = lock(&node.inner.store);
                 if prune_due {
                     store.prune_seen(now)?;
@@ -1610,9 +1774,14 @@ impl Node {
                         .store(next.max(now.saturating_add(1000)), Ordering::Relaxed);
                 }
                 if changed {
-                    // Revocations another process added (`crabnet trust import`, `revoke`).
+                    // Revocations and rotations another process added (`crabnet trust
+                    // import`, `revoke`, `rotate`), events it recorded.
                     node.inner.trust.refresh(&store)?;
                     node.pump_events(&store);
+                }
+                drop(store);
+                if changed || rotation_due {
+                    node.follow_own_rotation()?;
                 }
                 Ok(())
             })
@@ -1705,30 +1874,17 @@ impl Node {
                 _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
                     join_hellos.pop();
                     if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello)
-                        && let Err(e) = transport.broadcast(&frame).and_then(|()| self.send_revocations(transport.as_mut(), None))
+                        && let Err(e) = transport.broadcast(&frame).and_then(|()| self.send_after_hello(transport.as_mut(), None))
                     {
                         tracing::debug!("cannot send hello: {e}");
                     }
                 }
-                _ = hello_tick.tick() => {
-                    // Addresses can appear after start (libp2p listeners).
-                    let addresses = transport.local_addresses();
-                    *lock(&self.inner.addresses) = addresses.clone();
-                    match self.hello_frame(&addresses) {
-                        Ok(frame) => {
-                            if let Err(e) = transport.broadcast(&frame).and_then(|()| self.send_revocations(transport.as_mut(), None)) {
-                                tracing::debug!("cannot send hello: {e}");
-                            }
-                            hello = Some((addresses, frame));
-                        }
-                        Err(e) => tracing::warn!("cannot build hello: {e}"),
-                    }
-                }
+                _ = hello_tick.tick() => self.broadcast_hello(transport.as_mut(), &mut hello),
                 _ = self.inner.hello_wanted.notified() => {
                     let answers = std::mem::take(&mut *lock(&self.inner.hello_answers));
                     if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello) {
                         for to in answers {
-                            if let Err(e) = transport.send_to_announced(&to, &frame).and_then(|()| self.send_revocations(transport.as_mut(), Some(&to))) {
+                            if let Err(e) = transport.send_to_announced(&to, &frame).and_then(|()| self.send_after_hello(transport.as_mut(), Some(&to))) {
                                 tracing::debug!("cannot answer a hello: {e}");
                             }
                         }
@@ -1753,6 +1909,7 @@ impl Node {
                         Err(e) => tracing::error!("sync task failed: {e}"),
                     }
                 }
+                _ = self.inner.hello_changed.notified() => self.broadcast_hello(transport.as_mut(), &mut hello),
                 _ = shutdown.changed() => {
                     self.drain_outbox(transport.as_mut()).await;
                     return;
@@ -1782,7 +1939,7 @@ impl Node {
                                 join_hellos = JOIN_HELLO_DELAYS.iter().rev().map(|d| now + *d).collect();
                             }
                             if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello)
-                                && let Err(e) = transport.send_to_announced(&to, &frame).and_then(|()| self.send_revocations(transport.as_mut(), Some(&to)))
+                                && let Err(e) = transport.send_to_announced(&to, &frame).and_then(|()| self.send_after_hello(transport.as_mut(), Some(&to)))
                             {
                                 tracing::debug!("cannot send hello to a new connection: {e}");
                             }
@@ -1957,7 +2114,8 @@ fn verdict(reason: RejectReason) -> Acceptance {
         | RejectReason::Rule
         | RejectReason::NotAdmitted
         | RejectReason::RateLimited
-        | RejectReason::LamportAhead => Acceptance::Ignore,
+        | RejectReason::LamportAhead
+        | RejectReason::RotatedKey => Acceptance::Ignore,
     }
 }
 

@@ -324,19 +324,24 @@ pub struct AwardView {
     /// The bids taken into account.
     pub considered: Vec<BidId>,
     /// The winning bid, if any.
+    #[schema(required)]
     pub winner: Option<BidId>,
     /// The winning bidder, if any.
+    #[schema(required)]
     pub winner_node: Option<NodeId>,
     /// The winning price, if any.
+    #[schema(required)]
     pub price: Option<u64>,
     /// When bidding closed (Unix ms).
     pub closed_at: Millis,
     /// The current round: 0 for the award, one more for every reassignment (rules 2). The
     /// `winner`, `winner_node` and `price` above are the current round's.
     #[serde(default)]
+    #[schema(required)]
     pub round: u32,
     /// When the current round started: the award's or the latest reassignment's time.
     #[serde(default)]
+    #[schema(required)]
     pub round_started_at: Millis,
 }
 
@@ -350,6 +355,7 @@ pub struct PastRound {
     /// Its bidder.
     pub winner_node: NodeId,
     /// When it claimed, if it did (Unix ms).
+    #[schema(required)]
     pub claimed_at: Option<Millis>,
     /// How the round ended.
     pub ended: RoundEnd,
@@ -390,14 +396,19 @@ pub struct SeedView {
     /// at most one bid per node.
     pub bids: Vec<BidView>,
     /// The publisher's award, once bidding closed.
+    #[schema(required)]
     pub award: Option<AwardView>,
     /// The winner's claim.
+    #[schema(required)]
     pub claim: Option<ClaimView>,
     /// The claimer's result.
+    #[schema(required)]
     pub result: Option<TaskResult>,
     /// The publisher's settlement.
+    #[schema(required)]
     pub settlement: Option<SettlementView>,
     /// When the publisher cancelled it (Unix ms).
+    #[schema(required)]
     pub cancelled_at: Option<Millis>,
     /// When the publisher declared the current round failed (Unix ms; status `failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

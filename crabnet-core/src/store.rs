@@ -13,11 +13,16 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::{ActiveAlert, AlertName, Transition};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::PublicIdentity;
+use crate::keycache::ParsedKeys;
 use crate::model::{Body, Message, MessageId, Millis, NodeId, SeedId, SeedStatus};
 use crate::monitor::{Event, EventKind, RejectReason};
 use crate::state::{self, SeedView, Verdict, Violation};
+
+mod prune;
+pub use prune::SeedsPruned;
 
 /// Store tuning, part of the node's TOML config (section `[store]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +87,9 @@ pub enum RemoteOutcome {
     Rejected(RejectReason, String),
     /// Already known (including this node's own messages coming back).
     Duplicate,
+    /// About a seed this node pruned (see [`crate::retention`]): refused while its tombstone
+    /// lasts, so that sync does not bring the seed back. Nothing is written.
+    Pruned,
 }
 
 /// A node this node has a verified hello from.
@@ -147,7 +155,10 @@ fn sql_lamport(lamport: u64) -> Result<i64> {
 const PEER_COLUMNS: &str = "SELECT node_id, name, addresses, signing_public, kem_public, key_epoch,
     first_seen, last_seen, replay_floor FROM peers";
 
-fn peer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
+/// Most peers whose parsed keys the store keeps (more than `network.max_peers` allows).
+const PARSED_KEYS: usize = 4096;
+
+fn peer_from_row(keys: &ParsedKeys, r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
     let id: String = r.get(0)?;
     let name: String = r.get(1)?;
     let addresses: String = r.get(2)?;
@@ -158,8 +169,12 @@ fn peer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Peer>> {
     let last: i64 = r.get(7)?;
     let floor: i64 = r.get(8)?;
     Ok((|| {
-        let identity = PublicIdentity::from_parts(&signing, &kem, epoch as u32)?;
-        if identity.node_id.as_str() != id {
+        let mut identity = keys.identity(&id, &signing, &kem, epoch as u32)?;
+        if identity.epoch > 1 {
+            // Rotated keys (checked against the node's rotation chain before they were
+            // stored): the id is that of its first keys.
+            identity.node_id = NodeId::parse(&id)?;
+        } else if identity.node_id.as_str() != id {
             return Err(Error::new(
                 ErrorKind::Store,
                 format!("corrupt peer {id}: keys belong to {}", identity.node_id),
@@ -294,6 +309,59 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE peers ADD COLUMN last_active INTEGER;
      ALTER TABLE peers ADD COLUMN admitted_from TEXT;
      CREATE INDEX peers_by_source ON peers(admitted_from);",
+    // 6: retention: when each seed ended (see `retention::ended_at`), the seed each event is
+    // about (so a pruned seed's events go with it), tombstones of pruned seeds, and the outbox
+    // by message (pruning deletes a seed's outbox rows, and the foreign key checks them)
+    "ALTER TABLE seeds ADD COLUMN ended_at INTEGER;
+     UPDATE seeds SET ended_at = COALESCE(CASE status
+            WHEN 'settled' THEN json_extract(view, '$.settlement.settled_at')
+            WHEN 'cancelled' THEN json_extract(view, '$.cancelled_at')
+            WHEN 'failed' THEN json_extract(view, '$.failed_at')
+            WHEN 'expired' THEN json_extract(view, '$.award.round_started_at') END,
+          json_extract(view, '$.updated_at'), updated_at)
+      WHERE status IN ('settled', 'cancelled', 'failed', 'expired');
+     CREATE INDEX seeds_by_end ON seeds(ended_at) WHERE ended_at IS NOT NULL;
+     ALTER TABLE events ADD COLUMN seed_id TEXT;
+     UPDATE events SET seed_id = json_extract(body, '$.seed_id');
+     UPDATE events SET seed_id = (SELECT m.seed_id FROM messages m
+                                  WHERE m.id = json_extract(events.body, '$.message_id'))
+      WHERE seed_id IS NULL
+        AND kind IN ('message_accepted', 'message_deferred', 'message_rejected');
+     CREATE INDEX events_by_seed ON events(seed_id) WHERE seed_id IS NOT NULL;
+     CREATE TABLE pruned_seeds (
+        seed_id   TEXT PRIMARY KEY,
+        ended_at  INTEGER NOT NULL,
+        pruned_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX pruned_seeds_by_time ON pruned_seeds(pruned_at);
+     CREATE INDEX outbox_by_message ON outbox(message_id);",
+    // 7: alerting: the alerts firing now, and the webhook deliveries waiting to be sent
+    "CREATE TABLE alerts (
+        name      TEXT PRIMARY KEY,
+        since     INTEGER NOT NULL,
+        value     INTEGER NOT NULL,
+        threshold INTEGER NOT NULL,
+        detail    TEXT NOT NULL
+     ) STRICT;
+     CREATE TABLE webhook_queue (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        url             TEXT NOT NULL,
+        body            BLOB NOT NULL,
+        created_at      INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        last_error      TEXT
+     ) STRICT;
+     CREATE INDEX webhook_queue_due ON webhook_queue(next_attempt_at);
+     CREATE INDEX webhook_queue_by_url ON webhook_queue(url, seq);",
+    // 8: key rotation statements (verified before they are stored, verified again when loaded)
+    "CREATE TABLE rotations (
+        node_id     TEXT NOT NULL,
+        epoch       INTEGER NOT NULL,
+        body        BLOB NOT NULL,
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (node_id, epoch)
+     ) STRICT;",
 ];
 
 /// The current schema version (SQLite `user_version`).
@@ -305,6 +373,10 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     config: StoreConfig,
+    /// Peers' keys, parsed once (reading a peer is on the path of every received frame).
+    keys: ParsedKeys,
+    /// Whether this handle committed an outbox row since [`Store::take_outbox_added`].
+    outbox_added: bool,
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String> {
@@ -342,6 +414,8 @@ impl Store {
             conn,
             path: path.to_owned(),
             config: config.clone(),
+            keys: ParsedKeys::new(PARSED_KEYS),
+            outbox_added: false,
         };
         store.migrate()?;
         Ok(store)
@@ -465,9 +539,17 @@ impl Store {
             "INSERT INTO outbox(message_id, created_at, next_attempt_at) VALUES (?1, ?2, ?2)",
             params![message.id.as_str(), now as i64],
         )?;
-        let events = insert_events(&tx, now, events)?;
+        let events = insert_events(&tx, now, events, Some(seed_id))?;
         tx.commit()?;
+        self.outbox_added = true;
         Ok((message, view, events))
+    }
+
+    /// Whether this handle committed a message to the outbox since the last call (rows that
+    /// other processes add are not seen here). The receive path drains the outbox after a
+    /// frame only when the frame caused one.
+    pub fn take_outbox_added(&mut self) -> bool {
+        std::mem::take(&mut self.outbox_added)
     }
 
     /// Applies a message received from the network, idempotently: a message id already seen
@@ -483,6 +565,10 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if prune::is_pruned(&tx, message.seed_id())? {
+            // Nothing is written: the caller counts it (`retention.refused`).
+            return Ok((RemoteOutcome::Pruned, Vec::new()));
+        }
         let id = message.id.as_str();
         let known: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM seen WHERE message_id = ?1)
@@ -495,13 +581,8 @@ impl Store {
             if &message.sender == me {
                 bump_counter(&tx, "messages.self_echo")?;
             } else {
-                bump_counter(&tx, "rejected.duplicate")?;
-                events.push(rejection(
-                    message,
-                    RejectReason::Duplicate,
-                    None,
-                    "message was already received".into(),
-                ));
+                // A copy (gossip, sync): counted, not an event.
+                bump_counter(&tx, "messages.duplicate")?;
             }
             RemoteOutcome::Duplicate
         } else {
@@ -557,7 +638,7 @@ impl Store {
                 }
             }
         };
-        let events = insert_events(&tx, now, events)?;
+        let events = insert_events(&tx, now, events, Some(message.seed_id()))?;
         tx.commit()?;
         Ok((outcome, events))
     }
@@ -567,7 +648,7 @@ impl Store {
     /// [`Store::add_counters`]).
     pub fn record_event(&mut self, now: Millis, kind: EventKind) -> Result<Event> {
         let tx = self.conn.transaction()?;
-        let mut events = insert_events(&tx, now, vec![kind])?;
+        let mut events = insert_events(&tx, now, vec![kind], None)?;
         tx.commit()?;
         Ok(events.remove(0))
     }
@@ -858,7 +939,7 @@ impl Store {
                 stmt.execute(params![name, i64::try_from(*add).unwrap_or(i64::MAX)])?;
             }
         }
-        let events = insert_events(&tx, now, events)?;
+        let events = insert_events(&tx, now, events, None)?;
         tx.commit()?;
         Ok(events)
     }
@@ -869,7 +950,7 @@ impl Store {
             .query_row(
                 &format!("{PEER_COLUMNS} WHERE node_id = ?1"),
                 [id.as_str()],
-                peer_from_row,
+                |r| peer_from_row(&self.keys, r),
             )
             .optional()?
             .transpose()
@@ -880,7 +961,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("{PEER_COLUMNS} ORDER BY node_id"))?;
-        let rows = stmt.query_map([], peer_from_row)?;
+        let rows = stmt.query_map([], |r| peer_from_row(&self.keys, r))?;
         rows.map(|r| r?).collect()
     }
 
@@ -989,6 +1070,57 @@ impl Store {
             .conn
             .query_row("SELECT COUNT(*) FROM revocations", [], |r| r.get(0))?;
         Ok(n as u64)
+    }
+
+    /// Stores a verified key rotation statement of `node` to `epoch`; returns whether it was
+    /// new.
+    pub fn put_rotation(
+        &mut self,
+        node: &NodeId,
+        epoch: u32,
+        body: &[u8],
+        now: Millis,
+    ) -> Result<bool> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO rotations(node_id, epoch, body, received_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![node.as_str(), epoch as i64, body, now as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Every stored rotation statement, each node's in epoch order.
+    pub fn rotations(&self) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body FROM rotations ORDER BY node_id, epoch")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many rotation statements are stored.
+    pub fn rotation_count(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM rotations", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// A known peer moves to the keys of a verified rotation (`identity`, a later epoch than
+    /// the one stored); returns whether the peer is known and was behind. The peer's latest
+    /// hello is cleared until it sends one with the new keys.
+    pub fn rotate_peer(&mut self, identity: &PublicIdentity) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE peers SET signing_public = ?2, kem_public = ?3, key_epoch = ?4, hello = NULL
+             WHERE node_id = ?1 AND key_epoch < ?4",
+            params![
+                identity.node_id.as_str(),
+                identity.signing.to_bytes(),
+                identity.kem.to_bytes(),
+                identity.epoch as i64
+            ],
+        )?;
+        Ok(n == 1)
     }
 
     /// Records a verified hello. A known node id announcing different keys is refused. A new
@@ -1162,6 +1294,212 @@ impl Store {
     }
 }
 
+/// A queued webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    /// Its position in the queue (also its delivery id).
+    pub seq: i64,
+    /// The webhook.
+    pub url: String,
+    /// The signed JSON body.
+    pub body: Vec<u8>,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+/// Alerting: the alerts firing now and the webhook queue (see [`crate::alerts`]).
+impl Store {
+    /// The alerts firing now, in rule order.
+    pub fn active_alerts(&self) -> Result<Vec<ActiveAlert>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, since, value, threshold, detail FROM alerts")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, since, value, threshold, detail) = row?;
+            let alert = AlertName::parse(&name).ok_or_else(|| {
+                Error::new(ErrorKind::Store, format!("corrupt alert name {name:?}"))
+            })?;
+            out.push(ActiveAlert {
+                alert,
+                since: since as Millis,
+                value: value as u64,
+                threshold: threshold as u64,
+                detail,
+            });
+        }
+        out.sort_by_key(|a| a.alert);
+        Ok(out)
+    }
+
+    /// Records an alert transition in one transaction: its event, the alert's row, and a
+    /// delivery of `body(event)` to each of `webhooks` (dropping the oldest deliveries of a
+    /// webhook beyond `queue_max`).
+    pub fn record_alert(
+        &mut self,
+        now: Millis,
+        transition: &Transition,
+        webhooks: &[String],
+        queue_max: u64,
+        body: &dyn Fn(&Event) -> Result<Vec<u8>>,
+    ) -> Result<Event> {
+        let sql_u64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let tx = self.conn.transaction()?;
+        let kind = match transition {
+            Transition::Firing(a) => {
+                tx.execute(
+                    "INSERT INTO alerts(name, since, value, threshold, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(name) DO UPDATE SET since = excluded.since,
+                       value = excluded.value, threshold = excluded.threshold,
+                       detail = excluded.detail",
+                    params![
+                        a.alert.as_str(),
+                        sql_u64(a.since),
+                        sql_u64(a.value),
+                        sql_u64(a.threshold),
+                        a.detail
+                    ],
+                )?;
+                EventKind::AlertFiring {
+                    alert: a.alert,
+                    value: a.value,
+                    threshold: a.threshold,
+                    detail: a.detail.clone(),
+                }
+            }
+            Transition::Resolved { alert, value } => {
+                tx.execute("DELETE FROM alerts WHERE name = ?1", [alert.alert.as_str()])?;
+                EventKind::AlertResolved {
+                    alert: alert.alert,
+                    value: *value,
+                    threshold: alert.threshold,
+                    since: alert.since,
+                    detail: alert.detail.clone(),
+                }
+            }
+        };
+        let event = insert_events(&tx, now, vec![kind], None)?.remove(0);
+        if !webhooks.is_empty() {
+            let bytes = body(&event)?;
+            for url in webhooks {
+                tx.execute(
+                    "INSERT INTO webhook_queue(url, body, created_at, next_attempt_at)
+                     VALUES (?1, ?2, ?3, ?3)",
+                    params![url, bytes, sql_u64(now)],
+                )?;
+                let dropped = tx.execute(
+                    "DELETE FROM webhook_queue WHERE url = ?1 AND seq NOT IN
+                       (SELECT seq FROM webhook_queue WHERE url = ?1 ORDER BY seq DESC LIMIT ?2)",
+                    params![url, sql_u64(queue_max)],
+                )?;
+                for _ in 0..dropped {
+                    bump_counter(&tx, "alerts.webhook_dropped")?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(event)
+    }
+
+    /// Webhook deliveries due at `now`, oldest first, at most `limit`.
+    pub fn webhook_due(&self, now: Millis, limit: usize) -> Result<Vec<WebhookDelivery>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, url, body, attempts FROM webhook_queue WHERE next_attempt_at <= ?1
+             ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                i64::try_from(now).unwrap_or(i64::MAX),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |r| {
+                Ok(WebhookDelivery {
+                    seq: r.get(0)?,
+                    url: r.get(1)?,
+                    body: r.get(2)?,
+                    attempts: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(u32::MAX),
+                })
+            },
+        )?;
+        rows.map(|r| r.map_err(Error::from)).collect()
+    }
+
+    /// Removes a delivery: sent (`alerts.webhook_delivered`) or given up
+    /// (`alerts.webhook_dropped`).
+    pub fn webhook_finish(&mut self, seq: i64, delivered: bool) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        if tx.execute("DELETE FROM webhook_queue WHERE seq = ?1", [seq])? > 0 {
+            bump_counter(
+                &tx,
+                if delivered {
+                    "alerts.webhook_delivered"
+                } else {
+                    "alerts.webhook_dropped"
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Schedules the next attempt of a delivery that failed (`alerts.webhook_failed`).
+    pub fn webhook_retry(&mut self, seq: i64, next_at: Millis, error: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE webhook_queue SET attempts = attempts + 1, next_attempt_at = ?2,
+               last_error = ?3 WHERE seq = ?1",
+            params![seq, i64::try_from(next_at).unwrap_or(i64::MAX), error],
+        )?;
+        bump_counter(&tx, "alerts.webhook_failed")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deliveries waiting in the webhook queue.
+    pub fn webhook_pending(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM webhook_queue", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    /// When the oldest unsent outbox message was created (Unix ms), if any.
+    pub fn outbox_oldest(&self) -> Result<Option<Millis>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT MIN(created_at) FROM outbox WHERE sent_at IS NULL",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(|v| v as Millis))
+    }
+
+    /// When the oldest received message that still waits for another arrived (Unix ms).
+    pub fn oldest_pending_message(&self) -> Result<Option<Millis>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT MIN(received_at) FROM messages
+                 WHERE json_extract(verdict, '$.verdict') = 'pending'",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(|v| v as Millis))
+    }
+}
+
 fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
@@ -1296,14 +1634,24 @@ fn insert_message(tx: &Transaction<'_>, m: &Message, origin: Origin, now: Millis
     Ok(())
 }
 
-fn insert_events(tx: &Transaction<'_>, now: Millis, kinds: Vec<EventKind>) -> Result<Vec<Event>> {
+/// Appends events; each is filed under the seed it names, else under `seed` (the seed of the
+/// message it describes), so that pruning a seed removes its events.
+fn insert_events(
+    tx: &Transaction<'_>,
+    now: Millis,
+    kinds: Vec<EventKind>,
+    seed: Option<&SeedId>,
+) -> Result<Vec<Event>> {
     let mut out = Vec::with_capacity(kinds.len());
-    let mut stmt =
-        tx.prepare_cached("INSERT INTO events(at, kind, body) VALUES (?1, ?2, ?3) RETURNING seq")?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO events(at, kind, body, seed_id) VALUES (?1, ?2, ?3, ?4) RETURNING seq",
+    )?;
     for kind in kinds {
-        let seq: i64 = stmt.query_row(params![now as i64, kind.name(), to_json(&kind)?], |r| {
-            r.get(0)
-        })?;
+        let about = prune::event_seed(&kind).or(seed).map(SeedId::as_str);
+        let seq: i64 = stmt.query_row(
+            params![now as i64, kind.name(), to_json(&kind)?, about],
+            |r| r.get(0),
+        )?;
         out.push(Event {
             seq: seq as u64,
             at: now,
@@ -1483,17 +1831,19 @@ fn refold(
             });
         }
         tx.execute(
-            "INSERT INTO seeds(id, publisher, status, created_at, updated_at, view)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO seeds(id, publisher, status, created_at, updated_at, view, ended_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(id) DO UPDATE SET status = excluded.status,
-                 updated_at = excluded.updated_at, view = excluded.view",
+                 updated_at = excluded.updated_at, view = excluded.view,
+                 ended_at = excluded.ended_at",
             params![
                 seed_id.as_str(),
                 view.seed.publisher.as_str(),
                 view.status.as_str(),
                 view.seed.created_at as i64,
                 now as i64,
-                to_json(view)?
+                to_json(view)?,
+                crate::retention::ended_at(view).map(|t| t.min(i64::MAX as u64) as i64)
             ],
         )?;
     }
@@ -1525,6 +1875,53 @@ mod tests {
         )
         .public()
         .clone()
+    }
+
+    #[test]
+    fn only_a_committed_local_operation_marks_the_outbox() {
+        use crate::model::{Deadlines, SandboxLevel, Seed, rules};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let me = public(1).node_id;
+        let now = 1_700_000_000_000;
+        let seed = Seed {
+            id: SeedId::from_bytes([3; 16]),
+            publisher: me.clone(),
+            command: "true".into(),
+            description: String::new(),
+            min_price: 1,
+            max_price: 10,
+            bid_window_secs: 30,
+            max_bids: 3,
+            timeout_secs: 60,
+            created_at: now,
+            audience: Vec::new(),
+            network: false,
+            isolation: SandboxLevel::Full,
+            rules: rules::CURRENT,
+            deadlines: Some(Deadlines::default()),
+        };
+        let id = seed.id.clone();
+        let failed = s.commit_local(
+            &me,
+            &id,
+            now,
+            |_| Err(Error::internal("refused")),
+            |_, _| Ok(Vec::new()),
+        );
+        assert!(failed.is_err());
+        assert!(!s.take_outbox_added());
+        s.commit_local(
+            &me,
+            &id,
+            now,
+            |_| Ok(Body::SeedCreated(seed)),
+            |_, _| Ok(b"envelope".to_vec()),
+        )
+        .unwrap();
+        assert!(s.take_outbox_added());
+        assert!(!s.take_outbox_added(), "taken once");
+        assert_eq!(s.outbox_due(now, 10).unwrap().len(), 1);
     }
 
     fn admission(max_peers: usize, address: Option<&str>) -> Admission {
@@ -1626,7 +2023,11 @@ mod tests {
             .execute_batch(
                 "DROP INDEX peers_by_source; ALTER TABLE peers DROP COLUMN admitted_from;
                  ALTER TABLE peers DROP COLUMN last_active; DROP TABLE certificates;
-                 DROP TABLE revocations; PRAGMA user_version = 3;",
+                 DROP TABLE revocations; DROP INDEX seeds_by_end;
+                 ALTER TABLE seeds DROP COLUMN ended_at; DROP INDEX events_by_seed;
+                 ALTER TABLE events DROP COLUMN seed_id; DROP TABLE pruned_seeds;
+                 DROP INDEX outbox_by_message; DROP TABLE alerts;
+                 DROP TABLE webhook_queue; DROP TABLE rotations; PRAGMA user_version = 3;",
             )
             .unwrap();
         drop(s);

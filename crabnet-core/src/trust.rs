@@ -69,7 +69,7 @@ pub enum TrustMode {
 }
 
 /// The trust policy (section `[trust]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrustConfig {
     /// `open` (default) or `anchored`.
@@ -88,11 +88,41 @@ pub struct TrustConfig {
     /// hello.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate: Option<PathBuf>,
+    /// How long after a peer's key rotation (its statement's `rotated_at`) envelopes signed
+    /// with its previous keys are still accepted, in seconds (0..=604800, default 3600).
+    pub rotation_grace_secs: u64,
+}
+
+/// Default of `trust.rotation_grace_secs`: one hour.
+pub const DEFAULT_ROTATION_GRACE_SECS: u64 = 3600;
+/// Largest `trust.rotation_grace_secs`: seven days.
+pub const MAX_ROTATION_GRACE_SECS: u64 = 7 * 86_400;
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            mode: TrustMode::default(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            anchors: Vec::new(),
+            certificate: None,
+            rotation_grace_secs: DEFAULT_ROTATION_GRACE_SECS,
+        }
+    }
 }
 
 impl TrustConfig {
     /// Checks what needs no file access: anchored mode names an anchor, entries are not empty.
     pub fn validate(&self) -> Result<()> {
+        if self.rotation_grace_secs > MAX_ROTATION_GRACE_SECS {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "trust.rotation_grace_secs = {} is out of range (0..={MAX_ROTATION_GRACE_SECS})",
+                    self.rotation_grace_secs
+                ),
+            ));
+        }
         if self.mode == TrustMode::Anchored && self.anchors.is_empty() {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -538,13 +568,8 @@ impl Revocation {
         };
         let revoked_from = u64::from_be_bytes(r.array());
         let issued_at = u64::from_be_bytes(r.array());
-        if issuer == Issuer::Node
-            && target != RevocationTarget::Node(crate::identity::node_id_for(&issuer_key))
-        {
-            return Err(malformed(
-                WHAT,
-                "a node may revoke only its own node id (the id of its signing keys)",
-            ));
+        if issuer == Issuer::Node && !matches!(target, RevocationTarget::Node(_)) {
+            return Err(malformed(WHAT, "a node may revoke only its own node id"));
         }
         Ok(Revocation {
             issuer,
@@ -556,12 +581,33 @@ impl Revocation {
         })
     }
 
-    /// Checks the issuer (a node revoking itself, or one of `anchors`) and both signatures.
+    /// Checks the issuer (a node revoking itself with the keys its id derives from, or one of
+    /// `anchors`) and both signatures.
     pub fn verify(&self, anchors: &[SigningPublic]) -> Result<(), TrustError> {
+        self.verify_with(anchors, &crate::rotation::Chains::default())
+    }
+
+    /// As [`Revocation::verify`], and a node that rotated its keys may also revoke itself
+    /// with the keys of any epoch on its rotation chain in `chains`.
+    pub(crate) fn verify_with(
+        &self,
+        anchors: &[SigningPublic],
+        chains: &crate::rotation::Chains,
+    ) -> Result<(), TrustError> {
         if self.issuer == Issuer::Anchor && !anchors.contains(&self.issuer_key) {
             return Err(TrustError::UnknownAnchor(hex::encode(anchor_id(
                 &self.issuer_key,
             ))));
+        }
+        if self.issuer == Issuer::Node
+            && let RevocationTarget::Node(id) = &self.target
+            && crate::identity::node_id_for(&self.issuer_key) != *id
+            && !chains.has_keys(id, &self.issuer_key)
+        {
+            return Err(malformed(
+                "revocation",
+                "a node may revoke only its own node id (with keys of its own)",
+            ));
         }
         let sig = DualSignature::from_bytes(&self.bytes[REV_SIGNED_LEN..])
             .map_err(|e| malformed("revocation", e.to_string()))?;
@@ -753,6 +799,8 @@ pub struct TrustStatus {
 
 #[derive(Debug, Default)]
 struct State {
+    chains: crate::rotation::Chains,
+    stored_rotations: u64,
     certificates: HashMap<NodeId, Certificate>,
     revoked_nodes: HashMap<NodeId, Millis>,
     revoked_serials: HashMap<[u8; 16], Millis>,
@@ -799,6 +847,7 @@ pub(crate) struct Trust {
     anchors: Vec<SigningPublic>,
     own_certificate: Option<Certificate>,
     state: Mutex<State>,
+    rotation_grace_ms: u64,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -811,6 +860,13 @@ impl Trust {
     /// or (with anchors configured) not signed by one of them.
     pub fn load(me: &PublicIdentity, config: &TrustConfig, store: &Store) -> Result<Trust> {
         let anchors = config.anchor_keys()?;
+        let mut chains = crate::rotation::Chains::default();
+        for bytes in store.rotations()? {
+            // Stored in epoch order per node; verified again (a damaged row ends that chain).
+            if let Ok(r) = crate::rotation::Rotation::parse(&bytes) {
+                let _ = chains.add(&r);
+            }
+        }
         let own_certificate = match &config.certificate {
             None => None,
             Some(path) => {
@@ -822,7 +878,7 @@ impl Trust {
                 };
                 let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
                 let cert = Certificate::parse(&bytes).map_err(|e| bad(e.to_string()))?;
-                if cert.node != *me {
+                if !covers(&cert, me, &chains) {
                     return Err(bad(format!(
                         "it certifies node {} (epoch {}), not this node's keys ({}, epoch {})",
                         cert.node.node_id, cert.node.epoch, me.node_id, me.epoch
@@ -841,7 +897,12 @@ impl Trust {
             deny: config.deny.iter().cloned().collect(),
             anchors,
             own_certificate,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                stored_rotations: store.rotation_count()?,
+                chains,
+                ..State::default()
+            }),
+            rotation_grace_ms: config.rotation_grace_secs.saturating_mul(1000),
         };
         {
             let mut st = lock(&trust.state);
@@ -861,6 +922,17 @@ impl Trust {
     /// Picks up revocations that another process (`crabnet trust import`, `revoke --self`)
     /// added to the store. Cheap when nothing changed (one count).
     pub fn refresh(&self, store: &Store) -> Result<()> {
+        let rotations = store.rotation_count()?;
+        if lock(&self.state).stored_rotations != rotations {
+            let all = store.rotations()?;
+            let mut st = lock(&self.state);
+            for bytes in &all {
+                if let Ok(r) = crate::rotation::Rotation::parse(bytes) {
+                    let _ = st.chains.add(&r);
+                }
+            }
+            st.stored_rotations = rotations;
+        }
         let count = store.revocation_count()?;
         if lock(&self.state).stored_revocations == count {
             return Ok(());
@@ -870,7 +942,7 @@ impl Trust {
         for bytes in &all {
             if let Ok(r) = Revocation::parse(bytes)
                 && !st.known.contains(&r.id())
-                && r.verify(&self.anchors).is_ok()
+                && r.verify_with(&self.anchors, &st.chains).is_ok()
             {
                 st.apply(&r);
             }
@@ -958,7 +1030,7 @@ impl Trust {
         if let Err(e) = cert.verify(&self.anchors) {
             return Ok(Err(format!("certificate: {e}")));
         }
-        if cert.node != *identity {
+        if !covers(&cert, identity, &lock(&self.state).chains) {
             return Ok(Err(
                 "the certificate is for other keys than the hello's".into()
             ));
@@ -988,7 +1060,7 @@ impl Trust {
         if lock(&self.state).known.contains(&r.id()) {
             return Ok(Ok(false));
         }
-        if let Err(e) = r.verify(&self.anchors) {
+        if let Err(e) = r.verify_with(&self.anchors, &lock(&self.state).chains) {
             return Ok(Err(e));
         }
         let new = store.put_revocation(&hex::encode(r.id()), r.to_bytes(), now)?;
@@ -1004,6 +1076,66 @@ impl Trust {
     /// no need to read the store).
     pub fn stored_revocations(&self) -> u64 {
         lock(&self.state).stored_revocations
+    }
+
+    /// How many rotation statements the store held when last looked at (0: none to send
+    /// with hellos, no need to read the store).
+    pub fn stored_rotations(&self) -> u64 {
+        lock(&self.state).stored_rotations
+    }
+
+    /// Verifies a key rotation statement against its node's chain and, when it is new,
+    /// persists it and moves the node's entry in the peer table to the new keys. A statement
+    /// of a node revoked at its `rotated_at` is refused. `Ok(Ok(Added::Known))`: already held.
+    pub fn add_rotation(
+        &self,
+        bytes: &[u8],
+        store: &mut Store,
+        now: Millis,
+    ) -> Result<Result<crate::rotation::Added, crate::rotation::RotationError>> {
+        use crate::rotation::{Added, Rotation, RotationError};
+        let r = match Rotation::parse(bytes) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        {
+            let mut st = lock(&self.state);
+            if st.node_revoked_at(&r.node_id, r.rotated_at) {
+                return Ok(Err(RotationError::Revoked(r.node_id.clone())));
+            }
+            match st.chains.add(&r) {
+                Ok(Added::New) => {}
+                other => return Ok(other),
+            }
+        }
+        if store.put_rotation(&r.node_id, r.epoch, r.to_bytes(), now)? {
+            lock(&self.state).stored_rotations += 1;
+        }
+        store.rotate_peer(&r.next)?;
+        Ok(Ok(Added::New))
+    }
+
+    /// A node's keys of `epoch` by its rotation chain (epoch 2 or later).
+    pub fn keys_at(&self, node: &NodeId, epoch: u32) -> Option<PublicIdentity> {
+        lock(&self.state).chains.keys_at(node, epoch).cloned()
+    }
+
+    /// A node's latest known key epoch (1 when it never rotated).
+    pub fn key_epoch(&self, node: &NodeId) -> u32 {
+        lock(&self.state).chains.epoch(node)
+    }
+
+    /// A node's replaced signing keys, newest first, each with the time until which it is
+    /// accepted (its successor's `rotated_at` plus `trust.rotation_grace_secs`).
+    pub fn old_keys(&self, node: &NodeId) -> Vec<crate::rotation::OldKey> {
+        lock(&self.state)
+            .chains
+            .old_keys(node, self.rotation_grace_ms)
+    }
+
+    /// A node's rotation chain, oldest first.
+    pub fn rotation_chain(&self, node: &NodeId) -> Vec<Vec<u8>> {
+        lock(&self.state).chains.chain(node)
     }
 
     /// This node's certificate, for its hello.
@@ -1045,6 +1177,34 @@ impl Trust {
             revoked_certificates,
         }
     }
+}
+
+/// Whether `cert` vouches for `identity`: it names exactly these keys and epoch, or it names
+/// the same node at an earlier epoch whose keys are on the node's rotation chain (rotations
+/// chain from the certified keys; the node id, and so revocation by id, stays the same).
+fn covers(cert: &Certificate, identity: &PublicIdentity, chains: &crate::rotation::Chains) -> bool {
+    if cert.node == *identity {
+        return true;
+    }
+    let node = &identity.node_id;
+    if cert.node.node_id != *node || cert.node.epoch >= identity.epoch {
+        return false;
+    }
+    let on_chain = |epoch: u32, keys: &PublicIdentity| {
+        if epoch == 1 {
+            // Epoch-1 keys are the ones the id derives from (checked when the certificate
+            // was parsed).
+            true
+        } else {
+            chains
+                .keys_at(node, epoch)
+                .is_some_and(|k| k.signing == keys.signing && k.kem == keys.kem)
+        }
+    };
+    on_chain(cert.node.epoch, &cert.node)
+        && chains
+            .keys_at(node, identity.epoch)
+            .is_some_and(|k| k.signing == identity.signing && k.kem == identity.kem)
 }
 
 fn check_certificate(cert: &Certificate, st: &State, at: Millis) -> Result<(), String> {
@@ -1125,7 +1285,7 @@ mod tests {
         let mut bytes = own.to_bytes().to_vec();
         let at = 2 + SIGNING_PUBLIC_LEN + 1;
         bytes[at..at + 32].copy_from_slice(&id_bytes(node(3).node_id()));
-        assert!(Revocation::parse(&bytes).is_err());
+        assert!(Revocation::parse(&bytes).is_ok_and(|r| r.verify(&[]).is_err()));
         let by_anchor =
             Revocation::by_anchor(&a, RevocationTarget::Certificate([9; 16]), 1, 2, [0; 32])
                 .unwrap();

@@ -1735,3 +1735,79 @@ fn demo_runs_a_whole_lifecycle() {
     );
     assert_eq!(v["seed"]["status"], "settled", "{v}");
 }
+
+#[test]
+fn status_lists_the_alerts_a_listening_node_fires() {
+    let (sb, dir) = one_node();
+    std::fs::create_dir_all(&dir).unwrap();
+    // Alone on its network: `no_peers` fires after 1 s (the CLI reads config.toml there).
+    std::fs::write(
+        dir.join("config.toml"),
+        "[alerts]\ninterval_ms = 100\nno_peers_secs = 1\n[network]\nhello_interval_secs = 1\n",
+    )
+    .unwrap();
+    let mut nodes = Listeners::default();
+    let l = sb.spawn_listener(&mut nodes, "alone", &dir, "127.0.0.1:0", &[]);
+    nodes.wait_ready(l, COMMAND_TIMEOUT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alerts = wait_until(
+        "status shows no_peers",
+        deadline,
+        || nodes.logs(),
+        || {
+            let v = sb.run(&dir, &["--json", "status"]).ok().json();
+            match v["alerts"].as_array() {
+                Some(a) if !a.is_empty() => Ok(a.clone()),
+                _ => Err(v.to_string()),
+            }
+        },
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["alert"], "no_peers");
+    let text = sb.run(&dir, &["status"]).ok().stdout;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ALERT     no_peers since ")),
+        "{text}"
+    );
+    assert!(!text.contains("none firing"), "{text}");
+}
+
+/// `crabnet bench --quick --json`: one JSON object on the last line with every figure present,
+/// positive and finite; its peer processes and temp directories are gone afterwards.
+#[test]
+fn bench_quick_prints_sane_figures_as_json_and_cleans_up() {
+    let sb = sandbox();
+    let mut cmd = sb.command();
+    cmd.args(["bench", "--quick", "--json"]);
+    let out = run_bounded_within(
+        cmd,
+        vec!["bench".into(), "--quick".into(), "--json".into()],
+        Duration::from_secs(90),
+    );
+    assert!(out.success(), "{out:?}");
+    let last = out.stdout.lines().last().expect("a line of output");
+    let report: Value = serde_json::from_str(last).expect("the last line is JSON");
+    for field in [
+        "verify_floor_per_s",
+        "applied_per_s",
+        "apply_ratio",
+        "sign_verify_overhead",
+        "publish_per_s",
+    ] {
+        let value = report[field].as_f64();
+        assert!(
+            value.is_some_and(|v| v.is_finite() && v > 0.0),
+            "{field} = {:?} in {last}",
+            report[field]
+        );
+    }
+    let (sent, applied) = (report["sent"].as_u64(), report["applied"].as_u64());
+    assert!(
+        sent == Some(40) && applied.is_some_and(|a| a > 1 && a <= 40),
+        "{last}"
+    );
+    // The peers' and the node's data directories lived under TMPDIR and were removed.
+    let left: Vec<_> = std::fs::read_dir(sb.path().join("tmp")).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

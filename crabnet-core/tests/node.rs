@@ -224,7 +224,7 @@ async fn replayed_messages_change_nothing() {
     let before = b.overview().await.unwrap();
     // Sync may deliver the same envelope once more on its own: count from here.
     let dup =
-        |o: &crabnet_core::Overview| o.counters.get("rejected.duplicate").copied().unwrap_or(0);
+        |o: &crabnet_core::Overview| o.counters.get("messages.duplicate").copied().unwrap_or(0);
     for _ in 0..3 {
         tap.broadcast(&frame.bytes).unwrap();
     }

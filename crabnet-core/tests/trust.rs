@@ -131,13 +131,13 @@ async fn replays_are_rejected_before_and_after_a_restart() {
     eventually_knows(&node, &id_of(&m)).await;
     let digest = node.overview().await.unwrap().state_digest;
     wire.broadcast(&bytes).unwrap();
-    wait_counter(&node, "rejected.duplicate", 1).await;
+    wait_counter(&node, "messages.duplicate", 1).await;
     node.stop().await.unwrap();
     drop(node);
 
     let node = start(dir.path(), "n", &hub, None).await;
     wire.broadcast(&bytes).unwrap();
-    wait_counter(&node, "rejected.duplicate", 2).await;
+    wait_counter(&node, "messages.duplicate", 2).await;
     assert_eq!(node.overview().await.unwrap().state_digest, digest);
     node.stop().await.unwrap();
 }

@@ -285,8 +285,9 @@ fn concrete(path: &str, seed_id: &str) -> String {
     path.replace("{id}", seed_id).replace("{file}", "app.js")
 }
 
-const ROUTES: [&str; 11] = [
+const ROUTES: [&str; 12] = [
     "/",
+    "/api/alerts",
     "/api/events",
     "/api/events/stream",
     "/api/openapi.json",
@@ -461,7 +462,7 @@ async fn health_overview_topology_and_seeds_show_the_network() {
     assert_eq!(o["recent_seeds"][0]["status"], "settled");
     assert_eq!(o["recent_seeds"][0]["bids"], 2);
     assert_eq!(o["peers"].as_array().unwrap().len(), 2);
-    assert_eq!(o["rejections"].as_object().unwrap().len(), 12);
+    assert_eq!(o["rejections"].as_object().unwrap().len(), 13);
     assert_eq!(o["rejections"]["bad_signature"], 0);
     assert!(o["counters"]["messages.sent"].as_u64().unwrap() >= 3);
     assert!(o["last_event_seq"].as_u64().unwrap() > 5);

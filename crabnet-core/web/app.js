@@ -7,7 +7,7 @@ const EVENT_TYPES = [
   "node_started", "node_stopped", "seed_published", "bid_placed", "bidding_closed",
   "seed_claimed", "task_started", "result_recorded", "seed_settled", "seed_cancelled",
   "status_changed", "peer_discovered", "message_accepted", "message_deferred",
-  "message_rejected", "transport_status", "send_failed", "events_dropped",
+  "message_rejected", "transport_status", "send_failed", "alert_firing", "alert_resolved", "events_dropped",
 ];
 const LIFECYCLE = new Set([
   "seed_published", "bid_placed", "bidding_closed", "seed_claimed", "task_started",
@@ -167,6 +167,24 @@ function renderSandbox(sb) {
   if (sb.missing.length) {
     row("missing", "missing", el("ul", { class: "missing" }, ...sb.missing.map((m) => el("li", {}, m))));
   }
+}
+
+// Alerts firing now (GET /api/alerts).
+async function loadAlerts() {
+  const a = await api("/api/alerts");
+  const list = $("alerts");
+  list.replaceChildren();
+  document.body.dataset.alerts = String(a.active.length);
+  for (const alert of a.active) {
+    list.append(el("li", { class: "nonzero", dataset: { key: alert.alert } },
+      badge(alert.alert.replaceAll("_", " "), "bad", `since ${new Date(alert.since).toISOString()}`),
+      el("span", { class: "text" }, ` ${alert.detail}`)));
+  }
+  $("alerts-empty").hidden = a.active.length > 0;
+  $("alerts-empty").textContent = a.evaluated
+    ? "No alert is firing."
+    : "No alert is firing (rules run in the node on the network).";
+  $("alerts-queue").textContent = a.webhook_queue ? `${a.webhook_queue} webhook deliveries queued` : "";
 }
 
 async function loadHealth() {
@@ -347,6 +365,8 @@ function describe(e) {
     case "message_rejected": return `${e.reason}${e.sender ? ` from ${who(e.sender)}` : ""}: ${e.detail}`;
     case "transport_status": return `${e.transport}: ${e.detail}`;
     case "send_failed": return `${short(e.message_id)}: ${e.detail}`;
+    case "alert_firing": return `${e.alert.replaceAll("_", " ")} firing: ${e.detail}`;
+    case "alert_resolved": return `${e.alert.replaceAll("_", " ")} resolved (value ${e.value}, threshold ${e.threshold})`;
     case "events_dropped": return `${e.count} events missed`;
     default: {
       const rest = Object.assign({}, e);
@@ -359,7 +379,7 @@ function describe(e) {
 function addEvent(e, source) {
   if (e.seq && e.seq <= state.lastSeq) return; // already shown
   if (e.seq) state.lastSeq = e.seq;
-  const cls = e.type === "message_rejected" || e.type === "send_failed" ? "rejected" : LIFECYCLE.has(e.type) ? "lifecycle" : "";
+  const cls = e.type === "message_rejected" || e.type === "send_failed" || e.type === "alert_firing" ? "rejected" : LIFECYCLE.has(e.type) ? "lifecycle" : "";
   const li = el("li", { dataset: { seq: e.seq, type: e.type, source, seedId: e.seed_id } },
     el("span", { class: "seq" }, e.seq || ""),
     el("span", { class: "time", title: new Date(e.at).toISOString() }, time(e.at)),
@@ -376,7 +396,7 @@ function scheduleRefresh(e) {
   clearTimeout(state.refreshTimer);
   state.refreshTimer = setTimeout(async () => {
     try {
-      await Promise.all([loadOverview(), loadSeeds()]);
+      await Promise.all([loadOverview(), loadSeeds(), loadAlerts()]);
       if (state.selectedSeed) await loadSeedDetail();
       showError(null);
     } catch (err) {
@@ -442,7 +462,7 @@ async function start() {
   loadHealth();
   try {
     const o = await loadOverview();
-    await Promise.all([loadSeeds(), loadTopology(), loadRecentEvents(o.last_event_seq)]);
+    await Promise.all([loadSeeds(), loadTopology(), loadAlerts(), loadRecentEvents(o.last_event_seq)]);
     showError(null);
   } catch (e) {
     showError(e);

@@ -784,6 +784,25 @@ pub unsafe extern "C" fn crabnet_node_overview(
     }
 }
 
+/// Rotates this node's keys (new signing and encryption keys for the next key epoch; the
+/// node id stays the same; peers accept the old keys for `trust.rotation_grace_secs`), and
+/// writes what the rotation statement says as a JSON object with `node_id`, `key_epoch`,
+/// `rotated_at` (Unix ms), `signing_public` and `kem_public` (hex).
+///
+/// On success `*out_json` receives a string, freed with `crabnet_string_free`.
+/// Errors: `NULL_ARGUMENT`, `STOPPED`, `STORE`, `IO`, `CONFIG`, `VALIDATION`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crabnet_node_rotate_keys(
+    node: *const crabnet_node,
+    out_json: *mut *mut c_char,
+) -> crabnet_status {
+    unsafe {
+        ffi_out("crabnet_node_rotate_keys", out_json, "out_json", || {
+            to_json(&crabnet_node::borrow(node, "node")?.node.rotate_keys()?)
+        })
+    }
+}
+
 /// Writes the peers this node verified a hello from, as a JSON array of objects with
 /// `node_id`, `name`, `addresses`, `fingerprint`, `key_epoch`, `first_seen`, `last_seen`.
 ///

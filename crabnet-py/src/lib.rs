@@ -126,6 +126,7 @@ fn reject_reasons() -> Vec<&'static str> {
         R::NotAdmitted,
         R::RateLimited,
         R::LamportAhead,
+        R::RotatedKey,
     ];
     for reason in all {
         match reason {
@@ -140,7 +141,8 @@ fn reject_reasons() -> Vec<&'static str> {
             | R::Rule
             | R::NotAdmitted
             | R::RateLimited
-            | R::LamportAhead => {}
+            | R::LamportAhead
+            | R::RotatedKey => {}
         }
     }
     all.iter().map(|r| r.as_str()).collect()

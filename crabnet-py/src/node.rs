@@ -278,6 +278,11 @@ impl NativeNode {
         self.call(py, |n| n.overview())
     }
 
+    /// Rotates the node's keys; returns the core's `RotationInfo` as JSON.
+    fn rotate_keys(&self, py: Python<'_>) -> PyResult<String> {
+        self.call(py, |n| n.rotate_keys())
+    }
+
     /// The peers whose hellos this node verified, as JSON (a list of the core's `PeerInfo`).
     fn peers(&self, py: Python<'_>) -> PyResult<String> {
         self.call(py, |n| n.peers())

@@ -61,6 +61,7 @@ fn main() {
         signing_public: sender.public().signing.to_bytes(),
         kem_public: sender.public().kem.to_bytes(),
         certificate: None,
+        rotations: Vec::new(),
     };
     let header = Header {
         kind: Kind::NodeHello,

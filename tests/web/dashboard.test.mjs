@@ -109,10 +109,10 @@ test("the dashboard shows the demo network and live events", { timeout: 240_000 
     const names = await page.$$eval("#topology g.node text:not(.fp)", (ts) => ts.map((t) => t.textContent).sort());
     assert.deepEqual(names, ["alice", "bob", "carol"]);
     assert.equal(await page.$$eval("#topology line", (ls) => ls.length), 2);
-    // One row per rejection reason the API reports (12 today).
+    // One row per rejection reason the API reports (13 today).
     const overview = await page.evaluate(() => fetch("/api/overview").then((r) => r.json()));
     const reasons = Object.keys(overview.rejections).length;
-    assert.equal(reasons, 12);
+    assert.equal(reasons, 13);
     assert.equal(await page.$$eval("#rejections li[data-key]", (ls) => ls.length), reasons);
     // The task sandbox card shows what /api/overview says: this machine (like CI) builds the
     // full sandbox. The demo's result shows the sandbox it ran in, in the table and in detail.

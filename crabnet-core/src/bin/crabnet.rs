@@ -11,6 +11,7 @@ use crabnet_core::demo::{self, DemoOptions};
 use crabnet_core::logging::LevelFilter;
 use crabnet_core::model::{Deadlines, SandboxLevel};
 use crabnet_core::network::{DhtConfig, UdpConfig, UdpTransport};
+use crabnet_core::perf;
 use crabnet_core::web::{WebConfig, WebHandle};
 use crabnet_core::{
     Config, Error, ErrorKind, Event, Node, NodeId, PublishRequest, SeedId, SeedStatus, SeedView,
@@ -58,6 +59,22 @@ enum Command {
     /// The trust policy: anchors, membership certificates, revocations.
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Measure this machine: the signature verify floor, the envelope overhead, publish and
+    /// apply throughput (starts its own peer processes on 127.0.0.1; about a minute).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// A run of a few seconds (1 peer, 40 seeds) that checks the machinery, not the machine.
+    #[arg(long)]
+    quick: bool,
+    /// Number of peer processes (default 2; 1 with --quick).
+    #[arg(long, value_name = "N")]
+    peers: Option<usize>,
+    /// Seeds each peer sends to the node (default 500; 40 with --quick).
+    #[arg(long, value_name = "N")]
+    seeds: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -123,6 +140,11 @@ enum TrustCommand {
         #[arg(long, value_name = "FILE", required_unless_present = "own")]
         out: Option<PathBuf>,
     },
+    /// Rotate this node's keys: new signing and encryption keys for the next key epoch,
+    /// announced by a statement signed with the current keys (the node id stays the same; a
+    /// running `crabnet listen` on this data directory switches at its next tick; peers accept
+    /// the old keys for trust.rotation_grace_secs).
+    Rotate,
     /// Add a revocation file to this node (it applies it and sends it to its peers).
     Import {
         /// The revocation file.
@@ -425,6 +447,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     match &cli.command {
         Command::Demo(args) => return run_demo(args, json).await,
         Command::Listen(args) => return listen(load_config(&cli)?, args, json).await,
+        Command::Bench(args) => return bench(args, json).await,
         _ => {}
     }
     let config = load_config(&cli)?;
@@ -444,12 +467,36 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Status => {
-            let o = with_node(config, async |n| n.overview().await).await?;
+            let (o, alerts) = with_node(config, async |n| {
+                Ok((n.overview().await?, n.active_alerts().await?))
+            })
+            .await?;
             if json {
-                print_json(&o);
+                /// The overview with the alerts firing now.
+                #[derive(Serialize)]
+                struct StatusJson<'a> {
+                    #[serde(flatten)]
+                    overview: &'a crabnet_core::Overview,
+                    alerts: &'a [crabnet_core::alerts::ActiveAlert],
+                }
+                print_json(&StatusJson {
+                    overview: &o,
+                    alerts: &alerts,
+                });
             } else {
                 println!("node      {} ({})", o.node_id, o.name);
                 println!("data dir  {}", o.data_dir);
+                if alerts.is_empty() {
+                    println!("alerts    none firing");
+                }
+                for a in &alerts {
+                    println!(
+                        "ALERT     {} since {}: {}",
+                        a.alert,
+                        format_ms(a.since),
+                        a.detail
+                    );
+                }
                 let counts: Vec<String> = o
                     .seeds_by_status
                     .iter()
@@ -517,7 +564,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Seed(cmd) => seed_command(config, cmd, json).await?,
         Command::Events(args) => events(config, args, json).await?,
         Command::Trust(cmd) => trust_command(config, cmd, json).await?,
-        Command::Demo(_) | Command::Listen(_) => unreachable!("handled above"),
+        Command::Demo(_) | Command::Listen(_) | Command::Bench(_) => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -661,6 +708,23 @@ async fn trust_command(config: Config, cmd: TrustCommand, json: bool) -> Result<
                 write_file(&out, revocation.to_bytes())?;
             }
             show_revocation(&revocation, json);
+        }
+        TrustCommand::Rotate => {
+            let r = with_node(config, async |n| n.rotate_keys().await).await?;
+            let record = IdentityRecord::of(&r.next);
+            if json {
+                print_json(&serde_json::json!({
+                    "node_id": r.node_id,
+                    "key_epoch": r.epoch,
+                    "rotated_at": r.rotated_at,
+                    "identity": record,
+                }));
+            } else {
+                println!(
+                    "node {} now uses key epoch {} (rotated at {})",
+                    r.node_id, r.epoch, r.rotated_at
+                );
+            }
         }
         TrustCommand::Import { file } => {
             let bytes = read_file(&file, "revocation file")?;
@@ -1024,6 +1088,14 @@ fn print_event(e: &Event, json: bool) {
 async fn events(config: Config, args: EventsArgs, json: bool) -> Result<(), Error> {
     with_node(config, async |n| {
         let mut after = args.since;
+        let pruned = n.events_pruned_through().await?;
+        if after < pruned {
+            eprintln!(
+                "note: events {} to {pruned} were pruned ([retention] events_max_rows and \
+                 events_max_age_secs); listing from the oldest kept",
+                after + 1
+            );
+        }
         let first = n.events_after(after, args.limit).await?;
         for e in &first {
             print_event(e, json);
@@ -1171,6 +1243,58 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
 
 /// A Ctrl-C future whose signal handler is installed now, so that a SIGINT sent as soon as the
 /// banner is printed stops the process gracefully instead of killing it.
+/// `crabnet bench`: runs [`crabnet_core::perf::run`] with peers started from this executable.
+async fn bench(args: &BenchArgs, json: bool) -> Result<(), Error> {
+    let program = std::env::current_exe()?;
+    let mut opts = if args.quick {
+        perf::BenchOptions::quick(program)
+    } else {
+        perf::BenchOptions::new(program)
+    };
+    if let Some(peers) = args.peers {
+        opts.peers = peers;
+    }
+    if let Some(seeds) = args.seeds {
+        opts.seeds_per_peer = seeds;
+    }
+    if !json {
+        eprintln!(
+            "crabnet bench: {} peer process(es), {} seeds each...",
+            opts.peers, opts.seeds_per_peer
+        );
+    }
+    // Dropping the run (Ctrl-C) kills its peer processes and removes its temp directories.
+    let r = tokio::select! {
+        r = perf::run(&opts) => r?,
+        _ = interrupt_handler() => {
+            return Err(Error::new(ErrorKind::Stopped, "interrupted"));
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&r).expect("reports serialize"));
+        return Ok(());
+    }
+    println!(
+        "verify floor      {:>10.0} envelopes/s  ({:.1} µs: Ed25519 + ML-DSA-44, keys expanded, one thread)",
+        r.verify_floor_per_s, r.verify_floor_us
+    );
+    println!(
+        "sign+verify       {:>10.3} x raw        (envelope {:.1} µs, raw {:.1} µs)",
+        r.sign_verify_overhead, r.envelope_sign_verify_us, r.raw_sign_verify_us
+    );
+    println!(
+        "publish           {:>10.0} seeds/s      (Node::publish, store.sync = {})",
+        r.publish_per_s, r.store_sync
+    );
+    println!(
+        "applied           {:>10.0} envelopes/s  ({} of {} from {} peer process(es))",
+        r.applied_per_s, r.applied, r.sent, r.peers
+    );
+    println!("apply ratio       {:>10.3} of the floor", r.apply_ratio);
+    println!("elapsed           {:>10.1} s", r.elapsed_s);
+    Ok(())
+}
+
 fn interrupt_handler() -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>>>>
 {
     let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());

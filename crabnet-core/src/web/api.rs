@@ -28,6 +28,7 @@ use super::AppState;
 use super::assets;
 use super::http::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::metrics::{self, Metrics, Query, StreamGuard};
+use crate::alerts::ActiveAlert;
 use crate::clock::now_ms;
 use crate::error::ErrorKind;
 use crate::model::{Millis, NodeId, SandboxLevel, SeedId, SeedStatus};
@@ -50,7 +51,7 @@ const BATCH: usize = 500;
 const MAX_SCAN: usize = 20 * BATCH;
 
 /// Every rejection reason, in the order counters are shown.
-pub(crate) const REJECT_REASONS: [RejectReason; 12] = [
+pub(crate) const REJECT_REASONS: [RejectReason; 13] = [
     RejectReason::Malformed,
     RejectReason::Oversized,
     RejectReason::Duplicate,
@@ -63,6 +64,7 @@ pub(crate) const REJECT_REASONS: [RejectReason; 12] = [
     RejectReason::NotAdmitted,
     RejectReason::RateLimited,
     RejectReason::LamportAhead,
+    RejectReason::RotatedKey,
 ];
 
 /// Compile-time reminder: a new reason fails this match until it is added above.
@@ -78,11 +80,12 @@ const _: fn(RejectReason) = |r| match r {
     | RejectReason::Rule
     | RejectReason::NotAdmitted
     | RejectReason::RateLimited
-    | RejectReason::LamportAhead => {}
+    | RejectReason::LamportAhead
+    | RejectReason::RotatedKey => {}
 };
 
 /// Every event type name (the `type` field of an event), for the `kind` filter.
-pub(crate) const EVENT_KINDS: [&str; 20] = [
+pub(crate) const EVENT_KINDS: [&str; 22] = [
     "node_started",
     "node_stopped",
     "seed_published",
@@ -102,6 +105,8 @@ pub(crate) const EVENT_KINDS: [&str; 20] = [
     "message_rejected",
     "transport_status",
     "send_failed",
+    "alert_firing",
+    "alert_resolved",
     "events_dropped",
 ];
 
@@ -126,6 +131,8 @@ const _: fn(&EventKind) = |k| match k {
     | EventKind::MessageRejected { .. }
     | EventKind::TransportStatus { .. }
     | EventKind::SendFailed { .. }
+    | EventKind::AlertFiring { .. }
+    | EventKind::AlertResolved { .. }
     | EventKind::EventsDropped { .. } => {}
 };
 
@@ -295,6 +302,9 @@ struct EventsPage {
     next_since: u64,
     /// Whether events after `next_since` exist.
     more: bool,
+    /// The last event pruned by retention (`[retention]` in the config; 0: none was). A
+    /// `since` below it missed the events up to it: they no longer exist.
+    pruned_through: u64,
 }
 
 /// A page of seeds.
@@ -618,6 +628,7 @@ async fn events(
     let limit = page_limit(q.limit)?;
     let kinds = Kinds::parse(q.kind.as_deref())?;
     let mut cursor = q.since.unwrap_or(0);
+    let pruned_through = s.node.events_pruned_through().await?;
     let mut events = Vec::new();
     let mut scanned = 0;
     let more = loop {
@@ -651,6 +662,7 @@ async fn events(
         events,
         next_since: cursor,
         more,
+        pruned_through,
     }))
 }
 
@@ -744,6 +756,26 @@ async fn next_event(mut t: Tail) -> Option<(Result<sse::Event, Infallible>, Tail
             return Some((Ok(event), t));
         }
         if let Some(cursor) = t.cursor {
+            // Events pruned by retention after the cursor: said once, as a missed count.
+            match t.node.events_pruned_through().await {
+                Ok(pruned) if pruned > cursor => {
+                    t.cursor = Some(pruned);
+                    let missed = Event {
+                        seq: pruned,
+                        at: now_ms(),
+                        kind: EventKind::EventsDropped {
+                            count: pruned - cursor,
+                        },
+                    };
+                    if t.kinds.keep(&missed) {
+                        t.queue.push_back(missed);
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Stopped => return None,
+                Err(e) => tracing::warn!("event stream cannot read the retention mark: {e}"),
+            }
             match events_after(&t.node, &t.metrics, cursor, BATCH).await {
                 Ok(batch) => {
                     let full = batch.len() == BATCH;
@@ -823,6 +855,41 @@ async fn topology(State(s): State<S>) -> Result<Json<Topology>, ApiError> {
     }))
 }
 
+/// The alerts firing now and the webhook queue.
+#[derive(Debug, Serialize, ToSchema)]
+struct AlertsView {
+    /// Whether this node evaluates the alert rules (it runs the network and `alerts.enabled`
+    /// is set); otherwise the list shows what the node on the network last recorded.
+    evaluated: bool,
+    /// The alerts firing now, in rule order.
+    active: Vec<ActiveAlert>,
+    /// Webhook deliveries waiting to be sent or retried.
+    webhook_queue: u64,
+}
+
+/// The alerts firing now (see the `[alerts]` config section), and the webhook queue.
+#[utoipa::path(
+    get,
+    path = "/api/alerts",
+    tag = "monitor",
+    responses(
+        (status = 200, description = "Active alerts", body = AlertsView),
+        (status = 503, description = "The node stopped", body = ErrorBody),
+    )
+)]
+async fn alerts(State(s): State<S>) -> Result<Json<AlertsView>, ApiError> {
+    let m = &s.metrics;
+    let (active, queue) = tokio::join!(
+        m.timed(Query::Alerts, s.node.active_alerts()),
+        m.timed(Query::Alerts, s.node.webhook_queue_len()),
+    );
+    Ok(Json(AlertsView {
+        evaluated: s.node.transport_name().is_some() && s.node.config().alerts.enabled,
+        active: active?,
+        webhook_queue: queue?,
+    }))
+}
+
 /// Seeds known to this node, newest first.
 #[utoipa::path(
     get,
@@ -884,8 +951,23 @@ async fn seed(
     )
 )]
 async fn prometheus(State(s): State<S>) -> Result<Response, ApiError> {
-    let o = s.metrics.timed(Query::Overview, s.node.overview()).await?;
-    let text = metrics::render(&o, &s.metrics);
+    let m = &s.metrics;
+    let (o, peers, active, queue) = tokio::join!(
+        m.timed(Query::Overview, s.node.overview()),
+        m.timed(Query::Peers, s.node.peers()),
+        m.timed(Query::Alerts, s.node.active_alerts()),
+        m.timed(Query::Alerts, s.node.webhook_queue_len()),
+    );
+    let live = peer_views(&s.node, peers?)
+        .iter()
+        .filter(|p| p.active)
+        .count() as u64;
+    let alerting = metrics::Alerting {
+        active: active?,
+        webhook_queue: queue?,
+        peers_active: live,
+    };
+    let text = metrics::render(&o?, &alerting, &s.metrics);
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -1064,6 +1146,7 @@ fn api_router() -> OpenApiRouter<S> {
         .routes(routes!(topology))
         .routes(routes!(seeds))
         .routes(routes!(seed))
+        .routes(routes!(alerts))
         .routes(routes!(prometheus))
         .routes(routes!(openapi_json))
         .routes(routes!(dashboard))

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use crate::alerts::{ActiveAlert, AlertName};
 use crate::model::{SandboxLevel, SeedStatus};
 use crate::node::Overview;
 
@@ -19,15 +20,17 @@ pub(crate) enum Query {
     Seed,
     Peers,
     Events,
+    Alerts,
 }
 
 impl Query {
-    const ALL: [Query; 5] = [
+    const ALL: [Query; 6] = [
         Query::Overview,
         Query::Seeds,
         Query::Seed,
         Query::Peers,
         Query::Events,
+        Query::Alerts,
     ];
 
     fn name(self) -> &'static str {
@@ -37,6 +40,7 @@ impl Query {
             Query::Seed => "seed",
             Query::Peers => "peers",
             Query::Events => "events",
+            Query::Alerts => "alerts",
         }
     }
 }
@@ -137,8 +141,19 @@ fn level_value(level: SandboxLevel) -> u8 {
     }
 }
 
+/// What the alert gauges show.
+#[derive(Debug, Default)]
+pub(crate) struct Alerting {
+    /// The alerts firing now.
+    pub active: Vec<ActiveAlert>,
+    /// Webhook deliveries queued.
+    pub webhook_queue: u64,
+    /// Peers whose latest hello is recent (within three hello intervals).
+    pub peers_active: u64,
+}
+
 /// The whole exposition.
-pub(crate) fn render(overview: &Overview, metrics: &Metrics) -> String {
+pub(crate) fn render(overview: &Overview, alerting: &Alerting, metrics: &Metrics) -> String {
     let mut out = Out(String::new());
     let counter = |name: &str| overview.counters.get(name).copied().unwrap_or(0);
 
@@ -261,6 +276,44 @@ pub(crate) fn render(overview: &Overview, metrics: &Metrics) -> String {
         "Peers whose signed hello this node verified.",
     );
     out.sample("crabnet_peers", &[], overview.peers);
+    out.family(
+        "crabnet_peers_active",
+        "gauge",
+        "Peers whose latest verified hello arrived within three hello intervals.",
+    );
+    out.sample("crabnet_peers_active", &[], alerting.peers_active);
+
+    out.family(
+        "crabnet_alert_active",
+        "gauge",
+        "1 while the node's alert rule is firing, else 0 (see the [alerts] config section).",
+    );
+    for name in AlertName::ALL {
+        let firing = alerting.active.iter().any(|a| a.alert == name);
+        out.sample(
+            "crabnet_alert_active",
+            &[("alert", name.as_str())],
+            u8::from(firing),
+        );
+    }
+    out.family(
+        "crabnet_alert_since_seconds",
+        "gauge",
+        "When a firing alert fired (Unix seconds); only firing alerts have a sample.",
+    );
+    for a in &alerting.active {
+        out.sample(
+            "crabnet_alert_since_seconds",
+            &[("alert", a.alert.as_str())],
+            a.since / 1000,
+        );
+    }
+    out.family(
+        "crabnet_alert_webhook_queue",
+        "gauge",
+        "Alert webhook deliveries waiting to be sent or retried.",
+    );
+    out.sample("crabnet_alert_webhook_queue", &[], alerting.webhook_queue);
     out.family(
         "crabnet_outbox_pending",
         "gauge",
@@ -400,7 +453,7 @@ mod tests {
             ),
         ] {
             let policy = status.policy.as_str();
-            let text = render(&overview("n", status), &m);
+            let text = render(&overview("n", status), &Alerting::default(), &m);
             let series = format!("crabnet_task_sandbox_level{{policy=\"{policy}\"}}");
             assert_eq!(value(&text, &series), level, "{text}");
             assert_eq!(value(&text, "crabnet_task_sandbox_can_run"), can_run);
@@ -418,7 +471,7 @@ mod tests {
         m.store[Query::Seed as usize].observe(10.0);
         let status = crate::runner::RunnerConfig::default().sandbox_status();
         let overview = overview("a \"quoted\"\nname\\", status);
-        let text = render(&overview, &m);
+        let text = render(&overview, &Alerting::default(), &m);
         assert!(text.contains(r#"name="a \"quoted\"\nname\\""#), "{text}");
         let bucket = |le: &str| {
             let prefix = format!(
@@ -434,5 +487,66 @@ mod tests {
         assert_eq!(bucket("2.5"), "2");
         assert_eq!(bucket("+Inf"), "3");
         assert!(text.contains("crabnet_store_query_duration_seconds_count{query=\"seed\"} 3"));
+    }
+}
+
+#[cfg(test)]
+mod alert_tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_has_an_alert_gauge_and_firing_ones_are_1() {
+        let status = crate::runner::RunnerConfig::default().sandbox_status();
+        let o = Overview {
+            node_id: crate::model::NodeId::from_bytes([7; 32]),
+            name: "n".into(),
+            data_dir: "/d".into(),
+            transport: None,
+            seeds_by_status: Default::default(),
+            outbox_pending: 0,
+            counters: Default::default(),
+            last_event_seq: 0,
+            state_digest: String::new(),
+            peers: 3,
+            addresses: Vec::new(),
+            sandbox: status,
+        };
+        let alerting = Alerting {
+            active: vec![ActiveAlert {
+                alert: AlertName::NoPeers,
+                since: 1_700_000_000_000,
+                value: 0,
+                threshold: 120,
+                detail: "none".into(),
+            }],
+            webhook_queue: 2,
+            peers_active: 0,
+        };
+        let text = render(&o, &alerting, &Metrics::default());
+        for name in AlertName::ALL {
+            let want = if name == AlertName::NoPeers { "1" } else { "0" };
+            let series = format!("crabnet_alert_active{{alert=\"{name}\"}} {want}\n");
+            assert!(text.contains(&series), "{series}\n{text}");
+        }
+        assert!(text.contains("crabnet_alert_since_seconds{alert=\"no_peers\"} 1700000000\n"));
+        assert!(text.contains("crabnet_alert_webhook_queue 2\n"));
+        assert!(text.contains("crabnet_peers_active 0\n"));
+        assert!(text.contains("crabnet_peers 3\n"));
+
+        // The shipped Prometheus rules use only metrics the node exports.
+        let rules = include_str!("../../../ops/prometheus/crabnet-rules.yml");
+        let mut used: Vec<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("crabnet_"))
+            .collect();
+        used.sort();
+        used.dedup();
+        assert!(used.len() >= 6, "{used:?}");
+        for name in used {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "the rules use {name}, which /metrics does not export"
+            );
+        }
     }
 }

@@ -71,6 +71,21 @@ pub fn plain(signer: &Identity, kind: Kind, payload: &[u8]) -> Vec<u8> {
 /// A hello announcing `id`'s keys (with `certificate`), signed by `signer` (a forgery when
 /// that is another identity).
 pub fn hello_signed_by(id: &Identity, signer: &Identity, certificate: Option<Vec<u8>>) -> Vec<u8> {
+    hello_full(id, signer, certificate, Vec::new())
+}
+
+/// A hello of `id` (rotated keys) carrying its rotation chain `rotations`, signed by `id`.
+#[allow(dead_code)]
+pub fn hello_rotated(id: &Identity, rotations: Vec<Vec<u8>>) -> Vec<u8> {
+    hello_full(id, id, None, rotations)
+}
+
+fn hello_full(
+    id: &Identity,
+    signer: &Identity,
+    certificate: Option<Vec<u8>>,
+    rotations: Vec<Vec<u8>>,
+) -> Vec<u8> {
     let hello = Hello {
         name: "stranger".into(),
         addresses: vec![],
@@ -78,6 +93,10 @@ pub fn hello_signed_by(id: &Identity, signer: &Identity, certificate: Option<Vec
         signing_public: id.public().signing.to_bytes(),
         kem_public: id.public().kem.to_bytes(),
         certificate,
+        rotations: rotations
+            .into_iter()
+            .map(serde_bytes::ByteBuf::from)
+            .collect(),
     };
     plain(signer, Kind::NodeHello, &envelope::encode_hello(&hello))
 }

@@ -859,26 +859,29 @@ impl Net {
     /// its id.
     #[track_caller]
     pub fn publish(&self, i: usize, command: &str, max_bids: u32) -> String {
+        self.publish_with(i, command, max_bids, &[])
+    }
+
+    /// [`Net::publish`] with more `seed publish` options (deadlines, ...).
+    #[track_caller]
+    pub fn publish_with(&self, i: usize, command: &str, max_bids: u32, extra: &[&str]) -> String {
         let max_bids = max_bids.to_string();
-        let out = self
-            .run(
-                i,
-                &[
-                    "seed",
-                    "publish",
-                    "--command",
-                    command,
-                    "--max-bids",
-                    &max_bids,
-                    "--bid-window",
-                    "120",
-                    "--min-price",
-                    "1",
-                    "--max-price",
-                    "100",
-                ],
-            )
-            .ok();
+        let mut args = vec![
+            "seed",
+            "publish",
+            "--command",
+            command,
+            "--max-bids",
+            &max_bids,
+            "--bid-window",
+            "120",
+            "--min-price",
+            "1",
+            "--max-price",
+            "100",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.run(i, &args).ok();
         let id = out.stdout.trim().to_owned();
         assert!(
             is_hex(&id, 32),

@@ -42,6 +42,8 @@ from ._demo import DEFAULT_DEMO_COMMAND, DemoReport, demo
 from ._model import (
     EVENT_TYPES,
     _Record,
+    AlertFiring,
+    AlertResolved,
     Award,
     Bid,
     BiddingClosed,
@@ -49,6 +51,7 @@ from ._model import (
     Claim,
     Event,
     EventsDropped,
+    KeyRotation,
     MessageAccepted,
     MessageDeferred,
     MessageRejected,
@@ -101,6 +104,8 @@ from ._node import (
 __all__ = [
     "DEFAULT_DEMO_COMMAND",
     "EVENT_TYPES",
+    "AlertFiring",
+    "AlertResolved",
     "Award",
     "Bid",
     "BidPlaced",
@@ -124,6 +129,7 @@ __all__ = [
     "NetworkError",
     "Node",
     "NodeRef",
+    "KeyRotation",
     "NodeStarted",
     "NodeStopped",
     "NotFoundError",

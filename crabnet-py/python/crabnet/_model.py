@@ -4,6 +4,12 @@ Every class mirrors one serde type of ``crabnet-core`` field by field (same name
 meaning), so the conversion is mechanical: :meth:`_Record._from_json` reads the dataclass
 fields and their annotations. Ids are lowercase hex strings, times are Unix milliseconds,
 prices are integers.
+
+The core's types are described by ``docs/schema.json`` (generated from them; readable in
+``docs/EVENTS.md``). ``tests/python/test_schema.py`` checks every class here against it: the
+same fields, a default exactly for the fields the core may leave out, ``Optional`` exactly
+for the fields that may be null. After a change in the core, regenerate the schema (see
+``docs/EVENTS.md``) and change these classes until that test passes.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Any, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Typ
 from ._crabnet import InternalError
 
 __all__ = [
+    "AlertFiring",
+    "AlertResolved",
     "Award",
     "Bid",
     "BidPlaced",
@@ -182,11 +190,13 @@ class RejectReason(str, Enum):
     OVERSIZED = "oversized"
     """It was larger than allowed."""
     DUPLICATE = "duplicate"
-    """It was seen before."""
+    """A sync envelope that was already received (a replay). Copies of other envelopes are
+    counted as ``messages.duplicate``, not rejected."""
     BAD_SIGNATURE = "bad_signature"
     """A signature does not verify."""
     UNKNOWN_SENDER = "unknown_sender"
-    """The sender is not in the peer table (no verified hello from it yet)."""
+    """No verified hello from the sender arrived within ``network.unknown_sender_hold_ms``
+    (the node holds such messages until then)."""
     REPLAY = "replay"
     """It is older than the sender's replay floor: a replay of a forgotten message."""
     EXPIRED = "expired"
@@ -200,6 +210,7 @@ class RejectReason(str, Enum):
     RATE_LIMITED = "rate_limited"
     """Its transport source or claimed sender exceeded the node's rate limit."""
     LAMPORT_AHEAD = "lamport_ahead"
+    ROTATED_KEY = "rotated_key"
     """Its Lamport counter is more than ``network.lamport_window`` ahead of the node's clock."""
 
     def __repr__(self) -> str:
@@ -225,6 +236,8 @@ class _Record:
 
     __slots__ = ()
     _hints: ClassVar[Dict[str, Any]]
+    _JSON_NAMES: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    """JSON field names that are not valid Python names, mapped to the field's name."""
 
     @classmethod
     def _field_types(cls) -> Dict[str, Any]:
@@ -241,6 +254,8 @@ class _Record:
 
     @classmethod
     def _from_fields(cls: Type[_R], data: Mapping[str, Any]) -> _R:
+        if cls._JSON_NAMES:
+            data = {cls._JSON_NAMES.get(k, k): v for k, v in data.items()}
         hints = cls._field_types()
         all_fields = fields(cls)  # type: ignore[arg-type]
         names = [f.name for f in all_fields]
@@ -405,9 +420,9 @@ class Award(_Record):
     winner_node: Optional[str]
     price: Optional[int]
     closed_at: int
-    round: int = 0
+    round: int
     """The current round: 0 for the award, one more for each reassignment."""
-    round_started_at: int = 0
+    round_started_at: int
 
 
 @dataclass(frozen=True, repr=False)
@@ -427,11 +442,11 @@ class SandboxInfo(_Record):
     features: Tuple[str, ...]
     """The isolation features that were active, by name (``landlock_fs``, ``seccomp``,
     ``pid_ns``, ``net_ns``, ``disk_quota``, ``uid_drop``, ...)."""
-    network: bool = False
+    network: bool
     """Whether the task had network access (the seed asked for it and the runner allowed it)."""
 
 
-_UNKNOWN_SANDBOX = SandboxInfo(level=SandboxLevel.NONE, features=())
+_UNKNOWN_SANDBOX = SandboxInfo(level=SandboxLevel.NONE, features=(), network=False)
 
 
 @dataclass(frozen=True, repr=False)
@@ -561,6 +576,22 @@ class PeerInfo(_Record):
     """Its first hello (Unix ms)."""
     last_seen: int
     """Its latest hello (Unix ms)."""
+
+
+@dataclass(frozen=True, repr=False)
+class KeyRotation(_Record):
+    """What a key rotation did (:meth:`Node.rotate_keys`)."""
+
+    node_id: str
+    """The node (its id does not change)."""
+    key_epoch: int
+    """The new key epoch."""
+    rotated_at: int
+    """When the rotation took effect (Unix ms); the old keys' grace period starts here."""
+    signing_public: str
+    """The new Ed25519 + ML-DSA-44 public keys (hex)."""
+    kem_public: str
+    """The new X25519 + ML-KEM-768 public keys (hex)."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -738,15 +769,11 @@ class StatusChanged(Event):
     """A seed's status changed (``from_status`` is ``None`` when the seed just became known)."""
 
     TYPE: ClassVar[str] = "status_changed"
+    # `from` is a Python keyword: the field is `from_status`.
+    _JSON_NAMES: ClassVar[Mapping[str, str]] = MappingProxyType({"from": "from_status"})
     seed_id: str
     from_status: Optional[SeedStatus]
     to: SeedStatus
-
-    @classmethod
-    def _from_fields(cls, data: Mapping[str, Any]) -> StatusChanged:
-        # `from` is a Python keyword: the field is `from_status`.
-        renamed = {("from_status" if k == "from" else k): v for k, v in data.items()}
-        return super()._from_fields(renamed)
 
 
 @dataclass(frozen=True, repr=False)
@@ -817,6 +844,33 @@ class SendFailed(Event):
 
 
 @dataclass(frozen=True, repr=False)
+class AlertFiring(Event):
+    """An alert rule's condition held long enough: the alert fires (README, "Alerting")."""
+
+    TYPE: ClassVar[str] = "alert_firing"
+    alert: str
+    """The rule: ``no_peers``, ``outbox_backlog``, ``outbox_stale``, ``reject_rate``,
+    ``runner_failures``, ``sync_lag`` or ``disk_low``."""
+    value: int
+    """The rule's value (peers, messages, seconds, percent or bytes; see the rule)."""
+    threshold: int
+    detail: str
+
+
+@dataclass(frozen=True, repr=False)
+class AlertResolved(Event):
+    """A firing alert's condition stayed clear long enough: the alert is resolved."""
+
+    TYPE: ClassVar[str] = "alert_resolved"
+    alert: str
+    value: int
+    threshold: int
+    since: int
+    """When the alert fired (Unix ms)."""
+    detail: str
+
+
+@dataclass(frozen=True, repr=False)
 class EventsDropped(Event):
     """This subscriber fell behind and missed ``count`` events (``seq`` is 0)."""
 
@@ -846,6 +900,8 @@ _EVENT_TYPES: Dict[str, Type[Event]] = {
         MessageRejected,
         TransportStatus,
         SendFailed,
+        AlertFiring,
+        AlertResolved,
         EventsDropped,
     )
 }

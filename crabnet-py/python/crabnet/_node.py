@@ -34,7 +34,7 @@ from ._crabnet import (
     StoppedError,
     ValidationError,
 )
-from ._model import Event, Overview, PeerInfo, SandboxLevel, Seed, SeedStatus, SeedView
+from ._model import Event, KeyRotation, Overview, PeerInfo, SandboxLevel, Seed, SeedStatus, SeedView
 
 __all__ = [
     "EventListener",
@@ -486,6 +486,13 @@ class Node:
         """A summary: seed counts, outbox, message counters, state digest, peer count,
         transport addresses and the task sandbox this node builds."""
         return Overview._from_json(json.loads(self._node().overview()))
+
+    def rotate_keys(self) -> KeyRotation:
+        """Rotates this node's keys: new signing and encryption keys for the next key epoch,
+        announced to peers by a statement signed with the current keys. The node id stays
+        the same; peers accept the old keys for ``trust.rotation_grace_secs`` after
+        ``rotated_at``."""
+        return KeyRotation._from_json(json.loads(self._node().rotate_keys()))
 
     def peers(self) -> List[PeerInfo]:
         """The nodes whose hello this node verified (it accepts messages only from them)."""

@@ -1,0 +1,298 @@
+//! Alerting: rules over the node's health evaluated on a timer, `alert_firing` and
+//! `alert_resolved` events, and signed webhook deliveries.
+//!
+//! The node that holds the network (and so the data directory's listen lock) runs two tasks:
+//!
+//! - the evaluator: every `alerts.interval_ms` it takes a [`Sample`] (live peers, outbox,
+//!   counters, deferred messages, free disk space) and feeds it to the rules ([`rules`]). A
+//!   transition is one store transaction: its event, the alert's row in the `alerts` table (so
+//!   `status`, `/api/alerts` and a restarted node know what is firing), and one queued
+//!   delivery per webhook;
+//! - the sender ([`webhook`]): posts queued deliveries, retries failures with exponential
+//!   backoff up to `alerts.webhook_max_attempts`, and never holds the store while it waits
+//!   for a receiver.
+//!
+//! Both run apart from the network loop and housekeeping; a slow or dead receiver delays
+//! nothing but its own deliveries.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use utoipa::ToSchema;
+
+use crate::clock::now_ms;
+use crate::error::Result;
+use crate::model::Millis;
+use crate::node::Node;
+
+mod client;
+pub mod config;
+pub mod rules;
+pub mod webhook;
+
+pub use config::{AlertsConfig, WebhookConfig};
+pub use rules::{Evaluator, Sample, Transition};
+
+/// The alert rules.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertName {
+    /// No peer sent a verified hello recently, for `alerts.no_peers_secs`.
+    NoPeers,
+    /// At least `alerts.outbox_backlog` messages wait to be sent.
+    OutboxBacklog,
+    /// The oldest unsent message waits `alerts.outbox_oldest_secs` or more.
+    OutboxStale,
+    /// At least `alerts.reject_max` messages were rejected within the rate window.
+    RejectRate,
+    /// At least `alerts.runner_failure_percent` % of the tasks run within the rate window
+    /// failed.
+    RunnerFailures,
+    /// A received message waits `alerts.sync_lag_secs` or more for one it depends on.
+    SyncLag,
+    /// Less than `alerts.disk_free_min_bytes` are free on the data directory's file system.
+    DiskLow,
+}
+
+impl AlertName {
+    /// Every rule, in the order they are evaluated and shown.
+    pub const ALL: [AlertName; 7] = [
+        AlertName::NoPeers,
+        AlertName::OutboxBacklog,
+        AlertName::OutboxStale,
+        AlertName::RejectRate,
+        AlertName::RunnerFailures,
+        AlertName::SyncLag,
+        AlertName::DiskLow,
+    ];
+
+    /// The rule's name, as in JSON, events and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertName::NoPeers => "no_peers",
+            AlertName::OutboxBacklog => "outbox_backlog",
+            AlertName::OutboxStale => "outbox_stale",
+            AlertName::RejectRate => "reject_rate",
+            AlertName::RunnerFailures => "runner_failures",
+            AlertName::SyncLag => "sync_lag",
+            AlertName::DiskLow => "disk_low",
+        }
+    }
+
+    /// The rule with this name.
+    pub fn parse(name: &str) -> Option<AlertName> {
+        AlertName::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for AlertName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An alert that is firing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ActiveAlert {
+    /// The rule.
+    pub alert: AlertName,
+    /// When it fired (Unix ms).
+    pub since: Millis,
+    /// The rule's value at the latest evaluation (peers, messages, seconds, percent or bytes;
+    /// see the rule).
+    pub value: u64,
+    /// The configured threshold.
+    pub threshold: u64,
+    /// What is wrong, for humans.
+    pub detail: String,
+}
+
+/// Free bytes for unprivileged users on the file system holding `path` (`statvfs`).
+pub(crate) fn disk_free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a NUL-terminated string and `stat` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    (rc == 0).then(|| (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// What the node needs to run alerting, prepared before the node starts (so that an unreadable
+/// webhook secret fails the start, not a task).
+#[derive(Debug)]
+pub(crate) struct Alerting {
+    hooks: Option<webhook::Hooks>,
+}
+
+impl Alerting {
+    /// Reads the webhook secrets when `listening` (only the node on the network alerts) and
+    /// alerting is enabled.
+    pub(crate) fn prepare(config: &AlertsConfig, listening: bool) -> Result<Alerting> {
+        let hooks = if listening && config.enabled {
+            Some(webhook::Hooks::load(config)?)
+        } else {
+            None
+        };
+        Ok(Alerting { hooks })
+    }
+
+    /// Starts the evaluator and, with webhooks, the sender; both end when their shutdown
+    /// receiver changes.
+    pub(crate) fn spawn(
+        self,
+        node: &Node,
+        stop: impl Fn() -> watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        let Some(hooks) = self.hooks else {
+            return Vec::new();
+        };
+        let wake = std::sync::Arc::new(Notify::new());
+        let mut tasks = vec![tokio::spawn(evaluate_loop(
+            node.clone(),
+            wake.clone(),
+            stop(),
+        ))];
+        if !hooks.is_empty() {
+            tasks.push(tokio::spawn(webhook::send_loop(
+                node.clone(),
+                hooks,
+                wake,
+                stop(),
+            )));
+        }
+        tasks
+    }
+}
+
+impl Node {
+    /// The alerts firing now (as recorded by the node on the network of this data directory),
+    /// in rule order.
+    pub async fn active_alerts(&self) -> Result<Vec<ActiveAlert>> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || node.with_store(|s| s.active_alerts()))
+            .await
+            .map_err(|e| crate::Error::internal(format!("alerts task failed: {e}")))?
+    }
+
+    /// Webhook deliveries waiting to be sent (or retried).
+    pub async fn webhook_queue_len(&self) -> Result<u64> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || node.with_store(|s| s.webhook_pending()))
+            .await
+            .map_err(|e| crate::Error::internal(format!("alerts task failed: {e}")))?
+    }
+
+    /// Measures what the rules look at.
+    fn alert_sample(&self) -> Result<Sample> {
+        let now = now_ms();
+        let config = self.config();
+        let window = u64::from(config.network.hello_interval_secs) * 3 * 1000;
+        let mut sample = self.with_store(|s| {
+            let counters = s.counters()?;
+            let counter = |name: &str| counters.get(name).copied().unwrap_or(0);
+            let rejected_total = counters
+                .iter()
+                .filter(|(k, _)| k.starts_with("rejected.") && *k != "rejected.duplicate")
+                .map(|(_, v)| *v)
+                .fold(0u64, u64::saturating_add);
+            let failed = counter("runs.failed")
+                .saturating_add(counter("runs.timed_out"))
+                .saturating_add(counter("runs.errored"));
+            let live_peers = s
+                .peers()?
+                .iter()
+                .filter(|p| now.saturating_sub(p.last_seen) <= window)
+                .count() as u64;
+            Ok(Sample {
+                live_peers: self.transport_name().map(|_| live_peers),
+                outbox_pending: s.outbox_pending()?,
+                outbox_oldest_ms: s.outbox_oldest()?.map_or(0, |at| now.saturating_sub(at)),
+                rejected_total,
+                runs_total: failed.saturating_add(counter("runs.succeeded")),
+                runs_failed_total: failed,
+                sync_lag_ms: s
+                    .oldest_pending_message()?
+                    .map_or(0, |at| now.saturating_sub(at)),
+                disk_free_bytes: None,
+            })
+        })?;
+        sample.disk_free_bytes = disk_free_bytes(&config.data_dir);
+        Ok(sample)
+    }
+
+    /// Records each transition: its event, the alert's row, a delivery per webhook.
+    fn record_alert_transitions(&self, transitions: Vec<Transition>) -> Result<()> {
+        let config = &self.config().alerts;
+        let urls: Vec<String> = config.webhooks.iter().map(|h| h.url.clone()).collect();
+        let payload = webhook::Payload::new(self.id().clone(), self.config().name.clone());
+        for t in transitions {
+            match &t {
+                Transition::Firing(a) => {
+                    tracing::warn!(alert = %a.alert, "alert firing: {}", a.detail)
+                }
+                Transition::Resolved { alert, .. } => {
+                    tracing::info!(alert = %alert.alert, "alert resolved")
+                }
+            }
+            self.with_store(|s| {
+                s.record_alert(now_ms(), &t, &urls, config.webhook_queue_max, &|e| {
+                    payload.body(e)
+                })
+            })?;
+        }
+        Ok(())
+    }
+}
+
+async fn evaluate_loop(
+    node: Node,
+    wake: std::sync::Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let config = node.config().alerts.clone();
+    let active = match node.active_alerts().await {
+        Ok(active) => active,
+        Err(e) => {
+            tracing::warn!("alerts: cannot read the active alerts, rules stay off: {e}");
+            return;
+        }
+    };
+    let mut evaluator = Evaluator::new(config.clone(), active);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(config.interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let n = node.clone();
+        let sample = tokio::task::spawn_blocking(move || n.alert_sample()).await;
+        let sample = match sample {
+            Ok(Ok(sample)) => sample,
+            Ok(Err(e)) => {
+                tracing::warn!("alerts: cannot sample the node: {e}");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!("alerts: sample task failed: {e}");
+                continue;
+            }
+        };
+        let transitions = evaluator.evaluate(now_ms(), &sample);
+        if transitions.is_empty() {
+            continue;
+        }
+        let n = node.clone();
+        let recorded =
+            tokio::task::spawn_blocking(move || n.record_alert_transitions(transitions)).await;
+        match recorded {
+            Ok(Ok(())) => wake.notify_one(),
+            Ok(Err(e)) => tracing::warn!("alerts: cannot record a transition: {e}"),
+            Err(e) => tracing::error!("alerts: record task failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Peers' public keys, parsed once per peer instead of once per received frame.
+//!
+//! Parsing a peer's keys is not free: the Ed25519 point is decompressed and re-encoded, the
+//! X25519 key is checked against small order with one scalar multiplication, and the ML-KEM-768
+//! key gets the FIPS 203 modulus check; together more than a signature verification. The
+//! store reads a peer's row for every frame from it, so it keeps the parsed keys here, keyed by
+//! node id, and reuses them while the stored bytes are byte for byte the same.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::crypto::{ED25519_PUBLIC_KEY_LEN, X25519_PUBLIC_KEY_LEN};
+use crate::error::Result;
+use crate::identity::PublicIdentity;
+
+/// Parsed identities by node id, at most `capacity` of them (all forgotten when full).
+#[derive(Debug)]
+pub(crate) struct ParsedKeys {
+    capacity: usize,
+    map: Mutex<HashMap<String, PublicIdentity>>,
+}
+
+impl ParsedKeys {
+    /// Remembers up to `capacity` identities.
+    pub fn new(capacity: usize) -> Self {
+        ParsedKeys {
+            capacity,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The identity made of the encoded keys `signing` and `kem` and `epoch`, stored for
+    /// `node_id`: from the cache when the same bytes were parsed before, else parsed (and
+    /// checked) by [`PublicIdentity::from_parts`] and remembered.
+    pub fn identity(
+        &self,
+        node_id: &str,
+        signing: &[u8],
+        kem: &[u8],
+        epoch: u32,
+    ) -> Result<PublicIdentity> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = map.get(node_id)
+            && same_keys(known, signing, kem, epoch)
+        {
+            return Ok(known.clone());
+        }
+        let identity = PublicIdentity::from_parts(signing, kem, epoch)?;
+        if map.len() >= self.capacity && !map.contains_key(node_id) {
+            map.clear();
+        }
+        if self.capacity > 0 {
+            map.insert(node_id.to_owned(), identity.clone());
+        }
+        Ok(identity)
+    }
+}
+
+/// Whether `known` was parsed from exactly these bytes.
+fn same_keys(known: &PublicIdentity, signing: &[u8], kem: &[u8], epoch: u32) -> bool {
+    let (ed25519, ml_dsa) = signing.split_at(signing.len().min(ED25519_PUBLIC_KEY_LEN));
+    let (x25519, ml_kem) = kem.split_at(kem.len().min(X25519_PUBLIC_KEY_LEN));
+    known.epoch == epoch
+        && known.signing.ed25519()[..] == *ed25519
+        && known.signing.ml_dsa()[..] == *ml_dsa
+        && known.kem.x25519()[..] == *x25519
+        && known.kem.ml_kem()[..] == *ml_kem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{KemSeeds, SigningSeeds};
+    use crate::identity::Identity;
+
+    fn identity(n: u8) -> PublicIdentity {
+        Identity::from_seeds(
+            &SigningSeeds {
+                ed25519: [n; 32],
+                ml_dsa: [n; 32],
+            },
+            &KemSeeds {
+                x25519: [n; 32],
+                ml_kem: [n; 64],
+            },
+            1,
+        )
+        .public()
+        .clone()
+    }
+
+    #[test]
+    fn cached_keys_are_reused_only_for_the_same_bytes() {
+        let cache = ParsedKeys::new(2);
+        let a = identity(1);
+        let (sig, kem) = (a.signing.to_bytes(), a.kem.to_bytes());
+        let id = a.node_id.as_str();
+        assert_eq!(cache.identity(id, &sig, &kem, 1).unwrap(), a);
+        assert_eq!(cache.identity(id, &sig, &kem, 1).unwrap(), a);
+        // Other bytes under the same id are parsed again, never served from the cache.
+        let b = identity(2);
+        let got = cache
+            .identity(id, &b.signing.to_bytes(), &b.kem.to_bytes(), 1)
+            .unwrap();
+        assert_eq!(got, b);
+        assert_eq!(cache.identity(id, &sig, &kem, 3).unwrap().epoch, 3);
+        // Damaged keys are an error, cached or not.
+        let mut bad = kem.clone();
+        bad[..32].copy_from_slice(&[0; 32]);
+        assert!(cache.identity(id, &sig, &bad, 1).is_err());
+        assert!(cache.identity(id, &sig[..100], &kem, 1).is_err());
+        // Full: forgets, keeps working.
+        for n in 3..6 {
+            let p = identity(n);
+            let got = cache.identity(
+                p.node_id.as_str(),
+                &p.signing.to_bytes(),
+                &p.kem.to_bytes(),
+                1,
+            );
+            assert_eq!(got.unwrap(), p);
+        }
+        assert!(cache.map.lock().unwrap().len() <= 2);
+    }
+}

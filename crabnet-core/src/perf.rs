@@ -1,0 +1,485 @@
+//! Throughput of one node next to the cost of the cryptography, measured in one run: what
+//! `crabnet bench` prints (see `BENCHMARKS.md` for results and how to read them).
+//!
+//! [`run`] measures, one after another on this machine:
+//!
+//! 1. **The verify floor**: the bare library calls that check one envelope's two signatures
+//!    (dalek Ed25519 `verify_strict` and libcrux ML-DSA-44, keys expanded beforehand,
+//!    [`crypto::RawSignatures`]), on one thread, over the bytes of a real envelope:
+//!    `verify_floor_per_s`.
+//! 2. **Envelope overhead**: building, parsing, verifying and decoding a plain envelope
+//!    (`message_envelope` + `parse` + `verify` + `message`) over raw sign + raw verify of the
+//!    same bytes, run alternately in short batches so both see the same load; the median of
+//!    the per-round ratios is `sign_verify_overhead`.
+//! 3. **Publish**: seeds published one after another through [`Node::publish`] (with the
+//!    data directory's default `store.sync`): `publish_per_s`. They are published on the
+//!    peers' data directories while those peers are stopped, so that they wait in the peers'
+//!    outboxes for step 4.
+//! 4. **Apply**: a node in this process on UDP on 127.0.0.1 and `peers` real
+//!    `crabnet listen` processes (their own temp data directories) that first introduce
+//!    themselves (hellos), are stopped while step 3 fills their outboxes, and are started
+//!    again: each then sends its distinct, validly signed seeds to the node, which verifies,
+//!    deduplicates, stores and applies them. `applied_per_s` is the rate from the first to
+//!    the last `seed_published` event on the node; `apply_ratio` is `applied_per_s` over the
+//!    floor.
+//!
+//! The peer processes are killed and the temp directories removed when [`run`] returns, fails
+//! or is dropped (cancelled).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::crypto::{DUAL_SIGNATURE_LEN, RawSignatures};
+use crate::envelope::{self, MAX_ENVELOPE_BYTES, SIGNATURE_CONTEXT};
+use crate::error::{Error, ErrorKind, Result};
+use crate::identity::Identity;
+use crate::model::{Body, Message, MessageId, SeedId, Settlement, SettlementOutcome};
+use crate::monitor::EventKind;
+use crate::network::{UdpConfig, UdpTransport};
+use crate::node::{Node, PublishRequest};
+
+/// What [`run`] does and how long.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The `crabnet` executable the peer processes run (`crabnet listen`).
+    pub program: PathBuf,
+    /// Number of peer processes.
+    pub peers: usize,
+    /// Seeds each peer publishes and then sends to the node.
+    pub seeds_per_peer: usize,
+    /// How long the floor and the overhead are measured, each.
+    pub crypto_time: Duration,
+    /// Longest wait for the peers' hellos, and for the node to apply everything.
+    pub timeout: Duration,
+}
+
+impl BenchOptions {
+    /// The full run (well under two minutes on a 2-core machine): 2 peers, 500 seeds each.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        BenchOptions {
+            program: program.into(),
+            peers: 2,
+            seeds_per_peer: 500,
+            crypto_time: Duration::from_secs(3),
+            timeout: Duration::from_secs(40),
+        }
+    }
+
+    /// A run of a few seconds that checks the machinery, not the machine: 1 peer, 40 seeds.
+    pub fn quick(program: impl Into<PathBuf>) -> Self {
+        BenchOptions {
+            peers: 1,
+            seeds_per_peer: 40,
+            crypto_time: Duration::from_millis(300),
+            ..Self::new(program)
+        }
+    }
+}
+
+/// The figures of one run (also the JSON object `crabnet bench --json` prints).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Envelopes whose two signatures one thread verifies per second with the bare library
+    /// calls (the floor).
+    pub verify_floor_per_s: f64,
+    /// One floor verification (Ed25519 + ML-DSA-44), in µs.
+    pub verify_floor_us: f64,
+    /// Envelope sign + verify (with encoding and decoding) over raw sign + raw verify.
+    pub sign_verify_overhead: f64,
+    /// Envelope build + parse + verify + decode, in µs (median per round).
+    pub envelope_sign_verify_us: f64,
+    /// Raw sign + raw verify, in µs (median per round).
+    pub raw_sign_verify_us: f64,
+    /// Seeds published per second through [`Node::publish`], one after another.
+    pub publish_per_s: f64,
+    /// Envelopes from the peer processes that the node applied per second.
+    pub applied_per_s: f64,
+    /// `applied_per_s / verify_floor_per_s`.
+    pub apply_ratio: f64,
+    /// Envelopes the peers sent (seeds published on them).
+    pub sent: u64,
+    /// Envelopes the node applied before the end of the run.
+    pub applied: u64,
+    /// Peer processes.
+    pub peers: usize,
+    /// The node's `store.sync`.
+    pub store_sync: String,
+    /// Wall-clock seconds of the whole run.
+    pub elapsed_s: f64,
+}
+
+/// Runs the benchmark described in the module docs.
+pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    let started = Instant::now();
+    if opts.peers == 0 || opts.seeds_per_peer == 0 {
+        return Err(Error::new(
+            ErrorKind::Validation,
+            "the benchmark needs at least one peer and one seed per peer",
+        ));
+    }
+    let crypto_time = opts.crypto_time;
+    let (floor_us, (overhead, envelope_us, raw_us)) = tokio::task::spawn_blocking(move || {
+        let setup = CryptoSetup::new()?;
+        Ok::<_, Error>((setup.floor_us(crypto_time), setup.overhead(crypto_time)))
+    })
+    .await
+    .map_err(|e| Error::internal(format!("benchmark task failed: {e}")))??;
+
+    let dir = tempfile::Builder::new().prefix("crabnet-bench").tempdir()?;
+    let mut config = Config::with_data_dir(dir.path().join("node"));
+    config.name = "bench-node".into();
+    let transport = UdpTransport::bind(UdpConfig {
+        bind: "127.0.0.1:0".parse().expect("a socket address"),
+        peers: Vec::new(),
+        broadcast: None,
+    })?;
+    let node_addr = transport.local_addr()?;
+    let store_sync = format!("{:?}", config.store.sync).to_lowercase();
+    let node = Node::start_with_transport(config, Box::new(transport)).await?;
+    let outcome = apply_phase(opts, dir.path(), &node, node_addr).await;
+    let stopped = node.stop().await;
+    let (publish_per_s, applied_per_s, applied) = outcome?;
+    stopped?;
+
+    let verify_floor_per_s = 1e6 / floor_us;
+    Ok(BenchReport {
+        verify_floor_per_s,
+        verify_floor_us: floor_us,
+        sign_verify_overhead: overhead,
+        envelope_sign_verify_us: envelope_us,
+        raw_sign_verify_us: raw_us,
+        publish_per_s,
+        applied_per_s,
+        apply_ratio: applied_per_s / verify_floor_per_s,
+        sent: (opts.peers * opts.seeds_per_peer) as u64,
+        applied,
+        peers: opts.peers,
+        store_sync,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Steps 3 and 4: returns `(publish_per_s, applied_per_s, applied)`.
+async fn apply_phase(
+    opts: &BenchOptions,
+    dir: &Path,
+    node: &Node,
+    node_addr: std::net::SocketAddr,
+) -> Result<(f64, f64, u64)> {
+    let peer_dirs: Vec<PathBuf> = (0..opts.peers)
+        .map(|i| dir.join(format!("peer-{i}")))
+        .collect();
+    // The peers introduce themselves, then stop.
+    {
+        let peers = Peers::start(&opts.program, &peer_dirs, node_addr)?;
+        if let Err(e) = node.wait_for_peers(opts.peers, opts.timeout).await {
+            return Err(peers.failure(e));
+        }
+    }
+
+    // Their outboxes fill through the API, offline.
+    let total = opts.peers * opts.seeds_per_peer;
+    let published = Instant::now();
+    for (i, peer_dir) in peer_dirs.iter().enumerate() {
+        let mut config = Config::with_data_dir(peer_dir);
+        config.name = format!("bench-peer-{i}");
+        let peer = Node::start(config).await?;
+        let result = publish_seeds(&peer, i, opts.seeds_per_peer).await;
+        let stopped = peer.stop().await;
+        result?;
+        stopped?;
+    }
+    let publish_per_s = total as f64 / published.elapsed().as_secs_f64();
+
+    // Back on the network, they send everything to the node.
+    let mut events = node.subscribe();
+    let peers = Peers::start(&opts.program, &peer_dirs, node_addr)?;
+    let deadline = tokio::time::Instant::now() + opts.timeout;
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    let mut seen = 0u64;
+    let mut dropped = false;
+    while seen < total as u64 {
+        let next = tokio::time::timeout_at(deadline, events.recv()).await;
+        match next {
+            Ok(Some(e)) => match e.kind {
+                EventKind::SeedPublished { .. } => {
+                    let now = Instant::now();
+                    first.get_or_insert(now);
+                    last = now;
+                    seen += 1;
+                }
+                EventKind::EventsDropped { .. } => dropped = true,
+                _ => {}
+            },
+            Ok(None) => break,
+            Err(_) => break,
+        }
+    }
+    drop(peers);
+    // The event bus may have dropped some under load: the store has the count.
+    let applied = if dropped {
+        node.overview().await?.seeds_by_status.values().sum::<u64>()
+    } else {
+        seen
+    };
+    let Some(first) = first else {
+        return Err(Error::new(
+            ErrorKind::Network,
+            format!(
+                "the node applied none of the {total} envelopes within {:?}",
+                opts.timeout
+            ),
+        ));
+    };
+    let span = last.duration_since(first).as_secs_f64();
+    let applied_per_s = if applied > 1 && span > 0.0 {
+        (applied - 1) as f64 / span
+    } else {
+        0.0
+    };
+    Ok((publish_per_s, applied_per_s, applied))
+}
+
+async fn publish_seeds(node: &Node, peer: usize, count: usize) -> Result<()> {
+    for n in 0..count {
+        let mut req = PublishRequest::new(format!("echo bench {peer} {n}"));
+        // No decision falls due while the benchmark runs.
+        req.bid_window_secs = 3600;
+        node.publish(req).await?;
+    }
+    Ok(())
+}
+
+/// The peer processes; killed (and reaped) on drop.
+struct Peers {
+    children: Vec<Child>,
+    logs: Vec<PathBuf>,
+}
+
+impl Peers {
+    fn start(program: &Path, dirs: &[PathBuf], node: std::net::SocketAddr) -> Result<Peers> {
+        let mut peers = Peers {
+            children: Vec::new(),
+            logs: Vec::new(),
+        };
+        for dir in dirs {
+            std::fs::create_dir_all(dir)?;
+            let log_path = dir.with_extension("log");
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)?;
+            let child = Command::new(program)
+                .arg("--data-dir")
+                .arg(dir)
+                .args(["listen", "--transport", "udp", "--bind", "127.0.0.1:0"])
+                .arg("--peer")
+                .arg(node.to_string())
+                .arg("--no-http")
+                .env_remove("CRABNET_CONFIG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Io,
+                        format!("cannot start {} listen: {e}", program.display()),
+                        e,
+                    )
+                })?;
+            peers.children.push(child);
+            peers.logs.push(log_path);
+        }
+        Ok(peers)
+    }
+
+    /// `cause`, with what the peers said on stderr (the end of it).
+    fn failure(mut self, cause: Error) -> Error {
+        let mut detail = String::new();
+        for (child, log) in self.children.iter_mut().zip(&self.logs) {
+            let status = match child.try_wait() {
+                Ok(Some(status)) => format!("exited ({status})"),
+                _ => "running".to_owned(),
+            };
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: String = text
+                .chars()
+                .rev()
+                .take(400)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            detail.push_str(&format!("; peer {status}: {}", tail.trim()));
+        }
+        Error::new(cause.kind(), format!("{cause}{detail}"))
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One envelope and its raw counterpart, for steps 1 and 2.
+struct CryptoSetup {
+    identity: Identity,
+    message: Message,
+    raw: RawSignatures,
+    signature: crate::crypto::RawSignature,
+}
+
+impl CryptoSetup {
+    fn new() -> Result<Self> {
+        let identity = Identity::generate()?;
+        let message = Message {
+            id: MessageId::from_bytes(crate::clock::random_bytes()),
+            sender: identity.node_id().clone(),
+            lamport: 1,
+            timestamp: crate::clock::now_ms(),
+            body: Body::SeedSettled(Settlement {
+                seed_id: SeedId::from_bytes(crate::clock::random_bytes()),
+                outcome: SettlementOutcome::Accepted,
+                amount: 42,
+                note: "n".repeat(200),
+            }),
+        };
+        let bytes = Self::envelope(&identity, &message)?;
+        let signed = &bytes[..bytes.len() - DUAL_SIGNATURE_LEN];
+        let raw = RawSignatures::new(&identity.signing().to_seeds(), signed, SIGNATURE_CONTEXT)?;
+        let signature = raw.sign(random32())?;
+        if !raw.verify(&signature) {
+            return Err(Error::internal("the floor's own signature does not verify"));
+        }
+        Ok(CryptoSetup {
+            identity,
+            message,
+            raw,
+            signature,
+        })
+    }
+
+    fn envelope(identity: &Identity, message: &Message) -> Result<Vec<u8>> {
+        envelope::message_envelope(
+            identity,
+            message,
+            60,
+            &[],
+            MAX_ENVELOPE_BYTES,
+            &mut envelope::os_rng,
+        )
+        .map_err(|e| Error::internal(format!("cannot build an envelope: {e}")))
+    }
+
+    /// One envelope built, parsed, verified and decoded.
+    fn envelope_round(&self) {
+        let bytes = Self::envelope(&self.identity, &self.message).expect("envelopes build");
+        let parsed = envelope::parse(&bytes, MAX_ENVELOPE_BYTES).expect("envelopes parse");
+        parsed
+            .verify(&self.identity.public().signing)
+            .expect("envelopes verify");
+        let decoded = parsed
+            .message(self.identity.node_id(), self.identity.kem())
+            .expect("envelopes decode");
+        std::hint::black_box(decoded);
+    }
+
+    /// Raw sign + raw verify of the same bytes.
+    fn raw_round(&self) {
+        let signature = self.raw.sign(random32()).expect("raw signing works");
+        assert!(self.raw.verify(&signature), "raw signatures verify");
+    }
+
+    /// µs per floor verification, over `time`.
+    fn floor_us(&self, time: Duration) -> f64 {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while n < 16 || start.elapsed() < time {
+            for _ in 0..16 {
+                std::hint::black_box(self.raw.verify(&self.signature));
+            }
+            n += 16;
+        }
+        start.elapsed().as_secs_f64() * 1e6 / n as f64
+    }
+
+    /// `(median ratio, envelope µs, raw µs)`, alternating batches for `time`.
+    fn overhead(&self, time: Duration) -> (f64, f64, f64) {
+        const BATCH: u32 = 8;
+        let timed = |f: &dyn Fn()| {
+            let t = Instant::now();
+            for _ in 0..BATCH {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e6 / f64::from(BATCH)
+        };
+        let (mut env, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let start = Instant::now();
+        let mut round = 0usize;
+        while round < 6 || start.elapsed() < time {
+            let (e, r) = if round.is_multiple_of(2) {
+                let e = timed(&|| self.envelope_round());
+                (e, timed(&|| self.raw_round()))
+            } else {
+                let r = timed(&|| self.raw_round());
+                (timed(&|| self.envelope_round()), r)
+            };
+            env.push(e);
+            raw.push(r);
+            ratios.push(e / r);
+            round += 1;
+        }
+        (median(&mut ratios), median(&mut env), median(&mut raw))
+    }
+}
+
+fn random32() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    envelope::os_rng(&mut out);
+    out
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_crypto_figures_are_positive_and_the_overhead_is_a_ratio() {
+        let setup = CryptoSetup::new().unwrap();
+        let floor = setup.floor_us(Duration::from_millis(20));
+        assert!(floor.is_finite() && floor > 0.0);
+        let (ratio, env, raw) = setup.overhead(Duration::from_millis(20));
+        assert!(ratio.is_finite() && ratio > 0.0);
+        assert!(env > 0.0 && raw > 0.0);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+    }
+}

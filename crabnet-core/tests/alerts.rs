@@ -1,0 +1,462 @@
+//! Alerting end to end: a node alone on its network fires `no_peers` and resolves it when a
+//! peer arrives; webhook deliveries reach a receiver on 127.0.0.1 signed, are retried after a
+//! 500, wait in the database across a restart while the receiver does not answer, and over
+//! https reach only a receiver whose certificate the configured CA file vouches for.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crabnet_core::alerts::webhook::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crabnet_core::alerts::{AlertName, WebhookConfig};
+use crabnet_core::clock::now_ms;
+use crabnet_core::{Config, Event, EventKind, MemoryHub, Node};
+use support::forge::config;
+
+const SECRET: &str = "a-shared-webhook-secret";
+
+/// Fast rules (evaluated every 50 ms, no hold, resolved at once when clear); `no_peers` off.
+fn alerting(dir: &std::path::Path, name: &str) -> Config {
+    let mut c = config(dir, name);
+    c.network.hello_interval_secs = 1;
+    c.alerts.interval_ms = 50;
+    c.alerts.no_peers_secs = 0;
+    c.alerts.for_secs = 0;
+    c.alerts.resolve_secs = 0;
+    c.alerts.disk_free_min_bytes = 0;
+    c
+}
+
+fn with_webhook(mut c: Config, url: &str, dir: &std::path::Path) -> Config {
+    use std::os::unix::fs::OpenOptionsExt;
+    let secret = dir.join("webhook.secret");
+    if !secret.exists() {
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&secret)
+            .unwrap();
+        writeln!(f, "{SECRET}").unwrap();
+    }
+    c.alerts.no_peers_secs = 1;
+    c.alerts.webhooks = vec![WebhookConfig {
+        url: url.into(),
+        secret_file: secret,
+        ca_file: None,
+    }];
+    c.alerts.webhook_timeout_ms = 300;
+    c.alerts.webhook_retry_base_ms = 50;
+    c.alerts.webhook_retry_max_ms = 200;
+    c
+}
+
+/// Waits for the first event that `pick` accepts.
+async fn wait_event<T>(
+    sub: &mut crabnet_core::Subscription,
+    what: &str,
+    pick: impl Fn(&Event) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = tokio::time::timeout_at(deadline, sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within 20 s"))
+            .expect("the node is running");
+        if let Some(t) = pick(&e) {
+            return t;
+        }
+    }
+}
+
+fn firing(e: &Event) -> Option<AlertName> {
+    match e.kind {
+        EventKind::AlertFiring { alert, .. } => Some(alert),
+        _ => None,
+    }
+}
+
+fn resolved(e: &Event) -> Option<AlertName> {
+    match e.kind {
+        EventKind::AlertResolved { alert, .. } => Some(alert),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_fires_no_peers_and_resolves_it_when_a_peer_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut c = alerting(dir.path(), "a");
+    c.alerts.no_peers_secs = 1;
+    let a = Node::start_with_transport(c, Box::new(hub.join("a")))
+        .await
+        .unwrap();
+    let mut events = a.subscribe();
+    assert_eq!(
+        wait_event(&mut events, "alert_firing", firing).await,
+        AlertName::NoPeers
+    );
+    let active = a.active_alerts().await.unwrap();
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(active[0].alert, AlertName::NoPeers);
+
+    let b = Node::start_with_transport(alerting(dir.path(), "b"), Box::new(hub.join("b")))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_event(&mut events, "alert_resolved", resolved).await,
+        AlertName::NoPeers
+    );
+    assert!(a.active_alerts().await.unwrap().is_empty());
+    // Both events are in the durable log too.
+    let logged: Vec<&'static str> = a
+        .events_after(0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind.name())
+        .filter(|n| n.starts_with("alert_"))
+        .collect();
+    assert_eq!(logged, ["alert_firing", "alert_resolved"]);
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
+
+/// One request the receiver got.
+#[derive(Debug)]
+struct Received {
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// Reads one HTTP/1.1 request and answers `status`.
+fn serve_one(stream: TcpStream, status: u16) -> Received {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    serve_on(stream, status)
+}
+
+/// Reads one HTTP/1.1 request from `stream` (plain or TLS) and answers `status`.
+fn serve_on(stream: impl Read + Write, status: u16) -> Received {
+    try_serve_on(stream, status).expect("a whole webhook request")
+}
+
+/// [`serve_on`], failing on a connection that breaks or carries no webhook request.
+fn try_serve_on(stream: impl Read + Write, status: u16) -> std::io::Result<Received> {
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    if !line.starts_with("POST /hook HTTP/1.1") {
+        return Err(bad(format!("request line {line:?}")));
+    }
+    let mut headers = BTreeMap::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l
+            .split_once(':')
+            .ok_or_else(|| bad(format!("header {l:?}")))?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| bad("no content-length".into()))?;
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    let mut stream = reader.into_inner();
+    write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    stream.flush()?;
+    Ok(Received { headers, body })
+}
+
+/// Answers each request with the next status of `script`, then stops.
+fn receiver(listener: TcpListener, script: Vec<u16>) -> mpsc::Receiver<(u16, Received)> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for status in script {
+            let (stream, _) = listener.accept().unwrap();
+            if tx.send((status, serve_one(stream, status))).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn next(rx: &mpsc::Receiver<(u16, Received)>) -> (u16, Received) {
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("a webhook delivery within 20 s")
+}
+
+/// Checks the signature as a receiver would and returns the body as JSON.
+fn verified(r: &Received) -> serde_json::Value {
+    let ts: u64 = r.headers[&TIMESTAMP_HEADER.to_ascii_lowercase()]
+        .parse()
+        .unwrap();
+    let sig = &r.headers[&SIGNATURE_HEADER.to_ascii_lowercase()];
+    assert!(
+        webhook::verify(SECRET.as_bytes(), ts, &r.body, sig, now_ms() / 1000, 300),
+        "signature {sig} does not verify"
+    );
+    assert!(!webhook::verify(
+        b"wrong secret",
+        ts,
+        &r.body,
+        sig,
+        now_ms() / 1000,
+        300
+    ));
+    assert_eq!(r.headers["content-type"], "application/json");
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_and_retried_after_a_500() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let rx = receiver(listener, vec![500, 200]);
+    let hub = MemoryHub::new();
+    let c = with_webhook(alerting(dir.path(), "a"), &url, dir.path());
+    let a = Node::start_with_transport(c, Box::new(hub.join("a")))
+        .await
+        .unwrap();
+
+    let (status, first) = next(&rx);
+    assert_eq!(status, 500);
+    let body = verified(&first);
+    assert_eq!(body["node_id"], a.id().to_string());
+    assert_eq!(body["event"]["type"], "alert_firing");
+    assert_eq!(body["event"]["alert"], "no_peers");
+    let (status, second) = next(&rx);
+    assert_eq!(status, 200);
+    assert_eq!(verified(&second), body, "the retry carries the same event");
+    assert_eq!(
+        first.headers["x-crabnet-delivery"], second.headers["x-crabnet-delivery"],
+        "one delivery, two attempts"
+    );
+    // Delivered: the queue empties and the counters say what happened.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.webhook_queue_len().await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "the queue did not empty");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let counters = a.overview().await.unwrap().counters;
+    assert_eq!(
+        counters.get("alerts.webhook_failed"),
+        Some(&1),
+        "{counters:?}"
+    );
+    assert_eq!(
+        counters.get("alerts.webhook_delivered"),
+        Some(&1),
+        "{counters:?}"
+    );
+    a.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_deliveries_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bound but not accepting yet: connections wait in the backlog and every attempt times
+    // out, so the delivery stays queued.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let hub = MemoryHub::new();
+    let c = with_webhook(alerting(dir.path(), "a"), &url, dir.path());
+    let a = Node::start_with_transport(c.clone(), Box::new(hub.join("a")))
+        .await
+        .unwrap();
+    let mut events = a.subscribe();
+    wait_event(&mut events, "alert_firing", firing).await;
+    assert_eq!(a.webhook_queue_len().await.unwrap(), 1);
+    let fired_seq = a
+        .events_after(0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .find(|e| firing(e).is_some())
+        .unwrap()
+        .seq;
+    a.stop().await.unwrap();
+    drop(a);
+
+    // The queue is in the database: a node without a network sees it.
+    let offline = Node::start(c.clone()).await.unwrap();
+    assert_eq!(offline.webhook_queue_len().await.unwrap(), 1);
+    assert_eq!(offline.active_alerts().await.unwrap().len(), 1);
+    offline.stop().await.unwrap();
+    drop(offline);
+
+    // The receiver answers now; the restarted node delivers what was queued before (and does
+    // not fire `no_peers` again: it is still firing).
+    let hub = MemoryHub::new();
+    let a = Node::start_with_transport(c, Box::new(hub.join("a")))
+        .await
+        .unwrap();
+    // Every connection is answered 200 from now on, also those that attempts before the
+    // restart left in the backlog (their clients are gone: those answers reach nobody).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    listener.set_nonblocking(true).unwrap();
+    let serving = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(2)))
+                            .unwrap();
+                        if let Ok(r) = try_serve_on(stream, 200) {
+                            let _ = tx.send(r);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+    };
+    // A 2xx answer reached the restarted node: before the restart no attempt got one.
+    support::forge::wait_counter(&a, "alerts.webhook_delivered", 1).await;
+    assert_eq!(a.webhook_queue_len().await.unwrap(), 0);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    serving.join().unwrap();
+    let bodies: Vec<serde_json::Value> = rx.try_iter().map(|r| verified(&r)).collect();
+    assert!(!bodies.is_empty());
+    for body in &bodies {
+        assert_eq!(body["event"]["type"], "alert_firing");
+        assert_eq!(
+            body["event"]["seq"], fired_seq,
+            "the delivery queued before"
+        );
+    }
+    let firings = a
+        .events_after(0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| firing(e).is_some())
+        .count();
+    assert_eq!(firings, 1, "no second firing after the restart");
+    a.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let dir = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pair.serialize_der())),
+            )
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    let first_server = server.clone();
+    std::thread::spawn(move || {
+        let server = first_server;
+        // Bounded: a few connections at most (a client trying ::1 first never reaches here).
+        for _ in 0..5 {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let conn = rustls::ServerConnection::new(server.clone()).unwrap();
+            let tls = rustls::StreamOwned::new(conn, stream);
+            let received =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_on(tls, 200)));
+            if let Ok(r) = received {
+                let _ = tx.send(r);
+                return;
+            }
+        }
+    });
+    let hub = MemoryHub::new();
+    let mut c = with_webhook(
+        alerting(dir.path(), "a"),
+        &format!("https://localhost:{port}/hook"),
+        dir.path(),
+    );
+    c.alerts.webhooks[0].ca_file = Some(ca);
+    let a = Node::start_with_transport(c, Box::new(hub.join("a")))
+        .await
+        .unwrap();
+    let r = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("an https delivery within 20 s");
+    let body = verified(&r);
+    assert_eq!(body["event"]["alert"], "no_peers");
+    a.stop().await.unwrap();
+
+    // A node whose CA file does not vouch for the receiver's certificate sends it nothing:
+    // the handshake fails and the delivery waits for a retry.
+    let other = dir.path().join("other-ca.pem");
+    let rcgen::CertifiedKey {
+        cert: other_cert, ..
+    } = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(&other, other_cert.pem()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut c = with_webhook(
+        alerting(dir.path(), "b"),
+        &format!("https://localhost:{port}/hook"),
+        dir.path(),
+    );
+    c.alerts.webhooks[0].ca_file = Some(other);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..3 {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let conn = rustls::ServerConnection::new(server.clone()).unwrap();
+            let tls = rustls::StreamOwned::new(conn, stream);
+            let received =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_on(tls, 200)));
+            let _ = tx.send(received.is_ok());
+        }
+    });
+    let b = Node::start_with_transport(c, Box::new(hub.join("b")))
+        .await
+        .unwrap();
+    support::forge::wait_counter(&b, "alerts.webhook_failed", 1).await;
+    assert_eq!(b.webhook_queue_len().await.unwrap(), 1, "still queued");
+    b.stop().await.unwrap();
+    assert!(
+        rx.try_iter().all(|served| !served),
+        "a request reached a receiver the CA file does not vouch for"
+    );
+}

@@ -1,0 +1,380 @@
+//! Key rotation (docs/PROTOCOL.md section 2g) against running nodes over the in-memory hub:
+//! forged, skipping, replayed and conflicting statements change nothing; a rotated node's old
+//! keys work only during the grace period; a node that rotates keeps its id and its peers;
+//! the committed rotation vectors.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::forge::{
+    config, counter, hello, hello_rotated, identity, plain, seal, seed_message, wait_counter,
+};
+
+use crabnet_core::clock::now_ms;
+use crabnet_core::crypto::{KemSeeds, SigningSeeds};
+use crabnet_core::envelope::{self, Kind};
+use crabnet_core::identity::Identity;
+use crabnet_core::model::Message;
+use crabnet_core::network::{MemoryTransport, Transport};
+use crabnet_core::rotation::{Added, Chains, Rotation};
+use crabnet_core::trust::Revocation;
+use crabnet_core::{Config, MemoryHub, Node, NodeId};
+
+const HOUR: u64 = 3_600_000;
+
+/// `from`'s next keys (deterministic from `tag`) and the statement naming them, dated `at`.
+fn rotate(from: &Identity, tag: u32, at: u64) -> (Identity, Rotation) {
+    let next = identity(tag, from.public().epoch + 1).with_node_id(from.node_id().clone());
+    let r = Rotation::sign(from, next.public(), at, [0; 32]).unwrap();
+    (next, r)
+}
+
+/// A `key_rotations` envelope from `sender` carrying `items`.
+fn rotations_frame(sender: &Identity, items: &[&Rotation]) -> Vec<u8> {
+    let list = crabnet_core::sync::Batch {
+        items: items
+            .iter()
+            .map(|r| serde_bytes::ByteBuf::from(r.to_bytes().to_vec()))
+            .collect(),
+    };
+    plain(sender, Kind::KeyRotations, &envelope::encode_hello(&list))
+}
+
+async fn start(c: Config, hub: &MemoryHub) -> Node {
+    let name = c.name.clone();
+    Node::start_with_transport(c, Box::new(hub.join(&name)))
+        .await
+        .unwrap()
+}
+
+/// Sends a seed signed by `signer` (author `signer`'s node id) dated `at`.
+fn send_seed_at(wire: &mut MemoryTransport, signer: &Identity, at: u64) -> Message {
+    let m = seed_message(signer, 1, at);
+    wire.broadcast(&seal(signer, &m, 3600)).unwrap();
+    m
+}
+
+async fn eventually_knows(node: &Node, m: &Message) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.seed(m.seed_id()).await.is_err() {
+        assert!(Instant::now() < deadline, "seed {:?} never arrived", m.id);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn epoch_of(node: &Node, id: &NodeId) -> u32 {
+    node.peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| &p.node_id == id)
+        .map(|p| p.key_epoch)
+        .unwrap_or(0)
+}
+
+/// A rotation signed by a third party, one that skips an epoch, one for a revoked node and a
+/// second statement for an epoch already passed are refused; a replayed statement changes
+/// nothing; only the real rotation moves the peer to its new keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let node = start(config(dir.path(), "victim"), &hub).await;
+    let mut wire = hub.join("wire");
+    let alice = identity(0x11, 1);
+    let mallory = identity(0x66, 1);
+    let bob = identity(0x22, 1);
+    for id in [&alice, &mallory, &bob] {
+        wire.broadcast(&hello(id)).unwrap();
+    }
+    wait_counter(&node, "hellos.accepted", 3).await;
+    let now = now_ms();
+
+    // Mallory signs a rotation of Alice's id to keys of her own.
+    let mallory_as_alice = identity(0x66, 1).with_node_id(alice.node_id().clone());
+    let (stolen, forged) = rotate(&mallory_as_alice, 0x67, now);
+    wire.broadcast(&rotations_frame(&mallory, &[&forged]))
+        .unwrap();
+    wait_counter(&node, "trust.rotations_refused", 1).await;
+    // ... and a hello with those keys carrying the forged chain.
+    wire.broadcast(&hello_rotated(&stolen, vec![forged.to_bytes().to_vec()]))
+        .unwrap();
+    wait_counter(&node, "rejected.key_mismatch", 1).await;
+    let m = send_seed_at(&mut wire, &stolen, now);
+    wait_counter(&node, "rejected.bad_signature", 1).await;
+    assert!(node.seed(m.seed_id()).await.is_err());
+    assert_eq!(epoch_of(&node, alice.node_id()).await, 1);
+
+    // Epoch 3 before epoch 2 skips an epoch.
+    let (alice2, r2) = rotate(&alice, 0x12, now);
+    let (_alice3, r3) = rotate(&alice2, 0x13, now);
+    wire.broadcast(&rotations_frame(&mallory, &[&r3])).unwrap();
+    wait_counter(&node, "trust.rotations_refused", 2).await;
+    assert_eq!(epoch_of(&node, alice.node_id()).await, 1);
+
+    // A revoked node cannot rotate.
+    let revoked = Revocation::by_node(&bob, now - 1000, now - 1000, [0; 32]).unwrap();
+    let list = crabnet_core::sync::Batch {
+        items: vec![serde_bytes::ByteBuf::from(revoked.to_bytes().to_vec())],
+    };
+    wire.broadcast(&plain(
+        &bob,
+        Kind::Revocations,
+        &envelope::encode_hello(&list),
+    ))
+    .unwrap();
+    wait_counter(&node, "trust.revocations_added", 1).await;
+    let (_bob2, rb) = rotate(&bob, 0x23, now);
+    wire.broadcast(&rotations_frame(&alice, &[&rb])).unwrap();
+    wait_counter(&node, "trust.rotations_refused", 3).await;
+
+    // The real rotation, relayed by anyone, moves Alice to her new keys.
+    wire.broadcast(&rotations_frame(&mallory, &[&r2])).unwrap();
+    wait_counter(&node, "trust.rotations_added", 1).await;
+    assert_eq!(epoch_of(&node, alice.node_id()).await, 2);
+    let m = send_seed_at(&mut wire, &alice2, now_ms());
+    eventually_knows(&node, &m).await;
+
+    // Replayed: nothing new. Another epoch-2 statement (say from a stolen epoch-1 key):
+    // refused, the first one stands.
+    wire.broadcast(&rotations_frame(&mallory, &[&r2])).unwrap();
+    let (_other, conflicting) = rotate(&alice, 0x19, now + 1);
+    wire.broadcast(&rotations_frame(&mallory, &[&conflicting]))
+        .unwrap();
+    wait_counter(&node, "trust.rotations_refused", 4).await;
+    assert_eq!(counter(&node, "trust.rotations_added").await, 1);
+    // An old epoch-1 hello (replayed) does not move the peer back.
+    wire.broadcast(&hello(&alice)).unwrap();
+    wait_counter(&node, "hellos.stale_epoch", 1).await;
+    assert_eq!(epoch_of(&node, alice.node_id()).await, 2);
+    node.stop().await.unwrap();
+}
+
+/// Old keys are accepted during the grace period after the rotation's time and refused as
+/// `rotated_key` after it; the new keys work at once, also for a node that learns the chain
+/// from the rotated node's hello only. Encryption to a rotated node uses its new keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_keys_work_only_during_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let node = start(config(dir.path(), "victim"), &hub).await;
+    let mut wire = hub.join("wire");
+    let now = now_ms();
+    // Alice rotated two hours ago (the grace period is one hour): the node first hears of her
+    // by a hello with her new keys and her chain.
+    let alice = identity(0x11, 1);
+    let (alice2, _) = rotate(&alice, 0x12, now - 2 * HOUR);
+    let r_alice = Rotation::sign(&alice, alice2.public(), now - 2 * HOUR, [0; 32]).unwrap();
+    wire.broadcast(&hello_rotated(&alice2, vec![r_alice.to_bytes().to_vec()]))
+        .unwrap();
+    // Carol rotates now: the node knew her old keys.
+    let carol = identity(0x33, 1);
+    wire.broadcast(&hello(&carol)).unwrap();
+    wait_counter(&node, "hellos.accepted", 2).await;
+    assert_eq!(epoch_of(&node, alice.node_id()).await, 2);
+    let (carol2, r_carol) = rotate(&carol, 0x34, now);
+    wire.broadcast(&rotations_frame(&alice2, &[&r_carol]))
+        .unwrap();
+    wait_counter(&node, "trust.rotations_added", 2).await;
+
+    let late = send_seed_at(&mut wire, &alice, now);
+    wait_counter(&node, "rejected.rotated_key", 1).await;
+    assert!(node.seed(late.seed_id()).await.is_err());
+    for m in [
+        send_seed_at(&mut wire, &alice2, now),
+        send_seed_at(&mut wire, &carol, now),
+        send_seed_at(&mut wire, &carol2, now),
+    ] {
+        eventually_knows(&node, &m).await;
+    }
+    assert_eq!(counter(&node, "rejected.rotated_key").await, 1);
+
+    // A private seed for Carol is sealed to her new encryption keys.
+    let mut req = crabnet_core::PublishRequest::new("true");
+    req.private_to = vec![carol.node_id().clone()];
+    node.publish(req).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "the private seed never came");
+        let Ok(Some(frame)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            crabnet_core::network::recv(&mut wire),
+        )
+        .await
+        else {
+            continue;
+        };
+        let Ok(parsed) = envelope::parse(&frame.bytes, envelope::MAX_ENVELOPE_BYTES) else {
+            continue;
+        };
+        if parsed.header.kind != Kind::Domain(crabnet_core::model::MessageKind::SeedCreated) {
+            continue;
+        }
+        assert!(parsed.message(carol.node_id(), carol2.kem()).is_ok());
+        assert!(parsed.message(carol.node_id(), carol.kem()).is_err());
+        break;
+    }
+    node.stop().await.unwrap();
+}
+
+/// A node rotates while running: its peer switches to the new keys and accepts what it
+/// publishes before and after; after a restart it has the same id and the new keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_node_keeps_its_id_and_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut ca = config(dir.path(), "a");
+    ca.network.hello_interval_secs = 1;
+    let cb = config(dir.path(), "b");
+    let a = start(ca.clone(), &hub).await;
+    let b = start(cb, &hub).await;
+    a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    b.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    let id = a.id().clone();
+    let before = a
+        .publish(crabnet_core::PublishRequest::new("true"))
+        .await
+        .unwrap();
+
+    let old_keys = a.public_identity();
+    let r = a.rotate_keys().await.unwrap();
+    assert_eq!((r.epoch, &r.node_id), (2, &id));
+    assert_eq!(a.public_identity().epoch, 2);
+    assert_eq!(a.public_identity().node_id, id);
+    let after = a
+        .publish(crabnet_core::PublishRequest::new("true"))
+        .await
+        .unwrap();
+    for s in [&before, &after] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.seed(&s.seed.id).await.is_err() {
+            assert!(Instant::now() < deadline, "b never got {:?}", s.seed.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(epoch_of(&b, &id).await, 2);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["identity.key", "identity.key.epoch-1"] {
+            let mode = std::fs::metadata(ca.data_dir.join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+    }
+    assert!(!ca.data_dir.join("identity.key.next").exists());
+
+    a.stop().await.unwrap();
+    let a = start(ca.clone(), &hub).await;
+    assert_eq!(a.id(), &id);
+    assert_eq!(a.public_identity(), r.next);
+    let again = a
+        .publish(crabnet_core::PublishRequest::new("true"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.seed(&again.seed.id).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "b never got the seed after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A peer that has not learned of the rotation yet seals to the old keys: still opened.
+    let mut wire = hub.join("wire");
+    let stranger = identity(0x44, 1);
+    wire.broadcast(&hello(&stranger)).unwrap();
+    a.wait_for_peers(2, Duration::from_secs(10)).await.unwrap();
+    let mut m = seed_message(&stranger, 1, now_ms());
+    if let crabnet_core::model::Body::SeedCreated(seed) = &mut m.body {
+        seed.audience = vec![id.clone()];
+    }
+    let sealed = envelope::message_envelope(
+        &stranger,
+        &m,
+        60,
+        &[(&id, &old_keys.kem)],
+        envelope::MAX_ENVELOPE_BYTES,
+        &mut envelope::os_rng,
+    )
+    .unwrap();
+    wire.broadcast(&sealed).unwrap();
+    eventually_knows(&a, &m).await;
+
+    // A second rotation chains from the first.
+    let r3 = a.rotate_keys().await.unwrap();
+    assert_eq!(r3.epoch, 3);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// Test vectors (docs/PROTOCOL.md section 2g)
+// ------------------------------------------------------------------------------------------
+
+/// Keys as in `tests/vectors/envelopes.json`: for tag t, Ed25519 seed = 32 bytes of t, ML-DSA-44
+/// seed = 32 bytes of t+1, X25519 secret = 32 bytes of t+2, ML-KEM-768 seed = 64 bytes of t+3.
+fn vector_identity(tag: u8, epoch: u32) -> Identity {
+    Identity::from_seeds(
+        &SigningSeeds {
+            ed25519: [tag; 32],
+            ml_dsa: [tag + 1; 32],
+        },
+        &KemSeeds {
+            x25519: [tag + 2; 32],
+            ml_kem: [tag + 3; 64],
+        },
+        epoch,
+    )
+}
+
+fn rotation_vectors() -> serde_json::Value {
+    let first = vector_identity(0x01, 1);
+    let next = vector_identity(0x11, 2).with_node_id(first.node_id().clone());
+    let t0 = 1_764_201_600_000;
+    let r = Rotation::sign(&first, next.public(), t0, [0; 32]).unwrap();
+    serde_json::json!({
+        "about": "Crabnet key rotation test vectors (docs/PROTOCOL.md section 2g). The node's epoch-1 keys are the envelope vectors' sender (tag 0x01: Ed25519 seed 32 x 0x01, ML-DSA-44 seed 32 x 0x02, X25519 secret 32 x 0x03, ML-KEM-768 seed 64 x 0x04); its epoch-2 keys use tag 0x11 (seeds 0x11, 0x12, 0x13, 0x14). The ML-DSA-44 signature uses all-zero signing randomness (deterministic); real signers use fresh randomness.",
+        "node_id": first.node_id(),
+        "previous_signing_public": hex::encode(first.public().signing.to_bytes()),
+        "next_signing_public": hex::encode(next.public().signing.to_bytes()),
+        "next_kem_public": hex::encode(next.public().kem.to_bytes()),
+        "epoch": 2,
+        "rotated_at": t0,
+        "statement": hex::encode(r.to_bytes()),
+    })
+}
+
+fn rotation_vector_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/rotation.json")
+}
+
+/// The committed vector is what the implementation produces, byte for byte
+/// (`CRABNET_REGENERATE_VECTORS=1` rewrites it after an intended change), and it chains from
+/// the node id.
+#[test]
+fn committed_rotation_vectors_match_and_verify() {
+    let fresh = rotation_vectors();
+    if std::env::var_os("CRABNET_REGENERATE_VECTORS").is_some() {
+        let text = serde_json::to_string_pretty(&fresh).unwrap() + "\n";
+        std::fs::write(rotation_vector_path(), text).unwrap();
+    }
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rotation_vector_path()).unwrap()).unwrap();
+    assert_eq!(
+        committed, fresh,
+        "the rotation encoding changed; if intended, regenerate with CRABNET_REGENERATE_VECTORS=1 and update docs/PROTOCOL.md"
+    );
+    let bytes = hex::decode(committed["statement"].as_str().unwrap()).unwrap();
+    let r = Rotation::parse(&bytes).unwrap();
+    assert_eq!(r.node_id.as_str(), committed["node_id"]);
+    assert_eq!(r.epoch, 2);
+    let mut chains = Chains::default();
+    assert_eq!(chains.add(&r), Ok(Added::New));
+    assert_eq!(
+        hex::encode(chains.keys_at(&r.node_id, 2).unwrap().kem.to_bytes()),
+        committed["next_kem_public"]
+    );
+}
