@@ -1180,6 +1180,9 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
             Node::start_with_dht(config, dht).await?
         }
     };
+    // Subscribed at once: what happens while the dashboard and the banner are set up (the
+    // first peer's hello, on a loaded machine) is printed after the banner, not lost.
+    let mut sub = node.subscribe();
     let web = match start_web(&node, &args.http).await {
         Ok(web) => web,
         Err(e) => {
@@ -1225,7 +1228,6 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
             println!("dashboard {}", web.url());
         }
     }
-    let mut sub = node.subscribe();
     loop {
         tokio::select! {
             _ = &mut ctrl_c => break,
