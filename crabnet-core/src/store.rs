@@ -375,8 +375,6 @@ pub struct Store {
     config: StoreConfig,
     /// Peers' keys, parsed once (reading a peer is on the path of every received frame).
     keys: ParsedKeys,
-    /// Whether this handle committed an outbox row since [`Store::take_outbox_added`].
-    outbox_added: bool,
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String> {
@@ -415,7 +413,6 @@ impl Store {
             path: path.to_owned(),
             config: config.clone(),
             keys: ParsedKeys::new(PARSED_KEYS),
-            outbox_added: false,
         };
         store.migrate()?;
         Ok(store)
@@ -541,15 +538,7 @@ impl Store {
         )?;
         let events = insert_events(&tx, now, events, Some(seed_id))?;
         tx.commit()?;
-        self.outbox_added = true;
         Ok((message, view, events))
-    }
-
-    /// Whether this handle committed a message to the outbox since the last call (rows that
-    /// other processes add are not seen here). The receive path drains the outbox after a
-    /// frame only when the frame caused one.
-    pub fn take_outbox_added(&mut self) -> bool {
-        std::mem::take(&mut self.outbox_added)
     }
 
     /// Applies a message received from the network, idempotently: a message id already seen
@@ -1878,7 +1867,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_committed_local_operation_marks_the_outbox() {
+    fn only_a_committed_local_operation_queues_an_outbox_row() {
         use crate::model::{Deadlines, SandboxLevel, Seed, rules};
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
@@ -1910,7 +1899,11 @@ mod tests {
             |_, _| Ok(Vec::new()),
         );
         assert!(failed.is_err());
-        assert!(!s.take_outbox_added());
+        assert_eq!(
+            s.outbox_pending().unwrap(),
+            0,
+            "a refused commit queues nothing"
+        );
         s.commit_local(
             &me,
             &id,
@@ -1919,8 +1912,6 @@ mod tests {
             |_, _| Ok(b"envelope".to_vec()),
         )
         .unwrap();
-        assert!(s.take_outbox_added());
-        assert!(!s.take_outbox_added(), "taken once");
         assert_eq!(s.outbox_due(now, 10).unwrap().len(), 1);
     }
 
