@@ -223,7 +223,7 @@ impl Rotation {
 }
 
 /// What a rotation did (the result of [`crate::Node::rotate_keys`] in the bindings).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RotationInfo {
     /// The node (unchanged by the rotation).
     pub node_id: NodeId,

@@ -19,6 +19,7 @@ use utoipa::openapi::{RefOr, Schema};
 
 use crate::monitor::Event;
 use crate::node::{Overview, PeerInfo};
+use crate::rotation::RotationInfo;
 use crate::state::SeedView;
 
 /// The `$id` of the schema document.
@@ -36,6 +37,7 @@ pub fn json_schema() -> Value {
     collect::<SeedView>(&mut schemas);
     collect::<Overview>(&mut schemas);
     collect::<PeerInfo>(&mut schemas);
+    collect::<RotationInfo>(&mut schemas);
     // Sorted by name, each once (a type used in several places is collected several times).
     let mut defs: BTreeMap<String, Value> = schemas
         .into_iter()
@@ -67,7 +69,8 @@ pub fn json_schema() -> Value {
         json!(
             "The JSON objects a Crabnet node produces: events (the root; one per line of \
              events.ndjson, one per event callback), seeds in full ($defs/SeedView), the node \
-             summary ($defs/Overview) and peers ($defs/PeerInfo). Generated from the core \
+             summary ($defs/Overview), peers ($defs/PeerInfo) and key rotations \
+             ($defs/RotationInfo). Generated from the core \
              types; docs/EVENTS.md lists the same in prose. A required property is always \
              present (null when it has no value); any other property is left out when it has \
              its default."

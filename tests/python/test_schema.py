@@ -39,6 +39,7 @@ CLASSES: Dict[Type[_model._Record], str] = {
     _model.SeedView: "SeedView",
     _model.Overview: "Overview",
     _model.PeerInfo: "PeerInfo",
+    _model.KeyRotation: "RotationInfo",
 }
 
 # Python enum -> the schema enum it mirrors.
@@ -49,6 +50,7 @@ ENUMS: Dict[Type[Enum], str] = {
     _model.SandboxLevel: "SandboxLevel",
     _model.SandboxPolicy: "SandboxPolicy",
     _model.RejectReason: "RejectReason",
+    _model.AlertName: "AlertName",
 }
 
 # Schema types with no class of their own: flattened into one (`Bid` into `BidView`,

@@ -26,6 +26,7 @@ from ._crabnet import InternalError
 
 __all__ = [
     "AlertFiring",
+    "AlertName",
     "AlertResolved",
     "Award",
     "Bid",
@@ -180,6 +181,34 @@ class SandboxPolicy(str, Enum):
         return self.value
 
 
+class AlertName(str, Enum):
+    """An alert rule (README, "Alerting"): :attr:`AlertFiring.alert`. Compares equal to its
+    name: ``alert == "no_peers"``."""
+
+    NO_PEERS = "no_peers"
+    """No peer sent a verified hello recently, for ``alerts.no_peers_secs``."""
+    OUTBOX_BACKLOG = "outbox_backlog"
+    """At least ``alerts.outbox_backlog`` messages wait to be sent."""
+    OUTBOX_STALE = "outbox_stale"
+    """The oldest unsent message waits ``alerts.outbox_oldest_secs`` or more."""
+    REJECT_RATE = "reject_rate"
+    """At least ``alerts.reject_max`` messages were rejected within the rate window."""
+    RUNNER_FAILURES = "runner_failures"
+    """At least ``alerts.runner_failure_percent`` % of the tasks run within the rate window
+    failed."""
+    SYNC_LAG = "sync_lag"
+    """A received message waits ``alerts.sync_lag_secs`` or more for one it depends on."""
+    DISK_LOW = "disk_low"
+    """Less than ``alerts.disk_free_min_bytes`` are free on the data directory's file
+    system."""
+
+    def __repr__(self) -> str:
+        return f"AlertName.{self.name}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class RejectReason(str, Enum):
     """Why a node rejected a received message (:attr:`MessageRejected.reason`); each reason
     has a counter ``rejected.<reason>`` in :attr:`Overview.counters`. Compares equal
@@ -210,8 +239,9 @@ class RejectReason(str, Enum):
     RATE_LIMITED = "rate_limited"
     """Its transport source or claimed sender exceeded the node's rate limit."""
     LAMPORT_AHEAD = "lamport_ahead"
-    ROTATED_KEY = "rotated_key"
     """Its Lamport counter is more than ``network.lamport_window`` ahead of the node's clock."""
+    ROTATED_KEY = "rotated_key"
+    """It was signed with keys its sender replaced by a rotation, after their grace period."""
 
     def __repr__(self) -> str:
         return f"RejectReason.{self.name}"
@@ -848,9 +878,8 @@ class AlertFiring(Event):
     """An alert rule's condition held long enough: the alert fires (README, "Alerting")."""
 
     TYPE: ClassVar[str] = "alert_firing"
-    alert: str
-    """The rule: ``no_peers``, ``outbox_backlog``, ``outbox_stale``, ``reject_rate``,
-    ``runner_failures``, ``sync_lag`` or ``disk_low``."""
+    alert: AlertName
+    """The rule."""
     value: int
     """The rule's value (peers, messages, seconds, percent or bytes; see the rule)."""
     threshold: int
@@ -862,7 +891,7 @@ class AlertResolved(Event):
     """A firing alert's condition stayed clear long enough: the alert is resolved."""
 
     TYPE: ClassVar[str] = "alert_resolved"
-    alert: str
+    alert: AlertName
     value: int
     threshold: int
     since: int
