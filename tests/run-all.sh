@@ -32,18 +32,27 @@ cargo run --quiet -p crabnet-core --example three_nodes > /dev/null
 cargo run --quiet -p crabnet-core --example blocking > /dev/null
 
 # --- Python (crabnet-py) -----------------------------------------------------------------------
-# A fresh virtualenv every run, with maturin, pytest and mypy from PyPI. `pip install ./crabnet-py`
-# builds into the workspace target dir with the dev profile, reusing what `cargo test` compiled
-# (CRABNET_PY_PROFILE=release builds the release wheel users get).
-step "Python: build and install crabnet-py in a fresh virtualenv"
+# A fresh virtualenv every run, with maturin, ziglang, pytest and mypy from PyPI.
+# tests/python/build-wheel.sh builds the portable wheel (abi3, manylinux_2_17, stripped) and the
+# sdist, and checks both (tags, stripping, glibc symbol versions, sdist contents); it builds into
+# the workspace target dir with the dev profile, reusing what `cargo test` compiled
+# (CRABNET_PY_PROFILE=release builds the release wheel users get). The suite then runs against
+# that wheel, installed into the virtualenv: there is no second build.
+step "Python: build and check the wheel and sdist (tests/python/build-wheel.sh)"
 PY_VENV="$(mktemp -d "${TMPDIR:-/tmp}/crabnet-py-venv.XXXXXX")"
 trap 'rm -rf "$PY_VENV"' EXIT
 "${PYTHON:-python3}" -m venv "$PY_VENV"
 PY="$PY_VENV/bin/python"
-"$PY" -m pip install --quiet --disable-pip-version-check maturin pytest mypy
-CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" \
-    MATURIN_PEP517_ARGS="--profile ${CRABNET_PY_PROFILE:-dev}" \
-    "$PY" -m pip install --quiet --disable-pip-version-check ./crabnet-py
+"$PY" -m pip install --quiet --disable-pip-version-check \
+    'maturin>=1.16,<2' ziglang pytest mypy
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" CRABNET_PY_PROFILE="${CRABNET_PY_PROFILE:-dev}" \
+    PYTHON="$PY" ./tests/python/build-wheel.sh "$PY_VENV/dist"
+
+step "Python: install the built wheel in the fresh virtualenv"
+"$PY" -m pip install --quiet --disable-pip-version-check --no-index --no-deps \
+    "$PY_VENV"/dist/crabnet-*.whl
+# The suite must import the installed wheel, never a source tree.
+"$PY" -c 'import sys, crabnet; assert crabnet.__file__.startswith(sys.prefix), crabnet.__file__'
 
 step "Python: pytest tests/python"
 "$PY" -m pytest tests/python
