@@ -11,7 +11,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Node, Via, lock};
+use super::receive::Via;
+use super::{Node, lock};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::envelope::{self, Kind};

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{Node, known, lock, refusal};
+use super::operations::{known, refusal};
+use super::{Node, lock};
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Body, SandboxInfo, SeedId, TaskResult};

@@ -1,0 +1,108 @@
+//! Decisions this node owes as a publisher (closing bidding, re-awarding, expiring), each at
+//! its own due time.
+
+use std::sync::atomic::Ordering;
+
+use super::operations::known;
+use super::{Node, lock};
+use crate::clock::now_ms;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{Message, Millis};
+use crate::state::SeedView;
+
+impl Node {
+    /// Issues every decision this node owes as a publisher (see [`SeedView::due_decision`]):
+    /// awards when bidding is due to close and, under rules 2, reassignments, failures and
+    /// settlements when their deadlines have passed. Reads every undecided seed of ours, so it
+    /// runs at start, when another process wrote to the store, and when the timer says a
+    /// decision is due; it sets the timer to the next one.
+    pub(super) fn issue_due_decisions(&self) -> Result<()> {
+        let now = now_ms();
+        let timers = &self.inner.timers;
+        // Reset before the query: a seed published meanwhile schedules itself again
+        // (`commit_local_at`), whichever of the two comes first.
+        timers.decide_at.store(u64::MAX, Ordering::Relaxed);
+        lock(&timers.deciding).clear();
+        let pending = lock(&self.inner.store).undecided_seeds_of(&self.inner.id)?;
+        for view in pending {
+            if !self.decide(&view, now) {
+                self.schedule_decision(&view);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Node::issue_due_decisions`] when the timer says a decision is due; no store access
+    /// otherwise.
+    pub(super) fn issue_decisions_if_due(&self) -> Result<()> {
+        if self.inner.timers.decide_at.load(Ordering::Relaxed) <= now_ms() {
+            self.issue_due_decisions()?;
+        }
+        Ok(())
+    }
+
+    /// After a received message was applied (or deferred): when its seed is one of ours that
+    /// owes decisions (or the message is our own, restored by sync), reads that seed alone,
+    /// issues what is due at once (an award when `max_bids` bids are in) and moves the timer.
+    /// Other messages cost nothing here.
+    pub(super) fn reschedule_decision(&self, message: &Message, now: Millis) -> Result<()> {
+        let id = message.seed_id();
+        let ours =
+            message.sender == self.inner.id || lock(&self.inner.timers.deciding).contains(id);
+        if !ours {
+            return Ok(());
+        }
+        let Some(view) = lock(&self.inner.store).seed(id)? else {
+            return Ok(());
+        };
+        if !self.decide(&view, now) {
+            self.schedule_decision(&view);
+        }
+        Ok(())
+    }
+
+    /// Puts a seed of ours on the decision timer (or takes it off when it owes no more).
+    pub(super) fn schedule_decision(&self, view: &SeedView) {
+        if view.seed.publisher != self.inner.id {
+            return;
+        }
+        let timers = &self.inner.timers;
+        let mut deciding = lock(&timers.deciding);
+        match view.next_decision_at() {
+            Some(at) => {
+                deciding.insert(view.seed.id.clone());
+                timers.decide_at.fetch_min(at, Ordering::Relaxed);
+            }
+            None => {
+                deciding.remove(&view.seed.id);
+            }
+        }
+    }
+
+    /// Issues the decision due on `view` at `now`, if any; true when it did (the new state
+    /// schedules itself through `commit_local_at`). Otherwise the caller schedules `view`: a
+    /// decision that failed is then still due, and tried again on the next tick.
+    fn decide(&self, view: &SeedView, now: Millis) -> bool {
+        let Some(due) = view.due_decision(now) else {
+            return false;
+        };
+        let id = view.seed.id.clone();
+        let kind = due.kind();
+        let result = self.commit_local(&id, |v| {
+            let v = known(v, &id)?;
+            // Another thread or process may have decided meanwhile.
+            v.due_decision(now)
+                .filter(|b| b.kind() == kind)
+                .ok_or_else(|| Error::new(ErrorKind::State, "already decided"))
+        });
+        match result {
+            Ok(_) => true,
+            // Decided meanwhile: the next look reads the new state.
+            Err(e) if e.kind() == ErrorKind::State => false,
+            Err(e) => {
+                tracing::warn!(seed = %id, "cannot issue the due {kind}: {e}");
+                false
+            }
+        }
+    }
+}

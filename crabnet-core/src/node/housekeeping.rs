@@ -1,0 +1,177 @@
+//! Housekeeping: every periodic duty on its own trigger, and the NDJSON event log writer.
+
+use std::fs::OpenOptions;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Node, lock};
+use crate::clock::now_ms;
+use crate::error::{Error, Result};
+
+impl Node {
+    /// Background upkeep, on the `network.tick_ms` tick, doing store work only when something is
+    /// due. Its duties, each with what makes it due:
+    ///
+    /// * decisions on seeds of ours ([`Node::issue_due_decisions`]): the decision timer
+    ///   ([`SeedView::next_decision_at`]: a bid window ended, a rules-2 deadline passed), or
+    ///   another process (a CLI command, a binding) committed to the database (checked with
+    ///   SQLite's `data_version`, which costs no table read);
+    /// * rejection counters and events, and held envelopes whose author's hello did not come in
+    ///   time ([`Node::flush_rejections`]): counters waiting, or the oldest held envelope's
+    ///   expiry;
+    /// * retention ([`crate::retention::Retention::run_if_due`]): its own schedule,
+    ///   `retention.interval_secs` (at once while work is left);
+    /// * seen-id expiry: the earliest expiry;
+    /// * revocations and rotations another process stored (`Trust::refresh`), and events it
+    ///   recorded (to the bus and the log): the database changed;
+    /// * switching to keys another process on this data directory rotated to
+    ///   ([`Node::follow_own_rotation`]): the database changed, or this node's chain is ahead
+    ///   of its keys (a switch that could not load the keys yet is tried again);
+    /// * the outbox: the earliest retry, or the database changed (another process queued).
+    ///
+    /// An idle node only wakes on the tick; changes made through this node wake the tasks
+    /// directly.
+    pub(super) async fn housekeeping(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(self.inner.config.network.tick_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_version = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let now = now_ms();
+            // Read on this thread when the store is free; when it is busy, wait for it off the
+            // async thread (skipping the look would delay what another process wrote, e.g. a
+            // revocation, behind frames that arrive meanwhile).
+            let quick = self.inner.store.try_lock().ok().map(|s| s.data_version());
+            let version = match quick {
+                Some(v) => v,
+                None => {
+                    let node = self.clone();
+                    tokio::task::spawn_blocking(move || lock(&node.inner.store).data_version())
+                        .await
+                        .unwrap_or_else(|e| Err(Error::internal(e.to_string())))
+                }
+            };
+            let changed = match version {
+                Ok(v) => last_version.replace(v) != Some(v),
+                Err(e) => {
+                    tracing::warn!("cannot read the database version: {e}");
+                    true
+                }
+            };
+            let timers = &self.inner.timers;
+            let decide_due = timers.decide_at.load(Ordering::Relaxed) <= now;
+            let prune_due = timers.prune_at.load(Ordering::Relaxed) <= now;
+            let retry_due = timers.retry_at.load(Ordering::Relaxed) <= now;
+            let retention_due = self.inner.retention.next_run_at() <= now;
+            let held_due = self.inner.held.next_expiry().is_some_and(|at| at <= now);
+            let rotation_due = self.behind_own_rotation();
+            let rejections = !self.inner.rejections.is_idle() || held_due;
+            if !(changed || decide_due || prune_due || rejections || retention_due || rotation_due)
+            {
+                if retry_due {
+                    timers.retry_at.store(u64::MAX, Ordering::Relaxed);
+                    self.inner.wake_outbox.notify_one();
+                }
+                continue;
+            }
+            let node = self.clone();
+            let done = tokio::task::spawn_blocking(move || -> Result<()> {
+                if changed || decide_due {
+                    node.issue_due_decisions()?;
+                }
+                if rejections {
+                    node.flush_rejections()?;
+                }
+                if retention_due
+                    && let Err(e) = node.inner.retention.run_if_due(&node.inner.store, now)
+                {
+                    tracing::warn!("retention failed (retried in retention.interval_secs): {e}");
+                }
+                let mut store = lock(&node.inner.store);
+                if prune_due {
+                    store.prune_seen(now)?;
+                    // The next expiry, but at least a second apart: expiries close together
+                    // are pruned together.
+                    let next = store.next_seen_expiry()?.unwrap_or(u64::MAX);
+                    node.inner
+                        .timers
+                        .prune_at
+                        .store(next.max(now.saturating_add(1000)), Ordering::Relaxed);
+                }
+                if changed {
+                    // Revocations and rotations another process added (`crabnet trust
+                    // import`, `revoke`, `rotate`), events it recorded.
+                    node.inner.trust.refresh(&store)?;
+                    node.pump_events(&store);
+                }
+                drop(store);
+                if changed || rotation_due {
+                    node.follow_own_rotation()?;
+                }
+                Ok(())
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("housekeeping failed: {e}"),
+                Err(e) => tracing::error!("housekeeping task failed: {e}"),
+            }
+            if changed || retry_due {
+                // Another process may have queued messages to send.
+                timers.retry_at.store(u64::MAX, Ordering::Relaxed);
+                self.inner.wake_outbox.notify_one();
+            }
+        }
+    }
+
+    /// Appends new events to the NDJSON log. Several processes may share a data directory: a
+    /// file lock serializes writers and the cursor in the database says what is written.
+    pub(super) fn write_log(&self) -> Result<()> {
+        let Some(log) = &self.inner.log else {
+            return Ok(());
+        };
+        let lock_path = self.inner.config.data_dir.join("events.ndjson.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        file.lock()?;
+        let mut store = lock(&self.inner.store);
+        // The file may be ahead of the cursor if a process died between the two writes.
+        let mut cursor = store.log_cursor()?.max(log.last_seq()?.unwrap_or(0));
+        loop {
+            let events = store.events_after(cursor, 1000)?;
+            let Some(last) = events.last().map(|e| e.seq) else {
+                break;
+            };
+            log.append(&events)?;
+            store.set_log_cursor(last)?;
+            cursor = last;
+        }
+        drop(store);
+        file.unlock()?;
+        Ok(())
+    }
+
+    pub(super) async fn log_writer(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.inner.wake_log.notified() => {}
+            }
+            let node = self.clone();
+            match tokio::task::spawn_blocking(move || node.write_log()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("cannot write the event log: {e}"),
+                Err(e) => tracing::error!("event log task failed: {e}"),
+            }
+        }
+    }
+}

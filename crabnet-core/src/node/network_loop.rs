@@ -1,0 +1,335 @@
+//! The network loop: receives frames, sends the outbox, and announces this node (hellos,
+//! revocations and key rotations).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{JOIN_HELLO_DELAYS, Node, OUTBOX_BATCH, lock};
+use crate::clock::now_ms;
+use crate::envelope::{self, Kind};
+use crate::error::Result;
+use crate::ingress;
+use crate::monitor::EventKind;
+use crate::network::{self, Acceptance, Handled, InboundFrame, Incoming, Transport};
+use crate::sync;
+
+impl Node {
+    pub(super) async fn network_loop(
+        self,
+        mut transport: Box<dyn Transport>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut hello_tick = tokio::time::interval(Duration::from_secs(
+            self.inner.config.network.hello_interval_secs as u64,
+        ));
+        *lock(&self.inner.addresses) = transport.local_addresses();
+        // Hellos: one broadcast at start and one per interval. A new peer (a connection opened,
+        // or a hello from an unknown node) gets the latest of them sent to it alone: a
+        // broadcast would make every node verify one more hello per newcomer, and the same
+        // bytes again cost a peer that has them only a lookup.
+        let mut hello: Option<(Vec<String>, Vec<u8>)> = None;
+        // After the first connection (when gossip can carry it), the hello is broadcast again:
+        // the one at start reached nobody, and this is how the nodes that this node does not
+        // connect to learn of it (they answer it, each to this node alone). The same bytes go
+        // out a few times, in case the first attempt found no subscribed peer yet: a peer that
+        // has them drops a copy after a lookup, and gossip does not send them twice.
+        let mut joined = false;
+        let mut join_hellos: Vec<tokio::time::Instant> = Vec::new();
+        let mut sync_tick = tokio::time::interval(Duration::from_secs(
+            self.inner.config.network.sync_interval_secs as u64,
+        ));
+        let mut sync_due: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
+                    join_hellos.pop();
+                    if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello)
+                        && let Err(e) = transport.broadcast(&frame).and_then(|()| self.send_after_hello(transport.as_mut(), None))
+                    {
+                        tracing::debug!("cannot send hello: {e}");
+                    }
+                }
+                _ = hello_tick.tick() => self.broadcast_hello(transport.as_mut(), &mut hello),
+                _ = self.inner.hello_wanted.notified() => {
+                    let answers = std::mem::take(&mut *lock(&self.inner.hello_answers));
+                    if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello) {
+                        for to in answers {
+                            if let Err(e) = transport.send_to_announced(&to, &frame).and_then(|()| self.send_after_hello(transport.as_mut(), Some(&to))) {
+                                tracing::debug!("cannot answer a hello: {e}");
+                            }
+                        }
+                    }
+                }
+                _ = sync_tick.tick() => sync_due = Some(tokio::time::Instant::now()),
+                _ = self.inner.sync_wanted.notified() => {
+                    // Give hellos a moment to cross first.
+                    let at = tokio::time::Instant::now() + Duration::from_millis(100);
+                    sync_due = Some(sync_due.map_or(at, |d| d.min(at)));
+                }
+                _ = tokio::time::sleep_until(sync_due.unwrap_or_else(tokio::time::Instant::now)), if sync_due.is_some() => {
+                    sync_due = None;
+                    let node = self.clone();
+                    match tokio::task::spawn_blocking(move || node.digest_frame(false)).await {
+                        Ok(Ok(frame)) => {
+                            if let Err(e) = transport.sync(&frame) {
+                                tracing::debug!("cannot send sync digest: {e}");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::warn!("cannot build sync digest: {e}"),
+                        Err(e) => tracing::error!("sync task failed: {e}"),
+                    }
+                }
+                _ = self.inner.hello_changed.notified() => self.broadcast_hello(transport.as_mut(), &mut hello),
+                _ = shutdown.changed() => {
+                    self.drain_outbox(transport.as_mut()).await;
+                    return;
+                }
+                incoming = network::next(transport.as_mut()) => {
+                    let frame = match incoming {
+                        None => {
+                            tracing::warn!("transport closed");
+                            return;
+                        }
+                        Some(Incoming::Status(detail)) => {
+                            let node = self.clone();
+                            let name = transport.name().to_owned();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                node.with_store(|s| {
+                                    s.record_event(now_ms(), EventKind::TransportStatus { transport: name, detail })
+                                })
+                            })
+                            .await;
+                            continue;
+                        }
+                        Some(Incoming::Connected(to)) => {
+                            if !joined {
+                                joined = true;
+                                let now = tokio::time::Instant::now();
+                                // Latest first: the next one due is at the end.
+                                join_hellos = JOIN_HELLO_DELAYS.iter().rev().map(|d| now + *d).collect();
+                            }
+                            if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello)
+                                && let Err(e) = transport.send_to_announced(&to, &frame).and_then(|()| self.send_after_hello(transport.as_mut(), Some(&to)))
+                            {
+                                tracing::debug!("cannot send hello to a new connection: {e}");
+                            }
+                            continue;
+                        }
+                        Some(Incoming::Frame(frame)) => frame,
+                    };
+                    let max = transport.max_frame_bytes();
+                    let InboundFrame { bytes, from, ack } = frame;
+                    if let Err(rejection) = self.inner.gate.admit(&bytes, &from, max) {
+                        // Refused before any blocking work: no transaction, no outbox scan.
+                        let handled = self.refuse(rejection).await;
+                        if let Some(ack) = ack {
+                            let _ = ack.send(handled);
+                        }
+                        continue;
+                    }
+                    let node = self.clone();
+                    let source = ingress::Source { verified: transport.source_verified(&from), from };
+                    let res = tokio::task::spawn_blocking(move || {
+                        let handled = node.receive_frame(&bytes, &source, max);
+                        (handled, source.from)
+                    })
+                    .await;
+                    let (res, from) = match res {
+                        Ok((handled, from)) => (Ok(handled), from),
+                        Err(e) => (Err(e), String::new()),
+                    };
+                    let handled = match res {
+                        Ok(Ok(handled)) => handled,
+                        Ok(Err(e)) => {
+                            tracing::warn!("cannot apply received frame: {e}");
+                            Handled { acceptance: Acceptance::Ignore, replies: Vec::new() }
+                        }
+                        Err(e) => {
+                            tracing::error!("receive task failed: {e}");
+                            Handled { acceptance: Acceptance::Ignore, replies: Vec::new() }
+                        }
+                    };
+                    match ack {
+                        // The transport forwards or drops the frame and carries the answers.
+                        Some(ack) => {
+                            let _ = ack.send(handled);
+                        }
+                        // Answers go to the requester only, never to every peer.
+                        None => {
+                            for frame in handled.replies {
+                                if let Err(e) = transport.send_to(&from, &frame) {
+                                    tracing::debug!("cannot send sync answer: {e}");
+                                }
+                            }
+                        }
+                    }
+                    // Whatever the frame caused (an award, say) was committed through
+                    // `commit_local`, which wakes the outbox: it goes out on the next turn.
+                }
+                _ = self.inner.wake_outbox.notified() => self.drain_outbox(transport.as_mut()).await,
+            }
+        }
+    }
+
+    /// Sends the outbox messages that are due, then schedules the next look: at once when
+    /// there were more than one batch, else at the earliest retry (housekeeping wakes it).
+    async fn drain_outbox(&self, transport: &mut dyn Transport) {
+        let node = self.clone();
+        let due = tokio::task::spawn_blocking(move || {
+            lock(&node.inner.store).outbox_due(now_ms(), OUTBOX_BATCH)
+        })
+        .await;
+        let items = match due {
+            Ok(Ok(items)) => items,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot read the outbox: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::error!("outbox task failed: {e}");
+                return;
+            }
+        };
+        let full = items.len() == OUTBOX_BATCH;
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let sent = transport.broadcast(&item.envelope);
+            results.push((item, sent));
+        }
+        let node = self.clone();
+        let net = self.inner.config.network.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            node.with_store(|s| {
+                let now = now_ms();
+                for (item, sent) in results {
+                    match sent {
+                        Ok(()) => s.outbox_sent(item.seq, now)?,
+                        Err(e) => {
+                            let shift = item.attempts.min(20);
+                            let delay = net
+                                .retry_base_ms
+                                .saturating_mul(1u64 << shift)
+                                .min(net.retry_max_ms);
+                            s.outbox_retry(item.seq, now + delay)?;
+                            s.record_event(
+                                now,
+                                EventKind::SendFailed {
+                                    message_id: item.message_id.clone(),
+                                    detail: e.to_string(),
+                                },
+                            )?;
+                        }
+                    }
+                }
+                if let Some(at) = s.outbox_next_attempt()? {
+                    node.inner.timers.retry_at.fetch_min(at, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .await;
+        if full {
+            self.inner.wake_outbox.notify_one();
+        }
+    }
+
+    /// The latest hello broadcast, rebuilt (not sent) when the transport's addresses changed
+    /// since: peers answer a hello at the addresses it announces.
+    fn latest_hello(
+        &self,
+        transport: &dyn Transport,
+        cache: &mut Option<(Vec<String>, Vec<u8>)>,
+    ) -> Option<Vec<u8>> {
+        let addresses = transport.local_addresses();
+        if cache.as_ref().is_none_or(|(a, _)| *a != addresses) {
+            match self.hello_frame(&addresses) {
+                Ok(frame) => {
+                    *lock(&self.inner.addresses) = addresses.clone();
+                    *cache = Some((addresses, frame));
+                }
+                Err(e) => tracing::warn!("cannot build hello: {e}"),
+            }
+        }
+        cache.as_ref().map(|(_, frame)| frame.clone())
+    }
+
+    /// Builds the hello for the transport's current addresses (they can appear after start:
+    /// libp2p listeners) and keys, broadcasts it with what follows a hello, and keeps it in
+    /// `cache` for the answers to new peers.
+    fn broadcast_hello(
+        &self,
+        transport: &mut dyn Transport,
+        cache: &mut Option<(Vec<String>, Vec<u8>)>,
+    ) {
+        let addresses = transport.local_addresses();
+        *lock(&self.inner.addresses) = addresses.clone();
+        match self.hello_frame(&addresses) {
+            Ok(frame) => {
+                if let Err(e) = transport
+                    .broadcast(&frame)
+                    .and_then(|()| self.send_after_hello(transport, None))
+                {
+                    tracing::debug!("cannot send hello: {e}");
+                }
+                *cache = Some((addresses, frame));
+            }
+            Err(e) => tracing::warn!("cannot build hello: {e}"),
+        }
+    }
+
+    /// Sends what follows a hello, the revocations and the key rotation statements this node
+    /// holds: to every peer, or to the one that announced `to` (see
+    /// [`Transport::send_to_announced`]).
+    fn send_after_hello(&self, transport: &mut dyn Transport, to: Option<&[String]>) -> Result<()> {
+        let mut frames = self.revocation_frames()?;
+        frames.extend(self.rotation_frames()?);
+        for frame in frames {
+            match to {
+                Some(to) => transport.send_to_announced(to, &frame)?,
+                None => transport.broadcast(&frame)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn hello_frame(&self, addresses: &[String]) -> Result<Vec<u8>> {
+        let identity = &self.keys();
+        let hello = envelope::Hello {
+            name: self.inner.config.name.clone(),
+            addresses: addresses.to_vec(),
+            key_epoch: identity.public().epoch,
+            signing_public: identity.public().signing.to_bytes(),
+            kem_public: identity.public().kem.to_bytes(),
+            certificate: self.inner.trust.own_certificate(),
+            rotations: self
+                .inner
+                .trust
+                .rotation_chain(&self.inner.id)
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+        };
+        let ttl = self
+            .inner
+            .config
+            .network
+            .hello_interval_secs
+            .saturating_mul(4);
+        self.plain_frame(Kind::NodeHello, &envelope::encode_hello(&hello), ttl)
+    }
+
+    /// The `revocations` envelopes sent after each hello: every revocation this node holds.
+    fn revocation_frames(&self) -> Result<Vec<Vec<u8>>> {
+        if self.inner.trust.stored_revocations() == 0 {
+            return Ok(Vec::new());
+        }
+        let all = lock(&self.inner.store).revocations()?;
+        let max_payload = self.inner.config.network.max_envelope_bytes - envelope::OVERHEAD;
+        sync::pack(all, max_payload)
+            .iter()
+            .map(|list| self.plain_frame(Kind::Revocations, &envelope::encode_hello(list), 60))
+            .collect()
+    }
+}

@@ -1,0 +1,637 @@
+//! The trust boundary: every received frame (envelope, hello, digest, batch, revocation) is
+//! checked, cheap checks before costly ones, then applied or refused with a reason.
+
+use super::{Node, lock};
+use crate::clock::{now_ms, random_bytes};
+use crate::envelope::{self, EnvelopeError, Header, Kind};
+use crate::error::{Error, Result};
+use crate::identity::PublicIdentity;
+use crate::ingress;
+use crate::model::{MessageId, Millis, NodeId};
+use crate::monitor::{EventKind, RejectReason};
+use crate::network::{Acceptance, Handled};
+use crate::store::{PeerUpdate, RemoteOutcome};
+use crate::sync;
+
+impl Node {
+    /// Counts a rejected frame and records its event, unless an event for the same source and
+    /// reason was recorded within `network.reject_event_window_ms` (then the window's summary
+    /// covers it): a flood costs memory, not one transaction per frame.
+    pub(super) fn reject(
+        &self,
+        from: &str,
+        header: Option<&Header>,
+        reason: RejectReason,
+        detail: String,
+    ) -> Result<Acceptance> {
+        self.record_rejection(ingress::Rejection::new(from, header, reason, detail))
+    }
+
+    /// Counts `rejection` and records its event as [`Node::reject`] does.
+    fn record_rejection(&self, rejection: ingress::Rejection) -> Result<Acceptance> {
+        let reason = rejection.reason;
+        let now = now_ms();
+        if let Some(event) = self.inner.rejections.note(rejection, now) {
+            self.with_store(|s| s.record_event(now, event))?;
+        }
+        Ok(verdict(reason))
+    }
+
+    /// A frame the gate refused: counted in memory; its event (the first per source and
+    /// reason in a window) is the only write.
+    pub(super) async fn refuse(&self, rejection: ingress::Rejection) -> Handled {
+        let acceptance = verdict(rejection.reason);
+        let now = now_ms();
+        if let Some(event) = self.inner.rejections.note(rejection, now) {
+            let node = self.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                node.with_store(|s| s.record_event(now, event))
+            })
+            .await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!("cannot record a rejection: {e}");
+            }
+        }
+        Handled {
+            acceptance,
+            replies: Vec::new(),
+        }
+    }
+
+    /// Writes the rejection counters and window summaries held in memory (housekeeping).
+    pub(super) fn flush_rejections(&self) -> Result<()> {
+        let now = now_ms();
+        let expired = self.inner.held.expire(now, &self.inner.rejections);
+        let (counters, mut events) = self.inner.rejections.drain(now);
+        events.extend(expired);
+        if counters.is_empty() && events.is_empty() {
+            return Ok(());
+        }
+        let written = self.with_store(|s| s.add_counters(now, &counters, events));
+        if written.is_err() {
+            self.inner.rejections.restore(counters);
+        }
+        written.map(|_| ())
+    }
+
+    /// The trust boundary: checks one received frame (size, structure, freshness, sender in
+    /// the peer table, both signatures over the received bytes, replay), opens it if it is
+    /// sealed to this node, and applies it. Every rejection is an event and a counter.
+    pub(super) fn receive_frame(
+        &self,
+        bytes: &[u8],
+        source: &ingress::Source,
+        max: usize,
+    ) -> Result<Handled> {
+        let mut replies = Vec::new();
+        let acceptance = self.receive_envelope(bytes, source, max, Via::Live, &mut replies)?;
+        Ok(Handled {
+            acceptance,
+            replies,
+        })
+    }
+
+    /// One envelope, received live or inside a sync batch (then stale envelopes are expected:
+    /// freshness and the replay floor do not apply, deduplication and signatures do). Frames
+    /// to send in answer are appended to `replies`.
+    fn receive_envelope(
+        &self,
+        bytes: &[u8],
+        source: &ingress::Source,
+        max: usize,
+        via: Via,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<Acceptance> {
+        let from = source.from.as_str();
+        let now = now_ms();
+        let parsed = match envelope::parse(bytes, max) {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = match e {
+                    EnvelopeError::Oversized { .. } => RejectReason::Oversized,
+                    _ => RejectReason::Malformed,
+                };
+                return self.reject(from, None, reason, e.to_string());
+            }
+        };
+        let h = &parsed.header;
+        // Before any signature check or transaction: is the author admitted at all?
+        if let Err(detail) = self.inner.trust.check_frame(h) {
+            return self.reject(from, Some(h), RejectReason::NotAdmitted, detail);
+        }
+        if h.sender == self.inner.id {
+            // Our own envelopes come back through relays and sync; anything else that claims
+            // to be from this node is a forgery, checked like every other sender's frame.
+            let current = self.keys().public().signing.clone();
+            if let Err((reason, detail)) = self.verify_signer(&parsed, &current, via, now) {
+                let detail = format!("claims to come from this node: {detail}");
+                return self.reject(from, Some(h), reason, detail);
+            }
+            self.inner.rejections.count("messages.self_echo");
+            return Ok(Acceptance::Ignore);
+        }
+        if self.inner.recent.contains(bytes) {
+            // A copy of an envelope the store holds (gossip relays and sync answers deliver
+            // copies as a matter of course): counted, no signature check, no transaction.
+            let counter = match h.kind {
+                Kind::NodeHello => "hellos.duplicate",
+                _ => "messages.duplicate",
+            };
+            self.inner.rejections.count(counter);
+            return Ok(Acceptance::Ignore);
+        }
+        let net = &self.inner.config.network;
+        let skew = net.max_clock_skew_secs as u64 * 1000;
+        if via == Via::Sync && matches!(h.kind, Kind::SyncDigest | Kind::SyncBatch) {
+            let detail = "sync envelope nested in a sync batch".to_owned();
+            return self.reject(from, Some(h), RejectReason::Malformed, detail);
+        }
+        if via == Via::Sync {
+            // Stale by design; everything else is checked below.
+        } else if h.timestamp > now + skew {
+            let detail = format!("dated {} ms in the future", h.timestamp - now);
+            return self.reject(from, Some(h), RejectReason::Expired, detail);
+        }
+        let expires = h.timestamp.saturating_add(h.ttl_secs as u64 * 1000);
+        if now > expires.saturating_add(skew) {
+            let detail = format!("expired {} ms ago", now - expires);
+            return self.reject(from, Some(h), RejectReason::Expired, detail);
+        }
+        // Before any signature: a counter far ahead would drag this node's clock (and every
+        // counter it stamps) along, up to the largest one representable.
+        let clock = lock(&self.inner.store).lamport_clock()?;
+        let limit = clock
+            .saturating_add(net.lamport_window)
+            .min(crate::store::MAX_LAMPORT);
+        if h.lamport > limit {
+            let detail = format!(
+                "Lamport counter {} is more than network.lamport_window ({}) ahead of this \
+                 node's clock ({clock})",
+                h.lamport, net.lamport_window
+            );
+            return self.reject(from, Some(h), RejectReason::LamportAhead, detail);
+        }
+        if h.kind == Kind::NodeHello {
+            let admission = crate::store::Admission {
+                max_peers: net.max_peers,
+                // A peer that missed four hellos in a row is idle.
+                idle_before: now
+                    .saturating_sub(u64::from(net.hello_interval_secs).saturating_mul(4000)),
+                // Hellos relayed inside sync batches name the relay, not their author.
+                address: (via == Via::Live)
+                    .then(|| source.capped_address(&net.peer_address_exempt))
+                    .flatten(),
+                max_per_address: net.max_peers_per_address,
+            };
+            let acceptance = self.receive_hello(&parsed, bytes, from, now, &admission)?;
+            if acceptance == Acceptance::Accept {
+                self.release_held(&h.sender, source, max, replies)?;
+            }
+            return Ok(acceptance);
+        }
+        let peer = lock(&self.inner.store).peer(&h.sender)?;
+        let Some(peer) = peer else {
+            let detail = "no verified hello from this sender".to_owned();
+            if via == Via::Sync {
+                return self.reject(from, Some(h), RejectReason::UnknownSender, detail);
+            }
+            // Held until the hello arrives (hellos and the first envelopes cross at startup).
+            let rejection =
+                ingress::Rejection::new(from, Some(h), RejectReason::UnknownSender, detail);
+            let held = self.inner.held.hold(
+                &h.sender,
+                bytes,
+                source,
+                rejection,
+                now,
+                &self.inner.rejections,
+            );
+            if let Err(rejection) = held {
+                return self.record_rejection(rejection);
+            }
+            // The hello may have been applied since the lookup: then nothing releases this
+            // envelope but us.
+            if lock(&self.inner.store).peer(&h.sender)?.is_some() {
+                self.release_held(&h.sender, source, max, replies)?;
+            }
+            return Ok(Acceptance::Ignore);
+        };
+        if let Err((reason, detail)) = self.verify_signer(&parsed, &peer.identity.signing, via, now)
+        {
+            return self.reject(from, Some(h), reason, detail);
+        }
+        if matches!(
+            h.kind,
+            Kind::SyncDigest | Kind::SyncBatch | Kind::Revocations | Kind::KeyRotations
+        ) {
+            // Sync envelopes are answered once: a replay must not make us resend everything.
+            let fresh = self.with_store(|s| {
+                if s.is_known(&h.message_id)? {
+                    return Ok(false);
+                }
+                let counter = match h.kind {
+                    Kind::SyncDigest => "sync.digests_received",
+                    Kind::Revocations => "trust.revocation_lists_received",
+                    Kind::KeyRotations => "trust.rotation_lists_received",
+                    _ => "sync.batches_received",
+                };
+                s.remember(&h.message_id, &h.sender, h.lamport, now, counter)?;
+                Ok(true)
+            })?;
+            if !fresh {
+                let detail = format!("{} was already received", h.kind.name());
+                return self.reject(from, Some(h), RejectReason::Duplicate, detail);
+            }
+        }
+        match h.kind {
+            Kind::SyncDigest => {
+                return match parsed.plain::<sync::Digest>(Kind::SyncDigest) {
+                    Ok(d) => {
+                        self.answer_digest(&h.sender, &d, bytes.len(), source, replies)?;
+                        Ok(Acceptance::Ignore)
+                    }
+                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                };
+            }
+            Kind::SyncBatch => {
+                let batch = match parsed.plain::<sync::Batch>(Kind::SyncBatch) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return self.reject(from, Some(h), RejectReason::Malformed, e.to_string());
+                    }
+                };
+                for item in &batch.items {
+                    self.receive_envelope(item, source, max, Via::Sync, replies)?;
+                }
+                return Ok(Acceptance::Ignore);
+            }
+            Kind::Revocations => {
+                return match parsed.plain::<sync::Batch>(Kind::Revocations) {
+                    Ok(list) => self.receive_revocations(&list, now),
+                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                };
+            }
+            Kind::KeyRotations => {
+                return match parsed.plain::<sync::Batch>(Kind::KeyRotations) {
+                    Ok(list) => self.receive_rotations(&list, now),
+                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                };
+            }
+            Kind::NodeHello | Kind::Domain(_) => {}
+        }
+        if via == Via::Live
+            && h.lamport <= peer.replay_floor
+            && !lock(&self.inner.store).is_known(&h.message_id)?
+        {
+            let detail = format!(
+                "Lamport counter {} is at or below the sender's replay floor {}",
+                h.lamport, peer.replay_floor
+            );
+            return self.reject(from, Some(h), RejectReason::Replay, detail);
+        }
+        let message = match self.open(&parsed) {
+            Ok(m) => m,
+            Err(EnvelopeError::NotForMe) => {
+                // Sealed to other nodes: remembered (deduplicated) and relayed, not applied.
+                return self.with_store(|s| {
+                    if s.is_known(&h.message_id)? {
+                        s.count("messages.not_for_us_duplicate")?;
+                        return Ok(Acceptance::Ignore);
+                    }
+                    s.remember(
+                        &h.message_id,
+                        &h.sender,
+                        h.lamport,
+                        now,
+                        "messages.not_for_us",
+                    )?;
+                    self.inner.recent.insert(bytes);
+                    Ok(Acceptance::Accept)
+                });
+            }
+            Err(e) => return self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+        };
+        let outcome = self.with_store(|s| {
+            s.apply_remote(&self.inner.id, &message, bytes, now)
+                .map(|(outcome, _)| outcome)
+        })?;
+        if outcome == RemoteOutcome::Pruned {
+            // Its seed was pruned here: not applied, not relayed, no event (sync offers it
+            // again and again while a peer holds it).
+            self.inner.rejections.count("retention.refused");
+            return Ok(Acceptance::Ignore);
+        }
+        self.inner.recent.insert(bytes);
+        if matches!(outcome, RemoteOutcome::Applied | RemoteOutcome::Deferred(_)) {
+            self.reschedule_decision(&message, now)?;
+        }
+        Ok(match outcome {
+            RemoteOutcome::Duplicate => Acceptance::Ignore,
+            RemoteOutcome::Rejected(RejectReason::Malformed, _) => Acceptance::Reject,
+            // A rule violation is validly signed and may be pending elsewhere: forward it.
+            _ => Acceptance::Accept,
+        })
+    }
+
+    /// Applies the envelopes held for `sender` until its hello arrived (one of them just did,
+    /// from `source`). Answers to them go back only when they came from the same source.
+    fn release_held(
+        &self,
+        sender: &NodeId,
+        source: &ingress::Source,
+        max: usize,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        for held in self.inner.held.release(sender, &self.inner.rejections) {
+            let mut answers = Vec::new();
+            self.receive_envelope(&held.bytes, &held.source, max, Via::Live, &mut answers)?;
+            if held.source.from == source.from {
+                replies.extend(answers);
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a peer's digest (of `digest_bytes`, from `source`): the seeds it lacks (with
+    /// their authors' hellos) in batches, and our own digest when it holds seeds we lack
+    /// (unless its digest is itself a reply), all within the source's sync credit.
+    fn answer_digest(
+        &self,
+        requester: &NodeId,
+        digest: &sync::Digest,
+        digest_bytes: usize,
+        source: &ingress::Source,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let net = &self.inner.config.network;
+        let max_payload = net.max_envelope_bytes - envelope::OVERHEAD;
+        let (cmp, items) = {
+            let store = lock(&self.inner.store);
+            let ours = store.sync_digest(DIGEST_LIMIT)?;
+            let cmp = sync::compare(&ours, &store.without_pruned(&digest.seeds)?);
+            let mut hellos = Vec::new();
+            let mut envelopes = Vec::new();
+            let mut authors = std::collections::BTreeSet::new();
+            for seed in &cmp.to_send {
+                // A private seed goes only to its audience; others could not open it anyway.
+                if let Some(view) = store.seed(seed)?
+                    && !view.seed.audience.is_empty()
+                    && !view.seed.audience.contains(requester)
+                    && &view.seed.publisher != requester
+                {
+                    continue;
+                }
+                for (sender, env) in store.seed_envelopes(seed)? {
+                    if sender != self.inner.id
+                        && authors.insert(sender.clone())
+                        && let Some(hello) = store.peer_hello(&sender)?
+                    {
+                        hellos.push(hello);
+                    }
+                    envelopes.push(env);
+                }
+            }
+            hellos.extend(envelopes);
+            (cmp, hellos)
+        };
+        let (amount, cap) = if source.verified {
+            (net.sync_budget_bytes, net.sync_budget_bytes)
+        } else {
+            let earned = (digest_bytes as u64).saturating_mul(net.sync_answer_ratio.into());
+            (earned, u64::MAX)
+        };
+        let available =
+            self.inner
+                .sync_credit
+                .earn(&source.from, amount, cap, std::time::Instant::now());
+        let mut left = available;
+        let mut queue: std::collections::VecDeque<Vec<u8>> = items.into();
+        loop {
+            // Room for the payload once the batch's own header and signatures are counted.
+            let room = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(envelope::OVERHEAD + BATCH_FRAME_SLACK);
+            let batch = sync::next_batch(&mut queue, room, max_payload);
+            if batch.items.is_empty() {
+                break;
+            }
+            let frame = self.plain_frame(Kind::SyncBatch, &envelope::encode_hello(&batch), 60)?;
+            if frame.len() as u64 > left {
+                break;
+            }
+            left -= frame.len() as u64;
+            replies.push(frame);
+        }
+        if cmp.peer_has_more && !digest.reply {
+            let frame = self.digest_frame(true)?;
+            if frame.len() as u64 <= left {
+                left -= frame.len() as u64;
+                replies.push(frame);
+            }
+        }
+        if !queue.is_empty() {
+            self.inner.rejections.count("sync.answers_over_budget");
+        }
+        self.inner
+            .sync_credit
+            .spend(&source.from, (available - left) as usize);
+        Ok(())
+    }
+
+    /// Our sync digest as a signed envelope.
+    pub(super) fn digest_frame(&self, reply: bool) -> Result<Vec<u8>> {
+        let seeds = lock(&self.inner.store).sync_digest(DIGEST_LIMIT)?;
+        let digest = sync::Digest { reply, seeds };
+        self.plain_frame(Kind::SyncDigest, &envelope::encode_hello(&digest), 60)
+    }
+
+    pub(super) fn plain_frame(&self, kind: Kind, payload: &[u8], ttl_secs: u32) -> Result<Vec<u8>> {
+        let header = Header {
+            kind,
+            sealed: false,
+            sender: self.inner.id.clone(),
+            message_id: MessageId::from_bytes(random_bytes()),
+            timestamp: now_ms(),
+            ttl_secs,
+            lamport: 0,
+        };
+        envelope::build(
+            &self.keys(),
+            &header,
+            payload,
+            &[],
+            self.inner.config.network.max_envelope_bytes,
+            &mut envelope::os_rng,
+        )
+        .map_err(|e| Error::internal(format!("cannot build {} envelope: {e}", kind.name())))
+    }
+
+    fn receive_hello(
+        &self,
+        parsed: &envelope::Parsed<'_>,
+        bytes: &[u8],
+        from: &str,
+        now: Millis,
+        admission: &crate::store::Admission,
+    ) -> Result<Acceptance> {
+        let h = &parsed.header;
+        if lock(&self.inner.store).is_known(&h.message_id)? {
+            self.with_store(|s| s.count("hellos.duplicate"))?;
+            return Ok(Acceptance::Ignore);
+        }
+        let hello = match parsed.hello() {
+            Ok(hello) => hello,
+            Err(e) => return self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+        };
+        let identity = match PublicIdentity::from_parts(
+            &hello.signing_public,
+            &hello.kem_public,
+            hello.key_epoch,
+        ) {
+            // Rotated keys: the id is that of the node's first keys (checked by its chain).
+            Ok(mut i) if i.epoch > 1 => {
+                i.node_id = h.sender.clone();
+                i
+            }
+            Ok(i) => i,
+            Err(e) => {
+                return self.reject(
+                    from,
+                    Some(h),
+                    RejectReason::Malformed,
+                    format!("hello keys: {e}"),
+                );
+            }
+        };
+        if identity.node_id != h.sender {
+            let detail = format!(
+                "node id {} does not match its keys ({})",
+                h.sender, identity.node_id
+            );
+            return self.reject(from, Some(h), RejectReason::KeyMismatch, detail);
+        }
+        if let Err(e) = parsed.verify(&identity.signing) {
+            return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
+        }
+        if let Err(verdict) = self.check_hello_epoch(&identity, &hello, from, h, now)? {
+            return Ok(verdict);
+        }
+        let certificate = hello.certificate.as_deref();
+        let admitted = self.with_store(|s| {
+            self.inner
+                .trust
+                .admit_hello(&identity, certificate, h.timestamp, s, now)
+        })?;
+        if let Err(detail) = admitted {
+            return self.reject(from, Some(h), RejectReason::NotAdmitted, detail);
+        }
+        let update = self.with_store(|s| {
+            let update = s.upsert_peer(
+                &identity,
+                &hello.name,
+                &hello.addresses,
+                bytes,
+                now,
+                admission,
+            )?;
+            if matches!(update, PeerUpdate::New | PeerUpdate::Refreshed) {
+                s.remember(&h.message_id, &h.sender, h.lamport, now, "hellos.accepted")?;
+                self.inner.recent.insert(bytes);
+            }
+            if update == PeerUpdate::New {
+                s.record_event(
+                    now,
+                    EventKind::PeerDiscovered {
+                        node_id: identity.node_id.clone(),
+                        name: hello.name.clone(),
+                        addresses: hello.addresses.clone(),
+                    },
+                )?;
+            }
+            Ok(update)
+        })?;
+        match update {
+            // Validly signed by the id's own signing key: not the relay's fault.
+            PeerUpdate::KeyMismatch => self
+                .reject(
+                    from,
+                    Some(h),
+                    RejectReason::KeyMismatch,
+                    "a known node id announced different keys".into(),
+                )
+                .map(|_| Acceptance::Ignore),
+            PeerUpdate::New => {
+                // Answer a new peer (that peer only) so that it learns our keys too, then
+                // compare holdings.
+                lock(&self.inner.hello_answers).push(hello.addresses.clone());
+                self.inner.hello_wanted.notify_one();
+                self.inner.sync_wanted.notify_one();
+                Ok(Acceptance::Accept)
+            }
+            PeerUpdate::Refreshed => Ok(Acceptance::Accept),
+            // Valid, but this node has no room for it (counted as `peers.refused`).
+            PeerUpdate::Refused => Ok(Acceptance::Ignore),
+        }
+    }
+
+    /// Applies a peer's revocation list; each item is verified on its own (its signer, not the
+    /// envelope's sender, vouches for it).
+    fn receive_revocations(&self, list: &sync::Batch, now: Millis) -> Result<Acceptance> {
+        for item in &list.items {
+            let added = self.with_store(|s| self.inner.trust.add_revocation(item, s, now))?;
+            match added {
+                Ok(true) => self.with_store(|s| s.count("trust.revocations_added"))?,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!("refused a revocation: {e}");
+                    self.inner.rejections.count("trust.revocations_refused");
+                }
+            }
+        }
+        Ok(Acceptance::Accept)
+    }
+}
+
+/// What a transport is told about a rejected frame. Only what the bytes themselves prove
+/// invalid (malformed, oversized, a bad signature, a hello whose id does not match its keys)
+/// penalises the peer that sent it; failures that depend on this node's state (an author whose
+/// hello it lacks, an expired or replayed envelope, a duplicate, a rule) may be relayed by an
+/// honest peer and are ignored.
+fn verdict(reason: RejectReason) -> Acceptance {
+    match reason {
+        RejectReason::Malformed
+        | RejectReason::Oversized
+        | RejectReason::BadSignature
+        | RejectReason::KeyMismatch => Acceptance::Reject,
+        RejectReason::Duplicate
+        | RejectReason::UnknownSender
+        | RejectReason::Replay
+        | RejectReason::Expired
+        | RejectReason::Rule
+        | RejectReason::NotAdmitted
+        | RejectReason::RateLimited
+        | RejectReason::LamportAhead
+        | RejectReason::RotatedKey => Acceptance::Ignore,
+    }
+}
+
+/// How an envelope arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    /// Directly from its author or a relay, now.
+    Live,
+    /// Inside a sync batch: possibly old.
+    Sync,
+}
+
+/// Envelopes remembered in memory to recognise relayed copies without a transaction.
+pub(super) const RECENT_FRAMES: usize = 65_536;
+
+/// Sync requesters whose credit is tracked at once.
+pub(super) const SYNC_REQUESTERS: usize = 4096;
+
+/// Bytes a sync batch's envelope may add to its payload beyond [`envelope::OVERHEAD`].
+const BATCH_FRAME_SLACK: usize = 16;
+
+/// Most seeds listed in one digest (about 40 bytes each, so a digest fits one datagram).
+const DIGEST_LIMIT: usize = 1200;
