@@ -217,6 +217,49 @@ async fn old_keys_work_only_during_the_grace_period() {
     node.stop().await.unwrap();
 }
 
+/// Frames signed with keys a node has not learned yet (the rotation statement is still on its
+/// way: UDP reorders, gossip relays overtake) wait for the statement instead of being
+/// rejected as `bad_signature`; a forgery in a known peer's name is still rejected once the
+/// hold is over, and when the hold is full it is rejected at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_signed_with_unannounced_keys_waits_for_the_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut c = config(dir.path(), "victim");
+    c.network.unknown_sender_hold_ms = 1_000;
+    let node = start(c, &hub).await;
+    let mut wire = hub.join("wire");
+    let now = now_ms();
+    let carol = identity(0x51, 1);
+    wire.broadcast(&hello(&carol)).unwrap();
+    wait_counter(&node, "hellos.accepted", 1).await;
+
+    // Carol rotated; her first frame under the new keys overtakes the statement.
+    let (carol2, r_carol) = rotate(&carol, 0x52, now);
+    let early = send_seed_at(&mut wire, &carol2, now);
+    wait_counter(&node, "messages.held", 1).await;
+    wire.broadcast(&rotations_frame(&carol, &[&r_carol]))
+        .unwrap();
+    eventually_knows(&node, &early).await;
+    wait_counter(&node, "messages.held_released", 1).await;
+    assert_eq!(counter(&node, "rejected.bad_signature").await, 0);
+
+    // A forgery in Carol's name (keys she never had) waits, then is rejected as such.
+    let mallory = identity(0x53, 2).with_node_id(carol.node_id().clone());
+    let forged = send_seed_at(&mut wire, &mallory, now);
+    wait_counter(&node, "rejected.bad_signature", 1).await;
+    assert!(node.seed(forged.seed_id()).await.is_err());
+    assert_eq!(counter(&node, "messages.held_expired").await, 1);
+
+    // A flood of forgeries fills Carol's share of the hold; the rest is rejected at once.
+    for _ in 0..80 {
+        send_seed_at(&mut wire, &mallory, now_ms());
+    }
+    wait_counter(&node, "messages.held_overflow", 16).await;
+    wait_counter(&node, "rejected.bad_signature", 81).await;
+    node.stop().await.unwrap();
+}
+
 /// A node rotates while running: its peer switches to the new keys and accepts what it
 /// publishes before and after; after a restart it has the same id and the new keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::envelope::{self, Kind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{Identity, PublicIdentity};
-use crate::model::Millis;
+use crate::model::{Millis, NodeId};
 use crate::monitor::RejectReason;
 use crate::network::Acceptance;
 use crate::rotation::{Added, Rotation};
@@ -349,12 +349,22 @@ impl Node {
     }
 
     /// Applies a peer's list of rotation statements; each is verified on its own against its
-    /// node's chain (its signer, not the envelope's sender, vouches for it).
-    pub(super) fn receive_rotations(&self, list: &sync::Batch, now: Millis) -> Result<Acceptance> {
+    /// node's chain (its signer, not the envelope's sender, vouches for it). Returns the nodes
+    /// whose keys moved on (envelopes held for them are due another look).
+    pub(super) fn receive_rotations(&self, list: &sync::Batch, now: Millis) -> Result<Vec<NodeId>> {
+        let mut moved = Vec::new();
         for item in &list.items {
+            let node = Rotation::parse(item).ok().map(|r| r.node_id);
+            let before = node.as_ref().map(|n| self.inner.trust.key_epoch(n));
             self.add_rotation(item, now)?;
+            if let (Some(node), Some(before)) = (node, before)
+                && self.inner.trust.key_epoch(&node) != before
+                && !moved.contains(&node)
+            {
+                moved.push(node);
+            }
         }
-        Ok(Acceptance::Accept)
+        Ok(moved)
     }
 
     /// The `key_rotations` envelopes sent after each hello: every statement this node holds.
