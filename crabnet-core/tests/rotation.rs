@@ -72,8 +72,8 @@ async fn epoch_of(node: &Node, id: &NodeId) -> u32 {
         .unwrap_or(0)
 }
 
-/// A rotation signed by a third party, one that skips an epoch, one for a revoked node and a
-/// second statement for an epoch already passed are refused; a replayed statement changes
+/// A rotation signed by a third party, one that skips an epoch, one for a revoked node, one
+/// dated in the future and a second statement for an epoch already passed are refused; a replayed statement changes
 /// nothing; only the real rotation moves the peer to its new keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
@@ -128,6 +128,14 @@ async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
     wire.broadcast(&rotations_frame(&alice, &[&rb])).unwrap();
     wait_counter(&node, "trust.rotations_refused", 3).await;
 
+    // A statement dated an hour ahead (it would stretch the old keys' grace period and bar
+    // the owner's next rotation until then) is refused.
+    let (_ahead, r_ahead) = rotate(&alice, 0x18, now + HOUR);
+    wire.broadcast(&rotations_frame(&mallory, &[&r_ahead]))
+        .unwrap();
+    wait_counter(&node, "trust.rotations_refused", 4).await;
+    assert_eq!(epoch_of(&node, alice.node_id()).await, 1);
+
     // The real rotation, relayed by anyone, moves Alice to her new keys.
     wire.broadcast(&rotations_frame(&mallory, &[&r2])).unwrap();
     wait_counter(&node, "trust.rotations_added", 1).await;
@@ -141,7 +149,7 @@ async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
     let (_other, conflicting) = rotate(&alice, 0x19, now + 1);
     wire.broadcast(&rotations_frame(&mallory, &[&conflicting]))
         .unwrap();
-    wait_counter(&node, "trust.rotations_refused", 4).await;
+    wait_counter(&node, "trust.rotations_refused", 5).await;
     assert_eq!(counter(&node, "trust.rotations_added").await, 1);
     // An old epoch-1 hello (replayed) does not move the peer back.
     wire.broadcast(&hello(&alice)).unwrap();

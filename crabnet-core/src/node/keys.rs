@@ -335,17 +335,43 @@ impl Node {
         }
     }
 
-    fn add_rotation(&self, item: &[u8], now: Millis) -> Result<()> {
-        let added = self.with_store(|s| self.inner.trust.add_rotation(item, s, now))?;
-        match added {
-            Ok(Added::New) => self.with_store(|s| s.count("trust.rotations_added"))?,
-            Ok(Added::Known) => {}
+    /// Verifies and adds a peer's rotation statement; returns its node when its keys moved
+    /// on. A statement dated beyond the clock skew is refused until its time comes (it would
+    /// stretch the replaced keys' grace period and bar the node's next rotation until then;
+    /// hellos carry it again).
+    fn add_rotation(&self, item: &[u8], now: Millis) -> Result<Option<NodeId>> {
+        let refuse = |why: String| {
+            tracing::debug!("refused a key rotation: {why}");
+            self.inner.rejections.count("trust.rotations_refused");
+        };
+        let r = match Rotation::parse(item) {
+            Ok(r) => r,
             Err(e) => {
-                tracing::debug!("refused a key rotation: {e}");
-                self.inner.rejections.count("trust.rotations_refused");
+                refuse(e.to_string());
+                return Ok(None);
+            }
+        };
+        let skew = u64::from(self.inner.config.network.max_clock_skew_secs).saturating_mul(1000);
+        if r.rotated_at > now.saturating_add(skew) {
+            refuse(format!(
+                "node {} dated it {} ms in the future",
+                r.node_id,
+                r.rotated_at - now
+            ));
+            return Ok(None);
+        }
+        let added = self.with_store(|s| self.inner.trust.add_parsed_rotation(&r, s, now))?;
+        match added {
+            Ok(Added::New) => {
+                self.with_store(|s| s.count("trust.rotations_added"))?;
+                Ok(Some(r.node_id))
+            }
+            Ok(Added::Known) => Ok(None),
+            Err(e) => {
+                refuse(e.to_string());
+                Ok(None)
             }
         }
-        Ok(())
     }
 
     /// Applies a peer's list of rotation statements; each is verified on its own against its
@@ -354,11 +380,7 @@ impl Node {
     pub(super) fn receive_rotations(&self, list: &sync::Batch, now: Millis) -> Result<Vec<NodeId>> {
         let mut moved = Vec::new();
         for item in &list.items {
-            let node = Rotation::parse(item).ok().map(|r| r.node_id);
-            let before = node.as_ref().map(|n| self.inner.trust.key_epoch(n));
-            self.add_rotation(item, now)?;
-            if let (Some(node), Some(before)) = (node, before)
-                && self.inner.trust.key_epoch(&node) != before
+            if let Some(node) = self.add_rotation(item, now)?
                 && !moved.contains(&node)
             {
                 moved.push(node);
