@@ -14,7 +14,9 @@ use crate::error::{Error, ErrorKind, Result};
 
 mod dht;
 mod udp;
-pub use dht::{DhtConfig, DhtTransport, KAD_PROTOCOL, SYNC_PROTOCOL, TOPIC, libp2p_key};
+pub use dht::{
+    DhtConfig, DhtTransport, KAD_PROTOCOL, SYNC_PROTOCOL, TOPIC, libp2p_keypair, libp2p_secret,
+};
 pub(crate) use udp::parse_source as udp_source;
 pub use udp::{UdpConfig, UdpTransport};
 

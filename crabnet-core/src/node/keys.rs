@@ -50,6 +50,48 @@ fn same_keys(a: &PublicIdentity, b: &PublicIdentity) -> bool {
     a.node_id == b.node_id && a.epoch == b.epoch && a.signing == b.signing && a.kem == b.kem
 }
 
+/// First line of `libp2p.key`; 32 secret bytes follow.
+const LIBP2P_MAGIC: &[u8] = b"crabnet-libp2p-v1\n";
+
+/// The secret of this node's libp2p key, from `libp2p.key` (mode 0600). The first start on
+/// libp2p derives it from the node's Ed25519 seed and writes the file, so that the peer id
+/// stays the same after key rotations (the seed changes; the file does not).
+pub(super) fn libp2p_secret(
+    config: &Config,
+    identity: &Identity,
+) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+    let path = config.data_dir.join("libp2p.key");
+    let read = |bytes: &[u8]| -> Result<zeroize::Zeroizing<[u8; 32]>> {
+        match bytes.strip_prefix(LIBP2P_MAGIC).map(<[u8; 32]>::try_from) {
+            Some(Ok(secret)) => Ok(zeroize::Zeroizing::new(secret)),
+            _ => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "{} is not a Crabnet libp2p key file (delete it to derive a new one; the \
+                     node's libp2p peer id then changes)",
+                    path.display()
+                ),
+            )),
+        }
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => return read(&zeroize::Zeroizing::new(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let secret = crate::network::libp2p_secret(&identity.signing().to_seeds().ed25519);
+    let mut bytes = zeroize::Zeroizing::new(LIBP2P_MAGIC.to_vec());
+    bytes.extend_from_slice(&*secret);
+    // Written aside and renamed into place: a concurrent start reads a whole file or none.
+    let tmp = config
+        .data_dir
+        .join(format!("libp2p.key.{}.tmp", std::process::id()));
+    remove_if_present(&tmp)?;
+    crate::identity::write_secret_file(&tmp, &bytes, "libp2p key file")?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(secret)
+}
+
 /// The keys replaced by the latest rotation, when their file is still there.
 pub(super) fn previous_keys(config: &Config, current: &Identity) -> Option<Identity> {
     let epoch = current.public().epoch.checked_sub(1).filter(|&e| e >= 1)?;
