@@ -158,6 +158,45 @@ async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
     node.stop().await.unwrap();
 }
 
+/// Anyone can make valid rotation statements for fresh identities of their own: relayed in
+/// `key_rotations` lists, those for nodes that are not in the peer table are refused and not
+/// stored (a peer cannot fill the store with them; a node brings its chain in its hello).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_for_strangers_are_not_stored() {
+    const FRAMES: u32 = 20;
+    const PER_FRAME: u32 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let c = config(dir.path(), "victim");
+    let db = c.data_dir.join("crabnet.db");
+    let node = start(c, &hub).await;
+    let mut wire = hub.join("wire");
+    let relay = identity(0x71, 1);
+    wire.broadcast(&hello(&relay)).unwrap();
+    wait_counter(&node, "hellos.accepted", 1).await;
+    let now = now_ms();
+    for f in 0..FRAMES {
+        let statements: Vec<Rotation> = (0..PER_FRAME)
+            .map(|i| rotate(&identity(10_000 + f * PER_FRAME + i, 1), 20_000 + i, now).1)
+            .collect();
+        let refs: Vec<&Rotation> = statements.iter().collect();
+        wire.broadcast(&rotations_frame(&relay, &refs)).unwrap();
+    }
+    wait_counter(
+        &node,
+        "trust.rotations_refused",
+        u64::from(FRAMES * PER_FRAME),
+    )
+    .await;
+    assert_eq!(counter(&node, "trust.rotations_added").await, 0);
+    node.stop().await.unwrap();
+    let stored: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM rotations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 0);
+}
+
 /// Old keys are accepted during the grace period after the rotation's time and refused as
 /// `rotated_key` after it; the new keys work at once, also for a node that learns the chain
 /// from the rotated node's hello only. Encryption to a rotated node uses its new keys.

@@ -348,7 +348,7 @@ impl Node {
         }
         if self.inner.trust.key_epoch(node) < identity.epoch {
             for item in &hello.rotations {
-                self.add_rotation(item, now)?;
+                self.add_rotation(item, now, false)?;
             }
         }
         let known = self.inner.trust.key_epoch(node);
@@ -380,8 +380,11 @@ impl Node {
     /// Verifies and adds a peer's rotation statement; returns its node when its keys moved
     /// on. A statement dated beyond the clock skew is refused until its time comes (it would
     /// stretch the replaced keys' grace period and bar the node's next rotation until then;
-    /// hellos carry it again).
-    fn add_rotation(&self, item: &[u8], now: Millis) -> Result<Option<NodeId>> {
+    /// hellos carry it again). With `known_only` (statements relayed in a `key_rotations`
+    /// list), one for a node without a peer-table entry is refused: anyone can make valid
+    /// statements for fresh identities, storing them would let a peer fill the store, and a
+    /// node this one does not know brings its chain in its hello.
+    fn add_rotation(&self, item: &[u8], now: Millis, known_only: bool) -> Result<Option<NodeId>> {
         let refuse = |why: String| {
             tracing::debug!("refused a key rotation: {why}");
             self.inner.rejections.count("trust.rotations_refused");
@@ -400,6 +403,13 @@ impl Node {
                 r.node_id,
                 r.rotated_at - now
             ));
+            return Ok(None);
+        }
+        if known_only
+            && r.node_id != self.inner.id
+            && lock(&self.inner.store).peer(&r.node_id)?.is_none()
+        {
+            refuse(format!("node {} is not in the peer table", r.node_id));
             return Ok(None);
         }
         let added = self.with_store(|s| self.inner.trust.add_parsed_rotation(&r, s, now))?;
@@ -422,7 +432,7 @@ impl Node {
     pub(super) fn receive_rotations(&self, list: &sync::Batch, now: Millis) -> Result<Vec<NodeId>> {
         let mut moved = Vec::new();
         for item in &list.items {
-            if let Some(node) = self.add_rotation(item, now)?
+            if let Some(node) = self.add_rotation(item, now, true)?
                 && !moved.contains(&node)
             {
                 moved.push(node);
