@@ -149,6 +149,9 @@ pub struct Overview {
     pub counters: std::collections::BTreeMap<String, u64>,
     /// Sequence number of the latest event.
     pub last_event_seq: u64,
+    /// Sequence number of the last event pruned by the bound on the durable log (0 when none
+    /// was): a reader whose cursor is below it has missed events.
+    pub events_pruned_through: u64,
     /// Digest of the whole seed state (equal on converged replicas).
     pub state_digest: String,
     /// Number of peers with a verified hello.

@@ -171,6 +171,9 @@ int main(void) {
         CHECK(json_str_eq(overview, "/transport", "memory"));
         CHECK(json_u64(overview, "/seeds_by_status/settled") == 1);
         CHECK(json_u64(overview, "/seeds_by_status/cancelled") == 1);
+        /* Nothing was pruned from the event log: a cursor at 0 misses nothing. */
+        CHECK(json_u64(overview, "/events_pruned_through") == 0);
+        CHECK(json_u64(overview, "/last_event_seq") > 0);
         char *digest = json_str(overview, "/state_digest");
         if (digest0 == NULL) {
             digest0 = digest;

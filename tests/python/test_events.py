@@ -98,6 +98,18 @@ def test_slow_consumer_is_told_how_many_events_it_missed(make_node: MakeNode) ->
     assert len(list(stream)) == 4
 
 
+def test_a_reader_learns_which_events_the_bound_on_the_log_pruned(make_node: MakeNode) -> None:
+    node = make_node("n", config={"retention": {"events_max_rows": 100, "interval_secs": 1}})
+    assert node.overview().events_pruned_through == 0
+    for _ in range(60):
+        node.publish("true")  # two events each
+    assert eventually(lambda: node.overview().events_pruned_through > 0, timeout=20)
+    through = node.overview().events_pruned_through
+    kept = node.events_after(0, limit=1000)
+    assert len(kept) <= 100 + 10  # the bound, and what came since the last pass
+    assert kept[0].seq == through + 1  # a cursor at 0 has missed 1..through
+
+
 def test_async_iterator_does_not_block_the_event_loop(trio: List[crabnet.Node]) -> None:
     alice, bob, _ = trio
 

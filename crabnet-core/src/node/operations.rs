@@ -279,6 +279,7 @@ impl Node {
                     c
                 },
                 last_event_seq: store.last_event_seq()?,
+                events_pruned_through: store.events_pruned_through()?,
                 state_digest: store.digest()?,
                 peers: store.peers()?.len() as u64,
                 addresses: lock(&n.inner.addresses).clone(),

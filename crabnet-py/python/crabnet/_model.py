@@ -580,6 +580,9 @@ class Overview(_Record):
     counters: Mapping[str, int] = field(hash=False)
     """Accepted, deferred, sent and rejected (by reason) message counts."""
     last_event_seq: int
+    events_pruned_through: int
+    """Sequence number of the last event pruned by the bound on the durable log (0 when none
+    was): a reader whose cursor is below it has missed events."""
     state_digest: str
     """Digest of the whole seed state: equal on converged replicas."""
     peers: int
