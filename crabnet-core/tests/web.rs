@@ -2,6 +2,8 @@
 //! rules (token, hosts, methods, bodies, 404s), bad queries, the live stream, a real listener,
 //! and the CLI's `listen --http` / `demo --serve`.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -13,10 +15,10 @@ use crabnet_core::web::{self, WebConfig};
 use crabnet_core::{ErrorKind, Node, PublishRequest, SeedView};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use support::{Listeners, Sandbox, run_bounded};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_crabnet");
 const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A demo network (alice publishes, bob and carol bid) after one whole lifecycle.
@@ -1240,79 +1242,38 @@ async fn the_assets_directory_overrides_embedded_files() {
 // ---------------------------------------------------------------------------------------------
 // The CLI
 
-/// A child process killed on drop, with its stdout lines collected by a thread.
-struct Child {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
+/// Starts `crabnet --data-dir DATA_DIR ARGS...` in the sandbox as process `name` of
+/// `listeners` (killed when they are dropped); returns its index.
+fn spawn_cli(
+    sb: &Sandbox,
+    listeners: &mut Listeners,
+    name: &str,
+    args: &[&str],
+    data_dir: &std::path::Path,
+) -> usize {
+    let mut cmd = sb.command();
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("CRABNET_LOG", "warn");
+    listeners.spawn(name, cmd, sb.path())
 }
 
-impl Child {
-    fn spawn(args: &[&str], data_dir: &std::path::Path) -> Child {
-        let mut child = std::process::Command::new(BIN)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(args)
-            .env("CRABNET_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Child {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `needle`.
-    fn line_with(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => panic!("no line with {needle:?}; got:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    fn interrupt_and_wait(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the process ignores SIGINT");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// Waits for a line of process `i` containing `needle`.
+fn line_with(listeners: &mut Listeners, i: usize, needle: &str) -> String {
+    listeners.wait_line(
+        i,
+        &format!("print {needle:?}"),
+        Duration::from_secs(60),
+        |l| l.contains(needle),
+    )
 }
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Runs `crabnet --data-dir DATA_DIR ARGS...` in the sandbox to its end (bounded).
+fn run_cli(sb: &Sandbox, data_dir: &std::path::Path, args: &[&str]) -> support::Out {
+    let mut cmd = sb.command();
+    cmd.arg("--data-dir").arg(data_dir).args(args);
+    run_bounded(cmd, args.iter().map(|a| a.to_string()).collect())
 }
 
 /// The address in a line like `dashboard http://127.0.0.1:PORT/ ...`.
@@ -1324,13 +1285,17 @@ fn url_addr(line: &str) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_listen_serves_the_dashboard_unless_told_not_to() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("node");
-    let mut listener = Child::spawn(
+    let sb = Sandbox::new("crabnet-web-cli-");
+    let data = sb.dir("node");
+    let mut procs = Listeners::default();
+    let listener = spawn_cli(
+        &sb,
+        &mut procs,
+        "listen",
         &["listen", "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"],
         &data,
     );
-    let line = listener.line_with("dashboard http://");
+    let line = line_with(&mut procs, listener, "dashboard http://");
     let addr = url_addr(&line);
     let (status, _, body) = http(addr, &get_head("/health", &addr.to_string())).await;
     assert_eq!(status, 200, "{body}");
@@ -1338,100 +1303,103 @@ async fn cli_listen_serves_the_dashboard_unless_told_not_to() {
     assert_eq!(status, 200);
     assert!(body.contains("<title>Crabnet"));
     // A seed published by another CLI process on the same data directory is seen.
-    let out = std::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["seed", "publish", "--command", "echo from cli"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = run_cli(
+        &sb,
+        &data,
+        &["seed", "publish", "--command", "echo from cli"],
+    )
+    .ok();
+    let id = out.stdout.trim().to_owned();
     let (status, _, body) = http(addr, &get_head(&format!("/api/seeds/{id}"), "localhost")).await;
     assert_eq!(status, 200, "{body}");
-    assert!(listener.interrupt_and_wait().success());
+    assert!(procs.interrupt(listener).success());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 
     // --no-http: no dashboard line, no server.
-    let mut quiet = Child::spawn(&["listen", "--bind", "127.0.0.1:0", "--no-http"], &data);
-    quiet.line_with("listening on udp");
-    assert!(quiet.interrupt_and_wait().success());
-    assert!(
-        !quiet.seen.iter().any(|l| l.contains("http://")),
-        "{:?}",
-        quiet.seen
+    let quiet = spawn_cli(
+        &sb,
+        &mut procs,
+        "quiet",
+        &["listen", "--bind", "127.0.0.1:0", "--no-http"],
+        &data,
     );
+    line_with(&mut procs, quiet, "listening on udp");
+    assert!(procs.interrupt(quiet).success());
+    let printed = procs.stdout(quiet);
+    assert!(!printed.contains("http://"), "{printed}");
 
     // The default address taken (by another node, say): the node runs without a dashboard
     // and says why. An address asked for must work.
     let _holder = std::net::TcpListener::bind("127.0.0.1:7980"); // taken either way
-    let mut out_of_luck = std::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--json", "listen", "--bind", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let out_of_luck = spawn_cli(
+        &sb,
+        &mut procs,
+        "out-of-luck",
+        &["--json", "listen", "--bind", "127.0.0.1:0"],
+        &data,
+    );
     // The pretty-printed banner ends with a line "}".
-    let mut banner = String::new();
-    let mut stdout = std::io::BufReader::new(out_of_luck.stdout.take().unwrap());
-    while !banner.ends_with("}\n") {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-        assert!(n > 0, "listen exited early: {banner}");
-        banner.push_str(&line);
-    }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(out_of_luck.id() as i32, libc::SIGINT) };
-    let out = out_of_luck.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let banner: Value = serde_json::from_str(&banner).unwrap();
+    procs.wait_line(
+        out_of_luck,
+        "print its banner",
+        Duration::from_secs(60),
+        |l| l == "}",
+    );
+    let status = procs.interrupt(out_of_luck);
+    assert!(status.success(), "{status}\n{}", procs.logs());
+    let printed = procs.stdout(out_of_luck);
+    let banner = &printed[..printed.find("\n}\n").unwrap() + 3];
+    let banner: Value = serde_json::from_str(banner).unwrap();
     assert_eq!(banner["http"], Value::Null, "{banner}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = procs.stderr(out_of_luck);
     assert!(
         stderr.contains("without the dashboard") && stderr.contains("127.0.0.1:7980"),
         "{stderr}"
     );
-    let taken = std::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
+    let taken = run_cli(
+        &sb,
+        &data,
+        &[
             "listen",
             "--bind",
             "127.0.0.1:0",
             "--http",
             "127.0.0.1:7980",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(taken.status.code(), Some(1), "{taken:?}");
-    assert!(
-        String::from_utf8_lossy(&taken.stderr).contains("cannot bind"),
-        "{taken:?}"
+        ],
     );
+    assert_eq!(taken.status.code(), Some(1), "{}", taken.describe());
+    assert!(taken.stderr.contains("cannot bind"), "{}", taken.describe());
 
     // A public bind without a token is refused before anything runs.
-    let out = std::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["listen", "--bind", "127.0.0.1:0", "--http", "0.0.0.0:0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = run_cli(
+        &sb,
+        &data,
+        &["listen", "--bind", "127.0.0.1:0", "--http", "0.0.0.0:0"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.describe());
     assert!(
-        stderr.contains("token") && stderr.contains("0.0.0.0"),
-        "{stderr}"
+        out.stderr.contains("token") && out.stderr.contains("0.0.0.0"),
+        "{}",
+        out.describe()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_demo_serve_keeps_serving_until_ctrl_c() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut demo = Child::spawn(&["demo", "--serve", "--http", "127.0.0.1:0"], dir.path());
-    let line = demo.line_with("dashboard http://");
+    let sb = Sandbox::new("crabnet-web-cli-");
+    let data = sb.dir("demo");
+    std::fs::create_dir(&data).unwrap();
+    let mut procs = Listeners::default();
+    let demo = spawn_cli(
+        &sb,
+        &mut procs,
+        "demo",
+        &["demo", "--serve", "--http", "127.0.0.1:0"],
+        &data,
+    );
+    let line = line_with(&mut procs, demo, "dashboard http://");
     let addr = url_addr(&line);
-    let data_line = demo.line_with("--data-dir");
+    let data_line = line_with(&mut procs, demo, "--data-dir");
     assert!(data_line.contains("alice"), "{data_line}");
     let (status, _, body) = http(addr, &get_head("/api/overview", &addr.to_string())).await;
     assert_eq!(status, 200, "{body}");
@@ -1444,6 +1412,6 @@ async fn cli_demo_serve_keeps_serving_until_ctrl_c() {
     let (status, _, body) = http(addr, &get_head("/health", &addr.to_string())).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"running\":true"), "{body}");
-    assert!(demo.interrupt_and_wait().success());
+    assert!(procs.interrupt(demo).success());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

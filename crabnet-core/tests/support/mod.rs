@@ -1,12 +1,13 @@
 //! The process-test harness shared by the test binaries that run the `crabnet` CLI as separate
 //! processes (`mod support;` in `tests/cli.rs`, `network.rs`, `network_dht.rs`,
-//! `sandbox_e2e.rs`, `trust_e2e.rs`), and in-process pairs of nodes ([`pair`], used by
-//! `tests/node.rs`, `runs.rs` and `crash.rs`).
+//! `sandbox_e2e.rs`, `trust_e2e.rs`, `web.rs`), and in-process pairs of nodes ([`pair`], used
+//! by `tests/node.rs`, `runs.rs` and `crash.rs`).
 //!
 //! - [`run_bounded`] runs one CLI command with a timeout and returns its [`Out`].
 //! - A [`Sandbox`] is a temp dir with a fake HOME/XDG/TMPDIR that every command runs in.
-//! - [`Listeners`] owns long-running processes (`crabnet listen`, `events --follow`) and
-//!   SIGKILLs them on drop, so a failing test never leaves processes behind.
+//! - [`Listeners`] owns long-running processes (`crabnet listen`, `events --follow`,
+//!   `demo --serve`), waits for what they print, interrupts them, and SIGKILLs them on drop,
+//!   so a failing test never leaves processes behind.
 //! - [`reserve_port`] and [`reserve_on`] hold ports (UDP, or TCP and UDP for a dht node) that
 //!   no other test of the binary gets.
 //! - [`forge`] makes identities, hellos and envelopes by hand for the tests that attack a
@@ -393,13 +394,25 @@ impl Listeners {
     /// TRANSPORT ADDRESS ...`); returns the banner line.
     #[track_caller]
     pub fn wait_ready(&mut self, i: usize, within: Duration) -> String {
+        self.wait_line(i, "report that it listens", within, |l| {
+            l.contains(" listening on ")
+        })
+    }
+
+    /// Waits (at most `within`) until process `i` printed a line on stdout that `pred`
+    /// accepts (`what` names it in the failure); returns the line. Fails when the process
+    /// exits first.
+    #[track_caller]
+    pub fn wait_line(
+        &mut self,
+        i: usize,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(line) = self
-                .stdout(i)
-                .lines()
-                .find(|l| l.contains(" listening on "))
-            {
+            if let Some(line) = self.stdout(i).lines().find(|l| pred(l)) {
                 return line.to_owned();
             }
             if let Some(status) = self.procs[i].child.try_wait().unwrap() {
@@ -411,7 +424,7 @@ impl Listeners {
             }
             assert!(
                 Instant::now() < deadline,
-                "listener {} did not report that it listens\n{}",
+                "listener {} did not {what}\n{}",
                 self.procs[i].name,
                 self.logs()
             );
