@@ -17,27 +17,15 @@
 use std::sync::Mutex;
 
 use crate::error::Result;
-use crate::model::{Millis, SeedStatus};
-use crate::state::SeedView;
+use crate::model::Millis;
 use crate::store::Store;
 
 pub(crate) mod config;
 pub use config::RetentionConfig;
 
-/// When a seed ended (Unix ms, the timestamp of the message that ended it), or `None` while it
-/// may still change: settled (the settlement), cancelled (the cancellation), expired (the
-/// award or reassignment that left no winner) and failed (the failure; under rules 2 the
-/// publisher may still reassign or cancel a failed seed, and retention ends that chance).
-pub fn ended_at(view: &SeedView) -> Option<Millis> {
-    let at = match view.status {
-        SeedStatus::Open | SeedStatus::Claimed | SeedStatus::Completed => return None,
-        SeedStatus::Settled => view.settlement.as_ref().map(|s| s.settled_at),
-        SeedStatus::Cancelled => view.cancelled_at,
-        SeedStatus::Failed => view.failed_at,
-        SeedStatus::Expired => view.award.as_ref().map(|a| a.round_started_at),
-    };
-    Some(at.unwrap_or(view.updated_at))
-}
+/// When a seed ended; defined beside the seed views, so that the store, which records it,
+/// does not build on retention.
+pub use crate::state::ended_at;
 
 /// Most batches of one kind per run; more work waits for the next tick.
 const MAX_BATCHES_PER_RUN: usize = 16;

@@ -1801,7 +1801,7 @@ fn refold(
                 view.seed.created_at as i64,
                 now as i64,
                 to_json(view)?,
-                crate::retention::ended_at(view).map(|t| t.min(i64::MAX as u64) as i64)
+                state::ended_at(view).map(|t| t.min(i64::MAX as u64) as i64)
             ],
         )?;
     }
