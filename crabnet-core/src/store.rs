@@ -1816,23 +1816,10 @@ fn refold(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{KemSeeds, SigningSeeds};
     use crate::identity::Identity;
 
     fn public(tag: u8) -> PublicIdentity {
-        Identity::from_seeds(
-            &SigningSeeds {
-                ed25519: [tag; 32],
-                ml_dsa: [tag; 32],
-            },
-            &KemSeeds {
-                x25519: [tag; 32],
-                ml_kem: [tag; 64],
-            },
-            0,
-        )
-        .public()
-        .clone()
+        Identity::from_tag(tag, 0).public().clone()
     }
 
     #[test]

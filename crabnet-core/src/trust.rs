@@ -16,7 +16,6 @@
 //! [`RejectReason::NotAdmitted`](crate::monitor::RejectReason::NotAdmitted).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -30,7 +29,7 @@ use crate::crypto::{
 };
 use crate::envelope::{Header, Kind};
 use crate::error::{Error, ErrorKind, Result};
-use crate::identity::{Identity, PublicIdentity};
+use crate::identity::{self, Identity, PublicIdentity};
 use crate::model::{MessageKind, Millis, NodeId};
 use crate::store::Store;
 
@@ -549,29 +548,9 @@ impl AnchorKey {
 
     /// Reads a secret key file; refuses one that others can read.
     pub fn read(path: &Path) -> Result<AnchorKey> {
-        let mut file = std::fs::File::open(path).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Io,
-                format!("cannot open anchor key file {}: {e}", path.display()),
-                e,
-            )
-        })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            let mode = file.metadata()?.mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "anchor key file {} is readable by others (mode {mode:o}); run `chmod 600` on it",
-                        path.display()
-                    ),
-                ));
-            }
-        }
-        let mut bytes = Zeroizing::new(Vec::new());
-        file.read_to_end(&mut bytes)?;
+        const WHAT: &str = "anchor key file";
+        let file = identity::open_secret_file(path, WHAT)?;
+        let bytes = identity::read_secret_file(file, path, WHAT, ANCHOR_MAGIC.len() + 64)?;
         let body = bytes
             .strip_prefix(ANCHOR_MAGIC)
             .filter(|b| b.len() == 64)
@@ -1081,20 +1060,9 @@ fn check_certificate(cert: &Certificate, st: &State, at: Millis) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::KemSeeds;
 
     fn node(tag: u8) -> Identity {
-        Identity::from_seeds(
-            &SigningSeeds {
-                ed25519: [tag; 32],
-                ml_dsa: [tag; 32],
-            },
-            &KemSeeds {
-                x25519: [tag; 32],
-                ml_kem: [tag; 64],
-            },
-            1,
-        )
+        Identity::from_tag(tag, 1)
     }
 
     fn anchor(tag: u8) -> AnchorKey {
@@ -1168,14 +1136,7 @@ mod tests {
         assert_eq!(AnchorKey::read(&path).unwrap().public(), a.public());
         assert!(!format!("{a:?}").contains(&hex::encode(a.secret.to_seeds().ed25519)));
         #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600);
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            let e = AnchorKey::read(&path).unwrap_err();
-            assert!(e.to_string().contains("readable by others"), "{e}");
-        }
+        crate::identity::assert_private_secret_file(&path, AnchorKey::read);
     }
 
     #[test]

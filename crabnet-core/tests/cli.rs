@@ -1076,87 +1076,39 @@ fn errors_for_invalid_input() {
         "validation",
         &["bogus", "open"],
     );
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "publish", "--command", ""],
-        "validation",
-        &["command", "empty"],
-    );
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "publish", "--command", "   "],
-        "validation",
-        &["command", "empty"],
-    );
-    expect_error(
-        &sb,
-        &dir,
-        &[
-            "seed",
-            "publish",
-            "--command",
-            "echo x",
-            "--min-price",
-            "10",
-            "--max-price",
-            "5",
-        ],
-        "validation",
-        &["10", "5", "price"],
-    );
-    expect_error(
-        &sb,
-        &dir,
-        &[
-            "seed",
-            "publish",
-            "--command",
-            "echo x",
-            "--bid-window",
-            "0",
-        ],
-        "validation",
-        &["bid window"],
-    );
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "publish", "--command", "echo x", "--max-bids", "0"],
-        "validation",
-        &["max bids"],
-    );
     let long_command = "e".repeat(9000);
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "publish", "--command", &long_command],
-        "validation",
-        &["command is 9000 bytes"],
-    );
     let long_description = "d".repeat(5000);
-    expect_error(
-        &sb,
-        &dir,
-        &[
-            "seed",
-            "publish",
-            "--command",
-            "echo x",
-            "--description",
-            &long_description,
-        ],
-        "validation",
-        &["description"],
-    );
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "publish", "--command", "echo x", "--timeout", "0"],
-        "validation",
-        &["timeout"],
-    );
+    // Arguments after `seed publish`, and what the error names.
+    let refused: [(&[&str], &[&str]); 8] = [
+        (&["--command", ""], &["command", "empty"]),
+        (&["--command", "   "], &["command", "empty"]),
+        (
+            &[
+                "--command",
+                "echo x",
+                "--min-price",
+                "10",
+                "--max-price",
+                "5",
+            ],
+            &["10", "5", "price"],
+        ),
+        (
+            &["--command", "echo x", "--bid-window", "0"],
+            &["bid window"],
+        ),
+        (&["--command", "echo x", "--max-bids", "0"], &["max bids"]),
+        (&["--command", &long_command], &["command is 9000 bytes"]),
+        (
+            &["--command", "echo x", "--description", &long_description],
+            &["description"],
+        ),
+        (&["--command", "echo x", "--timeout", "0"], &["timeout"]),
+    ];
+    for (args, needles) in refused {
+        let args: Vec<&str> = ["seed", "publish"].iter().chain(args).copied().collect();
+        expect_error(&sb, &dir, &args, "validation", needles);
+    }
     // None of the refused publications left a seed behind.
     let list = sb.run(&dir, &["--json", "seed", "list"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use support::forge::{
     config, counter, hello, hello_rotated, identity, plain, seal, seed_message, wait_counter,
 };
+use support::vectors::{check_committed, vector_identity};
 
 use crabnet_core::clock::now_ms;
-use crabnet_core::crypto::{KemSeeds, SigningSeeds};
 use crabnet_core::envelope::{self, Kind};
 use crabnet_core::identity::Identity;
 use crabnet_core::model::Message;
@@ -314,22 +314,6 @@ async fn a_rotated_node_keeps_its_id_and_its_peers() {
 // Test vectors (docs/PROTOCOL.md section 2g)
 // ------------------------------------------------------------------------------------------
 
-/// Keys as in `tests/vectors/envelopes.json`: for tag t, Ed25519 seed = 32 bytes of t, ML-DSA-44
-/// seed = 32 bytes of t+1, X25519 secret = 32 bytes of t+2, ML-KEM-768 seed = 64 bytes of t+3.
-fn vector_identity(tag: u8, epoch: u32) -> Identity {
-    Identity::from_seeds(
-        &SigningSeeds {
-            ed25519: [tag; 32],
-            ml_dsa: [tag + 1; 32],
-        },
-        &KemSeeds {
-            x25519: [tag + 2; 32],
-            ml_kem: [tag + 3; 64],
-        },
-        epoch,
-    )
-}
-
 fn rotation_vectors() -> serde_json::Value {
     let first = vector_identity(0x01, 1);
     let next = vector_identity(0x11, 2).with_node_id(first.node_id().clone());
@@ -347,25 +331,15 @@ fn rotation_vectors() -> serde_json::Value {
     })
 }
 
-fn rotation_vector_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/rotation.json")
-}
-
 /// The committed vector is what the implementation produces, byte for byte
 /// (`CRABNET_REGENERATE_VECTORS=1` rewrites it after an intended change), and it chains from
 /// the node id.
 #[test]
 fn committed_rotation_vectors_match_and_verify() {
-    let fresh = rotation_vectors();
-    if std::env::var_os("CRABNET_REGENERATE_VECTORS").is_some() {
-        let text = serde_json::to_string_pretty(&fresh).unwrap() + "\n";
-        std::fs::write(rotation_vector_path(), text).unwrap();
-    }
-    let committed: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(rotation_vector_path()).unwrap()).unwrap();
-    assert_eq!(
-        committed, fresh,
-        "the rotation encoding changed; if intended, regenerate with CRABNET_REGENERATE_VECTORS=1 and update docs/PROTOCOL.md"
+    let committed = check_committed(
+        "rotation.json",
+        &rotation_vectors(),
+        "the rotation encoding changed",
     );
     let bytes = hex::decode(committed["statement"].as_str().unwrap()).unwrap();
     let r = Rotation::parse(&bytes).unwrap();

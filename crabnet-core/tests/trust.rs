@@ -37,6 +37,16 @@ async fn start(dir: &std::path::Path, name: &str, hub: &MemoryHub, c: Option<Con
         .unwrap()
 }
 
+/// A node (tag `tag`) that says hello to `node` over `wire`, once `node` admitted it.
+async fn admitted(node: &Node, wire: &mut MemoryTransport, tag: u32) -> Identity {
+    let id = identity(tag, 1);
+    wire.broadcast(&hello(&id)).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_forged_and_mismatched_senders_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,11 +111,7 @@ async fn stale_and_future_envelopes_are_rejected_as_expired() {
     let hub = MemoryHub::new();
     let node = start(dir.path(), "n", &hub, None).await;
     let mut wire = hub.join("wire");
-    let alice = identity(0x11, 1);
-    wire.broadcast(&hello(&alice)).unwrap();
-    node.wait_for_peers(1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let alice = admitted(&node, &mut wire, 0x11).await;
     let old = seal_and_send(&mut wire, &alice, now_ms() - 3_600_000);
     let future = seal_and_send(&mut wire, &alice, now_ms() + 3_600_000);
     wait_counter(&node, "rejected.expired", 2).await;
@@ -120,11 +126,7 @@ async fn replays_are_rejected_before_and_after_a_restart() {
     let hub = MemoryHub::new();
     let node = start(dir.path(), "n", &hub, None).await;
     let mut wire = hub.join("wire");
-    let alice = identity(0x11, 1);
-    wire.broadcast(&hello(&alice)).unwrap();
-    node.wait_for_peers(1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let alice = admitted(&node, &mut wire, 0x11).await;
     let m = seed_message(&alice, 3, now_ms());
     let bytes = seal(&alice, &m, 600);
     wire.broadcast(&bytes).unwrap();
@@ -152,11 +154,7 @@ async fn a_message_below_the_senders_replay_floor_is_a_replay() {
     c.store.seen_ttl_secs = 2;
     let node = start(dir.path(), "n", &hub, Some(c)).await;
     let mut wire = hub.join("wire");
-    let alice = identity(0x11, 1);
-    wire.broadcast(&hello(&alice)).unwrap();
-    node.wait_for_peers(1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let alice = admitted(&node, &mut wire, 0x11).await;
     let first = seed_message(&alice, 50, now_ms());
     wire.broadcast(&seal(&alice, &first, 60)).unwrap();
     eventually_knows(&node, &id_of(&first)).await;

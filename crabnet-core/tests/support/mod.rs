@@ -14,6 +14,9 @@
 //!   node's trust boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`).
 //! - [`pair::Pair`] is a publisher and a runner in one process on an in-memory hub, for
 //!   in-process tests that need a whole lifecycle (a publisher may not bid on its own seed).
+//! - [`vectors`] holds the keys of the committed test vectors and the check that the code still
+//!   produces them (`tests/envelope.rs`, `rotation.rs`, `trust_policy.rs`); `committed.rs`
+//!   the check of other generated files (`tests/schema.rs`, `crabnet-ffi/tests/header.rs`).
 //! - A [`Net`] is a sandbox of initialized nodes, each a real `crabnet listen` process on
 //!   127.0.0.1 over UDP ([`Net::new`]) or libp2p ([`Net::dht`]), driven by separate CLI
 //!   processes on their data directories while the listeners run. Every wait has a deadline,
@@ -27,6 +30,7 @@
 
 pub mod forge;
 pub mod pair;
+pub mod vectors;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsString;
@@ -958,6 +962,27 @@ impl Net {
         }
     }
 
+    /// A whole auction of `seed` (published by `publisher`): every `(node, price)` of `bids`
+    /// bids, `winner` wins at `price` (as the publisher and the winner see it), runs the seed,
+    /// and the publisher settles; every node in `nodes` sees the settlement.
+    #[track_caller]
+    pub fn auction_to_settlement(
+        &self,
+        publisher: usize,
+        seed: &str,
+        bids: &[(usize, u64)],
+        (winner, price): (usize, u64),
+        nodes: &[usize],
+    ) {
+        for &(i, bid) in bids {
+            self.bid(i, seed, bid);
+        }
+        self.wait_award(publisher, seed, winner, price);
+        self.wait_award(winner, seed, winner, price);
+        self.claim_and_run(winner, seed);
+        self.complete_and_settle(publisher, seed, nodes);
+    }
+
     /// Asserts that `seed claim` on node `i` fails with a state error.
     #[track_caller]
     pub fn expect_claim_refused(&self, i: usize, seed: &str, needle: &str) {
@@ -1075,12 +1100,7 @@ pub fn crash_restart_heal(net: &mut Net, tag: &str) {
     let digest_at_kill = st["state_digest"].as_str().unwrap().to_owned();
 
     // s1 goes on without node 1.
-    net.bid(2, &s1, 10);
-    net.bid(3, &s1, 20);
-    net.wait_award(0, &s1, 2, 10);
-    net.wait_award(2, &s1, 2, 10);
-    net.claim_and_run(2, &s1);
-    net.complete_and_settle(0, &s1, &others);
+    net.auction_to_settlement(0, &s1, &[(2, 10), (3, 20)], (2, 10), &others);
 
     // A whole lifecycle node 1 misses.
     let s3 = net.publish(3, &format!("echo {tag}crash-s3"), 1);
