@@ -45,6 +45,7 @@ __all__ = [
     "NodeRef",
     "SeedRef",
     "WebServer",
+    "config_from_toml",
     "default_config",
     "load_config",
 ]
