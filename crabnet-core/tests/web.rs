@@ -1242,38 +1242,54 @@ async fn the_assets_directory_overrides_embedded_files() {
 // ---------------------------------------------------------------------------------------------
 // The CLI
 
-/// Starts `crabnet --data-dir DATA_DIR ARGS...` in the sandbox as process `name` of
-/// `listeners` (killed when they are dropped); returns its index.
-fn spawn_cli(
-    sb: &Sandbox,
-    listeners: &mut Listeners,
-    name: &str,
-    args: &[&str],
-    data_dir: &std::path::Path,
-) -> usize {
-    let mut cmd = sb.command();
-    cmd.arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("CRABNET_LOG", "warn");
-    listeners.spawn(name, cmd, sb.path())
+/// `crabnet` processes on one data directory in a sandbox; the long-running ones are owned by
+/// the harness's listeners (killed when this is dropped).
+struct Cli {
+    sb: Sandbox,
+    data: std::path::PathBuf,
+    procs: Listeners,
 }
 
-/// Waits for a line of process `i` containing `needle`.
-fn line_with(listeners: &mut Listeners, i: usize, needle: &str) -> String {
-    listeners.wait_line(
-        i,
-        &format!("print {needle:?}"),
-        Duration::from_secs(60),
-        |l| l.contains(needle),
-    )
-}
+impl Cli {
+    /// A sandbox whose data directory `data` exists.
+    fn new() -> Cli {
+        let sb = Sandbox::new("crabnet-web-cli-");
+        let data = sb.dir("data");
+        std::fs::create_dir(&data).unwrap();
+        Cli {
+            sb,
+            data,
+            procs: Listeners::default(),
+        }
+    }
 
-/// Runs `crabnet --data-dir DATA_DIR ARGS...` in the sandbox to its end (bounded).
-fn run_cli(sb: &Sandbox, data_dir: &std::path::Path, args: &[&str]) -> support::Out {
-    let mut cmd = sb.command();
-    cmd.arg("--data-dir").arg(data_dir).args(args);
-    run_bounded(cmd, args.iter().map(|a| a.to_string()).collect())
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = self.sb.command();
+        cmd.arg("--data-dir").arg(&self.data).args(args);
+        cmd
+    }
+
+    /// Starts `crabnet --data-dir DATA ARGS...` as process `name`; returns its index.
+    fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
+        let mut cmd = self.command(args);
+        cmd.env("CRABNET_LOG", "warn");
+        self.procs.spawn(name, cmd, self.sb.path())
+    }
+
+    /// Waits for a line of process `i` containing `needle`.
+    fn line_with(&mut self, i: usize, needle: &str) -> String {
+        let what = format!("print {needle:?}");
+        self.procs
+            .wait_line(i, &what, Duration::from_secs(60), |l| l.contains(needle))
+    }
+
+    /// Runs `crabnet --data-dir DATA ARGS...` to its end (bounded).
+    fn run(&self, args: &[&str]) -> support::Out {
+        run_bounded(
+            self.command(args),
+            args.iter().map(|a| a.to_string()).collect(),
+        )
+    }
 }
 
 /// The address in a line like `dashboard http://127.0.0.1:PORT/ ...`.
@@ -1285,17 +1301,10 @@ fn url_addr(line: &str) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_listen_serves_the_dashboard_unless_told_not_to() {
-    let sb = Sandbox::new("crabnet-web-cli-");
-    let data = sb.dir("node");
-    let mut procs = Listeners::default();
-    let listener = spawn_cli(
-        &sb,
-        &mut procs,
-        "listen",
-        &["listen", "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"],
-        &data,
-    );
-    let line = line_with(&mut procs, listener, "dashboard http://");
+    let mut cli = Cli::new();
+    let listen = ["listen", "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    let listener = cli.spawn("listen", &listen);
+    let line = cli.line_with(listener, "dashboard http://");
     let addr = url_addr(&line);
     let (status, _, body) = http(addr, &get_head("/health", &addr.to_string())).await;
     assert_eq!(status, 200, "{body}");
@@ -1303,79 +1312,53 @@ async fn cli_listen_serves_the_dashboard_unless_told_not_to() {
     assert_eq!(status, 200);
     assert!(body.contains("<title>Crabnet"));
     // A seed published by another CLI process on the same data directory is seen.
-    let out = run_cli(
-        &sb,
-        &data,
-        &["seed", "publish", "--command", "echo from cli"],
-    )
-    .ok();
+    let out = cli
+        .run(&["seed", "publish", "--command", "echo from cli"])
+        .ok();
     let id = out.stdout.trim().to_owned();
     let (status, _, body) = http(addr, &get_head(&format!("/api/seeds/{id}"), "localhost")).await;
     assert_eq!(status, 200, "{body}");
-    assert!(procs.interrupt(listener).success());
+    assert!(cli.procs.interrupt(listener).success());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 
     // --no-http: no dashboard line, no server.
-    let quiet = spawn_cli(
-        &sb,
-        &mut procs,
-        "quiet",
-        &["listen", "--bind", "127.0.0.1:0", "--no-http"],
-        &data,
-    );
-    line_with(&mut procs, quiet, "listening on udp");
-    assert!(procs.interrupt(quiet).success());
-    let printed = procs.stdout(quiet);
+    let quiet = cli.spawn("quiet", &["listen", "--bind", "127.0.0.1:0", "--no-http"]);
+    cli.line_with(quiet, "listening on udp");
+    assert!(cli.procs.interrupt(quiet).success());
+    let printed = cli.procs.stdout(quiet);
     assert!(!printed.contains("http://"), "{printed}");
 
     // The default address taken (by another node, say): the node runs without a dashboard
     // and says why. An address asked for must work.
     let _holder = std::net::TcpListener::bind("127.0.0.1:7980"); // taken either way
-    let out_of_luck = spawn_cli(
-        &sb,
-        &mut procs,
-        "out-of-luck",
-        &["--json", "listen", "--bind", "127.0.0.1:0"],
-        &data,
-    );
+    let unlucky = cli.spawn("unlucky", &["--json", "listen", "--bind", "127.0.0.1:0"]);
     // The pretty-printed banner ends with a line "}".
-    procs.wait_line(
-        out_of_luck,
-        "print its banner",
-        Duration::from_secs(60),
-        |l| l == "}",
-    );
-    let status = procs.interrupt(out_of_luck);
-    assert!(status.success(), "{status}\n{}", procs.logs());
-    let printed = procs.stdout(out_of_luck);
+    let within = Duration::from_secs(60);
+    cli.procs
+        .wait_line(unlucky, "print its banner", within, |l| l == "}");
+    let status = cli.procs.interrupt(unlucky);
+    assert!(status.success(), "{status}\n{}", cli.procs.logs());
+    let printed = cli.procs.stdout(unlucky);
     let banner = &printed[..printed.find("\n}\n").unwrap() + 3];
     let banner: Value = serde_json::from_str(banner).unwrap();
     assert_eq!(banner["http"], Value::Null, "{banner}");
-    let stderr = procs.stderr(out_of_luck);
+    let stderr = cli.procs.stderr(unlucky);
     assert!(
         stderr.contains("without the dashboard") && stderr.contains("127.0.0.1:7980"),
         "{stderr}"
     );
-    let taken = run_cli(
-        &sb,
-        &data,
-        &[
-            "listen",
-            "--bind",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:7980",
-        ],
-    );
+    let taken = cli.run(&[
+        "listen",
+        "--bind",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:7980",
+    ]);
     assert_eq!(taken.status.code(), Some(1), "{}", taken.describe());
     assert!(taken.stderr.contains("cannot bind"), "{}", taken.describe());
 
     // A public bind without a token is refused before anything runs.
-    let out = run_cli(
-        &sb,
-        &data,
-        &["listen", "--bind", "127.0.0.1:0", "--http", "0.0.0.0:0"],
-    );
+    let out = cli.run(&["listen", "--bind", "127.0.0.1:0", "--http", "0.0.0.0:0"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.describe());
     assert!(
         out.stderr.contains("token") && out.stderr.contains("0.0.0.0"),
@@ -1386,20 +1369,11 @@ async fn cli_listen_serves_the_dashboard_unless_told_not_to() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_demo_serve_keeps_serving_until_ctrl_c() {
-    let sb = Sandbox::new("crabnet-web-cli-");
-    let data = sb.dir("demo");
-    std::fs::create_dir(&data).unwrap();
-    let mut procs = Listeners::default();
-    let demo = spawn_cli(
-        &sb,
-        &mut procs,
-        "demo",
-        &["demo", "--serve", "--http", "127.0.0.1:0"],
-        &data,
-    );
-    let line = line_with(&mut procs, demo, "dashboard http://");
+    let mut cli = Cli::new();
+    let demo = cli.spawn("demo", &["demo", "--serve", "--http", "127.0.0.1:0"]);
+    let line = cli.line_with(demo, "dashboard http://");
     let addr = url_addr(&line);
-    let data_line = line_with(&mut procs, demo, "--data-dir");
+    let data_line = cli.line_with(demo, "--data-dir");
     assert!(data_line.contains("alice"), "{data_line}");
     let (status, _, body) = http(addr, &get_head("/api/overview", &addr.to_string())).await;
     assert_eq!(status, 200, "{body}");
@@ -1412,6 +1386,6 @@ async fn cli_demo_serve_keeps_serving_until_ctrl_c() {
     let (status, _, body) = http(addr, &get_head("/health", &addr.to_string())).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"running\":true"), "{body}");
-    assert!(procs.interrupt(demo).success());
+    assert!(cli.procs.interrupt(demo).success());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
