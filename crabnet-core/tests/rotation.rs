@@ -7,7 +7,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::forge::{
-    config, counter, hello, hello_rotated, identity, plain, seal, seed_message, wait_counter,
+    config, counter, eventually_knows, hello, hello_rotated, identity, plain, seal, seed_message,
+    wait_counter,
 };
 use support::vectors::{check_committed, vector_identity};
 
@@ -52,14 +53,6 @@ fn send_seed_at(wire: &mut MemoryTransport, signer: &Identity, at: u64) -> Messa
     let m = seed_message(signer, 1, at);
     wire.broadcast(&seal(signer, &m, 3600)).unwrap();
     m
-}
-
-async fn eventually_knows(node: &Node, m: &Message) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.seed(m.seed_id()).await.is_err() {
-        assert!(Instant::now() < deadline, "seed {:?} never arrived", m.id);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn epoch_of(node: &Node, id: &NodeId) -> u32 {
@@ -133,7 +126,7 @@ async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
     wait_counter(&node, "trust.rotations_added", 1).await;
     assert_eq!(epoch_of(&node, alice.node_id()).await, 2);
     let m = send_seed_at(&mut wire, &alice2, now_ms());
-    eventually_knows(&node, &m).await;
+    eventually_knows(&node, m.seed_id()).await;
 
     // Replayed: nothing new. Another epoch-2 statement (say from a stolen epoch-1 key):
     // refused, the first one stands.
@@ -185,7 +178,7 @@ async fn old_keys_work_only_during_the_grace_period() {
         send_seed_at(&mut wire, &carol, now),
         send_seed_at(&mut wire, &carol2, now),
     ] {
-        eventually_knows(&node, &m).await;
+        eventually_knows(&node, m.seed_id()).await;
     }
     assert_eq!(counter(&node, "rejected.rotated_key").await, 1);
 
@@ -301,7 +294,7 @@ async fn a_rotated_node_keeps_its_id_and_its_peers() {
     )
     .unwrap();
     wire.broadcast(&sealed).unwrap();
-    eventually_knows(&a, &m).await;
+    eventually_knows(&a, m.seed_id()).await;
 
     // A second rotation chains from the first.
     let r3 = a.rotate_keys().await.unwrap();

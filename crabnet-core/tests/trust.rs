@@ -5,7 +5,9 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::forge::{config, hello, hello_signed_by, identity, seal, seed_message, wait_counter};
+use support::forge::{
+    config, eventually_knows, hello, hello_signed_by, identity, seal, seed_message, wait_counter,
+};
 
 use crabnet_core::clock::now_ms;
 use crabnet_core::envelope::{self, MAX_ENVELOPE_BYTES};
@@ -16,14 +18,6 @@ use crabnet_core::{Config, ErrorKind, MemoryHub, Node, PublishRequest, SeedStatu
 
 async fn knows(node: &Node, id: &SeedId) -> bool {
     node.seed(id).await.is_ok()
-}
-
-async fn eventually_knows(node: &Node, id: &SeedId) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !knows(node, id).await {
-        assert!(Instant::now() < deadline, "seed {id} never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn id_of(m: &Message) -> SeedId {

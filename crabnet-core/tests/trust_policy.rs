@@ -4,9 +4,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::forge::{
-    config, counter, hello, hello_signed_by, identity, rand16, seal, seed_message, wait_counter,
+    config, counter, eventually_knows, hello, hello_signed_by, identity, rand16, seal,
+    seed_message, wait_counter,
 };
 use support::vectors::{check_committed, vector_identity};
 
@@ -30,18 +31,6 @@ fn send_seed(wire: &mut MemoryTransport, id: &Identity) -> Message {
     let m = seed_message(id, 1, now_ms());
     wire.broadcast(&seal(id, &m, 60)).unwrap();
     m
-}
-
-async fn eventually_knows(node: &Node, m: &Message) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.seed(m.seed_id()).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "seed of {:?} never arrived",
-            m.id
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn start(c: Config, hub: &MemoryHub) -> Node {
@@ -103,7 +92,7 @@ async fn denied_nodes_are_dropped_without_a_database_write() {
     wait_counter(&node, "rejected.not_admitted", 21).await;
     wire.broadcast(&hello(&alice)).unwrap();
     let m = send_seed(&mut wire, &alice);
-    eventually_knows(&node, &m).await;
+    eventually_knows(&node, m.seed_id()).await;
 
     assert_eq!(peer_ids(&node).await, vec![alice.node_id().clone()]);
     for m in &sent {
@@ -136,7 +125,7 @@ async fn an_allow_list_admits_only_its_nodes() {
     }
     let from_bob = send_seed(&mut wire, &bob);
     let from_alice = send_seed(&mut wire, &alice);
-    eventually_knows(&node, &from_alice).await;
+    eventually_knows(&node, from_alice.seed_id()).await;
     wait_counter(&node, "rejected.not_admitted", 3).await;
     assert!(node.seed(from_bob.seed_id()).await.is_err());
     assert_eq!(peer_ids(&node).await, vec![alice.node_id().clone()]);
@@ -256,7 +245,7 @@ async fn anchored_mode_admits_only_certified_nodes_in_their_roles() {
         .await
         .unwrap();
     let from_alice = send_seed(&mut wire, &alice);
-    eventually_knows(&node, &from_alice).await;
+    eventually_knows(&node, from_alice.seed_id()).await;
     // Carol may bid and run, not publish.
     let from_carol = send_seed(&mut wire, &carol);
     refused += 1;
@@ -294,7 +283,7 @@ async fn revocations_hold_across_a_restart() {
         .await
         .unwrap();
     let before = send_seed(&mut wire, &alice);
-    eventually_knows(&node, &before).await;
+    eventually_knows(&node, before.seed_id()).await;
 
     // The anchor revokes Alice's node id and Bob's certificate (serial 1), from now on.
     let now = now_ms();

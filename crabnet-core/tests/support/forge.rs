@@ -1,5 +1,6 @@
 //! Hand-made identities, hellos and envelopes for the tests that attack a node's trust
-//! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`), and waits on its counters.
+//! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`), and waits on its
+//! seeds and counters.
 
 use std::time::{Duration, Instant};
 
@@ -136,6 +137,15 @@ pub fn seed_message(id: &Identity, lamport: u64, timestamp: u64) -> Message {
 /// `m` in a public envelope signed by `id`, fresh for `ttl` seconds.
 pub fn seal(id: &Identity, m: &Message, ttl: u32) -> Vec<u8> {
     envelope::message_envelope(id, m, ttl, &[], MAX_ENVELOPE_BYTES, &mut envelope::os_rng).unwrap()
+}
+
+/// Waits (10 s at most) until `node` knows seed `id`.
+pub async fn eventually_knows(node: &Node, id: &SeedId) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.seed(id).await.is_err() {
+        assert!(Instant::now() < deadline, "seed {id} never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A counter of `node` (0 when absent).
