@@ -2,6 +2,7 @@
 //! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`), and waits on its
 //! seeds and counters.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use crabnet_core::clock::now_ms;
@@ -9,7 +10,7 @@ use crabnet_core::crypto::{KemSeeds, SigningSeeds};
 use crabnet_core::envelope::{self, Header, Hello, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
 use crabnet_core::model::{Body, Message, MessageId, Seed, SeedId};
-use crabnet_core::{Config, Node};
+use crabnet_core::{Config, Node, SeedView};
 
 /// A node configuration in `dir/name` with a fast housekeeping tick.
 pub fn config(dir: &std::path::Path, name: &str) -> Config {
@@ -139,13 +140,43 @@ pub fn seal(id: &Identity, m: &Message, ttl: u32) -> Vec<u8> {
     envelope::message_envelope(id, m, ttl, &[], MAX_ENVELOPE_BYTES, &mut envelope::os_rng).unwrap()
 }
 
-/// Waits (10 s at most) until `node` knows seed `id`.
-pub async fn eventually_knows(node: &Node, id: &SeedId) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.seed(id).await.is_err() {
-        assert!(Instant::now() < deadline, "seed {id} never arrived");
+/// Polls `f` every 10 ms until it returns `Some`; fails with `what()` once `within` has
+/// passed.
+pub async fn poll<T, F: Future<Output = Option<T>>>(
+    within: Duration,
+    what: impl Fn() -> String,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out: {}", what());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits (`within` at most) until `node` knows seed `id` in a state `pred` accepts; returns
+/// the view. `what` names the wait in the failure.
+pub async fn wait_view(
+    node: &Node,
+    id: &SeedId,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&SeedView) -> bool,
+) -> SeedView {
+    let what = || format!("{} never saw seed {id} {what}", node.config().name);
+    let pred = &pred;
+    poll(within, what, move || async move {
+        node.seed(id).await.ok().filter(|v| pred(v))
+    })
+    .await
+}
+
+/// Waits (10 s at most) until `node` knows seed `id`.
+pub async fn eventually_knows(node: &Node, id: &SeedId) {
+    wait_view(node, id, Duration::from_secs(10), "arrive", |_| true).await;
 }
 
 /// A counter of `node` (0 when absent).
