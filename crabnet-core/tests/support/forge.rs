@@ -1,6 +1,7 @@
 //! Hand-made identities, hellos and envelopes for the tests that attack a node's trust
-//! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`), and waits on its
-//! seeds and counters.
+//! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`), and the bounded
+//! waits of in-process tests on a node's seeds and counters ([`poll`], [`wait_view`],
+//! [`wait_counter`]; also `tests/node.rs`, `dht.rs`, `retention.rs`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
