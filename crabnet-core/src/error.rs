@@ -3,7 +3,7 @@
 //!
 //! Everything builds on this module, so it builds on nothing of the crate's but the crypto
 //! errors it converts: the lifecycle rule a [`ErrorKind::State`] error reports is a
-//! [`Violation`](crate::state::Violation) of the state machine, which builds on the model,
+//! violation of the state machine (`state.rs`), which builds on the model,
 //! which builds on this module. The error holds it without naming its type here; the state
 //! machine converts its violations into errors and reads them back ([`Error::violation`]).
 

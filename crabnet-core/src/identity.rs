@@ -112,6 +112,22 @@ impl Identity {
         )
     }
 
+    /// Deterministic keys for unit tests: every seed byte is `tag`, the keys are at `epoch`.
+    #[cfg(test)]
+    pub(crate) fn from_tag(tag: u8, epoch: u32) -> Self {
+        Self::from_seeds(
+            &SigningSeeds {
+                ed25519: [tag; 32],
+                ml_dsa: [tag; 32],
+            },
+            &KemSeeds {
+                x25519: [tag; 32],
+                ml_kem: [tag; 64],
+            },
+            epoch,
+        )
+    }
+
     fn from_secrets(signing: SigningSecret, kem: KemSecret, epoch: u32) -> Self {
         let signing_public = signing.public();
         let public = PublicIdentity {
@@ -179,43 +195,17 @@ impl Identity {
                 identity.write_new(path)?;
                 Ok((identity, true))
             }
-            Err(e) => Err(Error::with_source(
-                ErrorKind::Io,
-                format!("cannot open identity file {}: {e}", path.display()),
-                e,
-            )),
+            Err(e) => Err(cannot_open(path, "identity file", e)),
         }
     }
 
     /// Loads an existing identity file (one that others can read is refused).
     pub fn load(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Io,
-                format!("cannot open identity file {}: {e}", path.display()),
-                e,
-            )
-        })?;
-        Self::read(file, path)
+        Self::read(open_secret_file(path, "identity file")?, path)
     }
 
-    fn read(mut file: std::fs::File, path: &Path) -> Result<Self> {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            let mode = file.metadata()?.mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "identity file {} is readable by others (mode {mode:o}); run `chmod 600` on it",
-                        path.display()
-                    ),
-                ));
-            }
-        }
-        let mut bytes = Zeroizing::new(Vec::with_capacity(MAGIC.len() + BODY_LEN));
-        file.read_to_end(&mut bytes)?;
+    fn read(file: std::fs::File, path: &Path) -> Result<Self> {
+        let bytes = read_secret_file(file, path, "identity file", MAGIC.len() + BODY_LEN)?;
         let bad = |why: &str| {
             Error::new(
                 ErrorKind::Config,
@@ -331,6 +321,62 @@ pub(crate) fn write_secret_file(path: &Path, bytes: &[u8], what: &str) -> Result
     Ok(())
 }
 
+/// Opens the secret file `path`; `what` names it in errors.
+pub(crate) fn open_secret_file(path: &Path, what: &str) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| cannot_open(path, what, e))
+}
+
+fn cannot_open(path: &Path, what: &str, e: std::io::Error) -> Error {
+    Error::with_source(
+        ErrorKind::Io,
+        format!("cannot open {what} {}: {e}", path.display()),
+        e,
+    )
+}
+
+/// Reads the secret file `file` (opened from `path`) whole, into a buffer of `expected_len`
+/// bytes (so that no copy of the secret is left behind by a reallocation) that is zeroized
+/// when dropped; refuses a file that others can read. `what` names the file in errors.
+pub(crate) fn read_secret_file(
+    mut file: std::fs::File,
+    path: &Path,
+    what: &str,
+    expected_len: usize,
+) -> Result<Zeroizing<Vec<u8>>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mode = file.metadata()?.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "{what} {} is readable by others (mode {mode:o}); run `chmod 600` on it",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    let mut bytes = Zeroizing::new(Vec::with_capacity(expected_len));
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Asserts that the secret file at `path` (written by [`write_secret_file`]) has mode 0600,
+/// then makes it readable by others and asserts that `read` refuses it.
+#[cfg(all(test, unix))]
+pub(crate) fn assert_private_secret_file<T: fmt::Debug>(
+    path: &Path,
+    read: impl Fn(&Path) -> Result<T>,
+) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = read(path).unwrap_err();
+    assert!(err.to_string().contains("readable by others"), "{err}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,14 +393,7 @@ mod tests {
         assert_eq!(a.public(), b.public());
         assert_eq!(node_id_for(&a.public().signing), *a.node_id());
         #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600);
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            let err = Identity::load_or_create(&path).unwrap_err();
-            assert!(err.to_string().contains("readable by others"), "{err}");
-        }
+        assert_private_secret_file(&path, Identity::load_or_create);
     }
 
     #[test]

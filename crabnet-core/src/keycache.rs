@@ -70,23 +70,10 @@ fn same_keys(known: &PublicIdentity, signing: &[u8], kem: &[u8], epoch: u32) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{KemSeeds, SigningSeeds};
     use crate::identity::Identity;
 
     fn identity(n: u8) -> PublicIdentity {
-        Identity::from_seeds(
-            &SigningSeeds {
-                ed25519: [n; 32],
-                ml_dsa: [n; 32],
-            },
-            &KemSeeds {
-                x25519: [n; 32],
-                ml_kem: [n; 64],
-            },
-            1,
-        )
-        .public()
-        .clone()
+        Identity::from_tag(n, 1).public().clone()
     }
 
     #[test]

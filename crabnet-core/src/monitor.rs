@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
-use crate::alerts::AlertName;
+use crate::alerts::alert::AlertName;
 use crate::model::SettlementOutcome;
 use crate::model::{BidId, MessageId, MessageKind, Millis, NodeId, SeedId, SeedStatus};
 use crate::state::Violation;

@@ -400,20 +400,9 @@ impl Chains {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{KemSeeds, SigningSeeds};
 
     fn keys(tag: u8, epoch: u32) -> Identity {
-        Identity::from_seeds(
-            &SigningSeeds {
-                ed25519: [tag; 32],
-                ml_dsa: [tag; 32],
-            },
-            &KemSeeds {
-                x25519: [tag; 32],
-                ml_kem: [tag; 64],
-            },
-            epoch,
-        )
+        Identity::from_tag(tag, epoch)
     }
 
     #[test]

@@ -1492,6 +1492,21 @@ pub fn digest<'a>(views: impl IntoIterator<Item = &'a SeedView>) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// When a seed ended (Unix ms, the timestamp of the message that ended it), or `None` while it
+/// may still change: settled (the settlement), cancelled (the cancellation), expired (the
+/// award or reassignment that left no winner) and failed (the failure; under rules 2 the
+/// publisher may still reassign or cancel a failed seed, and retention ends that chance).
+pub fn ended_at(view: &SeedView) -> Option<Millis> {
+    let at = match view.status {
+        SeedStatus::Open | SeedStatus::Claimed | SeedStatus::Completed => return None,
+        SeedStatus::Settled => view.settlement.as_ref().map(|s| s.settled_at),
+        SeedStatus::Cancelled => view.cancelled_at,
+        SeedStatus::Failed => view.failed_at,
+        SeedStatus::Expired => view.award.as_ref().map(|a| a.round_started_at),
+    };
+    Some(at.unwrap_or(view.updated_at))
+}
+
 /// Convenience for simulations: folds messages of many seeds, one state per seed.
 pub fn fold_all<'a>(messages: impl IntoIterator<Item = &'a Message>) -> BTreeMap<SeedId, Folded> {
     let mut by_seed: BTreeMap<SeedId, Vec<&Message>> = BTreeMap::new();

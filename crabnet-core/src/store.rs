@@ -13,7 +13,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::{ActiveAlert, AlertName, Transition};
+use crate::alerts::alert::{ActiveAlert, AlertName};
+use crate::alerts::rules::Transition;
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::PublicIdentity;
 use crate::keycache::ParsedKeys;
@@ -21,42 +22,10 @@ use crate::model::{Body, Message, MessageId, Millis, NodeId, SeedId, SeedStatus}
 use crate::monitor::{Event, EventKind, RejectReason};
 use crate::state::{self, SeedView, Verdict, Violation};
 
+pub(crate) mod config;
 mod prune;
+pub use config::{StoreConfig, SyncMode};
 pub use prune::SeedsPruned;
-
-/// Store tuning, part of the node's TOML config (section `[store]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StoreConfig {
-    /// How long to wait for another process's write lock, in milliseconds.
-    pub busy_timeout_ms: u64,
-    /// How long a remote message id is remembered in the seen table, in seconds.
-    pub seen_ttl_secs: u64,
-    /// `full`: every commit reaches the disk before it returns (survives power loss).
-    /// `normal`: commits survive a crash of the process but the last ones may be lost on
-    /// power loss; several times more operations per second (see BENCHMARKS.md).
-    pub sync: SyncMode,
-}
-
-/// How hard SQLite pushes commits to the disk (`PRAGMA synchronous`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// `synchronous = FULL`.
-    Full,
-    /// `synchronous = NORMAL` (with WAL: durable against process crashes).
-    Normal,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            busy_timeout_ms: 10_000,
-            seen_ttl_secs: 7 * 24 * 3600,
-            sync: SyncMode::Full,
-        }
-    }
-}
 
 /// Where a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1839,7 +1808,7 @@ fn refold(
                 view.seed.created_at as i64,
                 now as i64,
                 to_json(view)?,
-                crate::retention::ended_at(view).map(|t| t.min(i64::MAX as u64) as i64)
+                state::ended_at(view).map(|t| t.min(i64::MAX as u64) as i64)
             ],
         )?;
     }
@@ -1854,23 +1823,10 @@ fn refold(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{KemSeeds, SigningSeeds};
     use crate::identity::Identity;
 
     fn public(tag: u8) -> PublicIdentity {
-        Identity::from_seeds(
-            &SigningSeeds {
-                ed25519: [tag; 32],
-                ml_dsa: [tag; 32],
-            },
-            &KemSeeds {
-                x25519: [tag; 32],
-                ml_kem: [tag; 64],
-            },
-            0,
-        )
-        .public()
-        .clone()
+        Identity::from_tag(tag, 0).public().clone()
     }
 
     #[test]

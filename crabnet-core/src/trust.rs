@@ -16,11 +16,10 @@
 //! [`RejectReason::NotAdmitted`](crate::monitor::RejectReason::NotAdmitted).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -30,9 +29,12 @@ use crate::crypto::{
 };
 use crate::envelope::{Header, Kind};
 use crate::error::{Error, ErrorKind, Result};
-use crate::identity::{Identity, PublicIdentity};
+use crate::identity::{self, Identity, PublicIdentity};
 use crate::model::{MessageKind, Millis, NodeId};
 use crate::store::Store;
+
+pub(crate) mod config;
+pub use config::{DEFAULT_ROTATION_GRACE_SECS, MAX_ROTATION_GRACE_SECS, TrustConfig, TrustMode};
 
 /// Signature context (domain separation) of membership certificates.
 pub const CERTIFICATE_CONTEXT: &[u8] = b"crabnet/v1/certificate";
@@ -53,159 +55,11 @@ const REV_SIGNED_LEN: usize = 1 + 1 + SIGNING_PUBLIC_LEN + 1 + 32 + 8 + 8;
 pub const REVOCATION_LEN: usize = REV_SIGNED_LEN + DUAL_SIGNATURE_LEN;
 const ANCHOR_MAGIC: &[u8] = b"crabnet-anchor-v1\n";
 
-// ---------------------------------------------------------------------------------------------
-// Configuration
-// ---------------------------------------------------------------------------------------------
-
-/// Who may join: anyone with valid keys, or only nodes certified by a trust anchor.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TrustMode {
-    /// Any node with a valid self-certifying hello is admitted (subject to the lists).
-    #[default]
-    Open,
-    /// Only nodes with a valid membership certificate from a configured anchor.
-    Anchored,
-}
-
-/// The trust policy (section `[trust]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrustConfig {
-    /// `open` (default) or `anchored`.
-    pub mode: TrustMode,
-    /// When not empty, only these nodes are admitted.
-    #[serde(deserialize_with = "allow_list")]
-    pub allow: Vec<NodeId>,
-    /// These nodes are never admitted (this wins over `allow`).
-    #[serde(deserialize_with = "deny_list")]
-    pub deny: Vec<NodeId>,
-    /// Trust anchors: each the anchor's public key in hex, or the path of a file holding it
-    /// (as `crabnet trust anchor-new` writes it). Anchored mode needs at least one; in open
-    /// mode they still sign revocations.
-    pub anchors: Vec<String>,
-    /// This node's membership certificate (a file from `crabnet trust sign`), sent with its
-    /// hello.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub certificate: Option<PathBuf>,
-    /// How long after a peer's key rotation (its statement's `rotated_at`) envelopes signed
-    /// with its previous keys are still accepted, in seconds (0..=604800, default 3600).
-    pub rotation_grace_secs: u64,
-}
-
-/// Default of `trust.rotation_grace_secs`: one hour.
-pub const DEFAULT_ROTATION_GRACE_SECS: u64 = 3600;
-/// Largest `trust.rotation_grace_secs`: seven days.
-pub const MAX_ROTATION_GRACE_SECS: u64 = 7 * 86_400;
-
-impl Default for TrustConfig {
-    fn default() -> Self {
-        TrustConfig {
-            mode: TrustMode::default(),
-            allow: Vec::new(),
-            deny: Vec::new(),
-            anchors: Vec::new(),
-            certificate: None,
-            rotation_grace_secs: DEFAULT_ROTATION_GRACE_SECS,
-        }
-    }
-}
-
-impl TrustConfig {
-    /// Checks what needs no file access: anchored mode names an anchor, entries are not empty.
-    pub fn validate(&self) -> Result<()> {
-        if self.rotation_grace_secs > MAX_ROTATION_GRACE_SECS {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "trust.rotation_grace_secs = {} is out of range (0..={MAX_ROTATION_GRACE_SECS})",
-                    self.rotation_grace_secs
-                ),
-            ));
-        }
-        if self.mode == TrustMode::Anchored && self.anchors.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "trust.anchors must name at least one anchor when trust.mode = \"anchored\"",
-            ));
-        }
-        if self.anchors.iter().any(|a| a.trim().is_empty()) {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "trust.anchors: an entry is empty",
-            ));
-        }
-        if self
-            .certificate
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "trust.certificate must not be empty (leave it out for none)",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The anchors' public keys, reading the entries that are file paths.
-    pub fn anchor_keys(&self) -> Result<Vec<SigningPublic>> {
-        self.anchors
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| {
-                let bad = |why: String| {
-                    Error::new(ErrorKind::Config, format!("trust.anchors[{i}]: {why}"))
-                };
-                let text = entry.trim();
-                let hex_text = if is_hex(text) {
-                    text.to_owned()
-                } else {
-                    std::fs::read_to_string(text)
-                        .map_err(|e| bad(format!("cannot read anchor file {text}: {e}")))?
-                        .trim()
-                        .to_owned()
-                };
-                let bytes = hex::decode(&hex_text)
-                    .map_err(|_| bad("not an anchor public key (hex)".into()))?;
-                SigningPublic::from_bytes(&bytes)
-                    .map_err(|e| bad(format!("not an anchor public key: {e}")))
-            })
-            .collect()
-    }
-}
-
 /// The 32 bytes of a node id.
 fn id_bytes(id: &NodeId) -> [u8; 32] {
     let mut out = [0u8; 32];
     hex::decode_to_slice(id.as_str(), &mut out).expect("node ids are 64 hex digits");
     out
-}
-
-fn is_hex(text: &str) -> bool {
-    !text.is_empty() && text.len().is_multiple_of(2) && text.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn node_ids<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<Vec<NodeId>, D::Error> {
-    let texts = Vec::<String>::deserialize(d)?;
-    texts
-        .iter()
-        .map(|t| {
-            NodeId::parse(t).map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "{key}: {t:?} is not a node id (64 lowercase hex digits)"
-                ))
-            })
-        })
-        .collect()
-}
-
-fn allow_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NodeId>, D::Error> {
-    node_ids(d, "trust.allow")
-}
-
-fn deny_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NodeId>, D::Error> {
-    node_ids(d, "trust.deny")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -694,29 +548,9 @@ impl AnchorKey {
 
     /// Reads a secret key file; refuses one that others can read.
     pub fn read(path: &Path) -> Result<AnchorKey> {
-        let mut file = std::fs::File::open(path).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Io,
-                format!("cannot open anchor key file {}: {e}", path.display()),
-                e,
-            )
-        })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            let mode = file.metadata()?.mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "anchor key file {} is readable by others (mode {mode:o}); run `chmod 600` on it",
-                        path.display()
-                    ),
-                ));
-            }
-        }
-        let mut bytes = Zeroizing::new(Vec::new());
-        file.read_to_end(&mut bytes)?;
+        const WHAT: &str = "anchor key file";
+        let file = identity::open_secret_file(path, WHAT)?;
+        let bytes = identity::read_secret_file(file, path, WHAT, ANCHOR_MAGIC.len() + 64)?;
         let body = bytes
             .strip_prefix(ANCHOR_MAGIC)
             .filter(|b| b.len() == 64)
@@ -1235,20 +1069,9 @@ fn check_certificate(cert: &Certificate, st: &State, at: Millis) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::KemSeeds;
 
     fn node(tag: u8) -> Identity {
-        Identity::from_seeds(
-            &SigningSeeds {
-                ed25519: [tag; 32],
-                ml_dsa: [tag; 32],
-            },
-            &KemSeeds {
-                x25519: [tag; 32],
-                ml_kem: [tag; 64],
-            },
-            1,
-        )
+        Identity::from_tag(tag, 1)
     }
 
     fn anchor(tag: u8) -> AnchorKey {
@@ -1322,14 +1145,7 @@ mod tests {
         assert_eq!(AnchorKey::read(&path).unwrap().public(), a.public());
         assert!(!format!("{a:?}").contains(&hex::encode(a.secret.to_seeds().ed25519)));
         #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600);
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            let e = AnchorKey::read(&path).unwrap_err();
-            assert!(e.to_string().contains("readable by others"), "{e}");
-        }
+        crate::identity::assert_private_secret_file(&path, AnchorKey::read);
     }
 
     #[test]

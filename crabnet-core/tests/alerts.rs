@@ -198,6 +198,34 @@ fn receiver(listener: TcpListener, script: Vec<u16>) -> mpsc::Receiver<(u16, Rec
     rx
 }
 
+/// Serves webhook requests over TLS (`server`) on `listener` in a thread: at most `attempts`
+/// connections, until one carries a whole request; sends what each connection brought
+/// (`None`: the handshake or the request failed).
+fn tls_receiver(
+    listener: TcpListener,
+    server: std::sync::Arc<rustls::ServerConfig>,
+    attempts: usize,
+) -> mpsc::Receiver<Option<Received>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..attempts {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let conn = rustls::ServerConnection::new(server.clone()).unwrap();
+            let received = try_serve_on(rustls::StreamOwned::new(conn, stream), 200).ok();
+            let served = received.is_some();
+            if tx.send(received).is_err() || served {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 fn next(rx: &mpsc::Receiver<(u16, Received)>) -> (u16, Received) {
     rx.recv_timeout(Duration::from_secs(20))
         .expect("a webhook delivery within 20 s")
@@ -381,26 +409,8 @@ async fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
     );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::channel();
-    let first_server = server.clone();
-    std::thread::spawn(move || {
-        let server = first_server;
-        // Bounded: a few connections at most (a client trying ::1 first never reaches here).
-        for _ in 0..5 {
-            let (stream, _) = listener.accept().unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let conn = rustls::ServerConnection::new(server.clone()).unwrap();
-            let tls = rustls::StreamOwned::new(conn, stream);
-            let received =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_on(tls, 200)));
-            if let Ok(r) = received {
-                let _ = tx.send(r);
-                return;
-            }
-        }
-    });
+    // Bounded: a few connections at most (a client trying ::1 first never reaches here).
+    let rx = tls_receiver(listener, server.clone(), 5);
     let hub = MemoryHub::new();
     let mut c = with_webhook(
         alerting(dir.path(), "a"),
@@ -411,9 +421,14 @@ async fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
     let a = Node::start_with_transport(c, Box::new(hub.join("a")))
         .await
         .unwrap();
-    let r = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("an https delivery within 20 s");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Some(r)) => break r,
+            Ok(None) => continue,
+            Err(_) => panic!("an https delivery within 20 s"),
+        }
+    };
     let body = verified(&r);
     assert_eq!(body["event"]["alert"], "no_peers");
     a.stop().await.unwrap();
@@ -433,22 +448,7 @@ async fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
         dir.path(),
     );
     c.alerts.webhooks[0].ca_file = Some(other);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for _ in 0..3 {
-            let Ok((stream, _)) = listener.accept() else {
-                return;
-            };
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let conn = rustls::ServerConnection::new(server.clone()).unwrap();
-            let tls = rustls::StreamOwned::new(conn, stream);
-            let received =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_on(tls, 200)));
-            let _ = tx.send(received.is_ok());
-        }
-    });
+    let rx = tls_receiver(listener, server, 3);
     let b = Node::start_with_transport(c, Box::new(hub.join("b")))
         .await
         .unwrap();
@@ -456,7 +456,7 @@ async fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
     assert_eq!(b.webhook_queue_len().await.unwrap(), 1, "still queued");
     b.stop().await.unwrap();
     assert!(
-        rx.try_iter().all(|served| !served),
+        rx.try_iter().all(|served| served.is_none()),
         "a request reached a receiver the CA file does not vouch for"
     );
 }

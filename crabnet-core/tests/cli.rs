@@ -187,6 +187,15 @@ fn show(sb: &Sandbox, dir: &Path, id: &str) -> Value {
     sb.run(dir, &["--json", "seed", "show", id]).ok().json()
 }
 
+/// Runs a text-mode seed command (`args`) on seed `id` in `dir`, checks that it printed
+/// exactly `said`, and returns the seed's view after it.
+#[track_caller]
+fn seed_command(sb: &Sandbox, dir: &Path, args: &[&str], said: &str, id: &str) -> Value {
+    let out = sb.run(dir, args).ok();
+    assert_eq!(out.stdout.trim(), said, "{}", out.describe());
+    show(sb, dir, id)
+}
+
 /// Waits until `crabnet peers` in `dir` lists `peer` (its hello was verified): nodes accept
 /// messages only from peers they know.
 #[track_caller]
@@ -452,12 +461,8 @@ fn lifecycle_between_a_publisher_and_a_runner() {
     assert_eq!(v["award"]["winner"], v["bids"][0]["id"]);
 
     // Claim.
-    let out = sb.run(&dir, &["seed", "claim", &id]).ok();
-    assert_eq!(
-        out.stdout.trim(),
-        format!("claimed seed {id} (status: claimed)")
-    );
-    let v = show(sb, &dir, &id);
+    let said = format!("claimed seed {id} (status: claimed)");
+    let v = seed_command(sb, &dir, &["seed", "claim", &id], &said, &id);
     assert_eq!(v["status"], "claimed");
     assert_eq!(v["claim"]["claimer"], me.as_str());
 
@@ -492,14 +497,9 @@ fn lifecycle_between_a_publisher_and_a_runner() {
     net.wait_seed(PUBLISHER, &id, "has the result", |v| {
         v["status"] == "completed"
     });
-    let out = sb
-        .run(&pdir, &["seed", "settle", &id, "--note", "thanks"])
-        .ok();
-    assert_eq!(
-        out.stdout.trim(),
-        format!("settled seed {id}: accepted (status: settled)")
-    );
-    let v = show(sb, &pdir, &id);
+    let said = format!("settled seed {id}: accepted (status: settled)");
+    let args = ["seed", "settle", &id, "--note", "thanks"];
+    let v = seed_command(sb, &pdir, &args, &said, &id);
     assert_eq!(v["status"], "settled");
     assert_eq!(v["settlement"]["outcome"], "accepted");
     assert_eq!(
@@ -759,17 +759,9 @@ fn failed_task_is_recorded_and_can_be_rejected() {
         "validation",
         &["note is 3000 bytes"],
     );
-    let out = sb
-        .run(
-            &pdir,
-            &["seed", "settle", &id, "--reject", "--note", "exit 3"],
-        )
-        .ok();
-    assert_eq!(
-        out.stdout.trim(),
-        format!("settled seed {id}: rejected (status: settled)")
-    );
-    let v = show(sb, &pdir, &id);
+    let said = format!("settled seed {id}: rejected (status: settled)");
+    let args = ["seed", "settle", &id, "--reject", "--note", "exit 3"];
+    let v = seed_command(sb, &pdir, &args, &said, &id);
     assert_eq!(v["settlement"]["outcome"], "rejected");
     assert_eq!(v["settlement"]["amount"], 0);
     assert_eq!(v["settlement"]["note"], "exit 3");
@@ -1076,87 +1068,39 @@ fn errors_for_invalid_input() {
         "validation",
         &["bogus", "open"],
     );
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "publish", "--command", ""],
-        "validation",
-        &["command", "empty"],
-    );
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "publish", "--command", "   "],
-        "validation",
-        &["command", "empty"],
-    );
-    expect_error(
-        &sb,
-        &dir,
-        &[
-            "seed",
-            "publish",
-            "--command",
-            "echo x",
-            "--min-price",
-            "10",
-            "--max-price",
-            "5",
-        ],
-        "validation",
-        &["10", "5", "price"],
-    );
-    expect_error(
-        &sb,
-        &dir,
-        &[
-            "seed",
-            "publish",
-            "--command",
-            "echo x",
-            "--bid-window",
-            "0",
-        ],
-        "validation",
-        &["bid window"],
-    );
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "publish", "--command", "echo x", "--max-bids", "0"],
-        "validation",
-        &["max bids"],
-    );
     let long_command = "e".repeat(9000);
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "publish", "--command", &long_command],
-        "validation",
-        &["command is 9000 bytes"],
-    );
     let long_description = "d".repeat(5000);
-    expect_error(
-        &sb,
-        &dir,
-        &[
-            "seed",
-            "publish",
-            "--command",
-            "echo x",
-            "--description",
-            &long_description,
-        ],
-        "validation",
-        &["description"],
-    );
-    expect_error(
-        &sb,
-        &dir,
-        &["seed", "publish", "--command", "echo x", "--timeout", "0"],
-        "validation",
-        &["timeout"],
-    );
+    // Arguments after `seed publish`, and what the error names.
+    let refused: [(&[&str], &[&str]); 8] = [
+        (&["--command", ""], &["command", "empty"]),
+        (&["--command", "   "], &["command", "empty"]),
+        (
+            &[
+                "--command",
+                "echo x",
+                "--min-price",
+                "10",
+                "--max-price",
+                "5",
+            ],
+            &["10", "5", "price"],
+        ),
+        (
+            &["--command", "echo x", "--bid-window", "0"],
+            &["bid window"],
+        ),
+        (&["--command", "echo x", "--max-bids", "0"], &["max bids"]),
+        (&["--command", &long_command], &["command is 9000 bytes"]),
+        (
+            &["--command", "echo x", "--description", &long_description],
+            &["description"],
+        ),
+        (&["--command", "echo x", "--timeout", "0"], &["timeout"]),
+    ];
+    for (args, needles) in refused {
+        let args: Vec<&str> = ["seed", "publish"].iter().chain(args).copied().collect();
+        expect_error(&sb, &dir, &args, "validation", needles);
+    }
     // None of the refused publications left a seed behind.
     let list = sb.run(&dir, &["--json", "seed", "list"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
@@ -1382,12 +1326,8 @@ fn cancel_while_open_then_bid_fails() {
     net.wait_seed(PUBLISHER, &id, "has the bid", |v| {
         !v["bids"].as_array().unwrap().is_empty()
     });
-    let out = sb.run(&dir, &["seed", "cancel", &id]).ok();
-    assert_eq!(
-        out.stdout.trim(),
-        format!("cancelled seed {id} (status: cancelled)")
-    );
-    let v = show(sb, &dir, &id);
+    let said = format!("cancelled seed {id} (status: cancelled)");
+    let v = seed_command(sb, &dir, &["seed", "cancel", &id], &said, &id);
     assert_eq!(v["status"], "cancelled");
     assert!(v["cancelled_at"].is_u64(), "{v}");
     net.wait_seed(RUNNER, &id, "learns the cancellation", |v| {

@@ -1,10 +1,13 @@
 //! The libp2p backend on loopback: gossipsub delivery validated by the trust boundary, sync
 //! over request-response for a late joiner, and the UDP fallback when libp2p cannot start.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use crabnet_core::network::{DhtConfig, UdpConfig};
 use crabnet_core::{Config, EventKind, Node, PublishRequest, SeedStatus};
+use support::forge::{poll, wait_view};
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
     let mut c = Config::with_data_dir(dir.join(name));
@@ -16,19 +19,12 @@ fn config(dir: &std::path::Path, name: &str) -> Config {
 }
 
 async fn tcp_address(node: &Node) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = || format!("{} has no libp2p listen address", node.config().name);
+    poll(Duration::from_secs(10), what, move || async move {
         let o = node.overview().await.unwrap();
-        if let Some(a) = o.addresses.iter().find(|a| a.contains("/tcp/")) {
-            return a.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no libp2p listen address: {:?}",
-            o.addresses
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        o.addresses.into_iter().find(|a| a.contains("/tcp/"))
+    })
+    .await
 }
 
 async fn start(dir: &std::path::Path, name: &str, peers: Vec<String>) -> Node {
@@ -40,20 +36,11 @@ async fn start(dir: &std::path::Path, name: &str, peers: Vec<String>) -> Node {
 }
 
 async fn wait_status(node: &Node, id: &crabnet_core::SeedId, status: SeedStatus) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(v) = node.seed(id).await
-            && v.status == status
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never saw {status}",
-            node.config().name
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("as {status}");
+    wait_view(node, id, Duration::from_secs(20), &what, |v| {
+        v.status == status
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

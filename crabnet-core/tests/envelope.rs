@@ -4,13 +4,15 @@
 //! Set `CRABNET_REGENERATE_VECTORS=1` to rewrite `tests/vectors/envelopes.json` after an
 //! intentional format change (and describe the change in docs/PROTOCOL.md).
 
-use crabnet_core::crypto::{KemSeeds, SigningSeeds};
+mod support;
+
 use crabnet_core::envelope::{self, EnvelopeError, Header, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
 use crabnet_core::model::{Body, Message, MessageId, NodeId, Seed, SeedId};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use support::vectors::{self, vector_identity};
 
 /// A deterministic byte stream: SHA-256("crabnet-test-rng" || counter as u64 BE) blocks.
 struct Stream {
@@ -42,17 +44,7 @@ impl Stream {
 }
 
 fn identity(tag: u8) -> Identity {
-    Identity::from_seeds(
-        &SigningSeeds {
-            ed25519: [tag; 32],
-            ml_dsa: [tag.wrapping_add(1); 32],
-        },
-        &KemSeeds {
-            x25519: [tag.wrapping_add(2); 32],
-            ml_kem: [tag.wrapping_add(3); 64],
-        },
-        1,
-    )
+    vector_identity(tag, 1)
 }
 
 fn sender() -> Identity {
@@ -134,12 +126,8 @@ fn vectors() -> Value {
     })
 }
 
-fn vector_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/envelopes.json")
-}
-
 fn committed() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(vector_path()).expect("vector file")).unwrap()
+    vectors::committed("envelopes.json")
 }
 
 fn envelope_bytes(name: &str) -> Vec<u8> {
@@ -148,16 +136,10 @@ fn envelope_bytes(name: &str) -> Vec<u8> {
 
 #[test]
 fn committed_vectors_match_the_implementation() {
-    let fresh = vectors();
-    if std::env::var_os("CRABNET_REGENERATE_VECTORS").is_some() {
-        std::fs::create_dir_all(vector_path().parent().unwrap()).unwrap();
-        let text = serde_json::to_string_pretty(&fresh).unwrap() + "\n";
-        std::fs::write(vector_path(), text).unwrap();
-    }
-    assert_eq!(
-        committed(),
-        fresh,
-        "the envelope encoding changed; if intended, regenerate with CRABNET_REGENERATE_VECTORS=1 and update docs/PROTOCOL.md"
+    vectors::check_committed(
+        "envelopes.json",
+        &vectors(),
+        "the envelope encoding changed",
     );
 }
 
@@ -327,15 +309,18 @@ fn a_hello_must_be_plain_and_domain_payloads_must_match_their_kind() {
     };
     // A hello envelope whose payload is a domain body does not decode as a hello.
     let body = envelope::encode_body(&message(s.node_id()).body);
-    let bytes = envelope::build(
-        &s,
-        &header,
-        &body,
-        &[],
-        MAX_ENVELOPE_BYTES,
-        &mut envelope::os_rng,
-    )
-    .unwrap();
+    let plain = |header: &Header| {
+        envelope::build(
+            &s,
+            header,
+            &body,
+            &[],
+            MAX_ENVELOPE_BYTES,
+            &mut envelope::os_rng,
+        )
+        .unwrap()
+    };
+    let bytes = plain(&header);
     let p = envelope::parse(&bytes, MAX_ENVELOPE_BYTES).unwrap();
     assert!(matches!(p.hello(), Err(EnvelopeError::Malformed(_))));
     assert!(matches!(
@@ -347,15 +332,7 @@ fn a_hello_must_be_plain_and_domain_payloads_must_match_their_kind() {
         kind: Kind::Domain(crabnet_core::model::MessageKind::BidPlaced),
         ..header
     };
-    let bytes = envelope::build(
-        &s,
-        &header,
-        &body,
-        &[],
-        MAX_ENVELOPE_BYTES,
-        &mut envelope::os_rng,
-    )
-    .unwrap();
+    let bytes = plain(&header);
     let p = envelope::parse(&bytes, MAX_ENVELOPE_BYTES).unwrap();
     let err = p.message(s.node_id(), s.kem()).unwrap_err().to_string();
     assert!(err.contains("header says"), "{err}");

@@ -721,27 +721,15 @@ fn dht_twenty_processes_on_one_address_form_one_network() {
     let t = Instant::now();
     // Within the test's budget rather than one replication wait: twenty processes verifying
     // each other's hellos on two busy cores may take longer than the usual 30 s.
-    let logs = || net.procs.logs();
-    wait_until(
+    wait_all_logged(
+        &net,
         "every node has a verified hello from every other node",
-        net.deadline,
-        logs,
-        || {
-            let mut missing = Vec::new();
-            for i in 0..N {
-                let out = listener_stdout(&net, i);
-                let lacking: Vec<usize> = (0..N)
-                    .filter(|&p| p != i && !has_event(&out, "peer_discovered", net.id(p)))
-                    .collect();
-                if !lacking.is_empty() {
-                    missing.push(format!("node {i} lacks {lacking:?}"));
-                }
-            }
-            if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(missing.join(", "))
-            }
+        "peer_discovered",
+        |i| {
+            (0..N)
+                .filter(|&p| p != i)
+                .map(|p| (p.to_string(), net.id(p).to_owned()))
+                .collect()
         },
     );
     let formed = t.elapsed();
@@ -752,24 +740,12 @@ fn dht_twenty_processes_on_one_address_form_one_network() {
         .iter()
         .map(|&i| net.publish(i, &format!("echo twenty-{i}"), 1))
         .collect();
-    wait_until("every node holds every seed", net.deadline, logs, || {
-        let mut missing = Vec::new();
-        for i in 0..N {
-            let out = listener_stdout(&net, i);
-            let lacking: Vec<&String> = seeds
-                .iter()
-                .filter(|s| !has_event(&out, "seed_published", s))
-                .collect();
-            if !lacking.is_empty() {
-                missing.push(format!("node {i} lacks {lacking:?}"));
-            }
-        }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(missing.join(", "))
-        }
-    });
+    wait_all_logged(
+        &net,
+        "every node holds every seed",
+        "seed_published",
+        |_| seeds.iter().map(|s| (s.clone(), s.clone())).collect(),
+    );
     eprintln!(
         "{N} processes: started in {started:?}, every hello everywhere {formed:?} later, \
          every seed everywhere {:?} after the first publish",
@@ -781,6 +757,39 @@ fn dht_twenty_processes_on_one_address_form_one_network() {
 /// What node `i`'s running listener printed so far (its banner and events).
 fn listener_stdout(net: &Net, i: usize) -> String {
     net.procs.stdout(net.nodes[i].running.expect("node runs"))
+}
+
+/// Waits (within the test's budget) until the event output of every node's listener `i` has a
+/// `kind` event naming each id of `expected(i)` (pairs of how a failure shows it and the id).
+fn wait_all_logged(
+    net: &Net,
+    what: &str,
+    kind: &str,
+    expected: impl Fn(usize) -> Vec<(String, String)>,
+) {
+    wait_until(
+        what,
+        net.deadline,
+        || net.procs.logs(),
+        || {
+            let missing: Vec<String> = (0..net.nodes.len())
+                .filter_map(|i| {
+                    let out = listener_stdout(net, i);
+                    let lacking: Vec<String> = expected(i)
+                        .into_iter()
+                        .filter(|(_, id)| !has_event(&out, kind, id))
+                        .map(|(shown, _)| shown)
+                        .collect();
+                    (!lacking.is_empty()).then(|| format!("node {i} lacks {lacking:?}"))
+                })
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(missing.join(", "))
+            }
+        },
+    )
 }
 
 /// Whether a listener's event output has a `kind` event naming `id` (as a JSON string field).

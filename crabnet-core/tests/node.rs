@@ -12,6 +12,7 @@ use crabnet_core::{
     BlockingNode, Config, ErrorKind, EventKind, MemoryHub, Node, PublishRequest, SeedStatus,
     SeedView,
 };
+use support::forge::wait_view;
 use support::pair::Pair;
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
@@ -22,20 +23,7 @@ fn config(dir: &std::path::Path, name: &str) -> Config {
 }
 
 async fn wait_for(node: &Node, id: &SeedId, what: &str, f: impl Fn(&SeedView) -> bool) -> SeedView {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(v) = node.seed(id).await
-            && f(&v)
-        {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what} on {}",
-            node.config().name
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_view(node, id, Duration::from_secs(15), what, f).await
 }
 
 /// Waits until every node verified every other node's hello.

@@ -52,12 +52,7 @@ fn healthy_run(mut net: Net) {
     net.start_mesh(&all, &all);
     net.wait_mesh(&all);
     let seed = net.publish(0, "echo quiet", 2);
-    net.bid(1, &seed, 20);
-    net.bid(2, &seed, 10);
-    net.wait_award(0, &seed, 2, 10);
-    net.wait_award(2, &seed, 2, 10);
-    net.claim_and_run(2, &seed);
-    net.complete_and_settle(0, &seed, &all);
+    net.auction_to_settlement(0, &seed, &[(1, 20), (2, 10)], (2, 10), &all);
     net.wait_converged(&all, "after the lifecycle");
 
     let mut problems = Vec::new();

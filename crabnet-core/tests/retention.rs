@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crabnet_core::network::Transport;
 use crabnet_core::web::{self, WebConfig};
 use crabnet_core::{Config, ErrorKind, MemoryHub, Node, PublishRequest, SeedStatus};
-use support::forge::{counter, wait_counter};
+use support::forge::{counter, poll, wait_counter};
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
     let mut c = support::forge::config(dir, name);
@@ -26,11 +26,12 @@ async fn start(c: Config, hub: &MemoryHub, name: &str) -> Node {
 }
 
 async fn wait_until<F: Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = || format!("waiting until {what}");
+    poll(Duration::from_secs(20), what, || {
+        let done = done();
+        async move { done.await.then_some(()) }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

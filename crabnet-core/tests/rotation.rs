@@ -7,11 +7,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::forge::{
-    config, counter, hello, hello_rotated, identity, plain, seal, seed_message, wait_counter,
+    config, counter, eventually_knows, hello, hello_rotated, identity, plain, seal, seed_message,
+    wait_counter,
 };
+use support::vectors::{check_committed, vector_identity};
 
 use crabnet_core::clock::now_ms;
-use crabnet_core::crypto::{KemSeeds, SigningSeeds};
 use crabnet_core::envelope::{self, Kind};
 use crabnet_core::identity::Identity;
 use crabnet_core::model::Message;
@@ -52,14 +53,6 @@ fn send_seed_at(wire: &mut MemoryTransport, signer: &Identity, at: u64) -> Messa
     let m = seed_message(signer, 1, at);
     wire.broadcast(&seal(signer, &m, 3600)).unwrap();
     m
-}
-
-async fn eventually_knows(node: &Node, m: &Message) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.seed(m.seed_id()).await.is_err() {
-        assert!(Instant::now() < deadline, "seed {:?} never arrived", m.id);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn epoch_of(node: &Node, id: &NodeId) -> u32 {
@@ -141,7 +134,7 @@ async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
     wait_counter(&node, "trust.rotations_added", 1).await;
     assert_eq!(epoch_of(&node, alice.node_id()).await, 2);
     let m = send_seed_at(&mut wire, &alice2, now_ms());
-    eventually_knows(&node, &m).await;
+    eventually_knows(&node, m.seed_id()).await;
 
     // Replayed: nothing new. Another epoch-2 statement (say from a stolen epoch-1 key):
     // refused, the first one stands.
@@ -232,7 +225,7 @@ async fn old_keys_work_only_during_the_grace_period() {
         send_seed_at(&mut wire, &carol, now),
         send_seed_at(&mut wire, &carol2, now),
     ] {
-        eventually_knows(&node, &m).await;
+        eventually_knows(&node, m.seed_id()).await;
     }
     assert_eq!(counter(&node, "rejected.rotated_key").await, 1);
 
@@ -391,7 +384,7 @@ async fn a_rotated_node_keeps_its_id_and_its_peers() {
     )
     .unwrap();
     wire.broadcast(&sealed).unwrap();
-    eventually_knows(&a, &m).await;
+    eventually_knows(&a, m.seed_id()).await;
 
     // A second rotation chains from the first.
     let r3 = a.rotate_keys().await.unwrap();
@@ -403,22 +396,6 @@ async fn a_rotated_node_keeps_its_id_and_its_peers() {
 // ------------------------------------------------------------------------------------------
 // Test vectors (docs/PROTOCOL.md section 2g)
 // ------------------------------------------------------------------------------------------
-
-/// Keys as in `tests/vectors/envelopes.json`: for tag t, Ed25519 seed = 32 bytes of t, ML-DSA-44
-/// seed = 32 bytes of t+1, X25519 secret = 32 bytes of t+2, ML-KEM-768 seed = 64 bytes of t+3.
-fn vector_identity(tag: u8, epoch: u32) -> Identity {
-    Identity::from_seeds(
-        &SigningSeeds {
-            ed25519: [tag; 32],
-            ml_dsa: [tag + 1; 32],
-        },
-        &KemSeeds {
-            x25519: [tag + 2; 32],
-            ml_kem: [tag + 3; 64],
-        },
-        epoch,
-    )
-}
 
 fn rotation_vectors() -> serde_json::Value {
     let first = vector_identity(0x01, 1);
@@ -437,25 +414,15 @@ fn rotation_vectors() -> serde_json::Value {
     })
 }
 
-fn rotation_vector_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/rotation.json")
-}
-
 /// The committed vector is what the implementation produces, byte for byte
 /// (`CRABNET_REGENERATE_VECTORS=1` rewrites it after an intended change), and it chains from
 /// the node id.
 #[test]
 fn committed_rotation_vectors_match_and_verify() {
-    let fresh = rotation_vectors();
-    if std::env::var_os("CRABNET_REGENERATE_VECTORS").is_some() {
-        let text = serde_json::to_string_pretty(&fresh).unwrap() + "\n";
-        std::fs::write(rotation_vector_path(), text).unwrap();
-    }
-    let committed: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(rotation_vector_path()).unwrap()).unwrap();
-    assert_eq!(
-        committed, fresh,
-        "the rotation encoding changed; if intended, regenerate with CRABNET_REGENERATE_VECTORS=1 and update docs/PROTOCOL.md"
+    let committed = check_committed(
+        "rotation.json",
+        &rotation_vectors(),
+        "the rotation encoding changed",
     );
     let bytes = hex::decode(committed["statement"].as_str().unwrap()).unwrap();
     let r = Rotation::parse(&bytes).unwrap();

@@ -51,12 +51,16 @@ fn processes_with_arg(arg: &str) -> Vec<u32> {
     found
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+/// Waits (20 s at most) until a process with `arg` among its arguments runs (the task started).
+fn wait_task_process(arg: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wait_until("the task's process runs", deadline, String::new, || {
+        if processes_with_arg(arg).is_empty() {
+            Err("no such process yet".into())
+        } else {
+            Ok(())
+        }
+    })
 }
 
 /// A `sleep` whose argument no other process has.
@@ -86,9 +90,7 @@ fn a_stop_kills_the_run_records_it_as_interrupted_and_a_restart_does_not_run_it_
     let id = claimed(&pair, &format!("echo started; sleep {arg}"));
     let ran = std::thread::scope(|s| {
         let run = s.spawn(|| node.run(&id));
-        wait_until("the task's process", || {
-            !processes_with_arg(&arg).is_empty()
-        });
+        wait_task_process(&arg);
         node.stop().unwrap();
         // When stop returns, the task is dead and reaped, and its result is recorded.
         assert_eq!(processes_with_arg(&arg), Vec::<u32>::new());
@@ -140,9 +142,7 @@ fn a_run_that_ends_within_the_stop_grace_is_awaited_and_recorded_as_it_ended() {
     let id = claimed(&pair, &format!("sleep {arg}; echo finished"));
     let ran = std::thread::scope(|s| {
         let run = s.spawn(|| node.run(&id));
-        wait_until("the task's process", || {
-            !processes_with_arg(&arg).is_empty()
-        });
+        wait_task_process(&arg);
         node.stop().unwrap();
         run.join().unwrap().unwrap()
     });

@@ -7,6 +7,9 @@
 //! (then update the Python classes in `crabnet-py/python/crabnet/_model.py` until
 //! `tests/python/test_schema.py` passes).
 
+#[path = "support/committed.rs"]
+mod committed;
+
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,8 @@ use crabnet_core::demo::{DemoNetwork, DemoOptions, run_lifecycle};
 use crabnet_core::schema::{self, ROOTS};
 use serde_json::{Value, json};
 
+use committed::check_or_bless;
+
 const REGENERATE: &str = "CRABNET_BLESS=1 cargo test -p crabnet-core --test schema";
 
 fn docs_dir() -> PathBuf {
@@ -22,28 +27,15 @@ fn docs_dir() -> PathBuf {
 }
 
 /// Compares `generated` with the committed file, or writes it under `CRABNET_BLESS`.
+#[track_caller]
 fn check_committed(name: &str, generated: &str) {
-    let path = docs_dir().join(name);
-    if std::env::var_os("CRABNET_BLESS").is_some() {
-        std::fs::write(&path, generated).unwrap_or_else(|e| panic!("write {name}: {e}"));
-        return;
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    if committed != generated {
-        let line = committed
-            .lines()
-            .zip(generated.lines())
-            .position(|(a, b)| a != b)
-            .map_or_else(
-                || committed.lines().count().min(generated.lines().count()) + 1,
-                |i| i + 1,
-            );
-        panic!(
+    check_or_bless(&docs_dir().join(name), generated, |line| {
+        format!(
             "docs/{name} is out of date with the core types (first difference at line {line}); \
              regenerate it with\n    {REGENERATE}\nand make the Python classes \
              (crabnet-py/python/crabnet/_model.py) match (tests/python/test_schema.py)"
-        );
-    }
+        )
+    })
 }
 
 #[test]

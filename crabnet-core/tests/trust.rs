@@ -5,7 +5,9 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::forge::{config, hello, hello_signed_by, identity, seal, seed_message, wait_counter};
+use support::forge::{
+    config, eventually_knows, hello, hello_signed_by, identity, seal, seed_message, wait_counter,
+};
 
 use crabnet_core::clock::now_ms;
 use crabnet_core::envelope::{self, MAX_ENVELOPE_BYTES};
@@ -18,14 +20,6 @@ async fn knows(node: &Node, id: &SeedId) -> bool {
     node.seed(id).await.is_ok()
 }
 
-async fn eventually_knows(node: &Node, id: &SeedId) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !knows(node, id).await {
-        assert!(Instant::now() < deadline, "seed {id} never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn id_of(m: &Message) -> SeedId {
     m.seed_id().clone()
 }
@@ -35,6 +29,16 @@ async fn start(dir: &std::path::Path, name: &str, hub: &MemoryHub, c: Option<Con
     Node::start_with_transport(c, Box::new(hub.join(name)))
         .await
         .unwrap()
+}
+
+/// A node (tag `tag`) that says hello to `node` over `wire`, once `node` admitted it.
+async fn admitted(node: &Node, wire: &mut MemoryTransport, tag: u32) -> Identity {
+    let id = identity(tag, 1);
+    wire.broadcast(&hello(&id)).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,11 +105,7 @@ async fn stale_and_future_envelopes_are_rejected_as_expired() {
     let hub = MemoryHub::new();
     let node = start(dir.path(), "n", &hub, None).await;
     let mut wire = hub.join("wire");
-    let alice = identity(0x11, 1);
-    wire.broadcast(&hello(&alice)).unwrap();
-    node.wait_for_peers(1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let alice = admitted(&node, &mut wire, 0x11).await;
     let old = seal_and_send(&mut wire, &alice, now_ms() - 3_600_000);
     let future = seal_and_send(&mut wire, &alice, now_ms() + 3_600_000);
     wait_counter(&node, "rejected.expired", 2).await;
@@ -120,11 +120,7 @@ async fn replays_are_rejected_before_and_after_a_restart() {
     let hub = MemoryHub::new();
     let node = start(dir.path(), "n", &hub, None).await;
     let mut wire = hub.join("wire");
-    let alice = identity(0x11, 1);
-    wire.broadcast(&hello(&alice)).unwrap();
-    node.wait_for_peers(1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let alice = admitted(&node, &mut wire, 0x11).await;
     let m = seed_message(&alice, 3, now_ms());
     let bytes = seal(&alice, &m, 600);
     wire.broadcast(&bytes).unwrap();
@@ -152,11 +148,7 @@ async fn a_message_below_the_senders_replay_floor_is_a_replay() {
     c.store.seen_ttl_secs = 2;
     let node = start(dir.path(), "n", &hub, Some(c)).await;
     let mut wire = hub.join("wire");
-    let alice = identity(0x11, 1);
-    wire.broadcast(&hello(&alice)).unwrap();
-    node.wait_for_peers(1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let alice = admitted(&node, &mut wire, 0x11).await;
     let first = seed_message(&alice, 50, now_ms());
     wire.broadcast(&seal(&alice, &first, 60)).unwrap();
     eventually_knows(&node, &id_of(&first)).await;

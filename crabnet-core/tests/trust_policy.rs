@@ -4,13 +4,15 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::forge::{
-    config, counter, hello, hello_signed_by, identity, rand16, seal, seed_message, wait_counter,
+    config, counter, eventually_knows, hello, hello_signed_by, identity, rand16, seal,
+    seed_message, wait_counter,
 };
+use support::vectors::{check_committed, vector_identity};
 
 use crabnet_core::clock::now_ms;
-use crabnet_core::crypto::{KemSeeds, SigningSeeds};
+use crabnet_core::crypto::SigningSeeds;
 use crabnet_core::envelope::{self, Header, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
 use crabnet_core::model::{Message, MessageId};
@@ -29,18 +31,6 @@ fn send_seed(wire: &mut MemoryTransport, id: &Identity) -> Message {
     let m = seed_message(id, 1, now_ms());
     wire.broadcast(&seal(id, &m, 60)).unwrap();
     m
-}
-
-async fn eventually_knows(node: &Node, m: &Message) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.seed(m.seed_id()).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "seed of {:?} never arrived",
-            m.id
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn start(c: Config, hub: &MemoryHub) -> Node {
@@ -102,7 +92,7 @@ async fn denied_nodes_are_dropped_without_a_database_write() {
     wait_counter(&node, "rejected.not_admitted", 21).await;
     wire.broadcast(&hello(&alice)).unwrap();
     let m = send_seed(&mut wire, &alice);
-    eventually_knows(&node, &m).await;
+    eventually_knows(&node, m.seed_id()).await;
 
     assert_eq!(peer_ids(&node).await, vec![alice.node_id().clone()]);
     for m in &sent {
@@ -135,7 +125,7 @@ async fn an_allow_list_admits_only_its_nodes() {
     }
     let from_bob = send_seed(&mut wire, &bob);
     let from_alice = send_seed(&mut wire, &alice);
-    eventually_knows(&node, &from_alice).await;
+    eventually_knows(&node, from_alice.seed_id()).await;
     wait_counter(&node, "rejected.not_admitted", 3).await;
     assert!(node.seed(from_bob.seed_id()).await.is_err());
     assert_eq!(peer_ids(&node).await, vec![alice.node_id().clone()]);
@@ -255,7 +245,7 @@ async fn anchored_mode_admits_only_certified_nodes_in_their_roles() {
         .await
         .unwrap();
     let from_alice = send_seed(&mut wire, &alice);
-    eventually_knows(&node, &from_alice).await;
+    eventually_knows(&node, from_alice.seed_id()).await;
     // Carol may bid and run, not publish.
     let from_carol = send_seed(&mut wire, &carol);
     refused += 1;
@@ -293,7 +283,7 @@ async fn revocations_hold_across_a_restart() {
         .await
         .unwrap();
     let before = send_seed(&mut wire, &alice);
-    eventually_knows(&node, &before).await;
+    eventually_knows(&node, before.seed_id()).await;
 
     // The anchor revokes Alice's node id and Bob's certificate (serial 1), from now on.
     let now = now_ms();
@@ -397,25 +387,9 @@ async fn a_node_refuses_a_certificate_that_is_not_its_own() {
 // Test vectors (docs/PROTOCOL.md section 2f)
 // ------------------------------------------------------------------------------------------
 
-/// Keys as in `tests/vectors/envelopes.json`: for tag t, Ed25519 seed = 32 bytes of t, ML-DSA-44
-/// seed = 32 bytes of t+1, X25519 secret = 32 bytes of t+2, ML-KEM-768 seed = 64 bytes of t+3.
-fn vector_identity(tag: u8) -> Identity {
-    Identity::from_seeds(
-        &SigningSeeds {
-            ed25519: [tag; 32],
-            ml_dsa: [tag + 1; 32],
-        },
-        &KemSeeds {
-            x25519: [tag + 2; 32],
-            ml_kem: [tag + 3; 64],
-        },
-        1,
-    )
-}
-
 fn trust_vectors() -> serde_json::Value {
     let a = anchor(0xa0);
-    let n = vector_identity(0x01);
+    let n = vector_identity(0x01, 1);
     let t0 = 1_764_201_600_000;
     let cert = Certificate::sign(
         &a,
@@ -473,25 +447,15 @@ fn trust_vectors() -> serde_json::Value {
     })
 }
 
-fn trust_vector_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/trust.json")
-}
-
 /// The committed vectors are what the implementation produces, byte for byte
 /// (`CRABNET_REGENERATE_VECTORS=1` rewrites them after an intended change), and they verify
 /// exactly under their issuers.
 #[test]
 fn committed_trust_vectors_match_and_verify() {
-    let fresh = trust_vectors();
-    if std::env::var_os("CRABNET_REGENERATE_VECTORS").is_some() {
-        let text = serde_json::to_string_pretty(&fresh).unwrap() + "\n";
-        std::fs::write(trust_vector_path(), text).unwrap();
-    }
-    let committed: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(trust_vector_path()).unwrap()).unwrap();
-    assert_eq!(
-        committed, fresh,
-        "the trust encodings changed; if intended, regenerate with CRABNET_REGENERATE_VECTORS=1 and update docs/PROTOCOL.md"
+    let committed = check_committed(
+        "trust.json",
+        &trust_vectors(),
+        "the trust encodings changed",
     );
     let bytes = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
     let anchor_key =

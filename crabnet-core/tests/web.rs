@@ -2,6 +2,8 @@
 //! rules (token, hosts, methods, bodies, 404s), bad queries, the live stream, a real listener,
 //! and the CLI's `listen --http` / `demo --serve`.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -13,10 +15,10 @@ use crabnet_core::web::{self, WebConfig};
 use crabnet_core::{ErrorKind, Node, PublishRequest, SeedView};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use support::{Listeners, Sandbox, run_bounded};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_crabnet");
 const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A demo network (alice publishes, bob and carol bid) after one whole lifecycle.
@@ -1240,78 +1242,53 @@ async fn the_assets_directory_overrides_embedded_files() {
 // ---------------------------------------------------------------------------------------------
 // The CLI
 
-/// A child process killed on drop, with its stdout lines collected by a thread.
-struct Child {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
+/// `crabnet` processes on one data directory in a sandbox; the long-running ones are owned by
+/// the harness's listeners (killed when this is dropped).
+struct Cli {
+    sb: Sandbox,
+    data: std::path::PathBuf,
+    procs: Listeners,
 }
 
-impl Child {
-    fn spawn(args: &[&str], data_dir: &std::path::Path) -> Child {
-        let mut child = std::process::Command::new(BIN)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(args)
-            .env("CRABNET_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Child {
-            child,
-            lines,
-            seen: Vec::new(),
+impl Cli {
+    /// A sandbox whose data directory `data` exists.
+    fn new() -> Cli {
+        let sb = Sandbox::new("crabnet-web-cli-");
+        let data = sb.dir("data");
+        std::fs::create_dir(&data).unwrap();
+        Cli {
+            sb,
+            data,
+            procs: Listeners::default(),
         }
     }
 
-    /// Waits for a line containing `needle`.
-    fn line_with(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => panic!("no line with {needle:?}; got:\n{}", self.seen.join("\n")),
-            }
-        }
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = self.sb.command();
+        cmd.arg("--data-dir").arg(&self.data).args(args);
+        cmd
     }
 
-    fn interrupt_and_wait(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the process ignores SIGINT");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    /// Starts `crabnet --data-dir DATA ARGS...` as process `name`; returns its index.
+    fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
+        let mut cmd = self.command(args);
+        cmd.env("CRABNET_LOG", "warn");
+        self.procs.spawn(name, cmd, self.sb.path())
     }
-}
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Waits for a line of process `i` containing `needle`.
+    fn line_with(&mut self, i: usize, needle: &str) -> String {
+        let what = format!("print {needle:?}");
+        self.procs
+            .wait_line(i, &what, Duration::from_secs(60), |l| l.contains(needle))
+    }
+
+    /// Runs `crabnet --data-dir DATA ARGS...` to its end (bounded).
+    fn run(&self, args: &[&str]) -> support::Out {
+        run_bounded(
+            self.command(args),
+            args.iter().map(|a| a.to_string()).collect(),
+        )
     }
 }
 
@@ -1324,13 +1301,10 @@ fn url_addr(line: &str) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_listen_serves_the_dashboard_unless_told_not_to() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("node");
-    let mut listener = Child::spawn(
-        &["listen", "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"],
-        &data,
-    );
-    let line = listener.line_with("dashboard http://");
+    let mut cli = Cli::new();
+    let listen = ["listen", "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    let listener = cli.spawn("listen", &listen);
+    let line = cli.line_with(listener, "dashboard http://");
     let addr = url_addr(&line);
     let (status, _, body) = http(addr, &get_head("/health", &addr.to_string())).await;
     assert_eq!(status, 200, "{body}");
@@ -1338,100 +1312,68 @@ async fn cli_listen_serves_the_dashboard_unless_told_not_to() {
     assert_eq!(status, 200);
     assert!(body.contains("<title>Crabnet"));
     // A seed published by another CLI process on the same data directory is seen.
-    let out = std::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["seed", "publish", "--command", "echo from cli"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = cli
+        .run(&["seed", "publish", "--command", "echo from cli"])
+        .ok();
+    let id = out.stdout.trim().to_owned();
     let (status, _, body) = http(addr, &get_head(&format!("/api/seeds/{id}"), "localhost")).await;
     assert_eq!(status, 200, "{body}");
-    assert!(listener.interrupt_and_wait().success());
+    assert!(cli.procs.interrupt(listener).success());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 
     // --no-http: no dashboard line, no server.
-    let mut quiet = Child::spawn(&["listen", "--bind", "127.0.0.1:0", "--no-http"], &data);
-    quiet.line_with("listening on udp");
-    assert!(quiet.interrupt_and_wait().success());
-    assert!(
-        !quiet.seen.iter().any(|l| l.contains("http://")),
-        "{:?}",
-        quiet.seen
-    );
+    let quiet = cli.spawn("quiet", &["listen", "--bind", "127.0.0.1:0", "--no-http"]);
+    cli.line_with(quiet, "listening on udp");
+    assert!(cli.procs.interrupt(quiet).success());
+    let printed = cli.procs.stdout(quiet);
+    assert!(!printed.contains("http://"), "{printed}");
 
     // The default address taken (by another node, say): the node runs without a dashboard
     // and says why. An address asked for must work.
     let _holder = std::net::TcpListener::bind("127.0.0.1:7980"); // taken either way
-    let mut out_of_luck = std::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--json", "listen", "--bind", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let unlucky = cli.spawn("unlucky", &["--json", "listen", "--bind", "127.0.0.1:0"]);
     // The pretty-printed banner ends with a line "}".
-    let mut banner = String::new();
-    let mut stdout = std::io::BufReader::new(out_of_luck.stdout.take().unwrap());
-    while !banner.ends_with("}\n") {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-        assert!(n > 0, "listen exited early: {banner}");
-        banner.push_str(&line);
-    }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(out_of_luck.id() as i32, libc::SIGINT) };
-    let out = out_of_luck.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let banner: Value = serde_json::from_str(&banner).unwrap();
+    let within = Duration::from_secs(60);
+    cli.procs
+        .wait_line(unlucky, "print its banner", within, |l| l == "}");
+    let status = cli.procs.interrupt(unlucky);
+    assert!(status.success(), "{status}\n{}", cli.procs.logs());
+    let printed = cli.procs.stdout(unlucky);
+    let banner = &printed[..printed.find("\n}\n").unwrap() + 3];
+    let banner: Value = serde_json::from_str(banner).unwrap();
     assert_eq!(banner["http"], Value::Null, "{banner}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = cli.procs.stderr(unlucky);
     assert!(
         stderr.contains("without the dashboard") && stderr.contains("127.0.0.1:7980"),
         "{stderr}"
     );
-    let taken = std::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "listen",
-            "--bind",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:7980",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(taken.status.code(), Some(1), "{taken:?}");
-    assert!(
-        String::from_utf8_lossy(&taken.stderr).contains("cannot bind"),
-        "{taken:?}"
-    );
+    let taken = cli.run(&[
+        "listen",
+        "--bind",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:7980",
+    ]);
+    assert_eq!(taken.status.code(), Some(1), "{}", taken.describe());
+    assert!(taken.stderr.contains("cannot bind"), "{}", taken.describe());
 
     // A public bind without a token is refused before anything runs.
-    let out = std::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["listen", "--bind", "127.0.0.1:0", "--http", "0.0.0.0:0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = cli.run(&["listen", "--bind", "127.0.0.1:0", "--http", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.describe());
     assert!(
-        stderr.contains("token") && stderr.contains("0.0.0.0"),
-        "{stderr}"
+        out.stderr.contains("token") && out.stderr.contains("0.0.0.0"),
+        "{}",
+        out.describe()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_demo_serve_keeps_serving_until_ctrl_c() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut demo = Child::spawn(&["demo", "--serve", "--http", "127.0.0.1:0"], dir.path());
-    let line = demo.line_with("dashboard http://");
+    let mut cli = Cli::new();
+    let demo = cli.spawn("demo", &["demo", "--serve", "--http", "127.0.0.1:0"]);
+    let line = cli.line_with(demo, "dashboard http://");
     let addr = url_addr(&line);
-    let data_line = demo.line_with("--data-dir");
+    let data_line = cli.line_with(demo, "--data-dir");
     assert!(data_line.contains("alice"), "{data_line}");
     let (status, _, body) = http(addr, &get_head("/api/overview", &addr.to_string())).await;
     assert_eq!(status, 200, "{body}");
@@ -1444,6 +1386,6 @@ async fn cli_demo_serve_keeps_serving_until_ctrl_c() {
     let (status, _, body) = http(addr, &get_head("/health", &addr.to_string())).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"running\":true"), "{body}");
-    assert!(demo.interrupt_and_wait().success());
+    assert!(cli.procs.interrupt(demo).success());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

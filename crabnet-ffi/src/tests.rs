@@ -40,22 +40,8 @@ fn json_string(json: &str, pointer: &str) -> String {
 
 #[test]
 fn statuses_mirror_every_error_kind_one_to_one() {
-    let kinds = [
-        ErrorKind::Validation,
-        ErrorKind::State,
-        ErrorKind::NotFound,
-        ErrorKind::Store,
-        ErrorKind::Network,
-        ErrorKind::Crypto,
-        ErrorKind::Runner,
-        ErrorKind::Busy,
-        ErrorKind::Config,
-        ErrorKind::Io,
-        ErrorKind::Stopped,
-        ErrorKind::Internal,
-    ];
     let mut seen = std::collections::HashSet::new();
-    for kind in kinds {
+    for kind in ErrorKind::ALL {
         let status = crabnet_status::from_kind(kind);
         assert!(seen.insert(status), "{kind} shares a status");
         assert_eq!(status.name().to_str().unwrap(), kind.as_str());

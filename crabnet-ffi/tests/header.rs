@@ -3,7 +3,13 @@
 //! After changing an export or its docs, regenerate it:
 //! `CRABNET_BLESS=1 cargo test -p crabnet-ffi --test header`.
 
+// The check (and its `CRABNET_BLESS`) is shared with the core's committed-file tests.
+#[path = "../../crabnet-core/tests/support/committed.rs"]
+mod committed;
+
 use std::path::Path;
+
+use committed::check_or_bless;
 
 #[test]
 fn committed_header_is_up_to_date() {
@@ -20,24 +26,11 @@ fn committed_header_is_up_to_date() {
     let generated = String::from_utf8(generated).expect("the header is UTF-8");
 
     let path = crate_dir.join("../include/crabnet.h");
-    if std::env::var_os("CRABNET_BLESS").is_some() {
-        std::fs::write(&path, &generated).expect("write include/crabnet.h");
-        return;
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    if committed != generated {
-        let line = committed
-            .lines()
-            .zip(generated.lines())
-            .position(|(a, b)| a != b)
-            .map_or_else(
-                || committed.lines().count().min(generated.lines().count()) + 1,
-                |i| i + 1,
-            );
-        panic!(
+    check_or_bless(&path, &generated, |line| {
+        format!(
             "{} is out of date (first difference at line {line}); regenerate it with\n    \
              CRABNET_BLESS=1 cargo test -p crabnet-ffi --test header",
             path.display()
-        );
-    }
+        )
+    });
 }

@@ -19,10 +19,7 @@ static void slow_callback(void *user_data, const char *event_json) {
 }
 
 static void test_unsubscribe_waits(const char *base) {
-    crabnet_config *config = test_config(base, "unsubscribe");
-    crabnet_node *node = NULL;
-    OK(crabnet_node_start(config, &node));
-    crabnet_config_free(config);
+    crabnet_node *node = start_offline(base, "unsubscribe");
     slow_state *s = (slow_state *)calloc(1, sizeof *s);
     uint64_t id = 0;
     OK(crabnet_node_subscribe(node, slow_callback, s, &id));
@@ -44,10 +41,7 @@ static void test_unsubscribe_waits(const char *base) {
 /* ---- user data freed right after stop returns ---- */
 
 static void test_stop_waits(const char *base) {
-    crabnet_config *config = test_config(base, "stop");
-    crabnet_node *node = NULL;
-    OK(crabnet_node_start(config, &node));
-    crabnet_config_free(config);
+    crabnet_node *node = start_offline(base, "stop");
     slow_state *s = (slow_state *)calloc(1, sizeof *s);
     uint64_t id = 0;
     OK(crabnet_node_subscribe(node, slow_callback, s, &id));
@@ -173,10 +167,7 @@ static void *worker(void *arg) {
 }
 
 static void test_threads(const char *base) {
-    crabnet_config *config = test_config(base, "threads");
-    crabnet_node *node = NULL;
-    OK(crabnet_node_start(config, &node));
-    crabnet_config_free(config);
+    crabnet_node *node = start_offline(base, "threads");
     recorder r;
     recorder_init(&r);
     uint64_t id = 0;

@@ -132,6 +132,33 @@ static inline crabnet_node *start_on_hub(const crabnet_hub *hub, const char *bas
     return node;
 }
 
+/* A node named `name` under `base` without a network. */
+static inline crabnet_node *start_offline(const char *base, const char *name) {
+    crabnet_config *config = test_config(base, name);
+    crabnet_node *node = NULL;
+    OK(crabnet_node_start(config, &node));
+    crabnet_config_free(config);
+    return node;
+}
+
+/* Two nodes on a fresh in-process network (the hub is freed: the nodes hold it). */
+static inline void start_pair_on_hub(const char *base, const char *name_a, const char *name_b,
+                                     crabnet_node **a, crabnet_node **b) {
+    crabnet_hub *hub = NULL;
+    OK(crabnet_hub_new(&hub));
+    *a = start_on_hub(hub, base, name_a);
+    *b = start_on_hub(hub, base, name_b);
+    crabnet_hub_free(hub);
+}
+
+/* Waits until `node` verified the hellos of `count` peers, within `timeout_ms`; returns the
+ * peers (free with crabnet_string_free). */
+static inline char *wait_peers(const crabnet_node *node, uint32_t count, uint32_t timeout_ms) {
+    char *peers = NULL;
+    OK(crabnet_node_wait_for_peers(node, count, timeout_ms, &peers));
+    return peers;
+}
+
 /* Waits until `node` knows the seed with status `status` (any status when NULL) and returns
  * its state (free with crabnet_string_free). */
 static inline char *wait_seed(const crabnet_node *node, const char *seed_id, const char *status) {
@@ -161,6 +188,18 @@ static inline char *wait_award(const crabnet_node *node, const char *seed_id) {
         if (now_s() > deadline) FAIL("timed out waiting for the award of %s", seed_id);
         sleep_ms(10);
     }
+}
+
+/* `node` bids `price` on the seed once it knows it open, waits until bidding closed, and claims
+ * it (the node must be the winner). */
+static inline void bid_and_claim(const crabnet_node *node, const char *seed_id, uint64_t price) {
+    char *seed = NULL;
+    crabnet_string_free(wait_seed(node, seed_id, "open"));
+    OK(crabnet_node_bid(node, seed_id, price, &seed));
+    crabnet_string_free(seed);
+    crabnet_string_free(wait_award(node, seed_id));
+    OK(crabnet_node_claim(node, seed_id, &seed));
+    crabnet_string_free(seed);
 }
 
 /* Events seen by a callback, kept as their "type" names; the callback runs on the node's

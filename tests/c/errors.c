@@ -207,11 +207,8 @@ static void test_start(const char *base) {
 }
 
 static void test_operations(const char *base) {
-    crabnet_hub *hub = NULL;
-    OK(crabnet_hub_new(&hub));
-    crabnet_node *pub = start_on_hub(hub, base, "publisher");
-    crabnet_node *bidder = start_on_hub(hub, base, "bidder");
-    crabnet_hub_free(hub);
+    crabnet_node *pub = NULL, *bidder = NULL;
+    start_pair_on_hub(base, "publisher", "bidder", &pub, &bidder);
     char *out = SENTINEL;
     uint64_t sub = 99;
     const char *unknown = "00000000000000000000000000000000";

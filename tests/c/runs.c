@@ -17,27 +17,13 @@ static void *run_thread(void *arg) {
     return NULL;
 }
 
-static crabnet_node *start_offline(const char *base) {
-    crabnet_config *config = test_config(base, "runner");
-    crabnet_node *node = NULL;
-    OK(crabnet_node_start(config, &node));
-    crabnet_config_free(config);
-    return node;
-}
-
 int main(void) {
     char base[256];
     make_temp_dir(base, sizeof base, "runs");
-    crabnet_hub *hub = NULL;
-    OK(crabnet_hub_new(&hub));
-    crabnet_node *publisher = start_on_hub(hub, base, "publisher");
-    crabnet_node *node = start_on_hub(hub, base, "runner");
-    crabnet_hub_free(hub);
-    char *peers = NULL;
-    OK(crabnet_node_wait_for_peers(publisher, 1, 20000, &peers));
-    crabnet_string_free(peers);
-    OK(crabnet_node_wait_for_peers(node, 1, 20000, &peers));
-    crabnet_string_free(peers);
+    crabnet_node *publisher = NULL, *node = NULL;
+    start_pair_on_hub(base, "publisher", "runner", &publisher, &node);
+    crabnet_string_free(wait_peers(publisher, 1, 20000));
+    crabnet_string_free(wait_peers(node, 1, 20000));
 
     char *seed = NULL;
     OK(crabnet_node_publish(publisher,
@@ -46,12 +32,7 @@ int main(void) {
     crabnet_string_free(seed);
     /* The publisher may not bid on its own seed; the runner does. */
     EXPECT_ERR(CRABNET_STATUS_STATE, "may not bid on it", crabnet_node_bid(publisher, seed_id, 5, &seed));
-    crabnet_string_free(wait_seed(node, seed_id, "open"));
-    OK(crabnet_node_bid(node, seed_id, 5, &seed));
-    crabnet_string_free(seed);
-    crabnet_string_free(wait_award(node, seed_id));
-    OK(crabnet_node_claim(node, seed_id, &seed));
-    crabnet_string_free(seed);
+    bid_and_claim(node, seed_id, 5);
 
     run_call call = {node, seed_id, CRABNET_STATUS_INTERNAL, NULL};
     pthread_t thread;
@@ -79,7 +60,7 @@ int main(void) {
     crabnet_node_free(publisher);
 
     /* Started again: the node knows, and does not run the command again. */
-    node = start_offline(base);
+    node = start_offline(base, "runner");
     OK(crabnet_node_seed(node, seed_id, &seed));
     CHECK(json_raw_eq(seed, "/result/interrupted", "true"));
     crabnet_string_free(seed);

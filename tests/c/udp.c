@@ -32,6 +32,25 @@ static crabnet_node *start_udp(const char *base, const char *name, int port, int
     return node;
 }
 
+/* Waits until `node` verified the hello of its one peer, `peer_name`. */
+static void wait_peer(const crabnet_node *node, const char *peer_name, uint32_t timeout_ms) {
+    char *peers = wait_peers(node, 1, timeout_ms);
+    CHECK(json_str_eq(peers, "/0/name", peer_name));
+    crabnet_string_free(peers);
+}
+
+/* Checks that `a` runs on `transport`, then stops and frees both nodes. */
+static void check_transport_and_stop(crabnet_node *a, crabnet_node *b, const char *transport) {
+    char *overview = NULL;
+    OK(crabnet_node_overview(a, &overview));
+    CHECK(json_str_eq(overview, "/transport", transport));
+    crabnet_string_free(overview);
+    OK(crabnet_node_stop(a));
+    OK(crabnet_node_stop(b));
+    crabnet_node_free(a);
+    crabnet_node_free(b);
+}
+
 /* Two libp2p nodes on loopback: the second dials the first; both verify each other's hello. */
 static void test_dht(const char *base) {
     int port = free_port();
@@ -47,21 +66,9 @@ static void test_dht(const char *base) {
     crabnet_node *b = NULL;
     OK(crabnet_node_start_dht(config, dht, &b));
     crabnet_config_free(config);
-    char *peers = NULL;
-    OK(crabnet_node_wait_for_peers(a, 1, 30000, &peers));
-    CHECK(json_str_eq(peers, "/0/name", "dht-b"));
-    crabnet_string_free(peers);
-    OK(crabnet_node_wait_for_peers(b, 1, 30000, &peers));
-    CHECK(json_str_eq(peers, "/0/name", "dht-a"));
-    crabnet_string_free(peers);
-    char *overview = NULL;
-    OK(crabnet_node_overview(a, &overview));
-    CHECK(json_str_eq(overview, "/transport", "dht"));
-    crabnet_string_free(overview);
-    OK(crabnet_node_stop(a));
-    OK(crabnet_node_stop(b));
-    crabnet_node_free(a);
-    crabnet_node_free(b);
+    wait_peer(a, "dht-b", 30000);
+    wait_peer(b, "dht-a", 30000);
+    check_transport_and_stop(a, b, "dht");
 }
 
 int main(void) {
@@ -82,24 +89,14 @@ int main(void) {
     CHECK(c == NULL);
     crabnet_config_free(config);
 
-    char *peers = NULL;
-    OK(crabnet_node_wait_for_peers(a, 1, 20000, &peers));
-    CHECK(json_str_eq(peers, "/0/name", "udp-b"));
-    crabnet_string_free(peers);
-    OK(crabnet_node_wait_for_peers(b, 1, 20000, &peers));
-    CHECK(json_str_eq(peers, "/0/name", "udp-a"));
-    crabnet_string_free(peers);
+    wait_peer(a, "udp-b", 20000);
+    wait_peer(b, "udp-a", 20000);
 
     char *seed = NULL;
     OK(crabnet_node_publish(a, "{\"command\": \"echo over-udp\", \"max_bids\": 1}", &seed));
     char *id = json_str(seed, "/seed/id");
     crabnet_string_free(seed);
-    crabnet_string_free(wait_seed(b, id, "open"));
-    OK(crabnet_node_bid(b, id, 25, &seed));
-    crabnet_string_free(seed);
-    crabnet_string_free(wait_award(b, id));
-    OK(crabnet_node_claim(b, id, &seed));
-    crabnet_string_free(seed);
+    bid_and_claim(b, id, 25);
     OK(crabnet_node_run(b, id, &seed));
     crabnet_string_free(seed);
     crabnet_string_free(wait_seed(a, id, "completed"));
@@ -110,15 +107,7 @@ int main(void) {
     CHECK(json_str_eq(seed, "/settlement/outcome", "rejected"));
     crabnet_string_free(seed);
 
-    char *overview = NULL;
-    OK(crabnet_node_overview(a, &overview));
-    CHECK(json_str_eq(overview, "/transport", "udp"));
-    crabnet_string_free(overview);
-
-    OK(crabnet_node_stop(a));
-    OK(crabnet_node_stop(b));
-    crabnet_node_free(a);
-    crabnet_node_free(b);
+    check_transport_and_stop(a, b, "udp");
     crabnet_string_free(id);
     remove_tree(base);
     printf("udp: %d checks passed\n", checks_passed);

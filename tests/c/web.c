@@ -36,10 +36,7 @@ static void http_get(int port, const char *path, char *buf, size_t size) {
 int main(void) {
     char base[256];
     make_temp_dir(base, sizeof base, "web");
-    crabnet_config *config = test_config(base, "dashboard");
-    crabnet_node *node = NULL;
-    OK(crabnet_node_start(config, &node));
-    crabnet_config_free(config);
+    crabnet_node *node = start_offline(base, "dashboard");
     char *id = NULL;
     OK(crabnet_node_id(node, &id));
 

@@ -6,24 +6,13 @@
 # use is one the node exports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-
-as_root() {
-    if [ "$(id -u)" = 0 ]; then
-        "$@"
-    elif command -v sudo > /dev/null; then
-        sudo "$@"
-    else
-        echo "tests/prometheus: need root (or sudo) to run: $*" >&2
-        return 1
-    fi
-}
+SUITE=tests/prometheus
+. tests/debian.sh
 
 PROMTOOL="${PROMTOOL:-promtool}"
 if ! command -v "$PROMTOOL" > /dev/null; then
     echo "tests/prometheus: installing Debian's prometheus (for promtool)"
-    if ! { as_root apt-get update -qq &&
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            prometheus > /dev/null; }; then
+    if ! apt_install --no-install-recommends prometheus; then
         echo "tests/prometheus: cannot install the Debian package prometheus, which provides" \
             "promtool; install it (or set PROMTOOL) to check ops/prometheus" >&2
         exit 1

@@ -5,23 +5,13 @@
 # $CRABNET_WEB_ARTIFACTS (default: <cargo target dir>/web-test/dashboard.png).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-
-as_root() {
-    if [ "$(id -u)" = 0 ]; then
-        "$@"
-    elif command -v sudo > /dev/null; then
-        sudo "$@"
-    else
-        echo "tests/web: need root (or sudo) to run: $*" >&2
-        return 1
-    fi
-}
+SUITE=tests/web
+. tests/debian.sh
 
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 if [ ! -x "$CHROMIUM" ]; then
     echo "tests/web: installing Debian's chromium"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null
+    apt_install chromium
 fi
 "$CHROMIUM" --version
 

@@ -9,7 +9,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{ActiveAlert, AlertName, AlertsConfig};
+use super::alert::{ActiveAlert, AlertName};
+use super::config::AlertsConfig;
 use crate::model::Millis;
 
 /// What the node looked like at one moment. `None`: not measurable now (the rule is skipped

@@ -27,12 +27,12 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::assets;
 use super::http::{ApiError, ApiPath, ApiQuery, ErrorBody};
-use super::metrics::{self, Metrics, Query, StreamGuard};
+use super::metrics::{self, Metrics, Query, REJECT_REASONS, StreamGuard};
 use crate::alerts::ActiveAlert;
 use crate::clock::now_ms;
 use crate::error::ErrorKind;
 use crate::model::{Millis, NodeId, SandboxLevel, SeedId, SeedStatus};
-use crate::monitor::{Event, EventKind, RejectReason, Subscription};
+use crate::monitor::{Event, EventKind, Subscription};
 use crate::node::{Node, Overview, PeerInfo};
 use crate::sandbox::SandboxStatus;
 use crate::state::SeedView;
@@ -49,40 +49,6 @@ const RECENT_SEEDS: usize = 10;
 const BATCH: usize = 500;
 /// Most events one `/api/events` request scans (matching or not) before it answers.
 const MAX_SCAN: usize = 20 * BATCH;
-
-/// Every rejection reason, in the order counters are shown.
-pub(crate) const REJECT_REASONS: [RejectReason; 13] = [
-    RejectReason::Malformed,
-    RejectReason::Oversized,
-    RejectReason::Duplicate,
-    RejectReason::BadSignature,
-    RejectReason::UnknownSender,
-    RejectReason::Replay,
-    RejectReason::Expired,
-    RejectReason::KeyMismatch,
-    RejectReason::Rule,
-    RejectReason::NotAdmitted,
-    RejectReason::RateLimited,
-    RejectReason::LamportAhead,
-    RejectReason::RotatedKey,
-];
-
-/// Compile-time reminder: a new reason fails this match until it is added above.
-const _: fn(RejectReason) = |r| match r {
-    RejectReason::Malformed
-    | RejectReason::Oversized
-    | RejectReason::Duplicate
-    | RejectReason::BadSignature
-    | RejectReason::UnknownSender
-    | RejectReason::Replay
-    | RejectReason::Expired
-    | RejectReason::KeyMismatch
-    | RejectReason::Rule
-    | RejectReason::NotAdmitted
-    | RejectReason::RateLimited
-    | RejectReason::LamportAhead
-    | RejectReason::RotatedKey => {}
-};
 
 /// Every event type name (the `type` field of an event), for the `kind` filter.
 pub(crate) const EVENT_KINDS: [&str; 22] = [

@@ -8,9 +8,42 @@ use std::time::Instant;
 
 use crate::alerts::{ActiveAlert, AlertName};
 use crate::model::{SandboxLevel, SeedStatus};
+use crate::monitor::RejectReason;
 use crate::node::Overview;
 
-use super::api::REJECT_REASONS;
+/// Every rejection reason, in the order counters are shown.
+pub(crate) const REJECT_REASONS: [RejectReason; 13] = [
+    RejectReason::Malformed,
+    RejectReason::Oversized,
+    RejectReason::Duplicate,
+    RejectReason::BadSignature,
+    RejectReason::UnknownSender,
+    RejectReason::Replay,
+    RejectReason::Expired,
+    RejectReason::KeyMismatch,
+    RejectReason::Rule,
+    RejectReason::NotAdmitted,
+    RejectReason::RateLimited,
+    RejectReason::LamportAhead,
+    RejectReason::RotatedKey,
+];
+
+/// Compile-time reminder: a new reason fails this match until it is added above.
+const _: fn(RejectReason) = |r| match r {
+    RejectReason::Malformed
+    | RejectReason::Oversized
+    | RejectReason::Duplicate
+    | RejectReason::BadSignature
+    | RejectReason::UnknownSender
+    | RejectReason::Replay
+    | RejectReason::Expired
+    | RejectReason::KeyMismatch
+    | RejectReason::Rule
+    | RejectReason::NotAdmitted
+    | RejectReason::RateLimited
+    | RejectReason::LamportAhead
+    | RejectReason::RotatedKey => {}
+};
 
 /// Store queries the API issues, timed separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

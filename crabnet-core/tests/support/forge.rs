@@ -1,6 +1,9 @@
 //! Hand-made identities, hellos and envelopes for the tests that attack a node's trust
-//! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`), and waits on its counters.
+//! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`), and the bounded
+//! waits of in-process tests on a node's seeds and counters ([`poll`], [`wait_view`],
+//! [`wait_counter`]; also `tests/node.rs`, `dht.rs`, `retention.rs`).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use crabnet_core::clock::now_ms;
@@ -8,7 +11,7 @@ use crabnet_core::crypto::{KemSeeds, SigningSeeds};
 use crabnet_core::envelope::{self, Header, Hello, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
 use crabnet_core::model::{Body, Message, MessageId, Seed, SeedId};
-use crabnet_core::{Config, Node};
+use crabnet_core::{Config, Node, SeedView};
 
 /// A node configuration in `dir/name` with a fast housekeeping tick.
 pub fn config(dir: &std::path::Path, name: &str) -> Config {
@@ -136,6 +139,45 @@ pub fn seed_message(id: &Identity, lamport: u64, timestamp: u64) -> Message {
 /// `m` in a public envelope signed by `id`, fresh for `ttl` seconds.
 pub fn seal(id: &Identity, m: &Message, ttl: u32) -> Vec<u8> {
     envelope::message_envelope(id, m, ttl, &[], MAX_ENVELOPE_BYTES, &mut envelope::os_rng).unwrap()
+}
+
+/// Polls `f` every 10 ms until it returns `Some`; fails with `what()` once `within` has
+/// passed.
+pub async fn poll<T, F: Future<Output = Option<T>>>(
+    within: Duration,
+    what: impl Fn() -> String,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out: {}", what());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (`within` at most) until `node` knows seed `id` in a state `pred` accepts; returns
+/// the view. `what` names the wait in the failure.
+pub async fn wait_view(
+    node: &Node,
+    id: &SeedId,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&SeedView) -> bool,
+) -> SeedView {
+    let what = || format!("{} never saw seed {id} {what}", node.config().name);
+    let pred = &pred;
+    poll(within, what, move || async move {
+        node.seed(id).await.ok().filter(|v| pred(v))
+    })
+    .await
+}
+
+/// Waits (10 s at most) until `node` knows seed `id`.
+pub async fn eventually_knows(node: &Node, id: &SeedId) {
+    wait_view(node, id, Duration::from_secs(10), "arrive", |_| true).await;
 }
 
 /// A counter of `node` (0 when absent).

@@ -1,18 +1,22 @@
 //! The process-test harness shared by the test binaries that run the `crabnet` CLI as separate
 //! processes (`mod support;` in `tests/cli.rs`, `network.rs`, `network_dht.rs`,
-//! `sandbox_e2e.rs`, `trust_e2e.rs`), and in-process pairs of nodes ([`pair`], used by
-//! `tests/node.rs`, `runs.rs` and `crash.rs`).
+//! `sandbox_e2e.rs`, `trust_e2e.rs`, `web.rs`), and in-process pairs of nodes ([`pair`], used
+//! by `tests/node.rs`, `runs.rs` and `crash.rs`).
 //!
 //! - [`run_bounded`] runs one CLI command with a timeout and returns its [`Out`].
 //! - A [`Sandbox`] is a temp dir with a fake HOME/XDG/TMPDIR that every command runs in.
-//! - [`Listeners`] owns long-running processes (`crabnet listen`, `events --follow`) and
-//!   SIGKILLs them on drop, so a failing test never leaves processes behind.
+//! - [`Listeners`] owns long-running processes (`crabnet listen`, `events --follow`,
+//!   `demo --serve`), waits for what they print, interrupts them, and SIGKILLs them on drop,
+//!   so a failing test never leaves processes behind.
 //! - [`reserve_port`] and [`reserve_on`] hold ports (UDP, or TCP and UDP for a dht node) that
 //!   no other test of the binary gets.
 //! - [`forge`] makes identities, hellos and envelopes by hand for the tests that attack a
 //!   node's trust boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`).
 //! - [`pair::Pair`] is a publisher and a runner in one process on an in-memory hub, for
 //!   in-process tests that need a whole lifecycle (a publisher may not bid on its own seed).
+//! - [`vectors`] holds the keys of the committed test vectors and the check that the code still
+//!   produces them (`tests/envelope.rs`, `rotation.rs`, `trust_policy.rs`); `committed.rs`
+//!   the check of other generated files (`tests/schema.rs`, `crabnet-ffi/tests/header.rs`).
 //! - A [`Net`] is a sandbox of initialized nodes, each a real `crabnet listen` process on
 //!   127.0.0.1 over UDP ([`Net::new`]) or libp2p ([`Net::dht`]), driven by separate CLI
 //!   processes on their data directories while the listeners run. Every wait has a deadline,
@@ -26,6 +30,7 @@
 
 pub mod forge;
 pub mod pair;
+pub mod vectors;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsString;
@@ -393,13 +398,25 @@ impl Listeners {
     /// TRANSPORT ADDRESS ...`); returns the banner line.
     #[track_caller]
     pub fn wait_ready(&mut self, i: usize, within: Duration) -> String {
+        self.wait_line(i, "report that it listens", within, |l| {
+            l.contains(" listening on ")
+        })
+    }
+
+    /// Waits (at most `within`) until process `i` printed a line on stdout that `pred`
+    /// accepts (`what` names it in the failure); returns the line. Fails when the process
+    /// exits first.
+    #[track_caller]
+    pub fn wait_line(
+        &mut self,
+        i: usize,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(line) = self
-                .stdout(i)
-                .lines()
-                .find(|l| l.contains(" listening on "))
-            {
+            if let Some(line) = self.stdout(i).lines().find(|l| pred(l)) {
                 return line.to_owned();
             }
             if let Some(status) = self.procs[i].child.try_wait().unwrap() {
@@ -411,7 +428,7 @@ impl Listeners {
             }
             assert!(
                 Instant::now() < deadline,
-                "listener {} did not report that it listens\n{}",
+                "listener {} did not {what}\n{}",
                 self.procs[i].name,
                 self.logs()
             );
@@ -945,6 +962,27 @@ impl Net {
         }
     }
 
+    /// A whole auction of `seed` (published by `publisher`): every `(node, price)` of `bids`
+    /// bids, `winner` wins at `price` (as the publisher and the winner see it), runs the seed,
+    /// and the publisher settles; every node in `nodes` sees the settlement.
+    #[track_caller]
+    pub fn auction_to_settlement(
+        &self,
+        publisher: usize,
+        seed: &str,
+        bids: &[(usize, u64)],
+        (winner, price): (usize, u64),
+        nodes: &[usize],
+    ) {
+        for &(i, bid) in bids {
+            self.bid(i, seed, bid);
+        }
+        self.wait_award(publisher, seed, winner, price);
+        self.wait_award(winner, seed, winner, price);
+        self.claim_and_run(winner, seed);
+        self.complete_and_settle(publisher, seed, nodes);
+    }
+
     /// Asserts that `seed claim` on node `i` fails with a state error.
     #[track_caller]
     pub fn expect_claim_refused(&self, i: usize, seed: &str, needle: &str) {
@@ -1062,12 +1100,7 @@ pub fn crash_restart_heal(net: &mut Net, tag: &str) {
     let digest_at_kill = st["state_digest"].as_str().unwrap().to_owned();
 
     // s1 goes on without node 1.
-    net.bid(2, &s1, 10);
-    net.bid(3, &s1, 20);
-    net.wait_award(0, &s1, 2, 10);
-    net.wait_award(2, &s1, 2, 10);
-    net.claim_and_run(2, &s1);
-    net.complete_and_settle(0, &s1, &others);
+    net.auction_to_settlement(0, &s1, &[(2, 10), (3, 20)], (2, 10), &others);
 
     // A whole lifecycle node 1 misses.
     let s3 = net.publish(3, &format!("echo {tag}crash-s3"), 1);

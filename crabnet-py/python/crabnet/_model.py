@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Typ
 from ._crabnet import InternalError
 
 __all__ = [
+    "EVENT_TYPES",
     "AlertFiring",
     "AlertName",
     "AlertResolved",
@@ -35,6 +36,7 @@ __all__ = [
     "Claim",
     "Event",
     "EventsDropped",
+    "KeyRotation",
     "MessageAccepted",
     "MessageDeferred",
     "MessageRejected",

@@ -20,8 +20,10 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Protocol,
     Sequence,
     Type,
+    TypeVar,
     Union,
 )
 
@@ -43,6 +45,7 @@ __all__ = [
     "NodeRef",
     "SeedRef",
     "WebServer",
+    "config_from_toml",
     "default_config",
     "load_config",
 ]
@@ -141,7 +144,54 @@ def _view(text: str) -> SeedView:
     return SeedView._from_json(json.loads(text))
 
 
-class Node:
+_Self = TypeVar("_Self", bound="_WithBlock")
+
+
+class _WithBlock:
+    """A context manager whose ``with`` block ends with :meth:`_leave` (stop, close, remove)."""
+
+    def _leave(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self._leave()
+
+
+class _Closeable(Protocol):
+    @property
+    def closed(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class _Closing(_WithBlock):
+    """A handle over a native object that closes: :attr:`closed`, :meth:`close`, and a
+    ``with`` block that closes it."""
+
+    _closer: _Closeable
+
+    @property
+    def closed(self) -> bool:
+        """Whether the handle was closed (or ended)."""
+        return self._closer.closed
+
+    def close(self) -> None:
+        """Closes the handle. Idempotent."""
+        self._closer.close()
+
+    def _leave(self) -> None:
+        self.close()
+
+
+class Node(_WithBlock):
     """A Crabnet node.
 
     ``config`` is a dict shaped like the TOML configuration (missing keys take the core's
@@ -298,12 +348,7 @@ class Node:
     def __enter__(self) -> Node:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    def _leave(self) -> None:
         self.stop()
 
     def _node(self) -> NativeNode:
@@ -551,43 +596,25 @@ class Node:
         return EventListener(native, listener_id, callback)
 
 
-class WebServer:
+class WebServer(_Closing):
     """A running monitoring API and dashboard (see :meth:`Node.serve_web`); a context
-    manager that closes it."""
+    manager that closes it. :meth:`close` stops serving (open requests get up to 5 s to
+    finish)."""
 
     def __init__(self, native: NativeWeb) -> None:
         self._native = native
+        self._closer = native
 
     @property
     def url(self) -> str:
         """The dashboard's URL, e.g. ``http://127.0.0.1:7980/``."""
         return self._native.url
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._native.closed
-
-    def close(self) -> None:
-        """Stops serving (open requests get up to 5 s to finish). Idempotent."""
-        self._native.close()
-
-    def __enter__(self) -> WebServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"WebServer(url={self.url!r}, closed={self.closed})"
 
 
-class EventStream:
+class EventStream(_Closing):
     """Events of one node, from the moment :meth:`Node.events` was called.
 
     - ``for event in stream`` waits for each event; the loop ends after ``timeout`` seconds
@@ -597,7 +624,8 @@ class EventStream:
 
     Waits release the GIL and Ctrl-C interrupts them (``KeyboardInterrupt``). A consumer that
     falls far behind gets one :class:`EventsDropped` event instead of the events it missed.
-    Close the stream (or use it in a ``with`` block) to release it early.
+    Close the stream (or use it in a ``with`` block) to release it early; it is
+    :attr:`closed` too once it ended.
     """
 
     # Longest single wait handed to a worker thread by the async iterator.
@@ -607,6 +635,7 @@ class EventStream:
         if timeout is not None and not timeout >= 0:
             raise ValidationError(f"timeout must be a non-negative number or None, got {timeout}")
         self._sub = subscription
+        self._closer = subscription
         self._timeout = timeout
         self._pending: Optional[asyncio.Future[Optional[str]]] = None
 
@@ -614,26 +643,6 @@ class EventStream:
     def timeout(self) -> Optional[float]:
         """The idle timeout of iteration, in seconds."""
         return self._timeout
-
-    @property
-    def closed(self) -> bool:
-        """Whether the stream was closed or ended."""
-        return self._sub.closed
-
-    def close(self) -> None:
-        """Ends the stream; iteration stops."""
-        self._sub.close()
-
-    def __enter__(self) -> EventStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
     def get(self, timeout: Optional[float] = None) -> Optional[Event]:
         """The next event, waiting up to ``timeout`` seconds (``None``: no limit); ``None`` on
@@ -701,7 +710,7 @@ class EventStream:
                 return None
 
 
-class EventListener:
+class EventListener(_WithBlock):
     """A callback registered with :meth:`Node.on_event`."""
 
     def __init__(
@@ -727,15 +736,7 @@ class EventListener:
         self._active = False
         return self._node.remove_listener(self._id)
 
-    def __enter__(self) -> EventListener:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    def _leave(self) -> None:
         self.remove()
 
     def __repr__(self) -> str:
