@@ -280,7 +280,7 @@ async fn a_frame_signed_with_unannounced_keys_waits_for_the_rotation() {
     wait_counter(&node, "messages.held", 1).await;
     wire.broadcast(&rotations_frame(&carol, &[&r_carol]))
         .unwrap();
-    eventually_knows(&node, &early).await;
+    eventually_knows(&node, early.seed_id()).await;
     wait_counter(&node, "messages.held_released", 1).await;
     assert_eq!(counter(&node, "rejected.bad_signature").await, 0);
 
