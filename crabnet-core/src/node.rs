@@ -43,6 +43,7 @@ use crate::trust;
 
 use receive::{RECENT_FRAMES, SYNC_REQUESTERS};
 
+mod alerting;
 mod decisions;
 mod housekeeping;
 mod keys;
@@ -332,7 +333,7 @@ impl Node {
         let cfg = config.clone();
         let listening = transport.is_some();
         // Only the node on the network alerts; an unreadable webhook secret fails the start.
-        let alerting = crate::alerts::Alerting::prepare(&config.alerts, listening)?;
+        let alerting = alerting::Alerting::prepare(&config.alerts, listening)?;
         let (store, identity, lock_file, policy) = tokio::task::spawn_blocking(move || -> Result<_> {
             create_private_dir(&cfg.data_dir)?;
             if listening {

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 use serde::Serialize;
-use tokio::sync::{Notify, watch};
 use zeroize::Zeroizing;
 
 use super::client::{self, Request};
@@ -30,7 +29,6 @@ use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::NodeId;
 use crate::monitor::Event;
-use crate::node::Node;
 
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "X-Crabnet-Signature";
@@ -126,6 +124,27 @@ impl std::fmt::Debug for Hook {
 pub(crate) struct Hooks {
     by_url: BTreeMap<String, Hook>,
     config: AlertsConfig,
+}
+
+impl Hooks {
+    /// The alerting configuration the hooks were read from.
+    pub(crate) fn config(&self) -> &AlertsConfig {
+        &self.config
+    }
+
+    /// Posts a queued delivery to its webhook (within `alerts.webhook_timeout_ms`); `None`
+    /// when the webhook was removed from the configuration since it was queued.
+    pub(crate) fn deliver(
+        &self,
+        url: &str,
+        node_id: &NodeId,
+        seq: i64,
+        body: &[u8],
+    ) -> Option<Result<()>> {
+        let hook = self.by_url.get(url)?;
+        let timeout = Duration::from_millis(self.config.webhook_timeout_ms);
+        Some(post(hook, node_id, seq, body, timeout))
+    }
 }
 
 /// Reads a webhook secret: not empty, not readable by group or others.
@@ -236,78 +255,6 @@ fn post(hook: &Hook, node_id: &NodeId, seq: i64, body: &[u8], timeout: Duration)
             ErrorKind::Network,
             format!("the receiver answered {status}"),
         ))
-    }
-}
-
-/// Sends due deliveries until the node stops; wakes when a transition was queued, and at
-/// least once a second for retries.
-pub(crate) async fn send_loop(
-    node: Node,
-    hooks: Hooks,
-    wake: Arc<Notify>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let hooks = Arc::new(hooks);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = wake.notified() => {}
-            _ = tick.tick() => {}
-        }
-        let n = node.clone();
-        let due =
-            tokio::task::spawn_blocking(move || n.with_store(|s| s.webhook_due(now_ms(), 32)))
-                .await;
-        let due = match due {
-            Ok(Ok(due)) => due,
-            Ok(Err(e)) => {
-                tracing::warn!("alerts: cannot read the webhook queue: {e}");
-                continue;
-            }
-            Err(e) => {
-                tracing::error!("alerts: webhook queue task failed: {e}");
-                continue;
-            }
-        };
-        for delivery in due {
-            if *shutdown.borrow() {
-                return;
-            }
-            let (n, h) = (node.clone(), hooks.clone());
-            let done = tokio::task::spawn_blocking(move || {
-                let config = &h.config;
-                let Some(hook) = h.by_url.get(&delivery.url) else {
-                    // The webhook was removed from the config since it was queued.
-                    return n.with_store(|s| s.webhook_finish(delivery.seq, false));
-                };
-                let timeout = Duration::from_millis(config.webhook_timeout_ms);
-                match post(hook, n.id(), delivery.seq, &delivery.body, timeout) {
-                    Ok(()) => n.with_store(|s| s.webhook_finish(delivery.seq, true)),
-                    Err(e) => {
-                        let attempts = delivery.attempts.saturating_add(1);
-                        if attempts >= config.webhook_max_attempts {
-                            tracing::warn!(
-                                url = %delivery.url,
-                                "alerts: webhook delivery dropped after {attempts} attempts: {e}"
-                            );
-                            n.with_store(|s| s.webhook_finish(delivery.seq, false))
-                        } else {
-                            tracing::debug!(url = %delivery.url, "alerts: webhook delivery failed: {e}");
-                            let next = now_ms().saturating_add(backoff_ms(config, delivery.attempts));
-                            n.with_store(|s| s.webhook_retry(delivery.seq, next, &e.to_string()))
-                        }
-                    }
-                }
-            })
-            .await;
-            match done {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("alerts: cannot update the webhook queue: {e}"),
-                Err(e) => tracing::error!("alerts: webhook task failed: {e}"),
-            }
-        }
     }
 }
 

@@ -388,12 +388,6 @@ impl Node {
         .await
     }
 
-    /// Starts the monitoring HTTP API and dashboard of this node (see [`crate::web`]); it
-    /// runs until the returned handle is shut down or dropped.
-    pub async fn serve_web(&self, config: crate::web::WebConfig) -> Result<crate::web::WebHandle> {
-        crate::web::serve(self.clone(), config).await
-    }
-
     /// The name of the transport the node runs on (`memory`, `udp`, `dht`), if any.
     pub fn transport_name(&self) -> Option<&str> {
         self.inner.transport_name.as_deref()

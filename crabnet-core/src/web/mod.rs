@@ -103,6 +103,14 @@ fn build(
     http::wrap(api::routes(state.clone()), state)
 }
 
+impl Node {
+    /// Starts the monitoring HTTP API and dashboard of this node (see [`crate::web`]); it
+    /// runs until the returned handle is shut down or dropped.
+    pub async fn serve_web(&self, config: WebConfig) -> Result<WebHandle> {
+        serve(self.clone(), config).await
+    }
+}
+
 /// Starts serving the API and dashboard of `node` on `config.bind` (in the current tokio
 /// runtime). Fails with [`ErrorKind::Config`] for an invalid config (e.g. a non-loopback bind
 /// without token) and [`ErrorKind::Io`] when the address cannot be bound.
