@@ -80,6 +80,10 @@ pub struct PublishRequest {
     /// Claim window, result grace and settlement window (see [`Deadlines`]; each 1 s to 30
     /// days).
     pub deadlines: Deadlines,
+    /// Run the command on several nodes and complete on a quorum of agreeing results (see
+    /// [`crate::model::Replication`]); `None`: one runner. A replicated seed follows rules 3,
+    /// which nodes of earlier versions refuse.
+    pub replication: Option<crate::model::Replication>,
 }
 
 impl Default for PublishRequest {
@@ -96,6 +100,7 @@ impl Default for PublishRequest {
             network: false,
             isolation: SandboxLevel::Full,
             deadlines: Deadlines::default(),
+            replication: None,
         }
     }
 }

@@ -105,6 +105,7 @@ pub fn ended_at(view: &SeedView) -> Option<Millis> {
         SeedStatus::Settled => view.settlement.as_ref().map(|s| s.settled_at),
         SeedStatus::Cancelled => view.cancelled_at,
         SeedStatus::Failed => view.failed_at,
+        SeedStatus::Inconclusive => view.inconclusive_at,
         SeedStatus::Expired => view.award.as_ref().map(|a| a.round_started_at),
     };
     Some(at.unwrap_or(view.updated_at))

@@ -1732,6 +1732,16 @@ fn applied_event(m: &Message, view: &SeedView) -> EventKind {
                 .map(|r| r.winner_node.clone())
                 .or_else(|| view.claim.as_ref().map(|c| c.claimer.clone())),
         },
+        Body::SeedEscalated(e) => EventKind::SeedEscalated {
+            seed_id: e.seed_id.clone(),
+            step: e.step,
+            winners: view
+                .replicas
+                .iter()
+                .filter(|r| r.step == e.step)
+                .map(|r| r.runner.clone())
+                .collect(),
+        },
     }
 }
 
@@ -1887,8 +1897,9 @@ mod tests {
             audience: Vec::new(),
             network: false,
             isolation: SandboxLevel::Full,
-            rules: rules::CURRENT,
+            rules: rules::V2,
             deadlines: Some(Deadlines::default()),
+            replication: None,
         };
         let id = seed.id.clone();
         let failed = s.commit_local(

@@ -28,6 +28,8 @@ DEFS: Dict[str, Any] = SCHEMA["$defs"]
 CLASSES: Dict[Type[_model._Record], str] = {
     _model.Deadlines: "Deadlines",
     _model.PastRound: "PastRound",
+    _model.Replication: "Replication",
+    _model.ReplicaView: "ReplicaView",
     _model.Seed: "Seed",
     _model.Bid: "BidView",
     _model.Award: "AwardView",
@@ -46,6 +48,8 @@ CLASSES: Dict[Type[_model._Record], str] = {
 ENUMS: Dict[Type[Enum], str] = {
     _model.SeedStatus: "SeedStatus",
     _model.RoundEnd: "RoundEnd",
+    _model.OutputHash: "OutputHash",
+    _model.ReplicaStanding: "ReplicaStanding",
     _model.SettlementOutcome: "SettlementOutcome",
     _model.SandboxLevel: "SandboxLevel",
     _model.SandboxPolicy: "SandboxPolicy",
@@ -56,7 +60,15 @@ ENUMS: Dict[Type[Enum], str] = {
 # Schema types with no class of their own: flattened into one (`Bid` into `BidView`,
 # `Settlement` into `SettlementView`), events (one class per variant), violations (one class
 # for every rule, with the rule's fields as a mapping) and enums that Python keeps as strings.
-NOT_MIRRORED = {"Bid", "Settlement", "Event", "EventKind", "Violation", "Action", "MessageKind"}
+NOT_MIRRORED = {
+    "Bid",
+    "Settlement",
+    "Event",
+    "EventKind",
+    "Violation",
+    "Action",
+    "MessageKind",
+}
 
 
 class Field:

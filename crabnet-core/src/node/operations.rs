@@ -10,7 +10,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::identity::PublicIdentity;
 use crate::model::{
     Bid, BidId, Body, Cancellation, Claim, Message, Millis, RoundEnd, Seed, SeedId, SeedStatus,
-    Settlement, SettlementOutcome, rules,
 };
 use crate::monitor::Event;
 use crate::sandbox::Refusal;
@@ -103,8 +102,9 @@ impl Node {
                 audience: req.private_to,
                 network: req.network,
                 isolation: req.isolation,
-                rules: rules::CURRENT,
+                rules: Seed::rules_for(req.replication.as_ref()),
                 deadlines: Some(req.deadlines),
+                replication: req.replication,
             };
             seed.check_fields()
                 .map_err(|e| Error::new(ErrorKind::Validation, format!("invalid seed: {e}")))?;
@@ -160,29 +160,15 @@ impl Node {
         .await
     }
 
-    /// Settles a completed seed this node published: accept (the winning price is due) or
-    /// reject.
+    /// Settles a completed seed this node published: accept (the winning price is due; for a
+    /// replicated seed each agreeing runner's price) or reject.
     pub async fn settle(&self, seed_id: &SeedId, accept: bool, note: &str) -> Result<SeedView> {
         let seed_id = seed_id.clone();
         let note = note.to_owned();
         self.blocking(move |n| {
             n.commit_local(&seed_id, |v| {
                 let v = known(v, &seed_id)?;
-                let amount = if accept {
-                    v.award.as_ref().and_then(|a| a.price).unwrap_or(0)
-                } else {
-                    0
-                };
-                Ok(Body::SeedSettled(Settlement {
-                    seed_id: seed_id.clone(),
-                    outcome: if accept {
-                        SettlementOutcome::Accepted
-                    } else {
-                        SettlementOutcome::Rejected
-                    },
-                    amount,
-                    note,
-                }))
+                Ok(Body::SeedSettled(v.settlement_for(accept, &note)))
             })
         })
         .await

@@ -34,6 +34,7 @@ pub(super) fn event_seed(kind: &EventKind) -> Option<&SeedId> {
         | EventKind::SeedCancelled { seed_id, .. }
         | EventKind::SeedReassigned { seed_id, .. }
         | EventKind::SeedFailed { seed_id, .. }
+        | EventKind::SeedEscalated { seed_id, .. }
         | EventKind::StatusChanged { seed_id, .. } => Some(seed_id),
         EventKind::NodeStarted { .. }
         | EventKind::NodeStopped { .. }
@@ -263,6 +264,7 @@ mod tests {
             isolation: Default::default(),
             rules: crate::model::rules::V1,
             deadlines: None,
+            replication: None,
         };
         let (m, _, _) = s
             .commit_local(
@@ -296,6 +298,7 @@ mod tests {
             seed_id: id.clone(),
             considered: Vec::new(),
             winner: None,
+            winners: Vec::new(),
         });
         assert_eq!(decide(s, id, at, body), SeedStatus::Expired);
     }
@@ -462,6 +465,7 @@ mod tests {
                     outcome: crate::model::SettlementOutcome::Accepted,
                     amount: 1,
                     note: String::new(),
+                    paid: Vec::new(),
                 },
                 settled_at: T0 + 9,
             }),

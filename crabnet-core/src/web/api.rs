@@ -85,7 +85,7 @@ const _: fn(RejectReason) = |r| match r {
 };
 
 /// Every event type name (the `type` field of an event), for the `kind` filter.
-pub(crate) const EVENT_KINDS: [&str; 22] = [
+pub(crate) const EVENT_KINDS: [&str; 23] = [
     "node_started",
     "node_stopped",
     "seed_published",
@@ -98,6 +98,7 @@ pub(crate) const EVENT_KINDS: [&str; 22] = [
     "seed_cancelled",
     "seed_reassigned",
     "seed_failed",
+    "seed_escalated",
     "status_changed",
     "peer_discovered",
     "message_accepted",
@@ -124,6 +125,7 @@ const _: fn(&EventKind) = |k| match k {
     | EventKind::SeedCancelled { .. }
     | EventKind::SeedReassigned { .. }
     | EventKind::SeedFailed { .. }
+    | EventKind::SeedEscalated { .. }
     | EventKind::StatusChanged { .. }
     | EventKind::PeerDiscovered { .. }
     | EventKind::MessageAccepted { .. }
