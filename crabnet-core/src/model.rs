@@ -659,7 +659,8 @@ pub struct TaskResult {
     pub success: bool,
     /// Run time in milliseconds.
     pub duration_ms: u64,
-    /// SHA-256 over the whole combined stdout+stderr stream, lowercase hex.
+    /// SHA-256 over the whole combined stdout+stderr stream (stdout alone when the seed's
+    /// replication asks for [`OutputHash::Stdout`]), lowercase hex.
     pub output_sha256: String,
     /// Total output size in bytes.
     pub output_bytes: u64,
