@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertsConfig;
 use crate::error::{Error, ErrorKind, Result, check_range};
+use crate::reputation::AwardConfig;
 use crate::retention::RetentionConfig;
 use crate::runner::RunnerConfig;
 use crate::store::StoreConfig;
@@ -53,6 +54,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Alert rules and webhooks.
     pub alerts: AlertsConfig,
+    /// How this node picks the winners of its seeds.
+    pub award: AwardConfig,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             trust: TrustConfig::default(),
             retention: RetentionConfig::default(),
             alerts: AlertsConfig::default(),
+            award: AwardConfig::default(),
         }
     }
 }

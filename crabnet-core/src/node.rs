@@ -132,6 +132,11 @@ pub struct PeerInfo {
     pub first_seen: Millis,
     /// Latest hello (Unix ms).
     pub last_seen: Millis,
+    /// What the signed messages this node holds say about the peer as a runner (see
+    /// [`crate::reputation`]); never the peer's own claims.
+    #[serde(default)]
+    #[schema(required)]
+    pub reputation: crate::reputation::Reputation,
 }
 
 /// A summary of the node's state.

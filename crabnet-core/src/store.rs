@@ -22,6 +22,7 @@ use crate::monitor::{Event, EventKind, RejectReason};
 use crate::state::{self, SeedView, Verdict, Violation};
 
 mod prune;
+mod reputation;
 pub use prune::SeedsPruned;
 
 /// Store tuning, part of the node's TOML config (section `[store]`).
@@ -362,7 +363,23 @@ const MIGRATIONS: &[&str] = &[
         received_at INTEGER NOT NULL,
         PRIMARY KEY (node_id, epoch)
      ) STRICT;",
+    // 9: reputation (issue 17): per seed and runner, what the seed's state says about the
+    // runner; filled from the stored seed states when it is created (see `migrate`)
+    "CREATE TABLE reputation (
+        seed_id   TEXT NOT NULL,
+        node_id   TEXT NOT NULL,
+        agreed    INTEGER NOT NULL,
+        dissented INTEGER NOT NULL,
+        missed    INTEGER NOT NULL,
+        accepted  INTEGER NOT NULL,
+        rejected  INTEGER NOT NULL,
+        PRIMARY KEY (seed_id, node_id)
+     ) STRICT;
+     CREATE INDEX reputation_by_node ON reputation(node_id);",
 ];
+
+/// The migration that creates the reputation table (1-based schema version).
+const REPUTATION_MIGRATION: usize = 9;
 
 /// The current schema version (SQLite `user_version`).
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -440,6 +457,9 @@ impl Store {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.execute_batch(sql)?;
+            if i + 1 == REPUTATION_MIGRATION {
+                reputation::backfill(&tx)?;
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         }
         tx.commit()?;
@@ -1845,6 +1865,7 @@ fn refold(
                 crate::retention::ended_at(view).map(|t| t.min(i64::MAX as u64) as i64)
             ],
         )?;
+        reputation::write_seed(tx, view)?;
     }
     let verdict = folded
         .verdicts
@@ -2029,7 +2050,8 @@ mod tests {
                  ALTER TABLE seeds DROP COLUMN ended_at; DROP INDEX events_by_seed;
                  ALTER TABLE events DROP COLUMN seed_id; DROP TABLE pruned_seeds;
                  DROP INDEX outbox_by_message; DROP TABLE alerts;
-                 DROP TABLE webhook_queue; DROP TABLE rotations; PRAGMA user_version = 3;",
+                 DROP TABLE webhook_queue; DROP TABLE rotations; DROP TABLE reputation;
+                 PRAGMA user_version = 3;",
             )
             .unwrap();
         drop(s);

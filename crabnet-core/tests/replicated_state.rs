@@ -682,3 +682,144 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reputation: derived from the folded states only; the same on stores that hold the same
+// messages in any order, kept across a reopen, rebuilt by the migration that adds it.
+
+/// The liar history of the first test, settled by the publisher's node.
+fn liar_history() -> History {
+    let mut h = awarded(3, 2, 3, 5);
+    for r in [10, 11, 12] {
+        h.claim(r, close_at() + 10);
+    }
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    h.result(12, close_at() + 150, 'a');
+    let s = h.view().settlement_for(true, "ok");
+    h.push(PUBLISHER, close_at() + 300, Body::SeedSettled(s));
+    assert_eq!(h.view().status, SeedStatus::Settled);
+    h
+}
+
+#[test]
+fn reputation_counts_agreement_dissent_and_payment_from_the_state_alone() {
+    use crabnet_core::reputation::{Reputation, contributions};
+    let v = liar_history().view();
+    let c = contributions(&v);
+    let honest = Reputation {
+        agreed: 1,
+        settlements_accepted: 1,
+        ..Reputation::default()
+    };
+    assert_eq!(c[&node(10)], honest);
+    assert_eq!(c[&node(12)], honest);
+    assert_eq!(
+        c[&node(11)],
+        Reputation {
+            dissented: 1,
+            ..Reputation::default()
+        }
+    );
+    assert!(!c.contains_key(&node(13)), "not awarded: nothing to say");
+    // A replica that let its claim window pass missed a deadline.
+    let mut h = awarded(3, 2, 4, 5);
+    h.claim(10, close_at() + 10);
+    h.claim(11, close_at() + 10);
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    h.decide(close_at() + CLAIM_S * 1000 + state::DECISION_MARGIN_MS)
+        .expect("escalation");
+    assert_eq!(contributions(&h.view())[&node(12)].missed_deadlines, 1);
+}
+
+#[test]
+fn reputation_is_the_same_on_stores_with_the_same_messages_and_survives_a_reopen() {
+    use crabnet_core::store::{Store, StoreConfig};
+    let h = liar_history();
+    let dir = tempfile::tempdir().unwrap();
+    let me = node(0x77);
+    let open = |name: &str| Store::open(&dir.path().join(name), &StoreConfig::default()).unwrap();
+    let (mut a, mut b) = (open("a"), open("b"));
+    for m in &h.msgs {
+        a.apply_remote(&me, m, b"env", T0).unwrap();
+    }
+    for m in h.msgs.iter().rev() {
+        b.apply_remote(&me, m, b"env", T0).unwrap();
+    }
+    let reps = a.reputations().unwrap();
+    assert_eq!(reps, b.reputations().unwrap());
+    assert_eq!(reps[&node(11)].dissented, 1);
+    assert_eq!(reps[&node(10)].agreed, 1);
+    assert_eq!(a.reputation(&node(11)).unwrap().dissented, 1);
+    drop(a);
+    let a = open("a");
+    assert_eq!(a.reputations().unwrap(), reps, "kept across a reopen");
+    drop(a);
+    // A store from before the table existed gets it filled from the stored states.
+    let conn = rusqlite::Connection::open(dir.path().join("a")).unwrap();
+    conn.execute_batch(
+        "DROP INDEX reputation_by_node; DROP TABLE reputation; PRAGMA user_version = 8;",
+    )
+    .unwrap();
+    drop(conn);
+    assert_eq!(open("a").reputations().unwrap(), reps);
+}
+
+#[test]
+fn the_reputation_policy_passes_over_a_cheap_dissenter_and_its_award_holds() {
+    use crabnet_core::reputation::{Reputation, weigh_award};
+    let mut h = History::new(2, 2, 2);
+    h.bid(10, 10);
+    h.bid(11, 20);
+    h.bid(12, 30);
+    let mut reps = std::collections::BTreeMap::new();
+    reps.insert(
+        node(10),
+        Reputation {
+            dissented: 2,
+            ..Reputation::default()
+        },
+    );
+    reps.insert(
+        node(12),
+        Reputation {
+            agreed: 5,
+            ..Reputation::default()
+        },
+    );
+    let v = h.view();
+    // Full (max_bids = 10 is not reached): due at the window's end only.
+    let due = v.due_award(close_at()).unwrap();
+    assert_eq!(due.winners, vec![bid_id(10), bid_id(11)], "by price alone");
+    let weighed = weigh_award(&v, &due, &reps, close_at()).unwrap();
+    // 10 weighs 10 * 9 = 90, 11 weighs 20, 12 weighs 30 * 6 / 6 = 30: 11 and 12 win, and 10
+    // (cheaper than both by price) is left out so that the winner rule agrees.
+    assert_eq!(weighed.winners, vec![bid_id(11), bid_id(12)]);
+    assert_eq!(weighed.considered, vec![bid_id(11), bid_id(12)]);
+    let m = h.push(PUBLISHER, close_at(), Body::BiddingClosed(weighed));
+    assert_eq!(h.verdict(&m), Verdict::Applied);
+    let runners: Vec<NodeId> = h.view().replicas.iter().map(|r| r.runner.clone()).collect();
+    assert_eq!(runners, vec![node(11), node(12)]);
+    // Bidding that would close early (max_bids reached) waits for the window's end when
+    // bids are left out.
+    let mut h = History::new(2, 2, 2);
+    let Body::SeedCreated(mut seed) = h.msgs[0].body.clone() else {
+        unreachable!()
+    };
+    seed.max_bids = 3;
+    h.msgs[0].body = Body::SeedCreated(seed);
+    h.bid(10, 10);
+    h.bid(11, 20);
+    h.bid(12, 30);
+    let v = h.view();
+    let early = close_at() - 4_000;
+    let due = v.due_award(early).expect("full: due at once by price");
+    assert_eq!(
+        weigh_award(&v, &due, &reps, early),
+        Err(v.seed.window_end())
+    );
+    // Without history nothing changes.
+    let plain = weigh_award(&v, &due, &Default::default(), early).unwrap();
+    assert_eq!(plain, due);
+}

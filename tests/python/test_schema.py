@@ -41,6 +41,7 @@ CLASSES: Dict[Type[_model._Record], str] = {
     _model.SeedView: "SeedView",
     _model.Overview: "Overview",
     _model.PeerInfo: "PeerInfo",
+    _model.Reputation: "Reputation",
     _model.KeyRotation: "RotationInfo",
 }
 

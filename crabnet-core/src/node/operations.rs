@@ -290,10 +290,13 @@ impl Node {
     /// The peers this node has verified hellos from.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
         self.blocking(|n| {
-            Ok(lock(&n.inner.store)
+            let store = lock(&n.inner.store);
+            let mut reputations = store.reputations()?;
+            Ok(store
                 .peers()?
                 .into_iter()
                 .map(|p| PeerInfo {
+                    reputation: reputations.remove(&p.identity.node_id).unwrap_or_default(),
                     fingerprint: p.identity.fingerprint().to_owned(),
                     node_id: p.identity.node_id,
                     name: p.name,
@@ -305,6 +308,15 @@ impl Node {
                 .collect())
         })
         .await
+    }
+
+    /// Every runner's reputation as the signed messages this node holds tell it (peers and
+    /// nodes no longer in the peer table alike); see [`crate::reputation`].
+    pub async fn reputations(
+        &self,
+    ) -> Result<std::collections::BTreeMap<crate::model::NodeId, crate::reputation::Reputation>>
+    {
+        self.blocking(|n| lock(&n.inner.store).reputations()).await
     }
 
     /// Waits until at least `count` peers are known (their hellos arrived), or fails with

@@ -109,6 +109,7 @@ impl Store {
             out.messages += tx.execute("DELETE FROM messages WHERE seed_id = ?1", [seed])? as u64;
             out.events += tx.execute("DELETE FROM events WHERE seed_id = ?1", [seed])? as u64;
             tx.execute("DELETE FROM seeds WHERE id = ?1", [seed])?;
+            super::reputation::forget_seed(&tx, seed)?;
             tx.execute(
                 "INSERT INTO pruned_seeds(seed_id, ended_at, pruned_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(seed_id) DO UPDATE SET ended_at = ?2, pruned_at = ?3",
@@ -490,6 +491,7 @@ mod tests {
                  DROP INDEX events_by_seed; ALTER TABLE events DROP COLUMN seed_id;
                  DROP TABLE pruned_seeds; DROP INDEX outbox_by_message;
                  DROP TABLE alerts; DROP TABLE webhook_queue; DROP TABLE rotations;
+                 DROP TABLE reputation;
                  PRAGMA user_version = 5;",
             )
             .unwrap();

@@ -56,6 +56,7 @@ __all__ = [
     "ReplicaStanding",
     "ReplicaView",
     "Replication",
+    "Reputation",
     "RoundEnd",
     "Seed",
     "SeedCancelled",
@@ -676,6 +677,21 @@ class Overview(_Record):
 
 
 @dataclass(frozen=True, repr=False)
+class Reputation(_Record):
+    """What the signed messages a node holds say about a peer as a runner (never the peer's
+    own claims)."""
+
+    agreed: int
+    """Replicated seeds where its result agreed with the quorum."""
+    dissented: int
+    """Replicated seeds where its result differed from the quorum's."""
+    missed_deadlines: int
+    """Awards it let pass (no claim, or no result, in time)."""
+    settlements_accepted: int
+    settlements_rejected: int
+
+
+@dataclass(frozen=True, repr=False)
 class PeerInfo(_Record):
     """A node whose hello (its signed keys, name and addresses) this node verified. Nodes
     accept domain messages only from such peers."""
@@ -691,6 +707,8 @@ class PeerInfo(_Record):
     """Its first hello (Unix ms)."""
     last_seen: int
     """Its latest hello (Unix ms)."""
+    reputation: Reputation
+    """Its reputation as the signed history this node holds tells it."""
 
 
 @dataclass(frozen=True, repr=False)
