@@ -580,16 +580,18 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                 println!("no peers yet (peers appear once their hello arrives)");
             } else {
                 println!(
-                    "{:<64}  {:<12}  {:<16}  {:<24}  ADDRESSES",
-                    "NODE", "NAME", "FINGERPRINT", "LAST SEEN"
+                    "{:<64}  {:<12}  {:<16}  {:<24}  {:<22}  ADDRESSES",
+                    "NODE", "NAME", "FINGERPRINT", "LAST SEEN", "AGREED/DISSENT/MISSED"
                 );
                 for p in &peers {
+                    let r = &p.reputation;
                     println!(
-                        "{:<64}  {:<12}  {:<16}  {:<24}  {}",
+                        "{:<64}  {:<12}  {:<16}  {:<24}  {:<22}  {}",
                         p.node_id,
                         p.name,
                         p.fingerprint,
                         format_ms(p.last_seen),
+                        format!("{}/{}/{}", r.agreed, r.dissented, r.missed_deadlines),
                         p.addresses.join(", ")
                     );
                 }
@@ -1033,6 +1035,15 @@ fn show(v: &SeedView) {
         format_ms(s.window_end())
     );
     println!("timeout     {} s", s.timeout_secs);
+    if let Some(r) = s.replication() {
+        println!(
+            "replicas    {} (quorum {}, at most {}, hash {})",
+            r.replicas,
+            r.quorum,
+            r.max_replicas,
+            r.hash.as_str()
+        );
+    }
     println!("created     {}", format_ms(s.created_at));
     for b in &v.bids {
         println!(
@@ -1079,6 +1090,25 @@ fn show(v: &SeedView) {
                 format!(": {}", r.sandbox.features.join(" "))
             }
         );
+    }
+    for r in &v.replicas {
+        println!(
+            "replica     {} by {} at {} (step {}): {}{}",
+            r.bid_id.short(),
+            r.runner.short(),
+            r.price,
+            r.step,
+            r.standing.as_str(),
+            r.result.as_ref().map_or_else(String::new, |res| format!(
+                ", exit {} sha256 {}",
+                res.exit_code
+                    .map_or_else(|| "none".into(), |c| c.to_string()),
+                res.output_sha256
+            ))
+        );
+    }
+    if let Some(at) = v.inconclusive_at {
+        println!("inconclusive at {}", format_ms(at));
     }
     if let Some(st) = &v.settlement {
         println!(

@@ -220,6 +220,8 @@ struct PeerView {
     last_seen: Millis,
     /// Whether a hello arrived within the last `active_window_ms` (three hello intervals).
     active: bool,
+    /// Its reputation as a runner, from the signed history this node holds.
+    reputation: crate::reputation::Reputation,
 }
 
 /// One line of the seeds table.
@@ -478,6 +480,7 @@ fn peer_view(p: PeerInfo, now: Millis, window: u64) -> PeerView {
         key_epoch: p.key_epoch,
         first_seen: p.first_seen,
         last_seen: p.last_seen,
+        reputation: p.reputation,
     }
 }
 
