@@ -138,7 +138,19 @@ pub struct RunnerConfig {
     /// killed (its whole process group, or its PID namespace) and its result
     /// is recorded as interrupted (`TaskResult::interrupted`).
     pub stop_grace_ms: u64,
+    /// **Testing only.** This node reports [`FORGED_OUTPUT_SHA256`] as the output hash of
+    /// every task it runs instead of the real one: a lying runner, for tests of replicated
+    /// seeds (`tests/replication_e2e.rs`). It changes nothing but this node's own signed
+    /// results, which other nodes then record as dissent. Not in the README's configuration;
+    /// never set it on a real node.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub forge_output_hash: bool,
 }
+
+/// The output hash a node with [`RunnerConfig::forge_output_hash`] reports: SHA-256 of
+/// `crabnet test: forged result`, the same on every such node (so that two liars agree).
+pub const FORGED_OUTPUT_SHA256: &str =
+    "1d7c990d8fa06ce405a74b9f4fdd4a194ddb0ee6e30d7051e2e4ad63e21c82c2";
 
 impl Default for RunnerConfig {
     fn default() -> Self {
@@ -157,6 +169,7 @@ impl Default for RunnerConfig {
             disk_quota_bytes: 256 * 1024 * 1024,
             namespaces: true,
             stop_grace_ms: 0,
+            forge_output_hash: false,
         }
     }
 }
@@ -1299,6 +1312,14 @@ mod tests {
         assert_eq!(out.signal, Some(libc::SIGTERM));
         assert!(!out.timed_out);
         assert!(!out.success());
+    }
+
+    #[test]
+    fn the_forged_hash_is_what_its_doc_says() {
+        assert_eq!(
+            FORGED_OUTPUT_SHA256,
+            sha_hex(b"crabnet test: forged result")
+        );
     }
 
     #[tokio::test]

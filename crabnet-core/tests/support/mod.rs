@@ -1,6 +1,6 @@
 //! The process-test harness shared by the test binaries that run the `crabnet` CLI as separate
 //! processes (`mod support;` in `tests/cli.rs`, `network.rs`, `network_dht.rs`,
-//! `sandbox_e2e.rs`, `trust_e2e.rs`), and in-process pairs of nodes ([`pair`], used by
+//! `sandbox_e2e.rs`, `trust_e2e.rs`, `replication_e2e.rs`), and in-process pairs of nodes ([`pair`], used by
 //! `tests/node.rs`, `runs.rs` and `crash.rs`).
 //!
 //! - [`run_bounded`] runs one CLI command with a timeout and returns its [`Out`].
