@@ -6,7 +6,8 @@
 //!
 //! - three replicas, one liar: the seed completes with the honest result, settlement pays the
 //!   two honest runners, the liar's reputation shows a dissent on every node, identical
-//!   across nodes and after a restart;
+//!   across nodes and after a restart; then, with `award.policy = "price_and_reputation"`,
+//!   the publisher passes over the liar's far lower bid on its next seed;
 //! - four replicas with quorum 3, two liars: a 2-2 split; the publisher's node escalates to
 //!   the next best bid, whose honest result completes the seed.
 
@@ -77,6 +78,11 @@ fn three_replicas_with_a_liar_complete_honestly_and_the_liar_loses_reputation() 
     let mut net = Net::new(4);
     let all = [0, 1, 2, 3];
     make_liar(&net, 3);
+    // The publisher weighs reputation when it awards (nobody has any yet for the first seed).
+    let config = net.nodes[0].dir.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[award]\npolicy = \"price_and_reputation\"\n");
+    std::fs::write(config, text).unwrap();
     net.start_mesh(&all, &all);
     net.wait_mesh(&all);
 
@@ -150,6 +156,53 @@ fn three_replicas_with_a_liar_complete_honestly_and_the_liar_loses_reputation() 
     );
     net.restart(0);
     assert_eq!(reputation_of(&net, 0, 3), at0, "after the restart");
+
+    // Next seed, run once: the liar bids far lowest, but with its dissent it weighs
+    // 5 * (1 + 4) = 25 against node 1's 20, so node 1 wins; the liar's bid is left out of the
+    // award, which therefore waits for the end of the bid window.
+    let out = net
+        .run(
+            0,
+            &[
+                "seed",
+                "publish",
+                "--command",
+                "echo next",
+                "--max-bids",
+                "3",
+                "--bid-window",
+                "6",
+                "--min-price",
+                "1",
+                "--max-price",
+                "100",
+            ],
+        )
+        .ok();
+    let next = out.stdout.trim().to_owned();
+    for (i, price) in [(3, 5), (1, 20), (2, 30)] {
+        net.bid(i, &next, price);
+    }
+    let v = net.wait_award(0, &next, 1, 20);
+    let considered = v["award"]["considered"].as_array().unwrap();
+    assert_eq!(considered.len(), 2, "{v:#}");
+    let liar_bid = v["bids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["bidder"] == liar.as_str())
+        .unwrap()["id"]
+        .clone();
+    assert!(!considered.contains(&liar_bid), "{v:#}");
+    assert!(
+        v["award"]["closed_at"].as_u64().unwrap()
+            >= v["seed"]["created_at"].as_u64().unwrap() + 6_000,
+        "closed at the window's end, not when the third bid came: {v:#}"
+    );
+    // Every node accepts the award (the winner rule holds among the considered bids).
+    for i in [1, 2, 3] {
+        net.wait_award(i, &next, 1, 20);
+    }
 }
 
 #[test]
