@@ -874,8 +874,9 @@ impl SeedStatus {
     }
 
     /// Whether `next` is reachable from `self` in zero or more lifecycle steps. Under rules 1
-    /// and 3 the lifecycle only moves forward (rules 3: for an honest publisher that waits
-    /// for the deadlines). Under rules 2 a round whose claim or result came
+    /// and 3 the lifecycle only moves forward (rules 3: as long as no runner claims or reports
+    /// after its deadline; such a late step counts only until the publisher's escalation ends
+    /// its replica's turn, which may take a seed back from `completed` to `claimed`). Under rules 2 a round whose claim or result came
     /// after its deadline ends with the publisher's decision (section 4 of `docs/PROTOCOL.md`),
     /// so every status but the final ones may lead back to `open` through a reassignment.
     pub fn can_reach(self, next: SeedStatus, rules: u32) -> bool {
