@@ -128,7 +128,11 @@ pub struct NetworkConfig {
     pub reject_event_window_ms: u64,
     /// How long an envelope whose author's hello has not arrived yet is held (hellos and the
     /// first envelopes cross at startup), in milliseconds; applied when the hello arrives,
-    /// rejected as `unknown_sender` after this long (0: rejected at once).
+    /// rejected as `unknown_sender` after this long (0: rejected at once). Envelopes of a
+    /// known author signed with keys this node does not know (a rotation on its way) are held
+    /// as long, then rejected as `bad_signature`. At most 60,000; over libp2p, a verdict later
+    /// than gossipsub's message cache (15 s) is lost (the message is neither forwarded nor
+    /// penalised).
     pub unknown_sender_hold_ms: u64,
     /// Largest envelope this node creates; operations whose message would be larger fail.
     /// The default fits one UDP datagram.

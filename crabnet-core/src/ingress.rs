@@ -13,9 +13,12 @@
 //!   signature check or transaction. A copy with a byte changed is a different frame and goes
 //!   through every check.
 //! * [`HoldQueue`] keeps envelopes whose author's hello has not arrived yet (hellos and the
-//!   first envelopes cross at startup) for `network.unknown_sender_hold_ms`, and hands them
-//!   back when the hello arrives. It is bounded in envelopes, bytes and envelopes per sender;
-//!   what does not fit, and what waits longer, is rejected as `unknown_sender`.
+//!   first envelopes cross at startup), and envelopes of a known author whose signatures do
+//!   not verify with any of its known keys (it may have rotated them, with the statement still
+//!   on its way), for `network.unknown_sender_hold_ms`, and hands them back when a hello or a
+//!   rotation of the author arrives. It is bounded in envelopes, bytes and envelopes per
+//!   sender; what does not fit, and what waits longer, is rejected with the reason it was held
+//!   for (`unknown_sender`, `bad_signature`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
@@ -25,6 +28,7 @@ use crate::config::NetworkConfig;
 use crate::envelope::{self, EnvelopeError, Header, Kind};
 use crate::model::{MessageId, MessageKind, Millis, NodeId};
 use crate::monitor::{EventKind, RejectReason};
+use crate::network::Ack;
 use crate::ratelimit::Limiter;
 
 /// Most (source, reason) windows tracked at once; further sources share one window per reason,
@@ -320,16 +324,41 @@ pub(crate) const HOLD_MAX_BYTES: usize = 8 * 1024 * 1024;
 /// Most envelopes held for one sender.
 pub(crate) const HOLD_MAX_PER_SENDER: usize = 64;
 
-/// An envelope waiting for its author's hello.
+/// What [`HoldQueue::expire`] gives back: the events to record, and the verdict channels to
+/// answer, each with the reason its envelope was rejected.
+pub(crate) type Expired = (Vec<EventKind>, Vec<(Ack, RejectReason)>);
+
+/// An envelope waiting for its author's hello or key rotation.
 #[derive(Debug)]
 pub(crate) struct HeldFrame {
     /// The envelope as received.
     pub bytes: Vec<u8>,
     /// Where it came from.
     pub source: Source,
-    /// What is recorded when the hello does not come in time.
-    rejection: Rejection,
+    /// What is recorded when the hello or rotation does not come in time.
+    pub rejection: Rejection,
     held_at: Millis,
+    /// The transport's verdict channel, answered when the envelope is released or expires.
+    pub ack: Option<Ack>,
+}
+
+impl HeldFrame {
+    /// An envelope to hold from `now`, rejected with `rejection` if nothing releases it.
+    pub fn new(
+        bytes: &[u8],
+        source: &Source,
+        rejection: Rejection,
+        ack: Option<Ack>,
+        now: Millis,
+    ) -> Self {
+        HeldFrame {
+            bytes: bytes.to_vec(),
+            source: source.clone(),
+            rejection,
+            held_at: now,
+            ack,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -339,10 +368,10 @@ struct HoldState {
     bytes: usize,
 }
 
-/// Envelopes from authors whose hello has not arrived yet (see the module docs). Counters:
-/// `messages.held`, `messages.held_released`, `messages.held_expired` and
-/// `messages.held_overflow` (refused because a bound was reached; those are rejected as
-/// `unknown_sender` at once).
+/// Envelopes from authors whose hello or key rotation has not arrived yet (see the module
+/// docs). Counters: `messages.held`, `messages.held_released`, `messages.held_expired` and
+/// `messages.held_overflow` (refused because a bound was reached; those are rejected at once,
+/// with the reason they would have been held for).
 #[derive(Debug)]
 pub(crate) struct HoldQueue {
     hold_ms: u64,
@@ -358,52 +387,56 @@ impl HoldQueue {
         }
     }
 
-    /// Holds `bytes` from `sender` if there is room. An envelope that is not held gives its
-    /// `rejection` back, for the caller to record at once.
+    /// Holds `frame` from `sender` if there is room. A frame that is not held is given back,
+    /// for the caller to record its rejection (and answer its verdict channel) at once.
     pub fn hold(
         &self,
         sender: &NodeId,
-        bytes: &[u8],
-        source: &Source,
-        rejection: Rejection,
-        now: Millis,
+        frame: HeldFrame,
         counters: &Rejections,
-    ) -> Result<(), Rejection> {
+    ) -> Result<(), Box<HeldFrame>> {
         if self.hold_ms == 0 {
-            return Err(rejection);
+            return Err(Box::new(frame));
         }
         let mut st = lock(&self.state);
         let queued = st.senders.get(sender).map_or(0, VecDeque::len);
         if st.frames >= HOLD_MAX_FRAMES
-            || st.bytes.saturating_add(bytes.len()) > HOLD_MAX_BYTES
+            || st.bytes.saturating_add(frame.bytes.len()) > HOLD_MAX_BYTES
             || queued >= HOLD_MAX_PER_SENDER
         {
             drop(st);
             counters.count("messages.held_overflow");
-            return Err(rejection);
+            return Err(Box::new(frame));
         }
         st.frames += 1;
-        st.bytes += bytes.len();
+        st.bytes += frame.bytes.len();
         st.senders
             .entry(sender.clone())
             .or_default()
-            .push_back(HeldFrame {
-                bytes: bytes.to_vec(),
-                source: source.clone(),
-                rejection,
-                held_at: now,
-            });
+            .push_back(frame);
         drop(st);
         counters.count("messages.held");
         Ok(())
     }
 
-    /// Hands back every envelope held for `sender` (its hello arrived), oldest first.
-    pub fn release(&self, sender: &NodeId, counters: &Rejections) -> Vec<HeldFrame> {
+    /// Hands back the envelopes held for `sender` for `reason` (`unknown_sender`: its hello
+    /// arrived; `bad_signature`: its keys moved on), oldest first; others stay.
+    pub fn release(
+        &self,
+        sender: &NodeId,
+        reason: RejectReason,
+        counters: &Rejections,
+    ) -> Vec<HeldFrame> {
         let mut st = lock(&self.state);
-        let Some(frames) = st.senders.remove(sender) else {
+        let Some(queue) = st.senders.remove(sender) else {
             return Vec::new();
         };
+        let (frames, kept): (VecDeque<HeldFrame>, VecDeque<HeldFrame>) = queue
+            .into_iter()
+            .partition(|f| f.rejection.reason == reason);
+        if !kept.is_empty() {
+            st.senders.insert(sender.clone(), kept);
+        }
         st.frames -= frames.len();
         st.bytes -= frames.iter().map(|f| f.bytes.len()).sum::<usize>();
         drop(st);
@@ -426,14 +459,16 @@ impl HoldQueue {
             .min()
     }
 
-    /// Drops the envelopes held for `hold_ms` or longer and rejects each as `unknown_sender`
-    /// through `counters`; returns the events to record.
-    pub fn expire(&self, now: Millis, counters: &Rejections) -> Vec<EventKind> {
+    /// Drops the envelopes held for `hold_ms` or longer and rejects each with the reason it was
+    /// held for (`unknown_sender`, `bad_signature`) through `counters`; returns the events to
+    /// record and the verdict channels to answer with each one's reason.
+    pub fn expire(&self, now: Millis, counters: &Rejections) -> Expired {
         let mut expired = Vec::new();
+        let mut acks = Vec::new();
         {
             let mut st = lock(&self.state);
             if st.frames == 0 {
-                return Vec::new();
+                return (Vec::new(), Vec::new());
             }
             let hold_ms = self.hold_ms;
             let (mut frames, mut bytes) = (0, 0);
@@ -445,6 +480,9 @@ impl HoldQueue {
                     if let Some(f) = queue.pop_front() {
                         frames += 1;
                         bytes += f.bytes.len();
+                        if let Some(ack) = f.ack {
+                            acks.push((ack, f.rejection.reason));
+                        }
                         expired.push(f.rejection);
                     }
                 }
@@ -456,13 +494,19 @@ impl HoldQueue {
         let mut events = Vec::new();
         for mut r in expired {
             counters.count("messages.held_expired");
-            r.detail = format!(
-                "no verified hello from this sender within {} ms",
-                self.hold_ms
-            );
+            r.detail = match r.reason {
+                RejectReason::UnknownSender => format!(
+                    "no verified hello from this sender within {} ms",
+                    self.hold_ms
+                ),
+                _ => format!(
+                    "{}; no key rotation of the sender came within {} ms",
+                    r.detail, self.hold_ms
+                ),
+            };
             events.extend(counters.note(r, now));
         }
-        events
+        (events, acks)
     }
 
     /// Envelopes and bytes held now.
@@ -620,10 +664,7 @@ mod tests {
         for n in 0..flood {
             if q.hold(
                 &sender(n),
-                &frame,
-                &source(),
-                unknown(n),
-                n / 100,
+                HeldFrame::new(&frame, &source(), unknown(n), None, n / 100),
                 &counters,
             )
             .is_ok()
@@ -639,8 +680,9 @@ mod tests {
         assert_eq!(c["messages.held_overflow"], flood - held);
 
         // Nothing is due before the hold time; then everything is rejected.
-        assert!(q.expire(4_999, &counters).is_empty());
-        let events = q.expire(5_000 + flood / 100, &counters);
+        assert!(q.expire(4_999, &counters).0.is_empty());
+        let (events, acks) = q.expire(5_000 + flood / 100, &counters);
+        assert!(acks.is_empty(), "none of these had a verdict channel");
         assert_eq!(q.size(), (0, 0));
         let c = counters.pending_counters();
         assert_eq!(c["messages.held_expired"], held);
@@ -663,18 +705,30 @@ mod tests {
         let big = vec![0u8; 65_000];
         let fits = HOLD_MAX_BYTES / big.len();
         for n in 0..(fits as u64 + 10) {
-            let _ = q.hold(&sender(n), &big, &source(), unknown(n), 0, &counters);
+            let _ = q.hold(
+                &sender(n),
+                HeldFrame::new(&big, &source(), unknown(n), None, 0),
+                &counters,
+            );
         }
         assert_eq!(q.size(), (fits, fits * big.len()));
 
         let q = HoldQueue::new(5_000);
         for _ in 0..HOLD_MAX_PER_SENDER + 5 {
-            let _ = q.hold(&sender(1), b"x", &source(), unknown(1), 0, &counters);
+            let _ = q.hold(
+                &sender(1),
+                HeldFrame::new(b"x", &source(), unknown(1), None, 0),
+                &counters,
+            );
         }
         assert_eq!(q.size().0, HOLD_MAX_PER_SENDER);
         assert!(
-            q.hold(&sender(2), b"x", &source(), unknown(2), 0, &counters)
-                .is_ok()
+            q.hold(
+                &sender(2),
+                HeldFrame::new(b"x", &source(), unknown(2), None, 0),
+                &counters
+            )
+            .is_ok()
         );
     }
 
@@ -686,25 +740,65 @@ mod tests {
         let q = HoldQueue::new(5_000);
         for (n, bytes) in [(1, b"a"), (2, b"b"), (1, b"c")] {
             assert!(
-                q.hold(&sender(n), bytes, &source(), unknown(n), 0, &counters)
-                    .is_ok()
+                q.hold(
+                    &sender(n),
+                    HeldFrame::new(bytes, &source(), unknown(n), None, 0),
+                    &counters
+                )
+                .is_ok()
             );
         }
         let back: Vec<Vec<u8>> = q
-            .release(&sender(1), &counters)
+            .release(&sender(1), RejectReason::UnknownSender, &counters)
             .into_iter()
             .map(|f| f.bytes)
             .collect();
         assert_eq!(back, vec![b"a".to_vec(), b"c".to_vec()]);
         assert_eq!(q.size(), (1, 1));
-        assert!(q.release(&sender(1), &counters).is_empty());
+        assert!(
+            q.release(&sender(1), RejectReason::UnknownSender, &counters)
+                .is_empty()
+        );
         assert_eq!(counters.pending_counters()["messages.held_released"], 2);
         // Disabled: nothing is held.
         let off = HoldQueue::new(0);
         assert!(
-            off.hold(&sender(3), b"x", &source(), unknown(3), 0, &counters)
-                .is_err()
+            off.hold(
+                &sender(3),
+                HeldFrame::new(b"x", &source(), unknown(3), None, 0),
+                &counters
+            )
+            .is_err()
         );
+    }
+
+    /// A held envelope's verdict channel is answered when it expires, with the reason it was
+    /// held for: `bad_signature` (a forgery in a known peer's name, proven once no rotation
+    /// came) is what penalises the relay; `unknown_sender` is not its fault.
+    #[test]
+    fn expiry_gives_back_each_verdict_channel_with_its_reason() {
+        let counters = Rejections::new(60_000);
+        let q = HoldQueue::new(100);
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let forged = Rejection {
+            sender: Some(sender(7)),
+            ..rejection("udp:192.0.2.1:7946", RejectReason::BadSignature)
+        };
+        let forged = HeldFrame::new(b"f", &source(), forged, Some(tx), 0);
+        assert!(q.hold(&sender(7), forged, &counters).is_ok());
+        assert!(rx.try_recv().is_err(), "no verdict while held");
+        // A hello of the sender releases what waited for it, not what waits for new keys.
+        let early = HeldFrame::new(b"e", &source(), unknown(7), None, 0);
+        assert!(q.hold(&sender(7), early, &counters).is_ok());
+        let back = q.release(&sender(7), RejectReason::UnknownSender, &counters);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].bytes, b"e");
+        assert_eq!(q.size(), (1, 1));
+        let (events, acks) = q.expire(100, &counters);
+        assert_eq!(events.len(), 1);
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].1, RejectReason::BadSignature);
+        assert_eq!(counters.pending_counters()["rejected.bad_signature"], 1);
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub enum RejectReason {
     /// Copies of other envelopes (gossip relays, sync answers) are counted as
     /// `messages.duplicate`, not rejected.
     Duplicate,
-    /// A signature does not verify.
+    /// A signature does not verify with any of the sender's known keys (for a known sender,
+    /// after `network.unknown_sender_hold_ms` without a key rotation of it arriving).
     BadSignature,
     /// The sender is not in the peer table: no verified hello arrived within
     /// `network.unknown_sender_hold_ms` (or the hold queue was full, or it came inside a sync

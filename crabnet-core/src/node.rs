@@ -317,14 +317,16 @@ impl Node {
     }
 
     /// Starts a node on libp2p (see [`network::DhtTransport`]); its libp2p key derives from
-    /// the node's identity, so its peer id is stable across restarts.
+    /// the node's identity and is kept in `libp2p.key`, so its peer id is stable across
+    /// restarts and key rotations.
     pub async fn start_with_dht(config: Config, dht: network::DhtConfig) -> Result<Node> {
         config.validate()?;
         let cfg = config.clone();
         let key = tokio::task::spawn_blocking(move || -> Result<_> {
             create_private_dir(&cfg.data_dir)?;
             let (identity, _) = Identity::load_or_create(&cfg.identity_path())?;
-            Ok(network::libp2p_key(&identity.signing().to_seeds().ed25519))
+            let secret = keys::libp2p_secret(&cfg, &identity)?;
+            Ok(network::libp2p_keypair(&secret))
         })
         .await
         .map_err(|e| Error::internal(format!("start task failed: {e}")))??;

@@ -873,9 +873,9 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// Forgets seen message ids whose time is up; returns how many. Each sender's replay floor
-    /// rises to the highest Lamport counter forgotten, so a replay of a forgotten message is
-    /// still recognised, also after a restart.
+    /// Forgets seen message ids whose time is up; returns how many (counter `seen.expired`).
+    /// Each sender's replay floor rises to the highest Lamport counter forgotten, so a replay
+    /// of a forgotten message is still recognised, also after a restart.
     pub fn prune_seen(&mut self, now: Millis) -> Result<usize> {
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -887,6 +887,13 @@ impl Store {
             [now as i64],
         )?;
         let n = tx.execute("DELETE FROM seen WHERE expires_at <= ?1", [now as i64])?;
+        if n > 0 {
+            tx.execute(
+                "INSERT INTO counters(name, value) VALUES ('seen.expired', ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = value + ?1",
+                [n as i64],
+            )?;
+        }
         tx.commit()?;
         Ok(n)
     }

@@ -1094,17 +1094,26 @@ impl Trust {
         store: &mut Store,
         now: Millis,
     ) -> Result<Result<crate::rotation::Added, crate::rotation::RotationError>> {
-        use crate::rotation::{Added, Rotation, RotationError};
-        let r = match Rotation::parse(bytes) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
+        match crate::rotation::Rotation::parse(bytes) {
+            Ok(r) => self.add_parsed_rotation(&r, store, now),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// [`Trust::add_rotation`] for a statement already parsed.
+    pub fn add_parsed_rotation(
+        &self,
+        r: &crate::rotation::Rotation,
+        store: &mut Store,
+        now: Millis,
+    ) -> Result<Result<crate::rotation::Added, crate::rotation::RotationError>> {
+        use crate::rotation::{Added, RotationError};
         {
             let mut st = lock(&self.state);
             if st.node_revoked_at(&r.node_id, r.rotated_at) {
                 return Ok(Err(RotationError::Revoked(r.node_id.clone())));
             }
-            match st.chains.add(&r) {
+            match st.chains.add(r) {
                 Ok(Added::New) => {}
                 other => return Ok(other),
             }

@@ -196,3 +196,33 @@ async fn connections_and_disconnections_are_events() {
     }
     a.stop().await.unwrap();
 }
+
+/// The libp2p peer id survives a key rotation and a restart (peers and bootstrap lists name
+/// it); the key file is private; a damaged key file is a clear error, not a new identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_libp2p_peer_id_survives_a_key_rotation_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer_id = |addr: &str| addr.rsplit("/p2p/").next().unwrap().to_owned();
+    let node = start(dir.path(), "r", Vec::new()).await;
+    let before = peer_id(&tcp_address(&node).await);
+    node.rotate_keys().await.unwrap();
+    node.stop().await.unwrap();
+    let node = start(dir.path(), "r", Vec::new()).await;
+    assert_eq!(node.public_identity().epoch, 2);
+    assert_eq!(peer_id(&tcp_address(&node).await), before);
+    node.stop().await.unwrap();
+
+    let key = dir.path().join("r").join("libp2p.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    std::fs::write(&key, b"not a key").unwrap();
+    let err = Node::start_with_dht(config(dir.path(), "r"), DhtConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), crabnet_core::ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("libp2p.key"), "{err}");
+}

@@ -72,8 +72,8 @@ async fn epoch_of(node: &Node, id: &NodeId) -> u32 {
         .unwrap_or(0)
 }
 
-/// A rotation signed by a third party, one that skips an epoch, one for a revoked node and a
-/// second statement for an epoch already passed are refused; a replayed statement changes
+/// A rotation signed by a third party, one that skips an epoch, one for a revoked node, one
+/// dated in the future and a second statement for an epoch already passed are refused; a replayed statement changes
 /// nothing; only the real rotation moves the peer to its new keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
@@ -128,6 +128,14 @@ async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
     wire.broadcast(&rotations_frame(&alice, &[&rb])).unwrap();
     wait_counter(&node, "trust.rotations_refused", 3).await;
 
+    // A statement dated an hour ahead (it would stretch the old keys' grace period and bar
+    // the owner's next rotation until then) is refused.
+    let (_ahead, r_ahead) = rotate(&alice, 0x18, now + HOUR);
+    wire.broadcast(&rotations_frame(&mallory, &[&r_ahead]))
+        .unwrap();
+    wait_counter(&node, "trust.rotations_refused", 4).await;
+    assert_eq!(epoch_of(&node, alice.node_id()).await, 1);
+
     // The real rotation, relayed by anyone, moves Alice to her new keys.
     wire.broadcast(&rotations_frame(&mallory, &[&r2])).unwrap();
     wait_counter(&node, "trust.rotations_added", 1).await;
@@ -141,13 +149,52 @@ async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
     let (_other, conflicting) = rotate(&alice, 0x19, now + 1);
     wire.broadcast(&rotations_frame(&mallory, &[&conflicting]))
         .unwrap();
-    wait_counter(&node, "trust.rotations_refused", 4).await;
+    wait_counter(&node, "trust.rotations_refused", 5).await;
     assert_eq!(counter(&node, "trust.rotations_added").await, 1);
     // An old epoch-1 hello (replayed) does not move the peer back.
     wire.broadcast(&hello(&alice)).unwrap();
     wait_counter(&node, "hellos.stale_epoch", 1).await;
     assert_eq!(epoch_of(&node, alice.node_id()).await, 2);
     node.stop().await.unwrap();
+}
+
+/// Anyone can make valid rotation statements for fresh identities of their own: relayed in
+/// `key_rotations` lists, those for nodes that are not in the peer table are refused and not
+/// stored (a peer cannot fill the store with them; a node brings its chain in its hello).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_for_strangers_are_not_stored() {
+    const FRAMES: u32 = 20;
+    const PER_FRAME: u32 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let c = config(dir.path(), "victim");
+    let db = c.data_dir.join("crabnet.db");
+    let node = start(c, &hub).await;
+    let mut wire = hub.join("wire");
+    let relay = identity(0x71, 1);
+    wire.broadcast(&hello(&relay)).unwrap();
+    wait_counter(&node, "hellos.accepted", 1).await;
+    let now = now_ms();
+    for f in 0..FRAMES {
+        let statements: Vec<Rotation> = (0..PER_FRAME)
+            .map(|i| rotate(&identity(10_000 + f * PER_FRAME + i, 1), 20_000 + i, now).1)
+            .collect();
+        let refs: Vec<&Rotation> = statements.iter().collect();
+        wire.broadcast(&rotations_frame(&relay, &refs)).unwrap();
+    }
+    wait_counter(
+        &node,
+        "trust.rotations_refused",
+        u64::from(FRAMES * PER_FRAME),
+    )
+    .await;
+    assert_eq!(counter(&node, "trust.rotations_added").await, 0);
+    node.stop().await.unwrap();
+    let stored: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM rotations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 0);
 }
 
 /// Old keys are accepted during the grace period after the rotation's time and refused as
@@ -214,6 +261,49 @@ async fn old_keys_work_only_during_the_grace_period() {
         assert!(parsed.message(carol.node_id(), carol.kem()).is_err());
         break;
     }
+    node.stop().await.unwrap();
+}
+
+/// Frames signed with keys a node has not learned yet (the rotation statement is still on its
+/// way: UDP reorders, gossip relays overtake) wait for the statement instead of being
+/// rejected as `bad_signature`; a forgery in a known peer's name is still rejected once the
+/// hold is over, and when the hold is full it is rejected at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_signed_with_unannounced_keys_waits_for_the_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut c = config(dir.path(), "victim");
+    c.network.unknown_sender_hold_ms = 1_000;
+    let node = start(c, &hub).await;
+    let mut wire = hub.join("wire");
+    let now = now_ms();
+    let carol = identity(0x51, 1);
+    wire.broadcast(&hello(&carol)).unwrap();
+    wait_counter(&node, "hellos.accepted", 1).await;
+
+    // Carol rotated; her first frame under the new keys overtakes the statement.
+    let (carol2, r_carol) = rotate(&carol, 0x52, now);
+    let early = send_seed_at(&mut wire, &carol2, now);
+    wait_counter(&node, "messages.held", 1).await;
+    wire.broadcast(&rotations_frame(&carol, &[&r_carol]))
+        .unwrap();
+    eventually_knows(&node, &early).await;
+    wait_counter(&node, "messages.held_released", 1).await;
+    assert_eq!(counter(&node, "rejected.bad_signature").await, 0);
+
+    // A forgery in Carol's name (keys she never had) waits, then is rejected as such.
+    let mallory = identity(0x53, 2).with_node_id(carol.node_id().clone());
+    let forged = send_seed_at(&mut wire, &mallory, now);
+    wait_counter(&node, "rejected.bad_signature", 1).await;
+    assert!(node.seed(forged.seed_id()).await.is_err());
+    assert_eq!(counter(&node, "messages.held_expired").await, 1);
+
+    // A flood of forgeries fills Carol's share of the hold; the rest is rejected at once.
+    for _ in 0..80 {
+        send_seed_at(&mut wire, &mallory, now_ms());
+    }
+    wait_counter(&node, "messages.held_overflow", 16).await;
+    wait_counter(&node, "rejected.bad_signature", 81).await;
     node.stop().await.unwrap();
 }
 

@@ -161,7 +161,8 @@ async fn a_message_below_the_senders_replay_floor_is_a_replay() {
     wire.broadcast(&seal(&alice, &first, 60)).unwrap();
     eventually_knows(&node, &id_of(&first)).await;
     // Once the seen window has passed, the id is forgotten but the floor remembers.
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    // (Two ids expire: Alice's hello and her message.)
+    wait_counter(&node, "seen.expired", 2).await;
     let old = seed_message(&alice, 40, now_ms());
     wire.broadcast(&seal(&alice, &old, 60)).unwrap();
     wait_counter(&node, "rejected.replay", 1).await;
@@ -280,7 +281,10 @@ async fn verdict(frames: &Frames, bytes: Vec<u8>) -> crabnet_core::network::Acce
 
 /// What gossipsub hears decides whether the relaying peer is penalised: only frames whose bytes
 /// are invalid may cost an honest relay its score; frames that fail because of this node's own
-/// state (an author it has no hello from, a duplicate, an expired envelope) are ignored.
+/// state (an author it has no hello from, a duplicate, an expired envelope) are ignored. A
+/// frame held for its author's hello gets its verdict when the hello comes: `Accept` (gossip
+/// forwards it then). A bad signature from a known author is held too (it may have rotated its
+/// keys) and is rejected when no rotation came.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_what_the_bytes_prove_invalid_penalises_the_relay() {
     use crabnet_core::network::Acceptance;
@@ -289,6 +293,7 @@ async fn only_what_the_bytes_prove_invalid_penalises_the_relay() {
     let mut c = config(dir.path(), "n");
     // Every rejection its own event (all frames here come from one relay).
     c.network.reject_event_window_ms = 0;
+    c.network.unknown_sender_hold_ms = 300;
     let node = Node::start_with_transport(c, Box::new(Probe { rx }))
         .await
         .unwrap();
@@ -298,11 +303,17 @@ async fn only_what_the_bytes_prove_invalid_penalises_the_relay() {
     // Valid, but the author's hello has not arrived: an honest relay's frame.
     let early = seal(&author, &seed_message(&author, 1, now), 60);
     assert_eq!(verdict(&frames, early).await, Acceptance::Ignore);
+    // Held until the hello comes, then accepted.
+    let waiting = seal(&author, &seed_message(&author, 6, now), 60);
+    let relay = frames.clone();
+    let waiting = tokio::spawn(async move { verdict(&relay, waiting).await });
+    wait_counter(&node, "messages.held", 2).await;
     // Expired: not the relay's fault either.
     let stale = seal(&author, &seed_message(&author, 2, now - 3_600_000), 60);
     assert_eq!(verdict(&frames, stale).await, Acceptance::Ignore);
     // Once the hello is in, the same kind of frame is accepted, and its copy is a duplicate.
     assert_eq!(verdict(&frames, hello(&author)).await, Acceptance::Accept);
+    assert_eq!(waiting.await.unwrap(), Acceptance::Accept);
     let fresh = seal(&author, &seed_message(&author, 3, now), 60);
     assert_eq!(verdict(&frames, fresh.clone()).await, Acceptance::Accept);
     assert_eq!(verdict(&frames, fresh.clone()).await, Acceptance::Ignore);

@@ -226,6 +226,27 @@ int main(void) {
     CHECK(published == 2);
     CHECK(polled > 5);
 
+    /* Alice rotates her keys: same id, key epoch 2; what she publishes next reaches Bob,
+     * who now knows her new keys. */
+    char *rotation = NULL;
+    OK(crabnet_node_rotate_keys(alice->node, &rotation));
+    CHECK(json_str_eq(rotation, "/node_id", alice->id));
+    CHECK(json_u64(rotation, "/key_epoch") == 2);
+    CHECK(json_u64(rotation, "/rotated_at") > 0);
+    crabnet_string_free(rotation);
+    OK(crabnet_node_publish(alice->node, "{\"command\": \"true\"}", &seed));
+    char *third = json_str(seed, "/seed/id");
+    crabnet_string_free(seed);
+    crabnet_string_free(wait_seed(m[1].node, third, "open"));
+    crabnet_string_free(third);
+    char *bob_peers = NULL;
+    OK(crabnet_node_peers(m[1].node, &bob_peers));
+    char *p0 = json_str(bob_peers, "/0/node_id");
+    int alice_at = strcmp(p0, alice->id) == 0 ? 0 : 1;
+    crabnet_string_free(p0);
+    CHECK(json_u64(bob_peers, alice_at == 0 ? "/0/key_epoch" : "/1/key_epoch") == 2);
+    crabnet_string_free(bob_peers);
+
     /* Unsubscribe Carol's callback; it gets nothing more. */
     OK(crabnet_node_unsubscribe(m[2].node, m[2].subscription));
     EXPECT(CRABNET_STATUS_NOT_FOUND, crabnet_node_unsubscribe(m[2].node, m[2].subscription));

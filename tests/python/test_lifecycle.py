@@ -139,6 +139,24 @@ def test_reject_cancel_and_expiry(make_node: MakeNode) -> None:
     assert expired.award is not None and expired.award.winner is None
 
 
+def test_rotated_keys_keep_the_id_and_the_peers(make_node: MakeNode) -> None:
+    hub = crabnet.MemoryHub()
+    alice = make_node("alice", hub=hub)
+    bob = make_node("bob", hub=hub)
+    alice.wait_for_peers(1, timeout=10)
+    bob.wait_for_peers(1, timeout=10)
+    rotation = alice.rotate_keys()
+    assert isinstance(rotation, crabnet.KeyRotation)
+    assert rotation.node_id == alice.node_id and rotation.key_epoch == 2
+    assert rotation.rotated_at > 0 and len(rotation.signing_public) > 64
+    # What Alice publishes with her new keys reaches Bob, who knows them.
+    seed = alice.publish("true")
+    wait_for_seed(bob, seed.id)
+    (peer,) = [p for p in bob.peers() if p.node_id == alice.node_id]
+    assert peer.key_epoch == 2
+    assert alice.rotate_keys().key_epoch == 3
+
+
 def test_domain_objects_are_frozen_hashable_and_readable(make_node: MakeNode) -> None:
     node = make_node("solo")
     view = node.publish("echo " + "x" * 100, max_bids=1)

@@ -190,16 +190,19 @@ fn parse_addr(text: &str) -> Result<Multiaddr> {
         .map_err(|e| net_err(format!("invalid multiaddress {text:?}: {e}")))
 }
 
-/// The libp2p key of a node, derived from its Ed25519 seed (a separate key, so that transport
-/// and envelope signatures never share one).
-pub fn libp2p_key(ed25519_seed: &[u8; 32]) -> identity::Keypair {
+/// The secret of a node's libp2p key, derived from its Ed25519 seed (a separate key, so that
+/// transport and envelope signatures never share one).
+pub fn libp2p_secret(ed25519_seed: &[u8; 32]) -> zeroize::Zeroizing<[u8; 32]> {
     let mut h = Sha256::new();
     h.update(b"crabnet/v1/libp2p-key");
     h.update(ed25519_seed);
-    let mut secret: [u8; 32] = h.finalize().into();
-    let key = identity::Keypair::ed25519_from_bytes(&mut secret).expect("32 bytes are a key");
-    zeroize::Zeroize::zeroize(&mut secret);
-    key
+    zeroize::Zeroizing::new(h.finalize().into())
+}
+
+/// The libp2p key pair for a secret from [`libp2p_secret`].
+pub fn libp2p_keypair(secret: &[u8; 32]) -> identity::Keypair {
+    let mut copy = zeroize::Zeroizing::new(*secret);
+    identity::Keypair::ed25519_from_bytes(&mut *copy).expect("32 bytes are a key")
 }
 
 impl DhtTransport {

@@ -14,7 +14,9 @@ use crate::error::{Error, ErrorKind, Result};
 
 mod dht;
 mod udp;
-pub use dht::{DhtConfig, DhtTransport, KAD_PROTOCOL, SYNC_PROTOCOL, TOPIC, libp2p_key};
+pub use dht::{
+    DhtConfig, DhtTransport, KAD_PROTOCOL, SYNC_PROTOCOL, TOPIC, libp2p_keypair, libp2p_secret,
+};
 pub(crate) use udp::parse_source as udp_source;
 pub use udp::{UdpConfig, UdpTransport};
 
@@ -27,8 +29,14 @@ pub struct InboundFrame {
     pub from: String,
     /// Set by transports that want to know the node's verdict (to forward or drop the frame
     /// and score its sender) and to carry the node's answers back to the requester.
-    pub ack: Option<tokio::sync::oneshot::Sender<Handled>>,
+    pub ack: Option<Ack>,
 }
+
+/// Where a node sends its verdict on a frame and the answers to it. A node may keep it while
+/// it holds the frame (an author whose hello or key rotation is on its way) and answer when it
+/// decides: `Accept` once the frame applies (so gossip forwards it then), or the rejection's
+/// verdict when the hold is over.
+pub type Ack = tokio::sync::oneshot::Sender<Handled>;
 
 impl InboundFrame {
     /// A frame without acknowledgement.

@@ -97,8 +97,12 @@ impl Node {
                 if prune_due {
                     store.prune_seen(now)?;
                     // The next expiry, but at least a second apart: expiries close together
-                    // are pruned together.
-                    let next = store.next_seen_expiry()?.unwrap_or(u64::MAX);
+                    // are pruned together. With none stored, an id seen from now on expires
+                    // `store.seen_ttl_secs` from now at the earliest.
+                    let ttl_ms = node.inner.config.store.seen_ttl_secs.saturating_mul(1000);
+                    let next = store
+                        .next_seen_expiry()?
+                        .unwrap_or_else(|| now.saturating_add(ttl_ms));
                     node.inner
                         .timers
                         .prune_at

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::envelope::{self, Kind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{Identity, PublicIdentity};
-use crate::model::Millis;
+use crate::model::{Millis, NodeId};
 use crate::monitor::RejectReason;
 use crate::network::Acceptance;
 use crate::rotation::{Added, Rotation};
@@ -48,6 +48,48 @@ fn remove_if_present(path: &std::path::Path) -> Result<()> {
 
 fn same_keys(a: &PublicIdentity, b: &PublicIdentity) -> bool {
     a.node_id == b.node_id && a.epoch == b.epoch && a.signing == b.signing && a.kem == b.kem
+}
+
+/// First line of `libp2p.key`; 32 secret bytes follow.
+const LIBP2P_MAGIC: &[u8] = b"crabnet-libp2p-v1\n";
+
+/// The secret of this node's libp2p key, from `libp2p.key` (mode 0600). The first start on
+/// libp2p derives it from the node's Ed25519 seed and writes the file, so that the peer id
+/// stays the same after key rotations (the seed changes; the file does not).
+pub(super) fn libp2p_secret(
+    config: &Config,
+    identity: &Identity,
+) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+    let path = config.data_dir.join("libp2p.key");
+    let read = |bytes: &[u8]| -> Result<zeroize::Zeroizing<[u8; 32]>> {
+        match bytes.strip_prefix(LIBP2P_MAGIC).map(<[u8; 32]>::try_from) {
+            Some(Ok(secret)) => Ok(zeroize::Zeroizing::new(secret)),
+            _ => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "{} is not a Crabnet libp2p key file (delete it to derive a new one; the \
+                     node's libp2p peer id then changes)",
+                    path.display()
+                ),
+            )),
+        }
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => return read(&zeroize::Zeroizing::new(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let secret = crate::network::libp2p_secret(&identity.signing().to_seeds().ed25519);
+    let mut bytes = zeroize::Zeroizing::new(LIBP2P_MAGIC.to_vec());
+    bytes.extend_from_slice(&*secret);
+    // Written aside and renamed into place: a concurrent start reads a whole file or none.
+    let tmp = config
+        .data_dir
+        .join(format!("libp2p.key.{}.tmp", std::process::id()));
+    remove_if_present(&tmp)?;
+    crate::identity::write_secret_file(&tmp, &bytes, "libp2p key file")?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(secret)
 }
 
 /// The keys replaced by the latest rotation, when their file is still there.
@@ -306,7 +348,7 @@ impl Node {
         }
         if self.inner.trust.key_epoch(node) < identity.epoch {
             for item in &hello.rotations {
-                self.add_rotation(item, now)?;
+                self.add_rotation(item, now, false)?;
             }
         }
         let known = self.inner.trust.key_epoch(node);
@@ -335,26 +377,68 @@ impl Node {
         }
     }
 
-    fn add_rotation(&self, item: &[u8], now: Millis) -> Result<()> {
-        let added = self.with_store(|s| self.inner.trust.add_rotation(item, s, now))?;
-        match added {
-            Ok(Added::New) => self.with_store(|s| s.count("trust.rotations_added"))?,
-            Ok(Added::Known) => {}
+    /// Verifies and adds a peer's rotation statement; returns its node when its keys moved
+    /// on. A statement dated beyond the clock skew is refused until its time comes (it would
+    /// stretch the replaced keys' grace period and bar the node's next rotation until then;
+    /// hellos carry it again). With `known_only` (statements relayed in a `key_rotations`
+    /// list), one for a node without a peer-table entry is refused: anyone can make valid
+    /// statements for fresh identities, storing them would let a peer fill the store, and a
+    /// node this one does not know brings its chain in its hello.
+    fn add_rotation(&self, item: &[u8], now: Millis, known_only: bool) -> Result<Option<NodeId>> {
+        let refuse = |why: String| {
+            tracing::debug!("refused a key rotation: {why}");
+            self.inner.rejections.count("trust.rotations_refused");
+        };
+        let r = match Rotation::parse(item) {
+            Ok(r) => r,
             Err(e) => {
-                tracing::debug!("refused a key rotation: {e}");
-                self.inner.rejections.count("trust.rotations_refused");
+                refuse(e.to_string());
+                return Ok(None);
+            }
+        };
+        let skew = u64::from(self.inner.config.network.max_clock_skew_secs).saturating_mul(1000);
+        if r.rotated_at > now.saturating_add(skew) {
+            refuse(format!(
+                "node {} dated it {} ms in the future",
+                r.node_id,
+                r.rotated_at - now
+            ));
+            return Ok(None);
+        }
+        if known_only
+            && r.node_id != self.inner.id
+            && lock(&self.inner.store).peer(&r.node_id)?.is_none()
+        {
+            refuse(format!("node {} is not in the peer table", r.node_id));
+            return Ok(None);
+        }
+        let added = self.with_store(|s| self.inner.trust.add_parsed_rotation(&r, s, now))?;
+        match added {
+            Ok(Added::New) => {
+                self.with_store(|s| s.count("trust.rotations_added"))?;
+                Ok(Some(r.node_id))
+            }
+            Ok(Added::Known) => Ok(None),
+            Err(e) => {
+                refuse(e.to_string());
+                Ok(None)
             }
         }
-        Ok(())
     }
 
     /// Applies a peer's list of rotation statements; each is verified on its own against its
-    /// node's chain (its signer, not the envelope's sender, vouches for it).
-    pub(super) fn receive_rotations(&self, list: &sync::Batch, now: Millis) -> Result<Acceptance> {
+    /// node's chain (its signer, not the envelope's sender, vouches for it). Returns the nodes
+    /// whose keys moved on (envelopes held for them are due another look).
+    pub(super) fn receive_rotations(&self, list: &sync::Batch, now: Millis) -> Result<Vec<NodeId>> {
+        let mut moved = Vec::new();
         for item in &list.items {
-            self.add_rotation(item, now)?;
+            if let Some(node) = self.add_rotation(item, now, true)?
+                && !moved.contains(&node)
+            {
+                moved.push(node);
+            }
         }
-        Ok(Acceptance::Accept)
+        Ok(moved)
     }
 
     /// The `key_rotations` envelopes sent after each hello: every statement this node holds.

@@ -15,6 +15,13 @@ use crate::monitor::EventKind;
 use crate::network::{self, Acceptance, Handled, InboundFrame, Incoming, Transport};
 use crate::sync;
 
+/// The hello last built: the addresses and key epoch it announces, and its bytes.
+struct HelloCache {
+    addresses: Vec<String>,
+    epoch: u32,
+    frame: Vec<u8>,
+}
+
 impl Node {
     pub(super) async fn network_loop(
         self,
@@ -29,7 +36,7 @@ impl Node {
         // or a hello from an unknown node) gets the latest of them sent to it alone: a
         // broadcast would make every node verify one more hello per newcomer, and the same
         // bytes again cost a peer that has them only a lookup.
-        let mut hello: Option<(Vec<String>, Vec<u8>)> = None;
+        let mut hello: Option<HelloCache> = None;
         // After the first connection (when gossip can carry it), the hello is broadcast again:
         // the one at start reached nobody, and this is how the nodes that this node does not
         // connect to learn of it (they answer it, each to this node alone). The same bytes go
@@ -45,7 +52,7 @@ impl Node {
             tokio::select! {
                 _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
                     join_hellos.pop();
-                    if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello)
+                    if let Some(frame) = self.latest_hello(transport.as_mut(), &mut hello)
                         && let Err(e) = transport.broadcast(&frame).and_then(|()| self.send_after_hello(transport.as_mut(), None))
                     {
                         tracing::debug!("cannot send hello: {e}");
@@ -54,7 +61,7 @@ impl Node {
                 _ = hello_tick.tick() => self.broadcast_hello(transport.as_mut(), &mut hello),
                 _ = self.inner.hello_wanted.notified() => {
                     let answers = std::mem::take(&mut *lock(&self.inner.hello_answers));
-                    if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello) {
+                    if let Some(frame) = self.latest_hello(transport.as_mut(), &mut hello) {
                         for to in answers {
                             if let Err(e) = transport.send_to_announced(&to, &frame).and_then(|()| self.send_after_hello(transport.as_mut(), Some(&to))) {
                                 tracing::debug!("cannot answer a hello: {e}");
@@ -70,6 +77,7 @@ impl Node {
                 }
                 _ = tokio::time::sleep_until(sync_due.unwrap_or_else(tokio::time::Instant::now)), if sync_due.is_some() => {
                     sync_due = None;
+                    self.announce_new_keys(transport.as_mut(), &mut hello);
                     let node = self.clone();
                     match tokio::task::spawn_blocking(move || node.digest_frame(false)).await {
                         Ok(Ok(frame)) => {
@@ -83,7 +91,7 @@ impl Node {
                 }
                 _ = self.inner.hello_changed.notified() => self.broadcast_hello(transport.as_mut(), &mut hello),
                 _ = shutdown.changed() => {
-                    self.drain_outbox(transport.as_mut()).await;
+                    self.drain_outbox(transport.as_mut(), &mut hello).await;
                     return;
                 }
                 incoming = network::next(transport.as_mut()) => {
@@ -110,7 +118,7 @@ impl Node {
                                 // Latest first: the next one due is at the end.
                                 join_hellos = JOIN_HELLO_DELAYS.iter().rev().map(|d| now + *d).collect();
                             }
-                            if let Some(frame) = self.latest_hello(transport.as_ref(), &mut hello)
+                            if let Some(frame) = self.latest_hello(transport.as_mut(), &mut hello)
                                 && let Err(e) = transport.send_to_announced(&to, &frame).and_then(|()| self.send_after_hello(transport.as_mut(), Some(&to)))
                             {
                                 tracing::debug!("cannot send hello to a new connection: {e}");
@@ -131,14 +139,16 @@ impl Node {
                     }
                     let node = self.clone();
                     let source = ingress::Source { verified: transport.source_verified(&from), from };
+                    let acked = ack.is_some();
                     let res = tokio::task::spawn_blocking(move || {
-                        let handled = node.receive_frame(&bytes, &source, max);
-                        (handled, source.from)
+                        let mut ack = ack;
+                        let handled = node.receive_frame(&bytes, &source, max, &mut ack);
+                        (handled, source.from, ack)
                     })
                     .await;
-                    let (res, from) = match res {
-                        Ok((handled, from)) => (Ok(handled), from),
-                        Err(e) => (Err(e), String::new()),
+                    let (res, from, ack) = match res {
+                        Ok((handled, from, ack)) => (Ok(handled), from, ack),
+                        Err(e) => (Err(e), String::new(), None),
                     };
                     let handled = match res {
                         Ok(Ok(handled)) => handled,
@@ -156,6 +166,8 @@ impl Node {
                         Some(ack) => {
                             let _ = ack.send(handled);
                         }
+                        // Held: the hold answers when it releases or drops the frame.
+                        None if acked => {}
                         // Answers go to the requester only, never to every peer.
                         None => {
                             for frame in handled.replies {
@@ -168,14 +180,14 @@ impl Node {
                     // Whatever the frame caused (an award, say) was committed through
                     // `commit_local`, which wakes the outbox: it goes out on the next turn.
                 }
-                _ = self.inner.wake_outbox.notified() => self.drain_outbox(transport.as_mut()).await,
+                _ = self.inner.wake_outbox.notified() => self.drain_outbox(transport.as_mut(), &mut hello).await,
             }
         }
     }
 
     /// Sends the outbox messages that are due, then schedules the next look: at once when
     /// there were more than one batch, else at the earliest retry (housekeeping wakes it).
-    async fn drain_outbox(&self, transport: &mut dyn Transport) {
+    async fn drain_outbox(&self, transport: &mut dyn Transport, hello: &mut Option<HelloCache>) {
         let node = self.clone();
         let due = tokio::task::spawn_blocking(move || {
             lock(&node.inner.store).outbox_due(now_ms(), OUTBOX_BATCH)
@@ -193,6 +205,9 @@ impl Node {
             }
         };
         let full = items.len() == OUTBOX_BATCH;
+        if !items.is_empty() {
+            self.announce_new_keys(transport, hello);
+        }
         let mut results = Vec::with_capacity(items.len());
         for item in items {
             let sent = transport.broadcast(&item.envelope);
@@ -236,35 +251,51 @@ impl Node {
     }
 
     /// The latest hello broadcast, rebuilt (not sent) when the transport's addresses changed
-    /// since: peers answer a hello at the addresses it announces.
+    /// since: peers answer a hello at the addresses it announces. New keys are broadcast first
+    /// ([`Node::announce_new_keys`]).
     fn latest_hello(
         &self,
-        transport: &dyn Transport,
-        cache: &mut Option<(Vec<String>, Vec<u8>)>,
+        transport: &mut dyn Transport,
+        cache: &mut Option<HelloCache>,
     ) -> Option<Vec<u8>> {
+        self.announce_new_keys(transport, cache);
         let addresses = transport.local_addresses();
-        if cache.as_ref().is_none_or(|(a, _)| *a != addresses) {
+        if cache.as_ref().is_none_or(|c| c.addresses != addresses) {
+            let epoch = self.keys().public().epoch;
             match self.hello_frame(&addresses) {
                 Ok(frame) => {
                     *lock(&self.inner.addresses) = addresses.clone();
-                    *cache = Some((addresses, frame));
+                    *cache = Some(HelloCache {
+                        addresses,
+                        epoch,
+                        frame,
+                    });
                 }
                 Err(e) => tracing::warn!("cannot build hello: {e}"),
             }
         }
-        cache.as_ref().map(|(_, frame)| frame.clone())
+        cache.as_ref().map(|c| c.frame.clone())
+    }
+
+    /// Broadcasts the hello (with the rotation chain, then the rotation statements) when this
+    /// node's keys changed since the last hello it sent, so that its peers learn the new keys
+    /// before any frame signed with them: called before every frame this node signs or sends
+    /// from its outbox (the outbox may hold envelopes that another process on this data
+    /// directory signed after it rotated the keys).
+    fn announce_new_keys(&self, transport: &mut dyn Transport, cache: &mut Option<HelloCache>) {
+        let epoch = self.keys().public().epoch;
+        if cache.as_ref().is_some_and(|c| c.epoch != epoch) {
+            self.broadcast_hello(transport, cache);
+        }
     }
 
     /// Builds the hello for the transport's current addresses (they can appear after start:
     /// libp2p listeners) and keys, broadcasts it with what follows a hello, and keeps it in
     /// `cache` for the answers to new peers.
-    fn broadcast_hello(
-        &self,
-        transport: &mut dyn Transport,
-        cache: &mut Option<(Vec<String>, Vec<u8>)>,
-    ) {
+    fn broadcast_hello(&self, transport: &mut dyn Transport, cache: &mut Option<HelloCache>) {
         let addresses = transport.local_addresses();
         *lock(&self.inner.addresses) = addresses.clone();
+        let epoch = self.keys().public().epoch;
         match self.hello_frame(&addresses) {
             Ok(frame) => {
                 if let Err(e) = transport
@@ -273,7 +304,11 @@ impl Node {
                 {
                     tracing::debug!("cannot send hello: {e}");
                 }
-                *cache = Some((addresses, frame));
+                *cache = Some(HelloCache {
+                    addresses,
+                    epoch,
+                    frame,
+                });
             }
             Err(e) => tracing::warn!("cannot build hello: {e}"),
         }

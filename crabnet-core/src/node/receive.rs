@@ -9,7 +9,7 @@ use crate::identity::PublicIdentity;
 use crate::ingress;
 use crate::model::{MessageId, Millis, NodeId};
 use crate::monitor::{EventKind, RejectReason};
-use crate::network::{Acceptance, Handled};
+use crate::network::{Acceptance, Ack, Handled};
 use crate::store::{PeerUpdate, RemoteOutcome};
 use crate::sync;
 
@@ -61,7 +61,13 @@ impl Node {
     /// Writes the rejection counters and window summaries held in memory (housekeeping).
     pub(super) fn flush_rejections(&self) -> Result<()> {
         let now = now_ms();
-        let expired = self.inner.held.expire(now, &self.inner.rejections);
+        let (expired, acks) = self.inner.held.expire(now, &self.inner.rejections);
+        for (ack, reason) in acks {
+            let _ = ack.send(Handled {
+                acceptance: verdict(reason),
+                replies: Vec::new(),
+            });
+        }
         let (counters, mut events) = self.inner.rejections.drain(now);
         events.extend(expired);
         if counters.is_empty() && events.is_empty() {
@@ -77,14 +83,18 @@ impl Node {
     /// The trust boundary: checks one received frame (size, structure, freshness, sender in
     /// the peer table, both signatures over the received bytes, replay), opens it if it is
     /// sealed to this node, and applies it. Every rejection is an event and a counter.
+    ///
+    /// `ack` is the transport's verdict channel, if it has one: when the frame is held (its
+    /// author's hello or key rotation is on its way), the hold takes it and answers it later.
     pub(super) fn receive_frame(
         &self,
         bytes: &[u8],
         source: &ingress::Source,
         max: usize,
+        ack: &mut Option<Ack>,
     ) -> Result<Handled> {
         let mut replies = Vec::new();
-        let acceptance = self.receive_envelope(bytes, source, max, Via::Live, &mut replies)?;
+        let acceptance = self.receive_envelope(bytes, source, max, Via::Live, &mut replies, ack)?;
         Ok(Handled {
             acceptance,
             replies,
@@ -93,7 +103,7 @@ impl Node {
 
     /// One envelope, received live or inside a sync batch (then stale envelopes are expected:
     /// freshness and the replay floor do not apply, deduplication and signatures do). Frames
-    /// to send in answer are appended to `replies`.
+    /// to send in answer are appended to `replies`; a held frame takes `ack`.
     fn receive_envelope(
         &self,
         bytes: &[u8],
@@ -101,6 +111,7 @@ impl Node {
         max: usize,
         via: Via,
         replies: &mut Vec<Vec<u8>>,
+        ack: &mut Option<Ack>,
     ) -> Result<Acceptance> {
         let from = source.from.as_str();
         let now = now_ms();
@@ -183,9 +194,15 @@ impl Node {
                     .flatten(),
                 max_per_address: net.max_peers_per_address,
             };
+            let epoch = self.inner.trust.key_epoch(&h.sender);
             let acceptance = self.receive_hello(&parsed, bytes, from, now, &admission)?;
             if acceptance == Acceptance::Accept {
-                self.release_held(&h.sender, source, max, replies)?;
+                let sender = &h.sender;
+                self.release_held(sender, RejectReason::UnknownSender, source, max, replies)?;
+                if self.inner.trust.key_epoch(sender) != epoch {
+                    // The hello carried the rotation that envelopes were waiting for.
+                    self.release_held(sender, RejectReason::BadSignature, source, max, replies)?;
+                }
             }
             return Ok(acceptance);
         }
@@ -198,27 +215,36 @@ impl Node {
             // Held until the hello arrives (hellos and the first envelopes cross at startup).
             let rejection =
                 ingress::Rejection::new(from, Some(h), RejectReason::UnknownSender, detail);
-            let held = self.inner.held.hold(
-                &h.sender,
-                bytes,
-                source,
-                rejection,
-                now,
-                &self.inner.rejections,
-            );
-            if let Err(rejection) = held {
-                return self.record_rejection(rejection);
+            if let Err(refused) = self.hold(bytes, source, rejection, ack, now) {
+                return refused;
             }
             // The hello may have been applied since the lookup: then nothing releases this
             // envelope but us.
             if lock(&self.inner.store).peer(&h.sender)?.is_some() {
-                self.release_held(&h.sender, source, max, replies)?;
+                self.release_held(&h.sender, RejectReason::UnknownSender, source, max, replies)?;
             }
             return Ok(Acceptance::Ignore);
         };
+        let epoch = self.inner.trust.key_epoch(&h.sender);
         if let Err((reason, detail)) = self.verify_signer(&parsed, &peer.identity.signing, via, now)
         {
-            return self.reject(from, Some(h), reason, detail);
+            if reason != RejectReason::BadSignature || via == Via::Sync {
+                return self.reject(from, Some(h), reason, detail);
+            }
+            // Signed with keys this node does not know: a forgery, or the sender rotated and
+            // the statement is still on its way (datagrams reorder, gossip relays overtake).
+            // Held like an unknown sender's envelope until a rotation of the sender arrives;
+            // rejected as `bad_signature` when the hold is over or full.
+            let rejection = ingress::Rejection::new(from, Some(h), reason, detail);
+            if let Err(refused) = self.hold(bytes, source, rejection, ack, now) {
+                return refused;
+            }
+            // The rotation may have been applied since the check: then nothing releases this
+            // envelope but us.
+            if self.inner.trust.key_epoch(&h.sender) != epoch {
+                self.release_held(&h.sender, RejectReason::BadSignature, source, max, replies)?;
+            }
+            return Ok(Acceptance::Ignore);
         }
         if matches!(
             h.kind,
@@ -261,7 +287,7 @@ impl Node {
                     }
                 };
                 for item in &batch.items {
-                    self.receive_envelope(item, source, max, Via::Sync, replies)?;
+                    self.receive_envelope(item, source, max, Via::Sync, replies, &mut None)?;
                 }
                 return Ok(Acceptance::Ignore);
             }
@@ -273,7 +299,19 @@ impl Node {
             }
             Kind::KeyRotations => {
                 return match parsed.plain::<sync::Batch>(Kind::KeyRotations) {
-                    Ok(list) => self.receive_rotations(&list, now),
+                    Ok(list) => {
+                        let moved = self.receive_rotations(&list, now)?;
+                        for node in moved {
+                            self.release_held(
+                                &node,
+                                RejectReason::BadSignature,
+                                source,
+                                max,
+                                replies,
+                            )?;
+                        }
+                        Ok(Acceptance::Accept)
+                    }
                     Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
                 };
             }
@@ -333,23 +371,70 @@ impl Node {
         })
     }
 
-    /// Applies the envelopes held for `sender` until its hello arrived (one of them just did,
-    /// from `source`). Answers to them go back only when they came from the same source.
-    fn release_held(
+    /// Applies the envelopes held for `sender` for `reason`: until its hello arrived
+    /// (`unknown_sender`), or a rotation of its keys (`bad_signature`); one just did, from
+    /// `source`. Answers to them go back only when they came from the same source.
+    pub(super) fn release_held(
         &self,
         sender: &NodeId,
+        reason: RejectReason,
         source: &ingress::Source,
         max: usize,
         replies: &mut Vec<Vec<u8>>,
     ) -> Result<()> {
-        for held in self.inner.held.release(sender, &self.inner.rejections) {
+        for held in self
+            .inner
+            .held
+            .release(sender, reason, &self.inner.rejections)
+        {
             let mut answers = Vec::new();
-            self.receive_envelope(&held.bytes, &held.source, max, Via::Live, &mut answers)?;
-            if held.source.from == source.from {
-                replies.extend(answers);
+            let mut ack = held.ack;
+            let acceptance = self.receive_envelope(
+                &held.bytes,
+                &held.source,
+                max,
+                Via::Live,
+                &mut answers,
+                &mut ack,
+            )?;
+            match ack {
+                // The transport learns the verdict now (gossip forwards what was accepted) and
+                // carries the answers to the frame's source.
+                Some(ack) => {
+                    let _ = ack.send(Handled {
+                        acceptance,
+                        replies: answers,
+                    });
+                }
+                None if held.source.from == source.from => replies.extend(answers),
+                None => {}
             }
         }
         Ok(())
+    }
+
+    /// Holds a received envelope of `rejection.sender` (see [`ingress::HoldQueue`]), taking
+    /// the transport's verdict channel. `Err` carries the verdict of an envelope that did not
+    /// fit: rejected at once.
+    fn hold(
+        &self,
+        bytes: &[u8],
+        source: &ingress::Source,
+        rejection: ingress::Rejection,
+        ack: &mut Option<Ack>,
+        now: Millis,
+    ) -> std::result::Result<(), Result<Acceptance>> {
+        let Some(sender) = rejection.sender.clone() else {
+            return Err(self.record_rejection(rejection));
+        };
+        let frame = ingress::HeldFrame::new(bytes, source, rejection, ack.take(), now);
+        match self.inner.held.hold(&sender, frame, &self.inner.rejections) {
+            Ok(()) => Ok(()),
+            Err(frame) => {
+                *ack = frame.ack;
+                Err(self.record_rejection(frame.rejection))
+            }
+        }
     }
 
     /// Answers a peer's digest (of `digest_bytes`, from `source`): the seeds it lacks (with

@@ -269,7 +269,8 @@ class RejectReason(str, Enum):
     """A sync envelope that was already received (a replay). Copies of other envelopes are
     counted as ``messages.duplicate``, not rejected."""
     BAD_SIGNATURE = "bad_signature"
-    """A signature does not verify."""
+    """A signature does not verify with any of the sender's known keys (for a known sender,
+    after ``network.unknown_sender_hold_ms`` without a key rotation of it arriving)."""
     UNKNOWN_SENDER = "unknown_sender"
     """No verified hello from the sender arrived within ``network.unknown_sender_hold_ms``
     (the node holds such messages until then)."""
