@@ -479,7 +479,8 @@ class Seed(_Record):
     """The strongest sandbox the command works under (default ``full``): a node bids only when
     the sandbox it would build is no stronger than this."""
     rules: int = 1
-    """The lifecycle rule version: 1 (no deadlines) or 2 (deadlines, see :class:`Deadlines`)."""
+    """The lifecycle rule version: 1 (no deadlines), 2 (deadlines, see :class:`Deadlines`) or 3
+    (deadlines and replication, see :class:`Replication`)."""
     deadlines: Optional[Deadlines] = None
     """The claim, result and settlement deadlines (rule version 2 and later)."""
     replication: Optional[Replication] = None
