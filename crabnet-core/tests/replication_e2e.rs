@@ -112,6 +112,14 @@ fn three_replicas_with_a_liar_complete_honestly_and_the_liar_loses_reputation() 
     for i in [1, 2] {
         assert_eq!(replica(&v, net.id(i))["standing"], "agreed", "{v:#}");
     }
+    // The text view lists the terms and every replica with its standing.
+    let text = net.run(0, &["seed", "show", &seed]).ok().stdout;
+    assert!(
+        text.contains("replicas    3 (quorum 2, at most 3, hash combined)"),
+        "{text}"
+    );
+    assert_eq!(text.matches("\nreplica     ").count(), 3, "{text}");
+    assert!(text.contains(": dissented, exit 0 sha256 "), "{text}");
     let honest = replica(&v, net.id(1))["result"]["output_sha256"].clone();
     assert_eq!(v["result"]["output_sha256"], honest, "{v:#}");
     assert_ne!(honest, crabnet_core::runner::FORGED_OUTPUT_SHA256);
