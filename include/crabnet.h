@@ -640,12 +640,17 @@ enum crabnet_status crabnet_node_id(const struct crabnet_node *node, char **out_
  * these defaults; unknown keys are errors. `network: true` says the command needs network
  * access (only nodes with `runner.allow_network` bid); `isolation` is the strongest task
  * sandbox the command works under (`"full"`, `"partial"` or `"none"`). (`crabnet_json_quote`
- * turns any text into a JSON string literal.)
+ * turns any text into a JSON string literal.) `"replication": {"replicas": 3, "quorum": 2,
+ * "max_replicas": 5, "hash": "stdout"}` runs the command on several nodes and completes on
+ * a quorum of agreeing results (`hash` is optional: `"combined"` by default); such a seed
+ * follows rules 3, which nodes of earlier versions refuse.
  *
  * On success `*out_seed_json` receives the seed's state (a JSON object with `seed`,
  * `status`, `bids`, `award`, `claim`, `result`, `settlement`; the id is at `/seed/id`), freed
  * with `crabnet_string_free`. `/seed/network` and `/seed/isolation` are present only when
- * they differ from the defaults.
+ * they differ from the defaults. A replicated seed's state lists its runners under
+ * `/replicas` (each with `runner`, `step`, `result` and `standing`: `awarded`, `claimed`,
+ * `reported`, `agreed`, `dissented` or `lapsed`).
  * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `VALIDATION` (bad JSON, empty command, bad terms),
  * `STOPPED`, `STORE`.
  */

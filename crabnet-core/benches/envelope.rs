@@ -126,6 +126,7 @@ fn message(sender: &NodeId, size: usize) -> Message {
                 outcome: SettlementOutcome::Accepted,
                 amount,
                 note: "n".repeat(note_len),
+                paid: Vec::new(),
             });
             if envelope::encode_body(&body).len() == size {
                 return Message {

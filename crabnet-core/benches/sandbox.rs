@@ -92,6 +92,8 @@ fn main() {
                                 work_root: root.path(),
                                 network: false,
                                 isolation: SandboxLevel::Full,
+                                source_date_epoch: None,
+                                output: crabnet_core::model::OutputHash::Combined,
                             },
                             cfg,
                         ))

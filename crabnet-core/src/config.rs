@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::config::AlertsConfig;
 use crate::error::{Error, ErrorKind, Result, check_range};
+use crate::reputation::AwardConfig;
 use crate::retention::config::RetentionConfig;
 use crate::runner::RunnerConfig;
 use crate::store::config::StoreConfig;
@@ -58,6 +59,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Alert rules and webhooks.
     pub alerts: AlertsConfig,
+    /// How this node picks the winners of its seeds.
+    pub award: AwardConfig,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             trust: TrustConfig::default(),
             retention: RetentionConfig::default(),
             alerts: AlertsConfig::default(),
+            award: AwardConfig::default(),
         }
     }
 }

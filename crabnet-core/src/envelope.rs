@@ -86,6 +86,7 @@ impl Kind {
                 MessageKind::SeedSettled => 7,
                 MessageKind::SeedReassigned => 20,
                 MessageKind::SeedFailed => 21,
+                MessageKind::SeedEscalated => 22,
             },
         }
     }
@@ -107,6 +108,7 @@ impl Kind {
             11 => Kind::KeyRotations,
             20 => Kind::Domain(MessageKind::SeedReassigned),
             21 => Kind::Domain(MessageKind::SeedFailed),
+            22 => Kind::Domain(MessageKind::SeedEscalated),
             _ => return None,
         })
     }

@@ -38,6 +38,7 @@ pub mod network;
 pub mod node;
 pub mod perf;
 mod ratelimit;
+pub mod reputation;
 pub mod retention;
 pub mod rotation;
 pub mod runner;

@@ -147,6 +147,8 @@ pub mod limits {
     pub const MAX_BIDS: u32 = 1000;
     /// Longest claim window, result grace or settlement window, in seconds (30 days).
     pub const MAX_DEADLINE_SECS: u64 = 30 * 24 * 3600;
+    /// Most replicas a replicated seed may ask for, escalations included (rules 3).
+    pub const MAX_REPLICAS: u32 = 16;
 }
 
 /// The lifecycle rule set a seed follows; a node refuses seeds under rules it does not know
@@ -156,8 +158,13 @@ pub mod rules {
     pub const V1: u32 = 1;
     /// Rules 2: claim, result and settlement deadlines enforced by the publisher's node.
     pub const V2: u32 = 2;
-    /// The rule set this build writes for new seeds, and the newest it knows.
-    pub const CURRENT: u32 = V2;
+    /// Rules 3: rules 2 plus replicated execution with an output-hash quorum
+    /// ([`super::Replication`]).
+    pub const V3: u32 = 3;
+    /// The newest rule set this build knows. New seeds are written under [`V2`], or under
+    /// [`V3`] when they ask for replication, so that nodes that know only rules 2 keep
+    /// taking part in every seed that does not need rules 3.
+    pub const CURRENT: u32 = V3;
 }
 
 fn rules_v1() -> u32 {
@@ -252,13 +259,107 @@ pub struct Seed {
     /// would build is no stronger than this.
     #[serde(default, skip_serializing_if = "SandboxLevel::is_full")]
     pub isolation: SandboxLevel,
-    /// The lifecycle rule set ([`rules`]); absent means rules 1. New seeds use
-    /// [`rules::CURRENT`].
+    /// The lifecycle rule set ([`rules`]); absent means rules 1. New seeds use rules 2, or
+    /// rules 3 when they ask for replication.
     #[serde(default = "rules_v1", skip_serializing_if = "is_rules_v1")]
     pub rules: u32,
     /// The deadlines of later steps: present exactly when `rules` is 2 or later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadlines: Option<Deadlines>,
+    /// Replicated execution (rules 3): how many runners run the command and how many of
+    /// their results must agree. Absent: one runner, whose result counts as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<Replication>,
+}
+
+/// What a replicated seed asks for (rules 3): `replicas` runners run the command
+/// independently, and the seed completes once `quorum` of them report the same
+/// [`ResultKey`] (output hash and exit code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Replication {
+    /// Runners awarded at the close of bidding.
+    pub replicas: u32,
+    /// Agreeing results needed; more than half of `replicas`, so that at most one result can
+    /// ever reach it.
+    pub quorum: u32,
+    /// Most runners the seed may ever be awarded to: without a quorum, the publisher's node
+    /// escalates by awarding more (the next best bids) up to this many. At least `replicas`.
+    pub max_replicas: u32,
+    /// What the output hash covers: the combined stdout and stderr stream (default) or
+    /// stdout alone (for commands whose diagnostics differ between machines).
+    #[serde(default, skip_serializing_if = "OutputHash::is_combined")]
+    pub hash: OutputHash,
+}
+
+impl Replication {
+    /// Checks the bounds: `1 <= quorum <= replicas <= max_replicas <= MAX_REPLICAS` and
+    /// `2 * quorum > replicas`.
+    pub fn check(&self) -> Result<(), String> {
+        let Replication {
+            replicas,
+            quorum,
+            max_replicas,
+            ..
+        } = *self;
+        if replicas == 0 || replicas > limits::MAX_REPLICAS {
+            return Err(format!(
+                "replicas must be between 1 and {}, got {replicas}",
+                limits::MAX_REPLICAS
+            ));
+        }
+        if quorum == 0 || quorum > replicas {
+            return Err(format!(
+                "quorum must be between 1 and the replicas ({replicas}), got {quorum}"
+            ));
+        }
+        if 2 * quorum <= replicas {
+            return Err(format!(
+                "quorum {quorum} must be more than half of the replicas ({replicas}), so that only one result can reach it"
+            ));
+        }
+        if max_replicas < replicas || max_replicas > limits::MAX_REPLICAS {
+            return Err(format!(
+                "max replicas must be between the replicas ({replicas}) and {}, got {max_replicas}",
+                limits::MAX_REPLICAS
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a runner's output hash covers (see [`Replication::hash`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputHash {
+    /// SHA-256 over the combined stdout and stderr stream.
+    #[default]
+    Combined,
+    /// SHA-256 over stdout alone.
+    Stdout,
+}
+
+impl OutputHash {
+    fn is_combined(&self) -> bool {
+        *self == OutputHash::Combined
+    }
+
+    /// The name used in JSON and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputHash::Combined => "combined",
+            OutputHash::Stdout => "stdout",
+        }
+    }
+}
+
+/// What replicated results are compared by: two results agree when both are equal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+pub struct ResultKey {
+    /// The output hash ([`TaskResult::output_sha256`]).
+    pub output_sha256: String,
+    /// The exit code (`None`: ended by a signal).
+    #[schema(required)]
+    pub exit_code: Option<i32>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -441,15 +542,45 @@ impl Seed {
                 self.timeout_secs
             ));
         }
+        match (self.rules, &self.replication) {
+            (rules::V3, None) => return Err("a rules 3 seed must carry its replication".into()),
+            (rules::V3, Some(r)) => r.check()?,
+            (_, Some(_)) if self.rules <= rules::V2 => {
+                return Err("replication needs rules 3".into());
+            }
+            _ => {}
+        }
         match (self.rules, &self.deadlines) {
             (rules::V1, None) => Ok(()),
             (rules::V1, Some(_)) => Err("a rules 1 seed has no deadlines".into()),
-            (rules::V2, Some(d)) => d.check(),
-            (rules::V2, None) => Err("a rules 2 seed must carry its deadlines".into()),
+            (rules::V2 | rules::V3, Some(d)) => d.check(),
+            (rules::V2 | rules::V3, None) => Err(format!(
+                "a rules {} seed must carry its deadlines",
+                self.rules
+            )),
             (r, _) => Err(format!(
                 "rule version {r} is not known here (this node knows 1 to {})",
                 rules::CURRENT
             )),
+        }
+    }
+
+    /// The seed's replication under rules 3, `None` for a seed run once.
+    pub fn replication(&self) -> Option<&Replication> {
+        if self.rules >= rules::V3 {
+            self.replication.as_ref()
+        } else {
+            None
+        }
+    }
+
+    /// The rule set a new seed with this replication is written under: rules 3 when it asks
+    /// for replication, rules 2 otherwise.
+    pub fn rules_for(replication: Option<&Replication>) -> u32 {
+        if replication.is_some() {
+            rules::V3
+        } else {
+            rules::V2
         }
     }
 
@@ -486,6 +617,10 @@ pub struct Award {
     pub considered: Vec<BidId>,
     /// The best of the considered bids under the winner rule; `None` only when none were.
     pub winner: Option<BidId>,
+    /// Rules 3: every awarded bid, best first (the first `replicas` considered bids by the
+    /// winner rule; `winner` is the first). Empty under earlier rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub winners: Vec<BidId>,
 }
 
 /// The winning bidder's claim on a seed.
@@ -524,7 +659,8 @@ pub struct TaskResult {
     pub success: bool,
     /// Run time in milliseconds.
     pub duration_ms: u64,
-    /// SHA-256 over the whole combined stdout+stderr stream, lowercase hex.
+    /// SHA-256 over the whole combined stdout+stderr stream (stdout alone when the seed's
+    /// replication asks for [`OutputHash::Stdout`]), lowercase hex.
     pub output_sha256: String,
     /// Total output size in bytes.
     pub output_bytes: u64,
@@ -542,6 +678,14 @@ pub struct TaskResult {
 }
 
 impl TaskResult {
+    /// What replicated results are compared by (rules 3).
+    pub fn key(&self) -> ResultKey {
+        ResultKey {
+            output_sha256: self.output_sha256.clone(),
+            exit_code: self.exit_code,
+        }
+    }
+
     fn check_fields(&self) -> Result<(), String> {
         let hex_ok = self.output_sha256.len() == 64
             && self
@@ -587,10 +731,15 @@ pub struct Settlement {
     pub seed_id: SeedId,
     /// Accepted or rejected.
     pub outcome: SettlementOutcome,
-    /// Amount due: the winning price when accepted, 0 when rejected.
+    /// Amount due: the winning price when accepted, 0 when rejected. Rules 3: the sum of the
+    /// prices of the runners in `paid`.
     pub amount: u64,
     /// Free-form note.
     pub note: String,
+    /// Rules 3, accepted: the runners paid, each one whose result agrees with the quorum
+    /// (at least `quorum` of them). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paid: Vec<NodeId>,
 }
 
 /// The publisher withdraws a seed: while bidding is open, or (rules 2) once the winner let
@@ -641,6 +790,20 @@ pub struct Failure {
     pub round: u32,
 }
 
+/// The publisher awards a replicated seed to more runners (rules 3): the results so far
+/// reach no quorum, and every awarded runner has reported or let its deadline pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escalation {
+    /// The seed.
+    pub seed_id: SeedId,
+    /// The escalation this is (the award is step 0).
+    pub step: u32,
+    /// The next best considered bids, as many as still lack to the quorum; empty when the
+    /// quorum can no longer be reached (too few bids left, or `max_replicas` reached): the
+    /// seed ends `inconclusive`.
+    pub winners: Vec<BidId>,
+}
+
 /// Lifecycle status of a seed.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
@@ -662,11 +825,14 @@ pub enum SeedStatus {
     /// The claimer did not report a result in time (rules 2); the publisher may reassign it
     /// to the next best bid or cancel it.
     Failed,
+    /// The replicas' results reached no quorum and no more runners could be awarded
+    /// (rules 3, final).
+    Inconclusive,
 }
 
 impl SeedStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [SeedStatus; 7] = [
+    pub const ALL: [SeedStatus; 8] = [
         SeedStatus::Open,
         SeedStatus::Claimed,
         SeedStatus::Completed,
@@ -674,6 +840,7 @@ impl SeedStatus {
         SeedStatus::Expired,
         SeedStatus::Cancelled,
         SeedStatus::Failed,
+        SeedStatus::Inconclusive,
     ];
 
     /// The status name used in JSON, the CLI and the store.
@@ -686,6 +853,7 @@ impl SeedStatus {
             SeedStatus::Expired => "expired",
             SeedStatus::Cancelled => "cancelled",
             SeedStatus::Failed => "failed",
+            SeedStatus::Inconclusive => "inconclusive",
         }
     }
 
@@ -698,12 +866,17 @@ impl SeedStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            SeedStatus::Settled | SeedStatus::Expired | SeedStatus::Cancelled
+            SeedStatus::Settled
+                | SeedStatus::Expired
+                | SeedStatus::Cancelled
+                | SeedStatus::Inconclusive
         )
     }
 
     /// Whether `next` is reachable from `self` in zero or more lifecycle steps. Under rules 1
-    /// the lifecycle only moves forward. Under rules 2 a round whose claim or result came
+    /// and 3 the lifecycle only moves forward (rules 3: as long as no runner claims or reports
+    /// after its deadline; such a late step counts only until the publisher's escalation ends
+    /// its replica's turn, which may take a seed back from `completed` to `claimed`). Under rules 2 a round whose claim or result came
     /// after its deadline ends with the publisher's decision (section 4 of `docs/PROTOCOL.md`),
     /// so every status but the final ones may lead back to `open` through a reassignment.
     pub fn can_reach(self, next: SeedStatus, rules: u32) -> bool {
@@ -711,14 +884,14 @@ impl SeedStatus {
         if self.is_final() {
             return next == self;
         }
-        if rules >= rules::V2 {
+        if rules == rules::V2 {
             return true;
         }
         match self {
             Open => true,
-            Claimed => matches!(next, Claimed | Completed | Settled),
+            Claimed => matches!(next, Claimed | Completed | Settled | Inconclusive),
             Completed => matches!(next, Completed | Settled),
-            Failed | Settled | Expired | Cancelled => next == self,
+            Failed | Settled | Expired | Cancelled | Inconclusive => next == self,
         }
     }
 }
@@ -751,6 +924,9 @@ pub enum Body {
     SeedReassigned(Reassignment),
     /// The publisher declares a claimed round failed (rules 2).
     SeedFailed(Failure),
+    /// The publisher awards a replicated seed to more runners, or ends it inconclusive
+    /// (rules 3).
+    SeedEscalated(Escalation),
 }
 
 impl Body {
@@ -766,6 +942,7 @@ impl Body {
             Body::SeedCancelled(c) => &c.seed_id,
             Body::SeedReassigned(r) => &r.seed_id,
             Body::SeedFailed(f) => &f.seed_id,
+            Body::SeedEscalated(e) => &e.seed_id,
         }
     }
 
@@ -781,6 +958,7 @@ impl Body {
             Body::SeedCancelled(_) => MessageKind::SeedCancelled,
             Body::SeedReassigned(_) => MessageKind::SeedReassigned,
             Body::SeedFailed(_) => MessageKind::SeedFailed,
+            Body::SeedEscalated(_) => MessageKind::SeedEscalated,
         }
     }
 }
@@ -809,6 +987,8 @@ pub enum MessageKind {
     SeedReassigned,
     /// See [`Body::SeedFailed`].
     SeedFailed,
+    /// See [`Body::SeedEscalated`].
+    SeedEscalated,
 }
 
 impl MessageKind {
@@ -824,6 +1004,7 @@ impl MessageKind {
             MessageKind::SeedSettled => "seed_settled",
             MessageKind::SeedReassigned => "seed_reassigned",
             MessageKind::SeedFailed => "seed_failed",
+            MessageKind::SeedEscalated => "seed_escalated",
         }
     }
 }
@@ -892,6 +1073,15 @@ impl Message {
                 if award.considered.len() > limits::MAX_BIDS as usize {
                     return Err("award considers more bids than any seed allows".into());
                 }
+                if !award.winners.is_empty() {
+                    if award.winners.first() != award.winner.as_ref() {
+                        return Err("the winner must be the first of the winners".into());
+                    }
+                    check_winners(&award.winners)?;
+                    if award.winners.iter().any(|w| !award.considered.contains(w)) {
+                        return Err("a winning bid is not among the considered bids".into());
+                    }
+                }
             }
             Body::SeedClaimed(claim) => {
                 if claim.claimer != self.sender {
@@ -921,10 +1111,34 @@ impl Message {
                     return Err("a reassignment starts round 1 or later".into());
                 }
             }
+            Body::SeedEscalated(e) => {
+                if e.step == 0 {
+                    return Err("an escalation is step 1 or later".into());
+                }
+                check_winners(&e.winners)?;
+            }
             Body::SeedCancelled(_) | Body::SeedFailed(_) => {}
         }
         Ok(())
     }
+}
+
+/// Winners of a replicated award or escalation: at most [`limits::MAX_REPLICAS`], distinct.
+fn check_winners(winners: &[BidId]) -> Result<(), String> {
+    if winners.len() > limits::MAX_REPLICAS as usize {
+        return Err(format!(
+            "{} winners, the limit is {}",
+            winners.len(),
+            limits::MAX_REPLICAS
+        ));
+    }
+    let mut sorted: Vec<&BidId> = winners.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    if sorted.len() != winners.len() {
+        return Err("a bid is named twice among the winners".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -993,6 +1207,12 @@ mod tests {
         assert!(Claimed.can_reach(Open, rules::V2));
         assert!(Failed.can_reach(Open, rules::V2));
         assert!(!Settled.can_reach(Open, rules::V2));
+        // Rules 3: forward only; inconclusive is final.
+        let v3 = rules::V3;
+        assert!(Claimed.can_reach(Inconclusive, v3));
+        assert!(!Claimed.can_reach(Open, v3));
+        assert!(!Inconclusive.can_reach(Claimed, v3));
+        assert!(Inconclusive.is_final());
         for s in SeedStatus::ALL {
             assert!(s.can_reach(s, v1) && s.can_reach(s, rules::V2));
             assert_eq!(SeedStatus::parse(s.as_str()), Some(s));

@@ -224,6 +224,16 @@ pub enum EventKind {
         #[schema(required)]
         claimer: Option<NodeId>,
     },
+    /// The publisher awarded a replicated seed to more runners, or ended it inconclusive
+    /// (rules 3: its results reached no quorum).
+    SeedEscalated {
+        /// The seed.
+        seed_id: SeedId,
+        /// The escalation step.
+        step: u32,
+        /// The runners awarded; empty when the seed ended inconclusive.
+        winners: Vec<NodeId>,
+    },
     /// A seed's status changed.
     StatusChanged {
         /// The seed.
@@ -354,6 +364,7 @@ impl EventKind {
             EventKind::SeedCancelled { .. } => "seed_cancelled",
             EventKind::SeedReassigned { .. } => "seed_reassigned",
             EventKind::SeedFailed { .. } => "seed_failed",
+            EventKind::SeedEscalated { .. } => "seed_escalated",
             EventKind::StatusChanged { .. } => "status_changed",
             EventKind::PeerDiscovered { .. } => "peer_discovered",
             EventKind::MessageAccepted { .. } => "message_accepted",

@@ -81,6 +81,10 @@ pub struct PublishRequest {
     /// Claim window, result grace and settlement window (see [`Deadlines`]; each 1 s to 30
     /// days).
     pub deadlines: Deadlines,
+    /// Run the command on several nodes and complete on a quorum of agreeing results (see
+    /// [`crate::model::Replication`]); `None`: one runner. A replicated seed follows rules 3,
+    /// which nodes of earlier versions refuse.
+    pub replication: Option<crate::model::Replication>,
 }
 
 impl Default for PublishRequest {
@@ -97,6 +101,7 @@ impl Default for PublishRequest {
             network: false,
             isolation: SandboxLevel::Full,
             deadlines: Deadlines::default(),
+            replication: None,
         }
     }
 }
@@ -128,6 +133,11 @@ pub struct PeerInfo {
     pub first_seen: Millis,
     /// Latest hello (Unix ms).
     pub last_seen: Millis,
+    /// What the signed messages this node holds say about the peer as a runner (see
+    /// [`crate::reputation`]); never the peer's own claims.
+    #[serde(default)]
+    #[schema(required)]
+    pub reputation: crate::reputation::Reputation,
 }
 
 /// A summary of the node's state.

@@ -352,6 +352,7 @@ impl CryptoSetup {
                 outcome: SettlementOutcome::Accepted,
                 amount: 42,
                 note: "n".repeat(200),
+                paid: Vec::new(),
             }),
         };
         let bytes = Self::envelope(&identity, &message)?;

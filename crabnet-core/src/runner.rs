@@ -3,7 +3,8 @@
 //! [`run`] executes one task command in a fresh, private working directory and
 //! records how it ended ([`RunOutcome`]): exit code or terminating signal,
 //! whether the wall-clock timeout fired, timing, and a SHA-256 hash over the
-//! complete combined stdout/stderr stream together with a capped excerpt.
+//! complete combined stdout/stderr stream (or stdout alone, see
+//! [`RunRequest::output`]) together with a capped excerpt.
 //!
 //! # Isolation
 //!
@@ -16,9 +17,12 @@
 //!   full sandbox the task sees it as a private, size-capped `/tmp`.
 //! * The environment is cleared; only `PATH` (the node's, or
 //!   `/usr/local/bin:/usr/bin:/bin` when unset), `HOME` and `TMPDIR` (both the
-//!   task's directory), `LANG=C.UTF-8` and `CRABNET_TASK_ID` are set. A login
-//!   shell sources `/etc/profile`, which may adjust `PATH` and export further
-//!   variables.
+//!   task's directory), `LANG=C.UTF-8`, `LC_ALL=C.UTF-8`, `TZ=UTC`,
+//!   `CRABNET_TASK_ID` and, when the request gives one, the task-scoped
+//!   `SOURCE_DATE_EPOCH` are set, so that runs of one task on different
+//!   machines see the same locale, time zone and reference time (replicated
+//!   seeds compare their output hashes). A login shell sources `/etc/profile`,
+//!   which may adjust `PATH` and export further variables.
 //! * Resource limits (`RLIMIT_CPU`, `RLIMIT_AS`, `RLIMIT_FSIZE`,
 //!   `RLIMIT_NPROC`, see [`RunnerConfig`]) are applied to the shell before it
 //!   starts, as both soft and hard limits, so the task cannot raise them again.
@@ -46,7 +50,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{SandboxInfo, SandboxLevel, Seed};
+use crate::model::{OutputHash, SandboxInfo, SandboxLevel, Seed};
 use crate::sandbox::{self, Refusal, SandboxPolicy, SandboxStatus, TaskNeeds};
 
 /// Maximum number of characters of the task id used in the working directory name.
@@ -134,7 +138,19 @@ pub struct RunnerConfig {
     /// killed (its whole process group, or its PID namespace) and its result
     /// is recorded as interrupted (`TaskResult::interrupted`).
     pub stop_grace_ms: u64,
+    /// **Testing only.** This node reports [`FORGED_OUTPUT_SHA256`] as the output hash of
+    /// every task it runs instead of the real one: a lying runner, for tests of replicated
+    /// seeds (`tests/replication_e2e.rs`). It changes nothing but this node's own signed
+    /// results, which other nodes then record as dissent. Not in the README's configuration;
+    /// never set it on a real node.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub forge_output_hash: bool,
 }
+
+/// The output hash a node with [`RunnerConfig::forge_output_hash`] reports: SHA-256 of
+/// `crabnet test: forged result`, the same on every such node (so that two liars agree).
+pub const FORGED_OUTPUT_SHA256: &str =
+    "1d7c990d8fa06ce405a74b9f4fdd4a194ddb0ee6e30d7051e2e4ad63e21c82c2";
 
 impl Default for RunnerConfig {
     fn default() -> Self {
@@ -153,6 +169,7 @@ impl Default for RunnerConfig {
             disk_quota_bytes: 256 * 1024 * 1024,
             namespaces: true,
             stop_grace_ms: 0,
+            forge_output_hash: false,
         }
     }
 }
@@ -218,6 +235,13 @@ pub struct RunRequest<'a> {
     pub network: bool,
     /// The strongest sandbox level the task works under.
     pub isolation: SandboxLevel,
+    /// Exported as `SOURCE_DATE_EPOCH` (seconds since the Unix epoch): a reference
+    /// time that is the same for every run of one task (a node passes the seed's
+    /// creation time), for tools that embed dates in their output.
+    pub source_date_epoch: Option<u64>,
+    /// What [`RunOutcome::output_sha256`] covers: stdout and stderr combined
+    /// (default), or stdout alone. The excerpt and byte count cover both.
+    pub output: OutputHash,
 }
 
 /// How a run ended.
@@ -240,7 +264,8 @@ pub struct RunOutcome {
     /// (monotonic clock).
     pub duration_ms: u64,
     /// Lowercase hex SHA-256 over all output bytes (stdout and stderr combined,
-    /// in write order), not only the excerpt.
+    /// in write order; stdout alone with [`OutputHash::Stdout`]), not only the
+    /// excerpt.
     pub output_sha256: String,
     /// Total number of output bytes.
     pub output_bytes: u64,
@@ -605,8 +630,10 @@ struct Capture {
 }
 
 impl Capture {
-    fn push(&mut self, chunk: &[u8], cap: usize) {
-        self.hasher.update(chunk);
+    fn push(&mut self, chunk: &[u8], cap: usize, hashed: bool) {
+        if hashed {
+            self.hasher.update(chunk);
+        }
         self.total = self
             .total
             .saturating_add(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
@@ -624,12 +651,14 @@ fn lock(capture: &Mutex<Capture>) -> MutexGuard<'_, Capture> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Reads the combined output pipe until EOF, an error, or cancellation.
+/// Reads an output pipe (the combined one, or stdout or stderr alone) until
+/// EOF, an error, or cancellation; `hashed`: its bytes go into the hash.
 fn pump_output(
     mut reader: io::PipeReader,
     capture: &Mutex<Capture>,
     cancel: &AtomicBool,
     cap: usize,
+    hashed: bool,
 ) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
@@ -647,7 +676,7 @@ fn pump_output(
         }
         match reader.read(&mut buf) {
             Ok(0) => return,
-            Ok(n) => lock(capture).push(&buf[..n], cap),
+            Ok(n) => lock(capture).push(&buf[..n], cap, hashed),
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => {
                 lock(capture).error.get_or_insert(err);
@@ -954,8 +983,13 @@ fn build_command(req: &RunRequest<'_>, cfg: &RunnerConfig, isolation: &mut Isola
         .env("HOME", &task_dir)
         .env("TMPDIR", &task_dir)
         .env("LANG", "C.UTF-8")
+        .env("LC_ALL", "C.UTF-8")
+        .env("TZ", "UTC")
         .env("CRABNET_TASK_ID", req.task_id)
         .stdin(Stdio::null());
+    if let Some(epoch) = req.source_date_epoch {
+        cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
+    }
     #[cfg(windows)]
     {
         // cmd.exe and most programs misbehave without these.
@@ -1071,7 +1105,15 @@ async fn execute(
 ) -> Result<RunOutcome, RunnerError> {
     let mut isolation = Isolation::new(cfg, needs, workdir)?;
     let (reader, writer) = io::pipe().map_err(RunnerError::Io)?;
-    let writer_err = writer.try_clone().map_err(RunnerError::Io)?;
+    // Hashing stdout alone needs stderr on a pipe of its own (the excerpt still
+    // interleaves both, in the order the two pumps read them).
+    let (err_reader, writer_err) = match req.output {
+        OutputHash::Combined => (None, writer.try_clone().map_err(RunnerError::Io)?),
+        OutputHash::Stdout => {
+            let (r, w) = io::pipe().map_err(RunnerError::Io)?;
+            (Some(r), w)
+        }
+    };
 
     let started_at_ms = unix_now_ms();
     let start = Instant::now();
@@ -1106,14 +1148,26 @@ async fn execute(
     let mut pump = {
         let capture = Arc::clone(&capture);
         let cancel = Arc::clone(&cancel);
-        tokio::task::spawn_blocking(move || pump_output(reader, &capture, &cancel, cap))
+        tokio::task::spawn_blocking(move || pump_output(reader, &capture, &cancel, cap, true))
     };
+    let mut err_pump = err_reader.map(|r| {
+        let capture = Arc::clone(&capture);
+        let cancel = Arc::clone(&cancel);
+        tokio::task::spawn_blocking(move || pump_output(r, &capture, &cancel, cap, false))
+    });
 
     let (status, ended, exited_at) = wait_child(&mut guard, req.timeout, interrupt).await?;
     let duration_ms =
         u64::try_from(exited_at.duration_since(start).as_millis()).unwrap_or(u64::MAX);
 
-    match tokio::time::timeout(DRAIN_GRACE, &mut pump).await {
+    let drained = async {
+        (&mut pump).await?;
+        if let Some(p) = &mut err_pump {
+            p.await?;
+        }
+        Ok::<(), tokio::task::JoinError>(())
+    };
+    match tokio::time::timeout(DRAIN_GRACE, drained).await {
         Ok(res) => res.map_err(join_error)?,
         Err(_elapsed) => {
             cancel.store(true, Ordering::Release);
@@ -1178,6 +1232,8 @@ mod tests {
             work_root: root,
             network: false,
             isolation: SandboxLevel::Full,
+            source_date_epoch: None,
+            output: OutputHash::Combined,
         }
     }
 
@@ -1258,6 +1314,14 @@ mod tests {
         assert!(!out.success());
     }
 
+    #[test]
+    fn the_forged_hash_is_what_its_doc_says() {
+        assert_eq!(
+            FORGED_OUTPUT_SHA256,
+            sha_hex(b"crabnet test: forged result")
+        );
+    }
+
     #[tokio::test]
     async fn stdout_and_stderr_are_combined_in_order() {
         let root = tempfile::tempdir().unwrap();
@@ -1270,6 +1334,57 @@ mod tests {
         assert_eq!(out.output_excerpt, "a\nb\nc\nd");
         assert_eq!(out.output_sha256, sha_hex(b"a\nb\nc\nd"));
         assert_eq!(out.output_bytes, 7);
+    }
+
+    /// Replicated seeds may hash stdout alone: diagnostics on stderr that differ between
+    /// machines do not change the hash; the excerpt and byte count still cover both.
+    #[tokio::test]
+    async fn stdout_alone_can_be_hashed() {
+        let root = tempfile::tempdir().unwrap();
+        let cmd = "echo a; echo \"host $RANDOM\" >&2; echo c";
+        let out = run(
+            RunRequest {
+                output: OutputHash::Stdout,
+                ..request(root.path(), cmd)
+            },
+            &RunnerConfig::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.output_sha256, sha_hex(b"a\nc\n"));
+        assert!(out.output_excerpt.contains("host "), "{out:?}");
+        assert!(out.output_bytes > 4);
+    }
+
+    /// The environment is the same on every machine: locale, time zone and the task's
+    /// reference time.
+    #[tokio::test]
+    async fn the_environment_is_fixed_for_reproducible_output() {
+        let root = tempfile::tempdir().unwrap();
+        let out = run(
+            RunRequest {
+                source_date_epoch: Some(1_700_000_000),
+                ..request(
+                    root.path(),
+                    "echo \"$LC_ALL $TZ $SOURCE_DATE_EPOCH\"; date -d @0 +%H:%M; \
+                     date -d \"@$SOURCE_DATE_EPOCH\" +%F",
+                )
+            },
+            &RunnerConfig::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            out.output_excerpt,
+            "C.UTF-8 UTC 1700000000\n00:00\n2023-11-14\n"
+        );
+        let out = run_ok(
+            root.path(),
+            "echo \"${SOURCE_DATE_EPOCH-unset}\"",
+            &RunnerConfig::default(),
+        )
+        .await;
+        assert_eq!(out.output_excerpt, "unset\n");
     }
 
     #[tokio::test]

@@ -22,6 +22,10 @@ use crate::model::{
     SeedId, SeedStatus, Settlement, SettlementOutcome, TaskResult,
 };
 
+mod replicated;
+
+pub use replicated::{ReplicaStanding, ReplicaView};
+
 /// Why a message was not applied (yet), or why a local operation is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, ToSchema)]
 #[serde(tag = "rule", rename_all = "snake_case")]
@@ -221,6 +225,14 @@ pub enum Violation {
         /// The deadline.
         deadline: Millis,
     },
+    /// A replicated seed's settlement names runners it may not pay (rules 3).
+    #[error("invalid settlement of seed {seed_id}: {reason}")]
+    InvalidPayment {
+        /// The seed.
+        seed_id: SeedId,
+        /// What is wrong.
+        reason: String,
+    },
     /// A settlement's amount is not the winning price.
     #[error("settlement amount {got} for seed {seed_id} must be the winning price {expected}")]
     WrongAmount {
@@ -273,6 +285,8 @@ pub enum Action {
     Reassign,
     /// Declare a round failed.
     Fail,
+    /// Award a replicated seed to more runners.
+    Escalate,
 }
 
 impl std::fmt::Display for Action {
@@ -286,6 +300,7 @@ impl std::fmt::Display for Action {
             Action::Settle => "settle",
             Action::Reassign => "reassign",
             Action::Fail => "declare failed",
+            Action::Escalate => "escalate",
         })
     }
 }
@@ -416,6 +431,16 @@ pub struct SeedView {
     /// Earlier rounds, oldest first (rules 2: rounds whose winner did not claim or failed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub past_rounds: Vec<PastRound>,
+    /// Rules 3: every awarded runner, in award order (the award's winners best first, then
+    /// those of each escalation), with its claim, result and standing. For a replicated seed
+    /// `claim` is the first replica's claim and `result` the quorum's result (the first
+    /// agreeing replica's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaView>,
+    /// When the publisher ended a replicated seed without a quorum (Unix ms; status
+    /// `inconclusive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconclusive_at: Option<Millis>,
     /// Time of the latest applied message (Unix ms).
     pub updated_at: Millis,
 }
@@ -451,6 +476,10 @@ impl SeedView {
             seed_id: self.seed.id.clone(),
             considered: bids.iter().map(|b| b.bid.id.clone()).collect(),
             winner: winner.map(|b| b.bid.id.clone()),
+            winners: match self.seed.replication() {
+                Some(rep) => replicated::best_bids(bids.iter().copied(), rep.replicas as usize),
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -493,6 +522,42 @@ impl SeedView {
                 .finished_at
                 .saturating_add(d.settle_secs.saturating_mul(1000)),
         )
+    }
+
+    /// The settlement the publisher signs when it accepts (or rejects) the result: accepted
+    /// pays the winning price, or under rules 3 every runner whose result agrees with the
+    /// quorum (each its own price); rejected pays nothing.
+    pub fn settlement_for(&self, accept: bool, note: &str) -> Settlement {
+        let (amount, paid) = match (accept, self.seed.replication()) {
+            (false, _) => (0, Vec::new()),
+            (true, None) => (
+                self.award.as_ref().and_then(|a| a.price).unwrap_or(0),
+                Vec::new(),
+            ),
+            (true, Some(_)) => {
+                let agreed = self
+                    .replicas
+                    .iter()
+                    .filter(|r| r.standing == ReplicaStanding::Agreed);
+                (
+                    agreed
+                        .clone()
+                        .fold(0u64, |sum, r| sum.saturating_add(r.price)),
+                    agreed.map(|r| r.runner.clone()).collect(),
+                )
+            }
+        };
+        Settlement {
+            seed_id: self.seed.id.clone(),
+            outcome: if accept {
+                SettlementOutcome::Accepted
+            } else {
+                SettlementOutcome::Rejected
+            },
+            amount,
+            note: note.to_owned(),
+            paid,
+        }
     }
 
     /// The considered bid that wins the next round: the best by the winner rule among bidders
@@ -538,6 +603,9 @@ impl SeedView {
         if let Some(award) = self.due_award(now) {
             return Some(Body::BiddingClosed(award));
         }
+        if self.seed.replication().is_some() {
+            return replicated::due_decision(self, now);
+        }
         let past = |deadline: Option<Millis>| {
             deadline.is_some_and(|d| now >= d.saturating_add(DECISION_MARGIN_MS))
         };
@@ -553,20 +621,10 @@ impl SeedView {
             }
             SeedStatus::Completed if self.settlement.is_none() && past(self.settle_deadline()) => {
                 let success = self.result.as_ref().is_some_and(|r| r.success);
-                Some(Body::SeedSettled(Settlement {
-                    seed_id: self.seed.id.clone(),
-                    outcome: if success {
-                        SettlementOutcome::Accepted
-                    } else {
-                        SettlementOutcome::Rejected
-                    },
-                    amount: if success {
-                        self.award.as_ref().and_then(|a| a.price).unwrap_or(0)
-                    } else {
-                        0
-                    },
-                    note: "settled by the node: the settlement window passed".into(),
-                }))
+                Some(Body::SeedSettled(self.settlement_for(
+                    success,
+                    "settled by the node: the settlement window passed",
+                )))
             }
             _ => None,
         }
@@ -579,6 +637,9 @@ impl SeedView {
     pub fn next_decision_at(&self) -> Option<Millis> {
         let after =
             |deadline: Option<Millis>| deadline.map(|d| d.saturating_add(DECISION_MARGIN_MS));
+        if self.seed.replication().is_some() && self.award.is_some() {
+            return replicated::next_decision_at(self);
+        }
         match self.status {
             SeedStatus::Open if self.award.is_none() => {
                 let bidders: HashSet<&NodeId> = self.bids.iter().map(|b| &b.bid.bidder).collect();
@@ -625,7 +686,8 @@ fn kind_rank(kind: MessageKind) -> u8 {
         MessageKind::BiddingClosed
         | MessageKind::SeedCancelled
         | MessageKind::SeedReassigned
-        | MessageKind::SeedFailed => 2,
+        | MessageKind::SeedFailed
+        | MessageKind::SeedEscalated => 2,
         MessageKind::SeedClaimed => 3,
         MessageKind::ResultReported => 4,
         MessageKind::SeedSettled => 5,
@@ -694,6 +756,8 @@ pub fn fold<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Folded {
                     cancelled_at: None,
                     failed_at: None,
                     past_rounds: Vec::new(),
+                    replicas: Vec::new(),
+                    inconclusive_at: None,
                     updated_at: msg.timestamp,
                 });
                 Verdict::Applied
@@ -740,14 +804,25 @@ pub fn fold<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Folded {
         verdicts.insert(msg.id.clone(), verdict);
     }
 
-    lifecycle(
-        &mut v,
-        &mut verdicts,
-        &decisions,
-        &claims,
-        &results,
-        &rejected_bids,
-    );
+    if v.seed.replication().is_some() {
+        replicated::lifecycle(
+            &mut v,
+            &mut verdicts,
+            &decisions,
+            &claims,
+            &results,
+            &rejected_bids,
+        );
+    } else {
+        lifecycle(
+            &mut v,
+            &mut verdicts,
+            &decisions,
+            &claims,
+            &results,
+            &rejected_bids,
+        );
+    }
 
     for msg in &settlements {
         let Body::SeedSettled(settlement) = &msg.body else {
@@ -1008,6 +1083,10 @@ fn lifecycle(
             continue;
         }
         let verdict = match (&msg.body, deadlines) {
+            (Body::SeedEscalated(_), _) => rejected(invalid_decision(
+                v,
+                "only replicated seeds (rules 3) escalate".into(),
+            )),
             (body, _) if msg.sender != v.seed.publisher => rejected(not_publisher(
                 v,
                 match body {
@@ -1295,6 +1374,17 @@ fn apply_award(
             v.seed.max_bids
         ));
     }
+    if let Some(rep) = v.seed.replication() {
+        let expected = replicated::best_bids(considered.iter().copied(), rep.replicas as usize);
+        if award.winners != expected {
+            return invalid(format!(
+                "the winners must be the {} best considered bids",
+                rep.replicas
+            ));
+        }
+    } else if !award.winners.is_empty() {
+        return invalid("only replicated seeds (rules 3) have several winners".into());
+    }
     let best = considered.iter().copied().min_by(|a, b| winner_order(a, b));
     if best.map(|b| &b.bid.id) != award.winner.as_ref() {
         return invalid(match best {
@@ -1375,9 +1465,21 @@ fn apply_settlement(v: &mut SeedView, msg: &Message, settlement: &Settlement) ->
         }
         _ => return rejected(wrong_status(v, Action::Settle)),
     }
-    let expected = match settlement.outcome {
-        SettlementOutcome::Accepted => v.award.as_ref().and_then(|a| a.price).unwrap_or(0),
-        SettlementOutcome::Rejected => 0,
+    let expected = if v.seed.replication().is_some() {
+        match replicated::check_payment(v, settlement) {
+            Ok(amount) => amount,
+            Err(reason) => return rejected(reason),
+        }
+    } else if !settlement.paid.is_empty() {
+        return rejected(Violation::InvalidPayment {
+            seed_id: v.seed.id.clone(),
+            reason: "only replicated seeds (rules 3) name the runners paid".into(),
+        });
+    } else {
+        match settlement.outcome {
+            SettlementOutcome::Accepted => v.award.as_ref().and_then(|a| a.price).unwrap_or(0),
+            SettlementOutcome::Rejected => 0,
+        }
     };
     if settlement.amount != expected {
         return rejected(Violation::WrongAmount {
@@ -1432,6 +1534,9 @@ pub fn check_local_bid(v: &SeedView, node: &NodeId, now: Millis) -> Result<(), V
 /// Checks that `node` may claim the seed at `now` (under rules 2, within the claim window);
 /// returns the winning bid.
 pub fn check_local_claim(v: &SeedView, node: &NodeId, now: Millis) -> Result<BidId, Violation> {
+    if v.seed.replication().is_some() {
+        return replicated::check_local_claim(v, node, now);
+    }
     let bid = claim_check(v, node).map_err(verdict_reason)?;
     match v.claim_deadline() {
         Some(deadline) if now > deadline => Err(Violation::DeadlinePassed {
@@ -1454,6 +1559,12 @@ pub fn check_local_reassign(v: &SeedView, node: &NodeId, now: Millis) -> Result<
             seed_id: v.seed.id.clone(),
         });
     }
+    if v.seed.replication().is_some() {
+        return Err(invalid_decision(
+            v,
+            "a replicated seed is not reassigned: its publisher's node escalates it".into(),
+        ));
+    }
     match (v.status, v.claim_deadline()) {
         (SeedStatus::Failed, _) => Ok(()),
         (SeedStatus::Open, Some(deadline)) if now >= deadline => Ok(()),
@@ -1467,6 +1578,9 @@ pub fn check_local_reassign(v: &SeedView, node: &NodeId, now: Millis) -> Result<
 
 /// Checks that `node` may run the seed now (it is claimed by `node`).
 pub fn check_local_run(v: &SeedView, node: &NodeId) -> Result<(), Violation> {
+    if v.seed.replication().is_some() {
+        return replicated::check_local_run(v, node);
+    }
     run_check(v, node).map_err(verdict_reason)
 }
 
@@ -1502,6 +1616,7 @@ pub fn ended_at(view: &SeedView) -> Option<Millis> {
         SeedStatus::Settled => view.settlement.as_ref().map(|s| s.settled_at),
         SeedStatus::Cancelled => view.cancelled_at,
         SeedStatus::Failed => view.failed_at,
+        SeedStatus::Inconclusive => view.inconclusive_at,
         SeedStatus::Expired => view.award.as_ref().map(|a| a.round_started_at),
     };
     Some(at.unwrap_or(view.updated_at))

@@ -24,6 +24,7 @@ use crate::state::{self, SeedView, Verdict, Violation};
 
 pub(crate) mod config;
 mod prune;
+mod reputation;
 pub use config::{StoreConfig, SyncMode};
 pub use prune::SeedsPruned;
 
@@ -331,7 +332,23 @@ const MIGRATIONS: &[&str] = &[
         received_at INTEGER NOT NULL,
         PRIMARY KEY (node_id, epoch)
      ) STRICT;",
+    // 9: reputation (issue 17): per seed and runner, what the seed's state says about the
+    // runner; filled from the stored seed states when it is created (see `migrate`)
+    "CREATE TABLE reputation (
+        seed_id   TEXT NOT NULL,
+        node_id   TEXT NOT NULL,
+        agreed    INTEGER NOT NULL,
+        dissented INTEGER NOT NULL,
+        missed    INTEGER NOT NULL,
+        accepted  INTEGER NOT NULL,
+        rejected  INTEGER NOT NULL,
+        PRIMARY KEY (seed_id, node_id)
+     ) STRICT;
+     CREATE INDEX reputation_by_node ON reputation(node_id);",
 ];
+
+/// The migration that creates the reputation table (1-based schema version).
+const REPUTATION_MIGRATION: usize = 9;
 
 /// The current schema version (SQLite `user_version`).
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -409,6 +426,9 @@ impl Store {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.execute_batch(sql)?;
+            if i + 1 == REPUTATION_MIGRATION {
+                reputation::backfill(&tx)?;
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         }
         tx.commit()?;
@@ -1708,6 +1728,16 @@ fn applied_event(m: &Message, view: &SeedView) -> EventKind {
                 .map(|r| r.winner_node.clone())
                 .or_else(|| view.claim.as_ref().map(|c| c.claimer.clone())),
         },
+        Body::SeedEscalated(e) => EventKind::SeedEscalated {
+            seed_id: e.seed_id.clone(),
+            step: e.step,
+            winners: view
+                .replicas
+                .iter()
+                .filter(|r| r.step == e.step)
+                .map(|r| r.runner.clone())
+                .collect(),
+        },
     }
 }
 
@@ -1811,6 +1841,7 @@ fn refold(
                 state::ended_at(view).map(|t| t.min(i64::MAX as u64) as i64)
             ],
         )?;
+        reputation::write_seed(tx, view)?;
     }
     let verdict = folded
         .verdicts
@@ -1850,8 +1881,9 @@ mod tests {
             audience: Vec::new(),
             network: false,
             isolation: SandboxLevel::Full,
-            rules: rules::CURRENT,
+            rules: rules::V2,
             deadlines: Some(Deadlines::default()),
+            replication: None,
         };
         let id = seed.id.clone();
         let failed = s.commit_local(
@@ -1981,7 +2013,8 @@ mod tests {
                  ALTER TABLE seeds DROP COLUMN ended_at; DROP INDEX events_by_seed;
                  ALTER TABLE events DROP COLUMN seed_id; DROP TABLE pruned_seeds;
                  DROP INDEX outbox_by_message; DROP TABLE alerts;
-                 DROP TABLE webhook_queue; DROP TABLE rotations; PRAGMA user_version = 3;",
+                 DROP TABLE webhook_queue; DROP TABLE rotations; DROP TABLE reputation;
+                 PRAGMA user_version = 3;",
             )
             .unwrap();
         drop(s);

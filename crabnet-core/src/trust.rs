@@ -157,6 +157,7 @@ impl Roles {
             | MessageKind::SeedCancelled
             | MessageKind::SeedReassigned
             | MessageKind::SeedFailed
+            | MessageKind::SeedEscalated
             | MessageKind::SeedSettled => self.publish,
             MessageKind::BidPlaced | MessageKind::SeedClaimed | MessageKind::ResultReported => {
                 self.run

@@ -77,6 +77,7 @@ fn message(sender: &NodeId) -> Message {
             isolation: crabnet_core::model::SandboxLevel::Full,
             rules: crabnet_core::model::rules::V1,
             deadlines: None,
+            replication: None,
         }),
     }
 }

@@ -85,6 +85,8 @@ async fn attack_for(
             work_root: &root,
             network: false,
             isolation: SandboxLevel::Full,
+            source_date_epoch: None,
+            output: crabnet_core::model::OutputHash::Combined,
         },
         cfg,
     )
@@ -388,6 +390,8 @@ async fn required_refuses_what_the_kernel_cannot_give_and_names_it() {
             work_root: &root,
             network: false,
             isolation: SandboxLevel::Full,
+            source_date_epoch: None,
+            output: crabnet_core::model::OutputHash::Combined,
         },
         &cfg,
     )
@@ -415,6 +419,8 @@ async fn without_the_sandbox_the_attack_succeeds() {
             work_root: &root,
             network: false,
             isolation: SandboxLevel::Full,
+            source_date_epoch: None,
+            output: crabnet_core::model::OutputHash::Combined,
         },
         &cfg,
     )

@@ -61,6 +61,7 @@ fn seed(max_bids: u32, window: u64) -> Seed {
         isolation: crabnet_core::model::SandboxLevel::Full,
         rules: crabnet_core::model::rules::V1,
         deadlines: None,
+        replication: None,
     }
 }
 
@@ -94,6 +95,7 @@ fn award(ids: &mut Ids, sender: u8, considered: &[u8], winner: Option<u8>, at: u
             seed_id: seed_id(),
             considered: considered.iter().map(|b| bid_id(*b)).collect(),
             winner: winner.map(bid_id),
+            winners: Vec::new(),
         }),
     )
 }
@@ -153,6 +155,7 @@ fn settle(ids: &mut Ids, sender: u8, accept: bool, amount: u64) -> Message {
             },
             amount,
             note: String::new(),
+            paid: Vec::new(),
         }),
     )
 }
@@ -1053,7 +1056,7 @@ fn a_late_cancel_needs_the_claim_window_over_and_rules_one_has_no_deadlines() {
 fn a_seed_under_unknown_rules_is_refused_with_its_version() {
     let mut ids = Ids(0);
     let mut s = seed_v2(1);
-    s.rules = 3;
+    s.rules = 4;
     let creation = create(&mut ids, s);
     let b = bid(&mut ids, 2, 30, T0 + 100);
     let msgs = vec![creation.clone(), b.clone()];
@@ -1061,7 +1064,7 @@ fn a_seed_under_unknown_rules_is_refused_with_its_version() {
     assert!(f.view.is_none());
     for m in [&creation, &b] {
         match rejected_with(&msgs, m) {
-            Violation::UnknownRules { rules, known, .. } => assert_eq!((rules, known), (3, 2)),
+            Violation::UnknownRules { rules, known, .. } => assert_eq!((rules, known), (4, 3)),
             other => panic!("{other:?}"),
         }
     }

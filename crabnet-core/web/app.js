@@ -241,6 +241,12 @@ async function selectSeed(id) {
   await loadSeedDetail();
 }
 
+// A peer's reputation in one short line (absent from older nodes' answers).
+function reputationText(r) {
+  if (!r) return "–";
+  return `${r.agreed}/${r.dissented}/${r.missed_deadlines}; ${r.settlements_accepted}/${r.settlements_rejected}`;
+}
+
 async function loadSeedDetail() {
   const box = $("seed-detail");
   if (!state.selectedSeed) return;
@@ -266,11 +272,22 @@ async function loadSeedDetail() {
   if (s.network) needs.push("network access");
   if (s.isolation && s.isolation !== "full") needs.push(`a sandbox no stronger than ${s.isolation}`);
   row("needs", needs.length ? needs.join("; ") : "no network; works in the full sandbox");
+  // Replicated seeds (rules 3) carry `replication`; others run once.
+  if (s.replication) {
+    const r = s.replication;
+    row("replication", `${r.replicas} runners, quorum ${r.quorum}, at most ${r.max_replicas}, hash ${r.hash || "combined"}`);
+  }
   row("bids", v.bids.length ? v.bids.map((b) => `${who(b.bidder)}: ${b.price}`).join(" · ") : "none yet");
   if (v.award) {
     row("award", v.award.winner_node ? `${who(v.award.winner_node)} at ${v.award.price} (${time(v.award.closed_at)})` : `closed without bids (${time(v.award.closed_at)})`);
   }
   if (v.claim) row("claim", `${who(v.claim.claimer)} at ${time(v.claim.claimed_at)}`);
+  for (const r of v.replicas || []) {
+    const res = r.result ? `, exit ${r.result.exit_code ?? "none"}, sha256 ${r.result.output_sha256.slice(0, 16)}…` : "";
+    row(`replica ${r.step ? `(step ${r.step})` : ""}`, who(r.runner), ` at ${r.price}: `,
+      badge(r.standing, `standing-${r.standing}`), res);
+  }
+  if (v.inconclusive_at) row("inconclusive", time(v.inconclusive_at));
   if (v.result) {
     const r = v.result;
     row("result", `${r.success ? "success" : "failure"}, exit ${r.exit_code ?? "none"}${r.timed_out ? " (timed out)" : ""}, ${r.duration_ms} ms, ${r.output_bytes} bytes`);
@@ -339,6 +356,8 @@ async function loadTopology() {
     el("td", { title: p.node_id }, p.name),
     el("td", {}, el("code", {}, p.fingerprint)),
     el("td", { title: new Date(p.last_seen).toISOString() }, ago(p.last_seen)),
+    el("td", { title: "agreed / dissented / missed deadlines; settlements accepted / rejected" },
+      reputationText(p.reputation)),
     el("td", {}, p.addresses.join(", "))));
   $("peers").tBodies[0].replaceChildren(...rows);
 }

@@ -98,8 +98,9 @@ fn main() {
             audience: vec![me.node_id().clone()],
             network: false,
             isolation: crabnet_core::model::SandboxLevel::Full,
-            rules: crabnet_core::model::rules::CURRENT,
+            rules: crabnet_core::model::rules::V2,
             deadlines: Some(crabnet_core::model::Deadlines::default()),
+            replication: None,
         }),
         Body::BidPlaced(Bid {
             id: BidId::from_bytes([6; 16]),
@@ -111,12 +112,14 @@ fn main() {
             seed_id: seed_id.clone(),
             considered: vec![BidId::from_bytes([6; 16])],
             winner: Some(BidId::from_bytes([6; 16])),
+            winners: Vec::new(),
         }),
         Body::SeedSettled(Settlement {
             seed_id: seed_id.clone(),
             outcome: SettlementOutcome::Accepted,
             amount: 20,
             note: "ok".into(),
+            paid: Vec::new(),
         }),
     ];
     for (n, body) in bodies.into_iter().enumerate() {

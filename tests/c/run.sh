@@ -21,7 +21,7 @@ CXX=${CXX:-g++}
 out=$CARGO_TARGET_DIR/c-tests
 lib=$CARGO_TARGET_DIR/debug
 include=$root/include
-tests=(errors lifecycle callbacks udp runs web logs)
+tests=(errors lifecycle callbacks udp runs web logs replication)
 warn=(-Wall -Wextra -Werror)
 
 step() { printf -- '--> %s\n' "$*"; }

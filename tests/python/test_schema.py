@@ -28,6 +28,8 @@ DEFS: Dict[str, Any] = SCHEMA["$defs"]
 CLASSES: Dict[Type[_model._Record], str] = {
     _model.Deadlines: "Deadlines",
     _model.PastRound: "PastRound",
+    _model.Replication: "Replication",
+    _model.ReplicaView: "ReplicaView",
     _model.Seed: "Seed",
     _model.Bid: "BidView",
     _model.Award: "AwardView",
@@ -39,6 +41,7 @@ CLASSES: Dict[Type[_model._Record], str] = {
     _model.SeedView: "SeedView",
     _model.Overview: "Overview",
     _model.PeerInfo: "PeerInfo",
+    _model.Reputation: "Reputation",
     _model.KeyRotation: "RotationInfo",
 }
 
@@ -46,6 +49,8 @@ CLASSES: Dict[Type[_model._Record], str] = {
 ENUMS: Dict[Type[Enum], str] = {
     _model.SeedStatus: "SeedStatus",
     _model.RoundEnd: "RoundEnd",
+    _model.OutputHash: "OutputHash",
+    _model.ReplicaStanding: "ReplicaStanding",
     _model.SettlementOutcome: "SettlementOutcome",
     _model.SandboxLevel: "SandboxLevel",
     _model.SandboxPolicy: "SandboxPolicy",
@@ -56,7 +61,15 @@ ENUMS: Dict[Type[Enum], str] = {
 # Schema types with no class of their own: flattened into one (`Bid` into `BidView`,
 # `Settlement` into `SettlementView`), events (one class per variant), violations (one class
 # for every rule, with the rule's fields as a mapping) and enums that Python keeps as strings.
-NOT_MIRRORED = {"Bid", "Settlement", "Event", "EventKind", "Violation", "Action", "MessageKind"}
+NOT_MIRRORED = {
+    "Bid",
+    "Settlement",
+    "Event",
+    "EventKind",
+    "Violation",
+    "Action",
+    "MessageKind",
+}
 
 
 class Field:

@@ -310,6 +310,40 @@ struct PublishArgs {
     /// result.
     #[arg(long, default_value_t = Deadlines::default().settle_secs)]
     settle_window: u64,
+    /// Run the command on this many nodes and compare their results (output hash and exit
+    /// code); above 1 the seed follows rules 3, which older nodes refuse.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// Agreeing results that complete a replicated seed (default: a majority of --replicas).
+    #[arg(long)]
+    quorum: Option<u32>,
+    /// Most runners a replicated seed may be escalated to when its results reach no quorum
+    /// (default: --replicas, no escalation).
+    #[arg(long)]
+    max_replicas: Option<u32>,
+    /// Replicated seeds: hash stdout alone, not stdout and stderr combined.
+    #[arg(long)]
+    hash_stdout: bool,
+}
+
+impl PublishArgs {
+    /// The replication the flags ask for; `None` for a seed run once.
+    fn replication(&self) -> Option<crabnet_core::model::Replication> {
+        let asked = self.replicas > 1
+            || self.quorum.is_some_and(|q| q > 1)
+            || self.max_replicas.is_some_and(|m| m > self.replicas)
+            || self.hash_stdout;
+        asked.then(|| crabnet_core::model::Replication {
+            replicas: self.replicas,
+            quorum: self.quorum.unwrap_or(self.replicas / 2 + 1),
+            max_replicas: self.max_replicas.unwrap_or(self.replicas),
+            hash: if self.hash_stdout {
+                crabnet_core::model::OutputHash::Stdout
+            } else {
+                crabnet_core::model::OutputHash::Combined
+            },
+        })
+    }
 }
 
 /// Sandbox levels, as the CLI spells them.
@@ -546,16 +580,18 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                 println!("no peers yet (peers appear once their hello arrives)");
             } else {
                 println!(
-                    "{:<64}  {:<12}  {:<16}  {:<24}  ADDRESSES",
-                    "NODE", "NAME", "FINGERPRINT", "LAST SEEN"
+                    "{:<64}  {:<12}  {:<16}  {:<24}  {:<22}  ADDRESSES",
+                    "NODE", "NAME", "FINGERPRINT", "LAST SEEN", "AGREED/DISSENT/MISSED"
                 );
                 for p in &peers {
+                    let r = &p.reputation;
                     println!(
-                        "{:<64}  {:<12}  {:<16}  {:<24}  {}",
+                        "{:<64}  {:<12}  {:<16}  {:<24}  {:<22}  {}",
                         p.node_id,
                         p.name,
                         p.fingerprint,
                         format_ms(p.last_seen),
+                        format!("{}/{}/{}", r.agreed, r.dissented, r.missed_deadlines),
                         p.addresses.join(", ")
                     );
                 }
@@ -840,6 +876,7 @@ fn show_revocation(r: &crabnet_core::trust::Revocation, json: bool) {
 async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<(), Error> {
     match cmd {
         SeedCommand::Publish(a) => {
+            let replication = a.replication();
             let req = PublishRequest {
                 command: a.command,
                 description: a.description,
@@ -860,6 +897,7 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
                     result_grace_secs: a.result_grace,
                     settle_secs: a.settle_window,
                 },
+                replication,
             };
             let v = with_node(config, async |n| n.publish(req).await).await?;
             if json {
@@ -997,6 +1035,15 @@ fn show(v: &SeedView) {
         format_ms(s.window_end())
     );
     println!("timeout     {} s", s.timeout_secs);
+    if let Some(r) = s.replication() {
+        println!(
+            "replicas    {} (quorum {}, at most {}, hash {})",
+            r.replicas,
+            r.quorum,
+            r.max_replicas,
+            r.hash.as_str()
+        );
+    }
     println!("created     {}", format_ms(s.created_at));
     for b in &v.bids {
         println!(
@@ -1043,6 +1090,25 @@ fn show(v: &SeedView) {
                 format!(": {}", r.sandbox.features.join(" "))
             }
         );
+    }
+    for r in &v.replicas {
+        println!(
+            "replica     {} by {} at {} (step {}): {}{}",
+            r.bid_id.short(),
+            r.runner.short(),
+            r.price,
+            r.step,
+            r.standing.as_str(),
+            r.result.as_ref().map_or_else(String::new, |res| format!(
+                ", exit {} sha256 {}",
+                res.exit_code
+                    .map_or_else(|| "none".into(), |c| c.to_string()),
+                res.output_sha256
+            ))
+        );
+    }
+    if let Some(at) = v.inconclusive_at {
+        println!("inconclusive at {}", format_ms(at));
     }
     if let Some(st) = &v.settlement {
         println!(

@@ -7,7 +7,8 @@ use super::operations::known;
 use super::{Node, lock};
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Message, Millis};
+use crate::model::{Body, Message, Millis};
+use crate::reputation::{self, AwardPolicy};
 use crate::state::SeedView;
 
 impl Node {
@@ -88,12 +89,44 @@ impl Node {
         };
         let id = view.seed.id.clone();
         let kind = due.kind();
+        // Under `award.policy = "price_and_reputation"` the award weighs the bidders'
+        // reputation; read before the commit, which holds the store.
+        let reputations = match (&due, self.inner.config.award.policy) {
+            (Body::BiddingClosed(_), AwardPolicy::PriceAndReputation) => {
+                match lock(&self.inner.store).reputations() {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(seed = %id, "cannot read reputations: {e}");
+                        return false;
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let (Some(reps), Body::BiddingClosed(award)) = (&reputations, &due)
+            && let Err(retry_at) = reputation::weigh_award(view, award, reps, now)
+        {
+            // Bids were left out: bidding may not close before the window ends.
+            let timers = &self.inner.timers;
+            lock(&timers.deciding).insert(id);
+            timers.decide_at.fetch_min(retry_at, Ordering::Relaxed);
+            return true;
+        }
         let result = self.commit_local(&id, |v| {
             let v = known(v, &id)?;
             // Another thread or process may have decided meanwhile.
-            v.due_decision(now)
+            let due = v
+                .due_decision(now)
                 .filter(|b| b.kind() == kind)
-                .ok_or_else(|| Error::new(ErrorKind::State, "already decided"))
+                .ok_or_else(|| Error::new(ErrorKind::State, "already decided"))?;
+            match (&reputations, due) {
+                (Some(reps), Body::BiddingClosed(award)) => {
+                    reputation::weigh_award(v, &award, reps, now)
+                        .map(Body::BiddingClosed)
+                        .map_err(|_| Error::new(ErrorKind::State, "not due yet"))
+                }
+                (_, due) => Ok(due),
+            }
         });
         match result {
             Ok(_) => true,

@@ -10,7 +10,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::identity::PublicIdentity;
 use crate::model::{
     Bid, BidId, Body, Cancellation, Claim, Message, Millis, RoundEnd, Seed, SeedId, SeedStatus,
-    Settlement, SettlementOutcome, rules,
 };
 use crate::monitor::Event;
 use crate::sandbox::Refusal;
@@ -103,8 +102,9 @@ impl Node {
                 audience: req.private_to,
                 network: req.network,
                 isolation: req.isolation,
-                rules: rules::CURRENT,
+                rules: Seed::rules_for(req.replication.as_ref()),
                 deadlines: Some(req.deadlines),
+                replication: req.replication,
             };
             seed.check_fields()
                 .map_err(|e| Error::new(ErrorKind::Validation, format!("invalid seed: {e}")))?;
@@ -160,29 +160,15 @@ impl Node {
         .await
     }
 
-    /// Settles a completed seed this node published: accept (the winning price is due) or
-    /// reject.
+    /// Settles a completed seed this node published: accept (the winning price is due; for a
+    /// replicated seed each agreeing runner's price) or reject.
     pub async fn settle(&self, seed_id: &SeedId, accept: bool, note: &str) -> Result<SeedView> {
         let seed_id = seed_id.clone();
         let note = note.to_owned();
         self.blocking(move |n| {
             n.commit_local(&seed_id, |v| {
                 let v = known(v, &seed_id)?;
-                let amount = if accept {
-                    v.award.as_ref().and_then(|a| a.price).unwrap_or(0)
-                } else {
-                    0
-                };
-                Ok(Body::SeedSettled(Settlement {
-                    seed_id: seed_id.clone(),
-                    outcome: if accept {
-                        SettlementOutcome::Accepted
-                    } else {
-                        SettlementOutcome::Rejected
-                    },
-                    amount,
-                    note,
-                }))
+                Ok(Body::SeedSettled(v.settlement_for(accept, &note)))
             })
         })
         .await
@@ -305,10 +291,13 @@ impl Node {
     /// The peers this node has verified hellos from.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
         self.blocking(|n| {
-            Ok(lock(&n.inner.store)
+            let store = lock(&n.inner.store);
+            let mut reputations = store.reputations()?;
+            Ok(store
                 .peers()?
                 .into_iter()
                 .map(|p| PeerInfo {
+                    reputation: reputations.remove(&p.identity.node_id).unwrap_or_default(),
                     fingerprint: p.identity.fingerprint().to_owned(),
                     node_id: p.identity.node_id,
                     name: p.name,
@@ -320,6 +309,15 @@ impl Node {
                 .collect())
         })
         .await
+    }
+
+    /// Every runner's reputation as the signed messages this node holds tell it (peers and
+    /// nodes no longer in the peer table alike); see [`crate::reputation`].
+    pub async fn reputations(
+        &self,
+    ) -> Result<std::collections::BTreeMap<crate::model::NodeId, crate::reputation::Reputation>>
+    {
+        self.blocking(|n| lock(&n.inner.store).reputations()).await
     }
 
     /// Waits until at least `count` peers are known (their hellos arrived), or fails with

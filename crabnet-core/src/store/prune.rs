@@ -34,6 +34,7 @@ pub(super) fn event_seed(kind: &EventKind) -> Option<&SeedId> {
         | EventKind::SeedCancelled { seed_id, .. }
         | EventKind::SeedReassigned { seed_id, .. }
         | EventKind::SeedFailed { seed_id, .. }
+        | EventKind::SeedEscalated { seed_id, .. }
         | EventKind::StatusChanged { seed_id, .. } => Some(seed_id),
         EventKind::NodeStarted { .. }
         | EventKind::NodeStopped { .. }
@@ -108,6 +109,7 @@ impl Store {
             out.messages += tx.execute("DELETE FROM messages WHERE seed_id = ?1", [seed])? as u64;
             out.events += tx.execute("DELETE FROM events WHERE seed_id = ?1", [seed])? as u64;
             tx.execute("DELETE FROM seeds WHERE id = ?1", [seed])?;
+            super::reputation::forget_seed(&tx, seed)?;
             tx.execute(
                 "INSERT INTO pruned_seeds(seed_id, ended_at, pruned_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(seed_id) DO UPDATE SET ended_at = ?2, pruned_at = ?3",
@@ -263,6 +265,7 @@ mod tests {
             isolation: Default::default(),
             rules: crate::model::rules::V1,
             deadlines: None,
+            replication: None,
         };
         let (m, _, _) = s
             .commit_local(
@@ -296,6 +299,7 @@ mod tests {
             seed_id: id.clone(),
             considered: Vec::new(),
             winner: None,
+            winners: Vec::new(),
         });
         assert_eq!(decide(s, id, at, body), SeedStatus::Expired);
     }
@@ -462,6 +466,7 @@ mod tests {
                     outcome: crate::model::SettlementOutcome::Accepted,
                     amount: 1,
                     note: String::new(),
+                    paid: Vec::new(),
                 },
                 settled_at: T0 + 9,
             }),
@@ -486,6 +491,7 @@ mod tests {
                  DROP INDEX events_by_seed; ALTER TABLE events DROP COLUMN seed_id;
                  DROP TABLE pruned_seeds; DROP INDEX outbox_by_message;
                  DROP TABLE alerts; DROP TABLE webhook_queue; DROP TABLE rotations;
+                 DROP TABLE reputation;
                  PRAGMA user_version = 5;",
             )
             .unwrap();

@@ -51,7 +51,7 @@ const BATCH: usize = 500;
 const MAX_SCAN: usize = 20 * BATCH;
 
 /// Every event type name (the `type` field of an event), for the `kind` filter.
-pub(crate) const EVENT_KINDS: [&str; 22] = [
+pub(crate) const EVENT_KINDS: [&str; 23] = [
     "node_started",
     "node_stopped",
     "seed_published",
@@ -64,6 +64,7 @@ pub(crate) const EVENT_KINDS: [&str; 22] = [
     "seed_cancelled",
     "seed_reassigned",
     "seed_failed",
+    "seed_escalated",
     "status_changed",
     "peer_discovered",
     "message_accepted",
@@ -90,6 +91,7 @@ const _: fn(&EventKind) = |k| match k {
     | EventKind::SeedCancelled { .. }
     | EventKind::SeedReassigned { .. }
     | EventKind::SeedFailed { .. }
+    | EventKind::SeedEscalated { .. }
     | EventKind::StatusChanged { .. }
     | EventKind::PeerDiscovered { .. }
     | EventKind::MessageAccepted { .. }
@@ -184,6 +186,8 @@ struct PeerView {
     last_seen: Millis,
     /// Whether a hello arrived within the last `active_window_ms` (three hello intervals).
     active: bool,
+    /// Its reputation as a runner, from the signed history this node holds.
+    reputation: crate::reputation::Reputation,
 }
 
 /// One line of the seeds table.
@@ -442,6 +446,7 @@ fn peer_view(p: PeerInfo, now: Millis, window: u64) -> PeerView {
         key_epoch: p.key_epoch,
         first_seen: p.first_seen,
         last_seen: p.last_seen,
+        reputation: p.reputation,
     }
 }
 

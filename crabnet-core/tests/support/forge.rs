@@ -132,6 +132,7 @@ pub fn seed_message(id: &Identity, lamport: u64, timestamp: u64) -> Message {
             isolation: crabnet_core::model::SandboxLevel::Full,
             rules: crabnet_core::model::rules::V1,
             deadlines: None,
+            replication: None,
         }),
     }
 }

@@ -1,7 +1,7 @@
 //! The process-test harness shared by the test binaries that run the `crabnet` CLI as separate
 //! processes (`mod support;` in `tests/cli.rs`, `network.rs`, `network_dht.rs`,
-//! `sandbox_e2e.rs`, `trust_e2e.rs`, `web.rs`), and in-process pairs of nodes ([`pair`], used
-//! by `tests/node.rs`, `runs.rs` and `crash.rs`).
+//! `sandbox_e2e.rs`, `trust_e2e.rs`, `web.rs`, `replication_e2e.rs`), and in-process pairs of
+//! nodes ([`pair`], used by `tests/node.rs`, `runs.rs` and `crash.rs`).
 //!
 //! - [`run_bounded`] runs one CLI command with a timeout and returns its [`Out`].
 //! - A [`Sandbox`] is a temp dir with a fake HOME/XDG/TMPDIR that every command runs in.

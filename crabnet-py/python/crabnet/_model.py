@@ -53,11 +53,17 @@ __all__ = [
     "SandboxStatus",
     "SchemaWarning",
     "Deadlines",
+    "OutputHash",
     "PastRound",
+    "ReplicaStanding",
+    "ReplicaView",
+    "Replication",
+    "Reputation",
     "RoundEnd",
     "Seed",
     "SeedCancelled",
     "SeedClaimed",
+    "SeedEscalated",
     "SeedFailed",
     "SeedReassigned",
     "SeedPublished",
@@ -110,6 +116,9 @@ class SeedStatus(str, Enum):
     FAILED = "failed"
     """The claimer did not report a result in time; the publisher may reassign the seed to
     the next best bid or cancel it."""
+    INCONCLUSIVE = "inconclusive"
+    """A replicated seed whose results reached no quorum and no more runners could be
+    awarded (final)."""
 
     def __repr__(self) -> str:
         return f"SeedStatus.{self.name}"
@@ -128,6 +137,44 @@ class RoundEnd(str, Enum):
 
     def __repr__(self) -> str:
         return f"RoundEnd.{self.name}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class OutputHash(str, Enum):
+    """What a replicated seed's output hash covers."""
+
+    COMBINED = "combined"
+    """The combined stdout and stderr stream."""
+    STDOUT = "stdout"
+    """Stdout alone."""
+
+    def __repr__(self) -> str:
+        return f"OutputHash.{self.name}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ReplicaStanding(str, Enum):
+    """Where one replica (awarded runner) of a replicated seed stands."""
+
+    AWARDED = "awarded"
+    """Awarded, not claimed yet."""
+    CLAIMED = "claimed"
+    """Claimed, no result yet."""
+    REPORTED = "reported"
+    """Reported a result; no quorum (yet)."""
+    AGREED = "agreed"
+    """Its result agrees with the quorum."""
+    DISSENTED = "dissented"
+    """Its result differs from the quorum's."""
+    LAPSED = "lapsed"
+    """It let its claim or result deadline pass and an escalation ended its turn."""
+
+    def __repr__(self) -> str:
+        return f"ReplicaStanding.{self.name}"
 
     def __str__(self) -> str:
         return self.value
@@ -396,6 +443,19 @@ class PastRound(_Record):
 
 
 @dataclass(frozen=True, repr=False)
+class Replication(_Record):
+    """Replicated execution (rule version 3): ``replicas`` runners run the command and the
+    seed completes once ``quorum`` of them report the same output hash and exit code; without
+    a quorum the publisher's node awards more runners, up to ``max_replicas``."""
+
+    replicas: int
+    quorum: int
+    max_replicas: int
+    hash: OutputHash = OutputHash.COMBINED
+    """What the output hash covers."""
+
+
+@dataclass(frozen=True, repr=False)
 class Seed(_Record):
     """A task offered to the network: a shell command with a price range and a bid window."""
 
@@ -421,9 +481,12 @@ class Seed(_Record):
     """The strongest sandbox the command works under (default ``full``): a node bids only when
     the sandbox it would build is no stronger than this."""
     rules: int = 1
-    """The lifecycle rule version: 1 (no deadlines) or 2 (deadlines, see :class:`Deadlines`)."""
+    """The lifecycle rule version: 1 (no deadlines), 2 (deadlines, see :class:`Deadlines`) or 3
+    (deadlines and replication, see :class:`Replication`)."""
     deadlines: Optional[Deadlines] = None
-    """The claim, result and settlement deadlines (rule version 2)."""
+    """The claim, result and settlement deadlines (rule version 2 and later)."""
+    replication: Optional[Replication] = None
+    """Replicated execution (rule version 3); ``None``: one runner."""
 
     @property
     def private(self) -> bool:
@@ -538,9 +601,29 @@ class Settlement(_Record):
     seed_id: str
     outcome: SettlementOutcome
     amount: int
-    """The winning price when accepted, 0 when rejected."""
+    """The winning price when accepted (replicated seeds: the sum of the paid runners'
+    prices), 0 when rejected."""
     note: str
     settled_at: int
+    paid: Tuple[str, ...] = ()
+    """Replicated seeds, accepted: the runners paid (each one whose result agrees with the
+    quorum)."""
+
+
+@dataclass(frozen=True, repr=False)
+class ReplicaView(_Record):
+    """One awarded runner of a replicated seed, with its claim, result and standing."""
+
+    bid_id: str
+    runner: str
+    price: int
+    step: int
+    """0 when the award named it, ``n`` when the ``n``-th escalation did."""
+    assigned_at: int
+    claimed_at: Optional[int]
+    reported_at: Optional[int]
+    result: Optional[TaskResult]
+    standing: ReplicaStanding
 
 
 @dataclass(frozen=True, repr=False)
@@ -561,6 +644,10 @@ class SeedView(_Record):
     """When the publisher declared the current round failed (status ``failed``)."""
     past_rounds: Tuple[PastRound, ...] = ()
     """Earlier rounds, oldest first."""
+    replicas: Tuple[ReplicaView, ...] = ()
+    """Replicated seeds: every awarded runner, in award order."""
+    inconclusive_at: Optional[int] = None
+    """When a replicated seed ended without a quorum (status ``inconclusive``)."""
 
     @property
     def id(self) -> str:
@@ -597,6 +684,21 @@ class Overview(_Record):
 
 
 @dataclass(frozen=True, repr=False)
+class Reputation(_Record):
+    """What the signed messages a node holds say about a peer as a runner (never the peer's
+    own claims)."""
+
+    agreed: int
+    """Replicated seeds where its result agreed with the quorum."""
+    dissented: int
+    """Replicated seeds where its result differed from the quorum's."""
+    missed_deadlines: int
+    """Awards it let pass (no claim, or no result, in time)."""
+    settlements_accepted: int
+    settlements_rejected: int
+
+
+@dataclass(frozen=True, repr=False)
 class PeerInfo(_Record):
     """A node whose hello (its signed keys, name and addresses) this node verified. Nodes
     accept domain messages only from such peers."""
@@ -612,6 +714,8 @@ class PeerInfo(_Record):
     """Its first hello (Unix ms)."""
     last_seen: int
     """Its latest hello (Unix ms)."""
+    reputation: Reputation
+    """Its reputation as the signed history this node holds tells it."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -801,6 +905,17 @@ class SeedFailed(Event):
 
 
 @dataclass(frozen=True, repr=False)
+class SeedEscalated(Event):
+    """The publisher awarded a replicated seed to more runners (``winners``), or ended it
+    inconclusive (``winners`` empty): its results reached no quorum."""
+
+    TYPE: ClassVar[str] = "seed_escalated"
+    seed_id: str
+    step: int
+    winners: Tuple[str, ...]
+
+
+@dataclass(frozen=True, repr=False)
 class StatusChanged(Event):
     """A seed's status changed (``from_status`` is ``None`` when the seed just became known)."""
 
@@ -928,6 +1043,7 @@ _EVENT_TYPES: Dict[str, Type[Event]] = {
         SeedCancelled,
         SeedReassigned,
         SeedFailed,
+        SeedEscalated,
         StatusChanged,
         PeerDiscovered,
         MessageAccepted,

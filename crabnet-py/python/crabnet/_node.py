@@ -407,6 +407,10 @@ class Node(_WithBlock):
         claim_window_secs: Optional[int] = None,
         result_grace_secs: Optional[int] = None,
         settle_window_secs: Optional[int] = None,
+        replicas: int = 1,
+        quorum: Optional[int] = None,
+        max_replicas: Optional[int] = None,
+        hash_stdout: bool = False,
     ) -> SeedView:
         """Publishes a seed: a shell command the winning bidder runs. Terms left out take the
         core's defaults (price 1..=100, 30 s bid window, 5 bids, 60 s timeout).
@@ -427,7 +431,14 @@ class Node(_WithBlock):
         best bid; the claimer has the timeout plus ``result_grace_secs`` (default 300) to
         report, then this node declares the round failed (:meth:`reassign` or :meth:`cancel`
         it); a result not settled within ``settle_window_secs`` (default 86400) is settled by
-        this node: accepted if it succeeded, rejected otherwise."""
+        this node: accepted if it succeeded, rejected otherwise.
+
+        Replication (rule version 3, which older nodes refuse): ``replicas`` nodes run the
+        command and the seed completes once ``quorum`` (default: a majority) report the same
+        output hash and exit code; without a quorum this node awards more runners, up to
+        ``max_replicas`` (default ``replicas``), or ends the seed ``inconclusive``.
+        ``hash_stdout=True`` hashes stdout alone. Each runner's result and standing is in
+        :attr:`SeedView.replicas`."""
         if not isinstance(command, str):
             raise TypeError(f"command must be a str, got {type(command).__name__}")
         request: Dict[str, Any] = {"command": command}
@@ -468,6 +479,20 @@ class Node(_WithBlock):
                 deadlines[key] = _uint(key, value, _U64)
         if deadlines:
             request["deadlines"] = deadlines
+        replicas = _uint("replicas", replicas, _U32)
+        if not isinstance(hash_stdout, bool):
+            raise TypeError(f"hash_stdout must be a bool, got {type(hash_stdout).__name__}")
+        if replicas > 1 or quorum is not None or max_replicas is not None or hash_stdout:
+            replication: Dict[str, Any] = {
+                "replicas": replicas,
+                "quorum": replicas // 2 + 1 if quorum is None else _uint("quorum", quorum, _U32),
+                "max_replicas": replicas
+                if max_replicas is None
+                else _uint("max_replicas", max_replicas, _U32),
+            }
+            if hash_stdout:
+                replication["hash"] = "stdout"
+            request["replication"] = replication
         return _view(self._node().publish(json.dumps(request)))
 
     def bid(self, seed: SeedRef, price: int) -> SeedView:

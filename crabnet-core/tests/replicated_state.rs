@@ -1,0 +1,825 @@
+//! Replicated execution (rules 3) in the state machine: the award names `replicas` runners,
+//! results are compared by output hash and exit code, a quorum completes the seed, dissenters
+//! are recorded, no quorum escalates or ends `inconclusive`, settlement pays the agreeing
+//! runners; and a property test over simulated histories delivered in any order.
+
+use crabnet_core::model::{
+    Bid, BidId, Body, Claim, Deadlines, Escalation, Message, MessageId, NodeId, OutputHash,
+    Replication, Seed, SeedId, SeedStatus, SettlementOutcome, TaskResult, rules,
+};
+use crabnet_core::state::{self, ReplicaStanding, SeedView, Verdict, Violation, fold};
+use proptest::prelude::*;
+
+const T0: u64 = 1_700_000_000_000;
+const PUBLISHER: u8 = 1;
+const CLAIM_S: u64 = 30;
+const GRACE_S: u64 = 20;
+const TIMEOUT_S: u64 = 10;
+
+fn node(n: u8) -> NodeId {
+    NodeId::from_bytes([n; 32])
+}
+
+fn seed_id() -> SeedId {
+    SeedId::from_bytes([0xaa; 16])
+}
+
+fn bid_id(n: u8) -> BidId {
+    BidId::from_bytes([n; 16])
+}
+
+/// Builds messages with increasing ids and Lamport counters (a causal history).
+struct History {
+    msgs: Vec<Message>,
+    n: u64,
+}
+
+impl History {
+    fn new(replicas: u32, quorum: u32, max_replicas: u32) -> Self {
+        let seed = Seed {
+            id: seed_id(),
+            publisher: node(PUBLISHER),
+            command: "echo hi".into(),
+            description: String::new(),
+            min_price: 1,
+            max_price: 100,
+            bid_window_secs: 5,
+            max_bids: 10,
+            timeout_secs: TIMEOUT_S,
+            created_at: T0,
+            audience: Vec::new(),
+            network: false,
+            isolation: Default::default(),
+            rules: rules::V3,
+            deadlines: Some(Deadlines {
+                claim_secs: CLAIM_S,
+                result_grace_secs: GRACE_S,
+                settle_secs: 60,
+            }),
+            replication: Some(Replication {
+                replicas,
+                quorum,
+                max_replicas,
+                hash: OutputHash::Combined,
+            }),
+        };
+        let mut h = History {
+            msgs: Vec::new(),
+            n: 0,
+        };
+        h.push(PUBLISHER, T0, Body::SeedCreated(seed));
+        h
+    }
+
+    fn push(&mut self, sender: u8, at: u64, body: Body) -> Message {
+        self.n += 1;
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&self.n.to_be_bytes());
+        let m = Message {
+            id: MessageId::from_bytes(id),
+            sender: node(sender),
+            lamport: self.n,
+            timestamp: at,
+            body,
+        };
+        self.msgs.push(m.clone());
+        m
+    }
+
+    fn bid(&mut self, bidder: u8, price: u64) -> Message {
+        let body = Body::BidPlaced(Bid {
+            id: bid_id(bidder),
+            seed_id: seed_id(),
+            bidder: node(bidder),
+            price,
+        });
+        self.push(bidder, T0 + 100 + bidder as u64, body)
+    }
+
+    fn view(&self) -> SeedView {
+        fold(&self.msgs).view.expect("created")
+    }
+
+    /// The publisher's node issues what is due at `at`.
+    fn decide(&mut self, at: u64) -> Option<Message> {
+        let body = self.view().due_decision(at)?;
+        Some(self.push(PUBLISHER, at, body))
+    }
+
+    fn claim(&mut self, runner: u8, at: u64) -> Message {
+        let body = Body::SeedClaimed(Claim {
+            seed_id: seed_id(),
+            claimer: node(runner),
+            bid_id: bid_id(runner),
+        });
+        self.push(runner, at, body)
+    }
+
+    fn result(&mut self, runner: u8, at: u64, hash: char) -> Message {
+        let body = Body::ResultReported(TaskResult {
+            seed_id: seed_id(),
+            runner: node(runner),
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            interrupted: false,
+            success: true,
+            duration_ms: 5,
+            output_sha256: hash.to_string().repeat(64),
+            output_bytes: 3,
+            output_excerpt: "hi\n".into(),
+            output_truncated: false,
+            started_at: at - 5,
+            finished_at: at,
+            sandbox: Default::default(),
+        });
+        self.push(runner, at, body)
+    }
+
+    fn verdict(&self, m: &Message) -> Verdict {
+        fold(&self.msgs).verdicts[&m.id].clone()
+    }
+}
+
+/// The `n` of `node(n)`.
+fn num(id: &NodeId) -> u8 {
+    u8::from_str_radix(&id.as_str()[..2], 16).unwrap()
+}
+
+fn standings(v: &SeedView) -> Vec<(u8, ReplicaStanding)> {
+    v.replicas
+        .iter()
+        .map(|r| (num(&r.runner), r.standing))
+        .collect()
+}
+
+fn close_at() -> u64 {
+    T0 + 5_000
+}
+
+/// Bids from nodes 10, 11, ... at prices 10, 20, ...; the award at the window's end.
+fn awarded(replicas: u32, quorum: u32, max: u32, bidders: u8) -> History {
+    let mut h = History::new(replicas, quorum, max);
+    for i in 0..bidders {
+        h.bid(10 + i, 10 * (i as u64 + 1));
+    }
+    let award = h.decide(close_at()).expect("award due");
+    let Body::BiddingClosed(a) = &award.body else {
+        panic!("{award:?}")
+    };
+    assert_eq!(a.winners.len(), replicas.min(bidders as u32) as usize);
+    h
+}
+
+#[test]
+fn three_replicas_one_liar_complete_with_the_honest_result_and_pay_the_agreeing() {
+    let mut h = awarded(3, 2, 3, 5);
+    let v = h.view();
+    assert_eq!(v.status, SeedStatus::Open);
+    // The three cheapest bids win, best first.
+    let runners: Vec<NodeId> = v.replicas.iter().map(|r| r.runner.clone()).collect();
+    assert_eq!(runners, vec![node(10), node(11), node(12)]);
+    // A bidder that was not awarded cannot claim.
+    let intruder = h.claim(13, close_at() + 10);
+    assert!(matches!(
+        h.verdict(&intruder),
+        Verdict::Rejected {
+            reason: Violation::NotWinningBidder { .. }
+        }
+    ));
+    for r in [10, 11, 12] {
+        h.claim(r, close_at() + 10);
+    }
+    assert_eq!(h.view().status, SeedStatus::Claimed);
+    h.result(10, close_at() + 100, 'a');
+    let liar = h.result(11, close_at() + 100, 'b');
+    assert_eq!(
+        h.view().status,
+        SeedStatus::Claimed,
+        "one vote each: no quorum yet"
+    );
+    assert_eq!(
+        h.view().due_decision(close_at() + 200),
+        None,
+        "replica 12 may still report"
+    );
+    h.result(12, close_at() + 150, 'a');
+    let v = h.view();
+    assert_eq!(v.status, SeedStatus::Completed);
+    assert_eq!(v.result.as_ref().unwrap().output_sha256, "a".repeat(64));
+    assert_eq!(v.result.as_ref().unwrap().runner, node(10));
+    let by_runner: Vec<ReplicaStanding> = v.replicas.iter().map(|r| r.standing).collect();
+    assert_eq!(
+        by_runner,
+        vec![
+            ReplicaStanding::Agreed,
+            ReplicaStanding::Dissented,
+            ReplicaStanding::Agreed
+        ]
+    );
+    assert_eq!(
+        h.verdict(&liar),
+        Verdict::Applied,
+        "a dissent is recorded, not rejected"
+    );
+    // Settlement pays the agreeing runners, each its own price.
+    let s = v.settlement_for(true, "ok");
+    assert_eq!(s.paid, vec![node(10), node(12)]);
+    assert_eq!(s.amount, 10 + 30);
+    // Paying the liar, or paying too few, is refused.
+    let mut bad = s.clone();
+    bad.paid = vec![node(10), node(11)];
+    bad.amount = 30;
+    let m = h.push(PUBLISHER, close_at() + 300, Body::SeedSettled(bad));
+    assert!(matches!(
+        h.verdict(&m),
+        Verdict::Rejected {
+            reason: Violation::InvalidPayment { .. }
+        }
+    ));
+    let mut few = s.clone();
+    few.paid = vec![node(10)];
+    few.amount = 10;
+    let m = h.push(PUBLISHER, close_at() + 301, Body::SeedSettled(few));
+    assert!(matches!(
+        h.verdict(&m),
+        Verdict::Rejected {
+            reason: Violation::InvalidPayment { .. }
+        }
+    ));
+    let mut wrong = s.clone();
+    wrong.amount = 41;
+    let m = h.push(PUBLISHER, close_at() + 302, Body::SeedSettled(wrong));
+    assert!(matches!(
+        h.verdict(&m),
+        Verdict::Rejected {
+            reason: Violation::WrongAmount { expected: 40, .. }
+        }
+    ));
+    let ok = h.push(PUBLISHER, close_at() + 303, Body::SeedSettled(s));
+    assert_eq!(h.verdict(&ok), Verdict::Applied);
+    let v = h.view();
+    assert_eq!(v.status, SeedStatus::Settled);
+    assert_eq!(
+        v.settlement.unwrap().settlement.outcome,
+        SettlementOutcome::Accepted
+    );
+}
+
+#[test]
+fn a_two_two_split_escalates_and_the_next_replica_decides() {
+    let mut h = awarded(4, 3, 5, 6);
+    for r in 10..14 {
+        h.claim(r, close_at() + 10);
+    }
+    for (r, hash) in [(10, 'a'), (11, 'b'), (12, 'a'), (13, 'b')] {
+        h.result(r, close_at() + 100, hash);
+    }
+    let v = h.view();
+    assert_eq!(v.status, SeedStatus::Claimed);
+    assert!(
+        v.replicas
+            .iter()
+            .all(|r| r.standing == ReplicaStanding::Reported)
+    );
+    // Every replica reported: the escalation is due at once and awards one more runner
+    // (3 - 2 = 1), the next best bid.
+    assert_eq!(v.next_decision_at(), Some(0));
+    let esc = h.decide(close_at() + 101).expect("escalation due");
+    let Body::SeedEscalated(e) = &esc.body else {
+        panic!("{esc:?}")
+    };
+    assert_eq!((e.step, e.winners.clone()), (1, vec![bid_id(14)]));
+    assert_eq!(h.verdict(&esc), Verdict::Applied);
+    let v = h.view();
+    assert_eq!(v.replicas.len(), 5);
+    assert_eq!(v.replicas[4].step, 1);
+    assert_eq!(v.replicas[4].standing, ReplicaStanding::Awarded);
+    assert_eq!(v.status, SeedStatus::Claimed);
+    h.claim(14, close_at() + 200);
+    h.result(14, close_at() + 300, 'b');
+    let v = h.view();
+    assert_eq!(v.status, SeedStatus::Completed);
+    assert_eq!(v.result.as_ref().unwrap().output_sha256, "b".repeat(64));
+    assert_eq!(
+        standings(&v)
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>(),
+        vec![
+            ReplicaStanding::Dissented,
+            ReplicaStanding::Agreed,
+            ReplicaStanding::Dissented,
+            ReplicaStanding::Agreed,
+            ReplicaStanding::Agreed
+        ]
+    );
+    // A second escalation now is refused.
+    let late = h.push(
+        PUBLISHER,
+        close_at() + 400,
+        Body::SeedEscalated(Escalation {
+            seed_id: seed_id(),
+            step: 2,
+            winners: vec![bid_id(15)],
+        }),
+    );
+    assert!(matches!(h.verdict(&late), Verdict::Rejected { .. }));
+}
+
+#[test]
+fn without_bids_or_room_left_the_seed_ends_inconclusive() {
+    // max_replicas = replicas: no room to escalate.
+    let mut h = awarded(2, 2, 2, 4);
+    for r in [10, 11] {
+        h.claim(r, close_at() + 10);
+    }
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    // An escalation that awards anyway is refused.
+    let greedy = h.push(
+        PUBLISHER,
+        close_at() + 150,
+        Body::SeedEscalated(Escalation {
+            seed_id: seed_id(),
+            step: 1,
+            winners: vec![bid_id(12)],
+        }),
+    );
+    assert!(matches!(
+        h.verdict(&greedy),
+        Verdict::Rejected {
+            reason: Violation::InvalidDecision { .. }
+        }
+    ));
+    let end = h.decide(close_at() + 200).expect("inconclusive due");
+    let Body::SeedEscalated(e) = &end.body else {
+        panic!()
+    };
+    assert!(e.winners.is_empty());
+    let v = h.view();
+    assert_eq!(v.status, SeedStatus::Inconclusive);
+    assert_eq!(v.inconclusive_at, Some(close_at() + 200));
+    assert!(v.status.is_final());
+    assert_eq!(v.due_decision(u64::MAX / 2), None);
+    // Nothing to settle.
+    let s = v.settlement_for(true, "x");
+    let m = h.push(PUBLISHER, close_at() + 300, Body::SeedSettled(s));
+    assert!(matches!(h.verdict(&m), Verdict::Rejected { .. }));
+
+    // Too few bids for the quorum: one bid, quorum 2.
+    let mut h = awarded(3, 2, 3, 1);
+    h.claim(10, close_at() + 10);
+    h.result(10, close_at() + 100, 'a');
+    let end = h.decide(close_at() + 101).expect("due at once");
+    assert!(matches!(&end.body, Body::SeedEscalated(e) if e.winners.is_empty()));
+    assert_eq!(h.view().status, SeedStatus::Inconclusive);
+}
+
+#[test]
+fn a_replica_that_lets_its_deadline_pass_lapses_at_the_escalation() {
+    let mut h = awarded(3, 2, 4, 5);
+    h.claim(10, close_at() + 10);
+    h.claim(11, close_at() + 10);
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    // Replica 12 never claims: nothing is due before its claim window is over.
+    let claim_deadline = close_at() + CLAIM_S * 1000;
+    let v = h.view();
+    assert_eq!(
+        v.next_decision_at(),
+        Some(claim_deadline + state::DECISION_MARGIN_MS)
+    );
+    assert_eq!(v.due_decision(claim_deadline), None);
+    // An escalation dated inside the window waits.
+    let early = h.push(
+        PUBLISHER,
+        claim_deadline - 1,
+        Body::SeedEscalated(Escalation {
+            seed_id: seed_id(),
+            step: 1,
+            winners: vec![bid_id(13)],
+        }),
+    );
+    assert!(matches!(h.verdict(&early), Verdict::Pending { .. }));
+    h.msgs.pop();
+    let esc = h
+        .decide(claim_deadline + state::DECISION_MARGIN_MS)
+        .expect("escalation due");
+    assert!(matches!(&esc.body, Body::SeedEscalated(e) if e.winners == vec![bid_id(13)]));
+    // Its late claim loses.
+    let late = h.claim(12, claim_deadline + 5_000);
+    assert!(matches!(
+        h.verdict(&late),
+        Verdict::Rejected {
+            reason: Violation::Lapsed { .. }
+        }
+    ));
+    let v = h.view();
+    assert_eq!(v.replicas[2].standing, ReplicaStanding::Lapsed);
+    // The lapsed replica may not claim locally either; the new one may.
+    assert!(state::check_local_claim(&v, &node(12), claim_deadline + 6_000).is_err());
+    assert_eq!(
+        state::check_local_claim(&v, &node(13), claim_deadline + 6_000),
+        Ok(bid_id(13))
+    );
+    h.claim(13, claim_deadline + 6_000);
+    assert_eq!(state::check_local_run(&h.view(), &node(13)), Ok(()));
+    h.result(13, claim_deadline + 7_000, 'a');
+    let v = h.view();
+    assert_eq!(v.status, SeedStatus::Completed);
+    assert_eq!(
+        v.replicas.iter().map(|r| r.standing).collect::<Vec<_>>(),
+        vec![
+            ReplicaStanding::Agreed,
+            ReplicaStanding::Dissented,
+            ReplicaStanding::Lapsed,
+            ReplicaStanding::Agreed
+        ]
+    );
+    assert!(
+        state::check_local_run(&v, &node(13)).is_err(),
+        "reported already"
+    );
+}
+
+#[test]
+fn the_award_must_name_the_best_bids_and_rules_are_checked() {
+    let mut h = History::new(2, 2, 2);
+    for i in 0..3u8 {
+        h.bid(10 + i, 10 * (i as u64 + 1));
+    }
+    let mut a = h.view().due_award(close_at()).unwrap();
+    assert_eq!(a.winners, vec![bid_id(10), bid_id(11)]);
+    a.winners = vec![bid_id(10), bid_id(12)];
+    let bad = h.push(PUBLISHER, close_at(), Body::BiddingClosed(a));
+    assert!(matches!(
+        h.verdict(&bad),
+        Verdict::Rejected {
+            reason: Violation::InvalidAward { .. }
+        }
+    ));
+    // Bounds of the replication.
+    let ok = Replication {
+        replicas: 3,
+        quorum: 2,
+        max_replicas: 5,
+        hash: OutputHash::Stdout,
+    };
+    assert!(ok.check().is_ok());
+    for (replicas, quorum, max) in [
+        (0, 0, 0),
+        (3, 1, 3),
+        (4, 2, 4),
+        (3, 4, 3),
+        (3, 2, 2),
+        (3, 2, 17),
+    ] {
+        let r = Replication {
+            replicas,
+            quorum,
+            max_replicas: max,
+            ..ok
+        };
+        assert!(r.check().is_err(), "{r:?} accepted");
+    }
+    // Replication needs rules 3, and rules 3 needs replication.
+    let mut seed = match &h.msgs[0].body {
+        Body::SeedCreated(s) => s.clone(),
+        _ => unreachable!(),
+    };
+    assert!(seed.check_fields().is_ok());
+    seed.rules = rules::V2;
+    assert!(seed.check_fields().unwrap_err().contains("rules 3"));
+    seed.rules = rules::V3;
+    seed.replication = None;
+    assert!(seed.check_fields().unwrap_err().contains("replication"));
+    // Old seeds are written without the field: the wire form of a rules 2 seed is unchanged.
+    let json = serde_json::to_string(&Seed {
+        rules: rules::V2,
+        ..seed
+    })
+    .unwrap();
+    assert!(!json.contains("replication"), "{json}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property: simulated histories with honest runners, liars (each forging its own hash),
+// runners that never claim and runners that never report. Every lifecycle ends; a settled
+// seed completed with the honest result when liars do not collude and pays only honest
+// runners; replicas that receive the messages in any order, with duplicates, converge and
+// never see a seed move backwards.
+
+#[derive(Debug, Clone, Copy)]
+enum Runner {
+    Honest,
+    Liar,
+    NoClaim,
+    NoResult,
+}
+
+fn runner_strategy() -> impl Strategy<Value = Runner> {
+    prop_oneof![
+        4 => Just(Runner::Honest),
+        2 => Just(Runner::Liar),
+        1 => Just(Runner::NoClaim),
+        1 => Just(Runner::NoResult),
+    ]
+}
+
+fn simulate(replicas: u32, quorum: u32, max: u32, runners: &[(Runner, u64)]) -> History {
+    let mut h = History::new(replicas, quorum, max);
+    for (i, (_, price)) in runners.iter().enumerate() {
+        h.bid(10 + i as u8, *price);
+    }
+    for _ in 0..100 {
+        let v = h.view();
+        if v.status.is_final() {
+            break;
+        }
+        let mut acted = false;
+        for r in v
+            .replicas
+            .iter()
+            .filter(|r| r.standing != ReplicaStanding::Lapsed)
+        {
+            let n = num(&r.runner);
+            let behaviour = runners[(n - 10) as usize].0;
+            if r.claimed_at.is_none() && !matches!(behaviour, Runner::NoClaim) {
+                let b = Body::SeedClaimed(Claim {
+                    seed_id: seed_id(),
+                    claimer: r.runner.clone(),
+                    bid_id: r.bid_id.clone(),
+                });
+                push_as(&mut h, &r.runner, r.assigned_at + 1_000, b);
+                acted = true;
+            } else if let (Some(c), None, Runner::Honest | Runner::Liar) =
+                (r.claimed_at, &r.result, behaviour)
+            {
+                let hash = match behaviour {
+                    Runner::Honest => "a".repeat(64),
+                    _ => format!("{:064x}", n),
+                };
+                let at = c + 2_000;
+                let body = Body::ResultReported(TaskResult {
+                    seed_id: seed_id(),
+                    runner: r.runner.clone(),
+                    exit_code: Some(0),
+                    signal: None,
+                    timed_out: false,
+                    interrupted: false,
+                    success: true,
+                    duration_ms: 5,
+                    output_sha256: hash,
+                    output_bytes: 0,
+                    output_excerpt: String::new(),
+                    output_truncated: false,
+                    started_at: at - 5,
+                    finished_at: at,
+                    sandbox: Default::default(),
+                });
+                push_as(&mut h, &r.runner, at, body);
+                acted = true;
+            }
+        }
+        if acted {
+            continue;
+        }
+        let Some(t) = v.next_decision_at() else { break };
+        let now = t.max(close_at());
+        if h.decide(now).is_none() {
+            break;
+        }
+    }
+    h
+}
+
+fn push_as(h: &mut History, sender: &NodeId, at: u64, body: Body) {
+    h.n += 1;
+    let mut id = [0u8; 16];
+    id[8..].copy_from_slice(&h.n.to_be_bytes());
+    h.msgs.push(Message {
+        id: MessageId::from_bytes(id),
+        sender: sender.clone(),
+        lamport: h.n,
+        timestamp: at,
+        body,
+    });
+}
+
+fn deliver_order(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n)
+        .chain((0..n).filter(|i| (i + seed as usize).is_multiple_of(3)))
+        .collect();
+    let mut x = seed | 1;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+fn replication_strategy() -> impl Strategy<Value = (u32, u32, u32)> {
+    prop_oneof![
+        Just((1, 1, 2)),
+        Just((2, 2, 3)),
+        Just((3, 2, 3)),
+        Just((3, 2, 5)),
+        Just((4, 3, 5)),
+        Just((5, 3, 7)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn replicated_lifecycles_end_pay_honest_runners_and_converge(
+        (replicas, quorum, max) in replication_strategy(),
+        runners in prop::collection::vec((runner_strategy(), 1u64..100), 0..8),
+        seeds in prop::collection::vec(any::<u64>(), 3),
+    ) {
+        let h = simulate(replicas, quorum, max, &runners);
+        let reference = fold(&h.msgs);
+        let v = reference.view.clone().unwrap();
+        prop_assert!(
+            matches!(v.status, SeedStatus::Settled | SeedStatus::Inconclusive | SeedStatus::Expired),
+            "ended {} with {:?}", v.status, v.replicas
+        );
+        prop_assert!(reference.verdicts.values().all(|x| matches!(x, Verdict::Applied)),
+            "an honest history is applied whole: {:?}", reference.verdicts);
+        prop_assert!(v.replicas.len() <= max as usize);
+        // Liars forge distinct hashes, so only a quorum of one can be a lie.
+        if v.status == SeedStatus::Settled && quorum >= 2 {
+            let s = &v.settlement.as_ref().unwrap().settlement;
+            prop_assert_eq!(&v.result.as_ref().unwrap().output_sha256, &"a".repeat(64));
+            prop_assert!(s.paid.len() >= quorum as usize);
+            for p in &s.paid {
+                let i = (num(p) - 10) as usize;
+                prop_assert!(matches!(runners[i].0, Runner::Honest));
+            }
+        }
+        let digest = state::digest(reference.view.iter());
+        for s in seeds {
+            let mut received: Vec<Message> = Vec::new();
+            let mut last: Option<SeedStatus> = None;
+            for i in deliver_order(h.msgs.len(), s) {
+                received.push(h.msgs[i].clone());
+                let f = fold(&received);
+                if let Some(view) = &f.view {
+                    if let Some(prev) = last {
+                        prop_assert!(prev.can_reach(view.status, view.seed.rules),
+                            "moved from {} to {}", prev, view.status);
+                    }
+                    last = Some(view.status);
+                }
+            }
+            let f = fold(&received);
+            prop_assert_eq!(&f, &reference);
+            prop_assert_eq!(state::digest(f.view.iter()), digest.clone());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reputation: derived from the folded states only; the same on stores that hold the same
+// messages in any order, kept across a reopen, rebuilt by the migration that adds it.
+
+/// The liar history of the first test, settled by the publisher's node.
+fn liar_history() -> History {
+    let mut h = awarded(3, 2, 3, 5);
+    for r in [10, 11, 12] {
+        h.claim(r, close_at() + 10);
+    }
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    h.result(12, close_at() + 150, 'a');
+    let s = h.view().settlement_for(true, "ok");
+    h.push(PUBLISHER, close_at() + 300, Body::SeedSettled(s));
+    assert_eq!(h.view().status, SeedStatus::Settled);
+    h
+}
+
+#[test]
+fn reputation_counts_agreement_dissent_and_payment_from_the_state_alone() {
+    use crabnet_core::reputation::{Reputation, contributions};
+    let v = liar_history().view();
+    let c = contributions(&v);
+    let honest = Reputation {
+        agreed: 1,
+        settlements_accepted: 1,
+        ..Reputation::default()
+    };
+    assert_eq!(c[&node(10)], honest);
+    assert_eq!(c[&node(12)], honest);
+    assert_eq!(
+        c[&node(11)],
+        Reputation {
+            dissented: 1,
+            ..Reputation::default()
+        }
+    );
+    assert!(!c.contains_key(&node(13)), "not awarded: nothing to say");
+    // A replica that let its claim window pass missed a deadline.
+    let mut h = awarded(3, 2, 4, 5);
+    h.claim(10, close_at() + 10);
+    h.claim(11, close_at() + 10);
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    h.decide(close_at() + CLAIM_S * 1000 + state::DECISION_MARGIN_MS)
+        .expect("escalation");
+    assert_eq!(contributions(&h.view())[&node(12)].missed_deadlines, 1);
+}
+
+#[test]
+fn reputation_is_the_same_on_stores_with_the_same_messages_and_survives_a_reopen() {
+    use crabnet_core::store::{Store, StoreConfig};
+    let h = liar_history();
+    let dir = tempfile::tempdir().unwrap();
+    let me = node(0x77);
+    let open = |name: &str| Store::open(&dir.path().join(name), &StoreConfig::default()).unwrap();
+    let (mut a, mut b) = (open("a"), open("b"));
+    for m in &h.msgs {
+        a.apply_remote(&me, m, b"env", T0).unwrap();
+    }
+    for m in h.msgs.iter().rev() {
+        b.apply_remote(&me, m, b"env", T0).unwrap();
+    }
+    let reps = a.reputations().unwrap();
+    assert_eq!(reps, b.reputations().unwrap());
+    assert_eq!(reps[&node(11)].dissented, 1);
+    assert_eq!(reps[&node(10)].agreed, 1);
+    assert_eq!(a.reputation(&node(11)).unwrap().dissented, 1);
+    drop(a);
+    let a = open("a");
+    assert_eq!(a.reputations().unwrap(), reps, "kept across a reopen");
+    drop(a);
+    // A store from before the table existed gets it filled from the stored states.
+    let conn = rusqlite::Connection::open(dir.path().join("a")).unwrap();
+    conn.execute_batch(
+        "DROP INDEX reputation_by_node; DROP TABLE reputation; PRAGMA user_version = 8;",
+    )
+    .unwrap();
+    drop(conn);
+    assert_eq!(open("a").reputations().unwrap(), reps);
+}
+
+#[test]
+fn the_reputation_policy_passes_over_a_cheap_dissenter_and_its_award_holds() {
+    use crabnet_core::reputation::{Reputation, weigh_award};
+    let mut h = History::new(2, 2, 2);
+    h.bid(10, 10);
+    h.bid(11, 20);
+    h.bid(12, 30);
+    let mut reps = std::collections::BTreeMap::new();
+    reps.insert(
+        node(10),
+        Reputation {
+            dissented: 2,
+            ..Reputation::default()
+        },
+    );
+    reps.insert(
+        node(12),
+        Reputation {
+            agreed: 5,
+            ..Reputation::default()
+        },
+    );
+    let v = h.view();
+    // Full (max_bids = 10 is not reached): due at the window's end only.
+    let due = v.due_award(close_at()).unwrap();
+    assert_eq!(due.winners, vec![bid_id(10), bid_id(11)], "by price alone");
+    let weighed = weigh_award(&v, &due, &reps, close_at()).unwrap();
+    // 10 weighs 10 * 9 = 90, 11 weighs 20, 12 weighs 30 * 6 / 6 = 30: 11 and 12 win, and 10
+    // (cheaper than both by price) is left out so that the winner rule agrees.
+    assert_eq!(weighed.winners, vec![bid_id(11), bid_id(12)]);
+    assert_eq!(weighed.considered, vec![bid_id(11), bid_id(12)]);
+    let m = h.push(PUBLISHER, close_at(), Body::BiddingClosed(weighed));
+    assert_eq!(h.verdict(&m), Verdict::Applied);
+    let runners: Vec<NodeId> = h.view().replicas.iter().map(|r| r.runner.clone()).collect();
+    assert_eq!(runners, vec![node(11), node(12)]);
+    // Bidding that would close early (max_bids reached) waits for the window's end when
+    // bids are left out.
+    let mut h = History::new(2, 2, 2);
+    let Body::SeedCreated(mut seed) = h.msgs[0].body.clone() else {
+        unreachable!()
+    };
+    seed.max_bids = 3;
+    h.msgs[0].body = Body::SeedCreated(seed);
+    h.bid(10, 10);
+    h.bid(11, 20);
+    h.bid(12, 30);
+    let v = h.view();
+    let early = close_at() - 4_000;
+    let due = v.due_award(early).expect("full: due at once by price");
+    assert_eq!(
+        weigh_award(&v, &due, &reps, early),
+        Err(v.seed.window_end())
+    );
+    // Without history nothing changes.
+    let plain = weigh_award(&v, &due, &Default::default(), early).unwrap();
+    assert_eq!(plain, due);
+}
