@@ -22,7 +22,9 @@ use crate::monitor::{Event, EventKind, RejectReason};
 use crate::state::{self, SeedView, Verdict, Violation};
 
 mod prune;
+mod reconcile;
 pub use prune::SeedsPruned;
+pub use reconcile::WantedEnvelope;
 
 /// Store tuning, part of the node's TOML config (section `[store]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

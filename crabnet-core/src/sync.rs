@@ -16,6 +16,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::model::SeedId;
 
+pub mod range;
+
 /// One seed's entry in a digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeedDigest {

@@ -443,8 +443,22 @@ impl Transport for DhtTransport {
     }
 
     fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
-        // libp2p frames carry their answers back on their own channel (sync responses); only
-        // frames of the UDP fallback are answered here.
+        // Answers to a request travel back in its response; what a node sends after a
+        // response (the next round of a sync exchange) is a new request to that peer alone.
+        if let Some(peer) = to.strip_prefix("libp2p:") {
+            let peer: PeerId = peer
+                .parse()
+                .map_err(|_| net_err(format!("cannot send to {to} alone")))?;
+            super::check_frame_size(self, frame)?;
+            return self
+                .commands
+                .send(Command::SendTo {
+                    peer,
+                    addresses: Vec::new(),
+                    frame: frame.to_vec(),
+                })
+                .map_err(|_| net_err("the libp2p task has stopped"));
+        }
         match &mut self.udp {
             Some(udp) if to.starts_with("udp:") => udp.send_to(to, frame),
             _ => Err(net_err(format!("cannot send to {to} alone"))),

@@ -71,13 +71,14 @@ impl Node {
                 _ = tokio::time::sleep_until(sync_due.unwrap_or_else(tokio::time::Instant::now)), if sync_due.is_some() => {
                     sync_due = None;
                     let node = self.clone();
-                    match tokio::task::spawn_blocking(move || node.digest_frame(false)).await {
+                    let max = transport.max_frame_bytes();
+                    match tokio::task::spawn_blocking(move || node.range_query_frame(max)).await {
                         Ok(Ok(frame)) => {
                             if let Err(e) = transport.sync(&frame) {
-                                tracing::debug!("cannot send sync digest: {e}");
+                                tracing::debug!("cannot send sync query: {e}");
                             }
                         }
-                        Ok(Err(e)) => tracing::warn!("cannot build sync digest: {e}"),
+                        Ok(Err(e)) => tracing::warn!("cannot build sync query: {e}"),
                         Err(e) => tracing::error!("sync task failed: {e}"),
                     }
                 }
