@@ -262,3 +262,72 @@ async fn lost_rounds_only_delay_convergence() {
         n.stop().await.unwrap();
     }
 }
+
+/// A private seed is reconciled within its audience only: a member that was cut off when it
+/// was published gets it by sync, an outsider that joins later is never sent its envelopes
+/// (and does not keep asking for them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_seed_syncs_to_its_audience_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let a = start(config(dir.path(), "a"), Box::new(hub.join("a"))).await;
+    let b = start(config(dir.path(), "b"), Box::new(hub.join("b"))).await;
+    a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    b.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    hub.set_isolated("b", true);
+    // The outsider is there but cut off too: it gets nothing live.
+    let c_wire = hub.join("c");
+    hub.set_isolated("c", true);
+    let mut outsider = config(dir.path(), "c");
+    // Its first hellos reach nobody; the next ones come soon.
+    outsider.network.hello_interval_secs = 1;
+    let c = start(outsider, Box::new(c_wire)).await;
+    a.publish(long("echo public")).await.unwrap();
+    let private = a
+        .publish(PublishRequest {
+            private_to: vec![b.id().clone()],
+            ..long("echo private")
+        })
+        .await
+        .unwrap()
+        .seed
+        .id;
+    // Both went out (to nobody) before anyone comes back: only sync can deliver them now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.overview().await.unwrap().outbox_pending > 0 {
+        assert!(Instant::now() < deadline, "a's outbox stays full");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hub.set_isolated("b", false);
+    hub.set_isolated("c", false);
+    converged(&[&a, &b], 2, Duration::from_secs(20)).await;
+    assert!(b.seed(&private).await.is_ok());
+    // The outsider holds the public seed only, and a few more rounds change nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seed_count(&c).await < 1 {
+        assert!(Instant::now() < deadline, "c never got the public seed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wants = counter(&a, "sync.wants_received").await + counter(&b, "sync.wants_received").await;
+    let rounds = counter(&c, "sync.ranges_received").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(&c, "sync.ranges_received").await < rounds + 4 {
+        assert!(Instant::now() < deadline, "no more sync rounds");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seed_count(&c).await, 1);
+    assert!(c.seed(&private).await.is_err());
+    assert_eq!(
+        counter(&c, "messages.not_for_us").await,
+        0,
+        "c was sent the private seed"
+    );
+    assert_eq!(
+        counter(&a, "sync.wants_received").await + counter(&b, "sync.wants_received").await,
+        wants,
+        "c keeps asking for what it may not have"
+    );
+    for n in [a, b, c] {
+        n.stop().await.unwrap();
+    }
+}

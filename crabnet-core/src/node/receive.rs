@@ -281,9 +281,7 @@ impl Node {
             }
             Kind::SyncRange => {
                 return match parsed.plain::<sync::range::Round>(Kind::SyncRange) {
-                    Ok(round) => {
-                        self.receive_range(&h.sender, &round, bytes.len(), source, max, replies)
-                    }
+                    Ok(round) => self.receive_range(h, &round, bytes.len(), source, max, replies),
                     Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
                 };
             }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use super::{Node, lock};
-use crate::envelope::{self, Kind};
+use crate::envelope::{self, Header, Kind};
 use crate::error::Result;
 use crate::ingress;
 use crate::model::{MessageId, NodeId};
@@ -114,12 +114,12 @@ impl Node {
         self.plain_frame(Kind::SyncRange, &envelope::encode_hello(&round), 60)
     }
 
-    /// A `sync_range` envelope from `peer` (`received` bytes, from `source`): a query is
+    /// A `sync_range` envelope (header `h`, `received` bytes, from `source`): a query is
     /// answered with our reply; a reply with our next query while ranges still differ, and
     /// with `sync_want` envelopes for the messages we lack (none of a seed pruned here).
     pub(super) fn receive_range(
         &self,
-        peer: &NodeId,
+        h: &Header,
         round: &range::Round,
         received: usize,
         source: &ingress::Source,
@@ -128,7 +128,7 @@ impl Node {
     ) -> Result<Acceptance> {
         let room = payload_room(self, max_frame);
         let limit = range::frame_limit(room);
-        let set = self.sync_index()?.set_for(Some(peer));
+        let set = self.sync_index()?.set_for(Some(&h.sender));
         let mut frames = Vec::new();
         let mut queries = 0;
         if !round.reply {
@@ -136,14 +136,24 @@ impl Node {
                 Ok(Some(out)) => frames.push(self.range_frame(true, out)?),
                 Ok(None) => {}
                 Err(e) => {
-                    return self.reject(&source.from, None, RejectReason::Malformed, e.to_string());
+                    return self.reject(
+                        &source.from,
+                        Some(h),
+                        RejectReason::Malformed,
+                        e.to_string(),
+                    );
                 }
             }
         } else {
             let progress = match set.follow(&round.msg, limit) {
                 Ok(p) => p,
                 Err(e) => {
-                    return self.reject(&source.from, None, RejectReason::Malformed, e.to_string());
+                    return self.reject(
+                        &source.from,
+                        Some(h),
+                        RejectReason::Malformed,
+                        e.to_string(),
+                    );
                 }
             };
             if let Some(next) = progress.next {
