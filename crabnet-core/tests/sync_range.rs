@@ -148,11 +148,20 @@ async fn reconciliation_bytes_follow_the_difference_not_the_store() {
 
     // Converged: a round on identical stores costs one query and one reply per peer and
     // interval, whatever the store's size.
+    let queries = |a: Node, b: Node| async move {
+        counter(&a, "sync.queries_sent").await + counter(&b, "sync.queries_sent").await
+    };
     let before = reconcile_bytes(&a, &b).await;
+    let queries_before = queries(a.clone(), b.clone()).await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let idle = reconcile_bytes(&a, &b).await - before;
-    let rounds = counter(&a, "sync.queries_sent").await + counter(&b, "sync.queries_sent").await;
+    let rounds = queries(a.clone(), b.clone()).await - queries_before;
     assert!(rounds > 0, "no sync rounds ran");
+    // One envelope (2.6 KB of signatures and 16 fingerprints) per query, and no reply.
+    assert!(
+        idle <= rounds * 3500,
+        "{rounds} idle queries cost {idle} bytes"
+    );
 
     // B misses 5 seeds while cut off.
     hub.set_isolated("b", true);

@@ -380,7 +380,8 @@ impl Node {
         Ok(())
     }
 
-    /// Answers a peer's digest (of `digest_bytes`, from `source`): the seeds it lacks (with
+    /// Answers a digest of a peer of the previous version (kind 8; this version sends
+    /// [`range`](crate::sync::range) queries instead; `digest_bytes`, from `source`): the seeds it lacks (with
     /// their authors' hellos) in batches, and our own digest when it holds seeds we lack
     /// (unless its digest is itself a reply), all within the source's sync credit.
     fn answer_digest(
