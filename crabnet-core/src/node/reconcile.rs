@@ -26,6 +26,8 @@ pub(super) struct Index {
     items: Vec<range::Item>,
     /// Private seeds and the nodes that may receive their messages.
     private: BTreeMap<[u8; 16], Vec<NodeId>>,
+    /// The items of public seeds, ready to reconcile (all items when no seed is private).
+    public: Arc<range::ItemSet>,
 }
 
 impl Index {
@@ -33,15 +35,17 @@ impl Index {
     /// audience (or publisher) is `peer`. Without a peer (the first query of an exchange,
     /// which may go to several), the public ones only; both sides apply the same rule, so a
     /// private seed never looks like a difference to a peer outside its audience.
-    fn set_for(&self, peer: Option<&NodeId>) -> range::ItemSet {
-        if self.private.is_empty() {
-            return range::ItemSet::new(self.items.iter().copied());
-        }
-        range::ItemSet::new(self.items.iter().copied().filter(|i| {
-            self.private
-                .get(&i.seed)
-                .is_none_or(|allowed| peer.is_some_and(|p| allowed.contains(p)))
-        }))
+    fn set_for(&self, peer: Option<&NodeId>) -> Arc<range::ItemSet> {
+        let Some(peer) = peer.filter(|p| self.private.values().any(|a| a.contains(p))) else {
+            return self.public.clone();
+        };
+        Arc::new(range::ItemSet::new(self.items.iter().copied().filter(
+            |i| {
+                self.private
+                    .get(&i.seed)
+                    .is_none_or(|allowed| allowed.contains(peer))
+            },
+        )))
     }
 }
 
@@ -58,6 +62,10 @@ fn payload_room(node: &Node, max_frame: usize) -> usize {
 
 /// Bytes a sync envelope may add to its payload beyond [`envelope::OVERHEAD`].
 pub(super) const FRAME_SLACK: usize = 16;
+
+/// The most bytes one answer carries, whatever the credit: over libp2p an answer is one
+/// response, and responses are limited to 10 MiB. What does not fit is asked for again.
+const ANSWER_MAX_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What a source may still be sent in answer to what it sent: opened with
 /// [`Node::open_credit`], filled with [`Node::push_frame`] and [`Node::push_batches`], closed
@@ -87,10 +95,17 @@ impl Node {
                 private.insert(id, allowed);
             }
         }
+        let public = Arc::new(range::ItemSet::new(
+            items
+                .iter()
+                .copied()
+                .filter(|i| !private.contains_key(&i.seed)),
+        ));
         let index = Arc::new(Index {
             generation,
             items,
             private,
+            public,
         });
         *cache = Some(index.clone());
         Ok(index)
@@ -261,7 +276,8 @@ impl Node {
 
     /// Opens the credit of `source`, which just sent `received` bytes: a source the transport
     /// vouches for may receive `network.sync_budget_bytes` per `network.sync_interval_secs`,
-    /// any other `network.sync_answer_ratio` times what it sent (anti-amplification).
+    /// any other `network.sync_answer_ratio` times what it sent (anti-amplification); one
+    /// answer at most [`ANSWER_MAX_BYTES`].
     pub(super) fn open_credit(&self, source: &ingress::Source, received: usize) -> Credit {
         let net = &self.inner.config.network;
         let (amount, cap) = if source.verified {
@@ -270,10 +286,11 @@ impl Node {
             let earned = (received as u64).saturating_mul(net.sync_answer_ratio.into());
             (earned, u64::MAX)
         };
-        let available =
-            self.inner
-                .sync_credit
-                .earn(&source.from, amount, cap, std::time::Instant::now());
+        let available = self
+            .inner
+            .sync_credit
+            .earn(&source.from, amount, cap, std::time::Instant::now())
+            .min(ANSWER_MAX_BYTES);
         Credit {
             available,
             left: available,

@@ -93,9 +93,13 @@ pub fn frame_limit(max_payload: usize) -> usize {
         .max(MIN_FRAME_LIMIT)
 }
 
-/// The most ids a [`Want`] payload of `max_payload` bytes holds.
+/// The most ids one [`Want`] asks for: its answer (a few KB per envelope) must stay well
+/// within what one answer carries.
+pub const MAX_WANT_IDS: usize = 1024;
+
+/// The most ids a [`Want`] payload of `max_payload` bytes holds (at most [`MAX_WANT_IDS`]).
 pub fn want_capacity(max_payload: usize) -> usize {
-    (max_payload.saturating_sub(WANT_OVERHEAD) / WANT_ID_BYTES).max(1)
+    (max_payload.saturating_sub(WANT_OVERHEAD) / WANT_ID_BYTES).clamp(1, MAX_WANT_IDS)
 }
 
 /// A sorted set of items, ready to reconcile.
