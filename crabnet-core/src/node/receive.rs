@@ -380,10 +380,11 @@ impl Node {
         Ok(())
     }
 
-    /// Answers a digest of a peer of the previous version (kind 8; this version sends
-    /// [`range`](crate::sync::range) queries instead; `digest_bytes`, from `source`): the seeds it lacks (with
-    /// their authors' hellos) in batches, and our own digest when it holds seeds we lack
-    /// (unless its digest is itself a reply), all within the source's sync credit.
+    /// Answers a digest (kind 8) of a peer of the previous version, which this version no
+    /// longer sends ([`range`](crate::sync::range) queries instead), of `digest_bytes` from
+    /// `source`: the seeds it lacks (with their authors' hellos) in batches, and our own digest
+    /// when it holds seeds we lack (unless its digest is itself a reply), all within the
+    /// source's sync credit.
     fn answer_digest(
         &self,
         requester: &NodeId,
