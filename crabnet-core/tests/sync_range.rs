@@ -3,13 +3,18 @@
 //! not their size, old envelopes sync, and a lost round only delays convergence (in-process
 //! nodes on the memory hub).
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crabnet_core::envelope::{self, Kind};
 use crabnet_core::network::{Incoming, MemoryTransport};
+use crabnet_core::sync::range::{Round, Want};
 use crabnet_core::{Config, MemoryHub, Node, PublishRequest, Transport};
+use support::forge::{hello, identity, plain, wait_counter};
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
     let mut c = Config::with_data_dir(dir.join(name));
@@ -339,4 +344,84 @@ async fn a_private_seed_syncs_to_its_audience_only() {
     for n in [a, b, c] {
         n.stop().await.unwrap();
     }
+}
+
+/// Hostile reconciliation input from a known peer: garbage in a `sync_range` query or reply
+/// and ids that are no message ids in a `sync_want` are refused as malformed or answered
+/// with nothing; the node keeps working (a replayed query is covered by `tests/network.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_reconciliation_messages_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let node = start(config(dir.path(), "n"), Box::new(hub.join("n"))).await;
+    node.publish(long("echo held")).await.unwrap();
+    let mut wire = hub.join("wire");
+    let mallory = identity(0x33, 1);
+    wire.broadcast(&hello(&mallory)).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for (reply, msg) in [
+        (false, vec![0x61, 0xff, 0xff]),
+        (true, vec![0x61, 0, 0, 2, 5]),
+        (false, vec![0x10]),
+        (true, Vec::new()),
+    ] {
+        let round = Round { reply, msg };
+        let frame = plain(&mallory, Kind::SyncRange, &envelope::encode_hello(&round));
+        wire.broadcast(&frame).unwrap();
+    }
+    wait_counter(&node, "rejected.malformed", 3).await;
+    let want = Want {
+        ids: vec![
+            serde_bytes::ByteBuf::from(vec![1u8; 3]),
+            serde_bytes::ByteBuf::from(vec![7u8; 16]),
+        ],
+    };
+    wire.broadcast(&plain(
+        &mallory,
+        Kind::SyncWant,
+        &envelope::encode_hello(&want),
+    ))
+    .unwrap();
+    wait_counter(&node, "sync.wants_received", 1).await;
+    // Nothing it holds was asked for: no batch went out.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(
+            Duration::from_millis(100),
+            crabnet_core::network::recv(&mut wire),
+        )
+        .await
+        {
+            Ok(Some(frame)) => assert_ne!(frame.bytes[4], 9, "a batch for a bogus want"),
+            _ => continue,
+        }
+    }
+    // Still working: it answers a well-formed query from the same peer.
+    let round = Round {
+        reply: false,
+        msg: crabnet_core::sync::range::ItemSet::new([]).query(8_000),
+    };
+    wire.broadcast(&plain(
+        &mallory,
+        Kind::SyncRange,
+        &envelope::encode_hello(&round),
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, crabnet_core::network::recv(&mut wire))
+            .await
+            .expect("an answer to a well-formed query")
+            .unwrap();
+        let parsed = envelope::parse(&frame.bytes, envelope::MAX_ENVELOPE_BYTES).unwrap();
+        if parsed.header.kind == Kind::SyncRange {
+            let reply: Round = parsed.plain(Kind::SyncRange).unwrap();
+            assert!(reply.reply, "the answer to a query is a reply");
+            break;
+        }
+    }
+    node.stop().await.unwrap();
 }
