@@ -145,7 +145,8 @@ impl Node {
         let limit = range::frame_limit(room);
         let set = self.sync_index()?.set_for(Some(&h.sender));
         let mut frames = Vec::new();
-        let mut queries = 0;
+        // Whether `frames` starts with our next query.
+        let mut query_first = false;
         if !round.reply {
             match set.answer(&round.msg, limit) {
                 Ok(Some(out)) => frames.push(self.range_frame(true, out)?),
@@ -173,7 +174,7 @@ impl Node {
             };
             if let Some(next) = progress.next {
                 frames.push(self.range_frame(false, next)?);
-                queries += 1;
+                query_first = true;
             }
             let mut wanted = Vec::new();
             {
@@ -201,18 +202,18 @@ impl Node {
         }
         let mut credit = self.open_credit(source, received);
         let mut sent = 0u64;
-        for frame in frames {
+        for (i, frame) in frames.into_iter().enumerate() {
             let len = frame.len() as u64;
             if !self.push_frame(&mut credit, frame, replies) {
                 self.inner.rejections.count("sync.answers_over_budget");
                 break;
             }
+            if i == 0 && query_first {
+                self.inner.rejections.count("sync.queries_sent");
+            }
             sent += len;
         }
         self.close_credit(source, &credit);
-        if queries > 0 {
-            self.inner.rejections.count("sync.queries_sent");
-        }
         if sent > 0 {
             self.inner.rejections.add("sync.reconcile_bytes_sent", sent);
         }
