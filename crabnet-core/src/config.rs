@@ -126,7 +126,8 @@ pub struct NetworkConfig {
     pub max_clock_skew_secs: u32,
     /// How often the node announces itself with a hello, in seconds.
     pub hello_interval_secs: u32,
-    /// How often the node sends its sync digest so peers can send what it lacks, in seconds.
+    /// How often the node starts a sync exchange (a reconciliation query) with its peers, so
+    /// that it learns and asks for what it lacks, in seconds.
     pub sync_interval_secs: u32,
     /// Rejected frames from one source with one reason get one `message_rejected` event as they
     /// happen and one summary per window of this many milliseconds (0: an event for each).
@@ -165,7 +166,7 @@ pub struct NetworkConfig {
     /// address).
     pub peer_address_exempt: Vec<std::net::IpAddr>,
     /// A requester whose source address the transport cannot vouch for (a UDP address that is
-    /// not a configured peer) receives at most this many times the bytes of the sync digests
+    /// not a configured peer) receives at most this many times the bytes of the sync envelopes
     /// it sent per `sync_interval_secs` in answers (anti-amplification).
     pub sync_answer_ratio: u32,
     /// Bytes of sync answers one vouched-for requester (libp2p peer, configured UDP peer) may

@@ -7,7 +7,8 @@
 //!      3     1  version (1)
 //!      4     1  kind (0 node_hello, 1 seed_created, 2 bid_placed, 3 bidding_closed,
 //!               4 seed_cancelled, 5 seed_claimed, 6 result_reported, 7 seed_settled,
-//!               8 sync_digest, 9 sync_batch, 10 revocations)
+//!               8 sync_digest, 9 sync_batch, 10 revocations, 11 key_rotations,
+//!               12 sync_range, 13 sync_want, 20 seed_reassigned, 21 seed_failed)
 //!      5     1  flags (bit 0: payload sealed to recipients; other bits 0)
 //!      6    32  sender node id
 //!     38    16  message id
@@ -63,6 +64,10 @@ pub enum Kind {
     Revocations,
     /// Key rotation statements ([`crate::rotation`]), sent with hellos.
     KeyRotations,
+    /// One round of range-based set reconciliation (sync, [`crate::sync::range`]).
+    SyncRange,
+    /// Message ids a node asks a peer for after reconciliation (sync).
+    SyncWant,
     /// A domain message.
     Domain(MessageKind),
 }
@@ -76,6 +81,8 @@ impl Kind {
             Kind::SyncBatch => 9,
             Kind::Revocations => 10,
             Kind::KeyRotations => 11,
+            Kind::SyncRange => 12,
+            Kind::SyncWant => 13,
             Kind::Domain(k) => match k {
                 MessageKind::SeedCreated => 1,
                 MessageKind::BidPlaced => 2,
@@ -106,6 +113,8 @@ impl Kind {
             9 => Kind::SyncBatch,
             10 => Kind::Revocations,
             11 => Kind::KeyRotations,
+            12 => Kind::SyncRange,
+            13 => Kind::SyncWant,
             20 => Kind::Domain(MessageKind::SeedReassigned),
             21 => Kind::Domain(MessageKind::SeedFailed),
             22 => Kind::Domain(MessageKind::SeedEscalated),
@@ -121,6 +130,8 @@ impl Kind {
             Kind::SyncBatch => "sync_batch",
             Kind::Revocations => "revocations",
             Kind::KeyRotations => "key_rotations",
+            Kind::SyncRange => "sync_range",
+            Kind::SyncWant => "sync_want",
             Kind::Domain(k) => k.as_str(),
         }
     }

@@ -152,10 +152,15 @@ impl Rejections {
     /// Counts something that is not a rejection (a duplicate hello, our own echo), written
     /// with the rejection counters.
     pub fn count(&self, counter: &str) {
-        *lock(&self.state)
-            .counters
-            .entry(counter.to_owned())
-            .or_default() += 1;
+        self.add(counter, 1);
+    }
+
+    /// Adds `n` to a counter that is not a rejection (bytes sent by sync), written with the
+    /// rejection counters.
+    pub fn add(&self, counter: &str, n: u64) {
+        let mut state = lock(&self.state);
+        let value = state.counters.entry(counter.to_owned()).or_default();
+        *value = value.saturating_add(n);
     }
 
     /// Closes the windows that are over: returns the counters not yet written and one summary

@@ -50,6 +50,7 @@ mod keys;
 mod network_loop;
 mod operations;
 mod receive;
+mod reconcile;
 mod runs;
 
 /// What to publish. `Default` gives a usable seed apart from the command.
@@ -201,6 +202,8 @@ struct Inner {
     rejections: ingress::Rejections,
     gate: ingress::Gate,
     sync_credit: crate::ratelimit::Credits,
+    /// The stored messages as reconciliation items, rebuilt when the store changed.
+    sync_index: reconcile::IndexCache,
     recent: ingress::RecentFrames,
     held: ingress::HoldQueue,
     trust: trust::Trust,
@@ -418,6 +421,7 @@ impl Node {
                     Duration::from_secs(config.network.sync_interval_secs.into()),
                     SYNC_REQUESTERS,
                 ),
+                sync_index: reconcile::IndexCache::default(),
                 recent: ingress::RecentFrames::new(RECENT_FRAMES),
                 held: ingress::HoldQueue::new(config.network.unknown_sender_hold_ms),
                 trust: policy,

@@ -24,9 +24,11 @@ use crate::state::{self, SeedView, Verdict, Violation};
 
 pub(crate) mod config;
 mod prune;
+mod reconcile;
 mod reputation;
 pub use config::{StoreConfig, SyncMode};
 pub use prune::SeedsPruned;
+pub use reconcile::WantedEnvelope;
 
 /// Where a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,13 +1,17 @@
 //! Sync: how a node that started late, restarted or was cut off catches up without anyone
 //! re-running anything.
 //!
-//! Nodes periodically broadcast a compact [`Digest`] of what they hold: per seed, the number of
-//! stored messages and a hash of their ids. A node that receives a digest answers, for every
-//! seed it holds that the digest lacks or describes differently, with the stored envelopes of
-//! that seed verbatim (their signatures still verify), preceded by the hellos of their
-//! authors, packed into [`Batch`] envelopes that fit the transport. If the digest shows seeds
-//! the receiver lacks, it answers with its own digest (marked as a reply, which is never
-//! answered with a digest again), so both sides converge. See `docs/PROTOCOL.md` section 7.
+//! Nodes periodically reconcile what they hold with their peers by ranges ([`range`]): the
+//! rounds and bytes follow the difference, not the store. What a node lacks it asks for by
+//! message id; the peer answers with the stored envelopes verbatim (their signatures still
+//! verify), preceded by the hellos of their authors, packed into [`Batch`] envelopes that fit
+//! the transport.
+//!
+//! The previous version's [`Digest`] (per seed, the number of stored messages and a hash of
+//! their ids, at most 1,200 seeds) is still answered, for nodes of that version: with the
+//! stored envelopes of every seed the digest lacks or describes differently, and with a digest
+//! of our own (marked as a reply, never answered with a digest again) when it shows seeds we
+//! lack. See `docs/PROTOCOL.md` section 7.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::model::SeedId;
+
+pub mod range;
 
 /// One seed's entry in a digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -125,9 +125,11 @@ async fn a_sync_batch_of_many_envelopes_is_not_limited_as_many_frames() {
     }
     let mut cb = config(dir.path(), "b");
     cb.network.sync_interval_secs = 1;
-    cb.network.source_rate_per_sec = 2;
+    // Each second A sends its own query, its reply to B's query and a batch answering B's
+    // want: three frames, and the batch carries up to 40 envelopes.
+    cb.network.source_rate_per_sec = 3;
     cb.network.source_burst = 5;
-    cb.network.sender_rate_per_sec = 2;
+    cb.network.sender_rate_per_sec = 3;
     cb.network.sender_burst = 5;
     let b = Node::start_with_transport(cb, Box::new(hub.join("b")))
         .await

@@ -15,8 +15,8 @@
 //! Tests: a 4-node lifecycle (`four_nodes_full_lifecycle_converge`), a late joiner
 //! (`late_joiner_converges_by_sync`), SIGKILL mid-lifecycle plus a partition by process and a
 //! restart (`sigkilled_node_restarts_and_heals_by_sync`), hostile datagrams
-//! (`hostile_datagrams_are_rejected_and_the_node_keeps_working`) and a replayed sync digest
-//! (`replayed_sync_digest_is_rejected_not_answered`).
+//! (`hostile_datagrams_are_rejected_and_the_node_keeps_working`) and a replayed sync query
+//! (`replayed_sync_query_is_rejected_not_answered`).
 
 mod support;
 
@@ -42,7 +42,7 @@ const HEADER_LEN: usize = 78;
 const SIGNATURES_LEN: usize = 64 + 2420;
 const KIND_HELLO: u8 = 0;
 const KIND_SEED_CREATED: u8 = 1;
-const KIND_SYNC_DIGEST: u8 = 8;
+const KIND_SYNC_RANGE: u8 = 12;
 /// The largest UDP payload over IPv4, and the UDP transport's frame limit.
 const MAX_UDP_PAYLOAD: usize = 65_507;
 
@@ -443,32 +443,38 @@ fn drain(socket: &UdpSocket) {
     socket.set_nonblocking(false).unwrap();
 }
 
-/// A byte-identical replay of a `sync_digest` datagram the node already received and
-/// answered must be rejected like any other replayed envelope (docs/PROTOCOL.md section 7:
+/// A byte-identical replay of a sync query (`sync_range`) datagram the node already received
+/// and answered must be rejected like any other replayed envelope (docs/PROTOCOL.md section 7:
 /// sync envelopes are "subject to the live checks of section 2c", which include the replay
-/// and duplicate checks), not answered again: otherwise anyone who captured one stale digest
-/// can make a node re-send every seed it holds to all its peers, again and again, for as long
-/// as the digest is fresh (60 s TTL + 120 s skew).
+/// and duplicate checks), not answered again: otherwise anyone who captured one stale query
+/// can make a node answer it again and again, for as long as the query is fresh (60 s TTL +
+/// 120 s skew).
 #[test]
-fn replayed_sync_digest_is_rejected_not_answered() {
+fn replayed_sync_query_is_rejected_not_answered() {
     let (a, b) = (0, 1);
     let (mut net, tap) = tapped_pair();
-    // A digest B sends once both know each other: A verifies and answers it.
+    // A query B sends once both know each other: A verifies and answers it.
     drain(&tap);
-    let digest = capture(&tap, KIND_SYNC_DIGEST, "sync_digest");
-    let digest_id = hex::encode(&digest[MESSAGE_ID]);
-    // After the capture, A gets a seed the captured digest does not list.
-    let seed = net.publish(a, "echo digest-replay", 3);
+    let query = capture(&tap, KIND_SYNC_RANGE, "sync_range");
+    let query_id = hex::encode(&query[MESSAGE_ID]);
+    // After the capture, A gets a seed the captured query does not cover.
+    let seed = net.publish(a, "echo query-replay", 3);
     net.wait_seed(b, &seed, "knows the seed", |_| true);
     net.wait_converged(&[a, b], "before the replay");
-    // Converged: the periodic digests now match and nobody sends batches.
+    // Converged: the periodic queries now match and nobody sends batches.
     thread::sleep(Duration::from_millis(1500));
     let a_before = net.counters(a);
     let b_before = net.counters(b);
 
     let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
-    attacker.send_to(&digest, &net.nodes[a].addr).unwrap();
+    attacker.send_to(&query, &net.nodes[a].addr).unwrap();
     thread::sleep(Duration::from_millis(1500));
+    attacker.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 70_000];
+    assert!(
+        attacker.recv_from(&mut buf).is_err(),
+        "A answered the replayed query"
+    );
 
     let a_after = net.counters(a);
     let b_after = net.counters(b);
@@ -478,18 +484,18 @@ fn replayed_sync_digest_is_rejected_not_answered() {
     assert_eq!(
         get(&b_after, "sync.batches_received"),
         get(&b_before, "sync.batches_received"),
-        "the replayed digest made A send its seeds again (B received sync batches)\nA before {a_before:?}\nA after {a_after:?}"
+        "the replayed query made A send its seeds again (B received sync batches)\nA before {a_before:?}\nA after {a_after:?}"
     );
     assert!(
         rejected(&a_after) > rejected(&a_before),
-        "A did not reject the replayed digest {digest_id} as duplicate or replay\nbefore {a_before:?}\nafter {a_after:?}"
+        "A did not reject the replayed query {query_id} as duplicate or replay\nbefore {a_before:?}\nafter {a_after:?}"
     );
     let events = net.events(a);
     assert!(
         events.iter().any(|e| e["type"] == "message_rejected"
-            && e["message_id"] == digest_id.as_str()
+            && e["message_id"] == query_id.as_str()
             && (e["reason"] == "duplicate" || e["reason"] == "replay")),
-        "no rejection event for the replayed digest {digest_id}"
+        "no rejection event for the replayed query {query_id}"
     );
     net.assert_alive(&[a, b]);
 }

@@ -150,15 +150,16 @@ fn dht_late_joiner_dialing_one_node_converges_by_sync() {
     });
     net.wait_peers(3, &[0, 1, 2]);
     // Gossip does not replay old messages: what node 3 holds came in sync batches, and it
-    // asked with digests.
+    // asked with sync queries, then (in a new request after the response) with wants.
     after_late_joiner(&net, &before, "dht-", |net| {
+        let get = |i: usize, k: &str| net.counters(i).get(k).copied().unwrap_or(0);
         assert!(
-            net.counters(2)
-                .get("sync.digests_received")
-                .copied()
-                .unwrap_or(0)
-                > 0,
-            "node 2 answered digests"
+            get(2, "sync.ranges_received") > 0,
+            "node 2 answered sync queries"
+        );
+        assert!(
+            (0..3).map(|i| get(i, "sync.wants_received")).sum::<u64>() > 0,
+            "node 3 asked for what it lacked"
         );
     });
     net.assert_alive(&all);

@@ -1,6 +1,6 @@
 //! libp2p: the distributed engine. Gossipsub carries envelopes to every node (validated by the
 //! node's trust boundary before they are forwarded), a request-response protocol carries sync
-//! digests and their answers, Kademlia finds peers beyond the configured ones, identify tells
+//! queries and their answers, Kademlia finds peers beyond the configured ones, identify tells
 //! Kademlia which addresses to use, and mDNS (opt-in) finds peers on the local network. TCP
 //! (noise + yamux) and QUIC. The standard protocols let other libp2p implementations join.
 //!
@@ -29,7 +29,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// The gossipsub topic every Crabnet envelope is published on.
 pub const TOPIC: &str = "crabnet/v1/envelopes";
-/// The request-response protocol carrying sync digests and answers.
+/// The request-response protocol carrying sync queries, wants and their answers.
 pub const SYNC_PROTOCOL: &str = "/crabnet/sync/1.0.0";
 /// The Kademlia protocol name (a private DHT for Crabnet nodes).
 pub const KAD_PROTOCOL: &str = "/crabnet/kad/1.0.0";
@@ -106,8 +106,8 @@ const GOSSIP_HISTORY_HEARTBEATS: usize = 30;
 const UNICAST_RETRIES: u32 = 3;
 const UNICAST_RETRY_DELAY: Duration = Duration::from_millis(500);
 
-/// How many connected peers get each sync digest (chosen at random each time). Anti-entropy
-/// with a few random peers per interval reaches everyone in O(log n) intervals, while a digest
+/// How many connected peers get each sync query (chosen at random each time). Anti-entropy
+/// with a few random peers per interval reaches everyone in O(log n) intervals, while a query
 /// to every peer would cost each node work in proportion to the network's size.
 pub const SYNC_FANOUT: usize = 3;
 
@@ -446,8 +446,22 @@ impl Transport for DhtTransport {
     }
 
     fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
-        // libp2p frames carry their answers back on their own channel (sync responses); only
-        // frames of the UDP fallback are answered here.
+        // Answers to a request travel back in its response; what a node sends after a
+        // response (the next round of a sync exchange) is a new request to that peer alone.
+        if let Some(peer) = to.strip_prefix("libp2p:") {
+            let peer: PeerId = peer
+                .parse()
+                .map_err(|_| net_err(format!("cannot send to {to} alone")))?;
+            super::check_frame_size(self, frame)?;
+            return self
+                .commands
+                .send(Command::SendTo {
+                    peer,
+                    addresses: Vec::new(),
+                    frame: frame.to_vec(),
+                })
+                .map_err(|_| net_err("the libp2p task has stopped"));
+        }
         match &mut self.udp {
             Some(udp) if to.starts_with("udp:") => udp.send_to(to, frame),
             _ => Err(net_err(format!("cannot send to {to} alone"))),
@@ -611,10 +625,10 @@ async fn run(
                         Acceptance::Reject => gossipsub::MessageAcceptance::Reject,
                     };
                     swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
-                    // Sync answers go only to a requester, over request-response; a digest
+                    // Sync answers go only to a requester, over request-response; a query
                     // gossiped to everyone is not answered to everyone.
                     if !handled.replies.is_empty() {
-                        tracing::debug!("not answering a sync digest received by gossip");
+                        tracing::debug!("not answering a sync envelope received by gossip");
                     }
                 }
                 Some(Done::Request { channel, handled }) => {
@@ -672,7 +686,7 @@ async fn run(
                     }
                 },
                 SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, request_id, error, .. })) => {
-                    // A digest is sent again on the next interval anyway; a frame for one peer
+                    // A sync query is sent again on the next interval anyway; a frame for one peer
                     // (a hello it waits for) whose request was lost is sent again a few times,
                     // later each time. If the peer did get it, a copy costs it a lookup.
                     let lost = matches!(

@@ -95,7 +95,7 @@ pub trait Transport: Send + 'static {
     /// Sends a frame to every peer. Must not block for long.
     fn broadcast(&mut self, frame: &[u8]) -> Result<()>;
 
-    /// Sends a sync digest to every peer, where the transport may use a request-response
+    /// Sends a sync query to every peer, where the transport may use a request-response
     /// exchange whose answers come back as frames. By default the same as `broadcast`.
     fn sync(&mut self, frame: &[u8]) -> Result<()> {
         self.broadcast(frame)

@@ -79,13 +79,14 @@ impl Node {
                     sync_due = None;
                     self.announce_new_keys(transport.as_mut(), &mut hello);
                     let node = self.clone();
-                    match tokio::task::spawn_blocking(move || node.digest_frame(false)).await {
+                    let max = transport.max_frame_bytes();
+                    match tokio::task::spawn_blocking(move || node.range_query_frame(max)).await {
                         Ok(Ok(frame)) => {
                             if let Err(e) = transport.sync(&frame) {
-                                tracing::debug!("cannot send sync digest: {e}");
+                                tracing::debug!("cannot send sync query: {e}");
                             }
                         }
-                        Ok(Err(e)) => tracing::warn!("cannot build sync digest: {e}"),
+                        Ok(Err(e)) => tracing::warn!("cannot build sync query: {e}"),
                         Err(e) => tracing::error!("sync task failed: {e}"),
                     }
                 }

@@ -153,20 +153,27 @@ impl Node {
         }
         let net = &self.inner.config.network;
         let skew = net.max_clock_skew_secs as u64 * 1000;
-        if via == Via::Sync && matches!(h.kind, Kind::SyncDigest | Kind::SyncBatch) {
+        if via == Via::Sync
+            && matches!(
+                h.kind,
+                Kind::SyncDigest | Kind::SyncBatch | Kind::SyncRange | Kind::SyncWant
+            )
+        {
             let detail = "sync envelope nested in a sync batch".to_owned();
             return self.reject(from, Some(h), RejectReason::Malformed, detail);
         }
-        if via == Via::Sync {
-            // Stale by design; everything else is checked below.
-        } else if h.timestamp > now + skew {
-            let detail = format!("dated {} ms in the future", h.timestamp - now);
-            return self.reject(from, Some(h), RejectReason::Expired, detail);
-        }
-        let expires = h.timestamp.saturating_add(h.ttl_secs as u64 * 1000);
-        if now > expires.saturating_add(skew) {
-            let detail = format!("expired {} ms ago", now - expires);
-            return self.reject(from, Some(h), RejectReason::Expired, detail);
+        // Inside a sync batch, envelopes are old by design (section 7): freshness applies to
+        // envelopes received live only; everything else is checked below.
+        if via == Via::Live {
+            if h.timestamp > now + skew {
+                let detail = format!("dated {} ms in the future", h.timestamp - now);
+                return self.reject(from, Some(h), RejectReason::Expired, detail);
+            }
+            let expires = h.timestamp.saturating_add(h.ttl_secs as u64 * 1000);
+            if now > expires.saturating_add(skew) {
+                let detail = format!("expired {} ms ago", now - expires);
+                return self.reject(from, Some(h), RejectReason::Expired, detail);
+            }
         }
         // Before any signature: a counter far ahead would drag this node's clock (and every
         // counter it stamps) along, up to the largest one representable.
@@ -248,7 +255,12 @@ impl Node {
         }
         if matches!(
             h.kind,
-            Kind::SyncDigest | Kind::SyncBatch | Kind::Revocations | Kind::KeyRotations
+            Kind::SyncDigest
+                | Kind::SyncBatch
+                | Kind::SyncRange
+                | Kind::SyncWant
+                | Kind::Revocations
+                | Kind::KeyRotations
         ) {
             // Sync envelopes are answered once: a replay must not make us resend everything.
             let fresh = self.with_store(|s| {
@@ -259,6 +271,8 @@ impl Node {
                     Kind::SyncDigest => "sync.digests_received",
                     Kind::Revocations => "trust.revocation_lists_received",
                     Kind::KeyRotations => "trust.rotation_lists_received",
+                    Kind::SyncRange => "sync.ranges_received",
+                    Kind::SyncWant => "sync.wants_received",
                     _ => "sync.batches_received",
                 };
                 s.remember(&h.message_id, &h.sender, h.lamport, now, counter)?;
@@ -290,6 +304,20 @@ impl Node {
                     self.receive_envelope(item, source, max, Via::Sync, replies, &mut None)?;
                 }
                 return Ok(Acceptance::Ignore);
+            }
+            Kind::SyncRange => {
+                return match parsed.plain::<sync::range::Round>(Kind::SyncRange) {
+                    Ok(round) => self.receive_range(h, &round, bytes.len(), source, max, replies),
+                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                };
+            }
+            Kind::SyncWant => {
+                return match parsed.plain::<sync::range::Want>(Kind::SyncWant) {
+                    Ok(want) => {
+                        self.answer_want(&h.sender, &want, bytes.len(), source, max, replies)
+                    }
+                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                };
             }
             Kind::Revocations => {
                 return match parsed.plain::<sync::Batch>(Kind::Revocations) {
@@ -437,9 +465,11 @@ impl Node {
         }
     }
 
-    /// Answers a peer's digest (of `digest_bytes`, from `source`): the seeds it lacks (with
-    /// their authors' hellos) in batches, and our own digest when it holds seeds we lack
-    /// (unless its digest is itself a reply), all within the source's sync credit.
+    /// Answers a digest (kind 8) of a peer of the previous version, which this version no
+    /// longer sends ([`range`](crate::sync::range) queries instead), of `digest_bytes` from
+    /// `source`: the seeds it lacks (with their authors' hellos) in batches, and our own digest
+    /// when it holds seeds we lack (unless its digest is itself a reply), all within the
+    /// source's sync credit.
     fn answer_digest(
         &self,
         requester: &NodeId,
@@ -479,52 +509,18 @@ impl Node {
             hellos.extend(envelopes);
             (cmp, hellos)
         };
-        let (amount, cap) = if source.verified {
-            (net.sync_budget_bytes, net.sync_budget_bytes)
-        } else {
-            let earned = (digest_bytes as u64).saturating_mul(net.sync_answer_ratio.into());
-            (earned, u64::MAX)
-        };
-        let available =
-            self.inner
-                .sync_credit
-                .earn(&source.from, amount, cap, std::time::Instant::now());
-        let mut left = available;
-        let mut queue: std::collections::VecDeque<Vec<u8>> = items.into();
-        loop {
-            // Room for the payload once the batch's own header and signatures are counted.
-            let room = usize::try_from(left)
-                .unwrap_or(usize::MAX)
-                .saturating_sub(envelope::OVERHEAD + BATCH_FRAME_SLACK);
-            let batch = sync::next_batch(&mut queue, room, max_payload);
-            if batch.items.is_empty() {
-                break;
-            }
-            let frame = self.plain_frame(Kind::SyncBatch, &envelope::encode_hello(&batch), 60)?;
-            if frame.len() as u64 > left {
-                break;
-            }
-            left -= frame.len() as u64;
-            replies.push(frame);
-        }
+        let mut credit = self.open_credit(source, digest_bytes);
+        self.push_batches(&mut credit, items, max_payload, replies)?;
         if cmp.peer_has_more && !digest.reply {
             let frame = self.digest_frame(true)?;
-            if frame.len() as u64 <= left {
-                left -= frame.len() as u64;
-                replies.push(frame);
-            }
+            self.push_frame(&mut credit, frame, replies);
         }
-        if !queue.is_empty() {
-            self.inner.rejections.count("sync.answers_over_budget");
-        }
-        self.inner
-            .sync_credit
-            .spend(&source.from, (available - left) as usize);
+        self.close_credit(source, &credit);
         Ok(())
     }
 
     /// Our sync digest as a signed envelope.
-    pub(super) fn digest_frame(&self, reply: bool) -> Result<Vec<u8>> {
+    fn digest_frame(&self, reply: bool) -> Result<Vec<u8>> {
         let seeds = lock(&self.inner.store).sync_digest(DIGEST_LIMIT)?;
         let digest = sync::Digest { reply, seeds };
         self.plain_frame(Kind::SyncDigest, &envelope::encode_hello(&digest), 60)
@@ -714,9 +710,6 @@ pub(super) const RECENT_FRAMES: usize = 65_536;
 
 /// Sync requesters whose credit is tracked at once.
 pub(super) const SYNC_REQUESTERS: usize = 4096;
-
-/// Bytes a sync batch's envelope may add to its payload beyond [`envelope::OVERHEAD`].
-const BATCH_FRAME_SLACK: usize = 16;
 
 /// Most seeds listed in one digest (about 40 bytes each, so a digest fits one datagram).
 const DIGEST_LIMIT: usize = 1200;

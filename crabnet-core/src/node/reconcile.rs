@@ -1,0 +1,354 @@
+//! Sync by range-based set reconciliation (docs/PROTOCOL.md section 7): the periodic query,
+//! the answers to queries, replies and wants, and the sync credit every answer is sent within.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use super::{Node, lock};
+use crate::envelope::{self, Header, Kind};
+use crate::error::Result;
+use crate::ingress;
+use crate::model::{MessageId, NodeId};
+use crate::monitor::RejectReason;
+use crate::network::Acceptance;
+use crate::sync::{self, range};
+
+/// The stored messages as reconciliation items, kept between rounds and rebuilt when the
+/// store changed (see [`crate::store::Store::sync_generation`]).
+#[derive(Debug, Default)]
+pub(super) struct IndexCache(Mutex<Option<Arc<Index>>>);
+
+/// One snapshot of the store's items.
+#[derive(Debug)]
+pub(super) struct Index {
+    generation: [i64; 4],
+    /// Sorted by timestamp, then id.
+    items: Vec<range::Item>,
+    /// Private seeds and the nodes that may receive their messages.
+    private: BTreeMap<[u8; 16], Vec<NodeId>>,
+    /// The items of public seeds, ready to reconcile (all items when no seed is private).
+    public: Arc<range::ItemSet>,
+}
+
+impl Index {
+    /// The items reconciled with `peer`: every public one, and those of private seeds whose
+    /// audience (or publisher) is `peer`. Without a peer (the first query of an exchange,
+    /// which may go to several), the public ones only; both sides apply the same rule, so a
+    /// private seed never looks like a difference to a peer outside its audience.
+    fn set_for(&self, peer: Option<&NodeId>) -> Arc<range::ItemSet> {
+        let Some(peer) = peer.filter(|p| self.private.values().any(|a| a.contains(p))) else {
+            return self.public.clone();
+        };
+        Arc::new(range::ItemSet::new(self.items.iter().copied().filter(
+            |i| {
+                self.private
+                    .get(&i.seed)
+                    .is_none_or(|allowed| allowed.contains(peer))
+            },
+        )))
+    }
+}
+
+/// Room for the payload of a sync envelope sent over a transport whose frames are at most
+/// `max_frame` bytes.
+fn payload_room(node: &Node, max_frame: usize) -> usize {
+    node.inner
+        .config
+        .network
+        .max_envelope_bytes
+        .min(max_frame)
+        .saturating_sub(envelope::OVERHEAD + FRAME_SLACK)
+}
+
+/// Bytes a sync envelope may add to its payload beyond [`envelope::OVERHEAD`].
+pub(super) const FRAME_SLACK: usize = 16;
+
+/// The most bytes one answer carries, whatever the credit: over libp2p an answer is one
+/// response, and responses are limited to 10 MiB. What does not fit is asked for again.
+const ANSWER_MAX_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What a source may still be sent in answer to what it sent: opened with
+/// [`Node::open_credit`], filled with [`Node::push_frame`] and [`Node::push_batches`], closed
+/// with [`Node::close_credit`].
+pub(super) struct Credit {
+    available: u64,
+    left: u64,
+}
+
+impl Node {
+    /// The items of the store, from the cache while the store did not change.
+    fn sync_index(&self) -> Result<Arc<Index>> {
+        let mut cache = lock(&self.inner.sync_index.0);
+        let store = lock(&self.inner.store);
+        let generation = store.sync_generation()?;
+        if let Some(index) = cache.as_ref()
+            && index.generation == generation
+        {
+            return Ok(index.clone());
+        }
+        let mut items = store.sync_items()?;
+        items.sort_unstable();
+        let mut private = BTreeMap::new();
+        for (seed, allowed) in store.private_seeds()? {
+            let mut id = [0u8; 16];
+            if hex::decode_to_slice(seed.as_str(), &mut id).is_ok() {
+                private.insert(id, allowed);
+            }
+        }
+        let public = Arc::new(range::ItemSet::new(
+            items
+                .iter()
+                .copied()
+                .filter(|i| !private.contains_key(&i.seed)),
+        ));
+        let index = Arc::new(Index {
+            generation,
+            items,
+            private,
+            public,
+        });
+        *cache = Some(index.clone());
+        Ok(index)
+    }
+
+    /// The first query of an exchange, as a signed `sync_range` envelope for a transport whose
+    /// frames are at most `max_frame` bytes (sent every `network.sync_interval_secs`).
+    pub(super) fn range_query_frame(&self, max_frame: usize) -> Result<Vec<u8>> {
+        let limit = range::frame_limit(payload_room(self, max_frame));
+        let msg = self.sync_index()?.set_for(None).query(limit);
+        let frame = self.range_frame(false, msg)?;
+        self.inner.rejections.count("sync.queries_sent");
+        self.inner
+            .rejections
+            .add("sync.reconcile_bytes_sent", frame.len() as u64);
+        Ok(frame)
+    }
+
+    fn range_frame(&self, reply: bool, msg: Vec<u8>) -> Result<Vec<u8>> {
+        let round = range::Round { reply, msg };
+        self.plain_frame(Kind::SyncRange, &envelope::encode_hello(&round), 60)
+    }
+
+    /// A `sync_range` envelope (header `h`, `received` bytes, from `source`): a query is
+    /// answered with our reply; a reply with our next query while ranges still differ, and
+    /// with `sync_want` envelopes for the messages we lack (none of a seed pruned here).
+    pub(super) fn receive_range(
+        &self,
+        h: &Header,
+        round: &range::Round,
+        received: usize,
+        source: &ingress::Source,
+        max_frame: usize,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<Acceptance> {
+        let room = payload_room(self, max_frame);
+        let limit = range::frame_limit(room);
+        let set = self.sync_index()?.set_for(Some(&h.sender));
+        let mut frames = Vec::new();
+        // Whether `frames` starts with our next query.
+        let mut query_first = false;
+        if !round.reply {
+            match set.answer(&round.msg, limit) {
+                Ok(Some(out)) => frames.push(self.range_frame(true, out)?),
+                Ok(None) => {}
+                Err(e) => {
+                    return self.reject(
+                        &source.from,
+                        Some(h),
+                        RejectReason::Malformed,
+                        e.to_string(),
+                    );
+                }
+            }
+        } else {
+            let progress = match set.follow(&round.msg, limit) {
+                Ok(p) => p,
+                Err(e) => {
+                    return self.reject(
+                        &source.from,
+                        Some(h),
+                        RejectReason::Malformed,
+                        e.to_string(),
+                    );
+                }
+            };
+            if let Some(next) = progress.next {
+                frames.push(self.range_frame(false, next)?);
+                query_first = true;
+            }
+            let mut wanted = Vec::new();
+            {
+                let store = lock(&self.inner.store);
+                for (message, seed) in progress.need {
+                    if !store.is_pruned(&seed)? && !store.is_known(&message)? {
+                        wanted.push(message);
+                    }
+                }
+            }
+            for ids in wanted.chunks(range::want_capacity(room)) {
+                let want = range::Want {
+                    ids: ids
+                        .iter()
+                        .filter_map(|id| hex::decode(id.as_str()).ok())
+                        .map(serde_bytes::ByteBuf::from)
+                        .collect(),
+                };
+                frames.push(self.plain_frame(
+                    Kind::SyncWant,
+                    &envelope::encode_hello(&want),
+                    60,
+                )?);
+            }
+        }
+        let mut credit = self.open_credit(source, received);
+        let mut sent = 0u64;
+        for (i, frame) in frames.into_iter().enumerate() {
+            let len = frame.len() as u64;
+            if !self.push_frame(&mut credit, frame, replies) {
+                self.inner.rejections.count("sync.answers_over_budget");
+                break;
+            }
+            if i == 0 && query_first {
+                self.inner.rejections.count("sync.queries_sent");
+            }
+            sent += len;
+        }
+        self.close_credit(source, &credit);
+        if sent > 0 {
+            self.inner.rejections.add("sync.reconcile_bytes_sent", sent);
+        }
+        Ok(Acceptance::Ignore)
+    }
+
+    /// A `sync_want` envelope from `requester`: the stored envelopes it asks for, each seed's
+    /// creation first, preceded by the hellos of their authors, in batches within the
+    /// source's credit. A private seed's messages go only to its audience and publisher.
+    pub(super) fn answer_want(
+        &self,
+        requester: &NodeId,
+        want: &range::Want,
+        received: usize,
+        source: &ingress::Source,
+        max_frame: usize,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<Acceptance> {
+        let room = payload_room(self, max_frame);
+        let ids: Vec<MessageId> = want
+            .ids
+            .iter()
+            .take(range::want_capacity(room))
+            .filter_map(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+            .map(MessageId::from_bytes)
+            .collect();
+        let index = self.sync_index()?;
+        let items = {
+            let store = lock(&self.inner.store);
+            let mut wanted = store.wanted_envelopes(&ids)?;
+            wanted.retain(|w| {
+                let mut seed = [0u8; 16];
+                let _ = hex::decode_to_slice(w.seed.as_str(), &mut seed);
+                match index.private.get(&seed) {
+                    Some(allowed) => allowed.contains(requester),
+                    // Sealed, but its seed is unknown here: we cannot tell who may have it.
+                    None => w.envelope.get(5).is_some_and(|flags| flags & 1 == 0),
+                }
+            });
+            wanted.sort_by(|a, b| {
+                (&a.seed, !a.creation, a.lamport).cmp(&(&b.seed, !b.creation, b.lamport))
+            });
+            let mut items = Vec::new();
+            let mut authors = BTreeSet::new();
+            for w in &wanted {
+                if w.sender != self.inner.id
+                    && authors.insert(w.sender.clone())
+                    && let Some(hello) = store.peer_hello(&w.sender)?
+                {
+                    items.push(hello);
+                }
+            }
+            items.extend(wanted.into_iter().map(|w| w.envelope));
+            items
+        };
+        let mut credit = self.open_credit(source, received);
+        self.push_batches(&mut credit, items, room, replies)?;
+        self.close_credit(source, &credit);
+        Ok(Acceptance::Ignore)
+    }
+
+    /// Opens the credit of `source`, which just sent `received` bytes: a source the transport
+    /// vouches for may receive `network.sync_budget_bytes` per `network.sync_interval_secs`,
+    /// any other `network.sync_answer_ratio` times what it sent (anti-amplification); one
+    /// answer at most [`ANSWER_MAX_BYTES`].
+    pub(super) fn open_credit(&self, source: &ingress::Source, received: usize) -> Credit {
+        let net = &self.inner.config.network;
+        let (amount, cap) = if source.verified {
+            (net.sync_budget_bytes, net.sync_budget_bytes)
+        } else {
+            let earned = (received as u64).saturating_mul(net.sync_answer_ratio.into());
+            (earned, u64::MAX)
+        };
+        let available = self
+            .inner
+            .sync_credit
+            .earn(&source.from, amount, cap, std::time::Instant::now())
+            .min(ANSWER_MAX_BYTES);
+        Credit {
+            available,
+            left: available,
+        }
+    }
+
+    /// Adds `frame` to the answers if the credit allows it.
+    pub(super) fn push_frame(
+        &self,
+        credit: &mut Credit,
+        frame: Vec<u8>,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> bool {
+        if frame.len() as u64 > credit.left {
+            return false;
+        }
+        credit.left -= frame.len() as u64;
+        replies.push(frame);
+        true
+    }
+
+    /// Packs `items` (envelopes) into `sync_batch` envelopes of at most `max_payload` bytes,
+    /// in order, while the credit allows; stops at the first one that does not fit (a hello
+    /// is never separated from the envelopes that need it). What is left waits for the next
+    /// exchange (counter `sync.answers_over_budget`).
+    pub(super) fn push_batches(
+        &self,
+        credit: &mut Credit,
+        items: Vec<Vec<u8>>,
+        max_payload: usize,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let mut queue: std::collections::VecDeque<Vec<u8>> = items.into();
+        loop {
+            // Room for the payload once the batch's own header and signatures are counted.
+            let room = usize::try_from(credit.left)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(envelope::OVERHEAD + FRAME_SLACK);
+            let batch = sync::next_batch(&mut queue, room, max_payload);
+            if batch.items.is_empty() {
+                break;
+            }
+            let frame = self.plain_frame(Kind::SyncBatch, &envelope::encode_hello(&batch), 60)?;
+            if !self.push_frame(credit, frame, replies) {
+                break;
+            }
+        }
+        if !queue.is_empty() {
+            self.inner.rejections.count("sync.answers_over_budget");
+        }
+        Ok(())
+    }
+
+    /// Records what was spent of the credit opened with [`Node::open_credit`].
+    pub(super) fn close_credit(&self, source: &ingress::Source, credit: &Credit) {
+        self.inner
+            .sync_credit
+            .spend(&source.from, (credit.available - credit.left) as usize);
+    }
+}

@@ -1,0 +1,427 @@
+//! Sync by range-based set reconciliation (docs/PROTOCOL.md section 7): a node joining a peer
+//! with a large store gets all of it, what two stores exchange follows their difference and
+//! not their size, old envelopes sync, and a lost round only delays convergence (in-process
+//! nodes on the memory hub).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crabnet_core::envelope::{self, Kind};
+use crabnet_core::network::{Incoming, MemoryTransport};
+use crabnet_core::sync::range::{Round, Want};
+use crabnet_core::{Config, MemoryHub, Node, PublishRequest, Transport};
+use support::forge::{hello, identity, plain, wait_counter};
+
+fn config(dir: &std::path::Path, name: &str) -> Config {
+    let mut c = Config::with_data_dir(dir.join(name));
+    c.name = name.into();
+    c.network.tick_ms = 20;
+    c.network.sync_interval_secs = 1;
+    c.store.sync = crabnet_core::store::SyncMode::Normal;
+    c
+}
+
+async fn start(config: Config, transport: Box<dyn Transport>) -> Node {
+    Node::start_with_transport(config, transport).await.unwrap()
+}
+
+/// A seed with a long bid window: no award changes the stores while a test runs.
+fn long(command: &str) -> PublishRequest {
+    PublishRequest {
+        bid_window_secs: 3600,
+        ..PublishRequest::new(command)
+    }
+}
+
+/// Publishes `n` seeds on `node` (four at a time).
+async fn publish_many(node: &Node, n: usize, tag: &str) {
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let node = node.clone();
+        let tag = tag.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(4) {
+                node.publish(long(&format!("echo {tag}-{i}")))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn seed_count(node: &Node) -> u64 {
+    let o = node.overview().await.unwrap();
+    o.seeds_by_status.values().sum::<u64>()
+}
+
+/// Waits until every node holds `seeds` seeds and all state digests agree.
+async fn converged(nodes: &[&Node], seeds: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut digests = Vec::new();
+        let mut counts = Vec::new();
+        for n in nodes {
+            let o = n.overview().await.unwrap();
+            digests.push(o.state_digest);
+            counts.push(o.seeds_by_status.values().sum::<u64>());
+        }
+        if digests.windows(2).all(|w| w[0] == w[1]) && counts.iter().all(|c| *c == seeds) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence within {within:?}: seeds {counts:?}, wanted {seeds}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn counter(node: &Node, name: &str) -> u64 {
+    node.overview()
+        .await
+        .unwrap()
+        .counters
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Bytes of reconciliation frames (range queries and replies, wants) both nodes sent.
+async fn reconcile_bytes(a: &Node, b: &Node) -> u64 {
+    counter(a, "sync.reconcile_bytes_sent").await + counter(b, "sync.reconcile_bytes_sent").await
+}
+
+/// The bug of issue 14: digests listed the 1,200 most recently changed seeds only, so a node
+/// joining a peer that holds 2,000 seeds got 1,200 of them and never the other 800.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_a_peer_with_2000_seeds_gets_all_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let a = start(config(dir.path(), "a"), Box::new(hub.join("a"))).await;
+    publish_many(&a, 2000, "old").await;
+    let b = start(config(dir.path(), "b"), Box::new(hub.join("b"))).await;
+    converged(&[&a, &b], 2000, Duration::from_secs(60)).await;
+    for n in [a, b] {
+        n.stop().await.unwrap();
+    }
+}
+
+/// Envelopes inside sync batches are old by design: one older than `message_ttl_secs` (and
+/// the hello of its author) still reaches a node that starts later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_older_than_the_message_ttl_syncs_to_a_fresh_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let short = |name: &str| {
+        let mut c = config(dir.path(), name);
+        c.network.message_ttl_secs = 1;
+        c.network.max_clock_skew_secs = 0;
+        c
+    };
+    let a = start(short("a"), Box::new(hub.join("a"))).await;
+    let seed = a.publish(long("echo old")).await.unwrap().seed.id;
+    // Published while alone; by now its envelope has expired (ttl 1 s, no skew allowed).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let b = start(short("b"), Box::new(hub.join("b"))).await;
+    converged(&[&a, &b], 1, Duration::from_secs(20)).await;
+    assert_eq!(b.seed(&seed).await.unwrap().seed.id, seed);
+    assert_eq!(counter(&b, "rejected.expired").await, 0);
+    for n in [a, b] {
+        n.stop().await.unwrap();
+    }
+}
+
+/// Two stores of `n` seeds that differ by `d`: the reconciliation frames both sides send do not
+/// grow with `n` (the batches carry the `d` missing seeds themselves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_bytes_follow_the_difference_not_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let a = start(config(dir.path(), "a"), Box::new(hub.join("a"))).await;
+    let b = start(config(dir.path(), "b"), Box::new(hub.join("b"))).await;
+    a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    b.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    publish_many(&a, 1000, "shared").await;
+    converged(&[&a, &b], 1000, Duration::from_secs(60)).await;
+
+    // Converged: a round on identical stores costs one query and one reply per peer and
+    // interval, whatever the store's size.
+    let queries = |a: Node, b: Node| async move {
+        counter(&a, "sync.queries_sent").await + counter(&b, "sync.queries_sent").await
+    };
+    let before = reconcile_bytes(&a, &b).await;
+    let queries_before = queries(a.clone(), b.clone()).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let idle = reconcile_bytes(&a, &b).await - before;
+    let rounds = queries(a.clone(), b.clone()).await - queries_before;
+    assert!(rounds > 0, "no sync rounds ran");
+    // One envelope (2.6 KB of signatures and 16 fingerprints) per query, and no reply.
+    assert!(
+        idle <= rounds * 3500,
+        "{rounds} idle queries cost {idle} bytes"
+    );
+
+    // B misses 5 seeds while cut off.
+    hub.set_isolated("b", true);
+    publish_many(&a, 5, "missed").await;
+    let before = reconcile_bytes(&a, &b).await;
+    hub.set_isolated("b", false);
+    converged(&[&a, &b], 1005, Duration::from_secs(20)).await;
+    let spent = reconcile_bytes(&a, &b).await - before;
+    // An envelope costs 2.6 KB of signatures: a handful of round trips per interval, each a
+    // few KB, against 1,000 x 40 B = 40 KB for one old digest of this store (and that grows
+    // with the store). The unit tests of `sync::range` check the O(d log n) shape on stores of
+    // 100,000 items.
+    assert!(
+        spent < 64 * 1024,
+        "reconciling 5 of 1,005 seeds cost {spent} bytes (idle rounds: {idle} bytes)"
+    );
+    for n in [a, b] {
+        n.stop().await.unwrap();
+    }
+}
+
+/// A transport that drops frames of some kinds it is asked to send, until a budget of drops
+/// is used up: lost queries, replies, wants and batches.
+struct Lossy {
+    inner: MemoryTransport,
+    kinds: &'static [u8],
+    drops: Arc<AtomicUsize>,
+}
+
+impl Lossy {
+    fn lose(&self, frame: &[u8]) -> bool {
+        frame.len() > 4
+            && self.kinds.contains(&frame[4])
+            && self
+                .drops
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+    }
+}
+
+impl Transport for Lossy {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn max_frame_bytes(&self) -> usize {
+        self.inner.max_frame_bytes()
+    }
+    fn local_addresses(&self) -> Vec<String> {
+        self.inner.local_addresses()
+    }
+    fn broadcast(&mut self, frame: &[u8]) -> crabnet_core::Result<()> {
+        if self.lose(frame) {
+            return Ok(());
+        }
+        self.inner.broadcast(frame)
+    }
+    fn send_to(&mut self, to: &str, frame: &[u8]) -> crabnet_core::Result<()> {
+        if self.lose(frame) {
+            return Ok(());
+        }
+        self.inner.send_to(to, frame)
+    }
+    fn source_verified(&self, from: &str) -> bool {
+        self.inner.source_verified(from)
+    }
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        self.inner.poll_recv(cx)
+    }
+}
+
+/// Kinds on the wire: sync_batch, sync_range, sync_want.
+const SYNC_KINDS: &[u8] = &[9, 12, 13];
+
+/// Lost rounds (queries, replies, wants and batches in both directions) delay convergence to
+/// a later sync interval; nothing is kept per requester that a loss could leave stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_rounds_only_delay_convergence() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let a_drops = Arc::new(AtomicUsize::new(4));
+    let b_drops = Arc::new(AtomicUsize::new(4));
+    let a = start(
+        config(dir.path(), "a"),
+        Box::new(Lossy {
+            inner: hub.join("a"),
+            kinds: SYNC_KINDS,
+            drops: a_drops.clone(),
+        }),
+    )
+    .await;
+    publish_many(&a, 300, "lossy").await;
+    let b = start(
+        config(dir.path(), "b"),
+        Box::new(Lossy {
+            inner: hub.join("b"),
+            kinds: SYNC_KINDS,
+            drops: b_drops.clone(),
+        }),
+    )
+    .await;
+    b.publish(long("echo from-b")).await.unwrap();
+    converged(&[&a, &b], 301, Duration::from_secs(30)).await;
+    assert_eq!(a_drops.load(Ordering::SeqCst), 0, "a lost no sync frame");
+    assert_eq!(b_drops.load(Ordering::SeqCst), 0, "b lost no sync frame");
+    assert!(seed_count(&b).await == 301);
+    for n in [a, b] {
+        n.stop().await.unwrap();
+    }
+}
+
+/// A private seed is reconciled within its audience only: a member that was cut off when it
+/// was published gets it by sync, an outsider that joins later is never sent its envelopes
+/// (and does not keep asking for them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_seed_syncs_to_its_audience_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let a = start(config(dir.path(), "a"), Box::new(hub.join("a"))).await;
+    let b = start(config(dir.path(), "b"), Box::new(hub.join("b"))).await;
+    a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    b.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    hub.set_isolated("b", true);
+    // The outsider is there but cut off too: it gets nothing live.
+    let c_wire = hub.join("c");
+    hub.set_isolated("c", true);
+    let mut outsider = config(dir.path(), "c");
+    // Its first hellos reach nobody; the next ones come soon.
+    outsider.network.hello_interval_secs = 1;
+    let c = start(outsider, Box::new(c_wire)).await;
+    a.publish(long("echo public")).await.unwrap();
+    let private = a
+        .publish(PublishRequest {
+            private_to: vec![b.id().clone()],
+            ..long("echo private")
+        })
+        .await
+        .unwrap()
+        .seed
+        .id;
+    // Both went out (to nobody) before anyone comes back: only sync can deliver them now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.overview().await.unwrap().outbox_pending > 0 {
+        assert!(Instant::now() < deadline, "a's outbox stays full");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hub.set_isolated("b", false);
+    hub.set_isolated("c", false);
+    converged(&[&a, &b], 2, Duration::from_secs(20)).await;
+    assert!(b.seed(&private).await.is_ok());
+    // The outsider holds the public seed only, and a few more rounds change nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seed_count(&c).await < 1 {
+        assert!(Instant::now() < deadline, "c never got the public seed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wants = counter(&a, "sync.wants_received").await + counter(&b, "sync.wants_received").await;
+    let rounds = counter(&c, "sync.ranges_received").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(&c, "sync.ranges_received").await < rounds + 4 {
+        assert!(Instant::now() < deadline, "no more sync rounds");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seed_count(&c).await, 1);
+    assert!(c.seed(&private).await.is_err());
+    assert_eq!(
+        counter(&c, "messages.not_for_us").await,
+        0,
+        "c was sent the private seed"
+    );
+    assert_eq!(
+        counter(&a, "sync.wants_received").await + counter(&b, "sync.wants_received").await,
+        wants,
+        "c keeps asking for what it may not have"
+    );
+    for n in [a, b, c] {
+        n.stop().await.unwrap();
+    }
+}
+
+/// Hostile reconciliation input from a known peer: garbage in a `sync_range` query or reply
+/// and ids that are no message ids in a `sync_want` are refused as malformed or answered
+/// with nothing; the node keeps working (a replayed query is covered by `tests/network.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_reconciliation_messages_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let node = start(config(dir.path(), "n"), Box::new(hub.join("n"))).await;
+    node.publish(long("echo held")).await.unwrap();
+    let mut wire = hub.join("wire");
+    let mallory = identity(0x33, 1);
+    wire.broadcast(&hello(&mallory)).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for (reply, msg) in [
+        (false, vec![0x61, 0xff, 0xff]),
+        (true, vec![0x61, 0, 0, 2, 5]),
+        (false, vec![0x10]),
+        (true, Vec::new()),
+    ] {
+        let round = Round { reply, msg };
+        let frame = plain(&mallory, Kind::SyncRange, &envelope::encode_hello(&round));
+        wire.broadcast(&frame).unwrap();
+    }
+    wait_counter(&node, "rejected.malformed", 3).await;
+    let want = Want {
+        ids: vec![
+            serde_bytes::ByteBuf::from(vec![1u8; 3]),
+            serde_bytes::ByteBuf::from(vec![7u8; 16]),
+        ],
+    };
+    wire.broadcast(&plain(
+        &mallory,
+        Kind::SyncWant,
+        &envelope::encode_hello(&want),
+    ))
+    .unwrap();
+    wait_counter(&node, "sync.wants_received", 1).await;
+    // Nothing it holds was asked for: no batch went out.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(
+            Duration::from_millis(100),
+            crabnet_core::network::recv(&mut wire),
+        )
+        .await
+        {
+            Ok(Some(frame)) => assert_ne!(frame.bytes[4], 9, "a batch for a bogus want"),
+            _ => continue,
+        }
+    }
+    // Still working: it answers a well-formed query from the same peer.
+    let round = Round {
+        reply: false,
+        msg: crabnet_core::sync::range::ItemSet::new([]).query(8_000),
+    };
+    wire.broadcast(&plain(
+        &mallory,
+        Kind::SyncRange,
+        &envelope::encode_hello(&round),
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, crabnet_core::network::recv(&mut wire))
+            .await
+            .expect("an answer to a well-formed query")
+            .unwrap();
+        let parsed = envelope::parse(&frame.bytes, envelope::MAX_ENVELOPE_BYTES).unwrap();
+        if parsed.header.kind == Kind::SyncRange {
+            let reply: Round = parsed.plain(Kind::SyncRange).unwrap();
+            assert!(reply.reply, "the answer to a query is a reply");
+            break;
+        }
+    }
+    node.stop().await.unwrap();
+}
