@@ -291,12 +291,23 @@ async fn a_frame_signed_with_unannounced_keys_waits_for_the_rotation() {
     assert!(node.seed(forged.seed_id()).await.is_err());
     assert_eq!(counter(&node, "messages.held_expired").await, 1);
 
+    // A forgery released by Carol's next rotation fails again: rejected at once, not held
+    // (and verified) again.
+    let forged = send_seed_at(&mut wire, &mallory, now_ms());
+    wait_counter(&node, "messages.held", 3).await;
+    let (_carol3, r3) = rotate(&carol2, 0x54, now_ms());
+    wire.broadcast(&rotations_frame(&carol2, &[&r3])).unwrap();
+    wait_counter(&node, "rejected.bad_signature", 2).await;
+    assert_eq!(counter(&node, "messages.held").await, 3);
+    assert_eq!(counter(&node, "messages.held_expired").await, 1);
+    assert!(node.seed(forged.seed_id()).await.is_err());
+
     // A flood of forgeries fills Carol's share of the hold; the rest is rejected at once.
     for _ in 0..80 {
         send_seed_at(&mut wire, &mallory, now_ms());
     }
     wait_counter(&node, "messages.held_overflow", 16).await;
-    wait_counter(&node, "rejected.bad_signature", 81).await;
+    wait_counter(&node, "rejected.bad_signature", 82).await;
     node.stop().await.unwrap();
 }
 

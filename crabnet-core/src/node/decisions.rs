@@ -93,7 +93,7 @@ impl Node {
         // reputation; read before the commit, which holds the store.
         let reputations = match (&due, self.inner.config.award.policy) {
             (Body::BiddingClosed(_), AwardPolicy::PriceAndReputation) => {
-                match lock(&self.inner.store).reputations() {
+                match lock(&self.inner.store).reputations_from(&self.inner.id) {
                     Ok(r) => Some(r),
                     Err(e) => {
                         tracing::warn!(seed = %id, "cannot read reputations: {e}");

@@ -82,11 +82,15 @@ impl Node {
             }
             let node = self.clone();
             let done = tokio::task::spawn_blocking(move || -> Result<()> {
-                if changed || decide_due {
-                    node.issue_due_decisions()?;
+                // Each duty on its own: one failing (a busy or full disk) must not hold back
+                // the others, e.g. held frames whose verdicts are due.
+                if (changed || decide_due)
+                    && let Err(e) = node.issue_due_decisions()
+                {
+                    tracing::warn!("cannot issue due decisions (retried next tick): {e}");
                 }
-                if rejections {
-                    node.flush_rejections()?;
+                if rejections && let Err(e) = node.flush_rejections() {
+                    tracing::warn!("cannot record rejections (retried next tick): {e}");
                 }
                 if retention_due
                     && let Err(e) = node.inner.retention.run_if_due(&node.inner.store, now)

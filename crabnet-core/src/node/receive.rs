@@ -164,7 +164,7 @@ impl Node {
         }
         // Inside a sync batch, envelopes are old by design (section 7): freshness applies to
         // envelopes received live only; everything else is checked below.
-        if via == Via::Live {
+        if via != Via::Sync {
             if h.timestamp > now + skew {
                 let detail = format!("dated {} ms in the future", h.timestamp - now);
                 return self.reject(from, Some(h), RejectReason::Expired, detail);
@@ -196,7 +196,7 @@ impl Node {
                 idle_before: now
                     .saturating_sub(u64::from(net.hello_interval_secs).saturating_mul(4000)),
                 // Hellos relayed inside sync batches name the relay, not their author.
-                address: (via == Via::Live)
+                address: (via != Via::Sync)
                     .then(|| source.capped_address(&net.peer_address_exempt))
                     .flatten(),
                 max_per_address: net.max_peers_per_address,
@@ -216,7 +216,7 @@ impl Node {
         let peer = lock(&self.inner.store).peer(&h.sender)?;
         let Some(peer) = peer else {
             let detail = "no verified hello from this sender".to_owned();
-            if via == Via::Sync {
+            if via != Via::Live {
                 return self.reject(from, Some(h), RejectReason::UnknownSender, detail);
             }
             // Held until the hello arrives (hellos and the first envelopes cross at startup).
@@ -235,7 +235,7 @@ impl Node {
         let epoch = self.inner.trust.key_epoch(&h.sender);
         if let Err((reason, detail)) = self.verify_signer(&parsed, &peer.identity.signing, via, now)
         {
-            if reason != RejectReason::BadSignature || via == Via::Sync {
+            if reason != RejectReason::BadSignature || via != Via::Live {
                 return self.reject(from, Some(h), reason, detail);
             }
             // Signed with keys this node does not know: a forgery, or the sender rotated and
@@ -345,7 +345,7 @@ impl Node {
             }
             Kind::NodeHello | Kind::Domain(_) => {}
         }
-        if via == Via::Live
+        if via != Via::Sync
             && h.lamport <= peer.replay_floor
             && !lock(&self.inner.store).is_known(&h.message_id)?
         {
@@ -417,14 +417,21 @@ impl Node {
         {
             let mut answers = Vec::new();
             let mut ack = held.ack;
-            let acceptance = self.receive_envelope(
-                &held.bytes,
-                &held.source,
-                max,
-                Via::Live,
-                &mut answers,
-                &mut ack,
-            )?;
+            // Each released frame on its own: an error with one (the store, say) must not
+            // lose the others, which already left the queue, nor their verdict channels.
+            let acceptance = self
+                .receive_envelope(
+                    &held.bytes,
+                    &held.source,
+                    max,
+                    Via::Released,
+                    &mut answers,
+                    &mut ack,
+                )
+                .unwrap_or_else(|e| {
+                    tracing::warn!("cannot apply a released frame: {e}");
+                    Acceptance::Ignore
+                });
             match ack {
                 // The transport learns the verdict now (gossip forwards what was accepted) and
                 // carries the answers to the frame's source.
@@ -701,6 +708,9 @@ fn verdict(reason: RejectReason) -> Acceptance {
 pub(super) enum Via {
     /// Directly from its author or a relay, now.
     Live,
+    /// Received live, held, and released now that its author's hello or rotation arrived:
+    /// checked as a live frame, but never held again (a forgery is rejected at once).
+    Released,
     /// Inside a sync batch: possibly old.
     Sync,
 }

@@ -87,9 +87,13 @@ impl Node {
             return Ok(index.clone());
         }
         let mut items = store.sync_items()?;
+        let private_seeds = store.private_seeds()?;
+        // Sorting and sealing the set need no store: other work goes on meanwhile (the cache
+        // lock keeps a second rebuild from starting).
+        drop(store);
         items.sort_unstable();
         let mut private = BTreeMap::new();
-        for (seed, allowed) in store.private_seeds()? {
+        for (seed, allowed) in private_seeds {
             let mut id = [0u8; 16];
             if hex::decode_to_slice(seed.as_str(), &mut id).is_ok() {
                 private.insert(id, allowed);

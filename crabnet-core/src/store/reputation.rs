@@ -69,6 +69,20 @@ impl Store {
         )
     }
 
+    /// Every runner's reputation, summed over the seeds `publisher` published only: what a
+    /// publisher weighs its awards with. Other publishers' seeds do not count there: a hostile
+    /// publisher could farm reputation for its sybils with seeds of its own, or hurt honest
+    /// runners by awarding them late or next to sybils that agree on a forged result.
+    pub fn reputations_from(&self, publisher: &NodeId) -> Result<BTreeMap<NodeId, Reputation>> {
+        self.sum_reputations(
+            "SELECT r.node_id, SUM(r.agreed), SUM(r.dissented), SUM(r.missed),
+                    SUM(r.accepted), SUM(r.rejected)
+             FROM reputation r JOIN seeds s ON s.id = r.seed_id
+             WHERE s.publisher = ?1 GROUP BY r.node_id",
+            Some(publisher),
+        )
+    }
+
     /// The reputation of `node` (all zero when nothing is known).
     pub fn reputation(&self, node: &NodeId) -> Result<Reputation> {
         Ok(self
