@@ -336,6 +336,15 @@ impl Chains {
         self.by_node.get(node)?.last().map(|r| &r.next)
     }
 
+    /// A copy of `node`'s chain alone, to verify more statements on without keeping them.
+    pub fn for_node(&self, node: &NodeId) -> Chains {
+        let mut by_node = HashMap::new();
+        if let Some(chain) = self.by_node.get(node) {
+            by_node.insert(node.clone(), chain.clone());
+        }
+        Chains { by_node }
+    }
+
     /// The node's latest known epoch (1 when it never rotated).
     pub fn epoch(&self, node: &NodeId) -> u32 {
         1 + self.by_node.get(node).map_or(0, Vec::len) as u32

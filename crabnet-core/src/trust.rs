@@ -959,6 +959,28 @@ impl Trust {
         Ok(Ok(Added::New))
     }
 
+    /// `node`'s keys of `epoch` by its chain extended with the statements `items` (those
+    /// for other nodes, dated after `latest`, or not verifying are skipped), without keeping
+    /// anything: how a hello's chain is checked before its node is admitted.
+    pub fn keys_by_chain(
+        &self,
+        node: &NodeId,
+        items: &[serde_bytes::ByteBuf],
+        epoch: u32,
+        latest: Millis,
+    ) -> Option<PublicIdentity> {
+        let mut scratch = lock(&self.state).chains.for_node(node);
+        for item in items {
+            if let Ok(r) = crate::rotation::Rotation::parse(item)
+                && r.node_id == *node
+                && r.rotated_at <= latest
+            {
+                let _ = scratch.add(&r);
+            }
+        }
+        scratch.keys_at(node, epoch).cloned()
+    }
+
     /// A node's keys of `epoch` by its rotation chain (epoch 2 or later).
     pub fn keys_at(&self, node: &NodeId, epoch: u32) -> Option<PublicIdentity> {
         lock(&self.state).chains.keys_at(node, epoch).cloned()

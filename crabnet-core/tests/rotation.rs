@@ -190,6 +190,50 @@ async fn statements_for_strangers_are_not_stored() {
     assert_eq!(stored, 0);
 }
 
+/// A hello carries its node's rotation chain; when the node is refused (a full peer table
+/// here), the chain is not stored either: fresh identities with chains of their own cannot
+/// fill the store through hellos. An admitted node's chain is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_hello_leaves_no_rotation_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut c = config(dir.path(), "victim");
+    c.network.max_peers = 1;
+    let db = c.data_dir.join("crabnet.db");
+    let node = start(c, &hub).await;
+    let mut wire = hub.join("wire");
+    // The one peer the table holds, active and the author of a stored message.
+    let alice = identity(0x81, 1);
+    wire.broadcast(&hello(&alice)).unwrap();
+    wait_counter(&node, "hellos.accepted", 1).await;
+    let m = send_seed_at(&mut wire, &alice, now_ms());
+    eventually_knows(&node, m.seed_id()).await;
+
+    let stranger = identity(0x82, 1);
+    let (stranger2, r) = rotate(&stranger, 0x83, now_ms());
+    wire.broadcast(&hello_rotated(&stranger2, vec![r.to_bytes().to_vec()]))
+        .unwrap();
+    wait_counter(&node, "peers.refused", 1).await;
+    assert_eq!(counter(&node, "trust.rotations_added").await, 0);
+    assert_eq!(epoch_of(&node, stranger.node_id()).await, 0);
+    node.stop().await.unwrap();
+    let stored: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM rotations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 0);
+
+    // With room, the same hello is admitted and its chain kept.
+    let mut c = config(dir.path(), "victim");
+    c.network.max_peers = 4;
+    let node = start(c, &hub).await;
+    wire.broadcast(&hello_rotated(&stranger2, vec![r.to_bytes().to_vec()]))
+        .unwrap();
+    wait_counter(&node, "trust.rotations_added", 1).await;
+    assert_eq!(epoch_of(&node, stranger.node_id()).await, 2);
+    node.stop().await.unwrap();
+}
+
 /// Old keys are accepted during the grace period after the rotation's time and refused as
 /// `rotated_key` after it; the new keys work at once, also for a node that learns the chain
 /// from the rotated node's hello only. Encryption to a rotated node uses its new keys.

@@ -326,7 +326,9 @@ impl Node {
 
     /// For a hello whose signatures verified with the keys it announces: learns the rotation
     /// chain it carries, then checks its key epoch against the node's chain. `Ok(Err(_))`: the
-    /// hello goes no further (stale, or keys not on the chain).
+    /// hello goes no further (stale, or keys not on the chain). `Ok(Ok(true))`: the node is
+    /// not in the peer table yet and its chain was only verified; the caller stores it with
+    /// [`Node::keep_hello_chain`] once the node is admitted (a refused node leaves nothing).
     pub(super) fn check_hello_epoch(
         &self,
         identity: &PublicIdentity,
@@ -334,7 +336,7 @@ impl Node {
         from: &str,
         h: &envelope::Header,
         now: Millis,
-    ) -> Result<std::result::Result<(), Acceptance>> {
+    ) -> Result<std::result::Result<bool, Acceptance>> {
         let node = &identity.node_id;
         if !hello.rotations.is_empty() && hello.rotations.len() >= identity.epoch as usize {
             let detail = format!(
@@ -346,9 +348,15 @@ impl Node {
                 .reject(from, Some(h), RejectReason::Malformed, detail)
                 .map(Err);
         }
+        let mut deferred = false;
         if self.inner.trust.key_epoch(node) < identity.epoch {
-            for item in &hello.rotations {
-                self.add_rotation(item, now, false)?;
+            if lock(&self.inner.store).peer(node)?.is_some() {
+                for item in &hello.rotations {
+                    self.add_rotation(item, now, false)?;
+                }
+            } else {
+                // Verified now, stored only once the node is admitted.
+                deferred = true;
             }
         }
         let known = self.inner.trust.key_epoch(node);
@@ -359,12 +367,24 @@ impl Node {
         }
         if identity.epoch <= 1 {
             // The id derives from these keys (checked before).
-            return Ok(Ok(()));
+            return Ok(Ok(false));
         }
-        match self.inner.trust.keys_at(node, identity.epoch) {
+        let keys = if deferred {
+            let skew =
+                u64::from(self.inner.config.network.max_clock_skew_secs).saturating_mul(1000);
+            let latest = now.saturating_add(skew);
+            self.inner
+                .trust
+                .keys_by_chain(node, &hello.rotations, identity.epoch, latest)
+        } else {
+            self.inner.trust.keys_at(node, identity.epoch)
+        };
+        match keys {
             Some(k) if same_keys(&k, identity) => {
-                self.with_store(|s| s.rotate_peer(identity))?;
-                Ok(Ok(()))
+                if !deferred {
+                    self.with_store(|s| s.rotate_peer(identity))?;
+                }
+                Ok(Ok(deferred))
             }
             _ => {
                 let detail = format!(
@@ -375,6 +395,15 @@ impl Node {
                 Ok(Err(Acceptance::Ignore))
             }
         }
+    }
+
+    /// Stores the rotation chain of a hello whose node was just admitted (see
+    /// [`Node::check_hello_epoch`]).
+    pub(super) fn keep_hello_chain(&self, hello: &envelope::Hello, now: Millis) -> Result<()> {
+        for item in &hello.rotations {
+            self.add_rotation(item, now, false)?;
+        }
+        Ok(())
     }
 
     /// Verifies and adds a peer's rotation statement; returns its node when its keys moved

@@ -601,9 +601,10 @@ impl Node {
         if let Err(e) = parsed.verify(&identity.signing) {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
         }
-        if let Err(verdict) = self.check_hello_epoch(&identity, &hello, from, h, now)? {
-            return Ok(verdict);
-        }
+        let keep_chain = match self.check_hello_epoch(&identity, &hello, from, h, now)? {
+            Ok(keep_chain) => keep_chain,
+            Err(verdict) => return Ok(verdict),
+        };
         let certificate = hello.certificate.as_deref();
         let admitted = self.with_store(|s| {
             self.inner
@@ -649,6 +650,9 @@ impl Node {
                 )
                 .map(|_| Acceptance::Ignore),
             PeerUpdate::New => {
+                if keep_chain {
+                    self.keep_hello_chain(&hello, now)?;
+                }
                 // Answer a new peer (that peer only) so that it learns our keys too, then
                 // compare holdings.
                 lock(&self.inner.hello_answers).push(hello.addresses.clone());
