@@ -77,14 +77,13 @@ pub(crate) fn post(
         }
     }
     let stream = stream.ok_or(last)?;
-    // Each read and write gets the time left until the deadline, so that a receiver that
-    // trickles its answer cannot stretch the delivery beyond the timeout.
-    let control = Deadline {
-        socket: stream.try_clone().map_err(|e| e.to_string())?,
+    // Each read and write gets the time left until the deadline (the TLS handshake's too),
+    // so that a receiver that trickles its answer cannot stretch the delivery.
+    let _ = stream.set_nodelay(true);
+    let stream = DeadlineStream {
+        socket: stream,
         at: deadline,
     };
-    control.arm()?;
-    let _ = stream.set_nodelay(true);
 
     let host = if t.host.contains(':') {
         format!("[{}]", t.host)
@@ -104,7 +103,7 @@ pub(crate) fn post(
     head.push_str("\r\n");
 
     match tls {
-        None => exchange(stream, &control, head.as_bytes(), req.body),
+        None => exchange(stream, head.as_bytes(), req.body),
         Some(config) => {
             let name = rustls::pki_types::ServerName::try_from(t.host.clone())
                 .map_err(|e| format!("bad TLS server name {}: {e}", t.host))?;
@@ -112,7 +111,6 @@ pub(crate) fn post(
                 .map_err(|e| format!("TLS setup failed: {e}"))?;
             exchange(
                 rustls::StreamOwned::new(conn, stream),
-                &control,
                 head.as_bytes(),
                 req.body,
             )
@@ -120,35 +118,49 @@ pub(crate) fn post(
     }
 }
 
-/// The deadline of one delivery, enforced through the socket's timeouts.
-struct Deadline {
-    /// A handle on the connection's socket (shared with the stream).
+/// A connection whose every read and write must end by `at`: each gets the time left as
+/// its socket timeout, and none starts once it is over.
+struct DeadlineStream {
+    /// The connection.
     socket: TcpStream,
     /// When the delivery must be over.
     at: Instant,
 }
 
-impl Deadline {
-    /// Sets the socket's read and write timeouts to the time left; an error once it is over.
-    fn arm(&self) -> Result<(), String> {
+impl DeadlineStream {
+    /// The time left, or a timeout error once the deadline passed.
+    fn left(&self) -> std::io::Result<Duration> {
         let left = self.at.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err("the receiver did not answer in time".into());
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the delivery timed out",
+            ));
         }
-        self.socket
-            .set_read_timeout(Some(left))
-            .and_then(|()| self.socket.set_write_timeout(Some(left)))
-            .map_err(|e| e.to_string())
+        Ok(left)
     }
 }
 
-/// Writes the request and reads the status line of the answer, within `deadline`.
-fn exchange(
-    mut stream: impl Read + Write,
-    deadline: &Deadline,
-    head: &[u8],
-    body: &[u8],
-) -> Result<u16, String> {
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.socket.set_read_timeout(Some(self.left()?))?;
+        self.socket.read(buf)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.socket.set_write_timeout(Some(self.left()?))?;
+        self.socket.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.socket.flush()
+    }
+}
+
+/// Writes the request and reads the status line of the answer.
+fn exchange(mut stream: impl Read + Write, head: &[u8], body: &[u8]) -> Result<u16, String> {
     stream
         .write_all(head)
         .and_then(|()| stream.write_all(body))
@@ -160,7 +172,6 @@ fn exchange(
         if buf.len() > MAX_HEAD {
             return Err("the answer's status line is too long".into());
         }
-        deadline.arm()?;
         match stream.read(&mut chunk) {
             Ok(0) => return Err("the receiver closed the connection without an answer".into()),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
