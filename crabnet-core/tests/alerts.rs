@@ -1,7 +1,8 @@
 //! Alerting end to end: a node alone on its network fires `no_peers` and resolves it when a
 //! peer arrives; webhook deliveries reach a receiver on 127.0.0.1 signed, are retried after a
 //! 500, wait in the database across a restart while the receiver does not answer, and over
-//! https reach only a receiver whose certificate the configured CA file vouches for.
+//! https reach only a receiver whose certificate the configured CA file vouches for; hostile
+//! receivers (silent, trickling, flooding) neither stall nor flood the node.
 
 mod support;
 
