@@ -203,27 +203,49 @@ impl Default for NetworkConfig {
 
 pub mod limits;
 
-/// The dotted name of the key whose line `before` (a prefix of `text`) ends in, if that line
-/// is a `key = value` line: `section.key`, or `key` at the top level.
+/// The dotted name of the key whose line `before` (a prefix of `text`) ends in: `section.key`
+/// (`array.key` in an `[[array]]` entry), or `key` at the top level; the table's name if
+/// that line is a table header (an error there is about the table, e.g. a missing field).
 fn key_at(text: &str, before: &str) -> Option<String> {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or("");
+    if let Some(table) = header(line) {
+        return Some(table.to_owned());
+    }
     let (key, _) = line.split_once('=')?;
     let key = key.trim().trim_matches('"');
     if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
         return None;
     }
-    let section = text[..line_start]
-        .lines()
-        .map(str::trim)
-        .rfind(|l| l.starts_with('[') && !l.starts_with("[["))
-        .and_then(|l| l.strip_prefix('['))
-        .and_then(|l| l.split(']').next())
-        .map(|l| l.trim().trim_matches('"'));
+    let section = text[..line_start].lines().rev().find_map(header);
     Some(match section {
         Some(section) => format!("{section}.{key}"),
         None => key.to_owned(),
     })
+}
+
+/// The table a `[table]` or `[[array]]` header line names.
+fn header(line: &str) -> Option<&str> {
+    let line = line.trim();
+    let name = match line.strip_prefix("[[") {
+        Some(rest) => rest.split("]]").next(),
+        None => line.strip_prefix('[').and_then(|l| l.split(']').next()),
+    }?;
+    Some(name.trim().trim_matches('"'))
+}
+
+/// A parse error's message with a long middle (the parser quotes the offending value, which
+/// may be megabytes long) cut out, keeping its start and its end (what was expected).
+fn bounded(message: &str) -> String {
+    const HEAD: usize = 160;
+    const TAIL: usize = 80;
+    let chars = message.chars().count();
+    if chars <= HEAD + TAIL {
+        return message.to_owned();
+    }
+    let head: String = message.chars().take(HEAD).collect();
+    let tail: String = message.chars().skip(chars - TAIL).collect();
+    format!("{head}...{tail}")
 }
 
 /// The per-user default data directory (`$XDG_DATA_HOME/crabnet` on Linux).
@@ -245,7 +267,7 @@ impl Config {
     /// Parses a TOML document; unknown keys are errors.
     pub fn from_toml(text: &str) -> Result<Self> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+            let message = bounded(&e.message().split_whitespace().collect::<Vec<_>>().join(" "));
             let (mut key, mut at) = (String::new(), String::new());
             if let Some(span) = e.span() {
                 let mut start = span.start.min(text.len());

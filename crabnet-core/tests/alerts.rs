@@ -1,12 +1,13 @@
 //! Alerting end to end: a node alone on its network fires `no_peers` and resolves it when a
 //! peer arrives; webhook deliveries reach a receiver on 127.0.0.1 signed, are retried after a
 //! 500, wait in the database across a restart while the receiver does not answer, and over
-//! https reach only a receiver whose certificate the configured CA file vouches for.
+//! https reach only a receiver whose certificate the configured CA file vouches for; hostile
+//! receivers (silent, trickling, flooding) neither stall nor flood the node.
 
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -149,8 +150,20 @@ fn serve_on(stream: impl Read + Write, status: u16) -> Received {
 
 /// [`serve_on`], failing on a connection that breaks or carries no webhook request.
 fn try_serve_on(stream: impl Read + Write, status: u16) -> std::io::Result<Received> {
-    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let mut reader = BufReader::new(stream);
+    let received = read_request(&mut reader)?;
+    let mut stream = reader.into_inner();
+    write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    stream.flush()?;
+    Ok(received)
+}
+
+/// Reads one webhook request.
+fn read_request(reader: &mut BufReader<impl Read>) -> std::io::Result<Received> {
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     if !line.starts_with("POST /hook HTTP/1.1") {
@@ -175,12 +188,6 @@ fn try_serve_on(stream: impl Read + Write, status: u16) -> std::io::Result<Recei
         .ok_or_else(|| bad("no content-length".into()))?;
     let mut body = vec![0; len];
     reader.read_exact(&mut body)?;
-    let mut stream = reader.into_inner();
-    write!(
-        stream,
-        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    stream.flush()?;
     Ok(Received { headers, body })
 }
 
@@ -459,4 +466,162 @@ async fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
         rx.try_iter().all(|served| served.is_none()),
         "a request reached a receiver the CA file does not vouch for"
     );
+}
+
+/// How a hostile receiver treats one webhook request.
+#[derive(Debug, Clone, Copy)]
+enum Hostile {
+    /// Reads the request and never answers (slowloris).
+    Silent,
+    /// Sends a status line one byte at a time, never ending it.
+    Trickle,
+    /// Answers 500 with an endless chunked body.
+    EndlessChunks,
+    /// Answers 200 with a 100 MB body.
+    HugeBody,
+}
+
+/// What a hostile receiver saw of one connection.
+#[derive(Debug)]
+struct Attack {
+    received: Received,
+    /// The node closed the connection (within 20 s).
+    closed_by_node: bool,
+    /// Bytes of the answer the receiver got written before the node closed.
+    bytes_sent: u64,
+}
+
+/// Sends `chunk` until the peer closes, `limit` bytes went out or 20 s passed; returns the
+/// bytes sent and whether the peer closed.
+fn flood(stream: &mut TcpStream, chunk: &[u8], limit: u64, pause: Duration) -> (u64, bool) {
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0u64;
+    while sent < limit && Instant::now() < until {
+        match stream.write(chunk) {
+            Ok(n) => sent += n as u64,
+            Err(_) => return (sent, true),
+        }
+        std::thread::sleep(pause);
+    }
+    (sent, false)
+}
+
+/// Serves each connection with the next behaviour of `script`.
+fn hostile_receiver(listener: TcpListener, script: Vec<Hostile>) -> mpsc::Receiver<Attack> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for how in script {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            stream
+                .set_write_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let received = read_request(&mut BufReader::new(&stream)).unwrap();
+            let (bytes_sent, closed_by_node) = match how {
+                Hostile::Silent => match stream.read(&mut [0; 1]) {
+                    Ok(n) => (0, n == 0),
+                    Err(e) => (
+                        0,
+                        !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                    ),
+                },
+                Hostile::Trickle => flood(&mut stream, b"H", u64::MAX, Duration::from_millis(20)),
+                Hostile::EndlessChunks => {
+                    let head = b"HTTP/1.1 500 X\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    stream.write_all(head).unwrap();
+                    let chunk = [b"10000\r\n".as_slice(), &[b'x'; 0x10000], b"\r\n"].concat();
+                    flood(&mut stream, &chunk, u64::MAX, Duration::ZERO)
+                }
+                Hostile::HugeBody => {
+                    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n";
+                    stream.write_all(head).unwrap();
+                    flood(&mut stream, &[b'x'; 0x10000], 100 << 20, Duration::ZERO)
+                }
+            };
+            let attack = Attack {
+                received,
+                closed_by_node,
+                bytes_sent,
+            };
+            if tx.send(attack).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Issue 12 ("Hostile peers"), issue 15: webhook receivers that attack the node. A receiver
+/// that never answers, one that trickles its answer byte by byte, one that streams an endless
+/// chunked body and one that sends 100 MB: each attempt ends within
+/// `alerts.webhook_timeout_ms` (the node closes the connection; it reads no body), a failed
+/// attempt is retried as the same delivery, a 2xx delivers it whatever follows, and the node
+/// keeps answering and publishing meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_webhook_receivers_neither_stall_nor_flood_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let script = vec![
+        Hostile::Silent,
+        Hostile::Trickle,
+        Hostile::EndlessChunks,
+        Hostile::HugeBody,
+    ];
+    let rx = hostile_receiver(listener, script.clone());
+    let hub = MemoryHub::new();
+    let c = with_webhook(alerting(dir.path(), "a"), &url, dir.path());
+    let a = Node::start_with_transport(c, Box::new(hub.join("a")))
+        .await
+        .unwrap();
+
+    let mut deliveries = Vec::new();
+    for how in script {
+        let rx = &rx;
+        let attack = tokio::task::block_in_place(|| rx.recv_timeout(Duration::from_secs(30)))
+            .unwrap_or_else(|_| panic!("no attempt reached the {how:?} receiver"));
+        assert!(
+            attack.closed_by_node,
+            "{how:?}: the node still held the connection after 20 s ({} bytes sent)",
+            attack.bytes_sent
+        );
+        assert!(
+            attack.bytes_sent < 100 << 20,
+            "{how:?}: the node read the whole answer"
+        );
+        deliveries.push(attack.received.headers["x-crabnet-delivery"].clone());
+        // The node keeps working while its webhook is attacked.
+        a.overview().await.unwrap();
+        a.publish(crabnet_core::PublishRequest {
+            command: "echo x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert!(
+        deliveries.windows(2).all(|w| w[0] == w[1]),
+        "one delivery, retried: {deliveries:?}"
+    );
+    // The 200 (whatever body followed) delivered it; the three attacks before it failed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.webhook_queue_len().await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "the queue did not empty");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let counters = a.overview().await.unwrap().counters;
+    assert_eq!(
+        counters.get("alerts.webhook_failed"),
+        Some(&3),
+        "{counters:?}"
+    );
+    assert_eq!(
+        counters.get("alerts.webhook_delivered"),
+        Some(&1),
+        "{counters:?}"
+    );
+    assert_eq!(a.seeds(None).await.unwrap().len(), 4);
+    a.stop().await.unwrap();
 }

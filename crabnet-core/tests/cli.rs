@@ -1106,6 +1106,83 @@ fn errors_for_invalid_input() {
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
 }
 
+/// Issue 12/15: every numeric flag of `seed publish` at hostile values (0, negative, u64::MAX,
+/// 2^63, non-numbers). Each run either publishes (the value is valid) or exits with 1 or 2
+/// (never a panic's 101) with a message naming the flag, and a refused run stores nothing.
+#[test]
+fn publish_flags_out_of_range_are_named_errors() {
+    let (sb, dir) = one_node();
+    node_id(&sb, &dir);
+    let flags = [
+        "min-price",
+        "max-price",
+        "bid-window",
+        "max-bids",
+        "timeout",
+        "claim-window",
+        "result-grace",
+        "settle-window",
+        "replicas",
+        "quorum",
+        "max-replicas",
+    ];
+    let huge = u64::MAX.to_string();
+    let two_63 = (1u64 << 63).to_string();
+    let values = ["0", "-1", &huge, &two_63, "abc", "1e3", ""];
+    let mut published = 0;
+    let mut unnamed = Vec::new();
+    for flag in flags {
+        for value in values {
+            let option = format!("--{flag}");
+            let args = [
+                "--json",
+                "seed",
+                "publish",
+                "--command",
+                "echo x",
+                &option,
+                value,
+            ];
+            let out = sb.run(&dir, &args);
+            assert!(
+                !out.stderr.contains("panicked") && out.status.code() != Some(101),
+                "panicked: {}",
+                out.describe()
+            );
+            if out.success() {
+                published += 1;
+                continue;
+            }
+            assert!(
+                matches!(out.status.code(), Some(1) | Some(2)),
+                "exit code: {}",
+                out.describe()
+            );
+            let stderr = out.stderr.to_lowercase();
+            let named = [
+                option.clone(),
+                flag.replace('-', " "),
+                flag.replace('-', "_"),
+                // The library's word for the settle deadline.
+                flag.replace("settle-", "settlement "),
+            ]
+            .iter()
+            .any(|n| stderr.contains(n.as_str()));
+            if !named {
+                unnamed.push(out.describe());
+            }
+        }
+    }
+    assert!(
+        unnamed.is_empty(),
+        "errors that do not name their flag:\n{}",
+        unnamed.join("\n")
+    );
+    // Only the accepted publications left a seed behind.
+    let list = sb.run(&dir, &["--json", "seed", "list"]).ok().json();
+    assert_eq!(list.as_array().unwrap().len(), published, "{list}");
+}
+
 #[test]
 fn errors_for_bids_outside_the_price_range() {
     let net = pair();

@@ -77,16 +77,13 @@ pub(crate) fn post(
         }
     }
     let stream = stream.ok_or(last)?;
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    stream
-        .set_read_timeout(Some(left))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(left))
-        .map_err(|e| e.to_string())?;
+    // Each read and write gets the time left until the deadline (the TLS handshake's too),
+    // so that a receiver that trickles its answer cannot stretch the delivery.
     let _ = stream.set_nodelay(true);
+    let stream = DeadlineStream {
+        socket: stream,
+        at: deadline,
+    };
 
     let host = if t.host.contains(':') {
         format!("[{}]", t.host)
@@ -118,6 +115,47 @@ pub(crate) fn post(
                 req.body,
             )
         }
+    }
+}
+
+/// A connection whose every read and write must end by `at`: each gets the time left as
+/// its socket timeout, and none starts once it is over.
+struct DeadlineStream {
+    /// The connection.
+    socket: TcpStream,
+    /// When the delivery must be over.
+    at: Instant,
+}
+
+impl DeadlineStream {
+    /// The time left, or a timeout error once the deadline passed.
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the delivery timed out",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.socket.set_read_timeout(Some(self.left()?))?;
+        self.socket.read(buf)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.socket.set_write_timeout(Some(self.left()?))?;
+        self.socket.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.socket.flush()
     }
 }
 

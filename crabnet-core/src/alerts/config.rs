@@ -124,7 +124,10 @@ impl WebhookConfig {
         let bad = |why: &str| {
             Error::new(
                 ErrorKind::Config,
-                format!("alerts.webhooks: url {:?} {why}", self.url),
+                format!(
+                    "alerts.webhooks: url {:?} {why}",
+                    crate::model::truncate_for_message(&self.url)
+                ),
             )
         };
         let uri: axum::http::Uri = self.url.parse().map_err(|_| bad("is not a valid URL"))?;
@@ -204,12 +207,18 @@ impl AlertsConfig {
             1,
             3_600_000,
         )?;
-        check_range(
-            "alerts.webhook_retry_max_ms",
-            self.webhook_retry_max_ms,
-            self.webhook_retry_base_ms,
-            86_400_000,
-        )?;
+        if self.webhook_retry_max_ms < self.webhook_retry_base_ms
+            || self.webhook_retry_max_ms > 86_400_000
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "alerts.webhook_retry_max_ms must be between alerts.webhook_retry_base_ms \
+                     ({}) and 86400000 (got {})",
+                    self.webhook_retry_base_ms, self.webhook_retry_max_ms
+                ),
+            ));
+        }
         check_range(
             "alerts.webhook_max_attempts",
             self.webhook_max_attempts,
@@ -234,7 +243,10 @@ impl AlertsConfig {
             if self.webhooks[..i].iter().any(|h| h.url == hook.url) {
                 return Err(Error::new(
                     ErrorKind::Config,
-                    format!("alerts.webhooks: url {:?} is listed twice", hook.url),
+                    format!(
+                        "alerts.webhooks: url {:?} is listed twice",
+                        crate::model::truncate_for_message(&hook.url)
+                    ),
                 ));
             }
         }

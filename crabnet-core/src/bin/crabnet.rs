@@ -275,19 +275,19 @@ struct PublishArgs {
     #[arg(long, default_value = "")]
     description: String,
     /// Lowest acceptable price.
-    #[arg(long, default_value_t = PublishRequest::default().min_price)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = PublishRequest::default().min_price)]
     min_price: u64,
     /// Highest acceptable price.
-    #[arg(long, default_value_t = PublishRequest::default().max_price)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = PublishRequest::default().max_price)]
     max_price: u64,
     /// Bid window in seconds.
-    #[arg(long, default_value_t = PublishRequest::default().bid_window_secs)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = PublishRequest::default().bid_window_secs)]
     bid_window: u64,
     /// Bidding closes early once this many bids arrived.
-    #[arg(long, default_value_t = PublishRequest::default().max_bids)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = PublishRequest::default().max_bids)]
     max_bids: u32,
     /// Run timeout in seconds.
-    #[arg(long, default_value_t = PublishRequest::default().timeout_secs)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = PublishRequest::default().timeout_secs)]
     timeout: u64,
     /// Make the seed private to this node (repeatable): every message about it is encrypted
     /// to these nodes and the publisher. Their hellos must have been received.
@@ -301,25 +301,25 @@ struct PublishArgs {
     isolation: IsolationArg,
     /// Seconds the winner has to claim after the award; then the seed moves to the next best
     /// bid.
-    #[arg(long, default_value_t = Deadlines::default().claim_secs)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = Deadlines::default().claim_secs)]
     claim_window: u64,
     /// Seconds beyond --timeout the claimer has to report its result; then the round fails.
-    #[arg(long, default_value_t = Deadlines::default().result_grace_secs)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = Deadlines::default().result_grace_secs)]
     result_grace: u64,
     /// Seconds the publisher has to settle after the result; then the node settles by the
     /// result.
-    #[arg(long, default_value_t = Deadlines::default().settle_secs)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = Deadlines::default().settle_secs)]
     settle_window: u64,
     /// Run the command on this many nodes and compare their results (output hash and exit
     /// code); above 1 the seed follows rules 3, which older nodes refuse.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     replicas: u32,
     /// Agreeing results that complete a replicated seed (default: a majority of --replicas).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     quorum: Option<u32>,
     /// Most runners a replicated seed may be escalated to when its results reach no quorum
     /// (default: --replicas, no escalation).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     max_replicas: Option<u32>,
     /// Replicated seeds: hash stdout alone, not stdout and stderr combined.
     #[arg(long)]
