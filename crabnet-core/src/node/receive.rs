@@ -472,67 +472,6 @@ impl Node {
         }
     }
 
-    /// Answers a digest (kind 8) of a peer of the previous version, which this version no
-    /// longer sends ([`range`](crate::sync::range) queries instead), of `digest_bytes` from
-    /// `source`: the seeds it lacks (with their authors' hellos) in batches, and our own digest
-    /// when it holds seeds we lack (unless its digest is itself a reply), all within the
-    /// source's sync credit.
-    fn answer_digest(
-        &self,
-        requester: &NodeId,
-        digest: &sync::Digest,
-        digest_bytes: usize,
-        source: &ingress::Source,
-        replies: &mut Vec<Vec<u8>>,
-    ) -> Result<()> {
-        let net = &self.inner.config.network;
-        let max_payload = net.max_envelope_bytes - envelope::OVERHEAD;
-        let (cmp, items) = {
-            let store = lock(&self.inner.store);
-            let ours = store.sync_digest(DIGEST_LIMIT)?;
-            let cmp = sync::compare(&ours, &store.without_pruned(&digest.seeds)?);
-            let mut hellos = Vec::new();
-            let mut envelopes = Vec::new();
-            let mut authors = std::collections::BTreeSet::new();
-            for seed in &cmp.to_send {
-                // A private seed goes only to its audience; others could not open it anyway.
-                if let Some(view) = store.seed(seed)?
-                    && !view.seed.audience.is_empty()
-                    && !view.seed.audience.contains(requester)
-                    && &view.seed.publisher != requester
-                {
-                    continue;
-                }
-                for (sender, env) in store.seed_envelopes(seed)? {
-                    if sender != self.inner.id
-                        && authors.insert(sender.clone())
-                        && let Some(hello) = store.peer_hello(&sender)?
-                    {
-                        hellos.push(hello);
-                    }
-                    envelopes.push(env);
-                }
-            }
-            hellos.extend(envelopes);
-            (cmp, hellos)
-        };
-        let mut credit = self.open_credit(source, digest_bytes);
-        self.push_batches(&mut credit, items, max_payload, replies)?;
-        if cmp.peer_has_more && !digest.reply {
-            let frame = self.digest_frame(true)?;
-            self.push_frame(&mut credit, frame, replies);
-        }
-        self.close_credit(source, &credit);
-        Ok(())
-    }
-
-    /// Our sync digest as a signed envelope.
-    fn digest_frame(&self, reply: bool) -> Result<Vec<u8>> {
-        let seeds = lock(&self.inner.store).sync_digest(DIGEST_LIMIT)?;
-        let digest = sync::Digest { reply, seeds };
-        self.plain_frame(Kind::SyncDigest, &envelope::encode_hello(&digest), 60)
-    }
-
     pub(super) fn plain_frame(&self, kind: Kind, payload: &[u8], ttl_secs: u32) -> Result<Vec<u8>> {
         let header = Header {
             kind,
@@ -724,6 +663,3 @@ pub(super) const RECENT_FRAMES: usize = 65_536;
 
 /// Sync requesters whose credit is tracked at once.
 pub(super) const SYNC_REQUESTERS: usize = 4096;
-
-/// Most seeds listed in one digest (about 40 bytes each, so a digest fits one datagram).
-const DIGEST_LIMIT: usize = 1200;

@@ -1,5 +1,6 @@
 //! Sync by range-based set reconciliation (docs/PROTOCOL.md section 7): the periodic query,
-//! the answers to queries, replies and wants, and the sync credit every answer is sent within.
+//! the answers to queries, replies and wants, and the sync credit every answer is sent within;
+//! also the answers to the previous version's digests (kind 8).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -356,3 +357,70 @@ impl Node {
             .spend(&source.from, (credit.available - credit.left) as usize);
     }
 }
+
+/// The previous version's sync digests (kind 8), still answered.
+impl Node {
+    /// Answers a digest (kind 8) of a peer of the previous version, which this version no
+    /// longer sends ([`range`](crate::sync::range) queries instead), of `digest_bytes` from
+    /// `source`: the seeds it lacks (with their authors' hellos) in batches, and our own digest
+    /// when it holds seeds we lack (unless its digest is itself a reply), all within the
+    /// source's sync credit.
+    pub(super) fn answer_digest(
+        &self,
+        requester: &NodeId,
+        digest: &sync::Digest,
+        digest_bytes: usize,
+        source: &ingress::Source,
+        replies: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let net = &self.inner.config.network;
+        let max_payload = net.max_envelope_bytes - envelope::OVERHEAD;
+        let (cmp, items) = {
+            let store = lock(&self.inner.store);
+            let ours = store.sync_digest(DIGEST_LIMIT)?;
+            let cmp = sync::compare(&ours, &store.without_pruned(&digest.seeds)?);
+            let mut hellos = Vec::new();
+            let mut envelopes = Vec::new();
+            let mut authors = std::collections::BTreeSet::new();
+            for seed in &cmp.to_send {
+                // A private seed goes only to its audience; others could not open it anyway.
+                if let Some(view) = store.seed(seed)?
+                    && !view.seed.audience.is_empty()
+                    && !view.seed.audience.contains(requester)
+                    && &view.seed.publisher != requester
+                {
+                    continue;
+                }
+                for (sender, env) in store.seed_envelopes(seed)? {
+                    if sender != self.inner.id
+                        && authors.insert(sender.clone())
+                        && let Some(hello) = store.peer_hello(&sender)?
+                    {
+                        hellos.push(hello);
+                    }
+                    envelopes.push(env);
+                }
+            }
+            hellos.extend(envelopes);
+            (cmp, hellos)
+        };
+        let mut credit = self.open_credit(source, digest_bytes);
+        self.push_batches(&mut credit, items, max_payload, replies)?;
+        if cmp.peer_has_more && !digest.reply {
+            let frame = self.digest_frame(true)?;
+            self.push_frame(&mut credit, frame, replies);
+        }
+        self.close_credit(source, &credit);
+        Ok(())
+    }
+
+    /// Our sync digest as a signed envelope.
+    fn digest_frame(&self, reply: bool) -> Result<Vec<u8>> {
+        let seeds = lock(&self.inner.store).sync_digest(DIGEST_LIMIT)?;
+        let digest = sync::Digest { reply, seeds };
+        self.plain_frame(Kind::SyncDigest, &envelope::encode_hello(&digest), 60)
+    }
+}
+
+/// Most seeds listed in one digest (about 40 bytes each, so a digest fits one datagram).
+const DIGEST_LIMIT: usize = 1200;
