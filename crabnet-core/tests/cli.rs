@@ -1181,6 +1181,27 @@ fn publish_flags_out_of_range_are_named_errors() {
     // Only the accepted publications left a seed behind.
     let list = sb.run(&dir, &["--json", "seed", "list"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), published, "{list}");
+    // Other numeric flags name themselves too (a negative value is not an unknown flag).
+    let seed = "00".repeat(16);
+    for args in [
+        &["seed", "bid", seed.as_str(), "--price", "-1"][..],
+        &["events", "--since", "-1"][..],
+        &["events", "--limit", "-5"][..],
+    ] {
+        let out = sb.run(&dir, args);
+        let option = args.iter().find(|a| a.starts_with("--")).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+        assert!(
+            out.stderr.contains(&format!("'{option} <")) || out.stderr.contains(option),
+            "{}",
+            out.describe()
+        );
+        assert!(
+            !out.stderr.contains("unexpected argument"),
+            "{}",
+            out.describe()
+        );
+    }
 }
 
 #[test]

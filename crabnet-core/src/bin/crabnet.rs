@@ -70,10 +70,10 @@ struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Number of peer processes (default 2; 1 with --quick).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     peers: Option<usize>,
     /// Seeds each peer sends to the node (default 500; 40 with --quick).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     seeds: Option<usize>,
 }
 
@@ -107,10 +107,10 @@ enum TrustCommand {
         #[arg(long = "role", value_name = "ROLE")]
         roles: Vec<String>,
         /// Valid from (Unix ms); default now.
-        #[arg(long, value_name = "MS")]
+        #[arg(long, value_name = "MS", allow_negative_numbers = true)]
         not_before: Option<u64>,
         /// Valid for this many days from not_before.
-        #[arg(long, default_value_t = 365)]
+        #[arg(long, default_value_t = 365, allow_negative_numbers = true)]
         days: u64,
     },
     /// Revoke a node or a certificate with an anchor's key (writes a revocation file for
@@ -134,7 +134,7 @@ enum TrustCommand {
         #[arg(long = "self")]
         own: bool,
         /// Revoked from this time on (Unix ms); default now.
-        #[arg(long, value_name = "MS")]
+        #[arg(long, value_name = "MS", allow_negative_numbers = true)]
         from: Option<u64>,
         /// Where to write the revocation.
         #[arg(long, value_name = "FILE", required_unless_present = "own")]
@@ -217,7 +217,7 @@ enum SeedCommand {
         /// Seed id.
         id: String,
         /// Offered price.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         price: u64,
     },
     /// Claim a seed this node won.
@@ -373,17 +373,17 @@ struct EventsArgs {
     #[arg(long, short)]
     follow: bool,
     /// Only events after this sequence number.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     since: u64,
     /// Print at most this many events (before following).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
     limit: usize,
 }
 
 #[derive(Args, Debug)]
 struct DemoArgs {
     /// Number of nodes (at least 3).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     nodes: usize,
     /// The command the demo task runs.
     #[arg(long, default_value = demo::DEFAULT_COMMAND)]
