@@ -255,6 +255,7 @@ mod serde_bytes_vec {
 pub struct Parsed<'a> {
     /// The header.
     pub header: Header,
+    frame: &'a [u8],
     signed: &'a [u8],
     payload: &'a [u8],
     signature: DualSignature,
@@ -302,6 +303,7 @@ pub fn parse(bytes: &[u8], limit: usize) -> Result<Parsed<'_>, EnvelopeError> {
     let signature = DualSignature::from_bytes(&bytes[HEADER_LEN + len..])
         .map_err(|e| malformed(format!("signature field: {e}")))?;
     Ok(Parsed {
+        frame: bytes,
         header: Header {
             kind,
             sealed: flags & FLAG_SEALED != 0,
@@ -317,7 +319,12 @@ pub fn parse(bytes: &[u8], limit: usize) -> Result<Parsed<'_>, EnvelopeError> {
     })
 }
 
-impl Parsed<'_> {
+impl<'a> Parsed<'a> {
+    /// The whole envelope, as received.
+    pub fn frame(&self) -> &'a [u8] {
+        self.frame
+    }
+
     /// Verifies both signatures over the received bytes with the sender's keys.
     pub fn verify(&self, key: &SigningPublic) -> Result<(), EnvelopeError> {
         key.verify(self.signed, SIGNATURE_CONTEXT, &self.signature)

@@ -25,6 +25,7 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use crate::config::NetworkConfig;
+use crate::crypto::SigningPublic;
 use crate::envelope::{self, EnvelopeError, Header, Kind};
 use crate::model::{MessageId, MessageKind, Millis, NodeId};
 use crate::monitor::{EventKind, RejectReason};
@@ -305,6 +306,14 @@ impl RecentFrames {
         lock(&self.inner).0.contains(&h)
     }
 
+    /// Forgets every frame (the store did not keep what it was told it holds: a batch that
+    /// failed to commit).
+    pub fn clear(&self) {
+        let mut guard = lock(&self.inner);
+        guard.0.clear();
+        guard.1.clear();
+    }
+
     /// Records that the store now holds `frame`.
     pub fn insert(&self, frame: &[u8]) {
         let h = self.hash(frame);
@@ -319,6 +328,58 @@ impl RecentFrames {
                 set.remove(&old);
             }
         }
+    }
+}
+
+/// Envelopes whose signatures were verified ahead of their turn, on several threads, while
+/// their batch waited to be applied (see `node/batch.rs`): when the trust boundary reaches
+/// the same bytes with the same signer's keys, it takes the result instead of verifying
+/// again. Anything else (other keys, a changed byte) is verified as usual. Emptied after
+/// every batch.
+#[derive(Debug)]
+pub(crate) struct PreVerified {
+    key: std::collections::hash_map::RandomState,
+    frames: Mutex<HashMap<u64, Vec<(Vec<u8>, SigningPublic)>>>,
+}
+
+impl PreVerified {
+    /// Empty.
+    pub fn new() -> Self {
+        PreVerified {
+            key: std::collections::hash_map::RandomState::new(),
+            frames: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records that both signatures of `frame` verified with `signer`.
+    pub fn insert(&self, frame: &[u8], signer: SigningPublic) {
+        let h = self.key.hash_one(frame);
+        lock(&self.frames)
+            .entry(h)
+            .or_default()
+            .push((frame.to_vec(), signer));
+    }
+
+    /// Whether `frame` was verified with `signer`; forgets it.
+    pub fn take(&self, frame: &[u8], signer: &SigningPublic) -> bool {
+        let h = self.key.hash_one(frame);
+        let mut frames = lock(&self.frames);
+        let Some(known) = frames.get_mut(&h) else {
+            return false;
+        };
+        let Some(at) = known.iter().position(|(f, k)| f == frame && k == signer) else {
+            return false;
+        };
+        known.swap_remove(at);
+        if known.is_empty() {
+            frames.remove(&h);
+        }
+        true
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        lock(&self.frames).clear();
     }
 }
 

@@ -38,12 +38,13 @@ use crate::model::{Deadlines, Millis, NodeId, SandboxLevel, SeedId, SeedStatus};
 use crate::monitor::{EventBus, EventKind, NdjsonLog, Subscription};
 use crate::network::{self, Transport};
 use crate::sandbox::{SandboxPolicy, SandboxStatus};
-use crate::store::Store;
+use crate::store::{SharedStore, Store};
 use crate::trust;
 
 use receive::{RECENT_FRAMES, SYNC_REQUESTERS};
 
 mod alerting;
+mod batch;
 mod decisions;
 mod housekeeping;
 mod keys;
@@ -190,7 +191,7 @@ struct Inner {
     hello_changed: Notify,
     sync_wanted: Notify,
     config: Config,
-    store: Mutex<Store>,
+    store: SharedStore,
     bus: EventBus,
     log: Option<NdjsonLog>,
     transport_name: Option<String>,
@@ -205,6 +206,10 @@ struct Inner {
     /// The stored messages as reconciliation items, rebuilt when the store changed.
     sync_index: reconcile::IndexCache,
     recent: ingress::RecentFrames,
+    /// Signatures verified in parallel for the batch being applied (see `node/batch.rs`).
+    verified: ingress::PreVerified,
+    /// Verdicts on released frames, given once the batch that applied them is committed.
+    deferred_acks: Mutex<Vec<(network::Ack, network::Handled)>>,
     held: ingress::HoldQueue,
     trust: trust::Trust,
     timers: Timers,
@@ -254,8 +259,29 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Something that locks into a mutex guard: a mutex, or the store (which a receive batch
+/// holds across operations, see [`SharedStore`]).
+trait Lock {
+    type Target;
+    fn guard(&self) -> MutexGuard<'_, Self::Target>;
+}
+
+impl<T> Lock for Mutex<T> {
+    type Target = T;
+    fn guard(&self) -> MutexGuard<'_, T> {
+        self.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Lock for SharedStore {
+    type Target = Store;
+    fn guard(&self) -> MutexGuard<'_, Store> {
+        self.lock()
+    }
+}
+
+fn lock<L: Lock>(m: &L) -> MutexGuard<'_, L::Target> {
+    m.guard()
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<()> {
@@ -408,7 +434,7 @@ impl Node {
                 bus: EventBus::new(config.events.bus_capacity),
                 log,
                 transport_name: transport.as_ref().map(|t| t.name().to_owned()),
-                store: Mutex::new(store),
+                store: SharedStore::new(store),
                 published_seq: Mutex::new(published),
                 stopped: AtomicBool::new(false),
                 shutdown,
@@ -423,6 +449,8 @@ impl Node {
                 ),
                 sync_index: reconcile::IndexCache::default(),
                 recent: ingress::RecentFrames::new(RECENT_FRAMES),
+                verified: ingress::PreVerified::new(),
+                deferred_acks: Mutex::new(Vec::new()),
                 held: ingress::HoldQueue::new(config.network.unknown_sender_hold_ms),
                 trust: policy,
                 timers: Timers::default(),
@@ -534,11 +562,14 @@ impl Node {
             .map_err(|e| Error::internal(format!("node task failed: {e}")))?
     }
 
-    /// Runs `f` with the store locked, then delivers any new events.
+    /// Runs `f` with the store locked, then delivers any new events (inside a receive batch:
+    /// once the batch is committed).
     pub(crate) fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
         let mut store = lock(&self.inner.store);
         let out = f(&mut store);
-        self.pump_events(&store);
+        if !store.in_batch() {
+            self.pump_events(&store);
+        }
         out
     }
 

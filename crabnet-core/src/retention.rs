@@ -8,7 +8,7 @@
 //! messages about the seed are refused (`retention.refused`) and sync never asks for it, so a
 //! peer that still holds the seed cannot bring it back. The `events` table is bounded by age
 //! and row count; a cursor older than the oldest kept event can tell from
-//! [`Store::events_pruned_through`] that events were pruned.
+//! [`crate::store::Store::events_pruned_through`] that events were pruned.
 //!
 //! The work runs in the node's housekeeping, every `retention.interval_secs`, in batches of
 //! at most `retention.batch_size` seeds or events, one transaction per batch, with the store
@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use crate::error::Result;
 use crate::model::Millis;
-use crate::store::Store;
+use crate::store::SharedStore;
 
 pub(crate) mod config;
 pub use config::RetentionConfig;
@@ -68,7 +68,7 @@ impl Retention {
     /// Runs retention if it is due at `now`: at most a few batches of each kind, each in its
     /// own transaction, locking `store` only for one batch at a time. When work is left, the
     /// next run is due at the next call; otherwise after `retention.interval_secs`.
-    pub fn run_if_due(&self, store: &Mutex<Store>, now: Millis) -> Result<Pruned> {
+    pub(crate) fn run_if_due(&self, store: &SharedStore, now: Millis) -> Result<Pruned> {
         let c = &self.config;
         let interval = u64::from(c.interval_secs) * 1000;
         {
@@ -80,7 +80,7 @@ impl Retention {
             *next = now.saturating_add(interval);
         }
         let batch = c.batch_size as usize;
-        let lock = || store.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = || store.lock();
         let mut out = Pruned::default();
         let mut left = false;
         if c.seeds_after_secs > 0 {

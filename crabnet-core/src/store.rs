@@ -26,9 +26,11 @@ pub(crate) mod config;
 mod prune;
 mod reconcile;
 mod reputation;
+mod shared;
 pub use config::{StoreConfig, SyncMode};
 pub use prune::SeedsPruned;
 pub use reconcile::WantedEnvelope;
+pub(crate) use shared::SharedStore;
 
 /// Where a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,10 +365,46 @@ pub struct Store {
     config: StoreConfig,
     /// Peers' keys, parsed once (reading a peer is on the path of every received frame).
     keys: ParsedKeys,
+    /// A batch is open ([`Store::begin_batch`]): every operation is a savepoint inside it.
+    batch: bool,
+}
+
+/// The transaction of one store operation: its own (`BEGIN`), or a savepoint inside the open
+/// batch ([`Store::begin_batch`]), committed with the rest of the batch.
+enum Tx<'a> {
+    Own(Transaction<'a>),
+    InBatch(rusqlite::Savepoint<'a>),
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            Tx::Own(tx) => tx,
+            Tx::InBatch(sp) => sp,
+        }
+    }
+}
+
+impl Tx<'_> {
+    fn commit(self) -> rusqlite::Result<()> {
+        match self {
+            Tx::Own(tx) => tx.commit(),
+            Tx::InBatch(sp) => sp.commit(),
+        }
+    }
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::internal(format!("cannot encode: {e}")))
+}
+
+fn batch_lost() -> Error {
+    Error::new(
+        ErrorKind::Store,
+        "the database rolled the batch transaction back after an error",
+    )
 }
 
 fn from_json<T: for<'de> Deserialize<'de>>(text: &str, what: &str) -> Result<T> {
@@ -401,6 +439,7 @@ impl Store {
             path: path.to_owned(),
             config: config.clone(),
             keys: ParsedKeys::new(PARSED_KEYS),
+            batch: false,
         };
         store.migrate()?;
         Ok(store)
@@ -409,6 +448,59 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Starts a transaction for one operation: a savepoint when a batch is open (a failing
+    /// operation rolls back its own writes only), else its own transaction.
+    fn tx(&mut self, behavior: TransactionBehavior) -> Result<Tx<'_>> {
+        if !self.batch {
+            return Ok(Tx::Own(self.conn.transaction_with_behavior(behavior)?));
+        }
+        if self.conn.is_autocommit() {
+            // SQLite rolls a transaction back by itself after some errors (a full disk, an
+            // I/O error): nothing more is written in this batch.
+            return Err(batch_lost());
+        }
+        Ok(Tx::InBatch(self.conn.savepoint()?))
+    }
+
+    /// Opens a batch: until [`Store::end_batch`], every operation on this store is part of
+    /// one `BEGIN IMMEDIATE` transaction (each in a savepoint of its own), committed once, and
+    /// so synced once under `store.sync = full`. Reads see the batch's writes.
+    pub(crate) fn begin_batch(&mut self) -> Result<()> {
+        if self.batch {
+            return Err(Error::internal("a store batch is already open"));
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.batch = true;
+        Ok(())
+    }
+
+    /// Whether a batch is open.
+    pub(crate) fn in_batch(&self) -> bool {
+        self.batch
+    }
+
+    /// Closes the open batch: commits it (`commit`), or rolls it back. A failed commit rolls
+    /// back too: then nothing of the batch was written.
+    pub(crate) fn end_batch(&mut self, commit: bool) -> Result<()> {
+        if !std::mem::replace(&mut self.batch, false) {
+            return Err(Error::internal("no store batch is open"));
+        }
+        if self.conn.is_autocommit() {
+            return if commit { Err(batch_lost()) } else { Ok(()) };
+        }
+        if !commit {
+            self.conn.execute_batch("ROLLBACK")?;
+            return Ok(());
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     fn migrate(&mut self) -> Result<()> {
@@ -447,9 +539,7 @@ impl Store {
 
     /// Returns the node id stored in the database, storing `candidate` if there is none yet.
     pub fn node_id_or_init(&mut self, candidate: &NodeId) -> Result<NodeId> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.tx(TransactionBehavior::Immediate)?;
         let existing: Option<String> = tx
             .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
                 r.get(0)
@@ -487,9 +577,7 @@ impl Store {
         build: impl FnOnce(Option<&SeedView>) -> Result<Body>,
         seal: impl FnOnce(&Message, &SeedView) -> Result<Vec<u8>>,
     ) -> Result<(Message, SeedView, Vec<Event>)> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.tx(TransactionBehavior::Immediate)?;
         let current = load_view(&tx, seed_id)?;
         let body = build(current.as_ref())?;
         if body.seed_id() != seed_id {
@@ -542,9 +630,7 @@ impl Store {
         now: Millis,
     ) -> Result<(RemoteOutcome, Vec<Event>)> {
         let until = self.seen_until(now);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.tx(TransactionBehavior::Immediate)?;
         if prune::is_pruned(&tx, message.seed_id())? {
             // Nothing is written: the caller counts it (`retention.refused`).
             return Ok((RemoteOutcome::Pruned, Vec::new()));
@@ -627,7 +713,7 @@ impl Store {
     /// failures, rejections at the trust boundary; their counters come through
     /// [`Store::add_counters`]).
     pub fn record_event(&mut self, now: Millis, kind: EventKind) -> Result<Event> {
-        let tx = self.conn.transaction()?;
+        let tx = self.tx(TransactionBehavior::Deferred)?;
         let mut events = insert_events(&tx, now, vec![kind], None)?;
         tx.commit()?;
         Ok(events.remove(0))
@@ -817,7 +903,7 @@ impl Store {
 
     /// Marks an outbox message as sent.
     pub fn outbox_sent(&mut self, seq: i64, now: Millis) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.tx(TransactionBehavior::Deferred)?;
         tx.execute(
             "UPDATE outbox SET sent_at = ?2, attempts = attempts + 1 WHERE seq = ?1",
             params![seq, now as i64],
@@ -848,7 +934,7 @@ impl Store {
     /// Each sender's replay floor rises to the highest Lamport counter forgotten, so a replay
     /// of a forgotten message is still recognised, also after a restart.
     pub fn prune_seen(&mut self, now: Millis) -> Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.tx(TransactionBehavior::Deferred)?;
         tx.execute(
             "UPDATE peers SET replay_floor = MAX(replay_floor, (
                  SELECT MAX(lamport) FROM seen
@@ -894,7 +980,7 @@ impl Store {
         counter: &str,
     ) -> Result<()> {
         let until = self.seen_until(now);
-        let tx = self.conn.transaction()?;
+        let tx = self.tx(TransactionBehavior::Deferred)?;
         insert_seen(&tx, id, sender, lamport, now, until)?;
         bump_counter(&tx, counter)?;
         tx.commit()?;
@@ -903,7 +989,7 @@ impl Store {
 
     /// Bumps a counter by one.
     pub fn count(&mut self, counter: &str) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.tx(TransactionBehavior::Deferred)?;
         bump_counter(&tx, counter)?;
         tx.commit()?;
         Ok(())
@@ -916,7 +1002,7 @@ impl Store {
         counters: &BTreeMap<String, u64>,
         events: Vec<EventKind>,
     ) -> Result<Vec<Event>> {
-        let tx = self.conn.transaction()?;
+        let tx = self.tx(TransactionBehavior::Deferred)?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO counters(name, value) VALUES (?1, ?2)
@@ -1124,9 +1210,7 @@ impl Store {
         now: Millis,
         admission: &Admission,
     ) -> Result<PeerUpdate> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.tx(TransactionBehavior::Immediate)?;
         let signing = identity.signing.to_bytes();
         let kem = identity.kem.to_bytes();
         let known: Option<(Vec<u8>, Vec<u8>, i64)> = tx
@@ -1187,9 +1271,7 @@ impl Store {
     /// Marks a task run as started by process `pid`. Fails with [`ErrorKind::Busy`] while
     /// another live process runs it.
     pub fn begin_run(&mut self, seed_id: &SeedId, pid: u32, now: Millis) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.tx(TransactionBehavior::Immediate)?;
         let holder: Option<(i64, i64)> = tx
             .query_row(
                 "SELECT pid, started_at FROM runs WHERE seed_id = ?1",
@@ -1340,7 +1422,7 @@ impl Store {
         body: &dyn Fn(&Event) -> Result<Vec<u8>>,
     ) -> Result<Event> {
         let sql_u64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let tx = self.conn.transaction()?;
+        let tx = self.tx(TransactionBehavior::Deferred)?;
         let kind = match transition {
             Transition::Firing(a) => {
                 tx.execute(
@@ -1424,7 +1506,7 @@ impl Store {
     /// Removes a delivery: sent (`alerts.webhook_delivered`) or given up
     /// (`alerts.webhook_dropped`).
     pub fn webhook_finish(&mut self, seq: i64, delivered: bool) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.tx(TransactionBehavior::Deferred)?;
         if tx.execute("DELETE FROM webhook_queue WHERE seq = ?1", [seq])? > 0 {
             bump_counter(
                 &tx,
@@ -1441,7 +1523,7 @@ impl Store {
 
     /// Schedules the next attempt of a delivery that failed (`alerts.webhook_failed`).
     pub fn webhook_retry(&mut self, seq: i64, next_at: Millis, error: &str) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.tx(TransactionBehavior::Deferred)?;
         tx.execute(
             "UPDATE webhook_queue SET attempts = attempts + 1, next_attempt_at = ?2,
                last_error = ?3 WHERE seq = ?1",
@@ -1513,7 +1595,7 @@ fn load_view(conn: &Connection, id: &SeedId) -> Result<Option<SeedView>> {
 }
 
 /// Makes room for one new peer under `admission`; `false` when it must be refused.
-fn admit(tx: &Transaction<'_>, admission: &Admission) -> Result<bool> {
+fn admit(tx: &Connection, admission: &Admission) -> Result<bool> {
     if let Some(address) = &admission.address {
         let from_there: i64 = tx.query_row(
             "SELECT COUNT(*) FROM peers WHERE admitted_from = ?1",
@@ -1545,7 +1627,7 @@ fn admit(tx: &Transaction<'_>, admission: &Admission) -> Result<bool> {
     }
 }
 
-fn bump_lamport(tx: &Transaction<'_>, seen: Option<u64>) -> Result<u64> {
+fn bump_lamport(tx: &Connection, seen: Option<u64>) -> Result<u64> {
     let current: u64 = tx
         .query_row("SELECT value FROM meta WHERE key = 'lamport'", [], |r| {
             r.get::<_, String>(0)
@@ -1572,7 +1654,7 @@ fn bump_lamport(tx: &Transaction<'_>, seen: Option<u64>) -> Result<u64> {
 }
 
 fn insert_seen(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     id: &MessageId,
     sender: &NodeId,
     lamport: u64,
@@ -1593,7 +1675,7 @@ fn insert_seen(
     Ok(())
 }
 
-fn bump_counter(tx: &Transaction<'_>, name: &str) -> Result<()> {
+fn bump_counter(tx: &Connection, name: &str) -> Result<()> {
     tx.execute(
         "INSERT INTO counters(name, value) VALUES (?1, 1)
          ON CONFLICT(name) DO UPDATE SET value = value + 1",
@@ -1602,7 +1684,7 @@ fn bump_counter(tx: &Transaction<'_>, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn insert_message(tx: &Transaction<'_>, m: &Message, origin: Origin, now: Millis) -> Result<()> {
+fn insert_message(tx: &Connection, m: &Message, origin: Origin, now: Millis) -> Result<()> {
     tx.execute(
         "INSERT INTO messages(id, seed_id, kind, sender, lamport, timestamp, body, origin, received_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -1624,7 +1706,7 @@ fn insert_message(tx: &Transaction<'_>, m: &Message, origin: Origin, now: Millis
 /// Appends events; each is filed under the seed it names, else under `seed` (the seed of the
 /// message it describes), so that pruning a seed removes its events.
 fn insert_events(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     now: Millis,
     kinds: Vec<EventKind>,
     seed: Option<&SeedId>,
@@ -1747,7 +1829,7 @@ fn applied_event(m: &Message, view: &SeedView) -> EventKind {
 /// appends events for every message whose verdict changed. Returns the view and the verdict of
 /// `focus` (the message that triggered the fold).
 fn refold(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     seed_id: &SeedId,
     focus: &MessageId,
     now: Millis,

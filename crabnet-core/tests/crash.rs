@@ -21,8 +21,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crabnet_core::monitor::EventKind;
+use crabnet_core::network::{UdpConfig, UdpTransport};
 use crabnet_core::store::{Store, StoreConfig};
-use crabnet_core::{Config, NodeId, PublishRequest, SeedId, SeedStatus};
+use crabnet_core::{Config, Node, NodeId, PublishRequest, SeedId, SeedStatus};
 use support::pair::Pair;
 
 const CHILD_DIR_VAR: &str = "CRABNET_CRASH_CHILD_DIR";
@@ -529,4 +530,330 @@ fn crash_leaves_a_sound_database() {
             started.elapsed()
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A receiver killed in the middle of a batch
+// ---------------------------------------------------------------------------------------------
+
+const RECEIVER_DIR_VAR: &str = "CRABNET_CRASH_RECEIVER_DIR";
+/// Distinct seeds the receiver is sent, again and again.
+const FLOOD_SEEDS: u64 = 1200;
+/// Frames sent between two short pauses (a burst fills the receiver's queue well past one
+/// batch; the pauses keep the kernel's socket buffer from dropping most of them).
+const FLOOD_BURST: usize = 96;
+
+/// The receiver process: a node on UDP on 127.0.0.1 that prints its id and address, then
+/// `ok <seed>` for every `seed_published` event (delivered only once its batch is committed:
+/// what the node acknowledges) and `peer <id>` for every new peer. It stops cleanly when its
+/// stdin closes, and after two minutes as a safety net.
+#[test]
+#[ignore = "helper process for a_kill_in_the_middle_of_a_receive_batch_loses_nothing_acknowledged"]
+fn child_receiver() {
+    let Some(dir) = std::env::var_os(RECEIVER_DIR_VAR) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut config = Config::with_data_dir(PathBuf::from(dir));
+        config.name = "receiver".into();
+        config.network.tick_ms = 20;
+        let transport = UdpTransport::bind(UdpConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            peers: Vec::new(),
+            broadcast: None,
+        })
+        .unwrap();
+        let addr = transport.local_addr().unwrap();
+        let node = Node::start_with_transport(config, Box::new(transport))
+            .await
+            .unwrap();
+        let mut events = node.subscribe();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            let _ = stop.send(());
+        });
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "\nnode {}\naddr {addr}", node.id()).unwrap();
+            out.flush().unwrap();
+        }
+        let safety = tokio::time::sleep(Duration::from_secs(120));
+        tokio::pin!(safety);
+        loop {
+            tokio::select! {
+                e = events.recv() => {
+                    let Some(e) = e else { break };
+                    let line = match e.kind {
+                        EventKind::SeedPublished { seed_id, .. } => format!("ok {seed_id}"),
+                        EventKind::PeerDiscovered { node_id, .. } => format!("peer {node_id}"),
+                        _ => continue,
+                    };
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{line}").unwrap();
+                    out.flush().unwrap();
+                }
+                _ = &mut stopped => break,
+                _ = &mut safety => break,
+            }
+        }
+        node.stop().await.unwrap();
+    });
+}
+
+/// The receiver process, its lines, and the flood aimed at it.
+struct Receiver {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    stderr: PathBuf,
+    id: NodeId,
+    addr: std::net::SocketAddr,
+}
+
+impl Receiver {
+    fn start(dir: &Path, cycle: usize) -> Receiver {
+        let exe = std::env::current_exe().expect("current test binary");
+        let stderr = dir.with_extension(format!("receiver{cycle}.stderr"));
+        let mut child = Command::new(exe)
+            .args([
+                "--exact",
+                "child_receiver",
+                "--nocapture",
+                "--ignored",
+                "--test-threads",
+                "1",
+            ])
+            .env(RECEIVER_DIR_VAR, dir)
+            .env_remove("CRABNET_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn the receiver");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut receiver = Receiver {
+            child,
+            lines,
+            stderr,
+            id: NodeId::from_bytes([0; 32]),
+            addr: "127.0.0.1:9".parse().unwrap(),
+        };
+        let (mut id, mut addr) = (None, None);
+        while id.is_none() || addr.is_none() {
+            let line = receiver.next_line();
+            if let Some(v) = line.strip_prefix("node ") {
+                id = Some(NodeId::parse(v.trim()).unwrap());
+            }
+            if let Some(v) = line.strip_prefix("addr ") {
+                addr = Some(v.trim().parse().unwrap());
+            }
+        }
+        receiver.id = id.unwrap();
+        receiver.addr = addr.unwrap();
+        receiver
+    }
+
+    fn next_line(&mut self) -> String {
+        match self.lines.recv_timeout(CYCLE_TIMEOUT) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = self.child.kill();
+                panic!(
+                    "the receiver said nothing more ({e:?}) within {CYCLE_TIMEOUT:?}\n--- stderr\n{}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `hello`, then `frames` over and over in bursts, to `to` from a socket on 127.0.0.1,
+/// until `stop` is set.
+fn flood(
+    to: std::net::SocketAddr,
+    hello: Vec<u8>,
+    frames: std::sync::Arc<Vec<Vec<u8>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The hello first, so that the envelopes are not held for it.
+        socket.send_to(&hello, to).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        while !stop.load(Ordering::Relaxed) {
+            for burst in frames.chunks(FLOOD_BURST) {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                for frame in burst {
+                    let _ = socket.send_to(frame, to);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    })
+}
+
+/// The seeds a store holds.
+fn stored_seeds(store: &Store) -> BTreeSet<SeedId> {
+    store
+        .all_views()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.seed.id)
+        .collect()
+}
+
+/// A receiver applying received envelopes in batches (one transaction each) is SIGKILLed while
+/// a flood keeps its queue full, twice; after each kill its store opens, passes the integrity
+/// check, holds every seed whose event it delivered (nothing acknowledged is lost), with its
+/// envelope and exactly one `seed_published` event. Restarted, it is sent everything again:
+/// it ends up with every seed, no event is delivered twice across the restarts, and after a
+/// clean stop the NDJSON log holds every event once.
+#[test]
+fn a_kill_in_the_middle_of_a_receive_batch_loses_nothing_acknowledged() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::Builder::new()
+        .prefix("crabnet-crash-batch-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().join("receiver");
+    let author = support::forge::identity(0xba7c, 1);
+    let now = crabnet_core::clock::now_ms();
+    let messages: Vec<_> = (1..=FLOOD_SEEDS)
+        .map(|lamport| support::forge::seed_message(&author, lamport, now))
+        .collect();
+    let all: BTreeSet<SeedId> = messages.iter().map(|m| m.seed_id().clone()).collect();
+    let frames = Arc::new(
+        messages
+            .iter()
+            .map(|m| support::forge::seal(&author, m, 900))
+            .collect::<Vec<_>>(),
+    );
+    let mut config = Config::with_data_dir(&dir);
+    config.name = "receiver".into();
+    let mut delivered: BTreeSet<SeedId> = BTreeSet::new();
+    let mut id: Option<NodeId> = None;
+
+    for cycle in 0..3 {
+        let last = cycle == 2;
+        let mut receiver = Receiver::start(&dir, cycle);
+        if let Some(id) = &id {
+            assert_eq!(id, &receiver.id, "the node id is stable across crashes");
+        }
+        id = Some(receiver.id.clone());
+        let stored_before = if cycle == 0 {
+            BTreeSet::new()
+        } else {
+            stored_seeds(&open_store(&config, &receiver.id))
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = flood(
+            receiver.addr,
+            support::forge::hello(&author),
+            frames.clone(),
+            stop.clone(),
+        );
+        let salt = random_u64(cycle as u64);
+        let kill_after = 100 + (salt % 200) as usize;
+        let mut in_cycle = 0;
+        loop {
+            let line = receiver.next_line();
+            let Some(seed) = line.strip_prefix("ok ") else {
+                continue;
+            };
+            let seed = SeedId::parse(seed.trim()).unwrap();
+            assert!(all.contains(&seed), "an event for a seed nobody sent");
+            assert!(
+                !stored_before.contains(&seed),
+                "seed_published again for {seed}, stored before the restart"
+            );
+            assert!(
+                delivered.insert(seed.clone()),
+                "seed_published delivered twice for {seed}"
+            );
+            in_cycle += 1;
+            if !last && in_cycle == kill_after {
+                // Inside the next batch, or the one after: the queue stays full.
+                let delay = random_u64(salt ^ 1) % 5000;
+                std::thread::sleep(Duration::from_micros(delay));
+                receiver.child.kill().expect("SIGKILL the receiver");
+                break;
+            }
+            if last && stored_before.len() + in_cycle == all.len() {
+                // Everything is in: a clean stop.
+                drop(receiver.child.stdin.take());
+                let status = receiver.child.wait().unwrap();
+                assert!(status.success(), "the receiver stops cleanly: {status}");
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        sender.join().unwrap();
+        if !last {
+            #[cfg(unix)]
+            {
+                use std::os::unix::process::ExitStatusExt;
+                let status = receiver.child.wait().unwrap();
+                assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+            }
+        }
+        // The lines it printed before it died count as delivered too.
+        while let Ok(line) = receiver.lines.recv_timeout(Duration::from_secs(5)) {
+            if let Some(seed) = line.strip_prefix("ok ") {
+                let seed = SeedId::parse(seed.trim()).unwrap();
+                assert!(
+                    delivered.insert(seed.clone()),
+                    "seed_published delivered twice for {seed}"
+                );
+            }
+        }
+        let store = open_store(&config, &receiver.id);
+        let seen = check_events(&store);
+        let stored = stored_seeds(&store);
+        for seed in &delivered {
+            assert!(
+                stored.contains(seed),
+                "cycle {cycle}: {seed} was delivered but is missing after the kill"
+            );
+            assert!(seen.published.contains(seed));
+            assert_eq!(store.seed_envelopes(seed).unwrap().len(), 1, "{seed}");
+        }
+        assert!(stored.is_subset(&all));
+        eprintln!(
+            "batch crash test, cycle {cycle}: {in_cycle} delivered in this cycle, {} stored",
+            stored.len()
+        );
+        if last {
+            assert_eq!(stored, all, "every seed sent is stored in the end");
+            let counters = store.counters().unwrap();
+            let groups = counters.get("ingress.groups").copied().unwrap_or(0);
+            let grouped = counters.get("ingress.group_frames").copied().unwrap_or(0);
+            assert!(
+                groups > 0 && grouped > groups,
+                "the flood was applied in groups of several envelopes: {counters:?}"
+            );
+        }
+    }
+    check_log(&config);
 }

@@ -47,7 +47,7 @@ impl Node {
             // Read on this thread when the store is free; when it is busy, wait for it off the
             // async thread (skipping the look would delay what another process wrote, e.g. a
             // revocation, behind frames that arrive meanwhile).
-            let quick = self.inner.store.try_lock().ok().map(|s| s.data_version());
+            let quick = self.inner.store.try_lock().map(|s| s.data_version());
             let version = match quick {
                 Some(v) => v,
                 None => {

@@ -296,6 +296,9 @@ impl Node {
         via: Via,
         now: Millis,
     ) -> std::result::Result<(), (RejectReason, String)> {
+        if self.inner.verified.take(parsed.frame(), current) {
+            return Ok(());
+        }
         let Err(e) = parsed.verify(current) else {
             return Ok(());
         };

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::batch::{self, BATCH_BYTES, BATCH_FRAMES};
 use super::{JOIN_HELLO_DELAYS, Node, OUTBOX_BATCH, lock};
 use crate::clock::now_ms;
 use crate::envelope::{self, Kind};
 use crate::error::Result;
 use crate::ingress;
 use crate::monitor::EventKind;
-use crate::network::{self, Acceptance, Handled, InboundFrame, Incoming, Transport};
+use crate::network::{self, InboundFrame, Incoming, Transport};
 use crate::sync;
 
 /// The hello last built: the addresses and key epoch it announces, and its bytes.
@@ -48,6 +49,8 @@ impl Node {
             self.inner.config.network.sync_interval_secs as u64,
         ));
         let mut sync_due: Option<tokio::time::Instant> = None;
+        // A report that came in while frames were taken into a batch: handled next.
+        let mut stash: Option<Option<Incoming>> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
@@ -95,7 +98,7 @@ impl Node {
                     self.drain_outbox(transport.as_mut(), &mut hello).await;
                     return;
                 }
-                incoming = network::next(transport.as_mut()) => {
+                incoming = next_incoming(transport.as_mut(), &mut stash) => {
                     let frame = match incoming {
                         None => {
                             tracing::warn!("transport closed");
@@ -128,60 +131,83 @@ impl Node {
                         }
                         Some(Incoming::Frame(frame)) => frame,
                     };
-                    let max = transport.max_frame_bytes();
-                    let InboundFrame { bytes, from, ack } = frame;
-                    if let Err(rejection) = self.inner.gate.admit(&bytes, &from, max) {
-                        // Refused before any blocking work: no transaction, no outbox scan.
-                        let handled = self.refuse(rejection).await;
-                        if let Some(ack) = ack {
-                            let _ = ack.send(handled);
-                        }
-                        continue;
-                    }
-                    let node = self.clone();
-                    let source = ingress::Source { verified: transport.source_verified(&from), from };
-                    let acked = ack.is_some();
-                    let res = tokio::task::spawn_blocking(move || {
-                        let mut ack = ack;
-                        let handled = node.receive_frame(&bytes, &source, max, &mut ack);
-                        (handled, source.from, ack)
-                    })
-                    .await;
-                    let (res, from, ack) = match res {
-                        Ok((handled, from, ack)) => (Ok(handled), from, ack),
-                        Err(e) => (Err(e), String::new(), None),
-                    };
-                    let handled = match res {
-                        Ok(Ok(handled)) => handled,
-                        Ok(Err(e)) => {
-                            tracing::warn!("cannot apply received frame: {e}");
-                            Handled { acceptance: Acceptance::Ignore, replies: Vec::new() }
-                        }
-                        Err(e) => {
-                            tracing::error!("receive task failed: {e}");
-                            Handled { acceptance: Acceptance::Ignore, replies: Vec::new() }
-                        }
-                    };
-                    match ack {
-                        // The transport forwards or drops the frame and carries the answers.
-                        Some(ack) => {
-                            let _ = ack.send(handled);
-                        }
-                        // Held: the hold answers when it releases or drops the frame.
-                        None if acked => {}
-                        // Answers go to the requester only, never to every peer.
-                        None => {
-                            for frame in handled.replies {
-                                if let Err(e) = transport.send_to(&from, &frame) {
-                                    tracing::debug!("cannot send sync answer: {e}");
-                                }
-                            }
-                        }
-                    }
-                    // Whatever the frame caused (an award, say) was committed through
-                    // `commit_local`, which wakes the outbox: it goes out on the next turn.
+                    let mut frames = vec![frame];
+                    let full = take_queued(transport.as_mut(), &mut frames, &mut stash).await;
+                    self.receive_frames(transport.as_mut(), frames, full).await;
+                    // Whatever the frames caused (an award, say) was committed through
+                    // `commit_local`, which wakes the outbox: it goes out on the next turn,
+                    // once for the whole batch.
                 }
                 _ = self.inner.wake_outbox.notified() => self.drain_outbox(transport.as_mut(), &mut hello).await,
+            }
+        }
+    }
+
+    /// Receives frames that arrived together (see `node/batch.rs`): the gate here, the rest on
+    /// one blocking thread; verdicts and answers go out after the commit.
+    async fn receive_frames(
+        &self,
+        transport: &mut dyn Transport,
+        frames: Vec<InboundFrame>,
+        full: bool,
+    ) {
+        let max = transport.max_frame_bytes();
+        let counters = &self.inner.rejections;
+        counters.count("ingress.batches");
+        counters.add("ingress.batch_frames", frames.len() as u64);
+        if full {
+            counters.count("ingress.batches_full");
+        }
+        let mut admitted = Vec::with_capacity(frames.len());
+        for InboundFrame { bytes, from, ack } in frames {
+            if let Err(rejection) = self.inner.gate.admit(&bytes, &from, max) {
+                // Refused before any blocking work: no transaction, no outbox scan.
+                let handled = self.refuse(rejection).await;
+                if let Some(ack) = ack {
+                    let _ = ack.send(handled);
+                }
+                continue;
+            }
+            let source = ingress::Source {
+                verified: transport.source_verified(&from),
+                from,
+            };
+            admitted.push(batch::Arrival { bytes, source, ack });
+        }
+        if admitted.is_empty() {
+            return;
+        }
+        let node = self.clone();
+        let received =
+            match tokio::task::spawn_blocking(move || node.receive_batch(admitted, max)).await {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::error!("receive task failed: {e}");
+                    return;
+                }
+            };
+        for batch::Received {
+            handled,
+            from,
+            ack,
+            acked,
+        } in received
+        {
+            match ack {
+                // The transport forwards or drops the frame and carries the answers.
+                Some(ack) => {
+                    let _ = ack.send(handled);
+                }
+                // Held: the hold answers when it releases or drops the frame.
+                None if acked => {}
+                // Answers go to the requester only, never to every peer.
+                None => {
+                    for frame in handled.replies {
+                        if let Err(e) = transport.send_to(&from, &frame) {
+                            tracing::debug!("cannot send sync answer: {e}");
+                        }
+                    }
+                }
             }
         }
     }
@@ -368,4 +394,43 @@ impl Node {
             .map(|list| self.plain_frame(Kind::Revocations, &envelope::encode_hello(list), 60))
             .collect()
     }
+}
+
+/// The next report of the transport: the one set aside while a batch was taken, or a new one.
+async fn next_incoming(
+    transport: &mut dyn Transport,
+    stash: &mut Option<Option<Incoming>>,
+) -> Option<Incoming> {
+    match stash.take() {
+        Some(incoming) => incoming,
+        None => network::next(transport).await,
+    }
+}
+
+/// Adds to `frames` the frames the transport already holds, without waiting for more, up to
+/// [`BATCH_FRAMES`] frames and [`BATCH_BYTES`] bytes; a report that is not a frame ends the
+/// batch and is set aside in `stash`. Returns whether the batch is full (more may wait).
+async fn take_queued(
+    transport: &mut dyn Transport,
+    frames: &mut Vec<InboundFrame>,
+    stash: &mut Option<Option<Incoming>>,
+) -> bool {
+    let mut bytes: usize = frames.iter().map(|f| f.bytes.len()).sum();
+    std::future::poll_fn(|cx| {
+        while frames.len() < BATCH_FRAMES && bytes < BATCH_BYTES {
+            match transport.poll_recv(cx) {
+                std::task::Poll::Ready(Some(Incoming::Frame(frame))) => {
+                    bytes += frame.bytes.len();
+                    frames.push(frame);
+                }
+                std::task::Poll::Ready(other) => {
+                    *stash = Some(other);
+                    return std::task::Poll::Ready(false);
+                }
+                std::task::Poll::Pending => return std::task::Poll::Ready(false),
+            }
+        }
+        std::task::Poll::Ready(true)
+    })
+    .await
 }

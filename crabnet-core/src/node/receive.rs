@@ -435,12 +435,13 @@ impl Node {
             match ack {
                 // The transport learns the verdict now (gossip forwards what was accepted) and
                 // carries the answers to the frame's source.
-                Some(ack) => {
-                    let _ = ack.send(Handled {
+                Some(ack) => self.answer(
+                    ack,
+                    Handled {
                         acceptance,
                         replies: answers,
-                    });
-                }
+                    },
+                ),
                 None if held.source.from == source.from => replies.extend(answers),
                 None => {}
             }

@@ -415,7 +415,7 @@ mod tests {
             let (id, _) = publish(&mut s, tag, T0);
             cancel(&mut s, &id, T0 + 1_000);
         }
-        let store = std::sync::Mutex::new(s);
+        let store = crate::store::SharedStore::new(s);
         let retention = Retention::new(RetentionConfig {
             batch_size: 1,
             interval_secs: 60,
@@ -427,11 +427,11 @@ mod tests {
         let second = retention.run_if_due(&store, now).unwrap();
         assert_eq!(second.seeds, 4, "{second:?}");
         // Nothing left: the next run waits for the interval.
-        let (id, _) = publish(&mut store.lock().unwrap(), 99, T0);
-        cancel(&mut store.lock().unwrap(), &id, T0 + 1_000);
+        let (id, _) = publish(&mut store.lock(), 99, T0);
+        cancel(&mut store.lock(), &id, T0 + 1_000);
         assert_eq!(retention.run_if_due(&store, now + 59_999).unwrap().seeds, 0);
         assert_eq!(retention.run_if_due(&store, now + 60_000).unwrap().seeds, 1);
-        assert_eq!(store.lock().unwrap().tombstones().unwrap(), 21);
+        assert_eq!(store.lock().tombstones().unwrap(), 21);
     }
 
     /// Settled and failed seeds end at their settlement and failure.
