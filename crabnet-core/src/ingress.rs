@@ -339,8 +339,12 @@ impl RecentFrames {
 #[derive(Debug)]
 pub(crate) struct PreVerified {
     key: std::collections::hash_map::RandomState,
-    frames: Mutex<HashMap<u64, Vec<(Vec<u8>, SigningPublic)>>>,
+    /// By keyed hash of the frame: the frames (as received) and the keys they verified with.
+    frames: Mutex<HashMap<u64, Vec<VerifiedFrame>>>,
 }
+
+/// A frame and the signer keys its signatures verified with.
+type VerifiedFrame = (Vec<u8>, SigningPublic);
 
 impl PreVerified {
     /// Empty.

@@ -14,7 +14,8 @@
 //!
 //! Layout: this file holds the handle, start and stop; `node/operations.rs` the API operations
 //! and the local commit path; `node/receive.rs` the trust boundary every received frame
-//! crosses; `node/network_loop.rs` receiving, the outbox and announcements;
+//! crosses; `node/batch.rs` how frames that arrive together are verified in parallel and
+//! applied in one transaction; `node/network_loop.rs` receiving, the outbox and announcements;
 //! `node/decisions.rs` what this node owes as a publisher; `node/housekeeping.rs` the timers and
 //! the event log; `node/keys.rs` key rotation; `node/runs.rs` running claimed seeds.
 
