@@ -68,16 +68,20 @@ impl Node {
                 replies: Vec::new(),
             });
         }
-        let (counters, mut events) = self.inner.rejections.drain(now);
-        events.extend(expired);
-        if counters.is_empty() && events.is_empty() {
-            return Ok(());
-        }
-        let written = self.with_store(|s| s.add_counters(now, &counters, events));
-        if written.is_err() {
-            self.inner.rejections.restore(counters);
-        }
-        written.map(|_| ())
+        // Drained under the store lock, as `overview` reads both: a counter is never in
+        // neither place.
+        self.with_store(|s| {
+            let (counters, mut events) = self.inner.rejections.drain(now);
+            events.extend(expired);
+            if counters.is_empty() && events.is_empty() {
+                return Ok(());
+            }
+            let written = s.add_counters(now, &counters, events);
+            if written.is_err() {
+                self.inner.rejections.restore(counters);
+            }
+            written.map(|_| ())
+        })
     }
 
     /// The trust boundary: checks one received frame (size, structure, freshness, sender in
