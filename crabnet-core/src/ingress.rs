@@ -392,7 +392,7 @@ impl HeldFrame {
     }
 
     /// Marks it as received from its sender's own address (see [`is_own_source`]).
-    pub fn from_own_source(mut self, own: bool) -> Self {
+    pub fn with_own_source(mut self, own: bool) -> Self {
         self.own_source = own;
         self
     }
@@ -888,7 +888,7 @@ mod tests {
         assert_eq!(held_others, HOLD_MAX_PER_SENDER - HOLD_OWN_RESERVE);
         let own = (0..64)
             .filter(|_| {
-                let f = forged("udp:192.0.2.1:7946").from_own_source(true);
+                let f = forged("udp:192.0.2.1:7946").with_own_source(true);
                 q.hold(&x, f, &counters).is_ok()
             })
             .count();

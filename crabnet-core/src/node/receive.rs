@@ -473,7 +473,7 @@ impl Node {
             return Err(self.record_rejection(rejection));
         };
         let frame = ingress::HeldFrame::new(bytes, source, rejection, ack.take(), now)
-            .from_own_source(own_source);
+            .with_own_source(own_source);
         match self.inner.held.hold(&sender, frame, &self.inner.rejections) {
             Ok(()) => Ok(()),
             Err(frame) => {
