@@ -70,18 +70,18 @@ impl Node {
         }
         // Drained under the store lock, as `overview` reads both: a counter is never in
         // neither place.
-        self.with_store(|s| {
-            let (counters, mut events) = self.inner.rejections.drain(now);
-            events.extend(expired);
-            if counters.is_empty() && events.is_empty() {
-                return Ok(());
-            }
-            let written = s.add_counters(now, &counters, events);
-            if written.is_err() {
-                self.inner.rejections.restore(counters);
-            }
-            written.map(|_| ())
-        })
+        let mut store = lock(&self.inner.store);
+        let (counters, mut events) = self.inner.rejections.drain(now);
+        events.extend(expired);
+        if counters.is_empty() && events.is_empty() {
+            return Ok(());
+        }
+        let written = store.add_counters(now, &counters, events);
+        if written.is_err() {
+            self.inner.rejections.restore(counters);
+        }
+        self.pump_events(&store);
+        written.map(|_| ())
     }
 
     /// The trust boundary: checks one received frame (size, structure, freshness, sender in
