@@ -167,11 +167,23 @@ pub struct NetworkConfig {
     pub peer_address_exempt: Vec<std::net::IpAddr>,
     /// A requester whose source address the transport cannot vouch for (a UDP address that is
     /// not a configured peer) receives at most this many times the bytes of the sync envelopes
-    /// it sent per `sync_interval_secs` in answers (anti-amplification).
+    /// it sent per `sync_interval_secs` in answers (anti-amplification); likewise, a new peer's
+    /// hello from such a source is answered with at most this many times its bytes per
+    /// `hello_interval_secs`.
     pub sync_answer_ratio: u32,
     /// Bytes of sync answers one vouched-for requester (libp2p peer, configured UDP peer) may
     /// receive per `sync_interval_secs`.
     pub sync_budget_bytes: u64,
+    /// Hellos of new peers answered per second, over all sources (the answer is this node's
+    /// hello, then its revocation and rotation lists); hellos over the limit are not answered
+    /// (counted as `hellos.answers_limited`).
+    pub hello_answer_rate_per_sec: u32,
+    /// Hellos of new peers answered at once above `hello_answer_rate_per_sec`.
+    pub hello_answer_burst: u32,
+    /// Hellos of new peers answered per second to one transport source.
+    pub hello_answer_source_rate_per_sec: u32,
+    /// Hellos of new peers answered at once to one transport source above its rate.
+    pub hello_answer_source_burst: u32,
 }
 
 impl Default for NetworkConfig {
@@ -197,6 +209,10 @@ impl Default for NetworkConfig {
             peer_address_exempt: Vec::new(),
             sync_answer_ratio: 2,
             sync_budget_bytes: 16 * 1024 * 1024,
+            hello_answer_rate_per_sec: 20,
+            hello_answer_burst: 100,
+            hello_answer_source_rate_per_sec: 1,
+            hello_answer_source_burst: 10,
         }
     }
 }
@@ -511,6 +527,23 @@ impl Config {
             64 * 1024,
             limits::MAX_SYNC_BUDGET,
         )?;
+        for (key, value) in [
+            (
+                "network.hello_answer_rate_per_sec",
+                net.hello_answer_rate_per_sec,
+            ),
+            ("network.hello_answer_burst", net.hello_answer_burst),
+            (
+                "network.hello_answer_source_rate_per_sec",
+                net.hello_answer_source_rate_per_sec,
+            ),
+            (
+                "network.hello_answer_source_burst",
+                net.hello_answer_source_burst,
+            ),
+        ] {
+            check_range(key, value, 1, limits::MAX_FRAME_RATE)?;
+        }
         // Both are bounded above, so neither sum nor product can overflow.
         let fresh_secs = net.message_ttl_secs as u64 + net.max_clock_skew_secs as u64;
         if st.seen_ttl_secs < fresh_secs {

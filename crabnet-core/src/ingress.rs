@@ -17,8 +17,11 @@
 //!   not verify with any of its known keys (it may have rotated them, with the statement still
 //!   on its way), for `network.unknown_sender_hold_ms`, and hands them back when a hello or a
 //!   rotation of the author arrives. It is bounded in envelopes, bytes and envelopes per
-//!   sender; what does not fit, and what waits longer, is rejected with the reason it was held
-//!   for (`unknown_sender`, `bad_signature`).
+//!   sender, and envelopes failing a known author's keys from a transport source that is not
+//!   the author's own address get a small share of the author's slots (per source, and in
+//!   all), so that forgeries in a peer's name cannot crowd out its real frames; what does not
+//!   fit, and what waits longer, is rejected with the reason it was held for
+//!   (`unknown_sender`, `bad_signature`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
@@ -393,6 +396,26 @@ pub(crate) const HOLD_MAX_FRAMES: usize = 1024;
 pub(crate) const HOLD_MAX_BYTES: usize = 8 * 1024 * 1024;
 /// Most envelopes held for one sender.
 pub(crate) const HOLD_MAX_PER_SENDER: usize = 64;
+/// Most envelopes of one sender that fail its known keys (`bad_signature` holds) held from one
+/// transport source that is not the sender's own address: anyone can forge frames in a known
+/// peer's name, and these must not take the slots of the peer's real frames.
+pub(crate) const HOLD_MAX_PER_OTHER_SOURCE: usize = 8;
+/// Slots of each sender kept for `bad_signature` holds from its own address: from other
+/// sources, at most `HOLD_MAX_PER_SENDER - HOLD_OWN_RESERVE` are held.
+pub(crate) const HOLD_OWN_RESERVE: usize = 16;
+
+/// Whether `from` (a frame's transport source) is one of the addresses a peer announced in its
+/// hello: the same UDP or in-process address, or the libp2p peer id of a `/p2p/<id>` address.
+pub(crate) fn is_own_source(announced: &[String], from: &str) -> bool {
+    let peer = from.strip_prefix("libp2p:");
+    announced.iter().any(|a| {
+        a == from
+            || peer.is_some_and(|id| {
+                a.rsplit_once("/p2p/")
+                    .is_some_and(|(_, announced_id)| announced_id == id)
+            })
+    })
+}
 
 /// What [`HoldQueue::expire`] gives back: the events to record, and the verdict channels to
 /// answer, each with the reason its envelope was rejected.
@@ -410,6 +433,8 @@ pub(crate) struct HeldFrame {
     held_at: Millis,
     /// The transport's verdict channel, answered when the envelope is released or expires.
     pub ack: Option<Ack>,
+    /// Whether it came from its sender's own address ([`is_own_source`]).
+    pub own_source: bool,
 }
 
 impl HeldFrame {
@@ -427,7 +452,19 @@ impl HeldFrame {
             rejection,
             held_at: now,
             ack,
+            own_source: false,
         }
+    }
+
+    /// Marks it as received from its sender's own address (see [`is_own_source`]).
+    pub fn with_own_source(mut self, own: bool) -> Self {
+        self.own_source = own;
+        self
+    }
+
+    /// Whether it counts against the share of sources other than the sender's own address.
+    fn other_source(&self) -> bool {
+        self.rejection.reason == RejectReason::BadSignature && !self.own_source
     }
 }
 
@@ -469,10 +506,22 @@ impl HoldQueue {
             return Err(Box::new(frame));
         }
         let mut st = lock(&self.state);
-        let queued = st.senders.get(sender).map_or(0, VecDeque::len);
+        let queue = st.senders.get(sender);
+        let queued = queue.map_or(0, VecDeque::len);
+        let over_share = frame.other_source()
+            && queue.is_some_and(|q| {
+                let others = q.iter().filter(|f| f.other_source());
+                let (mut all, mut this) = (0, 0);
+                for f in others {
+                    all += 1;
+                    this += usize::from(f.source.from == frame.source.from);
+                }
+                all >= HOLD_MAX_PER_SENDER - HOLD_OWN_RESERVE || this >= HOLD_MAX_PER_OTHER_SOURCE
+            });
         if st.frames >= HOLD_MAX_FRAMES
             || st.bytes.saturating_add(frame.bytes.len()) > HOLD_MAX_BYTES
             || queued >= HOLD_MAX_PER_SENDER
+            || over_share
         {
             drop(st);
             counters.count("messages.held_overflow");
@@ -869,6 +918,64 @@ mod tests {
         assert_eq!(acks.len(), 1);
         assert_eq!(acks[0].1, RejectReason::BadSignature);
         assert_eq!(counters.pending_counters()["rejected.bad_signature"], 1);
+    }
+
+    /// Frames failing a known sender's keys from sources other than its own address: one
+    /// source holds at most its share, all of them together leave the sender's reserve free,
+    /// and frames from the sender's own address still fit.
+    #[test]
+    fn bad_signature_holds_from_other_sources_leave_room_for_the_senders_own() {
+        let counters = Rejections::new(0);
+        let q = HoldQueue::new(5_000);
+        let x = sender(1);
+        let forged = |from: &str| {
+            let source = Source {
+                from: from.into(),
+                verified: false,
+            };
+            let r = Rejection {
+                sender: Some(x.clone()),
+                ..rejection(from, RejectReason::BadSignature)
+            };
+            HeldFrame::new(b"f", &source, r, None, 0)
+        };
+        let held = (0..64)
+            .filter(|_| q.hold(&x, forged("udp:192.0.2.66:1"), &counters).is_ok())
+            .count();
+        assert_eq!(held, HOLD_MAX_PER_OTHER_SOURCE);
+        let mut held_others = held;
+        for port in 2..20 {
+            let from = format!("udp:192.0.2.66:{port}");
+            held_others += (0..64)
+                .filter(|_| q.hold(&x, forged(&from), &counters).is_ok())
+                .count();
+        }
+        assert_eq!(held_others, HOLD_MAX_PER_SENDER - HOLD_OWN_RESERVE);
+        let own = (0..64)
+            .filter(|_| {
+                let f = forged("udp:192.0.2.1:7946").with_own_source(true);
+                q.hold(&x, f, &counters).is_ok()
+            })
+            .count();
+        assert_eq!(own, HOLD_OWN_RESERVE);
+        // Frames of unknown senders are not limited per source (nothing is known of them).
+        for _ in 0..HOLD_MAX_PER_OTHER_SOURCE + 1 {
+            let f = HeldFrame::new(b"u", &source(), unknown(2), None, 0);
+            assert!(q.hold(&sender(2), f, &counters).is_ok());
+        }
+    }
+
+    #[test]
+    fn own_sources_are_the_announced_addresses_or_peer_id() {
+        let announced = [
+            "udp:192.0.2.1:7946".to_owned(),
+            "/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWAlice".to_owned(),
+        ];
+        assert!(is_own_source(&announced, "udp:192.0.2.1:7946"));
+        assert!(is_own_source(&announced, "libp2p:12D3KooWAlice"));
+        assert!(!is_own_source(&announced, "libp2p:12D3KooWMallory"));
+        assert!(!is_own_source(&announced, "udp:192.0.2.1:7947"));
+        assert!(!is_own_source(&[], "memory:a"));
     }
 
     #[test]

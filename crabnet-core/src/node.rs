@@ -44,9 +44,12 @@ use crate::trust;
 
 use receive::{RECENT_FRAMES, SYNC_REQUESTERS};
 
+#[cfg(test)]
+mod admission_tests;
 mod alerting;
 mod batch;
 mod decisions;
+mod hello_answers;
 mod housekeeping;
 mod keys;
 mod network_loop;
@@ -186,8 +189,8 @@ struct Inner {
     previous: std::sync::RwLock<Option<Arc<Identity>>>,
     /// Set when `hello_answers` has entries.
     hello_wanted: Notify,
-    /// Addresses of new peers waiting for our hello.
-    hello_answers: Mutex<Vec<Vec<String>>>,
+    /// New peers waiting for our hello, and the limits on answering them.
+    hello_answers: hello_answers::HelloAnswers,
     /// Set when the hello changed (the keys rotated): it is broadcast again at once.
     hello_changed: Notify,
     sync_wanted: Notify,
@@ -429,7 +432,7 @@ impl Node {
                 ),
                 identity: std::sync::RwLock::new(Arc::new(identity)),
                 hello_wanted: Notify::new(),
-                hello_answers: Mutex::new(Vec::new()),
+                hello_answers: hello_answers::HelloAnswers::new(&config.network),
                 hello_changed: Notify::new(),
                 sync_wanted: Notify::new(),
                 bus: EventBus::new(config.events.bus_capacity),

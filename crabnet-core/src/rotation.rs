@@ -395,6 +395,11 @@ impl Chains {
         nodes.into_iter().flat_map(|n| self.chain(n)).collect()
     }
 
+    /// Forgets `node`'s chain (its statements were pruned from the store).
+    pub fn forget(&mut self, node: &NodeId) {
+        self.by_node.remove(node);
+    }
+
     /// How many statements are held.
     pub fn len(&self) -> usize {
         self.by_node.values().map(Vec::len).sum()

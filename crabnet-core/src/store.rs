@@ -1171,6 +1171,48 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Deletes the rotation statements of nodes that are neither `me`, nor in the peer table,
+    /// nor the author of a stored message (peers evicted from the table, strangers); returns
+    /// those nodes. The statements deleted are counted as `trust.rotations_pruned`. A node that
+    /// comes back brings its chain in its hello.
+    pub fn prune_rotations(&mut self, me: &NodeId) -> Result<Vec<NodeId>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Cheap first (the peer table's key): only then the scan of the messages' authors.
+        let candidates: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM rotations WHERE node_id != ?1
+                 AND node_id NOT IN (SELECT node_id FROM peers))",
+            [me.as_str()],
+            |r| r.get(0),
+        )?;
+        if !candidates {
+            return Ok(Vec::new());
+        }
+        let nodes: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT DISTINCT node_id FROM rotations WHERE node_id != ?1
+                     AND node_id NOT IN (SELECT node_id FROM peers)
+                     AND node_id NOT IN (SELECT sender FROM messages)",
+            )?;
+            let rows = stmt.query_map([me.as_str()], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut deleted = 0i64;
+        for node in &nodes {
+            deleted += tx.execute("DELETE FROM rotations WHERE node_id = ?1", [node])? as i64;
+        }
+        if deleted > 0 {
+            tx.execute(
+                "INSERT INTO counters(name, value) VALUES ('trust.rotations_pruned', ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                [deleted],
+            )?;
+        }
+        tx.commit()?;
+        nodes.iter().map(|n| NodeId::parse(n)).collect()
+    }
+
     /// How many rotation statements are stored.
     pub fn rotation_count(&self) -> Result<u64> {
         let n: i64 = self

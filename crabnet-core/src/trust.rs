@@ -999,6 +999,22 @@ impl Trust {
             .old_keys(node, self.rotation_grace_ms)
     }
 
+    /// Prunes the rotation chains of nodes that are neither in the peer table nor authors of
+    /// stored messages, from the store and from memory ([`Store::prune_rotations`]).
+    pub fn prune_chains(&self, store: &mut Store) -> Result<()> {
+        let gone = store.prune_rotations(&self.me)?;
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let count = store.rotation_count()?;
+        let mut st = lock(&self.state);
+        for node in &gone {
+            st.chains.forget(node);
+        }
+        st.stored_rotations = count;
+        Ok(())
+    }
+
     /// A node's rotation chain, oldest first.
     pub fn rotation_chain(&self, node: &NodeId) -> Vec<Vec<u8>> {
         lock(&self.state).chains.chain(node)

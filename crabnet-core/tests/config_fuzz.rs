@@ -85,6 +85,14 @@ fn keys() -> Vec<(&'static str, &'static str, Kind)> {
         ("network", "peer_address_exempt", StrList),
         ("network", "sync_answer_ratio", Int(1, 1_000)),
         ("network", "sync_budget_bytes", Int(64 * 1024, 1 << 40)),
+        ("network", "hello_answer_rate_per_sec", Int(1, 10_000_000)),
+        ("network", "hello_answer_burst", Int(1, 10_000_000)),
+        (
+            "network",
+            "hello_answer_source_rate_per_sec",
+            Int(1, 10_000_000),
+        ),
+        ("network", "hello_answer_source_burst", Int(1, 10_000_000)),
     ]
 }
 

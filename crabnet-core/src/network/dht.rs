@@ -114,10 +114,10 @@ pub const SYNC_FANOUT: usize = 3;
 enum Command {
     Broadcast(Vec<u8>),
     Sync(Vec<u8>),
-    /// A frame for one peer, over the request-response protocol (dialing it if needed).
+    /// A frame for one peer, over the request-response protocol (dialing it if needed, at
+    /// addresses libp2p learned itself: configured, Kademlia, identify, mDNS).
     SendTo {
         peer: PeerId,
-        addresses: Vec<Multiaddr>,
         frame: Vec<u8>,
     },
 }
@@ -134,11 +134,12 @@ fn choose<T>(mut items: Vec<T>, k: usize) -> Vec<T> {
     items
 }
 
-/// The peer id and dialable addresses in announced addresses (`.../p2p/<peer id>`), when they
-/// name exactly one peer.
-fn peer_of(addresses: &[String]) -> Option<(PeerId, Vec<Multiaddr>)> {
+/// The peer id in announced addresses (`.../p2p/<peer id>`), when they name exactly one peer.
+/// The network addresses before the suffix are not used: anyone can announce anyone's
+/// address, and dialing it on a hello's word would let one forged hello make every node that
+/// receives it connect to a machine of the sender's choice.
+fn peer_of(addresses: &[String]) -> Option<PeerId> {
     let mut peer = None;
-    let mut dial = Vec::new();
     for a in addresses {
         let Ok(mut addr) = a.parse::<Multiaddr>() else {
             continue;
@@ -150,11 +151,8 @@ fn peer_of(addresses: &[String]) -> Option<(PeerId, Vec<Multiaddr>)> {
             return None;
         }
         peer = Some(id);
-        if !addr.is_empty() {
-            dial.push(addr);
-        }
     }
-    peer.map(|p| (p, dial))
+    peer
 }
 
 /// The libp2p transport (backend name `dht`).
@@ -424,18 +422,40 @@ impl Transport for DhtTransport {
     }
 
     fn send_to_announced(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
-        let Some((peer, addresses)) = peer_of(addresses) else {
+        let Some(peer) = peer_of(addresses) else {
             return self.broadcast(frame);
         };
         super::check_frame_size(self, frame)?;
         self.commands
             .send(Command::SendTo {
                 peer,
-                addresses,
                 frame: frame.to_vec(),
             })
             .map_err(|_| net_err("the libp2p task has stopped"))?;
         self.fallback(frame)
+    }
+
+    fn answer_hello(&mut self, from: &str, announced: &[String], frame: &[u8]) -> Result<()> {
+        if let Some(peer) = peer_of(announced)
+            && lock(&self.shared.connected).contains(&peer)
+        {
+            super::check_frame_size(self, frame)?;
+            return self
+                .commands
+                .send(Command::SendTo {
+                    peer,
+                    frame: frame.to_vec(),
+                })
+                .map_err(|_| net_err("the libp2p task has stopped"));
+        }
+        match &mut self.udp {
+            Some(udp) if from.starts_with("udp:") => udp.send_to(from, frame),
+            // Relayed by gossip from a peer that is not the hello's author: the author hears
+            // from this node by gossip (its hellos) and sync.
+            _ => Err(net_err(format!(
+                "not connected to the peer that announced {announced:?}"
+            ))),
+        }
     }
 
     fn sync(&mut self, frame: &[u8]) -> Result<()> {
@@ -457,7 +477,6 @@ impl Transport for DhtTransport {
                 .commands
                 .send(Command::SendTo {
                     peer,
-                    addresses: Vec::new(),
                     frame: frame.to_vec(),
                 })
                 .map_err(|_| net_err("the libp2p task has stopped"));
@@ -528,6 +547,9 @@ impl<T: Transport> Transport for Announced<T> {
     }
     fn send_to_announced(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
         self.inner.send_to_announced(addresses, frame)
+    }
+    fn answer_hello(&mut self, from: &str, announced: &[String], frame: &[u8]) -> Result<()> {
+        self.inner.answer_hello(from, announced, frame)
     }
     fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
         self.inner.send_to(to, frame)
@@ -607,11 +629,8 @@ async fn run(
                         swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame.clone()));
                     }
                 }
-                Some(Command::SendTo { peer, addresses, frame }) => {
+                Some(Command::SendTo { peer, frame }) => {
                     if peer != *swarm.local_peer_id() {
-                        for addr in addresses {
-                            swarm.add_peer_address(peer, addr);
-                        }
                         let id = swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame.clone()));
                         unicast.insert(id, (peer, frame, 0));
                     }
@@ -761,13 +780,10 @@ mod tests {
         let other = identity::Keypair::generate_ed25519().public().to_peer_id();
         let tcp = format!("/ip4/127.0.0.1/tcp/4001/p2p/{id}");
         let quic = format!("/ip4/127.0.0.1/udp/4001/quic-v1/p2p/{id}");
-        let (peer, dial) = peer_of(&[tcp, quic.clone(), "udp:127.0.0.1:9".into()]).unwrap();
+        let peer = peer_of(&[tcp, quic.clone(), "udp:127.0.0.1:9".into()]).unwrap();
         assert_eq!(peer, id);
-        assert_eq!(dial.len(), 2);
-        assert_eq!(dial[0].to_string(), "/ip4/127.0.0.1/tcp/4001");
-        // A bare peer id: the peer, nothing to dial.
-        let (peer, dial) = peer_of(&[format!("/p2p/{id}")]).unwrap();
-        assert_eq!((peer, dial.len()), (id, 0));
+        // A bare peer id.
+        assert_eq!(peer_of(&[format!("/p2p/{id}")]), Some(id));
         // No peer id, or two different ones: no single peer.
         assert!(peer_of(&["/ip4/127.0.0.1/tcp/4001".into(), "garbage".into()]).is_none());
         assert!(peer_of(&[quic, format!("/p2p/{other}")]).is_none());

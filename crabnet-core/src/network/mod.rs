@@ -101,15 +101,25 @@ pub trait Transport: Send + 'static {
         self.broadcast(frame)
     }
 
-    /// Sends a frame to the one peer that announced `addresses` (in its hello, or in
-    /// [`Incoming::Connected`]), where the transport can address a single peer by its
-    /// announced identity (libp2p: the `/p2p/<peer id>` suffix); by default, and when none of
-    /// the addresses names a peer, to every peer like `broadcast`. Unlike
-    /// [`Transport::send_to`], the peer need not have sent anything: announced addresses are
-    /// never used to send to an unverified network address (no reflection).
+    /// Sends a frame to the one peer that announced `addresses` (in [`Incoming::Connected`]),
+    /// where the transport can address a single peer by its announced identity (libp2p: the
+    /// `/p2p/<peer id>` suffix); by default, and when none of the addresses names a peer, to
+    /// every peer like `broadcast`. Network addresses among `addresses` are never dialed or
+    /// sent to: anyone can announce anyone's address.
     fn send_to_announced(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
         let _ = addresses;
         self.broadcast(frame)
+    }
+
+    /// Sends a frame in answer to a new peer's hello received from `from` (its
+    /// [`InboundFrame::from`]) that announced `announced`: to the announcing peer over a
+    /// connection the transport already has to it (libp2p), else to the source `from` like
+    /// [`Transport::send_to`] (UDP, in-process). Never to an announced network address, never
+    /// dialing one: a forged hello must not turn this node against a third party. By default
+    /// [`Transport::send_to`].
+    fn answer_hello(&mut self, from: &str, announced: &[String], frame: &[u8]) -> Result<()> {
+        let _ = announced;
+        self.send_to(from, frame)
     }
 
     /// Sends a frame to the one peer a received frame came from (`to` is that frame's

@@ -21,7 +21,8 @@ impl Node {
     /// * rejection counters and events, and held envelopes whose author's hello did not come in
     ///   time ([`Node::flush_rejections`]): counters waiting, or the oldest held envelope's
     ///   expiry;
-    /// * retention ([`crate::retention::Retention::run_if_due`]): its own schedule,
+    /// * retention ([`crate::retention::Retention::run_if_due`]) and the rotation chains of
+    ///   nodes that left the peer table ([`crate::trust::Trust::prune_chains`]): its own schedule,
     ///   `retention.interval_secs` (at once while work is left);
     /// * seen-id expiry: the earliest expiry;
     /// * revocations and rotations another process stored (`Trust::refresh`), and events it
@@ -96,6 +97,13 @@ impl Node {
                     && let Err(e) = node.inner.retention.run_if_due(&node.inner.store, now)
                 {
                     tracing::warn!("retention failed (retried in retention.interval_secs): {e}");
+                }
+                // Rotation chains of nodes this node forgot (evicted peers), on the same
+                // schedule.
+                if retention_due
+                    && let Err(e) = node.inner.trust.prune_chains(&mut lock(&node.inner.store))
+                {
+                    tracing::warn!("cannot prune rotation chains: {e}");
                 }
                 let mut store = lock(&node.inner.store);
                 if prune_due {

@@ -63,14 +63,8 @@ impl Node {
                 }
                 _ = hello_tick.tick() => self.broadcast_hello(transport.as_mut(), &mut hello),
                 _ = self.inner.hello_wanted.notified() => {
-                    let answers = std::mem::take(&mut *lock(&self.inner.hello_answers));
-                    if let Some(frame) = self.latest_hello(transport.as_mut(), &mut hello) {
-                        for to in answers {
-                            if let Err(e) = transport.send_to_announced(&to, &frame).and_then(|()| self.send_after_hello(transport.as_mut(), Some(&to))) {
-                                tracing::debug!("cannot answer a hello: {e}");
-                            }
-                        }
-                    }
+                    let frame = self.latest_hello(transport.as_mut(), &mut hello);
+                    self.answer_hellos(transport.as_mut(), frame);
                 }
                 _ = sync_tick.tick() => sync_due = Some(tokio::time::Instant::now()),
                 _ = self.inner.sync_wanted.notified() => {
@@ -383,7 +377,7 @@ impl Node {
     }
 
     /// The `revocations` envelopes sent after each hello: every revocation this node holds.
-    fn revocation_frames(&self) -> Result<Vec<Vec<u8>>> {
+    pub(super) fn revocation_frames(&self) -> Result<Vec<Vec<u8>>> {
         if self.inner.trust.stored_revocations() == 0 {
             return Ok(Vec::new());
         }

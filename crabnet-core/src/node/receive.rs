@@ -68,15 +68,19 @@ impl Node {
                 replies: Vec::new(),
             });
         }
+        // Drained under the store lock, as `overview` reads both: a counter is never in
+        // neither place.
+        let mut store = lock(&self.inner.store);
         let (counters, mut events) = self.inner.rejections.drain(now);
         events.extend(expired);
         if counters.is_empty() && events.is_empty() {
             return Ok(());
         }
-        let written = self.with_store(|s| s.add_counters(now, &counters, events));
+        let written = store.add_counters(now, &counters, events);
         if written.is_err() {
             self.inner.rejections.restore(counters);
         }
+        self.pump_events(&store);
         written.map(|_| ())
     }
 
@@ -202,7 +206,10 @@ impl Node {
                 max_per_address: net.max_peers_per_address,
             };
             let epoch = self.inner.trust.key_epoch(&h.sender);
-            let acceptance = self.receive_hello(&parsed, bytes, from, now, &admission)?;
+            // Answered toward its source when it came live (in a sync batch: from a relay).
+            let answer_to = (via == Via::Live).then_some(source);
+            let acceptance =
+                self.receive_hello(&parsed, bytes, from, now, &admission, answer_to)?;
             if acceptance == Acceptance::Accept {
                 let sender = &h.sender;
                 self.release_held(sender, RejectReason::UnknownSender, source, max, replies)?;
@@ -222,7 +229,7 @@ impl Node {
             // Held until the hello arrives (hellos and the first envelopes cross at startup).
             let rejection =
                 ingress::Rejection::new(from, Some(h), RejectReason::UnknownSender, detail);
-            if let Err(refused) = self.hold(bytes, source, rejection, ack, now) {
+            if let Err(refused) = self.hold(bytes, source, rejection, ack, now, false) {
                 return refused;
             }
             // The hello may have been applied since the lookup: then nothing releases this
@@ -243,7 +250,9 @@ impl Node {
             // Held like an unknown sender's envelope until a rotation of the sender arrives;
             // rejected as `bad_signature` when the hold is over or full.
             let rejection = ingress::Rejection::new(from, Some(h), reason, detail);
-            if let Err(refused) = self.hold(bytes, source, rejection, ack, now) {
+            // Sources other than the sender's own address get a small share of its slots.
+            let own = ingress::is_own_source(&peer.addresses, from);
+            if let Err(refused) = self.hold(bytes, source, rejection, ack, now, own) {
                 return refused;
             }
             // The rotation may have been applied since the check: then nothing releases this
@@ -450,8 +459,8 @@ impl Node {
     }
 
     /// Holds a received envelope of `rejection.sender` (see [`ingress::HoldQueue`]), taking
-    /// the transport's verdict channel. `Err` carries the verdict of an envelope that did not
-    /// fit: rejected at once.
+    /// the transport's verdict channel; `own_source`: it came from the sender's own address.
+    /// `Err` carries the verdict of an envelope that did not fit: rejected at once.
     fn hold(
         &self,
         bytes: &[u8],
@@ -459,11 +468,13 @@ impl Node {
         rejection: ingress::Rejection,
         ack: &mut Option<Ack>,
         now: Millis,
+        own_source: bool,
     ) -> std::result::Result<(), Result<Acceptance>> {
         let Some(sender) = rejection.sender.clone() else {
             return Err(self.record_rejection(rejection));
         };
-        let frame = ingress::HeldFrame::new(bytes, source, rejection, ack.take(), now);
+        let frame = ingress::HeldFrame::new(bytes, source, rejection, ack.take(), now)
+            .with_own_source(own_source);
         match self.inner.held.hold(&sender, frame, &self.inner.rejections) {
             Ok(()) => Ok(()),
             Err(frame) => {
@@ -501,6 +512,7 @@ impl Node {
         from: &str,
         now: Millis,
         admission: &crate::store::Admission,
+        answer_to: Option<&ingress::Source>,
     ) -> Result<Acceptance> {
         let h = &parsed.header;
         if lock(&self.inner.store).is_known(&h.message_id)? {
@@ -593,11 +605,11 @@ impl Node {
                 if keep_chain {
                     self.keep_hello_chain(&hello, now)?;
                 }
-                // Answer a new peer (that peer only) so that it learns our keys too, then
-                // compare holdings.
-                lock(&self.inner.hello_answers).push(hello.addresses.clone());
-                self.inner.hello_wanted.notify_one();
-                self.inner.sync_wanted.notify_one();
+                // Answer a new peer (toward the source of its hello only) so that it learns
+                // our keys too, then compare holdings; both within limits.
+                if let Some(source) = answer_to {
+                    self.want_hello_answer(source, &hello.addresses, bytes.len());
+                }
                 Ok(Acceptance::Accept)
             }
             PeerUpdate::Refreshed => Ok(Acceptance::Accept),

@@ -1,0 +1,437 @@
+//! What a hello costs the node that receives it (issue 12): answers to new peers go only to the
+//! transport source a hello came from, within rate limits and twice the bytes received from an
+//! unverified source; announced addresses are never dialed; forgeries in a known peer's name
+//! from one source cannot crowd its real frames out of the hold; rotation chains of nodes the
+//! node forgot are pruned. Real UDP sockets and libp2p listeners on 127.0.0.1, and the
+//! in-process hub where the transport does not matter.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::forge::{config, counter, identity, plain, seal, seed_message, wait_counter};
+
+use crabnet_core::clock::now_ms;
+use crabnet_core::envelope::{self, Hello, Kind, MAX_ENVELOPE_BYTES};
+use crabnet_core::identity::Identity;
+use crabnet_core::network::{Transport, UdpConfig, UdpTransport};
+use crabnet_core::rotation::Rotation;
+use crabnet_core::trust::Revocation;
+use crabnet_core::{Config, MemoryHub, Node};
+
+/// A hello of `id` announcing `addresses`.
+fn hello_at(id: &Identity, addresses: Vec<String>) -> Vec<u8> {
+    let hello = Hello {
+        name: "stranger".into(),
+        addresses,
+        key_epoch: id.public().epoch,
+        signing_public: id.public().signing.to_bytes(),
+        kem_public: id.public().kem.to_bytes(),
+        certificate: None,
+        rotations: Vec::new(),
+    };
+    plain(id, Kind::NodeHello, &envelope::encode_hello(&hello))
+}
+
+fn kind_of(frame: &[u8]) -> Option<Kind> {
+    envelope::parse(frame, MAX_ENVELOPE_BYTES)
+        .ok()
+        .map(|p| p.header.kind)
+}
+
+/// Counts what arrives on a UDP socket (bytes per envelope kind) on a thread of its own, so
+/// that nothing is lost to a full receive buffer, until stopped.
+struct Tap {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<BTreeMap<String, usize>>,
+}
+
+impl Tap {
+    /// Starts counting on `sock` (after reading away what arrived so far).
+    fn on(sock: &UdpSocket) -> Tap {
+        drain(sock);
+        let sock = sock.try_clone().unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 70_000];
+            let mut bytes = BTreeMap::new();
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    let kind = kind_of(&buf[..n]).map_or("garbage", |k| k.name());
+                    *bytes.entry(kind.to_owned()).or_default() += n;
+                }
+            }
+            bytes
+        });
+        Tap { stop, thread }
+    }
+
+    /// Bytes received per kind, after `quiet` more.
+    fn finish(self, quiet: Duration) -> BTreeMap<String, usize> {
+        std::thread::sleep(quiet);
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Reads datagrams until 300 ms pass without one.
+fn drain(sock: &UdpSocket) {
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = vec![0u8; 70_000];
+    while sock.recv(&mut buf).is_ok() {}
+}
+
+fn socket() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").unwrap()
+}
+
+fn total(m: &BTreeMap<String, usize>) -> usize {
+    m.values().sum()
+}
+
+async fn udp_node(c: Config, peers: Vec<SocketAddr>) -> (Node, SocketAddr) {
+    let udp = UdpTransport::bind(UdpConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        peers,
+        broadcast: None,
+    })
+    .unwrap();
+    let addr = udp.local_addr().unwrap();
+    (
+        Node::start_with_transport(c, Box::new(udp)).await.unwrap(),
+        addr,
+    )
+}
+
+/// 200 self-signed hellos of fresh identities from one UDP socket, each announcing a third
+/// party's address, at a node that holds ten revocations (sent after each of its hellos) and
+/// has two configured peers: the node sends at most twice the flood's bytes in all (to the
+/// flooder, its peers and anyone else, as counted on their sockets and by the node's
+/// `hellos.answer_bytes`), nothing to the announced address, and no hello, revocation or
+/// rotation list to its peers, which did not ask. Before, every new peer's hello made it send
+/// its hello and every revocation to all its peers: about 17 times the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_flood_gets_at_most_twice_its_bytes_back_and_only_to_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let bystanders = [socket(), socket()];
+    let victim = socket();
+    let mut c = config(dir.path(), "n");
+    c.events.log_enabled = false;
+    c.store.sync = crabnet_core::store::SyncMode::Normal;
+    c.network.hello_interval_secs = 3600;
+    c.network.sync_interval_secs = 3600;
+    let peers = bystanders.iter().map(|s| s.local_addr().unwrap()).collect();
+    let (node, addr) = udp_node(c, peers).await;
+
+    // The node learns ten revocations (anyone may relay them; each is the revoked node's own).
+    let flooder = socket();
+    let mallory = identity(7, 0);
+    flooder.send_to(&hello_at(&mallory, vec![]), addr).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let now = now_ms();
+    let list = crabnet_core::sync::Batch {
+        items: (100..110)
+            .map(|i| {
+                let r = Revocation::by_node(&identity(i, 0), now, now, [0; 32]).unwrap();
+                serde_bytes::ByteBuf::from(r.to_bytes().to_vec())
+            })
+            .collect(),
+    };
+    let revocations = plain(&mallory, Kind::Revocations, &envelope::encode_hello(&list));
+    flooder.send_to(&revocations, addr).unwrap();
+    wait_counter(&node, "trust.revocations_added", 10).await;
+    let answered_before = counter(&node, "hellos.answer_bytes").await;
+
+    let victim_addr = format!("udp:{}", victim.local_addr().unwrap());
+    let frames = tokio::task::spawn_blocking(move || {
+        (1000..1200)
+            .map(|i| hello_at(&identity(i, 0), vec![victim_addr.clone()]))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let taps: Vec<Tap> = bystanders.iter().map(Tap::on).collect();
+    let victim_tap = Tap::on(&victim);
+    let flooder_tap = Tap::on(&flooder);
+    let sent: usize = frames.iter().map(Vec::len).sum();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (round, chunk) in frames.chunks(20).enumerate() {
+        for f in chunk {
+            // From the flooder's own socket, so that answers may come back to it.
+            flooder.send_to(f, addr).unwrap();
+        }
+        let want = 1 + ((round + 1) * 20) as u64;
+        while counter(&node, "hellos.accepted").await < want {
+            assert!(
+                Instant::now() < deadline,
+                "the node did not take the hellos"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let quiet = Duration::from_secs(1);
+    let back = flooder_tap.finish(quiet);
+    let to_victim = victim_tap.finish(Duration::ZERO);
+    let to_peers: Vec<_> = taps.into_iter().map(|t| t.finish(Duration::ZERO)).collect();
+    let answered = counter(&node, "hellos.answer_bytes").await - answered_before;
+    node.stop().await.unwrap();
+
+    eprintln!("sent {sent}; back {back:?}; peers {to_peers:?}; victim {to_victim:?}");
+    assert!(
+        to_victim.is_empty(),
+        "the announced address got {to_victim:?}"
+    );
+    for got in &to_peers {
+        for kind in ["node_hello", "revocations", "key_rotations"] {
+            assert!(
+                !got.contains_key(kind),
+                "a configured peer got {kind} frames for hellos it did not send: {got:?}"
+            );
+        }
+    }
+    let out = total(&back) + to_peers.iter().map(total).sum::<usize>();
+    assert!(
+        out <= 2 * sent,
+        "the node sent {out} bytes for {sent} bytes of hellos"
+    );
+    assert!(
+        answered as usize <= 2 * sent && answered as usize >= total(&back),
+        "hellos.answer_bytes {answered}; the flooder got {} bytes",
+        total(&back)
+    );
+    assert!(
+        total(&back) > 0,
+        "the source of new peers' hellos is answered"
+    );
+}
+
+/// A hello may announce any address with any libp2p peer id: answering it by dialing that
+/// address made every node that received the hello (gossip carries it to the whole network)
+/// open connections to a machine of the sender's choice. Now an answer goes to a peer only
+/// over a connection the transport already has: a TCP listener named in a hello gets no
+/// connection, whether the answer is sent as to the announcing peer or as to the hello's
+/// transport source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libp2p_never_dials_an_address_a_hello_announced() {
+    use crabnet_core::network::{DhtConfig, DhtTransport, libp2p_keypair};
+    let victim = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    victim.set_nonblocking(true).unwrap();
+    let port = victim.local_addr().unwrap().port();
+    let mut t = DhtTransport::start(DhtConfig::default(), libp2p_keypair(&[7; 32])).unwrap();
+    let stranger = libp2p_keypair(&[8; 32]).public().to_peer_id();
+    let relay = libp2p_keypair(&[9; 32]).public().to_peer_id();
+    let announced = vec![
+        format!("/ip4/127.0.0.1/tcp/{port}/p2p/{stranger}"),
+        format!("/ip4/127.0.0.1/udp/{port}/quic-v1/p2p/{stranger}"),
+    ];
+    let _ = t.answer_hello(&format!("libp2p:{relay}"), &announced, b"a hello");
+    let _ = t.send_to_announced(&announced, b"a hello");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        // Keep the transport polled, as the node does.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(50),
+            crabnet_core::network::next(t.as_mut()),
+        )
+        .await;
+        match victim.accept() {
+            Ok((_, from)) => panic!("the node connected to the announced address from {from}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
+        }
+    }
+}
+
+/// Forgeries in a known peer's name, signed with other keys, are held like frames signed with
+/// keys it may have rotated to (64 per sender at most). Mallory sends 64 of them in Alice's
+/// name from her own hub address; then Alice rotates and sends a seed signed with her new keys
+/// from her own address, then the rotation. Before, Alice's slots were full of forgeries and
+/// her real seed was rejected at once; now one source other than the sender's own address gets
+/// a small share of its slots, and Alice's seed applies when her rotation arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgeries_from_one_source_cannot_crowd_out_a_peers_real_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let c = config(dir.path(), "victim");
+    let node = Node::start_with_transport(c, Box::new(hub.join("victim")))
+        .await
+        .unwrap();
+    let mut alice_wire = hub.join("alice");
+    let mut mallory_wire = hub.join("mallory");
+    let alice = identity(0x11, 1);
+    alice_wire
+        .broadcast(&hello_at(&alice, vec!["memory:alice".into()]))
+        .unwrap();
+    node.wait_for_peers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    let now = now_ms();
+    let mallory_as_alice = identity(0x66, 1).with_node_id(alice.node_id().clone());
+    for _ in 0..64 {
+        let m = seed_message(&mallory_as_alice, 1, now);
+        mallory_wire
+            .broadcast(&seal(&mallory_as_alice, &m, 3600))
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(&node, "messages.held").await + counter(&node, "messages.held_overflow").await
+        < 64
+    {
+        assert!(Instant::now() < deadline, "the forgeries were not handled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let alice2 = identity(0x12, 2).with_node_id(alice.node_id().clone());
+    let rotation = Rotation::sign(&alice, alice2.public(), now, [0; 32]).unwrap();
+    let real = seed_message(&alice2, 2, now);
+    alice_wire.broadcast(&seal(&alice2, &real, 3600)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(&node, "messages.held").await + counter(&node, "messages.held_overflow").await
+        < 65
+    {
+        assert!(Instant::now() < deadline, "Alice's seed was not handled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let list = crabnet_core::sync::Batch {
+        items: vec![serde_bytes::ByteBuf::from(rotation.to_bytes().to_vec())],
+    };
+    alice_wire
+        .broadcast(&plain(
+            &alice,
+            Kind::KeyRotations,
+            &envelope::encode_hello(&list),
+        ))
+        .unwrap();
+    wait_counter(&node, "trust.rotations_added", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.seed(real.seed_id()).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "Alice's real seed was not applied after her rotation (held: {}, overflow: {})",
+            counter(&node, "messages.held").await,
+            counter(&node, "messages.held_overflow").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.stop().await.unwrap();
+}
+
+/// The `key_rotations` lists a node sends after its hellos, as a new peer receives them.
+async fn rotation_lists_sent_to_a_newcomer(hub: &MemoryHub, tag: u32) -> Vec<Vec<u8>> {
+    let name = format!("probe{tag}");
+    let mut probe = hub.join(&name);
+    probe
+        .broadcast(&hello_at(&identity(tag, 1), vec![format!("memory:{name}")]))
+        .unwrap();
+    let mut lists = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(frame)) = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        crabnet_core::network::recv(&mut probe),
+    )
+    .await
+    {
+        if kind_of(&frame.bytes) == Some(Kind::KeyRotations) {
+            lists.push(frame.bytes);
+        }
+    }
+    lists
+}
+
+fn carries(lists: &[Vec<u8>], r: &Rotation) -> bool {
+    let needle = r.to_bytes();
+    lists
+        .iter()
+        .any(|l| l.windows(needle.len()).any(|w| w == needle))
+}
+
+/// Rotation statements are stored for the peers in the table. A peer evicted from the table
+/// (here by newcomers, the table holding three) that authored no stored message leaves nothing
+/// behind: its chain is pruned (`trust.rotations_pruned`) and no longer sent after hellos. The
+/// chain of an evicted peer whose messages the node holds is kept (peers that receive those
+/// messages by sync may need it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_chains_of_evicted_strangers_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut c = config(dir.path(), "n");
+    c.network.max_peers = 3;
+    c.network.hello_interval_secs = 1;
+    c.retention.interval_secs = 1;
+    let node = Node::start_with_transport(c, Box::new(hub.join("n")))
+        .await
+        .unwrap();
+    let mut wire = hub.join("wire");
+    let (stranger, author) = (identity(0x31, 1), identity(0x32, 1));
+    let now = now_ms();
+    let mut rotations = Vec::new();
+    for (id, tag) in [(&stranger, 0x131), (&author, 0x132)] {
+        wire.broadcast(&hello_at(id, vec![])).unwrap();
+        let next = identity(tag, 2).with_node_id(id.node_id().clone());
+        rotations.push((
+            Rotation::sign(id, next.public(), now, [0; 32]).unwrap(),
+            next,
+        ));
+    }
+    node.wait_for_peers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let list = crabnet_core::sync::Batch {
+        items: rotations
+            .iter()
+            .map(|(r, _)| serde_bytes::ByteBuf::from(r.to_bytes().to_vec()))
+            .collect(),
+    };
+    wire.broadcast(&plain(
+        &stranger,
+        Kind::KeyRotations,
+        &envelope::encode_hello(&list),
+    ))
+    .unwrap();
+    wait_counter(&node, "trust.rotations_added", 2).await;
+    // The author publishes with its new keys: the node stores its message.
+    let (author_rotation, author2) = &rotations[1];
+    let m = seed_message(author2, 1, now_ms());
+    wire.broadcast(&seal(author2, &m, 3600)).unwrap();
+    support::forge::eventually_knows(&node, m.seed_id()).await;
+    let (stranger_rotation, _) = &rotations[0];
+    let lists = rotation_lists_sent_to_a_newcomer(&hub, 0x41).await;
+    assert!(carries(&lists, stranger_rotation) && carries(&lists, author_rotation));
+
+    // Both go idle (no hello for four intervals) and newcomers take their places.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for tag in 0x50..0x53 {
+        wire.broadcast(&hello_at(&identity(tag, 1), vec![]))
+            .unwrap();
+    }
+    wait_counter(&node, "peers.evicted", 3).await;
+    let peers = node.peers().await.unwrap();
+    assert!(
+        !peers
+            .iter()
+            .any(|p| &p.node_id == stranger.node_id() || &p.node_id == author.node_id()),
+        "{peers:?}"
+    );
+    wait_counter(&node, "trust.rotations_pruned", 1).await;
+    let lists = rotation_lists_sent_to_a_newcomer(&hub, 0x42).await;
+    assert!(
+        !carries(&lists, stranger_rotation),
+        "the evicted stranger's chain is still sent"
+    );
+    assert!(
+        carries(&lists, author_rotation),
+        "the chain of an author of stored messages is kept"
+    );
+    assert_eq!(counter(&node, "trust.rotations_pruned").await, 1);
+    node.stop().await.unwrap();
+}
