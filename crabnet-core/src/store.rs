@@ -1176,9 +1176,7 @@ impl Store {
     /// those nodes. The statements deleted are counted as `trust.rotations_pruned`. A node that
     /// comes back brings its chain in its hello.
     pub fn prune_rotations(&mut self, me: &NodeId) -> Result<Vec<NodeId>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.tx(TransactionBehavior::Immediate)?;
         // Cheap first (the peer table's key): only then the scan of the messages' authors.
         let candidates: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM rotations WHERE node_id != ?1
