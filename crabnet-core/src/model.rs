@@ -790,8 +790,8 @@ pub struct Failure {
     pub round: u32,
 }
 
-/// The publisher awards a replicated seed to more runners (rules 3): the results so far
-/// reach no quorum, and every awarded runner has reported or let its deadline pass.
+/// The publisher awards a replicated seed to more runners (rules 3): the results it holds
+/// reach no quorum, and every runner still in the race has reported or let its deadline pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Escalation {
     /// The seed.
@@ -802,6 +802,10 @@ pub struct Escalation {
     /// quorum can no longer be reached (too few bids left, or `max_replicas` reached): the
     /// seed ends `inconclusive`.
     pub winners: Vec<BidId>,
+    /// The claims and results of the runners still in the race that the publisher held when
+    /// it escalated. They alone decide which runners count (claimed and reported in time) and
+    /// which lapse, so claims and results that arrive later cannot undo the escalation.
+    pub seen: Vec<MessageId>,
 }
 
 /// Lifecycle status of a seed.

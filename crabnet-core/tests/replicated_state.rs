@@ -322,9 +322,140 @@ fn a_two_two_split_escalates_and_the_next_replica_decides() {
             seed_id: seed_id(),
             step: 2,
             winners: vec![bid_id(15)],
+            seen: Vec::new(),
         }),
     );
     assert!(matches!(h.verdict(&late), Verdict::Rejected { .. }));
+}
+
+/// Attack: a runner that let its result deadline pass reports afterwards with a backdated
+/// result that would have completed the seed. Judged by the claims and results the
+/// escalation names, the escalation stands and the late result lapses.
+#[test]
+fn a_backdated_result_cannot_undo_an_escalation() {
+    let mut h = awarded(3, 2, 4, 5);
+    for r in [10, 11, 12] {
+        h.claim(r, close_at() + 10);
+    }
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    let result_deadline = close_at() + 10 + (TIMEOUT_S + GRACE_S) * 1000;
+    let esc = h
+        .decide(result_deadline + state::DECISION_MARGIN_MS)
+        .expect("escalation due");
+    let Body::SeedEscalated(e) = &esc.body else {
+        panic!("{esc:?}")
+    };
+    assert_eq!(e.winners, vec![bid_id(13)]);
+    assert_eq!(e.seen.len(), 5, "three claims and two results");
+    // Replica 12 now reports, dated inside its deadline, agreeing with replica 10.
+    let backdated = h.result(12, result_deadline - 1, 'a');
+    assert!(matches!(
+        h.verdict(&backdated),
+        Verdict::Rejected {
+            reason: Violation::Lapsed { .. }
+        }
+    ));
+    assert_eq!(h.verdict(&esc), Verdict::Applied);
+    let v = h.view();
+    assert_eq!(v.status, SeedStatus::Claimed);
+    assert_eq!(v.result, None);
+    assert_eq!(
+        standings(&v),
+        vec![
+            (10, ReplicaStanding::Reported),
+            (11, ReplicaStanding::Reported),
+            (12, ReplicaStanding::Lapsed),
+            (13, ReplicaStanding::Awarded),
+        ]
+    );
+    // The escalated replica decides it.
+    h.claim(13, result_deadline + 5_000);
+    h.result(13, result_deadline + 6_000, 'a');
+    let v = h.view();
+    assert_eq!(v.status, SeedStatus::Completed);
+    assert_eq!(standings(&v)[3], (13, ReplicaStanding::Agreed));
+}
+
+/// Attack: a runner that never claimed sends a claim and a result dated inside its windows
+/// after the escalation that ended its turn; the escalation stands.
+#[test]
+fn a_backdated_claim_cannot_undo_an_escalation() {
+    let mut h = awarded(3, 2, 4, 5);
+    for r in [10, 11] {
+        h.claim(r, close_at() + 10);
+    }
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    let claim_deadline = close_at() + CLAIM_S * 1000;
+    let esc = h
+        .decide(claim_deadline + state::DECISION_MARGIN_MS)
+        .expect("escalation due");
+    h.claim(12, close_at() + 20);
+    let backdated = h.result(12, close_at() + 200, 'a');
+    assert_eq!(h.verdict(&esc), Verdict::Applied);
+    assert!(matches!(
+        h.verdict(&backdated),
+        Verdict::Rejected {
+            reason: Violation::Lapsed { .. }
+        }
+    ));
+    let v = h.view();
+    assert_ne!(v.status, SeedStatus::Completed);
+    assert_eq!(v.replicas.len(), 4);
+    assert_eq!(v.replicas[2].standing, ReplicaStanding::Lapsed);
+}
+
+/// An escalation naming a result this node does not hold yet waits for it, then applies; one
+/// naming a message of a runner outside the race is refused.
+#[test]
+fn an_escalation_waits_for_what_it_names() {
+    let mut h = awarded(3, 2, 4, 5);
+    for r in [10, 11, 12] {
+        h.claim(r, close_at() + 10);
+    }
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    let r12 = h.result(12, close_at() + 100, 'c');
+    let esc = h.decide(close_at() + 200).expect("every replica reported");
+    // Deliver the escalation before replica 12's result.
+    let pos = h.msgs.iter().position(|m| m.id == r12.id).unwrap();
+    let held = h.msgs.remove(pos);
+    assert!(matches!(h.verdict(&esc), Verdict::Pending { .. }));
+    h.msgs.push(held);
+    assert_eq!(h.verdict(&esc), Verdict::Applied);
+    assert_eq!(
+        h.view().replicas.len(),
+        4,
+        "one more: each result stands alone"
+    );
+
+    let mut h = awarded(3, 2, 4, 5);
+    for r in [10, 11] {
+        h.claim(r, close_at() + 10);
+    }
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    let stranger = h.claim(14, close_at() + 10);
+    let claim_deadline = close_at() + CLAIM_S * 1000;
+    let Some(Body::SeedEscalated(mut e)) = h
+        .view()
+        .due_decision(claim_deadline + state::DECISION_MARGIN_MS)
+    else {
+        panic!("escalation due")
+    };
+    e.seen.push(stranger.id);
+    let bad = h.push(
+        PUBLISHER,
+        claim_deadline + state::DECISION_MARGIN_MS,
+        Body::SeedEscalated(e),
+    );
+    assert!(matches!(
+        h.verdict(&bad),
+        Verdict::Rejected {
+            reason: Violation::InvalidDecision { .. }
+        }
+    ));
 }
 
 #[test]
@@ -344,6 +475,7 @@ fn without_bids_or_room_left_the_seed_ends_inconclusive() {
             seed_id: seed_id(),
             step: 1,
             winners: vec![bid_id(12)],
+            seen: Vec::new(),
         }),
     );
     assert!(matches!(
@@ -379,10 +511,12 @@ fn without_bids_or_room_left_the_seed_ends_inconclusive() {
 #[test]
 fn a_replica_that_lets_its_deadline_pass_lapses_at_the_escalation() {
     let mut h = awarded(3, 2, 4, 5);
-    h.claim(10, close_at() + 10);
-    h.claim(11, close_at() + 10);
-    h.result(10, close_at() + 100, 'a');
-    h.result(11, close_at() + 100, 'b');
+    let seen = vec![
+        h.claim(10, close_at() + 10).id,
+        h.claim(11, close_at() + 10).id,
+        h.result(10, close_at() + 100, 'a').id,
+        h.result(11, close_at() + 100, 'b').id,
+    ];
     // Replica 12 never claims: nothing is due before its claim window is over.
     let claim_deadline = close_at() + CLAIM_S * 1000;
     let v = h.view();
@@ -391,7 +525,8 @@ fn a_replica_that_lets_its_deadline_pass_lapses_at_the_escalation() {
         Some(claim_deadline + state::DECISION_MARGIN_MS)
     );
     assert_eq!(v.due_decision(claim_deadline), None);
-    // An escalation dated inside the window waits.
+    // An escalation dated inside the window is refused: by what it names, replica 12 could
+    // still claim.
     let early = h.push(
         PUBLISHER,
         claim_deadline - 1,
@@ -399,9 +534,15 @@ fn a_replica_that_lets_its_deadline_pass_lapses_at_the_escalation() {
             seed_id: seed_id(),
             step: 1,
             winners: vec![bid_id(13)],
+            seen,
         }),
     );
-    assert!(matches!(h.verdict(&early), Verdict::Pending { .. }));
+    assert!(matches!(
+        h.verdict(&early),
+        Verdict::Rejected {
+            reason: Violation::InvalidDecision { .. }
+        }
+    ));
     h.msgs.pop();
     let esc = h
         .decide(claim_deadline + state::DECISION_MARGIN_MS)

@@ -70,6 +70,12 @@ pub struct ReplicaView {
     /// When it reported (the result message's time, Unix ms).
     #[schema(required)]
     pub reported_at: Option<Millis>,
+    /// The claim message that counts for it.
+    #[schema(required)]
+    pub claim_message: Option<MessageId>,
+    /// The result message that counts for it.
+    #[schema(required)]
+    pub result_message: Option<MessageId>,
     /// Its result.
     #[schema(required)]
     pub result: Option<TaskResult>,
@@ -267,71 +273,43 @@ pub(super) fn lifecycle(
     let mut why: BTreeMap<&MessageId, (Violation, bool)> = BTreeMap::new();
     while !slots.is_empty() {
         attach(&mut slots, claims, results);
-        let in_time: Groups = groups(
-            slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| !s.lapsed && s.timing().reported_in_time(&d, timeout)),
-        );
-        if quorum_key(&in_time, rep.quorum).is_some() {
-            break;
-        }
-        let open = |s: &&Slot<'_>| !s.lapsed && !s.timing().reported_in_time(&d, timeout);
-        let deadline = slots
-            .iter()
-            .filter(open)
-            .map(|s| s.timing().deadline(&d, timeout))
-            .max();
-        let largest = in_time.values().map(Vec::len).max().unwrap_or(0);
-        let expected = expected_winners(v, &rep, slots.iter().map(|s| &s.runner), largest);
-        let next = decisions.iter().copied().find(|m| {
+        // The escalation for the next step, judged only by what it names (section 3b): so
+        // claims and results that arrive after it, whatever their dates, cannot undo it.
+        let next = decisions.iter().copied().find_map(|m| {
             if verdicts.contains_key(&m.id) {
-                return false;
+                return None;
             }
             let Body::SeedEscalated(e) = &m.body else {
-                return false;
+                return None;
             };
             if e.step != step + 1 {
-                return false;
+                return None;
             }
-            let reason = if m.sender != v.seed.publisher {
-                (not_publisher(v, Action::Escalate), false)
-            } else if let Some(dl) = deadline.filter(|dl| m.timestamp < *dl) {
-                let reason =
-                    format!("awarded runners may still claim or report until {dl} (unix ms)");
-                (invalid_decision(v, reason), true)
-            } else if e.winners != expected {
-                let reason = if expected.is_empty() {
-                    "the quorum can no longer be reached, so the escalation must name no winner"
-                        .to_owned()
-                } else {
-                    format!(
-                        "the escalation must award the next best bids: {}",
-                        expected
-                            .iter()
-                            .map(BidId::as_str)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                };
-                (invalid_decision(v, reason), false)
+            let checked = if m.sender != v.seed.publisher {
+                Err((not_publisher(v, Action::Escalate), false))
             } else {
-                return true;
+                check_escalation(v, &rep, &d, timeout, &slots, m, e, claims, results)
+                    .map_err(|(reason, may_hold)| (invalid_decision(v, reason), may_hold))
             };
-            why.entry(&m.id).or_insert(reason);
-            false
+            match checked {
+                Ok(basis) => Some((m, e, basis)),
+                Err(reason) => {
+                    why.entry(&m.id).or_insert(reason);
+                    None
+                }
+            }
         });
-        let Some(m) = next else { break };
-        let Body::SeedEscalated(e) = &m.body else {
-            unreachable!("found as an escalation")
-        };
+        let Some((m, e, basis)) = next else { break };
         verdicts.insert(m.id.clone(), Verdict::Applied);
-        for s in slots.iter_mut().filter(|s| !s.lapsed) {
-            let t = s.timing();
-            if t.reported_in_time(&d, timeout) {
+        for (s, seen) in slots.iter_mut().filter(|s| !s.lapsed).zip(basis) {
+            if seen.counted {
+                // The replica counts with the claim and result the escalation names.
+                s.claim = seen.claim;
+                s.result = seen.result;
                 continue;
             }
             s.lapsed = true;
+            let t = s.timing();
             let lapsed = |msg: &Message| {
                 rejected(Violation::Lapsed {
                     seed_id: v.seed.id.clone(),
@@ -422,6 +400,8 @@ pub(super) fn lifecycle(
             assigned_at: s.start,
             claimed_at: s.claim.map(|m| m.timestamp),
             reported_at: s.result.map(|m| m.timestamp),
+            claim_message: s.claim.map(|m| m.id.clone()),
+            result_message: s.result.map(|m| m.id.clone()),
             result: match s.result.map(|m| &m.body) {
                 Some(Body::ResultReported(r)) => Some(r.clone()),
                 _ => None,
@@ -539,6 +519,136 @@ fn lapsed_verdict(v: &SeedView, m: &Message, round: u32) -> Verdict {
         node: m.sender.clone(),
         round,
     })
+}
+
+/// What an escalation says about one live replica: the claim and result its publisher held,
+/// and whether that replica counts (claimed and reported in time) or lapses.
+struct Seen<'a> {
+    claim: Option<&'a Message>,
+    result: Option<&'a Message>,
+    counted: bool,
+}
+
+/// Checks escalation `e` (message `m`) against the live replicas and the claims and results it
+/// names in `seen`, nothing else; returns, per live replica in order, what it saw. An error
+/// says why it does not hold, and whether it may still (a named message has not arrived).
+#[allow(clippy::too_many_arguments)]
+fn check_escalation<'a>(
+    v: &SeedView,
+    rep: &Replication,
+    d: &Deadlines,
+    timeout: u64,
+    slots: &[Slot<'a>],
+    m: &Message,
+    e: &Escalation,
+    claims: &[&'a Message],
+    results: &[&'a Message],
+) -> Result<Vec<Seen<'a>>, (String, bool)> {
+    let live: Vec<&Slot<'a>> = slots.iter().filter(|s| !s.lapsed).collect();
+    let mut basis: Vec<Seen<'a>> = live
+        .iter()
+        .map(|_| Seen {
+            claim: None,
+            result: None,
+            counted: false,
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for id in &e.seen {
+        let found = claims.iter().chain(results).copied().find(|c| &c.id == id);
+        let Some(msg) = found else {
+            missing.push(id.as_str());
+            continue;
+        };
+        let Some(i) = live.iter().position(|s| s.runner == msg.sender) else {
+            return Err((
+                format!("it names message {id}, which is not from a runner still in the race"),
+                false,
+            ));
+        };
+        let slot = &mut basis[i];
+        let place = match &msg.body {
+            Body::SeedClaimed(c) if c.bid_id == live[i].bid => &mut slot.claim,
+            Body::ResultReported(_) => &mut slot.result,
+            _ => {
+                return Err((
+                    format!("it names claim {id}, which is not for the runner's awarded bid"),
+                    false,
+                ));
+            }
+        };
+        if place.replace(msg).is_some() {
+            return Err((
+                format!(
+                    "it names two claims or two results of runner {}",
+                    msg.sender
+                ),
+                false,
+            ));
+        }
+    }
+    if !missing.is_empty() {
+        return Err((
+            format!(
+                "it names claims or results this node does not hold yet: {}",
+                missing.join(", ")
+            ),
+            true,
+        ));
+    }
+    let mut counted = Groups::new();
+    for (i, (s, seen)) in live.iter().zip(basis.iter_mut()).enumerate() {
+        if seen.result.is_some() && seen.claim.is_none() {
+            return Err((
+                format!("it names a result of runner {} without its claim", s.runner),
+                false,
+            ));
+        }
+        let t = Timing {
+            assigned_at: s.start,
+            claimed_at: seen.claim.map(|c| c.timestamp),
+            reported_at: seen.result.map(|r| r.timestamp),
+        };
+        seen.counted = t.reported_in_time(d, timeout);
+        if seen.counted {
+            if let Some(Body::ResultReported(r)) = seen.result.map(|r| &r.body) {
+                counted.entry(r.key()).or_default().push(i);
+            }
+        } else if m.timestamp < t.deadline(d, timeout) {
+            return Err((
+                format!(
+                    "runner {} may still claim or report until {} (unix ms) by what it names",
+                    s.runner,
+                    t.deadline(d, timeout)
+                ),
+                false,
+            ));
+        }
+    }
+    if quorum_key(&counted, rep.quorum).is_some() {
+        return Err((
+            "the results it names already reach the quorum".to_owned(),
+            false,
+        ));
+    }
+    let largest = counted.values().map(Vec::len).max().unwrap_or(0);
+    let expected = expected_winners(v, rep, slots.iter().map(|s| &s.runner), largest);
+    if e.winners != expected {
+        let reason = if expected.is_empty() {
+            "the quorum can no longer be reached, so the escalation must name no winner".to_owned()
+        } else {
+            format!(
+                "the escalation must award the next best bids: {}",
+                expected
+                    .iter()
+                    .map(BidId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err((reason, false));
+    }
+    Ok(basis)
 }
 
 /// Gives every live replica its claim (naming its bid) and, once claimed, its result: the
@@ -714,6 +824,13 @@ fn due_escalation(v: &SeedView, now: Millis) -> Option<Escalation> {
         seed_id: v.seed.id.clone(),
         step: v.replicas.iter().map(|r| r.step).max().unwrap_or(0) + 1,
         winners: expected_winners(v, rep, v.replicas.iter().map(|r| &r.runner), largest),
+        seen: v
+            .replicas
+            .iter()
+            .filter(|r| r.standing != ReplicaStanding::Lapsed)
+            .flat_map(|r| r.claim_message.iter().chain(&r.result_message))
+            .cloned()
+            .collect(),
     })
 }
 

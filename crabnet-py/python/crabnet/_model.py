@@ -622,6 +622,10 @@ class ReplicaView(_Record):
     assigned_at: int
     claimed_at: Optional[int]
     reported_at: Optional[int]
+    claim_message: Optional[str]
+    """The claim message that counts for it."""
+    result_message: Optional[str]
+    """The result message that counts for it."""
     result: Optional[TaskResult]
     standing: ReplicaStanding
 
