@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 
 use super::operations::known;
 use super::{Node, lock};
-use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Body, Message, Millis};
 use crate::reputation::{self, AwardPolicy};
@@ -18,7 +17,7 @@ impl Node {
     /// runs at start, when another process wrote to the store, and when the timer says a
     /// decision is due; it sets the timer to the next one.
     pub(super) fn issue_due_decisions(&self) -> Result<()> {
-        let now = now_ms();
+        let now = self.now_ms();
         let timers = &self.inner.timers;
         // Reset before the query: a seed published meanwhile schedules itself again
         // (`commit_local_at`), whichever of the two comes first.
@@ -36,7 +35,7 @@ impl Node {
     /// [`Node::issue_due_decisions`] when the timer says a decision is due; no store access
     /// otherwise.
     pub(super) fn issue_decisions_if_due(&self) -> Result<()> {
-        if self.inner.timers.decide_at.load(Ordering::Relaxed) <= now_ms() {
+        if self.inner.timers.decide_at.load(Ordering::Relaxed) <= self.now_ms() {
             self.issue_due_decisions()?;
         }
         Ok(())
