@@ -17,8 +17,9 @@
 //! A failing schedule prints its seed and the command that runs it alone:
 //! `CRABNET_SIM_SEED=<seed> cargo test -p crabnet-core --test simulator`. By default
 //! [`SCHEDULES`] schedules run; `CRABNET_SIM_SCHEDULES=<n>` runs more (a soak), starting at
-//! `CRABNET_SIM_FIRST` (default 0). Message and seed ids are random (the node's own source),
-//! so a replayed schedule makes the same choices at the same times but not the same bytes.
+//! `CRABNET_SIM_FIRST` (default 0); `CRABNET_SIM_TRACE=1` prints every step. Message and seed
+//! ids are random (the node's own source), so a replayed schedule makes the same choices at the
+//! same times but not the same bytes.
 
 mod support;
 
@@ -368,11 +369,13 @@ impl Sim {
                 && let Some(due) = v.due_decision(now)
             {
                 return Err(format!(
-                    "n{i} still owes a {} on seed {} ({}, status {:?}) after its housekeeping ran",
+                    "n{i} still owes a {} on seed {} ({}, status {:?}) after its housekeeping \
+                     ran: {}",
                     due.kind(),
                     v.seed.id,
                     v.seed.description,
-                    v.status
+                    v.status,
+                    serde_json::to_string(&v).unwrap_or_default()
                 ));
             }
         }
@@ -548,7 +551,8 @@ impl Sim {
                 self.note(format!("n{i} skew {skew}ms"));
             }
         }
-        Ok(())
+        // What the step committed goes out at once, as the network task sends it.
+        self.flush(i)
     }
 
     /// Every node up, no partition, no faults, skews small; hellos, a sync round, time past
@@ -655,6 +659,9 @@ fn schedule(seed: u64) -> Check {
         sim.heal()?;
         sim.check_converged()
     })();
+    if std::env::var_os("CRABNET_SIM_TRACE").is_some() {
+        eprintln!("schedule {seed}:\n  {}", sim.trace.join("\n  "));
+    }
     let tail = sim.trace[sim.trace.len().saturating_sub(40)..].join("\n  ");
     let stopped = sim.finish();
     match run.and(stopped) {

@@ -44,17 +44,20 @@ impl Node {
     /// After a received message was applied (or deferred): when its seed is one of ours that
     /// owes decisions (or the message is our own, restored by sync), reads that seed alone,
     /// issues what is due at once (an award when `max_bids` bids are in) and moves the timer.
-    /// Other messages cost nothing here.
+    /// A seed of ours that left the timer may come back to it: a claim made in time that
+    /// arrives after this node expired the seed for want of it overrides the expiry, and the
+    /// seed then owes its result deadline (found by the simulator, schedule 36). Other
+    /// messages cost one read of their seed.
     pub(super) fn reschedule_decision(&self, message: &Message, now: Millis) -> Result<()> {
         let id = message.seed_id();
         let ours =
             message.sender == self.inner.id || lock(&self.inner.timers.deciding).contains(id);
-        if !ours {
-            return Ok(());
-        }
         let Some(view) = lock(&self.inner.store).seed(id)? else {
             return Ok(());
         };
+        if !ours && view.seed.publisher != self.inner.id {
+            return Ok(());
+        }
         if !self.decide(&view, now) {
             self.schedule_decision(&view);
         }
