@@ -35,10 +35,10 @@ use crabnet_core::sandbox::SandboxPolicy;
 use crabnet_core::state::{self, SeedView};
 use crabnet_core::{Config, ErrorKind, PublishRequest, SeedStatus};
 
-/// Schedules per CI run: a schedule costs about a second of CPU in a debug build (SQLite
-/// statements and post-quantum signatures, like a real node's), so this many take about
-/// three minutes on two cores. `CRABNET_SIM_SCHEDULES` runs more.
-const SCHEDULES: u64 = 300;
+/// Schedules per CI run: a schedule costs about a second of CPU in a debug build (node starts,
+/// SQLite statements and post-quantum signatures, like a real node's), so this many take
+/// about a minute and a half on two idle cores. `CRABNET_SIM_SCHEDULES` runs more.
+const SCHEDULES: u64 = 150;
 
 /// Where every simulated clock starts (Unix ms, in 2027).
 const START_MS: u64 = 1_800_000_000_000;
@@ -395,6 +395,25 @@ impl Sim {
         Ok(views)
     }
 
+    /// The first live node, from `start` on, with seeds that pass `filter` (given the node's
+    /// id), and those seeds: the actor of a step is one that can take it.
+    fn actor(
+        &self,
+        start: usize,
+        filter: impl Fn(&crabnet_core::NodeId, &SeedView) -> bool,
+    ) -> Result<Option<(usize, Vec<SeedView>)>, String> {
+        let live = self.live();
+        for k in 0..live.len() {
+            let i = live[(start + k) % live.len()];
+            let me = self.driven(i).node().id().clone();
+            let found = self.candidates(i, |v| filter(&me, v))?;
+            if !found.is_empty() {
+                return Ok(Some((i, found)));
+            }
+        }
+        Ok(None)
+    }
+
     /// The outcome of an API operation: refusals by the rules are part of the game (a node
     /// acts on what it knows, which may be stale); anything else fails the schedule.
     fn op<T>(&mut self, what: String, r: crabnet_core::Result<T>) -> Check {
@@ -420,28 +439,27 @@ impl Sim {
             let i = self.rng.below(self.nodes.len() as u64) as usize;
             return self.start(i);
         };
-        let me = self.driven(i).node().id().clone();
         match roll {
-            0..=24 => {
+            0..=34 => {
                 let ms = match self.rng.below(10) {
-                    0..=4 => self.rng.below(500),
-                    5..=8 => 500 + self.rng.below(5_000),
-                    _ => 5_000 + self.rng.below(30_000),
+                    0..=4 => self.rng.below(1_000),
+                    5..=8 => 1_000 + self.rng.below(5_000),
+                    _ => 5_000 + self.rng.below(20_000),
                 };
                 self.note(format!("advance {ms}ms"));
                 self.advance(ms)?;
             }
-            25..=36 => {
+            35..=41 => {
                 self.published += 1;
                 let k = self.published;
                 let req = PublishRequest {
                     description: format!("s{k:03}"),
-                    bid_window_secs: 1 + self.rng.below(8),
+                    bid_window_secs: 4 + self.rng.below(12),
                     max_bids: 1 + self.rng.below(3) as u32,
                     timeout_secs: 2,
                     isolation: SandboxLevel::None,
                     deadlines: Deadlines {
-                        claim_secs: 2 + self.rng.below(15),
+                        claim_secs: 5 + self.rng.below(20),
                         result_grace_secs: 1 + self.rng.below(5),
                         settle_secs: 2 + self.rng.below(20),
                     },
@@ -450,14 +468,16 @@ impl Sim {
                 let r = self.rt.block_on(self.driven(i).node().publish(req));
                 self.op(format!("n{i} publishes s{k:03}"), r)?;
             }
-            37..=54 => {
-                let open = self.candidates(i, |v| {
+            42..=54 => {
+                let open = self.actor(i, |me, v| {
                     v.status == SeedStatus::Open
                         && v.award.is_none()
-                        && v.seed.publisher != me
-                        && !v.bids.iter().any(|b| b.bid.bidder == me)
+                        && &v.seed.publisher != me
+                        && !v.bids.iter().any(|b| &b.bid.bidder == me)
                 })?;
-                if let Some(v) = self.rng.pick(&open).cloned() {
+                if let Some((i, open)) = open
+                    && let Some(v) = self.rng.pick(&open).cloned()
+                {
                     let price =
                         v.seed.min_price + self.rng.below(v.seed.max_price - v.seed.min_price + 1);
                     let r = self
@@ -466,35 +486,41 @@ impl Sim {
                     self.op(format!("n{i} bids {price} on {}", v.seed.description), r)?;
                 }
             }
-            55..=64 => {
-                let won = self.candidates(i, |v| {
+            55..=65 => {
+                let won = self.actor(i, |me, v| {
                     v.status == SeedStatus::Open
-                        && v.award.as_ref().and_then(|a| a.winner_node.as_ref()) == Some(&me)
+                        && v.award.as_ref().and_then(|a| a.winner_node.as_ref()) == Some(me)
                 })?;
-                if let Some(v) = self.rng.pick(&won).cloned() {
+                if let Some((i, won)) = won
+                    && let Some(v) = self.rng.pick(&won).cloned()
+                {
                     let r = self.rt.block_on(self.driven(i).node().claim(&v.seed.id));
                     self.op(format!("n{i} claims {}", v.seed.description), r)?;
                 }
             }
-            65..=70 => {
-                let claimed = self.candidates(i, |v| {
+            66..=71 => {
+                let claimed = self.actor(i, |me, v| {
                     v.status == SeedStatus::Claimed
-                        && v.claim.as_ref().is_some_and(|c| c.claimer == me)
+                        && v.claim.as_ref().is_some_and(|c| &c.claimer == me)
                 })?;
-                if let Some(v) = self.rng.pick(&claimed).cloned() {
+                if let Some((i, claimed)) = claimed
+                    && let Some(v) = self.rng.pick(&claimed).cloned()
+                {
                     let r = self.rt.block_on(self.driven(i).node().run(&v.seed.id));
                     self.op(format!("n{i} runs {}", v.seed.description), r)?;
                 }
             }
-            71..=75 => {
-                let mine = self.candidates(i, |v| {
-                    v.seed.publisher == me
+            72..=76 => {
+                let mine = self.actor(i, |me, v| {
+                    &v.seed.publisher == me
                         && matches!(
                             v.status,
                             SeedStatus::Completed | SeedStatus::Failed | SeedStatus::Open
                         )
                 })?;
-                if let Some(v) = self.rng.pick(&mine).cloned() {
+                if let Some((i, mine)) = mine
+                    && let Some(v) = self.rng.pick(&mine).cloned()
+                {
                     let node = self.driven(i).node().clone();
                     let d = v.seed.description.clone();
                     match (v.status, self.rng.below(3)) {
@@ -514,22 +540,22 @@ impl Sim {
                     }
                 }
             }
-            76..=83 => {
+            77..=83 => {
                 self.note(format!("n{i} syncs"));
                 self.sync(i)?;
             }
-            84..=87 => {
+            84..=86 => {
                 self.note(format!("n{i} says hello"));
                 self.hello(i)?;
             }
-            88..=91 => {
+            87..=90 => {
                 let down: Vec<usize> = (0..self.nodes.len()).filter(|n| !self.up(*n)).collect();
                 match self.rng.pick(&down) {
                     Some(&d) if self.rng.chance(600) => self.start(d)?,
                     _ => self.stop(i)?,
                 }
             }
-            92..=95 => {
+            91..=94 => {
                 if self.groups.iter().any(|g| *g != 0) {
                     self.groups.iter_mut().for_each(|g| *g = 0);
                     self.note("partition healed".into());
@@ -552,7 +578,10 @@ impl Sim {
             }
         }
         // What the step committed goes out at once, as the network task sends it.
-        self.flush(i)
+        for n in self.live() {
+            self.flush(n)?;
+        }
+        Ok(())
     }
 
     /// Every node up, no partition, no faults, skews small; hellos, a sync round, time past
@@ -651,7 +680,7 @@ fn schedule(seed: u64) -> Check {
         dup_permille: rng.below(200),
         max_delay_ms: 1 + rng.below(3_000),
     });
-    let steps = 30 + rng.below(50);
+    let steps = 80 + rng.below(80);
     let run = (|| {
         for _ in 0..steps {
             sim.step()?;
