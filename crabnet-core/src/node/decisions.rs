@@ -46,7 +46,7 @@ impl Node {
     /// issues what is due at once (an award when `max_bids` bids are in) and moves the timer.
     /// A seed of ours that left the timer may come back to it: a claim made in time that
     /// arrives after this node expired the seed for want of it overrides the expiry, and the
-    /// seed then owes its result deadline (found by the simulator, schedule 36). Other
+    /// seed then owes its result deadline (found by `tests/simulator.rs`). Other
     /// messages cost one read of their seed.
     pub(super) fn reschedule_decision(&self, message: &Message, now: Millis) -> Result<()> {
         let id = message.seed_id();
