@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::Identity;
@@ -42,6 +42,7 @@ use crate::sandbox::{SandboxPolicy, SandboxStatus};
 use crate::store::{SharedStore, Store};
 use crate::trust;
 
+pub use driven::Driven;
 use receive::{RECENT_FRAMES, SYNC_REQUESTERS};
 
 #[cfg(test)]
@@ -49,6 +50,7 @@ mod admission_tests;
 mod alerting;
 mod batch;
 mod decisions;
+mod driven;
 mod hello_answers;
 mod housekeeping;
 mod keys;
@@ -221,6 +223,8 @@ struct Inner {
     lock: Mutex<Option<File>>,
     runs: runs::Runs,
     retention: crate::retention::Retention,
+    /// The clock every decision reads ([`Node::now_ms`]); `None`: the system clock.
+    clock: Option<Arc<dyn Clock>>,
 }
 
 /// When, after its first connection, a node broadcasts its hello again (gossip needs the
@@ -340,7 +344,7 @@ impl Node {
     /// Starts a node without a network: local operations, events and the log work; messages
     /// wait in the outbox for a node with a transport on the same data directory.
     pub async fn start(config: Config) -> Result<Node> {
-        Self::start_inner(config, None).await
+        Self::start_inner(config, None, None, false).await
     }
 
     /// Starts a node that exchanges messages through `transport`. Such a node holds the data
@@ -350,7 +354,20 @@ impl Node {
         config: Config,
         transport: Box<dyn Transport>,
     ) -> Result<Node> {
-        Self::start_inner(config, Some(transport)).await
+        Self::start_inner(config, Some(transport), None, false).await
+    }
+
+    /// Starts a node (with `transport`, if any, as [`Node::start_with_transport`]) that reads
+    /// the time from `clock` instead of the system clock: every deadline, expiry, freshness
+    /// check and timestamp it signs (see [`Clock`]). Tests and simulations use it with a
+    /// [`ManualClock`](crate::clock::ManualClock); the background timers still tick in real
+    /// time and look at `clock` when they do.
+    pub async fn start_with_clock(
+        config: Config,
+        transport: Option<Box<dyn Transport>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node> {
+        Self::start_inner(config, transport, Some(clock), false).await
     }
 
     /// Starts a node on libp2p (see [`network::DhtTransport`]); its libp2p key derives from
@@ -368,13 +385,20 @@ impl Node {
         .await
         .map_err(|e| Error::internal(format!("start task failed: {e}")))??;
         let transport = network::DhtTransport::start(dht, key)?;
-        Self::start_inner(config, Some(transport)).await
+        Self::start_inner(config, Some(transport), None, false).await
     }
 
-    async fn start_inner(config: Config, transport: Option<Box<dyn Transport>>) -> Result<Node> {
+    /// `driven`: no background task at all (see [`Driven`]); the node counts as one on a
+    /// network (it takes the listen lock and runs other nodes' tasks).
+    async fn start_inner(
+        config: Config,
+        transport: Option<Box<dyn Transport>>,
+        clock: Option<Arc<dyn Clock>>,
+        driven: bool,
+    ) -> Result<Node> {
         config.validate()?;
         let cfg = config.clone();
-        let listening = transport.is_some();
+        let listening = transport.is_some() || driven;
         // Only the node on the network alerts; an unreadable webhook secret fails the start.
         let alerting = alerting::Alerting::prepare(&config.alerts, listening)?;
         let (store, identity, lock_file, policy) = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -437,7 +461,10 @@ impl Node {
                 sync_wanted: Notify::new(),
                 bus: EventBus::new(config.events.bus_capacity),
                 log,
-                transport_name: transport.as_ref().map(|t| t.name().to_owned()),
+                transport_name: match &transport {
+                    Some(t) => Some(t.name().to_owned()),
+                    None => driven.then(|| driven::TRANSPORT_NAME.to_owned()),
+                },
                 store: SharedStore::new(store),
                 published_seq: Mutex::new(published),
                 stopped: AtomicBool::new(false),
@@ -462,6 +489,7 @@ impl Node {
                 lock: Mutex::new(lock_file),
                 runs: runs::Runs::new(),
                 config,
+                clock,
             }),
         };
         if let Some(name) = node.inner.transport_name.clone() {
@@ -469,7 +497,7 @@ impl Node {
             node.blocking(move |n| {
                 n.with_store(|s| {
                     s.record_event(
-                        now_ms(),
+                        n.now_ms(),
                         EventKind::NodeStarted {
                             node_id: id,
                             transport: Some(name),
@@ -481,6 +509,9 @@ impl Node {
         }
         node.blocking(|n| n.issue_due_decisions()).await?;
         node.blocking(|n| n.record_orphaned_runs()).await?;
+        if driven {
+            return Ok(node);
+        }
 
         let mut tasks = Vec::new();
         // Receivers exist before the tasks run, so a stop right after start is never missed.
@@ -500,6 +531,15 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> &NodeId {
         &self.inner.id
+    }
+
+    /// The time on this node's clock (Unix ms): the system clock, unless the node was started
+    /// with another one ([`Node::start_with_clock`]).
+    pub fn now_ms(&self) -> crate::model::Millis {
+        match &self.inner.clock {
+            Some(clock) => clock.now_ms(),
+            None => crate::clock::now_ms(),
+        }
     }
 
     /// The configuration the node runs with.
@@ -539,7 +579,7 @@ impl Node {
             if node.inner.transport_name.is_some() {
                 let id = node.inner.id.clone();
                 node.with_store(|s| {
-                    s.record_event(now_ms(), EventKind::NodeStopped { node_id: id })
+                    s.record_event(node.now_ms(), EventKind::NodeStopped { node_id: id })
                 })?;
             }
             node.write_log()?;

@@ -10,7 +10,6 @@ use tokio::task::JoinHandle;
 use super::Node;
 use crate::alerts::webhook::{self, Hooks, backoff_ms};
 use crate::alerts::{ActiveAlert, AlertsConfig, Evaluator, Sample, Transition, disk_free_bytes};
-use crate::clock::now_ms;
 use crate::error::Result;
 
 /// What the node needs to run alerting, prepared before the node starts (so that an unreadable
@@ -75,7 +74,7 @@ impl Node {
 
     /// Measures what the rules look at.
     fn alert_sample(&self) -> Result<Sample> {
-        let now = now_ms();
+        let now = self.now_ms();
         let config = self.config();
         let window = u64::from(config.network.hello_interval_secs) * 3 * 1000;
         let mut sample = self.with_store(|s| {
@@ -126,7 +125,7 @@ impl Node {
                 }
             }
             self.with_store(|s| {
-                s.record_alert(now_ms(), &t, &urls, config.webhook_queue_max, &|e| {
+                s.record_alert(self.now_ms(), &t, &urls, config.webhook_queue_max, &|e| {
                     payload.body(e)
                 })
             })?;
@@ -169,7 +168,7 @@ async fn evaluate_loop(
                 continue;
             }
         };
-        let transitions = evaluator.evaluate(now_ms(), &sample);
+        let transitions = evaluator.evaluate(node.now_ms(), &sample);
         if transitions.is_empty() {
             continue;
         }
@@ -203,7 +202,7 @@ async fn send_loop(
         }
         let n = node.clone();
         let due =
-            tokio::task::spawn_blocking(move || n.with_store(|s| s.webhook_due(now_ms(), 32)))
+            tokio::task::spawn_blocking(move || n.with_store(|s| s.webhook_due(n.now_ms(), 32)))
                 .await;
         let due = match due {
             Ok(Ok(due)) => due,
@@ -240,7 +239,7 @@ async fn send_loop(
                             n.with_store(|s| s.webhook_finish(delivery.seq, false))
                         } else {
                             tracing::debug!(url = %delivery.url, "alerts: webhook delivery failed: {e}");
-                            let next = now_ms().saturating_add(backoff_ms(config, delivery.attempts));
+                            let next = n.now_ms().saturating_add(backoff_ms(config, delivery.attempts));
                             n.with_store(|s| s.webhook_retry(delivery.seq, next, &e.to_string()))
                         }
                     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{Node, lock};
-use crate::clock::now_ms;
 use crate::error::{Error, Result};
+use crate::model::Millis;
 
 impl Node {
     /// Background upkeep, on the `network.tick_ms` tick, doing store work only when something is
@@ -44,7 +44,7 @@ impl Node {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
-            let now = now_ms();
+            let now = self.now_ms();
             // Read on this thread when the store is free; when it is busy, wait for it off the
             // async thread (skipping the look would delay what another process wrote, e.g. a
             // revocation, behind frames that arrive meanwhile).
@@ -65,16 +65,10 @@ impl Node {
                     true
                 }
             };
+            let due = self.due_duties(now, changed);
             let timers = &self.inner.timers;
-            let decide_due = timers.decide_at.load(Ordering::Relaxed) <= now;
-            let prune_due = timers.prune_at.load(Ordering::Relaxed) <= now;
             let retry_due = timers.retry_at.load(Ordering::Relaxed) <= now;
-            let retention_due = self.inner.retention.next_run_at() <= now;
-            let held_due = self.inner.held.next_expiry().is_some_and(|at| at <= now);
-            let rotation_due = self.behind_own_rotation();
-            let rejections = !self.inner.rejections.is_idle() || held_due;
-            if !(changed || decide_due || prune_due || rejections || retention_due || rotation_due)
-            {
+            if !due.any() {
                 if retry_due {
                     timers.retry_at.store(u64::MAX, Ordering::Relaxed);
                     self.inner.wake_outbox.notify_one();
@@ -82,57 +76,7 @@ impl Node {
                 continue;
             }
             let node = self.clone();
-            let done = tokio::task::spawn_blocking(move || -> Result<()> {
-                // Each duty on its own: one failing (a busy or full disk) must not hold back
-                // the others, e.g. held frames whose verdicts are due.
-                if (changed || decide_due)
-                    && let Err(e) = node.issue_due_decisions()
-                {
-                    tracing::warn!("cannot issue due decisions (retried next tick): {e}");
-                }
-                if rejections && let Err(e) = node.flush_rejections() {
-                    tracing::warn!("cannot record rejections (retried next tick): {e}");
-                }
-                if retention_due
-                    && let Err(e) = node.inner.retention.run_if_due(&node.inner.store, now)
-                {
-                    tracing::warn!("retention failed (retried in retention.interval_secs): {e}");
-                }
-                // Rotation chains of nodes this node forgot (evicted peers), on the same
-                // schedule.
-                if retention_due
-                    && let Err(e) = node.inner.trust.prune_chains(&mut lock(&node.inner.store))
-                {
-                    tracing::warn!("cannot prune rotation chains: {e}");
-                }
-                let mut store = lock(&node.inner.store);
-                if prune_due {
-                    store.prune_seen(now)?;
-                    // The next expiry, but at least a second apart: expiries close together
-                    // are pruned together. With none stored, an id seen from now on expires
-                    // `store.seen_ttl_secs` from now at the earliest.
-                    let ttl_ms = node.inner.config.store.seen_ttl_secs.saturating_mul(1000);
-                    let next = store
-                        .next_seen_expiry()?
-                        .unwrap_or_else(|| now.saturating_add(ttl_ms));
-                    node.inner
-                        .timers
-                        .prune_at
-                        .store(next.max(now.saturating_add(1000)), Ordering::Relaxed);
-                }
-                if changed {
-                    // Revocations and rotations another process added (`crabnet trust
-                    // import`, `revoke`, `rotate`), events it recorded.
-                    node.inner.trust.refresh(&store)?;
-                    node.pump_events(&store);
-                }
-                drop(store);
-                if changed || rotation_due {
-                    node.follow_own_rotation()?;
-                }
-                Ok(())
-            })
-            .await;
+            let done = tokio::task::spawn_blocking(move || node.run_duties(now, &due)).await;
             match done {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!("housekeeping failed: {e}"),
@@ -144,6 +88,74 @@ impl Node {
                 self.inner.wake_outbox.notify_one();
             }
         }
+    }
+
+    /// The duties due at `now` (`changed`: another process wrote to the database).
+    pub(super) fn due_duties(&self, now: Millis, changed: bool) -> Duties {
+        let timers = &self.inner.timers;
+        let held = self.inner.held.next_expiry().is_some_and(|at| at <= now);
+        Duties {
+            changed,
+            decide: timers.decide_at.load(Ordering::Relaxed) <= now,
+            prune: timers.prune_at.load(Ordering::Relaxed) <= now,
+            retention: self.inner.retention.next_run_at() <= now,
+            rotation: self.behind_own_rotation(),
+            rejections: !self.inner.rejections.is_idle() || held,
+        }
+    }
+
+    /// Does the store work of the duties `due` at `now` (on a blocking thread).
+    pub(super) fn run_duties(&self, now: Millis, due: &Duties) -> Result<()> {
+        let node = self;
+        // Each duty on its own: one failing (a busy or full disk) must not hold back
+        // the others, e.g. held frames whose verdicts are due.
+        if (due.changed || due.decide)
+            && let Err(e) = node.issue_due_decisions()
+        {
+            tracing::warn!("cannot issue due decisions (retried next tick): {e}");
+        }
+        if due.rejections
+            && let Err(e) = node.flush_rejections()
+        {
+            tracing::warn!("cannot record rejections (retried next tick): {e}");
+        }
+        if due.retention
+            && let Err(e) = node.inner.retention.run_if_due(&node.inner.store, now)
+        {
+            tracing::warn!("retention failed (retried in retention.interval_secs): {e}");
+        }
+        // Rotation chains of nodes this node forgot (evicted peers), on the same schedule.
+        if due.retention
+            && let Err(e) = node.inner.trust.prune_chains(&mut lock(&node.inner.store))
+        {
+            tracing::warn!("cannot prune rotation chains: {e}");
+        }
+        let mut store = lock(&node.inner.store);
+        if due.prune {
+            store.prune_seen(now)?;
+            // The next expiry, but at least a second apart: expiries close together
+            // are pruned together. With none stored, an id seen from now on expires
+            // `store.seen_ttl_secs` from now at the earliest.
+            let ttl_ms = node.inner.config.store.seen_ttl_secs.saturating_mul(1000);
+            let next = store
+                .next_seen_expiry()?
+                .unwrap_or_else(|| now.saturating_add(ttl_ms));
+            node.inner
+                .timers
+                .prune_at
+                .store(next.max(now.saturating_add(1000)), Ordering::Relaxed);
+        }
+        if due.changed {
+            // Revocations and rotations another process added (`crabnet trust
+            // import`, `revoke`, `rotate`), events it recorded.
+            node.inner.trust.refresh(&store)?;
+            node.pump_events(&store);
+        }
+        drop(store);
+        if due.changed || due.rotation {
+            node.follow_own_rotation()?;
+        }
+        Ok(())
     }
 
     /// Appends new events to the NDJSON log. Several processes may share a data directory: a
@@ -189,5 +201,27 @@ impl Node {
                 Err(e) => tracing::error!("event log task failed: {e}"),
             }
         }
+    }
+}
+
+/// Which housekeeping duties are due (see [`Node::housekeeping`]).
+pub(super) struct Duties {
+    changed: bool,
+    decide: bool,
+    prune: bool,
+    retention: bool,
+    rotation: bool,
+    rejections: bool,
+}
+
+impl Duties {
+    /// Whether any store work is due.
+    pub(super) fn any(&self) -> bool {
+        self.changed
+            || self.decide
+            || self.prune
+            || self.rejections
+            || self.retention
+            || self.rotation
     }
 }

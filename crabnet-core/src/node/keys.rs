@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use super::receive::Via;
 use super::{Node, lock};
-use crate::clock::now_ms;
 use crate::config::Config;
 use crate::envelope::{self, Kind};
 use crate::error::{Error, ErrorKind, Result};
@@ -171,7 +170,7 @@ impl Node {
         let next = current.next()?;
         let mut randomness = [0u8; 32];
         envelope::os_rng(&mut randomness);
-        let now = now_ms();
+        let now = self.now_ms();
         let statement = Rotation::sign(&current, next.public(), now, randomness)?;
         // The old keys, kept for the grace period; the next keys, pending until the statement
         // is stored (storing it is what commits the rotation).

@@ -8,7 +8,6 @@ use tokio::sync::watch;
 
 use super::batch::{self, BATCH_BYTES, BATCH_FRAMES};
 use super::{JOIN_HELLO_DELAYS, Node, OUTBOX_BATCH, lock};
-use crate::clock::now_ms;
 use crate::envelope::{self, Kind};
 use crate::error::Result;
 use crate::ingress;
@@ -103,7 +102,7 @@ impl Node {
                             let name = transport.name().to_owned();
                             let _ = tokio::task::spawn_blocking(move || {
                                 node.with_store(|s| {
-                                    s.record_event(now_ms(), EventKind::TransportStatus { transport: name, detail })
+                                    s.record_event(node.now_ms(), EventKind::TransportStatus { transport: name, detail })
                                 })
                             })
                             .await;
@@ -211,7 +210,7 @@ impl Node {
     async fn drain_outbox(&self, transport: &mut dyn Transport, hello: &mut Option<HelloCache>) {
         let node = self.clone();
         let due = tokio::task::spawn_blocking(move || {
-            lock(&node.inner.store).outbox_due(now_ms(), OUTBOX_BATCH)
+            lock(&node.inner.store).outbox_due(node.now_ms(), OUTBOX_BATCH)
         })
         .await;
         let items = match due {
@@ -238,7 +237,7 @@ impl Node {
         let net = self.inner.config.network.clone();
         let _ = tokio::task::spawn_blocking(move || {
             node.with_store(|s| {
-                let now = now_ms();
+                let now = node.now_ms();
                 for (item, sent) in results {
                     match sent {
                         Ok(()) => s.outbox_sent(item.seq, now)?,
@@ -350,7 +349,7 @@ impl Node {
         Ok(())
     }
 
-    fn hello_frame(&self, addresses: &[String]) -> Result<Vec<u8>> {
+    pub(super) fn hello_frame(&self, addresses: &[String]) -> Result<Vec<u8>> {
         let identity = &self.keys();
         let hello = envelope::Hello {
             name: self.inner.config.name.clone(),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{Node, Overview, PeerInfo, PublishRequest, lock};
-use crate::clock::{now_ms, random_bytes};
+use crate::clock::random_bytes;
 use crate::envelope::{self, EnvelopeError};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::PublicIdentity;
@@ -23,7 +23,7 @@ impl Node {
         seed_id: &SeedId,
         build: impl FnOnce(Option<&SeedView>) -> Result<Body>,
     ) -> Result<SeedView> {
-        self.commit_local_at(seed_id, now_ms(), build)
+        self.commit_local_at(seed_id, self.now_ms(), build)
     }
 
     pub(super) fn commit_local_at(
@@ -87,7 +87,7 @@ impl Node {
     /// Publishes a seed; returns its state.
     pub async fn publish(&self, req: PublishRequest) -> Result<SeedView> {
         self.blocking(move |n| {
-            let now = now_ms();
+            let now = n.now_ms();
             let seed = Seed {
                 id: SeedId::from_bytes(random_bytes()),
                 publisher: n.inner.id.clone(),
@@ -123,7 +123,7 @@ impl Node {
             let runner_cfg = &n.inner.config.runner;
             let view = n.commit_local(&seed_id, |v| {
                 let v = known(v, &seed_id)?;
-                state::check_local_bid(v, &me, now_ms())?;
+                state::check_local_bid(v, &me, n.now_ms())?;
                 // Never offer to run what this node's sandbox policy cannot serve.
                 runner_cfg
                     .check_can_serve(&v.seed)
@@ -149,7 +149,7 @@ impl Node {
             let me = n.inner.id.clone();
             n.commit_local(&seed_id, |v| {
                 let v = known(v, &seed_id)?;
-                let bid_id = state::check_local_claim(v, &me, now_ms())?;
+                let bid_id = state::check_local_claim(v, &me, n.now_ms())?;
                 Ok(Body::SeedClaimed(Claim {
                     seed_id: seed_id.clone(),
                     claimer: me.clone(),
@@ -183,7 +183,7 @@ impl Node {
             let me = n.inner.id.clone();
             n.commit_local(&seed_id, |v| {
                 let v = known(v, &seed_id)?;
-                state::check_local_reassign(v, &me, now_ms())?;
+                state::check_local_reassign(v, &me, n.now_ms())?;
                 let next = v.reassignment().ok_or_else(|| {
                     Error::internal(format!("seed {seed_id} has no award to reassign"))
                 })?;
@@ -367,7 +367,7 @@ impl Node {
     /// whether it was new.
     pub async fn import_revocation(&self, bytes: Vec<u8>) -> Result<bool> {
         self.blocking(move |n| {
-            let added = n.with_store(|s| n.inner.trust.add_revocation(&bytes, s, now_ms()))?;
+            let added = n.with_store(|s| n.inner.trust.add_revocation(&bytes, s, n.now_ms()))?;
             Ok(added?)
         })
         .await
@@ -379,8 +379,8 @@ impl Node {
         self.blocking(move |n| {
             let mut randomness = [0u8; 32];
             envelope::os_rng(&mut randomness);
-            let r = trust::Revocation::by_node(&n.keys(), from, now_ms(), randomness)?;
-            n.with_store(|s| n.inner.trust.add_revocation(r.to_bytes(), s, now_ms()))??;
+            let r = trust::Revocation::by_node(&n.keys(), from, n.now_ms(), randomness)?;
+            n.with_store(|s| n.inner.trust.add_revocation(r.to_bytes(), s, n.now_ms()))??;
             Ok(r)
         })
         .await

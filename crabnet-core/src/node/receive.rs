@@ -2,7 +2,7 @@
 //! checked, cheap checks before costly ones, then applied or refused with a reason.
 
 use super::{Node, lock};
-use crate::clock::{now_ms, random_bytes};
+use crate::clock::random_bytes;
 use crate::envelope::{self, EnvelopeError, Header, Kind};
 use crate::error::{Error, Result};
 use crate::identity::PublicIdentity;
@@ -28,9 +28,9 @@ impl Node {
     }
 
     /// Counts `rejection` and records its event as [`Node::reject`] does.
-    fn record_rejection(&self, rejection: ingress::Rejection) -> Result<Acceptance> {
+    pub(super) fn record_rejection(&self, rejection: ingress::Rejection) -> Result<Acceptance> {
         let reason = rejection.reason;
-        let now = now_ms();
+        let now = self.now_ms();
         if let Some(event) = self.inner.rejections.note(rejection, now) {
             self.with_store(|s| s.record_event(now, event))?;
         }
@@ -41,7 +41,7 @@ impl Node {
     /// reason in a window) is the only write.
     pub(super) async fn refuse(&self, rejection: ingress::Rejection) -> Handled {
         let acceptance = verdict(rejection.reason);
-        let now = now_ms();
+        let now = self.now_ms();
         if let Some(event) = self.inner.rejections.note(rejection, now) {
             let node = self.clone();
             let written = tokio::task::spawn_blocking(move || {
@@ -60,7 +60,7 @@ impl Node {
 
     /// Writes the rejection counters and window summaries held in memory (housekeeping).
     pub(super) fn flush_rejections(&self) -> Result<()> {
-        let now = now_ms();
+        let now = self.now_ms();
         let (expired, acks) = self.inner.held.expire(now, &self.inner.rejections);
         for (ack, reason) in acks {
             let _ = ack.send(Handled {
@@ -118,7 +118,7 @@ impl Node {
         ack: &mut Option<Ack>,
     ) -> Result<Acceptance> {
         let from = source.from.as_str();
-        let now = now_ms();
+        let now = self.now_ms();
         let parsed = match envelope::parse(bytes, max) {
             Ok(p) => p,
             Err(e) => {
@@ -490,7 +490,7 @@ impl Node {
             sealed: false,
             sender: self.inner.id.clone(),
             message_id: MessageId::from_bytes(random_bytes()),
-            timestamp: now_ms(),
+            timestamp: self.now_ms(),
             ttl_secs,
             lamport: 0,
         };

@@ -16,7 +16,6 @@ use tokio::sync::watch;
 
 use super::operations::{known, refusal};
 use super::{Node, lock};
-use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Body, OutputHash, SandboxInfo, SeedId, TaskResult};
 use crate::monitor::EventKind;
@@ -124,11 +123,11 @@ impl Node {
                     .runner
                     .check_can_serve(&view.seed)
                     .map_err(|e| refusal(&id, e))?;
-                let started_at = now_ms();
+                let started_at = n.now_ms();
                 n.with_store(|s| {
                     s.begin_run(&id, std::process::id(), started_at)?;
                     s.record_event(
-                        now_ms(),
+                        n.now_ms(),
                         EventKind::TaskStarted {
                             seed_id: id.clone(),
                             command: view.seed.command.clone(),
@@ -171,6 +170,7 @@ impl Node {
         )
         .await;
         let active = begun.done();
+        let outcome = outcome.map(|o| self.on_node_clock(o, started_at));
         let node = self.clone();
         let id = seed.id.clone();
         // Not `blocking`: a stop in progress waits for this very record.
@@ -179,6 +179,17 @@ impl Node {
             .map_err(|e| Error::internal(format!("node task failed: {e}")));
         drop(active);
         recorded?
+    }
+
+    /// The run's times on this node's clock: the runner reads the system clock, so under
+    /// another clock ([`Node::start_with_clock`]) the run starts when the node began it and
+    /// lasts what the runner measured.
+    fn on_node_clock(&self, mut outcome: RunOutcome, started_at: u64) -> RunOutcome {
+        if self.inner.clock.is_some() {
+            outcome.started_at_ms = started_at;
+            outcome.finished_at_ms = started_at.saturating_add(outcome.duration_ms);
+        }
+        outcome
     }
 
     /// Records how a run ended (its result, or its error) and clears its marker.
@@ -267,7 +278,7 @@ impl Node {
                 "a run of this seed ended without a result (its process is gone); recorded as \
                  interrupted, not run again"
             );
-            let now = now_ms().max(started_at);
+            let now = self.now_ms().max(started_at);
             let result = TaskResult {
                 seed_id: seed_id.clone(),
                 runner: self.inner.id.clone(),

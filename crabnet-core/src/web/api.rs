@@ -29,7 +29,6 @@ use super::assets;
 use super::http::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::metrics::{self, Metrics, Query, REJECT_REASONS, StreamGuard};
 use crate::alerts::ActiveAlert;
-use crate::clock::now_ms;
 use crate::error::ErrorKind;
 use crate::model::{Millis, NodeId, SandboxLevel, SeedId, SeedStatus};
 use crate::monitor::{Event, EventKind, Subscription};
@@ -428,7 +427,7 @@ fn active_window_ms(node: &Node) -> u64 {
 
 /// The peers as the monitor shows them, active or not as of now.
 fn peer_views(node: &Node, peers: Vec<PeerInfo>) -> Vec<PeerView> {
-    let now = now_ms();
+    let now = node.now_ms();
     let window = active_window_ms(node);
     peers
         .into_iter()
@@ -733,7 +732,7 @@ async fn next_event(mut t: Tail) -> Option<(Result<sse::Event, Infallible>, Tail
                     t.cursor = Some(pruned);
                     let missed = Event {
                         seq: pruned,
-                        at: now_ms(),
+                        at: t.node.now_ms(),
                         kind: EventKind::EventsDropped {
                             count: pruned - cursor,
                         },
