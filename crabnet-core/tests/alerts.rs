@@ -378,7 +378,13 @@ async fn a_node_cut_off_from_its_peers_fires_outbox_backlog_until_its_outbox_dra
     // Back on the network: the retries go out and the alert resolves.
     cut.store(false, std::sync::atomic::Ordering::SeqCst);
     wait_resolved(&mut events, AlertName::OutboxBacklog).await;
-    assert_eq!(node.overview().await.unwrap().outbox_pending, 0);
+    let node = &node;
+    forge::poll(
+        Duration::from_secs(20),
+        || "the outbox never drained".into(),
+        || async move { (node.overview().await.unwrap().outbox_pending == 0).then_some(()) },
+    )
+    .await;
     node.stop().await.unwrap();
 }
 
