@@ -262,8 +262,9 @@ enum crabnet_status crabnet_config_from_toml(const char *toml, struct crabnet_co
 
 /**
  * Parses a configuration from a JSON object with the same keys as the TOML form, e.g.
- * `{"data_dir": "/tmp/n1", "name": "n1", "network": {"tick_ms": 50}}`; every key is
- * optional, unknown keys are errors.
+ * `{"data_dir": DIR, "name": "n1", "network": {"tick_ms": 50}}` where `DIR` is a JSON string
+ * naming the node's own directory (for a test or an example, a private temporary one such as
+ * `mkdtemp` makes); every key is optional, unknown keys are errors.
  *
  * On success `*out_config` receives a new handle, freed with `crabnet_config_free`.
  * Errors: `NULL_ARGUMENT`, `INVALID_UTF8`, `CONFIG` (bad JSON, unknown key, bad value).

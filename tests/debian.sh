@@ -1,5 +1,5 @@
 # Sourced by the test scripts that install what they need from Debian (tests/prometheus/run.sh,
-# tests/web/run.sh). Set SUITE (e.g. "tests/web") first: it prefixes the messages.
+# tests/web/run.sh, tests/c/run.sh). Set SUITE (e.g. "tests/web") first: it prefixes the messages.
 
 # as_root CMD...: runs CMD as root (directly when root, else with sudo); fails when neither.
 as_root() {

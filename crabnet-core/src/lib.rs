@@ -12,7 +12,9 @@
 //! ```no_run
 //! # async fn demo() -> crabnet_core::Result<()> {
 //! use crabnet_core::{Config, Node, PublishRequest};
-//! let node = Node::start(Config::with_data_dir("/tmp/crabnet-doc")).await?;
+//! // A private temporary data directory (a service keeps one of its own).
+//! let dir = tempfile::tempdir()?;
+//! let node = Node::start(Config::with_data_dir(dir.path())).await?;
 //! let seed = node.publish(PublishRequest::new("echo hello")).await?;
 //! println!("published {}", seed.seed.id);
 //! node.stop().await?;

@@ -171,8 +171,8 @@ pub enum EventKind {
         runner: NodeId,
         /// Exit code 0, no timeout and not interrupted.
         success: bool,
-        /// The run was interrupted (its node stopped or crashed; see
-        /// [`crate::model::TaskResult::interrupted`]). Absent when false.
+        /// The run was interrupted: its node stopped or crashed while the task ran (the
+        /// seed's result says so too, in `result.interrupted`). Absent when false.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         interrupted: bool,
         /// Exit code, if any.
@@ -317,7 +317,8 @@ pub enum EventKind {
         /// Why.
         detail: String,
     },
-    /// An alert rule's condition held long enough: the alert fires (see [`crate::alerts`]).
+    /// An alert rule's condition held long enough: the alert fires (see "Alerting" in the
+    /// README).
     AlertFiring {
         /// The rule.
         alert: AlertName,

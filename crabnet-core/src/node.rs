@@ -141,8 +141,8 @@ pub struct PeerInfo {
     pub first_seen: Millis,
     /// Latest hello (Unix ms).
     pub last_seen: Millis,
-    /// What the signed messages this node holds say about the peer as a runner (see
-    /// [`crate::reputation`]); never the peer's own claims.
+    /// What the signed messages this node holds say about the peer as a runner (results it
+    /// reported, agreed with or dissented from, settlements); never the peer's own claims.
     #[serde(default)]
     #[schema(required)]
     pub reputation: crate::reputation::Reputation,

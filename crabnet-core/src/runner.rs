@@ -812,6 +812,63 @@ fn wait_exited_unreaped(pid: libc::pid_t) -> io::Result<()> {
     }
 }
 
+/// The thread that forked the task, waiting until the task's main process exits (Unix).
+#[cfg(unix)]
+type Watch = tokio::task::JoinHandle<io::Result<()>>;
+/// Nothing: the child is polled (other platforms).
+#[cfg(not(unix))]
+type Watch = ();
+
+/// Spawns `cmd` from a blocking-pool thread that then waits, without reaping, until the
+/// task's main process exits (the returned [`Watch`]).
+///
+/// The kernel sends a child its parent-death signal when the *thread* that forked it ends,
+/// not the process. The sandbox arms that signal in the task's main process, so that the
+/// task dies with its node (even one killed with `SIGKILL`); forking from a thread that lives
+/// exactly as long as the task keeps the signal from firing while the node runs.
+#[cfg(unix)]
+async fn spawn_watched(cmd: Command) -> (io::Result<Child>, Watch) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let watch = tokio::task::spawn_blocking(move || {
+        let mut cmd = cmd;
+        let spawned = cmd.spawn();
+        drop(cmd);
+        let pid = match &spawned {
+            Ok(child) => child.id(),
+            Err(_) => {
+                let _ = tx.send(spawned);
+                return Ok(());
+            }
+        };
+        let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("invalid process id"));
+        if let Err(Ok(mut child)) = tx.send(spawned) {
+            // The run was cancelled while the task started: end it here.
+            if let Ok(pid) = pid {
+                // SAFETY: plain syscall; the unreaped child still pins its group id.
+                unsafe { libc::killpg(pid, libc::SIGKILL) };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        wait_exited_unreaped(pid?)
+    });
+    let child = match rx.await {
+        Ok(spawned) => spawned,
+        Err(_) => Err(io::Error::other("the thread that starts the task failed")),
+    };
+    (child, watch)
+}
+
+/// Spawns `cmd` (other platforms: the child is polled, no thread waits for it).
+#[cfg(not(unix))]
+async fn spawn_watched(cmd: Command) -> (io::Result<Child>, Watch) {
+    let mut cmd = cmd;
+    let spawned = cmd.spawn();
+    drop(cmd);
+    (spawned, ())
+}
+
 /// How the wait for the main child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
@@ -829,11 +886,10 @@ enum Ended {
 #[cfg(unix)]
 async fn wait_child(
     guard: &mut ChildGuard,
+    mut exited: Watch,
     timeout: Duration,
     interrupt: impl Future<Output = ()>,
 ) -> Result<(ExitStatus, Ended, Instant), RunnerError> {
-    let pid = guard.pgid;
-    let mut exited = tokio::task::spawn_blocking(move || wait_exited_unreaped(pid));
     let ended = tokio::select! {
         res = &mut exited => {
             res.map_err(join_error)?.map_err(RunnerError::Io)?;
@@ -867,6 +923,7 @@ async fn wait_child(
 #[cfg(not(unix))]
 async fn wait_child(
     guard: &mut ChildGuard,
+    _exited: Watch,
     timeout: Duration,
     interrupt: impl Future<Output = ()>,
 ) -> Result<(ExitStatus, Ended, Instant), RunnerError> {
@@ -1117,15 +1174,12 @@ async fn execute(
 
     let started_at_ms = unix_now_ms();
     let start = Instant::now();
-    let child = {
-        let mut cmd = build_command(req, cfg, &mut isolation);
-        cmd.stdout(writer).stderr(writer_err);
-        // `cmd` (holding the parent's copies of the write ends) is dropped at
-        // the end of this block, so EOF arrives once the task's processes exit.
-        let spawned = cmd.spawn();
-        drop(cmd);
-        spawned.map_err(|e| isolation.spawn_error(e))?
-    };
+    let mut cmd = build_command(req, cfg, &mut isolation);
+    cmd.stdout(writer).stderr(writer_err);
+    // `cmd` holds the parent's copies of the write ends; it is dropped right
+    // after the spawn, so EOF arrives once the task's processes exit.
+    let (child, exited) = spawn_watched(cmd).await;
+    let child = child.map_err(|e| isolation.spawn_error(e))?;
 
     let cancel = Arc::new(AtomicBool::new(false));
     let mut guard = ChildGuard {
@@ -1156,7 +1210,7 @@ async fn execute(
         tokio::task::spawn_blocking(move || pump_output(r, &capture, &cancel, cap, false))
     });
 
-    let (status, ended, exited_at) = wait_child(&mut guard, req.timeout, interrupt).await?;
+    let (status, ended, exited_at) = wait_child(&mut guard, exited, req.timeout, interrupt).await?;
     let duration_ms =
         u64::try_from(exited_at.duration_since(start).as_millis()).unwrap_or(u64::MAX);
 

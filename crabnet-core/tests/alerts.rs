@@ -1,5 +1,7 @@
 //! Alerting end to end: a node alone on its network fires `no_peers` and resolves it when a
-//! peer arrives; webhook deliveries reach a receiver on 127.0.0.1 signed, are retried after a
+//! peer arrives; a runner whose tasks fail fires `runner_failures`, a node sent forged frames
+//! on 127.0.0.1 fires `reject_rate` (gossip duplicates do not count), and a node cut off from
+//! its peers fires `outbox_backlog`, each resolved when the condition clears; webhook deliveries reach a receiver on 127.0.0.1 signed, are retried after a
 //! 500, wait in the database across a restart while the receiver does not answer, and over
 //! https reach only a receiver whose certificate the configured CA file vouches for; hostile
 //! receivers (silent, trickling, flooding) neither stall nor flood the node.
@@ -15,8 +17,9 @@ use std::time::{Duration, Instant};
 use crabnet_core::alerts::webhook::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crabnet_core::alerts::{AlertName, WebhookConfig};
 use crabnet_core::clock::now_ms;
-use crabnet_core::{Config, Event, EventKind, MemoryHub, Node};
-use support::forge::config;
+use crabnet_core::network::{Incoming, MemoryTransport, Transport, UdpConfig, UdpTransport};
+use crabnet_core::{Config, Event, EventKind, MemoryHub, Node, PublishRequest};
+use support::forge::{self, config, wait_counter, wait_view};
 
 const SECRET: &str = "a-shared-webhook-secret";
 
@@ -126,6 +129,263 @@ async fn a_node_alone_fires_no_peers_and_resolves_it_when_a_peer_arrives() {
     assert_eq!(logged, ["alert_firing", "alert_resolved"]);
     b.stop().await.unwrap();
     a.stop().await.unwrap();
+}
+
+/// The first `alert_firing` of `alert` (skipping other alerts); returns its value.
+async fn wait_firing(sub: &mut crabnet_core::Subscription, alert: AlertName) -> u64 {
+    wait_event(sub, alert.as_str(), |e| match &e.kind {
+        EventKind::AlertFiring {
+            alert: a, value, ..
+        } if *a == alert => Some(*value),
+        _ => None,
+    })
+    .await
+}
+
+/// The first `alert_resolved` of `alert`.
+async fn wait_resolved(sub: &mut crabnet_core::Subscription, alert: AlertName) {
+    wait_event(sub, alert.as_str(), |e| match &e.kind {
+        EventKind::AlertResolved { alert: a, .. } if *a == alert => Some(()),
+        _ => None,
+    })
+    .await
+}
+
+/// The alerts `node` recorded as firing, by name.
+async fn firing_names(node: &Node) -> Vec<AlertName> {
+    let events = node.events_after(0, 100_000).await.unwrap();
+    events.iter().filter_map(firing).collect()
+}
+
+/// The runner (with `runner`'s alert rules) bids on, claims and runs a seed of `command`
+/// published by `publisher`.
+async fn run_seed(publisher: &Node, runner: &Node, command: &str) {
+    let within = Duration::from_secs(20);
+    let id = publisher
+        .publish(PublishRequest {
+            max_bids: 1,
+            ..PublishRequest::new(command)
+        })
+        .await
+        .unwrap()
+        .seed
+        .id;
+    wait_view(runner, &id, within, "arrive", |_| true).await;
+    runner.bid(&id, 5).await.unwrap();
+    let me = runner.id().clone();
+    wait_view(runner, &id, within, "awarded to the runner", |v| {
+        v.award
+            .as_ref()
+            .is_some_and(|a| a.winner_node.as_ref() == Some(&me))
+    })
+    .await;
+    runner.claim(&id).await.unwrap();
+    runner.run(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_tasks_fire_runner_failures_and_it_resolves_when_the_window_has_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let publisher = Node::start_with_transport(
+        alerting(dir.path(), "publisher"),
+        Box::new(hub.join("publisher")),
+    )
+    .await
+    .unwrap();
+    let mut c = alerting(dir.path(), "runner");
+    c.runner.work_root = Some(dir.path().join("work"));
+    c.alerts.runner_failure_percent = 50;
+    c.alerts.runner_min_runs = 2;
+    c.alerts.rate_window_secs = 5;
+    let runner = Node::start_with_transport(c, Box::new(hub.join("runner")))
+        .await
+        .unwrap();
+    let mut events = runner.subscribe();
+    runner
+        .wait_for_peers(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    publisher
+        .wait_for_peers(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    // One failed run is below runner_min_runs, however often the rules look.
+    run_seed(&publisher, &runner, "exit 1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !firing_names(&runner)
+            .await
+            .contains(&AlertName::RunnerFailures),
+        "one run is below runner_min_runs"
+    );
+    run_seed(&publisher, &runner, "exit 1").await;
+    let percent = wait_firing(&mut events, AlertName::RunnerFailures).await;
+    assert_eq!(percent, 100);
+    let active = runner.active_alerts().await.unwrap();
+    assert!(
+        active.iter().any(|a| a.alert == AlertName::RunnerFailures),
+        "{active:?}"
+    );
+    // No more failures: once the 5 s window is past, the rule clears.
+    wait_resolved(&mut events, AlertName::RunnerFailures).await;
+    runner.stop().await.unwrap();
+    publisher.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_frames_fire_reject_rate_but_gossip_duplicates_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = alerting(dir.path(), "n");
+    c.alerts.reject_max = 5;
+    c.alerts.rate_window_secs = 3;
+    let udp = UdpTransport::bind(UdpConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        peers: vec![],
+        broadcast: None,
+    })
+    .unwrap();
+    let addr = udp.local_addr().unwrap();
+    let node = Node::start_with_transport(c, Box::new(udp)).await.unwrap();
+    let mut events = node.subscribe();
+    let wire = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let alice = forge::identity(0x11, 1);
+    let mallory = forge::identity(0x66, 1);
+    wire.send_to(&forge::hello(&alice), addr).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    // Gossip duplicates: one of Alice's messages, 20 times (as when every peer relays it).
+    let m = forge::seed_message(&alice, 1, now_ms());
+    let frame = forge::seal(&alice, &m, 60);
+    for _ in 0..20 {
+        wire.send_to(&frame, addr).unwrap();
+    }
+    wait_counter(&node, "messages.duplicate", 19).await;
+    // Several evaluations see the duplicates; none of them is a rejection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(firing_names(&node).await, []);
+
+    // Forged frames: messages that claim to be Alice's, signed by Mallory.
+    for lamport in 2..12 {
+        let m = forge::seed_message(&alice, lamport, now_ms());
+        let real = forge::seal(&alice, &m, 60);
+        let cut = real.len() - crabnet_core::crypto::DUAL_SIGNATURE_LEN;
+        let sig = mallory
+            .signing()
+            .sign(
+                &real[..cut],
+                crabnet_core::envelope::SIGNATURE_CONTEXT,
+                [1; 32],
+            )
+            .unwrap();
+        let mut forged = real[..cut].to_vec();
+        forged.extend_from_slice(&sig.to_bytes());
+        wire.send_to(&forged, addr).unwrap();
+    }
+    let rejected = wait_firing(&mut events, AlertName::RejectRate).await;
+    assert!(rejected >= 5, "{rejected}");
+    assert_eq!(firing_names(&node).await, [AlertName::RejectRate]);
+    // Nothing forged any more: the rule clears once the 3 s window is past.
+    wait_resolved(&mut events, AlertName::RejectRate).await;
+    node.stop().await.unwrap();
+}
+
+/// A memory transport whose sends fail while `cut` is set (the node is cut off from its
+/// peers).
+struct Severable {
+    inner: MemoryTransport,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Severable {
+    fn check(&self) -> crabnet_core::Result<()> {
+        if self.cut.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(crabnet_core::Error::new(
+                crabnet_core::ErrorKind::Network,
+                "network unreachable (cut off by the test)",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Transport for Severable {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        self.inner.max_frame_bytes()
+    }
+
+    fn local_addresses(&self) -> Vec<String> {
+        self.inner.local_addresses()
+    }
+
+    fn broadcast(&mut self, frame: &[u8]) -> crabnet_core::Result<()> {
+        self.check()?;
+        self.inner.broadcast(frame)
+    }
+
+    fn send_to(&mut self, to: &str, frame: &[u8]) -> crabnet_core::Result<()> {
+        self.check()?;
+        self.inner.send_to(to, frame)
+    }
+
+    fn source_verified(&self, from: &str) -> bool {
+        self.inner.source_verified(from)
+    }
+
+    fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Incoming>> {
+        self.inner.poll_recv(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_its_peers_fires_outbox_backlog_until_its_outbox_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut c = alerting(dir.path(), "n");
+    c.alerts.outbox_backlog = 3;
+    c.network.retry_base_ms = 50;
+    c.network.retry_max_ms = 100;
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let transport = Severable {
+        inner: hub.join("n"),
+        cut: cut.clone(),
+    };
+    let node = Node::start_with_transport(c, Box::new(transport))
+        .await
+        .unwrap();
+    let mut events = node.subscribe();
+    for i in 0..2 {
+        node.publish(PublishRequest::new(format!("echo {i}")))
+            .await
+            .unwrap();
+    }
+    // Two messages wait: below the threshold, whatever the evaluations since.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(firing_names(&node).await, []);
+    node.publish(PublishRequest::new("echo 2")).await.unwrap();
+    let pending = wait_firing(&mut events, AlertName::OutboxBacklog).await;
+    assert!(pending >= 3, "{pending}");
+    assert!(node.overview().await.unwrap().outbox_pending >= 3);
+
+    // Back on the network: the retries go out and the alert resolves.
+    cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_resolved(&mut events, AlertName::OutboxBacklog).await;
+    let node = &node;
+    forge::poll(
+        Duration::from_secs(20),
+        || "the outbox never drained".into(),
+        || async move { (node.overview().await.unwrap().outbox_pending == 0).then_some(()) },
+    )
+    .await;
+    node.stop().await.unwrap();
 }
 
 /// One request the receiver got.

@@ -1,5 +1,5 @@
-//! The dashboard served from a `BlockingNode`: the same server as `crabnet listen`, on an
-//! ephemeral loopback port.
+//! The dashboard served from a `BlockingNode`: the same server as `crabnet listen` (health,
+//! the dashboard page, the API), on an ephemeral loopback port.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,7 +20,7 @@ fn get(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 #[test]
-fn a_blocking_node_serves_health_on_an_ephemeral_port_until_shut_down() {
+fn a_blocking_node_serves_the_dashboard_on_an_ephemeral_port_until_shut_down() {
     let dir = tempfile::tempdir().unwrap();
     let node = BlockingNode::start(Config::with_data_dir(dir.path().join("n"))).unwrap();
     let mut web = node
@@ -32,9 +32,20 @@ fn a_blocking_node_serves_health_on_an_ephemeral_port_until_shut_down() {
     let addr = web.local_addr();
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
     assert_eq!(web.url(), format!("http://{addr}/"));
+    let id = node.node().id().to_string();
     let health = get(addr, "/health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    assert!(health.contains(&node.node().id().to_string()), "{health}");
+    assert!(health.contains(&id), "{health}");
+    // The dashboard itself, and the API it reads.
+    let page = get(addr, "/");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<title>Crabnet dashboard</title>"), "{page}");
+    let overview = get(addr, "/api/overview");
+    assert!(overview.starts_with("HTTP/1.1 200"), "{overview}");
+    assert!(
+        overview.contains(&format!("\"node_id\":\"{id}\"")),
+        "{overview}"
+    );
 
     node.stop().unwrap();
     let health = get(addr, "/health");

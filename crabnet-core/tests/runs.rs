@@ -1,12 +1,15 @@
 //! Runs and stops: a run in progress when its node stops is awaited for `runner.stop_grace_ms`,
 //! then killed and recorded as interrupted; a run cut short by a crash is recorded as
-//! interrupted at the next start; neither is ever executed again by itself.
+//! interrupted at the next start; neither is ever executed again by itself. A task never
+//! outlives its node: killing `crabnet seed run` (SIGINT, SIGTERM, even SIGKILL) kills the task
+//! too, with the sandbox and without it.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use crabnet_core::model::TaskResult;
+use crabnet_core::sandbox::SandboxPolicy;
 use crabnet_core::store::Store;
 use crabnet_core::{BlockingNode, Config, ErrorKind, EventKind, SeedId, SeedStatus};
 use support::pair::Pair;
@@ -183,4 +186,154 @@ fn a_run_whose_process_died_is_recorded_as_interrupted_at_the_next_start_and_not
             .any(|e| matches!(&e.kind, EventKind::TaskStarted { seed_id, .. } if *seed_id == id))
     );
     node.stop().unwrap();
+}
+
+/// `crabnet seed run ID` on the data directory of `cfg` (whose `config.toml` it reads), its
+/// stdout and stderr going to files in `sb` (see [`logs`]), with the default dispositions of
+/// SIGINT and SIGTERM whatever this test inherited (a shell may ignore SIGINT).
+fn seed_run_command(sb: &support::Sandbox, cfg: &Config, id: &SeedId) -> std::process::Command {
+    std::fs::write(cfg.data_dir.join("config.toml"), cfg.to_toml()).unwrap();
+    let mut cmd = sb.command();
+    cmd.arg("--data-dir")
+        .arg(&cfg.data_dir)
+        .args(["seed", "run", id.as_str()])
+        .stdout(std::fs::File::create(sb.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(sb.path().join("stderr")).unwrap());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// What the last [`seed_run_command`] in `sb` printed.
+fn logs(sb: &support::Sandbox) -> String {
+    let read = |f: &str| std::fs::read_to_string(sb.path().join(f)).unwrap_or_default();
+    format!("stdout:\n{}\nstderr:\n{}", read("stdout"), read("stderr"))
+}
+
+/// The runner's node is `crabnet seed run` (a process of its own, on the runner's data
+/// directory) running a long task; the CLI gets `signal` while the task runs. Whatever the
+/// signal, no process of the task is left once the CLI is gone, and the node records the run as
+/// interrupted (the CLI itself on SIGINT/SIGTERM, the next start after SIGKILL) and never runs
+/// it again.
+fn cli_signalled_during_a_run(signal: libc::c_int, sandbox: SandboxPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.runner.sandbox = sandbox;
+    let pair = pair(dir.path(), cfg.clone());
+    let arg = unique_sleep();
+    let id = claimed(&pair, &format!("echo started; sleep {arg}"));
+    pair.runner.stop().unwrap();
+
+    let sb = support::Sandbox::new("crabnet-runs-cli");
+    let mut cli = seed_run_command(&sb, &cfg, &id).spawn().unwrap();
+    wait_task_process(&arg);
+    // SAFETY: plain syscall on the pid of a child we own and have not reaped.
+    unsafe { libc::kill(cli.id() as libc::pid_t, signal) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = cli.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = cli.kill();
+            let _ = cli.wait();
+            panic!("the CLI did not exit after signal {signal}\n{}", logs(&sb));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if signal == libc::SIGKILL {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{}", logs(&sb));
+        // The task dies with its node: the kernel tells the task's guard at once.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        support::wait_until(
+            "the task's processes are gone",
+            deadline,
+            String::new,
+            || match processes_with_arg(&arg).as_slice() {
+                [] => Ok(()),
+                left => Err(format!("task processes left: {left:?}")),
+            },
+        );
+    } else {
+        // The CLI stopped its node: the task was killed and reaped before it exited, and it
+        // says what became of the run.
+        assert_eq!(processes_with_arg(&arg), Vec::<u32>::new(), "{}", logs(&sb));
+        assert_eq!(status.code(), Some(1), "{}", logs(&sb));
+        let out = logs(&sb);
+        assert!(
+            out.contains(&format!("ran seed {id}: interrupted"))
+                && out.contains("recorded as interrupted"),
+            "{out}"
+        );
+    }
+
+    let node = BlockingNode::start(cfg).unwrap();
+    let view = node.seed(&id).unwrap();
+    assert_eq!(view.status, SeedStatus::Completed, "{}", logs(&sb));
+    let r = view.result.unwrap();
+    assert!(r.interrupted && !r.success, "{r:?}");
+    let err = node.run(&id).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::State, "{err}");
+    assert_eq!(processes_with_arg(&arg), Vec::<u32>::new());
+    node.stop().unwrap();
+}
+
+#[test]
+fn ctrl_c_on_seed_run_kills_the_task_and_records_the_run_as_interrupted() {
+    cli_signalled_during_a_run(libc::SIGINT, SandboxPolicy::default());
+}
+
+#[test]
+fn sigterm_on_seed_run_without_a_sandbox_kills_the_task_and_records_the_run_as_interrupted() {
+    cli_signalled_during_a_run(libc::SIGTERM, SandboxPolicy::None);
+}
+
+#[test]
+fn a_seed_run_killed_with_sigkill_takes_its_sandboxed_task_with_it() {
+    cli_signalled_during_a_run(libc::SIGKILL, SandboxPolicy::default());
+}
+
+#[test]
+fn a_seed_run_killed_with_sigkill_takes_its_unsandboxed_task_with_it() {
+    cli_signalled_during_a_run(libc::SIGKILL, SandboxPolicy::None);
+}
+
+#[test]
+fn crabnet_log_debug_adds_the_runners_debug_records_to_the_clis_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let pair = pair(dir.path(), cfg.clone());
+    let quiet = claimed(&pair, "echo quiet");
+    let loud = claimed(&pair, "echo loud");
+    pair.runner.stop().unwrap();
+    let sb = support::Sandbox::new("crabnet-runs-log");
+
+    // By default the CLI shows warnings only: a successful run prints nothing on stderr.
+    let status = seed_run_command(&sb, &cfg, &quiet).status().unwrap();
+    assert!(status.success(), "{}", logs(&sb));
+    let default = std::fs::read_to_string(sb.path().join("stderr")).unwrap();
+    assert!(!default.contains("DEBUG"), "{}", logs(&sb));
+    assert!(!default.contains("starting task"), "{}", logs(&sb));
+
+    let status = seed_run_command(&sb, &cfg, &loud)
+        .env("CRABNET_LOG", "debug")
+        .status()
+        .unwrap();
+    assert!(status.success(), "{}", logs(&sb));
+    let debug = std::fs::read_to_string(sb.path().join("stderr")).unwrap();
+    assert!(
+        debug
+            .lines()
+            .any(|l| l.contains("DEBUG") && l.contains("starting task")),
+        "{}",
+        logs(&sb)
+    );
 }

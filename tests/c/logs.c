@@ -1,6 +1,7 @@
 /* The log callback: a core warning (a node started with runner.sandbox = "none") reaches the
  * host with its level, target and message, on a Crabnet thread; CRABNET_LOG overrides the
- * callback's level; a replaced or removed callback's user data is never touched again. */
+ * callback's level, and without it the level filters (an ERROR callback gets no warning); a
+ * replaced or removed callback's user data is never touched again. */
 #include "check.h"
 
 #define MAX_LOGS 64
@@ -108,9 +109,30 @@ int main(void) {
     CHECK(b->levels[i] == CRABNET_LOG_LEVEL_WARN);
     unsetenv("CRABNET_LOG");
 
+    /* Without CRABNET_LOG the callback's level decides: a callback that asked for errors gets
+     * no warning, the WARN callback that replaces it gets the next node's. Records reach the
+     * host in order, so a warning let through for the ERROR callback would arrive first. */
+    log_recorder *c = log_recorder_new();
+    OK(crabnet_set_log_callback(CRABNET_LOG_LEVEL_ERROR, record_log, c));
+    log_recorder_free(b);
+    start_unsandboxed(base, "fourth");
+    log_recorder *d = log_recorder_new();
+    OK(crabnet_set_log_callback(CRABNET_LOG_LEVEL_WARN, record_log, d));
+    start_unsandboxed(base, "fifth");
+    wait_sandbox_warning(d);
+    CHECK(c->count == 0);
+    log_recorder_free(c);
+    pthread_mutex_lock(&d->lock);
+    int warnings = 0;
+    for (int k = 0; k < d->count; k++) {
+        if (strstr(d->messages[k], "runner.sandbox = \"none\"") != NULL) warnings++;
+    }
+    CHECK(warnings == 1);
+    pthread_mutex_unlock(&d->lock);
+
     /* Removed: the user data may be freed right away, and nothing is delivered any more. */
     OK(crabnet_set_log_callback(CRABNET_LOG_LEVEL_WARN, NULL, NULL));
-    log_recorder_free(b);
+    log_recorder_free(d);
     start_unsandboxed(base, "third");
     CHECK(crabnet_log_dropped_count() == 0);
 

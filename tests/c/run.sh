@@ -10,11 +10,20 @@
 #     error and any leak, also "possibly lost", fails; the nodes run tasks without the task
 #     sandbox there, see below), and so does the README's C program. Tests that start libp2p
 #     add tests/c/libp2p.supp, two suppressions for the one thread libp2p leaves running.
-# Needs gcc and g++ (CC and CXX override them), pkg-config and nm; valgrind is used when
-# present.
+# Needs gcc and g++ (CC and CXX override them), pkg-config, nm and valgrind; installs
+# Debian's valgrind package when valgrind is missing, and fails, never skips, when it cannot.
 # Honors CARGO_TARGET_DIR; builds the debug library.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+SUITE=tests/c
+. "$root/tests/debian.sh"
+if ! command -v valgrind > /dev/null; then
+    echo "tests/c: installing Debian's valgrind"
+    if ! apt_install --no-install-recommends valgrind || ! command -v valgrind > /dev/null; then
+        echo "tests/c: cannot install valgrind, which the memcheck runs need; install it" >&2
+        exit 1
+    fi
+fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 CC=${CC:-gcc}
 CXX=${CXX:-g++}
@@ -101,30 +110,27 @@ for t in "${tests[@]}"; do
     "$out/$t-asan"
 done
 
-if command -v valgrind > /dev/null; then
-    # Valgrind cannot host the task sandbox: it does not implement the Landlock system calls,
-    # and the sandbox's forked set-up processes (which exit without exec) count as leaking
-    # under it. The nodes run tasks without a sandbox here (runner.sandbox = "none"); the
-    # sanitizer runs above use the full sandbox.
-    export CRABNET_TEST_SANDBOX=none
-    for t in "${tests[@]}"; do
-        step "tests/c/$t.c under valgrind memcheck"
-        "$CC" -std=c99 -D_XOPEN_SOURCE=700 -g "${warn[@]}" -I"$include" -I"$root/tests/c" \
-            "$root/tests/c/$t.c" -L"$lib" -lcrabnet_ffi -Wl,-rpath,"$lib" -o "$out/$t-plain"
-        # Exactly the default memcheck flags, plus (for the test that starts libp2p) the two
-        # suppressions for the futures-timer thread that libp2p leaves running (libp2p.supp).
-        supp=()
-        if grep -q crabnet_node_start_dht "$root/tests/c/$t.c"; then
-            supp=(--suppressions="$root/tests/c/libp2p.supp")
-        fi
-        valgrind -q --error-exitcode=1 --leak-check=full "${supp[@]}" "$out/$t-plain"
-    done
-    step "the README's C program under valgrind memcheck"
-    TMPDIR=$out/tmp valgrind -q --error-exitcode=1 --leak-check=full "$out/readme" \
-        > "$out/readme-valgrind.log"
-    grep -q 'seed_published' "$out/readme-valgrind.log"
-else
-    step "valgrind not installed: skipping the memcheck runs (the sanitizer runs above count)"
-fi
+# Valgrind cannot host the task sandbox: it does not implement the Landlock system calls,
+# and the sandbox's namespace set-up processes (which exit without exec) count as leaking
+# under it. The nodes run tasks without a sandbox here (runner.sandbox = "none": only the
+# task's guard process is forked, and it ends by exec); the sanitizer runs above use the full
+# sandbox.
+export CRABNET_TEST_SANDBOX=none
+for t in "${tests[@]}"; do
+    step "tests/c/$t.c under valgrind memcheck"
+    "$CC" -std=c99 -D_XOPEN_SOURCE=700 -g "${warn[@]}" -I"$include" -I"$root/tests/c" \
+        "$root/tests/c/$t.c" -L"$lib" -lcrabnet_ffi -Wl,-rpath,"$lib" -o "$out/$t-plain"
+    # Exactly the default memcheck flags, plus (for the test that starts libp2p) the two
+    # suppressions for the futures-timer thread that libp2p leaves running (libp2p.supp).
+    supp=()
+    if grep -q crabnet_node_start_dht "$root/tests/c/$t.c"; then
+        supp=(--suppressions="$root/tests/c/libp2p.supp")
+    fi
+    valgrind -q --error-exitcode=1 --leak-check=full "${supp[@]}" "$out/$t-plain"
+done
+step "the README's C program under valgrind memcheck"
+TMPDIR=$out/tmp valgrind -q --error-exitcode=1 --leak-check=full "$out/readme" \
+    > "$out/readme-valgrind.log"
+grep -q 'seed_published' "$out/readme-valgrind.log"
 
 step "C ABI suite passed"

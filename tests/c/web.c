@@ -1,5 +1,6 @@
 /* The dashboard served from C: crabnet_node_serve_web on an ephemeral loopback port answers
- * GET /health with the node's id; crabnet_web_free stops it. */
+ * GET /health with the node's id, serves the dashboard page and its API (/api/overview);
+ * crabnet_web_free stops it. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -57,6 +58,15 @@ int main(void) {
     CHECK(strncmp(response, "HTTP/1.1 200", 12) == 0);
     CHECK(strstr(response, "\"status\":\"ok\"") != NULL);
     CHECK(strstr(response, id) != NULL);
+    /* The dashboard page, and the API it reads. */
+    http_get(port, "/", response, sizeof response);
+    CHECK(strncmp(response, "HTTP/1.1 200", 12) == 0);
+    CHECK(strstr(response, "<title>Crabnet dashboard</title>") != NULL);
+    http_get(port, "/api/overview", response, sizeof response);
+    CHECK(strncmp(response, "HTTP/1.1 200", 12) == 0);
+    char node_field[128];
+    snprintf(node_field, sizeof node_field, "\"node_id\":\"%s\"", id);
+    CHECK(strstr(response, node_field) != NULL);
 
     /* After a stop the server still answers, and says the node is unavailable. */
     OK(crabnet_node_stop(node));

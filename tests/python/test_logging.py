@@ -8,7 +8,7 @@ import time
 from typing import Callable, Iterator
 
 import pytest
-from helpers import MakeNode
+from helpers import MakeNode, claimed, make_pair
 
 import crabnet
 
@@ -68,3 +68,32 @@ def test_forwarding_stops_and_restarts(
     crabnet.forward_logs()
     make_node("again", {"runner": {"sandbox": "none"}}, hub=crabnet.MemoryHub())
     wait_record(caplog, lambda r: r.name == "crabnet.core.node")
+
+
+def test_crabnet_log_debug_reaches_logging_and_the_default_does_not(
+    forwarding: None,
+    make_node: MakeNode,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="crabnet")
+    publisher, runner = make_pair(make_node)
+
+    def debug_records() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.levelno == logging.DEBUG]
+
+    # The default filter (warnings): a run's debug records stay in the core. Records arrive in
+    # order, so once a later warning is here an earlier debug record would be too.
+    runner.run(claimed(publisher, runner, "true"))
+    make_node("marker", {"runner": {"sandbox": "none"}}, hub=crabnet.MemoryHub())
+    wait_record(caplog, lambda r: 'runner.sandbox = "none"' in r.getMessage())
+    assert debug_records() == []
+
+    # CRABNET_LOG=crabnet_core=debug: the next run's debug records reach `logging`.
+    monkeypatch.setenv("CRABNET_LOG", "crabnet_core=debug")
+    crabnet.forward_logs()
+    runner.run(claimed(publisher, runner, "true"))
+    record = wait_record(
+        caplog, lambda r: r.levelno == logging.DEBUG and r.name == "crabnet.core.runner"
+    )
+    assert "task" in record.getMessage()

@@ -21,13 +21,20 @@ def get(url: str) -> "tuple[int, dict[str, object]]":
         return e.code, json.loads(e.read())
 
 
-def test_a_node_serves_health_on_an_ephemeral_loopback_port(make_node: MakeNode) -> None:
+def test_a_node_serves_the_dashboard_on_an_ephemeral_loopback_port(make_node: MakeNode) -> None:
     node = make_node("web")
     with node.serve_web() as web:
         assert web.url.startswith("http://127.0.0.1:") and not web.url.endswith(":0/")
         status, health = get(web.url + "health")
         assert status == 200
         assert health["status"] == "ok" and health["node_id"] == node.node_id
+        # The dashboard page, and the API it reads.
+        with urllib.request.urlopen(web.url, timeout=10) as response:
+            assert response.status == 200
+            assert "<title>Crabnet dashboard</title>" in response.read().decode()
+        status, overview = get(web.url + "api/overview")
+        assert status == 200
+        assert overview["node"]["node_id"] == node.node_id  # type: ignore[index]
         node.stop()
         status, health = get(web.url + "health")
         assert status == 503

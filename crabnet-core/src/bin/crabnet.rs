@@ -464,13 +464,38 @@ fn parse_id(text: &str) -> Result<SeedId, Error> {
     SeedId::parse(text)
 }
 
+/// Starts the node on the data directory, runs `f` and stops the node.
+///
+/// SIGINT (Ctrl-C) or SIGTERM stops the node while `f` runs: its operation ends the way a stop
+/// ends it (a task in progress gets `runner.stop_grace_ms`, then is killed and its result is
+/// recorded as interrupted), and `f`'s result is returned. A second signal exits at once
+/// (the task still dies with the process, and the next start records the run as interrupted).
 async fn with_node<T>(
     config: Config,
     f: impl AsyncFnOnce(&Node) -> Result<T, Error>,
 ) -> Result<T, Error> {
+    // Installed before the node starts, so that no signal kills the process with the node up.
+    let mut interrupts = Interrupts::install()?;
     let node = Node::start(config).await?;
-    let out = f(&node).await;
-    let stopped = node.stop().await;
+    let mut work = std::pin::pin!(f(&node));
+    let (out, stopped) = tokio::select! {
+        out = &mut work => (out, node.stop().await),
+        signal = interrupts.next() => {
+            tracing::warn!("{}: stopping the node", signal.name);
+            tokio::join!(work, async {
+                tokio::select! {
+                    stopped = node.stop() => stopped,
+                    again = interrupts.next() => {
+                        eprintln!(
+                            "error: {} again: exiting without waiting for the node to stop",
+                            again.name
+                        );
+                        std::process::exit(again.exit_code);
+                    }
+                }
+            })
+        }
+    };
     let out = out?;
     stopped?;
     Ok(out)
@@ -919,12 +944,19 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
         SeedCommand::Run { id } => {
             let id = parse_id(&id)?;
             let v = with_node(config, async |n| n.run(&id).await).await?;
-            if json {
+            let interrupted = v.result.as_ref().is_some_and(|r| r.interrupted);
+            if json && !interrupted {
                 print_json(&v);
-            } else if let Some(r) = &v.result {
+            } else if let Some(r) = v.result.as_ref().filter(|_| !json) {
+                let outcome = if r.interrupted {
+                    "interrupted"
+                } else if r.success {
+                    "success"
+                } else {
+                    "failure"
+                };
                 println!(
-                    "ran seed {id}: {} (exit {}), {} ms, {} bytes of output, sha256 {}",
-                    if r.success { "success" } else { "failure" },
+                    "ran seed {id}: {outcome} (exit {}), {} ms, {} bytes of output, sha256 {}",
                     r.exit_code.map_or_else(|| "none".into(), |c| c.to_string()),
                     r.duration_ms,
                     r.output_bytes,
@@ -934,6 +966,16 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
                 if r.output_truncated {
                     println!("[output truncated]");
                 }
+            }
+            if interrupted {
+                return Err(Error::new(
+                    ErrorKind::Stopped,
+                    format!(
+                        "the node stopped before the task of seed {id} ended: the task was \
+                         killed and its result is recorded as interrupted (the seed will not \
+                         run again)"
+                    ),
+                ));
             }
         }
         SeedCommand::Settle { id, reject, note } => {
@@ -1171,13 +1213,15 @@ async fn events(config: Config, args: EventsArgs, json: bool) -> Result<(), Erro
             return Ok(());
         }
         // Follow the durable log, so events written by other processes on this data directory
-        // (a running `crabnet listen`, other commands) show up too.
+        // (a running `crabnet listen`, other commands) show up too, until Ctrl-C (or SIGTERM)
+        // stops the node.
         loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-            for e in n.events_after(after, 1000).await? {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let events = match n.events_after(after, 1000).await {
+                Err(e) if e.kind() == ErrorKind::Stopped => return Ok(()),
+                other => other?,
+            };
+            for e in events {
                 print_event(&e, json);
                 after = e.seq;
             }
@@ -1275,7 +1319,7 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
             .unwrap_or_else(|| args.bind.to_string()),
     };
     let http = web.as_ref().map(|w| w.local_addr().to_string());
-    let mut ctrl_c = interrupt_handler();
+    let mut interrupts = Interrupts::install()?;
     if json {
         print_json(&serde_json::json!({
             "node_id": node.id(), "transport": transport, "bind": local, "http": http,
@@ -1296,7 +1340,7 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
     }
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => break,
+            _ = interrupts.next() => break,
             e = sub.recv() => match e {
                 Some(e) => print_event(&e, json),
                 None => break,
@@ -1309,8 +1353,6 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
     node.stop().await
 }
 
-/// A Ctrl-C future whose signal handler is installed now, so that a SIGINT sent as soon as the
-/// banner is printed stops the process gracefully instead of killing it.
 /// `crabnet bench`: runs [`crabnet_core::perf::run`] with peers started from this executable.
 async fn bench(args: &BenchArgs, json: bool) -> Result<(), Error> {
     let program = std::env::current_exe()?;
@@ -1332,9 +1374,10 @@ async fn bench(args: &BenchArgs, json: bool) -> Result<(), Error> {
         );
     }
     // Dropping the run (Ctrl-C) kills its peer processes and removes its temp directories.
+    let mut interrupts = Interrupts::install()?;
     let r = tokio::select! {
         r = perf::run(&opts) => r?,
-        _ = interrupt_handler() => {
+        _ = interrupts.next() => {
             return Err(Error::new(ErrorKind::Stopped, "interrupted"));
         }
     };
@@ -1363,13 +1406,64 @@ async fn bench(args: &BenchArgs, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-fn interrupt_handler() -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>>>>
-{
-    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
-    // The first poll registers the handler.
-    match futures::FutureExt::now_or_never(ctrl_c.as_mut()) {
-        None => ctrl_c,
-        Some(done) => Box::pin(std::future::ready(done)),
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment [`Interrupts::install`] returns, so that
+/// a signal sent as soon as a banner is printed stops the process gracefully instead of
+/// killing it (whatever dispositions the process inherited).
+struct Interrupts {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(not(unix))]
+    ctrl_c: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>>>>,
+}
+
+/// One signal [`Interrupts`] caught.
+struct Interrupt {
+    name: &'static str,
+    /// The exit status of a process that exits because of it (128 + its number).
+    exit_code: i32,
+}
+
+impl Interrupts {
+    fn install() -> std::io::Result<Interrupts> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Interrupts {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+            // The first poll registers the handler.
+            if let Some(Err(e)) = futures::FutureExt::now_or_never(ctrl_c.as_mut()) {
+                return Err(e);
+            }
+            Ok(Interrupts { ctrl_c })
+        }
+    }
+
+    /// The next signal (cancel-safe).
+    async fn next(&mut self) -> Interrupt {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => Interrupt { name: "SIGINT", exit_code: 128 + 2 },
+                _ = self.term.recv() => Interrupt { name: "SIGTERM", exit_code: 128 + 15 },
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = self.ctrl_c.as_mut().await;
+            self.ctrl_c = Box::pin(tokio::signal::ctrl_c());
+            Interrupt {
+                name: "Ctrl-C",
+                exit_code: 130,
+            }
+        }
     }
 }
 
@@ -1475,7 +1569,7 @@ async fn serve_demo_network(
     };
     let web = node.serve_web(config).await?;
     let data_dir = net.base_dir.join(name);
-    let ctrl_c = interrupt_handler();
+    let mut interrupts = Interrupts::install()?;
     if json {
         print_json(&serde_json::json!({
             "seed": seed,
@@ -1495,6 +1589,6 @@ async fn serve_demo_network(
     // Keep stdout flowing for scripts that read it through a pipe.
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    ctrl_c.await?;
+    interrupts.next().await;
     web.shutdown().await
 }

@@ -15,6 +15,15 @@
 //!
 //! A, B and C share the process group that the runner kills on timeout; when B dies the kernel
 //! kills every process left in the namespace, wherever it moved itself.
+//!
+//! Without namespaces (no PID namespace available, or `runner.sandbox = "none"`) the tree is
+//! `node ── A (relays) ── C (the task)`, all in the task's process group.
+//!
+//! Either way A is the task's *guard*: its parent-death signal ([`LIFELINE_SIGNAL`]) arrives
+//! when the node dies, however it dies (`SIGKILL` included), and A then kills the whole process
+//! group with `SIGKILL` (B, whose own parent-death signal is `SIGKILL`, takes the namespace
+//! with it). The runner forks A from a thread that lives as long as A does, since the kernel
+//! sends the signal when the forking *thread* ends.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -191,6 +200,7 @@ fn probe_namespaces(drop_to: Option<(libc::uid_t, libc::gid_t)>) -> Result<(), S
         seccomp: Vec::new(),
         status_w,
         probe: true,
+        lifeline: None,
     };
     let mut cmd = Command::new("/bin/true");
     cmd.env_clear()
@@ -333,6 +343,7 @@ pub(crate) fn prepare(
             seccomp: Vec::new(),
             status_w,
             probe: false,
+            lifeline: None,
         };
         return Ok(Prepared {
             plan,
@@ -402,6 +413,7 @@ pub(crate) fn prepare(
         seccomp,
         status_w,
         probe: false,
+        lifeline: None,
     };
     Ok(Prepared {
         plan,
@@ -423,9 +435,12 @@ impl Prepared {
         &self.task_dir
     }
 
-    /// Makes `cmd` enter the sandbox between fork and exec. Call once.
+    /// Makes `cmd` enter the sandbox between fork and exec, with a guard process that kills
+    /// the task's process group when the node dies (see the module docs). `cmd` must start a
+    /// process group of its own. Call once.
     pub fn install(&mut self, cmd: &mut Command) {
-        if let Some(child) = self.child.take() {
+        if let Some(mut child) = self.child.take() {
+            child.lifeline = libc::pid_t::try_from(std::process::id()).ok();
             child.install(cmd);
         }
     }
@@ -727,6 +742,9 @@ struct Child {
     status_w: OwnedFd,
     /// Exit with status 0 instead of exec'ing (the namespace probe).
     probe: bool,
+    /// The node's process id when the task's process group must die with the node (a task
+    /// started by the runner, in a process group of its own); `None` for the probe.
+    lifeline: Option<libc::pid_t>,
 }
 
 type StepResult = Result<(), (u8, io::Error)>;
@@ -781,6 +799,8 @@ impl Child {
             }
             if let Some(ns) = &self.ns {
                 self.enter_namespaces(ns)?;
+            } else if let Some(node) = self.lifeline {
+                guard_task(node)?;
             }
             check(STEP_CWD, libc::chdir(self.cwd.as_ptr()).into())?;
             if let Some(rlimits) = &self.rlimits {
@@ -851,6 +871,9 @@ impl Child {
             check(STEP_FORK, init.into())?;
             if init > 0 {
                 // A: outside the PID namespace. Keep only the relay; wait; exit like the task.
+                if let Some(node) = self.lifeline {
+                    arm_lifeline(node);
+                }
                 close_all_but(relay_r);
                 let mut status: libc::c_int = 0;
                 let got = read_status(relay_r, &mut status);
@@ -926,6 +949,138 @@ impl Child {
             Ok(())
         }
     }
+}
+
+/// The parent-death signal of the task's guard process (A): it then kills its process group.
+pub(crate) const LIFELINE_SIGNAL: libc::c_int = libc::SIGHUP;
+
+/// Forks the task (C) off a guard process (A) that relays its exit status; returns in C.
+///
+/// # Safety
+/// Only between fork and exec.
+unsafe fn guard_task(node: libc::pid_t) -> StepResult {
+    unsafe {
+        let task = libc::fork();
+        check(STEP_FORK, task.into())?;
+        if task > 0 {
+            arm_lifeline(node);
+            close_all();
+            let mut status: libc::c_int = 0;
+            loop {
+                let pid = libc::waitpid(task, &mut status, 0);
+                if pid == task {
+                    exec_exit_like(status);
+                }
+                if pid < 0 && *libc::__errno_location() != libc::EINTR {
+                    libc::_exit(127);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Makes this guard process kill its process group (the task's) when the node dies: when the
+/// node's forking thread ends the kernel sends [`LIFELINE_SIGNAL`]; a node that died before
+/// this call is noticed by the parent pid having changed.
+///
+/// # Safety
+/// Only in the guard process, between fork and exec.
+unsafe fn arm_lifeline(node: libc::pid_t) {
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = kill_own_group as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(LIFELINE_SIGNAL, &action, std::ptr::null_mut());
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, LIFELINE_SIGNAL);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::prctl(libc::PR_SET_PDEATHSIG, LIFELINE_SIGNAL, 0, 0, 0);
+        if libc::getppid() != node {
+            kill_own_group(LIFELINE_SIGNAL);
+        }
+    }
+}
+
+/// The guard's handler of [`LIFELINE_SIGNAL`]: `SIGKILL` to the process group the guard leads
+/// (the task's; a guard that leads none kills nothing), then exit.
+extern "C" fn kill_own_group(_signal: libc::c_int) {
+    // SAFETY: async-signal-safe system calls only.
+    unsafe {
+        libc::killpg(libc::getpid(), libc::SIGKILL);
+        libc::_exit(128 + libc::SIGKILL);
+    }
+}
+
+/// Ends this process the way `status` says the task ended, by exec'ing `/bin/sh` to exit or
+/// raise the same (falling back to [`exit_like`]). An exec, because memory checkers (valgrind)
+/// report a forked copy of the node that exits without one as leaking everything it inherited.
+///
+/// # Safety
+/// Only in a forked child: no allocation (the script is written into a stack buffer).
+unsafe fn exec_exit_like(status: libc::c_int) -> ! {
+    unsafe {
+        let mut script = [0u8; 32];
+        let (prefix, value): (&[u8], libc::c_int) = if libc::WIFEXITED(status) {
+            (b"exit ", libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            // The signal must act on the shell as it did on the task: its default action,
+            // not blocked (a disposition set to default survives exec, as does the mask).
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            (b"kill -", sig)
+        } else {
+            exit_like(status)
+        };
+        let mut len = prefix.len();
+        script[..len].copy_from_slice(prefix);
+        len += write_decimal(&mut script[len..], value);
+        if libc::WIFSIGNALED(status) {
+            // `kill -N $$`: the shell ends by the signal, as the task did.
+            let tail = b" $$";
+            script[len..len + tail.len()].copy_from_slice(tail);
+            len += tail.len();
+        }
+        script[len] = 0;
+        let argv = [
+            c"/bin/sh".as_ptr(),
+            c"-c".as_ptr(),
+            script.as_ptr().cast(),
+            std::ptr::null(),
+        ];
+        let envp = [std::ptr::null::<libc::c_char>()];
+        libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
+        exit_like(status)
+    }
+}
+
+/// Writes `value` (0 to 999) in decimal at the start of `out`; returns how many bytes.
+fn write_decimal(out: &mut [u8], value: libc::c_int) -> usize {
+    let value = value.clamp(0, 999) as u32;
+    let digits = [value / 100, value / 10 % 10, value % 10];
+    let skip = if value >= 100 {
+        0
+    } else if value >= 10 {
+        1
+    } else {
+        2
+    };
+    let mut n = 0;
+    for d in &digits[skip..] {
+        out[n] = b'0' + *d as u8;
+        n += 1;
+    }
+    n
+}
+
+/// Closes every descriptor.
+unsafe fn close_all() {
+    unsafe { close_range(0, libc::c_uint::MAX) }
 }
 
 /// Writes `data` to a /proc file in one call.
