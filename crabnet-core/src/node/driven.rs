@@ -62,7 +62,7 @@ impl Driven {
             .replies;
         // A new peer is answered with our hello, as the network task does (the driver sends
         // sync queries when it decides to).
-        if !std::mem::take(&mut *lock(&node.inner.hello_answers)).is_empty() {
+        if node.inner.hello_answers.take_any() {
             let addresses = lock(&node.inner.addresses).clone();
             replies.push(node.hello_frame(&addresses)?);
         }

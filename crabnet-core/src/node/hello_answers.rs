@@ -71,6 +71,14 @@ impl HelloAnswers {
     }
 }
 
+impl HelloAnswers {
+    /// Forgets the waiting answers; returns whether there were any (a node driven without a
+    /// network task answers the hello itself).
+    pub(super) fn take_any(&self) -> bool {
+        !std::mem::take(&mut *lock(&self.waiting)).is_empty()
+    }
+}
+
 impl Node {
     /// Asks the network task to answer a new peer's hello of `received` bytes that came live
     /// from `source` announcing `announced`, and to start a sync exchange, when the rate
