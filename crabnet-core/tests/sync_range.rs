@@ -156,8 +156,10 @@ async fn reconciliation_bytes_follow_the_difference_not_the_store() {
     let queries = |a: Node, b: Node| async move {
         counter(&a, "sync.queries_sent").await + counter(&b, "sync.queries_sent").await
     };
-    let before = reconcile_bytes(&a, &b).await;
+    // Queries are read before bytes at the start and after them at the end, so a query sent
+    // between two reads is counted as a round without its bytes, never the other way round.
     let queries_before = queries(a.clone(), b.clone()).await;
+    let before = reconcile_bytes(&a, &b).await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let idle = reconcile_bytes(&a, &b).await - before;
     let rounds = queries(a.clone(), b.clone()).await - queries_before;
