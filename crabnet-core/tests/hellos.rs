@@ -8,20 +8,22 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::forge::{config, counter, identity, plain, seal, seed_message, wait_counter};
+use support::forge::{
+    config, counter, identity, plain, seal, seed_message, udp_node, wait_counter,
+};
 
 use crabnet_core::clock::now_ms;
 use crabnet_core::envelope::{self, Hello, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
-use crabnet_core::network::{Transport, UdpConfig, UdpTransport};
+use crabnet_core::network::Transport;
 use crabnet_core::rotation::Rotation;
 use crabnet_core::trust::Revocation;
-use crabnet_core::{Config, MemoryHub, Node};
+use crabnet_core::{MemoryHub, Node};
 
 /// A hello of `id` announcing `addresses`.
 fn hello_at(id: &Identity, addresses: Vec<String>) -> Vec<u8> {
@@ -95,20 +97,6 @@ fn socket() -> UdpSocket {
 
 fn total(m: &BTreeMap<String, usize>) -> usize {
     m.values().sum()
-}
-
-async fn udp_node(c: Config, peers: Vec<SocketAddr>) -> (Node, SocketAddr) {
-    let udp = UdpTransport::bind(UdpConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        peers,
-        broadcast: None,
-    })
-    .unwrap();
-    let addr = udp.local_addr().unwrap();
-    (
-        Node::start_with_transport(c, Box::new(udp)).await.unwrap(),
-        addr,
-    )
 }
 
 /// 200 self-signed hellos of fresh identities from one UDP socket, each announcing a third

@@ -9,7 +9,7 @@ mod support;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
-use support::forge::{counter, hello, identity, plain, seal, seed_message, wait_counter};
+use support::forge::{counter, hello, identity, plain, seal, seed_message, udp_node, wait_counter};
 
 use crabnet_core::clock::now_ms;
 use crabnet_core::envelope::{self, Kind, MAX_ENVELOPE_BYTES};
@@ -22,21 +22,6 @@ fn config(dir: &std::path::Path, name: &str) -> Config {
     c.network.tick_ms = 20;
     c.events.log_enabled = false;
     c
-}
-
-/// A node on a real UDP socket on 127.0.0.1 with `peers` as its configured peers.
-async fn udp_node(c: Config, peers: Vec<SocketAddr>) -> (Node, SocketAddr) {
-    let udp = UdpTransport::bind(UdpConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        peers,
-        broadcast: None,
-    })
-    .unwrap();
-    let addr = udp.local_addr().unwrap();
-    (
-        Node::start_with_transport(c, Box::new(udp)).await.unwrap(),
-        addr,
-    )
 }
 
 fn socket() -> UdpSocket {

@@ -439,14 +439,7 @@ impl Transport for DhtTransport {
         if let Some(peer) = peer_of(announced)
             && lock(&self.shared.connected).contains(&peer)
         {
-            super::check_frame_size(self, frame)?;
-            return self
-                .commands
-                .send(Command::SendTo {
-                    peer,
-                    frame: frame.to_vec(),
-                })
-                .map_err(|_| net_err("the libp2p task has stopped"));
+            return self.send_to_peer(peer, frame);
         }
         match &mut self.udp {
             Some(udp) if from.starts_with("udp:") => udp.send_to(from, frame),
@@ -472,14 +465,7 @@ impl Transport for DhtTransport {
             let peer: PeerId = peer
                 .parse()
                 .map_err(|_| net_err(format!("cannot send to {to} alone")))?;
-            super::check_frame_size(self, frame)?;
-            return self
-                .commands
-                .send(Command::SendTo {
-                    peer,
-                    frame: frame.to_vec(),
-                })
-                .map_err(|_| net_err("the libp2p task has stopped"));
+            return self.send_to_peer(peer, frame);
         }
         match &mut self.udp {
             Some(udp) if to.starts_with("udp:") => udp.send_to(to, frame),
@@ -516,6 +502,17 @@ impl Transport for DhtTransport {
 }
 
 impl DhtTransport {
+    /// Sends `frame` to one connected libp2p peer alone (request-response).
+    fn send_to_peer(&mut self, peer: PeerId, frame: &[u8]) -> Result<()> {
+        super::check_frame_size(self, frame)?;
+        self.commands
+            .send(Command::SendTo {
+                peer,
+                frame: frame.to_vec(),
+            })
+            .map_err(|_| net_err("the libp2p task has stopped"))
+    }
+
     fn fallback(&mut self, frame: &[u8]) -> Result<()> {
         if self.connected_peers() == 0
             && let Some(udp) = &mut self.udp

@@ -1,7 +1,8 @@
 //! Hand-made identities, hellos and envelopes for the tests that attack a node's trust
 //! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`), and the bounded
 //! waits of in-process tests on a node's seeds and counters ([`poll`], [`wait_view`],
-//! [`wait_counter`]; also `tests/node.rs`, `dht.rs`, `retention.rs`).
+//! [`wait_counter`]; also `tests/node.rs`, `dht.rs`, `retention.rs`), and [`udp_node`], a node
+//! on a real UDP socket on 127.0.0.1 (`limits.rs`, `hellos.rs`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -207,4 +208,19 @@ pub async fn wait_counter(node: &Node, name: &str, at_least: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A node on a real UDP socket on 127.0.0.1 with `peers` as its configured peers.
+pub async fn udp_node(c: Config, peers: Vec<std::net::SocketAddr>) -> (Node, std::net::SocketAddr) {
+    let udp = crabnet_core::network::UdpTransport::bind(crabnet_core::network::UdpConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        peers,
+        broadcast: None,
+    })
+    .unwrap();
+    let addr = udp.local_addr().unwrap();
+    (
+        Node::start_with_transport(c, Box::new(udp)).await.unwrap(),
+        addr,
+    )
 }
