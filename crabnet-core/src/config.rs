@@ -381,6 +381,8 @@ impl Config {
                 "runner.user must not be empty",
             ));
         }
+        r.check_test_only(cfg!(debug_assertions))
+            .map_err(|e| Error::new(ErrorKind::Config, e))?;
 
         let st = &self.store;
         check_range(
@@ -796,6 +798,30 @@ mod tests {
         c.web.max_connections = crate::web::config::MAX_CONNECTIONS;
         c.validate().unwrap();
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    /// The lying runner of the replication tests is refused by release builds, whichever way
+    /// the configuration comes (TOML file, JSON of the C and Python bindings: all go through
+    /// `validate` when a node starts), and is left out of a configuration written back.
+    #[test]
+    fn the_lying_runner_is_for_test_builds_only() {
+        let text = "data_dir = \"/tmp/x\"\n[runner]\nforge_output_hash = true\n";
+        let c: Config = toml::from_str(text).unwrap();
+        assert!(c.runner.forge_output_hash);
+        let refused = c.runner.check_test_only(false).unwrap_err();
+        assert!(refused.contains("runner.forge_output_hash"), "{refused}");
+        assert!(refused.contains("release build"), "{refused}");
+        assert_eq!(c.runner.check_test_only(true), Ok(()));
+        // This build: a test build accepts it, a release build refuses it.
+        assert_eq!(c.validate().is_ok(), cfg!(debug_assertions));
+        assert_eq!(Config::from_toml(text).is_ok(), cfg!(debug_assertions));
+        if !cfg!(debug_assertions) {
+            assert!(c.validate().unwrap_err().to_string().contains("forge_output_hash"));
+        }
+        // Off, it is fine everywhere, and a default configuration does not mention it.
+        let off = Config::with_data_dir("/tmp/x");
+        assert_eq!(off.runner.check_test_only(false), Ok(()));
+        assert!(!off.to_toml().contains("forge_output_hash"));
     }
 
     mod arbitrary {

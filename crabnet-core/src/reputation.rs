@@ -81,7 +81,9 @@ pub struct AwardConfig {
     pub policy: AwardPolicy,
 }
 
-/// What one seed's state says about each runner it involved.
+/// What one seed's state says about each runner it involved. Nothing about its publisher:
+/// every step of a seed its publisher ran itself (rules 1 lets a publisher bid on its own seed)
+/// is signed by that one node, its own claims about itself.
 pub fn contributions(view: &SeedView) -> BTreeMap<NodeId, Reputation> {
     let mut out: BTreeMap<NodeId, Reputation> = BTreeMap::new();
     let settlement = view.settlement.as_ref().map(|s| &s.settlement);
@@ -117,6 +119,7 @@ pub fn contributions(view: &SeedView) -> BTreeMap<NodeId, Reputation> {
             }
         }
     }
+    out.remove(&view.seed.publisher);
     out.retain(|_, r| !r.is_empty());
     out
 }

@@ -142,7 +142,10 @@ pub struct RunnerConfig {
     /// every task it runs instead of the real one: a lying runner, for tests of replicated
     /// seeds (`tests/replication_e2e.rs`). It changes nothing but this node's own signed
     /// results, which other nodes then record as dissent. Not in the README's configuration;
-    /// never set it on a real node.
+    /// never set it on a real node. Only test builds (debug assertions on, as `cargo test`
+    /// and `cargo build` without `--release` make) accept it: a release build refuses to
+    /// start with it set ([`RunnerConfig::check_test_only`]), so no packaged or installed node
+    /// can lie by a configuration mistake.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub forge_output_hash: bool,
 }
@@ -179,6 +182,21 @@ impl RunnerConfig {
     /// the default under the system temp dir.
     pub fn work_root(&self) -> PathBuf {
         self.work_root.clone().unwrap_or_else(default_work_root)
+    }
+
+    /// Refuses [`RunnerConfig::forge_output_hash`] unless `test_build` (the caller passes
+    /// `cfg!(debug_assertions)`).
+    ///
+    /// # Errors
+    /// A message naming the setting when it is on in a build that is not for tests.
+    pub fn check_test_only(&self, test_build: bool) -> Result<(), String> {
+        if self.forge_output_hash && !test_build {
+            return Err("runner.forge_output_hash is a test-only setting (a runner that reports \
+                 forged output hashes); this is a release build, which refuses it: remove it \
+                 from the configuration"
+                .to_owned());
+        }
+        Ok(())
     }
 
     /// What this node can build for its tasks under this configuration.

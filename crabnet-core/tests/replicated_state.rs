@@ -7,8 +7,10 @@ use crabnet_core::model::{
     Bid, BidId, Body, Claim, Deadlines, Escalation, Message, MessageId, NodeId, OutputHash,
     Replication, Seed, SeedId, SeedStatus, SettlementOutcome, TaskResult, rules,
 };
+use crabnet_core::reputation::Reputation;
 use crabnet_core::state::{self, ReplicaStanding, SeedView, Verdict, Violation, fold};
 use proptest::prelude::*;
+use std::collections::BTreeMap;
 
 const T0: u64 = 1_700_000_000_000;
 const PUBLISHER: u8 = 1;
@@ -21,24 +23,54 @@ fn node(n: u8) -> NodeId {
 }
 
 fn seed_id() -> SeedId {
-    SeedId::from_bytes([0xaa; 16])
+    seed_of(0)
 }
 
 fn bid_id(n: u8) -> BidId {
-    BidId::from_bytes([n; 16])
+    bid_of(0, n)
 }
 
-/// Builds messages with increasing ids and Lamport counters (a causal history).
+/// The id of seed `tag` (0: the seed of most tests).
+fn seed_of(tag: u8) -> SeedId {
+    let mut id = [0xaa; 16];
+    id[15] ^= tag;
+    SeedId::from_bytes(id)
+}
+
+/// The id of `bidder`'s bid on seed `tag`.
+fn bid_of(tag: u8, bidder: u8) -> BidId {
+    let mut id = [bidder; 16];
+    id[15] ^= tag;
+    BidId::from_bytes(id)
+}
+
+/// Builds messages with increasing ids and Lamport counters (a causal history) about one
+/// seed; histories with different tags have distinct seed, bid and message ids.
 struct History {
     msgs: Vec<Message>,
     n: u64,
+    tag: u8,
+    publisher: u8,
 }
 
 impl History {
     fn new(replicas: u32, quorum: u32, max_replicas: u32) -> Self {
-        let seed = Seed {
-            id: seed_id(),
-            publisher: node(PUBLISHER),
+        Self::of(0, PUBLISHER, |seed| {
+            seed.replication = Some(Replication {
+                replicas,
+                quorum,
+                max_replicas,
+                hash: OutputHash::Combined,
+            })
+        })
+    }
+
+    /// The history of seed `tag` (0: [`seed_id`]) published by `publisher`: a rules 3 seed
+    /// unless `edit` says otherwise.
+    fn of(tag: u8, publisher: u8, edit: impl FnOnce(&mut Seed)) -> Self {
+        let mut seed = Seed {
+            id: seed_of(tag),
+            publisher: node(publisher),
             command: "echo hi".into(),
             description: String::new(),
             min_price: 1,
@@ -57,23 +89,35 @@ impl History {
                 settle_secs: 60,
             }),
             replication: Some(Replication {
-                replicas,
-                quorum,
-                max_replicas,
+                replicas: 1,
+                quorum: 1,
+                max_replicas: 1,
                 hash: OutputHash::Combined,
             }),
         };
+        edit(&mut seed);
         let mut h = History {
             msgs: Vec::new(),
             n: 0,
+            tag,
+            publisher,
         };
-        h.push(PUBLISHER, T0, Body::SeedCreated(seed));
+        h.push(publisher, T0, Body::SeedCreated(seed));
         h
+    }
+
+    fn seed_id(&self) -> SeedId {
+        seed_of(self.tag)
+    }
+
+    fn bid_id(&self, bidder: u8) -> BidId {
+        bid_of(self.tag, bidder)
     }
 
     fn push(&mut self, sender: u8, at: u64, body: Body) -> Message {
         self.n += 1;
         let mut id = [0u8; 16];
+        id[0] = self.tag;
         id[8..].copy_from_slice(&self.n.to_be_bytes());
         let m = Message {
             id: MessageId::from_bytes(id),
@@ -88,8 +132,8 @@ impl History {
 
     fn bid(&mut self, bidder: u8, price: u64) -> Message {
         let body = Body::BidPlaced(Bid {
-            id: bid_id(bidder),
-            seed_id: seed_id(),
+            id: self.bid_id(bidder),
+            seed_id: self.seed_id(),
             bidder: node(bidder),
             price,
         });
@@ -103,21 +147,21 @@ impl History {
     /// The publisher's node issues what is due at `at`.
     fn decide(&mut self, at: u64) -> Option<Message> {
         let body = self.view().due_decision(at)?;
-        Some(self.push(PUBLISHER, at, body))
+        Some(self.push(self.publisher, at, body))
     }
 
     fn claim(&mut self, runner: u8, at: u64) -> Message {
         let body = Body::SeedClaimed(Claim {
-            seed_id: seed_id(),
+            seed_id: self.seed_id(),
             claimer: node(runner),
-            bid_id: bid_id(runner),
+            bid_id: self.bid_id(runner),
         });
         self.push(runner, at, body)
     }
 
     fn result(&mut self, runner: u8, at: u64, hash: char) -> Message {
         let body = Body::ResultReported(TaskResult {
-            seed_id: seed_id(),
+            seed_id: self.seed_id(),
             runner: node(runner),
             exit_code: Some(0),
             signal: None,
@@ -963,4 +1007,597 @@ fn the_reputation_policy_passes_over_a_cheap_dissenter_and_its_award_holds() {
     // Without history nothing changes.
     let plain = weigh_award(&v, &due, &Default::default(), early).unwrap();
     assert_eq!(plain, due);
+}
+
+/// A reputation with these counts.
+fn rep(agreed: u64, dissented: u64, missed: u64, accepted: u64, rejected: u64) -> Reputation {
+    Reputation {
+        agreed,
+        dissented,
+        missed_deadlines: missed,
+        settlements_accepted: accepted,
+        settlements_rejected: rejected,
+    }
+}
+
+/// Seeds of three publishers, each settled as its publisher's node would: what each says about
+/// its runners is in `reputations_count_only_signed_history_per_publisher`.
+fn publishers_histories() -> Vec<History> {
+    // Publisher 1 (seed 0): 10 and 12 agree and are paid, 11 dissents. Runner 11 also signs a
+    // settlement of that seed paying itself, which is not the publisher's and counts nothing.
+    let mut a = liar_history();
+    let mut own = a.view().settlement_for(true, "paid by myself");
+    own.paid = vec![node(11)];
+    own.amount = 20;
+    let forged = a.push(11, close_at() + 250, Body::SeedSettled(own));
+    assert!(matches!(
+        a.verdict(&forged),
+        Verdict::Rejected {
+            reason: Violation::NotPublisher { .. }
+        }
+    ));
+    // Publisher 2 (seed 2, rules 3, 3 of 4): 12 lets its claim window pass and lapses; 11 and
+    // the escalated 14 agree, 13 dissents; the publisher rejects the result.
+    let mut b = History::of(2, 2, |s| {
+        s.replication = Some(Replication {
+            replicas: 3,
+            quorum: 2,
+            max_replicas: 4,
+            hash: OutputHash::Combined,
+        })
+    });
+    for (i, bidder) in [11, 12, 13, 14].into_iter().enumerate() {
+        b.bid(bidder, 10 * (i as u64 + 1));
+    }
+    b.decide(close_at()).expect("award");
+    b.claim(11, close_at() + 10);
+    b.claim(13, close_at() + 10);
+    b.result(11, close_at() + 100, 'a');
+    b.result(13, close_at() + 100, 'b');
+    let t = close_at() + CLAIM_S * 1000 + state::DECISION_MARGIN_MS;
+    let esc = b.decide(t).expect("escalation");
+    assert!(matches!(&esc.body, Body::SeedEscalated(e) if e.winners == vec![b.bid_id(14)]));
+    b.claim(14, t + 1_000);
+    b.result(14, t + 2_000, 'a');
+    assert_eq!(b.view().status, SeedStatus::Completed);
+    let no = b.view().settlement_for(false, "rejected");
+    b.push(2, t + 3_000, Body::SeedSettled(no));
+    // Publisher 2 (seed 4, rules 2): 10 wins and never claims; the publisher's node
+    // reassigns to 12, which runs it and is paid.
+    let mut d = History::of(4, 2, |s| {
+        s.rules = rules::V2;
+        s.replication = None;
+    });
+    d.bid(10, 10);
+    d.bid(12, 20);
+    d.decide(close_at()).expect("award");
+    let t = close_at() + CLAIM_S * 1000 + state::DECISION_MARGIN_MS;
+    let again = d.decide(t).expect("reassignment");
+    assert!(matches!(again.body, Body::SeedReassigned(_)), "{again:?}");
+    d.claim(12, t + 1_000);
+    d.result(12, t + 2_000, 'a');
+    let ok = d.view().settlement_for(true, "ok");
+    d.push(2, t + 3_000, Body::SeedSettled(ok));
+    // Runner 11 publishes a seed of its own (rules 1, where a publisher may still bid on its
+    // own seed), wins it, runs it and pays itself: all its own claims about itself.
+    let mut c = History::of(3, 11, |s| {
+        s.rules = rules::V1;
+        s.deadlines = None;
+        s.replication = None;
+    });
+    c.bid(11, 10);
+    c.decide(close_at()).expect("award");
+    c.claim(11, close_at() + 10);
+    c.result(11, close_at() + 100, 'a');
+    let mine = c.view().settlement_for(true, "well done, me");
+    c.push(11, close_at() + 200, Body::SeedSettled(mine));
+    for h in [&a, &b, &c, &d] {
+        assert!(matches!(
+            h.view().status,
+            SeedStatus::Settled | SeedStatus::Completed
+        ));
+    }
+    assert_eq!(d.view().status, SeedStatus::Settled);
+    assert_eq!(c.view().status, SeedStatus::Settled);
+    vec![a, b, c, d]
+}
+
+/// `Store::reputations_from` with several publishers: per publisher, the counts its seeds'
+/// signed messages held in the store give (agreement, dissent, missed claim deadlines under
+/// rules 2 and 3, accepted and rejected settlements), nothing from messages not held, and
+/// nothing from a peer's claims about itself (its own seed, a settlement it is not entitled to
+/// sign); the same totals in any delivery order.
+#[test]
+fn reputations_count_only_signed_history_per_publisher() {
+    use crabnet_core::store::{Store, StoreConfig};
+    let hs = publishers_histories();
+    let all: Vec<&Message> = hs.iter().flat_map(|h| &h.msgs).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let me = node(0x77);
+    let open = |name: &str| Store::open(&dir.path().join(name), &StoreConfig::default()).unwrap();
+    let map = |entries: Vec<(u8, Reputation)>| -> BTreeMap<NodeId, Reputation> {
+        entries.into_iter().map(|(n, r)| (node(n), r)).collect()
+    };
+    let from_1 = map(vec![
+        (10, rep(1, 0, 0, 1, 0)),
+        (11, rep(0, 1, 0, 0, 0)),
+        (12, rep(1, 0, 0, 1, 0)),
+    ]);
+    let from_2 = map(vec![
+        (10, rep(0, 0, 1, 0, 0)),
+        (11, rep(1, 0, 0, 0, 1)),
+        (12, rep(0, 0, 1, 1, 0)),
+        (13, rep(0, 1, 0, 0, 0)),
+        (14, rep(1, 0, 0, 0, 1)),
+    ]);
+    let mut total = from_1.clone();
+    for (n, r) in &from_2 {
+        total.entry(n.clone()).or_default().add(r);
+    }
+    let check = |s: &Store| {
+        assert_eq!(s.reputations_from(&node(1)).unwrap(), from_1);
+        assert_eq!(s.reputations_from(&node(2)).unwrap(), from_2);
+        assert_eq!(
+            s.reputations_from(&node(11)).unwrap(),
+            BTreeMap::new(),
+            "its own seed says nothing about runner 11"
+        );
+        assert_eq!(s.reputations_from(&node(0x55)).unwrap(), BTreeMap::new());
+        assert_eq!(s.reputations().unwrap(), total);
+        assert_eq!(s.reputation(&node(11)).unwrap(), total[&node(11)]);
+    };
+    // In order, and in reverse order.
+    let mut forward = open("forward");
+    for m in &all {
+        forward.apply_remote(&me, m, b"env", T0).unwrap();
+    }
+    check(&forward);
+    let mut backward = open("backward");
+    for m in all.iter().rev() {
+        backward.apply_remote(&me, m, b"env", T0).unwrap();
+    }
+    check(&backward);
+    // Without publisher 1's settlement and runner 14's result: no payment for 10 and 12, and
+    // seed 2 has no quorum, so 11, 13 and 14 have nothing to their name there.
+    let settlement = hs[0]
+        .msgs
+        .iter()
+        .find(|m| matches!(m.body, Body::SeedSettled(_)) && m.sender == node(PUBLISHER))
+        .unwrap();
+    let result_14 = hs[1]
+        .msgs
+        .iter()
+        .find(|m| matches!(m.body, Body::ResultReported(_)) && m.sender == node(14))
+        .unwrap();
+    let withheld = [&settlement.id, &result_14.id];
+    let mut partial = open("partial");
+    for m in all.iter().filter(|m| !withheld.contains(&&m.id)) {
+        partial.apply_remote(&me, m, b"env", T0).unwrap();
+    }
+    assert_eq!(
+        partial.reputations_from(&node(1)).unwrap(),
+        map(vec![
+            (10, rep(1, 0, 0, 0, 0)),
+            (11, rep(0, 1, 0, 0, 0)),
+            (12, rep(1, 0, 0, 0, 0)),
+        ])
+    );
+    assert_eq!(
+        partial.reputations_from(&node(2)).unwrap(),
+        map(vec![(10, rep(0, 0, 1, 0, 0)), (12, rep(0, 0, 1, 1, 0))])
+    );
+    for m in all.iter().filter(|m| withheld.contains(&&m.id)) {
+        partial.apply_remote(&me, m, b"env", T0).unwrap();
+    }
+    check(&partial);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Escalations that name two results, in every order. The state is a function of the set of
+// messages held (fold sorts them), so a node that received some messages in some order holds
+// the state of that set: checking every subset, and every step from a subset to one with one
+// more message, covers every delivery order (with duplicates, which change no set).
+
+/// The folds of `base` with every subset of `rest` (index: bit `i` set when `rest[i]` is
+/// held), each checked to be the same in two delivery orders.
+fn every_subset(base: &[Message], rest: &[&Message]) -> Vec<state::Folded> {
+    assert!(rest.len() <= 12, "2^{} subsets is too many", rest.len());
+    (0u32..1 << rest.len())
+        .map(|mask| {
+            let held: Vec<&Message> = base
+                .iter()
+                .chain((0..rest.len()).filter(|i| mask & (1 << i) != 0).map(|i| rest[i]))
+                .collect();
+            let f = fold(held.iter().copied());
+            assert_eq!(f, fold(held.iter().rev().copied()), "order matters for {mask:b}");
+            f
+        })
+        .collect()
+}
+
+/// The messages of `h` after its first `n`.
+fn after(h: &History, n: usize) -> Vec<&Message> {
+    h.msgs[n..].iter().collect()
+}
+
+/// What escalation `esc` names.
+fn named(esc: &Message) -> Vec<MessageId> {
+    match &esc.body {
+        Body::SeedEscalated(e) => e.seen.clone(),
+        other => panic!("not an escalation: {other:?}"),
+    }
+}
+
+/// The bits of the messages of `rest` among `ids`.
+fn mask_of(rest: &[&Message], ids: &[MessageId]) -> u32 {
+    let mask = rest
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| ids.contains(&m.id))
+        .fold(0u32, |acc, (i, _)| acc | 1 << i);
+    assert_eq!(mask.count_ones() as usize, ids.len(), "all among rest");
+    mask
+}
+
+/// Two replicas disagree (a against b); the escalation names both claims and both results and
+/// awards a third, which agrees with a. In every order: the escalation applies exactly when
+/// the award and the four messages it names are held and waits before (never rejected); the
+/// status only moves forward; every node ends with the same state.
+#[test]
+fn an_escalation_naming_two_results_holds_in_every_order() {
+    let mut h = awarded(2, 2, 3, 4);
+    let award = h.msgs.len() - 1;
+    h.claim(10, close_at() + 10);
+    h.claim(11, close_at() + 10);
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    let esc = h.decide(close_at() + 101).expect("every replica reported");
+    let Body::SeedEscalated(e) = &esc.body else {
+        panic!("{esc:?}")
+    };
+    assert_eq!(e.winners, vec![bid_id(12)]);
+    let seen = named(&esc);
+    assert_eq!(seen.len(), 4, "two claims and two results");
+    h.claim(12, close_at() + 200);
+    h.result(12, close_at() + 300, 'a');
+    let reference = fold(&h.msgs);
+    let v = reference.view.clone().unwrap();
+    assert_eq!(v.status, SeedStatus::Completed);
+    assert_eq!(v.result.as_ref().unwrap().runner, node(10));
+    assert_eq!(
+        standings(&v),
+        vec![
+            (10, ReplicaStanding::Agreed),
+            (11, ReplicaStanding::Dissented),
+            (12, ReplicaStanding::Agreed)
+        ]
+    );
+    assert!(reference.verdicts.values().all(|x| *x == Verdict::Applied));
+
+    let rest = after(&h, award);
+    let folds = every_subset(&h.msgs[..award], &rest);
+    let esc_bit = 1 << rest.iter().position(|m| m.id == esc.id).unwrap();
+    let needs = mask_of(&rest, &seen) | 1; // and the award, rest[0]
+    for (mask, f) in folds.iter().enumerate() {
+        let mask = mask as u32;
+        let v = f.view.as_ref().unwrap();
+        if mask & esc_bit != 0 {
+            let verdict = &f.verdicts[&esc.id];
+            if mask & needs == needs {
+                assert_eq!(verdict, &Verdict::Applied, "{mask:b}");
+            } else {
+                assert!(matches!(verdict, Verdict::Pending { .. }), "{mask:b}: {verdict:?}");
+            }
+        }
+        // Without the escalation no third replica exists.
+        if mask & esc_bit == 0 || mask & needs != needs {
+            assert!(v.replicas.len() <= 2, "{mask:b}");
+            assert_ne!(v.status, SeedStatus::Completed, "{mask:b}");
+        }
+        for (i, _) in rest.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                continue;
+            }
+            let next = folds[(mask | 1 << i) as usize].view.as_ref().unwrap();
+            assert!(
+                v.status.can_reach(next.status, rules::V3),
+                "{mask:b} + {i}: {} -> {}",
+                v.status,
+                next.status
+            );
+        }
+    }
+    assert_eq!(folds.last().unwrap(), &reference);
+}
+
+/// Three replicas; two report (a, b) and the third claims but its result is not there when its
+/// deadline passes: the escalation names three claims and the two results and awards a fourth.
+/// Replica 12 then sends a result dated inside its deadline that agrees with a. In every
+/// order: the escalation applies once the award and what it names are held, whatever else is
+/// held; the backdated result is then `lapsed` and never completes the seed; the fourth
+/// replica completes it with a. The only step back is the one section 3b allows: a node that
+/// held the backdated result before the escalation saw the seed completed (by 10 and 12), and
+/// the escalation, which does not name that result, ends replica 12's turn.
+#[test]
+fn an_escalation_naming_two_results_stands_against_a_backdated_third_in_every_order() {
+    let mut h = awarded(3, 2, 4, 5);
+    let award = h.msgs.len() - 1;
+    for r in [10, 11, 12] {
+        h.claim(r, close_at() + 10);
+    }
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    let result_deadline = close_at() + 10 + (TIMEOUT_S + GRACE_S) * 1000;
+    let esc = h
+        .decide(result_deadline + state::DECISION_MARGIN_MS)
+        .expect("escalation due");
+    let seen = named(&esc);
+    assert_eq!(seen.len(), 5, "three claims and two results");
+    let backdated = h.result(12, result_deadline - 1, 'a');
+    let late_claim = h.claim(13, result_deadline + 5_000);
+    h.result(13, result_deadline + 6_000, 'a');
+    let reference = fold(&h.msgs);
+    let v = reference.view.clone().unwrap();
+    assert_eq!(v.status, SeedStatus::Completed);
+    assert_eq!(v.result.as_ref().unwrap().runner, node(10));
+    assert_eq!(
+        standings(&v),
+        vec![
+            (10, ReplicaStanding::Agreed),
+            (11, ReplicaStanding::Dissented),
+            (12, ReplicaStanding::Lapsed),
+            (13, ReplicaStanding::Agreed)
+        ]
+    );
+    assert!(matches!(
+        reference.verdicts[&backdated.id],
+        Verdict::Rejected {
+            reason: Violation::Lapsed { .. }
+        }
+    ));
+    assert_eq!(reference.verdicts[&late_claim.id], Verdict::Applied);
+
+    let rest = after(&h, award);
+    let folds = every_subset(&h.msgs[..award], &rest);
+    let bit = |m: &Message| 1u32 << rest.iter().position(|r| r.id == m.id).unwrap();
+    let (esc_bit, late_bit) = (bit(&esc), bit(&backdated));
+    let needs = mask_of(&rest, &seen) | 1;
+    for (mask, f) in folds.iter().enumerate() {
+        let mask = mask as u32;
+        let v = f.view.as_ref().unwrap();
+        let applied = mask & esc_bit != 0 && mask & needs == needs;
+        if mask & esc_bit != 0 {
+            let verdict = &f.verdicts[&esc.id];
+            if applied {
+                assert_eq!(verdict, &Verdict::Applied, "{mask:b}");
+            } else {
+                assert!(matches!(verdict, Verdict::Pending { .. }), "{mask:b}: {verdict:?}");
+            }
+        }
+        if applied {
+            assert_eq!(v.replicas[2].standing, ReplicaStanding::Lapsed, "{mask:b}");
+            if mask & late_bit != 0 {
+                assert!(
+                    matches!(
+                        f.verdicts[&backdated.id],
+                        Verdict::Rejected {
+                            reason: Violation::Lapsed { .. }
+                        }
+                    ),
+                    "{mask:b}"
+                );
+            }
+            // Only the fourth replica can complete it now, with a.
+            if v.status == SeedStatus::Completed {
+                assert_eq!(v.replicas[3].standing, ReplicaStanding::Agreed, "{mask:b}");
+            }
+        }
+        for (i, m) in rest.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                continue;
+            }
+            let next = folds[(mask | 1 << i) as usize].view.as_ref().unwrap();
+            if v.status.can_reach(next.status, rules::V3) {
+                continue;
+            }
+            // The one step back: the escalation arrives (or its last named message does) and
+            // ends the turn of replica 12, whose unnamed result had completed the seed.
+            let now_applied = (mask | 1 << i) & esc_bit != 0 && (mask | 1 << i) & needs == needs;
+            assert!(
+                !applied
+                    && now_applied
+                    && mask & late_bit != 0
+                    && (v.status, next.status) == (SeedStatus::Completed, SeedStatus::Claimed),
+                "{mask:b} + {:?}: {} -> {}",
+                m.body.kind(),
+                v.status,
+                next.status
+            );
+        }
+    }
+    assert_eq!(folds.last().unwrap(), &reference);
+}
+
+/// An escalation naming two results of one runner is refused once both are held (it waits
+/// while one is missing), whatever else arrives; the publisher's correct escalation, naming
+/// the first of them, applies in every order in which it holds.
+#[test]
+fn an_escalation_naming_two_results_of_one_runner_is_refused_in_every_order() {
+    let mut h = awarded(2, 2, 3, 4);
+    let award = h.msgs.len() - 1;
+    h.claim(10, close_at() + 10);
+    h.claim(11, close_at() + 10);
+    h.result(10, close_at() + 100, 'a');
+    let first = h.result(11, close_at() + 100, 'b');
+    let second = h.result(11, close_at() + 110, 'c');
+    assert!(matches!(h.verdict(&second), Verdict::Rejected { .. }));
+    let good = h.decide(close_at() + 200).expect("every replica reported");
+    assert!(named(&good).contains(&first.id) && !named(&good).contains(&second.id));
+    let mut seen = named(&good);
+    seen.push(second.id.clone());
+    let bad = h.push(
+        PUBLISHER,
+        close_at() + 201,
+        Body::SeedEscalated(Escalation {
+            seed_id: seed_id(),
+            step: 1,
+            winners: vec![bid_id(12)],
+            seen: seen.clone(),
+        }),
+    );
+    let rest = after(&h, award);
+    let folds = every_subset(&h.msgs[..award], &rest);
+    let bit = |m: &Message| 1u32 << rest.iter().position(|r| r.id == m.id).unwrap();
+    let both = bit(&first) | bit(&second);
+    let good_needs = mask_of(&rest, &named(&good)) | 1 | bit(&good);
+    for (mask, f) in folds.iter().enumerate() {
+        let mask = mask as u32;
+        let good_applied = mask & good_needs == good_needs;
+        if good_applied {
+            assert_eq!(f.verdicts[&good.id], Verdict::Applied, "{mask:b}");
+            assert_eq!(f.view.as_ref().unwrap().replicas.len(), 3, "{mask:b}");
+        }
+        if mask & bit(&bad) == 0 {
+            continue;
+        }
+        match &f.verdicts[&bad.id] {
+            // Its step is decided by the good one.
+            Verdict::Rejected { .. } if good_applied => {}
+            Verdict::Rejected {
+                reason: Violation::InvalidDecision { reason, .. },
+            } => {
+                assert_eq!(mask & (both | 1), both | 1, "{mask:b}");
+                assert!(reason.contains("two claims or two results"), "{reason}");
+            }
+            Verdict::Pending { .. } => {
+                assert!(!good_applied && mask & (both | 1) != both | 1, "{mask:b}")
+            }
+            other => panic!("{mask:b}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        folds.last().unwrap(),
+        &fold(&h.msgs),
+        "every message held: the good one applies"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// An escalation naming a message a node does not hold (section 3b): sync brings it, because
+// the publisher's node names only messages it holds and reconciles every message it holds.
+
+/// What node `lacking` wants of node `holding` after a range reconciliation of their stores,
+/// run to its end as section 7 runs it (`lacking` initiates).
+fn reconcile(
+    lacking: &crabnet_core::store::Store,
+    holding: &crabnet_core::store::Store,
+) -> Vec<MessageId> {
+    use crabnet_core::sync::range::{ItemSet, MIN_FRAME_LIMIT};
+    let mine = ItemSet::new(lacking.sync_items().unwrap());
+    let theirs = ItemSet::new(holding.sync_items().unwrap());
+    let mut need = Vec::new();
+    let mut query = mine.query(MIN_FRAME_LIMIT);
+    for _ in 0..16 {
+        let Some(reply) = theirs.answer(&query, MIN_FRAME_LIMIT).unwrap() else {
+            break;
+        };
+        let progress = mine.follow(&reply, MIN_FRAME_LIMIT).unwrap();
+        need.extend(progress.need.into_iter().map(|(id, _)| id));
+        match progress.next {
+            Some(next) => query = next,
+            None => break,
+        }
+    }
+    need
+}
+
+/// Replica 12's result is late (dated after its deadline) and reaches the publisher's node
+/// before the escalation, which names it and ends 12's turn: on the publisher's node that
+/// result is now `lapsed`. Another node never received it and holds the escalation pending.
+/// One reconciliation with the publisher's node finds the result (every stored message is a
+/// reconciliation item, whatever its verdict), the want brings it, the escalation applies and
+/// both nodes hold the same state. An escalation naming a message that does not exist waits
+/// on every node and harms only its publisher's seed: nobody lapses or dissents by it, and the
+/// publisher's node still owes the escalation, which applies when it comes.
+#[test]
+fn sync_brings_what_an_escalation_names_and_a_made_up_name_harms_only_its_seed() {
+    use crabnet_core::reputation::contributions;
+    use crabnet_core::store::{Store, StoreConfig};
+    let mut h = awarded(3, 2, 4, 5);
+    for r in [10, 11, 12] {
+        h.claim(r, close_at() + 10);
+    }
+    h.result(10, close_at() + 100, 'a');
+    h.result(11, close_at() + 100, 'b');
+    let result_deadline = close_at() + 10 + (TIMEOUT_S + GRACE_S) * 1000;
+    let late = h.result(12, result_deadline + 1, 'c');
+    let esc = h
+        .decide(result_deadline + state::DECISION_MARGIN_MS)
+        .expect("escalation due");
+    assert!(named(&esc).contains(&late.id), "the publisher names what it holds");
+    assert!(matches!(
+        h.verdict(&late),
+        Verdict::Rejected {
+            reason: Violation::Lapsed { .. }
+        }
+    ));
+    assert_eq!(h.verdict(&esc), Verdict::Applied);
+
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| Store::open(&dir.path().join(name), &StoreConfig::default()).unwrap();
+    let (mut publisher, mut other) = (open("publisher"), open("other"));
+    // The envelope is the message id here, so that what a want returns can be read back.
+    let deliver = |s: &mut Store, m: &Message| {
+        s.apply_remote(&node(0x77), m, m.id.as_str().as_bytes(), T0)
+            .unwrap();
+    };
+    for m in &h.msgs {
+        deliver(&mut publisher, m);
+        if m.id != late.id {
+            deliver(&mut other, m);
+        }
+    }
+    let waiting = other.seed(&seed_id()).unwrap().unwrap();
+    assert_eq!(waiting.replicas.len(), 3, "the escalation waits");
+    assert_eq!(
+        standings(&waiting)[2],
+        (12, ReplicaStanding::Claimed),
+        "nothing lapsed yet"
+    );
+    let need = reconcile(&other, &publisher);
+    assert_eq!(need, vec![late.id.clone()]);
+    let sent = publisher.wanted_envelopes(&need).unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].envelope, late.id.as_str().as_bytes());
+    deliver(&mut other, &late);
+    let v = other.seed(&seed_id()).unwrap().unwrap();
+    assert_eq!(Some(&v), publisher.seed(&seed_id()).unwrap().as_ref());
+    assert_eq!(v.replicas.len(), 4);
+    assert_eq!(v.replicas[2].standing, ReplicaStanding::Lapsed);
+    assert!(reconcile(&other, &publisher).is_empty());
+    assert!(reconcile(&publisher, &other).is_empty());
+
+    // A made-up name: every replica reported in time, and the escalation names one message
+    // more, which nobody holds.
+    let mut h = awarded(3, 2, 4, 5);
+    for r in [10, 11, 12] {
+        h.claim(r, close_at() + 10);
+    }
+    for (r, hash) in [(10, 'a'), (11, 'b'), (12, 'c')] {
+        h.result(r, close_at() + 100, hash);
+    }
+    let before = h.view();
+    let Some(Body::SeedEscalated(mut e)) = before.due_decision(close_at() + 200) else {
+        panic!("escalation due")
+    };
+    e.seen.push(MessageId::from_bytes([0xee; 16]));
+    let made_up = h.push(PUBLISHER, close_at() + 200, Body::SeedEscalated(e));
+    assert!(matches!(h.verdict(&made_up), Verdict::Pending { .. }));
+    let v = h.view();
+    assert_eq!(v, before, "the seed stands as if it had not escalated");
+    assert!(contributions(&v).is_empty(), "no runner lapses or dissents by it");
+    // The publisher's node still owes the escalation; the real one applies.
+    let real = h.decide(close_at() + 300).expect("still due");
+    assert_eq!(h.verdict(&real), Verdict::Applied);
+    assert_eq!(h.view().replicas.len(), 4);
 }

@@ -2,7 +2,9 @@
 //! nodes over UDP on 127.0.0.1, driven by CLI commands on their data directories (the harness
 //! in `tests/support`). A lying runner is a node whose `config.toml` sets the test-only
 //! `runner.forge_output_hash`: it reports `FORGED_OUTPUT_SHA256` instead of its real output
-//! hash (all liars the same one, so that two liars agree with each other).
+//! hash (all liars the same one, so that two liars agree with each other). Only test builds
+//! (debug assertions on, as `cargo test` builds the `crabnet` binary) accept that setting; a
+//! release build refuses to start with it.
 //!
 //! - three replicas, one liar: the seed completes with the honest result, settlement pays the
 //!   two honest runners, the liar's reputation shows a dissent on every node, identical
