@@ -816,7 +816,12 @@ mod tests {
         assert_eq!(c.validate().is_ok(), cfg!(debug_assertions));
         assert_eq!(Config::from_toml(text).is_ok(), cfg!(debug_assertions));
         if !cfg!(debug_assertions) {
-            assert!(c.validate().unwrap_err().to_string().contains("forge_output_hash"));
+            assert!(
+                c.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("forge_output_hash")
+            );
         }
         // Off, it is fine everywhere, and a default configuration does not mention it.
         let off = Config::with_data_dir("/tmp/x");

@@ -191,10 +191,12 @@ impl RunnerConfig {
     /// A message naming the setting when it is on in a build that is not for tests.
     pub fn check_test_only(&self, test_build: bool) -> Result<(), String> {
         if self.forge_output_hash && !test_build {
-            return Err("runner.forge_output_hash is a test-only setting (a runner that reports \
+            return Err(
+                "runner.forge_output_hash is a test-only setting (a runner that reports \
                  forged output hashes); this is a release build, which refuses it: remove it \
                  from the configuration"
-                .to_owned());
+                    .to_owned(),
+            );
         }
         Ok(())
     }

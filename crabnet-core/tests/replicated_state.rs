@@ -1198,26 +1198,99 @@ fn reputations_count_only_signed_history_per_publisher() {
 // the state of that set: checking every subset, and every step from a subset to one with one
 // more message, covers every delivery order (with duplicates, which change no set).
 
-/// The folds of `base` with every subset of `rest` (index: bit `i` set when `rest[i]` is
-/// held), each checked to be the same in two delivery orders.
-fn every_subset(base: &[Message], rest: &[&Message]) -> Vec<state::Folded> {
-    assert!(rest.len() <= 12, "2^{} subsets is too many", rest.len());
-    (0u32..1 << rest.len())
-        .map(|mask| {
-            let held: Vec<&Message> = base
-                .iter()
-                .chain((0..rest.len()).filter(|i| mask & (1 << i) != 0).map(|i| rest[i]))
-                .collect();
-            let f = fold(held.iter().copied());
-            assert_eq!(f, fold(held.iter().rev().copied()), "order matters for {mask:b}");
-            f
-        })
-        .collect()
+/// Every set of messages a node can hold of a history: its messages before the award always,
+/// and any subset of the award and what follows (bit `i` of a mask: `rest[i]` is held).
+struct Subsets<'h> {
+    rest: Vec<&'h Message>,
+    /// The fold of each subset, by mask.
+    folds: Vec<state::Folded>,
 }
 
-/// The messages of `h` after its first `n`.
-fn after(h: &History, n: usize) -> Vec<&Message> {
-    h.msgs[n..].iter().collect()
+impl<'h> Subsets<'h> {
+    /// Folds every subset, each in two delivery orders, which must agree.
+    fn of(h: &'h History, award: usize) -> Self {
+        let (base, rest) = (&h.msgs[..award], h.msgs[award..].iter().collect::<Vec<_>>());
+        assert!(rest.len() <= 12, "2^{} subsets is too many", rest.len());
+        let folds = (0u32..1 << rest.len())
+            .map(|mask| {
+                let held: Vec<&Message> = base
+                    .iter()
+                    .chain(
+                        (0..rest.len())
+                            .filter(|i| mask & (1 << i) != 0)
+                            .map(|i| rest[i]),
+                    )
+                    .collect();
+                let f = fold(held.iter().copied());
+                assert_eq!(
+                    f,
+                    fold(held.iter().rev().copied()),
+                    "order matters: {mask:b}"
+                );
+                f
+            })
+            .collect();
+        Subsets { rest, folds }
+    }
+
+    fn bit(&self, m: &Message) -> u32 {
+        1 << self
+            .rest
+            .iter()
+            .position(|r| r.id == m.id)
+            .expect("after the award")
+    }
+
+    /// What escalation `esc` needs to apply: itself, the award and what it names.
+    fn needs(&self, esc: &Message) -> u32 {
+        let seen = named(esc);
+        let named = seen.iter().fold(0, |acc, id| {
+            acc | 1 << self.rest.iter().position(|r| &r.id == id).expect("held")
+        });
+        named | 1 | self.bit(esc)
+    }
+
+    /// Whether escalation `esc` applies in subset `mask`, checking that it does exactly when
+    /// everything it needs is held and waits while it is held without some of that.
+    fn applies(&self, mask: u32, esc: &Message) -> bool {
+        let needs = self.needs(esc);
+        let applied = mask & needs == needs;
+        if mask & self.bit(esc) != 0 {
+            let verdict = &self.folds[mask as usize].verdicts[&esc.id];
+            if applied {
+                assert_eq!(verdict, &Verdict::Applied, "{mask:b}");
+            } else {
+                assert!(
+                    matches!(verdict, Verdict::Pending { .. }),
+                    "{mask:b}: {verdict:?}"
+                );
+            }
+        }
+        applied
+    }
+
+    /// Every subset with its state.
+    fn sets(&self) -> impl Iterator<Item = (u32, &state::Folded, &SeedView)> {
+        self.folds
+            .iter()
+            .enumerate()
+            .map(|(mask, f)| (mask as u32, f, f.view.as_ref().expect("created")))
+    }
+
+    /// Every step from a subset to the one with one message more: the subset, that message,
+    /// and the states before and after.
+    fn steps(&self) -> impl Iterator<Item = (u32, &Message, &SeedView, &SeedView)> {
+        self.sets().flat_map(move |(mask, _, before)| {
+            self.rest
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| mask & (1 << i) == 0)
+                .map(move |(i, m)| {
+                    let after = self.folds[(mask | 1 << i) as usize].view.as_ref();
+                    (mask, *m, before, after.expect("created"))
+                })
+        })
+    }
 }
 
 /// What escalation `esc` names.
@@ -1226,17 +1299,6 @@ fn named(esc: &Message) -> Vec<MessageId> {
         Body::SeedEscalated(e) => e.seen.clone(),
         other => panic!("not an escalation: {other:?}"),
     }
-}
-
-/// The bits of the messages of `rest` among `ids`.
-fn mask_of(rest: &[&Message], ids: &[MessageId]) -> u32 {
-    let mask = rest
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| ids.contains(&m.id))
-        .fold(0u32, |acc, (i, _)| acc | 1 << i);
-    assert_eq!(mask.count_ones() as usize, ids.len(), "all among rest");
-    mask
 }
 
 /// Two replicas disagree (a against b); the escalation names both claims and both results and
@@ -1256,8 +1318,7 @@ fn an_escalation_naming_two_results_holds_in_every_order() {
         panic!("{esc:?}")
     };
     assert_eq!(e.winners, vec![bid_id(12)]);
-    let seen = named(&esc);
-    assert_eq!(seen.len(), 4, "two claims and two results");
+    assert_eq!(named(&esc).len(), 4, "two claims and two results");
     h.claim(12, close_at() + 200);
     h.result(12, close_at() + 300, 'a');
     let reference = fold(&h.msgs);
@@ -1274,40 +1335,24 @@ fn an_escalation_naming_two_results_holds_in_every_order() {
     );
     assert!(reference.verdicts.values().all(|x| *x == Verdict::Applied));
 
-    let rest = after(&h, award);
-    let folds = every_subset(&h.msgs[..award], &rest);
-    let esc_bit = 1 << rest.iter().position(|m| m.id == esc.id).unwrap();
-    let needs = mask_of(&rest, &seen) | 1; // and the award, rest[0]
-    for (mask, f) in folds.iter().enumerate() {
-        let mask = mask as u32;
-        let v = f.view.as_ref().unwrap();
-        if mask & esc_bit != 0 {
-            let verdict = &f.verdicts[&esc.id];
-            if mask & needs == needs {
-                assert_eq!(verdict, &Verdict::Applied, "{mask:b}");
-            } else {
-                assert!(matches!(verdict, Verdict::Pending { .. }), "{mask:b}: {verdict:?}");
-            }
-        }
+    let all = Subsets::of(&h, award);
+    for (mask, _, v) in all.sets() {
         // Without the escalation no third replica exists.
-        if mask & esc_bit == 0 || mask & needs != needs {
+        if !all.applies(mask, &esc) {
             assert!(v.replicas.len() <= 2, "{mask:b}");
             assert_ne!(v.status, SeedStatus::Completed, "{mask:b}");
         }
-        for (i, _) in rest.iter().enumerate() {
-            if mask & (1 << i) != 0 {
-                continue;
-            }
-            let next = folds[(mask | 1 << i) as usize].view.as_ref().unwrap();
-            assert!(
-                v.status.can_reach(next.status, rules::V3),
-                "{mask:b} + {i}: {} -> {}",
-                v.status,
-                next.status
-            );
-        }
     }
-    assert_eq!(folds.last().unwrap(), &reference);
+    for (mask, m, before, after) in all.steps() {
+        assert!(
+            before.status.can_reach(after.status, rules::V3),
+            "{mask:b} + {:?}: {} -> {}",
+            m.body.kind(),
+            before.status,
+            after.status
+        );
+    }
+    assert_eq!(all.folds.last().unwrap(), &reference);
 }
 
 /// Three replicas; two report (a, b) and the third claims but its result is not there when its
@@ -1331,8 +1376,7 @@ fn an_escalation_naming_two_results_stands_against_a_backdated_third_in_every_or
     let esc = h
         .decide(result_deadline + state::DECISION_MARGIN_MS)
         .expect("escalation due");
-    let seen = named(&esc);
-    assert_eq!(seen.len(), 5, "three claims and two results");
+    assert_eq!(named(&esc).len(), 5, "three claims and two results");
     let backdated = h.result(12, result_deadline - 1, 'a');
     let late_claim = h.claim(13, result_deadline + 5_000);
     h.result(13, result_deadline + 6_000, 'a');
@@ -1349,73 +1393,48 @@ fn an_escalation_naming_two_results_stands_against_a_backdated_third_in_every_or
             (13, ReplicaStanding::Agreed)
         ]
     );
-    assert!(matches!(
-        reference.verdicts[&backdated.id],
-        Verdict::Rejected {
-            reason: Violation::Lapsed { .. }
-        }
-    ));
+    let lapsed = |f: &state::Folded| {
+        matches!(
+            f.verdicts[&backdated.id],
+            Verdict::Rejected {
+                reason: Violation::Lapsed { .. }
+            }
+        )
+    };
+    assert!(lapsed(&reference));
     assert_eq!(reference.verdicts[&late_claim.id], Verdict::Applied);
 
-    let rest = after(&h, award);
-    let folds = every_subset(&h.msgs[..award], &rest);
-    let bit = |m: &Message| 1u32 << rest.iter().position(|r| r.id == m.id).unwrap();
-    let (esc_bit, late_bit) = (bit(&esc), bit(&backdated));
-    let needs = mask_of(&rest, &seen) | 1;
-    for (mask, f) in folds.iter().enumerate() {
-        let mask = mask as u32;
-        let v = f.view.as_ref().unwrap();
-        let applied = mask & esc_bit != 0 && mask & needs == needs;
-        if mask & esc_bit != 0 {
-            let verdict = &f.verdicts[&esc.id];
-            if applied {
-                assert_eq!(verdict, &Verdict::Applied, "{mask:b}");
-            } else {
-                assert!(matches!(verdict, Verdict::Pending { .. }), "{mask:b}: {verdict:?}");
-            }
-        }
-        if applied {
+    let all = Subsets::of(&h, award);
+    let late_bit = all.bit(&backdated);
+    for (mask, f, v) in all.sets() {
+        if all.applies(mask, &esc) {
             assert_eq!(v.replicas[2].standing, ReplicaStanding::Lapsed, "{mask:b}");
-            if mask & late_bit != 0 {
-                assert!(
-                    matches!(
-                        f.verdicts[&backdated.id],
-                        Verdict::Rejected {
-                            reason: Violation::Lapsed { .. }
-                        }
-                    ),
-                    "{mask:b}"
-                );
-            }
+            assert!(mask & late_bit == 0 || lapsed(f), "{mask:b}");
             // Only the fourth replica can complete it now, with a.
             if v.status == SeedStatus::Completed {
                 assert_eq!(v.replicas[3].standing, ReplicaStanding::Agreed, "{mask:b}");
             }
         }
-        for (i, m) in rest.iter().enumerate() {
-            if mask & (1 << i) != 0 {
-                continue;
-            }
-            let next = folds[(mask | 1 << i) as usize].view.as_ref().unwrap();
-            if v.status.can_reach(next.status, rules::V3) {
-                continue;
-            }
-            // The one step back: the escalation arrives (or its last named message does) and
-            // ends the turn of replica 12, whose unnamed result had completed the seed.
-            let now_applied = (mask | 1 << i) & esc_bit != 0 && (mask | 1 << i) & needs == needs;
-            assert!(
-                !applied
-                    && now_applied
-                    && mask & late_bit != 0
-                    && (v.status, next.status) == (SeedStatus::Completed, SeedStatus::Claimed),
-                "{mask:b} + {:?}: {} -> {}",
-                m.body.kind(),
-                v.status,
-                next.status
-            );
-        }
     }
-    assert_eq!(folds.last().unwrap(), &reference);
+    for (mask, m, before, after) in all.steps() {
+        if before.status.can_reach(after.status, rules::V3) {
+            continue;
+        }
+        // The one step back: the escalation arrives (or its last named message does) and
+        // ends the turn of replica 12, whose unnamed result had completed the seed.
+        let next = mask | all.bit(m);
+        assert!(
+            !all.applies(mask, &esc)
+                && all.applies(next, &esc)
+                && mask & late_bit != 0
+                && (before.status, after.status) == (SeedStatus::Completed, SeedStatus::Claimed),
+            "{mask:b} + {:?}: {} -> {}",
+            m.body.kind(),
+            before.status,
+            after.status
+        );
+    }
+    assert_eq!(all.folds.last().unwrap(), &reference);
 }
 
 /// An escalation naming two results of one runner is refused once both are held (it waits
@@ -1442,22 +1461,17 @@ fn an_escalation_naming_two_results_of_one_runner_is_refused_in_every_order() {
             seed_id: seed_id(),
             step: 1,
             winners: vec![bid_id(12)],
-            seen: seen.clone(),
+            seen,
         }),
     );
-    let rest = after(&h, award);
-    let folds = every_subset(&h.msgs[..award], &rest);
-    let bit = |m: &Message| 1u32 << rest.iter().position(|r| r.id == m.id).unwrap();
-    let both = bit(&first) | bit(&second);
-    let good_needs = mask_of(&rest, &named(&good)) | 1 | bit(&good);
-    for (mask, f) in folds.iter().enumerate() {
-        let mask = mask as u32;
-        let good_applied = mask & good_needs == good_needs;
+    let all = Subsets::of(&h, award);
+    let both = all.bit(&first) | all.bit(&second) | 1;
+    for (mask, f, v) in all.sets() {
+        let good_applied = all.applies(mask, &good);
         if good_applied {
-            assert_eq!(f.verdicts[&good.id], Verdict::Applied, "{mask:b}");
-            assert_eq!(f.view.as_ref().unwrap().replicas.len(), 3, "{mask:b}");
+            assert_eq!(v.replicas.len(), 3, "{mask:b}");
         }
-        if mask & bit(&bad) == 0 {
+        if mask & all.bit(&bad) == 0 {
             continue;
         }
         match &f.verdicts[&bad.id] {
@@ -1466,17 +1480,17 @@ fn an_escalation_naming_two_results_of_one_runner_is_refused_in_every_order() {
             Verdict::Rejected {
                 reason: Violation::InvalidDecision { reason, .. },
             } => {
-                assert_eq!(mask & (both | 1), both | 1, "{mask:b}");
+                assert_eq!(mask & both, both, "{mask:b}");
                 assert!(reason.contains("two claims or two results"), "{reason}");
             }
             Verdict::Pending { .. } => {
-                assert!(!good_applied && mask & (both | 1) != both | 1, "{mask:b}")
+                assert!(!good_applied && mask & both != both, "{mask:b}")
             }
             other => panic!("{mask:b}: {other:?}"),
         }
     }
     assert_eq!(
-        folds.last().unwrap(),
+        all.folds.last().unwrap(),
         &fold(&h.msgs),
         "every message held: the good one applies"
     );
@@ -1534,7 +1548,10 @@ fn sync_brings_what_an_escalation_names_and_a_made_up_name_harms_only_its_seed()
     let esc = h
         .decide(result_deadline + state::DECISION_MARGIN_MS)
         .expect("escalation due");
-    assert!(named(&esc).contains(&late.id), "the publisher names what it holds");
+    assert!(
+        named(&esc).contains(&late.id),
+        "the publisher names what it holds"
+    );
     assert!(matches!(
         h.verdict(&late),
         Verdict::Rejected {
@@ -1595,7 +1612,10 @@ fn sync_brings_what_an_escalation_names_and_a_made_up_name_harms_only_its_seed()
     assert!(matches!(h.verdict(&made_up), Verdict::Pending { .. }));
     let v = h.view();
     assert_eq!(v, before, "the seed stands as if it had not escalated");
-    assert!(contributions(&v).is_empty(), "no runner lapses or dissents by it");
+    assert!(
+        contributions(&v).is_empty(),
+        "no runner lapses or dissents by it"
+    );
     // The publisher's node still owes the escalation; the real one applies.
     let real = h.decide(close_at() + 300).expect("still due");
     assert_eq!(h.verdict(&real), Verdict::Applied);
