@@ -372,21 +372,35 @@ fn a_two_two_split_escalates_and_the_next_replica_decides() {
     assert!(matches!(h.verdict(&late), Verdict::Rejected { .. }));
 }
 
-/// Attack: a runner that let its result deadline pass reports afterwards with a backdated
-/// result that would have completed the seed. Judged by the claims and results the
-/// escalation names, the escalation stands and the late result lapses.
-#[test]
-fn a_backdated_result_cannot_undo_an_escalation() {
+/// Three replicas (quorum 2, at most 4) claimed; 10 reported a, 11 b, 12 nothing yet.
+fn three_claimed_a_b() -> History {
     let mut h = awarded(3, 2, 4, 5);
     for r in [10, 11, 12] {
         h.claim(r, close_at() + 10);
     }
     h.result(10, close_at() + 100, 'a');
     h.result(11, close_at() + 100, 'b');
+    h
+}
+
+/// Three replicas (quorum 2, at most 4) claim; 10 reports a, 11 reports b, 12 nothing by its
+/// result deadline, after which the publisher's node escalates. Returns the history, the
+/// escalation and 12's result deadline.
+fn escalated_without_12() -> (History, Message, u64) {
+    let mut h = three_claimed_a_b();
     let result_deadline = close_at() + 10 + (TIMEOUT_S + GRACE_S) * 1000;
     let esc = h
         .decide(result_deadline + state::DECISION_MARGIN_MS)
         .expect("escalation due");
+    (h, esc, result_deadline)
+}
+
+/// Attack: a runner that let its result deadline pass reports afterwards with a backdated
+/// result that would have completed the seed. Judged by the claims and results the
+/// escalation names, the escalation stands and the late result lapses.
+#[test]
+fn a_backdated_result_cannot_undo_an_escalation() {
+    let (mut h, esc, result_deadline) = escalated_without_12();
     let Body::SeedEscalated(e) = &esc.body else {
         panic!("{esc:?}")
     };
@@ -454,12 +468,7 @@ fn a_backdated_claim_cannot_undo_an_escalation() {
 /// naming a message of a runner outside the race is refused.
 #[test]
 fn an_escalation_waits_for_what_it_names() {
-    let mut h = awarded(3, 2, 4, 5);
-    for r in [10, 11, 12] {
-        h.claim(r, close_at() + 10);
-    }
-    h.result(10, close_at() + 100, 'a');
-    h.result(11, close_at() + 100, 'b');
+    let mut h = three_claimed_a_b();
     let r12 = h.result(12, close_at() + 100, 'c');
     let esc = h.decide(close_at() + 200).expect("every replica reported");
     // Deliver the escalation before replica 12's result.
@@ -1208,7 +1217,12 @@ struct Subsets<'h> {
 
 impl<'h> Subsets<'h> {
     /// Folds every subset, each in two delivery orders, which must agree.
-    fn of(h: &'h History, award: usize) -> Self {
+    fn of(h: &'h History) -> Self {
+        let award = h
+            .msgs
+            .iter()
+            .position(|m| matches!(m.body, Body::BiddingClosed(_)));
+        let award = award.expect("awarded");
         let (base, rest) = (&h.msgs[..award], h.msgs[award..].iter().collect::<Vec<_>>());
         assert!(rest.len() <= 12, "2^{} subsets is too many", rest.len());
         let folds = (0u32..1 << rest.len())
@@ -1241,7 +1255,7 @@ impl<'h> Subsets<'h> {
             .expect("after the award")
     }
 
-    /// What escalation `esc` needs to apply: itself, the award and what it names.
+    /// What escalation `esc` needs to apply: itself, the award (`rest[0]`) and what it names.
     fn needs(&self, esc: &Message) -> u32 {
         let seen = named(esc);
         let named = seen.iter().fold(0, |acc, id| {
@@ -1277,20 +1291,32 @@ impl<'h> Subsets<'h> {
             .map(|(mask, f)| (mask as u32, f, f.view.as_ref().expect("created")))
     }
 
-    /// Every step from a subset to the one with one message more: the subset, that message,
-    /// and the states before and after.
-    fn steps(&self) -> impl Iterator<Item = (u32, &Message, &SeedView, &SeedView)> {
-        self.sets().flat_map(move |(mask, _, before)| {
-            self.rest
-                .iter()
-                .enumerate()
-                .filter(move |(i, _)| mask & (1 << i) == 0)
-                .map(move |(i, m)| {
-                    let after = self.folds[(mask | 1 << i) as usize].view.as_ref();
-                    (mask, *m, before, after.expect("created"))
-                })
-        })
+    /// The steps from a subset to one with one message more after which the status is one
+    /// it cannot reach from before: the subset, that message, the statuses before and after.
+    fn steps_back(&self) -> Vec<(u32, &Message, SeedStatus, SeedStatus)> {
+        let mut back = Vec::new();
+        for (mask, _, before) in self.sets() {
+            for (i, m) in self.rest.iter().enumerate() {
+                let after = &self.folds[(mask | 1 << i) as usize].view;
+                let after = after.as_ref().expect("created").status;
+                if mask & (1 << i) == 0 && !before.status.can_reach(after, rules::V3) {
+                    back.push((mask, *m, before.status, after));
+                }
+            }
+        }
+        back
     }
+}
+
+/// Folds `h`, which ends with the seed completed by replica 10's result, and checks the
+/// replicas' standings.
+fn completed_by_10(h: &History, expected: Vec<(u8, ReplicaStanding)>) -> state::Folded {
+    let reference = fold(&h.msgs);
+    let v = reference.view.as_ref().unwrap();
+    assert_eq!(v.status, SeedStatus::Completed);
+    assert_eq!(v.result.as_ref().unwrap().runner, node(10));
+    assert_eq!(standings(v), expected);
+    reference
 }
 
 /// What escalation `esc` names.
@@ -1308,7 +1334,6 @@ fn named(esc: &Message) -> Vec<MessageId> {
 #[test]
 fn an_escalation_naming_two_results_holds_in_every_order() {
     let mut h = awarded(2, 2, 3, 4);
-    let award = h.msgs.len() - 1;
     h.claim(10, close_at() + 10);
     h.claim(11, close_at() + 10);
     h.result(10, close_at() + 100, 'a');
@@ -1321,21 +1346,17 @@ fn an_escalation_naming_two_results_holds_in_every_order() {
     assert_eq!(named(&esc).len(), 4, "two claims and two results");
     h.claim(12, close_at() + 200);
     h.result(12, close_at() + 300, 'a');
-    let reference = fold(&h.msgs);
-    let v = reference.view.clone().unwrap();
-    assert_eq!(v.status, SeedStatus::Completed);
-    assert_eq!(v.result.as_ref().unwrap().runner, node(10));
-    assert_eq!(
-        standings(&v),
+    let reference = completed_by_10(
+        &h,
         vec![
             (10, ReplicaStanding::Agreed),
             (11, ReplicaStanding::Dissented),
-            (12, ReplicaStanding::Agreed)
-        ]
+            (12, ReplicaStanding::Agreed),
+        ],
     );
     assert!(reference.verdicts.values().all(|x| *x == Verdict::Applied));
 
-    let all = Subsets::of(&h, award);
+    let all = Subsets::of(&h);
     for (mask, _, v) in all.sets() {
         // Without the escalation no third replica exists.
         if !all.applies(mask, &esc) {
@@ -1343,15 +1364,11 @@ fn an_escalation_naming_two_results_holds_in_every_order() {
             assert_ne!(v.status, SeedStatus::Completed, "{mask:b}");
         }
     }
-    for (mask, m, before, after) in all.steps() {
-        assert!(
-            before.status.can_reach(after.status, rules::V3),
-            "{mask:b} + {:?}: {} -> {}",
-            m.body.kind(),
-            before.status,
-            after.status
-        );
-    }
+    assert_eq!(
+        all.steps_back(),
+        Vec::new(),
+        "the status only moves forward"
+    );
     assert_eq!(all.folds.last().unwrap(), &reference);
 }
 
@@ -1365,33 +1382,19 @@ fn an_escalation_naming_two_results_holds_in_every_order() {
 /// the escalation, which does not name that result, ends replica 12's turn.
 #[test]
 fn an_escalation_naming_two_results_stands_against_a_backdated_third_in_every_order() {
-    let mut h = awarded(3, 2, 4, 5);
-    let award = h.msgs.len() - 1;
-    for r in [10, 11, 12] {
-        h.claim(r, close_at() + 10);
-    }
-    h.result(10, close_at() + 100, 'a');
-    h.result(11, close_at() + 100, 'b');
-    let result_deadline = close_at() + 10 + (TIMEOUT_S + GRACE_S) * 1000;
-    let esc = h
-        .decide(result_deadline + state::DECISION_MARGIN_MS)
-        .expect("escalation due");
+    let (mut h, esc, result_deadline) = escalated_without_12();
     assert_eq!(named(&esc).len(), 5, "three claims and two results");
     let backdated = h.result(12, result_deadline - 1, 'a');
     let late_claim = h.claim(13, result_deadline + 5_000);
     h.result(13, result_deadline + 6_000, 'a');
-    let reference = fold(&h.msgs);
-    let v = reference.view.clone().unwrap();
-    assert_eq!(v.status, SeedStatus::Completed);
-    assert_eq!(v.result.as_ref().unwrap().runner, node(10));
-    assert_eq!(
-        standings(&v),
+    let reference = completed_by_10(
+        &h,
         vec![
             (10, ReplicaStanding::Agreed),
             (11, ReplicaStanding::Dissented),
             (12, ReplicaStanding::Lapsed),
-            (13, ReplicaStanding::Agreed)
-        ]
+            (13, ReplicaStanding::Agreed),
+        ],
     );
     let lapsed = |f: &state::Folded| {
         matches!(
@@ -1404,7 +1407,7 @@ fn an_escalation_naming_two_results_stands_against_a_backdated_third_in_every_or
     assert!(lapsed(&reference));
     assert_eq!(reference.verdicts[&late_claim.id], Verdict::Applied);
 
-    let all = Subsets::of(&h, award);
+    let all = Subsets::of(&h);
     let late_bit = all.bit(&backdated);
     for (mask, f, v) in all.sets() {
         if all.applies(mask, &esc) {
@@ -1416,22 +1419,22 @@ fn an_escalation_naming_two_results_stands_against_a_backdated_third_in_every_or
             }
         }
     }
-    for (mask, m, before, after) in all.steps() {
-        if before.status.can_reach(after.status, rules::V3) {
-            continue;
-        }
+    let back = all.steps_back();
+    assert!(
+        !back.is_empty(),
+        "a node that held the backdated result first"
+    );
+    for step in back {
         // The one step back: the escalation arrives (or its last named message does) and
         // ends the turn of replica 12, whose unnamed result had completed the seed.
+        let (mask, m, before, after) = step;
         let next = mask | all.bit(m);
         assert!(
             !all.applies(mask, &esc)
                 && all.applies(next, &esc)
                 && mask & late_bit != 0
-                && (before.status, after.status) == (SeedStatus::Completed, SeedStatus::Claimed),
-            "{mask:b} + {:?}: {} -> {}",
-            m.body.kind(),
-            before.status,
-            after.status
+                && (before, after) == (SeedStatus::Completed, SeedStatus::Claimed),
+            "{step:?}"
         );
     }
     assert_eq!(all.folds.last().unwrap(), &reference);
@@ -1443,7 +1446,6 @@ fn an_escalation_naming_two_results_stands_against_a_backdated_third_in_every_or
 #[test]
 fn an_escalation_naming_two_results_of_one_runner_is_refused_in_every_order() {
     let mut h = awarded(2, 2, 3, 4);
-    let award = h.msgs.len() - 1;
     h.claim(10, close_at() + 10);
     h.claim(11, close_at() + 10);
     h.result(10, close_at() + 100, 'a');
@@ -1464,7 +1466,7 @@ fn an_escalation_naming_two_results_of_one_runner_is_refused_in_every_order() {
             seen,
         }),
     );
-    let all = Subsets::of(&h, award);
+    let all = Subsets::of(&h);
     let both = all.bit(&first) | all.bit(&second) | 1;
     for (mask, f, v) in all.sets() {
         let good_applied = all.applies(mask, &good);
@@ -1537,12 +1539,7 @@ fn reconcile(
 fn sync_brings_what_an_escalation_names_and_a_made_up_name_harms_only_its_seed() {
     use crabnet_core::reputation::contributions;
     use crabnet_core::store::{Store, StoreConfig};
-    let mut h = awarded(3, 2, 4, 5);
-    for r in [10, 11, 12] {
-        h.claim(r, close_at() + 10);
-    }
-    h.result(10, close_at() + 100, 'a');
-    h.result(11, close_at() + 100, 'b');
+    let mut h = three_claimed_a_b();
     let result_deadline = close_at() + 10 + (TIMEOUT_S + GRACE_S) * 1000;
     let late = h.result(12, result_deadline + 1, 'c');
     let esc = h
