@@ -878,11 +878,12 @@ impl SeedStatus {
     }
 
     /// Whether `next` is reachable from `self` in zero or more lifecycle steps. Under rules 1
-    /// and 3 the lifecycle only moves forward (rules 3: as long as no runner claims or reports
-    /// after its deadline; such a late step counts only until the publisher's escalation ends
-    /// its replica's turn, which may take a seed back from `completed` to `claimed`). Under rules 2 a round whose claim or result came
-    /// after its deadline ends with the publisher's decision (section 4 of `docs/PROTOCOL.md`),
-    /// so every status but the final ones may lead back to `open` through a reassignment.
+    /// the lifecycle only moves forward. Under rules 3 it does too, with one step back: a late
+    /// replica's result counts only until the publisher's escalation ends that replica's turn,
+    /// which may take a seed back from `completed` to `claimed` (section 3b of
+    /// `docs/PROTOCOL.md`). Under rules 2 a round whose claim or result came after its deadline
+    /// ends with the publisher's decision (section 4), so every status but the final ones may
+    /// lead back to `open` through a reassignment.
     pub fn can_reach(self, next: SeedStatus, rules: u32) -> bool {
         use SeedStatus::*;
         if self.is_final() {
@@ -894,6 +895,9 @@ impl SeedStatus {
         match self {
             Open => true,
             Claimed => matches!(next, Claimed | Completed | Settled | Inconclusive),
+            Completed if rules == rules::V3 => {
+                matches!(next, Claimed | Completed | Settled | Inconclusive)
+            }
             Completed => matches!(next, Completed | Settled),
             Failed | Settled | Expired | Cancelled | Inconclusive => next == self,
         }
@@ -1204,6 +1208,8 @@ mod tests {
         assert!(Claimed.can_reach(Completed, v1));
         assert!(!Claimed.can_reach(Open, v1));
         assert!(!Completed.can_reach(Claimed, v1));
+        assert!(Completed.can_reach(Claimed, rules::V3));
+        assert!(!Settled.can_reach(Claimed, rules::V3));
         assert!(!Settled.can_reach(Completed, v1));
         assert!(!Cancelled.can_reach(Open, v1));
         assert!(!Expired.can_reach(Claimed, v1));
