@@ -418,7 +418,7 @@ mod tests {
     use super::*;
     use crate::sandbox::{SandboxPolicy, SandboxStatus};
 
-    fn overview(name: &str, sandbox: SandboxStatus) -> Overview {
+    pub(super) fn overview(name: &str, sandbox: SandboxStatus) -> Overview {
         Overview {
             node_id: crate::model::NodeId::from_bytes([7; 32]),
             name: name.into(),
@@ -513,19 +513,8 @@ mod alert_tests {
     fn every_rule_has_an_alert_gauge_and_firing_ones_are_1() {
         let status = crate::runner::RunnerConfig::default().sandbox_status();
         let o = Overview {
-            node_id: crate::model::NodeId::from_bytes([7; 32]),
-            name: "n".into(),
-            data_dir: "/d".into(),
-            transport: None,
-            seeds_by_status: Default::default(),
-            outbox_pending: 0,
-            counters: Default::default(),
-            last_event_seq: 0,
-            events_pruned_through: 0,
-            state_digest: String::new(),
             peers: 3,
-            addresses: Vec::new(),
-            sandbox: status,
+            ..super::tests::overview("n", status)
         };
         let alerting = Alerting {
             active: vec![ActiveAlert {
