@@ -17,13 +17,13 @@ use support::forge::{
     config, counter, identity, plain, seal, seed_message, start, udp_node, wait_counter,
 };
 
+use crabnet_core::MemoryHub;
 use crabnet_core::clock::now_ms;
 use crabnet_core::envelope::{self, Hello, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
 use crabnet_core::network::Transport;
 use crabnet_core::rotation::Rotation;
 use crabnet_core::trust::Revocation;
-use crabnet_core::MemoryHub;
 
 /// A hello of `id` announcing `addresses`.
 fn hello_at(id: &Identity, addresses: Vec<String>) -> Vec<u8> {
