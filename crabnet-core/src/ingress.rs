@@ -258,23 +258,24 @@ impl Gate {
         })?;
         let h = &parsed.header;
         let now = std::time::Instant::now();
-        if !self.sources.allow(from, now) {
-            let detail = "the source sends more frames than network.source_rate_per_sec";
-            return Err(Rejection::new(
+        // The source first: a frame it may not send takes nothing from the sender's budget.
+        let limits = [
+            (
+                &self.sources,
                 from,
-                Some(h),
-                RejectReason::RateLimited,
-                detail.into(),
-            ));
-        }
-        if !self.senders.allow(h.sender.as_str(), now) {
-            let detail = "the claimed sender sends more frames than network.sender_rate_per_sec";
-            return Err(Rejection::new(
-                from,
-                Some(h),
-                RejectReason::RateLimited,
-                detail.into(),
-            ));
+                "the source sends more frames than network.source_rate_per_sec",
+            ),
+            (
+                &self.senders,
+                h.sender.as_str(),
+                "the claimed sender sends more frames than network.sender_rate_per_sec",
+            ),
+        ];
+        for (limiter, key, detail) in limits {
+            if !limiter.allow(key, now) {
+                let reason = RejectReason::RateLimited;
+                return Err(Rejection::new(from, Some(h), reason, detail.into()));
+            }
         }
         Ok(())
     }
@@ -770,6 +771,17 @@ mod tests {
         }
     }
 
+    /// Offers `bytes` from `sender(n)`, who said no hello yet, to `q` at `now`; whether it
+    /// is held.
+    fn offer(q: &HoldQueue, n: u64, bytes: &[u8], now: Millis, counters: &Rejections) -> bool {
+        q.hold(
+            &sender(n),
+            HeldFrame::new(bytes, &source(), unknown(n), None, now),
+            counters,
+        )
+        .is_ok()
+    }
+
     /// A flood of envelopes from ever new senders that never say hello: the queue never holds
     /// more than its bounds, counts what it refused, and rejects what it held when the hold
     /// time is over, with one event for the source (the rest go to the window's summary).
@@ -781,13 +793,7 @@ mod tests {
         let flood = 5 * HOLD_MAX_FRAMES as u64;
         let mut held = 0;
         for n in 0..flood {
-            if q.hold(
-                &sender(n),
-                HeldFrame::new(&frame, &source(), unknown(n), None, n / 100),
-                &counters,
-            )
-            .is_ok()
-            {
+            if offer(&q, n, &frame, n / 100, &counters) {
                 held += 1;
             }
             let (frames, bytes) = q.size();
@@ -824,31 +830,16 @@ mod tests {
         let big = vec![0u8; 65_000];
         let fits = HOLD_MAX_BYTES / big.len();
         for n in 0..(fits as u64 + 10) {
-            let _ = q.hold(
-                &sender(n),
-                HeldFrame::new(&big, &source(), unknown(n), None, 0),
-                &counters,
-            );
+            offer(&q, n, &big, 0, &counters);
         }
         assert_eq!(q.size(), (fits, fits * big.len()));
 
         let q = HoldQueue::new(5_000);
         for _ in 0..HOLD_MAX_PER_SENDER + 5 {
-            let _ = q.hold(
-                &sender(1),
-                HeldFrame::new(b"x", &source(), unknown(1), None, 0),
-                &counters,
-            );
+            offer(&q, 1, b"x", 0, &counters);
         }
         assert_eq!(q.size().0, HOLD_MAX_PER_SENDER);
-        assert!(
-            q.hold(
-                &sender(2),
-                HeldFrame::new(b"x", &source(), unknown(2), None, 0),
-                &counters
-            )
-            .is_ok()
-        );
+        assert!(offer(&q, 2, b"x", 0, &counters));
     }
 
     /// When the hello arrives, the sender's envelopes come back in arrival order and leave
@@ -858,14 +849,7 @@ mod tests {
         let counters = Rejections::new(0);
         let q = HoldQueue::new(5_000);
         for (n, bytes) in [(1, b"a"), (2, b"b"), (1, b"c")] {
-            assert!(
-                q.hold(
-                    &sender(n),
-                    HeldFrame::new(bytes, &source(), unknown(n), None, 0),
-                    &counters
-                )
-                .is_ok()
-            );
+            assert!(offer(&q, n, bytes, 0, &counters));
         }
         let back: Vec<Vec<u8>> = q
             .release(&sender(1), RejectReason::UnknownSender, &counters)
@@ -881,14 +865,7 @@ mod tests {
         assert_eq!(counters.pending_counters()["messages.held_released"], 2);
         // Disabled: nothing is held.
         let off = HoldQueue::new(0);
-        assert!(
-            off.hold(
-                &sender(3),
-                HeldFrame::new(b"x", &source(), unknown(3), None, 0),
-                &counters
-            )
-            .is_err()
-        );
+        assert!(!offer(&off, 3, b"x", 0, &counters));
     }
 
     /// A held envelope's verdict channel is answered when it expires, with the reason it was

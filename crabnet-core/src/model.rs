@@ -567,11 +567,9 @@ impl Seed {
 
     /// The seed's replication under rules 3, `None` for a seed run once.
     pub fn replication(&self) -> Option<&Replication> {
-        if self.rules >= rules::V3 {
-            self.replication.as_ref()
-        } else {
-            None
-        }
+        self.replication
+            .as_ref()
+            .filter(|_| self.rules >= rules::V3)
     }
 
     /// The rule set a new seed with this replication is written under: rules 3 when it asks
@@ -586,11 +584,7 @@ impl Seed {
 
     /// The deadlines this seed follows, `None` under rules 1.
     pub fn deadlines(&self) -> Option<&Deadlines> {
-        if self.rules >= rules::V2 {
-            self.deadlines.as_ref()
-        } else {
-            None
-        }
+        self.deadlines.as_ref().filter(|_| self.rules >= rules::V2)
     }
 }
 

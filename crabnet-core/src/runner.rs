@@ -1288,8 +1288,13 @@ async fn execute(
 }
 
 #[cfg(all(test, target_os = "linux"))]
+#[path = "../tests/support/procs.rs"]
+mod procs;
+
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     // These tests rely on Linux specifics (bash, /proc, GNU coreutils).
+    use super::procs::processes_with_arg;
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
@@ -1315,26 +1320,6 @@ mod tests {
         run(request(root, command), cfg)
             .await
             .unwrap_or_else(|e| panic!("run({command:?}) failed: {e}"))
-    }
-
-    /// PIDs of live (non-zombie) processes having `arg` as one exact argument.
-    fn processes_with_arg(arg: &str) -> Vec<u32> {
-        let mut found = Vec::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return found;
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            if cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
-                found.push(pid);
-            }
-        }
-        found
     }
 
     async fn wait_gone(arg: &str) -> Vec<u32> {

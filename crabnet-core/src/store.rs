@@ -809,13 +809,15 @@ impl Store {
         .collect()
     }
 
+    /// The one non-negative number `sql` answers (a count, a highest sequence number).
+    fn number(&self, sql: &str) -> Result<u64> {
+        let n: i64 = self.conn.query_row(sql, [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     /// The highest event sequence number (0 when there are none).
     pub fn last_event_seq(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+        self.number("SELECT COALESCE(MAX(seq), 0) FROM events")
     }
 
     /// The sequence number of the last event written to the NDJSON log.
@@ -1112,9 +1114,13 @@ impl Store {
 
     /// Every stored certificate.
     pub fn certificates(&self) -> Result<Vec<Vec<u8>>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT body FROM certificates ORDER BY node_id")?;
+        self.bodies("SELECT body FROM certificates ORDER BY node_id")
+    }
+
+    /// The `body` column of every row `sql` selects (certificates, revocations, rotations),
+    /// in its order.
+    fn bodies(&self, sql: &str) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -1130,19 +1136,12 @@ impl Store {
 
     /// Every stored revocation, oldest first.
     pub fn revocations(&self) -> Result<Vec<Vec<u8>>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT body FROM revocations ORDER BY received_at, id")?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.bodies("SELECT body FROM revocations ORDER BY received_at, id")
     }
 
     /// How many revocations are stored.
     pub fn revocation_count(&self) -> Result<u64> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM revocations", [], |r| r.get(0))?;
-        Ok(n as u64)
+        self.number("SELECT COUNT(*) FROM revocations")
     }
 
     /// Stores a verified key rotation statement of `node` to `epoch`; returns whether it was
@@ -1164,11 +1163,7 @@ impl Store {
 
     /// Every stored rotation statement, each node's in epoch order.
     pub fn rotations(&self) -> Result<Vec<Vec<u8>>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT body FROM rotations ORDER BY node_id, epoch")?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.bodies("SELECT body FROM rotations ORDER BY node_id, epoch")
     }
 
     /// Deletes the rotation statements of nodes that are neither `me`, nor in the peer table,
@@ -1213,10 +1208,7 @@ impl Store {
 
     /// How many rotation statements are stored.
     pub fn rotation_count(&self) -> Result<u64> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM rotations", [], |r| r.get(0))?;
-        Ok(n as u64)
+        self.number("SELECT COUNT(*) FROM rotations")
     }
 
     /// A known peer moves to the keys of a verified rotation (`identity`, a later epoch than
@@ -1576,11 +1568,7 @@ impl Store {
 
     /// Deliveries waiting in the webhook queue.
     pub fn webhook_pending(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .query_row("SELECT COUNT(*) FROM webhook_queue", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+        self.number("SELECT COUNT(*) FROM webhook_queue")
     }
 
     /// When the oldest unsent outbox message was created (Unix ms), if any.

@@ -225,16 +225,7 @@ impl Certificate {
     /// [`Certificate::verify`]).
     pub fn parse(bytes: &[u8]) -> Result<Certificate, TrustError> {
         const WHAT: &str = "certificate";
-        if bytes.len() != CERTIFICATE_LEN {
-            return Err(malformed(
-                WHAT,
-                format!("{} bytes, expected {CERTIFICATE_LEN}", bytes.len()),
-            ));
-        }
-        if bytes[0] != FORMAT_VERSION {
-            return Err(malformed(WHAT, format!("unknown version {}", bytes[0])));
-        }
-        let mut r = Reader(&bytes[1..]);
+        let mut r = Reader::versioned(bytes, WHAT, CERTIFICATE_LEN)?;
         let anchor = r.array::<32>();
         let serial = r.array::<16>();
         let node_id = NodeId::from_bytes(r.array::<32>());
@@ -395,16 +386,7 @@ impl Revocation {
     /// [`Revocation::verify`]).
     pub fn parse(bytes: &[u8]) -> Result<Revocation, TrustError> {
         const WHAT: &str = "revocation";
-        if bytes.len() != REVOCATION_LEN {
-            return Err(malformed(
-                WHAT,
-                format!("{} bytes, expected {REVOCATION_LEN}", bytes.len()),
-            ));
-        }
-        if bytes[0] != FORMAT_VERSION {
-            return Err(malformed(WHAT, format!("unknown version {}", bytes[0])));
-        }
-        let mut r = Reader(&bytes[1..]);
+        let mut r = Reader::versioned(bytes, WHAT, REVOCATION_LEN)?;
         let issuer = match r.array::<1>()[0] {
             0 => Issuer::Anchor,
             1 => Issuer::Node,
@@ -486,6 +468,21 @@ impl Revocation {
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
+    /// A reader of the fields after the format version of `bytes`, a `what` that must be
+    /// `len` bytes long and of [`FORMAT_VERSION`].
+    fn versioned(bytes: &'a [u8], what: &'static str, len: usize) -> Result<Self, TrustError> {
+        if bytes.len() != len {
+            return Err(malformed(
+                what,
+                format!("{} bytes, expected {len}", bytes.len()),
+            ));
+        }
+        if bytes[0] != FORMAT_VERSION {
+            return Err(malformed(what, format!("unknown version {}", bytes[0])));
+        }
+        Ok(Reader(&bytes[1..]))
+    }
+
     fn take(&mut self, n: usize) -> &'a [u8] {
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;

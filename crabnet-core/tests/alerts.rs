@@ -19,7 +19,7 @@ use crabnet_core::alerts::{AlertName, WebhookConfig};
 use crabnet_core::clock::now_ms;
 use crabnet_core::network::{Incoming, MemoryTransport, Transport, UdpConfig, UdpTransport};
 use crabnet_core::{Config, Event, EventKind, MemoryHub, Node, PublishRequest};
-use support::forge::{self, config, wait_counter, wait_view};
+use support::forge::{self, config, start, wait_counter, wait_view};
 
 const SECRET: &str = "a-shared-webhook-secret";
 
@@ -97,9 +97,7 @@ async fn a_node_alone_fires_no_peers_and_resolves_it_when_a_peer_arrives() {
     let hub = MemoryHub::new();
     let mut c = alerting(dir.path(), "a");
     c.alerts.no_peers_secs = 1;
-    let a = Node::start_with_transport(c, Box::new(hub.join("a")))
-        .await
-        .unwrap();
+    let a = start(c, &hub).await;
     let mut events = a.subscribe();
     assert_eq!(
         wait_event(&mut events, "alert_firing", firing).await,
@@ -109,9 +107,7 @@ async fn a_node_alone_fires_no_peers_and_resolves_it_when_a_peer_arrives() {
     assert_eq!(active.len(), 1, "{active:?}");
     assert_eq!(active[0].alert, AlertName::NoPeers);
 
-    let b = Node::start_with_transport(alerting(dir.path(), "b"), Box::new(hub.join("b")))
-        .await
-        .unwrap();
+    let b = start(alerting(dir.path(), "b"), &hub).await;
     assert_eq!(
         wait_event(&mut events, "alert_resolved", resolved).await,
         AlertName::NoPeers
@@ -151,10 +147,19 @@ async fn wait_resolved(sub: &mut crabnet_core::Subscription, alert: AlertName) {
     .await
 }
 
+/// The `alert_firing` events `node` recorded, oldest first.
+async fn firing_events(node: &Node) -> Vec<Event> {
+    let events = node.events_after(0, 100_000).await.unwrap();
+    events.into_iter().filter(|e| firing(e).is_some()).collect()
+}
+
 /// The alerts `node` recorded as firing, by name.
 async fn firing_names(node: &Node) -> Vec<AlertName> {
-    let events = node.events_after(0, 100_000).await.unwrap();
-    events.iter().filter_map(firing).collect()
+    firing_events(node)
+        .await
+        .iter()
+        .filter_map(firing)
+        .collect()
 }
 
 /// The runner (with `runner`'s alert rules) bids on, claims and runs a seed of `command`
@@ -187,20 +192,13 @@ async fn run_seed(publisher: &Node, runner: &Node, command: &str) {
 async fn failing_tasks_fire_runner_failures_and_it_resolves_when_the_window_has_passed() {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
-    let publisher = Node::start_with_transport(
-        alerting(dir.path(), "publisher"),
-        Box::new(hub.join("publisher")),
-    )
-    .await
-    .unwrap();
+    let publisher = start(alerting(dir.path(), "publisher"), &hub).await;
     let mut c = alerting(dir.path(), "runner");
     c.runner.work_root = Some(dir.path().join("work"));
     c.alerts.runner_failure_percent = 50;
     c.alerts.runner_min_runs = 2;
     c.alerts.rate_window_secs = 5;
-    let runner = Node::start_with_transport(c, Box::new(hub.join("runner")))
-        .await
-        .unwrap();
+    let runner = start(c, &hub).await;
     let mut events = runner.subscribe();
     runner
         .wait_for_peers(1, Duration::from_secs(10))
@@ -498,6 +496,27 @@ fn next(rx: &mpsc::Receiver<(u16, Received)>) -> (u16, Received) {
         .expect("a webhook delivery within 20 s")
 }
 
+/// Waits (10 s at most) until `node`'s webhook queue is empty, then checks that its one
+/// delivery succeeded after `failures` failed attempts.
+async fn delivered_once_after_failures(node: &Node, failures: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.webhook_queue_len().await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "the queue did not empty");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let counters = node.overview().await.unwrap().counters;
+    assert_eq!(
+        counters.get("alerts.webhook_failed"),
+        Some(&failures),
+        "{counters:?}"
+    );
+    assert_eq!(
+        counters.get("alerts.webhook_delivered"),
+        Some(&1),
+        "{counters:?}"
+    );
+}
+
 /// Checks the signature as a receiver would and returns the body as JSON.
 fn verified(r: &Received) -> serde_json::Value {
     let ts: u64 = r.headers[&TIMESTAMP_HEADER.to_ascii_lowercase()]
@@ -528,9 +547,7 @@ async fn webhooks_are_signed_and_retried_after_a_500() {
     let rx = receiver(listener, vec![500, 200]);
     let hub = MemoryHub::new();
     let c = with_webhook(alerting(dir.path(), "a"), &url, dir.path());
-    let a = Node::start_with_transport(c, Box::new(hub.join("a")))
-        .await
-        .unwrap();
+    let a = start(c, &hub).await;
 
     let (status, first) = next(&rx);
     assert_eq!(status, 500);
@@ -546,22 +563,7 @@ async fn webhooks_are_signed_and_retried_after_a_500() {
         "one delivery, two attempts"
     );
     // Delivered: the queue empties and the counters say what happened.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.webhook_queue_len().await.unwrap() > 0 {
-        assert!(Instant::now() < deadline, "the queue did not empty");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let counters = a.overview().await.unwrap().counters;
-    assert_eq!(
-        counters.get("alerts.webhook_failed"),
-        Some(&1),
-        "{counters:?}"
-    );
-    assert_eq!(
-        counters.get("alerts.webhook_delivered"),
-        Some(&1),
-        "{counters:?}"
-    );
+    delivered_once_after_failures(&a, 1).await;
     a.stop().await.unwrap();
 }
 
@@ -574,20 +576,11 @@ async fn queued_deliveries_survive_a_restart() {
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let hub = MemoryHub::new();
     let c = with_webhook(alerting(dir.path(), "a"), &url, dir.path());
-    let a = Node::start_with_transport(c.clone(), Box::new(hub.join("a")))
-        .await
-        .unwrap();
+    let a = start(c.clone(), &hub).await;
     let mut events = a.subscribe();
     wait_event(&mut events, "alert_firing", firing).await;
     assert_eq!(a.webhook_queue_len().await.unwrap(), 1);
-    let fired_seq = a
-        .events_after(0, 1000)
-        .await
-        .unwrap()
-        .iter()
-        .find(|e| firing(e).is_some())
-        .unwrap()
-        .seq;
+    let fired_seq = firing_events(&a).await[0].seq;
     a.stop().await.unwrap();
     drop(a);
 
@@ -601,9 +594,7 @@ async fn queued_deliveries_survive_a_restart() {
     // The receiver answers now; the restarted node delivers what was queued before (and does
     // not fire `no_peers` again: it is still firing).
     let hub = MemoryHub::new();
-    let a = Node::start_with_transport(c, Box::new(hub.join("a")))
-        .await
-        .unwrap();
+    let a = start(c, &hub).await;
     // Every connection is answered 200 from now on, also those that attempts before the
     // restart left in the backlog (their clients are gone: those answers reach nobody).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -643,13 +634,7 @@ async fn queued_deliveries_survive_a_restart() {
             "the delivery queued before"
         );
     }
-    let firings = a
-        .events_after(0, 1000)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|e| firing(e).is_some())
-        .count();
+    let firings = firing_events(&a).await.len();
     assert_eq!(firings, 1, "no second firing after the restart");
     a.stop().await.unwrap();
 }
@@ -685,9 +670,7 @@ async fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
         dir.path(),
     );
     c.alerts.webhooks[0].ca_file = Some(ca);
-    let a = Node::start_with_transport(c, Box::new(hub.join("a")))
-        .await
-        .unwrap();
+    let a = start(c, &hub).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let r = loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -716,9 +699,7 @@ async fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
     );
     c.alerts.webhooks[0].ca_file = Some(other);
     let rx = tls_receiver(listener, server, 3);
-    let b = Node::start_with_transport(c, Box::new(hub.join("b")))
-        .await
-        .unwrap();
+    let b = start(c, &hub).await;
     support::forge::wait_counter(&b, "alerts.webhook_failed", 1).await;
     assert_eq!(b.webhook_queue_len().await.unwrap(), 1, "still queued");
     b.stop().await.unwrap();
@@ -833,9 +814,7 @@ async fn hostile_webhook_receivers_neither_stall_nor_flood_the_node() {
     let rx = hostile_receiver(listener, script.clone());
     let hub = MemoryHub::new();
     let c = with_webhook(alerting(dir.path(), "a"), &url, dir.path());
-    let a = Node::start_with_transport(c, Box::new(hub.join("a")))
-        .await
-        .unwrap();
+    let a = start(c, &hub).await;
 
     let mut deliveries = Vec::new();
     for how in script {
@@ -866,22 +845,7 @@ async fn hostile_webhook_receivers_neither_stall_nor_flood_the_node() {
         "one delivery, retried: {deliveries:?}"
     );
     // The 200 (whatever body followed) delivered it; the three attacks before it failed.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.webhook_queue_len().await.unwrap() > 0 {
-        assert!(Instant::now() < deadline, "the queue did not empty");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let counters = a.overview().await.unwrap().counters;
-    assert_eq!(
-        counters.get("alerts.webhook_failed"),
-        Some(&3),
-        "{counters:?}"
-    );
-    assert_eq!(
-        counters.get("alerts.webhook_delivered"),
-        Some(&1),
-        "{counters:?}"
-    );
+    delivered_once_after_failures(&a, 3).await;
     assert_eq!(a.seeds(None).await.unwrap().len(), 4);
     a.stop().await.unwrap();
 }

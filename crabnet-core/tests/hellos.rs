@@ -14,16 +14,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::forge::{
-    config, counter, identity, plain, seal, seed_message, udp_node, wait_counter,
+    config, counter, identity, plain, seal, seed_message, start, udp_node, wait_counter,
 };
 
+use crabnet_core::MemoryHub;
 use crabnet_core::clock::now_ms;
 use crabnet_core::envelope::{self, Hello, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
 use crabnet_core::network::Transport;
 use crabnet_core::rotation::Rotation;
 use crabnet_core::trust::Revocation;
-use crabnet_core::{MemoryHub, Node};
 
 /// A hello of `id` announcing `addresses`.
 fn hello_at(id: &Identity, addresses: Vec<String>) -> Vec<u8> {
@@ -250,9 +250,7 @@ async fn forgeries_from_one_source_cannot_crowd_out_a_peers_real_frames() {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
     let c = config(dir.path(), "victim");
-    let node = Node::start_with_transport(c, Box::new(hub.join("victim")))
-        .await
-        .unwrap();
+    let node = start(c, &hub).await;
     let mut alice_wire = hub.join("alice");
     let mut mallory_wire = hub.join("mallory");
     let alice = identity(0x11, 1);
@@ -356,9 +354,7 @@ async fn rotation_chains_of_evicted_strangers_are_pruned() {
     c.network.max_peers = 3;
     c.network.hello_interval_secs = 1;
     c.retention.interval_secs = 1;
-    let node = Node::start_with_transport(c, Box::new(hub.join("n")))
-        .await
-        .unwrap();
+    let node = start(c, &hub).await;
     let mut wire = hub.join("wire");
     let (stranger, author) = (identity(0x31, 1), identity(0x32, 1));
     let now = now_ms();

@@ -9,7 +9,9 @@ mod support;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
-use support::forge::{counter, hello, identity, plain, seal, seed_message, udp_node, wait_counter};
+use support::forge::{
+    counter, hello, identity, plain, seal, seed_message, start, udp_node, wait_counter,
+};
 
 use crabnet_core::clock::now_ms;
 use crabnet_core::envelope::{self, Kind, MAX_ENVELOPE_BYTES};
@@ -17,9 +19,7 @@ use crabnet_core::network::{UdpConfig, UdpTransport};
 use crabnet_core::{Config, EventKind, MemoryHub, Node, PublishRequest};
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
-    let mut c = Config::with_data_dir(dir.join(name));
-    c.name = name.into();
-    c.network.tick_ms = 20;
+    let mut c = support::forge::config(dir, name);
     c.events.log_enabled = false;
     c
 }
@@ -100,9 +100,7 @@ async fn a_sync_batch_of_many_envelopes_is_not_limited_as_many_frames() {
     let hub = MemoryHub::new();
     let mut ca = config(dir.path(), "a");
     ca.network.sync_interval_secs = 1;
-    let a = Node::start_with_transport(ca, Box::new(hub.join("a")))
-        .await
-        .unwrap();
+    let a = start(ca, &hub).await;
     for i in 0..40 {
         a.publish(PublishRequest::new(format!("echo {i}")))
             .await
@@ -116,9 +114,7 @@ async fn a_sync_batch_of_many_envelopes_is_not_limited_as_many_frames() {
     cb.network.source_burst = 5;
     cb.network.sender_rate_per_sec = 3;
     cb.network.sender_burst = 5;
-    let b = Node::start_with_transport(cb, Box::new(hub.join("b")))
-        .await
-        .unwrap();
+    let b = start(cb, &hub).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let n = b.seeds(None).await.unwrap().len();
@@ -252,9 +248,7 @@ async fn next_domain_lamport(
 async fn a_counter_far_ahead_is_rejected_and_does_not_move_the_clock() {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
-    let node = Node::start_with_transport(config(dir.path(), "n"), Box::new(hub.join("n")))
-        .await
-        .unwrap();
+    let node = start(config(dir.path(), "n"), &hub).await;
     let mut wire = hub.join("wire");
     let mallory = identity(9, 0);
     crabnet_core::network::Transport::broadcast(&mut wire, &hello(&mallory)).unwrap();

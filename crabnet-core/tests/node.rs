@@ -9,18 +9,10 @@ use crabnet_core::model::{MessageKind, SeedId};
 use crabnet_core::monitor::RejectReason;
 use crabnet_core::network::Transport;
 use crabnet_core::{
-    BlockingNode, Config, ErrorKind, EventKind, MemoryHub, Node, PublishRequest, SeedStatus,
-    SeedView,
+    BlockingNode, ErrorKind, EventKind, MemoryHub, Node, PublishRequest, SeedStatus, SeedView,
 };
-use support::forge::wait_view;
+use support::forge::{config, start, wait_view};
 use support::pair::Pair;
-
-fn config(dir: &std::path::Path, name: &str) -> Config {
-    let mut c = Config::with_data_dir(dir.join(name));
-    c.name = name.into();
-    c.network.tick_ms = 20;
-    c
-}
 
 async fn wait_for(node: &Node, id: &SeedId, what: &str, f: impl Fn(&SeedView) -> bool) -> SeedView {
     wait_view(node, id, Duration::from_secs(15), what, f).await
@@ -40,11 +32,7 @@ async fn network(dir: &std::path::Path, n: usize) -> (MemoryHub, Vec<Node>) {
     let mut nodes = Vec::new();
     for i in 0..n {
         let name = format!("n{i}");
-        nodes.push(
-            Node::start_with_transport(config(dir, &name), Box::new(hub.join(&name)))
-                .await
-                .unwrap(),
-        );
+        nodes.push(start(config(dir, &name), &hub).await);
     }
     mesh(&nodes).await;
     (hub, nodes)
@@ -149,9 +137,7 @@ async fn garbage_and_oversized_frames_are_rejected_with_events_and_the_node_keep
     let hub = MemoryHub::new();
     let mut c = config(dir.path(), "n0");
     c.network.reject_event_window_ms = 300;
-    let node = &Node::start_with_transport(c, Box::new(hub.join("n0")))
-        .await
-        .unwrap();
+    let node = &start(c, &hub).await;
     let mut events = node.subscribe();
     let mut attacker = hub.join("attacker");
     for _ in 0..3 {
@@ -193,12 +179,8 @@ async fn replayed_messages_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
     let mut tap = hub.join("tap");
-    let a = Node::start_with_transport(config(dir.path(), "a"), Box::new(hub.join("a")))
-        .await
-        .unwrap();
-    let b = Node::start_with_transport(config(dir.path(), "b"), Box::new(hub.join("b")))
-        .await
-        .unwrap();
+    let a = start(config(dir.path(), "a"), &hub).await;
+    let b = start(config(dir.path(), "b"), &hub).await;
     mesh(&[a.clone(), b.clone()]).await;
     let seed = a.publish(PublishRequest::new("true")).await.unwrap();
     let frame = loop {
@@ -352,12 +334,8 @@ async fn a_second_listening_node_on_one_data_directory_is_refused() {
 async fn an_operation_recorded_offline_is_broadcast_by_the_listener_on_the_same_directory() {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
-    let listener = Node::start_with_transport(config(dir.path(), "a"), Box::new(hub.join("a")))
-        .await
-        .unwrap();
-    let peer = Node::start_with_transport(config(dir.path(), "b"), Box::new(hub.join("b")))
-        .await
-        .unwrap();
+    let listener = start(config(dir.path(), "a"), &hub).await;
+    let peer = start(config(dir.path(), "b"), &hub).await;
     mesh(&[listener.clone(), peer.clone()]).await;
     let offline = Node::start(config(dir.path(), "a")).await.unwrap();
     let seed = offline.publish(PublishRequest::new("true")).await.unwrap();

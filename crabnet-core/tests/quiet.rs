@@ -17,7 +17,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 
 use crabnet_core::clock::now_ms;
-use crabnet_core::{EventKind, MemoryHub, Node, Transport};
+use crabnet_core::{EventKind, MemoryHub, Transport};
 
 use support::{Net, forge, junk};
 
@@ -84,9 +84,7 @@ fn healthy_run(mut net: Net) {
 async fn an_envelope_before_its_authors_hello_is_applied_when_the_hello_arrives() {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
-    let node = Node::start_with_transport(forge::config(dir.path(), "n"), Box::new(hub.join("n")))
-        .await
-        .unwrap();
+    let node = forge::start(forge::config(dir.path(), "n"), &hub).await;
     let mut wire = hub.join("wire");
     let alice = forge::identity(0x11, 1);
     let m = forge::seed_message(&alice, 1, now_ms());
@@ -213,9 +211,7 @@ async fn a_held_envelope_expires_on_an_idle_node() {
     let hub = MemoryHub::new();
     let mut c = forge::config(dir.path(), "n");
     c.network.unknown_sender_hold_ms = 1000;
-    let node = Node::start_with_transport(c, Box::new(hub.join("n")))
-        .await
-        .unwrap();
+    let node = forge::start(c, &hub).await;
     let mut wire = hub.join("wire");
     let alice = forge::identity(0x12, 1);
     let m = forge::seed_message(&alice, 1, now_ms());

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crabnet_core::network::Transport;
 use crabnet_core::web::{self, WebConfig};
-use crabnet_core::{Config, ErrorKind, MemoryHub, Node, PublishRequest, SeedStatus};
-use support::forge::{counter, poll, wait_counter};
+use crabnet_core::{Config, ErrorKind, MemoryHub, PublishRequest, SeedStatus};
+use support::forge::{counter, poll, start, wait_counter};
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
     let mut c = support::forge::config(dir, name);
@@ -17,12 +17,6 @@ fn config(dir: &std::path::Path, name: &str) -> Config {
     c.events.log_enabled = false;
     c.retention.interval_secs = 1;
     c
-}
-
-async fn start(c: Config, hub: &MemoryHub, name: &str) -> Node {
-    Node::start_with_transport(c, Box::new(hub.join(name)))
-        .await
-        .unwrap()
 }
 
 async fn wait_until<F: Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
@@ -48,8 +42,8 @@ async fn a_pruned_seed_is_not_pulled_back_by_sync_from_a_peer_that_still_holds_i
     short.store.seen_ttl_secs = 2;
     let mut forever = config(dir.path(), "forever");
     forever.retention.seeds_after_secs = 0;
-    let a = start(short.clone(), &hub, "short").await;
-    let b = start(forever, &hub, "forever").await;
+    let a = start(short.clone(), &hub).await;
+    let b = start(forever, &hub).await;
     a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
     b.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
 
@@ -73,7 +67,7 @@ async fn a_pruned_seed_is_not_pulled_back_by_sync_from_a_peer_that_still_holds_i
     let rounds = counter(&a, "sync.ranges_received").await;
     let wants = counter(&b, "sync.wants_received").await;
     a.stop().await.unwrap();
-    let a = start(short, &hub, "short").await;
+    let a = start(short, &hub).await;
     // The peer, which keeps everything, still holds the seed's messages: reconciliation finds
     // them as a difference round after round, and this node never asks for them.
     wait_counter(&a, "sync.ranges_received", rounds + 6).await;
@@ -112,7 +106,7 @@ async fn an_idle_node_prunes_on_its_own_interval() {
     let hub = MemoryHub::new();
     let mut c = config(dir.path(), "alone");
     c.retention.seeds_after_secs = 1;
-    let node = start(c, &hub, "alone").await;
+    let node = start(c, &hub).await;
     let id = node
         .publish(PublishRequest::new("echo ended"))
         .await
@@ -135,7 +129,7 @@ async fn a_flood_of_rejections_leaves_the_events_table_bounded() {
     let mut c = config(dir.path(), "target");
     c.network.reject_event_window_ms = 0; // one event per rejected frame
     c.retention.events_max_rows = 100;
-    let node = start(c, &hub, "target").await;
+    let node = start(c, &hub).await;
     let mut rogue = hub.join("rogue");
     const FRAMES: u64 = 600;
     for i in 0..FRAMES {

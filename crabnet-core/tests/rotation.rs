@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 use support::forge::{
     config, counter, eventually_knows, hello, hello_rotated, identity, plain, seal, seed_message,
-    wait_counter,
+    start, wait_counter,
 };
 use support::vectors::{check_committed, vector_identity};
 
@@ -19,7 +19,7 @@ use crabnet_core::model::Message;
 use crabnet_core::network::{MemoryTransport, Transport};
 use crabnet_core::rotation::{Added, Chains, Rotation};
 use crabnet_core::trust::Revocation;
-use crabnet_core::{Config, MemoryHub, Node, NodeId};
+use crabnet_core::{MemoryHub, Node, NodeId};
 
 const HOUR: u64 = 3_600_000;
 
@@ -39,13 +39,6 @@ fn rotations_frame(sender: &Identity, items: &[&Rotation]) -> Vec<u8> {
             .collect(),
     };
     plain(sender, Kind::KeyRotations, &envelope::encode_hello(&list))
-}
-
-async fn start(c: Config, hub: &MemoryHub) -> Node {
-    let name = c.name.clone();
-    Node::start_with_transport(c, Box::new(hub.join(&name)))
-        .await
-        .unwrap()
 }
 
 /// Sends a seed signed by `signer` (author `signer`'s node id) dated `at`.

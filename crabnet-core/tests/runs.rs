@@ -13,6 +13,7 @@ use crabnet_core::sandbox::SandboxPolicy;
 use crabnet_core::store::Store;
 use crabnet_core::{BlockingNode, Config, ErrorKind, EventKind, SeedId, SeedStatus};
 use support::pair::Pair;
+use support::procs::processes_with_arg;
 
 /// The runner's configuration (the node under test).
 fn config(dir: &std::path::Path) -> Config {
@@ -34,24 +35,6 @@ fn pair(dir: &std::path::Path, runner: Config) -> Pair {
 /// The publisher publishes `command`; the runner bids on it and claims it.
 fn claimed(pair: &Pair, command: &str) -> SeedId {
     pair.claimed(command, 5)
-}
-
-/// Processes with `arg` as one of their arguments (any user, any PID namespace; zombies have
-/// no command line and do not count).
-fn processes_with_arg(arg: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// Waits (20 s at most) until a process with `arg` among its arguments runs (the task started).

@@ -9,13 +9,16 @@
 //! only); each test asserts the specific denial the task saw.
 #![cfg(target_os = "linux")]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crabnet_core::model::SandboxLevel;
 use crabnet_core::runner::{self, RunOutcome, RunRequest, RunnerConfig};
 use crabnet_core::sandbox::SandboxPolicy;
+use procs::processes_with_arg;
+
+#[path = "support/procs.rs"]
+mod procs;
 
 const SECRET_KEY: &str = "SECRET-IDENTITY-KEY-7f3a9c";
 const SECRET_DB: &str = "SECRET-DATABASE-ROW-51b2e0";
@@ -66,6 +69,25 @@ fn landlock_only() -> RunnerConfig {
     }
 }
 
+/// The request to run `command` as task `task_id` in `root`, fully isolated, without network.
+fn request<'a>(
+    root: &'a Path,
+    task_id: &'a str,
+    command: &'a str,
+    timeout: Duration,
+) -> RunRequest<'a> {
+    RunRequest {
+        task_id,
+        command,
+        timeout,
+        work_root: root,
+        network: false,
+        isolation: SandboxLevel::Full,
+        source_date_epoch: None,
+        output: crabnet_core::model::OutputHash::Combined,
+    }
+}
+
 async fn attack(node: &NodeFiles, cfg: &RunnerConfig, command: &str) -> RunOutcome {
     attack_for(node, cfg, command, Duration::from_secs(20)).await
 }
@@ -77,21 +99,9 @@ async fn attack_for(
     timeout: Duration,
 ) -> RunOutcome {
     let root = node.work_root();
-    let out = runner::run(
-        RunRequest {
-            task_id: "hostile",
-            command,
-            timeout,
-            work_root: &root,
-            network: false,
-            isolation: SandboxLevel::Full,
-            source_date_epoch: None,
-            output: crabnet_core::model::OutputHash::Combined,
-        },
-        cfg,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("the runner failed to run {command:?}: {e}"));
+    let out = runner::run(request(&root, "hostile", command, timeout), cfg)
+        .await
+        .unwrap_or_else(|e| panic!("the runner failed to run {command:?}: {e}"));
     for secret in [SECRET_KEY, SECRET_DB, SECRET_ENV] {
         assert!(
             !out.output_excerpt.contains(secret),
@@ -263,26 +273,6 @@ async fn tasks_have_no_network() {
     assert!(udp.recv(&mut buf).is_err(), "a task sent a datagram");
 }
 
-/// PIDs of live processes with `arg` as one exact argument.
-fn processes_with_arg(arg: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let mut cmdline = Vec::new();
-        let Ok(mut f) = std::fs::File::open(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if f.read_to_end(&mut cmdline).is_ok()
-            && cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes())
-        {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 #[tokio::test]
 async fn no_process_outlives_its_task() {
     let node = NodeFiles::new();
@@ -383,16 +373,7 @@ async fn required_refuses_what_the_kernel_cannot_give_and_names_it() {
     );
     let root = node.work_root();
     let err = runner::run(
-        RunRequest {
-            task_id: "refused",
-            command: "echo ESCAPED",
-            timeout: Duration::from_secs(5),
-            work_root: &root,
-            network: false,
-            isolation: SandboxLevel::Full,
-            source_date_epoch: None,
-            output: crabnet_core::model::OutputHash::Combined,
-        },
+        request(&root, "refused", "echo ESCAPED", Duration::from_secs(5)),
         &cfg,
     )
     .await
@@ -412,16 +393,12 @@ async fn without_the_sandbox_the_attack_succeeds() {
         ..RunnerConfig::default()
     };
     let out = runner::run(
-        RunRequest {
-            task_id: "hostile",
-            command: "cat ../../identity.key",
-            timeout: Duration::from_secs(20),
-            work_root: &root,
-            network: false,
-            isolation: SandboxLevel::Full,
-            source_date_epoch: None,
-            output: crabnet_core::model::OutputHash::Combined,
-        },
+        request(
+            &root,
+            "hostile",
+            "cat ../../identity.key",
+            Duration::from_secs(20),
+        ),
         &cfg,
     )
     .await

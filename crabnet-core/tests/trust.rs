@@ -6,7 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::forge::{
-    config, eventually_knows, hello, hello_signed_by, identity, seal, seed_message, wait_counter,
+    config, eventually_knows, hello, hello_signed_by, identity, seal, seed_message, start,
+    wait_counter,
 };
 
 use crabnet_core::clock::now_ms;
@@ -14,7 +15,7 @@ use crabnet_core::envelope::{self, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
 use crabnet_core::model::{Message, SeedId};
 use crabnet_core::network::{MemoryTransport, Transport};
-use crabnet_core::{Config, ErrorKind, MemoryHub, Node, PublishRequest, SeedStatus};
+use crabnet_core::{ErrorKind, MemoryHub, Node, PublishRequest, SeedStatus};
 
 async fn knows(node: &Node, id: &SeedId) -> bool {
     node.seed(id).await.is_ok()
@@ -22,13 +23,6 @@ async fn knows(node: &Node, id: &SeedId) -> bool {
 
 fn id_of(m: &Message) -> SeedId {
     m.seed_id().clone()
-}
-
-async fn start(dir: &std::path::Path, name: &str, hub: &MemoryHub, c: Option<Config>) -> Node {
-    let c = c.unwrap_or_else(|| config(dir, name));
-    Node::start_with_transport(c, Box::new(hub.join(name)))
-        .await
-        .unwrap()
 }
 
 /// A node (tag `tag`) that says hello to `node` over `wire`, once `node` admitted it.
@@ -45,7 +39,7 @@ async fn admitted(node: &Node, wire: &mut MemoryTransport, tag: u32) -> Identity
 async fn unknown_forged_and_mismatched_senders_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
-    let node = start(dir.path(), "victim", &hub, None).await;
+    let node = start(config(dir.path(), "victim"), &hub).await;
     let mut wire: MemoryTransport = hub.join("wire");
     let mallory = identity(0x66, 1);
     let alice = identity(0x11, 1);
@@ -103,7 +97,7 @@ fn seal_and_send(wire: &mut MemoryTransport, id: &Identity, at: u64) -> Message 
 async fn stale_and_future_envelopes_are_rejected_as_expired() {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
-    let node = start(dir.path(), "n", &hub, None).await;
+    let node = start(config(dir.path(), "n"), &hub).await;
     let mut wire = hub.join("wire");
     let alice = admitted(&node, &mut wire, 0x11).await;
     let old = seal_and_send(&mut wire, &alice, now_ms() - 3_600_000);
@@ -118,7 +112,7 @@ async fn stale_and_future_envelopes_are_rejected_as_expired() {
 async fn replays_are_rejected_before_and_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
-    let node = start(dir.path(), "n", &hub, None).await;
+    let node = start(config(dir.path(), "n"), &hub).await;
     let mut wire = hub.join("wire");
     let alice = admitted(&node, &mut wire, 0x11).await;
     let m = seed_message(&alice, 3, now_ms());
@@ -131,7 +125,7 @@ async fn replays_are_rejected_before_and_after_a_restart() {
     node.stop().await.unwrap();
     drop(node);
 
-    let node = start(dir.path(), "n", &hub, None).await;
+    let node = start(config(dir.path(), "n"), &hub).await;
     wire.broadcast(&bytes).unwrap();
     wait_counter(&node, "messages.duplicate", 2).await;
     assert_eq!(node.overview().await.unwrap().state_digest, digest);
@@ -146,7 +140,7 @@ async fn a_message_below_the_senders_replay_floor_is_a_replay() {
     c.network.message_ttl_secs = 1;
     c.network.max_clock_skew_secs = 1;
     c.store.seen_ttl_secs = 2;
-    let node = start(dir.path(), "n", &hub, Some(c)).await;
+    let node = start(c, &hub).await;
     let mut wire = hub.join("wire");
     let alice = admitted(&node, &mut wire, 0x11).await;
     let first = seed_message(&alice, 50, now_ms());
@@ -170,9 +164,9 @@ async fn a_message_below_the_senders_replay_floor_is_a_replay() {
 async fn private_seeds_reach_only_their_audience() {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
-    let a = start(dir.path(), "a", &hub, None).await;
-    let b = start(dir.path(), "b", &hub, None).await;
-    let c = start(dir.path(), "c", &hub, None).await;
+    let a = start(config(dir.path(), "a"), &hub).await;
+    let b = start(config(dir.path(), "b"), &hub).await;
+    let c = start(config(dir.path(), "c"), &hub).await;
     for n in [&a, &b, &c] {
         n.wait_for_peers(2, Duration::from_secs(10)).await.unwrap();
     }

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 use support::forge::{
     config, counter, eventually_knows, hello, hello_signed_by, identity, rand16, seal,
-    seed_message, wait_counter,
+    seed_message, start, wait_counter,
 };
 use support::vectors::{check_committed, vector_identity};
 
@@ -31,13 +31,6 @@ fn send_seed(wire: &mut MemoryTransport, id: &Identity) -> Message {
     let m = seed_message(id, 1, now_ms());
     wire.broadcast(&seal(id, &m, 60)).unwrap();
     m
-}
-
-async fn start(c: Config, hub: &MemoryHub) -> Node {
-    let name = c.name.clone();
-    Node::start_with_transport(c, Box::new(hub.join(&name)))
-        .await
-        .unwrap()
 }
 
 async fn peer_ids(node: &Node) -> Vec<NodeId> {

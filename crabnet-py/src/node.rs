@@ -25,6 +25,15 @@ pub const SLICE: Duration = Duration::from_millis(50);
 /// Longest `wait_for_peers` timeout (the core adds it to the current instant).
 const MAX_PEER_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// Drops what `slot` holds with the GIL released: dropping a node or a subscription may join
+/// threads that wait for the GIL.
+fn drop_detached<T: Send>(slot: &mut Mutex<Option<T>>) {
+    let value = slot.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(value) = value {
+        Python::attach(|py| py.detach(move || drop(value)));
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -384,15 +393,8 @@ impl NativeNode {
 
 impl Drop for NativeNode {
     fn drop(&mut self) {
-        let node = self
-            .node
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(node) = node {
-            // Stopping waits for the events thread, which may be waiting for the GIL.
-            Python::attach(|py| py.detach(move || drop(node)));
-        }
+        // Stopping waits for the events thread, which may be waiting for the GIL.
+        drop_detached(&mut self.node);
     }
 }
 
@@ -482,16 +484,9 @@ impl NativeSubscription {
 
 impl Drop for NativeSubscription {
     fn drop(&mut self) {
-        let sub = self
-            .inner
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(sub) = sub {
-            // It may hold the last handle on a stopped node's runtime, whose shutdown joins
-            // threads: not while holding the GIL.
-            Python::attach(|py| py.detach(move || drop(sub)));
-        }
+        // It may hold the last handle on a stopped node's runtime, whose shutdown joins
+        // threads.
+        drop_detached(&mut self.inner);
     }
 }
 

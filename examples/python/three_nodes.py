@@ -12,30 +12,36 @@ from __future__ import annotations
 import tempfile
 import threading
 from pathlib import Path
-from typing import List
+from typing import Any, Callable, Dict, List
 
 import crabnet
 
 
+# One line per event, with the details that matter for each kind.
+DESCRIPTIONS: Dict[type, Callable[[Any], str]] = {
+    crabnet.SeedPublished: lambda e: f"seed {e.seed_id[:8]} published: {e.command}",
+    crabnet.BidPlaced: lambda e: f"bid of {e.price} by {e.bidder[:8]}",
+    crabnet.BiddingClosed: lambda e: (
+        f"bidding closed: {e.winner_node and e.winner_node[:8]} wins at {e.price}"
+    ),
+    crabnet.StatusChanged: lambda e: f"seed {e.seed_id[:8]}: {e.from_status or '-'} -> {e.to}",
+    crabnet.ResultRecorded: lambda e: (
+        f"result: success={e.success} exit={e.exit_code} in {e.duration_ms} ms"
+    ),
+    crabnet.SeedSettled: lambda e: f"settled: {e.outcome}, {e.amount} due",
+    crabnet.PeerDiscovered: lambda e: (
+        f"peer {e.name} ({e.node_id[:8]}) at {', '.join(e.addresses)}"
+    ),
+    crabnet.MessageRejected: lambda e: (
+        f"rejected a message from {e.sender and e.sender[:8]}: {e.reason}"
+    ),
+}
+
+
 def describe(event: crabnet.Event) -> str:
-    """One line per event, with the details that matter for each kind."""
-    if isinstance(event, crabnet.SeedPublished):
-        return f"seed {event.seed_id[:8]} published: {event.command}"
-    if isinstance(event, crabnet.BidPlaced):
-        return f"bid of {event.price} by {event.bidder[:8]}"
-    if isinstance(event, crabnet.BiddingClosed):
-        return f"bidding closed: {event.winner_node and event.winner_node[:8]} wins at {event.price}"
-    if isinstance(event, crabnet.StatusChanged):
-        return f"seed {event.seed_id[:8]}: {event.from_status or '-'} -> {event.to}"
-    if isinstance(event, crabnet.ResultRecorded):
-        return f"result: success={event.success} exit={event.exit_code} in {event.duration_ms} ms"
-    if isinstance(event, crabnet.SeedSettled):
-        return f"settled: {event.outcome}, {event.amount} due"
-    if isinstance(event, crabnet.PeerDiscovered):
-        return f"peer {event.name} ({event.node_id[:8]}) at {', '.join(event.addresses)}"
-    if isinstance(event, crabnet.MessageRejected):
-        return f"rejected a message from {event.sender and event.sender[:8]}: {event.reason}"
-    return event.type
+    """One line per event: its description, or its type for the kinds not described."""
+    say = DESCRIPTIONS.get(type(event))
+    return say(event) if say else event.type
 
 
 def main() -> None:

@@ -36,12 +36,16 @@ def wait_for_seed(
 
 
 def make_pair(
-    make_node: MakeNode, runner_config: Optional[Dict[str, Any]] = None, runner: str = "runner"
+    make_node: MakeNode,
+    runner_config: Optional[Dict[str, Any]] = None,
+    runner: str = "runner",
+    publisher: str = "publisher",
 ) -> Tuple[crabnet.Node, crabnet.Node]:
-    """A publisher and a runner (named `runner`, with `runner_config`) on one in-memory hub
-    that know each other. A node may not bid on its own seed, so a lifecycle needs both."""
+    """A publisher (named `publisher`) and a runner (named `runner`, with `runner_config`) on
+    one in-memory hub that know each other. A node may not bid on its own seed, so a
+    lifecycle needs both."""
     hub = crabnet.MemoryHub()
-    nodes = (make_node("publisher", hub=hub), make_node(runner, runner_config, hub=hub))
+    nodes = (make_node(publisher, hub=hub), make_node(runner, runner_config, hub=hub))
     for node in nodes:
         node.wait_for_peers(1, timeout=10)
     return nodes

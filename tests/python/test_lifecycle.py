@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from helpers import MakeNode, claimed, free_udp_port, wait_for_seed
+from helpers import MakeNode, claimed, free_udp_port, make_pair, wait_for_seed
 
 import crabnet
 
@@ -106,11 +106,7 @@ def test_full_lifecycle_across_three_nodes(trio: List[crabnet.Node]) -> None:
 
 
 def test_reject_cancel_and_expiry(make_node: MakeNode) -> None:
-    hub = crabnet.MemoryHub()
-    alice = make_node("alice", hub=hub)
-    bob = make_node("bob", hub=hub)
-    alice.wait_for_peers(1, timeout=10)
-    bob.wait_for_peers(1, timeout=10)
+    alice, bob = make_pair(make_node, publisher="alice", runner="bob")
 
     # Cancelled while bidding is open.
     first = alice.publish("true")
@@ -120,11 +116,7 @@ def test_reject_cancel_and_expiry(make_node: MakeNode) -> None:
     wait_for_seed(bob, first.id, lambda v: v.status == "cancelled")
 
     # Rejected: nothing is due.
-    second = alice.publish("exit 3", max_bids=1)
-    wait_for_seed(bob, second.id)
-    bob.bid(second, 7)
-    wait_for_seed(bob, second.id, lambda v: v.award is not None)
-    bob.claim(second)
+    second = claimed(alice, bob, "exit 3", price=7)
     ran = bob.run(second)
     assert ran.result is not None and not ran.result.success and ran.result.exit_code == 3
     wait_for_seed(alice, second.id, lambda v: v.status == "completed")
@@ -140,11 +132,7 @@ def test_reject_cancel_and_expiry(make_node: MakeNode) -> None:
 
 
 def test_rotated_keys_keep_the_id_and_the_peers(make_node: MakeNode) -> None:
-    hub = crabnet.MemoryHub()
-    alice = make_node("alice", hub=hub)
-    bob = make_node("bob", hub=hub)
-    alice.wait_for_peers(1, timeout=10)
-    bob.wait_for_peers(1, timeout=10)
+    alice, bob = make_pair(make_node, publisher="alice", runner="bob")
     rotation = alice.rotate_keys()
     assert isinstance(rotation, crabnet.KeyRotation)
     assert rotation.node_id == alice.node_id and rotation.key_epoch == 2

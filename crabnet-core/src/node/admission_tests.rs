@@ -6,7 +6,7 @@
 //! outside loopback (a loopback source is exempt, and tests send nothing off 127.0.0.1).
 
 use crate::config::Config;
-use crate::crypto::{KemSeeds, SigningSeeds};
+use crate::crypto::SigningSeeds;
 use crate::envelope::{self, Header, Hello, Kind, MAX_ENVELOPE_BYTES};
 use crate::identity::Identity;
 use crate::ingress::Source;
@@ -15,25 +15,6 @@ use crate::network::{Acceptance, MemoryHub};
 use crate::trust::{AnchorKey, Certificate, Roles, TrustMode};
 
 use super::Node;
-
-fn identity(tag: u32) -> Identity {
-    let mut seed = [0u8; 32];
-    seed[..4].copy_from_slice(&tag.to_le_bytes());
-    seed[4] = 0xad;
-    let mut kem = [0u8; 64];
-    kem[..32].copy_from_slice(&seed);
-    Identity::from_seeds(
-        &SigningSeeds {
-            ed25519: seed,
-            ml_dsa: seed,
-        },
-        &KemSeeds {
-            x25519: seed,
-            ml_kem: kem,
-        },
-        1,
-    )
-}
 
 fn certified_hello(anchor: &AnchorKey, id: &Identity, serial: u8) -> Vec<u8> {
     let cert = Certificate::sign(
@@ -106,7 +87,7 @@ async fn anchored_mode_caps_certified_peers_from_one_address() {
     let verdicts = tokio::task::spawn_blocking(move || {
         (1..=6u8)
             .map(|i| {
-                let hello = certified_hello(&anchor, &identity(u32::from(i)), i);
+                let hello = certified_hello(&anchor, &Identity::from_tag(i, 1), i);
                 let source = if i <= 5 { &one } else { &other };
                 n.receive_frame(&hello, source, MAX_ENVELOPE_BYTES, &mut None)
                     .unwrap()

@@ -478,10 +478,6 @@ impl Node {
             return Ok(Vec::new());
         }
         let all = lock(&self.inner.store).rotations()?;
-        let max_payload = self.inner.config.network.max_envelope_bytes - envelope::OVERHEAD;
-        sync::pack(all, max_payload)
-            .iter()
-            .map(|list| self.plain_frame(Kind::KeyRotations, &envelope::encode_hello(list), 60))
-            .collect()
+        self.statement_frames(Kind::KeyRotations, all)
     }
 }

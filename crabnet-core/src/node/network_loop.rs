@@ -381,10 +381,20 @@ impl Node {
             return Ok(Vec::new());
         }
         let all = lock(&self.inner.store).revocations()?;
+        self.statement_frames(Kind::Revocations, all)
+    }
+
+    /// The `kind` envelopes that carry `statements` (revocations or key rotations, each in its
+    /// encoded form), as few as the envelope size allows.
+    pub(super) fn statement_frames(
+        &self,
+        kind: Kind,
+        statements: Vec<Vec<u8>>,
+    ) -> Result<Vec<Vec<u8>>> {
         let max_payload = self.inner.config.network.max_envelope_bytes - envelope::OVERHEAD;
-        sync::pack(all, max_payload)
+        sync::pack(statements, max_payload)
             .iter()
-            .map(|list| self.plain_frame(Kind::Revocations, &envelope::encode_hello(list), 60))
+            .map(|list| self.plain_frame(kind, &envelope::encode_hello(list), 60))
             .collect()
     }
 }

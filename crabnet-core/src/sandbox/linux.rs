@@ -992,10 +992,7 @@ unsafe fn arm_lifeline(node: libc::pid_t) {
         action.sa_sigaction = kill_own_group as extern "C" fn(libc::c_int) as libc::sighandler_t;
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(LIFELINE_SIGNAL, &action, std::ptr::null_mut());
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, LIFELINE_SIGNAL);
-        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        unblock_signal(LIFELINE_SIGNAL);
         libc::prctl(libc::PR_SET_PDEATHSIG, LIFELINE_SIGNAL, 0, 0, 0);
         if libc::getppid() != node {
             kill_own_group(LIFELINE_SIGNAL);
@@ -1026,13 +1023,9 @@ unsafe fn exec_exit_like(status: libc::c_int) -> ! {
             (b"exit ", libc::WEXITSTATUS(status))
         } else if libc::WIFSIGNALED(status) {
             let sig = libc::WTERMSIG(status);
-            // The signal must act on the shell as it did on the task: its default action,
-            // not blocked (a disposition set to default survives exec, as does the mask).
-            libc::signal(sig, libc::SIG_DFL);
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, sig);
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            // The signal must act on the shell as it did on the task (a disposition set to
+            // default survives exec, as does the mask).
+            restore_signal(sig);
             (b"kill -", sig)
         } else {
             exit_like(status)
@@ -1152,6 +1145,31 @@ unsafe fn read_status(fd: RawFd, status: &mut libc::c_int) -> bool {
     }
 }
 
+/// Gives `sig` its default action and unblocks it in this thread, so that it acts on this
+/// process as it did on the task.
+///
+/// # Safety
+/// Only in a forked child (async-signal-safe system calls only).
+unsafe fn restore_signal(sig: libc::c_int) {
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        unblock_signal(sig);
+    }
+}
+
+/// Unblocks `sig` in this thread.
+///
+/// # Safety
+/// Only in a forked child (async-signal-safe system calls only).
+unsafe fn unblock_signal(sig: libc::c_int) {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Ends this process the way `status` says the task ended (same exit code or signal).
 unsafe fn exit_like(status: libc::c_int) -> ! {
     unsafe {
@@ -1160,11 +1178,7 @@ unsafe fn exit_like(status: libc::c_int) -> ! {
         }
         if libc::WIFSIGNALED(status) {
             let sig = libc::WTERMSIG(status);
-            libc::signal(sig, libc::SIG_DFL);
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, sig);
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            restore_signal(sig);
             libc::kill(libc::getpid(), sig);
             libc::_exit(128 + sig);
         }

@@ -163,6 +163,19 @@ impl Out {
         }
         let _ = writeln!(self.0, " {value}");
     }
+
+    /// A family with one sample.
+    fn single(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
+        self.family(name, kind, help);
+        self.sample(name, labels, value);
+    }
 }
 
 /// A sandbox level as a gauge value: the higher, the stronger the isolation.
@@ -190,13 +203,10 @@ pub(crate) fn render(overview: &Overview, alerting: &Alerting, metrics: &Metrics
     let mut out = Out(String::new());
     let counter = |name: &str| overview.counters.get(name).copied().unwrap_or(0);
 
-    out.family(
+    out.single(
         "crabnet_node_info",
         "gauge",
         "The node's identity; the value is always 1.",
-    );
-    out.sample(
-        "crabnet_node_info",
         &[
             ("node_id", overview.node_id.as_str()),
             ("name", &overview.name),
@@ -206,23 +216,17 @@ pub(crate) fn render(overview: &Overview, alerting: &Alerting, metrics: &Metrics
         1,
     );
 
-    out.family(
+    out.single(
         "crabnet_messages_accepted_total",
         "counter",
         "Remote messages accepted and applied to a seed's state.",
-    );
-    out.sample(
-        "crabnet_messages_accepted_total",
         &[],
         counter("messages.accepted"),
     );
-    out.family(
+    out.single(
         "crabnet_messages_deferred_total",
         "counter",
         "Remote messages stored to take effect once the message they depend on arrives.",
-    );
-    out.sample(
-        "crabnet_messages_deferred_total",
         &[],
         counter("messages.deferred"),
     );
@@ -239,13 +243,10 @@ pub(crate) fn render(overview: &Overview, alerting: &Alerting, metrics: &Metrics
             counter(&format!("rejected.{r}")),
         );
     }
-    out.family(
+    out.single(
         "crabnet_envelopes_sent_total",
         "counter",
         "Envelopes of this node's own messages handed to the transport.",
-    );
-    out.sample(
-        "crabnet_envelopes_sent_total",
         &[],
         counter("messages.sent"),
     );
@@ -279,42 +280,38 @@ pub(crate) fn render(overview: &Overview, alerting: &Alerting, metrics: &Metrics
         );
     }
 
-    out.family(
+    out.single(
         "crabnet_task_sandbox_level",
         "gauge",
         "The sandbox this node builds around the tasks it runs: 0 none, 1 partial, 2 full \
          (0 when the policy is required and the system lacks a feature); labelled with the \
          runner.sandbox policy.",
-    );
-    out.sample(
-        "crabnet_task_sandbox_level",
         &[("policy", overview.sandbox.policy.as_str())],
         level_value(overview.sandbox.level),
     );
-    out.family(
+    out.single(
         "crabnet_task_sandbox_can_run",
         "gauge",
         "1 when this node can run tasks under its sandbox policy, 0 when it refuses to bid \
          and to run.",
-    );
-    out.sample(
-        "crabnet_task_sandbox_can_run",
         &[],
         u8::from(overview.sandbox.can_run),
     );
 
-    out.family(
+    out.single(
         "crabnet_peers",
         "gauge",
         "Peers whose signed hello this node verified.",
+        &[],
+        overview.peers,
     );
-    out.sample("crabnet_peers", &[], overview.peers);
-    out.family(
+    out.single(
         "crabnet_peers_active",
         "gauge",
         "Peers whose latest verified hello arrived within three hello intervals.",
+        &[],
+        alerting.peers_active,
     );
-    out.sample("crabnet_peers_active", &[], alerting.peers_active);
 
     out.family(
         "crabnet_alert_active",
@@ -341,25 +338,24 @@ pub(crate) fn render(overview: &Overview, alerting: &Alerting, metrics: &Metrics
             a.since / 1000,
         );
     }
-    out.family(
+    out.single(
         "crabnet_alert_webhook_queue",
         "gauge",
         "Alert webhook deliveries waiting to be sent or retried.",
+        &[],
+        alerting.webhook_queue,
     );
-    out.sample("crabnet_alert_webhook_queue", &[], alerting.webhook_queue);
-    out.family(
+    out.single(
         "crabnet_outbox_pending",
         "gauge",
         "Messages of this node waiting to be sent.",
+        &[],
+        overview.outbox_pending,
     );
-    out.sample("crabnet_outbox_pending", &[], overview.outbox_pending);
-    out.family(
+    out.single(
         "crabnet_events_recorded_total",
         "counter",
         "Events recorded in the node's durable log (the latest sequence number).",
-    );
-    out.sample(
-        "crabnet_events_recorded_total",
         &[],
         overview.last_event_seq,
     );
@@ -407,13 +403,10 @@ pub(crate) fn render(overview: &Overview, alerting: &Alerting, metrics: &Metrics
         );
     }
 
-    out.family(
+    out.single(
         "crabnet_web_event_streams",
         "gauge",
         "Event streams (server-sent events) open now.",
-    );
-    out.sample(
-        "crabnet_web_event_streams",
         &[],
         metrics.streams_open.load(Ordering::Relaxed),
     );
@@ -425,7 +418,7 @@ mod tests {
     use super::*;
     use crate::sandbox::{SandboxPolicy, SandboxStatus};
 
-    fn overview(name: &str, sandbox: SandboxStatus) -> Overview {
+    pub(super) fn overview(name: &str, sandbox: SandboxStatus) -> Overview {
         Overview {
             node_id: crate::model::NodeId::from_bytes([7; 32]),
             name: name.into(),
@@ -463,29 +456,17 @@ mod tests {
 
     #[test]
     fn sandbox_gauges_show_policy_level_and_whether_tasks_run() {
+        use SandboxLevel::{Full, None as Unisolated, Partial};
+        use SandboxPolicy::{BestEffort, None as NoSandbox, Required};
         let m = Metrics::default();
-        for (status, level, can_run) in [
-            (
-                sandbox(SandboxPolicy::Required, SandboxLevel::Full, true),
-                "2",
-                "1",
-            ),
-            (
-                sandbox(SandboxPolicy::Required, SandboxLevel::None, false),
-                "0",
-                "0",
-            ),
-            (
-                sandbox(SandboxPolicy::BestEffort, SandboxLevel::Partial, true),
-                "1",
-                "1",
-            ),
-            (
-                sandbox(SandboxPolicy::None, SandboxLevel::None, true),
-                "0",
-                "1",
-            ),
+        // policy, level, can run; the gauges' level and can-run values.
+        for (policy, isolation, runs, level, can_run) in [
+            (Required, Full, true, "2", "1"),
+            (Required, Unisolated, false, "0", "0"),
+            (BestEffort, Partial, true, "1", "1"),
+            (NoSandbox, Unisolated, true, "0", "1"),
         ] {
+            let status = sandbox(policy, isolation, runs);
             let policy = status.policy.as_str();
             let text = render(&overview("n", status), &Alerting::default(), &m);
             let series = format!("crabnet_task_sandbox_level{{policy=\"{policy}\"}}");
@@ -532,19 +513,8 @@ mod alert_tests {
     fn every_rule_has_an_alert_gauge_and_firing_ones_are_1() {
         let status = crate::runner::RunnerConfig::default().sandbox_status();
         let o = Overview {
-            node_id: crate::model::NodeId::from_bytes([7; 32]),
-            name: "n".into(),
-            data_dir: "/d".into(),
-            transport: None,
-            seeds_by_status: Default::default(),
-            outbox_pending: 0,
-            counters: Default::default(),
-            last_event_seq: 0,
-            events_pruned_through: 0,
-            state_digest: String::new(),
             peers: 3,
-            addresses: Vec::new(),
-            sandbox: status,
+            ..super::tests::overview("n", status)
         };
         let alerting = Alerting {
             active: vec![ActiveAlert {

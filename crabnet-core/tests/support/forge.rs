@@ -1,8 +1,9 @@
 //! Hand-made identities, hellos and envelopes for the tests that attack a node's trust
 //! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`), and the bounded
 //! waits of in-process tests on a node's seeds and counters ([`poll`], [`wait_view`],
-//! [`wait_counter`]; also `tests/node.rs`, `dht.rs`, `retention.rs`), and [`udp_node`], a node
-//! on a real UDP socket on 127.0.0.1 (`limits.rs`, `hellos.rs`).
+//! [`wait_counter`]; also `tests/node.rs`, `dht.rs`, `retention.rs`), [`start`], a node on an
+//! in-memory hub, and [`udp_node`], a node on a real UDP socket on 127.0.0.1 (`limits.rs`,
+//! `hellos.rs`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use crabnet_core::crypto::{KemSeeds, SigningSeeds};
 use crabnet_core::envelope::{self, Header, Hello, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
 use crabnet_core::model::{Body, Message, MessageId, Seed, SeedId};
-use crabnet_core::{Config, Node, SeedView};
+use crabnet_core::{Config, MemoryHub, Node, SeedView};
 
 /// A node configuration in `dir/name` with a fast housekeeping tick.
 pub fn config(dir: &std::path::Path, name: &str) -> Config {
@@ -20,6 +21,14 @@ pub fn config(dir: &std::path::Path, name: &str) -> Config {
     c.name = name.into();
     c.network.tick_ms = 20;
     c
+}
+
+/// Starts a node with `c` on `hub`, where it joins under its name (`c.name`).
+pub async fn start(c: Config, hub: &MemoryHub) -> Node {
+    let name = c.name.clone();
+    Node::start_with_transport(c, Box::new(hub.join(&name)))
+        .await
+        .unwrap()
 }
 
 /// A deterministic identity per `tag` (key generation from seeds is cheap): the same tag gives

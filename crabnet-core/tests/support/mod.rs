@@ -12,6 +12,8 @@
 //!   no other test of the binary gets.
 //! - [`forge`] makes identities, hellos and envelopes by hand for the tests that attack a
 //!   node's trust boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`).
+//! - [`procs`] finds a test's processes by a unique argument (`tests/runs.rs`, and the unit
+//!   tests of `src/runner.rs`).
 //! - [`pair::Pair`] is a publisher and a runner in one process on an in-memory hub, for
 //!   in-process tests that need a whole lifecycle (a publisher may not bid on its own seed).
 //! - [`vectors`] holds the keys of the committed test vectors and the check that the code still
@@ -30,6 +32,7 @@
 
 pub mod forge;
 pub mod pair;
+pub mod procs;
 pub mod vectors;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};

@@ -98,7 +98,18 @@ class SchemaWarning(UserWarning):
 _warned: set[tuple[str, str]] = set()
 
 
-class SeedStatus(str, Enum):
+class _NamedEnum(str, Enum):
+    """Base of the string enums: compares equal to its value, prints as it, and shows as
+    ``Class.MEMBER`` in reprs."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class SeedStatus(_NamedEnum):
     """Lifecycle status of a seed. Compares equal to its name: ``status == "open"``."""
 
     OPEN = "open"
@@ -120,14 +131,8 @@ class SeedStatus(str, Enum):
     """A replicated seed whose results reached no quorum and no more runners could be
     awarded (final)."""
 
-    def __repr__(self) -> str:
-        return f"SeedStatus.{self.name}"
 
-    def __str__(self) -> str:
-        return self.value
-
-
-class RoundEnd(str, Enum):
+class RoundEnd(_NamedEnum):
     """How an earlier round of an awarded seed ended."""
 
     UNCLAIMED = "unclaimed"
@@ -135,14 +140,8 @@ class RoundEnd(str, Enum):
     FAILED = "failed"
     """The claimer did not report a result within the timeout plus the result grace."""
 
-    def __repr__(self) -> str:
-        return f"RoundEnd.{self.name}"
 
-    def __str__(self) -> str:
-        return self.value
-
-
-class OutputHash(str, Enum):
+class OutputHash(_NamedEnum):
     """What a replicated seed's output hash covers."""
 
     COMBINED = "combined"
@@ -150,14 +149,8 @@ class OutputHash(str, Enum):
     STDOUT = "stdout"
     """Stdout alone."""
 
-    def __repr__(self) -> str:
-        return f"OutputHash.{self.name}"
 
-    def __str__(self) -> str:
-        return self.value
-
-
-class ReplicaStanding(str, Enum):
+class ReplicaStanding(_NamedEnum):
     """Where one replica (awarded runner) of a replicated seed stands."""
 
     AWARDED = "awarded"
@@ -173,27 +166,15 @@ class ReplicaStanding(str, Enum):
     LAPSED = "lapsed"
     """It let its claim or result deadline pass and an escalation ended its turn."""
 
-    def __repr__(self) -> str:
-        return f"ReplicaStanding.{self.name}"
 
-    def __str__(self) -> str:
-        return self.value
-
-
-class SettlementOutcome(str, Enum):
+class SettlementOutcome(_NamedEnum):
     """How the publisher judged a result."""
 
     ACCEPTED = "accepted"
     REJECTED = "rejected"
 
-    def __repr__(self) -> str:
-        return f"SettlementOutcome.{self.name}"
 
-    def __str__(self) -> str:
-        return self.value
-
-
-class SandboxLevel(str, Enum):
+class SandboxLevel(_NamedEnum):
     """How strongly a task is isolated from the node that runs it. Levels are ordered:
     ``none`` < ``partial`` < ``full``. Compares equal to its name: ``level == "full"``."""
 
@@ -205,14 +186,8 @@ class SandboxLevel(str, Enum):
     """Every isolation feature: filesystem allow-list, private /tmp and /proc, PID, user and
     network namespaces, seccomp filter, no new privileges."""
 
-    def __repr__(self) -> str:
-        return f"SandboxLevel.{self.name}"
 
-    def __str__(self) -> str:
-        return self.value
-
-
-class SandboxPolicy(str, Enum):
+class SandboxPolicy(_NamedEnum):
     """What a node does when its kernel cannot build the full task sandbox (the
     ``runner.sandbox`` setting). Compares equal to its name: ``policy == "required"``."""
 
@@ -223,14 +198,8 @@ class SandboxPolicy(str, Enum):
     NONE = "none"
     """No sandbox: tasks run as the node's user with resource limits only."""
 
-    def __repr__(self) -> str:
-        return f"SandboxPolicy.{self.name}"
 
-    def __str__(self) -> str:
-        return self.value
-
-
-class AlertName(str, Enum):
+class AlertName(_NamedEnum):
     """An alert rule (README, "Alerting"): :attr:`AlertFiring.alert`. Compares equal to its
     name: ``alert == "no_peers"``."""
 
@@ -251,14 +220,8 @@ class AlertName(str, Enum):
     """Less than ``alerts.disk_free_min_bytes`` are free on the data directory's file
     system."""
 
-    def __repr__(self) -> str:
-        return f"AlertName.{self.name}"
 
-    def __str__(self) -> str:
-        return self.value
-
-
-class RejectReason(str, Enum):
+class RejectReason(_NamedEnum):
     """Why a node rejected a received message (:attr:`MessageRejected.reason`); each reason
     has a counter ``rejected.<reason>`` in :attr:`Overview.counters`. Compares equal
     to its name: ``reason == "replay"``."""
@@ -292,12 +255,6 @@ class RejectReason(str, Enum):
     """Its Lamport counter is more than ``network.lamport_window`` ahead of the node's clock."""
     ROTATED_KEY = "rotated_key"
     """It was signed with keys its sender replaced by a rotation, after their grace period."""
-
-    def __repr__(self) -> str:
-        return f"RejectReason.{self.name}"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def _short(value: object) -> str:
