@@ -248,7 +248,13 @@ impl Gate {
     /// Size (at most `max` bytes), structure, then one token from the buckets of the transport
     /// source `from` and of the claimed sender. A sync batch is one frame: the envelopes inside
     /// it are not charged again (they are bounded by the frame's size).
-    pub fn admit(&self, bytes: &[u8], from: &str, max: usize) -> Result<(), Rejection> {
+    pub fn admit(
+        &self,
+        bytes: &[u8],
+        from: &str,
+        max: usize,
+        now: Millis,
+    ) -> Result<(), Rejection> {
         let parsed = envelope::parse(bytes, max).map_err(|e| {
             let reason = match e {
                 EnvelopeError::Oversized { .. } => RejectReason::Oversized,
@@ -257,7 +263,6 @@ impl Gate {
             Rejection::new(from, None, reason, e.to_string())
         })?;
         let h = &parsed.header;
-        let now = std::time::Instant::now();
         // The source first: a frame it may not send takes nothing from the sender's budget.
         let limits = [
             (

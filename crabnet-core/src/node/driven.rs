@@ -49,7 +49,11 @@ impl Driven {
     /// frame was the hello of a new peer).
     pub fn receive(&self, bytes: &[u8], from: &str) -> Result<Vec<Vec<u8>>> {
         let node = &self.node;
-        if let Err(rejection) = node.inner.gate.admit(bytes, from, MAX_FRAME_BYTES) {
+        if let Err(rejection) = node
+            .inner
+            .gate
+            .admit(bytes, from, MAX_FRAME_BYTES, node.now_ms())
+        {
             node.record_rejection(rejection)?;
             return Ok(Vec::new());
         }

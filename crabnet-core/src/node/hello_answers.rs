@@ -18,7 +18,7 @@
 //!   (`hellos.answers_cut`). Bytes sent in answers are counted as `hellos.answer_bytes`.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Node, lock};
 use crate::config::NetworkConfig;
@@ -90,7 +90,7 @@ impl Node {
         received: usize,
     ) -> bool {
         let answers = &self.inner.hello_answers;
-        let now = Instant::now();
+        let now = self.now_ms();
         let allowed = answers.sources.allow(&source.from, now) && answers.global.allow("", now);
         let queued = allowed && {
             let mut waiting = lock(&answers.waiting);
@@ -141,7 +141,7 @@ impl Node {
                 u64::MAX
             } else {
                 let earned = (w.received as u64).saturating_mul(ratio);
-                credits.earn(from, earned, u64::MAX, Instant::now())
+                credits.earn(from, earned, u64::MAX, self.now_ms())
             };
             let mut sent = 0u64;
             for frame in &frames {

@@ -153,7 +153,7 @@ impl Node {
         }
         let mut admitted = Vec::with_capacity(frames.len());
         for InboundFrame { bytes, from, ack } in frames {
-            if let Err(rejection) = self.inner.gate.admit(&bytes, &from, max) {
+            if let Err(rejection) = self.inner.gate.admit(&bytes, &from, max, self.now_ms()) {
                 // Refused before any blocking work: no transaction, no outbox scan.
                 let handled = self.refuse(rejection).await;
                 if let Some(ack) = ack {

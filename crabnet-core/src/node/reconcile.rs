@@ -295,7 +295,7 @@ impl Node {
         let available = self
             .inner
             .sync_credit
-            .earn(&source.from, amount, cap, std::time::Instant::now())
+            .earn(&source.from, amount, cap, self.now_ms())
             .min(ANSWER_MAX_BYTES);
         Credit {
             available,
