@@ -26,7 +26,7 @@ use crate::web::{WebConfig, WebHandle};
 /// to add or remove listeners). [`BlockingNode::stop`] delivers the last events, waits for
 /// the listener in progress, and no listener runs after it returns.
 pub struct BlockingNode {
-    runtime: Arc<tokio::runtime::Runtime>,
+    runtime: Arc<NodeRuntime>,
     node: Node,
     listeners: Arc<Listeners>,
 }
@@ -77,12 +77,36 @@ thread_local! {
     static EVENTS_THREAD_OF: Cell<u64> = const { Cell::new(0) };
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// The tokio runtime of a [`BlockingNode`] (shared with its web handles and subscriptions).
+/// Dropping it ends every task of the node, and then stops the timer thread of libp2p unless
+/// another node of the process still uses it ([`crate::network::stop_timer_thread`]), so
+/// that a host which stopped and freed its nodes runs no thread of Crabnet's any more.
+#[derive(Debug)]
+struct NodeRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for NodeRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("the runtime is taken only on drop")
+    }
+}
+
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        // Waits for the worker threads, which drop the tasks (and libp2p's timers) first.
+        drop(self.0.take());
+        crate::network::stop_timer_thread();
+    }
+}
+
+fn runtime() -> Result<NodeRuntime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("crabnet")
         .enable_all()
         .build()
+        .map(|r| NodeRuntime(Some(r)))
         .map_err(|e| {
             Error::with_source(ErrorKind::Internal, format!("cannot start runtime: {e}"), e)
         })
@@ -122,7 +146,7 @@ impl BlockingNode {
         Ok(Self::wrap(runtime, node))
     }
 
-    fn wrap(runtime: Arc<tokio::runtime::Runtime>, node: Node) -> Self {
+    fn wrap(runtime: Arc<NodeRuntime>, node: Node) -> Self {
         BlockingNode {
             runtime,
             node,
@@ -362,7 +386,7 @@ pub fn run_demo(opts: &DemoOptions, say: &mut (dyn FnMut(String) + Send)) -> Res
 /// A running monitoring API started by [`BlockingNode::serve_web`]. Dropping it shuts the
 /// server down without waiting; [`BlockingWebHandle::shutdown`] waits.
 pub struct BlockingWebHandle {
-    runtime: Arc<tokio::runtime::Runtime>,
+    runtime: Arc<NodeRuntime>,
     addr: std::net::SocketAddr,
     inner: Option<WebHandle>,
 }
@@ -399,7 +423,7 @@ impl BlockingWebHandle {
 /// A subscription read with blocking calls.
 #[derive(Debug)]
 pub struct BlockingSubscription {
-    runtime: Arc<tokio::runtime::Runtime>,
+    runtime: Arc<NodeRuntime>,
     inner: Subscription,
 }
 

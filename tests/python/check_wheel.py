@@ -8,8 +8,8 @@ Usage: python check_wheel.py WHEEL SDIST
 - every GLIBC symbol version it requires is 2.17 or older (read from `.gnu.version_r`), and it
   imports no symbol without a version but Python's own (one glibc 2.17 lacks, like fcntl64);
 - the sdist holds what a build needs: the workspace manifest, `Cargo.lock`, `pyproject.toml`,
-  the sources of crabnet-py and crabnet-core (and the dashboard files crabnet-core embeds), and
-  the Python package.
+  the sources of crabnet-py and crabnet-core (and the dashboard files crabnet-core embeds), the
+  patched futures-timer in `vendor/`, and the Python package.
 
 Standard library only (a small ELF64 reader), so it runs in any Python 3.9+.
 """
@@ -166,6 +166,9 @@ def check_sdist(path: str) -> List[str]:
         "crabnet-core/src/lib.rs",
         "crabnet-core/src/bin/crabnet.rs",
         "crabnet-core/web/index.html",
+        # The patched futures-timer that the workspace's [patch.crates-io] names.
+        "vendor/futures-timer/Cargo.toml",
+        "vendor/futures-timer/src/native/global.rs",
         "python/crabnet/__init__.py",
         "python/crabnet/_crabnet.pyi",
         "python/crabnet/py.typed",

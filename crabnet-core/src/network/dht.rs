@@ -389,6 +389,25 @@ impl DhtTransport {
     }
 }
 
+/// Stops the thread that runs libp2p's timers (the global helper thread of futures-timer,
+/// patched for this: `vendor/futures-timer/PATCHED.md`) if no such timer exists any more, and
+/// waits for it to end; the next libp2p node of the process starts it again. Returns whether
+/// the thread is gone (`false`: a libp2p node of this process still runs, or its runtime still
+/// holds its tasks).
+///
+/// [`crate::BlockingNode`] calls it when its runtime is dropped. Hosts that run [`Node`]s with
+/// the libp2p transport on a runtime of their own call it after dropping that runtime when
+/// they need the process to end without threads of Crabnet's (for example under valgrind).
+///
+/// [`Node`]: crate::node::Node
+pub fn stop_timer_thread() -> bool {
+    let stopped = futures_timer::stop_global_thread();
+    if !stopped {
+        tracing::debug!("libp2p timers still exist; their thread keeps running");
+    }
+    stopped
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -16,6 +16,7 @@ mod dht;
 mod udp;
 pub use dht::{
     DhtConfig, DhtTransport, KAD_PROTOCOL, SYNC_PROTOCOL, TOPIC, libp2p_keypair, libp2p_secret,
+    stop_timer_thread,
 };
 pub(crate) use udp::parse_source as udp_source;
 pub use udp::{UdpConfig, UdpTransport};

@@ -4,13 +4,17 @@
 //! [`Node::stop`] waits for active runs: each gets `runner.stop_grace_ms` to finish on its own;
 //! then its task is killed (the whole process group, or the PID namespace) and reaped, and the
 //! run is recorded with a [`TaskResult`] that says `interrupted` (reported to the publisher like
-//! any result, so the seed is `completed` and never runs again by itself). A task never outlives
-//! its node's process (on Linux the runner's guard process kills it when the node dies, see
-//! `sandbox::linux`). A run whose process died without recording anything (a crash, `kill -9`)
-//! leaves its marker in the store; the next node on the data directory records it as
-//! interrupted when it starts (and before any run), so a restart never executes the command
-//! again silently: [`Node::run`] on that seed fails with a state error, and running the work
-//! again takes a new seed.
+//! any result, so the seed is `completed` and never runs again by itself). On Linux a task never
+//! outlives its node's process: the runner's guard process kills it when the node dies (see
+//! `sandbox::linux`). Other platforms have no such guard: a task whose node's process died
+//! (a crash, `kill -9`) runs on unsupervised (no timeout, its output unread) until it ends by
+//! itself. On every platform a run whose process died without recording anything leaves its
+//! marker in the store; the next node on the data directory records it as interrupted when it
+//! starts (and before any run), so a restart never executes the command again silently:
+//! [`Node::run`] on that seed fails with a state error, and running the work again takes a new
+//! seed. (The marker names the node's process, not the task's: a marker whose process id was
+//! reused by a live process counts as a run in progress, so `run` fails with
+//! [`ErrorKind::Busy`] until that process is gone, and then it is recorded as interrupted.)
 
 use std::time::Duration;
 
