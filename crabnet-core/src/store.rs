@@ -29,7 +29,7 @@ mod reputation;
 mod shared;
 pub use config::{StoreConfig, SyncMode};
 pub use prune::SeedsPruned;
-pub use reconcile::WantedEnvelope;
+pub use reconcile::{SyncMark, WantedEnvelope};
 pub(crate) use shared::SharedStore;
 
 /// Where a message came from.

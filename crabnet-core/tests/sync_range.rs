@@ -1,20 +1,27 @@
 //! Sync by range-based set reconciliation (docs/PROTOCOL.md section 7): a node joining a peer
 //! with a large store gets all of it, what two stores exchange follows their difference and
 //! not their size, old envelopes sync, and a lost round only delays convergence (in-process
-//! nodes on the memory hub).
+//! nodes on the memory hub); and two `crabnet listen` processes on 127.0.0.1, one holding
+//! many seeds and the other all but 10 of them, converge on fewer sync bytes than listing the
+//! seeds would take (issue 14 item 5).
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crabnet_core::envelope::{self, Kind};
+use crabnet_core::envelope::{self, Kind, MAX_ENVELOPE_BYTES};
+use crabnet_core::identity::Identity;
+use crabnet_core::model::{Body, Message, SeedId};
 use crabnet_core::network::{Incoming, MemoryTransport};
+use crabnet_core::store::{RemoteOutcome, Store, StoreConfig, SyncMode};
 use crabnet_core::sync::range::{Round, Want};
-use crabnet_core::{Config, MemoryHub, Node, PublishRequest, Transport};
-use support::forge::{hello, identity, plain, wait_counter};
+use crabnet_core::{Config, MemoryHub, Node, NodeId, PublishRequest, Transport};
+use support::forge::{hello, identity, plain, seed_message, wait_counter};
+use support::{Net, TEST_BUDGET};
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
     let mut c = Config::with_data_dir(dir.join(name));
@@ -158,12 +165,37 @@ async fn reconciliation_bytes_follow_the_difference_not_the_store() {
     };
     // Queries are read before bytes at the start and after them at the end, so a query sent
     // between two reads is counted as a round without its bytes, never the other way round.
+    // How each node brought its item set up to date: the whole store read, new rows merged.
+    let index = |a: Node, b: Node| async move {
+        [
+            counter(&a, "sync.index_reads").await + counter(&b, "sync.index_reads").await,
+            counter(&a, "sync.index_updates").await + counter(&b, "sync.index_updates").await,
+        ]
+    };
+    // Item sets are brought up to date by the rounds, not by the writes: wait until each
+    // node has sent a query since the last seed arrived.
+    let (qa, qb) = (
+        counter(&a, "sync.queries_sent").await,
+        counter(&b, "sync.queries_sent").await,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(&a, "sync.queries_sent").await <= qa
+        || counter(&b, "sync.queries_sent").await <= qb
+    {
+        assert!(Instant::now() < deadline, "no sync rounds");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let index_before = index(a.clone(), b.clone()).await;
     let queries_before = queries(a.clone(), b.clone()).await;
     let before = reconcile_bytes(&a, &b).await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let idle = reconcile_bytes(&a, &b).await - before;
     let rounds = queries(a.clone(), b.clone()).await - queries_before;
     assert!(rounds > 0, "no sync rounds ran");
+    // Rounds over unchanged stores read no items from them.
+    assert_eq!(index(a.clone(), b.clone()).await, index_before);
+    // Each node read its whole store once (when it started), never since.
+    assert_eq!(index_before[0], 2);
     // One envelope (2.6 KB of signatures and 16 fingerprints) per query, and no reply.
     assert!(
         idle <= rounds * 3500,
@@ -177,6 +209,10 @@ async fn reconciliation_bytes_follow_the_difference_not_the_store() {
     hub.set_isolated("b", false);
     converged(&[&a, &b], 1005, Duration::from_secs(20)).await;
     let spent = reconcile_bytes(&a, &b).await - before;
+    // The new seeds were merged into the item sets; the stores were not read again.
+    let [reads, updates] = index(a.clone(), b.clone()).await;
+    assert_eq!(reads, 2);
+    assert!(updates > index_before[1], "{updates} updates");
     // An envelope costs 2.6 KB of signatures: a handful of round trips per interval, each a
     // few KB, against 1,000 x 40 B = 40 KB for one old digest of this store (and that grows
     // with the store). The unit tests of `sync::range` check the O(d log n) shape on stores of
@@ -298,16 +334,7 @@ async fn a_private_seed_syncs_to_its_audience_only() {
     // Its first hellos reach nobody; the next ones come soon.
     outsider.network.hello_interval_secs = 1;
     let c = start(outsider, Box::new(c_wire)).await;
-    a.publish(long("echo public")).await.unwrap();
-    let private = a
-        .publish(PublishRequest {
-            private_to: vec![b.id().clone()],
-            ..long("echo private")
-        })
-        .await
-        .unwrap()
-        .seed
-        .id;
+    let (_, private) = publish_public_and_private(&a, b.id()).await;
     // Both went out (to nobody) before anyone comes back: only sync can deliver them now.
     let deadline = Instant::now() + Duration::from_secs(10);
     while a.overview().await.unwrap().outbox_pending > 0 {
@@ -346,6 +373,95 @@ async fn a_private_seed_syncs_to_its_audience_only() {
     for n in [a, b, c] {
         n.stop().await.unwrap();
     }
+}
+
+/// The next `sync_range` reply on `wire` (the node's own periodic queries and other frames
+/// are passed over).
+async fn next_reply(wire: &mut MemoryTransport) -> Round {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, crabnet_core::network::recv(wire))
+            .await
+            .expect("a reply to the query")
+            .unwrap();
+        let parsed = envelope::parse(&frame.bytes, envelope::MAX_ENVELOPE_BYTES).unwrap();
+        if parsed.header.kind == Kind::SyncRange {
+            let round: Round = parsed.plain(Kind::SyncRange).unwrap();
+            if round.reply {
+                return round;
+            }
+        }
+    }
+}
+
+/// The seed ids a peer learns from the reply to one query it sent from `wire`: it follows the
+/// reply with an empty set (everything the answerer offers is something it lacks).
+async fn offered_seeds(wire: &mut MemoryTransport, query: Vec<u8>) -> Vec<SeedId> {
+    wire.broadcast(&query).unwrap();
+    let reply = next_reply(wire).await;
+    let progress = crabnet_core::sync::range::ItemSet::new([])
+        .follow(&reply.msg, 60_000)
+        .unwrap();
+    progress.need.into_iter().map(|(_, seed)| seed).collect()
+}
+
+/// Publishes a public seed and a seed private to `member` on `node`; returns their ids.
+async fn publish_public_and_private(node: &Node, member: &NodeId) -> (SeedId, SeedId) {
+    let public = node.publish(long("echo public")).await.unwrap().seed.id;
+    let private = node
+        .publish(PublishRequest {
+            private_to: vec![member.clone()],
+            ..long("echo private")
+        })
+        .await
+        .unwrap()
+        .seed
+        .id;
+    (public, private)
+}
+
+/// Issue 14 (a private seed's metadata): a reconciliation reply goes to the transport source
+/// of the query, so the items of private seeds are in it only when that source is the query's
+/// signer. A query signed by a member of a private seed's audience but sent (forwarded,
+/// replayed, relayed) from another address is answered with the public items alone: the
+/// forwarder learns neither the private seed's id nor that it exists. The same query sent by
+/// the member itself still reconciles the private seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_query_does_not_reveal_private_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let a = start(config(dir.path(), "a"), Box::new(hub.join("a"))).await;
+    let mut member_wire = hub.join("member");
+    let mut forwarder = hub.join("forwarder");
+    let member = identity(0x61, 1);
+    member_wire
+        .broadcast(&support::forge::hello_announcing(
+            &member,
+            vec!["memory:member".into()],
+        ))
+        .unwrap();
+    a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    let (public, private) = publish_public_and_private(&a, member.node_id()).await;
+    let query = || {
+        let round = Round {
+            reply: false,
+            msg: crabnet_core::sync::range::ItemSet::new([]).query(8_000),
+        };
+        plain(&member, Kind::SyncRange, &envelope::encode_hello(&round))
+    };
+    let forwarded = offered_seeds(&mut forwarder, query()).await;
+    assert!(forwarded.contains(&public), "{forwarded:?}");
+    assert!(
+        !forwarded.contains(&private),
+        "a forwarded query revealed the private seed"
+    );
+    let direct = offered_seeds(&mut member_wire, query()).await;
+    assert!(
+        direct.contains(&public) && direct.contains(&private),
+        "{direct:?}"
+    );
+    a.stop().await.unwrap();
 }
 
 /// Hostile reconciliation input from a known peer: garbage in a `sync_range` query or reply
@@ -411,19 +527,188 @@ async fn garbage_reconciliation_messages_are_refused() {
         &envelope::encode_hello(&round),
     ))
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let frame = tokio::time::timeout(left, crabnet_core::network::recv(&mut wire))
-            .await
-            .expect("an answer to a well-formed query")
-            .unwrap();
-        let parsed = envelope::parse(&frame.bytes, envelope::MAX_ENVELOPE_BYTES).unwrap();
-        if parsed.header.kind == Kind::SyncRange {
-            let reply: Round = parsed.plain(Kind::SyncRange).unwrap();
-            assert!(reply.reply, "the answer to a query is a reply");
-            break;
-        }
-    }
+    next_reply(&mut wire).await;
     node.stop().await.unwrap();
+}
+
+/// Seeds the large node holds in CI (one to two minutes in a debug build on 2 shared cores,
+/// most of it building the stores). `CRABNET_SYNC_SEEDS` sets another count:
+/// `scripts/bench-sync.sh` runs the 100,000 of issue 14 item 5 (BENCHMARKS.md, "Sync bytes").
+const CI_SEEDS: usize = 10_000;
+/// Seeds the peer lacks.
+const MISSING: usize = 10;
+/// Most bytes of sync frames the two nodes may send each other until they converge, at the CI
+/// size. Measured: 95 KB with 2,000 seeds, 76-97 KB with 10,000, 192 KB with 100,000 (one
+/// round more per exchange, and more sync intervals while two debug processes open the
+/// stores: BENCHMARKS.md); any scheme that lists what a store holds would send at least 32
+/// bytes per seed (320 KB for 10,000). Issue 14 asks for less than 64 KB: not met. The 10
+/// seeds' envelopes take 31 KB, and both nodes start an exchange (each of about four frames
+/// of 2.6 KB of signatures plus the ranges' fingerprints and ids), where one exchange would
+/// do.
+const SYNC_BUDGET: u64 = 128 * 1024;
+
+/// A `seed_created` message of seed number `i` by `author` at `timestamp`, open for bids for
+/// the longest window the rules allow (no decision falls due while the test runs).
+fn seed_created(author: &Identity, i: usize, timestamp: u64) -> Message {
+    let mut m = seed_message(author, i as u64 + 1, timestamp);
+    if let Body::SeedCreated(seed) = &mut m.body {
+        seed.command = format!("echo {i}");
+        seed.bid_window_secs = crabnet_core::model::limits::MAX_BID_WINDOW_SECS;
+    }
+    m
+}
+
+/// The envelopes of `messages` signed by `author`, on every core.
+fn sign_all(author: &Identity, messages: &[Message]) -> Vec<Vec<u8>> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = messages.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = messages
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|m| {
+                            envelope::message_envelope(
+                                author,
+                                m,
+                                60,
+                                &[],
+                                MAX_ENVELOPE_BYTES,
+                                &mut envelope::os_rng,
+                            )
+                            .unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts.into_iter().flat_map(|p| p.join().unwrap()).collect()
+    })
+}
+
+/// Stores the messages of `all` that `keep` selects (by index) in node `i`'s data directory,
+/// as received from the network, in one transaction.
+fn import(net: &Net, i: usize, all: &[(Message, Vec<u8>)], keep: impl Fn(usize) -> bool) {
+    let config = Config::with_data_dir(net.nodes[i].dir.clone());
+    let store_config = StoreConfig {
+        sync: SyncMode::Normal,
+        ..StoreConfig::default()
+    };
+    let mut store = Store::open(&config.db_path(), &store_config).unwrap();
+    let me = NodeId::parse(net.id(i)).unwrap();
+    let chosen = all
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| keep(*k))
+        .map(|(_, (m, e))| (m, e.as_slice()));
+    let outcomes = store
+        .apply_remote_all(&me, chosen, crabnet_core::clock::now_ms())
+        .unwrap();
+    assert!(
+        outcomes.iter().all(|o| *o == RemoteOutcome::Applied),
+        "{:?}",
+        outcomes.iter().find(|o| **o != RemoteOutcome::Applied)
+    );
+}
+
+/// Bytes of sync frames node `i` sent (queries, replies, wants and batches), and its queries.
+fn sync_sent(net: &Net, i: usize) -> (u64, u64) {
+    let c = net.counters(i);
+    let sync: BTreeMap<_, _> = c.iter().filter(|(k, _)| k.starts_with("sync.")).collect();
+    eprintln!("node {i}: {sync:?}");
+    let get = |name: &str| c.get(name).copied().unwrap_or(0);
+    (
+        get("sync.reconcile_bytes_sent") + get("sync.batch_bytes_sent"),
+        get("sync.queries_sent"),
+    )
+}
+
+/// Issue 14 item 5: node 0 holds `CI_SEEDS` seeds (`CRABNET_SYNC_SEEDS`), node 1 the same
+/// less 10 spread over the whole range; two `crabnet listen` processes on 127.0.0.1 (UDP)
+/// converge, and the sync frames both sent each other from their start to convergence (every
+/// query, reply, want and batch, the 10 seeds' envelopes included; counted by the nodes
+/// themselves) stay under [`SYNC_BUDGET`], less than listing the ids alone would take. The
+/// stores are built without the network: the envelopes are signed once here, and each store
+/// applies its share in one transaction ([`Store::apply_remote_all`]).
+#[test]
+fn a_peer_missing_10_of_many_seeds_converges_on_fewer_bytes_than_listing_them() {
+    let n: usize = std::env::var("CRABNET_SYNC_SEEDS")
+        .ok()
+        .map(|v| v.parse().expect("CRABNET_SYNC_SEEDS is a count"))
+        .unwrap_or(CI_SEEDS);
+    // Below this, listing the ids (32 bytes each) would cost less than the budget.
+    assert!(
+        n as u64 * 32 > SYNC_BUDGET,
+        "CRABNET_SYNC_SEEDS must exceed {}",
+        SYNC_BUDGET / 32
+    );
+    let started = Instant::now();
+    let mut net = Net::new(2);
+    // A sync interval long enough that the bytes counted are those of the exchanges that
+    // converge (one when each node learns of the other, one per interval after), not of idle
+    // rounds while the test polls.
+    for (i, node) in net.nodes.iter().enumerate() {
+        std::fs::write(
+            node.dir.join("config.toml"),
+            format!(
+                "name = \"n{i}\"\n\n[network]\nsync_interval_secs = 10\ntick_ms = 50\nhello_interval_secs = 5\n"
+            ),
+        )
+        .unwrap();
+    }
+    let author =
+        Identity::load(&Config::with_data_dir(net.nodes[0].dir.clone()).identity_path()).unwrap();
+    // Spread over the last three days, the oldest first.
+    let now = crabnet_core::clock::now_ms();
+    let span = 3 * 24 * 3600 * 1000u64;
+    let messages: Vec<Message> = (0..n)
+        .map(|i| seed_created(&author, i, now - span + span * i as u64 / n as u64))
+        .collect();
+    let envelopes = sign_all(&author, &messages);
+    let all: Vec<(Message, Vec<u8>)> = messages.into_iter().zip(envelopes).collect();
+    let missing: Vec<usize> = (0..MISSING)
+        .map(|k| k * n / MISSING + n / (2 * MISSING))
+        .collect();
+    let signed = started.elapsed();
+    import(&net, 0, &all, |_| true);
+    import(&net, 1, &all, |k| !missing.contains(&k));
+    let built = started.elapsed();
+    // The budget is for the nodes: building the stores takes what it takes.
+    net.deadline = Instant::now() + TEST_BUDGET;
+
+    net.start(0, &[1]);
+    net.start(1, &[0]);
+    for &k in &missing {
+        let id = all[k].0.seed_id().as_str().to_owned();
+        net.wait_seed(1, &id, "gets a seed it lacked", |_| true);
+    }
+    let converged = started.elapsed();
+    // Counters reach the store within a tick (50 ms); bytes sent later (an idle query or two)
+    // count too.
+    std::thread::sleep(Duration::from_millis(500));
+    let (bytes_a, queries_a) = sync_sent(&net, 0);
+    let (bytes_b, queries_b) = sync_sent(&net, 1);
+    let total = bytes_a + bytes_b;
+    eprintln!(
+        "{n} seeds, {MISSING} missing: signed in {signed:?}, stores built at {built:?}, \
+         converged at {converged:?}; sync bytes sent {bytes_a} + {bytes_b} = {total} \
+         ({queries_a} + {queries_b} queries)"
+    );
+    let digest = net.wait_converged(&[0, 1], "after sync");
+    assert!(!digest.is_empty());
+    for i in [0, 1] {
+        let seeds: u64 = net.status(i)["seeds_by_status"]
+            .as_object()
+            .expect("seeds_by_status")
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(seeds, n as u64, "node {i}");
+    }
+    assert!(
+        total < SYNC_BUDGET,
+        "converging on {MISSING} of {n} seeds cost {total} bytes ({bytes_a} + {bytes_b})"
+    );
+    assert!(total < 32 * n as u64, "{total} bytes for {n} seeds");
 }

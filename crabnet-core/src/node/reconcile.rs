@@ -12,23 +12,114 @@ use crate::ingress;
 use crate::model::{MessageId, NodeId};
 use crate::monitor::RejectReason;
 use crate::network::Acceptance;
+use crate::store::SyncMark;
 use crate::sync::{self, range};
 
-/// The stored messages as reconciliation items, kept between rounds and rebuilt when the
-/// store changed (see [`crate::store::Store::sync_generation`]).
+/// The stored messages as reconciliation items, kept in memory between rounds and brought up
+/// to date from the store's [`SyncMark`]: a round over an unchanged store reads two values
+/// of the store (O(log n)); envelopes stored since the last round are read alone and merged in
+/// (O(new rows) from the store, plus an in-memory merge); only a prune by retention, which
+/// deletes messages, makes it read the whole store again (also once after each start).
 #[derive(Debug, Default)]
 pub(super) struct IndexCache(Mutex<Option<Arc<Index>>>);
 
 /// One snapshot of the store's items.
 #[derive(Debug)]
 pub(super) struct Index {
-    generation: [i64; 4],
-    /// Sorted by timestamp, then id.
+    /// The store's mark when the snapshot was taken.
+    mark: SyncMark,
+    /// Sorted by timestamp, then id; no duplicates.
     items: Vec<range::Item>,
     /// Private seeds and the nodes that may receive their messages.
     private: BTreeMap<[u8; 16], Vec<NodeId>>,
     /// The items of public seeds, ready to reconcile (all items when no seed is private).
     public: Arc<range::ItemSet>,
+}
+
+impl Index {
+    /// The index of `items` (any order), `private` seeds among them, at `mark`.
+    fn new(
+        mark: SyncMark,
+        mut items: Vec<range::Item>,
+        private: BTreeMap<[u8; 16], Vec<NodeId>>,
+    ) -> Index {
+        items.sort_unstable();
+        items.dedup();
+        let public = Arc::new(range::ItemSet::new(
+            items
+                .iter()
+                .copied()
+                .filter(|i| !private.contains_key(&i.seed)),
+        ));
+        Index {
+            mark,
+            items,
+            private,
+            public,
+        }
+    }
+
+    /// This index with `added` items and `private` seeds more, at `mark`: the sorted items
+    /// merged with the new ones in one pass.
+    fn with(
+        &self,
+        mark: SyncMark,
+        mut added: Vec<range::Item>,
+        private: BTreeMap<[u8; 16], Vec<NodeId>>,
+    ) -> Index {
+        added.sort_unstable();
+        let mut items = Vec::with_capacity(self.items.len() + added.len());
+        let (mut old, mut new) = (self.items.iter().peekable(), added.into_iter().peekable());
+        loop {
+            let next = match (old.peek(), new.peek()) {
+                (Some(a), Some(b)) if *a <= b => old.next().copied(),
+                (Some(_), Some(_)) | (None, Some(_)) => new.next(),
+                (Some(_), None) => old.next().copied(),
+                (None, None) => break,
+            };
+            if let Some(item) = next
+                && items.last() != Some(&item)
+            {
+                items.push(item);
+            }
+        }
+        let mut all = self.private.clone();
+        all.extend(private);
+        Index::new(mark, items, all)
+    }
+}
+
+/// Whether the transport source `from` is the node that announced `addresses` (see
+/// [`Node::source_is_sender`]).
+fn source_among(from: &str, addresses: &[String]) -> bool {
+    if let Some(peer) = from.strip_prefix("libp2p:") {
+        let mut named = addresses
+            .iter()
+            .filter_map(|a| a.rsplit_once("/p2p/").map(|(_, id)| id))
+            .peekable();
+        return named.peek().is_some() && named.all(|id| id == peer);
+    }
+    addresses.iter().any(|a| {
+        a == from
+            || a.strip_prefix("udp:")
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                .zip(crate::network::udp_source(from))
+                .is_some_and(|(a, f)| a.ip().is_unspecified() && a.port() == f.port())
+    })
+}
+
+/// Private seeds keyed by their id's bytes.
+fn private_by_bytes(
+    seeds: BTreeMap<crate::model::SeedId, Vec<NodeId>>,
+) -> BTreeMap<[u8; 16], Vec<NodeId>> {
+    let mut private = BTreeMap::new();
+    for (seed, allowed) in seeds {
+        let mut id = [0u8; 16];
+        if hex::decode_to_slice(seed.as_str(), &mut id).is_ok() {
+            private.insert(id, allowed);
+        }
+    }
+    private
 }
 
 impl Index {
@@ -77,43 +168,53 @@ pub(super) struct Credit {
 }
 
 impl Node {
-    /// The items of the store, from the cache while the store did not change.
+    /// The items of the store, from the cache while the store did not change, brought up to
+    /// date from the rows stored since when it did (see [`IndexCache`]). Counted as
+    /// `sync.index_reads` (the whole store read) and `sync.index_updates` (new rows merged).
     fn sync_index(&self) -> Result<Arc<Index>> {
         let mut cache = lock(&self.inner.sync_index.0);
         let store = lock(&self.inner.store);
-        let generation = store.sync_generation()?;
-        if let Some(index) = cache.as_ref()
-            && index.generation == generation
-        {
-            return Ok(index.clone());
-        }
-        let mut items = store.sync_items()?;
-        let private_seeds = store.private_seeds()?;
-        // Sorting and sealing the set need no store: other work goes on meanwhile (the cache
-        // lock keeps a second rebuild from starting).
-        drop(store);
-        items.sort_unstable();
-        let mut private = BTreeMap::new();
-        for (seed, allowed) in private_seeds {
-            let mut id = [0u8; 16];
-            if hex::decode_to_slice(seed.as_str(), &mut id).is_ok() {
-                private.insert(id, allowed);
+        let mark = store.sync_mark()?;
+        let index = match cache.as_ref() {
+            Some(index) if index.mark == mark => return Ok(index.clone()),
+            Some(index)
+                if index.mark.pruned == mark.pruned && index.mark.last_row < mark.last_row =>
+            {
+                let added = store.sync_items_between(index.mark.last_row, mark.last_row)?;
+                let seeds: BTreeSet<[u8; 16]> = added.iter().map(|i| i.seed).collect();
+                let seeds: Vec<_> = seeds
+                    .into_iter()
+                    .map(crate::model::SeedId::from_bytes)
+                    .collect();
+                let private = private_by_bytes(store.private_among(&seeds)?);
+                // Merging and sealing need no store: other work goes on meanwhile (the cache
+                // lock keeps a second update from starting).
+                drop(store);
+                self.inner.rejections.count("sync.index_updates");
+                index.with(mark, added, private)
             }
-        }
-        let public = Arc::new(range::ItemSet::new(
-            items
-                .iter()
-                .copied()
-                .filter(|i| !private.contains_key(&i.seed)),
-        ));
-        let index = Arc::new(Index {
-            generation,
-            items,
-            private,
-            public,
-        });
+            _ => {
+                let items = store.sync_items_between(0, mark.last_row)?;
+                let private = private_by_bytes(store.private_seeds()?);
+                drop(store);
+                self.inner.rejections.count("sync.index_reads");
+                Index::new(mark, items, private)
+            }
+        };
+        let index = Arc::new(index);
         *cache = Some(index.clone());
         Ok(index)
+    }
+
+    /// Whether `from` (a transport source) is `sender` itself, by the addresses its verified
+    /// hello announced: over libp2p, the peer id the connection authenticated is the one its
+    /// addresses name (`.../p2p/<id>`); otherwise one of its addresses (a UDP node bound to an
+    /// unspecified address: the same port).
+    fn source_is_sender(&self, sender: &NodeId, from: &str) -> Result<bool> {
+        let Some(peer) = lock(&self.inner.store).peer(sender)? else {
+            return Ok(false);
+        };
+        Ok(source_among(from, &peer.addresses))
     }
 
     /// The first query of an exchange, as a signed `sync_range` envelope for a transport whose
@@ -148,7 +249,11 @@ impl Node {
     ) -> Result<Acceptance> {
         let room = payload_room(self, max_frame);
         let limit = range::frame_limit(room);
-        let set = self.sync_index()?.set_for(Some(&h.sender));
+        // The answer goes to the source: the items of private seeds only when the source is
+        // the sender itself, not a peer that forwards (or relays) its signed query.
+        let index = self.sync_index()?;
+        let bound = !index.private.is_empty() && self.source_is_sender(&h.sender, &source.from)?;
+        let set = index.set_for(bound.then_some(&h.sender));
         let mut frames = Vec::new();
         // Whether `frames` starts with our next query.
         let mut query_first = false;
@@ -227,7 +332,8 @@ impl Node {
 
     /// A `sync_want` envelope from `requester`: the stored envelopes it asks for, each seed's
     /// creation first, preceded by the hellos of their authors, in batches within the
-    /// source's credit. A private seed's messages go only to its audience and publisher.
+    /// source's credit. A private seed's messages go only to its audience and publisher, and
+    /// only when the source is the requester itself ([`Node::source_is_sender`]).
     pub(super) fn answer_want(
         &self,
         requester: &NodeId,
@@ -246,6 +352,8 @@ impl Node {
             .map(MessageId::from_bytes)
             .collect();
         let index = self.sync_index()?;
+        // As for queries: a forwarded want gets no envelope of a private seed.
+        let bound = !index.private.is_empty() && self.source_is_sender(requester, &source.from)?;
         let items = {
             let store = lock(&self.inner.store);
             let mut wanted = store.wanted_envelopes(&ids)?;
@@ -253,7 +361,7 @@ impl Node {
                 let mut seed = [0u8; 16];
                 let _ = hex::decode_to_slice(w.seed.as_str(), &mut seed);
                 match index.private.get(&seed) {
-                    Some(allowed) => allowed.contains(requester),
+                    Some(allowed) => bound && allowed.contains(requester),
                     // Sealed, but its seed is unknown here: we cannot tell who may have it.
                     None => w.envelope.get(5).is_some_and(|flags| flags & 1 == 0),
                 }
@@ -321,7 +429,8 @@ impl Node {
     /// Packs `items` (envelopes) into `sync_batch` envelopes of at most `max_payload` bytes,
     /// in order, while the credit allows; stops at the first one that does not fit (a hello
     /// is never separated from the envelopes that need it). What is left waits for the next
-    /// exchange (counter `sync.answers_over_budget`).
+    /// exchange (counter `sync.answers_over_budget`). Bytes of the batches: counter
+    /// `sync.batch_bytes_sent`.
     pub(super) fn push_batches(
         &self,
         credit: &mut Credit,
@@ -340,9 +449,11 @@ impl Node {
                 break;
             }
             let frame = self.plain_frame(Kind::SyncBatch, &envelope::encode_hello(&batch), 60)?;
+            let len = frame.len() as u64;
             if !self.push_frame(credit, frame, replies) {
                 break;
             }
+            self.inner.rejections.add("sync.batch_bytes_sent", len);
         }
         if !queue.is_empty() {
             self.inner.rejections.count("sync.answers_over_budget");
@@ -424,3 +535,97 @@ impl Node {
 
 /// Most seeds listed in one digest (about 40 bytes each, so a digest fits one datagram).
 const DIGEST_LIMIT: usize = 1200;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(t: u64, m: u8, s: u8) -> range::Item {
+        range::Item {
+            timestamp: t,
+            message: [m; 16],
+            seed: [s; 16],
+        }
+    }
+
+    /// A source is the node whose hello announced it: the libp2p peer id all its libp2p
+    /// addresses name, one of its other addresses, or the port of its unspecified UDP address.
+    #[test]
+    fn a_source_is_the_sender_only_by_its_announced_addresses() {
+        let id = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        let libp2p = vec![
+            format!("/ip4/127.0.0.1/tcp/4001/p2p/{id}"),
+            format!("/ip4/127.0.0.1/udp/4001/quic-v1/p2p/{id}"),
+            "udp:127.0.0.1:4002".to_owned(),
+        ];
+        assert!(source_among(&format!("libp2p:{id}"), &libp2p));
+        assert!(!source_among("libp2p:12D3KooWOther", &libp2p));
+        assert!(source_among("udp:127.0.0.1:4002", &libp2p));
+        assert!(!source_among("udp:127.0.0.1:4003", &libp2p));
+        // No peer id announced, or two: no libp2p source is the sender.
+        assert!(!source_among(
+            &format!("libp2p:{id}"),
+            &["udp:127.0.0.1:9".into()]
+        ));
+        let two = vec![libp2p[0].clone(), "/p2p/12D3KooWOther".to_owned()];
+        assert!(!source_among(&format!("libp2p:{id}"), &two));
+        let any = vec!["udp:0.0.0.0:7000".to_owned()];
+        assert!(source_among("udp:10.1.2.3:7000", &any));
+        assert!(!source_among("udp:10.1.2.3:7001", &any));
+        assert!(source_among("memory:b", &["memory:b".into()]));
+        assert!(!source_among("memory:c", &["memory:b".into()]));
+        assert!(!source_among("memory:b", &[]));
+    }
+
+    fn mark(last_row: i64) -> SyncMark {
+        SyncMark {
+            last_row,
+            pruned: 0,
+        }
+    }
+
+    /// Items merged into an index are the index of all of them: sorted, without duplicates
+    /// (a row read twice), with the private seeds of both and their items left out of the
+    /// public set, whether they came before or after the seed was known to be private.
+    #[test]
+    fn merged_items_are_the_index_of_all_of_them() {
+        let old = vec![item(5, 1, 9), item(1, 2, 9), item(9, 3, 7), item(5, 4, 8)];
+        let added = vec![item(3, 5, 8), item(9, 3, 7), item(0, 6, 9), item(12, 7, 6)];
+        let first = Index::new(mark(4), old.clone(), BTreeMap::new());
+        let private = BTreeMap::from([([8u8; 16], vec![NodeId::from_bytes([1; 32])])]);
+        let merged = first.with(mark(8), added.clone(), private.clone());
+        let whole = Index::new(mark(8), [old, added].concat(), private);
+        assert_eq!(merged.items, whole.items);
+        assert_eq!(merged.items.len(), 7);
+        assert!(merged.items.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(merged.private.len(), 1);
+        assert_eq!(merged.mark, mark(8));
+        // The public sets agree: an exchange between them finds nothing.
+        assert!(needs(&merged.public, &whole.public).is_empty());
+        // And they leave out the private seed's two items, one of them stored before.
+        let all = Index::new(mark(8), merged.items.clone(), BTreeMap::new());
+        let want: Vec<_> = [4u8, 5]
+            .into_iter()
+            .map(|m| crate::model::MessageId::from_bytes([m; 16]))
+            .collect();
+        assert_eq!(needs(&merged.public, &all.public), want);
+    }
+
+    /// What `initiator` lacks of `responder`'s items, by a whole exchange.
+    fn needs(initiator: &range::ItemSet, responder: &range::ItemSet) -> Vec<MessageId> {
+        let limit = range::MIN_FRAME_LIMIT;
+        let mut need = Vec::new();
+        let mut query = Some(initiator.query(limit));
+        while let Some(q) = query.take() {
+            let Some(reply) = responder.answer(&q, limit).unwrap() else {
+                break;
+            };
+            let p = initiator.follow(&reply, limit).unwrap();
+            need.extend(p.need.into_iter().map(|(m, _)| m));
+            query = p.next;
+            assert!(need.len() <= 100, "no end");
+        }
+        need.sort();
+        need
+    }
+}

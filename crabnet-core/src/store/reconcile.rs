@@ -4,11 +4,20 @@
 
 use std::collections::BTreeMap;
 
-use super::{Store, from_json};
+use super::{RemoteOutcome, Store, from_json};
 use crate::error::Result;
-use crate::model::{MessageId, NodeId, SeedId};
+use crate::model::{Message, MessageId, Millis, NodeId, SeedId};
 use crate::state::SeedView;
 use crate::sync::range::Item;
+
+/// Where the reconciliation items of a store stand ([`Store::sync_mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncMark {
+    /// The highest row of `messages` (0 when there is none).
+    pub last_row: i64,
+    /// Messages pruned by retention so far.
+    pub pruned: i64,
+}
 
 /// A stored envelope a peer asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,12 +35,40 @@ pub struct WantedEnvelope {
 }
 
 impl Store {
+    /// Where the reconciliation items stand, read in O(log n): the highest row of `messages`
+    /// and how many messages retention has pruned so far. Rows are only ever added above the
+    /// highest one, and only retention deletes messages (`retention.messages_pruned` grows in
+    /// the same transaction): while `pruned` stays, the items are those read before plus the
+    /// rows above the old mark ([`Store::sync_items_between`]).
+    pub fn sync_mark(&self) -> Result<SyncMark> {
+        Ok(self.conn.query_row(
+            "SELECT (SELECT COALESCE(MAX(rowid), 0) FROM messages),
+                    (SELECT COALESCE(MAX(value), 0) FROM counters
+                     WHERE name = 'retention.messages_pruned')",
+            [],
+            |r| {
+                Ok(SyncMark {
+                    last_row: r.get(0)?,
+                    pruned: r.get(1)?,
+                })
+            },
+        )?)
+    }
+
     /// Every stored message that has an envelope, as a reconciliation item (unordered).
     pub fn sync_items(&self) -> Result<Vec<Item>> {
+        self.sync_items_between(0, i64::MAX)
+    }
+
+    /// The stored messages with an envelope whose row is above `after` and at most `upto`
+    /// (marks from [`Store::sync_mark`]), as reconciliation items (unordered): what was stored
+    /// between the two marks, read in O(rows read + log n).
+    pub fn sync_items_between(&self, after: i64, upto: i64) -> Result<Vec<Item>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT timestamp, id, seed_id FROM messages WHERE envelope IS NOT NULL",
+            "SELECT timestamp, id, seed_id FROM messages
+             WHERE rowid > ?1 AND rowid <= ?2 AND envelope IS NOT NULL",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map([after, upto], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -58,6 +95,53 @@ impl Store {
         Ok(out)
     }
 
+    /// Which of `seeds` are private seeds held here, each with the nodes that may receive its
+    /// messages (its audience and its publisher); O(seeds x log n).
+    pub fn private_among(&self, seeds: &[SeedId]) -> Result<BTreeMap<SeedId, Vec<NodeId>>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT view FROM seeds
+             WHERE id = ?1 AND json_array_length(view, '$.seed.audience') > 0",
+        )?;
+        let mut out = BTreeMap::new();
+        for seed in seeds {
+            let mut rows = stmt.query([seed.as_str()])?;
+            if let Some(r) = rows.next()? {
+                let view: SeedView = from_json(&r.get::<_, String>(0)?, "seed view")?;
+                let mut allowed = view.seed.audience;
+                allowed.push(view.seed.publisher);
+                out.insert(view.seed.id, allowed);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies `messages` received from the network (each with its envelope, verbatim) in one
+    /// transaction, each exactly as [`Store::apply_remote`] applies it (in a savepoint of its
+    /// own, so one that fails leaves the others alone): a bulk import of envelopes, such as a
+    /// new node's copy of a peer's history, at one commit for all. The caller has checked the
+    /// envelopes' signatures, as for [`Store::apply_remote`]. Returns each message's outcome,
+    /// in order; the events are stored, not returned.
+    pub fn apply_remote_all<'a>(
+        &mut self,
+        me: &NodeId,
+        messages: impl IntoIterator<Item = (&'a Message, &'a [u8])>,
+        now: Millis,
+    ) -> Result<Vec<RemoteOutcome>> {
+        self.begin_batch()?;
+        let mut out = Vec::new();
+        for (message, envelope) in messages {
+            match self.apply_remote(me, message, envelope, now) {
+                Ok((outcome, _)) => out.push(outcome),
+                Err(e) => {
+                    let _ = self.end_batch(false);
+                    return Err(e);
+                }
+            }
+        }
+        self.end_batch(true)?;
+        Ok(out)
+    }
+
     /// The private seeds held here, each with the nodes that may receive its messages (its
     /// audience and its publisher).
     pub fn private_seeds(&self) -> Result<BTreeMap<SeedId, Vec<NodeId>>> {
@@ -73,17 +157,6 @@ impl Store {
             out.insert(view.seed.id, allowed);
         }
         Ok(out)
-    }
-
-    /// What changes whenever the reconciliation items may have changed: messages stored or
-    /// pruned, seeds becoming known (a private seed's audience), tombstones.
-    pub fn sync_generation(&self) -> Result<[i64; 4]> {
-        Ok(self.conn.query_row(
-            "SELECT (SELECT COUNT(*) FROM messages), (SELECT COALESCE(MAX(rowid), 0) FROM messages),
-                    (SELECT COUNT(*) FROM seeds), (SELECT COUNT(*) FROM pruned_seeds)",
-            [],
-            |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]),
-        )?)
     }
 
     /// The stored envelopes among `ids` (ids not held here are left out), in no order.

@@ -84,13 +84,19 @@ pub fn plain(signer: &Identity, kind: Kind, payload: &[u8]) -> Vec<u8> {
 /// A hello announcing `id`'s keys (with `certificate`), signed by `signer` (a forgery when
 /// that is another identity).
 pub fn hello_signed_by(id: &Identity, signer: &Identity, certificate: Option<Vec<u8>>) -> Vec<u8> {
-    hello_full(id, signer, certificate, Vec::new())
+    hello_full(id, signer, certificate, Vec::new(), Vec::new())
+}
+
+/// `id`'s own hello announcing `addresses`.
+#[allow(dead_code)]
+pub fn hello_announcing(id: &Identity, addresses: Vec<String>) -> Vec<u8> {
+    hello_full(id, id, None, Vec::new(), addresses)
 }
 
 /// A hello of `id` (rotated keys) carrying its rotation chain `rotations`, signed by `id`.
 #[allow(dead_code)]
 pub fn hello_rotated(id: &Identity, rotations: Vec<Vec<u8>>) -> Vec<u8> {
-    hello_full(id, id, None, rotations)
+    hello_full(id, id, None, rotations, Vec::new())
 }
 
 fn hello_full(
@@ -98,10 +104,11 @@ fn hello_full(
     signer: &Identity,
     certificate: Option<Vec<u8>>,
     rotations: Vec<Vec<u8>>,
+    addresses: Vec<String>,
 ) -> Vec<u8> {
     let hello = Hello {
         name: "stranger".into(),
-        addresses: vec![],
+        addresses,
         key_epoch: id.public().epoch,
         signing_public: id.public().signing.to_bytes(),
         kem_public: id.public().kem.to_bytes(),
