@@ -45,7 +45,10 @@ pub(crate) fn register_delay() -> TimerHandle {
             Err(_) => return TimerHandle { inner: Weak::new() },
         }
     }
-    global.as_ref().map(HelperThread::handle).expect("started above")
+    global
+        .as_ref()
+        .map(HelperThread::handle)
+        .expect("started above")
 }
 
 /// Uncounts a dropped `Delay` (after it has told the timer to forget it).

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
