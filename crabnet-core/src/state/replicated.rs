@@ -407,10 +407,7 @@ pub(super) fn lifecycle(
     // 4. Everything that did not count says why.
     let final_or_done = v.status.is_final() || v.status == SeedStatus::Completed;
     let slot_of = |node: &NodeId| slots.iter().find(|s| &s.runner == node);
-    for msg in claims {
-        if verdicts.contains_key(&msg.id) {
-            continue;
-        }
+    for msg in unanswered(verdicts, claims) {
         let Body::SeedClaimed(c) = &msg.body else {
             continue;
         };
@@ -430,10 +427,7 @@ pub(super) fn lifecycle(
         };
         verdicts.insert(msg.id.clone(), verdict);
     }
-    for msg in results {
-        if verdicts.contains_key(&msg.id) {
-            continue;
-        }
+    for msg in unanswered(verdicts, results) {
         let verdict = match slot_of(&msg.sender) {
             Some(s) if s.lapsed => lapsed_verdict(v, msg, s.step),
             Some(s) if s.claim.is_none() && !v.status.is_final() => {
@@ -450,10 +444,7 @@ pub(super) fn lifecycle(
         };
         verdicts.insert(msg.id.clone(), verdict);
     }
-    for msg in decisions {
-        if verdicts.contains_key(&msg.id) {
-            continue;
-        }
+    for msg in unanswered(verdicts, decisions) {
         let action = match &msg.body {
             Body::BiddingClosed(_) => Action::Close,
             Body::SeedCancelled(_) => Action::Cancel,
@@ -499,6 +490,17 @@ pub(super) fn lifecycle(
         };
         verdicts.insert(msg.id.clone(), verdict);
     }
+}
+
+/// The messages of `msgs` that have no verdict yet (ids are unique: fold drops duplicates).
+fn unanswered<'m>(
+    verdicts: &BTreeMap<MessageId, Verdict>,
+    msgs: &[&'m Message],
+) -> Vec<&'m Message> {
+    msgs.iter()
+        .copied()
+        .filter(|m| !verdicts.contains_key(&m.id))
+        .collect()
 }
 
 fn lapsed_verdict(v: &SeedView, m: &Message, round: u32) -> Verdict {
