@@ -804,25 +804,13 @@ pub fn fold<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Folded {
         verdicts.insert(msg.id.clone(), verdict);
     }
 
-    if v.seed.replication().is_some() {
-        replicated::lifecycle(
-            &mut v,
-            &mut verdicts,
-            &decisions,
-            &claims,
-            &results,
-            &rejected_bids,
-        );
+    first_decision(&mut v, &mut verdicts, &decisions, &rejected_bids);
+    let rounds = if v.seed.replication().is_some() {
+        replicated::lifecycle
     } else {
-        lifecycle(
-            &mut v,
-            &mut verdicts,
-            &decisions,
-            &claims,
-            &results,
-            &rejected_bids,
-        );
-    }
+        lifecycle
+    };
+    rounds(&mut v, &mut verdicts, &decisions, &claims, &results);
 
     for msg in &settlements {
         let Body::SeedSettled(settlement) = &msg.body else {
@@ -843,21 +831,14 @@ pub fn fold<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Folded {
     }
 }
 
-/// The lifecycle after bidding: the publisher's first decision (award or cancellation), then
-/// round after round of claim and result, ended under rules 2 by the publisher's deadline
-/// decisions (reassignment, failure, late cancellation). A step taken in time beats the
-/// publisher's decision; a step taken after its deadline loses to it. Every message of
-/// `decisions`, `claims` and `results` gets a verdict.
-fn lifecycle(
+/// The publisher's first decision after bidding, for every kind of seed: the first valid
+/// award or cancellation of `decisions`, in the publisher's order, gets its verdict.
+fn first_decision(
     v: &mut SeedView,
     verdicts: &mut BTreeMap<MessageId, Verdict>,
     decisions: &[&Message],
-    claims: &[&Message],
-    results: &[&Message],
     rejected_bids: &HashSet<&BidId>,
 ) {
-    let deadlines = v.seed.deadlines().copied();
-    // 1. The first valid close or cancel, in the publisher's order.
     for msg in decisions {
         if v.status != SeedStatus::Open || v.award.is_some() {
             break;
@@ -869,6 +850,21 @@ fn lifecycle(
         };
         verdicts.insert(msg.id.clone(), verdict);
     }
+}
+
+/// The lifecycle after the publisher's first decision ([`first_decision`]): round after round
+/// of claim and result, ended under rules 2 by the publisher's deadline decisions
+/// (reassignment, failure, late cancellation). A step taken in time beats the publisher's
+/// decision; a step taken after its deadline loses to it. Every message of `decisions`,
+/// `claims` and `results` gets a verdict.
+fn lifecycle(
+    v: &mut SeedView,
+    verdicts: &mut BTreeMap<MessageId, Verdict>,
+    decisions: &[&Message],
+    claims: &[&Message],
+    results: &[&Message],
+) {
+    let deadlines = v.seed.deadlines().copied();
     // 2. Rounds.
     let mut why: BTreeMap<&MessageId, Violation> = BTreeMap::new();
     let used = |verdicts: &BTreeMap<MessageId, Verdict>, m: &Message| verdicts.contains_key(&m.id);
@@ -1033,14 +1029,11 @@ fn lifecycle(
         }
     }
     // 3. The current round's claim and result (rules 1: the only round).
-    for msg in claims {
-        if used(verdicts, msg) {
-            continue;
-        }
+    current_round(v, verdicts, claims, |v, msg| {
         let Body::SeedClaimed(claim) = &msg.body else {
-            continue;
+            return None;
         };
-        let verdict = match claim_check(v, &msg.sender) {
+        Some(match claim_check(v, &msg.sender) {
             Err(verdict) => verdict,
             Ok(winning) if winning != claim.bid_id => rejected(Violation::NotWinningBidder {
                 seed_id: v.seed.id.clone(),
@@ -1055,28 +1048,21 @@ fn lifecycle(
                 });
                 Verdict::Applied
             }
-        };
-        let verdict = past_winner(v, msg).unwrap_or(verdict);
-        verdicts.insert(msg.id.clone(), verdict);
-    }
-    for msg in results {
-        if used(verdicts, msg) {
-            continue;
-        }
+        })
+    });
+    current_round(v, verdicts, results, |v, msg| {
         let Body::ResultReported(result) = &msg.body else {
-            continue;
+            return None;
         };
-        let verdict = match run_check(v, &msg.sender) {
+        Some(match run_check(v, &msg.sender) {
             Err(verdict) => verdict,
             Ok(()) => {
                 v.status = SeedStatus::Completed;
                 v.result = Some(result.clone());
                 Verdict::Applied
             }
-        };
-        let verdict = past_winner(v, msg).unwrap_or(verdict);
-        verdicts.insert(msg.id.clone(), verdict);
-    }
+        })
+    });
     // 4. Every decision that did not count says why.
     for msg in decisions {
         if used(verdicts, msg) {
@@ -1161,6 +1147,27 @@ fn lifecycle(
                 unreachable!("only decisions are ranked with decisions")
             }
         };
+        verdicts.insert(msg.id.clone(), verdict);
+    }
+}
+
+/// Gives every message of `msgs` that has no verdict yet the one `step` finds for it in the
+/// current round (`step` passes over a message of another kind with `None`), unless it is a
+/// step of a past round's winner ([`past_winner`]).
+fn current_round(
+    v: &mut SeedView,
+    verdicts: &mut BTreeMap<MessageId, Verdict>,
+    msgs: &[&Message],
+    step: impl Fn(&mut SeedView, &Message) -> Option<Verdict>,
+) {
+    for msg in msgs {
+        if verdicts.contains_key(&msg.id) {
+            continue;
+        }
+        let Some(verdict) = step(v, msg) else {
+            continue;
+        };
+        let verdict = past_winner(v, msg).unwrap_or(verdict);
         verdicts.insert(msg.id.clone(), verdict);
     }
 }

@@ -5,12 +5,16 @@
 
 use crabnet_core::model::{
     Bid, BidId, Body, Claim, Deadlines, Escalation, Message, MessageId, NodeId, OutputHash,
-    Replication, Seed, SeedId, SeedStatus, SettlementOutcome, TaskResult, rules,
+    Replication, Seed, SeedId, SeedStatus, Settlement, SettlementOutcome, TaskResult, rules,
 };
 use crabnet_core::reputation::Reputation;
 use crabnet_core::state::{self, ReplicaStanding, SeedView, Verdict, Violation, fold};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
+
+#[path = "support/fold_fixtures.rs"]
+mod fold_fixtures;
+use fold_fixtures::{deliver_order, task_result};
 
 const T0: u64 = 1_700_000_000_000;
 const PUBLISHER: u8 = 1;
@@ -161,27 +165,29 @@ impl History {
 
     fn result(&mut self, runner: u8, at: u64, hash: char) -> Message {
         let body = Body::ResultReported(TaskResult {
-            seed_id: self.seed_id(),
-            runner: node(runner),
-            exit_code: Some(0),
-            signal: None,
-            timed_out: false,
-            interrupted: false,
-            success: true,
-            duration_ms: 5,
-            output_sha256: hash.to_string().repeat(64),
             output_bytes: 3,
             output_excerpt: "hi\n".into(),
-            output_truncated: false,
-            started_at: at - 5,
-            finished_at: at,
-            sandbox: Default::default(),
+            ..task_result(
+                self.seed_id(),
+                node(runner),
+                hash.to_string().repeat(64),
+                at,
+            )
         });
         self.push(runner, at, body)
     }
 
     fn verdict(&self, m: &Message) -> Verdict {
         fold(&self.msgs).verdicts[&m.id].clone()
+    }
+
+    /// Why `body`, sent by the publisher at `at`, is rejected; panics if it is not.
+    fn rejection(&mut self, at: u64, body: Body) -> Violation {
+        let m = self.push(PUBLISHER, at, body);
+        match self.verdict(&m) {
+            Verdict::Rejected { reason } => reason,
+            other => panic!("not rejected: {other:?}"),
+        }
     }
 }
 
@@ -271,35 +277,22 @@ fn three_replicas_one_liar_complete_with_the_honest_result_and_pay_the_agreeing(
     assert_eq!(s.paid, vec![node(10), node(12)]);
     assert_eq!(s.amount, 10 + 30);
     // Paying the liar, or paying too few, is refused.
-    let mut bad = s.clone();
-    bad.paid = vec![node(10), node(11)];
-    bad.amount = 30;
-    let m = h.push(PUBLISHER, close_at() + 300, Body::SeedSettled(bad));
-    assert!(matches!(
-        h.verdict(&m),
-        Verdict::Rejected {
-            reason: Violation::InvalidPayment { .. }
-        }
-    ));
-    let mut few = s.clone();
-    few.paid = vec![node(10)];
-    few.amount = 10;
-    let m = h.push(PUBLISHER, close_at() + 301, Body::SeedSettled(few));
-    assert!(matches!(
-        h.verdict(&m),
-        Verdict::Rejected {
-            reason: Violation::InvalidPayment { .. }
-        }
-    ));
-    let mut wrong = s.clone();
-    wrong.amount = 41;
-    let m = h.push(PUBLISHER, close_at() + 302, Body::SeedSettled(wrong));
-    assert!(matches!(
-        h.verdict(&m),
-        Verdict::Rejected {
-            reason: Violation::WrongAmount { expected: 40, .. }
-        }
-    ));
+    let pay = |paid: Vec<NodeId>, amount: u64| {
+        Body::SeedSettled(Settlement {
+            paid,
+            amount,
+            ..s.clone()
+        })
+    };
+    let bad = h.rejection(close_at() + 300, pay(vec![node(10), node(11)], 30));
+    assert!(matches!(bad, Violation::InvalidPayment { .. }), "{bad:?}");
+    let few = h.rejection(close_at() + 301, pay(vec![node(10)], 10));
+    assert!(matches!(few, Violation::InvalidPayment { .. }), "{few:?}");
+    let wrong = h.rejection(close_at() + 302, pay(s.paid.clone(), 41));
+    assert!(
+        matches!(wrong, Violation::WrongAmount { expected: 40, .. }),
+        "{wrong:?}"
+    );
     let ok = h.push(PUBLISHER, close_at() + 303, Body::SeedSettled(s));
     assert_eq!(h.verdict(&ok), Verdict::Applied);
     let v = h.view();
@@ -374,8 +367,13 @@ fn a_two_two_split_escalates_and_the_next_replica_decides() {
 
 /// Three replicas (quorum 2, at most 4) claimed; 10 reported a, 11 b, 12 nothing yet.
 fn three_claimed_a_b() -> History {
-    let mut h = awarded(3, 2, 4, 5);
-    for r in [10, 11, 12] {
+    split_a_b(awarded(3, 2, 4, 5), &[10, 11, 12])
+}
+
+/// `h` once `claimers` claimed 10 ms after bidding closed and, 100 ms after it, 10 reported
+/// output a and 11 output b.
+fn split_a_b(mut h: History, claimers: &[u8]) -> History {
+    for &r in claimers {
         h.claim(r, close_at() + 10);
     }
     h.result(10, close_at() + 100, 'a');
@@ -439,12 +437,7 @@ fn a_backdated_result_cannot_undo_an_escalation() {
 /// after the escalation that ended its turn; the escalation stands.
 #[test]
 fn a_backdated_claim_cannot_undo_an_escalation() {
-    let mut h = awarded(3, 2, 4, 5);
-    for r in [10, 11] {
-        h.claim(r, close_at() + 10);
-    }
-    h.result(10, close_at() + 100, 'a');
-    h.result(11, close_at() + 100, 'b');
+    let mut h = split_a_b(awarded(3, 2, 4, 5), &[10, 11]);
     let claim_deadline = close_at() + CLAIM_S * 1000;
     let esc = h
         .decide(claim_deadline + state::DECISION_MARGIN_MS)
@@ -483,12 +476,7 @@ fn an_escalation_waits_for_what_it_names() {
         "one more: each result stands alone"
     );
 
-    let mut h = awarded(3, 2, 4, 5);
-    for r in [10, 11] {
-        h.claim(r, close_at() + 10);
-    }
-    h.result(10, close_at() + 100, 'a');
-    h.result(11, close_at() + 100, 'b');
+    let mut h = split_a_b(awarded(3, 2, 4, 5), &[10, 11]);
     let stranger = h.claim(14, close_at() + 10);
     let claim_deadline = close_at() + CLAIM_S * 1000;
     let Some(Body::SeedEscalated(mut e)) = h
@@ -514,12 +502,7 @@ fn an_escalation_waits_for_what_it_names() {
 #[test]
 fn without_bids_or_room_left_the_seed_ends_inconclusive() {
     // max_replicas = replicas: no room to escalate.
-    let mut h = awarded(2, 2, 2, 4);
-    for r in [10, 11] {
-        h.claim(r, close_at() + 10);
-    }
-    h.result(10, close_at() + 100, 'a');
-    h.result(11, close_at() + 100, 'b');
+    let mut h = split_a_b(awarded(2, 2, 2, 4), &[10, 11]);
     // An escalation that awards anyway is refused.
     let greedy = h.push(
         PUBLISHER,
@@ -755,23 +738,7 @@ fn simulate(replicas: u32, quorum: u32, max: u32, runners: &[(Runner, u64)]) -> 
                     _ => format!("{:064x}", n),
                 };
                 let at = c + 2_000;
-                let body = Body::ResultReported(TaskResult {
-                    seed_id: seed_id(),
-                    runner: r.runner.clone(),
-                    exit_code: Some(0),
-                    signal: None,
-                    timed_out: false,
-                    interrupted: false,
-                    success: true,
-                    duration_ms: 5,
-                    output_sha256: hash,
-                    output_bytes: 0,
-                    output_excerpt: String::new(),
-                    output_truncated: false,
-                    started_at: at - 5,
-                    finished_at: at,
-                    sandbox: Default::default(),
-                });
+                let body = Body::ResultReported(task_result(seed_id(), r.runner.clone(), hash, at));
                 push_as(&mut h, &r.runner, at, body);
                 acted = true;
             }
@@ -799,20 +766,6 @@ fn push_as(h: &mut History, sender: &NodeId, at: u64, body: Body) {
         timestamp: at,
         body,
     });
-}
-
-fn deliver_order(n: usize, seed: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n)
-        .chain((0..n).filter(|i| (i + seed as usize).is_multiple_of(3)))
-        .collect();
-    let mut x = seed | 1;
-    for i in (1..order.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    order
 }
 
 fn replication_strategy() -> impl Strategy<Value = (u32, u32, u32)> {
@@ -883,12 +836,7 @@ proptest! {
 
 /// The liar history of the first test, settled by the publisher's node.
 fn liar_history() -> History {
-    let mut h = awarded(3, 2, 3, 5);
-    for r in [10, 11, 12] {
-        h.claim(r, close_at() + 10);
-    }
-    h.result(10, close_at() + 100, 'a');
-    h.result(11, close_at() + 100, 'b');
+    let mut h = split_a_b(awarded(3, 2, 3, 5), &[10, 11, 12]);
     h.result(12, close_at() + 150, 'a');
     let s = h.view().settlement_for(true, "ok");
     h.push(PUBLISHER, close_at() + 300, Body::SeedSettled(s));
@@ -917,11 +865,7 @@ fn reputation_counts_agreement_dissent_and_payment_from_the_state_alone() {
     );
     assert!(!c.contains_key(&node(13)), "not awarded: nothing to say");
     // A replica that let its claim window pass missed a deadline.
-    let mut h = awarded(3, 2, 4, 5);
-    h.claim(10, close_at() + 10);
-    h.claim(11, close_at() + 10);
-    h.result(10, close_at() + 100, 'a');
-    h.result(11, close_at() + 100, 'b');
+    let mut h = split_a_b(awarded(3, 2, 4, 5), &[10, 11]);
     h.decide(close_at() + CLAIM_S * 1000 + state::DECISION_MARGIN_MS)
         .expect("escalation");
     assert_eq!(contributions(&h.view())[&node(12)].missed_deadlines, 1);
@@ -1311,13 +1255,17 @@ impl<'h> Subsets<'h> {
 }
 
 /// Folds `h`, which ends with the seed completed by replica 10's result, and checks the
-/// replicas' standings.
-fn completed_by_10(h: &History, expected: Vec<(u8, ReplicaStanding)>) -> state::Folded {
+/// replicas' standings: 10 agreed, 11 dissented, then `later`.
+fn completed_by_10(h: &History, later: &[(u8, ReplicaStanding)]) -> state::Folded {
     let reference = fold(&h.msgs);
     let v = reference.view.as_ref().unwrap();
     assert_eq!(v.status, SeedStatus::Completed);
     assert_eq!(v.result.as_ref().unwrap().runner, node(10));
-    assert_eq!(standings(v), expected);
+    let first = [
+        (10, ReplicaStanding::Agreed),
+        (11, ReplicaStanding::Dissented),
+    ];
+    assert_eq!(standings(v), [&first[..], later].concat());
     reference
 }
 
@@ -1335,11 +1283,7 @@ fn named(esc: &Message) -> Vec<MessageId> {
 /// status only moves forward; every node ends with the same state.
 #[test]
 fn an_escalation_naming_two_results_holds_in_every_order() {
-    let mut h = awarded(2, 2, 3, 4);
-    h.claim(10, close_at() + 10);
-    h.claim(11, close_at() + 10);
-    h.result(10, close_at() + 100, 'a');
-    h.result(11, close_at() + 100, 'b');
+    let mut h = split_a_b(awarded(2, 2, 3, 4), &[10, 11]);
     let esc = h.decide(close_at() + 101).expect("every replica reported");
     let Body::SeedEscalated(e) = &esc.body else {
         panic!("{esc:?}")
@@ -1348,14 +1292,7 @@ fn an_escalation_naming_two_results_holds_in_every_order() {
     assert_eq!(named(&esc).len(), 4, "two claims and two results");
     h.claim(12, close_at() + 200);
     h.result(12, close_at() + 300, 'a');
-    let reference = completed_by_10(
-        &h,
-        vec![
-            (10, ReplicaStanding::Agreed),
-            (11, ReplicaStanding::Dissented),
-            (12, ReplicaStanding::Agreed),
-        ],
-    );
+    let reference = completed_by_10(&h, &[(12, ReplicaStanding::Agreed)]);
     assert!(reference.verdicts.values().all(|x| *x == Verdict::Applied));
 
     let all = Subsets::of(&h);
@@ -1391,12 +1328,7 @@ fn an_escalation_naming_two_results_stands_against_a_backdated_third_in_every_or
     h.result(13, result_deadline + 6_000, 'a');
     let reference = completed_by_10(
         &h,
-        vec![
-            (10, ReplicaStanding::Agreed),
-            (11, ReplicaStanding::Dissented),
-            (12, ReplicaStanding::Lapsed),
-            (13, ReplicaStanding::Agreed),
-        ],
+        &[(12, ReplicaStanding::Lapsed), (13, ReplicaStanding::Agreed)],
     );
     let lapsed = |f: &state::Folded| {
         matches!(

@@ -4,10 +4,14 @@
 
 use crabnet_core::model::{
     Award, Bid, BidId, Body, Cancellation, Claim, Deadlines, Failure, Message, MessageId, NodeId,
-    Reassignment, RoundEnd, Seed, SeedId, SeedStatus, Settlement, SettlementOutcome, TaskResult,
+    Reassignment, RoundEnd, Seed, SeedId, SeedStatus, Settlement, SettlementOutcome,
 };
 use crabnet_core::state::{self, Verdict, Violation, fold};
 use proptest::prelude::*;
+
+#[path = "support/fold_fixtures.rs"]
+mod fold_fixtures;
+use fold_fixtures::{deliver_order, task_result};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -120,23 +124,12 @@ fn result(ids: &mut Ids, runner: u8) -> Message {
         node(runner),
         5,
         T0 + 21_000,
-        Body::ResultReported(TaskResult {
-            seed_id: seed_id(),
-            runner: node(runner),
-            exit_code: Some(0),
-            signal: None,
-            timed_out: false,
-            interrupted: false,
-            success: true,
-            duration_ms: 5,
-            output_sha256: "0".repeat(64),
-            output_bytes: 0,
-            output_excerpt: String::new(),
-            output_truncated: false,
-            started_at: T0 + 20_500,
-            finished_at: T0 + 20_505,
-            sandbox: Default::default(),
-        }),
+        Body::ResultReported(task_result(
+            seed_id(),
+            node(runner),
+            "0".repeat(64),
+            T0 + 20_505,
+        )),
     )
 }
 
@@ -703,21 +696,6 @@ fn history(sc: &Scenario) -> Vec<Message> {
         msgs.push(r);
     }
     msgs
-}
-
-fn deliver_order(n: usize, seed: u64) -> Vec<usize> {
-    // Deterministic pseudo-random permutation with duplicates.
-    let mut order: Vec<usize> = (0..n)
-        .chain((0..n).filter(|i| (i + seed as usize).is_multiple_of(3)))
-        .collect();
-    let mut x = seed | 1;
-    for i in (1..order.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    order
 }
 
 proptest! {

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    Action, BidView, ClaimView, DECISION_MARGIN_MS, SeedView, Verdict, Violation, apply_award,
-    apply_cancel, invalid_decision, not_publisher, pending, rejected, winner_order, wrong_status,
+    Action, BidView, ClaimView, DECISION_MARGIN_MS, SeedView, Verdict, Violation, invalid_decision,
+    not_publisher, pending, rejected, winner_order, wrong_status,
 };
 use crate::model::{
     BidId, Body, Deadlines, Escalation, Message, MessageId, Millis, NodeId, Replication, ResultKey,
@@ -220,31 +220,19 @@ fn expected_winners<'b>(
     if next.len() < need { Vec::new() } else { next }
 }
 
-/// The lifecycle of a replicated seed after bidding; every message of `decisions`, `claims`
-/// and `results` gets a verdict.
+/// The lifecycle of a replicated seed after the publisher's first decision
+/// ([`super::first_decision`], step 1); every message of `decisions`, `claims` and `results`
+/// gets a verdict.
 pub(super) fn lifecycle(
     v: &mut SeedView,
     verdicts: &mut BTreeMap<MessageId, Verdict>,
     decisions: &[&Message],
     claims: &[&Message],
     results: &[&Message],
-    rejected_bids: &HashSet<&BidId>,
 ) {
     let rep = *v.seed.replication().expect("called for replicated seeds");
     let d = *v.seed.deadlines().expect("rules 3 seeds carry deadlines");
     let timeout = v.seed.timeout_secs;
-    // 1. The first valid close or cancel, in the publisher's order.
-    for msg in decisions {
-        if v.status != SeedStatus::Open || v.award.is_some() {
-            break;
-        }
-        let verdict = match &msg.body {
-            Body::BiddingClosed(award) => apply_award(v, msg, award, rejected_bids),
-            Body::SeedCancelled(c) if c.after.is_none() => apply_cancel(v, msg),
-            _ => continue,
-        };
-        verdicts.insert(msg.id.clone(), verdict);
-    }
     // 2. The awarded replicas, escalation after escalation.
     let mut slots: Vec<Slot<'_>> = Vec::new();
     if let Some(award) = &v.award
@@ -419,10 +407,7 @@ pub(super) fn lifecycle(
     // 4. Everything that did not count says why.
     let final_or_done = v.status.is_final() || v.status == SeedStatus::Completed;
     let slot_of = |node: &NodeId| slots.iter().find(|s| &s.runner == node);
-    for msg in claims {
-        if verdicts.contains_key(&msg.id) {
-            continue;
-        }
+    for msg in unanswered(verdicts, claims) {
         let Body::SeedClaimed(c) = &msg.body else {
             continue;
         };
@@ -442,10 +427,7 @@ pub(super) fn lifecycle(
         };
         verdicts.insert(msg.id.clone(), verdict);
     }
-    for msg in results {
-        if verdicts.contains_key(&msg.id) {
-            continue;
-        }
+    for msg in unanswered(verdicts, results) {
         let verdict = match slot_of(&msg.sender) {
             Some(s) if s.lapsed => lapsed_verdict(v, msg, s.step),
             Some(s) if s.claim.is_none() && !v.status.is_final() => {
@@ -462,10 +444,7 @@ pub(super) fn lifecycle(
         };
         verdicts.insert(msg.id.clone(), verdict);
     }
-    for msg in decisions {
-        if verdicts.contains_key(&msg.id) {
-            continue;
-        }
+    for msg in unanswered(verdicts, decisions) {
         let action = match &msg.body {
             Body::BiddingClosed(_) => Action::Close,
             Body::SeedCancelled(_) => Action::Cancel,
@@ -511,6 +490,17 @@ pub(super) fn lifecycle(
         };
         verdicts.insert(msg.id.clone(), verdict);
     }
+}
+
+/// The messages of `msgs` that have no verdict yet (ids are unique: fold drops duplicates).
+fn unanswered<'m>(
+    verdicts: &BTreeMap<MessageId, Verdict>,
+    msgs: &[&'m Message],
+) -> Vec<&'m Message> {
+    msgs.iter()
+        .copied()
+        .filter(|m| !verdicts.contains_key(&m.id))
+        .collect()
 }
 
 fn lapsed_verdict(v: &SeedView, m: &Message, round: u32) -> Verdict {
