@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use sha2::{Digest, Sha256};
+
 use super::{Node, lock};
 use crate::envelope::{self, Header, Kind};
 use crate::error::Result;
@@ -28,6 +30,38 @@ pub(super) struct IndexCache {
     index: Mutex<Option<Arc<Index>>>,
     /// When (node clock, Unix ms) each peer's last query arrived.
     queried_by: Mutex<BTreeMap<NodeId, u64>>,
+    /// Messages recently asked of a peer (`true`) or sent to it unasked (`false`), and when:
+    /// two exchanges that overlap ask for them, or send them, once.
+    recent: Mutex<BTreeMap<(NodeId, bool, MessageId), u64>>,
+    /// Each peer's last query answered: when, a hash of it, and our items' mark then.
+    answered: Mutex<BTreeMap<NodeId, Answered>>,
+}
+
+/// A query answered: when (node clock, Unix ms), a hash of its source and message, and the
+/// mark of the items it was answered from.
+type Answered = (u64, [u8; 32], SyncMark);
+
+impl IndexCache {
+    /// Of `ids` to ask of `peer` (`asked`) or to send it, those not already asked or sent
+    /// less than `interval` ms before `now`; they count as done from now on.
+    fn not_recent(
+        &self,
+        peer: &NodeId,
+        asked: bool,
+        ids: Vec<MessageId>,
+        now: u64,
+        interval: u64,
+    ) -> Vec<MessageId> {
+        let mut recent = lock(&self.recent);
+        recent.retain(|_, at| now.saturating_sub(*at) < interval);
+        ids.into_iter()
+            .filter(|id| {
+                recent
+                    .insert((peer.clone(), asked, id.clone()), now)
+                    .is_none()
+            })
+            .collect()
+    }
 }
 
 /// One snapshot of the store's items.
@@ -262,20 +296,6 @@ impl Node {
         let limit = range::frame_limit(room);
         let now = self.now_ms();
         let interval = u64::from(self.inner.config.network.sync_interval_secs) * 1000;
-        {
-            let mut queried_by = lock(&self.inner.sync_index.queried_by);
-            if !round.reply {
-                queried_by.retain(|_, at| now.saturating_sub(*at) <= interval);
-                queried_by.insert(h.sender.clone(), now);
-            } else if h.sender < self.inner.id
-                && queried_by
-                    .get(&h.sender)
-                    .is_some_and(|at| now.saturating_sub(*at) <= interval)
-            {
-                self.inner.rejections.count("sync.exchanges_yielded");
-                return Ok(Acceptance::Ignore);
-            }
-        }
         // The answer goes to the source: the items of private seeds only when the source is
         // the sender itself, not a peer that forwards (or relays) its signed query.
         let index = self.sync_index()?;
@@ -287,6 +307,25 @@ impl Node {
         // Messages the peer lacks, sent to it after our frames.
         let mut pushed = Vec::new();
         if !round.reply {
+            // The same query again from the same peer and source, over the same items, soon
+            // after (two exchanges started together: a sync interval and a hello): the first
+            // answer serves both.
+            let mut hasher = Sha256::new();
+            hasher.update(source.from.as_bytes());
+            hasher.update([0]);
+            hasher.update(&round.msg);
+            let hash: [u8; 32] = hasher.finalize().into();
+            {
+                let mut answered = lock(&self.inner.sync_index.answered);
+                answered.retain(|_, (at, _, _)| now.saturating_sub(*at) < interval / 2);
+                if answered
+                    .get(&h.sender)
+                    .is_some_and(|(_, q, m)| *q == hash && *m == index.mark)
+                {
+                    self.inner.rejections.count("sync.queries_repeated");
+                    return Ok(Acceptance::Ignore);
+                }
+            }
             match set.answer(&round.msg, limit) {
                 Ok(Some(out)) => frames.push(self.range_frame(true, out)?),
                 Ok(None) => {}
@@ -299,6 +338,10 @@ impl Node {
                     );
                 }
             }
+            lock(&self.inner.sync_index.answered).insert(h.sender.clone(), (now, hash, index.mark));
+            let mut queried_by = lock(&self.inner.sync_index.queried_by);
+            queried_by.retain(|_, at| now.saturating_sub(*at) <= interval);
+            queried_by.insert(h.sender.clone(), now);
         } else {
             let progress = match set.follow(&round.msg, limit) {
                 Ok(p) => p,
@@ -311,6 +354,14 @@ impl Node {
                     );
                 }
             };
+            if h.sender < self.inner.id
+                && lock(&self.inner.sync_index.queried_by)
+                    .get(&h.sender)
+                    .is_some_and(|at| now.saturating_sub(*at) <= interval)
+            {
+                self.inner.rejections.count("sync.exchanges_yielded");
+                return Ok(Acceptance::Ignore);
+            }
             if let Some(next) = progress.next {
                 frames.push(self.range_frame(false, next)?);
                 query_first = true;
@@ -319,7 +370,12 @@ impl Node {
                 .have
                 .into_iter()
                 .map(|(message, _)| message)
+                .take(range::want_capacity(room))
                 .collect();
+            pushed = self
+                .inner
+                .sync_index
+                .not_recent(&h.sender, false, pushed, now, interval);
             let mut wanted = Vec::new();
             {
                 let store = lock(&self.inner.store);
@@ -329,6 +385,10 @@ impl Node {
                     }
                 }
             }
+            let wanted = self
+                .inner
+                .sync_index
+                .not_recent(&h.sender, true, wanted, now, interval);
             for ids in wanted.chunks(range::want_capacity(room)) {
                 let want = range::Want {
                     ids: ids
@@ -364,7 +424,6 @@ impl Node {
         }
         if all_sent && !pushed.is_empty() {
             // What the peer lacks goes to it at once, without waiting for its own exchange.
-            pushed.truncate(range::want_capacity(room));
             let items = self.envelopes_for(&h.sender, &pushed, bound, &index)?;
             self.push_batches(&mut credit, items, room, replies)?;
         }
