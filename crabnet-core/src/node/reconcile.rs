@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use sha2::{Digest, Sha256};
+
 use super::{Node, lock};
 use crate::envelope::{self, Header, Kind};
 use crate::error::Result;
@@ -20,8 +22,47 @@ use crate::sync::{self, range};
 /// of the store (O(log n)); envelopes stored since the last round are read alone and merged in
 /// (O(new rows) from the store, plus an in-memory merge); only a prune by retention, which
 /// deletes messages, makes it read the whole store again (also once after each start).
+///
+/// Also remembers when each peer last sent this node a query (see [`Node::receive_range`]:
+/// of two peers that query each other, the exchange of the one with the lower id goes on).
 #[derive(Debug, Default)]
-pub(super) struct IndexCache(Mutex<Option<Arc<Index>>>);
+pub(super) struct IndexCache {
+    index: Mutex<Option<Arc<Index>>>,
+    /// When (node clock, Unix ms) each peer's last query arrived.
+    queried_by: Mutex<BTreeMap<NodeId, u64>>,
+    /// Messages recently asked of a peer (`true`) or sent to it unasked (`false`), and when:
+    /// two exchanges that overlap ask for them, or send them, once.
+    recent: Mutex<BTreeMap<(NodeId, bool, MessageId), u64>>,
+    /// Each peer's last query answered: when, a hash of it, and our items' mark then.
+    answered: Mutex<BTreeMap<NodeId, Answered>>,
+}
+
+/// A query answered: when (node clock, Unix ms), a hash of its source and message, and the
+/// mark of the items it was answered from.
+type Answered = (u64, [u8; 32], SyncMark);
+
+impl IndexCache {
+    /// Of `ids` to ask of `peer` (`asked`) or to send it, those not already asked or sent
+    /// less than `interval` ms before `now`; they count as done from now on.
+    fn not_recent(
+        &self,
+        peer: &NodeId,
+        asked: bool,
+        ids: Vec<MessageId>,
+        now: u64,
+        interval: u64,
+    ) -> Vec<MessageId> {
+        let mut recent = lock(&self.recent);
+        recent.retain(|_, at| now.saturating_sub(*at) < interval);
+        ids.into_iter()
+            .filter(|id| {
+                recent
+                    .insert((peer.clone(), asked, id.clone()), now)
+                    .is_none()
+            })
+            .collect()
+    }
+}
 
 /// One snapshot of the store's items.
 #[derive(Debug)]
@@ -172,7 +213,7 @@ impl Node {
     /// date from the rows stored since when it did (see [`IndexCache`]). Counted as
     /// `sync.index_reads` (the whole store read) and `sync.index_updates` (new rows merged).
     fn sync_index(&self) -> Result<Arc<Index>> {
-        let mut cache = lock(&self.inner.sync_index.0);
+        let mut cache = lock(&self.inner.sync_index.index);
         let store = lock(&self.inner.store);
         let mark = store.sync_mark()?;
         let index = match cache.as_ref() {
@@ -236,8 +277,12 @@ impl Node {
     }
 
     /// A `sync_range` envelope (header `h`, `received` bytes, from `source`): a query is
-    /// answered with our reply; a reply with our next query while ranges still differ, and
-    /// with `sync_want` envelopes for the messages we lack (none of a seed pruned here).
+    /// answered with our reply; a reply with our next query while ranges still differ, with
+    /// `sync_want` envelopes for the messages we lack (none of a seed pruned here), and with
+    /// `sync_batch` envelopes carrying the messages the peer lacks. A reply from a peer with a
+    /// lower id that sent us a query within the last `network.sync_interval_secs` ends our
+    /// exchange instead (counter `sync.exchanges_yielded`): its own exchange with us finds the
+    /// same difference and carries it both ways, so one exchange per pair runs at a time.
     pub(super) fn receive_range(
         &self,
         h: &Header,
@@ -249,6 +294,8 @@ impl Node {
     ) -> Result<Acceptance> {
         let room = payload_room(self, max_frame);
         let limit = range::frame_limit(room);
+        let now = self.now_ms();
+        let interval = u64::from(self.inner.config.network.sync_interval_secs) * 1000;
         // The answer goes to the source: the items of private seeds only when the source is
         // the sender itself, not a peer that forwards (or relays) its signed query.
         let index = self.sync_index()?;
@@ -257,7 +304,28 @@ impl Node {
         let mut frames = Vec::new();
         // Whether `frames` starts with our next query.
         let mut query_first = false;
+        // Messages the peer lacks, sent to it after our frames.
+        let mut pushed = Vec::new();
         if !round.reply {
+            // The same query again from the same peer and source, over the same items, soon
+            // after (two exchanges started together: a sync interval and a hello): the first
+            // answer serves both.
+            let mut hasher = Sha256::new();
+            hasher.update(source.from.as_bytes());
+            hasher.update([0]);
+            hasher.update(&round.msg);
+            let hash: [u8; 32] = hasher.finalize().into();
+            {
+                let mut answered = lock(&self.inner.sync_index.answered);
+                answered.retain(|_, (at, _, _)| now.saturating_sub(*at) < interval / 2);
+                if answered
+                    .get(&h.sender)
+                    .is_some_and(|(_, q, m)| *q == hash && *m == index.mark)
+                {
+                    self.inner.rejections.count("sync.queries_repeated");
+                    return Ok(Acceptance::Ignore);
+                }
+            }
             match set.answer(&round.msg, limit) {
                 Ok(Some(out)) => frames.push(self.range_frame(true, out)?),
                 Ok(None) => {}
@@ -270,6 +338,10 @@ impl Node {
                     );
                 }
             }
+            lock(&self.inner.sync_index.answered).insert(h.sender.clone(), (now, hash, index.mark));
+            let mut queried_by = lock(&self.inner.sync_index.queried_by);
+            queried_by.retain(|_, at| now.saturating_sub(*at) <= interval);
+            queried_by.insert(h.sender.clone(), now);
         } else {
             let progress = match set.follow(&round.msg, limit) {
                 Ok(p) => p,
@@ -282,10 +354,28 @@ impl Node {
                     );
                 }
             };
+            if h.sender < self.inner.id
+                && lock(&self.inner.sync_index.queried_by)
+                    .get(&h.sender)
+                    .is_some_and(|at| now.saturating_sub(*at) <= interval)
+            {
+                self.inner.rejections.count("sync.exchanges_yielded");
+                return Ok(Acceptance::Ignore);
+            }
             if let Some(next) = progress.next {
                 frames.push(self.range_frame(false, next)?);
                 query_first = true;
             }
+            pushed = progress
+                .have
+                .into_iter()
+                .map(|(message, _)| message)
+                .take(range::want_capacity(room))
+                .collect();
+            pushed = self
+                .inner
+                .sync_index
+                .not_recent(&h.sender, false, pushed, now, interval);
             let mut wanted = Vec::new();
             {
                 let store = lock(&self.inner.store);
@@ -295,6 +385,10 @@ impl Node {
                     }
                 }
             }
+            let wanted = self
+                .inner
+                .sync_index
+                .not_recent(&h.sender, true, wanted, now, interval);
             for ids in wanted.chunks(range::want_capacity(room)) {
                 let want = range::Want {
                     ids: ids
@@ -312,10 +406,12 @@ impl Node {
         }
         let mut credit = self.open_credit(source, received);
         let mut sent = 0u64;
+        let mut all_sent = true;
         for (i, frame) in frames.into_iter().enumerate() {
             let len = frame.len() as u64;
             if !self.push_frame(&mut credit, frame, replies) {
                 self.inner.rejections.count("sync.answers_over_budget");
+                all_sent = false;
                 break;
             }
             if i == 0 && query_first {
@@ -323,10 +419,15 @@ impl Node {
             }
             sent += len;
         }
-        self.close_credit(source, &credit);
         if sent > 0 {
             self.inner.rejections.add("sync.reconcile_bytes_sent", sent);
         }
+        if all_sent && !pushed.is_empty() {
+            // What the peer lacks goes to it at once, without waiting for its own exchange.
+            let items = self.envelopes_for(&h.sender, &pushed, bound, &index)?;
+            self.push_batches(&mut credit, items, room, replies)?;
+        }
+        self.close_credit(source, &credit);
         Ok(Acceptance::Ignore)
     }
 
@@ -354,38 +455,50 @@ impl Node {
         let index = self.sync_index()?;
         // As for queries: a forwarded want gets no envelope of a private seed.
         let bound = !index.private.is_empty() && self.source_is_sender(requester, &source.from)?;
-        let items = {
-            let store = lock(&self.inner.store);
-            let mut wanted = store.wanted_envelopes(&ids)?;
-            wanted.retain(|w| {
-                let mut seed = [0u8; 16];
-                let _ = hex::decode_to_slice(w.seed.as_str(), &mut seed);
-                match index.private.get(&seed) {
-                    Some(allowed) => bound && allowed.contains(requester),
-                    // Sealed, but its seed is unknown here: we cannot tell who may have it.
-                    None => w.envelope.get(5).is_some_and(|flags| flags & 1 == 0),
-                }
-            });
-            wanted.sort_by(|a, b| {
-                (&a.seed, !a.creation, a.lamport).cmp(&(&b.seed, !b.creation, b.lamport))
-            });
-            let mut items = Vec::new();
-            let mut authors = BTreeSet::new();
-            for w in &wanted {
-                if w.sender != self.inner.id
-                    && authors.insert(w.sender.clone())
-                    && let Some(hello) = store.peer_hello(&w.sender)?
-                {
-                    items.push(hello);
-                }
-            }
-            items.extend(wanted.into_iter().map(|w| w.envelope));
-            items
-        };
+        let items = self.envelopes_for(requester, &ids, bound, &index)?;
         let mut credit = self.open_credit(source, received);
         self.push_batches(&mut credit, items, room, replies)?;
         self.close_credit(source, &credit);
         Ok(Acceptance::Ignore)
+    }
+
+    /// The stored envelopes among `ids` that `requester` may receive, each seed's creation
+    /// first, preceded by the hellos of their authors: a private seed's messages only when the
+    /// source is the requester itself (`bound`) and it is in the seed's audience or its
+    /// publisher; a sealed envelope whose seed is unknown here to nobody.
+    fn envelopes_for(
+        &self,
+        requester: &NodeId,
+        ids: &[MessageId],
+        bound: bool,
+        index: &Index,
+    ) -> Result<Vec<Vec<u8>>> {
+        let store = lock(&self.inner.store);
+        let mut wanted = store.wanted_envelopes(ids)?;
+        wanted.retain(|w| {
+            let mut seed = [0u8; 16];
+            let _ = hex::decode_to_slice(w.seed.as_str(), &mut seed);
+            match index.private.get(&seed) {
+                Some(allowed) => bound && allowed.contains(requester),
+                // Sealed, but its seed is unknown here: we cannot tell who may have it.
+                None => w.envelope.get(5).is_some_and(|flags| flags & 1 == 0),
+            }
+        });
+        wanted.sort_by(|a, b| {
+            (&a.seed, !a.creation, a.lamport).cmp(&(&b.seed, !b.creation, b.lamport))
+        });
+        let mut items = Vec::new();
+        let mut authors = BTreeSet::new();
+        for w in &wanted {
+            if w.sender != self.inner.id
+                && authors.insert(w.sender.clone())
+                && let Some(hello) = store.peer_hello(&w.sender)?
+            {
+                items.push(hello);
+            }
+        }
+        items.extend(wanted.into_iter().map(|w| w.envelope));
+        Ok(items)
     }
 
     /// Opens the credit of `source`, which just sent `received` bytes: a source the transport

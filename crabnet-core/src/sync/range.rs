@@ -84,6 +84,8 @@ pub struct Progress {
     pub next: Option<Vec<u8>>,
     /// Messages the peer holds and we lack: (message id, seed id).
     pub need: Vec<(MessageId, SeedId)>,
+    /// Messages we hold and the peer lacks: (message id, seed id).
+    pub have: Vec<(MessageId, SeedId)>,
 }
 
 /// The largest Negentropy message that fits a `sync_range` payload of `max_payload` bytes.
@@ -134,8 +136,8 @@ impl ItemSet {
         Ok((out.len() > 1).then_some(out))
     }
 
-    /// The initiator's step on `reply`: what it lacks, and its next query while ranges still
-    /// differ (at most `limit` bytes).
+    /// The initiator's step on `reply`: what it lacks, what the peer lacks, and its next query
+    /// while ranges still differ (at most `limit` bytes).
     pub fn follow(&self, reply: &[u8], limit: usize) -> Result<Progress, RangeError> {
         let mut n = self.engine(limit);
         n.set_initiator();
@@ -144,18 +146,23 @@ impl ItemSet {
         let next = n
             .reconcile_with_ids(reply, &mut have, &mut need)
             .map_err(malformed)?;
-        let need = need
-            .into_iter()
-            .map(|id| {
-                let b = id.to_bytes();
-                let mut message = [0u8; 16];
-                let mut seed = [0u8; 16];
-                message.copy_from_slice(&b[..16]);
-                seed.copy_from_slice(&b[16..]);
-                (MessageId::from_bytes(message), SeedId::from_bytes(seed))
-            })
-            .collect();
-        Ok(Progress { next, need })
+        let ids = |ids: Vec<Id>| {
+            ids.into_iter()
+                .map(|id| {
+                    let b = id.to_bytes();
+                    let mut message = [0u8; 16];
+                    let mut seed = [0u8; 16];
+                    message.copy_from_slice(&b[..16]);
+                    seed.copy_from_slice(&b[16..]);
+                    (MessageId::from_bytes(message), SeedId::from_bytes(seed))
+                })
+                .collect()
+        };
+        Ok(Progress {
+            next,
+            need: ids(need),
+            have: ids(have),
+        })
     }
 
     fn engine(&self, limit: usize) -> Negentropy<'_, NegentropyStorageVector> {
@@ -222,6 +229,23 @@ mod tests {
         (need, bytes, rounds)
     }
 
+    /// What the responder `b` lacks of the initiator `a`'s items, by a whole exchange.
+    fn haves(a: &ItemSet, b: &ItemSet) -> Vec<MessageId> {
+        let mut have = Vec::new();
+        let mut query = Some(a.query(60_000));
+        while let Some(q) = query.take() {
+            let Some(reply) = b.answer(&q, 60_000).unwrap() else {
+                break;
+            };
+            let p = a.follow(&reply, 60_000).unwrap();
+            have.extend(p.have.into_iter().map(|(m, _)| m));
+            query = p.next;
+            assert!(have.len() <= 10_000, "no end");
+        }
+        have.sort();
+        have
+    }
+
     /// `n` shared items, `d` more on the responder spread over the whole range.
     fn stores(n: u64, d: u64) -> (ItemSet, ItemSet, Vec<MessageId>) {
         let a = ItemSet::new((0..n).map(item));
@@ -260,9 +284,10 @@ mod tests {
         let (a, b, want) = stores(5_000, 40);
         let (need, _, _) = exchange(&a, &b, 60_000, &[]);
         assert_eq!(need, want);
-        // The other way round it lacks nothing.
+        // The other way round it lacks nothing, and learns what the peer lacks.
         let (need, _, _) = exchange(&b, &a, 60_000, &[]);
         assert!(need.is_empty());
+        assert_eq!(haves(&b, &a), want);
         // An empty initiator learns everything, within the frame limit per round.
         let empty = ItemSet::new([]);
         let (need, _, rounds) = exchange(&empty, &b, 8_000, &[]);
