@@ -138,7 +138,7 @@ fn choose<T>(mut items: Vec<T>, k: usize) -> Vec<T> {
 /// The network addresses before the suffix are not used: anyone can announce anyone's
 /// address, and dialing it on a hello's word would let one forged hello make every node that
 /// receives it connect to a machine of the sender's choice.
-fn peer_of(addresses: &[String]) -> Option<PeerId> {
+pub(crate) fn peer_of(addresses: &[String]) -> Option<PeerId> {
     let mut peer = None;
     for a in addresses {
         let Ok(mut addr) = a.parse::<Multiaddr>() else {

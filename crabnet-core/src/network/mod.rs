@@ -14,6 +14,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 mod dht;
 mod udp;
+pub(crate) use dht::peer_of as libp2p_peer_of;
 pub use dht::{
     DhtConfig, DhtTransport, KAD_PROTOCOL, SYNC_PROTOCOL, TOPIC, libp2p_keypair, libp2p_secret,
     stop_timer_thread,

@@ -134,11 +134,7 @@ impl Index {
 /// [`Node::source_is_sender`]).
 fn source_among(from: &str, addresses: &[String]) -> bool {
     if let Some(peer) = from.strip_prefix("libp2p:") {
-        let mut named = addresses
-            .iter()
-            .filter_map(|a| a.rsplit_once("/p2p/").map(|(_, id)| id))
-            .peekable();
-        return named.peek().is_some() && named.all(|id| id == peer);
+        return crate::network::libp2p_peer_of(addresses).is_some_and(|p| p.to_string() == peer);
     }
     addresses.iter().any(|a| {
         a == from
@@ -680,7 +676,10 @@ mod tests {
             &format!("libp2p:{id}"),
             &["udp:127.0.0.1:9".into()]
         ));
-        let two = vec![libp2p[0].clone(), "/p2p/12D3KooWOther".to_owned()];
+        let two = vec![
+            libp2p[0].clone(),
+            format!("/p2p/{}", libp2p::PeerId::random()),
+        ];
         assert!(!source_among(&format!("libp2p:{id}"), &two));
         let any = vec!["udp:0.0.0.0:7000".to_owned()];
         assert!(source_among("udp:10.1.2.3:7000", &any));
