@@ -27,6 +27,16 @@ impl Node {
         self.record_rejection(ingress::Rejection::new(from, header, reason, detail))
     }
 
+    /// Rejects as malformed a frame from `from` (header `h`) whose payload does not decode.
+    pub(super) fn malformed(
+        &self,
+        from: &str,
+        h: &Header,
+        e: impl std::fmt::Display,
+    ) -> Result<Acceptance> {
+        self.reject(from, Some(h), RejectReason::Malformed, e.to_string())
+    }
+
     /// Counts `rejection` and records its event as [`Node::reject`] does.
     pub(super) fn record_rejection(&self, rejection: ingress::Rejection) -> Result<Acceptance> {
         let reason = rejection.reason;
@@ -299,15 +309,13 @@ impl Node {
                         self.answer_digest(&h.sender, &d, bytes.len(), source, replies)?;
                         Ok(Acceptance::Ignore)
                     }
-                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                    Err(e) => self.malformed(from, h, e),
                 };
             }
             Kind::SyncBatch => {
                 let batch = match parsed.plain::<sync::Batch>(Kind::SyncBatch) {
                     Ok(b) => b,
-                    Err(e) => {
-                        return self.reject(from, Some(h), RejectReason::Malformed, e.to_string());
-                    }
+                    Err(e) => return self.malformed(from, h, e),
                 };
                 for item in &batch.items {
                     self.receive_envelope(item, source, max, Via::Sync, replies, &mut None)?;
@@ -317,7 +325,7 @@ impl Node {
             Kind::SyncRange => {
                 return match parsed.plain::<sync::range::Round>(Kind::SyncRange) {
                     Ok(round) => self.receive_range(h, &round, bytes.len(), source, max, replies),
-                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                    Err(e) => self.malformed(from, h, e),
                 };
             }
             Kind::SyncWant => {
@@ -325,13 +333,13 @@ impl Node {
                     Ok(want) => {
                         self.answer_want(&h.sender, &want, bytes.len(), source, max, replies)
                     }
-                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                    Err(e) => self.malformed(from, h, e),
                 };
             }
             Kind::Revocations => {
                 return match parsed.plain::<sync::Batch>(Kind::Revocations) {
                     Ok(list) => self.receive_revocations(&list, now),
-                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                    Err(e) => self.malformed(from, h, e),
                 };
             }
             Kind::KeyRotations => {
@@ -349,7 +357,7 @@ impl Node {
                         }
                         Ok(Acceptance::Accept)
                     }
-                    Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+                    Err(e) => self.malformed(from, h, e),
                 };
             }
             Kind::NodeHello | Kind::Domain(_) => {}
@@ -384,7 +392,7 @@ impl Node {
                     Ok(Acceptance::Accept)
                 });
             }
-            Err(e) => return self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+            Err(e) => return self.malformed(from, h, e),
         };
         let outcome = self.with_store(|s| {
             s.apply_remote(&self.inner.id, &message, bytes, now)
@@ -521,7 +529,7 @@ impl Node {
         }
         let hello = match parsed.hello() {
             Ok(hello) => hello,
-            Err(e) => return self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
+            Err(e) => return self.malformed(from, h, e),
         };
         let identity = match PublicIdentity::from_parts(
             &hello.signing_public,

@@ -12,7 +12,6 @@ use crate::envelope::{self, Header, Kind};
 use crate::error::Result;
 use crate::ingress;
 use crate::model::{MessageId, NodeId};
-use crate::monitor::RejectReason;
 use crate::network::Acceptance;
 use crate::store::SyncMark;
 use crate::sync::{self, range};
@@ -325,14 +324,7 @@ impl Node {
             match set.answer(&round.msg, limit) {
                 Ok(Some(out)) => frames.push(self.range_frame(true, out)?),
                 Ok(None) => {}
-                Err(e) => {
-                    return self.reject(
-                        &source.from,
-                        Some(h),
-                        RejectReason::Malformed,
-                        e.to_string(),
-                    );
-                }
+                Err(e) => return self.malformed(&source.from, h, e),
             }
             lock(&self.inner.sync_index.answered).insert(h.sender.clone(), (now, hash, index.mark));
             let mut queried_by = lock(&self.inner.sync_index.queried_by);
@@ -341,14 +333,7 @@ impl Node {
         } else {
             let progress = match set.follow(&round.msg, limit) {
                 Ok(p) => p,
-                Err(e) => {
-                    return self.reject(
-                        &source.from,
-                        Some(h),
-                        RejectReason::Malformed,
-                        e.to_string(),
-                    );
-                }
+                Err(e) => return self.malformed(&source.from, h, e),
             };
             if h.sender < self.inner.id
                 && lock(&self.inner.sync_index.queried_by)
