@@ -292,6 +292,31 @@ fn lock<L: Lock>(m: &L) -> MutexGuard<'_, L::Target> {
     m.guard()
 }
 
+/// Runs `work` (store reads and the like) on the blocking pool for a background task that goes
+/// on without its result when it fails: `None`, after a warning `{cannot}: {error}`, or an error
+/// `{task} task failed: {error}` when the work's own task failed.
+async fn background_blocking<T, E>(
+    cannot: &str,
+    task: &str,
+    work: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
+) -> Option<T>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            tracing::warn!("{cannot}: {e}");
+            None
+        }
+        Err(e) => {
+            tracing::error!("{task} task failed: {e}");
+            None
+        }
+    }
+}
+
 fn create_private_dir(path: &std::path::Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use super::Node;
+use super::{Node, background_blocking};
 use crate::alerts::webhook::{self, Hooks, backoff_ms};
 use crate::alerts::{ActiveAlert, AlertsConfig, Evaluator, Sample, Transition, disk_free_bytes};
 use crate::error::Result;
@@ -156,17 +156,10 @@ async fn evaluate_loop(
             _ = tick.tick() => {}
         }
         let n = node.clone();
-        let sample = tokio::task::spawn_blocking(move || n.alert_sample()).await;
-        let sample = match sample {
-            Ok(Ok(sample)) => sample,
-            Ok(Err(e)) => {
-                tracing::warn!("alerts: cannot sample the node: {e}");
-                continue;
-            }
-            Err(e) => {
-                tracing::error!("alerts: sample task failed: {e}");
-                continue;
-            }
+        let work = move || n.alert_sample();
+        let cannot = "alerts: cannot sample the node";
+        let Some(sample) = background_blocking(cannot, "alerts: sample", work).await else {
+            continue;
         };
         let transitions = evaluator.evaluate(node.now_ms(), &sample);
         if transitions.is_empty() {
@@ -201,19 +194,10 @@ async fn send_loop(
             _ = tick.tick() => {}
         }
         let n = node.clone();
-        let due =
-            tokio::task::spawn_blocking(move || n.with_store(|s| s.webhook_due(n.now_ms(), 32)))
-                .await;
-        let due = match due {
-            Ok(Ok(due)) => due,
-            Ok(Err(e)) => {
-                tracing::warn!("alerts: cannot read the webhook queue: {e}");
-                continue;
-            }
-            Err(e) => {
-                tracing::error!("alerts: webhook queue task failed: {e}");
-                continue;
-            }
+        let work = move || n.with_store(|s| s.webhook_due(n.now_ms(), 32));
+        let cannot = "alerts: cannot read the webhook queue";
+        let Some(due) = background_blocking(cannot, "alerts: webhook queue", work).await else {
+            continue;
         };
         for delivery in due {
             if *shutdown.borrow() {

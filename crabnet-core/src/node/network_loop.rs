@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::batch::{self, BATCH_BYTES, BATCH_FRAMES};
-use super::{JOIN_HELLO_DELAYS, Node, OUTBOX_BATCH, lock};
+use super::{JOIN_HELLO_DELAYS, Node, OUTBOX_BATCH, background_blocking, lock};
 use crate::envelope::{self, Kind};
 use crate::error::Result;
 use crate::ingress;
@@ -209,20 +209,10 @@ impl Node {
     /// there were more than one batch, else at the earliest retry (housekeeping wakes it).
     async fn drain_outbox(&self, transport: &mut dyn Transport, hello: &mut Option<HelloCache>) {
         let node = self.clone();
-        let due = tokio::task::spawn_blocking(move || {
-            lock(&node.inner.store).outbox_due(node.now_ms(), OUTBOX_BATCH)
-        })
-        .await;
-        let items = match due {
-            Ok(Ok(items)) => items,
-            Ok(Err(e)) => {
-                tracing::warn!("cannot read the outbox: {e}");
-                return;
-            }
-            Err(e) => {
-                tracing::error!("outbox task failed: {e}");
-                return;
-            }
+        let work = move || lock(&node.inner.store).outbox_due(node.now_ms(), OUTBOX_BATCH);
+        let Some(items) = background_blocking("cannot read the outbox", "outbox", work).await
+        else {
+            return;
         };
         let full = items.len() == OUTBOX_BATCH;
         if !items.is_empty() {
