@@ -11,15 +11,16 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use crabnet_core::alerts::webhook::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crabnet_core::alerts::{AlertName, WebhookConfig};
 use crabnet_core::clock::now_ms;
-use crabnet_core::network::{Incoming, MemoryTransport, Transport, UdpConfig, UdpTransport};
+use crabnet_core::network::{MemoryTransport, UdpConfig, UdpTransport};
 use crabnet_core::{Config, Event, EventKind, MemoryHub, Node, PublishRequest};
-use support::forge::{self, config, start, wait_counter, wait_view};
+use support::forge::{self, Gated, config, start, wait_counter, wait_view};
 
 const SECRET: &str = "a-shared-webhook-secret";
 
@@ -291,56 +292,18 @@ async fn forged_frames_fire_reject_rate_but_gossip_duplicates_do_not() {
     node.stop().await.unwrap();
 }
 
-/// A memory transport whose sends fail while `cut` is set (the node is cut off from its
-/// peers).
-struct Severable {
-    inner: MemoryTransport,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Severable {
-    fn check(&self) -> crabnet_core::Result<()> {
-        if self.cut.load(std::sync::atomic::Ordering::SeqCst) {
+/// `inner` failing every send while `cut` is set (the node is cut off from its peers).
+fn severable(inner: MemoryTransport, cut: Arc<AtomicBool>) -> Gated {
+    Gated::new(inner, move |_| {
+        if cut.load(Ordering::SeqCst) {
             Err(crabnet_core::Error::new(
                 crabnet_core::ErrorKind::Network,
                 "network unreachable (cut off by the test)",
             ))
         } else {
-            Ok(())
+            Ok(true)
         }
-    }
-}
-
-impl Transport for Severable {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn max_frame_bytes(&self) -> usize {
-        self.inner.max_frame_bytes()
-    }
-
-    fn local_addresses(&self) -> Vec<String> {
-        self.inner.local_addresses()
-    }
-
-    fn broadcast(&mut self, frame: &[u8]) -> crabnet_core::Result<()> {
-        self.check()?;
-        self.inner.broadcast(frame)
-    }
-
-    fn send_to(&mut self, to: &str, frame: &[u8]) -> crabnet_core::Result<()> {
-        self.check()?;
-        self.inner.send_to(to, frame)
-    }
-
-    fn source_verified(&self, from: &str) -> bool {
-        self.inner.source_verified(from)
-    }
-
-    fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Incoming>> {
-        self.inner.poll_recv(cx)
-    }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,11 +314,8 @@ async fn a_node_cut_off_from_its_peers_fires_outbox_backlog_until_its_outbox_dra
     c.alerts.outbox_backlog = 3;
     c.network.retry_base_ms = 50;
     c.network.retry_max_ms = 100;
-    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let transport = Severable {
-        inner: hub.join("n"),
-        cut: cut.clone(),
-    };
+    let cut = Arc::new(AtomicBool::new(true));
+    let transport = severable(hub.join("n"), cut.clone());
     let node = Node::start_with_transport(c, Box::new(transport))
         .await
         .unwrap();
@@ -374,7 +334,7 @@ async fn a_node_cut_off_from_its_peers_fires_outbox_backlog_until_its_outbox_dra
     assert!(node.overview().await.unwrap().outbox_pending >= 3);
 
     // Back on the network: the retries go out and the alert resolves.
-    cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    cut.store(false, Ordering::SeqCst);
     wait_resolved(&mut events, AlertName::OutboxBacklog).await;
     let node = &node;
     forge::poll(
@@ -468,7 +428,7 @@ fn receiver(listener: TcpListener, script: Vec<u16>) -> mpsc::Receiver<(u16, Rec
 /// (`None`: the handshake or the request failed).
 fn tls_receiver(
     listener: TcpListener,
-    server: std::sync::Arc<rustls::ServerConfig>,
+    server: Arc<rustls::ServerConfig>,
     attempts: usize,
 ) -> mpsc::Receiver<Option<Received>> {
     let (tx, rx) = mpsc::channel();
@@ -597,14 +557,14 @@ async fn queued_deliveries_survive_a_restart() {
     let a = start(c, &hub).await;
     // Every connection is answered 200 from now on, also those that attempts before the
     // restart left in the backlog (their clients are gone: those answers reach nobody).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     listener.set_nonblocking(true).unwrap();
     let serving = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
@@ -623,7 +583,7 @@ async fn queued_deliveries_survive_a_restart() {
     // A 2xx answer reached the restarted node: before the restart no attempt got one.
     support::forge::wait_counter(&a, "alerts.webhook_delivered", 1).await;
     assert_eq!(a.webhook_queue_len().await.unwrap(), 0);
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
     serving.join().unwrap();
     let bodies: Vec<serde_json::Value> = rx.try_iter().map(|r| verified(&r)).collect();
     assert!(!bodies.is_empty());
@@ -647,8 +607,8 @@ async fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, cert.pem()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let server = std::sync::Arc::new(
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = Arc::new(
         rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()

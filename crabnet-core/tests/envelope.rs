@@ -62,22 +62,15 @@ fn message(sender: &NodeId) -> Message {
         lamport: 7,
         timestamp: 1_764_201_600_000,
         body: Body::SeedCreated(Seed {
-            id: SeedId::from_bytes([0xcd; 16]),
-            publisher: sender.clone(),
             command: "echo hello".into(),
             description: "test vector".into(),
             min_price: 1,
-            max_price: 100,
-            bid_window_secs: 30,
-            max_bids: 3,
             timeout_secs: 60,
-            created_at: 1_764_201_600_000,
-            audience: Vec::new(),
-            network: false,
-            isolation: crabnet_core::model::SandboxLevel::Full,
-            rules: crabnet_core::model::rules::V1,
-            deadlines: None,
-            replication: None,
+            ..support::fold_fixtures::seed(
+                SeedId::from_bytes([0xcd; 16]),
+                sender.clone(),
+                1_764_201_600_000,
+            )
         }),
     }
 }

@@ -73,19 +73,10 @@ impl History {
     /// unless `edit` says otherwise.
     fn of(tag: u8, publisher: u8, edit: impl FnOnce(&mut Seed)) -> Self {
         let mut seed = Seed {
-            id: seed_of(tag),
-            publisher: node(publisher),
-            command: "echo hi".into(),
-            description: String::new(),
             min_price: 1,
-            max_price: 100,
             bid_window_secs: 5,
             max_bids: 10,
             timeout_secs: TIMEOUT_S,
-            created_at: T0,
-            audience: Vec::new(),
-            network: false,
-            isolation: Default::default(),
             rules: rules::V3,
             deadlines: Some(Deadlines {
                 claim_secs: CLAIM_S,
@@ -98,6 +89,7 @@ impl History {
                 max_replicas: 1,
                 hash: OutputHash::Combined,
             }),
+            ..fold_fixtures::seed(seed_of(tag), node(publisher), T0)
         };
         edit(&mut seed);
         let mut h = History {

@@ -7,8 +7,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::forge::{
-    config, counter, eventually_knows, hello, hello_rotated, identity, plain, seal, seed_message,
-    start, wait_counter,
+    config, counter, dir_and_hub, eventually_knows, hello, hello_rotated, identity, plain, seal,
+    seed_message, start, wait_counter,
 };
 use support::vectors::{check_committed, vector_identity};
 
@@ -19,7 +19,7 @@ use crabnet_core::model::Message;
 use crabnet_core::network::{MemoryTransport, Transport};
 use crabnet_core::rotation::{Added, Chains, Rotation};
 use crabnet_core::trust::Revocation;
-use crabnet_core::{MemoryHub, Node, NodeId};
+use crabnet_core::{Node, NodeId};
 
 const HOUR: u64 = 3_600_000;
 
@@ -63,8 +63,7 @@ async fn epoch_of(node: &Node, id: &NodeId) -> u32 {
 /// nothing; only the real rotation moves the peer to its new keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let node = start(config(dir.path(), "victim"), &hub).await;
     let mut wire = hub.join("wire");
     let alice = identity(0x11, 1);
@@ -151,8 +150,7 @@ async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
 async fn statements_for_strangers_are_not_stored() {
     const FRAMES: u32 = 20;
     const PER_FRAME: u32 = 5;
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let c = config(dir.path(), "victim");
     let db = c.data_dir.join("crabnet.db");
     let node = start(c, &hub).await;
@@ -188,8 +186,7 @@ async fn statements_for_strangers_are_not_stored() {
 /// fill the store through hellos. An admitted node's chain is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_hello_leaves_no_rotation_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut c = config(dir.path(), "victim");
     c.network.max_peers = 1;
     let db = c.data_dir.join("crabnet.db");
@@ -232,8 +229,7 @@ async fn a_refused_hello_leaves_no_rotation_behind() {
 /// from the rotated node's hello only. Encryption to a rotated node uses its new keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_keys_work_only_during_the_grace_period() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let node = start(config(dir.path(), "victim"), &hub).await;
     let mut wire = hub.join("wire");
     let now = now_ms();
@@ -300,8 +296,7 @@ async fn old_keys_work_only_during_the_grace_period() {
 /// hold is over, and when the hold is full it is rejected at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_signed_with_unannounced_keys_waits_for_the_rotation() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut c = config(dir.path(), "victim");
     c.network.unknown_sender_hold_ms = 1_000;
     let node = start(c, &hub).await;
@@ -352,8 +347,7 @@ async fn a_frame_signed_with_unannounced_keys_waits_for_the_rotation() {
 /// publishes before and after; after a restart it has the same id and the new keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_node_keeps_its_id_and_its_peers() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut ca = config(dir.path(), "a");
     ca.network.hello_interval_secs = 1;
     let cb = config(dir.path(), "b");

@@ -50,22 +50,9 @@ fn msg(ids: &mut Ids, sender: NodeId, lamport: u64, timestamp: u64, body: Body) 
 
 fn seed(max_bids: u32, window: u64) -> Seed {
     Seed {
-        id: seed_id(),
-        publisher: node(1),
-        command: "echo hi".into(),
-        description: String::new(),
-        min_price: 10,
-        max_price: 100,
         bid_window_secs: window,
         max_bids,
-        timeout_secs: 10,
-        created_at: T0,
-        audience: Vec::new(),
-        network: false,
-        isolation: crabnet_core::model::SandboxLevel::Full,
-        rules: crabnet_core::model::rules::V1,
-        deadlines: None,
-        replication: None,
+        ..fold_fixtures::seed(seed_id(), node(1), T0)
     }
 }
 
@@ -175,6 +162,19 @@ fn rejected_with(msgs: &[Message], m: &Message) -> Violation {
         Verdict::Rejected { reason } => reason,
         other => panic!("expected a rejection, got {other:?}"),
     }
+}
+
+/// In the history `msgs`, the publisher's decision `early` came before its deadline and is
+/// refused as invalid, and round 0's message `late` came after it and is refused as lapsed.
+fn refused_early_and_late(msgs: &[Message], early: &Message, late: &Message) {
+    assert!(matches!(
+        rejected_with(msgs, early),
+        Violation::InvalidDecision { .. }
+    ));
+    assert!(matches!(
+        rejected_with(msgs, late),
+        Violation::Lapsed { round: 0, .. }
+    ));
 }
 
 fn pending_with(msgs: &[Message], m: &Message) -> Violation {
@@ -818,14 +818,7 @@ fn an_unclaimed_award_moves_to_the_next_best_bid_and_a_late_claim_loses() {
     let late_claim = at(claim(&mut ids, 3, 3), CLAIM_END + 1, 11);
     let r1 = reassign(&mut ids, 1, Some(2), CLAIM_END + 2_000, 12);
     msgs.extend([early.clone(), late_claim.clone(), r1.clone()]);
-    assert!(matches!(
-        rejected_with(&msgs, &early),
-        Violation::InvalidDecision { .. }
-    ));
-    assert!(matches!(
-        rejected_with(&msgs, &late_claim),
-        Violation::Lapsed { round: 0, .. }
-    ));
+    refused_early_and_late(&msgs, &early, &late_claim);
     let v = fold(&msgs).view.unwrap();
     assert_eq!(v.status, SeedStatus::Open);
     let award = v.award.as_ref().unwrap();
@@ -915,14 +908,7 @@ fn a_claimer_without_a_result_fails_its_round_and_the_publisher_reassigns_or_can
     let late_result = at(result(&mut ids, 3), deadline + 1, 11);
     let failure = fail(&mut ids, 0, deadline + 2_000, 12);
     msgs.extend([early.clone(), late_result.clone(), failure.clone()]);
-    assert!(matches!(
-        rejected_with(&msgs, &early),
-        Violation::InvalidDecision { .. }
-    ));
-    assert!(matches!(
-        rejected_with(&msgs, &late_result),
-        Violation::Lapsed { round: 0, .. }
-    ));
+    refused_early_and_late(&msgs, &early, &late_result);
     let v = fold(&msgs).view.unwrap();
     assert_eq!(v.status, SeedStatus::Failed);
     assert_eq!(v.failed_at, Some(deadline + 2_000));

@@ -1,43 +1,23 @@
 //! Sync: late joiners, restarts and healed partitions converge from stored envelopes, without
 //! anyone re-running anything (in-process nodes on the memory hub).
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use crabnet_core::{Config, MemoryHub, Node, PublishRequest, SeedStatus};
+use crabnet_core::{MemoryHub, Node, PublishRequest, SeedStatus};
+use support::forge::{self, dir_and_hub, stop_all};
 
-fn config(dir: &std::path::Path, name: &str) -> Config {
-    let mut c = Config::with_data_dir(dir.join(name));
-    c.name = name.into();
-    c.network.tick_ms = 20;
-    c.network.sync_interval_secs = 1;
-    c
-}
-
+/// A node named `name` on `hub` that syncs every second.
 async fn start(dir: &std::path::Path, hub: &MemoryHub, name: &str) -> Node {
-    Node::start_with_transport(config(dir, name), Box::new(hub.join(name)))
-        .await
-        .unwrap()
+    let mut c = forge::config(dir, name);
+    c.network.sync_interval_secs = 1;
+    forge::start(c, hub).await
 }
 
-async fn converged(nodes: &[&Node], seeds: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut digests = Vec::new();
-        let mut counts = Vec::new();
-        for n in nodes {
-            let o = n.overview().await.unwrap();
-            digests.push(o.state_digest);
-            counts.push(o.seeds_by_status.values().sum::<u64>());
-        }
-        if digests.windows(2).all(|w| w[0] == w[1]) && counts.iter().all(|c| *c == seeds as u64) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence: {counts:?} {digests:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits (20 s at most) until `nodes` converged on `seeds` seeds.
+async fn converged(nodes: &[&Node], seeds: u64) {
+    forge::converged(nodes, seeds, Duration::from_secs(20)).await;
 }
 
 /// Runs a lifecycle to settlement between a publisher and a bidder.
@@ -72,8 +52,7 @@ async fn lifecycle(publisher: &Node, bidder: &Node) -> crabnet_core::SeedId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_catches_up_from_peers_that_hold_the_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let a = start(dir.path(), &hub, "a").await;
     let b = start(dir.path(), &hub, "b").await;
     a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
@@ -88,15 +67,12 @@ async fn a_late_joiner_catches_up_from_peers_that_hold_the_history() {
     let v = c.seed(&id).await.unwrap();
     assert_eq!(v.status, SeedStatus::Settled);
     assert_eq!(v.result.unwrap().output_excerpt, "synced\n");
-    for n in [a, b, c] {
-        n.stop().await.unwrap();
-    }
+    stop_all([a, b, c]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_heals_and_a_restarted_node_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let a = start(dir.path(), &hub, "a").await;
     let b = start(dir.path(), &hub, "b").await;
     let c = start(dir.path(), &hub, "c").await;
@@ -124,7 +100,5 @@ async fn a_partitioned_node_heals_and_a_restarted_node_loses_nothing() {
         .unwrap();
     let b = start(dir.path(), &hub, "b").await;
     converged(&[&a, &b, &c], 3).await;
-    for n in [a, b, c] {
-        n.stop().await.unwrap();
-    }
+    stop_all([a, b, c]).await;
 }

@@ -10,30 +10,46 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crabnet_core::envelope::{self, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
 use crabnet_core::model::{Body, Message, SeedId};
-use crabnet_core::network::{Incoming, MemoryTransport};
+use crabnet_core::network::MemoryTransport;
 use crabnet_core::store::{RemoteOutcome, Store, StoreConfig, SyncMode};
 use crabnet_core::sync::range::{Round, Want};
 use crabnet_core::{Config, MemoryHub, Node, NodeId, PublishRequest, Transport};
-use support::forge::{hello, identity, plain, seed_message, wait_counter};
+use support::forge::{
+    self, Gated, converged, counter, dir_and_hub, hello, identity, plain, seed_message, stop_all,
+    wait_counter,
+};
 use support::{Net, TEST_BUDGET};
 
+/// A node configuration with a 1 s sync interval and the store's `Normal` sync mode.
 fn config(dir: &std::path::Path, name: &str) -> Config {
-    let mut c = Config::with_data_dir(dir.join(name));
-    c.name = name.into();
-    c.network.tick_ms = 20;
+    let mut c = forge::config(dir, name);
     c.network.sync_interval_secs = 1;
-    c.store.sync = crabnet_core::store::SyncMode::Normal;
+    c.store.sync = SyncMode::Normal;
     c
 }
 
 async fn start(config: Config, transport: Box<dyn Transport>) -> Node {
     Node::start_with_transport(config, transport).await.unwrap()
+}
+
+/// A node named `name` on `hub`.
+async fn on_hub(dir: &std::path::Path, hub: &MemoryHub, name: &str) -> Node {
+    forge::start(config(dir, name), hub).await
+}
+
+/// Nodes `a` and `b` on `hub`, each knowing the other.
+async fn connected_pair(dir: &std::path::Path, hub: &MemoryHub) -> (Node, Node) {
+    let a = on_hub(dir, hub, "a").await;
+    let b = on_hub(dir, hub, "b").await;
+    for n in [&a, &b] {
+        n.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    }
+    (a, b)
 }
 
 /// A seed with a long bid window: no award changes the stores while a test runs.
@@ -68,38 +84,6 @@ async fn seed_count(node: &Node) -> u64 {
     o.seeds_by_status.values().sum::<u64>()
 }
 
-/// Waits until every node holds `seeds` seeds and all state digests agree.
-async fn converged(nodes: &[&Node], seeds: u64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let mut digests = Vec::new();
-        let mut counts = Vec::new();
-        for n in nodes {
-            let o = n.overview().await.unwrap();
-            digests.push(o.state_digest);
-            counts.push(o.seeds_by_status.values().sum::<u64>());
-        }
-        if digests.windows(2).all(|w| w[0] == w[1]) && counts.iter().all(|c| *c == seeds) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence within {within:?}: seeds {counts:?}, wanted {seeds}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn counter(node: &Node, name: &str) -> u64 {
-    node.overview()
-        .await
-        .unwrap()
-        .counters
-        .get(name)
-        .copied()
-        .unwrap_or(0)
-}
-
 /// Bytes of reconciliation frames (range queries and replies, wants) both nodes sent.
 async fn reconcile_bytes(a: &Node, b: &Node) -> u64 {
     counter(a, "sync.reconcile_bytes_sent").await + counter(b, "sync.reconcile_bytes_sent").await
@@ -109,52 +93,42 @@ async fn reconcile_bytes(a: &Node, b: &Node) -> u64 {
 /// joining a peer that holds 2,000 seeds got 1,200 of them and never the other 800.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_a_peer_with_2000_seeds_gets_all_of_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
-    let a = start(config(dir.path(), "a"), Box::new(hub.join("a"))).await;
+    let (dir, hub) = dir_and_hub();
+    let a = on_hub(dir.path(), &hub, "a").await;
     publish_many(&a, 2000, "old").await;
-    let b = start(config(dir.path(), "b"), Box::new(hub.join("b"))).await;
+    let b = on_hub(dir.path(), &hub, "b").await;
     converged(&[&a, &b], 2000, Duration::from_secs(60)).await;
-    for n in [a, b] {
-        n.stop().await.unwrap();
-    }
+    stop_all([a, b]).await;
 }
 
 /// Envelopes inside sync batches are old by design: one older than `message_ttl_secs` (and
 /// the hello of its author) still reaches a node that starts later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_older_than_the_message_ttl_syncs_to_a_fresh_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let short = |name: &str| {
         let mut c = config(dir.path(), name);
         c.network.message_ttl_secs = 1;
         c.network.max_clock_skew_secs = 0;
         c
     };
-    let a = start(short("a"), Box::new(hub.join("a"))).await;
+    let a = forge::start(short("a"), &hub).await;
     let seed = a.publish(long("echo old")).await.unwrap().seed.id;
     // Published while alone; by now its envelope has expired (ttl 1 s, no skew allowed).
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let b = start(short("b"), Box::new(hub.join("b"))).await;
+    let b = forge::start(short("b"), &hub).await;
     converged(&[&a, &b], 1, Duration::from_secs(20)).await;
     assert_eq!(b.seed(&seed).await.unwrap().seed.id, seed);
     assert_eq!(counter(&b, "rejected.expired").await, 0);
-    for n in [a, b] {
-        n.stop().await.unwrap();
-    }
+    stop_all([a, b]).await;
 }
 
 /// Two stores of `n` seeds that differ by `d`: the reconciliation frames both sides send do not
 /// grow with `n` (the batches carry the `d` missing seeds themselves).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_bytes_follow_the_difference_not_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
-    let a = start(config(dir.path(), "a"), Box::new(hub.join("a"))).await;
-    let b = start(config(dir.path(), "b"), Box::new(hub.join("b"))).await;
-    a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
-    b.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    let (dir, hub) = dir_and_hub();
+    let (a, b) = connected_pair(dir.path(), &hub).await;
     publish_many(&a, 1000, "shared").await;
     converged(&[&a, &b], 1000, Duration::from_secs(60)).await;
 
@@ -221,88 +195,41 @@ async fn reconciliation_bytes_follow_the_difference_not_the_store() {
         spent < 64 * 1024,
         "reconciling 5 of 1,005 seeds cost {spent} bytes (idle rounds: {idle} bytes)"
     );
-    for n in [a, b] {
-        n.stop().await.unwrap();
-    }
-}
-
-/// A transport that drops frames of some kinds it is asked to send, until a budget of drops
-/// is used up: lost queries, replies, wants and batches.
-struct Lossy {
-    inner: MemoryTransport,
-    kinds: &'static [u8],
-    drops: Arc<AtomicUsize>,
-}
-
-impl Lossy {
-    fn lose(&self, frame: &[u8]) -> bool {
-        frame.len() > 4
-            && self.kinds.contains(&frame[4])
-            && self
-                .drops
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-    }
-}
-
-impl Transport for Lossy {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn max_frame_bytes(&self) -> usize {
-        self.inner.max_frame_bytes()
-    }
-    fn local_addresses(&self) -> Vec<String> {
-        self.inner.local_addresses()
-    }
-    fn broadcast(&mut self, frame: &[u8]) -> crabnet_core::Result<()> {
-        if self.lose(frame) {
-            return Ok(());
-        }
-        self.inner.broadcast(frame)
-    }
-    fn send_to(&mut self, to: &str, frame: &[u8]) -> crabnet_core::Result<()> {
-        if self.lose(frame) {
-            return Ok(());
-        }
-        self.inner.send_to(to, frame)
-    }
-    fn source_verified(&self, from: &str) -> bool {
-        self.inner.source_verified(from)
-    }
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
-        self.inner.poll_recv(cx)
-    }
+    stop_all([a, b]).await;
 }
 
 /// Kinds on the wire: sync_batch, sync_range, sync_want.
 const SYNC_KINDS: &[u8] = &[9, 12, 13];
 
+/// `inner` losing the sync frames (queries, replies, wants and batches) it is asked to send
+/// until a budget of `drops` is used up.
+fn lossy(inner: MemoryTransport, drops: Arc<AtomicUsize>) -> Gated {
+    Gated::new(inner, move |frame| {
+        let lost = frame.len() > 4
+            && SYNC_KINDS.contains(&frame[4])
+            && drops
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        Ok(!lost)
+    })
+}
+
 /// Lost rounds (queries, replies, wants and batches in both directions) delay convergence to
 /// a later sync interval; nothing is kept per requester that a loss could leave stuck.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_rounds_only_delay_convergence() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let a_drops = Arc::new(AtomicUsize::new(4));
     let b_drops = Arc::new(AtomicUsize::new(4));
     let a = start(
         config(dir.path(), "a"),
-        Box::new(Lossy {
-            inner: hub.join("a"),
-            kinds: SYNC_KINDS,
-            drops: a_drops.clone(),
-        }),
+        Box::new(lossy(hub.join("a"), a_drops.clone())),
     )
     .await;
     publish_many(&a, 300, "lossy").await;
     let b = start(
         config(dir.path(), "b"),
-        Box::new(Lossy {
-            inner: hub.join("b"),
-            kinds: SYNC_KINDS,
-            drops: b_drops.clone(),
-        }),
+        Box::new(lossy(hub.join("b"), b_drops.clone())),
     )
     .await;
     b.publish(long("echo from-b")).await.unwrap();
@@ -310,9 +237,7 @@ async fn lost_rounds_only_delay_convergence() {
     assert_eq!(a_drops.load(Ordering::SeqCst), 0, "a lost no sync frame");
     assert_eq!(b_drops.load(Ordering::SeqCst), 0, "b lost no sync frame");
     assert!(seed_count(&b).await == 301);
-    for n in [a, b] {
-        n.stop().await.unwrap();
-    }
+    stop_all([a, b]).await;
 }
 
 /// A private seed is reconciled within its audience only: a member that was cut off when it
@@ -320,12 +245,8 @@ async fn lost_rounds_only_delay_convergence() {
 /// (and does not keep asking for them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_seed_syncs_to_its_audience_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
-    let a = start(config(dir.path(), "a"), Box::new(hub.join("a"))).await;
-    let b = start(config(dir.path(), "b"), Box::new(hub.join("b"))).await;
-    a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
-    b.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    let (dir, hub) = dir_and_hub();
+    let (a, b) = connected_pair(dir.path(), &hub).await;
     hub.set_isolated("b", true);
     // The outsider is there but cut off too: it gets nothing live.
     let c_wire = hub.join("c");
@@ -370,9 +291,7 @@ async fn a_private_seed_syncs_to_its_audience_only() {
         wants,
         "c keeps asking for what it may not have"
     );
-    for n in [a, b, c] {
-        n.stop().await.unwrap();
-    }
+    stop_all([a, b, c]).await;
 }
 
 /// The next `sync_range` reply on `wire` (the node's own periodic queries and other frames
@@ -393,6 +312,15 @@ async fn next_reply(wire: &mut MemoryTransport) -> Round {
             }
         }
     }
+}
+
+/// The payload of a first `sync_range` query from a peer that holds nothing.
+fn first_query() -> Vec<u8> {
+    let round = Round {
+        reply: false,
+        msg: crabnet_core::sync::range::ItemSet::new([]).query(8_000),
+    };
+    envelope::encode_hello(&round)
 }
 
 /// The seed ids a peer learns from the reply to one query it sent from `wire`: it follows the
@@ -429,9 +357,8 @@ async fn publish_public_and_private(node: &Node, member: &NodeId) -> (SeedId, Se
 /// the member itself still reconciles the private seed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_query_does_not_reveal_private_seeds() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
-    let a = start(config(dir.path(), "a"), Box::new(hub.join("a"))).await;
+    let (dir, hub) = dir_and_hub();
+    let a = on_hub(dir.path(), &hub, "a").await;
     let mut member_wire = hub.join("member");
     let mut forwarder = hub.join("forwarder");
     let member = identity(0x61, 1);
@@ -443,13 +370,7 @@ async fn a_forwarded_query_does_not_reveal_private_seeds() {
         .unwrap();
     a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
     let (public, private) = publish_public_and_private(&a, member.node_id()).await;
-    let query = || {
-        let round = Round {
-            reply: false,
-            msg: crabnet_core::sync::range::ItemSet::new([]).query(8_000),
-        };
-        plain(&member, Kind::SyncRange, &envelope::encode_hello(&round))
-    };
+    let query = || plain(&member, Kind::SyncRange, &first_query());
     let forwarded = offered_seeds(&mut forwarder, query()).await;
     assert!(forwarded.contains(&public), "{forwarded:?}");
     assert!(
@@ -469,9 +390,8 @@ async fn a_forwarded_query_does_not_reveal_private_seeds() {
 /// with nothing; the node keeps working (a replayed query is covered by `tests/network.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_reconciliation_messages_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
-    let node = start(config(dir.path(), "n"), Box::new(hub.join("n"))).await;
+    let (dir, hub) = dir_and_hub();
+    let node = on_hub(dir.path(), &hub, "n").await;
     node.publish(long("echo held")).await.unwrap();
     let mut wire = hub.join("wire");
     let mallory = identity(0x33, 1);
@@ -517,16 +437,8 @@ async fn garbage_reconciliation_messages_are_refused() {
         }
     }
     // Still working: it answers a well-formed query from the same peer.
-    let round = Round {
-        reply: false,
-        msg: crabnet_core::sync::range::ItemSet::new([]).query(8_000),
-    };
-    wire.broadcast(&plain(
-        &mallory,
-        Kind::SyncRange,
-        &envelope::encode_hello(&round),
-    ))
-    .unwrap();
+    wire.broadcast(&plain(&mallory, Kind::SyncRange, &first_query()))
+        .unwrap();
     next_reply(&mut wire).await;
     node.stop().await.unwrap();
 }

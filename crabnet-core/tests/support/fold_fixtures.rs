@@ -1,7 +1,32 @@
-//! Fixtures shared by the state-machine tests (`state_machine.rs`, `replicated_state.rs`).
-//! They include this file alone with `#[path]`, not the whole `support` module.
+//! Fixtures shared by the state-machine tests (`state_machine.rs`, `replicated_state.rs`),
+//! which include this file alone with `#[path]`, not the whole `support` module; [`seed`] also
+//! serves the envelope tests and `support::forge` through `support`.
 
-use crabnet_core::model::{NodeId, SeedId, TaskResult};
+use crabnet_core::model::{NodeId, Seed, SeedId, TaskResult};
+
+/// A public rules-1 seed `id` by `publisher` published at `created_at` (Unix ms): `echo hi`,
+/// prices 10 to 100, a 30 s bid window, 3 bids at most, a 10 s timeout. Tests change the
+/// fields they are about with struct update syntax.
+pub fn seed(id: SeedId, publisher: NodeId, created_at: u64) -> Seed {
+    Seed {
+        id,
+        publisher,
+        command: "echo hi".into(),
+        description: String::new(),
+        min_price: 10,
+        max_price: 100,
+        bid_window_secs: 30,
+        max_bids: 3,
+        timeout_secs: 10,
+        created_at,
+        audience: Vec::new(),
+        network: false,
+        isolation: crabnet_core::model::SandboxLevel::Full,
+        rules: crabnet_core::model::rules::V1,
+        deadlines: None,
+        replication: None,
+    }
+}
 
 /// A successful 5 ms run of `runner` on `seed_id` that finished at `at` (Unix ms) with output
 /// hash `output_sha256` and no output.

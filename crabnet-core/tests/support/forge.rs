@@ -1,9 +1,10 @@
 //! Hand-made identities, hellos and envelopes for the tests that attack a node's trust
 //! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`), and the bounded
 //! waits of in-process tests on a node's seeds and counters ([`poll`], [`wait_view`],
-//! [`wait_counter`]; also `tests/node.rs`, `dht.rs`, `retention.rs`), [`start`], a node on an
-//! in-memory hub, and [`udp_node`], a node on a real UDP socket on 127.0.0.1 (`limits.rs`,
-//! `hellos.rs`).
+//! [`wait_counter`], [`converged`]; also `tests/node.rs`, `dht.rs`, `retention.rs`, `sync.rs`,
+//! `sync_range.rs`), [`start`], a node on an in-memory hub, [`Gated`], an in-memory transport
+//! that loses or fails sends (`alerts.rs`, `sync_range.rs`), and [`udp_node`], a node on a real
+//! UDP socket on 127.0.0.1 (`limits.rs`, `hellos.rs`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use crabnet_core::crypto::{KemSeeds, SigningSeeds};
 use crabnet_core::envelope::{self, Header, Hello, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
 use crabnet_core::model::{Body, Message, MessageId, Seed, SeedId};
+use crabnet_core::network::{Incoming, MemoryTransport, Transport};
 use crabnet_core::{Config, MemoryHub, Node, SeedView};
 
 /// A node configuration in `dir/name` with a fast housekeeping tick.
@@ -21,6 +23,12 @@ pub fn config(dir: &std::path::Path, name: &str) -> Config {
     c.name = name.into();
     c.network.tick_ms = 20;
     c
+}
+
+/// A temporary directory for a test's data directories, and the in-memory hub its nodes meet
+/// on.
+pub fn dir_and_hub() -> (tempfile::TempDir, MemoryHub) {
+    (tempfile::tempdir().unwrap(), MemoryHub::new())
 }
 
 /// Starts a node with `c` on `hub`, where it joins under its name (`c.name`).
@@ -134,22 +142,16 @@ pub fn seed_message(id: &Identity, lamport: u64, timestamp: u64) -> Message {
         lamport,
         timestamp,
         body: Body::SeedCreated(Seed {
-            id: SeedId::from_bytes(rand16()),
-            publisher: id.node_id().clone(),
             command: "true".into(),
-            description: String::new(),
             min_price: 1,
             max_price: 10,
             bid_window_secs: 60,
             max_bids: 1,
-            timeout_secs: 10,
-            created_at: timestamp,
-            audience: vec![],
-            network: false,
-            isolation: crabnet_core::model::SandboxLevel::Full,
-            rules: crabnet_core::model::rules::V1,
-            deadlines: None,
-            replication: None,
+            ..super::fold_fixtures::seed(
+                SeedId::from_bytes(rand16()),
+                id.node_id().clone(),
+                timestamp,
+            )
         }),
     }
 }
@@ -223,6 +225,95 @@ pub async fn wait_counter(node: &Node, name: &str, at_least: u64) {
             "counter {name} stayed at {v}, wanted {at_least}: {counters:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops every node of `nodes`.
+pub async fn stop_all(nodes: impl IntoIterator<Item = Node>) {
+    for n in nodes {
+        n.stop().await.unwrap();
+    }
+}
+
+/// Waits (`within` at most) until every node holds `seeds` seeds and all state digests agree.
+pub async fn converged(nodes: &[&Node], seeds: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut digests = Vec::new();
+        let mut counts = Vec::new();
+        for n in nodes {
+            let o = n.overview().await.unwrap();
+            digests.push(o.state_digest);
+            counts.push(o.seeds_by_status.values().sum::<u64>());
+        }
+        if digests.windows(2).all(|w| w[0] == w[1]) && counts.iter().all(|c| *c == seeds) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence within {within:?}: seeds {counts:?}, wanted {seeds}, digests {digests:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What a [`Gated`] transport does with a frame it is asked to send: `Ok(true)` sends it,
+/// `Ok(false)` drops it (a lost frame), an error fails the send (a node cut off).
+pub type Gate = Box<dyn Fn(&[u8]) -> crabnet_core::Result<bool> + Send>;
+
+/// An in-memory transport whose sends (broadcasts and sends to one peer) pass a [`Gate`]
+/// first; everything else is the inner transport's.
+pub struct Gated {
+    inner: MemoryTransport,
+    gate: Gate,
+}
+
+impl Gated {
+    /// `inner` with `gate` in front of its sends.
+    pub fn new(
+        inner: MemoryTransport,
+        gate: impl Fn(&[u8]) -> crabnet_core::Result<bool> + Send + 'static,
+    ) -> Gated {
+        Gated {
+            inner,
+            gate: Box::new(gate),
+        }
+    }
+}
+
+impl Transport for Gated {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        self.inner.max_frame_bytes()
+    }
+
+    fn local_addresses(&self) -> Vec<String> {
+        self.inner.local_addresses()
+    }
+
+    fn broadcast(&mut self, frame: &[u8]) -> crabnet_core::Result<()> {
+        if (self.gate)(frame)? {
+            self.inner.broadcast(frame)?;
+        }
+        Ok(())
+    }
+
+    fn send_to(&mut self, to: &str, frame: &[u8]) -> crabnet_core::Result<()> {
+        if (self.gate)(frame)? {
+            self.inner.send_to(to, frame)?;
+        }
+        Ok(())
+    }
+
+    fn source_verified(&self, from: &str) -> bool {
+        self.inner.source_verified(from)
+    }
+
+    fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Incoming>> {
+        self.inner.poll_recv(cx)
     }
 }
 

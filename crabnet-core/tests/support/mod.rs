@@ -30,6 +30,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod fold_fixtures;
 pub mod forge;
 pub mod pair;
 pub mod procs;
