@@ -317,6 +317,17 @@ fn wait_for_seed(
     )
 }
 
+/// The event types of one seed's lifecycle to settlement, in order.
+const LIFECYCLE_EVENTS: [&str; 7] = [
+    "seed_published",
+    "bid_placed",
+    "bidding_closed",
+    "seed_claimed",
+    "task_started",
+    "result_recorded",
+    "seed_settled",
+];
+
 fn event_types(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -494,9 +505,7 @@ fn lifecycle_between_a_publisher_and_a_runner() {
     assert_eq!(v["result"]["output_excerpt"], "hello-from-test\n");
 
     // Settle, once the publisher has the result.
-    net.wait_seed(PUBLISHER, &id, "has the result", |v| {
-        v["status"] == "completed"
-    });
+    net.wait_status(PUBLISHER, &id, "completed");
     let said = format!("settled seed {id}: accepted (status: settled)");
     let args = ["seed", "settle", &id, "--note", "thanks"];
     let v = seed_command(sb, &pdir, &args, &said, &id);
@@ -507,9 +516,7 @@ fn lifecycle_between_a_publisher_and_a_runner() {
         "amount is the winning bid price: {v}"
     );
     assert_eq!(v["settlement"]["note"], "thanks");
-    let v = net.wait_seed(RUNNER, &id, "learns the settlement", |v| {
-        v["status"] == "settled"
-    });
+    let v = net.wait_status(RUNNER, &id, "settled");
     assert_eq!(v["settlement"]["note"], "thanks");
 
     // From here on the runner's replica is read at rest: its listener stops cleanly, so that
@@ -558,21 +565,17 @@ fn lifecycle_between_a_publisher_and_a_runner() {
         "seq must increase: {seqs:?}"
     );
     // The runner saw the whole lifecycle: its own steps and the publisher's.
-    let lifecycle = [
-        "seed_published",
-        "bid_placed",
-        "bidding_closed",
-        "seed_claimed",
-        "task_started",
-        "result_recorded",
-        "seed_settled",
-    ];
     let domain: Vec<&Value> = events
         .iter()
-        .filter(|e| lifecycle.contains(&e["type"].as_str().unwrap_or("")))
+        .filter(|e| LIFECYCLE_EVENTS.contains(&e["type"].as_str().unwrap_or("")))
         .collect();
     let types: Vec<&str> = domain.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(types, lifecycle, "all events: {:?}", event_types(&events));
+    assert_eq!(
+        types,
+        LIFECYCLE_EVENTS,
+        "all events: {:?}",
+        event_types(&events)
+    );
     for e in &domain {
         assert_eq!(e["seed_id"], id.as_str(), "{e}");
     }
@@ -742,9 +745,7 @@ fn failed_task_is_recorded_and_can_be_rejected() {
     );
 
     // The publisher rejects the failed result (and may not run it either).
-    net.wait_seed(PUBLISHER, &id, "has the result", |v| {
-        v["status"] == "completed"
-    });
+    net.wait_status(PUBLISHER, &id, "completed");
     expect_state_error(
         sb,
         &pdir,
@@ -771,9 +772,7 @@ fn failed_task_is_recorded_and_can_be_rejected() {
         &["seed", "settle", &id],
         &["cannot settle", "settled"],
     );
-    let v = net.wait_seed(RUNNER, &id, "learns the rejection", |v| {
-        v["status"] == "settled"
-    });
+    let v = net.wait_status(RUNNER, &id, "settled");
     assert_eq!(v["settlement"]["outcome"], "rejected");
 }
 
@@ -857,9 +856,7 @@ fn json_output_parses_for_every_command() {
 
     // The rest happens on the publisher.
     let dir = pdir;
-    net.wait_seed(PUBLISHER, &id, "has the result", |v| {
-        v["status"] == "completed"
-    });
+    net.wait_status(PUBLISHER, &id, "completed");
     let v = sb
         .run(
             &dir,
@@ -1191,16 +1188,9 @@ fn publish_flags_out_of_range_are_named_errors() {
         let out = sb.run(&dir, args);
         let option = args.iter().find(|a| a.starts_with("--")).unwrap();
         assert_eq!(out.status.code(), Some(2), "{}", out.describe());
-        assert!(
-            out.stderr.contains(&format!("'{option} <")) || out.stderr.contains(option),
-            "{}",
-            out.describe()
-        );
-        assert!(
-            !out.stderr.contains("unexpected argument"),
-            "{}",
-            out.describe()
-        );
+        let named = out.stderr.contains(&format!("'{option} <")) || out.stderr.contains(option);
+        let unexpected = out.stderr.contains("unexpected argument");
+        assert!(named && !unexpected, "{}", out.describe());
     }
 }
 
@@ -1356,9 +1346,7 @@ fn errors_for_lifecycle_violations() {
 
     // Claimed but not run: still nothing to settle; no second claim; no cancel.
     sb.run(&dir, &["seed", "claim", &closed]).ok();
-    net.wait_seed(PUBLISHER, &closed, "has the claim", |v| {
-        v["status"] == "claimed"
-    });
+    net.wait_status(PUBLISHER, &closed, "claimed");
     expect_state_error(
         sb,
         &pdir,
@@ -1428,9 +1416,7 @@ fn cancel_while_open_then_bid_fails() {
     let v = seed_command(sb, &dir, &["seed", "cancel", &id], &said, &id);
     assert_eq!(v["status"], "cancelled");
     assert!(v["cancelled_at"].is_u64(), "{v}");
-    net.wait_seed(RUNNER, &id, "learns the cancellation", |v| {
-        v["status"] == "cancelled"
-    });
+    net.wait_status(RUNNER, &id, "cancelled");
     expect_state_error(
         sb,
         &runner,
@@ -1620,16 +1606,7 @@ fn two_nodes_over_udp() {
     }
     let events_b = sb.run(&dir_b, &["--json", "events"]).ok().json_lines();
     let types = event_types(&events_b);
-    for t in [
-        "seed_published",
-        "message_accepted",
-        "bid_placed",
-        "bidding_closed",
-        "seed_claimed",
-        "task_started",
-        "result_recorded",
-        "seed_settled",
-    ] {
+    for t in LIFECYCLE_EVENTS.into_iter().chain(["message_accepted"]) {
         assert!(
             types.iter().any(|x| x == t),
             "B's events lack {t}: {types:?}"

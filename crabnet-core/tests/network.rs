@@ -82,9 +82,7 @@ fn late_joiner_converges_by_sync() {
 
     net.start(3, &[0, 1, 2]);
     net.wait_peers(3, &[0, 1, 2]);
-    net.wait_seed(3, &before.settled, "learns the settled seed", |v| {
-        v["status"] == "settled"
-    });
+    net.wait_status(3, &before.settled, "settled");
     after_late_joiner(&net, &before, "", |_| {});
     net.assert_alive(&all);
 }

@@ -102,9 +102,7 @@ fn three_replicas_with_a_liar_complete_honestly_and_the_liar_loses_reputation() 
     for i in [3, 1, 2] {
         claim_and_run_replica(&net, i, &seed);
     }
-    let v = net.wait_seed(0, &seed, "reaches the quorum", |v| {
-        v["status"] == "completed"
-    });
+    let v = net.wait_status(0, &seed, "completed");
     let liar = net.id(3).to_owned();
     assert_eq!(replica(&v, &liar)["standing"], "dissented", "{v:#}");
     assert_eq!(
@@ -265,7 +263,7 @@ fn a_two_two_split_escalates_to_the_next_best_bid() {
     );
 
     claim_and_run_replica(&net, 5, &seed);
-    let v = net.wait_seed(0, &seed, "completes", |v| v["status"] == "completed");
+    let v = net.wait_status(0, &seed, "completed");
     for i in [1, 2, 5] {
         assert_eq!(replica(&v, net.id(i))["standing"], "agreed", "{v:#}");
     }

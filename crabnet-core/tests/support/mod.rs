@@ -844,6 +844,15 @@ impl Net {
         })
     }
 
+    /// Waits until `seed show` on node `i` reports the seed's status as `status`; returns the
+    /// view.
+    #[track_caller]
+    pub fn wait_status(&self, i: usize, seed: &str, status: &str) -> Value {
+        self.wait_seed(i, seed, &format!("sees status {status}"), |v| {
+            v["status"] == status
+        })
+    }
+
     /// Waits until every node of `nodes` reports the same `state_digest` and an empty outbox;
     /// returns the digest.
     #[track_caller]
