@@ -20,7 +20,7 @@ use crabnet_core::alerts::{AlertName, WebhookConfig};
 use crabnet_core::clock::now_ms;
 use crabnet_core::network::{MemoryTransport, UdpConfig, UdpTransport};
 use crabnet_core::{Config, Event, EventKind, MemoryHub, Node, PublishRequest};
-use support::forge::{self, Gated, config, start, wait_counter, wait_view};
+use support::forge::{self, Gated, config, dir_and_hub, start, wait_counter, wait_view};
 
 const SECRET: &str = "a-shared-webhook-secret";
 
@@ -94,8 +94,7 @@ fn resolved(e: &Event) -> Option<AlertName> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_alone_fires_no_peers_and_resolves_it_when_a_peer_arrives() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut c = alerting(dir.path(), "a");
     c.alerts.no_peers_secs = 1;
     let a = start(c, &hub).await;
@@ -191,8 +190,7 @@ async fn run_seed(publisher: &Node, runner: &Node, command: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_tasks_fire_runner_failures_and_it_resolves_when_the_window_has_passed() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let publisher = start(alerting(dir.path(), "publisher"), &hub).await;
     let mut c = alerting(dir.path(), "runner");
     c.runner.work_root = Some(dir.path().join("work"));
@@ -308,8 +306,7 @@ fn severable(inner: MemoryTransport, cut: Arc<AtomicBool>) -> Gated {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_its_peers_fires_outbox_backlog_until_its_outbox_drains() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut c = alerting(dir.path(), "n");
     c.alerts.outbox_backlog = 3;
     c.network.retry_base_ms = 50;

@@ -11,20 +11,11 @@ use crabnet_core::network::Transport;
 use crabnet_core::{
     BlockingNode, ErrorKind, EventKind, MemoryHub, Node, PublishRequest, SeedStatus, SeedView,
 };
-use support::forge::{config, start, wait_view};
+use support::forge::{config, dir_and_hub, mesh, start, wait_view};
 use support::pair::Pair;
 
 async fn wait_for(node: &Node, id: &SeedId, what: &str, f: impl Fn(&SeedView) -> bool) -> SeedView {
     wait_view(node, id, Duration::from_secs(15), what, f).await
-}
-
-/// Waits until every node verified every other node's hello.
-async fn mesh(nodes: &[Node]) {
-    for n in nodes {
-        n.wait_for_peers(nodes.len() - 1, Duration::from_secs(10))
-            .await
-            .unwrap();
-    }
 }
 
 async fn network(dir: &std::path::Path, n: usize) -> (MemoryHub, Vec<Node>) {
@@ -133,8 +124,7 @@ async fn three_nodes_run_a_whole_lifecycle_and_agree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversized_frames_are_rejected_with_events_and_the_node_keeps_working() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut c = config(dir.path(), "n0");
     c.network.reject_event_window_ms = 300;
     let node = &start(c, &hub).await;
@@ -176,8 +166,7 @@ async fn garbage_and_oversized_frames_are_rejected_with_events_and_the_node_keep
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_messages_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut tap = hub.join("tap");
     let a = start(config(dir.path(), "a"), &hub).await;
     let b = start(config(dir.path(), "b"), &hub).await;
@@ -308,8 +297,7 @@ async fn local_errors_are_typed_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_listening_node_on_one_data_directory_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let first = Node::start_with_transport(config(dir.path(), "x"), Box::new(hub.join("1")))
         .await
         .unwrap();
@@ -332,8 +320,7 @@ async fn a_second_listening_node_on_one_data_directory_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_recorded_offline_is_broadcast_by_the_listener_on_the_same_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let listener = start(config(dir.path(), "a"), &hub).await;
     let peer = start(config(dir.path(), "b"), &hub).await;
     mesh(&[listener.clone(), peer.clone()]).await;

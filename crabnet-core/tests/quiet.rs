@@ -17,7 +17,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 
 use crabnet_core::clock::now_ms;
-use crabnet_core::{EventKind, MemoryHub, Transport};
+use crabnet_core::{EventKind, Transport};
 
 use support::{Net, forge, junk};
 
@@ -82,8 +82,7 @@ fn healthy_run(mut net: Net) {
 /// no rejection; a copy of it afterwards is counted as a duplicate, not rejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_before_its_authors_hello_is_applied_when_the_hello_arrives() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = forge::dir_and_hub();
     let node = forge::start(forge::config(dir.path(), "n"), &hub).await;
     let mut wire = hub.join("wire");
     let alice = forge::identity(0x11, 1);
@@ -207,8 +206,7 @@ fn a_flood_from_unknown_senders_is_held_within_bounds() {
 /// node that has nothing else to do (housekeeping wakes for the expiry alone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_envelope_expires_on_an_idle_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = forge::dir_and_hub();
     let mut c = forge::config(dir.path(), "n");
     c.network.unknown_sender_hold_ms = 1000;
     let node = forge::start(c, &hub).await;

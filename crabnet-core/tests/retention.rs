@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crabnet_core::network::Transport;
 use crabnet_core::web::{self, WebConfig};
-use crabnet_core::{Config, ErrorKind, MemoryHub, PublishRequest, SeedStatus};
-use support::forge::{counter, poll, start, wait_counter};
+use crabnet_core::{Config, ErrorKind, PublishRequest, SeedStatus};
+use support::forge::{counter, dir_and_hub, mesh, poll, start, wait_counter};
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
     let mut c = support::forge::config(dir, name);
@@ -30,8 +30,7 @@ async fn wait_until<F: Future<Output = bool>>(what: &str, mut done: impl FnMut()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pruned_seed_is_not_pulled_back_by_sync_from_a_peer_that_still_holds_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut short = config(dir.path(), "short");
     short.retention.seeds_after_secs = 1;
     // Message ids are remembered for two seconds only, so that after a restart (which also
@@ -44,8 +43,7 @@ async fn a_pruned_seed_is_not_pulled_back_by_sync_from_a_peer_that_still_holds_i
     forever.retention.seeds_after_secs = 0;
     let a = start(short.clone(), &hub).await;
     let b = start(forever, &hub).await;
-    a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
-    b.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    mesh(&[&a, &b]).await;
 
     // The peer publishes both seeds (this node's own messages never come back as new).
     let kept = b.publish(PublishRequest::new("echo kept")).await.unwrap();
@@ -102,8 +100,7 @@ async fn a_pruned_seed_is_not_pulled_back_by_sync_from_a_peer_that_still_holds_i
 /// on its own `retention.interval_secs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_node_prunes_on_its_own_interval() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut c = config(dir.path(), "alone");
     c.retention.seeds_after_secs = 1;
     let node = start(c, &hub).await;
@@ -124,8 +121,7 @@ async fn an_idle_node_prunes_on_its_own_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_rejections_leaves_the_events_table_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut c = config(dir.path(), "target");
     c.network.reject_event_window_ms = 0; // one event per rejected frame
     c.retention.events_max_rows = 100;

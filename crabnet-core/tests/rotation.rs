@@ -7,8 +7,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::forge::{
-    config, counter, dir_and_hub, eventually_knows, hello, hello_rotated, identity, plain, seal,
-    seed_message, start, wait_counter,
+    config, counter, dir_and_hub, eventually_knows, hello, hello_rotated, identity, mesh, plain,
+    seal, seed_message, start, wait_counter,
 };
 use support::vectors::{check_committed, vector_identity};
 
@@ -19,7 +19,7 @@ use crabnet_core::model::Message;
 use crabnet_core::network::{MemoryTransport, Transport};
 use crabnet_core::rotation::{Added, Chains, Rotation};
 use crabnet_core::trust::Revocation;
-use crabnet_core::{Node, NodeId};
+use crabnet_core::{Config, MemoryHub, Node, NodeId};
 
 const HOUR: u64 = 3_600_000;
 
@@ -39,6 +39,18 @@ fn rotations_frame(sender: &Identity, items: &[&Rotation]) -> Vec<u8> {
             .collect(),
     };
     plain(sender, Kind::KeyRotations, &envelope::encode_hello(&list))
+}
+
+/// Starts the node under attack with `c` on `hub` and a raw wire beside it, over which `peers`
+/// introduce themselves by their hellos (the node's first: this waits until it accepted all).
+async fn victim(c: Config, hub: &MemoryHub, peers: &[&Identity]) -> (Node, MemoryTransport) {
+    let node = start(c, hub).await;
+    let mut wire = hub.join("wire");
+    for id in peers {
+        wire.broadcast(&hello(id)).unwrap();
+    }
+    wait_counter(&node, "hellos.accepted", peers.len() as u64).await;
+    (node, wire)
 }
 
 /// Sends a seed signed by `signer` (author `signer`'s node id) dated `at`.
@@ -64,15 +76,11 @@ async fn epoch_of(node: &Node, id: &NodeId) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
     let (dir, hub) = dir_and_hub();
-    let node = start(config(dir.path(), "victim"), &hub).await;
-    let mut wire = hub.join("wire");
     let alice = identity(0x11, 1);
     let mallory = identity(0x66, 1);
     let bob = identity(0x22, 1);
-    for id in [&alice, &mallory, &bob] {
-        wire.broadcast(&hello(id)).unwrap();
-    }
-    wait_counter(&node, "hellos.accepted", 3).await;
+    let c = config(dir.path(), "victim");
+    let (node, mut wire) = victim(c, &hub, &[&alice, &mallory, &bob]).await;
     let now = now_ms();
 
     // Mallory signs a rotation of Alice's id to keys of her own.
@@ -153,11 +161,8 @@ async fn statements_for_strangers_are_not_stored() {
     let (dir, hub) = dir_and_hub();
     let c = config(dir.path(), "victim");
     let db = c.data_dir.join("crabnet.db");
-    let node = start(c, &hub).await;
-    let mut wire = hub.join("wire");
     let relay = identity(0x71, 1);
-    wire.broadcast(&hello(&relay)).unwrap();
-    wait_counter(&node, "hellos.accepted", 1).await;
+    let (node, mut wire) = victim(c, &hub, &[&relay]).await;
     let now = now_ms();
     for f in 0..FRAMES {
         let statements: Vec<Rotation> = (0..PER_FRAME)
@@ -190,12 +195,9 @@ async fn a_refused_hello_leaves_no_rotation_behind() {
     let mut c = config(dir.path(), "victim");
     c.network.max_peers = 1;
     let db = c.data_dir.join("crabnet.db");
-    let node = start(c, &hub).await;
-    let mut wire = hub.join("wire");
     // The one peer the table holds, active and the author of a stored message.
     let alice = identity(0x81, 1);
-    wire.broadcast(&hello(&alice)).unwrap();
-    wait_counter(&node, "hellos.accepted", 1).await;
+    let (node, mut wire) = victim(c, &hub, &[&alice]).await;
     let m = send_seed_at(&mut wire, &alice, now_ms());
     eventually_knows(&node, m.seed_id()).await;
 
@@ -299,12 +301,9 @@ async fn a_frame_signed_with_unannounced_keys_waits_for_the_rotation() {
     let (dir, hub) = dir_and_hub();
     let mut c = config(dir.path(), "victim");
     c.network.unknown_sender_hold_ms = 1_000;
-    let node = start(c, &hub).await;
-    let mut wire = hub.join("wire");
-    let now = now_ms();
     let carol = identity(0x51, 1);
-    wire.broadcast(&hello(&carol)).unwrap();
-    wait_counter(&node, "hellos.accepted", 1).await;
+    let (node, mut wire) = victim(c, &hub, &[&carol]).await;
+    let now = now_ms();
 
     // Carol rotated; her first frame under the new keys overtakes the statement.
     let (carol2, r_carol) = rotate(&carol, 0x52, now);
@@ -353,8 +352,7 @@ async fn a_rotated_node_keeps_its_id_and_its_peers() {
     let cb = config(dir.path(), "b");
     let a = start(ca.clone(), &hub).await;
     let b = start(cb, &hub).await;
-    a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
-    b.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    mesh(&[&a, &b]).await;
     let id = a.id().clone();
     let before = a
         .publish(crabnet_core::PublishRequest::new("true"))

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use crabnet_core::{MemoryHub, Node, PublishRequest, SeedStatus};
-use support::forge::{self, dir_and_hub, stop_all};
+use support::forge::{self, dir_and_hub, mesh, stop_all};
 
 /// A node named `name` on `hub` that syncs every second.
 async fn start(dir: &std::path::Path, hub: &MemoryHub, name: &str) -> Node {
@@ -55,8 +55,7 @@ async fn a_late_joiner_catches_up_from_peers_that_hold_the_history() {
     let (dir, hub) = dir_and_hub();
     let a = start(dir.path(), &hub, "a").await;
     let b = start(dir.path(), &hub, "b").await;
-    a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
-    b.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
+    mesh(&[&a, &b]).await;
     let id = lifecycle(&a, &b).await;
     // A seed published before the late node exists, still open.
     a.publish(PublishRequest::new("echo later")).await.unwrap();
@@ -76,9 +75,7 @@ async fn a_partitioned_node_heals_and_a_restarted_node_loses_nothing() {
     let a = start(dir.path(), &hub, "a").await;
     let b = start(dir.path(), &hub, "b").await;
     let c = start(dir.path(), &hub, "c").await;
-    for n in [&a, &b, &c] {
-        n.wait_for_peers(2, Duration::from_secs(10)).await.unwrap();
-    }
+    mesh(&[&a, &b, &c]).await;
     hub.set_isolated("c", true);
     lifecycle(&a, &b).await;
     // C publishes on its side of the partition.

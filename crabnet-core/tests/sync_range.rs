@@ -20,8 +20,8 @@ use crabnet_core::store::{RemoteOutcome, Store, StoreConfig, SyncMode};
 use crabnet_core::sync::range::{Round, Want};
 use crabnet_core::{Config, MemoryHub, Node, NodeId, PublishRequest, Transport};
 use support::forge::{
-    self, Gated, converged, counter, dir_and_hub, hello, identity, plain, seed_message, stop_all,
-    wait_counter,
+    self, Gated, converged, counter, dir_and_hub, hello, identity, mesh, plain, seed_message,
+    stop_all, wait_counter,
 };
 use support::{Net, TEST_BUDGET};
 
@@ -46,9 +46,7 @@ async fn on_hub(dir: &std::path::Path, hub: &MemoryHub, name: &str) -> Node {
 async fn connected_pair(dir: &std::path::Path, hub: &MemoryHub) -> (Node, Node) {
     let a = on_hub(dir, hub, "a").await;
     let b = on_hub(dir, hub, "b").await;
-    for n in [&a, &b] {
-        n.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
-    }
+    mesh(&[&a, &b]).await;
     (a, b)
 }
 

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 use support::forge::{
-    config, counter, eventually_knows, hello, hello_signed_by, identity, rand16, seal,
+    config, counter, dir_and_hub, eventually_knows, hello, hello_signed_by, identity, rand16, seal,
     seed_message, start, wait_counter,
 };
 use support::vectors::{check_committed, vector_identity};
@@ -20,7 +20,7 @@ use crabnet_core::monitor::RejectReason;
 use crabnet_core::network::{MemoryTransport, Transport};
 use crabnet_core::store::{Store, StoreConfig};
 use crabnet_core::trust::{AnchorKey, Certificate, Revocation, RevocationTarget, Roles, TrustMode};
-use crabnet_core::{Config, EventKind, MemoryHub, Node, NodeId};
+use crabnet_core::{Config, EventKind, Node, NodeId};
 
 /// `id`'s hello carrying `certificate`.
 fn hello_cert(id: &Identity, certificate: Option<Vec<u8>>) -> Vec<u8> {
@@ -68,8 +68,7 @@ fn not_admitted_events(events: &[crabnet_core::Event], who: &NodeId) -> usize {
 /// Other nodes are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_nodes_are_dropped_without_a_database_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mallory = identity(0x66, 1);
     let alice = identity(0x11, 1);
     let mut c = config(dir.path(), "victim");
@@ -105,8 +104,7 @@ async fn denied_nodes_are_dropped_without_a_database_write() {
 /// denied is denied).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allow_list_admits_only_its_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let (alice, bob, carol) = (identity(0x11, 1), identity(0x22, 1), identity(0x33, 1));
     let mut c = config(dir.path(), "n");
     c.trust.allow = vec![alice.node_id().clone(), carol.node_id().clone()];
@@ -179,8 +177,7 @@ const ALWAYS: (u64, u64) = (0, u64::MAX);
 /// for their own keys, within its window, and only for the roles it grants.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anchored_mode_admits_only_certified_nodes_in_their_roles() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let a = anchor(0xa0);
     let other_anchor = anchor(0xb0);
     let node = start(anchored(dir.path(), "n", &a), &hub).await;
@@ -258,8 +255,7 @@ async fn anchored_mode_admits_only_certified_nodes_in_their_roles() {
 /// stays valid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_hold_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let a = anchor(0xa0);
     let c = anchored(dir.path(), "n", &a);
     let node = start(c.clone(), &hub).await;

@@ -228,6 +228,16 @@ pub async fn wait_counter(node: &Node, name: &str, at_least: u64) {
     }
 }
 
+/// Waits (10 s at most each) until every node of `nodes` verified every other node's hello.
+pub async fn mesh<N: std::borrow::Borrow<Node>>(nodes: &[N]) {
+    for n in nodes {
+        n.borrow()
+            .wait_for_peers(nodes.len() - 1, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+}
+
 /// Stops every node of `nodes`.
 pub async fn stop_all(nodes: impl IntoIterator<Item = Node>) {
     for n in nodes {
