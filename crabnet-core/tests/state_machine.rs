@@ -164,24 +164,34 @@ fn rejected_with(msgs: &[Message], m: &Message) -> Violation {
     }
 }
 
-/// In the history `msgs`, the publisher's decision `early` came before its deadline and is
-/// refused as invalid, and round 0's message `late` came after it and is refused as lapsed.
-fn refused_early_and_late(msgs: &[Message], early: &Message, late: &Message) {
-    assert!(matches!(
-        rejected_with(msgs, early),
-        Violation::InvalidDecision { .. }
-    ));
-    assert!(matches!(
-        rejected_with(msgs, late),
-        Violation::Lapsed { round: 0, .. }
-    ));
-}
-
 fn pending_with(msgs: &[Message], m: &Message) -> Violation {
     match verdict_of(msgs, m) {
         Verdict::Pending { reason } => reason,
         other => panic!("expected pending, got {other:?}"),
     }
+}
+
+/// Asserts that `m`, delivered after `msgs`, is rejected for a reason matching the pattern.
+macro_rules! assert_rejected {
+    ($msgs:expr, $m:expr, $reason:pat) => {{
+        let reason = rejected_with($msgs, $m);
+        assert!(matches!(reason, $reason), "rejected as {reason:?}");
+    }};
+}
+
+/// Asserts that `m`, delivered after `msgs`, waits for a reason matching the pattern.
+macro_rules! assert_pending {
+    ($msgs:expr, $m:expr, $reason:pat) => {{
+        let reason = pending_with($msgs, $m);
+        assert!(matches!(reason, $reason), "pending as {reason:?}");
+    }};
+}
+
+/// In the history `msgs`, the publisher's decision `early` came before its deadline and is
+/// refused as invalid, and round 0's message `late` came after it and is refused as lapsed.
+fn refused_early_and_late(msgs: &[Message], early: &Message, late: &Message) {
+    assert_rejected!(msgs, early, Violation::InvalidDecision { .. });
+    assert_rejected!(msgs, late, Violation::Lapsed { round: 0, .. });
 }
 
 fn status(msgs: &[Message]) -> SeedStatus {
@@ -243,10 +253,7 @@ fn winner_rule_is_lowest_price_then_earliest_then_lowest_node_id() {
     // An award naming another winner is invalid.
     let wrong = award(&mut ids, 1, &[2, 3, 4], Some(4), T0 + 300);
     let all = [s, b2, b3, b4, wrong.clone()];
-    assert!(matches!(
-        rejected_with(&all, &wrong),
-        Violation::InvalidAward { .. }
-    ));
+    assert_rejected!(&all, &wrong, Violation::InvalidAward { .. });
 }
 
 #[test]
@@ -258,10 +265,7 @@ fn bidding_closes_early_only_when_full_and_expires_without_bids() {
     assert_eq!(v.due_award(T0 + 500), None, "one of two bids, window open");
     let early = award(&mut ids, 1, &[2], Some(2), T0 + 500);
     let all = [s.clone(), b2.clone(), early.clone()];
-    assert!(matches!(
-        rejected_with(&all, &early),
-        Violation::InvalidAward { .. }
-    ));
+    assert_rejected!(&all, &early, Violation::InvalidAward { .. });
     // After the window the same award is fine.
     let late = award(&mut ids, 1, &[2], Some(2), T0 + 10_001);
     assert_eq!(
@@ -273,21 +277,23 @@ fn bidding_closes_early_only_when_full_and_expires_without_bids() {
     let due = v.due_award(T0 + 10_000).unwrap();
     assert!(due.considered.is_empty() && due.winner.is_none());
     let too_soon = award(&mut ids, 1, &[], None, T0 + 5_000);
-    assert!(matches!(
-        rejected_with(&[s.clone(), too_soon.clone()], &too_soon),
+    assert_rejected!(
+        &[s.clone(), too_soon.clone()],
+        &too_soon,
         Violation::InvalidAward { .. }
-    ));
+    );
     let expire = award(&mut ids, 1, &[], None, T0 + 10_000);
     assert_eq!(status(&[s.clone(), expire.clone()]), SeedStatus::Expired);
     // Nothing moves an expired seed.
     let c = claim(&mut ids, 2, 2);
-    assert!(matches!(
-        rejected_with(&[s, expire, c.clone()], &c),
+    assert_rejected!(
+        &[s, expire, c.clone()],
+        &c,
         Violation::WrongStatus {
             status: SeedStatus::Expired,
             ..
         }
-    ));
+    );
 }
 
 #[test]
@@ -305,35 +311,21 @@ fn every_bid_rejection_has_its_reason() {
         late.clone(),
         early.clone(),
     ];
-    assert!(matches!(
-        rejected_with(&all, &low),
-        Violation::PriceOutOfRange { price: 9, .. }
-    ));
-    assert!(matches!(
-        rejected_with(&all, &high),
-        Violation::PriceOutOfRange { price: 101, .. }
-    ));
-    assert!(matches!(
-        rejected_with(&all, &late),
-        Violation::BidWindowClosed { .. }
-    ));
-    assert!(matches!(
-        rejected_with(&all, &early),
-        Violation::BidBeforePublication { .. }
-    ));
+    assert_rejected!(&all, &low, Violation::PriceOutOfRange { price: 9, .. });
+    assert_rejected!(&all, &high, Violation::PriceOutOfRange { price: 101, .. });
+    assert_rejected!(&all, &late, Violation::BidWindowClosed { .. });
+    assert_rejected!(&all, &early, Violation::BidBeforePublication { .. });
     // A bid for a seed not known yet waits for it.
     let orphan = bid(&mut ids, 6, 50, T0 + 1);
-    assert!(matches!(
-        pending_with(std::slice::from_ref(&orphan), &orphan),
+    assert_pending!(
+        std::slice::from_ref(&orphan),
+        &orphan,
         Violation::UnknownSeed { .. }
-    ));
+    );
     // A bid is malformed when its sender is not the bidder.
     let mut forged = bid(&mut ids, 7, 50, T0 + 1);
     forged.sender = node(8);
-    assert!(matches!(
-        rejected_with(&[s, forged.clone()], &forged),
-        Violation::Malformed { .. }
-    ));
+    assert_rejected!(&[s, forged.clone()], &forged, Violation::Malformed { .. });
 }
 
 #[test]
@@ -394,20 +386,14 @@ fn only_the_winner_claims_and_only_the_claimer_reports() {
     let outsider_result = result(&mut ids, 2);
     let mut msgs = all[..4].to_vec();
     msgs.push(loser_claim.clone());
-    assert!(matches!(
-        rejected_with(&msgs, &loser_claim),
-        Violation::NotWinningBidder { .. }
-    ));
+    assert_rejected!(&msgs, &loser_claim, Violation::NotWinningBidder { .. });
     assert!(matches!(
         state::check_local_claim(&fold(&msgs).view.unwrap(), &node(2), T0),
         Err(Violation::NotWinningBidder { .. })
     ));
     msgs.push(all[4].clone());
     msgs.push(outsider_result.clone());
-    assert!(matches!(
-        rejected_with(&msgs, &outsider_result),
-        Violation::NotClaimer { .. }
-    ));
+    assert_rejected!(&msgs, &outsider_result, Violation::NotClaimer { .. });
     assert!(matches!(
         state::check_local_run(&fold(&msgs).view.unwrap(), &node(2)),
         Err(Violation::NotClaimer { .. })
@@ -421,10 +407,7 @@ fn only_the_winner_claims_and_only_the_claimer_reports() {
     let wrong_bid = claim(&mut ids2, 3, 2);
     let mut m2 = all[..4].to_vec();
     m2.push(wrong_bid.clone());
-    assert!(matches!(
-        rejected_with(&m2, &wrong_bid),
-        Violation::NotWinningBidder { .. }
-    ));
+    assert_rejected!(&m2, &wrong_bid, Violation::NotWinningBidder { .. });
 }
 
 #[test]
@@ -433,38 +416,30 @@ fn steps_out_of_order_wait_for_their_predecessor() {
     let all = lifecycle(&mut ids);
     // Claim before the award: pending, with the "bidding still open" reason.
     let early = [all[0].clone(), all[4].clone()];
-    assert!(matches!(
-        pending_with(&early, &all[4]),
-        Violation::BiddingOpen { .. }
-    ));
+    assert_pending!(&early, &all[4], Violation::BiddingOpen { .. });
     assert!(matches!(
         state::check_local_claim(&fold(&all[..3]).view.unwrap(), &node(3), T0),
         Err(Violation::BiddingOpen { .. })
     ));
     // Result before the claim, settlement before the result: pending.
     let r = [all[0].clone(), all[5].clone()];
-    assert!(matches!(
-        pending_with(&r, &all[5]),
-        Violation::WrongStatus { .. }
-    ));
+    assert_pending!(&r, &all[5], Violation::WrongStatus { .. });
     let st = all[..5]
         .iter()
         .cloned()
         .chain([all[6].clone()])
         .collect::<Vec<_>>();
-    assert!(matches!(
-        pending_with(&st, &all[6]),
+    assert_pending!(
+        &st,
+        &all[6],
         Violation::WrongStatus {
             status: SeedStatus::Claimed,
             ..
         }
-    ));
+    );
     // An award naming a bid not received yet waits for it.
     let a = [all[0].clone(), all[1].clone(), all[3].clone()];
-    assert!(matches!(
-        pending_with(&a, &all[3]),
-        Violation::MissingBid { .. }
-    ));
+    assert_pending!(&a, &all[3], Violation::MissingBid { .. });
     // Everything arriving backwards still ends settled.
     let reversed: Vec<Message> = all.iter().rev().cloned().collect();
     assert_eq!(fold(&reversed), fold(&all));
@@ -480,13 +455,14 @@ fn cancel_only_while_bidding_is_open() {
     // Bids still valid as facts, but no award, claim or settlement can follow.
     let after = award(&mut ids, 1, &[2], Some(2), T0 + 20_000);
     let msgs2 = [all[0].clone(), all[1].clone(), c.clone(), after.clone()];
-    assert!(matches!(
-        rejected_with(&msgs2, &after),
+    assert_rejected!(
+        &msgs2,
+        &after,
         Violation::WrongStatus {
             status: SeedStatus::Cancelled,
             ..
         }
-    ));
+    );
     // After the award the publisher can no longer cancel.
     let late_cancel = cancel(&mut ids, 1, T0 + 400);
     let mut msgs3 = all[..4].to_vec();
@@ -494,10 +470,7 @@ fn cancel_only_while_bidding_is_open() {
     let mut lc = late_cancel.clone();
     lc.lamport = 9;
     msgs3.push(lc.clone());
-    assert!(matches!(
-        rejected_with(&msgs3, &lc),
-        Violation::BiddingClosed { .. }
-    ));
+    assert_rejected!(&msgs3, &lc, Violation::BiddingClosed { .. });
 }
 
 #[test]
@@ -508,14 +481,15 @@ fn settlement_amount_must_be_the_winning_price_or_zero() {
     let wrong = settle(&mut ids, 1, true, 99);
     let mut msgs = all.clone();
     msgs.push(wrong.clone());
-    assert!(matches!(
-        rejected_with(&msgs, &wrong),
+    assert_rejected!(
+        &msgs,
+        &wrong,
         Violation::WrongAmount {
             expected: 20,
             got: 99,
             ..
         }
-    ));
+    );
     let reject = settle(&mut ids, 1, false, 0);
     all.push(reject);
     let v = fold(&all).view.unwrap();
@@ -526,10 +500,11 @@ fn settlement_amount_must_be_the_winning_price_or_zero() {
     );
     // A rejected settlement with an amount is malformed.
     let bad = settle(&mut ids, 1, false, 5);
-    assert!(matches!(
-        rejected_with(&[all[0].clone(), bad.clone()], &bad),
+    assert_rejected!(
+        &[all[0].clone(), bad.clone()],
+        &bad,
         Violation::Malformed { .. }
-    ));
+    );
 }
 
 #[test]
@@ -856,10 +831,7 @@ fn a_claim_in_time_beats_a_reassignment_and_the_last_bidder_expires_the_seed() {
     let in_time = at(claim(&mut ids, 3, 3), CLAIM_END - 1, 9);
     let r1 = reassign(&mut ids, 1, Some(2), CLAIM_END + 2_000, 12);
     msgs.extend([r1.clone(), in_time.clone()]);
-    assert!(matches!(
-        rejected_with(&msgs, &r1),
-        Violation::WrongStatus { .. }
-    ));
+    assert_rejected!(&msgs, &r1, Violation::WrongStatus { .. });
     assert_eq!(verdict_of(&msgs, &in_time), Verdict::Applied);
     assert_eq!(status(&msgs), SeedStatus::Claimed);
 
@@ -871,16 +843,10 @@ fn a_claim_in_time_beats_a_reassignment_and_the_last_bidder_expires_the_seed() {
     let t3 = t2 + CLAIM_S * 1000 + 2_000;
     let skip = reassign(&mut ids, 2, Some(4), t2, 21);
     msgs.push(skip.clone());
-    assert!(matches!(
-        pending_with(&msgs, &skip),
-        Violation::RoundNotReached { round: 2, .. }
-    ));
+    assert_pending!(&msgs, &skip, Violation::RoundNotReached { round: 2, .. });
     let wrong = reassign(&mut ids, 1, Some(4), t1, 19);
     msgs.extend([wrong.clone(), reassign(&mut ids, 1, Some(2), t1 + 1, 20)]);
-    assert!(matches!(
-        rejected_with(&msgs, &wrong),
-        Violation::InvalidDecision { .. }
-    ));
+    assert_rejected!(&msgs, &wrong, Violation::InvalidDecision { .. });
     assert_eq!(verdict_of(&msgs, &skip), Verdict::Applied);
     msgs.push(reassign(&mut ids, 3, None, t3, 22));
     let v = fold(&msgs).view.unwrap();
@@ -925,10 +891,7 @@ fn a_claimer_without_a_result_fails_its_round_and_the_publisher_reassigns_or_can
     let unclaimed = reassign(&mut ids, 1, Some(2), deadline + 3_000, 13);
     let mut wrong_cause = msgs.clone();
     wrong_cause.push(unclaimed.clone());
-    assert!(matches!(
-        rejected_with(&wrong_cause, &unclaimed),
-        Violation::WrongStatus { .. }
-    ));
+    assert_rejected!(&wrong_cause, &unclaimed, Violation::WrongStatus { .. });
     reopened.push(reassign_after(
         &mut ids,
         1,
@@ -963,10 +926,7 @@ fn a_result_in_time_beats_a_failure_and_an_unsettled_result_is_settled_by_the_no
     let failure = fail(&mut ids, 0, deadline + 2_000, 11);
     msgs.extend([failure.clone(), r.clone()]);
     assert_eq!(verdict_of(&msgs, &r), Verdict::Applied);
-    assert!(matches!(
-        rejected_with(&msgs, &failure),
-        Violation::WrongStatus { .. }
-    ));
+    assert_rejected!(&msgs, &failure, Violation::WrongStatus { .. });
     let v = fold(&msgs).view.unwrap();
     assert_eq!(v.status, SeedStatus::Completed);
     let finished = v.result.as_ref().unwrap().finished_at;
@@ -1004,14 +964,8 @@ fn a_late_cancel_needs_the_claim_window_over_and_rules_one_has_no_deadlines() {
     let r = reassign(&mut ids, 1, Some(2), T0 + 1_000_000, 10);
     let f = fail(&mut ids, 0, T0 + 1_000_000, 11);
     v1.extend([r.clone(), f.clone()]);
-    assert!(matches!(
-        rejected_with(&v1, &r),
-        Violation::NoDeadlines { .. }
-    ));
-    assert!(matches!(
-        rejected_with(&v1, &f),
-        Violation::NoDeadlines { .. }
-    ));
+    assert_rejected!(&v1, &r, Violation::NoDeadlines { .. });
+    assert_rejected!(&v1, &f, Violation::NoDeadlines { .. });
     assert_eq!(status(&v1), SeedStatus::Open);
     assert_eq!(fold(&v1).view.unwrap().due_decision(u64::MAX / 2), None);
 }
@@ -1070,10 +1024,7 @@ fn a_publisher_may_not_bid_on_its_own_seed_under_rules_two() {
     assert_eq!(due.winner, Some(bid_id(2)));
     let naming_own = award(&mut ids, 1, &[1, 2], Some(1), T0 + 6_000);
     let with_award = [msgs.clone(), vec![naming_own.clone()]].concat();
-    assert!(matches!(
-        rejected_with(&with_award, &naming_own),
-        Violation::InvalidAward { .. }
-    ));
+    assert_rejected!(&with_award, &naming_own, Violation::InvalidAward { .. });
     assert_eq!(status(&with_award), SeedStatus::Open);
 
     // Rules 1: seeds stored before the rule fold as they always did; the self-bid counts and
@@ -1249,20 +1200,14 @@ fn only_the_publisher_reassigns_or_fails_a_round() {
     let mut forged_reassign = reassign(&mut ids, 1, Some(2), CLAIM_END + 5_000, 10);
     forged_reassign.sender = node(2);
     msgs.push(forged_reassign.clone());
-    assert!(matches!(
-        rejected_with(&msgs, &forged_reassign),
-        Violation::NotPublisher { .. }
-    ));
+    assert_rejected!(&msgs, &forged_reassign, Violation::NotPublisher { .. });
     assert_eq!(fold(&msgs).view.unwrap().award.unwrap().round, 0);
 
     msgs.push(at(claim(&mut ids, 3, 3), AWARD + 1_000, 11));
     let mut forged_fail = fail(&mut ids, 0, T0 + 10_000_000, 12);
     forged_fail.sender = node(4);
     msgs.push(forged_fail.clone());
-    assert!(matches!(
-        rejected_with(&msgs, &forged_fail),
-        Violation::NotPublisher { .. }
-    ));
+    assert_rejected!(&msgs, &forged_fail, Violation::NotPublisher { .. });
     assert_eq!(status(&msgs), SeedStatus::Claimed);
 }
 
