@@ -1,10 +1,11 @@
 //! Hand-made identities, hellos and envelopes for the tests that attack a node's trust
-//! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`), and the bounded
-//! waits of in-process tests on a node's seeds and counters ([`poll`], [`wait_view`],
-//! [`wait_counter`], [`converged`]; also `tests/node.rs`, `dht.rs`, `retention.rs`, `sync.rs`,
-//! `sync_range.rs`), [`start`], a node on an in-memory hub, [`Gated`], an in-memory transport
-//! that loses or fails sends (`alerts.rs`, `sync_range.rs`), and [`udp_node`], a node on a real
-//! UDP socket on 127.0.0.1 (`limits.rs`, `hellos.rs`).
+//! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`); the set-up of
+//! in-process tests: [`dir_and_hub`], [`start`] (a node on an in-memory hub), [`mesh`],
+//! [`stop_all`], [`Gated`] (an in-memory transport that loses or fails sends: `alerts.rs`,
+//! `sync_range.rs`) and [`udp_node`] (a node on a real UDP socket on 127.0.0.1: `limits.rs`,
+//! `hellos.rs`); and their bounded waits on a node's seeds and counters ([`poll`],
+//! [`wait_view`], [`wait_counter`], [`converged`]; also `tests/node.rs`, `dht.rs`,
+//! `retention.rs`, `sync.rs`, `sync_range.rs`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
