@@ -317,14 +317,7 @@ impl DhtTransport {
                 })
             })
             .map_err(|e| net_err(format!("cannot set up libp2p: {e}")))?
-            // One address of a peer at a time, the next when a dial fails: a peer listening on
-            // TCP and QUIC was dialed on both at once, both handshakes ran (QUIC's with a fresh
-            // TLS certificate) and the slower connection was dropped. Forming a network of 30
-            // on one host aborted 465 QUIC handshakes that way (for 435 pairs); none since.
-            .with_swarm_config(|c| {
-                c.with_idle_connection_timeout(Duration::from_secs(120))
-                    .with_dial_concurrency_factor(std::num::NonZeroU8::MIN)
-            })
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build();
 
         let topic = gossipsub::IdentTopic::new(TOPIC);
