@@ -7,6 +7,8 @@ seeds from different nodes and reports:
 
 - time until every node has a verified hello from every other node (the network formed),
 - time from the first publish until every node holds every seed (convergence),
+- CPU (utime + stime) the nodes spent until the network formed (hub, others, total) and
+  while the seeds spread,
 - peak and idle RSS per node (VmHWM, VmRSS from /proc),
 - idle CPU per node (utime + stime over an idle window after convergence, in % of one core).
 
@@ -15,7 +17,7 @@ Topology: by default every node dials node 0 (`--dial star`), the hardest case f
 
 Linux only (reads /proc). Uses only the Python standard library.
 
-    cargo build --release -p crabnet-core --bin crabnet
+    cargo build --release --workspace --bin crabnet
     scripts/bench-dht-scale.py --nodes 100 --bin target/release/crabnet
 """
 
