@@ -7,6 +7,8 @@ seeds from different nodes and reports:
 
 - time until every node has a verified hello from every other node (the network formed),
 - time from the first publish until every node holds every seed (convergence),
+- CPU (utime + stime) the nodes spent until the network formed (hub, others, total) and
+  while the seeds spread,
 - peak and idle RSS per node (VmHWM, VmRSS from /proc),
 - idle CPU per node (utime + stime over an idle window after convergence, in % of one core).
 
@@ -15,7 +17,7 @@ Topology: by default every node dials node 0 (`--dial star`), the hardest case f
 
 Linux only (reads /proc). Uses only the Python standard library.
 
-    cargo build --release -p crabnet-core --bin crabnet
+    cargo build --release --workspace --bin crabnet
     scripts/bench-dht-scale.py --nodes 100 --bin target/release/crabnet
 """
 
@@ -116,12 +118,17 @@ class Listener:
         return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
 
 
-def wait_for(what, timeout, cond, every=0.2):
+def wait_for(what, timeout, cond, every=0.2, progress=None):
+    """Polls `cond` until it holds; every `progress` seconds (if given) logs its detail."""
     start = time.monotonic()
+    shown = start
     while True:
         ok, detail = cond()
         if ok:
             return time.monotonic() - start
+        if progress is not None and time.monotonic() - shown >= progress:
+            shown = time.monotonic()
+            log(f"  {shown - start:5.1f}s: {detail}")
         if time.monotonic() - start > timeout:
             raise SystemExit(f"timed out after {timeout}s waiting for {what}: {detail}")
         time.sleep(every)
@@ -152,6 +159,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=600.0, help="per phase")
     ap.add_argument("--config", default="", help="extra config.toml text for every node")
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
+    ap.add_argument("--progress", type=float, default=None,
+                    help="log the pairs still missing every this many seconds while forming")
     args = ap.parse_args()
 
     binary = os.path.abspath(args.bin)
@@ -185,8 +194,10 @@ def main():
             return not missing, (f"{len(missing)} (node, peer) pairs without a verified hello, "
                                  f"e.g. {sorted(missing)[:10]}")
 
-        wait_for("the network to form", args.timeout, formed, every=0.5)
+        wait_for("the network to form", args.timeout, formed, every=0.5,
+                 progress=args.progress)
         formed_at = time.monotonic() - start
+        cpu_formed = [n.cpu_ticks() for n in nodes]
         log(f"network formed {formed_at:.1f}s after the first start")
 
         # Publish S seeds from nodes spread over the network.
@@ -214,6 +225,7 @@ def main():
 
         wait_for("every node to hold every seed", args.timeout, converged, every=0.1)
         done = time.monotonic()
+        cpu_converged = [n.cpu_ticks() for n in nodes]
         converge = done - pub_start
         log(f"converged {converge:.2f}s after the first publish, {done - published:.2f}s after "
             f"the last (publishing took {publish_secs:.2f}s)")
@@ -237,6 +249,11 @@ def main():
             "publish_secs": round(publish_secs, 2),
             "converge_secs": round(converge, 2),
             "converge_after_last_publish_secs": round(done - published, 2),
+            "form_cpu_secs_hub": round(cpu_formed[0] / CLK_TCK, 2),
+            "form_cpu_secs_others": stats([c / CLK_TCK for c in cpu_formed[1:]]),
+            "form_cpu_secs_total": round(sum(cpu_formed) / CLK_TCK, 1),
+            "converge_cpu_secs_total": round(
+                sum(b - a for a, b in zip(cpu_formed, cpu_converged)) / CLK_TCK, 1),
             "peak_rss_mib": stats(peak),
             "idle_rss_mib": stats(idle_rss),
             "idle_cpu_pct_of_core": stats(idle_cpu),
