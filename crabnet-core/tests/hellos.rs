@@ -419,3 +419,120 @@ async fn rotation_chains_of_evicted_strangers_are_pruned() {
     assert_eq!(counter(&node, "trust.rotations_pruned").await, 1);
     node.stop().await.unwrap();
 }
+
+/// Waits until the node handled `n` frames it held or refused for lack of room.
+async fn wait_handled(node: &crabnet_core::Node, n: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(node, "messages.held").await + counter(node, "messages.held_overflow").await < n {
+        assert!(Instant::now() < deadline, "{what} was not handled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the node applied the seed of `m`, naming `what` on failure.
+async fn wait_seed(node: &crabnet_core::Node, m: &crabnet_core::model::Message, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.seed(m.seed_id()).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} (held: {}, overflow: {}, evicted: {})",
+            counter(node, "messages.held").await,
+            counter(node, "messages.held_overflow").await,
+            counter(node, "messages.held_evicted").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The envelope does not say which key epoch signed it, so a frame in a known peer's name
+/// that fails its keys cannot be told from one signed with keys it rotated to. Mallory forges
+/// Alice's own address (here: she sends on Alice's hub wire) and fills all 64 of Alice's hold
+/// slots with forgeries; then Alice's real seed, signed with her new keys, arrives, then her
+/// rotation. Before, the real seed was refused at once (`held_overflow`): whoever filled the
+/// slots first kept them. Now the newest frames are held (the oldest held frame of the same
+/// share makes room, `messages.held_evicted`), so forgeries sent before a real frame cannot
+/// keep it out, and the rotation releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgeries_from_a_peers_own_address_cannot_keep_its_next_frame_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let node = start(config(dir.path(), "victim"), &hub).await;
+    let mut alice_wire = hub.join("alice");
+    let alice = identity(0x11, 1);
+    alice_wire
+        .broadcast(&hello_at(&alice, vec!["memory:alice".into()]))
+        .unwrap();
+    node.wait_for_peers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let now = now_ms();
+    let mallory_as_alice = identity(0x66, 1).with_node_id(alice.node_id().clone());
+    for _ in 0..64 {
+        let m = seed_message(&mallory_as_alice, 1, now);
+        alice_wire
+            .broadcast(&seal(&mallory_as_alice, &m, 3600))
+            .unwrap();
+    }
+    wait_handled(&node, 64, "the forgeries").await;
+
+    let alice2 = identity(0x12, 2).with_node_id(alice.node_id().clone());
+    let rotation = Rotation::sign(&alice, alice2.public(), now, [0; 32]).unwrap();
+    let real = seed_message(&alice2, 2, now);
+    alice_wire.broadcast(&seal(&alice2, &real, 3600)).unwrap();
+    wait_handled(&node, 65, "Alice's seed").await;
+    let list = crabnet_core::sync::Batch {
+        items: vec![serde_bytes::ByteBuf::from(rotation.to_bytes().to_vec())],
+    };
+    alice_wire
+        .broadcast(&plain(
+            &alice,
+            Kind::KeyRotations,
+            &envelope::encode_hello(&list),
+        ))
+        .unwrap();
+    wait_counter(&node, "trust.rotations_added", 1).await;
+    wait_seed(
+        &node,
+        &real,
+        "Alice's real seed was not applied after her rotation",
+    )
+    .await;
+    assert_eq!(counter(&node, "messages.held_evicted").await, 1);
+    node.stop().await.unwrap();
+}
+
+/// The same for a sender whose hello has not arrived: 64 forgeries in Bob's name from Bob's
+/// own address fill his hold slots before his real seed and then his hello come. Before, the
+/// real seed was refused at once; now it pushes out the oldest forgery and applies once the
+/// hello is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgeries_for_an_unknown_sender_cannot_keep_its_real_frame_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let node = start(config(dir.path(), "victim"), &hub).await;
+    let mut bob_wire = hub.join("bob");
+    let bob = identity(0x21, 1);
+    let now = now_ms();
+    let mallory_as_bob = identity(0x67, 1).with_node_id(bob.node_id().clone());
+    for _ in 0..64 {
+        let m = seed_message(&mallory_as_bob, 1, now);
+        bob_wire
+            .broadcast(&seal(&mallory_as_bob, &m, 3600))
+            .unwrap();
+    }
+    wait_handled(&node, 64, "the forgeries").await;
+    let real = seed_message(&bob, 2, now);
+    bob_wire.broadcast(&seal(&bob, &real, 3600)).unwrap();
+    wait_handled(&node, 65, "Bob's seed").await;
+    bob_wire
+        .broadcast(&hello_at(&bob, vec!["memory:bob".into()]))
+        .unwrap();
+    wait_seed(
+        &node,
+        &real,
+        "Bob's real seed was not applied after his hello",
+    )
+    .await;
+    assert_eq!(counter(&node, "messages.held_evicted").await, 1);
+    node.stop().await.unwrap();
+}

@@ -460,7 +460,8 @@ impl Node {
 
     /// Holds a received envelope of `rejection.sender` (see [`ingress::HoldQueue`]), taking
     /// the transport's verdict channel; `own_source`: it came from the sender's own address.
-    /// `Err` carries the verdict of an envelope that did not fit: rejected at once.
+    /// `Err` carries the verdict of an envelope that did not fit: rejected at once. Older held
+    /// frames it pushed out are rejected here, their verdict channels answered.
     fn hold(
         &self,
         bytes: &[u8],
@@ -476,7 +477,20 @@ impl Node {
         let frame = ingress::HeldFrame::new(bytes, source, rejection, ack.take(), now)
             .with_own_source(own_source);
         match self.inner.held.hold(&sender, frame, &self.inner.rejections) {
-            Ok(()) => Ok(()),
+            Ok(evicted) => {
+                // The oldest frames of a full share made room: rejected now, with the reason
+                // they were held for.
+                for old in evicted {
+                    let acceptance = self.record_rejection(old.rejection).map_err(Err)?;
+                    if let Some(old_ack) = old.ack {
+                        let _ = old_ack.send(Handled {
+                            acceptance,
+                            replies: Vec::new(),
+                        });
+                    }
+                }
+                Ok(())
+            }
             Err(frame) => {
                 *ack = frame.ack;
                 Err(self.record_rejection(frame.rejection))
