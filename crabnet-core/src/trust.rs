@@ -8,7 +8,10 @@
 //!   its roles say which messages it may author.
 //! * [`Revocation`]s, signed by an anchor or by a node about itself, withdraw a node or a
 //!   certificate from a point in time on; they are persisted and travel in `revocations`
-//!   envelopes sent with every hello.
+//!   envelopes sent with every hello. What is kept of forgotten nodes is bounded
+//!   ([`Trust::prune_revocations`]): self-revocations of strangers are capped
+//!   (`trust.max_stranger_revocations`) and not sent on, and certificates expire
+//!   (`trust.certificate_grace_secs` after their validity).
 //!
 //! The receive path asks [`Trust::check_frame`] about every frame right after its header is
 //! parsed, before any signature check or database access, and [`Trust::admit_hello`] about a
@@ -680,6 +683,10 @@ pub(crate) struct Trust {
     own_certificate: Option<Certificate>,
     state: Mutex<State>,
     rotation_grace_ms: u64,
+    /// `trust.max_stranger_revocations`.
+    max_stranger_revocations: u64,
+    /// `trust.certificate_grace_secs`, in ms.
+    certificate_grace_ms: u64,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -735,6 +742,8 @@ impl Trust {
                 ..State::default()
             }),
             rotation_grace_ms: config.rotation_grace_secs.saturating_mul(1000),
+            max_stranger_revocations: config.max_stranger_revocations,
+            certificate_grace_ms: config.certificate_grace_secs.saturating_mul(1000),
         };
         {
             let mut st = lock(&trust.state);
@@ -1012,6 +1021,53 @@ impl Trust {
         Ok(())
     }
 
+    /// Bounds what the store and memory keep of nodes this node forgot
+    /// ([`Store::prune_trust`]): self-revocations of strangers past
+    /// `trust.max_stranger_revocations` (the oldest go) and certificates more than
+    /// `trust.certificate_grace_secs` past their validity. A target whose revocation went keeps
+    /// the others stored for it (an anchor's, an older one of its own).
+    pub fn prune_revocations(&self, store: &mut Store, now: Millis) -> Result<()> {
+        let pruned = store.prune_trust(
+            &self.me,
+            self.max_stranger_revocations,
+            now.saturating_sub(self.certificate_grace_ms),
+        )?;
+        if pruned.revocations.is_empty() && pruned.certificates.is_empty() {
+            return Ok(());
+        }
+        let mut targets = HashSet::new();
+        {
+            let mut st = lock(&self.state);
+            for node in &pruned.certificates {
+                st.certificates.remove(node);
+            }
+            for bytes in &pruned.revocations {
+                if let Ok(r) = Revocation::parse(bytes) {
+                    st.known.remove(&r.id());
+                    if let RevocationTarget::Node(node) = r.target {
+                        targets.insert(node);
+                    }
+                }
+            }
+        }
+        for node in targets {
+            let left = store.node_revocations(&node)?;
+            let mut st = lock(&self.state);
+            st.revoked_nodes.remove(&node);
+            for bytes in &left {
+                if let Ok(r) = Revocation::parse(bytes)
+                    && r.verify_with(&self.anchors, &st.chains).is_ok()
+                {
+                    st.known.remove(&r.id());
+                    st.apply(&r);
+                }
+            }
+        }
+        let count = store.revocation_count()?;
+        lock(&self.state).stored_revocations = count;
+        Ok(())
+    }
+
     /// A node's rotation chain, oldest first.
     pub fn rotation_chain(&self, node: &NodeId) -> Vec<Vec<u8>> {
         lock(&self.state).chains.chain(node)
@@ -1169,6 +1225,133 @@ mod tests {
             r.verify(&[a.public()]),
             Err(TrustError::BadSignature(_))
         ));
+    }
+
+    /// What trust keeps of forgotten nodes is bounded: certificates go once their validity
+    /// plus `trust.certificate_grace_secs` is over; self-revocations of strangers past
+    /// `trust.max_stranger_revocations` go, oldest first, from the store and from memory;
+    /// an anchor's revocations and this node's own stay, whatever their number.
+    #[test]
+    fn expired_certificates_and_surplus_stranger_revocations_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(
+            &dir.path().join("db"),
+            &crate::store::config::StoreConfig::default(),
+        )
+        .unwrap();
+        let a = anchor(1);
+        let me = node(2);
+        let config = TrustConfig {
+            mode: TrustMode::Anchored,
+            anchors: vec![hex::encode(a.public().to_bytes())],
+            max_stranger_revocations: 1,
+            certificate_grace_secs: 10,
+            ..TrustConfig::default()
+        };
+        let trust = Trust::load(me.public(), &config, &store).unwrap();
+        // Two certificates: one valid until 1,000, one until 100,000.
+        let (old, young) = (node(3), node(4));
+        for (n, until) in [(&old, 1_000), (&young, 100_000)] {
+            let c = Certificate::sign(
+                &a,
+                n.public(),
+                [until as u8; 16],
+                0,
+                until,
+                Roles::ALL,
+                [0; 32],
+            )
+            .unwrap();
+            trust
+                .admit_hello(n.public(), Some(c.to_bytes()), 500, &mut store, 500)
+                .unwrap()
+                .unwrap();
+        }
+        // Self-revocations of three strangers (received in this order), an anchor's revocation
+        // of a fourth, and this node's own.
+        let strangers = [node(5), node(6), node(7)];
+        for (t, n) in strangers.iter().enumerate() {
+            let r = Revocation::by_node(n, 1, 1, [0; 32]).unwrap();
+            assert_eq!(
+                trust
+                    .add_revocation(r.to_bytes(), &mut store, 10 + t as u64)
+                    .unwrap(),
+                Ok(true)
+            );
+        }
+        let by_anchor = Revocation::by_anchor(
+            &a,
+            RevocationTarget::Node(node(8).node_id().clone()),
+            1,
+            1,
+            [0; 32],
+        )
+        .unwrap();
+        let own = Revocation::by_node(&me, 1, 1, [0; 32]).unwrap();
+        for r in [&by_anchor, &own] {
+            assert_eq!(
+                trust.add_revocation(r.to_bytes(), &mut store, 5).unwrap(),
+                Ok(true)
+            );
+        }
+        assert_eq!(trust.status().revoked_nodes.len(), 5);
+
+        // At 11,000 the old certificate is just within its grace (10 s).
+        trust.prune_revocations(&mut store, 11_000).unwrap();
+        assert_eq!(trust.status().certified.len(), 2);
+        // The newest stranger's revocation stays; the anchor's and our own are not counted.
+        let revoked: Vec<NodeId> = trust
+            .status()
+            .revoked_nodes
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(revoked.len(), 3, "{revoked:?}");
+        for kept in [strangers[2].node_id(), node(8).node_id(), me.node_id()] {
+            assert!(revoked.contains(kept), "{kept} was pruned");
+        }
+        assert_eq!(store.revocation_count().unwrap(), 3);
+        let counters = store.counters().unwrap();
+        assert_eq!(counters["trust.revocations_evicted"], 2);
+        // An evicted revocation is forgotten: it may be added again (and is capped again).
+        let again = Revocation::by_node(&strangers[0], 1, 1, [0; 32]).unwrap();
+        assert_eq!(
+            trust
+                .add_revocation(again.to_bytes(), &mut store, 20)
+                .unwrap(),
+            Ok(true)
+        );
+
+        trust.prune_revocations(&mut store, 11_001).unwrap();
+        assert_eq!(trust.status().certified, vec![young.node_id().clone()]);
+        assert_eq!(store.certificates().unwrap().len(), 1);
+        assert_eq!(store.counters().unwrap()["trust.certificates_expired"], 1);
+        // The revocation added last is now the newest stranger's.
+        let revoked: Vec<NodeId> = trust
+            .status()
+            .revoked_nodes
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            revoked.contains(strangers[0].node_id()) && !revoked.contains(strangers[2].node_id())
+        );
+        // The valid range of the new keys is checked at load.
+        for (key, value) in [
+            ("max_stranger_revocations", 1_000_001),
+            ("certificate_grace_secs", 365 * 86_400 + 1),
+        ] {
+            let mut c = TrustConfig::default();
+            match key {
+                "max_stranger_revocations" => c.max_stranger_revocations = value,
+                _ => c.certificate_grace_secs = value,
+            }
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("trust.{key}")) && e.contains("between"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -314,6 +314,12 @@ async fn forgeries_from_one_source_cannot_crowd_out_a_peers_real_frames() {
 
 /// The `key_rotations` lists a node sends after its hellos, as a new peer receives them.
 async fn rotation_lists_sent_to_a_newcomer(hub: &MemoryHub, tag: u32) -> Vec<Vec<u8>> {
+    lists_sent_to_a_newcomer(hub, tag, Kind::KeyRotations).await
+}
+
+/// The `kind` lists (revocations, key rotations) a node sends after its hellos, as a new peer
+/// receives them.
+async fn lists_sent_to_a_newcomer(hub: &MemoryHub, tag: u32, kind: Kind) -> Vec<Vec<u8>> {
     let name = format!("probe{tag}");
     let mut probe = hub.join(&name);
     probe
@@ -327,7 +333,7 @@ async fn rotation_lists_sent_to_a_newcomer(hub: &MemoryHub, tag: u32) -> Vec<Vec
     )
     .await
     {
-        if kind_of(&frame.bytes) == Some(Kind::KeyRotations) {
+        if kind_of(&frame.bytes) == Some(kind) {
             lists.push(frame.bytes);
         }
     }
@@ -335,7 +341,10 @@ async fn rotation_lists_sent_to_a_newcomer(hub: &MemoryHub, tag: u32) -> Vec<Vec
 }
 
 fn carries(lists: &[Vec<u8>], r: &Rotation) -> bool {
-    let needle = r.to_bytes();
+    carries_bytes(lists, r.to_bytes())
+}
+
+fn carries_bytes(lists: &[Vec<u8>], needle: &[u8]) -> bool {
     lists
         .iter()
         .any(|l| l.windows(needle.len()).any(|w| w == needle))
@@ -534,5 +543,106 @@ async fn forgeries_for_an_unknown_sender_cannot_keep_its_real_frame_out() {
     )
     .await;
     assert_eq!(counter(&node, "messages.held_evicted").await, 1);
+    node.stop().await.unwrap();
+}
+
+/// Anyone can make throwaway identities and revoke each: a self-revocation verifies on its
+/// own, and any admitted node may relay it. Before, every one was stored forever and sent to
+/// every peer after every hello, so one peer grew every node's store and the traffic after
+/// each hello without bound. Now self-revocations of nodes the node knows nothing else of
+/// (not a peer, no stored message, no certificate) are capped
+/// (`trust.max_stranger_revocations`, the oldest evicted: `trust.revocations_evicted`) and
+/// never sent after hellos; the revocation of a peer is kept and sent, and a kept stranger
+/// revocation still refuses its node when it shows up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_revocations_of_throwaway_identities_are_capped_and_not_sent_on() {
+    const CAP: usize = 8;
+    const STRANGERS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut c = config(dir.path(), "n");
+    c.network.hello_interval_secs = 1;
+    c.retention.interval_secs = 1;
+    c.trust.max_stranger_revocations = CAP as u64;
+    let node = start(c, &hub).await;
+    let mut wire = hub.join("wire");
+    let (mallory, peer) = (identity(0x71, 1), identity(0x72, 1));
+    for id in [&mallory, &peer] {
+        wire.broadcast(&hello_at(id, vec![])).unwrap();
+    }
+    node.wait_for_peers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let now = now_ms();
+    let of_peer = Revocation::by_node(&peer, now, now, [0; 32]).unwrap();
+    let throwaway: Vec<Identity> = (0..STRANGERS as u32)
+        .map(|i| identity(0x1000 + i, 1))
+        .collect();
+    let mut items = vec![serde_bytes::ByteBuf::from(of_peer.to_bytes().to_vec())];
+    let mut strangers = Vec::new();
+    for id in &throwaway {
+        let r = Revocation::by_node(id, now, now, [0; 32]).unwrap();
+        strangers.push(r.to_bytes().to_vec());
+    }
+    // In two lists, the second one later: its revocations are the newest.
+    for half in strangers.chunks(STRANGERS / 2) {
+        items.extend(half.iter().map(|b| serde_bytes::ByteBuf::from(b.clone())));
+        let list = crabnet_core::sync::Batch {
+            items: std::mem::take(&mut items),
+        };
+        wire.broadcast(&plain(
+            &mallory,
+            Kind::Revocations,
+            &envelope::encode_hello(&list),
+        ))
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_counter(&node, "trust.revocations_added", 1 + STRANGERS as u64).await;
+    wait_counter(&node, "trust.revocations_evicted", (STRANGERS - CAP) as u64).await;
+
+    let lists = lists_sent_to_a_newcomer(&hub, 0x43, Kind::Revocations).await;
+    assert!(
+        carries_bytes(&lists, of_peer.to_bytes()),
+        "the revocation of a peer is sent after hellos"
+    );
+    let sent = strangers
+        .iter()
+        .filter(|r| carries_bytes(&lists, r))
+        .count();
+    assert_eq!(sent, 0, "self-revocations of strangers are not sent on");
+    let status = node.trust_status().await.unwrap();
+    assert_eq!(
+        status.revoked_nodes.len(),
+        1 + CAP,
+        "the peer's revocation and the newest {CAP} of the strangers' are kept: {:?}",
+        status.revoked_nodes
+    );
+    // The kept ones are the newest (of the second list), and the peer stays revoked.
+    let revoked: Vec<&crabnet_core::model::NodeId> =
+        status.revoked_nodes.iter().map(|(id, _)| id).collect();
+    assert!(revoked.contains(&peer.node_id()));
+    let newest = throwaway[STRANGERS / 2..]
+        .iter()
+        .filter(|id| revoked.contains(&id.node_id()))
+        .collect::<Vec<_>>();
+    assert_eq!(newest.len(), CAP, "{revoked:?}");
+    // A kept one still refuses its node when it shows up.
+    let newest = newest[0];
+    let refused = counter(&node, "rejected.not_admitted").await;
+    wire.broadcast(&hello_at(newest, vec![])).unwrap();
+    wait_counter(&node, "rejected.not_admitted", refused + 1).await;
+    assert!(
+        !node
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| &p.node_id == newest.node_id())
+    );
+    assert_eq!(
+        counter(&node, "trust.revocations_evicted").await,
+        (STRANGERS - CAP) as u64
+    );
     node.stop().await.unwrap();
 }

@@ -635,16 +635,25 @@ impl Node {
     /// Applies a peer's revocation list; each item is verified on its own (its signer, not the
     /// envelope's sender, vouches for it).
     fn receive_revocations(&self, list: &sync::Batch, now: Millis) -> Result<Acceptance> {
+        let mut added_any = false;
         for item in &list.items {
             let added = self.with_store(|s| self.inner.trust.add_revocation(item, s, now))?;
             match added {
-                Ok(true) => self.with_store(|s| s.count("trust.revocations_added"))?,
+                Ok(true) => {
+                    added_any = true;
+                    self.with_store(|s| s.count("trust.revocations_added"))?
+                }
                 Ok(false) => {}
                 Err(e) => {
                     tracing::debug!("refused a revocation: {e}");
                     self.inner.rejections.count("trust.revocations_refused");
                 }
             }
+        }
+        // Strangers' self-revocations are capped at once: a list cannot grow the store past
+        // the bound by more than its own items.
+        if added_any {
+            self.with_store(|s| self.inner.trust.prune_revocations(s, now))?;
         }
         Ok(Acceptance::Accept)
     }
