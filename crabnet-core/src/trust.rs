@@ -1227,6 +1227,11 @@ mod tests {
         ));
     }
 
+    fn revoked_nodes(trust: &Trust) -> Vec<NodeId> {
+        let status = trust.status();
+        status.revoked_nodes.into_iter().map(|(n, _)| n).collect()
+    }
+
     /// What trust keeps of forgotten nodes is bounded: certificates go once their validity
     /// plus `trust.certificate_grace_secs` is over; self-revocations of strangers past
     /// `trust.max_stranger_revocations` go, oldest first, from the store and from memory;
@@ -1300,12 +1305,7 @@ mod tests {
         trust.prune_revocations(&mut store, 11_000).unwrap();
         assert_eq!(trust.status().certified.len(), 2);
         // The newest stranger's revocation stays; the anchor's and our own are not counted.
-        let revoked: Vec<NodeId> = trust
-            .status()
-            .revoked_nodes
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        let revoked = revoked_nodes(&trust);
         assert_eq!(revoked.len(), 3, "{revoked:?}");
         for kept in [strangers[2].node_id(), node(8).node_id(), me.node_id()] {
             assert!(revoked.contains(kept), "{kept} was pruned");
@@ -1327,12 +1327,7 @@ mod tests {
         assert_eq!(store.certificates().unwrap().len(), 1);
         assert_eq!(store.counters().unwrap()["trust.certificates_expired"], 1);
         // The revocation added last is now the newest stranger's.
-        let revoked: Vec<NodeId> = trust
-            .status()
-            .revoked_nodes
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        let revoked = revoked_nodes(&trust);
         assert!(
             revoked.contains(strangers[0].node_id()) && !revoked.contains(strangers[2].node_id())
         );
