@@ -281,6 +281,17 @@ impl Certificate {
     }
 }
 
+/// What became of a relayed revocation ([`Trust::add_relayed_revocation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Relayed {
+    /// Verified, stored and applied.
+    New,
+    /// Already held.
+    Known,
+    /// A stranger's self-revocation past its relaying node's share: not kept.
+    OverShare,
+}
+
 /// What a revocation withdraws.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RevocationTarget {
@@ -641,6 +652,10 @@ struct State {
     revoked_serials: HashMap<[u8; 16], Millis>,
     known: HashSet<[u8; 32]>,
     stored_revocations: u64,
+    /// The relaying node of each stranger's self-revocation added since start (see
+    /// [`Trust::add_relayed_revocation`]), and how many each one has.
+    relayed_by: HashMap<[u8; 32], NodeId>,
+    relayed_counts: HashMap<NodeId, u64>,
 }
 
 impl State {
@@ -656,6 +671,18 @@ impl State {
             RevocationTarget::Certificate(serial) => {
                 let at = self.revoked_serials.entry(*serial).or_insert(Millis::MAX);
                 *at = (*at).min(r.revoked_from);
+            }
+        }
+    }
+
+    /// Forgets which node relayed the revocation `id`.
+    fn unattribute(&mut self, id: &[u8; 32]) {
+        if let Some(source) = self.relayed_by.remove(id)
+            && let Some(n) = self.relayed_counts.get_mut(&source)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.relayed_counts.remove(&source);
             }
         }
     }
@@ -685,6 +712,8 @@ pub(crate) struct Trust {
     rotation_grace_ms: u64,
     /// `trust.max_stranger_revocations`.
     max_stranger_revocations: u64,
+    /// `trust.max_stranger_revocations_per_source`.
+    max_stranger_revocations_per_source: u64,
     /// `trust.certificate_grace_secs`, in ms.
     certificate_grace_ms: u64,
 }
@@ -743,6 +772,7 @@ impl Trust {
             }),
             rotation_grace_ms: config.rotation_grace_secs.saturating_mul(1000),
             max_stranger_revocations: config.max_stranger_revocations,
+            max_stranger_revocations_per_source: config.max_stranger_revocations_per_source,
             certificate_grace_ms: config.certificate_grace_secs.saturating_mul(1000),
         };
         {
@@ -894,10 +924,19 @@ impl Trust {
         store: &mut Store,
         now: Millis,
     ) -> Result<Result<bool, TrustError>> {
-        let r = match Revocation::parse(bytes) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
+        match Revocation::parse(bytes) {
+            Ok(r) => self.add_parsed_revocation(&r, store, now),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// [`Trust::add_revocation`] for a revocation already parsed.
+    fn add_parsed_revocation(
+        &self,
+        r: &Revocation,
+        store: &mut Store,
+        now: Millis,
+    ) -> Result<Result<bool, TrustError>> {
         if lock(&self.state).known.contains(&r.id()) {
             return Ok(Ok(false));
         }
@@ -906,11 +945,63 @@ impl Trust {
         }
         let new = store.put_revocation(&hex::encode(r.id()), r.to_bytes(), now)?;
         let mut st = lock(&self.state);
-        st.apply(&r);
+        st.apply(r);
         if new {
             st.stored_revocations += 1;
         }
         Ok(Ok(true))
+    }
+
+    /// [`Trust::add_revocation`] for a revocation relayed by `source` (the sender of a
+    /// `revocations` envelope). A node's own revocation of a *stranger* (not this node, not a
+    /// peer, no certificate) counts against `source`'s share: while `source` has
+    /// `trust.max_stranger_revocations_per_source` of them kept, more are not kept
+    /// ([`Relayed::OverShare`]). One relaying node can thus push out at most that many older
+    /// ones (the oldest go past `trust.max_stranger_revocations`). Attribution is kept in
+    /// memory: a restart starts every share afresh.
+    pub fn add_relayed_revocation(
+        &self,
+        bytes: &[u8],
+        source: &NodeId,
+        store: &mut Store,
+        now: Millis,
+    ) -> Result<Result<Relayed, TrustError>> {
+        let r = match Revocation::parse(bytes) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let id = r.id();
+        // Lists repeat what they carried before: known ones cost no lookup and no share.
+        if lock(&self.state).known.contains(&id) {
+            return Ok(Ok(Relayed::Known));
+        }
+        let stranger = match (&r.issuer, &r.target) {
+            (Issuer::Node, RevocationTarget::Node(node)) => {
+                let certified = lock(&self.state).certificates.contains_key(node);
+                *node != self.me && !certified && store.peer(node)?.is_none()
+            }
+            _ => false,
+        };
+        let share = lock(&self.state)
+            .relayed_counts
+            .get(source)
+            .copied()
+            .unwrap_or(0);
+        if stranger && share >= self.max_stranger_revocations_per_source {
+            return Ok(Ok(Relayed::OverShare));
+        }
+        Ok(match self.add_parsed_revocation(&r, store, now)? {
+            Ok(true) => {
+                if stranger {
+                    let mut st = lock(&self.state);
+                    st.relayed_by.insert(id, source.clone());
+                    *st.relayed_counts.entry(source.clone()).or_default() += 1;
+                }
+                Ok(Relayed::New)
+            }
+            Ok(false) => Ok(Relayed::Known),
+            Err(e) => Err(e),
+        })
     }
 
     /// How many revocations the store held when last looked at (0: none to send with hellos,
@@ -1044,6 +1135,7 @@ impl Trust {
             for bytes in &pruned.revocations {
                 if let Ok(r) = Revocation::parse(bytes) {
                     st.known.remove(&r.id());
+                    st.unattribute(&r.id());
                     if let RevocationTarget::Node(node) = r.target {
                         targets.insert(node);
                     }
@@ -1227,6 +1319,23 @@ mod tests {
         ));
     }
 
+    /// Node 2's trust under `config` with anchor 1 configured, on a fresh store.
+    fn node_2_trusting_anchor_1(
+        mut config: TrustConfig,
+    ) -> (tempfile::TempDir, Store, AnchorKey, Identity, Trust) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("db"),
+            &crate::store::config::StoreConfig::default(),
+        )
+        .unwrap();
+        let a = anchor(1);
+        let me = node(2);
+        config.anchors = vec![hex::encode(a.public().to_bytes())];
+        let trust = Trust::load(me.public(), &config, &store).unwrap();
+        (dir, store, a, me, trust)
+    }
+
     fn revoked_nodes(trust: &Trust) -> Vec<NodeId> {
         let status = trust.status();
         status.revoked_nodes.into_iter().map(|(n, _)| n).collect()
@@ -1238,22 +1347,12 @@ mod tests {
     /// an anchor's revocations and this node's own stay, whatever their number.
     #[test]
     fn expired_certificates_and_surplus_stranger_revocations_are_pruned() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(
-            &dir.path().join("db"),
-            &crate::store::config::StoreConfig::default(),
-        )
-        .unwrap();
-        let a = anchor(1);
-        let me = node(2);
-        let config = TrustConfig {
+        let (_dir, mut store, a, me, trust) = node_2_trusting_anchor_1(TrustConfig {
             mode: TrustMode::Anchored,
-            anchors: vec![hex::encode(a.public().to_bytes())],
             max_stranger_revocations: 1,
             certificate_grace_secs: 10,
             ..TrustConfig::default()
-        };
-        let trust = Trust::load(me.public(), &config, &store).unwrap();
+        });
         // Two certificates: one valid until 1,000, one until 100,000.
         let (old, young) = (node(3), node(4));
         for (n, until) in [(&old, 1_000), (&young, 100_000)] {
@@ -1333,12 +1432,16 @@ mod tests {
         );
         // The valid range of the new keys is checked at load.
         for (key, value) in [
+            ("max_stranger_revocations_per_source", 1_000_001),
             ("max_stranger_revocations", 1_000_001),
             ("certificate_grace_secs", 365 * 86_400 + 1),
         ] {
             let mut c = TrustConfig::default();
             match key {
                 "max_stranger_revocations" => c.max_stranger_revocations = value,
+                "max_stranger_revocations_per_source" => {
+                    c.max_stranger_revocations_per_source = value
+                }
                 _ => c.certificate_grace_secs = value,
             }
             let e = c.validate().unwrap_err().to_string();
@@ -1347,6 +1450,44 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// One relaying node may have only its share of strangers' self-revocations kept: past
+    /// it, more from it are not kept (others' are); an anchor's revocations and this node's own
+    /// are not counted; once one of its revocations is evicted, its share has room again.
+    #[test]
+    fn each_relaying_node_has_a_share_of_strangers_revocations() {
+        let (_dir, mut store, a, me, trust) = node_2_trusting_anchor_1(TrustConfig {
+            max_stranger_revocations: 2,
+            max_stranger_revocations_per_source: 2,
+            ..TrustConfig::default()
+        });
+        let (mallory, carol) = (node(3).node_id().clone(), node(4).node_id().clone());
+        let relay = |by: &NodeId, r: &Revocation, store: &mut Store, at: Millis| {
+            trust
+                .add_relayed_revocation(r.to_bytes(), by, store, at)
+                .unwrap()
+                .unwrap()
+        };
+        let own = |tag: u8| Revocation::by_node(&node(tag), 1, 1, [0; 32]).unwrap();
+        assert_eq!(relay(&mallory, &own(10), &mut store, 1), Relayed::New);
+        assert_eq!(relay(&mallory, &own(11), &mut store, 2), Relayed::New);
+        assert_eq!(relay(&mallory, &own(12), &mut store, 3), Relayed::OverShare);
+        assert_eq!(relay(&mallory, &own(10), &mut store, 3), Relayed::Known);
+        // Not strangers' self-revocations: not counted.
+        let by_anchor =
+            Revocation::by_anchor(&a, RevocationTarget::Node(mallory.clone()), 1, 1, [0; 32])
+                .unwrap();
+        assert_eq!(relay(&mallory, &by_anchor, &mut store, 4), Relayed::New);
+        let mine = Revocation::by_node(&me, 1, 1, [0; 32]).unwrap();
+        assert_eq!(relay(&mallory, &mine, &mut store, 4), Relayed::New);
+        // Another relaying node has its own share.
+        assert_eq!(relay(&carol, &own(13), &mut store, 5), Relayed::New);
+        // Past the total, Mallory's oldest goes, and her share has room again.
+        trust.prune_revocations(&mut store, 6).unwrap();
+        assert_eq!(store.counters().unwrap()["trust.revocations_evicted"], 1);
+        assert!(!revoked_nodes(&trust).contains(node(10).node_id()));
+        assert_eq!(relay(&mallory, &own(12), &mut store, 7), Relayed::New);
     }
 
     #[test]

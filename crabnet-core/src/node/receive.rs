@@ -330,7 +330,7 @@ impl Node {
             }
             Kind::Revocations => {
                 return match parsed.plain::<sync::Batch>(Kind::Revocations) {
-                    Ok(list) => self.receive_revocations(&list, now),
+                    Ok(list) => self.receive_revocations(&list, &h.sender, now),
                     Err(e) => self.reject(from, Some(h), RejectReason::Malformed, e.to_string()),
                 };
             }
@@ -634,16 +634,27 @@ impl Node {
 
     /// Applies a peer's revocation list; each item is verified on its own (its signer, not the
     /// envelope's sender, vouches for it).
-    fn receive_revocations(&self, list: &sync::Batch, now: Millis) -> Result<Acceptance> {
+    fn receive_revocations(
+        &self,
+        list: &sync::Batch,
+        source: &NodeId,
+        now: Millis,
+    ) -> Result<Acceptance> {
+        use crate::trust::Relayed;
         let mut added_any = false;
         for item in &list.items {
-            let added = self.with_store(|s| self.inner.trust.add_revocation(item, s, now))?;
+            let added = self.with_store(|s| {
+                self.inner
+                    .trust
+                    .add_relayed_revocation(item, source, s, now)
+            })?;
             match added {
-                Ok(true) => {
+                Ok(Relayed::New) => {
                     added_any = true;
                     self.with_store(|s| s.count("trust.revocations_added"))?
                 }
-                Ok(false) => {}
+                Ok(Relayed::Known) => {}
+                Ok(Relayed::OverShare) => self.inner.rejections.count("trust.revocations_capped"),
                 Err(e) => {
                     tracing::debug!("refused a revocation: {e}");
                     self.inner.rejections.count("trust.revocations_refused");

@@ -49,6 +49,10 @@ pub struct TrustConfig {
     /// the author of a stored message, no certificate) it keeps (0..=1000000, default 1024);
     /// past it, the oldest are evicted (`trust.revocations_evicted`).
     pub max_stranger_revocations: u64,
+    /// How many of those one relaying node may have added (since this node started) while
+    /// they are kept (0..=1000000, default 64); past it, more from it are not kept
+    /// (`trust.revocations_capped`).
+    pub max_stranger_revocations_per_source: u64,
     /// How long after the end of its validity window (`not_after`) a stored certificate of
     /// another node is kept, in seconds (0..=31536000, default 604800).
     pub certificate_grace_secs: u64,
@@ -62,6 +66,8 @@ pub const MAX_ROTATION_GRACE_SECS: u64 = 7 * 86_400;
 pub const DEFAULT_MAX_STRANGER_REVOCATIONS: u64 = 1024;
 /// Largest `trust.max_stranger_revocations`.
 pub const MAX_STRANGER_REVOCATIONS: u64 = 1_000_000;
+/// Default of `trust.max_stranger_revocations_per_source`.
+pub const DEFAULT_MAX_STRANGER_REVOCATIONS_PER_SOURCE: u64 = 64;
 /// Default of `trust.certificate_grace_secs`: seven days.
 pub const DEFAULT_CERTIFICATE_GRACE_SECS: u64 = 7 * 86_400;
 /// Largest `trust.certificate_grace_secs`: a year.
@@ -77,6 +83,7 @@ impl Default for TrustConfig {
             certificate: None,
             rotation_grace_secs: DEFAULT_ROTATION_GRACE_SECS,
             max_stranger_revocations: DEFAULT_MAX_STRANGER_REVOCATIONS,
+            max_stranger_revocations_per_source: DEFAULT_MAX_STRANGER_REVOCATIONS_PER_SOURCE,
             certificate_grace_secs: DEFAULT_CERTIFICATE_GRACE_SECS,
         }
     }
@@ -97,6 +104,12 @@ impl TrustConfig {
         check_range(
             "trust.max_stranger_revocations",
             self.max_stranger_revocations,
+            0,
+            MAX_STRANGER_REVOCATIONS,
+        )?;
+        check_range(
+            "trust.max_stranger_revocations_per_source",
+            self.max_stranger_revocations_per_source,
             0,
             MAX_STRANGER_REVOCATIONS,
         )?;
