@@ -19,8 +19,10 @@
 //!   rotation of the author arrives. It is bounded in envelopes, bytes and envelopes per
 //!   sender, and envelopes failing a known author's keys from a transport source that is not
 //!   the author's own address get a small share of the author's slots (per source, and in
-//!   all), so that forgeries in a peer's name cannot crowd out its real frames; what does not
-//!   fit, and what waits longer, is rejected with the reason it was held for
+//!   all), so that forgeries in a peer's name cannot crowd out its real frames. It keeps the
+//!   newest: a frame past a bound pushes out the oldest of that bound's share, so forgeries
+//!   sent before a real frame (even from its author's own address) cannot keep it out. What
+//!   is pushed out, and what waits longer, is rejected with the reason it was held for
 //!   (`unknown_sender`, `bad_signature`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -481,10 +483,93 @@ struct HoldState {
     bytes: usize,
 }
 
+/// Which bound a frame to hold would exceed ([`HoldState::full_share`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Share {
+    /// The frames of a known sender failing its keys from the frame's source, which is not
+    /// the sender's own address ([`HOLD_MAX_PER_OTHER_SOURCE`]).
+    ThisOtherSource,
+    /// Those from all sources other than the sender's own address.
+    OtherSources,
+    /// The sender's frames ([`HOLD_MAX_PER_SENDER`]).
+    Sender,
+    /// All frames and bytes.
+    All,
+}
+
+impl HoldState {
+    /// The first bound, from the narrowest, that holding `frame` for `sender` would exceed.
+    fn full_share(&self, sender: &NodeId, frame: &HeldFrame) -> Option<Share> {
+        let queue = self.senders.get(sender);
+        if frame.other_source()
+            && let Some(q) = queue
+        {
+            let (mut all, mut this) = (0, 0);
+            for f in q.iter().filter(|f| f.other_source()) {
+                all += 1;
+                this += usize::from(f.source.from == frame.source.from);
+            }
+            if this >= HOLD_MAX_PER_OTHER_SOURCE {
+                return Some(Share::ThisOtherSource);
+            }
+            if all >= HOLD_MAX_PER_SENDER - HOLD_OWN_RESERVE {
+                return Some(Share::OtherSources);
+            }
+        }
+        if queue.map_or(0, VecDeque::len) >= HOLD_MAX_PER_SENDER {
+            return Some(Share::Sender);
+        }
+        if self.frames >= HOLD_MAX_FRAMES
+            || self.bytes.saturating_add(frame.bytes.len()) > HOLD_MAX_BYTES
+        {
+            return Some(Share::All);
+        }
+        None
+    }
+
+    /// Removes the oldest held frame of `share` (for `frame`'s source and kind), if any.
+    fn evict_oldest(
+        &mut self,
+        sender: &NodeId,
+        share: Share,
+        frame: &HeldFrame,
+    ) -> Option<HeldFrame> {
+        let owner = match share {
+            Share::All => self
+                .senders
+                .iter()
+                .filter_map(|(id, q)| q.front().map(|f| (f.held_at, id)))
+                .min_by_key(|(at, _)| *at)
+                .map(|(_, id)| id.clone())?,
+            _ => sender.clone(),
+        };
+        let queue = self.senders.get_mut(&owner)?;
+        let at = match share {
+            Share::ThisOtherSource => queue
+                .iter()
+                .position(|f| f.other_source() && f.source.from == frame.source.from),
+            Share::OtherSources => queue.iter().position(HeldFrame::other_source),
+            Share::Sender => queue
+                .iter()
+                .position(|f| f.other_source() == frame.other_source())
+                .or(Some(0)),
+            Share::All => Some(0),
+        }?;
+        let old = queue.remove(at)?;
+        if queue.is_empty() {
+            self.senders.remove(&owner);
+        }
+        self.frames -= 1;
+        self.bytes -= old.bytes.len();
+        Some(old)
+    }
+}
+
 /// Envelopes from authors whose hello or key rotation has not arrived yet (see the module
-/// docs). Counters: `messages.held`, `messages.held_released`, `messages.held_expired` and
-/// `messages.held_overflow` (refused because a bound was reached; those are rejected at once,
-/// with the reason they would have been held for).
+/// docs). Counters: `messages.held`, `messages.held_released`, `messages.held_expired`,
+/// `messages.held_evicted` (pushed out by a newer frame) and `messages.held_overflow` (larger
+/// than the byte bound, refused); those are rejected at once, with the reason they were (or
+/// would have been) held for.
 #[derive(Debug)]
 pub(crate) struct HoldQueue {
     hold_ms: u64,
@@ -500,38 +585,40 @@ impl HoldQueue {
         }
     }
 
-    /// Holds `frame` from `sender` if there is room. A frame that is not held is given back,
-    /// for the caller to record its rejection (and answer its verdict channel) at once.
+    /// Holds `frame` from `sender`. When a bound is reached, the oldest held frame of the
+    /// share the frame would overflow makes room (counted as `messages.held_evicted`): the
+    /// envelope does not say which keys signed it, so a forgery in a sender's name cannot be
+    /// told from its real frame until the hello or rotation arrives, and holding the newest
+    /// frames means forgeries sent before a real frame cannot keep it out (its hello or
+    /// rotation follows it closely). Shares: this source's 8 and all other sources' 48 of a
+    /// known sender's `bad_signature` holds, the sender's 64 (the oldest frame of its own
+    /// kind: from the sender's own address or not), and all 1,024 frames and 8 MiB (the oldest
+    /// frame of any sender). `Ok` gives back the evicted frames, for the caller to record their
+    /// rejections and answer their verdict channels; a frame that is not held (holding is off,
+    /// or it is larger than the byte bound) is given back as `Err`, to be rejected at once.
     pub fn hold(
         &self,
         sender: &NodeId,
         frame: HeldFrame,
         counters: &Rejections,
-    ) -> Result<(), Box<HeldFrame>> {
-        if self.hold_ms == 0 {
+    ) -> Result<Vec<HeldFrame>, Box<HeldFrame>> {
+        if self.hold_ms == 0 || frame.bytes.len() > HOLD_MAX_BYTES {
+            if self.hold_ms != 0 {
+                counters.count("messages.held_overflow");
+            }
             return Err(Box::new(frame));
         }
         let mut st = lock(&self.state);
-        let queue = st.senders.get(sender);
-        let queued = queue.map_or(0, VecDeque::len);
-        let over_share = frame.other_source()
-            && queue.is_some_and(|q| {
-                let others = q.iter().filter(|f| f.other_source());
-                let (mut all, mut this) = (0, 0);
-                for f in others {
-                    all += 1;
-                    this += usize::from(f.source.from == frame.source.from);
+        let mut evicted = Vec::new();
+        while let Some(share) = st.full_share(sender, &frame) {
+            match st.evict_oldest(sender, share, &frame) {
+                Some(old) => evicted.push(old),
+                None => {
+                    drop(st);
+                    counters.count("messages.held_overflow");
+                    return Err(Box::new(frame));
                 }
-                all >= HOLD_MAX_PER_SENDER - HOLD_OWN_RESERVE || this >= HOLD_MAX_PER_OTHER_SOURCE
-            });
-        if st.frames >= HOLD_MAX_FRAMES
-            || st.bytes.saturating_add(frame.bytes.len()) > HOLD_MAX_BYTES
-            || queued >= HOLD_MAX_PER_SENDER
-            || over_share
-        {
-            drop(st);
-            counters.count("messages.held_overflow");
-            return Err(Box::new(frame));
+            }
         }
         st.frames += 1;
         st.bytes += frame.bytes.len();
@@ -541,7 +628,10 @@ impl HoldQueue {
             .push_back(frame);
         drop(st);
         counters.count("messages.held");
-        Ok(())
+        for _ in &evicted {
+            counters.count("messages.held_evicted");
+        }
+        Ok(evicted)
     }
 
     /// Hands back the envelopes held for `sender` for `reason` (`unknown_sender`: its hello
@@ -632,6 +722,15 @@ impl HoldQueue {
             events.extend(counters.note(r, now));
         }
         (events, acks)
+    }
+
+    /// How many envelopes of `sender` from transport source `from` are held.
+    #[cfg(test)]
+    fn held_from(&self, sender: &NodeId, from: &str) -> usize {
+        let st = lock(&self.state);
+        st.senders
+            .get(sender)
+            .map_or(0, |q| q.iter().filter(|f| f.source.from == from).count())
     }
 
     /// Envelopes and bytes held now.
@@ -788,26 +887,36 @@ mod tests {
     }
 
     /// A flood of envelopes from ever new senders that never say hello: the queue never holds
-    /// more than its bounds, counts what it refused, and rejects what it held when the hold
-    /// time is over, with one event for the source (the rest go to the window's summary).
+    /// more than its bounds, keeps the newest (the oldest make room and are given back, for
+    /// the caller to reject), and rejects what it held when the hold time is over, with one
+    /// event for the source (the rest go to the window's summary).
     #[test]
     fn a_flood_of_unknown_senders_stays_within_the_bounds() {
         let counters = Rejections::new(10_000);
         let q = HoldQueue::new(5_000);
         let frame = vec![7u8; 3000];
         let flood = 5 * HOLD_MAX_FRAMES as u64;
-        let mut held = 0;
+        let mut evicted = 0;
         for n in 0..flood {
-            if offer(&q, n, &frame, n / 100, &counters) {
-                held += 1;
-            }
+            let f = HeldFrame::new(&frame, &source(), unknown(n), None, n / 100);
+            evicted += q.hold(&sender(n), f, &counters).unwrap().len() as u64;
             let (frames, bytes) = q.size();
             assert!(frames <= HOLD_MAX_FRAMES && bytes <= HOLD_MAX_BYTES);
         }
-        assert_eq!(held, HOLD_MAX_FRAMES as u64);
+        let held = HOLD_MAX_FRAMES as u64;
+        assert_eq!(evicted, flood - held);
         let c = counters.pending_counters();
-        assert_eq!(c["messages.held"], held);
-        assert_eq!(c["messages.held_overflow"], flood - held);
+        assert_eq!(c["messages.held"], flood);
+        assert_eq!(c["messages.held_evicted"], flood - held);
+        assert!(!c.contains_key("messages.held_overflow"));
+        // The newest are held: the last sender's frame, not the first one's.
+        assert!(
+            q.release(&sender(0), RejectReason::UnknownSender, &counters)
+                .is_empty()
+        );
+        let last = q.release(&sender(flood - 1), RejectReason::UnknownSender, &counters);
+        assert_eq!(last.len(), 1);
+        let held = held - 1;
 
         // Nothing is due before the hold time; then everything is rejected.
         assert!(q.expire(4_999, &counters).0.is_empty());
@@ -921,25 +1030,39 @@ mod tests {
             };
             HeldFrame::new(b"f", &source, r, None, 0)
         };
-        let held = (0..64)
-            .filter(|_| q.hold(&x, forged("udp:192.0.2.66:1"), &counters).is_ok())
-            .count();
-        assert_eq!(held, HOLD_MAX_PER_OTHER_SOURCE);
-        let mut held_others = held;
+        let from_one = "udp:192.0.2.66:1";
+        for _ in 0..64 {
+            q.hold(&x, forged(from_one), &counters).unwrap();
+        }
+        assert_eq!(q.held_from(&x, from_one), HOLD_MAX_PER_OTHER_SOURCE);
         for port in 2..20 {
             let from = format!("udp:192.0.2.66:{port}");
-            held_others += (0..64)
-                .filter(|_| q.hold(&x, forged(&from), &counters).is_ok())
-                .count();
+            for _ in 0..64 {
+                q.hold(&x, forged(&from), &counters).unwrap();
+            }
         }
-        assert_eq!(held_others, HOLD_MAX_PER_SENDER - HOLD_OWN_RESERVE);
-        let own = (0..64)
-            .filter(|_| {
-                let f = forged("udp:192.0.2.1:7946").with_own_source(true);
-                q.hold(&x, f, &counters).is_ok()
-            })
-            .count();
-        assert_eq!(own, HOLD_OWN_RESERVE);
+        let others = |q: &HoldQueue| {
+            let st = lock(&q.state);
+            st.senders[&x].iter().filter(|f| f.other_source()).count()
+        };
+        assert_eq!(others(&q), HOLD_MAX_PER_SENDER - HOLD_OWN_RESERVE);
+        let own = "udp:192.0.2.1:7946";
+        for _ in 0..64 {
+            let f = forged(own).with_own_source(true);
+            q.hold(&x, f, &counters).unwrap();
+        }
+        // The sender's own frames push out only their own kind: its reserve is theirs, the
+        // other sources keep their share.
+        assert_eq!(q.held_from(&x, own), HOLD_OWN_RESERVE);
+        assert_eq!(others(&q), HOLD_MAX_PER_SENDER - HOLD_OWN_RESERVE);
+        // And the newest own frame is always held: forgeries sent before it cannot keep it out.
+        let mut real = forged(own).with_own_source(true);
+        real.bytes = b"real".to_vec();
+        let evicted = q.hold(&x, real, &counters).unwrap();
+        assert_eq!(evicted.len(), 1);
+        assert!(evicted[0].own_source && evicted[0].bytes == b"f");
+        let back = q.release(&x, RejectReason::BadSignature, &counters);
+        assert!(back.iter().any(|f| f.bytes == b"real"));
         // Frames of unknown senders are not limited per source (nothing is known of them).
         for _ in 0..HOLD_MAX_PER_OTHER_SOURCE + 1 {
             let f = HeldFrame::new(b"u", &source(), unknown(2), None, 0);

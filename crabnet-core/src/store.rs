@@ -28,7 +28,7 @@ mod reconcile;
 mod reputation;
 mod shared;
 pub use config::{StoreConfig, SyncMode};
-pub use prune::SeedsPruned;
+pub use prune::{SeedsPruned, TrustPruned};
 pub use reconcile::{SyncMark, WantedEnvelope};
 pub(crate) use shared::SharedStore;
 

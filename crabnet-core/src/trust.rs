@@ -8,7 +8,10 @@
 //!   its roles say which messages it may author.
 //! * [`Revocation`]s, signed by an anchor or by a node about itself, withdraw a node or a
 //!   certificate from a point in time on; they are persisted and travel in `revocations`
-//!   envelopes sent with every hello.
+//!   envelopes sent with every hello. What is kept of forgotten nodes is bounded
+//!   ([`Trust::prune_revocations`]): self-revocations of strangers are capped
+//!   (`trust.max_stranger_revocations`) and not sent on, and certificates expire
+//!   (`trust.certificate_grace_secs` after their validity).
 //!
 //! The receive path asks [`Trust::check_frame`] about every frame right after its header is
 //! parsed, before any signature check or database access, and [`Trust::admit_hello`] about a
@@ -276,6 +279,17 @@ impl Certificate {
     pub fn to_bytes(&self) -> &[u8] {
         &self.bytes
     }
+}
+
+/// What became of a relayed revocation ([`Trust::add_relayed_revocation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Relayed {
+    /// Verified, stored and applied.
+    New,
+    /// Already held.
+    Known,
+    /// A stranger's self-revocation past its relaying node's share: not kept.
+    OverShare,
 }
 
 /// What a revocation withdraws.
@@ -638,6 +652,10 @@ struct State {
     revoked_serials: HashMap<[u8; 16], Millis>,
     known: HashSet<[u8; 32]>,
     stored_revocations: u64,
+    /// The relaying node of each stranger's self-revocation added since start (see
+    /// [`Trust::add_relayed_revocation`]), and how many each one has.
+    relayed_by: HashMap<[u8; 32], NodeId>,
+    relayed_counts: HashMap<NodeId, u64>,
 }
 
 impl State {
@@ -653,6 +671,18 @@ impl State {
             RevocationTarget::Certificate(serial) => {
                 let at = self.revoked_serials.entry(*serial).or_insert(Millis::MAX);
                 *at = (*at).min(r.revoked_from);
+            }
+        }
+    }
+
+    /// Forgets which node relayed the revocation `id`.
+    fn unattribute(&mut self, id: &[u8; 32]) {
+        if let Some(source) = self.relayed_by.remove(id)
+            && let Some(n) = self.relayed_counts.get_mut(&source)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.relayed_counts.remove(&source);
             }
         }
     }
@@ -680,6 +710,12 @@ pub(crate) struct Trust {
     own_certificate: Option<Certificate>,
     state: Mutex<State>,
     rotation_grace_ms: u64,
+    /// `trust.max_stranger_revocations`.
+    max_stranger_revocations: u64,
+    /// `trust.max_stranger_revocations_per_source`.
+    max_stranger_revocations_per_source: u64,
+    /// `trust.certificate_grace_secs`, in ms.
+    certificate_grace_ms: u64,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -735,6 +771,9 @@ impl Trust {
                 ..State::default()
             }),
             rotation_grace_ms: config.rotation_grace_secs.saturating_mul(1000),
+            max_stranger_revocations: config.max_stranger_revocations,
+            max_stranger_revocations_per_source: config.max_stranger_revocations_per_source,
+            certificate_grace_ms: config.certificate_grace_secs.saturating_mul(1000),
         };
         {
             let mut st = lock(&trust.state);
@@ -885,10 +924,19 @@ impl Trust {
         store: &mut Store,
         now: Millis,
     ) -> Result<Result<bool, TrustError>> {
-        let r = match Revocation::parse(bytes) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
+        match Revocation::parse(bytes) {
+            Ok(r) => self.add_parsed_revocation(&r, store, now),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// [`Trust::add_revocation`] for a revocation already parsed.
+    fn add_parsed_revocation(
+        &self,
+        r: &Revocation,
+        store: &mut Store,
+        now: Millis,
+    ) -> Result<Result<bool, TrustError>> {
         if lock(&self.state).known.contains(&r.id()) {
             return Ok(Ok(false));
         }
@@ -897,11 +945,63 @@ impl Trust {
         }
         let new = store.put_revocation(&hex::encode(r.id()), r.to_bytes(), now)?;
         let mut st = lock(&self.state);
-        st.apply(&r);
+        st.apply(r);
         if new {
             st.stored_revocations += 1;
         }
         Ok(Ok(true))
+    }
+
+    /// [`Trust::add_revocation`] for a revocation relayed by `source` (the sender of a
+    /// `revocations` envelope). A node's own revocation of a *stranger* (not this node, not a
+    /// peer, no certificate) counts against `source`'s share: while `source` has
+    /// `trust.max_stranger_revocations_per_source` of them kept, more are not kept
+    /// ([`Relayed::OverShare`]). One relaying node can thus push out at most that many older
+    /// ones (the oldest go past `trust.max_stranger_revocations`). Attribution is kept in
+    /// memory: a restart starts every share afresh.
+    pub fn add_relayed_revocation(
+        &self,
+        bytes: &[u8],
+        source: &NodeId,
+        store: &mut Store,
+        now: Millis,
+    ) -> Result<Result<Relayed, TrustError>> {
+        let r = match Revocation::parse(bytes) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let id = r.id();
+        // Lists repeat what they carried before: known ones cost no lookup and no share.
+        if lock(&self.state).known.contains(&id) {
+            return Ok(Ok(Relayed::Known));
+        }
+        let stranger = match (&r.issuer, &r.target) {
+            (Issuer::Node, RevocationTarget::Node(node)) => {
+                let certified = lock(&self.state).certificates.contains_key(node);
+                *node != self.me && !certified && store.peer(node)?.is_none()
+            }
+            _ => false,
+        };
+        let share = lock(&self.state)
+            .relayed_counts
+            .get(source)
+            .copied()
+            .unwrap_or(0);
+        if stranger && share >= self.max_stranger_revocations_per_source {
+            return Ok(Ok(Relayed::OverShare));
+        }
+        Ok(match self.add_parsed_revocation(&r, store, now)? {
+            Ok(true) => {
+                if stranger {
+                    let mut st = lock(&self.state);
+                    st.relayed_by.insert(id, source.clone());
+                    *st.relayed_counts.entry(source.clone()).or_default() += 1;
+                }
+                Ok(Relayed::New)
+            }
+            Ok(false) => Ok(Relayed::Known),
+            Err(e) => Err(e),
+        })
     }
 
     /// How many revocations the store held when last looked at (0: none to send with hellos,
@@ -1009,6 +1109,54 @@ impl Trust {
             st.chains.forget(node);
         }
         st.stored_rotations = count;
+        Ok(())
+    }
+
+    /// Bounds what the store and memory keep of nodes this node forgot
+    /// ([`Store::prune_trust`]): self-revocations of strangers past
+    /// `trust.max_stranger_revocations` (the oldest go) and certificates more than
+    /// `trust.certificate_grace_secs` past their validity. A target whose revocation went keeps
+    /// the others stored for it (an anchor's, an older one of its own).
+    pub fn prune_revocations(&self, store: &mut Store, now: Millis) -> Result<()> {
+        let pruned = store.prune_trust(
+            &self.me,
+            self.max_stranger_revocations,
+            now.saturating_sub(self.certificate_grace_ms),
+        )?;
+        if pruned.revocations.is_empty() && pruned.certificates.is_empty() {
+            return Ok(());
+        }
+        let mut targets = HashSet::new();
+        {
+            let mut st = lock(&self.state);
+            for node in &pruned.certificates {
+                st.certificates.remove(node);
+            }
+            for bytes in &pruned.revocations {
+                if let Ok(r) = Revocation::parse(bytes) {
+                    st.known.remove(&r.id());
+                    st.unattribute(&r.id());
+                    if let RevocationTarget::Node(node) = r.target {
+                        targets.insert(node);
+                    }
+                }
+            }
+        }
+        for node in targets {
+            let left = store.node_revocations(&node)?;
+            let mut st = lock(&self.state);
+            st.revoked_nodes.remove(&node);
+            for bytes in &left {
+                if let Ok(r) = Revocation::parse(bytes)
+                    && r.verify_with(&self.anchors, &st.chains).is_ok()
+                {
+                    st.known.remove(&r.id());
+                    st.apply(&r);
+                }
+            }
+        }
+        let count = store.revocation_count()?;
+        lock(&self.state).stored_revocations = count;
         Ok(())
     }
 
@@ -1169,6 +1317,177 @@ mod tests {
             r.verify(&[a.public()]),
             Err(TrustError::BadSignature(_))
         ));
+    }
+
+    /// Node 2's trust under `config` with anchor 1 configured, on a fresh store.
+    fn node_2_trusting_anchor_1(
+        mut config: TrustConfig,
+    ) -> (tempfile::TempDir, Store, AnchorKey, Identity, Trust) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("db"),
+            &crate::store::config::StoreConfig::default(),
+        )
+        .unwrap();
+        let a = anchor(1);
+        let me = node(2);
+        config.anchors = vec![hex::encode(a.public().to_bytes())];
+        let trust = Trust::load(me.public(), &config, &store).unwrap();
+        (dir, store, a, me, trust)
+    }
+
+    fn revoked_nodes(trust: &Trust) -> Vec<NodeId> {
+        let status = trust.status();
+        status.revoked_nodes.into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// What trust keeps of forgotten nodes is bounded: certificates go once their validity
+    /// plus `trust.certificate_grace_secs` is over; self-revocations of strangers past
+    /// `trust.max_stranger_revocations` go, oldest first, from the store and from memory;
+    /// an anchor's revocations and this node's own stay, whatever their number.
+    #[test]
+    fn expired_certificates_and_surplus_stranger_revocations_are_pruned() {
+        let (_dir, mut store, a, me, trust) = node_2_trusting_anchor_1(TrustConfig {
+            mode: TrustMode::Anchored,
+            max_stranger_revocations: 1,
+            certificate_grace_secs: 10,
+            ..TrustConfig::default()
+        });
+        // Two certificates: one valid until 1,000, one until 100,000.
+        let (old, young) = (node(3), node(4));
+        for (n, until) in [(&old, 1_000), (&young, 100_000)] {
+            let c = Certificate::sign(
+                &a,
+                n.public(),
+                [until as u8; 16],
+                0,
+                until,
+                Roles::ALL,
+                [0; 32],
+            )
+            .unwrap();
+            trust
+                .admit_hello(n.public(), Some(c.to_bytes()), 500, &mut store, 500)
+                .unwrap()
+                .unwrap();
+        }
+        // Self-revocations of three strangers (received in this order), an anchor's revocation
+        // of a fourth, and this node's own.
+        let strangers = [node(5), node(6), node(7)];
+        for (t, n) in strangers.iter().enumerate() {
+            let r = Revocation::by_node(n, 1, 1, [0; 32]).unwrap();
+            assert_eq!(
+                trust
+                    .add_revocation(r.to_bytes(), &mut store, 10 + t as u64)
+                    .unwrap(),
+                Ok(true)
+            );
+        }
+        let by_anchor = Revocation::by_anchor(
+            &a,
+            RevocationTarget::Node(node(8).node_id().clone()),
+            1,
+            1,
+            [0; 32],
+        )
+        .unwrap();
+        let own = Revocation::by_node(&me, 1, 1, [0; 32]).unwrap();
+        for r in [&by_anchor, &own] {
+            assert_eq!(
+                trust.add_revocation(r.to_bytes(), &mut store, 5).unwrap(),
+                Ok(true)
+            );
+        }
+        assert_eq!(trust.status().revoked_nodes.len(), 5);
+
+        // At 11,000 the old certificate is just within its grace (10 s).
+        trust.prune_revocations(&mut store, 11_000).unwrap();
+        assert_eq!(trust.status().certified.len(), 2);
+        // The newest stranger's revocation stays; the anchor's and our own are not counted.
+        let revoked = revoked_nodes(&trust);
+        assert_eq!(revoked.len(), 3, "{revoked:?}");
+        for kept in [strangers[2].node_id(), node(8).node_id(), me.node_id()] {
+            assert!(revoked.contains(kept), "{kept} was pruned");
+        }
+        assert_eq!(store.revocation_count().unwrap(), 3);
+        let counters = store.counters().unwrap();
+        assert_eq!(counters["trust.revocations_evicted"], 2);
+        // An evicted revocation is forgotten: it may be added again (and is capped again).
+        let again = Revocation::by_node(&strangers[0], 1, 1, [0; 32]).unwrap();
+        assert_eq!(
+            trust
+                .add_revocation(again.to_bytes(), &mut store, 20)
+                .unwrap(),
+            Ok(true)
+        );
+
+        trust.prune_revocations(&mut store, 11_001).unwrap();
+        assert_eq!(trust.status().certified, vec![young.node_id().clone()]);
+        assert_eq!(store.certificates().unwrap().len(), 1);
+        assert_eq!(store.counters().unwrap()["trust.certificates_expired"], 1);
+        // The revocation added last is now the newest stranger's.
+        let revoked = revoked_nodes(&trust);
+        assert!(
+            revoked.contains(strangers[0].node_id()) && !revoked.contains(strangers[2].node_id())
+        );
+        // The valid range of the new keys is checked at load.
+        for (key, value) in [
+            ("max_stranger_revocations_per_source", 1_000_001),
+            ("max_stranger_revocations", 1_000_001),
+            ("certificate_grace_secs", 365 * 86_400 + 1),
+        ] {
+            let mut c = TrustConfig::default();
+            match key {
+                "max_stranger_revocations" => c.max_stranger_revocations = value,
+                "max_stranger_revocations_per_source" => {
+                    c.max_stranger_revocations_per_source = value
+                }
+                _ => c.certificate_grace_secs = value,
+            }
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("trust.{key}")) && e.contains("between"),
+                "{e}"
+            );
+        }
+    }
+
+    /// One relaying node may have only its share of strangers' self-revocations kept: past
+    /// it, more from it are not kept (others' are); an anchor's revocations and this node's own
+    /// are not counted; once one of its revocations is evicted, its share has room again.
+    #[test]
+    fn each_relaying_node_has_a_share_of_strangers_revocations() {
+        let (_dir, mut store, a, me, trust) = node_2_trusting_anchor_1(TrustConfig {
+            max_stranger_revocations: 2,
+            max_stranger_revocations_per_source: 2,
+            ..TrustConfig::default()
+        });
+        let (mallory, carol) = (node(3).node_id().clone(), node(4).node_id().clone());
+        let relay = |by: &NodeId, r: &Revocation, store: &mut Store, at: Millis| {
+            trust
+                .add_relayed_revocation(r.to_bytes(), by, store, at)
+                .unwrap()
+                .unwrap()
+        };
+        let own = |tag: u8| Revocation::by_node(&node(tag), 1, 1, [0; 32]).unwrap();
+        assert_eq!(relay(&mallory, &own(10), &mut store, 1), Relayed::New);
+        assert_eq!(relay(&mallory, &own(11), &mut store, 2), Relayed::New);
+        assert_eq!(relay(&mallory, &own(12), &mut store, 3), Relayed::OverShare);
+        assert_eq!(relay(&mallory, &own(10), &mut store, 3), Relayed::Known);
+        // Not strangers' self-revocations: not counted.
+        let by_anchor =
+            Revocation::by_anchor(&a, RevocationTarget::Node(mallory.clone()), 1, 1, [0; 32])
+                .unwrap();
+        assert_eq!(relay(&mallory, &by_anchor, &mut store, 4), Relayed::New);
+        let mine = Revocation::by_node(&me, 1, 1, [0; 32]).unwrap();
+        assert_eq!(relay(&mallory, &mine, &mut store, 4), Relayed::New);
+        // Another relaying node has its own share.
+        assert_eq!(relay(&carol, &own(13), &mut store, 5), Relayed::New);
+        // Past the total, Mallory's oldest goes, and her share has room again.
+        trust.prune_revocations(&mut store, 6).unwrap();
+        assert_eq!(store.counters().unwrap()["trust.revocations_evicted"], 1);
+        assert!(!revoked_nodes(&trust).contains(node(10).node_id()));
+        assert_eq!(relay(&mallory, &own(12), &mut store, 7), Relayed::New);
     }
 
     #[test]

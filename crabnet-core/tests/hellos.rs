@@ -1,8 +1,9 @@
 //! What a hello costs the node that receives it (issue 12): answers to new peers go only to the
 //! transport source a hello came from, within rate limits and twice the bytes received from an
-//! unverified source; announced addresses are never dialed; forgeries in a known peer's name
-//! from one source cannot crowd its real frames out of the hold; rotation chains of nodes the
-//! node forgot are pruned. Real UDP sockets and libp2p listeners on 127.0.0.1, and the
+//! unverified source; announced addresses are never dialed; forgeries in a peer's name (from
+//! another source, or from its own address before its real frame) cannot keep its real frames
+//! out of the hold; rotation chains of nodes the node forgot are pruned; self-revocations of
+//! strangers are capped and not sent on. Real UDP sockets and libp2p listeners on 127.0.0.1, and the
 //! in-process hub where the transport does not matter.
 
 mod support;
@@ -241,16 +242,36 @@ async fn libp2p_never_dials_an_address_a_hello_announced() {
 
 /// Forgeries in a known peer's name, signed with other keys, are held like frames signed with
 /// keys it may have rotated to (64 per sender at most). Mallory sends 64 of them in Alice's
-/// name from her own hub address; then Alice rotates and sends a seed signed with her new keys
+/// name from another hub address; then Alice rotates and sends a seed signed with her new keys
 /// from her own address, then the rotation. Before, Alice's slots were full of forgeries and
 /// her real seed was rejected at once; now one source other than the sender's own address gets
-/// a small share of its slots, and Alice's seed applies when her rotation arrives.
+/// a small share of its slots (8: the other 56 forgeries pushed out the oldest of that share),
+/// and Alice's seed applies when her rotation arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgeries_from_one_source_cannot_crowd_out_a_peers_real_frames() {
+    alices_seed_survives_forgeries(false, 56).await;
+}
+
+/// The envelope does not say which key epoch signed it, so a frame in a known peer's name
+/// that fails its keys cannot be told from one signed with keys it rotated to. Mallory forges
+/// Alice's own address (here: she sends on Alice's hub wire) and fills all 64 of Alice's hold
+/// slots with forgeries; then Alice's real seed, signed with her new keys, arrives, then her
+/// rotation. Before, the real seed was refused at once (`held_overflow`): whoever filled the
+/// slots first kept them. Now the newest frames are held (the oldest held frame of the same
+/// share makes room, `messages.held_evicted`), so forgeries sent before a real frame cannot
+/// keep it out, and the rotation releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgeries_from_a_peers_own_address_cannot_keep_its_next_frame_out() {
+    alices_seed_survives_forgeries(true, 1).await;
+}
+
+/// Mallory sends 64 forgeries in Alice's name (from Alice's own hub address, or from her own),
+/// then Alice her real seed signed with keys she rotated to, then the rotation: the seed is
+/// applied, and `evicted` held frames were pushed out on the way.
+async fn alices_seed_survives_forgeries(from_alices_address: bool, evicted: u64) {
     let dir = tempfile::tempdir().unwrap();
     let hub = MemoryHub::new();
-    let c = config(dir.path(), "victim");
-    let node = start(c, &hub).await;
+    let node = start(config(dir.path(), "victim"), &hub).await;
     let mut alice_wire = hub.join("alice");
     let mut mallory_wire = hub.join("mallory");
     let alice = identity(0x11, 1);
@@ -260,34 +281,16 @@ async fn forgeries_from_one_source_cannot_crowd_out_a_peers_real_frames() {
     node.wait_for_peers(1, Duration::from_secs(20))
         .await
         .unwrap();
-
-    let now = now_ms();
     let mallory_as_alice = identity(0x66, 1).with_node_id(alice.node_id().clone());
-    for _ in 0..64 {
-        let m = seed_message(&mallory_as_alice, 1, now);
-        mallory_wire
-            .broadcast(&seal(&mallory_as_alice, &m, 3600))
-            .unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while counter(&node, "messages.held").await + counter(&node, "messages.held_overflow").await
-        < 64
-    {
-        assert!(Instant::now() < deadline, "the forgeries were not handled");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-
     let alice2 = identity(0x12, 2).with_node_id(alice.node_id().clone());
-    let rotation = Rotation::sign(&alice, alice2.public(), now, [0; 32]).unwrap();
-    let real = seed_message(&alice2, 2, now);
-    alice_wire.broadcast(&seal(&alice2, &real, 3600)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while counter(&node, "messages.held").await + counter(&node, "messages.held_overflow").await
-        < 65
-    {
-        assert!(Instant::now() < deadline, "Alice's seed was not handled");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let rotation = Rotation::sign(&alice, alice2.public(), now_ms(), [0; 32]).unwrap();
+    let forger: &mut dyn Transport = if from_alices_address {
+        &mut alice_wire
+    } else {
+        &mut mallory_wire
+    };
+    forge_in_name_of(&node, forger, &mallory_as_alice).await;
+    let real = send_real(&node, &mut alice_wire, &alice2).await;
     let list = crabnet_core::sync::Batch {
         items: vec![serde_bytes::ByteBuf::from(rotation.to_bytes().to_vec())],
     };
@@ -299,21 +302,23 @@ async fn forgeries_from_one_source_cannot_crowd_out_a_peers_real_frames() {
         ))
         .unwrap();
     wait_counter(&node, "trust.rotations_added", 1).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.seed(real.seed_id()).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "Alice's real seed was not applied after her rotation (held: {}, overflow: {})",
-            counter(&node, "messages.held").await,
-            counter(&node, "messages.held_overflow").await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    node.stop().await.unwrap();
+    applied_after_evictions(
+        node,
+        &real,
+        evicted,
+        "Alice's real seed was not applied after her rotation",
+    )
+    .await;
 }
 
 /// The `key_rotations` lists a node sends after its hellos, as a new peer receives them.
 async fn rotation_lists_sent_to_a_newcomer(hub: &MemoryHub, tag: u32) -> Vec<Vec<u8>> {
+    lists_sent_to_a_newcomer(hub, tag, Kind::KeyRotations).await
+}
+
+/// The `kind` lists (revocations, key rotations) a node sends after its hellos, as a new peer
+/// receives them.
+async fn lists_sent_to_a_newcomer(hub: &MemoryHub, tag: u32, kind: Kind) -> Vec<Vec<u8>> {
     let name = format!("probe{tag}");
     let mut probe = hub.join(&name);
     probe
@@ -327,7 +332,7 @@ async fn rotation_lists_sent_to_a_newcomer(hub: &MemoryHub, tag: u32) -> Vec<Vec
     )
     .await
     {
-        if kind_of(&frame.bytes) == Some(Kind::KeyRotations) {
+        if kind_of(&frame.bytes) == Some(kind) {
             lists.push(frame.bytes);
         }
     }
@@ -335,7 +340,10 @@ async fn rotation_lists_sent_to_a_newcomer(hub: &MemoryHub, tag: u32) -> Vec<Vec
 }
 
 fn carries(lists: &[Vec<u8>], r: &Rotation) -> bool {
-    let needle = r.to_bytes();
+    carries_bytes(lists, r.to_bytes())
+}
+
+fn carries_bytes(lists: &[Vec<u8>], needle: &[u8]) -> bool {
     lists
         .iter()
         .any(|l| l.windows(needle.len()).any(|w| w == needle))
@@ -417,5 +425,188 @@ async fn rotation_chains_of_evicted_strangers_are_pruned() {
         "the chain of an author of stored messages is kept"
     );
     assert_eq!(counter(&node, "trust.rotations_pruned").await, 1);
+    node.stop().await.unwrap();
+}
+
+/// Waits until the node handled `n` frames it held or refused for lack of room.
+async fn wait_handled(node: &crabnet_core::Node, n: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(node, "messages.held").await + counter(node, "messages.held_overflow").await < n {
+        assert!(Instant::now() < deadline, "{what} was not handled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the node applied the seed of `m` (naming `what` on failure), then checks that
+/// `evicted` held frames were pushed out on the way, and stops the node.
+async fn applied_after_evictions(
+    node: crabnet_core::Node,
+    m: &crabnet_core::model::Message,
+    evicted: u64,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.seed(m.seed_id()).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} (held: {}, overflow: {}, evicted: {})",
+            counter(&node, "messages.held").await,
+            counter(&node, "messages.held_overflow").await,
+            counter(&node, "messages.held_evicted").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(counter(&node, "messages.held_evicted").await, evicted);
+    node.stop().await.unwrap();
+}
+
+/// Sends 64 seeds in `forger`'s name (its node id, keys it does not have) on `wire`, waiting
+/// until the node handled each.
+async fn forge_in_name_of(node: &crabnet_core::Node, wire: &mut dyn Transport, forger: &Identity) {
+    let now = now_ms();
+    for _ in 0..64 {
+        let m = seed_message(forger, 1, now);
+        wire.broadcast(&seal(forger, &m, 3600)).unwrap();
+    }
+    wait_handled(node, 64, "the forgeries").await;
+}
+
+/// Sends a seed signed by `signer` on `wire` after 64 frames were handled, waiting until the
+/// node handled it; returns it.
+async fn send_real(
+    node: &crabnet_core::Node,
+    wire: &mut dyn Transport,
+    signer: &Identity,
+) -> crabnet_core::model::Message {
+    let real = seed_message(signer, 2, now_ms());
+    wire.broadcast(&seal(signer, &real, 3600)).unwrap();
+    wait_handled(node, 65, "the real seed").await;
+    real
+}
+
+/// The same for a sender whose hello has not arrived: 64 forgeries in Bob's name from Bob's
+/// own address fill his hold slots before his real seed and then his hello come. Before, the
+/// real seed was refused at once; now it pushes out the oldest forgery and applies once the
+/// hello is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgeries_for_an_unknown_sender_cannot_keep_its_real_frame_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let node = start(config(dir.path(), "victim"), &hub).await;
+    let mut bob_wire = hub.join("bob");
+    let bob = identity(0x21, 1);
+    let mallory_as_bob = identity(0x67, 1).with_node_id(bob.node_id().clone());
+    forge_in_name_of(&node, &mut bob_wire, &mallory_as_bob).await;
+    let real = send_real(&node, &mut bob_wire, &bob).await;
+    bob_wire
+        .broadcast(&hello_at(&bob, vec!["memory:bob".into()]))
+        .unwrap();
+    applied_after_evictions(
+        node,
+        &real,
+        1,
+        "Bob's real seed was not applied after his hello",
+    )
+    .await;
+}
+
+/// Anyone can make throwaway identities and revoke each: a self-revocation verifies on its
+/// own, and any admitted node may relay it. Before, every one was stored forever and sent to
+/// every peer after every hello, so one peer grew every node's store and the traffic after
+/// each hello without bound. Now self-revocations of nodes the node knows nothing else of
+/// (not a peer, no stored message, no certificate) are capped
+/// (`trust.max_stranger_revocations`, the oldest evicted: `trust.revocations_evicted`) and
+/// never sent after hellos; the revocation of a peer is kept and sent, and a kept stranger
+/// revocation still refuses its node when it shows up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_revocations_of_throwaway_identities_are_capped_and_not_sent_on() {
+    const CAP: usize = 8;
+    const STRANGERS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut c = config(dir.path(), "n");
+    c.network.hello_interval_secs = 1;
+    c.retention.interval_secs = 1;
+    c.trust.max_stranger_revocations = CAP as u64;
+    let node = start(c, &hub).await;
+    let mut wire = hub.join("wire");
+    let (mallory, peer) = (identity(0x71, 1), identity(0x72, 1));
+    for id in [&mallory, &peer] {
+        wire.broadcast(&hello_at(id, vec![])).unwrap();
+    }
+    node.wait_for_peers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let now = now_ms();
+    let of_peer = Revocation::by_node(&peer, now, now, [0; 32]).unwrap();
+    let throwaway: Vec<Identity> = (0..STRANGERS as u32)
+        .map(|i| identity(0x1000 + i, 1))
+        .collect();
+    let mut items = vec![serde_bytes::ByteBuf::from(of_peer.to_bytes().to_vec())];
+    let mut strangers = Vec::new();
+    for id in &throwaway {
+        let r = Revocation::by_node(id, now, now, [0; 32]).unwrap();
+        strangers.push(r.to_bytes().to_vec());
+    }
+    // In two lists, the second one later: its revocations are the newest.
+    for half in strangers.chunks(STRANGERS / 2) {
+        items.extend(half.iter().map(|b| serde_bytes::ByteBuf::from(b.clone())));
+        let list = crabnet_core::sync::Batch {
+            items: std::mem::take(&mut items),
+        };
+        wire.broadcast(&plain(
+            &mallory,
+            Kind::Revocations,
+            &envelope::encode_hello(&list),
+        ))
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_counter(&node, "trust.revocations_added", 1 + STRANGERS as u64).await;
+    wait_counter(&node, "trust.revocations_evicted", (STRANGERS - CAP) as u64).await;
+
+    let lists = lists_sent_to_a_newcomer(&hub, 0x43, Kind::Revocations).await;
+    assert!(
+        carries_bytes(&lists, of_peer.to_bytes()),
+        "the revocation of a peer is sent after hellos"
+    );
+    let sent = strangers
+        .iter()
+        .filter(|r| carries_bytes(&lists, r))
+        .count();
+    assert_eq!(sent, 0, "self-revocations of strangers are not sent on");
+    let status = node.trust_status().await.unwrap();
+    assert_eq!(
+        status.revoked_nodes.len(),
+        1 + CAP,
+        "the peer's revocation and the newest {CAP} of the strangers' are kept: {:?}",
+        status.revoked_nodes
+    );
+    // The kept ones are the newest (of the second list), and the peer stays revoked.
+    let revoked: Vec<&crabnet_core::model::NodeId> =
+        status.revoked_nodes.iter().map(|(id, _)| id).collect();
+    assert!(revoked.contains(&peer.node_id()));
+    let newest = throwaway[STRANGERS / 2..]
+        .iter()
+        .filter(|id| revoked.contains(&id.node_id()))
+        .collect::<Vec<_>>();
+    assert_eq!(newest.len(), CAP, "{revoked:?}");
+    // A kept one still refuses its node when it shows up.
+    let newest = newest[0];
+    let refused = counter(&node, "rejected.not_admitted").await;
+    wire.broadcast(&hello_at(newest, vec![])).unwrap();
+    wait_counter(&node, "rejected.not_admitted", refused + 1).await;
+    assert!(
+        !node
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| &p.node_id == newest.node_id())
+    );
+    assert_eq!(
+        counter(&node, "trust.revocations_evicted").await,
+        (STRANGERS - CAP) as u64
+    );
     node.stop().await.unwrap();
 }

@@ -21,8 +21,10 @@ impl Node {
     /// * rejection counters and events, and held envelopes whose author's hello did not come in
     ///   time ([`Node::flush_rejections`]): counters waiting, or the oldest held envelope's
     ///   expiry;
-    /// * retention ([`crate::retention::Retention::run_if_due`]) and the rotation chains of
-    ///   nodes that left the peer table ([`crate::trust::Trust::prune_chains`]): its own schedule,
+    /// * retention ([`crate::retention::Retention::run_if_due`]), the rotation chains of
+    ///   nodes that left the peer table ([`crate::trust::Trust::prune_chains`]), strangers'
+    ///   self-revocations past their cap and expired certificates
+    ///   ([`crate::trust::Trust::prune_revocations`]): its own schedule,
     ///   `retention.interval_secs` (at once while work is left);
     /// * seen-id expiry: the earliest expiry;
     /// * revocations and rotations another process stored (`Trust::refresh`), and events it
@@ -129,6 +131,16 @@ impl Node {
             && let Err(e) = node.inner.trust.prune_chains(&mut lock(&node.inner.store))
         {
             tracing::warn!("cannot prune rotation chains: {e}");
+        }
+        // Self-revocations of strangers past their cap (a peer that left the table turns its
+        // own into one) and expired certificates, on the same schedule.
+        if due.retention
+            && let Err(e) = node
+                .inner
+                .trust
+                .prune_revocations(&mut lock(&node.inner.store), now)
+        {
+            tracing::warn!("cannot prune revocations and certificates: {e}");
         }
         let mut store = lock(&node.inner.store);
         if due.prune {

@@ -365,12 +365,18 @@ impl Node {
         self.plain_frame(Kind::NodeHello, &envelope::encode_hello(&hello), ttl)
     }
 
-    /// The `revocations` envelopes sent after each hello: every revocation this node holds.
+    /// The `revocations` envelopes sent after each hello: the revocations this node holds
+    /// that concern nodes it knows (issued by an anchor, or a node's own revocation of a peer,
+    /// of an author of stored messages, of a certificate holder or of itself), not those of
+    /// strangers ([`crate::store::Store::revocations_to_send`]).
     pub(super) fn revocation_frames(&self) -> Result<Vec<Vec<u8>>> {
         if self.inner.trust.stored_revocations() == 0 {
             return Ok(Vec::new());
         }
-        let all = lock(&self.inner.store).revocations()?;
+        let all = lock(&self.inner.store).revocations_to_send(&self.inner.id)?;
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
         self.statement_frames(Kind::Revocations, all)
     }
 

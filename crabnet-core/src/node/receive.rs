@@ -338,7 +338,7 @@ impl Node {
             }
             Kind::Revocations => {
                 return match parsed.plain::<sync::Batch>(Kind::Revocations) {
-                    Ok(list) => self.receive_revocations(&list, now),
+                    Ok(list) => self.receive_revocations(&list, &h.sender, now),
                     Err(e) => self.malformed(from, h, e),
                 };
             }
@@ -468,7 +468,8 @@ impl Node {
 
     /// Holds a received envelope of `rejection.sender` (see [`ingress::HoldQueue`]), taking
     /// the transport's verdict channel; `own_source`: it came from the sender's own address.
-    /// `Err` carries the verdict of an envelope that did not fit: rejected at once.
+    /// `Err` carries the verdict of an envelope that did not fit: rejected at once. Older held
+    /// frames it pushed out are rejected here, their verdict channels answered.
     fn hold(
         &self,
         bytes: &[u8],
@@ -484,7 +485,20 @@ impl Node {
         let frame = ingress::HeldFrame::new(bytes, source, rejection, ack.take(), now)
             .with_own_source(own_source);
         match self.inner.held.hold(&sender, frame, &self.inner.rejections) {
-            Ok(()) => Ok(()),
+            Ok(evicted) => {
+                // The oldest frames of a full share made room: rejected now, with the reason
+                // they were held for.
+                for old in evicted {
+                    let acceptance = self.record_rejection(old.rejection).map_err(Err)?;
+                    if let Some(old_ack) = old.ack {
+                        let _ = old_ack.send(Handled {
+                            acceptance,
+                            replies: Vec::new(),
+                        });
+                    }
+                }
+                Ok(())
+            }
             Err(frame) => {
                 *ack = frame.ack;
                 Err(self.record_rejection(frame.rejection))
@@ -628,17 +642,37 @@ impl Node {
 
     /// Applies a peer's revocation list; each item is verified on its own (its signer, not the
     /// envelope's sender, vouches for it).
-    fn receive_revocations(&self, list: &sync::Batch, now: Millis) -> Result<Acceptance> {
+    fn receive_revocations(
+        &self,
+        list: &sync::Batch,
+        source: &NodeId,
+        now: Millis,
+    ) -> Result<Acceptance> {
+        use crate::trust::Relayed;
+        let mut added_any = false;
         for item in &list.items {
-            let added = self.with_store(|s| self.inner.trust.add_revocation(item, s, now))?;
+            let added = self.with_store(|s| {
+                self.inner
+                    .trust
+                    .add_relayed_revocation(item, source, s, now)
+            })?;
             match added {
-                Ok(true) => self.with_store(|s| s.count("trust.revocations_added"))?,
-                Ok(false) => {}
+                Ok(Relayed::New) => {
+                    added_any = true;
+                    self.with_store(|s| s.count("trust.revocations_added"))?
+                }
+                Ok(Relayed::Known) => {}
+                Ok(Relayed::OverShare) => self.inner.rejections.count("trust.revocations_capped"),
                 Err(e) => {
                     tracing::debug!("refused a revocation: {e}");
                     self.inner.rejections.count("trust.revocations_refused");
                 }
             }
+        }
+        // Strangers' self-revocations are capped at once: a list cannot grow the store past
+        // the bound by more than its own items.
+        if added_any {
+            self.with_store(|s| self.inner.trust.prune_revocations(s, now))?;
         }
         Ok(Acceptance::Accept)
     }

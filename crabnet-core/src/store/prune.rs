@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::Store;
 use crate::error::Result;
-use crate::model::{Millis, SeedId};
+use crate::model::{Millis, NodeId, SeedId};
 use crate::monitor::EventKind;
 use crate::sync::SeedDigest;
 
@@ -59,7 +59,7 @@ pub(super) fn is_pruned(conn: &Connection, seed: &SeedId) -> Result<bool> {
     )?)
 }
 
-fn add_counter(tx: &rusqlite::Transaction<'_>, name: &str, n: u64) -> Result<()> {
+fn add_counter(tx: &Connection, name: &str, n: u64) -> Result<()> {
     if n > 0 {
         tx.execute(
             "INSERT INTO counters(name, value) VALUES (?1, ?2)
@@ -550,5 +550,98 @@ mod tests {
         assert_eq!(left[0].seq, 301);
         assert_eq!(s.events_pruned_through().unwrap(), 300);
         assert_eq!(s.counters().unwrap()["retention.events_pruned"], 300);
+    }
+}
+
+/// Whether a stored revocation (`body`) concerns a node this node knows: issued by a trust
+/// anchor, or a node's own revocation of `?1` (this node), a peer, the author of a stored
+/// message or the holder of a stored certificate. Byte 1 of a revocation is its issuer (0: an
+/// anchor), bytes 1347..1379 its target (docs/PROTOCOL.md section 2f); SQL counts from 1.
+const REVOCATION_KNOWN: &str = "(substr(body, 2, 1) = x'00'
+    OR lower(hex(substr(body, 1348, 32))) IN (SELECT ?1 UNION SELECT node_id FROM peers
+        UNION SELECT sender FROM messages UNION SELECT node_id FROM certificates))";
+
+/// What one [`Store::prune_trust`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TrustPruned {
+    /// The evicted revocations (their encoded bodies).
+    pub revocations: Vec<Vec<u8>>,
+    /// The nodes whose expired certificates were deleted.
+    pub certificates: Vec<NodeId>,
+}
+
+impl Store {
+    /// The revocations sent after hellos (oldest first): those that concern a node this node
+    /// knows ([`REVOCATION_KNOWN`]), not the self-revocations of strangers.
+    pub fn revocations_to_send(&self, me: &NodeId) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT body FROM revocations WHERE {REVOCATION_KNOWN} ORDER BY received_at, id"
+        ))?;
+        let rows = stmt.query_map([me.as_str()], |r| r.get::<_, Vec<u8>>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The stored revocations of node `node` (by anyone).
+    pub fn node_revocations(&self, node: &NodeId) -> Result<Vec<Vec<u8>>> {
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(node.as_str(), &mut id)
+            .map_err(|e| crate::error::Error::internal(format!("node id: {e}")))?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT body FROM revocations
+             WHERE substr(body, 1347, 1) = x'00' AND substr(body, 1348, 32) = ?1
+             ORDER BY received_at, id",
+        )?;
+        let rows = stmt.query_map([&id[..]], |r| r.get::<_, Vec<u8>>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Bounds what trust keeps of nodes this node forgot, in one transaction: of the
+    /// self-revocations of nodes it knows nothing else of (not `me`, not a peer, no stored
+    /// message, no certificate), only the newest `keep_strangers` stay (counted as
+    /// `trust.revocations_evicted`); certificates whose validity ended before `expired_before`
+    /// (Unix ms) are deleted (`trust.certificates_expired`). Revocations issued by anchors and
+    /// those of known nodes are never deleted.
+    pub fn prune_trust(
+        &mut self,
+        me: &NodeId,
+        keep_strangers: u64,
+        expired_before: Millis,
+    ) -> Result<TrustPruned> {
+        let tx = self.tx(TransactionBehavior::Immediate)?;
+        let evicted: Vec<(String, Vec<u8>)> = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT id, body FROM revocations WHERE NOT {REVOCATION_KNOWN}
+                 ORDER BY received_at DESC, id DESC LIMIT -1 OFFSET ?2"
+            ))?;
+            let rows = stmt.query_map(
+                params![me.as_str(), keep_strangers.min(i64::MAX as u64) as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (id, _) in &evicted {
+            tx.execute("DELETE FROM revocations WHERE id = ?1", [id])?;
+        }
+        add_counter(&tx, "trust.revocations_evicted", evicted.len() as u64)?;
+        // A certificate's not_after: 8 big-endian bytes at offset 93, so byte order is
+        // number order.
+        let expired: Vec<String> = {
+            let mut stmt =
+                tx.prepare("SELECT node_id FROM certificates WHERE substr(body, 94, 8) < ?1")?;
+            let rows = stmt.query_map([&expired_before.to_be_bytes()[..]], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for node in &expired {
+            tx.execute("DELETE FROM certificates WHERE node_id = ?1", [node])?;
+        }
+        add_counter(&tx, "trust.certificates_expired", expired.len() as u64)?;
+        tx.commit()?;
+        Ok(TrustPruned {
+            revocations: evicted.into_iter().map(|(_, body)| body).collect(),
+            certificates: expired
+                .iter()
+                .map(|n| NodeId::parse(n))
+                .collect::<Result<_>>()?,
+        })
     }
 }

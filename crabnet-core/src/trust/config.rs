@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::crypto::SigningPublic;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, check_range};
 use crate::model::NodeId;
 
 /// Who may join: anyone with valid keys, or only nodes certified by a trust anchor.
@@ -45,12 +45,33 @@ pub struct TrustConfig {
     /// How long after a peer's key rotation (its statement's `rotated_at`) envelopes signed
     /// with its previous keys are still accepted, in seconds (0..=604800, default 3600).
     pub rotation_grace_secs: u64,
+    /// How many self-revocations of nodes this node knows nothing else of (not a peer, not
+    /// the author of a stored message, no certificate) it keeps (0..=1000000, default 1024);
+    /// past it, the oldest are evicted (`trust.revocations_evicted`).
+    pub max_stranger_revocations: u64,
+    /// How many of those one relaying node may have added (since this node started) while
+    /// they are kept (0..=1000000, default 64); past it, more from it are not kept
+    /// (`trust.revocations_capped`).
+    pub max_stranger_revocations_per_source: u64,
+    /// How long after the end of its validity window (`not_after`) a stored certificate of
+    /// another node is kept, in seconds (0..=31536000, default 604800).
+    pub certificate_grace_secs: u64,
 }
 
 /// Default of `trust.rotation_grace_secs`: one hour.
 pub const DEFAULT_ROTATION_GRACE_SECS: u64 = 3600;
 /// Largest `trust.rotation_grace_secs`: seven days.
 pub const MAX_ROTATION_GRACE_SECS: u64 = 7 * 86_400;
+/// Default of `trust.max_stranger_revocations`.
+pub const DEFAULT_MAX_STRANGER_REVOCATIONS: u64 = 1024;
+/// Largest `trust.max_stranger_revocations`.
+pub const MAX_STRANGER_REVOCATIONS: u64 = 1_000_000;
+/// Default of `trust.max_stranger_revocations_per_source`.
+pub const DEFAULT_MAX_STRANGER_REVOCATIONS_PER_SOURCE: u64 = 64;
+/// Default of `trust.certificate_grace_secs`: seven days.
+pub const DEFAULT_CERTIFICATE_GRACE_SECS: u64 = 7 * 86_400;
+/// Largest `trust.certificate_grace_secs`: a year.
+pub const MAX_CERTIFICATE_GRACE_SECS: u64 = 365 * 86_400;
 
 impl Default for TrustConfig {
     fn default() -> Self {
@@ -61,6 +82,9 @@ impl Default for TrustConfig {
             anchors: Vec::new(),
             certificate: None,
             rotation_grace_secs: DEFAULT_ROTATION_GRACE_SECS,
+            max_stranger_revocations: DEFAULT_MAX_STRANGER_REVOCATIONS,
+            max_stranger_revocations_per_source: DEFAULT_MAX_STRANGER_REVOCATIONS_PER_SOURCE,
+            certificate_grace_secs: DEFAULT_CERTIFICATE_GRACE_SECS,
         }
     }
 }
@@ -77,6 +101,24 @@ impl TrustConfig {
                 ),
             ));
         }
+        check_range(
+            "trust.max_stranger_revocations",
+            self.max_stranger_revocations,
+            0,
+            MAX_STRANGER_REVOCATIONS,
+        )?;
+        check_range(
+            "trust.max_stranger_revocations_per_source",
+            self.max_stranger_revocations_per_source,
+            0,
+            MAX_STRANGER_REVOCATIONS,
+        )?;
+        check_range(
+            "trust.certificate_grace_secs",
+            self.certificate_grace_secs,
+            0,
+            MAX_CERTIFICATE_GRACE_SECS,
+        )?;
         if self.mode == TrustMode::Anchored && self.anchors.is_empty() {
             return Err(Error::new(
                 ErrorKind::Config,
