@@ -857,3 +857,176 @@ fn a_kill_in_the_middle_of_a_receive_batch_loses_nothing_acknowledged() {
     }
     check_log(&config);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A publisher killed in the middle of concurrent publishes (group commit)
+// ---------------------------------------------------------------------------------------------
+
+const PUBLISHERS_DIR_VAR: &str = "CRABNET_CRASH_PUBLISHERS_DIR";
+/// Tasks publishing at once in the child: their publishes are committed in groups.
+const CONCURRENT_PUBLISHERS: usize = 16;
+
+/// The child process: a node without a network whose `CONCURRENT_PUBLISHERS` tasks publish
+/// through the async API as fast as they can, each printing `ok <seed> publish` (and flushing)
+/// once its call returned. Runs until killed, or for a minute as a safety net.
+#[test]
+#[ignore = "helper process for a_kill_in_the_middle_of_concurrent_publishes_loses_nothing_acknowledged"]
+fn child_publishers() {
+    let Some(dir) = std::env::var_os(PUBLISHERS_DIR_VAR) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (config, _) = configs(&PathBuf::from(dir));
+        let node = Node::start(config).await.unwrap();
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "\npublisher {}", node.id()).unwrap();
+            out.flush().unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..CONCURRENT_PUBLISHERS {
+            let node = node.clone();
+            tasks.spawn(async move {
+                let mut i = 0u64;
+                while tokio::time::Instant::now() < deadline {
+                    i += 1;
+                    let mut req = PublishRequest::new(format!("echo crash-{t}-{i}"));
+                    req.bid_window_secs = 3600;
+                    let view = node.publish(req).await.expect("child: publish");
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "ok {} publish", view.seed.id).unwrap();
+                    out.flush().unwrap();
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        node.stop().await.unwrap();
+    });
+}
+
+/// A node whose API callers publish concurrently (committed in groups, one transaction each)
+/// is SIGKILLed at a random point, three times on the same directory; after each kill its
+/// store opens, passes the integrity check, and holds every publish that had returned, with
+/// its envelope and exactly one `seed_published` event (gap-free sequence numbers). A node
+/// started on the directory afterwards sees them all, and after its clean stop the NDJSON log
+/// holds every event once.
+#[test]
+fn a_kill_in_the_middle_of_concurrent_publishes_loses_nothing_acknowledged() {
+    let tmp = tempfile::Builder::new()
+        .prefix("crabnet-crash-publishers-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().join("nodes");
+    let (config, _) = configs(&dir);
+    let mut acks = Acks::default();
+    let mut me: Option<NodeId> = None;
+    for cycle in 0..CYCLES {
+        let salt = random_u64(cycle as u64 ^ 0x9b);
+        let kill_after = 40 + (salt % 160) as usize; // 40..=199
+        let exe = std::env::current_exe().expect("current test binary");
+        let stderr_path = dir.with_extension(format!("publishers{cycle}.stderr"));
+        std::fs::create_dir_all(tmp.path()).unwrap();
+        let mut child = Command::new(exe)
+            .args([
+                "--exact",
+                "child_publishers",
+                "--nocapture",
+                "--ignored",
+                "--test-threads",
+                "1",
+            ])
+            .env(PUBLISHERS_DIR_VAR, &dir)
+            .env_remove("CRABNET_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let before = acks.count;
+        let mut killed = false;
+        loop {
+            match rx.recv_timeout(CYCLE_TIMEOUT) {
+                Ok(line) => {
+                    if let Some(id) = line.strip_prefix("publisher ") {
+                        let id = NodeId::parse(id.trim()).expect("child prints its id");
+                        if let Some(prev) = &me {
+                            assert_eq!(prev, &id, "the node id is stable across crashes");
+                        }
+                        me = Some(id);
+                    }
+                    if acks.record(&line) && acks.count - before == kill_after && !killed {
+                        // Somewhere inside the groups in flight.
+                        let delay = random_u64(salt ^ 7) % 3000;
+                        std::thread::sleep(Duration::from_micros(delay));
+                        child.kill().expect("SIGKILL the child");
+                        killed = true;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "cycle {cycle}: {} of {kill_after} acknowledgements within {CYCLE_TIMEOUT:?}\n--- child stderr\n{}",
+                        acks.count - before,
+                        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        let status = child.wait().expect("reap child");
+        reader.join().unwrap();
+        assert!(killed, "the child exited on its own: {status}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+        }
+        let me = me.clone().expect("the child printed its id");
+        let store = open_store(&config, &me);
+        let seen = check_events(&store);
+        for seed in &acks.published {
+            let view = store
+                .seed(seed)
+                .unwrap()
+                .unwrap_or_else(|| panic!("cycle {cycle}: acknowledged seed {seed} is missing"));
+            assert_eq!(view.seed.publisher, me);
+            assert!(seen.published.contains(seed), "seed_published of {seed}");
+            assert_eq!(envelopes_by(&store, seed, &me), 1, "the envelope of {seed}");
+        }
+        eprintln!(
+            "publishers crash test, cycle {cycle}: killed after {} acknowledgements, {} acknowledged in all, {} stored",
+            acks.count - before,
+            acks.published.len(),
+            store.all_views().unwrap().len()
+        );
+    }
+
+    // A node on the crashed directory sees every acknowledged seed; its log catches up.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let node = Node::start(config.clone()).await.unwrap();
+        let seeds: BTreeSet<SeedId> = node
+            .seeds(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| v.seed.id)
+            .collect();
+        assert!(acks.published.is_subset(&seeds));
+        node.stop().await.unwrap();
+    });
+    check_log(&config);
+}

@@ -151,7 +151,10 @@ impl Node {
             return Err(Error::internal("a new seed's message must be seed_created"));
         };
         let envelope = self.seal(&message, seed, &peers)?;
-        Ok(LocalOp::Signed { message, envelope })
+        Ok(LocalOp::Signed {
+            message: Box::new(message),
+            envelope,
+        })
     }
 
     /// Bids `price` on a seed.
