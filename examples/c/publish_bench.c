@@ -9,20 +9,23 @@
  * first call to the last return only: not the start, not the stop) and prints one line:
  * `c COUNT MICROSECONDS`.
  */
-#define _XOPEN_SOURCE 700
+#define _POSIX_C_SOURCE 199309L /* clock_gettime */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
 #include "crabnet.h"
 
-static void check(crabnet_status status, const char *what) {
-    if (status != CRABNET_STATUS_OK) {
-        fprintf(stderr, "%s failed: %s: %s\n", what, crabnet_status_name(status),
-                crabnet_last_error());
-        exit(1);
-    }
-}
+/* Returns 1 from main with the call, its status's name and the last error, unless it is OK. */
+#define TRY(call)                                                                          \
+    do {                                                                                   \
+        crabnet_status status_ = (call);                                                   \
+        if (status_ != CRABNET_STATUS_OK) {                                                \
+            fprintf(stderr, "%s: %s: %s\n", #call, crabnet_status_name(status_),            \
+                    crabnet_last_error());                                                 \
+            return 1;                                                                      \
+        }                                                                                  \
+    } while (0)
 
 static double now_us(void) {
     struct timespec t;
@@ -37,9 +40,9 @@ int main(int argc, char **argv) {
     }
     long count = atol(argv[2]);
     crabnet_config *config = NULL;
-    check(crabnet_config_new(argv[1], &config), "crabnet_config_new");
+    TRY(crabnet_config_new(argv[1], &config));
     crabnet_node *node = NULL;
-    check(crabnet_node_start(config, &node), "crabnet_node_start");
+    TRY(crabnet_node_start(config, &node));
     crabnet_config_free(config);
 
     double start = now_us();
@@ -48,12 +51,12 @@ int main(int argc, char **argv) {
         snprintf(request, sizeof request,
                  "{\"command\": \"echo bench %ld\", \"bid_window_secs\": 3600}", i);
         char *seed = NULL;
-        check(crabnet_node_publish(node, request, &seed), "crabnet_node_publish");
+        TRY(crabnet_node_publish(node, request, &seed));
         crabnet_string_free(seed);
     }
     double elapsed = now_us() - start;
 
-    check(crabnet_node_stop(node), "crabnet_node_stop");
+    TRY(crabnet_node_stop(node));
     crabnet_node_free(node);
     printf("c %ld %.0f\n", count, elapsed);
     return 0;
