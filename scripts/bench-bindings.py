@@ -6,7 +6,7 @@ examples/c/publish_bench.c) and Python (`crabnet.Node.publish`, this script in a
 process), in alternating rounds in one run, each round on a fresh data directory.
 
     scripts/bench-bindings.py --rust target/release/examples/publish_bench \\
-        --c target/c-bench/publish_bench [--rounds 9] [--count 300]
+        --c target/c-bench/publish_bench [--rounds 9] [--count 300] [--sync normal] [--lockstep | --together]
 
 The interpreter running it must import `crabnet` (a venv with the wheel installed; see
 scripts/bench-bindings.sh, which builds everything in release and runs this). Prints one line
@@ -27,29 +27,76 @@ import time
 def python_child(data_dir: str, count: int) -> None:
     import crabnet
 
-    node = crabnet.Node(data_dir=data_dir)
+    config = {"store": {"sync": "normal"}} if os.environ.get("CRABNET_BENCH_SYNC") == "normal" else None
+    node = crabnet.Node(config, data_dir=data_dir)
     node.start()
-    start = time.perf_counter()
+    lockstep = "CRABNET_BENCH_LOCKSTEP" in os.environ
+    elapsed = 0.0
     for i in range(count):
+        if lockstep and not sys.stdin.readline():
+            raise SystemExit("stdin closed before the last publish")
+        start = time.perf_counter()
         node.publish(f"echo bench {i}", bid_window_secs=3600)
-    elapsed = time.perf_counter() - start
+        took = time.perf_counter() - start
+        elapsed += took
+        if lockstep:
+            print(f"{took * 1e6:.1f}", flush=True)
     node.stop()
     print(f"python {count} {elapsed * 1e6:.0f}")
 
 
-def run_one(kind: str, argv: list, count: int) -> float:
-    """Runs one measurement on a fresh data directory; returns µs per publish."""
-    with tempfile.TemporaryDirectory(prefix=f"crabnet-bench-{kind}-") as tmp:
-        out = subprocess.run(
-            argv + [os.path.join(tmp, "node"), str(count)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-    name, n, micros = out.stdout.strip().splitlines()[-1].split()
-    if name != kind or int(n) != count:
-        raise SystemExit(f"unexpected output from {argv[0]}: {out.stdout!r}")
-    return float(micros) / count
+def run_round(programs: dict, order: list, count: int, together: bool) -> dict:
+    """Runs each program once on a fresh data directory (one after another in `order`, or
+    all at once); returns µs per publish of each."""
+    with tempfile.TemporaryDirectory(prefix="crabnet-bench-bindings-") as tmp:
+        started = {}
+        out = {}
+        for kind in order:
+            argv = programs[kind] + [os.path.join(tmp, kind), str(count)]
+            started[kind] = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+            if not together:
+                out[kind] = started[kind].communicate()[0]
+        for kind, proc in started.items():
+            if together:
+                out[kind] = proc.communicate()[0]
+            if proc.returncode != 0:
+                raise SystemExit(f"{programs[kind][0]} failed with status {proc.returncode}")
+    figures = {}
+    for kind, text in out.items():
+        name, n, micros = text.strip().splitlines()[-1].split()
+        if name != kind or int(n) != count:
+            raise SystemExit(f"unexpected output from {programs[kind][0]}: {text!r}")
+        figures[kind] = float(micros) / count
+    return figures
+
+
+def run_lockstep(programs: dict, count: int) -> dict:
+    """Runs the three programs at once, one publish at a time in turn (the order rotating),
+    so that neighbouring calls of the three meet the same load; returns each one's list of
+    per-call µs."""
+    os.environ["CRABNET_BENCH_LOCKSTEP"] = "1"
+    kinds = list(programs)
+    calls = {k: [] for k in kinds}
+    with tempfile.TemporaryDirectory(prefix="crabnet-bench-bindings-") as tmp:
+        procs = {
+            k: subprocess.Popen(programs[k] + [os.path.join(tmp, k), str(count)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for k in kinds
+        }
+        for i in range(count):
+            for k in kinds[i % 3:] + kinds[:i % 3]:
+                procs[k].stdin.write("\n")
+                procs[k].stdin.flush()
+                line = procs[k].stdout.readline()
+                if not line:
+                    raise SystemExit(f"{programs[k][0]} ended early")
+                calls[k].append(float(line))
+        for k, proc in procs.items():
+            rest, _ = proc.communicate()
+            if proc.returncode != 0 or not rest.strip().startswith(f"{k} {count} "):
+                raise SystemExit(f"{programs[k][0]} failed: {proc.returncode} {rest!r}")
+    del os.environ["CRABNET_BENCH_LOCKSTEP"]
+    return calls
 
 
 def main() -> None:
@@ -58,6 +105,15 @@ def main() -> None:
     parser.add_argument("--c", help="the publish_bench C program")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--count", type=int, default=300, help="publishes per run")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="run the three at once, one publish of each in turn (rounds: "
+                        "how many such runs), and compare per-call times")
+    parser.add_argument("--together", action="store_true",
+                        help="run the three of a round at the same time (they share whatever "
+                        "load the machine has) instead of one after another")
+    parser.add_argument("--sync", choices=("full", "normal"), default="full",
+                        help="store.sync of the nodes (normal: no fsync per commit, so the "
+                        "binding's share of a publish is larger than under full)")
     parser.add_argument("--python-child", nargs=2, metavar=("DATA_DIR", "COUNT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -66,6 +122,7 @@ def main() -> None:
         return
     if not args.rust or not args.c or args.rounds < 1 or args.count < 1:
         parser.error("--rust and --c are required; --rounds and --count must be positive")
+    os.environ["CRABNET_BENCH_SYNC"] = args.sync
     programs = {
         "rust": [args.rust],
         "c": [args.c],
@@ -74,10 +131,15 @@ def main() -> None:
     kinds = list(programs)
     figures = {k: [] for k in kinds}
     for r in range(args.rounds):
-        # Rotate the order so that no binding always runs first or last in a round.
-        order = kinds[r % 3:] + kinds[:r % 3]
-        for kind in order:
-            us = run_one(kind, programs[kind], args.count)
+        if args.lockstep:
+            calls = run_lockstep(programs, args.count)
+            # Per run: the median call of each (one slow fsync does not swing it).
+            run = {k: statistics.median(v) for k, v in calls.items()}
+        else:
+            # Rotate the order so that no binding always runs first or last in a round.
+            order = kinds[r % 3:] + kinds[:r % 3]
+            run = run_round(programs, order, args.count, args.together)
+        for kind, us in run.items():
             figures[kind].append(us)
             print(f"round {r + 1} {kind:<6} {us:8.1f} µs/publish ({1e6 / us:6.0f}/s)", flush=True)
     ratios = {
@@ -97,6 +159,9 @@ def main() -> None:
         "python_ratio": round(ratios["python"], 4),
         "rounds": args.rounds,
         "count": args.count,
+        "sync": args.sync,
+        "together": args.together,
+        "lockstep": args.lockstep,
     }))
 
 

@@ -7,11 +7,15 @@
  *
  * Starts a node without a network on DATA_DIR, publishes COUNT seeds (the clock runs from the
  * first call to the last return only: not the start, not the stop) and prints one line:
- * `c COUNT MICROSECONDS`.
+ * `c COUNT MICROSECONDS`. CRABNET_BENCH_SYNC=normal runs the node with store.sync = "normal".
+ * With CRABNET_BENCH_LOCKSTEP set, each publish waits for a line on stdin and its time (µs) is
+ * printed on a line of its own: scripts/bench-bindings.py --lockstep interleaves the three
+ * programs call by call, so that all of them meet the same load.
  */
 #define _POSIX_C_SOURCE 199309L /* clock_gettime */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "crabnet.h"
@@ -41,20 +45,32 @@ int main(int argc, char **argv) {
     long count = atol(argv[2]);
     crabnet_config *config = NULL;
     TRY(crabnet_config_new(argv[1], &config));
+    const char *sync = getenv("CRABNET_BENCH_SYNC");
+    if (sync != NULL && strcmp(sync, "normal") == 0) {
+        TRY(crabnet_config_merge_json(config, "{\"store\": {\"sync\": \"normal\"}}"));
+    }
     crabnet_node *node = NULL;
     TRY(crabnet_node_start(config, &node));
     crabnet_config_free(config);
 
-    double start = now_us();
+    int lockstep = getenv("CRABNET_BENCH_LOCKSTEP") != NULL;
+    double elapsed = 0;
     for (long i = 0; i < count; i++) {
         char request[128];
         snprintf(request, sizeof request,
                  "{\"command\": \"echo bench %ld\", \"bid_window_secs\": 3600}", i);
+        if (lockstep && getchar() == EOF) return 1;
+        double start = now_us();
         char *seed = NULL;
         TRY(crabnet_node_publish(node, request, &seed));
         crabnet_string_free(seed);
+        double took = now_us() - start;
+        elapsed += took;
+        if (lockstep) {
+            printf("%.1f\n", took);
+            fflush(stdout);
+        }
     }
-    double elapsed = now_us() - start;
 
     TRY(crabnet_node_stop(node));
     crabnet_node_free(node);
