@@ -15,7 +15,8 @@
 //! Layout: this file holds the handle, start and stop; `node/operations.rs` the API operations
 //! and the local commit path; `node/receive.rs` the trust boundary every received frame
 //! crosses; `node/batch.rs` how frames that arrive together are verified in parallel and
-//! applied in one transaction; `node/network_loop.rs` receiving, the outbox and announcements;
+//! applied in one transaction; `node/group.rs` how the API's concurrent local operations
+//! are committed together; `node/network_loop.rs` receiving, the outbox and announcements;
 //! `node/decisions.rs` what this node owes as a publisher; `node/housekeeping.rs` the timers and
 //! the event log; `node/keys.rs` key rotation; `node/runs.rs` running claimed seeds.
 
@@ -51,6 +52,7 @@ mod alerting;
 mod batch;
 mod decisions;
 mod driven;
+mod group;
 mod hello_answers;
 mod housekeeping;
 mod keys;
@@ -216,6 +218,10 @@ struct Inner {
     verified: ingress::PreVerified,
     /// Verdicts on released frames, given once the batch that applied them is committed.
     deferred_acks: Mutex<Vec<(network::Ack, network::Handled)>>,
+    /// The API's local operations waiting for their group commit (see `node/group.rs`).
+    local: group::LocalQueue,
+    /// Lamport counters for messages stamped before their transaction (a publish).
+    lamport: crate::store::LamportCounter,
     held: ingress::HoldQueue,
     trust: trust::Trust,
     timers: Timers,
@@ -459,6 +465,7 @@ impl Node {
         .map_err(|e| Error::internal(format!("start task failed: {e}")))??;
 
         let published = store.last_event_seq()?;
+        let lamport = store.lamport_counter();
         let log = config.events.log_enabled.then(|| {
             NdjsonLog::new(
                 config.event_log_path(),
@@ -507,6 +514,8 @@ impl Node {
                 recent: ingress::RecentFrames::new(RECENT_FRAMES),
                 verified: ingress::PreVerified::new(),
                 deferred_acks: Mutex::new(Vec::new()),
+                local: group::LocalQueue::default(),
+                lamport,
                 held: ingress::HoldQueue::new(config.network.unknown_sender_hold_ms),
                 trust: policy,
                 timers: Timers::default(),

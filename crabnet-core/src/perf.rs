@@ -11,10 +11,12 @@
 //!    (`message_envelope` + `parse` + `verify` + `message`) over raw sign + raw verify of the
 //!    same bytes, run alternately in short batches so both see the same load; the median of
 //!    the per-round ratios is `sign_verify_overhead`.
-//! 3. **Publish**: seeds published one after another through [`Node::publish`] (with the
-//!    data directory's default `store.sync`): `publish_per_s`. They are published on the
-//!    peers' data directories while those peers are stopped, so that they wait in the peers'
-//!    outboxes for step 4.
+//! 3. **Publish**: seeds published through [`Node::publish`] (with the data directory's
+//!    default `store.sync`), on each peer's data directory while that peer is stopped, so
+//!    that they wait in the peers' outboxes for step 4: the first fifth of each peer's seeds
+//!    one after another (`publish_single_per_s`: one caller, every publish its own commit),
+//!    the rest from `publishers` concurrent tasks ([`BenchOptions::publishers`], 32 by
+//!    default), whose publishes the node commits in groups: `publish_per_s`.
 //! 4. **Apply**: a node in this process on UDP on 127.0.0.1 and `peers` real
 //!    `crabnet listen` processes (their own temp data directories) that first introduce
 //!    themselves (hellos), are stopped while step 3 fills their outboxes, and are started
@@ -51,6 +53,8 @@ pub struct BenchOptions {
     pub peers: usize,
     /// Seeds each peer publishes and then sends to the node.
     pub seeds_per_peer: usize,
+    /// Concurrent tasks that publish (through the async API) for `publish_per_s`.
+    pub publishers: usize,
     /// How long the floor and the overhead are measured, each.
     pub crypto_time: Duration,
     /// Longest wait for the peers' hellos, and for the node to apply everything.
@@ -64,6 +68,7 @@ impl BenchOptions {
             program: program.into(),
             peers: 2,
             seeds_per_peer: 500,
+            publishers: 32,
             crypto_time: Duration::from_secs(3),
             timeout: Duration::from_secs(40),
         }
@@ -94,8 +99,14 @@ pub struct BenchReport {
     pub envelope_sign_verify_us: f64,
     /// Raw sign + raw verify, in µs (median per round).
     pub raw_sign_verify_us: f64,
-    /// Seeds published per second through [`Node::publish`], one after another.
+    /// Seeds published per second through [`Node::publish`] by `publishers` concurrent
+    /// tasks.
     pub publish_per_s: f64,
+    /// Seeds published per second through [`Node::publish`] by one caller, one after
+    /// another.
+    pub publish_single_per_s: f64,
+    /// The concurrent publishing tasks of `publish_per_s`.
+    pub publishers: usize,
     /// Envelopes from the peer processes that the node applied per second.
     pub applied_per_s: f64,
     /// `applied_per_s / verify_floor_per_s`.
@@ -115,10 +126,10 @@ pub struct BenchReport {
 /// Runs the benchmark described in the module docs.
 pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let started = Instant::now();
-    if opts.peers == 0 || opts.seeds_per_peer == 0 {
+    if opts.peers == 0 || opts.seeds_per_peer < 2 || opts.publishers == 0 {
         return Err(Error::new(
             ErrorKind::Validation,
-            "the benchmark needs at least one peer and one seed per peer",
+            "the benchmark needs at least one peer, two seeds per peer and one publisher",
         ));
     }
     let crypto_time = opts.crypto_time;
@@ -142,7 +153,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let node = Node::start_with_transport(config, Box::new(transport)).await?;
     let outcome = apply_phase(opts, dir.path(), &node, node_addr).await;
     let stopped = node.stop().await;
-    let (publish_per_s, applied_per_s, applied) = outcome?;
+    let (publish, applied_per_s, applied) = outcome?;
     stopped?;
 
     let verify_floor_per_s = 1e6 / floor_us;
@@ -152,7 +163,9 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
         sign_verify_overhead: overhead,
         envelope_sign_verify_us: envelope_us,
         raw_sign_verify_us: raw_us,
-        publish_per_s,
+        publish_per_s: publish.grouped.rate(),
+        publish_single_per_s: publish.single.rate(),
+        publishers: opts.publishers,
         applied_per_s,
         apply_ratio: applied_per_s / verify_floor_per_s,
         sent: (opts.peers * opts.seeds_per_peer) as u64,
@@ -163,13 +176,38 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
     })
 }
 
-/// Steps 3 and 4: returns `(publish_per_s, applied_per_s, applied)`.
+/// Seeds published and how long that took.
+#[derive(Debug, Default, Clone, Copy)]
+struct Timed {
+    seeds: usize,
+    time: Duration,
+}
+
+impl Timed {
+    fn add(&mut self, other: Timed) {
+        self.seeds += other.seeds;
+        self.time += other.time;
+    }
+
+    fn rate(&self) -> f64 {
+        self.seeds as f64 / self.time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Step 3's figures.
+#[derive(Debug, Default)]
+struct Published {
+    single: Timed,
+    grouped: Timed,
+}
+
+/// Steps 3 and 4: returns `(published, applied_per_s, applied)`.
 async fn apply_phase(
     opts: &BenchOptions,
     dir: &Path,
     node: &Node,
     node_addr: std::net::SocketAddr,
-) -> Result<(f64, f64, u64)> {
+) -> Result<(Published, f64, u64)> {
     let peer_dirs: Vec<PathBuf> = (0..opts.peers)
         .map(|i| dir.join(format!("peer-{i}")))
         .collect();
@@ -183,17 +221,18 @@ async fn apply_phase(
 
     // Their outboxes fill through the API, offline.
     let total = opts.peers * opts.seeds_per_peer;
-    let published = Instant::now();
+    let mut published = Published::default();
     for (i, peer_dir) in peer_dirs.iter().enumerate() {
         let mut config = Config::with_data_dir(peer_dir);
         config.name = format!("bench-peer-{i}");
         let peer = Node::start(config).await?;
-        let result = publish_seeds(&peer, i, opts.seeds_per_peer).await;
+        let result = publish_seeds(&peer, i, opts.seeds_per_peer, opts.publishers).await;
         let stopped = peer.stop().await;
-        result?;
+        let (single, grouped) = result?;
         stopped?;
+        published.single.add(single);
+        published.grouped.add(grouped);
     }
-    let publish_per_s = total as f64 / published.elapsed().as_secs_f64();
 
     // Back on the network, they send everything to the node.
     let mut events = node.subscribe();
@@ -242,17 +281,55 @@ async fn apply_phase(
     } else {
         0.0
     };
-    Ok((publish_per_s, applied_per_s, applied))
+    Ok((published, applied_per_s, applied))
 }
 
-async fn publish_seeds(node: &Node, peer: usize, count: usize) -> Result<()> {
-    for n in 0..count {
+/// Publishes `count` seeds on `node`: the first fifth one after another, the rest from
+/// `publishers` concurrent tasks; returns how long each part took.
+async fn publish_seeds(
+    node: &Node,
+    peer: usize,
+    count: usize,
+    publishers: usize,
+) -> Result<(Timed, Timed)> {
+    let request = move |n: usize| {
         let mut req = PublishRequest::new(format!("echo bench {peer} {n}"));
         // No decision falls due while the benchmark runs.
         req.bid_window_secs = 3600;
-        node.publish(req).await?;
+        req
+    };
+    let alone = (count / 5).clamp(1, count - 1);
+    let started = Instant::now();
+    for n in 0..alone {
+        node.publish(request(n)).await?;
     }
-    Ok(())
+    let single = Timed {
+        seeds: alone,
+        time: started.elapsed(),
+    };
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(alone));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..publishers.min(count - alone) {
+        let (node, next) = (node.clone(), next.clone());
+        tasks.spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= count {
+                    return Ok::<_, Error>(());
+                }
+                node.publish(request(n)).await?;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| Error::internal(format!("a publishing task failed: {e}")))??;
+    }
+    let grouped = Timed {
+        seeds: count - alone,
+        time: started.elapsed(),
+    };
+    Ok((single, grouped))
 }
 
 /// The peer processes; killed (and reaped) on drop.

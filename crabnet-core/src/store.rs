@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -367,6 +369,9 @@ pub struct Store {
     keys: ParsedKeys,
     /// A batch is open ([`Store::begin_batch`]): every operation is a savepoint inside it.
     batch: bool,
+    /// The highest Lamport counter this connection stamped, received or handed out
+    /// ([`Store::lamport_counter`]); never below the stored clock once the store is open.
+    clock: Arc<AtomicU64>,
 }
 
 /// The transaction of one store operation: its own (`BEGIN`), or a savepoint inside the open
@@ -440,8 +445,11 @@ impl Store {
             config: config.clone(),
             keys: ParsedKeys::new(PARSED_KEYS),
             batch: false,
+            clock: Arc::default(),
         };
         store.migrate()?;
+        let stored = store.lamport_clock()?;
+        store.clock.fetch_max(stored, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -462,6 +470,14 @@ impl Store {
             return Err(batch_lost());
         }
         Ok(Tx::InBatch(self.conn.savepoint()?))
+    }
+
+    /// The Lamport counter this store keeps in memory beside the stored clock, for a node
+    /// that stamps a message before its transaction ([`LamportCounter::next`]): a counter
+    /// taken from it is above every counter this store stamped, received or handed out so
+    /// far, and no local commit of this store stamps it again.
+    pub(crate) fn lamport_counter(&self) -> LamportCounter {
+        LamportCounter(self.clock.clone())
     }
 
     /// Opens a batch: until [`Store::end_batch`], every operation on this store is part of
@@ -577,6 +593,7 @@ impl Store {
         build: impl FnOnce(Option<&SeedView>) -> Result<Body>,
         seal: impl FnOnce(&Message, &SeedView) -> Result<Vec<u8>>,
     ) -> Result<(Message, SeedView, Vec<Event>)> {
+        let clock = self.clock.clone();
         let tx = self.tx(TransactionBehavior::Immediate)?;
         let current = load_view(&tx, seed_id)?;
         let body = build(current.as_ref())?;
@@ -585,7 +602,7 @@ impl Store {
                 "local operation built a body for another seed",
             ));
         }
-        let lamport = bump_lamport(&tx, None)?;
+        let lamport = bump_lamport(&tx, &clock, None)?;
         let message = Message {
             id: MessageId::from_bytes(crate::clock::random_bytes()),
             sender: me.clone(),
@@ -593,31 +610,29 @@ impl Store {
             timestamp: now,
             body,
         };
-        if let Err(reason) = message.check_well_formed() {
-            return Err(Error::new(ErrorKind::Validation, reason));
-        }
-        insert_message(&tx, &message, Origin::Local, now)?;
-        let mut events = Vec::new();
-        let (view, verdict) = refold(&tx, seed_id, &message.id, now, &mut events)?;
-        match verdict {
-            Verdict::Applied => {}
-            Verdict::Pending { reason } | Verdict::Rejected { reason } => {
-                return Err(reason.into());
-            }
-        }
-        let view = view.ok_or_else(|| Error::internal("applied message left no seed"))?;
-        let envelope = seal(&message, &view)?;
-        tx.execute(
-            "UPDATE messages SET envelope = ?2 WHERE id = ?1",
-            params![message.id.as_str(), envelope],
-        )?;
-        tx.execute(
-            "INSERT INTO outbox(message_id, created_at, next_attempt_at) VALUES (?1, ?2, ?2)",
-            params![message.id.as_str(), now as i64],
-        )?;
-        let events = insert_events(&tx, now, events, Some(seed_id))?;
+        let (view, events) = insert_local(&tx, &message, now, seal)?;
         tx.commit()?;
         Ok((message, view, events))
+    }
+
+    /// Commits a local message that was stamped and signed before its transaction (a new
+    /// seed, whose body does not depend on any stored state; its Lamport counter comes from
+    /// [`Store::lamport_counter`]), with its `envelope`, events and outbox row, as
+    /// [`Store::commit_local`] does. The stored clock moves up to its counter. A message the
+    /// state machine does not apply (or one whose id is taken) is an error and nothing is
+    /// written.
+    pub(crate) fn commit_signed(
+        &mut self,
+        message: &Message,
+        envelope: &[u8],
+        now: Millis,
+    ) -> Result<(SeedView, Vec<Event>)> {
+        let clock = self.clock.clone();
+        let tx = self.tx(TransactionBehavior::Immediate)?;
+        bump_lamport(&tx, &clock, Some(message.lamport))?;
+        let (view, events) = insert_local(&tx, message, now, |_, _| Ok(envelope.to_vec()))?;
+        tx.commit()?;
+        Ok((view, events))
     }
 
     /// Applies a message received from the network, idempotently: a message id already seen
@@ -630,6 +645,7 @@ impl Store {
         now: Millis,
     ) -> Result<(RemoteOutcome, Vec<Event>)> {
         let until = self.seen_until(now);
+        let clock = self.clock.clone();
         let tx = self.tx(TransactionBehavior::Immediate)?;
         if prune::is_pruned(&tx, message.seed_id())? {
             // Nothing is written: the caller counts it (`retention.refused`).
@@ -660,7 +676,7 @@ impl Store {
                 now,
                 until,
             )?;
-            bump_lamport(&tx, Some(message.lamport))?;
+            bump_lamport(&tx, &clock, Some(message.lamport))?;
             match message.check_well_formed() {
                 Err(detail) => {
                     bump_counter(&tx, "rejected.malformed")?;
@@ -1655,7 +1671,7 @@ fn admit(tx: &Connection, admission: &Admission) -> Result<bool> {
     }
 }
 
-fn bump_lamport(tx: &Connection, seen: Option<u64>) -> Result<u64> {
+fn bump_lamport(tx: &Connection, clock: &AtomicU64, seen: Option<u64>) -> Result<u64> {
     let current: u64 = tx
         .query_row("SELECT value FROM meta WHERE key = 'lamport'", [], |r| {
             r.get::<_, String>(0)
@@ -1664,7 +1680,11 @@ fn bump_lamport(tx: &Connection, seen: Option<u64>) -> Result<u64> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let next = match seen {
-        None => current.saturating_add(1),
+        // Above the counters handed out before their transaction, too.
+        None => {
+            clock.fetch_max(current, Ordering::SeqCst);
+            clock.fetch_add(1, Ordering::SeqCst).saturating_add(1)
+        }
         Some(remote) => current.max(remote),
     };
     if next > MAX_LAMPORT {
@@ -1673,12 +1693,68 @@ fn bump_lamport(tx: &Connection, seen: Option<u64>) -> Result<u64> {
             format!("the Lamport clock would pass {MAX_LAMPORT}"),
         ));
     }
+    clock.fetch_max(next, Ordering::SeqCst);
     tx.execute(
         "INSERT INTO meta(key, value) VALUES ('lamport', ?1)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         [next.to_string()],
     )?;
     Ok(next)
+}
+
+/// Hands out local Lamport counters before their transaction (see [`Store::lamport_counter`]).
+#[derive(Debug, Clone)]
+pub(crate) struct LamportCounter(Arc<AtomicU64>);
+
+impl LamportCounter {
+    /// The next local counter: above every counter the store stamped, received or handed out
+    /// before. A counter handed out but never committed is skipped, as a rolled-back one is.
+    pub fn next(&self) -> Result<u64> {
+        let next = self.0.fetch_add(1, Ordering::SeqCst).saturating_add(1);
+        if next > MAX_LAMPORT {
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!("the Lamport clock would pass {MAX_LAMPORT}"),
+            ));
+        }
+        Ok(next)
+    }
+}
+
+/// The part of a local commit after the message is stamped: checks it, stores it, applies it
+/// through the state machine (it must apply), stores its envelope (`seal`, called once the new
+/// state is known), its outbox row and its events.
+fn insert_local(
+    tx: &Connection,
+    message: &Message,
+    now: Millis,
+    seal: impl FnOnce(&Message, &SeedView) -> Result<Vec<u8>>,
+) -> Result<(SeedView, Vec<Event>)> {
+    if let Err(reason) = message.check_well_formed() {
+        return Err(Error::new(ErrorKind::Validation, reason));
+    }
+    let seed_id = message.seed_id();
+    insert_message(tx, message, Origin::Local, now)?;
+    let mut events = Vec::new();
+    let (view, verdict) = refold(tx, seed_id, &message.id, now, &mut events)?;
+    match verdict {
+        Verdict::Applied => {}
+        Verdict::Pending { reason } | Verdict::Rejected { reason } => {
+            return Err(reason.into());
+        }
+    }
+    let view = view.ok_or_else(|| Error::internal("applied message left no seed"))?;
+    let envelope = seal(message, &view)?;
+    tx.execute(
+        "UPDATE messages SET envelope = ?2 WHERE id = ?1",
+        params![message.id.as_str(), envelope],
+    )?;
+    tx.execute(
+        "INSERT INTO outbox(message_id, created_at, next_attempt_at) VALUES (?1, ?2, ?2)",
+        params![message.id.as_str(), now as i64],
+    )?;
+    let events = insert_events(tx, now, events, Some(seed_id))?;
+    Ok((view, events))
 }
 
 fn insert_seen(

@@ -1809,6 +1809,7 @@ fn bench_quick_prints_sane_figures_as_json_and_cleans_up() {
         "apply_ratio",
         "sign_verify_overhead",
         "publish_per_s",
+        "publish_single_per_s",
     ] {
         let value = report[field].as_f64();
         assert!(

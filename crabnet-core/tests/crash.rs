@@ -94,6 +94,20 @@ impl Acks {
     }
 }
 
+/// In a helper child process (its parent set `var`): the data directory it was given, and a
+/// runtime for its nodes. `None` when the ignored test is run on its own.
+fn child_of(var: &str) -> Option<(PathBuf, tokio::runtime::Runtime)> {
+    let dir = std::env::var_os(var)?;
+    Some((PathBuf::from(dir), tokio::runtime::Runtime::new().unwrap()))
+}
+
+/// A child's line to its parent, flushed at once (the parent acts on each line as it comes).
+fn say(line: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
 /// A cheap pseudo-random number from the clock and the pid (no extra dependencies).
 fn random_u64(salt: u64) -> u64 {
     let nanos = SystemTime::now()
@@ -166,22 +180,36 @@ fn child_stream() {
     let _ = pair.publisher.stop();
 }
 
-/// Runs one child on `dir`, kills it with SIGKILL after `kill_after` acknowledgements (plus a
-/// short random delay, so the kill lands at an arbitrary point of the next operation), and
-/// returns every acknowledgement it printed before it died, plus the node ids it reported.
-fn run_child_and_kill(dir: &Path, kill_after: usize, salt: u64, acks: &mut Acks) -> Ids {
+/// The node ids a child printed (`publisher <id>`, `runner <id>`).
+#[derive(Debug, Default)]
+struct Printed {
+    publisher: Option<NodeId>,
+    runner: Option<NodeId>,
+}
+
+/// Runs one child (the ignored test `name`, with `var` naming `dir`) on `dir`, kills it with
+/// SIGKILL after `kill_after` acknowledgements (plus a short random delay, so the kill lands at
+/// an arbitrary point of the next operation), and returns every acknowledgement it printed
+/// before it died, plus the node ids it reported.
+fn run_child_and_kill(
+    (name, var): (&str, &str),
+    dir: &Path,
+    kill_after: usize,
+    salt: u64,
+    acks: &mut Acks,
+) -> Printed {
     let exe = std::env::current_exe().expect("current test binary");
-    let stderr_path = dir.with_extension(format!("child{salt}.stderr"));
+    let stderr_path = dir.with_extension(format!("{name}{salt}.stderr"));
     let mut child = Command::new(exe)
         .args([
             "--exact",
-            "child_stream",
+            name,
             "--nocapture",
             "--ignored",
             "--test-threads",
             "1",
         ])
-        .env(CHILD_DIR_VAR, dir)
+        .env(var, dir)
         .env(CHILD_SEED_VAR, salt.to_string())
         .env_remove("CRABNET_LOG")
         .stdin(Stdio::null())
@@ -202,8 +230,7 @@ fn run_child_and_kill(dir: &Path, kill_after: usize, salt: u64, acks: &mut Acks)
     });
 
     let deadline = Instant::now() + CYCLE_TIMEOUT;
-    let mut publisher: Option<NodeId> = None;
-    let mut runner: Option<NodeId> = None;
+    let mut printed = Printed::default();
     let mut seen = 0usize;
     let mut killed = false;
     let mut all_lines = Vec::new();
@@ -213,10 +240,10 @@ fn run_child_and_kill(dir: &Path, kill_after: usize, salt: u64, acks: &mut Acks)
             Ok(line) => {
                 all_lines.push(line.clone());
                 if let Some(id) = line.strip_prefix("publisher ") {
-                    publisher = Some(NodeId::parse(id.trim()).expect("child prints its ids"));
+                    printed.publisher = Some(NodeId::parse(id.trim()).expect("child prints ids"));
                 }
                 if let Some(id) = line.strip_prefix("runner ") {
-                    runner = Some(NodeId::parse(id.trim()).expect("child prints its ids"));
+                    printed.runner = Some(NodeId::parse(id.trim()).expect("child prints ids"));
                 }
                 if acks.record(&line) {
                     seen += 1;
@@ -260,10 +287,7 @@ fn run_child_and_kill(dir: &Path, kill_after: usize, salt: u64, acks: &mut Acks)
             "child died of SIGKILL: {status}"
         );
     }
-    Ids {
-        publisher: publisher.expect("child printed the publisher's id"),
-        runner: runner.expect("child printed the runner's id"),
-    }
+    printed
 }
 
 /// Opens a store after a crash: it opens, passes the integrity check and keeps its identity.
@@ -478,7 +502,17 @@ fn crash_leaves_a_sound_database() {
         let salt = random_u64(cycle as u64);
         let kill_after = 20 + (salt % 41) as usize; // 20..=60
         let before = acks.count;
-        let now = run_child_and_kill(&dir, kill_after, salt, &mut acks);
+        let printed = run_child_and_kill(
+            ("child_stream", CHILD_DIR_VAR),
+            &dir,
+            kill_after,
+            salt,
+            &mut acks,
+        );
+        let now = Ids {
+            publisher: printed.publisher.expect("child printed the publisher's id"),
+            runner: printed.runner.expect("child printed the runner's id"),
+        };
         if let Some(prev) = &ids {
             assert_eq!(prev, &now, "the node ids are stable across crashes");
         }
@@ -550,12 +584,11 @@ const FLOOD_BURST: usize = 96;
 #[test]
 #[ignore = "helper process for a_kill_in_the_middle_of_a_receive_batch_loses_nothing_acknowledged"]
 fn child_receiver() {
-    let Some(dir) = std::env::var_os(RECEIVER_DIR_VAR) else {
+    let Some((dir, rt)) = child_of(RECEIVER_DIR_VAR) else {
         return;
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut config = Config::with_data_dir(PathBuf::from(dir));
+        let mut config = Config::with_data_dir(dir);
         config.name = "receiver".into();
         config.network.tick_ms = 20;
         let transport = UdpTransport::bind(UdpConfig {
@@ -575,11 +608,7 @@ fn child_receiver() {
             let _ = std::io::stdin().read_line(&mut line);
             let _ = stop.send(());
         });
-        {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "\nnode {}\naddr {addr}", node.id()).unwrap();
-            out.flush().unwrap();
-        }
+        say(format_args!("\nnode {}\naddr {addr}", node.id()));
         let safety = tokio::time::sleep(Duration::from_secs(120));
         tokio::pin!(safety);
         loop {
@@ -591,9 +620,7 @@ fn child_receiver() {
                         EventKind::PeerDiscovered { node_id, .. } => format!("peer {node_id}"),
                         _ => continue,
                     };
-                    let mut out = std::io::stdout().lock();
-                    writeln!(out, "{line}").unwrap();
-                    out.flush().unwrap();
+                    say(line);
                 }
                 _ = &mut stopped => break,
                 _ = &mut safety => break,
@@ -855,5 +882,115 @@ fn a_kill_in_the_middle_of_a_receive_batch_loses_nothing_acknowledged() {
             );
         }
     }
+    check_log(&config);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A publisher killed in the middle of concurrent publishes (group commit)
+// ---------------------------------------------------------------------------------------------
+
+const PUBLISHERS_DIR_VAR: &str = "CRABNET_CRASH_PUBLISHERS_DIR";
+/// Tasks publishing at once in the child: their publishes are committed in groups.
+const CONCURRENT_PUBLISHERS: usize = 16;
+
+/// The child process: a node without a network whose `CONCURRENT_PUBLISHERS` tasks publish
+/// through the async API as fast as they can, each printing `ok <seed> publish` (and flushing)
+/// once its call returned. Runs until killed, or for a minute as a safety net.
+#[test]
+#[ignore = "helper process for a_kill_in_the_middle_of_concurrent_publishes_loses_nothing_acknowledged"]
+fn child_publishers() {
+    let Some((dir, rt)) = child_of(PUBLISHERS_DIR_VAR) else {
+        return;
+    };
+    rt.block_on(async {
+        let (config, _) = configs(&dir);
+        let node = Node::start(config).await.unwrap();
+        say(format_args!("\npublisher {}", node.id()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..CONCURRENT_PUBLISHERS {
+            let node = node.clone();
+            tasks.spawn(async move {
+                let mut i = 0u64;
+                while tokio::time::Instant::now() < deadline {
+                    i += 1;
+                    let mut req = PublishRequest::new(format!("echo crash-{t}-{i}"));
+                    req.bid_window_secs = 3600;
+                    let view = node.publish(req).await.expect("child: publish");
+                    say(format_args!("ok {} publish", view.seed.id));
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        node.stop().await.unwrap();
+    });
+}
+
+/// A node whose API callers publish concurrently (committed in groups, one transaction each)
+/// is SIGKILLed at a random point, three times on the same directory; after each kill its
+/// store opens, passes the integrity check, and holds every publish that had returned, with
+/// its envelope and exactly one `seed_published` event (gap-free sequence numbers). A node
+/// started on the directory afterwards sees them all, and after its clean stop the NDJSON log
+/// holds every event once.
+#[test]
+fn a_kill_in_the_middle_of_concurrent_publishes_loses_nothing_acknowledged() {
+    let tmp = tempfile::Builder::new()
+        .prefix("crabnet-crash-publishers-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().join("nodes");
+    let (config, _) = configs(&dir);
+    let mut acks = Acks::default();
+    let mut node_id: Option<NodeId> = None;
+    for cycle in 0..CYCLES {
+        let salt = random_u64(cycle as u64 ^ 0x9b);
+        let kill_after = 40 + (salt % 160) as usize; // 40..=199
+        let before = acks.count;
+        let printed = run_child_and_kill(
+            ("child_publishers", PUBLISHERS_DIR_VAR),
+            &dir,
+            kill_after,
+            salt,
+            &mut acks,
+        );
+        let me = printed.publisher.expect("the child printed its id");
+        assert_eq!(
+            node_id.get_or_insert_with(|| me.clone()),
+            &me,
+            "the node id is stable across crashes"
+        );
+        let store = open_store(&config, &me);
+        let seen = check_events(&store);
+        for seed in &acks.published {
+            let view = store
+                .seed(seed)
+                .unwrap()
+                .unwrap_or_else(|| panic!("cycle {cycle}: acknowledged seed {seed} is missing"));
+            assert_eq!(view.seed.publisher, me);
+            assert!(seen.published.contains(seed), "seed_published of {seed}");
+            assert_eq!(envelopes_by(&store, seed, &me), 1, "the envelope of {seed}");
+        }
+        eprintln!(
+            "publishers crash test, cycle {cycle}: killed after {} acknowledgements, {} acknowledged in all, {} stored",
+            acks.count - before,
+            acks.published.len(),
+            store.all_views().unwrap().len()
+        );
+    }
+
+    // A node on the crashed directory sees every acknowledged seed; its log catches up.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let node = Node::start(config.clone()).await.unwrap();
+        let seeds: BTreeSet<SeedId> = node
+            .seeds(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| v.seed.id)
+            .collect();
+        assert!(acks.published.is_subset(&seeds));
+        node.stop().await.unwrap();
+    });
     check_log(&config);
 }

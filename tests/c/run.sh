@@ -74,6 +74,10 @@ rpath=-Wl,-rpath,$prefix/lib
 # shellcheck disable=SC2046
 "$CXX" -std=c++17 "${warn[@]}" "$root/examples/c/raii.cpp" $(pkg-config --cflags --libs crabnet) \
     "$rpath" -o "$out/raii"
+# The publish loop that scripts/bench-bindings.sh times against the Rust API and Python.
+# shellcheck disable=SC2046
+"$CC" -std=c99 "${warn[@]}" "$root/examples/c/publish_bench.c" $(pkg-config --cflags --libs crabnet) \
+    "$rpath" -o "$out/publish_bench"
 # The README's C program (the ```c block), built exactly as the README says.
 awk '/^```c$/ { inside = 1; next } /^```$/ { inside = 0 } inside' "$root/README.md" \
     > "$out/readme.c"
@@ -95,6 +99,8 @@ grep -q 'published seed' "$out/events-static.log"
 "$out/raii" > "$out/raii.log"
 grep -q 'alice settled: accepted' "$out/raii.log"
 mkdir -p "$out/tmp"
+"$out/publish_bench" "$out/tmp/publish-bench" 5 > "$out/publish_bench.log"
+grep -qE '^c 5 [0-9]+$' "$out/publish_bench.log"
 TMPDIR=$out/tmp "$out/readme" > "$out/readme.log"
 grep -q 'seed_published' "$out/readme.log"
 

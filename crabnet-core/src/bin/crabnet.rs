@@ -75,6 +75,9 @@ struct BenchArgs {
     /// Seeds each peer sends to the node (default 500; 40 with --quick).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     seeds: Option<usize>,
+    /// Concurrent tasks that publish for `publish_per_s` (default 32).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    publishers: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1367,6 +1370,9 @@ async fn bench(args: &BenchArgs, json: bool) -> Result<(), Error> {
     if let Some(seeds) = args.seeds {
         opts.seeds_per_peer = seeds;
     }
+    if let Some(publishers) = args.publishers {
+        opts.publishers = publishers;
+    }
     if !json {
         eprintln!(
             "crabnet bench: {} peer process(es), {} seeds each...",
@@ -1394,8 +1400,12 @@ async fn bench(args: &BenchArgs, json: bool) -> Result<(), Error> {
         r.sign_verify_overhead, r.envelope_sign_verify_us, r.raw_sign_verify_us
     );
     println!(
-        "publish           {:>10.0} seeds/s      (Node::publish, store.sync = {})",
-        r.publish_per_s, r.store_sync
+        "publish           {:>10.0} seeds/s      (Node::publish from {} tasks, store.sync = {})",
+        r.publish_per_s, r.publishers, r.store_sync
+    );
+    println!(
+        "publish, 1 caller {:>10.0} seeds/s      (one publish after another)",
+        r.publish_single_per_s
     );
     println!(
         "applied           {:>10.0} envelopes/s  ({} of {} from {} peer process(es))",

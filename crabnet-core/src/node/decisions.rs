@@ -20,7 +20,7 @@ impl Node {
         let now = self.now_ms();
         let timers = &self.inner.timers;
         // Reset before the query: a seed published meanwhile schedules itself again
-        // (`commit_local_at`), whichever of the two comes first.
+        // (after its commit), whichever of the two comes first.
         timers.decide_at.store(u64::MAX, Ordering::Relaxed);
         lock(&timers.deciding).clear();
         let pending = lock(&self.inner.store).undecided_seeds_of(&self.inner.id)?;
@@ -83,7 +83,7 @@ impl Node {
     }
 
     /// Issues the decision due on `view` at `now`, if any; true when it did (the new state
-    /// schedules itself through `commit_local_at`). Otherwise the caller schedules `view`: a
+    /// schedules itself through `commit_local`). Otherwise the caller schedules `view`: a
     /// decision that failed is then still due, and tried again on the next tick.
     fn decide(&self, view: &SeedView, now: Millis) -> bool {
         let Some(due) = view.due_decision(now) else {

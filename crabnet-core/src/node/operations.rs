@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
+use super::group::LocalOp;
 use super::{Node, Overview, PeerInfo, PublishRequest, lock};
 use crate::clock::random_bytes;
 use crate::envelope::{self, EnvelopeError};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::PublicIdentity;
 use crate::model::{
-    Bid, BidId, Body, Cancellation, Claim, Message, Millis, RoundEnd, Seed, SeedId, SeedStatus,
+    Bid, BidId, Body, Cancellation, Claim, Message, MessageId, Millis, RoundEnd, Seed, SeedId,
+    SeedStatus,
 };
 use crate::monitor::Event;
 use crate::sandbox::Refusal;
@@ -18,25 +20,20 @@ use crate::store::Peer;
 use crate::trust;
 
 impl Node {
+    /// Commits a local message that the node issues itself (a decision, a run's result) in a
+    /// transaction of its own, or as part of the receive batch this thread has open. The API's
+    /// operations go through the group commit instead (`node/group.rs`).
     pub(super) fn commit_local(
         &self,
         seed_id: &SeedId,
         build: impl FnOnce(Option<&SeedView>) -> Result<Body>,
     ) -> Result<SeedView> {
-        self.commit_local_at(seed_id, self.now_ms(), build)
-    }
-
-    pub(super) fn commit_local_at(
-        &self,
-        seed_id: &SeedId,
-        now: Millis,
-        build: impl FnOnce(Option<&SeedView>) -> Result<Body>,
-    ) -> Result<SeedView> {
+        let now = self.now_ms();
         let view = self.with_store(|s| {
             let peers = s.peers()?;
             let view = s
                 .commit_local(&self.inner.id, seed_id, now, build, |m, v| {
-                    self.seal(m, v, &peers)
+                    self.seal(m, &v.seed, &peers)
                 })
                 .map(|(_, view, _)| view)?;
             self.schedule_decision(&view);
@@ -46,9 +43,23 @@ impl Node {
         Ok(view)
     }
 
-    /// Signs a local message, sealing it to the seed's audience when the seed is private.
-    fn seal(&self, message: &Message, view: &SeedView, peers: &[Peer]) -> Result<Vec<u8>> {
-        let seed = &view.seed;
+    /// An API operation on an existing seed through the group commit (`node/group.rs`):
+    /// `build` makes the message's body from the seed's current state (`None`: unknown).
+    fn commit_api(
+        &self,
+        seed_id: &SeedId,
+        build: impl FnOnce(&Node, Option<&SeedView>) -> Result<Body> + Send + 'static,
+    ) -> Result<SeedView> {
+        self.commit_queued(LocalOp::Build {
+            seed_id: seed_id.clone(),
+            now: self.now_ms(),
+            build: Box::new(build),
+        })
+    }
+
+    /// Signs a local message about `seed`, sealing it to the seed's audience when the seed is
+    /// private (`peers` must then hold the audience's keys).
+    pub(super) fn seal(&self, message: &Message, seed: &Seed, peers: &[Peer]) -> Result<Vec<u8>> {
         let mut recipients = Vec::new();
         if !seed.audience.is_empty() {
             for id in seed.audience.iter().chain([&seed.publisher]) {
@@ -84,54 +95,87 @@ impl Node {
         })
     }
 
-    /// Publishes a seed; returns its state.
+    /// Publishes a seed; returns its state once it is committed. The seed's message is
+    /// stamped and signed on the caller's thread, then committed together with whatever other
+    /// callers queued meanwhile (group commit, see `node/group.rs`).
     pub async fn publish(&self, req: PublishRequest) -> Result<SeedView> {
         self.blocking(move |n| {
-            let now = n.now_ms();
-            let seed = Seed {
-                id: SeedId::from_bytes(random_bytes()),
-                publisher: n.inner.id.clone(),
-                command: req.command,
-                description: req.description,
-                min_price: req.min_price,
-                max_price: req.max_price,
-                bid_window_secs: req.bid_window_secs,
-                max_bids: req.max_bids,
-                timeout_secs: req.timeout_secs,
-                created_at: now,
-                audience: req.private_to,
-                network: req.network,
-                isolation: req.isolation,
-                rules: Seed::rules_for(req.replication.as_ref()),
-                deadlines: Some(req.deadlines),
-                replication: req.replication,
-            };
-            seed.check_fields()
-                .map_err(|e| Error::new(ErrorKind::Validation, format!("invalid seed: {e}")))?;
-            let id = seed.id.clone();
-            // The creation time must equal the message timestamp: commit with the same clock.
-            n.commit_local_at(&id, now, |_| Ok(Body::SeedCreated(seed)))
+            let op = n.signed_seed(req)?;
+            n.commit_queued(op)
         })
         .await
+    }
+
+    /// The new seed `req` describes as a message stamped with the next Lamport counter and
+    /// signed (sealed to its audience when it is private), ready for its group.
+    pub(super) fn signed_seed(&self, req: PublishRequest) -> Result<LocalOp> {
+        let now = self.now_ms();
+        let seed = Seed {
+            id: SeedId::from_bytes(random_bytes()),
+            publisher: self.inner.id.clone(),
+            command: req.command,
+            description: req.description,
+            min_price: req.min_price,
+            max_price: req.max_price,
+            bid_window_secs: req.bid_window_secs,
+            max_bids: req.max_bids,
+            timeout_secs: req.timeout_secs,
+            created_at: now,
+            audience: req.private_to,
+            network: req.network,
+            isolation: req.isolation,
+            rules: Seed::rules_for(req.replication.as_ref()),
+            deadlines: Some(req.deadlines),
+            replication: req.replication,
+        };
+        seed.check_fields()
+            .map_err(|e| Error::new(ErrorKind::Validation, format!("invalid seed: {e}")))?;
+        // A private seed is sealed to its audience: their keys come from the peer table.
+        let peers = if seed.audience.is_empty() {
+            Vec::new()
+        } else {
+            lock(&self.inner.store).peers()?
+        };
+        // The creation time equals the message timestamp: the same clock reading.
+        let message = Message {
+            id: MessageId::from_bytes(random_bytes()),
+            sender: self.inner.id.clone(),
+            lamport: self.inner.lamport.next()?,
+            timestamp: now,
+            body: Body::SeedCreated(seed),
+        };
+        message
+            .check_well_formed()
+            .map_err(|e| Error::new(ErrorKind::Validation, e))?;
+        let Body::SeedCreated(seed) = &message.body else {
+            return Err(Error::internal("a new seed's message must be seed_created"));
+        };
+        let envelope = self.seal(&message, seed, &peers)?;
+        Ok(LocalOp::Signed {
+            message: Box::new(message),
+            envelope,
+        })
     }
 
     /// Bids `price` on a seed.
     pub async fn bid(&self, seed_id: &SeedId, price: u64) -> Result<SeedView> {
         let seed_id = seed_id.clone();
         self.blocking(move |n| {
-            let me = n.inner.id.clone();
-            let runner_cfg = &n.inner.config.runner;
-            let view = n.commit_local(&seed_id, |v| {
-                let v = known(v, &seed_id)?;
+            let id = seed_id.clone();
+            let view = n.commit_api(&seed_id, move |n, v| {
+                let v = known(v, &id)?;
+                let me = n.inner.id.clone();
                 state::check_local_bid(v, &me, n.now_ms())?;
                 // Never offer to run what this node's sandbox policy cannot serve.
-                runner_cfg
+                n.inner
+                    .config
+                    .runner
                     .check_can_serve(&v.seed)
-                    .map_err(|e| refusal(&seed_id, e))?;
+                    .map_err(|e| refusal(&id, e))?;
                 Ok(Body::BidPlaced(Bid {
                     id: BidId::from_bytes(random_bytes()),
-                    seed_id: seed_id.clone(),
-                    bidder: me.clone(),
+                    seed_id: id.clone(),
+                    bidder: me,
                     price,
                 }))
             })?;
@@ -146,13 +190,14 @@ impl Node {
         let seed_id = seed_id.clone();
         self.blocking(move |n| {
             n.issue_decisions_if_due()?;
-            let me = n.inner.id.clone();
-            n.commit_local(&seed_id, |v| {
-                let v = known(v, &seed_id)?;
+            let id = seed_id.clone();
+            n.commit_api(&seed_id, move |n, v| {
+                let v = known(v, &id)?;
+                let me = n.inner.id.clone();
                 let bid_id = state::check_local_claim(v, &me, n.now_ms())?;
                 Ok(Body::SeedClaimed(Claim {
-                    seed_id: seed_id.clone(),
-                    claimer: me.clone(),
+                    seed_id: id.clone(),
+                    claimer: me,
                     bid_id,
                 }))
             })
@@ -166,8 +211,9 @@ impl Node {
         let seed_id = seed_id.clone();
         let note = note.to_owned();
         self.blocking(move |n| {
-            n.commit_local(&seed_id, |v| {
-                let v = known(v, &seed_id)?;
+            let id = seed_id.clone();
+            n.commit_api(&seed_id, move |_, v| {
+                let v = known(v, &id)?;
                 Ok(Body::SeedSettled(v.settlement_for(accept, &note)))
             })
         })
@@ -180,12 +226,12 @@ impl Node {
     pub async fn reassign(&self, seed_id: &SeedId) -> Result<SeedView> {
         let seed_id = seed_id.clone();
         self.blocking(move |n| {
-            let me = n.inner.id.clone();
-            n.commit_local(&seed_id, |v| {
-                let v = known(v, &seed_id)?;
-                state::check_local_reassign(v, &me, n.now_ms())?;
+            let id = seed_id.clone();
+            n.commit_api(&seed_id, move |n, v| {
+                let v = known(v, &id)?;
+                state::check_local_reassign(v, &n.inner.id, n.now_ms())?;
                 let next = v.reassignment().ok_or_else(|| {
-                    Error::internal(format!("seed {seed_id} has no award to reassign"))
+                    Error::internal(format!("seed {id} has no award to reassign"))
                 })?;
                 Ok(Body::SeedReassigned(next))
             })
@@ -198,8 +244,9 @@ impl Node {
     pub async fn cancel(&self, seed_id: &SeedId) -> Result<SeedView> {
         let seed_id = seed_id.clone();
         self.blocking(move |n| {
-            n.commit_local(&seed_id, |v| {
-                let v = known(v, &seed_id)?;
+            let id = seed_id.clone();
+            n.commit_api(&seed_id, move |_, v| {
+                let v = known(v, &id)?;
                 // Under rules 2 a cancellation after the award says how the round ended.
                 let after = match (v.seed.deadlines(), v.status, &v.award) {
                     (None, _, _) | (_, _, None) => None,
@@ -207,7 +254,7 @@ impl Node {
                     (Some(_), _, Some(_)) => Some(RoundEnd::Unclaimed),
                 };
                 Ok(Body::SeedCancelled(Cancellation {
-                    seed_id: seed_id.clone(),
+                    seed_id: id.clone(),
                     after,
                 }))
             })

@@ -14,13 +14,26 @@ for the fields that may be null. After a change in the core, regenerate the sche
 
 from __future__ import annotations
 
+import functools
 import json
 import typing
 import warnings
 from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Type, TypeVar
+from typing import (
+    Any,
+    Callable,
+    ClassVar,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Type,
+    TypeVar,
+)
 
 from ._crabnet import InternalError
 
@@ -268,11 +281,25 @@ def _short(value: object) -> str:
     return repr(value)
 
 
+_Plan = Tuple[
+    FrozenSet[str],
+    FrozenSet[str],
+    List[Tuple[str, Callable[[Any], Any]]],
+    Dict[str, Any],
+    List[Tuple[str, Callable[[], Any]]],
+]
+
+
 class _Record:
     """Base of the frozen domain classes: built from the core's JSON, with a compact repr."""
 
     __slots__ = ()
     _hints: ClassVar[Dict[str, Any]]
+    _plan: ClassVar[_Plan]
+    """Per class, worked out once: the field names, the required ones, the fields to convert
+    with their converters (the others are taken as they are), the defaults and the default
+    factories (building a record is on the path of every call that returns one, e.g. a
+    publish)."""
     _JSON_NAMES: ClassVar[Mapping[str, str]] = MappingProxyType({})
     """JSON field names that are not valid Python names, mapped to the field's name."""
 
@@ -290,32 +317,67 @@ class _Record:
         return cls._from_fields(data)
 
     @classmethod
+    def _fields_plan(cls) -> _Plan:
+        plan: Optional[_Plan] = cls.__dict__.get("_plan")
+        if plan is None:
+            hints = cls._field_types()
+            all_fields = fields(cls)  # type: ignore[arg-type]
+            converters = [(f.name, _converter(hints[f.name])) for f in all_fields]
+            plan = (
+                frozenset(f.name for f in all_fields),
+                frozenset(
+                    f.name
+                    for f in all_fields
+                    if f.default is MISSING and f.default_factory is MISSING
+                ),
+                [(n, c) for n, c in converters if c is not _same],
+                {f.name: f.default for f in all_fields if f.default is not MISSING},
+                [
+                    (f.name, f.default_factory)
+                    for f in all_fields
+                    if f.default_factory is not MISSING
+                ],
+            )
+            cls._plan = plan
+        return plan
+
+    @classmethod
     def _from_fields(cls: Type[_R], data: Mapping[str, Any]) -> _R:
         if cls._JSON_NAMES:
             data = {cls._JSON_NAMES.get(k, k): v for k, v in data.items()}
-        hints = cls._field_types()
-        all_fields = fields(cls)  # type: ignore[arg-type]
-        names = [f.name for f in all_fields]
+        names, required, converted, defaults, factories = cls._fields_plan()
         # The core leaves out fields at their default (e.g. `Seed.network`); every other
         # field must be there.
-        missing = [
-            f.name
-            for f in all_fields
-            if f.name not in data and f.default is MISSING and f.default_factory is MISSING
-        ]
-        if missing:
+        if not required.issubset(data):
+            absent = required - set(data)
+            all_fields = fields(cls)  # type: ignore[arg-type]
+            missing = [f.name for f in all_fields if f.name in absent]
             raise InternalError(
                 f"crabnet: the core sent a {cls.__name__} without {', '.join(missing)}"
             )
-        for extra in sorted(set(data) - set(names)):
-            if (cls.__name__, extra) not in _warned:
-                _warned.add((cls.__name__, extra))
-                warnings.warn(
-                    f"crabnet: {cls.__name__} has no field {extra!r}; it is ignored",
-                    SchemaWarning,
-                    stacklevel=2,
-                )
-        return cls(**{n: _convert(hints[n], data[n]) for n in names if n in data})
+        if not names.issuperset(data):
+            for extra in sorted(set(data) - names):
+                if (cls.__name__, extra) not in _warned:
+                    _warned.add((cls.__name__, extra))
+                    warnings.warn(
+                        f"crabnet: {cls.__name__} has no field {extra!r}; it is ignored",
+                        SchemaWarning,
+                        stacklevel=2,
+                    )
+            data = {n: v for n, v in data.items() if n in names}
+        # What the generated `__init__` would do, without its frozen-attribute assignments one
+        # by one (the records have no `__post_init__`).
+        record = object.__new__(cls)
+        values = record.__dict__
+        values.update(defaults)
+        for n, factory in factories:
+            if n not in data:
+                values[n] = factory()
+        values.update(data)
+        for n, convert in converted:
+            if n in data:
+                values[n] = convert(data[n])
+        return record
 
     def __repr__(self) -> str:
         parts = ", ".join(
@@ -328,29 +390,40 @@ class _Record:
 
 def _convert(tp: Any, value: Any) -> Any:
     """Converts one JSON value to the annotated type (records, enums, tuples, mappings)."""
+    return _converter(tp)(value)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _converter(tp: Any) -> Callable[[Any], Any]:
+    """The conversion of JSON values to the annotated type `tp`, worked out once per type."""
     if tp is Any:
-        return value
+        return _same
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union:
-        if value is None:
-            return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value)
+        convert_inner = _converter(inner)
+        return lambda v: None if v is None else convert_inner(v)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v) for v in value)
-        return tuple(_convert(a, v) for a, v in zip(args, value))
+            convert_item = _converter(args[0])
+            if convert_item is _same:
+                return tuple
+            return lambda v: tuple(convert_item(x) for x in v)
+        converters = [_converter(a) for a in args]
+        return lambda v: tuple(c(x) for c, x in zip(converters, v))
     if origin is not None and origin.__name__ == "Mapping":
-        key_type, value_type = args
-        return MappingProxyType(
-            {_convert(key_type, k): _convert(value_type, v) for k, v in value.items()}
-        )
+        convert_key, convert_value = (_converter(a) for a in args)
+        return lambda v: MappingProxyType({convert_key(k): convert_value(x) for k, x in v.items()})
     if isinstance(tp, type) and issubclass(tp, _Record):
-        return tp._from_json(value)
+        return tp._from_json
     if isinstance(tp, type) and issubclass(tp, Enum):
-        return tp(value)
-    return value
+        return tp
+    return _same
 
 
 @dataclass(frozen=True, repr=False)
