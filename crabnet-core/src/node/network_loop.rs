@@ -159,10 +159,12 @@ impl Node {
             counters.count("ingress.batches_full");
         }
         let mut admitted = Vec::with_capacity(frames.len());
+        // The frames arrived together: one reading of the clock serves them all.
+        let now = self.now_ms();
         for InboundFrame { bytes, from, ack } in frames {
-            if let Err(rejection) = self.inner.gate.admit(&bytes, &from, max, self.now_ms()) {
+            if let Err(rejection) = self.inner.gate.admit(&bytes, &from, max, now) {
                 // Refused before any blocking work: no transaction, no outbox scan.
-                let handled = self.refuse(rejection).await;
+                let handled = self.refuse(rejection, now).await;
                 if let Some(ack) = ack {
                     let _ = ack.send(handled);
                 }

@@ -19,6 +19,7 @@ pub enum Flood {
     Off,
     /// At least this many datagrams per second (as long as the sender keeps up), sent in small
     /// bursts every few hundred microseconds.
+    #[allow(dead_code)] // The bench paces; the CI test floods as fast as it can.
     Paced(u64),
     /// As fast as one thread can send.
     Max,
@@ -40,6 +41,7 @@ pub struct Report {
     /// The node's counters at the end.
     pub counters: std::collections::BTreeMap<String, u64>,
     /// `message_rejected` events in the node's event log at the end.
+    #[allow(dead_code)] // Asserted by the CI test; the bench reports the flood's cost in bytes.
     pub rejection_events: usize,
     /// Datagrams the kernel dropped at the node's socket because its receive buffer was full
     /// (`/proc/net/udp`; `None` where that cannot be read).
