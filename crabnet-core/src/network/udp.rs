@@ -78,28 +78,39 @@ pub(crate) fn parse_source(from: &str) -> Option<std::net::SocketAddr> {
 /// of envelopes are not dropped before the node reads them; sync repairs what is still lost.
 fn grow_receive_buffer(socket: &std::net::UdpSocket) {
     #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        let size: libc::c_int = 4 * 1024 * 1024;
-        // SAFETY: a valid socket descriptor and a correctly sized option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(
-                "cannot grow the UDP receive buffer: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
+    set_socket_option(
+        socket,
+        libc::SO_RCVBUF,
+        4 * 1024 * 1024,
+        "grow the UDP receive buffer",
+    );
     #[cfg(not(unix))]
     let _ = socket;
+}
+
+/// Sets the integer `SOL_SOCKET` option `name` of `socket` to `value`; a refusal is logged
+/// (at debug level, naming `what` was wanted) and otherwise ignored.
+#[cfg(unix)]
+fn set_socket_option(
+    socket: &std::net::UdpSocket,
+    name: libc::c_int,
+    value: libc::c_int,
+    what: &str,
+) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket descriptor and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!("cannot {what}: {}", std::io::Error::last_os_error());
+    }
 }
 
 impl Transport for UdpTransport {
@@ -369,26 +380,7 @@ fn socket_addr(name: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
 /// (`SO_RXQ_OVFL`), so that the node knows when frames of its peers may have been lost.
 fn report_drops(socket: &std::net::UdpSocket) {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let on: libc::c_int = 1;
-        // SAFETY: a valid socket descriptor and a correctly sized option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RXQ_OVFL,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(
-                "cannot ask for UDP drop counts: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
+    set_socket_option(socket, libc::SO_RXQ_OVFL, 1, "ask for UDP drop counts");
     #[cfg(not(target_os = "linux"))]
     let _ = socket;
 }

@@ -41,7 +41,8 @@ pub struct Report {
     /// The node's counters at the end.
     pub counters: std::collections::BTreeMap<String, u64>,
     /// `message_rejected` events in the node's event log at the end.
-    #[allow(dead_code)] // Asserted by the CI test; the bench reports the flood's cost in bytes.
+    #[allow(dead_code)]
+    // Asserted by the CI test; the bench reports the flood's cost in bytes.
     pub rejection_events: usize,
     /// Datagrams the kernel dropped at the node's socket because its receive buffer was full
     /// (`/proc/net/udp`; `None` where that cannot be read).
