@@ -102,7 +102,23 @@ struct Window {
 #[derive(Debug, Default)]
 struct State {
     counters: BTreeMap<String, u64>,
-    windows: HashMap<(String, RejectReason), Window>,
+    /// Rejections per reason not yet in `counters` (`rejected.<reason>`): counted without
+    /// building a counter name per frame.
+    rejected: BTreeMap<RejectReason, u64>,
+    /// Open windows by reason, then source (looked up by the source's text, without a copy);
+    /// `open` of them in all.
+    windows: HashMap<RejectReason, HashMap<String, Window>>,
+    open: usize,
+}
+
+impl State {
+    /// Moves the per-reason counts into `counters`.
+    fn merge_rejected(&mut self) {
+        for (reason, n) in std::mem::take(&mut self.rejected) {
+            let counter = format!("rejected.{}", reason.as_str());
+            *self.counters.entry(counter).or_default() += n;
+        }
+    }
 }
 
 /// Rejection counters and aggregated events (see the module docs).
@@ -124,35 +140,33 @@ impl Rejections {
     /// Counts one rejection. Returns the event to record now, or `None` when it is held back
     /// for the window's summary.
     pub fn note(&self, r: Rejection, now: Millis) -> Option<EventKind> {
-        let mut st = lock(&self.state);
-        *st.counters
-            .entry(format!("rejected.{}", r.reason.as_str()))
-            .or_default() += 1;
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        *st.rejected.entry(r.reason).or_default() += 1;
         if self.window_ms == 0 {
             return Some(r.event(1));
         }
-        let mut key = (r.source.clone(), r.reason);
-        if !st.windows.contains_key(&key) && st.windows.len() >= MAX_WINDOWS {
-            key.0 = OTHER_SOURCES.to_owned();
+        let by_source = st.windows.entry(r.reason).or_default();
+        let source = if by_source.contains_key(r.source.as_str()) || st.open < MAX_WINDOWS {
+            r.source.as_str()
+        } else {
+            OTHER_SOURCES
+        };
+        if let Some(w) = by_source.get_mut(source) {
+            w.held += 1;
+            w.latest = Some(r);
+            return None;
         }
-        match st.windows.get_mut(&key) {
-            Some(w) => {
-                w.held += 1;
-                w.latest = Some(r);
-                None
-            }
-            None => {
-                st.windows.insert(
-                    key,
-                    Window {
-                        opened_at: now,
-                        held: 0,
-                        latest: None,
-                    },
-                );
-                Some(r.event(1))
-            }
-        }
+        by_source.insert(
+            source.to_owned(),
+            Window {
+                opened_at: now,
+                held: 0,
+                latest: None,
+            },
+        );
+        st.open += 1;
+        Some(r.event(1))
     }
 
     /// Counts something that is not a rejection (a duplicate hello, our own echo), written
@@ -165,38 +179,51 @@ impl Rejections {
     /// rejection counters.
     pub fn add(&self, counter: &str, n: u64) {
         let mut state = lock(&self.state);
-        let value = state.counters.entry(counter.to_owned()).or_default();
-        *value = value.saturating_add(n);
+        if let Some(value) = state.counters.get_mut(counter) {
+            *value = value.saturating_add(n);
+            return;
+        }
+        state.counters.insert(counter.to_owned(), n);
     }
 
     /// Closes the windows that are over: returns the counters not yet written and one summary
     /// event per window that held rejections back (its `count` says how many).
     pub fn drain(&self, now: Millis) -> (BTreeMap<String, u64>, Vec<EventKind>) {
-        let mut st = lock(&self.state);
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        st.merge_rejected();
         let counters = std::mem::take(&mut st.counters);
         let mut events = Vec::new();
         let window_ms = self.window_ms;
-        st.windows.retain(|_, w| {
-            if now.saturating_sub(w.opened_at) < window_ms {
-                return true;
-            }
-            if let Some(latest) = w.latest.take() {
-                events.push(latest.event(w.held));
-            }
-            false
+        let mut closed = 0;
+        st.windows.retain(|_, by_source| {
+            by_source.retain(|_, w| {
+                if now.saturating_sub(w.opened_at) < window_ms {
+                    return true;
+                }
+                if let Some(latest) = w.latest.take() {
+                    events.push(latest.event(w.held));
+                }
+                closed += 1;
+                false
+            });
+            !by_source.is_empty()
         });
+        st.open -= closed;
         (counters, events)
     }
 
     /// Nothing to write: no counters pending and no aggregation window open.
     pub fn is_idle(&self) -> bool {
         let st = lock(&self.state);
-        st.counters.is_empty() && st.windows.is_empty()
+        st.counters.is_empty() && st.rejected.is_empty() && st.open == 0
     }
 
     /// Counters counted but not yet written to the store.
     pub fn pending_counters(&self) -> BTreeMap<String, u64> {
-        lock(&self.state).counters.clone()
+        let mut st = lock(&self.state);
+        st.merge_rejected();
+        st.counters.clone()
     }
 
     /// Gives back counters that could not be written (the store failed), to try again.
@@ -815,7 +842,10 @@ mod tests {
             }
         }
         assert_eq!(immediate, MAX_WINDOWS + 1);
-        assert!(lock(&r.state).windows.len() <= MAX_WINDOWS + 1);
+        let st = lock(&r.state);
+        let open: usize = st.windows.values().map(HashMap::len).sum();
+        assert_eq!(open, st.open);
+        assert!(open <= MAX_WINDOWS + 1);
     }
 
     #[test]

@@ -146,6 +146,14 @@ pub trait Transport: Send + 'static {
 
     /// Polls for the next frame or status report; `Ready(None)` when the transport is closed.
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>>;
+
+    /// How many inbound frames this transport knows were lost before it could read them (a
+    /// full receive buffer) since it started; 0 when it cannot tell. UDP on Linux learns of
+    /// drops with the next datagram that arrives after them. The node counts them as
+    /// `transport.dropped`.
+    fn dropped(&self) -> u64 {
+        0
+    }
 }
 
 /// Checks a frame against a transport's size limit.

@@ -33,7 +33,7 @@ impl Default for UdpConfig {
 pub struct UdpTransport {
     socket: tokio::net::UdpSocket,
     config: UdpConfig,
-    buf: Vec<u8>,
+    rx: RecvBatch,
 }
 
 impl UdpTransport {
@@ -54,11 +54,12 @@ impl UdpTransport {
         if config.broadcast.is_some() {
             socket.set_broadcast(true)?;
         }
+        report_drops(&socket);
         let socket = tokio::net::UdpSocket::from_std(socket)?;
         Ok(UdpTransport {
             socket,
             config,
-            buf: vec![0; Self::MAX_FRAME_BYTES + 1],
+            rx: RecvBatch::new(),
         })
     }
 
@@ -77,28 +78,39 @@ pub(crate) fn parse_source(from: &str) -> Option<std::net::SocketAddr> {
 /// of envelopes are not dropped before the node reads them; sync repairs what is still lost.
 fn grow_receive_buffer(socket: &std::net::UdpSocket) {
     #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        let size: libc::c_int = 4 * 1024 * 1024;
-        // SAFETY: a valid socket descriptor and a correctly sized option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(
-                "cannot grow the UDP receive buffer: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
+    set_socket_option(
+        socket,
+        libc::SO_RCVBUF,
+        4 * 1024 * 1024,
+        "grow the UDP receive buffer",
+    );
     #[cfg(not(unix))]
     let _ = socket;
+}
+
+/// Sets the integer `SOL_SOCKET` option `name` of `socket` to `value`; a refusal is logged
+/// (at debug level, naming `what` was wanted) and otherwise ignored.
+#[cfg(unix)]
+fn set_socket_option(
+    socket: &std::net::UdpSocket,
+    name: libc::c_int,
+    value: libc::c_int,
+    what: &str,
+) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket descriptor and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!("cannot {what}: {}", std::io::Error::last_os_error());
+    }
 }
 
 impl Transport for UdpTransport {
@@ -155,24 +167,220 @@ impl Transport for UdpTransport {
         parse_source(from).is_some_and(|a| self.config.peers.contains(&a))
     }
 
+    fn dropped(&self) -> u64 {
+        self.rx.dropped
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
         loop {
-            let mut buf = tokio::io::ReadBuf::new(&mut self.buf);
-            match self.socket.poll_recv_from(cx, &mut buf) {
+            if let Some(frame) = self.rx.next_frame() {
+                return Poll::Ready(Some(Incoming::Frame(frame)));
+            }
+            match self.socket.poll_recv_ready(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(from)) => {
-                    return Poll::Ready(Some(Incoming::Frame(InboundFrame::new(
-                        buf.filled().to_vec(),
-                        format!("udp:{from}"),
-                    ))));
+                Poll::Ready(Ok(())) => {}
+                // The runtime's I/O driver is gone (shutting down).
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!("udp socket closed: {e}");
+                    return Poll::Ready(None);
                 }
+            }
+            let (socket, rx) = (&self.socket, &mut self.rx);
+            match socket.try_io(tokio::io::Interest::READABLE, || rx.fill(socket)) {
+                Ok(()) => {}
+                // The socket is drained: `poll_recv_ready` waits for the next datagram.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 // ICMP errors from earlier sends surface here on Linux; they do not close the
                 // socket.
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!("udp receive error: {e}");
-                    continue;
-                }
+                Err(e) => tracing::debug!("udp receive error: {e}"),
             }
         }
     }
+}
+
+/// Datagrams read with one system call (`recvmmsg` on Linux, one by one elsewhere).
+const RECV_BATCH: usize = 16;
+/// Room for one datagram: one byte more than the largest frame, so that a larger datagram is
+/// seen as oversized (and rejected as such) rather than cut.
+const SLOT_BYTES: usize = UdpTransport::MAX_FRAME_BYTES + 1;
+
+/// Datagrams read together and not yet handed to the node, and the source string of the last
+/// one (under a flood from one address, each datagram reuses it instead of formatting it).
+struct RecvBatch {
+    /// [`RECV_BATCH`] slots of [`SLOT_BYTES`]; pages the kernel never writes stay unmapped.
+    buf: Vec<u8>,
+    /// Length and source of each datagram read into the slots.
+    got: Vec<(usize, std::net::SocketAddr)>,
+    /// The next slot to hand out.
+    next: usize,
+    last_from: Option<(std::net::SocketAddr, String)>,
+    /// Datagrams the kernel dropped at this socket (receive buffer full) since it was bound,
+    /// and the kernel's 32-bit count when last reported.
+    dropped: u64,
+    kernel_drops: u32,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("queued", &(self.got.len() - self.next))
+            .field("dropped", &self.dropped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecvBatch {
+    fn new() -> Self {
+        RecvBatch {
+            buf: vec![0; RECV_BATCH * SLOT_BYTES],
+            got: Vec::with_capacity(RECV_BATCH),
+            next: 0,
+            last_from: None,
+            dropped: 0,
+            kernel_drops: 0,
+        }
+    }
+
+    /// The next datagram read and not yet handed out.
+    fn next_frame(&mut self) -> Option<InboundFrame> {
+        let (len, from) = *self.got.get(self.next)?;
+        let at = self.next * SLOT_BYTES;
+        self.next += 1;
+        let source = match &self.last_from {
+            Some((addr, source)) if *addr == from => source.clone(),
+            _ => {
+                let source = format!("udp:{from}");
+                self.last_from = Some((from, source.clone()));
+                source
+            }
+        };
+        Some(InboundFrame::new(self.buf[at..at + len].to_vec(), source))
+    }
+
+    /// Reads the datagrams waiting at `socket`, up to [`RECV_BATCH`], into the slots (which
+    /// must all have been handed out). `WouldBlock` when there are none.
+    #[cfg(target_os = "linux")]
+    fn fill(&mut self, socket: &tokio::net::UdpSocket) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        debug_assert_eq!(self.next, self.got.len(), "slots still queued");
+        self.got.clear();
+        self.next = 0;
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let mut names: [libc::sockaddr_storage; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        // Room for one `SO_RXQ_OVFL` message (a u32) per datagram, aligned for `cmsghdr`.
+        let mut controls = [[0u64; 4]; RECV_BATCH];
+        // SAFETY: as above.
+        let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        for (iov, slot) in iovs.iter_mut().zip(self.buf.chunks_exact_mut(SLOT_BYTES)) {
+            iov.iov_base = slot.as_mut_ptr().cast();
+            iov.iov_len = slot.len();
+        }
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        for (i, m) in msgs.iter_mut().enumerate() {
+            m.msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+            m.msg_hdr.msg_iov = &mut iovs[i];
+            m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_control = controls[i].as_mut_ptr().cast();
+            m.msg_hdr.msg_controllen = std::mem::size_of_val(&controls[i]) as _;
+        }
+        // SAFETY: every header points at live buffers of the lengths it states, for the
+        // duration of the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                RECV_BATCH as _,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for (m, name) in msgs.iter().zip(&names).take(n as usize) {
+            // SAFETY: the kernel filled the control buffer of this header.
+            if let Some(drops) = unsafe { drop_count(&m.msg_hdr) } {
+                let new = drops.wrapping_sub(self.kernel_drops);
+                self.dropped += u64::from(new);
+                self.kernel_drops = drops;
+            }
+            // A source that is neither IPv4 nor IPv6 cannot be answered; its datagram is
+            // skipped.
+            if let Some(from) = socket_addr(name) {
+                self.got.push(((m.msg_len as usize).min(SLOT_BYTES), from));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one datagram waiting at `socket` into the first slot. `WouldBlock` when there is
+    /// none.
+    #[cfg(not(target_os = "linux"))]
+    fn fill(&mut self, socket: &tokio::net::UdpSocket) -> std::io::Result<()> {
+        debug_assert_eq!(self.next, self.got.len(), "slots still queued");
+        self.got.clear();
+        self.next = 0;
+        let (len, from) = socket.try_recv_from(&mut self.buf[..SLOT_BYTES])?;
+        self.got.push((len, from));
+        Ok(())
+    }
+}
+
+/// The kernel's count of datagrams dropped at the socket, from the `SO_RXQ_OVFL` message the
+/// kernel attaches to a datagram once any was dropped.
+///
+/// # Safety
+/// `hdr` is a header the kernel filled, with its control buffer still alive.
+#[cfg(target_os = "linux")]
+unsafe fn drop_count(hdr: &libc::msghdr) -> Option<u32> {
+    // SAFETY: the caller's promise; the CMSG_* functions stay within `msg_controllen`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
+                let data = libc::CMSG_DATA(cmsg).cast::<u32>();
+                return Some(data.read_unaligned());
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    None
+}
+
+/// The IPv4 or IPv6 address in `name`.
+#[cfg(target_os = "linux")]
+fn socket_addr(name: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
+    match libc::c_int::from(name.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a `sockaddr_in`.
+            let a =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some((ip, u16::from_be(a.sin_port)).into())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a `sockaddr_in6`.
+            let a =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Asks the kernel to report, with each datagram, how many it dropped at this socket
+/// (`SO_RXQ_OVFL`), so that the node knows when frames of its peers may have been lost.
+fn report_drops(socket: &std::net::UdpSocket) {
+    #[cfg(target_os = "linux")]
+    set_socket_option(socket, libc::SO_RXQ_OVFL, 1, "ask for UDP drop counts");
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
 }

@@ -50,6 +50,8 @@ impl Node {
         let mut sync_due: Option<tokio::time::Instant> = None;
         // A report that came in while frames were taken into a batch: handled next.
         let mut stash: Option<Option<Incoming>> = None;
+        // Frames the transport lost before reading them, as counted so far.
+        let mut dropped = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
@@ -127,6 +129,11 @@ impl Node {
                     let mut frames = vec![frame];
                     let full = take_queued(transport.as_mut(), &mut frames, &mut stash).await;
                     self.receive_frames(transport.as_mut(), frames, full).await;
+                    let now_dropped = transport.dropped();
+                    if now_dropped > dropped {
+                        self.inner.rejections.add("transport.dropped", now_dropped - dropped);
+                        dropped = now_dropped;
+                    }
                     // Whatever the frames caused (an award, say) was committed through
                     // `commit_local`, which wakes the outbox: it goes out on the next turn,
                     // once for the whole batch.
@@ -152,10 +159,12 @@ impl Node {
             counters.count("ingress.batches_full");
         }
         let mut admitted = Vec::with_capacity(frames.len());
+        // The frames arrived together: one reading of the clock serves them all.
+        let now = self.now_ms();
         for InboundFrame { bytes, from, ack } in frames {
-            if let Err(rejection) = self.inner.gate.admit(&bytes, &from, max, self.now_ms()) {
+            if let Err(rejection) = self.inner.gate.admit(&bytes, &from, max, now) {
                 // Refused before any blocking work: no transaction, no outbox scan.
-                let handled = self.refuse(rejection).await;
+                let handled = self.refuse(rejection, now).await;
                 if let Some(ack) = ack {
                     let _ = ack.send(handled);
                 }

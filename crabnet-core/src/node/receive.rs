@@ -47,11 +47,10 @@ impl Node {
         Ok(verdict(reason))
     }
 
-    /// A frame the gate refused: counted in memory; its event (the first per source and
-    /// reason in a window) is the only write.
-    pub(super) async fn refuse(&self, rejection: ingress::Rejection) -> Handled {
+    /// A frame the gate refused at `now`: counted in memory; its event (the first per source
+    /// and reason in a window) is the only write.
+    pub(super) async fn refuse(&self, rejection: ingress::Rejection, now: Millis) -> Handled {
         let acceptance = verdict(rejection.reason);
-        let now = self.now_ms();
         if let Some(event) = self.inner.rejections.note(rejection, now) {
             let node = self.clone();
             let written = tokio::task::spawn_blocking(move || {
