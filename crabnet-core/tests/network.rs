@@ -29,7 +29,7 @@ use serde_json::Value;
 
 use support::{
     Net, WAIT_TIMEOUT, after_late_joiner, auction_of_four, before_late_joiner, crash_restart_heal,
-    junk, reserve_port,
+    junk, reserve_on, reserve_port, test_ports,
 };
 
 // Envelope layout (docs/PROTOCOL.md section 2a).
@@ -45,6 +45,35 @@ const KIND_SEED_CREATED: u8 = 1;
 const KIND_SYNC_RANGE: u8 = 12;
 /// The largest UDP payload over IPv4, and the UDP transport's frame limit.
 const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// The harness hands every listener a port below the kernel's ephemeral range, so that a port
+/// released for a listener to bind (or by a listener killed for a restart) cannot be taken
+/// meanwhile by an outgoing connection or a port-0 bind, and never hands one port out twice.
+#[test]
+fn reserved_ports_lie_below_the_ephemeral_range_and_are_never_handed_out_twice() {
+    let range = test_ports();
+    let ephemeral = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ephemeral = ephemeral.local_addr().unwrap().port();
+    assert!(
+        !range.contains(&ephemeral),
+        "{range:?} overlaps the kernel's ephemeral port {ephemeral}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..200 {
+        let port = if i % 2 == 0 {
+            reserve_port().local_addr().unwrap().port()
+        } else {
+            reserve_on(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                support::Transport::Dht,
+            )
+            .addr
+            .port()
+        };
+        assert!(range.contains(&port), "port {port} outside {range:?}");
+        assert!(seen.insert(port), "port {port} handed out twice");
+    }
+}
 
 // ------------------------------------------------------------------------------------------
 // 1. Four nodes, full lifecycle

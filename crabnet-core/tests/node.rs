@@ -502,10 +502,7 @@ fn blocking_nodes_talk_over_udp_on_loopback_and_over_a_memory_hub() {
     use crabnet_core::network::UdpConfig;
 
     fn free_port() -> std::net::SocketAddr {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
+        support::reserve_port().local_addr().unwrap()
     }
     fn wait_seen(node: &BlockingNode, id: &SeedId) {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -3,22 +3,32 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "check.h"
 
-/* A UDP port on 127.0.0.1 that is free right now. */
+/* A UDP port on 127.0.0.1 that is free right now and not handed out before by this process,
+ * from 10000-32767 (below the kernel's ephemeral range on Linux by default): a port released
+ * for a node to bind cannot be taken meanwhile by an outgoing connection or a port-0 bind. */
 static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_DGRAM, 0);
-    if (fd < 0) FAIL("socket failed");
-    struct sockaddr_in addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0) FAIL("bind failed");
-    if (getsockname(fd, (struct sockaddr *)&addr, &len) != 0) FAIL("getsockname failed");
-    close(fd);
-    return ntohs(addr.sin_port);
+    static int next = -1;
+    if (next < 0) next = (int)((unsigned)getpid() * 7919u % 22768u);
+    for (int tries = 0; tries < 22768; tries++) {
+        int port = 10000 + next;
+        next = (next + 1) % 22768;
+        int fd = socket(AF_INET, SOCK_DGRAM, 0);
+        if (fd < 0) FAIL("socket failed");
+        struct sockaddr_in addr;
+        memset(&addr, 0, sizeof addr);
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        addr.sin_port = htons((uint16_t)port);
+        int bound = bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0;
+        close(fd);
+        if (bound) return port;
+    }
+    FAIL("no free UDP port in 10000-32767");
+    return -1;
 }
 
 static crabnet_node *start_udp(const char *base, const char *name, int port, int peer) {
@@ -76,7 +86,6 @@ int main(void) {
     make_temp_dir(base, sizeof base, "udp");
     test_dht(base);
     int pa = free_port(), pb = free_port();
-    while (pb == pa) pb = free_port();
     crabnet_node *a = start_udp(base, "udp-a", pa, pb);
     crabnet_node *b = start_udp(base, "udp-b", pb, pa);
 

@@ -6,7 +6,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import crabnet
 
@@ -63,11 +63,38 @@ def claimed(
     return runner.claim(seed)
 
 
+_handed_out: Set[int] = set()
+
+
+def _test_ports() -> range:
+    """Ports below the kernel's ephemeral range: one released for a node to bind cannot be
+    taken meanwhile by an outgoing connection or a port-0 bind, where the kernel picks ports."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_start = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_start = 32768
+    return range(10000, max(ephemeral_start, 11000))
+
+
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A UDP port on 127.0.0.1 that is free right now and not handed out before by this
+    process, from below the ephemeral range; the search starts at a place drawn from the
+    process id so that two test runs on one machine start far apart."""
+    ports = _test_ports()
+    start = (os.getpid() * 7919 + time.monotonic_ns()) % len(ports)
+    for i in range(len(ports)):
+        port = ports[(start + i) % len(ports)]
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free UDP port in {ports}")
 
 
 def os_thread_count() -> int:

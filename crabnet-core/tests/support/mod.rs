@@ -307,7 +307,7 @@ impl Reservation {
     }
 }
 
-/// Binds a fresh UDP port on 127.0.0.1 and keeps the socket as a reservation (or as a tap
+/// Binds a free UDP port on 127.0.0.1 (see [`reserve_on`]) and keeps the socket as a reservation (or as a tap
 /// that receives what nodes send to it).
 pub fn reserve_port() -> UdpSocket {
     reserve_on(Ipv4Addr::LOCALHOST.into(), Transport::Udp)
@@ -317,9 +317,19 @@ pub fn reserve_port() -> UdpSocket {
 
 /// Reserves a port on `ip` that `transport` can bind (for [`Transport::Dht`], TCP and UDP are
 /// both free), never one this binary handed out before.
+///
+/// Ports come from below the kernel's ephemeral range ([`test_ports`]): a port released for a
+/// listener to bind (or by a listener killed and restarted) cannot be taken meanwhile by an
+/// outgoing connection or a port-0 bind of any process on the machine, which is where the
+/// kernel hands out ports on its own.
 pub fn reserve_on(ip: IpAddr, transport: Transport) -> Reservation {
-    loop {
-        let udp = UdpSocket::bind((ip, 0)).expect("bind an ephemeral UDP port");
+    let range = test_ports();
+    let span = u32::from(range.end - range.start);
+    for _ in 0..span {
+        let port = NEXT_PORT.with_next(range.clone());
+        let Ok(udp) = UdpSocket::bind((ip, port)) else {
+            continue;
+        };
         let addr = udp.local_addr().unwrap();
         let tcp = match transport {
             Transport::Udp => None,
@@ -338,7 +348,47 @@ pub fn reserve_on(ip: IpAddr, transport: Transport) -> Reservation {
             };
         }
     }
+    panic!("no free port for {transport:?} on {ip} in {range:?}");
 }
+
+/// The ports tests reserve: from 10000 up to the start of the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`, 32768 by default), which holds more than 20,000
+/// ports on any usual configuration.
+pub fn test_ports() -> std::ops::Range<u16> {
+    const FIRST: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    assert!(
+        ephemeral_start >= FIRST + 1_000,
+        "the ephemeral port range starts at {ephemeral_start}: tests need ports below it"
+    );
+    FIRST..ephemeral_start
+}
+
+/// The next port to try, starting at a place drawn from the process id and the time so that
+/// test binaries running at once (two checkouts on one machine) start far apart.
+struct NextPort(Mutex<Option<u32>>);
+
+impl NextPort {
+    fn with_next(&self, range: std::ops::Range<u16>) -> u16 {
+        let span = u32::from(range.end - range.start);
+        let mut next = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let offset = next.get_or_insert_with(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % span
+        });
+        let port = range.start + (*offset % span) as u16;
+        *offset = (*offset + 1) % span;
+        port
+    }
+}
+
+static NEXT_PORT: NextPort = NextPort(Mutex::new(None));
 
 pub struct Listener {
     pub name: String,
