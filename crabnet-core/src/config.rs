@@ -148,10 +148,11 @@ pub struct NetworkConfig {
     pub source_rate_per_sec: u32,
     /// Frames one transport source may send at once above its rate.
     pub source_burst: u32,
-    /// Frames per second one claimed sender (node id in the header) may send, over all
-    /// sources, before further frames are `rate_limited`.
+    /// Frames per second one sender (node id in the header) may send, over all sources,
+    /// before further frames are `rate_limited`; charged once a frame's signatures verified,
+    /// so forgeries in a sender's name do not use it up.
     pub sender_rate_per_sec: u32,
-    /// Frames one claimed sender may send at once above its rate.
+    /// Frames one sender may send at once above its rate.
     pub sender_burst: u32,
     /// Envelopes whose Lamport counter is more than this far ahead of the node's clock are
     /// rejected (`lamport_ahead`) and do not move the clock.

@@ -6,8 +6,10 @@
 //!   per source and reason as it happens, plus one summary per window for the rejections it
 //!   held back; the window is `network.reject_event_window_ms`.
 //! * [`Gate`] runs the checks that need neither the store nor a signature, in the network task
-//!   before a frame is handed to a blocking thread: size, structure, then the rate limits per
-//!   transport source and per claimed sender. A frame it refuses costs a hash lookup or two.
+//!   before a frame is handed to a blocking thread: size, structure, then the rate limit per
+//!   transport source. A frame it refuses costs a hash lookup or two. The limit per sender is
+//!   charged by the trust boundary once the signatures proved who the sender is
+//!   ([`Gate::charge_sender`]).
 //! * [`RecentFrames`] remembers the envelopes the store already holds (a keyed hash of their
 //!   bytes), so byte-identical copies relayed by other peers are recognised before any
 //!   signature check or transaction. A copy with a byte changed is a different frame and goes
@@ -274,9 +276,10 @@ impl Gate {
         }
     }
 
-    /// Size (at most `max` bytes), structure, then one token from the buckets of the transport
-    /// source `from` and of the claimed sender. A sync batch is one frame: the envelopes inside
-    /// it are not charged again (they are bounded by the frame's size).
+    /// Size (at most `max` bytes), structure, then one token from the bucket of the transport
+    /// source `from`. A sync batch is one frame: the envelopes inside it are not charged again
+    /// (they are bounded by the frame's size). The claimed sender is charged later, once the
+    /// signatures proved the claim ([`Gate::charge_sender`]).
     pub fn admit(
         &self,
         bytes: &[u8],
@@ -291,27 +294,33 @@ impl Gate {
             };
             Rejection::new(from, None, reason, e.to_string())
         })?;
-        let h = &parsed.header;
-        // The source first: a frame it may not send takes nothing from the sender's budget.
-        let limits = [
-            (
-                &self.sources,
+        if !self.sources.allow(from, now) {
+            let detail = "the source sends more frames than network.source_rate_per_sec";
+            let h = &parsed.header;
+            return Err(Rejection::new(
                 from,
-                "the source sends more frames than network.source_rate_per_sec",
-            ),
-            (
-                &self.senders,
-                h.sender.as_str(),
-                "the claimed sender sends more frames than network.sender_rate_per_sec",
-            ),
-        ];
-        for (limiter, key, detail) in limits {
-            if !limiter.allow(key, now) {
-                let reason = RejectReason::RateLimited;
-                return Err(Rejection::new(from, Some(h), reason, detail.into()));
-            }
+                Some(h),
+                RejectReason::RateLimited,
+                detail.into(),
+            ));
         }
         Ok(())
+    }
+
+    /// One token from the bucket of the frame's sender, over all sources: called once its
+    /// signatures verified with the sender's keys, so that frames forged in a peer's name
+    /// (which only the source's bucket pays for) cannot use up the peer's budget.
+    pub fn charge_sender(&self, h: &Header, from: &str, now: Millis) -> Result<(), Rejection> {
+        if self.senders.allow(h.sender.as_str(), now) {
+            return Ok(());
+        }
+        let detail = "the sender sends more frames than network.sender_rate_per_sec";
+        Err(Rejection::new(
+            from,
+            Some(h),
+            RejectReason::RateLimited,
+            detail.into(),
+        ))
     }
 }
 

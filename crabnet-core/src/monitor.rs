@@ -66,8 +66,8 @@ pub enum RejectReason {
     Rule,
     /// Its author is not admitted by this node's trust policy (deny or allow list).
     NotAdmitted,
-    /// Its transport source or its claimed sender sent more frames than the rate limit
-    /// allows (`network.source_rate_per_sec`, `network.sender_rate_per_sec`).
+    /// Its transport source, or its sender (proven by its signatures), sent more frames than
+    /// the rate limit allows (`network.source_rate_per_sec`, `network.sender_rate_per_sec`).
     RateLimited,
     /// Its Lamport counter is more than `network.lamport_window` ahead of this node's clock.
     LamportAhead,

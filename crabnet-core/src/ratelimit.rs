@@ -1,9 +1,9 @@
 //! Per-key allowances on the receive path, in memory and bounded.
 //!
 //! * [`Limiter`]: token buckets (a rate per second and a burst) keyed by a transport source or
-//!   a claimed sender. A bucket that has refilled completely is indistinguishable from a new
-//!   one, so it is forgotten when room is needed; when every tracked key is busy, new keys share
-//!   one overflow bucket, so spoofed keys cannot grow memory.
+//!   a sender. A bucket that has refilled completely is indistinguishable from a new one, so it
+//!   is forgotten when room is needed; when every tracked key is busy, new keys share one
+//!   overflow bucket, so spoofed keys cannot grow memory.
 //! * [`Credits`]: what a requester may still be sent in sync answers within the current
 //!   window: a fixed budget for sources the transport vouches for, and for others `ratio` times
 //!   the bytes of the sync digests they sent, so that nobody can make this node send more than

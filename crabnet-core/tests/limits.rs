@@ -1,7 +1,8 @@
 //! Bounded cost of hostile traffic (issue 12, items 2 and 3), against running nodes on real
 //! UDP sockets on 127.0.0.1 (and the in-process hub where the transport does not matter):
-//! rate limits per source and per claimed sender that spare sync batches, a capped peer table,
-//! the Lamport window, and sync answers that go only to the requester within its budget.
+//! rate limits per source and per sender (charged once its signatures verified) that spare
+//! sync batches, a capped peer table, the Lamport window, and sync answers that go only to the
+//! requester within its budget.
 
 mod flood;
 
@@ -50,10 +51,10 @@ async fn rejection_events(node: &Node, reason: &str) -> Vec<EventKind> {
         .collect()
 }
 
-/// One source sending more than its rate, and one claimed sender spread over many sources,
-/// are both `rate_limited`: counted in memory, with one event (not one per frame).
+/// One source sending more than its rate, and one sender spread over many sources, are both
+/// `rate_limited`: counted in memory, with one event (not one per frame).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sources_and_claimed_senders_over_their_rate_are_limited_in_memory() {
+async fn sources_and_senders_over_their_rate_are_limited_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path(), "n");
     c.network.source_rate_per_sec = 1;
@@ -71,15 +72,26 @@ async fn sources_and_claimed_senders_over_their_rate_are_limited_in_memory() {
     wait_counter(&node, "rejected.rate_limited", 200 - passed).await;
     assert_eq!(node.peers().await.unwrap().len(), 1);
 
-    // Another identity's hello from 100 sources, 2 copies each: the sources are within their
-    // rate, the claimed sender is not.
-    let frame = hello(&identity(2, 0));
+    // Another identity's 200 distinct seeds from 100 sources, 2 each: the sources are within
+    // their rate, the (authenticated) sender is not.
+    let bob = identity(2, 0);
+    let bob_sock = socket();
+    bob_sock.send_to(&hello(&bob), addr).unwrap();
+    node.wait_for_peers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
     let before = counter(&node, "rejected.rate_limited").await;
     let started = Instant::now();
-    for _ in 0..100 {
-        send_paced(&socket(), addr, &frame, 2);
+    for i in 0..100 {
+        let sock = socket();
+        for j in 0..2 {
+            let m = seed_message(&bob, 2 * i + j + 1, now_ms());
+            sock.send_to(&seal(&bob, &m, 60), addr).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
-    let passed = 50 + started.elapsed().as_secs() + 2;
+    // The hello took one token of Bob's 50.
+    let passed = 49 + started.elapsed().as_secs() + 2;
     wait_counter(&node, "rejected.rate_limited", before + 200 - passed).await;
 
     let events = rejection_events(&node, "rate_limited").await;
@@ -89,6 +101,69 @@ async fn sources_and_claimed_senders_over_their_rate_are_limited_in_memory() {
         "one event per source and window, not per frame: {}",
         events.len()
     );
+    node.stop().await.unwrap();
+}
+
+/// The claimed sender's budget is charged only once the frame's signatures verified with the
+/// sender's keys: Mallory's 200 frames in Alice's name (signed with other keys) leave it whole,
+/// and Alice's 10 real seeds that follow are all applied. Before, the budget was charged on
+/// the header's claim, so anyone could use up a peer's budget and silence it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgeries_in_a_peers_name_do_not_use_up_its_sender_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), "n");
+    c.network.sender_rate_per_sec = 1;
+    c.network.sender_burst = 20;
+    let (node, addr) = udp_node(c, vec![]).await;
+    let alice = identity(0x21, 1);
+    let alice_sock = socket();
+    alice_sock.send_to(&hello(&alice), addr).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    let mallory = identity(0x66, 1).with_node_id(alice.node_id().clone());
+    let mallory_sock = socket();
+    for i in 0..200 {
+        let m = seed_message(&mallory, i + 1, now_ms());
+        mallory_sock.send_to(&seal(&mallory, &m, 60), addr).unwrap();
+        if i % 16 == 15 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    // Every forgery is accounted for: refused by the rate limit, or held (8 slots for a source
+    // that is not Alice's address) and pushed out by the next.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = counter(&node, "rejected.rate_limited").await
+            + counter(&node, "messages.held_evicted").await;
+        if done >= 192 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "forgeries accounted: {done} of 192"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for i in 0..10 {
+        let m = seed_message(&alice, 1_000 + i, now_ms());
+        alice_sock.send_to(&seal(&alice, &m, 60), addr).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = node.seeds(None).await.unwrap().len();
+        if n == 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of Alice's 10 seeds applied: {:?}",
+            node.overview().await.unwrap().counters
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     node.stop().await.unwrap();
 }
 

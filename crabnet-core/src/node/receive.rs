@@ -271,6 +271,13 @@ impl Node {
             }
             return Ok(Acceptance::Ignore);
         }
+        // The signatures proved the sender: now its budget pays (a sync batch's envelopes were
+        // paid for by the batch).
+        if via != Via::Sync
+            && let Err(limited) = self.inner.gate.charge_sender(h, from, now)
+        {
+            return self.record_rejection(limited);
+        }
         if matches!(
             h.kind,
             Kind::SyncDigest
@@ -573,6 +580,12 @@ impl Node {
         }
         if let Err(e) = parsed.verify(&identity.signing) {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
+        }
+        // A live hello (one with a source to answer) is paid for by its proven sender.
+        if answer_to.is_some()
+            && let Err(limited) = self.inner.gate.charge_sender(h, from, now)
+        {
+            return self.record_rejection(limited);
         }
         let keep_chain = match self.check_hello_epoch(&identity, &hello, from, h, now)? {
             Ok(keep_chain) => keep_chain,
