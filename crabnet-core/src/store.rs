@@ -351,7 +351,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (seed_id, node_id)
      ) STRICT;
      CREATE INDEX reputation_by_node ON reputation(node_id);",
+    // 10: the messages of one author, for the trust queries that run after hellos (is a
+    // revocation's or a rotation's node the author of a stored message?) without reading
+    // every stored envelope
+    "CREATE INDEX messages_by_sender ON messages(sender);",
 ];
+
+/// The nodes (other than `?1`) with stored rotation statements that are neither in the peer
+/// table nor the author of a stored message.
+pub(crate) const ROTATIONS_OF_STRANGERS: &str = "SELECT DISTINCT node_id FROM rotations
+    WHERE node_id != ?1
+      AND NOT EXISTS (SELECT 1 FROM peers WHERE peers.node_id = rotations.node_id)
+      AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.sender = rotations.node_id)";
 
 /// The migration that creates the reputation table (1-based schema version).
 const REPUTATION_MIGRATION: usize = 9;
@@ -1199,11 +1210,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let nodes: Vec<String> = {
-            let mut stmt = tx.prepare(
-                "SELECT DISTINCT node_id FROM rotations WHERE node_id != ?1
-                     AND node_id NOT IN (SELECT node_id FROM peers)
-                     AND node_id NOT IN (SELECT sender FROM messages)",
-            )?;
+            let mut stmt = tx.prepare(ROTATIONS_OF_STRANGERS)?;
             let rows = stmt.query_map([me.as_str()], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
@@ -2202,7 +2209,7 @@ mod tests {
                  ALTER TABLE events DROP COLUMN seed_id; DROP TABLE pruned_seeds;
                  DROP INDEX outbox_by_message; DROP TABLE alerts;
                  DROP TABLE webhook_queue; DROP TABLE rotations; DROP TABLE reputation;
-                 PRAGMA user_version = 3;",
+                 DROP INDEX messages_by_sender; PRAGMA user_version = 3;",
             )
             .unwrap();
         drop(s);

@@ -889,7 +889,8 @@ fn reputation_is_the_same_on_stores_with_the_same_messages_and_survives_a_reopen
     // A store from before the table existed gets it filled from the stored states.
     let conn = rusqlite::Connection::open(dir.path().join("a")).unwrap();
     conn.execute_batch(
-        "DROP INDEX reputation_by_node; DROP TABLE reputation; PRAGMA user_version = 8;",
+        "DROP INDEX messages_by_sender; DROP INDEX reputation_by_node; DROP TABLE reputation;
+         PRAGMA user_version = 8;",
     )
     .unwrap();
     drop(conn);
