@@ -22,6 +22,8 @@ pub struct SyncMark {
 /// A stored envelope a peer asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WantedEnvelope {
+    /// The message's id.
+    pub id: MessageId,
     /// The seed it is about.
     pub seed: SeedId,
     /// Its author.
@@ -171,6 +173,7 @@ impl Store {
             if let Some(r) = rows.next()? {
                 let (seed, sender): (String, String) = (r.get(0)?, r.get(1)?);
                 out.push(WantedEnvelope {
+                    id: id.clone(),
                     seed: SeedId::parse(&seed)?,
                     sender: NodeId::parse(&sender)?,
                     creation: r.get(2)?,
