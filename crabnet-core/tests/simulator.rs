@@ -236,7 +236,9 @@ impl Sim {
             .driven(i)
             .sync_query()
             .map_err(|e| format!("n{i} sync query: {e}"))?;
-        self.send(i, None, frame);
+        if let Some(frame) = frame {
+            self.send(i, None, frame);
+        }
         Ok(())
     }
 

@@ -265,8 +265,15 @@ impl Node {
     }
 
     /// The first query of an exchange, as a signed `sync_range` envelope for a transport whose
-    /// frames are at most `max_frame` bytes (sent every `network.sync_interval_secs`).
-    pub(super) fn range_query_frame(&self, max_frame: usize) -> Result<Vec<u8>> {
+    /// frames are at most `max_frame` bytes (sent every `network.sync_interval_secs`); `None`
+    /// while this node knows no peer (a node that starts with an empty peer table): it has
+    /// nobody to exchange with yet, and every peer that could answer answers its hello first,
+    /// which starts an exchange (counter `sync.queries_skipped`).
+    pub(super) fn range_query_frame(&self, max_frame: usize) -> Result<Option<Vec<u8>>> {
+        if !lock(&self.inner.store).knows_a_peer()? {
+            self.inner.rejections.count("sync.queries_skipped");
+            return Ok(None);
+        }
         let limit = range::frame_limit(payload_room(self, max_frame));
         let msg = self.sync_index()?.set_for(None).query(limit);
         let frame = self.range_frame(false, msg)?;
@@ -274,7 +281,7 @@ impl Node {
         self.inner
             .rejections
             .add("sync.reconcile_bytes_sent", frame.len() as u64);
-        Ok(frame)
+        Ok(Some(frame))
     }
 
     fn range_frame(&self, reply: bool, msg: Vec<u8>) -> Result<Vec<u8>> {

@@ -161,6 +161,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether the peer table holds any peer (a node that knows none has nobody to sync
+    /// with yet).
+    pub fn knows_a_peer(&self) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM peers)", [], |r| r.get(0))?)
+    }
+
     /// The stored envelopes among `ids` (ids not held here are left out), in no order.
     pub fn wanted_envelopes(&self, ids: &[MessageId]) -> Result<Vec<WantedEnvelope>> {
         let mut stmt = self.conn.prepare_cached(
