@@ -1,6 +1,7 @@
 //! The deterministic simulator (issue 14 item 4) and the late joiner (item 5).
 //!
-//! A schedule is 3 to 6 nodes ([`Driven`] nodes: no background task, no real timer) on
+//! A schedule is 3 to 6 nodes (3 or 4 in most: see [`LONG_EVERY`]; [`Driven`] nodes: no
+//! background task, no real timer) on
 //! simulated clocks, and a scheduler seeded by one number that decides everything else: which
 //! node publishes, bids, claims, runs (`true`), settles, cancels or reassigns, when it syncs or
 //! says hello, how far time moves, and what the simulated network does to every frame (drops,
@@ -35,10 +36,15 @@ use crabnet_core::sandbox::SandboxPolicy;
 use crabnet_core::state::{self, SeedView};
 use crabnet_core::{Config, ErrorKind, PublishRequest, SeedStatus};
 
-/// Schedules per CI run: a schedule costs about a second of CPU in a debug build (node starts,
-/// SQLite statements and post-quantum signatures, like a real node's), so this many take
-/// about a minute and a half on two idle cores. `CRABNET_SIM_SCHEDULES` runs more.
-const SCHEDULES: u64 = 150;
+/// Schedules per CI run. A long schedule (one in [`LONG_EVERY`]) costs about 0.9 s of CPU in
+/// a debug build, a short one about 0.3 s (node starts, SQLite statements and post-quantum
+/// signatures on every frame, like a real node's): this many took 320 s of CPU (0.4 s each,
+/// the late joiner included), so about two and a half minutes on two idle cores.
+/// `CRABNET_SIM_SCHEDULES` runs more.
+const SCHEDULES: u64 = 800;
+
+/// One schedule in this many (seeds divisible by it) is a long one.
+const LONG_EVERY: u64 = 20;
 
 /// Where every simulated clock starts (Unix ms, in 2027).
 const START_MS: u64 = 1_800_000_000_000;
@@ -236,7 +242,9 @@ impl Sim {
             .driven(i)
             .sync_query()
             .map_err(|e| format!("n{i} sync query: {e}"))?;
-        self.send(i, None, frame);
+        if let Some(frame) = frame {
+            self.send(i, None, frame);
+        }
         Ok(())
     }
 
@@ -673,14 +681,26 @@ impl Sim {
 /// Runs schedule `seed`; the error says what went wrong, with the latest actions.
 fn schedule(seed: u64) -> Check {
     let mut rng = Rng(seed ^ 0x5eed);
-    let count = 3 + rng.below(4) as usize;
+    // Most schedules are short (3 or 4 nodes, 20 to 39 steps before healing); one in
+    // [`LONG_EVERY`] is long (3 to 6 nodes, 80 to 159 steps): faults meet long lifecycles
+    // there, and many short ones cover more interleavings for the same time.
+    let long = seed.is_multiple_of(LONG_EVERY);
+    let count = if long {
+        3 + rng.below(4) as usize
+    } else {
+        3 + rng.below(2) as usize
+    };
     let mut sim = Sim::new(seed, count, |_| {})?;
     sim.faults = Some(Faults {
         drop_permille: rng.below(300),
         dup_permille: rng.below(200),
         max_delay_ms: 1 + rng.below(3_000),
     });
-    let steps = 80 + rng.below(80);
+    let steps = if long {
+        80 + rng.below(80)
+    } else {
+        20 + rng.below(20)
+    };
     let run = (|| {
         for _ in 0..steps {
             sim.step()?;

@@ -113,8 +113,8 @@ impl Driven {
 
     /// The first query of a sync exchange, as the network task sends it every
     /// `network.sync_interval_secs` (to be broadcast; the answers come back through
-    /// [`Driven::receive`]).
-    pub fn sync_query(&self) -> Result<Vec<u8>> {
+    /// [`Driven::receive`]); `None` while the node knows no peer.
+    pub fn sync_query(&self) -> Result<Option<Vec<u8>>> {
         self.node.range_query_frame(MAX_FRAME_BYTES)
     }
 

@@ -79,11 +79,12 @@ impl Node {
                     let node = self.clone();
                     let max = transport.max_frame_bytes();
                     match tokio::task::spawn_blocking(move || node.range_query_frame(max)).await {
-                        Ok(Ok(frame)) => {
+                        Ok(Ok(Some(frame))) => {
                             if let Err(e) = transport.sync(&frame) {
                                 tracing::debug!("cannot send sync query: {e}");
                             }
                         }
+                        Ok(Ok(None)) => {}
                         Ok(Err(e)) => tracing::warn!("cannot build sync query: {e}"),
                         Err(e) => tracing::error!("sync task failed: {e}"),
                     }

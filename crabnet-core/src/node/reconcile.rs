@@ -42,24 +42,35 @@ type Answered = (u64, [u8; 32], SyncMark);
 
 impl IndexCache {
     /// Of `ids` to ask of `peer` (`asked`) or to send it, those not already asked or sent
-    /// less than `interval` ms before `now`; they count as done from now on.
+    /// less than `interval` ms before `now` (see [`IndexCache::done`]).
     fn not_recent(
         &self,
         peer: &NodeId,
         asked: bool,
-        ids: Vec<MessageId>,
+        mut ids: Vec<MessageId>,
         now: u64,
         interval: u64,
     ) -> Vec<MessageId> {
         let mut recent = lock(&self.recent);
         recent.retain(|_, at| now.saturating_sub(*at) < interval);
-        ids.into_iter()
-            .filter(|id| {
-                recent
-                    .insert((peer.clone(), asked, id.clone()), now)
-                    .is_none()
-            })
-            .collect()
+        ids.retain(|id| !recent.contains_key(&(peer.clone(), asked, id.clone())));
+        ids
+    }
+
+    /// Records that `ids` were asked of `peer` (`asked`) or sent to it at `now`: only what
+    /// actually went out (within the peer's credit) counts, so what a credit cut short is
+    /// asked or sent again by the next exchange, not a sync interval later.
+    fn done<'a>(
+        &self,
+        peer: &NodeId,
+        asked: bool,
+        ids: impl IntoIterator<Item = &'a MessageId>,
+        now: u64,
+    ) {
+        let mut recent = lock(&self.recent);
+        for id in ids {
+            recent.insert((peer.clone(), asked, id.clone()), now);
+        }
     }
 }
 
@@ -254,8 +265,15 @@ impl Node {
     }
 
     /// The first query of an exchange, as a signed `sync_range` envelope for a transport whose
-    /// frames are at most `max_frame` bytes (sent every `network.sync_interval_secs`).
-    pub(super) fn range_query_frame(&self, max_frame: usize) -> Result<Vec<u8>> {
+    /// frames are at most `max_frame` bytes (sent every `network.sync_interval_secs`); `None`
+    /// while this node knows no peer (a node that starts with an empty peer table): it has
+    /// nobody to exchange with yet, and every peer that could answer answers its hello first,
+    /// which starts an exchange (counter `sync.queries_skipped`).
+    pub(super) fn range_query_frame(&self, max_frame: usize) -> Result<Option<Vec<u8>>> {
+        if !lock(&self.inner.store).knows_a_peer()? {
+            self.inner.rejections.count("sync.queries_skipped");
+            return Ok(None);
+        }
         let limit = range::frame_limit(payload_room(self, max_frame));
         let msg = self.sync_index()?.set_for(None).query(limit);
         let frame = self.range_frame(false, msg)?;
@@ -263,7 +281,7 @@ impl Node {
         self.inner
             .rejections
             .add("sync.reconcile_bytes_sent", frame.len() as u64);
-        Ok(frame)
+        Ok(Some(frame))
     }
 
     fn range_frame(&self, reply: bool, msg: Vec<u8>) -> Result<Vec<u8>> {
@@ -296,7 +314,8 @@ impl Node {
         let index = self.sync_index()?;
         let bound = !index.private.is_empty() && self.source_is_sender(&h.sender, &source.from)?;
         let set = index.set_for(bound.then_some(&h.sender));
-        let mut frames = Vec::new();
+        // Our frames, each with the ids it asks for (a want) or none.
+        let mut frames: Vec<(Vec<u8>, Vec<MessageId>)> = Vec::new();
         // Whether `frames` starts with our next query.
         let mut query_first = false;
         // Messages the peer lacks, sent to it after our frames.
@@ -322,7 +341,7 @@ impl Node {
                 }
             }
             match set.answer(&round.msg, limit) {
-                Ok(Some(out)) => frames.push(self.range_frame(true, out)?),
+                Ok(Some(out)) => frames.push((self.range_frame(true, out)?, Vec::new())),
                 Ok(None) => {}
                 Err(e) => return self.malformed(&source.from, h, e),
             }
@@ -344,7 +363,7 @@ impl Node {
                 return Ok(Acceptance::Ignore);
             }
             if let Some(next) = progress.next {
-                frames.push(self.range_frame(false, next)?);
+                frames.push((self.range_frame(false, next)?, Vec::new()));
                 query_first = true;
             }
             pushed = progress
@@ -378,17 +397,16 @@ impl Node {
                         .map(serde_bytes::ByteBuf::from)
                         .collect(),
                 };
-                frames.push(self.plain_frame(
-                    Kind::SyncWant,
-                    &envelope::encode_hello(&want),
-                    60,
-                )?);
+                frames.push((
+                    self.plain_frame(Kind::SyncWant, &envelope::encode_hello(&want), 60)?,
+                    ids.to_vec(),
+                ));
             }
         }
         let mut credit = self.open_credit(source, received);
         let mut sent = 0u64;
         let mut all_sent = true;
-        for (i, frame) in frames.into_iter().enumerate() {
+        for (i, (frame, asked)) in frames.into_iter().enumerate() {
             let len = frame.len() as u64;
             if !self.push_frame(&mut credit, frame, replies) {
                 self.inner.rejections.count("sync.answers_over_budget");
@@ -398,6 +416,7 @@ impl Node {
             if i == 0 && query_first {
                 self.inner.rejections.count("sync.queries_sent");
             }
+            self.inner.sync_index.done(&h.sender, true, &asked, now);
             sent += len;
         }
         if sent > 0 {
@@ -405,8 +424,14 @@ impl Node {
         }
         if all_sent && !pushed.is_empty() {
             // What the peer lacks goes to it at once, without waiting for its own exchange.
-            let items = self.envelopes_for(&h.sender, &pushed, bound, &index)?;
-            self.push_batches(&mut credit, items, room, replies)?;
+            let (ids, items): (Vec<_>, Vec<_>) = self
+                .envelopes_for(&h.sender, &pushed, bound, &index)?
+                .into_iter()
+                .unzip();
+            let went = self.push_batches(&mut credit, items, room, replies)?;
+            self.inner
+                .sync_index
+                .done(&h.sender, false, ids[..went].iter().flatten(), now);
         }
         self.close_credit(source, &credit);
         Ok(Acceptance::Ignore)
@@ -436,7 +461,11 @@ impl Node {
         let index = self.sync_index()?;
         // As for queries: a forwarded want gets no envelope of a private seed.
         let bound = !index.private.is_empty() && self.source_is_sender(requester, &source.from)?;
-        let items = self.envelopes_for(requester, &ids, bound, &index)?;
+        let items = self
+            .envelopes_for(requester, &ids, bound, &index)?
+            .into_iter()
+            .map(|(_, envelope)| envelope)
+            .collect();
         let mut credit = self.open_credit(source, received);
         self.push_batches(&mut credit, items, room, replies)?;
         self.close_credit(source, &credit);
@@ -446,14 +475,15 @@ impl Node {
     /// The stored envelopes among `ids` that `requester` may receive, each seed's creation
     /// first, preceded by the hellos of their authors: a private seed's messages only when the
     /// source is the requester itself (`bound`) and it is in the seed's audience or its
-    /// publisher; a sealed envelope whose seed is unknown here to nobody.
+    /// publisher; a sealed envelope whose seed is unknown here to nobody. Each with its
+    /// message id (none for a hello).
     fn envelopes_for(
         &self,
         requester: &NodeId,
         ids: &[MessageId],
         bound: bool,
         index: &Index,
-    ) -> Result<Vec<Vec<u8>>> {
+    ) -> Result<Vec<(Option<MessageId>, Vec<u8>)>> {
         let store = lock(&self.inner.store);
         let mut wanted = store.wanted_envelopes(ids)?;
         wanted.retain(|w| {
@@ -475,10 +505,10 @@ impl Node {
                 && authors.insert(w.sender.clone())
                 && let Some(hello) = store.peer_hello(&w.sender)?
             {
-                items.push(hello);
+                items.push((None, hello));
             }
         }
-        items.extend(wanted.into_iter().map(|w| w.envelope));
+        items.extend(wanted.into_iter().map(|w| (Some(w.id), w.envelope)));
         Ok(items)
     }
 
@@ -524,15 +554,19 @@ impl Node {
     /// in order, while the credit allows; stops at the first one that does not fit (a hello
     /// is never separated from the envelopes that need it). What is left waits for the next
     /// exchange (counter `sync.answers_over_budget`). Bytes of the batches: counter
-    /// `sync.batch_bytes_sent`.
+    /// `sync.batch_bytes_sent`. Returns how many of `items`, from the first, went out (an
+    /// envelope too large for any batch counts as gone: it never will).
     pub(super) fn push_batches(
         &self,
         credit: &mut Credit,
         items: Vec<Vec<u8>>,
         max_payload: usize,
         replies: &mut Vec<Vec<u8>>,
-    ) -> Result<()> {
+    ) -> Result<usize> {
+        let total = items.len();
         let mut queue: std::collections::VecDeque<Vec<u8>> = items.into();
+        // Items taken from the queue into a batch the credit did not allow.
+        let mut held = 0;
         loop {
             // Room for the payload once the batch's own header and signatures are counted.
             let room = usize::try_from(credit.left)
@@ -542,17 +576,19 @@ impl Node {
             if batch.items.is_empty() {
                 break;
             }
+            let count = batch.items.len();
             let frame = self.plain_frame(Kind::SyncBatch, &envelope::encode_hello(&batch), 60)?;
             let len = frame.len() as u64;
             if !self.push_frame(credit, frame, replies) {
+                held = count;
                 break;
             }
             self.inner.rejections.add("sync.batch_bytes_sent", len);
         }
-        if !queue.is_empty() {
+        if held > 0 || !queue.is_empty() {
             self.inner.rejections.count("sync.answers_over_budget");
         }
-        Ok(())
+        Ok(total - queue.len() - held)
     }
 
     /// Records what was spent of the credit opened with [`Node::open_credit`].

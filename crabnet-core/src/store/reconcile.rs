@@ -22,6 +22,8 @@ pub struct SyncMark {
 /// A stored envelope a peer asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WantedEnvelope {
+    /// The message's id.
+    pub id: MessageId,
     /// The seed it is about.
     pub seed: SeedId,
     /// Its author.
@@ -159,6 +161,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether the peer table holds any peer (a node that knows none has nobody to sync
+    /// with yet).
+    pub fn knows_a_peer(&self) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM peers)", [], |r| r.get(0))?)
+    }
+
     /// The stored envelopes among `ids` (ids not held here are left out), in no order.
     pub fn wanted_envelopes(&self, ids: &[MessageId]) -> Result<Vec<WantedEnvelope>> {
         let mut stmt = self.conn.prepare_cached(
@@ -171,6 +181,7 @@ impl Store {
             if let Some(r) = rows.next()? {
                 let (seed, sender): (String, String) = (r.get(0)?, r.get(1)?);
                 out.push(WantedEnvelope {
+                    id: id.clone(),
                     seed: SeedId::parse(&seed)?,
                     sender: NodeId::parse(&sender)?,
                     creation: r.get(2)?,
