@@ -15,30 +15,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::forge::{
-    config, counter, identity, plain, seal, seed_message, start, udp_node, wait_counter,
+    config, counter, hello_announcing, identity, plain, seal, seed_message, start, udp_node,
+    wait_counter,
 };
 
 use crabnet_core::MemoryHub;
 use crabnet_core::clock::now_ms;
-use crabnet_core::envelope::{self, Hello, Kind, MAX_ENVELOPE_BYTES};
+use crabnet_core::envelope::{self, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
 use crabnet_core::network::Transport;
 use crabnet_core::rotation::Rotation;
 use crabnet_core::trust::Revocation;
-
-/// A hello of `id` announcing `addresses`.
-fn hello_at(id: &Identity, addresses: Vec<String>) -> Vec<u8> {
-    let hello = Hello {
-        name: "stranger".into(),
-        addresses,
-        key_epoch: id.public().epoch,
-        signing_public: id.public().signing.to_bytes(),
-        kem_public: id.public().kem.to_bytes(),
-        certificate: None,
-        rotations: Vec::new(),
-    };
-    plain(id, Kind::NodeHello, &envelope::encode_hello(&hello))
-}
 
 fn kind_of(frame: &[u8]) -> Option<Kind> {
     envelope::parse(frame, MAX_ENVELOPE_BYTES)
@@ -123,7 +110,9 @@ async fn a_hello_flood_gets_at_most_twice_its_bytes_back_and_only_to_its_source(
     // The node learns ten revocations (anyone may relay them; each is the revoked node's own).
     let flooder = socket();
     let mallory = identity(7, 0);
-    flooder.send_to(&hello_at(&mallory, vec![]), addr).unwrap();
+    flooder
+        .send_to(&hello_announcing(&mallory, vec![]), addr)
+        .unwrap();
     node.wait_for_peers(1, Duration::from_secs(20))
         .await
         .unwrap();
@@ -144,7 +133,7 @@ async fn a_hello_flood_gets_at_most_twice_its_bytes_back_and_only_to_its_source(
     let victim_addr = format!("udp:{}", victim.local_addr().unwrap());
     let frames = tokio::task::spawn_blocking(move || {
         (1000..1200)
-            .map(|i| hello_at(&identity(i, 0), vec![victim_addr.clone()]))
+            .map(|i| hello_announcing(&identity(i, 0), vec![victim_addr.clone()]))
             .collect::<Vec<_>>()
     })
     .await
@@ -276,7 +265,7 @@ async fn alices_seed_survives_forgeries(from_alices_address: bool, evicted: u64)
     let mut mallory_wire = hub.join("mallory");
     let alice = identity(0x11, 1);
     alice_wire
-        .broadcast(&hello_at(&alice, vec!["memory:alice".into()]))
+        .broadcast(&hello_announcing(&alice, vec!["memory:alice".into()]))
         .unwrap();
     node.wait_for_peers(1, Duration::from_secs(20))
         .await
@@ -322,7 +311,10 @@ async fn lists_sent_to_a_newcomer(hub: &MemoryHub, tag: u32, kind: Kind) -> Vec<
     let name = format!("probe{tag}");
     let mut probe = hub.join(&name);
     probe
-        .broadcast(&hello_at(&identity(tag, 1), vec![format!("memory:{name}")]))
+        .broadcast(&hello_announcing(
+            &identity(tag, 1),
+            vec![format!("memory:{name}")],
+        ))
         .unwrap();
     let mut lists = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -368,7 +360,7 @@ async fn rotation_chains_of_evicted_strangers_are_pruned() {
     let now = now_ms();
     let mut rotations = Vec::new();
     for (id, tag) in [(&stranger, 0x131), (&author, 0x132)] {
-        wire.broadcast(&hello_at(id, vec![])).unwrap();
+        wire.broadcast(&hello_announcing(id, vec![])).unwrap();
         let next = identity(tag, 2).with_node_id(id.node_id().clone());
         rotations.push((
             Rotation::sign(id, next.public(), now, [0; 32]).unwrap(),
@@ -403,7 +395,7 @@ async fn rotation_chains_of_evicted_strangers_are_pruned() {
     // Both go idle (no hello for four intervals) and newcomers take their places.
     tokio::time::sleep(Duration::from_secs(5)).await;
     for tag in 0x50..0x53 {
-        wire.broadcast(&hello_at(&identity(tag, 1), vec![]))
+        wire.broadcast(&hello_announcing(&identity(tag, 1), vec![]))
             .unwrap();
     }
     wait_counter(&node, "peers.evicted", 3).await;
@@ -499,7 +491,7 @@ async fn forgeries_for_an_unknown_sender_cannot_keep_its_real_frame_out() {
     forge_in_name_of(&node, &mut bob_wire, &mallory_as_bob).await;
     let real = send_real(&node, &mut bob_wire, &bob).await;
     bob_wire
-        .broadcast(&hello_at(&bob, vec!["memory:bob".into()]))
+        .broadcast(&hello_announcing(&bob, vec!["memory:bob".into()]))
         .unwrap();
     applied_after_evictions(
         node,
@@ -532,7 +524,7 @@ async fn self_revocations_of_throwaway_identities_are_capped_and_not_sent_on() {
     let mut wire = hub.join("wire");
     let (mallory, peer) = (identity(0x71, 1), identity(0x72, 1));
     for id in [&mallory, &peer] {
-        wire.broadcast(&hello_at(id, vec![])).unwrap();
+        wire.broadcast(&hello_announcing(id, vec![])).unwrap();
     }
     node.wait_for_peers(2, Duration::from_secs(20))
         .await
@@ -594,7 +586,7 @@ async fn self_revocations_of_throwaway_identities_are_capped_and_not_sent_on() {
     // A kept one still refuses its node when it shows up.
     let newest = newest[0];
     let refused = counter(&node, "rejected.not_admitted").await;
-    wire.broadcast(&hello_at(newest, vec![])).unwrap();
+    wire.broadcast(&hello_announcing(newest, vec![])).unwrap();
     wait_counter(&node, "rejected.not_admitted", refused + 1).await;
     assert!(
         !node
