@@ -219,6 +219,13 @@ impl Rejections {
         st.counters.is_empty() && st.rejected.is_empty() && st.open == 0
     }
 
+    /// Whether rejections wait to be written, or an aggregation window is open (its summary
+    /// event is due when it closes). Other counters may wait longer.
+    pub fn rejections_pending(&self) -> bool {
+        let st = lock(&self.state);
+        !st.rejected.is_empty() || st.open > 0
+    }
+
     /// Counters counted but not yet written to the store.
     pub fn pending_counters(&self) -> BTreeMap<String, u64> {
         let mut st = lock(&self.state);

@@ -19,8 +19,11 @@ impl Node {
     ///   another process (a CLI command, a binding) committed to the database (checked with
     ///   SQLite's `data_version`, which costs no table read);
     /// * rejection counters and events, and held envelopes whose author's hello did not come in
-    ///   time ([`Node::flush_rejections`]): counters waiting, or the oldest held envelope's
-    ///   expiry;
+    ///   time ([`Node::flush_rejections`]): rejections counted or a window open, the oldest held
+    ///   envelope's expiry, or counters waiting for [`COUNTER_WRITE_MS`] since the last write
+    ///   (counters alone wait: an idle node does not write after each frame it received);
+    /// * the `last_seen` of peers whose unchanged hellos were only noted in memory
+    ///   ([`Node::write_liveness`]): once per `network.hello_interval_secs`;
     /// * retention ([`crate::retention::Retention::run_if_due`]), the rotation chains of
     ///   nodes that left the peer table ([`crate::trust::Trust::prune_chains`]), strangers'
     ///   self-revocations past their cap and expired certificates
@@ -96,13 +99,18 @@ impl Node {
     pub(super) fn due_duties(&self, now: Millis, changed: bool) -> Duties {
         let timers = &self.inner.timers;
         let held = self.inner.held.next_expiry().is_some_and(|at| at <= now);
+        let rejections = &self.inner.rejections;
         Duties {
             changed,
             decide: timers.decide_at.load(Ordering::Relaxed) <= now,
             prune: timers.prune_at.load(Ordering::Relaxed) <= now,
             retention: self.inner.retention.next_run_at() <= now,
             rotation: self.behind_own_rotation(),
-            rejections: !self.inner.rejections.is_idle() || held,
+            rejections: held
+                || rejections.rejections_pending()
+                || (!rejections.is_idle() && timers.counters_at.load(Ordering::Relaxed) <= now),
+            liveness: timers.liveness_at.load(Ordering::Relaxed) <= now
+                && self.inner.liveness.any_pending(),
         }
     }
 
@@ -116,10 +124,24 @@ impl Node {
         {
             tracing::warn!("cannot issue due decisions (retried next tick): {e}");
         }
-        if due.rejections
-            && let Err(e) = node.flush_rejections()
-        {
-            tracing::warn!("cannot record rejections (retried next tick): {e}");
+        if due.rejections {
+            node.inner
+                .timers
+                .counters_at
+                .store(now.saturating_add(COUNTER_WRITE_MS), Ordering::Relaxed);
+            if let Err(e) = node.flush_rejections() {
+                tracing::warn!("cannot record rejections (retried next tick): {e}");
+            }
+        }
+        if due.liveness {
+            let every = u64::from(node.inner.config.network.hello_interval_secs) * 1000;
+            node.inner
+                .timers
+                .liveness_at
+                .store(now.saturating_add(every), Ordering::Relaxed);
+            if let Err(e) = node.write_liveness() {
+                tracing::warn!("cannot record when peers were last seen: {e}");
+            }
         }
         if due.retention
             && let Err(e) = node.inner.retention.run_if_due(&node.inner.store, now)
@@ -224,7 +246,13 @@ pub(super) struct Duties {
     retention: bool,
     rotation: bool,
     rejections: bool,
+    liveness: bool,
 }
+
+/// How long counters counted in memory wait to be written when nothing else is due (ms).
+/// Readers in this process see them at once ([`Node::overview`] adds them); other processes
+/// (`crabnet status`) see them this much later at most.
+pub(super) const COUNTER_WRITE_MS: u64 = 5_000;
 
 impl Duties {
     /// Whether any store work is due.
@@ -235,5 +263,6 @@ impl Duties {
             || self.rejections
             || self.retention
             || self.rotation
+            || self.liveness
     }
 }
