@@ -683,7 +683,10 @@ async fn an_unchanged_hello_is_verified_but_not_written() {
         "three unchanged hellos wrote to the database"
     );
     let seen = node.peers().await.unwrap()[0].last_seen;
-    assert!(seen > first_seen, "last_seen {seen} did not move from {first_seen}");
+    assert!(
+        seen > first_seen,
+        "last_seen {seen} did not move from {first_seen}"
+    );
 
     // The same content under a forged signature (a fresh hello with its last signature byte
     // changed): rejected, not refreshed.
@@ -706,6 +709,9 @@ async fn an_unchanged_hello_is_verified_but_not_written() {
     let store = crabnet_core::store::Store::open(&db, &Default::default()).unwrap();
     let peers = store.peers().unwrap();
     assert_eq!(peers.len(), 1);
-    assert_eq!(peers[0].last_seen, seen, "last_seen was not written at stop");
+    assert_eq!(
+        peers[0].last_seen, seen,
+        "last_seen was not written at stop"
+    );
     assert_eq!(peers[0].addresses, vec!["udp:127.0.0.1:9".to_owned()]);
 }

@@ -19,9 +19,10 @@ impl Node {
     ///   another process (a CLI command, a binding) committed to the database (checked with
     ///   SQLite's `data_version`, which costs no table read);
     /// * rejection counters and events, and held envelopes whose author's hello did not come in
-    ///   time ([`Node::flush_rejections`]): rejections counted or a window open, the oldest held
-    ///   envelope's expiry, or counters waiting for [`COUNTER_WRITE_MS`] since the last write
-    ///   (counters alone wait: an idle node does not write after each frame it received);
+    ///   time ([`Node::flush_rejections`]): rejections or unusual counters counted, a window
+    ///   open, the oldest held envelope's expiry, or routine counters waiting for
+    ///   [`COUNTER_WRITE_MS`] since the last write (routine counters alone wait: an idle node
+    ///   does not write after each frame it received);
     /// * the `last_seen` of peers whose unchanged hellos were only noted in memory
     ///   ([`Node::write_liveness`]): once per `network.hello_interval_secs`;
     /// * retention ([`crate::retention::Retention::run_if_due`]), the rotation chains of
@@ -100,15 +101,16 @@ impl Node {
         let timers = &self.inner.timers;
         let held = self.inner.held.next_expiry().is_some_and(|at| at <= now);
         let rejections = &self.inner.rejections;
+        let urgent = held || rejections.rejections_pending();
         Duties {
             changed,
             decide: timers.decide_at.load(Ordering::Relaxed) <= now,
             prune: timers.prune_at.load(Ordering::Relaxed) <= now,
             retention: self.inner.retention.next_run_at() <= now,
             rotation: self.behind_own_rotation(),
-            rejections: held
-                || rejections.rejections_pending()
+            rejections: urgent
                 || (!rejections.is_idle() && timers.counters_at.load(Ordering::Relaxed) <= now),
+            rejections_urgent: urgent,
             liveness: timers.liveness_at.load(Ordering::Relaxed) <= now
                 && self.inner.liveness.any_pending(),
         }
@@ -125,10 +127,17 @@ impl Node {
             tracing::warn!("cannot issue due decisions (retried next tick): {e}");
         }
         if due.rejections {
+            // After rejections, whatever was counted with them a moment later goes on the
+            // next tick; counters alone wait.
+            let wait = if due.rejections_urgent {
+                0
+            } else {
+                COUNTER_WRITE_MS
+            };
             node.inner
                 .timers
                 .counters_at
-                .store(now.saturating_add(COUNTER_WRITE_MS), Ordering::Relaxed);
+                .store(now.saturating_add(wait), Ordering::Relaxed);
             if let Err(e) = node.flush_rejections() {
                 tracing::warn!("cannot record rejections (retried next tick): {e}");
             }
@@ -246,6 +255,8 @@ pub(super) struct Duties {
     retention: bool,
     rotation: bool,
     rejections: bool,
+    /// Rejections or held frames are due (not only counters).
+    rejections_urgent: bool,
     liveness: bool,
 }
 
