@@ -715,3 +715,48 @@ async fn an_unchanged_hello_is_verified_but_not_written() {
     );
     assert_eq!(peers[0].addresses, vec!["udp:127.0.0.1:9".to_owned()]);
 }
+
+/// Issue 13: on an idle node with the default housekeeping (a tick every 20 ms here), frames
+/// that change nothing (unchanged hellos) bump only routine counters, which wait up to 5 s to
+/// be written: the next ticks do not write them (before, the tick after any frame did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routine_counters_do_not_make_an_idle_node_write_on_every_tick() {
+    let (dir, hub) = support::forge::dir_and_hub();
+    let c = config(dir.path(), "n");
+    let data_dir = c.data_dir.clone();
+    let node = start(c, &hub).await;
+    let mut wire = hub.join("wire");
+    let alice = identity(0x15, 1);
+    wire.broadcast(&support::forge::hello(&alice)).unwrap();
+    wait_counter(&node, "hellos.accepted", 1).await;
+    // One unchanged hello: its `last_seen` is written on the next tick (the first such write),
+    // then not before `hello_interval_secs`.
+    wire.broadcast(&support::forge::hello(&alice)).unwrap();
+    wait_counter(&node, "hellos.refreshed", 1).await;
+    let mut before = db_files(&data_dir);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = db_files(&data_dir);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let t0 = Instant::now();
+    for n in 2..=4 {
+        wire.broadcast(&support::forge::hello(&alice)).unwrap();
+        wait_counter(&node, "hellos.refreshed", n).await;
+    }
+    // Fifty ticks and more.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = db_files(&data_dir);
+    // Past 5 s (a stalled machine) the counters are due: then nothing can be concluded.
+    if t0.elapsed() < Duration::from_millis(4500) {
+        assert_eq!(after, before, "routine counters were written at once");
+    } else {
+        eprintln!("the machine stalled for {:?}: not checked", t0.elapsed());
+    }
+    // They are written in the end, and the overview always had them.
+    assert_eq!(counter(&node, "hellos.refreshed").await, 4);
+    node.stop().await.unwrap();
+}

@@ -126,31 +126,26 @@ impl Node {
         {
             tracing::warn!("cannot issue due decisions (retried next tick): {e}");
         }
+        let timers = &node.inner.timers;
         if due.rejections {
             // After rejections, whatever was counted with them a moment later goes on the
-            // next tick; counters alone wait.
+            // next tick; routine counters alone wait.
             let wait = if due.rejections_urgent {
                 0
             } else {
                 COUNTER_WRITE_MS
             };
-            node.inner
-                .timers
-                .counters_at
-                .store(now.saturating_add(wait), Ordering::Relaxed);
-            if let Err(e) = node.flush_rejections() {
-                tracing::warn!("cannot record rejections (retried next tick): {e}");
-            }
+            scheduled(&timers.counters_at, now.saturating_add(wait), || {
+                node.flush_rejections()
+                    .map_err(|e| format!("cannot record rejections (retried next tick): {e}"))
+            });
         }
         if due.liveness {
             let every = u64::from(node.inner.config.network.hello_interval_secs) * 1000;
-            node.inner
-                .timers
-                .liveness_at
-                .store(now.saturating_add(every), Ordering::Relaxed);
-            if let Err(e) = node.write_liveness() {
-                tracing::warn!("cannot record when peers were last seen: {e}");
-            }
+            scheduled(&timers.liveness_at, now.saturating_add(every), || {
+                node.write_liveness()
+                    .map_err(|e| format!("cannot record when peers were last seen: {e}"))
+            });
         }
         if due.retention
             && let Err(e) = node.inner.retention.run_if_due(&node.inner.store, now)
@@ -244,6 +239,18 @@ impl Node {
                 Err(e) => tracing::error!("event log task failed: {e}"),
             }
         }
+    }
+}
+
+/// Sets a duty's next run to `next`, then runs it; a failure is logged.
+fn scheduled(
+    at: &std::sync::atomic::AtomicU64,
+    next: Millis,
+    run: impl FnOnce() -> std::result::Result<(), String>,
+) {
+    at.store(next, Ordering::Relaxed);
+    if let Err(e) = run() {
+        tracing::warn!("{e}");
     }
 }
 
