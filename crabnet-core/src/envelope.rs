@@ -325,6 +325,11 @@ impl<'a> Parsed<'a> {
         self.frame
     }
 
+    /// The payload bytes as received (sealed or not), covered by the signatures.
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
     /// Verifies both signatures over the received bytes with the sender's keys.
     pub fn verify(&self, key: &SigningPublic) -> Result<(), EnvelopeError> {
         key.verify(self.signed, SIGNATURE_CONTEXT, &self.signature)

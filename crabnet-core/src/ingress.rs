@@ -111,7 +111,19 @@ struct State {
     /// `open` of them in all.
     windows: HashMap<RejectReason, HashMap<String, Window>>,
     open: usize,
+    /// A counter outside [`ROUTINE_COUNTERS`] waits to be written.
+    unusual: bool,
 }
+
+/// Counters that a healthy, idle node bumps as frames come in (batch sizes, copies, unchanged
+/// hellos, sync upkeep): they may wait to be written (see [`Rejections::rejections_pending`]).
+const ROUTINE_COUNTERS: &[&str] = &[
+    "ingress.",
+    "hellos.refreshed",
+    "hellos.duplicate",
+    "messages.duplicate",
+    "sync.",
+];
 
 impl State {
     /// Moves the per-reason counts into `counters`.
@@ -181,6 +193,9 @@ impl Rejections {
     /// rejection counters.
     pub fn add(&self, counter: &str, n: u64) {
         let mut state = lock(&self.state);
+        if !state.unusual && !ROUTINE_COUNTERS.iter().any(|c| counter.starts_with(c)) {
+            state.unusual = true;
+        }
         if let Some(value) = state.counters.get_mut(counter) {
             *value = value.saturating_add(n);
             return;
@@ -194,6 +209,7 @@ impl Rejections {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
         st.merge_rejected();
+        st.unusual = false;
         let counters = std::mem::take(&mut st.counters);
         let mut events = Vec::new();
         let window_ms = self.window_ms;
@@ -221,6 +237,14 @@ impl Rejections {
         st.counters.is_empty() && st.rejected.is_empty() && st.open == 0
     }
 
+    /// Whether rejections or counters other than routine ones ([`ROUTINE_COUNTERS`]) wait to
+    /// be written, or an aggregation window is open (its summary event is due when it closes).
+    /// Routine counters alone may wait longer.
+    pub fn rejections_pending(&self) -> bool {
+        let st = lock(&self.state);
+        !st.rejected.is_empty() || st.open > 0 || st.unusual
+    }
+
     /// Counters counted but not yet written to the store.
     pub fn pending_counters(&self) -> BTreeMap<String, u64> {
         let mut st = lock(&self.state);
@@ -231,6 +255,7 @@ impl Rejections {
     /// Gives back counters that could not be written (the store failed), to try again.
     pub fn restore(&self, counters: BTreeMap<String, u64>) {
         let mut st = lock(&self.state);
+        st.unusual = true;
         for (k, v) in counters {
             *st.counters.entry(k).or_default() += v;
         }

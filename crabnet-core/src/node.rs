@@ -56,6 +56,7 @@ mod group;
 mod hello_answers;
 mod housekeeping;
 mod keys;
+mod liveness;
 mod network_loop;
 mod operations;
 mod receive;
@@ -223,6 +224,8 @@ struct Inner {
     /// Lamport counters for messages stamped before their transaction (a publish).
     lamport: crate::store::LamportCounter,
     held: ingress::HoldQueue,
+    /// Unchanged periodic hellos, recognised without a write (see `node/liveness.rs`).
+    liveness: liveness::Liveness,
     trust: trust::Trust,
     timers: Timers,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -256,6 +259,11 @@ struct Timers {
     prune_at: AtomicU64,
     /// The earliest outbox retry.
     retry_at: AtomicU64,
+    /// When counters counted in memory are written next (they wait for it when nothing else
+    /// is due: an idle node does not write after every frame it received).
+    counters_at: AtomicU64,
+    /// When the `last_seen` values refreshed in memory are written next.
+    liveness_at: AtomicU64,
 }
 
 /// A running Crabnet node. Cheap to clone; all clones share one node.
@@ -517,6 +525,7 @@ impl Node {
                 local: group::LocalQueue::default(),
                 lamport,
                 held: ingress::HoldQueue::new(config.network.unknown_sender_hold_ms),
+                liveness: liveness::Liveness::new(config.network.max_peers.saturating_mul(2)),
                 trust: policy,
                 timers: Timers::default(),
                 tasks: Mutex::new(Vec::new()),
@@ -610,6 +619,7 @@ impl Node {
         let node = self.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
             node.flush_rejections()?;
+            node.write_liveness()?;
             if node.inner.transport_name.is_some() {
                 let id = node.inner.id.clone();
                 node.with_store(|s| {

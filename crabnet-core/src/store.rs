@@ -1323,6 +1323,22 @@ impl Store {
         Ok(update)
     }
 
+    /// Moves the `last_seen` of peers forward (never back), in one transaction; peers no
+    /// longer in the table are skipped.
+    pub fn touch_peers(&mut self, seen: &[(NodeId, Millis)]) -> Result<()> {
+        let tx = self.tx(TransactionBehavior::Immediate)?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE peers SET last_seen = MAX(last_seen, ?2) WHERE node_id = ?1",
+            )?;
+            for (node, at) in seen {
+                update.execute(params![node.as_str(), *at as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Marks a task run as started by process `pid`. Fails with [`ErrorKind::Busy`] while
     /// another live process runs it.
     pub fn begin_run(&mut self, seed_id: &SeedId, pid: u32, now: Millis) -> Result<()> {

@@ -111,6 +111,13 @@ const UNICAST_RETRY_DELAY: Duration = Duration::from_millis(500);
 /// to every peer would cost each node work in proportion to the network's size.
 pub const SYNC_FANOUT: usize = 3;
 
+/// How many connected peers a node keeps dialing to when Kademlia adds peers to its routing
+/// table (issue 13). Gossipsub's mesh needs 6 to 12 and Kademlia none beyond its queries: a
+/// dial per discovered peer made every node hold a connection to nearly every other, each with
+/// its gossipsub, identify and QUIC upkeep. Peers that dial this node, and the connections
+/// Kademlia's own queries open, are not limited; the latter close when idle.
+pub const DIAL_TARGET: usize = 12;
+
 enum Command {
     Broadcast(Vec<u8>),
     Sync(Vec<u8>),
@@ -640,7 +647,13 @@ async fn run(
                     }
                 }
                 Some(Command::Sync(frame)) => {
-                    let peers: Vec<PeerId> = lock(&shared.connected).iter().copied().collect();
+                    // Peers of the gossip mesh (while it has any), so that the other connections
+                    // go unused and close after the idle timeout.
+                    let mut peers: Vec<PeerId> =
+                        swarm.behaviour().gossipsub.mesh_peers(&topic.hash()).copied().collect();
+                    if peers.is_empty() {
+                        peers = lock(&shared.connected).iter().copied().collect();
+                    }
                     for peer in choose(peers, SYNC_FANOUT) {
                         swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame.clone()));
                     }
@@ -758,7 +771,7 @@ async fn run(
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }))
-                    if !swarm.is_connected(&peer) =>
+                    if !swarm.is_connected(&peer) && lock(&shared.connected).len() < DIAL_TARGET =>
                 {
                     let _ = swarm.dial(peer);
                 }

@@ -91,7 +91,7 @@ impl Node {
             let live_peers = s
                 .peers()?
                 .iter()
-                .filter(|p| now.saturating_sub(p.last_seen) <= window)
+                .filter(|p| now.saturating_sub(self.last_seen(p)) <= window)
                 .count() as u64;
             Ok(Sample {
                 live_peers: self.transport_name().map(|_| live_peers),

@@ -19,8 +19,12 @@ impl Node {
     ///   another process (a CLI command, a binding) committed to the database (checked with
     ///   SQLite's `data_version`, which costs no table read);
     /// * rejection counters and events, and held envelopes whose author's hello did not come in
-    ///   time ([`Node::flush_rejections`]): counters waiting, or the oldest held envelope's
-    ///   expiry;
+    ///   time ([`Node::flush_rejections`]): rejections or unusual counters counted, a window
+    ///   open, the oldest held envelope's expiry, or routine counters waiting for
+    ///   [`COUNTER_WRITE_MS`] since the last write (routine counters alone wait: an idle node
+    ///   does not write after each frame it received);
+    /// * the `last_seen` of peers whose unchanged hellos were only noted in memory
+    ///   ([`Node::write_liveness`]): once per `network.hello_interval_secs`;
     /// * retention ([`crate::retention::Retention::run_if_due`]), the rotation chains of
     ///   nodes that left the peer table ([`crate::trust::Trust::prune_chains`]), strangers'
     ///   self-revocations past their cap and expired certificates
@@ -96,13 +100,19 @@ impl Node {
     pub(super) fn due_duties(&self, now: Millis, changed: bool) -> Duties {
         let timers = &self.inner.timers;
         let held = self.inner.held.next_expiry().is_some_and(|at| at <= now);
+        let rejections = &self.inner.rejections;
+        let urgent = held || rejections.rejections_pending();
         Duties {
             changed,
             decide: timers.decide_at.load(Ordering::Relaxed) <= now,
             prune: timers.prune_at.load(Ordering::Relaxed) <= now,
             retention: self.inner.retention.next_run_at() <= now,
             rotation: self.behind_own_rotation(),
-            rejections: !self.inner.rejections.is_idle() || held,
+            rejections: urgent
+                || (!rejections.is_idle() && timers.counters_at.load(Ordering::Relaxed) <= now),
+            rejections_urgent: urgent,
+            liveness: timers.liveness_at.load(Ordering::Relaxed) <= now
+                && self.inner.liveness.any_pending(),
         }
     }
 
@@ -116,10 +126,26 @@ impl Node {
         {
             tracing::warn!("cannot issue due decisions (retried next tick): {e}");
         }
-        if due.rejections
-            && let Err(e) = node.flush_rejections()
-        {
-            tracing::warn!("cannot record rejections (retried next tick): {e}");
+        let timers = &node.inner.timers;
+        if due.rejections {
+            // After rejections, whatever was counted with them a moment later goes on the
+            // next tick; routine counters alone wait.
+            let wait = if due.rejections_urgent {
+                0
+            } else {
+                COUNTER_WRITE_MS
+            };
+            scheduled(&timers.counters_at, now.saturating_add(wait), || {
+                node.flush_rejections()
+                    .map_err(|e| format!("cannot record rejections (retried next tick): {e}"))
+            });
+        }
+        if due.liveness {
+            let every = u64::from(node.inner.config.network.hello_interval_secs) * 1000;
+            scheduled(&timers.liveness_at, now.saturating_add(every), || {
+                node.write_liveness()
+                    .map_err(|e| format!("cannot record when peers were last seen: {e}"))
+            });
         }
         if due.retention
             && let Err(e) = node.inner.retention.run_if_due(&node.inner.store, now)
@@ -216,6 +242,18 @@ impl Node {
     }
 }
 
+/// Sets a duty's next run to `next`, then runs it; a failure is logged.
+fn scheduled(
+    at: &std::sync::atomic::AtomicU64,
+    next: Millis,
+    run: impl FnOnce() -> std::result::Result<(), String>,
+) {
+    at.store(next, Ordering::Relaxed);
+    if let Err(e) = run() {
+        tracing::warn!("{e}");
+    }
+}
+
 /// Which housekeeping duties are due (see [`Node::housekeeping`]).
 pub(super) struct Duties {
     changed: bool,
@@ -224,7 +262,15 @@ pub(super) struct Duties {
     retention: bool,
     rotation: bool,
     rejections: bool,
+    /// Rejections or held frames are due (not only counters).
+    rejections_urgent: bool,
+    liveness: bool,
 }
+
+/// How long counters counted in memory wait to be written when nothing else is due (ms).
+/// Readers in this process see them at once ([`Node::overview`] adds them); other processes
+/// (`crabnet status`) see them this much later at most.
+pub(super) const COUNTER_WRITE_MS: u64 = 5_000;
 
 impl Duties {
     /// Whether any store work is due.
@@ -235,5 +281,6 @@ impl Duties {
             || self.rejections
             || self.retention
             || self.rotation
+            || self.liveness
     }
 }

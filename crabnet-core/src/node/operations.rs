@@ -344,6 +344,7 @@ impl Node {
                 .peers()?
                 .into_iter()
                 .map(|p| PeerInfo {
+                    last_seen: n.last_seen(&p),
                     reputation: reputations.remove(&p.identity.node_id).unwrap_or_default(),
                     fingerprint: p.identity.fingerprint().to_owned(),
                     node_id: p.identity.node_id,
@@ -351,7 +352,6 @@ impl Node {
                     addresses: p.addresses,
                     key_epoch: p.identity.epoch,
                     first_seen: p.first_seen,
-                    last_seen: p.last_seen,
                 })
                 .collect())
         })

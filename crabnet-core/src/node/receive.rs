@@ -587,6 +587,11 @@ impl Node {
         {
             return self.record_rejection(limited);
         }
+        if let Some(acceptance) =
+            self.refresh_unchanged_hello(parsed, &identity, &hello, from, now)?
+        {
+            return Ok(acceptance);
+        }
         let keep_chain = match self.check_hello_epoch(&identity, &hello, from, h, now)? {
             Ok(keep_chain) => keep_chain,
             Err(verdict) => return Ok(verdict),
@@ -600,7 +605,14 @@ impl Node {
         if let Err(detail) = admitted {
             return self.reject(from, Some(h), RejectReason::NotAdmitted, detail);
         }
+        let mut seen = Vec::new();
         let update = self.with_store(|s| {
+            // Admitting a new peer reads `last_seen` (an idle peer may make room): the values
+            // refreshed in memory are written first (see `node/liveness.rs`).
+            if self.inner.liveness.any_pending() && s.peer(&identity.node_id)?.is_none() {
+                seen = self.inner.liveness.take_pending();
+                s.touch_peers(&seen)?;
+            }
             let update = s.upsert_peer(
                 &identity,
                 &hello.name,
@@ -624,7 +636,21 @@ impl Node {
                 )?;
             }
             Ok(update)
-        })?;
+        });
+        let update = match update {
+            Ok(update) => update,
+            Err(e) => {
+                self.inner.liveness.restore(seen);
+                return Err(e);
+            }
+        };
+        // What the next hello of this sender is compared with (see `node/liveness.rs`).
+        match update {
+            PeerUpdate::New | PeerUpdate::Refreshed => {
+                self.inner.liveness.stored(&h.sender, parsed.payload())
+            }
+            PeerUpdate::KeyMismatch | PeerUpdate::Refused => self.inner.liveness.forget(&h.sender),
+        }
         match update {
             // Validly signed by the id's own signing key: not the relay's fault.
             PeerUpdate::KeyMismatch => self

@@ -1,0 +1,246 @@
+//! Periodic hellos that change nothing: recognised in memory, not written (issue 13).
+//!
+//! A peer broadcasts its hello every `network.hello_interval_secs`, freshly signed each time
+//! (a new message id and timestamp), with the same content (keys, addresses, name, certificate,
+//! rotations) as long as nothing about it changed. Every receiver used to store each one: an
+//! update of the peer's row and a seen-id row, two fsync'd transactions per peer per interval,
+//! so an idle node's work grew with the network.
+//!
+//! Now a hello whose payload is byte for byte the payload of the last hello this node verified
+//! and stored for that sender (compared by SHA-256 digest, kept here) still has both
+//! signatures checked (a forged or altered copy must not buy a cheaper path to any state) and
+//! its admission checked again (a certificate may have expired or been revoked), but then
+//! only moves the peer's `last_seen` in memory, to the hello's own signed timestamp (never
+//! later than its receipt, so a replayed copy proves nothing newer than the original did).
+//! Housekeeping writes the pending `last_seen` values of all peers in one transaction once per
+//! `hello_interval_secs`, and before any admission decision, which reads them (a new peer may
+//! evict an idle one). Readers in this process see the newer values at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use super::{Node, lock};
+use crate::envelope;
+use crate::error::Result;
+use crate::identity::PublicIdentity;
+use crate::model::{Millis, NodeId};
+use crate::monitor::RejectReason;
+use crate::network::Acceptance;
+
+impl Node {
+    /// The cheap path for a hello whose signatures verified (see the module docs): when its
+    /// payload is that of the last hello stored for its sender, the sender is still in the peer
+    /// table with the hello's key epoch and no newer epoch is known, and it is still admitted,
+    /// only its `last_seen` moves (in memory): `Some(Accept)`. `Some(verdict)` for a refused
+    /// admission, `None` when the full path must run.
+    pub(super) fn refresh_unchanged_hello(
+        &self,
+        parsed: &envelope::Parsed<'_>,
+        identity: &PublicIdentity,
+        hello: &envelope::Hello,
+        from: &str,
+        now: Millis,
+    ) -> Result<Option<Acceptance>> {
+        let h = &parsed.header;
+        if !self.inner.liveness.unchanged(&h.sender, parsed.payload())
+            || self.inner.trust.key_epoch(&h.sender) != identity.epoch
+        {
+            return Ok(None);
+        }
+        let mut store = lock(&self.inner.store);
+        let known = store.peer(&h.sender)?.is_some_and(|p| {
+            p.identity.epoch == identity.epoch && p.identity.signing == identity.signing
+        });
+        if !known {
+            drop(store);
+            // Evicted or forgotten since: admitted again through the full path.
+            self.inner.liveness.forget(&h.sender);
+            return Ok(None);
+        }
+        // A certificate may have expired or been revoked since (checked in memory for a
+        // certificate already held; no write).
+        let admitted = self.inner.trust.admit_hello(
+            identity,
+            hello.certificate.as_deref(),
+            h.timestamp,
+            &mut store,
+            now,
+        )?;
+        drop(store);
+        if let Err(detail) = admitted {
+            return self
+                .reject(from, Some(h), RejectReason::NotAdmitted, detail)
+                .map(Some);
+        }
+        // The hello's own signed time, never later than now: a replayed copy proves nothing
+        // newer than the original did.
+        self.inner.liveness.seen(&h.sender, h.timestamp.min(now));
+        self.inner.recent.insert(parsed.frame());
+        self.inner.rejections.count("hellos.refreshed");
+        Ok(Some(Acceptance::Accept))
+    }
+
+    /// Writes the `last_seen` values refreshed in memory (housekeeping, once per
+    /// `network.hello_interval_secs`, and when the node stops).
+    pub(super) fn write_liveness(&self) -> Result<()> {
+        let seen = self.inner.liveness.take_pending();
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let written = lock(&self.inner.store).touch_peers(&seen);
+        if written.is_err() {
+            self.inner.liveness.restore(seen);
+        }
+        written
+    }
+
+    /// `peer`'s `last_seen`, with a newer value refreshed in memory and not yet written.
+    pub(super) fn last_seen(&self, peer: &crate::store::Peer) -> Millis {
+        self.inner
+            .liveness
+            .pending(&peer.identity.node_id)
+            .map_or(peer.last_seen, |at| at.max(peer.last_seen))
+    }
+}
+
+/// What this node knows of a peer's latest stored hello.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// SHA-256 of the payload of the last hello verified and stored for the peer.
+    digest: [u8; 32],
+    /// A `last_seen` newer than the stored one, not yet written.
+    pending: Option<Millis>,
+}
+
+/// The digests of the hellos stored per peer, and the `last_seen` values not yet written.
+#[derive(Debug)]
+pub(super) struct Liveness {
+    state: Mutex<HashMap<NodeId, Entry>>,
+    /// Most entries kept (a bound on memory when peers come and go); beyond it, entries with
+    /// nothing pending are forgotten (their next hello takes the full path again).
+    cap: usize,
+}
+
+fn digest(payload: &[u8]) -> [u8; 32] {
+    Sha256::digest(payload).into()
+}
+
+impl Liveness {
+    /// Keeps at most `cap` entries with nothing pending (at least 16).
+    pub(super) fn new(cap: usize) -> Self {
+        Liveness {
+            state: Mutex::new(HashMap::new()),
+            cap: cap.max(16),
+        }
+    }
+
+    /// A hello of `node` with `payload` was verified and stored (its `last_seen` with it).
+    pub(super) fn stored(&self, node: &NodeId, payload: &[u8]) {
+        let mut st = lock(&self.state);
+        if st.len() >= self.cap && !st.contains_key(node) {
+            st.retain(|_, e| e.pending.is_some());
+        }
+        let pending = st.get(node).and_then(|e| e.pending);
+        st.insert(
+            node.clone(),
+            Entry {
+                digest: digest(payload),
+                pending,
+            },
+        );
+    }
+
+    /// Whether `payload` is that of the last hello verified and stored for `node`.
+    pub(super) fn unchanged(&self, node: &NodeId, payload: &[u8]) -> bool {
+        let st = lock(&self.state);
+        st.get(node).is_some_and(|e| e.digest == digest(payload))
+    }
+
+    /// `node` was seen at `at` (kept when it is newer than what is pending).
+    pub(super) fn seen(&self, node: &NodeId, at: Millis) {
+        if let Some(e) = lock(&self.state).get_mut(node) {
+            e.pending = Some(e.pending.map_or(at, |p| p.max(at)));
+        }
+    }
+
+    /// The `last_seen` of `node` not yet written, if any.
+    pub(super) fn pending(&self, node: &NodeId) -> Option<Millis> {
+        lock(&self.state).get(node).and_then(|e| e.pending)
+    }
+
+    /// Whether any `last_seen` waits to be written.
+    pub(super) fn any_pending(&self) -> bool {
+        lock(&self.state).values().any(|e| e.pending.is_some())
+    }
+
+    /// Takes the `last_seen` values waiting to be written.
+    pub(super) fn take_pending(&self) -> Vec<(NodeId, Millis)> {
+        let mut st = lock(&self.state);
+        st.iter_mut()
+            .filter_map(|(node, e)| e.pending.take().map(|at| (node.clone(), at)))
+            .collect()
+    }
+
+    /// Gives back values that could not be written (the store failed), to try again.
+    pub(super) fn restore(&self, seen: Vec<(NodeId, Millis)>) {
+        for (node, at) in seen {
+            self.seen(&node, at);
+        }
+    }
+
+    /// Forgets `node` (its hello changed, or it left the table): its next hello is checked in
+    /// full.
+    pub(super) fn forget(&self, node: &NodeId) {
+        lock(&self.state).remove(node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> NodeId {
+        NodeId::from_bytes([n; 32])
+    }
+
+    #[test]
+    fn only_the_stored_payload_is_unchanged_and_pending_values_are_taken_once() {
+        let l = Liveness::new(16);
+        assert!(!l.unchanged(&id(1), b"hello"), "nothing stored yet");
+        l.seen(&id(1), 5);
+        assert!(!l.any_pending(), "an unknown node is not tracked");
+        l.stored(&id(1), b"hello");
+        assert!(l.unchanged(&id(1), b"hello"));
+        assert!(!l.unchanged(&id(1), b"hellp"));
+        assert!(!l.unchanged(&id(2), b"hello"));
+        l.seen(&id(1), 10);
+        l.seen(&id(1), 7);
+        assert_eq!(l.pending(&id(1)), Some(10), "the newest time wins");
+        assert_eq!(l.take_pending(), vec![(id(1), 10)]);
+        assert!(!l.any_pending());
+        l.restore(vec![(id(1), 12)]);
+        assert_eq!(l.pending(&id(1)), Some(12));
+        // A new stored hello keeps what is pending; forgetting drops both.
+        l.stored(&id(1), b"other");
+        assert_eq!(l.pending(&id(1)), Some(12));
+        assert!(!l.unchanged(&id(1), b"hello"));
+        l.forget(&id(1));
+        assert!(!l.unchanged(&id(1), b"other"));
+        assert_eq!(l.pending(&id(1)), None);
+    }
+
+    #[test]
+    fn the_table_is_bounded_but_keeps_what_is_pending() {
+        let l = Liveness::new(16);
+        for n in 0..16 {
+            l.stored(&id(n), b"h");
+        }
+        l.seen(&id(3), 1);
+        l.stored(&id(100), b"h");
+        assert!(l.unchanged(&id(100), b"h"));
+        assert_eq!(l.pending(&id(3)), Some(1), "a pending value survives");
+        assert!(!l.unchanged(&id(4), b"h"), "idle entries made room");
+    }
+}
