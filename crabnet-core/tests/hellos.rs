@@ -689,10 +689,10 @@ async fn an_unchanged_hello_is_verified_but_not_written() {
     assert_eq!(counter(&node, "hellos.refreshed").await, 3);
 
     // A hello that changed (new addresses) is stored in full.
-    wire.broadcast(&hello_at(&alice, vec!["udp:127.0.0.1:9".into()]))
+    wire.broadcast(&hello_announcing(&alice, vec!["udp:127.0.0.1:9".into()]))
         .unwrap();
     wait_counter(&node, "hellos.accepted", 2).await;
-    wire.broadcast(&hello_at(&alice, vec!["udp:127.0.0.1:9".into()]))
+    wire.broadcast(&hello_announcing(&alice, vec!["udp:127.0.0.1:9".into()]))
         .unwrap();
     wait_counter(&node, "hellos.refreshed", 4).await;
     let seen = node.peers().await.unwrap()[0].last_seen;
