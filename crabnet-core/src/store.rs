@@ -428,6 +428,10 @@ fn from_json<T: for<'de> Deserialize<'de>>(text: &str, what: &str) -> Result<T> 
         .map_err(|e| Error::new(ErrorKind::Store, format!("corrupt {what} in database: {e}")))
 }
 
+/// Compiled statements kept per connection (rusqlite keeps 16 by default: fewer than one
+/// received message runs).
+const STATEMENT_CACHE: usize = 128;
+
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path, config: &StoreConfig) -> Result<Store> {
@@ -439,6 +443,9 @@ impl Store {
             )
         })?;
         conn.busy_timeout(Duration::from_millis(config.busy_timeout_ms))?;
+        // The receive and publish paths run the same few dozen statements per message: each is
+        // compiled once (`prepare_cached`), not parsed again every time.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::new(
@@ -534,7 +541,9 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+        let version = tx
+            .prepare_cached("PRAGMA user_version")?
+            .query_row([], |r| r.get::<_, i64>(0))? as usize;
         if version > MIGRATIONS.len() {
             return Err(Error::new(
                 ErrorKind::Store,
@@ -560,7 +569,8 @@ impl Store {
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
             .optional()?)
     }
 
@@ -568,9 +578,8 @@ impl Store {
     pub fn node_id_or_init(&mut self, candidate: &NodeId) -> Result<NodeId> {
         let tx = self.tx(TransactionBehavior::Immediate)?;
         let existing: Option<String> = tx
-            .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT value FROM meta WHERE key = 'node_id'")?
+            .query_row([], |r| r.get(0))
             .optional()?;
         let id = match existing {
             Some(text) => NodeId::parse(&text).map_err(|e| {
@@ -580,10 +589,8 @@ impl Store {
                 )
             })?,
             None => {
-                tx.execute(
-                    "INSERT INTO meta(key, value) VALUES ('node_id', ?1)",
-                    [candidate.as_str()],
-                )?;
+                tx.prepare_cached("INSERT INTO meta(key, value) VALUES ('node_id', ?1)")?
+                    .execute([candidate.as_str()])?;
                 candidate.clone()
             }
         };
@@ -663,12 +670,12 @@ impl Store {
             return Ok((RemoteOutcome::Pruned, Vec::new()));
         }
         let id = message.id.as_str();
-        let known: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM seen WHERE message_id = ?1)
+        let known: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM seen WHERE message_id = ?1)
                  OR EXISTS(SELECT 1 FROM messages WHERE id = ?1)",
-            [id],
-            |r| r.get(0),
-        )?;
+            )?
+            .query_row([id], |r| r.get(0))?;
         let mut events = Vec::new();
         let outcome = if known {
             if &message.sender == me {
@@ -701,18 +708,14 @@ impl Store {
                 }
                 Ok(()) => {
                     insert_message(&tx, message, Origin::Remote, now)?;
-                    tx.execute(
-                        "UPDATE messages SET envelope = ?2 WHERE id = ?1",
-                        params![id, envelope],
-                    )?;
+                    tx.prepare_cached("UPDATE messages SET envelope = ?2 WHERE id = ?1")?
+                        .execute(params![id, envelope])?;
                     let (_, verdict) =
                         refold(&tx, message.seed_id(), &message.id, now, &mut events)?;
                     if matches!(verdict, Verdict::Applied | Verdict::Pending { .. }) {
                         // An author of stored messages is not evicted for a newcomer.
-                        tx.execute(
-                            "UPDATE peers SET last_active = ?2 WHERE node_id = ?1",
-                            params![message.sender.as_str(), now as i64],
-                        )?;
+                        tx.prepare_cached("UPDATE peers SET last_active = ?2 WHERE node_id = ?1")?
+                            .execute(params![message.sender.as_str(), now as i64])?;
                     }
                     match verdict {
                         Verdict::Applied => {
@@ -857,11 +860,12 @@ impl Store {
 
     /// Stores the NDJSON log cursor.
     pub fn set_log_cursor(&mut self, seq: u64) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('ndjson_seq', ?1)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta(key, value) VALUES ('ndjson_seq', ?1)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [seq.to_string()],
-        )?;
+            )?
+            .execute([seq.to_string()])?;
         Ok(())
     }
 
@@ -895,11 +899,10 @@ impl Store {
 
     /// When the earliest unsent outbox message is due (Unix ms), if there is one.
     pub fn outbox_next_attempt(&self) -> Result<Option<Millis>> {
-        let at: Option<i64> = self.conn.query_row(
-            "SELECT MIN(next_attempt_at) FROM outbox WHERE sent_at IS NULL",
-            [],
-            |r| r.get(0),
-        )?;
+        let at: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(next_attempt_at) FROM outbox WHERE sent_at IS NULL")?
+            .query_row([], |r| r.get(0))?;
         Ok(at.map(|t| t.max(0) as Millis))
     }
 
@@ -907,7 +910,8 @@ impl Store {
     pub fn next_seen_expiry(&self) -> Result<Option<Millis>> {
         let at: Option<i64> = self
             .conn
-            .query_row("SELECT MIN(expires_at) FROM seen", [], |r| r.get(0))?;
+            .prepare_cached("SELECT MIN(expires_at) FROM seen")?
+            .query_row([], |r| r.get(0))?;
         Ok(at.map(|t| t.max(0) as Millis))
     }
 
@@ -923,31 +927,43 @@ impl Store {
 
     /// Number of outbox messages not sent yet.
     pub fn outbox_pending(&self) -> Result<u64> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
     }
 
-    /// Marks an outbox message as sent.
-    pub fn outbox_sent(&mut self, seq: i64, now: Millis) -> Result<()> {
-        let tx = self.tx(TransactionBehavior::Deferred)?;
-        tx.execute(
-            "UPDATE outbox SET sent_at = ?2, attempts = attempts + 1 WHERE seq = ?1",
-            params![seq, now as i64],
-        )?;
-        bump_counter(&tx, "messages.sent")?;
+    /// Records what became of outbox messages handed to the transport, all in one transaction
+    /// (one fsync under `store.sync = full`, however many there are): those in `sent` are
+    /// marked sent at `now` (counter `messages.sent`), each `(seq, at)` in `retry` gets another
+    /// attempt at `at`. Marking is bookkeeping, not a promise to anyone: if it is lost in a
+    /// crash, the messages are sent again and peers drop the copies.
+    pub fn outbox_settle(
+        &mut self,
+        sent: &[i64],
+        retry: &[(i64, Millis)],
+        now: Millis,
+    ) -> Result<()> {
+        if sent.is_empty() && retry.is_empty() {
+            return Ok(());
+        }
+        let tx = self.tx(TransactionBehavior::Immediate)?;
+        {
+            let mut mark = tx.prepare_cached(
+                "UPDATE outbox SET sent_at = ?2, attempts = attempts + 1 WHERE seq = ?1",
+            )?;
+            for seq in sent {
+                mark.execute(params![seq, now as i64])?;
+            }
+            let mut again = tx.prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2 WHERE seq = ?1",
+            )?;
+            for (seq, at) in retry {
+                again.execute(params![seq, *at as i64])?;
+            }
+        }
+        prune::add_counter(&tx, "messages.sent", sent.len() as u64)?;
         tx.commit()?;
-        Ok(())
-    }
-
-    /// Schedules another attempt for an outbox message at `next_at`.
-    pub fn outbox_retry(&mut self, seq: i64, next_at: Millis) -> Result<()> {
-        self.conn.execute(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2 WHERE seq = ?1",
-            params![seq, next_at as i64],
-        )?;
         Ok(())
     }
 
@@ -964,21 +980,22 @@ impl Store {
     /// of a forgotten message is still recognised, also after a restart.
     pub fn prune_seen(&mut self, now: Millis) -> Result<usize> {
         let tx = self.tx(TransactionBehavior::Deferred)?;
-        tx.execute(
-            "UPDATE peers SET replay_floor = MAX(replay_floor, (
+        tx.prepare_cached("UPDATE peers SET replay_floor = MAX(replay_floor, (
                  SELECT MAX(lamport) FROM seen
                  WHERE seen.sender = peers.node_id AND seen.expires_at <= ?1))
              WHERE EXISTS (SELECT 1 FROM seen
-                 WHERE seen.sender = peers.node_id AND seen.expires_at <= ?1 AND seen.lamport IS NOT NULL)",
+                 WHERE seen.sender = peers.node_id AND seen.expires_at <= ?1 AND seen.lamport IS NOT NULL)")?.execute(
             [now as i64],
         )?;
-        let n = tx.execute("DELETE FROM seen WHERE expires_at <= ?1", [now as i64])?;
+        let n = tx
+            .prepare_cached("DELETE FROM seen WHERE expires_at <= ?1")?
+            .execute([now as i64])?;
         if n > 0 {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO counters(name, value) VALUES ('seen.expired', ?1)
                  ON CONFLICT(name) DO UPDATE SET value = value + ?1",
-                [n as i64],
-            )?;
+            )?
+            .execute([n as i64])?;
         }
         tx.commit()?;
         Ok(n)
@@ -990,12 +1007,13 @@ impl Store {
 
     /// Whether a message id was seen (in the seen window) or is stored.
     pub fn is_known(&self, id: &MessageId) -> Result<bool> {
-        Ok(self.conn.query_row(
-            "SELECT EXISTS(SELECT 1 FROM seen WHERE message_id = ?1)
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM seen WHERE message_id = ?1)
                  OR EXISTS(SELECT 1 FROM messages WHERE id = ?1)",
-            [id.as_str()],
-            |r| r.get(0),
-        )?)
+            )?
+            .query_row([id.as_str()], |r| r.get(0))?)
     }
 
     /// Remembers a message id that is not applied here (a hello, or an envelope sealed to
@@ -1131,11 +1149,12 @@ impl Store {
 
     /// Stores a node's accepted membership certificate (replacing the one held before).
     pub fn put_certificate(&mut self, node: &NodeId, body: &[u8], now: Millis) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO certificates(node_id, body, received_at) VALUES (?1, ?2, ?3)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO certificates(node_id, body, received_at) VALUES (?1, ?2, ?3)
              ON CONFLICT(node_id) DO UPDATE SET body = ?2, received_at = ?3",
-            params![node.as_str(), body, now as i64],
-        )?;
+            )?
+            .execute(params![node.as_str(), body, now as i64])?;
         Ok(())
     }
 
@@ -1154,10 +1173,12 @@ impl Store {
 
     /// Stores a verified revocation under its id; returns whether it was new.
     pub fn put_revocation(&mut self, id: &str, body: &[u8], now: Millis) -> Result<bool> {
-        let n = self.conn.execute(
-            "INSERT OR IGNORE INTO revocations(id, body, received_at) VALUES (?1, ?2, ?3)",
-            params![id, body, now as i64],
-        )?;
+        let n = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO revocations(id, body, received_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![id, body, now as i64])?;
         Ok(n == 1)
     }
 
@@ -1180,11 +1201,13 @@ impl Store {
         body: &[u8],
         now: Millis,
     ) -> Result<bool> {
-        let n = self.conn.execute(
-            "INSERT OR IGNORE INTO rotations(node_id, epoch, body, received_at)
+        let n = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO rotations(node_id, epoch, body, received_at)
              VALUES (?1, ?2, ?3, ?4)",
-            params![node.as_str(), epoch as i64, body, now as i64],
-        )?;
+            )?
+            .execute(params![node.as_str(), epoch as i64, body, now as i64])?;
         Ok(n == 1)
     }
 
@@ -1200,12 +1223,12 @@ impl Store {
     pub fn prune_rotations(&mut self, me: &NodeId) -> Result<Vec<NodeId>> {
         let tx = self.tx(TransactionBehavior::Immediate)?;
         // Cheap first (the peer table's key): only then the scan of the messages' authors.
-        let candidates: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM rotations WHERE node_id != ?1
+        let candidates: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM rotations WHERE node_id != ?1
                  AND node_id NOT IN (SELECT node_id FROM peers))",
-            [me.as_str()],
-            |r| r.get(0),
-        )?;
+            )?
+            .query_row([me.as_str()], |r| r.get(0))?;
         if !candidates {
             return Ok(Vec::new());
         }
@@ -1216,14 +1239,16 @@ impl Store {
         };
         let mut deleted = 0i64;
         for node in &nodes {
-            deleted += tx.execute("DELETE FROM rotations WHERE node_id = ?1", [node])? as i64;
+            deleted += tx
+                .prepare_cached("DELETE FROM rotations WHERE node_id = ?1")?
+                .execute([node])? as i64;
         }
         if deleted > 0 {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO counters(name, value) VALUES ('trust.rotations_pruned', ?1)
                  ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                [deleted],
-            )?;
+            )?
+            .execute([deleted])?;
         }
         tx.commit()?;
         nodes.iter().map(|n| NodeId::parse(n)).collect()
@@ -1238,9 +1263,8 @@ impl Store {
     /// the one stored); returns whether the peer is known and was behind. The peer's latest
     /// hello is cleared until it sends one with the new keys.
     pub fn rotate_peer(&mut self, identity: &PublicIdentity) -> Result<bool> {
-        let n = self.conn.execute(
-            "UPDATE peers SET signing_public = ?2, kem_public = ?3, key_epoch = ?4, hello = NULL
-             WHERE node_id = ?1 AND key_epoch < ?4",
+        let n = self.conn.prepare_cached("UPDATE peers SET signing_public = ?2, kem_public = ?3, key_epoch = ?4, hello = NULL
+             WHERE node_id = ?1 AND key_epoch < ?4")?.execute(
             params![
                 identity.node_id.as_str(),
                 identity.signing.to_bytes(),
@@ -1281,17 +1305,17 @@ impl Store {
                 return Ok(PeerUpdate::KeyMismatch);
             }
             Some(_) => {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE peers SET name = ?2, addresses = ?3, last_seen = ?4, hello = ?5
                      WHERE node_id = ?1",
-                    params![
-                        identity.node_id.as_str(),
-                        name,
-                        addresses_json,
-                        now as i64,
-                        hello
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    identity.node_id.as_str(),
+                    name,
+                    addresses_json,
+                    now as i64,
+                    hello
+                ])?;
                 PeerUpdate::Refreshed
             }
             None => {
@@ -1300,22 +1324,22 @@ impl Store {
                     tx.commit()?;
                     return Ok(PeerUpdate::Refused);
                 }
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO peers(node_id, name, addresses, signing_public, kem_public,
                          key_epoch, first_seen, last_seen, hello, admitted_from)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
-                    params![
-                        identity.node_id.as_str(),
-                        name,
-                        addresses_json,
-                        signing,
-                        kem,
-                        identity.epoch as i64,
-                        now as i64,
-                        hello,
-                        admission.address
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    identity.node_id.as_str(),
+                    name,
+                    addresses_json,
+                    signing,
+                    kem,
+                    identity.epoch as i64,
+                    now as i64,
+                    hello,
+                    admission.address
+                ])?;
                 PeerUpdate::New
             }
         };
@@ -1361,9 +1385,8 @@ impl Store {
                 ),
             ));
         }
-        tx.execute(
-            "INSERT INTO runs(seed_id, pid, started_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT(seed_id) DO UPDATE SET pid = excluded.pid, started_at = excluded.started_at",
+        tx.prepare_cached("INSERT INTO runs(seed_id, pid, started_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(seed_id) DO UPDATE SET pid = excluded.pid, started_at = excluded.started_at")?.execute(
             params![seed_id.as_str(), pid as i64, now as i64],
         )?;
         tx.commit()?;
@@ -1404,7 +1427,8 @@ impl Store {
     /// Clears the run marker of a seed.
     pub fn end_run(&mut self, seed_id: &SeedId) -> Result<()> {
         self.conn
-            .execute("DELETE FROM runs WHERE seed_id = ?1", [seed_id.as_str()])?;
+            .prepare_cached("DELETE FROM runs WHERE seed_id = ?1")?
+            .execute([seed_id.as_str()])?;
         Ok(())
     }
 
@@ -1422,7 +1446,8 @@ impl Store {
     pub fn integrity_check(&self) -> Result<()> {
         let result: String = self
             .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            .prepare_cached("PRAGMA integrity_check")?
+            .query_row([], |r| r.get(0))?;
         if result == "ok" {
             Ok(())
         } else {
@@ -1496,20 +1521,20 @@ impl Store {
         let tx = self.tx(TransactionBehavior::Deferred)?;
         let kind = match transition {
             Transition::Firing(a) => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO alerts(name, since, value, threshold, detail)
                      VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT(name) DO UPDATE SET since = excluded.since,
                        value = excluded.value, threshold = excluded.threshold,
                        detail = excluded.detail",
-                    params![
-                        a.alert.as_str(),
-                        sql_u64(a.since),
-                        sql_u64(a.value),
-                        sql_u64(a.threshold),
-                        a.detail
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    a.alert.as_str(),
+                    sql_u64(a.since),
+                    sql_u64(a.value),
+                    sql_u64(a.threshold),
+                    a.detail
+                ])?;
                 EventKind::AlertFiring {
                     alert: a.alert,
                     value: a.value,
@@ -1518,7 +1543,8 @@ impl Store {
                 }
             }
             Transition::Resolved { alert, value } => {
-                tx.execute("DELETE FROM alerts WHERE name = ?1", [alert.alert.as_str()])?;
+                tx.prepare_cached("DELETE FROM alerts WHERE name = ?1")?
+                    .execute([alert.alert.as_str()])?;
                 EventKind::AlertResolved {
                     alert: alert.alert,
                     value: *value,
@@ -1532,16 +1558,17 @@ impl Store {
         if !webhooks.is_empty() {
             let bytes = body(&event)?;
             for url in webhooks {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO webhook_queue(url, body, created_at, next_attempt_at)
                      VALUES (?1, ?2, ?3, ?3)",
-                    params![url, bytes, sql_u64(now)],
-                )?;
-                let dropped = tx.execute(
-                    "DELETE FROM webhook_queue WHERE url = ?1 AND seq NOT IN
+                )?
+                .execute(params![url, bytes, sql_u64(now)])?;
+                let dropped = tx
+                    .prepare_cached(
+                        "DELETE FROM webhook_queue WHERE url = ?1 AND seq NOT IN
                        (SELECT seq FROM webhook_queue WHERE url = ?1 ORDER BY seq DESC LIMIT ?2)",
-                    params![url, sql_u64(queue_max)],
-                )?;
+                    )?
+                    .execute(params![url, sql_u64(queue_max)])?;
                 for _ in 0..dropped {
                     bump_counter(&tx, "alerts.webhook_dropped")?;
                 }
@@ -1578,7 +1605,11 @@ impl Store {
     /// (`alerts.webhook_dropped`).
     pub fn webhook_finish(&mut self, seq: i64, delivered: bool) -> Result<()> {
         let tx = self.tx(TransactionBehavior::Deferred)?;
-        if tx.execute("DELETE FROM webhook_queue WHERE seq = ?1", [seq])? > 0 {
+        if tx
+            .prepare_cached("DELETE FROM webhook_queue WHERE seq = ?1")?
+            .execute([seq])?
+            > 0
+        {
             bump_counter(
                 &tx,
                 if delivered {
@@ -1595,11 +1626,15 @@ impl Store {
     /// Schedules the next attempt of a delivery that failed (`alerts.webhook_failed`).
     pub fn webhook_retry(&mut self, seq: i64, next_at: Millis, error: &str) -> Result<()> {
         let tx = self.tx(TransactionBehavior::Deferred)?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE webhook_queue SET attempts = attempts + 1, next_attempt_at = ?2,
                last_error = ?3 WHERE seq = ?1",
-            params![seq, i64::try_from(next_at).unwrap_or(i64::MAX), error],
-        )?;
+        )?
+        .execute(params![
+            seq,
+            i64::try_from(next_at).unwrap_or(i64::MAX),
+            error
+        ])?;
         bump_counter(&tx, "alerts.webhook_failed")?;
         tx.commit()?;
         Ok(())
@@ -1654,9 +1689,8 @@ fn process_alive(pid: u32) -> bool {
 
 fn load_view(conn: &Connection, id: &SeedId) -> Result<Option<SeedView>> {
     let text: Option<String> = conn
-        .query_row("SELECT view FROM seeds WHERE id = ?1", [id.as_str()], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT view FROM seeds WHERE id = ?1")?
+        .query_row([id.as_str()], |r| r.get(0))
         .optional()?;
     text.map(|t| from_json(&t, "seed view")).transpose()
 }
@@ -1664,17 +1698,17 @@ fn load_view(conn: &Connection, id: &SeedId) -> Result<Option<SeedView>> {
 /// Makes room for one new peer under `admission`; `false` when it must be refused.
 fn admit(tx: &Connection, admission: &Admission) -> Result<bool> {
     if let Some(address) = &admission.address {
-        let from_there: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM peers WHERE admitted_from = ?1",
-            [address],
-            |r| r.get(0),
-        )?;
+        let from_there: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM peers WHERE admitted_from = ?1")?
+            .query_row([address], |r| r.get(0))?;
         if from_there as u64 >= admission.max_per_address as u64 {
             return Ok(false);
         }
     }
     loop {
-        let count: i64 = tx.query_row("SELECT COUNT(*) FROM peers", [], |r| r.get(0))?;
+        let count: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM peers")?
+            .query_row([], |r| r.get(0))?;
         if (count as u64) < admission.max_peers as u64 {
             return Ok(true);
         }
@@ -1689,16 +1723,16 @@ fn admit(tx: &Connection, admission: &Admission) -> Result<bool> {
         let Some(victim) = victim else {
             return Ok(false);
         };
-        tx.execute("DELETE FROM peers WHERE node_id = ?1", [&victim])?;
+        tx.prepare_cached("DELETE FROM peers WHERE node_id = ?1")?
+            .execute([&victim])?;
         bump_counter(tx, "peers.evicted")?;
     }
 }
 
 fn bump_lamport(tx: &Connection, clock: &AtomicU64, seen: Option<u64>) -> Result<u64> {
     let current: u64 = tx
-        .query_row("SELECT value FROM meta WHERE key = 'lamport'", [], |r| {
-            r.get::<_, String>(0)
-        })
+        .prepare_cached("SELECT value FROM meta WHERE key = 'lamport'")?
+        .query_row([], |r| r.get::<_, String>(0))
         .optional()?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
@@ -1717,11 +1751,11 @@ fn bump_lamport(tx: &Connection, clock: &AtomicU64, seen: Option<u64>) -> Result
         ));
     }
     clock.fetch_max(next, Ordering::SeqCst);
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO meta(key, value) VALUES ('lamport', ?1)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [next.to_string()],
-    )?;
+    )?
+    .execute([next.to_string()])?;
     Ok(next)
 }
 
@@ -1768,14 +1802,12 @@ fn insert_local(
     }
     let view = view.ok_or_else(|| Error::internal("applied message left no seed"))?;
     let envelope = seal(message, &view)?;
-    tx.execute(
-        "UPDATE messages SET envelope = ?2 WHERE id = ?1",
-        params![message.id.as_str(), envelope],
-    )?;
-    tx.execute(
+    tx.prepare_cached("UPDATE messages SET envelope = ?2 WHERE id = ?1")?
+        .execute(params![message.id.as_str(), envelope])?;
+    tx.prepare_cached(
         "INSERT INTO outbox(message_id, created_at, next_attempt_at) VALUES (?1, ?2, ?2)",
-        params![message.id.as_str(), now as i64],
-    )?;
+    )?
+    .execute(params![message.id.as_str(), now as i64])?;
     let events = insert_events(tx, now, events, Some(seed_id))?;
     Ok((view, events))
 }
@@ -1788,33 +1820,32 @@ fn insert_seen(
     now: Millis,
     until: Millis,
 ) -> Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR IGNORE INTO seen(message_id, first_seen, expires_at, sender, lamport)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            id.as_str(),
-            now as i64,
-            until as i64,
-            sender.as_str(),
-            sql_lamport(lamport)?
-        ],
-    )?;
+    )?
+    .execute(params![
+        id.as_str(),
+        now as i64,
+        until as i64,
+        sender.as_str(),
+        sql_lamport(lamport)?
+    ])?;
     Ok(())
 }
 
 fn bump_counter(tx: &Connection, name: &str) -> Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO counters(name, value) VALUES (?1, 1)
          ON CONFLICT(name) DO UPDATE SET value = value + 1",
-        [name],
-    )?;
+    )?
+    .execute([name])?;
     Ok(())
 }
 
 fn insert_message(tx: &Connection, m: &Message, origin: Origin, now: Millis) -> Result<()> {
-    tx.execute(
-        "INSERT INTO messages(id, seed_id, kind, sender, lamport, timestamp, body, origin, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    tx.prepare_cached("INSERT INTO messages(id, seed_id, kind, sender, lamport, timestamp, body, origin, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?.execute(
         params![
             m.id.as_str(),
             m.seed_id().as_str(),
@@ -2036,22 +2067,22 @@ fn refold(
                 to: view.status,
             });
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO seeds(id, publisher, status, created_at, updated_at, view, ended_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(id) DO UPDATE SET status = excluded.status,
                  updated_at = excluded.updated_at, view = excluded.view,
                  ended_at = excluded.ended_at",
-            params![
-                seed_id.as_str(),
-                view.seed.publisher.as_str(),
-                view.status.as_str(),
-                view.seed.created_at as i64,
-                now as i64,
-                to_json(view)?,
-                state::ended_at(view).map(|t| t.min(i64::MAX as u64) as i64)
-            ],
-        )?;
+        )?
+        .execute(params![
+            seed_id.as_str(),
+            view.seed.publisher.as_str(),
+            view.status.as_str(),
+            view.seed.created_at as i64,
+            now as i64,
+            to_json(view)?,
+            state::ended_at(view).map(|t| t.min(i64::MAX as u64) as i64)
+        ])?;
         reputation::write_seed(tx, view)?;
     }
     let verdict = folded
@@ -2114,11 +2145,39 @@ mod tests {
             &me,
             &id,
             now,
-            |_| Ok(Body::SeedCreated(seed)),
+            |_| Ok(Body::SeedCreated(seed.clone())),
             |_, _| Ok(b"envelope".to_vec()),
         )
         .unwrap();
         assert_eq!(s.outbox_due(now, 10).unwrap().len(), 1);
+
+        // What became of a batch of sends is written in one go: sent, or tried again later.
+        let other = SeedId::from_bytes([4; 16]);
+        let seed = Seed {
+            id: other.clone(),
+            ..seed
+        };
+        s.commit_local(
+            &me,
+            &other,
+            now,
+            |_| Ok(Body::SeedCreated(seed)),
+            |_, _| Ok(b"envelope 2".to_vec()),
+        )
+        .unwrap();
+        let due = s.outbox_due(now, 10).unwrap();
+        assert_eq!(due.len(), 2);
+        s.outbox_settle(&[due[0].seq], &[(due[1].seq, now + 500)], now)
+            .unwrap();
+        assert_eq!(s.outbox_pending().unwrap(), 1, "one sent, one to retry");
+        assert!(s.outbox_due(now, 10).unwrap().is_empty());
+        let again = s.outbox_due(now + 500, 10).unwrap();
+        assert_eq!(
+            (again.len(), again[0].seq, again[0].attempts),
+            (1, due[1].seq, 1)
+        );
+        assert_eq!(s.outbox_next_attempt().unwrap(), Some(now + 500));
+        assert_eq!(s.counters().unwrap().get("messages.sent"), Some(&1));
     }
 
     fn admission(max_peers: usize, address: Option<&str>) -> Admission {

@@ -38,16 +38,21 @@ fn certified_hello(anchor: &AnchorKey, id: &Identity, serial: u8) -> Vec<u8> {
     };
     let mut message_id = [0u8; 16];
     message_id[0] = serial;
+    hello_envelope(id, &hello, MessageId::from_bytes(message_id))
+}
+
+/// `hello` as `id`'s signed hello envelope, with `message_id`, dated now.
+pub(super) fn hello_envelope(id: &Identity, hello: &Hello, message_id: MessageId) -> Vec<u8> {
     let header = Header {
         kind: Kind::NodeHello,
         sealed: false,
         sender: id.node_id().clone(),
-        message_id: MessageId::from_bytes(message_id),
+        message_id,
         timestamp: crate::clock::now_ms(),
         ttl_secs: 60,
         lamport: 0,
     };
-    let payload = envelope::encode_hello(&hello);
+    let payload = envelope::encode_hello(hello);
     envelope::build(
         id,
         &header,

@@ -91,12 +91,8 @@ impl Driven {
         loop {
             let items = lock(&self.node.inner.store).outbox_due(now, OUTBOX_BATCH)?;
             let full = items.len() == OUTBOX_BATCH;
-            self.node.with_store(|s| {
-                for item in &items {
-                    s.outbox_sent(item.seq, now)?;
-                }
-                Ok(())
-            })?;
+            let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
+            self.node.with_store(|s| s.outbox_settle(&seqs, &[], now))?;
             frames.extend(items.into_iter().map(|i| i.envelope));
             if !full {
                 return Ok(frames);

@@ -15,6 +15,51 @@ use crate::monitor::EventKind;
 use crate::network::{self, InboundFrame, Incoming, Transport};
 use crate::sync;
 
+/// A batch of received frames being applied on a blocking thread: what became of each.
+type Applying = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<batch::Received>> + Send>>;
+
+/// Most frames, and bytes, read from the transport and waiting while a batch is applied: four
+/// batches. When it is full the transport is not read until the batch is over (its own buffer
+/// then takes the overflow, and drops what does not fit: counter `transport.dropped`; sync
+/// repairs it), and `ingress.queue_full` counts it.
+const QUEUED_FRAMES: usize = 4 * BATCH_FRAMES;
+const QUEUED_BYTES: usize = 4 * BATCH_BYTES;
+
+/// Frames read while a batch is applied, oldest first.
+#[derive(Default)]
+struct Queue {
+    frames: std::collections::VecDeque<InboundFrame>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn is_full(&self) -> bool {
+        self.frames.len() >= QUEUED_FRAMES || self.bytes >= QUEUED_BYTES
+    }
+
+    fn push(&mut self, frame: InboundFrame) {
+        self.bytes += frame.bytes.len();
+        self.frames.push_back(frame);
+    }
+
+    /// The oldest frames, up to [`BATCH_FRAMES`] and [`BATCH_BYTES`] (the frame that crosses
+    /// it is still taken), and whether more are left.
+    fn take_batch(&mut self) -> (Vec<InboundFrame>, bool) {
+        let mut frames = Vec::new();
+        let mut bytes = 0;
+        while frames.len() < BATCH_FRAMES && bytes < BATCH_BYTES {
+            let Some(frame) = self.frames.pop_front() else {
+                break;
+            };
+            bytes += frame.bytes.len();
+            self.bytes -= frame.bytes.len();
+            frames.push(frame);
+        }
+        let full = !self.frames.is_empty() || frames.len() >= BATCH_FRAMES || bytes >= BATCH_BYTES;
+        (frames, full)
+    }
+}
+
 /// The hello last built: the addresses and key epoch it announces, and its bytes.
 struct HelloCache {
     addresses: Vec<String>,
@@ -52,6 +97,10 @@ impl Node {
         let mut stash: Option<Option<Incoming>> = None;
         // Frames the transport lost before reading them, as counted so far.
         let mut dropped = 0;
+        // The batch being applied on a blocking thread, and the frames read meanwhile (the
+        // transport is read while a batch is applied, so that its own buffer does not overflow).
+        let mut applying: Option<Applying> = None;
+        let mut queue = Queue::default();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
@@ -91,10 +140,29 @@ impl Node {
                 }
                 _ = self.inner.hello_changed.notified() => self.broadcast_hello(transport.as_mut(), &mut hello),
                 _ = shutdown.changed() => {
+                    if let Some(batch) = applying.take() {
+                        self.finish_batch(transport.as_mut(), batch.await);
+                    }
                     self.drain_outbox(transport.as_mut(), &mut hello).await;
                     return;
                 }
-                incoming = next_incoming(transport.as_mut(), &mut stash) => {
+                received = async { applying.as_mut().expect("a batch is applied").await }, if applying.is_some() => {
+                    applying = None;
+                    self.finish_batch(transport.as_mut(), received);
+                    let now_dropped = transport.dropped();
+                    if now_dropped > dropped {
+                        self.inner.rejections.add("transport.dropped", now_dropped - dropped);
+                        dropped = now_dropped;
+                    }
+                    // (A batch the gate refused whole starts nothing: the next one is taken.)
+                    while applying.is_none() && !queue.frames.is_empty() {
+                        applying = self.next_batch(transport.as_mut(), &mut queue, &mut stash).await;
+                    }
+                    // Whatever the frames caused (an award, say) was committed through
+                    // `commit_local`, which wakes the outbox: it goes out on the next turn,
+                    // once for the whole batch.
+                }
+                incoming = next_incoming(transport.as_mut(), &mut stash), if !queue.is_full() => {
                     let frame = match incoming {
                         None => {
                             tracing::warn!("transport closed");
@@ -127,31 +195,43 @@ impl Node {
                         }
                         Some(Incoming::Frame(frame)) => frame,
                     };
-                    let mut frames = vec![frame];
-                    let full = take_queued(transport.as_mut(), &mut frames, &mut stash).await;
-                    self.receive_frames(transport.as_mut(), frames, full).await;
-                    let now_dropped = transport.dropped();
-                    if now_dropped > dropped {
-                        self.inner.rejections.add("transport.dropped", now_dropped - dropped);
-                        dropped = now_dropped;
+                    queue.push(frame);
+                    if applying.is_some() && queue.is_full() {
+                        self.inner.rejections.count("ingress.queue_full");
                     }
-                    // Whatever the frames caused (an award, say) was committed through
-                    // `commit_local`, which wakes the outbox: it goes out on the next turn,
-                    // once for the whole batch.
+                    while applying.is_none() && !queue.frames.is_empty() {
+                        applying = self.next_batch(transport.as_mut(), &mut queue, &mut stash).await;
+                    }
                 }
                 _ = self.inner.wake_outbox.notified() => self.drain_outbox(transport.as_mut(), &mut hello).await,
             }
         }
     }
 
+    /// Starts applying the next batch: the queued frames first (oldest first), then, while
+    /// there is room, what the transport already holds. `None` when the gate refused them all.
+    async fn next_batch(
+        &self,
+        transport: &mut dyn Transport,
+        queue: &mut Queue,
+        stash: &mut Option<Option<Incoming>>,
+    ) -> Option<Applying> {
+        let (mut frames, mut full) = queue.take_batch();
+        if !full && queue.frames.is_empty() && stash.is_none() {
+            full = take_queued(transport, &mut frames, stash).await;
+        }
+        self.start_batch(transport, frames, full).await
+    }
+
     /// Receives frames that arrived together (see `node/batch.rs`): the gate here, the rest on
-    /// one blocking thread; verdicts and answers go out after the commit.
-    async fn receive_frames(
+    /// one blocking thread, which the returned handle awaits; verdicts and answers go out after
+    /// the commit ([`Node::finish_batch`]).
+    async fn start_batch(
         &self,
         transport: &mut dyn Transport,
         frames: Vec<InboundFrame>,
         full: bool,
-    ) {
+    ) -> Option<Applying> {
         let max = transport.max_frame_bytes();
         let counters = &self.inner.rejections;
         counters.count("ingress.batches");
@@ -178,17 +258,20 @@ impl Node {
             admitted.push(batch::Arrival { bytes, source, ack });
         }
         if admitted.is_empty() {
-            return;
+            return None;
         }
         let node = self.clone();
-        let received =
-            match tokio::task::spawn_blocking(move || node.receive_batch(admitted, max)).await {
-                Ok(received) => received,
-                Err(e) => {
-                    tracing::error!("receive task failed: {e}");
-                    return;
-                }
-            };
+        let task = tokio::task::spawn_blocking(move || node.receive_batch(admitted, max));
+        Some(Box::pin(async move {
+            task.await.unwrap_or_else(|e| {
+                tracing::error!("receive task failed: {e}");
+                Vec::new()
+            })
+        }))
+    }
+
+    /// Gives a committed batch's verdicts to the transport and sends its answers.
+    fn finish_batch(&self, transport: &mut dyn Transport, received: Vec<batch::Received>) {
         for batch::Received {
             handled,
             from,
@@ -238,25 +321,30 @@ impl Node {
         let _ = tokio::task::spawn_blocking(move || {
             node.with_store(|s| {
                 let now = node.now_ms();
+                // One transaction marks the whole batch (one fsync, not one per message).
+                let mut done = Vec::with_capacity(results.len());
+                let mut retry = Vec::new();
+                let mut failed = Vec::new();
                 for (item, sent) in results {
                     match sent {
-                        Ok(()) => s.outbox_sent(item.seq, now)?,
+                        Ok(()) => done.push(item.seq),
                         Err(e) => {
                             let shift = item.attempts.min(20);
                             let delay = net
                                 .retry_base_ms
                                 .saturating_mul(1u64 << shift)
                                 .min(net.retry_max_ms);
-                            s.outbox_retry(item.seq, now + delay)?;
-                            s.record_event(
-                                now,
-                                EventKind::SendFailed {
-                                    message_id: item.message_id.clone(),
-                                    detail: e.to_string(),
-                                },
-                            )?;
+                            retry.push((item.seq, now + delay));
+                            failed.push(EventKind::SendFailed {
+                                message_id: item.message_id,
+                                detail: e.to_string(),
+                            });
                         }
                     }
+                }
+                s.outbox_settle(&done, &retry, now)?;
+                for kind in failed {
+                    s.record_event(now, kind)?;
                 }
                 if let Some(at) = s.outbox_next_attempt()? {
                     node.inner.timers.retry_at.fetch_min(at, Ordering::Relaxed);
@@ -442,4 +530,102 @@ async fn take_queued(
         std::task::Poll::Ready(true)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::envelope::Hello;
+    use crate::identity::Identity;
+    use crate::model::MessageId;
+    use crate::network::MemoryHub;
+
+    /// A hello of a node this node does not know: it passes the gate, and receiving it needs
+    /// the store.
+    fn stranger_hello() -> Vec<u8> {
+        let id = Identity::from_tag(77, 0);
+        let hello = Hello {
+            name: "stranger".into(),
+            addresses: vec![],
+            key_epoch: id.public().epoch,
+            signing_public: id.public().signing.to_bytes(),
+            kem_public: id.public().kem.to_bytes(),
+            certificate: None,
+            rotations: vec![],
+        };
+        super::super::admission_tests::hello_envelope(&id, &hello, MessageId::from_bytes([7; 16]))
+    }
+
+    /// While a batch waits for the store, the network task goes on reading the transport into
+    /// its queue, up to [`QUEUED_FRAMES`] (then `ingress.queue_full`): a burst larger than a
+    /// batch is not left in the transport's buffer, where a UDP socket drops what does not fit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_transport_is_read_while_a_batch_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = MemoryHub::new();
+        let mut config = Config::with_data_dir(dir.path().join("node"));
+        config.name = "node".into();
+        let node = Node::start_with_transport(config, Box::new(hub.join("node")))
+            .await
+            .unwrap();
+        let mut peer = hub.join("peer");
+        // Let the node's start-up traffic pass.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Another thread holds the store: the first batch cannot be applied.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                let _store = lock(&node.inner.store);
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        };
+        held_rx.recv().unwrap();
+        let hello = stranger_hello();
+        for _ in 0..(BATCH_FRAMES + QUEUED_FRAMES + 10) {
+            peer.broadcast(&hello).unwrap();
+        }
+        let full = || {
+            node.inner
+                .rejections
+                .pending_counters()
+                .get("ingress.queue_full")
+                .copied()
+                .unwrap_or(0)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while full() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(release);
+        holder.join().unwrap();
+        let counters = node.overview().await.unwrap().counters;
+        assert!(
+            counters.get("ingress.queue_full").copied().unwrap_or(0) >= 1,
+            "the node did not fill its queue while its first batch waited: {counters:?}"
+        );
+        node.stop().await.unwrap();
+    }
+
+    #[test]
+    fn a_queue_hands_out_batches_oldest_first_and_is_bounded() {
+        let mut q = Queue::default();
+        for i in 0..(BATCH_FRAMES + 3) {
+            q.push(InboundFrame::new(vec![i as u8; 10], "memory:x"));
+        }
+        assert!(!q.is_full());
+        let (first, full) = q.take_batch();
+        assert_eq!((first.len(), full), (BATCH_FRAMES, true));
+        assert_eq!(first[1].bytes[0], 1);
+        let (rest, full) = q.take_batch();
+        assert_eq!((rest.len(), full, q.bytes), (3, false, 0));
+        assert_eq!(rest[0].bytes[0], BATCH_FRAMES as u8);
+        for _ in 0..QUEUED_FRAMES {
+            q.push(InboundFrame::new(vec![0; 1], "memory:x"));
+        }
+        assert!(q.is_full());
+    }
 }

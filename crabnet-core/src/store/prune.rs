@@ -59,7 +59,7 @@ pub(super) fn is_pruned(conn: &Connection, seed: &SeedId) -> Result<bool> {
     )?)
 }
 
-fn add_counter(tx: &Connection, name: &str, n: u64) -> Result<()> {
+pub(super) fn add_counter(tx: &Connection, name: &str, n: u64) -> Result<()> {
     if n > 0 {
         tx.execute(
             "INSERT INTO counters(name, value) VALUES (?1, ?2)
