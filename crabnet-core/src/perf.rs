@@ -115,6 +115,13 @@ pub struct BenchReport {
     pub sent: u64,
     /// Envelopes the node applied before the end of the run.
     pub applied: u64,
+    /// Datagrams the kernel dropped at the node's socket because its receive buffer was full
+    /// (counter `transport.dropped`): above zero, the node lost frames and `applied_per_s`
+    /// understates what it can apply (sync brings them later).
+    pub transport_dropped: u64,
+    /// Times the node's receive queue was full, so it stopped reading its socket for a while
+    /// (counter `ingress.queue_full`).
+    pub queue_full: u64,
     /// Peer processes.
     pub peers: usize,
     /// The node's `store.sync`.
@@ -152,9 +159,12 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let store_sync = format!("{:?}", config.store.sync).to_lowercase();
     let node = Node::start_with_transport(config, Box::new(transport)).await?;
     let outcome = apply_phase(opts, dir.path(), &node, node_addr).await;
+    let counters = node.overview().await.map(|o| o.counters);
     let stopped = node.stop().await;
     let (publish, applied_per_s, applied) = outcome?;
+    let counters = counters?;
     stopped?;
+    let counter = |name: &str| counters.get(name).copied().unwrap_or(0);
 
     let verify_floor_per_s = 1e6 / floor_us;
     Ok(BenchReport {
@@ -170,6 +180,8 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
         apply_ratio: applied_per_s / verify_floor_per_s,
         sent: (opts.peers * opts.seeds_per_peer) as u64,
         applied,
+        transport_dropped: counter("transport.dropped"),
+        queue_full: counter("ingress.queue_full"),
         peers: opts.peers,
         store_sync,
         elapsed_s: started.elapsed().as_secs_f64(),

@@ -1818,6 +1818,9 @@ fn bench_quick_prints_sane_figures_as_json_and_cleans_up() {
             report[field]
         );
     }
+    for field in ["transport_dropped", "queue_full"] {
+        assert!(report[field].as_u64().is_some(), "{field} in {last}");
+    }
     let (sent, applied) = (report["sent"].as_u64(), report["applied"].as_u64());
     assert!(
         sent == Some(40) && applied.is_some_and(|a| a > 1 && a <= 40),

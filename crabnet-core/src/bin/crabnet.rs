@@ -1412,6 +1412,10 @@ async fn bench(args: &BenchArgs, json: bool) -> Result<(), Error> {
         r.applied_per_s, r.applied, r.sent, r.peers
     );
     println!("apply ratio       {:>10.3} of the floor", r.apply_ratio);
+    println!(
+        "lost by the node  {:>10} datagrams    (receive buffer full; receive queue full {} times)",
+        r.transport_dropped, r.queue_full
+    );
     println!("elapsed           {:>10.1} s", r.elapsed_s);
     Ok(())
 }
