@@ -2,7 +2,7 @@
 # Issue 14 item 5 at full size: two `crabnet listen` processes on 127.0.0.1, one holding
 # 100,000 seeds (or $1) and the other all but 10 of them, converge; prints the sync bytes both
 # nodes sent each other (their own counters) and the times; fails above the test's budget
-# (SYNC_BUDGET in crabnet-core/tests/sync_range.rs, 80 KB; issue 14 asks for 64 KB, see
+# (SYNC_BUDGET in crabnet-core/tests/sync_range.rs: 64,000 bytes, as issue 14 asks; see
 # BENCHMARKS.md for what 10,000 and 100,000 seeds measured). CI runs the same test with 10,000
 # seeds (a_peer_missing_10_of_many_seeds_converges_on_fewer_bytes_than_listing_them).
 # Extra arguments go to cargo (e.g. --release).

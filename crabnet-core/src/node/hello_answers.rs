@@ -11,6 +11,10 @@
 //!   all sources (`network.hello_answer_rate_per_sec`, `hello_answer_burst`); a hello over
 //!   either limit is not answered (`hellos.answers_limited`) and does not start a sync
 //!   exchange;
+//! * the sync exchange that follows is started by the one of the two nodes with the lower id
+//!   (compared as the hex strings are): a node answering a peer with a lower id leaves it to
+//!   the peer, which starts it on our answer (a new peer's hello to it). Both starting one
+//!   would cross: two queries and two replies, one exchange then yielding to the other;
 //! * to a source the transport cannot vouch for (a UDP address that is not a configured peer:
 //!   it may be forged), the frames of the answer go out in order while they fit in
 //!   `network.sync_answer_ratio` times the bytes of the hellos received from it per
@@ -23,6 +27,7 @@ use std::time::Duration;
 use super::{Node, lock};
 use crate::config::NetworkConfig;
 use crate::ingress;
+use crate::model::NodeId;
 use crate::network::Transport;
 use crate::ratelimit::{Credits, Limiter};
 
@@ -81,11 +86,13 @@ impl HelloAnswers {
 
 impl Node {
     /// Asks the network task to answer a new peer's hello of `received` bytes that came live
-    /// from `source` announcing `announced`, and to start a sync exchange, when the rate
-    /// limits allow; returns whether they did.
+    /// from `source` announcing `announced`, signed by `peer`, and to start a sync exchange
+    /// when this node's id is the lower one (see the module docs), when the rate limits allow;
+    /// returns whether they did.
     pub(super) fn want_hello_answer(
         &self,
         source: &ingress::Source,
+        peer: &NodeId,
         announced: &[String],
         received: usize,
     ) -> bool {
@@ -109,7 +116,11 @@ impl Node {
             return false;
         }
         self.inner.hello_wanted.notify_one();
-        self.inner.sync_wanted.notify_one();
+        if self.inner.id < *peer {
+            self.inner.sync_wanted.notify_one();
+        } else {
+            self.inner.rejections.count("sync.exchanges_left_to_peer");
+        }
         true
     }
 

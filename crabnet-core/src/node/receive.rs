@@ -668,7 +668,7 @@ impl Node {
                 // Answer a new peer (toward the source of its hello only) so that it learns
                 // our keys too, then compare holdings; both within limits.
                 if let Some(source) = answer_to {
-                    self.want_hello_answer(source, &hello.addresses, bytes.len());
+                    self.want_hello_answer(source, &h.sender, &hello.addresses, bytes.len());
                 }
                 Ok(Acceptance::Accept)
             }
