@@ -470,6 +470,10 @@ fn drain(socket: &UdpSocket) {
     socket.set_nonblocking(false).unwrap();
 }
 
+/// How long a running node may keep routine counters (`sync.*`, `ingress.*`, ...) in memory
+/// before writing them to the store, where `crabnet status` reads them (5 s), and a margin.
+const COUNTERS_WRITTEN: Duration = Duration::from_millis(6000);
+
 /// A byte-identical replay of a sync query (`sync_range`) datagram the node already received
 /// and answered must be rejected like any other replayed envelope (docs/PROTOCOL.md section 7:
 /// sync envelopes are "subject to the live checks of section 2c", which include the replay
@@ -488,8 +492,10 @@ fn replayed_sync_query_is_rejected_not_answered() {
     let seed = net.publish(a, "echo query-replay", 3);
     net.wait_seed(b, &seed, "knows the seed", |_| true);
     net.wait_converged(&[a, b], "before the replay");
-    // Converged: the periodic queries now match and nobody sends batches.
-    thread::sleep(Duration::from_millis(1500));
+    // Converged: the periodic queries now match and nobody sends batches. Routine counters
+    // (`sync.*`) wait up to 5 s to be written: `before` is read once every batch of the
+    // convergence is counted in the store, or a late write would look like a new batch.
+    thread::sleep(COUNTERS_WRITTEN);
     let a_before = net.counters(a);
     let b_before = net.counters(b);
 
@@ -502,7 +508,8 @@ fn replayed_sync_query_is_rejected_not_answered() {
         attacker.recv_from(&mut buf).is_err(),
         "A answered the replayed query"
     );
-
+    // Likewise, a batch sent because of the replay would be counted within 5 s.
+    thread::sleep(COUNTERS_WRITTEN - Duration::from_millis(1500));
     let a_after = net.counters(a);
     let b_after = net.counters(b);
     let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
