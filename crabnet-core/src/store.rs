@@ -899,19 +899,18 @@ impl Store {
 
     /// When the earliest unsent outbox message is due (Unix ms), if there is one.
     pub fn outbox_next_attempt(&self) -> Result<Option<Millis>> {
-        let at: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT MIN(next_attempt_at) FROM outbox WHERE sent_at IS NULL")?
-            .query_row([], |r| r.get(0))?;
-        Ok(at.map(|t| t.max(0) as Millis))
+        self.earliest("SELECT MIN(next_attempt_at) FROM outbox WHERE sent_at IS NULL")
     }
 
     /// The earliest expiry of a seen message id (Unix ms), if any.
     pub fn next_seen_expiry(&self) -> Result<Option<Millis>> {
-        let at: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT MIN(expires_at) FROM seen")?
-            .query_row([], |r| r.get(0))?;
+        self.earliest("SELECT MIN(expires_at) FROM seen")
+    }
+
+    /// The time (Unix ms; a negative one, which no stored time is, as 0) that `sql`, a query of
+    /// one nullable number (its statement cached), returns, if any.
+    fn earliest(&self, sql: &str) -> Result<Option<Millis>> {
+        let at: Option<i64> = self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?;
         Ok(at.map(|t| t.max(0) as Millis))
     }
 
@@ -1647,27 +1646,15 @@ impl Store {
 
     /// When the oldest unsent outbox message was created (Unix ms), if any.
     pub fn outbox_oldest(&self) -> Result<Option<Millis>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT MIN(created_at) FROM outbox WHERE sent_at IS NULL",
-                [],
-                |r| r.get::<_, Option<i64>>(0),
-            )?
-            .map(|v| v as Millis))
+        self.earliest("SELECT MIN(created_at) FROM outbox WHERE sent_at IS NULL")
     }
 
     /// When the oldest received message that still waits for another arrived (Unix ms).
     pub fn oldest_pending_message(&self) -> Result<Option<Millis>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT MIN(received_at) FROM messages
-                 WHERE json_extract(verdict, '$.verdict') = 'pending'",
-                [],
-                |r| r.get::<_, Option<i64>>(0),
-            )?
-            .map(|v| v as Millis))
+        self.earliest(
+            "SELECT MIN(received_at) FROM messages
+             WHERE json_extract(verdict, '$.verdict') = 'pending'",
+        )
     }
 }
 

@@ -632,6 +632,20 @@ fn db_files(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> 
     files
 }
 
+/// The database files of a data directory ([`db_files`]) once they stopped changing: the
+/// same after 300 ms.
+async fn settled_db_files(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut before = db_files(dir);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = db_files(dir);
+        if now == before {
+            return before;
+        }
+        before = now;
+    }
+}
+
 /// Issue 13: a peer's periodic hello that says what its stored hello says (freshly signed, a
 /// new message id) is verified but writes nothing: the node counts it (`hellos.refreshed`),
 /// moves the peer's `last_seen` in memory (the API shows it at once) and writes it later (at
@@ -654,15 +668,7 @@ async fn an_unchanged_hello_is_verified_but_not_written() {
     let first_seen = node.peers().await.unwrap()[0].last_seen;
 
     // Whatever the first hello caused (the event log's cursor) settles.
-    let mut before = db_files(&data_dir);
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = db_files(&data_dir);
-        if now == before {
-            break;
-        }
-        before = now;
-    }
+    let before = settled_db_files(&data_dir).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     for n in 1..=3 {
         wire.broadcast(&support::forge::hello(&alice)).unwrap();
@@ -725,15 +731,7 @@ async fn routine_counters_do_not_make_an_idle_node_write_on_every_tick() {
     // then not before `hello_interval_secs`.
     wire.broadcast(&support::forge::hello(&alice)).unwrap();
     wait_counter(&node, "hellos.refreshed", 1).await;
-    let mut before = db_files(&data_dir);
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = db_files(&data_dir);
-        if now == before {
-            break;
-        }
-        before = now;
-    }
+    let before = settled_db_files(&data_dir).await;
     let t0 = Instant::now();
     for n in 2..=4 {
         wire.broadcast(&support::forge::hello(&alice)).unwrap();

@@ -60,6 +60,14 @@ fn send_seed_at(wire: &mut MemoryTransport, signer: &Identity, at: u64) -> Messa
     m
 }
 
+/// The rotation statements stored in the database `db`.
+fn stored_rotations(db: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM rotations", [], |r| r.get(0))
+        .unwrap()
+}
+
 async fn epoch_of(node: &Node, id: &NodeId) -> u32 {
     node.peers()
         .await
@@ -179,11 +187,7 @@ async fn statements_for_strangers_are_not_stored() {
     .await;
     assert_eq!(counter(&node, "trust.rotations_added").await, 0);
     node.stop().await.unwrap();
-    let stored: i64 = rusqlite::Connection::open(&db)
-        .unwrap()
-        .query_row("SELECT COUNT(*) FROM rotations", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(stored, 0);
+    assert_eq!(stored_rotations(&db), 0);
 }
 
 /// A hello carries its node's rotation chain; when the node is refused (a full peer table
@@ -209,11 +213,7 @@ async fn a_refused_hello_leaves_no_rotation_behind() {
     assert_eq!(counter(&node, "trust.rotations_added").await, 0);
     assert_eq!(epoch_of(&node, stranger.node_id()).await, 0);
     node.stop().await.unwrap();
-    let stored: i64 = rusqlite::Connection::open(&db)
-        .unwrap()
-        .query_row("SELECT COUNT(*) FROM rotations", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(stored, 0);
+    assert_eq!(stored_rotations(&db), 0);
 
     // With room, the same hello is admitted and its chain kept.
     let mut c = config(dir.path(), "victim");
@@ -370,11 +370,7 @@ async fn a_rotated_node_keeps_its_id_and_its_peers() {
         .await
         .unwrap();
     for s in [&before, &after] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while b.seed(&s.seed.id).await.is_err() {
-            assert!(Instant::now() < deadline, "b never got {:?}", s.seed.id);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually_knows(&b, &s.seed.id).await;
     }
     assert_eq!(epoch_of(&b, &id).await, 2);
     #[cfg(unix)]
@@ -398,14 +394,7 @@ async fn a_rotated_node_keeps_its_id_and_its_peers() {
         .publish(crabnet_core::PublishRequest::new("true"))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while b.seed(&again.seed.id).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "b never got the seed after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_knows(&b, &again.seed.id).await;
     // A peer that has not learned of the rotation yet seals to the old keys: still opened.
     let mut wire = hub.join("wire");
     let stranger = identity(0x44, 1);

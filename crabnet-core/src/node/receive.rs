@@ -1,6 +1,7 @@
 //! The trust boundary: every received frame (envelope, hello, digest, batch, revocation) is
 //! checked, cheap checks before costly ones, then applied or refused with a reason.
 
+use super::reconcile::Ask;
 use super::{Node, lock};
 use crate::clock::random_bytes;
 use crate::envelope::{self, EnvelopeError, Header, Kind};
@@ -330,14 +331,16 @@ impl Node {
             }
             Kind::SyncRange => {
                 return match parsed.plain::<sync::range::Round>(Kind::SyncRange) {
-                    Ok(round) => self.receive_range(h, &round, bytes.len(), source, max, replies),
+                    Ok(round) => {
+                        self.answer_sync(h, Ask::Range(&round), bytes.len(), source, max, replies)
+                    }
                     Err(e) => self.malformed(from, h, e),
                 };
             }
             Kind::SyncWant => {
                 return match parsed.plain::<sync::range::Want>(Kind::SyncWant) {
                     Ok(want) => {
-                        self.answer_want(&h.sender, &want, bytes.len(), source, max, replies)
+                        self.answer_sync(h, Ask::Want(&want), bytes.len(), source, max, replies)
                     }
                     Err(e) => self.malformed(from, h, e),
                 };

@@ -214,6 +214,31 @@ pub(super) struct Credit {
     left: u64,
 }
 
+/// What a peer asks of this node's store: answered by [`Node::answer_sync`].
+pub(super) enum Ask<'a> {
+    /// A `sync_range` query or reply.
+    Range(&'a range::Round),
+    /// A `sync_want`: the messages the peer lacks.
+    Want(&'a range::Want),
+}
+
+/// The answer being made to an [`Ask`], from [`Node::answer_sync`].
+struct Answer<'a> {
+    /// Room for the payload of each sync envelope of the answer.
+    room: usize,
+    /// The store's items.
+    index: Arc<Index>,
+    /// Whether the source is the sender itself, so that items of private seeds the sender
+    /// may have can go to it.
+    bound: bool,
+    /// Where the ask came from, and the answer goes.
+    source: &'a ingress::Source,
+    /// Bytes of the ask, which earn an unverified source its credit.
+    received: usize,
+    /// The frames of the answer.
+    replies: &'a mut Vec<Vec<u8>>,
+}
+
 impl Node {
     /// The items of the store, from the cache while the store did not change, brought up to
     /// date from the rows stored since when it did (see [`IndexCache`]). Counted as
@@ -289,31 +314,53 @@ impl Node {
         self.plain_frame(Kind::SyncRange, &envelope::encode_hello(&round), 60)
     }
 
-    /// A `sync_range` envelope (header `h`, `received` bytes, from `source`): a query is
-    /// answered with our reply; a reply with our next query while ranges still differ, with
-    /// `sync_want` envelopes for the messages we lack (none of a seed pruned here), and with
-    /// `sync_batch` envelopes carrying the messages the peer lacks. A reply from a peer with a
-    /// lower id that sent us a query within the last `network.sync_interval_secs` ends our
-    /// exchange instead (counter `sync.exchanges_yielded`): its own exchange with us finds the
-    /// same difference and carries it both ways, so one exchange per pair runs at a time.
-    pub(super) fn receive_range(
+    /// A `sync_range` or `sync_want` envelope (header `h`, `received` bytes, from `source`,
+    /// over a transport whose frames are at most `max_frame` bytes), answered into `replies`
+    /// by [`Node::receive_range`] or [`Node::answer_want`]. The answer goes to the source: the
+    /// items and envelopes of private seeds only when the source is the sender itself, not a
+    /// peer that forwards (or relays) its signed query or want.
+    pub(super) fn answer_sync(
         &self,
         h: &Header,
-        round: &range::Round,
+        ask: Ask<'_>,
         received: usize,
         source: &ingress::Source,
         max_frame: usize,
         replies: &mut Vec<Vec<u8>>,
     ) -> Result<Acceptance> {
-        let room = payload_room(self, max_frame);
-        let limit = range::frame_limit(room);
-        let now = self.now_ms();
-        let interval = u64::from(self.inner.config.network.sync_interval_secs) * 1000;
-        // The answer goes to the source: the items of private seeds only when the source is
-        // the sender itself, not a peer that forwards (or relays) its signed query.
         let index = self.sync_index()?;
         let bound = !index.private.is_empty() && self.source_is_sender(&h.sender, &source.from)?;
-        let set = index.set_for(bound.then_some(&h.sender));
+        let answer = Answer {
+            room: payload_room(self, max_frame),
+            index,
+            bound,
+            source,
+            received,
+            replies,
+        };
+        match ask {
+            Ask::Range(round) => self.receive_range(h, round, answer),
+            Ask::Want(want) => self.answer_want(&h.sender, want, answer),
+        }
+    }
+
+    /// A `sync_range` envelope (header `h`): a query is answered with our reply; a reply with
+    /// our next query while ranges still differ, with `sync_want` envelopes for the messages
+    /// we lack (none of a seed pruned here), and with `sync_batch` envelopes carrying the
+    /// messages the peer lacks. A reply from a peer with a lower id that sent us a query
+    /// within the last `network.sync_interval_secs` ends our exchange instead (counter
+    /// `sync.exchanges_yielded`): its own exchange with us finds the same difference and
+    /// carries it both ways, so one exchange per pair runs at a time.
+    fn receive_range(
+        &self,
+        h: &Header,
+        round: &range::Round,
+        answer: Answer<'_>,
+    ) -> Result<Acceptance> {
+        let limit = range::frame_limit(answer.room);
+        let now = self.now_ms();
+        let interval = u64::from(self.inner.config.network.sync_interval_secs) * 1000;
+        let set = answer.index.set_for(answer.bound.then_some(&h.sender));
         // Our frames, each with the ids it asks for (a want) or none.
         let mut frames: Vec<(Vec<u8>, Vec<MessageId>)> = Vec::new();
         // Whether `frames` starts with our next query.
@@ -325,7 +372,7 @@ impl Node {
             // after (two exchanges started together: a sync interval and a hello): the first
             // answer serves both.
             let mut hasher = Sha256::new();
-            hasher.update(source.from.as_bytes());
+            hasher.update(answer.source.from.as_bytes());
             hasher.update([0]);
             hasher.update(&round.msg);
             let hash: [u8; 32] = hasher.finalize().into();
@@ -334,7 +381,7 @@ impl Node {
                 answered.retain(|_, (at, _, _)| now.saturating_sub(*at) < interval / 2);
                 if answered
                     .get(&h.sender)
-                    .is_some_and(|(_, q, m)| *q == hash && *m == index.mark)
+                    .is_some_and(|(_, q, m)| *q == hash && *m == answer.index.mark)
                 {
                     self.inner.rejections.count("sync.queries_repeated");
                     return Ok(Acceptance::Ignore);
@@ -343,16 +390,17 @@ impl Node {
             match set.answer(&round.msg, limit) {
                 Ok(Some(out)) => frames.push((self.range_frame(true, out)?, Vec::new())),
                 Ok(None) => {}
-                Err(e) => return self.malformed(&source.from, h, e),
+                Err(e) => return self.malformed(&answer.source.from, h, e),
             }
-            lock(&self.inner.sync_index.answered).insert(h.sender.clone(), (now, hash, index.mark));
+            lock(&self.inner.sync_index.answered)
+                .insert(h.sender.clone(), (now, hash, answer.index.mark));
             let mut queried_by = lock(&self.inner.sync_index.queried_by);
             queried_by.retain(|_, at| now.saturating_sub(*at) <= interval);
             queried_by.insert(h.sender.clone(), now);
         } else {
             let progress = match set.follow(&round.msg, limit) {
                 Ok(p) => p,
-                Err(e) => return self.malformed(&source.from, h, e),
+                Err(e) => return self.malformed(&answer.source.from, h, e),
             };
             if h.sender < self.inner.id
                 && lock(&self.inner.sync_index.queried_by)
@@ -370,7 +418,7 @@ impl Node {
                 .have
                 .into_iter()
                 .map(|(message, _)| message)
-                .take(range::want_capacity(room))
+                .take(range::want_capacity(answer.room))
                 .collect();
             pushed = self
                 .inner
@@ -389,7 +437,7 @@ impl Node {
                 .inner
                 .sync_index
                 .not_recent(&h.sender, true, wanted, now, interval);
-            for ids in wanted.chunks(range::want_capacity(room)) {
+            for ids in wanted.chunks(range::want_capacity(answer.room)) {
                 let want = range::Want {
                     ids: ids
                         .iter()
@@ -403,12 +451,12 @@ impl Node {
                 ));
             }
         }
-        let mut credit = self.open_credit(source, received);
+        let mut credit = self.open_credit(answer.source, answer.received);
         let mut sent = 0u64;
         let mut all_sent = true;
         for (i, (frame, asked)) in frames.into_iter().enumerate() {
             let len = frame.len() as u64;
-            if !self.push_frame(&mut credit, frame, replies) {
+            if !self.push_frame(&mut credit, frame, answer.replies) {
                 self.inner.rejections.count("sync.answers_over_budget");
                 all_sent = false;
                 break;
@@ -425,15 +473,15 @@ impl Node {
         if all_sent && !pushed.is_empty() {
             // What the peer lacks goes to it at once, without waiting for its own exchange.
             let (ids, items): (Vec<_>, Vec<_>) = self
-                .envelopes_for(&h.sender, &pushed, bound, &index)?
+                .envelopes_for(&h.sender, &pushed, answer.bound, &answer.index)?
                 .into_iter()
                 .unzip();
-            let went = self.push_batches(&mut credit, items, room, replies)?;
+            let went = self.push_batches(&mut credit, items, answer.room, answer.replies)?;
             self.inner
                 .sync_index
                 .done(&h.sender, false, ids[..went].iter().flatten(), now);
         }
-        self.close_credit(source, &credit);
+        self.close_credit(answer.source, &credit);
         Ok(Acceptance::Ignore)
     }
 
@@ -441,34 +489,27 @@ impl Node {
     /// creation first, preceded by the hellos of their authors, in batches within the
     /// source's credit. A private seed's messages go only to its audience and publisher, and
     /// only when the source is the requester itself ([`Node::source_is_sender`]).
-    pub(super) fn answer_want(
+    fn answer_want(
         &self,
         requester: &NodeId,
         want: &range::Want,
-        received: usize,
-        source: &ingress::Source,
-        max_frame: usize,
-        replies: &mut Vec<Vec<u8>>,
+        answer: Answer<'_>,
     ) -> Result<Acceptance> {
-        let room = payload_room(self, max_frame);
         let ids: Vec<MessageId> = want
             .ids
             .iter()
-            .take(range::want_capacity(room))
+            .take(range::want_capacity(answer.room))
             .filter_map(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
             .map(MessageId::from_bytes)
             .collect();
-        let index = self.sync_index()?;
-        // As for queries: a forwarded want gets no envelope of a private seed.
-        let bound = !index.private.is_empty() && self.source_is_sender(requester, &source.from)?;
         let items = self
-            .envelopes_for(requester, &ids, bound, &index)?
+            .envelopes_for(requester, &ids, answer.bound, &answer.index)?
             .into_iter()
             .map(|(_, envelope)| envelope)
             .collect();
-        let mut credit = self.open_credit(source, received);
-        self.push_batches(&mut credit, items, room, replies)?;
-        self.close_credit(source, &credit);
+        let mut credit = self.open_credit(answer.source, answer.received);
+        self.push_batches(&mut credit, items, answer.room, answer.replies)?;
+        self.close_credit(answer.source, &credit);
         Ok(Acceptance::Ignore)
     }
 

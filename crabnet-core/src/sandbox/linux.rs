@@ -635,40 +635,64 @@ fn explain(status_r: &OwnedFd, err: &io::Error) -> String {
     if n != 1 {
         return err.to_string();
     }
-    let step = match byte[0] {
-        STEP_USER => "switching to runner.user (setresuid/setresgid)",
-        STEP_UNSHARE => {
-            "creating user, mount, PID and network namespaces (unshare; are unprivileged user \
-             namespaces disabled? see sysctl user.max_user_namespaces and \
-             kernel.unprivileged_userns_clone)"
-        }
-        STEP_IDMAP => "mapping the task's uid in its user namespace (/proc/self/uid_map)",
-        STEP_FORK => "starting the sandbox's init process (fork)",
-        STEP_MOUNT => "making the mount namespace private",
-        STEP_TMP => "mounting the task's private /tmp (tmpfs)",
-        STEP_PROC => "mounting the task's private /proc",
-        STEP_CWD => "entering the task's working directory",
-        STEP_RLIMIT => "applying resource limits",
-        STEP_NO_NEW_PRIVS => "setting no_new_privs",
-        STEP_LANDLOCK => "entering the Landlock domain (landlock_restrict_self)",
-        STEP_SECCOMP => "installing the seccomp filter",
-        _ => "preparing the sandbox",
-    };
+    let step = Step::ALL
+        .into_iter()
+        .find(|s| *s as u8 == byte[0])
+        .map_or("preparing the sandbox", Step::doing);
     format!("task sandbox setup failed while {step}: {err}")
 }
 
-const STEP_USER: u8 = 1;
-const STEP_UNSHARE: u8 = 2;
-const STEP_IDMAP: u8 = 3;
-const STEP_FORK: u8 = 4;
-const STEP_MOUNT: u8 = 5;
-const STEP_TMP: u8 = 6;
-const STEP_PROC: u8 = 7;
-const STEP_CWD: u8 = 8;
-const STEP_RLIMIT: u8 = 9;
-const STEP_NO_NEW_PRIVS: u8 = 10;
-const STEP_LANDLOCK: u8 = 11;
-const STEP_SECCOMP: u8 = 12;
+/// The steps of the sandbox's set-up: a child that fails at one writes it (as a byte) to the
+/// status pipe, and [`explain`] names it in the spawn error.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Step {
+    User = 1,
+    Unshare,
+    IdMap,
+    Fork,
+    Mount,
+    Tmp,
+    Proc,
+    Cwd,
+    Rlimit,
+    NoNewPrivs,
+    Landlock,
+    Seccomp,
+}
+
+impl Step {
+    /// Every step.
+    const ALL: [Step; 12] = {
+        use Step::*;
+        [
+            User, Unshare, IdMap, Fork, Mount, Tmp, Proc, Cwd, Rlimit, NoNewPrivs, Landlock,
+            Seccomp,
+        ]
+    };
+
+    /// What the step does, for humans.
+    fn doing(self) -> &'static str {
+        match self {
+            Step::User => "switching to runner.user (setresuid/setresgid)",
+            Step::Unshare => {
+                "creating user, mount, PID and network namespaces (unshare; are unprivileged \
+                 user namespaces disabled? see sysctl user.max_user_namespaces and \
+                 kernel.unprivileged_userns_clone)"
+            }
+            Step::IdMap => "mapping the task's uid in its user namespace (/proc/self/uid_map)",
+            Step::Fork => "starting the sandbox's init process (fork)",
+            Step::Mount => "making the mount namespace private",
+            Step::Tmp => "mounting the task's private /tmp (tmpfs)",
+            Step::Proc => "mounting the task's private /proc",
+            Step::Cwd => "entering the task's working directory",
+            Step::Rlimit => "applying resource limits",
+            Step::NoNewPrivs => "setting no_new_privs",
+            Step::Landlock => "entering the Landlock domain (landlock_restrict_self)",
+            Step::Seccomp => "installing the seccomp filter",
+        }
+    }
+}
 
 /// How the task's private `/tmp` is made.
 enum TmpMount {
@@ -747,9 +771,9 @@ struct Child {
     lifeline: Option<libc::pid_t>,
 }
 
-type StepResult = Result<(), (u8, io::Error)>;
+type StepResult = Result<(), (Step, io::Error)>;
 
-fn check(step: u8, rc: libc::c_long) -> StepResult {
+fn check(step: Step, rc: libc::c_long) -> StepResult {
     if rc < 0 {
         Err((step, io::Error::last_os_error()))
     } else {
@@ -765,7 +789,7 @@ impl Child {
             cmd.pre_exec(move || match self.enter() {
                 Ok(()) => Ok(()),
                 Err((step, err)) => {
-                    let byte = [step];
+                    let byte = [step as u8];
                     libc::write(self.status_w.as_raw_fd(), byte.as_ptr().cast(), 1);
                     Err(err)
                 }
@@ -784,16 +808,16 @@ impl Child {
                 rlim_max: 0,
             };
             check(
-                STEP_RLIMIT,
+                Step::Rlimit,
                 libc::setrlimit(libc::RLIMIT_CORE, &no_core).into(),
             )?;
             if let Some((uid, gid)) = self.drop_to {
-                check(STEP_USER, libc::setgroups(0, std::ptr::null()).into())?;
-                check(STEP_USER, libc::setresgid(gid, gid, gid).into())?;
-                check(STEP_USER, libc::setresuid(uid, uid, uid).into())?;
+                check(Step::User, libc::setgroups(0, std::ptr::null()).into())?;
+                check(Step::User, libc::setresgid(gid, gid, gid).into())?;
+                check(Step::User, libc::setresuid(uid, uid, uid).into())?;
                 // Changing uids made the process undumpable, which locks /proc/self/*_map.
                 check(
-                    STEP_USER,
+                    Step::User,
                     libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0).into(),
                 )?;
             }
@@ -802,20 +826,20 @@ impl Child {
             } else if let Some(node) = self.lifeline {
                 guard_task(node)?;
             }
-            check(STEP_CWD, libc::chdir(self.cwd.as_ptr()).into())?;
+            check(Step::Cwd, libc::chdir(self.cwd.as_ptr()).into())?;
             if let Some(rlimits) = &self.rlimits {
-                rlimits.apply().map_err(|e| (STEP_RLIMIT, e))?;
+                rlimits.apply().map_err(|e| (Step::Rlimit, e))?;
             }
             if self.no_new_privs {
                 check(
-                    STEP_NO_NEW_PRIVS,
+                    Step::NoNewPrivs,
                     libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into(),
                 )?;
             }
             if let Some(fd) = &self.landlock {
                 for rule in &self.landlock_late {
                     let dir = libc::open(rule.path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
-                    check(STEP_LANDLOCK, dir.into())?;
+                    check(Step::Landlock, dir.into())?;
                     let attr = PathBeneathAttr {
                         allowed_access: rule.access,
                         parent_fd: dir,
@@ -828,10 +852,10 @@ impl Child {
                         0u32,
                     );
                     libc::close(dir);
-                    check(STEP_LANDLOCK, rc)?;
+                    check(Step::Landlock, rc)?;
                 }
                 check(
-                    STEP_LANDLOCK,
+                    Step::Landlock,
                     libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32),
                 )?;
             }
@@ -841,7 +865,7 @@ impl Child {
                         seccompiler::Error::Seccomp(e) | seccompiler::Error::Prctl(e) => e,
                         _ => io::Error::from_raw_os_error(libc::EINVAL),
                     };
-                    (STEP_SECCOMP, err)
+                    (Step::Seccomp, err)
                 })?;
             }
             if self.probe {
@@ -854,21 +878,21 @@ impl Child {
     /// Enters the namespaces and forks twice; returns in the task process (C).
     unsafe fn enter_namespaces(&self, ns: &NsPlan) -> StepResult {
         unsafe {
-            check(STEP_UNSHARE, libc::unshare(ns.flags).into())?;
+            check(Step::Unshare, libc::unshare(ns.flags).into())?;
             // "deny" may be absent on old kernels; the gid map then fails and says so.
             let _ = write_file(c"/proc/self/setgroups", b"deny");
             write_file(c"/proc/self/uid_map", ns.uid_map.as_bytes())
-                .map_err(|e| (STEP_IDMAP, e))?;
+                .map_err(|e| (Step::IdMap, e))?;
             write_file(c"/proc/self/gid_map", ns.gid_map.as_bytes())
-                .map_err(|e| (STEP_IDMAP, e))?;
+                .map_err(|e| (Step::IdMap, e))?;
             let mut relay = [0 as libc::c_int; 2];
             check(
-                STEP_FORK,
+                Step::Fork,
                 libc::pipe2(relay.as_mut_ptr(), libc::O_CLOEXEC).into(),
             )?;
             let [relay_r, relay_w] = relay;
             let init = libc::fork();
-            check(STEP_FORK, init.into())?;
+            check(Step::Fork, init.into())?;
             if init > 0 {
                 // A: outside the PID namespace. Keep only the relay; wait; exit like the task.
                 if let Some(node) = self.lifeline {
@@ -887,7 +911,7 @@ impl Child {
             libc::close(relay_r);
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
             check(
-                STEP_MOUNT,
+                Step::Mount,
                 libc::mount(
                     std::ptr::null(),
                     c"/".as_ptr(),
@@ -913,9 +937,9 @@ impl Child {
                     options.as_ptr().cast(),
                 ),
             };
-            check(STEP_TMP, rc.into())?;
+            check(Step::Tmp, rc.into())?;
             check(
-                STEP_PROC,
+                Step::Proc,
                 libc::mount(
                     c"proc".as_ptr(),
                     c"/proc".as_ptr(),
@@ -926,7 +950,7 @@ impl Child {
                 .into(),
             )?;
             let task = libc::fork();
-            check(STEP_FORK, task.into())?;
+            check(Step::Fork, task.into())?;
             if task > 0 {
                 // B as init: reap everything, report the task's status, then end the
                 // namespace (the kernel kills whatever is left).
@@ -961,7 +985,7 @@ pub(crate) const LIFELINE_SIGNAL: libc::c_int = libc::SIGHUP;
 unsafe fn guard_task(node: libc::pid_t) -> StepResult {
     unsafe {
         let task = libc::fork();
-        check(STEP_FORK, task.into())?;
+        check(Step::Fork, task.into())?;
         if task > 0 {
             arm_lifeline(node);
             close_all();
@@ -1189,6 +1213,34 @@ unsafe fn exit_like(status: libc::c_int) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The spawn error names the step a child wrote to the status pipe: every step by its own
+    /// byte (1 to 12, in order), an unknown byte as the sandbox's preparation, and no byte
+    /// not at all.
+    #[test]
+    fn a_failed_spawn_names_the_step_the_child_wrote() {
+        let err = io::Error::from_raw_os_error(libc::EPERM);
+        let written = |byte: Option<u8>| {
+            let (r, w) = status_pipe().unwrap();
+            if let Some(byte) = byte {
+                // SAFETY: writing one byte from a valid buffer to the pipe's write end.
+                let n = unsafe { libc::write(w.as_raw_fd(), [byte].as_ptr().cast(), 1) };
+                assert_eq!(n, 1);
+            }
+            explain(&r, &err)
+        };
+        for (i, step) in Step::ALL.into_iter().enumerate() {
+            assert_eq!(step as usize, i + 1);
+            assert_eq!(
+                written(Some(step as u8)),
+                format!("task sandbox setup failed while {}: {err}", step.doing())
+            );
+        }
+        assert!(written(Some(Step::Seccomp as u8)).contains("installing the seccomp filter"));
+        assert!(written(Some(Step::User as u8)).contains("setresuid"));
+        assert!(written(Some(13)).contains("failed while preparing the sandbox: "));
+        assert_eq!(written(None), err.to_string());
+    }
 
     fn settings(policy: SandboxPolicy) -> Settings<'static> {
         Settings {
