@@ -36,12 +36,12 @@ use crabnet_core::sandbox::SandboxPolicy;
 use crabnet_core::state::{self, SeedView};
 use crabnet_core::{Config, ErrorKind, PublishRequest, SeedStatus};
 
-/// Schedules per CI run. A long schedule (one in [`LONG_EVERY`]) costs about 0.9 s of CPU in
-/// a debug build, a short one about 0.3 s (node starts, SQLite statements and post-quantum
-/// signatures on every frame, like a real node's): this many took 320 s of CPU (0.4 s each,
-/// the late joiner included), so about two and a half minutes on two idle cores.
+/// Schedules per CI run. A long schedule (one in [`LONG_EVERY`]) costs about three times a
+/// short one (node starts, SQLite statements and post-quantum signatures on every frame, like
+/// a real node's): this many took 426 s of CPU (329 user, 97 system) and 259 s on two cores
+/// that another test run shared (2026-12-04), about 0.14 s of CPU a schedule.
 /// `CRABNET_SIM_SCHEDULES` runs more.
-const SCHEDULES: u64 = 800;
+const SCHEDULES: u64 = 3000;
 
 /// One schedule in this many (seeds divisible by it) is a long one.
 const LONG_EVERY: u64 = 20;
@@ -753,8 +753,11 @@ fn seeded_schedules_converge_and_every_lifecycle_ends() {
     let first = env_u64("CRABNET_SIM_FIRST").unwrap_or(0);
     let count = env_u64("CRABNET_SIM_SCHEDULES").unwrap_or(SCHEDULES);
     // Schedules are independent: a few threads share them (seed `first + k` on thread
-    // `k % threads`), and the first failure is reported with its seed.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u64;
+    // `k % threads`), and the first failure is reported with its seed. Two threads per core:
+    // a driven node hands its store work to tokio's blocking pool and waits for it, so one
+    // thread alone keeps a core about two thirds busy (200 schedules on 2 cores: 31 s with
+    // 2 threads, 18 s with 4, 18 s with 8).
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4) * 2) as u64;
     std::thread::scope(|scope| {
         for t in 0..threads {
             scope.spawn(move || {
