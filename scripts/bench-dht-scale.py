@@ -9,7 +9,10 @@ seeds from different nodes and reports:
 - time from the first publish until every node holds every seed (convergence),
 - CPU (utime + stime) the nodes spent until the network formed (hub, others, total) and
   while the seeds spread,
-- peak and idle RSS per node (VmHWM, VmRSS from /proc),
+- peak and idle RSS per node (VmHWM, VmRSS from /proc), and idle PSS and private memory
+  per node (/proc/PID/smaps_rollup): RSS counts in full the binary's code pages that every
+  node maps from the same file (about 16 MiB of a release build), PSS counts each shared
+  page divided by the processes that map it, private counts the pages of this node alone,
 - idle CPU per node (utime + stime over an idle window after convergence, in % of one core).
 
 Topology: by default every node dials node 0 (`--dial star`), the hardest case for the hub;
@@ -110,6 +113,18 @@ class Listener:
                 k, _, v = line.partition(":")
                 if k in ("VmRSS", "VmHWM"):
                     out[k] = int(v.split()[0]) / 1024.0  # MiB
+        return out
+
+    def memory(self):
+        """PSS and private memory (Private_Clean + Private_Dirty) in MiB."""
+        out = {"Pss": 0.0, "Private": 0.0}
+        with open(f"/proc/{self.proc.pid}/smaps_rollup") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k == "Pss":
+                    out["Pss"] = int(v.split()[0]) / 1024.0
+                elif k in ("Private_Clean", "Private_Dirty"):
+                    out["Private"] += int(v.split()[0]) / 1024.0
         return out
 
     def cpu_ticks(self):
@@ -239,6 +254,7 @@ def main():
         window = time.monotonic() - w0
         idle_cpu = [100.0 * (b - a) / CLK_TCK / window for a, b in zip(c0, c1)]
         idle_rss = [n.proc_status()["VmRSS"] for n in nodes]
+        idle_mem = [n.memory() for n in nodes]
         peak = [max(p, n.proc_status()["VmHWM"]) for p, n in zip(peak, nodes)]
         report = {
             "nodes": args.nodes,
@@ -256,6 +272,8 @@ def main():
                 sum(b - a for a, b in zip(cpu_formed, cpu_converged)) / CLK_TCK, 1),
             "peak_rss_mib": stats(peak),
             "idle_rss_mib": stats(idle_rss),
+            "idle_pss_mib": stats([m["Pss"] for m in idle_mem]),
+            "idle_private_mib": stats([m["Private"] for m in idle_mem]),
             "idle_cpu_pct_of_core": stats(idle_cpu),
             "idle_window_secs": round(window, 1),
         }
