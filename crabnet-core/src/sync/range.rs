@@ -165,17 +165,9 @@ fn add(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
     out
 }
 
-/// `a - b` modulo 2^256.
+/// `a - b` modulo 2^256: `a` plus the two's complement of `b`.
 fn sub(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
-    let mut out = [0u64; 4];
-    let mut borrow = false;
-    for i in 0..4 {
-        let (d, b1) = a[i].overflowing_sub(b[i]);
-        let (d, b2) = d.overflowing_sub(u64::from(borrow));
-        out[i] = d;
-        borrow = b1 || b2;
-    }
-    out
+    add(a, add(b.map(|lane| !lane), [1, 0, 0, 0]))
 }
 
 impl NegentropyStorageBase for PrefixStorage {
