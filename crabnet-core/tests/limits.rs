@@ -167,6 +167,70 @@ async fn forgeries_in_a_peers_name_do_not_use_up_its_sender_budget() {
     node.stop().await.unwrap();
 }
 
+/// The same attack with hellos: hellos of key epoch 2 naming Alice's id, signed by Mallory's
+/// own keys (valid signatures; only the rotation chain, checked later, can refute the id).
+/// Before, the budget was charged right after the signature check, so these drained Alice's
+/// budget and her 10 real seeds that followed were refused as rate-limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_hellos_forged_in_a_peers_name_do_not_use_up_its_sender_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), "n");
+    c.network.sender_rate_per_sec = 1;
+    c.network.sender_burst = 20;
+    let (node, addr) = udp_node(c, vec![]).await;
+    let alice = identity(0x22, 1);
+    let alice_sock = socket();
+    alice_sock.send_to(&hello(&alice), addr).unwrap();
+    node.wait_for_peers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    let mallory = identity(0x67, 2).with_node_id(alice.node_id().clone());
+    let mallory_sock = socket();
+    for i in 0..60 {
+        mallory_sock.send_to(&hello(&mallory), addr).unwrap();
+        if i % 16 == 15 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counters = node.overview().await.unwrap().counters;
+        let refused: u64 = counters
+            .iter()
+            .filter(|(k, _)| k.starts_with("rejected."))
+            .map(|(_, n)| n)
+            .sum();
+        if refused >= 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "forged hellos accounted: {refused} of 60"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for i in 0..10 {
+        let m = seed_message(&alice, 1_000 + i, now_ms());
+        alice_sock.send_to(&seal(&alice, &m, 60), addr).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = node.seeds(None).await.unwrap().len();
+        if n == 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of Alice's 10 seeds applied: {:?}",
+            node.overview().await.unwrap().counters
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.stop().await.unwrap();
+}
+
 /// A sync batch is one frame for the rate limits, however many envelopes it carries: a late
 /// joiner with tight limits still receives 40 seeds from one peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

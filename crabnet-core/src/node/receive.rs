@@ -584,8 +584,16 @@ impl Node {
         if let Err(e) = parsed.verify(&identity.signing) {
             return self.reject(from, Some(h), RejectReason::BadSignature, e.to_string());
         }
-        // A live hello (one with a source to answer) is paid for by its proven sender.
+        // A live hello (one with a source to answer) is paid for by its proven sender. First
+        // keys prove the id (it is derived from them); rotated keys prove it when they are the
+        // keys this node holds for the id, otherwise only once their chain is checked below:
+        // anyone can sign a hello of epoch 2 naming a peer's id with keys of its own.
+        let proven = identity.epoch <= 1
+            || lock(&self.inner.store).peer(&h.sender)?.is_some_and(|p| {
+                p.identity.epoch == identity.epoch && p.identity.signing == identity.signing
+            });
         if answer_to.is_some()
+            && proven
             && let Err(limited) = self.inner.gate.charge_sender(h, from, now)
         {
             return self.record_rejection(limited);
@@ -599,6 +607,12 @@ impl Node {
             Ok(keep_chain) => keep_chain,
             Err(verdict) => return Ok(verdict),
         };
+        if answer_to.is_some()
+            && !proven
+            && let Err(limited) = self.inner.gate.charge_sender(h, from, now)
+        {
+            return self.record_rejection(limited);
+        }
         let certificate = hello.certificate.as_deref();
         let admitted = self.with_store(|s| {
             self.inner
