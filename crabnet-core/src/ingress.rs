@@ -116,9 +116,11 @@ struct State {
 }
 
 /// Counters that a healthy, idle node bumps as frames come in (batch sizes, copies, unchanged
-/// hellos, sync upkeep): they may wait to be written (see [`Rejections::rejections_pending`]).
+/// hellos, sync upkeep) or as API calls are grouped (`local.*`, whose operations write
+/// anyway): they may wait to be written (see [`Rejections::rejections_pending`]).
 const ROUTINE_COUNTERS: &[&str] = &[
     "ingress.",
+    "local.",
     "hellos.refreshed",
     "hellos.duplicate",
     "messages.duplicate",
@@ -689,8 +691,8 @@ impl HoldQueue {
             .push_back(frame);
         drop(st);
         counters.count("messages.held");
-        for _ in &evicted {
-            counters.count("messages.held_evicted");
+        if !evicted.is_empty() {
+            counters.add("messages.held_evicted", evicted.len() as u64);
         }
         Ok(evicted)
     }
@@ -716,8 +718,8 @@ impl HoldQueue {
         st.frames -= frames.len();
         st.bytes -= frames.iter().map(|f| f.bytes.len()).sum::<usize>();
         drop(st);
-        for _ in &frames {
-            counters.count("messages.held_released");
+        if !frames.is_empty() {
+            counters.add("messages.held_released", frames.len() as u64);
         }
         frames.into()
     }
