@@ -445,13 +445,14 @@ impl Rogue {
                     yamux::Config::default,
                 )
                 .expect("tcp")
-                .with_behaviour(|key| {
+                .with_behaviour(|_| {
                     let config = gossipsub::ConfigBuilder::default()
                         .heartbeat_interval(Duration::from_millis(500))
+                        .validation_mode(gossipsub::ValidationMode::Anonymous)
                         .build()
                         .expect("gossipsub config");
                     gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
-                        gossipsub::MessageAuthenticity::Signed(key.clone()),
+                        gossipsub::MessageAuthenticity::Anonymous,
                         config,
                     )
                     .expect("gossipsub")
@@ -459,7 +460,7 @@ impl Rogue {
                 .expect("behaviour")
                 .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
                 .build();
-            let topic = gossipsub::IdentTopic::new("crabnet/v1/envelopes");
+            let topic = gossipsub::IdentTopic::new(crabnet_core::network::TOPIC);
             swarm.behaviour_mut().subscribe(&topic).expect("subscribe");
             swarm.dial(target).expect("dial");
             loop {

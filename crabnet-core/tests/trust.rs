@@ -372,10 +372,13 @@ async fn a_default_libp2p_peer_relaying_valid_traffic_is_not_penalised() {
             yamux::Config::default,
         )
         .unwrap()
-        .with_behaviour(|key| {
+        .with_behaviour(|_| {
             gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                gossipsub::Config::default(),
+                gossipsub::MessageAuthenticity::Anonymous,
+                gossipsub::ConfigBuilder::default()
+                    .validation_mode(gossipsub::ValidationMode::Anonymous)
+                    .build()
+                    .unwrap(),
             )
             .unwrap()
         })
