@@ -106,6 +106,26 @@ impl Default for EventsConfig {
     }
 }
 
+/// How many times `network.hello_interval_secs` a node's hello interval may grow to in a large
+/// network (see [`NetworkConfig::hellos_per_interval`]).
+pub const MAX_HELLO_STRETCH: u64 = 10;
+
+impl NetworkConfig {
+    /// The interval between periodic hellos, in milliseconds, of a node that knows `peers`
+    /// peers: `hello_interval_secs`, stretched by `peers / hellos_per_interval` when that is
+    /// above 1, at most [`MAX_HELLO_STRETCH`] times `hello_interval_secs`. Peers count as
+    /// active while their latest hello is at most three such intervals old.
+    pub fn hello_interval_ms(&self, peers: usize) -> u64 {
+        let base = u64::from(self.hello_interval_secs) * 1000;
+        let per = self.hellos_per_interval as u64;
+        if per == 0 {
+            return base;
+        }
+        let stretched = base.saturating_mul(peers as u64) / per;
+        stretched.clamp(base, base.saturating_mul(MAX_HELLO_STRETCH))
+    }
+}
+
 /// Network timing (section `[network]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -124,8 +144,15 @@ pub struct NetworkConfig {
     pub message_ttl_secs: u32,
     /// How far a sender's clock may run ahead of ours, in seconds.
     pub max_clock_skew_secs: u32,
-    /// How often the node announces itself with a hello, in seconds.
+    /// How often the node announces itself with a hello, in seconds, while it knows at most
+    /// `hellos_per_interval` peers (see [`NetworkConfig::hello_interval_ms`]).
     pub hello_interval_secs: u32,
+    /// How many periodic hellos the network as a whole should send per `hello_interval_secs`.
+    /// A node that knows more peers than this stretches its own interval in proportion (at
+    /// most [`MAX_HELLO_STRETCH`]-fold), so that the hellos every node verifies stay about this
+    /// many per interval as the network grows; it judges its peers' liveness by the same
+    /// stretched interval. 0: never stretch.
+    pub hellos_per_interval: usize,
     /// How often the node starts a sync exchange (a reconciliation query) with its peers, so
     /// that it learns and asks for what it lacks, in seconds.
     pub sync_interval_secs: u32,
@@ -196,6 +223,7 @@ impl Default for NetworkConfig {
             message_ttl_secs: 24 * 3600,
             max_clock_skew_secs: 120,
             hello_interval_secs: 30,
+            hellos_per_interval: 30,
             sync_interval_secs: 10,
             reject_event_window_ms: 10_000,
             unknown_sender_hold_ms: 5_000,
@@ -458,6 +486,12 @@ impl Config {
             limits::DAY_SECS as u32,
         )?;
         check_range(
+            "network.hellos_per_interval",
+            net.hellos_per_interval,
+            0,
+            limits::MAX_PEERS,
+        )?;
+        check_range(
             "network.sync_interval_secs",
             net.sync_interval_secs,
             1,
@@ -590,6 +624,27 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hello_interval_grows_with_the_peers_known_up_to_ten_times() {
+        let mut net = NetworkConfig {
+            hello_interval_secs: 30,
+            hellos_per_interval: 30,
+            ..NetworkConfig::default()
+        };
+        assert_eq!(net.hello_interval_ms(0), 30_000);
+        assert_eq!(net.hello_interval_ms(30), 30_000);
+        assert_eq!(net.hello_interval_ms(45), 45_000);
+        assert_eq!(net.hello_interval_ms(100), 100_000);
+        assert_eq!(net.hello_interval_ms(300), 300_000);
+        assert_eq!(net.hello_interval_ms(100_000), 300_000);
+        assert_eq!(net.hello_interval_ms(usize::MAX), 300_000);
+        net.hellos_per_interval = 0;
+        assert_eq!(net.hello_interval_ms(100_000), 30_000);
+        net.hellos_per_interval = 1;
+        net.hello_interval_secs = limits::DAY_SECS as u32;
+        assert_eq!(net.hello_interval_ms(5), 5 * limits::DAY_SECS * 1000);
+    }
 
     #[test]
     fn toml_round_trip_and_partial_files_use_defaults() {

@@ -198,6 +198,8 @@ struct Inner {
     hello_answers: hello_answers::HelloAnswers,
     /// Set when the hello changed (the keys rotated): it is broadcast again at once.
     hello_changed: Notify,
+    /// The current interval between periodic hellos, in ms ([`Node::hello_interval`]).
+    hello_every_ms: AtomicU64,
     sync_wanted: Notify,
     config: Config,
     store: SharedStore,
@@ -474,6 +476,7 @@ impl Node {
 
         let published = store.last_event_seq()?;
         let lamport = store.lamport_counter();
+        let hello_every_ms = config.network.hello_interval_ms(store.peer_count()?);
         let log = config.events.log_enabled.then(|| {
             NdjsonLog::new(
                 config.event_log_path(),
@@ -498,6 +501,7 @@ impl Node {
                 hello_wanted: Notify::new(),
                 hello_answers: hello_answers::HelloAnswers::new(&config.network),
                 hello_changed: Notify::new(),
+                hello_every_ms: AtomicU64::new(hello_every_ms),
                 sync_wanted: Notify::new(),
                 bus: EventBus::new(config.events.bus_capacity),
                 log,
@@ -588,6 +592,19 @@ impl Node {
     /// The configuration the node runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The current interval between this node's periodic hellos: `network.hello_interval_secs`,
+    /// stretched in a network larger than `network.hellos_per_interval` nodes (see
+    /// [`crate::config::NetworkConfig::hello_interval_ms`]; worked out again at each periodic
+    /// hello from the peer table). A peer counts as active while its latest hello is at most
+    /// three such intervals old, and as idle (evictable) after four.
+    pub fn hello_interval(&self) -> Duration {
+        Duration::from_millis(self.hello_interval_ms())
+    }
+
+    pub(crate) fn hello_interval_ms(&self) -> u64 {
+        self.inner.hello_every_ms.load(Ordering::Relaxed)
     }
 
     /// Subscribes to events from now on.

@@ -1075,6 +1075,15 @@ impl Store {
             .transpose()
     }
 
+    /// How many peers the peer table holds.
+    pub fn peer_count(&self) -> Result<usize> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM peers")?
+            .query_row([], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     /// Every known peer, by node id.
     pub fn peers(&self) -> Result<Vec<Peer>> {
         let mut stmt = self

@@ -71,6 +71,7 @@ fn keys() -> Vec<(&'static str, &'static str, Kind)> {
         ("network", "message_ttl_secs", Int(1, YEAR)),
         ("network", "max_clock_skew_secs", Int(0, DAY)),
         ("network", "hello_interval_secs", Int(1, DAY)),
+        ("network", "hellos_per_interval", Int(0, 1_000_000)),
         ("network", "sync_interval_secs", Int(1, DAY)),
         ("network", "reject_event_window_ms", Int(0, 3_600_000)),
         ("network", "unknown_sender_hold_ms", Int(0, 60_000)),

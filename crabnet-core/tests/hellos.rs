@@ -750,3 +750,61 @@ async fn routine_counters_do_not_make_an_idle_node_write_on_every_tick() {
     assert_eq!(counter(&node, "hellos.refreshed").await, 4);
     node.stop().await.unwrap();
 }
+
+/// In a network of more nodes than `network.hellos_per_interval`, a node stretches its hello
+/// interval in proportion to the peers it knows (issue 13: the hellos every node verifies
+/// stay about `hellos_per_interval` per `hello_interval_secs` as the network grows, instead of
+/// growing with it), and its hellos stay fresh for four of the stretched intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_interval_grows_with_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MemoryHub::new();
+    let mut c = config(dir.path(), "n");
+    c.network.hello_interval_secs = 1;
+    c.network.hellos_per_interval = 2;
+    let node = start(c, &hub).await;
+    let mut wire = hub.join("wire");
+    assert_eq!(node.hello_interval(), Duration::from_secs(1));
+    for tag in 0x60..0x66 {
+        wire.broadcast(&hello_announcing(&identity(tag, 1), vec![]))
+            .unwrap();
+    }
+    node.wait_for_peers(6, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // Six peers, two hellos per interval: three intervals, from the next periodic hello on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.hello_interval() != Duration::from_secs(3) {
+        assert!(
+            Instant::now() < deadline,
+            "the hello interval stayed {:?}",
+            node.hello_interval()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Hellos signed during 7.5 s: 2 or 3 (one per 3 s), not 7 (one per second). (The wire
+    // first receives the node's answers to the six newcomers.)
+    let since = now_ms();
+    let mut hellos = Vec::new();
+    let deadline = Instant::now() + Duration::from_millis(7_500);
+    while let Ok(Some(frame)) = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        crabnet_core::network::recv(&mut wire),
+    )
+    .await
+    {
+        let parsed = envelope::parse(&frame.bytes, MAX_ENVELOPE_BYTES).unwrap();
+        let h = &parsed.header;
+        if h.kind == Kind::NodeHello && &h.sender == node.id() && h.timestamp >= since {
+            hellos.push(h.ttl_secs);
+        }
+    }
+    assert!(
+        (2..=3).contains(&hellos.len()),
+        "{} hellos in 7.5 s at a 3 s interval",
+        hellos.len()
+    );
+    // Fresh for four intervals of 3 s.
+    assert!(hellos.iter().all(|&ttl| ttl == 12), "{hellos:?}");
+    node.stop().await.unwrap();
+}

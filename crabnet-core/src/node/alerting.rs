@@ -76,7 +76,7 @@ impl Node {
     fn alert_sample(&self) -> Result<Sample> {
         let now = self.now_ms();
         let config = self.config();
-        let window = u64::from(config.network.hello_interval_secs) * 3 * 1000;
+        let window = self.hello_interval_ms().saturating_mul(3);
         let mut sample = self.with_store(|s| {
             let counters = s.counters()?;
             let counter = |name: &str| counters.get(name).copied().unwrap_or(0);

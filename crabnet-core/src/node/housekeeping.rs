@@ -24,7 +24,7 @@ impl Node {
     ///   [`COUNTER_WRITE_MS`] since the last write (routine counters alone wait: an idle node
     ///   does not write after each frame it received);
     /// * the `last_seen` of peers whose unchanged hellos were only noted in memory
-    ///   ([`Node::write_liveness`]): once per `network.hello_interval_secs`;
+    ///   ([`Node::write_liveness`]): once per hello interval ([`Node::hello_interval`]);
     /// * retention ([`crate::retention::Retention::run_if_due`]), the rotation chains of
     ///   nodes that left the peer table ([`crate::trust::Trust::prune_chains`]), strangers'
     ///   self-revocations past their cap and expired certificates
@@ -141,7 +141,7 @@ impl Node {
             });
         }
         if due.liveness {
-            let every = u64::from(node.inner.config.network.hello_interval_secs) * 1000;
+            let every = node.hello_interval_ms();
             scheduled(&timers.liveness_at, now.saturating_add(every), || {
                 node.write_liveness()
                     .map_err(|e| format!("cannot record when peers were last seen: {e}"))

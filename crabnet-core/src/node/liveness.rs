@@ -1,6 +1,6 @@
 //! Periodic hellos that change nothing: recognised in memory, not written (issue 13).
 //!
-//! A peer broadcasts its hello every `network.hello_interval_secs`, freshly signed each time
+//! A peer broadcasts its hello every hello interval ([`Node::hello_interval`]), freshly signed each time
 //! (a new message id and timestamp), with the same content (keys, addresses, name, certificate,
 //! rotations) as long as nothing about it changed. Every receiver used to store each one: an
 //! update of the peer's row and a seen-id row, two fsync'd transactions per peer per interval,
@@ -13,7 +13,7 @@
 //! only moves the peer's `last_seen` in memory, to the hello's own signed timestamp (never
 //! later than its receipt, so a replayed copy proves nothing newer than the original did).
 //! Housekeeping writes the pending `last_seen` values of all peers in one transaction once per
-//! `hello_interval_secs`, and before any admission decision, which reads them (a new peer may
+//! hello interval, and before any admission decision, which reads them (a new peer may
 //! evict an idle one). Readers in this process see the newer values at once.
 
 use std::collections::HashMap;
@@ -83,7 +83,7 @@ impl Node {
     }
 
     /// Writes the `last_seen` values refreshed in memory (housekeeping, once per
-    /// `network.hello_interval_secs`, and when the node stops).
+    /// hello interval, and when the node stops).
     pub(super) fn write_liveness(&self) -> Result<()> {
         let seen = self.inner.liveness.take_pending();
         if seen.is_empty() {

@@ -73,9 +73,9 @@ impl Node {
         mut transport: Box<dyn Transport>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut hello_tick = tokio::time::interval(Duration::from_secs(
-            self.inner.config.network.hello_interval_secs as u64,
-        ));
+        // The next periodic hello: at once, then every `Node::hello_interval` (worked out
+        // again after each, as the network grows or shrinks).
+        let mut next_hello = tokio::time::Instant::now();
         *lock(&self.inner.addresses) = transport.local_addresses();
         // Hellos: one broadcast at start and one per interval. A new peer (a connection opened,
         // or a hello from an unknown node) gets the latest of them sent to it alone: a
@@ -111,7 +111,12 @@ impl Node {
                         tracing::debug!("cannot send hello: {e}");
                     }
                 }
-                _ = hello_tick.tick() => self.broadcast_hello(transport.as_mut(), &mut hello),
+                _ = tokio::time::sleep_until(next_hello) => {
+                    // Sized first: the hello's freshness covers the interval that follows it.
+                    let every = self.size_hello_interval();
+                    self.broadcast_hello(transport.as_mut(), &mut hello);
+                    next_hello = tokio::time::Instant::now() + Duration::from_millis(every);
+                }
                 _ = self.inner.hello_wanted.notified() => {
                     let frame = self.latest_hello(transport.as_mut(), &mut hello);
                     self.answer_hellos(transport.as_mut(), frame);
@@ -400,6 +405,22 @@ impl Node {
     /// Builds the hello for the transport's current addresses (they can appear after start:
     /// libp2p listeners) and keys, broadcasts it with what follows a hello, and keeps it in
     /// `cache` for the answers to new peers.
+    /// Works out the hello interval for the peers known now ([`Node::hello_interval`]) and
+    /// returns it, in ms. When the peer table cannot be read, the interval stays as it was.
+    fn size_hello_interval(&self) -> u64 {
+        match self.with_store(|s| s.peer_count()) {
+            Ok(peers) => {
+                let every = self.inner.config.network.hello_interval_ms(peers);
+                self.inner.hello_every_ms.store(every, Ordering::Relaxed);
+                every
+            }
+            Err(e) => {
+                tracing::warn!("cannot count peers: {e}");
+                self.hello_interval_ms()
+            }
+        }
+    }
+
     fn broadcast_hello(&self, transport: &mut dyn Transport, cache: &mut Option<HelloCache>) {
         let addresses = transport.local_addresses();
         *lock(&self.inner.addresses) = addresses.clone();
@@ -454,12 +475,9 @@ impl Node {
                 .map(serde_bytes::ByteBuf::from)
                 .collect(),
         };
-        let ttl = self
-            .inner
-            .config
-            .network
-            .hello_interval_secs
-            .saturating_mul(4);
+        // Fresh for four intervals: as long as the peers keep the sender active.
+        let ttl =
+            u32::try_from(self.hello_interval_ms().saturating_mul(4) / 1000).unwrap_or(u32::MAX);
         self.plain_frame(Kind::NodeHello, &envelope::encode_hello(&hello), ttl)
     }
 

@@ -207,8 +207,7 @@ impl Node {
             let admission = crate::store::Admission {
                 max_peers: net.max_peers,
                 // A peer that missed four hellos in a row is idle.
-                idle_before: now
-                    .saturating_sub(u64::from(net.hello_interval_secs).saturating_mul(4000)),
+                idle_before: now.saturating_sub(self.hello_interval_ms().saturating_mul(4)),
                 // Hellos relayed inside sync batches name the relay, not their author.
                 address: (via != Via::Sync)
                     .then(|| source.capped_address(&net.peer_address_exempt))

@@ -396,7 +396,7 @@ fn node_info(o: &Overview) -> NodeInfo {
 }
 
 fn active_window_ms(node: &Node) -> u64 {
-    node.config().network.hello_interval_secs as u64 * 3 * 1000
+    node.hello_interval_ms().saturating_mul(3)
 }
 
 /// The peers as the monitor shows them, active or not as of now.
