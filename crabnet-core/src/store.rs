@@ -924,6 +924,13 @@ impl Store {
             .query_row([], |r| r.get(0))?)
     }
 
+    /// A value that changes whenever the database may have changed: when another connection
+    /// committed ([`Store::data_version`]) or this one changed a row (SQLite's
+    /// `total_changes`). Cheap: reads no table. Equal values mean nothing changed in between.
+    pub fn generation(&self) -> Result<(i64, u64)> {
+        Ok((self.data_version()?, self.conn.total_changes()))
+    }
+
     /// Number of outbox messages not sent yet.
     pub fn outbox_pending(&self) -> Result<u64> {
         Ok(self
