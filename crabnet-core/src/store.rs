@@ -942,15 +942,17 @@ impl Store {
     /// Records what became of outbox messages handed to the transport, all in one transaction
     /// (one fsync under `store.sync = full`, however many there are): those in `sent` are
     /// marked sent at `now` (counter `messages.sent`), each `(seq, at)` in `retry` gets another
-    /// attempt at `at`. Marking is bookkeeping, not a promise to anyone: if it is lost in a
-    /// crash, the messages are sent again and peers drop the copies.
+    /// attempt at `at`, and the events in `failed` (the failed sends' `send_failed`) are
+    /// recorded. Marking is bookkeeping, not a promise to anyone: if it is lost in a crash,
+    /// the messages are sent again and peers drop the copies.
     pub fn outbox_settle(
         &mut self,
         sent: &[i64],
         retry: &[(i64, Millis)],
+        failed: Vec<EventKind>,
         now: Millis,
     ) -> Result<()> {
-        if sent.is_empty() && retry.is_empty() {
+        if sent.is_empty() && retry.is_empty() && failed.is_empty() {
             return Ok(());
         }
         let tx = self.tx(TransactionBehavior::Immediate)?;
@@ -969,6 +971,7 @@ impl Store {
             }
         }
         prune::add_counter(&tx, "messages.sent", sent.len() as u64)?;
+        insert_events(&tx, now, failed, None)?;
         tx.commit()?;
         Ok(())
     }
@@ -2161,9 +2164,25 @@ mod tests {
         .unwrap();
         let due = s.outbox_due(now, 10).unwrap();
         assert_eq!(due.len(), 2);
-        s.outbox_settle(&[due[0].seq], &[(due[1].seq, now + 500)], now)
-            .unwrap();
+        let last = s.last_event_seq().unwrap();
+        let failed = EventKind::SendFailed {
+            message_id: due[1].message_id.clone(),
+            detail: "unreachable".into(),
+        };
+        s.outbox_settle(
+            &[due[0].seq],
+            &[(due[1].seq, now + 500)],
+            vec![failed.clone()],
+            now,
+        )
+        .unwrap();
         assert_eq!(s.outbox_pending().unwrap(), 1, "one sent, one to retry");
+        let events = s.events_after(last, 10).unwrap();
+        assert_eq!(
+            events.iter().map(|e| &e.kind).collect::<Vec<_>>(),
+            [&failed],
+            "the failed send's event, once"
+        );
         assert!(s.outbox_due(now, 10).unwrap().is_empty());
         let again = s.outbox_due(now + 500, 10).unwrap();
         assert_eq!(
