@@ -999,13 +999,7 @@ impl Store {
         let n = tx
             .prepare_cached("DELETE FROM seen WHERE expires_at <= ?1")?
             .execute([now as i64])?;
-        if n > 0 {
-            tx.prepare_cached(
-                "INSERT INTO counters(name, value) VALUES ('seen.expired', ?1)
-                 ON CONFLICT(name) DO UPDATE SET value = value + ?1",
-            )?
-            .execute([n as i64])?;
-        }
+        prune::add_counter(&tx, "seen.expired", n as u64)?;
         tx.commit()?;
         Ok(n)
     }
@@ -1246,19 +1240,13 @@ impl Store {
             let rows = stmt.query_map([me.as_str()], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        let mut deleted = 0i64;
+        let mut deleted = 0u64;
         for node in &nodes {
             deleted += tx
                 .prepare_cached("DELETE FROM rotations WHERE node_id = ?1")?
-                .execute([node])? as i64;
+                .execute([node])? as u64;
         }
-        if deleted > 0 {
-            tx.prepare_cached(
-                "INSERT INTO counters(name, value) VALUES ('trust.rotations_pruned', ?1)
-                 ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-            )?
-            .execute([deleted])?;
-        }
+        prune::add_counter(&tx, "trust.rotations_pruned", deleted)?;
         tx.commit()?;
         nodes.iter().map(|n| NodeId::parse(n)).collect()
     }
@@ -1578,9 +1566,7 @@ impl Store {
                        (SELECT seq FROM webhook_queue WHERE url = ?1 ORDER BY seq DESC LIMIT ?2)",
                     )?
                     .execute(params![url, sql_u64(queue_max)])?;
-                for _ in 0..dropped {
-                    bump_counter(&tx, "alerts.webhook_dropped")?;
-                }
+                prune::add_counter(&tx, "alerts.webhook_dropped", dropped as u64)?;
             }
         }
         tx.commit()?;

@@ -82,13 +82,14 @@ macro_rules! node_known {
     };
 }
 
+/// Adds `n` to the counter `name` (nothing when `n` is 0), in the caller's transaction.
 pub(super) fn add_counter(tx: &Connection, name: &str, n: u64) -> Result<()> {
     if n > 0 {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO counters(name, value) VALUES (?1, ?2)
              ON CONFLICT(name) DO UPDATE SET value = value + ?2",
-            params![name, n.min(i64::MAX as u64) as i64],
-        )?;
+        )?
+        .execute(params![name, n.min(i64::MAX as u64) as i64])?;
     }
     Ok(())
 }
