@@ -924,6 +924,13 @@ impl Store {
             .query_row([], |r| r.get(0))?)
     }
 
+    /// A value that changes whenever the database may have changed: when another connection
+    /// committed ([`Store::data_version`]) or this one changed a row (SQLite's
+    /// `total_changes`). Cheap: reads no table. Equal values mean nothing changed in between.
+    pub fn generation(&self) -> Result<(i64, u64)> {
+        Ok((self.data_version()?, self.conn.total_changes()))
+    }
+
     /// Number of outbox messages not sent yet.
     pub fn outbox_pending(&self) -> Result<u64> {
         Ok(self
@@ -935,15 +942,17 @@ impl Store {
     /// Records what became of outbox messages handed to the transport, all in one transaction
     /// (one fsync under `store.sync = full`, however many there are): those in `sent` are
     /// marked sent at `now` (counter `messages.sent`), each `(seq, at)` in `retry` gets another
-    /// attempt at `at`. Marking is bookkeeping, not a promise to anyone: if it is lost in a
-    /// crash, the messages are sent again and peers drop the copies.
+    /// attempt at `at`, and the events in `failed` (the failed sends' `send_failed`) are
+    /// recorded. Marking is bookkeeping, not a promise to anyone: if it is lost in a crash,
+    /// the messages are sent again and peers drop the copies.
     pub fn outbox_settle(
         &mut self,
         sent: &[i64],
         retry: &[(i64, Millis)],
+        failed: Vec<EventKind>,
         now: Millis,
     ) -> Result<()> {
-        if sent.is_empty() && retry.is_empty() {
+        if sent.is_empty() && retry.is_empty() && failed.is_empty() {
             return Ok(());
         }
         let tx = self.tx(TransactionBehavior::Immediate)?;
@@ -962,6 +971,7 @@ impl Store {
             }
         }
         prune::add_counter(&tx, "messages.sent", sent.len() as u64)?;
+        insert_events(&tx, now, failed, None)?;
         tx.commit()?;
         Ok(())
     }
@@ -989,13 +999,7 @@ impl Store {
         let n = tx
             .prepare_cached("DELETE FROM seen WHERE expires_at <= ?1")?
             .execute([now as i64])?;
-        if n > 0 {
-            tx.prepare_cached(
-                "INSERT INTO counters(name, value) VALUES ('seen.expired', ?1)
-                 ON CONFLICT(name) DO UPDATE SET value = value + ?1",
-            )?
-            .execute([n as i64])?;
-        }
+        prune::add_counter(&tx, "seen.expired", n as u64)?;
         tx.commit()?;
         Ok(n)
     }
@@ -1245,19 +1249,13 @@ impl Store {
             let rows = stmt.query_map([me.as_str()], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        let mut deleted = 0i64;
+        let mut deleted = 0u64;
         for node in &nodes {
             deleted += tx
                 .prepare_cached("DELETE FROM rotations WHERE node_id = ?1")?
-                .execute([node])? as i64;
+                .execute([node])? as u64;
         }
-        if deleted > 0 {
-            tx.prepare_cached(
-                "INSERT INTO counters(name, value) VALUES ('trust.rotations_pruned', ?1)
-                 ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-            )?
-            .execute([deleted])?;
-        }
+        prune::add_counter(&tx, "trust.rotations_pruned", deleted)?;
         tx.commit()?;
         nodes.iter().map(|n| NodeId::parse(n)).collect()
     }
@@ -1577,9 +1575,7 @@ impl Store {
                        (SELECT seq FROM webhook_queue WHERE url = ?1 ORDER BY seq DESC LIMIT ?2)",
                     )?
                     .execute(params![url, sql_u64(queue_max)])?;
-                for _ in 0..dropped {
-                    bump_counter(&tx, "alerts.webhook_dropped")?;
-                }
+                prune::add_counter(&tx, "alerts.webhook_dropped", dropped as u64)?;
             }
         }
         tx.commit()?;
@@ -2163,9 +2159,25 @@ mod tests {
         .unwrap();
         let due = s.outbox_due(now, 10).unwrap();
         assert_eq!(due.len(), 2);
-        s.outbox_settle(&[due[0].seq], &[(due[1].seq, now + 500)], now)
-            .unwrap();
+        let last = s.last_event_seq().unwrap();
+        let failed = EventKind::SendFailed {
+            message_id: due[1].message_id.clone(),
+            detail: "unreachable".into(),
+        };
+        s.outbox_settle(
+            &[due[0].seq],
+            &[(due[1].seq, now + 500)],
+            vec![failed.clone()],
+            now,
+        )
+        .unwrap();
         assert_eq!(s.outbox_pending().unwrap(), 1, "one sent, one to retry");
+        let events = s.events_after(last, 10).unwrap();
+        assert_eq!(
+            events.iter().map(|e| &e.kind).collect::<Vec<_>>(),
+            [&failed],
+            "the failed send's event, once"
+        );
         assert!(s.outbox_due(now, 10).unwrap().is_empty());
         let again = s.outbox_due(now + 500, 10).unwrap();
         assert_eq!(

@@ -653,9 +653,13 @@ struct State {
     known: HashSet<[u8; 32]>,
     stored_revocations: u64,
     /// The relaying node of each stranger's self-revocation added since start (see
-    /// [`Trust::add_relayed_revocation`]), and how many each one has.
+    /// [`Trust::add_relayed_revocation`]).
     relayed_by: HashMap<[u8; 32], NodeId>,
-    relayed_counts: HashMap<NodeId, u64>,
+    /// Those of each relaying node (its share), by id, with their targets.
+    relayed: HashMap<NodeId, HashMap<[u8; 32], NodeId>>,
+    /// The store's [`Store::generation`] when each relaying node's share was last checked
+    /// against the store (see [`Trust::add_relayed_revocation`]).
+    share_checked: HashMap<NodeId, (i64, u64)>,
 }
 
 impl State {
@@ -678,13 +682,19 @@ impl State {
     /// Forgets which node relayed the revocation `id`.
     fn unattribute(&mut self, id: &[u8; 32]) {
         if let Some(source) = self.relayed_by.remove(id)
-            && let Some(n) = self.relayed_counts.get_mut(&source)
+            && let Some(share) = self.relayed.get_mut(&source)
         {
-            *n -= 1;
-            if *n == 0 {
-                self.relayed_counts.remove(&source);
+            share.remove(id);
+            if share.is_empty() {
+                self.relayed.remove(&source);
+                self.share_checked.remove(&source);
             }
         }
+    }
+
+    /// How many strangers' self-revocations `source` relayed that are kept and counted.
+    fn share(&self, source: &NodeId) -> u64 {
+        self.relayed.get(source).map_or(0, |s| s.len() as u64)
     }
 
     fn node_revoked_at(&self, id: &NodeId, at: Millis) -> bool {
@@ -953,12 +963,15 @@ impl Trust {
     }
 
     /// [`Trust::add_revocation`] for a revocation relayed by `source` (the sender of a
-    /// `revocations` envelope). A node's own revocation of a *stranger* (not this node, not a
-    /// peer, no certificate) counts against `source`'s share: while `source` has
-    /// `trust.max_stranger_revocations_per_source` of them kept, more are not kept
-    /// ([`Relayed::OverShare`]). One relaying node can thus push out at most that many older
-    /// ones (the oldest go past `trust.max_stranger_revocations`). Attribution is kept in
-    /// memory: a restart starts every share afresh.
+    /// `revocations` envelope). A node's own revocation of a *stranger* (a node this node does
+    /// not know: [`Store::node_known`], the test [`Store::prune_trust`] makes) counts against
+    /// `source`'s share: while `source` has `trust.max_stranger_revocations_per_source` of them
+    /// kept, more are not kept ([`Relayed::OverShare`]). One relaying node can thus push out at
+    /// most that many older ones (the oldest go past `trust.max_stranger_revocations`). A full
+    /// share is checked against the store again before it refuses one (when the store changed
+    /// since the last check): a counted revocation whose target became known since (a peer, the
+    /// author of a stored message, a certificate holder), which pruning no longer evicts, leaves
+    /// the share. Attribution is kept in memory: a restart starts every share afresh.
     pub fn add_relayed_revocation(
         &self,
         bytes: &[u8],
@@ -976,32 +989,68 @@ impl Trust {
             return Ok(Ok(Relayed::Known));
         }
         let stranger = match (&r.issuer, &r.target) {
-            (Issuer::Node, RevocationTarget::Node(node)) => {
-                let certified = lock(&self.state).certificates.contains_key(node);
-                *node != self.me && !certified && store.peer(node)?.is_none()
-            }
+            (Issuer::Node, RevocationTarget::Node(node)) => !store.node_known(&self.me, node)?,
             _ => false,
         };
-        let share = lock(&self.state)
-            .relayed_counts
-            .get(source)
-            .copied()
-            .unwrap_or(0);
-        if stranger && share >= self.max_stranger_revocations_per_source {
+        if stranger && !self.share_has_room(source, store)? {
             return Ok(Ok(Relayed::OverShare));
         }
         Ok(match self.add_parsed_revocation(&r, store, now)? {
             Ok(true) => {
-                if stranger {
+                if let (true, RevocationTarget::Node(target)) = (stranger, &r.target) {
                     let mut st = lock(&self.state);
                     st.relayed_by.insert(id, source.clone());
-                    *st.relayed_counts.entry(source.clone()).or_default() += 1;
+                    st.relayed
+                        .entry(source.clone())
+                        .or_default()
+                        .insert(id, target.clone());
                 }
                 Ok(Relayed::New)
             }
             Ok(false) => Ok(Relayed::Known),
             Err(e) => Err(e),
         })
+    }
+
+    /// Whether `source`'s share of strangers' self-revocations has room for one more. A full
+    /// share is first checked against the store, once per change of the store
+    /// ([`Store::generation`]): the revocations whose targets became known leave it.
+    fn share_has_room(&self, source: &NodeId, store: &Store) -> Result<bool> {
+        let max = self.max_stranger_revocations_per_source;
+        let counted: Vec<([u8; 32], NodeId)> = {
+            let st = lock(&self.state);
+            let share = st.share(source);
+            if share < max {
+                return Ok(true);
+            }
+            if share == 0 {
+                // `trust.max_stranger_revocations_per_source = 0`: none is kept.
+                return Ok(false);
+            }
+            let generation = store.generation()?;
+            if st.share_checked.get(source) == Some(&generation) {
+                return Ok(false);
+            }
+            st.relayed.get(source).map_or_else(Vec::new, |share| {
+                share.iter().map(|(id, t)| (*id, t.clone())).collect()
+            })
+        };
+        let mut known = Vec::new();
+        for (id, target) in counted {
+            if store.node_known(&self.me, &target)? {
+                known.push(id);
+            }
+        }
+        let generation = store.generation()?;
+        let mut st = lock(&self.state);
+        for id in &known {
+            st.unattribute(id);
+        }
+        let room = st.share(source) < max;
+        if !room && st.relayed.contains_key(source) {
+            st.share_checked.insert(source.clone(), generation);
+        }
+        Ok(room)
     }
 
     /// How many revocations the store held when last looked at (0: none to send with hellos,
@@ -1488,6 +1537,87 @@ mod tests {
         assert_eq!(store.counters().unwrap()["trust.revocations_evicted"], 1);
         assert!(!revoked_nodes(&trust).contains(node(10).node_id()));
         assert_eq!(relay(&mallory, &own(12), &mut store, 7), Relayed::New);
+    }
+
+    /// Stores a message authored by `author` (a seed it publishes): it becomes a node this node
+    /// knows, though not a peer.
+    fn store_message_of(store: &mut Store, author: &NodeId, tag: u8) {
+        use crate::model::{Body, Seed, SeedId};
+        let id = SeedId::from_bytes([tag; 16]);
+        let seed = Seed {
+            id: id.clone(),
+            publisher: author.clone(),
+            command: "true".into(),
+            description: String::new(),
+            min_price: 1,
+            max_price: 10,
+            bid_window_secs: 1,
+            max_bids: 1,
+            timeout_secs: 10,
+            created_at: 1,
+            audience: Vec::new(),
+            network: false,
+            isolation: Default::default(),
+            rules: crate::model::rules::V1,
+            deadlines: None,
+            replication: None,
+        };
+        store
+            .commit_local(
+                author,
+                &id,
+                1,
+                |_| Ok(Body::SeedCreated(seed)),
+                |_, _| Ok(b"env".to_vec()),
+            )
+            .unwrap();
+    }
+
+    /// A relaying node's share counts the self-revocations of strangers exactly as pruning
+    /// does: those of authors of stored messages (never evicted) do not fill it, and one whose
+    /// target became known since (it authored a stored message) leaves it. Before, a source
+    /// that relayed the self-revocations of two message authors had its share of two full
+    /// until a restart, and a stranger's real revocation from it was refused (`OverShare`).
+    #[test]
+    fn revocations_of_known_authors_do_not_fill_a_relaying_nodes_share() {
+        let (_dir, mut store, _a, _me, trust) = node_2_trusting_anchor_1(TrustConfig {
+            max_stranger_revocations: 100,
+            max_stranger_revocations_per_source: 2,
+            ..TrustConfig::default()
+        });
+        let mallory = node(3).node_id().clone();
+        let relay = |r: &Revocation, store: &mut Store, at: Millis| {
+            trust
+                .add_relayed_revocation(r.to_bytes(), &mallory, store, at)
+                .unwrap()
+                .unwrap()
+        };
+        let own = |tag: u8| Revocation::by_node(&node(tag), 1, 1, [0; 32]).unwrap();
+        // Three authors of stored messages (not peers) revoke themselves; Mallory relays them.
+        for tag in [10, 11, 12] {
+            store_message_of(&mut store, node(tag).node_id(), tag);
+        }
+        for (t, tag) in [10, 11, 12].into_iter().enumerate() {
+            assert_eq!(
+                relay(&own(tag), &mut store, 1 + t as u64),
+                Relayed::New,
+                "{tag}"
+            );
+        }
+        // Pruning does not count them either: none is evicted.
+        trust.prune_revocations(&mut store, 5).unwrap();
+        assert_eq!(store.revocation_count().unwrap(), 3);
+        // Her share is whole: two strangers' revocations are kept, the third is not.
+        assert_eq!(relay(&own(20), &mut store, 6), Relayed::New);
+        assert_eq!(relay(&own(21), &mut store, 7), Relayed::New);
+        assert_eq!(relay(&own(22), &mut store, 8), Relayed::OverShare);
+        // A stranger becomes known (a message of its own is stored): its revocation leaves her
+        // share, and pruning keeps it whatever the total.
+        store_message_of(&mut store, node(20).node_id(), 20);
+        assert_eq!(relay(&own(22), &mut store, 9), Relayed::New);
+        assert_eq!(relay(&own(23), &mut store, 10), Relayed::OverShare);
+        trust.prune_revocations(&mut store, 11).unwrap();
+        assert_eq!(store.revocation_count().unwrap(), 6);
     }
 
     #[test]

@@ -611,3 +611,73 @@ async fn futures_digests(nodes: &[Node]) -> Vec<String> {
     }
     out
 }
+
+/// The `send_failed` events of a node whose sends fail, each message's own.
+async fn send_failures(node: &Node) -> Vec<crabnet_core::model::MessageId> {
+    let events = node.events_after(0, 10_000).await.unwrap();
+    events
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::SendFailed { message_id, .. } => Some(message_id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every message of an outbox batch whose send failed gets exactly one `send_failed` event,
+/// recorded with the batch's settlement: its row stays pending with its retry scheduled (a
+/// minute out), so a later drain does not send it, nor record its failure, again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failed_send_of_an_outbox_batch_is_one_event_and_its_retry_is_scheduled() {
+    use support::forge::Gated;
+    let (dir, hub) = dir_and_hub();
+    let mut c = config(dir.path(), "n");
+    c.network.retry_base_ms = 60_000;
+    c.network.retry_max_ms = 60_000;
+    let cut_off = Gated::new(hub.join("n"), |_| {
+        Err(crabnet_core::Error::new(
+            ErrorKind::Network,
+            "network unreachable (cut off by the test)",
+        ))
+    });
+    let node = Node::start_with_transport(c, Box::new(cut_off))
+        .await
+        .unwrap();
+    let wait_failures = |n: usize| {
+        let node = &node;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let failed = send_failures(node).await;
+                if failed.len() >= n {
+                    return failed;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} of {n} send failures",
+                    failed.len()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    for i in 0..3 {
+        node.publish(PublishRequest::new(format!("echo {i}")))
+            .await
+            .unwrap();
+    }
+    let failed = wait_failures(3).await;
+    // One more message: its drain must not send the first three again.
+    node.publish(PublishRequest::new("echo 3")).await.unwrap();
+    let failed_after = wait_failures(4).await;
+    assert_eq!(failed_after.len(), 4, "{failed_after:?}");
+    assert_eq!(failed_after[..3], failed[..]);
+    let mut distinct = failed_after.clone();
+    distinct.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "{failed_after:?}");
+    let o = node.overview().await.unwrap();
+    assert_eq!(o.outbox_pending, 4);
+    assert_eq!(o.counters.get("messages.sent"), None, "{:?}", o.counters);
+    node.stop().await.unwrap();
+}

@@ -92,7 +92,8 @@ impl Driven {
             let items = lock(&self.node.inner.store).outbox_due(now, OUTBOX_BATCH)?;
             let full = items.len() == OUTBOX_BATCH;
             let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
-            self.node.with_store(|s| s.outbox_settle(&seqs, &[], now))?;
+            self.node
+                .with_store(|s| s.outbox_settle(&seqs, &[], Vec::new(), now))?;
             frames.extend(items.into_iter().map(|i| i.envelope));
             if !full {
                 return Ok(frames);

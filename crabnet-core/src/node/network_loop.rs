@@ -326,7 +326,8 @@ impl Node {
         let _ = tokio::task::spawn_blocking(move || {
             node.with_store(|s| {
                 let now = node.now_ms();
-                // One transaction marks the whole batch (one fsync, not one per message).
+                // One transaction marks the whole batch and records its failures (one fsync, not one
+                // per message or failure).
                 let mut done = Vec::with_capacity(results.len());
                 let mut retry = Vec::new();
                 let mut failed = Vec::new();
@@ -347,10 +348,7 @@ impl Node {
                         }
                     }
                 }
-                s.outbox_settle(&done, &retry, now)?;
-                for kind in failed {
-                    s.record_event(now, kind)?;
-                }
+                s.outbox_settle(&done, &retry, failed, now)?;
                 if let Some(at) = s.outbox_next_attempt()? {
                     node.inner.timers.retry_at.fetch_min(at, Ordering::Relaxed);
                 }

@@ -477,7 +477,8 @@ impl Node {
     /// Holds a received envelope of `rejection.sender` (see [`ingress::HoldQueue`]), taking
     /// the transport's verdict channel; `own_source`: it came from the sender's own address.
     /// `Err` carries the verdict of an envelope that did not fit: rejected at once. Older held
-    /// frames it pushed out are rejected here, their verdict channels answered.
+    /// frames it pushed out are rejected here, their verdict channels answered
+    /// ([`Node::answer`]: after the commit of an open batch).
     fn hold(
         &self,
         bytes: &[u8],
@@ -495,14 +496,23 @@ impl Node {
         match self.inner.held.hold(&sender, frame, &self.inner.rejections) {
             Ok(evicted) => {
                 // The oldest frames of a full share made room: rejected now, with the reason
-                // they were held for.
+                // they were held for. Their verdicts leave as released frames' do (after the
+                // commit of an open batch), and each frame on its own: an error recording one
+                // rejection must not lose the others' verdicts (they already left the queue).
                 for old in evicted {
-                    let acceptance = self.record_rejection(old.rejection).map_err(Err)?;
+                    let reason = old.rejection.reason;
+                    let acceptance = self.record_rejection(old.rejection).unwrap_or_else(|e| {
+                        tracing::warn!("cannot record the rejection of an evicted frame: {e}");
+                        verdict(reason)
+                    });
                     if let Some(old_ack) = old.ack {
-                        let _ = old_ack.send(Handled {
-                            acceptance,
-                            replies: Vec::new(),
-                        });
+                        self.answer(
+                            old_ack,
+                            Handled {
+                                acceptance,
+                                replies: Vec::new(),
+                            },
+                        );
                     }
                 }
                 Ok(())
@@ -772,3 +782,103 @@ pub(super) const RECENT_FRAMES: usize = 65_536;
 
 /// Sync requesters whose credit is tracked at once.
 pub(super) const SYNC_REQUESTERS: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Node, lock};
+    use crate::config::Config;
+    use crate::envelope::{self, Header, Kind, MAX_ENVELOPE_BYTES};
+    use crate::identity::Identity;
+    use crate::ingress::{HOLD_MAX_PER_SENDER, Source};
+    use crate::model::{MessageId, MessageKind};
+    use crate::network::{Acceptance, MemoryHub};
+
+    /// A signed seed envelope of `id` (its payload does not matter: it is held unread).
+    fn envelope_of(id: &Identity, n: usize) -> Vec<u8> {
+        let mut message_id = [0u8; 16];
+        message_id[..8].copy_from_slice(&(n as u64 + 1).to_be_bytes());
+        let header = Header {
+            kind: Kind::Domain(MessageKind::SeedCreated),
+            sealed: false,
+            sender: id.node_id().clone(),
+            message_id: MessageId::from_bytes(message_id),
+            timestamp: crate::clock::now_ms(),
+            ttl_secs: 60,
+            lamport: 1,
+        };
+        envelope::build(
+            id,
+            &header,
+            b"not read",
+            &[],
+            MAX_ENVELOPE_BYTES,
+            &mut envelope::os_rng,
+        )
+        .unwrap()
+    }
+
+    /// Envelopes of a sender whose hello has not come are held; the oldest, pushed out when its
+    /// share is full, are rejected. Inside a receive batch their verdicts leave with the
+    /// batch's commit, as those of released frames do: none before it (a transport must not
+    /// act on the verdicts of a batch that may still roll back), each exactly once after.
+    /// Before, the frames pushed out were answered at once, inside the batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verdicts_of_frames_pushed_out_of_the_hold_leave_with_their_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::with_data_dir(dir.path().join("n"));
+        c.events.log_enabled = false;
+        let hub = MemoryHub::new();
+        let node = Node::start_with_transport(c, Box::new(hub.join("n")))
+            .await
+            .unwrap();
+        let stranger = Identity::from_tag(9, 1);
+        let frames: Vec<Vec<u8>> = (0..HOLD_MAX_PER_SENDER + 3)
+            .map(|i| envelope_of(&stranger, i))
+            .collect();
+        let n = node.clone();
+        let (early, deferred, mut receivers) = tokio::task::spawn_blocking(move || {
+            let source = Source {
+                from: "memory:stranger".into(),
+                verified: false,
+            };
+            let batch = n.inner.store.begin_batch().unwrap();
+            let mut receivers = Vec::new();
+            for f in &frames {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let mut ack = Some(tx);
+                let handled = n
+                    .receive_frame(f, &source, MAX_ENVELOPE_BYTES, &mut ack)
+                    .unwrap();
+                assert_eq!(handled.acceptance, Acceptance::Ignore);
+                assert!(ack.is_none(), "the frame is held with its verdict channel");
+                receivers.push(rx);
+            }
+            let early = receivers
+                .iter_mut()
+                .filter_map(|rx| rx.try_recv().ok())
+                .count();
+            let deferred = lock(&n.inner.deferred_acks).len();
+            batch.end(true).unwrap();
+            // As a receive batch does once it committed.
+            for (ack, handled) in std::mem::take(&mut *lock(&n.inner.deferred_acks)) {
+                let _ = ack.send(handled);
+            }
+            (early, deferred, receivers)
+        })
+        .await
+        .unwrap();
+        assert_eq!(early, 0, "verdicts answered before the batch committed");
+        assert!(deferred > 0, "no frame was pushed out of the hold");
+        // The oldest frames were pushed out: each has its verdict now, the others are held.
+        for (i, rx) in receivers.iter_mut().enumerate() {
+            match rx.try_recv() {
+                Ok(handled) => {
+                    assert!(i < deferred, "frame {i} answered, not pushed out");
+                    assert_eq!(handled.acceptance, Acceptance::Ignore);
+                }
+                Err(_) => assert!(i >= deferred, "pushed-out frame {i} got no verdict"),
+            }
+        }
+        node.stop().await.unwrap();
+    }
+}

@@ -59,13 +59,37 @@ pub(super) fn is_pruned(conn: &Connection, seed: &SeedId) -> Result<bool> {
     )?)
 }
 
+/// SQL that holds when the node whose id (lowercase hex) the SQL expression `$id` gives is one
+/// this node knows: `?1` (this node), a peer, the author of a stored message or the holder of a
+/// stored certificate. Each lookup is a search in a primary key or in `messages_by_sender`.
+/// The one definition of a known node: [`REVOCATION_KNOWN`] and [`Store::node_known`].
+macro_rules! node_known {
+    ($id:literal) => {
+        concat!(
+            "(",
+            $id,
+            " = ?1
+    OR EXISTS (SELECT 1 FROM peers WHERE peers.node_id = ",
+            $id,
+            ")
+    OR EXISTS (SELECT 1 FROM messages WHERE messages.sender = ",
+            $id,
+            ")
+    OR EXISTS (SELECT 1 FROM certificates WHERE certificates.node_id = ",
+            $id,
+            "))"
+        )
+    };
+}
+
+/// Adds `n` to the counter `name` (nothing when `n` is 0), in the caller's transaction.
 pub(super) fn add_counter(tx: &Connection, name: &str, n: u64) -> Result<()> {
     if n > 0 {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO counters(name, value) VALUES (?1, ?2)
              ON CONFLICT(name) DO UPDATE SET value = value + ?2",
-            params![name, n.min(i64::MAX as u64) as i64],
-        )?;
+        )?
+        .execute(params![name, n.min(i64::MAX as u64) as i64])?;
     }
     Ok(())
 }
@@ -564,14 +588,24 @@ mod tests {
             format!("SELECT body FROM revocations WHERE {REVOCATION_KNOWN}"),
             format!("SELECT id FROM revocations WHERE NOT {REVOCATION_KNOWN}"),
             ROTATIONS_OF_STRANGERS.to_owned(),
+            // The target of a relayed revocation (`?2`).
+            format!("SELECT {}", node_known!("?2")),
         ];
         for sql in queries {
             let mut stmt = s
                 .conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .unwrap();
+            let me = me();
+            let params: Vec<&str> = if sql.contains("?2") {
+                vec![me.as_str(), me.as_str()]
+            } else {
+                vec![me.as_str()]
+            };
             let plan: Vec<String> = stmt
-                .query_map([me().as_str()], |r| r.get::<_, String>(3))
+                .query_map(rusqlite::params_from_iter(params), |r| {
+                    r.get::<_, String>(3)
+                })
                 .unwrap()
                 .collect::<rusqlite::Result<_>>()
                 .unwrap();
@@ -584,18 +618,14 @@ mod tests {
 }
 
 /// Whether a stored revocation (`body`) concerns a node this node knows: issued by a trust
-/// anchor, or a node's own revocation of `?1` (this node), a peer, the author of a stored
-/// message or the holder of a stored certificate. Byte 1 of a revocation is its issuer (0: an
-/// anchor), bytes 1347..1379 its target (docs/PROTOCOL.md section 2f); SQL counts from 1.
-/// Each lookup is a search in a primary key or in `messages_by_sender`.
-const REVOCATION_KNOWN: &str = "(substr(revocations.body, 2, 1) = x'00'
-    OR lower(hex(substr(revocations.body, 1348, 32))) = ?1
-    OR EXISTS (SELECT 1 FROM peers
-        WHERE peers.node_id = lower(hex(substr(revocations.body, 1348, 32))))
-    OR EXISTS (SELECT 1 FROM messages
-        WHERE messages.sender = lower(hex(substr(revocations.body, 1348, 32))))
-    OR EXISTS (SELECT 1 FROM certificates
-        WHERE certificates.node_id = lower(hex(substr(revocations.body, 1348, 32)))))";
+/// anchor, or a node's own revocation of a node it knows ([`node_known`]). Byte 1 of a
+/// revocation is its issuer (0: an anchor), bytes 1347..1379 its target (docs/PROTOCOL.md
+/// section 2f); SQL counts from 1.
+const REVOCATION_KNOWN: &str = concat!(
+    "(substr(revocations.body, 2, 1) = x'00' OR ",
+    node_known!("lower(hex(substr(revocations.body, 1348, 32)))"),
+    ")"
+);
 
 /// What one [`Store::prune_trust`] removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -607,6 +637,16 @@ pub struct TrustPruned {
 }
 
 impl Store {
+    /// Whether `node` is one this node (`me`) knows: itself, a peer, the author of a stored
+    /// message or the holder of a stored certificate. A node's own revocation of a node it
+    /// does not know is a stranger's, which [`Store::prune_trust`] caps.
+    pub fn node_known(&self, me: &NodeId, node: &NodeId) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(concat!("SELECT ", node_known!("?2")))?
+            .query_row([me.as_str(), node.as_str()], |r| r.get(0))?)
+    }
+
     /// The revocations sent after hellos (oldest first): those that concern a node this node
     /// knows ([`REVOCATION_KNOWN`]), not the self-revocations of strangers.
     pub fn revocations_to_send(&self, me: &NodeId) -> Result<Vec<Vec<u8>>> {
