@@ -79,17 +79,17 @@ fn annotate(py: Python<'_>, exc: &PyErr, err: &Error) -> PyResult<()> {
     let value = exc.value(py);
     value.setattr("kind", err.kind().as_str())?;
     if let Some(violation) = err.violation() {
-        let json = serde_json::to_string(violation)
-            .map_err(|e| InternalError::new_err(format!("cannot encode violation: {e}")))?;
+        let fields = pythonize::pythonize(py, violation)
+            .map_err(|e| InternalError::new_err(format!("cannot convert a violation: {e}")))?;
         let build = VIOLATION.get_or_try_init(py, || {
             Ok::<_, PyErr>(
                 py.import("crabnet._model")?
                     .getattr("Violation")?
-                    .getattr("_from_json_text")?
+                    .getattr("_from_json")?
                     .unbind(),
             )
         })?;
-        value.setattr("violation", build.call1(py, (json,))?)?;
+        value.setattr("violation", build.call1(py, (fields,))?)?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod errors;
 mod hub;
 mod logs;
 mod node;
+mod request;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

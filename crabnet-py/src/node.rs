@@ -1,6 +1,7 @@
-//! `NativeNode` and `NativeSubscription`: thin wrappers over [`BlockingNode`] that exchange the
-//! core's serde JSON with the pure-Python layer (`crabnet/_node.py`), which turns it into typed
-//! objects. Every call that may wait releases the GIL; waits that may last (event streams,
+//! `NativeNode` and `NativeSubscription`: thin wrappers over [`BlockingNode`] that hand the
+//! pure-Python layer (`crabnet/_node.py`) the core's values as the Python objects their serde
+//! JSON would decode to (dicts, lists, strings, ints; built directly, without JSON text), which
+//! it turns into typed objects. The arguments are checked here (`crate::request`). Every call that may wait releases the GIL; waits that may last (event streams,
 //! `run`) wake up every [`SLICE`] to let Python handle signals such as Ctrl-C.
 
 use std::cell::Cell;
@@ -10,14 +11,13 @@ use std::time::{Duration, Instant};
 
 use crabnet_core::embed::{BlockingSubscription, ListenerId, NetworkSpec};
 use crabnet_core::network::{DhtConfig, UdpConfig};
-use crabnet_core::{
-    BlockingNode, BlockingWebHandle, Config, Event, PublishRequest, SeedId, SeedStatus,
-};
+use crabnet_core::{BlockingNode, BlockingWebHandle, Config, Event, SeedId, SeedStatus};
 use pyo3::prelude::*;
 use serde::Serialize;
 
 use crate::errors::{IntoPyResult, internal, stopped, validation};
 use crate::hub::MemoryHub;
+use crate::request::{PublishArgs, seconds, text, uint};
 
 /// How often a blocking wait checks for Python signals (Ctrl-C).
 pub const SLICE: Duration = Duration::from_millis(50);
@@ -40,6 +40,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> PyResult<String> {
     serde_json::to_string(value).map_err(|e| internal(format!("cannot encode a value: {e}")))
+}
+
+/// A value of the core as the Python objects its serde JSON decodes to (`json.loads`): structs
+/// and maps as dicts, sequences as lists, unit enum variants as their names.
+pub(crate) fn to_py<T: Serialize>(py: Python<'_>, value: &T) -> PyResult<Py<PyAny>> {
+    pythonize::pythonize(py, value)
+        .map(Bound::unbind)
+        .map_err(|e| internal(format!("cannot convert a value: {e}")))
 }
 
 /// Parses an optional wait in seconds: `None` waits forever.
@@ -109,17 +117,20 @@ impl NativeNode {
             .ok_or_else(|| stopped("the node has been stopped"))
     }
 
-    /// Runs `f` on the node with the GIL released; returns its value as JSON.
+    /// Runs `f` on the node with the GIL released; returns its value (see [`to_py`]).
     fn call<T: Serialize + Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&BlockingNode) -> crabnet_core::Result<T> + Send,
-    ) -> PyResult<String> {
+    ) -> PyResult<Py<PyAny>> {
         let node = self.get()?;
-        let out = py.detach(|| f(&node));
-        // Dropping the last handle (after a concurrent stop) must not hold the GIL either.
-        py.detach(move || drop(node));
-        to_json(&out.py(py)?)
+        let out = py.detach(move || {
+            let out = f(&node);
+            // Dropping the last handle (after a concurrent stop) must not hold the GIL either.
+            drop(node);
+            out
+        });
+        to_py(py, &out.py(py)?)
     }
 }
 
@@ -220,55 +231,110 @@ impl NativeNode {
         .py(py)
     }
 
-    /// Publishes a seed; `request_json` is the core `PublishRequest` (missing keys: defaults).
-    fn publish(&self, py: Python<'_>, request_json: &str) -> PyResult<String> {
-        let req: PublishRequest = serde_json::from_str(request_json)
-            .map_err(|e| validation(format!("invalid publish request: {}", serde_message(&e))))?;
+    /// Publishes a seed: the arguments of `Node.publish` in its order, `private_to` as node
+    /// ids; `None` takes the core's default. Checked by [`PublishArgs::request`].
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (
+        command, description, min_price, max_price, bid_window_secs, max_bids, timeout_secs,
+        private_to, network, isolation, claim_secs, result_grace_secs, settle_secs, replicas,
+        quorum, max_replicas, hash_stdout
+    ))]
+    fn publish<'py>(
+        &self,
+        py: Python<'py>,
+        command: &Bound<'py, PyAny>,
+        description: Option<&Bound<'py, PyAny>>,
+        min_price: Option<&Bound<'py, PyAny>>,
+        max_price: Option<&Bound<'py, PyAny>>,
+        bid_window_secs: Option<&Bound<'py, PyAny>>,
+        max_bids: Option<&Bound<'py, PyAny>>,
+        timeout_secs: Option<&Bound<'py, PyAny>>,
+        private_to: Vec<String>,
+        network: &Bound<'py, PyAny>,
+        isolation: &Bound<'py, PyAny>,
+        claim_secs: Option<&Bound<'py, PyAny>>,
+        result_grace_secs: Option<&Bound<'py, PyAny>>,
+        settle_secs: Option<&Bound<'py, PyAny>>,
+        replicas: &Bound<'py, PyAny>,
+        quorum: Option<&Bound<'py, PyAny>>,
+        max_replicas: Option<&Bound<'py, PyAny>>,
+        hash_stdout: &Bound<'py, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let req = PublishArgs {
+            command,
+            description,
+            min_price,
+            max_price,
+            bid_window_secs,
+            max_bids,
+            timeout_secs,
+            private_to,
+            network,
+            isolation,
+            claim_secs,
+            result_grace_secs,
+            settle_secs,
+            replicas,
+            quorum,
+            max_replicas,
+            hash_stdout,
+        }
+        .request()?;
         self.call(py, move |n| n.publish(req))
     }
 
-    fn bid(&self, py: Python<'_>, seed: &str, price: u64) -> PyResult<String> {
+    fn bid(&self, py: Python<'_>, seed: &str, price: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let price = uint("price", price, 64)?;
         let id = seed_id(seed)?;
         self.call(py, move |n| n.bid(&id, price))
     }
 
-    fn claim(&self, py: Python<'_>, seed: &str) -> PyResult<String> {
+    fn claim(&self, py: Python<'_>, seed: &str) -> PyResult<Py<PyAny>> {
         let id = seed_id(seed)?;
         self.call(py, move |n| n.claim(&id))
     }
 
     /// Runs a claimed seed's command; Ctrl-C interrupts the wait only (the run goes on until
     /// the node stops, which kills it and records its result as interrupted).
-    fn run(&self, py: Python<'_>, seed: &str) -> PyResult<String> {
+    fn run(&self, py: Python<'_>, seed: &str) -> PyResult<Py<PyAny>> {
         let id = seed_id(seed)?;
         let node = self.get()?;
         let out = wait_interruptibly(py, "crabnet-run", move || node.run(&id))?;
-        to_json(&out.py(py)?)
+        to_py(py, &out.py(py)?)
     }
 
+    /// Settles a seed: `accept` is taken for its truth value, `note` must be a `str`.
     #[pyo3(signature = (seed, accept, note))]
-    fn settle(&self, py: Python<'_>, seed: &str, accept: bool, note: &str) -> PyResult<String> {
+    fn settle(
+        &self,
+        py: Python<'_>,
+        seed: &str,
+        accept: &Bound<'_, PyAny>,
+        note: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let note = text("note", note, "a str")?;
+        let accept = accept.is_truthy()?;
         let id = seed_id(seed)?;
-        self.call(py, move |n| n.settle(&id, accept, note))
+        self.call(py, move |n| n.settle(&id, accept, &note))
     }
 
-    fn cancel(&self, py: Python<'_>, seed: &str) -> PyResult<String> {
+    fn cancel(&self, py: Python<'_>, seed: &str) -> PyResult<Py<PyAny>> {
         let id = seed_id(seed)?;
         self.call(py, move |n| n.cancel(&id))
     }
 
-    fn reassign(&self, py: Python<'_>, seed: &str) -> PyResult<String> {
+    fn reassign(&self, py: Python<'_>, seed: &str) -> PyResult<Py<PyAny>> {
         let id = seed_id(seed)?;
         self.call(py, move |n| n.reassign(&id))
     }
 
-    fn seed(&self, py: Python<'_>, seed: &str) -> PyResult<String> {
+    fn seed(&self, py: Python<'_>, seed: &str) -> PyResult<Py<PyAny>> {
         let id = seed_id(seed)?;
         self.call(py, move |n| n.seed(&id))
     }
 
     #[pyo3(signature = (status=None))]
-    fn seeds(&self, py: Python<'_>, status: Option<&str>) -> PyResult<String> {
+    fn seeds(&self, py: Python<'_>, status: Option<&str>) -> PyResult<Py<PyAny>> {
         let status = status
             .map(|s| {
                 SeedStatus::parse(s).ok_or_else(|| {
@@ -283,23 +349,32 @@ impl NativeNode {
         self.call(py, move |n| n.seeds(status))
     }
 
-    fn overview(&self, py: Python<'_>) -> PyResult<String> {
+    fn overview(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.call(py, |n| n.overview())
     }
 
-    /// Rotates the node's keys; returns the core's `RotationInfo` as JSON.
-    fn rotate_keys(&self, py: Python<'_>) -> PyResult<String> {
+    /// Rotates the node's keys; returns the core's `RotationInfo`.
+    fn rotate_keys(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.call(py, |n| n.rotate_keys())
     }
 
-    /// The peers whose hellos this node verified, as JSON (a list of the core's `PeerInfo`).
-    fn peers(&self, py: Python<'_>) -> PyResult<String> {
+    /// The peers whose hellos this node verified (a list of the core's `PeerInfo`).
+    fn peers(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.call(py, |n| n.peers())
     }
 
-    /// Waits until at least `count` peers are known, for at most `timeout` seconds (the
-    /// core's `NetworkError` after that); returns them as JSON. Ctrl-C interrupts the wait.
-    fn wait_for_peers(&self, py: Python<'_>, count: usize, timeout: f64) -> PyResult<String> {
+    /// Waits until at least `count` peers are known, for at most `timeout` seconds (an int or
+    /// a float; the core's `NetworkError` after that); returns them. Ctrl-C interrupts the
+    /// wait.
+    fn wait_for_peers(
+        &self,
+        py: Python<'_>,
+        count: &Bound<'_, PyAny>,
+        timeout: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let timeout = seconds("timeout", timeout)?;
+        let count = uint("count", count, 64)?;
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
         let timeout = parse_timeout(Some(timeout))?.unwrap_or(Duration::ZERO);
         if timeout > MAX_PEER_WAIT {
             return Err(validation(format!(
@@ -311,10 +386,17 @@ impl NativeNode {
         let out = wait_interruptibly(py, "crabnet-peers", move || {
             node.wait_for_peers(count, timeout)
         })?;
-        to_json(&out.py(py)?)
+        to_py(py, &out.py(py)?)
     }
 
-    fn events_after(&self, py: Python<'_>, after: u64, limit: usize) -> PyResult<String> {
+    fn events_after(
+        &self,
+        py: Python<'_>,
+        after: &Bound<'_, PyAny>,
+        limit: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let after = uint("seq", after, 64)?;
+        let limit = usize::try_from(uint("limit", limit, 64)?).unwrap_or(usize::MAX);
         self.call(py, move |n| n.events_after(after, limit))
     }
 
@@ -343,7 +425,8 @@ impl NativeNode {
         })
     }
 
-    /// Calls `callback(convert(event_json))` for every event from now on, on the node's events
+    /// Calls `callback(convert(event))` for every event from now on (see [`to_py`]), on the
+    /// node's events
     /// thread (with the GIL). An exception from either is reported through
     /// `sys.unraisablehook` (with `callback` as the object) and delivery goes on.
     fn add_listener(
@@ -354,15 +437,11 @@ impl NativeNode {
     ) -> PyResult<u64> {
         let node = self.get()?;
         let listener = Arc::new(move |event: &Event| {
-            let json = serde_json::to_string(event);
             Python::attach(|py| {
                 IN_CALLBACK.with(|c| c.set(true));
-                let delivered = match &json {
-                    Ok(json) => convert
-                        .call1(py, (json.as_str(),))
-                        .and_then(|event| callback.call1(py, (event,))),
-                    Err(e) => Err(internal(format!("cannot encode an event: {e}"))),
-                };
+                let delivered = to_py(py, event)
+                    .and_then(|event| convert.call1(py, (event,)))
+                    .and_then(|event| callback.call1(py, (event,)));
                 IN_CALLBACK.with(|c| c.set(false));
                 if let Err(err) = delivered {
                     err.write_unraisable(py, Some(callback.bind(py)));
@@ -433,11 +512,11 @@ pub struct NativeSubscription {
 
 #[pymethods]
 impl NativeSubscription {
-    /// The next event as JSON, waiting up to `timeout` seconds (`None`: no limit); `None` on
+    /// The next event (see [`to_py`]), waiting up to `timeout` seconds (`None`: no limit); `None` on
     /// timeout. Raises `StoppedError` once the node is stopped and every event was read (the
     /// subscription then releases the node's resources). Ctrl-C interrupts the wait.
     #[pyo3(signature = (timeout=None))]
-    fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<String>> {
+    fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
         let timeout = parse_timeout(timeout)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -462,7 +541,7 @@ impl NativeSubscription {
                 got
             });
             match got.py(py)? {
-                Some(event) => return Ok(Some(to_json(&event)?)),
+                Some(event) => return Ok(Some(to_py(py, &event)?)),
                 None if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
                 None => py.check_signals()?,
             }

@@ -1,4 +1,5 @@
-"""Typed, frozen domain objects built from the core's JSON.
+"""Typed, frozen domain objects built from the core's JSON (as decoded: the native module
+hands over the dicts, lists, strings and ints ``json.loads`` would give, without JSON text).
 
 Every class mirrors one serde type of ``crabnet-core`` field by field (same names, same
 meaning), so the conversion is mechanical: :meth:`_Record._from_json` reads the dataclass
@@ -15,7 +16,6 @@ for the fields that may be null. After a change in the core, regenerate the sche
 from __future__ import annotations
 
 import functools
-import json
 import typing
 import warnings
 from dataclasses import MISSING, dataclass, field, fields
@@ -422,7 +422,10 @@ def _converter(tp: Any) -> Callable[[Any], Any]:
     if isinstance(tp, type) and issubclass(tp, _Record):
         return tp._from_json
     if isinstance(tp, type) and issubclass(tp, Enum):
-        return tp
+        # The members by value, looked up directly (calling the class costs more than the
+        # rest of a small record); other values raise as `tp(value)` does.
+        members = tp._value2member_map_
+        return lambda v: members[v] if v in members else tp(v)
     return _same
 
 
@@ -442,10 +445,6 @@ class Violation(_Record):
     def _from_fields(cls, data: Mapping[str, Any]) -> Violation:
         rest = {k: v for k, v in data.items() if k != "rule"}
         return cls(rule=str(data["rule"]), details=MappingProxyType(rest))
-
-    @classmethod
-    def _from_json_text(cls, text: str) -> Violation:
-        return cls._from_json(json.loads(text))
 
 
 @dataclass(frozen=True, repr=False)
@@ -797,10 +796,6 @@ class Event(_Record):
                 fields=MappingProxyType(rest),
             )
         return event_class._from_fields(rest)
-
-    @classmethod
-    def _from_json_text(cls, text: str) -> Event:
-        return cls._from_json(json.loads(text))
 
 
 @dataclass(frozen=True, repr=False)

@@ -58,8 +58,6 @@ NodeRef = Union[str, PeerInfo, "Node"]
 
 ConfigSource = Union[Mapping[str, Any], str, "os.PathLike[str]", None]
 
-_U64 = 2**64
-_U32 = 2**32
 _TRANSPORTS = ("offline", "memory", "udp", "dht")
 
 # Nodes still running at interpreter exit are stopped while threads can still run Python code,
@@ -126,22 +124,15 @@ def _strings(name: str, values: Iterable[str]) -> List[str]:
     return out
 
 
-def _uint(name: str, value: object, limit: int = _U64) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not 0 <= value < limit:
-        raise ValidationError(f"{name} must be between 0 and {limit - 1}, got {value}")
-    return value
-
-
 def _json_value(value: object) -> str:
     if isinstance(value, os.PathLike):
         return os.fspath(value)  # type: ignore[no-any-return]
     raise TypeError(f"configuration values must be JSON-like or paths, got {value!r}")
 
 
-def _view(text: str) -> SeedView:
-    return SeedView._from_json(json.loads(text))
+# The native node checks the arguments of the operations (types, ranges) and returns the core's
+# values as the objects their JSON decodes to (dicts, lists, ...); the records are built here.
+_view = SeedView._from_json
 
 
 _Self = TypeVar("_Self", bound="_WithBlock")
@@ -439,61 +430,29 @@ class Node(_WithBlock):
         ``max_replicas`` (default ``replicas``), or ends the seed ``inconclusive``.
         ``hash_stdout=True`` hashes stdout alone. Each runner's result and standing is in
         :attr:`SeedView.replicas`."""
-        if not isinstance(command, str):
-            raise TypeError(f"command must be a str, got {type(command).__name__}")
-        request: Dict[str, Any] = {"command": command}
-        if description is not None:
-            if not isinstance(description, str):
-                raise TypeError(f"description must be a str, got {type(description).__name__}")
-            request["description"] = description
-        for key, value, limit in (
-            ("min_price", min_price, _U64),
-            ("max_price", max_price, _U64),
-            ("bid_window_secs", bid_window_secs, _U64),
-            ("max_bids", max_bids, _U32),
-            ("timeout_secs", timeout_secs, _U64),
-        ):
-            if value is not None:
-                request[key] = _uint(key, value, limit)
         if isinstance(private_to, (str, PeerInfo, Node)):
             raise TypeError("private_to must be a sequence of nodes, not one node")
-        audience = [_node_id(n) for n in private_to]
-        if audience:
-            request["private_to"] = audience
-        if not isinstance(network, bool):
-            raise TypeError(f"network must be a bool, got {type(network).__name__}")
-        request["network"] = network
-        if not isinstance(isolation, str):
-            raise TypeError(
-                f"isolation must be a SandboxLevel or str, got {type(isolation).__name__}"
+        return _view(
+            self._node().publish(
+                command,
+                description,
+                min_price,
+                max_price,
+                bid_window_secs,
+                max_bids,
+                timeout_secs,
+                [_node_id(n) for n in private_to],
+                network,
+                isolation,
+                claim_window_secs,
+                result_grace_secs,
+                settle_window_secs,
+                replicas,
+                quorum,
+                max_replicas,
+                hash_stdout,
             )
-        # The core checks the name ("none", "partial" or "full").
-        request["isolation"] = str(isolation)
-        deadlines: Dict[str, int] = {}
-        for key, value in (
-            ("claim_secs", claim_window_secs),
-            ("result_grace_secs", result_grace_secs),
-            ("settle_secs", settle_window_secs),
-        ):
-            if value is not None:
-                deadlines[key] = _uint(key, value, _U64)
-        if deadlines:
-            request["deadlines"] = deadlines
-        replicas = _uint("replicas", replicas, _U32)
-        if not isinstance(hash_stdout, bool):
-            raise TypeError(f"hash_stdout must be a bool, got {type(hash_stdout).__name__}")
-        if replicas > 1 or quorum is not None or max_replicas is not None or hash_stdout:
-            replication: Dict[str, Any] = {
-                "replicas": replicas,
-                "quorum": replicas // 2 + 1 if quorum is None else _uint("quorum", quorum, _U32),
-                "max_replicas": replicas
-                if max_replicas is None
-                else _uint("max_replicas", max_replicas, _U32),
-            }
-            if hash_stdout:
-                replication["hash"] = "stdout"
-            request["replication"] = replication
-        return _view(self._node().publish(json.dumps(request)))
+        )
 
     def bid(self, seed: SeedRef, price: int) -> SeedView:
         """Bids ``price`` on a seed (within its price range, while bidding is open).
@@ -501,7 +460,7 @@ class Node(_WithBlock):
         Raises ``RunnerError`` when this node's runner policy cannot serve the seed (it asks for
         network access and ``runner.allow_network`` is off, it needs a weaker sandbox than this
         node builds, or ``runner.sandbox = "required"`` and the kernel lacks a feature)."""
-        return _view(self._node().bid(_seed_id(seed), _uint("price", price)))
+        return _view(self._node().bid(_seed_id(seed), price))
 
     def claim(self, seed: SeedRef) -> SeedView:
         """Claims a seed this node won."""
@@ -528,9 +487,7 @@ class Node(_WithBlock):
     def settle(self, seed: SeedRef, accept: bool = True, note: str = "") -> SeedView:
         """Settles a completed seed this node published: accept (the winning price is due) or
         reject (``accept=False``)."""
-        if not isinstance(note, str):
-            raise TypeError(f"note must be a str, got {type(note).__name__}")
-        return _view(self._node().settle(_seed_id(seed), bool(accept), note))
+        return _view(self._node().settle(_seed_id(seed), accept, note))
 
     def cancel(self, seed: SeedRef) -> SeedView:
         """Cancels a seed this node published: while bidding is open, or once the winner let
@@ -550,36 +507,32 @@ class Node(_WithBlock):
     def seeds(self, status: Optional[Union[SeedStatus, str]] = None) -> List[SeedView]:
         """The seeds known here, newest first, optionally only those with ``status``."""
         wanted = status.value if isinstance(status, SeedStatus) else status
-        return [SeedView._from_json(v) for v in json.loads(self._node().seeds(wanted))]
+        return [_view(v) for v in self._node().seeds(wanted)]
 
     def overview(self) -> Overview:
         """A summary: seed counts, outbox, message counters, state digest, peer count,
         transport addresses and the task sandbox this node builds."""
-        return Overview._from_json(json.loads(self._node().overview()))
+        return Overview._from_json(self._node().overview())
 
     def rotate_keys(self) -> KeyRotation:
         """Rotates this node's keys: new signing and encryption keys for the next key epoch,
         announced to peers by a statement signed with the current keys. The node id stays
         the same; peers accept the old keys for ``trust.rotation_grace_secs`` after
         ``rotated_at``."""
-        return KeyRotation._from_json(json.loads(self._node().rotate_keys()))
+        return KeyRotation._from_json(self._node().rotate_keys())
 
     def peers(self) -> List[PeerInfo]:
         """The nodes whose hello this node verified (it accepts messages only from them)."""
-        return [PeerInfo._from_json(p) for p in json.loads(self._node().peers())]
+        return [PeerInfo._from_json(p) for p in self._node().peers()]
 
     def wait_for_peers(self, count: int, timeout: float = 30.0) -> List[PeerInfo]:
         """Waits until at least ``count`` peers are known (their hellos arrived) and returns
         them. Raises ``NetworkError`` after ``timeout`` seconds; Ctrl-C interrupts the wait."""
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
-        raw = self._node().wait_for_peers(_uint("count", count), float(timeout))
-        return [PeerInfo._from_json(p) for p in json.loads(raw)]
+        return [PeerInfo._from_json(p) for p in self._node().wait_for_peers(count, timeout)]
 
     def events_after(self, seq: int = 0, limit: int = 1000) -> List[Event]:
         """Logged events with a sequence number above ``seq``, oldest first (at most ``limit``)."""
-        raw = self._node().events_after(_uint("seq", seq), _uint("limit", limit))
-        return [Event._from_json(e) for e in json.loads(raw)]
+        return [Event._from_json(e) for e in self._node().events_after(seq, limit)]
 
     def serve_web(self, bind: str = "127.0.0.1:0", token: Optional[str] = None) -> WebServer:
         """Serves the monitoring API and dashboard of this node (the server ``crabnet listen``
@@ -617,7 +570,7 @@ class Node(_WithBlock):
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         native = self._node()
-        listener_id = native.add_listener(callback, Event._from_json_text)
+        listener_id = native.add_listener(callback, Event._from_json)
         return EventListener(native, listener_id, callback)
 
 
@@ -662,7 +615,7 @@ class EventStream(_Closing):
         self._sub = subscription
         self._closer = subscription
         self._timeout = timeout
-        self._pending: Optional[asyncio.Future[Optional[str]]] = None
+        self._pending: Optional[asyncio.Future[Optional[Dict[str, Any]]]] = None
 
     @property
     def timeout(self) -> Optional[float]:
@@ -673,7 +626,7 @@ class EventStream(_Closing):
         """The next event, waiting up to ``timeout`` seconds (``None``: no limit); ``None`` on
         timeout. Raises ``StoppedError`` once the node has stopped and every event was read."""
         raw = self._sub.recv(timeout)
-        return None if raw is None else Event._from_json_text(raw)
+        return None if raw is None else Event._from_json(raw)
 
     def wait_for(self, predicate: Callable[[Event], bool], timeout: float) -> Event:
         """The first event (from the stream's current position) for which ``predicate`` is
@@ -730,7 +683,7 @@ class EventStream(_Closing):
                 if pending.done():
                     self._pending = None
             if raw is not None:
-                return Event._from_json_text(raw)
+                return Event._from_json(raw)
             if deadline is not None and loop.time() >= deadline:
                 return None
 
