@@ -449,6 +449,12 @@ impl Rogue {
                     let config = gossipsub::ConfigBuilder::default()
                         .heartbeat_interval(Duration::from_millis(500))
                         .validation_mode(gossipsub::ValidationMode::Anonymous)
+                        // Anonymous messages have no source or sequence number: the default
+                        // ids would make every message of this peer the same one.
+                        .message_id_fn(|m: &gossipsub::Message| {
+                            use sha2::Digest;
+                            gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
+                        })
                         .build()
                         .expect("gossipsub config");
                     gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(

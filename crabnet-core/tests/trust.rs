@@ -377,6 +377,12 @@ async fn a_default_libp2p_peer_relaying_valid_traffic_is_not_penalised() {
                 gossipsub::MessageAuthenticity::Anonymous,
                 gossipsub::ConfigBuilder::default()
                     .validation_mode(gossipsub::ValidationMode::Anonymous)
+                    // Content ids, as nodes use (anonymous messages have no source or
+                    // sequence number to tell them apart).
+                    .message_id_fn(|m: &gossipsub::Message| {
+                        use sha2::Digest;
+                        gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
+                    })
                     .build()
                     .unwrap(),
             )
