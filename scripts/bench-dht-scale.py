@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Scale benchmark for the libp2p backend (issue 12 item 7, issue 13).
+"""Scale benchmark: N node processes on one machine (libp2p, or UDP; issue 12 item 7, issue 13).
 
-Starts N `crabnet listen --transport dht` processes on 127.0.0.1 (each its own data directory
+Starts N `crabnet listen` processes (libp2p by default) on 127.0.0.1 (each its own data directory
 in a temporary directory, ports chosen by the OS), lets them form one network, publishes S
 seeds from different nodes and reports:
 
@@ -17,6 +17,9 @@ seeds from different nodes and reports:
 
 Topology: by default every node dials node 0 (`--dial star`), the hardest case for the hub;
 `--dial K` makes node i dial node i mod K of the first K nodes (a few bootstrap nodes).
+`--transport udp` runs the UDP backend instead, every node configured with every other
+node's address (UDP does not relay: a full mesh of unicast peers); `--dial` does not apply.
+`--publish-jobs J` runs J CLI publish processes at once (for runs of many seeds).
 
 Linux only (reads /proc). Uses only the Python standard library.
 
@@ -25,9 +28,11 @@ Linux only (reads /proc). Uses only the Python standard library.
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -63,9 +68,9 @@ class Listener:
         self.peers = set()
         self.seeds = set()
 
-    def start(self, peers):
-        args = [self.binary, "--data-dir", self.dir, "--json", "listen", "--transport", "dht",
-                "--bind", "127.0.0.1:0", "--no-http"]
+    def start(self, peers, transport="dht", bind="127.0.0.1:0"):
+        args = [self.binary, "--data-dir", self.dir, "--json", "listen", "--transport", transport,
+                "--bind", bind, "--no-http"]
         for p in peers:
             args += ["--peer", p]
         self.out = open(self.out_path, "wb")
@@ -149,6 +154,21 @@ def wait_for(what, timeout, cond, every=0.2, progress=None):
         time.sleep(every)
 
 
+def free_udp_ports(n):
+    """`n` distinct UDP ports on 127.0.0.1 that were free a moment ago (bound, then released
+    together, so that none is handed out twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def stats(values):
     values = sorted(values)
     n = len(values)
@@ -164,7 +184,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--publish-jobs", type=int, default=1,
+                    help="CLI publish processes run at once (one per seed; default one after "
+                         "another)")
     ap.add_argument("--bin", default=os.environ.get("CRABNET_BIN", "target/release/crabnet"))
+    ap.add_argument("--transport", choices=["dht", "udp"], default="dht")
     ap.add_argument("--dial", default="star",
                     help="'star' (every node dials node 0) or K (node i dials node i mod K)")
     ap.add_argument("--idle-secs", type=float, default=30.0,
@@ -189,7 +213,13 @@ def main():
 
         k = 1 if args.dial == "star" else max(1, int(args.dial))
         start = time.monotonic()
-        for i, n in enumerate(nodes):
+        if args.transport == "udp":
+            ports = free_udp_ports(args.nodes)
+            start = time.monotonic()
+            for i, n in enumerate(nodes):
+                n.start([f"127.0.0.1:{p}" for j, p in enumerate(ports) if j != i],
+                        transport="udp", bind=f"127.0.0.1:{ports[i]}")
+        for i, n in enumerate(nodes if args.transport == "dht" else []):
             if i < k:
                 n.start([nodes[j].tcp_address() for j in range(i)][:1])
                 wait_for(f"node {i}'s banner", 30, lambda: (n.poll() or n.banner is not None, ""))
@@ -216,9 +246,7 @@ def main():
         log(f"network formed {formed_at:.1f}s after the first start")
 
         # Publish S seeds from nodes spread over the network.
-        seeds = []
-        pub_start = time.monotonic()
-        for s in range(args.seeds):
+        def publish(s):
             n = nodes[(s * 7 + args.nodes - 1) % args.nodes]
             out = subprocess.run(
                 [binary, "--data-dir", n.dir, "--json", "seed", "publish",
@@ -226,7 +254,11 @@ def main():
                  "--min-price", "1", "--max-price", "100"],
                 check=True, capture_output=True, text=True,
             )
-            seeds.append(json.loads(out.stdout)["seed"]["id"])
+            return json.loads(out.stdout)["seed"]["id"]
+
+        pub_start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(max(1, args.publish_jobs)) as pool:
+            seeds = list(pool.map(publish, range(args.seeds)))
         published = time.monotonic()
         publish_secs = published - pub_start
         want = set(seeds)
@@ -257,6 +289,7 @@ def main():
         idle_mem = [n.memory() for n in nodes]
         peak = [max(p, n.proc_status()["VmHWM"]) for p, n in zip(peak, nodes)]
         report = {
+            "transport": args.transport,
             "nodes": args.nodes,
             "seeds": args.seeds,
             "dial": args.dial,
