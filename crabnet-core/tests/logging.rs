@@ -124,6 +124,23 @@ fn logs_reach_the_host_sink() {
         notice.message
     );
 
+    // The rest of the flood is delivered before going on: "after" below must not meet a full
+    // queue (on a loaded machine the worker may still be far from its end). A marker comes out
+    // after every record queued before it; it is sent again while the full queue drops it.
+    let deadline = std::time::Instant::now() + WAIT;
+    'drain: loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood was never delivered"
+        );
+        tracing::warn!(target: "crabnet_core::test", "drained");
+        while let Ok(r) = e.recv_timeout(Duration::from_millis(200)) {
+            if r.message == "drained" {
+                break 'drain;
+            }
+        }
+    }
+
     // A panicking sink loses one record, not the forwarding.
     let (tx, f) = mpsc::channel();
     let tx = Mutex::new(tx);
