@@ -2085,6 +2085,46 @@ fn refold(
     Ok((folded.view, verdict))
 }
 
+/// Stores a seed `publisher` published at `at` (its id made of `tag`), as the node's own
+/// operation: for tests that need a stored message by some author.
+#[cfg(test)]
+pub(crate) fn publish_test_seed(
+    s: &mut Store,
+    publisher: &NodeId,
+    tag: u8,
+    at: Millis,
+) -> (SeedId, Message) {
+    let id = SeedId::from_bytes([tag; 16]);
+    let seed = crate::model::Seed {
+        id: id.clone(),
+        publisher: publisher.clone(),
+        command: "true".into(),
+        description: String::new(),
+        min_price: 1,
+        max_price: 10,
+        bid_window_secs: 1,
+        max_bids: 1,
+        timeout_secs: 10,
+        created_at: at,
+        audience: Vec::new(),
+        network: false,
+        isolation: Default::default(),
+        rules: crate::model::rules::V1,
+        deadlines: None,
+        replication: None,
+    };
+    let (m, _, _) = s
+        .commit_local(
+            publisher,
+            &id,
+            at,
+            |_| Ok(Body::SeedCreated(seed)),
+            |_, _| Ok(b"env".to_vec()),
+        )
+        .unwrap();
+    (id, m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1542,35 +1542,7 @@ mod tests {
     /// Stores a message authored by `author` (a seed it publishes): it becomes a node this node
     /// knows, though not a peer.
     fn store_message_of(store: &mut Store, author: &NodeId, tag: u8) {
-        use crate::model::{Body, Seed, SeedId};
-        let id = SeedId::from_bytes([tag; 16]);
-        let seed = Seed {
-            id: id.clone(),
-            publisher: author.clone(),
-            command: "true".into(),
-            description: String::new(),
-            min_price: 1,
-            max_price: 10,
-            bid_window_secs: 1,
-            max_bids: 1,
-            timeout_secs: 10,
-            created_at: 1,
-            audience: Vec::new(),
-            network: false,
-            isolation: Default::default(),
-            rules: crate::model::rules::V1,
-            deadlines: None,
-            replication: None,
-        };
-        store
-            .commit_local(
-                author,
-                &id,
-                1,
-                |_| Ok(Body::SeedCreated(seed)),
-                |_, _| Ok(b"env".to_vec()),
-            )
-            .unwrap();
+        crate::store::publish_test_seed(store, author, tag, 1);
     }
 
     /// A relaying node's share counts the self-revocations of strangers exactly as pruning

@@ -260,7 +260,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Award, Body, Cancellation, Message, NodeId, Seed, SeedStatus};
+    use crate::model::{Award, Body, Cancellation, Message, NodeId, SeedStatus};
     use crate::state::SeedView;
     use crate::store::{ROTATIONS_OF_STRANGERS, RemoteOutcome, StoreConfig};
 
@@ -272,35 +272,7 @@ mod tests {
     }
 
     fn publish(s: &mut Store, tag: u8, at: Millis) -> (SeedId, Message) {
-        let id = SeedId::from_bytes([tag; 16]);
-        let seed = Seed {
-            id: id.clone(),
-            publisher: me(),
-            command: "true".into(),
-            description: String::new(),
-            min_price: 1,
-            max_price: 10,
-            bid_window_secs: 1,
-            max_bids: 1,
-            timeout_secs: 10,
-            created_at: at,
-            audience: Vec::new(),
-            network: false,
-            isolation: Default::default(),
-            rules: crate::model::rules::V1,
-            deadlines: None,
-            replication: None,
-        };
-        let (m, _, _) = s
-            .commit_local(
-                &me(),
-                &id,
-                at,
-                |_| Ok(Body::SeedCreated(seed)),
-                |_, _| Ok(b"env".to_vec()),
-            )
-            .unwrap();
-        (id, m)
+        crate::store::publish_test_seed(s, &me(), tag, at)
     }
 
     fn decide(s: &mut Store, id: &SeedId, at: Millis, body: Body) -> SeedStatus {
