@@ -102,8 +102,24 @@ async fn a_node_joining_a_peer_with_2000_seeds_gets_all_of_them() {
 /// Two nodes meeting run one sync exchange, started by the one with the lower id; the other
 /// leaves it to its peer. Before, each started one on the other's hello: two queries and two
 /// replies crossed, then the higher id's exchange yielded (about 6 KB of frames for nothing).
+/// The higher id starts first here; the lower id in the next test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_meeting_run_one_exchange_started_by_the_lower_id() {
+    meet_once(false).await;
+}
+
+/// As above, the lower id started first: the higher id, started second, may learn of its
+/// peer while it starts. Its first periodic round (at start) once saw that peer and queried,
+/// and the two exchanges crossed; that round now goes out only when the peer table was not
+/// empty at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_starts_second_leaves_the_exchange_to_a_lower_id() {
+    meet_once(true).await;
+}
+
+/// Two fresh nodes, the one with the lower id started first when `lower_first`, meet: one
+/// exchange, the lower id's, carries what the first published before the second started.
+async fn meet_once(lower_first: bool) {
     let (dir, hub) = dir_and_hub();
     let hellos_only = |name: &str| {
         let mut c = config(dir.path(), name);
@@ -111,16 +127,13 @@ async fn two_nodes_meeting_run_one_exchange_started_by_the_lower_id() {
         c.network.sync_interval_secs = 3600;
         c
     };
-    // The node started second may learn of the first just before its own first periodic
-    // round (at start) and query then: the exchange of the lower id only if the second has
-    // the lower id. So the higher id starts first (its first round finds no peer yet).
     let id_of = |c: &crabnet_core::Config| {
         std::fs::create_dir_all(&c.data_dir).unwrap();
         let (identity, _) = Identity::load_or_create(&c.identity_path()).unwrap();
         identity.node_id().clone()
     };
     let (ca, cb) = (hellos_only("a"), hellos_only("b"));
-    let (first, second) = if id_of(&ca) > id_of(&cb) {
+    let (first, second) = if (id_of(&ca) < id_of(&cb)) == lower_first {
         (ca, cb)
     } else {
         (cb, ca)

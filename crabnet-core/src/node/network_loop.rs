@@ -73,8 +73,8 @@ impl Node {
         mut transport: Box<dyn Transport>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        // The next periodic hello: at once, then every `Node::hello_interval` (worked out
-        // again after each, as the network grows or shrinks).
+        // The next periodic hello: at once (below), then every `Node::hello_interval` (worked
+        // out again after each, as the network grows or shrinks).
         let mut next_hello = tokio::time::Instant::now();
         *lock(&self.inner.addresses) = transport.local_addresses();
         // Hellos: one broadcast at start and one per interval. A new peer (a connection opened,
@@ -89,9 +89,17 @@ impl Node {
         // has them drops a copy after a lookup, and gossip does not send them twice.
         let mut joined = false;
         let mut join_hellos: Vec<tokio::time::Instant> = Vec::new();
-        let mut sync_tick = tokio::time::interval(Duration::from_secs(
-            self.inner.config.network.sync_interval_secs as u64,
-        ));
+        // The first periodic round is at start, before any frame is read: it goes out only when
+        // the peer table was not empty then (a node that restarts catches up at once). A node
+        // that starts with an empty table leaves its first exchanges to its new peers' hellos,
+        // which apply the lower-id rule; a round at start that saw a peer learnt meanwhile
+        // would start an exchange that rule left to the peer, and the two would cross.
+        let every_hello = self.size_hello_interval();
+        self.broadcast_hello(transport.as_mut(), &mut hello);
+        next_hello += Duration::from_millis(every_hello);
+        self.send_sync_query(transport.as_mut(), &mut hello).await;
+        let every = Duration::from_secs(self.inner.config.network.sync_interval_secs as u64);
+        let mut sync_tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut sync_due: Option<tokio::time::Instant> = None;
         // A report that came in while frames were taken into a batch: handled next.
         let mut stash: Option<Option<Incoming>> = None;
@@ -129,19 +137,7 @@ impl Node {
                 }
                 _ = tokio::time::sleep_until(sync_due.unwrap_or_else(tokio::time::Instant::now)), if sync_due.is_some() => {
                     sync_due = None;
-                    self.announce_new_keys(transport.as_mut(), &mut hello);
-                    let node = self.clone();
-                    let max = transport.max_frame_bytes();
-                    match tokio::task::spawn_blocking(move || node.range_query_frame(max)).await {
-                        Ok(Ok(Some(frame))) => {
-                            if let Err(e) = transport.sync(&frame) {
-                                tracing::debug!("cannot send sync query: {e}");
-                            }
-                        }
-                        Ok(Ok(None)) => {}
-                        Ok(Err(e)) => tracing::warn!("cannot build sync query: {e}"),
-                        Err(e) => tracing::error!("sync task failed: {e}"),
-                    }
+                    self.send_sync_query(transport.as_mut(), &mut hello).await;
                 }
                 _ = self.inner.hello_changed.notified() => self.broadcast_hello(transport.as_mut(), &mut hello),
                 _ = shutdown.changed() => {
@@ -405,6 +401,24 @@ impl Node {
     /// `cache` for the answers to new peers.
     /// Works out the hello interval for the peers known now ([`Node::hello_interval`]) and
     /// returns it, in ms. When the peer table cannot be read, the interval stays as it was.
+    /// One periodic sync round: new keys announced first, then the first query of an
+    /// exchange, when this node knows a peer (see [`Node::range_query_frame`]).
+    async fn send_sync_query(&self, transport: &mut dyn Transport, hello: &mut Option<HelloCache>) {
+        self.announce_new_keys(transport, hello);
+        let node = self.clone();
+        let max = transport.max_frame_bytes();
+        match tokio::task::spawn_blocking(move || node.range_query_frame(max)).await {
+            Ok(Ok(Some(frame))) => {
+                if let Err(e) = transport.sync(&frame) {
+                    tracing::debug!("cannot send sync query: {e}");
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!("cannot build sync query: {e}"),
+            Err(e) => tracing::error!("sync task failed: {e}"),
+        }
+    }
+
     fn size_hello_interval(&self) -> u64 {
         match self.with_store(|s| s.peer_count()) {
             Ok(peers) => {
