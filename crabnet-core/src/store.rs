@@ -29,10 +29,12 @@ mod prune;
 mod reconcile;
 mod reputation;
 mod shared;
+mod watch;
 pub use config::{StoreConfig, SyncMode};
 pub use prune::{SeedsPruned, TrustPruned};
 pub use reconcile::{SyncMark, WantedEnvelope};
 pub(crate) use shared::SharedStore;
+pub(crate) use watch::WalWatch;
 
 /// Where a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

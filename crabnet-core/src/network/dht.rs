@@ -96,9 +96,20 @@ struct Behaviour {
     sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
 }
 
-/// How many gossipsub heartbeats (500 ms) a message stays in the message cache, so that it can
+/// The gossipsub heartbeat (mesh upkeep and IHAVE gossip): libp2p's default, one second (it
+/// was 500 ms here; an idle node wakes for each, issue 13).
+const GOSSIP_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How many gossipsub heartbeats a message stays in the message cache (15 s), so that it can
 /// still be forwarded after a slow validation and served to IWANT requests.
-const GOSSIP_HISTORY_HEARTBEATS: usize = 30;
+const GOSSIP_HISTORY_HEARTBEATS: usize = 15;
+
+/// QUIC keep-alive: a ping on an otherwise silent connection every 15 s, and a connection
+/// silent for 40 s is closed (libp2p's defaults, 5 s and 10 s, cost an idle node with a dozen
+/// connections five pings and their acknowledgements a second; issue 13). 15 s still holds
+/// the mappings of common NATs (30 s and more for UDP).
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(15);
+const QUIC_IDLE_TIMEOUT_MS: u32 = 40_000;
 
 /// How often a frame for one peer ([`Transport::send_to_announced`]: a hello for a new peer) is
 /// sent again when its request was lost (the dial failed, or the connection closed before the
@@ -250,7 +261,11 @@ impl DhtTransport {
                 yamux::Config::default,
             )
             .map_err(|e| net_err(format!("cannot set up TCP: {e}")))?
-            .with_quic()
+            .with_quic_config(|mut c| {
+                c.keep_alive_interval = QUIC_KEEP_ALIVE;
+                c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+                c
+            })
             .with_behaviour(|key| {
                 let gossip_config = gossipsub::ConfigBuilder::default()
                     // Anonymous messages: every envelope is signed by its author's node keys and
@@ -261,12 +276,12 @@ impl DhtTransport {
                     .validation_mode(gossipsub::ValidationMode::Anonymous)
                     .validate_messages()
                     .max_transmit_size(MAX_ENVELOPE_BYTES + 1024)
-                    .heartbeat_interval(Duration::from_millis(500))
+                    .heartbeat_interval(GOSSIP_HEARTBEAT)
                     // A message is forwarded only after the node validated it, and only while
-                    // it is still in the message cache: the default 5 heartbeats (2.5 s) were
-                    // shorter than the validation queue of a busy node in a network of a
-                    // hundred on one machine ("Message not in cache. Ignoring forwarding"),
-                    // and hellos then never reached some nodes. 30 heartbeats (15 s).
+                    // it is still in the message cache: the default 5 heartbeats (2.5 s at
+                    // 500 ms) were shorter than the validation queue of a busy node in a
+                    // network of a hundred on one machine ("Message not in cache. Ignoring
+                    // forwarding"), and hellos then never reached some nodes. 15 s.
                     .history_length(GOSSIP_HISTORY_HEARTBEATS)
                     // Content ids: the same envelope relayed by anyone is one message.
                     .message_id_fn(|m: &gossipsub::Message| {

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use super::{Node, lock};
 use crate::error::{Error, Result};
 use crate::model::Millis;
+use crate::store::WalWatch;
 
 impl Node {
     /// Background upkeep, on the `network.tick_ms` tick, doing store work only when something is
@@ -39,37 +40,34 @@ impl Node {
     /// * the outbox: the earliest retry, or the database changed (another process queued).
     ///
     /// An idle node only wakes on the tick; changes made through this node wake the tasks
-    /// directly.
+    /// directly. "The database changed" is SQLite's `data_version`, read only while the
+    /// database's write-ahead log was written within the last [`LOG_SETTLE_MS`] (a
+    /// [`WalWatch`]; on every tick where the log cannot be watched): an idle node does not
+    /// query its store on the tick.
     pub(super) async fn housekeeping(self, mut shutdown: watch::Receiver<bool>) {
         let mut tick =
             tokio::time::interval(Duration::from_millis(self.inner.config.network.tick_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_version = None;
+        // The store is open, so its log exists: watched from here on, every commit after this
+        // is seen (the first look below reads the version regardless).
+        let mut wal = WalWatch::new(&self.inner.config.db_path());
+        // Until when the version is read on every tick: a commit writes its log first and
+        // publishes it (in shared memory, which no watch sees) a moment later, after its sync.
+        let mut look_until: Millis = 0;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
             let now = self.now_ms();
-            // Read on this thread when the store is free; when it is busy, wait for it off the
-            // async thread (skipping the look would delay what another process wrote, e.g. a
-            // revocation, behind frames that arrive meanwhile).
-            let quick = self.inner.store.try_lock().map(|s| s.data_version());
-            let version = match quick {
-                Some(v) => v,
-                None => {
-                    let node = self.clone();
-                    tokio::task::spawn_blocking(move || lock(&node.inner.store).data_version())
-                        .await
-                        .unwrap_or_else(|e| Err(Error::internal(e.to_string())))
-                }
-            };
-            let changed = match version {
-                Ok(v) => last_version.replace(v) != Some(v),
-                Err(e) => {
-                    tracing::warn!("cannot read the database version: {e}");
-                    true
-                }
+            if wal.maybe_written() {
+                look_until = now.saturating_add(LOG_SETTLE_MS);
+            }
+            let changed = if now < look_until || last_version.is_none() {
+                self.database_changed(&mut last_version).await
+            } else {
+                false
             };
             let due = self.due_duties(now, changed);
             let timers = &self.inner.timers;
@@ -92,6 +90,31 @@ impl Node {
                 // Another process may have queued messages to send.
                 timers.retry_at.store(u64::MAX, Ordering::Relaxed);
                 self.inner.wake_outbox.notify_one();
+            }
+        }
+    }
+
+    /// Whether another process committed to the database since the version `last` was read
+    /// (SQLite's `data_version`; `last` becomes the version read now).
+    async fn database_changed(&self, last: &mut Option<i64>) -> bool {
+        // Read on this thread when the store is free; when it is busy, wait for it off the
+        // async thread (skipping the look would delay what another process wrote, e.g. a
+        // revocation, behind frames that arrive meanwhile).
+        let quick = self.inner.store.try_lock().map(|s| s.data_version());
+        let version = match quick {
+            Some(v) => v,
+            None => {
+                let node = self.clone();
+                tokio::task::spawn_blocking(move || lock(&node.inner.store).data_version())
+                    .await
+                    .unwrap_or_else(|e| Err(Error::internal(e.to_string())))
+            }
+        };
+        match version {
+            Ok(v) => last.replace(v) != Some(v),
+            Err(e) => {
+                tracing::warn!("cannot read the database version: {e}");
+                true
             }
         }
     }
@@ -271,6 +294,12 @@ pub(super) struct Duties {
 /// Readers in this process see them at once ([`Node::overview`] adds them); other processes
 /// (`crabnet status`) see them this much later at most.
 pub(super) const COUNTER_WRITE_MS: u64 = 5_000;
+
+/// How long after a write to the database's log housekeeping keeps reading SQLite's
+/// `data_version` on every tick: a commit becomes visible to readers after its log write and
+/// its sync. A later commit (this node writes its counters every [`COUNTER_WRITE_MS`] while
+/// frames come in) looks again.
+const LOG_SETTLE_MS: u64 = 1_000;
 
 impl Duties {
     /// Whether any store work is due.
