@@ -447,6 +447,7 @@ impl Node {
             if listening {
                 // Only a node on a network runs other nodes' tasks.
                 warn_about_sandbox(&cfg.runner.sandbox_status());
+                check_task_root(&cfg.runner);
             }
             let lock_file = if listening {
                 Some(take_listen_lock(&cfg)?)
@@ -698,6 +699,19 @@ impl Node {
             }
         }
         self.inner.wake_log.notify_one();
+    }
+}
+
+/// At a start on a network, for a node that runs tasks as `runner.user`: finds where their
+/// directories go ([`runner::task_root`](crate::runner::task_root)), so that a work root that
+/// user cannot reach is reported (with the fallback used instead, or why none is usable) before
+/// any task is accepted rather than when one fails.
+fn check_task_root(runner: &crate::runner::RunnerConfig) {
+    if crate::sandbox::task_user(&runner.sandbox_settings()).is_none() {
+        return;
+    }
+    if let Err(e) = crate::runner::task_root(&runner.work_root(), runner) {
+        tracing::warn!("tasks cannot run: {e}");
     }
 }
 

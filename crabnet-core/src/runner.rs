@@ -13,8 +13,10 @@
 //!   [`crate::sandbox`] and [`RunnerConfig::sandbox`]); the sandbox actually
 //!   used is recorded in [`RunOutcome::sandbox`].
 //! * The working directory is a fresh directory under
-//!   [`RunnerConfig::work_root`], outside the node's data directory. With the
-//!   full sandbox the task sees it as a private, size-capped `/tmp`.
+//!   [`RunnerConfig::work_root`], outside the node's data directory (under a
+//!   fallback in `/var/tmp` when the work root lies below a directory that
+//!   [`RunnerConfig::user`] may not enter, see [`task_root`]). With the full
+//!   sandbox the task sees it as a private, size-capped `/tmp`.
 //! * The environment is cleared; only `PATH` (the node's, or
 //!   `/usr/local/bin:/usr/bin:/bin` when unset), `HOME` and `TMPDIR` (both the
 //!   task's directory), `LANG=C.UTF-8`, `LC_ALL=C.UTF-8`, `TZ=UTC`,
@@ -105,7 +107,11 @@ pub struct RunnerConfig {
     pub max_processes: u64,
     /// Parent of the per-task working directories. Default (unset): a 0700
     /// directory `crabnet-work-<uid>` under the system temp dir, never inside
-    /// the data directory.
+    /// the data directory. A node running as root makes it 0711, and tasks
+    /// running as [`RunnerConfig::user`] must reach it: when that user may not
+    /// enter a directory above it (`/root`, a `mktemp -d` directory), the
+    /// task directories go to `/var/tmp/crabnet-work-0` instead, with a
+    /// warning (see [`task_root`]); the directory in the way is left closed.
     pub work_root: Option<PathBuf>,
     /// Keep each task's working directory after the run, for debugging
     /// (default `false`: it is removed). The sandbox then binds the directory
@@ -123,7 +129,8 @@ pub struct RunnerConfig {
     /// and selected files of `/etc`).
     pub read_only_paths: Vec<PathBuf>,
     /// The user tasks run as when the node runs as root (name or uid; default
-    /// `nobody`).
+    /// `nobody`). It gets its own task directory and nothing else of the
+    /// node's: see [`RunnerConfig::work_root`] for where that directory is.
     pub user: String,
     /// Size cap of the task's private `/tmp`, its working directory, in bytes
     /// (memory-backed tmpfs); `0` = no cap. Default: 256 MiB.
@@ -347,8 +354,10 @@ pub enum RunnerError {
 /// could not be run or supervised (invalid input, working directory, spawn or
 /// I/O failures).
 ///
-/// The per-task directory is `work_root/<sanitized task id>-<8 random hex>`,
-/// created with mode 0700; it is removed afterwards unless
+/// The per-task directory is `<sanitized task id>-<8 random hex>` under
+/// `req.work_root` (or, when [`RunnerConfig::user`] cannot reach that, under
+/// the fallback [`task_root`] picks), created with mode 0700 (owned by
+/// `runner.user` when the task runs as that user); it is removed afterwards unless
 /// [`RunnerConfig::keep_work_dirs`] is set (removal failures are logged, not
 /// returned). Dropping the returned future kills the task's process group and
 /// cleans up in the background.
@@ -388,7 +397,8 @@ pub async fn run_interruptible(
         isolation: req.isolation,
     };
     sandbox::check_can_serve(&cfg.sandbox_settings(), needs).map_err(RunnerError::Refused)?;
-    let workdir = create_workdir(req.work_root, req.task_id).await?;
+    let root = task_root(req.work_root, cfg)?;
+    let workdir = create_workdir(&root, req.task_id).await?;
     tracing::debug!(task_id = req.task_id, workdir = %workdir.display(), "starting task");
     let mut dir_guard = WorkdirGuard {
         path: Some(workdir.clone()),
@@ -462,20 +472,183 @@ fn random_hex8() -> Result<String, RunnerError> {
     Ok(hex::encode(buf))
 }
 
+/// The directory the per-task working directories of a run with `work_root` go to, created if
+/// missing (mode 0700; 0711 when the node runs as root), absolute and free of symlinks.
+///
+/// That is `work_root`, unless tasks run as [`RunnerConfig::user`] (the node runs as root) and
+/// that user may not enter some directory on the way to it, as `/root` (mode 0700) stops it on
+/// the way to `/root/crabnet-work`: a task could then neither enter its directory nor use its
+/// `HOME` and `TMPDIR`. Opening that directory would let the user towards whatever else lies
+/// under it (the node's data directory, with its keys), so the runner leaves it as it is and
+/// uses `crabnet-work-<uid>` under `/var/tmp` instead (under `/tmp` when the user cannot enter
+/// `/var/tmp` or that directory is not usable), and logs a warning naming the directory in the
+/// way, once per work root.
+///
+/// # Errors
+///
+/// [`RunnerError::Workdir`] when the work root cannot be created or is not safe (a symlink,
+/// another user's directory), or when the user can reach neither it nor a fallback; the
+/// message then names the directory in the way and the setting to change.
+pub fn task_root(work_root: &Path, cfg: &RunnerConfig) -> Result<PathBuf, RunnerError> {
+    let root = prepare_root(work_root)?;
+    #[cfg(unix)]
+    if let Some((uid, gid)) = sandbox::task_user(&cfg.sandbox_settings()) {
+        let closed = first_closed_dir(&root, uid, gid).map_err(|source| RunnerError::Workdir {
+            path: root.clone(),
+            source,
+        })?;
+        if let Some(closed) = closed {
+            return fallback_root(&root, &closed, &cfg.user, uid, gid);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = cfg;
+    Ok(root)
+}
+
+/// Creates the work root `root` if missing, checks that it is safe ([`secure_work_root`]) and
+/// returns it absolute and free of symlinks, so that `HOME` and `TMPDIR` work from any cwd.
+fn prepare_root(root: &Path) -> Result<PathBuf, RunnerError> {
+    let workdir_err = |source: io::Error| RunnerError::Workdir {
+        path: root.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(root).map_err(workdir_err)?;
+    #[cfg(unix)]
+    secure_work_root(root).map_err(workdir_err)?;
+    std::fs::canonicalize(root).map_err(workdir_err)
+}
+
+/// Where [`task_root`] looks, in this order, for a task root that the task user can reach.
+#[cfg(unix)]
+const FALLBACK_PARENTS: [&str; 2] = ["/var/tmp", "/tmp"];
+
+/// A directory that the task user may not enter.
+#[cfg(unix)]
+#[derive(Debug)]
+struct ClosedDir {
+    path: PathBuf,
+    mode: u32,
+    owner: u32,
+}
+
+#[cfg(unix)]
+impl std::fmt::Display for ClosedDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (mode {:04o}, owner uid {})",
+            self.path.display(),
+            self.mode,
+            self.owner
+        )
+    }
+}
+
+/// The first directory on the way to `dir` (absolute and free of symlinks; `dir` included)
+/// that a process of `uid` and `gid` without supplementary groups, as a task is after the uid
+/// drop, may not enter (search), by the directories' mode bits.
+#[cfg(unix)]
+fn first_closed_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<Option<ClosedDir>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut chain: Vec<&Path> = dir.ancestors().collect();
+    chain.reverse();
+    for path in chain {
+        let meta = std::fs::metadata(path)?;
+        let mode = meta.mode() & 0o7777;
+        let search = if meta.uid() == uid {
+            0o100
+        } else if meta.gid() == gid {
+            0o010
+        } else {
+            0o001
+        };
+        if mode & search == 0 {
+            return Ok(Some(ClosedDir {
+                path: path.to_path_buf(),
+                mode,
+                owner: meta.uid(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// The task root [`task_root`] uses when the task user cannot enter `closed` on the way to the
+/// work root `root`: `crabnet-work-<uid>` in the first of [`FALLBACK_PARENTS`] that the user
+/// can reach and that holds no such entry of someone else's.
+#[cfg(unix)]
+fn fallback_root(
+    root: &Path,
+    closed: &ClosedDir,
+    user: &str,
+    uid: u32,
+    gid: u32,
+) -> Result<PathBuf, RunnerError> {
+    /// The work roots already warned about.
+    static WARNED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mut tried = Vec::new();
+    for parent in FALLBACK_PARENTS {
+        let parent = match std::fs::canonicalize(parent) {
+            Ok(parent) => parent,
+            Err(e) => {
+                tried.push(format!("{parent}: {e}"));
+                continue;
+            }
+        };
+        match first_closed_dir(&parent, uid, gid) {
+            Ok(None) => {}
+            Ok(Some(dir)) => {
+                tried.push(format!("runner.user cannot enter {dir}"));
+                continue;
+            }
+            Err(e) => {
+                tried.push(format!("{}: {e}", parent.display()));
+                continue;
+            }
+        }
+        match prepare_root(&parent.join(format!("crabnet-work-{me}"))) {
+            Ok(fallback) => {
+                let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+                if !warned.iter().any(|w| w == root) {
+                    warned.push(root.to_path_buf());
+                    tracing::warn!(
+                        "runner.user {user:?} (uid {uid}) cannot enter {closed} on the way to \
+                         the work root {}: task directories go to {} instead. To choose where \
+                         they go, set runner.work_root to a directory runner.user can reach \
+                         (every directory above it searchable by others, o+x); do not open {} \
+                         if it holds the data directory",
+                        root.display(),
+                        fallback.display(),
+                        closed.path.display()
+                    );
+                }
+                return Ok(fallback);
+            }
+            Err(e) => tried.push(e.to_string()),
+        }
+    }
+    Err(RunnerError::Workdir {
+        path: root.to_path_buf(),
+        source: io::Error::other(format!(
+            "runner.user {user:?} (uid {uid}) cannot enter {closed} on the way to this work root, \
+             and no task root under /var/tmp or /tmp can be used instead ({}); set \
+             runner.work_root to a directory runner.user can reach (every directory above it \
+             searchable by others, o+x), e.g. /var/tmp/crabnet-work",
+            tried.join("; ")
+        )),
+    })
+}
+
+/// Creates a fresh directory for task `task_id` under the prepared task root `root` (see
+/// [`task_root`]).
 async fn create_workdir(root: &Path, task_id: &str) -> Result<PathBuf, RunnerError> {
     let workdir_err = |path: &Path, source: io::Error| RunnerError::Workdir {
         path: path.to_path_buf(),
         source,
     };
-    tokio::fs::create_dir_all(root)
-        .await
-        .map_err(|e| workdir_err(root, e))?;
-    #[cfg(unix)]
-    secure_work_root(root).map_err(|e| workdir_err(root, e))?;
-    // Absolute and symlink-free, so HOME/TMPDIR are usable from any cwd.
-    let root = tokio::fs::canonicalize(root)
-        .await
-        .map_err(|e| workdir_err(root, e))?;
     let prefix = sanitize_task_id(task_id);
     for _ in 0..WORKDIR_ATTEMPTS {
         let path = root.join(format!("{prefix}-{}", random_hex8()?));
@@ -501,7 +674,7 @@ async fn create_workdir(root: &Path, task_id: &str) -> Result<PathBuf, RunnerErr
         }
     }
     Err(workdir_err(
-        &root,
+        root,
         io::Error::new(
             io::ErrorKind::AlreadyExists,
             "no unused working directory name found",
@@ -1833,6 +2006,69 @@ mod tests {
         run_ok(&loose, "true", &RunnerConfig::default()).await;
         let mode = std::fs::metadata(&loose).unwrap().permissions().mode() & 0o777;
         assert!(mode == 0o700 || mode == 0o711, "{mode:o}");
+    }
+
+    /// The owner's bits count for the owner, the group's for the group, the others' for
+    /// everyone else (a task after the uid drop has no supplementary groups).
+    #[test]
+    fn a_closed_directory_is_found_by_the_bits_of_the_tasks_class() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let top = std::fs::canonicalize(dir.path()).unwrap();
+        let inner = top.join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        let set = |mode: u32| {
+            std::fs::set_permissions(&top, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let (me, my_group) = effective_ids();
+        let (other, other_group) = (me.wrapping_add(1), my_group.wrapping_add(1));
+        let closed_at = |uid, gid| {
+            first_closed_dir(&inner, uid, gid)
+                .unwrap()
+                .map(|c| (c.path, c.mode))
+        };
+        set(0o700);
+        assert_eq!(closed_at(other, other_group), Some((top.clone(), 0o700)));
+        assert_eq!(closed_at(me, other_group), None);
+        set(0o711);
+        assert_eq!(closed_at(other, other_group), None);
+        // The owner's and the group's bits apply to them even when the others' are wider.
+        set(0o611);
+        assert_eq!(closed_at(me, my_group), Some((top.clone(), 0o611)));
+        set(0o701);
+        assert_eq!(closed_at(other, my_group), Some((top.clone(), 0o701)));
+        assert_eq!(closed_at(other, other_group), None);
+        let shown = first_closed_dir(&inner, other, my_group)
+            .unwrap()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            shown,
+            format!("{} (mode 0701, owner uid {me})", top.display())
+        );
+        set(0o700);
+    }
+
+    fn effective_ids() -> (u32, u32) {
+        // SAFETY: geteuid/getegid cannot fail.
+        unsafe { (libc::geteuid(), libc::getegid()) }
+    }
+
+    /// Without a uid drop (the policy `none`, or a node not running as root) the task runs as
+    /// the node, which may enter its own directories: the work root stays, whatever the modes
+    /// above it.
+    #[test]
+    fn tasks_of_the_nodes_own_user_keep_the_work_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let work_root = dir.path().join("work");
+        let cfg = RunnerConfig {
+            sandbox: SandboxPolicy::None,
+            ..RunnerConfig::default()
+        };
+        let root = task_root(&work_root, &cfg).unwrap();
+        assert_eq!(root, std::fs::canonicalize(&work_root).unwrap());
     }
 
     #[tokio::test]

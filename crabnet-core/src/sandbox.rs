@@ -17,7 +17,9 @@
 //!   keyrings, perf events, kexec, kernel modules, io_uring, new namespaces; without a network
 //!   namespace also no internet, netlink or packet sockets (`net_seccomp`).
 //! * **identity** (`uid_drop`): a node running as root runs tasks as `runner.user` (default
-//!   `nobody`).
+//!   `nobody`), which owns the task's directory and nothing else of the node's; that directory
+//!   lies where the user can reach it without any directory above the data directory being
+//!   opened (see [`runner::task_root`](crate::runner::task_root)).
 //!
 //! [`SandboxPolicy`] decides what happens when the kernel lacks a feature. What a task actually
 //! ran under is recorded in its [`TaskResult`](crate::model::TaskResult) as a
@@ -219,7 +221,15 @@ impl FeaturePlan {
 }
 
 #[cfg(target_os = "linux")]
-pub(crate) use linux::{Prepared, plan_features, prepare};
+pub(crate) use linux::{Prepared, plan_features, prepare, task_user};
+
+/// The uid and gid tasks run as when they do not run as the node's user: `Some` when the node
+/// runs as root, the policy is not `none` and `runner.user` exists. Elsewhere tasks run as the
+/// node's user.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn task_user(_settings: &Settings<'_>) -> Option<(u32, u32)> {
+    None
+}
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn plan_features(settings: &Settings<'_>, _needs: TaskNeeds) -> FeaturePlan {

@@ -67,6 +67,35 @@ fn result_events(node: &BlockingNode) -> Vec<EventKind> {
         .collect()
 }
 
+/// A node whose data directory and work root lie under a directory of mode 0700 (as
+/// `/root/.crabnet` lies under `/root`) runs its tasks, without namespaces too: when it runs as
+/// root they run as `runner.user`, which may not enter that directory, so their directories go
+/// elsewhere, and the directory stays closed.
+#[test]
+fn a_node_under_a_private_directory_runs_its_tasks() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut runner = config(&private);
+    runner.runner.work_root = Some(private.join("node/work"));
+    runner.runner.sandbox = SandboxPolicy::BestEffort;
+    runner.runner.namespaces = false;
+    let pair = pair(&private, runner);
+    let id = claimed(&pair, "echo ok > \"$HOME/f\" && cat \"$TMPDIR/f\" && id -u");
+    let ran = pair.runner.run(&id).unwrap();
+    let r: TaskResult = ran.result.unwrap();
+    assert!(r.success, "{r:?}");
+    let (first, uid) = r.output_excerpt.split_once('\n').unwrap();
+    assert_eq!(first, "ok", "{r:?}");
+    // As runner.user when the node runs as root, as the node's own user otherwise.
+    assert_ne!(uid.trim(), "0", "{r:?}");
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700);
+    pair.runner.stop().unwrap();
+}
+
 #[test]
 fn a_stop_kills_the_run_records_it_as_interrupted_and_a_restart_does_not_run_it_again() {
     let dir = tempfile::tempdir().unwrap();

@@ -46,6 +46,18 @@ impl NodeFiles {
         NodeFiles { _dir: dir, data }
     }
 
+    /// A node whose data directory (mode 0700, as the node makes it) lies under a directory
+    /// of mode 0700: as `/root/.crabnet` lies under `/root`, and anything under a `mktemp -d`
+    /// directory. Only root may enter it; `runner.user` may not.
+    fn under_private_parent() -> NodeFiles {
+        use std::os::unix::fs::PermissionsExt;
+        let node = NodeFiles::new();
+        let private = std::fs::Permissions::from_mode(0o700);
+        std::fs::set_permissions(&node.data, private.clone()).unwrap();
+        std::fs::set_permissions(node.data.parent().unwrap(), private).unwrap();
+        node
+    }
+
     fn work_root(&self) -> PathBuf {
         self.data.join("work")
     }
@@ -352,6 +364,112 @@ async fn a_root_node_runs_tasks_as_an_unprivileged_user() {
             // SAFETY: geteuid cannot fail.
             assert_eq!(uid, unsafe { libc::geteuid() });
         }
+    }
+}
+
+/// The mode bits of `path`.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// A root node whose data directory lies under a directory that only root may enter (the work
+/// root lies in the data directory, as in every test here) still runs tasks as `runner.user`,
+/// with and without namespaces, with and without `keep_work_dirs` (a bind mount of the host
+/// directory): the task enters its working directory and writes there and into `$HOME` and
+/// `$TMPDIR`. Their directories then lie in a task root outside the private directory, and
+/// nothing of the node becomes reachable for `runner.user` on the way: the private directories
+/// keep their modes, and `runner.user` outside any sandbox still cannot read the key or list
+/// the data directory.
+#[tokio::test]
+async fn a_root_node_runs_tasks_when_its_data_dir_is_under_a_private_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let node = NodeFiles::under_private_parent();
+    let parent = node.data.parent().unwrap().to_path_buf();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ids = attack(&node, &landlock_only(), "id -u; id -g").await;
+    let ids: Vec<u32> = ids
+        .output_excerpt
+        .lines()
+        .map(|l| l.parse().unwrap_or_else(|e| panic!("{ids:?}: {e}")))
+        .collect();
+    let (uid, gid) = (ids[0], ids[1]);
+    // As runner.user when the node runs as root, as the node's own user otherwise.
+    assert_ne!(uid, 0, "{ids:?}");
+    let task_id = format!("private-parent-{}", std::process::id());
+    let command = "echo home > \"$HOME/h\" && echo tmp > \"$TMPDIR/t\" && echo cwd > c \
+                   && [ \"$HOME\" = \"$PWD\" ] && [ \"$TMPDIR\" = \"$PWD\" ] \
+                   && cat \"$HOME/h\" \"$TMPDIR/t\" ./c";
+    let expected = "home\ntmp\ncwd\n";
+    let expected_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(expected));
+    let keep = |cfg: RunnerConfig| RunnerConfig {
+        keep_work_dirs: true,
+        ..cfg
+    };
+    let work_root = node.work_root();
+    for cfg in [landlock_only(), full(), keep(landlock_only()), keep(full())] {
+        let req = request(&work_root, &task_id, command, Duration::from_secs(20));
+        let out = runner::run(req, &cfg)
+            .await
+            .unwrap_or_else(|e| panic!("{cfg:?}: the runner failed: {e}"));
+        assert!(out.success(), "{cfg:?}: {out:?}");
+        assert_eq!(out.output_excerpt, expected, "{cfg:?}");
+        assert_eq!(out.output_sha256, expected_sha256, "{cfg:?}");
+        assert_eq!(
+            out.sandbox.features.iter().any(|f| f == "uid_drop"),
+            root,
+            "{out:?}"
+        );
+    }
+    // The two kept directories, in the task root: outside the private directory when the
+    // tasks ran as runner.user, the work root itself otherwise.
+    let task_root = runner::task_root(&work_root, &full()).unwrap();
+    if root {
+        assert!(!task_root.starts_with(&parent), "{task_root:?}");
+        let meta = std::fs::metadata(&task_root).unwrap();
+        assert_eq!((meta.uid(), mode(&task_root)), (0, 0o711), "{task_root:?}");
+    } else {
+        assert_eq!(task_root, work_root);
+    }
+    let mut kept: Vec<PathBuf> = std::fs::read_dir(&task_root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(&format!("{task_id}-"))
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for dir in &kept {
+        let meta = std::fs::metadata(dir).unwrap();
+        assert_eq!((meta.uid(), mode(dir)), (uid, 0o700), "{dir:?}");
+        for (file, text) in [("h", "home\n"), ("t", "tmp\n"), ("c", "cwd\n")] {
+            assert_eq!(std::fs::read_to_string(dir.join(file)).unwrap(), text);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    assert_eq!(mode(&parent), 0o700);
+    assert_eq!(mode(&node.data), 0o700);
+    if !root {
+        return;
+    }
+    for (program, arg) in [("cat", node.path("identity.key")), ("ls", node.path(""))] {
+        let out = std::os::unix::process::CommandExt::gid(
+            std::os::unix::process::CommandExt::uid(
+                std::process::Command::new(program).arg(&arg),
+                uid,
+            ),
+            gid,
+        )
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("Permission denied"),
+            "runner.user ran {program} {arg}: {out:?}"
+        );
     }
 }
 

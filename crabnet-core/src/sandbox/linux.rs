@@ -222,6 +222,16 @@ fn effective_ids() -> (libc::uid_t, libc::gid_t) {
     unsafe { (libc::geteuid(), libc::getegid()) }
 }
 
+/// The uid and gid tasks run as when the node drops privileges for them: `Some` when the node
+/// runs as root, the policy is not `none` and `runner.user` resolves (otherwise tasks run as the
+/// node's user, or not at all).
+pub(crate) fn task_user(settings: &Settings<'_>) -> Option<(libc::uid_t, libc::gid_t)> {
+    if settings.policy == SandboxPolicy::None {
+        return None;
+    }
+    support(settings.user).drop_to.and_then(Result::ok)
+}
+
 /// Works out which features a task would get.
 pub(crate) fn plan_features(settings: &Settings<'_>, needs: TaskNeeds) -> FeaturePlan {
     if settings.policy == SandboxPolicy::None {
