@@ -111,10 +111,12 @@ impl Default for EventsConfig {
 pub const MAX_HELLO_STRETCH: u64 = 10;
 
 impl NetworkConfig {
-    /// The interval between periodic hellos, in milliseconds, of a node that knows `peers`
+    /// The interval between periodic hellos, in milliseconds, of a node that counts `peers`
     /// peers: `hello_interval_secs`, stretched by `peers / hellos_per_interval` when that is
     /// above 1, at most [`MAX_HELLO_STRETCH`] times `hello_interval_secs`. Peers count as
-    /// active while their latest hello is at most three such intervals old.
+    /// active while their latest hello is at most three such intervals old; the node counts
+    /// the active ones heard again after their first hello, once per IP address (see
+    /// [`crate::node::Node::hello_interval`]).
     pub fn hello_interval_ms(&self, peers: usize) -> u64 {
         let base = u64::from(self.hello_interval_secs) * 1000;
         let per = self.hellos_per_interval as u64;
@@ -144,11 +146,12 @@ pub struct NetworkConfig {
     pub message_ttl_secs: u32,
     /// How far a sender's clock may run ahead of ours, in seconds.
     pub max_clock_skew_secs: u32,
-    /// How often the node announces itself with a hello, in seconds, while it knows at most
+    /// How often the node announces itself with a hello, in seconds, while it counts at most
     /// `hellos_per_interval` peers (see [`NetworkConfig::hello_interval_ms`]).
     pub hello_interval_secs: u32,
     /// How many periodic hellos the network as a whole should send per `hello_interval_secs`.
-    /// A node that knows more peers than this stretches its own interval in proportion (at
+    /// A node that counts more peers than this (active ones heard more than once, see
+    /// [`crate::node::Node::hello_interval`]) stretches its own interval in proportion (at
     /// most [`MAX_HELLO_STRETCH`]-fold), so that the hellos every node verifies stay about this
     /// many per interval as the network grows; it judges its peers' liveness by the same
     /// stretched interval. 0: never stretch.

@@ -477,7 +477,18 @@ impl Node {
 
         let published = store.last_event_seq()?;
         let lamport = store.lamport_counter();
-        let hello_every_ms = config.network.hello_interval_ms(store.peer_count()?);
+        // Judged in the active window of the longest interval the peer table could give: the
+        // first periodic hello sizes it again.
+        let sightings = store.peer_sightings()?;
+        let hello_every_ms = liveness::hello_interval_for(
+            &config.network,
+            &sightings,
+            &Default::default(),
+            clock
+                .as_ref()
+                .map_or_else(crate::clock::now_ms, |c| c.now_ms()),
+            config.network.hello_interval_ms(sightings.len()),
+        );
         let log = config.events.log_enabled.then(|| {
             NdjsonLog::new(
                 config.event_log_path(),
@@ -599,7 +610,11 @@ impl Node {
     /// stretched in a network larger than `network.hellos_per_interval` nodes (see
     /// [`crate::config::NetworkConfig::hello_interval_ms`]; worked out again at each periodic
     /// hello from the peer table). A peer counts as active while its latest hello is at most
-    /// three such intervals old, and as idle (evictable) after four.
+    /// three such intervals old, and as idle (evictable) after four. The peers that stretch it
+    /// are the active ones heard again at least `network.hello_interval_secs` after their
+    /// first hello, those admitted from one (capped) IP address counting once together: fresh
+    /// identities that sent one hello each, or many identities behind one address, do not
+    /// stretch it.
     pub fn hello_interval(&self) -> Duration {
         Duration::from_millis(self.hello_interval_ms())
     }

@@ -87,6 +87,22 @@ pub struct Peer {
     pub replay_floor: u64,
 }
 
+/// When a peer was first and last heard from, and where from: what sizes the hello interval
+/// (see [`Store::peer_sightings`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSighting {
+    /// The peer's node id.
+    pub node_id: String,
+    /// First hello (Unix ms).
+    pub first_seen: Millis,
+    /// Latest hello written (Unix ms).
+    pub last_seen: Millis,
+    /// The IP address it was admitted from when that counted against
+    /// `network.max_peers_per_address` (see [`Admission::address`]); `None` for loopback,
+    /// exempt and non-UDP sources and for hellos relayed in sync batches.
+    pub admitted_from: Option<String>,
+}
+
 /// What a hello did to the peer table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerUpdate {
@@ -1088,6 +1104,23 @@ impl Store {
             .prepare_cached("SELECT COUNT(*) FROM peers")?
             .query_row([], |r| r.get(0))?;
         Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// When each peer was first and last heard from, and where from (one row per peer, in no
+    /// particular order): read once per periodic hello to size the hello interval.
+    pub fn peer_sightings(&self) -> Result<Vec<PeerSighting>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT node_id, first_seen, last_seen, admitted_from FROM peers")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PeerSighting {
+                node_id: r.get(0)?,
+                first_seen: r.get::<_, i64>(1)?.max(0) as u64,
+                last_seen: r.get::<_, i64>(2)?.max(0) as u64,
+                admitted_from: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     /// Every known peer, by node id.

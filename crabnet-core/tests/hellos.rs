@@ -751,10 +751,56 @@ async fn routine_counters_do_not_make_an_idle_node_write_on_every_tick() {
     node.stop().await.unwrap();
 }
 
+/// Issue 13: hellos signed by fresh identities (cheap to make) and never followed by another
+/// do not stretch the hello interval. Before, each one added a peer to the count the interval
+/// is sized by: twenty such hellos from one source made a node with `hellos_per_interval = 2`
+/// announce itself ten times less often and keep silent peers active ten times longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_never_heard_again_do_not_stretch_the_hello_interval() {
+    let (dir, hub) = support::forge::dir_and_hub();
+    let mut c = config(dir.path(), "n");
+    c.network.hello_interval_secs = 1;
+    c.network.hellos_per_interval = 2;
+    let node = start(c, &hub).await;
+    let mut wire = hub.join("wire");
+    // Twenty identities: ten times `hellos_per_interval`, the largest stretch.
+    for tag in 0x70..0x84 {
+        wire.broadcast(&hello_announcing(&identity(tag, 1), vec![]))
+            .unwrap();
+    }
+    node.wait_for_peers(20, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // The node's next two periodic hellos, both sized after the twenty were admitted, are
+    // fresh for four intervals of 1 s, not of 10 s.
+    let since = now_ms();
+    let mut ttls = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ttls.len() < 2 {
+        let frame = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            crabnet_core::network::recv(&mut wire),
+        )
+        .await
+        .expect("no periodic hello in 30 s")
+        .unwrap();
+        let parsed = envelope::parse(&frame.bytes, MAX_ENVELOPE_BYTES).unwrap();
+        let h = &parsed.header;
+        if h.kind == Kind::NodeHello && &h.sender == node.id() && h.timestamp >= since {
+            ttls.push(h.ttl_secs);
+        }
+    }
+    assert_eq!(ttls, [4, 4], "the hello interval was stretched");
+    assert_eq!(node.hello_interval(), Duration::from_secs(1));
+    node.stop().await.unwrap();
+}
+
 /// In a network of more nodes than `network.hellos_per_interval`, a node stretches its hello
 /// interval in proportion to the peers it knows (issue 13: the hellos every node verifies
 /// stay about `hellos_per_interval` per `hello_interval_secs` as the network grows, instead of
-/// growing with it), and its hellos stay fresh for four of the stretched intervals.
+/// growing with it), and its hellos stay fresh for four of the stretched intervals. The peers
+/// hello every second, as running nodes do: a peer counts once it was heard again an interval
+/// after its first hello (see `identities_never_heard_again_do_not_stretch_the_hello_interval`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_interval_grows_with_the_network() {
     let dir = tempfile::tempdir().unwrap();
@@ -765,15 +811,24 @@ async fn hello_interval_grows_with_the_network() {
     let node = start(c, &hub).await;
     let mut wire = hub.join("wire");
     assert_eq!(node.hello_interval(), Duration::from_secs(1));
-    for tag in 0x60..0x66 {
-        wire.broadcast(&hello_announcing(&identity(tag, 1), vec![]))
-            .unwrap();
-    }
+    let peers: Vec<Identity> = (0x60..0x66).map(|tag| identity(tag, 1)).collect();
+    let mut from_peers = hub.join("peers");
+    let peer_hellos = tokio::spawn(async move {
+        loop {
+            for peer in &peers {
+                from_peers
+                    .broadcast(&hello_announcing(peer, vec![]))
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     node.wait_for_peers(6, Duration::from_secs(20))
         .await
         .unwrap();
-    // Six peers, two hellos per interval: three intervals, from the next periodic hello on.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Six peers, two hellos per interval: three intervals, from the first periodic hello after
+    // the peers' second hellos on.
+    let deadline = Instant::now() + Duration::from_secs(10);
     while node.hello_interval() != Duration::from_secs(3) {
         assert!(
             Instant::now() < deadline,
@@ -782,8 +837,7 @@ async fn hello_interval_grows_with_the_network() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Hellos signed during 7.5 s: 2 or 3 (one per 3 s), not 7 (one per second). (The wire
-    // first receives the node's answers to the six newcomers.)
+    // Hellos signed during 7.5 s: 2 or 3 (one per 3 s), not 7 (one per second).
     let since = now_ms();
     let mut hellos = Vec::new();
     let deadline = Instant::now() + Duration::from_millis(7_500);
@@ -806,5 +860,6 @@ async fn hello_interval_grows_with_the_network() {
     );
     // Fresh for four intervals of 3 s.
     assert!(hellos.iter().all(|&ttl| ttl == 12), "{hellos:?}");
+    peer_hellos.abort();
     node.stop().await.unwrap();
 }

@@ -43,12 +43,22 @@ fn certified_hello(anchor: &AnchorKey, id: &Identity, serial: u8) -> Vec<u8> {
 
 /// `hello` as `id`'s signed hello envelope, with `message_id`, dated now.
 pub(super) fn hello_envelope(id: &Identity, hello: &Hello, message_id: MessageId) -> Vec<u8> {
+    hello_envelope_at(id, hello, message_id, crate::clock::now_ms())
+}
+
+/// `hello` as `id`'s signed hello envelope, with `message_id`, dated `timestamp`.
+fn hello_envelope_at(
+    id: &Identity,
+    hello: &Hello,
+    message_id: MessageId,
+    timestamp: crate::model::Millis,
+) -> Vec<u8> {
     let header = Header {
         kind: Kind::NodeHello,
         sealed: false,
         sender: id.node_id().clone(),
         message_id,
-        timestamp: crate::clock::now_ms(),
+        timestamp,
         ttl_secs: 60,
         lamport: 0,
     };
@@ -111,5 +121,103 @@ async fn anchored_mode_caps_certified_peers_from_one_address() {
         node.overview().await.unwrap().counters.get("peers.refused"),
         Some(&2)
     );
+    node.stop().await.unwrap();
+}
+
+/// Issue 13: the hello interval is sized by the peers heard again after their first hello, and
+/// the peers admitted from one IP address count once together: identities one address makes
+/// (up to `network.max_peers_per_address` of them get in) stretch it no more than one node.
+/// The node's clock and the hellos' timestamps are set by the test (no network task runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_from_one_address_stretch_the_hello_interval_as_one_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::with_data_dir(dir.path().join("n"));
+    c.events.log_enabled = false;
+    c.network.hello_interval_secs = 1;
+    c.network.hellos_per_interval = 2;
+    let t0 = crate::clock::now_ms();
+    let clock = crate::clock::ManualClock::new(t0);
+    let node = Node::start_with_clock(c, None, std::sync::Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let source = |address: &str| Source {
+        from: format!("udp:{address}:7946"),
+        verified: false,
+    };
+    // Sixteen identities (the per-address cap) from one address, three from three others.
+    let senders: Vec<(Identity, Source)> = (1..=19u8)
+        .map(|i| {
+            let from = if i <= 16 {
+                source("192.0.2.7")
+            } else {
+                source(&format!("198.51.100.{i}"))
+            };
+            (Identity::from_tag(i, 1), from)
+        })
+        .collect();
+    let hello_of = |id: &Identity| Hello {
+        name: "sybil".into(),
+        addresses: vec![],
+        key_epoch: 1,
+        signing_public: id.public().signing.to_bytes(),
+        kem_public: id.public().kem.to_bytes(),
+        certificate: None,
+        rotations: vec![],
+    };
+    let round = |at: crate::model::Millis, serial: u8| {
+        let node = node.clone();
+        let frames: Vec<(Vec<u8>, Source)> = senders
+            .iter()
+            .map(|(id, from)| {
+                let mut message_id = [serial; 16];
+                message_id[0] = id.node_id().as_str().as_bytes()[0];
+                message_id[1] = id.node_id().as_str().as_bytes()[1];
+                let hello =
+                    hello_envelope_at(id, &hello_of(id), MessageId::from_bytes(message_id), at);
+                (hello, from.clone())
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            frames
+                .iter()
+                .map(|(hello, from)| {
+                    node.receive_frame(hello, from, MAX_ENVELOPE_BYTES, &mut None)
+                        .unwrap()
+                        .acceptance
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let verdicts = round(t0, 1).await.unwrap();
+    assert!(
+        verdicts.iter().all(|v| *v == Acceptance::Accept),
+        "{verdicts:?}"
+    );
+    assert_eq!(node.peers().await.unwrap().len(), 19);
+    // Heard once: none counts.
+    assert_eq!(node.size_hello_interval(), 1000);
+
+    // Heard again a second later: the sixteen count as one peer, with the three others four
+    // peers, two intervals (not 19 / 2).
+    clock.set(t0 + 1000);
+    let verdicts = round(t0 + 1000, 2).await.unwrap();
+    assert!(
+        verdicts.iter().all(|v| *v == Acceptance::Accept),
+        "{verdicts:?}"
+    );
+    assert_eq!(
+        node.overview()
+            .await
+            .unwrap()
+            .counters
+            .get("hellos.refreshed"),
+        Some(&19)
+    );
+    assert_eq!(node.size_hello_interval(), 2000);
+    assert_eq!(node.hello_interval(), std::time::Duration::from_secs(2));
+
+    // Silent for three such intervals: none counts any more.
+    clock.set(t0 + 1000 + 6001);
+    assert_eq!(node.size_hello_interval(), 1000);
     node.stop().await.unwrap();
 }

@@ -16,18 +16,20 @@
 //! hello interval, and before any admission decision, which reads them (a new peer may
 //! evict an idle one). Readers in this process see the newer values at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
 use super::{Node, lock};
+use crate::config::NetworkConfig;
 use crate::envelope;
 use crate::error::Result;
 use crate::identity::PublicIdentity;
 use crate::model::{Millis, NodeId};
 use crate::monitor::RejectReason;
 use crate::network::Acceptance;
+use crate::store::{PeerSighting, Store};
 
 impl Node {
     /// The cheap path for a hello whose signatures verified (see the module docs): when its
@@ -96,6 +98,26 @@ impl Node {
         written
     }
 
+    /// The hello interval, in ms, for the peers that count in `store` now, with the `last_seen`
+    /// values refreshed in memory (see [`hello_interval_for`]); `current_ms` is the interval
+    /// the node runs with.
+    pub(super) fn size_hello_interval_from(
+        &self,
+        store: &Store,
+        now: Millis,
+        current_ms: u64,
+    ) -> Result<u64> {
+        let sightings = store.peer_sightings()?;
+        let pending = self.inner.liveness.pending_all();
+        Ok(hello_interval_for(
+            &self.inner.config.network,
+            &sightings,
+            &pending,
+            now,
+            current_ms,
+        ))
+    }
+
     /// `peer`'s `last_seen`, with a newer value refreshed in memory and not yet written.
     pub(super) fn last_seen(&self, peer: &crate::store::Peer) -> Millis {
         self.inner
@@ -103,6 +125,51 @@ impl Node {
             .pending(&peer.identity.node_id)
             .map_or(peer.last_seen, |at| at.max(peer.last_seen))
     }
+}
+
+/// The hello interval, in ms, of a node that runs with an interval of `current_ms` and knows
+/// the peers `sightings` (with the newer `last_seen` values `pending`, by node id) at `now`:
+/// [`NetworkConfig::hello_interval_ms`] of the peers that count ([`counted_peers`]), those
+/// heard from within the active window (three intervals of `current_ms`) and heard again at
+/// least one `network.hello_interval_secs` after their first hello.
+pub(super) fn hello_interval_for(
+    net: &NetworkConfig,
+    sightings: &[PeerSighting],
+    pending: &HashMap<String, Millis>,
+    now: Millis,
+    current_ms: u64,
+) -> u64 {
+    let since = now.saturating_sub(current_ms.saturating_mul(3));
+    let base = net.hello_interval_ms(0);
+    net.hello_interval_ms(counted_peers(sightings, pending, since, base))
+}
+
+/// How many of the peers `sightings` count toward the hello interval: those whose latest hello
+/// (the newer of `last_seen` and the value `pending` for them) is at or after `since`, and at
+/// least `again_after` ms after their first hello (an identity heard once, however many of
+/// them one source makes, does not count); the peers admitted from one IP address (see
+/// [`PeerSighting::admitted_from`]) count once together.
+pub(super) fn counted_peers(
+    sightings: &[PeerSighting],
+    pending: &HashMap<String, Millis>,
+    since: Millis,
+    again_after: u64,
+) -> usize {
+    let mut addresses = HashSet::new();
+    let mut counted = 0;
+    for s in sightings {
+        let last = pending
+            .get(&s.node_id)
+            .map_or(s.last_seen, |&at| at.max(s.last_seen));
+        if last < since || last < s.first_seen.saturating_add(again_after) {
+            continue;
+        }
+        match &s.admitted_from {
+            Some(address) if !addresses.insert(address.as_str()) => {}
+            _ => counted += 1,
+        }
+    }
+    counted
 }
 
 /// What this node knows of a peer's latest stored hello.
@@ -170,6 +237,14 @@ impl Liveness {
         lock(&self.state).get(node).and_then(|e| e.pending)
     }
 
+    /// The `last_seen` values not yet written, by node id (left pending).
+    pub(super) fn pending_all(&self) -> HashMap<String, Millis> {
+        lock(&self.state)
+            .iter()
+            .filter_map(|(node, e)| e.pending.map(|at| (node.as_str().to_owned(), at)))
+            .collect()
+    }
+
     /// Whether any `last_seen` waits to be written.
     pub(super) fn any_pending(&self) -> bool {
         lock(&self.state).values().any(|e| e.pending.is_some())
@@ -229,6 +304,73 @@ mod tests {
         l.forget(&id(1));
         assert!(!l.unchanged(&id(1), b"other"));
         assert_eq!(l.pending(&id(1)), None);
+    }
+
+    fn sighting(n: u8, first: Millis, last: Millis, from: Option<&str>) -> PeerSighting {
+        PeerSighting {
+            node_id: id(n).as_str().to_owned(),
+            first_seen: first,
+            last_seen: last,
+            admitted_from: from.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn peers_count_when_heard_again_within_the_window_and_once_per_address() {
+        let none = HashMap::new();
+        // Window from 10_000, heard again at least 1_000 after the first hello.
+        let count = |rows: &[PeerSighting], pending: &HashMap<String, Millis>| {
+            counted_peers(rows, pending, 10_000, 1_000)
+        };
+        assert_eq!(count(&[sighting(1, 9_000, 10_000, None)], &none), 1);
+        assert_eq!(
+            count(&[sighting(1, 9_000, 9_999, None)], &none),
+            0,
+            "silent for longer than the window"
+        );
+        assert_eq!(
+            count(&[sighting(1, 10_000, 10_999, None)], &none),
+            0,
+            "not heard again an interval after its first hello"
+        );
+        assert_eq!(count(&[sighting(1, 10_000, 11_000, None)], &none), 1);
+        // A newer `last_seen` not yet written counts, an older one does not.
+        let row = [sighting(1, 9_000, 9_500, None)];
+        let newer = HashMap::from([(id(1).as_str().to_owned(), 10_500)]);
+        let older = HashMap::from([(id(1).as_str().to_owned(), 9_000)]);
+        assert_eq!(count(&row, &newer), 1);
+        assert_eq!(count(&row, &older), 0);
+        // Peers admitted from one address count once; without an address, each counts.
+        let rows = [
+            sighting(1, 0, 20_000, Some("192.0.2.7")),
+            sighting(2, 0, 20_000, Some("192.0.2.7")),
+            sighting(3, 0, 20_000, Some("192.0.2.8")),
+            sighting(4, 0, 20_000, None),
+            sighting(5, 0, 20_000, None),
+            // Does not count, so does not use up its address.
+            sighting(6, 19_500, 20_000, Some("192.0.2.9")),
+        ];
+        assert_eq!(count(&rows, &none), 4);
+    }
+
+    #[test]
+    fn the_interval_is_sized_by_the_peers_that_count_in_the_current_window() {
+        let mut net = NetworkConfig {
+            hello_interval_secs: 1,
+            hellos_per_interval: 2,
+            ..NetworkConfig::default()
+        };
+        // Twenty peers heard again, the latest hello 5 s ago.
+        let rows: Vec<_> = (0..20).map(|n| sighting(n, 0, 10_000, None)).collect();
+        let none = HashMap::new();
+        // In a window of three 1 s intervals: none counts; of three 2 s intervals: all do.
+        assert_eq!(hello_interval_for(&net, &rows, &none, 15_000, 1_000), 1_000);
+        assert_eq!(
+            hello_interval_for(&net, &rows, &none, 15_000, 2_000),
+            10_000
+        );
+        net.hellos_per_interval = 0;
+        assert_eq!(hello_interval_for(&net, &rows, &none, 15_000, 2_000), 1_000);
     }
 
     #[test]

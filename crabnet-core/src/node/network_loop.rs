@@ -396,11 +396,6 @@ impl Node {
         }
     }
 
-    /// Builds the hello for the transport's current addresses (they can appear after start:
-    /// libp2p listeners) and keys, broadcasts it with what follows a hello, and keeps it in
-    /// `cache` for the answers to new peers.
-    /// Works out the hello interval for the peers known now ([`Node::hello_interval`]) and
-    /// returns it, in ms. When the peer table cannot be read, the interval stays as it was.
     /// One periodic sync round: new keys announced first, then the first query of an
     /// exchange, when this node knows a peer (see [`Node::range_query_frame`]).
     async fn send_sync_query(&self, transport: &mut dyn Transport, hello: &mut Option<HelloCache>) {
@@ -419,20 +414,26 @@ impl Node {
         }
     }
 
-    fn size_hello_interval(&self) -> u64 {
-        match self.with_store(|s| s.peer_count()) {
-            Ok(peers) => {
-                let every = self.inner.config.network.hello_interval_ms(peers);
+    /// Works out the hello interval for the peers that count now ([`Node::hello_interval`])
+    /// and returns it, in ms. When the peer table cannot be read, the interval stays as it was.
+    pub(super) fn size_hello_interval(&self) -> u64 {
+        let now = self.now_ms();
+        let current = self.hello_interval_ms();
+        match self.with_store(|s| self.size_hello_interval_from(s, now, current)) {
+            Ok(every) => {
                 self.inner.hello_every_ms.store(every, Ordering::Relaxed);
                 every
             }
             Err(e) => {
                 tracing::warn!("cannot count peers: {e}");
-                self.hello_interval_ms()
+                current
             }
         }
     }
 
+    /// Builds the hello for the transport's current addresses (they can appear after start:
+    /// libp2p listeners) and keys, broadcasts it with what follows a hello, and keeps it in
+    /// `cache` for the answers to new peers.
     fn broadcast_hello(&self, transport: &mut dyn Transport, cache: &mut Option<HelloCache>) {
         let addresses = transport.local_addresses();
         *lock(&self.inner.addresses) = addresses.clone();
