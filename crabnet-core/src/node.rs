@@ -577,6 +577,8 @@ impl Node {
         let stop = || node.inner.shutdown.subscribe();
         tasks.push(tokio::spawn(node.clone().housekeeping(stop())));
         if node.inner.log.is_some() {
+            // Once at start: the log may lag the events (a process stopped between them).
+            node.inner.wake_log.notify_one();
             tasks.push(tokio::spawn(node.clone().log_writer(stop())));
         }
         if let Some(t) = transport {
@@ -695,9 +697,10 @@ impl Node {
     }
 
     /// Publishes events committed since the last pump (by this or another process) to the bus
-    /// and wakes the log writer.
+    /// and, when there were any, wakes the log writer (an idle node opens no file).
     fn pump_events(&self, store: &Store) {
         let mut seq = lock(&self.inner.published_seq);
+        let before = *seq;
         loop {
             match store.events_after(*seq, 512) {
                 Ok(events) if events.is_empty() => break,
@@ -713,20 +716,25 @@ impl Node {
                 }
             }
         }
-        self.inner.wake_log.notify_one();
+        if *seq != before {
+            self.inner.wake_log.notify_one();
+        }
     }
 }
 
-/// At a start on a network, for a node that runs tasks as `runner.user`: finds where their
-/// directories go ([`runner::task_root`](crate::runner::task_root)), so that a work root that
-/// user cannot reach is reported (with the fallback used instead, or why none is usable) before
-/// any task is accepted rather than when one fails.
+/// At a start on a network, for a node that runs tasks as `runner.user`: says when that user
+/// cannot reach the work root ([`runner::task_root_blocked`](crate::runner::task_root_blocked)),
+/// before any task is accepted rather than when one runs. Creates nothing.
 fn check_task_root(runner: &crate::runner::RunnerConfig) {
-    if crate::sandbox::task_user(&runner.sandbox_settings()).is_none() {
-        return;
-    }
-    if let Err(e) = crate::runner::task_root(&runner.work_root(), runner) {
-        tracing::warn!("tasks cannot run: {e}");
+    let root = runner.work_root();
+    if let Some(closed) = crate::runner::task_root_blocked(&root, runner) {
+        tracing::warn!(
+            "runner.user {:?} cannot enter {closed} on the way to the work root {}: task \
+             directories will go to crabnet-work-<uid> under /var/tmp (or /tmp) instead. To \
+             choose where they go, set runner.work_root to a directory runner.user can reach",
+            runner.user,
+            root.display()
+        );
     }
 }
 

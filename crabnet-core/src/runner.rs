@@ -506,6 +506,29 @@ pub fn task_root(work_root: &Path, cfg: &RunnerConfig) -> Result<PathBuf, Runner
     Ok(root)
 }
 
+/// Whether tasks running as [`RunnerConfig::user`] could reach `work_root`, checked without
+/// creating anything (up to its nearest existing directory): `Some(the directory in the way)`
+/// when they could not, so that [`task_root`] will put their directories under a fallback;
+/// `None` when they can, when nothing on the way can be read, or when tasks do not run as that
+/// user (the node is not root).
+pub fn task_root_blocked(work_root: &Path, cfg: &RunnerConfig) -> Option<String> {
+    #[cfg(unix)]
+    {
+        let (uid, gid) = sandbox::task_user(&cfg.sandbox_settings())?;
+        let existing = work_root.ancestors().find(|p| p.exists())?;
+        let existing = std::fs::canonicalize(existing).ok()?;
+        first_closed_dir(&existing, uid, gid)
+            .ok()
+            .flatten()
+            .map(|closed| closed.to_string())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (work_root, cfg);
+        None
+    }
+}
+
 /// Creates the work root `root` if missing, checks that it is safe ([`secure_work_root`]) and
 /// returns it absolute and free of symlinks, so that `HOME` and `TMPDIR` work from any cwd.
 fn prepare_root(root: &Path) -> Result<PathBuf, RunnerError> {
