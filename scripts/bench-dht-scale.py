@@ -132,6 +132,19 @@ class Listener:
                     out["Private"] += int(v.split()[0]) / 1024.0
         return out
 
+    def switches(self):
+        """Context switches (voluntary and not) of each of the process's threads, by thread id:
+        how often its threads woke, a figure the machine's load does not scale."""
+        out = {}
+        for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{tid}/status") as f:
+                    out[tid] = sum(int(line.split()[1]) for line in f
+                                   if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+            except OSError:
+                pass  # the thread ended meanwhile
+        return out
+
     def cpu_ticks(self):
         with open(f"/proc/{self.proc.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -279,12 +292,18 @@ def main():
 
         peak = [n.proc_status()["VmHWM"] for n in nodes]
         time.sleep(args.settle_secs)
+        s0 = [n.switches() for n in nodes]
         c0 = [n.cpu_ticks() for n in nodes]
         w0 = time.monotonic()
         time.sleep(args.idle_secs)
         c1 = [n.cpu_ticks() for n in nodes]
+        s1 = [n.switches() for n in nodes]
         window = time.monotonic() - w0
         idle_cpu = [100.0 * (b - a) / CLK_TCK / window for a, b in zip(c0, c1)]
+        # Threads that ended inside the window are left out (blocking-pool threads end after
+        # 10 s without work), so this may count a few too few.
+        idle_wakeups = [sum(v - a.get(t, 0) for t, v in b.items()) / window
+                        for a, b in zip(s0, s1)]
         idle_rss = [n.proc_status()["VmRSS"] for n in nodes]
         idle_mem = [n.memory() for n in nodes]
         peak = [max(p, n.proc_status()["VmHWM"]) for p, n in zip(peak, nodes)]
@@ -308,6 +327,7 @@ def main():
             "idle_pss_mib": stats([m["Pss"] for m in idle_mem]),
             "idle_private_mib": stats([m["Private"] for m in idle_mem]),
             "idle_cpu_pct_of_core": stats(idle_cpu),
+            "idle_context_switches_per_s": stats(idle_wakeups),
             "idle_window_secs": round(window, 1),
         }
         print(json.dumps(report))

@@ -157,7 +157,8 @@ pub struct NetworkConfig {
     /// stretched interval. 0: never stretch.
     pub hellos_per_interval: usize,
     /// How often the node starts a sync exchange (a reconciliation query) with its peers, so
-    /// that it learns and asks for what it lacks, in seconds.
+    /// that it learns and asks for what it lacks, in seconds, while its store changes; up to
+    /// six times as long while it does not ([`crate::Node::sync_round_interval`]).
     pub sync_interval_secs: u32,
     /// Rejected frames from one source with one reason get one `message_rejected` event as they
     /// happen and one summary per window of this many milliseconds (0: an event for each).

@@ -621,6 +621,13 @@ impl Node {
         Duration::from_millis(self.hello_interval_ms())
     }
 
+    /// How long this node waits between its periodic sync rounds now:
+    /// `network.sync_interval_secs` while its store changes, twice as long after each round over
+    /// a store unchanged since the round before, up to six times (docs/PROTOCOL.md section 7).
+    pub fn sync_round_interval(&self) -> Duration {
+        Duration::from_millis(self.next_sync_round_ms())
+    }
+
     pub(crate) fn hello_interval_ms(&self) -> u64 {
         self.inner.hello_every_ms.load(Ordering::Relaxed)
     }

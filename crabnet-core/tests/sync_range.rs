@@ -153,6 +153,48 @@ async fn meet_once(lower_first: bool) {
     stop_all([a, b]).await;
 }
 
+/// Converged nodes whose stores do not change query less and less often (each round twice
+/// as long after the last, up to six intervals), and a node that stores something new is back
+/// at the base interval after its next round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_nodes_query_less_often_until_their_store_changes() {
+    let (dir, hub) = dir_and_hub();
+    let (a, b) = connected_pair(dir.path(), &hub).await;
+    publish_many(&a, 5, "first").await;
+    converged(&[&a, &b], 5, Duration::from_secs(20)).await;
+    let second = Duration::from_secs(1);
+    // Until `n` waits `pace` between rounds, or at most `pace` when `at_most`.
+    let wait_pace = |n: Node, pace: Duration, at_most: bool, what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let there = |now: Duration| if at_most { now <= pace } else { now == pace };
+        while !there(n.sync_round_interval()) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: rounds every {:?}",
+                n.sync_round_interval()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Rounds over unchanged stores: 1 s, then 2 s, 4 s, and 6 s from then on.
+    wait_pace(a.clone(), 6 * second, false, "a idle").await;
+    wait_pace(b.clone(), 6 * second, false, "b idle").await;
+    let queries = |n: Node| async move { counter(&n, "sync.queries_sent").await };
+    let (qa, qb) = (queries(a.clone()).await, queries(b.clone()).await);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let idle = (queries(a.clone()).await - qa, queries(b.clone()).await - qb);
+    // One round per 6 s: at most 3 each in 12 s, whatever the phase (12 at the base interval).
+    assert!(idle.0 <= 3 && idle.1 <= 3, "idle rounds (a, b): {idle:?}");
+
+    // A new seed on A: both stores change, and each node's next round brings it back to
+    // rounds every second (then 2 s, 4 s... again while nothing changes).
+    publish_many(&a, 1, "second").await;
+    converged(&[&a, &b], 6, Duration::from_secs(20)).await;
+    wait_pace(b.clone(), 2 * second, true, "b after a new seed").await;
+    wait_pace(a.clone(), 2 * second, true, "a after its new seed").await;
+    stop_all([a, b]).await;
+}
+
 /// Envelopes inside sync batches are old by design: one older than `message_ttl_secs` (and
 /// the hello of its author) still reaches a node that starts later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +256,12 @@ async fn reconciliation_bytes_follow_the_difference_not_the_store() {
     let index_before = index(a.clone(), b.clone()).await;
     let queries_before = queries(a.clone(), b.clone()).await;
     let before = reconcile_bytes(&a, &b).await;
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // Two idle rounds or more (over unchanged stores the rounds grow apart: 2 s, 4 s, 6 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while queries(a.clone(), b.clone()).await < queries_before + 2 {
+        assert!(Instant::now() < deadline, "no idle sync rounds");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let idle = reconcile_bytes(&a, &b).await - before;
     let rounds = queries(a.clone(), b.clone()).await - queries_before;
     assert!(rounds > 0, "no sync rounds ran");

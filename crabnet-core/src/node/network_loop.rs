@@ -98,8 +98,10 @@ impl Node {
         self.broadcast_hello(transport.as_mut(), &mut hello);
         next_hello += Duration::from_millis(every_hello);
         self.send_sync_query(transport.as_mut(), &mut hello).await;
-        let every = Duration::from_secs(self.inner.config.network.sync_interval_secs as u64);
-        let mut sync_tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // The next periodic round: `network.sync_interval_secs` after the last, stretched while
+        // the store does not change (`Node::next_sync_round_ms`).
+        let mut next_round =
+            tokio::time::Instant::now() + Duration::from_millis(self.next_sync_round_ms());
         let mut sync_due: Option<tokio::time::Instant> = None;
         // A report that came in while frames were taken into a batch: handled next.
         let mut stash: Option<Option<Incoming>> = None;
@@ -129,7 +131,11 @@ impl Node {
                     let frame = self.latest_hello(transport.as_mut(), &mut hello);
                     self.answer_hellos(transport.as_mut(), frame);
                 }
-                _ = sync_tick.tick() => sync_due = Some(tokio::time::Instant::now()),
+                _ = tokio::time::sleep_until(next_round) => {
+                    // Set again after the round (below); meanwhile not due twice.
+                    next_round = tokio::time::Instant::now() + Duration::from_secs(3600);
+                    sync_due = Some(tokio::time::Instant::now());
+                }
                 _ = self.inner.sync_wanted.notified() => {
                     // Give hellos a moment to cross first.
                     let at = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -138,6 +144,7 @@ impl Node {
                 _ = tokio::time::sleep_until(sync_due.unwrap_or_else(tokio::time::Instant::now)), if sync_due.is_some() => {
                     sync_due = None;
                     self.send_sync_query(transport.as_mut(), &mut hello).await;
+                    next_round = tokio::time::Instant::now() + Duration::from_millis(self.next_sync_round_ms());
                 }
                 _ = self.inner.hello_changed.notified() => self.broadcast_hello(transport.as_mut(), &mut hello),
                 _ = shutdown.changed() => {
