@@ -39,15 +39,14 @@ impl Node {
     ///   of its keys (a switch that could not load the keys yet is tried again);
     /// * the outbox: the earliest retry, or the database changed (another process queued).
     ///
-    /// An idle node only wakes on the tick; changes made through this node wake the tasks
-    /// directly. "The database changed" is SQLite's `data_version`, read only while the
-    /// database's write-ahead log was written within the last [`LOG_SETTLE_MS`] (a
-    /// [`WalWatch`]; on every tick where the log cannot be watched): an idle node does not
-    /// query its store on the tick.
+    /// It looks every tick while busy. An idle node sleeps until a duty is due, a commit
+    /// writes the database's log ([`WalWatch`]), or [`IDLE_TICKS`] ticks passed; changes made
+    /// through this node wake the tasks directly. "The database changed" is SQLite's
+    /// `data_version`, read only while the log was written within the last [`LOG_SETTLE_MS`]
+    /// (on every tick where the log cannot be watched): an idle node does not query its store
+    /// when it wakes.
     pub(super) async fn housekeeping(self, mut shutdown: watch::Receiver<bool>) {
-        let mut tick =
-            tokio::time::interval(Duration::from_millis(self.inner.config.network.tick_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let tick = Duration::from_millis(self.inner.config.network.tick_ms);
         let mut last_version = None;
         // The store is open, so its log exists: watched from here on, every commit after this
         // is seen (the first look below reads the version regardless).
@@ -55,11 +54,35 @@ impl Node {
         // Until when the version is read on every tick: a commit writes its log first and
         // publishes it (in shared memory, which no watch sees) a moment later, after its sync.
         let mut look_until: Millis = 0;
+        // The first look at once (decisions may have come due while the node was down).
+        let start = tokio::time::Instant::now();
+        let mut last_look = start.checked_sub(tick).unwrap_or(start);
+        let mut first = true;
         loop {
+            // Busy (the log written lately, or not watched): every tick. Idle: asleep until
+            // the next duty is due, a commit (by any process) writes the log, or at most
+            // IDLE_TICKS ticks (for what is only counted in memory), and never sooner than a
+            // tick after the last look.
+            let busy = first || !wal.is_watched() || self.now_ms() < look_until;
+            let wake = if busy {
+                last_look + tick
+            } else {
+                let now = self.now_ms();
+                let due_in = Duration::from_millis(self.next_duty_at(now).saturating_sub(now));
+                last_look + due_in.clamp(tick, tick * IDLE_TICKS)
+            };
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = wal.written(), if !busy => {
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep_until(last_look + tick) => {}
+                    }
+                }
             }
+            first = false;
+            last_look = tokio::time::Instant::now();
             let now = self.now_ms();
             if wal.maybe_written() {
                 look_until = now.saturating_add(LOG_SETTLE_MS);
@@ -117,6 +140,34 @@ impl Node {
                 true
             }
         }
+    }
+
+    /// When the next duty is due by what is known now (node clock): `now` when something
+    /// waits in memory (rejections to record, keys to follow), else the earliest of the
+    /// duties' timers (decisions, seen-id expiry, outbox retry, retention, held frames'
+    /// expiry; counters and `last_seen` values when some wait).
+    fn next_duty_at(&self, now: Millis) -> Millis {
+        let timers = &self.inner.timers;
+        let rejections = &self.inner.rejections;
+        if rejections.rejections_pending() || self.behind_own_rotation() {
+            return now;
+        }
+        let mut at = [&timers.decide_at, &timers.prune_at, &timers.retry_at]
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(u64::MAX)
+            .min(self.inner.retention.next_run_at());
+        if let Some(expiry) = self.inner.held.next_expiry() {
+            at = at.min(expiry);
+        }
+        if !rejections.is_idle() {
+            at = at.min(timers.counters_at.load(Ordering::Relaxed));
+        }
+        if self.inner.liveness.any_pending() {
+            at = at.min(timers.liveness_at.load(Ordering::Relaxed));
+        }
+        at
     }
 
     /// The duties due at `now` (`changed`: another process wrote to the database).
@@ -294,6 +345,11 @@ pub(super) struct Duties {
 /// Readers in this process see them at once ([`Node::overview`] adds them); other processes
 /// (`crabnet status`) see them this much later at most.
 pub(super) const COUNTER_WRITE_MS: u64 = 5_000;
+
+/// The longest an idle node's housekeeping sleeps, in ticks (`network.tick_ms`), when no
+/// duty is due sooner: what is only counted in memory meanwhile (rejected frames, counters)
+/// waits at most this long.
+const IDLE_TICKS: u32 = 4;
 
 /// How long after a write to the database's log housekeeping keeps reading SQLite's
 /// `data_version` on every tick: a commit becomes visible to readers after its log write and

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-/// Watches a database's write-ahead log (`<database>-wal`).
+/// Watches a database's write-ahead log (`<database>-wal`). Made inside a Tokio runtime.
 pub(crate) struct WalWatch {
     #[cfg(target_os = "linux")]
     inner: Option<linux::Inotify>,
@@ -68,9 +68,19 @@ impl WalWatch {
         true
     }
 
+    /// Waits until the log may have been written since [`WalWatch::maybe_written`] last
+    /// looked (at once when it was); never returns while nothing is watched.
+    pub(crate) async fn written(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(watch) = self.inner.as_mut() {
+            watch.readable().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+
     /// Whether the log is watched (false: every look says "maybe").
-    #[cfg(test)]
-    fn is_watched(&self) -> bool {
+    pub(crate) fn is_watched(&self) -> bool {
         #[cfg(target_os = "linux")]
         {
             self.inner.is_some()
@@ -88,6 +98,9 @@ mod linux {
     use std::os::unix::ffi::OsStrExt;
     use std::path::Path;
 
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+
     /// What the watch saw since the last drain.
     pub(super) enum Seen {
         Nothing,
@@ -96,9 +109,9 @@ mod linux {
         Lost,
     }
 
-    /// A non-blocking inotify instance watching one file for writes.
+    /// A non-blocking inotify instance watching one file for writes, registered with Tokio.
     pub(super) struct Inotify {
-        fd: OwnedFd,
+        fd: AsyncFd<OwnedFd>,
     }
 
     impl Inotify {
@@ -118,7 +131,39 @@ mod linux {
             if wd < 0 {
                 return Err(io::Error::last_os_error());
             }
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(io::Error::other("not inside a Tokio runtime"));
+            }
+            // SAFETY: an `OwnedFd` stays open, and names the same descriptor, for as long as
+            // the `AsyncFd` owns it.
+            let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(io::Error::from)?;
             Ok(Inotify { fd })
+        }
+
+        /// Waits until events are queued (readiness the last drain left behind is checked
+        /// against the queue, so a drained watch waits for the next event).
+        pub(super) async fn readable(&mut self) {
+            loop {
+                let Ok(mut guard) = self.fd.readable().await else {
+                    // The reactor is gone (shutting down): nothing more to wait for.
+                    return std::future::pending().await;
+                };
+                let mut queued: libc::c_int = 0;
+                // SAFETY: FIONREAD writes one int through the pointer, valid for the call.
+                let rc = unsafe {
+                    libc::ioctl(
+                        self.fd.get_ref().as_raw_fd(),
+                        libc::FIONREAD,
+                        &mut queued as *mut libc::c_int,
+                    )
+                };
+                if rc < 0 || queued > 0 {
+                    // (An error: let the caller look; its drain reports it.)
+                    return;
+                }
+                guard.clear_ready();
+            }
         }
 
         /// Reads every queued event without waiting.
@@ -130,7 +175,7 @@ mod linux {
                 // SAFETY: `buf` is valid for writes of its length for the whole call.
                 let n = unsafe {
                     libc::read(
-                        self.fd.as_raw_fd(),
+                        self.fd.get_ref().as_raw_fd(),
                         buf.as_mut_ptr().cast::<libc::c_void>(),
                         buf.len(),
                     )
@@ -176,8 +221,8 @@ mod linux {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_write_to_the_log_is_seen_once_and_a_missing_log_means_polling() {
+    #[tokio::test]
+    async fn a_write_to_the_log_is_seen_once_and_a_missing_log_means_polling() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("crabnet.db");
         let wal = dir.path().join("crabnet.db-wal");
@@ -210,8 +255,8 @@ mod tests {
         assert!(watch.maybe_written());
     }
 
-    #[test]
-    fn another_connections_commit_is_seen() {
+    #[tokio::test]
+    async fn another_connections_commit_is_seen() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("crabnet.db");
         let ours = rusqlite::Connection::open(&db).unwrap();
@@ -229,6 +274,19 @@ mod tests {
         assert!(!watch.maybe_written());
         let other = rusqlite::Connection::open(&db).unwrap();
         other.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        // Waiting for it returns (the commit is queued), and a look then sees it.
+        tokio::time::timeout(std::time::Duration::from_secs(10), watch.written())
+            .await
+            .expect("a commit wakes the watch");
+        assert!(watch.maybe_written());
+        // Drained: waiting now blocks until the next commit.
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(200), watch.written()).await;
+        assert!(waited.is_err(), "no commit since the look");
+        other.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), watch.written())
+            .await
+            .expect("the next commit wakes the watch");
         assert!(watch.maybe_written());
         // A read by either writes nothing.
         let _: i64 = ours
