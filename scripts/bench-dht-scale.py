@@ -33,6 +33,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -212,7 +213,8 @@ def main():
     ap.add_argument("--config", default="", help="extra config.toml text for every node")
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
     ap.add_argument("--progress", type=float, default=None,
-                    help="log the pairs still missing every this many seconds while forming")
+                    help="log the pairs still missing every this many seconds while the network "
+                         "forms and while the seeds spread")
     args = ap.parse_args()
 
     binary = os.path.abspath(args.bin)
@@ -277,13 +279,28 @@ def main():
         want = set(seeds)
 
         def converged():
-            missing = 0
+            missing = []
             for n in nodes:
                 n.poll()
-                missing += len(want - n.seeds)
-            return missing == 0, f"{missing} (node, seed) pairs missing"
+                missing += [(n.index, s) for s in want - n.seeds]
+            lacking = sorted({i for i, _ in missing})
+            return not missing, (f"{len(missing)} (node, seed) pairs missing, at "
+                                 f"{len(lacking)} nodes, e.g. nodes {lacking[:10]}")
 
-        wait_for("every node to hold every seed", args.timeout, converged, every=0.1)
+        try:
+            wait_for("every node to hold every seed", args.timeout, converged, every=0.1,
+                     progress=args.progress)
+        except SystemExit:
+            # Tell seeds a node lacks from seeds it holds without having printed their event.
+            unstored = 0
+            for n in nodes:
+                db = sqlite3.connect(f"file:{os.path.join(n.dir, 'crabnet.db')}?mode=ro",
+                                     uri=True, timeout=10)
+                stored = {r[0] for r in db.execute("SELECT id FROM seeds")}
+                db.close()
+                unstored += len(want - stored)
+            log(f"(node, seed) pairs not in the nodes' stores: {unstored}")
+            raise
         done = time.monotonic()
         cpu_converged = [n.cpu_ticks() for n in nodes]
         converge = done - pub_start

@@ -119,9 +119,10 @@ const QUIC_IDLE_TIMEOUT_MS: u32 = 40_000;
 const UNICAST_RETRIES: u32 = 3;
 const UNICAST_RETRY_DELAY: Duration = Duration::from_millis(500);
 
-/// How many connected peers get each sync query (chosen at random each time). Anti-entropy
-/// with a few random peers per interval reaches everyone in O(log n) intervals, while a query
-/// to every peer would cost each node work in proportion to the network's size.
+/// How many connected peers get each sync query (chosen at random each time; over UDP, the
+/// configured peers in turn). Anti-entropy with a few random peers per interval reaches
+/// everyone in O(log n) intervals, while a query to every peer would cost each node work in
+/// proportion to the network's size.
 pub const SYNC_FANOUT: usize = 3;
 
 /// How many connected peers a node keeps dialing to when Kademlia adds peers to its routing
@@ -503,7 +504,7 @@ impl Transport for DhtTransport {
         self.commands
             .send(Command::Sync(frame.to_vec()))
             .map_err(|_| net_err("the libp2p task has stopped"))?;
-        self.fallback(frame)
+        self.sync_fallback(frame)
     }
 
     fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
@@ -566,6 +567,17 @@ impl DhtTransport {
             && let Some(udp) = &mut self.udp
         {
             udp.broadcast(frame)?;
+        }
+        Ok(())
+    }
+
+    /// A sync query over the UDP fallback (while no libp2p peer is connected) goes to a few
+    /// of its peers, as over UDP alone ([`UdpTransport::sync`]).
+    fn sync_fallback(&mut self, frame: &[u8]) -> Result<()> {
+        if self.connected_peers() == 0
+            && let Some(udp) = &mut self.udp
+        {
+            udp.sync(frame)?;
         }
         Ok(())
     }

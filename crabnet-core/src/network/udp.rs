@@ -11,7 +11,8 @@ use crate::error::{Error, ErrorKind, Result};
 pub struct UdpConfig {
     /// Local address to bind.
     pub bind: std::net::SocketAddr,
-    /// Peers that receive every frame (unicast).
+    /// Peers that receive every frame (unicast), except sync queries: each goes to three of
+    /// them in turn ([`Transport::sync`]).
     pub peers: Vec<std::net::SocketAddr>,
     /// Also send every frame to this broadcast address (off by default: a node announces
     /// itself only on networks its operator chose).
@@ -34,6 +35,9 @@ pub struct UdpTransport {
     socket: tokio::net::UdpSocket,
     config: UdpConfig,
     rx: RecvBatch,
+    /// Where in `config.peers` the next sync query goes ([`Transport::sync`]): they take
+    /// turns, from a random start.
+    next_sync: usize,
 }
 
 impl UdpTransport {
@@ -56,10 +60,12 @@ impl UdpTransport {
         }
         report_drops(&socket);
         let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let next_sync = usize::from_le_bytes(crate::clock::random_bytes());
         Ok(UdpTransport {
             socket,
             config,
             rx: RecvBatch::new(),
+            next_sync,
         })
     }
 
@@ -135,6 +141,43 @@ impl Transport for UdpTransport {
         let mut failures = Vec::new();
         for addr in targets {
             if let Err(e) = self.socket.try_send_to(frame, *addr) {
+                failures.push(format!("{addr}: {e}"));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Network,
+                format!("cannot send to {}", failures.join(", ")),
+            ))
+        }
+    }
+
+    /// The query goes to [`SYNC_FANOUT`](super::dht::SYNC_FANOUT) of the configured peers, taking
+    /// turns (each of `n` peers gets one of every `ceil(n / 3)` queries, which go out at least
+    /// once per sync interval, and answers queries of its own in between), and to the broadcast address when one is set. To every
+    /// peer, as before, each node would answer and reconcile with every other node every
+    /// interval: work and datagrams in proportion to the network's size, whose bursts of
+    /// answers overflowed the receivers' buffers in a network of dozens of nodes; the losses
+    /// then looked like differences to the next exchanges, which sent the same envelopes again
+    /// to everyone.
+    fn sync(&mut self, frame: &[u8]) -> Result<()> {
+        check_frame_size(self, frame)?;
+        let peers = &self.config.peers;
+        let count = super::dht::SYNC_FANOUT.min(peers.len());
+        let start = if peers.is_empty() {
+            0
+        } else {
+            self.next_sync % peers.len()
+        };
+        self.next_sync = start + count;
+        let targets = (0..count)
+            .map(|i| peers[(start + i) % peers.len()])
+            .chain(self.config.broadcast);
+        let mut failures = Vec::new();
+        for addr in targets {
+            if let Err(e) = self.socket.try_send_to(frame, addr) {
                 failures.push(format!("{addr}: {e}"));
             }
         }
@@ -383,4 +426,62 @@ fn report_drops(socket: &std::net::UdpSocket) {
     set_socket_option(socket, libc::SO_RXQ_OVFL, 1, "ask for UDP drop counts");
     #[cfg(not(target_os = "linux"))]
     let _ = socket;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Datagrams waiting at `socket` (loopback delivers a datagram before `send_to` returns).
+    fn waiting(socket: &std::net::UdpSocket) -> usize {
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while socket.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    }
+
+    /// A sync query goes to three of the configured peers, not to every one: in a network of
+    /// dozens of nodes, a query to every peer made every node answer and reconcile with every
+    /// other each interval, and the bursts of answers overflowed the receivers' buffers. The
+    /// peers take turns, so each one is queried within `ceil(n / 3)` intervals.
+    #[tokio::test]
+    async fn a_sync_query_goes_to_a_few_peers_in_turn() {
+        let peers: Vec<std::net::UdpSocket> = (0..10)
+            .map(|_| {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_nonblocking(true).unwrap();
+                s
+            })
+            .collect();
+        let mut udp = UdpTransport::bind(UdpConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            peers: peers.iter().map(|s| s.local_addr().unwrap()).collect(),
+            broadcast: None,
+        })
+        .unwrap();
+        // A fresh socket is writable once the runtime's driver has seen it.
+        udp.socket.writable().await.unwrap();
+        let mut queried = vec![0; peers.len()];
+        for round in 0..4 {
+            udp.sync(b"query").unwrap();
+            let got: Vec<usize> = peers.iter().map(waiting).collect();
+            assert_eq!(
+                got.iter().sum::<usize>(),
+                3,
+                "round {round}: peers reached {got:?}"
+            );
+            for (q, g) in queried.iter_mut().zip(&got) {
+                *q += g;
+            }
+        }
+        assert!(
+            queried.iter().all(|q| *q >= 1),
+            "a peer was left out of four rounds: {queried:?}"
+        );
+        // Every other frame still goes to every peer.
+        udp.broadcast(b"hello").unwrap();
+        assert!(peers.iter().all(|s| waiting(s) == 1));
+    }
 }

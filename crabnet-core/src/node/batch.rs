@@ -61,6 +61,7 @@ impl Node {
     /// Receives `frames` (they passed the gate) in arrival order, the message envelopes among
     /// them in groups (see the module docs).
     pub(super) fn receive_batch(&self, frames: Vec<Arrival>, max: usize) -> Vec<Received> {
+        self.open_answer_room();
         let mut out = Vec::with_capacity(frames.len());
         let mut group = Vec::new();
         for frame in frames {

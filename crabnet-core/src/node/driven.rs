@@ -61,6 +61,7 @@ impl Driven {
             from: from.to_owned(),
             verified: true,
         };
+        node.open_answer_room();
         let mut replies = node
             .receive_frame(bytes, &source, MAX_FRAME_BYTES, &mut None)?
             .replies;

@@ -239,6 +239,14 @@ pub(super) const FRAME_SLACK: usize = 16;
 /// response, and responses are limited to 10 MiB. What does not fit is asked for again.
 const ANSWER_MAX_BYTES: u64 = 8 * 1024 * 1024;
 
+/// The most bytes of `sync_batch` envelopes (pushed messages and answers to wants) that the
+/// answers to one batch of received frames carry together, whatever the sources' credits: the
+/// answers wait in memory until the batch is committed, and every verified peer has a credit
+/// of its own (`network.sync_budget_bytes`), so dozens of peers asking at once made a node hold
+/// hundreds of MiB of answers. What does not fit is found and asked for again by the next
+/// exchange (counter `sync.answers_over_budget`).
+pub(super) const BATCH_ANSWER_BYTES: u64 = ANSWER_MAX_BYTES;
+
 /// What a source may still be sent in answer to what it sent: opened with
 /// [`Node::open_credit`], filled with [`Node::push_frame`] and [`Node::push_batches`], closed
 /// with [`Node::close_credit`].
@@ -633,8 +641,17 @@ impl Node {
         true
     }
 
+    /// Opens the room of the answers to a batch of received frames: [`BATCH_ANSWER_BYTES`]
+    /// of `sync_batch` envelopes over all of them ([`Node::push_batches`]).
+    pub(super) fn open_answer_room(&self) {
+        self.inner
+            .answer_room
+            .store(BATCH_ANSWER_BYTES, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Packs `items` (envelopes) into `sync_batch` envelopes of at most `max_payload` bytes,
-    /// in order, while the credit allows; stops at the first one that does not fit (a hello
+    /// in order, while the credit and the room of the batch's answers
+    /// ([`Node::open_answer_room`]) allow; stops at the first one that does not fit (a hello
     /// is never separated from the envelopes that need it). What is left waits for the next
     /// exchange (counter `sync.answers_over_budget`). Bytes of the batches: counter
     /// `sync.batch_bytes_sent`. Returns how many of `items`, from the first, went out (an
@@ -646,13 +663,21 @@ impl Node {
         max_payload: usize,
         replies: &mut Vec<Vec<u8>>,
     ) -> Result<usize> {
+        use std::sync::atomic::Ordering;
         let total = items.len();
         let mut queue: std::collections::VecDeque<Vec<u8>> = items.into();
         // Items taken from the queue into a batch the credit did not allow.
         let mut held = 0;
+        // The credit as far as the room left for the batch's answers allows; what it spends is
+        // taken from both.
+        let batch_room = self.inner.answer_room.load(Ordering::Relaxed);
+        let mut allowed = Credit {
+            available: credit.left.min(batch_room),
+            left: credit.left.min(batch_room),
+        };
         loop {
             // Room for the payload once the batch's own header and signatures are counted.
-            let room = usize::try_from(credit.left)
+            let room = usize::try_from(allowed.left)
                 .unwrap_or(usize::MAX)
                 .saturating_sub(envelope::OVERHEAD + FRAME_SLACK);
             let batch = sync::next_batch(&mut queue, room, max_payload);
@@ -662,12 +687,17 @@ impl Node {
             let count = batch.items.len();
             let frame = self.plain_frame(Kind::SyncBatch, &envelope::encode_hello(&batch), 60)?;
             let len = frame.len() as u64;
-            if !self.push_frame(credit, frame, replies) {
+            if !self.push_frame(&mut allowed, frame, replies) {
                 held = count;
                 break;
             }
             self.inner.rejections.add("sync.batch_bytes_sent", len);
         }
+        let spent = allowed.available - allowed.left;
+        credit.left -= spent;
+        self.inner
+            .answer_room
+            .store(batch_room.saturating_sub(spent), Ordering::Relaxed);
         if held > 0 || !queue.is_empty() {
             self.inner.rejections.count("sync.answers_over_budget");
         }
@@ -825,6 +855,142 @@ mod tests {
             .map(|m| crate::model::MessageId::from_bytes([m; 16]))
             .collect();
         assert_eq!(needs(&merged.public, &all.public), want);
+    }
+
+    /// A `sync_want` from `id` for `ids`, signed, with a fresh message id.
+    fn want_from(id: &crate::identity::Identity, ids: &[MessageId]) -> Vec<u8> {
+        let want = range::Want {
+            ids: ids
+                .iter()
+                .map(|m| serde_bytes::ByteBuf::from(hex::decode(m.as_str()).unwrap()))
+                .collect(),
+        };
+        let header = Header {
+            kind: Kind::SyncWant,
+            sealed: false,
+            sender: id.node_id().clone(),
+            message_id: MessageId::from_bytes(crate::clock::random_bytes()),
+            timestamp: crate::clock::now_ms(),
+            ttl_secs: 60,
+            lamport: 0,
+        };
+        let payload = envelope::encode_hello(&want);
+        envelope::build(
+            id,
+            &header,
+            &payload,
+            &[],
+            envelope::MAX_ENVELOPE_BYTES,
+            &mut envelope::os_rng,
+        )
+        .unwrap()
+    }
+
+    /// Attack: dozens of peers, each with a sync credit of its own, ask for the whole store in
+    /// the same batch of frames. The answers of a batch wait in memory for its commit: they
+    /// carry at most [`BATCH_ANSWER_BYTES`] of envelopes together (each peer's credit alone
+    /// would let them carry 64 times the store here), and the next batch has room again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_answers_to_one_batch_are_bounded_over_all_sources() {
+        use crate::network::MemoryHub;
+        let dir = tempfile::tempdir().unwrap();
+        let hub = MemoryHub::new();
+        let mut config = crate::config::Config::with_data_dir(dir.path().join("node"));
+        config.name = "node".into();
+        config.store.sync = crate::store::SyncMode::Normal;
+        let node = Node::start_with_transport(config, Box::new(hub.join("node")))
+            .await
+            .unwrap();
+        for i in 0..100 {
+            let req = crate::PublishRequest {
+                bid_window_secs: 3600,
+                ..crate::PublishRequest::new(format!("echo {i}"))
+            };
+            node.publish(req).await.unwrap();
+        }
+        let index = node.sync_index().unwrap();
+        let ids: Vec<MessageId> = index
+            .items
+            .iter()
+            .map(|i| MessageId::from_bytes(i.message))
+            .collect();
+        assert!(ids.len() >= 100);
+        let max = envelope::MAX_ENVELOPE_BYTES;
+        let peers: Vec<_> = (0..64)
+            .map(|t| crate::identity::Identity::from_tag(100 + t, 0))
+            .collect();
+        let arrivals = |frames: Vec<(usize, Vec<u8>)>| {
+            frames
+                .into_iter()
+                .map(|(i, bytes)| super::super::batch::Arrival {
+                    bytes,
+                    source: ingress::Source {
+                        from: format!("memory:peer{i}"),
+                        verified: true,
+                    },
+                    ack: None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let hellos = peers
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let hello = envelope::Hello {
+                    name: format!("peer{i}"),
+                    addresses: vec![],
+                    key_epoch: id.public().epoch,
+                    signing_public: id.public().signing.to_bytes(),
+                    kem_public: id.public().kem.to_bytes(),
+                    certificate: None,
+                    rotations: vec![],
+                };
+                let message_id = MessageId::from_bytes(crate::clock::random_bytes());
+                (
+                    i,
+                    super::super::admission_tests::hello_envelope(id, &hello, message_id),
+                )
+            })
+            .collect();
+        let n = node.clone();
+        let hellos = arrivals(hellos);
+        tokio::task::spawn_blocking(move || n.receive_batch(hellos, max))
+            .await
+            .unwrap();
+        let wants = |from: std::ops::Range<usize>| {
+            arrivals(from.map(|i| (i, want_from(&peers[i], &ids))).collect())
+        };
+        let answered = |received: Vec<super::super::batch::Received>| {
+            let sizes: Vec<usize> = received
+                .iter()
+                .map(|r| r.handled.replies.iter().map(Vec::len).sum())
+                .collect();
+            sizes
+        };
+        let n = node.clone();
+        let batch = wants(0..peers.len());
+        let first = tokio::task::spawn_blocking(move || answered(n.receive_batch(batch, max)))
+            .await
+            .unwrap();
+        let whole = first[0];
+        let total: usize = first.iter().sum();
+        assert!(
+            (whole * peers.len()) as u64 > 2 * BATCH_ANSWER_BYTES,
+            "the wants ask for too little to test the bound: {first:?}"
+        );
+        assert!(
+            total as u64 <= BATCH_ANSWER_BYTES,
+            "{total} bytes of answers to one batch (each: {first:?})"
+        );
+        // The next batch has room again: a want left unanswered is answered when asked again.
+        let n = node.clone();
+        let again = wants(63..64);
+        let second = tokio::task::spawn_blocking(move || answered(n.receive_batch(again, max)))
+            .await
+            .unwrap();
+        assert_eq!(first[63], 0, "the last want of the first batch: {first:?}");
+        assert_eq!(second, vec![whole]);
+        node.stop().await.unwrap();
     }
 
     /// What `initiator` lacks of `responder`'s items, by a whole exchange.
