@@ -155,8 +155,9 @@ impl Transport for UdpTransport {
     }
 
     /// The query goes to [`SYNC_FANOUT`](super::dht::SYNC_FANOUT) of the configured peers, taking
-    /// turns (each of `n` peers gets one of every `ceil(n / 3)` queries, which go out at least
-    /// once per sync interval, and answers queries of its own in between), and to the broadcast address when one is set. To every
+    /// turns (each of `n` peers gets one of every `ceil(n / 3)` queries, one per sync round,
+    /// and answers queries of its own in between), and to the broadcast address when one is
+    /// set. To every
     /// peer, as before, each node would answer and reconcile with every other node every
     /// interval: work and datagrams in proportion to the network's size, whose bursts of
     /// answers overflowed the receivers' buffers in a network of dozens of nodes; the losses
