@@ -137,21 +137,13 @@ impl Transport for UdpTransport {
 
     fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
         check_frame_size(self, frame)?;
-        let targets = self.config.peers.iter().chain(self.config.broadcast.iter());
-        let mut failures = Vec::new();
-        for addr in targets {
-            if let Err(e) = self.socket.try_send_to(frame, *addr) {
-                failures.push(format!("{addr}: {e}"));
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::new(
-                ErrorKind::Network,
-                format!("cannot send to {}", failures.join(", ")),
-            ))
-        }
+        let targets = self
+            .config
+            .peers
+            .iter()
+            .copied()
+            .chain(self.config.broadcast);
+        send_each(&self.socket, frame, targets)
     }
 
     /// The query goes to [`SYNC_FANOUT`](super::dht::SYNC_FANOUT) of the configured peers, taking
@@ -176,20 +168,7 @@ impl Transport for UdpTransport {
         let targets = (0..count)
             .map(|i| peers[(start + i) % peers.len()])
             .chain(self.config.broadcast);
-        let mut failures = Vec::new();
-        for addr in targets {
-            if let Err(e) = self.socket.try_send_to(frame, addr) {
-                failures.push(format!("{addr}: {e}"));
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::new(
-                ErrorKind::Network,
-                format!("cannot send to {}", failures.join(", ")),
-            ))
-        }
+        send_each(&self.socket, frame, targets)
     }
 
     fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
@@ -427,6 +406,28 @@ fn report_drops(socket: &std::net::UdpSocket) {
     set_socket_option(socket, libc::SO_RXQ_OVFL, 1, "ask for UDP drop counts");
     #[cfg(not(target_os = "linux"))]
     let _ = socket;
+}
+
+/// Sends `frame` to each of `targets`; the error names every address that failed.
+fn send_each(
+    socket: &tokio::net::UdpSocket,
+    frame: &[u8],
+    targets: impl IntoIterator<Item = std::net::SocketAddr>,
+) -> Result<()> {
+    let mut failures = Vec::new();
+    for addr in targets {
+        if let Err(e) = socket.try_send_to(frame, addr) {
+            failures.push(format!("{addr}: {e}"));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Network,
+            format!("cannot send to {}", failures.join(", ")),
+        ))
+    }
 }
 
 #[cfg(test)]

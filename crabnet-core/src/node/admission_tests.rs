@@ -41,6 +41,19 @@ fn certified_hello(anchor: &AnchorKey, id: &Identity, serial: u8) -> Vec<u8> {
     hello_envelope(id, &hello, MessageId::from_bytes(message_id))
 }
 
+/// The hello of `id` named `name`: no addresses, no certificate, no rotations.
+pub(super) fn plain_hello(id: &Identity, name: &str) -> Hello {
+    Hello {
+        name: name.into(),
+        addresses: vec![],
+        key_epoch: id.public().epoch,
+        signing_public: id.public().signing.to_bytes(),
+        kem_public: id.public().kem.to_bytes(),
+        certificate: None,
+        rotations: vec![],
+    }
+}
+
 /// `hello` as `id`'s signed hello envelope, with `message_id`, dated now.
 pub(super) fn hello_envelope(id: &Identity, hello: &Hello, message_id: MessageId) -> Vec<u8> {
     hello_envelope_at(id, hello, message_id, crate::clock::now_ms())

@@ -574,7 +574,6 @@ async fn take_queued(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::envelope::Hello;
     use crate::identity::Identity;
     use crate::model::MessageId;
     use crate::network::MemoryHub;
@@ -583,15 +582,7 @@ mod tests {
     /// the store.
     fn stranger_hello() -> Vec<u8> {
         let id = Identity::from_tag(77, 0);
-        let hello = Hello {
-            name: "stranger".into(),
-            addresses: vec![],
-            key_epoch: id.public().epoch,
-            signing_public: id.public().signing.to_bytes(),
-            kem_public: id.public().kem.to_bytes(),
-            certificate: None,
-            rotations: vec![],
-        };
+        let hello = super::super::admission_tests::plain_hello(&id, "stranger");
         super::super::admission_tests::hello_envelope(&id, &hello, MessageId::from_bytes([7; 16]))
     }
 

@@ -936,15 +936,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, id)| {
-                let hello = envelope::Hello {
-                    name: format!("peer{i}"),
-                    addresses: vec![],
-                    key_epoch: id.public().epoch,
-                    signing_public: id.public().signing.to_bytes(),
-                    kem_public: id.public().kem.to_bytes(),
-                    certificate: None,
-                    rotations: vec![],
-                };
+                let hello = super::super::admission_tests::plain_hello(id, &format!("peer{i}"));
                 let message_id = MessageId::from_bytes(crate::clock::random_bytes());
                 (
                     i,
