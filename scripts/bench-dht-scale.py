@@ -7,6 +7,10 @@ seeds from different nodes and reports:
 
 - time until every node has a verified hello from every other node (the network formed),
 - time from the first publish until every node holds every seed (convergence),
+- per seed, publish -> applied on every other node (`publish_to_all_ms`: p50, p90, p99, max),
+  from the `at` stamps of the seed_published events (one clock: every process is on this
+  machine); with `--publish-jobs 1` (the default) seeds go out one after another, and
+  `--publish-gap` spaces them further,
 - CPU (utime + stime) the nodes spent until the network formed (hub, others, total) and
   while the seeds spread,
 - peak and idle RSS per node (VmHWM, VmRSS from /proc), and idle PSS and private memory
@@ -68,6 +72,7 @@ class Listener:
         self.banner = None
         self.peers = set()
         self.seeds = set()
+        self.seed_at = {}  # seed id -> `at` (Unix ms) of its seed_published event here
 
     def start(self, peers, transport="dht", bind="127.0.0.1:0"):
         args = [self.binary, "--data-dir", self.dir, "--json", "listen", "--transport", transport,
@@ -102,6 +107,7 @@ class Listener:
                 self.peers.add(v["node_id"])
             elif v.get("type") == "seed_published":
                 self.seeds.add(v["seed_id"])
+                self.seed_at.setdefault(v["seed_id"], v["at"])
         self.partial = text[pos:].encode()
         if self.proc.poll() is not None:
             raise SystemExit(f"node {self.index} exited with {self.proc.returncode}; see {self.dir}")
@@ -183,6 +189,17 @@ def free_udp_ports(n):
             s.close()
 
 
+def percentiles(values):
+    """Nearest-rank p50, p90, p99 and the maximum."""
+    values = sorted(values)
+    n = len(values)
+
+    def rank(p):
+        return values[min(n - 1, max(0, -(-p * n // 100) - 1))]
+
+    return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": values[-1], "n": n}
+
+
 def stats(values):
     values = sorted(values)
     n = len(values)
@@ -201,6 +218,9 @@ def main():
     ap.add_argument("--publish-jobs", type=int, default=1,
                     help="CLI publish processes run at once (one per seed; default one after "
                          "another)")
+    ap.add_argument("--publish-gap", type=float, default=0.0,
+                    help="seconds each publish job waits after a publish (spaced seeds measure "
+                         "latency without queueing)")
     ap.add_argument("--bin", default=os.environ.get("CRABNET_BIN", "target/release/crabnet"))
     ap.add_argument("--transport", choices=["dht", "udp"], default="dht")
     ap.add_argument("--dial", default="star",
@@ -209,6 +229,10 @@ def main():
                     help="length of the idle CPU window after convergence")
     ap.add_argument("--settle-secs", type=float, default=10.0,
                     help="pause between convergence and the idle window")
+    ap.add_argument("--idle-at", type=float, default=None,
+                    help="start the idle window at this Unix time instead of --settle-secs "
+                         "after convergence (two runs given the same time measure the same "
+                         "minute of the machine: an A/B of two builds)")
     ap.add_argument("--timeout", type=float, default=600.0, help="per phase")
     ap.add_argument("--config", default="", help="extra config.toml text for every node")
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
@@ -269,14 +293,17 @@ def main():
                  "--min-price", "1", "--max-price", "100"],
                 check=True, capture_output=True, text=True,
             )
-            return json.loads(out.stdout)["seed"]["id"]
+            seed = json.loads(out.stdout)["seed"]["id"]
+            if args.publish_gap > 0:
+                time.sleep(args.publish_gap)
+            return seed, n
 
         pub_start = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max(1, args.publish_jobs)) as pool:
             seeds = list(pool.map(publish, range(args.seeds)))
         published = time.monotonic()
         publish_secs = published - pub_start
-        want = set(seeds)
+        want = {s for s, _ in seeds}
 
         def converged():
             missing = []
@@ -306,9 +333,22 @@ def main():
         converge = done - pub_start
         log(f"converged {converge:.2f}s after the first publish, {done - published:.2f}s after "
             f"the last (publishing took {publish_secs:.2f}s)")
+        # Publish -> applied on every node, per seed: from the `at` of the publishing node's
+        # seed_published event (the CLI's commit into its store) to the latest `at` of the same
+        # event on the other nodes (each node's apply, stamped as its transaction starts).
+        # Every process runs on this machine's one clock.
+        latency = percentiles([max(m.seed_at[s] for m in nodes if m is not n) - n.seed_at[s]
+                               for s, n in seeds])
+        log(f"publish -> applied everywhere (ms): {latency}")
 
         peak = [n.proc_status()["VmHWM"] for n in nodes]
-        time.sleep(args.settle_secs)
+        if args.idle_at is not None:
+            wait = args.idle_at - time.time()
+            if wait < 0:
+                raise SystemExit(f"--idle-at passed {-wait:.1f}s before the network converged")
+            time.sleep(wait)
+        else:
+            time.sleep(args.settle_secs)
         s0 = [n.switches() for n in nodes]
         c0 = [n.cpu_ticks() for n in nodes]
         w0 = time.monotonic()
@@ -334,6 +374,7 @@ def main():
             "publish_secs": round(publish_secs, 2),
             "converge_secs": round(converge, 2),
             "converge_after_last_publish_secs": round(done - published, 2),
+            "publish_to_all_ms": latency,
             "form_cpu_secs_hub": round(cpu_formed[0] / CLK_TCK, 2),
             "form_cpu_secs_others": stats([c / CLK_TCK for c in cpu_formed[1:]]),
             "form_cpu_secs_total": round(sum(cpu_formed) / CLK_TCK, 1),

@@ -471,6 +471,30 @@ pub struct NdjsonLog {
     path: PathBuf,
     max_bytes: u64,
     retain: u32,
+    /// The file as this log object last left it: read back by [`NdjsonLog::last_seq`] while
+    /// the file is unchanged.
+    left: std::sync::Mutex<Option<Left>>,
+}
+
+/// The current file after an append: its identity, its length and the last event in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Left {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    seq: u64,
+}
+
+impl Left {
+    fn of(meta: &fs::Metadata, seq: u64) -> Left {
+        use std::os::unix::fs::MetadataExt;
+        Left {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            seq,
+        }
+    }
 }
 
 impl NdjsonLog {
@@ -480,6 +504,7 @@ impl NdjsonLog {
             path: path.into(),
             max_bytes: max_bytes.max(1),
             retain,
+            left: std::sync::Mutex::new(None),
         }
     }
 
@@ -508,12 +533,32 @@ impl NdjsonLog {
             file.write_all(&line)?;
             size += line.len() as u64;
         }
-        file.sync_data()
+        file.sync_data()?;
+        let last = events.last().map_or(0, |e| e.seq);
+        *self.left.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Left::of(&file.metadata()?, last));
+        Ok(())
     }
 
     /// The sequence number of the last complete event in the current file, after cutting off
     /// a torn last line (a crash in the middle of a write). `None` for an empty or missing file.
+    /// While the file is the one this log object last appended to, with the length it left
+    /// (nobody else wrote to it since), that is known without reading the file.
     pub fn last_seq(&self) -> io::Result<Option<u64>> {
+        let known = *self.left.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(left) = known {
+            match fs::metadata(&self.path) {
+                Ok(meta) if Left::of(&meta, left.seq) == left => return Ok(Some(left.seq)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        self.read_last_seq()
+    }
+
+    /// [`NdjsonLog::last_seq`] from the file's last 64 KiB.
+    fn read_last_seq(&self) -> io::Result<Option<u64>> {
         use std::io::{Read, Seek, SeekFrom};
         let mut file = match OpenOptions::new().read(true).write(true).open(&self.path) {
             Ok(f) => f,
@@ -620,6 +665,30 @@ mod tests {
             text.ends_with('\n') && text.lines().count() == 2,
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn last_seq_sees_what_another_writer_appended_or_rotated() {
+        // Two processes on one data directory: each has its own log object on the same file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson");
+        let ours = NdjsonLog::new(&path, 1 << 20, 2);
+        let theirs = NdjsonLog::new(&path, 1 << 20, 2);
+        ours.append(&[ev(1), ev(2)]).unwrap();
+        assert_eq!(ours.last_seq().unwrap(), Some(2));
+        theirs.append(&[ev(3)]).unwrap();
+        assert_eq!(ours.last_seq().unwrap(), Some(3), "appended by the other");
+        // The other rotates: the current file is a new one.
+        let small = NdjsonLog::new(&path, 1, 2);
+        small.append(&[ev(4)]).unwrap();
+        assert_eq!(ours.last_seq().unwrap(), Some(4), "rotated by the other");
+        ours.append(&[ev(5)]).unwrap();
+        assert_eq!(theirs.last_seq().unwrap(), Some(5));
+        // Removed by hand: nothing is known of the file any more.
+        fs::remove_file(&path).unwrap();
+        assert_eq!(ours.last_seq().unwrap(), None);
+        ours.append(&[ev(6)]).unwrap();
+        assert_eq!(ours.last_seq().unwrap(), Some(6));
     }
 
     #[tokio::test]

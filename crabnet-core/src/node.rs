@@ -269,6 +269,8 @@ struct Timers {
     counters_at: AtomicU64,
     /// When the `last_seen` values refreshed in memory are written next.
     liveness_at: AtomicU64,
+    /// When the event log's cursor in the database may be written next ([`Node::write_log`]).
+    log_cursor_at: AtomicU64,
 }
 
 /// A running Crabnet node. Cheap to clone; all clones share one node.
@@ -672,7 +674,7 @@ impl Node {
                     s.record_event(node.now_ms(), EventKind::NodeStopped { node_id: id })
                 })?;
             }
-            node.write_log()?;
+            node.write_log(true)?;
             // Subscribers read the last events, then see the end of the stream.
             node.inner.bus.close();
             *lock(&node.inner.lock) = None;

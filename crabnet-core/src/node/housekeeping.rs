@@ -41,7 +41,9 @@ impl Node {
     ///
     /// It looks every tick while busy. An idle node sleeps until a duty is due, a commit
     /// writes the database's log ([`WalWatch`]), or [`IDLE_TICKS`] ticks passed; changes made
-    /// through this node wake the tasks directly. "The database changed" is SQLite's
+    /// through this node wake the tasks directly. After a write to the log it looks quickly
+    /// until the commit is visible ([`next_relook`]): another process's commit is seen within
+    /// about its sync. "The database changed" is SQLite's
     /// `data_version`, read only while the log was written within the last [`LOG_SETTLE_MS`]
     /// (on every tick where the log cannot be watched): an idle node does not query its store
     /// when it wakes.
@@ -58,40 +60,49 @@ impl Node {
         let start = tokio::time::Instant::now();
         let mut last_look = start.checked_sub(tick).unwrap_or(start);
         let mut first = true;
+        // After a write to the log: the delay of the next quick look ([`next_relook`]).
+        let mut relook: Option<Duration> = None;
         loop {
-            // Busy (the log written lately, or not watched): every tick. Idle: asleep until
-            // the next duty is due, a commit (by any process) writes the log, or at most
-            // IDLE_TICKS ticks (for what is only counted in memory), and never sooner than a
-            // tick after the last look.
+            // After a log write no visible commit followed yet: quick looks ([`next_relook`]).
+            // Else busy (the log written lately, or not watched): every tick. Idle: asleep
+            // until the next duty is due or at most IDLE_TICKS ticks (for what is only counted
+            // in memory), and never sooner than a tick after the last look. Any write to the
+            // log (a commit by any process) brings a look RELOOK_FIRST after the last one.
             let busy = first || !wal.is_watched() || self.now_ms() < look_until;
-            let wake = if busy {
-                last_look + tick
-            } else {
-                let now = self.now_ms();
-                let due_in = Duration::from_millis(self.next_duty_at(now).saturating_sub(now));
-                last_look + due_in.clamp(tick, tick * IDLE_TICKS)
+            let wake = match relook {
+                Some(delay) => last_look + delay,
+                None if busy => last_look + tick,
+                None => {
+                    let now = self.now_ms();
+                    let due_in = Duration::from_millis(self.next_duty_at(now).saturating_sub(now));
+                    last_look + due_in.clamp(tick, tick * IDLE_TICKS)
+                }
             };
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep_until(wake) => {}
-                _ = wal.written(), if !busy => {
+                _ = wal.written() => {
                     tokio::select! {
                         _ = shutdown.changed() => return,
-                        _ = tokio::time::sleep_until(last_look + tick) => {}
+                        _ = tokio::time::sleep_until(last_look + RELOOK_FIRST) => {}
                     }
                 }
             }
             first = false;
             last_look = tokio::time::Instant::now();
             let now = self.now_ms();
-            if wal.maybe_written() {
+            let written = wal.maybe_written();
+            if written {
                 look_until = now.saturating_add(LOG_SETTLE_MS);
             }
             let changed = if now < look_until || last_version.is_none() {
-                self.database_changed(&mut last_version).await
+                // A quick look does not wait for a store that is in use.
+                self.database_changed(&mut last_version, relook.is_none())
+                    .await
             } else {
                 false
             };
+            relook = next_relook(relook, written && wal.is_watched(), changed, tick);
             let due = self.due_duties(now, changed);
             let timers = &self.inner.timers;
             let retry_due = timers.retry_at.load(Ordering::Relaxed) <= now;
@@ -119,13 +130,16 @@ impl Node {
 
     /// Whether another process committed to the database since the version `last` was read
     /// (SQLite's `data_version`; `last` becomes the version read now).
-    async fn database_changed(&self, last: &mut Option<i64>) -> bool {
+    /// When the store is in use, a look that may `wait` waits for it off the async thread;
+    /// one that may not says "unchanged" (a quick look: the next one comes soon).
+    async fn database_changed(&self, last: &mut Option<i64>, wait: bool) -> bool {
         // Read on this thread when the store is free; when it is busy, wait for it off the
-        // async thread (skipping the look would delay what another process wrote, e.g. a
+        // async thread (skipping every look would delay what another process wrote, e.g. a
         // revocation, behind frames that arrive meanwhile).
         let quick = self.inner.store.try_lock().map(|s| s.data_version());
         let version = match quick {
             Some(v) => v,
+            None if !wait => return false,
             None => {
                 let node = self.clone();
                 tokio::task::spawn_blocking(move || lock(&node.inner.store).data_version())
@@ -271,10 +285,19 @@ impl Node {
     }
 
     /// Appends new events to the NDJSON log. Several processes may share a data directory: a
-    /// file lock serializes writers and the cursor in the database says what is written.
-    pub(super) fn write_log(&self) -> Result<()> {
+    /// file lock serializes writers; the log's last line says what is written, and a cursor in
+    /// the database says it when the file is gone (removed or moved away by hand). `last`: this
+    /// node stops, write the cursor now.
+    ///
+    /// The store is locked only to read events and the cursor, never while the file is
+    /// written and synced (received frames and API calls wait for the store). The cursor is a
+    /// commit of its own (a sync under `store.sync = full`), so it is written at most every
+    /// [`COUNTER_WRITE_MS`] and at stop: a file removed by hand after a crash in that window
+    /// gets again the events of the window. Returns whether the cursor was left behind (the
+    /// log writer comes back for it).
+    pub(super) fn write_log(&self, last: bool) -> Result<bool> {
         let Some(log) = &self.inner.log else {
-            return Ok(());
+            return Ok(false);
         };
         let lock_path = self.inner.config.data_dir.join("events.ndjson.lock");
         let file = OpenOptions::new()
@@ -283,35 +306,60 @@ impl Node {
             .write(true)
             .open(&lock_path)?;
         file.lock()?;
-        let mut store = lock(&self.inner.store);
-        // The file may be ahead of the cursor if a process died between the two writes.
-        let mut cursor = store.log_cursor()?.max(log.last_seq()?.unwrap_or(0));
+        let stored = lock(&self.inner.store).log_cursor()?;
+        // The file may be ahead of the cursor (a process died between the two writes, or the
+        // cursor waits for its next write).
+        let mut cursor = stored.max(log.last_seq()?.unwrap_or(0));
         loop {
-            let events = store.events_after(cursor, 1000)?;
-            let Some(last) = events.last().map(|e| e.seq) else {
+            let events = lock(&self.inner.store).events_after(cursor, 1000)?;
+            let Some(seq) = events.last().map(|e| e.seq) else {
                 break;
             };
             log.append(&events)?;
-            store.set_log_cursor(last)?;
-            cursor = last;
+            cursor = seq;
         }
-        drop(store);
+        let timers = &self.inner.timers;
+        let now = self.now_ms();
+        let mut behind = cursor > stored;
+        if behind && (last || timers.log_cursor_at.load(Ordering::Relaxed) <= now) {
+            lock(&self.inner.store).set_log_cursor(cursor)?;
+            timers
+                .log_cursor_at
+                .store(now.saturating_add(COUNTER_WRITE_MS), Ordering::Relaxed);
+            behind = false;
+        }
         file.unlock()?;
-        Ok(())
+        Ok(behind)
     }
 
+    /// Writes the event log when there are new events, and its cursor when that was left
+    /// behind ([`Node::write_log`]).
     pub(super) async fn log_writer(self, mut shutdown: watch::Receiver<bool>) {
+        let mut behind = false;
         loop {
+            let cursor_due = Duration::from_millis(if behind {
+                let at = self.inner.timers.log_cursor_at.load(Ordering::Relaxed);
+                at.saturating_sub(self.now_ms())
+            } else {
+                u64::from(u32::MAX)
+            });
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = self.inner.wake_log.notified() => {}
+                _ = tokio::time::sleep(cursor_due), if behind => {}
             }
             let node = self.clone();
-            match tokio::task::spawn_blocking(move || node.write_log()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("cannot write the event log: {e}"),
-                Err(e) => tracing::error!("event log task failed: {e}"),
-            }
+            behind = match tokio::task::spawn_blocking(move || node.write_log(false)).await {
+                Ok(Ok(behind)) => behind,
+                Ok(Err(e)) => {
+                    tracing::warn!("cannot write the event log: {e}");
+                    false
+                }
+                Err(e) => {
+                    tracing::error!("event log task failed: {e}");
+                    false
+                }
+            };
         }
     }
 }
@@ -351,6 +399,38 @@ pub(super) const COUNTER_WRITE_MS: u64 = 5_000;
 /// waits at most this long.
 const IDLE_TICKS: u32 = 4;
 
+/// The first quick look after a write to the database's log (see [`next_relook`]).
+const RELOOK_FIRST: Duration = Duration::from_millis(1);
+
+/// When housekeeping looks again after a look (`None`: on its usual schedule), given the delay
+/// `previous` of the quick look just made, whether the log was `written` since the look before
+/// (and is watched) and whether the database `changed` (another process's commit became
+/// visible). A commit becomes visible to readers after its log write and its sync (an `fsync`
+/// of a few ms under `store.sync = full`): after a write, quick looks follow at doubling delays
+/// from [`RELOOK_FIRST`] until the commit is seen or the delay reaches a `tick`, so that what
+/// another process queued (a `crabnet seed publish` beside `crabnet listen`) goes out within
+/// about its sync time instead of a tick later. Every write starts them again: the log cannot
+/// tell this node's own commits from another process's, and on a node that commits steadily
+/// (frames coming in) a commit of the CLI's would otherwise wait for the end of a sequence
+/// that one of its own started (measured: 50-200 ms). A quick look costs a read of
+/// `data_version` (skipped when the store is in use), at most one per [`RELOOK_FIRST`].
+fn next_relook(
+    previous: Option<Duration>,
+    written: bool,
+    changed: bool,
+    tick: Duration,
+) -> Option<Duration> {
+    if changed {
+        return None;
+    }
+    let next = match previous {
+        _ if written => RELOOK_FIRST,
+        Some(delay) => delay * 2,
+        None => return None,
+    };
+    (next < tick).then_some(next)
+}
+
 /// How long after a write to the database's log housekeeping keeps reading SQLite's
 /// `data_version` on every tick: a commit becomes visible to readers after its log write and
 /// its sync. A later commit (this node writes its counters every [`COUNTER_WRITE_MS`] while
@@ -367,5 +447,53 @@ impl Duties {
             || self.retention
             || self.rotation
             || self.liveness
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_millis(250);
+
+    /// The looks that follow one write to the log, no commit becoming visible: their delays.
+    fn quick_looks_after_a_write(tick: Duration) -> Vec<Duration> {
+        let mut delays = Vec::new();
+        let mut relook = next_relook(None, true, false, tick);
+        while let Some(delay) = relook {
+            delays.push(delay);
+            relook = next_relook(relook, false, false, tick);
+        }
+        delays
+    }
+
+    #[test]
+    fn a_write_to_the_log_brings_quick_looks_that_double_up_to_a_tick() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            quick_looks_after_a_write(TICK),
+            [1, 2, 4, 8, 16, 32, 64, 128].map(ms).to_vec()
+        );
+        // With a tick of a few ms there is little to gain: a look or two.
+        assert_eq!(quick_looks_after_a_write(ms(3)), [ms(1), ms(2)]);
+        assert_eq!(quick_looks_after_a_write(ms(1)), Vec::<Duration>::new());
+    }
+
+    #[test]
+    fn quick_looks_end_when_the_commit_is_seen_and_only_a_write_starts_them() {
+        let ms = Duration::from_millis;
+        // Seen at the third look: back to the usual schedule.
+        assert_eq!(next_relook(Some(ms(2)), false, true, TICK), None);
+        // No write, no quick look; a write seen together with its commit needs none either.
+        assert_eq!(next_relook(None, false, false, TICK), None);
+        assert_eq!(next_relook(None, true, true, TICK), None);
+        // A write during quick looks (this node's own commit, or another process's) starts
+        // them again: a commit of another process is not left waiting behind the long delays
+        // of a sequence one of this node's commits started.
+        assert_eq!(
+            next_relook(Some(ms(64)), true, false, TICK),
+            Some(RELOOK_FIRST)
+        );
+        assert_eq!(next_relook(Some(ms(128)), false, false, TICK), None);
     }
 }
