@@ -58,26 +58,29 @@ impl Node {
         let mut look_until: Millis = 0;
         // The first look at once (decisions may have come due while the node was down).
         let start = tokio::time::Instant::now();
+        // The last look of any kind, and the last full one (duties), at most one per tick.
         let mut last_look = start.checked_sub(tick).unwrap_or(start);
+        let mut last_full = last_look;
         let mut first = true;
         // After a write to the log: the delay of the next quick look ([`next_relook`]).
         let mut relook: Option<Duration> = None;
         loop {
-            // After a log write no visible commit followed yet: quick looks ([`next_relook`]).
-            // Else busy (the log written lately, or not watched): every tick. Idle: asleep
-            // until the next duty is due or at most IDLE_TICKS ticks (for what is only counted
-            // in memory), and never sooner than a tick after the last look. Any write to the
-            // log (a commit by any process) brings a look RELOOK_FIRST after the last one.
+            // Full looks: busy (the log written lately, or not watched), every tick; idle,
+            // asleep until the next duty is due or at most IDLE_TICKS ticks (for what is only
+            // counted in memory), never sooner than a tick after the last. Between them, after
+            // a write to the log (a commit by any process), quick looks ([`next_relook`]) that
+            // only ask whether another process's commit became visible: they do no duty unless
+            // it did, so that this node's own commits (counters written under a flood, say) do
+            // not bring more of them.
             let busy = first || !wal.is_watched() || self.now_ms() < look_until;
-            let wake = match relook {
-                Some(delay) => last_look + delay,
-                None if busy => last_look + tick,
-                None => {
-                    let now = self.now_ms();
-                    let due_in = Duration::from_millis(self.next_duty_at(now).saturating_sub(now));
-                    last_look + due_in.clamp(tick, tick * IDLE_TICKS)
-                }
+            let full_at = if busy {
+                last_full + tick
+            } else {
+                let now = self.now_ms();
+                let due_in = Duration::from_millis(self.next_duty_at(now).saturating_sub(now));
+                last_full + due_in.clamp(tick, tick * IDLE_TICKS)
             };
+            let wake = relook.map_or(full_at, |delay| (last_look + delay).min(full_at));
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep_until(wake) => {}
@@ -88,8 +91,9 @@ impl Node {
                     }
                 }
             }
-            first = false;
             last_look = tokio::time::Instant::now();
+            let full = first || last_look >= last_full + tick;
+            first = false;
             let now = self.now_ms();
             let written = wal.maybe_written();
             if written {
@@ -97,12 +101,15 @@ impl Node {
             }
             let changed = if now < look_until || last_version.is_none() {
                 // A quick look does not wait for a store that is in use.
-                self.database_changed(&mut last_version, relook.is_none())
-                    .await
+                self.database_changed(&mut last_version, full).await
             } else {
                 false
             };
             relook = next_relook(relook, written && wal.is_watched(), changed, tick);
+            if !full && !changed {
+                continue;
+            }
+            last_full = last_look;
             let due = self.due_duties(now, changed);
             let timers = &self.inner.timers;
             let retry_due = timers.retry_at.load(Ordering::Relaxed) <= now;
