@@ -215,8 +215,9 @@ struct Inner {
     gate: ingress::Gate,
     sync_credit: crate::ratelimit::Credits,
     /// Bytes of `sync_batch` envelopes the answers to the frames being received may still
-    /// carry, over all their sources ([`reconcile::BATCH_ANSWER_BYTES`] per batch).
-    answer_room: AtomicU64,
+    /// carry, over all their sources ([`reconcile::BATCH_ANSWER_BYTES`] per batch), an equal
+    /// share each.
+    answer_room: Mutex<reconcile::AnswerRoom>,
     /// The stored messages as reconciliation items, rebuilt when the store changed.
     sync_index: reconcile::IndexCache,
     recent: ingress::RecentFrames,
@@ -539,7 +540,7 @@ impl Node {
                     Duration::from_secs(config.network.sync_interval_secs.into()),
                     SYNC_REQUESTERS,
                 ),
-                answer_room: AtomicU64::new(reconcile::BATCH_ANSWER_BYTES),
+                answer_room: Mutex::new(reconcile::AnswerRoom::default()),
                 sync_index: reconcile::IndexCache::default(),
                 recent: ingress::RecentFrames::new(RECENT_FRAMES),
                 verified: ingress::PreVerified::new(),

@@ -26,7 +26,7 @@
 //! (the queue held a full batch or more: the node is behind), `ingress.groups`,
 //! `ingress.group_frames` and `ingress.verified_parallel`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{Node, lock};
 use crate::crypto::SigningPublic;
@@ -61,12 +61,22 @@ impl Node {
     /// Receives `frames` (they passed the gate) in arrival order, the message envelopes among
     /// them in groups (see the module docs).
     pub(super) fn receive_batch(&self, frames: Vec<Arrival>, max: usize) -> Vec<Received> {
-        self.open_answer_room();
+        let kinds: Vec<Option<Kind>> = frames
+            .iter()
+            .map(|f| envelope::parse(&f.bytes, max).ok().map(|p| p.header.kind))
+            .collect();
+        // The sources that ask for answers share the room of the batch's answers.
+        let askers: HashSet<&str> = frames
+            .iter()
+            .zip(&kinds)
+            .filter(|(_, k)| matches!(k, Some(Kind::SyncRange | Kind::SyncWant | Kind::SyncDigest)))
+            .map(|(f, _)| f.source.from.as_str())
+            .collect();
+        self.open_answer_room(askers.len());
         let mut out = Vec::with_capacity(frames.len());
         let mut group = Vec::new();
-        for frame in frames {
-            let groupable = envelope::parse(&frame.bytes, max)
-                .is_ok_and(|p| matches!(p.header.kind, Kind::Domain(_)));
+        for (frame, kind) in frames.into_iter().zip(kinds) {
+            let groupable = matches!(kind, Some(Kind::Domain(_)));
             if groupable {
                 group.push(frame);
                 continue;

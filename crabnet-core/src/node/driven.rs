@@ -61,7 +61,7 @@ impl Driven {
             from: from.to_owned(),
             verified: true,
         };
-        node.open_answer_room();
+        node.open_answer_room(1);
         let mut replies = node
             .receive_frame(bytes, &source, MAX_FRAME_BYTES, &mut None)?
             .replies;

@@ -2,7 +2,7 @@
 //! the answers to queries, replies and wants, and the sync credit every answer is sent within;
 //! also the answers to the previous version's digests (kind 8).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -253,6 +253,34 @@ pub(super) const BATCH_ANSWER_BYTES: u64 = ANSWER_MAX_BYTES;
 pub(super) struct Credit {
     available: u64,
     left: u64,
+    /// The source (its share of the batch's answers, [`AnswerRoom`]).
+    from: String,
+}
+
+/// The room of the answers to one batch of received frames: [`BATCH_ANSWER_BYTES`] over all
+/// sources, an equal share of it per source that asks in the batch (`sync_range`,
+/// `sync_want`, `sync_digest` frames), so that the first to ask cannot leave the others
+/// nothing (an honest peer's repairs waited behind a flood of wants from one verified
+/// identity). A share a source does not use stays unused for this batch: what does not fit is
+/// asked for again by the next exchange.
+#[derive(Debug, Default)]
+pub(super) struct AnswerRoom {
+    left: u64,
+    share: u64,
+    spent: HashMap<String, u64>,
+}
+
+impl AnswerRoom {
+    /// What `from` may still be sent in answer within this batch.
+    fn allowed(&self, from: &str) -> u64 {
+        let spent = self.spent.get(from).copied().unwrap_or(0);
+        self.left.min(self.share.saturating_sub(spent))
+    }
+
+    fn spend(&mut self, from: &str, bytes: u64) {
+        self.left = self.left.saturating_sub(bytes);
+        *self.spent.entry(from.to_owned()).or_default() += bytes;
+    }
 }
 
 /// What a peer asks of this node's store: answered by [`Node::answer_sync`].
@@ -623,6 +651,7 @@ impl Node {
         Credit {
             available,
             left: available,
+            from: source.from.clone(),
         }
     }
 
@@ -641,16 +670,18 @@ impl Node {
         true
     }
 
-    /// Opens the room of the answers to a batch of received frames: [`BATCH_ANSWER_BYTES`]
-    /// of `sync_batch` envelopes over all of them ([`Node::push_batches`]).
-    pub(super) fn open_answer_room(&self) {
-        self.inner
-            .answer_room
-            .store(BATCH_ANSWER_BYTES, std::sync::atomic::Ordering::Relaxed);
+    /// Opens the room of the answers to a batch of received frames in which `askers` sources
+    /// ask (at least one is assumed): [`BATCH_ANSWER_BYTES`] of `sync_batch` envelopes over
+    /// all of them, an equal share each ([`AnswerRoom`], [`Node::push_batches`]).
+    pub(super) fn open_answer_room(&self, askers: usize) {
+        let mut room = lock(&self.inner.answer_room);
+        room.left = BATCH_ANSWER_BYTES;
+        room.share = BATCH_ANSWER_BYTES / askers.max(1) as u64;
+        room.spent.clear();
     }
 
     /// Packs `items` (envelopes) into `sync_batch` envelopes of at most `max_payload` bytes,
-    /// in order, while the credit and the room of the batch's answers
+    /// in order, while the credit and the source's share of the room of the batch's answers
     /// ([`Node::open_answer_room`]) allow; stops at the first one that does not fit (a hello
     /// is never separated from the envelopes that need it). What is left waits for the next
     /// exchange (counter `sync.answers_over_budget`). Bytes of the batches: counter
@@ -663,17 +694,17 @@ impl Node {
         max_payload: usize,
         replies: &mut Vec<Vec<u8>>,
     ) -> Result<usize> {
-        use std::sync::atomic::Ordering;
         let total = items.len();
         let mut queue: std::collections::VecDeque<Vec<u8>> = items.into();
         // Items taken from the queue into a batch the credit did not allow.
         let mut held = 0;
-        // The credit as far as the room left for the batch's answers allows; what it spends is
-        // taken from both.
-        let batch_room = self.inner.answer_room.load(Ordering::Relaxed);
+        // The credit as far as the source's share of the batch's answers allows; what it
+        // spends is taken from both.
+        let batch_room = lock(&self.inner.answer_room).allowed(&credit.from);
         let mut allowed = Credit {
             available: credit.left.min(batch_room),
             left: credit.left.min(batch_room),
+            from: String::new(),
         };
         loop {
             // Room for the payload once the batch's own header and signatures are counted.
@@ -695,9 +726,7 @@ impl Node {
         }
         let spent = allowed.available - allowed.left;
         credit.left -= spent;
-        self.inner
-            .answer_room
-            .store(batch_room.saturating_sub(spent), Ordering::Relaxed);
+        lock(&self.inner.answer_room).spend(&credit.from, spent);
         if held > 0 || !queue.is_empty() {
             self.inner.rejections.count("sync.answers_over_budget");
         }
@@ -886,16 +915,14 @@ mod tests {
         .unwrap()
     }
 
-    /// Attack: dozens of peers, each with a sync credit of its own, ask for the whole store in
-    /// the same batch of frames. The answers of a batch wait in memory for its commit: they
-    /// carry at most [`BATCH_ANSWER_BYTES`] of envelopes together (each peer's credit alone
-    /// would let them carry 64 times the store here), and the next batch has room again.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_answers_to_one_batch_are_bounded_over_all_sources() {
+    /// A node (sync = normal) holding 100 seeds, with 64 verified peers whose hellos it
+    /// received; the ids of its stored messages.
+    async fn answering_node(
+        dir: &std::path::Path,
+    ) -> (Node, Vec<MessageId>, Vec<crate::identity::Identity>) {
         use crate::network::MemoryHub;
-        let dir = tempfile::tempdir().unwrap();
         let hub = MemoryHub::new();
-        let mut config = crate::config::Config::with_data_dir(dir.path().join("node"));
+        let mut config = crate::config::Config::with_data_dir(dir.join("node"));
         config.name = "node".into();
         config.store.sync = crate::store::SyncMode::Normal;
         let node = Node::start_with_transport(config, Box::new(hub.join("node")))
@@ -915,23 +942,9 @@ mod tests {
             .map(|i| MessageId::from_bytes(i.message))
             .collect();
         assert!(ids.len() >= 100);
-        let max = envelope::MAX_ENVELOPE_BYTES;
         let peers: Vec<_> = (0..64)
             .map(|t| crate::identity::Identity::from_tag(100 + t, 0))
             .collect();
-        let arrivals = |frames: Vec<(usize, Vec<u8>)>| {
-            frames
-                .into_iter()
-                .map(|(i, bytes)| super::super::batch::Arrival {
-                    bytes,
-                    source: ingress::Source {
-                        from: format!("memory:peer{i}"),
-                        verified: true,
-                    },
-                    ack: None,
-                })
-                .collect::<Vec<_>>()
-        };
         let hellos = peers
             .iter()
             .enumerate()
@@ -944,44 +957,96 @@ mod tests {
                 )
             })
             .collect();
+        receive(&node, hellos).await;
+        (node, ids, peers)
+    }
+
+    /// `node` receives `frames` (by peer index, from `memory:peer<i>`, verified) as one batch:
+    /// the bytes of the answers to each.
+    async fn receive(node: &Node, frames: Vec<(usize, Vec<u8>)>) -> Vec<usize> {
+        let arrivals = frames
+            .into_iter()
+            .map(|(i, bytes)| super::super::batch::Arrival {
+                bytes,
+                source: ingress::Source {
+                    from: format!("memory:peer{i}"),
+                    verified: true,
+                },
+                ack: None,
+            })
+            .collect();
         let n = node.clone();
-        let hellos = arrivals(hellos);
-        tokio::task::spawn_blocking(move || n.receive_batch(hellos, max))
-            .await
-            .unwrap();
-        let wants = |from: std::ops::Range<usize>| {
-            arrivals(from.map(|i| (i, want_from(&peers[i], &ids))).collect())
-        };
-        let answered = |received: Vec<super::super::batch::Received>| {
-            let sizes: Vec<usize> = received
-                .iter()
-                .map(|r| r.handled.replies.iter().map(Vec::len).sum())
-                .collect();
-            sizes
-        };
-        let n = node.clone();
-        let batch = wants(0..peers.len());
-        let first = tokio::task::spawn_blocking(move || answered(n.receive_batch(batch, max)))
-            .await
-            .unwrap();
-        let whole = first[0];
+        let received = tokio::task::spawn_blocking(move || {
+            n.receive_batch(arrivals, envelope::MAX_ENVELOPE_BYTES)
+        })
+        .await
+        .unwrap();
+        received
+            .iter()
+            .map(|r| r.handled.replies.iter().map(Vec::len).sum())
+            .collect()
+    }
+
+    /// Attack: dozens of peers, each with a sync credit of its own, ask for the whole store in
+    /// the same batch of frames. The answers of a batch wait in memory for its commit: they
+    /// carry at most [`BATCH_ANSWER_BYTES`] of envelopes together (each peer's credit alone
+    /// would let them carry 64 times the store here), each source its share, and the next
+    /// batch has room again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_answers_to_one_batch_are_bounded_over_all_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, ids, peers) = answering_node(dir.path()).await;
+        let wants =
+            |from: std::ops::Range<usize>| from.map(|i| (i, want_from(&peers[i], &ids))).collect();
+        // Alone, a want is answered in full.
+        let whole = receive(&node, wants(0..1)).await[0];
+        let first = receive(&node, wants(0..peers.len())).await;
         let total: usize = first.iter().sum();
         assert!(
             (whole * peers.len()) as u64 > 2 * BATCH_ANSWER_BYTES,
-            "the wants ask for too little to test the bound: {first:?}"
+            "the wants ask for too little to test the bound: {whole}"
         );
         assert!(
             total as u64 <= BATCH_ANSWER_BYTES,
             "{total} bytes of answers to one batch (each: {first:?})"
         );
-        // The next batch has room again: a want left unanswered is answered when asked again.
-        let n = node.clone();
-        let again = wants(63..64);
-        let second = tokio::task::spawn_blocking(move || answered(n.receive_batch(again, max)))
-            .await
-            .unwrap();
-        assert_eq!(first[63], 0, "the last want of the first batch: {first:?}");
-        assert_eq!(second, vec![whole]);
+        // Each source had its share: the last want of the batch was answered as the first.
+        let share = BATCH_ANSWER_BYTES as usize / peers.len();
+        for (i, &bytes) in first.iter().enumerate() {
+            assert!(
+                bytes <= share && bytes >= share / 2,
+                "peer {i}: {bytes} bytes of a share of {share} ({first:?})"
+            );
+        }
+        // The next batch has room again: what was left unanswered is answered when asked again.
+        assert_eq!(receive(&node, wants(63..64)).await, vec![whole]);
+        node.stop().await.unwrap();
+    }
+
+    /// Attack: one verified peer puts many wants ahead of an honest peer's in one batch. The
+    /// first wants took the whole room of the batch's answers, and the honest peer's repair got
+    /// nothing until it asked again (and again, while the flood went on); each source that asks
+    /// in a batch now has an equal share of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_source_asking_first_does_not_take_the_answers_of_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, ids, peers) = answering_node(dir.path()).await;
+        let whole = receive(&node, vec![(1, want_from(&peers[1], &ids))]).await[0];
+        let flood = BATCH_ANSWER_BYTES as usize / whole + 2;
+        let mut frames: Vec<(usize, Vec<u8>)> = (0..flood)
+            .map(|_| (0, want_from(&peers[0], &ids)))
+            .collect();
+        frames.push((1, want_from(&peers[1], &ids)));
+        let answered = receive(&node, frames).await;
+        let flooder: usize = answered[..flood].iter().sum();
+        assert!(
+            flooder as u64 <= BATCH_ANSWER_BYTES / 2,
+            "the flooder got {flooder} bytes ({answered:?})"
+        );
+        assert_eq!(
+            answered[flood], whole,
+            "the honest peer's want: {answered:?}"
+        );
         node.stop().await.unwrap();
     }
 
