@@ -206,7 +206,9 @@ struct Inner {
     bus: EventBus,
     log: Option<NdjsonLog>,
     transport_name: Option<String>,
-    published_seq: Mutex<u64>,
+    /// The last event published to the bus, and the store's count of changed rows then
+    /// ([`Node::pump_events`]).
+    published: Mutex<Pumped>,
     stopped: AtomicBool,
     shutdown: watch::Sender<bool>,
     wake_outbox: Notify,
@@ -272,6 +274,16 @@ struct Timers {
     liveness_at: AtomicU64,
     /// When the event log's cursor in the database may be written next ([`Node::write_log`]).
     log_cursor_at: AtomicU64,
+}
+
+/// What [`Node::pump_events`] published last.
+#[derive(Debug)]
+struct Pumped {
+    /// The last event published to the bus.
+    seq: u64,
+    /// [`Store::total_changes`] when the store was last read for events (`None`: read next
+    /// time).
+    changes: Option<u64>,
 }
 
 /// A running Crabnet node. Cheap to clone; all clones share one node.
@@ -353,6 +365,15 @@ fn create_private_dir(path: &std::path::Path) -> Result<()> {
     })
 }
 
+/// How long a start waits for the listen lock while the process that holds it is this one
+/// ([`take_listen_lock`]).
+const OWN_LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Takes the data directory's listen lock (`flock`), writing this process's id into it. A lock
+/// held by this very process is waited for a while ([`OWN_LOCK_WAIT`]): a lock belongs to the
+/// open file, and a child forked by any thread of the process (a task's sandbox set-up runs
+/// between fork and exec) holds a copy of every open file until it execs, so a node of this
+/// process that stopped a moment ago can still look like it listens.
 fn take_listen_lock(config: &Config) -> Result<File> {
     let path = config.lock_path();
     let mut file = OpenOptions::new()
@@ -361,25 +382,33 @@ fn take_listen_lock(config: &Config) -> Result<File> {
         .read(true)
         .write(true)
         .open(&path)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            let holder = holder.trim();
-            return Err(Error::new(
-                ErrorKind::Busy,
-                format!(
-                    "another crabnet node is already listening on data directory {}{}",
-                    config.data_dir.display(),
-                    if holder.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (pid {holder})")
-                    }
-                ),
-            ));
+    let since = std::time::Instant::now();
+    let ours = std::process::id().to_string();
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                if holder == ours && since.elapsed() < OWN_LOCK_WAIT {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "another crabnet node is already listening on data directory {}{}",
+                        config.data_dir.display(),
+                        if holder.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (pid {holder})")
+                        }
+                    ),
+                ));
+            }
+            Err(TryLockError::Error(e)) => return Err(e.into()),
         }
-        Err(TryLockError::Error(e)) => return Err(e.into()),
     }
     file.set_len(0)?;
     writeln!(file, "{}", std::process::id())?;
@@ -528,7 +557,10 @@ impl Node {
                     None => driven.then(|| driven::TRANSPORT_NAME.to_owned()),
                 },
                 store: SharedStore::new(store),
-                published_seq: Mutex::new(published),
+                published: Mutex::new(Pumped {
+                    seq: published,
+                    changes: None,
+                }),
                 stopped: AtomicBool::new(false),
                 shutdown,
                 wake_outbox: Notify::new(),
@@ -705,32 +737,46 @@ impl Node {
         let mut store = lock(&self.inner.store);
         let out = f(&mut store);
         if !store.in_batch() {
-            self.pump_events(&store);
+            self.pump_events(&store, false);
         }
         out
     }
 
-    /// Publishes events committed since the last pump (by this or another process) to the bus
-    /// and, when there were any, wakes the log writer (an idle node opens no file).
-    fn pump_events(&self, store: &Store) {
-        let mut seq = lock(&self.inner.published_seq);
-        let before = *seq;
+    /// Publishes events committed since the last pump to the bus and, when there were any,
+    /// wakes the log writer (an idle node opens no file). Without `others` (events another
+    /// process may have committed: housekeeping saw the database change), the store is read
+    /// only when this node changed rows since the last pump (a read-only store call, most of
+    /// them, costs no query).
+    fn pump_events(&self, store: &Store, others: bool) {
+        let mut pumped = lock(&self.inner.published);
+        let changes = store.total_changes();
+        if !others && pumped.changes == Some(changes) {
+            return;
+        }
+        pumped.changes = Some(changes);
+        let before = pumped.seq;
+        const PAGE: usize = 512;
         loop {
-            match store.events_after(*seq, 512) {
-                Ok(events) if events.is_empty() => break,
+            match store.events_after(pumped.seq, PAGE) {
                 Ok(events) => {
+                    let full = events.len() == PAGE;
                     for e in events {
-                        *seq = e.seq;
+                        pumped.seq = e.seq;
                         self.inner.bus.publish(e);
+                    }
+                    if !full {
+                        break;
                     }
                 }
                 Err(e) => {
                     tracing::warn!("cannot read events: {e}");
+                    // Read again at the next pump.
+                    pumped.changes = None;
                     break;
                 }
             }
         }
-        if *seq != before {
+        if pumped.seq != before {
             self.inner.wake_log.notify_one();
         }
     }
@@ -772,5 +818,46 @@ fn warn_about_sandbox(status: &SandboxStatus) {
             "tasks run without the full sandbox (runner.sandbox = \"best_effort\")"
         ),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node of this process stopped, but a child forked meanwhile by another thread (a
+    /// task's sandbox set-up runs between fork and exec) still holds a copy of its lock file:
+    /// the start again waits for it instead of failing "already listening" (the simulator,
+    /// which runs schedules on several threads of one process, hit this). A lock held by
+    /// another process fails at once.
+    #[test]
+    fn a_listen_lock_held_by_a_forked_copy_of_this_process_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::with_data_dir(dir.path().join("n"));
+        std::fs::create_dir_all(&config.data_dir).unwrap();
+        let first = take_listen_lock(&config).unwrap();
+        // A dup shares the open file, and with it the lock, as a forked child's copy does.
+        let copy = first.try_clone().unwrap();
+        drop(first);
+        let child = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(copy);
+        });
+        let again = take_listen_lock(&config);
+        child.join().unwrap();
+        let again = again.expect("the lock of a stopped node of this process");
+
+        // Another process's lock (its id in the file) is not waited for.
+        let copy = again.try_clone().unwrap();
+        std::fs::write(config.lock_path(), "1\n").unwrap();
+        drop(again);
+        let started = std::time::Instant::now();
+        let err = take_listen_lock(&config).unwrap_err();
+        assert!(started.elapsed() < OWN_LOCK_WAIT, "{err}");
+        assert!(
+            err.to_string().contains("already listening") && err.to_string().contains("(pid 1)"),
+            "{err}"
+        );
+        drop(copy);
     }
 }

@@ -589,6 +589,12 @@ impl Store {
         Ok(())
     }
 
+    /// Rows this store's connection inserted, updated or deleted since it opened (SQLite's
+    /// `total_changes`): unchanged, this connection wrote nothing meanwhile.
+    pub fn total_changes(&self) -> u64 {
+        self.conn.total_changes()
+    }
+
     /// Reads a metadata value.
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         Ok(self

@@ -282,7 +282,7 @@ impl Node {
             // Revocations and rotations another process added (`crabnet trust
             // import`, `revoke`, `rotate`), events it recorded.
             node.inner.trust.refresh(&store)?;
-            node.pump_events(&store);
+            node.pump_events(&store, true);
         }
         drop(store);
         if due.changed || due.rotation {

@@ -90,7 +90,7 @@ impl Node {
         if written.is_err() {
             self.inner.rejections.restore(counters);
         }
-        self.pump_events(&store);
+        self.pump_events(&store, false);
         written.map(|_| ())
     }
 
