@@ -276,11 +276,24 @@ pub(crate) struct Source {
 impl Source {
     /// The IP address a new peer counts against under `network.max_peers_per_address`: that
     /// of a UDP source, unless it is loopback, unspecified or in `exempt` (many honest nodes
-    /// may share those). libp2p frames are relayed by gossip, so their source is not their
-    /// author's address, and they count against the table's size only.
+    /// may share those). An IPv6 source counts as its /64 network (`2001:db8:1:2::/64`): one
+    /// host is commonly given a whole /64, so one attacker could otherwise take the table
+    /// with as many addresses as it likes; an IPv4-mapped address counts as its IPv4 address.
+    /// libp2p frames are relayed by gossip, so their source is not their author's address,
+    /// and they count against the table's size only.
     pub fn capped_address(&self, exempt: &[std::net::IpAddr]) -> Option<String> {
-        let ip = crate::network::udp_source(&self.from)?.ip();
-        (!ip.is_loopback() && !ip.is_unspecified() && !exempt.contains(&ip)).then(|| ip.to_string())
+        use std::net::{IpAddr, Ipv6Addr};
+        let ip = crate::network::udp_source(&self.from)?.ip().to_canonical();
+        if ip.is_loopback() || ip.is_unspecified() || exempt.contains(&ip) {
+            return None;
+        }
+        Some(match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", Ipv6Addr::from(network))
+            }
+        })
     }
 }
 
@@ -904,16 +917,25 @@ mod tests {
             src("udp:192.0.2.1:7946").capped_address(&exempt).as_deref(),
             Some("192.0.2.1")
         );
-        assert_eq!(
-            src("udp:[2001:db8::1]:7946")
-                .capped_address(&exempt)
-                .as_deref(),
-            Some("2001:db8::1")
-        );
+        // IPv6 by /64 network; IPv4-mapped as IPv4.
+        for (from, counted) in [
+            ("udp:[2001:db8::1]:7946", "2001:db8::/64"),
+            ("udp:[2001:db8:0:0:ffff:1:2:3]:1", "2001:db8::/64"),
+            ("udp:[2001:db8:a:b:c:d:e:f]:7946", "2001:db8:a:b::/64"),
+            ("udp:[::ffff:192.0.2.1]:7946", "192.0.2.1"),
+        ] {
+            assert_eq!(
+                src(from).capped_address(&exempt).as_deref(),
+                Some(counted),
+                "{from}"
+            );
+        }
         for from in [
             "udp:127.0.0.1:7946",
             "udp:[::1]:7946",
+            "udp:[::ffff:127.0.0.1]:7946",
             "udp:192.0.2.7:1",
+            "udp:[::ffff:192.0.2.7]:1",
             "libp2p:12D3KooW",
             "memory:a",
         ] {

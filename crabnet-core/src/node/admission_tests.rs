@@ -137,6 +137,64 @@ async fn anchored_mode_caps_certified_peers_from_one_address() {
     node.stop().await.unwrap();
 }
 
+/// Attack: one host holds a whole IPv6 /64 (the usual allocation) and sends hellos of fresh
+/// identities, each from another of its addresses. Counted per full address, every one of
+/// them got in (and each counted toward the hello interval as a peer of its own): the
+/// `network.max_peers_per_address` cap did not apply. Sources count as their /64.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_addresses_of_one_ipv6_network_share_the_cap_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::with_data_dir(dir.path().join("n"));
+    c.events.log_enabled = false;
+    c.network.max_peers_per_address = 3;
+    let hub = MemoryHub::new();
+    let node = Node::start_with_transport(c, Box::new(hub.join("n")))
+        .await
+        .unwrap();
+    let sources: Vec<Source> = (1..=6)
+        .map(|i| format!("udp:[2001:db8:1:2::{i:x}]:7946"))
+        .chain([
+            // Another /64, and an IPv4-mapped address (counted as its IPv4 address).
+            "udp:[2001:db8:1:3::1]:7946".to_owned(),
+            "udp:[::ffff:192.0.2.7]:7946".to_owned(),
+        ])
+        .map(|from| Source {
+            from,
+            verified: false,
+        })
+        .collect();
+    let n = node.clone();
+    let verdicts = tokio::task::spawn_blocking(move || {
+        sources
+            .iter()
+            .enumerate()
+            .map(|(i, source)| {
+                let id = Identity::from_tag(40 + i as u8, 0);
+                let hello = plain_hello(&id, &format!("v6-{i}"));
+                let frame = hello_envelope(
+                    &id,
+                    &hello,
+                    MessageId::from_bytes(crate::clock::random_bytes()),
+                );
+                n.receive_frame(&frame, source, MAX_ENVELOPE_BYTES, &mut None)
+                    .unwrap()
+                    .acceptance
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    use Acceptance::{Accept, Ignore};
+    assert_eq!(
+        verdicts,
+        [
+            Accept, Accept, Accept, Ignore, Ignore, Ignore, Accept, Accept
+        ]
+    );
+    assert_eq!(node.peers().await.unwrap().len(), 5);
+    node.stop().await.unwrap();
+}
+
 /// Issue 13: the hello interval is sized by the peers heard again after their first hello, and
 /// the peers admitted from one IP address count once together: identities one address makes
 /// (up to `network.max_peers_per_address` of them get in) stretch it no more than one node.
