@@ -276,23 +276,28 @@ pub(crate) struct Source {
 impl Source {
     /// The IP address a new peer counts against under `network.max_peers_per_address`: that
     /// of a UDP source, unless it is loopback, unspecified or in `exempt` (many honest nodes
-    /// may share those). An IPv6 source counts as its /64 network (`2001:db8:1:2::/64`): one
-    /// host is commonly given a whole /64, so one attacker could otherwise take the table
-    /// with as many addresses as it likes; an IPv4-mapped address counts as its IPv4 address.
+    /// may share those). A global IPv6 source counts as its /64 network
+    /// (`2001:db8:1:2::/64`): one host is commonly given a whole /64, so one attacker could
+    /// otherwise take the table with as many addresses as it likes (link-local and unique
+    /// local addresses count on their own: a LAN's hosts share one /64); an IPv4-mapped
+    /// address counts as its IPv4 address.
     /// libp2p frames are relayed by gossip, so their source is not their author's address,
     /// and they count against the table's size only.
     pub fn capped_address(&self, exempt: &[std::net::IpAddr]) -> Option<String> {
         use std::net::{IpAddr, Ipv6Addr};
         let ip = crate::network::udp_source(&self.from)?.ip().to_canonical();
-        if ip.is_loopback() || ip.is_unspecified() || exempt.contains(&ip) {
+        if ip.is_loopback() || ip.is_unspecified() || exempt.iter().any(|e| e.to_canonical() == ip)
+        {
             return None;
         }
         Some(match ip {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => {
+            // Link-local (fe80::/10) and unique local (fc00::/7) addresses: a LAN's hosts
+            // share one /64 there, each counts on its own (like private IPv4 addresses).
+            IpAddr::V6(v6) if !v6.is_unicast_link_local() && !v6.is_unique_local() => {
                 let network = u128::from(v6) & !((1u128 << 64) - 1);
                 format!("{}/64", Ipv6Addr::from(network))
             }
+            ip => ip.to_string(),
         })
     }
 }
@@ -923,6 +928,9 @@ mod tests {
             ("udp:[2001:db8:0:0:ffff:1:2:3]:1", "2001:db8::/64"),
             ("udp:[2001:db8:a:b:c:d:e:f]:7946", "2001:db8:a:b::/64"),
             ("udp:[::ffff:192.0.2.1]:7946", "192.0.2.1"),
+            // A LAN's hosts share one /64 of link-local or unique local addresses.
+            ("udp:[fe80::1:2]:7946", "fe80::1:2"),
+            ("udp:[fd12:3456:789a:1::7]:7946", "fd12:3456:789a:1::7"),
         ] {
             assert_eq!(
                 src(from).capped_address(&exempt).as_deref(),

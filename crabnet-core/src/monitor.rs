@@ -482,6 +482,9 @@ struct Left {
     dev: u64,
     ino: u64,
     len: u64,
+    /// Last modification (ns since the epoch): an inode reused by a new file of the same
+    /// length is not taken for the old one.
+    mtime: i128,
     seq: u64,
 }
 
@@ -492,6 +495,7 @@ impl Left {
             dev: meta.dev(),
             ino: meta.ino(),
             len: meta.len(),
+            mtime: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
             seq,
         }
     }
@@ -555,6 +559,15 @@ impl NdjsonLog {
             }
         }
         self.read_last_seq()
+    }
+
+    /// The sequence number of the last event this log object appended (0: none), wherever
+    /// that file is now.
+    pub fn last_appended(&self) -> u64 {
+        self.left
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map_or(0, |l| l.seq)
     }
 
     /// [`NdjsonLog::last_seq`] from the file's last 64 KiB.
@@ -684,9 +697,12 @@ mod tests {
         assert_eq!(ours.last_seq().unwrap(), Some(4), "rotated by the other");
         ours.append(&[ev(5)]).unwrap();
         assert_eq!(theirs.last_seq().unwrap(), Some(5));
-        // Removed by hand: nothing is known of the file any more.
+        // Moved away (logrotate): nothing is known of the file any more, but what this log
+        // object appended is.
         fs::remove_file(&path).unwrap();
         assert_eq!(ours.last_seq().unwrap(), None);
+        assert_eq!(ours.last_appended(), 5);
+        assert_eq!(theirs.last_appended(), 3);
         ours.append(&[ev(6)]).unwrap();
         assert_eq!(ours.last_seq().unwrap(), Some(6));
     }

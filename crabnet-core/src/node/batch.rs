@@ -70,7 +70,7 @@ impl Node {
             .iter()
             .zip(&kinds)
             .filter(|(_, k)| matches!(k, Some(Kind::SyncRange | Kind::SyncWant | Kind::SyncDigest)))
-            .map(|(f, _)| f.source.from.as_str())
+            .map(|(f, _)| super::reconcile::AnswerRoom::key(&f.source))
             .collect();
         self.open_answer_room(askers.len());
         let mut out = Vec::with_capacity(frames.len());

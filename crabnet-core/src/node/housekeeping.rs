@@ -64,14 +64,16 @@ impl Node {
         let mut first = true;
         // After a write to the log: the delay of the next quick look ([`next_relook`]).
         let mut relook: Option<Duration> = None;
+        // A quick look saw another process's commit: the next full look does its duties.
+        let mut changed_since_full = false;
         loop {
             // Full looks: busy (the log written lately, or not watched), every tick; idle,
             // asleep until the next duty is due or at most IDLE_TICKS ticks (for what is only
             // counted in memory), never sooner than a tick after the last. Between them, after
             // a write to the log (a commit by any process), quick looks ([`next_relook`]) that
-            // only ask whether another process's commit became visible: they do no duty unless
-            // it did, so that this node's own commits (counters written under a flood, say) do
-            // not bring more of them.
+            // only ask whether another process's commit became visible, and if so wake the
+            // outbox: no duty runs on them, so that this node's own commits (counters written
+            // under a flood, say) do not bring more of them.
             let busy = first || !wal.is_watched() || self.now_ms() < look_until;
             let full_at = if busy {
                 last_full + tick
@@ -106,9 +108,22 @@ impl Node {
                 false
             };
             relook = next_relook(relook, written && wal.is_watched(), changed, tick);
-            if !full && !changed {
+            if !full {
+                if changed {
+                    // What another process queued goes out now; the duties of a change
+                    // (its events, revocations, decisions) at the next full look, so that a
+                    // process committing thousands of times a second does not bring them on
+                    // each commit.
+                    changed_since_full = true;
+                    self.inner
+                        .timers
+                        .retry_at
+                        .store(u64::MAX, Ordering::Relaxed);
+                    self.inner.wake_outbox.notify_one();
+                }
                 continue;
             }
+            let changed = changed || std::mem::take(&mut changed_since_full);
             last_full = last_look;
             let due = self.due_duties(now, changed);
             let timers = &self.inner.timers;
@@ -300,7 +315,8 @@ impl Node {
     /// written and synced (received frames and API calls wait for the store). The cursor is a
     /// commit of its own (a sync under `store.sync = full`), so it is written at most every
     /// [`COUNTER_WRITE_MS`] and at stop: a file removed by hand after a crash in that window
-    /// gets again the events of the window. Returns whether the cursor was left behind (the
+    /// gets again the events of the window (without a crash, this process remembers what it
+    /// appended). Returns whether the cursor was left behind (the
     /// log writer comes back for it).
     pub(super) fn write_log(&self, last: bool) -> Result<bool> {
         let Some(log) = &self.inner.log else {
@@ -315,8 +331,11 @@ impl Node {
         file.lock()?;
         let stored = lock(&self.inner.store).log_cursor()?;
         // The file may be ahead of the cursor (a process died between the two writes, or the
-        // cursor waits for its next write).
-        let mut cursor = stored.max(log.last_seq()?.unwrap_or(0));
+        // cursor waits for its next write); what this process appended is known even when
+        // the file was moved away meanwhile (logrotate).
+        let mut cursor = stored
+            .max(log.last_seq()?.unwrap_or(0))
+            .max(log.last_appended());
         loop {
             let events = lock(&self.inner.store).events_after(cursor, 1000)?;
             let Some(seq) = events.last().map(|e| e.seq) else {

@@ -253,15 +253,19 @@ pub(super) const BATCH_ANSWER_BYTES: u64 = ANSWER_MAX_BYTES;
 pub(super) struct Credit {
     available: u64,
     left: u64,
-    /// The source (its share of the batch's answers, [`AnswerRoom`]).
-    from: String,
+    /// Whose share of the batch's answers it draws on ([`AnswerRoom::key`]).
+    share: String,
 }
 
 /// The room of the answers to one batch of received frames: [`BATCH_ANSWER_BYTES`] over all
 /// sources, an equal share of it per source that asks in the batch (`sync_range`,
 /// `sync_want`, `sync_digest` frames), so that the first to ask cannot leave the others
 /// nothing (an honest peer's repairs waited behind a flood of wants from one verified
-/// identity). A share a source does not use stays unused for this batch: what does not fit is
+/// identity). Sources the transport does not vouch for (a UDP address anyone can write on a
+/// datagram) share one share together: frames from made-up addresses cannot divide the room
+/// into crumbs. A share is at least [`Node::answer_share_floor`] (room for the largest
+/// envelope with its author's hello), so past that many askers the last ones may find the
+/// room spent. A share a source does not use stays unused for this batch: what does not fit is
 /// asked for again by the next exchange.
 #[derive(Debug, Default)]
 pub(super) struct AnswerRoom {
@@ -271,7 +275,15 @@ pub(super) struct AnswerRoom {
 }
 
 impl AnswerRoom {
-    /// What `from` may still be sent in answer within this batch.
+    /// The share a source draws on: its own when the transport vouches for it, else the one
+    /// all unvouched sources have together.
+    pub(super) fn key(source: &ingress::Source) -> &str {
+        if source.verified { &source.from } else { "" }
+    }
+}
+
+impl AnswerRoom {
+    /// What the share `from` may still be sent in answer within this batch.
     fn allowed(&self, from: &str) -> u64 {
         let spent = self.spent.get(from).copied().unwrap_or(0);
         self.left.min(self.share.saturating_sub(spent))
@@ -651,7 +663,7 @@ impl Node {
         Credit {
             available,
             left: available,
-            from: source.from.clone(),
+            share: AnswerRoom::key(source).to_owned(),
         }
     }
 
@@ -670,14 +682,23 @@ impl Node {
         true
     }
 
-    /// Opens the room of the answers to a batch of received frames in which `askers` sources
-    /// ask (at least one is assumed): [`BATCH_ANSWER_BYTES`] of `sync_batch` envelopes over
-    /// all of them, an equal share each ([`AnswerRoom`], [`Node::push_batches`]).
+    /// Opens the room of the answers to a batch of received frames in which `askers` shares
+    /// ask ([`AnswerRoom::key`]; at least one is assumed): [`BATCH_ANSWER_BYTES`] of
+    /// `sync_batch` envelopes over all of them, an equal share each but at least
+    /// [`Node::answer_share_floor`] ([`AnswerRoom`], [`Node::push_batches`]).
     pub(super) fn open_answer_room(&self, askers: usize) {
+        let share = (BATCH_ANSWER_BYTES / askers.max(1) as u64).max(self.answer_share_floor());
         let mut room = lock(&self.inner.answer_room);
         room.left = BATCH_ANSWER_BYTES;
-        room.share = BATCH_ANSWER_BYTES / askers.max(1) as u64;
+        room.share = share;
         room.spent.clear();
+    }
+
+    /// The least share of a batch's answers: room for two of the largest envelopes this node
+    /// accepts (`network.max_envelope_bytes`), such as one with its author's hello, so that
+    /// a share is never too small for what it must carry.
+    pub(super) fn answer_share_floor(&self) -> u64 {
+        2 * self.inner.config.network.max_envelope_bytes as u64
     }
 
     /// Packs `items` (envelopes) into `sync_batch` envelopes of at most `max_payload` bytes,
@@ -700,11 +721,11 @@ impl Node {
         let mut held = 0;
         // The credit as far as the source's share of the batch's answers allows; what it
         // spends is taken from both.
-        let batch_room = lock(&self.inner.answer_room).allowed(&credit.from);
+        let batch_room = lock(&self.inner.answer_room).allowed(&credit.share);
         let mut allowed = Credit {
             available: credit.left.min(batch_room),
             left: credit.left.min(batch_room),
-            from: String::new(),
+            share: String::new(),
         };
         loop {
             // Room for the payload once the batch's own header and signatures are counted.
@@ -726,7 +747,7 @@ impl Node {
         }
         let spent = allowed.available - allowed.left;
         credit.left -= spent;
-        lock(&self.inner.answer_room).spend(&credit.from, spent);
+        lock(&self.inner.answer_room).spend(&credit.share, spent);
         if held > 0 || !queue.is_empty() {
             self.inner.rejections.count("sync.answers_over_budget");
         }
@@ -964,14 +985,27 @@ mod tests {
     /// `node` receives `frames` (by peer index, from `memory:peer<i>`, verified) as one batch:
     /// the bytes of the answers to each.
     async fn receive(node: &Node, frames: Vec<(usize, Vec<u8>)>) -> Vec<usize> {
-        let arrivals = frames
+        let frames = frames
             .into_iter()
-            .map(|(i, bytes)| super::super::batch::Arrival {
-                bytes,
-                source: ingress::Source {
+            .map(|(i, bytes)| {
+                let source = ingress::Source {
                     from: format!("memory:peer{i}"),
                     verified: true,
-                },
+                };
+                (source, bytes)
+            })
+            .collect();
+        receive_from(node, frames).await
+    }
+
+    /// `node` receives `frames` from their sources as one batch: the bytes of the answers to
+    /// each.
+    async fn receive_from(node: &Node, frames: Vec<(ingress::Source, Vec<u8>)>) -> Vec<usize> {
+        let arrivals = frames
+            .into_iter()
+            .map(|(source, bytes)| super::super::batch::Arrival {
+                bytes,
+                source,
                 ack: None,
             })
             .collect();
@@ -985,6 +1019,37 @@ mod tests {
             .iter()
             .map(|r| r.handled.replies.iter().map(Vec::len).sum())
             .collect()
+    }
+
+    /// Attack: frames that parse as sync wants from made-up UDP addresses (anyone can write
+    /// any source on a datagram), one honest want among them. Counted as askers each, they cut
+    /// the honest peer's share of the batch's answers to crumbs (and are then refused at the
+    /// signature check, spending nothing): the sources the transport does not vouch for share
+    /// one share together.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wants_from_made_up_addresses_do_not_shrink_an_honest_peers_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, ids, peers) = answering_node(dir.path()).await;
+        let whole = receive(&node, vec![(1, want_from(&peers[1], &ids))]).await[0];
+        let stranger = crate::identity::Identity::from_tag(250, 0);
+        let mut frames: Vec<(ingress::Source, Vec<u8>)> = (0..200u32)
+            .map(|i| {
+                let source = ingress::Source {
+                    from: format!("udp:203.0.113.{}:{}", i % 250, 1000 + i),
+                    verified: false,
+                };
+                (source, want_from(&stranger, &ids[..1]))
+            })
+            .collect();
+        let honest = ingress::Source {
+            from: "memory:peer1".into(),
+            verified: true,
+        };
+        frames.push((honest, want_from(&peers[1], &ids)));
+        let answered = receive_from(&node, frames).await;
+        assert_eq!(answered[..200].iter().sum::<usize>(), 0);
+        assert_eq!(answered[200], whole, "the honest peer's want");
+        node.stop().await.unwrap();
     }
 
     /// Attack: dozens of peers, each with a sync credit of its own, ask for the whole store in
