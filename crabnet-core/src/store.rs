@@ -386,6 +386,10 @@ pub(crate) const ROTATIONS_OF_STRANGERS: &str = "SELECT DISTINCT node_id FROM ro
 /// The migration that creates the reputation table (1-based schema version).
 const REPUTATION_MIGRATION: usize = 9;
 
+/// [`Store::events_after`]'s statement (a `LIMIT ?`: see `Store::open` on recompiling).
+const EVENTS_AFTER_SQL: &str =
+    "SELECT seq, at, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+
 /// The current schema version (SQLite `user_version`).
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
@@ -846,9 +850,7 @@ impl Store {
             return Ok(Vec::new());
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, at, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
+        let mut stmt = self.conn.prepare_cached(EVENTS_AFTER_SQL)?;
         let rows = stmt.query_map(params![after, limit], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
@@ -2200,10 +2202,8 @@ mod tests {
             let events = s.events_after(after, limit).unwrap();
             assert_eq!(events.len(), limit.min(5 - after as usize));
         }
-        let stmt = s
-            .conn
-            .prepare_cached("SELECT seq, at, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-            .unwrap();
+        // The statement `events_after` ran, from the cache.
+        let stmt = s.conn.prepare_cached(EVENTS_AFTER_SQL).unwrap();
         assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
     }
 

@@ -28,6 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::reconcile::AnswerRoom;
 use super::{Node, lock};
 use crate::crypto::SigningPublic;
 use crate::envelope::{self, Kind};
@@ -69,8 +70,8 @@ impl Node {
         let askers: HashSet<&str> = frames
             .iter()
             .zip(&kinds)
-            .filter(|(_, k)| matches!(k, Some(Kind::SyncRange | Kind::SyncWant | Kind::SyncDigest)))
-            .map(|(f, _)| super::reconcile::AnswerRoom::key(&f.source))
+            .filter(|(_, kind)| kind.is_some_and(AnswerRoom::asks))
+            .map(|(f, _)| AnswerRoom::key(&f.source))
             .collect();
         self.open_answer_room(askers.len());
         let mut out = Vec::with_capacity(frames.len());

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{Node, lock};
+use super::{Node, background_blocking, lock};
 use crate::error::{Error, Result};
 use crate::model::Millis;
 use crate::store::WalWatch;
@@ -115,11 +115,7 @@ impl Node {
                     // process committing thousands of times a second does not bring them on
                     // each commit.
                     changed_since_full = true;
-                    self.inner
-                        .timers
-                        .retry_at
-                        .store(u64::MAX, Ordering::Relaxed);
-                    self.inner.wake_outbox.notify_one();
+                    self.send_outbox_now();
                 }
                 continue;
             }
@@ -130,8 +126,7 @@ impl Node {
             let retry_due = timers.retry_at.load(Ordering::Relaxed) <= now;
             if !due.any() {
                 if retry_due {
-                    timers.retry_at.store(u64::MAX, Ordering::Relaxed);
-                    self.inner.wake_outbox.notify_one();
+                    self.send_outbox_now();
                 }
                 continue;
             }
@@ -144,10 +139,19 @@ impl Node {
             }
             if changed || retry_due {
                 // Another process may have queued messages to send.
-                timers.retry_at.store(u64::MAX, Ordering::Relaxed);
-                self.inner.wake_outbox.notify_one();
+                self.send_outbox_now();
             }
         }
+    }
+
+    /// Wakes the outbox sender now (a retry came due, or another process queued messages);
+    /// its next pass sets the retry timer again.
+    fn send_outbox_now(&self) {
+        self.inner
+            .timers
+            .retry_at
+            .store(u64::MAX, Ordering::Relaxed);
+        self.inner.wake_outbox.notify_one();
     }
 
     /// Whether another process committed to the database since the version `last` was read
@@ -363,29 +367,19 @@ impl Node {
     pub(super) async fn log_writer(self, mut shutdown: watch::Receiver<bool>) {
         let mut behind = false;
         loop {
-            let cursor_due = Duration::from_millis(if behind {
-                let at = self.inner.timers.log_cursor_at.load(Ordering::Relaxed);
-                at.saturating_sub(self.now_ms())
-            } else {
-                u64::from(u32::MAX)
-            });
+            // Only polled while the cursor is behind.
+            let at = self.inner.timers.log_cursor_at.load(Ordering::Relaxed);
+            let cursor_due = Duration::from_millis(at.saturating_sub(self.now_ms()));
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = self.inner.wake_log.notified() => {}
                 _ = tokio::time::sleep(cursor_due), if behind => {}
             }
             let node = self.clone();
-            behind = match tokio::task::spawn_blocking(move || node.write_log(false)).await {
-                Ok(Ok(behind)) => behind,
-                Ok(Err(e)) => {
-                    tracing::warn!("cannot write the event log: {e}");
-                    false
-                }
-                Err(e) => {
-                    tracing::error!("event log task failed: {e}");
-                    false
-                }
-            };
+            let work = move || node.write_log(false);
+            behind = background_blocking("cannot write the event log", "event log", work)
+                .await
+                .unwrap_or(false);
         }
     }
 }

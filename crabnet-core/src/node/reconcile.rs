@@ -275,6 +275,11 @@ pub(super) struct AnswerRoom {
 }
 
 impl AnswerRoom {
+    /// Whether a frame of this kind asks for answers that draw on the room.
+    pub(super) fn asks(kind: Kind) -> bool {
+        matches!(kind, Kind::SyncRange | Kind::SyncWant | Kind::SyncDigest)
+    }
+
     /// The share a source draws on: its own when the transport vouches for it, else the one
     /// all unvouched sources have together.
     pub(super) fn key(source: &ingress::Source) -> &str {
