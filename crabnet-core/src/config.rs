@@ -174,8 +174,10 @@ pub struct NetworkConfig {
     /// Largest envelope this node creates; operations whose message would be larger fail.
     /// The default fits one UDP datagram.
     pub max_envelope_bytes: usize,
-    /// Frames per second one transport source (UDP address, libp2p peer) may send before
-    /// further frames are `rate_limited`; a sync batch is one frame.
+    /// Frames per second one transport source may send before further frames are
+    /// `rate_limited`; a sync batch is one frame. A UDP source is its IP address, whatever
+    /// the port (a global IPv6 one its /64), except on loopback and `peer_address_exempt`
+    /// addresses, where each address and port has its own; a libp2p source is its peer.
     pub source_rate_per_sec: u32,
     /// Frames one transport source may send at once above its rate.
     pub source_burst: u32,
@@ -212,7 +214,8 @@ pub struct NetworkConfig {
     pub hello_answer_rate_per_sec: u32,
     /// Hellos of new peers answered at once above `hello_answer_rate_per_sec`.
     pub hello_answer_burst: u32,
-    /// Hellos of new peers answered per second to one transport source.
+    /// Hellos of new peers answered per second to one transport source (counted as under
+    /// `source_rate_per_sec`: a UDP source by IP address).
     pub hello_answer_source_rate_per_sec: u32,
     /// Hellos of new peers answered at once to one transport source above its rate.
     pub hello_answer_source_burst: u32,

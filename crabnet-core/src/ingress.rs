@@ -27,8 +27,10 @@
 //!   is pushed out, and what waits longer, is rejected with the reason it was held for
 //!   (`unknown_sender`, `bad_signature`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 
 use crate::config::NetworkConfig;
@@ -274,31 +276,45 @@ pub(crate) struct Source {
 }
 
 impl Source {
-    /// The IP address a new peer counts against under `network.max_peers_per_address`: that
-    /// of a UDP source, unless it is loopback, unspecified or in `exempt` (many honest nodes
-    /// may share those). A global IPv6 source counts as its /64 network
-    /// (`2001:db8:1:2::/64`): one host is commonly given a whole /64, so one attacker could
-    /// otherwise take the table with as many addresses as it likes (link-local and unique
-    /// local addresses count on their own: a LAN's hosts share one /64); an IPv4-mapped
-    /// address counts as its IPv4 address.
-    /// libp2p frames are relayed by gossip, so their source is not their author's address,
-    /// and they count against the table's size only.
-    pub fn capped_address(&self, exempt: &[std::net::IpAddr]) -> Option<String> {
-        use std::net::{IpAddr, Ipv6Addr};
-        let ip = crate::network::udp_source(&self.from)?.ip().to_canonical();
-        if ip.is_loopback() || ip.is_unspecified() || exempt.iter().any(|e| e.to_canonical() == ip)
-        {
-            return None;
+    /// The IP address a new peer counts against under `network.max_peers_per_address`
+    /// ([`capped_address`]). libp2p frames are relayed by gossip, so their source is not
+    /// their author's address, and they count against the table's size only.
+    pub fn capped_address(&self, exempt: &[IpAddr]) -> Option<String> {
+        capped_address(&self.from, exempt)
+    }
+}
+
+/// The IP address of the UDP source `from` as the per-address limits count it: `None` when
+/// it is loopback, unspecified or in `exempt` (many honest nodes may share those), and for a
+/// source that is not a UDP address. A global IPv6 source counts as its /64 network
+/// (`2001:db8:1:2::/64`): one host is commonly given a whole /64, so one attacker could
+/// otherwise count as many times as it has addresses (link-local and unique local addresses
+/// count on their own: a LAN's hosts share one /64); an IPv4-mapped address counts as its
+/// IPv4 address.
+pub(crate) fn capped_address(from: &str, exempt: &[IpAddr]) -> Option<String> {
+    let ip = crate::network::udp_source(from)?.ip().to_canonical();
+    if ip.is_loopback() || ip.is_unspecified() || exempt.iter().any(|e| e.to_canonical() == ip) {
+        return None;
+    }
+    Some(match ip {
+        // Link-local (fe80::/10) and unique local (fc00::/7) addresses: a LAN's hosts share
+        // one /64 there, each counts on its own (like private IPv4 addresses).
+        IpAddr::V6(v6) if !v6.is_unicast_link_local() && !v6.is_unique_local() => {
+            let network = u128::from(v6) & !((1u128 << 64) - 1);
+            format!("{}/64", Ipv6Addr::from(network))
         }
-        Some(match ip {
-            // Link-local (fe80::/10) and unique local (fc00::/7) addresses: a LAN's hosts
-            // share one /64 there, each counts on its own (like private IPv4 addresses).
-            IpAddr::V6(v6) if !v6.is_unicast_link_local() && !v6.is_unique_local() => {
-                let network = u128::from(v6) & !((1u128 << 64) - 1);
-                format!("{}/64", Ipv6Addr::from(network))
-            }
-            ip => ip.to_string(),
-        })
+        ip => ip.to_string(),
+    })
+}
+
+/// The token bucket a frame from the transport source `from` is charged to: a UDP source's
+/// IP address as [`capped_address`] counts it (a sender that changes ports, or addresses
+/// within its IPv6 /64, keeps its bucket), else the source itself (one per address and port
+/// on loopback and exempt addresses, one per libp2p peer).
+pub(crate) fn rate_key<'a>(from: &'a str, exempt: &[IpAddr]) -> Cow<'a, str> {
+    match capped_address(from, exempt) {
+        Some(address) => Cow::Owned(format!("ip:{address}")),
+        None => Cow::Borrowed(from),
     }
 }
 
@@ -310,6 +326,8 @@ const MAX_BUCKETS: usize = 16_384;
 pub(crate) struct Gate {
     sources: Limiter,
     senders: Limiter,
+    /// `network.peer_address_exempt`: sources there keep a bucket per address and port.
+    exempt: Vec<IpAddr>,
 }
 
 impl Gate {
@@ -318,11 +336,12 @@ impl Gate {
         Gate {
             sources: Limiter::new(net.source_rate_per_sec, net.source_burst, MAX_BUCKETS),
             senders: Limiter::new(net.sender_rate_per_sec, net.sender_burst, MAX_BUCKETS),
+            exempt: net.peer_address_exempt.clone(),
         }
     }
 
     /// Size (at most `max` bytes), structure, then one token from the bucket of the transport
-    /// source `from`. A sync batch is one frame: the envelopes inside it are not charged again
+    /// source `from` (its IP address outside loopback and exempt addresses: [`rate_key`]). A sync batch is one frame: the envelopes inside it are not charged again
     /// (they are bounded by the frame's size). The claimed sender is charged later, once the
     /// signatures proved the claim ([`Gate::charge_sender`]).
     pub fn admit(
@@ -339,7 +358,7 @@ impl Gate {
             };
             Rejection::new(from, None, reason, e.to_string())
         })?;
-        if !self.sources.allow(from, now) {
+        if !self.sources.allow(&rate_key(from, &self.exempt), now) {
             let detail = "the source sends more frames than network.source_rate_per_sec";
             let h = &parsed.header;
             return Err(Rejection::new(

@@ -634,3 +634,97 @@ async fn a_udp_transport_reads_what_waits_and_counts_what_the_kernel_dropped() {
         "more than one system call's worth was read"
     );
 }
+
+/// Attack: a flooder outside loopback sends each frame from a new UDP port (or a new address
+/// of its IPv6 /64). Buckets kept per address and port gave every port a fresh burst, so
+/// `network.source_rate_per_sec` limited nobody who can open sockets. A source's bucket is
+/// its IP address (a global IPv6 address's /64), as under `network.max_peers_per_address`;
+/// loopback and `peer_address_exempt` sources keep one bucket per address and port (many
+/// honest nodes share those). The frames go to a driven node (no socket: they come from
+/// addresses tests must not send from), at one instant of its clock (no token comes back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_changing_ports_shares_one_rate_limit_bucket() {
+    use crabnet_core::clock::ManualClock;
+    use crabnet_core::node::Driven;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), "n");
+    c.network.source_rate_per_sec = 1;
+    c.network.source_burst = 5;
+    c.network.peer_address_exempt = vec!["203.0.113.50".parse().unwrap()];
+    let driven = Driven::start(c, std::sync::Arc::new(ManualClock::new(now_ms())))
+        .await
+        .unwrap();
+    let frame = hello(&identity(0x51, 0));
+    let limited = |froms: Vec<String>| {
+        let driven = driven.clone();
+        let frame = frame.clone();
+        async move {
+            let before = counter(driven.node(), "rejected.rate_limited").await;
+            let d = driven.clone();
+            tokio::task::spawn_blocking(move || {
+                for from in &froms {
+                    d.receive(&frame, from).unwrap();
+                }
+            })
+            .await
+            .unwrap();
+            counter(driven.node(), "rejected.rate_limited").await - before
+        }
+    };
+    // 40 frames from 40 ports of one IPv4 address: 5 pass (the burst), 35 are limited.
+    let ports = (0..40)
+        .map(|p| format!("udp:192.0.2.7:{}", 20_000 + p))
+        .collect();
+    assert_eq!(limited(ports).await, 35);
+    // 40 from 40 addresses of one IPv6 /64 (a host's usual allocation): the same.
+    let v6 = (1..=40)
+        .map(|i| format!("udp:[2001:db8:7:8::{i:x}]:7946"))
+        .collect();
+    assert_eq!(limited(v6).await, 35);
+    // Another address is not held back by them.
+    assert_eq!(limited(vec!["udp:198.51.100.9:7946".into(); 5]).await, 0);
+    // Nodes sharing loopback or an exempt address (a NAT's) keep a bucket per port.
+    let shared = (0..40)
+        .flat_map(|p| {
+            [
+                format!("udp:127.0.0.1:{}", 30_000 + p),
+                format!("udp:203.0.113.50:{}", 30_000 + p),
+            ]
+        })
+        .collect();
+    assert_eq!(limited(shared).await, 0);
+    driven.stop().await.unwrap();
+}
+
+/// Attack: hellos of fresh identities from one address, each from a new port, each asking for
+/// an answer (this node's hello, revocations and rotations). Counted per address and port,
+/// every one was answered, and the answers to all sources together are capped
+/// (`network.hello_answer_rate_per_sec`): one host could spend them all. The bucket per
+/// source is its IP address, so that host gets `hello_answer_source_burst` answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hellos_from_many_ports_of_one_address_get_one_sources_answers() {
+    use crabnet_core::clock::ManualClock;
+    use crabnet_core::node::Driven;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), "n");
+    c.network.hello_answer_source_burst = 4;
+    let driven = Driven::start(c, std::sync::Arc::new(ManualClock::new(now_ms())))
+        .await
+        .unwrap();
+    let d = driven.clone();
+    let answered = tokio::task::spawn_blocking(move || {
+        (0..12u32)
+            .map(|i| {
+                let from = format!("udp:192.0.2.7:{}", 20_000 + i);
+                let replies = d.receive(&hello(&identity(0x300 + i, 0)), &from).unwrap();
+                !replies.is_empty()
+            })
+            .filter(|answered| *answered)
+            .count()
+    })
+    .await
+    .unwrap();
+    assert_eq!(answered, 4);
+    assert_eq!(counter(driven.node(), "hellos.answers_limited").await, 8);
+    driven.stop().await.unwrap();
+}

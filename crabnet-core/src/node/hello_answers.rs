@@ -7,7 +7,9 @@
 //!   only toward the transport source the hello came from ([`Transport::answer_hello`]): never
 //!   to the addresses it announces, never to every peer;
 //! * within two token buckets taken when the hello is accepted: one per transport source
-//!   (`network.hello_answer_source_rate_per_sec`, `hello_answer_source_burst`) and one for
+//!   (`network.hello_answer_source_rate_per_sec`, `hello_answer_source_burst`; a UDP source
+//!   outside loopback and `peer_address_exempt` is its IP address, a global IPv6 one its /64,
+//!   whatever port it sends from: [`ingress::rate_key`]) and one for
 //!   all sources (`network.hello_answer_rate_per_sec`, `hello_answer_burst`); a hello over
 //!   either limit is not answered (`hellos.answers_limited`) and does not start a sync
 //!   exchange;
@@ -98,7 +100,11 @@ impl Node {
     ) -> bool {
         let answers = &self.inner.hello_answers;
         let now = self.now_ms();
-        let allowed = answers.sources.allow(&source.from, now) && answers.global.allow("", now);
+        let exempt = &self.inner.config.network.peer_address_exempt;
+        let allowed = answers
+            .sources
+            .allow(&ingress::rate_key(&source.from, exempt), now)
+            && answers.global.allow("", now);
         let queued = allowed && {
             let mut waiting = lock(&answers.waiting);
             let room = waiting.len() < MAX_WAITING;
