@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
@@ -19,6 +20,7 @@ import pytest
 
 import crabnet
 from crabnet import _model
+from helpers import MakeNode, claimed, make_pair
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "schema.json"
 SCHEMA: Dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
@@ -273,3 +275,33 @@ def test_the_check_notices_a_drifted_class() -> None:
     assert "has the field 'note'" in text
     assert "Drifted.claimer: the core never sends null" in text
     assert "Drifted.bid_id: the core always sends it" in text
+
+
+def _seed_view_fields(make_node: MakeNode) -> Dict[str, Any]:
+    """A seed's view as the native module hands it over: claimed, so that every kind of field
+    (records, optional records, tuples of records, enums, defaults) is there."""
+    publisher, runner = make_pair(make_node)
+    view = claimed(publisher, runner, "echo view")
+    fields: Dict[str, Any] = runner._node().seed(view.id)
+    return fields
+
+
+def test_a_record_with_a_missing_field_fails_and_an_unknown_field_warns_once(
+    make_node: MakeNode,
+) -> None:
+    """A newer core may send a field this package does not know: the record is built without
+    it, and a ``SchemaWarning`` says so once per class and field. A field the core must send
+    and did not is an ``InternalError`` that names it."""
+    data = _seed_view_fields(make_node)
+    without = {k: v for k, v in data.items() if k != "status"}
+    with pytest.raises(crabnet.InternalError, match="a SeedView without status"):
+        crabnet.SeedView._from_fields(without)
+    newer = dict(data, shiny_new_field=1)
+    with pytest.warns(_model.SchemaWarning, match="SeedView has no field 'shiny_new_field'"):
+        view = crabnet.SeedView._from_fields(newer)
+    assert view == crabnet.SeedView._from_fields(data)
+    assert not hasattr(view, "shiny_new_field")
+    # Warned once per class and field.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crabnet.SeedView._from_fields(newer)
