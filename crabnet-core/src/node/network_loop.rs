@@ -15,6 +15,57 @@ use crate::monitor::EventKind;
 use crate::network::{self, InboundFrame, Incoming, Transport};
 use crate::sync;
 
+/// After frames were lost, how long the transport must have dropped none before the sync round
+/// that finds them again goes out: a flood's next frames would meet the round's answers in the
+/// same full buffer.
+const REPAIR_QUIET: Duration = Duration::from_millis(200);
+/// The latest a repair round goes out after the first loss it repairs (a flood that does not
+/// stop is repaired while it lasts).
+const REPAIR_LATEST: Duration = Duration::from_secs(2);
+/// The least time between two repair rounds: frames lost without end (a garbage flood fills
+/// the buffer too) bring at most one round per this.
+const REPAIR_SPACING: Duration = Duration::from_secs(1);
+
+/// When the sync round goes out that finds again what the transport dropped (the frames it lost
+/// are not known, only their number): losses seen at `now`, the first not repaired yet at
+/// `first`, the last repair round at `last`. Without it, what a burst lost (a peer sending its
+/// outbox faster than this node applies) waited for the next periodic round, up to
+/// `network.sync_interval_secs` (stretched up to 6x while this node's store does not change).
+fn repair_due(
+    now: tokio::time::Instant,
+    first: tokio::time::Instant,
+    last: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    let at = (now + REPAIR_QUIET).min(first + REPAIR_LATEST);
+    last.map_or(at, |last| at.max(last + REPAIR_SPACING))
+}
+
+/// Most sources a repair round asks besides the transport's sync peers.
+const REPAIR_SOURCES: usize = 8;
+
+/// The latest sources (at most [`REPAIR_SOURCES`], newest first) of frames this node accepted
+/// that the transport does not vouch for: its sync queries do not reach them (a UDP sender that
+/// is not a configured peer), so a repair round sends its query to each. Only accepted frames
+/// count (valid, new, signed by a known peer): a forged source address cannot make this node
+/// send queries to an address of the forger's choice more than once per frame it cannot replay.
+#[derive(Default)]
+struct RecentSenders(Vec<String>);
+
+impl RecentSenders {
+    fn note(&mut self, transport: &dyn Transport, received: &[batch::Received]) {
+        for r in received {
+            if r.handled.acceptance != network::Acceptance::Accept
+                || transport.source_verified(&r.from)
+            {
+                continue;
+            }
+            self.0.retain(|s| *s != r.from);
+            self.0.insert(0, r.from.clone());
+            self.0.truncate(REPAIR_SOURCES);
+        }
+    }
+}
+
 /// A batch of received frames being applied on a blocking thread: what became of each.
 type Applying = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<batch::Received>> + Send>>;
 
@@ -107,6 +158,15 @@ impl Node {
         let mut stash: Option<Option<Incoming>> = None;
         // Frames the transport lost before reading them, as counted so far.
         let mut dropped = 0;
+        // The sync round that finds again what the transport lost ([`repair_due`]): when it
+        // goes out, the first drop not repaired yet, and when the last such round went out.
+        let mut repair_at: Option<tokio::time::Instant> = None;
+        let mut repair_first: Option<tokio::time::Instant> = None;
+        let mut last_repair: Option<tokio::time::Instant> = None;
+        // Sources of frames accepted since the last repair round that the transport does not
+        // send sync queries to (a UDP sender that is not a configured peer): a repair round
+        // asks them too, as they are the likely senders of what was lost.
+        let mut senders = RecentSenders::default();
         // The batch being applied on a blocking thread, and the frames read meanwhile (the
         // transport is read while a batch is applied, so that its own buffer does not overflow).
         let mut applying: Option<Applying> = None;
@@ -141,6 +201,15 @@ impl Node {
                     let at = tokio::time::Instant::now() + Duration::from_millis(100);
                     sync_due = Some(sync_due.map_or(at, |d| d.min(at)));
                 }
+                _ = tokio::time::sleep_until(repair_at.unwrap_or_else(tokio::time::Instant::now)), if repair_at.is_some() => {
+                    repair_at = None;
+                    repair_first = None;
+                    last_repair = Some(tokio::time::Instant::now());
+                    self.inner.rejections.count("sync.repair_rounds");
+                    self.repair_exchanges();
+                    let also = std::mem::take(&mut senders.0);
+                    self.send_sync_query_to(transport.as_mut(), &mut hello, &also).await;
+                }
                 _ = tokio::time::sleep_until(sync_due.unwrap_or_else(tokio::time::Instant::now)), if sync_due.is_some() => {
                     sync_due = None;
                     self.send_sync_query(transport.as_mut(), &mut hello).await;
@@ -156,11 +225,15 @@ impl Node {
                 }
                 received = async { applying.as_mut().expect("a batch is applied").await }, if applying.is_some() => {
                     applying = None;
+                    senders.note(transport.as_ref(), &received);
                     self.finish_batch(transport.as_mut(), received);
                     let now_dropped = transport.dropped();
                     if now_dropped > dropped {
                         self.inner.rejections.add("transport.dropped", now_dropped - dropped);
                         dropped = now_dropped;
+                        let now = tokio::time::Instant::now();
+                        let first = *repair_first.get_or_insert(now);
+                        repair_at = Some(repair_due(now, first, last_repair));
                     }
                     // (A batch the gate refused whole starts nothing: the next one is taken.)
                     while applying.is_none() && !queue.frames.is_empty() {
@@ -406,6 +479,16 @@ impl Node {
     /// One periodic sync round: new keys announced first, then the first query of an
     /// exchange, when this node knows a peer (see [`Node::range_query_frame`]).
     async fn send_sync_query(&self, transport: &mut dyn Transport, hello: &mut Option<HelloCache>) {
+        self.send_sync_query_to(transport, hello, &[]).await;
+    }
+
+    /// [`Node::send_sync_query`], also to the sources `also` (each alone).
+    async fn send_sync_query_to(
+        &self,
+        transport: &mut dyn Transport,
+        hello: &mut Option<HelloCache>,
+        also: &[String],
+    ) {
         self.announce_new_keys(transport, hello);
         let node = self.clone();
         let max = transport.max_frame_bytes();
@@ -413,6 +496,11 @@ impl Node {
             Ok(Ok(Some(frame))) => {
                 if let Err(e) = transport.sync(&frame) {
                     tracing::debug!("cannot send sync query: {e}");
+                }
+                for to in also {
+                    if let Err(e) = transport.send_to(to, &frame) {
+                        tracing::debug!("cannot send sync query to {to}: {e}");
+                    }
                 }
             }
             Ok(Ok(None)) => {}
@@ -637,6 +725,172 @@ mod tests {
             "the node did not fill its queue while its first batch waited: {counters:?}"
         );
         node.stop().await.unwrap();
+    }
+
+    /// A transport that loses the frames it receives while `losing` is set, as a UDP socket
+    /// with its receive buffer full does, and counts them in [`Transport::dropped`]. Like UDP
+    /// without configured peers (a node that others send to), its sync queries reach nobody
+    /// and it vouches for no source: a peer is reached only by answering its frames.
+    struct Lossy {
+        inner: crate::network::MemoryTransport,
+        losing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Transport for Lossy {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn max_frame_bytes(&self) -> usize {
+            self.inner.max_frame_bytes()
+        }
+        fn local_addresses(&self) -> Vec<String> {
+            self.inner.local_addresses()
+        }
+        fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
+            self.inner.broadcast(frame)
+        }
+        fn sync(&mut self, _frame: &[u8]) -> Result<()> {
+            Ok(())
+        }
+        fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
+            self.inner.send_to(to, frame)
+        }
+        fn answer_hello(&mut self, from: &str, announced: &[String], frame: &[u8]) -> Result<()> {
+            self.inner.answer_hello(from, announced, frame)
+        }
+        fn source_verified(&self, _from: &str) -> bool {
+            false
+        }
+        fn poll_recv(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Incoming>> {
+            loop {
+                match self.inner.poll_recv(cx) {
+                    std::task::Poll::Ready(Some(Incoming::Frame(_)))
+                        if self.losing.load(Ordering::SeqCst) =>
+                    {
+                        self.lost.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => return other,
+                }
+            }
+        }
+        fn dropped(&self) -> u64 {
+            self.lost.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A burst the transport could not take (a peer sending its outbox faster than this node
+    /// applies: UDP drops what its buffer does not hold) is found again by a sync round as soon
+    /// as the losses stop, not at the next periodic round of the sender
+    /// (`network.sync_interval_secs`, here an hour away); the round asks the sources it
+    /// accepted frames from, as this node's own sync queries reach nobody. Before, the five
+    /// lost seeds were still missing after 10 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_the_transport_dropped_is_repaired_by_sync_at_once() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let dir = tempfile::tempdir().unwrap();
+        let hub = MemoryHub::new();
+        let config = |name: &str| {
+            let mut c = Config::with_data_dir(dir.path().join(name));
+            c.name = name.into();
+            c.events.log_enabled = false;
+            c.network.tick_ms = 20;
+            c.network.sync_interval_secs = 3600;
+            c
+        };
+        let losing = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(AtomicU64::new(0));
+        let lossy = Lossy {
+            inner: hub.join("a"),
+            losing: losing.clone(),
+            lost: lost.clone(),
+        };
+        let a = Node::start_with_transport(config("a"), Box::new(lossy))
+            .await
+            .unwrap();
+        let b = Node::start_with_transport(config("b"), Box::new(hub.join("b")))
+            .await
+            .unwrap();
+        a.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
+        b.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
+        // Let the exchanges that follow the hellos end.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        losing.store(true, Ordering::SeqCst);
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let request = crate::node::PublishRequest {
+                command: format!("echo lost {i}"),
+                ..Default::default()
+            };
+            ids.push(b.publish(request).await.unwrap().seed.id);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while lost.load(Ordering::SeqCst) < 5 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(lost.load(Ordering::SeqCst) >= 5, "the burst was lost");
+        losing.store(false, Ordering::SeqCst);
+        // The next frame that arrives (the loss is learnt with it, as over UDP).
+        let request = crate::node::PublishRequest {
+            command: "echo after".into(),
+            ..Default::default()
+        };
+        ids.push(b.publish(request).await.unwrap().seed.id);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let missing = loop {
+            let mut missing = Vec::new();
+            for id in &ids {
+                if a.seed(id).await.is_err() {
+                    missing.push(id.clone());
+                }
+            }
+            if missing.is_empty() || tokio::time::Instant::now() > deadline {
+                break missing;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            missing.is_empty(),
+            "{} of 6 seeds still missing; a: {:?}; b: {:?}",
+            missing.len(),
+            a.overview().await.unwrap().counters,
+            b.overview().await.unwrap().counters
+        );
+        let counters = a.overview().await.unwrap().counters;
+        assert!(
+            counters.get("transport.dropped").copied().unwrap_or(0) >= 5,
+            "{counters:?}"
+        );
+        assert!(
+            counters.get("sync.repair_rounds").copied().unwrap_or(0) >= 1,
+            "{counters:?}"
+        );
+        a.stop().await.unwrap();
+        b.stop().await.unwrap();
+    }
+
+    #[test]
+    fn a_repair_round_waits_for_quiet_within_bounds_and_is_spaced() {
+        let t0 = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        // Losses stop: the round follows the quiet time.
+        assert_eq!(repair_due(t0, t0, None), t0 + REPAIR_QUIET);
+        assert_eq!(
+            repair_due(t0 + ms(500), t0, None),
+            t0 + ms(500) + REPAIR_QUIET
+        );
+        // Losses go on: no later than REPAIR_LATEST after the first.
+        assert_eq!(repair_due(t0 + ms(1900), t0, None), t0 + REPAIR_LATEST);
+        // Never sooner than REPAIR_SPACING after the last round.
+        let last = Some(t0 + ms(100));
+        assert_eq!(
+            repair_due(t0 + ms(200), t0 + ms(200), last),
+            t0 + ms(100) + REPAIR_SPACING
+        );
     }
 
     #[test]

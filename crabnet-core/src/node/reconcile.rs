@@ -36,7 +36,13 @@ pub(super) struct IndexCache {
     answered: Mutex<BTreeMap<NodeId, Answered>>,
     /// The pace of this node's own rounds (see [`Pace`]).
     pace: Mutex<Pace>,
+    /// Until when (node clock, Unix ms) this node's exchanges repair what its transport lost
+    /// ([`Node::repair_exchanges`]): they do not yield to a peer's.
+    repair_until: std::sync::atomic::AtomicU64,
 }
+
+/// How long the exchanges of a repair round go on without yielding to a peer's.
+const REPAIR_EXCHANGE_MS: u64 = 5_000;
 
 /// How long a node waits between its periodic sync rounds, in multiples of
 /// `network.sync_interval_secs`: one while its store changes, doubling after each round over a
@@ -397,6 +403,18 @@ impl Node {
         Ok(Some(frame))
     }
 
+    /// Marks the exchanges this node starts in the next [`REPAIR_EXCHANGE_MS`] as repairs of
+    /// frames its transport lost: a peer's exchange with this node that ran within the sync
+    /// interval did not carry what was lost since, so they do not yield to it (see
+    /// [`Node::receive_range`]).
+    pub(super) fn repair_exchanges(&self) {
+        let until = self.now_ms().saturating_add(REPAIR_EXCHANGE_MS);
+        self.inner
+            .sync_index
+            .repair_until
+            .store(until, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// How long to wait for the next periodic sync round, in ms: `network.sync_interval_secs`
     /// times the pace set by the last round (see [`Pace`]).
     pub(super) fn next_sync_round_ms(&self) -> u64 {
@@ -445,7 +463,8 @@ impl Node {
     /// messages the peer lacks. A reply from a peer with a lower id that sent us a query
     /// within the last `network.sync_interval_secs` ends our exchange instead (counter
     /// `sync.exchanges_yielded`): its own exchange with us finds the same difference and
-    /// carries it both ways, so one exchange per pair runs at a time.
+    /// carries it both ways, so one exchange per pair runs at a time; except while this node
+    /// repairs what its transport lost ([`Node::repair_exchanges`]).
     fn receive_range(
         &self,
         h: &Header,
@@ -497,7 +516,14 @@ impl Node {
                 Ok(p) => p,
                 Err(e) => return self.malformed(&answer.source.from, h, e),
             };
+            let repairing = now
+                < self
+                    .inner
+                    .sync_index
+                    .repair_until
+                    .load(std::sync::atomic::Ordering::Relaxed);
             if h.sender < self.inner.id
+                && !repairing
                 && lock(&self.inner.sync_index.queried_by)
                     .get(&h.sender)
                     .is_some_and(|at| now.saturating_sub(*at) <= interval)
