@@ -197,7 +197,8 @@ pub struct NetworkConfig {
     /// `peer_address_exempt` are exempt (many honest nodes may share them).
     pub max_peers_per_address: usize,
     /// IP addresses exempt from `max_peers_per_address` besides loopback (e.g. a NAT's public
-    /// address).
+    /// address); a UDP source there also has rate-limit buckets per address and port
+    /// (`source_rate_per_sec`, `hello_answer_source_rate_per_sec`) instead of one per IP.
     pub peer_address_exempt: Vec<std::net::IpAddr>,
     /// A requester whose source address the transport cannot vouch for (a UDP address that is
     /// not a configured peer) receives at most this many times the bytes of the sync envelopes

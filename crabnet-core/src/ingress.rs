@@ -341,7 +341,8 @@ impl Gate {
     }
 
     /// Size (at most `max` bytes), structure, then one token from the bucket of the transport
-    /// source `from` (its IP address outside loopback and exempt addresses: [`rate_key`]). A sync batch is one frame: the envelopes inside it are not charged again
+    /// source `from` (its IP address outside loopback and exempt addresses:
+    /// [`rate_key`]). A sync batch is one frame: the envelopes inside it are not charged again
     /// (they are bounded by the frame's size). The claimed sender is charged later, once the
     /// signatures proved the claim ([`Gate::charge_sender`]).
     pub fn admit(

@@ -287,11 +287,12 @@ def _seed_view_fields(make_node: MakeNode) -> Dict[str, Any]:
 
 
 def test_a_record_with_a_missing_field_fails_and_an_unknown_field_warns_once(
-    make_node: MakeNode,
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A newer core may send a field this package does not know: the record is built without
     it, and a ``SchemaWarning`` says so once per class and field. A field the core must send
     and did not is an ``InternalError`` that names it."""
+    monkeypatch.setattr(_model, "_warned", set())
     data = _seed_view_fields(make_node)
     without = {k: v for k, v in data.items() if k != "status"}
     with pytest.raises(crabnet.InternalError, match="a SeedView without status"):

@@ -614,6 +614,9 @@ impl<T: Transport> Transport for Announced<T> {
     fn source_verified(&self, from: &str) -> bool {
         self.inner.source_verified(from)
     }
+    fn dropped(&self) -> u64 {
+        self.inner.dropped()
+    }
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
         if let Some(n) = self.notice.take() {
             return Poll::Ready(Some(Incoming::Status(n)));

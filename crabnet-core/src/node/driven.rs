@@ -113,7 +113,7 @@ impl Driven {
     /// `network.sync_interval_secs` (to be broadcast; the answers come back through
     /// [`Driven::receive`]); `None` while the node knows no peer.
     pub fn sync_query(&self) -> Result<Option<Vec<u8>>> {
-        self.node.range_query_frame(MAX_FRAME_BYTES)
+        self.node.range_query_frame(MAX_FRAME_BYTES, true)
     }
 
     /// Stops the node ([`Node::stop`]); its data directory can then be started again.

@@ -22,47 +22,88 @@ const REPAIR_QUIET: Duration = Duration::from_millis(200);
 /// The latest a repair round goes out after the first loss it repairs (a flood that does not
 /// stop is repaired while it lasts).
 const REPAIR_LATEST: Duration = Duration::from_secs(2);
-/// The least time between two repair rounds: frames lost without end (a garbage flood fills
-/// the buffer too) bring at most one round per this.
+/// The least time between two repair rounds; it doubles while losses go on from one round to
+/// the next (a flood that keeps the buffer full, garbage included), up to
+/// `network.sync_interval_secs`.
 const REPAIR_SPACING: Duration = Duration::from_secs(1);
-
-/// When the sync round goes out that finds again what the transport dropped (the frames it lost
-/// are not known, only their number): losses seen at `now`, the first not repaired yet at
-/// `first`, the last repair round at `last`. Without it, what a burst lost (a peer sending its
-/// outbox faster than this node applies) waited for the next periodic round, up to
-/// `network.sync_interval_secs` (stretched up to 6x while this node's store does not change).
-fn repair_due(
-    now: tokio::time::Instant,
-    first: tokio::time::Instant,
-    last: Option<tokio::time::Instant>,
-) -> tokio::time::Instant {
-    let at = (now + REPAIR_QUIET).min(first + REPAIR_LATEST);
-    last.map_or(at, |last| at.max(last + REPAIR_SPACING))
-}
-
 /// Most sources a repair round asks besides the transport's sync peers.
 const REPAIR_SOURCES: usize = 8;
 
-/// The latest sources (at most [`REPAIR_SOURCES`], newest first) of frames this node accepted
-/// that the transport does not vouch for: its sync queries do not reach them (a UDP sender that
-/// is not a configured peer), so a repair round sends its query to each. Only accepted frames
-/// count (valid, new, signed by a known peer): a forged source address cannot make this node
-/// send queries to an address of the forger's choice more than once per frame it cannot replay.
-#[derive(Default)]
-struct RecentSenders(Vec<String>);
+/// The repair of what the transport dropped (it tells only how many frames it lost, not which):
+/// a sync round ([`Node::repair_exchanges`]) once losses stop for [`REPAIR_QUIET`], at most
+/// [`REPAIR_LATEST`] after the first, and a spacing after the last round. Without it, what a
+/// burst lost (a peer sending its outbox faster than this node applies) waited for the next
+/// periodic round, up to `network.sync_interval_secs` (stretched up to 6x while the store does
+/// not change). The round goes to the transport's sync peers and to the latest sources of
+/// accepted frames ([`REPAIR_SOURCES`], heard within the sync interval): the likely senders
+/// of what was lost, which the transport's sync queries may not reach (a UDP sender that is
+/// not a configured peer, or one of more configured peers than a query goes to).
+struct Repair {
+    /// When the next round goes out.
+    at: Option<tokio::time::Instant>,
+    /// The first loss it repairs.
+    first: Option<tokio::time::Instant>,
+    /// When the last round went out, and the spacing after it.
+    last: Option<tokio::time::Instant>,
+    spacing: Duration,
+    /// The longest spacing: `network.sync_interval_secs`.
+    max_spacing: Duration,
+    /// Sources of accepted frames, newest first, and when each was last heard. Only accepted
+    /// frames count (valid, new, signed by a known peer): a source address others forge
+    /// cannot steer the queries without a stream of fresh signed frames, and it gets at most
+    /// one query per round.
+    senders: Vec<(String, tokio::time::Instant)>,
+}
 
-impl RecentSenders {
-    fn note(&mut self, transport: &dyn Transport, received: &[batch::Received]) {
+impl Repair {
+    fn new(max_spacing: Duration) -> Repair {
+        Repair {
+            at: None,
+            first: None,
+            last: None,
+            spacing: REPAIR_SPACING,
+            max_spacing: max_spacing.max(REPAIR_SPACING),
+            senders: Vec::new(),
+        }
+    }
+
+    /// The transport reported losses at `now`: the round is (re)scheduled.
+    fn lost(&mut self, now: tokio::time::Instant) {
+        let first = *self.first.get_or_insert(now);
+        let at = (now + REPAIR_QUIET).min(first + REPAIR_LATEST);
+        self.at = Some(self.last.map_or(at, |last| at.max(last + self.spacing)));
+    }
+
+    /// The accepted frames of a batch, received at `now`.
+    fn heard(&mut self, received: &[batch::Received], now: tokio::time::Instant) {
         for r in received {
-            if r.handled.acceptance != network::Acceptance::Accept
-                || transport.source_verified(&r.from)
-            {
+            if r.handled.acceptance != network::Acceptance::Accept {
                 continue;
             }
-            self.0.retain(|s| *s != r.from);
-            self.0.insert(0, r.from.clone());
-            self.0.truncate(REPAIR_SOURCES);
+            self.senders.retain(|(s, _)| *s != r.from);
+            self.senders.insert(0, (r.from.clone(), now));
+            self.senders.truncate(REPAIR_SOURCES);
         }
+    }
+
+    /// The round goes out at `now`: the sources to ask besides the sync peers. While losses
+    /// go on from one round to the next, the spacing doubles.
+    fn start(&mut self, now: tokio::time::Instant) -> Vec<String> {
+        self.spacing = match self.last {
+            Some(last) if now.saturating_duration_since(last) <= self.spacing * 2 => {
+                (self.spacing * 2).min(self.max_spacing)
+            }
+            _ => REPAIR_SPACING,
+        };
+        self.at = None;
+        self.first = None;
+        self.last = Some(now);
+        let max_age = self.max_spacing;
+        self.senders
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(*at) <= max_age)
+            .map(|(s, _)| s.clone())
+            .collect()
     }
 }
 
@@ -158,15 +199,9 @@ impl Node {
         let mut stash: Option<Option<Incoming>> = None;
         // Frames the transport lost before reading them, as counted so far.
         let mut dropped = 0;
-        // The sync round that finds again what the transport lost ([`repair_due`]): when it
-        // goes out, the first drop not repaired yet, and when the last such round went out.
-        let mut repair_at: Option<tokio::time::Instant> = None;
-        let mut repair_first: Option<tokio::time::Instant> = None;
-        let mut last_repair: Option<tokio::time::Instant> = None;
-        // Sources of frames accepted since the last repair round that the transport does not
-        // send sync queries to (a UDP sender that is not a configured peer): a repair round
-        // asks them too, as they are the likely senders of what was lost.
-        let mut senders = RecentSenders::default();
+        // The sync round that finds again what the transport lost.
+        let sync_interval = u64::from(self.inner.config.network.sync_interval_secs);
+        let mut repair = Repair::new(Duration::from_secs(sync_interval));
         // The batch being applied on a blocking thread, and the frames read meanwhile (the
         // transport is read while a batch is applied, so that its own buffer does not overflow).
         let mut applying: Option<Applying> = None;
@@ -201,14 +236,11 @@ impl Node {
                     let at = tokio::time::Instant::now() + Duration::from_millis(100);
                     sync_due = Some(sync_due.map_or(at, |d| d.min(at)));
                 }
-                _ = tokio::time::sleep_until(repair_at.unwrap_or_else(tokio::time::Instant::now)), if repair_at.is_some() => {
-                    repair_at = None;
-                    repair_first = None;
-                    last_repair = Some(tokio::time::Instant::now());
+                _ = tokio::time::sleep_until(repair.at.unwrap_or_else(tokio::time::Instant::now)), if repair.at.is_some() => {
+                    let also = repair.start(tokio::time::Instant::now());
                     self.inner.rejections.count("sync.repair_rounds");
                     self.repair_exchanges();
-                    let also = std::mem::take(&mut senders.0);
-                    self.send_sync_query_to(transport.as_mut(), &mut hello, &also).await;
+                    self.send_sync_query_to(transport.as_mut(), &mut hello, &also, false).await;
                 }
                 _ = tokio::time::sleep_until(sync_due.unwrap_or_else(tokio::time::Instant::now)), if sync_due.is_some() => {
                     sync_due = None;
@@ -225,15 +257,13 @@ impl Node {
                 }
                 received = async { applying.as_mut().expect("a batch is applied").await }, if applying.is_some() => {
                     applying = None;
-                    senders.note(transport.as_ref(), &received);
+                    repair.heard(&received, tokio::time::Instant::now());
                     self.finish_batch(transport.as_mut(), received);
                     let now_dropped = transport.dropped();
                     if now_dropped > dropped {
                         self.inner.rejections.add("transport.dropped", now_dropped - dropped);
                         dropped = now_dropped;
-                        let now = tokio::time::Instant::now();
-                        let first = *repair_first.get_or_insert(now);
-                        repair_at = Some(repair_due(now, first, last_repair));
+                        repair.lost(tokio::time::Instant::now());
                     }
                     // (A batch the gate refused whole starts nothing: the next one is taken.)
                     while applying.is_none() && !queue.frames.is_empty() {
@@ -479,20 +509,22 @@ impl Node {
     /// One periodic sync round: new keys announced first, then the first query of an
     /// exchange, when this node knows a peer (see [`Node::range_query_frame`]).
     async fn send_sync_query(&self, transport: &mut dyn Transport, hello: &mut Option<HelloCache>) {
-        self.send_sync_query_to(transport, hello, &[]).await;
+        self.send_sync_query_to(transport, hello, &[], true).await;
     }
 
-    /// [`Node::send_sync_query`], also to the sources `also` (each alone).
+    /// [`Node::send_sync_query`], also to the sources `also` (each alone); a round that is not
+    /// `periodic` (a repair) leaves the pace of the periodic ones alone.
     async fn send_sync_query_to(
         &self,
         transport: &mut dyn Transport,
         hello: &mut Option<HelloCache>,
         also: &[String],
+        periodic: bool,
     ) {
         self.announce_new_keys(transport, hello);
         let node = self.clone();
         let max = transport.max_frame_bytes();
-        match tokio::task::spawn_blocking(move || node.range_query_frame(max)).await {
+        match tokio::task::spawn_blocking(move || node.range_query_frame(max, periodic)).await {
             Ok(Ok(Some(frame))) => {
                 if let Err(e) = transport.sync(&frame) {
                     tracing::debug!("cannot send sync query: {e}");
@@ -802,6 +834,15 @@ mod tests {
             c.network.sync_interval_secs = 3600;
             c
         };
+        // b has the lower id: a's repair exchange with b must not yield to b's exchange at
+        // start (which ran before the loss).
+        let mut ids = [Identity::from_tag(31, 1), Identity::from_tag(32, 1)];
+        ids.sort_by(|x, y| y.node_id().cmp(x.node_id()));
+        for (name, id) in ["a", "b"].iter().zip(&ids) {
+            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+            id.write_new(&dir.path().join(name).join("identity.key"))
+                .unwrap();
+        }
         let losing = Arc::new(AtomicBool::new(false));
         let lost = Arc::new(AtomicU64::new(0));
         let lossy = Lossy {
@@ -815,6 +856,7 @@ mod tests {
         let b = Node::start_with_transport(config("b"), Box::new(hub.join("b")))
             .await
             .unwrap();
+        assert!(b.inner.id < a.inner.id);
         a.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
         b.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
         // Let the exchanges that follow the hellos end.
@@ -877,20 +919,76 @@ mod tests {
     fn a_repair_round_waits_for_quiet_within_bounds_and_is_spaced() {
         let t0 = tokio::time::Instant::now();
         let ms = Duration::from_millis;
+        let mut r = Repair::new(Duration::from_secs(10));
         // Losses stop: the round follows the quiet time.
-        assert_eq!(repair_due(t0, t0, None), t0 + REPAIR_QUIET);
-        assert_eq!(
-            repair_due(t0 + ms(500), t0, None),
-            t0 + ms(500) + REPAIR_QUIET
-        );
+        r.lost(t0);
+        assert_eq!(r.at, Some(t0 + REPAIR_QUIET));
+        r.lost(t0 + ms(500));
+        assert_eq!(r.at, Some(t0 + ms(500) + REPAIR_QUIET));
         // Losses go on: no later than REPAIR_LATEST after the first.
-        assert_eq!(repair_due(t0 + ms(1900), t0, None), t0 + REPAIR_LATEST);
-        // Never sooner than REPAIR_SPACING after the last round.
-        let last = Some(t0 + ms(100));
-        assert_eq!(
-            repair_due(t0 + ms(200), t0 + ms(200), last),
-            t0 + ms(100) + REPAIR_SPACING
+        r.lost(t0 + ms(1900));
+        assert_eq!(r.at, Some(t0 + REPAIR_LATEST));
+        let round = t0 + REPAIR_LATEST;
+        assert!(r.start(round).is_empty());
+        assert_eq!((r.at, r.first), (None, None));
+        // Never sooner than the spacing after the last round, which doubles while losses go on
+        // from round to round, up to the sync interval.
+        let mut last = round;
+        for spacing in [2, 4, 8, 10, 10] {
+            r.lost(last + ms(10));
+            let at = r.at.unwrap();
+            assert_eq!(at, last + r.spacing);
+            r.start(at);
+            assert_eq!(r.spacing, Duration::from_secs(spacing));
+            last = at;
+        }
+        // After a quiet spell it is back to one second.
+        let later = last + Duration::from_secs(60);
+        r.lost(later);
+        r.start(r.at.unwrap());
+        assert_eq!(r.spacing, REPAIR_SPACING);
+    }
+
+    #[test]
+    fn a_repair_round_asks_the_latest_senders_of_accepted_frames_heard_lately() {
+        let t0 = tokio::time::Instant::now();
+        let received = |from: &str, acceptance| batch::Received {
+            handled: network::Handled {
+                acceptance,
+                replies: Vec::new(),
+            },
+            from: from.into(),
+            ack: None,
+            acked: false,
+        };
+        let mut r = Repair::new(Duration::from_secs(10));
+        let mut frames: Vec<_> = (0..10)
+            .map(|i| {
+                received(
+                    &format!("udp:192.0.2.{i}:7946"),
+                    network::Acceptance::Accept,
+                )
+            })
+            .collect();
+        frames.push(received(
+            "udp:203.0.113.9:7946",
+            network::Acceptance::Reject,
+        ));
+        r.heard(&frames, t0);
+        r.heard(
+            &[received(
+                "udp:198.51.100.1:7946",
+                network::Acceptance::Accept,
+            )],
+            t0 + Duration::from_secs(9),
         );
+        let asked = r.start(t0 + Duration::from_secs(11));
+        // Newest first, at most eight, none rejected, none heard more than the interval ago.
+        assert_eq!(asked, ["udp:198.51.100.1:7946"]);
+        r.heard(&frames[..3], t0 + Duration::from_secs(12));
+        let asked = r.start(t0 + Duration::from_secs(13));
+        assert_eq!(asked.len(), 4);
+        assert_eq!(asked[0], "udp:192.0.2.2:7946");
     }
 
     #[test]

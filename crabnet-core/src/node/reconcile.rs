@@ -36,13 +36,10 @@ pub(super) struct IndexCache {
     answered: Mutex<BTreeMap<NodeId, Answered>>,
     /// The pace of this node's own rounds (see [`Pace`]).
     pace: Mutex<Pace>,
-    /// Until when (node clock, Unix ms) this node's exchanges repair what its transport lost
-    /// ([`Node::repair_exchanges`]): they do not yield to a peer's.
-    repair_until: std::sync::atomic::AtomicU64,
+    /// When (node clock, Unix ms) the last repair round went out ([`Node::repair_exchanges`]):
+    /// an exchange of a peer that queried this node before then did not carry what was lost.
+    repaired_at: std::sync::atomic::AtomicU64,
 }
-
-/// How long the exchanges of a repair round go on without yielding to a peer's.
-const REPAIR_EXCHANGE_MS: u64 = 5_000;
 
 /// How long a node waits between its periodic sync rounds, in multiples of
 /// `network.sync_interval_secs`: one while its store changes, doubling after each round over a
@@ -50,7 +47,8 @@ const REPAIR_EXCHANGE_MS: u64 = 5_000;
 /// then query six times less often (in an idle network of 30 libp2p processes the rounds every
 /// 10 s were a third of each node's CPU); any new message stored brings the pace back at the
 /// next round. A message a node lost is repaired by the rounds of the nodes that stored it
-/// (their stores changed, so they query at the base interval) or by its own next round.
+/// (their stores changed, so they query at the base interval), by its own next round, or at
+/// once by a repair round when its transport reported the loss (these leave the pace alone).
 #[derive(Debug, Default)]
 struct Pace {
     /// The items' mark at the last round.
@@ -386,14 +384,21 @@ impl Node {
     /// while this node knows no peer (a node that starts with an empty peer table): it has
     /// nobody to exchange with yet, and every peer that could answer answers its hello first,
     /// which starts an exchange (counter `sync.queries_skipped`).
-    pub(super) fn range_query_frame(&self, max_frame: usize) -> Result<Option<Vec<u8>>> {
+    /// A repair round (`periodic` false) leaves the pace of the periodic rounds as it is.
+    pub(super) fn range_query_frame(
+        &self,
+        max_frame: usize,
+        periodic: bool,
+    ) -> Result<Option<Vec<u8>>> {
         if !lock(&self.inner.store).knows_a_peer()? {
             self.inner.rejections.count("sync.queries_skipped");
             return Ok(None);
         }
         let limit = range::frame_limit(payload_room(self, max_frame));
         let index = self.sync_index()?;
-        lock(&self.inner.sync_index.pace).after_round(index.mark);
+        if periodic {
+            lock(&self.inner.sync_index.pace).after_round(index.mark);
+        }
         let msg = index.set_for(None).query(limit);
         let frame = self.range_frame(false, msg)?;
         self.inner.rejections.count("sync.queries_sent");
@@ -403,16 +408,17 @@ impl Node {
         Ok(Some(frame))
     }
 
-    /// Marks the exchanges this node starts in the next [`REPAIR_EXCHANGE_MS`] as repairs of
-    /// frames its transport lost: a peer's exchange with this node that ran within the sync
-    /// interval did not carry what was lost since, so they do not yield to it (see
-    /// [`Node::receive_range`]).
+    /// Prepares a repair round (frames the transport lost, see `network_loop`): the exchanges
+    /// it starts do not yield to an exchange of a peer that queried this node before now (it
+    /// ran before the loss, and did not carry what was lost; see [`Node::receive_range`]), and
+    /// they ask again for messages asked of a peer lately (what the loss took may be the
+    /// batches that answered those wants).
     pub(super) fn repair_exchanges(&self) {
-        let until = self.now_ms().saturating_add(REPAIR_EXCHANGE_MS);
-        self.inner
-            .sync_index
-            .repair_until
-            .store(until, std::sync::atomic::Ordering::Relaxed);
+        let cache = &self.inner.sync_index;
+        cache
+            .repaired_at
+            .store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+        lock(&cache.recent).retain(|(_, asked, _), _| !*asked);
     }
 
     /// How long to wait for the next periodic sync round, in ms: `network.sync_interval_secs`
@@ -463,8 +469,8 @@ impl Node {
     /// messages the peer lacks. A reply from a peer with a lower id that sent us a query
     /// within the last `network.sync_interval_secs` ends our exchange instead (counter
     /// `sync.exchanges_yielded`): its own exchange with us finds the same difference and
-    /// carries it both ways, so one exchange per pair runs at a time; except while this node
-    /// repairs what its transport lost ([`Node::repair_exchanges`]).
+    /// carries it both ways, so one exchange per pair runs at a time; unless that query came
+    /// before this node's last repair round ([`Node::repair_exchanges`]).
     fn receive_range(
         &self,
         h: &Header,
@@ -516,17 +522,15 @@ impl Node {
                 Ok(p) => p,
                 Err(e) => return self.malformed(&answer.source.from, h, e),
             };
-            let repairing = now
-                < self
-                    .inner
-                    .sync_index
-                    .repair_until
-                    .load(std::sync::atomic::Ordering::Relaxed);
+            let repaired_at = self
+                .inner
+                .sync_index
+                .repaired_at
+                .load(std::sync::atomic::Ordering::Relaxed);
             if h.sender < self.inner.id
-                && !repairing
                 && lock(&self.inner.sync_index.queried_by)
                     .get(&h.sender)
-                    .is_some_and(|at| now.saturating_sub(*at) <= interval)
+                    .is_some_and(|at| now.saturating_sub(*at) <= interval && *at >= repaired_at)
             {
                 self.inner.rejections.count("sync.exchanges_yielded");
                 return Ok(Acceptance::Ignore);
