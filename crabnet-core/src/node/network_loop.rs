@@ -24,8 +24,11 @@ const REPAIR_QUIET: Duration = Duration::from_millis(200);
 const REPAIR_LATEST: Duration = Duration::from_secs(2);
 /// The least time between two repair rounds; it doubles while losses go on from one round to
 /// the next (a flood that keeps the buffer full, garbage included), up to
-/// `network.sync_interval_secs`.
+/// [`REPAIR_SPACING_MAX`] (or `network.sync_interval_secs` when that is shorter): a round's own
+/// answers, a burst, may overflow the buffer again, and their repair should not wait long.
 const REPAIR_SPACING: Duration = Duration::from_secs(1);
+/// The longest spacing between two repair rounds.
+const REPAIR_SPACING_MAX: Duration = Duration::from_secs(4);
 /// Most sources a repair round asks besides the transport's sync peers.
 const REPAIR_SOURCES: usize = 8;
 
@@ -46,8 +49,10 @@ struct Repair {
     /// When the last round went out, and the spacing after it.
     last: Option<tokio::time::Instant>,
     spacing: Duration,
-    /// The longest spacing: `network.sync_interval_secs`.
+    /// The longest spacing.
     max_spacing: Duration,
+    /// How long a sender counts as recent: `network.sync_interval_secs`.
+    max_age: Duration,
     /// Sources of accepted frames, newest first, and when each was last heard. Only accepted
     /// frames count (valid, new, signed by a known peer): a source address others forge
     /// cannot steer the queries without a stream of fresh signed frames, and it gets at most
@@ -56,13 +61,14 @@ struct Repair {
 }
 
 impl Repair {
-    fn new(max_spacing: Duration) -> Repair {
+    fn new(sync_interval: Duration) -> Repair {
         Repair {
             at: None,
             first: None,
             last: None,
             spacing: REPAIR_SPACING,
-            max_spacing: max_spacing.max(REPAIR_SPACING),
+            max_spacing: sync_interval.clamp(REPAIR_SPACING, REPAIR_SPACING_MAX),
+            max_age: sync_interval,
             senders: Vec::new(),
         }
     }
@@ -98,7 +104,7 @@ impl Repair {
         self.at = None;
         self.first = None;
         self.last = Some(now);
-        let max_age = self.max_spacing;
+        let max_age = self.max_age;
         self.senders
             .iter()
             .filter(|(_, at)| now.saturating_duration_since(*at) <= max_age)
@@ -932,9 +938,9 @@ mod tests {
         assert!(r.start(round).is_empty());
         assert_eq!((r.at, r.first), (None, None));
         // Never sooner than the spacing after the last round, which doubles while losses go on
-        // from round to round, up to the sync interval.
+        // from round to round, up to REPAIR_SPACING_MAX.
         let mut last = round;
-        for spacing in [2, 4, 8, 10, 10] {
+        for spacing in [2, 4, 4, 4] {
             r.lost(last + ms(10));
             let at = r.at.unwrap();
             assert_eq!(at, last + r.spacing);
