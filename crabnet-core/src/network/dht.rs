@@ -447,6 +447,11 @@ impl Transport for DhtTransport {
         "dht"
     }
 
+    /// What the UDP side (fallback) lost; libp2p's streams lose nothing unnoticed.
+    fn dropped(&self) -> u64 {
+        self.udp.as_ref().map_or(0, |u| u.dropped())
+    }
+
     fn max_frame_bytes(&self) -> usize {
         match &self.udp {
             Some(u) => u.max_frame_bytes(),

@@ -92,9 +92,13 @@ impl Repair {
         }
     }
 
-    /// The round goes out at `now`: the sources to ask besides the sync peers. While losses
-    /// go on from one round to the next, the spacing doubles.
-    fn start(&mut self, now: tokio::time::Instant) -> Vec<String> {
+    /// The round goes out at `now`: the sources to ask besides the sync peers, and how long
+    /// ago the first loss it repairs was. While losses go on from one round to the next, the
+    /// spacing doubles.
+    fn start(&mut self, now: tokio::time::Instant) -> (Vec<String>, Duration) {
+        let since_first = self
+            .first
+            .map_or(Duration::ZERO, |first| now.saturating_duration_since(first));
         self.spacing = match self.last {
             Some(last) if now.saturating_duration_since(last) <= self.spacing * 2 => {
                 (self.spacing * 2).min(self.max_spacing)
@@ -105,11 +109,13 @@ impl Repair {
         self.first = None;
         self.last = Some(now);
         let max_age = self.max_age;
-        self.senders
+        let senders = self
+            .senders
             .iter()
             .filter(|(_, at)| now.saturating_duration_since(*at) <= max_age)
             .map(|(s, _)| s.clone())
-            .collect()
+            .collect();
+        (senders, since_first)
     }
 }
 
@@ -243,9 +249,9 @@ impl Node {
                     sync_due = Some(sync_due.map_or(at, |d| d.min(at)));
                 }
                 _ = tokio::time::sleep_until(repair.at.unwrap_or_else(tokio::time::Instant::now)), if repair.at.is_some() => {
-                    let also = repair.start(tokio::time::Instant::now());
+                    let (also, since_first) = repair.start(tokio::time::Instant::now());
                     self.inner.rejections.count("sync.repair_rounds");
-                    self.repair_exchanges();
+                    self.repair_exchanges(since_first);
                     self.send_sync_query_to(transport.as_mut(), &mut hello, &also, false).await;
                 }
                 _ = tokio::time::sleep_until(sync_due.unwrap_or_else(tokio::time::Instant::now)), if sync_due.is_some() => {
@@ -935,7 +941,7 @@ mod tests {
         r.lost(t0 + ms(1900));
         assert_eq!(r.at, Some(t0 + REPAIR_LATEST));
         let round = t0 + REPAIR_LATEST;
-        assert!(r.start(round).is_empty());
+        assert!(r.start(round).0.is_empty());
         assert_eq!((r.at, r.first), (None, None));
         // Never sooner than the spacing after the last round, which doubles while losses go on
         // from round to round, up to REPAIR_SPACING_MAX.
@@ -981,6 +987,14 @@ mod tests {
             network::Acceptance::Reject,
         ));
         r.heard(&frames, t0);
+        // Newest first, at most eight, none rejected.
+        let (asked, _) = r.start(t0);
+        let newest: Vec<String> = (2..10)
+            .rev()
+            .map(|i| format!("udp:192.0.2.{i}:7946"))
+            .collect();
+        assert_eq!(asked, newest);
+        // None heard more than the sync interval ago.
         r.heard(
             &[received(
                 "udp:198.51.100.1:7946",
@@ -988,13 +1002,13 @@ mod tests {
             )],
             t0 + Duration::from_secs(9),
         );
-        let asked = r.start(t0 + Duration::from_secs(11));
-        // Newest first, at most eight, none rejected, none heard more than the interval ago.
+        let (asked, _) = r.start(t0 + Duration::from_secs(11));
         assert_eq!(asked, ["udp:198.51.100.1:7946"]);
-        r.heard(&frames[..3], t0 + Duration::from_secs(12));
-        let asked = r.start(t0 + Duration::from_secs(13));
-        assert_eq!(asked.len(), 4);
-        assert_eq!(asked[0], "udp:192.0.2.2:7946");
+        // How long ago the first loss was.
+        r.lost(t0 + Duration::from_secs(20));
+        r.lost(t0 + Duration::from_millis(20_500));
+        let (_, since_first) = r.start(t0 + Duration::from_secs(21));
+        assert_eq!(since_first, Duration::from_secs(1));
     }
 
     #[test]

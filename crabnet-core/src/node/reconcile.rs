@@ -57,6 +57,13 @@ struct Pace {
     stretch: u32,
 }
 
+/// How long an identical query of the same peer (over items that did not change) is not
+/// answered again (or half `network.sync_interval_secs` when shorter): long enough for two
+/// exchanges started together (by the interval and by a hello) to cost one, short enough that
+/// a repair round's query, identical when everything its last exchange brought was lost, is
+/// answered (repair rounds are at least 1 s apart).
+const REPEATED_QUERY_MS: u64 = 1_000;
+
 /// The longest wait between two periodic rounds, in multiples of `network.sync_interval_secs`.
 pub(super) const MAX_SYNC_STRETCH: u32 = 6;
 
@@ -408,17 +415,21 @@ impl Node {
         Ok(Some(frame))
     }
 
-    /// Prepares a repair round (frames the transport lost, see `network_loop`): the exchanges
-    /// it starts do not yield to an exchange of a peer that queried this node before now (it
-    /// ran before the loss, and did not carry what was lost; see [`Node::receive_range`]), and
-    /// they ask again for messages asked of a peer lately (what the loss took may be the
-    /// batches that answered those wants).
-    pub(super) fn repair_exchanges(&self) {
+    /// Prepares a repair round (frames the transport lost, see `network_loop`), the first loss
+    /// it repairs `since_first` ago: the exchanges this node runs from now on do not yield to an
+    /// exchange of a peer that queried it before now (that one ran before the loss, and did
+    /// not carry what was lost; see [`Node::receive_range`]; this holds for every peer, until
+    /// it queries again), and they ask again for messages asked of a peer before the first
+    /// loss (what the loss took may be the batches that answered those wants; wants sent since
+    /// may still be answered).
+    pub(super) fn repair_exchanges(&self, since_first: std::time::Duration) {
         let cache = &self.inner.sync_index;
+        let now = self.now_ms();
         cache
             .repaired_at
-            .store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
-        lock(&cache.recent).retain(|(_, asked, _), _| !*asked);
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        let first = now.saturating_sub(u64::try_from(since_first.as_millis()).unwrap_or(u64::MAX));
+        lock(&cache.recent).retain(|(_, asked, _), at| !*asked || *at >= first);
     }
 
     /// How long to wait for the next periodic sync round, in ms: `network.sync_interval_secs`
@@ -498,7 +509,8 @@ impl Node {
             let hash: [u8; 32] = hasher.finalize().into();
             {
                 let mut answered = lock(&self.inner.sync_index.answered);
-                answered.retain(|_, (at, _, _)| now.saturating_sub(*at) < interval / 2);
+                let window = (interval / 2).min(REPEATED_QUERY_MS);
+                answered.retain(|_, (at, _, _)| now.saturating_sub(*at) < window);
                 if answered
                     .get(&h.sender)
                     .is_some_and(|(_, q, m)| *q == hash && *m == answer.index.mark)
