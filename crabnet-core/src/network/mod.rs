@@ -73,6 +73,7 @@ pub struct Handled {
 
 /// Something a transport reports to the node.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Incoming {
     /// A frame from a peer.
     Frame(InboundFrame),
@@ -81,6 +82,9 @@ pub enum Incoming {
     /// A connection to a peer opened: addresses for [`Transport::send_to_announced`] that reach it (the
     /// node sends it its hello, so that the peer need not wait for the next periodic one).
     Connected(Vec<String>),
+    /// The transport dropped frames before reading them, and no frame came with the news
+    /// ([`Transport::dropped`] rose): the end of a burst that overflowed a receive buffer.
+    Lost,
 }
 
 /// A way to exchange frames with peers.
@@ -149,7 +153,8 @@ pub trait Transport: Send + 'static {
 
     /// How many inbound frames this transport knows were lost before it could read them (a
     /// full receive buffer) since it started; 0 when it cannot tell. UDP on Linux learns of
-    /// drops with the next datagram that arrives after them. The node counts them as
+    /// drops with the next datagram that arrives after them, and asks the kernel when its
+    /// socket is drained (then it reports [`Incoming::Lost`]). The node counts them as
     /// `transport.dropped`.
     fn dropped(&self) -> u64 {
         0
@@ -317,7 +322,7 @@ pub async fn recv(transport: &mut dyn Transport) -> Option<InboundFrame> {
     loop {
         match next(transport).await? {
             Incoming::Frame(f) => return Some(f),
-            Incoming::Status(_) | Incoming::Connected(_) => continue,
+            Incoming::Status(_) | Incoming::Connected(_) | Incoming::Lost => continue,
         }
     }
 }

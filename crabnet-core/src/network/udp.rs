@@ -211,8 +211,14 @@ impl Transport for UdpTransport {
             let (socket, rx) = (&self.socket, &mut self.rx);
             match socket.try_io(tokio::io::Interest::READABLE, || rx.fill(socket)) {
                 Ok(()) => {}
-                // The socket is drained: `poll_recv_ready` waits for the next datagram.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The socket is drained: `poll_recv_ready` waits for the next datagram. What
+                // the kernel dropped at the end of a burst comes with no later datagram, so
+                // its count is asked for now.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.rx.ask_kernel_drops(&self.socket) {
+                        return Poll::Ready(Some(Incoming::Lost));
+                    }
+                }
                 // ICMP errors from earlier sends surface here on Linux; they do not close the
                 // socket.
                 Err(e) => tracing::debug!("udp receive error: {e}"),
@@ -241,6 +247,8 @@ struct RecvBatch {
     /// and the kernel's 32-bit count when last reported.
     dropped: u64,
     kernel_drops: u32,
+    /// Whether the kernel tells the drop count when asked (`SO_MEMINFO`).
+    meminfo: bool,
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -261,6 +269,7 @@ impl RecvBatch {
             last_from: None,
             dropped: 0,
             kernel_drops: 0,
+            meminfo: true,
         }
     }
 
@@ -325,9 +334,7 @@ impl RecvBatch {
         for (m, name) in msgs.iter().zip(&names).take(n as usize) {
             // SAFETY: the kernel filled the control buffer of this header.
             if let Some(drops) = unsafe { drop_count(&m.msg_hdr) } {
-                let new = drops.wrapping_sub(self.kernel_drops);
-                self.dropped += u64::from(new);
-                self.kernel_drops = drops;
+                self.kernel_dropped(drops);
             }
             // A source that is neither IPv4 nor IPv6 cannot be answered; its datagram is
             // skipped.
@@ -336,6 +343,55 @@ impl RecvBatch {
             }
         }
         Ok(())
+    }
+
+    /// Takes the kernel's count of datagrams dropped at the socket, `drops` (32 bits, wrapping):
+    /// returns whether it rose. A datagram queued before later drops reports a lower count
+    /// than the one last taken (asked for with [`RecvBatch::ask_kernel_drops`]): not news.
+    fn kernel_dropped(&mut self, drops: u32) -> bool {
+        let new = drops.wrapping_sub(self.kernel_drops);
+        if new == 0 || new > u32::MAX / 2 {
+            return false;
+        }
+        self.dropped += u64::from(new);
+        self.kernel_drops = drops;
+        true
+    }
+
+    /// Asks the kernel how many datagrams it dropped at `socket` (`SO_MEMINFO`), for a socket
+    /// just drained: returns whether the count rose. Without it, datagrams dropped at the end
+    /// of a burst went unnoticed until the next datagram arrived (`SO_RXQ_OVFL` comes with a
+    /// datagram), and with them the repair of what they carried.
+    #[cfg(target_os = "linux")]
+    fn ask_kernel_drops(&mut self, socket: &tokio::net::UdpSocket) -> bool {
+        use std::os::fd::AsRawFd;
+        if !self.meminfo {
+            return false;
+        }
+        let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+        let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+        // SAFETY: `info` has room for `len` bytes, and the kernel writes at most that many.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MEMINFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        // Older kernels (and some sandboxes) have no SO_MEMINFO, or no drop count in it: not
+        // asked again.
+        if rc != 0 || (len as usize) < std::mem::size_of_val(&info) {
+            self.meminfo = false;
+            return false;
+        }
+        self.kernel_dropped(info[libc::SK_MEMINFO_DROPS as usize])
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn ask_kernel_drops(&mut self, _socket: &tokio::net::UdpSocket) -> bool {
+        false
     }
 
     /// Reads one datagram waiting at `socket` into the first slot. `WouldBlock` when there is
@@ -442,6 +498,58 @@ mod tests {
             n += 1;
         }
         n
+    }
+
+    /// Datagrams dropped at the end of a burst (the receive buffer full, nothing sent after)
+    /// are counted once the socket is drained, and reported as [`Incoming::Lost`]: the kernel's
+    /// count came only with a later datagram, and there was none (before, `dropped()` stayed 0
+    /// and nothing repaired what the burst lost).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn drops_at_the_end_of_a_burst_are_reported_when_the_socket_drains() {
+        let mut udp = UdpTransport::bind(UdpConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            peers: Vec::new(),
+            broadcast: None,
+        })
+        .unwrap();
+        let to = udp.local_addr().unwrap();
+        if !udp.rx.ask_kernel_drops(&udp.socket) && !udp.rx.meminfo {
+            eprintln!("skipped: this kernel does not tell a socket's drop count (SO_MEMINFO)");
+            return;
+        }
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Far more than the receive buffer holds (at most a few MiB), sent before any is read.
+        let sent = 600;
+        let datagram = vec![7u8; 60_000];
+        for _ in 0..sent {
+            sender.send_to(&datagram, to).unwrap();
+        }
+        let (mut frames, mut lost) = (0u64, 0);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while frames + udp.dropped() < sent && tokio::time::Instant::now() < deadline {
+            let wait = std::time::Duration::from_millis(300);
+            match tokio::time::timeout(wait, crate::network::next(&mut udp)).await {
+                Ok(Some(Incoming::Frame(_))) => frames += 1,
+                Ok(Some(Incoming::Lost)) => {
+                    // Reported only when the count rose.
+                    assert!(udp.dropped() > lost, "a loss reported twice");
+                    lost = udp.dropped();
+                }
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => {}
+            }
+        }
+        assert!(
+            frames < sent,
+            "nothing was dropped: the test sent too little"
+        );
+        assert_eq!(
+            udp.dropped(),
+            sent - frames,
+            "every datagram is read or counted"
+        );
+        assert_eq!(lost, udp.dropped(), "every loss is reported");
     }
 
     /// A sync query goes to three of the configured peers, not to every one: in a network of

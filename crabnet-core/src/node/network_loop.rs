@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::ingress;
 use crate::monitor::EventKind;
 use crate::network::{self, InboundFrame, Incoming, Transport};
+use crate::store::OutboxItem;
 use crate::sync;
 
 /// After frames were lost, how long the transport must have dropped none before the sync round
@@ -80,6 +81,15 @@ impl Repair {
         self.at = Some(self.last.map_or(at, |last| at.max(last + self.spacing)));
     }
 
+    /// The round's query went out at `now` (it was built meanwhile): the spacing to the next
+    /// round counts from here.
+    fn sent(&mut self, now: tokio::time::Instant) {
+        self.last = Some(now);
+        if let Some(at) = self.at {
+            self.at = Some(at.max(now + self.spacing));
+        }
+    }
+
     /// The accepted frames of a batch, received at `now`.
     fn heard(&mut self, received: &[batch::Received], now: tokio::time::Instant) {
         for r in received {
@@ -121,6 +131,34 @@ impl Repair {
 
 /// A batch of received frames being applied on a blocking thread: what became of each.
 type Applying = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<batch::Received>> + Send>>;
+
+/// A sync query being built on a blocking thread (it reads the store, which the transaction of
+/// a batch may hold for a while): the network task goes on reading the transport meanwhile,
+/// and sends the query when it is ready ([`Node::send_query`]).
+type Building = std::pin::Pin<Box<dyn std::future::Future<Output = Query> + Send>>;
+
+/// The outbox being drained: its due envelopes read ([`Node::read_outbox`]), or what became of
+/// the sent ones written ([`Node::send_outbox`]), each on a blocking thread (the transaction
+/// of a batch may hold the store); the network task sends in between and reads the transport
+/// meanwhile.
+type Draining = std::pin::Pin<Box<dyn std::future::Future<Output = Drained> + Send>>;
+
+/// A step of draining the outbox done.
+enum Drained {
+    /// The envelopes due, oldest first (none when the outbox could not be read).
+    Due(Vec<OutboxItem>),
+    /// What became of the sent envelopes is written; `full`: they were a whole batch, more
+    /// may be due.
+    Settled { full: bool },
+}
+
+/// A sync query built: the frame (none when this node knows no peer), the sources it also goes
+/// to, and whether the round is a periodic one (or a repair).
+struct Query {
+    frame: Option<Vec<u8>>,
+    also: Vec<String>,
+    periodic: bool,
+}
 
 /// Most frames, and bytes, read from the transport and waiting while a batch is applied: four
 /// batches. When it is full the transport is not read until the batch is over (its own buffer
@@ -201,7 +239,10 @@ impl Node {
         let every_hello = self.size_hello_interval();
         self.broadcast_hello(transport.as_mut(), &mut hello);
         next_hello += Duration::from_millis(every_hello);
-        self.send_sync_query(transport.as_mut(), &mut hello).await;
+        let first = self
+            .build_query(transport.max_frame_bytes(), Vec::new(), true)
+            .await;
+        self.send_query(transport.as_mut(), &mut hello, first);
         // The next periodic round: `network.sync_interval_secs` after the last, stretched while
         // the store does not change (`Node::next_sync_round_ms`).
         let mut next_round =
@@ -218,6 +259,12 @@ impl Node {
         // transport is read while a batch is applied, so that its own buffer does not overflow).
         let mut applying: Option<Applying> = None;
         let mut queue = Queue::default();
+        // The sync query being built, and whether it is a periodic round's; the next round
+        // (periodic or repair) waits for it.
+        let mut building: Option<Building> = None;
+        let mut building_periodic = false;
+        // The outbox being drained; a wake meanwhile waits for it.
+        let mut draining: Option<Draining> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
@@ -239,30 +286,49 @@ impl Node {
                     self.answer_hellos(transport.as_mut(), frame);
                 }
                 _ = tokio::time::sleep_until(next_round) => {
-                    // Set again after the round (below); meanwhile not due twice.
+                    // Set again after the round (below); meanwhile not due twice. A periodic
+                    // round being built (wanted early) is this one.
                     next_round = tokio::time::Instant::now() + Duration::from_secs(3600);
-                    sync_due = Some(tokio::time::Instant::now());
+                    if !(building.is_some() && building_periodic) {
+                        sync_due = Some(tokio::time::Instant::now());
+                    }
                 }
                 _ = self.inner.sync_wanted.notified() => {
                     // Give hellos a moment to cross first.
                     let at = tokio::time::Instant::now() + Duration::from_millis(100);
                     sync_due = Some(sync_due.map_or(at, |d| d.min(at)));
                 }
-                _ = tokio::time::sleep_until(repair.at.unwrap_or_else(tokio::time::Instant::now)), if repair.at.is_some() => {
+                _ = tokio::time::sleep_until(repair.at.unwrap_or_else(tokio::time::Instant::now)), if repair.at.is_some() && building.is_none() => {
                     let (also, since_first) = repair.start(tokio::time::Instant::now());
                     self.inner.rejections.count("sync.repair_rounds");
                     self.repair_exchanges(since_first);
-                    self.send_sync_query_to(transport.as_mut(), &mut hello, &also, false).await;
+                    building = Some(self.build_query(transport.max_frame_bytes(), also, false));
+                    building_periodic = false;
                 }
-                _ = tokio::time::sleep_until(sync_due.unwrap_or_else(tokio::time::Instant::now)), if sync_due.is_some() => {
+                _ = tokio::time::sleep_until(sync_due.unwrap_or_else(tokio::time::Instant::now)), if sync_due.is_some() && building.is_none() => {
                     sync_due = None;
-                    self.send_sync_query(transport.as_mut(), &mut hello).await;
-                    next_round = tokio::time::Instant::now() + Duration::from_millis(self.next_sync_round_ms());
+                    building = Some(self.build_query(transport.max_frame_bytes(), Vec::new(), true));
+                    building_periodic = true;
+                }
+                query = async { building.as_mut().expect("a query is built").await }, if building.is_some() => {
+                    building = None;
+                    let periodic = query.periodic;
+                    self.send_query(transport.as_mut(), &mut hello, query);
+                    if periodic {
+                        next_round = tokio::time::Instant::now() + Duration::from_millis(self.next_sync_round_ms());
+                    } else {
+                        repair.sent(tokio::time::Instant::now());
+                    }
                 }
                 _ = self.inner.hello_changed.notified() => self.broadcast_hello(transport.as_mut(), &mut hello),
                 _ = shutdown.changed() => {
                     if let Some(batch) = applying.take() {
                         self.finish_batch(transport.as_mut(), batch.await);
+                    }
+                    if let Some(step) = draining.take()
+                        && let Drained::Due(items) = step.await
+                    {
+                        self.send_outbox(transport.as_mut(), &mut hello, items).await;
                     }
                     self.drain_outbox(transport.as_mut(), &mut hello).await;
                     return;
@@ -271,16 +337,11 @@ impl Node {
                     applying = None;
                     repair.heard(&received, tokio::time::Instant::now());
                     self.finish_batch(transport.as_mut(), received);
-                    let now_dropped = transport.dropped();
-                    if now_dropped > dropped {
-                        self.inner.rejections.add("transport.dropped", now_dropped - dropped);
-                        dropped = now_dropped;
-                        repair.lost(tokio::time::Instant::now());
-                    }
                     // (A batch the gate refused whole starts nothing: the next one is taken.)
                     while applying.is_none() && !queue.frames.is_empty() {
                         applying = self.next_batch(transport.as_mut(), &mut queue, &mut stash).await;
                     }
+                    self.note_drops(transport.as_ref(), &mut dropped, &mut repair);
                     // Whatever the frames caused (an award, say) was committed through
                     // `commit_local`, which wakes the outbox: it goes out on the next turn,
                     // once for the whole batch.
@@ -316,6 +377,10 @@ impl Node {
                             }
                             continue;
                         }
+                        Some(Incoming::Lost) => {
+                            self.note_drops(transport.as_ref(), &mut dropped, &mut repair);
+                            continue;
+                        }
                         Some(Incoming::Frame(frame)) => frame,
                     };
                     queue.push(frame);
@@ -325,9 +390,37 @@ impl Node {
                     while applying.is_none() && !queue.frames.is_empty() {
                         applying = self.next_batch(transport.as_mut(), &mut queue, &mut stash).await;
                     }
+                    // A loss is learnt with the frames read after it (UDP's overflow count
+                    // comes with a datagram), whatever the gate makes of them: a flood the
+                    // gate refuses whole applies no batch.
+                    self.note_drops(transport.as_ref(), &mut dropped, &mut repair);
                 }
-                _ = self.inner.wake_outbox.notified() => self.drain_outbox(transport.as_mut(), &mut hello).await,
+                _ = self.inner.wake_outbox.notified(), if draining.is_none() => draining = Some(self.read_outbox()),
+                drained = async { draining.as_mut().expect("the outbox is drained").await }, if draining.is_some() => {
+                    draining = match drained {
+                        Drained::Due(items) => Some(self.send_outbox(transport.as_mut(), &mut hello, items)),
+                        Drained::Settled { full } => {
+                            if full {
+                                self.inner.wake_outbox.notify_one();
+                            }
+                            None
+                        }
+                    };
+                }
             }
+        }
+    }
+
+    /// Counts what the transport dropped since `dropped` (counter `transport.dropped`) and,
+    /// when it dropped more, lets `repair` schedule its round.
+    fn note_drops(&self, transport: &dyn Transport, dropped: &mut u64, repair: &mut Repair) {
+        let now = transport.dropped();
+        if now > *dropped {
+            self.inner
+                .rejections
+                .add("transport.dropped", now - *dropped);
+            *dropped = now;
+            repair.lost(tokio::time::Instant::now());
         }
     }
 
@@ -421,15 +514,33 @@ impl Node {
         }
     }
 
-    /// Sends the outbox messages that are due, then schedules the next look: at once when
-    /// there were more than one batch, else at the earliest retry (housekeeping wakes it).
+    /// Sends the outbox messages that are due (one batch of them) and writes what became of
+    /// them, waiting for each step (when this node stops).
     async fn drain_outbox(&self, transport: &mut dyn Transport, hello: &mut Option<HelloCache>) {
+        if let Drained::Due(items) = self.read_outbox().await {
+            self.send_outbox(transport, hello, items).await;
+        }
+    }
+
+    /// Reads the outbox messages that are due, at most [`OUTBOX_BATCH`].
+    fn read_outbox(&self) -> Draining {
         let node = self.clone();
-        let work = move || lock(&node.inner.store).outbox_due(node.now_ms(), OUTBOX_BATCH);
-        let Some(items) = background_blocking("cannot read the outbox", "outbox", work).await
-        else {
-            return;
-        };
+        Box::pin(async move {
+            let work = move || lock(&node.inner.store).outbox_due(node.now_ms(), OUTBOX_BATCH);
+            let items = background_blocking("cannot read the outbox", "outbox", work).await;
+            Drained::Due(items.unwrap_or_default())
+        })
+    }
+
+    /// Sends `items` (due outbox messages) and returns the write of what became of them, which
+    /// schedules the next look: at once when they were a whole batch, else at the earliest
+    /// retry (housekeeping wakes the outbox).
+    fn send_outbox(
+        &self,
+        transport: &mut dyn Transport,
+        hello: &mut Option<HelloCache>,
+        items: Vec<OutboxItem>,
+    ) -> Draining {
         let full = items.len() == OUTBOX_BATCH;
         if !items.is_empty() {
             self.announce_new_keys(transport, hello);
@@ -441,7 +552,8 @@ impl Node {
         }
         let node = self.clone();
         let net = self.inner.config.network.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        // Started at once: written even when the loop ends before it awaits the write.
+        let task = tokio::task::spawn_blocking(move || {
             node.with_store(|s| {
                 let now = node.now_ms();
                 // One transaction marks the whole batch and records its failures (one fsync, not one
@@ -472,11 +584,11 @@ impl Node {
                 }
                 Ok(())
             })
+        });
+        Box::pin(async move {
+            let _ = task.await;
+            Drained::Settled { full }
         })
-        .await;
-        if full {
-            self.inner.wake_outbox.notify_one();
-        }
     }
 
     /// The latest hello broadcast, rebuilt (not sent) when the transport's addresses changed
@@ -518,38 +630,52 @@ impl Node {
         }
     }
 
-    /// One periodic sync round: new keys announced first, then the first query of an
-    /// exchange, when this node knows a peer (see [`Node::range_query_frame`]).
-    async fn send_sync_query(&self, transport: &mut dyn Transport, hello: &mut Option<HelloCache>) {
-        self.send_sync_query_to(transport, hello, &[], true).await;
+    /// Builds, on a blocking thread, the first query of a sync round for frames of at most
+    /// `max` bytes (none when this node knows no peer; see [`Node::range_query_frame`]); the
+    /// round also goes to the sources `also` (each alone), and one that is not `periodic` (a
+    /// repair) leaves the pace of the periodic ones alone.
+    fn build_query(&self, max: usize, also: Vec<String>, periodic: bool) -> Building {
+        let node = self.clone();
+        let task = tokio::task::spawn_blocking(move || node.range_query_frame(max, periodic));
+        Box::pin(async move {
+            let frame = match task.await {
+                Ok(Ok(frame)) => frame,
+                Ok(Err(e)) => {
+                    tracing::warn!("cannot build sync query: {e}");
+                    None
+                }
+                Err(e) => {
+                    tracing::error!("sync task failed: {e}");
+                    None
+                }
+            };
+            Query {
+                frame,
+                also,
+                periodic,
+            }
+        })
     }
 
-    /// [`Node::send_sync_query`], also to the sources `also` (each alone); a round that is not
-    /// `periodic` (a repair) leaves the pace of the periodic ones alone.
-    async fn send_sync_query_to(
+    /// Sends a sync round's query ([`Node::build_query`]): new keys announced first, then the
+    /// query to the transport's sync peers and to each of the sources it also goes to.
+    fn send_query(
         &self,
         transport: &mut dyn Transport,
         hello: &mut Option<HelloCache>,
-        also: &[String],
-        periodic: bool,
+        query: Query,
     ) {
+        let Some(frame) = query.frame else {
+            return;
+        };
         self.announce_new_keys(transport, hello);
-        let node = self.clone();
-        let max = transport.max_frame_bytes();
-        match tokio::task::spawn_blocking(move || node.range_query_frame(max, periodic)).await {
-            Ok(Ok(Some(frame))) => {
-                if let Err(e) = transport.sync(&frame) {
-                    tracing::debug!("cannot send sync query: {e}");
-                }
-                for to in also {
-                    if let Err(e) = transport.send_to(to, &frame) {
-                        tracing::debug!("cannot send sync query to {to}: {e}");
-                    }
-                }
+        if let Err(e) = transport.sync(&frame) {
+            tracing::debug!("cannot send sync query: {e}");
+        }
+        for to in &query.also {
+            if let Err(e) = transport.send_to(to, &frame) {
+                tracing::debug!("cannot send sync query to {to}: {e}");
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!("cannot build sync query: {e}"),
-            Err(e) => tracing::error!("sync task failed: {e}"),
         }
     }
 
@@ -771,6 +897,69 @@ mod tests {
         node.stop().await.unwrap();
     }
 
+    /// A sync round due, or the outbox woken, while another thread holds the store (as the
+    /// transaction of a long batch does) does not stop the network task from reading the
+    /// transport: the query and the outbox wait on a blocking thread. Before, the task waited
+    /// with them, and a UDP socket dropped what arrived meanwhile (the queue never filled).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_transport_is_read_while_a_sync_query_or_the_outbox_waits_for_the_store() {
+        for (what, wake) in [
+            (
+                "a sync round",
+                (|n: &Node| n.inner.sync_wanted.notify_one()) as fn(&Node),
+            ),
+            ("the outbox", |n: &Node| n.inner.wake_outbox.notify_one()),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let hub = MemoryHub::new();
+            let mut config = Config::with_data_dir(dir.path().join("node"));
+            config.name = "node".into();
+            let node = Node::start_with_transport(config, Box::new(hub.join("node")))
+                .await
+                .unwrap();
+            let mut peer = hub.join("peer");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let (release, release_rx) = std::sync::mpsc::channel::<()>();
+            let holder = {
+                let node = node.clone();
+                std::thread::spawn(move || {
+                    let _store = lock(&node.inner.store);
+                    held_tx.send(()).unwrap();
+                    let _ = release_rx.recv();
+                })
+            };
+            held_rx.recv().unwrap();
+            wake(&node);
+            // The round is due 100 ms after it is wanted; both then wait for the store.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let hello = stranger_hello();
+            for _ in 0..(BATCH_FRAMES + QUEUED_FRAMES + 10) {
+                peer.broadcast(&hello).unwrap();
+            }
+            let full = || {
+                node.inner
+                    .rejections
+                    .pending_counters()
+                    .get("ingress.queue_full")
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while full() == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let read = full();
+            drop(release);
+            holder.join().unwrap();
+            assert!(
+                read >= 1,
+                "the transport was not read while {what} waited for the store"
+            );
+            node.stop().await.unwrap();
+        }
+    }
+
     /// A transport that loses the frames it receives while `losing` is set, as a UDP socket
     /// with its receive buffer full does, and counts them in [`Transport::dropped`]. Like UDP
     /// without configured peers (a node that others send to), its sync queries reach nobody
@@ -779,6 +968,9 @@ mod tests {
         inner: crate::network::MemoryTransport,
         losing: std::sync::Arc<std::sync::atomic::AtomicBool>,
         lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        /// Losses reported with [`Incoming::Lost`] when nothing else is to be read (as UDP
+        /// does for a drained socket), when set: up to this count.
+        reports_drained: Option<u64>,
     }
 
     impl Transport for Lossy {
@@ -816,6 +1008,16 @@ mod tests {
                         if self.losing.load(Ordering::SeqCst) =>
                     {
                         self.lost.fetch_add(1, Ordering::SeqCst);
+                    }
+                    std::task::Poll::Pending => {
+                        let lost = self.lost.load(Ordering::SeqCst);
+                        if let Some(reported) = &mut self.reports_drained
+                            && lost > *reported
+                        {
+                            *reported = lost;
+                            return std::task::Poll::Ready(Some(Incoming::Lost));
+                        }
+                        return std::task::Poll::Pending;
                     }
                     other => return other,
                 }
@@ -861,6 +1063,7 @@ mod tests {
             inner: hub.join("a"),
             losing: losing.clone(),
             lost: lost.clone(),
+            reports_drained: None,
         };
         let a = Node::start_with_transport(config("a"), Box::new(lossy))
             .await
@@ -927,6 +1130,114 @@ mod tests {
         b.stop().await.unwrap();
     }
 
+    /// A loss brings a repair round however it is learnt, when no valid frame follows it:
+    /// with frames the gate refuses (a flood of garbage that overflows the receive buffer
+    /// applies no batch, and the valid frames it pushed out were missing until the next
+    /// periodic round, here an hour away), or with nothing at all (the end of a burst: the
+    /// transport reports the loss when it finds itself drained). Before, all five seeds were
+    /// missing after 10 s in both cases.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn losses_are_repaired_when_no_valid_frame_follows() {
+        for garbage in [true, false] {
+            lost_burst_is_repaired(garbage).await;
+        }
+    }
+
+    /// [`losses_are_repaired_when_no_valid_frame_follows`]: the loss learnt with `garbage`, or
+    /// reported by the drained transport.
+    async fn lost_burst_is_repaired(garbage: bool) {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let dir = tempfile::tempdir().unwrap();
+        let hub = MemoryHub::new();
+        let config = |name: &str| {
+            let mut c = Config::with_data_dir(dir.path().join(name));
+            c.name = name.into();
+            c.events.log_enabled = false;
+            c.network.tick_ms = 20;
+            c.network.sync_interval_secs = 3600;
+            // No periodic hello of b's comes after the loss (its batch would notice it).
+            c.network.hello_interval_secs = 3600;
+            c
+        };
+        let mut ids = [Identity::from_tag(33, 1), Identity::from_tag(34, 1)];
+        ids.sort_by(|x, y| y.node_id().cmp(x.node_id()));
+        for (name, id) in ["a", "b"].iter().zip(&ids) {
+            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+            id.write_new(&dir.path().join(name).join("identity.key"))
+                .unwrap();
+        }
+        let losing = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(AtomicU64::new(0));
+        let lossy = Lossy {
+            inner: hub.join("a"),
+            losing: losing.clone(),
+            lost: lost.clone(),
+            reports_drained: (!garbage).then_some(0),
+        };
+        let a = Node::start_with_transport(config("a"), Box::new(lossy))
+            .await
+            .unwrap();
+        let b = Node::start_with_transport(config("b"), Box::new(hub.join("b")))
+            .await
+            .unwrap();
+        let mut flooder = hub.join("flooder");
+        a.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
+        b.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        losing.store(true, Ordering::SeqCst);
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let request = crate::node::PublishRequest {
+                command: format!("echo lost {i}"),
+                ..Default::default()
+            };
+            ids.push(b.publish(request).await.unwrap().seed.id);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while lost.load(Ordering::SeqCst) < 5 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(lost.load(Ordering::SeqCst) >= 5, "the burst was lost");
+        losing.store(false, Ordering::SeqCst);
+        // Only garbage arrives after the loss (the gate refuses it, no batch is applied), or
+        // nothing.
+        if garbage {
+            for _ in 0..20 {
+                flooder.send_to("a", b"not an envelope").unwrap();
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let missing = loop {
+            let mut missing = Vec::new();
+            for id in &ids {
+                if a.seed(id).await.is_err() {
+                    missing.push(id.clone());
+                }
+            }
+            if missing.is_empty() || tokio::time::Instant::now() > deadline {
+                break missing;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let counters = a.overview().await.unwrap().counters;
+        assert!(
+            missing.is_empty(),
+            "{} of 5 seeds still missing (garbage after the loss: {garbage}); a: {counters:?}",
+            missing.len(),
+        );
+        assert!(
+            counters.get("transport.dropped").copied().unwrap_or(0) >= 5,
+            "{counters:?}"
+        );
+        assert!(
+            counters.get("sync.repair_rounds").copied().unwrap_or(0) >= 1,
+            "{counters:?}"
+        );
+        a.stop().await.unwrap();
+        b.stop().await.unwrap();
+    }
+
     #[test]
     fn a_repair_round_waits_for_quiet_within_bounds_and_is_spaced() {
         let t0 = tokio::time::Instant::now();
@@ -957,8 +1268,17 @@ mod tests {
         // After a quiet spell it is back to one second.
         let later = last + Duration::from_secs(60);
         r.lost(later);
-        r.start(r.at.unwrap());
+        let start = r.at.unwrap();
+        r.start(start);
         assert_eq!(r.spacing, REPAIR_SPACING);
+        // The spacing counts from when the query went out (its build waited for the store),
+        // also for a loss learnt meanwhile.
+        r.lost(start + ms(100));
+        let sent = start + ms(1500);
+        r.sent(sent);
+        assert_eq!(r.at, Some(sent + REPAIR_SPACING));
+        r.lost(sent + ms(10));
+        assert_eq!(r.at, Some(sent + REPAIR_SPACING));
     }
 
     #[test]
