@@ -474,6 +474,10 @@ pub struct NdjsonLog {
     /// The file as this log object last left it: read back by [`NdjsonLog::last_seq`] while
     /// the file is unchanged.
     left: std::sync::Mutex<Option<Left>>,
+    /// The file this log object last appended to, kept open: [`NdjsonLog::sync`] makes it
+    /// durable even when it was moved away since (logrotate), and an append to another file
+    /// syncs it first.
+    written: std::sync::Mutex<Option<File>>,
 }
 
 /// The current file after an append: its identity, its length and the last event in it.
@@ -486,6 +490,12 @@ struct Left {
     /// length is not taken for the old one.
     mtime: i128,
     seq: u64,
+}
+
+/// Whether two metadata describe the same file (device and inode).
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
 }
 
 impl Left {
@@ -509,6 +519,7 @@ impl NdjsonLog {
             max_bytes: max_bytes.max(1),
             retain,
             left: std::sync::Mutex::new(None),
+            written: std::sync::Mutex::new(None),
         }
     }
 
@@ -517,13 +528,38 @@ impl NdjsonLog {
         &self.path
     }
 
-    /// Appends events, one JSON object per line, rotating as needed, and syncs the file.
+    /// Makes durable what this object appended (to the file it last wrote, wherever that is
+    /// now) and what is in the current file (other processes append to it too).
+    pub fn sync(&self) -> io::Result<()> {
+        if let Some(file) = &*self.written.lock().unwrap_or_else(|e| e.into_inner()) {
+            file.sync_data()?;
+        }
+        match OpenOptions::new().append(true).open(&self.path) {
+            Ok(file) => file.sync_data(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Appends events, one JSON object per line, rotating as needed (a file is synced before it
+    /// is rotated away, and the new one after its first lines). The appended lines survive the
+    /// process (a crash included); they are durable on the disk after [`NdjsonLog::sync`],
+    /// which the writer calls before it records how far the log goes.
     pub fn append(&self, events: &[Event]) -> io::Result<()> {
         if events.is_empty() {
             return Ok(());
         }
         let mut file = self.open()?;
         let mut size = file.metadata()?.len();
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        // The file last appended to is another one now (moved away, or rotated by another
+        // process): what this object wrote there is made durable before it is let go.
+        if let Some(old) = written.take()
+            && !same_file(&old.metadata()?, &file.metadata()?)
+        {
+            old.sync_data()?;
+        }
+        let mut rotated = false;
         for event in events {
             let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
             line.push(b'\n');
@@ -533,14 +569,20 @@ impl NdjsonLog {
                 self.rotate()?;
                 file = self.open()?;
                 size = 0;
+                rotated = true;
             }
             file.write_all(&line)?;
             size += line.len() as u64;
         }
-        file.sync_data()?;
+        if rotated {
+            // A power loss must not leave the renamed file complete and the new one empty:
+            // the next writer would append its events again.
+            file.sync_data()?;
+        }
         let last = events.last().map_or(0, |e| e.seq);
         *self.left.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Left::of(&file.metadata()?, last));
+        *written = Some(file);
         Ok(())
     }
 
@@ -631,7 +673,12 @@ impl NdjsonLog {
                 Err(e) => return Err(e),
             }
         }
-        fs::rename(&self.path, self.rotated(1))
+        fs::rename(&self.path, self.rotated(1))?;
+        // The renames themselves are durable before the new file is written.
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 }
 

@@ -352,6 +352,8 @@ impl Node {
         let now = self.now_ms();
         let mut behind = cursor > stored;
         if behind && (last || timers.log_cursor_at.load(Ordering::Relaxed) <= now) {
+            // The file first: the cursor never says more than the disk holds.
+            log.sync()?;
             lock(&self.inner.store).set_log_cursor(cursor)?;
             timers
                 .log_cursor_at
