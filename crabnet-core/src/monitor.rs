@@ -531,13 +531,37 @@ impl NdjsonLog {
     /// Makes durable what this object appended (to the file it last wrote, wherever that is
     /// now) and what is in the current file (other processes append to it too).
     pub fn sync(&self) -> io::Result<()> {
-        if let Some(file) = &*self.written.lock().unwrap_or_else(|e| e.into_inner()) {
-            file.sync_data()?;
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let current = match OpenOptions::new().append(true).open(&self.path) {
+            Ok(file) => Some(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(old) = written.as_ref() {
+            let moved = match &current {
+                Some(current) => !same_file(&old.metadata()?, &current.metadata()?),
+                None => true,
+            };
+            if moved {
+                old.sync_data()?;
+            }
         }
-        match OpenOptions::new().append(true).open(&self.path) {
-            Ok(file) => file.sync_data(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+        match current {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// Syncs the directory of the log (its renames and new files). A filesystem that cannot
+    /// sync a directory (`EINVAL`) is left alone, as SQLite does.
+    fn sync_dir(&self) -> io::Result<()> {
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        match File::open(dir)?.sync_all() {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            other => other,
         }
     }
 
@@ -553,8 +577,9 @@ impl NdjsonLog {
         let mut size = file.metadata()?.len();
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         // The file last appended to is another one now (moved away, or rotated by another
-        // process): what this object wrote there is made durable before it is let go.
-        if let Some(old) = written.take()
+        // process): what this object wrote there is made durable before it is let go (kept
+        // until then, whatever fails, so that the next sync tries again).
+        if let Some(old) = written.as_ref()
             && !same_file(&old.metadata()?, &file.metadata()?)
         {
             old.sync_data()?;
@@ -575,9 +600,12 @@ impl NdjsonLog {
             size += line.len() as u64;
         }
         if rotated {
-            // A power loss must not leave the renamed file complete and the new one empty:
-            // the next writer would append its events again.
+            // The new file's first lines, and its entry in the directory, are durable before
+            // the append returns: a power loss that kept the renamed file complete and the new
+            // one empty would make the next writer append events again (narrowed to the
+            // append itself, not closed).
             file.sync_data()?;
+            self.sync_dir()?;
         }
         let last = events.last().map_or(0, |e| e.seq);
         *self.left.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -673,12 +701,7 @@ impl NdjsonLog {
                 Err(e) => return Err(e),
             }
         }
-        fs::rename(&self.path, self.rotated(1))?;
-        // The renames themselves are durable before the new file is written.
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        fs::rename(&self.path, self.rotated(1))
     }
 }
 
