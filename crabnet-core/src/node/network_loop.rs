@@ -636,21 +636,11 @@ impl Node {
     /// repair) leaves the pace of the periodic ones alone.
     fn build_query(&self, max: usize, also: Vec<String>, periodic: bool) -> Building {
         let node = self.clone();
-        let task = tokio::task::spawn_blocking(move || node.range_query_frame(max, periodic));
         Box::pin(async move {
-            let frame = match task.await {
-                Ok(Ok(frame)) => frame,
-                Ok(Err(e)) => {
-                    tracing::warn!("cannot build sync query: {e}");
-                    None
-                }
-                Err(e) => {
-                    tracing::error!("sync task failed: {e}");
-                    None
-                }
-            };
+            let work = move || node.range_query_frame(max, periodic);
+            let frame = background_blocking("cannot build sync query", "sync", work).await;
             Query {
-                frame,
+                frame: frame.flatten(),
                 also,
                 periodic,
             }
