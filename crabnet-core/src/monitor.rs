@@ -614,21 +614,27 @@ impl NdjsonLog {
         Ok(())
     }
 
-    /// The sequence number of the last complete event in the current file, after cutting off
-    /// a torn last line (a crash in the middle of a write). `None` for an empty or missing file.
-    /// While the file is the one this log object last appended to, with the length it left
-    /// (nobody else wrote to it since), that is known without reading the file.
+    /// The sequence number of the last complete event in the log: the current file's last
+    /// line, after cutting off a torn one (a crash in the middle of a write), or, when the
+    /// current file holds no complete event or is missing, the last line of the newest rotated
+    /// file (`.1`): a power loss in the middle of a rotation may keep the rename and lose the
+    /// new file's lines or its entry. `None` when neither holds an event.
+    /// While the current file is the one this log object last appended to, with the length it
+    /// left (nobody else wrote to it since), that is known without reading the file.
     pub fn last_seq(&self) -> io::Result<Option<u64>> {
         let known = *self.left.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(left) = known {
             match fs::metadata(&self.path) {
                 Ok(meta) if Left::of(&meta, left.seq) == left => return Ok(Some(left.seq)),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
-        self.read_last_seq()
+        match last_complete_seq(&self.path, true)? {
+            Some(seq) => Ok(Some(seq)),
+            None => last_complete_seq(&self.rotated(1), false),
+        }
     }
 
     /// The sequence number of the last event this log object appended (0: none), wherever
@@ -638,38 +644,6 @@ impl NdjsonLog {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .map_or(0, |l| l.seq)
-    }
-
-    /// [`NdjsonLog::last_seq`] from the file's last 64 KiB.
-    fn read_last_seq(&self) -> io::Result<Option<u64>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut file = match OpenOptions::new().read(true).write(true).open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let len = file.metadata()?.len();
-        let start = len.saturating_sub(64 * 1024);
-        file.seek(SeekFrom::Start(start))?;
-        let mut tail = Vec::new();
-        file.read_to_end(&mut tail)?;
-        let complete = match tail.iter().rposition(|b| *b == b'\n') {
-            Some(i) => i + 1,
-            None if start == 0 => 0,
-            None => return Ok(None),
-        };
-        if complete < tail.len() {
-            file.set_len(start + complete as u64)?;
-            file.sync_data()?;
-        }
-        let lines = &tail[..complete];
-        let last = lines[..lines.len().saturating_sub(1)]
-            .rsplit(|b| *b == b'\n')
-            .next()
-            .filter(|l| !l.is_empty());
-        Ok(last
-            .and_then(|l| serde_json::from_slice::<Event>(l).ok())
-            .map(|e| e.seq))
     }
 
     fn open(&self) -> io::Result<File> {
@@ -703,6 +677,41 @@ impl NdjsonLog {
         }
         fs::rename(&self.path, self.rotated(1))
     }
+}
+
+/// The sequence number of the last complete event in the file at `path`, read from its last
+/// 64 KiB; `None` for a missing file or one without a complete event there. `cut`: a torn last
+/// line (a crash in the middle of a write) is cut off the file, so that the next append starts
+/// a line of its own.
+fn last_complete_seq(path: &Path, cut: bool) -> io::Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match OpenOptions::new().read(true).write(cut).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(64 * 1024);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let complete = match tail.iter().rposition(|b| *b == b'\n') {
+        Some(i) => i + 1,
+        None if start == 0 => 0,
+        None => return Ok(None),
+    };
+    if cut && complete < tail.len() {
+        file.set_len(start + complete as u64)?;
+        file.sync_data()?;
+    }
+    let lines = &tail[..complete];
+    let last = lines[..lines.len().saturating_sub(1)]
+        .rsplit(|b| *b == b'\n')
+        .next()
+        .filter(|l| !l.is_empty());
+    Ok(last
+        .and_then(|l| serde_json::from_slice::<Event>(l).ok())
+        .map(|e| e.seq))
 }
 
 #[cfg(test)]
@@ -768,13 +777,60 @@ mod tests {
         ours.append(&[ev(5)]).unwrap();
         assert_eq!(theirs.last_seq().unwrap(), Some(5));
         // Moved away (logrotate): nothing is known of the file any more, but what this log
-        // object appended is.
+        // object appended is; the log goes at least as far as the rotated file.
         fs::remove_file(&path).unwrap();
+        assert_eq!(
+            ours.last_seq().unwrap(),
+            Some(3),
+            "the rotated file's last line"
+        );
+        fs::remove_file(dir.path().join("events.ndjson.1")).unwrap();
         assert_eq!(ours.last_seq().unwrap(), None);
         assert_eq!(ours.last_appended(), 5);
         assert_eq!(theirs.last_appended(), 3);
         ours.append(&[ev(6)]).unwrap();
         assert_eq!(ours.last_seq().unwrap(), Some(6));
+    }
+
+    #[test]
+    fn a_power_loss_during_a_rotation_does_not_make_the_next_writer_append_again() {
+        // A rotation renames the full file to `.1` and writes the new lines to a new file; a
+        // power loss before the new file and the directory are synced may keep the rename and
+        // lose the new file's lines (empty file) or its directory entry (no file). The next
+        // process (a new log object, nothing in memory) must continue after `.1`'s last line,
+        // not from the database's cursor (up to 5 s older), which would append those events
+        // to the log a second time.
+        for lost_entry in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("events.ndjson");
+            let before = NdjsonLog::new(&path, 300, 2);
+            for i in 1..=12 {
+                before.append(&[ev(i)]).unwrap();
+            }
+            let rotated = fs::read_to_string(dir.path().join("events.ndjson.1")).unwrap();
+            let last_rotated: Event =
+                serde_json::from_str(rotated.lines().last().unwrap()).unwrap();
+            // What the disk keeps: `.1` whole, the current file empty or gone.
+            if lost_entry {
+                fs::remove_file(&path).unwrap();
+            } else {
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap();
+            }
+            let after = NdjsonLog::new(&path, 300, 2);
+            assert_eq!(
+                after.last_seq().unwrap(),
+                Some(last_rotated.seq),
+                "the log goes as far as its rotated file (current file {})",
+                if lost_entry { "gone" } else { "empty" }
+            );
+            // The same holds for the object that wrote it (it knows the file it left).
+            assert_eq!(before.last_seq().unwrap(), Some(last_rotated.seq));
+        }
     }
 
     #[tokio::test]
