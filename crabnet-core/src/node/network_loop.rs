@@ -834,11 +834,8 @@ mod tests {
         super::super::admission_tests::hello_envelope(&id, &hello, MessageId::from_bytes([7; 16]))
     }
 
-    /// While a batch waits for the store, the network task goes on reading the transport into
-    /// its queue, up to [`QUEUED_FRAMES`] (then `ingress.queue_full`): a burst larger than a
-    /// batch is not left in the transport's buffer, where a UDP socket drops what does not fit.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_transport_is_read_while_a_batch_is_applied() {
+    /// A node on a memory hub and a peer beside it, once the node's start-up traffic passed.
+    async fn node_and_peer() -> (tempfile::TempDir, MemoryHub, Node, network::MemoryTransport) {
         let dir = tempfile::tempdir().unwrap();
         let hub = MemoryHub::new();
         let mut config = Config::with_data_dir(dir.path().join("node"));
@@ -846,21 +843,43 @@ mod tests {
         let node = Node::start_with_transport(config, Box::new(hub.join("node")))
             .await
             .unwrap();
-        let mut peer = hub.join("peer");
-        // Let the node's start-up traffic pass.
+        let peer = hub.join("peer");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        // Another thread holds the store: the first batch cannot be applied.
-        let (held_tx, held_rx) = std::sync::mpsc::channel();
-        let (release, release_rx) = std::sync::mpsc::channel::<()>();
-        let holder = {
+        (dir, hub, node, peer)
+    }
+
+    /// Another thread holding the node's store (as the transaction of a long batch does)
+    /// until [`StoreHeld::release`].
+    struct StoreHeld {
+        release: std::sync::mpsc::Sender<()>,
+        holder: std::thread::JoinHandle<()>,
+    }
+
+    impl StoreHeld {
+        /// Returns once the other thread holds the store.
+        fn hold(node: &Node) -> StoreHeld {
+            let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let (release, release_rx) = std::sync::mpsc::channel::<()>();
             let node = node.clone();
-            std::thread::spawn(move || {
+            let holder = std::thread::spawn(move || {
                 let _store = lock(&node.inner.store);
                 held_tx.send(()).unwrap();
                 let _ = release_rx.recv();
-            })
-        };
-        held_rx.recv().unwrap();
+            });
+            held_rx.recv().unwrap();
+            StoreHeld { release, holder }
+        }
+
+        fn release(self) {
+            drop(self.release);
+            self.holder.join().unwrap();
+        }
+    }
+
+    /// `peer` sends more frames than a batch and the network task's queue hold; then waits up
+    /// to 10 s for the node to count `ingress.queue_full` (not yet flushed to the store, which
+    /// may be held): that count, 0 when the queue never filled.
+    async fn overfill(node: &Node, peer: &mut network::MemoryTransport) -> u64 {
         let hello = stranger_hello();
         for _ in 0..(BATCH_FRAMES + QUEUED_FRAMES + 10) {
             peer.broadcast(&hello).unwrap();
@@ -877,8 +896,19 @@ mod tests {
         while full() == 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        drop(release);
-        holder.join().unwrap();
+        full()
+    }
+
+    /// While a batch waits for the store, the network task goes on reading the transport into
+    /// its queue, up to [`QUEUED_FRAMES`] (then `ingress.queue_full`): a burst larger than a
+    /// batch is not left in the transport's buffer, where a UDP socket drops what does not fit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_transport_is_read_while_a_batch_is_applied() {
+        let (_dir, _hub, node, mut peer) = node_and_peer().await;
+        // Another thread holds the store: the first batch cannot be applied.
+        let held = StoreHeld::hold(&node);
+        overfill(&node, &mut peer).await;
+        held.release();
         let counters = node.overview().await.unwrap().counters;
         assert!(
             counters.get("ingress.queue_full").copied().unwrap_or(0) >= 1,
@@ -900,48 +930,13 @@ mod tests {
             ),
             ("the outbox", |n: &Node| n.inner.wake_outbox.notify_one()),
         ] {
-            let dir = tempfile::tempdir().unwrap();
-            let hub = MemoryHub::new();
-            let mut config = Config::with_data_dir(dir.path().join("node"));
-            config.name = "node".into();
-            let node = Node::start_with_transport(config, Box::new(hub.join("node")))
-                .await
-                .unwrap();
-            let mut peer = hub.join("peer");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let (held_tx, held_rx) = std::sync::mpsc::channel();
-            let (release, release_rx) = std::sync::mpsc::channel::<()>();
-            let holder = {
-                let node = node.clone();
-                std::thread::spawn(move || {
-                    let _store = lock(&node.inner.store);
-                    held_tx.send(()).unwrap();
-                    let _ = release_rx.recv();
-                })
-            };
-            held_rx.recv().unwrap();
+            let (_dir, _hub, node, mut peer) = node_and_peer().await;
+            let held = StoreHeld::hold(&node);
             wake(&node);
             // The round is due 100 ms after it is wanted; both then wait for the store.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let hello = stranger_hello();
-            for _ in 0..(BATCH_FRAMES + QUEUED_FRAMES + 10) {
-                peer.broadcast(&hello).unwrap();
-            }
-            let full = || {
-                node.inner
-                    .rejections
-                    .pending_counters()
-                    .get("ingress.queue_full")
-                    .copied()
-                    .unwrap_or(0)
-            };
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while full() == 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let read = full();
-            drop(release);
-            holder.join().unwrap();
+            let read = overfill(&node, &mut peer).await;
+            held.release();
             assert!(
                 read >= 1,
                 "the transport was not read while {what} waited for the store"
@@ -1018,6 +1013,132 @@ mod tests {
         }
     }
 
+    /// Two nodes on a memory hub, `a` behind a [`Lossy`] transport, `b` with the lower id (a's
+    /// repair exchange with b must not yield to b's exchange at start, which ran before the
+    /// loss). No periodic sync round or hello comes within a test (an hour away): only a
+    /// repair round can bring back what `a` lost.
+    struct LossyPair {
+        _dir: tempfile::TempDir,
+        hub: MemoryHub,
+        a: Node,
+        b: Node,
+        losing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl LossyPair {
+        /// Starts the pair with identities from tags `tag` and `tag + 1`, `a` reporting its
+        /// losses when drained as [`Lossy::reports_drained`] says.
+        async fn start(tag: u8, reports_drained: Option<u64>) -> LossyPair {
+            let dir = tempfile::tempdir().unwrap();
+            let hub = MemoryHub::new();
+            let config = |name: &str| {
+                let mut c = Config::with_data_dir(dir.path().join(name));
+                c.name = name.into();
+                c.events.log_enabled = false;
+                c.network.tick_ms = 20;
+                c.network.sync_interval_secs = 3600;
+                c.network.hello_interval_secs = 3600;
+                c
+            };
+            let mut ids = [Identity::from_tag(tag, 1), Identity::from_tag(tag + 1, 1)];
+            ids.sort_by(|x, y| y.node_id().cmp(x.node_id()));
+            for (name, id) in ["a", "b"].iter().zip(&ids) {
+                std::fs::create_dir_all(dir.path().join(name)).unwrap();
+                id.write_new(&dir.path().join(name).join("identity.key"))
+                    .unwrap();
+            }
+            let losing = std::sync::Arc::default();
+            let lost = std::sync::Arc::default();
+            let lossy = Lossy {
+                inner: hub.join("a"),
+                losing: std::sync::Arc::clone(&losing),
+                lost: std::sync::Arc::clone(&lost),
+                reports_drained,
+            };
+            let a = Node::start_with_transport(config("a"), Box::new(lossy))
+                .await
+                .unwrap();
+            let b = Node::start_with_transport(config("b"), Box::new(hub.join("b")))
+                .await
+                .unwrap();
+            assert!(b.inner.id < a.inner.id);
+            a.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
+            b.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
+            // Let the exchanges that follow the hellos end.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            LossyPair {
+                _dir: dir,
+                hub,
+                a,
+                b,
+                losing,
+                lost,
+            }
+        }
+
+        /// `b` publishes five seeds while `a` loses every frame it receives; their ids, once
+        /// `a` lost them all.
+        async fn lose_burst(&self) -> Vec<crate::model::SeedId> {
+            self.losing.store(true, Ordering::SeqCst);
+            let mut ids = Vec::new();
+            for i in 0..5 {
+                ids.push(self.publish(&format!("echo lost {i}")).await);
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while self.lost.load(Ordering::SeqCst) < 5 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(self.lost.load(Ordering::SeqCst) >= 5, "the burst was lost");
+            self.losing.store(false, Ordering::SeqCst);
+            ids
+        }
+
+        /// `b` publishes a seed running `command`.
+        async fn publish(&self, command: &str) -> crate::model::SeedId {
+            let request = crate::node::PublishRequest {
+                command: command.into(),
+                ..Default::default()
+            };
+            self.b.publish(request).await.unwrap().seed.id
+        }
+
+        /// Asserts that `a` has every seed of `ids` within 10 s, and counted the loss and a
+        /// repair round; `case` names the test case in a failure.
+        async fn assert_repaired(&self, ids: &[crate::model::SeedId], case: &str) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let missing = loop {
+                let mut missing = 0;
+                for id in ids {
+                    missing += usize::from(self.a.seed(id).await.is_err());
+                }
+                if missing == 0 || tokio::time::Instant::now() > deadline {
+                    break missing;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let counters = self.a.overview().await.unwrap().counters;
+            assert!(
+                missing == 0,
+                "{missing} of {} seeds still missing ({case}); a: {counters:?}; b: {:?}",
+                ids.len(),
+                self.b.overview().await.unwrap().counters
+            );
+            for counter in ["transport.dropped", "sync.repair_rounds"] {
+                let want = if counter == "transport.dropped" { 5 } else { 1 };
+                assert!(
+                    counters.get(counter).copied().unwrap_or(0) >= want,
+                    "{counter} ({case}): {counters:?}"
+                );
+            }
+        }
+
+        async fn stop(self) {
+            self.a.stop().await.unwrap();
+            self.b.stop().await.unwrap();
+        }
+    }
+
     /// A burst the transport could not take (a peer sending its outbox faster than this node
     /// applies: UDP drops what its buffer does not hold) is found again by a sync round as soon
     /// as the losses stop, not at the next periodic round of the sender
@@ -1026,98 +1147,13 @@ mod tests {
     /// lost seeds were still missing after 10 s.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn what_the_transport_dropped_is_repaired_by_sync_at_once() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, AtomicU64};
-        let dir = tempfile::tempdir().unwrap();
-        let hub = MemoryHub::new();
-        let config = |name: &str| {
-            let mut c = Config::with_data_dir(dir.path().join(name));
-            c.name = name.into();
-            c.events.log_enabled = false;
-            c.network.tick_ms = 20;
-            c.network.sync_interval_secs = 3600;
-            c
-        };
-        // b has the lower id: a's repair exchange with b must not yield to b's exchange at
-        // start (which ran before the loss).
-        let mut ids = [Identity::from_tag(31, 1), Identity::from_tag(32, 1)];
-        ids.sort_by(|x, y| y.node_id().cmp(x.node_id()));
-        for (name, id) in ["a", "b"].iter().zip(&ids) {
-            std::fs::create_dir_all(dir.path().join(name)).unwrap();
-            id.write_new(&dir.path().join(name).join("identity.key"))
-                .unwrap();
-        }
-        let losing = Arc::new(AtomicBool::new(false));
-        let lost = Arc::new(AtomicU64::new(0));
-        let lossy = Lossy {
-            inner: hub.join("a"),
-            losing: losing.clone(),
-            lost: lost.clone(),
-            reports_drained: None,
-        };
-        let a = Node::start_with_transport(config("a"), Box::new(lossy))
-            .await
-            .unwrap();
-        let b = Node::start_with_transport(config("b"), Box::new(hub.join("b")))
-            .await
-            .unwrap();
-        assert!(b.inner.id < a.inner.id);
-        a.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
-        b.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
-        // Let the exchanges that follow the hellos end.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        losing.store(true, Ordering::SeqCst);
-        let mut ids = Vec::new();
-        for i in 0..5 {
-            let request = crate::node::PublishRequest {
-                command: format!("echo lost {i}"),
-                ..Default::default()
-            };
-            ids.push(b.publish(request).await.unwrap().seed.id);
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while lost.load(Ordering::SeqCst) < 5 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(lost.load(Ordering::SeqCst) >= 5, "the burst was lost");
-        losing.store(false, Ordering::SeqCst);
+        let pair = LossyPair::start(31, None).await;
+        let mut ids = pair.lose_burst().await;
         // The next frame that arrives (the loss is learnt with it, as over UDP).
-        let request = crate::node::PublishRequest {
-            command: "echo after".into(),
-            ..Default::default()
-        };
-        ids.push(b.publish(request).await.unwrap().seed.id);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let missing = loop {
-            let mut missing = Vec::new();
-            for id in &ids {
-                if a.seed(id).await.is_err() {
-                    missing.push(id.clone());
-                }
-            }
-            if missing.is_empty() || tokio::time::Instant::now() > deadline {
-                break missing;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert!(
-            missing.is_empty(),
-            "{} of 6 seeds still missing; a: {:?}; b: {:?}",
-            missing.len(),
-            a.overview().await.unwrap().counters,
-            b.overview().await.unwrap().counters
-        );
-        let counters = a.overview().await.unwrap().counters;
-        assert!(
-            counters.get("transport.dropped").copied().unwrap_or(0) >= 5,
-            "{counters:?}"
-        );
-        assert!(
-            counters.get("sync.repair_rounds").copied().unwrap_or(0) >= 1,
-            "{counters:?}"
-        );
-        a.stop().await.unwrap();
-        b.stop().await.unwrap();
+        ids.push(pair.publish("echo after").await);
+        pair.assert_repaired(&ids, "learnt with the next frame")
+            .await;
+        pair.stop().await;
     }
 
     /// A loss brings a repair round however it is learnt, when no valid frame follows it:
@@ -1129,103 +1165,24 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn losses_are_repaired_when_no_valid_frame_follows() {
         for garbage in [true, false] {
-            lost_burst_is_repaired(garbage).await;
-        }
-    }
-
-    /// [`losses_are_repaired_when_no_valid_frame_follows`]: the loss learnt with `garbage`, or
-    /// reported by the drained transport.
-    async fn lost_burst_is_repaired(garbage: bool) {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, AtomicU64};
-        let dir = tempfile::tempdir().unwrap();
-        let hub = MemoryHub::new();
-        let config = |name: &str| {
-            let mut c = Config::with_data_dir(dir.path().join(name));
-            c.name = name.into();
-            c.events.log_enabled = false;
-            c.network.tick_ms = 20;
-            c.network.sync_interval_secs = 3600;
-            // No periodic hello of b's comes after the loss (its batch would notice it).
-            c.network.hello_interval_secs = 3600;
-            c
-        };
-        let mut ids = [Identity::from_tag(33, 1), Identity::from_tag(34, 1)];
-        ids.sort_by(|x, y| y.node_id().cmp(x.node_id()));
-        for (name, id) in ["a", "b"].iter().zip(&ids) {
-            std::fs::create_dir_all(dir.path().join(name)).unwrap();
-            id.write_new(&dir.path().join(name).join("identity.key"))
-                .unwrap();
-        }
-        let losing = Arc::new(AtomicBool::new(false));
-        let lost = Arc::new(AtomicU64::new(0));
-        let lossy = Lossy {
-            inner: hub.join("a"),
-            losing: losing.clone(),
-            lost: lost.clone(),
-            reports_drained: (!garbage).then_some(0),
-        };
-        let a = Node::start_with_transport(config("a"), Box::new(lossy))
-            .await
-            .unwrap();
-        let b = Node::start_with_transport(config("b"), Box::new(hub.join("b")))
-            .await
-            .unwrap();
-        let mut flooder = hub.join("flooder");
-        a.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
-        b.wait_for_peers(1, Duration::from_secs(20)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        losing.store(true, Ordering::SeqCst);
-        let mut ids = Vec::new();
-        for i in 0..5 {
-            let request = crate::node::PublishRequest {
-                command: format!("echo lost {i}"),
-                ..Default::default()
-            };
-            ids.push(b.publish(request).await.unwrap().seed.id);
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while lost.load(Ordering::SeqCst) < 5 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(lost.load(Ordering::SeqCst) >= 5, "the burst was lost");
-        losing.store(false, Ordering::SeqCst);
-        // Only garbage arrives after the loss (the gate refuses it, no batch is applied), or
-        // nothing.
-        if garbage {
-            for _ in 0..20 {
-                flooder.send_to("a", b"not an envelope").unwrap();
-            }
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let missing = loop {
-            let mut missing = Vec::new();
-            for id in &ids {
-                if a.seed(id).await.is_err() {
-                    missing.push(id.clone());
+            let pair = LossyPair::start(33, (!garbage).then_some(0)).await;
+            let mut flooder = pair.hub.join("flooder");
+            let ids = pair.lose_burst().await;
+            // Only garbage arrives after the loss (the gate refuses it, no batch is applied),
+            // or nothing.
+            if garbage {
+                for _ in 0..20 {
+                    flooder.send_to("a", b"not an envelope").unwrap();
                 }
             }
-            if missing.is_empty() || tokio::time::Instant::now() > deadline {
-                break missing;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let counters = a.overview().await.unwrap().counters;
-        assert!(
-            missing.is_empty(),
-            "{} of 5 seeds still missing (garbage after the loss: {garbage}); a: {counters:?}",
-            missing.len(),
-        );
-        assert!(
-            counters.get("transport.dropped").copied().unwrap_or(0) >= 5,
-            "{counters:?}"
-        );
-        assert!(
-            counters.get("sync.repair_rounds").copied().unwrap_or(0) >= 1,
-            "{counters:?}"
-        );
-        a.stop().await.unwrap();
-        b.stop().await.unwrap();
+            let case = if garbage {
+                "garbage after the loss"
+            } else {
+                "nothing after the loss"
+            };
+            pair.assert_repaired(&ids, case).await;
+            pair.stop().await;
+        }
     }
 
     #[test]
