@@ -117,6 +117,18 @@ struct State {
     unusual: bool,
 }
 
+/// How soon what waits in [`State`] is to be written: ordered, so that a change that makes it
+/// sooner can be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// Nothing waits.
+    Nothing,
+    /// Only routine counters ([`ROUTINE_COUNTERS`]): they wait for the next counter write.
+    Routine,
+    /// Rejections, unusual counters or an open window ([`Rejections::rejections_pending`]).
+    Soon,
+}
+
 /// Counters that a healthy, idle node bumps as frames come in (batch sizes, copies, unchanged
 /// hellos, sync upkeep) or as API calls are grouped (`local.*`, whose operations write
 /// anyway): they may wait to be written (see [`Rejections::rejections_pending`]).
@@ -130,8 +142,23 @@ const ROUTINE_COUNTERS: &[&str] = &[
 ];
 
 impl State {
-    /// Moves the per-reason counts into `counters`.
+    /// How soon what waits here is to be written.
+    fn due(&self) -> Due {
+        if !self.rejected.is_empty() || self.open > 0 || self.unusual {
+            Due::Soon
+        } else if !self.counters.is_empty() {
+            Due::Routine
+        } else {
+            Due::Nothing
+        }
+    }
+
+    /// Moves the per-reason counts into `counters` (rejection counters are not routine: they
+    /// stay due soon).
     fn merge_rejected(&mut self) {
+        if !self.rejected.is_empty() {
+            self.unusual = true;
+        }
         for (reason, n) in std::mem::take(&mut self.rejected) {
             let counter = format!("rejected.{}", reason.as_str());
             *self.counters.entry(counter).or_default() += n;
@@ -144,6 +171,8 @@ impl State {
 pub(crate) struct Rejections {
     window_ms: u64,
     state: Mutex<State>,
+    /// Notified when what waits to be written becomes due sooner ([`Rejections::sooner`]).
+    sooner: tokio::sync::Notify,
 }
 
 impl Rejections {
@@ -152,6 +181,24 @@ impl Rejections {
         Rejections {
             window_ms,
             state: Mutex::new(State::default()),
+            sooner: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Completes when what waits to be written became due sooner since the writer last looked
+    /// (the first counter after a write, the first rejection or unusual counter): the writer
+    /// may sleep until its next write is due, and wakes for this instead of polling. A held
+    /// envelope counts `messages.held` (not routine), so holding one notifies; a refreshed
+    /// hello counts a routine counter, so it notifies only when nothing else waited (its
+    /// `last_seen` may then wait for the next counter write, 5 s at most).
+    pub fn sooner(&self) -> tokio::sync::futures::Notified<'_> {
+        self.sooner.notified()
+    }
+
+    /// Notifies [`Rejections::sooner`] when `st` became due sooner than `before`.
+    fn notify_if_sooner(&self, st: &State, before: Due) {
+        if st.due() > before {
+            self.sooner.notify_one();
         }
     }
 
@@ -160,7 +207,9 @@ impl Rejections {
     pub fn note(&self, r: Rejection, now: Millis) -> Option<EventKind> {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
+        let before = st.due();
         *st.rejected.entry(r.reason).or_default() += 1;
+        self.notify_if_sooner(st, before);
         if self.window_ms == 0 {
             return Some(r.event(1));
         }
@@ -197,14 +246,16 @@ impl Rejections {
     /// rejection counters.
     pub fn add(&self, counter: &str, n: u64) {
         let mut state = lock(&self.state);
+        let before = state.due();
         if !state.unusual && !ROUTINE_COUNTERS.iter().any(|c| counter.starts_with(c)) {
             state.unusual = true;
         }
         if let Some(value) = state.counters.get_mut(counter) {
             *value = value.saturating_add(n);
-            return;
+        } else {
+            state.counters.insert(counter.to_owned(), n);
         }
-        state.counters.insert(counter.to_owned(), n);
+        self.notify_if_sooner(&state, before);
     }
 
     /// Closes the windows that are over: returns the counters not yet written and one summary
@@ -237,16 +288,14 @@ impl Rejections {
 
     /// Nothing to write: no counters pending and no aggregation window open.
     pub fn is_idle(&self) -> bool {
-        let st = lock(&self.state);
-        st.counters.is_empty() && st.rejected.is_empty() && st.open == 0
+        lock(&self.state).due() == Due::Nothing
     }
 
     /// Whether rejections or counters other than routine ones ([`ROUTINE_COUNTERS`]) wait to
     /// be written, or an aggregation window is open (its summary event is due when it closes).
     /// Routine counters alone may wait longer.
     pub fn rejections_pending(&self) -> bool {
-        let st = lock(&self.state);
-        !st.rejected.is_empty() || st.open > 0 || st.unusual
+        lock(&self.state).due() == Due::Soon
     }
 
     /// Counters counted but not yet written to the store.

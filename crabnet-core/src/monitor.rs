@@ -616,7 +616,7 @@ impl NdjsonLog {
 
     /// The sequence number of the last complete event in the log: the current file's last
     /// line, after cutting off a torn one (a crash in the middle of a write), or, when the
-    /// current file holds no complete event or is missing, the last line of the newest rotated
+    /// current file is empty (after that cut) or missing, the last line of the newest rotated
     /// file (`.1`): a power loss in the middle of a rotation may keep the rename and lose the
     /// new file's lines or its entry. `None` when neither holds an event.
     /// While the current file is the one this log object last appended to, with the length it
@@ -631,9 +631,18 @@ impl NdjsonLog {
                 Err(e) => return Err(e),
             }
         }
-        match last_complete_seq(&self.path, true)? {
-            Some(seq) => Ok(Some(seq)),
-            None => last_complete_seq(&self.rotated(1), false),
+        if let Some(seq) = last_complete_seq(&self.path, true)? {
+            return Ok(Some(seq));
+        }
+        // Only an empty or missing file: one whose tail holds no complete event (a line
+        // longer than the tail read) says nothing of where the log ends.
+        match fs::metadata(&self.path) {
+            Ok(meta) if meta.len() > 0 => Ok(None),
+            Ok(_) => last_complete_seq(&self.rotated(1), false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                last_complete_seq(&self.rotated(1), false)
+            }
+            Err(e) => Err(e),
         }
     }
 

@@ -274,6 +274,9 @@ struct Timers {
     liveness_at: AtomicU64,
     /// When the event log's cursor in the database may be written next ([`Node::write_log`]).
     log_cursor_at: AtomicU64,
+    /// How many times housekeeping woke (tests of how an idle node sleeps).
+    #[cfg(test)]
+    looks: AtomicU64,
 }
 
 /// What [`Node::pump_events`] published last.

@@ -882,6 +882,12 @@ impl Store {
         self.number("SELECT COALESCE(MAX(seq), 0) FROM events")
     }
 
+    /// The highest event sequence number this database ever gave (0 when none): events are
+    /// numbered without reuse, so this holds after retention removed them.
+    pub fn last_event_seq_issued(&self) -> Result<u64> {
+        self.number("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)")
+    }
+
     /// The sequence number of the last event written to the NDJSON log.
     pub fn log_cursor(&self) -> Result<u64> {
         Ok(self

@@ -375,6 +375,40 @@ async fn bidding_expires_without_bids_and_the_event_log_is_written() {
     );
 }
 
+/// A log left by another database (the database removed or restored from a backup, the
+/// rotated files kept) is not taken for this database's: its events are appended after it,
+/// not skipped until their numbers pass the old ones. Before, a stale `events.ndjson.1` made
+/// the node skip every event up to its last number (nothing of this database was logged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_left_by_another_database_does_not_hide_this_ones_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("e");
+    std::fs::create_dir_all(&data).unwrap();
+    let stale: String = (1000..1010)
+        .map(|seq| {
+            format!(
+                "{{\"seq\":{seq},\"at\":1,\"type\":\"seed_cancelled\",\"seed_id\":\"{}\"}}\n",
+                "ab".repeat(16)
+            )
+        })
+        .collect();
+    std::fs::write(data.join("events.ndjson.1"), &stale).unwrap();
+    let node = Node::start(config(dir.path(), "e")).await.unwrap();
+    let seed = node.publish(PublishRequest::new("true")).await.unwrap();
+    node.stop().await.unwrap();
+    let log = std::fs::read_to_string(data.join("events.ndjson")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("seed_published") && l.contains(seed.seed.id.as_str())),
+        "this database's events are missing from the log: {log:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("events.ndjson.1")).unwrap(),
+        stale,
+        "the old file is left alone"
+    );
+}
+
 #[test]
 fn the_blocking_facade_drives_a_node_without_a_runtime() {
     let dir = tempfile::tempdir().unwrap();

@@ -40,13 +40,16 @@ impl Node {
     /// * the outbox: the earliest retry, or the database changed (another process queued).
     ///
     /// It looks every tick while busy. An idle node sleeps until a duty is due, a commit
-    /// writes the database's log ([`WalWatch`]), or [`IDLE_TICKS`] ticks passed; changes made
-    /// through this node wake the tasks directly. After a write to the log it looks quickly
-    /// until the commit is visible ([`next_relook`]): another process's commit is seen within
-    /// about its sync. "The database changed" is SQLite's
-    /// `data_version`, read only while the log was written within the last [`LOG_SETTLE_MS`]
-    /// (on every tick where the log cannot be watched): an idle node does not query its store
-    /// when it wakes.
+    /// writes the database's log ([`WalWatch`]), something counted in memory comes due sooner
+    /// ([`crate::ingress::Rejections::sooner`]: the first counter after a write, a rejection),
+    /// or at most [`IDLE_SLEEP_MAX`]; changes made through this node wake the tasks directly.
+    /// After a write to the log it looks quickly until the commit is visible
+    /// ([`next_relook`]): another process's commit is seen within about its sync. "The
+    /// database changed" is SQLite's `data_version`, read only while the log was written
+    /// within the last [`LOG_SETTLE_MS`] (on every tick where the log cannot be watched): an
+    /// idle node does not query its store when it wakes. A step of the node's clock (a
+    /// [`crate::clock::Clock`] set forward, the system clock stepped) is seen at the next look:
+    /// within [`IDLE_SLEEP_MAX`] when idle.
     pub(super) async fn housekeeping(self, mut shutdown: watch::Receiver<bool>) {
         let tick = Duration::from_millis(self.inner.config.network.tick_ms);
         let mut last_version = None;
@@ -68,24 +71,25 @@ impl Node {
         let mut changed_since_full = false;
         loop {
             // Full looks: busy (the log written lately, or not watched), every tick; idle,
-            // asleep until the next duty is due or at most IDLE_TICKS ticks (for what is only
-            // counted in memory), never sooner than a tick after the last. Between them, after
-            // a write to the log (a commit by any process), quick looks ([`next_relook`]) that
-            // only ask whether another process's commit became visible, and if so wake the
-            // outbox: no duty runs on them, so that this node's own commits (counters written
-            // under a flood, say) do not bring more of them.
+            // asleep until the next duty is due (or what is counted in memory comes due
+            // sooner), at most IDLE_SLEEP_MAX, never sooner than a tick after the last.
+            // Between them, after a write to the log (a commit by any process), quick looks
+            // ([`next_relook`]) that only ask whether another process's commit became visible,
+            // and if so wake the outbox: no duty runs on them, so that this node's own commits
+            // (counters written under a flood, say) do not bring more of them.
             let busy = first || !wal.is_watched() || self.now_ms() < look_until;
             let full_at = if busy {
                 last_full + tick
             } else {
                 let now = self.now_ms();
                 let due_in = Duration::from_millis(self.next_duty_at(now).saturating_sub(now));
-                last_full + due_in.clamp(tick, tick * IDLE_TICKS)
+                last_full + due_in.clamp(tick, IDLE_SLEEP_MAX.max(tick))
             };
             let wake = relook.map_or(full_at, |delay| (last_look + delay).min(full_at));
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep_until(wake) => {}
+                _ = self.inner.rejections.sooner(), if !busy => {}
                 _ = wal.written() => {
                     tokio::select! {
                         _ = shutdown.changed() => return,
@@ -94,6 +98,8 @@ impl Node {
                 }
             }
             last_look = tokio::time::Instant::now();
+            #[cfg(test)]
+            self.inner.timers.looks.fetch_add(1, Ordering::Relaxed);
             let full = first || last_look >= last_full + tick;
             first = false;
             let now = self.now_ms();
@@ -311,9 +317,12 @@ impl Node {
     }
 
     /// Appends new events to the NDJSON log. Several processes may share a data directory: a
-    /// file lock serializes writers; the log's last line says what is written, and a cursor in
-    /// the database says it when the file is gone (removed or moved away by hand). `last`: this
-    /// node stops, write the cursor now.
+    /// file lock serializes writers; the log's last line says what is written (the newest
+    /// rotated file's when the current file is empty or gone: [`NdjsonLog::last_seq`]), and a
+    /// cursor in the database says it when the files are gone (removed or moved away by
+    /// hand). A last line this database never numbered belongs to another database's log (the
+    /// database removed or restored from a backup, the log kept) and is not trusted. `last`:
+    /// this node stops, write the cursor now.
     ///
     /// The store is locked only to read events and the cursor, never while the file is
     /// written and synced (received frames and API calls wait for the store). The cursor is a
@@ -333,13 +342,24 @@ impl Node {
             .write(true)
             .open(&lock_path)?;
         file.lock()?;
-        let stored = lock(&self.inner.store).log_cursor()?;
+        let (stored, issued) = {
+            let store = lock(&self.inner.store);
+            (store.log_cursor()?, store.last_event_seq_issued()?)
+        };
         // The file may be ahead of the cursor (a process died between the two writes, or the
         // cursor waits for its next write); what this process appended is known even when
         // the file was moved away meanwhile (logrotate).
-        let mut cursor = stored
-            .max(log.last_seq()?.unwrap_or(0))
-            .max(log.last_appended());
+        let mut in_file = log.last_seq()?.unwrap_or(0);
+        if in_file > issued {
+            tracing::warn!(
+                "the event log {} ends with event {in_file}, which this database never \
+                 numbered (it has {issued}): a log of another database; this one's events \
+                 are appended after it",
+                log.path().display()
+            );
+            in_file = 0;
+        }
+        let mut cursor = stored.max(in_file).max(log.last_appended());
         loop {
             let events = lock(&self.inner.store).events_after(cursor, 1000)?;
             let Some(seq) = events.last().map(|e| e.seq) else {
@@ -416,10 +436,12 @@ pub(super) struct Duties {
 /// (`crabnet status`) see them this much later at most.
 pub(super) const COUNTER_WRITE_MS: u64 = 5_000;
 
-/// The longest an idle node's housekeeping sleeps, in ticks (`network.tick_ms`), when no
-/// duty is due sooner: what is only counted in memory meanwhile (rejected frames, counters)
-/// waits at most this long.
-const IDLE_TICKS: u32 = 4;
+/// The longest an idle node's housekeeping sleeps when no duty is due sooner. What is counted
+/// in memory meanwhile wakes it ([`crate::ingress::Rejections::sooner`]); so do commits to the
+/// database's log, of any process, while the log is watched. This bounds what nothing wakes
+/// it for (it looked every 4 ticks, a second by default, before: a quarter of an idle node's
+/// wake-ups).
+const IDLE_SLEEP_MAX: Duration = Duration::from_secs(10);
 
 /// The first quick look after a write to the database's log (see [`next_relook`]).
 const RELOOK_FIRST: Duration = Duration::from_millis(1);
@@ -475,8 +497,87 @@ impl Duties {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     const TICK: Duration = Duration::from_millis(250);
+
+    /// A node without a network whose housekeeping ticks every 20 ms.
+    async fn idle_node(dir: &std::path::Path) -> Node {
+        let mut config = Config::with_data_dir(dir.join("node"));
+        config.network.tick_ms = 20;
+        config.events.log_enabled = false;
+        Node::start(config).await.unwrap()
+    }
+
+    /// How many times housekeeping wakes in each of three windows of a second.
+    async fn looks_per_second(node: &Node) -> Vec<u64> {
+        let looks = || node.inner.timers.looks.load(Ordering::Relaxed);
+        let mut counts = Vec::new();
+        for _ in 0..3 {
+            let before = looks();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            counts.push(looks() - before);
+        }
+        counts
+    }
+
+    /// An idle node's housekeeping sleeps until a duty is due: nothing counted in memory,
+    /// nothing due, no commit. Before, it looked every 4 ticks (12 times a second here, once a
+    /// second with the default tick), a quarter of an idle node's wake-ups.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_node_does_not_look_while_nothing_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = idle_node(dir.path()).await;
+        // One window at least is free of the writes of start-up (a write makes the node
+        // busy, looking every tick, for a second).
+        let counts = looks_per_second(&node).await;
+        assert!(
+            counts.iter().min().is_some_and(|n| *n <= 1),
+            "looks per second while idle: {counts:?}"
+        );
+        node.stop().await.unwrap();
+    }
+
+    /// What is counted in memory while housekeeping sleeps wakes it: a rejection is written
+    /// within a few ticks, not at the end of the longest sleep.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rejection_counted_while_housekeeping_sleeps_is_written_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = idle_node(dir.path()).await;
+        // Asleep (a window without looks), then a rejection comes in.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = node.inner.timers.looks.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if node.inner.timers.looks.load(Ordering::Relaxed) == before {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never asleep");
+        }
+        let rejection = crate::ingress::Rejection::new(
+            "memory:peer",
+            None,
+            crate::monitor::RejectReason::Malformed,
+            "test".into(),
+        );
+        let counted = tokio::time::Instant::now();
+        node.inner.rejections.note(rejection, node.now_ms());
+        let written = || {
+            lock(&node.inner.store)
+                .counters()
+                .unwrap()
+                .contains_key("rejected.malformed")
+        };
+        while !written() && counted.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = counted.elapsed();
+        assert!(
+            took < IDLE_SLEEP_MAX / 4,
+            "the rejection was written {took:?} after it was counted"
+        );
+        node.stop().await.unwrap();
+    }
 
     /// The looks that follow one write to the log, no commit becoming visible: their delays.
     fn quick_looks_after_a_write(tick: Duration) -> Vec<Duration> {
