@@ -143,6 +143,23 @@ type Building = std::pin::Pin<Box<dyn std::future::Future<Output = Query> + Send
 /// meanwhile.
 type Draining = std::pin::Pin<Box<dyn std::future::Future<Output = Drained> + Send>>;
 
+/// The periodic hello being built on a blocking thread ([`Node::build_hello`]): the interval
+/// is sized from the peer table, and the revocations and rotations that follow the hello are
+/// read from the store, which the transaction of a batch may hold.
+type HelloBuilding = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Hello>> + Send>>;
+
+/// A periodic hello built: what to broadcast, and when the next one is due.
+struct Hello {
+    /// The hello interval sized for the peers now, in ms ([`Node::size_hello_interval`]).
+    every: u64,
+    /// The addresses and key epoch the hello announces, and the hello.
+    addresses: Vec<String>,
+    epoch: u32,
+    frame: Vec<u8>,
+    /// The revocations and key rotation statements sent after it.
+    after: Vec<Vec<u8>>,
+}
+
 /// A step of draining the outbox done.
 enum Drained {
     /// The envelopes due, oldest first (none when the outbox could not be read).
@@ -265,6 +282,8 @@ impl Node {
         let mut building_periodic = false;
         // The outbox being drained; a wake meanwhile waits for it.
         let mut draining: Option<Draining> = None;
+        // The periodic hello being built; the next one is due once it is sent.
+        let mut building_hello: Option<HelloBuilding> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
@@ -275,10 +294,15 @@ impl Node {
                         tracing::debug!("cannot send hello: {e}");
                     }
                 }
-                _ = tokio::time::sleep_until(next_hello) => {
-                    // Sized first: the hello's freshness covers the interval that follows it.
-                    let every = self.size_hello_interval();
-                    self.broadcast_hello(transport.as_mut(), &mut hello);
+                _ = tokio::time::sleep_until(next_hello), if building_hello.is_none() => {
+                    building_hello = Some(self.build_hello(transport.local_addresses()));
+                }
+                built = async { building_hello.as_mut().expect("a hello is built").await }, if building_hello.is_some() => {
+                    building_hello = None;
+                    let every = match built {
+                        Some(built) => self.send_hello(transport.as_mut(), &mut hello, built),
+                        None => self.hello_interval_ms(),
+                    };
                     next_hello = tokio::time::Instant::now() + Duration::from_millis(every);
                 }
                 _ = self.inner.hello_wanted.notified() => {
@@ -669,6 +693,53 @@ impl Node {
         }
     }
 
+    /// Builds the periodic hello for `addresses` on a blocking thread: the interval sized first
+    /// (the hello's freshness covers the interval that follows it), then the hello and the
+    /// revocations and rotations that follow it. `None` when it could not be built (logged).
+    fn build_hello(&self, addresses: Vec<String>) -> HelloBuilding {
+        let node = self.clone();
+        Box::pin(async move {
+            let work = move || -> Result<Hello> {
+                let every = node.size_hello_interval();
+                let epoch = node.keys().public().epoch;
+                let frame = node.hello_frame(&addresses)?;
+                let mut after = node.revocation_frames()?;
+                after.extend(node.rotation_frames()?);
+                Ok(Hello {
+                    every,
+                    addresses,
+                    epoch,
+                    frame,
+                    after,
+                })
+            };
+            background_blocking("cannot build hello", "hello", work).await
+        })
+    }
+
+    /// Broadcasts a hello built by [`Node::build_hello`] and what follows it, and keeps it in
+    /// `cache` for the answers to new peers. Returns when the next one is due, in ms.
+    fn send_hello(
+        &self,
+        transport: &mut dyn Transport,
+        cache: &mut Option<HelloCache>,
+        built: Hello,
+    ) -> u64 {
+        *lock(&self.inner.addresses) = built.addresses.clone();
+        let sent = std::iter::once(&built.frame)
+            .chain(&built.after)
+            .try_for_each(|frame| transport.broadcast(frame));
+        if let Err(e) = sent {
+            tracing::debug!("cannot send hello: {e}");
+        }
+        *cache = Some(HelloCache {
+            addresses: built.addresses,
+            epoch: built.epoch,
+            frame: built.frame,
+        });
+        built.every
+    }
+
     /// Works out the hello interval for the peers that count now ([`Node::hello_interval`])
     /// and returns it, in ms. When the peer table cannot be read, the interval stays as it was.
     pub(super) fn size_hello_interval(&self) -> u64 {
@@ -834,12 +905,14 @@ mod tests {
         super::super::admission_tests::hello_envelope(&id, &hello, MessageId::from_bytes([7; 16]))
     }
 
-    /// A node on a memory hub and a peer beside it, once the node's start-up traffic passed.
+    /// A node on a memory hub and a peer beside it, once the node's start-up traffic passed;
+    /// the node says hello every second.
     async fn node_and_peer() -> (tempfile::TempDir, MemoryHub, Node, network::MemoryTransport) {
         let dir = tempfile::tempdir().unwrap();
         let hub = MemoryHub::new();
         let mut config = Config::with_data_dir(dir.path().join("node"));
         config.name = "node".into();
+        config.network.hello_interval_secs = 1;
         let node = Node::start_with_transport(config, Box::new(hub.join("node")))
             .await
             .unwrap();
@@ -917,24 +990,35 @@ mod tests {
         node.stop().await.unwrap();
     }
 
-    /// A sync round due, or the outbox woken, while another thread holds the store (as the
-    /// transaction of a long batch does) does not stop the network task from reading the
-    /// transport: the query and the outbox wait on a blocking thread. Before, the task waited
-    /// with them, and a UDP socket dropped what arrived meanwhile (the queue never filled).
+    /// A sync round due, the outbox woken, or the periodic hello due, while another thread
+    /// holds the store (as the transaction of a long batch does) does not stop the network
+    /// task from reading the transport: the query, the outbox and the hello (its interval is
+    /// sized to the peer table, and revocations and rotations follow it) wait on a blocking
+    /// thread. Before, the task waited with them, and a UDP socket dropped what arrived
+    /// meanwhile (the queue never filled).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_transport_is_read_while_a_sync_query_or_the_outbox_waits_for_the_store() {
-        for (what, wake) in [
+    async fn the_transport_is_read_while_a_sync_query_the_outbox_or_a_hello_waits_for_the_store() {
+        let ms = Duration::from_millis;
+        for (what, wake, wait) in [
             (
                 "a sync round",
                 (|n: &Node| n.inner.sync_wanted.notify_one()) as fn(&Node),
+                // The round is due 100 ms after it is wanted.
+                ms(300),
             ),
-            ("the outbox", |n: &Node| n.inner.wake_outbox.notify_one()),
+            (
+                "the outbox",
+                |n: &Node| n.inner.wake_outbox.notify_one(),
+                ms(300),
+            ),
+            // The next hello is due within a second.
+            ("the periodic hello", |_: &Node| {}, ms(1500)),
         ] {
             let (_dir, _hub, node, mut peer) = node_and_peer().await;
             let held = StoreHeld::hold(&node);
             wake(&node);
-            // The round is due 100 ms after it is wanted; both then wait for the store.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Then it waits for the store.
+            tokio::time::sleep(wait).await;
             let read = overfill(&node, &mut peer).await;
             held.release();
             assert!(
