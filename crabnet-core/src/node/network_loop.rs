@@ -143,20 +143,15 @@ type Building = std::pin::Pin<Box<dyn std::future::Future<Output = Query> + Send
 /// meanwhile.
 type Draining = std::pin::Pin<Box<dyn std::future::Future<Output = Drained> + Send>>;
 
-/// The periodic hello being built on a blocking thread ([`Node::build_hello`]): the interval
-/// is sized from the peer table, and the revocations and rotations that follow the hello are
-/// read from the store, which the transaction of a batch may hold.
-type HelloBuilding = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Hello>> + Send>>;
+/// What the periodic hello needs from the store, read on a blocking thread
+/// ([`Node::prepare_hello`]): the store may be held by the transaction of a batch.
+type HelloPreparing = std::pin::Pin<Box<dyn std::future::Future<Output = HelloPrepared> + Send>>;
 
-/// A periodic hello built: what to broadcast, and when the next one is due.
-struct Hello {
+/// What the periodic hello needs from the store.
+struct HelloPrepared {
     /// The hello interval sized for the peers now, in ms ([`Node::size_hello_interval`]).
     every: u64,
-    /// The addresses and key epoch the hello announces, and the hello.
-    addresses: Vec<String>,
-    epoch: u32,
-    frame: Vec<u8>,
-    /// The revocations and key rotation statements sent after it.
+    /// The revocations and key rotation statements sent after the hello.
     after: Vec<Vec<u8>>,
 }
 
@@ -282,8 +277,8 @@ impl Node {
         let mut building_periodic = false;
         // The outbox being drained; a wake meanwhile waits for it.
         let mut draining: Option<Draining> = None;
-        // The periodic hello being built; the next one is due once it is sent.
-        let mut building_hello: Option<HelloBuilding> = None;
+        // The periodic hello being prepared; the next one is due once it is sent.
+        let mut preparing_hello: Option<HelloPreparing> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
@@ -294,15 +289,13 @@ impl Node {
                         tracing::debug!("cannot send hello: {e}");
                     }
                 }
-                _ = tokio::time::sleep_until(next_hello), if building_hello.is_none() => {
-                    building_hello = Some(self.build_hello(transport.local_addresses()));
+                _ = tokio::time::sleep_until(next_hello), if preparing_hello.is_none() => {
+                    preparing_hello = Some(self.prepare_hello());
                 }
-                built = async { building_hello.as_mut().expect("a hello is built").await }, if building_hello.is_some() => {
-                    building_hello = None;
-                    let every = match built {
-                        Some(built) => self.send_hello(transport.as_mut(), &mut hello, built),
-                        None => self.hello_interval_ms(),
-                    };
+                prepared = async { preparing_hello.as_mut().expect("a hello is prepared").await }, if preparing_hello.is_some() => {
+                    preparing_hello = None;
+                    let every = prepared.every;
+                    self.send_hello(transport.as_mut(), &mut hello, prepared);
                     next_hello = tokio::time::Instant::now() + Duration::from_millis(every);
                 }
                 _ = self.inner.hello_wanted.notified() => {
@@ -693,51 +686,65 @@ impl Node {
         }
     }
 
-    /// Builds the periodic hello for `addresses` on a blocking thread: the interval sized first
-    /// (the hello's freshness covers the interval that follows it), then the hello and the
-    /// revocations and rotations that follow it. `None` when it could not be built (logged).
-    fn build_hello(&self, addresses: Vec<String>) -> HelloBuilding {
+    /// Reads what the periodic hello needs from the store on a blocking thread: its interval,
+    /// sized first (the hello's freshness covers the interval that follows it), and the
+    /// revocations and rotations that follow it (none when they cannot be read: logged, and
+    /// the hello goes out without them, as before).
+    fn prepare_hello(&self) -> HelloPreparing {
         let node = self.clone();
         Box::pin(async move {
-            let work = move || -> Result<Hello> {
+            let current = node.hello_interval_ms();
+            let work = move || -> Result<HelloPrepared> {
                 let every = node.size_hello_interval();
-                let epoch = node.keys().public().epoch;
-                let frame = node.hello_frame(&addresses)?;
-                let mut after = node.revocation_frames()?;
-                after.extend(node.rotation_frames()?);
-                Ok(Hello {
-                    every,
-                    addresses,
-                    epoch,
-                    frame,
-                    after,
-                })
+                let mut after = node.revocation_frames().unwrap_or_else(|e| {
+                    tracing::warn!("cannot read the revocations to send: {e}");
+                    Vec::new()
+                });
+                match node.rotation_frames() {
+                    Ok(rotations) => after.extend(rotations),
+                    Err(e) => tracing::warn!("cannot read the key rotations to send: {e}"),
+                }
+                Ok(HelloPrepared { every, after })
             };
-            background_blocking("cannot build hello", "hello", work).await
+            background_blocking("cannot prepare hello", "hello", work)
+                .await
+                .unwrap_or(HelloPrepared {
+                    every: current,
+                    after: Vec::new(),
+                })
         })
     }
 
-    /// Broadcasts a hello built by [`Node::build_hello`] and what follows it, and keeps it in
-    /// `cache` for the answers to new peers. Returns when the next one is due, in ms.
+    /// Builds the periodic hello for the transport's current addresses and keys, broadcasts
+    /// it and what [`Node::prepare_hello`] read to follow it, and keeps it in `cache` for the
+    /// answers to new peers.
     fn send_hello(
         &self,
         transport: &mut dyn Transport,
         cache: &mut Option<HelloCache>,
-        built: Hello,
-    ) -> u64 {
-        *lock(&self.inner.addresses) = built.addresses.clone();
-        let sent = std::iter::once(&built.frame)
-            .chain(&built.after)
+        prepared: HelloPrepared,
+    ) {
+        let addresses = transport.local_addresses();
+        *lock(&self.inner.addresses) = addresses.clone();
+        let epoch = self.keys().public().epoch;
+        let frame = match self.hello_frame(&addresses) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::warn!("cannot build hello: {e}");
+                return;
+            }
+        };
+        let sent = std::iter::once(&frame)
+            .chain(&prepared.after)
             .try_for_each(|frame| transport.broadcast(frame));
         if let Err(e) = sent {
             tracing::debug!("cannot send hello: {e}");
         }
         *cache = Some(HelloCache {
-            addresses: built.addresses,
-            epoch: built.epoch,
-            frame: built.frame,
+            addresses,
+            epoch,
+            frame,
         });
-        built.every
     }
 
     /// Works out the hello interval for the peers that count now ([`Node::hello_interval`])
@@ -906,7 +913,8 @@ mod tests {
     }
 
     /// A node on a memory hub and a peer beside it, once the node's start-up traffic passed;
-    /// the node says hello every second.
+    /// the node says hello every second (so a hello is also due in the tests that wake
+    /// something else: it must not stop the transport from being read either).
     async fn node_and_peer() -> (tempfile::TempDir, MemoryHub, Node, network::MemoryTransport) {
         let dir = tempfile::tempdir().unwrap();
         let hub = MemoryHub::new();
@@ -937,7 +945,9 @@ mod tests {
             let holder = std::thread::spawn(move || {
                 let _store = lock(&node.inner.store);
                 held_tx.send(()).unwrap();
-                let _ = release_rx.recv();
+                // At most 15 s: a network task that waits for the store (the regression these
+                // tests catch) may starve the test's own task, which then never releases it.
+                let _ = release_rx.recv_timeout(Duration::from_secs(15));
             });
             held_rx.recv().unwrap();
             StoreHeld { release, holder }
