@@ -189,8 +189,8 @@ impl Rejections {
     /// (the first counter after a write, the first rejection or unusual counter): the writer
     /// may sleep until its next write is due, and wakes for this instead of polling. A held
     /// envelope counts `messages.held` (not routine), so holding one notifies; a refreshed
-    /// hello counts a routine counter, so it notifies only when nothing else waited (its
-    /// `last_seen` may then wait for the next counter write, 5 s at most).
+    /// hello counts a routine counter, which notifies only when nothing else waited (the
+    /// `last_seen` it notes has a notification of its own).
     pub fn sooner(&self) -> tokio::sync::futures::Notified<'_> {
         self.sooner.notified()
     }

@@ -715,7 +715,7 @@ async fn an_unchanged_hello_is_verified_but_not_written() {
 }
 
 /// Issue 13: on an idle node with the default housekeeping (a tick every 20 ms here), frames
-/// that change nothing (unchanged hellos) bump only routine counters, which wait up to 5 s to
+/// that change nothing (unchanged hellos) bump only routine counters, which wait up to 30 s to
 /// be written: the next ticks do not write them (before, the tick after any frame did).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routine_counters_do_not_make_an_idle_node_write_on_every_tick() {
@@ -740,8 +740,8 @@ async fn routine_counters_do_not_make_an_idle_node_write_on_every_tick() {
     // Fifty ticks and more.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = db_files(&data_dir);
-    // Past 5 s (a stalled machine) the counters are due: then nothing can be concluded.
-    if t0.elapsed() < Duration::from_millis(4500) {
+    // Past 30 s (a stalled machine) the counters are due: then nothing can be concluded.
+    if t0.elapsed() < Duration::from_millis(29_500) {
         assert_eq!(after, before, "routine counters were written at once");
     } else {
         eprintln!("the machine stalled for {:?}: not checked", t0.elapsed());

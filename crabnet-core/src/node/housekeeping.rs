@@ -22,8 +22,8 @@ impl Node {
     /// * rejection counters and events, and held envelopes whose author's hello did not come in
     ///   time ([`Node::flush_rejections`]): rejections or unusual counters counted, a window
     ///   open, the oldest held envelope's expiry, or routine counters waiting for
-    ///   [`COUNTER_WRITE_MS`] since the last write (routine counters alone wait: an idle node
-    ///   does not write after each frame it received);
+    ///   [`ROUTINE_COUNTER_WRITE_MS`] since the last write (routine counters alone wait: an
+    ///   idle node does not write after each frame it received);
     /// * the `last_seen` of peers whose unchanged hellos were only noted in memory
     ///   ([`Node::write_liveness`]): once per hello interval ([`Node::hello_interval`]);
     /// * retention ([`crate::retention::Retention::run_if_due`]), the rotation chains of
@@ -41,8 +41,9 @@ impl Node {
     ///
     /// It looks every tick while busy. An idle node sleeps until a duty is due, a commit
     /// writes the database's log ([`WalWatch`]), something counted in memory comes due sooner
-    /// ([`crate::ingress::Rejections::sooner`]: the first counter after a write, a rejection),
-    /// or at most [`IDLE_SLEEP_MAX`]; changes made through this node wake the tasks directly.
+    /// ([`crate::ingress::Rejections::sooner`]: the first counter after a write, a rejection;
+    /// [`super::liveness::Liveness::sooner`]: the first `last_seen` to write), or at most
+    /// [`IDLE_SLEEP_MAX`]; changes made through this node wake the tasks directly.
     /// After a write to the log it looks quickly until the commit is visible
     /// ([`next_relook`]): another process's commit is seen within about its sync. "The
     /// database changed" is SQLite's `data_version`, read only while the log was written
@@ -90,6 +91,7 @@ impl Node {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = self.inner.rejections.sooner(), if !busy => {}
+                _ = self.inner.liveness.sooner(), if !busy => {}
                 _ = wal.written() => {
                     tokio::select! {
                         _ = shutdown.changed() => return,
@@ -253,7 +255,7 @@ impl Node {
             let wait = if due.rejections_urgent {
                 0
             } else {
-                COUNTER_WRITE_MS
+                ROUTINE_COUNTER_WRITE_MS
             };
             scheduled(&timers.counters_at, now.saturating_add(wait), || {
                 node.flush_rejections()
@@ -431,10 +433,17 @@ pub(super) struct Duties {
     liveness: bool,
 }
 
-/// How long counters counted in memory wait to be written when nothing else is due (ms).
-/// Readers in this process see them at once ([`Node::overview`] adds them); other processes
-/// (`crabnet status`) see them this much later at most.
+/// How long the event log's cursor waits to be written after the log (ms): the cursor is a
+/// commit of its own.
 pub(super) const COUNTER_WRITE_MS: u64 = 5_000;
+
+/// How long routine counters counted in memory (those of a healthy network:
+/// [`crate::ingress::Rejections::rejections_pending`]) wait to be written when nothing else is
+/// due (ms). Readers in this process see them at once ([`Node::overview`] adds them); other
+/// processes (`crabnet status`) see them this much later at most. In an idle network every
+/// node receives hellos all the time, and each write is a commit (a sync under
+/// `store.sync = full`): 5 s made it one commit every 5 s per idle node.
+pub(super) const ROUTINE_COUNTER_WRITE_MS: u64 = 30_000;
 
 /// The longest an idle node's housekeeping sleeps when no duty is due sooner. What is counted
 /// in memory meanwhile wakes it ([`crate::ingress::Rejections::sooner`]); so do commits to the
@@ -477,7 +486,7 @@ fn next_relook(
 
 /// How long after a write to the database's log housekeeping keeps reading SQLite's
 /// `data_version` on every tick: a commit becomes visible to readers after its log write and
-/// its sync. A later commit (this node writes its counters every [`COUNTER_WRITE_MS`] while
+/// its sync. A later commit (this node writes its counters every [`ROUTINE_COUNTER_WRITE_MS`] while
 /// frames come in) looks again.
 const LOG_SETTLE_MS: u64 = 1_000;
 
@@ -538,22 +547,95 @@ mod tests {
         node.stop().await.unwrap();
     }
 
+    /// Returns once housekeeping slept through 300 ms (no look).
+    async fn wait_asleep(node: &Node) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = node.inner.timers.looks.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if node.inner.timers.looks.load(Ordering::Relaxed) == before {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never asleep");
+        }
+    }
+
+    /// The stored value of counter `name` (0 when it was never written).
+    fn stored_counter(node: &Node, name: &str) -> u64 {
+        let counters = lock(&node.inner.store).counters().unwrap();
+        counters.get(name).copied().unwrap_or(0)
+    }
+
+    /// Routine counters (a healthy network's: unchanged hellos, sync upkeep) counted all the
+    /// time, as an idle node in a network counts the hellos it receives, are written once,
+    /// then not again for [`ROUTINE_COUNTER_WRITE_MS`]: each write is a commit. Before, every
+    /// 5 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn routine_counters_counted_all_the_time_are_written_twice_a_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = idle_node(dir.path()).await;
+        let counted = tokio::time::Instant::now();
+        node.inner.rejections.count("hellos.refreshed");
+        let deadline = counted + Duration::from_secs(5);
+        while stored_counter(&node, "hellos.refreshed") == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let first = tokio::time::Instant::now();
+        // One more every 100 ms for 6 s.
+        while first.elapsed() < Duration::from_secs(6) {
+            node.inner.rejections.count("hellos.refreshed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            stored_counter(&node, "hellos.refreshed"),
+            1,
+            "routine counters were written again within 6 s"
+        );
+        // The overview has them all the same.
+        let overview = node.overview().await.unwrap();
+        assert!(overview.counters["hellos.refreshed"] > 50, "{overview:?}");
+        node.stop().await.unwrap();
+    }
+
+    /// A `last_seen` noted in memory (an unchanged hello) while housekeeping sleeps until the
+    /// next routine counter write wakes it when that value is due sooner: it is written on
+    /// time, not up to [`ROUTINE_COUNTER_WRITE_MS`] late.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_last_seen_noted_while_housekeeping_sleeps_is_written_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = idle_node(dir.path()).await;
+        // Counters written: housekeeping sleeps until the next routine write, 30 s away.
+        node.inner.rejections.count("hellos.refreshed");
+        while stored_counter(&node, "hellos.refreshed") == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        wait_asleep(&node).await;
+        node.inner.rejections.count("hellos.refreshed");
+        wait_asleep(&node).await;
+        let peer = crate::model::NodeId::from_bytes([7; 32]);
+        node.inner.liveness.stored(&peer, b"hello");
+        let noted = tokio::time::Instant::now();
+        node.inner.liveness.seen(&peer, node.now_ms());
+        while node.inner.liveness.any_pending() && noted.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = noted.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "the last_seen was written {took:?} after it was noted"
+        );
+        node.stop().await.unwrap();
+    }
+
     /// What is counted in memory while housekeeping sleeps wakes it: a rejection is written
     /// within a few ticks, not at the end of the longest sleep.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rejection_counted_while_housekeeping_sleeps_is_written_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let node = idle_node(dir.path()).await;
-        // Asleep (a window without looks), then a rejection comes in.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let before = node.inner.timers.looks.load(Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if node.inner.timers.looks.load(Ordering::Relaxed) == before {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never asleep");
-        }
+        // Asleep, then a rejection comes in.
+        wait_asleep(&node).await;
         let rejection = crate::ingress::Rejection::new(
             "memory:peer",
             None,

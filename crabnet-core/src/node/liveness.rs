@@ -188,6 +188,10 @@ pub(super) struct Liveness {
     /// Most entries kept (a bound on memory when peers come and go); beyond it, entries with
     /// nothing pending are forgotten (their next hello takes the full path again).
     cap: usize,
+    /// Whether some entry has a `last_seen` pending (kept with `state`, under its lock).
+    any: std::sync::atomic::AtomicBool,
+    /// Notified when the first `last_seen` comes to be pending ([`Liveness::sooner`]).
+    sooner: tokio::sync::Notify,
 }
 
 fn digest(payload: &[u8]) -> [u8; 32] {
@@ -200,7 +204,15 @@ impl Liveness {
         Liveness {
             state: Mutex::new(HashMap::new()),
             cap: cap.max(16),
+            any: std::sync::atomic::AtomicBool::new(false),
+            sooner: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Completes when a `last_seen` came to be pending while none was: the writer, asleep
+    /// until its next duty, then knows when this one is due.
+    pub(super) fn sooner(&self) -> tokio::sync::futures::Notified<'_> {
+        self.sooner.notified()
     }
 
     /// A hello of `node` with `payload` was verified and stored (its `last_seen` with it).
@@ -227,8 +239,14 @@ impl Liveness {
 
     /// `node` was seen at `at` (kept when it is newer than what is pending).
     pub(super) fn seen(&self, node: &NodeId, at: Millis) {
-        if let Some(e) = lock(&self.state).get_mut(node) {
+        let mut st = lock(&self.state);
+        if let Some(e) = st.get_mut(node) {
             e.pending = Some(e.pending.map_or(at, |p| p.max(at)));
+            let first = !self.any.swap(true, std::sync::atomic::Ordering::Relaxed);
+            drop(st);
+            if first {
+                self.sooner.notify_one();
+            }
         }
     }
 
@@ -247,12 +265,13 @@ impl Liveness {
 
     /// Whether any `last_seen` waits to be written.
     pub(super) fn any_pending(&self) -> bool {
-        lock(&self.state).values().any(|e| e.pending.is_some())
+        self.any.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Takes the `last_seen` values waiting to be written.
     pub(super) fn take_pending(&self) -> Vec<(NodeId, Millis)> {
         let mut st = lock(&self.state);
+        self.any.store(false, std::sync::atomic::Ordering::Relaxed);
         st.iter_mut()
             .filter_map(|(node, e)| e.pending.take().map(|at| (node.clone(), at)))
             .collect()
@@ -268,7 +287,11 @@ impl Liveness {
     /// Forgets `node` (its hello changed, or it left the table): its next hello is checked in
     /// full.
     pub(super) fn forget(&self, node: &NodeId) {
-        lock(&self.state).remove(node);
+        let mut st = lock(&self.state);
+        if st.remove(node).is_some_and(|e| e.pending.is_some()) {
+            let any = st.values().any(|e| e.pending.is_some());
+            self.any.store(any, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
