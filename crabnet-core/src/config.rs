@@ -163,6 +163,13 @@ pub struct NetworkConfig {
     /// Rejected frames from one source with one reason get one `message_rejected` event as they
     /// happen and one summary per window of this many milliseconds (0: an event for each).
     pub reject_event_window_ms: u64,
+    /// How long the counters of a healthy network (batch sizes, copies, unchanged hellos, sync
+    /// upkeep) wait in memory before they are written, in seconds, when nothing else is due:
+    /// each write is a commit, and an idle node in a network counts hellos all the time. The
+    /// node's own overview and `/metrics` have them at once; another process reading the data
+    /// directory (`crabnet status`) sees them this much later at most. Rejections are written
+    /// at once.
+    pub counter_write_secs: u32,
     /// How long an envelope whose author's hello has not arrived yet is held (hellos and the
     /// first envelopes cross at startup), in milliseconds; applied when the hello arrives,
     /// rejected as `unknown_sender` after this long (0: rejected at once). Envelopes of a
@@ -234,6 +241,7 @@ impl Default for NetworkConfig {
             hellos_per_interval: 30,
             sync_interval_secs: 10,
             reject_event_window_ms: 10_000,
+            counter_write_secs: 30,
             unknown_sender_hold_ms: 5_000,
             max_envelope_bytes: 65_507,
             source_rate_per_sec: 10_000,
@@ -512,6 +520,12 @@ impl Config {
             limits::HOUR_MS,
         )?;
         check_range(
+            "network.counter_write_secs",
+            net.counter_write_secs,
+            1,
+            3600,
+        )?;
+        check_range(
             "network.unknown_sender_hold_ms",
             net.unknown_sender_hold_ms,
             0,
@@ -690,6 +704,10 @@ mod tests {
             (
                 "[network]\nhello_interval_secs = 0",
                 "network.hello_interval_secs",
+            ),
+            (
+                "[network]\ncounter_write_secs = 0",
+                "network.counter_write_secs",
             ),
             ("[network]\ntick_ms = 0", "network.tick_ms"),
             (

@@ -22,7 +22,7 @@ impl Node {
     /// * rejection counters and events, and held envelopes whose author's hello did not come in
     ///   time ([`Node::flush_rejections`]): rejections or unusual counters counted, a window
     ///   open, the oldest held envelope's expiry, or routine counters waiting for
-    ///   [`ROUTINE_COUNTER_WRITE_MS`] since the last write (routine counters alone wait: an
+    ///   `network.counter_write_secs` since the last write (routine counters alone wait: an
     ///   idle node does not write after each frame it received);
     /// * the `last_seen` of peers whose unchanged hellos were only noted in memory
     ///   ([`Node::write_liveness`]): once per hello interval ([`Node::hello_interval`]);
@@ -255,7 +255,7 @@ impl Node {
             let wait = if due.rejections_urgent {
                 0
             } else {
-                ROUTINE_COUNTER_WRITE_MS
+                u64::from(node.inner.config.network.counter_write_secs) * 1000
             };
             scheduled(&timers.counters_at, now.saturating_add(wait), || {
                 node.flush_rejections()
@@ -329,7 +329,7 @@ impl Node {
     /// The store is locked only to read events and the cursor, never while the file is
     /// written and synced (received frames and API calls wait for the store). The cursor is a
     /// commit of its own (a sync under `store.sync = full`), so it is written at most every
-    /// [`COUNTER_WRITE_MS`] and at stop: a file removed by hand after a crash in that window
+    /// [`LOG_CURSOR_WRITE_MS`] and at stop: a file removed by hand after a crash in that window
     /// gets again the events of the window (without a crash, this process remembers what it
     /// appended). Returns whether the cursor was left behind (the
     /// log writer comes back for it).
@@ -379,7 +379,7 @@ impl Node {
             lock(&self.inner.store).set_log_cursor(cursor)?;
             timers
                 .log_cursor_at
-                .store(now.saturating_add(COUNTER_WRITE_MS), Ordering::Relaxed);
+                .store(now.saturating_add(LOG_CURSOR_WRITE_MS), Ordering::Relaxed);
             behind = false;
         }
         file.unlock()?;
@@ -434,20 +434,15 @@ pub(super) struct Duties {
 }
 
 /// How long the event log's cursor waits to be written after the log (ms): the cursor is a
-/// commit of its own.
-pub(super) const COUNTER_WRITE_MS: u64 = 5_000;
-
-/// How long routine counters counted in memory (those of a healthy network:
-/// [`crate::ingress::Rejections::rejections_pending`]) wait to be written when nothing else is
-/// due (ms). Readers in this process see them at once ([`Node::overview`] adds them); other
-/// processes (`crabnet status`) see them this much later at most. In an idle network every
-/// node receives hellos all the time, and each write is a commit (a sync under
-/// `store.sync = full`): 5 s made it one commit every 5 s per idle node.
-pub(super) const ROUTINE_COUNTER_WRITE_MS: u64 = 30_000;
+/// commit of its own. (Routine counters wait `network.counter_write_secs`, 30 s by default:
+/// in an idle network every node receives hellos all the time, and 5 s made their writes a
+/// commit every 5 s per idle node.)
+pub(super) const LOG_CURSOR_WRITE_MS: u64 = 5_000;
 
 /// The longest an idle node's housekeeping sleeps when no duty is due sooner. What is counted
-/// in memory meanwhile wakes it ([`crate::ingress::Rejections::sooner`]); so do commits to the
-/// database's log, of any process, while the log is watched. This bounds what nothing wakes
+/// in memory meanwhile wakes it ([`crate::ingress::Rejections::sooner`],
+/// [`super::liveness::Liveness::sooner`]); so do commits to the database's log, of any
+/// process, while the log is watched. This bounds what nothing wakes
 /// it for (it looked every 4 ticks, a second by default, before: a quarter of an idle node's
 /// wake-ups).
 const IDLE_SLEEP_MAX: Duration = Duration::from_secs(10);
@@ -486,8 +481,8 @@ fn next_relook(
 
 /// How long after a write to the database's log housekeeping keeps reading SQLite's
 /// `data_version` on every tick: a commit becomes visible to readers after its log write and
-/// its sync. A later commit (this node writes its counters every [`ROUTINE_COUNTER_WRITE_MS`] while
-/// frames come in) looks again.
+/// its sync. A later commit (this node writes its counters every `network.counter_write_secs`
+/// while frames come in) looks again.
 const LOG_SETTLE_MS: u64 = 1_000;
 
 impl Duties {
@@ -568,11 +563,12 @@ mod tests {
 
     /// Routine counters (a healthy network's: unchanged hellos, sync upkeep) counted all the
     /// time, as an idle node in a network counts the hellos it receives, are written once,
-    /// then not again for [`ROUTINE_COUNTER_WRITE_MS`]: each write is a commit. Before, every
+    /// then not again for `network.counter_write_secs`: each write is a commit. Before, every
     /// 5 s.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn routine_counters_counted_all_the_time_are_written_twice_a_minute() {
         let dir = tempfile::tempdir().unwrap();
+        // Nothing counted at start: the first counter is written at once.
         let node = idle_node(dir.path()).await;
         let counted = tokio::time::Instant::now();
         node.inner.rejections.count("hellos.refreshed");
@@ -583,8 +579,10 @@ mod tests {
         }
         let first = tokio::time::Instant::now();
         // One more every 100 ms for 6 s.
+        let mut more = 0;
         while first.elapsed() < Duration::from_secs(6) {
             node.inner.rejections.count("hellos.refreshed");
+            more += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(
@@ -594,25 +592,28 @@ mod tests {
         );
         // The overview has them all the same.
         let overview = node.overview().await.unwrap();
-        assert!(overview.counters["hellos.refreshed"] > 50, "{overview:?}");
+        assert_eq!(overview.counters["hellos.refreshed"], 1 + more);
         node.stop().await.unwrap();
     }
 
     /// A `last_seen` noted in memory (an unchanged hello) while housekeeping sleeps until the
     /// next routine counter write wakes it when that value is due sooner: it is written on
-    /// time, not up to [`ROUTINE_COUNTER_WRITE_MS`] late.
+    /// time, not up to `network.counter_write_secs` late.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_last_seen_noted_while_housekeeping_sleeps_is_written_when_due() {
         let dir = tempfile::tempdir().unwrap();
         let node = idle_node(dir.path()).await;
         // Counters written: housekeeping sleeps until the next routine write, 30 s away.
         node.inner.rejections.count("hellos.refreshed");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while stored_counter(&node, "hellos.refreshed") == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never written");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         wait_asleep(&node).await;
         node.inner.rejections.count("hellos.refreshed");
         wait_asleep(&node).await;
+        // The value is taken to be written (a peer unknown to the store: nothing to update).
         let peer = crate::model::NodeId::from_bytes([7; 32]);
         node.inner.liveness.stored(&peer, b"hello");
         let noted = tokio::time::Instant::now();

@@ -636,7 +636,7 @@ impl Net {
             std::fs::write(
                 dir.join("config.toml"),
                 format!(
-                    "name = \"{name}\"\n\n[network]\nsync_interval_secs = 1\ntick_ms = 50\nhello_interval_secs = {hello_secs}\n"
+                    "name = \"{name}\"\n\n[network]\nsync_interval_secs = 1\ntick_ms = 50\nhello_interval_secs = {hello_secs}\ncounter_write_secs = 1\n"
                 ),
             )
             .unwrap();
