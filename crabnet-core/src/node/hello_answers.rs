@@ -131,9 +131,14 @@ impl Node {
     }
 
     /// Sends the waiting answers (in the network task): `hello`, then what follows a hello
-    /// (revocations, rotations), each to the source of the hello it answers, within the
-    /// source's credit.
-    pub(super) fn answer_hellos(&self, transport: &mut dyn Transport, hello: Option<Vec<u8>>) {
+    /// (`statements`: revocations, rotations, read beforehand off the network task), each to
+    /// the source of the hello it answers, within the source's credit.
+    pub(super) fn answer_hellos(
+        &self,
+        transport: &mut dyn Transport,
+        hello: Option<Vec<u8>>,
+        statements: Vec<Vec<u8>>,
+    ) {
         let waiting = std::mem::take(&mut *lock(&self.inner.hello_answers.waiting));
         let Some(hello) = hello else {
             return;
@@ -142,14 +147,7 @@ impl Node {
             return;
         }
         let mut frames = vec![hello];
-        match self.revocation_frames() {
-            Ok(f) => frames.extend(f),
-            Err(e) => tracing::warn!("cannot read revocations: {e}"),
-        }
-        match self.rotation_frames() {
-            Ok(f) => frames.extend(f),
-            Err(e) => tracing::warn!("cannot read rotations: {e}"),
-        }
+        frames.extend(statements);
         let ratio = u64::from(self.inner.config.network.sync_answer_ratio);
         let credits = &self.inner.hello_answers.credits;
         for w in waiting {

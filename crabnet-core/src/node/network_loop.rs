@@ -147,6 +147,10 @@ type Draining = std::pin::Pin<Box<dyn std::future::Future<Output = Drained> + Se
 /// ([`Node::prepare_hello`]): the store may be held by the transaction of a batch.
 type HelloPreparing = std::pin::Pin<Box<dyn std::future::Future<Output = HelloPrepared> + Send>>;
 
+/// The revocations and key rotation statements sent after a hello, being read on a blocking
+/// thread ([`Node::read_statements`]) for the answers to new peers' hellos.
+type StatementsReading = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Vec<u8>>> + Send>>;
+
 /// What the periodic hello needs from the store.
 struct HelloPrepared {
     /// The hello interval sized for the peers now, in ms ([`Node::size_hello_interval`]).
@@ -279,6 +283,9 @@ impl Node {
         let mut draining: Option<Draining> = None;
         // The periodic hello being prepared; the next one is due once it is sent.
         let mut preparing_hello: Option<HelloPreparing> = None;
+        // What follows the answers to new peers' hellos, being read; hellos wanted meanwhile
+        // are answered with them.
+        let mut reading_statements: Option<StatementsReading> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
@@ -298,9 +305,13 @@ impl Node {
                     self.send_hello(transport.as_mut(), &mut hello, prepared);
                     next_hello = tokio::time::Instant::now() + Duration::from_millis(every);
                 }
-                _ = self.inner.hello_wanted.notified() => {
+                _ = self.inner.hello_wanted.notified(), if reading_statements.is_none() => {
+                    reading_statements = Some(self.read_statements());
+                }
+                statements = async { reading_statements.as_mut().expect("statements are read").await }, if reading_statements.is_some() => {
+                    reading_statements = None;
                     let frame = self.latest_hello(transport.as_mut(), &mut hello);
-                    self.answer_hellos(transport.as_mut(), frame);
+                    self.answer_hellos(transport.as_mut(), frame, statements);
                 }
                 _ = tokio::time::sleep_until(next_round) => {
                     // Set again after the round (below); meanwhile not due twice. A periodic
@@ -696,14 +707,7 @@ impl Node {
             let current = node.hello_interval_ms();
             let work = move || -> Result<HelloPrepared> {
                 let every = node.size_hello_interval();
-                let mut after = node.revocation_frames().unwrap_or_else(|e| {
-                    tracing::warn!("cannot read the revocations to send: {e}");
-                    Vec::new()
-                });
-                match node.rotation_frames() {
-                    Ok(rotations) => after.extend(rotations),
-                    Err(e) => tracing::warn!("cannot read the key rotations to send: {e}"),
-                }
+                let after = node.statements_after_hello();
                 Ok(HelloPrepared { every, after })
             };
             background_blocking("cannot prepare hello", "hello", work)
@@ -712,6 +716,37 @@ impl Node {
                     every: current,
                     after: Vec::new(),
                 })
+        })
+    }
+
+    /// The revocations and key rotation statements sent after a hello (reads the store when
+    /// the node holds any); a list that cannot be read is logged and left out.
+    fn statements_after_hello(&self) -> Vec<Vec<u8>> {
+        let mut after = self.revocation_frames().unwrap_or_else(|e| {
+            tracing::warn!("cannot read the revocations to send: {e}");
+            Vec::new()
+        });
+        match self.rotation_frames() {
+            Ok(rotations) => after.extend(rotations),
+            Err(e) => tracing::warn!("cannot read the key rotations to send: {e}"),
+        }
+        after
+    }
+
+    /// [`Node::statements_after_hello`] on a blocking thread when the node holds any (the
+    /// store may be held by a batch: the batch that asked for the answers, say), at once when
+    /// it holds none.
+    fn read_statements(&self) -> StatementsReading {
+        let node = self.clone();
+        Box::pin(async move {
+            let trust = &node.inner.trust;
+            if trust.stored_revocations() == 0 && trust.stored_rotations() == 0 {
+                return Vec::new();
+            }
+            let work = move || Ok::<_, crate::error::Error>(node.statements_after_hello());
+            background_blocking("cannot read statements", "hello answers", work)
+                .await
+                .unwrap_or_default()
         })
     }
 
@@ -1000,11 +1035,11 @@ mod tests {
         node.stop().await.unwrap();
     }
 
-    /// A sync round due, the outbox woken, or the periodic hello due, while another thread
-    /// holds the store (as the transaction of a long batch does) does not stop the network
-    /// task from reading the transport: the query, the outbox and the hello (its interval is
-    /// sized to the peer table, and revocations and rotations follow it) wait on a blocking
-    /// thread. Before, the task waited with them, and a UDP socket dropped what arrived
+    /// A sync round due, the outbox woken, the periodic hello due or a new peer's hello to
+    /// answer, while another thread holds the store (as the transaction of a long batch does)
+    /// does not stop the network task from reading the transport: the query, the outbox and
+    /// the store reads of the hellos (the interval is sized to the peer table, and revocations
+    /// and rotations follow a hello) wait on a blocking thread. Before, the task waited with them, and a UDP socket dropped what arrived
     /// meanwhile (the queue never filled).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_transport_is_read_while_a_sync_query_the_outbox_or_a_hello_waits_for_the_store() {
@@ -1023,8 +1058,27 @@ mod tests {
             ),
             // The next hello is due within a second.
             ("the periodic hello", |_: &Node| {}, ms(1500)),
+            // A new peer's hello to answer (wanted by the batch that applied it, which holds
+            // the store), the node holding a key rotation statement to send after its hello.
+            (
+                "the answer to a new peer's hello",
+                |n: &Node| {
+                    let source = ingress::Source {
+                        from: "memory:peer".into(),
+                        verified: true,
+                    };
+                    let peer = crate::model::NodeId::from_bytes([9; 32]);
+                    assert!(n.want_hello_answer(&source, &peer, &[], 1000));
+                },
+                ms(300),
+            ),
         ] {
             let (_dir, _hub, node, mut peer) = node_and_peer().await;
+            if what.starts_with("the answer") {
+                node.rotate_keys().await.unwrap();
+                assert!(node.inner.trust.stored_rotations() > 0);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
             let held = StoreHeld::hold(&node);
             wake(&node);
             // Then it waits for the store.
