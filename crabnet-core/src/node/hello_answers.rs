@@ -79,6 +79,11 @@ impl HelloAnswers {
 }
 
 impl HelloAnswers {
+    /// Whether answers wait to be sent.
+    pub(super) fn any_waiting(&self) -> bool {
+        !lock(&self.waiting).is_empty()
+    }
+
     /// Forgets the waiting answers; returns whether there were any (a node driven without a
     /// network task answers the hello itself).
     pub(super) fn take_any(&self) -> bool {

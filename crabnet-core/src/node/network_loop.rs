@@ -306,7 +306,10 @@ impl Node {
                     next_hello = tokio::time::Instant::now() + Duration::from_millis(every);
                 }
                 _ = self.inner.hello_wanted.notified(), if reading_statements.is_none() => {
-                    reading_statements = Some(self.read_statements());
+                    // A wake left over from answers sent with the last read reads nothing.
+                    if self.inner.hello_answers.any_waiting() {
+                        reading_statements = Some(self.read_statements());
+                    }
                 }
                 statements = async { reading_statements.as_mut().expect("statements are read").await }, if reading_statements.is_some() => {
                     reading_statements = None;
@@ -1039,8 +1042,8 @@ mod tests {
     /// answer, while another thread holds the store (as the transaction of a long batch does)
     /// does not stop the network task from reading the transport: the query, the outbox and
     /// the store reads of the hellos (the interval is sized to the peer table, and revocations
-    /// and rotations follow a hello) wait on a blocking thread. Before, the task waited with them, and a UDP socket dropped what arrived
-    /// meanwhile (the queue never filled).
+    /// and rotations follow a hello) wait on a blocking thread. Before, the task waited with
+    /// them, and a UDP socket dropped what arrived meanwhile (the queue never filled).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_transport_is_read_while_a_sync_query_the_outbox_or_a_hello_waits_for_the_store() {
         let ms = Duration::from_millis;
@@ -1077,7 +1080,21 @@ mod tests {
             if what.starts_with("the answer") {
                 node.rotate_keys().await.unwrap();
                 assert!(node.inner.trust.stored_rotations() > 0);
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                // The node broadcasts its new hello and the rotation statement (reading the
+                // store on its task); the peer has the statement before the store is held.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let incoming = tokio::time::timeout(left, network::next(&mut peer))
+                        .await
+                        .expect("the rotation statement was never broadcast");
+                    if let Some(Incoming::Frame(f)) = incoming
+                        && envelope::parse(&f.bytes, usize::MAX)
+                            .is_ok_and(|p| p.header.kind == Kind::KeyRotations)
+                    {
+                        break;
+                    }
+                }
             }
             let held = StoreHeld::hold(&node);
             wake(&node);
