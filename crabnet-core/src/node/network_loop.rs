@@ -831,9 +831,7 @@ impl Node {
     /// holds: to every peer, or to the one that announced `to` (see
     /// [`Transport::send_to_announced`]).
     fn send_after_hello(&self, transport: &mut dyn Transport, to: Option<&[String]>) -> Result<()> {
-        let mut frames = self.revocation_frames()?;
-        frames.extend(self.rotation_frames()?);
-        for frame in frames {
+        for frame in self.statements_after_hello() {
             match to {
                 Some(to) => transport.send_to_announced(to, &frame)?,
                 None => transport.broadcast(&frame)?,
