@@ -27,6 +27,7 @@
 //! `ingress.group_frames` and `ingress.verified_parallel`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 
 use super::reconcile::AnswerRoom;
 use super::{Node, lock};
@@ -165,8 +166,11 @@ impl Node {
     /// trust boundary then skips their verification. Copies of stored frames, this node's own
     /// envelopes and authors that are not admitted are left to the trust boundary.
     fn pre_verify(&self, frames: &[Arrival], max: usize) {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if threads < 2 || frames.len() < 2 {
+        if frames.len() < 2 {
+            return;
+        }
+        let threads = cores();
+        if threads < 2 {
             return;
         }
         let mut signers: HashMap<NodeId, Option<SigningPublic>> = HashMap::new();
@@ -243,6 +247,13 @@ impl Node {
             let _ = ack.send(handled);
         }
     }
+}
+
+/// The cores this process may use, read once: `available_parallelism` reads the cgroup's
+/// files (four opens and a scheduler call) every time, and a group is verified per batch.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn ignored() -> Handled {
