@@ -485,11 +485,6 @@ impl Store {
             SyncMode::Full => "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
             SyncMode::Normal => "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
         })?;
-        // Temporary data in memory: the bundled SQLite keeps it in files by default, and a
-        // batch's statement journal (one savepoint per frame) outgrew the 64 KiB it holds in
-        // memory on every received seed, so each batch opened, wrote and closed a temporary
-        // file. It is bounded by the batch (at most `ingress` frames, 4 MiB).
-        conn.execute_batch("PRAGMA temp_store = MEMORY;")?;
         let mut store = Store {
             conn,
             path: path.to_owned(),
@@ -2216,19 +2211,6 @@ mod tests {
         // The statement `events_after` ran, from the cache.
         let stmt = s.conn.prepare_cached(EVENTS_AFTER_SQL).unwrap();
         assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
-    }
-
-    #[test]
-    fn temporary_data_stays_in_memory() {
-        // The bundled SQLite's default is files (`SQLITE_TEMP_STORE=1`): every batch whose
-        // statement journal passed 64 KiB opened a temporary file (one per received seed).
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
-        let temp_store: i64 = s
-            .conn
-            .query_row("PRAGMA temp_store", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(temp_store, 2, "2 is MEMORY");
     }
 
     #[test]

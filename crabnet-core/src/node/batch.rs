@@ -249,8 +249,9 @@ impl Node {
     }
 }
 
-/// The cores this process may use, read once: `available_parallelism` reads the cgroup's
-/// files (four opens and a scheduler call) every time, and a group is verified per batch.
+/// The cores this process may use, read once per process: on Linux `available_parallelism`
+/// reads the cgroup's files (four opens and a scheduler call) every time, and a group is
+/// verified per batch. A later change of the process's affinity or CPU quota is not seen.
 fn cores() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
