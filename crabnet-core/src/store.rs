@@ -374,6 +374,9 @@ const MIGRATIONS: &[&str] = &[
     // revocation's or a rotation's node the author of a stored message?) without reading
     // every stored envelope
     "CREATE INDEX messages_by_sender ON messages(sender);",
+    // 11: seeds by their last change, for the sync digest, which lists the most recently
+    // changed seeds: without it every stored message was sorted for each digest a peer sent
+    "CREATE INDEX seeds_by_update ON seeds(updated_at DESC, id);",
 ];
 
 /// The nodes (other than `?1`) with stored rotation statements that are neither in the peer
@@ -385,6 +388,18 @@ pub(crate) const ROTATIONS_OF_STRANGERS: &str = "SELECT DISTINCT node_id FROM ro
 
 /// The migration that creates the reputation table (1-based schema version).
 const REPUTATION_MIGRATION: usize = 9;
+
+/// [`Store::sync_digest`]'s statement: the `?1` most recently changed seeds with stored
+/// envelopes (`seeds_by_update`, each checked through `messages_by_seed`), then their
+/// messages, grouped by seed in the same order.
+const SYNC_DIGEST_SQL: &str = "SELECT s.id, m.id FROM
+      (SELECT id, updated_at FROM seeds
+       WHERE EXISTS (SELECT 1 FROM messages
+                     WHERE messages.seed_id = seeds.id AND messages.envelope IS NOT NULL)
+       ORDER BY updated_at DESC, id LIMIT ?1) s
+    JOIN messages m ON m.seed_id = s.id
+    WHERE m.envelope IS NOT NULL
+    ORDER BY s.updated_at DESC, s.id";
 
 /// [`Store::events_after`]'s statement (a `LIMIT ?`: see `Store::open` on recompiling).
 const EVENTS_AFTER_SQL: &str =
@@ -1153,13 +1168,15 @@ impl Store {
     }
 
     /// Sync digest entries for every seed with stored envelopes, most recently changed first,
-    /// at most `limit`.
+    /// at most `limit`. Reads those seeds' messages only (a peer's digest asks for ours): the
+    /// seeds come from their index in order, and only `limit` of them are sorted with their
+    /// messages.
     pub fn sync_digest(&self, limit: usize) -> Result<Vec<crate::sync::SeedDigest>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT m.seed_id, m.id FROM messages m JOIN seeds s ON s.id = m.seed_id
-             WHERE m.envelope IS NOT NULL ORDER BY s.updated_at DESC, m.seed_id",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stmt = self.conn.prepare_cached(SYNC_DIGEST_SQL)?;
+        let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map([limit_sql], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
         let mut out = Vec::new();
         let mut current: Option<(String, Vec<String>)> = None;
         for row in rows {
@@ -2213,6 +2230,58 @@ mod tests {
         assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
     }
 
+    /// A peer's digest makes the node list its own most recently changed seeds: only those
+    /// seeds' messages are read. Before, every stored message was read and sorted, for each
+    /// digest (800,000 rows at 100,000 seeds).
+    #[test]
+    fn the_sync_digest_lists_the_latest_seeds_and_reads_only_their_messages() {
+        use crate::model::{Body, Cancellation};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let me = public(1).node_id;
+        let t0: Millis = 1_700_000_000_000;
+        let ids: Vec<SeedId> = (1..=5u8)
+            .map(|tag| publish_test_seed(&mut s, &me, tag, t0 + u64::from(tag) * 1_000).0)
+            .collect();
+        // The second changes last.
+        let cancel = Body::SeedCancelled(Cancellation {
+            seed_id: ids[1].clone(),
+            after: None,
+        });
+        s.commit_local(
+            &me,
+            &ids[1],
+            t0 + 10_000,
+            |_| Ok(cancel),
+            |_, _| Ok(b"env".to_vec()),
+        )
+        .unwrap();
+        let digest = s.sync_digest(3).unwrap();
+        let listed: Vec<String> = digest.iter().map(|d| hex::encode(&d.seed)).collect();
+        let expected: Vec<String> = [1, 4, 3].iter().map(|i| ids[*i].to_string()).collect();
+        assert_eq!(listed, expected, "most recently changed first, at most 3");
+        assert_eq!(digest[0].count, 2, "its creation and its cancellation");
+        assert_eq!(digest[1].count, 1);
+        assert_eq!(s.sync_digest(100).unwrap().len(), 5);
+        // Read through the seeds' index, never a scan of the messages.
+        let plan: Vec<String> = s
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {SYNC_DIGEST_SQL}"))
+            .unwrap()
+            .query_map([3], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter().all(|step| !step.starts_with("SCAN m")),
+            "{plan:#?}"
+        );
+        assert!(
+            plan.iter().any(|step| step.contains("seeds_by_update")),
+            "{plan:#?}"
+        );
+    }
+
     #[test]
     fn only_a_committed_local_operation_queues_an_outbox_row() {
         use crate::model::{Deadlines, SandboxLevel, Seed, rules};
@@ -2411,7 +2480,8 @@ mod tests {
                  ALTER TABLE events DROP COLUMN seed_id; DROP TABLE pruned_seeds;
                  DROP INDEX outbox_by_message; DROP TABLE alerts;
                  DROP TABLE webhook_queue; DROP TABLE rotations; DROP TABLE reputation;
-                 DROP INDEX messages_by_sender; PRAGMA user_version = 3;",
+                 DROP INDEX messages_by_sender; DROP INDEX seeds_by_update;
+                 PRAGMA user_version = 3;",
             )
             .unwrap();
         drop(s);

@@ -487,7 +487,7 @@ mod tests {
                  DROP INDEX events_by_seed; ALTER TABLE events DROP COLUMN seed_id;
                  DROP TABLE pruned_seeds; DROP INDEX outbox_by_message;
                  DROP TABLE alerts; DROP TABLE webhook_queue; DROP TABLE rotations;
-                 DROP TABLE reputation; DROP INDEX messages_by_sender;
+                 DROP TABLE reputation; DROP INDEX messages_by_sender; DROP INDEX seeds_by_update;
                  PRAGMA user_version = 5;",
             )
             .unwrap();
