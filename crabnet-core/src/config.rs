@@ -13,6 +13,8 @@
 //! ```text
 //! <data_dir>/
 //!   crabnet.db, crabnet.db-wal, crabnet.db-shm   SQLite database (state, events, outbox)
+//!   crabnet.db-bells/                            one file per open store, written after
+//!                                                each commit (`store::CommitWatch`)
 //!   events.ndjson, events.ndjson.1, ...          event log with size-based rotation
 //!   identity.key                                 the node's secret keys (mode 0600)
 //!   listen.lock                                  held by the node that runs the network

@@ -35,7 +35,8 @@ pub use config::{StoreConfig, SyncMode};
 pub use prune::{SeedsPruned, TrustPruned};
 pub use reconcile::{SyncMark, WantedEnvelope};
 pub(crate) use shared::SharedStore;
-pub(crate) use watch::WalWatch;
+use watch::Bell;
+pub(crate) use watch::CommitWatch;
 
 /// Where a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,6 +422,9 @@ pub struct Store {
     /// The highest Lamport counter this connection stamped, received or handed out
     /// ([`Store::lamport_counter`]); never below the stored clock once the store is open.
     clock: Arc<AtomicU64>,
+    /// The name of the bell this store rings after each commit ([`CommitWatch`]), when it has
+    /// one.
+    bell: Option<String>,
 }
 
 /// The transaction of one store operation: its own (`BEGIN`), or a savepoint inside the open
@@ -466,14 +470,50 @@ fn from_json<T: for<'de> Deserialize<'de>>(text: &str, what: &str) -> Result<T> 
         .map_err(|e| Error::new(ErrorKind::Store, format!("corrupt {what} in database: {e}")))
 }
 
+/// SQLite's own checkpoint threshold (`SQLITE_DEFAULT_WAL_AUTOCHECKPOINT`, pages in the log):
+/// a WAL hook replaces its automatic checkpoint, so [`ring_after_commits`] runs it.
+const WAL_AUTOCHECKPOINT_PAGES: i32 = 1000;
+
+/// Makes `conn` ring its bell ([`CommitWatch`]) after each commit, once the commit is visible
+/// to other connections, and returns the bell's name. The WAL hook this sets replaces SQLite's
+/// automatic checkpoint, which it runs the same way (passive, at the same size, failures left
+/// to the next commit). Without a bell (its directory cannot be written) nothing is rung and
+/// other processes see this store's commits at their next full look.
+fn ring_after_commits(conn: &mut Connection, path: &Path) -> Result<Option<String>> {
+    let bell = match Bell::new(path) {
+        Ok(bell) => Some(bell),
+        Err(e) => {
+            tracing::debug!("no commit bell for {}: {e}", path.display());
+            None
+        }
+    };
+    let name = bell.as_ref().map(|b| b.name().to_owned());
+    conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
+        if let Some(bell) = &bell {
+            bell.ring();
+        }
+        if pages >= WAL_AUTOCHECKPOINT_PAGES {
+            let _ = wal.checkpoint();
+        }
+        Ok(())
+    }))?;
+    Ok(name)
+}
+
 /// Compiled statements kept per connection (rusqlite keeps 16 by default: fewer than one
 /// received message runs).
 const STATEMENT_CACHE: usize = 128;
 
 impl Store {
+    /// The name of the bell this store rings after each commit: a [`CommitWatch`] of this
+    /// store leaves it out.
+    pub(crate) fn bell(&self) -> Option<&str> {
+        self.bell.as_deref()
+    }
+
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path, config: &StoreConfig) -> Result<Store> {
-        let conn = Connection::open(path).map_err(|e| {
+        let mut conn = Connection::open(path).map_err(|e| {
             Error::with_source(
                 ErrorKind::Store,
                 format!("cannot open database {}: {e}", path.display()),
@@ -500,6 +540,7 @@ impl Store {
             SyncMode::Full => "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
             SyncMode::Normal => "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
         })?;
+        let bell = ring_after_commits(&mut conn, path)?;
         let mut store = Store {
             conn,
             path: path.to_owned(),
@@ -507,6 +548,7 @@ impl Store {
             keys: ParsedKeys::new(PARSED_KEYS),
             batch: false,
             clock: Arc::default(),
+            bell,
         };
         store.migrate()?;
         let stored = store.lamport_clock()?;
@@ -2228,6 +2270,35 @@ mod tests {
         // The statement `events_after` ran, from the cache.
         let stmt = s.conn.prepare_cached(EVENTS_AFTER_SQL).unwrap();
         assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+    }
+
+    /// The WAL hook that rings the bell replaces SQLite's automatic checkpoint: the store runs
+    /// it, so the log is reused instead of growing with every commit.
+    #[test]
+    fn the_log_is_still_checkpointed_behind_the_commit_bell() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            sync: SyncMode::Normal,
+            ..StoreConfig::default()
+        };
+        let path = dir.path().join("db");
+        let mut s = Store::open(&path, &config).unwrap();
+        assert!(s.bell().is_some());
+        let detail = "x".repeat(3000);
+        for at in 0..3000 {
+            s.record_event(
+                at,
+                EventKind::NodeStarted {
+                    node_id: public(1).node_id,
+                    transport: Some(detail.clone()),
+                },
+            )
+            .unwrap();
+        }
+        // 3,000 commits of a page or more each; checkpointed at 1,000 pages, the log stays
+        // near that size (4 MiB of pages).
+        let wal = std::fs::metadata(dir.path().join("db-wal")).unwrap().len();
+        assert!(wal < 6 << 20, "the log grew to {wal} bytes");
     }
 
     /// A peer's digest makes the node list its own most recently changed seeds: only those

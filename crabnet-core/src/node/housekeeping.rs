@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::{Node, background_blocking, lock};
 use crate::error::{Error, Result};
 use crate::model::Millis;
-use crate::store::WalWatch;
+use crate::store::CommitWatch;
 
 impl Node {
     /// Background upkeep, on the `network.tick_ms` tick, doing store work only when something is
@@ -39,46 +39,50 @@ impl Node {
     ///   of its keys (a switch that could not load the keys yet is tried again);
     /// * the outbox: the earliest retry, or the database changed (another process queued).
     ///
-    /// It looks every tick while busy. An idle node sleeps until a duty is due, a commit
-    /// writes the database's log ([`WalWatch`]), something counted in memory comes due sooner
-    /// ([`crate::ingress::Rejections::sooner`]: the first counter after a write, a rejection;
-    /// [`super::liveness::Liveness::sooner`]: the first `last_seen` to write), or at most
-    /// [`IDLE_SLEEP_MAX`]; changes made through this node wake the tasks directly.
-    /// After a write to the log it looks quickly until the commit is visible
-    /// ([`next_relook`]): another process's commit is seen within about its sync. "The
-    /// database changed" is SQLite's `data_version`, read only while the log was written
-    /// within the last [`LOG_SETTLE_MS`] (on every tick where the log cannot be watched): an
-    /// idle node does not query its store when it wakes. A step of the node's clock (a
-    /// [`crate::clock::Clock`] set forward, the system clock stepped) is seen at the next look:
-    /// within [`IDLE_SLEEP_MAX`] when idle.
+    /// It looks every tick while busy. An idle node sleeps until a duty is due, another
+    /// store on the database (a CLI command, a binding) rings its bell after a commit
+    /// ([`CommitWatch`]: the node's own commits do not wake it), something counted in memory
+    /// comes due sooner ([`crate::ingress::Rejections::sooner`]: the first counter after a
+    /// write, a rejection; [`super::liveness::Liveness::sooner`]: the first `last_seen` to
+    /// write), or at most [`IDLE_SLEEP_MAX`]; changes made through this node wake the tasks
+    /// directly. A bell, rung once the commit is visible, brings a look at once: what the
+    /// other process queued goes out then, the duties of the change follow at the next full
+    /// look (at most one per tick). "The database changed" is SQLite's `data_version`, read
+    /// after a bell, and on every look while the bells are not watched (the first
+    /// [`WATCH_AFTER`] of a node without a network, or where they cannot be): an idle node
+    /// does not query its store when it wakes. A write by a program other than crabnet rings no bell
+    /// and is seen at a full look: within [`IDLE_SLEEP_MAX`] when idle. So is a step of the
+    /// node's clock (a [`crate::clock::Clock`] set forward, the system clock stepped).
     pub(super) async fn housekeeping(self, mut shutdown: watch::Receiver<bool>) {
         let tick = Duration::from_millis(self.inner.config.network.tick_ms);
         let mut last_version = None;
-        // The store is open, so its log exists: watched from here on, every commit after this
-        // is seen (the first look below reads the version regardless).
-        let mut wal = WalWatch::new(&self.inner.config.db_path());
-        // Until when the version is read on every tick: a commit writes its log first and
-        // publishes it (in shared memory, which no watch sees) a moment later, after its sync.
-        let mut look_until: Millis = 0;
         // The first look at once (decisions may have come due while the node was down).
         let start = tokio::time::Instant::now();
-        // The last look of any kind, and the last full one (duties), at most one per tick.
-        let mut last_look = start.checked_sub(tick).unwrap_or(start);
-        let mut last_full = last_look;
+        // The bells are watched from the first look, or, without a network (a CLI command, an
+        // offline binding), from the first after WATCH_AFTER (until then every look reads the
+        // version); every commit of another store after that is heard.
+        let own_bell = lock(&self.inner.store).bell().map(str::to_owned);
+        let db_path = self.inner.config.db_path();
+        let mut bells = CommitWatch::unwatched();
+        let networked = self.inner.transport_name.is_some();
+        let mut watch_at = Some(if networked {
+            start
+        } else {
+            start + WATCH_AFTER
+        });
+        // The last full look (duties), at most one per tick.
+        let mut last_full = start.checked_sub(tick).unwrap_or(start);
         let mut first = true;
-        // After a write to the log: the delay of the next quick look ([`next_relook`]).
-        let mut relook: Option<Duration> = None;
-        // A quick look saw another process's commit: the next full look does its duties.
+        // A look between full ones saw another process's commit: the next full look, a tick
+        // after the last, does its duties.
         let mut changed_since_full = false;
         loop {
-            // Full looks: busy (the log written lately, or not watched), every tick; idle,
-            // asleep until the next duty is due (or what is counted in memory comes due
-            // sooner), at most IDLE_SLEEP_MAX, never sooner than a tick after the last.
-            // Between them, after a write to the log (a commit by any process), quick looks
-            // ([`next_relook`]) that only ask whether another process's commit became visible,
-            // and if so wake the outbox: no duty runs on them, so that this node's own commits
-            // (counters written under a flood, say) do not bring more of them.
-            let busy = first || !wal.is_watched() || self.now_ms() < look_until;
+            // Full looks: busy (a change waits for its duties, or the bells are not watched),
+            // every tick; idle, asleep until the next duty is due (or what is counted in
+            // memory comes due sooner), at most IDLE_SLEEP_MAX, never sooner than a tick
+            // after the last. A bell between them brings a look that only asks whether the
+            // database changed, and if so wakes the outbox.
+            let busy = first || !bells.is_watched() || changed_since_full;
             let full_at = if busy {
                 last_full + tick
             } else {
@@ -86,36 +90,31 @@ impl Node {
                 let due_in = Duration::from_millis(self.next_duty_at(now).saturating_sub(now));
                 last_full + due_in.clamp(tick, IDLE_SLEEP_MAX.max(tick))
             };
-            let wake = relook.map_or(full_at, |delay| (last_look + delay).min(full_at));
+            let wake = watch_at.map_or(full_at, |at| full_at.min(at));
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = self.inner.rejections.sooner(), if !busy => {}
                 _ = self.inner.liveness.sooner(), if !busy => {}
-                _ = wal.written() => {
-                    tokio::select! {
-                        _ = shutdown.changed() => return,
-                        _ = tokio::time::sleep_until(last_look + RELOOK_FIRST) => {}
-                    }
-                }
+                _ = bells.written() => {}
             }
-            last_look = tokio::time::Instant::now();
+            let look = tokio::time::Instant::now();
             #[cfg(test)]
             self.inner.timers.looks.fetch_add(1, Ordering::Relaxed);
-            let full = first || last_look >= last_full + tick;
+            let full = first || look >= last_full + tick;
             first = false;
             let now = self.now_ms();
-            let written = wal.maybe_written();
-            if written {
-                look_until = now.saturating_add(LOG_SETTLE_MS);
+            let watched_now = watch_at.is_some_and(|at| look >= at);
+            if watched_now {
+                watch_at = None;
+                bells = CommitWatch::new(&db_path, own_bell.as_deref());
             }
-            let changed = if now < look_until || last_version.is_none() {
-                // A quick look does not wait for a store that is in use.
-                self.database_changed(&mut last_version, full).await
+            // (A commit between the last look and the new watch: this look reads the version.)
+            let changed = if watched_now || bells.maybe_written() || last_version.is_none() {
+                self.database_changed(&mut last_version).await
             } else {
                 false
             };
-            relook = next_relook(relook, written && wal.is_watched(), changed, tick);
             if !full {
                 if changed {
                     // What another process queued goes out now; the duties of a change
@@ -127,8 +126,8 @@ impl Node {
                 }
                 continue;
             }
+            last_full = look;
             let changed = changed || std::mem::take(&mut changed_since_full);
-            last_full = last_look;
             let due = self.due_duties(now, changed);
             let timers = &self.inner.timers;
             let retry_due = timers.retry_at.load(Ordering::Relaxed) <= now;
@@ -164,16 +163,13 @@ impl Node {
 
     /// Whether another process committed to the database since the version `last` was read
     /// (SQLite's `data_version`; `last` becomes the version read now).
-    /// When the store is in use, a look that may `wait` waits for it off the async thread;
-    /// one that may not says "unchanged" (a quick look: the next one comes soon).
-    async fn database_changed(&self, last: &mut Option<i64>, wait: bool) -> bool {
+    async fn database_changed(&self, last: &mut Option<i64>) -> bool {
         // Read on this thread when the store is free; when it is busy, wait for it off the
-        // async thread (skipping every look would delay what another process wrote, e.g. a
+        // async thread (skipping the look would delay what another process wrote, e.g. a
         // revocation, behind frames that arrive meanwhile).
         let quick = self.inner.store.try_lock().map(|s| s.data_version());
         let version = match quick {
             Some(v) => v,
-            None if !wait => return false,
             None => {
                 let node = self.clone();
                 tokio::task::spawn_blocking(move || lock(&node.inner.store).data_version())
@@ -439,51 +435,21 @@ pub(super) struct Duties {
 /// commit every 5 s per idle node.)
 pub(super) const LOG_CURSOR_WRITE_MS: u64 = 5_000;
 
+/// How long a node without a network runs before its housekeeping watches the bells of the
+/// other stores on its database ([`CommitWatch`]); until then it looks every tick. A
+/// short-lived node (a CLI command) so opens no watch: closing one cost such a process 8 ms
+/// (the kernel waits for the watch's marks to be destroyed), which doubled a `crabnet status`
+/// beside a listener. A node with a network watches from its first look: a listener started
+/// a moment ago hears a CLI's commit at once.
+const WATCH_AFTER: Duration = Duration::from_secs(1);
+
 /// The longest an idle node's housekeeping sleeps when no duty is due sooner. What is counted
 /// in memory meanwhile wakes it ([`crate::ingress::Rejections::sooner`],
-/// [`super::liveness::Liveness::sooner`]); so do commits to the database's log, of any
-/// process, while the log is watched. This bounds what nothing wakes
+/// [`super::liveness::Liveness::sooner`]); so do other stores' commits, while their bells
+/// are watched ([`CommitWatch`]). This bounds what nothing wakes
 /// it for (it looked every 4 ticks, a second by default, before: a quarter of an idle node's
 /// wake-ups).
 const IDLE_SLEEP_MAX: Duration = Duration::from_secs(10);
-
-/// The first quick look after a write to the database's log (see [`next_relook`]).
-const RELOOK_FIRST: Duration = Duration::from_millis(1);
-
-/// When housekeeping looks again after a look (`None`: on its usual schedule), given the delay
-/// `previous` of the quick look just made, whether the log was `written` since the look before
-/// (and is watched) and whether the database `changed` (another process's commit became
-/// visible). A commit becomes visible to readers after its log write and its sync (an `fsync`
-/// of a few ms under `store.sync = full`): after a write, quick looks follow at doubling delays
-/// from [`RELOOK_FIRST`] until the commit is seen or the delay reaches a `tick`, so that what
-/// another process queued (a `crabnet seed publish` beside `crabnet listen`) goes out within
-/// about its sync time instead of a tick later. Every write starts them again: the log cannot
-/// tell this node's own commits from another process's, and on a node that commits steadily
-/// (frames coming in) a commit of the CLI's would otherwise wait for the end of a sequence
-/// that one of its own started (measured: 50-200 ms). A quick look costs a read of
-/// `data_version` (skipped when the store is in use), at most one per [`RELOOK_FIRST`].
-fn next_relook(
-    previous: Option<Duration>,
-    written: bool,
-    changed: bool,
-    tick: Duration,
-) -> Option<Duration> {
-    if changed {
-        return None;
-    }
-    let next = match previous {
-        _ if written => RELOOK_FIRST,
-        Some(delay) => delay * 2,
-        None => return None,
-    };
-    (next < tick).then_some(next)
-}
-
-/// How long after a write to the database's log housekeeping keeps reading SQLite's
-/// `data_version` on every tick: a commit becomes visible to readers after its log write and
-/// its sync. A later commit (this node writes its counters every `network.counter_write_secs`
-/// while frames come in) looks again.
-const LOG_SETTLE_MS: u64 = 1_000;
 
 impl Duties {
     /// Whether any store work is due.
@@ -502,8 +468,6 @@ impl Duties {
 mod tests {
     use super::*;
     use crate::config::Config;
-
-    const TICK: Duration = Duration::from_millis(250);
 
     /// A node without a network whose housekeeping ticks every 20 ms.
     async fn idle_node(dir: &std::path::Path) -> Node {
@@ -532,8 +496,8 @@ mod tests {
     async fn an_idle_node_does_not_look_while_nothing_is_due() {
         let dir = tempfile::tempdir().unwrap();
         let node = idle_node(dir.path()).await;
-        // One window at least is free of the writes of start-up (a write makes the node
-        // busy, looking every tick, for a second).
+        // One window at least is past the node's first second (looking every tick until
+        // it watches the other stores' bells).
         let counts = looks_per_second(&node).await;
         assert!(
             counts.iter().min().is_some_and(|n| *n <= 1),
@@ -662,44 +626,80 @@ mod tests {
         node.stop().await.unwrap();
     }
 
-    /// The looks that follow one write to the log, no commit becoming visible: their delays.
-    fn quick_looks_after_a_write(tick: Duration) -> Vec<Duration> {
-        let mut delays = Vec::new();
-        let mut relook = next_relook(None, true, false, tick);
-        while let Some(delay) = relook {
-            delays.push(delay);
-            relook = next_relook(relook, false, false, tick);
+    /// The node's own commits do not wake its housekeeping. Before, a write to the database's
+    /// log (whoever made it) brought quick looks at 1, 2, 4 ... 128 ms, waiting for a commit
+    /// of another process to become visible: eight looks for each of its own commits, a
+    /// tenth of a receiving node's CPU.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_nodes_own_commits_do_not_wake_its_housekeeping() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = idle_node(dir.path()).await;
+        wait_asleep(&node).await;
+        let before = node.inner.timers.looks.load(Ordering::Relaxed);
+        // 40 commits over 2 s.
+        for n in 1..=40 {
+            lock(&node.inner.store).set_log_cursor(n).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        delays
+        let looks = node.inner.timers.looks.load(Ordering::Relaxed) - before;
+        assert!(
+            looks <= 2,
+            "{looks} looks after 40 of the node's own commits"
+        );
+        node.stop().await.unwrap();
     }
 
-    #[test]
-    fn a_write_to_the_log_brings_quick_looks_that_double_up_to_a_tick() {
-        let ms = Duration::from_millis;
-        assert_eq!(
-            quick_looks_after_a_write(TICK),
-            [1, 2, 4, 8, 16, 32, 64, 128].map(ms).to_vec()
-        );
-        // With a tick of a few ms there is little to gain: a look or two.
-        assert_eq!(quick_looks_after_a_write(ms(3)), [ms(1), ms(2)]);
-        assert_eq!(quick_looks_after_a_write(ms(1)), Vec::<Duration>::new());
-    }
-
-    #[test]
-    fn quick_looks_end_when_the_commit_is_seen_and_only_a_write_starts_them() {
-        let ms = Duration::from_millis;
-        // Seen at the third look: back to the usual schedule.
-        assert_eq!(next_relook(Some(ms(2)), false, true, TICK), None);
-        // No write, no quick look; a write seen together with its commit needs none either.
-        assert_eq!(next_relook(None, false, false, TICK), None);
-        assert_eq!(next_relook(None, true, true, TICK), None);
-        // A write during quick looks (this node's own commit, or another process's) starts
-        // them again: a commit of another process is not left waiting behind the long delays
-        // of a sequence one of this node's commits started.
-        assert_eq!(
-            next_relook(Some(ms(64)), true, false, TICK),
-            Some(RELOOK_FIRST)
-        );
-        assert_eq!(next_relook(Some(ms(128)), false, false, TICK), None);
+    /// Another store on the same database (a CLI command beside `crabnet listen`) is heard at
+    /// once: an event it records reaches the node's subscribers within a tick or so, not at
+    /// the end of the longest sleep.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_stores_commit_is_heard_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = idle_node(dir.path()).await;
+        let mut events = node.subscribe();
+        let open = || {
+            crate::store::Store::open(
+                &node.inner.config.db_path(),
+                &crate::store::StoreConfig::default(),
+            )
+            .unwrap()
+        };
+        // Opened before the node watches the bells (its first second), then one opened after.
+        let mut other = open();
+        for round in 0..4 {
+            wait_asleep(&node).await;
+            if round == 2 {
+                other = open();
+                wait_asleep(&node).await;
+            }
+            let committed = tokio::time::Instant::now();
+            let peer = crate::model::NodeId::from_bytes([round; 32]);
+            other
+                .record_event(
+                    node.now_ms(),
+                    crate::monitor::EventKind::NodeStarted {
+                        node_id: peer.clone(),
+                        transport: None,
+                    },
+                )
+                .unwrap();
+            loop {
+                let left = Duration::from_secs(5).saturating_sub(committed.elapsed());
+                let event = tokio::time::timeout(left, events.recv())
+                    .await
+                    .expect("the other store's event never came")
+                    .unwrap();
+                if matches!(&event.kind, crate::monitor::EventKind::NodeStarted { node_id, .. } if *node_id == peer)
+                {
+                    break;
+                }
+            }
+            let took = committed.elapsed();
+            assert!(
+                took < IDLE_SLEEP_MAX / 4,
+                "round {round}: the other store's commit was seen after {took:?}"
+            );
+        }
+        node.stop().await.unwrap();
     }
 }
