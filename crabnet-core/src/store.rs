@@ -483,7 +483,11 @@ fn ring_after_commits(conn: &mut Connection, path: &Path) -> Result<Option<Strin
     let bell = match Bell::new(path) {
         Ok(bell) => Some(bell),
         Err(e) => {
-            tracing::debug!("no commit bell for {}: {e}", path.display());
+            tracing::warn!(
+                "no commit bell for {}: a node listening on it sees this process's commits \
+                 only at its next full look (up to 10 s): {e}",
+                path.display()
+            );
             None
         }
     };

@@ -8,7 +8,7 @@
 //! commit of another process to become visible (a tenth of a receiving node's CPU).
 //!
 //! Now every [`Store`](super::Store) has a *bell*: a file of its own in `<database>-bells/`,
-//! named `<pid>.<n>`, that it writes one byte to after each commit, once the commit is
+//! named `<pid>.<n>.<random>`, that it writes one byte to after each commit, once the commit is
 //! visible (SQLite's WAL hook). On Linux a [`CommitWatch`] watches that directory (inotify)
 //! and reports writes to any bell but its own store's: a commit of another store, visible by
 //! the time it is seen. A write to the database by another program (the `sqlite3` shell) rings
@@ -103,8 +103,8 @@ impl Drop for Bell {
 /// locked a moment after it is made.
 const BELL_GRACE: Duration = Duration::from_secs(10);
 
-/// Removes the bells no open store holds (their lock is free: left by a crash), and anything
-/// else in the directory that is not a file.
+/// Removes the bells no open store holds (their lock is free: left by a crash), and symbolic
+/// links planted in the directory.
 fn remove_dead_bells(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -128,9 +128,10 @@ fn remove_dead_bells(dir: &Path) {
         if !old {
             continue;
         }
+        // (Never blocks, should a FIFO have taken the file's place since the check.)
         let Ok(file) = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
         else {
             continue;
@@ -191,7 +192,7 @@ impl CommitWatch {
                 Ok(linux::Seen::Nothing) => false,
                 Ok(linux::Seen::Written) => true,
                 Ok(linux::Seen::Lost) => {
-                    tracing::debug!("the database's bells left their watch, polling it");
+                    tracing::debug!("the database's bells are no longer watched, polling");
                     self.inner = None;
                     true
                 }
@@ -341,16 +342,22 @@ mod linux {
                     // The reactor is gone (shutting down): nothing more to wait for.
                     return std::future::pending().await;
                 };
-                match self.read_events() {
-                    Ok(Seen::Nothing) => guard.clear_ready(),
-                    Ok(seen) => {
-                        drop(guard);
-                        self.pending = seen;
-                        return;
-                    }
-                    // Let the caller look: its drain reports the error.
-                    Err(_) => return,
+                let read = self.read_events();
+                if matches!(read, Ok(Seen::Nothing)) {
+                    guard.clear_ready();
+                    continue;
                 }
+                drop(guard);
+                self.pending = match read {
+                    Ok(seen) => seen,
+                    Err(e) => {
+                        // A bell that cannot be watched (another user's, the watch limit
+                        // reached): its store's commits would go unheard, so the caller polls.
+                        tracing::debug!("cannot follow the database's bells, polling: {e}");
+                        Seen::Lost
+                    }
+                };
+                return;
             }
         }
 
