@@ -134,12 +134,19 @@ impl Node {
         self.inner
             .rejections
             .add("local.group_ops", ops.len() as u64);
-        let batch = match self.inner.store.begin_batch() {
-            Ok(batch) => Some(batch),
-            Err(e) => {
-                // Each operation then commits on its own.
-                tracing::warn!("cannot open a store batch for local operations: {e}");
-                None
+        // A lone operation commits on its own transaction: a batch would add a savepoint,
+        // whose journal outgrew the 64 KiB SQLite keeps in memory (a temporary file opened,
+        // written and closed per publish).
+        let batch = if ops.len() < 2 {
+            None
+        } else {
+            match self.inner.store.begin_batch() {
+                Ok(batch) => Some(batch),
+                Err(e) => {
+                    // Each operation then commits on its own.
+                    tracing::warn!("cannot open a store batch for local operations: {e}");
+                    None
+                }
             }
         };
         let mut results: Vec<Result<SeedView>> =
@@ -168,7 +175,7 @@ impl Node {
         results
     }
 
-    /// One operation of a group, in a savepoint of its own.
+    /// One operation of a group, in a savepoint of its own (a lone one in its own transaction).
     fn apply_local(&self, op: LocalOp) -> Result<SeedView> {
         match op {
             LocalOp::Signed { message, envelope } => self.with_store(|s| {
