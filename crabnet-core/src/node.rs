@@ -277,6 +277,9 @@ struct Timers {
     /// How many times housekeeping woke (tests of how an idle node sleeps).
     #[cfg(test)]
     looks: AtomicU64,
+    /// How many times the log writer wrote (tests of how its writes gather).
+    #[cfg(test)]
+    log_writes: AtomicU64,
 }
 
 /// What [`Node::pump_events`] published last.

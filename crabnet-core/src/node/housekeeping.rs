@@ -383,9 +383,11 @@ impl Node {
     }
 
     /// Writes the event log when there are new events, and its cursor when that was left
-    /// behind ([`Node::write_log`]).
+    /// behind ([`Node::write_log`]): at most once per [`LOG_WRITE_GAP`], so that the events of
+    /// a steady stream of commits (a received seed each, say) are appended together.
     pub(super) async fn log_writer(self, mut shutdown: watch::Receiver<bool>) {
         let mut behind = false;
+        let mut last_write: Option<tokio::time::Instant> = None;
         loop {
             // Only polled while the cursor is behind.
             let at = self.inner.timers.log_cursor_at.load(Ordering::Relaxed);
@@ -395,6 +397,16 @@ impl Node {
                 _ = self.inner.wake_log.notified() => {}
                 _ = tokio::time::sleep(cursor_due), if behind => {}
             }
+            if let Some(at) = last_write {
+                // (At stop, the node writes what is left itself.)
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep_until(at + LOG_WRITE_GAP) => {}
+                }
+            }
+            last_write = Some(tokio::time::Instant::now());
+            #[cfg(test)]
+            self.inner.timers.log_writes.fetch_add(1, Ordering::Relaxed);
             let node = self.clone();
             let work = move || node.write_log(false);
             behind = background_blocking("cannot write the event log", "event log", work)
@@ -428,6 +440,10 @@ pub(super) struct Duties {
     rejections_urgent: bool,
     liveness: bool,
 }
+
+/// The least time between two writes of the event log: each is a lock, a few opens and store
+/// reads on a blocking thread, and a node receiving seeds one by one wrote after each.
+const LOG_WRITE_GAP: Duration = Duration::from_millis(100);
 
 /// How long the event log's cursor waits to be written after the log (ms): the cursor is a
 /// commit of its own. (Routine counters wait `network.counter_write_secs`, 30 s by default:
@@ -701,5 +717,49 @@ mod tests {
             );
         }
         node.stop().await.unwrap();
+    }
+
+    /// The event log is written at most once per LOG_WRITE_GAP: a node committing events all
+    /// the time (a seed received every 10 ms, say) appends them together. Before, it wrote
+    /// after each commit: a lock, opens and store reads on a blocking thread each time. Every
+    /// event still reaches the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_event_log_gathers_the_events_of_a_stream_of_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::with_data_dir(dir.path().join("node"));
+        config.network.tick_ms = 20;
+        let log = config.event_log_path();
+        let node = Node::start(config).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let writes = || node.inner.timers.log_writes.load(Ordering::Relaxed);
+        let before = writes();
+        let started = tokio::time::Instant::now();
+        for n in 0..100u8 {
+            node.with_store(|s| {
+                s.record_event(
+                    node.now_ms(),
+                    crate::monitor::EventKind::NodeStarted {
+                        node_id: crate::model::NodeId::from_bytes([n; 32]),
+                        transport: None,
+                    },
+                )
+            })
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let written = writes() - before;
+        let took = started.elapsed();
+        // One per gap, and a few more at the edges (on a slow machine the commits spread).
+        let most = (took.as_millis() / LOG_WRITE_GAP.as_millis()) as u64 + 3;
+        assert!(
+            written <= most,
+            "{written} writes of the log for 100 commits over {took:?}"
+        );
+        node.stop().await.unwrap();
+        let lines = std::fs::read_to_string(&log).unwrap();
+        for n in 0..100u8 {
+            let id = crate::model::NodeId::from_bytes([n; 32]).to_string();
+            assert!(lines.contains(&id), "event {n} is not in the log");
+        }
     }
 }
