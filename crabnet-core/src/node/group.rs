@@ -6,8 +6,9 @@
 //! commits at once, exactly as before) and applies them in one store transaction through the
 //! machinery of the receive batches ([`crate::store::SharedStore::begin_batch`]): each
 //! operation in a savepoint of its own, so one that fails rolls back its own writes only and
-//! fails only its own caller, with its own error. One commit (one fsync under
-//! `store.sync = full`) ends the group. Only then does any caller of the group get its result:
+//! fails only its own caller, with its own error (a group of one operation is its own
+//! transaction, with no savepoint). One commit (one fsync under `store.sync = full`) ends the
+//! group. Only then does any caller of the group get its result:
 //! nothing is acknowledged, sent (the outbox is woken after the commit) or delivered as an
 //! event (events are pumped after the commit) before it is durable. A commit that fails fails
 //! every operation of the group with the commit's error. The leader hands over after one group:
