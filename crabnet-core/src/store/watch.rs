@@ -4,8 +4,8 @@
 //! directory) by SQLite's `data_version`, a read that takes the database's locks. Asked on
 //! every tick, an idle node queried its store four times a second for nothing. Watching the
 //! write-ahead log instead (inotify) woke a node for its own commits too: a log write does not
-//! say whose it is, so each of its own commits brought a run of quick looks that waited for a
-//! commit of another process to become visible (a tenth of a receiving node's CPU).
+//! say whose it is, so each of its own commits brought a run of quick looks (eight, at 1, 2,
+//! 4 ... 128 ms) that waited for a commit of another process to become visible.
 //!
 //! Now every [`Store`](super::Store) has a *bell*: a file of its own in `<database>-bells/`,
 //! named `<pid>.<n>.<random>`, that it writes one byte to after each commit, once the commit is
