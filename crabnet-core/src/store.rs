@@ -509,6 +509,19 @@ fn ring_after_commits(conn: &mut Connection, path: &Path) -> Result<Option<Strin
 const STATEMENT_CACHE: usize = 128;
 
 impl Store {
+    /// The steps of SQLite's plan for `sql` run with `params` (`EXPLAIN QUERY PLAN`), for
+    /// tests that a query reads through an index.
+    #[cfg(test)]
+    pub(crate) fn query_plan(&self, sql: &str, params: impl rusqlite::Params) -> Vec<String> {
+        self.conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params, |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
     /// The name of the bell this store rings after each commit: a [`CommitWatch`] of this
     /// store leaves it out.
     pub(crate) fn bell(&self) -> Option<&str> {
@@ -2339,14 +2352,7 @@ mod tests {
         assert_eq!(digest[1].count, 1);
         assert_eq!(s.sync_digest(100).unwrap().len(), 5);
         // Read through the seeds' index, never a scan of the messages.
-        let plan: Vec<String> = s
-            .conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {SYNC_DIGEST_SQL}"))
-            .unwrap()
-            .query_map([3], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let plan = s.query_plan(SYNC_DIGEST_SQL, [3]);
         assert!(
             plan.iter().all(|step| !step.starts_with("SCAN m")),
             "{plan:#?}"

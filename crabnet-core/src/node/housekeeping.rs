@@ -644,8 +644,7 @@ mod tests {
 
     /// The node's own commits do not wake its housekeeping. Before, a write to the database's
     /// log (whoever made it) brought quick looks at 1, 2, 4 ... 128 ms, waiting for a commit
-    /// of another process to become visible: eight looks for each of its own commits, a
-    /// tenth of a receiving node's CPU.
+    /// of another process to become visible: eight looks for each of its own commits.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_nodes_own_commits_do_not_wake_its_housekeeping() {
         let dir = tempfile::tempdir().unwrap();

@@ -564,23 +564,13 @@ mod tests {
             format!("SELECT {}", node_known!("?2")),
         ];
         for sql in queries {
-            let mut stmt = s
-                .conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap();
             let me = me();
             let params: Vec<&str> = if sql.contains("?2") {
                 vec![me.as_str(), me.as_str()]
             } else {
                 vec![me.as_str()]
             };
-            let plan: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(params), |r| {
-                    r.get::<_, String>(3)
-                })
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
-                .unwrap();
+            let plan = s.query_plan(&sql, rusqlite::params_from_iter(params));
             assert!(
                 plan.iter().all(|step| !step.starts_with("SCAN messages")),
                 "{sql}\n{plan:#?}"

@@ -543,12 +543,37 @@ mod tests {
         std::fs::write(&new, b"").unwrap();
         let link = bells.join("link");
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), &link).unwrap();
+        // A FIFO and a directory, old: opening a FIFO to test its lock would block the store
+        // that opens; neither is a bell, and both are left alone.
+        let fifo = bells.join("2.0.00");
+        let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `path` is a NUL-terminated string that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let subdir = bells.join("3.0.00");
+        std::fs::create_dir(&subdir).unwrap();
+        for p in [&fifo, &subdir] {
+            // (Opening a FIFO to set its time would block: set through its path.)
+            let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            let old = libc::timespec {
+                tv_sec: 1_000_000_000,
+                tv_nsec: 0,
+            };
+            // SAFETY: `path` is NUL-terminated and `times` holds two timespecs; both outlive
+            // the call.
+            let rc =
+                unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), [old, old].as_ptr(), 0) };
+            assert_eq!(rc, 0);
+        }
         // The live bell is as old: its lock keeps it.
         age(&bells.join(live.name()));
         let second = Bell::new(&db).unwrap();
         assert!(!dead.exists(), "a dead store's bell stays");
         assert!(new.exists(), "a bell not yet locked was removed");
         assert!(std::fs::symlink_metadata(&link).is_err(), "the link stays");
+        assert!(
+            fifo.exists() && subdir.is_dir(),
+            "a FIFO or a directory was removed"
+        );
         assert!(
             bells.join(live.name()).exists(),
             "a live store's bell removed"
