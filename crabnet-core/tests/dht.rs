@@ -213,3 +213,139 @@ async fn the_libp2p_peer_id_survives_a_key_rotation_and_a_restart() {
     assert_eq!(err.kind(), crabnet_core::ErrorKind::Config, "{err}");
     assert!(err.to_string().contains("libp2p.key"), "{err}");
 }
+
+/// The connections a node holds, as its events tell them: `connected to` minus `disconnected
+/// from` libp2p peers.
+async fn connections(node: &Node) -> i64 {
+    let events = node.events_after(0, 100_000).await.unwrap();
+    events
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::TransportStatus { detail, .. }
+                if detail.starts_with("connected to libp2p peer") =>
+            {
+                1
+            }
+            EventKind::TransportStatus { detail, .. }
+                if detail.starts_with("disconnected from libp2p peer") =>
+            {
+                -1
+            }
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A connection to a peer outside the gossip mesh closes once nothing uses it (issue 13):
+/// gossipsub's substreams used to keep every connection open for good, so each node of a
+/// network held one to nearly every other (99 each at 100 nodes), with their memory and
+/// upkeep. Here sixteen nodes first connect to each other (a star, then each one's hello to
+/// the newcomers it hears of); every node then keeps at most gossipsub's mesh (12 peers at
+/// most), and a seed still reaches everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_outside_the_gossip_mesh_close_when_idle_and_gossip_still_reaches_everyone() {
+    const N: usize = 16;
+    const MESH_MAX: i64 = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start(dir.path(), "n0", vec![]).await;
+    let addr = tcp_address(&hub).await;
+    let mut nodes = vec![hub];
+    for i in 1..N {
+        nodes.push(start(dir.path(), &format!("n{i}"), vec![addr.clone()]).await);
+    }
+    for n in &nodes {
+        n.wait_for_peers(N - 1, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let counts = |nodes: &[Node]| {
+        let nodes = nodes.to_vec();
+        async move {
+            let mut out = Vec::new();
+            for n in &nodes {
+                out.push(connections(n).await);
+            }
+            out
+        }
+    };
+    // The hub was dialed by everyone.
+    let hub_events = nodes[0].events_after(0, 100_000).await.unwrap();
+    let dialed_by = hub_events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TransportStatus { detail, .. } => {
+                detail.strip_prefix("connected to libp2p peer ")
+            }
+            _ => None,
+        })
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    assert!(dialed_by >= N - 1, "the hub saw {dialed_by} peers connect");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = counts(&nodes).await;
+        if now.iter().all(|&c| c <= MESH_MAX) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections per node stay above the mesh's {MESH_MAX}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A seed from the last node to start reaches every node through the connections kept.
+    let seed = nodes[N - 1]
+        .publish(PublishRequest::new("echo through-the-mesh"))
+        .await
+        .unwrap();
+    for n in &nodes {
+        wait_status(n, &seed.seed.id, SeedStatus::Open).await;
+    }
+    let now = counts(&nodes).await;
+    assert!(
+        now.iter().all(|&c| c > 0 && c <= MESH_MAX),
+        "connections per node: {now:?}"
+    );
+    for n in nodes {
+        n.stop().await.unwrap();
+    }
+}
+
+/// A node whose configured peer was not up yet when it started dials it again while it has
+/// no connection, and joins once the peer is there (it used to stay alone for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_dials_its_configured_peer_again_until_it_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let early = start(
+        dir.path(),
+        "early",
+        vec![format!("/ip4/127.0.0.1/tcp/{port}")],
+    )
+    .await;
+    // Its first dial fails: nobody listens there yet.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let late = Node::start_with_dht(
+        config(dir.path(), "late"),
+        DhtConfig {
+            listen: vec![format!("/ip4/127.0.0.1/tcp/{port}")],
+            ..DhtConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    early
+        .wait_for_peers(1, Duration::from_secs(40))
+        .await
+        .unwrap();
+    late.wait_for_peers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    for n in [early, late] {
+        n.stop().await.unwrap();
+    }
+}

@@ -10,15 +10,17 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
+// The patched gossipsub (vendor/libp2p-gossipsub/PATCHED.md), the same crate `libp2p` re-exports.
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, mdns, noise,
+    Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, kad, mdns, noise,
     request_response, tcp, yamux,
 };
+use libp2p_gossipsub as gossipsub;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +40,30 @@ pub const KAD_PROTOCOL: &str = "/crabnet/kad/1.0.0";
 
 /// Default of [`DhtConfig::colocation_threshold`].
 pub const DEFAULT_COLOCATION_THRESHOLD: u32 = 64;
+
+/// How long a connection that no protocol uses stays open. Gossipsub keeps its mesh peers'
+/// connections alive, and only those (vendor/libp2p-gossipsub/PATCHED.md); a connection that
+/// a Kademlia query, a routing-table dial or a newcomer's dial to a hub opened closes this
+/// long after its last use, so that a node holds its mesh and little else (libp2p's examples
+/// use 60 s; 30 s frees a network's formation sooner).
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fewer connected peers (and dials under way) than this, gossipsub's `mesh_n_low` below which
+/// it grafts more peers, and the node dials peers of its Kademlia routing table, up to
+/// [`DIAL_TARGET`], so that the mesh has peers to graft when some of its own leave. At or above
+/// it the mesh is content and a dialed peer would only idle out again.
+const MESH_FLOOR: usize = 5;
+/// Once the node is connected to this many peers fewer than the most it was connected to since
+/// it last did so, the libp2p task hands the allocator's free memory back to the system
+/// ([`release_free_heap`]), at most once per [`RELEASE_GAP`].
+const RELEASE_AFTER_CLOSED: usize = 8;
+/// The least time between two releases of the heap: peers that connect and leave in a loop
+/// cannot make the node walk its allocator's arenas more often.
+const RELEASE_GAP: Duration = Duration::from_secs(60);
+/// How often a node checks whether it has too few connections (and whether it has none).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// How long a node without any connection waits before it dials its configured peers (and
+/// bootstraps Kademlia) again, and again after each such wait while it stays alone.
+const REDIAL_EVERY: Duration = Duration::from_secs(10);
 
 /// libp2p settings (section `[dht]` of the CLI's view; embedders fill it directly).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,8 +138,9 @@ const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(15);
 const QUIC_IDLE_TIMEOUT_MS: u32 = 40_000;
 
 /// How often a frame for one peer ([`Transport::send_to_announced`]: a hello for a new peer) is
-/// sent again when its request was lost (the dial failed, or the connection closed before the
-/// response), and the first delay (doubling). Without it a lost answer left a pair of nodes
+/// sent again when its request was lost (the connection closed before the response; one of
+/// two connections a simultaneous dial made, say), and the first delay (doubling). It is sent
+/// only while the node is still connected to the peer: a request would otherwise dial it. Without it a lost answer left a pair of nodes
 /// unknown to each other until the next periodic hello (30 s). A request that timed out is not
 /// sent again: the peer has it queued, and a copy would only lengthen its queue.
 const UNICAST_RETRIES: u32 = 3;
@@ -125,18 +152,19 @@ const UNICAST_RETRY_DELAY: Duration = Duration::from_millis(500);
 /// proportion to the network's size.
 pub const SYNC_FANOUT: usize = 3;
 
-/// How many connected peers a node keeps dialing to when Kademlia adds peers to its routing
-/// table (issue 13). Gossipsub's mesh needs 6 to 12 and Kademlia none beyond its queries: a
-/// dial per discovered peer made every node hold a connection to nearly every other, each with
-/// its gossipsub, identify and QUIC upkeep. Peers that dial this node, and the connections
-/// Kademlia's own queries open, are not limited; the latter close when idle.
+/// How many connected peers a node dials up to: when Kademlia adds a peer to its routing table
+/// while the node has fewer, and when it has fewer than [`MESH_FLOOR`] (issue 13). Gossipsub's
+/// mesh needs 5 to 12 and Kademlia none beyond its queries: a dial per discovered peer made
+/// every node hold a connection to nearly every other, each with its gossipsub, identify and
+/// QUIC upkeep. Peers that dial this node, and the connections Kademlia's own queries open, are
+/// not limited; those outside the gossip mesh close when idle ([`IDLE_CONNECTION_TIMEOUT`]).
 pub const DIAL_TARGET: usize = 12;
 
 enum Command {
     Broadcast(Vec<u8>),
     Sync(Vec<u8>),
-    /// A frame for one peer, over the request-response protocol (dialing it if needed, at
-    /// addresses libp2p learned itself: configured, Kademlia, identify, mDNS).
+    /// A frame for one peer, over the request-response protocol, sent only while the node is
+    /// connected to it (a request never dials).
     SendTo {
         peer: PeerId,
         frame: Vec<u8>,
@@ -315,10 +343,14 @@ impl DhtTransport {
                     .insert(gossipsub::IdentTopic::new(TOPIC).hash(), topic_params);
                 gossipsub.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
                 let peer = key.public().to_peer_id();
+                // Peers enter the routing table from identify (and mDNS, and the configured
+                // bootstrap nodes; [`add_to_routing_table`]), not on every connection.
+                let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+                kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
                 let mut kad = kad::Behaviour::with_config(
                     peer,
                     kad::store::MemoryStore::new(peer),
-                    kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+                    kad_config,
                 );
                 kad.set_mode(Some(kad::Mode::Server));
                 let identify = identify::Behaviour::new(identify::Config::new(
@@ -347,7 +379,7 @@ impl DhtTransport {
                 })
             })
             .map_err(|e| net_err(format!("cannot set up libp2p: {e}")))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
             .build();
 
         let topic = gossipsub::IdentTopic::new(TOPIC);
@@ -377,8 +409,12 @@ impl DhtTransport {
             // No known peers is reported as an error; the peers may come later.
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
-        for addr in &config.peers {
-            let addr = parse_addr(addr)?;
+        let peers: Vec<Multiaddr> = config
+            .peers
+            .iter()
+            .map(|a| parse_addr(a))
+            .collect::<Result<_>>()?;
+        for addr in &peers {
             if let Err(e) = swarm.dial(addr.clone()) {
                 tracing::warn!("cannot dial {addr}: {e}");
             }
@@ -393,7 +429,18 @@ impl DhtTransport {
         let shared = Arc::new(Shared::default());
         *lock(&shared.peer_id) = Some(peer_id);
         let _ = incoming_tx.send(Incoming::Status(format!("libp2p started as {peer_id}")));
-        tokio::spawn(run(swarm, topic, command_rx, incoming_tx, shared.clone()));
+        let upkeep = Upkeep {
+            peers,
+            bootstrap: !config.bootstrap.is_empty(),
+        };
+        tokio::spawn(run(
+            swarm,
+            topic,
+            command_rx,
+            incoming_tx,
+            shared.clone(),
+            upkeep,
+        ));
         Ok(DhtTransport {
             commands,
             incoming,
@@ -664,20 +711,131 @@ fn ask(
     incoming.send(Incoming::Frame(frame)).ok().map(|_| rx)
 }
 
+/// What the libp2p task does on its own: keep enough peers for the gossip mesh, and find the
+/// network again when it lost every connection.
+struct Upkeep {
+    /// [`DhtConfig::peers`], dialed again while the node has no connection.
+    peers: Vec<Multiaddr>,
+    /// Whether [`DhtConfig::bootstrap`] names nodes (Kademlia bootstraps again while alone).
+    bootstrap: bool,
+}
+
+/// The peers to dial when the node is connected to fewer than [`MESH_FLOOR`] of them, counting
+/// the `dialing` under way: up to [`DIAL_TARGET`] in all, chosen at random from the routing
+/// table's peers it is not connected to.
+fn peers_to_dial<P: Copy + Eq + std::hash::Hash>(
+    table: Vec<P>,
+    connected: &HashSet<P>,
+    dialing: usize,
+) -> Vec<P> {
+    let have = connected.len().saturating_add(dialing);
+    if have >= MESH_FLOOR {
+        return Vec::new();
+    }
+    let unconnected = table
+        .into_iter()
+        .filter(|p| !connected.contains(p))
+        .collect();
+    choose(unconnected, DIAL_TARGET - have)
+}
+
+/// Whether the heap is due for release: the node is connected to `held` peers, it was
+/// connected to at most `most_held` since the last release, `since` ago.
+fn heap_release_due(most_held: usize, held: usize, since: Duration) -> bool {
+    most_held.saturating_sub(held) >= RELEASE_AFTER_CLOSED && since >= RELEASE_GAP
+}
+
+/// Hands the allocator's free memory back to the system, on a blocking thread. glibc keeps
+/// what closed connections used in its arenas: a node of a 100-node network held 46 MB
+/// resident once its formation's connections had closed, 37 MB after this. Elsewhere (another
+/// allocator or C library) it does nothing.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    drop(tokio::task::spawn_blocking(|| {
+        // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel; it takes
+        // the arenas' locks like any allocation.
+        unsafe { libc::malloc_trim(0) };
+    }));
+}
+
+/// Adds `peer`'s address to Kademlia's routing table, unless the peer's bucket is full and does
+/// not hold it. Kademlia would then dial the bucket's least recently seen disconnected peer to
+/// learn whether it is still there; with connections closed for the connection limit, every
+/// new connection would dial an old peer back, and the node would close one again: a loop of
+/// dials and closes that kept a network of a hundred from forming.
+fn add_to_routing_table(
+    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+    peer: &PeerId,
+    addr: Multiaddr,
+) {
+    let full = match kad.kbucket(*peer) {
+        Some(bucket) => {
+            bucket.num_entries() >= kad::K_VALUE.get()
+                && !bucket.iter().any(|e| e.node.key.preimage() == peer)
+        }
+        None => false,
+    };
+    if !full {
+        kad.add_address(peer, addr);
+    }
+}
+
 async fn run(
     mut swarm: Swarm<Behaviour>,
     topic: gossipsub::IdentTopic,
     mut commands: mpsc::UnboundedReceiver<Command>,
     incoming: mpsc::UnboundedSender<Incoming>,
     shared: Arc<Shared>,
+    upkeep: Upkeep,
 ) {
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
     // Requests carrying a frame for one peer, until answered: (peer, frame, attempt).
     let mut unicast: HashMap<request_response::OutboundRequestId, (PeerId, Vec<u8>, u32)> =
         HashMap::new();
     let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
+    // Since when the node has had no connection (the configured peers were dialed at start).
+    let mut alone_since = Some(Instant::now());
+    // The most peers connected since the heap was last released, and when that was.
+    let mut most_held = 0;
+    let mut released_at = Instant::now();
+    let mut upkeep_tick = tokio::time::interval(UPKEEP_EVERY);
+    upkeep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = upkeep_tick.tick() => {
+                let now = Instant::now();
+                if let Some(since) = alone_since
+                    && now.saturating_duration_since(since) >= REDIAL_EVERY
+                {
+                    alone_since = Some(now);
+                    for addr in &upkeep.peers {
+                        if let Err(e) = swarm.dial(addr.clone()) {
+                            tracing::debug!("cannot dial {addr} again: {e}");
+                        }
+                    }
+                    if upkeep.bootstrap {
+                        let _ = swarm.behaviour_mut().kad.bootstrap();
+                    }
+                }
+                let connected = lock(&shared.connected).clone();
+                if heap_release_due(most_held, connected.len(), now.saturating_duration_since(released_at)) {
+                    release_free_heap();
+                    most_held = connected.len();
+                    released_at = now;
+                }
+                let dialing = swarm.network_info().connection_counters().num_pending_outgoing() as usize;
+                if connected.len().saturating_add(dialing) < MESH_FLOOR {
+                    let table: Vec<PeerId> = swarm
+                        .behaviour_mut()
+                        .kad
+                        .kbuckets()
+                        .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                        .collect();
+                    for peer in peers_to_dial(table, &connected, dialing) {
+                        let _ = swarm.dial(peer);
+                    }
+                }
+            }
             command = commands.recv() => match command {
                 // The node dropped its transport: shut down.
                 None => return,
@@ -689,8 +847,8 @@ async fn run(
                     }
                 }
                 Some(Command::Sync(frame)) => {
-                    // Peers of the gossip mesh (while it has any), so that the other connections
-                    // go unused and close after the idle timeout.
+                    // Peers of the gossip mesh (while it has any): the connections that stay
+                    // open, so that a sync query does not keep another one from closing.
                     let mut peers: Vec<PeerId> =
                         swarm.behaviour().gossipsub.mesh_peers(&topic.hash()).copied().collect();
                     if peers.is_empty() {
@@ -700,10 +858,15 @@ async fn run(
                         swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame.clone()));
                     }
                 }
+                // A frame for one peer goes over a connection that exists: a request to a peer
+                // without one would dial it, and a peer whose connection was closed for the
+                // connection limit would be dialed right back.
                 Some(Command::SendTo { peer, frame }) => {
-                    if peer != *swarm.local_peer_id() {
+                    if peer != *swarm.local_peer_id() && swarm.is_connected(&peer) {
                         let id = swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame.clone()));
                         unicast.insert(id, (peer, frame, 0));
+                    } else {
+                        tracing::debug!("not sending a frame to {peer}: not connected");
                     }
                 }
             },
@@ -725,20 +888,42 @@ async fn run(
                     let frames = handled.replies.into_iter().map(serde_bytes::ByteBuf::from).collect();
                     let _ = swarm.behaviour_mut().sync.send_response(channel, SyncResponse { frames });
                 }
-                Some(Done::Resend { peer, frame, attempt }) => {
+                Some(Done::Resend { peer, frame, attempt }) if swarm.is_connected(&peer) => {
                     let id = swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame.clone()));
                     unicast.insert(id, (peer, frame, attempt));
+                }
+                Some(Done::Resend { peer, .. }) => {
+                    tracing::debug!("not sending a frame to {peer} again: not connected");
                 }
                 None => {}
             },
             event = swarm.select_next_some() => match event {
+                // A peer that cannot be reached leaves the routing table (it comes back through
+                // identify when it connects again): with buckets filled by identify alone, a dead
+                // entry would otherwise stay for good and be dialed again and again.
+                SwarmEvent::OutgoingConnectionError {
+                    peer_id: Some(peer),
+                    error:
+                        libp2p::swarm::DialError::Transport(_)
+                        | libp2p::swarm::DialError::WrongPeerId { .. }
+                        | libp2p::swarm::DialError::NoAddresses,
+                    ..
+                } if !swarm.is_connected(&peer) => {
+                    swarm.behaviour_mut().kad.remove_peer(&peer);
+                }
                 SwarmEvent::NewListenAddr { address, .. } => {
                     let full = address.with_p2p(*swarm.local_peer_id()).unwrap_or_else(|a| a);
                     lock(&shared.addresses).push(full.to_string());
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                    let first = lock(&shared.connected).insert(peer_id);
+                    let first = {
+                        let mut connected = lock(&shared.connected);
+                        let first = connected.insert(peer_id);
+                        most_held = most_held.max(connected.len());
+                        first
+                    };
                     if first {
+                        alone_since = None;
                         let _ = incoming.send(Incoming::Status(format!("connected to libp2p peer {peer_id}")));
                         let _ = incoming.send(Incoming::Connected(vec![format!("/p2p/{peer_id}")]));
                     }
@@ -746,6 +931,9 @@ async fn run(
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. }
                     if lock(&shared.connected).remove(&peer_id) =>
                 {
+                    if lock(&shared.connected).is_empty() {
+                        alone_since = Some(Instant::now());
+                    }
                     let why = cause.map(|c| format!(": {c}")).unwrap_or_default();
                     let _ = incoming.send(Incoming::Status(format!("disconnected from libp2p peer {peer_id}{why}")));
                 }
@@ -801,12 +989,12 @@ async fn run(
                     if info.protocols.contains(&kad_protocol) =>
                 {
                     for addr in info.listen_addrs {
-                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        add_to_routing_table(&mut swarm.behaviour_mut().kad, &peer_id, addr);
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                     for (peer, addr) in found {
-                        swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                        add_to_routing_table(&mut swarm.behaviour_mut().kad, &peer, addr.clone());
                         if let Err(e) = swarm.dial(addr) {
                             tracing::debug!("cannot dial mDNS peer {peer}: {e}");
                         }
@@ -826,6 +1014,45 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_with_few_connections_dials_routing_table_peers_it_is_not_connected_to() {
+        let table: Vec<u32> = (0..40).collect();
+        let connected = |n: u32| (0..n).collect::<HashSet<u32>>();
+        // Enough peers for the mesh, counting the dials under way: nobody.
+        assert!(peers_to_dial(table.clone(), &connected(MESH_FLOOR as u32), 0).is_empty());
+        assert!(peers_to_dial(table.clone(), &connected(1), MESH_FLOOR - 1).is_empty());
+        // Fewer (none at all included): up to DIAL_TARGET in all, none of them connected
+        // already, no peer twice.
+        for n in 0..MESH_FLOOR as u32 {
+            let got = peers_to_dial(table.clone(), &connected(n), 0);
+            assert_eq!(got.len(), DIAL_TARGET - n as usize, "{got:?}");
+            assert!(got.iter().all(|p| *p >= n), "{got:?}");
+            assert_eq!(got.iter().collect::<HashSet<_>>().len(), got.len());
+        }
+        assert_eq!(
+            peers_to_dial(table.clone(), &connected(1), 2).len(),
+            DIAL_TARGET - 3
+        );
+        // A small table gives what it has.
+        assert_eq!(peers_to_dial(vec![0, 1, 2], &connected(1), 0).len(), 2);
+    }
+
+    #[test]
+    fn the_heap_is_released_once_enough_peers_left_and_not_more_than_once_a_minute() {
+        let later = RELEASE_GAP;
+        assert!(!heap_release_due(0, 0, later));
+        assert!(!heap_release_due(12, 12, later));
+        assert!(!heap_release_due(12, 12 - RELEASE_AFTER_CLOSED + 1, later));
+        assert!(heap_release_due(12, 12 - RELEASE_AFTER_CLOSED, later));
+        assert!(heap_release_due(99, 8, later));
+        // Peers that come and go in a loop: not again within the gap.
+        assert!(!heap_release_due(
+            99,
+            8,
+            RELEASE_GAP - Duration::from_millis(1)
+        ));
+    }
 
     #[test]
     fn choose_takes_distinct_items_and_at_most_k() {
