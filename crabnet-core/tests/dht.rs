@@ -243,7 +243,7 @@ async fn connections(node: &Node) -> i64 {
 /// the newcomers it hears of); every node then keeps at most gossipsub's mesh (12 peers at
 /// most), and a seed still reaches everyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_outside_the_gossip_mesh_close_when_idle_and_gossip_still_reaches_everyone() {
+async fn connections_outside_the_gossip_mesh_close_when_idle_and_a_seed_still_reaches_everyone() {
     const N: usize = 16;
     const MESH_MAX: i64 = 12;
     let dir = tempfile::tempdir().unwrap();

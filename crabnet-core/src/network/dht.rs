@@ -152,6 +152,12 @@ const UNICAST_RETRY_DELAY: Duration = Duration::from_millis(500);
 /// proportion to the network's size.
 pub const SYNC_FANOUT: usize = 3;
 
+/// Every this many sync queries, one of the [`SYNC_FANOUT`] peers is a peer of the routing table
+/// outside the gossip mesh, connected or not (the query dials it; the connection idles out
+/// afterwards): a node's connections are its mesh, and two parts of a network whose meshes do
+/// not meet would otherwise never reconcile. Once a minute at the default 10 s sync interval.
+const SYNC_AFIELD_EVERY: u64 = 6;
+
 /// How many connected peers a node dials up to: when Kademlia adds a peer to its routing table
 /// while the node has fewer, and when it has fewer than [`MESH_FLOOR`] (issue 13). Gossipsub's
 /// mesh needs 5 to 12 and Kademlia none beyond its queries: a dial per discovered peer made
@@ -739,6 +745,28 @@ fn peers_to_dial<P: Copy + Eq + std::hash::Hash>(
     choose(unconnected, DIAL_TARGET - have)
 }
 
+/// The peers a sync query goes to: [`SYNC_FANOUT`] of `near` (the mesh, or the connected peers
+/// while the mesh is empty) chosen at random, and when `afield`, one of them replaced by a
+/// random peer of the routing `table` that is not in `near`.
+fn sync_targets<P: Copy + Eq + std::hash::Hash>(
+    near: Vec<P>,
+    table: Vec<P>,
+    afield: bool,
+) -> Vec<P> {
+    let mut out = choose(near.clone(), SYNC_FANOUT);
+    if afield {
+        let near: HashSet<P> = near.into_iter().collect();
+        let far: Vec<P> = table.into_iter().filter(|p| !near.contains(p)).collect();
+        if let Some(peer) = choose(far, 1).pop() {
+            if out.len() >= SYNC_FANOUT {
+                out.pop();
+            }
+            out.push(peer);
+        }
+    }
+    out
+}
+
 /// Whether the heap is due for release: the node is connected to `held` peers, it was
 /// connected to at most `most_held` since the last release, `since` ago.
 fn heap_release_due(most_held: usize, held: usize, since: Duration) -> bool {
@@ -798,6 +826,8 @@ async fn run(
     // The most peers connected since the heap was last released, and when that was.
     let mut most_held = 0;
     let mut released_at = Instant::now();
+    // Sync queries sent, for the one afield every SYNC_AFIELD_EVERY.
+    let mut sync_rounds: u64 = 0;
     let mut upkeep_tick = tokio::time::interval(UPKEEP_EVERY);
     upkeep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -848,13 +878,26 @@ async fn run(
                 }
                 Some(Command::Sync(frame)) => {
                     // Peers of the gossip mesh (while it has any): the connections that stay
-                    // open, so that a sync query does not keep another one from closing.
+                    // open, so that a sync query does not keep another one from closing; now
+                    // and then one peer afield (SYNC_AFIELD_EVERY).
                     let mut peers: Vec<PeerId> =
                         swarm.behaviour().gossipsub.mesh_peers(&topic.hash()).copied().collect();
                     if peers.is_empty() {
                         peers = lock(&shared.connected).iter().copied().collect();
                     }
-                    for peer in choose(peers, SYNC_FANOUT) {
+                    sync_rounds = sync_rounds.wrapping_add(1);
+                    let afield = sync_rounds.is_multiple_of(SYNC_AFIELD_EVERY);
+                    let table: Vec<PeerId> = if afield {
+                        swarm
+                            .behaviour_mut()
+                            .kad
+                            .kbuckets()
+                            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    for peer in sync_targets(peers, table, afield) {
                         swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame.clone()));
                     }
                 }
@@ -1052,6 +1095,30 @@ mod tests {
             8,
             RELEASE_GAP - Duration::from_millis(1)
         ));
+    }
+
+    #[test]
+    fn every_so_often_one_sync_query_goes_to_a_routing_table_peer_outside_the_mesh() {
+        let mesh: Vec<u32> = (0..8).collect();
+        let table: Vec<u32> = (0..40).collect();
+        // Usually the mesh alone.
+        let got = sync_targets(mesh.clone(), table.clone(), false);
+        assert_eq!(got.len(), SYNC_FANOUT);
+        assert!(got.iter().all(|p| *p < 8), "{got:?}");
+        // Afield: the same number of peers, one of them outside the mesh.
+        for _ in 0..50 {
+            let got = sync_targets(mesh.clone(), table.clone(), true);
+            assert_eq!(got.len(), SYNC_FANOUT, "{got:?}");
+            assert_eq!(got.iter().filter(|p| **p >= 8).count(), 1, "{got:?}");
+            assert_eq!(got.iter().collect::<HashSet<_>>().len(), got.len());
+        }
+        // A small mesh gets the far peer on top; a table of mesh peers only adds nobody.
+        assert_eq!(sync_targets(vec![1], table.clone(), true).len(), 2);
+        assert_eq!(
+            sync_targets(mesh.clone(), mesh.clone(), true).len(),
+            SYNC_FANOUT
+        );
+        assert!(sync_targets(Vec::<u32>::new(), Vec::new(), true).is_empty());
     }
 
     #[test]
