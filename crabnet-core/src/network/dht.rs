@@ -140,7 +140,8 @@ const QUIC_IDLE_TIMEOUT_MS: u32 = 40_000;
 /// How often a frame for one peer ([`Transport::send_to_announced`]: a hello for a new peer) is
 /// sent again when its request was lost (the connection closed before the response; one of
 /// two connections a simultaneous dial made, say), and the first delay (doubling). It is sent
-/// only while the node is still connected to the peer: a request would otherwise dial it. Without it a lost answer left a pair of nodes
+/// only while the node is still connected to the peer: a request would otherwise dial it.
+/// Without it a lost answer left a pair of nodes
 /// unknown to each other until the next periodic hello (30 s). A request that timed out is not
 /// sent again: the peer has it queued, and a copy would only lengthen its queue.
 const UNICAST_RETRIES: u32 = 3;
@@ -786,11 +787,19 @@ fn release_free_heap() {
     }));
 }
 
+/// The peers in Kademlia's routing table.
+fn routing_table_peers(kad: &mut kad::Behaviour<kad::store::MemoryStore>) -> Vec<PeerId> {
+    kad.kbuckets()
+        .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+        .collect()
+}
+
 /// Adds `peer`'s address to Kademlia's routing table, unless the peer's bucket is full and does
 /// not hold it. Kademlia would then dial the bucket's least recently seen disconnected peer to
-/// learn whether it is still there; with connections closed for the connection limit, every
-/// new connection would dial an old peer back, and the node would close one again: a loop of
-/// dials and closes that kept a network of a hundred from forming.
+/// learn whether it is still there. Disconnected entries are the rule now that connections
+/// outside the mesh idle out, so every new peer would bring a dial of an old one, which idles
+/// out in turn (a version that closed connections itself went into a loop of dials and closes
+/// this way, and a network of a hundred took three times as long to form).
 fn add_to_routing_table(
     kad: &mut kad::Behaviour<kad::store::MemoryStore>,
     peer: &PeerId,
@@ -855,12 +864,7 @@ async fn run(
                 }
                 let dialing = swarm.network_info().connection_counters().num_pending_outgoing() as usize;
                 if connected.len().saturating_add(dialing) < MESH_FLOOR {
-                    let table: Vec<PeerId> = swarm
-                        .behaviour_mut()
-                        .kad
-                        .kbuckets()
-                        .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
-                        .collect();
+                    let table = routing_table_peers(&mut swarm.behaviour_mut().kad);
                     for peer in peers_to_dial(table, &connected, dialing) {
                         let _ = swarm.dial(peer);
                     }
@@ -887,13 +891,8 @@ async fn run(
                     }
                     sync_rounds = sync_rounds.wrapping_add(1);
                     let afield = sync_rounds.is_multiple_of(SYNC_AFIELD_EVERY);
-                    let table: Vec<PeerId> = if afield {
-                        swarm
-                            .behaviour_mut()
-                            .kad
-                            .kbuckets()
-                            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
-                            .collect()
+                    let table = if afield {
+                        routing_table_peers(&mut swarm.behaviour_mut().kad)
                     } else {
                         Vec::new()
                     };
@@ -902,8 +901,8 @@ async fn run(
                     }
                 }
                 // A frame for one peer goes over a connection that exists: a request to a peer
-                // without one would dial it, and a peer whose connection was closed for the
-                // connection limit would be dialed right back.
+                // without one would dial it, and keep a connection open that the node let idle
+                // out.
                 Some(Command::SendTo { peer, frame }) => {
                     if peer != *swarm.local_peer_id() && swarm.is_connected(&peer) {
                         let id = swarm.behaviour_mut().sync.send_request(&peer, SyncRequest(frame.clone()));
