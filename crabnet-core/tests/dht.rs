@@ -239,9 +239,9 @@ async fn connections(node: &Node) -> i64 {
 /// A connection to a peer outside the gossip mesh closes once nothing uses it (issue 13):
 /// gossipsub's substreams used to keep every connection open for good, so each node of a
 /// network held one to nearly every other (99 each at 100 nodes), with their memory and
-/// upkeep. Here sixteen nodes first connect to each other (a star, then each one's hello to
-/// the newcomers it hears of); every node then keeps at most gossipsub's mesh (12 peers at
-/// most), and a seed still reaches everyone.
+/// upkeep. Here sixteen nodes first connect to each other (a star, then Kademlia's queries);
+/// every node then keeps at most gossipsub's mesh (12 peers at most), and a seed still
+/// reaches everyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_outside_the_gossip_mesh_close_when_idle_and_a_seed_still_reaches_everyone() {
     const N: usize = 16;
