@@ -350,134 +350,292 @@ async fn a_node_alone_dials_its_configured_peer_again_until_it_is_up() {
     }
 }
 
-/// What a lying peer runs: identify and Kademlia, so that the node takes it for one of its own.
-#[derive(libp2p::swarm::NetworkBehaviour)]
-struct Liar {
-    identify: libp2p::identify::Behaviour,
-    kad: libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>,
-}
-
-/// A peer lists in identify the addresses it listens on. They go into the node's Kademlia
-/// routing table, which the node dials when it has few peers and hands to other nodes that ask
-/// Kademlia for peers. A peer that lists somebody else's address would make every node that met
-/// it dial there: the network as an amplifier aimed at a third party. The node keeps only the
-/// addresses on the IP address the peer's connection came from. Here a lying peer on 127.0.0.1
-/// lists a listener on 127.0.0.2 (loopback too) beside its own address and leaves; the node,
-/// alone, dials it back at its own address and never at the other.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_cannot_make_the_node_dial_an_address_on_another_host() {
-    use futures::StreamExt;
-    use libp2p::swarm::SwarmEvent;
-    use libp2p::{Multiaddr, identify, kad, noise, tcp, yamux};
+/// Peers that lie about addresses. The third party they aim at is a TCP listener on
+/// 127.0.0.2: loopback too, but another IP address than the nodes' (Linux routes all of
+/// 127.0.0.0/8 to the loopback interface).
+#[cfg(target_os = "linux")]
+mod liars {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
-    let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path(), "n", vec![]).await;
-    let addr: Multiaddr = tcp_address(&node).await.parse().unwrap();
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, noise, tcp, yamux};
 
-    let victim = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
-    let victim_port = victim.local_addr().unwrap().port();
-    let knocks = Arc::new(AtomicUsize::new(0));
-    let counter = knocks.clone();
-    tokio::spawn(async move {
-        while victim.accept().await.is_ok() {
-            counter.fetch_add(1, Ordering::SeqCst);
-        }
-    });
+    use super::{start, tcp_address};
 
-    let mut liar = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|key| {
-            let id = key.public().to_peer_id();
-            let mut kad = kad::Behaviour::with_config(
-                id,
-                kad::store::MemoryStore::new(id),
-                kad::Config::new(libp2p::StreamProtocol::new(
-                    crabnet_core::network::KAD_PROTOCOL,
-                )),
-            );
-            kad.set_mode(Some(kad::Mode::Server));
-            Liar {
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/crabnet/1.0.0".into(),
-                    key.public(),
-                )),
-                kad,
-            }
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    liar.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    for lie in [
-        format!("/ip4/127.0.0.2/tcp/{victim_port}"),
-        format!(
-            "/ip4/127.0.0.2/tcp/{victim_port}/p2p/{}",
-            liar.local_peer_id()
-        ),
-    ] {
-        liar.add_external_address(lie.parse().unwrap());
+    /// What a lying peer runs: identify and Kademlia, so that the node takes it for one of its
+    /// own, and a guard that keeps its own Kademlia from dialing the peers it makes up (only
+    /// the node's dials may reach the third party).
+    #[derive(libp2p::swarm::NetworkBehaviour)]
+    struct Liar {
+        identify: identify::Behaviour,
+        kad: kad::Behaviour<kad::store::MemoryStore>,
+        guard: DialsOnlyByAddress,
     }
-    // The liar identifies itself and leaves; alone, the node dials the peers of its routing
-    // table: the liar, at its own address. (Tried a few times: on a loaded machine the liar may
-    // leave before the node has read its message.)
-    let mut dialed_back = false;
-    for _ in 0..3 {
-        liar.dial(addr.clone()).unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let node_peer = loop {
-            let event = tokio::time::timeout_at(deadline, liar.select_next_some())
-                .await
-                .expect("the liar's identify message was never sent");
-            if let SwarmEvent::Behaviour(LiarEvent::Identify(identify::Event::Sent {
-                peer_id,
-                ..
-            })) = event
-            {
-                break peer_id;
+
+    /// Refuses every dial of a peer by its id (Kademlia's); a dial of an address goes ahead.
+    struct DialsOnlyByAddress;
+
+    impl libp2p::swarm::NetworkBehaviour for DialsOnlyByAddress {
+        type ConnectionHandler = libp2p::swarm::dummy::ConnectionHandler;
+        type ToSwarm = std::convert::Infallible;
+
+        fn handle_established_inbound_connection(
+            &mut self,
+            _: libp2p::swarm::ConnectionId,
+            _: PeerId,
+            _: &Multiaddr,
+            _: &Multiaddr,
+        ) -> Result<libp2p::swarm::THandler<Self>, libp2p::swarm::ConnectionDenied> {
+            Ok(libp2p::swarm::dummy::ConnectionHandler)
+        }
+
+        fn handle_pending_outbound_connection(
+            &mut self,
+            _: libp2p::swarm::ConnectionId,
+            peer: Option<PeerId>,
+            _: &[Multiaddr],
+            _: libp2p::core::Endpoint,
+        ) -> Result<Vec<Multiaddr>, libp2p::swarm::ConnectionDenied> {
+            match peer {
+                Some(peer) => Err(libp2p::swarm::ConnectionDenied::new(format!(
+                    "the liar does not dial {peer}"
+                ))),
+                None => Ok(Vec::new()),
             }
-        };
-        let linger = tokio::time::Instant::now() + Duration::from_secs(1);
-        while tokio::time::timeout_at(linger, liar.select_next_some())
-            .await
-            .is_ok()
-        {}
-        let _ = liar.disconnect_peer_id(node_peer);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        }
+
+        fn handle_established_outbound_connection(
+            &mut self,
+            _: libp2p::swarm::ConnectionId,
+            _: PeerId,
+            _: &Multiaddr,
+            _: libp2p::core::Endpoint,
+            _: libp2p::core::transport::PortUse,
+        ) -> Result<libp2p::swarm::THandler<Self>, libp2p::swarm::ConnectionDenied> {
+            Ok(libp2p::swarm::dummy::ConnectionHandler)
+        }
+
+        fn on_swarm_event(&mut self, _: libp2p::swarm::FromSwarm) {}
+
+        fn on_connection_handler_event(
+            &mut self,
+            _: PeerId,
+            _: libp2p::swarm::ConnectionId,
+            event: libp2p::swarm::THandlerOutEvent<Self>,
+        ) {
+            match event {}
+        }
+
+        fn poll(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<
+            libp2p::swarm::ToSwarm<Self::ToSwarm, libp2p::swarm::THandlerInEvent<Self>>,
+        > {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn liar() -> Swarm<Liar> {
+        let mut liar = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|key| {
+                let id = key.public().to_peer_id();
+                let mut kad = kad::Behaviour::with_config(
+                    id,
+                    kad::store::MemoryStore::new(id),
+                    kad::Config::new(libp2p::StreamProtocol::new(
+                        crabnet_core::network::KAD_PROTOCOL,
+                    )),
+                );
+                kad.set_mode(Some(kad::Mode::Server));
+                Liar {
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/crabnet/1.0.0".into(),
+                        key.public(),
+                    )),
+                    kad,
+                    guard: DialsOnlyByAddress,
+                }
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        liar.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        liar
+    }
+
+    /// The third party: its port, and how many connections it accepted.
+    async fn third_party() -> (u16, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let knocks = Arc::new(AtomicUsize::new(0));
+        let counter = knocks.clone();
+        tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        (port, knocks)
+    }
+
+    /// Drives the liar's swarm until `deadline`, or until `stop` says so of an event.
+    async fn drive(
+        liar: &mut Swarm<Liar>,
+        deadline: tokio::time::Instant,
+        mut stop: impl FnMut(&SwarmEvent<LiarEvent>) -> bool,
+    ) -> bool {
         while let Ok(event) = tokio::time::timeout_at(deadline, liar.select_next_some()).await {
-            if let SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
-            } = event
-                && peer_id == node_peer
-                && endpoint.is_listener()
-            {
-                dialed_back = true;
+            if stop(&event) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Connects the liar to the node until the node has its identify message; the node's peer
+    /// id.
+    async fn identify_to(liar: &mut Swarm<Liar>, addr: &Multiaddr) -> PeerId {
+        // By address alone: the guard refuses dials of a peer id.
+        let mut by_address = addr.clone();
+        if let Some(libp2p::multiaddr::Protocol::P2p(_)) = by_address.iter().last() {
+            by_address.pop();
+        }
+        liar.dial(by_address).unwrap();
+        let mut node_peer = None;
+        let sent = drive(
+            liar,
+            tokio::time::Instant::now() + Duration::from_secs(20),
+            |event| match event {
+                SwarmEvent::Behaviour(LiarEvent::Identify(identify::Event::Sent {
+                    peer_id,
+                    ..
+                })) => {
+                    node_peer = Some(*peer_id);
+                    true
+                }
+                _ => false,
+            },
+        )
+        .await;
+        assert!(sent, "the liar's identify message was never sent");
+        // Time for the node to read it.
+        drive(
+            liar,
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            |_| false,
+        )
+        .await;
+        node_peer.unwrap()
+    }
+
+    /// A peer lists in identify the addresses it listens on. They go into the node's Kademlia
+    /// routing table, which the node dials when it has few peers and hands to other nodes that
+    /// ask Kademlia for peers. A peer that lists somebody else's address would make every node
+    /// that met it dial there: the network as an amplifier aimed at a third party. The node
+    /// keeps only the addresses on the IP address the peer's connection came from. Here a
+    /// lying peer on 127.0.0.1 lists the third party beside its own address and leaves; the
+    /// node, alone, dials it back at its own address and never at the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_cannot_make_the_node_dial_an_address_on_another_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = start(dir.path(), "n", vec![]).await;
+        let addr: Multiaddr = tcp_address(&node).await.parse().unwrap();
+        let (port, knocks) = third_party().await;
+        let mut liar = liar();
+        let me = *liar.local_peer_id();
+        for lie in [
+            format!("/ip4/127.0.0.2/tcp/{port}"),
+            format!("/ip4/127.0.0.2/tcp/{port}/p2p/{me}"),
+        ] {
+            liar.add_external_address(lie.parse().unwrap());
+        }
+        // Alone once the liar left, the node dials the peers of its routing table: the liar,
+        // at its own address. (Tried a few times: on a loaded machine the liar may leave
+        // before the node has read its message.)
+        let mut dialed_back = false;
+        for _ in 0..3 {
+            let node_peer = identify_to(&mut liar, &addr).await;
+            let _ = liar.disconnect_peer_id(node_peer);
+            dialed_back = drive(
+                &mut liar,
+                tokio::time::Instant::now() + Duration::from_secs(15),
+                |event| {
+                    matches!(event, SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. }
+                        if *peer_id == node_peer && endpoint.is_listener())
+                },
+            )
+            .await;
+            if dialed_back {
                 break;
             }
         }
-        if dialed_back {
-            break;
-        }
+        assert!(dialed_back, "the node never dialed the liar back");
+        // Any dial of the other address went out at the same time.
+        drive(
+            &mut liar,
+            tokio::time::Instant::now() + Duration::from_secs(2),
+            |_| false,
+        )
+        .await;
+        assert_eq!(
+            knocks.load(Ordering::SeqCst),
+            0,
+            "the node dialed the address on 127.0.0.2 that the liar listed"
+        );
+        node.stop().await.unwrap();
     }
-    assert!(dialed_back, "the node never dialed the liar back");
-    // Any dial of the other address went out at the same time.
-    let settle = tokio::time::Instant::now() + Duration::from_secs(2);
-    while tokio::time::timeout_at(settle, liar.select_next_some())
-        .await
-        .is_ok()
-    {}
-    assert_eq!(
-        knocks.load(Ordering::SeqCst),
-        0,
-        "the node dialed the address on 127.0.0.2 that the liar listed"
-    );
-    node.stop().await.unwrap();
+
+    /// A Kademlia query asks peers for the peers they know, with their addresses, and dials
+    /// those to ask them in turn. A lying peer answers with made-up peers, all at a third
+    /// party's address. The node dials an address that only a query's answer gave, on an IP
+    /// address none of its known peers is on, a few times a minute at most (per IP address).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_cannot_make_the_node_dial_a_third_party_through_its_kademlia_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = start(dir.path(), "n", vec![]).await;
+        let addr: Multiaddr = tcp_address(&node).await.parse().unwrap();
+        let (port, knocks) = third_party().await;
+        let mut liar = liar();
+        for _ in 0..40 {
+            let made_up = PeerId::random();
+            liar.behaviour_mut().kad.add_address(
+                &made_up,
+                format!("/ip4/127.0.0.2/tcp/{port}").parse().unwrap(),
+            );
+        }
+        identify_to(&mut liar, &addr).await;
+        // The node's Kademlia bootstraps on its own once it has a peer in its routing table,
+        // and asks the liar.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut asked = false;
+        while !asked && tokio::time::Instant::now() < deadline {
+            let slice = tokio::time::Instant::now() + Duration::from_millis(50);
+            drive(&mut liar, slice.min(deadline), |_| false).await;
+            asked = knocks.load(Ordering::SeqCst) > 0;
+        }
+        assert!(asked, "the node never dialed a peer of the liar's answer");
+        drive(
+            &mut liar,
+            tokio::time::Instant::now() + Duration::from_secs(3),
+            |_| false,
+        )
+        .await;
+        let got = knocks.load(Ordering::SeqCst);
+        assert!(
+            got <= crabnet_core::network::QUERY_DIALS_PER_IP_PER_MINUTE,
+            "the node dialed the third party {got} times"
+        );
+        node.stop().await.unwrap();
+    }
 }

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use super::addresses::{Kademlia, dialable_addresses, on_local_network, set_routing_addresses};
 use super::{Acceptance, Handled, InboundFrame, Incoming, Transport, UdpConfig, UdpTransport};
 use crate::envelope::MAX_ENVELOPE_BYTES;
 use crate::error::{Error, ErrorKind, Result};
@@ -116,7 +117,7 @@ struct SyncResponse {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     gossipsub: gossipsub::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
+    kad: Kademlia,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
@@ -381,7 +382,7 @@ impl DhtTransport {
                 );
                 Ok(Behaviour {
                     gossipsub,
-                    kad,
+                    kad: Kademlia::new(kad),
                     identify,
                     mdns: Toggle::from(mdns),
                     sync,
@@ -796,109 +797,6 @@ fn routing_table_peers(kad: &mut kad::Behaviour<kad::store::MemoryStore>) -> Vec
         .collect()
 }
 
-/// How many of a peer's addresses the routing table keeps: its TCP and QUIC addresses, with
-/// room to spare. identify lets a peer list up to 4 KiB of addresses, and push new lists at any
-/// time.
-const MAX_PEER_ADDRESSES: usize = 4;
-
-/// The addresses a peer listed in identify that the node may dial later and hand to other
-/// nodes: only those on the IP address its connection `remote` came from (TCP or QUIC, at most
-/// [`MAX_PEER_ADDRESSES`], none naming another peer). A peer may list any address; taken as
-/// they are, a peer could make every node that met it dial a third party (a reflection of its
-/// traffic through the network). An address on its own IP address reaches at most its own host.
-fn dialable_addresses(peer: &PeerId, remote: &Multiaddr, listed: Vec<Multiaddr>) -> Vec<Multiaddr> {
-    use libp2p::multiaddr::Protocol;
-    let ip_of = |a: &Multiaddr| match a.iter().next() {
-        Some(Protocol::Ip4(ip)) => Some(std::net::IpAddr::from(ip)),
-        Some(Protocol::Ip6(ip)) => Some(std::net::IpAddr::from(ip).to_canonical()),
-        _ => None,
-    };
-    let Some(remote_ip) = ip_of(remote) else {
-        return Vec::new();
-    };
-    let mut kept: Vec<Multiaddr> = Vec::new();
-    for addr in listed {
-        if kept.len() == MAX_PEER_ADDRESSES {
-            break;
-        }
-        let mut rest = addr.iter().skip(1);
-        let transport_ok = match (rest.next(), rest.next()) {
-            (Some(Protocol::Tcp(_)), next) => match next {
-                None => true,
-                Some(Protocol::P2p(id)) => id == *peer && rest.next().is_none(),
-                Some(_) => false,
-            },
-            (Some(Protocol::Udp(_)), Some(Protocol::QuicV1)) => match rest.next() {
-                None => true,
-                Some(Protocol::P2p(id)) => id == *peer && rest.next().is_none(),
-                Some(_) => false,
-            },
-            _ => false,
-        };
-        if transport_ok && ip_of(&addr) == Some(remote_ip) && !kept.contains(&addr) {
-            kept.push(addr);
-        }
-    }
-    kept
-}
-
-/// Makes `addrs` (already checked by [`dialable_addresses`]) `peer`'s addresses in the routing
-/// table, in place of those it had: a peer that pushes new lists again and again cannot grow its
-/// entry.
-fn set_routing_addresses(
-    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
-    peer: &PeerId,
-    addrs: Vec<Multiaddr>,
-) {
-    // Kademlia keeps addresses with the peer's id at the end; compared that way, an address
-    // listed again is not taken for a new one (and removed).
-    let addrs: Vec<Multiaddr> = addrs
-        .into_iter()
-        .filter_map(|a| a.with_p2p(*peer).ok())
-        .collect();
-    if addrs.is_empty() {
-        return;
-    }
-    let old: Vec<Multiaddr> = kad
-        .kbucket(*peer)
-        .and_then(|bucket| {
-            bucket
-                .iter()
-                .find(|e| e.node.key.preimage() == peer)
-                .map(|e| e.node.value.iter().cloned().collect())
-        })
-        .unwrap_or_default();
-    for addr in &addrs {
-        add_to_routing_table(kad, peer, addr.clone());
-    }
-    for addr in old.iter().filter(|a| !addrs.contains(a)) {
-        kad.remove_address(peer, addr);
-    }
-}
-
-/// Adds `peer`'s address to Kademlia's routing table, unless the peer's bucket is full and does
-/// not hold it. Kademlia would then dial the bucket's least recently seen disconnected peer to
-/// learn whether it is still there. Disconnected entries are the rule now that connections
-/// outside the mesh idle out, so every new peer would bring a dial of an old one, which idles
-/// out in turn (a version that closed connections itself went into a loop of dials and closes
-/// this way, and a network of a hundred took three times as long to form).
-fn add_to_routing_table(
-    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
-    peer: &PeerId,
-    addr: Multiaddr,
-) {
-    let full = match kad.kbucket(*peer) {
-        Some(bucket) => {
-            bucket.num_entries() >= kad::K_VALUE.get()
-                && !bucket.iter().any(|e| e.node.key.preimage() == peer)
-        }
-        None => false,
-    };
-    if !full {
-        kad.add_address(peer, addr);
-    }
-}
-
 async fn run(
     mut swarm: Swarm<Behaviour>,
     topic: gossipsub::IdentTopic,
@@ -913,7 +811,8 @@ async fn run(
         HashMap::new();
     // The remote address of every open connection: a peer's listed addresses are checked
     // against the one its identify message came over.
-    let mut remotes: HashMap<libp2p::swarm::ConnectionId, Multiaddr> = HashMap::new();
+    // (and whether the node dialed it).
+    let mut remotes: HashMap<libp2p::swarm::ConnectionId, (Multiaddr, bool)> = HashMap::new();
     let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
     // Since when the node has had no connection (the configured peers were dialed at start).
     let mut alone_since = Some(Instant::now());
@@ -1047,7 +946,7 @@ async fn run(
                     lock(&shared.addresses).push(full.to_string());
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                    remotes.insert(connection_id, endpoint.get_remote_address().clone());
+                    remotes.insert(connection_id, (endpoint.get_remote_address().clone(), endpoint.is_dialer()));
                     let first = {
                         let mut connected = lock(&shared.connected);
                         let first = connected.insert(peer_id);
@@ -1121,15 +1020,26 @@ async fn run(
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, connection_id, info }))
                     if info.protocols.contains(&kad_protocol) =>
                 {
-                    if let Some(remote) = remotes.get(&connection_id) {
-                        let addrs = dialable_addresses(&peer_id, remote, info.listen_addrs);
+                    if let Some((remote, dialed)) = remotes.get(&connection_id) {
+                        let mut addrs = dialable_addresses(&peer_id, remote, info.listen_addrs);
+                        // A peer that lists none on the address it is reached at (one behind a
+                        // one-to-one NAT, say) is still reachable where the node dialed it.
+                        if addrs.is_empty() && *dialed {
+                            addrs = dialable_addresses(&peer_id, remote, vec![remote.clone()]);
+                        }
                         set_routing_addresses(&mut swarm.behaviour_mut().kad, &peer_id, addrs);
+                    } else {
+                        tracing::debug!("identify message of {peer_id} over a connection already closed");
                     }
                 }
+                // Anyone on the network segment can answer mDNS: a peer found that way is
+                // dialed only at an address on the local network, and enters the routing table
+                // through identify once connected, as any other.
                 SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                     for (peer, addr) in found {
-                        add_to_routing_table(&mut swarm.behaviour_mut().kad, &peer, addr.clone());
-                        if let Err(e) = swarm.dial(addr) {
+                        if !on_local_network(&addr) {
+                            tracing::debug!("not dialing mDNS peer {peer} at {addr}: not a local address");
+                        } else if let Err(e) = swarm.dial(addr) {
                             tracing::debug!("cannot dial mDNS peer {peer}: {e}");
                         }
                     }
@@ -1187,107 +1097,6 @@ mod tests {
             8,
             RELEASE_GAP - Duration::from_millis(1)
         ));
-    }
-
-    #[test]
-    fn only_addresses_on_the_ip_address_a_peer_connected_from_are_kept_and_only_a_few() {
-        let peer = PeerId::random();
-        let other = PeerId::random();
-        let a = |s: &str| s.parse::<Multiaddr>().unwrap();
-        let remote = a("/ip4/10.0.0.5/tcp/40123");
-        let listed = vec![
-            a("/ip4/10.0.0.5/tcp/7000"),
-            a("/ip4/10.0.0.5/udp/7000/quic-v1"),
-            a(&format!("/ip4/10.0.0.5/tcp/7001/p2p/{peer}")),
-            // Another host, a name, another peer's id, a relay, plain UDP, a duplicate.
-            a("/ip4/10.0.0.6/tcp/7000"),
-            a("/dns4/example.org/tcp/7000"),
-            a(&format!("/ip4/10.0.0.5/tcp/7002/p2p/{other}")),
-            a(&format!("/ip4/10.0.0.5/tcp/7003/p2p/{peer}/p2p-circuit")),
-            a("/ip4/10.0.0.5/udp/7000"),
-            a("/ip4/10.0.0.5/tcp/7000"),
-        ];
-        assert_eq!(
-            dialable_addresses(&peer, &remote, listed),
-            vec![
-                a("/ip4/10.0.0.5/tcp/7000"),
-                a("/ip4/10.0.0.5/udp/7000/quic-v1"),
-                a(&format!("/ip4/10.0.0.5/tcp/7001/p2p/{peer}")),
-            ]
-        );
-        // Many ports on its own address: the first few.
-        let many: Vec<Multiaddr> = (0..100)
-            .map(|p| a(&format!("/ip4/10.0.0.5/tcp/{}", 8000 + p)))
-            .collect();
-        assert_eq!(
-            dialable_addresses(&peer, &remote, many.clone()),
-            many[..MAX_PEER_ADDRESSES].to_vec()
-        );
-        // IPv6, an IPv4 peer seen through an IPv4-mapped address, and a remote without an IP.
-        assert_eq!(
-            dialable_addresses(
-                &peer,
-                &a("/ip6/::1/tcp/1"),
-                vec![a("/ip6/::1/tcp/2"), a("/ip4/127.0.0.1/tcp/2")]
-            ),
-            vec![a("/ip6/::1/tcp/2")]
-        );
-        assert_eq!(
-            dialable_addresses(
-                &peer,
-                &a("/ip6/::ffff:10.0.0.5/tcp/1"),
-                vec![a("/ip4/10.0.0.5/tcp/2")]
-            ),
-            vec![a("/ip4/10.0.0.5/tcp/2")]
-        );
-        assert!(dialable_addresses(&peer, &a("/dns4/x/tcp/1"), many).is_empty());
-    }
-
-    #[test]
-    fn a_peer_listing_new_addresses_again_and_again_keeps_a_bounded_entry() {
-        let local = PeerId::random();
-        let mut kad = kad::Behaviour::new(local, kad::store::MemoryStore::new(local));
-        let peer = PeerId::random();
-        let entry = |kad: &mut kad::Behaviour<kad::store::MemoryStore>| -> Vec<Multiaddr> {
-            kad.kbucket(peer)
-                .and_then(|b| {
-                    b.iter()
-                        .find(|e| e.node.key.preimage() == &peer)
-                        .map(|e| e.node.value.iter().cloned().collect())
-                })
-                .unwrap_or_default()
-        };
-        let listed = |round: u16| -> Vec<Multiaddr> {
-            (0..MAX_PEER_ADDRESSES as u16)
-                .map(|i| {
-                    format!("/ip4/10.0.0.5/tcp/{}", 1000 + round * 10 + i)
-                        .parse()
-                        .unwrap()
-                })
-                .collect()
-        };
-        let stored = |round: u16| -> Vec<Multiaddr> {
-            listed(round)
-                .into_iter()
-                .map(|a| a.with_p2p(peer).unwrap())
-                .collect()
-        };
-        for round in 0..50u16 {
-            set_routing_addresses(&mut kad, &peer, listed(round));
-            assert_eq!(entry(&mut kad), stored(round), "round {round}");
-        }
-        // The same list again (an honest peer identifying anew), with or without its id.
-        set_routing_addresses(&mut kad, &peer, listed(49));
-        assert_eq!(entry(&mut kad), stored(49));
-        set_routing_addresses(&mut kad, &peer, stored(49));
-        assert_eq!(entry(&mut kad), stored(49));
-        // Part of it: the rest goes.
-        set_routing_addresses(&mut kad, &peer, listed(49)[..1].to_vec());
-        assert_eq!(entry(&mut kad), stored(49)[..1].to_vec());
-        // An empty list (nothing dialable) leaves the entry as it was.
-        let before = entry(&mut kad);
-        set_routing_addresses(&mut kad, &peer, Vec::new());
-        assert_eq!(entry(&mut kad), before);
     }
 
     #[test]
