@@ -475,18 +475,22 @@ mod liars {
         liar
     }
 
-    /// The third party: its port, and how many connections it accepted.
-    async fn third_party() -> (u16, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+    /// The third party, listening on `ip` at `ports` ports: its ports, and how many connections
+    /// it accepted on them.
+    async fn third_party(ip: &str, ports: usize) -> (Vec<u16>, Arc<AtomicUsize>) {
         let knocks = Arc::new(AtomicUsize::new(0));
-        let counter = knocks.clone();
-        tokio::spawn(async move {
-            while listener.accept().await.is_ok() {
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-        (port, knocks)
+        let mut bound = Vec::new();
+        for _ in 0..ports {
+            let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+            bound.push(listener.local_addr().unwrap().port());
+            let counter = knocks.clone();
+            tokio::spawn(async move {
+                while listener.accept().await.is_ok() {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        (bound, knocks)
     }
 
     /// Drives the liar's swarm until `deadline`, or until `stop` says so of an event.
@@ -551,7 +555,8 @@ mod liars {
         let dir = tempfile::tempdir().unwrap();
         let node = start(dir.path(), "n", vec![]).await;
         let addr: Multiaddr = tcp_address(&node).await.parse().unwrap();
-        let (port, knocks) = third_party().await;
+        let (ports, knocks) = third_party("127.0.0.2", 1).await;
+        let port = ports[0];
         let mut liar = liar();
         let me = *liar.local_peer_id();
         for lie in [
@@ -596,23 +601,24 @@ mod liars {
         node.stop().await.unwrap();
     }
 
-    /// A Kademlia query asks peers for the peers they know, with their addresses, and dials
-    /// those to ask them in turn. A lying peer answers with made-up peers, all at a third
-    /// party's address. The node dials an address that only a query's answer gave, on an IP
-    /// address none of its known peers is on, a few times a minute at most (per IP address).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_peer_cannot_make_the_node_dial_a_third_party_through_its_kademlia_answers() {
+    /// How many times a node dialed a third party on `ip` after a lying peer answered its
+    /// Kademlia query with `made_up` peers, each at all of the third party's `ports` addresses.
+    async fn dials_of_a_third_party_named_in_kademlia_answers(
+        ip: &str,
+        ports: usize,
+        made_up: usize,
+    ) -> usize {
         let dir = tempfile::tempdir().unwrap();
         let node = start(dir.path(), "n", vec![]).await;
         let addr: Multiaddr = tcp_address(&node).await.parse().unwrap();
-        let (port, knocks) = third_party().await;
+        let (ports, knocks) = third_party(ip, ports).await;
         let mut liar = liar();
-        for _ in 0..40 {
-            let made_up = PeerId::random();
-            liar.behaviour_mut().kad.add_address(
-                &made_up,
-                format!("/ip4/127.0.0.2/tcp/{port}").parse().unwrap(),
-            );
+        for _ in 0..made_up {
+            let peer = PeerId::random();
+            for port in &ports {
+                let addr = format!("/ip4/{ip}/tcp/{port}").parse().unwrap();
+                liar.behaviour_mut().kad.add_address(&peer, addr);
+            }
         }
         identify_to(&mut liar, &addr).await;
         // The node's Kademlia bootstraps on its own once it has a peer in its routing table,
@@ -631,11 +637,34 @@ mod liars {
             |_| false,
         )
         .await;
-        let got = knocks.load(Ordering::SeqCst);
+        node.stop().await.unwrap();
+        knocks.load(Ordering::SeqCst)
+    }
+
+    /// A Kademlia query asks peers for the peers they know, with their addresses, and dials
+    /// those to ask them in turn. A lying peer answers with made-up peers, all at a third
+    /// party's address. On a network that no peer of the node's routing table is on (here
+    /// 127.0.0.2), the node dials a few times a minute at most. (Without the limit: 60 times
+    /// within seconds.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_cannot_make_the_node_dial_a_third_party_through_its_kademlia_answers() {
+        let got = dials_of_a_third_party_named_in_kademlia_answers("127.0.0.2", 1, 40).await;
         assert!(
-            got <= crabnet_core::network::QUERY_DIALS_PER_IP_PER_MINUTE,
+            got <= crabnet_core::network::UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE,
             "the node dialed the third party {got} times"
         );
-        node.stop().await.unwrap();
+    }
+
+    /// The same on the host that the liar (and so a peer of the node's routing table) is on:
+    /// the nodes of one host find each other through such answers, so the limit is higher, but
+    /// there is one, whatever ports the answers name (here 6 for each made-up peer; without the
+    /// limit, the node dialed them ~300 times within seconds).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_cannot_make_the_node_dial_its_own_host_without_limit() {
+        let got = dials_of_a_third_party_named_in_kademlia_answers("127.0.0.1", 6, 40).await;
+        assert!(
+            got <= crabnet_core::network::UNVERIFIED_DIALS_PER_KNOWN_HOST_PER_MINUTE,
+            "the node dialed the third party {got} times"
+        );
     }
 }

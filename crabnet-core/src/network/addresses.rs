@@ -2,8 +2,8 @@
 //! (identify's list of its own, the peers a Kademlia answer names) is the peer's word: taken as
 //! it is, a peer could make every node that met it dial a third party, and the network would
 //! amplify the peer's traffic at that party. The routing table takes a peer's addresses only on
-//! the IP address its connection came from; a Kademlia answer's addresses on an IP address
-//! unknown to the node are dialed a few times a minute at most.
+//! the IP address its connection came from; addresses the node has not verified (a Kademlia
+//! answer's, mDNS's) are dialed a few times a minute at most per host or network.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -19,16 +19,24 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId, kad};
 
-/// How many times a minute a node dials an IP address that only the answer to a Kademlia
-/// query gave it, on which none of the peers in its routing table is: a peer may answer with
-/// any addresses, and without a limit could aim every node that asks it at a third party.
-pub const QUERY_DIALS_PER_IP_PER_MINUTE: usize = 4;
-/// How many addresses a Kademlia answer gave for a peer one dial of that peer tries.
-const QUERY_ADDRESSES_PER_DIAL: usize = 2;
-/// The window of [`QUERY_DIALS_PER_IP_PER_MINUTE`].
-const QUERY_DIAL_WINDOW: Duration = Duration::from_secs(60);
-/// How many IP addresses the count of query dials remembers (a minute each).
-const QUERY_DIAL_IPS: usize = 4096;
+/// How many addresses a minute a node dials in a network (an IPv4 /24, an IPv6 /64) that only
+/// unverified addresses point at (a Kademlia answer's, mDNS's) and that no peer of its routing
+/// table is on: a peer may answer with any addresses, and without a limit could aim every node
+/// that asks it at a third party.
+pub const UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE: usize = 4;
+/// How many addresses a minute a node dials in such new networks in all (so that addresses
+/// spread over many networks cannot multiply the limit above).
+const UNVERIFIED_DIALS_PER_MINUTE: usize = 64;
+/// How many unverified addresses a minute a node dials on an IP address that a peer of its
+/// routing table is on (the nodes of one host find each other this way; any port of that host
+/// could be named).
+pub const UNVERIFIED_DIALS_PER_KNOWN_HOST_PER_MINUTE: usize = 64;
+/// How many unverified addresses one dial of a peer tries.
+const UNVERIFIED_ADDRESSES_PER_DIAL: usize = 2;
+/// The window of the limits above.
+const DIAL_WINDOW: Duration = Duration::from_secs(60);
+/// How many hosts and networks the counts remember (a minute each).
+const DIAL_COUNTS: usize = 4096;
 
 type Store = kad::store::MemoryStore;
 
@@ -62,14 +70,12 @@ pub(super) fn dialable_addresses(
     kept
 }
 
-/// Whether `addr` is on the local network (a private, link-local or loopback IP address), where
-/// mDNS answers come from.
+/// Whether `addr` is on the local network (a private or link-local IP address), where mDNS
+/// answers come from. Not loopback: an answer naming it would aim the node at its own host.
 pub(super) fn on_local_network(addr: &Multiaddr) -> bool {
     match addr.iter().next().and_then(|p| ip_of(&p)) {
-        Some(IpAddr::V4(ip)) => ip.is_private() || ip.is_link_local() || ip.is_loopback(),
-        Some(IpAddr::V6(ip)) => {
-            ip.is_loopback() || ip.is_unique_local() || ip.is_unicast_link_local()
-        }
+        Some(IpAddr::V4(ip)) => ip.is_private() || ip.is_link_local(),
+        Some(IpAddr::V6(ip)) => ip.is_unique_local() || ip.is_unicast_link_local(),
         None => false,
     }
 }
@@ -158,88 +164,143 @@ fn routing_addresses(kad: &mut kad::Behaviour<Store>, peer: &PeerId) -> Vec<Mult
         .unwrap_or_default()
 }
 
-/// Dials a node made of IP addresses that Kademlia answers gave, per IP address, within the
-/// last minute.
-#[derive(Default)]
-struct QueryDials {
-    by_ip: HashMap<IpAddr, (Instant, usize)>,
+/// What unverified dials count against: a host that a peer of the routing table is on, or a
+/// network no such peer is on.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum DialTarget {
+    KnownHost(IpAddr),
+    Network(IpAddr),
 }
 
-impl QueryDials {
-    /// Whether the node may dial `ip` once more now, counting the dial if so.
-    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if self.by_ip.len() >= QUERY_DIAL_IPS && !self.by_ip.contains_key(&ip) {
-            self.by_ip
-                .retain(|_, (since, _)| now.saturating_duration_since(*since) < QUERY_DIAL_WINDOW);
-            if self.by_ip.len() >= QUERY_DIAL_IPS {
+impl DialTarget {
+    fn of(ip: IpAddr, known: &HashSet<IpAddr>) -> Self {
+        if known.contains(&ip) {
+            return DialTarget::KnownHost(ip);
+        }
+        DialTarget::Network(match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                IpAddr::from([a, b, c, 0])
+            }
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+        })
+    }
+
+    fn limit(self) -> usize {
+        match self {
+            DialTarget::KnownHost(_) => UNVERIFIED_DIALS_PER_KNOWN_HOST_PER_MINUTE,
+            DialTarget::Network(_) => UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE,
+        }
+    }
+}
+
+/// Addresses dialed unverified within the current minute (a window that starts at a target's
+/// first dial).
+#[derive(Default)]
+struct DialCounts {
+    by_target: HashMap<DialTarget, (Instant, usize)>,
+    /// Dials of new networks in all: (since, count).
+    new_networks: Option<(Instant, usize)>,
+}
+
+impl DialCounts {
+    /// Whether the node may dial `target` once more now, counting the dial if so.
+    fn allow(&mut self, target: DialTarget, now: Instant) -> bool {
+        let fresh = |since: Instant| now.saturating_duration_since(since) < DIAL_WINDOW;
+        if let DialTarget::Network(_) = target {
+            let (since, count) = self.new_networks.get_or_insert((now, 0));
+            if !fresh(*since) {
+                *since = now;
+                *count = 0;
+            }
+            if *count >= UNVERIFIED_DIALS_PER_MINUTE {
                 return false;
             }
         }
-        let (since, count) = self.by_ip.entry(ip).or_insert((now, 0));
-        if now.saturating_duration_since(*since) >= QUERY_DIAL_WINDOW {
+        if self.by_target.len() >= DIAL_COUNTS && !self.by_target.contains_key(&target) {
+            self.by_target.retain(|_, (since, _)| fresh(*since));
+            if self.by_target.len() >= DIAL_COUNTS {
+                return false;
+            }
+        }
+        let (since, count) = self.by_target.entry(target).or_insert((now, 0));
+        if !fresh(*since) {
             *since = now;
             *count = 0;
         }
-        if *count >= QUERY_DIALS_PER_IP_PER_MINUTE {
+        if *count >= target.limit() {
             return false;
         }
         *count += 1;
+        if let (DialTarget::Network(_), Some((_, all))) = (target, self.new_networks.as_mut()) {
+            *all += 1;
+        }
         true
     }
-}
 
-/// Kademlia, with the addresses of its queries' answers checked before the node dials them.
-/// Kademlia dials a peer that an answer named at the addresses the answer gave; those pass
-/// here only if they are TCP or QUIC on an IP address (at most [`QUERY_ADDRESSES_PER_DIAL`] per
-/// dial), on an IP address that a peer in the routing table is on, or else within
-/// [`QUERY_DIALS_PER_IP_PER_MINUTE`]. A peer's addresses in the routing table (checked by
-/// [`dialable_addresses`], or configured) pass as they are.
-pub(super) struct Kademlia {
-    inner: kad::Behaviour<Store>,
-    query_dials: QueryDials,
-}
-
-impl Kademlia {
-    pub(super) fn new(inner: kad::Behaviour<Store>) -> Self {
-        Kademlia {
-            inner,
-            query_dials: QueryDials::default(),
-        }
-    }
-
-    /// The addresses the node dials `peer` at, of those Kademlia `offered`.
-    fn checked(&mut self, peer: &PeerId, offered: Vec<Multiaddr>, now: Instant) -> Vec<Multiaddr> {
-        let table = routing_addresses(&mut self.inner, peer);
-        let mut known_ips: Option<HashSet<IpAddr>> = None;
+    /// The addresses a dial of `peer` goes to, of those the behaviours `offered`: the peer's
+    /// addresses in the routing table (`table`) as they are; of the others (unverified), at
+    /// most [`UNVERIFIED_ADDRESSES_PER_DIAL`], TCP or QUIC on an IP address, within the limits
+    /// (each address counts). A dial with `explicit` addresses (the caller's, which
+    /// the swarm dials anyway) takes no unverified one. `known` lists the IP addresses of the
+    /// routing table's peers, worked out only if needed.
+    fn checked(
+        &mut self,
+        peer: &PeerId,
+        explicit: bool,
+        offered: Vec<Multiaddr>,
+        table: &[Multiaddr],
+        known: impl FnOnce() -> HashSet<IpAddr>,
+        now: Instant,
+    ) -> Vec<Multiaddr> {
+        let table: HashSet<Multiaddr> = table.iter().map(without_peer).collect();
+        let mut known = Some(known);
+        let mut known_ips = HashSet::new();
+        let mut seen = HashSet::new();
         let mut kept = Vec::new();
-        let mut from_answers = 0;
+        let mut unverified = 0;
         for addr in offered {
-            if kept.contains(&addr) {
+            let bare = without_peer(&addr);
+            if !seen.insert(bare.clone()) {
                 continue;
             }
-            let full = addr.clone().with_p2p(*peer).unwrap_or_else(|a| a);
-            if table.contains(&full) {
+            if table.contains(&bare) {
                 kept.push(addr);
                 continue;
             }
-            if from_answers == QUERY_ADDRESSES_PER_DIAL {
+            if explicit || unverified == UNVERIFIED_ADDRESSES_PER_DIAL {
                 continue;
             }
             let Some(ip) = dialable_ip(peer, &addr) else {
                 continue;
             };
-            let known = known_ips.get_or_insert_with(|| table_ips(&mut self.inner));
-            if known.contains(&ip) || self.query_dials.allow(ip, now) {
-                from_answers += 1;
+            if let Some(known) = known.take() {
+                known_ips = known();
+            }
+            let target = DialTarget::of(ip, &known_ips);
+            if self.allow(target, now) {
+                unverified += 1;
                 kept.push(addr);
             } else {
                 tracing::debug!(
-                    "not dialing {addr} for {peer}: a Kademlia answer's address, dialed enough this minute"
+                    "not dialing {addr} for {peer}: {target:?} was dialed enough this minute"
                 );
             }
         }
         kept
     }
+}
+
+/// `addr` without a final `/p2p/<peer>`.
+fn without_peer(addr: &Multiaddr) -> Multiaddr {
+    let mut bare = addr.clone();
+    if let Some(Protocol::P2p(_)) = bare.iter().last() {
+        bare.pop();
+    }
+    bare
 }
 
 /// The IP addresses of the peers in the routing table.
@@ -257,22 +318,47 @@ fn table_ips(kad: &mut kad::Behaviour<Store>) -> HashSet<IpAddr> {
     ips
 }
 
-impl Deref for Kademlia {
-    type Target = kad::Behaviour<Store>;
-    fn deref(&self) -> &Self::Target {
+/// A behaviour with a Kademlia routing table, whose addresses the node has verified.
+pub(super) trait RoutingTable {
+    /// The Kademlia behaviour.
+    fn kademlia(&mut self) -> &mut kad::Behaviour<Store>;
+}
+
+/// The node's behaviours, with every address they offer for a dial checked first
+/// ([`DialCounts::checked`]). Kademlia dials the peers a query's answer names at the addresses
+/// the answer gave; mDNS offers the addresses anyone on the network segment announced; and
+/// request-response offers those mDNS passed on. A peer's addresses in the routing table
+/// (checked by [`dialable_addresses`], or configured) pass as they are.
+pub(super) struct DialGuard<B> {
+    inner: B,
+    counts: DialCounts,
+}
+
+impl<B> DialGuard<B> {
+    pub(super) fn new(inner: B) -> Self {
+        DialGuard {
+            inner,
+            counts: DialCounts::default(),
+        }
+    }
+}
+
+impl<B> Deref for DialGuard<B> {
+    type Target = B;
+    fn deref(&self) -> &B {
         &self.inner
     }
 }
 
-impl DerefMut for Kademlia {
-    fn deref_mut(&mut self) -> &mut Self::Target {
+impl<B> DerefMut for DialGuard<B> {
+    fn deref_mut(&mut self) -> &mut B {
         &mut self.inner
     }
 }
 
-impl NetworkBehaviour for Kademlia {
-    type ConnectionHandler = <kad::Behaviour<Store> as NetworkBehaviour>::ConnectionHandler;
-    type ToSwarm = kad::Event;
+impl<B: NetworkBehaviour + RoutingTable> NetworkBehaviour for DialGuard<B> {
+    type ConnectionHandler = B::ConnectionHandler;
+    type ToSwarm = B::ToSwarm;
 
     fn handle_pending_inbound_connection(
         &mut self,
@@ -312,10 +398,22 @@ impl NetworkBehaviour for Kademlia {
             addresses,
             effective_role,
         )?;
-        Ok(match maybe_peer {
-            Some(peer) if !offered.is_empty() => self.checked(&peer, offered, Instant::now()),
-            _ => offered,
-        })
+        let Some(peer) = maybe_peer else {
+            return Ok(offered);
+        };
+        if offered.is_empty() {
+            return Ok(offered);
+        }
+        let kad = self.inner.kademlia();
+        let table = routing_addresses(kad, &peer);
+        Ok(self.counts.checked(
+            &peer,
+            !addresses.is_empty(),
+            offered,
+            &table,
+            || table_ips(kad),
+            Instant::now(),
+        ))
     }
 
     fn handle_established_outbound_connection(
@@ -454,78 +552,150 @@ mod tests {
         assert_eq!(entry(&mut kad), before);
     }
 
+    fn a(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    /// Checks one dial of a fresh peer at `offered` (none in the routing table; 10.0.0.5 is the
+    /// IP address of a peer that is), and returns how many addresses passed.
+    fn dial(counts: &mut DialCounts, offered: Vec<Multiaddr>, now: Instant) -> usize {
+        let known = || HashSet::from([IpAddr::from([10, 0, 0, 5])]);
+        counts
+            .checked(&PeerId::random(), false, offered, &[], known, now)
+            .len()
+    }
+
     #[test]
-    fn a_kademlia_answers_addresses_on_an_unknown_ip_are_dialed_a_few_times_a_minute() {
-        let local = PeerId::random();
-        let mut kad = Kademlia::new(kad::Behaviour::new(local, Store::new(local)));
-        let known = PeerId::random();
-        kad.add_address(&known, "/ip4/10.0.0.5/tcp/7000".parse().unwrap());
-        let a = |s: String| s.parse::<Multiaddr>().unwrap();
+    fn a_peers_addresses_in_the_routing_table_pass_and_unverified_ones_are_checked() {
+        let mut counts = DialCounts::default();
+        let peer = PeerId::random();
+        let other = PeerId::random();
         let t0 = Instant::now();
-        // A peer of the routing table: its own addresses pass as they are.
-        assert_eq!(
-            kad.checked(
-                &known,
-                vec![a(format!("/ip4/10.0.0.5/tcp/7000/p2p/{known}"))],
-                t0
-            ),
-            vec![a(format!("/ip4/10.0.0.5/tcp/7000/p2p/{known}"))]
+        let table = [
+            a(&format!("/ip4/10.0.0.5/tcp/7000/p2p/{peer}")),
+            a("/ip4/10.0.0.5/tcp/7001"),
+        ];
+        let known = || HashSet::from([IpAddr::from([10, 0, 0, 5])]);
+        // The table's addresses, with or without the peer's id, and at most two others: TCP or
+        // QUIC on an IP address, none naming another peer, no address twice.
+        let got = counts.checked(
+            &peer,
+            false,
+            vec![
+                a("/ip4/10.0.0.5/tcp/7000"),
+                a(&format!("/ip4/10.0.0.5/tcp/7001/p2p/{peer}")),
+                a("/dns4/example.org/tcp/1"),
+                a(&format!("/ip4/10.0.0.5/tcp/1/p2p/{other}")),
+                a("/ip4/10.0.0.5/udp/2"),
+                a("/ip4/10.0.0.5/tcp/3"),
+                a(&format!("/ip4/10.0.0.5/tcp/3/p2p/{peer}")),
+                a("/ip4/10.0.0.5/udp/4/quic-v1"),
+                a("/ip4/10.0.0.5/tcp/5"),
+            ],
+            &table,
+            known,
+            t0,
         );
-        // Named by an answer, on the known host's IP address: at most two addresses a dial,
-        // TCP or QUIC only, none naming another peer, but as often as asked.
-        let fresh = PeerId::random();
-        for _ in 0..20 {
-            assert_eq!(
-                kad.checked(
-                    &fresh,
-                    vec![
-                        a("/dns4/example.org/tcp/1".into()),
-                        a(format!("/ip4/10.0.0.5/tcp/1/p2p/{known}")),
-                        a("/ip4/10.0.0.5/udp/2".into()),
-                        a("/ip4/10.0.0.5/tcp/3".into()),
-                        a("/ip4/10.0.0.5/udp/4/quic-v1".into()),
-                        a("/ip4/10.0.0.5/tcp/5".into()),
-                    ],
-                    t0
-                ),
-                vec![
-                    a("/ip4/10.0.0.5/tcp/3".into()),
-                    a("/ip4/10.0.0.5/udp/4/quic-v1".into())
-                ]
-            );
-        }
-        // On an IP address no peer of the table is on: a few dials a minute, across peers.
-        let dialed: usize = (0..40)
+        assert_eq!(
+            got,
+            vec![
+                a("/ip4/10.0.0.5/tcp/7000"),
+                a(&format!("/ip4/10.0.0.5/tcp/7001/p2p/{peer}")),
+                a("/ip4/10.0.0.5/tcp/3"),
+                a("/ip4/10.0.0.5/udp/4/quic-v1"),
+            ]
+        );
+        // With addresses of its own, a dial takes only the table's.
+        let got = counts.checked(
+            &peer,
+            true,
+            vec![a("/ip4/10.0.0.5/tcp/7000"), a("/ip4/10.0.0.5/tcp/9")],
+            &table,
+            known,
+            t0,
+        );
+        assert_eq!(got, vec![a("/ip4/10.0.0.5/tcp/7000")]);
+    }
+
+    #[test]
+    fn unverified_addresses_are_dialed_a_few_times_a_minute_per_host_or_network() {
+        let mut counts = DialCounts::default();
+        let t0 = Instant::now();
+        // A host a peer of the routing table is on (any port of it).
+        let host: usize = (0..100)
+            .map(|i| dial(&mut counts, vec![a(&format!("/ip4/10.0.0.5/tcp/{i}"))], t0))
+            .sum();
+        assert_eq!(host, UNVERIFIED_DIALS_PER_KNOWN_HOST_PER_MINUTE);
+        // A network none is on, across its addresses: a /24, a /64.
+        let net: usize = (0..100)
+            .map(|i| dial(&mut counts, vec![a(&format!("/ip4/192.0.2.{i}/tcp/1"))], t0))
+            .sum();
+        assert_eq!(net, UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE);
+        let net6: usize = (0..100)
             .map(|i| {
-                kad.checked(
-                    &PeerId::random(),
-                    vec![a(format!("/ip4/192.0.2.7/tcp/{i}"))],
+                dial(
+                    &mut counts,
+                    vec![a(&format!("/ip6/2001:db8::{i:x}/tcp/1"))],
                     t0,
                 )
-                .len()
             })
             .sum();
-        assert_eq!(dialed, QUERY_DIALS_PER_IP_PER_MINUTE);
-        // Another such address is counted apart, and a minute later the first one again.
-        assert_eq!(
-            kad.checked(
-                &PeerId::random(),
-                vec![a("/ip4/192.0.2.8/tcp/1".into())],
-                t0
-            )
-            .len(),
-            1
-        );
-        let later = t0 + QUERY_DIAL_WINDOW;
-        assert_eq!(
-            kad.checked(
-                &PeerId::random(),
-                vec![a("/ip4/192.0.2.7/tcp/1".into())],
-                later
-            )
-            .len(),
-            1
-        );
+        assert_eq!(net6, UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE);
+        // Each address counts: a peer's TCP and QUIC addresses are two.
+        let pair = || {
+            vec![
+                a("/ip4/198.51.100.1/tcp/1"),
+                a("/ip4/198.51.100.1/udp/1/quic-v1"),
+            ]
+        };
+        assert_eq!(dial(&mut counts, pair(), t0), 2);
+        assert_eq!(dial(&mut counts, pair(), t0), 2);
+        assert_eq!(dial(&mut counts, pair(), t0), 0);
+        assert_eq!(counts.by_target.len(), 4);
+        // A minute later, again.
+        let later = t0 + DIAL_WINDOW;
+        assert_eq!(dial(&mut counts, vec![a("/ip4/192.0.2.1/tcp/1")], later), 1);
+        assert_eq!(dial(&mut counts, vec![a("/ip4/10.0.0.5/tcp/1")], later), 1);
+    }
+
+    #[test]
+    fn addresses_spread_over_many_networks_are_dialed_a_few_dozen_times_a_minute_in_all() {
+        let mut counts = DialCounts::default();
+        let t0 = Instant::now();
+        let dialed: usize = (0..10_000u32)
+            .map(|i| {
+                let [_, b, c, d] = (i << 8).to_be_bytes();
+                dial(
+                    &mut counts,
+                    vec![a(&format!("/ip4/100.{b}.{c}.{d}/tcp/1"))],
+                    t0,
+                )
+            })
+            .sum();
+        assert_eq!(dialed, UNVERIFIED_DIALS_PER_MINUTE);
+        assert!(counts.by_target.len() <= DIAL_COUNTS);
+        // Known hosts have their own limits meanwhile.
+        assert_eq!(dial(&mut counts, vec![a("/ip4/10.0.0.5/tcp/1")], t0), 1);
+        let later = t0 + DIAL_WINDOW;
+        assert_eq!(dial(&mut counts, vec![a("/ip4/100.0.0.1/tcp/1")], later), 1);
+    }
+
+    #[test]
+    fn the_counts_stay_bounded_under_a_spray_of_known_hosts() {
+        let mut counts = DialCounts::default();
+        let t0 = Instant::now();
+        for i in 0..(DIAL_COUNTS as u32 * 2) {
+            let _ = counts.allow(
+                DialTarget::KnownHost(IpAddr::from(std::net::Ipv4Addr::from(i))),
+                t0,
+            );
+            assert!(counts.by_target.len() <= DIAL_COUNTS);
+        }
+        // Full within the minute: a new target waits; after it, the old ones go.
+        let new = DialTarget::KnownHost(IpAddr::from([203, 0, 113, 1]));
+        assert!(!counts.allow(new, t0));
+        assert!(counts.allow(new, t0 + DIAL_WINDOW));
+        assert_eq!(counts.by_target.len(), 1);
     }
 
     #[test]
@@ -535,34 +705,21 @@ mod tests {
             "/ip4/172.16.0.1/udp/1/quic-v1",
             "/ip4/192.168.1.9/tcp/1",
             "/ip4/169.254.0.1/tcp/1",
-            "/ip4/127.0.0.1/tcp/1",
             "/ip6/fd00::1/tcp/1",
             "/ip6/fe80::1/tcp/1",
-            "/ip6/::1/tcp/1",
         ] {
-            assert!(on_local_network(&local.parse().unwrap()), "{local}");
+            assert!(on_local_network(&a(local)), "{local}");
         }
         for far in [
             "/ip4/8.8.8.8/tcp/1",
             "/ip4/192.0.2.1/tcp/1",
             "/ip6/2001:db8::1/tcp/1",
             "/dns4/localhost/tcp/1",
+            // The node's own host.
+            "/ip4/127.0.0.1/tcp/1",
+            "/ip6/::1/tcp/1",
         ] {
-            assert!(!on_local_network(&far.parse().unwrap()), "{far}");
+            assert!(!on_local_network(&a(far)), "{far}");
         }
-    }
-
-    #[test]
-    fn the_count_of_query_dials_stays_bounded_under_a_spray_of_ip_addresses() {
-        let mut dials = QueryDials::default();
-        let t0 = Instant::now();
-        for i in 0..(QUERY_DIAL_IPS as u32 * 3) {
-            let _ = dials.allow(IpAddr::from(std::net::Ipv4Addr::from(i)), t0);
-            assert!(dials.by_ip.len() <= QUERY_DIAL_IPS);
-        }
-        // Full within the minute: a new IP address waits; after it, the old ones go.
-        assert!(!dials.allow(IpAddr::from([203, 0, 113, 1]), t0));
-        assert!(dials.allow(IpAddr::from([203, 0, 113, 1]), t0 + QUERY_DIAL_WINDOW));
-        assert_eq!(dials.by_ip.len(), 1);
     }
 }

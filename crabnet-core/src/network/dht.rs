@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use super::addresses::{Kademlia, dialable_addresses, on_local_network, set_routing_addresses};
+use super::addresses::{
+    DialGuard, RoutingTable, dialable_addresses, on_local_network, set_routing_addresses,
+};
 use super::{Acceptance, Handled, InboundFrame, Incoming, Transport, UdpConfig, UdpTransport};
 use crate::envelope::MAX_ENVELOPE_BYTES;
 use crate::error::{Error, ErrorKind, Result};
@@ -114,13 +116,21 @@ struct SyncResponse {
     frames: Vec<serde_bytes::ByteBuf>,
 }
 
+/// The node's libp2p behaviours. The swarm runs them inside a [`DialGuard`], which checks
+/// the addresses they offer for a dial.
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     gossipsub: gossipsub::Behaviour,
-    kad: Kademlia,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+}
+
+impl RoutingTable for Behaviour {
+    fn kademlia(&mut self) -> &mut kad::Behaviour<kad::store::MemoryStore> {
+        &mut self.kad
+    }
 }
 
 /// The gossipsub heartbeat (mesh upkeep and IHAVE gossip): libp2p's default, one second (it
@@ -380,13 +390,13 @@ impl DhtTransport {
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(30)),
                 );
-                Ok(Behaviour {
+                Ok(DialGuard::new(Behaviour {
                     gossipsub,
-                    kad: Kademlia::new(kad),
+                    kad,
                     identify,
                     mdns: Toggle::from(mdns),
                     sync,
-                })
+                }))
             })
             .map_err(|e| net_err(format!("cannot set up libp2p: {e}")))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
@@ -798,7 +808,7 @@ fn routing_table_peers(kad: &mut kad::Behaviour<kad::store::MemoryStore>) -> Vec
 }
 
 async fn run(
-    mut swarm: Swarm<Behaviour>,
+    mut swarm: Swarm<DialGuard<Behaviour>>,
     topic: gossipsub::IdentTopic,
     mut commands: mpsc::UnboundedReceiver<Command>,
     incoming: mpsc::UnboundedSender<Incoming>,
