@@ -3,7 +3,8 @@
 //! it is, a peer could make every node that met it dial a third party, and the network would
 //! amplify the peer's traffic at that party. The routing table takes a peer's addresses only on
 //! the IP address its connection came from; addresses the node has not verified (a Kademlia
-//! answer's, mDNS's) are dialed a few times a minute at most per host or network.
+//! answer's, mDNS's) that lead nowhere are dialed a limited number of times a minute per host,
+//! per network and in all.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -30,13 +31,18 @@ const UNVERIFIED_DIALS_PER_MINUTE: usize = 64;
 /// How many unverified addresses a minute a node dials on an IP address that a peer of its
 /// routing table is on (the nodes of one host find each other this way; any port of that host
 /// could be named).
-pub const UNVERIFIED_DIALS_PER_KNOWN_HOST_PER_MINUTE: usize = 64;
+const UNVERIFIED_DIALS_PER_KNOWN_HOST_PER_MINUTE: usize = 64;
+/// How many unverified addresses a minute a node dials in all.
+const UNVERIFIED_DIALS_IN_ALL_PER_MINUTE: usize = 256;
 /// How many unverified addresses one dial of a peer tries.
 const UNVERIFIED_ADDRESSES_PER_DIAL: usize = 2;
 /// The window of the limits above.
 const DIAL_WINDOW: Duration = Duration::from_secs(60);
 /// How many hosts and networks the counts remember (a minute each).
 const DIAL_COUNTS: usize = 4096;
+/// How many dials under way the guard remembers what they added to the counts of (a dial
+/// whose end it never hears of is forgotten after [`DIAL_WINDOW`]).
+const DIALS_UNDER_WAY: usize = 1024;
 
 type Store = kad::store::MemoryStore;
 
@@ -164,8 +170,8 @@ fn routing_addresses(kad: &mut kad::Behaviour<Store>, peer: &PeerId) -> Vec<Mult
         .unwrap_or_default()
 }
 
-/// What unverified dials count against: a host that a peer of the routing table is on, or a
-/// network no such peer is on.
+/// What an unverified address counts against: a host that a peer of the routing table is on,
+/// or a network no such peer is on.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum DialTarget {
     KnownHost(IpAddr),
@@ -189,64 +195,106 @@ impl DialTarget {
         })
     }
 
-    fn limit(self) -> usize {
-        match self {
-            DialTarget::KnownHost(_) => UNVERIFIED_DIALS_PER_KNOWN_HOST_PER_MINUTE,
-            DialTarget::Network(_) => UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE,
-        }
+    /// The counts one address dialed at this target adds to, with their limits.
+    fn counts(self) -> impl Iterator<Item = (Count, usize)> {
+        let own = match self {
+            DialTarget::KnownHost(ip) => {
+                (Count::Host(ip), UNVERIFIED_DIALS_PER_KNOWN_HOST_PER_MINUTE)
+            }
+            DialTarget::Network(net) => {
+                (Count::Network(net), UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE)
+            }
+        };
+        let new_networks = match self {
+            DialTarget::Network(_) => Some((Count::NewNetworks, UNVERIFIED_DIALS_PER_MINUTE)),
+            DialTarget::KnownHost(_) => None,
+        };
+        [
+            Some(own),
+            new_networks,
+            Some((Count::All, UNVERIFIED_DIALS_IN_ALL_PER_MINUTE)),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
-/// Addresses dialed unverified within the current minute (a window that starts at a target's
-/// first dial).
+/// A count of unverified addresses dialed within its current minute.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Count {
+    Host(IpAddr),
+    Network(IpAddr),
+    NewNetworks,
+    All,
+}
+
+/// What one dial added to the counts: each count with the start of the window it added to
+/// (a refund to a window that has since started again is not made).
+type Charge = Vec<(Count, Instant)>;
+
+/// Unverified addresses dialed within the current minute (a window that starts at a count's
+/// first address). A dial that reaches the peer it meant to gives its addresses back: only
+/// addresses that lead nowhere (or to somebody else) use up the limits.
 #[derive(Default)]
 struct DialCounts {
-    by_target: HashMap<DialTarget, (Instant, usize)>,
-    /// Dials of new networks in all: (since, count).
-    new_networks: Option<(Instant, usize)>,
+    counts: HashMap<Count, (Instant, usize)>,
 }
 
 impl DialCounts {
-    /// Whether the node may dial `target` once more now, counting the dial if so.
-    fn allow(&mut self, target: DialTarget, now: Instant) -> bool {
+    /// Counts one address dialed at `target` now, unless a count is at its limit.
+    fn allow(&mut self, target: DialTarget, now: Instant) -> Option<Charge> {
         let fresh = |since: Instant| now.saturating_duration_since(since) < DIAL_WINDOW;
-        if let DialTarget::Network(_) = target {
-            let (since, count) = self.new_networks.get_or_insert((now, 0));
-            if !fresh(*since) {
-                *since = now;
-                *count = 0;
-            }
-            if *count >= UNVERIFIED_DIALS_PER_MINUTE {
-                return false;
+        for (count, limit) in target.counts() {
+            if let Some((since, n)) = self.counts.get(&count)
+                && fresh(*since)
+                && *n >= limit
+            {
+                return None;
             }
         }
-        if self.by_target.len() >= DIAL_COUNTS && !self.by_target.contains_key(&target) {
-            self.by_target.retain(|_, (since, _)| fresh(*since));
-            if self.by_target.len() >= DIAL_COUNTS {
-                return false;
+        let missing = |counts: &HashMap<Count, (Instant, usize)>| {
+            target
+                .counts()
+                .filter(|(c, _)| !counts.contains_key(c))
+                .count()
+        };
+        if self.counts.len() + missing(&self.counts) > DIAL_COUNTS {
+            self.counts.retain(|_, (since, _)| fresh(*since));
+            if self.counts.len() + missing(&self.counts) > DIAL_COUNTS {
+                return None;
             }
         }
-        let (since, count) = self.by_target.entry(target).or_insert((now, 0));
-        if !fresh(*since) {
-            *since = now;
-            *count = 0;
+        let mut charge = Vec::with_capacity(3);
+        for (count, _) in target.counts() {
+            let window = self.counts.entry(count).or_insert((now, 0));
+            if !fresh(window.0) {
+                *window = (now, 0);
+            }
+            window.1 += 1;
+            charge.push((count, window.0));
         }
-        if *count >= target.limit() {
-            return false;
-        }
-        *count += 1;
-        if let (DialTarget::Network(_), Some((_, all))) = (target, self.new_networks.as_mut()) {
-            *all += 1;
-        }
-        true
+        Some(charge)
     }
 
-    /// The addresses a dial of `peer` goes to, of those the behaviours `offered`: the peer's
-    /// addresses in the routing table (`table`) as they are; of the others (unverified), at
-    /// most [`UNVERIFIED_ADDRESSES_PER_DIAL`], TCP or QUIC on an IP address, within the limits
-    /// (each address counts). A dial with `explicit` addresses (the caller's, which
-    /// the swarm dials anyway) takes no unverified one. `known` lists the IP addresses of the
-    /// routing table's peers, worked out only if needed.
+    /// Gives back what a dial added, to the windows it added to.
+    fn refund(&mut self, charge: &[(Count, Instant)]) {
+        for (count, at) in charge {
+            if let Some((since, n)) = self.counts.get_mut(count)
+                && since == at
+            {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The addresses a dial of `peer` goes to, of those the behaviours `offered`, and what the
+    /// unverified ones among them added to the counts. A peer with addresses in the routing
+    /// table (`table`) is dialed at those alone: an unverified address beside them could lead
+    /// to somebody else, whose answer first would fail the dial (and take the peer out of the
+    /// routing table). A peer without is dialed at most at [`UNVERIFIED_ADDRESSES_PER_DIAL`]
+    /// unverified addresses, TCP or QUIC on an IP address, within the limits. A dial with
+    /// `explicit` addresses (the caller's, which the swarm dials anyway) takes none. `known`
+    /// lists the IP addresses of the routing table's peers, worked out only if needed.
     fn checked(
         &mut self,
         peer: &PeerId,
@@ -255,42 +303,42 @@ impl DialCounts {
         table: &[Multiaddr],
         known: impl FnOnce() -> HashSet<IpAddr>,
         now: Instant,
-    ) -> Vec<Multiaddr> {
+    ) -> (Vec<Multiaddr>, Charge) {
         let table: HashSet<Multiaddr> = table.iter().map(without_peer).collect();
-        let mut known = Some(known);
-        let mut known_ips = HashSet::new();
         let mut seen = HashSet::new();
         let mut kept = Vec::new();
-        let mut unverified = 0;
+        let mut charge = Charge::new();
+        if !table.is_empty() || explicit {
+            for addr in offered {
+                let bare = without_peer(&addr);
+                if table.contains(&bare) && seen.insert(bare) {
+                    kept.push(addr);
+                }
+            }
+            return (kept, charge);
+        }
+        let known_ips = known();
         for addr in offered {
-            let bare = without_peer(&addr);
-            if !seen.insert(bare.clone()) {
-                continue;
-            }
-            if table.contains(&bare) {
-                kept.push(addr);
-                continue;
-            }
-            if explicit || unverified == UNVERIFIED_ADDRESSES_PER_DIAL {
-                continue;
+            if kept.len() == UNVERIFIED_ADDRESSES_PER_DIAL {
+                break;
             }
             let Some(ip) = dialable_ip(peer, &addr) else {
                 continue;
             };
-            if let Some(known) = known.take() {
-                known_ips = known();
+            if !seen.insert(without_peer(&addr)) {
+                continue;
             }
-            let target = DialTarget::of(ip, &known_ips);
-            if self.allow(target, now) {
-                unverified += 1;
-                kept.push(addr);
-            } else {
-                tracing::debug!(
-                    "not dialing {addr} for {peer}: {target:?} was dialed enough this minute"
-                );
+            match self.allow(DialTarget::of(ip, &known_ips), now) {
+                Some(c) => {
+                    charge.extend(c);
+                    kept.push(addr);
+                }
+                None => tracing::debug!(
+                    "not dialing {addr} for {peer}: dialed enough there this minute"
+                ),
             }
         }
-        kept
+        (kept, charge)
     }
 }
 
@@ -332,6 +380,8 @@ pub(super) trait RoutingTable {
 pub(super) struct DialGuard<B> {
     inner: B,
     counts: DialCounts,
+    /// What each dial under way added to the counts, and when it started.
+    under_way: HashMap<ConnectionId, (Instant, Charge)>,
 }
 
 impl<B> DialGuard<B> {
@@ -339,6 +389,48 @@ impl<B> DialGuard<B> {
         DialGuard {
             inner,
             counts: DialCounts::default(),
+            under_way: HashMap::new(),
+        }
+    }
+
+    /// Remembers what the dial `connection` added to the counts, to give it back if the dial
+    /// reaches its peer.
+    fn track(&mut self, connection: ConnectionId, charge: Charge, now: Instant) {
+        if charge.is_empty() {
+            return;
+        }
+        if self.under_way.len() >= DIALS_UNDER_WAY {
+            self.under_way
+                .retain(|_, (since, _)| now.saturating_duration_since(*since) < DIAL_WINDOW);
+            if self.under_way.len() >= DIALS_UNDER_WAY {
+                return;
+            }
+        }
+        self.under_way.insert(connection, (now, charge));
+    }
+}
+
+impl<B: RoutingTable> DialGuard<B> {
+    /// Counts a dial of `peer` at an address the node has not verified (an mDNS find), made
+    /// with `opts`, unless the limits are reached. Such a dial is made with its address
+    /// explicit, which the guard does not see otherwise.
+    pub(super) fn unverified_dial(
+        &mut self,
+        opts: &libp2p::swarm::dial_opts::DialOpts,
+        peer: &PeerId,
+        addr: &Multiaddr,
+    ) -> bool {
+        let Some(ip) = dialable_ip(peer, addr) else {
+            return false;
+        };
+        let now = Instant::now();
+        let known = table_ips(self.inner.kademlia());
+        match self.counts.allow(DialTarget::of(ip, &known), now) {
+            Some(charge) => {
+                self.track(opts.connection_id(), charge, now);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -406,14 +498,17 @@ impl<B: NetworkBehaviour + RoutingTable> NetworkBehaviour for DialGuard<B> {
         }
         let kad = self.inner.kademlia();
         let table = routing_addresses(kad, &peer);
-        Ok(self.counts.checked(
+        let now = Instant::now();
+        let (kept, charge) = self.counts.checked(
             &peer,
             !addresses.is_empty(),
             offered,
             &table,
             || table_ips(kad),
-            Instant::now(),
-        ))
+            now,
+        );
+        self.track(connection_id, charge, now);
+        Ok(kept)
     }
 
     fn handle_established_outbound_connection(
@@ -434,6 +529,17 @@ impl<B: NetworkBehaviour + RoutingTable> NetworkBehaviour for DialGuard<B> {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
+        match &event {
+            FromSwarm::ConnectionEstablished(established) => {
+                if let Some((_, charge)) = self.under_way.remove(&established.connection_id) {
+                    self.counts.refund(&charge);
+                }
+            }
+            FromSwarm::DialFailure(failure) => {
+                self.under_way.remove(&failure.connection_id);
+            }
+            _ => {}
+        }
         self.inner.on_swarm_event(event)
     }
 
@@ -557,33 +663,64 @@ mod tests {
     }
 
     /// Checks one dial of a fresh peer at `offered` (none in the routing table; 10.0.0.5 is the
-    /// IP address of a peer that is), and returns how many addresses passed.
-    fn dial(counts: &mut DialCounts, offered: Vec<Multiaddr>, now: Instant) -> usize {
+    /// IP address of a peer that is): the addresses that passed, and what they added.
+    fn dial(counts: &mut DialCounts, offered: Vec<Multiaddr>, now: Instant) -> (usize, Charge) {
         let known = || HashSet::from([IpAddr::from([10, 0, 0, 5])]);
-        counts
-            .checked(&PeerId::random(), false, offered, &[], known, now)
-            .len()
+        let (kept, charge) = counts.checked(&PeerId::random(), false, offered, &[], known, now);
+        (kept.len(), charge)
+    }
+
+    fn dials(
+        counts: &mut DialCounts,
+        offered: impl Iterator<Item = String>,
+        now: Instant,
+    ) -> usize {
+        offered.map(|o| dial(counts, vec![a(&o)], now).0).sum()
     }
 
     #[test]
-    fn a_peers_addresses_in_the_routing_table_pass_and_unverified_ones_are_checked() {
+    fn a_peer_in_the_routing_table_is_dialed_at_its_table_addresses_alone() {
         let mut counts = DialCounts::default();
         let peer = PeerId::random();
-        let other = PeerId::random();
         let t0 = Instant::now();
         let table = [
             a(&format!("/ip4/10.0.0.5/tcp/7000/p2p/{peer}")),
             a("/ip4/10.0.0.5/tcp/7001"),
         ];
         let known = || HashSet::from([IpAddr::from([10, 0, 0, 5])]);
-        // The table's addresses, with or without the peer's id, and at most two others: TCP or
-        // QUIC on an IP address, none naming another peer, no address twice.
-        let got = counts.checked(
+        let offered = vec![
+            a("/ip4/10.0.0.5/tcp/7000"),
+            a("/ip4/10.0.0.6/tcp/1"),
+            a(&format!("/ip4/10.0.0.5/tcp/7001/p2p/{peer}")),
+            a("/ip4/10.0.0.5/tcp/7000"),
+        ];
+        for explicit in [false, true] {
+            let (kept, charge) =
+                counts.checked(&peer, explicit, offered.clone(), &table, known, t0);
+            assert_eq!(
+                kept,
+                vec![
+                    a("/ip4/10.0.0.5/tcp/7000"),
+                    a(&format!("/ip4/10.0.0.5/tcp/7001/p2p/{peer}"))
+                ]
+            );
+            assert!(charge.is_empty());
+        }
+        // A dial with addresses of its own takes no unverified one either.
+        let (kept, _) = counts.checked(&peer, true, vec![a("/ip4/10.0.0.5/tcp/9")], &[], known, t0);
+        assert!(kept.is_empty());
+    }
+
+    #[test]
+    fn a_peer_known_only_by_hearsay_is_dialed_at_two_checked_addresses() {
+        let mut counts = DialCounts::default();
+        let peer = PeerId::random();
+        let other = PeerId::random();
+        let known = || HashSet::from([IpAddr::from([10, 0, 0, 5])]);
+        let (kept, charge) = counts.checked(
             &peer,
             false,
             vec![
-                a("/ip4/10.0.0.5/tcp/7000"),
-                a(&format!("/ip4/10.0.0.5/tcp/7001/p2p/{peer}")),
                 a("/dns4/example.org/tcp/1"),
                 a(&format!("/ip4/10.0.0.5/tcp/1/p2p/{other}")),
                 a("/ip4/10.0.0.5/udp/2"),
@@ -592,110 +729,104 @@ mod tests {
                 a("/ip4/10.0.0.5/udp/4/quic-v1"),
                 a("/ip4/10.0.0.5/tcp/5"),
             ],
-            &table,
+            &[],
             known,
-            t0,
+            Instant::now(),
         );
         assert_eq!(
-            got,
-            vec![
-                a("/ip4/10.0.0.5/tcp/7000"),
-                a(&format!("/ip4/10.0.0.5/tcp/7001/p2p/{peer}")),
-                a("/ip4/10.0.0.5/tcp/3"),
-                a("/ip4/10.0.0.5/udp/4/quic-v1"),
-            ]
+            kept,
+            vec![a("/ip4/10.0.0.5/tcp/3"), a("/ip4/10.0.0.5/udp/4/quic-v1")]
         );
-        // With addresses of its own, a dial takes only the table's.
-        let got = counts.checked(
-            &peer,
-            true,
-            vec![a("/ip4/10.0.0.5/tcp/7000"), a("/ip4/10.0.0.5/tcp/9")],
-            &table,
-            known,
-            t0,
-        );
-        assert_eq!(got, vec![a("/ip4/10.0.0.5/tcp/7000")]);
+        // Each counted against the host and in all.
+        assert_eq!(charge.len(), 4);
     }
 
     #[test]
-    fn unverified_addresses_are_dialed_a_few_times_a_minute_per_host_or_network() {
+    fn unverified_addresses_that_lead_nowhere_are_dialed_a_limited_number_of_times_a_minute() {
         let mut counts = DialCounts::default();
         let t0 = Instant::now();
         // A host a peer of the routing table is on (any port of it).
-        let host: usize = (0..100)
-            .map(|i| dial(&mut counts, vec![a(&format!("/ip4/10.0.0.5/tcp/{i}"))], t0))
-            .sum();
+        let host = dials(
+            &mut counts,
+            (0..100).map(|i| format!("/ip4/10.0.0.5/tcp/{i}")),
+            t0,
+        );
         assert_eq!(host, UNVERIFIED_DIALS_PER_KNOWN_HOST_PER_MINUTE);
         // A network none is on, across its addresses: a /24, a /64.
-        let net: usize = (0..100)
-            .map(|i| dial(&mut counts, vec![a(&format!("/ip4/192.0.2.{i}/tcp/1"))], t0))
-            .sum();
+        let net = dials(
+            &mut counts,
+            (0..100).map(|i| format!("/ip4/192.0.2.{i}/tcp/1")),
+            t0,
+        );
         assert_eq!(net, UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE);
-        let net6: usize = (0..100)
-            .map(|i| {
-                dial(
-                    &mut counts,
-                    vec![a(&format!("/ip6/2001:db8::{i:x}/tcp/1"))],
-                    t0,
-                )
-            })
-            .sum();
+        let net6 = dials(
+            &mut counts,
+            (0..100).map(|i| format!("/ip6/2001:db8::{i:x}/tcp/1")),
+            t0,
+        );
         assert_eq!(net6, UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE);
-        // Each address counts: a peer's TCP and QUIC addresses are two.
-        let pair = || {
-            vec![
-                a("/ip4/198.51.100.1/tcp/1"),
-                a("/ip4/198.51.100.1/udp/1/quic-v1"),
-            ]
-        };
-        assert_eq!(dial(&mut counts, pair(), t0), 2);
-        assert_eq!(dial(&mut counts, pair(), t0), 2);
-        assert_eq!(dial(&mut counts, pair(), t0), 0);
-        assert_eq!(counts.by_target.len(), 4);
         // A minute later, again.
         let later = t0 + DIAL_WINDOW;
-        assert_eq!(dial(&mut counts, vec![a("/ip4/192.0.2.1/tcp/1")], later), 1);
-        assert_eq!(dial(&mut counts, vec![a("/ip4/10.0.0.5/tcp/1")], later), 1);
+        assert_eq!(
+            dial(&mut counts, vec![a("/ip4/192.0.2.1/tcp/1")], later).0,
+            1
+        );
+        assert_eq!(
+            dial(&mut counts, vec![a("/ip4/10.0.0.5/tcp/1")], later).0,
+            1
+        );
     }
 
     #[test]
-    fn addresses_spread_over_many_networks_are_dialed_a_few_dozen_times_a_minute_in_all() {
+    fn a_dial_that_reaches_its_peer_gives_its_addresses_back() {
         let mut counts = DialCounts::default();
         let t0 = Instant::now();
-        let dialed: usize = (0..10_000u32)
-            .map(|i| {
-                let [_, b, c, d] = (i << 8).to_be_bytes();
-                dial(
-                    &mut counts,
-                    vec![a(&format!("/ip4/100.{b}.{c}.{d}/tcp/1"))],
-                    t0,
-                )
-            })
-            .sum();
-        assert_eq!(dialed, UNVERIFIED_DIALS_PER_MINUTE);
-        assert!(counts.by_target.len() <= DIAL_COUNTS);
-        // Known hosts have their own limits meanwhile.
-        assert_eq!(dial(&mut counts, vec![a("/ip4/10.0.0.5/tcp/1")], t0), 1);
-        let later = t0 + DIAL_WINDOW;
-        assert_eq!(dial(&mut counts, vec![a("/ip4/100.0.0.1/tcp/1")], later), 1);
-    }
-
-    #[test]
-    fn the_counts_stay_bounded_under_a_spray_of_known_hosts() {
-        let mut counts = DialCounts::default();
-        let t0 = Instant::now();
-        for i in 0..(DIAL_COUNTS as u32 * 2) {
-            let _ = counts.allow(
-                DialTarget::KnownHost(IpAddr::from(std::net::Ipv4Addr::from(i))),
-                t0,
-            );
-            assert!(counts.by_target.len() <= DIAL_COUNTS);
+        // Honest peers of a network no peer of the table is on, each reached: no limit.
+        for i in 0..100 {
+            let (n, charge) = dial(&mut counts, vec![a(&format!("/ip4/192.0.2.{i}/tcp/1"))], t0);
+            assert_eq!(n, 1, "peer {i}");
+            counts.refund(&charge);
         }
-        // Full within the minute: a new target waits; after it, the old ones go.
-        let new = DialTarget::KnownHost(IpAddr::from([203, 0, 113, 1]));
-        assert!(!counts.allow(new, t0));
-        assert!(counts.allow(new, t0 + DIAL_WINDOW));
-        assert_eq!(counts.by_target.len(), 1);
+        // A refund to a window that started again since is not made.
+        let (_, stale) = dial(&mut counts, vec![a("/ip4/198.51.100.1/tcp/1")], t0);
+        let later = t0 + DIAL_WINDOW;
+        let (_, fresh) = dial(&mut counts, vec![a("/ip4/198.51.100.2/tcp/1")], later);
+        counts.refund(&stale);
+        counts.refund(&stale);
+        let net = Count::Network(IpAddr::from([198, 51, 100, 0]));
+        assert_eq!(counts.counts[&net].1, 1);
+        counts.refund(&fresh);
+        assert_eq!(counts.counts[&net].1, 0);
+    }
+
+    #[test]
+    fn addresses_spread_over_many_networks_or_hosts_are_dialed_a_bounded_number_of_times() {
+        let mut counts = DialCounts::default();
+        let t0 = Instant::now();
+        let spread = (0..10_000u32).map(|i| {
+            let [_, b, c, _] = (i << 8).to_be_bytes();
+            format!("/ip4/100.{b}.{c}.1/tcp/1")
+        });
+        assert_eq!(dials(&mut counts, spread, t0), UNVERIFIED_DIALS_PER_MINUTE);
+        // Known hosts: their own limits, and one in all.
+        let mut all = UNVERIFIED_DIALS_PER_MINUTE;
+        for i in 0..10_000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            all += counts.allow(DialTarget::KnownHost(ip), t0).map_or(0, |_| 1);
+        }
+        assert_eq!(all, UNVERIFIED_DIALS_IN_ALL_PER_MINUTE);
+        // Refused targets are not remembered.
+        assert!(counts.counts.len() <= UNVERIFIED_DIALS_IN_ALL_PER_MINUTE + 2);
+        // A minute later, again.
+        assert_eq!(
+            dial(
+                &mut counts,
+                vec![a("/ip4/100.0.0.1/tcp/1")],
+                t0 + DIAL_WINDOW
+            )
+            .0,
+            1
+        );
     }
 
     #[test]

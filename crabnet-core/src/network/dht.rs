@@ -416,6 +416,7 @@ impl DhtTransport {
                 net_err(format!("cannot listen on {addr}: {e}{cause}"))
             })?;
         }
+        let mut bootstrap = Vec::with_capacity(config.bootstrap.len());
         for addr in &config.bootstrap {
             let addr = parse_addr(addr)?;
             let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
@@ -424,8 +425,9 @@ impl DhtTransport {
                 )));
             };
             swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            bootstrap.push((peer, addr));
         }
-        if !config.bootstrap.is_empty() {
+        if !bootstrap.is_empty() {
             // No known peers is reported as an error; the peers may come later.
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
@@ -449,10 +451,7 @@ impl DhtTransport {
         let shared = Arc::new(Shared::default());
         *lock(&shared.peer_id) = Some(peer_id);
         let _ = incoming_tx.send(Incoming::Status(format!("libp2p started as {peer_id}")));
-        let upkeep = Upkeep {
-            peers,
-            bootstrap: !config.bootstrap.is_empty(),
-        };
+        let upkeep = Upkeep { peers, bootstrap };
         tokio::spawn(run(
             swarm,
             topic,
@@ -736,8 +735,9 @@ fn ask(
 struct Upkeep {
     /// [`DhtConfig::peers`], dialed again while the node has no connection.
     peers: Vec<Multiaddr>,
-    /// Whether [`DhtConfig::bootstrap`] names nodes (Kademlia bootstraps again while alone).
-    bootstrap: bool,
+    /// [`DhtConfig::bootstrap`]'s nodes: put back into the routing table (a failed dial takes a
+    /// peer out of it) before Kademlia bootstraps again while the node has no connection.
+    bootstrap: Vec<(PeerId, Multiaddr)>,
 }
 
 /// The peers to dial when the node is connected to fewer than [`MESH_FLOOR`] of them, counting
@@ -846,8 +846,12 @@ async fn run(
                             tracing::debug!("cannot dial {addr} again: {e}");
                         }
                     }
-                    if upkeep.bootstrap {
-                        let _ = swarm.behaviour_mut().kad.bootstrap();
+                    if !upkeep.bootstrap.is_empty() {
+                        let kad = &mut swarm.behaviour_mut().kad;
+                        for (peer, addr) in &upkeep.bootstrap {
+                            kad.add_address(peer, addr.clone());
+                        }
+                        let _ = kad.bootstrap();
                     }
                 }
                 let connected = lock(&shared.connected).clone();
@@ -1047,9 +1051,17 @@ async fn run(
                 // through identify once connected, as any other.
                 SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                     for (peer, addr) in found {
+                        if swarm.is_connected(&peer) {
+                            continue;
+                        }
+                        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                            .addresses(vec![addr.clone()])
+                            .build();
                         if !on_local_network(&addr) {
                             tracing::debug!("not dialing mDNS peer {peer} at {addr}: not a local address");
-                        } else if let Err(e) = swarm.dial(addr) {
+                        } else if !swarm.behaviour_mut().unverified_dial(&opts, &peer, &addr) {
+                            tracing::debug!("not dialing mDNS peer {peer} at {addr}: dialed enough there this minute");
+                        } else if let Err(e) = swarm.dial(opts) {
                             tracing::debug!("cannot dial mDNS peer {peer}: {e}");
                         }
                     }

@@ -15,9 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 mod addresses;
 mod dht;
 mod udp;
-pub use addresses::{
-    UNVERIFIED_DIALS_PER_KNOWN_HOST_PER_MINUTE, UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE,
-};
+pub use addresses::UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE;
 pub(crate) use dht::peer_of as libp2p_peer_of;
 pub use dht::{
     DhtConfig, DhtTransport, KAD_PROTOCOL, SYNC_PROTOCOL, TOPIC, libp2p_keypair, libp2p_secret,
