@@ -372,6 +372,10 @@ async fn a_node_alone_bootstraps_again_from_its_bootstrap_node_until_it_is_up() 
         .unwrap();
     let boot_addr = tcp_address(&boot).await;
     boot.stop().await.unwrap();
+    // Its first bootstrap fails for certain: a stand-in takes the connection and drops it.
+    let stand_in = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let early = Node::start_with_dht(
         config(dir.path(), "early"),
         DhtConfig {
@@ -381,8 +385,11 @@ async fn a_node_alone_bootstraps_again_from_its_bootstrap_node_until_it_is_up() 
     )
     .await
     .unwrap();
-    // Its first bootstrap fails: the bootstrap node is down.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (dialed, _) = tokio::time::timeout(Duration::from_secs(20), stand_in.accept())
+        .await
+        .expect("the node never dialed its bootstrap node")
+        .unwrap();
+    drop((dialed, stand_in));
     let boot = Node::start_with_dht(config(dir.path(), "boot"), boot_dht())
         .await
         .unwrap();

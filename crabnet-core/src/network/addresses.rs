@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use libp2p::core::{Endpoint, transport::PortUse};
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
-    THandlerOutEvent, ToSwarm,
+    ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId, kad};
 
@@ -78,7 +79,7 @@ pub(super) fn dialable_addresses(
 
 /// Whether `addr` is on the local network (a private or link-local IP address), where mDNS
 /// answers come from. Not loopback: an answer naming it would aim the node at its own host.
-pub(super) fn on_local_network(addr: &Multiaddr) -> bool {
+fn on_local_network(addr: &Multiaddr) -> bool {
     match addr.iter().next().and_then(|p| ip_of(&p)) {
         Some(IpAddr::V4(ip)) => ip.is_private() || ip.is_link_local(),
         Some(IpAddr::V6(ip)) => ip.is_unique_local() || ip.is_unicast_link_local(),
@@ -145,7 +146,11 @@ pub(super) fn set_routing_addresses(
 /// outside the mesh idle out, so every new peer would bring a dial of an old one, which idles
 /// out in turn (a version that closed connections itself went into a loop of dials and closes
 /// this way, and a network of a hundred took three times as long to form).
-fn add_to_routing_table(kad: &mut kad::Behaviour<Store>, peer: &PeerId, addr: Multiaddr) {
+pub(super) fn add_to_routing_table(
+    kad: &mut kad::Behaviour<Store>,
+    peer: &PeerId,
+    addr: Multiaddr,
+) {
     let full = match kad.kbucket(*peer) {
         Some(bucket) => {
             bucket.num_entries() >= kad::K_VALUE.get()
@@ -176,6 +181,9 @@ fn routing_addresses(kad: &mut kad::Behaviour<Store>, peer: &PeerId) -> Vec<Mult
 enum DialTarget {
     KnownHost(IpAddr),
     Network(IpAddr),
+    /// An mDNS find on the local network: counted in all only (the nodes of a network segment
+    /// are found in bursts, and mDNS does not tell a find again).
+    LocalNetwork,
 }
 
 impl DialTarget {
@@ -197,20 +205,19 @@ impl DialTarget {
 
     /// The counts one address dialed at this target adds to, with their limits.
     fn counts(self) -> impl Iterator<Item = (Count, usize)> {
-        let own = match self {
-            DialTarget::KnownHost(ip) => {
-                (Count::Host(ip), UNVERIFIED_DIALS_PER_KNOWN_HOST_PER_MINUTE)
-            }
-            DialTarget::Network(net) => {
-                (Count::Network(net), UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE)
-            }
-        };
-        let new_networks = match self {
-            DialTarget::Network(_) => Some((Count::NewNetworks, UNVERIFIED_DIALS_PER_MINUTE)),
-            DialTarget::KnownHost(_) => None,
+        let (own, new_networks) = match self {
+            DialTarget::KnownHost(ip) => (
+                Some((Count::Host(ip), UNVERIFIED_DIALS_PER_KNOWN_HOST_PER_MINUTE)),
+                None,
+            ),
+            DialTarget::Network(net) => (
+                Some((Count::Network(net), UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE)),
+                Some((Count::NewNetworks, UNVERIFIED_DIALS_PER_MINUTE)),
+            ),
+            DialTarget::LocalNetwork => (None, None),
         };
         [
-            Some(own),
+            own,
             new_networks,
             Some((Count::All, UNVERIFIED_DIALS_IN_ALL_PER_MINUTE)),
         ]
@@ -228,9 +235,13 @@ enum Count {
     All,
 }
 
-/// What one dial added to the counts: each count with the start of the window it added to
+/// What one address added to the counts: each count with the start of the window it added to
 /// (a refund to a window that has since started again is not made).
 type Charge = Vec<(Count, Instant)>;
+
+/// What a dial's unverified addresses added to the counts, address by address (without their
+/// `/p2p` part): only the address a dial reached gives its part back.
+type Charges = Vec<(Multiaddr, Charge)>;
 
 /// Unverified addresses dialed within the current minute (a window that starts at a count's
 /// first address). A dial that reaches the peer it meant to gives its addresses back: only
@@ -303,11 +314,11 @@ impl DialCounts {
         table: &[Multiaddr],
         known: impl FnOnce() -> HashSet<IpAddr>,
         now: Instant,
-    ) -> (Vec<Multiaddr>, Charge) {
+    ) -> (Vec<Multiaddr>, Charges) {
         let table: HashSet<Multiaddr> = table.iter().map(without_peer).collect();
         let mut seen = HashSet::new();
         let mut kept = Vec::new();
-        let mut charge = Charge::new();
+        let mut charges = Charges::new();
         if !table.is_empty() || explicit {
             for addr in offered {
                 let bare = without_peer(&addr);
@@ -315,7 +326,7 @@ impl DialCounts {
                     kept.push(addr);
                 }
             }
-            return (kept, charge);
+            return (kept, charges);
         }
         let known_ips = known();
         for addr in offered {
@@ -325,12 +336,13 @@ impl DialCounts {
             let Some(ip) = dialable_ip(peer, &addr) else {
                 continue;
             };
-            if !seen.insert(without_peer(&addr)) {
+            let bare = without_peer(&addr);
+            if !seen.insert(bare.clone()) {
                 continue;
             }
             match self.allow(DialTarget::of(ip, &known_ips), now) {
-                Some(c) => {
-                    charge.extend(c);
+                Some(charge) => {
+                    charges.push((bare, charge));
                     kept.push(addr);
                 }
                 None => tracing::debug!(
@@ -338,7 +350,7 @@ impl DialCounts {
                 ),
             }
         }
-        (kept, charge)
+        (kept, charges)
     }
 }
 
@@ -381,7 +393,7 @@ pub(super) struct DialGuard<B> {
     inner: B,
     counts: DialCounts,
     /// What each dial under way added to the counts, and when it started.
-    under_way: HashMap<ConnectionId, (Instant, Charge)>,
+    under_way: HashMap<ConnectionId, (Instant, Charges)>,
 }
 
 impl<B> DialGuard<B> {
@@ -395,8 +407,8 @@ impl<B> DialGuard<B> {
 
     /// Remembers what the dial `connection` added to the counts, to give it back if the dial
     /// reaches its peer.
-    fn track(&mut self, connection: ConnectionId, charge: Charge, now: Instant) {
-        if charge.is_empty() {
+    fn track(&mut self, connection: ConnectionId, charges: Charges, now: Instant) {
+        if charges.is_empty() {
             return;
         }
         if self.under_way.len() >= DIALS_UNDER_WAY {
@@ -406,32 +418,41 @@ impl<B> DialGuard<B> {
                 return;
             }
         }
-        self.under_way.insert(connection, (now, charge));
+        self.under_way.insert(connection, (now, charges));
     }
 }
 
 impl<B: RoutingTable> DialGuard<B> {
-    /// Counts a dial of `peer` at an address the node has not verified (an mDNS find), made
-    /// with `opts`, unless the limits are reached. Such a dial is made with its address
-    /// explicit, which the guard does not see otherwise.
-    pub(super) fn unverified_dial(
-        &mut self,
-        opts: &libp2p::swarm::dial_opts::DialOpts,
-        peer: &PeerId,
-        addr: &Multiaddr,
-    ) -> bool {
-        let Some(ip) = dialable_ip(peer, addr) else {
-            return false;
-        };
+    /// A dial of `peer`, which mDNS found at `found`: at most
+    /// [`UNVERIFIED_ADDRESSES_PER_DIAL`] of them, TCP or QUIC on a private or link-local IP
+    /// address, each counted (in all); `None` if none is left. Such a dial carries its
+    /// addresses itself, which the guard does not see otherwise.
+    pub(super) fn local_dial(&mut self, peer: PeerId, found: Vec<Multiaddr>) -> Option<DialOpts> {
         let now = Instant::now();
-        let known = table_ips(self.inner.kademlia());
-        match self.counts.allow(DialTarget::of(ip, &known), now) {
-            Some(charge) => {
-                self.track(opts.connection_id(), charge, now);
-                true
+        let mut kept = Vec::new();
+        let mut charges = Charges::new();
+        for addr in found {
+            if kept.len() == UNVERIFIED_ADDRESSES_PER_DIAL {
+                break;
             }
-            None => false,
+            let bare = without_peer(&addr);
+            if dialable_ip(&peer, &addr).is_none()
+                || !on_local_network(&addr)
+                || charges.iter().any(|(a, _)| *a == bare)
+            {
+                continue;
+            }
+            if let Some(charge) = self.counts.allow(DialTarget::LocalNetwork, now) {
+                charges.push((bare, charge));
+                kept.push(addr);
+            }
         }
+        if kept.is_empty() {
+            return None;
+        }
+        let opts = DialOpts::peer_id(peer).addresses(kept).build();
+        self.track(opts.connection_id(), charges, now);
+        Some(opts)
     }
 }
 
@@ -499,7 +520,7 @@ impl<B: NetworkBehaviour + RoutingTable> NetworkBehaviour for DialGuard<B> {
         let kad = self.inner.kademlia();
         let table = routing_addresses(kad, &peer);
         let now = Instant::now();
-        let (kept, charge) = self.counts.checked(
+        let (kept, charges) = self.counts.checked(
             &peer,
             !addresses.is_empty(),
             offered,
@@ -507,7 +528,7 @@ impl<B: NetworkBehaviour + RoutingTable> NetworkBehaviour for DialGuard<B> {
             || table_ips(kad),
             now,
         );
-        self.track(connection_id, charge, now);
+        self.track(connection_id, charges, now);
         Ok(kept)
     }
 
@@ -530,13 +551,33 @@ impl<B: NetworkBehaviour + RoutingTable> NetworkBehaviour for DialGuard<B> {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match &event {
+            // The address the dial reached gives its part back; the others may have led
+            // nowhere, or been dialed at once beside it.
             FromSwarm::ConnectionEstablished(established) => {
-                if let Some((_, charge)) = self.under_way.remove(&established.connection_id) {
-                    self.counts.refund(&charge);
+                if let Some((_, charges)) = self.under_way.remove(&established.connection_id) {
+                    let reached = without_peer(established.endpoint.get_remote_address());
+                    for (addr, charge) in &charges {
+                        if *addr == reached {
+                            self.counts.refund(charge);
+                        }
+                    }
                 }
             }
+            // A dial that sent nothing gives everything back.
             FromSwarm::DialFailure(failure) => {
-                self.under_way.remove(&failure.connection_id);
+                if let Some((_, charges)) = self.under_way.remove(&failure.connection_id)
+                    && matches!(
+                        failure.error,
+                        DialError::DialPeerConditionFalse(_)
+                            | DialError::Denied { .. }
+                            | DialError::NoAddresses
+                            | DialError::LocalPeerId { .. }
+                    )
+                {
+                    for (_, charge) in &charges {
+                        self.counts.refund(charge);
+                    }
+                }
             }
             _ => {}
         }
@@ -564,6 +605,7 @@ impl<B: NetworkBehaviour + RoutingTable> NetworkBehaviour for DialGuard<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libp2p::core::ConnectedPoint;
 
     #[test]
     fn only_addresses_on_the_ip_address_a_peer_connected_from_are_kept_and_only_a_few() {
@@ -664,7 +706,7 @@ mod tests {
 
     /// Checks one dial of a fresh peer at `offered` (none in the routing table; 10.0.0.5 is the
     /// IP address of a peer that is): the addresses that passed, and what they added.
-    fn dial(counts: &mut DialCounts, offered: Vec<Multiaddr>, now: Instant) -> (usize, Charge) {
+    fn dial(counts: &mut DialCounts, offered: Vec<Multiaddr>, now: Instant) -> (usize, Charges) {
         let known = || HashSet::from([IpAddr::from([10, 0, 0, 5])]);
         let (kept, charge) = counts.checked(&PeerId::random(), false, offered, &[], known, now);
         (kept.len(), charge)
@@ -738,7 +780,8 @@ mod tests {
             vec![a("/ip4/10.0.0.5/tcp/3"), a("/ip4/10.0.0.5/udp/4/quic-v1")]
         );
         // Each counted against the host and in all.
-        assert_eq!(charge.len(), 4);
+        assert_eq!(charge.len(), 2);
+        assert!(charge.iter().all(|(_, c)| c.len() == 2));
     }
 
     #[test]
@@ -783,19 +826,19 @@ mod tests {
         let t0 = Instant::now();
         // Honest peers of a network no peer of the table is on, each reached: no limit.
         for i in 0..100 {
-            let (n, charge) = dial(&mut counts, vec![a(&format!("/ip4/192.0.2.{i}/tcp/1"))], t0);
+            let (n, charges) = dial(&mut counts, vec![a(&format!("/ip4/192.0.2.{i}/tcp/1"))], t0);
             assert_eq!(n, 1, "peer {i}");
-            counts.refund(&charge);
+            counts.refund(&charges[0].1);
         }
         // A refund to a window that started again since is not made.
         let (_, stale) = dial(&mut counts, vec![a("/ip4/198.51.100.1/tcp/1")], t0);
         let later = t0 + DIAL_WINDOW;
         let (_, fresh) = dial(&mut counts, vec![a("/ip4/198.51.100.2/tcp/1")], later);
-        counts.refund(&stale);
-        counts.refund(&stale);
+        counts.refund(&stale[0].1);
+        counts.refund(&stale[0].1);
         let net = Count::Network(IpAddr::from([198, 51, 100, 0]));
         assert_eq!(counts.counts[&net].1, 1);
-        counts.refund(&fresh);
+        counts.refund(&fresh[0].1);
         assert_eq!(counts.counts[&net].1, 0);
     }
 
@@ -826,6 +869,159 @@ mod tests {
             )
             .0,
             1
+        );
+    }
+
+    /// A stand-in for the node's behaviours: a routing table, and addresses to offer.
+    struct Offering {
+        kad: kad::Behaviour<Store>,
+        offer: Vec<Multiaddr>,
+    }
+
+    impl RoutingTable for Offering {
+        fn kademlia(&mut self) -> &mut kad::Behaviour<Store> {
+            &mut self.kad
+        }
+    }
+
+    impl NetworkBehaviour for Offering {
+        type ConnectionHandler = libp2p::swarm::dummy::ConnectionHandler;
+        type ToSwarm = std::convert::Infallible;
+
+        fn handle_established_inbound_connection(
+            &mut self,
+            _: ConnectionId,
+            _: PeerId,
+            _: &Multiaddr,
+            _: &Multiaddr,
+        ) -> Result<THandler<Self>, ConnectionDenied> {
+            Ok(libp2p::swarm::dummy::ConnectionHandler)
+        }
+
+        fn handle_pending_outbound_connection(
+            &mut self,
+            _: ConnectionId,
+            _: Option<PeerId>,
+            _: &[Multiaddr],
+            _: Endpoint,
+        ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+            Ok(self.offer.clone())
+        }
+
+        fn handle_established_outbound_connection(
+            &mut self,
+            _: ConnectionId,
+            _: PeerId,
+            _: &Multiaddr,
+            _: Endpoint,
+            _: PortUse,
+        ) -> Result<THandler<Self>, ConnectionDenied> {
+            Ok(libp2p::swarm::dummy::ConnectionHandler)
+        }
+
+        fn on_swarm_event(&mut self, _: FromSwarm) {}
+
+        fn on_connection_handler_event(
+            &mut self,
+            _: PeerId,
+            _: ConnectionId,
+            event: THandlerOutEvent<Self>,
+        ) {
+            match event {}
+        }
+
+        fn poll(
+            &mut self,
+            _: &mut Context<'_>,
+        ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+            Poll::Pending
+        }
+    }
+
+    /// A liar that names, for peers whose keys it holds, a third party's address beside its
+    /// own: its own connects, and gives back its own part only. The third party's network is
+    /// still dialed a few times a minute at most.
+    #[test]
+    fn the_guard_gives_back_only_what_the_address_a_dial_reached_added() {
+        let local = PeerId::random();
+        let third = a("/ip4/192.0.2.1/tcp/1");
+        let liar = a("/ip4/198.51.100.1/tcp/1");
+        let mut guard = DialGuard::new(Offering {
+            kad: kad::Behaviour::new(local, Store::new(local)),
+            offer: vec![third.clone(), liar.clone()],
+        });
+        let mut third_dialed = 0;
+        for id in 0..20 {
+            let peer = PeerId::random();
+            let connection = ConnectionId::new_unchecked(id);
+            let kept = guard
+                .handle_pending_outbound_connection(connection, Some(peer), &[], Endpoint::Dialer)
+                .unwrap();
+            third_dialed += usize::from(kept.contains(&third));
+            assert!(kept.contains(&liar), "dial {id}: {kept:?}");
+            let reached = ConnectedPoint::Dialer {
+                address: liar.clone().with_p2p(peer).unwrap(),
+                role_override: Endpoint::Dialer,
+                port_use: PortUse::Reuse,
+            };
+            guard.on_swarm_event(FromSwarm::ConnectionEstablished(
+                libp2p::swarm::behaviour::ConnectionEstablished {
+                    peer_id: peer,
+                    connection_id: connection,
+                    endpoint: &reached,
+                    failed_addresses: &[],
+                    other_established: 0,
+                },
+            ));
+        }
+        assert_eq!(third_dialed, UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE);
+        assert!(guard.under_way.is_empty());
+        // A dial that sent nothing (the peer was connected already) gives all back.
+        let connection = ConnectionId::new_unchecked(100);
+        let peer = PeerId::random();
+        guard
+            .handle_pending_outbound_connection(connection, Some(peer), &[], Endpoint::Dialer)
+            .unwrap();
+        let liar_net = Count::Network(IpAddr::from([198, 51, 100, 0]));
+        assert_eq!(guard.counts.counts[&liar_net].1, 1);
+        guard.on_swarm_event(FromSwarm::DialFailure(
+            libp2p::swarm::behaviour::DialFailure {
+                peer_id: Some(peer),
+                error: &DialError::NoAddresses,
+                connection_id: connection,
+            },
+        ));
+        assert_eq!(guard.counts.counts[&liar_net].1, 0);
+        assert!(guard.under_way.is_empty());
+    }
+
+    #[test]
+    fn mdns_finds_are_dialed_at_two_local_addresses_counted_in_all() {
+        let local = PeerId::random();
+        let mut guard = DialGuard::new(Offering {
+            kad: kad::Behaviour::new(local, Store::new(local)),
+            offer: Vec::new(),
+        });
+        let peer = PeerId::random();
+        let opts = guard
+            .local_dial(
+                peer,
+                vec![
+                    a("/ip4/127.0.0.1/tcp/1"),
+                    a("/ip4/8.8.8.8/tcp/1"),
+                    a("/ip4/192.168.1.9/tcp/1"),
+                    a("/ip4/192.168.1.9/udp/1/quic-v1"),
+                    a("/ip4/192.168.1.10/tcp/1"),
+                ],
+            )
+            .unwrap();
+        assert_eq!(opts.get_peer_id(), Some(peer));
+        assert_eq!(guard.counts.counts[&Count::All].1, 2);
+        assert_eq!(guard.under_way[&opts.connection_id()].1.len(), 2);
+        assert!(
+            guard
+                .local_dial(peer, vec![a("/ip4/127.0.0.1/tcp/1")])
+                .is_none()
         );
     }
 

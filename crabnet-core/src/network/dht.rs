@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::addresses::{
-    DialGuard, RoutingTable, dialable_addresses, on_local_network, set_routing_addresses,
+    DialGuard, RoutingTable, add_to_routing_table, dialable_addresses, set_routing_addresses,
 };
 use super::{Acceptance, Handled, InboundFrame, Incoming, Transport, UdpConfig, UdpTransport};
 use crate::envelope::MAX_ENVELOPE_BYTES;
@@ -819,9 +819,8 @@ async fn run(
     // Requests carrying a frame for one peer, until answered: (peer, frame, attempt).
     let mut unicast: HashMap<request_response::OutboundRequestId, (PeerId, Vec<u8>, u32)> =
         HashMap::new();
-    // The remote address of every open connection: a peer's listed addresses are checked
-    // against the one its identify message came over.
-    // (and whether the node dialed it).
+    // The remote address of every open connection, and whether the node dialed it: a peer's
+    // listed addresses are checked against the one its identify message came over.
     let mut remotes: HashMap<libp2p::swarm::ConnectionId, (Multiaddr, bool)> = HashMap::new();
     let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
     // Since when the node has had no connection (the configured peers were dialed at start).
@@ -849,7 +848,7 @@ async fn run(
                     if !upkeep.bootstrap.is_empty() {
                         let kad = &mut swarm.behaviour_mut().kad;
                         for (peer, addr) in &upkeep.bootstrap {
-                            kad.add_address(peer, addr.clone());
+                            add_to_routing_table(kad, peer, addr.clone());
                         }
                         let _ = kad.bootstrap();
                     }
@@ -938,141 +937,143 @@ async fn run(
                 None => {}
             },
             event = swarm.select_next_some() => {
-            if let SwarmEvent::ConnectionClosed { connection_id, .. } = &event {
-                remotes.remove(connection_id);
-            }
-            match event {
-                // A peer that cannot be reached leaves the routing table (it comes back through
-                // identify when it connects again): with buckets filled by identify alone, a dead
-                // entry would otherwise stay for good and be dialed again and again.
-                SwarmEvent::OutgoingConnectionError {
-                    peer_id: Some(peer),
-                    error:
-                        libp2p::swarm::DialError::Transport(_)
-                        | libp2p::swarm::DialError::WrongPeerId { .. }
-                        | libp2p::swarm::DialError::NoAddresses,
-                    ..
-                } if !swarm.is_connected(&peer) => {
-                    swarm.behaviour_mut().kad.remove_peer(&peer);
+                if let SwarmEvent::ConnectionClosed { connection_id, .. } = &event {
+                    remotes.remove(connection_id);
                 }
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    let full = address.with_p2p(*swarm.local_peer_id()).unwrap_or_else(|a| a);
-                    lock(&shared.addresses).push(full.to_string());
-                }
-                SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                    remotes.insert(connection_id, (endpoint.get_remote_address().clone(), endpoint.is_dialer()));
-                    let first = {
-                        let mut connected = lock(&shared.connected);
-                        let first = connected.insert(peer_id);
-                        most_held = most_held.max(connected.len());
-                        first
-                    };
-                    if first {
-                        alone_since = None;
-                        let _ = incoming.send(Incoming::Status(format!("connected to libp2p peer {peer_id}")));
-                        let _ = incoming.send(Incoming::Connected(vec![format!("/p2p/{peer_id}")]));
+                match event {
+                    // A peer that cannot be reached leaves the routing table (it comes back through
+                    // identify when it connects again): with buckets filled by identify alone, a dead
+                    // entry would otherwise stay for good and be dialed again and again.
+                    SwarmEvent::OutgoingConnectionError {
+                        peer_id: Some(peer),
+                        error:
+                            libp2p::swarm::DialError::Transport(_)
+                            | libp2p::swarm::DialError::WrongPeerId { .. }
+                            | libp2p::swarm::DialError::NoAddresses,
+                        ..
+                    } if !swarm.is_connected(&peer) => {
+                        swarm.behaviour_mut().kad.remove_peer(&peer);
                     }
-                }
-                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. }
-                    if lock(&shared.connected).remove(&peer_id) =>
-                {
-                    if lock(&shared.connected).is_empty() {
-                        alone_since = Some(Instant::now());
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        let full = address.with_p2p(*swarm.local_peer_id()).unwrap_or_else(|a| a);
+                        lock(&shared.addresses).push(full.to_string());
                     }
-                    let why = cause.map(|c| format!(": {c}")).unwrap_or_default();
-                    let _ = incoming.send(Incoming::Status(format!("disconnected from libp2p peer {peer_id}{why}")));
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                    propagation_source,
-                    message_id,
-                    message,
-                })) => {
-                    if let Some(rx) = ask(&incoming, message.data, format!("libp2p:{propagation_source}")) {
-                        pending.push(Box::pin(async move {
-                            rx.await.ok().map(|handled| Done::Gossip { id: message_id, source: propagation_source, handled })
-                        }));
+                    SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                        remotes.insert(connection_id, (endpoint.get_remote_address().clone(), endpoint.is_dialer()));
+                        let first = {
+                            let mut connected = lock(&shared.connected);
+                            let first = connected.insert(peer_id);
+                            most_held = most_held.max(connected.len());
+                            first
+                        };
+                        if first {
+                            alone_since = None;
+                            let _ = incoming.send(Incoming::Status(format!("connected to libp2p peer {peer_id}")));
+                            let _ = incoming.send(Incoming::Connected(vec![format!("/p2p/{peer_id}")]));
+                        }
                     }
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. })) => match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        if let Some(rx) = ask(&incoming, request.0, format!("libp2p:{peer}")) {
+                    SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. }
+                        if lock(&shared.connected).remove(&peer_id) =>
+                    {
+                        if lock(&shared.connected).is_empty() {
+                            alone_since = Some(Instant::now());
+                        }
+                        let why = cause.map(|c| format!(": {c}")).unwrap_or_default();
+                        let _ = incoming.send(Incoming::Status(format!("disconnected from libp2p peer {peer_id}{why}")));
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                        propagation_source,
+                        message_id,
+                        message,
+                    })) => {
+                        if let Some(rx) = ask(&incoming, message.data, format!("libp2p:{propagation_source}")) {
                             pending.push(Box::pin(async move {
-                                rx.await.ok().map(|handled| Done::Request { channel, handled })
+                                rx.await.ok().map(|handled| Done::Gossip { id: message_id, source: propagation_source, handled })
                             }));
                         }
                     }
-                    request_response::Message::Response { request_id, response } => {
-                        unicast.remove(&request_id);
-                        for frame in response.frames {
-                            let _ = incoming.send(Incoming::Frame(InboundFrame::new(frame.into_vec(), format!("libp2p:{peer}"))));
+                    SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. })) => match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            if let Some(rx) = ask(&incoming, request.0, format!("libp2p:{peer}")) {
+                                pending.push(Box::pin(async move {
+                                    rx.await.ok().map(|handled| Done::Request { channel, handled })
+                                }));
+                            }
+                        }
+                        request_response::Message::Response { request_id, response } => {
+                            unicast.remove(&request_id);
+                            for frame in response.frames {
+                                let _ = incoming.send(Incoming::Frame(InboundFrame::new(frame.into_vec(), format!("libp2p:{peer}"))));
+                            }
+                        }
+                    },
+                    SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, request_id, error, .. })) => {
+                        // A sync query is sent again on the next interval anyway; a frame for one peer
+                        // (a hello it waits for) whose request was lost is sent again a few times,
+                        // later each time. If the peer did get it, a copy costs it a lookup.
+                        let lost = matches!(
+                            error,
+                            request_response::OutboundFailure::DialFailure
+                                | request_response::OutboundFailure::ConnectionClosed
+                        );
+                        match unicast.remove(&request_id) {
+                            Some((peer, frame, attempt)) if lost && attempt < UNICAST_RETRIES => {
+                                tracing::debug!("request to {peer} failed ({error}), sending it again");
+                                let delay = UNICAST_RETRY_DELAY * 2u32.pow(attempt);
+                                pending.push(Box::pin(async move {
+                                    tokio::time::sleep(delay).await;
+                                    Some(Done::Resend { peer, frame, attempt: attempt + 1 })
+                                }));
+                            }
+                            _ => tracing::debug!("request to {peer} failed: {error}"),
                         }
                     }
-                },
-                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, request_id, error, .. })) => {
-                    // A sync query is sent again on the next interval anyway; a frame for one peer
-                    // (a hello it waits for) whose request was lost is sent again a few times,
-                    // later each time. If the peer did get it, a copy costs it a lookup.
-                    let lost = matches!(
-                        error,
-                        request_response::OutboundFailure::DialFailure
-                            | request_response::OutboundFailure::ConnectionClosed
-                    );
-                    match unicast.remove(&request_id) {
-                        Some((peer, frame, attempt)) if lost && attempt < UNICAST_RETRIES => {
-                            tracing::debug!("request to {peer} failed ({error}), sending it again");
-                            let delay = UNICAST_RETRY_DELAY * 2u32.pow(attempt);
-                            pending.push(Box::pin(async move {
-                                tokio::time::sleep(delay).await;
-                                Some(Done::Resend { peer, frame, attempt: attempt + 1 })
-                            }));
-                        }
-                        _ => tracing::debug!("request to {peer} failed: {error}"),
-                    }
-                }
-                // Only peers that speak our DHT protocol go into the routing table, with the
-                // addresses they list on the IP address they connected from.
-                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, connection_id, info }))
-                    if info.protocols.contains(&kad_protocol) =>
-                {
-                    if let Some((remote, dialed)) = remotes.get(&connection_id) {
-                        let mut addrs = dialable_addresses(&peer_id, remote, info.listen_addrs);
-                        // A peer that lists none on the address it is reached at (one behind a
-                        // one-to-one NAT, say) is still reachable where the node dialed it.
-                        if addrs.is_empty() && *dialed {
-                            addrs = dialable_addresses(&peer_id, remote, vec![remote.clone()]);
-                        }
-                        set_routing_addresses(&mut swarm.behaviour_mut().kad, &peer_id, addrs);
-                    } else {
-                        tracing::debug!("identify message of {peer_id} over a connection already closed");
-                    }
-                }
-                // Anyone on the network segment can answer mDNS: a peer found that way is
-                // dialed only at an address on the local network, and enters the routing table
-                // through identify once connected, as any other.
-                SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
-                    for (peer, addr) in found {
-                        if swarm.is_connected(&peer) {
-                            continue;
-                        }
-                        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                            .addresses(vec![addr.clone()])
-                            .build();
-                        if !on_local_network(&addr) {
-                            tracing::debug!("not dialing mDNS peer {peer} at {addr}: not a local address");
-                        } else if !swarm.behaviour_mut().unverified_dial(&opts, &peer, &addr) {
-                            tracing::debug!("not dialing mDNS peer {peer} at {addr}: dialed enough there this minute");
-                        } else if let Err(e) = swarm.dial(opts) {
-                            tracing::debug!("cannot dial mDNS peer {peer}: {e}");
+                    // Only peers that speak our DHT protocol go into the routing table, with the
+                    // addresses they list on the IP address they connected from.
+                    SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, connection_id, info }))
+                        if info.protocols.contains(&kad_protocol) =>
+                    {
+                        if let Some((remote, dialed)) = remotes.get(&connection_id) {
+                            let mut addrs = dialable_addresses(&peer_id, remote, info.listen_addrs);
+                            // A peer that lists none on the address it is reached at (one behind a
+                            // one-to-one NAT, say) is still reachable where the node dialed it.
+                            if addrs.is_empty() && *dialed {
+                                addrs = dialable_addresses(&peer_id, remote, vec![remote.clone()]);
+                            }
+                            set_routing_addresses(&mut swarm.behaviour_mut().kad, &peer_id, addrs);
+                        } else {
+                            tracing::debug!("identify message of {peer_id} over a connection already closed");
                         }
                     }
+                    // Anyone on the network segment can answer mDNS: a peer found that way is
+                    // dialed only at an address on the local network, and enters the routing table
+                    // through identify once connected, as any other.
+                    SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                        let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                        for (peer, addr) in found {
+                            by_peer.entry(peer).or_default().push(addr);
+                        }
+                        for (peer, addrs) in by_peer {
+                            if swarm.is_connected(&peer) {
+                                continue;
+                            }
+                            match swarm.behaviour_mut().local_dial(peer, addrs) {
+                                None => tracing::debug!("not dialing mDNS peer {peer}: no local address, or dialed enough this minute"),
+                                Some(opts) => {
+                                    if let Err(e) = swarm.dial(opts) {
+                                        tracing::debug!("cannot dial mDNS peer {peer}: {e}");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }))
+                        if !swarm.is_connected(&peer) && lock(&shared.connected).len() < DIAL_TARGET =>
+                    {
+                        let _ = swarm.dial(peer);
+                    }
+                    _ => {}
                 }
-                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }))
-                    if !swarm.is_connected(&peer) && lock(&shared.connected).len() < DIAL_TARGET =>
-                {
-                    let _ = swarm.dial(peer);
-                }
-                _ => {}
-            }
             }
         }
     }
