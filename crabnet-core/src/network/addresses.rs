@@ -425,9 +425,14 @@ impl<B> DialGuard<B> {
 impl<B: RoutingTable> DialGuard<B> {
     /// A dial of `peer`, which mDNS found at `found`: at most
     /// [`UNVERIFIED_ADDRESSES_PER_DIAL`] of them, TCP or QUIC on a private or link-local IP
-    /// address, each counted (in all); `None` if none is left. Such a dial carries its
-    /// addresses itself, which the guard does not see otherwise.
+    /// address, each counted (in all); `None` if none is left, or if the peer has addresses in
+    /// the routing table (mDNS answers are anyone's word: a failed dial would take the peer
+    /// out of the table). Such a dial carries its addresses itself, which the guard does not
+    /// see otherwise.
     pub(super) fn local_dial(&mut self, peer: PeerId, found: Vec<Multiaddr>) -> Option<DialOpts> {
+        if !routing_addresses(self.inner.kademlia(), &peer).is_empty() {
+            return None;
+        }
         let now = Instant::now();
         let mut kept = Vec::new();
         let mut charges = Charges::new();
@@ -563,15 +568,12 @@ impl<B: NetworkBehaviour + RoutingTable> NetworkBehaviour for DialGuard<B> {
                     }
                 }
             }
-            // A dial that sent nothing gives everything back.
+            // A dial that sent nothing (refused before it started) gives everything back.
             FromSwarm::DialFailure(failure) => {
                 if let Some((_, charges)) = self.under_way.remove(&failure.connection_id)
                     && matches!(
                         failure.error,
-                        DialError::DialPeerConditionFalse(_)
-                            | DialError::Denied { .. }
-                            | DialError::NoAddresses
-                            | DialError::LocalPeerId { .. }
+                        DialError::DialPeerConditionFalse(_) | DialError::NoAddresses
                     )
                 {
                     for (_, charge) in &charges {
@@ -993,6 +995,32 @@ mod tests {
         ));
         assert_eq!(guard.counts.counts[&liar_net].1, 0);
         assert!(guard.under_way.is_empty());
+        // A dial that reached somebody else, or nobody, gives nothing back.
+        for (id, error) in [
+            (
+                101,
+                DialError::WrongPeerId {
+                    obtained: PeerId::random(),
+                    address: liar.clone(),
+                },
+            ),
+            (102, DialError::Transport(Vec::new())),
+        ] {
+            let connection = ConnectionId::new_unchecked(id);
+            let peer = PeerId::random();
+            guard
+                .handle_pending_outbound_connection(connection, Some(peer), &[], Endpoint::Dialer)
+                .unwrap();
+            guard.on_swarm_event(FromSwarm::DialFailure(
+                libp2p::swarm::behaviour::DialFailure {
+                    peer_id: Some(peer),
+                    error: &error,
+                    connection_id: connection,
+                },
+            ));
+        }
+        assert_eq!(guard.counts.counts[&liar_net].1, 2);
+        assert!(guard.under_way.is_empty());
     }
 
     #[test]
@@ -1016,11 +1044,34 @@ mod tests {
             )
             .unwrap();
         assert_eq!(opts.get_peer_id(), Some(peer));
+        // Counted in all only, the two addresses kept.
+        assert_eq!(guard.counts.counts.len(), 1);
         assert_eq!(guard.counts.counts[&Count::All].1, 2);
-        assert_eq!(guard.under_way[&opts.connection_id()].1.len(), 2);
+        let charged: Vec<&Multiaddr> = guard.under_way[&opts.connection_id()]
+            .1
+            .iter()
+            .map(|(a, _)| a)
+            .collect();
+        assert_eq!(
+            charged,
+            [
+                &a("/ip4/192.168.1.9/tcp/1"),
+                &a("/ip4/192.168.1.9/udp/1/quic-v1")
+            ]
+        );
         assert!(
             guard
                 .local_dial(peer, vec![a("/ip4/127.0.0.1/tcp/1")])
+                .is_none()
+        );
+        // A peer of the routing table is not dialed at what mDNS says.
+        let known = PeerId::random();
+        guard
+            .kademlia()
+            .add_address(&known, a("/ip4/10.0.0.5/tcp/7000"));
+        assert!(
+            guard
+                .local_dial(known, vec![a("/ip4/192.168.1.9/tcp/1")])
                 .is_none()
         );
     }

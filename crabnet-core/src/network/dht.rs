@@ -941,9 +941,10 @@ async fn run(
                     remotes.remove(connection_id);
                 }
                 match event {
-                    // A peer that cannot be reached leaves the routing table (it comes back through
-                    // identify when it connects again): with buckets filled by identify alone, a dead
-                    // entry would otherwise stay for good and be dialed again and again.
+                    // A peer that cannot be reached leaves the routing table (it comes back
+                    // through identify when it connects again): with buckets filled by identify
+                    // alone, a dead entry would otherwise stay for good and be dialed again and
+                    // again.
                     SwarmEvent::OutgoingConnectionError {
                         peer_id: Some(peer),
                         error:
@@ -1008,9 +1009,9 @@ async fn run(
                         }
                     },
                     SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, request_id, error, .. })) => {
-                        // A sync query is sent again on the next interval anyway; a frame for one peer
-                        // (a hello it waits for) whose request was lost is sent again a few times,
-                        // later each time. If the peer did get it, a copy costs it a lookup.
+                        // A sync query is sent again on the next interval anyway; a frame for one
+                        // peer (a hello it waits for) whose request was lost is sent again a few
+                        // times, later each time. If the peer did get it, a copy costs it a lookup.
                         let lost = matches!(
                             error,
                             request_response::OutboundFailure::DialFailure
