@@ -72,9 +72,10 @@ const REDIAL_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DhtConfig {
-    /// Multiaddresses to listen on.
+    /// Multiaddresses to listen on (IP addresses: host names are refused, as in the others).
     pub listen: Vec<String>,
-    /// Multiaddresses to dial at start (with or without a `/p2p/<peer id>` suffix).
+    /// Multiaddresses to dial at start (with or without a `/p2p/<peer id>` suffix), and again
+    /// while the node has no connection.
     pub peers: Vec<String>,
     /// Kademlia bootstrap nodes: multiaddresses ending in `/p2p/<peer id>`.
     pub bootstrap: Vec<String>,
@@ -251,8 +252,22 @@ fn net_err(what: impl std::fmt::Display) -> Error {
 }
 
 fn parse_addr(text: &str) -> Result<Multiaddr> {
-    text.parse()
-        .map_err(|e| net_err(format!("invalid multiaddress {text:?}: {e}")))
+    let addr: Multiaddr = text
+        .parse()
+        .map_err(|e| net_err(format!("invalid multiaddress {text:?}: {e}")))?;
+    use libp2p::multiaddr::Protocol;
+    if addr.iter().any(|p| {
+        matches!(
+            p,
+            Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Dnsaddr(_)
+        )
+    }) {
+        return Err(net_err(format!(
+            "invalid multiaddress {text:?}: host names are not resolved here (this build of \
+             libp2p has no DNS transport); give an IP address (/ip4/... or /ip6/...)"
+        )));
+    }
+    Ok(addr)
 }
 
 /// The secret of a node's libp2p key, derived from its Ed25519 seed (a separate key, so that
@@ -1105,6 +1120,22 @@ mod tests {
         );
         // A small table gives what it has.
         assert_eq!(peers_to_dial(vec![0, 1, 2], &connected(1), 0).len(), 2);
+    }
+
+    #[test]
+    fn a_host_name_in_an_address_is_refused_with_a_clear_error() {
+        assert!(parse_addr("/ip4/127.0.0.1/tcp/4001").is_ok());
+        for text in [
+            "/dns4/example.org/tcp/4001",
+            "/dns/example.org/udp/4001/quic-v1",
+            "/dns6/example.org/tcp/4001",
+            "/dnsaddr/bootstrap.example.org",
+        ] {
+            let e = parse_addr(text).unwrap_err().to_string();
+            assert!(e.contains("host names are not resolved"), "{text}: {e}");
+            assert!(e.contains(text), "{e}");
+        }
+        assert!(parse_addr("not an address").is_err());
     }
 
     #[test]
