@@ -695,8 +695,8 @@ mod liars {
 
     /// A Kademlia query asks peers for the peers they know, with their addresses, and dials
     /// those to ask them in turn. A lying peer answers with made-up peers, all at a third
-    /// party's address. On a network that no peer of the node's routing table is on (here
-    /// 127.0.0.2), the node dials a few times a minute at most. (Without the limit: 60 times
+    /// party's address. On an IP address that no peer of the node's routing table is on (here
+    /// 127.0.0.2; counted per /24), the node dials a few times a minute at most. (Without the limit: 60 times
     /// within seconds.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_cannot_make_the_node_dial_a_third_party_through_its_kademlia_answers() {

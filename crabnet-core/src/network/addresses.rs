@@ -21,14 +21,14 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId, kad};
 
-/// How many addresses a minute a node dials in a network (an IPv4 /24, an IPv6 /64) that only
-/// unverified addresses point at (a Kademlia answer's, mDNS's) and that no peer of its routing
-/// table is on: a peer may answer with any addresses, and without a limit could aim every node
-/// that asks it at a third party.
+/// How many unverified addresses (a Kademlia answer's) a minute a node dials on IP addresses
+/// that no peer of its routing table is on, counted per network (an IPv4 /24, an IPv6 /64): a
+/// peer may answer with any addresses, and without a limit could aim every node that asks it
+/// at a third party.
 pub const UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE: usize = 4;
-/// How many addresses a minute a node dials in such new networks in all (so that addresses
+/// How many such addresses a minute a node dials in all networks together (so that addresses
 /// spread over many networks cannot multiply the limit above).
-const UNVERIFIED_DIALS_PER_MINUTE: usize = 64;
+const UNVERIFIED_DIALS_IN_NEW_NETWORKS_PER_MINUTE: usize = 64;
 /// How many unverified addresses a minute a node dials on an IP address that a peer of its
 /// routing table is on (the nodes of one host find each other this way; any port of that host
 /// could be named).
@@ -175,8 +175,8 @@ fn routing_addresses(kad: &mut kad::Behaviour<Store>, peer: &PeerId) -> Vec<Mult
         .unwrap_or_default()
 }
 
-/// What an unverified address counts against: a host that a peer of the routing table is on,
-/// or a network no such peer is on.
+/// What an unverified address counts against: the host, if a peer of the routing table is on
+/// that IP address, else its network (/24, /64).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum DialTarget {
     KnownHost(IpAddr),
@@ -212,7 +212,10 @@ impl DialTarget {
             ),
             DialTarget::Network(net) => (
                 Some((Count::Network(net), UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE)),
-                Some((Count::NewNetworks, UNVERIFIED_DIALS_PER_MINUTE)),
+                Some((
+                    Count::NewNetworks,
+                    UNVERIFIED_DIALS_IN_NEW_NETWORKS_PER_MINUTE,
+                )),
             ),
             DialTarget::LocalNetwork => (None, None),
         };
@@ -397,6 +400,7 @@ pub(super) struct DialGuard<B> {
 }
 
 impl<B> DialGuard<B> {
+    /// `inner`, guarded, with nothing counted yet.
     pub(super) fn new(inner: B) -> Self {
         DialGuard {
             inner,
@@ -510,12 +514,23 @@ impl<B: NetworkBehaviour + RoutingTable> NetworkBehaviour for DialGuard<B> {
         addresses: &[Multiaddr],
         effective_role: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        let offered = self.inner.handle_pending_outbound_connection(
+        let offered = match self.inner.handle_pending_outbound_connection(
             connection_id,
             maybe_peer,
             addresses,
             effective_role,
-        )?;
+        ) {
+            Ok(offered) => offered,
+            // Refused before anything was sent: what an mDNS dial added comes back.
+            Err(denied) => {
+                if let Some((_, charges)) = self.under_way.remove(&connection_id) {
+                    for (_, charge) in &charges {
+                        self.counts.refund(charge);
+                    }
+                }
+                return Err(denied);
+            }
+        };
         let Some(peer) = maybe_peer else {
             return Ok(offered);
         };
@@ -852,9 +867,12 @@ mod tests {
             let [_, b, c, _] = (i << 8).to_be_bytes();
             format!("/ip4/100.{b}.{c}.1/tcp/1")
         });
-        assert_eq!(dials(&mut counts, spread, t0), UNVERIFIED_DIALS_PER_MINUTE);
+        assert_eq!(
+            dials(&mut counts, spread, t0),
+            UNVERIFIED_DIALS_IN_NEW_NETWORKS_PER_MINUTE
+        );
         // Known hosts: their own limits, and one in all.
-        let mut all = UNVERIFIED_DIALS_PER_MINUTE;
+        let mut all = UNVERIFIED_DIALS_IN_NEW_NETWORKS_PER_MINUTE;
         for i in 0..10_000u32 {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             all += counts.allow(DialTarget::KnownHost(ip), t0).map_or(0, |_| 1);
@@ -978,7 +996,7 @@ mod tests {
         }
         assert_eq!(third_dialed, UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE);
         assert!(guard.under_way.is_empty());
-        // A dial that sent nothing (the peer was connected already) gives all back.
+        // A dial that sent nothing (no address was left) gives all back.
         let connection = ConnectionId::new_unchecked(100);
         let peer = PeerId::random();
         guard

@@ -68,11 +68,12 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// bootstraps Kademlia) again, and again after each such wait while it stays alone.
 const REDIAL_EVERY: Duration = Duration::from_secs(10);
 
-/// libp2p settings (section `[dht]` of the CLI's view; embedders fill it directly).
+/// libp2p settings (section `[dht]` of the CLI's view; embedders fill it directly). Addresses
+/// are IP addresses: one with a host name is refused at start (no DNS transport is built in).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DhtConfig {
-    /// Multiaddresses to listen on (IP addresses: host names are refused, as in the others).
+    /// Multiaddresses to listen on.
     pub listen: Vec<String>,
     /// Multiaddresses to dial at start (with or without a `/p2p/<peer id>` suffix), and again
     /// while the node has no connection.
@@ -1062,8 +1063,8 @@ async fn run(
                         }
                     }
                     // Anyone on the network segment can answer mDNS: a peer found that way is
-                    // dialed only at an address on the local network, and enters the routing table
-                    // through identify once connected, as any other.
+                    // dialed only at an address on the local network, not if it is in the
+                    // routing table, and enters the table through identify once connected.
                     SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                         let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                         for (peer, addr) in found {
@@ -1074,7 +1075,7 @@ async fn run(
                                 continue;
                             }
                             match swarm.behaviour_mut().local_dial(peer, addrs) {
-                                None => tracing::debug!("not dialing mDNS peer {peer}: no local address, or dialed enough this minute"),
+                                None => tracing::debug!("not dialing mDNS peer {peer}: in the routing table, no local address, or dialed enough this minute"),
                                 Some(opts) => {
                                     if let Err(e) = swarm.dial(opts) {
                                         tracing::debug!("cannot dial mDNS peer {peer}: {e}");
