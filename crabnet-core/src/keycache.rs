@@ -4,7 +4,9 @@
 //! X25519 key is checked against small order with one scalar multiplication, and the ML-KEM-768
 //! key gets the FIPS 203 modulus check; together more than a signature verification. The
 //! store reads a peer's row for every frame from it, so it keeps the parsed keys here, keyed by
-//! node id, and reuses them while the stored bytes are byte for byte the same.
+//! node id, and reuses them while the stored bytes are byte for byte the same. A received
+//! hello that repeats its sender's stored keys (every periodic hello does) takes them from
+//! here too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -53,6 +55,24 @@ impl ParsedKeys {
             map.insert(node_id.to_owned(), identity.clone());
         }
         Ok(identity)
+    }
+
+    /// The identity cached for `node_id` when it was parsed from exactly these encoded keys
+    /// (the same value [`PublicIdentity::from_parts`] gives for them), else `None`. Looks
+    /// only: keys that are still anyone's word (a received hello's, before its signature is
+    /// checked and its row stored) are parsed by the caller and never cached, so that a stream
+    /// of made-up identities cannot push the stored peers' keys out.
+    pub fn cached(
+        &self,
+        node_id: &str,
+        signing: &[u8],
+        kem: &[u8],
+        epoch: u32,
+    ) -> Option<PublicIdentity> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(node_id)
+            .filter(|known| same_keys(known, signing, kem, epoch))
+            .cloned()
     }
 }
 
@@ -108,5 +128,29 @@ mod tests {
             assert_eq!(got.unwrap(), p);
         }
         assert!(cache.map.lock().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn a_look_serves_only_the_same_bytes_and_caches_nothing() {
+        let cache = ParsedKeys::new(8);
+        let a = identity(1);
+        let (sig, kem) = (a.signing.to_bytes(), a.kem.to_bytes());
+        let id = a.node_id.as_str();
+        assert_eq!(cache.cached(id, &sig, &kem, 1), None);
+        assert!(cache.map.lock().unwrap().is_empty());
+        // Cached by a stored row's read: served for the same bytes and epoch only.
+        cache.identity(id, &sig, &kem, 1).unwrap();
+        assert_eq!(cache.cached(id, &sig, &kem, 1), Some(a.clone()));
+        assert_eq!(cache.cached(id, &sig, &kem, 2), None);
+        // Other keys claiming the same id are not served, and replace nothing.
+        let b = identity(2);
+        let (sig_b, kem_b) = (b.signing.to_bytes(), b.kem.to_bytes());
+        assert_eq!(cache.cached(id, &sig_b, &kem_b, 1), None);
+        let mut bad = kem.clone();
+        bad[..32].copy_from_slice(&[0; 32]);
+        assert_eq!(cache.cached(id, &sig, &bad, 1), None);
+        assert_eq!(cache.cached(b.node_id.as_str(), &sig_b, &kem_b, 1), None);
+        assert_eq!(cache.map.lock().unwrap().len(), 1);
+        assert_eq!(cache.map.lock().unwrap().get(id), Some(&a));
     }
 }

@@ -1179,6 +1179,20 @@ impl Store {
         Ok(events)
     }
 
+    /// The parsed keys cached for `id` when they were parsed from exactly these encoded keys
+    /// (a periodic hello repeats its sender's stored keys), else `None`: the caller parses
+    /// them with [`PublicIdentity::from_parts`], outside the store's lock. As from
+    /// `from_parts`, the node id is the one derived from the keys, not `id`.
+    pub(crate) fn cached_identity(
+        &self,
+        id: &NodeId,
+        signing: &[u8],
+        kem: &[u8],
+        epoch: u32,
+    ) -> Option<PublicIdentity> {
+        self.keys.cached(id.as_str(), signing, kem, epoch)
+    }
+
     /// A known peer.
     pub fn peer(&self, id: &NodeId) -> Result<Option<Peer>> {
         self.conn

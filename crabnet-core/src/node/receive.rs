@@ -563,11 +563,22 @@ impl Node {
             Ok(hello) => hello,
             Err(e) => return self.malformed(from, h, e),
         };
-        let identity = match PublicIdentity::from_parts(
+        // A periodic hello repeats its sender's stored keys: parsed once, when stored.
+        let cached = lock(&self.inner.store).cached_identity(
+            &h.sender,
             &hello.signing_public,
             &hello.kem_public,
             hello.key_epoch,
-        ) {
+        );
+        let parsed_keys = match cached {
+            Some(identity) => Ok(identity),
+            None => PublicIdentity::from_parts(
+                &hello.signing_public,
+                &hello.kem_public,
+                hello.key_epoch,
+            ),
+        };
+        let identity = match parsed_keys {
             // Rotated keys: the id is that of the node's first keys (checked by its chain).
             Ok(mut i) if i.epoch > 1 => {
                 i.node_id = h.sender.clone();

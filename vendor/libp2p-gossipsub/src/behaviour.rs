@@ -93,6 +93,9 @@ const IDONTWANT_TIMEOUT: Duration = Duration::new(3, 0);
 /// Max allowed PRUNE backoff, 1 hour.
 const MAX_REMOTE_PRUNE_BACKOFF_SECONDS: u64 = 3600;
 
+/// Crabnet: the most score decays one heartbeat catches up on (see `poll`).
+const MAX_MISSED_DECAYS: u32 = 8;
+
 /// Determines if published messages should be signed or not.
 ///
 /// Without signing, a number of privacy preserving modes can be selected.
@@ -3721,17 +3724,27 @@ where
             return Poll::Ready(event);
         }
 
-        // update scores
-        if let PeerScoreState::Active(peer_score) = &mut self.peer_score
-            && peer_score.decay_interval.poll_unpin(cx).is_ready()
-        {
-            peer_score.refresh_scores();
-            peer_score
-                .decay_interval
-                .reset(peer_score.params.decay_interval);
-        }
-
         if self.heartbeat.poll_unpin(cx).is_ready() {
+            // update scores (Crabnet: on the heartbeat, once for each decay interval that has
+            // passed, not on a timer of their own, so that an idle node wakes once a second,
+            // not twice; an interval that is not a whole number of heartbeats is rounded up to
+            // one)
+            if let PeerScoreState::Active(peer_score) = &mut self.peer_score {
+                let now = Instant::now();
+                // The decays the heartbeat's initial delay (5 s by default) held back, or a
+                // busy node's late heartbeat; a few at most, as a long pause would otherwise
+                // make the node refresh once per interval it slept.
+                let mut missed = 0;
+                while now >= peer_score.next_decay && missed < MAX_MISSED_DECAYS {
+                    peer_score.refresh_scores();
+                    peer_score.next_decay += peer_score.params.decay_interval;
+                    missed += 1;
+                }
+                if now >= peer_score.next_decay {
+                    peer_score.next_decay = now + peer_score.params.decay_interval;
+                }
+            }
+
             self.heartbeat();
             self.heartbeat.reset(self.config.heartbeat_interval());
         }

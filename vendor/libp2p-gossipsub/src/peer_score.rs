@@ -26,7 +26,6 @@ use std::{
     time::Duration,
 };
 
-use futures_timer::Delay;
 use libp2p_identity::PeerId;
 use web_time::Instant;
 
@@ -85,8 +84,9 @@ pub(crate) struct PeerScore {
     pub(crate) params: PeerScoreParams,
     /// The score threshold.
     pub(crate) thresholds: PeerScoreThresholds,
-    /// The peer score decay interval.
-    pub(crate) decay_interval: Delay,
+    /// When the scores decay next (Crabnet: on the first heartbeat from then on, not on a
+    /// timer of their own; see `PATCHED.md`).
+    pub(crate) next_decay: Instant,
     /// The stats per PeerId.
     peer_stats: HashMap<PeerId, PeerStats>,
     /// Tracking peers per IP.
@@ -255,7 +255,7 @@ impl PeerScore {
         callback: Option<fn(&PeerId, &TopicHash, f64)>,
     ) -> Self {
         PeerScore {
-            decay_interval: Delay::new(params.decay_interval),
+            next_decay: Instant::now() + params.decay_interval,
             params,
             thresholds,
             peer_stats: HashMap::new(),
