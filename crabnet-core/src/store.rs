@@ -945,9 +945,10 @@ impl Store {
         .collect()
     }
 
-    /// The one non-negative number `sql` answers (a count, a highest sequence number).
+    /// The one non-negative number `sql` answers (a count, a highest sequence number); `sql`
+    /// is compiled once and kept in the statement cache.
     fn number(&self, sql: &str) -> Result<u64> {
-        let n: i64 = self.conn.query_row(sql, [], |r| r.get(0))?;
+        let n: i64 = self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?;
         Ok(n as u64)
     }
 
@@ -1196,11 +1197,8 @@ impl Store {
     /// A known peer.
     pub fn peer(&self, id: &NodeId) -> Result<Option<Peer>> {
         self.conn
-            .query_row(
-                &format!("{PEER_COLUMNS} WHERE node_id = ?1"),
-                [id.as_str()],
-                |r| peer_from_row(&self.keys, r),
-            )
+            .prepare_cached(&format!("{PEER_COLUMNS} WHERE node_id = ?1"))?
+            .query_row([id.as_str()], |r| peer_from_row(&self.keys, r))
             .optional()?
             .transpose()
     }
@@ -1295,11 +1293,8 @@ impl Store {
     pub fn peer_hello(&self, id: &NodeId) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT hello FROM peers WHERE node_id = ?1",
-                [id.as_str()],
-                |r| r.get::<_, Option<Vec<u8>>>(0),
-            )
+            .prepare_cached("SELECT hello FROM peers WHERE node_id = ?1")?
+            .query_row([id.as_str()], |r| r.get::<_, Option<Vec<u8>>>(0))
             .optional()?
             .flatten())
     }
@@ -1444,11 +1439,12 @@ impl Store {
         let signing = identity.signing.to_bytes();
         let kem = identity.kem.to_bytes();
         let known: Option<(Vec<u8>, Vec<u8>, i64)> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT signing_public, kem_public, key_epoch FROM peers WHERE node_id = ?1",
-                [identity.node_id.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            )?
+            .query_row([identity.node_id.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         let addresses_json = to_json(&addresses)?;
         let update = match known {
@@ -2301,6 +2297,39 @@ mod tests {
         // The statement `events_after` ran, from the cache.
         let stmt = s.conn.prepare_cached(EVENTS_AFTER_SQL).unwrap();
         assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+    }
+
+    /// The lookups every received frame makes (its sender's peer row, the pruned-seed check,
+    /// the event sequence) run from the statement cache: an uncached statement is parsed and
+    /// compiled again on every call, which showed as SQLite's parser in the profile of an idle
+    /// node of 100 (each periodic hello reads its sender's row).
+    #[test]
+    fn the_lookups_of_every_received_frame_are_compiled_once() {
+        use rusqlite::StatementStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let id = public(1).node_id;
+        let seed = SeedId::from_bytes([7; 16]);
+        for _ in 0..3 {
+            assert!(s.peer(&id).unwrap().is_none());
+            assert!(s.peer_hello(&id).unwrap().is_none());
+            assert!(!s.is_pruned(&seed).unwrap());
+            assert_eq!(s.last_event_seq().unwrap(), 0);
+            assert_eq!(s.sync_mark().unwrap().last_row, 0);
+        }
+        let runs = |sql: &str| {
+            let stmt = s.conn.prepare_cached(sql).unwrap();
+            stmt.get_status(StatementStatus::Run)
+        };
+        // Each ran three times from one compiled statement (an uncached one would be new here,
+        // never run).
+        assert_eq!(runs(&format!("{PEER_COLUMNS} WHERE node_id = ?1")), 3);
+        assert_eq!(runs("SELECT hello FROM peers WHERE node_id = ?1"), 3);
+        assert_eq!(
+            runs("SELECT EXISTS(SELECT 1 FROM pruned_seeds WHERE seed_id = ?1)"),
+            3
+        );
+        assert_eq!(runs("SELECT COALESCE(MAX(seq), 0) FROM events"), 3);
     }
 
     /// The WAL hook that rings the bell replaces SQLite's automatic checkpoint: the store runs

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use super::liveness::latest_sighting;
 use super::{Node, background_blocking};
 use crate::alerts::webhook::{self, Hooks, backoff_ms};
 use crate::alerts::{ActiveAlert, AlertsConfig, Evaluator, Sample, Transition, disk_free_bytes};
@@ -88,10 +89,16 @@ impl Node {
             let failed = counter("runs.failed")
                 .saturating_add(counter("runs.timed_out"))
                 .saturating_add(counter("runs.errored"));
+            // The sightings, not the peer rows: the count needs no keys (100 peers' keys are
+            // 250 KB to read at every sample).
+            let pending = self.inner.liveness.pending_all();
             let live_peers = s
-                .peers()?
+                .peer_sightings()?
                 .iter()
-                .filter(|p| now.saturating_sub(self.last_seen(p)) <= window)
+                .filter(|p| {
+                    let seen = latest_sighting(p.last_seen, pending.get(&p.node_id).copied());
+                    now.saturating_sub(seen) <= window
+                })
                 .count() as u64;
             Ok(Sample {
                 live_peers: self.transport_name().map(|_| live_peers),

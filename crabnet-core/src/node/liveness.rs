@@ -120,11 +120,17 @@ impl Node {
 
     /// `peer`'s `last_seen`, with a newer value refreshed in memory and not yet written.
     pub(super) fn last_seen(&self, peer: &crate::store::Peer) -> Millis {
-        self.inner
-            .liveness
-            .pending(&peer.identity.node_id)
-            .map_or(peer.last_seen, |at| at.max(peer.last_seen))
+        latest_sighting(
+            peer.last_seen,
+            self.inner.liveness.pending(&peer.identity.node_id),
+        )
     }
+}
+
+/// When a peer was last heard from: its stored `last_seen`, or the newer value not yet
+/// written (`pending`).
+pub(super) fn latest_sighting(stored: Millis, pending: Option<Millis>) -> Millis {
+    pending.map_or(stored, |at| at.max(stored))
 }
 
 /// The hello interval, in ms, of a node that runs with an interval of `current_ms` and knows
@@ -158,9 +164,7 @@ pub(super) fn counted_peers(
     let mut addresses = HashSet::new();
     let mut counted = 0;
     for s in sightings {
-        let last = pending
-            .get(&s.node_id)
-            .map_or(s.last_seen, |&at| at.max(s.last_seen));
+        let last = latest_sighting(s.last_seen, pending.get(&s.node_id).copied());
         if last < since || last < s.first_seen.saturating_add(again_after) {
             continue;
         }

@@ -52,11 +52,9 @@ pub(super) fn event_seed(kind: &EventKind) -> Option<&SeedId> {
 
 /// Whether `seed` was pruned here (and its tombstone still lasts).
 pub(super) fn is_pruned(conn: &Connection, seed: &SeedId) -> Result<bool> {
-    Ok(conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM pruned_seeds WHERE seed_id = ?1)",
-        [seed.as_str()],
-        |r| r.get(0),
-    )?)
+    Ok(conn
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM pruned_seeds WHERE seed_id = ?1)")?
+        .query_row([seed.as_str()], |r| r.get(0))?)
 }
 
 /// SQL that holds when the node whose id (lowercase hex) the SQL expression `$id` gives is one

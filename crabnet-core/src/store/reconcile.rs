@@ -43,18 +43,19 @@ impl Store {
     /// the same transaction): while `pruned` stays, the items are those read before plus the
     /// rows above the old mark ([`Store::sync_items_between`]).
     pub fn sync_mark(&self) -> Result<SyncMark> {
-        Ok(self.conn.query_row(
-            "SELECT (SELECT COALESCE(MAX(rowid), 0) FROM messages),
-                    (SELECT COALESCE(MAX(value), 0) FROM counters
-                     WHERE name = 'retention.messages_pruned')",
-            [],
-            |r| {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT COALESCE(MAX(rowid), 0) FROM messages),
+                        (SELECT COALESCE(MAX(value), 0) FROM counters
+                         WHERE name = 'retention.messages_pruned')",
+            )?
+            .query_row([], |r| {
                 Ok(SyncMark {
                     last_row: r.get(0)?,
                     pruned: r.get(1)?,
                 })
-            },
-        )?)
+            })?)
     }
 
     /// Every stored message that has an envelope, as a reconciliation item (unordered).
