@@ -508,42 +508,6 @@ fn ring_after_commits(conn: &mut Connection, path: &Path) -> Result<Option<Strin
 /// received message runs).
 const STATEMENT_CACHE: usize = 128;
 
-/// How much of a statement journal SQLite keeps in memory before it moves it to a temporary
-/// file (process-wide; SQLite's default is 64 KiB). A batch applies each received frame in a
-/// savepoint, and that journal went over 64 KiB: each batch opened, wrote and closed a
-/// temporary file (`O_TMPFILE` in /var/tmp), about one per received seed. A journal is bounded
-/// by its transaction's writes, so 4 MiB covers a batch (at most 4 MiB of frames) and bounds
-/// the memory of one open transaction.
-const STATEMENT_JOURNAL_IN_MEMORY: std::ffi::c_int = 4 << 20;
-
-/// Whether [`configure_sqlite`] set [`STATEMENT_JOURNAL_IN_MEMORY`]: SQLite takes process-wide
-/// settings only before it initializes, that is before the process's first connection.
-static SQLITE_CONFIGURED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-
-/// Sets this library's process-wide SQLite settings, once, before the first connection opens.
-/// When a connection through the same SQLite (the bundled copy this library is built with)
-/// came first, SQLite keeps its default and the store works as before, with temporary files.
-fn configure_sqlite() -> bool {
-    *SQLITE_CONFIGURED.get_or_init(|| {
-        // SAFETY: `sqlite3_config` with SQLITE_CONFIG_STMTJRNL_SPILL takes one int. Called
-        // before the library's SQLite initializes it changes a setting no connection uses
-        // yet; called later it only returns SQLITE_MISUSE.
-        let rc = unsafe {
-            rusqlite::ffi::sqlite3_config(
-                rusqlite::ffi::SQLITE_CONFIG_STMTJRNL_SPILL,
-                STATEMENT_JOURNAL_IN_MEMORY,
-            )
-        };
-        if rc != rusqlite::ffi::SQLITE_OK {
-            tracing::debug!(
-                "SQLite was initialized before the first store opened (code {rc}): statement \
-                 journals spill to temporary files beyond 64 KiB"
-            );
-        }
-        rc == rusqlite::ffi::SQLITE_OK
-    })
-}
-
 impl Store {
     /// The steps of SQLite's plan for `sql` run with `params` (`EXPLAIN QUERY PLAN`), for
     /// tests that a query reads through an index.
@@ -566,7 +530,6 @@ impl Store {
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path, config: &StoreConfig) -> Result<Store> {
-        configure_sqlite();
         let mut conn = Connection::open(path).map_err(|e| {
             Error::with_source(
                 ErrorKind::Store,
@@ -2374,16 +2337,6 @@ mod tests {
             runs("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)"),
             3
         );
-    }
-
-    /// A received batch's statement journal stays in memory: the store sets SQLite's spill
-    /// threshold before the process's first connection (every connection of these tests is a
-    /// store's).
-    #[test]
-    fn statement_journals_are_kept_in_memory_up_to_four_mib() {
-        let dir = tempfile::tempdir().unwrap();
-        let _s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
-        assert!(configure_sqlite());
     }
 
     /// The WAL hook that rings the bell replaces SQLite's automatic checkpoint: the store runs
