@@ -3727,8 +3727,8 @@ where
         if self.heartbeat.poll_unpin(cx).is_ready() {
             // update scores (Crabnet: on the heartbeat, once for each decay interval that has
             // passed, not on a timer of their own, so that an idle node wakes once a second,
-            // not twice; an interval that is not a whole number of heartbeats is rounded up to
-            // one)
+            // not twice; with an interval that is not a whole number of heartbeats the decays
+            // come at heartbeat moments, at the configured rate on average)
             if let PeerScoreState::Active(peer_score) = &mut self.peer_score {
                 let now = Instant::now();
                 // The decays the heartbeat's initial delay (5 s by default) held back, or a
