@@ -815,15 +815,17 @@ impl Store {
                     RemoteOutcome::Rejected(RejectReason::Malformed, detail)
                 }
                 Ok(()) => {
-                    insert_message(&tx, message, Origin::Remote, now)?;
-                    tx.prepare_cached("UPDATE messages SET envelope = ?2 WHERE id = ?1")?
-                        .execute(params![id, envelope])?;
-                    let (_, verdict) =
-                        refold(&tx, message.seed_id(), &message.id, now, &mut events)?;
+                    let (_, verdict) = refold(&tx, message, Origin::Remote, now, &mut events)?;
+                    insert_message(&tx, message, Origin::Remote, envelope, &verdict, now)?;
                     if matches!(verdict, Verdict::Applied | Verdict::Pending { .. }) {
-                        // An author of stored messages is not evicted for a newcomer.
-                        tx.prepare_cached("UPDATE peers SET last_active = ?2 WHERE node_id = ?1")?
-                            .execute(params![message.sender.as_str(), now as i64])?;
+                        // An author of stored messages is not evicted for a newcomer. The
+                        // eviction asks only whether a peer authored any: set once, so that
+                        // its later messages do not write the peer's row again.
+                        tx.prepare_cached(
+                            "UPDATE peers SET last_active = ?2
+                             WHERE node_id = ?1 AND last_active IS NULL",
+                        )?
+                        .execute(params![message.sender.as_str(), now as i64])?;
                     }
                     match verdict {
                         Verdict::Applied => {
@@ -1924,9 +1926,8 @@ fn insert_local(
         return Err(Error::new(ErrorKind::Validation, reason));
     }
     let seed_id = message.seed_id();
-    insert_message(tx, message, Origin::Local, now)?;
     let mut events = Vec::new();
-    let (view, verdict) = refold(tx, seed_id, &message.id, now, &mut events)?;
+    let (view, verdict) = refold(tx, message, Origin::Local, now, &mut events)?;
     match verdict {
         Verdict::Applied => {}
         Verdict::Pending { reason } | Verdict::Rejected { reason } => {
@@ -1935,8 +1936,7 @@ fn insert_local(
     }
     let view = view.ok_or_else(|| Error::internal("applied message left no seed"))?;
     let envelope = seal(message, &view)?;
-    tx.prepare_cached("UPDATE messages SET envelope = ?2 WHERE id = ?1")?
-        .execute(params![message.id.as_str(), envelope])?;
+    insert_message(tx, message, Origin::Local, &envelope, &verdict, now)?;
     tx.prepare_cached(
         "INSERT INTO outbox(message_id, created_at, next_attempt_at) VALUES (?1, ?2, ?2)",
     )?
@@ -1976,9 +1976,19 @@ fn bump_counter(tx: &Connection, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn insert_message(tx: &Connection, m: &Message, origin: Origin, now: Millis) -> Result<()> {
-    tx.prepare_cached("INSERT INTO messages(id, seed_id, kind, sender, lamport, timestamp, body, origin, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?.execute(
+/// Stores a message with its envelope and verdict ([`refold`] works the verdict out before the
+/// message is stored): one write of the row, where a second and a third rewrote it, its
+/// envelope's overflow pages included.
+fn insert_message(
+    tx: &Connection,
+    m: &Message,
+    origin: Origin,
+    envelope: &[u8],
+    verdict: &Verdict,
+    now: Millis,
+) -> Result<()> {
+    tx.prepare_cached("INSERT INTO messages(id, seed_id, kind, sender, lamport, timestamp, body, origin, received_at, envelope, verdict)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")?.execute(
         params![
             m.id.as_str(),
             m.seed_id().as_str(),
@@ -1988,7 +1998,9 @@ fn insert_message(tx: &Connection, m: &Message, origin: Origin, now: Millis) -> 
             m.timestamp as i64,
             to_json(m)?,
             origin.as_str(),
-            now as i64
+            now as i64,
+            envelope,
+            to_json(verdict)?
         ],
     )?;
     Ok(())
@@ -2116,16 +2128,19 @@ fn applied_event(m: &Message, view: &SeedView) -> EventKind {
     }
 }
 
-/// Re-computes one seed from all its stored messages, stores the new view and verdicts, and
-/// appends events for every message whose verdict changed. Returns the view and the verdict of
-/// `focus` (the message that triggered the fold).
+/// Re-computes one seed from its stored messages and `new`, a message of it that is not stored
+/// yet; stores the new view and the verdicts of stored messages that changed, and appends
+/// events for every message whose verdict changed, `new` included. Returns the view and the
+/// verdict of `new`, which the caller stores with it ([`insert_message`]): a message row is
+/// written once, not again for its verdict.
 fn refold(
     tx: &Connection,
-    seed_id: &SeedId,
-    focus: &MessageId,
+    new: &Message,
+    origin: Origin,
     now: Millis,
     events: &mut Vec<EventKind>,
 ) -> Result<(Option<SeedView>, Verdict)> {
+    let seed_id = new.seed_id();
     let mut stmt = tx.prepare_cached(
         "SELECT body, verdict, origin FROM messages WHERE seed_id = ?1 ORDER BY lamport, id",
     )?;
@@ -2149,19 +2164,25 @@ fn refold(
         messages.push(m);
     }
     drop(stmt);
+    // In the order of the query: Lamport counter, then id (SQLite compares text bytewise).
+    let at = messages.partition_point(|m| m.order_key() < new.order_key());
+    messages.insert(at, new.clone());
+    origins.insert(new.id.clone(), origin.as_str().to_owned());
     let old_view = load_view(tx, seed_id)?;
     let folded = state::fold(&messages);
 
     let mut update = tx.prepare_cached("UPDATE messages SET verdict = ?2 WHERE id = ?1")?;
     for m in &messages {
-        let new = &folded.verdicts[&m.id];
+        let verdict = &folded.verdicts[&m.id];
         let old = previous.get(&m.id);
-        if old == Some(new) {
+        if old == Some(verdict) {
             continue;
         }
-        update.execute(params![m.id.as_str(), to_json(new)?])?;
+        if m.id != new.id {
+            update.execute(params![m.id.as_str(), to_json(verdict)?])?;
+        }
         let remote = origins.get(&m.id).map(String::as_str) == Some("remote");
-        match new {
+        match verdict {
             Verdict::Applied => {
                 if let Some(view) = &folded.view {
                     events.push(applied_event(m, view));
@@ -2220,7 +2241,7 @@ fn refold(
     }
     let verdict = folded
         .verdicts
-        .get(focus)
+        .get(&new.id)
         .cloned()
         .ok_or_else(|| Error::internal("folded message has no verdict"))?;
     Ok((folded.view, verdict))
@@ -2235,9 +2256,25 @@ pub(crate) fn publish_test_seed(
     tag: u8,
     at: Millis,
 ) -> (SeedId, Message) {
-    let id = SeedId::from_bytes([tag; 16]);
-    let seed = crate::model::Seed {
-        id: id.clone(),
+    let seed = test_seed(publisher, tag, at);
+    let id = seed.id.clone();
+    let (m, _, _) = s
+        .commit_local(
+            publisher,
+            &id,
+            at,
+            |_| Ok(Body::SeedCreated(seed)),
+            |_, _| Ok(b"env".to_vec()),
+        )
+        .unwrap();
+    (id, m)
+}
+
+/// A seed `publisher` published at `at`, its id made of `tag`.
+#[cfg(test)]
+fn test_seed(publisher: &NodeId, tag: u8, at: Millis) -> crate::model::Seed {
+    crate::model::Seed {
+        id: SeedId::from_bytes([tag; 16]),
         publisher: publisher.clone(),
         command: "true".into(),
         description: String::new(),
@@ -2253,17 +2290,7 @@ pub(crate) fn publish_test_seed(
         rules: crate::model::rules::V1,
         deadlines: None,
         replication: None,
-    };
-    let (m, _, _) = s
-        .commit_local(
-            publisher,
-            &id,
-            at,
-            |_| Ok(Body::SeedCreated(seed)),
-            |_, _| Ok(b"env".to_vec()),
-        )
-        .unwrap();
-    (id, m)
+    }
 }
 
 #[cfg(test)]
@@ -2337,6 +2364,67 @@ mod tests {
             runs("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)"),
             3
         );
+    }
+
+    /// A received message is stored in one write of its row, with its envelope and its
+    /// verdict, and its author's peer row is written for the first of its stored messages
+    /// only. Each further write of a message row wrote its envelope's overflow pages again,
+    /// and each write of the peer row its page: about every received frame did both.
+    #[test]
+    fn a_received_message_is_written_once_and_its_author_row_once() {
+        use rusqlite::hooks::Action;
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let me = public(1).node_id;
+        let author = public(2);
+        s.upsert_peer(&author, "p", &[], b"hello", 1_000, &admission(8, None))
+            .unwrap();
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let seen = writes.clone();
+        s.conn
+            .update_hook(Some(move |action, _: &str, table: &str, _| {
+                seen.lock().unwrap().push((action, table.to_owned()));
+            }))
+            .unwrap();
+        for tag in 1..=3u8 {
+            let message = Message {
+                id: MessageId::from_bytes([tag; 16]),
+                sender: author.node_id.clone(),
+                lamport: u64::from(tag),
+                timestamp: 2_000,
+                body: Body::SeedCreated(test_seed(&author.node_id, tag, 2_000)),
+            };
+            let envelope = vec![tag; 5_000];
+            let (outcome, _) = s.apply_remote(&me, &message, &envelope, 2_000).unwrap();
+            assert_eq!(outcome, RemoteOutcome::Applied);
+            let (stored, verdict): (Vec<u8>, String) = s
+                .conn
+                .query_row(
+                    "SELECT envelope, verdict FROM messages WHERE id = ?1",
+                    [message.id.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!(stored, envelope);
+            assert_eq!(
+                from_json::<Verdict>(&verdict, "verdict").unwrap(),
+                Verdict::Applied
+            );
+        }
+        s.conn
+            .update_hook(None::<fn(Action, &str, &str, i64)>)
+            .unwrap();
+        let writes = writes.lock().unwrap();
+        let count = |action: Action, table: &str| {
+            writes
+                .iter()
+                .filter(|(a, t)| *a == action && t == table)
+                .count()
+        };
+        assert_eq!(count(Action::SQLITE_INSERT, "messages"), 3);
+        assert_eq!(count(Action::SQLITE_UPDATE, "messages"), 0, "{writes:?}");
+        assert_eq!(count(Action::SQLITE_UPDATE, "peers"), 1, "{writes:?}");
     }
 
     /// The WAL hook that rings the bell replaces SQLite's automatic checkpoint: the store runs

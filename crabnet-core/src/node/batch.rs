@@ -14,7 +14,8 @@
 //!    when the bytes and the keys are the same), each store operation in a savepoint of its
 //!    own, so an envelope that fails leaves the others alone; copies within the group are
 //!    recognised as duplicates, as they are across frames. One commit (one fsync under
-//!    `store.sync = full`) ends the group.
+//!    `store.sync = full`) ends the group. A group of one envelope is its own transaction,
+//!    with no savepoint.
 //! 4. Only after the commit: verdicts go back to the transport (gossip forwards what was
 //!    accepted), events are delivered, and the outbox is drained once if anything was written
 //!    to it. A commit that fails rolls the whole group back: every verdict is `ignore`, and
@@ -120,12 +121,19 @@ impl Node {
             .rejections
             .add("ingress.group_frames", frames.len() as u64);
         self.pre_verify(&frames, max);
-        let batch = match self.inner.store.begin_batch() {
-            Ok(batch) => Some(batch),
-            Err(e) => {
-                // Each envelope then commits on its own, as a lone frame would.
-                tracing::warn!("cannot open a store batch: {e}");
-                None
+        // A lone envelope is its own transaction, as any other frame received alone: a
+        // batch would wrap its store operation in a savepoint, whose journal of page images
+        // outgrows what SQLite keeps in memory, so every such envelope wrote a temporary file.
+        let batch = if frames.len() < 2 {
+            None
+        } else {
+            match self.inner.store.begin_batch() {
+                Ok(batch) => Some(batch),
+                Err(e) => {
+                    // Each envelope then commits on its own, as a lone frame does.
+                    tracing::warn!("cannot open a store batch: {e}");
+                    None
+                }
             }
         };
         let mut results: Vec<Received> = frames
