@@ -44,7 +44,6 @@ impl ParsedKeys {
         if let Some(known) = self.cached(node_id, signing, kem, epoch) {
             return Ok(known);
         }
-        // Parsed outside the lock: the ML-KEM-768 check takes longer than a lookup.
         let identity = PublicIdentity::from_parts(signing, kem, epoch)?;
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= self.capacity && !map.contains_key(node_id) {

@@ -1913,9 +1913,10 @@ impl LamportCounter {
     }
 }
 
-/// The part of a local commit after the message is stamped: checks it, stores it, applies it
-/// through the state machine (it must apply), stores its envelope (`seal`, called once the new
-/// state is known), its outbox row and its events.
+/// The part of a local commit after the message is stamped: checks it, applies it through the
+/// state machine with its seed's stored messages (it must apply), seals it (`seal`, called once
+/// the new state is known), then stores it with its envelope and verdict, its outbox row and
+/// its events.
 fn insert_local(
     tx: &Connection,
     message: &Message,
@@ -2369,7 +2370,9 @@ mod tests {
     /// A received message is stored in one write of its row, with its envelope and its
     /// verdict, and its author's peer row is written for the first of its stored messages
     /// only. Each further write of a message row wrote its envelope's overflow pages again,
-    /// and each write of the peer row its page: about every received frame did both.
+    /// and each write of the peer row its page: about every received frame did both. A stored
+    /// message whose verdict a newcomer changes (a bid that waited for its seed) is still
+    /// updated, and folded in Lamport order with it.
     #[test]
     fn a_received_message_is_written_once_and_its_author_row_once() {
         use rusqlite::hooks::Action;
@@ -2378,8 +2381,26 @@ mod tests {
         let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
         let me = public(1).node_id;
         let author = public(2);
-        s.upsert_peer(&author, "p", &[], b"hello", 1_000, &admission(8, None))
-            .unwrap();
+        let bidder = public(3);
+        for peer in [&author, &bidder] {
+            s.upsert_peer(peer, "p", &[], b"hello", 1_000, &admission(8, None))
+                .unwrap();
+        }
+        // A bid on the third seed arrives before the seed: it waits.
+        let bid = Message {
+            id: MessageId::from_bytes([9; 16]),
+            sender: bidder.node_id.clone(),
+            lamport: 10,
+            timestamp: 2_000,
+            body: Body::BidPlaced(crate::model::Bid {
+                id: crate::model::BidId::from_bytes([9; 16]),
+                seed_id: SeedId::from_bytes([3; 16]),
+                bidder: bidder.node_id.clone(),
+                price: 5,
+            }),
+        };
+        let (outcome, _) = s.apply_remote(&me, &bid, b"bid", 2_000).unwrap();
+        assert!(matches!(outcome, RemoteOutcome::Deferred(_)), "{outcome:?}");
         let writes = Arc::new(Mutex::new(Vec::new()));
         let seen = writes.clone();
         s.conn
@@ -2412,6 +2433,21 @@ mod tests {
                 Verdict::Applied
             );
         }
+        // The third seed took the waiting bid in: its verdict was updated.
+        let verdict: String = s
+            .conn
+            .query_row(
+                "SELECT verdict FROM messages WHERE id = ?1",
+                [bid.id.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            from_json::<Verdict>(&verdict, "verdict").unwrap(),
+            Verdict::Applied
+        );
+        let view = s.seed(&SeedId::from_bytes([3; 16])).unwrap().unwrap();
+        assert_eq!(view.bids.len(), 1, "{view:?}");
         s.conn
             .update_hook(None::<fn(Action, &str, &str, i64)>)
             .unwrap();
@@ -2423,7 +2459,7 @@ mod tests {
                 .count()
         };
         assert_eq!(count(Action::SQLITE_INSERT, "messages"), 3);
-        assert_eq!(count(Action::SQLITE_UPDATE, "messages"), 0, "{writes:?}");
+        assert_eq!(count(Action::SQLITE_UPDATE, "messages"), 1, "{writes:?}");
         assert_eq!(count(Action::SQLITE_UPDATE, "peers"), 1, "{writes:?}");
     }
 

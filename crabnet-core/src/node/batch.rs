@@ -14,8 +14,8 @@
 //!    when the bytes and the keys are the same), each store operation in a savepoint of its
 //!    own, so an envelope that fails leaves the others alone; copies within the group are
 //!    recognised as duplicates, as they are across frames. One commit (one fsync under
-//!    `store.sync = full`) ends the group. A group of one envelope is its own transaction,
-//!    with no savepoint.
+//!    `store.sync = full`) ends the group. A group of one envelope opens no batch: each
+//!    store operation of its receive is its own transaction, with no savepoint.
 //! 4. Only after the commit: verdicts go back to the transport (gossip forwards what was
 //!    accepted), events are delivered, and the outbox is drained once if anything was written
 //!    to it. A commit that fails rolls the whole group back: every verdict is `ignore`, and
@@ -121,9 +121,10 @@ impl Node {
             .rejections
             .add("ingress.group_frames", frames.len() as u64);
         self.pre_verify(&frames, max);
-        // A lone envelope is its own transaction, as any other frame received alone: a
-        // batch would wrap its store operation in a savepoint, whose journal of page images
-        // outgrows what SQLite keeps in memory, so every such envelope wrote a temporary file.
+        // A lone envelope opens no batch: its store operations commit on their own, as those
+        // of any other frame received alone (usually one: the apply). A batch would wrap each
+        // in a savepoint, whose journal of page images outgrows what SQLite keeps in memory,
+        // so every such envelope wrote a temporary file.
         let batch = if frames.len() < 2 {
             None
         } else {
