@@ -244,8 +244,8 @@ struct Inner {
     clock: Option<Arc<dyn Clock>>,
 }
 
-/// When, after its first connection, a node broadcasts its hello again (gossip needs the
-/// subscriptions exchanged first).
+/// When, after its first connection, a node broadcasts a new hello (gossip needs the
+/// subscriptions exchanged first, and publishes the same bytes only once).
 const JOIN_HELLO_DELAYS: [Duration; 3] = [
     Duration::from_secs(1),
     Duration::from_secs(3),

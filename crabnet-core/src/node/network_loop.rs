@@ -242,9 +242,9 @@ impl Node {
         let mut hello: Option<HelloCache> = None;
         // After the first connection (when gossip can carry it), the hello is broadcast again:
         // the one at start reached nobody, and this is how the nodes that this node does not
-        // connect to learn of it (they answer it, each to this node alone). The same bytes go
-        // out a few times, in case the first attempt found no subscribed peer yet: a peer that
-        // has them drops a copy after a lookup, and gossip does not send them twice.
+        // connect to learn of it (they answer it, each to this node alone). A new hello goes
+        // out a few times, as subscriptions arrive: gossip publishes the same bytes only once,
+        // so once a copy went out, a repeat of it reached nobody (and gossipsub warned).
         let mut joined = false;
         let mut join_hellos: Vec<tokio::time::Instant> = Vec::new();
         // The first periodic round is at start, before any frame is read: it goes out only when
@@ -290,11 +290,8 @@ impl Node {
             tokio::select! {
                 _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
                     join_hellos.pop();
-                    if let Some(frame) = self.latest_hello(transport.as_mut(), &mut hello)
-                        && let Err(e) = transport.broadcast(&frame).and_then(|()| self.send_after_hello(transport.as_mut(), None))
-                    {
-                        tracing::debug!("cannot send hello: {e}");
-                    }
+                    // A new hello with the current keys, and the statements that follow it.
+                    self.broadcast_hello(transport.as_mut(), &mut hello);
                 }
                 _ = tokio::time::sleep_until(next_hello), if preparing_hello.is_none() => {
                     preparing_hello = Some(self.prepare_hello());
