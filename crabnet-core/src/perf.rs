@@ -5,7 +5,7 @@
 //!
 //! 1. **The verify floor**: the bare library calls that check one envelope's two signatures
 //!    (dalek Ed25519 `verify_strict` and libcrux ML-DSA-44, keys expanded beforehand,
-//!    [`crypto::RawSignatures`]), on one thread, over the bytes of a real envelope:
+//!    `crypto::RawSignatures`), on one thread, over the bytes of a real envelope:
 //!    `verify_floor_per_s`.
 //! 2. **Envelope overhead**: building, parsing, verifying and decoding a plain envelope
 //!    (`message_envelope` + `parse` + `verify` + `message`) over raw sign + raw verify of the

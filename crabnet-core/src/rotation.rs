@@ -252,7 +252,8 @@ pub enum Added {
     Known,
 }
 
-/// How an envelope's signing keys relate to its author's key chain ([`Chains::signers`]).
+/// A key an author rotated away from, still accepted within the grace period
+/// ([`Chains::old_keys`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OldKey {
     /// The old epoch's signing keys.

@@ -9,12 +9,12 @@
 //! * [`Revocation`]s, signed by an anchor or by a node about itself, withdraw a node or a
 //!   certificate from a point in time on; they are persisted and travel in `revocations`
 //!   envelopes sent with every hello. What is kept of forgotten nodes is bounded
-//!   ([`Trust::prune_revocations`]): self-revocations of strangers are capped
+//!   (`Trust::prune_revocations`): self-revocations of strangers are capped
 //!   (`trust.max_stranger_revocations`) and not sent on, and certificates expire
 //!   (`trust.certificate_grace_secs` after their validity).
 //!
-//! The receive path asks [`Trust::check_frame`] about every frame right after its header is
-//! parsed, before any signature check or database access, and [`Trust::admit_hello`] about a
+//! The receive path asks `Trust::check_frame` about every frame right after its header is
+//! parsed, before any signature check or database access, and `Trust::admit_hello` about a
 //! hello once its signatures verified; refusals are
 //! [`RejectReason::NotAdmitted`](crate::monitor::RejectReason::NotAdmitted).
 

@@ -28,7 +28,7 @@ struct Cli {
     /// Data directory of the node.
     #[arg(long, global = true, env = "CRABNET_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Configuration file (TOML); defaults to <data-dir>/config.toml when that exists.
+    /// Configuration file (TOML); defaults to `<data-dir>/config.toml` when that exists.
     #[arg(long, global = true, env = "CRABNET_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Print machine-readable JSON instead of text.

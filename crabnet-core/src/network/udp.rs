@@ -146,7 +146,7 @@ impl Transport for UdpTransport {
         send_each(&self.socket, frame, targets)
     }
 
-    /// The query goes to [`SYNC_FANOUT`](super::dht::SYNC_FANOUT) of the configured peers, taking
+    /// The query goes to `SYNC_FANOUT` (`network::dht`) of the configured peers, taking
     /// turns (each of `n` peers gets one of every `ceil(n / 3)` queries, one per sync round,
     /// and answers queries of its own in between), and to the broadcast address when one is
     /// set. To every

@@ -608,7 +608,7 @@ impl Store {
     }
 
     /// The revocations sent after hellos (oldest first): those that concern a node this node
-    /// knows ([`REVOCATION_KNOWN`]), not the self-revocations of strangers.
+    /// knows (`REVOCATION_KNOWN`), not the self-revocations of strangers.
     pub fn revocations_to_send(&self, me: &NodeId) -> Result<Vec<Vec<u8>>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT body FROM revocations WHERE {REVOCATION_KNOWN} ORDER BY received_at, id"
