@@ -148,8 +148,15 @@ fn sql_lamport(lamport: u64) -> Result<i64> {
     })
 }
 
-const PEER_COLUMNS: &str = "SELECT node_id, name, addresses, signing_public, kem_public, key_epoch,
-    first_seen, last_seen, replay_floor FROM peers";
+/// The peer columns a [`Peer`] is read from (a macro, so that the queries are constants).
+macro_rules! peer_columns {
+    () => {
+        "SELECT node_id, name, addresses, signing_public, kem_public, key_epoch,
+    first_seen, last_seen, replay_floor FROM peers"
+    };
+}
+/// The query of one peer's row (every received envelope and hello reads its sender's).
+const PEER_BY_ID: &str = concat!(peer_columns!(), " WHERE node_id = ?1");
 
 /// Most peers whose parsed keys the store keeps (more than `network.max_peers` allows).
 const PARSED_KEYS: usize = 4096;
@@ -1199,7 +1206,7 @@ impl Store {
     /// A known peer.
     pub fn peer(&self, id: &NodeId) -> Result<Option<Peer>> {
         self.conn
-            .prepare_cached(&format!("{PEER_COLUMNS} WHERE node_id = ?1"))?
+            .prepare_cached(PEER_BY_ID)?
             .query_row([id.as_str()], |r| peer_from_row(&self.keys, r))
             .optional()?
             .transpose()
@@ -1235,7 +1242,7 @@ impl Store {
     pub fn peers(&self) -> Result<Vec<Peer>> {
         let mut stmt = self
             .conn
-            .prepare_cached(&format!("{PEER_COLUMNS} ORDER BY node_id"))?;
+            .prepare_cached(concat!(peer_columns!(), " ORDER BY node_id"))?;
         let rows = stmt.query_map([], |r| peer_from_row(&self.keys, r))?;
         rows.map(|r| r?).collect()
     }
@@ -2354,7 +2361,7 @@ mod tests {
         };
         // Each ran three times from one compiled statement (an uncached one would be new here,
         // never run).
-        assert_eq!(runs(&format!("{PEER_COLUMNS} WHERE node_id = ?1")), 3);
+        assert_eq!(runs(PEER_BY_ID), 3);
         assert_eq!(runs("SELECT hello FROM peers WHERE node_id = ?1"), 3);
         assert_eq!(
             runs("SELECT EXISTS(SELECT 1 FROM pruned_seeds WHERE seed_id = ?1)"),

@@ -314,7 +314,7 @@ impl Node {
                 last_event_seq: store.last_event_seq()?,
                 events_pruned_through: store.events_pruned_through()?,
                 state_digest: store.digest()?,
-                peers: store.peers()?.len() as u64,
+                peers: store.peer_count()? as u64,
                 addresses: lock(&n.inner.addresses).clone(),
                 sandbox: n.inner.config.runner.sandbox_status(),
             })
