@@ -2172,7 +2172,8 @@ fn refold(
         messages.push(m);
     }
     drop(stmt);
-    // In the order of the query: Lamport counter, then id (SQLite compares text bytewise).
+    // In the order of the query (Lamport counter, then id; SQLite compares text bytewise), so
+    // that the events come out in that order; the fold sorts its input itself.
     let at = messages.partition_point(|m| m.order_key() < new.order_key());
     messages.insert(at, new.clone());
     origins.insert(new.id.clone(), origin.as_str().to_owned());
@@ -2379,7 +2380,7 @@ mod tests {
     /// only. Each further write of a message row wrote its envelope's overflow pages again,
     /// and each write of the peer row its page: about every received frame did both. A stored
     /// message whose verdict a newcomer changes (a bid that waited for its seed) is still
-    /// updated, and folded in Lamport order with it.
+    /// updated.
     #[test]
     fn a_received_message_is_written_once_and_its_author_row_once() {
         use rusqlite::hooks::Action;
