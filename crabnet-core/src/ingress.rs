@@ -130,7 +130,7 @@ enum Due {
 }
 
 /// Counters that a healthy, idle node bumps as frames come in (batch sizes, copies, unchanged
-/// hellos, sync upkeep) or as API calls are grouped (`local.*`, whose operations write
+/// hellos, sync upkeep, the heap released once a minute) or as API calls are grouped (`local.*`, whose operations write
 /// anyway): they may wait to be written (see [`Rejections::rejections_pending`]).
 const ROUTINE_COUNTERS: &[&str] = &[
     "ingress.",
@@ -139,6 +139,7 @@ const ROUTINE_COUNTERS: &[&str] = &[
     "hellos.duplicate",
     "messages.duplicate",
     "sync.",
+    "heap.",
 ];
 
 impl State {

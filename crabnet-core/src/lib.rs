@@ -30,6 +30,7 @@ pub mod demo;
 pub mod embed;
 pub mod envelope;
 pub mod error;
+mod heap;
 pub mod identity;
 mod ingress;
 mod keycache;

@@ -1101,6 +1101,21 @@ fn errors_for_invalid_input() {
     // None of the refused publications left a seed behind.
     let list = sb.run(&dir, &["--json", "seed", "list"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+    // libp2p's flags on a UDP listener: refused before anything binds.
+    for flag in [&["--quic"][..], &["--mdns"]] {
+        let args: Vec<&str> = ["listen", "--transport", "udp", "--bind", "127.0.0.1:0"]
+            .iter()
+            .chain(flag)
+            .copied()
+            .collect();
+        expect_error(
+            &sb,
+            &dir,
+            &args,
+            "validation",
+            &[flag[0], "--transport dht"],
+        );
+    }
 }
 
 /// Issue 12/15: every numeric flag of `seed publish` at hostile values (0, negative, u64::MAX,

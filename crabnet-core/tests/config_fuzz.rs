@@ -94,6 +94,7 @@ fn keys() -> Vec<(&'static str, &'static str, Kind)> {
             Int(1, 10_000_000),
         ),
         ("network", "hello_answer_source_burst", Int(1, 10_000_000)),
+        ("network", "release_heap", Bool),
     ]
 }
 

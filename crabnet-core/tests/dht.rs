@@ -92,6 +92,53 @@ async fn three_libp2p_nodes_run_a_lifecycle_and_a_late_joiner_syncs() {
     }
 }
 
+/// A node listens on TCP alone unless a listen address asks for QUIC (a QUIC endpoint costs
+/// an idle node memory and keep-alive pings); one that does is reached over QUIC by a node
+/// that listens on TCP alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listens_on_quic_only_when_asked_and_is_reached_over_it() {
+    assert!(
+        DhtConfig::default()
+            .listen
+            .iter()
+            .all(|a| !a.contains("quic")),
+        "QUIC is a default listen address"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let tcp_only = start(dir.path(), "tcp", vec![]).await;
+    tcp_address(&tcp_only).await;
+    let both = DhtConfig {
+        listen: vec![
+            "/ip4/127.0.0.1/tcp/0".into(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+        ],
+        ..DhtConfig::default()
+    };
+    let q = Node::start_with_dht(config(dir.path(), "quic"), both)
+        .await
+        .unwrap();
+    let what = || "the QUIC node has no QUIC listen address".to_owned();
+    let quic = poll(Duration::from_secs(10), what, || async {
+        let o = q.overview().await.unwrap();
+        o.addresses.into_iter().find(|a| a.contains("/quic-v1"))
+    })
+    .await;
+    let dialer = start(dir.path(), "dialer", vec![quic]).await;
+    dialer
+        .wait_for_peers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // By now every listen address of the default node is up: none is a QUIC one.
+    let listed = tcp_only.overview().await.unwrap().addresses;
+    assert!(
+        listed.iter().all(|a| !a.contains("quic")),
+        "a default node listens on QUIC: {listed:?}"
+    );
+    for n in [tcp_only, q, dialer] {
+        n.stop().await.unwrap();
+    }
+}
+
 async fn futures_digests(nodes: &[&Node]) -> Vec<String> {
     let mut out = Vec::new();
     for n in nodes {

@@ -8,8 +8,8 @@
 //! budget for the whole test), and every listener is owned by a guard that SIGKILLs it on drop,
 //! so a failing test never leaves processes behind.
 //!
-//! A dht node listens on TCP *and* QUIC (UDP) on its `--bind` port, so each node's port is
-//! reserved with both a TCP listener and a UDP socket until its listener starts. Nodes dial
+//! A dht node listens on TCP on its `--bind` port, and with `--quic` on QUIC (UDP) too, so each
+//! node's port is reserved with both a TCP listener and a UDP socket until its listener starts. Nodes dial
 //! each other only through `--peer IP:PORT` (the TCP address, no peer id); everything else
 //! (connections between nodes that did not dial each other) is up to Kademlia and identify.
 //!
@@ -61,7 +61,7 @@ fn reserve_dht_port() -> Reservation {
 // ------------------------------------------------------------------------------------------
 
 /// Nodes 1, 2 and 3 dial only node 0 (a star; 1 and 2 over TCP as `IP:PORT`, 3 over QUIC as
-/// a full multiaddress). Hellos and envelopes between the leaves go
+/// a full multiaddress: node 0 listens on QUIC too, `--quic`). Hellos and envelopes between the leaves go
 /// through gossipsub, relayed by node 0 or over the direct connections Kademlia makes (the
 /// test checks that every leaf ends up connected to every other node although it dialed only
 /// node 0). Publish on node 1 (a leaf, so its seed must be relayed to the other leaves), bids
@@ -72,7 +72,7 @@ fn reserve_dht_port() -> Reservation {
 fn dht_star_of_four_full_lifecycle_converges() {
     let mut net = Net::dht(4);
     let all = [0, 1, 2, 3];
-    net.start(0, &[]);
+    net.start_mode(0, Mode::new(Transport::Dht, &[]).args(&["--quic"]));
     net.start(1, &[0]);
     net.start(2, &[0]);
     // Node 3 dials node 0 over QUIC, with a full multiaddress.
@@ -171,7 +171,7 @@ fn dht_late_joiner_dialing_one_node_converges_by_sync() {
 // ------------------------------------------------------------------------------------------
 
 /// Nodes 1..3 dial node 0; node 1 is SIGKILLed mid-lifecycle, the others go on, and node 1
-/// restarts on the same data directory and port (TCP and QUIC) and peer
+/// restarts on the same data directory and port and peer
 /// ([`crash_restart_heal`]): its pending bid reaches the publisher (the outbox is drained at
 /// once, possibly before the gossip mesh has re-formed; sync carries it then), it learns
 /// everything it missed through sync batches, keeps its acknowledged bids, and all four nodes

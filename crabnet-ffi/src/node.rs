@@ -419,7 +419,8 @@ pub unsafe extern "C" fn crabnet_node_start_udp(
 /// QUIC), described by a JSON object, every key optional:
 /// `{"listen": ["/ip4/127.0.0.1/tcp/4001", "/ip4/127.0.0.1/udp/4001/quic-v1"],
 /// "peers": ["/ip4/127.0.0.1/tcp/4002"], "bootstrap": ["/ip4/.../tcp/PORT/p2p/PEER_ID"],
-/// "mdns": false, "udp_fallback": {"bind": "127.0.0.1:7946", "peers": []}}`. mDNS is off
+/// "mdns": false, "udp_fallback": {"bind": "127.0.0.1:7946", "peers": []}}`. `listen`
+/// defaults to TCP on 127.0.0.1 with a free port (QUIC only when listed, as above). mDNS is off
 /// unless enabled. With `udp_fallback`, frames also go over UDP while libp2p has no peer (or
 /// when it cannot start); a `transport_status` event says so. Unknown keys are errors.
 ///

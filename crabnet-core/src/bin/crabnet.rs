@@ -164,7 +164,8 @@ enum TrustCommand {
 enum TransportArg {
     /// UDP unicast to --peer addresses (plus opt-in --broadcast).
     Udp,
-    /// libp2p: gossipsub, Kademlia, identify, sync over request-response, TCP and QUIC.
+    /// libp2p: gossipsub, Kademlia, identify, sync over request-response; TCP (and QUIC with
+    /// --quic).
     Dht,
 }
 
@@ -173,9 +174,13 @@ struct ListenArgs {
     /// Transport backend.
     #[arg(long, value_enum, default_value = "udp")]
     transport: TransportArg,
-    /// Local address to bind (dht: TCP and QUIC on this IP and port).
+    /// Local address to bind (dht: TCP on this IP and port, and QUIC with --quic).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7946")]
     bind: SocketAddr,
+    /// dht: also listen on QUIC (UDP) at the --bind IP and port (off by default: a node dials
+    /// peers' QUIC addresses either way).
+    #[arg(long)]
+    quic: bool,
     /// A peer (repeatable). udp: IP:PORT. dht: a multiaddress such as
     /// /ip4/127.0.0.1/tcp/7947, or IP:PORT for its TCP address.
     #[arg(long = "peer", value_name = "ADDR")]
@@ -1237,9 +1242,10 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
     let bad = |m: String| Error::new(ErrorKind::Validation, m);
     let node = match args.transport {
         TransportArg::Udp => {
-            if !args.bootstrap.is_empty() || args.mdns || args.udp_fallback.is_some() {
+            if !args.bootstrap.is_empty() || args.mdns || args.quic || args.udp_fallback.is_some() {
                 return Err(bad(
-                    "--bootstrap, --mdns and --udp-fallback apply to --transport dht".into(),
+                    "--bootstrap, --mdns, --quic and --udp-fallback apply to --transport dht"
+                        .into(),
                 ));
             }
             let peers = args
@@ -1275,11 +1281,12 @@ async fn listen(config: Config, args: &ListenArgs, json: bool) -> Result<(), Err
                     Err(_) => p.clone(),
                 })
                 .collect();
+            let mut listen = vec![format!("{ip}/tcp/{port}")];
+            if args.quic {
+                listen.push(format!("{ip}/udp/{port}/quic-v1"));
+            }
             let dht = DhtConfig {
-                listen: vec![
-                    format!("{ip}/tcp/{port}"),
-                    format!("{ip}/udp/{port}/quic-v1"),
-                ],
+                listen,
                 peers,
                 bootstrap: args.bootstrap.clone(),
                 mdns: args.mdns,

@@ -2,7 +2,10 @@
 //! node's trust boundary before they are forwarded), a request-response protocol carries sync
 //! queries and their answers, Kademlia finds peers beyond the configured ones, identify tells
 //! Kademlia which addresses to use, and mDNS (opt-in) finds peers on the local network. TCP
-//! (noise + yamux) and QUIC. The standard protocols let other libp2p implementations join.
+//! (noise + yamux), and QUIC: a node dials its peers' QUIC addresses, and listens on QUIC only
+//! when a listen address says so (by default TCP alone: a QUIC endpoint costs an idle node of a
+//! 100-node network 1.5 MB of memory and its keep-alive pings, BENCHMARKS.md session 21). The
+//! standard protocols let other libp2p implementations join.
 //!
 //! When libp2p cannot start, or has no connected peer, and UDP settings are given, frames go
 //! over UDP instead; the node gets a status event each time this changes.
@@ -56,12 +59,9 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// it the mesh is content and a dialed peer would only idle out again.
 const MESH_FLOOR: usize = 5;
 /// Once the node is connected to this many peers fewer than the most it was connected to since
-/// it last did so, the libp2p task hands the allocator's free memory back to the system
-/// ([`release_free_heap`]), at most once per [`RELEASE_GAP`].
+/// it last did so, the libp2p task reports [`Incoming::Closed`]: what closed connections used
+/// stays in glibc's arenas until the node releases it (`crate::heap`).
 const RELEASE_AFTER_CLOSED: usize = 8;
-/// The least time between two releases of the heap: peers that connect and leave in a loop
-/// cannot make the node walk its allocator's arenas more often.
-const RELEASE_GAP: Duration = Duration::from_secs(60);
 /// How often a node checks whether it has too few connections (and whether it has none).
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// How long a node without any connection waits before it dials its configured peers (and
@@ -73,7 +73,8 @@ const REDIAL_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DhtConfig {
-    /// Multiaddresses to listen on.
+    /// Multiaddresses to listen on (default TCP on 127.0.0.1, a free port; add
+    /// `/ip4/.../udp/PORT/quic-v1` to listen on QUIC too).
     pub listen: Vec<String>,
     /// Multiaddresses to dial at start (with or without a `/p2p/<peer id>` suffix), and again
     /// while the node has no connection.
@@ -96,10 +97,7 @@ pub struct DhtConfig {
 impl Default for DhtConfig {
     fn default() -> Self {
         DhtConfig {
-            listen: vec![
-                "/ip4/127.0.0.1/tcp/0".into(),
-                "/ip4/127.0.0.1/udp/0/quic-v1".into(),
-            ],
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
             peers: Vec::new(),
             bootstrap: Vec::new(),
             mdns: false,
@@ -797,23 +795,10 @@ fn sync_targets<P: Copy + Eq + std::hash::Hash>(
     out
 }
 
-/// Whether the heap is due for release: the node is connected to `held` peers, it was
-/// connected to at most `most_held` since the last release, `since` ago.
-fn heap_release_due(most_held: usize, held: usize, since: Duration) -> bool {
-    most_held.saturating_sub(held) >= RELEASE_AFTER_CLOSED && since >= RELEASE_GAP
-}
-
-/// Hands the allocator's free memory back to the system, on a blocking thread. glibc keeps
-/// what closed connections used in its arenas: a node of a 100-node network held 46 MB
-/// resident once its formation's connections had closed, 37 MB after this. Elsewhere (another
-/// allocator or C library) it does nothing.
-fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    drop(tokio::task::spawn_blocking(|| {
-        // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel; it takes
-        // the arenas' locks like any allocation.
-        unsafe { libc::malloc_trim(0) };
-    }));
+/// Whether enough connections closed for a release of the heap: the node is connected to
+/// `held` peers, and was connected to at most `most_held` since it last said so.
+fn connections_closed(most_held: usize, held: usize) -> bool {
+    most_held.saturating_sub(held) >= RELEASE_AFTER_CLOSED
 }
 
 /// The peers in Kademlia's routing table.
@@ -841,9 +826,8 @@ async fn run(
     let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
     // Since when the node has had no connection (the configured peers were dialed at start).
     let mut alone_since = Some(Instant::now());
-    // The most peers connected since the heap was last released, and when that was.
+    // The most peers connected since the node was last told that connections closed.
     let mut most_held = 0;
-    let mut released_at = Instant::now();
     // Sync queries sent, for the one afield every SYNC_AFIELD_EVERY.
     let mut sync_rounds: u64 = 0;
     let mut upkeep_tick = tokio::time::interval(UPKEEP_EVERY);
@@ -870,10 +854,9 @@ async fn run(
                     }
                 }
                 let connected = lock(&shared.connected).clone();
-                if heap_release_due(most_held, connected.len(), now.saturating_duration_since(released_at)) {
-                    release_free_heap();
+                if connections_closed(most_held, connected.len()) {
                     most_held = connected.len();
-                    released_at = now;
+                    let _ = incoming.send(Incoming::Closed);
                 }
                 let dialing = swarm.network_info().connection_counters().num_pending_outgoing() as usize;
                 if connected.len().saturating_add(dialing) < MESH_FLOOR {
@@ -1140,19 +1123,12 @@ mod tests {
     }
 
     #[test]
-    fn the_heap_is_released_once_enough_peers_left_and_not_more_than_once_a_minute() {
-        let later = RELEASE_GAP;
-        assert!(!heap_release_due(0, 0, later));
-        assert!(!heap_release_due(12, 12, later));
-        assert!(!heap_release_due(12, 12 - RELEASE_AFTER_CLOSED + 1, later));
-        assert!(heap_release_due(12, 12 - RELEASE_AFTER_CLOSED, later));
-        assert!(heap_release_due(99, 8, later));
-        // Peers that come and go in a loop: not again within the gap.
-        assert!(!heap_release_due(
-            99,
-            8,
-            RELEASE_GAP - Duration::from_millis(1)
-        ));
+    fn the_heap_is_released_once_enough_peers_left() {
+        assert!(!connections_closed(0, 0));
+        assert!(!connections_closed(12, 12));
+        assert!(!connections_closed(12, 12 - RELEASE_AFTER_CLOSED + 1));
+        assert!(connections_closed(12, 12 - RELEASE_AFTER_CLOSED));
+        assert!(connections_closed(99, 8));
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub enum Incoming {
     /// The transport dropped frames before reading them, and no frame came with the news
     /// ([`Transport::dropped`] rose): the end of a burst that overflowed a receive buffer.
     Lost,
+    /// Connections closed, and what they used is free: a moment to hand the allocator's free
+    /// memory back to the system (`network.release_heap`).
+    Closed,
 }
 
 /// A way to exchange frames with peers.
@@ -324,7 +327,9 @@ pub async fn recv(transport: &mut dyn Transport) -> Option<InboundFrame> {
     loop {
         match next(transport).await? {
             Incoming::Frame(f) => return Some(f),
-            Incoming::Status(_) | Incoming::Connected(_) | Incoming::Lost => continue,
+            Incoming::Status(_) | Incoming::Connected(_) | Incoming::Lost | Incoming::Closed => {
+                continue;
+            }
         }
     }
 }

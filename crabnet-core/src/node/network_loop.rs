@@ -286,8 +286,19 @@ impl Node {
         // What follows the answers to new peers' hellos, being read; hellos wanted meanwhile
         // are answered with them.
         let mut reading_statements: Option<StatementsReading> = None;
+        // The allocator's free memory goes back to the system a little after the node worked
+        // (frames applied, its outbox sent, connections closed), at most once a minute
+        // (`crate::heap`). Times on the runtime's clock.
+        let mut heap = crate::heap::AfterWork::default();
+        let release_heap = self.inner.config.network.release_heap;
+        let clock = || tokio::time::Instant::now().into_std();
         loop {
             tokio::select! {
+                _ = tokio::time::sleep_until(heap.due().map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)), if heap.due().is_some() => {
+                    if heap.release(clock()) {
+                        self.inner.rejections.count("heap.released");
+                    }
+                }
                 _ = tokio::time::sleep_until(join_hellos.last().copied().unwrap_or_else(tokio::time::Instant::now)), if !join_hellos.is_empty() => {
                     join_hellos.pop();
                     // A new hello with the current keys, and the statements that follow it.
@@ -365,6 +376,9 @@ impl Node {
                     applying = None;
                     repair.heard(&received, tokio::time::Instant::now());
                     self.finish_batch(transport.as_mut(), received);
+                    if release_heap {
+                        heap.worked(clock());
+                    }
                     // (A batch the gate refused whole starts nothing: the next one is taken.)
                     while applying.is_none() && !queue.frames.is_empty() {
                         applying = self.next_batch(transport.as_mut(), &mut queue, &mut stash).await;
@@ -409,6 +423,12 @@ impl Node {
                             self.note_drops(transport.as_ref(), &mut dropped, &mut repair);
                             continue;
                         }
+                        Some(Incoming::Closed) => {
+                            if release_heap {
+                                heap.worked(clock());
+                            }
+                            continue;
+                        }
                         Some(Incoming::Frame(frame)) => frame,
                     };
                     queue.push(frame);
@@ -426,7 +446,12 @@ impl Node {
                 _ = self.inner.wake_outbox.notified(), if draining.is_none() => draining = Some(self.read_outbox()),
                 drained = async { draining.as_mut().expect("the outbox is drained").await }, if draining.is_some() => {
                     draining = match drained {
-                        Drained::Due(items) => Some(self.send_outbox(transport.as_mut(), &mut hello, items)),
+                        Drained::Due(items) => {
+                            if release_heap {
+                                heap.worked(clock());
+                            }
+                            Some(self.send_outbox(transport.as_mut(), &mut hello, items))
+                        }
                         Drained::Settled { full } => {
                             if full {
                                 self.inner.wake_outbox.notify_one();

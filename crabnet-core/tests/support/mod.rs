@@ -280,7 +280,8 @@ pub static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 pub enum Transport {
     /// `--transport udp`: UDP.
     Udp,
-    /// `--transport dht`: libp2p on TCP *and* QUIC (UDP), on the same port number.
+    /// `--transport dht`: libp2p on TCP, and on QUIC (UDP) with `--quic`, on the same port
+    /// number (both are reserved).
     Dht,
 }
 

@@ -197,7 +197,8 @@ class Node(_WithBlock):
     - ``"udp"``: ``bind`` (``"host:port"``) and ``peers`` (``"host:port"`` strings), plus an
       opt-in ``broadcast`` address.
     - ``"dht"`` (libp2p: gossipsub, Kademlia, sync over request-response): ``listen``
-      (multiaddresses; default TCP and QUIC on 127.0.0.1 with free ports), ``peers``
+      (multiaddresses; default TCP on 127.0.0.1 with a free port; add a ``/udp/PORT/quic-v1``
+      address to listen on QUIC too), ``peers``
       (multiaddresses to dial, such as another node's TCP address from
       ``overview().addresses``), ``bootstrap`` (Kademlia nodes, multiaddresses ending in
       ``/p2p/<peer id>``), ``mdns`` (discovery on the local network, off by default) and

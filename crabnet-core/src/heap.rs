@@ -1,0 +1,162 @@
+//! Handing the allocator's free memory back to the system. glibc keeps what a program freed in
+//! its arenas (one per thread that allocated, up to eight per core) instead of returning it:
+//! a node of a 100-node libp2p network held 44 MB resident a minute after 100 seeds had spread
+//! through it, and 36.6 MB after `malloc_trim` (BENCHMARKS.md, session 21). A networked node
+//! releases the heap a little after it worked ([`AfterWork`]: frames applied, its outbox sent,
+//! libp2p connections closed), unless `network.release_heap` is off. Releases are
+//! process-wide, as the allocator is: at most one per [`RELEASE_GAP`], whoever asks, so that
+//! traffic, or peers that connect and leave in a loop, cannot make a node walk its arenas more
+//! often; in a network, where hellos and sync rounds arrive all the time, that is once a
+//! minute. With another allocator or C library a release does nothing.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The least time between two releases of the heap in one process.
+pub(crate) const RELEASE_GAP: Duration = Duration::from_secs(60);
+
+/// How long after the first work since the last release a node releases the heap (when
+/// [`RELEASE_GAP`] allows it then): a burst of frames is usually over by then.
+pub(crate) const AFTER_WORK: Duration = Duration::from_secs(5);
+
+/// When this process last released the heap.
+static LAST_RELEASE: Mutex<Option<Instant>> = Mutex::new(None);
+
+fn last_release() -> Option<Instant> {
+    *LAST_RELEASE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Releases the heap's free memory (on a blocking thread of the current runtime, or on this
+/// thread outside one), unless this process did within [`RELEASE_GAP`] of `now`; whether it
+/// did.
+fn release(now: Instant) -> bool {
+    {
+        let mut last = LAST_RELEASE.lock().unwrap_or_else(PoisonError::into_inner);
+        if !allowed(*last, now) {
+            return false;
+        }
+        *last = Some(now);
+    }
+    trim();
+    true
+}
+
+/// Whether a release at `now` keeps [`RELEASE_GAP`] after the `last` one.
+fn allowed(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|t| now.saturating_duration_since(t) >= RELEASE_GAP)
+}
+
+/// The earliest time after `now` that a release keeps [`RELEASE_GAP`] after the `last` one.
+fn next_allowed(last: Option<Instant>, now: Instant) -> Instant {
+    last.map_or(now, |t| (t + RELEASE_GAP).max(now))
+}
+
+fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        fn trim_now() {
+            // SAFETY: malloc_trim only returns free pages of glibc's arenas to the kernel; it
+            // takes the arenas' locks like any allocation.
+            unsafe { libc::malloc_trim(0) };
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(trim_now)),
+            Err(_) => trim_now(),
+        }
+    }
+}
+
+/// One node's release after work: [`AFTER_WORK`] after the first work since its last release,
+/// or once [`RELEASE_GAP`] allows. Steady work releases once per gap; the work after the last
+/// release is released at most a gap after it ended. A release of the process (another node's)
+/// that came after the work began covers it.
+#[derive(Debug, Default)]
+pub(crate) struct AfterWork {
+    /// When the work not yet released began, and when its release is due.
+    pending: Option<(Instant, Instant)>,
+}
+
+impl AfterWork {
+    /// The node worked at `now` (applied frames, sent its outbox, closed connections): a
+    /// release becomes due.
+    pub(crate) fn worked(&mut self, now: Instant) {
+        if self.pending.is_none() {
+            self.pending = Some((now, schedule(last_release(), now)));
+        }
+    }
+
+    /// When the release is due, if one is.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.pending.map(|(_, due)| due)
+    }
+
+    /// The due time came (`now`): releases the heap and says so, or, when another release of
+    /// the process came within the gap, leaves the work to it (it came after the work began)
+    /// or waits for the gap to allow one.
+    pub(crate) fn release(&mut self, now: Instant) -> bool {
+        let Some((since, _)) = self.pending else {
+            return false;
+        };
+        if release(now) {
+            self.pending = None;
+            return true;
+        }
+        let last = last_release();
+        self.pending = if last.is_some_and(|t| t >= since) {
+            None
+        } else {
+            Some((since, next_allowed(last, now)))
+        };
+        false
+    }
+}
+
+/// When work at `now` is released, the process having released last at `last`.
+fn schedule(last: Option<Instant>, now: Instant) -> Instant {
+    (now + AFTER_WORK).max(next_allowed(last, now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_is_released_shortly_after_it_began_and_at_most_once_per_gap() {
+        let t0 = Instant::now();
+        // Nothing released yet: shortly after the work.
+        assert_eq!(schedule(None, t0), t0 + AFTER_WORK);
+        // Long after the last release: the same.
+        let t1 = t0 + RELEASE_GAP * 3;
+        assert_eq!(schedule(Some(t0), t1), t1 + AFTER_WORK);
+        // Soon after the last release: a gap after it.
+        let t2 = t0 + Duration::from_secs(1);
+        assert_eq!(schedule(Some(t0), t2), t0 + RELEASE_GAP);
+        assert!(!allowed(
+            Some(t0),
+            t0 + RELEASE_GAP - Duration::from_millis(1)
+        ));
+        assert!(allowed(Some(t0), t0 + RELEASE_GAP));
+        assert!(allowed(None, t0));
+    }
+
+    #[test]
+    fn a_node_keeps_its_release_due_until_the_gap_allows_it() {
+        let mut after = AfterWork::default();
+        assert_eq!(after.due(), None);
+        assert!(!after.release(Instant::now()), "nothing to release");
+        let now = Instant::now();
+        after.worked(now);
+        let due = after.due().expect("work makes a release due");
+        assert!(due >= now + AFTER_WORK);
+        // More work before it is due does not push it back.
+        after.worked(now + Duration::from_secs(1));
+        assert_eq!(after.due(), Some(due));
+        // Released; or another release of this test process came first: after the work
+        // began (nothing left due) or before it (due again once the gap allows).
+        if !after.release(due)
+            && let Some(again) = after.due()
+        {
+            assert!(again > due && again <= due + RELEASE_GAP);
+        }
+    }
+}
