@@ -232,7 +232,8 @@ pub struct NetworkConfig {
     /// Hand the allocator's free memory back to the system (glibc's `malloc_trim`, which walks
     /// every arena of the process) a few seconds after the node worked and after its libp2p
     /// connections closed, at most once a minute per process; counted as `heap.released`.
-    /// A host program that manages its own memory may turn it off.
+    /// A host program that manages its own memory may turn it off (for every node it runs:
+    /// the trim is process-wide).
     pub release_heap: bool,
 }
 
