@@ -75,17 +75,27 @@ fn trim() {
 /// or once [`RELEASE_GAP`] allows. Steady work releases once per gap; the work after the last
 /// release is released at most a gap after it ended. A release of the process (another node's)
 /// that came after the node's latest work covers it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct AfterWork {
+    /// Whether the node releases at all (`network.release_heap`, and glibc present).
+    enabled: bool,
     /// The latest work not yet released, and when its release is due.
     pending: Option<(Instant, Instant)>,
 }
 
 impl AfterWork {
+    /// A node's schedule, with nothing due; `enabled` is `network.release_heap`.
+    pub(crate) fn new(enabled: bool) -> Self {
+        AfterWork {
+            enabled: enabled && TRIMS,
+            pending: None,
+        }
+    }
+
     /// The node worked at `now` (applied frames, sent its outbox, closed connections): a
-    /// release becomes due, if none is.
+    /// release becomes due, if none is (and if the node releases at all).
     pub(crate) fn worked(&mut self, now: Instant) {
-        if !TRIMS {
+        if !self.enabled {
             return;
         }
         self.pending = Some(match self.pending {
@@ -181,7 +191,14 @@ mod tests {
         if !TRIMS {
             return;
         }
-        let mut after = AfterWork::default();
+        let mut off = AfterWork::new(false);
+        off.worked(Instant::now());
+        assert_eq!(
+            off.due(),
+            None,
+            "a node told not to release schedules nothing"
+        );
+        let mut after = AfterWork::new(true);
         assert_eq!(after.due(), None);
         assert!(!after.release(Instant::now()), "nothing to release");
         let now = Instant::now();

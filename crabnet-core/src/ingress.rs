@@ -130,8 +130,9 @@ enum Due {
 }
 
 /// Counters that a healthy, idle node bumps as frames come in (batch sizes, copies, unchanged
-/// hellos, sync upkeep, the heap released once a minute) or as API calls are grouped (`local.*`, whose operations write
-/// anyway): they may wait to be written (see [`Rejections::rejections_pending`]).
+/// hellos, sync upkeep, the heap released once a minute) or as API calls are grouped
+/// (`local.*`, whose operations write anyway): they may wait to be written (see
+/// [`Rejections::rejections_pending`]).
 const ROUTINE_COUNTERS: &[&str] = &[
     "ingress.",
     "local.",

@@ -9,9 +9,10 @@
 //! so a failing test never leaves processes behind.
 //!
 //! A dht node listens on TCP on its `--bind` port, and with `--quic` on QUIC (UDP) too, so each
-//! node's port is reserved with both a TCP listener and a UDP socket until its listener starts. Nodes dial
-//! each other only through `--peer IP:PORT` (the TCP address, no peer id); everything else
-//! (connections between nodes that did not dial each other) is up to Kademlia and identify.
+//! node's port is reserved with both a TCP listener and a UDP socket until its listener
+//! starts. Nodes dial each other only through `--peer IP:PORT` (the TCP address, no peer id);
+//! everything else (connections between nodes that did not dial each other) is up to Kademlia
+//! and identify.
 //!
 //! Each data directory gets a `config.toml` with a 1 s sync interval, a 50 ms tick and a 2 s
 //! hello interval: gossip is best effort until the mesh forms, so the first hellos after a
@@ -61,13 +62,13 @@ fn reserve_dht_port() -> Reservation {
 // ------------------------------------------------------------------------------------------
 
 /// Nodes 1, 2 and 3 dial only node 0 (a star; 1 and 2 over TCP as `IP:PORT`, 3 over QUIC as
-/// a full multiaddress: node 0 listens on QUIC too, `--quic`). Hellos and envelopes between the leaves go
-/// through gossipsub, relayed by node 0 or over the direct connections Kademlia makes (the
-/// test checks that every leaf ends up connected to every other node although it dialed only
-/// node 0). Publish on node 1 (a leaf, so its seed must be relayed to the other leaves), bids
-/// from nodes 0, 2 and 3, the publisher awards the lowest, the losers cannot claim, the
-/// winner (another leaf) claims and runs, the publisher settles, and all four end with the
-/// same state digest.
+/// a full multiaddress: node 0 listens on QUIC too, `--quic`). Hellos and envelopes between
+/// the leaves go through gossipsub, relayed by node 0 or over the direct connections Kademlia
+/// makes (the test checks that every leaf ends up connected to every other node although it
+/// dialed only node 0). Publish on node 1 (a leaf, so its seed must be relayed to the other
+/// leaves), bids from nodes 0, 2 and 3, the publisher awards the lowest, the losers cannot
+/// claim, the winner (another leaf) claims and runs, the publisher settles, and all four end
+/// with the same state digest.
 #[test]
 fn dht_star_of_four_full_lifecycle_converges() {
     let mut net = Net::dht(4);

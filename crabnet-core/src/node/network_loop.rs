@@ -289,8 +289,7 @@ impl Node {
         // The allocator's free memory goes back to the system a little after the node worked
         // (frames applied, its outbox sent, connections closed), at most once a minute
         // (`crate::heap`). Times on the runtime's clock.
-        let mut heap = crate::heap::AfterWork::default();
-        let release_heap = self.inner.config.network.release_heap;
+        let mut heap = crate::heap::AfterWork::new(self.inner.config.network.release_heap);
         let clock = || tokio::time::Instant::now().into_std();
         loop {
             tokio::select! {
@@ -376,9 +375,7 @@ impl Node {
                     applying = None;
                     repair.heard(&received, tokio::time::Instant::now());
                     self.finish_batch(transport.as_mut(), received);
-                    if release_heap {
-                        heap.worked(clock());
-                    }
+                    heap.worked(clock());
                     // (A batch the gate refused whole starts nothing: the next one is taken.)
                     while applying.is_none() && !queue.frames.is_empty() {
                         applying = self.next_batch(transport.as_mut(), &mut queue, &mut stash).await;
@@ -424,9 +421,7 @@ impl Node {
                             continue;
                         }
                         Some(Incoming::Closed) => {
-                            if release_heap {
-                                heap.worked(clock());
-                            }
+                            heap.worked(clock());
                             continue;
                         }
                         Some(Incoming::Frame(frame)) => frame,
@@ -447,9 +442,7 @@ impl Node {
                 drained = async { draining.as_mut().expect("the outbox is drained").await }, if draining.is_some() => {
                     draining = match drained {
                         Drained::Due(items) => {
-                            if release_heap {
-                                heap.worked(clock());
-                            }
+                            heap.worked(clock());
                             Some(self.send_outbox(transport.as_mut(), &mut hello, items))
                         }
                         Drained::Settled { full } => {
