@@ -503,41 +503,27 @@ fn criterion_groups<M: Measurement>(
     sealed: &[Case],
     comp: &Components,
 ) {
-    let mut g = c.benchmark_group("sign_verify");
-    for case in plain {
-        let id = case.label();
-        g.bench_function(BenchmarkId::new("envelope", &id), |b| {
-            b.iter(|| black_box(case.envelope_sign_verify()))
-        });
-        g.bench_function(BenchmarkId::new("primitives", &id), |b| {
-            b.iter(|| case.primitives_sign_verify())
-        });
-    }
-    g.finish();
-
-    let mut g = c.benchmark_group("send");
-    for case in sealed {
-        let id = case.label();
-        g.bench_function(BenchmarkId::new("envelope", &id), |b| {
-            b.iter(|| black_box(case.envelope_send()))
-        });
-        g.bench_function(BenchmarkId::new("primitives", &id), |b| {
-            b.iter(|| black_box(case.primitives_send()))
-        });
-    }
-    g.finish();
-
-    let mut g = c.benchmark_group("receive");
-    for case in sealed {
-        let id = case.label();
-        g.bench_function(BenchmarkId::new("envelope", &id), |b| {
-            b.iter(|| black_box(case.envelope_receive()))
-        });
-        g.bench_function(BenchmarkId::new("primitives", &id), |b| {
-            b.iter(|| black_box(case.primitives_receive()))
-        });
-    }
-    g.finish();
+    envelope_and_primitives(
+        c,
+        "sign_verify",
+        plain,
+        Case::envelope_sign_verify,
+        Case::primitives_sign_verify,
+    );
+    envelope_and_primitives(
+        c,
+        "send",
+        sealed,
+        Case::envelope_send,
+        Case::primitives_send,
+    );
+    envelope_and_primitives(
+        c,
+        "receive",
+        sealed,
+        Case::envelope_receive,
+        Case::primitives_receive,
+    );
 
     let mut g = c.benchmark_group("components");
     for (i, size) in SIZES.iter().enumerate() {
@@ -558,6 +544,28 @@ fn criterion_groups<M: Measurement>(
     for case in sealed.iter().filter(|c| c.size == SIZES[0]) {
         g.bench_function(BenchmarkId::new("seal", format!("N={}", case.n)), |b| {
             b.iter(|| black_box(case.seal()))
+        });
+    }
+    g.finish();
+}
+
+/// The criterion group `name`: for each case, the operation through the envelope layer
+/// (`envelope`) and through the bare primitives (`primitives`), under the case's label.
+fn envelope_and_primitives<M: Measurement, T, U>(
+    c: &mut Criterion<M>,
+    name: &str,
+    cases: &[Case],
+    envelope: impl Fn(&Case) -> T,
+    primitives: impl Fn(&Case) -> U,
+) {
+    let mut g = c.benchmark_group(name);
+    for case in cases {
+        let id = case.label();
+        g.bench_function(BenchmarkId::new("envelope", &id), |b| {
+            b.iter(|| black_box(envelope(case)))
+        });
+        g.bench_function(BenchmarkId::new("primitives", &id), |b| {
+            b.iter(|| black_box(primitives(case)))
         });
     }
     g.finish();
@@ -643,6 +651,38 @@ fn paired(ops: &mut [&mut dyn FnMut()]) -> Paired {
     }
 }
 
+/// `f` as an operation for [`paired`], its result kept from the optimiser.
+fn kept<T>(f: impl Fn() -> T) -> impl FnMut() {
+    move || {
+        black_box(f());
+    }
+}
+
+/// [`paired`] over three operations on each case, each kept from the optimiser; adds a row
+/// `{what} {label}` to `out` per case and returns the results in case order.
+fn paired_cases<A, B, C>(
+    out: &mut String,
+    what: &str,
+    cases: &[Case],
+    (a, b, c): (
+        impl Fn(&Case) -> A,
+        impl Fn(&Case) -> B,
+        impl Fn(&Case) -> C,
+    ),
+) -> Vec<Paired> {
+    let mut results = Vec::new();
+    for case in cases {
+        let p = paired(&mut [
+            &mut kept(|| a(case)),
+            &mut kept(|| b(case)),
+            &mut kept(|| c(case)),
+        ]);
+        *out += &row(&format!("{what} {}", case.label()), &p);
+        results.push(p);
+    }
+    results
+}
+
 fn pct(ratio: f64) -> String {
     format!("{:+.1}%", (ratio - 1.0) * 100.0)
 }
@@ -665,12 +705,9 @@ fn ratio_table(plain: &[Case], sealed: &[Case], comp: &Components) {
 
     let mut floor = String::new();
     for case in plain {
-        let p = paired(&mut [
-            &mut || {
-                black_box(case.envelope_sign_verify());
-            },
-            &mut || case.primitives_sign_verify(),
-        ]);
+        let p = paired(&mut [&mut kept(|| case.envelope_sign_verify()), &mut || {
+            case.primitives_sign_verify()
+        }]);
         out += &row(&format!("sign+verify {}", case.label()), &p);
         let v = paired(&mut [
             &mut || {
@@ -689,38 +726,22 @@ fn ratio_table(plain: &[Case], sealed: &[Case], comp: &Components) {
     }
 
     // Send side, with `seal` alone as a third column for the per-recipient slope.
-    let mut send = Vec::new();
-    for case in sealed {
-        let p = paired(&mut [
-            &mut || {
-                black_box(case.envelope_send());
-            },
-            &mut || {
-                black_box(case.primitives_send());
-            },
-            &mut || {
-                black_box(case.seal());
-            },
-        ]);
-        out += &row(&format!("send {}", case.label()), &p);
-        send.push(p);
-    }
-    let mut receive = Vec::new();
-    for case in sealed {
-        let p = paired(&mut [
-            &mut || {
-                black_box(case.envelope_receive());
-            },
-            &mut || {
-                black_box(case.primitives_receive());
-            },
-            &mut || {
-                black_box(case.envelope_decode_only());
-            },
-        ]);
-        out += &row(&format!("receive {}", case.label()), &p);
-        receive.push(p);
-    }
+    let send = paired_cases(
+        &mut out,
+        "send",
+        sealed,
+        (Case::envelope_send, Case::primitives_send, Case::seal),
+    );
+    let receive = paired_cases(
+        &mut out,
+        "receive",
+        sealed,
+        (
+            Case::envelope_receive,
+            Case::primitives_receive,
+            Case::envelope_decode_only,
+        ),
+    );
     for ((case, s), r) in sealed.iter().zip(&send).zip(&receive) {
         let env = s.medians_us[0] + r.medians_us[0];
         let bare = s.medians_us[1] + r.medians_us[1];
@@ -733,24 +754,12 @@ fn ratio_table(plain: &[Case], sealed: &[Case], comp: &Components) {
     }
 
     let comp_times = paired(&mut [
-        &mut || {
-            black_box(comp.aead(0));
-        },
-        &mut || {
-            black_box(comp.aead(1));
-        },
-        &mut || {
-            black_box(comp.ml_kem_encapsulate());
-        },
-        &mut || {
-            black_box(comp.x25519());
-        },
-        &mut || {
-            black_box(comp.ml_kem_keygen());
-        },
-        &mut || {
-            black_box(comp.ml_dsa_keygen());
-        },
+        &mut kept(|| comp.aead(0)),
+        &mut kept(|| comp.aead(1)),
+        &mut kept(|| comp.ml_kem_encapsulate()),
+        &mut kept(|| comp.x25519()),
+        &mut kept(|| comp.ml_kem_keygen()),
+        &mut kept(|| comp.ml_dsa_keygen()),
     ])
     .medians_us;
 

@@ -128,6 +128,16 @@ impl NetworkConfig {
         let stretched = base.saturating_mul(peers as u64) / per;
         stretched.clamp(base, base.saturating_mul(MAX_HELLO_STRETCH))
     }
+
+    /// The defaults with `hello_interval_secs` and `hellos_per_interval` set (for tests).
+    #[cfg(test)]
+    pub(crate) fn with_hellos(hello_interval_secs: u32, hellos_per_interval: usize) -> Self {
+        NetworkConfig {
+            hello_interval_secs,
+            hellos_per_interval,
+            ..NetworkConfig::default()
+        }
+    }
 }
 
 /// Network timing (section `[network]`).
@@ -658,11 +668,7 @@ mod tests {
 
     #[test]
     fn the_hello_interval_grows_with_the_peers_known_up_to_ten_times() {
-        let mut net = NetworkConfig {
-            hello_interval_secs: 30,
-            hellos_per_interval: 30,
-            ..NetworkConfig::default()
-        };
+        let mut net = NetworkConfig::with_hellos(30, 30);
         assert_eq!(net.hello_interval_ms(0), 30_000);
         assert_eq!(net.hello_interval_ms(30), 30_000);
         assert_eq!(net.hello_interval_ms(45), 45_000);
@@ -859,20 +865,10 @@ mod tests {
         // Embedders (C, Python) can set values TOML cannot express, up to u64::MAX.
         let mut c = Config::with_data_dir("/tmp/x");
         c.store.seen_ttl_secs = u64::MAX;
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("store.seen_ttl_secs")
-        );
+        crate::error::assert_err_contains(c.validate(), "store.seen_ttl_secs");
         let mut c = Config::with_data_dir("/tmp/x");
         c.web.max_streams = usize::MAX;
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("web.max_streams")
-        );
+        crate::error::assert_err_contains(c.validate(), "web.max_streams");
         // The bounds themselves are fine, defaults too.
         let mut c = Config::with_data_dir("/tmp/x");
         c.runner.cpu_seconds = 0;
@@ -907,12 +903,7 @@ mod tests {
         assert_eq!(c.validate().is_ok(), cfg!(debug_assertions));
         assert_eq!(Config::from_toml(text).is_ok(), cfg!(debug_assertions));
         if !cfg!(debug_assertions) {
-            assert!(
-                c.validate()
-                    .unwrap_err()
-                    .to_string()
-                    .contains("forge_output_hash")
-            );
+            crate::error::assert_err_contains(c.validate(), "forge_output_hash");
         }
         // Off, it is fine everywhere, and a default configuration does not mention it.
         let off = Config::with_data_dir("/tmp/x");

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::demo::{DemoOptions, DemoReport};
 use crate::error::{Error, ErrorKind, Result};
+use crate::lock;
 use crate::model::{SeedId, SeedStatus};
 use crate::monitor::{Event, Subscription};
 use crate::network::{DhtConfig, MemoryHub, Transport, UdpConfig, UdpTransport};
@@ -354,10 +355,6 @@ impl Drop for BlockingNode {
         }
         self.close_listeners();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Which network a [`BlockingNode`] joins.

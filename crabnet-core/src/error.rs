@@ -82,11 +82,7 @@ impl ErrorKind {
     }
 }
 
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::display_as_str!(ErrorKind);
 
 /// An error from the Crabnet core: a kind, a human-readable message and, for lifecycle
 /// errors, the rule that was violated.
@@ -169,11 +165,21 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
-impl From<crate::crypto::CryptoError> for Error {
-    fn from(e: crate::crypto::CryptoError) -> Self {
-        Error::with_source(ErrorKind::Crypto, e.to_string(), e)
-    }
+/// Implements `From<$source> for Error`: an error of kind `ErrorKind::$kind` with the source's
+/// message, and the source itself as the error's source.
+macro_rules! error_from {
+    ($source:ty => $kind:ident) => {
+        impl From<$source> for $crate::error::Error {
+            fn from(e: $source) -> Self {
+                use $crate::error::{Error, ErrorKind};
+                Error::with_source(ErrorKind::$kind, e.to_string(), e)
+            }
+        }
+    };
 }
+pub(crate) use error_from;
+
+error_from!(crate::crypto::CryptoError => Crypto);
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
@@ -200,3 +206,11 @@ pub(crate) fn check_range<T: PartialOrd + fmt::Display>(
 
 /// Result alias for the core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Asserts that `result` is an error whose message contains `needle` (for tests).
+#[cfg(test)]
+#[track_caller]
+pub(crate) fn assert_err_contains<T: fmt::Debug>(result: Result<T>, needle: &str) {
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains(needle), "{e:?} does not contain {needle:?}");
+}

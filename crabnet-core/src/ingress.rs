@@ -36,6 +36,7 @@ use std::sync::Mutex;
 use crate::config::NetworkConfig;
 use crate::crypto::SigningPublic;
 use crate::envelope::{self, EnvelopeError, Header, Kind};
+use crate::lock;
 use crate::model::{MessageId, MessageKind, Millis, NodeId};
 use crate::monitor::{EventKind, RejectReason};
 use crate::network::Ack;
@@ -894,10 +895,6 @@ impl HoldQueue {
         assert_eq!((frames, bytes), (st.frames, st.bytes), "bookkeeping");
         (frames, bytes)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -90,24 +90,23 @@ mod tests {
     use super::*;
     use crate::identity::Identity;
 
-    fn identity(n: u8) -> PublicIdentity {
-        Identity::from_tag(n, 1).public().clone()
+    /// The public identity of tag `n` at epoch 1, and its signing and KEM keys' bytes.
+    fn identity(n: u8) -> (PublicIdentity, Vec<u8>, Vec<u8>) {
+        let p = Identity::from_tag(n, 1).public().clone();
+        let (sig, kem) = (p.signing.to_bytes(), p.kem.to_bytes());
+        (p, sig, kem)
     }
 
     #[test]
     fn cached_keys_are_reused_only_for_the_same_bytes() {
         let cache = ParsedKeys::new(2);
-        let a = identity(1);
-        let (sig, kem) = (a.signing.to_bytes(), a.kem.to_bytes());
+        let (a, sig, kem) = identity(1);
         let id = a.node_id.as_str();
         assert_eq!(cache.identity(id, &sig, &kem, 1).unwrap(), a);
         assert_eq!(cache.identity(id, &sig, &kem, 1).unwrap(), a);
         // Other bytes under the same id are parsed again, never served from the cache.
-        let b = identity(2);
-        let got = cache
-            .identity(id, &b.signing.to_bytes(), &b.kem.to_bytes(), 1)
-            .unwrap();
-        assert_eq!(got, b);
+        let (b, sig_b, kem_b) = identity(2);
+        assert_eq!(cache.identity(id, &sig_b, &kem_b, 1).unwrap(), b);
         assert_eq!(cache.identity(id, &sig, &kem, 3).unwrap().epoch, 3);
         // Damaged keys are an error, cached or not.
         let mut bad = kem.clone();
@@ -116,13 +115,8 @@ mod tests {
         assert!(cache.identity(id, &sig[..100], &kem, 1).is_err());
         // Full: forgets, keeps working.
         for n in 3..6 {
-            let p = identity(n);
-            let got = cache.identity(
-                p.node_id.as_str(),
-                &p.signing.to_bytes(),
-                &p.kem.to_bytes(),
-                1,
-            );
+            let (p, sig, kem) = identity(n);
+            let got = cache.identity(p.node_id.as_str(), &sig, &kem, 1);
             assert_eq!(got.unwrap(), p);
         }
         assert!(cache.map.lock().unwrap().len() <= 2);
@@ -131,8 +125,7 @@ mod tests {
     #[test]
     fn a_look_serves_only_the_same_bytes_and_caches_nothing() {
         let cache = ParsedKeys::new(8);
-        let a = identity(1);
-        let (sig, kem) = (a.signing.to_bytes(), a.kem.to_bytes());
+        let (a, sig, kem) = identity(1);
         let id = a.node_id.as_str();
         assert_eq!(cache.cached(id, &sig, &kem, 1), None);
         assert!(cache.map.lock().unwrap().is_empty());
@@ -141,8 +134,7 @@ mod tests {
         assert_eq!(cache.cached(id, &sig, &kem, 1), Some(a.clone()));
         assert_eq!(cache.cached(id, &sig, &kem, 2), None);
         // Other keys claiming the same id are not served, and replace nothing.
-        let b = identity(2);
-        let (sig_b, kem_b) = (b.signing.to_bytes(), b.kem.to_bytes());
+        let (b, sig_b, kem_b) = identity(2);
         assert_eq!(cache.cached(id, &sig_b, &kem_b, 1), None);
         let mut bad = kem.clone();
         bad[..32].copy_from_slice(&[0; 32]);

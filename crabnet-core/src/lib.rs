@@ -22,6 +22,18 @@
 //! ```
 #![deny(missing_docs)]
 
+/// Implements `Display` for types with an `as_str(&self) -> &'static str` name: the name.
+macro_rules! display_as_str {
+    ($($name:ty),+) => {$(
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )+};
+}
+pub(crate) use display_as_str;
+
 pub mod alerts;
 pub mod clock;
 pub mod config;
@@ -61,3 +73,8 @@ pub use monitor::{Event, EventKind, Subscription};
 pub use network::{MemoryHub, Transport};
 pub use node::{Node, Overview, PeerInfo, PublishRequest};
 pub use state::SeedView;
+
+/// Locks `m`, also when a thread panicked while holding it (the poison is ignored).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

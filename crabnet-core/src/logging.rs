@@ -37,6 +37,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::lock;
 
 /// A record's level (re-exported from `tracing`).
 pub use tracing::Level;
@@ -230,10 +231,6 @@ thread_local! {
 
 fn worker_id() -> u64 {
     WORKER_ID.try_with(Cell::get).unwrap_or(0)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The handle that swaps the installed subscriber's filter.

@@ -409,11 +409,7 @@ impl SandboxLevel {
     }
 }
 
-impl fmt::Display for SandboxLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::display_as_str!(SandboxLevel);
 
 /// The sandbox a task ran in, as recorded by its runner in the [`TaskResult`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -482,43 +478,33 @@ impl Seed {
         if self.command.trim().is_empty() {
             return Err("command must not be empty".into());
         }
-        if self.command.len() > limits::MAX_COMMAND_BYTES {
-            return Err(format!(
-                "command is {} bytes, the limit is {}",
-                self.command.len(),
-                limits::MAX_COMMAND_BYTES
-            ));
-        }
+        check_bytes("command", &self.command, limits::MAX_COMMAND_BYTES)?;
         if self.command.contains('\0') {
             return Err("command must not contain NUL bytes".into());
         }
-        if self.description.len() > limits::MAX_DESCRIPTION_BYTES {
-            return Err(format!(
-                "description is {} bytes, the limit is {}",
-                self.description.len(),
-                limits::MAX_DESCRIPTION_BYTES
-            ));
-        }
+        check_bytes(
+            "description",
+            &self.description,
+            limits::MAX_DESCRIPTION_BYTES,
+        )?;
         if self.min_price > self.max_price {
             return Err(format!(
                 "min price {} is above max price {}",
                 self.min_price, self.max_price
             ));
         }
-        if self.bid_window_secs == 0 || self.bid_window_secs > limits::MAX_BID_WINDOW_SECS {
-            return Err(format!(
-                "bid window must be between 1 and {} seconds, got {}",
-                limits::MAX_BID_WINDOW_SECS,
-                self.bid_window_secs
-            ));
-        }
-        if self.max_bids == 0 || self.max_bids > limits::MAX_BIDS {
-            return Err(format!(
-                "max bids must be between 1 and {}, got {}",
-                limits::MAX_BIDS,
-                self.max_bids
-            ));
-        }
+        check_from_one(
+            "bid window",
+            self.bid_window_secs,
+            limits::MAX_BID_WINDOW_SECS,
+            " seconds",
+        )?;
+        check_from_one(
+            "max bids",
+            self.max_bids.into(),
+            limits::MAX_BIDS.into(),
+            "",
+        )?;
         if self.audience.len() > limits::MAX_AUDIENCE {
             return Err(format!(
                 "a seed may be private to at most {} nodes, got {}",
@@ -535,13 +521,12 @@ impl Seed {
         if sorted.len() != self.audience.len() {
             return Err("the audience lists a node twice".into());
         }
-        if self.timeout_secs == 0 || self.timeout_secs > limits::MAX_TIMEOUT_SECS {
-            return Err(format!(
-                "timeout must be between 1 and {} seconds, got {}",
-                limits::MAX_TIMEOUT_SECS,
-                self.timeout_secs
-            ));
-        }
+        check_from_one(
+            "timeout",
+            self.timeout_secs,
+            limits::MAX_TIMEOUT_SECS,
+            " seconds",
+        )?;
         match (self.rules, &self.replication) {
             (rules::V3, None) => return Err("a rules 3 seed must carry its replication".into()),
             (rules::V3, Some(r)) => r.check()?,
@@ -689,13 +674,11 @@ impl TaskResult {
         if !hex_ok {
             return Err("output hash must be 64 lowercase hex digits".into());
         }
-        if self.output_excerpt.len() > limits::MAX_EXCERPT_BYTES {
-            return Err(format!(
-                "output excerpt is {} bytes, the limit is {}",
-                self.output_excerpt.len(),
-                limits::MAX_EXCERPT_BYTES
-            ));
-        }
+        check_bytes(
+            "output excerpt",
+            &self.output_excerpt,
+            limits::MAX_EXCERPT_BYTES,
+        )?;
         if self.success != (self.exit_code == Some(0) && !self.timed_out && !self.interrupted) {
             return Err(
                 "success must mean exit code 0 without timeout and without interruption".into(),
@@ -898,11 +881,7 @@ impl SeedStatus {
     }
 }
 
-impl fmt::Display for SeedStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::display_as_str!(SeedStatus);
 
 /// The domain content of a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1011,11 +990,7 @@ impl MessageKind {
     }
 }
 
-impl fmt::Display for MessageKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::display_as_str!(MessageKind);
 
 /// One signed-by-its-sender fact about a seed, as stored and as sent over the network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1097,13 +1072,7 @@ impl Message {
                 result.check_fields()?;
             }
             Body::SeedSettled(s) => {
-                if s.note.len() > limits::MAX_NOTE_BYTES {
-                    return Err(format!(
-                        "settlement note is {} bytes, the limit is {}",
-                        s.note.len(),
-                        limits::MAX_NOTE_BYTES
-                    ));
-                }
+                check_bytes("settlement note", &s.note, limits::MAX_NOTE_BYTES)?;
                 if s.outcome == SettlementOutcome::Rejected && s.amount != 0 {
                     return Err("a rejected settlement must have amount 0".into());
                 }
@@ -1139,6 +1108,27 @@ fn check_winners(winners: &[BidId]) -> Result<(), String> {
     sorted.dedup();
     if sorted.len() != winners.len() {
         return Err("a bid is named twice among the winners".into());
+    }
+    Ok(())
+}
+
+/// Checks a text field against its limit in bytes: `{what} is {n} bytes, the limit is {limit}`.
+fn check_bytes(what: &str, text: &str, limit: usize) -> Result<(), String> {
+    if text.len() > limit {
+        return Err(format!(
+            "{what} is {} bytes, the limit is {limit}",
+            text.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `value` is between 1 and `max` (`unit` follows `max` in the message).
+fn check_from_one(what: &str, value: u64, max: u64, unit: &str) -> Result<(), String> {
+    if value == 0 || value > max {
+        return Err(format!(
+            "{what} must be between 1 and {max}{unit}, got {value}"
+        ));
     }
     Ok(())
 }

@@ -317,7 +317,7 @@ trait Lock {
 impl<T> Lock for Mutex<T> {
     type Target = T;
     fn guard(&self) -> MutexGuard<'_, T> {
-        self.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(self)
     }
 }
 

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::lock;
 use crate::model::Millis;
 
 /// How often a full [`Limiter`] looks for buckets to forget (a sweep visits every key), in ms.
@@ -184,10 +185,6 @@ impl Credits {
             c.spent = c.spent.saturating_add(bytes as u64).min(c.earned);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -79,11 +79,7 @@ pub enum RotationError {
     ChainTooLong(NodeId),
 }
 
-impl From<RotationError> for Error {
-    fn from(e: RotationError) -> Self {
-        Error::with_source(ErrorKind::Validation, e.to_string(), e)
-    }
-}
+crate::error::error_from!(RotationError => Validation);
 
 /// A signed statement: node `node_id` moves from the keys of epoch `epoch - 1` (`previous`,
 /// which sign it) to `next` at `rotated_at`.

@@ -1518,6 +1518,26 @@ mod tests {
             .unwrap_or_else(|e| panic!("run({command:?}) failed: {e}"))
     }
 
+    /// [`run_ok`] with the default configuration.
+    async fn run_default(root: &Path, command: &str) -> RunOutcome {
+        run_ok(root, command, &RunnerConfig::default()).await
+    }
+
+    /// [`run_ok`] in a fresh work root, removed afterwards.
+    async fn run_fresh(command: &str, cfg: &RunnerConfig) -> RunOutcome {
+        let root = tempfile::tempdir().unwrap();
+        run_ok(root.path(), command, cfg).await
+    }
+
+    /// Runs `command` with the default configuration in a fresh work root; returns the outcome
+    /// and how long the run took.
+    async fn run_timed(command: &str) -> (RunOutcome, Duration) {
+        let root = tempfile::tempdir().unwrap();
+        let began = Instant::now();
+        let out = run_default(root.path(), command).await;
+        (out, began.elapsed())
+    }
+
     async fn wait_gone(arg: &str) -> Vec<u32> {
         for _ in 0..20 {
             let left = processes_with_arg(arg);
@@ -1532,7 +1552,7 @@ mod tests {
     #[tokio::test]
     async fn success_records_output_and_hash() {
         let root = tempfile::tempdir().unwrap();
-        let out = run_ok(root.path(), "echo hello", &RunnerConfig::default()).await;
+        let out = run_default(root.path(), "echo hello").await;
         assert!(out.success(), "{out:?}");
         assert_eq!(out.exit_code, Some(0));
         assert_eq!(out.signal, None);
@@ -1552,7 +1572,7 @@ mod tests {
     #[tokio::test]
     async fn nonzero_exit_code_is_recorded() {
         let root = tempfile::tempdir().unwrap();
-        let out = run_ok(root.path(), "echo x; exit 3", &RunnerConfig::default()).await;
+        let out = run_default(root.path(), "echo x; exit 3").await;
         assert_eq!(out.exit_code, Some(3));
         assert_eq!(out.signal, None);
         assert!(!out.timed_out);
@@ -1562,7 +1582,7 @@ mod tests {
     #[tokio::test]
     async fn termination_signal_is_recorded() {
         let root = tempfile::tempdir().unwrap();
-        let out = run_ok(root.path(), "kill -TERM $$", &RunnerConfig::default()).await;
+        let out = run_default(root.path(), "kill -TERM $$").await;
         assert_eq!(out.exit_code, None);
         assert_eq!(out.signal, Some(libc::SIGTERM));
         assert!(!out.timed_out);
@@ -1580,12 +1600,7 @@ mod tests {
     #[tokio::test]
     async fn stdout_and_stderr_are_combined_in_order() {
         let root = tempfile::tempdir().unwrap();
-        let out = run_ok(
-            root.path(),
-            "echo a; echo b >&2; echo c; printf d >&2",
-            &RunnerConfig::default(),
-        )
-        .await;
+        let out = run_default(root.path(), "echo a; echo b >&2; echo c; printf d >&2").await;
         assert_eq!(out.output_excerpt, "a\nb\nc\nd");
         assert_eq!(out.output_sha256, sha_hex(b"a\nb\nc\nd"));
         assert_eq!(out.output_bytes, 7);
@@ -1633,24 +1648,14 @@ mod tests {
             out.output_excerpt,
             "C.UTF-8 UTC 1700000000\n00:00\n2023-11-14\n"
         );
-        let out = run_ok(
-            root.path(),
-            "echo \"${SOURCE_DATE_EPOCH-unset}\"",
-            &RunnerConfig::default(),
-        )
-        .await;
+        let out = run_default(root.path(), "echo \"${SOURCE_DATE_EPOCH-unset}\"").await;
         assert_eq!(out.output_excerpt, "unset\n");
     }
 
     #[tokio::test]
     async fn stdin_is_dev_null() {
         let root = tempfile::tempdir().unwrap();
-        let out = run_ok(
-            root.path(),
-            "readlink /proc/$$/fd/0; cat; echo rc=$?",
-            &RunnerConfig::default(),
-        )
-        .await;
+        let out = run_default(root.path(), "readlink /proc/$$/fd/0; cat; echo rc=$?").await;
         assert_eq!(out.output_excerpt, "/dev/null\nrc=0\n");
     }
 
@@ -1738,15 +1743,7 @@ mod tests {
 
     #[tokio::test]
     async fn process_escaping_the_group_does_not_hang_the_run() {
-        let root = tempfile::tempdir().unwrap();
-        let began = Instant::now();
-        let out = run_ok(
-            root.path(),
-            "setsid sleep 6.173 & echo x",
-            &RunnerConfig::default(),
-        )
-        .await;
-        let elapsed = began.elapsed();
+        let (out, elapsed) = run_timed("setsid sleep 6.173 & echo x").await;
         // The escaped sleep keeps the pipe open: collection stops after the grace period.
         assert!(out.success(), "{out:?}");
         assert_eq!(out.output_excerpt, "x\n");
@@ -1759,15 +1756,7 @@ mod tests {
 
     #[tokio::test]
     async fn leftover_background_process_does_not_hang_the_run() {
-        let root = tempfile::tempdir().unwrap();
-        let began = Instant::now();
-        let out = run_ok(
-            root.path(),
-            "sleep 100.31 & echo done",
-            &RunnerConfig::default(),
-        )
-        .await;
-        let elapsed = began.elapsed();
+        let (out, elapsed) = run_timed("sleep 100.31 & echo done").await;
         assert!(out.success(), "{out:?}");
         assert_eq!(out.output_excerpt, "done\n");
         // Well below DRAIN_GRACE: EOF came from killing the group, not from giving up.
@@ -1783,12 +1772,11 @@ mod tests {
 
     #[tokio::test]
     async fn output_is_capped_but_fully_hashed() {
-        let root = tempfile::tempdir().unwrap();
         let cfg = RunnerConfig {
             max_output_bytes: 1024,
             ..RunnerConfig::default()
         };
-        let out = run_ok(root.path(), "seq 1 300000 | head -c 1048576", &cfg).await;
+        let out = run_fresh("seq 1 300000 | head -c 1048576", &cfg).await;
         let mut expected: Vec<u8> = (1..=300_000)
             .flat_map(|i: u32| format!("{i}\n").into_bytes())
             .collect();
@@ -1819,13 +1807,12 @@ mod tests {
 
     #[tokio::test]
     async fn cap_inside_a_multibyte_char_drops_the_partial_char() {
-        let root = tempfile::tempdir().unwrap();
         let cfg = RunnerConfig {
             max_output_bytes: 4,
             ..RunnerConfig::default()
         };
         // "ab" + U+20AC (3 bytes): the cap keeps "ab" plus one byte of the euro sign.
-        let out = run_ok(root.path(), "printf 'ab\\342\\202\\254cd'", &cfg).await;
+        let out = run_fresh("printf 'ab\\342\\202\\254cd'", &cfg).await;
         assert_eq!(out.output_bytes, 7);
         assert!(out.output_truncated);
         assert_eq!(out.output_excerpt, "ab");
@@ -1848,7 +1835,6 @@ mod tests {
 
     #[tokio::test]
     async fn rlimits_are_visible_to_the_command() {
-        let root = tempfile::tempdir().unwrap();
         let cfg = RunnerConfig {
             cpu_seconds: 7,
             address_space_bytes: 2 * 1024 * 1024 * 1024,
@@ -1857,8 +1843,7 @@ mod tests {
             ..RunnerConfig::default()
         };
         // bash reports -v in KiB and -f in 1024-byte blocks (outside POSIX mode).
-        let out = run_ok(
-            root.path(),
+        let out = run_fresh(
             "for o in t v f u c; do echo \"$(ulimit -S -$o) $(ulimit -H -$o)\"; done",
             &cfg,
         )
@@ -1871,30 +1856,23 @@ mod tests {
 
     #[tokio::test]
     async fn zero_limit_means_unlimited() {
-        let root = tempfile::tempdir().unwrap();
         let cfg = RunnerConfig {
             cpu_seconds: 0,
             address_space_bytes: 0,
             file_size_bytes: 0,
             ..RunnerConfig::default()
         };
-        let out = run_ok(
-            root.path(),
-            "ulimit -t; ulimit -v; ulimit -f; ulimit -u",
-            &cfg,
-        )
-        .await;
+        let out = run_fresh("ulimit -t; ulimit -v; ulimit -f; ulimit -u", &cfg).await;
         assert_eq!(out.output_excerpt, "unlimited\nunlimited\nunlimited\n512\n");
     }
 
     #[tokio::test]
     async fn cpu_limit_is_enforced() {
-        let root = tempfile::tempdir().unwrap();
         let cfg = RunnerConfig {
             cpu_seconds: 1,
             ..RunnerConfig::default()
         };
-        let out = run_ok(root.path(), "while :; do :; done", &cfg).await;
+        let out = run_fresh("while :; do :; done", &cfg).await;
         assert!(!out.timed_out, "{out:?}");
         assert!(!out.success());
         assert!(
@@ -2026,7 +2004,7 @@ mod tests {
         let loose = dir.path().join("loose");
         std::fs::create_dir(&loose).unwrap();
         std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o777)).unwrap();
-        run_ok(&loose, "true", &RunnerConfig::default()).await;
+        run_default(&loose, "true").await;
         let mode = std::fs::metadata(&loose).unwrap().permissions().mode() & 0o777;
         assert!(mode == 0o700 || mode == 0o711, "{mode:o}");
     }
@@ -2130,9 +2108,7 @@ mod tests {
         // SAFETY: std serialises its own environment accesses; the tests only
         // touch the environment through std.
         unsafe { std::env::set_var("CRABNET_RUNNER_TEST_SECRET", "hunter2") };
-        let root = tempfile::tempdir().unwrap();
-        let out = run_ok(
-            root.path(),
+        let out = run_fresh(
             "echo \"secret=${CRABNET_RUNNER_TEST_SECRET-unset}\"; \
              echo \"task=$CRABNET_TASK_ID\"; echo \"home=$HOME\"; echo \"tmp=$TMPDIR\"; \
              echo \"lang=$LANG\"; pwd; env | grep -c CRABNET_RUNNER_TEST_SECRET",

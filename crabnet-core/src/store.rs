@@ -647,9 +647,7 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = immediate(&mut self.conn)?;
         let version = tx
             .prepare_cached("PRAGMA user_version")?
             .query_row([], |r| r.get::<_, i64>(0))? as usize;
@@ -2300,6 +2298,12 @@ fn test_seed(publisher: &NodeId, tag: u8, at: Millis) -> crate::model::Seed {
         deadlines: None,
         replication: None,
     }
+}
+
+/// Begins a transaction on `conn` that takes the write lock at once: another process on the
+/// data directory may write meanwhile (migrate, prune).
+fn immediate(conn: &mut Connection) -> Result<Transaction<'_>> {
+    Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
 }
 
 #[cfg(test)]

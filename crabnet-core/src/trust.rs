@@ -88,11 +88,7 @@ pub enum TrustError {
     BadSignature(String),
 }
 
-impl From<TrustError> for Error {
-    fn from(e: TrustError) -> Self {
-        Error::with_source(ErrorKind::Validation, e.to_string(), e)
-    }
-}
+crate::error::error_from!(TrustError => Validation);
 
 fn malformed(what: &'static str, why: impl Into<String>) -> TrustError {
     TrustError::Malformed {
@@ -1611,12 +1607,7 @@ mod tests {
             mode: TrustMode::Anchored,
             ..TrustConfig::default()
         };
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("trust.anchors")
-        );
+        crate::error::assert_err_contains(c.validate(), "trust.anchors");
         c.anchors = vec!["abcd".into()];
         c.validate().unwrap();
         let e = c.anchor_keys().unwrap_err();

@@ -12,23 +12,22 @@ use serde::de::IntoDeserializer;
 
 use crate::errors::validation;
 
-/// The name of a value's type, as Python's `type(value).__name__`.
-fn type_name(value: &Bound<'_, PyAny>) -> String {
-    value
+/// The `TypeError` for an argument `name` that is not `expected` (an article and a type:
+/// "an int"), naming the type it has, as Python's `type(value).__name__`.
+fn wrong_type(name: &str, expected: &str, value: &Bound<'_, PyAny>) -> PyErr {
+    let got = value
         .get_type()
         .name()
         .map(|n| n.to_string())
-        .unwrap_or_else(|_| "object".to_owned())
+        .unwrap_or_else(|_| "object".to_owned());
+    PyTypeError::new_err(format!("{name} must be {expected}, got {got}"))
 }
 
 /// An unsigned integer argument below `2**bits` (`bool` is not one): `TypeError` for another
 /// type, `ValidationError` when out of range.
 pub(crate) fn uint(name: &str, value: &Bound<'_, PyAny>, bits: u32) -> PyResult<u64> {
     if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must be an int, got {}",
-            type_name(value)
-        )));
+        return Err(wrong_type(name, "an int", value));
     }
     let max = u64::MAX >> (64 - bits);
     match value.extract::<u64>() {
@@ -42,10 +41,7 @@ pub(crate) fn uint(name: &str, value: &Bound<'_, PyAny>, bits: u32) -> PyResult<
 /// A `str` argument (subclasses such as the string enums included, read with `str()`).
 pub(crate) fn text(name: &str, value: &Bound<'_, PyAny>, expected: &str) -> PyResult<String> {
     if !value.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must be {expected}, got {}",
-            type_name(value)
-        )));
+        return Err(wrong_type(name, expected, value));
     }
     Ok(value.str()?.to_cow()?.into_owned())
 }
@@ -53,10 +49,7 @@ pub(crate) fn text(name: &str, value: &Bound<'_, PyAny>, expected: &str) -> PyRe
 /// A `bool` argument (`True` or `False` only).
 fn flag(name: &str, value: &Bound<'_, PyAny>) -> PyResult<bool> {
     if !value.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must be a bool, got {}",
-            type_name(value)
-        )));
+        return Err(wrong_type(name, "a bool", value));
     }
     value.is_truthy()
 }
@@ -169,10 +162,7 @@ pub(crate) fn seconds(name: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
     if value.is_instance_of::<PyBool>()
         || !(value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>())
     {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must be a number of seconds, got {}",
-            type_name(value)
-        )));
+        return Err(wrong_type(name, "a number of seconds", value));
     }
     value.extract::<f64>()
 }

@@ -60,11 +60,7 @@ impl AlertName {
     }
 }
 
-impl std::fmt::Display for AlertName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::display_as_str!(AlertName);
 
 /// An alert that is firing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

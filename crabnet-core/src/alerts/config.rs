@@ -301,22 +301,12 @@ mod tests {
             runner_failure_percent: 101,
             ..Default::default()
         };
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("runner_failure_percent")
-        );
+        crate::error::assert_err_contains(c.validate(), "runner_failure_percent");
         c.runner_failure_percent = 50;
         c.webhook_retry_max_ms = c.webhook_retry_base_ms - 1;
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("webhook_retry_max_ms")
-        );
+        crate::error::assert_err_contains(c.validate(), "webhook_retry_max_ms");
         c.webhook_retry_max_ms = 10_000;
         c.webhooks = vec![hook("http://a/"), hook("http://a/")];
-        assert!(c.validate().unwrap_err().to_string().contains("twice"));
+        crate::error::assert_err_contains(c.validate(), "twice");
     }
 }

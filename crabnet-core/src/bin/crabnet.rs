@@ -472,6 +472,18 @@ fn parse_id(text: &str) -> Result<SeedId, Error> {
     SeedId::parse(text)
 }
 
+/// Parses the seed id `id`, then runs `op` on it with the node started ([`with_node`]);
+/// returns the id and `op`'s result.
+async fn on_seed(
+    config: Config,
+    id: &str,
+    op: impl AsyncFnOnce(&Node, &SeedId) -> Result<SeedView, Error>,
+) -> Result<(SeedId, SeedView), Error> {
+    let id = parse_id(id)?;
+    let v = with_node(config, async |n| op(n, &id).await).await?;
+    Ok((id, v))
+}
+
 /// Starts the node on the data directory, runs `f` and stops the node.
 ///
 /// SIGINT (Ctrl-C) or SIGTERM stops the node while `f` runs: its operation ends the way a stop
@@ -940,18 +952,15 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
             }
         }
         SeedCommand::Bid { id, price } => {
-            let id = parse_id(&id)?;
-            let v = with_node(config, async |n| n.bid(&id, price).await).await?;
+            let (id, v) = on_seed(config, &id, async |n, id| n.bid(id, price).await).await?;
             report(&v, json, &format!("bid {price} on seed {id}"));
         }
         SeedCommand::Claim { id } => {
-            let id = parse_id(&id)?;
-            let v = with_node(config, async |n| n.claim(&id).await).await?;
+            let (id, v) = on_seed(config, &id, async |n, id| n.claim(id).await).await?;
             report(&v, json, &format!("claimed seed {id}"));
         }
         SeedCommand::Run { id } => {
-            let id = parse_id(&id)?;
-            let v = with_node(config, async |n| n.run(&id).await).await?;
+            let (id, v) = on_seed(config, &id, async |n, id| n.run(id).await).await?;
             let interrupted = v.result.as_ref().is_some_and(|r| r.interrupted);
             if json && !interrupted {
                 print_json(&v);
@@ -987,19 +996,19 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
             }
         }
         SeedCommand::Settle { id, reject, note } => {
-            let id = parse_id(&id)?;
-            let v = with_node(config, async |n| n.settle(&id, !reject, &note).await).await?;
+            let (id, v) = on_seed(config, &id, async |n, id| {
+                n.settle(id, !reject, &note).await
+            })
+            .await?;
             let verb = if reject { "rejected" } else { "accepted" };
             report(&v, json, &format!("settled seed {id}: {verb}"));
         }
         SeedCommand::Cancel { id } => {
-            let id = parse_id(&id)?;
-            let v = with_node(config, async |n| n.cancel(&id).await).await?;
+            let (id, v) = on_seed(config, &id, async |n, id| n.cancel(id).await).await?;
             report(&v, json, &format!("cancelled seed {id}"));
         }
         SeedCommand::Reassign { id } => {
-            let id = parse_id(&id)?;
-            let v = with_node(config, async |n| n.reassign(&id).await).await?;
+            let (id, v) = on_seed(config, &id, async |n, id| n.reassign(id).await).await?;
             let round = v.award.as_ref().map_or(0, |a| a.round);
             report(&v, json, &format!("seed {id} is in round {round}"));
         }
@@ -1039,8 +1048,7 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
             }
         }
         SeedCommand::Show { id } => {
-            let id = parse_id(&id)?;
-            let v = with_node(config, async |n| n.seed(&id).await).await?;
+            let (_, v) = on_seed(config, &id, async |n, id| n.seed(id).await).await?;
             if json {
                 print_json(&v);
             } else {

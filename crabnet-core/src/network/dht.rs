@@ -34,6 +34,7 @@ use super::addresses::{
 use super::{Acceptance, Handled, InboundFrame, Incoming, Transport, UdpConfig, UdpTransport};
 use crate::envelope::MAX_ENVELOPE_BYTES;
 use crate::error::{Error, ErrorKind, Result};
+use crate::lock;
 
 /// The gossipsub topic every Crabnet envelope is published on. Its messages are anonymous
 /// (no libp2p signature, source or sequence number: the envelope carries its own signatures);
@@ -518,10 +519,6 @@ pub fn stop_timer_thread() -> bool {
     stopped
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Transport for DhtTransport {
     fn name(&self) -> &str {
         "dht"
@@ -675,33 +672,17 @@ struct Announced<T> {
 }
 
 impl<T: Transport> Transport for Announced<T> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn max_frame_bytes(&self) -> usize {
-        self.inner.max_frame_bytes()
-    }
-    fn local_addresses(&self) -> Vec<String> {
-        self.inner.local_addresses()
-    }
-    fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
-        self.inner.broadcast(frame)
-    }
-    fn send_to_announced(&mut self, addresses: &[String], frame: &[u8]) -> Result<()> {
-        self.inner.send_to_announced(addresses, frame)
-    }
-    fn answer_hello(&mut self, from: &str, announced: &[String], frame: &[u8]) -> Result<()> {
-        self.inner.answer_hello(from, announced, frame)
-    }
-    fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
-        self.inner.send_to(to, frame)
-    }
-    fn source_verified(&self, from: &str) -> bool {
-        self.inner.source_verified(from)
-    }
-    fn dropped(&self) -> u64 {
-        self.inner.dropped()
-    }
+    super::delegate_transport!(
+        inner: name,
+        max_frame_bytes,
+        local_addresses,
+        broadcast,
+        send_to_announced,
+        answer_hello,
+        send_to,
+        source_verified,
+        dropped,
+    );
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
         if let Some(n) = self.notice.take() {
             return Poll::Ready(Some(Incoming::Status(n)));

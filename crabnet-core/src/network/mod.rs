@@ -166,6 +166,70 @@ pub trait Transport: Send + 'static {
     }
 }
 
+/// Implements the named [`Transport`] methods of a wrapper, inside its `impl Transport`, by
+/// calling them on its field `$inner`: `delegate_transport!(inner: name, broadcast)`. The
+/// wrapper writes the methods it changes itself; those it names nowhere keep their defaults.
+macro_rules! delegate_transport {
+    ($inner:ident: $($method:ident),+ $(,)?) => {
+        $($crate::network::delegate_transport!(@one $inner $method);)+
+    };
+    (@one $inner:ident name) => {
+        fn name(&self) -> &str {
+            self.$inner.name()
+        }
+    };
+    (@one $inner:ident max_frame_bytes) => {
+        fn max_frame_bytes(&self) -> usize {
+            self.$inner.max_frame_bytes()
+        }
+    };
+    (@one $inner:ident local_addresses) => {
+        fn local_addresses(&self) -> Vec<String> {
+            self.$inner.local_addresses()
+        }
+    };
+    (@one $inner:ident broadcast) => {
+        fn broadcast(&mut self, frame: &[u8]) -> $crate::error::Result<()> {
+            self.$inner.broadcast(frame)
+        }
+    };
+    (@one $inner:ident send_to_announced) => {
+        fn send_to_announced(
+            &mut self,
+            addresses: &[String],
+            frame: &[u8],
+        ) -> $crate::error::Result<()> {
+            self.$inner.send_to_announced(addresses, frame)
+        }
+    };
+    (@one $inner:ident answer_hello) => {
+        fn answer_hello(
+            &mut self,
+            from: &str,
+            announced: &[String],
+            frame: &[u8],
+        ) -> $crate::error::Result<()> {
+            self.$inner.answer_hello(from, announced, frame)
+        }
+    };
+    (@one $inner:ident send_to) => {
+        fn send_to(&mut self, to: &str, frame: &[u8]) -> $crate::error::Result<()> {
+            self.$inner.send_to(to, frame)
+        }
+    };
+    (@one $inner:ident source_verified) => {
+        fn source_verified(&self, from: &str) -> bool {
+            self.$inner.source_verified(from)
+        }
+    };
+    (@one $inner:ident dropped) => {
+        fn dropped(&self) -> u64 {
+            self.$inner.dropped()
+        }
+    };
+}
+pub(crate) use delegate_transport;
+
 /// Checks a frame against a transport's size limit.
 pub fn check_frame_size(transport: &dyn Transport, frame: &[u8]) -> Result<()> {
     let max = transport.max_frame_bytes();
@@ -213,7 +277,7 @@ impl MemoryHub {
     /// Adds a member called `name` and returns its transport.
     pub fn join(&self, name: &str) -> MemoryTransport {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = crate::lock(&self.state);
         state.next_id += 1;
         let id = state.next_id;
         state.members.insert(
@@ -235,7 +299,7 @@ impl MemoryHub {
     /// Cuts a member off (`true`) or reconnects it (`false`); frames to or from an isolated
     /// member are dropped, as in a network partition.
     pub fn set_isolated(&self, name: &str, isolated: bool) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = crate::lock(&self.state);
         for m in state.members.values_mut().filter(|m| m.name == name) {
             m.isolated = isolated;
         }
@@ -265,39 +329,12 @@ impl Transport for MemoryTransport {
     }
 
     fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
-        check_frame_size(self, frame)?;
-        let state = self.hub.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.members.get(&self.id).is_some_and(|m| m.isolated) {
-            return Ok(());
-        }
-        for (id, member) in &state.members {
-            if *id != self.id && !member.isolated {
-                // A member that left simply misses the frame.
-                let _ = member.tx.send(InboundFrame::new(
-                    frame.to_vec(),
-                    format!("memory:{}", self.name),
-                ));
-            }
-        }
-        Ok(())
+        self.deliver(frame, |_| true)
     }
 
     fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
-        check_frame_size(self, frame)?;
-        let state = self.hub.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.members.get(&self.id).is_some_and(|m| m.isolated) {
-            return Ok(());
-        }
         let name = to.strip_prefix("memory:").unwrap_or(to);
-        for (id, member) in &state.members {
-            if *id != self.id && !member.isolated && member.name == name {
-                let _ = member.tx.send(InboundFrame::new(
-                    frame.to_vec(),
-                    format!("memory:{}", self.name),
-                ));
-            }
-        }
-        Ok(())
+        self.deliver(frame, |member| member.name == name)
     }
 
     fn source_verified(&self, _from: &str) -> bool {
@@ -310,9 +347,31 @@ impl Transport for MemoryTransport {
     }
 }
 
+impl MemoryTransport {
+    /// Sends `frame` to every other member that `to` picks, unless this member or that one is
+    /// isolated.
+    fn deliver(&self, frame: &[u8], to: impl Fn(&Member) -> bool) -> Result<()> {
+        check_frame_size(self, frame)?;
+        let state = crate::lock(&self.hub.state);
+        if state.members.get(&self.id).is_some_and(|m| m.isolated) {
+            return Ok(());
+        }
+        for (id, member) in &state.members {
+            if *id != self.id && !member.isolated && to(member) {
+                // A member that left simply misses the frame.
+                let _ = member.tx.send(InboundFrame::new(
+                    frame.to_vec(),
+                    format!("memory:{}", self.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for MemoryTransport {
     fn drop(&mut self) {
-        let mut state = self.hub.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = crate::lock(&self.hub.state);
         state.members.remove(&self.id);
     }
 }

@@ -87,44 +87,68 @@ fn hello_envelope_at(
     .unwrap()
 }
 
+/// A node's configuration in a fresh temporary directory (returned too, to be kept while the
+/// node runs), without an event log file.
+fn quiet_config() -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::with_data_dir(dir.path().join("n"));
+    c.events.log_enabled = false;
+    (dir, c)
+}
+
+/// Starts a node with configuration `c` on a memory hub of its own.
+async fn start_on_hub(c: Config) -> Node {
+    let transport = MemoryHub::new().join("n");
+    Node::start_with_transport(c, Box::new(transport))
+        .await
+        .unwrap()
+}
+
+/// A source the transport does not vouch for.
+fn unverified(from: impl Into<String>) -> Source {
+    Source {
+        from: from.into(),
+        verified: false,
+    }
+}
+
+/// Hands each frame to `node`'s trust boundary in turn, on the blocking pool; their verdicts.
+async fn receive_all(node: &Node, frames: Vec<(Vec<u8>, Source)>) -> Vec<Acceptance> {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || {
+        frames
+            .iter()
+            .map(|(frame, source)| {
+                node.receive_frame(frame, source, MAX_ENVELOPE_BYTES, &mut None)
+                    .unwrap()
+                    .acceptance
+            })
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anchored_mode_caps_certified_peers_from_one_address() {
-    let dir = tempfile::tempdir().unwrap();
     let anchor = AnchorKey::from_seeds(&SigningSeeds {
         ed25519: [0xa1; 32],
         ml_dsa: [0xa2; 32],
     });
-    let mut c = Config::with_data_dir(dir.path().join("n"));
-    c.events.log_enabled = false;
+    let (_dir, mut c) = quiet_config();
     c.trust.mode = TrustMode::Anchored;
     c.trust.anchors = vec![hex::encode(anchor.public().to_bytes())];
     c.network.max_peers_per_address = 3;
-    let hub = MemoryHub::new();
-    let node = Node::start_with_transport(c, Box::new(hub.join("n")))
-        .await
-        .unwrap();
-    let one = Source {
-        from: "udp:192.0.2.7:7946".into(),
-        verified: false,
-    };
-    let other = Source {
-        from: "udp:198.51.100.9:7946".into(),
-        verified: false,
-    };
-    let n = node.clone();
-    let verdicts = tokio::task::spawn_blocking(move || {
-        (1..=6u8)
-            .map(|i| {
-                let hello = certified_hello(&anchor, &Identity::from_tag(i, 1), i);
-                let source = if i <= 5 { &one } else { &other };
-                n.receive_frame(&hello, source, MAX_ENVELOPE_BYTES, &mut None)
-                    .unwrap()
-                    .acceptance
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
+    let node = start_on_hub(c).await;
+    let one = unverified("udp:192.0.2.7:7946");
+    let other = unverified("udp:198.51.100.9:7946");
+    let frames = (1..=6u8)
+        .map(|i| {
+            let hello = certified_hello(&anchor, &Identity::from_tag(i, 1), i);
+            (hello, if i <= 5 { one.clone() } else { other.clone() })
+        })
+        .collect();
+    let verdicts = receive_all(&node, frames).await;
     // Three from the first address get in, the next two are refused (valid, so `Ignore`), and
     // another address still has room.
     use Acceptance::{Accept, Ignore};
@@ -143,14 +167,9 @@ async fn anchored_mode_caps_certified_peers_from_one_address() {
 /// `network.max_peers_per_address` cap did not apply. Sources count as their /64.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_addresses_of_one_ipv6_network_share_the_cap_per_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Config::with_data_dir(dir.path().join("n"));
-    c.events.log_enabled = false;
+    let (_dir, mut c) = quiet_config();
     c.network.max_peers_per_address = 3;
-    let hub = MemoryHub::new();
-    let node = Node::start_with_transport(c, Box::new(hub.join("n")))
-        .await
-        .unwrap();
+    let node = start_on_hub(c).await;
     let sources: Vec<Source> = (1..=6)
         .map(|i| format!("udp:[2001:db8:1:2::{i:x}]:7946"))
         .chain([
@@ -158,32 +177,19 @@ async fn the_addresses_of_one_ipv6_network_share_the_cap_per_address() {
             "udp:[2001:db8:1:3::1]:7946".to_owned(),
             "udp:[::ffff:192.0.2.7]:7946".to_owned(),
         ])
-        .map(|from| Source {
-            from,
-            verified: false,
+        .map(unverified)
+        .collect();
+    let frames = sources
+        .into_iter()
+        .enumerate()
+        .map(|(i, source)| {
+            let id = Identity::from_tag(40 + i as u8, 0);
+            let hello = plain_hello(&id, &format!("v6-{i}"));
+            let message_id = MessageId::from_bytes(crate::clock::random_bytes());
+            (hello_envelope(&id, &hello, message_id), source)
         })
         .collect();
-    let n = node.clone();
-    let verdicts = tokio::task::spawn_blocking(move || {
-        sources
-            .iter()
-            .enumerate()
-            .map(|(i, source)| {
-                let id = Identity::from_tag(40 + i as u8, 0);
-                let hello = plain_hello(&id, &format!("v6-{i}"));
-                let frame = hello_envelope(
-                    &id,
-                    &hello,
-                    MessageId::from_bytes(crate::clock::random_bytes()),
-                );
-                n.receive_frame(&frame, source, MAX_ENVELOPE_BYTES, &mut None)
-                    .unwrap()
-                    .acceptance
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
+    let verdicts = receive_all(&node, frames).await;
     use Acceptance::{Accept, Ignore};
     assert_eq!(
         verdicts,
@@ -201,9 +207,7 @@ async fn the_addresses_of_one_ipv6_network_share_the_cap_per_address() {
 /// The node's clock and the hellos' timestamps are set by the test (no network task runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_from_one_address_stretch_the_hello_interval_as_one_peer() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Config::with_data_dir(dir.path().join("n"));
-    c.events.log_enabled = false;
+    let (_dir, mut c) = quiet_config();
     c.network.hello_interval_secs = 1;
     c.network.hellos_per_interval = 2;
     let t0 = crate::clock::now_ms();
@@ -211,10 +215,7 @@ async fn identities_from_one_address_stretch_the_hello_interval_as_one_peer() {
     let node = Node::start_with_clock(c, None, std::sync::Arc::new(clock.clone()))
         .await
         .unwrap();
-    let source = |address: &str| Source {
-        from: format!("udp:{address}:7946"),
-        verified: false,
-    };
+    let source = |address: &str| unverified(format!("udp:{address}:7946"));
     // Sixteen identities (the per-address cap) from one address, three from three others.
     let senders: Vec<(Identity, Source)> = (1..=19u8)
         .map(|i| {
@@ -236,7 +237,6 @@ async fn identities_from_one_address_stretch_the_hello_interval_as_one_peer() {
         rotations: vec![],
     };
     let round = |at: crate::model::Millis, serial: u8| {
-        let node = node.clone();
         let frames: Vec<(Vec<u8>, Source)> = senders
             .iter()
             .map(|(id, from)| {
@@ -248,18 +248,9 @@ async fn identities_from_one_address_stretch_the_hello_interval_as_one_peer() {
                 (hello, from.clone())
             })
             .collect();
-        tokio::task::spawn_blocking(move || {
-            frames
-                .iter()
-                .map(|(hello, from)| {
-                    node.receive_frame(hello, from, MAX_ENVELOPE_BYTES, &mut None)
-                        .unwrap()
-                        .acceptance
-                })
-                .collect::<Vec<_>>()
-        })
+        receive_all(&node, frames)
     };
-    let verdicts = round(t0, 1).await.unwrap();
+    let verdicts = round(t0, 1).await;
     assert!(
         verdicts.iter().all(|v| *v == Acceptance::Accept),
         "{verdicts:?}"
@@ -271,7 +262,7 @@ async fn identities_from_one_address_stretch_the_hello_interval_as_one_peer() {
     // Heard again a second later: the sixteen count as one peer, with the three others four
     // peers, two intervals (not 19 / 2).
     clock.set(t0 + 1000);
-    let verdicts = round(t0 + 1000, 2).await.unwrap();
+    let verdicts = round(t0 + 1000, 2).await;
     assert!(
         verdicts.iter().all(|v| *v == Acceptance::Accept),
         "{verdicts:?}"

@@ -125,18 +125,8 @@ impl Node {
         // of any other frame received alone (usually one: the apply). A batch would wrap each
         // in a savepoint, whose journal of page images outgrows what SQLite keeps in memory,
         // so every such envelope wrote a temporary file.
-        let batch = if frames.len() < 2 {
-            None
-        } else {
-            match self.inner.store.begin_batch() {
-                Ok(batch) => Some(batch),
-                Err(e) => {
-                    // Each envelope then commits on its own, as a lone frame does.
-                    tracing::warn!("cannot open a store batch: {e}");
-                    None
-                }
-            }
-        };
+        // Without a batch each envelope commits on its own, as a lone frame does.
+        let batch = self.inner.store.batch_for(frames.len(), "received frames");
         let mut results: Vec<Received> = frames
             .into_iter()
             .map(|f| self.receive_one(f, max))

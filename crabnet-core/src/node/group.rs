@@ -138,18 +138,7 @@ impl Node {
         // A lone operation commits on its own transaction: a batch would add a savepoint,
         // whose journal outgrew the 64 KiB SQLite keeps in memory (a temporary file opened,
         // written and closed per publish).
-        let batch = if ops.len() < 2 {
-            None
-        } else {
-            match self.inner.store.begin_batch() {
-                Ok(batch) => Some(batch),
-                Err(e) => {
-                    // Each operation then commits on its own.
-                    tracing::warn!("cannot open a store batch for local operations: {e}");
-                    None
-                }
-            }
-        };
+        let batch = self.inner.store.batch_for(ops.len(), "local operations");
         let mut results: Vec<Result<SeedView>> =
             ops.into_iter().map(|op| self.apply_local(op)).collect();
         let committed = batch.map_or(Ok(()), |b| b.end(true));

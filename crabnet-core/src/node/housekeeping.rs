@@ -486,21 +486,26 @@ mod tests {
     use crate::config::Config;
 
     /// A node without a network whose housekeeping ticks every 20 ms.
-    async fn idle_node(dir: &std::path::Path) -> Node {
-        let mut config = Config::with_data_dir(dir.join("node"));
+    async fn idle_node() -> (tempfile::TempDir, Node) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::with_data_dir(dir.path().join("node"));
         config.network.tick_ms = 20;
         config.events.log_enabled = false;
-        Node::start(config).await.unwrap()
+        (dir, Node::start(config).await.unwrap())
+    }
+
+    /// How many times the node's housekeeping woke so far.
+    fn looks(node: &Node) -> u64 {
+        node.inner.timers.looks.load(Ordering::Relaxed)
     }
 
     /// How many times housekeeping wakes in each of three windows of a second.
     async fn looks_per_second(node: &Node) -> Vec<u64> {
-        let looks = || node.inner.timers.looks.load(Ordering::Relaxed);
         let mut counts = Vec::new();
         for _ in 0..3 {
-            let before = looks();
+            let before = looks(node);
             tokio::time::sleep(Duration::from_secs(1)).await;
-            counts.push(looks() - before);
+            counts.push(looks(node) - before);
         }
         counts
     }
@@ -510,8 +515,7 @@ mod tests {
     /// second with the default tick), a quarter of an idle node's wake-ups.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_idle_node_does_not_look_while_nothing_is_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = idle_node(dir.path()).await;
+        let (_dir, node) = idle_node().await;
         // One window at least is past the node's first second (looking every tick until
         // it watches the other stores' bells).
         let counts = looks_per_second(&node).await;
@@ -526,13 +530,21 @@ mod tests {
     async fn wait_asleep(node: &Node) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let before = node.inner.timers.looks.load(Ordering::Relaxed);
+            let before = looks(node);
             tokio::time::sleep(Duration::from_millis(300)).await;
-            if node.inner.timers.looks.load(Ordering::Relaxed) == before {
+            if looks(node) == before {
                 return;
             }
             assert!(tokio::time::Instant::now() < deadline, "never asleep");
         }
+    }
+
+    /// Polls `done` every 10 ms, for up to 5 s after `start`; returns the time since `start`.
+    async fn time_until(start: tokio::time::Instant, done: impl Fn() -> bool) -> Duration {
+        while !done() && start.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        start.elapsed()
     }
 
     /// The stored value of counter `name` (0 when it was never written).
@@ -547,9 +559,8 @@ mod tests {
     /// 5 s.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn routine_counters_counted_all_the_time_are_written_twice_a_minute() {
-        let dir = tempfile::tempdir().unwrap();
         // Nothing counted at start: the first counter is written at once.
-        let node = idle_node(dir.path()).await;
+        let (_dir, node) = idle_node().await;
         let counted = tokio::time::Instant::now();
         node.inner.rejections.count("hellos.refreshed");
         let deadline = counted + Duration::from_secs(5);
@@ -581,8 +592,7 @@ mod tests {
     /// time, not up to `network.counter_write_secs` late.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_last_seen_noted_while_housekeeping_sleeps_is_written_when_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = idle_node(dir.path()).await;
+        let (_dir, node) = idle_node().await;
         // Counters written: housekeeping sleeps until the next routine write, 30 s away.
         node.inner.rejections.count("hellos.refreshed");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -598,10 +608,7 @@ mod tests {
         node.inner.liveness.stored(&peer, b"hello");
         let noted = tokio::time::Instant::now();
         node.inner.liveness.seen(&peer, node.now_ms());
-        while node.inner.liveness.any_pending() && noted.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let took = noted.elapsed();
+        let took = time_until(noted, || !node.inner.liveness.any_pending()).await;
         assert!(
             took < Duration::from_secs(2),
             "the last_seen was written {took:?} after it was noted"
@@ -613,8 +620,7 @@ mod tests {
     /// within a few ticks, not at the end of the longest sleep.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rejection_counted_while_housekeeping_sleeps_is_written_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = idle_node(dir.path()).await;
+        let (_dir, node) = idle_node().await;
         // Asleep, then a rejection comes in.
         wait_asleep(&node).await;
         let rejection = crate::ingress::Rejection::new(
@@ -631,10 +637,7 @@ mod tests {
                 .unwrap()
                 .contains_key("rejected.malformed")
         };
-        while !written() && counted.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let took = counted.elapsed();
+        let took = time_until(counted, written).await;
         assert!(
             took < IDLE_SLEEP_MAX / 4,
             "the rejection was written {took:?} after it was counted"
@@ -647,16 +650,15 @@ mod tests {
     /// of another process to become visible: eight looks for each of its own commits.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_nodes_own_commits_do_not_wake_its_housekeeping() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = idle_node(dir.path()).await;
+        let (_dir, node) = idle_node().await;
         wait_asleep(&node).await;
-        let before = node.inner.timers.looks.load(Ordering::Relaxed);
+        let before = looks(&node);
         // 40 commits over 2 s.
         for n in 1..=40 {
             lock(&node.inner.store).set_log_cursor(n).unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let looks = node.inner.timers.looks.load(Ordering::Relaxed) - before;
+        let looks = looks(&node) - before;
         assert!(
             looks <= 2,
             "{looks} looks after 40 of the node's own commits"
@@ -669,8 +671,7 @@ mod tests {
     /// the end of the longest sleep.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn another_stores_commit_is_heard_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = idle_node(dir.path()).await;
+        let (_dir, node) = idle_node().await;
         let mut events = node.subscribe();
         let open = || {
             crate::store::Store::open(

@@ -382,11 +382,7 @@ mod tests {
 
     #[test]
     fn the_interval_is_sized_by_the_peers_that_count_in_the_current_window() {
-        let mut net = NetworkConfig {
-            hello_interval_secs: 1,
-            hellos_per_interval: 2,
-            ..NetworkConfig::default()
-        };
+        let mut net = NetworkConfig::with_hellos(1, 2);
         // Twenty peers heard again, the latest hello 5 s ago.
         let rows: Vec<_> = (0..20).map(|n| sighting(n, 0, 10_000, None)).collect();
         let none = HashMap::new();

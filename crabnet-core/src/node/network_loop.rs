@@ -1137,26 +1137,16 @@ mod tests {
     }
 
     impl Transport for Lossy {
-        fn name(&self) -> &str {
-            self.inner.name()
-        }
-        fn max_frame_bytes(&self) -> usize {
-            self.inner.max_frame_bytes()
-        }
-        fn local_addresses(&self) -> Vec<String> {
-            self.inner.local_addresses()
-        }
-        fn broadcast(&mut self, frame: &[u8]) -> Result<()> {
-            self.inner.broadcast(frame)
-        }
+        network::delegate_transport!(
+            inner: name,
+            max_frame_bytes,
+            local_addresses,
+            broadcast,
+            send_to,
+            answer_hello,
+        );
         fn sync(&mut self, _frame: &[u8]) -> Result<()> {
             Ok(())
-        }
-        fn send_to(&mut self, to: &str, frame: &[u8]) -> Result<()> {
-            self.inner.send_to(to, frame)
-        }
-        fn answer_hello(&mut self, from: &str, announced: &[String], frame: &[u8]) -> Result<()> {
-            self.inner.answer_hello(from, announced, frame)
         }
         fn source_verified(&self, _from: &str) -> bool {
             false

@@ -44,17 +44,29 @@ impl Node {
     }
 
     /// An API operation on an existing seed through the group commit (`node/group.rs`):
-    /// `build` makes the message's body from the seed's current state (`None`: unknown).
+    /// `build` makes the message's body from the seed's current state and its id (an unknown
+    /// seed fails with [`Violation::UnknownSeed`] before `build` runs).
     fn commit_api(
         &self,
         seed_id: &SeedId,
-        build: impl FnOnce(&Node, Option<&SeedView>) -> Result<Body> + Send + 'static,
+        build: impl FnOnce(&Node, &SeedView, &SeedId) -> Result<Body> + Send + 'static,
     ) -> Result<SeedView> {
+        let id = seed_id.clone();
         self.commit_queued(LocalOp::Build {
             seed_id: seed_id.clone(),
             now: self.now_ms(),
-            build: Box::new(build),
+            build: Box::new(move |n, v| build(n, known(v, &id)?, &id)),
         })
+    }
+
+    /// [`Node::commit_api`] on the blocking pool.
+    async fn commit_api_blocking(
+        &self,
+        seed_id: &SeedId,
+        build: impl FnOnce(&Node, &SeedView, &SeedId) -> Result<Body> + Send + 'static,
+    ) -> Result<SeedView> {
+        let seed_id = seed_id.clone();
+        self.blocking(move |n| n.commit_api(&seed_id, build)).await
     }
 
     /// Signs a local message about `seed`, sealing it to the seed's audience when the seed is
@@ -161,9 +173,7 @@ impl Node {
     pub async fn bid(&self, seed_id: &SeedId, price: u64) -> Result<SeedView> {
         let seed_id = seed_id.clone();
         self.blocking(move |n| {
-            let id = seed_id.clone();
-            let view = n.commit_api(&seed_id, move |n, v| {
-                let v = known(v, &id)?;
+            let view = n.commit_api(&seed_id, move |n, v, id| {
                 let me = n.inner.id.clone();
                 state::check_local_bid(v, &me, n.now_ms())?;
                 // Never offer to run what this node's sandbox policy cannot serve.
@@ -171,7 +181,7 @@ impl Node {
                     .config
                     .runner
                     .check_can_serve(&v.seed)
-                    .map_err(|e| refusal(&id, e))?;
+                    .map_err(|e| refusal(id, e))?;
                 Ok(Body::BidPlaced(Bid {
                     id: BidId::from_bytes(random_bytes()),
                     seed_id: id.clone(),
@@ -190,9 +200,7 @@ impl Node {
         let seed_id = seed_id.clone();
         self.blocking(move |n| {
             n.issue_decisions_if_due()?;
-            let id = seed_id.clone();
-            n.commit_api(&seed_id, move |n, v| {
-                let v = known(v, &id)?;
+            n.commit_api(&seed_id, |n, v, id| {
                 let me = n.inner.id.clone();
                 let bid_id = state::check_local_claim(v, &me, n.now_ms())?;
                 Ok(Body::SeedClaimed(Claim {
@@ -208,14 +216,9 @@ impl Node {
     /// Settles a completed seed this node published: accept (the winning price is due; for a
     /// replicated seed each agreeing runner's price) or reject.
     pub async fn settle(&self, seed_id: &SeedId, accept: bool, note: &str) -> Result<SeedView> {
-        let seed_id = seed_id.clone();
         let note = note.to_owned();
-        self.blocking(move |n| {
-            let id = seed_id.clone();
-            n.commit_api(&seed_id, move |_, v| {
-                let v = known(v, &id)?;
-                Ok(Body::SeedSettled(v.settlement_for(accept, &note)))
-            })
+        self.commit_api_blocking(seed_id, move |_, v, _| {
+            Ok(Body::SeedSettled(v.settlement_for(accept, &note)))
         })
         .await
     }
@@ -224,17 +227,12 @@ impl Node {
     /// failed, or once its winner let the claim window pass. The next best bid whose bidder has
     /// not had a round wins; with none left the seed expires.
     pub async fn reassign(&self, seed_id: &SeedId) -> Result<SeedView> {
-        let seed_id = seed_id.clone();
-        self.blocking(move |n| {
-            let id = seed_id.clone();
-            n.commit_api(&seed_id, move |n, v| {
-                let v = known(v, &id)?;
-                state::check_local_reassign(v, &n.inner.id, n.now_ms())?;
-                let next = v.reassignment().ok_or_else(|| {
-                    Error::internal(format!("seed {id} has no award to reassign"))
-                })?;
-                Ok(Body::SeedReassigned(next))
-            })
+        self.commit_api_blocking(seed_id, |n, v, id| {
+            state::check_local_reassign(v, &n.inner.id, n.now_ms())?;
+            let next = v
+                .reassignment()
+                .ok_or_else(|| Error::internal(format!("seed {id} has no award to reassign")))?;
+            Ok(Body::SeedReassigned(next))
         })
         .await
     }
@@ -242,22 +240,17 @@ impl Node {
     /// Cancels a seed this node published: while bidding is open, or (rules 2) once the
     /// winner let the claim window pass or the current round failed.
     pub async fn cancel(&self, seed_id: &SeedId) -> Result<SeedView> {
-        let seed_id = seed_id.clone();
-        self.blocking(move |n| {
-            let id = seed_id.clone();
-            n.commit_api(&seed_id, move |_, v| {
-                let v = known(v, &id)?;
-                // Under rules 2 a cancellation after the award says how the round ended.
-                let after = match (v.seed.deadlines(), v.status, &v.award) {
-                    (None, _, _) | (_, _, None) => None,
-                    (Some(_), SeedStatus::Failed, Some(_)) => Some(RoundEnd::Failed),
-                    (Some(_), _, Some(_)) => Some(RoundEnd::Unclaimed),
-                };
-                Ok(Body::SeedCancelled(Cancellation {
-                    seed_id: id.clone(),
-                    after,
-                }))
-            })
+        self.commit_api_blocking(seed_id, |_, v, id| {
+            // Under rules 2 a cancellation after the award says how the round ended.
+            let after = match (v.seed.deadlines(), v.status, &v.award) {
+                (None, _, _) | (_, _, None) => None,
+                (Some(_), SeedStatus::Failed, Some(_)) => Some(RoundEnd::Failed),
+                (Some(_), _, Some(_)) => Some(RoundEnd::Unclaimed),
+            };
+            Ok(Body::SeedCancelled(Cancellation {
+                seed_id: id.clone(),
+                after,
+            }))
         })
         .await
     }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::Store;
 use crate::error::Result;
+use crate::lock;
 
 /// How long a new batch lets threads that waited for the last one go first, at most.
 const WAITERS_FIRST: Duration = Duration::from_millis(50);
@@ -32,10 +33,6 @@ pub(crate) struct SharedStore {
     store: Mutex<Store>,
     gate: Mutex<Gate>,
     changed: Condvar,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SharedStore {
@@ -107,6 +104,18 @@ impl SharedStore {
             shared: self,
             open: true,
         })
+    }
+
+    /// A batch for a group of `count` operations, or none: for fewer than two (a lone
+    /// operation commits on its own), and when it cannot be opened (each operation then
+    /// commits on its own; warned as `cannot open a store batch for {what}: {error}`).
+    pub(crate) fn batch_for(&self, count: usize, what: &str) -> Option<Batch<'_>> {
+        if count < 2 {
+            return None;
+        }
+        self.begin_batch()
+            .inspect_err(|e| tracing::warn!("cannot open a store batch for {what}: {e}"))
+            .ok()
     }
 }
 

@@ -32,6 +32,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use crate::error::{Error, ErrorKind};
+use crate::lock;
 
 /// Name of the cookie that carries the token for browsers.
 pub(crate) const TOKEN_COOKIE: &str = "crabnet_token";
@@ -838,10 +839,6 @@ impl http_body::Body for Tracked {
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
