@@ -10,7 +10,7 @@
 //! minute. Without glibc (another C library) nothing is scheduled or counted; under glibc with
 //! another allocator the trim finds little to return.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The least time between two releases of the heap in one process.
@@ -28,7 +28,7 @@ const TRIMS: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
 static LAST_RELEASE: Mutex<Option<Instant>> = Mutex::new(None);
 
 fn last_release() -> Option<Instant> {
-    *LAST_RELEASE.lock().unwrap_or_else(PoisonError::into_inner)
+    *crate::lock(&LAST_RELEASE)
 }
 
 /// Releases the heap's free memory (on a blocking thread of the current runtime, or on this
@@ -36,7 +36,7 @@ fn last_release() -> Option<Instant> {
 /// did.
 fn release(now: Instant) -> bool {
     {
-        let mut last = LAST_RELEASE.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = crate::lock(&LAST_RELEASE);
         if !allowed(*last, now) {
             return false;
         }

@@ -45,7 +45,7 @@ impl ParsedKeys {
             return Ok(known);
         }
         let identity = PublicIdentity::from_parts(signing, kem, epoch)?;
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::lock(&self.map);
         if map.len() >= self.capacity && !map.contains_key(node_id) {
             map.clear();
         }
@@ -67,7 +67,7 @@ impl ParsedKeys {
         kem: &[u8],
         epoch: u32,
     ) -> Option<PublicIdentity> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let map = crate::lock(&self.map);
         map.get(node_id)
             .filter(|known| same_keys(known, signing, kem, epoch))
             .cloned()

@@ -399,7 +399,7 @@ impl EventBus {
     }
 
     fn sender(&self) -> Option<broadcast::Sender<Event>> {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::lock(&self.tx).clone()
     }
 
     /// Delivers an event to current subscribers; never blocks. Does nothing once closed.
@@ -421,7 +421,7 @@ impl EventBus {
 
     /// Ends the stream: subscribers get what was published, then `None`.
     pub fn close(&self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        crate::lock(&self.tx).take();
     }
 }
 

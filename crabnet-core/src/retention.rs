@@ -62,7 +62,7 @@ impl Retention {
     /// When the next run is due (Unix ms): housekeeping wakes for it even when nothing else
     /// is due.
     pub fn next_run_at(&self) -> Millis {
-        *self.next_run.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::lock(&self.next_run)
     }
 
     /// Runs retention if it is due at `now`: at most a few batches of each kind, each in its
@@ -72,7 +72,7 @@ impl Retention {
         let c = &self.config;
         let interval = u64::from(c.interval_secs) * 1000;
         {
-            let mut next = self.next_run.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = crate::lock(&self.next_run);
             if now < *next {
                 return Ok(Pruned::default());
             }
@@ -116,7 +116,7 @@ impl Retention {
             batch,
         )?;
         if left {
-            *self.next_run.lock().unwrap_or_else(|p| p.into_inner()) = now;
+            *crate::lock(&self.next_run) = now;
         }
         Ok(out)
     }

@@ -634,7 +634,7 @@ fn fallback_root(
         }
         match prepare_root(&parent.join(format!("crabnet-work-{me}"))) {
             Ok(fallback) => {
-                let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+                let mut warned = crate::lock(&WARNED);
                 if !warned.iter().any(|w| w == root) {
                     warned.push(root.to_path_buf());
                     tracing::warn!(
@@ -1529,13 +1529,14 @@ mod tests {
         run_ok(root.path(), command, cfg).await
     }
 
-    /// Runs `command` with the default configuration in a fresh work root; returns the outcome
-    /// and how long the run took.
-    async fn run_timed(command: &str) -> (RunOutcome, Duration) {
+    /// Runs `command` with the default settings in a new temporary root, which it returns
+    /// with the outcome and how long the run took: the root lives as long as the caller keeps
+    /// it (a process that escaped the run may still be in it).
+    async fn run_timed(command: &str) -> (RunOutcome, Duration, tempfile::TempDir) {
         let root = tempfile::tempdir().unwrap();
         let began = Instant::now();
         let out = run_default(root.path(), command).await;
-        (out, began.elapsed())
+        (out, began.elapsed(), root)
     }
 
     async fn wait_gone(arg: &str) -> Vec<u32> {
@@ -1743,7 +1744,7 @@ mod tests {
 
     #[tokio::test]
     async fn process_escaping_the_group_does_not_hang_the_run() {
-        let (out, elapsed) = run_timed("setsid sleep 6.173 & echo x").await;
+        let (out, elapsed, _root) = run_timed("setsid sleep 6.173 & echo x").await;
         // The escaped sleep keeps the pipe open: collection stops after the grace period.
         assert!(out.success(), "{out:?}");
         assert_eq!(out.output_excerpt, "x\n");
@@ -1756,7 +1757,7 @@ mod tests {
 
     #[tokio::test]
     async fn leftover_background_process_does_not_hang_the_run() {
-        let (out, elapsed) = run_timed("sleep 100.31 & echo done").await;
+        let (out, elapsed, _root) = run_timed("sleep 100.31 & echo done").await;
         assert!(out.success(), "{out:?}");
         assert_eq!(out.output_excerpt, "done\n");
         // Well below DRAIN_GRACE: EOF came from killing the group, not from giving up.

@@ -33,6 +33,7 @@ use crate::crypto::{
 use crate::envelope::{Header, Kind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{self, Identity, PublicIdentity};
+use crate::lock;
 use crate::model::{MessageKind, Millis, NodeId};
 use crate::store::Store;
 
@@ -722,10 +723,6 @@ pub(crate) struct Trust {
     max_stranger_revocations_per_source: u64,
     /// `trust.certificate_grace_secs`, in ms.
     certificate_grace_ms: u64,
-}
-
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Trust {

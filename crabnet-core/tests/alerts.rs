@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crabnet_core::alerts::webhook::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crabnet_core::alerts::{AlertName, WebhookConfig};
 use crabnet_core::clock::now_ms;
-use crabnet_core::network::{MemoryTransport, UdpConfig, UdpTransport};
+use crabnet_core::network::MemoryTransport;
 use crabnet_core::{Config, Event, EventKind, MemoryHub, Node, PublishRequest};
 use support::forge::{self, Gated, config, dir_and_hub, start, wait_counter, wait_view};
 
@@ -166,15 +166,7 @@ async fn firing_names(node: &Node) -> Vec<AlertName> {
 /// published by `publisher`.
 async fn run_seed(publisher: &Node, runner: &Node, command: &str) {
     let within = Duration::from_secs(20);
-    let id = publisher
-        .publish(PublishRequest {
-            max_bids: 1,
-            ..PublishRequest::new(command)
-        })
-        .await
-        .unwrap()
-        .seed
-        .id;
+    let id = forge::publish_for_bids(publisher, command, 1).await.seed.id;
     wait_view(runner, &id, within, "arrive", |_| true).await;
     runner.bid(&id, 5).await.unwrap();
     let me = runner.id().clone();
@@ -237,14 +229,7 @@ async fn forged_frames_fire_reject_rate_but_gossip_duplicates_do_not() {
     let mut c = alerting(dir.path(), "n");
     c.alerts.reject_max = 5;
     c.alerts.rate_window_secs = 3;
-    let udp = UdpTransport::bind(UdpConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        peers: vec![],
-        broadcast: None,
-    })
-    .unwrap();
-    let addr = udp.local_addr().unwrap();
-    let node = Node::start_with_transport(c, Box::new(udp)).await.unwrap();
+    let (node, addr) = forge::udp_node(c, vec![]).await;
     let mut events = node.subscribe();
     let wire = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let alice = forge::identity(0x11, 1);

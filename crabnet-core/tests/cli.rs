@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use support::{
-    Listeners, Net, Out, Sandbox, is_hex, peers_known, reserve_port, run_bounded_within,
-    seed_view_if, sha256_hex, wait_until,
+    Listeners, Net, Out, Sandbox, is_hex, node_id_in, peers_known, reserve_port,
+    run_bounded_within, seed_view_if, sha256_hex, strs, wait_until,
 };
 
 /// Longest any single short-lived CLI command may take before it counts as hung.
@@ -213,12 +213,7 @@ fn wait_for_peer(sb: &Sandbox, dir: &Path, peer: &str) {
 #[track_caller]
 fn node_id(sb: &Sandbox, dir: &Path) -> String {
     let v = sb.run(dir, &["--json", "status"]).ok().json();
-    let id = v["node_id"]
-        .as_str()
-        .expect("status has node_id")
-        .to_owned();
-    assert!(is_hex(&id, 64), "node id {id:?} is not 64 hex digits");
-    id
+    node_id_in(&v, "status")
 }
 
 /// Asserts a failing command in text mode (non-zero exit, nothing on stdout, exactly one
@@ -1344,42 +1339,40 @@ fn errors_for_lifecycle_violations() {
     // may not run; nothing to settle yet.
     let closed = publish_and_bid(&net, &["--command", "echo x", "--max-bids", "1"], "8");
     assert_eq!(wait_runner_award(&net, &closed)["award"]["price"], 8);
-    expect_state_error(
-        sb,
-        &dir,
-        &["seed", "bid", &closed, "--price", "8"],
-        &[&closed],
-    );
-    expect_state_error(
-        sb,
-        &pdir,
-        &["seed", "cancel", &closed],
-        &["bidding", "closed"],
-    );
-    expect_state_error(sb, &dir, &["seed", "run", &closed], &["cannot run"]);
-    expect_state_error(sb, &pdir, &["seed", "settle", &closed], &["cannot settle"]);
+    // (Where, the command, what its refusal says.)
+    let refused: [(&Path, &[&str], &[&str]); 4] = [
+        (&dir, &["seed", "bid", &closed, "--price", "8"], &[&closed]),
+        (&pdir, &["seed", "cancel", &closed], &["bidding", "closed"]),
+        (&dir, &["seed", "run", &closed], &["cannot run"]),
+        (&pdir, &["seed", "settle", &closed], &["cannot settle"]),
+    ];
+    for (home, args, said) in refused {
+        expect_state_error(sb, home, args, said);
+    }
 
     // Claimed but not run: still nothing to settle; no second claim; no cancel.
     sb.run(&dir, &["seed", "claim", &closed]).ok();
     net.wait_status(PUBLISHER, &closed, "claimed");
-    expect_state_error(
-        sb,
-        &pdir,
-        &["seed", "settle", &closed],
-        &["cannot settle", "claimed"],
-    );
-    expect_state_error(
-        sb,
-        &dir,
-        &["seed", "claim", &closed],
-        &["cannot claim", "claimed"],
-    );
-    expect_state_error(
-        sb,
-        &pdir,
-        &["seed", "cancel", &closed],
-        &["cannot cancel", &closed, "claimed"],
-    );
+    let refused: [(&Path, &[&str], &[&str]); 3] = [
+        (
+            &pdir,
+            &["seed", "settle", &closed],
+            &["cannot settle", "claimed"],
+        ),
+        (
+            &dir,
+            &["seed", "claim", &closed],
+            &["cannot claim", "claimed"],
+        ),
+        (
+            &pdir,
+            &["seed", "cancel", &closed],
+            &["cannot cancel", &closed, "claimed"],
+        ),
+    ];
+    for (home, args, said) in refused {
+        expect_state_error(sb, home, args, said);
+    }
     assert_eq!(show(sb, &dir, &closed)["status"], "claimed");
     assert_eq!(show(sb, &pdir, &closed)["status"], "claimed");
 }
@@ -1595,12 +1588,7 @@ fn two_nodes_over_udp() {
     );
     assert_eq!(v["award"]["price"], 12);
     assert_eq!(v["award"]["considered"].as_array().unwrap().len(), 2);
-    let bidders: Vec<&str> = v["bids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["bidder"].as_str().unwrap())
-        .collect();
+    let bidders = strs(&v["bids"], "bidder");
     assert!(
         bidders.contains(&id_b.as_str()) && bidders.contains(&id_c.as_str()),
         "{v}"

@@ -16,18 +16,30 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crabnet_core::monitor::EventKind;
-use crabnet_core::network::{UdpConfig, UdpTransport};
 use crabnet_core::store::{Store, StoreConfig};
 use crabnet_core::{Config, Node, NodeId, PublishRequest, SeedId, SeedStatus};
 use support::pair::Pair;
 
 const CHILD_DIR_VAR: &str = "CRABNET_CRASH_CHILD_DIR";
 const CHILD_SEED_VAR: &str = "CRABNET_CRASH_CHILD_SEED";
+/// A child process of a crash test: the ignored test it runs in this binary, and the
+/// environment variable that hands it its data directory (and marks it as the child).
+#[derive(Clone, Copy)]
+struct ChildTest {
+    test: &'static str,
+    dir_var: &'static str,
+}
+
+/// The stream child.
+const STREAM: ChildTest = ChildTest {
+    test: "child_stream",
+    dir_var: CHILD_DIR_VAR,
+};
 const CYCLES: usize = 3;
 /// Longest one child may take to produce its acknowledgements before the test gives up.
 const CYCLE_TIMEOUT: Duration = Duration::from_secs(45);
@@ -94,11 +106,75 @@ impl Acks {
     }
 }
 
-/// In a helper child process (its parent set `var`): the data directory it was given, and a
-/// runtime for its nodes. `None` when the ignored test is run on its own.
-fn child_of(var: &str) -> Option<(PathBuf, tokio::runtime::Runtime)> {
-    let dir = std::env::var_os(var)?;
-    Some((PathBuf::from(dir), tokio::runtime::Runtime::new().unwrap()))
+/// In a helper child process (its parent set `var`): runs `body` on the data directory it was
+/// given, on a runtime for its nodes. Does nothing when the ignored test is run on its own.
+fn in_child<F: std::future::Future<Output = ()>>(var: &str, body: impl FnOnce(PathBuf) -> F) {
+    let Some(dir) = std::env::var_os(var) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(body(PathBuf::from(dir)));
+}
+
+/// Starts the ignored test `name` of this binary as a child process, with `var` naming `dir`
+/// and `env` set besides, `stdin` as given and its stderr written to `stderr`. Returns the
+/// child, and the lines it prints (read by a thread that ends with its stdout) with that
+/// thread.
+fn spawn_child(
+    ChildTest {
+        test: name,
+        dir_var: var,
+    }: ChildTest,
+    dir: &Path,
+    env: &[(&str, String)],
+    stdin: Stdio,
+    stderr: &Path,
+) -> (Child, mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
+    let exe = std::env::current_exe().expect("current test binary");
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            name,
+            "--nocapture",
+            "--ignored",
+            "--test-threads",
+            "1",
+        ])
+        .env(var, dir)
+        .envs(env.iter().cloned())
+        .env_remove("CRABNET_LOG")
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn the child {name}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines, reader)
+}
+
+/// A temporary directory whose name starts with `prefix` (so that one a killed or aborted
+/// test process left behind can be told apart; a failing test removes it as it unwinds), and
+/// the directory `sub` in it for the nodes' data.
+fn temp_base(prefix: &str, sub: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let dir = tmp.path().join(sub);
+    (tmp, dir)
+}
+
+/// After how many acknowledgements a cycle kills its child: a number in `range` drawn by
+/// `salt`.
+fn kill_point(salt: u64, range: std::ops::RangeInclusive<usize>) -> usize {
+    let span = (range.end() - range.start() + 1) as u64;
+    range.start() + (salt % span) as usize
 }
 
 /// A child's line to its parent, flushed at once (the parent acts on each line as it comes).
@@ -192,42 +268,15 @@ struct Printed {
 /// an arbitrary point of the next operation), and returns every acknowledgement it printed
 /// before it died, plus the node ids it reported.
 fn run_child_and_kill(
-    (name, var): (&str, &str),
+    which: ChildTest,
     dir: &Path,
     kill_after: usize,
     salt: u64,
     acks: &mut Acks,
 ) -> Printed {
-    let exe = std::env::current_exe().expect("current test binary");
-    let stderr_path = dir.with_extension(format!("{name}{salt}.stderr"));
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            name,
-            "--nocapture",
-            "--ignored",
-            "--test-threads",
-            "1",
-        ])
-        .env(var, dir)
-        .env(CHILD_SEED_VAR, salt.to_string())
-        .env_remove("CRABNET_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .expect("spawn child");
-
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let stderr_path = dir.with_extension(format!("{}{salt}.stderr", which.test));
+    let seed_env = [(CHILD_SEED_VAR, salt.to_string())];
+    let (mut child, rx, reader) = spawn_child(which, dir, &seed_env, Stdio::null(), &stderr_path);
 
     let deadline = Instant::now() + CYCLE_TIMEOUT;
     let mut printed = Printed::default();
@@ -379,6 +428,38 @@ fn envelopes_by(store: &Store, seed: &SeedId, me: &NodeId) -> usize {
         .count()
 }
 
+/// Asserts that `seed` has its `event` event: that `events` (the seeds with one, in a store's
+/// [`Seen`]) holds it.
+fn assert_event(events: &BTreeSet<SeedId>, seed: &SeedId, event: &str) {
+    assert!(events.contains(seed), "{event} event of {seed} missing");
+}
+
+/// Checks that `store` holds every seed of `published`, published by `publisher` and with its
+/// `seed_published` event in `seen`, and that the number of its envelopes by `publisher` is in
+/// `envelopes`. `when` says which check this is in the failures.
+fn check_published(
+    store: &Store,
+    seen: &Seen,
+    published: &BTreeSet<SeedId>,
+    publisher: &NodeId,
+    envelopes: impl std::ops::RangeBounds<usize>,
+    when: &str,
+) {
+    for seed in published {
+        let view = store
+            .seed(seed)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{when}: acknowledged seed {seed} is missing"));
+        assert_eq!(&view.seed.publisher, publisher);
+        assert_event(&seen.published, seed, "seed_published");
+        let n = envelopes_by(store, seed, publisher);
+        assert!(
+            envelopes.contains(&n),
+            "{when}: {n} envelopes of seed {seed} by its publisher"
+        );
+    }
+}
+
 /// Opens both stores and checks them against everything acknowledged so far.
 fn check_store(base: &Path, acks: &Acks, ids: &Ids) {
     let (publisher_cfg, runner_cfg) = configs(base);
@@ -387,21 +468,14 @@ fn check_store(base: &Path, acks: &Acks, ids: &Ids) {
     // envelope, and the award of every seed the runner claimed (committed before it was sent).
     let publisher = open_store(&publisher_cfg, &ids.publisher);
     let seen = check_events(&publisher);
-    for seed in &acks.published {
-        let view = publisher
-            .seed(seed)
-            .unwrap()
-            .unwrap_or_else(|| panic!("acknowledged seed {seed} is missing after the crash"));
-        assert_eq!(view.seed.publisher, ids.publisher);
-        assert!(
-            seen.published.contains(seed),
-            "seed_published event of {seed} missing"
-        );
-        assert!(
-            envelopes_by(&publisher, seed, &ids.publisher) >= 1,
-            "the envelope of seed {seed} is missing"
-        );
-    }
+    check_published(
+        &publisher,
+        &seen,
+        &acks.published,
+        &ids.publisher,
+        1..,
+        "after the crash",
+    );
     for seed in &acks.claimed {
         let view = publisher.seed(seed).unwrap().expect("claimed seed exists");
         let award = view
@@ -410,10 +484,7 @@ fn check_store(base: &Path, acks: &Acks, ids: &Ids) {
             .unwrap_or_else(|| panic!("the publisher lost the award of {seed}"));
         assert_eq!(award.winner_node.as_ref(), Some(&ids.runner));
         assert_eq!(award.price, acks.bids.get(seed).copied());
-        assert!(
-            seen.closed.contains(seed),
-            "bidding_closed of {seed} missing"
-        );
+        assert_event(&seen.closed, seed, "bidding_closed");
     }
     drop(publisher);
 
@@ -432,10 +503,7 @@ fn check_store(base: &Path, acks: &Acks, ids: &Ids) {
             "acknowledged bid {price} on {seed} is missing: {:?}",
             view.bids
         );
-        assert!(
-            seen.bid.contains(seed),
-            "bid_placed event of {seed} missing"
-        );
+        assert_event(&seen.bid, seed, "bid_placed");
         assert!(
             envelopes_by(&runner, seed, &ids.runner) >= 1,
             "the envelope of the bid on {seed} is missing"
@@ -449,14 +517,8 @@ fn check_store(base: &Path, acks: &Acks, ids: &Ids) {
             "acknowledged claim of {seed} is missing"
         );
         assert_eq!(view.claim.as_ref().map(|c| &c.claimer), Some(&ids.runner));
-        assert!(
-            seen.closed.contains(seed),
-            "bidding_closed of {seed} missing"
-        );
-        assert!(
-            seen.claimed.contains(seed),
-            "seed_claimed of {seed} missing"
-        );
+        assert_event(&seen.closed, seed, "bidding_closed");
+        assert_event(&seen.claimed, seed, "seed_claimed");
         assert!(
             envelopes_by(&runner, seed, &ids.runner) >= 2,
             "the envelopes of the bid on and claim of {seed} are missing"
@@ -489,26 +551,16 @@ fn check_log(config: &Config) -> (u64, u64, usize) {
 
 #[test]
 fn crash_leaves_a_sound_database() {
-    let tmp = tempfile::Builder::new()
-        .prefix("crabnet-crash-test-")
-        .tempdir()
-        .unwrap();
-    let dir = tmp.path().join("nodes");
+    let (_tmp, dir) = temp_base("crabnet-crash-test-", "nodes");
     let mut acks = Acks::default();
     let mut ids: Option<Ids> = None;
     let started = Instant::now();
 
     for cycle in 0..CYCLES {
         let salt = random_u64(cycle as u64);
-        let kill_after = 20 + (salt % 41) as usize; // 20..=60
+        let kill_after = kill_point(salt, 20..=60);
         let before = acks.count;
-        let printed = run_child_and_kill(
-            ("child_stream", CHILD_DIR_VAR),
-            &dir,
-            kill_after,
-            salt,
-            &mut acks,
-        );
+        let printed = run_child_and_kill(STREAM, &dir, kill_after, salt, &mut acks);
         let now = Ids {
             publisher: printed.publisher.expect("child printed the publisher's id"),
             runner: printed.runner.expect("child printed the runner's id"),
@@ -571,6 +623,11 @@ fn crash_leaves_a_sound_database() {
 // ---------------------------------------------------------------------------------------------
 
 const RECEIVER_DIR_VAR: &str = "CRABNET_CRASH_RECEIVER_DIR";
+/// The receiver child: its ignored test and the variable naming its directory.
+const RECEIVER: ChildTest = ChildTest {
+    test: "child_receiver",
+    dir_var: RECEIVER_DIR_VAR,
+};
 /// Distinct seeds the receiver is sent, again and again.
 const FLOOD_SEEDS: u64 = 1200;
 /// Frames sent between two short pauses (a burst fills the receiver's queue well past one
@@ -584,19 +641,11 @@ const FLOOD_BURST: usize = 96;
 #[test]
 #[ignore = "helper process for a_kill_in_the_middle_of_a_receive_batch_loses_nothing_acknowledged"]
 fn child_receiver() {
-    let Some((dir, rt)) = child_of(RECEIVER_DIR_VAR) else {
-        return;
-    };
-    rt.block_on(async {
+    in_child(RECEIVER_DIR_VAR, |dir| async move {
         let mut config = Config::with_data_dir(dir);
         config.name = "receiver".into();
         config.network.tick_ms = 20;
-        let transport = UdpTransport::bind(UdpConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            peers: Vec::new(),
-            broadcast: None,
-        })
-        .unwrap();
+        let transport = support::forge::loopback_udp(Vec::new());
         let addr = transport.local_addr().unwrap();
         let node = Node::start_with_transport(config, Box::new(transport))
             .await
@@ -632,7 +681,7 @@ fn child_receiver() {
 
 /// The receiver process, its lines, and the flood aimed at it.
 struct Receiver {
-    child: std::process::Child,
+    child: Child,
     lines: mpsc::Receiver<String>,
     stderr: PathBuf,
     id: NodeId,
@@ -641,34 +690,8 @@ struct Receiver {
 
 impl Receiver {
     fn start(dir: &Path, cycle: usize) -> Receiver {
-        let exe = std::env::current_exe().expect("current test binary");
         let stderr = dir.with_extension(format!("receiver{cycle}.stderr"));
-        let mut child = Command::new(exe)
-            .args([
-                "--exact",
-                "child_receiver",
-                "--nocapture",
-                "--ignored",
-                "--test-threads",
-                "1",
-            ])
-            .env(RECEIVER_DIR_VAR, dir)
-            .env_remove("CRABNET_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawn the receiver");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, lines, _) = spawn_child(RECEIVER, dir, &[], Stdio::piped(), &stderr);
         let mut receiver = Receiver {
             child,
             lines,
@@ -760,11 +783,7 @@ fn stored_seeds(store: &Store) -> BTreeSet<SeedId> {
 fn a_kill_in_the_middle_of_a_receive_batch_loses_nothing_acknowledged() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let tmp = tempfile::Builder::new()
-        .prefix("crabnet-crash-batch-")
-        .tempdir()
-        .unwrap();
-    let dir = tmp.path().join("receiver");
+    let (_tmp, dir) = temp_base("crabnet-crash-batch-", "receiver");
     let author = support::forge::identity(0xba7c, 1);
     let now = crabnet_core::clock::now_ms();
     let messages: Vec<_> = (1..=FLOOD_SEEDS)
@@ -802,7 +821,7 @@ fn a_kill_in_the_middle_of_a_receive_batch_loses_nothing_acknowledged() {
             stop.clone(),
         );
         let salt = random_u64(cycle as u64);
-        let kill_after = 100 + (salt % 200) as usize;
+        let kill_after = kill_point(salt, 100..=299);
         let mut in_cycle = 0;
         loop {
             let line = receiver.next_line();
@@ -863,7 +882,7 @@ fn a_kill_in_the_middle_of_a_receive_batch_loses_nothing_acknowledged() {
                 stored.contains(seed),
                 "cycle {cycle}: {seed} was delivered but is missing after the kill"
             );
-            assert!(seen.published.contains(seed));
+            assert_event(&seen.published, seed, "seed_published");
             assert_eq!(store.seed_envelopes(seed).unwrap().len(), 1, "{seed}");
         }
         assert!(stored.is_subset(&all));
@@ -890,6 +909,11 @@ fn a_kill_in_the_middle_of_a_receive_batch_loses_nothing_acknowledged() {
 // ---------------------------------------------------------------------------------------------
 
 const PUBLISHERS_DIR_VAR: &str = "CRABNET_CRASH_PUBLISHERS_DIR";
+/// The publishers child: its ignored test and the variable naming its directory.
+const PUBLISHERS: ChildTest = ChildTest {
+    test: "child_publishers",
+    dir_var: PUBLISHERS_DIR_VAR,
+};
 /// Tasks publishing at once in the child: their publishes are committed in groups.
 const CONCURRENT_PUBLISHERS: usize = 16;
 
@@ -899,10 +923,7 @@ const CONCURRENT_PUBLISHERS: usize = 16;
 #[test]
 #[ignore = "helper process for a_kill_in_the_middle_of_concurrent_publishes_loses_nothing_acknowledged"]
 fn child_publishers() {
-    let Some((dir, rt)) = child_of(PUBLISHERS_DIR_VAR) else {
-        return;
-    };
-    rt.block_on(async {
+    in_child(PUBLISHERS_DIR_VAR, |dir| async move {
         let (config, _) = configs(&dir);
         let node = Node::start(config).await.unwrap();
         say(format_args!("\npublisher {}", node.id()));
@@ -934,25 +955,15 @@ fn child_publishers() {
 /// holds every event once.
 #[test]
 fn a_kill_in_the_middle_of_concurrent_publishes_loses_nothing_acknowledged() {
-    let tmp = tempfile::Builder::new()
-        .prefix("crabnet-crash-publishers-")
-        .tempdir()
-        .unwrap();
-    let dir = tmp.path().join("nodes");
+    let (_tmp, dir) = temp_base("crabnet-crash-publishers-", "nodes");
     let (config, _) = configs(&dir);
     let mut acks = Acks::default();
     let mut node_id: Option<NodeId> = None;
     for cycle in 0..CYCLES {
         let salt = random_u64(cycle as u64 ^ 0x9b);
-        let kill_after = 40 + (salt % 160) as usize; // 40..=199
+        let kill_after = kill_point(salt, 40..=199);
         let before = acks.count;
-        let printed = run_child_and_kill(
-            ("child_publishers", PUBLISHERS_DIR_VAR),
-            &dir,
-            kill_after,
-            salt,
-            &mut acks,
-        );
+        let printed = run_child_and_kill(PUBLISHERS, &dir, kill_after, salt, &mut acks);
         let me = printed.publisher.expect("the child printed its id");
         assert_eq!(
             node_id.get_or_insert_with(|| me.clone()),
@@ -961,15 +972,8 @@ fn a_kill_in_the_middle_of_concurrent_publishes_loses_nothing_acknowledged() {
         );
         let store = open_store(&config, &me);
         let seen = check_events(&store);
-        for seed in &acks.published {
-            let view = store
-                .seed(seed)
-                .unwrap()
-                .unwrap_or_else(|| panic!("cycle {cycle}: acknowledged seed {seed} is missing"));
-            assert_eq!(view.seed.publisher, me);
-            assert!(seen.published.contains(seed), "seed_published of {seed}");
-            assert_eq!(envelopes_by(&store, seed, &me), 1, "the envelope of {seed}");
-        }
+        let when = format!("cycle {cycle}");
+        check_published(&store, &seen, &acks.published, &me, 1..=1, &when);
         eprintln!(
             "publishers crash test, cycle {cycle}: killed after {} acknowledgements, {} acknowledged in all, {} stored",
             acks.count - before,

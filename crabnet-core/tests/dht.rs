@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crabnet_core::network::{DhtConfig, UdpConfig};
 use crabnet_core::{Config, EventKind, Node, PublishRequest, SeedStatus};
-use support::forge::{poll, wait_view};
+use support::forge::{claim_and_run_when_awarded, poll, publish_for_bids, stop_all, wait_view};
 use support::{Transport, reserve_on};
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
@@ -36,6 +36,28 @@ async fn start(dir: &std::path::Path, name: &str, peers: Vec<String>) -> Node {
     Node::start_with_dht(config(dir, name), dht).await.unwrap()
 }
 
+/// A TCP port on 127.0.0.1 that no other test of this binary gets. It is below the kernel's
+/// ephemeral range: nothing else takes it while it is free.
+fn free_port() -> u16 {
+    reserve_on(std::net::Ipv4Addr::LOCALHOST.into(), Transport::Dht)
+        .addr
+        .port()
+}
+
+/// The libp2p address of TCP `port` on 127.0.0.1.
+fn tcp_on(port: u16) -> String {
+    format!("/ip4/127.0.0.1/tcp/{port}")
+}
+
+/// Starts node `name` in `dir` listening on TCP `port` of 127.0.0.1 alone, with no peers.
+async fn start_listening_on(dir: &std::path::Path, name: &str, port: u16) -> Node {
+    let dht = DhtConfig {
+        listen: vec![tcp_on(port)],
+        ..DhtConfig::default()
+    };
+    Node::start_with_dht(config(dir, name), dht).await.unwrap()
+}
+
 async fn wait_status(node: &Node, id: &crabnet_core::SeedId, status: SeedStatus) {
     let what = format!("as {status}");
     wait_view(node, id, Duration::from_secs(20), &what, |v| {
@@ -54,25 +76,15 @@ async fn three_libp2p_nodes_run_a_lifecycle_and_a_late_joiner_syncs() {
     for n in [&a, &b, &c] {
         n.wait_for_peers(2, Duration::from_secs(20)).await.unwrap();
     }
-    let seed = a
-        .publish(PublishRequest {
-            max_bids: 2,
-            ..PublishRequest::new("echo over-libp2p")
-        })
-        .await
-        .unwrap();
+    let seed = publish_for_bids(&a, "echo over-libp2p", 2).await;
     let id = seed.seed.id.clone();
     wait_status(&b, &id, SeedStatus::Open).await;
     wait_status(&c, &id, SeedStatus::Open).await;
     b.bid(&id, 30).await.unwrap();
     c.bid(&id, 20).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while c.seed(&id).await.unwrap().award.is_none() {
-        assert!(Instant::now() < deadline, "award never reached c");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    c.claim(&id).await.unwrap();
-    c.run(&id).await.unwrap();
+    let pause = Duration::from_millis(20);
+    claim_and_run_when_awarded(&c, &id, deadline, pause, "award never reached c").await;
     wait_status(&a, &id, SeedStatus::Completed).await;
     a.settle(&id, true, "").await.unwrap();
     for n in [&a, &b, &c] {
@@ -87,9 +99,7 @@ async fn three_libp2p_nodes_run_a_lifecycle_and_a_late_joiner_syncs() {
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
     let o = d.overview().await.unwrap();
     assert_eq!(o.transport.as_deref(), Some("dht"));
-    for n in [a, b, c, d] {
-        n.stop().await.unwrap();
-    }
+    stop_all([a, b, c, d]).await;
 }
 
 /// A node listens on TCP alone unless a listen address asks for QUIC (a QUIC endpoint costs
@@ -134,9 +144,7 @@ async fn a_node_listens_on_quic_only_when_asked_and_is_reached_over_it() {
         listed.iter().all(|a| !a.contains("quic")),
         "a default node listens on QUIC: {listed:?}"
     );
-    for n in [tcp_only, q, dialer] {
-        n.stop().await.unwrap();
-    }
+    stop_all([tcp_only, q, dialer]).await;
 }
 
 async fn futures_digests(nodes: &[&Node]) -> Vec<String> {
@@ -354,9 +362,7 @@ async fn connections_outside_the_gossip_mesh_close_when_idle_and_a_seed_still_re
         now.iter().all(|&c| c > 0 && c <= MESH_MAX),
         "connections per node: {now:?}"
     );
-    for n in nodes {
-        n.stop().await.unwrap();
-    }
+    stop_all(nodes).await;
 }
 
 /// A node whose configured peer was not up yet when it started dials it again while it has
@@ -364,27 +370,11 @@ async fn connections_outside_the_gossip_mesh_close_when_idle_and_a_seed_still_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_alone_dials_its_configured_peer_again_until_it_is_up() {
     let dir = tempfile::tempdir().unwrap();
-    // Below the kernel's ephemeral range: nothing else takes it while it is free.
-    let port = reserve_on(std::net::Ipv4Addr::LOCALHOST.into(), Transport::Dht)
-        .addr
-        .port();
-    let early = start(
-        dir.path(),
-        "early",
-        vec![format!("/ip4/127.0.0.1/tcp/{port}")],
-    )
-    .await;
+    let port = free_port();
+    let early = start(dir.path(), "early", vec![tcp_on(port)]).await;
     // Its first dial fails: nobody listens there yet.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let late = Node::start_with_dht(
-        config(dir.path(), "late"),
-        DhtConfig {
-            listen: vec![format!("/ip4/127.0.0.1/tcp/{port}")],
-            ..DhtConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let late = start_listening_on(dir.path(), "late", port).await;
     early
         .wait_for_peers(1, Duration::from_secs(40))
         .await
@@ -392,9 +382,7 @@ async fn a_node_alone_dials_its_configured_peer_again_until_it_is_up() {
     late.wait_for_peers(1, Duration::from_secs(20))
         .await
         .unwrap();
-    for n in [early, late] {
-        n.stop().await.unwrap();
-    }
+    stop_all([early, late]).await;
 }
 
 /// A node whose Kademlia bootstrap node was down when it started (its dial failed, which takes
@@ -404,18 +392,9 @@ async fn a_node_alone_dials_its_configured_peer_again_until_it_is_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_alone_bootstraps_again_from_its_bootstrap_node_until_it_is_up() {
     let dir = tempfile::tempdir().unwrap();
-    // Below the kernel's ephemeral range: nothing else takes it while it is free.
-    let port = reserve_on(std::net::Ipv4Addr::LOCALHOST.into(), Transport::Dht)
-        .addr
-        .port();
-    let boot_dht = || DhtConfig {
-        listen: vec![format!("/ip4/127.0.0.1/tcp/{port}")],
-        ..DhtConfig::default()
-    };
+    let port = free_port();
     // The bootstrap node's address, with its peer id (kept in its data directory).
-    let boot = Node::start_with_dht(config(dir.path(), "boot"), boot_dht())
-        .await
-        .unwrap();
+    let boot = start_listening_on(dir.path(), "boot", port).await;
     let boot_addr = tcp_address(&boot).await;
     boot.stop().await.unwrap();
     // Its first bootstrap fails for certain: a stand-in takes the connection and drops it.
@@ -436,16 +415,12 @@ async fn a_node_alone_bootstraps_again_from_its_bootstrap_node_until_it_is_up() 
         .expect("the node never dialed its bootstrap node")
         .unwrap();
     drop((dialed, stand_in));
-    let boot = Node::start_with_dht(config(dir.path(), "boot"), boot_dht())
-        .await
-        .unwrap();
+    let boot = start_listening_on(dir.path(), "boot", port).await;
     early
         .wait_for_peers(1, Duration::from_secs(40))
         .await
         .unwrap();
-    for n in [early, boot] {
-        n.stop().await.unwrap();
-    }
+    stop_all([early, boot]).await;
 }
 
 /// Peers that lie about addresses. The third party they aim at is a TCP listener on
@@ -457,10 +432,12 @@ mod liars {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    use crabnet_core::Node;
     use futures::StreamExt;
     use libp2p::swarm::SwarmEvent;
-    use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, noise, tcp, yamux};
+    use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
 
+    use super::support::forge::tcp_swarm;
     use super::{start, tcp_address};
 
     /// What a lying peer runs: identify and Kademlia, so that the node takes it for one of its
@@ -538,36 +515,27 @@ mod liars {
     }
 
     fn liar() -> Swarm<Liar> {
-        let mut liar = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|key| {
-                let id = key.public().to_peer_id();
-                let mut config = kad::Config::new(libp2p::StreamProtocol::new(
-                    crabnet_core::network::KAD_PROTOCOL,
-                ));
-                // Room for every peer it makes up.
-                config.set_kbucket_size(std::num::NonZeroUsize::new(256).unwrap());
-                let mut kad =
-                    kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), config);
-                kad.set_mode(Some(kad::Mode::Server));
-                Liar {
-                    identify: identify::Behaviour::new(identify::Config::new(
-                        "/crabnet/1.0.0".into(),
-                        key.public(),
-                    )),
-                    kad,
-                    guard: DialsOnlyByAddress,
-                }
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+        let behaviour = |key: &libp2p::identity::Keypair| {
+            let id = key.public().to_peer_id();
+            let mut config = kad::Config::new(libp2p::StreamProtocol::new(
+                crabnet_core::network::KAD_PROTOCOL,
+            ));
+            // Room for every peer it makes up.
+            config.set_kbucket_size(std::num::NonZeroUsize::new(256).unwrap());
+            let mut kad = kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), config);
+            kad.set_mode(Some(kad::Mode::Server));
+            Liar {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/crabnet/1.0.0".into(),
+                    key.public(),
+                )),
+                kad,
+                guard: DialsOnlyByAddress,
+            }
+        };
+        let mut liar = tcp_swarm(behaviour, |c| {
+            c.with_idle_connection_timeout(Duration::from_secs(60))
+        });
         liar.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
             .unwrap();
         liar
@@ -602,6 +570,46 @@ mod liars {
         false
     }
 
+    /// Drives the liar's swarm for `d`, whatever happens meanwhile.
+    async fn drive_for(liar: &mut Swarm<Liar>, d: Duration) {
+        drive(liar, tokio::time::Instant::now() + d, |_| false).await;
+    }
+
+    /// What each test here sets up: a node, its TCP address, the third party and a liar (not
+    /// yet connected to the node).
+    struct Scene {
+        node: Node,
+        addr: Multiaddr,
+        /// The third party's port on 127.0.0.2.
+        port: u16,
+        /// How many connections the third party accepted.
+        knocks: Arc<AtomicUsize>,
+        liar: Swarm<Liar>,
+    }
+
+    impl Scene {
+        /// Starts node `n` in `dir`, the third party and the liar.
+        async fn new(dir: &std::path::Path) -> Scene {
+            let node = start(dir, "n", vec![]).await;
+            let addr = tcp_address(&node).await.parse().unwrap();
+            let (port, knocks) = third_party().await;
+            Scene {
+                node,
+                addr,
+                port,
+                knocks,
+                liar: liar(),
+            }
+        }
+
+        /// How many connections the third party accepted, once the liar's swarm was driven for
+        /// `settle` (time for any dial the node started meanwhile to arrive).
+        async fn knocks_after(&mut self, settle: Duration) -> usize {
+            drive_for(&mut self.liar, settle).await;
+            self.knocks.load(Ordering::SeqCst)
+        }
+    }
+
     /// Connects the liar to the node until the node has its identify message; the node's peer
     /// id.
     async fn identify_to(liar: &mut Swarm<Liar>, addr: &Multiaddr) -> PeerId {
@@ -629,12 +637,7 @@ mod liars {
         .await;
         assert!(sent, "the liar's identify message was never sent");
         // Time for the node to read it.
-        drive(
-            liar,
-            tokio::time::Instant::now() + Duration::from_secs(1),
-            |_| false,
-        )
-        .await;
+        drive_for(liar, Duration::from_secs(1)).await;
         node_peer.unwrap()
     }
 
@@ -648,26 +651,23 @@ mod liars {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_cannot_make_the_node_dial_an_address_on_another_host() {
         let dir = tempfile::tempdir().unwrap();
-        let node = start(dir.path(), "n", vec![]).await;
-        let addr: Multiaddr = tcp_address(&node).await.parse().unwrap();
-        let (port, knocks) = third_party().await;
-        let mut liar = liar();
-        let me = *liar.local_peer_id();
+        let mut s = Scene::new(dir.path()).await;
+        let (port, me) = (s.port, *s.liar.local_peer_id());
         for lie in [
             format!("/ip4/127.0.0.2/tcp/{port}"),
             format!("/ip4/127.0.0.2/tcp/{port}/p2p/{me}"),
         ] {
-            liar.add_external_address(lie.parse().unwrap());
+            s.liar.add_external_address(lie.parse().unwrap());
         }
         // Alone once the liar left, the node dials the peers of its routing table: the liar,
         // at its own address. (Tried a few times: on a loaded machine the liar may leave
         // before the node has read its message.)
         let mut dialed_back = false;
         for _ in 0..3 {
-            let node_peer = identify_to(&mut liar, &addr).await;
-            let _ = liar.disconnect_peer_id(node_peer);
+            let node_peer = identify_to(&mut s.liar, &s.addr).await;
+            let _ = s.liar.disconnect_peer_id(node_peer);
             dialed_back = drive(
-                &mut liar,
+                &mut s.liar,
                 tokio::time::Instant::now() + Duration::from_secs(15),
                 |event| {
                     matches!(event, SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. }
@@ -681,18 +681,12 @@ mod liars {
         }
         assert!(dialed_back, "the node never dialed the liar back");
         // Any dial of the other address went out at the same time.
-        drive(
-            &mut liar,
-            tokio::time::Instant::now() + Duration::from_secs(2),
-            |_| false,
-        )
-        .await;
         assert_eq!(
-            knocks.load(Ordering::SeqCst),
+            s.knocks_after(Duration::from_secs(2)).await,
             0,
             "the node dialed the address on 127.0.0.2 that the liar listed"
         );
-        node.stop().await.unwrap();
+        s.node.stop().await.unwrap();
     }
 
     /// A Kademlia query asks peers for the peers they know, with their addresses, and dials
@@ -703,38 +697,30 @@ mod liars {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_cannot_make_the_node_dial_a_third_party_through_its_kademlia_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let node = start(dir.path(), "n", vec![]).await;
-        let addr: Multiaddr = tcp_address(&node).await.parse().unwrap();
-        let (port, knocks) = third_party().await;
-        let mut liar = liar();
+        let mut s = Scene::new(dir.path()).await;
         for _ in 0..40 {
-            let third: Multiaddr = format!("/ip4/127.0.0.2/tcp/{port}").parse().unwrap();
-            liar.behaviour_mut()
+            let third: Multiaddr = format!("/ip4/127.0.0.2/tcp/{}", s.port).parse().unwrap();
+            s.liar
+                .behaviour_mut()
                 .kad
                 .add_address(&PeerId::random(), third);
         }
-        identify_to(&mut liar, &addr).await;
+        identify_to(&mut s.liar, &s.addr).await;
         // The node's Kademlia bootstraps on its own once it has a peer in its routing table,
         // and asks the liar.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut asked = false;
         while !asked && tokio::time::Instant::now() < deadline {
             let slice = tokio::time::Instant::now() + Duration::from_millis(50);
-            drive(&mut liar, slice.min(deadline), |_| false).await;
-            asked = knocks.load(Ordering::SeqCst) > 0;
+            drive(&mut s.liar, slice.min(deadline), |_| false).await;
+            asked = s.knocks.load(Ordering::SeqCst) > 0;
         }
         assert!(asked, "the node never dialed a peer of the liar's answer");
-        drive(
-            &mut liar,
-            tokio::time::Instant::now() + Duration::from_secs(3),
-            |_| false,
-        )
-        .await;
-        let got = knocks.load(Ordering::SeqCst);
+        let got = s.knocks_after(Duration::from_secs(3)).await;
         assert!(
             got <= crabnet_core::network::UNVERIFIED_DIALS_PER_NETWORK_PER_MINUTE,
             "the node dialed the third party {got} times"
         );
-        node.stop().await.unwrap();
+        s.node.stop().await.unwrap();
     }
 }

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::forge::{
-    config, counter, hello_announcing, identity, plain, seal, seed_message, start, udp_node,
-    wait_counter,
+    config, counter, dir_and_hub, frames_until, hello_announcing, identity, list_frame, next_frame,
+    seal, seed_message, start, start_with_wire, udp_node, wait_counter,
 };
 
 use crabnet_core::MemoryHub;
@@ -117,15 +117,11 @@ async fn a_hello_flood_gets_at_most_twice_its_bytes_back_and_only_to_its_source(
         .await
         .unwrap();
     let now = now_ms();
-    let list = crabnet_core::sync::Batch {
-        items: (100..110)
-            .map(|i| {
-                let r = Revocation::by_node(&identity(i, 0), now, now, [0; 32]).unwrap();
-                serde_bytes::ByteBuf::from(r.to_bytes().to_vec())
-            })
-            .collect(),
-    };
-    let revocations = plain(&mallory, Kind::Revocations, &envelope::encode_hello(&list));
+    let items = (100..110).map(|i| {
+        let r = Revocation::by_node(&identity(i, 0), now, now, [0; 32]).unwrap();
+        r.to_bytes().to_vec()
+    });
+    let revocations = list_frame(&mallory, Kind::Revocations, items);
     flooder.send_to(&revocations, addr).unwrap();
     wait_counter(&node, "trust.revocations_added", 10).await;
     let answered_before = counter(&node, "hellos.answer_bytes").await;
@@ -258,8 +254,7 @@ async fn forgeries_from_a_peers_own_address_cannot_keep_its_next_frame_out() {
 /// then Alice her real seed signed with keys she rotated to, then the rotation: the seed is
 /// applied, and `evicted` held frames were pushed out on the way.
 async fn alices_seed_survives_forgeries(from_alices_address: bool, evicted: u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let node = start(config(dir.path(), "victim"), &hub).await;
     let mut alice_wire = hub.join("alice");
     let mut mallory_wire = hub.join("mallory");
@@ -280,14 +275,11 @@ async fn alices_seed_survives_forgeries(from_alices_address: bool, evicted: u64)
     };
     forge_in_name_of(&node, forger, &mallory_as_alice).await;
     let real = send_real(&node, &mut alice_wire, &alice2).await;
-    let list = crabnet_core::sync::Batch {
-        items: vec![serde_bytes::ByteBuf::from(rotation.to_bytes().to_vec())],
-    };
     alice_wire
-        .broadcast(&plain(
+        .broadcast(&list_frame(
             &alice,
             Kind::KeyRotations,
-            &envelope::encode_hello(&list),
+            [rotation.to_bytes()],
         ))
         .unwrap();
     wait_counter(&node, "trust.rotations_added", 1).await;
@@ -316,19 +308,22 @@ async fn lists_sent_to_a_newcomer(hub: &MemoryHub, tag: u32, kind: Kind) -> Vec<
             vec![format!("memory:{name}")],
         ))
         .unwrap();
-    let mut lists = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(2);
-    while let Ok(Some(frame)) = tokio::time::timeout(
-        deadline.saturating_duration_since(Instant::now()),
-        crabnet_core::network::recv(&mut probe),
-    )
-    .await
-    {
-        if kind_of(&frame.bytes) == Some(kind) {
-            lists.push(frame.bytes);
-        }
-    }
+    let mut lists = frames_until(&mut probe, deadline).await;
+    lists.retain(|frame| kind_of(frame) == Some(kind));
     lists
+}
+
+/// How long the hello `parsed` is fresh for, if it is a hello of `node` signed at `since` or
+/// later.
+fn own_hello_ttl(
+    parsed: &envelope::Parsed<'_>,
+    node: &crabnet_core::Node,
+    since: u64,
+) -> Option<u32> {
+    let h = &parsed.header;
+    (h.kind == Kind::NodeHello && &h.sender == node.id() && h.timestamp >= since)
+        .then_some(h.ttl_secs)
 }
 
 fn carries(lists: &[Vec<u8>], r: &Rotation) -> bool {
@@ -348,14 +343,12 @@ fn carries_bytes(lists: &[Vec<u8>], needle: &[u8]) -> bool {
 /// messages by sync may need it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_chains_of_evicted_strangers_are_pruned() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut c = config(dir.path(), "n");
     c.network.max_peers = 3;
     c.network.hello_interval_secs = 1;
     c.retention.interval_secs = 1;
-    let node = start(c, &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(c, &hub).await;
     let (stranger, author) = (identity(0x31, 1), identity(0x32, 1));
     let now = now_ms();
     let mut rotations = Vec::new();
@@ -370,18 +363,9 @@ async fn rotation_chains_of_evicted_strangers_are_pruned() {
     node.wait_for_peers(2, Duration::from_secs(20))
         .await
         .unwrap();
-    let list = crabnet_core::sync::Batch {
-        items: rotations
-            .iter()
-            .map(|(r, _)| serde_bytes::ByteBuf::from(r.to_bytes().to_vec()))
-            .collect(),
-    };
-    wire.broadcast(&plain(
-        &stranger,
-        Kind::KeyRotations,
-        &envelope::encode_hello(&list),
-    ))
-    .unwrap();
+    let items = rotations.iter().map(|(r, _)| r.to_bytes());
+    wire.broadcast(&list_frame(&stranger, Kind::KeyRotations, items))
+        .unwrap();
     wait_counter(&node, "trust.rotations_added", 2).await;
     // The author publishes with its new keys: the node stores its message.
     let (author_rotation, author2) = &rotations[1];
@@ -482,8 +466,7 @@ async fn send_real(
 /// hello is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgeries_for_an_unknown_sender_cannot_keep_its_real_frame_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let node = start(config(dir.path(), "victim"), &hub).await;
     let mut bob_wire = hub.join("bob");
     let bob = identity(0x21, 1);
@@ -514,14 +497,12 @@ async fn forgeries_for_an_unknown_sender_cannot_keep_its_real_frame_out() {
 async fn self_revocations_of_throwaway_identities_are_capped_and_not_sent_on() {
     const CAP: usize = 8;
     const STRANGERS: usize = 40;
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut c = config(dir.path(), "n");
     c.network.hello_interval_secs = 1;
     c.retention.interval_secs = 1;
     c.trust.max_stranger_revocations = CAP as u64;
-    let node = start(c, &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(c, &hub).await;
     let (mallory, peer) = (identity(0x71, 1), identity(0x72, 1));
     for id in [&mallory, &peer] {
         wire.broadcast(&hello_announcing(id, vec![])).unwrap();
@@ -534,7 +515,7 @@ async fn self_revocations_of_throwaway_identities_are_capped_and_not_sent_on() {
     let throwaway: Vec<Identity> = (0..STRANGERS as u32)
         .map(|i| identity(0x1000 + i, 1))
         .collect();
-    let mut items = vec![serde_bytes::ByteBuf::from(of_peer.to_bytes().to_vec())];
+    let mut items = vec![of_peer.to_bytes().to_vec()];
     let mut strangers = Vec::new();
     for id in &throwaway {
         let r = Revocation::by_node(id, now, now, [0; 32]).unwrap();
@@ -542,16 +523,9 @@ async fn self_revocations_of_throwaway_identities_are_capped_and_not_sent_on() {
     }
     // In two lists, the second one later: its revocations are the newest.
     for half in strangers.chunks(STRANGERS / 2) {
-        items.extend(half.iter().map(|b| serde_bytes::ByteBuf::from(b.clone())));
-        let list = crabnet_core::sync::Batch {
-            items: std::mem::take(&mut items),
-        };
-        wire.broadcast(&plain(
-            &mallory,
-            Kind::Revocations,
-            &envelope::encode_hello(&list),
-        ))
-        .unwrap();
+        items.extend(half.iter().cloned());
+        let frame = list_frame(&mallory, Kind::Revocations, std::mem::take(&mut items));
+        wire.broadcast(&frame).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_counter(&node, "trust.revocations_added", 1 + STRANGERS as u64).await;
@@ -660,8 +634,7 @@ async fn an_unchanged_hello_is_verified_but_not_written() {
     c.network.tick_ms = 60_000;
     let data_dir = c.data_dir.clone();
     let db = c.db_path();
-    let node = start(c, &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(c, &hub).await;
     let alice = identity(0x13, 1);
     wire.broadcast(&support::forge::hello(&alice)).unwrap();
     wait_counter(&node, "hellos.accepted", 1).await;
@@ -722,8 +695,7 @@ async fn routine_counters_do_not_make_an_idle_node_write_on_every_tick() {
     let (dir, hub) = support::forge::dir_and_hub();
     let c = config(dir.path(), "n");
     let data_dir = c.data_dir.clone();
-    let node = start(c, &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(c, &hub).await;
     let alice = identity(0x15, 1);
     wire.broadcast(&support::forge::hello(&alice)).unwrap();
     wait_counter(&node, "hellos.accepted", 1).await;
@@ -761,8 +733,7 @@ async fn identities_never_heard_again_do_not_stretch_the_hello_interval() {
     let mut c = config(dir.path(), "n");
     c.network.hello_interval_secs = 1;
     c.network.hellos_per_interval = 2;
-    let node = start(c, &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(c, &hub).await;
     // Twenty identities: ten times `hellos_per_interval`, the largest stretch.
     for tag in 0x70..0x84 {
         wire.broadcast(&hello_announcing(&identity(tag, 1), vec![]))
@@ -777,18 +748,11 @@ async fn identities_never_heard_again_do_not_stretch_the_hello_interval() {
     let mut ttls = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while ttls.len() < 2 {
-        let frame = tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            crabnet_core::network::recv(&mut wire),
-        )
-        .await
-        .expect("no periodic hello in 30 s")
-        .unwrap();
-        let parsed = envelope::parse(&frame.bytes, MAX_ENVELOPE_BYTES).unwrap();
-        let h = &parsed.header;
-        if h.kind == Kind::NodeHello && &h.sender == node.id() && h.timestamp >= since {
-            ttls.push(h.ttl_secs);
-        }
+        let what = "no periodic hello in 30 s";
+        let ttl = next_frame(&mut wire, deadline, what, |p| {
+            own_hello_ttl(p, &node, since)
+        });
+        ttls.push(ttl.await);
     }
     assert_eq!(ttls, [4, 4], "the hello interval was stretched");
     assert_eq!(node.hello_interval(), Duration::from_secs(1));
@@ -803,13 +767,11 @@ async fn identities_never_heard_again_do_not_stretch_the_hello_interval() {
 /// after its first hello (see `identities_never_heard_again_do_not_stretch_the_hello_interval`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_interval_grows_with_the_network() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut c = config(dir.path(), "n");
     c.network.hello_interval_secs = 1;
     c.network.hellos_per_interval = 2;
-    let node = start(c, &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(c, &hub).await;
     assert_eq!(node.hello_interval(), Duration::from_secs(1));
     let peers: Vec<Identity> = (0x60..0x66).map(|tag| identity(tag, 1)).collect();
     let mut from_peers = hub.join("peers");
@@ -839,20 +801,18 @@ async fn hello_interval_grows_with_the_network() {
     }
     // Hellos signed during 7.5 s: 2 or 3 (one per 3 s), not 7 (one per second).
     let since = now_ms();
-    let mut hellos = Vec::new();
     let deadline = Instant::now() + Duration::from_millis(7_500);
-    while let Ok(Some(frame)) = tokio::time::timeout(
-        deadline.saturating_duration_since(Instant::now()),
-        crabnet_core::network::recv(&mut wire),
-    )
-    .await
-    {
-        let parsed = envelope::parse(&frame.bytes, MAX_ENVELOPE_BYTES).unwrap();
-        let h = &parsed.header;
-        if h.kind == Kind::NodeHello && &h.sender == node.id() && h.timestamp >= since {
-            hellos.push(h.ttl_secs);
-        }
-    }
+    let hellos: Vec<u32> = frames_until(&mut wire, deadline)
+        .await
+        .iter()
+        .filter_map(|f| {
+            own_hello_ttl(
+                &envelope::parse(f, MAX_ENVELOPE_BYTES).unwrap(),
+                &node,
+                since,
+            )
+        })
+        .collect();
     assert!(
         (2..=3).contains(&hellos.len()),
         "{} hellos in 7.5 s at a 3 s interval",

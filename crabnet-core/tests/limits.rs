@@ -11,13 +11,15 @@ mod support;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use support::forge::{
-    counter, hello, identity, plain, seal, seed_message, start, udp_node, wait_counter,
+    counter, dir_and_hub, hello, identity, loopback_udp, next_frame, plain, seal, seed_message,
+    start, start_with_wire, stop_all, udp_node, wait_counter, wait_while_missing,
 };
 
 use crabnet_core::clock::now_ms;
 use crabnet_core::envelope::{self, Kind, MAX_ENVELOPE_BYTES};
+use crabnet_core::identity::Identity;
 use crabnet_core::network::{UdpConfig, UdpTransport};
-use crabnet_core::{Config, EventKind, MemoryHub, Node, PublishRequest};
+use crabnet_core::{Config, EventKind, Node, PublishRequest};
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
     let mut c = support::forge::config(dir, name);
@@ -25,18 +27,36 @@ fn config(dir: &std::path::Path, name: &str) -> Config {
     c
 }
 
+/// How long the waits here pause between two looks.
+const PAUSE: Duration = Duration::from_millis(20);
+
 fn socket() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").unwrap()
 }
 
-/// Sends `frame` `n` times, pausing now and then so the receive buffer never overflows.
-fn send_paced(sock: &UdpSocket, to: SocketAddr, frame: &[u8], n: usize) {
-    for i in 0..n {
-        sock.send_to(frame, to).unwrap();
+/// Sends every frame of `frames`, pausing now and then so the receive buffer never overflows.
+fn send_paced(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    frames: impl IntoIterator<Item = impl AsRef<[u8]>>,
+) {
+    for (i, frame) in frames.into_iter().enumerate() {
+        sock.send_to(frame.as_ref(), to).unwrap();
         if i % 16 == 15 {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// A fresh socket from which `id` said hello to `node` at `addr`, returned once `node` has
+/// `peers` peers (20 s at most).
+async fn said_hello(node: &Node, addr: SocketAddr, id: &Identity, peers: usize) -> UdpSocket {
+    let sock = socket();
+    sock.send_to(&hello(id), addr).unwrap();
+    node.wait_for_peers(peers, Duration::from_secs(20))
+        .await
+        .unwrap();
+    sock
 }
 
 async fn rejection_events(node: &Node, reason: &str) -> Vec<EventKind> {
@@ -67,7 +87,7 @@ async fn sources_and_senders_over_their_rate_are_limited_in_memory() {
     let frame = hello(&identity(1, 0));
     let flooder = socket();
     let started = Instant::now();
-    send_paced(&flooder, addr, &frame, 200);
+    send_paced(&flooder, addr, std::iter::repeat_n(&frame, 200));
     let passed = 10 + started.elapsed().as_secs() + 2;
     wait_counter(&node, "rejected.rate_limited", 200 - passed).await;
     assert_eq!(node.peers().await.unwrap().len(), 1);
@@ -75,11 +95,7 @@ async fn sources_and_senders_over_their_rate_are_limited_in_memory() {
     // Another identity's 200 distinct seeds from 100 sources, 2 each: the sources are within
     // their rate, the (authenticated) sender is not.
     let bob = identity(2, 0);
-    let bob_sock = socket();
-    bob_sock.send_to(&hello(&bob), addr).unwrap();
-    node.wait_for_peers(2, Duration::from_secs(20))
-        .await
-        .unwrap();
+    let _bob_sock = said_hello(&node, addr, &bob, 2).await;
     let before = counter(&node, "rejected.rate_limited").await;
     let started = Instant::now();
     for i in 0..100 {
@@ -104,78 +120,80 @@ async fn sources_and_senders_over_their_rate_are_limited_in_memory() {
     node.stop().await.unwrap();
 }
 
+/// The scene of the attacks on a peer's sender budget: a node on UDP whose senders may each
+/// send 20 frames at once (and 1 more a second), and Alice, admitted from her own socket.
+struct AliceAndBudget {
+    node: Node,
+    addr: SocketAddr,
+    alice: Identity,
+    alice_sock: UdpSocket,
+    /// Last: dropped after the node, also when a check fails.
+    _dir: tempfile::TempDir,
+}
+
+impl AliceAndBudget {
+    /// Starts the node and admits Alice (identity `alice_tag`, key epoch 1).
+    async fn start(alice_tag: u32) -> AliceAndBudget {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), "n");
+        c.network.sender_rate_per_sec = 1;
+        c.network.sender_burst = 20;
+        let (node, addr) = udp_node(c, vec![]).await;
+        let alice = identity(alice_tag, 1);
+        let alice_sock = said_hello(&node, addr, &alice, 1).await;
+        AliceAndBudget {
+            node,
+            addr,
+            alice,
+            alice_sock,
+            _dir: dir,
+        }
+    }
+
+    /// Mallory (identity `tag` of key epoch `epoch`) claiming Alice's node id.
+    fn mallory(&self, tag: u32, epoch: u32) -> Identity {
+        identity(tag, epoch).with_node_id(self.alice.node_id().clone())
+    }
+
+    /// Alice sends 10 real seeds from her own socket; all 10 must be applied (her sender budget
+    /// was not used up by the forgeries before). Then the node stops.
+    async fn check_ten_seeds_apply_and_stop(self) {
+        for i in 0..10 {
+            let m = seed_message(&self.alice, 1_000 + i, now_ms());
+            let frame = seal(&self.alice, &m, 60);
+            self.alice_sock.send_to(&frame, self.addr).unwrap();
+        }
+        let node = &self.node;
+        wait_while_missing(node, Duration::from_secs(20), PAUSE, || async move {
+            let n = node.seeds(None).await.unwrap().len();
+            (n != 10).then(|| format!("{n} of Alice's 10 seeds applied"))
+        })
+        .await;
+        self.node.stop().await.unwrap();
+    }
+}
+
 /// The claimed sender's budget is charged only once the frame's signatures verified with the
 /// sender's keys: Mallory's 200 frames in Alice's name (signed with other keys) leave it whole,
 /// and Alice's 10 real seeds that follow are all applied. Before, the budget was charged on
 /// the header's claim, so anyone could use up a peer's budget and silence it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgeries_in_a_peers_name_do_not_use_up_its_sender_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path(), "n");
-    c.network.sender_rate_per_sec = 1;
-    c.network.sender_burst = 20;
-    let (node, addr) = udp_node(c, vec![]).await;
-    let alice = identity(0x21, 1);
-    let alice_sock = socket();
-    alice_sock.send_to(&hello(&alice), addr).unwrap();
-    node.wait_for_peers(1, Duration::from_secs(20))
-        .await
-        .unwrap();
-
-    let mallory = identity(0x66, 1).with_node_id(alice.node_id().clone());
+    let scene = AliceAndBudget::start(0x21).await;
+    let mallory = scene.mallory(0x66, 1);
     let mallory_sock = socket();
-    for i in 0..200 {
-        let m = seed_message(&mallory, i + 1, now_ms());
-        mallory_sock.send_to(&seal(&mallory, &m, 60), addr).unwrap();
-        if i % 16 == 15 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
+    let forgeries = (0..200).map(|i| seal(&mallory, &seed_message(&mallory, i + 1, now_ms()), 60));
+    send_paced(&mallory_sock, scene.addr, forgeries);
     // Every forgery is accounted for: refused by the rate limit, or held (8 slots for a source
     // that is not Alice's address) and pushed out by the next.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let done = counter(&node, "rejected.rate_limited").await
-            + counter(&node, "messages.held_evicted").await;
-        if done >= 192 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "forgeries accounted: {done} of 192"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    all_ten_seeds_apply(&node, &alice, &alice_sock, addr).await;
-    node.stop().await.unwrap();
-}
-
-/// Alice sends 10 real seeds from her own socket; all 10 must be applied (her sender budget
-/// was not used up by the forgeries before).
-async fn all_ten_seeds_apply(
-    node: &crabnet_core::Node,
-    alice: &crabnet_core::identity::Identity,
-    alice_sock: &std::net::UdpSocket,
-    addr: std::net::SocketAddr,
-) {
-    for i in 0..10 {
-        let m = seed_message(alice, 1_000 + i, now_ms());
-        alice_sock.send_to(&seal(alice, &m, 60), addr).unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let n = node.seeds(None).await.unwrap().len();
-        if n == 10 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} of Alice's 10 seeds applied: {:?}",
-            node.overview().await.unwrap().counters
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let node = &scene.node;
+    wait_while_missing(node, Duration::from_secs(30), PAUSE, || async move {
+        let done = counter(node, "rejected.rate_limited").await
+            + counter(node, "messages.held_evicted").await;
+        (done < 192).then(|| format!("forgeries accounted: {done} of 192"))
+    })
+    .await;
+    scene.check_ten_seeds_apply_and_stop().await;
 }
 
 /// The same attack with hellos: hellos of key epoch 2 naming Alice's id, signed by Mallory's
@@ -184,54 +202,29 @@ async fn all_ten_seeds_apply(
 /// budget and her 10 real seeds that followed were refused as rate-limited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_hellos_forged_in_a_peers_name_do_not_use_up_its_sender_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path(), "n");
-    c.network.sender_rate_per_sec = 1;
-    c.network.sender_burst = 20;
-    let (node, addr) = udp_node(c, vec![]).await;
-    let alice = identity(0x22, 1);
-    let alice_sock = socket();
-    alice_sock.send_to(&hello(&alice), addr).unwrap();
-    node.wait_for_peers(1, Duration::from_secs(20))
-        .await
-        .unwrap();
-
-    let mallory = identity(0x67, 2).with_node_id(alice.node_id().clone());
+    let scene = AliceAndBudget::start(0x22).await;
+    let mallory = scene.mallory(0x67, 2);
     let mallory_sock = socket();
-    for i in 0..60 {
-        mallory_sock.send_to(&hello(&mallory), addr).unwrap();
-        if i % 16 == 15 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    send_paced(&mallory_sock, scene.addr, (0..60).map(|_| hello(&mallory)));
+    let node = &scene.node;
+    wait_while_missing(node, Duration::from_secs(30), PAUSE, || async move {
         let counters = node.overview().await.unwrap().counters;
         let refused: u64 = counters
             .iter()
             .filter(|(k, _)| k.starts_with("rejected."))
             .map(|(_, n)| n)
             .sum();
-        if refused >= 60 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "forged hellos accounted: {refused} of 60"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    all_ten_seeds_apply(&node, &alice, &alice_sock, addr).await;
-    node.stop().await.unwrap();
+        (refused < 60).then(|| format!("forged hellos accounted: {refused} of 60"))
+    })
+    .await;
+    scene.check_ten_seeds_apply_and_stop().await;
 }
 
 /// A sync batch is one frame for the rate limits, however many envelopes it carries: a late
 /// joiner with tight limits still receives 40 seeds from one peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_batch_of_many_envelopes_is_not_limited_as_many_frames() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut ca = config(dir.path(), "a");
     ca.network.sync_interval_secs = 1;
     let a = start(ca, &hub).await;
@@ -249,22 +242,13 @@ async fn a_sync_batch_of_many_envelopes_is_not_limited_as_many_frames() {
     cb.network.sender_rate_per_sec = 3;
     cb.network.sender_burst = 5;
     let b = start(cb, &hub).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = b.seeds(None).await.unwrap().len();
-        if n == 40 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the late joiner holds {n} of 40 seeds: {:?}",
-            b.overview().await.unwrap().counters
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for n in [a, b] {
-        n.stop().await.unwrap();
-    }
+    let (late, within, pause) = (&b, Duration::from_secs(30), Duration::from_millis(50));
+    wait_while_missing(late, within, pause, || async move {
+        let n = late.seeds(None).await.unwrap().len();
+        (n != 40).then(|| format!("the late joiner holds {n} of 40 seeds"))
+    })
+    .await;
+    stop_all([a, b]).await;
 }
 
 /// Reads datagrams until `quiet` passes without one; returns them.
@@ -314,11 +298,7 @@ async fn sync_answers_go_to_the_requester_only_within_twice_its_digests() {
     publish_many(&node, 1000).await;
 
     let mallory = identity(7, 0);
-    let sock = socket();
-    sock.send_to(&hello(&mallory), addr).unwrap();
-    node.wait_for_peers(1, Duration::from_secs(20))
-        .await
-        .unwrap();
+    let sock = said_hello(&node, addr, &mallory, 1).await;
     drain(&sock, Duration::from_millis(300));
     drain(&bystander, Duration::from_millis(300));
 
@@ -362,17 +342,11 @@ async fn next_domain_lamport(
     node: &Node,
 ) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let frame = tokio::time::timeout(left, crabnet_core::network::recv(wire))
-            .await
-            .expect("the node sends its message")
-            .unwrap();
-        let parsed = envelope::parse(&frame.bytes, MAX_ENVELOPE_BYTES).unwrap();
-        if matches!(parsed.header.kind, Kind::Domain(_)) && &parsed.header.sender == node.id() {
-            return parsed.header.lamport;
-        }
-    }
+    next_frame(wire, deadline, "the node sends its message", |parsed| {
+        let h = &parsed.header;
+        (matches!(h.kind, Kind::Domain(_)) && &h.sender == node.id()).then_some(h.lamport)
+    })
+    .await
 }
 
 /// One validly signed message with the Lamport counter 2^64 - 1 used to pin the receiver's
@@ -380,10 +354,8 @@ async fn next_domain_lamport(
 /// clock stays, and counters within the window still move it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_far_ahead_is_rejected_and_does_not_move_the_clock() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
-    let node = start(config(dir.path(), "n"), &hub).await;
-    let mut wire = hub.join("wire");
+    let (dir, hub) = dir_and_hub();
+    let (node, mut wire) = start_with_wire(config(dir.path(), "n"), &hub).await;
     let mallory = identity(9, 0);
     crabnet_core::network::Transport::broadcast(&mut wire, &hello(&mallory)).unwrap();
     node.wait_for_peers(1, Duration::from_secs(20))
@@ -418,18 +390,9 @@ fn hellos(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
 }
 
 async fn overview_peers(addr: SocketAddr) -> usize {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!("GET /api/overview HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw))
-        .await
-        .expect("the response ends")
-        .unwrap();
-    let raw = String::from_utf8_lossy(&raw);
-    let (_, body) = raw.split_once("\r\n\r\n").unwrap();
-    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    let (_, _, body) = support::http::http(addr, &head).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     json["peers"].as_array().expect("a peer list").len()
 }
 
@@ -440,12 +403,7 @@ async fn overview_peers(addr: SocketAddr) -> usize {
 async fn a_thousand_strangers_leave_the_peer_table_within_its_cap_and_a_real_peer_gets_in() {
     const CAP: usize = 100;
     let dir = tempfile::tempdir().unwrap();
-    let real_udp = UdpTransport::bind(UdpConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        peers: vec![],
-        broadcast: None,
-    })
-    .unwrap();
+    let real_udp = loopback_udp(vec![]);
     let real_addr = real_udp.local_addr().unwrap();
     let mut c = config(dir.path(), "n");
     c.network.max_peers = CAP;
@@ -467,20 +425,14 @@ async fn a_thousand_strangers_leave_the_peer_table_within_its_cap_and_a_real_pee
             sock.send_to(f, addr).unwrap();
         }
         let want = ((round + 1) * 50) as u64;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let (node, within) = (&node, Duration::from_secs(30));
+        wait_while_missing(node, within, Duration::from_millis(10), || async move {
             let c = node.overview().await.unwrap().counters;
             let handled = c.get("hellos.accepted").copied().unwrap_or(0)
                 + c.get("peers.refused").copied().unwrap_or(0);
-            if handled >= want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{handled} of {want} hellos handled: {c:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            (handled < want).then(|| format!("{handled} of {want} hellos handled"))
+        })
+        .await;
         assert!(node.peers().await.unwrap().len() <= CAP);
     }
     assert!(node.peers().await.unwrap().len() <= CAP);
@@ -523,9 +475,7 @@ async fn a_thousand_strangers_leave_the_peer_table_within_its_cap_and_a_real_pee
     }
     assert!(node.peers().await.unwrap().len() <= CAP);
     assert!(overview_peers(web.local_addr()).await <= CAP);
-    for n in [real, node] {
-        n.stop().await.unwrap();
-    }
+    stop_all([real, node]).await;
 }
 
 /// A garbage flood from one local sender, as fast as it can send, for a few seconds: the node
@@ -595,12 +545,7 @@ async fn a_garbage_flood_costs_no_transactions_and_a_real_peer_is_still_heard() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_udp_transport_reads_what_waits_and_counts_what_the_kernel_dropped() {
     use crabnet_core::network::{self, Transport};
-    let mut transport = UdpTransport::bind(UdpConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        peers: vec![],
-        broadcast: None,
-    })
-    .unwrap();
+    let mut transport = loopback_udp(vec![]);
     let to = transport.local_addr().unwrap();
     let sender = socket();
     // Far more than the 4 MiB receive buffer holds, sent before the node reads any.
@@ -635,6 +580,13 @@ async fn a_udp_transport_reads_what_waits_and_counts_what_the_kernel_dropped() {
     );
 }
 
+/// A node driven by the test (no network: the test hands it frames), with `c`, on a clock that
+/// stands still unless the test moves it.
+async fn driven_node(c: Config) -> crabnet_core::node::Driven {
+    let clock = std::sync::Arc::new(crabnet_core::clock::ManualClock::new(now_ms()));
+    crabnet_core::node::Driven::start(c, clock).await.unwrap()
+}
+
 /// Attack: a flooder outside loopback sends each frame from a new UDP port (or a new address
 /// of its IPv6 /64). Buckets kept per address and port gave every port a fresh burst, so
 /// `network.source_rate_per_sec` limited nobody who can open sockets. A source's bucket is
@@ -644,16 +596,12 @@ async fn a_udp_transport_reads_what_waits_and_counts_what_the_kernel_dropped() {
 /// addresses tests must not send from), at one instant of its clock (no token comes back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_changing_ports_shares_one_rate_limit_bucket() {
-    use crabnet_core::clock::ManualClock;
-    use crabnet_core::node::Driven;
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path(), "n");
     c.network.source_rate_per_sec = 1;
     c.network.source_burst = 5;
     c.network.peer_address_exempt = vec!["203.0.113.50".parse().unwrap()];
-    let driven = Driven::start(c, std::sync::Arc::new(ManualClock::new(now_ms())))
-        .await
-        .unwrap();
+    let driven = driven_node(c).await;
     let frame = hello(&identity(0x51, 0));
     let limited = |froms: Vec<String>| {
         let driven = driven.clone();
@@ -703,14 +651,10 @@ async fn a_source_changing_ports_shares_one_rate_limit_bucket() {
 /// source is its IP address, so that host gets `hello_answer_source_burst` answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hellos_from_many_ports_of_one_address_get_one_sources_answers() {
-    use crabnet_core::clock::ManualClock;
-    use crabnet_core::node::Driven;
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path(), "n");
     c.network.hello_answer_source_burst = 4;
-    let driven = Driven::start(c, std::sync::Arc::new(ManualClock::new(now_ms())))
-        .await
-        .unwrap();
+    let driven = driven_node(c).await;
     let d = driven.clone();
     let answered = tokio::task::spawn_blocking(move || {
         (0..12u32)

@@ -84,10 +84,8 @@ fn reserved_ports_lie_below_the_ephemeral_range_and_are_never_handed_out_twice()
 /// claims and runs, the publisher settles, and all four end with the same state digest.
 #[test]
 fn four_nodes_full_lifecycle_converge() {
-    let mut net = Net::new(4);
+    let mut net = Net::udp_mesh(4);
     let all = [0, 1, 2, 3];
-    net.start_mesh(&all, &all);
-    net.wait_mesh(&all);
     auction_of_four(&net, 0, [(1, 30), (2, 10), (3, 20)], "mesh-e2e", |_, _| {});
     net.assert_alive(&all);
 }
@@ -123,10 +121,8 @@ fn late_joiner_converges_by_sync() {
 /// claim is refused; node 2 claims, runs, and node 0 settles.
 #[test]
 fn unclaimed_award_is_reassigned_across_three_processes() {
-    let mut net = Net::new(3);
+    let mut net = Net::udp_mesh(3);
     let all = [0, 1, 2];
-    net.start_mesh(&all, &all);
-    net.wait_mesh(&all);
     let seed = net.publish_with(0, "echo reawarded", 2, &["--claim-window", "2"]);
     net.bid(1, &seed, 10);
     net.bid(2, &seed, 20);
@@ -159,10 +155,8 @@ fn unclaimed_award_is_reassigned_across_three_processes() {
 /// restarts and heals by sync ([`crash_restart_heal`]).
 #[test]
 fn sigkilled_node_restarts_and_heals_by_sync() {
-    let mut net = Net::new(4);
+    let mut net = Net::udp_mesh(4);
     let all = [0, 1, 2, 3];
-    net.start_mesh(&all, &all);
-    net.wait_mesh(&all);
     crash_restart_heal(&mut net, "");
     net.assert_alive(&all);
 }

@@ -138,9 +138,7 @@ fn dht_star_of_four_full_lifecycle_converges() {
 fn dht_late_joiner_dialing_one_node_converges_by_sync() {
     let mut net = Net::dht(4);
     let all = [0, 1, 2, 3];
-    net.start(0, &[]);
-    net.start(1, &[0]);
-    net.start(2, &[0]);
+    net.start_star(&[1, 2]);
     net.wait_mesh(&[0, 1, 2]);
 
     let before = before_late_joiner(&net, "dht-");
@@ -181,10 +179,7 @@ fn dht_late_joiner_dialing_one_node_converges_by_sync() {
 fn dht_sigkilled_bidder_restarts_and_keeps_its_bids() {
     let mut net = Net::dht(4);
     let all = [0, 1, 2, 3];
-    net.start(0, &[]);
-    for i in [1, 2, 3] {
-        net.start(i, &[0]);
-    }
+    net.start_star(&[1, 2, 3]);
     net.wait_mesh(&all);
     crash_restart_heal(&mut net, "dht-");
     let st = net.status(1);
@@ -278,11 +273,7 @@ fn dht_udp_fallback_carries_traffic_to_a_udp_only_node() {
     net.wait_seed(u, &seed, "receives the seed over the UDP fallback", |_| {
         true
     });
-    net.bid(u, &seed, 9);
-    net.wait_award(d, &seed, u, 9);
-    net.wait_award(u, &seed, u, 9);
-    net.claim_and_run(u, &seed);
-    net.complete_and_settle(d, &seed, &[d, u]);
+    net.auction_to_settlement(d, &seed, &[(u, 9)], (u, 9), &[d, u]);
     net.wait_converged(&[d, u], "over the UDP fallback");
     let v = net.assert_same_view(&[d, u], &seed);
     assert_eq!(v["result"]["output_sha256"], sha256_hex(b"dht-fallback\n"));
@@ -349,11 +340,7 @@ fn dht_falls_back_to_udp_when_libp2p_cannot_start() {
     net.wait_peers(u, &[d]);
     net.wait_peers(d, &[u]);
     let seed = net.publish(d, "echo dht-no-libp2p", 1);
-    net.bid(u, &seed, 4);
-    net.wait_award(d, &seed, u, 4);
-    net.wait_award(u, &seed, u, 4);
-    net.claim_and_run(u, &seed);
-    net.complete_and_settle(d, &seed, &[d, u]);
+    net.auction_to_settlement(d, &seed, &[(u, 4)], (u, 4), &[d, u]);
     net.wait_converged(&[d, u], "over the UDP fallback");
     net.assert_alive(&[d, u]);
 

@@ -11,7 +11,7 @@ use crabnet_core::network::Transport;
 use crabnet_core::{
     BlockingNode, ErrorKind, EventKind, MemoryHub, Node, PublishRequest, SeedStatus, SeedView,
 };
-use support::forge::{config, dir_and_hub, mesh, start, wait_view};
+use support::forge::{config, dir_and_hub, mesh, publish_for_bids, start, wait_view};
 use support::pair::Pair;
 
 async fn wait_for(node: &Node, id: &SeedId, what: &str, f: impl Fn(&SeedView) -> bool) -> SeedView {
@@ -238,13 +238,7 @@ async fn local_errors_are_typed_and_change_nothing() {
         "{err}"
     );
 
-    let seed = node
-        .publish(PublishRequest {
-            max_bids: 2,
-            ..PublishRequest::new("true")
-        })
-        .await
-        .unwrap();
+    let seed = publish_for_bids(node, "true", 2).await;
     let id = seed.seed.id.clone();
     wait_for(runner, &id, "the seed", |_| true).await;
     let before = [
@@ -350,25 +344,17 @@ async fn bidding_expires_without_bids_and_the_event_log_is_written() {
     assert!(v.award.unwrap().winner.is_none());
     node.stop().await.unwrap();
     let log = std::fs::read_to_string(dir.path().join("e/events.ndjson")).unwrap();
-    let kinds: Vec<String> = log
+    let logged: Vec<serde_json::Value> = log
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<String> = logged
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
         .collect();
     assert!(kinds.contains(&"seed_published".to_owned()), "{kinds:?}");
     assert!(kinds.contains(&"bidding_closed".to_owned()), "{kinds:?}");
-    let seqs: Vec<u64> = log
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let seqs: Vec<u64> = logged.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
         "log has gaps or duplicates: {seqs:?}"

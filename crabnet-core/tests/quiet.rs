@@ -99,8 +99,7 @@ fn healthy_run(mut net: Net, linger: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_before_its_authors_hello_is_applied_when_the_hello_arrives() {
     let (dir, hub) = forge::dir_and_hub();
-    let node = forge::start(forge::config(dir.path(), "n"), &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = forge::start_with_wire(forge::config(dir.path(), "n"), &hub).await;
     let alice = forge::identity(0x11, 1);
     let m = forge::seed_message(&alice, 1, now_ms());
     let bytes = forge::seal(&alice, &m, 60);
@@ -228,8 +227,7 @@ async fn a_held_envelope_expires_on_an_idle_node() {
     let (dir, hub) = forge::dir_and_hub();
     let mut c = forge::config(dir.path(), "n");
     c.network.unknown_sender_hold_ms = 1000;
-    let node = forge::start(c, &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = forge::start_with_wire(c, &hub).await;
     let alice = forge::identity(0x12, 1);
     let m = forge::seed_message(&alice, 1, now_ms());
     wire.broadcast(&forge::seal(&alice, &m, 60)).unwrap();

@@ -7,8 +7,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::forge::{
-    config, counter, dir_and_hub, eventually_knows, hello, hello_rotated, identity, mesh, plain,
-    seal, seed_message, start, wait_counter,
+    config, counter, dir_and_hub, eventually_knows, hello, hello_rotated, identity, list_frame,
+    mesh, seal, seed_message, start, wait_counter,
 };
 use support::vectors::{check_committed, vector_identity};
 
@@ -32,13 +32,11 @@ fn rotate(from: &Identity, tag: u32, at: u64) -> (Identity, Rotation) {
 
 /// A `key_rotations` envelope from `sender` carrying `items`.
 fn rotations_frame(sender: &Identity, items: &[&Rotation]) -> Vec<u8> {
-    let list = crabnet_core::sync::Batch {
-        items: items
-            .iter()
-            .map(|r| serde_bytes::ByteBuf::from(r.to_bytes().to_vec()))
-            .collect(),
-    };
-    plain(sender, Kind::KeyRotations, &envelope::encode_hello(&list))
+    list_frame(
+        sender,
+        Kind::KeyRotations,
+        items.iter().map(|r| r.to_bytes()),
+    )
 }
 
 /// Starts the node under attack with `c` on `hub` and a raw wire beside it, over which `peers`
@@ -115,15 +113,8 @@ async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
 
     // A revoked node cannot rotate.
     let revoked = Revocation::by_node(&bob, now - 1000, now - 1000, [0; 32]).unwrap();
-    let list = crabnet_core::sync::Batch {
-        items: vec![serde_bytes::ByteBuf::from(revoked.to_bytes().to_vec())],
-    };
-    wire.broadcast(&plain(
-        &bob,
-        Kind::Revocations,
-        &envelope::encode_hello(&list),
-    ))
-    .unwrap();
+    wire.broadcast(&list_frame(&bob, Kind::Revocations, [revoked.to_bytes()]))
+        .unwrap();
     wait_counter(&node, "trust.revocations_added", 1).await;
     let (_bob2, rb) = rotate(&bob, 0x23, now);
     wire.broadcast(&rotations_frame(&alice, &[&rb])).unwrap();

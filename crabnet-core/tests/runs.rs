@@ -37,6 +37,19 @@ fn claimed(pair: &Pair, command: &str) -> SeedId {
     pair.claimed(command, 5)
 }
 
+/// A pair in `dir` whose runner (configured by `cfg`) claimed a seed for each of `commands`, in
+/// order, and then stopped, leaving them for another process to run: the pair and the seeds.
+fn claimed_and_stopped<const N: usize>(
+    dir: &std::path::Path,
+    cfg: &Config,
+    commands: [&str; N],
+) -> (Pair, [SeedId; N]) {
+    let pair = pair(dir, cfg.clone());
+    let ids = commands.map(|command| claimed(&pair, command));
+    pair.runner.stop().unwrap();
+    (pair, ids)
+}
+
 /// Waits (20 s at most) until a process with `arg` among its arguments runs (the task started).
 fn wait_task_process(arg: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -170,9 +183,7 @@ fn a_run_that_ends_within_the_stop_grace_is_awaited_and_recorded_as_it_ended() {
 fn a_run_whose_process_died_is_recorded_as_interrupted_at_the_next_start_and_not_run_again() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let pair = pair(dir.path(), cfg.clone());
-    let id = claimed(&pair, "echo must not run");
-    pair.runner.stop().unwrap();
+    let (_pair, [id]) = claimed_and_stopped(dir.path(), &cfg, ["echo must not run"]);
     // What a crash in the middle of a run leaves behind: the run marker of a process that is
     // gone (this child, reaped).
     let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -238,10 +249,9 @@ fn cli_signalled_during_a_run(signal: libc::c_int, sandbox: SandboxPolicy) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.runner.sandbox = sandbox;
-    let pair = pair(dir.path(), cfg.clone());
     let arg = unique_sleep();
-    let id = claimed(&pair, &format!("echo started; sleep {arg}"));
-    pair.runner.stop().unwrap();
+    let command = format!("echo started; sleep {arg}");
+    let (_pair, [id]) = claimed_and_stopped(dir.path(), &cfg, [&command]);
 
     let sb = support::Sandbox::new("crabnet-runs-cli");
     let mut cli = seed_run_command(&sb, &cfg, &id).spawn().unwrap();
@@ -322,10 +332,7 @@ fn a_seed_run_killed_with_sigkill_takes_its_unsandboxed_task_with_it() {
 fn crabnet_log_debug_adds_the_runners_debug_records_to_the_clis_stderr() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let pair = pair(dir.path(), cfg.clone());
-    let quiet = claimed(&pair, "echo quiet");
-    let loud = claimed(&pair, "echo loud");
-    pair.runner.stop().unwrap();
+    let (_pair, [quiet, loud]) = claimed_and_stopped(dir.path(), &cfg, ["echo quiet", "echo loud"]);
     let sb = support::Sandbox::new("crabnet-runs-log");
 
     // By default the CLI shows warnings only: a successful run prints nothing on stderr.

@@ -9,12 +9,13 @@
 
 #[path = "support/committed.rs"]
 mod committed;
+#[path = "support/demo.rs"]
+mod demo;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crabnet_core::demo::{DemoNetwork, DemoOptions, run_lifecycle};
 use crabnet_core::schema::{self, ROOTS};
 use serde_json::{Value, json};
 
@@ -93,13 +94,7 @@ async fn a_lifecycle_conforms_to_the_schema() {
     };
 
     let dir = tempfile::tempdir().unwrap();
-    let opts = DemoOptions {
-        base_dir: Some(dir.path().to_path_buf()),
-        command: "echo schema".into(),
-        ..DemoOptions::default()
-    };
-    let net = DemoNetwork::start(&opts).await.unwrap();
-    run_lifecycle(&net, &opts, &mut |_| {}).await.unwrap();
+    let (net, _) = demo::demo_after_lifecycle(dir.path(), "echo schema").await;
     let mut seen = BTreeSet::new();
     for (name, node) in &net.nodes {
         for e in node.events_after(0, 10_000).await.unwrap() {

@@ -36,6 +36,15 @@ use crabnet_core::sandbox::SandboxPolicy;
 use crabnet_core::state::{self, SeedView};
 use crabnet_core::{Config, ErrorKind, PublishRequest, SeedStatus};
 
+/// What a node does with a seed it picked ([`Sim::act_on_picked`]).
+#[derive(Clone, Copy)]
+enum Act {
+    /// Claims the seed it won.
+    Claim,
+    /// Runs the seed it claimed.
+    Run,
+}
+
 /// Schedules per CI run. A long schedule (one in [`LONG_EVERY`]) costs about three times a
 /// short one (node starts, SQLite statements and post-quantum signatures on every frame, like
 /// a real node's): this many took 426 s of CPU (329 user, 97 system) and 259 s on two cores
@@ -422,6 +431,28 @@ impl Sim {
         Ok(None)
     }
 
+    /// Picks a seed at random among those that the first live node from `start` on that has any
+    /// (see [`Self::actor`]) finds `filter` accepts, and has that node claim or run it (`act`);
+    /// the outcome goes to [`Self::op`].
+    fn act_on_picked(
+        &mut self,
+        start: usize,
+        filter: impl Fn(&crabnet_core::NodeId, &SeedView) -> bool,
+        act: Act,
+    ) -> Check {
+        if let Some((i, found)) = self.actor(start, filter)?
+            && let Some(v) = self.rng.pick(&found).cloned()
+        {
+            let node = self.driven(i).node();
+            let (verb, r) = match act {
+                Act::Claim => ("claims", self.rt.block_on(node.claim(&v.seed.id))),
+                Act::Run => ("runs", self.rt.block_on(node.run(&v.seed.id))),
+            };
+            self.op(format!("n{i} {verb} {}", v.seed.description), r)?;
+        }
+        Ok(())
+    }
+
     /// The outcome of an API operation: refusals by the rules are part of the game (a node
     /// acts on what it knows, which may be stale); anything else fails the schedule.
     fn op<T>(&mut self, what: String, r: crabnet_core::Result<T>) -> Check {
@@ -495,28 +526,18 @@ impl Sim {
                 }
             }
             55..=65 => {
-                let won = self.actor(i, |me, v| {
+                let won = |me: &_, v: &SeedView| {
                     v.status == SeedStatus::Open
                         && v.award.as_ref().and_then(|a| a.winner_node.as_ref()) == Some(me)
-                })?;
-                if let Some((i, won)) = won
-                    && let Some(v) = self.rng.pick(&won).cloned()
-                {
-                    let r = self.rt.block_on(self.driven(i).node().claim(&v.seed.id));
-                    self.op(format!("n{i} claims {}", v.seed.description), r)?;
-                }
+                };
+                self.act_on_picked(i, won, Act::Claim)?;
             }
             66..=71 => {
-                let claimed = self.actor(i, |me, v| {
+                let claimed = |me: &_, v: &SeedView| {
                     v.status == SeedStatus::Claimed
                         && v.claim.as_ref().is_some_and(|c| &c.claimer == me)
-                })?;
-                if let Some((i, claimed)) = claimed
-                    && let Some(v) = self.rng.pick(&claimed).cloned()
-                {
-                    let r = self.rt.block_on(self.driven(i).node().run(&v.seed.id));
-                    self.op(format!("n{i} runs {}", v.seed.description), r)?;
-                }
+                };
+                self.act_on_picked(i, claimed, Act::Run)?;
             }
             72..=76 => {
                 let mine = self.actor(i, |me, v| {

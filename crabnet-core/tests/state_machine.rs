@@ -1076,6 +1076,15 @@ fn winner_strategy() -> impl Strategy<Value = Winner> {
     ]
 }
 
+/// Bid prices, and how the winner of each round behaves: what the properties below build their
+/// rules 2 histories from (see [`history_v2`]).
+fn histories_v2() -> impl Strategy<Value = (Vec<u64>, Vec<Winner>)> {
+    (
+        prop::collection::vec(0u64..50, 0..4),
+        prop::collection::vec(winner_strategy(), 1..4),
+    )
+}
+
 /// An honest rules 2 history: bidders behave as given, the publisher's node issues every due
 /// decision (checked once a second) and its operator reassigns every failed round.
 fn history_v2(prices: &[u64], behaviour: &[Winner]) -> (Vec<Message>, u64) {
@@ -1164,8 +1173,7 @@ proptest! {
     /// rounds never go back, and every lifecycle ends: nothing is left open past a deadline.
     #[test]
     fn deadlines_end_every_lifecycle_and_replicas_converge(
-        prices in prop::collection::vec(0u64..50, 0..4),
-        behaviour in prop::collection::vec(winner_strategy(), 1..4),
+        (prices, behaviour) in histories_v2(),
         seeds in prop::collection::vec(any::<u64>(), 3),
     ) {
         let (msgs, end) = history_v2(&prices, &behaviour);
@@ -1219,8 +1227,7 @@ proptest! {
     /// later nor never.
     #[test]
     fn the_next_decision_time_is_when_a_decision_becomes_due(
-        prices in prop::collection::vec(0u64..50, 0..4),
-        behaviour in prop::collection::vec(winner_strategy(), 1..4),
+        (prices, behaviour) in histories_v2(),
     ) {
         let (msgs, end) = history_v2(&prices, &behaviour);
         for n in 1..=msgs.len() {

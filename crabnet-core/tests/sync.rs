@@ -22,13 +22,7 @@ async fn converged(nodes: &[&Node], seeds: u64) {
 
 /// Runs a lifecycle to settlement between a publisher and a bidder.
 async fn lifecycle(publisher: &Node, bidder: &Node) -> crabnet_core::SeedId {
-    let seed = publisher
-        .publish(PublishRequest {
-            max_bids: 1,
-            ..PublishRequest::new("echo synced")
-        })
-        .await
-        .unwrap();
+    let seed = forge::publish_for_bids(publisher, "echo synced", 1).await;
     let id = seed.seed.id;
     let deadline = Instant::now() + Duration::from_secs(10);
     while bidder.seed(&id).await.is_err() {

@@ -20,8 +20,8 @@ use crabnet_core::store::{RemoteOutcome, Store, StoreConfig, SyncMode};
 use crabnet_core::sync::range::{Round, Want};
 use crabnet_core::{Config, MemoryHub, Node, NodeId, PublishRequest, Transport};
 use support::forge::{
-    self, Gated, converged, counter, dir_and_hub, hello, identity, mesh, plain, seed_message,
-    stop_all, wait_counter,
+    self, Gated, converged, counter, dir_and_hub, hello, identity, mesh, next_frame, plain,
+    seed_message, stop_all, wait_counter,
 };
 use support::{Net, TEST_BUDGET};
 
@@ -47,6 +47,21 @@ async fn connected_pair(dir: &std::path::Path, hub: &MemoryHub) -> (Node, Node) 
     let a = on_hub(dir, hub, "a").await;
     let b = on_hub(dir, hub, "b").await;
     mesh(&[&a, &b]).await;
+    (a, b)
+}
+
+/// Nodes `a` and `b` on `hub`, each knowing the other, once both hold the `n` seeds `a`
+/// published (commands `echo {tag}-{i}`), converged within `within`.
+async fn converged_pair(
+    dir: &std::path::Path,
+    hub: &MemoryHub,
+    n: usize,
+    tag: &str,
+    within: Duration,
+) -> (Node, Node) {
+    let (a, b) = connected_pair(dir, hub).await;
+    publish_many(&a, n, tag).await;
+    converged(&[&a, &b], n as u64, within).await;
     (a, b)
 }
 
@@ -159,9 +174,7 @@ async fn meet_once(lower_first: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_nodes_query_less_often_until_their_store_changes() {
     let (dir, hub) = dir_and_hub();
-    let (a, b) = connected_pair(dir.path(), &hub).await;
-    publish_many(&a, 5, "first").await;
-    converged(&[&a, &b], 5, Duration::from_secs(20)).await;
+    let (a, b) = converged_pair(dir.path(), &hub, 5, "first", Duration::from_secs(20)).await;
     let second = Duration::from_secs(1);
     // Until `n` waits `pace` between rounds.
     let wait_pace = |n: Node, pace: Duration, what: &'static str| async move {
@@ -235,9 +248,7 @@ async fn an_envelope_older_than_the_message_ttl_syncs_to_a_fresh_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_bytes_follow_the_difference_not_the_store() {
     let (dir, hub) = dir_and_hub();
-    let (a, b) = connected_pair(dir.path(), &hub).await;
-    publish_many(&a, 1000, "shared").await;
-    converged(&[&a, &b], 1000, Duration::from_secs(60)).await;
+    let (a, b) = converged_pair(dir.path(), &hub, 1000, "shared", Duration::from_secs(60)).await;
 
     // Converged: a round on identical stores costs one query and one reply per peer and
     // interval, whatever the store's size.
@@ -410,20 +421,15 @@ async fn a_private_seed_syncs_to_its_audience_only() {
 /// are passed over).
 async fn next_reply(wire: &mut MemoryTransport) -> Round {
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let frame = tokio::time::timeout(left, crabnet_core::network::recv(wire))
-            .await
-            .expect("a reply to the query")
-            .unwrap();
-        let parsed = envelope::parse(&frame.bytes, envelope::MAX_ENVELOPE_BYTES).unwrap();
-        if parsed.header.kind == Kind::SyncRange {
-            let round: Round = parsed.plain(Kind::SyncRange).unwrap();
-            if round.reply {
-                return round;
-            }
-        }
-    }
+    next_frame(wire, deadline, "a reply to the query", |parsed| {
+        sync_round(parsed).filter(|round| round.reply)
+    })
+    .await
+}
+
+/// The `sync_range` round `parsed` carries, if it is one.
+fn sync_round(parsed: &envelope::Parsed<'_>) -> Option<Round> {
+    (parsed.header.kind == Kind::SyncRange).then(|| parsed.plain(Kind::SyncRange).unwrap())
 }
 
 /// The payload of a first `sync_range` query from a peer that holds nothing.
@@ -641,20 +647,10 @@ async fn a_push_cut_short_by_the_credit_goes_on_without_waiting_an_interval() {
     a.wait_for_peers(1, Duration::from_secs(10)).await.unwrap();
     // The node queries its new peer shortly after its hello.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let query = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let frame = tokio::time::timeout(left, crabnet_core::network::recv(&mut wire))
-            .await
-            .expect("a query after the hello")
-            .unwrap();
-        let parsed = envelope::parse(&frame.bytes, MAX_ENVELOPE_BYTES).unwrap();
-        if parsed.header.kind == Kind::SyncRange {
-            let round: Round = parsed.plain(Kind::SyncRange).unwrap();
-            if !round.reply {
-                break round;
-            }
-        }
-    };
+    let query = next_frame(&mut wire, deadline, "a query after the hello", |parsed| {
+        sync_round(parsed).filter(|round| !round.reply)
+    })
+    .await;
     // The peer holds nothing: its reply makes the node push all six seeds, and each reply
     // (a fresh envelope every time) earns twice its size in credit.
     let msg = crabnet_core::sync::range::ItemSet::new([])

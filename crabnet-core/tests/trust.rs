@@ -6,8 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::forge::{
-    config, eventually_knows, hello, hello_signed_by, identity, seal, seed_message, start,
-    wait_counter,
+    claim_and_run_when_awarded, config, dir_and_hub, eventually_knows, hello, hello_signed_by,
+    identity, seal, seed_message, start, start_with_wire, tcp_swarm, wait_counter,
 };
 
 use crabnet_core::clock::now_ms;
@@ -15,7 +15,7 @@ use crabnet_core::envelope::{self, MAX_ENVELOPE_BYTES};
 use crabnet_core::identity::Identity;
 use crabnet_core::model::{Message, SeedId};
 use crabnet_core::network::{MemoryTransport, Transport};
-use crabnet_core::{ErrorKind, MemoryHub, Node, PublishRequest, SeedStatus};
+use crabnet_core::{ErrorKind, Node, PublishRequest, SeedStatus};
 
 async fn knows(node: &Node, id: &SeedId) -> bool {
     node.seed(id).await.is_ok()
@@ -37,10 +37,8 @@ async fn admitted(node: &Node, wire: &mut MemoryTransport, tag: u32) -> Identity
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_forged_and_mismatched_senders_are_rejected() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
-    let node = start(config(dir.path(), "victim"), &hub).await;
-    let mut wire: MemoryTransport = hub.join("wire");
+    let (dir, hub) = dir_and_hub();
+    let (node, mut wire) = start_with_wire(config(dir.path(), "victim"), &hub).await;
     let mallory = identity(0x66, 1);
     let alice = identity(0x11, 1);
 
@@ -95,10 +93,8 @@ fn seal_and_send(wire: &mut MemoryTransport, id: &Identity, at: u64) -> Message 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_and_future_envelopes_are_rejected_as_expired() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
-    let node = start(config(dir.path(), "n"), &hub).await;
-    let mut wire = hub.join("wire");
+    let (dir, hub) = dir_and_hub();
+    let (node, mut wire) = start_with_wire(config(dir.path(), "n"), &hub).await;
     let alice = admitted(&node, &mut wire, 0x11).await;
     let old = seal_and_send(&mut wire, &alice, now_ms() - 3_600_000);
     let future = seal_and_send(&mut wire, &alice, now_ms() + 3_600_000);
@@ -110,10 +106,8 @@ async fn stale_and_future_envelopes_are_rejected_as_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_are_rejected_before_and_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
-    let node = start(config(dir.path(), "n"), &hub).await;
-    let mut wire = hub.join("wire");
+    let (dir, hub) = dir_and_hub();
+    let (node, mut wire) = start_with_wire(config(dir.path(), "n"), &hub).await;
     let alice = admitted(&node, &mut wire, 0x11).await;
     let m = seed_message(&alice, 3, now_ms());
     let bytes = seal(&alice, &m, 600);
@@ -134,14 +128,12 @@ async fn replays_are_rejected_before_and_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_below_the_senders_replay_floor_is_a_replay() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let mut c = config(dir.path(), "n");
     c.network.message_ttl_secs = 1;
     c.network.max_clock_skew_secs = 1;
     c.store.seen_ttl_secs = 2;
-    let node = start(c, &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(c, &hub).await;
     let alice = admitted(&node, &mut wire, 0x11).await;
     let first = seed_message(&alice, 50, now_ms());
     wire.broadcast(&seal(&alice, &first, 60)).unwrap();
@@ -162,8 +154,7 @@ async fn a_message_below_the_senders_replay_floor_is_a_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_seeds_reach_only_their_audience() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = MemoryHub::new();
+    let (dir, hub) = dir_and_hub();
     let a = start(config(dir.path(), "a"), &hub).await;
     let b = start(config(dir.path(), "b"), &hub).await;
     let c = start(config(dir.path(), "c"), &hub).await;
@@ -194,20 +185,16 @@ async fn private_seeds_reach_only_their_audience() {
     eventually_knows(&b, &id).await;
     b.bid(&id, 5).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while b.seed(&id).await.unwrap().award.is_none() {
-        assert!(Instant::now() < deadline, "award never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    b.claim(&id).await.unwrap();
-    b.run(&id).await.unwrap();
+    let pause = Duration::from_millis(10);
+    claim_and_run_when_awarded(&b, &id, deadline, pause, "award never arrived").await;
     while a.seed(&id).await.unwrap().status != SeedStatus::Completed {
         assert!(Instant::now() < deadline, "result never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(pause).await;
     }
     a.settle(&id, true, "").await.unwrap();
     while b.seed(&id).await.unwrap().status != SeedStatus::Settled {
         assert!(Instant::now() < deadline, "settlement never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(pause).await;
     }
     // Carol received every envelope (creation, bid, award, claim, result, settlement) but
     // could open none of them.
@@ -346,7 +333,7 @@ async fn only_what_the_bytes_prove_invalid_penalises_the_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_libp2p_peer_relaying_valid_traffic_is_not_penalised() {
     use futures::StreamExt;
-    use libp2p::{gossipsub, noise, swarm::SwarmEvent, tcp, yamux};
+    use libp2p::{gossipsub, swarm::SwarmEvent};
 
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start_with_dht(config(dir.path(), "n"), Default::default())
@@ -364,32 +351,23 @@ async fn a_default_libp2p_peer_relaying_valid_traffic_is_not_penalised() {
         }
     };
 
-    let mut relay = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
+    let gossip = |_: &libp2p::identity::Keypair| {
+        gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
+            gossipsub::MessageAuthenticity::Anonymous,
+            gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Anonymous)
+                // Content ids, as nodes use (anonymous messages have no source or
+                // sequence number to tell them apart).
+                .message_id_fn(|m: &gossipsub::Message| {
+                    use sha2::Digest;
+                    gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
+                })
+                .build()
+                .unwrap(),
         )
         .unwrap()
-        .with_behaviour(|_| {
-            gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
-                gossipsub::MessageAuthenticity::Anonymous,
-                gossipsub::ConfigBuilder::default()
-                    .validation_mode(gossipsub::ValidationMode::Anonymous)
-                    // Content ids, as nodes use (anonymous messages have no source or
-                    // sequence number to tell them apart).
-                    .message_id_fn(|m: &gossipsub::Message| {
-                        use sha2::Digest;
-                        gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
-                    })
-                    .build()
-                    .unwrap(),
-            )
-            .unwrap()
-        })
-        .unwrap()
-        .build();
+    };
+    let mut relay = tcp_swarm(gossip, |c| c);
     let topic = gossipsub::IdentTopic::new(crabnet_core::network::TOPIC);
     relay.behaviour_mut().subscribe(&topic).unwrap();
     relay.dial(addr).unwrap();

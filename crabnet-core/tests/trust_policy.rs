@@ -6,16 +6,16 @@ mod support;
 
 use std::time::Duration;
 use support::forge::{
-    config, counter, dir_and_hub, eventually_knows, hello, hello_signed_by, identity, rand16, seal,
-    seed_message, start, wait_counter,
+    config, counter, dir_and_hub, eventually_knows, hello, hello_signed_by, identity, list_frame,
+    seal, seed_message, start, start_with_wire, wait_counter,
 };
 use support::vectors::{check_committed, vector_identity};
 
 use crabnet_core::clock::now_ms;
 use crabnet_core::crypto::SigningSeeds;
-use crabnet_core::envelope::{self, Header, Kind, MAX_ENVELOPE_BYTES};
+use crabnet_core::envelope::Kind;
 use crabnet_core::identity::Identity;
-use crabnet_core::model::{Message, MessageId};
+use crabnet_core::model::Message;
 use crabnet_core::monitor::RejectReason;
 use crabnet_core::network::{MemoryTransport, Transport};
 use crabnet_core::store::{Store, StoreConfig};
@@ -25,6 +25,40 @@ use crabnet_core::{Config, EventKind, Node, NodeId};
 /// `id`'s hello carrying `certificate`.
 fn hello_cert(id: &Identity, certificate: Option<Vec<u8>>) -> Vec<u8> {
     hello_signed_by(id, id, certificate)
+}
+
+/// `id`'s hello carrying a certificate for `id` from anchor `a` (see [`certify`]).
+fn certified_hello(
+    a: &AnchorKey,
+    id: &Identity,
+    serial: u8,
+    window: (u64, u64),
+    roles: Roles,
+) -> Vec<u8> {
+    hello_cert(id, Some(certify(a, id, serial, window, roles)))
+}
+
+/// Each of `ids` sends a seed over `wire`, and waits until `node` refused all of them as not
+/// admitted: none is there.
+async fn all_refused(node: &Node, wire: &mut MemoryTransport, ids: &[&Identity]) {
+    let refused_before = counter(node, "rejected.not_admitted").await;
+    let sent: Vec<Message> = ids.iter().map(|id| send_seed(wire, id)).collect();
+    wait_counter(
+        node,
+        "rejected.not_admitted",
+        refused_before + sent.len() as u64,
+    )
+    .await;
+    for m in &sent {
+        assert!(node.seed(m.seed_id()).await.is_err());
+    }
+}
+
+/// `id` sends a seed over `wire`: returned once `node` has it (10 s at most).
+async fn accepted_seed(node: &Node, wire: &mut MemoryTransport, id: &Identity) -> Message {
+    let m = send_seed(wire, id);
+    eventually_knows(node, m.seed_id()).await;
+    m
 }
 
 fn send_seed(wire: &mut MemoryTransport, id: &Identity) -> Message {
@@ -73,8 +107,7 @@ async fn denied_nodes_are_dropped_without_a_database_write() {
     let alice = identity(0x11, 1);
     let mut c = config(dir.path(), "victim");
     c.trust.deny = vec![mallory.node_id().clone()];
-    let node = start(c.clone(), &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(c.clone(), &hub).await;
 
     wire.broadcast(&hello(&mallory)).unwrap();
     let mut sent = Vec::new();
@@ -83,8 +116,7 @@ async fn denied_nodes_are_dropped_without_a_database_write() {
     }
     wait_counter(&node, "rejected.not_admitted", 21).await;
     wire.broadcast(&hello(&alice)).unwrap();
-    let m = send_seed(&mut wire, &alice);
-    eventually_knows(&node, m.seed_id()).await;
+    accepted_seed(&node, &mut wire, &alice).await;
 
     assert_eq!(peer_ids(&node).await, vec![alice.node_id().clone()]);
     for m in &sent {
@@ -109,14 +141,12 @@ async fn an_allow_list_admits_only_its_nodes() {
     let mut c = config(dir.path(), "n");
     c.trust.allow = vec![alice.node_id().clone(), carol.node_id().clone()];
     c.trust.deny = vec![carol.node_id().clone()];
-    let node = start(c, &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(c, &hub).await;
     for id in [&alice, &bob, &carol] {
         wire.broadcast(&hello(id)).unwrap();
     }
     let from_bob = send_seed(&mut wire, &bob);
-    let from_alice = send_seed(&mut wire, &alice);
-    eventually_knows(&node, from_alice.seed_id()).await;
+    accepted_seed(&node, &mut wire, &alice).await;
     wait_counter(&node, "rejected.not_admitted", 3).await;
     assert!(node.seed(from_bob.seed_id()).await.is_err());
     assert_eq!(peer_ids(&node).await, vec![alice.node_id().clone()]);
@@ -180,8 +210,7 @@ async fn anchored_mode_admits_only_certified_nodes_in_their_roles() {
     let (dir, hub) = dir_and_hub();
     let a = anchor(0xa0);
     let other_anchor = anchor(0xb0);
-    let node = start(anchored(dir.path(), "n", &a), &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(anchored(dir.path(), "n", &a), &hub).await;
     let (alice, mallory, bob, carol, dave, erin) = (
         identity(0x11, 1),
         identity(0x66, 1),
@@ -194,22 +223,16 @@ async fn anchored_mode_admits_only_certified_nodes_in_their_roles() {
     // No certificate; a certificate from an unknown anchor; Alice's certificate in Dave's
     // hello; an expired certificate: all refused, none enters the peer table.
     wire.broadcast(&hello(&mallory)).unwrap();
-    wire.broadcast(&hello_cert(
-        &bob,
-        Some(certify(&other_anchor, &bob, 2, ALWAYS, Roles::ALL)),
-    ))
-    .unwrap();
+    wire.broadcast(&certified_hello(&other_anchor, &bob, 2, ALWAYS, Roles::ALL))
+        .unwrap();
     wire.broadcast(&hello_cert(
         &dave,
         Some(certify(&a, &alice, 3, ALWAYS, Roles::ALL)),
     ))
     .unwrap();
     let past = (1, now_ms() - 3_600_000);
-    wire.broadcast(&hello_cert(
-        &erin,
-        Some(certify(&a, &erin, 4, past, Roles::ALL)),
-    ))
-    .unwrap();
+    wire.broadcast(&certified_hello(&a, &erin, 4, past, Roles::ALL))
+        .unwrap();
     refused += 4;
     // Messages from them are refused before any signature check.
     let from_mallory = send_seed(&mut wire, &mallory);
@@ -217,25 +240,18 @@ async fn anchored_mode_admits_only_certified_nodes_in_their_roles() {
     wait_counter(&node, "rejected.not_admitted", refused).await;
 
     // Alice (both roles) and Carol (run only) are admitted.
-    wire.broadcast(&hello_cert(
-        &alice,
-        Some(certify(&a, &alice, 1, ALWAYS, Roles::ALL)),
-    ))
-    .unwrap();
+    wire.broadcast(&certified_hello(&a, &alice, 1, ALWAYS, Roles::ALL))
+        .unwrap();
     let run_only = Roles {
         publish: false,
         run: true,
     };
-    wire.broadcast(&hello_cert(
-        &carol,
-        Some(certify(&a, &carol, 5, ALWAYS, run_only)),
-    ))
-    .unwrap();
+    wire.broadcast(&certified_hello(&a, &carol, 5, ALWAYS, run_only))
+        .unwrap();
     node.wait_for_peers(2, Duration::from_secs(10))
         .await
         .unwrap();
-    let from_alice = send_seed(&mut wire, &alice);
-    eventually_knows(&node, from_alice.seed_id()).await;
+    accepted_seed(&node, &mut wire, &alice).await;
     // Carol may bid and run, not publish.
     let from_carol = send_seed(&mut wire, &carol);
     refused += 1;
@@ -258,21 +274,16 @@ async fn revocations_hold_across_a_restart() {
     let (dir, hub) = dir_and_hub();
     let a = anchor(0xa0);
     let c = anchored(dir.path(), "n", &a);
-    let node = start(c.clone(), &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(c.clone(), &hub).await;
     let (alice, bob, carol) = (identity(0x11, 1), identity(0x22, 1), identity(0x33, 1));
     for (i, id) in [&alice, &bob, &carol].into_iter().enumerate() {
-        wire.broadcast(&hello_cert(
-            id,
-            Some(certify(&a, id, i as u8, ALWAYS, Roles::ALL)),
-        ))
-        .unwrap();
+        wire.broadcast(&certified_hello(&a, id, i as u8, ALWAYS, Roles::ALL))
+            .unwrap();
     }
     node.wait_for_peers(3, Duration::from_secs(10))
         .await
         .unwrap();
-    let before = send_seed(&mut wire, &alice);
-    eventually_knows(&node, before.seed_id()).await;
+    let before = accepted_seed(&node, &mut wire, &alice).await;
 
     // The anchor revokes Alice's node id and Bob's certificate (serial 1), from now on.
     let now = now_ms();
@@ -286,27 +297,7 @@ async fn revocations_hold_across_a_restart() {
     }
     // Carol revokes herself and says so over the wire, in a `revocations` envelope.
     let own = Revocation::by_node(&carol, now, now, [0; 32]).unwrap();
-    let list = crabnet_core::sync::Batch {
-        items: vec![serde_bytes::ByteBuf::from(own.to_bytes().to_vec())],
-    };
-    let header = Header {
-        kind: Kind::Revocations,
-        sealed: false,
-        sender: carol.node_id().clone(),
-        message_id: MessageId::from_bytes(rand16()),
-        timestamp: now_ms(),
-        ttl_secs: 60,
-        lamport: 0,
-    };
-    let frame = envelope::build(
-        &carol,
-        &header,
-        &envelope::encode_hello(&list),
-        &[],
-        MAX_ENVELOPE_BYTES,
-        &mut envelope::os_rng,
-    )
-    .unwrap();
+    let frame = list_frame(&carol, Kind::Revocations, [own.to_bytes()]);
     wire.broadcast(&frame).unwrap();
     wait_counter(&node, "trust.revocations_added", 1).await;
     // An anchor this node does not trust cannot revoke anyone.
@@ -324,15 +315,7 @@ async fn revocations_hold_across_a_restart() {
             .is_err()
     );
 
-    let refused_before = counter(&node, "rejected.not_admitted").await;
-    let after: Vec<Message> = [&alice, &bob, &carol]
-        .into_iter()
-        .map(|id| send_seed(&mut wire, id))
-        .collect();
-    wait_counter(&node, "rejected.not_admitted", refused_before + 3).await;
-    for m in &after {
-        assert!(node.seed(m.seed_id()).await.is_err());
-    }
+    all_refused(&node, &mut wire, &[&alice, &bob, &carol]).await;
     let status = node.trust_status().await.unwrap();
     assert_eq!(status.revoked_nodes.len(), 2, "{status:?}");
     assert_eq!(status.revoked_certificates.len(), 1, "{status:?}");
@@ -342,15 +325,7 @@ async fn revocations_hold_across_a_restart() {
     // After a restart the revocations still hold; the message from before is still there.
     let node = start(c, &hub).await;
     assert!(node.seed(before.seed_id()).await.is_ok());
-    let refused_before = counter(&node, "rejected.not_admitted").await;
-    let again: Vec<Message> = [&alice, &bob, &carol]
-        .into_iter()
-        .map(|id| send_seed(&mut wire, id))
-        .collect();
-    wait_counter(&node, "rejected.not_admitted", refused_before + 3).await;
-    for m in &again {
-        assert!(node.seed(m.seed_id()).await.is_err());
-    }
+    all_refused(&node, &mut wire, &[&alice, &bob, &carol]).await;
     node.stop().await.unwrap();
 }
 

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use crabnet_core::demo::{DemoNetwork, DemoOptions, run_lifecycle};
+use crabnet_core::demo::DemoNetwork;
 use crabnet_core::web::{self, WebConfig};
 use crabnet_core::{ErrorKind, Node, PublishRequest, SeedView};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use support::{Listeners, Sandbox, run_bounded};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::demo::demo_after_lifecycle;
+use support::http::{http, read_into_until, read_to_close};
+use support::{Listeners, Sandbox, run_bounded, strs};
+use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -31,13 +33,7 @@ struct Fixture {
 impl Fixture {
     async fn start() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let opts = DemoOptions {
-            base_dir: Some(dir.path().to_path_buf()),
-            command: "echo web test".into(),
-            ..DemoOptions::default()
-        };
-        let net = DemoNetwork::start(&opts).await.unwrap();
-        let seed = run_lifecycle(&net, &opts, &mut |_| {}).await.unwrap();
+        let (net, seed) = demo_after_lifecycle(dir.path(), "echo web test").await;
         Fixture {
             net,
             seed,
@@ -488,12 +484,7 @@ async fn health_overview_topology_and_seeds_show_the_network() {
     assert_eq!(o["recent_seeds"][0]["network"], false);
 
     let t = get(&app, "/api/topology").await.json();
-    let names: Vec<&str> = t["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let names = strs(&t["peers"], "name");
     assert_eq!(names.len(), 2);
     assert!(
         names.contains(&"bob") && names.contains(&"carol"),
@@ -519,12 +510,7 @@ async fn health_overview_topology_and_seeds_show_the_network() {
         .await
         .unwrap();
     let list = get(&app, "/api/seeds").await.json();
-    let ids: Vec<&str> = list["seeds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap())
-        .collect();
+    let ids = strs(&list["seeds"], "id");
     assert_eq!(ids, [open.seed.id.as_str(), f.seed.seed.id.as_str()]);
     let only_open = get(&app, "/api/seeds?status=open").await.json();
     assert_eq!(only_open["seeds"].as_array().unwrap().len(), 1);
@@ -619,12 +605,7 @@ async fn events_page_in_stable_order_and_filter_by_kind() {
     );
 
     let filtered = events_page(&app, "kind=seed_settled,bid_placed").await;
-    let types: Vec<&str> = filtered["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
+    let types = strs(&filtered["events"], "type");
     assert_eq!(types, ["bid_placed", "bid_placed", "seed_settled"]);
     assert_eq!(filtered["more"], false);
     let last = events_page(&app, "kind=seed_settled&limit=1").await;
@@ -1041,21 +1022,6 @@ async fn streams_are_limited() {
 // ---------------------------------------------------------------------------------------------
 // A real listener
 
-/// A minimal HTTP/1.1 client over TCP: status, headers and body of one request.
-async fn http(addr: SocketAddr, request_head: &str) -> (u16, String, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(request_head.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw))
-        .await
-        .expect("the response ends")
-        .unwrap();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_owned(), body.to_owned())
-}
-
 fn get_head(path: &str, host: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
 }
@@ -1085,26 +1051,15 @@ async fn serve_binds_port_zero_streams_live_and_shuts_down_with_streams_open() {
     .await
     .unwrap();
     let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("text/event-stream") {
-        let n = tcp.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    read_into_until(&mut tcp, &mut seen, "text/event-stream").await;
     let seed = alice
         .publish(PublishRequest::new("echo over tcp"))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen.contains(seed.seed.id.as_str()) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, tcp.read(&mut buf))
-            .await
-            .expect("the publish arrives on the stream")
-            .unwrap();
-        assert!(n > 0);
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let published = read_into_until(&mut tcp, &mut seen, seed.seed.id.as_str());
+    tokio::time::timeout(Duration::from_secs(10), published)
+        .await
+        .expect("the publish arrives on the stream");
     assert!(seen.contains("\"type\":\"seed_published\""), "{seen}");
 
     // Shutdown ends the open stream and returns promptly.
@@ -1115,10 +1070,12 @@ async fn serve_binds_port_zero_streams_live_and_shuts_down_with_streams_open() {
         "{:?}",
         started.elapsed()
     );
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
-        .await
-        .expect("the stream ends at shutdown");
+    let _ = read_to_close(
+        &mut tcp,
+        Duration::from_secs(5),
+        "the stream ends at shutdown",
+    )
+    .await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     f.net.stop().await.unwrap();
 }

@@ -2,6 +2,8 @@
 //! header and idle timeouts, the total and per-address connection caps, and `since` cursors
 //! beyond the log.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,8 @@ use crabnet_core::{Config, Node, PublishRequest};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use support::http::{read_into_until, read_to_close};
 
 /// A node without network and its monitoring server.
 struct Server {
@@ -288,28 +292,16 @@ async fn open_stream(addr: SocketAddr) -> TcpStream {
         .await
         .unwrap();
     let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("\r\n\r\n") {
-        let n = tcp.read(&mut buf).await.unwrap();
-        assert!(n > 0, "stream closed: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    read_into_until(&mut tcp, &mut seen, "\r\n\r\n").await;
     assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
     tcp
 }
 
 async fn read_until(tcp: &mut TcpStream, needle: &str, within: Duration) {
     let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(within, async {
-        while !seen.contains(needle) {
-            let n = tcp.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed before {needle:?}: {seen}");
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{needle:?} did not arrive: {seen}"));
+    tokio::time::timeout(within, read_into_until(tcp, &mut seen, needle))
+        .await
+        .unwrap_or_else(|_| panic!("{needle:?} did not arrive: {seen}"));
 }
 
 /// Connections busy with a response (event streams) are neither timed out nor evicted; a
@@ -333,12 +325,7 @@ async fn busy_connections_stay_idle_ones_make_room_and_a_full_server_answers_503
 
     // Three busy connections from 127.0.0.1: a fourth is refused, with a JSON 503.
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut raw))
-        .await
-        .expect("refused at once")
-        .ok();
-    let raw = String::from_utf8_lossy(&raw);
+    let (raw, _) = read_to_close(&mut tcp, Duration::from_secs(3), "refused at once").await;
     assert!(raw.starts_with("HTTP/1.1 503"), "{raw}");
     let body: Value = serde_json::from_str(raw.split_once("\r\n\r\n").unwrap().1).unwrap();
     assert_eq!(body["error"]["kind"], "unavailable", "{body}");

@@ -110,7 +110,7 @@ struct Support {
 fn support(user: &str) -> Support {
     static CACHE: OnceLock<Mutex<Vec<(String, Support)>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
-    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cache = crate::lock(cache);
     if let Some((_, s)) = cache.iter().find(|(u, _)| u == user) {
         return s.clone();
     }

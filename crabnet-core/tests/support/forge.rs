@@ -1,10 +1,14 @@
 //! Hand-made identities, hellos and envelopes for the tests that attack a node's trust
-//! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`); the set-up of
-//! in-process tests: [`dir_and_hub`], [`start`] (a node on an in-memory hub), [`mesh`],
-//! [`stop_all`], [`Gated`] (an in-memory transport that loses or fails sends: `alerts.rs`,
-//! `sync_range.rs`) and [`udp_node`] (a node on a real UDP socket on 127.0.0.1: `limits.rs`,
-//! `hellos.rs`); and their bounded waits on a node's seeds and counters ([`poll`],
-//! [`wait_view`], [`wait_counter`], [`converged`]; also `tests/node.rs`, `dht.rs`,
+//! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`, `hellos.rs`;
+//! [`list_frame`] for rotation and revocation lists); the set-up of in-process tests:
+//! [`dir_and_hub`], [`start`] (a node on an in-memory hub), [`start_with_wire`] (and a
+//! transport to send it frames by hand), [`publish_for_bids`], [`mesh`], [`stop_all`],
+//! [`Gated`] (an in-memory transport that loses or fails sends: `alerts.rs`, `sync_range.rs`),
+//! [`udp_node`] (a node on a real UDP socket on 127.0.0.1: `limits.rs`, `hellos.rs`, with
+//! [`loopback_udp`] its transport) and [`tcp_swarm`] (a hand-made libp2p peer: `dht.rs`,
+//! `trust.rs`); and their bounded waits on a node's seeds, counters and frames ([`poll`],
+//! [`wait_view`], [`claim_and_run_when_awarded`], [`wait_counter`], [`wait_while_missing`],
+//! [`next_frame`], [`frames_until`], [`converged`]; also `tests/node.rs`, `dht.rs`,
 //! `retention.rs`, `sync.rs`, `sync_range.rs`).
 
 use std::future::Future;
@@ -38,6 +42,22 @@ pub async fn start(c: Config, hub: &MemoryHub) -> Node {
     Node::start_with_transport(c, Box::new(hub.join(&name)))
         .await
         .unwrap()
+}
+
+/// Starts a node with `c` on `hub` (see [`start`]), and joins `hub` as `wire`: the transport
+/// on which a test sends the node frames made by hand.
+pub async fn start_with_wire(c: Config, hub: &MemoryHub) -> (Node, MemoryTransport) {
+    let node = start(c, hub).await;
+    (node, hub.join("wire"))
+}
+
+/// Has `node` publish `command`, its bidding closing at the `max_bids`-th bid: the seed.
+pub async fn publish_for_bids(node: &Node, command: &str, max_bids: u32) -> SeedView {
+    let req = crabnet_core::PublishRequest {
+        max_bids,
+        ..crabnet_core::PublishRequest::new(command)
+    };
+    node.publish(req).await.unwrap()
 }
 
 /// A deterministic identity per `tag` (key generation from seeds is cheap): the same tag gives
@@ -157,6 +177,22 @@ pub fn seed_message(id: &Identity, lamport: u64, timestamp: u64) -> Message {
     }
 }
 
+/// A list envelope of `kind` (`key_rotations`, `revocations`) from `sender` carrying `items`,
+/// each an encoded statement.
+pub fn list_frame(
+    sender: &Identity,
+    kind: Kind,
+    items: impl IntoIterator<Item = impl AsRef<[u8]>>,
+) -> Vec<u8> {
+    let list = crabnet_core::sync::Batch {
+        items: items
+            .into_iter()
+            .map(|item| serde_bytes::ByteBuf::from(item.as_ref().to_vec()))
+            .collect(),
+    };
+    plain(sender, kind, &envelope::encode_hello(&list))
+}
+
 /// `m` in a public envelope signed by `id`, fresh for `ttl` seconds.
 pub fn seal(id: &Identity, m: &Message, ttl: u32) -> Vec<u8> {
     envelope::message_envelope(id, m, ttl, &[], MAX_ENVELOPE_BYTES, &mut envelope::os_rng).unwrap()
@@ -201,6 +237,23 @@ pub async fn eventually_knows(node: &Node, id: &SeedId) {
     wait_view(node, id, Duration::from_secs(10), "arrive", |_| true).await;
 }
 
+/// Waits until `node` sees seed `id` awarded, checking every `pause` and failing with `what`
+/// once `deadline` has passed; then claims the seed and runs it.
+pub async fn claim_and_run_when_awarded(
+    node: &Node,
+    id: &SeedId,
+    deadline: Instant,
+    pause: Duration,
+    what: &str,
+) {
+    while node.seed(id).await.unwrap().award.is_none() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(pause).await;
+    }
+    node.claim(id).await.unwrap();
+    node.run(id).await.unwrap();
+}
+
 /// A counter of `node` (0 when absent).
 pub async fn counter(node: &Node, name: &str) -> u64 {
     node.overview()
@@ -227,6 +280,59 @@ pub async fn wait_counter(node: &Node, name: &str, at_least: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Calls `missing` every `pause` until it returns `None` (nothing is missing any more); once
+/// `within` has passed, fails with what it last said was missing and `node`'s counters.
+pub async fn wait_while_missing<F: Future<Output = Option<String>>>(
+    node: &Node,
+    within: Duration,
+    pause: Duration,
+    mut missing: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + within;
+    while let Some(what) = missing().await {
+        if Instant::now() >= deadline {
+            let counters = node.overview().await.unwrap().counters;
+            panic!("{what}: {counters:?}");
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Receives frames on `wire` until `pick` takes one (returns `Some` for its envelope, parsed);
+/// fails with `what` once `deadline` has passed.
+pub async fn next_frame<T>(
+    wire: &mut MemoryTransport,
+    deadline: Instant,
+    what: &str,
+    mut pick: impl FnMut(&envelope::Parsed<'_>) -> Option<T>,
+) -> T {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, crabnet_core::network::recv(wire))
+            .await
+            .expect(what)
+            .unwrap();
+        let parsed = envelope::parse(&frame.bytes, MAX_ENVELOPE_BYTES).unwrap();
+        if let Some(v) = pick(&parsed) {
+            return v;
+        }
+    }
+}
+
+/// Every frame `wire` receives until `deadline`, in order.
+pub async fn frames_until(wire: &mut MemoryTransport, deadline: Instant) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    while let Ok(Some(frame)) = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        crabnet_core::network::recv(wire),
+    )
+    .await
+    {
+        frames.push(frame.bytes);
+    }
+    frames
 }
 
 /// Waits (10 s at most each) until every node of `nodes` verified every other node's hello.
@@ -328,17 +434,43 @@ impl Transport for Gated {
     }
 }
 
-/// A node on a real UDP socket on 127.0.0.1 with `peers` as its configured peers.
-pub async fn udp_node(c: Config, peers: Vec<std::net::SocketAddr>) -> (Node, std::net::SocketAddr) {
-    let udp = crabnet_core::network::UdpTransport::bind(crabnet_core::network::UdpConfig {
+/// A UDP transport on a free port of 127.0.0.1 with `peers` as its configured peers.
+pub fn loopback_udp(peers: Vec<std::net::SocketAddr>) -> crabnet_core::network::UdpTransport {
+    crabnet_core::network::UdpTransport::bind(crabnet_core::network::UdpConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         peers,
         broadcast: None,
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// A node on a real UDP socket on 127.0.0.1 with `peers` as its configured peers.
+pub async fn udp_node(c: Config, peers: Vec<std::net::SocketAddr>) -> (Node, std::net::SocketAddr) {
+    let udp = loopback_udp(peers);
     let addr = udp.local_addr().unwrap();
     (
         Node::start_with_transport(c, Box::new(udp)).await.unwrap(),
         addr,
     )
+}
+
+/// A libp2p swarm with a new identity on TCP (noise, yamux): a peer made by hand to meet a
+/// node. Its behaviour is made by `behaviour` from its key, and `config` adjusts the default
+/// swarm configuration (`|c| c` keeps it).
+pub fn tcp_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+    config: impl FnOnce(libp2p::swarm::Config) -> libp2p::swarm::Config,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(behaviour)
+        .unwrap()
+        .with_swarm_config(config)
+        .build()
 }

@@ -16,6 +16,9 @@
 //!   tests of `src/runner.rs`).
 //! - [`pair::Pair`] is a publisher and a runner in one process on an in-memory hub, for
 //!   in-process tests that need a whole lifecycle (a publisher may not bid on its own seed).
+//! - [`http`] speaks raw HTTP to a node's monitoring server over TCP (`tests/web.rs`,
+//!   `web_limits.rs`, `limits.rs`); [`demo`] runs a demo network through one lifecycle
+//!   (`tests/web.rs`, `schema.rs`).
 //! - [`vectors`] holds the keys of the committed test vectors and the check that the code still
 //!   produces them (`tests/envelope.rs`, `rotation.rs`, `trust_policy.rs`); `committed.rs`
 //!   the check of other generated files (`tests/schema.rs`, `crabnet-ffi/tests/header.rs`).
@@ -30,8 +33,10 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod demo;
 pub mod fold_fixtures;
 pub mod forge;
+pub mod http;
 pub mod pair;
 pub mod procs;
 pub mod vectors;
@@ -653,12 +658,7 @@ impl Net {
                 generation: 0,
             });
             let v = net.run(i, &["--json", "init"]).ok().json();
-            let id = v["node_id"]
-                .as_str()
-                .expect("init prints node_id")
-                .to_owned();
-            assert!(is_hex(&id, 64), "{id}");
-            net.nodes[i].id = id;
+            net.nodes[i].id = node_id_in(&v, "init");
         }
         net
     }
@@ -747,6 +747,23 @@ impl Net {
         let want = format!("node {} listening on ", self.nodes[i].id);
         assert!(line.starts_with(&want), "banner {line:?} lacks {want:?}");
         line
+    }
+
+    /// `n` nodes over UDP ([`Net::new`]) started in a full mesh, once each knows all others.
+    pub fn udp_mesh(n: usize) -> Net {
+        let mut net = Net::new(n);
+        let all: Vec<usize> = (0..n).collect();
+        net.start_mesh(&all, &all);
+        net.wait_mesh(&all);
+        net
+    }
+
+    /// Starts node 0 with no peer, then each of `leaves` with node 0 as its only peer.
+    pub fn start_star(&mut self, leaves: &[usize]) {
+        self.start(0, &[]);
+        for &i in leaves {
+            self.start(i, &[0]);
+        }
     }
 
     /// Every other node of `all` as peers.
@@ -1084,6 +1101,34 @@ impl Net {
 
 pub fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The string `field` of every element of the JSON array `list`, in order; panics, naming
+/// the element, when `list` is not an array or a `field` is not a string.
+#[track_caller]
+pub fn strs<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    let Some(items) = list.as_array() else {
+        panic!("not a JSON array: {list}");
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for v in items {
+        let Some(s) = v[field].as_str() else {
+            panic!("`{field}` of {v} is not a string");
+        };
+        out.push(s);
+    }
+    out
+}
+
+/// The `node_id` of `v`, the JSON that `what` printed, checked to be 64 hex digits.
+#[track_caller]
+pub fn node_id_in(v: &Value, what: &str) -> String {
+    let id = v["node_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} prints node_id"))
+        .to_owned();
+    assert!(is_hex(&id, 64), "node id {id:?} is not 64 hex digits");
+    id
 }
 
 /// The port of an `IP:PORT` address.
