@@ -33,6 +33,7 @@ Linux only (reads /proc). Uses only the Python standard library.
 
 import argparse
 import concurrent.futures
+import ctypes
 import json
 import os
 import signal
@@ -48,6 +49,29 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
+
+
+# libc's prctl, loaded once (Linux): see stop_with_parent.
+LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+SCRIPT_PID = os.getpid()
+
+
+def stop_with_parent():
+    """In a listener about to start (Linux): SIGTERM when this script dies, also by SIGKILL,
+    so that no node outlives the benchmark (a hundred orphans hold ports, CPU and inotify
+    instances). A script that died before the request took effect is seen as a new parent:
+    the listener then does not start."""
+    if LIBC is None:
+        return
+    if LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0 or os.getppid() != SCRIPT_PID:
+        os._exit(1)
+
+
+def exit_on(signum, _frame):
+    """SIGTERM or SIGHUP ends the script through its cleanup (stop the nodes, remove their
+    directories) instead of killing it on the spot."""
+    sys.exit(128 + signum)
 
 
 class Listener:
@@ -82,7 +106,7 @@ class Listener:
         self.out = open(self.out_path, "wb")
         self.err = open(os.path.join(self.dir, "listen.err"), "wb")
         self.proc = subprocess.Popen(args, stdout=self.out, stderr=self.err,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, preexec_fn=stop_with_parent)
 
     def poll(self):
         """Reads new stdout lines: the banner, peers discovered and seeds held."""
@@ -240,6 +264,8 @@ def main():
                     help="log the pairs still missing every this many seconds while the network "
                          "forms and while the seeds spread")
     args = ap.parse_args()
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, exit_on)
 
     binary = os.path.abspath(args.bin)
     root = tempfile.mkdtemp(prefix="crabnet-bench-scale-")
@@ -299,8 +325,12 @@ def main():
             return seed, n
 
         pub_start = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(max(1, args.publish_jobs)) as pool:
+        pool = concurrent.futures.ThreadPoolExecutor(max(1, args.publish_jobs))
+        try:
             seeds = list(pool.map(publish, range(args.seeds)))
+        finally:
+            # Stopped (SIGTERM, a failed publish): the publishes not started yet are dropped.
+            pool.shutdown(cancel_futures=True)
         published = time.monotonic()
         publish_secs = published - pub_start
         want = {s for s, _ in seeds}
@@ -396,6 +426,9 @@ def main():
         }
         print(json.dumps(report))
     finally:
+        # A second SIGTERM or SIGHUP must not cut the cleanup short.
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         for n in nodes:
             if n.proc and n.proc.poll() is None:
                 n.proc.send_signal(signal.SIGINT)
