@@ -533,9 +533,11 @@ mod liars {
                 guard: DialsOnlyByAddress,
             }
         };
-        let mut liar = tcp_swarm(behaviour, |c| {
-            c.with_idle_connection_timeout(Duration::from_secs(60))
-        });
+        let mut liar = tcp_swarm(
+            libp2p::identity::Keypair::generate_ed25519(),
+            behaviour,
+            |c| c.with_idle_connection_timeout(Duration::from_secs(60)),
+        );
         liar.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
             .unwrap();
         liar

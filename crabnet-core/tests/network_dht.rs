@@ -409,7 +409,7 @@ impl Rogue {
     /// Dials the dht node listening on TCP `addr` (IP:PORT).
     fn connect(addr: &str, key_seed: u8) -> Rogue {
         use futures::StreamExt;
-        use libp2p::{gossipsub, identity, noise, swarm::SwarmEvent, tcp, yamux};
+        use libp2p::{gossipsub, identity, swarm::SwarmEvent};
 
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -425,35 +425,27 @@ impl Rogue {
         let state = std::sync::Arc::new(Mutex::new(RogueState::default()));
         let st = state.clone();
         rt.spawn(async move {
-            let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-                .with_tokio()
-                .with_tcp(
-                    tcp::Config::default().nodelay(true),
-                    noise::Config::new,
-                    yamux::Config::default,
+            let behaviour = |_: &identity::Keypair| {
+                let config = gossipsub::ConfigBuilder::default()
+                    .heartbeat_interval(Duration::from_millis(500))
+                    .validation_mode(gossipsub::ValidationMode::Anonymous)
+                    // Anonymous messages have no source or sequence number: the default
+                    // ids would make every message of this peer the same one.
+                    .message_id_fn(|m: &gossipsub::Message| {
+                        use sha2::Digest;
+                        gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
+                    })
+                    .build()
+                    .expect("gossipsub config");
+                gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
+                    gossipsub::MessageAuthenticity::Anonymous,
+                    config,
                 )
-                .expect("tcp")
-                .with_behaviour(|_| {
-                    let config = gossipsub::ConfigBuilder::default()
-                        .heartbeat_interval(Duration::from_millis(500))
-                        .validation_mode(gossipsub::ValidationMode::Anonymous)
-                        // Anonymous messages have no source or sequence number: the default
-                        // ids would make every message of this peer the same one.
-                        .message_id_fn(|m: &gossipsub::Message| {
-                            use sha2::Digest;
-                            gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
-                        })
-                        .build()
-                        .expect("gossipsub config");
-                    gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
-                        gossipsub::MessageAuthenticity::Anonymous,
-                        config,
-                    )
-                    .expect("gossipsub")
-                })
-                .expect("behaviour")
-                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-                .build();
+                .expect("gossipsub")
+            };
+            let mut swarm = support::forge::tcp_swarm(key, behaviour, |c| {
+                c.with_idle_connection_timeout(Duration::from_secs(60))
+            });
             let topic = gossipsub::IdentTopic::new(crabnet_core::network::TOPIC);
             swarm.behaviour_mut().subscribe(&topic).expect("subscribe");
             swarm.dial(target).expect("dial");

@@ -367,7 +367,7 @@ async fn a_default_libp2p_peer_relaying_valid_traffic_is_not_penalised() {
         )
         .unwrap()
     };
-    let mut relay = tcp_swarm(gossip, |c| c);
+    let mut relay = tcp_swarm(libp2p::identity::Keypair::generate_ed25519(), gossip, |c| c);
     let topic = gossipsub::IdentTopic::new(crabnet_core::network::TOPIC);
     relay.behaviour_mut().subscribe(&topic).unwrap();
     relay.dial(addr).unwrap();

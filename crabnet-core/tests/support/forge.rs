@@ -454,17 +454,19 @@ pub async fn udp_node(c: Config, peers: Vec<std::net::SocketAddr>) -> (Node, std
     )
 }
 
-/// A libp2p swarm with a new identity on TCP (noise, yamux): a peer made by hand to meet a
-/// node. Its behaviour is made by `behaviour` from its key, and `config` adjusts the default
-/// swarm configuration (`|c| c` keeps it).
+/// A libp2p swarm with the identity `key` on TCP (noise, yamux; no Nagle delay, as a node's):
+/// a peer made by hand to meet a node. Its behaviour is made by `behaviour` from its key, and
+/// `config` adjusts the default swarm configuration (`|c| c` keeps it). Must be called inside
+/// a tokio runtime.
 pub fn tcp_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    key: libp2p::identity::Keypair,
     behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
     config: impl FnOnce(libp2p::swarm::Config) -> libp2p::swarm::Config,
 ) -> libp2p::Swarm<B> {
-    libp2p::SwarmBuilder::with_new_identity()
+    libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
-            libp2p::tcp::Config::default(),
+            libp2p::tcp::Config::default().nodelay(true),
             libp2p::noise::Config::new,
             libp2p::yamux::Config::default,
         )
