@@ -61,17 +61,28 @@ def stop_with_parent():
     """In a listener about to start (Linux): SIGTERM when this script dies, also by SIGKILL,
     so that no node outlives the benchmark (a hundred orphans hold ports, CPU and inotify
     instances). A script that died before the request took effect is seen as a new parent:
-    the listener then does not start."""
+    the listener then does not start.
+
+    The kernel sends the signal when the *thread* that started the listener ends: listeners
+    are started from the main thread only (before the publish pool exists), which is also
+    what makes running this between fork and exec safe."""
     if LIBC is None:
         return
-    if LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0 or os.getppid() != SCRIPT_PID:
+    if LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        # Raised in the child: Popen reports it in the script.
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != SCRIPT_PID:
         os._exit(1)
+
+
+class Stopped(SystemExit):
+    """The script was told to stop (SIGTERM, SIGHUP): not a failed wait."""
 
 
 def exit_on(signum, _frame):
     """SIGTERM or SIGHUP ends the script through its cleanup (stop the nodes, remove their
     directories) instead of killing it on the spot."""
-    sys.exit(128 + signum)
+    raise Stopped(128 + signum)
 
 
 class Listener:
@@ -265,7 +276,10 @@ def main():
                          "forms and while the seeds spread")
     args = ap.parse_args()
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, exit_on)
+        # A signal the script was started to ignore (`nohup`) stays ignored, for the
+        # listeners too.
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, exit_on)
 
     binary = os.path.abspath(args.bin)
     root = tempfile.mkdtemp(prefix="crabnet-bench-scale-")
@@ -347,6 +361,8 @@ def main():
         try:
             wait_for("every node to hold every seed", args.timeout, converged, every=0.1,
                      progress=args.progress)
+        except Stopped:
+            raise
         except SystemExit:
             # Tell seeds a node lacks from seeds it holds without having printed their event.
             unstored = 0
@@ -426,8 +442,8 @@ def main():
         }
         print(json.dumps(report))
     finally:
-        # A second SIGTERM or SIGHUP must not cut the cleanup short.
-        for signum in (signal.SIGTERM, signal.SIGHUP):
+        # A second SIGTERM, SIGHUP or Ctrl-C must not cut the cleanup short.
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(signum, signal.SIG_IGN)
         for n in nodes:
             if n.proc and n.proc.poll() is None:
