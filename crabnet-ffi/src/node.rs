@@ -503,6 +503,23 @@ pub unsafe extern "C" fn crabnet_node_id(
     }
 }
 
+/// The body of the functions that run `op` on the node and write its value as JSON to `out`
+/// (argument `out_name`): `out` is checked first, then `node`, then what `op` checks.
+unsafe fn node_json<T: serde::Serialize>(
+    function: &str,
+    node: *const crabnet_node,
+    out: *mut *mut c_char,
+    out_name: &str,
+    op: impl FnOnce(&BlockingNode) -> FfiResult<T>,
+) -> crabnet_status {
+    unsafe {
+        ffi_out(function, out, out_name, || {
+            let node = crabnet_node::borrow(node, "node")?;
+            to_json(&op(&node.node)?)
+        })
+    }
+}
+
 /// Runs `op` on the node and the parsed seed id, and returns the seed's state as JSON.
 unsafe fn seed_op(
     function: &str,
@@ -515,10 +532,9 @@ unsafe fn seed_op(
     ) -> crabnet_core::Result<crabnet_core::SeedView>,
 ) -> crabnet_status {
     unsafe {
-        ffi_out(function, out_seed_json, "out_seed_json", || {
-            let node = crabnet_node::borrow(node, "node")?;
+        node_json(function, node, out_seed_json, "out_seed_json", |n| {
             let seed_id = arg_seed_id(seed_id, "seed_id")?;
-            to_json(&op(&node.node, &seed_id)?)
+            Ok(op(n, &seed_id)?)
         })
     }
 }
@@ -550,15 +566,15 @@ pub unsafe extern "C" fn crabnet_node_publish(
     out_seed_json: *mut *mut c_char,
 ) -> crabnet_status {
     unsafe {
-        ffi_out(
+        node_json(
             "crabnet_node_publish",
+            node,
             out_seed_json,
             "out_seed_json",
-            || {
-                let node = crabnet_node::borrow(node, "node")?;
+            |n| {
                 let request: PublishRequest =
                     arg_json(request_json, "request_json", "publish request")?;
-                to_json(&node.node.publish(request)?)
+                Ok(n.publish(request)?)
             },
         )
     }
@@ -651,15 +667,15 @@ pub unsafe extern "C" fn crabnet_node_settle(
     out_seed_json: *mut *mut c_char,
 ) -> crabnet_status {
     unsafe {
-        ffi_out(
+        node_json(
             "crabnet_node_settle",
+            node,
             out_seed_json,
             "out_seed_json",
-            || {
-                let node = crabnet_node::borrow(node, "node")?;
+            |n| {
                 let seed_id = arg_seed_id(seed_id, "seed_id")?;
                 let note = arg_str(note, "note")?;
-                to_json(&node.node.settle(&seed_id, accept, note)?)
+                Ok(n.settle(&seed_id, accept, note)?)
             },
         )
     }
@@ -747,12 +763,12 @@ pub unsafe extern "C" fn crabnet_node_seeds(
     out_seeds_json: *mut *mut c_char,
 ) -> crabnet_status {
     unsafe {
-        ffi_out(
+        node_json(
             "crabnet_node_seeds",
+            node,
             out_seeds_json,
             "out_seeds_json",
-            || {
-                let node = crabnet_node::borrow(node, "node")?;
+            |n| {
                 let status = if status.is_null() {
                     None
                 } else {
@@ -764,7 +780,7 @@ pub unsafe extern "C" fn crabnet_node_seeds(
                         ))
                     })?)
                 };
-                to_json(&node.node.seeds(status)?)
+                Ok(n.seeds(status)?)
             },
         )
     }
@@ -784,8 +800,8 @@ pub unsafe extern "C" fn crabnet_node_overview(
     out_json: *mut *mut c_char,
 ) -> crabnet_status {
     unsafe {
-        ffi_out("crabnet_node_overview", out_json, "out_json", || {
-            to_json(&crabnet_node::borrow(node, "node")?.node.overview()?)
+        node_json("crabnet_node_overview", node, out_json, "out_json", |n| {
+            Ok(n.overview()?)
         })
     }
 }
@@ -803,9 +819,13 @@ pub unsafe extern "C" fn crabnet_node_rotate_keys(
     out_json: *mut *mut c_char,
 ) -> crabnet_status {
     unsafe {
-        ffi_out("crabnet_node_rotate_keys", out_json, "out_json", || {
-            to_json(&crabnet_node::borrow(node, "node")?.node.rotate_keys()?)
-        })
+        node_json(
+            "crabnet_node_rotate_keys",
+            node,
+            out_json,
+            "out_json",
+            |n| Ok(n.rotate_keys()?),
+        )
     }
 }
 
@@ -820,11 +840,12 @@ pub unsafe extern "C" fn crabnet_node_peers(
     out_peers_json: *mut *mut c_char,
 ) -> crabnet_status {
     unsafe {
-        ffi_out(
+        node_json(
             "crabnet_node_peers",
+            node,
             out_peers_json,
             "out_peers_json",
-            || to_json(&crabnet_node::borrow(node, "node")?.node.peers()?),
+            |n| Ok(n.peers()?),
         )
     }
 }
@@ -843,14 +864,14 @@ pub unsafe extern "C" fn crabnet_node_wait_for_peers(
     out_peers_json: *mut *mut c_char,
 ) -> crabnet_status {
     unsafe {
-        ffi_out(
+        node_json(
             "crabnet_node_wait_for_peers",
+            node,
             out_peers_json,
             "out_peers_json",
-            || {
-                let node = crabnet_node::borrow(node, "node")?;
+            |n| {
                 let timeout = Duration::from_millis(timeout_ms.into());
-                to_json(&node.node.wait_for_peers(count, timeout)?)
+                Ok(n.wait_for_peers(count, timeout)?)
             },
         )
     }
@@ -869,17 +890,12 @@ pub unsafe extern "C" fn crabnet_node_events_after(
     out_events_json: *mut *mut c_char,
 ) -> crabnet_status {
     unsafe {
-        ffi_out(
+        node_json(
             "crabnet_node_events_after",
+            node,
             out_events_json,
             "out_events_json",
-            || {
-                to_json(
-                    &crabnet_node::borrow(node, "node")?
-                        .node
-                        .events_after(after_seq, limit)?,
-                )
-            },
+            |n| Ok(n.events_after(after_seq, limit)?),
         )
     }
 }

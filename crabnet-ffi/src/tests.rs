@@ -30,11 +30,17 @@ fn take(s: *mut c_char) -> String {
     text
 }
 
+/// Asserts that a call succeeded; a failure shows the call's last error.
+#[track_caller]
+fn ok(status: crabnet_status) {
+    assert_eq!(status, crabnet_status::Ok, "{}", last_error());
+}
+
 fn json_string(json: &str, pointer: &str) -> String {
     let (json, pointer) = (CString::new(json).unwrap(), CString::new(pointer).unwrap());
     let mut out = ptr::null_mut();
     let status = unsafe { crabnet_json_get_string(json.as_ptr(), pointer.as_ptr(), &mut out) };
-    assert_eq!(status, crabnet_status::Ok, "{}", last_error());
+    ok(status);
     take(out)
 }
 
@@ -140,19 +146,19 @@ fn null_and_invalid_utf8_arguments_are_errors_and_outputs_stay_untouched() {
 fn config_setters_validate_and_keep_the_old_value_on_error() {
     let mut config = ptr::null_mut();
     unsafe {
-        assert_eq!(
-            crabnet_config_new(c"/tmp/crabnet-ffi-unit".as_ptr(), &mut config),
-            crabnet_status::Ok
-        );
-        assert_eq!(crabnet_config_set_tick_ms(config, 40), crabnet_status::Ok);
+        ok(crabnet_config_new(
+            c"/tmp/crabnet-ffi-unit".as_ptr(),
+            &mut config,
+        ));
+        ok(crabnet_config_set_tick_ms(config, 40));
         assert_eq!(
             crabnet_config_set_tick_ms(config, 0),
             crabnet_status::Config
         );
-        assert_eq!(
-            crabnet_config_merge_json(config, c"{\"runner\": {\"cpu_seconds\": 9}}".as_ptr()),
-            crabnet_status::Ok
-        );
+        ok(crabnet_config_merge_json(
+            config,
+            c"{\"runner\": {\"cpu_seconds\": 9}}".as_ptr(),
+        ));
         assert_eq!(
             crabnet_config_merge_json(config, c"{\"runner\": {\"cpu\": 9}}".as_ptr()),
             crabnet_status::Config
@@ -162,20 +168,14 @@ fn config_setters_validate_and_keep_the_old_value_on_error() {
             crabnet_status::Config
         );
         let mut json = ptr::null_mut();
-        assert_eq!(
-            crabnet_config_to_json(config, &mut json),
-            crabnet_status::Ok
-        );
+        ok(crabnet_config_to_json(config, &mut json));
         let json: serde_json::Value = serde_json::from_str(&take(json)).unwrap();
         assert_eq!(json["network"]["tick_ms"], 40);
         assert_eq!(json["runner"]["cpu_seconds"], 9);
         assert_eq!(json["runner"]["sandbox"], "required");
 
         // The runner's sandbox settings.
-        assert_eq!(
-            crabnet_config_set_sandbox(config, c"best_effort".as_ptr()),
-            crabnet_status::Ok
-        );
+        ok(crabnet_config_set_sandbox(config, c"best_effort".as_ptr()));
         assert_eq!(
             crabnet_config_set_sandbox(config, c"airtight".as_ptr()),
             crabnet_status::Config
@@ -185,27 +185,18 @@ fn config_setters_validate_and_keep_the_old_value_on_error() {
             crabnet_config_set_sandbox(config, ptr::null()),
             crabnet_status::NullArgument
         );
-        assert_eq!(
-            crabnet_config_set_allow_network(config, true),
-            crabnet_status::Ok
-        );
-        assert_eq!(
-            crabnet_config_set_keep_workdirs(config, true),
-            crabnet_status::Ok
-        );
-        assert_eq!(
-            crabnet_config_set_work_root(config, c"/tmp/crabnet-ffi-work".as_ptr()),
-            crabnet_status::Ok
-        );
+        ok(crabnet_config_set_allow_network(config, true));
+        ok(crabnet_config_set_keep_workdirs(config, true));
+        ok(crabnet_config_set_work_root(
+            config,
+            c"/tmp/crabnet-ffi-work".as_ptr(),
+        ));
         let json = config_json(config);
         assert_eq!(json["runner"]["sandbox"], "best_effort");
         assert_eq!(json["runner"]["allow_network"], true);
         assert_eq!(json["runner"]["keep_work_dirs"], true);
         assert_eq!(json["runner"]["work_root"], "/tmp/crabnet-ffi-work");
-        assert_eq!(
-            crabnet_config_set_work_root(config, ptr::null()),
-            crabnet_status::Ok
-        );
+        ok(crabnet_config_set_work_root(config, ptr::null()));
         assert_eq!(
             config_json(config)["runner"]["work_root"],
             serde_json::Value::Null
@@ -216,10 +207,7 @@ fn config_setters_validate_and_keep_the_old_value_on_error() {
 
 fn config_json(config: *const crabnet_config) -> serde_json::Value {
     let mut json = ptr::null_mut();
-    assert_eq!(
-        unsafe { crabnet_config_to_json(config, &mut json) },
-        crabnet_status::Ok
-    );
+    ok(unsafe { crabnet_config_to_json(config, &mut json) });
     serde_json::from_str(&take(json)).unwrap()
 }
 
@@ -232,7 +220,7 @@ struct Host {
 impl Host {
     fn new() -> Host {
         let mut hub = ptr::null_mut();
-        assert_eq!(unsafe { crabnet_hub_new(&mut hub) }, crabnet_status::Ok);
+        ok(unsafe { crabnet_hub_new(&mut hub) });
         Host {
             dir: tempfile::tempdir().unwrap(),
             hub,
@@ -245,13 +233,10 @@ impl Host {
         let mut config = ptr::null_mut();
         let mut node = ptr::null_mut();
         unsafe {
-            assert_eq!(
-                crabnet_config_new(dir.as_ptr(), &mut config),
-                crabnet_status::Ok
-            );
-            assert_eq!(crabnet_config_set_tick_ms(config, 20), crabnet_status::Ok);
+            ok(crabnet_config_new(dir.as_ptr(), &mut config));
+            ok(crabnet_config_set_tick_ms(config, 20));
             let status = crabnet_node_start_memory(config, self.hub, name.as_ptr(), &mut node);
-            assert_eq!(status, crabnet_status::Ok, "{}", last_error());
+            ok(status);
             crabnet_config_free(config);
         }
         node
@@ -268,7 +253,7 @@ fn publish(node: *const crabnet_node, command: &str) -> String {
     let request = CString::new(format!("{{\"command\": \"{command}\"}}")).unwrap();
     let mut out = ptr::null_mut();
     let status = unsafe { crabnet_node_publish(node, request.as_ptr(), &mut out) };
-    assert_eq!(status, crabnet_status::Ok, "{}", last_error());
+    ok(status);
     json_string(&take(out), "/seed/id")
 }
 
@@ -314,7 +299,7 @@ unsafe extern "C" fn record(user_data: *mut c_void, event_json: *const c_char) {
 fn subscribe(node: *const crabnet_node, callback: crabnet_event_callback, seen: &Arc<Seen>) -> u64 {
     let mut id = 0;
     let status = unsafe { crabnet_node_subscribe(node, callback, seen.user_data(), &mut id) };
-    assert_eq!(status, crabnet_status::Ok, "{}", last_error());
+    ok(status);
     id
 }
 
@@ -335,7 +320,7 @@ fn stop_delivers_the_last_events_and_no_callback_runs_after_it() {
     for i in 0..5 {
         publish(node, &format!("echo {i}"));
     }
-    assert_eq!(unsafe { crabnet_node_stop(node) }, crabnet_status::Ok);
+    ok(unsafe { crabnet_node_stop(node) });
     let after_stop = seen.calls.load(Ordering::SeqCst);
     let types = seen.types();
     assert_eq!(
@@ -358,7 +343,7 @@ fn stop_delivers_the_last_events_and_no_callback_runs_after_it() {
     let mut out = ptr::null_mut();
     let status = unsafe { crabnet_node_overview(node, &mut out) };
     assert_eq!((status, out), (crabnet_status::Stopped, ptr::null_mut()));
-    assert_eq!(unsafe { crabnet_node_stop(node) }, crabnet_status::Ok);
+    ok(unsafe { crabnet_node_stop(node) });
     unsafe { crabnet_node_free(node) };
     assert_eq!(seen.calls.load(Ordering::SeqCst), after_stop);
 }
@@ -372,13 +357,10 @@ unsafe extern "C" fn swap_subscriptions(user_data: *mut c_void, event_json: *con
         let mut other = 0;
         let status =
             unsafe { crabnet_node_subscribe(node, Some(count_other), user_data, &mut other) };
-        assert_eq!(status, crabnet_status::Ok);
+        ok(status);
         seen.other_id.store(other, Ordering::SeqCst);
         let own = seen.own_id.load(Ordering::SeqCst);
-        assert_eq!(
-            unsafe { crabnet_node_unsubscribe(node, own) },
-            crabnet_status::Ok
-        );
+        ok(unsafe { crabnet_node_unsubscribe(node, own) });
         // Ending it twice is an error, not a crash.
         assert_eq!(
             unsafe { crabnet_node_unsubscribe(node, own) },
@@ -417,7 +399,7 @@ fn callbacks_subscribe_and_unsubscribe_from_inside_a_callback() {
     wait_until("an event for the second subscription", || {
         seen.finished.load(Ordering::SeqCst)
     });
-    assert_eq!(unsafe { crabnet_node_stop(node) }, crabnet_status::Ok);
+    ok(unsafe { crabnet_node_stop(node) });
     // The first callback ran once: it unsubscribed itself during its first call.
     assert_eq!(seen.calls.load(Ordering::SeqCst), 1);
     unsafe { crabnet_node_free(node) };
@@ -442,10 +424,7 @@ fn unsubscribe_waits_for_the_callback_in_progress() {
     wait_until("the callback to start", || {
         seen.started.load(Ordering::SeqCst)
     });
-    assert_eq!(
-        unsafe { crabnet_node_unsubscribe(node, id) },
-        crabnet_status::Ok
-    );
+    ok(unsafe { crabnet_node_unsubscribe(node, id) });
     assert!(
         seen.finished.load(Ordering::SeqCst),
         "unsubscribe returned mid-callback"
@@ -458,7 +437,7 @@ unsafe extern "C" fn stop_from_inside(user_data: *mut c_void, event_json: *const
     unsafe { record(user_data, event_json) };
     if seen.calls.load(Ordering::SeqCst) == 1 {
         let node = seen.node.load(Ordering::SeqCst);
-        assert_eq!(unsafe { crabnet_node_stop(node) }, crabnet_status::Ok);
+        ok(unsafe { crabnet_node_stop(node) });
         seen.returned_after_stop.store(true, Ordering::SeqCst);
     }
 }
@@ -519,19 +498,13 @@ fn next_event_polls_with_a_timeout() {
     let node = host.node("alice");
     let mut out = ptr::null_mut();
     let started = Instant::now();
-    assert_eq!(
-        unsafe { crabnet_node_next_event(node, 100, &mut out) },
-        crabnet_status::Ok
-    );
+    ok(unsafe { crabnet_node_next_event(node, 100, &mut out) });
     assert!(out.is_null());
     assert!(started.elapsed() >= Duration::from_millis(100));
     let id = publish(node, "echo poll");
     let mut types = Vec::new();
     while types.len() < 2 {
-        assert_eq!(
-            unsafe { crabnet_node_next_event(node, 5000, &mut out) },
-            crabnet_status::Ok
-        );
+        ok(unsafe { crabnet_node_next_event(node, 5000, &mut out) });
         let event = take(out);
         assert_eq!(json_string(&event, "/seed_id"), id);
         types.push(json_string(&event, "/type"));
@@ -565,25 +538,16 @@ fn a_slow_poller_is_told_how_many_events_it_missed() {
     let mut config = ptr::null_mut();
     let mut node = ptr::null_mut();
     unsafe {
-        assert_eq!(
-            crabnet_config_new(path.as_ptr(), &mut config),
-            crabnet_status::Ok
-        );
-        assert_eq!(
-            crabnet_config_set_event_capacity(config, 4),
-            crabnet_status::Ok
-        );
-        assert_eq!(crabnet_node_start(config, &mut node), crabnet_status::Ok);
+        ok(crabnet_config_new(path.as_ptr(), &mut config));
+        ok(crabnet_config_set_event_capacity(config, 4));
+        ok(crabnet_node_start(config, &mut node));
         crabnet_config_free(config);
     }
     for i in 0..5 {
         publish(node, &format!("echo {i}"));
     }
     let mut out = ptr::null_mut();
-    assert_eq!(
-        unsafe { crabnet_node_next_event(node, 1000, &mut out) },
-        crabnet_status::Ok
-    );
+    ok(unsafe { crabnet_node_next_event(node, 1000, &mut out) });
     let first = take(out);
     assert_eq!(json_string(&first, "/type"), "events_dropped", "{first}");
     let count: serde_json::Value = serde_json::from_str(&first).unwrap();

@@ -132,6 +132,19 @@ impl NativeNode {
         });
         to_py(py, &out.py(py)?)
     }
+
+    /// Runs `f` on the node on a thread of its own, waiting with [`wait_interruptibly`] (the
+    /// thread is named `thread_name`); returns its value (see [`to_py`]).
+    fn call_interruptibly<T: Serialize + Send + 'static>(
+        &self,
+        py: Python<'_>,
+        thread_name: &str,
+        f: impl FnOnce(&BlockingNode) -> crabnet_core::Result<T> + Send + 'static,
+    ) -> PyResult<Py<PyAny>> {
+        let node = self.get()?;
+        let out = wait_interruptibly(py, thread_name, move || f(&node))?;
+        to_py(py, &out.py(py)?)
+    }
 }
 
 #[pymethods]
@@ -298,9 +311,7 @@ impl NativeNode {
     /// the node stops, which kills it and records its result as interrupted).
     fn run(&self, py: Python<'_>, seed: &str) -> PyResult<Py<PyAny>> {
         let id = seed_id(seed)?;
-        let node = self.get()?;
-        let out = wait_interruptibly(py, "crabnet-run", move || node.run(&id))?;
-        to_py(py, &out.py(py)?)
+        self.call_interruptibly(py, "crabnet-run", move |n| n.run(&id))
     }
 
     /// Settles a seed: `accept` is taken for its truth value, `note` must be a `str`.
@@ -382,11 +393,9 @@ impl NativeNode {
                 MAX_PEER_WAIT.as_secs()
             )));
         }
-        let node = self.get()?;
-        let out = wait_interruptibly(py, "crabnet-peers", move || {
-            node.wait_for_peers(count, timeout)
-        })?;
-        to_py(py, &out.py(py)?)
+        self.call_interruptibly(py, "crabnet-peers", move |n| {
+            n.wait_for_peers(count, timeout)
+        })
     }
 
     fn events_after(

@@ -3,6 +3,15 @@
  * their own node; several threads use one node at once. */
 #include "check.h"
 
+/* Publishes a seed whose command is `true` (its state is not kept); the caller checks the
+ * status, so that a failure names the caller's line. */
+static crabnet_status publish_true(const crabnet_node *node) {
+    char *seed = NULL;
+    crabnet_status status = crabnet_node_publish(node, "{\"command\": \"true\"}", &seed);
+    crabnet_string_free(seed);
+    return status;
+}
+
 /* ---- user data freed right after unsubscribe returns, while the callback was running ---- */
 
 typedef struct {
@@ -23,16 +32,13 @@ static void test_unsubscribe_waits(const char *base) {
     slow_state *s = (slow_state *)calloc(1, sizeof *s);
     uint64_t id = 0;
     OK(crabnet_node_subscribe(node, slow_callback, s, &id));
-    char *seed = NULL;
-    OK(crabnet_node_publish(node, "{\"command\": \"true\"}", &seed));
-    crabnet_string_free(seed);
+    OK(publish_true(node));
     while (!s->started) sleep_ms(1);
     OK(crabnet_node_unsubscribe(node, id));
     CHECK(s->calls >= 1);
     free(s);
     /* More events; the freed user data must not be reached. */
-    OK(crabnet_node_publish(node, "{\"command\": \"true\"}", &seed));
-    crabnet_string_free(seed);
+    OK(publish_true(node));
     sleep_ms(100);
     OK(crabnet_node_stop(node));
     crabnet_node_free(node);
@@ -45,10 +51,8 @@ static void test_stop_waits(const char *base) {
     slow_state *s = (slow_state *)calloc(1, sizeof *s);
     uint64_t id = 0;
     OK(crabnet_node_subscribe(node, slow_callback, s, &id));
-    char *seed = NULL;
     for (int i = 0; i < 3; i++) {
-        OK(crabnet_node_publish(node, "{\"command\": \"true\"}", &seed));
-        crabnet_string_free(seed);
+        OK(publish_true(node));
     }
     while (!s->started) sleep_ms(1);
     OK(crabnet_node_stop(node));
@@ -89,14 +93,11 @@ static void test_resubscribe_inside(const char *base) {
     OK(crabnet_node_start(config, &s.node));
     crabnet_config_free(config);
     OK(crabnet_node_subscribe(s.node, swap_callback, &s, &s.self_id));
-    char *seed = NULL;
-    OK(crabnet_node_publish(s.node, "{\"command\": \"true\"}", &seed));
-    crabnet_string_free(seed);
+    OK(publish_true(s.node));
     double deadline = now_s() + 10;
     while (s.later_id == 0 && now_s() < deadline) sleep_ms(5);
     CHECK(s.later_id != 0);
-    OK(crabnet_node_publish(s.node, "{\"command\": \"true\"}", &seed));
-    crabnet_string_free(seed);
+    OK(publish_true(s.node));
     while (recorder_saw(&s.later, "seed_published") < 1 && now_s() < deadline) sleep_ms(5);
     CHECK(recorder_saw(&s.later, "seed_published") == 1);
     OK(crabnet_node_stop(s.node));
@@ -134,9 +135,7 @@ static void test_free_inside(const char *base) {
     crabnet_hub_free(hub);
     uint64_t id = 0;
     OK(crabnet_node_subscribe(s.node, free_callback, &s, &id));
-    char *seed = NULL;
-    OK(crabnet_node_publish(s.node, "{\"command\": \"true\"}", &seed));
-    crabnet_string_free(seed);
+    OK(publish_true(s.node));
     double deadline = now_s() + 10;
     while (!s.freed && now_s() < deadline) sleep_ms(5);
     CHECK(s.freed);
