@@ -902,7 +902,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT status, COUNT(*) FROM seeds GROUP BY status")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let rows = stmt.query_map([], |r| <(String, i64)>::try_from(r))?;
         for row in rows {
             let (status, n) = row?;
             let status = SeedStatus::parse(&status).ok_or_else(|| {
@@ -918,7 +918,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT name, value FROM counters ORDER BY name")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let rows = stmt.query_map([], |r| <(String, i64)>::try_from(r))?;
         rows.map(|r| r.map(|(k, v)| (k, v as u64)).map_err(Error::from))
             .collect()
     }
@@ -932,13 +932,7 @@ impl Store {
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut stmt = self.conn.prepare_cached(EVENTS_AFTER_SQL)?;
-        let rows = stmt.query_map(params![after, limit], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
+        let rows = stmt.query_map(params![after, limit], |r| <(i64, i64, String)>::try_from(r))?;
         rows.map(|r| {
             let (seq, at, body) = r?;
             let seq = u64::try_from(seq)
@@ -998,12 +992,7 @@ impl Store {
              ORDER BY o.seq LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![now as i64, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
+            <(i64, i64, String, Vec<u8>)>::try_from(r)
         })?;
         rows.map(|r| {
             let (seq, attempts, id, envelope) = r?;
@@ -1252,9 +1241,7 @@ impl Store {
     pub fn sync_digest(&self, limit: usize) -> Result<Vec<crate::sync::SeedDigest>> {
         let mut stmt = self.conn.prepare_cached(SYNC_DIGEST_SQL)?;
         let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt.query_map([limit_sql], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
+        let rows = stmt.query_map([limit_sql], |r| <(String, String)>::try_from(r))?;
         let mut out = Vec::new();
         let mut current: Option<(String, Vec<String>)> = None;
         for row in rows {
@@ -1286,9 +1273,7 @@ impl Store {
             "SELECT sender, envelope FROM messages WHERE seed_id = ?1 AND envelope IS NOT NULL
              ORDER BY kind = 'seed_created' DESC, lamport, id",
         )?;
-        let rows = stmt.query_map([seed.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?;
+        let rows = stmt.query_map([seed.as_str()], |r| <(String, Vec<u8>)>::try_from(r))?;
         rows.map(|r| {
             let (sender, envelope) = r?;
             Ok((NodeId::parse(&sender)?, envelope))
@@ -1555,13 +1540,7 @@ impl Store {
             .conn
             .prepare("SELECT seed_id, pid, started_at FROM runs ORDER BY started_at, seed_id")?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })?
+            .query_map([], |r| <(String, i64, i64)>::try_from(r))?
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut out = Vec::new();
         for (seed_id, pid, started_at) in rows {
@@ -1633,15 +1612,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT name, since, value, threshold, detail FROM alerts")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, String>(4)?,
-            ))
-        })?;
+        let rows = stmt.query_map([], |r| <(String, i64, i64, i64, String)>::try_from(r))?;
         let mut out = Vec::new();
         for row in rows {
             let (name, since, value, threshold, detail) = row?;
@@ -2151,11 +2122,7 @@ fn refold(
         "SELECT body, verdict, origin FROM messages WHERE seed_id = ?1 ORDER BY lamport, id",
     )?;
     let rows = stmt.query_map([seed_id.as_str()], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, Option<String>>(1)?,
-            r.get::<_, String>(2)?,
-        ))
+        <(String, Option<String>, String)>::try_from(r)
     })?;
     let mut messages = Vec::new();
     let mut previous = BTreeMap::new();

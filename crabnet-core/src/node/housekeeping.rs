@@ -485,11 +485,17 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    /// The config of a node in `dir` without a network whose housekeeping ticks every 20 ms.
+    fn ticking_config(dir: &tempfile::TempDir) -> Config {
+        let mut config = Config::with_data_dir(dir.path().join("node"));
+        config.network.tick_ms = 20;
+        config
+    }
+
     /// A node without a network whose housekeeping ticks every 20 ms.
     async fn idle_node() -> (tempfile::TempDir, Node) {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::with_data_dir(dir.path().join("node"));
-        config.network.tick_ms = 20;
+        let mut config = ticking_config(&dir);
         config.events.log_enabled = false;
         (dir, Node::start(config).await.unwrap())
     }
@@ -539,6 +545,13 @@ mod tests {
         }
     }
 
+    /// An idle node ([`idle_node`]) whose housekeeping sleeps ([`wait_asleep`]).
+    async fn asleep_node() -> (tempfile::TempDir, Node) {
+        let (dir, node) = idle_node().await;
+        wait_asleep(&node).await;
+        (dir, node)
+    }
+
     /// Polls `done` every 10 ms, for up to 5 s after `start`; returns the time since `start`.
     async fn time_until(start: tokio::time::Instant, done: impl Fn() -> bool) -> Duration {
         while !done() && start.elapsed() < Duration::from_secs(5) {
@@ -553,6 +566,16 @@ mod tests {
         counters.get(name).copied().unwrap_or(0)
     }
 
+    /// Counts the routine counter `name` once and waits (up to 5 s) until it is written.
+    async fn count_until_written(node: &Node, name: &str) {
+        node.inner.rejections.count(name);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while stored_counter(node, name) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Routine counters (a healthy network's: unchanged hellos, sync upkeep) counted all the
     /// time, as an idle node in a network counts the hellos it receives, are written once,
     /// then not again for `network.counter_write_secs`: each write is a commit. Before, every
@@ -561,13 +584,7 @@ mod tests {
     async fn routine_counters_counted_all_the_time_are_written_twice_a_minute() {
         // Nothing counted at start: the first counter is written at once.
         let (_dir, node) = idle_node().await;
-        let counted = tokio::time::Instant::now();
-        node.inner.rejections.count("hellos.refreshed");
-        let deadline = counted + Duration::from_secs(5);
-        while stored_counter(&node, "hellos.refreshed") == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "never written");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        count_until_written(&node, "hellos.refreshed").await;
         let first = tokio::time::Instant::now();
         // One more every 100 ms for 6 s.
         let mut more = 0;
@@ -594,12 +611,7 @@ mod tests {
     async fn a_last_seen_noted_while_housekeeping_sleeps_is_written_when_due() {
         let (_dir, node) = idle_node().await;
         // Counters written: housekeeping sleeps until the next routine write, 30 s away.
-        node.inner.rejections.count("hellos.refreshed");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while stored_counter(&node, "hellos.refreshed") == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "never written");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        count_until_written(&node, "hellos.refreshed").await;
         wait_asleep(&node).await;
         node.inner.rejections.count("hellos.refreshed");
         wait_asleep(&node).await;
@@ -620,9 +632,8 @@ mod tests {
     /// within a few ticks, not at the end of the longest sleep.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rejection_counted_while_housekeeping_sleeps_is_written_at_once() {
-        let (_dir, node) = idle_node().await;
         // Asleep, then a rejection comes in.
-        wait_asleep(&node).await;
+        let (_dir, node) = asleep_node().await;
         let rejection = crate::ingress::Rejection::new(
             "memory:peer",
             None,
@@ -631,12 +642,7 @@ mod tests {
         );
         let counted = tokio::time::Instant::now();
         node.inner.rejections.note(rejection, node.now_ms());
-        let written = || {
-            lock(&node.inner.store)
-                .counters()
-                .unwrap()
-                .contains_key("rejected.malformed")
-        };
+        let written = || stored_counter(&node, "rejected.malformed") > 0;
         let took = time_until(counted, written).await;
         assert!(
             took < IDLE_SLEEP_MAX / 4,
@@ -650,8 +656,7 @@ mod tests {
     /// of another process to become visible: eight looks for each of its own commits.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_nodes_own_commits_do_not_wake_its_housekeeping() {
-        let (_dir, node) = idle_node().await;
-        wait_asleep(&node).await;
+        let (_dir, node) = asleep_node().await;
         let before = looks(&node);
         // 40 commits over 2 s.
         for n in 1..=40 {
@@ -726,8 +731,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_event_log_gathers_the_events_of_a_stream_of_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::with_data_dir(dir.path().join("node"));
-        config.network.tick_ms = 20;
+        let config = ticking_config(&dir);
         let log = config.event_log_path();
         let node = Node::start(config).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;

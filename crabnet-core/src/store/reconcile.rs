@@ -71,13 +71,7 @@ impl Store {
             "SELECT timestamp, id, seed_id FROM messages
              WHERE rowid > ?1 AND rowid <= ?2 AND envelope IS NOT NULL",
         )?;
-        let rows = stmt.query_map([after, upto], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
+        let rows = stmt.query_map([after, upto], |r| <(i64, String, String)>::try_from(r))?;
         let mut out = Vec::new();
         for row in rows {
             let (timestamp, id, seed_id) = row?;
