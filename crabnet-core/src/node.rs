@@ -20,7 +20,6 @@
 //! `node/decisions.rs` what this node owes as a publisher; `node/housekeeping.rs` the timers and
 //! the event log; `node/keys.rs` key rotation; `node/runs.rs` running claimed seeds.
 
-use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,7 +35,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::Identity;
 use crate::ingress;
-use crate::model::{Deadlines, Millis, NodeId, SandboxLevel, SeedId, SeedStatus};
+use crate::model::{Deadlines, Millis, NodeId, SandboxLevel, SeedStatus};
 use crate::monitor::{EventBus, EventKind, NdjsonLog, Subscription};
 use crate::network::{self, Transport};
 use crate::sandbox::{SandboxPolicy, SandboxStatus};
@@ -261,8 +260,6 @@ const OUTBOX_BATCH: usize = 256;
 struct Timers {
     /// The earliest time a seed of ours owes a decision ([`SeedView::next_decision_at`]).
     decide_at: AtomicU64,
-    /// Seeds of ours that will owe a decision: a frame about one of them may move its time.
-    deciding: Mutex<HashSet<SeedId>>,
     /// The earliest expiry of a seen message id.
     prune_at: AtomicU64,
     /// The earliest outbox retry.
@@ -611,7 +608,11 @@ impl Node {
             })
             .await?;
         }
-        node.blocking(|n| n.issue_due_decisions()).await?;
+        node.blocking(|n| {
+            n.with_store(|s| s.refresh_decision_times(&n.inner.id))?;
+            n.issue_due_decisions()
+        })
+        .await?;
         node.blocking(|n| n.record_orphaned_runs()).await?;
         if driven {
             return Ok(node);

@@ -26,6 +26,7 @@ use crate::monitor::{Event, EventKind, RejectReason};
 use crate::state::{self, SeedView, Verdict, Violation};
 
 pub(crate) mod config;
+mod decisions;
 mod prune;
 mod reconcile;
 mod reputation;
@@ -385,6 +386,15 @@ const MIGRATIONS: &[&str] = &[
     // 11: seeds by their last change, for the sync digest, which lists the most recently
     // changed seeds: without it every stored message was sorted for each digest a peer sent
     "CREATE INDEX seeds_by_update ON seeds(updated_at DESC, id);",
+    // 12: when each seed's publisher next owes a decision (`store/decisions.rs`), so the
+    // decision timer reads the due seeds alone; a node fills in its own seeds' when it starts
+    // (`Store::refresh_decision_times`)
+    "ALTER TABLE seeds ADD COLUMN decide_at INTEGER;
+     CREATE INDEX seeds_by_decision ON seeds(publisher, decide_at) WHERE decide_at IS NOT NULL;",
+    // 13: the received messages that wait for another, for the alert sample's `sync_lag`
+    // (every `alerts.interval_ms`): without it every sample read every stored message
+    "CREATE INDEX messages_pending ON messages(received_at)
+     WHERE json_extract(verdict, '$.verdict') = 'pending';",
 ];
 
 /// The nodes (other than `?1`) with stored rotation statements that are neither in the peer
@@ -412,6 +422,11 @@ const SYNC_DIGEST_SQL: &str = "SELECT s.id, m.id FROM
 /// [`Store::events_after`]'s statement (a `LIMIT ?`: see `Store::open` on recompiling).
 const EVENTS_AFTER_SQL: &str =
     "SELECT seq, at, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+
+/// [`Store::oldest_pending_message`]'s statement: its `WHERE` is the partial index
+/// `messages_pending`'s, so that SQLite reads that index.
+const OLDEST_PENDING_SQL: &str = "SELECT MIN(received_at) FROM messages
+    WHERE json_extract(verdict, '$.verdict') = 'pending'";
 
 /// The current schema version (SQLite `user_version`).
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -470,6 +485,11 @@ fn batch_lost() -> Error {
         ErrorKind::Store,
         "the database rolled the batch transaction back after an error",
     )
+}
+
+/// A time or count as an SQLite integer (signed): values past `i64::MAX` are stored as it.
+fn to_sql(n: u64) -> i64 {
+    n.min(i64::MAX as u64) as i64
 }
 
 fn from_json<T: for<'de> Deserialize<'de>>(text: &str, what: &str) -> Result<T> {
@@ -882,16 +902,6 @@ impl Store {
             ],
             |r| r.get::<_, String>(0),
         )?;
-        rows.map(|r| from_json(&r?, "seed view")).collect()
-    }
-
-    /// Seeds published by `publisher` that may still owe a decision (open, claimed, completed).
-    pub fn undecided_seeds_of(&self, publisher: &NodeId) -> Result<Vec<SeedView>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT view FROM seeds WHERE status IN ('open', 'claimed', 'completed')
-             AND publisher = ?1 ORDER BY created_at",
-        )?;
-        let rows = stmt.query_map([publisher.as_str()], |r| r.get::<_, String>(0))?;
         rows.map(|r| from_json(&r?, "seed view")).collect()
     }
 
@@ -1773,12 +1783,10 @@ impl Store {
         self.earliest("SELECT MIN(created_at) FROM outbox WHERE sent_at IS NULL")
     }
 
-    /// When the oldest received message that still waits for another arrived (Unix ms).
+    /// When the oldest received message that still waits for another arrived (Unix ms): one
+    /// read of the index of waiting messages, whatever the number of stored messages.
     pub fn oldest_pending_message(&self) -> Result<Option<Millis>> {
-        self.earliest(
-            "SELECT MIN(received_at) FROM messages
-             WHERE json_extract(verdict, '$.verdict') = 'pending'",
-        )
+        self.earliest(OLDEST_PENDING_SQL)
     }
 }
 
@@ -2196,11 +2204,12 @@ fn refold(
             });
         }
         tx.prepare_cached(
-            "INSERT INTO seeds(id, publisher, status, created_at, updated_at, view, ended_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO seeds(id, publisher, status, created_at, updated_at, view, ended_at,
+                               decide_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT(id) DO UPDATE SET status = excluded.status,
                  updated_at = excluded.updated_at, view = excluded.view,
-                 ended_at = excluded.ended_at",
+                 ended_at = excluded.ended_at, decide_at = excluded.decide_at",
         )?
         .execute(params![
             seed_id.as_str(),
@@ -2209,7 +2218,8 @@ fn refold(
             view.seed.created_at as i64,
             now as i64,
             to_json(view)?,
-            state::ended_at(view).map(|t| t.min(i64::MAX as u64) as i64)
+            state::ended_at(view).map(to_sql),
+            decisions::decide_at(view)
         ])?;
         reputation::write_seed(tx, view)?;
     }
@@ -2352,6 +2362,20 @@ mod tests {
     /// and each write of the peer row its page: about every received frame did both. A stored
     /// message whose verdict a newcomer changes (a bid that waited for its seed) is still
     /// updated.
+    /// The alert sample (every `alerts.interval_ms`, on every node) reads the oldest waiting
+    /// message from its partial index, not by reading every stored message.
+    #[test]
+    fn the_oldest_waiting_message_is_read_from_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let plan = s.query_plan(OLDEST_PENDING_SQL, []);
+        assert!(
+            plan.iter().any(|step| step.contains("messages_pending"))
+                && !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{plan:#?}"
+        );
+    }
+
     #[test]
     fn a_received_message_is_written_once_and_its_author_row_once() {
         use rusqlite::hooks::Action;
@@ -2380,6 +2404,7 @@ mod tests {
         };
         let (outcome, _) = s.apply_remote(&me, &bid, b"bid", 2_000).unwrap();
         assert!(matches!(outcome, RemoteOutcome::Deferred(_)), "{outcome:?}");
+        assert_eq!(s.oldest_pending_message().unwrap(), Some(2_000));
         let writes = Arc::new(Mutex::new(Vec::new()));
         let seen = writes.clone();
         s.conn
@@ -2424,6 +2449,11 @@ mod tests {
         assert_eq!(
             from_json::<Verdict>(&verdict, "verdict").unwrap(),
             Verdict::Applied
+        );
+        assert_eq!(
+            s.oldest_pending_message().unwrap(),
+            None,
+            "nothing waits any more"
         );
         let view = s.seed(&SeedId::from_bytes([3; 16])).unwrap().unwrap();
         assert_eq!(view.bids.len(), 1, "{view:?}");
@@ -2715,7 +2745,8 @@ mod tests {
                  DROP INDEX outbox_by_message; DROP TABLE alerts;
                  DROP TABLE webhook_queue; DROP TABLE rotations; DROP TABLE reputation;
                  DROP INDEX messages_by_sender; DROP INDEX seeds_by_update;
-                 PRAGMA user_version = 3;",
+                 DROP INDEX seeds_by_decision; ALTER TABLE seeds DROP COLUMN decide_at;
+                 DROP INDEX messages_pending; PRAGMA user_version = 3;",
             )
             .unwrap();
         drop(s);

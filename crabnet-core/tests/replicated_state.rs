@@ -890,7 +890,9 @@ fn reputation_is_the_same_on_stores_with_the_same_messages_and_survives_a_reopen
     let conn = rusqlite::Connection::open(dir.path().join("a")).unwrap();
     conn.execute_batch(
         "DROP INDEX messages_by_sender; DROP INDEX reputation_by_node; DROP TABLE reputation;
-         DROP INDEX seeds_by_update; PRAGMA user_version = 8;",
+         DROP INDEX seeds_by_update; DROP INDEX seeds_by_decision;
+         ALTER TABLE seeds DROP COLUMN decide_at; DROP INDEX messages_pending;
+         PRAGMA user_version = 8;",
     )
     .unwrap();
     drop(conn);

@@ -13,18 +13,26 @@ use crate::state::SeedView;
 impl Node {
     /// Issues every decision this node owes as a publisher (see [`SeedView::due_decision`]):
     /// awards when bidding is due to close and, under rules 2, reassignments, failures and
-    /// settlements when their deadlines have passed. Reads every undecided seed of ours, so it
-    /// runs at start, when another process wrote to the store, and when the timer says a
-    /// decision is due; it sets the timer to the next one.
+    /// settlements when their deadlines have passed. Reads the seeds of ours whose decisions
+    /// are due, and when the next one is, from the store's index of decision times (never every
+    /// open seed: a publisher of thousands of seeds takes thousands of decisions); it runs at
+    /// start, when another process wrote to the store, and when the timer says a decision is
+    /// due, and sets the timer to the next one.
     pub(super) fn issue_due_decisions(&self) -> Result<()> {
         let now = self.now_ms();
         let timers = &self.inner.timers;
         // Reset before the query: a seed published meanwhile schedules itself again
         // (after its commit), whichever of the two comes first.
         timers.decide_at.store(u64::MAX, Ordering::Relaxed);
-        lock(&timers.deciding).clear();
-        let pending = lock(&self.inner.store).undecided_seeds_of(&self.inner.id)?;
-        for view in pending {
+        let found = lock(&self.inner.store).due_decisions(&self.inner.id, now);
+        let found = found.inspect_err(|_| {
+            // Retried on the next tick, as the caller says.
+            timers.decide_at.fetch_min(now, Ordering::Relaxed);
+        })?;
+        if let Some(at) = found.next_at {
+            timers.decide_at.fetch_min(at, Ordering::Relaxed);
+        }
+        for view in found.due {
             if !self.decide(&view, now) {
                 self.schedule_decision(&view);
             }
@@ -41,21 +49,17 @@ impl Node {
         Ok(())
     }
 
-    /// After a received message was applied (or deferred): when its seed is one of ours that
-    /// owes decisions (or the message is our own, restored by sync), reads that seed alone,
-    /// issues what is due at once (an award when `max_bids` bids are in) and moves the timer.
-    /// A seed of ours that left the timer may come back to it: a claim made in time that
-    /// arrives after this node expired the seed for want of it overrides the expiry, and the
-    /// seed then owes its result deadline (found by `tests/simulator.rs`). Other
-    /// messages cost one read of their seed.
+    /// After a received message was applied (or deferred): when its seed is one of ours (the
+    /// message may be our own, restored by sync), issues what is due at once (an award when
+    /// `max_bids` bids are in) and moves the timer. A seed of ours that left the timer may come
+    /// back to it: a claim made in time that arrives after this node expired the seed for want
+    /// of it overrides the expiry, and the seed then owes its result deadline (found by
+    /// `tests/simulator.rs`). Every message costs one read of its seed.
     pub(super) fn reschedule_decision(&self, message: &Message, now: Millis) -> Result<()> {
-        let id = message.seed_id();
-        let ours =
-            message.sender == self.inner.id || lock(&self.inner.timers.deciding).contains(id);
-        let Some(view) = lock(&self.inner.store).seed(id)? else {
+        let Some(view) = lock(&self.inner.store).seed(message.seed_id())? else {
             return Ok(());
         };
-        if !ours && view.seed.publisher != self.inner.id {
+        if view.seed.publisher != self.inner.id {
             return Ok(());
         }
         if !self.decide(&view, now) {
@@ -64,21 +68,15 @@ impl Node {
         Ok(())
     }
 
-    /// Puts a seed of ours on the decision timer (or takes it off when it owes no more).
+    /// Brings the decision timer nearer for a seed of ours that owes a decision sooner (the
+    /// store keeps every seed's decision time: a seed that owes none leaves the timer by
+    /// itself).
     pub(super) fn schedule_decision(&self, view: &SeedView) {
         if view.seed.publisher != self.inner.id {
             return;
         }
-        let timers = &self.inner.timers;
-        let mut deciding = lock(&timers.deciding);
-        match view.next_decision_at() {
-            Some(at) => {
-                deciding.insert(view.seed.id.clone());
-                timers.decide_at.fetch_min(at, Ordering::Relaxed);
-            }
-            None => {
-                deciding.remove(&view.seed.id);
-            }
+        if let Some(at) = view.next_decision_at() {
+            self.inner.timers.decide_at.fetch_min(at, Ordering::Relaxed);
         }
     }
 
@@ -108,10 +106,12 @@ impl Node {
         if let (Some(reps), Body::BiddingClosed(award)) = (&reputations, &due)
             && let Err(retry_at) = reputation::weigh_award(view, award, reps, now)
         {
-            // Bids were left out: bidding may not close before the window ends.
-            let timers = &self.inner.timers;
-            lock(&timers.deciding).insert(id);
-            timers.decide_at.fetch_min(retry_at, Ordering::Relaxed);
+            // Bids were left out: bidding may not close before the window ends. The seed stays
+            // due in the store; the timer alone waits.
+            self.inner
+                .timers
+                .decide_at
+                .fetch_min(retry_at, Ordering::Relaxed);
             return true;
         }
         let result = self.commit_local(&id, |v| {

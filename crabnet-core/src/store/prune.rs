@@ -477,7 +477,8 @@ mod tests {
                  DROP TABLE pruned_seeds; DROP INDEX outbox_by_message;
                  DROP TABLE alerts; DROP TABLE webhook_queue; DROP TABLE rotations;
                  DROP TABLE reputation; DROP INDEX messages_by_sender; DROP INDEX seeds_by_update;
-                 PRAGMA user_version = 5;",
+                 DROP INDEX seeds_by_decision; ALTER TABLE seeds DROP COLUMN decide_at;
+                 DROP INDEX messages_pending; PRAGMA user_version = 5;",
             )
             .unwrap();
         drop(s);

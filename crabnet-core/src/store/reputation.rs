@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, params};
 
-use super::{Store, from_json};
+use super::{Store, from_json, to_sql};
 use crate::error::Result;
 use crate::model::{NodeId, SeedId};
 use crate::reputation::{Reputation, contributions};
@@ -32,10 +32,6 @@ pub(super) fn write_seed(conn: &Connection, view: &SeedView) -> Result<()> {
         ])?;
     }
     Ok(())
-}
-
-fn to_sql(n: u64) -> i64 {
-    n.min(i64::MAX as u64) as i64
 }
 
 /// Fills the table from every stored seed state (the migration that adds it).
