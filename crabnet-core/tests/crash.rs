@@ -25,7 +25,6 @@ use crabnet_core::store::{Store, StoreConfig};
 use crabnet_core::{Config, Node, NodeId, PublishRequest, SeedId, SeedStatus};
 use support::pair::Pair;
 
-const CHILD_DIR_VAR: &str = "CRABNET_CRASH_CHILD_DIR";
 const CHILD_SEED_VAR: &str = "CRABNET_CRASH_CHILD_SEED";
 /// A child process of a crash test: the ignored test it runs in this binary, and the
 /// environment variable that hands it its data directory (and marks it as the child).
@@ -35,10 +34,18 @@ struct ChildTest {
     dir_var: &'static str,
 }
 
+impl ChildTest {
+    /// In the child process, the data directory its parent handed it; `None` elsewhere (the
+    /// ignored test run on its own).
+    fn dir(self) -> Option<PathBuf> {
+        std::env::var_os(self.dir_var).map(PathBuf::from)
+    }
+}
+
 /// The stream child.
 const STREAM: ChildTest = ChildTest {
     test: "child_stream",
-    dir_var: CHILD_DIR_VAR,
+    dir_var: "CRABNET_CRASH_CHILD_DIR",
 };
 const CYCLES: usize = 3;
 /// Longest one child may take to produce its acknowledgements before the test gives up.
@@ -106,14 +113,18 @@ impl Acks {
     }
 }
 
-/// In a helper child process (its parent set `var`): runs `body` on the data directory it was
-/// given, on a runtime for its nodes. Does nothing when the ignored test is run on its own.
-fn in_child<F: std::future::Future<Output = ()>>(var: &str, body: impl FnOnce(PathBuf) -> F) {
-    let Some(dir) = std::env::var_os(var) else {
+/// In the helper child process `which`: runs `body` on the data directory it was given
+/// ([`ChildTest::dir`]), on a runtime for its nodes. Does nothing when the ignored test is run
+/// on its own.
+fn in_child<F: std::future::Future<Output = ()>>(
+    which: ChildTest,
+    body: impl FnOnce(PathBuf) -> F,
+) {
+    let Some(dir) = which.dir() else {
         return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(body(PathBuf::from(dir)));
+    rt.block_on(body(dir));
 }
 
 /// Starts the ignored test `name` of this binary as a child process, with `var` naming `dir`
@@ -202,14 +213,14 @@ fn random_u64(salt: u64) -> u64 {
 #[test]
 #[ignore = "helper process for crash_leaves_a_sound_database; does nothing on its own"]
 fn child_stream() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_VAR) else {
+    let Some(dir) = STREAM.dir() else {
         return;
     };
     let salt: u64 = std::env::var(CHILD_SEED_VAR)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let (publisher, runner) = configs(&PathBuf::from(dir));
+    let (publisher, runner) = configs(&dir);
     let pair = Pair::start(publisher, runner);
     let mut out = std::io::stdout().lock();
     // Start on a fresh line: libtest has printed "test child_stream ... " without one.
@@ -622,11 +633,10 @@ fn crash_leaves_a_sound_database() {
 // A receiver killed in the middle of a batch
 // ---------------------------------------------------------------------------------------------
 
-const RECEIVER_DIR_VAR: &str = "CRABNET_CRASH_RECEIVER_DIR";
 /// The receiver child: its ignored test and the variable naming its directory.
 const RECEIVER: ChildTest = ChildTest {
     test: "child_receiver",
-    dir_var: RECEIVER_DIR_VAR,
+    dir_var: "CRABNET_CRASH_RECEIVER_DIR",
 };
 /// Distinct seeds the receiver is sent, again and again.
 const FLOOD_SEEDS: u64 = 1200;
@@ -641,7 +651,7 @@ const FLOOD_BURST: usize = 96;
 #[test]
 #[ignore = "helper process for a_kill_in_the_middle_of_a_receive_batch_loses_nothing_acknowledged"]
 fn child_receiver() {
-    in_child(RECEIVER_DIR_VAR, |dir| async move {
+    in_child(RECEIVER, |dir| async move {
         let mut config = Config::with_data_dir(dir);
         config.name = "receiver".into();
         config.network.tick_ms = 20;
@@ -908,11 +918,10 @@ fn a_kill_in_the_middle_of_a_receive_batch_loses_nothing_acknowledged() {
 // A publisher killed in the middle of concurrent publishes (group commit)
 // ---------------------------------------------------------------------------------------------
 
-const PUBLISHERS_DIR_VAR: &str = "CRABNET_CRASH_PUBLISHERS_DIR";
 /// The publishers child: its ignored test and the variable naming its directory.
 const PUBLISHERS: ChildTest = ChildTest {
     test: "child_publishers",
-    dir_var: PUBLISHERS_DIR_VAR,
+    dir_var: "CRABNET_CRASH_PUBLISHERS_DIR",
 };
 /// Tasks publishing at once in the child: their publishes are committed in groups.
 const CONCURRENT_PUBLISHERS: usize = 16;
@@ -923,7 +932,7 @@ const CONCURRENT_PUBLISHERS: usize = 16;
 #[test]
 #[ignore = "helper process for a_kill_in_the_middle_of_concurrent_publishes_loses_nothing_acknowledged"]
 fn child_publishers() {
-    in_child(PUBLISHERS_DIR_VAR, |dir| async move {
+    in_child(PUBLISHERS, |dir| async move {
         let (config, _) = configs(&dir);
         let node = Node::start(config).await.unwrap();
         say(format_args!("\npublisher {}", node.id()));

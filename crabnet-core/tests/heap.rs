@@ -4,10 +4,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crabnet_core::{Node, PublishRequest, SeedStatus};
-use support::forge::{config, counter, dir_and_hub, start, wait_view};
+use support::forge::{config, counter, dir_and_hub, poll, start, stop_all, wait_view};
 
 /// Two nodes on a hub exchange hellos and a seed; the seed's receiver has worked.
 async fn two_working_nodes(release_heap: bool, tag: &str) -> (tempfile::TempDir, Node, Node) {
@@ -47,18 +47,16 @@ async fn a_node_that_worked_releases_the_heap_unless_told_not_to() {
     // Past the release's delay after the first work (5 s), with room to spare.
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(released(&[&off_a, &off_b]).await, 0, "released while off");
-    off_a.stop().await.unwrap();
-    off_b.stop().await.unwrap();
+    stop_all([off_a, off_b]).await;
 
     let (_on_dir, a, b) = two_working_nodes(true, "on").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while released(&[&a, &b]).await == 0 {
-        assert!(Instant::now() < deadline, "the heap was never released");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let never = || "the heap was never released".to_owned();
+    poll(Duration::from_secs(20), never, || async {
+        (released(&[&a, &b]).await > 0).then_some(())
+    })
+    .await;
     // The nodes keep working (hellos, sync rounds); no second release within the minute.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(released(&[&a, &b]).await, 1, "released more than once");
-    a.stop().await.unwrap();
-    b.stop().await.unwrap();
+    stop_all([a, b]).await;
 }

@@ -11,8 +11,8 @@ mod support;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use support::forge::{
-    counter, dir_and_hub, hello, identity, loopback_udp, next_frame, plain, seal, seed_message,
-    start, start_with_wire, stop_all, udp_node, wait_counter, wait_while_missing,
+    counter, dir_and_hub, hello, identity, loopback_udp, next_frame, plain, poll, seal,
+    seed_message, start, start_with_wire, stop_all, udp_node, wait_counter, wait_while_missing,
 };
 
 use crabnet_core::clock::now_ms;
@@ -453,26 +453,23 @@ async fn a_thousand_strangers_leave_the_peer_table_within_its_cap_and_a_real_pee
             .await
             .unwrap()
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !node
-        .peers()
-        .await
-        .unwrap()
-        .iter()
-        .any(|p| &p.node_id == real.id())
-    {
-        assert!(Instant::now() < deadline, "the real peer never got in");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let within = Duration::from_secs(20);
+    poll(
+        within,
+        || "the real peer never got in".into(),
+        || async {
+            let peers = node.peers().await.unwrap();
+            peers.iter().any(|p| &p.node_id == real.id()).then_some(())
+        },
+    )
+    .await;
     let seed = real.publish(PublishRequest::new("true")).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while node.seed(&seed.seed.id).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the real peer's seed never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        within,
+        || "the real peer's seed never arrived".into(),
+        || async { node.seed(&seed.seed.id).await.ok() },
+    )
+    .await;
     assert!(node.peers().await.unwrap().len() <= CAP);
     assert!(overview_peers(web.local_addr()).await <= CAP);
     stop_all([real, node]).await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crabnet_core::network::Transport;
 use crabnet_core::web::{self, WebConfig};
 use crabnet_core::{Config, ErrorKind, PublishRequest, SeedStatus};
-use support::forge::{counter, dir_and_hub, mesh, poll, start, wait_counter};
+use support::forge::{counter, dir_and_hub, mesh, poll, short_seen_window, start, wait_counter};
 
 fn config(dir: &std::path::Path, name: &str) -> Config {
     let mut c = support::forge::config(dir, name);
@@ -36,9 +36,7 @@ async fn a_pruned_seed_is_not_pulled_back_by_sync_from_a_peer_that_still_holds_i
     // Message ids are remembered for two seconds only, so that after a restart (which also
     // empties the in-memory filter of recent frames) nothing but the tombstone stands between
     // the peer's copies and the store.
-    short.network.message_ttl_secs = 1;
-    short.network.max_clock_skew_secs = 1;
-    short.store.seen_ttl_secs = 2;
+    short_seen_window(&mut short);
     let mut forever = config(dir.path(), "forever");
     forever.retention.seeds_after_secs = 0;
     let a = start(short.clone(), &hub).await;

@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 use support::forge::{
     config, counter, dir_and_hub, eventually_knows, hello, hello_rotated, identity, list_frame,
-    mesh, seal, seed_message, start, wait_counter,
+    mesh, seal, seed_message, start, start_with_wire, wait_counter,
 };
 use support::vectors::{check_committed, vector_identity};
 
@@ -42,8 +42,7 @@ fn rotations_frame(sender: &Identity, items: &[&Rotation]) -> Vec<u8> {
 /// Starts the node under attack with `c` on `hub` and a raw wire beside it, over which `peers`
 /// introduce themselves by their hellos (the node's first: this waits until it accepted all).
 async fn victim(c: Config, hub: &MemoryHub, peers: &[&Identity]) -> (Node, MemoryTransport) {
-    let node = start(c, hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(c, hub).await;
     for id in peers {
         wire.broadcast(&hello(id)).unwrap();
     }
@@ -223,8 +222,7 @@ async fn a_refused_hello_leaves_no_rotation_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_keys_work_only_during_the_grace_period() {
     let (dir, hub) = dir_and_hub();
-    let node = start(config(dir.path(), "victim"), &hub).await;
-    let mut wire = hub.join("wire");
+    let (node, mut wire) = start_with_wire(config(dir.path(), "victim"), &hub).await;
     let now = now_ms();
     // Alice rotated two hours ago (the grace period is one hour): the node first hears of her
     // by a hello with her new keys and her chain.

@@ -36,15 +36,6 @@ use crabnet_core::sandbox::SandboxPolicy;
 use crabnet_core::state::{self, SeedView};
 use crabnet_core::{Config, ErrorKind, PublishRequest, SeedStatus};
 
-/// What a node does with a seed it picked ([`Sim::act_on_picked`]).
-#[derive(Clone, Copy)]
-enum Act {
-    /// Claims the seed it won.
-    Claim,
-    /// Runs the seed it claimed.
-    Run,
-}
-
 /// Schedules per CI run. A long schedule (one in [`LONG_EVERY`]) costs about three times a
 /// short one (node starts, SQLite statements and post-quantum signatures on every frame, like
 /// a real node's): this many took 426 s of CPU (329 user, 97 system) and 259 s on two cores
@@ -431,26 +422,17 @@ impl Sim {
         Ok(None)
     }
 
-    /// Picks a seed at random among those that the first live node from `start` on that has any
-    /// (see [`Self::actor`]) finds `filter` accepts, and has that node claim or run it (`act`);
-    /// the outcome goes to [`Self::op`].
-    fn act_on_picked(
+    /// The actor of a step on one seed: the first live node from `start` on that has seeds
+    /// `filter` accepts (see [`Self::actor`]), and one of those seeds picked at random.
+    fn pick_seed(
         &mut self,
         start: usize,
         filter: impl Fn(&crabnet_core::NodeId, &SeedView) -> bool,
-        act: Act,
-    ) -> Check {
-        if let Some((i, found)) = self.actor(start, filter)?
-            && let Some(v) = self.rng.pick(&found).cloned()
-        {
-            let node = self.driven(i).node();
-            let (verb, r) = match act {
-                Act::Claim => ("claims", self.rt.block_on(node.claim(&v.seed.id))),
-                Act::Run => ("runs", self.rt.block_on(node.run(&v.seed.id))),
-            };
-            self.op(format!("n{i} {verb} {}", v.seed.description), r)?;
-        }
-        Ok(())
+    ) -> Result<Option<(usize, SeedView)>, String> {
+        let Some((i, found)) = self.actor(start, filter)? else {
+            return Ok(None);
+        };
+        Ok(self.rng.pick(&found).cloned().map(|v| (i, v)))
     }
 
     /// The outcome of an API operation: refusals by the rules are part of the game (a node
@@ -508,15 +490,13 @@ impl Sim {
                 self.op(format!("n{i} publishes s{k:03}"), r)?;
             }
             42..=54 => {
-                let open = self.actor(i, |me, v| {
+                let open = self.pick_seed(i, |me, v| {
                     v.status == SeedStatus::Open
                         && v.award.is_none()
                         && &v.seed.publisher != me
                         && !v.bids.iter().any(|b| &b.bid.bidder == me)
                 })?;
-                if let Some((i, open)) = open
-                    && let Some(v) = self.rng.pick(&open).cloned()
-                {
+                if let Some((i, v)) = open {
                     let price =
                         v.seed.min_price + self.rng.below(v.seed.max_price - v.seed.min_price + 1);
                     let r = self
@@ -530,26 +510,30 @@ impl Sim {
                     v.status == SeedStatus::Open
                         && v.award.as_ref().and_then(|a| a.winner_node.as_ref()) == Some(me)
                 };
-                self.act_on_picked(i, won, Act::Claim)?;
+                if let Some((i, v)) = self.pick_seed(i, won)? {
+                    let r = self.rt.block_on(self.driven(i).node().claim(&v.seed.id));
+                    self.op(format!("n{i} claims {}", v.seed.description), r)?;
+                }
             }
             66..=71 => {
                 let claimed = |me: &_, v: &SeedView| {
                     v.status == SeedStatus::Claimed
                         && v.claim.as_ref().is_some_and(|c| &c.claimer == me)
                 };
-                self.act_on_picked(i, claimed, Act::Run)?;
+                if let Some((i, v)) = self.pick_seed(i, claimed)? {
+                    let r = self.rt.block_on(self.driven(i).node().run(&v.seed.id));
+                    self.op(format!("n{i} runs {}", v.seed.description), r)?;
+                }
             }
             72..=76 => {
-                let mine = self.actor(i, |me, v| {
+                let mine = self.pick_seed(i, |me, v| {
                     &v.seed.publisher == me
                         && matches!(
                             v.status,
                             SeedStatus::Completed | SeedStatus::Failed | SeedStatus::Open
                         )
                 })?;
-                if let Some((i, mine)) = mine
-                    && let Some(v) = self.rng.pick(&mine).cloned()
-                {
+                if let Some((i, v)) = mine {
                     let node = self.driven(i).node().clone();
                     let d = v.seed.description.clone();
                     match (v.status, self.rng.below(3)) {

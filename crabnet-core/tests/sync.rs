@@ -6,7 +6,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use crabnet_core::{MemoryHub, Node, PublishRequest, SeedStatus};
-use support::forge::{self, dir_and_hub, mesh, stop_all};
+use support::forge::{
+    self, claim_and_run_when_awarded, dir_and_hub, mesh, stop_all, wait_view_until,
+};
 
 /// A node named `name` on `hub` that syncs every second.
 async fn start(dir: &std::path::Path, hub: &MemoryHub, name: &str) -> Node {
@@ -25,21 +27,27 @@ async fn lifecycle(publisher: &Node, bidder: &Node) -> crabnet_core::SeedId {
     let seed = forge::publish_for_bids(publisher, "echo synced", 1).await;
     let id = seed.seed.id;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while bidder.seed(&id).await.is_err() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let pause = Duration::from_millis(10);
+    wait_view_until(
+        bidder,
+        &id,
+        deadline,
+        pause,
+        "the seed never arrived",
+        |_| true,
+    )
+    .await;
     bidder.bid(&id, 7).await.unwrap();
-    while bidder.seed(&id).await.unwrap().award.is_none() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    bidder.claim(&id).await.unwrap();
-    bidder.run(&id).await.unwrap();
-    while publisher.seed(&id).await.unwrap().status != SeedStatus::Completed {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    claim_and_run_when_awarded(bidder, &id, deadline, pause, "the award never arrived").await;
+    wait_view_until(
+        publisher,
+        &id,
+        deadline,
+        pause,
+        "the result never arrived",
+        |v| v.status == SeedStatus::Completed,
+    )
+    .await;
     publisher.settle(&id, true, "").await.unwrap();
     id
 }

@@ -7,7 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 use support::forge::{
     claim_and_run_when_awarded, config, dir_and_hub, eventually_knows, hello, hello_signed_by,
-    identity, seal, seed_message, start, start_with_wire, tcp_swarm, wait_counter,
+    identity, mesh, seal, seed_message, short_seen_window, start, start_with_wire, tcp_swarm,
+    wait_counter, wait_view_until,
 };
 
 use crabnet_core::clock::now_ms;
@@ -130,9 +131,7 @@ async fn replays_are_rejected_before_and_after_a_restart() {
 async fn a_message_below_the_senders_replay_floor_is_a_replay() {
     let (dir, hub) = dir_and_hub();
     let mut c = config(dir.path(), "n");
-    c.network.message_ttl_secs = 1;
-    c.network.max_clock_skew_secs = 1;
-    c.store.seen_ttl_secs = 2;
+    short_seen_window(&mut c);
     let (node, mut wire) = start_with_wire(c, &hub).await;
     let alice = admitted(&node, &mut wire, 0x11).await;
     let first = seed_message(&alice, 50, now_ms());
@@ -158,9 +157,7 @@ async fn private_seeds_reach_only_their_audience() {
     let a = start(config(dir.path(), "a"), &hub).await;
     let b = start(config(dir.path(), "b"), &hub).await;
     let c = start(config(dir.path(), "c"), &hub).await;
-    for n in [&a, &b, &c] {
-        n.wait_for_peers(2, Duration::from_secs(10)).await.unwrap();
-    }
+    mesh(&[&a, &b, &c]).await;
     // Unknown audience members are refused up front.
     let stranger = identity(0x77, 1).node_id().clone();
     let err = a
@@ -187,15 +184,15 @@ async fn private_seeds_reach_only_their_audience() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let pause = Duration::from_millis(10);
     claim_and_run_when_awarded(&b, &id, deadline, pause, "award never arrived").await;
-    while a.seed(&id).await.unwrap().status != SeedStatus::Completed {
-        assert!(Instant::now() < deadline, "result never arrived");
-        tokio::time::sleep(pause).await;
-    }
+    wait_view_until(&a, &id, deadline, pause, "result never arrived", |v| {
+        v.status == SeedStatus::Completed
+    })
+    .await;
     a.settle(&id, true, "").await.unwrap();
-    while b.seed(&id).await.unwrap().status != SeedStatus::Settled {
-        assert!(Instant::now() < deadline, "settlement never arrived");
-        tokio::time::sleep(pause).await;
-    }
+    wait_view_until(&b, &id, deadline, pause, "settlement never arrived", |v| {
+        v.status == SeedStatus::Settled
+    })
+    .await;
     // Carol received every envelope (creation, bid, award, claim, result, settlement) but
     // could open none of them.
     wait_counter(&c, "messages.not_for_us", 6).await;

@@ -16,7 +16,7 @@ use crabnet_core::{ErrorKind, Node, PublishRequest, SeedView};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use support::demo::demo_after_lifecycle;
-use support::http::{http, read_into_until, read_to_close};
+use support::http::{get_head, http, read_into_until, read_to_close};
 use support::{Listeners, Sandbox, run_bounded, strs};
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
@@ -1022,10 +1022,6 @@ async fn streams_are_limited() {
 // ---------------------------------------------------------------------------------------------
 // A real listener
 
-fn get_head(path: &str, host: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_binds_port_zero_streams_live_and_shuts_down_with_streams_open() {
     let f = Fixture::start().await;
@@ -1036,7 +1032,7 @@ async fn serve_binds_port_zero_streams_live_and_shuts_down_with_streams_open() {
     assert_ne!(addr.port(), 0);
     assert_eq!(handle.url(), format!("http://{addr}/"));
 
-    let (status, _, body) = http(addr, &get_head("/health", &addr.to_string())).await;
+    let (status, _, body) = http(addr, &get_head("/health", &addr.to_string(), true)).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"status\":\"ok\""), "{body}");
 
@@ -1146,9 +1142,9 @@ async fn bad_configs_are_refused_with_clear_errors() {
     .await
     .unwrap();
     let local = SocketAddr::from(([127, 0, 0, 1], guarded.local_addr().port()));
-    let (status, head, _) = http(local, &get_head("/api/overview", "10.1.2.3")).await;
+    let (status, head, _) = http(local, &get_head("/api/overview", "10.1.2.3", true)).await;
     assert_eq!(status, 401, "{head}");
-    let (status, _, _) = http(local, &get_head("/health", "10.1.2.3")).await;
+    let (status, _, _) = http(local, &get_head("/health", "10.1.2.3", true)).await;
     assert_eq!(status, 200);
     guarded.shutdown().await.unwrap();
     first.shutdown().await.unwrap();
@@ -1263,9 +1259,9 @@ async fn cli_listen_serves_the_dashboard_unless_told_not_to() {
     let listener = cli.spawn("listen", &listen);
     let line = cli.line_with(listener, "dashboard http://");
     let addr = url_addr(&line);
-    let (status, _, body) = http(addr, &get_head("/health", &addr.to_string())).await;
+    let (status, _, body) = http(addr, &get_head("/health", &addr.to_string(), true)).await;
     assert_eq!(status, 200, "{body}");
-    let (status, _, body) = http(addr, &get_head("/", &addr.to_string())).await;
+    let (status, _, body) = http(addr, &get_head("/", &addr.to_string(), true)).await;
     assert_eq!(status, 200);
     assert!(body.contains("<title>Crabnet"));
     // A seed published by another CLI process on the same data directory is seen.
@@ -1273,7 +1269,11 @@ async fn cli_listen_serves_the_dashboard_unless_told_not_to() {
         .run(&["seed", "publish", "--command", "echo from cli"])
         .ok();
     let id = out.stdout.trim().to_owned();
-    let (status, _, body) = http(addr, &get_head(&format!("/api/seeds/{id}"), "localhost")).await;
+    let (status, _, body) = http(
+        addr,
+        &get_head(&format!("/api/seeds/{id}"), "localhost", true),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert!(cli.procs.interrupt(listener).success());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
@@ -1332,7 +1332,7 @@ async fn cli_demo_serve_keeps_serving_until_ctrl_c() {
     let addr = url_addr(&line);
     let data_line = cli.line_with(demo, "--data-dir");
     assert!(data_line.contains("alice"), "{data_line}");
-    let (status, _, body) = http(addr, &get_head("/api/overview", &addr.to_string())).await;
+    let (status, _, body) = http(addr, &get_head("/api/overview", &addr.to_string(), true)).await;
     assert_eq!(status, 200, "{body}");
     let o: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(o["node"]["name"], "alice");
@@ -1340,7 +1340,7 @@ async fn cli_demo_serve_keeps_serving_until_ctrl_c() {
     assert_eq!(o["peers"].as_array().unwrap().len(), 2);
     // Still serving a moment later: the demo network keeps running.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, _, body) = http(addr, &get_head("/health", &addr.to_string())).await;
+    let (status, _, body) = http(addr, &get_head("/health", &addr.to_string(), true)).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"running\":true"), "{body}");
     assert!(cli.procs.interrupt(demo).success());

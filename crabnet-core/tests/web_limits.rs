@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::http::{read_into_until, read_to_close};
+use support::http::{get_head, read_into_until, read_to_close};
 
 /// A node without network and its monitoring server.
 struct Server {
@@ -44,11 +44,6 @@ impl Server {
         self.web.take().unwrap().shutdown().await.unwrap();
         self.node.stop().await.unwrap();
     }
-}
-
-fn head(path: &str, close: bool) -> String {
-    let connection = if close { "close" } else { "keep-alive" };
-    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: {connection}\r\n\r\n")
 }
 
 /// One response on a (possibly kept-alive) connection: status and body.
@@ -83,7 +78,8 @@ async fn response(tcp: &mut TcpStream) -> (u16, String) {
 async fn get(addr: SocketAddr, path: &str, within: Duration) -> (u16, String) {
     tokio::time::timeout(within, async {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(head(path, true).as_bytes()).await.unwrap();
+        let head = get_head(path, "127.0.0.1", true);
+        tcp.write_all(head.as_bytes()).await.unwrap();
         response(&mut tcp).await
     })
     .await
@@ -248,13 +244,13 @@ async fn header_timeout_cuts_slow_heads_and_idle_timeout_ends_kept_alive_connect
 
     // Kept alive: a pause longer than the header timeout between requests is fine...
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(head("/health", false).as_bytes())
+    tcp.write_all(get_head("/health", "127.0.0.1", false).as_bytes())
         .await
         .unwrap();
     assert_eq!(response(&mut tcp).await.0, 200);
     tokio::time::sleep(Duration::from_millis(1_600)).await;
     // (A large response, too: the OpenAPI document, well over the 64 KiB head buffer.)
-    tcp.write_all(head("/api/openapi.json", false).as_bytes())
+    tcp.write_all(get_head("/api/openapi.json", "127.0.0.1", false).as_bytes())
         .await
         .unwrap();
     let (status, body) = response(&mut tcp).await;
@@ -288,7 +284,7 @@ async fn header_timeout_cuts_slow_heads_and_idle_timeout_ends_kept_alive_connect
 /// Opens `/api/events/stream` and reads its response head.
 async fn open_stream(addr: SocketAddr) -> TcpStream {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(head("/api/events/stream", false).as_bytes())
+    tcp.write_all(get_head("/api/events/stream", "127.0.0.1", false).as_bytes())
         .await
         .unwrap();
     let mut seen = String::new();
@@ -410,7 +406,8 @@ async fn since_beyond_the_log_lists_nothing() {
     }
     // The stream with such a cursor replays nothing, and a new event after it neither.
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(head(&format!("/api/events/stream?since={}", 1u64 << 63), false).as_bytes())
+    let beyond = format!("/api/events/stream?since={}", 1u64 << 63);
+    tcp.write_all(get_head(&beyond, "127.0.0.1", false).as_bytes())
         .await
         .unwrap();
     let mut seen = Vec::new();

@@ -2,14 +2,15 @@
 //! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`, `hellos.rs`;
 //! [`list_frame`] for rotation and revocation lists); the set-up of in-process tests:
 //! [`dir_and_hub`], [`start`] (a node on an in-memory hub), [`start_with_wire`] (and a
-//! transport to send it frames by hand), [`publish_for_bids`], [`mesh`], [`stop_all`],
-//! [`Gated`] (an in-memory transport that loses or fails sends: `alerts.rs`, `sync_range.rs`),
-//! [`udp_node`] (a node on a real UDP socket on 127.0.0.1: `limits.rs`, `hellos.rs`, with
-//! [`loopback_udp`] its transport) and [`tcp_swarm`] (a hand-made libp2p peer: `dht.rs`,
-//! `trust.rs`); and their bounded waits on a node's seeds, counters and frames ([`poll`],
-//! [`wait_view`], [`claim_and_run_when_awarded`], [`wait_counter`], [`wait_while_missing`],
-//! [`next_frame`], [`frames_until`], [`converged`]; also `tests/node.rs`, `dht.rs`,
-//! `retention.rs`, `sync.rs`, `sync_range.rs`).
+//! transport to send it frames by hand), [`short_seen_window`], [`publish_for_bids`],
+//! [`mesh`], [`stop_all`], [`Gated`] (an in-memory transport that loses or fails sends:
+//! `alerts.rs`, `sync_range.rs`), [`udp_node`] (a node on a real UDP socket on 127.0.0.1:
+//! `limits.rs`, `hellos.rs`, with [`loopback_udp`] its transport) and [`tcp_swarm`] (a
+//! hand-made libp2p peer: `dht.rs`, `trust.rs`); and their bounded waits on a node's seeds,
+//! counters and frames ([`poll`], [`wait_view`], [`wait_view_until`],
+//! [`claim_and_run_when_awarded`], [`wait_counter`], [`wait_while_missing`], [`converged`],
+//! all on the one loop of [`poll_until`]; [`next_frame`], [`frames_until`]; also
+//! `tests/node.rs`, `dht.rs`, `retention.rs`, `sync.rs`, `sync_range.rs`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -28,6 +29,15 @@ pub fn config(dir: &std::path::Path, name: &str) -> Config {
     c.name = name.into();
     c.network.tick_ms = 20;
     c
+}
+
+/// Has a node with `c` remember the ids of the messages it saw for two seconds only: messages
+/// are fresh for one second, with one second of clock skew, and the seen window must cover
+/// both (`store.seen_ttl_secs` >= `network.message_ttl_secs` + `max_clock_skew_secs`).
+pub fn short_seen_window(c: &mut Config) {
+    c.network.message_ttl_secs = 1;
+    c.network.max_clock_skew_secs = 1;
+    c.store.seen_ttl_secs = 2;
 }
 
 /// A temporary directory for a test's data directories, and the in-memory hub its nodes meet
@@ -117,13 +127,11 @@ pub fn hello_signed_by(id: &Identity, signer: &Identity, certificate: Option<Vec
 }
 
 /// `id`'s own hello announcing `addresses`.
-#[allow(dead_code)]
 pub fn hello_announcing(id: &Identity, addresses: Vec<String>) -> Vec<u8> {
     hello_full(id, id, None, Vec::new(), addresses)
 }
 
 /// A hello of `id` (rotated keys) carrying its rotation chain `rotations`, signed by `id`.
-#[allow(dead_code)]
 pub fn hello_rotated(id: &Identity, rotations: Vec<Vec<u8>>) -> Vec<u8> {
     hello_full(id, id, None, rotations, Vec::new())
 }
@@ -198,6 +206,23 @@ pub fn seal(id: &Identity, m: &Message, ttl: u32) -> Vec<u8> {
     envelope::message_envelope(id, m, ttl, &[], MAX_ENVELOPE_BYTES, &mut envelope::os_rng).unwrap()
 }
 
+/// Calls `f`, pausing `pause` between calls, until it returns `Ok`, the value; once `deadline`
+/// has passed, the last `Err` (what `f` last saw), for the caller's failure message. The one
+/// deadline loop of the waits below; waits in a row may share one `deadline`.
+pub async fn poll_until<T, E, F: Future<Output = Result<T, E>>>(
+    deadline: Instant,
+    pause: Duration,
+    mut f: impl FnMut() -> F,
+) -> Result<T, E> {
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(last) if Instant::now() >= deadline => return Err(last),
+            Err(_) => tokio::time::sleep(pause).await,
+        }
+    }
+}
+
 /// Polls `f` every 10 ms until it returns `Some`; fails with `what()` once `within` has
 /// passed.
 pub async fn poll<T, F: Future<Output = Option<T>>>(
@@ -206,13 +231,13 @@ pub async fn poll<T, F: Future<Output = Option<T>>>(
     mut f: impl FnMut() -> F,
 ) -> T {
     let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out: {}", what());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let pause = Duration::from_millis(10);
+    poll_until(deadline, pause, || {
+        let seen = f();
+        async move { seen.await.ok_or(()) }
+    })
+    .await
+    .unwrap_or_else(|()| panic!("timed out: {}", what()))
 }
 
 /// Waits (`within` at most) until `node` knows seed `id` in a state `pred` accepts; returns
@@ -224,12 +249,42 @@ pub async fn wait_view(
     what: &str,
     pred: impl Fn(&SeedView) -> bool,
 ) -> SeedView {
-    let what = || format!("{} never saw seed {id} {what}", node.config().name);
+    let what = format!(
+        "timed out: {} never saw seed {id} {what}",
+        node.config().name
+    );
+    let pause = Duration::from_millis(10);
+    wait_view_until(node, id, Instant::now() + within, pause, &what, pred).await
+}
+
+/// Waits until `node` knows seed `id` in a state `pred` accepts, checking every `pause`; once
+/// `deadline` has passed, fails with `what` and the seed's last status. Returns the view.
+pub async fn wait_view_until(
+    node: &Node,
+    id: &SeedId,
+    deadline: Instant,
+    pause: Duration,
+    what: &str,
+    pred: impl Fn(&SeedView) -> bool,
+) -> SeedView {
     let pred = &pred;
-    poll(within, what, move || async move {
-        node.seed(id).await.ok().filter(|v| pred(v))
+    poll_until(deadline, pause, || async move {
+        match node.seed(id).await {
+            Ok(v) if pred(&v) => Ok(v),
+            Ok(v) => Err(format!(
+                "status {:?}, {}",
+                v.status,
+                if v.award.is_some() {
+                    "awarded"
+                } else {
+                    "no award"
+                }
+            )),
+            Err(e) => Err(e.to_string()),
+        }
     })
     .await
+    .unwrap_or_else(|last| panic!("{what} (last seen: {last})"))
 }
 
 /// Waits (10 s at most) until `node` knows seed `id`.
@@ -246,10 +301,7 @@ pub async fn claim_and_run_when_awarded(
     pause: Duration,
     what: &str,
 ) {
-    while node.seed(id).await.unwrap().award.is_none() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(pause).await;
-    }
+    wait_view_until(node, id, deadline, pause, what, |v| v.award.is_some()).await;
     node.claim(id).await.unwrap();
     node.run(id).await.unwrap();
 }
@@ -268,18 +320,19 @@ pub async fn counter(node: &Node, name: &str) -> u64 {
 /// Waits (20 s at most) until `node`'s counter `name` reaches `at_least`.
 pub async fn wait_counter(node: &Node, name: &str, at_least: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v = counter(node, name).await;
-        if v >= at_least {
-            return;
-        }
+    poll_until(deadline, Duration::from_millis(20), || async {
         let counters = node.overview().await.unwrap().counters;
-        assert!(
-            Instant::now() < deadline,
-            "counter {name} stayed at {v}, wanted {at_least}: {counters:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let v = counters.get(name).copied().unwrap_or(0);
+        if v >= at_least {
+            Ok(())
+        } else {
+            Err((v, counters))
+        }
+    })
+    .await
+    .unwrap_or_else(|(v, counters)| {
+        panic!("counter {name} stayed at {v}, wanted {at_least}: {counters:?}")
+    })
 }
 
 /// Calls `missing` every `pause` until it returns `None` (nothing is missing any more); once
@@ -291,12 +344,14 @@ pub async fn wait_while_missing<F: Future<Output = Option<String>>>(
     mut missing: impl FnMut() -> F,
 ) {
     let deadline = Instant::now() + within;
-    while let Some(what) = missing().await {
-        if Instant::now() >= deadline {
-            let counters = node.overview().await.unwrap().counters;
-            panic!("{what}: {counters:?}");
-        }
-        tokio::time::sleep(pause).await;
+    let waited = poll_until(deadline, pause, || {
+        let missing = missing();
+        async move { missing.await.map_or(Ok(()), Err) }
+    })
+    .await;
+    if let Err(what) = waited {
+        let counters = node.overview().await.unwrap().counters;
+        panic!("{what}: {counters:?}");
     }
 }
 
@@ -355,7 +410,7 @@ pub async fn stop_all(nodes: impl IntoIterator<Item = Node>) {
 /// Waits (`within` at most) until every node holds `seeds` seeds and all state digests agree.
 pub async fn converged(nodes: &[&Node], seeds: u64, within: Duration) {
     let deadline = Instant::now() + within;
-    loop {
+    poll_until(deadline, Duration::from_millis(50), || async {
         let mut digests = Vec::new();
         let mut counts = Vec::new();
         for n in nodes {
@@ -364,14 +419,17 @@ pub async fn converged(nodes: &[&Node], seeds: u64, within: Duration) {
             counts.push(o.seeds_by_status.values().sum::<u64>());
         }
         if digests.windows(2).all(|w| w[0] == w[1]) && counts.iter().all(|c| *c == seeds) {
-            return;
+            Ok(())
+        } else {
+            Err((counts, digests))
         }
-        assert!(
-            Instant::now() < deadline,
+    })
+    .await
+    .unwrap_or_else(|(counts, digests)| {
+        panic!(
             "no convergence within {within:?}: seeds {counts:?}, wanted {seeds}, digests {digests:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        )
+    })
 }
 
 /// What a [`Gated`] transport does with a frame it is asked to send: `Ok(true)` sends it,

@@ -1,12 +1,20 @@
 //! Raw HTTP over real TCP connections to a node's monitoring server (`tests/web.rs`,
-//! `web_limits.rs`, `limits.rs`): one whole exchange ([`http`]), or a connection read to its
-//! end ([`read_to_close`]) or until some text arrives ([`read_into_until`]).
+//! `web_limits.rs`, `limits.rs`): the head of a `GET` ([`get_head`]), one whole exchange
+//! ([`http`]), or a connection read to its end ([`read_to_close`]) or until some text arrives
+//! ([`read_into_until`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The head of a `GET path` request to `host`, asking the server to close the connection after
+/// its response (`close`) or to keep it open for more requests.
+pub fn get_head(path: &str, host: &str, close: bool) -> String {
+    let connection = if close { "close" } else { "keep-alive" };
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: {connection}\r\n\r\n")
+}
 
 /// A minimal HTTP/1.x client over TCP: status, headers and body of one request, whose whole
 /// head is `request_head` (10 s at most for the response).
