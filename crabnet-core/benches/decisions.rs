@@ -1,10 +1,10 @@
 //! What a node holding many seeds reads on its timers: one due decision (a bid window ends,
 //! the node closes bidding) on a node that also holds `open` other seeds of its own, still in
-//! their bid windows, and the store reads of one alert sample, against the same on a node
-//! with none, in the same run. A node publishing thousands of seeds takes thousands of
-//! decisions, each at its own time: a decision that reads every open seed makes the whole
-//! load quadratic; a sample that reads every stored message costs an idle node CPU in
-//! proportion to its store.
+//! their bid windows, the store reads of one alert sample, and one overview (its state digest
+//! covers every seed), against the same on a node with none, in the same run. A node
+//! publishing thousands of seeds takes thousands of decisions, each at its own time: a
+//! decision that reads every open seed makes the whole load quadratic; a sample that reads
+//! every stored message costs an idle node CPU in proportion to its store.
 //!
 //! The node is a [`Driven`] node on a [`ManualClock`]: the clock is set to each window's end
 //! in turn and one housekeeping pass (`Driven::tick`, the code the housekeeping task runs)
@@ -30,13 +30,14 @@ const DUE: u64 = 50;
 /// When the clock starts (Unix ms).
 const START_MS: u64 = 1_800_000_000_000;
 
-/// What one size measured: one housekeeping pass that issues one decision, and the store
-/// reads of one alert sample.
+/// What one size measured: one housekeeping pass that issues one decision, the store reads of
+/// one alert sample, and one overview (what the monitor, `/metrics` and `crabnet status` read).
 #[derive(Clone)]
 struct Measured {
     decision: Duration,
     decision_mean: Duration,
     sample: Duration,
+    overview: Duration,
 }
 
 /// The median of `times`.
@@ -104,11 +105,19 @@ fn run(rt: &tokio::runtime::Runtime, open: usize) -> Measured {
         })
         .collect();
     drop(store);
+    let overviews = (0..DUE)
+        .map(|_| {
+            let start = Instant::now();
+            rt.block_on(node.node().overview()).expect("overview");
+            start.elapsed()
+        })
+        .collect();
     rt.block_on(node.stop()).expect("stop");
     Measured {
         decision_mean: times.iter().sum::<Duration>() / times.len() as u32,
         decision: median(times),
         sample: median(samples),
+        overview: median(overviews),
     }
 }
 
@@ -129,21 +138,24 @@ fn main() {
         .expect("runtime");
     let floor = run(&rt, 0);
     println!(
-        "open seeds | one decision (median) | mean | ratio | alert sample reads (median) | ratio"
+        "open seeds | one decision (median) | mean | ratio | alert sample reads (median) | ratio \
+         | overview (median) | ratio"
     );
-    println!("---: | ---: | ---: | ---: | ---: | ---:");
+    println!("---: | ---: | ---: | ---: | ---: | ---: | ---: | ---:");
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     for (open, m) in std::iter::once((0, floor.clone()))
         .chain(sizes.into_iter().map(|open| (open, run(&rt, open))))
     {
         println!(
-            "{open} | {:.3} ms | {:.3} ms | {:.2} | {:.3} ms | {:.2}",
+            "{open} | {:.3} ms | {:.3} ms | {:.2} | {:.3} ms | {:.2} | {:.3} ms | {:.2}",
             ms(m.decision),
             ms(m.decision_mean),
             ratio(m.decision, floor.decision),
             ms(m.sample),
-            ratio(m.sample, floor.sample)
+            ratio(m.sample, floor.sample),
+            ms(m.overview),
+            ratio(m.overview, floor.overview)
         );
     }
 }

@@ -1598,17 +1598,35 @@ fn verdict_reason(v: Verdict) -> Violation {
     }
 }
 
-/// A stable digest of a set of seed views (SHA-256 over their canonical JSON, in seed id
-/// order), equal on replicas that hold the same state.
+/// A stable digest of a set of seed views, equal on replicas (of one version) that hold the
+/// same state: SHA-256 over each view's [`view_hash`], in seed id order. A store keeps each
+/// seed's hash with its state, so that its digest reads 32 bytes a seed, not every state.
 pub fn digest<'a>(views: impl IntoIterator<Item = &'a SeedView>) -> String {
-    use sha2::{Digest, Sha256};
     let mut sorted: Vec<&SeedView> = views.into_iter().collect();
     sorted.sort_by(|a, b| a.seed.id.cmp(&b.seed.id));
+    digest_of_hashes(
+        sorted
+            .into_iter()
+            .map(|v| view_hash(&serde_json::to_vec(v).expect("views serialize"))),
+    )
+}
+
+/// What one seed adds to [`digest`]: SHA-256 over its state's canonical JSON (as `serde_json`
+/// writes a [`SeedView`]), its length first.
+pub fn view_hash(json: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    for v in sorted {
-        let json = serde_json::to_vec(v).expect("views serialize");
-        hasher.update((json.len() as u64).to_be_bytes());
-        hasher.update(&json);
+    hasher.update((json.len() as u64).to_be_bytes());
+    hasher.update(json);
+    hasher.finalize().into()
+}
+
+/// [`digest`] of the seeds whose [`view_hash`]es are `hashes`, in seed id order.
+pub fn digest_of_hashes(hashes: impl IntoIterator<Item = [u8; 32]>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for hash in hashes {
+        hasher.update(hash);
     }
     hex::encode(hasher.finalize())
 }

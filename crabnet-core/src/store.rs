@@ -395,6 +395,32 @@ const MIGRATIONS: &[&str] = &[
     // (every `alerts.interval_ms`): without it every sample read every stored message
     "CREATE INDEX messages_pending ON messages(received_at)
      WHERE json_extract(verdict, '$.verdict') = 'pending';",
+    // 14: each seed's share of the state digest (`state::view_hash`), written with its state,
+    // so that a digest (every overview: the monitor, `/metrics`, `crabnet status`) reads 32
+    // bytes a seed from an index instead of parsing every state (a column after the state
+    // in the row would still be reached through the state's overflow pages); filled from the
+    // stored states (see `migrate`)
+    // The triggers catch a process of an older version that had the database open before the
+    // migration (a newer one refuses to start on it afterwards): its writes change a seed's
+    // state without its share or its decision time; the share is then dropped (a digest hashes
+    // the state) and the seed is put on its publisher's timer at once (the node reads it and
+    // finds its real time).
+    "ALTER TABLE seeds ADD COLUMN view_hash BLOB;
+     CREATE INDEX seeds_digest ON seeds(id, view_hash);
+     CREATE TRIGGER seeds_written_by_an_older_version AFTER UPDATE OF view ON seeds
+       WHEN NEW.view IS NOT OLD.view AND NEW.view_hash IS OLD.view_hash
+     BEGIN
+       UPDATE seeds SET view_hash = NULL,
+           decide_at = CASE WHEN NEW.status IN ('open', 'claimed', 'completed') THEN 0 END
+         WHERE id = NEW.id;
+     END;
+     CREATE TRIGGER seeds_inserted_by_an_older_version AFTER INSERT ON seeds
+       WHEN NEW.view_hash IS NULL
+     BEGIN
+       UPDATE seeds SET
+           decide_at = CASE WHEN NEW.status IN ('open', 'claimed', 'completed') THEN 0 END
+         WHERE id = NEW.id;
+     END;",
 ];
 
 /// The nodes (other than `?1`) with stored rotation statements that are neither in the peer
@@ -406,6 +432,9 @@ pub(crate) const ROTATIONS_OF_STRANGERS: &str = "SELECT DISTINCT node_id FROM ro
 
 /// The migration that creates the reputation table (1-based schema version).
 const REPUTATION_MIGRATION: usize = 9;
+
+/// The migration that adds each seed's share of the state digest (1-based schema version).
+const VIEW_HASH_MIGRATION: usize = 14;
 
 /// [`Store::sync_digest`]'s statement: the `?1` most recently changed seeds with stored
 /// envelopes (`seeds_by_update`, each checked through `messages_by_seed`), then their
@@ -427,6 +456,10 @@ const EVENTS_AFTER_SQL: &str =
 /// `messages_pending`'s, so that SQLite reads that index.
 const OLDEST_PENDING_SQL: &str = "SELECT MIN(received_at) FROM messages
     WHERE json_extract(verdict, '$.verdict') = 'pending'";
+
+/// [`Store::digest`]'s statement: every seed's share of the digest, in seed id order, read
+/// from the index `seeds_digest` alone.
+const DIGEST_SQL: &str = "SELECT id, view_hash FROM seeds ORDER BY id";
 
 /// The current schema version (SQLite `user_version`).
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -485,6 +518,78 @@ fn batch_lost() -> Error {
         ErrorKind::Store,
         "the database rolled the batch transaction back after an error",
     )
+}
+
+/// Fills the share of the state digest of each stored seed that has none (all of them in the
+/// migration that adds the column; at a node's start, those an older version wrote since),
+/// with the state rewritten as this version writes it: a share is always the hash of the
+/// stored text, so that a later write of the same state leaves both alone (the triggers tell
+/// an older version's writes by a changed state under an unchanged share). A seed whose
+/// state cannot be read keeps none: a digest hashes, and fails on, it. Returns how many it
+/// filled.
+fn fill_view_hashes(conn: &Connection) -> Result<usize> {
+    let missing: Vec<(String, String)> = conn
+        .prepare("SELECT id, view FROM seeds WHERE view_hash IS NULL")?
+        .query_map([], |r| <(String, String)>::try_from(r))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = conn.prepare("UPDATE seeds SET view = ?2, view_hash = ?3 WHERE id = ?1")?;
+    let mut filled = 0;
+    for (id, text) in missing {
+        match from_json::<SeedView>(&text, "seed state") {
+            Ok(view) => {
+                let json = to_json(&view)?;
+                let hash = state::view_hash(json.as_bytes());
+                filled += update.execute(params![id, json, &hash[..]])?;
+            }
+            Err(e) => tracing::warn!(seed = %id, "no digest share: {e}"),
+        }
+    }
+    Ok(filled)
+}
+
+/// What each migration from the fourth on added (its schema version, the SQL that drops it),
+/// for tests that need a store as an older version left it ([`downgrade`]). Data a migration
+/// rewrote stays as it is.
+#[cfg(test)]
+const UNDO: &[(usize, &str)] = &[
+    (
+        14,
+        "DROP INDEX seeds_digest; DROP TRIGGER seeds_written_by_an_older_version;
+         DROP TRIGGER seeds_inserted_by_an_older_version; ALTER TABLE seeds DROP COLUMN view_hash;",
+    ),
+    (13, "DROP INDEX messages_pending;"),
+    (
+        12,
+        "DROP INDEX seeds_by_decision; ALTER TABLE seeds DROP COLUMN decide_at;",
+    ),
+    (11, "DROP INDEX seeds_by_update;"),
+    (10, "DROP INDEX messages_by_sender;"),
+    (9, "DROP INDEX reputation_by_node; DROP TABLE reputation;"),
+    (8, "DROP TABLE rotations;"),
+    (7, "DROP TABLE alerts; DROP TABLE webhook_queue;"),
+    (
+        6,
+        "DROP INDEX seeds_by_end; ALTER TABLE seeds DROP COLUMN ended_at;
+         DROP INDEX events_by_seed; ALTER TABLE events DROP COLUMN seed_id;
+         DROP TABLE pruned_seeds; DROP INDEX outbox_by_message;",
+    ),
+    (
+        5,
+        "DROP INDEX peers_by_source; ALTER TABLE peers DROP COLUMN admitted_from;
+         ALTER TABLE peers DROP COLUMN last_active;",
+    ),
+    (4, "DROP TABLE certificates; DROP TABLE revocations;"),
+];
+
+/// Turns the schema of the database behind `conn` back to version `to` (at least 3), as an
+/// older version left it ([`UNDO`]).
+#[cfg(test)]
+pub(crate) fn downgrade(conn: &Connection, to: usize) {
+    for (version, sql) in UNDO.iter().filter(|(v, _)| *v > to) {
+        conn.execute_batch(sql)
+            .unwrap_or_else(|e| panic!("undo of migration {version}: {e}"));
+    }
+    conn.pragma_update(None, "user_version", to as i64).unwrap();
 }
 
 /// A time or count as an SQLite integer (signed): values past `i64::MAX` are stored as it.
@@ -547,6 +652,18 @@ impl Store {
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap()
+    }
+
+    /// Asserts that SQLite runs `sql` by searching `index`, scanning no table or index: its
+    /// cost does not grow with the rows it does not return.
+    #[cfg(test)]
+    pub(crate) fn assert_searches(&self, sql: &str, params: impl rusqlite::Params, index: &str) {
+        let plan = self.query_plan(sql, params);
+        assert!(
+            plan.iter().any(|step| step.contains(index))
+                && !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{sql}\n{plan:#?}"
+        );
     }
 
     /// The name of the bell this store rings after each commit: a [`CommitWatch`] of this
@@ -683,8 +800,12 @@ impl Store {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.execute_batch(sql)?;
-            if i + 1 == REPUTATION_MIGRATION {
-                reputation::backfill(&tx)?;
+            match i + 1 {
+                REPUTATION_MIGRATION => reputation::backfill(&tx)?,
+                VIEW_HASH_MIGRATION => {
+                    fill_view_hashes(&tx)?;
+                }
+                _ => {}
             }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         }
@@ -1580,9 +1701,44 @@ impl Store {
         self.seeds(None, usize::MAX)
     }
 
-    /// A digest of the whole seed state; equal on replicas that converged.
+    /// Fills the digest shares of the seeds an older version wrote (see the triggers of schema
+    /// version 14); a node does it when it starts. Returns how many it filled.
+    pub(crate) fn fill_digest_shares(&mut self) -> Result<usize> {
+        let tx = immediate(&mut self.conn)?;
+        let filled = fill_view_hashes(&tx)?;
+        tx.commit()?;
+        Ok(filled)
+    }
+
+    /// A digest of the whole seed state ([`state::digest`]); equal on replicas that converged.
+    /// Reads each seed's stored share of it, in seed id order, from the index that holds them
+    /// (a seed written by an older version, without one, is hashed from its state).
     pub fn digest(&self) -> Result<String> {
-        Ok(state::digest(&self.all_views()?))
+        let mut stmt = self.conn.prepare_cached(DIGEST_SQL)?;
+        let mut rows = stmt.query([])?;
+        let mut hashes = Vec::new();
+        while let Some(row) = rows.next()? {
+            let (id, hash) = <(String, Option<Vec<u8>>)>::try_from(row)?;
+            let hash = match hash.map(<[u8; 32]>::try_from) {
+                Some(Ok(hash)) => hash,
+                bad_or_none => {
+                    if bad_or_none.is_some() {
+                        tracing::warn!(seed = %id, "corrupt digest share: hashing the state");
+                    }
+                    let corrupt =
+                        |e: Error| Error::new(ErrorKind::Store, format!("corrupt seed {id}: {e}"));
+                    let view = SeedId::parse(&id)
+                        .and_then(|seed| self.seed(&seed))
+                        .map_err(corrupt)?
+                        .ok_or_else(|| {
+                            Error::new(ErrorKind::Store, format!("seed {id} vanished"))
+                        })?;
+                    state::view_hash(to_json(&view)?.as_bytes())
+                }
+            };
+            hashes.push(hash);
+        }
+        Ok(state::digest_of_hashes(hashes))
     }
 
     /// Runs SQLite's integrity check; `Ok(())` when the database is sound.
@@ -2203,13 +2359,16 @@ fn refold(
                 to: view.status,
             });
         }
+        let json = to_json(view)?;
+        let hash = state::view_hash(json.as_bytes());
         tx.prepare_cached(
             "INSERT INTO seeds(id, publisher, status, created_at, updated_at, view, ended_at,
-                               decide_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                               decide_at, view_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT(id) DO UPDATE SET status = excluded.status,
                  updated_at = excluded.updated_at, view = excluded.view,
-                 ended_at = excluded.ended_at, decide_at = excluded.decide_at",
+                 ended_at = excluded.ended_at, decide_at = excluded.decide_at,
+                 view_hash = excluded.view_hash",
         )?
         .execute(params![
             seed_id.as_str(),
@@ -2217,9 +2376,10 @@ fn refold(
             view.status.as_str(),
             view.seed.created_at as i64,
             now as i64,
-            to_json(view)?,
+            json,
             state::ended_at(view).map(to_sql),
-            decisions::decide_at(view)
+            decisions::decide_at(view),
+            &hash[..]
         ])?;
         reputation::write_seed(tx, view)?;
     }
@@ -2356,26 +2516,110 @@ mod tests {
         );
     }
 
-    /// A received message is stored in one write of its row, with its envelope and its
-    /// verdict, and its author's peer row is written for the first of its stored messages
-    /// only. Each further write of a message row wrote its envelope's overflow pages again,
-    /// and each write of the peer row its page: about every received frame did both. A stored
-    /// message whose verdict a newcomer changes (a bid that waited for its seed) is still
-    /// updated.
+    /// Every migration from the fourth on can be undone for the tests of old stores: a
+    /// database downgraded to version 3 migrates again to the current schema.
+    #[test]
+    fn every_migration_has_its_undo() {
+        let versions: Vec<usize> = UNDO.iter().map(|(v, _)| *v).collect();
+        let expected: Vec<usize> = (4..=SCHEMA_VERSION).rev().collect();
+        assert_eq!(
+            versions, expected,
+            "UNDO lists each migration from the newest down"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let schema = |s: &Store| -> Vec<String> {
+            let mut stmt = s
+                .conn
+                .prepare("SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY name")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        let s = Store::open(&path, &StoreConfig::default()).unwrap();
+        let current = schema(&s);
+        downgrade(&s.conn, 3);
+        drop(s);
+        let s = Store::open(&path, &StoreConfig::default()).unwrap();
+        assert_eq!(schema(&s), current);
+    }
+
+    /// The state digest read from the seeds' stored shares equals the digest of their states;
+    /// a store from before the shares gets them when it migrates, and a seed written without
+    /// one (by a process of an older version) is hashed from its state: the digest is the same.
+    #[test]
+    fn the_digest_from_stored_shares_is_the_digest_of_the_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let me = public(1).node_id;
+        let mut s = Store::open(&path, &StoreConfig::default()).unwrap();
+        assert_eq!(s.digest().unwrap(), state::digest(&[]));
+        for tag in 1..=3 {
+            publish_test_seed(&mut s, &me, tag, 1_000 * u64::from(tag));
+        }
+        let expected = state::digest(&s.all_views().unwrap());
+        assert_eq!(s.digest().unwrap(), expected);
+        downgrade(&s.conn, 13);
+        // An older version wrote another text for the same state.
+        s.conn
+            .execute_batch("UPDATE seeds SET view = view || ' '")
+            .unwrap();
+        drop(s);
+        let s = Store::open(&path, &StoreConfig::default()).unwrap();
+        assert_eq!(s.digest().unwrap(), expected, "after the migration");
+        // Each share is the hash of the stored text, rewritten as this version writes it: a
+        // later write of the same state changes neither (and fires no trigger).
+        let rows: Vec<(String, Vec<u8>)> = s
+            .conn
+            .prepare("SELECT view, view_hash FROM seeds")
+            .unwrap()
+            .query_map([], |r| <(String, Vec<u8>)>::try_from(r))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(rows.len(), 3);
+        for (text, share) in rows {
+            assert!(!text.ends_with(' '), "{text}");
+            assert_eq!(share, state::view_hash(text.as_bytes()));
+        }
+        let set_share = |share: Option<&[u8]>| {
+            let id = SeedId::from_bytes([2; 16]);
+            s.conn
+                .execute(
+                    "UPDATE seeds SET view_hash = ?2 WHERE id = ?1",
+                    params![id.as_str(), share],
+                )
+                .unwrap();
+        };
+        set_share(None);
+        assert_eq!(s.digest().unwrap(), expected, "a seed without its share");
+        set_share(Some(&[0]));
+        assert_eq!(s.digest().unwrap(), expected, "a corrupt share");
+        let plan = s.query_plan(DIGEST_SQL, []);
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("COVERING INDEX seeds_digest")),
+            "{plan:#?}"
+        );
+    }
+
     /// The alert sample (every `alerts.interval_ms`, on every node) reads the oldest waiting
     /// message from its partial index, not by reading every stored message.
     #[test]
     fn the_oldest_waiting_message_is_read_from_its_index() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
-        let plan = s.query_plan(OLDEST_PENDING_SQL, []);
-        assert!(
-            plan.iter().any(|step| step.contains("messages_pending"))
-                && !plan.iter().any(|step| step.starts_with("SCAN")),
-            "{plan:#?}"
-        );
+        s.assert_searches(OLDEST_PENDING_SQL, [], "messages_pending");
     }
 
+    /// A received message is stored in one write of its row, with its envelope and its
+    /// verdict, and its author's peer row is written for the first of its stored messages
+    /// only. Each further write of a message row wrote its envelope's overflow pages again,
+    /// and each write of the peer row its page: about every received frame did both. A stored
+    /// message whose verdict a newcomer changes (a bid that waited for its seed) is still
+    /// updated.
     #[test]
     fn a_received_message_is_written_once_and_its_author_row_once() {
         use rusqlite::hooks::Action;
@@ -2735,20 +2979,7 @@ mod tests {
                      VALUES ('{id}', 'p', '[]', x'', x'', 0, 0, 0, -1);"
             ))
             .unwrap();
-        s.conn
-            .execute_batch(
-                "DROP INDEX peers_by_source; ALTER TABLE peers DROP COLUMN admitted_from;
-                 ALTER TABLE peers DROP COLUMN last_active; DROP TABLE certificates;
-                 DROP TABLE revocations; DROP INDEX seeds_by_end;
-                 ALTER TABLE seeds DROP COLUMN ended_at; DROP INDEX events_by_seed;
-                 ALTER TABLE events DROP COLUMN seed_id; DROP TABLE pruned_seeds;
-                 DROP INDEX outbox_by_message; DROP TABLE alerts;
-                 DROP TABLE webhook_queue; DROP TABLE rotations; DROP TABLE reputation;
-                 DROP INDEX messages_by_sender; DROP INDEX seeds_by_update;
-                 DROP INDEX seeds_by_decision; ALTER TABLE seeds DROP COLUMN decide_at;
-                 DROP INDEX messages_pending; PRAGMA user_version = 3;",
-            )
-            .unwrap();
+        downgrade(&s.conn, 3);
         drop(s);
         let s = Store::open(&path, &StoreConfig::default()).unwrap();
         assert_eq!(s.lamport_clock().unwrap(), 7);

@@ -892,7 +892,9 @@ fn reputation_is_the_same_on_stores_with_the_same_messages_and_survives_a_reopen
         "DROP INDEX messages_by_sender; DROP INDEX reputation_by_node; DROP TABLE reputation;
          DROP INDEX seeds_by_update; DROP INDEX seeds_by_decision;
          ALTER TABLE seeds DROP COLUMN decide_at; DROP INDEX messages_pending;
-         PRAGMA user_version = 8;",
+         DROP INDEX seeds_digest; DROP TRIGGER seeds_written_by_an_older_version;
+         DROP TRIGGER seeds_inserted_by_an_older_version;
+         ALTER TABLE seeds DROP COLUMN view_hash; PRAGMA user_version = 8;",
     )
     .unwrap();
     drop(conn);

@@ -470,17 +470,7 @@ mod tests {
         let (cancelled, _) = publish(&mut s, 1, T0);
         cancel(&mut s, &cancelled, T0 + 1_000);
         let (open, _) = publish(&mut s, 2, T0);
-        s.conn
-            .execute_batch(
-                "DROP INDEX seeds_by_end; ALTER TABLE seeds DROP COLUMN ended_at;
-                 DROP INDEX events_by_seed; ALTER TABLE events DROP COLUMN seed_id;
-                 DROP TABLE pruned_seeds; DROP INDEX outbox_by_message;
-                 DROP TABLE alerts; DROP TABLE webhook_queue; DROP TABLE rotations;
-                 DROP TABLE reputation; DROP INDEX messages_by_sender; DROP INDEX seeds_by_update;
-                 DROP INDEX seeds_by_decision; ALTER TABLE seeds DROP COLUMN decide_at;
-                 DROP INDEX messages_pending; PRAGMA user_version = 5;",
-            )
-            .unwrap();
+        crate::store::downgrade(&s.conn, 5);
         drop(s);
         let mut s = Store::open(&path, &StoreConfig::default()).unwrap();
         let ended = |s: &Store, id: &SeedId| -> Option<i64> {
