@@ -395,7 +395,9 @@ const MIGRATIONS: &[&str] = &[
     // (every `alerts.interval_ms`): without it every sample read every stored message
     "CREATE INDEX messages_pending ON messages(received_at)
      WHERE json_extract(verdict, '$.verdict') = 'pending';",
-    // 14: each seed's share of the state digest (`state::view_hash`), written with its state,
+    // 14: each seed's share of the state digest (`state::view_hash`), written with its state
+    // (a later migration that rewrites `seeds.view` must write `view_hash` in the same UPDATE:
+    // the triggers below would take it for an older version's write),
     // so that a digest (every overview: the monitor, `/metrics`, `crabnet status`) reads 32
     // bytes a seed from an index instead of parsing every state (a column after the state
     // in the row would still be reached through the state's overflow pages); filled from the
@@ -520,29 +522,47 @@ fn batch_lost() -> Error {
     )
 }
 
-/// Fills the share of the state digest of each stored seed that has none (all of them in the
-/// migration that adds the column; at a node's start, those an older version wrote since),
-/// with the state rewritten as this version writes it: a share is always the hash of the
-/// stored text, so that a later write of the same state leaves both alone (the triggers tell
-/// an older version's writes by a changed state under an unchanged share). A seed whose
-/// state cannot be read keeps none: a digest hashes, and fails on, it. Returns how many it
-/// filled.
-fn fill_view_hashes(conn: &Connection) -> Result<usize> {
-    let missing: Vec<(String, String)> = conn
-        .prepare("SELECT id, view FROM seeds WHERE view_hash IS NULL")?
-        .query_map([], |r| <(String, String)>::try_from(r))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut update = conn.prepare("UPDATE seeds SET view = ?2, view_hash = ?3 WHERE id = ?1")?;
-    let mut filled = 0;
-    for (id, text) in missing {
-        match from_json::<SeedView>(&text, "seed state") {
-            Ok(view) => {
-                let json = to_json(&view)?;
-                let hash = state::view_hash(json.as_bytes());
-                filled += update.execute(params![id, json, &hash[..]])?;
-            }
-            Err(e) => tracing::warn!(seed = %id, "no digest share: {e}"),
+/// The seeds whose digest share is missing (all of them in the migration that adds the
+/// column; at a node's start, those an older version wrote since) or corrupt, found through
+/// the covering index `seeds_digest` (not the seeds' rows).
+const MISSING_SHARES_SQL: &str = "SELECT id FROM seeds INDEXED BY seeds_digest
+    WHERE view_hash IS NULL OR length(view_hash) != 32";
+
+/// A seed's share of the digest from its stored text: the state rewritten as this version
+/// writes it, with its hash, so that a share is always the hash of the stored text (a later
+/// write of the same state then changes neither, and the triggers tell an older version's
+/// writes by a changed state under an unchanged share). A state that cannot be read keeps its
+/// text and gets the hash of that (with a warning): a digest covers it as it is.
+fn share_of(id: &str, text: &str) -> Result<(Option<String>, [u8; 32])> {
+    match from_json::<SeedView>(text, "seed state") {
+        Ok(view) => {
+            let json = to_json(&view)?;
+            let hash = state::view_hash(json.as_bytes());
+            Ok((Some(json), hash))
         }
+        Err(e) => {
+            tracing::warn!(seed = %id, "digest share of an unreadable state: {e}");
+            Ok((None, state::view_hash(text.as_bytes())))
+        }
+    }
+}
+
+/// Fills the missing or corrupt digest shares ([`MISSING_SHARES_SQL`], [`share_of`]); returns
+/// how many.
+fn fill_view_hashes(conn: &Connection) -> Result<usize> {
+    let missing: Vec<String> = conn
+        .prepare(MISSING_SHARES_SQL)?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut filled = 0;
+    for id in missing {
+        let text: String =
+            conn.query_row("SELECT view FROM seeds WHERE id = ?1", [&id], |r| r.get(0))?;
+        let (json, hash) = share_of(&id, &text)?;
+        filled += conn.execute(
+            "UPDATE seeds SET view = COALESCE(?2, view), view_hash = ?3 WHERE id = ?1",
+            params![id, json, &hash[..]],
+        )?;
     }
     Ok(filled)
 }
@@ -1704,6 +1724,14 @@ impl Store {
     /// Fills the digest shares of the seeds an older version wrote (see the triggers of schema
     /// version 14); a node does it when it starts. Returns how many it filled.
     pub(crate) fn fill_digest_shares(&mut self) -> Result<usize> {
+        let none: bool = self.conn.query_row(
+            &format!("SELECT NOT EXISTS ({MISSING_SHARES_SQL})"),
+            [],
+            |r| r.get(0),
+        )?;
+        if none {
+            return Ok(0);
+        }
         let tx = immediate(&mut self.conn)?;
         let filled = fill_view_hashes(&tx)?;
         tx.commit()?;
@@ -1712,7 +1740,8 @@ impl Store {
 
     /// A digest of the whole seed state ([`state::digest`]); equal on replicas that converged.
     /// Reads each seed's stored share of it, in seed id order, from the index that holds them
-    /// (a seed written by an older version, without one, is hashed from its state).
+    /// (a seed written by an older version, without one, is hashed from its state; a state
+    /// that cannot be read, from its text: one bad row does not fail every overview).
     pub fn digest(&self) -> Result<String> {
         let mut stmt = self.conn.prepare_cached(DIGEST_SQL)?;
         let mut rows = stmt.query([])?;
@@ -1721,19 +1750,15 @@ impl Store {
             let (id, hash) = <(String, Option<Vec<u8>>)>::try_from(row)?;
             let hash = match hash.map(<[u8; 32]>::try_from) {
                 Some(Ok(hash)) => hash,
-                bad_or_none => {
-                    if bad_or_none.is_some() {
-                        tracing::warn!(seed = %id, "corrupt digest share: hashing the state");
-                    }
-                    let corrupt =
-                        |e: Error| Error::new(ErrorKind::Store, format!("corrupt seed {id}: {e}"));
-                    let view = SeedId::parse(&id)
-                        .and_then(|seed| self.seed(&seed))
-                        .map_err(corrupt)?
-                        .ok_or_else(|| {
-                            Error::new(ErrorKind::Store, format!("seed {id} vanished"))
-                        })?;
-                    state::view_hash(to_json(&view)?.as_bytes())
+                // Written by an older version, or corrupt: from the stored state (a node's
+                // start stores it).
+                _ => {
+                    let text: String = self.conn.query_row(
+                        "SELECT view FROM seeds WHERE id = ?1",
+                        [&id],
+                        |r| r.get(0),
+                    )?;
+                    share_of(&id, &text)?.1
                 }
             };
             hashes.push(hash);
@@ -2517,7 +2542,8 @@ mod tests {
     }
 
     /// Every migration from the fourth on can be undone for the tests of old stores: a
-    /// database downgraded to version 3 migrates again to the current schema.
+    /// database downgraded to version `v` has the schema of one that ran the first `v`
+    /// migrations, and one downgraded to version 3 migrates again to the current schema.
     #[test]
     fn every_migration_has_its_undo() {
         let versions: Vec<usize> = UNDO.iter().map(|(v, _)| *v).collect();
@@ -2527,10 +2553,8 @@ mod tests {
             "UNDO lists each migration from the newest down"
         );
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let schema = |s: &Store| -> Vec<String> {
-            let mut stmt = s
-                .conn
+        let schema = |conn: &Connection| -> Vec<String> {
+            let mut stmt = conn
                 .prepare("SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY name")
                 .unwrap();
             stmt.query_map([], |r| r.get(0))
@@ -2538,12 +2562,22 @@ mod tests {
                 .collect::<rusqlite::Result<_>>()
                 .unwrap()
         };
-        let s = Store::open(&path, &StoreConfig::default()).unwrap();
-        let current = schema(&s);
-        downgrade(&s.conn, 3);
-        drop(s);
-        let s = Store::open(&path, &StoreConfig::default()).unwrap();
-        assert_eq!(schema(&s), current);
+        let open = |name: &str| Store::open(&dir.path().join(name), &StoreConfig::default());
+        for v in 3..SCHEMA_VERSION {
+            let fresh = Connection::open(dir.path().join(format!("fresh{v}"))).unwrap();
+            for sql in &MIGRATIONS[..v] {
+                fresh.execute_batch(sql).unwrap();
+            }
+            let s = open(&format!("down{v}")).unwrap();
+            downgrade(&s.conn, v);
+            assert_eq!(schema(&s.conn), schema(&fresh), "version {v}");
+        }
+        let current = schema(&open("current").unwrap().conn);
+        assert_eq!(
+            schema(&open("down3").unwrap().conn),
+            current,
+            "migrated again"
+        );
     }
 
     /// The state digest read from the seeds' stored shares equals the digest of their states;
@@ -2567,7 +2601,7 @@ mod tests {
             .execute_batch("UPDATE seeds SET view = view || ' '")
             .unwrap();
         drop(s);
-        let s = Store::open(&path, &StoreConfig::default()).unwrap();
+        let mut s = Store::open(&path, &StoreConfig::default()).unwrap();
         assert_eq!(s.digest().unwrap(), expected, "after the migration");
         // Each share is the hash of the stored text, rewritten as this version writes it: a
         // later write of the same state changes neither (and fires no trigger).
@@ -2597,6 +2631,8 @@ mod tests {
         assert_eq!(s.digest().unwrap(), expected, "a seed without its share");
         set_share(Some(&[0]));
         assert_eq!(s.digest().unwrap(), expected, "a corrupt share");
+        assert_eq!(s.fill_digest_shares().unwrap(), 1, "repaired at start");
+        assert_eq!(s.digest().unwrap(), expected);
         let plan = s.query_plan(DIGEST_SQL, []);
         assert!(
             plan.iter()
