@@ -390,7 +390,7 @@ fn hellos(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
 }
 
 async fn overview_peers(addr: SocketAddr) -> usize {
-    let head = format!("GET /api/overview HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let head = support::http::get_head("/api/overview", &addr.to_string(), true);
     let (_, _, body) = support::http::http(addr, &head).await;
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     json["peers"].as_array().expect("a peer list").len()

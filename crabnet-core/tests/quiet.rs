@@ -111,11 +111,8 @@ async fn an_envelope_before_its_authors_hello_is_applied_when_the_hello_arrives(
     );
 
     wire.broadcast(&forge::hello(&alice)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.seed(m.seed_id()).await.is_err() {
-        assert!(Instant::now() < deadline, "the held seed was never applied");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let within = Duration::from_secs(10);
+    forge::wait_view(&node, m.seed_id(), within, "applied once held", |_| true).await;
     assert_eq!(forge::counter(&node, "messages.held_released").await, 1);
     wire.broadcast(&bytes).unwrap();
     forge::wait_counter(&node, "messages.duplicate", 1).await;

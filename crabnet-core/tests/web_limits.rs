@@ -2,7 +2,10 @@
 //! header and idle timeouts, the total and per-address connection caps, and `since` cursors
 //! beyond the log.
 
-mod support;
+// Only the raw HTTP helpers of `support`, not the whole harness (this suite uses some).
+#[allow(dead_code)]
+#[path = "support/http.rs"]
+mod http;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,7 +16,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::http::{get_head, read_into_until, read_to_close};
+use http::{get_head, read_into_until, read_to_close};
 
 /// A node without network and its monitoring server.
 struct Server {
