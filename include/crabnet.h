@@ -772,7 +772,8 @@ enum crabnet_status crabnet_node_seeds(const struct crabnet_node *node,
 /**
  * Writes a summary of the node as a JSON object: `node_id`, `name`, `data_dir`,
  * `transport`, `seeds_by_status`, `outbox_pending`, `counters`, `last_event_seq`,
- * `state_digest` (equal on converged nodes of one version), `peers`, `addresses` and
+ * `state_digest` (equal on converged nodes of one version; its value changed with schema
+ * version 14), `peers`, `addresses` and
  * `sandbox` (the task sandbox this node builds: `policy`, `level`, `features`, `missing`,
  * `allow_network`, `can_run`).
  *

@@ -173,7 +173,8 @@ pub struct Overview {
     /// Sequence number of the last event pruned by the bound on the durable log (0 when none
     /// was): a reader whose cursor is below it has missed events.
     pub events_pruned_through: u64,
-    /// Digest of the whole seed state (equal on converged replicas running one version).
+    /// Digest of the whole seed state (equal on converged replicas running one version; its
+    /// value changed with schema version 14).
     pub state_digest: String,
     /// Number of peers with a verified hello.
     pub peers: u64,
@@ -609,10 +610,7 @@ impl Node {
             .await?;
         }
         node.blocking(|n| {
-            n.with_store(|s| {
-                s.fill_digest_shares()?;
-                s.refresh_decision_times(&n.inner.id)
-            })?;
+            n.with_store(|s| s.fill_digest_shares())?;
             n.issue_due_decisions()
         })
         .await?;

@@ -387,21 +387,24 @@ const MIGRATIONS: &[&str] = &[
     // changed seeds: without it every stored message was sorted for each digest a peer sent
     "CREATE INDEX seeds_by_update ON seeds(updated_at DESC, id);",
     // 12: when each seed's publisher next owes a decision (`store/decisions.rs`), so the
-    // decision timer reads the due seeds alone; a node fills in its own seeds' when it starts
-    // (`Store::refresh_decision_times`)
+    // decision timer reads the due seeds alone; the node's own seeds that may owe one are
+    // marked due at once, and the timer's first read gives each its time
+    // (`Store::due_decisions`)
     "ALTER TABLE seeds ADD COLUMN decide_at INTEGER;
+     UPDATE seeds SET decide_at = 0
+      WHERE status IN ('open', 'claimed', 'completed')
+        AND publisher = (SELECT value FROM meta WHERE key = 'node_id');
      CREATE INDEX seeds_by_decision ON seeds(publisher, decide_at) WHERE decide_at IS NOT NULL;",
     // 13: the received messages that wait for another, for the alert sample's `sync_lag`
     // (every `alerts.interval_ms`): without it every sample read every stored message
     "CREATE INDEX messages_pending ON messages(received_at)
      WHERE json_extract(verdict, '$.verdict') = 'pending';",
-    // 14: each seed's share of the state digest (`state::view_hash`), written with its state
-    // (a later migration that rewrites `seeds.view` must write `view_hash` in the same UPDATE:
-    // the triggers below would take it for an older version's write),
-    // so that a digest (every overview: the monitor, `/metrics`, `crabnet status`) reads 32
-    // bytes a seed from an index instead of parsing every state (a column after the state
-    // in the row would still be reached through the state's overflow pages); filled from the
-    // stored states (see `migrate`)
+    // 14: each seed's share of the state digest (`state::view_hash`), written with its state,
+    // so that a digest (every overview: the monitor, `/metrics`, `crabnet status`) reads one
+    // index entry a seed instead of parsing every state (a column after the state in the row
+    // would still be reached through the state's overflow pages); filled from the stored
+    // states (see `migrate`). A later migration that rewrites `seeds.view` must write
+    // `view_hash` in the same UPDATE: the triggers would take it for an older version's write.
     // The triggers catch a process of an older version that had the database open before the
     // migration (a newer one refuses to start on it afterwards): its writes change a seed's
     // state without its share or its decision time; the share is then dropped (a digest hashes

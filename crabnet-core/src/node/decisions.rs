@@ -26,8 +26,11 @@ impl Node {
         timers.decide_at.store(u64::MAX, Ordering::Relaxed);
         let found = lock(&self.inner.store).due_decisions(&self.inner.id, now);
         let found = found.inspect_err(|_| {
-            // Retried on the next tick, as the caller says.
-            timers.decide_at.fetch_min(now, Ordering::Relaxed);
+            // Retried in a second, as the caller says (not every tick: a full or broken disk
+            // would fill the log).
+            timers
+                .decide_at
+                .fetch_min(now.saturating_add(1_000), Ordering::Relaxed);
         })?;
         if let Some(at) = found.next_at {
             timers.decide_at.fetch_min(at, Ordering::Relaxed);
@@ -54,14 +57,18 @@ impl Node {
     /// `max_bids` bids are in) and moves the timer. A seed of ours that left the timer may come
     /// back to it: a claim made in time that arrives after this node expired the seed for want
     /// of it overrides the expiry, and the seed then owes its result deadline (found by
-    /// `tests/simulator.rs`). Every message costs one read of its seed.
+    /// `tests/simulator.rs`). A message about another publisher's seed costs one read of its
+    /// publisher, not of its state.
     pub(super) fn reschedule_decision(&self, message: &Message, now: Millis) -> Result<()> {
-        let Some(view) = lock(&self.inner.store).seed(message.seed_id())? else {
-            return Ok(());
-        };
-        if view.seed.publisher != self.inner.id {
+        let id = message.seed_id();
+        let store = lock(&self.inner.store);
+        if store.publisher_of(id)?.as_ref() != Some(&self.inner.id) {
             return Ok(());
         }
+        let Some(view) = store.seed(id)? else {
+            return Ok(());
+        };
+        drop(store);
         if !self.decide(&view, now) {
             self.schedule_decision(&view);
         }

@@ -242,7 +242,7 @@ impl Node {
         if (due.changed || due.decide)
             && let Err(e) = node.issue_due_decisions()
         {
-            tracing::warn!("cannot issue due decisions (retried next tick): {e}");
+            tracing::warn!("cannot issue due decisions (retried in a second): {e}");
         }
         let timers = &node.inner.timers;
         if due.rejections {
@@ -569,11 +569,11 @@ mod tests {
     /// Counts the routine counter `name` once and waits (up to 5 s) until it is written.
     async fn count_until_written(node: &Node, name: &str) {
         node.inner.rejections.count(name);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while stored_counter(node, name) == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "never written");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        time_until(tokio::time::Instant::now(), || {
+            stored_counter(node, name) > 0
+        })
+        .await;
+        assert!(stored_counter(node, name) > 0, "never written");
     }
 
     /// Routine counters (a healthy network's: unchanged hellos, sync upkeep) counted all the

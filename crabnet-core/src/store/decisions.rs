@@ -5,9 +5,9 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Store, from_json, immediate, to_sql};
+use super::{Store, from_json, to_sql};
 use crate::error::Result;
-use crate::model::{Millis, NodeId};
+use crate::model::{Millis, NodeId, SeedId};
 use crate::state::SeedView;
 
 /// The `decide_at` column of `view`'s row.
@@ -33,42 +33,15 @@ pub(crate) struct DueDecisions {
 }
 
 impl Store {
-    /// Rewrites the decision time of every undecided seed `publisher` published from its
-    /// state, where it differs; returns how many it rewrote. A node runs it once at start, for
-    /// its own seeds: the column is empty on seeds a store held before it existed (schema
-    /// version 12) or that a process of an older version wrote since, and a newer version may
-    /// compute other times. A seed whose state cannot be read is left off the timer with a
-    /// warning (no decision can be taken on it), instead of holding back the others.
-    pub(crate) fn refresh_decision_times(&mut self, publisher: &NodeId) -> Result<usize> {
-        let tx = immediate(&mut self.conn)?;
-        let mut changed = Vec::new();
-        {
-            let mut stmt = tx.prepare(
-                "SELECT id, view, decide_at FROM seeds
-                 WHERE publisher = ?1 AND status IN ('open', 'claimed', 'completed')",
-            )?;
-            let mut rows = stmt.query([publisher.as_str()])?;
-            while let Some(row) = rows.next()? {
-                let (id, text, stored) = <(String, String, Option<i64>)>::try_from(row)?;
-                let at = match from_json::<SeedView>(&text, "seed state") {
-                    Ok(view) => decide_at(&view),
-                    Err(e) => {
-                        tracing::warn!(seed = %id, "left off the decision timer: {e}");
-                        None
-                    }
-                };
-                if at != stored {
-                    changed.push((id, at));
-                }
-            }
-        }
-        let mut update = tx.prepare("UPDATE seeds SET decide_at = ?2 WHERE id = ?1")?;
-        for (id, at) in &changed {
-            update.execute(params![id, at])?;
-        }
-        drop(update);
-        tx.commit()?;
-        Ok(changed.len())
+    /// The publisher of stored seed `id` (`None` when it is not stored), read without its
+    /// state.
+    pub(crate) fn publisher_of(&self, id: &SeedId) -> Result<Option<NodeId>> {
+        let publisher: Option<String> = self
+            .conn
+            .prepare_cached("SELECT publisher FROM seeds WHERE id = ?1")?
+            .query_row([id.as_str()], |r| r.get(0))
+            .optional()?;
+        publisher.map(|p| NodeId::parse(&p)).transpose()
     }
 
     /// The seeds `publisher` published whose next decision is due at `now`
@@ -87,6 +60,7 @@ impl Store {
             })?
             .collect::<rusqlite::Result<_>>()?;
         let mut due = Vec::new();
+        let mut corrections = Vec::new();
         for (id, text, stored) in rows {
             let (view, at) = match from_json::<SeedView>(&text, "seed state") {
                 Ok(view) => {
@@ -98,23 +72,18 @@ impl Store {
                     (None, None)
                 }
             };
-            if at != Some(stored) {
-                // Unless a writer changed the row meanwhile. Best effort: the next read
-                // checks the row again.
-                let corrected = self
-                    .conn
-                    .prepare_cached(
-                        "UPDATE seeds SET decide_at = ?3
-                         WHERE id = ?1 AND decide_at = ?2 AND view = ?4",
-                    )
-                    .and_then(|mut update| update.execute(params![id, stored, at, text]));
-                if let Err(e) = corrected {
-                    tracing::warn!(seed = %id, "cannot correct its decision time: {e}");
-                }
-            }
             if let Some(view) = view.filter(|_| at.is_some_and(|at| at <= now)) {
                 due.push(view);
             }
+            if at != Some(stored) {
+                corrections.push((id, stored, at, text));
+            }
+        }
+        if !corrections.is_empty()
+            && let Err(e) = self.correct_decision_times(&corrections)
+        {
+            // Best effort: the next read finds the rows again.
+            tracing::warn!("cannot correct {} decision times: {e}", corrections.len());
         }
         let next_at = self
             .conn
@@ -123,6 +92,23 @@ impl Store {
             .optional()?
             .map(|at| at.max(0) as Millis);
         Ok(DueDecisions { due, next_at })
+    }
+
+    /// Stores each row's time from its state, in one transaction, unless a writer changed the
+    /// row since it was read (its state or its time): `(id, time read, state's time, state
+    /// read)`.
+    fn correct_decision_times(&self, rows: &[(String, i64, Option<i64>, String)]) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE seeds SET decide_at = ?3 WHERE id = ?1 AND decide_at = ?2 AND view = ?4",
+            )?;
+            for (id, stored, at, text) in rows {
+                update.execute(params![id, stored, at, text])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 
@@ -273,57 +259,50 @@ mod tests {
         );
     }
 
-    /// A store from before the decision times (or written since by a process of an older
-    /// version) gets those of the publisher's undecided seeds back when its node starts (it
-    /// owes the decisions it owed before); ended seeds owe none, a stale time is corrected,
-    /// and a seed whose state cannot be read stays off the timer without holding back the
-    /// others.
+    /// A store from before the decision times has its node's undecided seeds marked due by
+    /// the migration (its node owes the decisions it owed before): the first read of the due
+    /// seeds gives each its state's time, leaves out those not due, and takes one whose state
+    /// cannot be read off the timer without holding back the others. Ended seeds and other
+    /// publishers' seeds owe this node nothing.
     #[test]
-    fn the_decision_times_of_an_old_store_are_refreshed() {
+    fn an_old_store_gets_its_decision_times_at_the_first_read() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let me = node(0xab);
         let mut s = Store::open(&path, &StoreConfig::default()).unwrap();
+        s.node_id_or_init(&me).unwrap();
         let (open, _) = publish_test_seed(&mut s, &me, 1, T0);
         let (ended, _) = publish_test_seed(&mut s, &me, 2, T0);
         expire(&mut s, &me, &ended, T0 + 1_000);
-        let (stale, _) = publish_test_seed(&mut s, &me, 3, T0 + 10_000);
+        let (later, _) = publish_test_seed(&mut s, &me, 3, T0 + 10_000);
         let (corrupt, _) = publish_test_seed(&mut s, &me, 4, T0);
+        let (other, _) = publish_test_seed(&mut s, &node(0xcd), 5, T0);
         crate::store::downgrade(&s.conn, 11);
-        drop(s);
-        let mut s = Store::open(&path, &StoreConfig::default()).unwrap();
-        let found = s.due_decisions(&me, u64::MAX).unwrap();
-        assert_eq!(
-            (ids(&found), found.next_at),
-            (vec![], None),
-            "not known yet"
-        );
-        s.conn
-            .execute(
-                "UPDATE seeds SET decide_at = 5 WHERE id = ?1",
-                [stale.as_str()],
-            )
-            .unwrap();
         s.conn
             .execute(
                 "UPDATE seeds SET view = '{' WHERE id = ?1",
                 [corrupt.as_str()],
             )
             .unwrap();
-        // The open seed's time, the stale one, and the corrupt seed's (put on the timer at
-        // once by the trigger for writes without a digest share) taken off.
-        assert_eq!(s.refresh_decision_times(&me).unwrap(), 3);
-        assert_eq!(
-            s.refresh_decision_times(&me).unwrap(),
-            0,
-            "nothing left to rewrite"
-        );
+        drop(s);
+        let s = Store::open(&path, &StoreConfig::default()).unwrap();
+        for id in [&open, &later, &corrupt] {
+            assert_eq!(stored(&s, id), Some(0), "marked due");
+        }
+        assert_eq!(stored(&s, &ended), None);
+        assert_eq!(stored(&s, &other), None);
         let found = s.due_decisions(&me, T0 + 1_000).unwrap();
         assert_eq!(
             (ids(&found), found.next_at),
+            (vec![open.clone()], Some(T0 + 11_000))
+        );
+        assert_eq!(stored(&s, &open), Some(T0 as i64 + 1_000));
+        assert_eq!(stored(&s, &later), Some(T0 as i64 + 11_000));
+        assert_eq!(stored(&s, &corrupt), None, "off the timer");
+        let again = s.due_decisions(&me, T0 + 1_000).unwrap();
+        assert_eq!(
+            (ids(&again), again.next_at),
             (vec![open], Some(T0 + 11_000))
         );
-        assert_eq!(stored(&s, &ended), None);
-        assert_eq!(stored(&s, &corrupt), None);
     }
 }

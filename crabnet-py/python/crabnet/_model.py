@@ -706,7 +706,8 @@ class Overview(_Record):
     """Sequence number of the last event pruned by the bound on the durable log (0 when none
     was): a reader whose cursor is below it has missed events."""
     state_digest: str
-    """Digest of the whole seed state: equal on converged replicas running one version."""
+    """Digest of the whole seed state: equal on converged replicas running one version (its
+    value changed with schema version 14)."""
     peers: int
     """Number of peers whose hello this node verified."""
     addresses: Tuple[str, ...]
