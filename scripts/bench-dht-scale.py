@@ -282,9 +282,11 @@ def main():
             signal.signal(signum, exit_on)
 
     binary = os.path.abspath(args.bin)
-    root = tempfile.mkdtemp(prefix="crabnet-bench-scale-")
+    root = None
     nodes = []
     try:
+        # Made inside the `try`, after the handlers: a signal from here on removes it.
+        root = tempfile.mkdtemp(prefix="crabnet-bench-scale-")
         t0 = time.monotonic()
         for i in range(args.nodes):
             nodes.append(Listener(binary, i, root, args.config))
@@ -456,7 +458,7 @@ def main():
                 except subprocess.TimeoutExpired:
                     n.proc.kill()
                     n.proc.wait()
-        if not args.keep:
+        if root and not args.keep:
             subprocess.run(["rm", "-rf", root], check=False)
 
 

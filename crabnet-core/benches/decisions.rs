@@ -96,11 +96,7 @@ fn run(rt: &tokio::runtime::Runtime, open: usize) -> Measured {
     let samples = (0..DUE)
         .map(|_| {
             let start = Instant::now();
-            store.counters().expect("counters");
-            store.peer_sightings().expect("peers");
-            store.outbox_pending().expect("outbox");
-            store.outbox_oldest().expect("outbox");
-            store.oldest_pending_message().expect("pending");
+            store.alert_readings().expect("alert sample reads");
             start.elapsed()
         })
         .collect();

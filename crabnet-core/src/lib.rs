@@ -27,7 +27,8 @@ macro_rules! display_as_str {
     ($($name:ty),+) => {$(
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
+                // `pad`, not `write_str`: width and alignment (`{:<9}`) apply.
+                f.pad(self.as_str())
             }
         }
     )+};

@@ -1137,6 +1137,15 @@ fn check_from_one(what: &str, value: u64, max: u64, unit: &str) -> Result<(), St
 mod tests {
     use super::*;
 
+    /// Names print as text that honours width and alignment, as the CLI's tables ask:
+    /// `seed list` lines its STATUS column up with `{:<9}`.
+    #[test]
+    fn names_fill_the_width_they_are_given() {
+        assert_eq!(format!("{:<9}|", SeedStatus::Open), "open     |");
+        assert_eq!(format!("{:>6}|", SandboxLevel::Full), "  full|");
+        assert_eq!(format!("{}", MessageKind::BidPlaced), "bid_placed");
+    }
+
     /// A runner's sandbox record arrives from the network: its size and names are bounded.
     #[test]
     fn sandbox_records_from_peers_are_bounded() {

@@ -634,6 +634,11 @@ impl SeedView {
     /// ever will without another message: the end of the bid window (at once when `max_bids`
     /// bids are in), or a rules-2 deadline plus [`DECISION_MARGIN_MS`]. A node schedules its
     /// next look at the seeds it published by this, instead of looking after every message.
+    ///
+    /// The store keeps this time with each state (`seeds.decide_at`, schema version 12) and
+    /// nothing recomputes the stored times at start: a change to this function needs a store
+    /// migration that marks the undecided seeds due (`decide_at = 0`, as migration 12 does),
+    /// so that the timer's first read gives each its new time.
     pub fn next_decision_at(&self) -> Option<Millis> {
         let after =
             |deadline: Option<Millis>| deadline.map(|d| d.saturating_add(DECISION_MARGIN_MS));

@@ -106,6 +106,21 @@ pub struct PeerSighting {
     pub admitted_from: Option<String>,
 }
 
+/// What the alert rules read from the store at each sample ([`Store::alert_readings`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertReadings {
+    /// Every counter, by name ([`Store::counters`]).
+    pub counters: BTreeMap<String, u64>,
+    /// When each known peer was heard from ([`Store::peer_sightings`]).
+    pub sightings: Vec<PeerSighting>,
+    /// Outbox messages not sent yet ([`Store::outbox_pending`]).
+    pub outbox_pending: u64,
+    /// When the oldest of them was queued ([`Store::outbox_oldest`]).
+    pub outbox_oldest: Option<Millis>,
+    /// When the oldest waiting received message arrived ([`Store::oldest_pending_message`]).
+    pub oldest_pending_message: Option<Millis>,
+}
+
 /// What a hello did to the peer table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerUpdate {
@@ -1971,6 +1986,19 @@ impl Store {
     /// read of the index of waiting messages, whatever the number of stored messages.
     pub fn oldest_pending_message(&self) -> Result<Option<Millis>> {
         self.earliest(OLDEST_PENDING_SQL)
+    }
+
+    /// Every store read of one alert sample (`alerts.interval_ms`; what an idle node does most
+    /// often): the counters, the peers' sightings (not their keys), the outbox and the oldest
+    /// waiting message. Each read goes through an index or a small table.
+    pub fn alert_readings(&self) -> Result<AlertReadings> {
+        Ok(AlertReadings {
+            counters: self.counters()?,
+            sightings: self.peer_sightings()?,
+            outbox_pending: self.outbox_pending()?,
+            outbox_oldest: self.outbox_oldest()?,
+            oldest_pending_message: self.oldest_pending_message()?,
+        })
     }
 }
 

@@ -12,6 +12,7 @@ use super::{Node, background_blocking};
 use crate::alerts::webhook::{self, Hooks, backoff_ms};
 use crate::alerts::{ActiveAlert, AlertsConfig, Evaluator, Sample, Transition, disk_free_bytes};
 use crate::error::Result;
+use crate::store::AlertReadings;
 
 /// What the node needs to run alerting, prepared before the node starts (so that an unreadable
 /// webhook secret fails the start, not a task).
@@ -79,7 +80,13 @@ impl Node {
         let config = self.config();
         let window = self.hello_interval_ms().saturating_mul(3);
         let mut sample = self.with_store(|s| {
-            let counters = s.counters()?;
+            let AlertReadings {
+                counters,
+                sightings,
+                outbox_pending,
+                outbox_oldest,
+                oldest_pending_message,
+            } = s.alert_readings()?;
             let counter = |name: &str| counters.get(name).copied().unwrap_or(0);
             let rejected_total = counters
                 .iter()
@@ -92,8 +99,7 @@ impl Node {
             // The sightings, not the peer rows: the count needs no keys (100 peers' keys are
             // 250 KB to read at every sample).
             let pending = self.inner.liveness.pending_all();
-            let live_peers = s
-                .peer_sightings()?
+            let live_peers = sightings
                 .iter()
                 .filter(|p| {
                     let seen = latest_sighting(p.last_seen, pending.get(&p.node_id).copied());
@@ -102,14 +108,12 @@ impl Node {
                 .count() as u64;
             Ok(Sample {
                 live_peers: self.transport_name().map(|_| live_peers),
-                outbox_pending: s.outbox_pending()?,
-                outbox_oldest_ms: s.outbox_oldest()?.map_or(0, |at| now.saturating_sub(at)),
+                outbox_pending,
+                outbox_oldest_ms: outbox_oldest.map_or(0, |at| now.saturating_sub(at)),
                 rejected_total,
                 runs_total: failed.saturating_add(counter("runs.succeeded")),
                 runs_failed_total: failed,
-                sync_lag_ms: s
-                    .oldest_pending_message()?
-                    .map_or(0, |at| now.saturating_sub(at)),
+                sync_lag_ms: oldest_pending_message.map_or(0, |at| now.saturating_sub(at)),
                 disk_free_bytes: None,
             })
         })?;

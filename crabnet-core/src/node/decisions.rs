@@ -1,12 +1,13 @@
 //! Decisions this node owes as a publisher (closing bidding, re-awarding, expiring), each at
 //! its own due time.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use super::operations::known;
 use super::{Node, lock};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Body, Message, Millis};
+use crate::model::{Award, Body, Message, Millis, NodeId};
 use crate::reputation::{self, AwardPolicy};
 use crate::state::SeedView;
 
@@ -96,12 +97,14 @@ impl Node {
         };
         let id = view.seed.id.clone();
         let kind = due.kind();
-        // Under `award.policy = "price_and_reputation"` the award weighs the bidders'
-        // reputation; read before the commit, which holds the store.
+        // Under `award.policy = "price_and_reputation"` the award weighs the reputation of
+        // the bidders it considers (theirs only, not the whole table), read before the
+        // commit, which holds the store.
         let reputations = match (&due, self.inner.config.award.policy) {
-            (Body::BiddingClosed(_), AwardPolicy::PriceAndReputation) => {
-                match lock(&self.inner.store).reputations_from(&self.inner.id) {
-                    Ok(r) => Some(r),
+            (Body::BiddingClosed(award), AwardPolicy::PriceAndReputation) => {
+                let bidders = considered_bidders(view, award);
+                match lock(&self.inner.store).reputations_from_of(&self.inner.id, &bidders) {
+                    Ok(r) => Some((bidders, r)),
                     Err(e) => {
                         tracing::warn!(seed = %id, "cannot read reputations: {e}");
                         return false;
@@ -110,7 +113,7 @@ impl Node {
             }
             _ => None,
         };
-        if let (Some(reps), Body::BiddingClosed(award)) = (&reputations, &due)
+        if let (Some((_, reps)), Body::BiddingClosed(award)) = (&reputations, &due)
             && let Err(retry_at) = reputation::weigh_award(view, award, reps, now)
         {
             // Bids were left out: bidding may not close before the window ends. The seed stays
@@ -129,7 +132,12 @@ impl Node {
                 .filter(|b| b.kind() == kind)
                 .ok_or_else(|| Error::new(ErrorKind::State, "already decided"))?;
             match (&reputations, due) {
-                (Some(reps), Body::BiddingClosed(award)) => {
+                (Some((read, reps)), Body::BiddingClosed(award)) => {
+                    // A bid that arrived since the read: weigh again with its bidder's
+                    // reputation (the seed stays due; the next pass reads it).
+                    if !considered_bidders(v, &award).is_subset(read) {
+                        return Err(Error::new(ErrorKind::State, "bids changed"));
+                    }
                     reputation::weigh_award(v, &award, reps, now)
                         .map(Body::BiddingClosed)
                         .map_err(|_| Error::new(ErrorKind::State, "not due yet"))
@@ -147,4 +155,13 @@ impl Node {
             }
         }
     }
+}
+
+/// The bidders of the bids `award` considers.
+fn considered_bidders(view: &SeedView, award: &Award) -> BTreeSet<NodeId> {
+    view.bids
+        .iter()
+        .filter(|b| award.considered.contains(&b.bid.id))
+        .map(|b| b.bid.bidder.clone())
+        .collect()
 }

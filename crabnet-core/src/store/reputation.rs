@@ -79,6 +79,24 @@ impl Store {
         )
     }
 
+    /// The reputations of `nodes` only, summed over the seeds `publisher` published (as
+    /// [`Store::reputations_from`] gives them): what an award weighs its bidders with. Each
+    /// node's rows are found through its index, so the cost follows the bidders' history, not
+    /// the size of the table. Nodes with no rows are left out.
+    pub fn reputations_from_of<'a>(
+        &self,
+        publisher: &NodeId,
+        nodes: impl IntoIterator<Item = &'a NodeId>,
+    ) -> Result<BTreeMap<NodeId, Reputation>> {
+        let mut stmt = self.conn.prepare_cached(REPUTATION_FROM_OF_SQL)?;
+        let mut out = BTreeMap::new();
+        for node in nodes {
+            let rows = stmt.query_map([publisher.as_str(), node.as_str()], row)?;
+            out.append(&mut collect(rows)?);
+        }
+        Ok(out)
+    }
+
     /// The reputation of `node` (all zero when nothing is known).
     pub fn reputation(&self, node: &NodeId) -> Result<Reputation> {
         Ok(self
@@ -116,6 +134,12 @@ impl Store {
     }
 }
 
+/// One node's reputation from one publisher's seeds ([`Store::reputations_from_of`]).
+const REPUTATION_FROM_OF_SQL: &str = "SELECT r.node_id, SUM(r.agreed), SUM(r.dissented),
+        SUM(r.missed), SUM(r.accepted), SUM(r.rejected)
+     FROM reputation r JOIN seeds s ON s.id = r.seed_id
+     WHERE s.publisher = ?1 AND r.node_id = ?2 GROUP BY r.node_id";
+
 type Row = (String, Reputation);
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -144,4 +168,70 @@ fn collect(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::params;
+
+    use super::*;
+    use crate::model::Millis;
+    use crate::store::{StoreConfig, publish_test_seed};
+
+    const T0: Millis = 1_700_000_000_000;
+
+    fn node(tag: u8) -> NodeId {
+        NodeId::parse(&format!("{tag:02x}").repeat(32)).unwrap()
+    }
+
+    /// An award reads its bidders' reputations only: the publisher's own seeds count, another
+    /// publisher's do not, a bidder with no history is left out, and each bidder's rows are
+    /// found through the node index, however large the table.
+    #[test]
+    fn an_award_reads_only_its_bidders_reputations() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (me, other) = (node(0xab), node(0xcd));
+        let (mine_1, _) = publish_test_seed(&mut s, &me, 1, T0);
+        let (mine_2, _) = publish_test_seed(&mut s, &me, 2, T0);
+        let (theirs, _) = publish_test_seed(&mut s, &other, 3, T0);
+        let rows: [(&SeedId, u8, [i64; 5]); 5] = [
+            (&mine_1, 10, [1, 0, 0, 0, 0]),
+            (&mine_1, 11, [0, 1, 0, 0, 0]),
+            (&mine_2, 10, [1, 0, 1, 0, 0]),
+            (&mine_2, 12, [0, 0, 0, 1, 0]),
+            (&theirs, 10, [0, 5, 0, 0, 5]),
+        ];
+        for (seed, n, [a, d, m, acc, rej]) in rows {
+            s.conn
+                .execute(
+                    "INSERT INTO reputation(seed_id, node_id, agreed, dissented, missed,
+                                            accepted, rejected)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![seed.as_str(), node(n).as_str(), a, d, m, acc, rej],
+                )
+                .unwrap();
+        }
+        let bidders = [node(10), node(12), node(13)];
+        let found = s.reputations_from_of(&me, &bidders).unwrap();
+        let mut all = s.reputations_from(&me).unwrap();
+        all.retain(|n, _| bidders.contains(n));
+        assert_eq!(found, all);
+        assert_eq!(
+            found.keys().cloned().collect::<Vec<_>>(),
+            [node(10), node(12)]
+        );
+        let ten = &found[&node(10)];
+        assert_eq!((ten.agreed, ten.dissented, ten.missed_deadlines), (2, 0, 1));
+        assert_eq!(
+            s.reputations_from_of(&other, &bidders).unwrap()[&node(10)].dissented,
+            5
+        );
+        assert!(s.reputations_from_of(&me, []).unwrap().is_empty());
+        s.assert_searches(
+            REPUTATION_FROM_OF_SQL,
+            params![me.as_str(), node(10).as_str()],
+            "reputation_by_node",
+        );
+    }
 }
