@@ -270,11 +270,23 @@ def main():
                          "minute of the machine: an A/B of two builds)")
     ap.add_argument("--timeout", type=float, default=600.0, help="per phase")
     ap.add_argument("--config", default="", help="extra config.toml text for every node")
+    ap.add_argument("--udp-ports", default=None,
+                    help="with --transport udp: the nodes' ports on 127.0.0.1, comma-separated "
+                         "(default: ports the OS reports free a moment before the start)")
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
     ap.add_argument("--progress", type=float, default=None,
                     help="log the pairs still missing every this many seconds while the network "
                          "forms and while the seeds spread")
     args = ap.parse_args()
+    given_ports = None
+    if args.udp_ports is not None:
+        try:
+            given_ports = [int(p) for p in args.udp_ports.split(",")]
+        except ValueError:
+            ap.error(f"--udp-ports: not a comma-separated list of ports: {args.udp_ports}")
+        if len(given_ports) != args.nodes or len(set(given_ports)) != args.nodes \
+                or not all(0 < p < 65536 for p in given_ports):
+            ap.error(f"--udp-ports: {args.nodes} distinct ports wanted, got {args.udp_ports}")
     for signum in (signal.SIGTERM, signal.SIGHUP):
         # A signal the script was started to ignore (`nohup`) stays ignored, for the
         # listeners too.
@@ -295,7 +307,7 @@ def main():
         k = 1 if args.dial == "star" else max(1, int(args.dial))
         start = time.monotonic()
         if args.transport == "udp":
-            ports = free_udp_ports(args.nodes)
+            ports = given_ports or free_udp_ports(args.nodes)
             start = time.monotonic()
             for i, n in enumerate(nodes):
                 n.start([f"127.0.0.1:{p}" for j, p in enumerate(ports) if j != i],

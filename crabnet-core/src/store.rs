@@ -2447,6 +2447,21 @@ fn refold(
     Ok((folded.view, verdict))
 }
 
+/// A store in a fresh temporary directory, which lives as long as the returned guard: for
+/// unit tests.
+#[cfg(test)]
+pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+    (dir, store)
+}
+
+/// A node id made of the byte `tag` repeated: for unit tests.
+#[cfg(test)]
+pub(crate) fn test_node(tag: u8) -> NodeId {
+    NodeId::parse(&format!("{tag:02x}").repeat(32)).unwrap()
+}
+
 /// Stores a seed `publisher` published at `at` (its id made of `tag`), as the node's own
 /// operation: for tests that need a stored message by some author.
 #[cfg(test)]
@@ -2511,8 +2526,7 @@ mod tests {
     #[test]
     fn cached_statements_are_not_compiled_again_when_their_parameters_change() {
         use rusqlite::StatementStatus;
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         for at in 0..5 {
             s.record_event(
                 at,
@@ -2541,8 +2555,7 @@ mod tests {
     #[test]
     fn hot_lookups_are_compiled_once() {
         use rusqlite::StatementStatus;
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, s) = temp_store();
         let id = public(1).node_id;
         let seed = SeedId::from_bytes([7; 16]);
         for _ in 0..3 {
@@ -2676,8 +2689,7 @@ mod tests {
     /// message from its partial index, not by reading every stored message.
     #[test]
     fn the_oldest_waiting_message_is_read_from_its_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, s) = temp_store();
         s.assert_searches(OLDEST_PENDING_SQL, [], "messages_pending");
     }
 
@@ -2691,8 +2703,7 @@ mod tests {
     fn a_received_message_is_written_once_and_its_author_row_once() {
         use rusqlite::hooks::Action;
         use std::sync::{Arc, Mutex};
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         let me = public(1).node_id;
         let author = public(2);
         let bidder = public(3);
@@ -2818,8 +2829,7 @@ mod tests {
     #[test]
     fn the_sync_digest_lists_the_latest_seeds_and_reads_only_their_messages() {
         use crate::model::{Body, Cancellation};
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         let me = public(1).node_id;
         let t0: Millis = 1_700_000_000_000;
         let ids: Vec<SeedId> = (1..=5u8)
@@ -2860,8 +2870,7 @@ mod tests {
     #[test]
     fn only_a_committed_local_operation_queues_an_outbox_row() {
         use crate::model::{Deadlines, SandboxLevel, Seed, rules};
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         let me = public(1).node_id;
         let now = 1_700_000_000_000;
         let seed = Seed {
@@ -2971,8 +2980,7 @@ mod tests {
 
     #[test]
     fn a_full_table_evicts_idle_then_hello_only_peers_and_refuses_when_all_are_active() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         let p: Vec<PublicIdentity> = (1..=6).map(public).collect();
         let add = |s: &mut Store, i: usize, now: Millis, a: &Admission| {
             s.upsert_peer(&p[i], "p", &[], b"hello", now, a).unwrap()
@@ -3007,8 +3015,7 @@ mod tests {
 
     #[test]
     fn one_address_gets_at_most_its_share_of_the_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         let there = admission(100, Some("192.0.2.1"));
         for tag in 1..=2 {
             let r = s.upsert_peer(&public(tag), "p", &[], b"h", 2_000, &there);

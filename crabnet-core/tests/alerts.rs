@@ -1,10 +1,11 @@
-//! Alerting end to end: a node alone on its network fires `no_peers` and resolves it when a
-//! peer arrives; a runner whose tasks fail fires `runner_failures`, a node sent forged frames
-//! on 127.0.0.1 fires `reject_rate` (gossip duplicates do not count), and a node cut off from
-//! its peers fires `outbox_backlog`, each resolved when the condition clears; webhook deliveries reach a receiver on 127.0.0.1 signed, are retried after a
-//! 500, wait in the database across a restart while the receiver does not answer, and over
-//! https reach only a receiver whose certificate the configured CA file vouches for; hostile
-//! receivers (silent, trickling, flooding) neither stall nor flood the node.
+//! Alerting end to end: a node alone on its network fires `no_peers` and resolves it when a peer
+//! arrives; a runner whose tasks fail fires `runner_failures`, a node sent forged frames on
+//! 127.0.0.1 fires `reject_rate` (gossip duplicates do not count), and a node cut off from its
+//! peers fires `outbox_backlog`, each resolved when the condition clears; webhook deliveries reach
+//! a receiver on 127.0.0.1 signed, are retried after a 500, wait in the database across a restart
+//! while the receiver does not answer, and over https reach only a receiver whose certificate the
+//! configured CA file vouches for; hostile receivers (silent, trickling, flooding) neither stall
+//! nor flood the node.
 
 mod support;
 
@@ -18,9 +19,8 @@ use std::time::{Duration, Instant};
 use crabnet_core::alerts::webhook::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crabnet_core::alerts::{AlertName, WebhookConfig};
 use crabnet_core::clock::now_ms;
-use crabnet_core::network::MemoryTransport;
 use crabnet_core::{Config, Event, EventKind, MemoryHub, Node, PublishRequest};
-use support::forge::{self, Gated, config, dir_and_hub, start, wait_counter, wait_view};
+use support::forge::{self, config, dir_and_hub, start, wait_counter, wait_view};
 
 const SECRET: &str = "a-shared-webhook-secret";
 
@@ -275,20 +275,6 @@ async fn forged_frames_fire_reject_rate_but_gossip_duplicates_do_not() {
     node.stop().await.unwrap();
 }
 
-/// `inner` failing every send while `cut` is set (the node is cut off from its peers).
-fn severable(inner: MemoryTransport, cut: Arc<AtomicBool>) -> Gated {
-    Gated::new(inner, move |_| {
-        if cut.load(Ordering::SeqCst) {
-            Err(crabnet_core::Error::new(
-                crabnet_core::ErrorKind::Network,
-                "network unreachable (cut off by the test)",
-            ))
-        } else {
-            Ok(true)
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_its_peers_fires_outbox_backlog_until_its_outbox_drains() {
     let (dir, hub) = dir_and_hub();
@@ -297,7 +283,7 @@ async fn a_node_cut_off_from_its_peers_fires_outbox_backlog_until_its_outbox_dra
     c.network.retry_base_ms = 50;
     c.network.retry_max_ms = 100;
     let cut = Arc::new(AtomicBool::new(true));
-    let transport = severable(hub.join("n"), cut.clone());
+    let transport = forge::severable(hub.join("n"), cut.clone());
     let node = Node::start_with_transport(c, Box::new(transport))
         .await
         .unwrap();

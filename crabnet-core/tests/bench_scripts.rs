@@ -8,29 +8,35 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{bin, procs, run_bounded_within};
+use support::{Sandbox, bin, procs, reserve_port, run_bounded_within};
 
-/// Generous for three processes and two seeds on a loaded 2-core machine.
-const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+/// The script's own limit per phase (forming, spreading): it then reports what is missing.
+const PHASE_TIMEOUT_SECS: &str = "90";
+
+/// Longer than the script's worst case (init, two phases, the idle window, the stop), so that
+/// on a loaded machine the script reports its own timeout before this one kills it.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench-dht-scale.py")
 }
 
-/// The script with `args`, its temporary directories under `tmp`.
-fn command(tmp: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new("python3");
+/// The script with `args` in the sandbox's environment (no CRABNET_* variables of the shell
+/// that started the tests); its temporary directories go to the sandbox's `tmp`, whose path
+/// it returns as the script will see it.
+fn command(sb: &Sandbox, args: &[String]) -> (Command, PathBuf) {
+    let mut cmd = sb.command_for("python3");
     cmd.arg(script())
         .args(["--bin".as_ref(), bin().as_os_str()])
-        .args(args)
-        .env("TMPDIR", tmp)
-        .stdin(Stdio::null());
-    cmd
+        .args(["--timeout", PHASE_TIMEOUT_SECS, "--progress", "15"])
+        .args(args);
+    let tmp = sb.path().join("tmp").canonicalize().unwrap();
+    (cmd, tmp)
 }
 
 /// What is left under `tmp`.
@@ -41,10 +47,14 @@ fn left_in(tmp: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
 /// Runs a short benchmark over `transport` and checks its report.
 fn short_run(transport: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let args = [
+    let sb = Sandbox::new("bench-script");
+    let mut args = strings(&[
         "--transport",
         transport,
         "--nodes",
@@ -55,15 +65,20 @@ fn short_run(transport: &str) {
         "1",
         "--idle-secs",
         "2",
-        "--timeout",
-        "120",
-    ];
-    let out = run_bounded_within(
-        command(tmp.path(), &args),
-        args.iter().map(|a| a.to_string()).collect(),
-        RUN_TIMEOUT,
-    )
-    .ok();
+    ]);
+    // UDP nodes bind ports of their own: ports reserved for this test binary, below the
+    // kernel's ephemeral range, that no other process is handed meanwhile.
+    let reserved: Vec<_> = (0..3).map(|_| reserve_port()).collect();
+    if transport == "udp" {
+        let ports: Vec<String> = reserved
+            .iter()
+            .map(|s| s.local_addr().unwrap().port().to_string())
+            .collect();
+        args.extend(["--udp-ports".to_string(), ports.join(",")]);
+    }
+    drop(reserved);
+    let (cmd, tmp) = command(&sb, &args);
+    let out = run_bounded_within(cmd, args, RUN_TIMEOUT).ok();
     let report: Value = out.json();
     let num = |v: &Value| {
         v.as_f64()
@@ -92,11 +107,7 @@ fn short_run(transport: &str) {
         "{report}"
     );
     assert!(num(&report["idle_window_secs"]) >= 2.0, "{report}");
-    assert_eq!(
-        left_in(tmp.path()),
-        Vec::<PathBuf>::new(),
-        "data left behind"
-    );
+    assert_eq!(left_in(&tmp), Vec::<PathBuf>::new(), "data left behind");
 }
 
 #[test]
@@ -109,24 +120,33 @@ fn a_short_udp_run_reports_every_figure_and_cleans_up() {
     short_run("udp");
 }
 
+/// The script while a test watches it: stopped (SIGTERM, then SIGKILL) when the test ends,
+/// however it ends, so that a failure leaves no script and no listeners behind (they stop
+/// with the script).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on the script's own pid, which is not reaped yet.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// SIGTERM while the network idles: the script stops its listeners (none is left running
 /// on its directories) and removes the directories, then exits with 128 + 15.
 #[test]
 fn sigterm_in_the_middle_of_a_run_leaves_no_process_and_no_directory() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cmd = command(
-        tmp.path(),
-        &[
-            "--nodes",
-            "3",
-            "--seeds",
-            "1",
-            "--idle-secs",
-            "120",
-            "--timeout",
-            "120",
-        ],
-    );
+    let sb = Sandbox::new("bench-script");
+    let args = strings(&["--nodes", "3", "--seeds", "1", "--idle-secs", "600"]);
+    let (mut cmd, tmp) = command(&sb, &args);
     // SIGTERM as the default would have it, whatever the test runner inherited (a runner
     // started under `nohup` ignores it, and the script then keeps ignoring it by design).
     // SAFETY: between fork and exec only signal(2), which is async-signal-safe.
@@ -136,21 +156,24 @@ fn sigterm_in_the_middle_of_a_run_leaves_no_process_and_no_directory() {
             Ok(())
         });
     }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the script");
+    let mut script = Running(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the script"),
+    );
     let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = script.0.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
+    let deadline = Instant::now() + RUN_TIMEOUT;
     let mut seen = Vec::new();
     let converged = loop {
-        match rx.recv_timeout(RUN_TIMEOUT) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
             Ok(line) => {
                 let done = line.starts_with("converged");
                 seen.push(line);
@@ -161,24 +184,24 @@ fn sigterm_in_the_middle_of_a_run_leaves_no_process_and_no_directory() {
             Err(_) => break false,
         }
     };
-    if !converged {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the run did not converge:\n{}", seen.join("\n"));
-    }
-    let root = left_in(tmp.path());
+    assert!(converged, "the run did not converge:\n{}", seen.join("\n"));
+    let root = left_in(&tmp);
     assert_eq!(root.len(), 1, "one run directory: {root:?}");
     let marker = root[0].to_string_lossy().into_owned();
     let listeners = procs::processes_with_arg(&format!("{marker}/n0"));
     assert_eq!(listeners.len(), 1, "node 0 is running: {listeners:?}");
     // SAFETY: kill(2) on the script's own pid, which this test started and has not reaped.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(script.0.id() as i32, libc::SIGTERM) },
+        0
+    );
     let status = support::wait_until(
         "the script exits after SIGTERM",
         Instant::now() + Duration::from_secs(60),
         || seen.join("\n"),
         || {
-            child
+            script
+                .0
                 .try_wait()
                 .unwrap()
                 .ok_or_else(|| "still running".to_string())
@@ -190,9 +213,5 @@ fn sigterm_in_the_middle_of_a_run_leaves_no_process_and_no_directory() {
         let dir = format!("{marker}/n{i}");
         assert_eq!(procs::processes_with_arg(&dir), Vec::<u32>::new(), "{dir}");
     }
-    assert_eq!(
-        left_in(tmp.path()),
-        Vec::<PathBuf>::new(),
-        "data left behind"
-    );
+    assert_eq!(left_in(&tmp), Vec::<PathBuf>::new(), "data left behind");
 }

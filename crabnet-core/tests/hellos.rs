@@ -3,8 +3,8 @@
 //! unverified source; announced addresses are never dialed; forgeries in a peer's name (from
 //! another source, or from its own address before its real frame) cannot keep its real frames
 //! out of the hold; rotation chains of nodes the node forgot are pruned; self-revocations of
-//! strangers are capped and not sent on. Real UDP sockets and libp2p listeners on 127.0.0.1, and the
-//! in-process hub where the transport does not matter.
+//! strangers are capped and not sent on. Real UDP sockets and libp2p listeners on 127.0.0.1,
+//! and the in-process hub where the transport does not matter.
 
 mod support;
 
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use support::forge::{
     config, counter, dir_and_hub, frames_until, hello_announcing, identity, list_frame, next_frame,
-    seal, seed_message, start, start_with_wire, udp_node, wait_counter,
+    poll, seal, seed_message, start, start_with_wire, udp_node, wait_counter, wait_while_missing,
 };
 
 use crabnet_core::MemoryHub;
@@ -404,13 +404,15 @@ async fn rotation_chains_of_evicted_strangers_are_pruned() {
     node.stop().await.unwrap();
 }
 
-/// Waits until the node handled `n` frames it held or refused for lack of room.
+/// Waits (20 s at most) until the node handled `n` frames it held or refused for lack of room.
 async fn wait_handled(node: &crabnet_core::Node, n: u64, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while counter(node, "messages.held").await + counter(node, "messages.held_overflow").await < n {
-        assert!(Instant::now() < deadline, "{what} was not handled");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let not_handled = || format!("{what} was not handled");
+    poll(Duration::from_secs(20), not_handled, || async {
+        let handled =
+            counter(node, "messages.held").await + counter(node, "messages.held_overflow").await;
+        (handled >= n).then_some(())
+    })
+    .await;
 }
 
 /// Waits until the node applied the seed of `m` (naming `what` on failure), then checks that
@@ -421,17 +423,10 @@ async fn applied_after_evictions(
     evicted: u64,
     what: &str,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.seed(m.seed_id()).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} (held: {}, overflow: {}, evicted: {})",
-            counter(&node, "messages.held").await,
-            counter(&node, "messages.held_overflow").await,
-            counter(&node, "messages.held_evicted").await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // On failure, the node's counters show how many frames were held, refused and evicted.
+    let (within, pause) = (Duration::from_secs(10), Duration::from_millis(20));
+    let missing = || async { node.seed(m.seed_id()).await.err().map(|_| what.to_owned()) };
+    wait_while_missing(&node, within, pause, missing).await;
     assert_eq!(counter(&node, "messages.held_evicted").await, evicted);
     node.stop().await.unwrap();
 }

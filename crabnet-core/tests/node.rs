@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crabnet_core::envelope::Kind;
@@ -11,7 +13,9 @@ use crabnet_core::network::Transport;
 use crabnet_core::{
     BlockingNode, ErrorKind, EventKind, MemoryHub, Node, PublishRequest, SeedStatus, SeedView,
 };
-use support::forge::{config, dir_and_hub, mesh, publish_for_bids, start, wait_view};
+use support::forge::{
+    config, dir_and_hub, mesh, meshed, poll_until, publish_for_bids, severable, start, wait_view,
+};
 use support::pair::Pair;
 
 async fn wait_for(node: &Node, id: &SeedId, what: &str, f: impl Fn(&SeedView) -> bool) -> SeedView {
@@ -36,14 +40,7 @@ async fn three_nodes_run_a_whole_lifecycle_and_agree() {
     let (p, b1, b2) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut events = p.subscribe();
 
-    let seed = p
-        .publish(PublishRequest {
-            command: "printf 'abc'".into(),
-            max_bids: 2,
-            ..PublishRequest::new("")
-        })
-        .await
-        .unwrap();
+    let seed = publish_for_bids(p, "printf 'abc'", 2).await;
     let id = seed.seed.id.clone();
     assert_eq!(seed.status, SeedStatus::Open);
     wait_for(b1, &id, "seed", |_| true).await;
@@ -168,9 +165,7 @@ async fn garbage_and_oversized_frames_are_rejected_with_events_and_the_node_keep
 async fn replayed_messages_change_nothing() {
     let (dir, hub) = dir_and_hub();
     let mut tap = hub.join("tap");
-    let a = start(config(dir.path(), "a"), &hub).await;
-    let b = start(config(dir.path(), "b"), &hub).await;
-    mesh(&[a.clone(), b.clone()]).await;
+    let [a, b] = meshed(dir.path(), &hub, ["a", "b"]).await;
     let seed = a.publish(PublishRequest::new("true")).await.unwrap();
     let frame = loop {
         let f = crabnet_core::network::recv(&mut tap).await.unwrap();
@@ -315,9 +310,7 @@ async fn a_second_listening_node_on_one_data_directory_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_recorded_offline_is_broadcast_by_the_listener_on_the_same_directory() {
     let (dir, hub) = dir_and_hub();
-    let listener = start(config(dir.path(), "a"), &hub).await;
-    let peer = start(config(dir.path(), "b"), &hub).await;
-    mesh(&[listener.clone(), peer.clone()]).await;
+    let [listener, peer] = meshed(dir.path(), &hub, ["a", "b"]).await;
     let offline = Node::start(config(dir.path(), "a")).await.unwrap();
     let seed = offline.publish(PublishRequest::new("true")).await.unwrap();
     offline.stop().await.unwrap();
@@ -427,7 +420,7 @@ fn the_blocking_facade_drives_a_node_without_a_runtime() {
 
 #[test]
 fn listeners_run_on_one_thread_may_reenter_and_never_run_after_stop() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     let dir = tempfile::tempdir().unwrap();
@@ -649,17 +642,12 @@ async fn send_failures(node: &Node) -> Vec<crabnet_core::model::MessageId> {
 /// minute out), so a later drain does not send it, nor record its failure, again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_failed_send_of_an_outbox_batch_is_one_event_and_its_retry_is_scheduled() {
-    use support::forge::Gated;
     let (dir, hub) = dir_and_hub();
     let mut c = config(dir.path(), "n");
     c.network.retry_base_ms = 60_000;
     c.network.retry_max_ms = 60_000;
-    let cut_off = Gated::new(hub.join("n"), |_| {
-        Err(crabnet_core::Error::new(
-            ErrorKind::Network,
-            "network unreachable (cut off by the test)",
-        ))
-    });
+    // Cut off for good: the flag is never cleared.
+    let cut_off = severable(hub.join("n"), Arc::new(AtomicBool::new(true)));
     let node = Node::start_with_transport(c, Box::new(cut_off))
         .await
         .unwrap();
@@ -667,18 +655,16 @@ async fn each_failed_send_of_an_outbox_batch_is_one_event_and_its_retry_is_sched
         let node = &node;
         async move {
             let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
+            poll_until(deadline, Duration::from_millis(20), || async {
                 let failed = send_failures(node).await;
                 if failed.len() >= n {
-                    return failed;
+                    Ok(failed)
+                } else {
+                    Err(failed.len())
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} of {n} send failures",
-                    failed.len()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            })
+            .await
+            .unwrap_or_else(|seen| panic!("{seen} of {n} send failures"))
         }
     };
     for i in 0..3 {

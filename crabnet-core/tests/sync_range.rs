@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use crabnet_core::sync::range::{Round, Want};
 use crabnet_core::{Config, MemoryHub, Node, NodeId, PublishRequest, Transport};
 use support::forge::{
     self, Gated, converged, counter, dir_and_hub, hello, identity, mesh, next_frame, plain,
-    seed_message, stop_all, wait_counter,
+    poll_every, seed_message, stop_all, wait_counter,
 };
 use support::{Net, TEST_BUDGET};
 
@@ -178,15 +179,10 @@ async fn idle_nodes_query_less_often_until_their_store_changes() {
     let second = Duration::from_secs(1);
     // Until `n` waits `pace` between rounds.
     let wait_pace = |n: Node, pace: Duration, what: &'static str| async move {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while n.sync_round_interval() != pace {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: rounds every {:?}",
-                n.sync_round_interval()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let rounds = || format!("{what}: rounds every {:?}", n.sync_round_interval());
+        let at_pace = || ready((n.sync_round_interval() == pace).then_some(()));
+        let (within, pause) = (Duration::from_secs(30), Duration::from_millis(50));
+        poll_every(within, pause, rounds, at_pace).await;
     };
     // Rounds over unchanged stores: 1 s, then 2 s, 4 s, and 6 s from then on.
     wait_pace(a.clone(), 6 * second, "a idle").await;
@@ -204,19 +200,21 @@ async fn idle_nodes_query_less_often_until_their_store_changes() {
     // again two rounds (3 s) after the one that found the change, so waiting for one node
     // first could miss the other's.
     publish_many(&a, 1, "second").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut a_back, mut b_back) = (false, false);
-    while !(a_back && b_back) {
-        a_back |= a.sync_round_interval() <= 2 * second;
-        b_back |= b.sync_round_interval() <= 2 * second;
-        assert!(
-            Instant::now() < deadline,
+    let rounds = || {
+        format!(
             "after a new seed on a: rounds every {:?} (a), {:?} (b)",
             a.sync_round_interval(),
             b.sync_round_interval()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        )
+    };
+    let (mut a_back, mut b_back) = (false, false);
+    let both_back = || {
+        a_back |= a.sync_round_interval() <= 2 * second;
+        b_back |= b.sync_round_interval() <= 2 * second;
+        ready((a_back && b_back).then_some(()))
+    };
+    let (within, pause) = (Duration::from_secs(30), Duration::from_millis(20));
+    poll_every(within, pause, rounds, both_back).await;
     converged(&[&a, &b], 6, Duration::from_secs(20)).await;
     stop_all([a, b]).await;
 }
@@ -270,22 +268,25 @@ async fn reconciliation_bytes_follow_the_difference_not_the_store() {
         counter(&a, "sync.queries_sent").await,
         counter(&b, "sync.queries_sent").await,
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while counter(&a, "sync.queries_sent").await <= qa
-        || counter(&b, "sync.queries_sent").await <= qb
-    {
-        assert!(Instant::now() < deadline, "no sync rounds");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (within, pause) = (Duration::from_secs(20), Duration::from_millis(50));
+    let no_rounds = || "no sync rounds".to_owned();
+    poll_every(within, pause, no_rounds, || async {
+        let (now_a, now_b) = (
+            counter(&a, "sync.queries_sent").await,
+            counter(&b, "sync.queries_sent").await,
+        );
+        (now_a > qa && now_b > qb).then_some(())
+    })
+    .await;
     let index_before = index(a.clone(), b.clone()).await;
     let queries_before = queries(a.clone(), b.clone()).await;
     let before = reconcile_bytes(&a, &b).await;
     // Two idle rounds or more (over unchanged stores the rounds grow apart: 2 s, 4 s, 6 s).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while queries(a.clone(), b.clone()).await < queries_before + 2 {
-        assert!(Instant::now() < deadline, "no idle sync rounds");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let no_idle_rounds = || "no idle sync rounds".to_owned();
+    poll_every(within, pause, no_idle_rounds, || async {
+        (queries(a.clone(), b.clone()).await >= queries_before + 2).then_some(())
+    })
+    .await;
     let idle = reconcile_bytes(&a, &b).await - before;
     let rounds = queries(a.clone(), b.clone()).await - queries_before;
     assert!(rounds > 0, "no sync rounds ran");
@@ -380,28 +381,30 @@ async fn a_private_seed_syncs_to_its_audience_only() {
     let c = start(outsider, Box::new(c_wire)).await;
     let (_, private) = publish_public_and_private(&a, b.id()).await;
     // Both went out (to nobody) before anyone comes back: only sync can deliver them now.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.overview().await.unwrap().outbox_pending > 0 {
-        assert!(Instant::now() < deadline, "a's outbox stays full");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let outbox_full = || "a's outbox stays full".to_owned();
+    let (within, pause) = (Duration::from_secs(10), Duration::from_millis(20));
+    poll_every(within, pause, outbox_full, || async {
+        (a.overview().await.unwrap().outbox_pending == 0).then_some(())
+    })
+    .await;
     hub.set_isolated("b", false);
     hub.set_isolated("c", false);
     converged(&[&a, &b], 2, Duration::from_secs(20)).await;
     assert!(b.seed(&private).await.is_ok());
     // The outsider holds the public seed only, and a few more rounds change nothing.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seed_count(&c).await < 1 {
-        assert!(Instant::now() < deadline, "c never got the public seed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (within, pause) = (Duration::from_secs(20), Duration::from_millis(100));
+    let no_public_seed = || "c never got the public seed".to_owned();
+    poll_every(within, pause, no_public_seed, || async {
+        (seed_count(&c).await >= 1).then_some(())
+    })
+    .await;
     let wants = counter(&a, "sync.wants_received").await + counter(&b, "sync.wants_received").await;
     let rounds = counter(&c, "sync.ranges_received").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while counter(&c, "sync.ranges_received").await < rounds + 4 {
-        assert!(Instant::now() < deadline, "no more sync rounds");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let no_more_rounds = || "no more sync rounds".to_owned();
+    poll_every(within, pause, no_more_rounds, || async {
+        (counter(&c, "sync.ranges_received").await >= rounds + 4).then_some(())
+    })
+    .await;
     assert_eq!(seed_count(&c).await, 1);
     assert!(c.seed(&private).await.is_err());
     assert_eq!(

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 use support::forge::{
     claim_and_run_when_awarded, config, dir_and_hub, eventually_knows, hello, hello_signed_by,
-    identity, mesh, seal, seed_message, short_seen_window, start, start_with_wire, tcp_swarm,
+    identity, meshed, seal, seed_message, short_seen_window, start, start_with_wire, tcp_swarm,
     wait_counter, wait_view_until,
 };
 
@@ -154,10 +154,7 @@ async fn a_message_below_the_senders_replay_floor_is_a_replay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_seeds_reach_only_their_audience() {
     let (dir, hub) = dir_and_hub();
-    let a = start(config(dir.path(), "a"), &hub).await;
-    let b = start(config(dir.path(), "b"), &hub).await;
-    let c = start(config(dir.path(), "c"), &hub).await;
-    mesh(&[&a, &b, &c]).await;
+    let [a, b, c] = meshed(dir.path(), &hub, ["a", "b", "c"]).await;
     // Unknown audience members are refused up front.
     let stranger = identity(0x77, 1).node_id().clone();
     let err = a

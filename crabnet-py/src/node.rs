@@ -244,55 +244,10 @@ impl NativeNode {
         .py(py)
     }
 
-    /// Publishes a seed: the arguments of `Node.publish` in its order, `private_to` as node
+    /// Publishes a seed: the arguments of `Node.publish` as one dict, `private_to` as node
     /// ids; `None` takes the core's default. Checked by [`PublishArgs::request`].
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (
-        command, description, min_price, max_price, bid_window_secs, max_bids, timeout_secs,
-        private_to, network, isolation, claim_secs, result_grace_secs, settle_secs, replicas,
-        quorum, max_replicas, hash_stdout
-    ))]
-    fn publish<'py>(
-        &self,
-        py: Python<'py>,
-        command: &Bound<'py, PyAny>,
-        description: Option<&Bound<'py, PyAny>>,
-        min_price: Option<&Bound<'py, PyAny>>,
-        max_price: Option<&Bound<'py, PyAny>>,
-        bid_window_secs: Option<&Bound<'py, PyAny>>,
-        max_bids: Option<&Bound<'py, PyAny>>,
-        timeout_secs: Option<&Bound<'py, PyAny>>,
-        private_to: Vec<String>,
-        network: &Bound<'py, PyAny>,
-        isolation: &Bound<'py, PyAny>,
-        claim_secs: Option<&Bound<'py, PyAny>>,
-        result_grace_secs: Option<&Bound<'py, PyAny>>,
-        settle_secs: Option<&Bound<'py, PyAny>>,
-        replicas: &Bound<'py, PyAny>,
-        quorum: Option<&Bound<'py, PyAny>>,
-        max_replicas: Option<&Bound<'py, PyAny>>,
-        hash_stdout: &Bound<'py, PyAny>,
-    ) -> PyResult<Py<PyAny>> {
-        let req = PublishArgs {
-            command,
-            description,
-            min_price,
-            max_price,
-            bid_window_secs,
-            max_bids,
-            timeout_secs,
-            private_to,
-            network,
-            isolation,
-            claim_secs,
-            result_grace_secs,
-            settle_secs,
-            replicas,
-            quorum,
-            max_replicas,
-            hash_stdout,
-        }
-        .request()?;
+    fn publish(&self, py: Python<'_>, args: PublishArgs<'_>) -> PyResult<Py<PyAny>> {
+        let req = args.request()?;
         self.call(py, move |n| n.publish(req))
     }
 

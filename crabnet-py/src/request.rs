@@ -62,49 +62,52 @@ fn parse<'de, T: Deserialize<'de>>(text: &'de str) -> PyResult<T> {
     .map_err(|e| validation(format!("invalid publish request: {e}")))
 }
 
-/// The arguments of `Node.publish` (`private_to` as node ids), in its order; `None`: the
-/// core's default.
-pub(crate) struct PublishArgs<'a, 'py> {
-    pub command: &'a Bound<'py, PyAny>,
-    pub description: Option<&'a Bound<'py, PyAny>>,
-    pub min_price: Option<&'a Bound<'py, PyAny>>,
-    pub max_price: Option<&'a Bound<'py, PyAny>>,
-    pub bid_window_secs: Option<&'a Bound<'py, PyAny>>,
-    pub max_bids: Option<&'a Bound<'py, PyAny>>,
-    pub timeout_secs: Option<&'a Bound<'py, PyAny>>,
-    pub private_to: Vec<String>,
-    pub network: &'a Bound<'py, PyAny>,
-    pub isolation: &'a Bound<'py, PyAny>,
-    pub claim_secs: Option<&'a Bound<'py, PyAny>>,
-    pub result_grace_secs: Option<&'a Bound<'py, PyAny>>,
-    pub settle_secs: Option<&'a Bound<'py, PyAny>>,
-    pub replicas: &'a Bound<'py, PyAny>,
-    pub quorum: Option<&'a Bound<'py, PyAny>>,
-    pub max_replicas: Option<&'a Bound<'py, PyAny>>,
-    pub hash_stdout: &'a Bound<'py, PyAny>,
+/// The arguments of `Node.publish` (`private_to` as node ids); `None`: the core's default.
+/// The Python layer passes them as one dict with these keys, every key present (a missing
+/// one raises `KeyError`); [`PublishArgs::request`] checks them in `Node.publish`'s order.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub(crate) struct PublishArgs<'py> {
+    command: Bound<'py, PyAny>,
+    description: Option<Bound<'py, PyAny>>,
+    min_price: Option<Bound<'py, PyAny>>,
+    max_price: Option<Bound<'py, PyAny>>,
+    bid_window_secs: Option<Bound<'py, PyAny>>,
+    max_bids: Option<Bound<'py, PyAny>>,
+    timeout_secs: Option<Bound<'py, PyAny>>,
+    private_to: Vec<String>,
+    network: Bound<'py, PyAny>,
+    isolation: Bound<'py, PyAny>,
+    claim_secs: Option<Bound<'py, PyAny>>,
+    result_grace_secs: Option<Bound<'py, PyAny>>,
+    settle_secs: Option<Bound<'py, PyAny>>,
+    replicas: Bound<'py, PyAny>,
+    quorum: Option<Bound<'py, PyAny>>,
+    max_replicas: Option<Bound<'py, PyAny>>,
+    hash_stdout: Bound<'py, PyAny>,
 }
 
-impl PublishArgs<'_, '_> {
+impl PublishArgs<'_> {
     /// Checks the arguments (in their order) and builds the request; the core checks the
     /// terms themselves (prices, windows, the replication's bounds).
     pub(crate) fn request(&self) -> PyResult<PublishRequest> {
-        let mut req = PublishRequest::new(text("command", self.command, "a str")?);
-        if let Some(description) = self.description {
+        let mut req = PublishRequest::new(text("command", &self.command, "a str")?);
+        if let Some(description) = &self.description {
             req.description = text("description", description, "a str")?;
         }
-        if let Some(value) = self.min_price {
+        if let Some(value) = &self.min_price {
             req.min_price = uint("min_price", value, 64)?;
         }
-        if let Some(value) = self.max_price {
+        if let Some(value) = &self.max_price {
             req.max_price = uint("max_price", value, 64)?;
         }
-        if let Some(value) = self.bid_window_secs {
+        if let Some(value) = &self.bid_window_secs {
             req.bid_window_secs = uint("bid_window_secs", value, 64)?;
         }
-        if let Some(value) = self.max_bids {
+        if let Some(value) = &self.max_bids {
             req.max_bids = uint("max_bids", value, 32)? as u32;
         }
-        if let Some(value) = self.timeout_secs {
+        if let Some(value) = &self.timeout_secs {
             req.timeout_secs = uint("timeout_secs", value, 64)?;
         }
         req.private_to = self
@@ -112,8 +115,8 @@ impl PublishArgs<'_, '_> {
             .iter()
             .map(|id| parse::<NodeId>(id))
             .collect::<PyResult<_>>()?;
-        req.network = flag("network", self.network)?;
-        let isolation = text("isolation", self.isolation, "a SandboxLevel or str")?;
+        req.network = flag("network", &self.network)?;
+        let isolation = text("isolation", &self.isolation, "a SandboxLevel or str")?;
         req.isolation = parse::<SandboxLevel>(&isolation)?;
         let Deadlines {
             claim_secs,
@@ -121,28 +124,28 @@ impl PublishArgs<'_, '_> {
             settle_secs,
         } = &mut req.deadlines;
         for (name, value, field) in [
-            ("claim_secs", self.claim_secs, claim_secs),
+            ("claim_secs", &self.claim_secs, claim_secs),
             (
                 "result_grace_secs",
-                self.result_grace_secs,
+                &self.result_grace_secs,
                 result_grace_secs,
             ),
-            ("settle_secs", self.settle_secs, settle_secs),
+            ("settle_secs", &self.settle_secs, settle_secs),
         ] {
             if let Some(value) = value {
                 *field = uint(name, value, 64)?;
             }
         }
-        let replicas = uint("replicas", self.replicas, 32)? as u32;
-        let hash_stdout = flag("hash_stdout", self.hash_stdout)?;
+        let replicas = uint("replicas", &self.replicas, 32)? as u32;
+        let hash_stdout = flag("hash_stdout", &self.hash_stdout)?;
         if replicas > 1 || self.quorum.is_some() || self.max_replicas.is_some() || hash_stdout {
             req.replication = Some(Replication {
                 replicas,
-                quorum: match self.quorum {
+                quorum: match &self.quorum {
                     Some(quorum) => uint("quorum", quorum, 32)? as u32,
                     None => replicas / 2 + 1,
                 },
-                max_replicas: match self.max_replicas {
+                max_replicas: match &self.max_replicas {
                     Some(max) => uint("max_replicas", max, 32)? as u32,
                     None => replicas,
                 },

@@ -468,6 +468,27 @@ fn print_json<T: Serialize>(value: &T) {
     );
 }
 
+/// Prints `rows` as a JSON array with `--json`; else `none` when there are no rows, or
+/// `header` and one `line` per row.
+fn print_table<T: Serialize>(
+    rows: &[T],
+    json: bool,
+    none: &str,
+    header: &str,
+    line: impl Fn(&T) -> String,
+) {
+    if json {
+        print_json(&rows);
+    } else if rows.is_empty() {
+        println!("{none}");
+    } else {
+        println!("{header}");
+        for row in rows {
+            println!("{}", line(row));
+        }
+    }
+}
+
 fn parse_id(text: &str) -> Result<SeedId, Error> {
     SeedId::parse(text)
 }
@@ -619,18 +640,17 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         }
         Command::Peers => {
             let peers = with_node(config, async |n| n.peers().await).await?;
-            if json {
-                print_json(&peers);
-            } else if peers.is_empty() {
-                println!("no peers yet (peers appear once their hello arrives)");
-            } else {
-                println!(
+            print_table(
+                &peers,
+                json,
+                "no peers yet (peers appear once their hello arrives)",
+                &format!(
                     "{:<64}  {:<12}  {:<16}  {:<24}  {:<22}  ADDRESSES",
                     "NODE", "NAME", "FINGERPRINT", "LAST SEEN", "AGREED/DISSENT/MISSED"
-                );
-                for p in &peers {
+                ),
+                |p| {
                     let r = &p.reputation;
-                    println!(
+                    format!(
                         "{:<64}  {:<12}  {:<16}  {:<24}  {:<22}  {}",
                         p.node_id,
                         p.name,
@@ -638,9 +658,9 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                         format_ms(p.last_seen),
                         format!("{}/{}/{}", r.agreed, r.dissented, r.missed_deadlines),
                         p.addresses.join(", ")
-                    );
-                }
-            }
+                    )
+                },
+            );
         }
         Command::Seed(cmd) => seed_command(config, cmd, json).await?,
         Command::Events(args) => events(config, args, json).await?,
@@ -1026,26 +1046,25 @@ async fn seed_command(config: Config, cmd: SeedCommand, json: bool) -> Result<()
                 })?),
             };
             let seeds = with_node(config, async |n| n.seeds(status).await).await?;
-            if json {
-                print_json(&seeds);
-            } else if seeds.is_empty() {
-                println!("no seeds");
-            } else {
-                println!(
+            print_table(
+                &seeds,
+                json,
+                "no seeds",
+                &format!(
                     "{:<32}  {:<9}  {:>4}  {:<24}  COMMAND",
                     "ID", "STATUS", "BIDS", "CREATED"
-                );
-                for v in &seeds {
-                    println!(
+                ),
+                |v| {
+                    format!(
                         "{:<32}  {:<9}  {:>4}  {:<24}  {}",
                         v.seed.id,
                         v.status,
                         v.bids.len(),
                         format_ms(v.seed.created_at),
                         one_line(&v.seed.command)
-                    );
-                }
-            }
+                    )
+                },
+            );
         }
         SeedCommand::Show { id } => {
             let (_, v) = on_seed(config, &id, async |n, id| n.seed(id).await).await?;

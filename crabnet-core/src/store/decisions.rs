@@ -116,13 +116,9 @@ impl Store {
 mod tests {
     use super::*;
     use crate::model::{Award, Body, SeedId, SeedStatus};
-    use crate::store::{StoreConfig, publish_test_seed};
+    use crate::store::{StoreConfig, publish_test_seed, temp_store, test_node as node};
 
     const T0: Millis = 1_700_000_000_000;
-
-    fn node(tag: u8) -> NodeId {
-        NodeId::parse(&format!("{tag:02x}").repeat(32)).unwrap()
-    }
 
     fn ids(found: &DueDecisions) -> Vec<SeedId> {
         found.due.iter().map(|v| v.seed.id.clone()).collect()
@@ -164,8 +160,7 @@ mod tests {
     /// two reads go through the index, whatever the number of seeds.
     #[test]
     fn only_the_due_seeds_of_the_publisher_are_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         let (me, other) = (node(0xab), node(0xcd));
         // Test seeds have one-second bid windows.
         let (soon, _) = publish_test_seed(&mut s, &me, 1, T0);
@@ -197,8 +192,7 @@ mod tests {
     /// a node's start fills the shares in again.
     #[test]
     fn a_seed_written_by_an_older_version_gets_its_time_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         let me = node(0xab);
         let (inserted, _) = publish_test_seed(&mut s, &me, 1, T0);
         let (updated, _) = publish_test_seed(&mut s, &me, 2, T0);

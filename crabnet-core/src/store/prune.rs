@@ -251,7 +251,7 @@ mod tests {
     use super::*;
     use crate::model::{Award, Body, Cancellation, Message, NodeId, SeedStatus};
     use crate::state::SeedView;
-    use crate::store::{ROTATIONS_OF_STRANGERS, RemoteOutcome, StoreConfig};
+    use crate::store::{ROTATIONS_OF_STRANGERS, RemoteOutcome, StoreConfig, temp_store};
 
     const DAY: Millis = 86_400_000;
     const T0: Millis = 1_700_000_000_000;
@@ -314,8 +314,7 @@ mod tests {
     /// and recently ended ones stay; a message about a pruned seed is refused.
     #[test]
     fn a_days_old_store_prunes_exactly_the_seeds_that_ended_past_the_horizon() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         let (cancelled, creation) = publish(&mut s, 1, T0);
         cancel(&mut s, &cancelled, T0 + 1_000);
         let (expired, _) = publish(&mut s, 2, T0);
@@ -394,8 +393,7 @@ mod tests {
     #[test]
     fn retention_runs_in_bounded_batches_and_comes_back_while_work_is_left() {
         use crate::retention::{Retention, RetentionConfig};
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         for tag in 1..=20 {
             let (id, _) = publish(&mut s, tag, T0);
             cancel(&mut s, &id, T0 + 1_000);
@@ -423,8 +421,7 @@ mod tests {
     #[test]
     fn every_final_status_and_failed_has_an_end_and_the_others_have_none() {
         use crate::retention::ended_at;
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         let (id, _) = publish(&mut s, 1, T0);
         let open = s.seed(&id).unwrap().unwrap();
         assert_eq!(ended_at(&open), None);
@@ -494,8 +491,7 @@ mod tests {
     /// from the oldest in batches; the mark says how far.
     #[test]
     fn events_are_bounded_by_rows_and_age_from_the_oldest() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         let flood = |s: &mut Store, at: Millis, n: usize| {
             for _ in 0..n {
                 s.record_event(
@@ -534,8 +530,7 @@ mod tests {
     /// scan of the store: ~0.5-1 s at 100,000 messages).
     #[test]
     fn trust_queries_never_scan_the_messages() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, s) = temp_store();
         let queries = [
             format!("SELECT body FROM revocations WHERE {REVOCATION_KNOWN}"),
             format!("SELECT id FROM revocations WHERE NOT {REVOCATION_KNOWN}"),

@@ -176,21 +176,16 @@ mod tests {
 
     use super::*;
     use crate::model::Millis;
-    use crate::store::{StoreConfig, publish_test_seed};
+    use crate::store::{publish_test_seed, temp_store, test_node as node};
 
     const T0: Millis = 1_700_000_000_000;
-
-    fn node(tag: u8) -> NodeId {
-        NodeId::parse(&format!("{tag:02x}").repeat(32)).unwrap()
-    }
 
     /// An award reads its bidders' reputations only: the publisher's own seeds count, another
     /// publisher's do not, a bidder with no history is left out, and each bidder's rows are
     /// found through the node index, however large the table.
     #[test]
     fn an_award_reads_only_its_bidders_reputations() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (_dir, mut s) = temp_store();
         let (me, other) = (node(0xab), node(0xcd));
         let (mine_1, _) = publish_test_seed(&mut s, &me, 1, T0);
         let (mine_2, _) = publish_test_seed(&mut s, &me, 2, T0);

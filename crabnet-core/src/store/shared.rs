@@ -156,12 +156,11 @@ impl Drop for Batch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreConfig;
+    use crate::store::temp_store;
     use std::sync::Arc;
 
     fn shared() -> (tempfile::TempDir, Arc<SharedStore>) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (dir, store) = temp_store();
         (dir, Arc::new(SharedStore::new(store)))
     }
 

@@ -1,18 +1,21 @@
-//! Hand-made identities, hellos and envelopes for the tests that attack a node's trust
-//! boundary (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`, `hellos.rs`;
-//! [`list_frame`] for rotation and revocation lists); the set-up of in-process tests:
-//! [`dir_and_hub`], [`start`] (a node on an in-memory hub), [`start_with_wire`] (and a
-//! transport to send it frames by hand), [`short_seen_window`], [`publish_for_bids`],
+//! Hand-made identities, hellos and envelopes for the tests that attack a node's trust boundary
+//! (`tests/trust.rs`, `trust_policy.rs`, `limits.rs`, `rotation.rs`, `hellos.rs`; [`list_frame`]
+//! for rotation and revocation lists); the set-up of in-process tests: [`dir_and_hub`], [`start`]
+//! (a node on an in-memory hub), [`meshed`] (several that know each other), [`start_with_wire`]
+//! (and a transport to send it frames by hand), [`short_seen_window`], [`publish_for_bids`],
 //! [`mesh`], [`stop_all`], [`Gated`] (an in-memory transport that loses or fails sends:
-//! `alerts.rs`, `sync_range.rs`), [`udp_node`] (a node on a real UDP socket on 127.0.0.1:
-//! `limits.rs`, `hellos.rs`, with [`loopback_udp`] its transport) and [`tcp_swarm`] (a
-//! hand-made libp2p peer: `dht.rs`, `trust.rs`); and their bounded waits on a node's seeds,
-//! counters and frames ([`poll`], [`wait_view`], [`wait_view_until`],
-//! [`claim_and_run_when_awarded`], [`wait_counter`], [`wait_while_missing`], [`converged`],
-//! all on the one loop of [`poll_until`]; [`next_frame`], [`frames_until`]; also
-//! `tests/node.rs`, `dht.rs`, `retention.rs`, `sync.rs`, `sync_range.rs`).
+//! `sync_range.rs`; [`severable`], cut off while a flag is set: `alerts.rs`, `node.rs`),
+//! [`udp_node`] (a node on a real UDP socket on 127.0.0.1: `limits.rs`, `hellos.rs`, with
+//! [`loopback_udp`] its transport) and [`tcp_swarm`] (a hand-made libp2p peer: `dht.rs`,
+//! `trust.rs`); and their bounded waits on a node's seeds, counters and frames ([`poll`],
+//! [`poll_every`], [`wait_view`], [`wait_view_until`], [`claim_and_run_when_awarded`],
+//! [`wait_counter`], [`wait_while_missing`], [`converged`], all on the one loop of [`poll_until`];
+//! [`next_frame`], [`frames_until`]; also `tests/node.rs`, `dht.rs`, `retention.rs`, `sync.rs`,
+//! `sync_range.rs`).
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crabnet_core::clock::now_ms;
@@ -52,6 +55,23 @@ pub async fn start(c: Config, hub: &MemoryHub) -> Node {
     Node::start_with_transport(c, Box::new(hub.join(&name)))
         .await
         .unwrap()
+}
+
+/// Starts nodes named `names` (each with [`config`] in `dir`) on `hub`, in order, and waits
+/// until they all know each other (see [`mesh`]).
+pub async fn meshed<const N: usize>(
+    dir: &std::path::Path,
+    hub: &MemoryHub,
+    names: [&str; N],
+) -> [Node; N] {
+    let mut nodes = Vec::with_capacity(N);
+    for name in names {
+        nodes.push(start(config(dir, name), hub).await);
+    }
+    mesh(&nodes).await;
+    nodes
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one node per name"))
 }
 
 /// Starts a node with `c` on `hub` (see [`start`]), and joins `hub` as `wire`: the transport
@@ -228,10 +248,19 @@ pub async fn poll_until<T, E, F: Future<Output = Result<T, E>>>(
 pub async fn poll<T, F: Future<Output = Option<T>>>(
     within: Duration,
     what: impl Fn() -> String,
+    f: impl FnMut() -> F,
+) -> T {
+    poll_every(within, Duration::from_millis(10), what, f).await
+}
+
+/// [`poll`], pausing `pause` between calls.
+pub async fn poll_every<T, F: Future<Output = Option<T>>>(
+    within: Duration,
+    pause: Duration,
+    what: impl Fn() -> String,
     mut f: impl FnMut() -> F,
 ) -> T {
     let deadline = Instant::now() + within;
-    let pause = Duration::from_millis(10);
     poll_until(deadline, pause, || {
         let seen = f();
         async move { seen.await.ok_or(()) }
@@ -490,6 +519,20 @@ impl Transport for Gated {
     fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Incoming>> {
         self.inner.poll_recv(cx)
     }
+}
+
+/// `inner` failing every send while `cut` is set (the node is cut off from its peers).
+pub fn severable(inner: MemoryTransport, cut: Arc<AtomicBool>) -> Gated {
+    Gated::new(inner, move |_| {
+        if cut.load(Ordering::SeqCst) {
+            Err(crabnet_core::Error::new(
+                crabnet_core::ErrorKind::Network,
+                "network unreachable (cut off by the test)",
+            ))
+        } else {
+            Ok(true)
+        }
+    })
 }
 
 /// A UDP transport on a free port of 127.0.0.1 with `peers` as its configured peers.

@@ -264,7 +264,13 @@ impl Sandbox {
 
     /// A command for the CLI with a clean, sandboxed environment and no data directory.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(bin());
+        self.command_for(bin())
+    }
+
+    /// A command for `program` (a script that runs the CLI) with the same environment as
+    /// [`Sandbox::command`].
+    pub fn command_for(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
         let root = self.path();
         cmd.env_remove("CRABNET_DATA_DIR")
             .env_remove("CRABNET_CONFIG")

@@ -2,7 +2,7 @@
 # returns the core's values as the objects their serde JSON decodes to (dicts, lists, str, int:
 # `_Json`); the pure-Python layer turns them into the typed objects of crabnet._model.
 # Settings still cross as JSON text (str).
-from typing import Any, Callable, Dict, List, Optional, Sequence, final
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypedDict, final
 
 from ._model import Violation
 
@@ -38,6 +38,28 @@ __all__ = [
 ]
 
 _Json = Dict[str, Any]
+
+class _PublishArgs(TypedDict):
+    """The arguments of `Node.publish` as the native node takes them: every key present
+    (`None`: the core's default), `private_to` as node ids."""
+
+    command: str
+    description: Optional[str]
+    min_price: Optional[int]
+    max_price: Optional[int]
+    bid_window_secs: Optional[int]
+    max_bids: Optional[int]
+    timeout_secs: Optional[int]
+    private_to: Sequence[str]
+    network: bool
+    isolation: str
+    claim_secs: Optional[int]
+    result_grace_secs: Optional[int]
+    settle_secs: Optional[int]
+    replicas: int
+    quorum: Optional[int]
+    max_replicas: Optional[int]
+    hash_stdout: bool
 
 __version__: str
 DEFAULT_DEMO_COMMAND: str
@@ -102,26 +124,7 @@ class NativeNode:
     @property
     def running(self) -> bool: ...
     def stop(self) -> None: ...
-    def publish(
-        self,
-        command: str,
-        description: Optional[str],
-        min_price: Optional[int],
-        max_price: Optional[int],
-        bid_window_secs: Optional[int],
-        max_bids: Optional[int],
-        timeout_secs: Optional[int],
-        private_to: Sequence[str],
-        network: bool,
-        isolation: str,
-        claim_secs: Optional[int],
-        result_grace_secs: Optional[int],
-        settle_secs: Optional[int],
-        replicas: int,
-        quorum: Optional[int],
-        max_replicas: Optional[int],
-        hash_stdout: bool,
-    ) -> _Json: ...
+    def publish(self, args: _PublishArgs) -> _Json: ...
     def bid(self, seed: str, price: int) -> _Json: ...
     def claim(self, seed: str) -> _Json: ...
     def run(self, seed: str) -> _Json: ...

@@ -435,23 +435,25 @@ class Node(_WithBlock):
             raise TypeError("private_to must be a sequence of nodes, not one node")
         return _view(
             self._node().publish(
-                command,
-                description,
-                min_price,
-                max_price,
-                bid_window_secs,
-                max_bids,
-                timeout_secs,
-                [_node_id(n) for n in private_to],
-                network,
-                isolation,
-                claim_window_secs,
-                result_grace_secs,
-                settle_window_secs,
-                replicas,
-                quorum,
-                max_replicas,
-                hash_stdout,
+                {
+                    "command": command,
+                    "description": description,
+                    "min_price": min_price,
+                    "max_price": max_price,
+                    "bid_window_secs": bid_window_secs,
+                    "max_bids": max_bids,
+                    "timeout_secs": timeout_secs,
+                    "private_to": [_node_id(n) for n in private_to],
+                    "network": network,
+                    "isolation": isolation,
+                    "claim_secs": claim_window_secs,
+                    "result_grace_secs": result_grace_secs,
+                    "settle_secs": settle_window_secs,
+                    "replicas": replicas,
+                    "quorum": quorum,
+                    "max_replicas": max_replicas,
+                    "hash_stdout": hash_stdout,
+                }
             )
         )
 
