@@ -240,8 +240,9 @@ pub struct NetworkConfig {
     /// Hellos of new peers answered at once to one transport source above its rate.
     pub hello_answer_source_burst: u32,
     /// Hand the allocator's free memory back to the system (glibc's `malloc_trim`, which walks
-    /// every arena of the process) a few seconds after the node worked and after its libp2p
-    /// connections closed, at most once a minute per process; counted as `heap.released`.
+    /// every arena of the process), with the pages the store's SQLite connection caches, a few
+    /// seconds after the node worked and after its libp2p connections closed, at most once a
+    /// minute per process; counted as `heap.released`.
     /// A host program that manages its own memory may turn it off (for every node it runs:
     /// the trim is process-wide).
     pub release_heap: bool,

@@ -3,7 +3,8 @@
 //! a node of a 100-node libp2p network held 44 MB resident a minute after 100 seeds had spread
 //! through it, and 36.6 MB after `malloc_trim` (BENCHMARKS.md, session 21). A networked node
 //! releases the heap a little after it worked ([`AfterWork`]: frames applied, its outbox sent,
-//! libp2p connections closed), unless `network.release_heap` is off. Releases are
+//! libp2p connections closed), unless `network.release_heap` is off; SQLite's page cache of
+//! the node's store goes first, so that the trim returns it too. Releases are
 //! process-wide, as the allocator is: at most one per [`RELEASE_GAP`], whoever asks, so that
 //! traffic, or peers that connect and leave in a loop, cannot make a node walk its arenas more
 //! often; in a network, where hellos and sync rounds arrive all the time, that is once a
@@ -33,8 +34,9 @@ fn last_release() -> Option<Instant> {
 
 /// Releases the heap's free memory (on a blocking thread of the current runtime, or on this
 /// thread outside one), unless this process did within [`RELEASE_GAP`] of `now`; whether it
-/// did.
-fn release(now: Instant) -> bool {
+/// did. `caches` runs first, on the same thread: what the node lets go of so that the trim
+/// can return it too (SQLite's page cache).
+fn release(now: Instant, caches: impl FnOnce() + Send + 'static) -> bool {
     {
         let mut last = crate::lock(&LAST_RELEASE);
         if !allowed(*last, now) {
@@ -42,7 +44,7 @@ fn release(now: Instant) -> bool {
         }
         *last = Some(now);
     }
-    trim();
+    trim(caches);
     true
 }
 
@@ -56,14 +58,15 @@ fn next_allowed(last: Option<Instant>, now: Instant) -> Instant {
     last.map_or(now, |t| (t + RELEASE_GAP).max(now))
 }
 
-fn trim() {
+fn trim(caches: impl FnOnce() + Send + 'static) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        fn trim_now() {
+        let trim_now = move || {
+            caches();
             // SAFETY: malloc_trim only returns free pages of glibc's arenas to the kernel; it
             // takes the arenas' locks like any allocation.
             unsafe { libc::malloc_trim(0) };
-        }
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(trim_now)),
             Err(_) => trim_now(),
@@ -109,14 +112,14 @@ impl AfterWork {
         self.pending.map(|(_, due)| due)
     }
 
-    /// The due time came (`now`): releases the heap and says so, or, when another release of
-    /// the process came within the gap, leaves the work to it (it came after the node's latest
-    /// work) or waits for the gap to allow one.
-    pub(crate) fn release(&mut self, now: Instant) -> bool {
+    /// The due time came (`now`): releases the heap, `caches` first (see [`release`]), and
+    /// says so, or, when another release of the process came within the gap, leaves the work
+    /// to it (it came after the node's latest work) or waits for the gap to allow one.
+    pub(crate) fn release(&mut self, now: Instant, caches: impl FnOnce() + Send + 'static) -> bool {
         let Some((latest, _)) = self.pending else {
             return false;
         };
-        if release(now) {
+        if release(now, caches) {
             self.pending = None;
             return true;
         }
@@ -148,6 +151,8 @@ fn schedule(last: Option<Instant>, now: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
     fn work_is_released_shortly_after_it_began_and_at_most_once_per_gap() {
@@ -200,7 +205,7 @@ mod tests {
         );
         let mut after = AfterWork::new(true);
         assert_eq!(after.due(), None);
-        assert!(!after.release(Instant::now()), "nothing to release");
+        assert!(!after.release(Instant::now(), || ()), "nothing to release");
         let now = Instant::now();
         after.worked(now);
         let due = after.due().expect("work makes a release due");
@@ -210,9 +215,12 @@ mod tests {
         assert_eq!(after.due(), Some(due));
         // Released; or another release of this test process came first: after the latest
         // work (nothing left due) or before it (due again once the gap allows).
-        if !after.release(due)
-            && let Some(again) = after.due()
-        {
+        // The caches go first, on this thread outside a runtime.
+        let let_go = Arc::new(AtomicBool::new(false));
+        let flag = let_go.clone();
+        if after.release(due, move || flag.store(true, Ordering::SeqCst)) {
+            assert!(let_go.load(Ordering::SeqCst), "the caches were let go");
+        } else if let Some(again) = after.due() {
             assert!(again > due && again <= due + RELEASE_GAP);
         }
     }

@@ -1192,6 +1192,32 @@ impl Store {
         Ok(at.map(|t| t.max(0) as Millis))
     }
 
+    /// Frees the pages SQLite caches for this connection (up to 2 MB) that no statement
+    /// holds: a node that worked and went quiet releases them with its heap (`crate::heap`).
+    /// The next reads take their pages from the operating system's file cache again.
+    pub(crate) fn release_cache(&self) -> Result<()> {
+        Ok(self.conn.release_memory()?)
+    }
+
+    /// The bytes of SQLite's page cache this connection holds.
+    #[cfg(test)]
+    pub(crate) fn cache_bytes(&self) -> i64 {
+        let (mut current, mut highest) = (0, 0);
+        // SAFETY: the handle is this open connection's; sqlite3_db_status only reads its
+        // counters into the two integers.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                self.conn.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED,
+                &mut current,
+                &mut highest,
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "sqlite3_db_status");
+        i64::from(current)
+    }
+
     /// SQLite's `data_version`: changes when another connection (another process, another
     /// handle) commits to the database; commits through this one leave it as it is. Reads no
     /// table, so it is cheap enough to poll.
@@ -2521,6 +2547,27 @@ mod tests {
 
     fn public(tag: u8) -> PublicIdentity {
         Identity::from_tag(tag, 0).public().clone()
+    }
+
+    /// A store that read many pages holds them in SQLite's cache until it is asked to let
+    /// them go; then it holds a small part, and reads still work.
+    #[test]
+    fn the_page_cache_is_released_on_request() {
+        let (_dir, mut s) = temp_store();
+        let me = NodeId::parse(&"ab".repeat(32)).unwrap();
+        for tag in 0..=255 {
+            publish_test_seed(&mut s, &me, tag, 1_700_000_000_000);
+        }
+        assert_eq!(s.seeds(None, 1000).unwrap().len(), 256);
+        let full = s.cache_bytes();
+        assert!(full > 512 * 1024, "the reads cached {full} bytes");
+        s.release_cache().unwrap();
+        let released = s.cache_bytes();
+        assert!(
+            released < full / 8,
+            "{full} bytes cached, {released} after the release"
+        );
+        assert_eq!(s.seeds(None, 1000).unwrap().len(), 256);
     }
 
     #[test]

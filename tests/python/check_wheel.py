@@ -9,7 +9,8 @@ Usage: python check_wheel.py WHEEL SDIST
   imports no symbol without a version but Python's own (one glibc 2.17 lacks, like fcntl64);
 - the sdist holds what a build needs: the workspace manifest, `Cargo.lock`, `pyproject.toml`,
   the sources of crabnet-py and crabnet-core (and the dashboard files crabnet-core embeds), the
-  patched futures-timer, libp2p-gossipsub and negentropy in `vendor/`, and the Python package.
+  patched futures-timer, libp2p-gossipsub, libp2p-kad and negentropy in `vendor/`, and the
+  Python package.
 
 Standard library only (a small ELF64 reader), so it runs in any Python 3.9+.
 """
@@ -172,6 +173,9 @@ def check_sdist(path: str) -> List[str]:
         # The patched libp2p-gossipsub, also named by [patch.crates-io].
         "vendor/libp2p-gossipsub/Cargo.toml",
         "vendor/libp2p-gossipsub/src/handler.rs",
+        # The patched libp2p-kad, also named by [patch.crates-io].
+        "vendor/libp2p-kad/Cargo.toml",
+        "vendor/libp2p-kad/src/kbucket/bucket.rs",
         # negentropy with its fingerprint type exported, a path dependency of crabnet-core.
         "vendor/negentropy/Cargo.toml",
         "vendor/negentropy/src/lib.rs",

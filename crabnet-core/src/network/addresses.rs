@@ -19,7 +19,8 @@ use libp2p::swarm::{
     ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, THandler,
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
-use libp2p::{Multiaddr, PeerId, kad};
+use libp2p::{Multiaddr, PeerId};
+use libp2p_kad as kad;
 
 /// How many unverified addresses (a Kademlia answer's) a minute a node dials on IP addresses
 /// that no peer of its routing table is on, counted per network (an IPv4 /24, an IPv6 /64): a

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
-// The patched gossipsub (vendor/libp2p-gossipsub/PATCHED.md), the same crate `libp2p` re-exports.
+// The patched gossipsub and Kademlia (vendor/*/PATCHED.md), the crates `libp2p` re-exports.
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, kad, mdns, noise,
-    request_response, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, mdns, noise, request_response,
+    tcp, yamux,
 };
 use libp2p_gossipsub as gossipsub;
+use libp2p_kad as kad;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};

@@ -294,7 +294,8 @@ impl Node {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(heap.due().map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)), if heap.due().is_some() => {
-                    if heap.release(clock()) {
+                    let node = self.clone();
+                    if heap.release(clock(), move || node.release_store_cache()) {
                         self.inner.rejections.count("heap.released");
                     }
                 }
@@ -454,6 +455,14 @@ impl Node {
                     };
                 }
             }
+        }
+    }
+
+    /// Lets go of SQLite's cached pages ([`crate::store::Store::release_cache`]): part of a
+    /// heap release after work, on its blocking thread.
+    fn release_store_cache(&self) {
+        if let Err(e) = lock(&self.inner.store).release_cache() {
+            tracing::debug!("cannot release the store's page cache: {e}");
         }
     }
 
