@@ -4,11 +4,12 @@
 //! through it, and 36.6 MB after `malloc_trim` (BENCHMARKS.md, session 21). A networked node
 //! releases the heap a little after it worked ([`AfterWork`]: frames applied, its outbox sent,
 //! libp2p connections closed), unless `network.release_heap` is off; SQLite's page cache of
-//! the node's store goes first, so that the trim returns it too. Releases are
-//! process-wide, as the allocator is: at most one per [`RELEASE_GAP`], whoever asks, so that
-//! traffic, or peers that connect and leave in a loop, cannot make a node walk its arenas more
-//! often; in a network, where hellos and sync rounds arrive all the time, that is once a
-//! minute. Without glibc (another C library) nothing is scheduled or counted; under glibc with
+//! the node's store goes first, so that the trim returns it too (a node's cache goes at each
+//! of its releases, also when the gap below leaves the trim to another node's release).
+//! Trims are process-wide, as the allocator is: at most one per [`RELEASE_GAP`], whoever
+//! asks, so that traffic, or peers that connect and leave in a loop, cannot make a node walk
+//! its arenas more often; in a network, where hellos and sync rounds arrive all the time,
+//! that is once a minute. Without glibc (another C library) nothing is scheduled or counted; under glibc with
 //! another allocator the trim finds little to return.
 
 use std::sync::Mutex;
@@ -35,17 +36,35 @@ fn last_release() -> Option<Instant> {
 /// Releases the heap's free memory (on a blocking thread of the current runtime, or on this
 /// thread outside one), unless this process did within [`RELEASE_GAP`] of `now`; whether it
 /// did. `caches` runs first, on the same thread: what the node lets go of so that the trim
-/// can return it too (SQLite's page cache).
+/// can return it too (SQLite's page cache). It runs when the trim is refused too: the gap
+/// bounds the walk over the process's arenas, and each node of a process has caches of its
+/// own.
 fn release(now: Instant, caches: impl FnOnce() + Send + 'static) -> bool {
-    {
+    let allowed_now = {
         let mut last = crate::lock(&LAST_RELEASE);
-        if !allowed(*last, now) {
-            return false;
+        let ok = allowed(*last, now);
+        if ok {
+            *last = Some(now);
         }
-        *last = Some(now);
+        ok
+    };
+    if allowed_now {
+        off_the_runtime(move || {
+            caches();
+            trim();
+        });
+    } else {
+        off_the_runtime(caches);
     }
-    trim(caches);
-    true
+    allowed_now
+}
+
+/// Runs `work` on a blocking thread of the current runtime, or on this thread outside one.
+fn off_the_runtime(work: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(work)),
+        Err(_) => work(),
+    }
 }
 
 /// Whether a release at `now` keeps [`RELEASE_GAP`] after the `last` one.
@@ -58,19 +77,14 @@ fn next_allowed(last: Option<Instant>, now: Instant) -> Instant {
     last.map_or(now, |t| (t + RELEASE_GAP).max(now))
 }
 
-fn trim(caches: impl FnOnce() + Send + 'static) {
+/// Hands glibc's free pages back to the kernel (nothing elsewhere: no release is scheduled
+/// without glibc, see [`TRIMS`]).
+fn trim() {
+    // SAFETY: malloc_trim only returns free pages of glibc's arenas to the kernel; it takes
+    // the arenas' locks like any allocation.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let trim_now = move || {
-            caches();
-            // SAFETY: malloc_trim only returns free pages of glibc's arenas to the kernel; it
-            // takes the arenas' locks like any allocation.
-            unsafe { libc::malloc_trim(0) };
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(trim_now)),
-            Err(_) => trim_now(),
-        }
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -112,9 +126,10 @@ impl AfterWork {
         self.pending.map(|(_, due)| due)
     }
 
-    /// The due time came (`now`): releases the heap, `caches` first (see [`release`]), and
-    /// says so, or, when another release of the process came within the gap, leaves the work
-    /// to it (it came after the node's latest work) or waits for the gap to allow one.
+    /// The due time came (`now`): lets `caches` go and releases the heap (see [`release`]),
+    /// and says so, or, when another release of the process came within the gap, lets only
+    /// `caches` go and leaves the trim to that release (it came after the node's latest work)
+    /// or waits for the gap to allow one.
     pub(crate) fn release(&mut self, now: Instant, caches: impl FnOnce() + Send + 'static) -> bool {
         let Some((latest, _)) = self.pending else {
             return false;
@@ -215,13 +230,25 @@ mod tests {
         assert_eq!(after.due(), Some(due));
         // Released; or another release of this test process came first: after the latest
         // work (nothing left due) or before it (due again once the gap allows).
-        // The caches go first, on this thread outside a runtime.
+        // The node's caches go either way (on this thread, outside a runtime): the gap
+        // bounds only the process-wide trim.
         let let_go = Arc::new(AtomicBool::new(false));
         let flag = let_go.clone();
-        if after.release(due, move || flag.store(true, Ordering::SeqCst)) {
-            assert!(let_go.load(Ordering::SeqCst), "the caches were let go");
-        } else if let Some(again) = after.due() {
+        if !after.release(due, move || flag.store(true, Ordering::SeqCst))
+            && let Some(again) = after.due()
+        {
             assert!(again > due && again <= due + RELEASE_GAP);
         }
+        assert!(let_go.load(Ordering::SeqCst), "the caches were let go");
+        // Refused by the gap (the release above, or another test's, came at `due` or later):
+        // the caches go all the same.
+        after.worked(due);
+        let again = Arc::new(AtomicBool::new(false));
+        let flag = again.clone();
+        assert!(!after.release(due, move || flag.store(true, Ordering::SeqCst)));
+        assert!(
+            again.load(Ordering::SeqCst),
+            "the caches go when the trim is refused"
+        );
     }
 }
