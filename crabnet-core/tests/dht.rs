@@ -158,10 +158,8 @@ async fn futures_digests(nodes: &[&Node]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libp2p_that_cannot_start_falls_back_to_udp_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A reserved port, below the kernel's ephemeral range, released for the fallback to bind.
+    let udp_port = support::reserve_port().local_addr().unwrap();
     let dht = DhtConfig {
         // Not a valid multiaddress: libp2p cannot start.
         listen: vec!["/ip4/127.0.0.1/tcp/not-a-port".into()],

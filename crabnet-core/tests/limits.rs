@@ -485,7 +485,13 @@ async fn a_thousand_strangers_leave_the_peer_table_within_its_cap_and_a_real_pee
 /// version with figures is `cargo bench --workspace --bench flood`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_flood_costs_no_transactions_and_a_real_peer_is_still_heard() {
+    // Reserved ports, below the kernel's ephemeral range: a port picked with a port-0 bind
+    // was taken by another socket before the node bound it (seen in CI).
+    let reserved = [support::reserve_port(), support::reserve_port()];
+    let addrs = reserved.each_ref().map(|s| s.local_addr().unwrap());
+    drop(reserved);
     let r = flood::run(
+        addrs,
         flood::Flood::Max,
         Duration::from_secs(4),
         Duration::from_millis(500),

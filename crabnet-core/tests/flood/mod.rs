@@ -84,11 +84,18 @@ fn bind(peer: Option<SocketAddr>, at: SocketAddr) -> UdpTransport {
     .unwrap()
 }
 
-fn free_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// Two UDP addresses on 127.0.0.1 that were free a moment ago: the bench's. Another process
+/// may bind one in between (they are in the kernel's ephemeral range), so the CI test takes
+/// ports its harness reserved instead.
+#[allow(dead_code)] // The CI test reserves its ports through its harness.
+pub fn free_addrs() -> [SocketAddr; 2] {
+    let free = || {
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    [free(), free()]
 }
 
 fn db_size(c: &Config) -> i64 {
@@ -144,9 +151,15 @@ fn send_garbage(flood: Flood, to: SocketAddr, stop: &AtomicBool) -> (u64, Durati
 
 /// Floods a node for `duration` as `flood` says (or not: the baseline) while its peer publishes
 /// a seed every `pace`; waits up to `settle` after the flood for the peer's seeds to arrive.
-pub async fn run(flood: Flood, duration: Duration, pace: Duration, settle: Duration) -> Report {
+/// The node and its peer bind `addrs` (UDP on 127.0.0.1).
+pub async fn run(
+    [node_addr, peer_addr]: [SocketAddr; 2],
+    flood: Flood,
+    duration: Duration,
+    pace: Duration,
+    settle: Duration,
+) -> Report {
     let dir = tempfile::tempdir().unwrap();
-    let (node_addr, peer_addr) = (free_addr(), free_addr());
     let node_config = config(dir.path(), "node");
     let node = Node::start_with_transport(
         node_config.clone(),
