@@ -2482,6 +2482,18 @@ pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// The integer column `column` of seed `id`'s row, as stored: for unit tests.
+#[cfg(test)]
+pub(crate) fn seed_column(s: &Store, column: &str, id: &SeedId) -> Option<i64> {
+    s.conn
+        .query_row(
+            &format!("SELECT {column} FROM seeds WHERE id = ?1"),
+            [id.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
 /// A node id made of the byte `tag` repeated: for unit tests.
 #[cfg(test)]
 pub(crate) fn test_node(tag: u8) -> NodeId {

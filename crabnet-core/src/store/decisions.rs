@@ -116,7 +116,9 @@ impl Store {
 mod tests {
     use super::*;
     use crate::model::{Award, Body, SeedId, SeedStatus};
-    use crate::store::{StoreConfig, publish_test_seed, temp_store, test_node as node};
+    use crate::store::{
+        StoreConfig, publish_test_seed, seed_column, temp_store, test_node as node,
+    };
 
     const T0: Millis = 1_700_000_000_000;
 
@@ -126,13 +128,7 @@ mod tests {
 
     /// `id`'s stored decision time.
     fn stored(s: &Store, id: &SeedId) -> Option<i64> {
-        s.conn
-            .query_row(
-                "SELECT decide_at FROM seeds WHERE id = ?1",
-                [id.as_str()],
-                |r| r.get(0),
-            )
-            .unwrap()
+        seed_column(s, "decide_at", id)
     }
 
     /// Closes `id`'s bidding without bids: the seed expires and owes nothing more.

@@ -251,7 +251,9 @@ mod tests {
     use super::*;
     use crate::model::{Award, Body, Cancellation, Message, NodeId, SeedStatus};
     use crate::state::SeedView;
-    use crate::store::{ROTATIONS_OF_STRANGERS, RemoteOutcome, StoreConfig, temp_store};
+    use crate::store::{
+        ROTATIONS_OF_STRANGERS, RemoteOutcome, StoreConfig, seed_column, temp_store,
+    };
 
     const DAY: Millis = 86_400_000;
     const T0: Millis = 1_700_000_000_000;
@@ -470,15 +472,7 @@ mod tests {
         crate::store::downgrade(&s.conn, 5);
         drop(s);
         let mut s = Store::open(&path, &StoreConfig::default()).unwrap();
-        let ended = |s: &Store, id: &SeedId| -> Option<i64> {
-            s.conn
-                .query_row(
-                    "SELECT ended_at FROM seeds WHERE id = ?1",
-                    [id.as_str()],
-                    |r| r.get(0),
-                )
-                .unwrap()
-        };
+        let ended = |s: &Store, id: &SeedId| seed_column(s, "ended_at", id);
         assert_eq!(ended(&s, &cancelled), Some((T0 + 1_000) as i64));
         assert_eq!(ended(&s, &open), None);
         assert!(rows_of(&s, &cancelled)[3] >= 2);
