@@ -9,8 +9,8 @@
 //! Trims are process-wide, as the allocator is: at most one per [`RELEASE_GAP`], whoever
 //! asks, so that traffic, or peers that connect and leave in a loop, cannot make a node walk
 //! its arenas more often; in a network, where hellos and sync rounds arrive all the time,
-//! that is once a minute. Without glibc (another C library) nothing is scheduled or counted; under glibc with
-//! another allocator the trim finds little to return.
+//! that is once a minute. Without glibc (another C library) nothing is scheduled or counted;
+//! under glibc with another allocator the trim finds little to return.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

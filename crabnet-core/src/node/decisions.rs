@@ -136,7 +136,7 @@ impl Node {
                     // A bid that arrived since the read: weigh again with its bidder's
                     // reputation (the seed stays due; the next pass reads it).
                     if !considered_bidders(v, &award).is_subset(read) {
-                        tracing::debug!(seed = %id, "a bid came in before the award: weighed again");
+                        tracing::debug!(seed = %id, "a bid came before the award: weighed again");
                         return Err(Error::new(ErrorKind::State, "bids changed"));
                     }
                     reputation::weigh_award(v, &award, reps, now)
