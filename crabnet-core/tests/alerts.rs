@@ -283,10 +283,7 @@ async fn a_node_cut_off_from_its_peers_fires_outbox_backlog_until_its_outbox_dra
     c.network.retry_base_ms = 50;
     c.network.retry_max_ms = 100;
     let cut = Arc::new(AtomicBool::new(true));
-    let transport = forge::severable(hub.join("n"), cut.clone());
-    let node = Node::start_with_transport(c, Box::new(transport))
-        .await
-        .unwrap();
+    let node = forge::start_severable(c, &hub, cut.clone()).await;
     let mut events = node.subscribe();
     for i in 0..2 {
         node.publish(PublishRequest::new(format!("echo {i}")))

@@ -718,6 +718,18 @@ async fn routine_counters_do_not_make_an_idle_node_write_on_every_tick() {
     node.stop().await.unwrap();
 }
 
+/// Starts a node that hellos every second and sizes its hello interval for two hellos per
+/// interval (issue 13: a network of more peers than that stretches it), with a wire on `hub`.
+async fn stretching_node(
+    dir: &std::path::Path,
+    hub: &MemoryHub,
+) -> (crabnet_core::Node, crabnet_core::network::MemoryTransport) {
+    let mut c = config(dir, "n");
+    c.network.hello_interval_secs = 1;
+    c.network.hellos_per_interval = 2;
+    start_with_wire(c, hub).await
+}
+
 /// Issue 13: hellos signed by fresh identities (cheap to make) and never followed by another
 /// do not stretch the hello interval. Before, each one added a peer to the count the interval
 /// is sized by: twenty such hellos from one source made a node with `hellos_per_interval = 2`
@@ -725,10 +737,7 @@ async fn routine_counters_do_not_make_an_idle_node_write_on_every_tick() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_never_heard_again_do_not_stretch_the_hello_interval() {
     let (dir, hub) = support::forge::dir_and_hub();
-    let mut c = config(dir.path(), "n");
-    c.network.hello_interval_secs = 1;
-    c.network.hellos_per_interval = 2;
-    let (node, mut wire) = start_with_wire(c, &hub).await;
+    let (node, mut wire) = stretching_node(dir.path(), &hub).await;
     // Twenty identities: ten times `hellos_per_interval`, the largest stretch.
     for tag in 0x70..0x84 {
         wire.broadcast(&hello_announcing(&identity(tag, 1), vec![]))
@@ -763,10 +772,7 @@ async fn identities_never_heard_again_do_not_stretch_the_hello_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_interval_grows_with_the_network() {
     let (dir, hub) = dir_and_hub();
-    let mut c = config(dir.path(), "n");
-    c.network.hello_interval_secs = 1;
-    c.network.hellos_per_interval = 2;
-    let (node, mut wire) = start_with_wire(c, &hub).await;
+    let (node, mut wire) = stretching_node(dir.path(), &hub).await;
     assert_eq!(node.hello_interval(), Duration::from_secs(1));
     let peers: Vec<Identity> = (0x60..0x66).map(|tag| identity(tag, 1)).collect();
     let mut from_peers = hub.join("peers");

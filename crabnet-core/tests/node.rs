@@ -14,7 +14,8 @@ use crabnet_core::{
     BlockingNode, ErrorKind, EventKind, MemoryHub, Node, PublishRequest, SeedStatus, SeedView,
 };
 use support::forge::{
-    config, dir_and_hub, mesh, meshed, poll_until, publish_for_bids, severable, start, wait_view,
+    config, dir_and_hub, mesh, meshed, poll_until, publish_for_bids, start, start_severable,
+    wait_view,
 };
 use support::pair::Pair;
 
@@ -647,10 +648,7 @@ async fn each_failed_send_of_an_outbox_batch_is_one_event_and_its_retry_is_sched
     c.network.retry_base_ms = 60_000;
     c.network.retry_max_ms = 60_000;
     // Cut off for good: the flag is never cleared.
-    let cut_off = severable(hub.join("n"), Arc::new(AtomicBool::new(true)));
-    let node = Node::start_with_transport(c, Box::new(cut_off))
-        .await
-        .unwrap();
+    let node = start_severable(c, &hub, Arc::new(AtomicBool::new(true))).await;
     let wait_failures = |n: usize| {
         let node = &node;
         async move {

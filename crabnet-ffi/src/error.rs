@@ -163,23 +163,23 @@ thread_local! {
     static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
 }
 
-fn set_last_error(function: &str, message: &str) {
-    let text = format!("{function}: {message}").replace('\0', "\\0");
-    let text = CString::new(text).unwrap_or_default();
+/// Replaces the calling thread's last-error message (`None`: no error).
+fn store_last_error(message: Option<CString>) {
     // `try_with`: the thread may be exiting (a call from a thread-local destructor).
     let _ = LAST_ERROR.try_with(|e| {
         if let Ok(mut e) = e.try_borrow_mut() {
-            *e = Some(text);
+            *e = message;
         }
     });
 }
 
+fn set_last_error(function: &str, message: &str) {
+    let text = format!("{function}: {message}").replace('\0', "\\0");
+    store_last_error(Some(CString::new(text).unwrap_or_default()));
+}
+
 fn clear_last_error() {
-    let _ = LAST_ERROR.try_with(|e| {
-        if let Ok(mut e) = e.try_borrow_mut() {
-            *e = None;
-        }
-    });
+    store_last_error(None);
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> &str {

@@ -1,6 +1,7 @@
-//! How values cross the boundary, written once: handles, string arguments, out-parameters.
+//! How values cross the boundary, written once: handles, string arguments, out-parameters,
+//! the host's `user_data`.
 
-use std::ffi::{CStr, CString, c_char};
+use std::ffi::{CStr, CString, c_char, c_void};
 
 use crabnet_core::SeedId;
 
@@ -60,6 +61,17 @@ pub trait Handle: Sized {
         })
     }
 }
+
+/// The host's `user_data`, which the host allows Crabnet to pass to its callback on a thread
+/// owned by Crabnet (a node's events thread, the log thread).
+pub(crate) struct UserData(pub(crate) *mut c_void);
+
+// SAFETY: Crabnet never dereferences the pointer; it only hands it back to the host's callback,
+// which the host registered knowing it runs on another thread (documented on
+// `crabnet_node_subscribe` and `crabnet_set_log_callback`).
+unsafe impl Send for UserData {}
+// SAFETY: as above; the pointer is only copied.
+unsafe impl Sync for UserData {}
 
 /// A Rust value that becomes a C value in an out-parameter.
 pub trait IntoC {

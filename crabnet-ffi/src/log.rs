@@ -6,6 +6,7 @@ use std::ffi::{CString, c_char, c_int, c_void};
 use crabnet_core::logging::{self, Level, LevelFilter, Record};
 
 use crate::error::{FfiError, FfiResult, crabnet_status, ffi};
+use crate::handle::UserData;
 
 /// The level of a log record, from the most severe (`CRABNET_LOG_LEVEL_ERROR`) to the most
 /// verbose (`CRABNET_LOG_LEVEL_TRACE`).
@@ -83,15 +84,8 @@ pub type crabnet_log_callback = Option<
 /// The host's callback and `user_data`, handed back only to that callback.
 struct HostSink {
     callback: unsafe extern "C" fn(*mut c_void, crabnet_log_level, *const c_char, *const c_char),
-    user_data: *mut c_void,
+    user_data: UserData,
 }
-
-// SAFETY: Crabnet never dereferences `user_data`; it only passes it to the host's callback on
-// the log thread, which the host allows by registering it (documented on
-// `crabnet_set_log_callback`).
-unsafe impl Send for HostSink {}
-// SAFETY: as above; the pointer is only copied.
-unsafe impl Sync for HostSink {}
 
 impl HostSink {
     fn deliver(&self, record: &Record) {
@@ -101,7 +95,7 @@ impl HostSink {
         // strings live until it returns.
         unsafe {
             (self.callback)(
-                self.user_data,
+                self.user_data.0,
                 crabnet_log_level::of(record.level),
                 target.as_ptr(),
                 message.as_ptr(),
@@ -151,7 +145,7 @@ pub unsafe extern "C" fn crabnet_set_log_callback(
                 })?;
                 let sink = HostSink {
                     callback,
-                    user_data,
+                    user_data: UserData(user_data),
                 };
                 logging::set_sink(level.filter(), move |r: &Record| sink.deliver(r))?;
             }

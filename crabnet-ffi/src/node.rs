@@ -14,7 +14,7 @@ use crabnet_core::{
 
 use crate::config::crabnet_config;
 use crate::error::{FfiError, FfiResult, crabnet_status, ffi};
-use crate::handle::{Handle, arg_json, arg_seed_id, arg_str, ffi_out, to_json};
+use crate::handle::{Handle, UserData, arg_json, arg_seed_id, arg_str, ffi_out, to_json};
 
 /// An in-process network (opaque): nodes started on the same hub with
 /// `crabnet_node_start_memory` exchange messages without leaving the process.
@@ -86,17 +86,6 @@ struct Shared {
     stopped: AtomicBool,
     subs: Mutex<HashMap<u64, Arc<Sub>>>,
 }
-
-/// The host's `user_data`, which the host allows Crabnet to pass to its callback on the
-/// node's events thread.
-struct UserData(*mut c_void);
-
-// SAFETY: Crabnet never dereferences the pointer; it only hands it back to the host's callback,
-// which the host registered knowing it runs on another thread (documented on
-// `crabnet_node_subscribe`).
-unsafe impl Send for UserData {}
-// SAFETY: as above; the pointer is only copied.
-unsafe impl Sync for UserData {}
 
 /// One C subscription.
 struct Sub {

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::errors::{IntoPyResult, internal, stopped, validation};
 use crate::hub::MemoryHub;
-use crate::request::{PublishArgs, seconds, text, uint};
+use crate::request::{PublishArgs, seconds, text, uint, usize_arg};
 
 /// How often a blocking wait checks for Python signals (Ctrl-C).
 pub const SLICE: Duration = Duration::from_millis(50);
@@ -339,8 +339,7 @@ impl NativeNode {
         timeout: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
         let timeout = seconds("timeout", timeout)?;
-        let count = uint("count", count, 64)?;
-        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        let count = usize_arg("count", count)?;
         let timeout = parse_timeout(Some(timeout))?.unwrap_or(Duration::ZERO);
         if timeout > MAX_PEER_WAIT {
             return Err(validation(format!(
@@ -360,7 +359,7 @@ impl NativeNode {
         limit: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
         let after = uint("seq", after, 64)?;
-        let limit = usize::try_from(uint("limit", limit, 64)?).unwrap_or(usize::MAX);
+        let limit = usize_arg("limit", limit)?;
         self.call(py, move |n| n.events_after(after, limit))
     }
 

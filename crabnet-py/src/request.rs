@@ -38,6 +38,12 @@ pub(crate) fn uint(name: &str, value: &Bound<'_, PyAny>, bits: u32) -> PyResult<
     }
 }
 
+/// A count or limit: an unsigned 64-bit integer argument as for [`uint`], as a `usize` (where
+/// `usize` is narrower, larger values become `usize::MAX`).
+pub(crate) fn usize_arg(name: &str, value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    Ok(usize::try_from(uint(name, value, 64)?).unwrap_or(usize::MAX))
+}
+
 /// A `str` argument (subclasses such as the string enums included, read with `str()`).
 pub(crate) fn text(name: &str, value: &Bound<'_, PyAny>, expected: &str) -> PyResult<String> {
     if !value.is_instance_of::<PyString>() {

@@ -4,7 +4,8 @@
 //! (a node on an in-memory hub), [`meshed`] (several that know each other), [`start_with_wire`]
 //! (and a transport to send it frames by hand), [`short_seen_window`], [`publish_for_bids`],
 //! [`mesh`], [`stop_all`], [`Gated`] (an in-memory transport that loses or fails sends:
-//! `sync_range.rs`; [`severable`], cut off while a flag is set: `alerts.rs`, `node.rs`),
+//! `sync_range.rs`; [`severable`], cut off while a flag is set, and [`start_severable`], a node
+//! on it: `alerts.rs`, `node.rs`),
 //! [`udp_node`] (a node on a real UDP socket on 127.0.0.1: `limits.rs`, `hellos.rs`, with
 //! [`loopback_udp`] its transport) and [`tcp_swarm`] (a hand-made libp2p peer: `dht.rs`,
 //! `trust.rs`); and their bounded waits on a node's seeds, counters and frames ([`poll`],
@@ -533,6 +534,15 @@ pub fn severable(inner: MemoryTransport, cut: Arc<AtomicBool>) -> Gated {
             Ok(true)
         }
     })
+}
+
+/// Starts a node with `c` on `hub`, where it joins under its name (as [`start`] does), every
+/// send of it failing while `cut` is set ([`severable`]).
+pub async fn start_severable(c: Config, hub: &MemoryHub, cut: Arc<AtomicBool>) -> Node {
+    let transport = severable(hub.join(&c.name), cut);
+    Node::start_with_transport(c, Box::new(transport))
+        .await
+        .unwrap()
 }
 
 /// A UDP transport on a free port of 127.0.0.1 with `peers` as its configured peers.
