@@ -79,9 +79,10 @@ thread_local! {
 }
 
 /// The tokio runtime of a [`BlockingNode`] (shared with its web handles and subscriptions).
-/// Dropping it ends every task of the node, and then stops the timer thread of libp2p unless
-/// another node of the process still uses it ([`crate::network::stop_timer_thread`]), so
-/// that a host which stopped and freed its nodes runs no thread of Crabnet's any more.
+/// Dropping it ends every task of the node (libp2p's timers, which run on this runtime,
+/// included), and then stops libp2p's timer thread if a timer made outside any runtime started
+/// it and none is left ([`crate::network::stop_timer_thread`]), so that a host which stopped
+/// and freed its nodes runs no thread of Crabnet's any more.
 #[derive(Debug)]
 struct NodeRuntime(Option<tokio::runtime::Runtime>);
 

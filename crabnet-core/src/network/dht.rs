@@ -501,15 +501,16 @@ impl DhtTransport {
     }
 }
 
-/// Stops the thread that runs libp2p's timers (the global helper thread of futures-timer,
-/// patched for this: `vendor/futures-timer/PATCHED.md`) if no such timer exists any more, and
-/// waits for it to end; the next libp2p node of the process starts it again. Returns whether
-/// the thread is gone (`false`: a libp2p node of this process still runs, or its runtime still
-/// holds its tasks).
+/// Stops the thread that runs libp2p's timers made outside any Tokio runtime (the global helper
+/// thread of futures-timer, patched: `vendor/futures-timer/PATCHED.md`) if no such timer exists
+/// any more, and waits for it to end; the next such timer starts it again. Returns whether the
+/// thread is gone (`false`: such a timer still exists).
 ///
-/// [`crate::BlockingNode`] calls it when its runtime is dropped. Hosts that run [`Node`]s with
-/// the libp2p transport on a runtime of their own call it after dropping that runtime when
-/// they need the process to end without threads of Crabnet's (for example under valgrind).
+/// A libp2p node's timers are made on its runtime and run on it, so the thread normally never
+/// starts. [`crate::BlockingNode`] calls this when its runtime is dropped. Hosts that run
+/// [`Node`]s with the libp2p transport on a runtime of their own may call it after dropping
+/// that runtime when they need the process to end without threads of Crabnet's (for example
+/// under valgrind).
 ///
 /// [`Node`]: crate::node::Node
 pub fn stop_timer_thread() -> bool {

@@ -25,15 +25,35 @@ use super::{global, ScheduledTimer, TimerHandle};
 /// at.
 pub struct Delay {
     state: Option<Arc<Node<ScheduledTimer>>>,
+    /// Crabnet's fork: set when the `Delay` was made inside a Tokio runtime, whose own timer
+    /// then runs it (`state` is `None` and the helper thread never hears of it).
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// When a delay of `dur` from now ends, on Tokio's clock; a duration too long for the clock
+/// ends about thirty years from now (as `tokio::time::sleep` does).
+fn tokio_deadline(dur: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(dur)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 impl Delay {
     /// Creates a new future which will fire at `dur` time into the future.
     ///
-    /// The returned object will be bound to the timer of the global helper
-    /// thread, which is started when none runs (see `stop_global_thread`).
+    /// Made inside a Tokio runtime (Crabnet's fork), the returned object is run by that
+    /// runtime's timer, which must be enabled (`enable_time`); it may be polled from any
+    /// thread while the runtime runs. Made elsewhere, it is bound to the timer of the global
+    /// helper thread, which is started when none runs (see `stop_global_thread`).
     #[inline]
     pub fn new(dur: Duration) -> Delay {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let sleep = tokio::time::sleep_until(tokio_deadline(dur));
+            return Delay {
+                state: None,
+                sleep: Some(Box::pin(sleep)),
+            };
+        }
         Delay::new_handle(Instant::now() + dur, global::register_delay())
     }
 
@@ -44,7 +64,12 @@ impl Delay {
     pub(crate) fn new_handle(at: Instant, handle: TimerHandle) -> Delay {
         let inner = match handle.inner.upgrade() {
             Some(i) => i,
-            None => return Delay { state: None },
+            None => {
+                return Delay {
+                    state: None,
+                    sleep: None,
+                }
+            }
         };
         let state = Arc::new(Node::new(ScheduledTimer {
             at: Mutex::new(Some(at)),
@@ -58,17 +83,27 @@ impl Delay {
         // timer, meaning that we'll want to immediately return an error from
         // `poll`.
         if inner.list.push(&state).is_err() {
-            return Delay { state: None };
+            return Delay {
+                state: None,
+                sleep: None,
+            };
         }
 
         inner.waker.wake();
-        Delay { state: Some(state) }
+        Delay {
+            state: Some(state),
+            sleep: None,
+        }
     }
 
     /// Resets this timeout to an new timeout which will fire at the time
     /// specified by `at`.
     #[inline]
     pub fn reset(&mut self, dur: Duration) {
+        if let Some(sleep) = &mut self.sleep {
+            sleep.as_mut().reset(tokio_deadline(dur));
+            return;
+        }
         if self._reset(dur).is_err() {
             self.state = None
         }
@@ -106,7 +141,10 @@ impl Delay {
 impl Future for Delay {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(sleep) = &mut self.sleep {
+            return sleep.as_mut().poll(cx);
+        }
         let state = match self.state {
             Some(ref state) => state,
             None => panic!("timer has gone away"),
@@ -131,6 +169,10 @@ impl Future for Delay {
 
 impl Drop for Delay {
     fn drop(&mut self) {
+        if self.sleep.is_some() {
+            // Run by a Tokio runtime: never counted, and the helper thread never knew it.
+            return;
+        }
         if let Some(ref state) = self.state {
             if let Some(timeouts) = state.inner.upgrade() {
                 *state.at.lock().unwrap() = None;
@@ -150,3 +192,9 @@ impl fmt::Debug for Delay {
         f.debug_struct("Delay").finish()
     }
 }
+
+// Upstream's `Delay` is `Send` and `Sync`, and libp2p relies on it.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Delay>();
+};
