@@ -602,9 +602,9 @@ enum crabnet_status crabnet_node_start_dht(const struct crabnet_config *config,
  * reports its result with `"interrupted": true` (that `crabnet_node_run` then returns `OK` with
  * this result); sends what is due, records the last events, delivers them to every callback,
  * waits for the callbacks in progress, and releases the data directory. No task process of
- * this node is left running when it returns. No callback of this node runs after it returns. Calling it again is
- * fine. Because it waits for callbacks, do not call it while holding a lock that a callback
- * takes.
+ * this node is left running when it returns. No callback of this node runs after it returns.
+ * Calling it again is fine. Because it waits for callbacks, do not call it while holding a
+ * lock that a callback takes.
  *
  * Called from inside one of this node's callbacks, it cannot wait for that callback (the
  * caller): it returns at once, and no other callback of this node runs afterwards (the last

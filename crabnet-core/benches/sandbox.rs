@@ -2,9 +2,9 @@
 //! sandbox, in one run, rounds interleaved so that every variant sees the same machine load.
 //!
 //! Variants: the floor (`bash -lc true` with the runner's environment, spawned and waited for
-//! by `std::process::Command`, no runner), the runner with `sandbox = "none"`, with Landlock + seccomp only
-//! (`best_effort`, `namespaces = false`) and with the full sandbox (the default). Prints a
-//! Markdown table for BENCHMARKS.md.
+//! by `std::process::Command`, no runner), the runner with `sandbox = "none"`, with Landlock +
+//! seccomp only (`best_effort`, `namespaces = false`) and with the full sandbox (the default).
+//! Prints a Markdown table for BENCHMARKS.md.
 //!
 //! Run: `cargo bench -p crabnet-core --bench sandbox` (`CRABNET_BENCH_ROUNDS=N`, default 200).
 

@@ -89,7 +89,8 @@ const WORKDIR_ATTEMPTS: usize = 8;
 #[serde(default, deny_unknown_fields)]
 pub struct RunnerConfig {
     /// Cap, in bytes, on the output excerpt kept in [`RunOutcome::output_excerpt`].
-    /// The hash and byte count always cover the complete output. Default: 16 KiB (the protocol carries at most 16 KiB).
+    /// The hash and byte count always cover the complete output. Default: 16 KiB (the protocol
+    /// carries at most 16 KiB).
     pub max_output_bytes: usize,
     /// CPU time limit in seconds (`RLIMIT_CPU`); `0` = no limit. Default: 600.
     pub cpu_seconds: u64,

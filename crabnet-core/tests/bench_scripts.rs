@@ -120,6 +120,34 @@ fn a_short_udp_run_reports_every_figure_and_cleans_up() {
     short_run("udp");
 }
 
+/// `--udp-ports` that cannot serve the run (not numbers, too few or too many, a port twice,
+/// out of range) is refused before anything starts: a usage error (status 2) that names the
+/// flag, no listener and no directory left.
+#[test]
+fn bad_udp_ports_are_refused_before_any_node_starts() {
+    let sb = Sandbox::new("bench-script");
+    for ports in [
+        "a,b,c",
+        "4000,4001",
+        "4000,4001,4002,4003",
+        "4000,4000,4001",
+        "0,4001,4002",
+        "4000,4001,65536",
+        "",
+    ] {
+        let args = strings(&["--transport", "udp", "--nodes", "3", "--udp-ports", ports]);
+        let (cmd, tmp) = command(&sb, &args);
+        let out = run_bounded_within(cmd, args, RUN_TIMEOUT);
+        assert_eq!(out.status.code(), Some(2), "{ports:?}: {}", out.describe());
+        assert!(
+            out.stderr.contains("--udp-ports:"),
+            "{ports:?}: {}",
+            out.describe()
+        );
+        assert_eq!(left_in(&tmp), Vec::<PathBuf>::new(), "{ports:?}: data left");
+    }
+}
+
 /// The script while a test watches it: stopped (SIGTERM, then SIGKILL) when the test ends,
 /// however it ends, so that a failure leaves no script and no listeners behind (they stop
 /// with the script).

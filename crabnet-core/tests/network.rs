@@ -117,8 +117,8 @@ fn late_joiner_converges_by_sync() {
 /// Issue 14: a winner that never claims does not hold a seed forever. Three `crabnet listen`
 /// processes: node 0 publishes with a 2 s claim window, node 1 bids lowest and wins but never
 /// claims, node 2 bids too. Node 0's own process (nobody calls it) reassigns the seed to node
-/// 2 when the window has passed; every node sees round 1 (the first reassignment) with node 2 as winner; node 1's late
-/// claim is refused; node 2 claims, runs, and node 0 settles.
+/// 2 when the window has passed; every node sees round 1 (the first reassignment) with node 2
+/// as winner; node 1's late claim is refused; node 2 claims, runs, and node 0 settles.
 #[test]
 fn unclaimed_award_is_reassigned_across_three_processes() {
     let mut net = Net::udp_mesh(3);

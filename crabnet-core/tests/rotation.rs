@@ -76,8 +76,8 @@ async fn epoch_of(node: &Node, id: &NodeId) -> u32 {
 }
 
 /// A rotation signed by a third party, one that skips an epoch, one for a revoked node, one
-/// dated in the future and a second statement for an epoch already passed are refused; a replayed statement changes
-/// nothing; only the real rotation moves the peer to its new keys.
+/// dated in the future and a second statement for an epoch already passed are refused; a
+/// replayed statement changes nothing; only the real rotation moves the peer to its new keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_skipping_revoked_and_replayed_rotations_change_nothing() {
     let (dir, hub) = dir_and_hub();

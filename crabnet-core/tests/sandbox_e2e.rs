@@ -6,10 +6,10 @@
 //! whose commands print A's `identity.key` in base64, once by a path relative to the task's
 //! working directory (task work dirs used to live in `<data_dir>/work/<task>/`, where
 //! `../../identity.key` is the node's key) and once by the absolute path of A's data directory
-//! (which an attacker may guess). A's operator bids, wins, claims and runs each seed with the CLI on A's data
-//! directory while A's listener runs; A's signed `result_reported` reaches B. B's view of the
-//! result must then hold no trace of A's key, and the task must have run and failed (the
-//! runner cannot read the key).
+//! (which an attacker may guess). A's operator bids, wins, claims and runs each seed with the
+//! CLI on A's data directory while A's listener runs; A's signed `result_reported` reaches B.
+//! B's view of the result must then hold no trace of A's key, and the task must have run and
+//! failed (the runner cannot read the key).
 
 mod support;
 

@@ -1,8 +1,9 @@
 //! `NativeNode` and `NativeSubscription`: thin wrappers over [`BlockingNode`] that hand the
 //! pure-Python layer (`crabnet/_node.py`) the core's values as the Python objects their serde
 //! JSON would decode to (dicts, lists, strings, ints; built directly, without JSON text), which
-//! it turns into typed objects. The arguments are checked here (`crate::request`). Every call that may wait releases the GIL; waits that may last (event streams,
-//! `run`) wake up every [`SLICE`] to let Python handle signals such as Ctrl-C.
+//! it turns into typed objects. The arguments are checked here (`crate::request`). Every call
+//! that may wait releases the GIL; waits that may last (event streams, `run`) wake up every
+//! [`SLICE`] to let Python handle signals such as Ctrl-C.
 
 use std::cell::Cell;
 use std::sync::mpsc;
@@ -475,8 +476,8 @@ pub struct NativeSubscription {
 
 #[pymethods]
 impl NativeSubscription {
-    /// The next event (see [`to_py`]), waiting up to `timeout` seconds (`None`: no limit); `None` on
-    /// timeout. Raises `StoppedError` once the node is stopped and every event was read (the
+    /// The next event (see [`to_py`]), waiting up to `timeout` seconds (`None`: no limit); `None`
+    /// on timeout. Raises `StoppedError` once the node is stopped and every event was read (the
     /// subscription then releases the node's resources). Ctrl-C interrupts the wait.
     #[pyo3(signature = (timeout=None))]
     fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {

@@ -81,8 +81,9 @@ pub enum Incoming {
     Frame(InboundFrame),
     /// A change worth an event (started, fell back, peers found...).
     Status(String),
-    /// A connection to a peer opened: addresses for [`Transport::send_to_announced`] that reach it (the
-    /// node sends it its hello, so that the peer need not wait for the next periodic one).
+    /// A connection to a peer opened: addresses for [`Transport::send_to_announced`] that reach
+    /// it (the node sends it its hello, so that the peer need not wait for the next periodic
+    /// one).
     Connected(Vec<String>),
     /// The transport dropped frames before reading them, and no frame came with the news
     /// ([`Transport::dropped`] rose): the end of a burst that overflowed a receive buffer.

@@ -166,3 +166,121 @@ fn considered_bidders(view: &SeedView, award: &Award) -> BTreeSet<NodeId> {
         .map(|b| b.bid.bidder.clone())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::model::{SeedId, SeedStatus};
+    use crate::network::MemoryHub;
+    use crate::node::{Node, PublishRequest};
+    use crate::reputation::AwardPolicy;
+    use crate::state::SeedView;
+
+    /// A node on `hub` that awards by price and reputation, on `clock` when given (then its
+    /// housekeeping looks once at the start and not again for a minute: the test's decisions
+    /// are the only ones). Hellos go out at the start (and answer new peers), not again.
+    async fn start(
+        hub: &MemoryHub,
+        dir: &tempfile::TempDir,
+        name: &str,
+        clock: Option<&ManualClock>,
+    ) -> Node {
+        let mut c = Config::with_data_dir(dir.path().join(name));
+        c.name = name.into();
+        c.award.policy = AwardPolicy::PriceAndReputation;
+        c.network.hello_interval_secs = 3600;
+        if clock.is_some() {
+            c.network.tick_ms = 60_000;
+        }
+        let transport = Box::new(hub.join(name));
+        match clock {
+            Some(clock) => {
+                Node::start_with_clock(c, Some(transport), Arc::new(clock.clone())).await
+            }
+            None => Node::start_with_transport(c, transport).await,
+        }
+        .unwrap()
+    }
+
+    /// `node`'s view of `id` once it holds `bids` bids (up to 20 s).
+    async fn with_bids(node: &Node, id: &SeedId, bids: usize) -> SeedView {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(view) = node.seed(id).await
+                && view.bids.len() >= bids
+            {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "never {bids} bids on {id}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Under `price_and_reputation` an award weighs the reputations it read before its commit.
+    /// A bid stored between that read and the commit (here: a decision on a view read before
+    /// the bid arrived) makes the commit refuse ("bids changed"), so that no award is weighed
+    /// without a considered bidder's reputation; the seed stays open, and the next decision,
+    /// on the fresh view, weighs every bid.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_award_read_before_a_new_bid_is_refused_and_weighed_again_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = MemoryHub::new();
+        let clock = ManualClock::new(crate::clock::now_ms());
+        let publisher = start(&hub, &dir, "p", Some(&clock)).await;
+        let first = start(&hub, &dir, "b1", None).await;
+        let second = start(&hub, &dir, "b2", None).await;
+        for node in [&publisher, &first, &second] {
+            node.wait_for_peers(2, Duration::from_secs(20))
+                .await
+                .unwrap();
+        }
+        // The window ends only when the publisher's clock is moved past it.
+        let published = publisher
+            .publish(PublishRequest {
+                bid_window_secs: 60,
+                ..PublishRequest::new("true")
+            })
+            .await
+            .unwrap();
+        let id = published.seed.id.clone();
+        with_bids(&first, &id, 0).await;
+        first.bid(&id, 40).await.unwrap();
+        let stale = with_bids(&publisher, &id, 1).await;
+        with_bids(&second, &id, 0).await;
+        second.bid(&id, 30).await.unwrap();
+        with_bids(&publisher, &id, 2).await;
+
+        clock.set(stale.seed.window_end() + 1);
+        let now = publisher.now_ms();
+        assert!(
+            stale.due_decision(now).is_some(),
+            "the stale view owes an award"
+        );
+        let node = publisher.clone();
+        let decided = tokio::task::spawn_blocking(move || node.decide(&stale, now))
+            .await
+            .unwrap();
+        assert!(!decided, "awarded on a view without the second bid");
+        let fresh = publisher.seed(&id).await.unwrap();
+        assert_eq!(fresh.status, SeedStatus::Open);
+        assert!(fresh.award.is_none(), "the refused award was stored");
+
+        // The next decision, on the fresh view, weighs both bids.
+        let node = publisher.clone();
+        let decided = tokio::task::spawn_blocking(move || node.decide(&fresh, now))
+            .await
+            .unwrap();
+        assert!(decided, "no award on the fresh view");
+        let awarded = publisher.seed(&id).await.unwrap();
+        let award = awarded.award.expect("awarded on the fresh view");
+        assert_eq!(award.considered.len(), 2, "both bids weighed: {award:?}");
+        assert_eq!(award.winner_node.as_ref(), Some(second.id()));
+        for node in [publisher, first, second] {
+            node.stop().await.unwrap();
+        }
+    }
+}

@@ -50,8 +50,8 @@ impl Node {
     /// look (at most one per tick). "The database changed" is SQLite's `data_version`, read
     /// after a bell, and on every look while the bells are not watched (the first
     /// [`WATCH_AFTER`] of a node without a network, or where they cannot be): an idle node
-    /// does not query its store when it wakes. A write by a program other than crabnet rings no bell
-    /// and is seen at a full look: within [`IDLE_SLEEP_MAX`] when idle. So is a step of the
+    /// does not query its store when it wakes. A write by a program other than crabnet rings no
+    /// bell and is seen at a full look: within [`IDLE_SLEEP_MAX`] when idle. So is a step of the
     /// node's clock (a [`crate::clock::Clock`] set forward, the system clock stepped).
     pub(super) async fn housekeeping(self, mut shutdown: watch::Receiver<bool>) {
         let tick = Duration::from_millis(self.inner.config.network.tick_ms);

@@ -1,10 +1,10 @@
 //! Periodic hellos that change nothing: recognised in memory, not written (issue 13).
 //!
-//! A peer broadcasts its hello every hello interval ([`Node::hello_interval`]), freshly signed each time
-//! (a new message id and timestamp), with the same content (keys, addresses, name, certificate,
-//! rotations) as long as nothing about it changed. Every receiver used to store each one: an
-//! update of the peer's row and a seen-id row, two fsync'd transactions per peer per interval,
-//! so an idle node's work grew with the network.
+//! A peer broadcasts its hello every hello interval ([`Node::hello_interval`]), freshly signed
+//! each time (a new message id and timestamp), with the same content (keys, addresses, name,
+//! certificate, rotations) as long as nothing about it changed. Every receiver used to store
+//! each one: an update of the peer's row and a seen-id row, two fsync'd transactions per peer
+//! per interval, so an idle node's work grew with the network.
 //!
 //! Now a hello whose payload is byte for byte the payload of the last hello this node verified
 //! and stored for that sender (compared by SHA-256 digest, kept here) still has both

@@ -611,8 +611,8 @@ impl Node {
         let task = tokio::task::spawn_blocking(move || {
             node.with_store(|s| {
                 let now = node.now_ms();
-                // One transaction marks the whole batch and records its failures (one fsync, not one
-                // per message or failure).
+                // One transaction marks the whole batch and records its failures (one fsync,
+                // not one per message or failure).
                 let mut done = Vec::with_capacity(results.len());
                 let mut retry = Vec::new();
                 let mut failed = Vec::new();

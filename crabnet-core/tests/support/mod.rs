@@ -320,8 +320,8 @@ impl Reservation {
     }
 }
 
-/// Binds a free UDP port on 127.0.0.1 (see [`reserve_on`]) and keeps the socket as a reservation (or as a tap
-/// that receives what nodes send to it).
+/// Binds a free UDP port on 127.0.0.1 (see [`reserve_on`]) and keeps the socket as a
+/// reservation (or as a tap that receives what nodes send to it).
 pub fn reserve_port() -> UdpSocket {
     reserve_on(Ipv4Addr::LOCALHOST.into(), Transport::Udp)
         .udp
