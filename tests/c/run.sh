@@ -9,8 +9,8 @@
 #     shared library under valgrind memcheck with `--leak-check=full --error-exitcode=1` (any
 #     error and any leak, also "possibly lost", fails; no suppressions; the nodes run tasks
 #     without the task sandbox there, see below), and so does the README's C program. Tests
-#     that start libp2p pass too: the thread that runs libp2p's timers ends when the last
-#     libp2p node of the process is freed (vendor/futures-timer/PATCHED.md).
+#     that start libp2p pass too: libp2p's timers run on each node's runtime, which ends
+#     when the node is freed (vendor/futures-timer/PATCHED.md).
 # Needs gcc and g++ (CC and CXX override them), pkg-config, nm and valgrind; installs
 # Debian's valgrind package when valgrind is missing, and fails, never skips, when it cannot.
 # Honors CARGO_TARGET_DIR; builds the debug library.
