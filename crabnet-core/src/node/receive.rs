@@ -556,7 +556,9 @@ impl Node {
     ) -> Result<Acceptance> {
         let h = &parsed.header;
         if lock(&self.inner.store).is_known(&h.message_id)? {
-            self.with_store(|s| s.count("hellos.duplicate"))?;
+            // Counted in memory, as any copy is: a copy with the id of a stored hello and
+            // bytes of its own (anyone can make them) costs no transaction.
+            self.inner.rejections.count("hellos.duplicate");
             return Ok(Acceptance::Ignore);
         }
         let hello = match parsed.hello() {
