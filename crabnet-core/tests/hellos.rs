@@ -615,6 +615,14 @@ async fn settled_db_files(dir: &std::path::Path) -> Vec<(String, u64, std::time:
     }
 }
 
+/// The config of node "n" whose housekeeping ticks once, at start: nothing it writes
+/// (counters, `last_seen`) can hide a write made by receiving a frame.
+fn quiet_config(dir: &std::path::Path) -> crabnet_core::Config {
+    let mut c = config(dir, "n");
+    c.network.tick_ms = 60_000;
+    c
+}
+
 /// Issue 13: a peer's periodic hello that says what its stored hello says (freshly signed, a
 /// new message id) is verified but writes nothing: the node counts it (`hellos.refreshed`),
 /// moves the peer's `last_seen` in memory (the API shows it at once) and writes it later (at
@@ -623,10 +631,7 @@ async fn settled_db_files(dir: &std::path::Path) -> Vec<(String, u64, std::time:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_hello_is_verified_but_not_written() {
     let (dir, hub) = support::forge::dir_and_hub();
-    let mut c = config(dir.path(), "n");
-    // Housekeeping ticks once, at start: nothing it writes (counters, `last_seen`) can hide
-    // a write made by receiving a hello.
-    c.network.tick_ms = 60_000;
+    let c = quiet_config(dir.path());
     let data_dir = c.data_dir.clone();
     let db = c.db_path();
     let (node, mut wire) = start_with_wire(c, &hub).await;
@@ -690,10 +695,7 @@ async fn an_unchanged_hello_is_verified_but_not_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_copy_with_a_known_message_id_is_counted_without_a_write() {
     let (dir, hub) = support::forge::dir_and_hub();
-    let mut c = config(dir.path(), "n");
-    // Housekeeping ticks once, at start: nothing it writes (counters, `last_seen`) can hide
-    // a write made by receiving a copy.
-    c.network.tick_ms = 60_000;
+    let c = quiet_config(dir.path());
     let data_dir = c.data_dir.clone();
     let (node, mut wire) = start_with_wire(c, &hub).await;
     let alice = identity(0x17, 1);
