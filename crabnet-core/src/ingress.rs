@@ -140,6 +140,8 @@ const ROUTINE_COUNTERS: &[&str] = &[
     "hellos.refreshed",
     "hellos.duplicate",
     "messages.duplicate",
+    "messages.not_for_us_duplicate",
+    "messages.self_echo",
     "sync.",
     "heap.",
 ];

@@ -66,7 +66,7 @@ pub enum RemoteOutcome {
     Deferred(Violation),
     /// Rejected with this reason.
     Rejected(RejectReason, String),
-    /// Already known (including this node's own messages coming back).
+    /// Already known (including this node's own messages coming back): nothing was written.
     Duplicate,
     /// About a seed this node pruned (see [`crate::retention`]): refused while its tombstone
     /// lasts, so that sync does not bring the seed back. Nothing is written.
@@ -946,10 +946,10 @@ impl Store {
     }
 
     /// Applies a message received from the network, idempotently: a message id already seen
-    /// changes nothing.
+    /// changes nothing and writes nothing ([`RemoteOutcome::Duplicate`], for the caller to
+    /// count).
     pub fn apply_remote(
         &mut self,
-        me: &NodeId,
         message: &Message,
         envelope: &[u8],
         now: Millis,
@@ -968,62 +968,57 @@ impl Store {
                  OR EXISTS(SELECT 1 FROM messages WHERE id = ?1)",
             )?
             .query_row([id], |r| r.get(0))?;
+        if known {
+            // A copy (gossip, sync): nothing is written (the transaction is rolled back); the
+            // caller counts it in memory, so that a copy costs no commit.
+            return Ok((RemoteOutcome::Duplicate, Vec::new()));
+        }
         let mut events = Vec::new();
-        let outcome = if known {
-            if &message.sender == me {
-                bump_counter(&tx, "messages.self_echo")?;
-            } else {
-                // A copy (gossip, sync): counted, not an event.
-                bump_counter(&tx, "messages.duplicate")?;
+        insert_seen(
+            &tx,
+            &message.id,
+            &message.sender,
+            message.lamport,
+            now,
+            until,
+        )?;
+        bump_lamport(&tx, &clock, Some(message.lamport))?;
+        let outcome = match message.check_well_formed() {
+            Err(detail) => {
+                bump_counter(&tx, "rejected.malformed")?;
+                events.push(rejection(
+                    message,
+                    RejectReason::Malformed,
+                    None,
+                    detail.clone(),
+                ));
+                RemoteOutcome::Rejected(RejectReason::Malformed, detail)
             }
-            RemoteOutcome::Duplicate
-        } else {
-            insert_seen(
-                &tx,
-                &message.id,
-                &message.sender,
-                message.lamport,
-                now,
-                until,
-            )?;
-            bump_lamport(&tx, &clock, Some(message.lamport))?;
-            match message.check_well_formed() {
-                Err(detail) => {
-                    bump_counter(&tx, "rejected.malformed")?;
-                    events.push(rejection(
-                        message,
-                        RejectReason::Malformed,
-                        None,
-                        detail.clone(),
-                    ));
-                    RemoteOutcome::Rejected(RejectReason::Malformed, detail)
+            Ok(()) => {
+                let (_, verdict) = refold(&tx, message, Origin::Remote, now, &mut events)?;
+                insert_message(&tx, message, Origin::Remote, envelope, &verdict, now)?;
+                if matches!(verdict, Verdict::Applied | Verdict::Pending { .. }) {
+                    // An author of stored messages is not evicted for a newcomer. The
+                    // eviction asks only whether a peer authored any: set once, so that
+                    // its later messages do not write the peer's row again.
+                    tx.prepare_cached(
+                        "UPDATE peers SET last_active = ?2
+                         WHERE node_id = ?1 AND last_active IS NULL",
+                    )?
+                    .execute(params![message.sender.as_str(), now as i64])?;
                 }
-                Ok(()) => {
-                    let (_, verdict) = refold(&tx, message, Origin::Remote, now, &mut events)?;
-                    insert_message(&tx, message, Origin::Remote, envelope, &verdict, now)?;
-                    if matches!(verdict, Verdict::Applied | Verdict::Pending { .. }) {
-                        // An author of stored messages is not evicted for a newcomer. The
-                        // eviction asks only whether a peer authored any: set once, so that
-                        // its later messages do not write the peer's row again.
-                        tx.prepare_cached(
-                            "UPDATE peers SET last_active = ?2
-                             WHERE node_id = ?1 AND last_active IS NULL",
-                        )?
-                        .execute(params![message.sender.as_str(), now as i64])?;
+                match verdict {
+                    Verdict::Applied => {
+                        bump_counter(&tx, "messages.accepted")?;
+                        RemoteOutcome::Applied
                     }
-                    match verdict {
-                        Verdict::Applied => {
-                            bump_counter(&tx, "messages.accepted")?;
-                            RemoteOutcome::Applied
-                        }
-                        Verdict::Pending { reason } => {
-                            bump_counter(&tx, "messages.deferred")?;
-                            RemoteOutcome::Deferred(reason)
-                        }
-                        Verdict::Rejected { reason } => {
-                            bump_counter(&tx, "rejected.rule")?;
-                            RemoteOutcome::Rejected(RejectReason::Rule, reason.to_string())
-                        }
+                    Verdict::Pending { reason } => {
+                        bump_counter(&tx, "messages.deferred")?;
+                        RemoteOutcome::Deferred(reason)
+                    }
+                    Verdict::Rejected { reason } => {
+                        bump_counter(&tx, "rejected.rule")?;
+                        RemoteOutcome::Rejected(RejectReason::Rule, reason.to_string())
                     }
                 }
             }
@@ -1654,7 +1649,9 @@ impl Store {
             }
             None => {
                 if !admit(&tx, admission)? {
-                    bump_counter(&tx, "peers.refused")?;
+                    // Counted by the caller, in memory (`peers.refused`): a refused hello (its
+                    // copies, a stream of fresh identities) costs no write. What `admit`
+                    // evicted on the way stays evicted.
                     tx.commit()?;
                     return Ok(PeerUpdate::Refused);
                 }
@@ -2752,6 +2749,39 @@ mod tests {
         s.assert_searches(OLDEST_PENDING_SQL, [], "messages_pending");
     }
 
+    /// A message received again is a duplicate that writes nothing, alone or among others in a
+    /// batch: its caller counts it in memory (issue 13: a copy cost a commit).
+    #[test]
+    fn a_known_message_is_a_duplicate_that_writes_nothing() {
+        let (_dir, mut s) = temp_store();
+        let author = public(2);
+        let seed = |tag: u8| Message {
+            id: MessageId::from_bytes([tag; 16]),
+            sender: author.node_id.clone(),
+            lamport: u64::from(tag),
+            timestamp: 2_000,
+            body: Body::SeedCreated(test_seed(&author.node_id, tag, 2_000)),
+        };
+        let (first, second) = (seed(1), seed(2));
+        let (outcome, _) = s.apply_remote(&first, b"one", 2_000).unwrap();
+        assert_eq!(outcome, RemoteOutcome::Applied);
+        let before = (s.total_changes(), s.counters().unwrap());
+        let (outcome, events) = s.apply_remote(&first, b"one", 3_000).unwrap();
+        assert_eq!(outcome, RemoteOutcome::Duplicate);
+        assert!(events.is_empty());
+        assert_eq!((s.total_changes(), s.counters().unwrap()), before);
+        let all = [(&first, &b"one"[..]), (&second, b"two"), (&second, b"two")];
+        assert_eq!(
+            s.apply_remote_all(all, 3_000).unwrap(),
+            [
+                RemoteOutcome::Duplicate,
+                RemoteOutcome::Applied,
+                RemoteOutcome::Duplicate
+            ]
+        );
+        assert_eq!(s.seeds(None, 10).unwrap().len(), 2);
+    }
+
     /// A received message is stored in one write of its row, with its envelope and its
     /// verdict, and its author's peer row is written for the first of its stored messages
     /// only. Each further write of a message row wrote its envelope's overflow pages again,
@@ -2763,7 +2793,6 @@ mod tests {
         use rusqlite::hooks::Action;
         use std::sync::{Arc, Mutex};
         let (_dir, mut s) = temp_store();
-        let me = public(1).node_id;
         let author = public(2);
         let bidder = public(3);
         for peer in [&author, &bidder] {
@@ -2783,7 +2812,7 @@ mod tests {
                 price: 5,
             }),
         };
-        let (outcome, _) = s.apply_remote(&me, &bid, b"bid", 2_000).unwrap();
+        let (outcome, _) = s.apply_remote(&bid, b"bid", 2_000).unwrap();
         assert!(matches!(outcome, RemoteOutcome::Deferred(_)), "{outcome:?}");
         assert_eq!(s.oldest_pending_message().unwrap(), Some(2_000));
         let writes = Arc::new(Mutex::new(Vec::new()));
@@ -2802,7 +2831,7 @@ mod tests {
                 body: Body::SeedCreated(test_seed(&author.node_id, tag, 2_000)),
             };
             let envelope = vec![tag; 5_000];
-            let (outcome, _) = s.apply_remote(&me, &message, &envelope, 2_000).unwrap();
+            let (outcome, _) = s.apply_remote(&message, &envelope, 2_000).unwrap();
             assert_eq!(outcome, RemoteOutcome::Applied);
             let (stored, verdict): (Vec<u8>, String) = s
                 .conn
@@ -3069,7 +3098,8 @@ mod tests {
         assert_eq!(add(&mut s, 1, 6_000, &a), PeerUpdate::Refreshed);
         assert_eq!(ids(&s).len(), 3);
         assert_eq!(s.counters().unwrap()["peers.evicted"], 2);
-        assert_eq!(s.counters().unwrap()["peers.refused"], 1);
+        // The refusal is the caller's to count (in memory): the store wrote nothing for it.
+        assert_eq!(s.counters().unwrap().get("peers.refused"), None);
     }
 
     #[test]

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::forge::{
-    config, counter, dir_and_hub, frames_until, hello_announcing, identity, list_frame, next_frame,
-    poll, seal, seed_message, start, start_with_wire, udp_node, wait_counter, wait_while_missing,
+    config, counter, db_files, dir_and_hub, frames_until, hello_announcing, identity, list_frame,
+    next_frame, poll, quiet_config, seal, seed_message, settled_db_files, start, start_with_wire,
+    udp_node, wait_counter, wait_while_missing,
 };
 
 use crabnet_core::MemoryHub;
@@ -572,57 +573,6 @@ async fn self_revocations_of_throwaway_identities_are_capped_and_not_sent_on() {
     node.stop().await.unwrap();
 }
 
-/// The database files of a data directory: their sizes and modification times.
-fn db_files(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with(
-                &crabnet_core::Config::with_data_dir(dir.to_path_buf())
-                    .db_path()
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned(),
-            )
-        })
-        .map(|e| {
-            let m = e.metadata().unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                m.len(),
-                m.modified().unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
-}
-
-/// The database files of a data directory ([`db_files`]) once they stopped changing: the
-/// same after 300 ms.
-async fn settled_db_files(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
-    let mut before = db_files(dir);
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = db_files(dir);
-        if now == before {
-            return before;
-        }
-        before = now;
-    }
-}
-
-/// The config of node "n" whose housekeeping ticks once, at start: nothing it writes
-/// (counters, `last_seen`) can hide a write made by receiving a frame.
-fn quiet_config(dir: &std::path::Path) -> crabnet_core::Config {
-    let mut c = config(dir, "n");
-    c.network.tick_ms = 60_000;
-    c
-}
-
 /// Issue 13: a peer's periodic hello that says what its stored hello says (freshly signed, a
 /// new message id) is verified but writes nothing: the node counts it (`hellos.refreshed`),
 /// moves the peer's `last_seen` in memory (the API shows it at once) and writes it later (at
@@ -715,6 +665,39 @@ async fn a_hello_copy_with_a_known_message_id_is_counted_without_a_write() {
         "copies of a known hello wrote to the database"
     );
     assert_eq!(counter(&node, "hellos.accepted").await, 1);
+    node.stop().await.unwrap();
+}
+
+/// A valid hello the full peer table has no room for (every peer in it authored messages) is
+/// refused and counted in memory (`peers.refused`). Before, each refusal was counted by a
+/// store transaction, committed and synced: a stream of hellos from fresh identities (cheap to
+/// make), or the relayed copies of a refused hello, cost the node a sync each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_hello_is_counted_without_a_write() {
+    let (dir, hub) = support::forge::dir_and_hub();
+    let mut c = quiet_config(dir.path());
+    c.network.max_peers = 1;
+    let data_dir = c.data_dir.clone();
+    let (node, mut wire) = start_with_wire(c, &hub).await;
+    let alice = identity(0x18, 1);
+    wire.broadcast(&support::forge::hello(&alice)).unwrap();
+    // An author is not evicted for a newcomer.
+    wire.broadcast(&seal(&alice, &seed_message(&alice, 1, now_ms()), 600))
+        .unwrap();
+    wait_counter(&node, "messages.accepted", 1).await;
+    let before = settled_db_files(&data_dir).await;
+    for n in 1..=3u8 {
+        let stranger = support::forge::hello(&identity(0x40 + u32::from(n), 1));
+        wire.broadcast(&stranger).unwrap();
+        wire.broadcast(&stranger).unwrap();
+        wait_counter(&node, "peers.refused", 2 * u64::from(n)).await;
+    }
+    assert_eq!(
+        db_files(&data_dir),
+        before,
+        "refused hellos wrote to the database"
+    );
+    assert_eq!(node.peers().await.unwrap().len(), 1);
     node.stop().await.unwrap();
 }
 

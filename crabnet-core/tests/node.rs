@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crabnet_core::envelope::Kind;
+use crabnet_core::clock::now_ms;
+use crabnet_core::envelope::{self, Kind, MAX_ENVELOPE_BYTES};
 use crabnet_core::model::{MessageKind, SeedId};
 use crabnet_core::monitor::RejectReason;
 use crabnet_core::network::Transport;
@@ -14,8 +15,9 @@ use crabnet_core::{
     BlockingNode, ErrorKind, EventKind, MemoryHub, Node, PublishRequest, SeedStatus, SeedView,
 };
 use support::forge::{
-    config, dir_and_hub, mesh, meshed, poll_until, publish_for_bids, start, start_severable,
-    wait_view,
+    self, config, counter, db_files, dir_and_hub, identity, mesh, meshed, poll_until,
+    publish_for_bids, quiet_config, seed_message, settled_db_files, start, start_severable,
+    start_with_wire, wait_counter, wait_view,
 };
 use support::pair::Pair;
 
@@ -200,6 +202,65 @@ async fn replayed_messages_change_nothing() {
     }
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+/// Issue 13: a copy of an envelope the node stores, which its memory of recent frames no
+/// longer holds (after a restart; sync answers and gossip relays bring such copies, and any
+/// peer can replay them, inside sync batches whatever their age), is counted in memory once its
+/// signatures verified: `messages.duplicate`, and `messages.not_for_us_duplicate` for one sealed
+/// to other nodes. Before, each was counted by a store transaction, committed and synced: one
+/// sync per copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_stored_envelope_is_counted_without_a_write() {
+    let (dir, hub) = dir_and_hub();
+    let c = quiet_config(dir.path());
+    let data_dir = c.data_dir.clone();
+    let (node, mut wire) = start_with_wire(c.clone(), &hub).await;
+    let alice = identity(0x31, 1);
+    let bob = identity(0x32, 1);
+    wire.broadcast(&forge::hello(&alice)).unwrap();
+    wait_counter(&node, "hellos.accepted", 1).await;
+    let public = forge::seal(&alice, &seed_message(&alice, 1, now_ms()), 600);
+    let sealed = envelope::message_envelope(
+        &alice,
+        &seed_message(&alice, 2, now_ms()),
+        600,
+        &[(bob.node_id(), &bob.public().kem)],
+        MAX_ENVELOPE_BYTES,
+        &mut envelope::os_rng,
+    )
+    .unwrap();
+    wire.broadcast(&public).unwrap();
+    wire.broadcast(&sealed).unwrap();
+    wait_counter(&node, "messages.accepted", 1).await;
+    wait_counter(&node, "messages.not_for_us", 1).await;
+    node.stop().await.unwrap();
+
+    // Restarted: the memory of recent frames is empty.
+    let node = start(c, &hub).await;
+    let duplicates = counter(&node, "messages.duplicate").await;
+    let not_for_us = counter(&node, "messages.not_for_us_duplicate").await;
+    let before = settled_db_files(&data_dir).await;
+    wire.broadcast(&public).unwrap();
+    wire.broadcast(&sealed).unwrap();
+    wait_counter(&node, "messages.duplicate", duplicates + 1).await;
+    wait_counter(&node, "messages.not_for_us_duplicate", not_for_us + 1).await;
+    assert_eq!(
+        db_files(&data_dir),
+        before,
+        "copies of stored envelopes wrote to the database"
+    );
+    // Their next copies are found in memory again, without a signature check.
+    wire.broadcast(&public).unwrap();
+    wire.broadcast(&sealed).unwrap();
+    wait_counter(&node, "messages.duplicate", duplicates + 3).await;
+    assert_eq!(db_files(&data_dir), before);
+    assert_eq!(
+        counter(&node, "messages.not_for_us_duplicate").await,
+        not_for_us + 1
+    );
+    assert_eq!(node.seeds(None).await.unwrap().len(), 1);
+    node.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

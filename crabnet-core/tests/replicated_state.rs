@@ -868,14 +868,13 @@ fn reputation_is_the_same_on_stores_with_the_same_messages_and_survives_a_reopen
     use crabnet_core::store::{Store, StoreConfig};
     let h = liar_history();
     let dir = tempfile::tempdir().unwrap();
-    let me = node(0x77);
     let open = |name: &str| Store::open(&dir.path().join(name), &StoreConfig::default()).unwrap();
     let (mut a, mut b) = (open("a"), open("b"));
     for m in &h.msgs {
-        a.apply_remote(&me, m, b"env", T0).unwrap();
+        a.apply_remote(m, b"env", T0).unwrap();
     }
     for m in h.msgs.iter().rev() {
-        b.apply_remote(&me, m, b"env", T0).unwrap();
+        b.apply_remote(m, b"env", T0).unwrap();
     }
     let reps = a.reputations().unwrap();
     assert_eq!(reps, b.reputations().unwrap());
@@ -1063,7 +1062,6 @@ fn reputations_count_only_signed_history_per_publisher() {
     let hs = publishers_histories();
     let all: Vec<&Message> = hs.iter().flat_map(|h| &h.msgs).collect();
     let dir = tempfile::tempdir().unwrap();
-    let me = node(0x77);
     let open = |name: &str| Store::open(&dir.path().join(name), &StoreConfig::default()).unwrap();
     let map = |entries: Vec<(u8, Reputation)>| -> BTreeMap<NodeId, Reputation> {
         entries.into_iter().map(|(n, r)| (node(n), r)).collect()
@@ -1099,12 +1097,12 @@ fn reputations_count_only_signed_history_per_publisher() {
     // In order, and in reverse order.
     let mut forward = open("forward");
     for m in &all {
-        forward.apply_remote(&me, m, b"env", T0).unwrap();
+        forward.apply_remote(m, b"env", T0).unwrap();
     }
     check(&forward);
     let mut backward = open("backward");
     for m in all.iter().rev() {
-        backward.apply_remote(&me, m, b"env", T0).unwrap();
+        backward.apply_remote(m, b"env", T0).unwrap();
     }
     check(&backward);
     // Without publisher 1's settlement and runner 14's result: no payment for 10 and 12, and
@@ -1122,7 +1120,7 @@ fn reputations_count_only_signed_history_per_publisher() {
     let withheld = [&settlement.id, &result_14.id];
     let mut partial = open("partial");
     for m in all.iter().filter(|m| !withheld.contains(&&m.id)) {
-        partial.apply_remote(&me, m, b"env", T0).unwrap();
+        partial.apply_remote(m, b"env", T0).unwrap();
     }
     assert_eq!(
         partial.reputations_from(&node(1)).unwrap(),
@@ -1137,7 +1135,7 @@ fn reputations_count_only_signed_history_per_publisher() {
         map(vec![(10, rep(0, 0, 1, 0, 0)), (12, rep(0, 0, 1, 1, 0))])
     );
     for m in all.iter().filter(|m| withheld.contains(&&m.id)) {
-        partial.apply_remote(&me, m, b"env", T0).unwrap();
+        partial.apply_remote(m, b"env", T0).unwrap();
     }
     check(&partial);
 }
@@ -1494,8 +1492,7 @@ fn sync_brings_what_an_escalation_names_and_a_made_up_name_harms_only_its_seed()
     let (mut publisher, mut other) = (open("publisher"), open("other"));
     // The envelope is the message id here, so that what a want returns can be read back.
     let deliver = |s: &mut Store, m: &Message| {
-        s.apply_remote(&node(0x77), m, m.id.as_str().as_bytes(), T0)
-            .unwrap();
+        s.apply_remote(m, m.id.as_str().as_bytes(), T0).unwrap();
     };
     for m in &h.msgs {
         deliver(&mut publisher, m);

@@ -760,14 +760,13 @@ fn import(net: &Net, i: usize, all: &[(Message, Vec<u8>)], keep: impl Fn(usize) 
         ..StoreConfig::default()
     };
     let mut store = Store::open(&config.db_path(), &store_config).unwrap();
-    let me = NodeId::parse(net.id(i)).unwrap();
     let chosen = all
         .iter()
         .enumerate()
         .filter(|(k, _)| keep(*k))
         .map(|(_, (m, e))| (m, e.as_slice()));
     let outcomes = store
-        .apply_remote_all(&me, chosen, crabnet_core::clock::now_ms())
+        .apply_remote_all(chosen, crabnet_core::clock::now_ms())
         .unwrap();
     assert!(
         outcomes.iter().all(|o| *o == RemoteOutcome::Applied),

@@ -386,7 +386,10 @@ impl Node {
                 // Sealed to other nodes: remembered (deduplicated) and relayed, not applied.
                 return self.with_store(|s| {
                     if s.is_known(&h.message_id)? {
-                        s.count("messages.not_for_us_duplicate")?;
+                        // A copy: counted in memory, as any copy is (no commit per copy), and
+                        // its next copies are found without a signature check.
+                        self.inner.rejections.count("messages.not_for_us_duplicate");
+                        self.inner.recent.insert(bytes);
                         return Ok(Acceptance::Ignore);
                     }
                     s.remember(
@@ -403,7 +406,7 @@ impl Node {
             Err(e) => return self.malformed(from, h, e),
         };
         let outcome = self.with_store(|s| {
-            s.apply_remote(&self.inner.id, &message, bytes, now)
+            s.apply_remote(&message, bytes, now)
                 .map(|(outcome, _)| outcome)
         })?;
         if outcome == RemoteOutcome::Pruned {
@@ -413,6 +416,11 @@ impl Node {
             return Ok(Acceptance::Ignore);
         }
         self.inner.recent.insert(bytes);
+        if outcome == RemoteOutcome::Duplicate {
+            // A copy of a stored envelope that `recent` no longer held (after a restart, say):
+            // counted in memory, as any copy is; the store wrote nothing.
+            self.inner.rejections.count("messages.duplicate");
+        }
         if matches!(outcome, RemoteOutcome::Applied | RemoteOutcome::Deferred(_)) {
             self.reschedule_decision(&message, now)?;
         }
@@ -712,8 +720,11 @@ impl Node {
                 Ok(Acceptance::Accept)
             }
             PeerUpdate::Refreshed => Ok(Acceptance::Accept),
-            // Valid, but this node has no room for it (counted as `peers.refused`).
-            PeerUpdate::Refused => Ok(Acceptance::Ignore),
+            // Valid, but this node has no room for it: counted in memory, not written.
+            PeerUpdate::Refused => {
+                self.inner.rejections.count("peers.refused");
+                Ok(Acceptance::Ignore)
+            }
         }
     }
 

@@ -372,8 +372,7 @@ mod tests {
 
         // The pruned seed's creation, received again (from a peer that still holds it), is
         // refused and nothing is written.
-        let other = NodeId::parse(&"cd".repeat(32)).unwrap();
-        let (outcome, events) = s.apply_remote(&other, &creation, b"env", now).unwrap();
+        let (outcome, events) = s.apply_remote(&creation, b"env", now).unwrap();
         assert_eq!(outcome, RemoteOutcome::Pruned);
         assert!(events.is_empty());
         assert_eq!(rows_of(&s, &cancelled), [0, 0, 0, 0]);

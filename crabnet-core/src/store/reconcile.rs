@@ -120,14 +120,13 @@ impl Store {
     /// in order; the events are stored, not returned.
     pub fn apply_remote_all<'a>(
         &mut self,
-        me: &NodeId,
         messages: impl IntoIterator<Item = (&'a Message, &'a [u8])>,
         now: Millis,
     ) -> Result<Vec<RemoteOutcome>> {
         self.begin_batch()?;
         let mut out = Vec::new();
         for (message, envelope) in messages {
-            match self.apply_remote(me, message, envelope, now) {
+            match self.apply_remote(message, envelope, now) {
                 Ok((outcome, _)) => out.push(outcome),
                 Err(e) => {
                     let _ = self.end_batch(false);

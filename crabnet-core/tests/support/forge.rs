@@ -6,6 +6,8 @@
 //! [`mesh`], [`stop_all`], [`Gated`] (an in-memory transport that loses or fails sends:
 //! `sync_range.rs`; [`severable`], cut off while a flag is set, and [`start_severable`], a node
 //! on it: `alerts.rs`, `node.rs`),
+//! [`quiet_config`] (a node whose housekeeping writes nothing after its start) with
+//! [`db_files`] and [`settled_db_files`] (did receiving a frame write?: `hellos.rs`, `node.rs`),
 //! [`udp_node`] (a node on a real UDP socket on 127.0.0.1: `limits.rs`, `hellos.rs`, with
 //! [`loopback_udp`] its transport) and [`tcp_swarm`] (a hand-made libp2p peer: `dht.rs`,
 //! `trust.rs`); and their bounded waits on a node's seeds, counters and frames ([`poll`],
@@ -42,6 +44,57 @@ pub fn short_seen_window(c: &mut Config) {
     c.network.message_ttl_secs = 1;
     c.network.max_clock_skew_secs = 1;
     c.store.seen_ttl_secs = 2;
+}
+
+/// The database files of a data directory: their sizes and modification times.
+pub fn db_files(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(
+                &Config::with_data_dir(dir.to_path_buf())
+                    .db_path()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        })
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.modified().unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The database files of a data directory ([`db_files`]) once they stopped changing: the
+/// same after 300 ms.
+pub async fn settled_db_files(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut before = db_files(dir);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = db_files(dir);
+        if now == before {
+            return before;
+        }
+        before = now;
+    }
+}
+
+/// The config of node "n" whose housekeeping ticks once, at start: nothing it writes
+/// (counters, `last_seen`) can hide a write made by receiving a frame.
+pub fn quiet_config(dir: &std::path::Path) -> Config {
+    let mut c = config(dir, "n");
+    c.network.tick_ms = 60_000;
+    c
 }
 
 /// A temporary directory for a test's data directories, and the in-memory hub its nodes meet
