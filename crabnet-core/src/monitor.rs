@@ -303,7 +303,8 @@ pub enum EventKind {
         #[schema(required)]
         count: u64,
     },
-    /// The transport reported a change (started, peers found, fell back...).
+    /// The transport reported a change (started, listening on an address, peers found, fell
+    /// back...).
     TransportStatus {
         /// The transport.
         transport: String,

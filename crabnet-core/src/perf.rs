@@ -17,13 +17,15 @@
 //!    one after another (`publish_single_per_s`: one caller, every publish its own commit),
 //!    the rest from `publishers` concurrent tasks ([`BenchOptions::publishers`], 32 by
 //!    default), whose publishes the node commits in groups: `publish_per_s`.
-//! 4. **Apply**: a node in this process on UDP on 127.0.0.1 and `peers` real
-//!    `crabnet listen` processes (their own temp data directories) that first introduce
-//!    themselves (hellos), are stopped while step 3 fills their outboxes, and are started
-//!    again: each then sends its distinct, validly signed seeds to the node, which verifies,
-//!    deduplicates, stores and applies them. `applied_per_s` is the rate from the first to
-//!    the last `seed_published` event on the node; `apply_ratio` is `applied_per_s` over the
-//!    floor.
+//! 4. **Apply**: a node in this process on 127.0.0.1 and `peers` real `crabnet listen`
+//!    processes (their own temp data directories) that first introduce themselves (hellos),
+//!    are stopped while step 3 fills their outboxes, and are started again: each then sends
+//!    its distinct, validly signed seeds to the node, which verifies, deduplicates, stores and
+//!    applies them. `applied_per_s` is the rate from the first to the last `seed_published`
+//!    event on the node; `apply_ratio` is `applied_per_s` over the floor. The node and its
+//!    peers meet on UDP (each peer unicasts to the node; a sender that outruns the node loses
+//!    datagrams, which sync repairs) or on libp2p (each peer dials the node over TCP and
+//!    publishes through gossipsub): [`BenchOptions::transport`].
 //!
 //! The peer processes are killed and the temp directories removed when [`run`] returns, fails
 //! or is dropped (cancelled).
@@ -41,7 +43,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::identity::Identity;
 use crate::model::{Body, Message, MessageId, SeedId, Settlement, SettlementOutcome};
 use crate::monitor::EventKind;
-use crate::network::{UdpConfig, UdpTransport};
+use crate::network::{DhtConfig, UdpConfig, UdpTransport};
 use crate::node::{Node, PublishRequest};
 
 /// What [`run`] does and how long.
@@ -59,6 +61,32 @@ pub struct BenchOptions {
     pub crypto_time: Duration,
     /// Longest wait for the peers' hellos, and for the node to apply everything.
     pub timeout: Duration,
+    /// The transport the node and its peers meet on.
+    pub transport: BenchTransport,
+}
+
+/// The transport of a benchmark's apply step (step 4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchTransport {
+    /// The UDP backend: each peer unicasts its frames to the node. There is no flow control:
+    /// a burst larger than the node's receive buffer loses datagrams, which sync repairs.
+    #[default]
+    Udp,
+    /// libp2p: each peer dials the node over TCP and publishes through gossipsub. The node's
+    /// socket drops nothing; a peer's gossipsub refuses a publish while its queue to the node
+    /// is full (5,000 messages), and sync brings what it refused, as it does UDP's losses.
+    Dht,
+}
+
+impl BenchTransport {
+    /// Its name, as `crabnet listen --transport` takes it (`udp`, `dht`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchTransport::Udp => "udp",
+            BenchTransport::Dht => "dht",
+        }
+    }
 }
 
 impl BenchOptions {
@@ -71,6 +99,7 @@ impl BenchOptions {
             publishers: 32,
             crypto_time: Duration::from_secs(3),
             timeout: Duration::from_secs(40),
+            transport: BenchTransport::Udp,
         }
     }
 
@@ -116,14 +145,20 @@ pub struct BenchReport {
     /// Envelopes the node applied before the end of the run.
     pub applied: u64,
     /// Datagrams the kernel dropped at the node's socket because its receive buffer was full
-    /// (counter `transport.dropped`): above zero, the node lost frames and `applied_per_s`
-    /// understates what it can apply (sync brings them later).
+    /// (counter `transport.dropped`; always 0 on libp2p): above zero, the node lost frames and
+    /// `applied_per_s` understates what it can apply (sync brings them later).
     pub transport_dropped: u64,
     /// Times the node's receive queue was full, so it stopped reading its socket for a while
     /// (counter `ingress.queue_full`).
     pub queue_full: u64,
+    /// Frames the node received per batch, on average over the run (counters
+    /// `ingress.batch_frames` over `ingress.batches`): near 1, it kept up with the arrivals
+    /// one frame at a time (a commit each); larger, frames waited and were applied together.
+    pub frames_per_batch: f64,
     /// Peer processes.
     pub peers: usize,
+    /// The transport of the apply step.
+    pub transport: BenchTransport,
     /// The node's `store.sync`.
     pub store_sync: String,
     /// Wall-clock seconds of the whole run.
@@ -150,15 +185,32 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let dir = tempfile::Builder::new().prefix("crabnet-bench").tempdir()?;
     let mut config = Config::with_data_dir(dir.path().join("node"));
     config.name = "bench-node".into();
-    let transport = UdpTransport::bind(UdpConfig {
-        bind: "127.0.0.1:0".parse().expect("a socket address"),
-        peers: Vec::new(),
-        broadcast: None,
-    })?;
-    let node_addr = transport.local_addr()?;
     let store_sync = format!("{:?}", config.store.sync).to_lowercase();
-    let node = Node::start_with_transport(config, Box::new(transport)).await?;
-    let outcome = apply_phase(opts, dir.path(), &node, node_addr).await;
+    let (node, node_addr) = match opts.transport {
+        BenchTransport::Udp => {
+            let transport = UdpTransport::bind(UdpConfig {
+                bind: "127.0.0.1:0".parse().expect("a socket address"),
+                peers: Vec::new(),
+                broadcast: None,
+            })?;
+            let addr = transport.local_addr()?.to_string();
+            (
+                Node::start_with_transport(config, Box::new(transport)).await?,
+                addr,
+            )
+        }
+        BenchTransport::Dht => {
+            let node = Node::start_with_dht(config, DhtConfig::default()).await?;
+            match tcp_address(&node, opts.timeout).await {
+                Ok(addr) => (node, addr),
+                Err(e) => {
+                    let _ = node.stop().await;
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let outcome = apply_phase(opts, dir.path(), &node, &node_addr).await;
     let counters = node.overview().await.map(|o| o.counters);
     let stopped = node.stop().await;
     let (publish, applied_per_s, applied) = outcome?;
@@ -182,7 +234,10 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
         applied,
         transport_dropped: counter("transport.dropped"),
         queue_full: counter("ingress.queue_full"),
+        frames_per_batch: counter("ingress.batch_frames") as f64
+            / counter("ingress.batches").max(1) as f64,
         peers: opts.peers,
+        transport: opts.transport,
         store_sync,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
@@ -218,14 +273,14 @@ async fn apply_phase(
     opts: &BenchOptions,
     dir: &Path,
     node: &Node,
-    node_addr: std::net::SocketAddr,
+    node_addr: &str,
 ) -> Result<(Published, f64, u64)> {
     let peer_dirs: Vec<PathBuf> = (0..opts.peers)
         .map(|i| dir.join(format!("peer-{i}")))
         .collect();
     // The peers introduce themselves, then stop.
     {
-        let peers = Peers::start(&opts.program, &peer_dirs, node_addr)?;
+        let peers = Peers::start(opts, &peer_dirs, node_addr)?;
         if let Err(e) = node.wait_for_peers(opts.peers, opts.timeout).await {
             return Err(peers.failure(e));
         }
@@ -248,7 +303,7 @@ async fn apply_phase(
 
     // Back on the network, they send everything to the node.
     let mut events = node.subscribe();
-    let peers = Peers::start(&opts.program, &peer_dirs, node_addr)?;
+    let peers = Peers::start(opts, &peer_dirs, node_addr)?;
     let deadline = tokio::time::Instant::now() + opts.timeout;
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
@@ -344,6 +399,29 @@ async fn publish_seeds(
     Ok((single, grouped))
 }
 
+/// The node's TCP multiaddress (with its peer id), for the peers to dial, once its listener is
+/// up (within `timeout`).
+async fn tcp_address(node: &Node, timeout: Duration) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let overview = node.overview().await?;
+        if let Some(a) = overview
+            .addresses
+            .into_iter()
+            .find(|a| a.contains("/tcp/") && a.contains("/p2p/"))
+        {
+            return Ok(a);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorKind::Network,
+                format!("the node announced no TCP address within {timeout:?}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The peer processes; killed (and reaped) on drop.
 struct Peers {
     children: Vec<Child>,
@@ -351,7 +429,10 @@ struct Peers {
 }
 
 impl Peers {
-    fn start(program: &Path, dirs: &[PathBuf], node: std::net::SocketAddr) -> Result<Peers> {
+    /// Starts a `crabnet listen` process on each of `dirs`, each with the node's address
+    /// `node` as its peer.
+    fn start(opts: &BenchOptions, dirs: &[PathBuf], node: &str) -> Result<Peers> {
+        let program = &opts.program;
         let mut peers = Peers {
             children: Vec::new(),
             logs: Vec::new(),
@@ -366,9 +447,8 @@ impl Peers {
             let child = Command::new(program)
                 .arg("--data-dir")
                 .arg(dir)
-                .args(["listen", "--transport", "udp", "--bind", "127.0.0.1:0"])
-                .arg("--peer")
-                .arg(node.to_string())
+                .args(["listen", "--transport", opts.transport.name()])
+                .args(["--bind", "127.0.0.1:0", "--peer", node])
                 .arg("--no-http")
                 .env_remove("CRABNET_CONFIG")
                 .stdin(Stdio::null())

@@ -1795,12 +1795,25 @@ fn status_lists_the_alerts_a_listening_node_fires() {
 /// positive and finite; its peer processes and temp directories are gone afterwards.
 #[test]
 fn bench_quick_prints_sane_figures_as_json_and_cleans_up() {
+    bench_quick("udp");
+}
+
+/// The same over libp2p (`--transport dht`): the peers dial the node and publish through
+/// gossipsub.
+#[test]
+fn bench_quick_over_libp2p_prints_sane_figures_as_json_and_cleans_up() {
+    bench_quick("dht");
+}
+
+/// `crabnet bench --quick --json --transport TRANSPORT`, checked.
+fn bench_quick(transport: &str) {
     let sb = sandbox();
     let mut cmd = sb.command();
-    cmd.args(["bench", "--quick", "--json"]);
+    let args = ["bench", "--quick", "--json", "--transport", transport];
+    cmd.args(args);
     let out = run_bounded_within(
         cmd,
-        vec!["bench".into(), "--quick".into(), "--json".into()],
+        args.iter().map(|a| a.to_string()).collect(),
         Duration::from_secs(90),
     );
     assert!(out.success(), "{out:?}");
@@ -1824,6 +1837,13 @@ fn bench_quick_prints_sane_figures_as_json_and_cleans_up() {
     for field in ["transport_dropped", "queue_full"] {
         assert!(report[field].as_u64().is_some(), "{field} in {last}");
     }
+    assert_eq!(report["transport"], transport, "{last}");
+    assert!(
+        report["frames_per_batch"]
+            .as_f64()
+            .is_some_and(|f| f >= 1.0),
+        "{last}"
+    );
     let (sent, applied) = (report["sent"].as_u64(), report["applied"].as_u64());
     assert!(
         sent == Some(40) && applied.is_some_and(|a| a > 1 && a <= 40),

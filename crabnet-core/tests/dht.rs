@@ -205,6 +205,39 @@ async fn libp2p_that_cannot_start_falls_back_to_udp_and_says_so() {
     node.stop().await.unwrap();
 }
 
+/// libp2p listens after the node started: the node says so (`listening on ADDR`) and shows the
+/// address from then on, not only from its next hello (30 s by default, a long wait for a
+/// program that hands the address to its peers, as `crabnet bench --transport dht` does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shows_its_listen_address_as_soon_as_libp2p_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), "l");
+    c.network.hello_interval_secs = 30;
+    let node = Node::start_with_dht(c, DhtConfig::default()).await.unwrap();
+    let what = || "no `listening on` event".to_owned();
+    let listening = poll(Duration::from_secs(10), what, || async {
+        let events = node.events_after(0, 100).await.unwrap();
+        events.into_iter().find_map(|e| match e.kind {
+            EventKind::TransportStatus { detail, .. } => {
+                detail.strip_prefix("listening on ").map(str::to_owned)
+            }
+            _ => None,
+        })
+    })
+    .await;
+    assert!(
+        listening.starts_with("/ip4/127.0.0.1/tcp/") && listening.contains("/p2p/"),
+        "{listening}"
+    );
+    let what = || "the listen address is not in the overview".to_owned();
+    poll(Duration::from_secs(2), what, || async {
+        let o = node.overview().await.unwrap();
+        o.addresses.contains(&listening).then_some(())
+    })
+    .await;
+    node.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_and_disconnections_are_events() {
     let dir = tempfile::tempdir().unwrap();

@@ -78,6 +78,10 @@ struct BenchArgs {
     /// Concurrent tasks that publish for `publish_per_s` (default 32).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     publishers: Option<usize>,
+    /// Transport of the apply step: `udp` (each peer process unicasts to the node) or `dht`
+    /// (libp2p: the peers dial the node over TCP and publish through gossipsub).
+    #[arg(long, value_enum, default_value = "udp", hide_possible_values = true)]
+    transport: TransportArg,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1407,10 +1411,16 @@ async fn bench(args: &BenchArgs, json: bool) -> Result<(), Error> {
     if let Some(publishers) = args.publishers {
         opts.publishers = publishers;
     }
+    opts.transport = match args.transport {
+        TransportArg::Udp => perf::BenchTransport::Udp,
+        TransportArg::Dht => perf::BenchTransport::Dht,
+    };
     if !json {
         eprintln!(
-            "crabnet bench: {} peer process(es), {} seeds each...",
-            opts.peers, opts.seeds_per_peer
+            "crabnet bench: {} peer process(es) on {}, {} seeds each...",
+            opts.peers,
+            opts.transport.name(),
+            opts.seeds_per_peer
         );
     }
     // Dropping the run (Ctrl-C) kills its peer processes and removes its temp directories.
@@ -1442,14 +1452,24 @@ async fn bench(args: &BenchArgs, json: bool) -> Result<(), Error> {
         r.publish_single_per_s
     );
     println!(
-        "applied           {:>10.0} envelopes/s  ({} of {} from {} peer process(es))",
-        r.applied_per_s, r.applied, r.sent, r.peers
+        "applied           {:>10.0} envelopes/s  ({} of {} from {} peer process(es) on {})",
+        r.applied_per_s,
+        r.applied,
+        r.sent,
+        r.peers,
+        r.transport.name()
     );
     println!("apply ratio       {:>10.3} of the floor", r.apply_ratio);
     println!(
-        "lost by the node  {:>10} datagrams    (receive buffer full; receive queue full {} times)",
-        r.transport_dropped, r.queue_full
+        "frames per batch  {:>10.1}              (receive queue full {} times)",
+        r.frames_per_batch, r.queue_full
     );
+    if r.transport == perf::BenchTransport::Udp {
+        println!(
+            "lost by the node  {:>10} datagrams    (receive buffer full)",
+            r.transport_dropped
+        );
+    }
     println!("elapsed           {:>10.1} s", r.elapsed_s);
     Ok(())
 }

@@ -940,6 +940,8 @@ async fn run(
                     SwarmEvent::NewListenAddr { address, .. } => {
                         let full = address.with_p2p(*swarm.local_peer_id()).unwrap_or_else(|a| a);
                         lock(&shared.addresses).push(full.to_string());
+                        // The node shows its addresses from now on, not from its next hello.
+                        let _ = incoming.send(Incoming::Status(format!("listening on {full}")));
                     }
                     SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                         remotes.insert(connection_id, (endpoint.get_remote_address().clone(), endpoint.is_dialer()));

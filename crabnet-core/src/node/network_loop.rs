@@ -393,6 +393,9 @@ impl Node {
                             return;
                         }
                         Some(Incoming::Status(detail)) => {
+                            // A status may be a new listen address (libp2p listens after it
+                            // starts): shown at once, not from the next hello.
+                            *lock(&self.inner.addresses) = transport.local_addresses();
                             let node = self.clone();
                             let name = transport.name().to_owned();
                             let _ = tokio::task::spawn_blocking(move || {

@@ -48,27 +48,16 @@ pub fn short_seen_window(c: &mut Config) {
 
 /// The database files of a data directory: their sizes and modification times.
 pub fn db_files(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let db = Config::with_data_dir(dir.to_path_buf()).db_path();
+    let db = db.file_name().unwrap().to_string_lossy();
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with(
-                &Config::with_data_dir(dir.to_path_buf())
-                    .db_path()
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned(),
-            )
-        })
-        .map(|e| {
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e))
+        .filter(|(name, _)| name.starts_with(db.as_ref()))
+        .map(|(name, e)| {
             let m = e.metadata().unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                m.len(),
-                m.modified().unwrap(),
-            )
+            (name, m.len(), m.modified().unwrap())
         })
         .collect();
     files.sort();
@@ -76,8 +65,9 @@ pub fn db_files(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTim
 }
 
 /// The database files of a data directory ([`db_files`]) once they stopped changing: the
-/// same after 300 ms.
+/// same after 300 ms. Panics, naming the files, when they still change after 20 s.
 pub async fn settled_db_files(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut before = db_files(dir);
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -85,6 +75,11 @@ pub async fn settled_db_files(dir: &std::path::Path) -> Vec<(String, u64, std::t
         if now == before {
             return before;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the database files of {} still change after 20 s: {before:?} then {now:?}",
+            dir.display()
+        );
         before = now;
     }
 }
