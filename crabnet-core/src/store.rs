@@ -678,51 +678,6 @@ fn ring_after_commits(conn: &mut Connection, path: &Path) -> Result<Option<Strin
 /// received message runs).
 const STATEMENT_CACHE: usize = 128;
 
-/// How much of a statement journal SQLite keeps in memory before it moves it to a temporary
-/// file (process-wide; SQLite's default is 64 KiB). A batch (received frames, grouped API
-/// calls) runs each operation in a savepoint, whose journal holds the images of the pages the
-/// operation changes: 20 or more pages for a received seed, over 64 KiB, so a batch wrote
-/// every operation's pages to a temporary file (opened at its first spill, kept until its
-/// commit), and a node applied a burst a fifth slower (`BENCHMARKS.md`, session 27). SQLite allocates an in-memory journal as
-/// one block of this size at its first page image and frees it when the savepoint is released
-/// (a larger journal still moves to a file): one 256 KiB block per connection at a time, where
-/// 1-4 MiB (tried first) cost 1.4-2.4 MB more memory per idle node.
-const STATEMENT_JOURNAL_IN_MEMORY: std::ffi::c_int = 256 << 10;
-
-/// Whether [`configure_sqlite`] set [`STATEMENT_JOURNAL_IN_MEMORY`]: SQLite takes process-wide
-/// settings only before it initializes, that is before the process's first connection.
-static SQLITE_CONFIGURED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-
-/// Sets this library's process-wide SQLite settings, once, before its first store opens. When
-/// a connection through the same SQLite came first (the copy `rusqlite` bundles, one per
-/// program: a Rust program's own `rusqlite` or `sqlx` connections, or a C host's that links the
-/// static library and calls its SQLite), SQLite keeps its own setting and batches are slower;
-/// a warning says so.
-fn configure_sqlite() {
-    SQLITE_CONFIGURED.get_or_init(|| {
-        // SAFETY: `sqlite3_config` with SQLITE_CONFIG_STMTJRNL_SPILL takes one int. SQLite
-        // documents the call as not thread-safe: it must not run while another thread
-        // initializes or uses the same SQLite. This library calls it once, before its first
-        // connection; a program sharing the bundled SQLite should not use it on another
-        // thread while its first node starts (this library's own unit tests do, harmlessly:
-        // the setting is one int, which a statement journal reads when it opens). Called after
-        // SQLite initialized, it changes nothing and returns SQLITE_MISUSE.
-        let rc = unsafe {
-            rusqlite::ffi::sqlite3_config(
-                rusqlite::ffi::SQLITE_CONFIG_STMTJRNL_SPILL,
-                STATEMENT_JOURNAL_IN_MEMORY,
-            )
-        };
-        if rc != rusqlite::ffi::SQLITE_OK {
-            tracing::warn!(
-                "SQLite was in use before the first store opened (code {rc}): statement \
-                 journals keep SQLite's own spill threshold, and batches apply more slowly"
-            );
-        }
-        rc == rusqlite::ffi::SQLITE_OK
-    });
-}
-
 impl Store {
     /// The steps of SQLite's plan for `sql` run with `params` (`EXPLAIN QUERY PLAN`), for
     /// tests that a query reads through an index.
@@ -757,7 +712,6 @@ impl Store {
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path, config: &StoreConfig) -> Result<Store> {
-        configure_sqlite();
         let mut conn = Connection::open(path).map_err(|e| {
             Error::with_source(
                 ErrorKind::Store,
@@ -2806,76 +2760,32 @@ mod tests {
         s.assert_searches(OLDEST_PENDING_SQL, [], "messages_pending");
     }
 
-    /// A received batch applies each envelope in a savepoint, whose statement journal (the
-    /// page images it may roll back) stays in memory: at SQLite's default threshold (64 KiB)
-    /// the batch wrote every envelope's journal to a temporary file, and a node applied a
-    /// burst a fifth slower (issue 13). The check runs in a process of its own (this
-    /// test binary again, this test alone), where no other test's SQLite has files open.
+    /// A batch of 10,000 received seeds applies in one transaction (a peer's history imported
+    /// at once), each in a savepoint of its own. With SQLite's statement journals kept in
+    /// memory up to 256 KiB (`SQLITE_CONFIG_STMTJRNL_SPILL`, tried in session 27 for speed),
+    /// the 6,942nd failed with `SQLITE_FULL`: the events table's last key read as past the
+    /// largest rowid. The default (64 KiB) passes.
     #[test]
-    #[cfg(target_os = "linux")]
-    fn a_received_batch_keeps_its_statement_journal_in_memory() {
-        const ALONE: (&str, &str) = ("CRABNET_TEST_ALONE", "statement journal");
-        if std::env::var(ALONE.0).as_deref() != Ok(ALONE.1) {
-            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "store::tests::a_received_batch_keeps_its_statement_journal_in_memory",
-                    "--test-threads=1",
-                    "--nocapture",
-                ])
-                .env(ALONE.0, ALONE.1)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while child.try_wait().unwrap().is_none() {
-                if std::time::Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("the test alone took over 60 s");
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            let out = child.wait_with_output().unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                text.contains("1 passed"),
-                "the test did not run alone: {text}"
-            );
-            return;
-        }
-        // SQLite's temporary files are deleted as they open (`O_TMPFILE`, or `etilqs_*`
-        // unlinked at once): an open file gone from its directory. Those open before the batch
-        // (inherited, say) are not its.
-        let temporary = || -> std::collections::BTreeSet<String> {
-            std::fs::read_dir("/proc/self/fd")
-                .unwrap()
-                .filter_map(|e| e.ok())
-                .filter_map(|e| Some((e.file_name(), std::fs::read_link(e.path()).ok()?)))
-                .map(|(fd, target)| format!("{} -> {}", fd.to_string_lossy(), target.display()))
-                .filter(|target| target.ends_with(" (deleted)"))
-                .collect()
-        };
-        let before = temporary();
+    fn ten_thousand_received_seeds_apply_in_one_batch() {
         let (_dir, mut s) = temp_store();
-        let author = public(2);
         // Envelopes of a real one's size: the ML-DSA-44 signature alone is 2,420 bytes.
         let envelope = vec![7u8; 5_000];
+        let authors: Vec<PublicIdentity> = (1..=200).map(public).collect();
         s.begin_batch().unwrap();
-        for tag in 1..=60u8 {
-            let message = created_by(&author, tag);
-            let (outcome, _) = s.apply_remote(&message, &envelope, 2_000).unwrap();
-            assert_eq!(outcome, RemoteOutcome::Applied);
-            let new: Vec<_> = temporary().difference(&before).cloned().collect();
-            assert_eq!(new, Vec::<String>::new(), "after {tag} envelopes");
+        for i in 0..10_000u32 {
+            let [a, b, c, d] = i.to_le_bytes();
+            let mut message = created_by(&authors[i as usize % authors.len()], 1);
+            message.id = MessageId::from_bytes([a, b, c, d, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
+            if let Body::SeedCreated(seed) = &mut message.body {
+                seed.id = SeedId::from_bytes([a, b, c, d, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8]);
+            }
+            let (outcome, _) = s
+                .apply_remote(&message, &envelope, 2_000)
+                .unwrap_or_else(|e| panic!("seed {i}: {e}"));
+            assert_eq!(outcome, RemoteOutcome::Applied, "seed {i}");
         }
         s.end_batch(true).unwrap();
-        assert_eq!(s.seeds(None, 100).unwrap().len(), 60);
+        assert_eq!(s.status_counts().unwrap()[&SeedStatus::Open], 10_000);
     }
 
     /// A message received again is a duplicate that writes nothing, alone or among others in a

@@ -122,8 +122,10 @@ impl Node {
             .add("ingress.group_frames", frames.len() as u64);
         self.pre_verify(&frames, max);
         // A lone envelope opens no batch: its store operations commit on their own, as those
-        // of any other frame received alone (usually one: the apply), with no savepoint to
-        // keep the page images of.
+        // of any other frame received alone (usually one: the apply). A batch would wrap each
+        // in a savepoint, whose journal of page images outgrows what SQLite keeps in memory,
+        // so every such envelope wrote a temporary file.
+        // Without a batch each envelope commits on its own, as a lone frame does.
         let batch = self.inner.store.batch_for(frames.len(), "received frames");
         let mut results: Vec<Received> = frames
             .into_iter()

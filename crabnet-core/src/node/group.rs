@@ -136,7 +136,8 @@ impl Node {
             .rejections
             .add("local.group_ops", ops.len() as u64);
         // A lone operation commits on its own transaction: a batch would add a savepoint,
-        // with the page images it may roll back to.
+        // whose journal outgrew the 64 KiB SQLite keeps in memory (a temporary file opened,
+        // written and closed per publish).
         let batch = self.inner.store.batch_for(ops.len(), "local operations");
         let mut results: Vec<Result<SeedView>> =
             ops.into_iter().map(|op| self.apply_local(op)).collect();
