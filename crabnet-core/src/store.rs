@@ -492,8 +492,11 @@ pub struct Store {
     config: StoreConfig,
     /// Peers' keys, parsed once (reading a peer is on the path of every received frame).
     keys: ParsedKeys,
-    /// A batch is open ([`Store::begin_batch`]): every operation is a savepoint inside it.
-    batch: bool,
+    /// The open batch ([`Store::begin_batch`]) and how its operations are kept apart.
+    batch: Option<Ops>,
+    /// An operation of the open [`Ops::Shared`] batch failed after it wrote: the batch can
+    /// only be rolled back.
+    spoiled: std::cell::Cell<bool>,
     /// The highest Lamport counter this connection stamped, received or handed out
     /// ([`Store::lamport_counter`]); never below the stored clock once the store is open.
     clock: Arc<AtomicU64>,
@@ -502,11 +505,53 @@ pub struct Store {
     bell: Option<String>,
 }
 
-/// The transaction of one store operation: its own (`BEGIN`), or a savepoint inside the open
-/// batch ([`Store::begin_batch`]), committed with the rest of the batch.
+/// How the operations of a batch ([`Store::begin_batch`]) are kept apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ops {
+    /// Each in a savepoint of its own: one that fails rolls back its own writes only, and the
+    /// batch commits the others. A savepoint journals the image of every page its operation
+    /// changes (20 or more for a received seed), which SQLite moves to a temporary file past
+    /// 64 KiB.
+    Savepoint,
+    /// All in the batch's transaction, with no savepoint (so no journal of their pages; a
+    /// statement that may fail halfway still journals its own): one that fails after it
+    /// wrote *spoils* the batch ([`Store::batch_failed`]; every later operation fails at
+    /// once), and the batch can only be rolled back. For a caller that can do the batch's
+    /// work again without it (each operation on its own transaction). The operations whose
+    /// rules may refuse them after they wrote (the node's own messages: [`Store::commit_local`],
+    /// [`Store::commit_signed`]) still take a savepoint of their own, so that a refusal,
+    /// which is not a fault, never spoils a batch.
+    Shared,
+}
+
+/// The transaction of one store operation: its own (`BEGIN`), a savepoint inside the open
+/// batch ([`Store::begin_batch`]), or a share of the batch's transaction ([`Ops::Shared`]),
+/// committed with the rest of the batch.
 enum Tx<'a> {
     Own(Transaction<'a>),
     InBatch(rusqlite::Savepoint<'a>),
+    Shared(SharedOp<'a>),
+}
+
+/// One operation of an [`Ops::Shared`] batch: dropped without its commit after it changed a
+/// row, it spoils the batch (its writes cannot be taken back alone).
+struct SharedOp<'a> {
+    conn: &'a Connection,
+    spoiled: &'a std::cell::Cell<bool>,
+    /// The connection's count of changed rows when the operation began.
+    changes: u64,
+    committed: bool,
+}
+
+impl Drop for SharedOp<'_> {
+    fn drop(&mut self) {
+        // A statement that fails undoes its own changes and does not count them (but for the
+        // changes of triggers it ran, counted as each trigger completes: then a batch is
+        // spoiled for nothing, which costs a second pass and loses nothing).
+        if !self.committed && self.conn.total_changes() != self.changes {
+            self.spoiled.set(true);
+        }
+    }
 }
 
 impl std::ops::Deref for Tx<'_> {
@@ -516,6 +561,7 @@ impl std::ops::Deref for Tx<'_> {
         match self {
             Tx::Own(tx) => tx,
             Tx::InBatch(sp) => sp,
+            Tx::Shared(op) => op.conn,
         }
     }
 }
@@ -525,12 +571,23 @@ impl Tx<'_> {
         match self {
             Tx::Own(tx) => tx.commit(),
             Tx::InBatch(sp) => sp.commit(),
+            Tx::Shared(mut op) => {
+                op.committed = true;
+                Ok(())
+            }
         }
     }
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::internal(format!("cannot encode: {e}")))
+}
+
+fn batch_spoiled() -> Error {
+    Error::new(
+        ErrorKind::Store,
+        "an operation of the batch failed after it wrote: the batch is rolled back",
+    )
 }
 
 fn batch_lost() -> Error {
@@ -745,7 +802,8 @@ impl Store {
             path: path.to_owned(),
             config: config.clone(),
             keys: ParsedKeys::new(PARSED_KEYS),
-            batch: false,
+            batch: None,
+            spoiled: std::cell::Cell::new(false),
             clock: Arc::default(),
             bell,
         };
@@ -760,18 +818,37 @@ impl Store {
         &self.path
     }
 
-    /// Starts a transaction for one operation: a savepoint when a batch is open (a failing
-    /// operation rolls back its own writes only), else its own transaction.
+    /// Starts a transaction for one operation: its own, or its part of the open batch (see
+    /// [`Ops`]).
     fn tx(&mut self, behavior: TransactionBehavior) -> Result<Tx<'_>> {
-        if !self.batch {
+        self.tx_of(behavior, false)
+    }
+
+    /// [`Store::tx`] for an operation whose rules may refuse it after it wrote: in a batch,
+    /// always in a savepoint of its own ([`Ops::Shared`]).
+    fn tx_apart(&mut self, behavior: TransactionBehavior) -> Result<Tx<'_>> {
+        self.tx_of(behavior, true)
+    }
+
+    fn tx_of(&mut self, behavior: TransactionBehavior, apart: bool) -> Result<Tx<'_>> {
+        let Some(ops) = self.batch else {
             return Ok(Tx::Own(self.conn.transaction_with_behavior(behavior)?));
-        }
+        };
         if self.conn.is_autocommit() {
             // SQLite rolls a transaction back by itself after some errors (a full disk, an
             // I/O error): nothing more is written in this batch.
             return Err(batch_lost());
         }
-        Ok(Tx::InBatch(self.conn.savepoint()?))
+        match ops {
+            Ops::Shared if self.spoiled.get() => Err(batch_spoiled()),
+            Ops::Shared if !apart => Ok(Tx::Shared(SharedOp {
+                conn: &self.conn,
+                spoiled: &self.spoiled,
+                changes: self.conn.total_changes(),
+                committed: false,
+            })),
+            Ops::Shared | Ops::Savepoint => Ok(Tx::InBatch(self.conn.savepoint()?)),
+        }
     }
 
     /// The Lamport counter this store keeps in memory beside the stored clock, for a node
@@ -783,30 +860,51 @@ impl Store {
     }
 
     /// Opens a batch: until [`Store::end_batch`], every operation on this store is part of
-    /// one `BEGIN IMMEDIATE` transaction (each in a savepoint of its own), committed once, and
-    /// so synced once under `store.sync = full`. Reads see the batch's writes.
-    pub(crate) fn begin_batch(&mut self) -> Result<()> {
-        if self.batch {
+    /// one `BEGIN IMMEDIATE` transaction (kept apart as `ops` says), committed once, and so
+    /// synced once under `store.sync = full`. Reads see the batch's writes.
+    pub(crate) fn begin_batch(&mut self, ops: Ops) -> Result<()> {
+        if self.batch.is_some() {
             return Err(Error::internal("a store batch is already open"));
         }
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        self.batch = true;
+        self.batch = Some(ops);
+        self.spoiled.set(false);
         Ok(())
     }
 
     /// Whether a batch is open.
     pub(crate) fn in_batch(&self) -> bool {
-        self.batch
+        self.batch.is_some()
+    }
+
+    /// Whether an operation of the open [`Ops::Shared`] batch failed after it wrote: the
+    /// batch can only be rolled back ([`Store::end_batch`] does, and says so).
+    #[cfg(test)]
+    pub(crate) fn batch_spoiled(&self) -> bool {
+        self.spoiled.get()
+    }
+
+    /// Whether the open batch is lost: spoiled (see [`Ops::Shared`]), or rolled back by
+    /// SQLite itself after an error (a full disk, an I/O error). Nothing more is written in
+    /// it.
+    pub(crate) fn batch_failed(&self) -> bool {
+        self.batch.is_some() && (self.spoiled.get() || self.conn.is_autocommit())
     }
 
     /// Closes the open batch: commits it (`commit`), or rolls it back. A failed commit rolls
-    /// back too: then nothing of the batch was written.
+    /// back too, as does a spoiled batch (see [`Ops::Shared`]; an error if `commit`):
+    /// then nothing of the batch was written.
     pub(crate) fn end_batch(&mut self, commit: bool) -> Result<()> {
-        if !std::mem::replace(&mut self.batch, false) {
+        if self.batch.take().is_none() {
             return Err(Error::internal("no store batch is open"));
         }
+        let spoiled = self.spoiled.replace(false);
         if self.conn.is_autocommit() {
             return if commit { Err(batch_lost()) } else { Ok(()) };
+        }
+        if spoiled {
+            self.conn.execute_batch("ROLLBACK")?;
+            return if commit { Err(batch_spoiled()) } else { Ok(()) };
         }
         if !commit {
             self.conn.execute_batch("ROLLBACK")?;
@@ -904,7 +1002,7 @@ impl Store {
         seal: impl FnOnce(&Message, &SeedView) -> Result<Vec<u8>>,
     ) -> Result<(Message, SeedView, Vec<Event>)> {
         let clock = self.clock.clone();
-        let tx = self.tx(TransactionBehavior::Immediate)?;
+        let tx = self.tx_apart(TransactionBehavior::Immediate)?;
         let current = load_view(&tx, seed_id)?;
         let body = build(current.as_ref())?;
         if body.seed_id() != seed_id {
@@ -938,7 +1036,7 @@ impl Store {
         now: Millis,
     ) -> Result<(SeedView, Vec<Event>)> {
         let clock = self.clock.clone();
-        let tx = self.tx(TransactionBehavior::Immediate)?;
+        let tx = self.tx_apart(TransactionBehavior::Immediate)?;
         bump_lamport(&tx, &clock, Some(message.lamport))?;
         let (view, events) = insert_local(&tx, message, now, |_, _| Ok(envelope.to_vec()))?;
         tx.commit()?;
@@ -2479,6 +2577,26 @@ pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// Makes SQLite fail every insert into `table` whose `column` is `value` (a temporary
+/// trigger on this connection), as an I/O error or a bug would fail a write: for unit tests.
+#[cfg(test)]
+pub(crate) fn fail_writes(s: &Store, table: &str, column: &str, value: &str) {
+    s.conn
+        .execute_batch(&format!(
+            "CREATE TEMP TRIGGER fault_{table} BEFORE INSERT ON main.{table}
+             WHEN NEW.{column} = '{value}' BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+        ))
+        .unwrap();
+}
+
+/// Takes back [`fail_writes`] on `table`: for unit tests.
+#[cfg(test)]
+pub(crate) fn heal_writes(s: &Store, table: &str) {
+    s.conn
+        .execute_batch(&format!("DROP TRIGGER temp.fault_{table}"))
+        .unwrap();
+}
+
 /// The integer column `column` of seed `id`'s row, as stored: for unit tests.
 #[cfg(test)]
 pub(crate) fn seed_column(s: &Store, column: &str, id: &SeedId) -> Option<i64> {
@@ -2522,7 +2640,7 @@ pub(crate) fn publish_test_seed(
 
 /// A seed `publisher` published at `at`, its id made of `tag`.
 #[cfg(test)]
-fn test_seed(publisher: &NodeId, tag: u8, at: Millis) -> crate::model::Seed {
+pub(crate) fn test_seed(publisher: &NodeId, tag: u8, at: Millis) -> crate::model::Seed {
     crate::model::Seed {
         id: SeedId::from_bytes([tag; 16]),
         publisher: publisher.clone(),
@@ -2761,17 +2879,20 @@ mod tests {
     }
 
     /// A batch of 10,000 received seeds applies in one transaction (a peer's history imported
-    /// at once), each in a savepoint of its own. With SQLite's statement journals kept in
-    /// memory up to 256 KiB (`SQLITE_CONFIG_STMTJRNL_SPILL`, tried in session 27 for speed),
-    /// the 6,942nd failed with `SQLITE_FULL`: the events table's last key read as past the
-    /// largest rowid. The default (64 KiB) passes.
+    /// at once), each in a savepoint of its own, whose statement journal SQLite moves from
+    /// memory to a temporary file once it outgrows `SQLITE_CONFIG_STMTJRNL_SPILL` (64 KiB by
+    /// default). At 256 KiB (tried in session 27) the 6,942nd seed failed with `SQLITE_FULL`:
+    /// SQLite writes the whole in-memory block to the file in one call, and its unix file
+    /// layer writes at most 0x1ffff bytes per call (`seekAndWriteFd` masks the length; an
+    /// assertion in a `SQLITE_DEBUG` build), so any threshold over 128 KiB fails the statement
+    /// that moves the journal. The default writes 64 KiB, well within.
     #[test]
     fn ten_thousand_received_seeds_apply_in_one_batch() {
         let (_dir, mut s) = temp_store();
         // Envelopes of a real one's size: the ML-DSA-44 signature alone is 2,420 bytes.
         let envelope = vec![7u8; 5_000];
         let authors: Vec<PublicIdentity> = (1..=200).map(public).collect();
-        s.begin_batch().unwrap();
+        s.begin_batch(Ops::Savepoint).unwrap();
         for i in 0..10_000u32 {
             let [a, b, c, d] = i.to_le_bytes();
             let mut message = created_by(&authors[i as usize % authors.len()], 1);
@@ -2786,6 +2907,100 @@ mod tests {
         }
         s.end_batch(true).unwrap();
         assert_eq!(s.status_counts().unwrap()[&SeedStatus::Open], 10_000);
+    }
+
+    /// In a batch whose operations share its transaction ([`Ops::Shared`], no savepoint
+    /// each), an operation that fails after it wrote spoils the batch: the operations after it
+    /// fail at once, and the batch only rolls back: nothing of it is stored, the failing
+    /// operation's first writes included. One that fails before it wrote (at its first
+    /// statement) or writes nothing (a copy) leaves the batch whole.
+    #[test]
+    fn an_operation_that_fails_after_it_wrote_spoils_a_shared_batch() {
+        let (_dir, mut s) = temp_store();
+        let author = public(2);
+        let seeds: Vec<Message> = (1..=4).map(|tag| created_by(&author, tag)).collect();
+        // The seed's events are its last write: its seen, message and seed rows come first.
+        fail_writes(&s, "events", "seed_id", seeds[1].seed_id().as_str());
+        // The seen row is its first write.
+        fail_writes(&s, "seen", "message_id", seeds[2].id.as_str());
+        s.begin_batch(Ops::Shared).unwrap();
+        s.apply_remote(&seeds[0], b"one", 2_000).unwrap();
+        let err = s.apply_remote(&seeds[2], b"three", 2_000).unwrap_err();
+        assert!(err.to_string().contains("injected fault"), "{err}");
+        assert!(!s.batch_spoiled(), "nothing was written before the failure");
+        let (outcome, _) = s.apply_remote(&seeds[0], b"one", 2_000).unwrap();
+        assert_eq!(outcome, RemoteOutcome::Duplicate);
+        assert!(!s.batch_spoiled(), "a copy writes nothing");
+        let err = s.apply_remote(&seeds[1], b"two", 2_000).unwrap_err();
+        assert!(err.to_string().contains("injected fault"), "{err}");
+        assert!(s.batch_spoiled());
+        let err = s.apply_remote(&seeds[3], b"four", 2_000).unwrap_err();
+        assert!(err.to_string().contains("failed after it wrote"), "{err}");
+        let err = s.end_batch(true).unwrap_err();
+        assert!(err.to_string().contains("failed after it wrote"), "{err}");
+        assert!(!s.in_batch() && !s.batch_spoiled());
+        assert!(
+            s.seeds(None, 10).unwrap().is_empty(),
+            "the batch was rolled back"
+        );
+        assert!(
+            !s.is_known(&seeds[1].id).unwrap(),
+            "the failed seed's first writes too"
+        );
+        // The same operations, the faulty one left out, commit together.
+        s.begin_batch(Ops::Shared).unwrap();
+        for m in [&seeds[0], &seeds[3]] {
+            let (outcome, _) = s.apply_remote(m, b"env", 2_000).unwrap();
+            assert_eq!(outcome, RemoteOutcome::Applied);
+        }
+        s.end_batch(true).unwrap();
+        assert_eq!(s.seeds(None, 10).unwrap().len(), 2);
+        // In a batch of savepoints the failed operation rolls back alone.
+        s.begin_batch(Ops::Savepoint).unwrap();
+        assert!(s.apply_remote(&seeds[1], b"two", 2_000).is_err());
+        assert!(!s.batch_spoiled());
+        s.end_batch(true).unwrap();
+        assert!(!s.is_known(&seeds[1].id).unwrap());
+    }
+
+    /// A message of the node's own that fails after it wrote (its seal failed: no hello yet
+    /// from a member of a private seed's audience, say; or its rules refused it) is no fault:
+    /// inside a shared batch (a decision made while frames are received) it takes a
+    /// savepoint of its own, rolls back alone and leaves the batch whole. Without it, such a
+    /// decision, due again at every frame about its seed, spoiled batch after batch.
+    #[test]
+    fn a_local_message_refused_after_it_wrote_leaves_a_shared_batch_whole() {
+        let (_dir, mut s) = temp_store();
+        let me = public(1).node_id;
+        let (seed, _) = publish_test_seed(&mut s, &me, 1, 2_000);
+        let received = created_by(&public(2), 5);
+        s.begin_batch(Ops::Shared).unwrap();
+        s.apply_remote(&received, b"env", 2_000).unwrap();
+        let clock = s.lamport_clock().unwrap();
+        let err = s
+            .commit_local(
+                &me,
+                &seed,
+                2_100,
+                |_| {
+                    Ok(Body::SeedCancelled(crate::model::Cancellation {
+                        seed_id: seed.clone(),
+                        after: None,
+                    }))
+                },
+                |_, _| Err(Error::internal("cannot seal")),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot seal"), "{err}");
+        assert!(!s.batch_spoiled());
+        assert_eq!(
+            s.lamport_clock().unwrap(),
+            clock,
+            "its writes were rolled back"
+        );
+        s.end_batch(true).unwrap();
+        assert_eq!(s.seeds(None, 10).unwrap().len(), 2);
+        assert_eq!(s.status_counts().unwrap()[&SeedStatus::Open], 2);
     }
 
     /// A message received again is a duplicate that writes nothing, alone or among others in a

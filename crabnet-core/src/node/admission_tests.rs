@@ -75,11 +75,15 @@ fn hello_envelope_at(
         ttl_secs: 60,
         lamport: 0,
     };
-    let payload = envelope::encode_hello(hello);
+    signed_envelope(id, &header, &envelope::encode_hello(hello))
+}
+
+/// `payload` under `header` as `id`'s signed plain envelope.
+pub(super) fn signed_envelope(id: &Identity, header: &Header, payload: &[u8]) -> Vec<u8> {
     envelope::build(
         id,
-        &header,
-        &payload,
+        header,
+        payload,
         &[],
         MAX_ENVELOPE_BYTES,
         &mut envelope::os_rng,

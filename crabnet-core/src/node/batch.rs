@@ -11,21 +11,35 @@
 //!    parallel, one thread per core ([`Node::pre_verify`]); then the group is applied in one
 //!    store transaction ([`crate::store::SharedStore::begin_batch`]): each envelope crosses
 //!    the whole trust boundary in turn (a verified signature is taken from the parallel pass
-//!    when the bytes and the keys are the same), each store operation in a savepoint of its
-//!    own, so an envelope that fails leaves the others alone; copies within the group are
-//!    recognised as duplicates, as they are across frames. One commit (one fsync under
-//!    `store.sync = full`) ends the group. A group of one envelope opens no batch: each
-//!    store operation of its receive is its own transaction, with no savepoint.
+//!    when the bytes and the keys are the same); copies within the group are recognised as
+//!    duplicates, as they are across frames. The store operations share the transaction,
+//!    with no savepoint each ([`crate::store::Ops::Shared`]): a savepoint journals the image
+//!    of every page its operation changes, 20 or more for a received seed, which SQLite
+//!    wrote to a temporary file. One commit (one fsync under `store.sync = full`) ends the
+//!    group. A group of one envelope opens no batch: each store operation of its receive is
+//!    its own transaction.
 //! 4. Only after the commit: verdicts go back to the transport (gossip forwards what was
 //!    accepted), events are delivered, and the outbox is drained once if anything was written
 //!    to it. A commit that fails rolls the whole group back: every verdict is `ignore`, and
 //!    the recent-frames memory forgets what it learned, so copies are checked again.
+//! 5. A store operation that fails after it wrote (an I/O error, a fault; a rule violation
+//!    is a verdict, not a failure, and a message of the node's own that its rules refuse,
+//!    such as a decision, is in a savepoint of its own) *spoils* the batch, as does SQLite
+//!    rolling it back by itself: it is rolled back, and the frames that wrote in it, the
+//!    failing one among them, and those not reached yet are received again one by one, each
+//!    on its own transactions, so that one bad frame costs the others a second pass, not
+//!    their place (counter `ingress.batches_spoiled`). What a frame that wrote nothing did
+//!    stands: its rejection, its hold, its verdict. The price of a fault, in memory only: a
+//!    frame received again pays its sender's rate budget again and its signature is
+//!    checked again, the memory of recent frames is forgotten, a rejection it recorded is
+//!    counted again (its event, the first of its window, is not written again), and the
+//!    verdicts of held frames pushed out or released meanwhile are `ignore`.
 //!
 //! While a group's transaction is open, other threads (API calls, housekeeping) wait for its
 //! commit before they touch the store, and go first when it is over. Counters:
 //! `ingress.batches`, `ingress.batch_frames` (their sizes summed), `ingress.batches_full`
 //! (the queue held a full batch or more: the node is behind), `ingress.groups`,
-//! `ingress.group_frames` and `ingress.verified_parallel`.
+//! `ingress.group_frames`, `ingress.verified_parallel` and `ingress.batches_spoiled`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -37,6 +51,7 @@ use crate::envelope::{self, Kind};
 use crate::ingress;
 use crate::model::NodeId;
 use crate::network::{Acceptance, Ack, Handled};
+use crate::store::Ops;
 
 /// Most frames taken into one batch.
 pub(super) const BATCH_FRAMES: usize = 256;
@@ -115,29 +130,71 @@ impl Node {
     }
 
     /// Message envelopes applied in one transaction (see the module docs).
-    fn apply_group(&self, frames: Vec<Arrival>, max: usize) -> Vec<Received> {
+    fn apply_group(&self, mut frames: Vec<Arrival>, max: usize) -> Vec<Received> {
         self.inner.rejections.count("ingress.groups");
         self.inner
             .rejections
             .add("ingress.group_frames", frames.len() as u64);
         self.pre_verify(&frames, max);
         // A lone envelope opens no batch: its store operations commit on their own, as those
-        // of any other frame received alone (usually one: the apply). A batch would wrap each
-        // in a savepoint, whose journal of page images outgrows what SQLite keeps in memory,
-        // so every such envelope wrote a temporary file.
-        // Without a batch each envelope commits on its own, as a lone frame does.
-        let batch = self.inner.store.batch_for(frames.len(), "received frames");
-        let mut results: Vec<Received> = frames
-            .into_iter()
-            .map(|f| self.receive_one(f, max))
-            .collect();
-        let committed = batch.map_or(Ok(()), |b| b.end(true));
-        self.inner.verified.clear();
+        // of any other frame received alone (usually one: the apply).
+        let Some(batch) = self
+            .inner
+            .store
+            .batch_for(frames.len(), "received frames", Ops::Shared)
+        else {
+            let results = frames.into_iter().map(|f| self.receive_one(f, max));
+            let results = results.collect();
+            self.inner.verified.clear();
+            return results;
+        };
+        // Each frame's verdict channel stays with its frame until the batch is over (the hold
+        // takes a held frame's), for a frame received again to answer it.
+        let acked: Vec<bool> = frames.iter().map(|f| f.ack.is_some()).collect();
+        let mut results: Vec<Option<(Handled, bool)>> = Vec::with_capacity(frames.len());
+        for frame in &mut frames {
+            let store = lock(&self.inner.store);
+            if store.batch_failed() {
+                break;
+            }
+            let before = store.total_changes();
+            drop(store);
+            let handled = self
+                .receive_frame(&frame.bytes, &frame.source, max, &mut frame.ack)
+                .unwrap_or_else(|e| {
+                    tracing::warn!("cannot apply received frame: {e}");
+                    ignored()
+                });
+            let wrote = lock(&self.inner.store).total_changes() != before;
+            results.push(Some((handled, wrote)));
+        }
+        let failed = lock(&self.inner.store).batch_failed();
+        let committed = batch.end(true);
+        // The frames not reached (after a failure) have no result yet.
+        results.resize_with(frames.len(), || None);
         let deferred = std::mem::take(&mut *lock(&self.inner.deferred_acks));
+        let mut again = Vec::new();
         match committed {
             Ok(()) => {
                 for (ack, handled) in deferred {
                     let _ = ack.send(handled);
+                }
+            }
+            Err(e) if failed => {
+                // Rolled back: the frames that wrote (the one that failed among them) and
+                // those not reached yet are received again, each on its own transactions;
+                // what the others did (a rejection, a hold, a copy seen) stands.
+                tracing::warn!("{e}; its frames are received again one by one");
+                self.inner.rejections.count("ingress.batches_spoiled");
+                self.inner.recent.clear();
+                for (i, result) in results.iter_mut().enumerate() {
+                    if result.as_ref().is_none_or(|(_, wrote)| *wrote) {
+                        *result = None;
+                        again.push(i);
+                    }
+                }
+                for (ack, _) in deferred {
+                    let _ = ack.send(ignored());
                 }
             }
             Err(e) => {
@@ -148,7 +205,7 @@ impl Node {
                 // What the group taught the memory of stored frames is not stored.
                 self.inner.recent.clear();
                 for r in &mut results {
-                    r.handled = ignored();
+                    *r = Some((ignored(), false));
                 }
                 for (ack, _) in deferred {
                     let _ = ack.send(ignored());
@@ -157,7 +214,27 @@ impl Node {
         }
         // Deliver the group's events, now that they are committed.
         let _ = self.with_store(|_| Ok(()));
-        results
+        for i in again {
+            let frame = &mut frames[i];
+            let handled = self
+                .receive_frame(&frame.bytes, &frame.source, max, &mut frame.ack)
+                .unwrap_or_else(|e| {
+                    tracing::warn!("cannot apply received frame: {e}");
+                    ignored()
+                });
+            results[i] = Some((handled, true));
+        }
+        self.inner.verified.clear();
+        frames
+            .into_iter()
+            .zip(results.into_iter().zip(acked))
+            .map(|(frame, (result, acked))| Received {
+                handled: result.map_or_else(ignored, |(handled, _)| handled),
+                from: frame.source.from,
+                ack: frame.ack,
+                acked,
+            })
+            .collect()
     }
 
     /// Verifies, on one thread per core, the signatures of the group's envelopes whose author
@@ -260,5 +337,133 @@ fn ignored() -> Handled {
     Handled {
         acceptance: Acceptance::Ignore,
         replies: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::admission_tests::{hello_envelope, plain_hello, signed_envelope};
+    use super::*;
+    use crate::config::Config;
+    use crate::envelope::{Header, MAX_ENVELOPE_BYTES};
+    use crate::identity::Identity;
+    use crate::model::{Body, MessageId, MessageKind, SeedId};
+    use crate::network::MemoryHub;
+
+    /// `id`'s signed creation of seed `tag` (its id and message id made of `tag`), dated now.
+    fn seed_envelope(id: &Identity, tag: u8) -> Vec<u8> {
+        let now = crate::clock::now_ms();
+        let seed = crate::store::test_seed(id.node_id(), tag, now);
+        let header = Header {
+            kind: Kind::Domain(MessageKind::SeedCreated),
+            sealed: false,
+            sender: id.node_id().clone(),
+            message_id: MessageId::from_bytes([tag; 16]),
+            timestamp: now,
+            ttl_secs: 60,
+            lamport: u64::from(tag),
+        };
+        signed_envelope(
+            id,
+            &header,
+            &envelope::encode_body(&Body::SeedCreated(seed)),
+        )
+    }
+
+    /// `node` receives `frames` as one batch, each with a verdict channel: their verdicts,
+    /// and whether each channel came back to be answered (a held frame's stays in the hold).
+    async fn receive(node: &Node, frames: Vec<Vec<u8>>) -> Vec<(Acceptance, bool)> {
+        let mut channels = Vec::new();
+        let arrivals = frames
+            .into_iter()
+            .map(|bytes| {
+                let (ack, rx) = tokio::sync::oneshot::channel();
+                channels.push(rx);
+                Arrival {
+                    bytes,
+                    source: ingress::Source {
+                        from: "memory:peer".into(),
+                        verified: true,
+                    },
+                    ack: Some(ack),
+                }
+            })
+            .collect();
+        let n = node.clone();
+        tokio::task::spawn_blocking(move || n.receive_batch(arrivals, MAX_ENVELOPE_BYTES))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                assert!(r.acked);
+                (r.handled.acceptance, r.ack.is_some())
+            })
+            .collect()
+    }
+
+    /// Fault: the store fails a write of one envelope of a batch after its first writes (an
+    /// I/O error, a bug; a peer that found a way to make the store fail). The batch's
+    /// operations share its transaction with no savepoint each, so the batch is rolled back,
+    /// and the envelopes that wrote are received again one by one: the others are applied as
+    /// if the faulty one had not been there, and the faulty one leaves nothing behind (no
+    /// half write, not even its `seen` mark), so it applies once the fault is gone. Frames of
+    /// the batch that wrote nothing (a copy, a frame held for its author's hello) are not
+    /// received again: the held one is held once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_envelope_that_fails_after_it_wrote_costs_the_others_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::with_data_dir(dir.path().join("n"));
+        config.events.log_enabled = false;
+        let node = Node::start_with_transport(config, Box::new(MemoryHub::new().join("n")))
+            .await
+            .unwrap();
+        let peer = Identity::from_tag(7, 0);
+        let hello = plain_hello(&peer, "peer");
+        let hello = hello_envelope(&peer, &hello, MessageId::from_bytes([1; 16]));
+        assert_eq!(
+            receive(&node, vec![hello]).await,
+            [(Acceptance::Accept, true)]
+        );
+        let copy = seed_envelope(&peer, 9);
+        let mut frames: Vec<Vec<u8>> = vec![copy.clone(), copy.clone()];
+        assert_eq!(
+            receive(&node, frames.clone()).await[0],
+            (Acceptance::Accept, true)
+        );
+        let stranger = seed_envelope(&Identity::from_tag(8, 0), 20);
+        frames = vec![copy, stranger];
+        frames.extend((10..16).map(|tag| seed_envelope(&peer, tag)));
+        let faulty = SeedId::from_bytes([12; 16]);
+        // Its events are the last rows the apply writes: its seen, message and seed rows are
+        // written by then.
+        crate::store::fail_writes(
+            &lock(&node.inner.store),
+            "events",
+            "seed_id",
+            faulty.as_str(),
+        );
+        let verdicts = receive(&node, frames.clone()).await;
+        let applied = (Acceptance::Accept, true);
+        let failed = (Acceptance::Ignore, true);
+        let (copied, held) = ((Acceptance::Ignore, true), (Acceptance::Ignore, false));
+        assert_eq!(
+            verdicts,
+            [
+                copied, held, applied, applied, failed, applied, applied, applied
+            ]
+        );
+        let stored = node.seeds(None).await.unwrap();
+        assert_eq!(stored.len(), 6);
+        assert!(stored.iter().all(|v| v.seed.id != faulty));
+        let counters = node.overview().await.unwrap().counters;
+        assert_eq!(counters.get("ingress.batches_spoiled"), Some(&1));
+        assert_eq!(counters.get("messages.held"), Some(&1), "{counters:?}");
+        assert_eq!(counters.get("messages.accepted"), Some(&6), "{counters:?}");
+        let faulty_message = MessageId::from_bytes([12; 16]);
+        assert!(!lock(&node.inner.store).is_known(&faulty_message).unwrap());
+        crate::store::heal_writes(&lock(&node.inner.store), "events");
+        assert_eq!(receive(&node, vec![frames[4].clone()]).await, [applied]);
+        assert_eq!(node.seeds(None).await.unwrap().len(), 7);
+        node.stop().await.unwrap();
     }
 }

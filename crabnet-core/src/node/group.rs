@@ -31,6 +31,7 @@ use super::{Node, lock};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Body, Message, Millis, SeedId};
 use crate::state::SeedView;
+use crate::store::Ops;
 
 /// Builds a local message's body from the seed's current state, inside the group.
 pub(super) type Build = Box<dyn FnOnce(&Node, Option<&SeedView>) -> Result<Body> + Send>;
@@ -138,7 +139,10 @@ impl Node {
         // A lone operation commits on its own transaction: a batch would add a savepoint,
         // whose journal outgrew the 64 KiB SQLite keeps in memory (a temporary file opened,
         // written and closed per publish).
-        let batch = self.inner.store.batch_for(ops.len(), "local operations");
+        let batch = self
+            .inner
+            .store
+            .batch_for(ops.len(), "local operations", Ops::Savepoint);
         let mut results: Vec<Result<SeedView>> =
             ops.into_iter().map(|op| self.apply_local(op)).collect();
         let committed = batch.map_or(Ok(()), |b| b.end(true));
@@ -314,7 +318,11 @@ mod tests {
             .await
             .unwrap();
         // The store is busy (a receive batch, say): the first leader waits for it.
-        let busy = node.inner.store.begin_batch().unwrap();
+        let busy = node
+            .inner
+            .store
+            .begin_batch(crate::store::Ops::Savepoint)
+            .unwrap();
         let threads: Vec<_> = (0..CALLERS)
             .map(|i| {
                 let n = node.clone();

@@ -865,7 +865,11 @@ mod tests {
                 from: "memory:stranger".into(),
                 verified: false,
             };
-            let batch = n.inner.store.begin_batch().unwrap();
+            let batch = n
+                .inner
+                .store
+                .begin_batch(crate::store::Ops::Shared)
+                .unwrap();
             let mut receivers = Vec::new();
             for f in &frames {
                 let (tx, rx) = tokio::sync::oneshot::channel();

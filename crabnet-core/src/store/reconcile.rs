@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{RemoteOutcome, Store, from_json};
+use super::{Ops, RemoteOutcome, Store, from_json};
 use crate::error::Result;
 use crate::model::{Message, MessageId, Millis, NodeId, SeedId};
 use crate::state::SeedView;
@@ -113,17 +113,18 @@ impl Store {
     }
 
     /// Applies `messages` received from the network (each with its envelope, verbatim) in one
-    /// transaction, each exactly as [`Store::apply_remote`] applies it (in a savepoint of its
-    /// own, so one that fails leaves the others alone): a bulk import of envelopes, such as a
-    /// new node's copy of a peer's history, at one commit for all. The caller has checked the
-    /// envelopes' signatures, as for [`Store::apply_remote`]. Returns each message's outcome,
-    /// in order; the events are stored, not returned.
+    /// transaction, each exactly as [`Store::apply_remote`] applies it: a bulk import of
+    /// envelopes, such as a new node's copy of a peer's history, at one commit for all. One
+    /// that fails rolls them all back (so they share the transaction, with no savepoint each:
+    /// [`Ops::Shared`]). The caller has checked the envelopes' signatures, as for
+    /// [`Store::apply_remote`]. Returns each message's outcome, in order; the events are
+    /// stored, not returned.
     pub fn apply_remote_all<'a>(
         &mut self,
         messages: impl IntoIterator<Item = (&'a Message, &'a [u8])>,
         now: Millis,
     ) -> Result<Vec<RemoteOutcome>> {
-        self.begin_batch()?;
+        self.begin_batch(Ops::Shared)?;
         let mut out = Vec::new();
         for (message, envelope) in messages {
             match self.apply_remote(message, envelope, now) {

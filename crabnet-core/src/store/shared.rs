@@ -12,7 +12,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use super::Store;
+use super::{Ops, Store};
 use crate::error::Result;
 use crate::lock;
 
@@ -87,9 +87,10 @@ impl SharedStore {
             .then_some(store)
     }
 
-    /// Opens a batch on this thread ([`Store::begin_batch`]); the batch ends when the returned
-    /// handle is ended or dropped (then rolled back).
-    pub fn begin_batch(&self) -> Result<Batch<'_>> {
+    /// Opens a batch on this thread ([`Store::begin_batch`], its operations kept apart as
+    /// `ops` says); the batch ends when the returned handle is ended or dropped (then rolled
+    /// back).
+    pub fn begin_batch(&self, ops: Ops) -> Result<Batch<'_>> {
         {
             let gate = lock(&self.gate);
             let _ = self
@@ -97,7 +98,7 @@ impl SharedStore {
                 .wait_timeout_while(gate, WAITERS_FIRST, |g| g.waiting > 0);
         }
         let mut store = self.lock();
-        store.begin_batch()?;
+        store.begin_batch(ops)?;
         lock(&self.gate).owner = Some(std::thread::current().id());
         drop(store);
         Ok(Batch {
@@ -109,11 +110,11 @@ impl SharedStore {
     /// A batch for a group of `count` operations, or none: for fewer than two (a lone
     /// operation commits on its own), and when it cannot be opened (each operation then
     /// commits on its own; warned as `cannot open a store batch for {what}: {error}`).
-    pub(crate) fn batch_for(&self, count: usize, what: &str) -> Option<Batch<'_>> {
+    pub(crate) fn batch_for(&self, count: usize, what: &str, ops: Ops) -> Option<Batch<'_>> {
         if count < 2 {
             return None;
         }
-        self.begin_batch()
+        self.begin_batch(ops)
             .inspect_err(|e| tracing::warn!("cannot open a store batch for {what}: {e}"))
             .ok()
     }
@@ -169,7 +170,7 @@ mod tests {
     #[test]
     fn other_threads_wait_for_the_batch_and_stay_out_of_it() {
         let (_dir, shared) = shared();
-        let batch = shared.begin_batch().unwrap();
+        let batch = shared.begin_batch(Ops::Savepoint).unwrap();
         shared.lock().count("in.batch").unwrap();
         let other = {
             let shared = shared.clone();
@@ -199,14 +200,14 @@ mod tests {
     #[test]
     fn a_batch_commits_once_and_a_dropped_one_rolls_back() {
         let (_dir, shared) = shared();
-        let batch = shared.begin_batch().unwrap();
+        let batch = shared.begin_batch(Ops::Savepoint).unwrap();
         shared.lock().count("a").unwrap();
         shared.lock().count("b").unwrap();
         batch.end(true).unwrap();
         let counters = shared.lock().counters().unwrap();
         assert_eq!((counters.get("a"), counters.get("b")), (Some(&1), Some(&1)));
 
-        let batch = shared.begin_batch().unwrap();
+        let batch = shared.begin_batch(Ops::Savepoint).unwrap();
         shared.lock().count("c").unwrap();
         drop(batch);
         assert_eq!(shared.lock().counters().unwrap().get("c"), None);
