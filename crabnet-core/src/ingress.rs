@@ -472,12 +472,14 @@ impl RecentFrames {
         lock(&self.inner).0.contains(&h)
     }
 
-    /// Forgets every frame (the store did not keep what it was told it holds: a batch that
-    /// failed to commit).
-    pub fn clear(&self) {
+    /// Forgets `frames` (the store did not keep them: their batch was rolled back); the
+    /// others stay. One pass over the memory: for a batch that failed, not for every frame.
+    pub fn forget<'a>(&self, frames: impl IntoIterator<Item = &'a [u8]>) {
+        let gone: HashSet<u64> = frames.into_iter().map(|f| self.hash(f)).collect();
         let mut guard = lock(&self.inner);
-        guard.0.clear();
-        guard.1.clear();
+        let (set, order) = &mut *guard;
+        set.retain(|h| !gone.contains(h));
+        order.retain(|h| !gone.contains(h));
     }
 
     /// Records that the store now holds `frame`.
@@ -1264,5 +1266,10 @@ mod tests {
         assert!(!frames.contains(a));
         assert!(frames.contains(b) && frames.contains(c));
         assert!(!frames.contains(b"frame B"));
+        // Forgotten after a rollback: the others stay; stored again, it is known again.
+        frames.forget([b, b"never stored".as_slice()]);
+        assert!(!frames.contains(b) && frames.contains(c));
+        frames.insert(b);
+        assert!(frames.contains(b) && frames.contains(c));
     }
 }

@@ -78,6 +78,25 @@ fn hello_envelope_at(
     signed_envelope(id, &header, &envelope::encode_hello(hello))
 }
 
+/// `payload` as `id`'s signed plain envelope of `kind` (a sync frame, say), with a fresh
+/// message id, dated now.
+pub(super) fn plain_envelope<T: serde::Serialize>(
+    id: &Identity,
+    kind: Kind,
+    payload: &T,
+) -> Vec<u8> {
+    let header = Header {
+        kind,
+        sealed: false,
+        sender: id.node_id().clone(),
+        message_id: MessageId::from_bytes(crate::clock::random_bytes()),
+        timestamp: crate::clock::now_ms(),
+        ttl_secs: 60,
+        lamport: 0,
+    };
+    signed_envelope(id, &header, &envelope::encode_hello(payload))
+}
+
 /// `payload` under `header` as `id`'s signed plain envelope.
 pub(super) fn signed_envelope(id: &Identity, header: &Header, payload: &[u8]) -> Vec<u8> {
     envelope::build(

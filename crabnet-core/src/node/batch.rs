@@ -6,7 +6,9 @@
 //! 2. On one blocking thread, in arrival order: a run of consecutive message envelopes (the
 //!    bulk of the traffic) is a *group*; every other frame (a hello, a sync frame, revocations,
 //!    key rotations, which change what later frames are checked against) is received alone,
-//!    between the groups, exactly as before.
+//!    between the groups, exactly as before. The items of a sync batch (hellos and the
+//!    envelopes of their authors, in order) are a group of their own, received as sync
+//!    items ([`Via::Sync`]).
 //! 3. For a group: the signatures of the envelopes whose author is known are verified in
 //!    parallel, one thread per core ([`Node::pre_verify`]); then the group is applied in one
 //!    store transaction ([`crate::store::SharedStore::begin_batch`]): each envelope crosses
@@ -21,7 +23,8 @@
 //! 4. Only after the commit: verdicts go back to the transport (gossip forwards what was
 //!    accepted), events are delivered, and the outbox is drained once if anything was written
 //!    to it. A commit that fails rolls the whole group back: every verdict is `ignore`, and
-//!    the recent-frames memory forgets what it learned, so copies are checked again.
+//!    the recent-frames memory forgets the group's frames, so their copies are checked
+//!    again (the rest of the memory stays).
 //! 5. A store operation that fails after it wrote (an I/O error, a fault; a rule violation
 //!    is a verdict, not a failure, and a message of the node's own that its rules refuse,
 //!    such as a decision, is in a savepoint of its own) *spoils* the batch, as does SQLite
@@ -31,7 +34,7 @@
 //!    their place (counter `ingress.batches_spoiled`). What a frame that wrote nothing did
 //!    stands: its rejection, its hold, its verdict. The price of a fault, in memory only: a
 //!    frame received again pays its sender's rate budget again and its signature is
-//!    checked again, the memory of recent frames is forgotten, a rejection it recorded is
+//!    checked again, a rejection it recorded is
 //!    counted again (its event, the first of its window, is not written again), and the
 //!    verdicts of held frames pushed out or released meanwhile are `ignore`.
 //!
@@ -44,6 +47,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
+use super::receive::Via;
 use super::reconcile::AnswerRoom;
 use super::{Node, lock};
 use crate::crypto::SigningPublic;
@@ -100,23 +104,23 @@ impl Node {
                 continue;
             }
             if !group.is_empty() {
-                out.extend(self.apply_group(std::mem::take(&mut group), max));
+                out.extend(self.apply_group(std::mem::take(&mut group), max, Via::Live));
             }
-            out.push(self.receive_one(frame, max));
+            out.push(self.receive_one(frame, max, Via::Live));
         }
         if !group.is_empty() {
-            out.extend(self.apply_group(group, max));
+            out.extend(self.apply_group(group, max, Via::Live));
         }
         out
     }
 
     /// One frame across the trust boundary; an error is logged and the verdict is `ignore`.
-    fn receive_one(&self, frame: Arrival, max: usize) -> Received {
+    fn receive_one(&self, frame: Arrival, max: usize, via: Via) -> Received {
         let Arrival { bytes, source, ack } = frame;
         let acked = ack.is_some();
         let mut ack = ack;
         let handled = self
-            .receive_frame(&bytes, &source, max, &mut ack)
+            .receive_frame_via(&bytes, &source, max, via, &mut ack)
             .unwrap_or_else(|e| {
                 tracing::warn!("cannot apply received frame: {e}");
                 ignored()
@@ -129,8 +133,15 @@ impl Node {
         }
     }
 
-    /// Message envelopes applied in one transaction (see the module docs).
-    fn apply_group(&self, mut frames: Vec<Arrival>, max: usize) -> Vec<Received> {
+    /// Message envelopes that arrived `via` applied in one transaction (see the module docs);
+    /// a group opened while a batch is open (inside a local group, say) joins it, each frame
+    /// received as alone.
+    pub(super) fn apply_group(
+        &self,
+        mut frames: Vec<Arrival>,
+        max: usize,
+        via: Via,
+    ) -> Vec<Received> {
         self.inner.rejections.count("ingress.groups");
         self.inner
             .rejections
@@ -138,12 +149,15 @@ impl Node {
         self.pre_verify(&frames, max);
         // A lone envelope opens no batch: its store operations commit on their own, as those
         // of any other frame received alone (usually one: the apply).
-        let Some(batch) = self
-            .inner
-            .store
-            .batch_for(frames.len(), "received frames", Ops::Shared)
-        else {
-            let results = frames.into_iter().map(|f| self.receive_one(f, max));
+        let batch = if lock(&self.inner.store).in_batch() {
+            None
+        } else {
+            self.inner
+                .store
+                .batch_for(frames.len(), "received frames", Ops::Shared)
+        };
+        let Some(batch) = batch else {
+            let results = frames.into_iter().map(|f| self.receive_one(f, max, via));
             let results = results.collect();
             self.inner.verified.clear();
             return results;
@@ -160,7 +174,7 @@ impl Node {
             let before = store.total_changes();
             drop(store);
             let handled = self
-                .receive_frame(&frame.bytes, &frame.source, max, &mut frame.ack)
+                .receive_frame_via(&frame.bytes, &frame.source, max, via, &mut frame.ack)
                 .unwrap_or_else(|e| {
                     tracing::warn!("cannot apply received frame: {e}");
                     ignored()
@@ -186,7 +200,9 @@ impl Node {
                 // what the others did (a rejection, a hold, a copy seen) stands.
                 tracing::warn!("{e}; its frames are received again one by one");
                 self.inner.rejections.count("ingress.batches_spoiled");
-                self.inner.recent.clear();
+                self.inner
+                    .recent
+                    .forget(frames.iter().map(|f| &f.bytes[..]));
                 for (i, result) in results.iter_mut().enumerate() {
                     if result.as_ref().is_none_or(|(_, wrote)| *wrote) {
                         *result = None;
@@ -203,7 +219,9 @@ impl Node {
                     results.len()
                 );
                 // What the group taught the memory of stored frames is not stored.
-                self.inner.recent.clear();
+                self.inner
+                    .recent
+                    .forget(frames.iter().map(|f| &f.bytes[..]));
                 for r in &mut results {
                     *r = Some((ignored(), false));
                 }
@@ -217,7 +235,7 @@ impl Node {
         for i in again {
             let frame = &mut frames[i];
             let handled = self
-                .receive_frame(&frame.bytes, &frame.source, max, &mut frame.ack)
+                .receive_frame_via(&frame.bytes, &frame.source, max, via, &mut frame.ack)
                 .unwrap_or_else(|e| {
                     tracing::warn!("cannot apply received frame: {e}");
                     ignored()
@@ -342,7 +360,9 @@ fn ignored() -> Handled {
 
 #[cfg(test)]
 mod tests {
-    use super::super::admission_tests::{hello_envelope, plain_hello, signed_envelope};
+    use super::super::admission_tests::{
+        hello_envelope, plain_envelope, plain_hello, signed_envelope,
+    };
     use super::*;
     use crate::config::Config;
     use crate::envelope::{Header, MAX_ENVELOPE_BYTES};
@@ -368,6 +388,82 @@ mod tests {
             &header,
             &envelope::encode_body(&Body::SeedCreated(seed)),
         )
+    }
+
+    /// `id`'s signed sync batch carrying `items` (an answer to a sync query).
+    fn sync_batch(id: &Identity, items: &[Vec<u8>]) -> Vec<u8> {
+        let batch = crate::sync::Batch {
+            items: items
+                .iter()
+                .cloned()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+        };
+        plain_envelope(id, Kind::SyncBatch, &batch)
+    }
+
+    /// A node on a memory hub of its own, without an event log, that received the hello of
+    /// the peer it returns (tag 7).
+    async fn node_with_peer(dir: &std::path::Path) -> (Node, Identity) {
+        let mut config = Config::with_data_dir(dir.join("n"));
+        config.events.log_enabled = false;
+        let node = Node::start_with_transport(config, Box::new(MemoryHub::new().join("n")))
+            .await
+            .unwrap();
+        let peer = Identity::from_tag(7, 0);
+        let hello = plain_hello(&peer, "peer");
+        let hello = hello_envelope(&peer, &hello, MessageId::from_bytes([1; 16]));
+        assert_eq!(
+            receive(&node, vec![hello]).await,
+            [(Acceptance::Accept, true)]
+        );
+        (node, peer)
+    }
+
+    /// A sync batch (a repair round's or a catch-up's answer: hundreds of envelopes) is
+    /// applied in one transaction, as a run of live envelopes is: before, each of its items
+    /// was its own transaction (one fsync each under `store.sync = full`: a fifth of a
+    /// receiving node's time while it repaired a burst), and an item that failed dropped the
+    /// items after it. An item that fails after it wrote costs the others nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_batch_is_applied_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, peer) = node_with_peer(dir.path()).await;
+        // Seeds of an author whose hello comes in the batch, before them.
+        let author = Identity::from_tag(8, 0);
+        let author_hello = plain_hello(&author, "author");
+        let mut items = vec![hello_envelope(
+            &author,
+            &author_hello,
+            MessageId::from_bytes([2; 16]),
+        )];
+        items.extend((30..36).map(|tag| seed_envelope(&author, tag)));
+        let faulty = SeedId::from_bytes([32; 16]);
+        crate::store::fail_writes(
+            &lock(&node.inner.store),
+            "events",
+            "seed_id",
+            faulty.as_str(),
+        );
+        let before = lock(&node.inner.store).total_changes();
+        let _ = receive(&node, vec![sync_batch(&peer, &items)]).await;
+        assert!(lock(&node.inner.store).total_changes() > before);
+        let stored = node.seeds(None).await.unwrap();
+        assert_eq!(stored.len(), 5, "every item but the faulty one");
+        assert!(stored.iter().all(|v| v.seed.id != faulty));
+        let counters = node.overview().await.unwrap().counters;
+        assert_eq!(counters.get("ingress.groups"), Some(&1), "{counters:?}");
+        assert_eq!(
+            counters.get("ingress.group_frames"),
+            Some(&7),
+            "{counters:?}"
+        );
+        assert_eq!(
+            counters.get("ingress.batches_spoiled"),
+            Some(&1),
+            "{counters:?}"
+        );
+        node.stop().await.unwrap();
     }
 
     /// `node` receives `frames` as one batch, each with a verdict channel: their verdicts,
@@ -412,18 +508,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_envelope_that_fails_after_it_wrote_costs_the_others_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::with_data_dir(dir.path().join("n"));
-        config.events.log_enabled = false;
-        let node = Node::start_with_transport(config, Box::new(MemoryHub::new().join("n")))
-            .await
-            .unwrap();
-        let peer = Identity::from_tag(7, 0);
-        let hello = plain_hello(&peer, "peer");
-        let hello = hello_envelope(&peer, &hello, MessageId::from_bytes([1; 16]));
-        assert_eq!(
-            receive(&node, vec![hello]).await,
-            [(Acceptance::Accept, true)]
-        );
+        let (node, peer) = node_with_peer(dir.path()).await;
         let copy = seed_envelope(&peer, 9);
         let mut frames: Vec<Vec<u8>> = vec![copy.clone(), copy.clone()];
         assert_eq!(

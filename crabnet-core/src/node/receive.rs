@@ -107,8 +107,20 @@ impl Node {
         max: usize,
         ack: &mut Option<Ack>,
     ) -> Result<Handled> {
+        self.receive_frame_via(bytes, source, max, Via::Live, ack)
+    }
+
+    /// [`Node::receive_frame`] for a frame that arrived `via` (the items of a sync batch).
+    pub(super) fn receive_frame_via(
+        &self,
+        bytes: &[u8],
+        source: &ingress::Source,
+        max: usize,
+        via: Via,
+        ack: &mut Option<Ack>,
+    ) -> Result<Handled> {
         let mut replies = Vec::new();
-        let acceptance = self.receive_envelope(bytes, source, max, Via::Live, &mut replies, ack)?;
+        let acceptance = self.receive_envelope(bytes, source, max, via, &mut replies, ack)?;
         Ok(Handled {
             acceptance,
             replies,
@@ -323,9 +335,15 @@ impl Node {
                     Ok(b) => b,
                     Err(e) => return self.malformed(from, h, e),
                 };
-                for item in &batch.items {
-                    self.receive_envelope(item, source, max, Via::Sync, replies, &mut None)?;
-                }
+                // Its items in one transaction, as a run of live envelopes is (a repair
+                // round or a catch-up brings hundreds: one commit each cost one fsync each).
+                let items = batch.items.into_iter().map(|bytes| super::batch::Arrival {
+                    bytes: bytes.into_vec(),
+                    source: source.clone(),
+                    ack: None,
+                });
+                let received = self.apply_group(items.collect(), max, Via::Sync);
+                replies.extend(received.into_iter().flat_map(|r| r.handled.replies));
                 return Ok(Acceptance::Ignore);
             }
             Kind::SyncRange => {

@@ -962,25 +962,7 @@ mod tests {
                 .map(|m| serde_bytes::ByteBuf::from(hex::decode(m.as_str()).unwrap()))
                 .collect(),
         };
-        let header = Header {
-            kind: Kind::SyncWant,
-            sealed: false,
-            sender: id.node_id().clone(),
-            message_id: MessageId::from_bytes(crate::clock::random_bytes()),
-            timestamp: crate::clock::now_ms(),
-            ttl_secs: 60,
-            lamport: 0,
-        };
-        let payload = envelope::encode_hello(&want);
-        envelope::build(
-            id,
-            &header,
-            &payload,
-            &[],
-            envelope::MAX_ENVELOPE_BYTES,
-            &mut envelope::os_rng,
-        )
-        .unwrap()
+        super::super::admission_tests::plain_envelope(id, Kind::SyncWant, &want)
     }
 
     /// A node (sync = normal) holding 100 seeds, with 64 verified peers whose hellos it
