@@ -449,7 +449,16 @@ impl Gate {
 pub(crate) struct RecentFrames {
     capacity: usize,
     key: std::collections::hash_map::RandomState,
-    inner: Mutex<(HashSet<u64>, VecDeque<u64>)>,
+    inner: Mutex<Memory>,
+}
+
+#[derive(Debug, Default)]
+struct Memory {
+    set: HashSet<u64>,
+    /// Oldest first.
+    order: VecDeque<u64>,
+    /// The frames remembered since the open store batch began ([`RecentFrames::begin`]).
+    batch: Option<Vec<u64>>,
 }
 
 impl RecentFrames {
@@ -458,7 +467,7 @@ impl RecentFrames {
         RecentFrames {
             capacity,
             key: std::collections::hash_map::RandomState::new(),
-            inner: Mutex::new((HashSet::new(), VecDeque::new())),
+            inner: Mutex::new(Memory::default()),
         }
     }
 
@@ -469,31 +478,46 @@ impl RecentFrames {
     /// Whether this exact frame is known to be in the store.
     pub fn contains(&self, frame: &[u8]) -> bool {
         let h = self.hash(frame);
-        lock(&self.inner).0.contains(&h)
+        lock(&self.inner).set.contains(&h)
     }
 
-    /// Forgets `frames` (the store did not keep them: their batch was rolled back); the
-    /// others stay. One pass over the memory: for a batch that failed, not for every frame.
-    pub fn forget<'a>(&self, frames: impl IntoIterator<Item = &'a [u8]>) {
-        let gone: HashSet<u64> = frames.into_iter().map(|f| self.hash(f)).collect();
-        let mut guard = lock(&self.inner);
-        let (set, order) = &mut *guard;
-        set.retain(|h| !gone.contains(h));
-        order.retain(|h| !gone.contains(h));
+    /// A store batch begins: the frames remembered from now on are its own, until
+    /// [`RecentFrames::end`].
+    pub fn begin(&self) {
+        lock(&self.inner).batch = Some(Vec::new());
+    }
+
+    /// The store batch ended: committed (`kept`), or rolled back, and then the frames
+    /// remembered since [`RecentFrames::begin`] are forgotten (the store does not hold
+    /// them), whichever path put them there (a group's frames, frames a hello released
+    /// meanwhile); the others stay. One pass over the memory, for a batch that failed.
+    pub fn end(&self, kept: bool) {
+        let mut memory = lock(&self.inner);
+        let Some(batch) = memory.batch.take() else {
+            return;
+        };
+        if kept || batch.is_empty() {
+            return;
+        }
+        let gone: HashSet<u64> = batch.into_iter().collect();
+        memory.set.retain(|h| !gone.contains(h));
+        memory.order.retain(|h| !gone.contains(h));
     }
 
     /// Records that the store now holds `frame`.
     pub fn insert(&self, frame: &[u8]) {
         let h = self.hash(frame);
-        let mut guard = lock(&self.inner);
-        let (set, order) = &mut *guard;
-        if self.capacity == 0 || !set.insert(h) {
+        let mut memory = lock(&self.inner);
+        if self.capacity == 0 || !memory.set.insert(h) {
             return;
         }
-        order.push_back(h);
-        while order.len() > self.capacity {
-            if let Some(old) = order.pop_front() {
-                set.remove(&old);
+        memory.order.push_back(h);
+        if let Some(batch) = &mut memory.batch {
+            batch.push(h);
+        }
+        while memory.order.len() > self.capacity {
+            if let Some(old) = memory.order.pop_front() {
+                memory.set.remove(&old);
             }
         }
     }
@@ -1266,10 +1290,20 @@ mod tests {
         assert!(!frames.contains(a));
         assert!(frames.contains(b) && frames.contains(c));
         assert!(!frames.contains(b"frame B"));
-        // Forgotten after a rollback: the others stay; stored again, it is known again.
-        frames.forget([b, b"never stored".as_slice()]);
-        assert!(!frames.contains(b) && frames.contains(c));
+        // What a batch remembered is forgotten when it rolls back, the rest stays; kept when
+        // it commits; stored again, it is known again.
+        let frames = RecentFrames::new(4);
+        frames.insert(a);
+        frames.begin();
         frames.insert(b);
-        assert!(frames.contains(b) && frames.contains(c));
+        frames.insert(a);
+        frames.end(false);
+        assert!(frames.contains(a) && !frames.contains(b));
+        frames.begin();
+        frames.insert(b);
+        frames.insert(c);
+        frames.end(true);
+        frames.end(false);
+        assert!(frames.contains(a) && frames.contains(b) && frames.contains(c));
     }
 }

@@ -335,14 +335,20 @@ impl Node {
                     Ok(b) => b,
                     Err(e) => return self.malformed(from, h, e),
                 };
-                // Its items in one transaction, as a run of live envelopes is (a repair
-                // round or a catch-up brings hundreds: one commit each cost one fsync each).
+                // Its envelopes in groups, one transaction each, as runs of live envelopes are
+                // (a repair round or a catch-up brings hundreds: one commit each cost one fsync
+                // each); its hellos alone.
+                let kinds = batch
+                    .items
+                    .iter()
+                    .map(|item| envelope::parse(item, max).ok().map(|p| p.header.kind))
+                    .collect();
                 let items = batch.items.into_iter().map(|bytes| super::batch::Arrival {
                     bytes: bytes.into_vec(),
                     source: source.clone(),
                     ack: None,
                 });
-                let received = self.apply_group(items.collect(), max, Via::Sync);
+                let received = self.receive_runs(items.collect(), kinds, max, Via::Sync);
                 replies.extend(received.into_iter().flat_map(|r| r.handled.replies));
                 return Ok(Acceptance::Ignore);
             }
