@@ -791,6 +791,34 @@ fn routing_table_peers(kad: &mut kad::Behaviour<kad::store::MemoryStore>) -> Vec
         .collect()
 }
 
+/// Stops showing `gone` (listen addresses, without the `/p2p/` suffix) unless another of the
+/// swarm's listeners still has it (TCP listeners share ports: a wildcard one and one on a
+/// specific IP may list the same address), and reports each one no longer shown, so that the
+/// node refreshes what it shows and announces.
+fn forget_listen_addresses(
+    swarm: &Swarm<DialGuard<Behaviour>>,
+    shared: &Shared,
+    incoming: &mpsc::UnboundedSender<Incoming>,
+    gone: impl IntoIterator<Item = Multiaddr>,
+) {
+    let local = *swarm.local_peer_id();
+    for address in gone {
+        if swarm.listeners().any(|a| *a == address) {
+            continue;
+        }
+        let full = address.with_p2p(local).unwrap_or_else(|a| a).to_string();
+        let removed = {
+            let mut addresses = lock(&shared.addresses);
+            let before = addresses.len();
+            addresses.retain(|a| *a != full);
+            addresses.len() != before
+        };
+        if removed {
+            let _ = incoming.send(Incoming::Status(format!("no longer listening on {full}")));
+        }
+    }
+}
+
 async fn run(
     mut swarm: Swarm<DialGuard<Behaviour>>,
     topic: gossipsub::IdentTopic,
@@ -939,9 +967,27 @@ async fn run(
                     }
                     SwarmEvent::NewListenAddr { address, .. } => {
                         let full = address.with_p2p(*swarm.local_peer_id()).unwrap_or_else(|a| a);
-                        lock(&shared.addresses).push(full.to_string());
+                        let full = full.to_string();
+                        let added = {
+                            let mut addresses = lock(&shared.addresses);
+                            let new = !addresses.contains(&full);
+                            if new {
+                                addresses.push(full.clone());
+                            }
+                            new
+                        };
                         // The node shows its addresses from now on, not from its next hello.
-                        let _ = incoming.send(Incoming::Status(format!("listening on {full}")));
+                        if added {
+                            let _ = incoming.send(Incoming::Status(format!("listening on {full}")));
+                        }
+                    }
+                    // An address gone from its interface (a network left, a lease ended), or a
+                    // listener closed: no longer shown, nor announced in hellos.
+                    SwarmEvent::ExpiredListenAddr { address, .. } => {
+                        forget_listen_addresses(&swarm, &shared, &incoming, [address]);
+                    }
+                    SwarmEvent::ListenerClosed { addresses, .. } => {
+                        forget_listen_addresses(&swarm, &shared, &incoming, addresses);
                     }
                     SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                         remotes.insert(connection_id, (endpoint.get_remote_address().clone(), endpoint.is_dialer()));
