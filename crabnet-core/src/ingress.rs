@@ -624,6 +624,9 @@ pub(crate) struct HeldFrame {
     pub ack: Option<Ack>,
     /// Whether it came from its sender's own address ([`is_own_source`]).
     pub own_source: bool,
+    /// A keyed hash of `bytes` ([`HoldQueue::hold`] sets it), to find copies without comparing
+    /// the bytes of every held frame.
+    digest: u64,
 }
 
 impl HeldFrame {
@@ -642,6 +645,7 @@ impl HeldFrame {
             held_at: now,
             ack,
             own_source: false,
+            digest: 0,
         }
     }
 
@@ -746,6 +750,17 @@ impl HoldState {
     }
 }
 
+/// What [`HoldQueue::hold`] did with a frame.
+#[derive(Debug)]
+pub(crate) enum Hold {
+    /// Held; the frames that made room for it, for the caller to reject.
+    Held(Vec<HeldFrame>),
+    /// A copy of a frame already held for the sender (the same bytes, held for the same
+    /// reason; relays deliver copies): not held twice. Given back, for the caller to answer
+    /// its verdict channel.
+    Copy(Box<HeldFrame>),
+}
+
 /// Envelopes from authors whose hello or key rotation has not arrived yet (see the module
 /// docs). Counters: `messages.held`, `messages.held_released`, `messages.held_expired`,
 /// `messages.held_evicted` (pushed out by a newer frame) and `messages.held_overflow` (larger
@@ -755,6 +770,8 @@ impl HoldState {
 pub(crate) struct HoldQueue {
     hold_ms: u64,
     state: Mutex<HoldState>,
+    /// The key of the frames' digests (random per queue: a peer cannot make collisions).
+    key: std::collections::hash_map::RandomState,
 }
 
 impl HoldQueue {
@@ -763,6 +780,7 @@ impl HoldQueue {
         HoldQueue {
             hold_ms,
             state: Mutex::new(HoldState::default()),
+            key: std::collections::hash_map::RandomState::new(),
         }
     }
 
@@ -775,21 +793,43 @@ impl HoldQueue {
     /// known sender's `bad_signature` holds, the sender's 64 (the oldest frame of its own
     /// kind: from the sender's own address or not), and all 1,024 frames and 8 MiB (the oldest
     /// frame of any sender). `Ok` gives back the evicted frames, for the caller to record their
-    /// rejections and answer their verdict channels; a frame that is not held (holding is off,
-    /// or it is larger than the byte bound) is given back as `Err`, to be rejected at once.
+    /// rejections and answer their verdict channels, or a copy of a frame held already (one
+    /// slot, counted as `messages.duplicate`; from the sender's own address if either came from
+    /// there; held on as the newest, as if it arrived now); a frame that is not held (holding
+    /// is off, or it is larger than the byte bound) is given back as `Err`, to be rejected at
+    /// once.
     pub fn hold(
         &self,
         sender: &NodeId,
         frame: HeldFrame,
         counters: &Rejections,
-    ) -> Result<Vec<HeldFrame>, Box<HeldFrame>> {
+    ) -> Result<Hold, Box<HeldFrame>> {
         if self.hold_ms == 0 || frame.bytes.len() > HOLD_MAX_BYTES {
             if self.hold_ms != 0 {
                 counters.count("messages.held_overflow");
             }
             return Err(Box::new(frame));
         }
+        let mut frame = frame;
+        frame.digest = self.key.hash_one(&frame.bytes);
         let mut st = lock(&self.state);
+        if let Some(queue) = st.senders.get_mut(sender)
+            && let Some(at) = queue.iter().position(|f| {
+                f.digest == frame.digest
+                    && f.rejection.reason == frame.rejection.reason
+                    && f.bytes == frame.bytes
+            })
+            && let Some(mut held) = queue.remove(at)
+        {
+            // Held again as the newest: forgeries sent before this copy cannot push it out,
+            // as they could not push out a frame that arrived now.
+            held.own_source |= frame.own_source;
+            held.held_at = held.held_at.max(frame.held_at);
+            queue.push_back(held);
+            drop(st);
+            counters.count("messages.duplicate");
+            return Ok(Hold::Copy(Box::new(frame)));
+        }
         let mut evicted = Vec::new();
         while let Some(share) = st.full_share(sender, &frame) {
             match st.evict_oldest(sender, share, &frame) {
@@ -812,7 +852,7 @@ impl HoldQueue {
         if !evicted.is_empty() {
             counters.add("messages.held_evicted", evicted.len() as u64);
         }
-        Ok(evicted)
+        Ok(Hold::Held(evicted))
     }
 
     /// Hands back the envelopes held for `sender` for `reason` (`unknown_sender`: its hello
@@ -1070,12 +1110,20 @@ mod tests {
     /// Offers `bytes` from `sender(n)`, who said no hello yet, to `q` at `now`; whether it
     /// is held.
     fn offer(q: &HoldQueue, n: u64, bytes: &[u8], now: Millis, counters: &Rejections) -> bool {
-        q.hold(
+        let held = q.hold(
             &sender(n),
             HeldFrame::new(bytes, &source(), unknown(n), None, now),
             counters,
-        )
-        .is_ok()
+        );
+        matches!(held, Ok(Hold::Held(_)))
+    }
+
+    /// The frames a hold pushed out (panics unless the frame was held).
+    fn pushed_out(hold: Result<Hold, Box<HeldFrame>>) -> Vec<HeldFrame> {
+        match hold {
+            Ok(Hold::Held(evicted)) => evicted,
+            other => panic!("not held: {other:?}"),
+        }
     }
 
     /// A flood of envelopes from ever new senders that never say hello: the queue never holds
@@ -1091,7 +1139,7 @@ mod tests {
         let mut evicted = 0;
         for n in 0..flood {
             let f = HeldFrame::new(&frame, &source(), unknown(n), None, n / 100);
-            evicted += q.hold(&sender(n), f, &counters).unwrap().len() as u64;
+            evicted += pushed_out(q.hold(&sender(n), f, &counters)).len() as u64;
             let (frames, bytes) = q.size();
             assert!(frames <= HOLD_MAX_FRAMES && bytes <= HOLD_MAX_BYTES);
         }
@@ -1141,11 +1189,95 @@ mod tests {
         assert_eq!(q.size(), (fits, fits * big.len()));
 
         let q = HoldQueue::new(5_000);
-        for _ in 0..HOLD_MAX_PER_SENDER + 5 {
-            offer(&q, 1, b"x", 0, &counters);
+        for i in 0..HOLD_MAX_PER_SENDER + 5 {
+            offer(&q, 1, format!("x{i}").as_bytes(), 0, &counters);
         }
         assert_eq!(q.size().0, HOLD_MAX_PER_SENDER);
         assert!(offer(&q, 2, b"x", 0, &counters));
+    }
+
+    /// Copies of a held frame (relays deliver several) take no slot of their own and push
+    /// nothing out: the sender's other frames stay, and each copy is given back with its
+    /// verdict channel, counted as a duplicate. A copy from the sender's own address makes the
+    /// held frame count as one from there.
+    #[test]
+    fn copies_of_a_held_frame_take_no_slot() {
+        let counters = Rejections::new(0);
+        let q = HoldQueue::new(5_000);
+        for i in 0..HOLD_MAX_PER_SENDER {
+            assert!(offer(&q, 1, format!("frame {i}").as_bytes(), 0, &counters));
+        }
+        for _ in 0..3 * HOLD_MAX_PER_SENDER {
+            let (tx, _rx) = tokio::sync::oneshot::channel();
+            let copy = HeldFrame::new(b"frame 0", &source(), unknown(1), Some(tx), 1);
+            match q.hold(&sender(1), copy, &counters) {
+                Ok(Hold::Copy(copy)) => assert!(copy.ack.is_some()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(q.size().0, HOLD_MAX_PER_SENDER);
+        let c = counters.pending_counters();
+        assert_eq!(c["messages.held"], HOLD_MAX_PER_SENDER as u64);
+        assert_eq!(c["messages.duplicate"], 3 * HOLD_MAX_PER_SENDER as u64);
+        assert!(!c.contains_key("messages.held_evicted"), "{c:?}");
+        let back = q.release(&sender(1), RejectReason::UnknownSender, &counters);
+        assert_eq!(back.len(), HOLD_MAX_PER_SENDER);
+        assert_eq!(
+            back[back.len() - 1].bytes,
+            b"frame 0",
+            "held on as the newest"
+        );
+        // Held for another reason, the same bytes are another frame.
+        let x = sender(2);
+        let r = |reason| Rejection {
+            sender: Some(x.clone()),
+            ..rejection("udp:192.0.2.66:1", reason)
+        };
+        let other = Source {
+            from: "udp:192.0.2.66:1".into(),
+            verified: false,
+        };
+        let f = HeldFrame::new(b"f", &other, r(RejectReason::BadSignature), None, 0);
+        assert!(matches!(q.hold(&x, f, &counters), Ok(Hold::Held(_))));
+        let f = HeldFrame::new(b"f", &other, r(RejectReason::UnknownSender), None, 0);
+        assert!(matches!(q.hold(&x, f, &counters), Ok(Hold::Held(_))));
+        // The same frame from the sender's own address: it counts as its own from now on.
+        let own = HeldFrame::new(b"f", &source(), r(RejectReason::BadSignature), None, 0);
+        let own = own.with_own_source(true);
+        assert!(matches!(q.hold(&x, own, &counters), Ok(Hold::Copy(_))));
+        assert_eq!(q.held_from(&x, "udp:192.0.2.66:1"), 2);
+        let st = lock(&q.state);
+        let forged = st.senders[&x].iter().filter(|f| f.other_source()).count();
+        assert_eq!(
+            forged, 0,
+            "the copy from its own address made it the sender's own"
+        );
+    }
+
+    /// A copy of a held frame holds it on as the newest: forgeries in its sender's name sent
+    /// before the copy cannot push it out, as they could not push out a frame arriving then.
+    #[test]
+    fn a_copy_holds_its_frame_on_as_the_newest() {
+        let counters = Rejections::new(0);
+        let q = HoldQueue::new(5_000);
+        assert!(offer(&q, 1, b"real", 0, &counters));
+        for i in 1..HOLD_MAX_PER_SENDER {
+            assert!(offer(&q, 1, format!("forged {i}").as_bytes(), 1, &counters));
+        }
+        assert!(!offer(&q, 1, b"real", 2, &counters), "a copy");
+        for i in 0..HOLD_MAX_PER_SENDER - 1 {
+            assert!(offer(
+                &q,
+                1,
+                format!("forged again {i}").as_bytes(),
+                3,
+                &counters
+            ));
+        }
+        let back = q.release(&sender(1), RejectReason::UnknownSender, &counters);
+        assert_eq!(back.len(), HOLD_MAX_PER_SENDER);
+        assert_eq!(back[0].bytes, b"real", "the oldest now");
+        assert_eq!(back[0].held_at, 2, "its hold runs from the copy");
     }
 
     /// When the hello arrives, the sender's envelopes come back in arrival order and leave
@@ -1211,7 +1343,10 @@ mod tests {
         let counters = Rejections::new(0);
         let q = HoldQueue::new(5_000);
         let x = sender(1);
+        // Each forgery its own bytes (copies of one would take one slot).
+        let made = std::cell::Cell::new(0u32);
         let forged = |from: &str| {
+            made.set(made.get() + 1);
             let source = Source {
                 from: from.into(),
                 verified: false,
@@ -1220,17 +1355,17 @@ mod tests {
                 sender: Some(x.clone()),
                 ..rejection(from, RejectReason::BadSignature)
             };
-            HeldFrame::new(b"f", &source, r, None, 0)
+            HeldFrame::new(format!("f{}", made.get()).as_bytes(), &source, r, None, 0)
         };
         let from_one = "udp:192.0.2.66:1";
         for _ in 0..64 {
-            q.hold(&x, forged(from_one), &counters).unwrap();
+            pushed_out(q.hold(&x, forged(from_one), &counters));
         }
         assert_eq!(q.held_from(&x, from_one), HOLD_MAX_PER_OTHER_SOURCE);
         for port in 2..20 {
             let from = format!("udp:192.0.2.66:{port}");
             for _ in 0..64 {
-                q.hold(&x, forged(&from), &counters).unwrap();
+                pushed_out(q.hold(&x, forged(&from), &counters));
             }
         }
         let others = |q: &HoldQueue| {
@@ -1241,7 +1376,7 @@ mod tests {
         let own = "udp:192.0.2.1:7946";
         for _ in 0..64 {
             let f = forged(own).with_own_source(true);
-            q.hold(&x, f, &counters).unwrap();
+            pushed_out(q.hold(&x, f, &counters));
         }
         // The sender's own frames push out only their own kind: its reserve is theirs, the
         // other sources keep their share.
@@ -1250,14 +1385,15 @@ mod tests {
         // And the newest own frame is always held: forgeries sent before it cannot keep it out.
         let mut real = forged(own).with_own_source(true);
         real.bytes = b"real".to_vec();
-        let evicted = q.hold(&x, real, &counters).unwrap();
+        let evicted = pushed_out(q.hold(&x, real, &counters));
         assert_eq!(evicted.len(), 1);
-        assert!(evicted[0].own_source && evicted[0].bytes == b"f");
+        assert!(evicted[0].own_source && evicted[0].bytes.starts_with(b"f"));
         let back = q.release(&x, RejectReason::BadSignature, &counters);
         assert!(back.iter().any(|f| f.bytes == b"real"));
         // Frames of unknown senders are not limited per source (nothing is known of them).
         for _ in 0..HOLD_MAX_PER_OTHER_SOURCE + 1 {
-            let f = HeldFrame::new(b"u", &source(), unknown(2), None, 0);
+            let f = HeldFrame::new(&made.get().to_be_bytes(), &source(), unknown(2), None, 0);
+            made.set(made.get() + 1);
             assert!(q.hold(&sender(2), f, &counters).is_ok());
         }
     }

@@ -526,7 +526,12 @@ impl Node {
         let frame = ingress::HeldFrame::new(bytes, source, rejection, ack.take(), now)
             .with_own_source(own_source);
         match self.inner.held.hold(&sender, frame, &self.inner.rejections) {
-            Ok(evicted) => {
+            // Already held: this copy's verdict channel is answered now, as for any copy.
+            Ok(ingress::Hold::Copy(copy)) => {
+                *ack = copy.ack;
+                Ok(())
+            }
+            Ok(ingress::Hold::Held(evicted)) => {
                 // The oldest frames of a full share made room: rejected now, with the reason
                 // they were held for. Their verdicts leave as released frames' do (after the
                 // commit of an open batch), and each frame on its own: an error recording one
