@@ -513,14 +513,14 @@ pub(crate) enum Ops {
     /// changes (20 or more for a received seed), which SQLite moves to a temporary file past
     /// 64 KiB.
     Savepoint,
-    /// All in the batch's transaction, with no savepoint (so no journal of their pages; a
-    /// statement that may fail halfway still journals its own): one that fails after it
-    /// wrote *spoils* the batch ([`Store::batch_failed`]; every later operation fails at
-    /// once), and the batch can only be rolled back. For a caller that can do the batch's
-    /// work again without it (each operation on its own transaction). The operations whose
-    /// rules may refuse them after they wrote (the node's own messages: [`Store::commit_local`],
-    /// [`Store::commit_signed`]) still take a savepoint of their own, so that a refusal,
-    /// which is not a fault, never spoils a batch.
+    /// All in the batch's transaction, with no savepoint (so no journal of their pages; see
+    /// "Statement journals" above `insert_events` for those of single statements): one that
+    /// fails after it wrote *spoils* the batch ([`Store::batch_failed`]; every later operation
+    /// fails at once), and the batch can only be rolled back. For a caller that can do the
+    /// batch's work again without it (each operation on its own transaction). The operations
+    /// whose rules may refuse them after they wrote (the node's own messages:
+    /// [`Store::commit_local`], [`Store::commit_signed`]) still take a savepoint of their own,
+    /// so that a refusal, which is not a fault, never spoils a batch.
     Shared,
 }
 
@@ -545,9 +545,13 @@ struct SharedOp<'a> {
 
 impl Drop for SharedOp<'_> {
     fn drop(&mut self) {
-        // A statement that fails undoes its own changes and does not count them (but for the
-        // changes of triggers it ran, counted as each trigger completes: then a batch is
-        // spoiled for nothing, which costs a second pass and loses nothing).
+        // A statement that fails with a journal of its own undoes its changes and does not
+        // count them (but for the changes of triggers it ran, counted as each trigger
+        // completes: then a batch is spoiled for nothing, which costs a second pass and loses
+        // nothing); an `OR FAIL` statement keeps and counts the rows it wrote, which spoils the
+        // batch. (An error other than a constraint's, raised in a trigger after its row was
+        // written, keeps the row uncounted; every received operation wrote rows before it
+        // reaches the `seeds` write, so that case spoils the batch too.)
         if !self.committed && self.conn.total_changes() != self.changes {
             self.spoiled.set(true);
         }
@@ -2324,6 +2328,20 @@ fn insert_message(
     Ok(())
 }
 
+// Statement journals. SQLite gives a statement a journal of its own (the image of every page the
+// statement changes: in memory up to 64 KiB, then in a temporary file) when it may write more
+// than one row (a trigger on its table counts, and SQLite runs `RETURNING` as a trigger) and
+// may abort (an `ABORT` constraint check, the default; also any SQL function call, a
+// `RAISE(ABORT)`, an immediate foreign key check in such a statement). The store never needs
+// one statement undone alone: a statement that fails fails its whole operation, which its
+// transaction or savepoint rolls back. The statements of every applied message therefore avoid
+// them: no `RETURNING`, and `OR FAIL` (the checks without the undo) on `seeds`, which has
+// triggers (a trigger that called a function would bring the journal back). In a profile of a
+// node applying a stream of seeds they had been a tenth of its time. One difference remains:
+// on a full disk or out of memory, SQLite rolls back a statement that has a journal and the
+// whole transaction for one that has none (as it did for most statements already), so such an
+// error in an API group fails every operation of the group (docs/PROTOCOL.md, "Group commit").
+
 /// Appends events; each is filed under the seed it names, else under `seed` (the seed of the
 /// message it describes), so that pruning a seed removes its events.
 fn insert_events(
@@ -2333,15 +2351,13 @@ fn insert_events(
     seed: Option<&SeedId>,
 ) -> Result<Vec<Event>> {
     let mut out = Vec::with_capacity(kinds.len());
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO events(at, kind, body, seed_id) VALUES (?1, ?2, ?3, ?4) RETURNING seq",
-    )?;
+    // The new row's `seq` from the connection's last inserted rowid (`Statement::insert`), not
+    // from `RETURNING` (see "Statement journals" above).
+    let mut stmt =
+        tx.prepare_cached("INSERT INTO events(at, kind, body, seed_id) VALUES (?1, ?2, ?3, ?4)")?;
     for kind in kinds {
         let about = prune::event_seed(&kind).or(seed).map(SeedId::as_str);
-        let seq: i64 = stmt.query_row(
-            params![now as i64, kind.name(), to_json(&kind)?, about],
-            |r| r.get(0),
-        )?;
+        let seq = stmt.insert(params![now as i64, kind.name(), to_json(&kind)?, about])?;
         out.push(Event {
             seq: seq as u64,
             at: now,
@@ -2538,16 +2554,7 @@ fn refold(
         }
         let json = to_json(view)?;
         let hash = state::view_hash(json.as_bytes());
-        tx.prepare_cached(
-            "INSERT INTO seeds(id, publisher, status, created_at, updated_at, view, ended_at,
-                               decide_at, view_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT(id) DO UPDATE SET status = excluded.status,
-                 updated_at = excluded.updated_at, view = excluded.view,
-                 ended_at = excluded.ended_at, decide_at = excluded.decide_at,
-                 view_hash = excluded.view_hash",
-        )?
-        .execute(params![
+        let row = params![
             seed_id.as_str(),
             view.seed.publisher.as_str(),
             view.status.as_str(),
@@ -2557,7 +2564,24 @@ fn refold(
             state::ended_at(view).map(to_sql),
             decisions::decide_at(view),
             &hash[..]
-        ])?;
+        ];
+        // An update, else an insert, each `OR FAIL`, not one upsert (whose update part may always
+        // abort): see "Statement journals" above `insert_events`.
+        let updated = tx
+            .prepare_cached(
+                "UPDATE OR FAIL seeds SET status = ?3, updated_at = ?5, view = ?6, ended_at = ?7,
+                     decide_at = ?8, view_hash = ?9
+                 WHERE id = ?1",
+            )?
+            .execute(row)?;
+        if updated == 0 {
+            tx.prepare_cached(
+                "INSERT OR FAIL INTO seeds(id, publisher, status, created_at, updated_at, view,
+                                           ended_at, decide_at, view_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(row)?;
+        }
         reputation::write_seed(tx, view)?;
     }
     let verdict = folded
