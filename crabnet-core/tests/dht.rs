@@ -6,18 +6,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use crabnet_core::network::{DhtConfig, UdpConfig};
-use crabnet_core::{Config, EventKind, Node, PublishRequest, SeedStatus};
-use support::forge::{claim_and_run_when_awarded, poll, publish_for_bids, stop_all, wait_view};
+use crabnet_core::{EventKind, Node, PublishRequest, SeedStatus};
+use support::forge::{
+    claim_and_run_when_awarded, lively_config, poll, publish_for_bids, stop_all, wait_view,
+};
 use support::{Transport, reserve_on};
-
-fn config(dir: &std::path::Path, name: &str) -> Config {
-    let mut c = Config::with_data_dir(dir.join(name));
-    c.name = name.into();
-    c.network.tick_ms = 20;
-    c.network.hello_interval_secs = 1;
-    c.network.sync_interval_secs = 1;
-    c
-}
 
 async fn tcp_address(node: &Node) -> String {
     let what = || format!("{} has no libp2p listen address", node.config().name);
@@ -33,7 +26,9 @@ async fn start(dir: &std::path::Path, name: &str, peers: Vec<String>) -> Node {
         peers,
         ..DhtConfig::default()
     };
-    Node::start_with_dht(config(dir, name), dht).await.unwrap()
+    Node::start_with_dht(lively_config(dir, name), dht)
+        .await
+        .unwrap()
 }
 
 /// A TCP port on 127.0.0.1 that no other test of this binary gets. It is below the kernel's
@@ -55,7 +50,9 @@ async fn start_listening_on(dir: &std::path::Path, name: &str, port: u16) -> Nod
         listen: vec![tcp_on(port)],
         ..DhtConfig::default()
     };
-    Node::start_with_dht(config(dir, name), dht).await.unwrap()
+    Node::start_with_dht(lively_config(dir, name), dht)
+        .await
+        .unwrap()
 }
 
 async fn wait_status(node: &Node, id: &crabnet_core::SeedId, status: SeedStatus) {
@@ -124,7 +121,7 @@ async fn a_node_listens_on_quic_only_when_asked_and_is_reached_over_it() {
         ],
         ..DhtConfig::default()
     };
-    let q = Node::start_with_dht(config(dir.path(), "quic"), both)
+    let q = Node::start_with_dht(lively_config(dir.path(), "quic"), both)
         .await
         .unwrap();
     let what = || "the QUIC node has no QUIC listen address".to_owned();
@@ -170,7 +167,7 @@ async fn libp2p_that_cannot_start_falls_back_to_udp_and_says_so() {
         }),
         ..DhtConfig::default()
     };
-    let node = Node::start_with_dht(config(dir.path(), "f"), dht)
+    let node = Node::start_with_dht(lively_config(dir.path(), "f"), dht)
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -193,7 +190,7 @@ async fn libp2p_that_cannot_start_falls_back_to_udp_and_says_so() {
     );
     // Without a fallback the error is clear.
     let err = Node::start_with_dht(
-        config(dir.path(), "g"),
+        lively_config(dir.path(), "g"),
         DhtConfig {
             listen: vec!["garbage".into()],
             ..DhtConfig::default()
@@ -211,7 +208,7 @@ async fn libp2p_that_cannot_start_falls_back_to_udp_and_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_shows_its_listen_address_as_soon_as_libp2p_listens() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path(), "l");
+    let mut c = lively_config(dir.path(), "l");
     c.network.hello_interval_secs = 30;
     let node = Node::start_with_dht(c, DhtConfig::default()).await.unwrap();
     let what = || "no `listening on` event".to_owned();
@@ -294,7 +291,7 @@ async fn the_libp2p_peer_id_survives_a_key_rotation_and_a_restart() {
         assert_eq!(mode & 0o777, 0o600);
     }
     std::fs::write(&key, b"not a key").unwrap();
-    let err = Node::start_with_dht(config(dir.path(), "r"), DhtConfig::default())
+    let err = Node::start_with_dht(lively_config(dir.path(), "r"), DhtConfig::default())
         .await
         .unwrap_err();
     assert_eq!(err.kind(), crabnet_core::ErrorKind::Config, "{err}");
@@ -433,7 +430,7 @@ async fn a_node_alone_bootstraps_again_from_its_bootstrap_node_until_it_is_up() 
         .await
         .unwrap();
     let early = Node::start_with_dht(
-        config(dir.path(), "early"),
+        lively_config(dir.path(), "early"),
         DhtConfig {
             bootstrap: vec![boot_addr],
             ..DhtConfig::default()

@@ -37,6 +37,15 @@ pub fn config(dir: &std::path::Path, name: &str) -> Config {
     c
 }
 
+/// [`config`] with a hello and a sync round every second: nodes meet, and make up for frames
+/// they missed, within seconds.
+pub fn lively_config(dir: &std::path::Path, name: &str) -> Config {
+    let mut c = config(dir, name);
+    c.network.hello_interval_secs = 1;
+    c.network.sync_interval_secs = 1;
+    c
+}
+
 /// Has a node with `c` remember the ids of the messages it saw for two seconds only: messages
 /// are fresh for one second, with one second of clock skew, and the seen window must cover
 /// both (`store.seen_ttl_secs` >= `network.message_ttl_secs` + `max_clock_skew_secs`).

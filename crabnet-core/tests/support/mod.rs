@@ -19,6 +19,8 @@
 //! - [`http`] speaks raw HTTP to a node's monitoring server over TCP (`tests/web.rs`,
 //!   `web_limits.rs`, `limits.rs`); [`demo`] runs a demo network through one lifecycle
 //!   (`tests/web.rs`, `schema.rs`).
+//! - [`namespace`] runs a test inside Linux namespaces it makes (`tests/lan.rs`: mDNS and
+//!   broadcast on a LAN of its own; `tests/full_disk.rs`: a file system that fills up).
 //! - [`vectors`] holds the keys of the committed test vectors and the check that the code still
 //!   produces them (`tests/envelope.rs`, `rotation.rs`, `trust_policy.rs`); `committed.rs`
 //!   the check of other generated files (`tests/schema.rs`, `crabnet-ffi/tests/header.rs`).
@@ -38,6 +40,7 @@ pub mod demo;
 pub mod fold_fixtures;
 pub mod forge;
 pub mod http;
+pub mod namespace;
 pub mod pair;
 pub mod procs;
 pub mod vectors;
