@@ -450,25 +450,15 @@ mod tests {
         };
         let _ = receive(&node, vec![sync_batch(&peer, &items_of(8, 20..24))]).await;
         assert_eq!(node.seeds(None).await.unwrap().len(), 4);
-        let counters = node.overview().await.unwrap().counters;
-        assert_eq!(counters.get("ingress.groups"), Some(&1), "{counters:?}");
         // The author's hello alone (it changes what the envelopes are checked against), then
         // its envelopes together, their signatures checked in parallel.
-        assert_eq!(
-            counters.get("ingress.group_frames"),
-            Some(&4),
-            "{counters:?}"
-        );
-        assert_eq!(
-            counters.get("ingress.verified_parallel"),
-            Some(&4),
-            "{counters:?}"
-        );
-        assert_eq!(
-            counters.get("ingress.batches_spoiled"),
-            None,
-            "{counters:?}"
-        );
+        let expected = [
+            ("ingress.groups", Some(1)),
+            ("ingress.group_frames", Some(4)),
+            ("ingress.verified_parallel", Some(4)),
+            ("ingress.batches_spoiled", None),
+        ];
+        assert_counters(&node, &expected).await;
         // One item fails after it wrote.
         let faulty = SeedId::from_bytes([32; 16]);
         crate::store::fail_writes(
@@ -481,19 +471,36 @@ mod tests {
         let stored = node.seeds(None).await.unwrap();
         assert_eq!(stored.len(), 9, "every item but the faulty one");
         assert!(stored.iter().all(|v| v.seed.id != faulty));
-        let counters = node.overview().await.unwrap().counters;
-        assert_eq!(counters.get("ingress.groups"), Some(&2), "{counters:?}");
-        assert_eq!(
-            counters.get("ingress.batches_spoiled"),
-            Some(&1),
-            "{counters:?}"
-        );
+        let expected = [
+            ("ingress.groups", Some(2)),
+            ("ingress.batches_spoiled", Some(1)),
+        ];
+        assert_counters(&node, &expected).await;
         node.stop().await.unwrap();
+    }
+
+    /// Asserts the values of `node`'s counters named in `expected` (`None`: never counted).
+    async fn assert_counters(node: &Node, expected: &[(&str, Option<u64>)]) {
+        let counters = node.overview().await.unwrap().counters;
+        for (name, value) in expected {
+            assert_eq!(counters.get(*name).copied(), *value, "{name}: {counters:?}");
+        }
     }
 
     /// `node` receives `frames` as one batch, each with a verdict channel: their verdicts,
     /// and whether each channel came back to be answered (a held frame's stays in the hold).
     async fn receive(node: &Node, frames: Vec<Vec<u8>>) -> Vec<(Acceptance, bool)> {
+        receive_keeping_channels(node, frames).await.0
+    }
+
+    /// [`receive`], also giving back the receiving end of each frame's verdict channel.
+    async fn receive_keeping_channels(
+        node: &Node,
+        frames: Vec<Vec<u8>>,
+    ) -> (
+        Vec<(Acceptance, bool)>,
+        Vec<tokio::sync::oneshot::Receiver<Handled>>,
+    ) {
         let mut channels = Vec::new();
         let arrivals = frames
             .into_iter()
@@ -511,15 +518,55 @@ mod tests {
             })
             .collect();
         let n = node.clone();
-        tokio::task::spawn_blocking(move || n.receive_batch(arrivals, MAX_ENVELOPE_BYTES))
+        let verdicts =
+            tokio::task::spawn_blocking(move || n.receive_batch(arrivals, MAX_ENVELOPE_BYTES))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| {
+                    assert!(r.acked);
+                    (r.handled.acceptance, r.ack.is_some())
+                })
+                .collect();
+        (verdicts, channels)
+    }
+
+    /// Copies of an envelope held for its author's hello (relays deliver several, each with a
+    /// verdict channel of its own) are not held again: each is answered `Ignore` at once and
+    /// counted as a duplicate. The held one's channel is answered when the hello releases it,
+    /// `Accept`, and the envelope is applied once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn copies_of_a_held_envelope_are_answered_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _) = node_with_peer(dir.path()).await;
+        let author = Identity::from_tag(8, 0);
+        let frame = seed_envelope(&author, 20);
+        let (held, copy) = ((Acceptance::Ignore, false), (Acceptance::Ignore, true));
+        let (verdicts, mut channels) =
+            receive_keeping_channels(&node, vec![frame.clone(), frame.clone()]).await;
+        assert_eq!(verdicts, [held, copy]);
+        assert_eq!(receive(&node, vec![frame.clone()]).await, [copy]);
+        let expected = [("messages.held", Some(1)), ("messages.duplicate", Some(2))];
+        assert_counters(&node, &expected).await;
+
+        let hello = plain_hello(&author, "author");
+        let hello = hello_envelope(&author, &hello, MessageId::from_bytes([2; 16]));
+        assert_eq!(
+            receive(&node, vec![hello]).await,
+            [(Acceptance::Accept, true)]
+        );
+        let released = tokio::time::timeout(std::time::Duration::from_secs(10), channels.remove(0))
             .await
-            .unwrap()
-            .into_iter()
-            .map(|r| {
-                assert!(r.acked);
-                (r.handled.acceptance, r.ack.is_some())
-            })
-            .collect()
+            .expect("the held envelope's verdict")
+            .expect("answered, not dropped");
+        assert_eq!(released.acceptance, Acceptance::Accept);
+        assert_eq!(node.seeds(None).await.unwrap().len(), 1);
+        let expected = [
+            ("messages.held_released", Some(1)),
+            ("messages.accepted", Some(1)),
+        ];
+        assert_counters(&node, &expected).await;
+        node.stop().await.unwrap();
     }
 
     /// Fault: the store fails a write of one envelope of a batch after its first writes (an
@@ -565,10 +612,12 @@ mod tests {
         let stored = node.seeds(None).await.unwrap();
         assert_eq!(stored.len(), 6);
         assert!(stored.iter().all(|v| v.seed.id != faulty));
-        let counters = node.overview().await.unwrap().counters;
-        assert_eq!(counters.get("ingress.batches_spoiled"), Some(&1));
-        assert_eq!(counters.get("messages.held"), Some(&1), "{counters:?}");
-        assert_eq!(counters.get("messages.accepted"), Some(&6), "{counters:?}");
+        let expected = [
+            ("ingress.batches_spoiled", Some(1)),
+            ("messages.held", Some(1)),
+            ("messages.accepted", Some(6)),
+        ];
+        assert_counters(&node, &expected).await;
         let faulty_message = MessageId::from_bytes([12; 16]);
         assert!(!lock(&node.inner.store).is_known(&faulty_message).unwrap());
         crate::store::heal_writes(&lock(&node.inner.store), "events");
