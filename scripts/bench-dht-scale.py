@@ -7,7 +7,8 @@ seeds from different nodes and reports:
 
 - time until every node has a verified hello from every other node (the network formed),
 - time from the first publish until every node holds every seed (convergence),
-- per seed, publish -> applied on every other node (`publish_to_all_ms`: p50, p90, p99, max),
+- per seed, publish -> applied on every other node (`publish_to_all_ms`: p50, p90, p99, max)
+  and on the first other node (`publish_to_first_ms`),
   from the `at` stamps of the seed_published events (one clock: every process is on this
   machine); with `--publish-jobs 1` (the default) seeds go out one after another, and
   `--publish-gap` spaces them further,
@@ -400,6 +401,11 @@ def main():
         latency = percentiles([max(m.seed_at[s] for m in nodes if m is not n) - n.seed_at[s]
                                for s, n in seeds])
         log(f"publish -> applied everywhere (ms): {latency}")
+        # The same to the first other node that applied it: how long the publishing node took
+        # to pick the CLI's commit up and send it, and one hop; the rest is the spread.
+        first = percentiles([min(m.seed_at[s] for m in nodes if m is not n) - n.seed_at[s]
+                             for s, n in seeds])
+        log(f"publish -> applied on the first other node (ms): {first}")
 
         peak = [n.proc_status()["VmHWM"] for n in nodes]
         if args.idle_at is not None:
@@ -435,6 +441,7 @@ def main():
             "converge_secs": round(converge, 2),
             "converge_after_last_publish_secs": round(done - published, 2),
             "publish_to_all_ms": latency,
+            "publish_to_first_ms": first,
             "form_cpu_secs_hub": round(cpu_formed[0] / CLK_TCK, 2),
             "form_cpu_secs_others": stats([c / CLK_TCK for c in cpu_formed[1:]]),
             "form_cpu_secs_total": round(sum(cpu_formed) / CLK_TCK, 1),

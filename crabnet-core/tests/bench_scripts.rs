@@ -92,6 +92,10 @@ fn short_run(transport: &str) {
     // Every seed reached every node, and the latency of each was measured.
     assert_eq!(report["publish_to_all_ms"]["n"], 2, "{report}");
     assert!(num(&report["publish_to_all_ms"]["p50"]) >= 0.0, "{report}");
+    // The first other node applied each seed no later than the last one did.
+    assert_eq!(report["publish_to_first_ms"]["n"], 2, "{report}");
+    let (first, all) = (&report["publish_to_first_ms"], &report["publish_to_all_ms"]);
+    assert!(num(&first["max"]) <= num(&all["max"]), "{report}");
     assert!(num(&report["formed_secs"]) > 0.0, "{report}");
     // Memory and CPU were read from /proc for every node.
     for field in [
