@@ -25,6 +25,7 @@ use crate::model::{Body, Message, MessageId, Millis, NodeId, SeedId, SeedStatus}
 use crate::monitor::{Event, EventKind, RejectReason};
 use crate::state::{self, SeedView, Verdict, Violation};
 
+mod busy;
 pub(crate) mod config;
 mod decisions;
 mod prune;
@@ -780,7 +781,8 @@ impl Store {
                 e,
             )
         })?;
-        conn.busy_timeout(Duration::from_millis(config.busy_timeout_ms))?;
+        let busy_timeout = Duration::from_millis(config.busy_timeout_ms);
+        conn.busy_handler(Some(busy::handler(busy_timeout)))?;
         // The receive and publish paths run the same few dozen statements per message: each is
         // compiled once (`prepare_cached`), not parsed again every time.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
