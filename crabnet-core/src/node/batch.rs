@@ -9,17 +9,17 @@
 //!    between the groups, exactly as before. The items of a sync batch (the hellos of their
 //!    authors, then their envelopes) are received the same way, as sync items
 //!    ([`Via::Sync`]): the envelopes in groups, each hello alone.
-//! 3. For a group: the signatures of the envelopes whose author is known are verified in
-//!    parallel, one thread per core ([`Node::pre_verify`]); then the group is applied in one
-//!    store transaction ([`crate::store::SharedStore::begin_batch`]): each envelope crosses
-//!    the whole trust boundary in turn (a verified signature is taken from the parallel pass
-//!    when the bytes and the keys are the same); copies within the group are recognised as
-//!    duplicates, as they are across frames. The store operations share the transaction,
-//!    with no savepoint each ([`crate::store::Ops::Shared`]): a savepoint journals the image
-//!    of every page its operation changes, 20 or more for a received seed, which SQLite
-//!    wrote to a temporary file. One commit (one fsync under `store.sync = full`) ends the
-//!    group. A group of one envelope opens no batch: each store operation of its receive is
-//!    its own transaction.
+//! 3. For a group: it is applied in one store transaction
+//!    ([`crate::store::SharedStore::begin_batch`]): each envelope crosses the whole trust boundary
+//!    in turn, while a second thread verifies the signatures of the envelopes whose author is known
+//!    from the group's end towards the applying thread ([`Node::verify_alongside`]; a verified
+//!    signature is taken from it when the bytes and the keys are the same, so verifying overlaps
+//!    applying); copies within the group are recognised as duplicates, as they are across frames.
+//!    The store operations share the transaction, with no savepoint each
+//!    ([`crate::store::Ops::Shared`]): a savepoint journals the image of every page its operation
+//!    changes, 20 or more for a received seed, which SQLite wrote to a temporary file. One commit
+//!    (one fsync under `store.sync = full`) ends the group. A group of one envelope opens no batch:
+//!    each store operation of its receive is its own transaction.
 //! 4. Only after the commit: verdicts go back to the transport (gossip forwards what was
 //!    accepted), events are delivered, and the outbox is drained once if anything was written
 //!    to it. A commit that fails rolls the whole group back: every verdict is `ignore`, and
@@ -46,6 +46,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::receive::Via;
 use super::reconcile::AnswerRoom;
@@ -154,7 +155,7 @@ impl Node {
         self.inner
             .rejections
             .add("ingress.group_frames", frames.len() as u64);
-        self.pre_verify(&frames, max);
+        let jobs = self.verify_jobs(&frames, max);
         // A lone envelope opens no batch: its store operations commit on their own, as those
         // of any other frame received alone (usually one: the apply).
         let batch = if lock(&self.inner.store).in_batch() {
@@ -165,6 +166,7 @@ impl Node {
                 .batch_for(frames.len(), "received frames", Ops::Shared)
         };
         let Some(batch) = batch else {
+            self.pre_verify(&frames, &jobs, max);
             let results = frames.into_iter().map(|f| self.receive_one(f, max, via));
             let results = results.collect();
             self.inner.verified.clear();
@@ -175,24 +177,45 @@ impl Node {
         // takes a held frame's), for a frame received again to answer it.
         let acked: Vec<bool> = frames.iter().map(|f| f.ack.is_some()).collect();
         let mut results: Vec<Option<(Handled, bool)>> = Vec::with_capacity(frames.len());
-        for frame in &mut frames {
-            let store = lock(&self.inner.store);
-            if store.batch_failed() {
-                break;
-            }
-            let before = store.total_changes();
-            drop(store);
-            let received =
-                self.receive_frame_via(&frame.bytes, &frame.source, max, via, &mut frame.ack);
-            // A frame that failed is received again too if the batch fails (SQLite may have
-            // rolled the batch back at its first write, which counted no change).
-            let wrote = received.is_err() || lock(&self.inner.store).total_changes() != before;
-            let handled = received.unwrap_or_else(|e| {
-                tracing::warn!("cannot apply received frame: {e}");
-                ignored()
+        // The frame the applying thread is at: the helper verifies from the group's end
+        // towards it, and stops where they meet.
+        let reached = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let helper = (jobs.len() >= 2 && cores() >= 2).then(|| {
+                let jobs: Vec<_> = jobs
+                    .iter()
+                    .map(|(i, signer)| (*i, frames[*i].bytes.clone(), signer.clone()))
+                    .collect();
+                let reached = &reached;
+                scope.spawn(move || self.verify_alongside(jobs, reached, max))
             });
-            results.push(Some((handled, wrote)));
-        }
+            for (i, frame) in frames.iter_mut().enumerate() {
+                reached.store(i, Ordering::Release);
+                let store = lock(&self.inner.store);
+                if store.batch_failed() {
+                    break;
+                }
+                let before = store.total_changes();
+                drop(store);
+                let received =
+                    self.receive_frame_via(&frame.bytes, &frame.source, max, via, &mut frame.ack);
+                // A frame that failed is received again too if the batch fails (SQLite may
+                // have rolled the batch back at its first write, which counted no change).
+                let wrote = received.is_err() || lock(&self.inner.store).total_changes() != before;
+                let handled = received.unwrap_or_else(|e| {
+                    tracing::warn!("cannot apply received frame: {e}");
+                    ignored()
+                });
+                results.push(Some((handled, wrote)));
+            }
+            reached.store(usize::MAX, Ordering::Release);
+            if let Some(helper) = helper {
+                let count = helper.join().unwrap_or(0);
+                self.inner
+                    .rejections
+                    .add("ingress.verified_parallel", count);
+            }
+        });
         let failed = lock(&self.inner.store).batch_failed();
         let committed = batch.end(true);
         // What the batch taught the memory of stored frames is not stored if it rolled back.
@@ -261,43 +284,12 @@ impl Node {
             .collect()
     }
 
-    /// Verifies, on one thread per core, the signatures of the group's envelopes whose author
-    /// this node knows, and remembers those that verified ([`ingress::PreVerified`]): the
-    /// trust boundary then skips their verification. Copies of stored frames, this node's own
-    /// envelopes and authors that are not admitted are left to the trust boundary.
-    fn pre_verify(&self, frames: &[Arrival], max: usize) {
-        if frames.len() < 2 {
-            return;
-        }
+    /// Verifies `jobs` (see [`Node::verify_jobs`]) on one thread per core before a group that
+    /// opens no batch is received frame by frame, and remembers those that verified
+    /// ([`ingress::PreVerified`]): the trust boundary then skips their verification.
+    fn pre_verify(&self, frames: &[Arrival], jobs: &[(usize, SigningPublic)], max: usize) {
         let threads = cores();
-        if threads < 2 {
-            return;
-        }
-        let mut signers: HashMap<NodeId, Option<SigningPublic>> = HashMap::new();
-        let mut jobs: Vec<(usize, SigningPublic)> = Vec::new();
-        for (i, frame) in frames.iter().enumerate() {
-            let Ok(parsed) = envelope::parse(&frame.bytes, max) else {
-                continue;
-            };
-            let h = &parsed.header;
-            if h.sender == self.inner.id
-                || self.inner.trust.check_frame(h).is_err()
-                || self.inner.recent.contains(&frame.bytes)
-            {
-                continue;
-            }
-            let signer = signers.entry(h.sender.clone()).or_insert_with(|| {
-                lock(&self.inner.store)
-                    .peer(&h.sender)
-                    .ok()
-                    .flatten()
-                    .map(|p| p.identity.signing)
-            });
-            if let Some(signer) = signer {
-                jobs.push((i, signer.clone()));
-            }
-        }
-        if jobs.len() < 2 {
+        if jobs.len() < 2 || threads < 2 {
             return;
         }
         let verify = |chunk: &[(usize, SigningPublic)]| -> Vec<usize> {
@@ -335,6 +327,65 @@ impl Node {
         self.inner
             .rejections
             .add("ingress.verified_parallel", count);
+    }
+
+    /// The envelopes of a group worth verifying ahead of the trust boundary, with the keys of
+    /// their authors: those whose author this node knows. Copies of stored frames, this
+    /// node's own envelopes and authors that are not admitted are left to the trust boundary.
+    fn verify_jobs(&self, frames: &[Arrival], max: usize) -> Vec<(usize, SigningPublic)> {
+        if frames.len() < 2 || cores() < 2 {
+            return Vec::new();
+        }
+        let mut signers: HashMap<NodeId, Option<SigningPublic>> = HashMap::new();
+        let mut jobs: Vec<(usize, SigningPublic)> = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            let Ok(parsed) = envelope::parse(&frame.bytes, max) else {
+                continue;
+            };
+            let h = &parsed.header;
+            if h.sender == self.inner.id
+                || self.inner.trust.check_frame(h).is_err()
+                || self.inner.recent.contains(&frame.bytes)
+            {
+                continue;
+            }
+            let signer = signers.entry(h.sender.clone()).or_insert_with(|| {
+                lock(&self.inner.store)
+                    .peer(&h.sender)
+                    .ok()
+                    .flatten()
+                    .map(|p| p.identity.signing)
+            });
+            if let Some(signer) = signer {
+                jobs.push((i, signer.clone()));
+            }
+        }
+        jobs
+    }
+
+    /// Verifies a group's `jobs` (frame index, bytes, author's keys) from the last towards
+    /// the frame the applying thread has `reached`, while it applies the group, and remembers
+    /// those that verified ([`ingress::PreVerified`]); returns how many. It stops where the
+    /// two meet: the frames before are verified by the trust boundary as the applying thread
+    /// reaches them, so the group's signatures are shared between the two threads, and
+    /// verifying overlaps applying.
+    fn verify_alongside(
+        &self,
+        jobs: Vec<(usize, Vec<u8>, SigningPublic)>,
+        reached: &AtomicUsize,
+        max: usize,
+    ) -> u64 {
+        let mut count = 0;
+        for (i, bytes, signer) in jobs.into_iter().rev() {
+            if i <= reached.load(Ordering::Acquire) {
+                break;
+            }
+            if envelope::parse(&bytes, max).is_ok_and(|p| p.verify(&signer).is_ok()) {
+                self.inner.verified.insert(&bytes, signer);
+                count += 1;
+            }
+        }
+        count
     }
 
     /// Gives a held frame's verdict to its transport: at once, or after the commit when a
@@ -451,11 +502,11 @@ mod tests {
         let _ = receive(&node, vec![sync_batch(&peer, &items_of(8, 20..24))]).await;
         assert_eq!(node.seeds(None).await.unwrap().len(), 4);
         // The author's hello alone (it changes what the envelopes are checked against), then
-        // its envelopes together, their signatures checked in parallel.
+        // its envelopes together (how many of their signatures the second thread verified
+        // depends on where it met the applying thread: `verify_alongside_*` below).
         let expected = [
             ("ingress.groups", Some(1)),
             ("ingress.group_frames", Some(4)),
-            ("ingress.verified_parallel", Some(4)),
             ("ingress.batches_spoiled", None),
         ];
         assert_counters(&node, &expected).await;
@@ -476,6 +527,48 @@ mod tests {
             ("ingress.batches_spoiled", Some(1)),
         ];
         assert_counters(&node, &expected).await;
+        node.stop().await.unwrap();
+    }
+
+    /// The second thread of a group verifies from the group's end down to the frame after
+    /// the one the applying thread has reached, and hands each envelope that verified to the
+    /// trust boundary (with the keys it verified with); a forgery is not handed over; once
+    /// the applying thread is at the end, it verifies nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_alongside_stops_where_the_applying_thread_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _) = node_with_peer(dir.path()).await;
+        let author = Identity::from_tag(8, 0);
+        let signer = author.public().signing.clone();
+        let mut frames: Vec<Vec<u8>> = (20..25).map(|t| seed_envelope(&author, t)).collect();
+        // The fourth is another node's envelope: the author's keys do not verify it.
+        frames[3] = seed_envelope(&Identity::from_tag(9, 0), 23);
+        let jobs = || {
+            let signed = frames.iter().cloned().enumerate();
+            signed
+                .map(|(i, f)| (i, f, signer.clone()))
+                .collect::<Vec<_>>()
+        };
+        let (n, jobs_now) = (node.clone(), jobs());
+        let count = tokio::task::spawn_blocking(move || {
+            n.verify_alongside(jobs_now, &AtomicUsize::new(1), MAX_ENVELOPE_BYTES)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            count, 2,
+            "frames 2 and 4 of 0-4: 3 is not the author's, 0-1 reached"
+        );
+        let verified = &node.inner.verified;
+        let handed: Vec<bool> = frames.iter().map(|f| verified.take(f, &signer)).collect();
+        assert_eq!(handed, [false, false, true, false, true]);
+        let (n, jobs_now) = (node.clone(), jobs());
+        let none = tokio::task::spawn_blocking(move || {
+            n.verify_alongside(jobs_now, &AtomicUsize::new(usize::MAX), MAX_ENVELOPE_BYTES)
+        })
+        .await
+        .unwrap();
+        assert_eq!(none, 0);
         node.stop().await.unwrap();
     }
 
