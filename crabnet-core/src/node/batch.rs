@@ -176,20 +176,17 @@ impl Node {
         // Each frame's verdict channel stays with its frame until the batch is over (the hold
         // takes a held frame's), for a frame received again to answer it.
         let acked: Vec<bool> = frames.iter().map(|f| f.ack.is_some()).collect();
+        // Apart while the group is applied, so that the helper reads the frames meanwhile.
+        let mut acks: Vec<Option<Ack>> = frames.iter_mut().map(|f| f.ack.take()).collect();
         let mut results: Vec<Option<(Handled, bool)>> = Vec::with_capacity(frames.len());
         // The frame the applying thread is at: the helper verifies from the group's end
         // towards it, and stops where they meet.
         let reached = AtomicUsize::new(0);
         std::thread::scope(|scope| {
-            let helper = (jobs.len() >= 2 && cores() >= 2).then(|| {
-                let jobs: Vec<_> = jobs
-                    .iter()
-                    .map(|(i, signer)| (*i, frames[*i].bytes.clone(), signer.clone()))
-                    .collect();
-                let reached = &reached;
-                scope.spawn(move || self.verify_alongside(jobs, reached, max))
-            });
-            for (i, frame) in frames.iter_mut().enumerate() {
+            let (group, jobs, reached) = (&frames, &jobs, &reached);
+            let helper = (jobs.len() >= 2)
+                .then(|| scope.spawn(move || self.verify_alongside(group, jobs, reached, max)));
+            for (i, (frame, ack)) in frames.iter().zip(&mut acks).enumerate() {
                 reached.store(i, Ordering::Release);
                 let store = lock(&self.inner.store);
                 if store.batch_failed() {
@@ -197,8 +194,7 @@ impl Node {
                 }
                 let before = store.total_changes();
                 drop(store);
-                let received =
-                    self.receive_frame_via(&frame.bytes, &frame.source, max, via, &mut frame.ack);
+                let received = self.receive_frame_via(&frame.bytes, &frame.source, max, via, ack);
                 // A frame that failed is received again too if the batch fails (SQLite may
                 // have rolled the batch back at its first write, which counted no change).
                 let wrote = received.is_err() || lock(&self.inner.store).total_changes() != before;
@@ -216,6 +212,9 @@ impl Node {
                     .add("ingress.verified_parallel", count);
             }
         });
+        for (frame, ack) in frames.iter_mut().zip(acks) {
+            frame.ack = ack;
+        }
         let failed = lock(&self.inner.store).batch_failed();
         let committed = batch.end(true);
         // What the batch taught the memory of stored frames is not stored if it rolled back.
@@ -288,10 +287,10 @@ impl Node {
     /// opens no batch is received frame by frame, and remembers those that verified
     /// ([`ingress::PreVerified`]): the trust boundary then skips their verification.
     fn pre_verify(&self, frames: &[Arrival], jobs: &[(usize, SigningPublic)], max: usize) {
-        let threads = cores();
-        if jobs.len() < 2 || threads < 2 {
+        if jobs.len() < 2 {
             return;
         }
+        let threads = cores();
         let verify = |chunk: &[(usize, SigningPublic)]| -> Vec<usize> {
             chunk
                 .iter()
@@ -330,8 +329,9 @@ impl Node {
     }
 
     /// The envelopes of a group worth verifying ahead of the trust boundary, with the keys of
-    /// their authors: those whose author this node knows. Copies of stored frames, this
-    /// node's own envelopes and authors that are not admitted are left to the trust boundary.
+    /// their authors: those whose author this node knows (none on a machine of one core, where
+    /// nothing would verify alongside). Copies of stored frames, this node's own envelopes and
+    /// authors that are not admitted are left to the trust boundary.
     fn verify_jobs(&self, frames: &[Arrival], max: usize) -> Vec<(usize, SigningPublic)> {
         if frames.len() < 2 || cores() < 2 {
             return Vec::new();
@@ -363,25 +363,27 @@ impl Node {
         jobs
     }
 
-    /// Verifies a group's `jobs` (frame index, bytes, author's keys) from the last towards
-    /// the frame the applying thread has `reached`, while it applies the group, and remembers
-    /// those that verified ([`ingress::PreVerified`]); returns how many. It stops where the
+    /// Verifies the `frames` of a group's `jobs` (frame index, author's keys) from the last
+    /// towards the frame the applying thread has `reached`, while it applies the group, and
+    /// remembers those that verified ([`ingress::PreVerified`]); returns how many. It stops where the
     /// two meet: the frames before are verified by the trust boundary as the applying thread
     /// reaches them, so the group's signatures are shared between the two threads, and
     /// verifying overlaps applying.
     fn verify_alongside(
         &self,
-        jobs: Vec<(usize, Vec<u8>, SigningPublic)>,
+        frames: &[Arrival],
+        jobs: &[(usize, SigningPublic)],
         reached: &AtomicUsize,
         max: usize,
     ) -> u64 {
         let mut count = 0;
-        for (i, bytes, signer) in jobs.into_iter().rev() {
-            if i <= reached.load(Ordering::Acquire) {
+        for (i, signer) in jobs.iter().rev() {
+            if *i <= reached.load(Ordering::Acquire) {
                 break;
             }
-            if envelope::parse(&bytes, max).is_ok_and(|p| p.verify(&signer).is_ok()) {
-                self.inner.verified.insert(&bytes, signer);
+            let bytes = &frames[*i].bytes;
+            if envelope::parse(bytes, max).is_ok_and(|p| p.verify(signer).is_ok()) {
+                self.inner.verified.insert(bytes, signer.clone());
                 count += 1;
             }
         }
@@ -543,18 +545,27 @@ mod tests {
         let mut frames: Vec<Vec<u8>> = (20..25).map(|t| seed_envelope(&author, t)).collect();
         // The fourth is another node's envelope: the author's keys do not verify it.
         frames[3] = seed_envelope(&Identity::from_tag(9, 0), 23);
-        let jobs = || {
-            let signed = frames.iter().cloned().enumerate();
-            signed
-                .map(|(i, f)| (i, f, signer.clone()))
-                .collect::<Vec<_>>()
+        let group: Vec<Arrival> = frames
+            .iter()
+            .map(|bytes| Arrival {
+                bytes: bytes.clone(),
+                source: ingress::Source {
+                    from: "memory:peer".into(),
+                    verified: true,
+                },
+                ack: None,
+            })
+            .collect();
+        let jobs: Vec<_> = (0..frames.len()).map(|i| (i, signer.clone())).collect();
+        let group = std::sync::Arc::new((group, jobs));
+        let verify = |reached: usize| {
+            let (n, group) = (node.clone(), group.clone());
+            tokio::task::spawn_blocking(move || {
+                let reached = AtomicUsize::new(reached);
+                n.verify_alongside(&group.0, &group.1, &reached, MAX_ENVELOPE_BYTES)
+            })
         };
-        let (n, jobs_now) = (node.clone(), jobs());
-        let count = tokio::task::spawn_blocking(move || {
-            n.verify_alongside(jobs_now, &AtomicUsize::new(1), MAX_ENVELOPE_BYTES)
-        })
-        .await
-        .unwrap();
+        let count = verify(1).await.unwrap();
         assert_eq!(
             count, 2,
             "frames 2 and 4 of 0-4: 3 is not the author's, 0-1 reached"
@@ -562,13 +573,7 @@ mod tests {
         let verified = &node.inner.verified;
         let handed: Vec<bool> = frames.iter().map(|f| verified.take(f, &signer)).collect();
         assert_eq!(handed, [false, false, true, false, true]);
-        let (n, jobs_now) = (node.clone(), jobs());
-        let none = tokio::task::spawn_blocking(move || {
-            n.verify_alongside(jobs_now, &AtomicUsize::new(usize::MAX), MAX_ENVELOPE_BYTES)
-        })
-        .await
-        .unwrap();
-        assert_eq!(none, 0);
+        assert_eq!(verify(usize::MAX).await.unwrap(), 0);
         node.stop().await.unwrap();
     }
 
