@@ -42,7 +42,7 @@ fn main() {
         ("max rate".to_owned(), Flood::Max),
     ] {
         let r: Report = rt.block_on(flood::run(
-            flood::free_addrs(),
+            flood::free_sockets(),
             flooding,
             Duration::from_secs(secs),
             Duration::from_millis(500),

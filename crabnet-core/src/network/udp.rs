@@ -53,6 +53,14 @@ impl UdpTransport {
                 e,
             )
         })?;
+        Self::from_socket(socket, config)
+    }
+
+    /// Takes a socket already bound (handed over by a supervisor, or held since the port was
+    /// chosen, so that no other process can take it meanwhile); `config.bind` is replaced by
+    /// the socket's address. Must be called inside a tokio runtime.
+    pub fn from_socket(socket: std::net::UdpSocket, mut config: UdpConfig) -> Result<Self> {
+        config.bind = socket.local_addr()?;
         socket.set_nonblocking(true)?;
         grow_receive_buffer(&socket);
         if config.broadcast.is_some() {
@@ -498,6 +506,31 @@ mod tests {
             n += 1;
         }
         n
+    }
+
+    /// A transport made from a socket the caller bound keeps that socket (and its port: no
+    /// window in which another process could take it) and receives on it.
+    #[tokio::test]
+    async fn a_transport_takes_a_socket_already_bound() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = socket.local_addr().unwrap();
+        let config = UdpConfig {
+            bind: "127.0.0.1:9".parse().unwrap(),
+            ..UdpConfig::default()
+        };
+        let mut udp = UdpTransport::from_socket(socket, config).unwrap();
+        assert_eq!(udp.local_addr().unwrap(), at);
+        assert_eq!(
+            udp.config.bind, at,
+            "the configured address is the socket's"
+        );
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(b"frame", at).unwrap();
+        let wait = std::time::Duration::from_secs(10);
+        match tokio::time::timeout(wait, crate::network::next(&mut udp)).await {
+            Ok(Some(Incoming::Frame(f))) => assert_eq!(&f.bytes[..], b"frame"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     /// Datagrams dropped at the end of a burst (the receive buffer full, nothing sent after)

@@ -75,26 +75,19 @@ fn config(dir: &std::path::Path, name: &str) -> Config {
     c
 }
 
-fn bind(peer: Option<SocketAddr>, at: SocketAddr) -> UdpTransport {
-    UdpTransport::bind(UdpConfig {
-        bind: at,
-        peers: peer.into_iter().collect(),
-        broadcast: None,
-    })
-    .unwrap()
+fn transport(socket: UdpSocket, peer: SocketAddr) -> UdpTransport {
+    let config = UdpConfig {
+        peers: vec![peer],
+        ..UdpConfig::default()
+    };
+    UdpTransport::from_socket(socket, config).unwrap()
 }
 
-/// Two UDP addresses on 127.0.0.1 that were free a moment ago: the bench's. Another process
-/// may bind one in between (they are in the kernel's ephemeral range), so the CI test takes
-/// ports its harness reserved instead.
-#[allow(dead_code)] // The CI test reserves its ports through its harness.
-pub fn free_addrs() -> [SocketAddr; 2] {
-    let free = || {
-        UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
+/// Two UDP sockets bound on 127.0.0.1 by the kernel (port 0): the bench's. They stay bound
+/// until the nodes take them, so no other process can take their ports meanwhile.
+#[allow(dead_code)] // The CI test takes sockets its harness reserved.
+pub fn free_sockets() -> [UdpSocket; 2] {
+    let free = || UdpSocket::bind("127.0.0.1:0").unwrap();
     [free(), free()]
 }
 
@@ -151,25 +144,27 @@ fn send_garbage(flood: Flood, to: SocketAddr, stop: &AtomicBool) -> (u64, Durati
 
 /// Floods a node for `duration` as `flood` says (or not: the baseline) while its peer publishes
 /// a seed every `pace`; waits up to `settle` after the flood for the peer's seeds to arrive.
-/// The node and its peer bind `addrs` (UDP on 127.0.0.1).
+/// The node and its peer take `sockets` (UDP on 127.0.0.1), bound by the caller.
 pub async fn run(
-    [node_addr, peer_addr]: [SocketAddr; 2],
+    [node_socket, peer_socket]: [UdpSocket; 2],
     flood: Flood,
     duration: Duration,
     pace: Duration,
     settle: Duration,
 ) -> Report {
+    let node_addr = node_socket.local_addr().unwrap();
+    let peer_addr = peer_socket.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let node_config = config(dir.path(), "node");
     let node = Node::start_with_transport(
         node_config.clone(),
-        Box::new(bind(Some(peer_addr), node_addr)),
+        Box::new(transport(node_socket, peer_addr)),
     )
     .await
     .unwrap();
     let peer = Node::start_with_transport(
         config(dir.path(), "peer"),
-        Box::new(bind(Some(node_addr), peer_addr)),
+        Box::new(transport(peer_socket, node_addr)),
     )
     .await
     .unwrap();
