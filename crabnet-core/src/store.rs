@@ -838,6 +838,7 @@ impl Store {
 
     fn tx_of(&mut self, behavior: TransactionBehavior, apart: bool) -> Result<Tx<'_>> {
         let Some(ops) = self.batch else {
+            roll_back_abandoned(&self.conn)?;
             return Ok(Tx::Own(self.conn.transaction_with_behavior(behavior)?));
         };
         if self.conn.is_autocommit() {
@@ -872,6 +873,7 @@ impl Store {
         if self.batch.is_some() {
             return Err(Error::internal("a store batch is already open"));
         }
+        roll_back_abandoned(&self.conn)?;
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         self.batch = Some(ops);
         self.spoiled.set(false);
@@ -2690,7 +2692,22 @@ pub(crate) fn test_seed(publisher: &NodeId, tag: u8, at: Millis) -> crate::model
 /// Begins a transaction on `conn` that takes the write lock at once: another process on the
 /// data directory may write meanwhile (migrate, prune).
 fn immediate(conn: &mut Connection) -> Result<Transaction<'_>> {
+    roll_back_abandoned(conn)?;
     Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+}
+
+/// Rolls back a transaction that a failed `ROLLBACK` left open on `conn` (a full disk or an
+/// I/O error at that moment; rusqlite's transactions ignore a failed rollback when dropped,
+/// and [`Store::end_batch`] returns its error). Called where a transaction begins outside a
+/// batch: nothing of this store holds one there, so an open one was abandoned. Without this,
+/// every later `BEGIN` failed until the node restarted.
+fn roll_back_abandoned(conn: &Connection) -> Result<()> {
+    if conn.is_autocommit() {
+        return Ok(());
+    }
+    tracing::warn!("rolling back a transaction that a failed rollback left open");
+    conn.execute_batch("ROLLBACK")?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -2711,6 +2728,51 @@ mod tests {
             timestamp: 2_000,
             body: Body::SeedCreated(test_seed(&author.node_id, tag, 2_000)),
         }
+    }
+
+    /// A transaction a failed `ROLLBACK` left open (a full disk or an I/O error at the wrong
+    /// moment; rusqlite's transactions ignore a failed rollback when dropped) is rolled back
+    /// when the next operation begins, its writes lost: before, every later transaction failed
+    /// ("cannot start a transaction within a transaction") and the node could write nothing
+    /// until restarted.
+    #[test]
+    fn a_transaction_left_open_by_a_failed_rollback_is_rolled_back_not_kept() {
+        let (_dir, mut s) = temp_store();
+        let me = NodeId::parse(&"ab".repeat(32)).unwrap();
+        let leftover = |s: &Store| {
+            s.conn
+                .execute_batch("BEGIN IMMEDIATE; INSERT INTO meta(key, value) VALUES ('x', 'y')")
+                .unwrap();
+            assert!(!s.conn.is_autocommit());
+        };
+        // An operation of its own.
+        leftover(&s);
+        publish_test_seed(&mut s, &me, 1, 1_700_000_000_000);
+        assert!(s.conn.is_autocommit());
+        assert_eq!(
+            s.meta("x").unwrap(),
+            None,
+            "the abandoned write was not committed"
+        );
+        // A batch.
+        leftover(&s);
+        s.begin_batch(Ops::Savepoint).unwrap();
+        publish_test_seed(&mut s, &me, 2, 1_700_000_000_000);
+        s.end_batch(true).unwrap();
+        assert_eq!(
+            s.meta("x").unwrap(),
+            None,
+            "the abandoned write was not committed"
+        );
+        // A transaction of the store's maintenance (`immediate`).
+        leftover(&s);
+        s.prune_tombstones(0, 10).unwrap();
+        assert_eq!(
+            s.meta("x").unwrap(),
+            None,
+            "the abandoned write was not committed"
+        );
+        assert_eq!(s.seeds(None, 10).unwrap().len(), 2);
     }
 
     /// A store that read many pages holds them in SQLite's cache until it is asked to let
