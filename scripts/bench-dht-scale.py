@@ -18,7 +18,9 @@ seeds from different nodes and reports:
   per node (/proc/PID/smaps_rollup): RSS counts in full the binary's code pages that every
   node maps from the same file (about 16 MiB of a release build), PSS counts each shared
   page divided by the processes that map it, private counts the pages of this node alone,
-- idle CPU per node (utime + stime over an idle window after convergence, in % of one core).
+- idle CPU per node (utime + stime over an idle window after convergence, in % of one core),
+  and the TCP segments the machine sent per second in that window (on a quiet machine, the
+  network's own traffic over loopback).
 
 Topology: by default every node dials node 0 (`--dial star`), the hardest case for the hub;
 `--dial K` makes node i dial node i mod K of the first K nodes (a few bootstrap nodes).
@@ -46,6 +48,16 @@ import tempfile
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def tcp_segments_sent():
+    """The kernel's count of TCP segments sent (`OutSegs` in /proc/net/snmp), or None."""
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Tcp:")]
+        return int(rows[1][rows[0].index("OutSegs")])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def log(msg):
@@ -417,10 +429,12 @@ def main():
             time.sleep(args.settle_secs)
         s0 = [n.switches() for n in nodes]
         c0 = [n.cpu_ticks() for n in nodes]
+        t0 = tcp_segments_sent()
         w0 = time.monotonic()
         time.sleep(args.idle_secs)
         c1 = [n.cpu_ticks() for n in nodes]
         s1 = [n.switches() for n in nodes]
+        t1 = tcp_segments_sent()
         window = time.monotonic() - w0
         idle_cpu = [100.0 * (b - a) / CLK_TCK / window for a, b in zip(c0, c1)]
         # Threads that ended inside the window are left out (blocking-pool threads end after
@@ -459,6 +473,11 @@ def main():
             "idle_private_mib": stats([m["Private"] for m in idle_mem]),
             "idle_cpu_pct_of_core": stats(idle_cpu),
             "idle_context_switches_per_s": stats(idle_wakeups),
+            # TCP segments the machine sent per second over the idle window (acknowledgements
+            # included; every node's traffic is on loopback): a quiet machine's figure is the
+            # network's, another program's traffic counts too.
+            "idle_tcp_segments_per_s": round((t1 - t0) / window, 1) if t0 is not None
+            and t1 is not None else None,
             "idle_window_secs": round(window, 1),
         }
         print(json.dumps(report))

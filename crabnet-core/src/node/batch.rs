@@ -577,6 +577,32 @@ mod tests {
         node.stop().await.unwrap();
     }
 
+    /// A group of envelopes by a known author is verified on a second thread while the first
+    /// applies it: some of its signatures are verified there (how many depends on where the
+    /// two threads meet). Without the second thread the group would still apply, only slower;
+    /// this is what notices.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_is_verified_alongside_its_apply() {
+        if cores() < 2 {
+            eprintln!("skipped: one core, where a group is not verified alongside");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (node, peer) = node_with_peer(dir.path()).await;
+        let frames: Vec<Vec<u8>> = (20..148).map(|t| seed_envelope(&peer, t)).collect();
+        let verdicts = receive(&node, frames).await;
+        assert!(verdicts.iter().all(|(a, _)| *a == Acceptance::Accept));
+        assert_eq!(node.seeds(None).await.unwrap().len(), 128);
+        let counters = node.overview().await.unwrap().counters;
+        assert_eq!(counters.get("ingress.groups"), Some(&1), "{counters:?}");
+        let parallel = counters.get("ingress.verified_parallel").copied();
+        assert!(
+            parallel.is_some_and(|n| n > 0 && n < 128),
+            "verified alongside: {parallel:?} of 128"
+        );
+        node.stop().await.unwrap();
+    }
+
     /// Asserts the values of `node`'s counters named in `expected` (`None`: never counted).
     async fn assert_counters(node: &Node, expected: &[(&str, Option<u64>)]) {
         let counters = node.overview().await.unwrap().counters;
