@@ -19,8 +19,8 @@ seeds from different nodes and reports:
   node maps from the same file (about 16 MiB of a release build), PSS counts each shared
   page divided by the processes that map it, private counts the pages of this node alone,
 - idle CPU per node (utime + stime over an idle window after convergence, in % of one core),
-  and the TCP segments the machine sent per second in that window (on a quiet machine, the
-  network's own traffic over loopback).
+  and for libp2p the TCP segments the machine sent per second in that window (on a quiet
+  machine, the network's own traffic over loopback).
 
 Topology: by default every node dials node 0 (`--dial star`), the hardest case for the hub;
 `--dial K` makes node i dial node i mod K of the first K nodes (a few bootstrap nodes).
@@ -474,10 +474,10 @@ def main():
             "idle_cpu_pct_of_core": stats(idle_cpu),
             "idle_context_switches_per_s": stats(idle_wakeups),
             # TCP segments the machine sent per second over the idle window (acknowledgements
-            # included; every node's traffic is on loopback): a quiet machine's figure is the
-            # network's, another program's traffic counts too.
-            "idle_tcp_segments_per_s": round((t1 - t0) / window, 1) if t0 is not None
-            and t1 is not None else None,
+            # included): libp2p nodes talk over TCP on loopback, so on a quiet machine this is
+            # the network's traffic (another program's counts too). None for UDP nodes.
+            "idle_tcp_segments_per_s": round((t1 - t0) / window, 1)
+            if args.transport == "dht" and t0 is not None and t1 is not None else None,
             "idle_window_secs": round(window, 1),
         }
         print(json.dumps(report))

@@ -928,7 +928,7 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let tx = immediate(&mut self.conn)?;
+        let tx = immediate(&mut self.conn, self.batch)?;
         let version = tx
             .prepare_cached("PRAGMA user_version")?
             .query_row([], |r| r.get::<_, i64>(0))? as usize;
@@ -1879,7 +1879,7 @@ impl Store {
         if none {
             return Ok(0);
         }
-        let tx = immediate(&mut self.conn)?;
+        let tx = immediate(&mut self.conn, self.batch)?;
         let filled = fill_view_hashes(&tx)?;
         tx.commit()?;
         Ok(filled)
@@ -2690,16 +2690,20 @@ pub(crate) fn test_seed(publisher: &NodeId, tag: u8, at: Millis) -> crate::model
 }
 
 /// Begins a transaction on `conn` that takes the write lock at once: another process on the
-/// data directory may write meanwhile (migrate, prune).
-fn immediate(conn: &mut Connection) -> Result<Transaction<'_>> {
+/// data directory may write meanwhile (migrate, prune). Refused while a batch is open (`batch`):
+/// the store's maintenance is not part of one.
+fn immediate(conn: &mut Connection, batch: Option<Ops>) -> Result<Transaction<'_>> {
+    if batch.is_some() {
+        return Err(Error::internal("a store batch is open"));
+    }
     roll_back_abandoned(conn)?;
     Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
 }
 
-/// Rolls back a transaction that a failed `ROLLBACK` left open on `conn` (a full disk or an
-/// I/O error at that moment; rusqlite's transactions ignore a failed rollback when dropped,
-/// and [`Store::end_batch`] returns its error). Called where a transaction begins outside a
-/// batch: nothing of this store holds one there, so an open one was abandoned. Without this,
+/// Rolls back a transaction that a `ROLLBACK` did not close: one that failed before it ran (out
+/// of memory while preparing it), which rusqlite's transactions ignore when dropped and
+/// [`Store::end_batch`] returns or ignores. Called where this store begins a transaction
+/// outside a batch: nothing of it holds one there, so an open one was abandoned. Without this,
 /// every later `BEGIN` failed until the node restarted.
 fn roll_back_abandoned(conn: &Connection) -> Result<()> {
     if conn.is_autocommit() {
@@ -2730,9 +2734,9 @@ mod tests {
         }
     }
 
-    /// A transaction a failed `ROLLBACK` left open (a full disk or an I/O error at the wrong
-    /// moment; rusqlite's transactions ignore a failed rollback when dropped) is rolled back
-    /// when the next operation begins, its writes lost: before, every later transaction failed
+    /// A transaction a `ROLLBACK` did not close (it failed before it ran, out of memory;
+    /// rusqlite's transactions ignore that when dropped) is rolled back when the next
+    /// operation begins, its writes lost: before, every later transaction failed
     /// ("cannot start a transaction within a transaction") and the node could write nothing
     /// until restarted.
     #[test]
@@ -2764,6 +2768,11 @@ mod tests {
             None,
             "the abandoned write was not committed"
         );
+        // Maintenance inside a batch is refused; the batch is not rolled back for it.
+        s.begin_batch(Ops::Savepoint).unwrap();
+        publish_test_seed(&mut s, &me, 3, 1_700_000_000_000);
+        assert!(s.prune_tombstones(0, 10).is_err());
+        s.end_batch(true).unwrap();
         // A transaction of the store's maintenance (`immediate`).
         leftover(&s);
         s.prune_tombstones(0, 10).unwrap();
@@ -2772,7 +2781,7 @@ mod tests {
             None,
             "the abandoned write was not committed"
         );
-        assert_eq!(s.seeds(None, 10).unwrap().len(), 2);
+        assert_eq!(s.seeds(None, 10).unwrap().len(), 3);
     }
 
     /// A store that read many pages holds them in SQLite's cache until it is asked to let

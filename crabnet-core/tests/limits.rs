@@ -403,8 +403,9 @@ async fn overview_peers(addr: SocketAddr) -> usize {
 async fn a_thousand_strangers_leave_the_peer_table_within_its_cap_and_a_real_peer_gets_in() {
     const CAP: usize = 100;
     let dir = tempfile::tempdir().unwrap();
-    let real_udp = loopback_udp(vec![]);
-    let real_addr = real_udp.local_addr().unwrap();
+    // The real peer's socket, held until its node takes it (the node sends to its address).
+    let real_socket = support::reserve_port();
+    let real_addr = real_socket.local_addr().unwrap();
     let mut c = config(dir.path(), "n");
     c.network.max_peers = CAP;
     c.store.sync = crabnet_core::store::SyncMode::Normal;
@@ -443,13 +444,11 @@ async fn a_thousand_strangers_leave_the_peer_table_within_its_cap_and_a_real_pee
     rc.store.sync = crabnet_core::store::SyncMode::Normal;
     let real = {
         let udp_config = UdpConfig {
-            bind: real_addr,
             peers: vec![addr],
-            broadcast: None,
+            ..UdpConfig::default()
         };
-        // Its address is the one the node sends to.
-        drop(real_udp);
-        Node::start_with_transport(rc, Box::new(UdpTransport::bind(udp_config).unwrap()))
+        let transport = UdpTransport::from_socket(real_socket, udp_config).unwrap();
+        Node::start_with_transport(rc, Box::new(transport))
             .await
             .unwrap()
     };

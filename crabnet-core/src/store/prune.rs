@@ -104,7 +104,7 @@ impl Store {
         now: Millis,
         limit: usize,
     ) -> Result<SeedsPruned> {
-        let tx = super::immediate(&mut self.conn)?;
+        let tx = super::immediate(&mut self.conn, self.batch)?;
         let due: Vec<(String, i64)> = {
             let mut stmt = tx.prepare_cached(
                 "SELECT id, ended_at FROM seeds WHERE ended_at IS NOT NULL AND ended_at < ?1
@@ -146,7 +146,7 @@ impl Store {
     /// Forgets up to `limit` tombstones of seeds pruned before `pruned_before` (Unix ms);
     /// returns how many (counted as `retention.tombstones_expired`).
     pub fn prune_tombstones(&mut self, pruned_before: Millis, limit: usize) -> Result<u64> {
-        let tx = super::immediate(&mut self.conn)?;
+        let tx = super::immediate(&mut self.conn, self.batch)?;
         let n = tx.execute(
             "DELETE FROM pruned_seeds WHERE seed_id IN (
                  SELECT seed_id FROM pruned_seeds WHERE pruned_at < ?1 ORDER BY pruned_at LIMIT ?2)",
@@ -171,7 +171,7 @@ impl Store {
         max_rows: u64,
         limit: usize,
     ) -> Result<u64> {
-        let tx = super::immediate(&mut self.conn)?;
+        let tx = super::immediate(&mut self.conn, self.batch)?;
         let beyond_rows: Option<i64> = tx
             .query_row(
                 "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?1",
