@@ -295,9 +295,7 @@ impl Node {
             chunk
                 .iter()
                 .enumerate()
-                .filter(|(_, (i, signer))| {
-                    envelope::parse(&frames[*i].bytes, max).is_ok_and(|p| p.verify(signer).is_ok())
-                })
+                .filter(|(_, (i, signer))| signed_by(&frames[*i].bytes, signer, max))
                 .map(|(j, _)| j)
                 .collect()
         };
@@ -365,10 +363,10 @@ impl Node {
 
     /// Verifies the `frames` of a group's `jobs` (frame index, author's keys) from the last
     /// towards the frame the applying thread has `reached`, while it applies the group, and
-    /// remembers those that verified ([`ingress::PreVerified`]); returns how many. It stops where the
-    /// two meet: the frames before are verified by the trust boundary as the applying thread
-    /// reaches them, so the group's signatures are shared between the two threads, and
-    /// verifying overlaps applying.
+    /// remembers those that verified ([`ingress::PreVerified`]); returns how many. It stops
+    /// where the two meet: the frames before are verified by the trust boundary as the
+    /// applying thread reaches them, so the group's signatures are shared between the two
+    /// threads, and verifying overlaps applying.
     fn verify_alongside(
         &self,
         frames: &[Arrival],
@@ -382,7 +380,7 @@ impl Node {
                 break;
             }
             let bytes = &frames[*i].bytes;
-            if envelope::parse(bytes, max).is_ok_and(|p| p.verify(signer).is_ok()) {
+            if signed_by(bytes, signer, max) {
                 self.inner.verified.insert(bytes, signer.clone());
                 count += 1;
             }
@@ -405,6 +403,11 @@ impl Node {
 /// The cores this process may use, read once per process: on Linux `available_parallelism`
 /// reads the cgroup's files (four opens and a scheduler call) every time, and a group is
 /// verified per batch. A later change of the process's affinity or CPU quota is not seen.
+/// Whether `bytes` is an envelope (at most `max` bytes) whose signatures `signer`'s keys verify.
+fn signed_by(bytes: &[u8], signer: &SigningPublic, max: usize) -> bool {
+    envelope::parse(bytes, max).is_ok_and(|p| p.verify(signer).is_ok())
+}
+
 fn cores() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
