@@ -2558,6 +2558,7 @@ fn refold(
         }
         let json = to_json(view)?;
         let hash = state::view_hash(json.as_bytes());
+        let decide_at = decisions::decide_at_written(tx, view)?;
         let row = params![
             seed_id.as_str(),
             view.seed.publisher.as_str(),
@@ -2566,7 +2567,7 @@ fn refold(
             now as i64,
             json,
             state::ended_at(view).map(to_sql),
-            decisions::decide_at(view),
+            decide_at,
             &hash[..]
         ];
         // An update, else an insert, each `OR FAIL`, not one upsert (whose update part may always

@@ -3,7 +3,7 @@
 //! state, so a publisher reads only the seeds whose decisions are due, and the time of the
 //! next one, from an index: never every open seed it published.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Store, from_json, to_sql};
 use crate::error::Result;
@@ -13,6 +13,21 @@ use crate::state::SeedView;
 /// The `decide_at` column of `view`'s row.
 pub(super) fn decide_at(view: &SeedView) -> Option<i64> {
     view.next_decision_at().map(to_sql)
+}
+
+/// The `decide_at` column written with `view`'s state: [`decide_at`] for a seed of this
+/// store's node (or of any node while the store holds no node id), none for another
+/// publisher's seed. A node reads only its own seeds' decision times; another's would only add
+/// an index entry to every write of each seed it receives.
+pub(super) fn decide_at_written(tx: &Connection, view: &SeedView) -> Result<Option<i64>> {
+    let node: Option<String> = tx
+        .prepare_cached("SELECT value FROM meta WHERE key = 'node_id'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    if node.is_some_and(|node| node != view.seed.publisher.as_str()) {
+        return Ok(None);
+    }
+    Ok(decide_at(view))
 }
 
 /// [`Store::due_decisions`]'s seeds: `?1`'s seeds due at `?2`, earliest first.
@@ -98,6 +113,9 @@ impl Store {
     /// row since it was read (its state or its time): `(id, time read, state's time, state
     /// read)`.
     fn correct_decision_times(&self, rows: &[(String, i64, Option<i64>, String)]) -> Result<()> {
+        if !self.in_batch() {
+            super::roll_back_abandoned(&self.conn)?;
+        }
         let tx = self.conn.unchecked_transaction()?;
         {
             let mut update = tx.prepare_cached(
@@ -246,6 +264,48 @@ mod tests {
         assert_eq!(
             s.digest().unwrap(),
             crate::state::digest(&s.all_views().unwrap())
+        );
+    }
+
+    /// A store that knows its node's id keeps decision times for that node's seeds only: a seed
+    /// of another publisher writes no entry into the decision index.
+    #[test]
+    fn only_the_nodes_own_seeds_carry_a_decision_time() {
+        let (_dir, mut s) = temp_store();
+        let (me, other) = (node(0xab), node(0xcd));
+        assert_eq!(s.node_id_or_init(&me).unwrap(), me);
+        let (mine, _) = publish_test_seed(&mut s, &me, 1, T0);
+        let (theirs, _) = publish_test_seed(&mut s, &other, 2, T0);
+        assert_eq!(stored(&s, &mine), Some(T0 as i64 + 1_000));
+        assert_eq!(stored(&s, &theirs), None);
+        let found = s.due_decisions(&me, T0 + 1_000).unwrap();
+        assert_eq!(ids(&found), std::slice::from_ref(&mine));
+    }
+
+    /// A transaction a failed rollback left open does not keep the decision times from being
+    /// corrected, and its write is not committed with them.
+    #[test]
+    fn decision_times_are_corrected_past_an_abandoned_transaction() {
+        let (_dir, mut s) = temp_store();
+        let me = node(0xab);
+        let (id, _) = publish_test_seed(&mut s, &me, 1, T0);
+        s.conn
+            .execute(
+                "UPDATE seeds SET decide_at = 0 WHERE id = ?1",
+                [id.as_str()],
+            )
+            .unwrap();
+        s.conn
+            .execute_batch("BEGIN IMMEDIATE; INSERT INTO meta(key, value) VALUES ('x', 'y')")
+            .unwrap();
+        let found = s.due_decisions(&me, T0).unwrap();
+        assert!(found.due.is_empty());
+        assert!(s.conn.is_autocommit(), "no transaction left open");
+        assert_eq!(stored(&s, &id), Some(T0 as i64 + 1_000), "its state's time");
+        assert_eq!(
+            s.meta("x").unwrap(),
+            None,
+            "the abandoned write was not committed"
         );
     }
 
