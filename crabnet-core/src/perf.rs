@@ -45,6 +45,7 @@ use crate::model::{Body, Message, MessageId, SeedId, Settlement, SettlementOutco
 use crate::monitor::EventKind;
 use crate::network::{DhtConfig, UdpConfig, UdpTransport};
 use crate::node::{Node, PublishRequest};
+use crate::store::{StoreConfig, SyncMode};
 
 /// What [`run`] does and how long.
 #[derive(Debug, Clone)]
@@ -63,6 +64,8 @@ pub struct BenchOptions {
     pub timeout: Duration,
     /// The transport the node and its peers meet on.
     pub transport: BenchTransport,
+    /// How hard the measured node's store syncs its commits (the node's default: `full`).
+    pub sync: SyncMode,
 }
 
 /// The transport of a benchmark's apply step (step 4).
@@ -100,6 +103,7 @@ impl BenchOptions {
             crypto_time: Duration::from_secs(3),
             timeout: Duration::from_secs(40),
             transport: BenchTransport::Udp,
+            sync: StoreConfig::default().sync,
         }
     }
 
@@ -185,6 +189,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let dir = tempfile::Builder::new().prefix("crabnet-bench").tempdir()?;
     let mut config = Config::with_data_dir(dir.path().join("node"));
     config.name = "bench-node".into();
+    config.store.sync = opts.sync;
     let store_sync = format!("{:?}", config.store.sync).to_lowercase();
     let (node, node_addr) = match opts.transport {
         BenchTransport::Udp => {

@@ -1795,21 +1795,80 @@ fn status_lists_the_alerts_a_listening_node_fires() {
 /// positive and finite; its peer processes and temp directories are gone afterwards.
 #[test]
 fn bench_quick_prints_sane_figures_as_json_and_cleans_up() {
-    bench_quick("udp");
+    bench_quick("udp", "full");
 }
 
 /// The same over libp2p (`--transport dht`): the peers dial the node and publish through
-/// gossipsub.
+/// gossipsub; the measured node's store without an fsync per commit (`--sync normal`).
 #[test]
 fn bench_quick_over_libp2p_prints_sane_figures_as_json_and_cleans_up() {
-    bench_quick("dht");
+    bench_quick("dht", "normal");
 }
 
-/// `crabnet bench --quick --json --transport TRANSPORT`, checked.
-fn bench_quick(transport: &str) {
+/// `demo` and `bench` run in temporary directories of their own: a `--data-dir` or
+/// `--config` on their command line would be ignored, so it is a usage error that says so
+/// (before anything starts). The same settings in the environment, meant for the other
+/// commands, are not.
+#[test]
+fn demo_and_bench_refuse_a_data_dir_or_config_they_would_ignore() {
+    let sb = sandbox();
+    let dir = sb.path().join("node");
+    let file = sb.path().join("config.toml");
+    std::fs::write(&file, "name = \"x\"\n").unwrap();
+    let (dir, file) = (dir.to_str().unwrap(), file.to_str().unwrap());
+    for args in [
+        vec!["--data-dir", dir, "bench", "--quick"],
+        vec!["bench", "--quick", "--config", file],
+        vec!["--json", "demo", "--data-dir", dir],
+        vec!["demo", "--config", file],
+    ] {
+        let mut cmd = sb.command();
+        cmd.args(&args);
+        let out = run_bounded_within(
+            cmd,
+            args.iter().map(|a| a.to_string()).collect(),
+            Duration::from_secs(30),
+        );
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let flag = if args.contains(&dir) {
+            "--data-dir"
+        } else {
+            "--config"
+        };
+        assert!(
+            out.stderr.contains("does not use") && out.stderr.contains(flag),
+            "{out:?}"
+        );
+        assert!(
+            !std::path::Path::new(dir).exists(),
+            "nothing was created: {out:?}"
+        );
+    }
+    // From the environment: `bench --help` runs (nothing refused).
+    let mut cmd = sb.command();
+    cmd.env("CRABNET_DATA_DIR", dir).env("CRABNET_CONFIG", file);
+    cmd.args(["bench", "--help"]);
+    let out = run_bounded_within(
+        cmd,
+        vec!["bench".into(), "--help".into()],
+        Duration::from_secs(30),
+    );
+    assert!(out.success() && out.stdout.contains("--sync"), "{out:?}");
+}
+
+/// `crabnet bench --quick --json --transport TRANSPORT --sync SYNC`, checked.
+fn bench_quick(transport: &str, sync: &str) {
     let sb = sandbox();
     let mut cmd = sb.command();
-    let args = ["bench", "--quick", "--json", "--transport", transport];
+    let args = [
+        "bench",
+        "--quick",
+        "--json",
+        "--transport",
+        transport,
+        "--sync",
+        sync,
+    ];
     cmd.args(args);
     let out = run_bounded_within(
         cmd,
@@ -1838,6 +1897,7 @@ fn bench_quick(transport: &str) {
         assert!(report[field].as_u64().is_some(), "{field} in {last}");
     }
     assert_eq!(report["transport"], transport, "{last}");
+    assert_eq!(report["store_sync"], sync, "{last}");
     assert!(
         report["frames_per_batch"]
             .as_f64()

@@ -5,13 +5,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use crabnet_core::clock::format_ms;
 use crabnet_core::demo::{self, DemoOptions};
 use crabnet_core::logging::LevelFilter;
 use crabnet_core::model::{Deadlines, SandboxLevel};
 use crabnet_core::network::{DhtConfig, UdpConfig, UdpTransport};
 use crabnet_core::perf;
+use crabnet_core::store::SyncMode;
 use crabnet_core::web::{WebConfig, WebHandle};
 use crabnet_core::{
     Config, Error, ErrorKind, Event, Node, NodeId, PublishRequest, SeedId, SeedStatus, SeedView,
@@ -82,6 +84,20 @@ struct BenchArgs {
     /// (libp2p: the peers dial the node over TCP and publish through gossipsub).
     #[arg(long, value_enum, default_value = "udp", hide_possible_values = true)]
     transport: TransportArg,
+    /// How hard the measured node's store syncs its commits: `full` (the default, as a node's
+    /// `store.sync`) or `normal` (no fsync at a commit; durable against a crash of the
+    /// process, not of the machine).
+    #[arg(long, value_enum, default_value = "full", hide_possible_values = true)]
+    sync: SyncArg,
+}
+
+/// `crabnet bench --sync`.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum SyncArg {
+    /// `store.sync = "full"`.
+    Full,
+    /// `store.sync = "normal"`.
+    Normal,
 }
 
 #[derive(Subcommand, Debug)]
@@ -414,7 +430,9 @@ struct DemoArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    refuse_unused_globals(&cli, &matches);
     let (filter, invalid) = crabnet_core::logging::env_filter(LevelFilter::WARN);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -444,6 +462,35 @@ fn main() -> ExitCode {
             }
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `demo` and `bench` run their nodes in temporary directories with configurations of their
+/// own: a `--data-dir` or `--config` given on their command line would be ignored, so it is
+/// refused (a usage error, exit status 2). The same settings from the environment
+/// (`CRABNET_DATA_DIR`, `CRABNET_CONFIG`), set for the other commands, are left alone.
+fn refuse_unused_globals(cli: &Cli, matches: &clap::ArgMatches) {
+    let (name, own) = match cli.command {
+        Command::Demo(_) => (
+            "demo",
+            "its nodes run in temporary directories (--keep keeps them)",
+        ),
+        Command::Bench(_) => (
+            "bench",
+            "its node and peers run in temporary directories with the default configuration \
+             (--sync sets the store's sync mode)",
+        ),
+        _ => return,
+    };
+    for (id, flag) in [("data_dir", "--data-dir"), ("config", "--config")] {
+        if matches.value_source(id) == Some(ValueSource::CommandLine) {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("`crabnet {name}` does not use {flag}: {own}"),
+                )
+                .exit();
         }
     }
 }
@@ -1414,6 +1461,10 @@ async fn bench(args: &BenchArgs, json: bool) -> Result<(), Error> {
     opts.transport = match args.transport {
         TransportArg::Udp => perf::BenchTransport::Udp,
         TransportArg::Dht => perf::BenchTransport::Dht,
+    };
+    opts.sync = match args.sync {
+        SyncArg::Full => SyncMode::Full,
+        SyncArg::Normal => SyncMode::Normal,
     };
     if !json {
         eprintln!(
