@@ -586,7 +586,17 @@ impl Node {
                 held: ingress::HoldQueue::new(config.network.unknown_sender_hold_ms),
                 liveness: liveness::Liveness::new(config.network.max_peers.saturating_mul(2)),
                 trust: policy,
-                timers: Timers::default(),
+                timers: Timers {
+                    // The first cursor write waits too: a short-lived node (a CLI command)
+                    // writes its cursor once, at stop, in the commit of its counters.
+                    log_cursor_at: AtomicU64::new(
+                        clock
+                            .as_ref()
+                            .map_or_else(crate::clock::now_ms, |c| c.now_ms())
+                            .saturating_add(housekeeping::LOG_CURSOR_WRITE_MS),
+                    ),
+                    ..Timers::default()
+                },
                 tasks: Mutex::new(Vec::new()),
                 lock: Mutex::new(lock_file),
                 runs: runs::Runs::new(),
@@ -707,7 +717,9 @@ impl Node {
         }
         let node = self.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            node.flush_rejections()?;
+            // The counters waiting in memory go with the event log's cursor: a CLI command
+            // stops with one commit (one sync, one ring of the bell), not two.
+            let mut counters = node.flush_rejections_but_counters(true)?;
             node.write_liveness()?;
             if node.inner.transport_name.is_some() {
                 let id = node.inner.id.clone();
@@ -715,7 +727,11 @@ impl Node {
                     s.record_event(node.now_ms(), EventKind::NodeStopped { node_id: id })
                 })?;
             }
-            node.write_log(true)?;
+            node.write_log_adding(true, &mut counters)?;
+            if !counters.is_empty() {
+                // No cursor to move (or no event log).
+                lock(&node.inner.store).add_counters(node.now_ms(), &counters, Vec::new())?;
+            }
             // Subscribers read the last events, then see the end of the stream.
             node.inner.bus.close();
             *lock(&node.inner.lock) = None;

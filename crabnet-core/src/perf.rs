@@ -11,12 +11,13 @@
 //!    (`message_envelope` + `parse` + `verify` + `message`) over raw sign + raw verify of the
 //!    same bytes, run alternately in short batches so both see the same load; the median of
 //!    the per-round ratios is `sign_verify_overhead`.
-//! 3. **Publish**: seeds published through [`Node::publish`] (with the data directory's
-//!    default `store.sync`), on each peer's data directory while that peer is stopped, so
-//!    that they wait in the peers' outboxes for step 4: the first fifth of each peer's seeds
-//!    one after another (`publish_single_per_s`: one caller, every publish its own commit),
-//!    the rest from `publishers` concurrent tasks ([`BenchOptions::publishers`], 32 by
-//!    default), whose publishes the node commits in groups: `publish_per_s`.
+//! 3. **Publish**: seeds published through [`Node::publish`] (`store.sync` as
+//!    [`BenchOptions::sync`] says, as for the node of step 4), on each peer's data directory
+//!    while that peer is stopped, so that they wait in the peers' outboxes for step 4: the
+//!    first fifth of each peer's seeds one after another (`publish_single_per_s`: one caller,
+//!    every publish its own commit), the rest from `publishers` concurrent tasks
+//!    ([`BenchOptions::publishers`], 32 by default), whose publishes the node commits in
+//!    groups: `publish_per_s`.
 //! 4. **Apply**: a node in this process on 127.0.0.1 and `peers` real `crabnet listen`
 //!    processes (their own temp data directories) that first introduce themselves (hellos),
 //!    are stopped while step 3 fills their outboxes, and are started again: each then sends
@@ -64,7 +65,8 @@ pub struct BenchOptions {
     pub timeout: Duration,
     /// The transport the node and its peers meet on.
     pub transport: BenchTransport,
-    /// How hard the measured node's store syncs its commits (the node's default: `full`).
+    /// How hard the stores measured (the publishing ones of step 3, the applying node of
+    /// step 4) sync their commits; the node's default, `full`, unless told otherwise.
     pub sync: SyncMode,
 }
 
@@ -163,7 +165,7 @@ pub struct BenchReport {
     pub peers: usize,
     /// The transport of the apply step.
     pub transport: BenchTransport,
-    /// The node's `store.sync`.
+    /// The `store.sync` of the stores measured ([`BenchOptions::sync`]).
     pub store_sync: String,
     /// Wall-clock seconds of the whole run.
     pub elapsed_s: f64,
@@ -297,6 +299,7 @@ async fn apply_phase(
     for (i, peer_dir) in peer_dirs.iter().enumerate() {
         let mut config = Config::with_data_dir(peer_dir);
         config.name = format!("bench-peer-{i}");
+        config.store.sync = opts.sync;
         let peer = Node::start(config).await?;
         let result = publish_seeds(&peer, i, opts.seeds_per_peer, opts.publishers).await;
         let stopped = peer.stop().await;

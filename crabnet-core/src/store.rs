@@ -504,6 +504,9 @@ pub struct Store {
     /// The name of the bell this store rings after each commit ([`CommitWatch`]), when it has
     /// one.
     bell: Option<String>,
+    /// Commits that wrote to the log since the store opened (each rings the bell).
+    #[cfg(test)]
+    commits: Arc<AtomicU64>,
 }
 
 /// How the operations of a batch ([`Store::begin_batch`]) are kept apart.
@@ -711,7 +714,11 @@ const WAL_AUTOCHECKPOINT_PAGES: i32 = 1000;
 /// automatic checkpoint, which it runs the same way (passive, at the same size, failures left
 /// to the next commit). Without a bell (its directory cannot be written) nothing is rung and
 /// other processes see this store's commits at their next full look.
-fn ring_after_commits(conn: &mut Connection, path: &Path) -> Result<Option<String>> {
+fn ring_after_commits(
+    conn: &mut Connection,
+    path: &Path,
+    commits: Arc<AtomicU64>,
+) -> Result<Option<String>> {
     let bell = match Bell::new(path) {
         Ok(bell) => Some(bell),
         Err(e) => {
@@ -725,6 +732,7 @@ fn ring_after_commits(conn: &mut Connection, path: &Path) -> Result<Option<Strin
     };
     let name = bell.as_ref().map(|b| b.name().to_owned());
     conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
+        commits.fetch_add(1, Ordering::Relaxed);
         if let Some(bell) = &bell {
             bell.ring();
         }
@@ -772,6 +780,12 @@ impl Store {
         self.bell.as_deref()
     }
 
+    /// How many commits of this store wrote to the database since it opened.
+    #[cfg(test)]
+    pub(crate) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path, config: &StoreConfig) -> Result<Store> {
         let mut conn = Connection::open(path).map_err(|e| {
@@ -802,7 +816,8 @@ impl Store {
             SyncMode::Full => "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
             SyncMode::Normal => "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
         })?;
-        let bell = ring_after_commits(&mut conn, path)?;
+        let commits = Arc::new(AtomicU64::new(0));
+        let bell = ring_after_commits(&mut conn, path, commits.clone())?;
         let mut store = Store {
             conn,
             path: path.to_owned(),
@@ -812,6 +827,8 @@ impl Store {
             spoiled: std::cell::Cell::new(false),
             clock: Arc::default(),
             bell,
+            #[cfg(test)]
+            commits,
         };
         store.migrate()?;
         let stored = store.lamport_clock()?;
@@ -1244,12 +1261,24 @@ impl Store {
 
     /// Stores the NDJSON log cursor.
     pub fn set_log_cursor(&mut self, seq: u64) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO meta(key, value) VALUES ('ndjson_seq', ?1)
+        self.set_log_cursor_adding(seq, &BTreeMap::new())
+    }
+
+    /// [`Store::set_log_cursor`] and [`Store::add_counters`]' counters (no events) in one
+    /// transaction: a stopping node's last commit.
+    pub(crate) fn set_log_cursor_adding(
+        &mut self,
+        seq: u64,
+        counters: &BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let tx = self.tx(TransactionBehavior::Deferred)?;
+        add_to_counters(&tx, counters)?;
+        tx.prepare_cached(
+            "INSERT INTO meta(key, value) VALUES ('ndjson_seq', ?1)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute([seq.to_string()])?;
+        )?
+        .execute([seq.to_string()])?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -1458,15 +1487,7 @@ impl Store {
         events: Vec<EventKind>,
     ) -> Result<Vec<Event>> {
         let tx = self.tx(TransactionBehavior::Deferred)?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO counters(name, value) VALUES (?1, ?2)
-                 ON CONFLICT(name) DO UPDATE SET value = value + ?2",
-            )?;
-            for (name, add) in counters {
-                stmt.execute(params![name, i64::try_from(*add).unwrap_or(i64::MAX)])?;
-            }
-        }
+        add_to_counters(&tx, counters)?;
         let events = insert_events(&tx, now, events, None)?;
         tx.commit()?;
         Ok(events)
@@ -2290,6 +2311,18 @@ fn insert_seen(
         sender.as_str(),
         sql_lamport(lamport)?
     ])?;
+    Ok(())
+}
+
+/// Adds each of `counters` to its stored counter.
+fn add_to_counters(tx: &Connection, counters: &BTreeMap<String, u64>) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO counters(name, value) VALUES (?1, ?2)
+         ON CONFLICT(name) DO UPDATE SET value = value + ?2",
+    )?;
+    for (name, add) in counters {
+        stmt.execute(params![name, i64::try_from(*add).unwrap_or(i64::MAX)])?;
+    }
     Ok(())
 }
 

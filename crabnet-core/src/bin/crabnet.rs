@@ -84,9 +84,9 @@ struct BenchArgs {
     /// (libp2p: the peers dial the node over TCP and publish through gossipsub).
     #[arg(long, value_enum, default_value = "udp", hide_possible_values = true)]
     transport: TransportArg,
-    /// How hard the measured node's store syncs its commits: `full` (the default, as a node's
-    /// `store.sync`) or `normal` (no fsync at a commit; durable against a crash of the
-    /// process, not of the machine).
+    /// How hard the stores measured (publish and apply) sync their commits: `full` (the
+    /// default, as a node's `store.sync`) or `normal` (no fsync at a commit; durable against a
+    /// crash of the process, not of the machine).
     #[arg(long, value_enum, default_value = "full", hide_possible_values = true)]
     sync: SyncArg,
 }

@@ -77,8 +77,8 @@ impl Node {
     }
 
     /// Brings the decision timer nearer for a seed of ours that owes a decision sooner (the
-    /// store keeps every seed's decision time: a seed that owes none leaves the timer by
-    /// itself).
+    /// store keeps the decision time of each of our seeds: a seed that owes none leaves the
+    /// timer by itself).
     pub(super) fn schedule_decision(&self, view: &SeedView) {
         if view.seed.publisher != self.inner.id {
             return;

@@ -1,5 +1,6 @@
 //! Housekeeping: every periodic duty on its own trigger, and the NDJSON event log writer.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -330,6 +331,16 @@ impl Node {
     /// appended). Returns whether the cursor was left behind (the
     /// log writer comes back for it).
     pub(super) fn write_log(&self, last: bool) -> Result<bool> {
+        self.write_log_adding(last, &mut BTreeMap::new())
+    }
+
+    /// [`Node::write_log`], writing `counters` with the cursor when it moves (one commit),
+    /// and taking them out of the map when they are written.
+    pub(super) fn write_log_adding(
+        &self,
+        last: bool,
+        counters: &mut BTreeMap<String, u64>,
+    ) -> Result<bool> {
         let Some(log) = &self.inner.log else {
             return Ok(false);
         };
@@ -372,7 +383,8 @@ impl Node {
         if behind && (last || timers.log_cursor_at.load(Ordering::Relaxed) <= now) {
             // The file first: the cursor never says more than the disk holds.
             log.sync()?;
-            lock(&self.inner.store).set_log_cursor(cursor)?;
+            lock(&self.inner.store).set_log_cursor_adding(cursor, counters)?;
+            counters.clear();
             timers
                 .log_cursor_at
                 .store(now.saturating_add(LOG_CURSOR_WRITE_MS), Ordering::Relaxed);
@@ -490,6 +502,30 @@ mod tests {
         let mut config = Config::with_data_dir(dir.path().join("node"));
         config.network.tick_ms = 20;
         config
+    }
+
+    /// A node without a network (a CLI command's) stops with one commit: the counters its
+    /// operation left in memory are written with the event log's cursor; with the log off,
+    /// they are its one commit. Before, the counters and the cursor were a commit each (each
+    /// an fsync, and a ring of the bell that wakes a node listening on the directory).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_without_a_network_stops_with_one_commit() {
+        for log in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = Config::with_data_dir(dir.path().join("node"));
+            config.events.log_enabled = log;
+            let node = Node::start(config).await.unwrap();
+            node.publish(crate::node::PublishRequest::new("true"))
+                .await
+                .unwrap();
+            let before = lock(&node.inner.store).commits();
+            node.stop().await.unwrap();
+            let store = lock(&node.inner.store);
+            assert_eq!(store.commits() - before, 1, "log {log}");
+            assert_eq!(store.counters().unwrap().get("local.groups"), Some(&1));
+            let last = store.last_event_seq().unwrap();
+            assert_eq!(store.log_cursor().unwrap(), if log { last } else { 0 });
+        }
     }
 
     /// A node without a network whose housekeeping ticks every 20 ms.

@@ -1,6 +1,8 @@
 //! The trust boundary: every received frame (envelope, hello, digest, batch, revocation) is
 //! checked, cheap checks before costly ones, then applied or refused with a reason.
 
+use std::collections::BTreeMap;
+
 use super::reconcile::Ask;
 use super::{Node, lock};
 use crate::clock::random_bytes;
@@ -70,6 +72,17 @@ impl Node {
 
     /// Writes the rejection counters and window summaries held in memory (housekeeping).
     pub(super) fn flush_rejections(&self) -> Result<()> {
+        self.flush_rejections_but_counters(false).map(|_| ())
+    }
+
+    /// [`Node::flush_rejections`], except that with `keep_counters`, when only counters wait
+    /// (no rejection or hold event), they are returned instead of written: a stopping node
+    /// writes them with the event log's cursor, in one commit (nothing reads them in between:
+    /// the node refuses its API once it stops).
+    pub(super) fn flush_rejections_but_counters(
+        &self,
+        keep_counters: bool,
+    ) -> Result<BTreeMap<String, u64>> {
         let now = self.now_ms();
         let (expired, acks) = self.inner.held.expire(now, &self.inner.rejections);
         for (ack, reason) in acks {
@@ -83,15 +96,15 @@ impl Node {
         let mut store = lock(&self.inner.store);
         let (counters, mut events) = self.inner.rejections.drain(now);
         events.extend(expired);
-        if counters.is_empty() && events.is_empty() {
-            return Ok(());
+        if events.is_empty() && (keep_counters || counters.is_empty()) {
+            return Ok(counters);
         }
         let written = store.add_counters(now, &counters, events);
         if written.is_err() {
             self.inner.rejections.restore(counters);
         }
         self.pump_events(&store, false);
-        written.map(|_| ())
+        written.map(|_| BTreeMap::new())
     }
 
     /// The trust boundary: checks one received frame (size, structure, freshness, sender in

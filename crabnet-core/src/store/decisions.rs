@@ -1,7 +1,9 @@
-//! The store side of the decision timer (see `node/decisions.rs`): each seed's row carries
-//! when its publisher next owes a decision ([`SeedView::next_decision_at`]), written with its
-//! state, so a publisher reads only the seeds whose decisions are due, and the time of the
-//! next one, from an index: never every open seed it published.
+//! The store side of the decision timer (see `node/decisions.rs`): each row of a seed this
+//! store's node published carries when it next owes a decision
+//! ([`SeedView::next_decision_at`]), written with its state, so a publisher reads only the
+//! seeds whose decisions are due, and the time of the next one, from an index: never every
+//! open seed it published. Other publishers' seeds carry none (rows written by earlier
+//! versions may; every read asks for this node's seeds only).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -66,6 +68,10 @@ impl Store {
     /// version) gets its state's time and is left out if that is not due; a row whose state
     /// cannot be read is taken off the timer with a warning: neither holds back the others.
     pub(crate) fn due_decisions(&self, publisher: &NodeId, now: Millis) -> Result<DueDecisions> {
+        if !self.in_batch() {
+            // Read the committed rows, and correct them in a transaction of their own.
+            super::roll_back_abandoned(&self.conn)?;
+        }
         let now = to_sql(now);
         let rows: Vec<(String, String, i64)> = self
             .conn
@@ -113,9 +119,6 @@ impl Store {
     /// row since it was read (its state or its time): `(id, time read, state's time, state
     /// read)`.
     fn correct_decision_times(&self, rows: &[(String, i64, Option<i64>, String)]) -> Result<()> {
-        if !self.in_batch() {
-            super::roll_back_abandoned(&self.conn)?;
-        }
         let tx = self.conn.unchecked_transaction()?;
         {
             let mut update = tx.prepare_cached(
