@@ -519,13 +519,14 @@ impl Node {
         // Judged in the active window of the longest interval the peer table could give: the
         // first periodic hello sizes it again.
         let sightings = store.peer_sightings()?;
+        let started = clock
+            .as_ref()
+            .map_or_else(crate::clock::now_ms, |c| c.now_ms());
         let hello_every_ms = liveness::hello_interval_for(
             &config.network,
             &sightings,
             &Default::default(),
-            clock
-                .as_ref()
-                .map_or_else(crate::clock::now_ms, |c| c.now_ms()),
+            started,
             config.network.hello_interval_ms(sightings.len()),
         );
         let log = config.events.log_enabled.then(|| {
@@ -587,13 +588,14 @@ impl Node {
                 liveness: liveness::Liveness::new(config.network.max_peers.saturating_mul(2)),
                 trust: policy,
                 timers: Timers {
-                    // The first cursor write waits too: a short-lived node (a CLI command)
-                    // writes its cursor once, at stop, in the commit of its counters.
+                    // The first writes of the routine counters and of the event log's cursor
+                    // wait too: a short-lived node (a CLI command) writes both once, at stop,
+                    // in one commit.
+                    counters_at: AtomicU64::new(started.saturating_add(
+                        u64::from(config.network.counter_write_secs).saturating_mul(1000),
+                    )),
                     log_cursor_at: AtomicU64::new(
-                        clock
-                            .as_ref()
-                            .map_or_else(crate::clock::now_ms, |c| c.now_ms())
-                            .saturating_add(housekeeping::LOG_CURSOR_WRITE_MS),
+                        started.saturating_add(housekeeping::LOG_CURSOR_WRITE_MS),
                     ),
                     ..Timers::default()
                 },

@@ -1216,13 +1216,18 @@ impl Cli {
         }
     }
 
+    /// `crabnet --data-dir DATA ARGS...`; `crabnet demo ARGS...` (the demo's nodes have
+    /// directories of their own, and it refuses `--data-dir`).
     fn command(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = self.sb.command();
-        cmd.arg("--data-dir").arg(&self.data).args(args);
+        if args.first() != Some(&"demo") {
+            cmd.arg("--data-dir").arg(&self.data);
+        }
+        cmd.args(args);
         cmd
     }
 
-    /// Starts `crabnet --data-dir DATA ARGS...` as process `name`; returns its index.
+    /// Starts `crabnet ARGS...` ([`Cli::command`]) as process `name`; returns its index.
     fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
         let mut cmd = self.command(args);
         cmd.env("CRABNET_LOG", "warn");
