@@ -431,7 +431,8 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let cli =
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     refuse_unused_globals(&cli, &matches);
     let (filter, invalid) = crabnet_core::logging::env_filter(LevelFilter::WARN);
     tracing_subscriber::fmt()
