@@ -719,9 +719,10 @@ impl Node {
         }
         let node = self.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            // The counters waiting in memory go with the event log's cursor: a CLI command
-            // stops with one commit (one sync, one ring of the bell), not two.
-            let mut counters = node.flush_rejections_but_counters(true)?;
+            // Rejection and hold events now (they belong in the log); the counters waiting in
+            // memory go with the event log's cursor: a CLI command stops with one commit (one
+            // sync, one ring of the bell), not two.
+            node.flush_rejection_events()?;
             node.write_liveness()?;
             if node.inner.transport_name.is_some() {
                 let id = node.inner.id.clone();
@@ -729,11 +730,11 @@ impl Node {
                     s.record_event(node.now_ms(), EventKind::NodeStopped { node_id: id })
                 })?;
             }
-            node.write_log_adding(true, &mut counters)?;
-            if !counters.is_empty() {
-                // No cursor to move (or no event log).
-                lock(&node.inner.store).add_counters(node.now_ms(), &counters, Vec::new())?;
-            }
+            let logged = node.write_log_at_stop();
+            // What is left (no event log, no cursor to move, the log failed): its own commit.
+            let flushed = node.flush_rejections();
+            logged?;
+            flushed?;
             // Subscribers read the last events, then see the end of the stream.
             node.inner.bus.close();
             *lock(&node.inner.lock) = None;

@@ -1261,25 +1261,29 @@ impl Store {
 
     /// Stores the NDJSON log cursor.
     pub fn set_log_cursor(&mut self, seq: u64) -> Result<()> {
-        self.set_log_cursor_adding(seq, &BTreeMap::new())
+        self.set_log_cursor_adding(seq, 0, &BTreeMap::new(), Vec::new())
+            .map(|_| ())
     }
 
-    /// [`Store::set_log_cursor`] and [`Store::add_counters`]' counters (no events) in one
-    /// transaction: a stopping node's last commit.
+    /// [`Store::set_log_cursor`] and [`Store::add_counters`] in one transaction: a stopping
+    /// node's last commit. The events recorded come after the cursor.
     pub(crate) fn set_log_cursor_adding(
         &mut self,
         seq: u64,
+        now: Millis,
         counters: &BTreeMap<String, u64>,
-    ) -> Result<()> {
+        events: Vec<EventKind>,
+    ) -> Result<Vec<Event>> {
         let tx = self.tx(TransactionBehavior::Deferred)?;
         add_to_counters(&tx, counters)?;
+        let events = insert_events(&tx, now, events, None)?;
         tx.prepare_cached(
             "INSERT INTO meta(key, value) VALUES ('ndjson_seq', ?1)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         )?
         .execute([seq.to_string()])?;
         tx.commit()?;
-        Ok(())
+        Ok(events)
     }
 
     /// Outbox messages due for sending at `now`, oldest first.

@@ -1,8 +1,6 @@
 //! The trust boundary: every received frame (envelope, hello, digest, batch, revocation) is
 //! checked, cheap checks before costly ones, then applied or refused with a reason.
 
-use std::collections::BTreeMap;
-
 use super::reconcile::Ask;
 use super::{Node, lock};
 use crate::clock::random_bytes;
@@ -72,17 +70,17 @@ impl Node {
 
     /// Writes the rejection counters and window summaries held in memory (housekeeping).
     pub(super) fn flush_rejections(&self) -> Result<()> {
-        self.flush_rejections_but_counters(false).map(|_| ())
+        self.flush_rejections_if(false)
     }
 
-    /// [`Node::flush_rejections`], except that with `keep_counters`, when only counters wait
-    /// (no rejection or hold event), they are returned instead of written: a stopping node
-    /// writes them with the event log's cursor, in one commit (nothing reads them in between:
-    /// the node refuses its API once it stops).
-    pub(super) fn flush_rejections_but_counters(
-        &self,
-        keep_counters: bool,
-    ) -> Result<BTreeMap<String, u64>> {
+    /// [`Node::flush_rejections`] when rejection or hold events wait; when only counters do,
+    /// they stay in memory: a stopping node writes them with the event log's cursor, in one
+    /// commit ([`Node::write_log_at_stop`]).
+    pub(super) fn flush_rejection_events(&self) -> Result<()> {
+        self.flush_rejections_if(true)
+    }
+
+    fn flush_rejections_if(&self, events_only: bool) -> Result<()> {
         let now = self.now_ms();
         let (expired, acks) = self.inner.held.expire(now, &self.inner.rejections);
         for (ack, reason) in acks {
@@ -96,15 +94,18 @@ impl Node {
         let mut store = lock(&self.inner.store);
         let (counters, mut events) = self.inner.rejections.drain(now);
         events.extend(expired);
-        if events.is_empty() && (keep_counters || counters.is_empty()) {
-            return Ok(counters);
+        if events.is_empty() && (events_only || counters.is_empty()) {
+            if !counters.is_empty() {
+                self.inner.rejections.restore(counters);
+            }
+            return Ok(());
         }
         let written = store.add_counters(now, &counters, events);
         if written.is_err() {
             self.inner.rejections.restore(counters);
         }
         self.pump_events(&store, false);
-        written.map(|_| BTreeMap::new())
+        written.map(|_| ())
     }
 
     /// The trust boundary: checks one received frame (size, structure, freshness, sender in
