@@ -1261,29 +1261,8 @@ impl Store {
 
     /// Stores the NDJSON log cursor.
     pub fn set_log_cursor(&mut self, seq: u64) -> Result<()> {
-        self.set_log_cursor_adding(seq, 0, &BTreeMap::new(), Vec::new())
+        self.add_counters_with_cursor(0, &BTreeMap::new(), Vec::new(), Some(seq))
             .map(|_| ())
-    }
-
-    /// [`Store::set_log_cursor`] and [`Store::add_counters`] in one transaction: a stopping
-    /// node's last commit. The events recorded come after the cursor.
-    pub(crate) fn set_log_cursor_adding(
-        &mut self,
-        seq: u64,
-        now: Millis,
-        counters: &BTreeMap<String, u64>,
-        events: Vec<EventKind>,
-    ) -> Result<Vec<Event>> {
-        let tx = self.tx(TransactionBehavior::Deferred)?;
-        add_to_counters(&tx, counters)?;
-        let events = insert_events(&tx, now, events, None)?;
-        tx.prepare_cached(
-            "INSERT INTO meta(key, value) VALUES ('ndjson_seq', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        )?
-        .execute([seq.to_string()])?;
-        tx.commit()?;
-        Ok(events)
     }
 
     /// Outbox messages due for sending at `now`, oldest first.
@@ -1490,9 +1469,28 @@ impl Store {
         counters: &BTreeMap<String, u64>,
         events: Vec<EventKind>,
     ) -> Result<Vec<Event>> {
+        self.add_counters_with_cursor(now, counters, events, None)
+    }
+
+    /// [`Store::add_counters`] and, with `cursor`, [`Store::set_log_cursor`] in the same
+    /// transaction (a stopping node's last commit: the events recorded come after the cursor).
+    pub(crate) fn add_counters_with_cursor(
+        &mut self,
+        now: Millis,
+        counters: &BTreeMap<String, u64>,
+        events: Vec<EventKind>,
+        cursor: Option<u64>,
+    ) -> Result<Vec<Event>> {
         let tx = self.tx(TransactionBehavior::Deferred)?;
         add_to_counters(&tx, counters)?;
         let events = insert_events(&tx, now, events, None)?;
+        if let Some(seq) = cursor {
+            tx.prepare_cached(
+                "INSERT INTO meta(key, value) VALUES ('ndjson_seq', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([seq.to_string()])?;
+        }
         tx.commit()?;
         Ok(events)
     }

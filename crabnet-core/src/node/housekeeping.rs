@@ -388,7 +388,7 @@ impl Node {
             if with_counters {
                 // Drained and written under one hold of the store, as the overview reads both.
                 let (counters, events) = self.inner.rejections.drain(now);
-                let written = store.set_log_cursor_adding(cursor, now, &counters, events);
+                let written = store.add_counters_with_cursor(now, &counters, events, Some(cursor));
                 if written.is_err() {
                     self.inner.rejections.restore(counters);
                 }
