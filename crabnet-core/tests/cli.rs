@@ -1856,6 +1856,25 @@ fn demo_and_bench_refuse_a_data_dir_or_config_they_would_ignore() {
     );
 }
 
+/// `bench --sync` takes `full` or `normal`; anything else is a usage error that names both.
+#[test]
+fn bench_refuses_an_unknown_sync_mode() {
+    let sb = sandbox();
+    let args = ["bench", "--quick", "--sync", "off"];
+    let mut cmd = sb.command();
+    cmd.args(args);
+    let out = run_bounded_within(
+        cmd,
+        args.iter().map(|a| a.to_string()).collect(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("off") && out.stderr.contains("full") && out.stderr.contains("normal"),
+        "{out:?}"
+    );
+}
+
 /// `crabnet bench --quick --json --transport TRANSPORT --sync SYNC`, checked.
 fn bench_quick(transport: &str, sync: &str) {
     let sb = sandbox();
