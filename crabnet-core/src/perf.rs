@@ -28,11 +28,11 @@
 //!    of the last `seed_published` event; events are delivered after their group's commit, so
 //!    measuring from the first event's delivery would count the first group (up to 256
 //!    envelopes) as applied in no time. The node's event bus holds all of the run's events,
-//!    so none is dropped before the benchmark reads it (a run that drops some fails). `apply_ratio`
-//!    is `applied_per_s` over the floor. The node and its
-//!    peers meet on UDP (each peer unicasts to the node; a sender that outruns the node loses
-//!    datagrams, which sync repairs) or on libp2p (each peer dials the node over TCP and
-//!    publishes through gossipsub): [`BenchOptions::transport`].
+//!    so none is dropped before the benchmark reads it (a run that drops some fails).
+//!    `apply_ratio` is `applied_per_s` over the floor. The node and its peers meet on UDP
+//!    (each peer unicasts to the node; a sender that outruns the node loses datagrams, which
+//!    sync repairs) or on libp2p (each peer dials the node over TCP and publishes through
+//!    gossipsub): [`BenchOptions::transport`].
 //!
 //! The peer processes are killed and the temp directories removed when [`run`] returns, fails
 //! or is dropped (cancelled).
@@ -356,7 +356,6 @@ async fn apply_phase(
         }
     }
     drop(peers);
-    let applied = seen;
     let Some((first_at, first_wall, first)) = first else {
         return Err(Error::new(
             ErrorKind::Network,
@@ -370,12 +369,8 @@ async fn apply_phase(
     // to the last event's delivery.
     let lead = (first_wall - first_at as f64).max(0.0) / 1e3;
     let span = lead + last.duration_since(first).as_secs_f64();
-    let applied_per_s = if span > 0.0 {
-        applied as f64 / span
-    } else {
-        0.0
-    };
-    Ok((published, applied_per_s, applied))
+    let applied_per_s = if span > 0.0 { seen as f64 / span } else { 0.0 };
+    Ok((published, applied_per_s, seen))
 }
 
 /// The wall clock in milliseconds since the Unix epoch, with its fraction.
